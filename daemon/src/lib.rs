@@ -1,0 +1,1 @@
+//! tuttid library part.

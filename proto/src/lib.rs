@@ -1,0 +1,1 @@
+//! tutti-proto: the protocols as sans-IO state machines.

@@ -1,0 +1,1 @@
+//! tutti-sim: deterministic simulator for tutti-proto.

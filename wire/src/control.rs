@@ -1,0 +1,1 @@
+//! Local attach protocol over the Unix control socket (see docs/internals.md).

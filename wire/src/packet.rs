@@ -1,0 +1,1 @@
+//! UDP packet formats between daemons.

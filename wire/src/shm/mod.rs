@@ -1,0 +1,1 @@
+//! Shared-memory ring layouts: publish ring, delivery log, doorbells.
