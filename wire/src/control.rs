@@ -1,1 +1,432 @@
-//! Local attach protocol over the Unix control socket (see docs/internals.md).
+//! The local attach protocol spoken over the daemon's Unix control socket (see
+//! `docs/internals.md`): one request, one reply, each a [`ControlHeader`] and a small body,
+//! with shared-memory descriptors riding along as SCM_RIGHTS. Both sides decode strictly:
+//! the daemon does not trust its clients, and a client does not trust a stale daemon.
+
+use bytemuck::{Pod, Zeroable};
+use thiserror::Error;
+
+/// "TTC1" in little-endian byte order.
+pub const CONTROL_MAGIC: u32 = u32::from_le_bytes(*b"TTC1");
+/// Bumped on any incompatible change of the control messages or the ring layouts.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest body of one control message.
+pub const MAX_BODY: usize = 4096;
+/// Largest control message on the wire (header + body).
+pub const MAX_MESSAGE: usize = HEADER_LEN + MAX_BODY;
+/// Longest group name, in bytes of UTF-8.
+pub const MAX_GROUP_NAME: usize = 255;
+const HEADER_LEN: usize = std::mem::size_of::<ControlHeader>();
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct ControlHeader {
+    pub magic: u32,
+    pub kind: u16,
+    pub reserved: u16,
+    pub len: u32,
+}
+
+/// Why a control message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ControlError {
+    #[error("control message truncated: {got} bytes, need {need}")]
+    Truncated { got: usize, need: usize },
+    #[error("not a tutti control message (magic {0:#010x})")]
+    BadMagic(u32),
+    #[error("control body length {declared} does not match the {actual} bytes received")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("control body of {0} bytes exceeds the limit of {MAX_BODY}")]
+    TooLong(usize),
+    #[error("unknown control message kind {0}")]
+    UnknownKind(u16),
+    #[error("group name must be 1 to {MAX_GROUP_NAME} bytes of UTF-8")]
+    BadGroupName,
+    #[error("text is not UTF-8")]
+    BadText,
+}
+
+mod kind {
+    pub const HELLO: u16 = 1;
+    pub const JOIN: u16 = 2;
+    pub const LEAVE: u16 = 3;
+    pub const STATUS: u16 = 4;
+    pub const WELCOME: u16 = 101;
+    pub const JOINED: u16 = 102;
+    pub const LEFT: u16 = 103;
+    pub const STATUS_TEXT: u16 = 104;
+    pub const ERROR: u16 = 199;
+}
+
+/// What a client asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Hello { version: u32, pid: u32 },
+    Join { name: &'a str },
+    Leave { handle: u32 },
+    Status,
+}
+
+/// What the daemon answers. `Joined` comes with descriptors (see internals.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Welcome {
+        version: u32,
+        session_id: u32,
+        node_id: u32,
+        shards: u32,
+    },
+    Joined(Joined),
+    Left,
+    StatusText(&'a str),
+    Error {
+        code: ErrorCode,
+        text: &'a str,
+    },
+}
+
+/// The answer to a `Join`. Descriptors that come with it, in order: the group's delivery
+/// log, the group's doorbell, and when `new_shard` is set the client's publish ring for
+/// that shard, the shard's doorbell page and the shard's eventfd.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct Joined {
+    pub pub_capacity: u64,
+    pub log_capacity: u64,
+    pub handle: u32,
+    pub shard: u32,
+    pub new_shard: u8,
+    pub reserved: [u8; 7],
+}
+
+/// Why the daemon refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    VersionMismatch,
+    PermissionDenied,
+    BadRequest,
+    NoSuchGroup,
+    ResourceLimit,
+    Internal,
+    Other(u16),
+}
+
+impl ErrorCode {
+    fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::VersionMismatch => 1,
+            ErrorCode::PermissionDenied => 2,
+            ErrorCode::BadRequest => 3,
+            ErrorCode::NoSuchGroup => 4,
+            ErrorCode::ResourceLimit => 5,
+            ErrorCode::Internal => 6,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    fn from_u16(n: u16) -> ErrorCode {
+        match n {
+            1 => ErrorCode::VersionMismatch,
+            2 => ErrorCode::PermissionDenied,
+            3 => ErrorCode::BadRequest,
+            4 => ErrorCode::NoSuchGroup,
+            5 => ErrorCode::ResourceLimit,
+            6 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, kind: u16, body_len: usize) {
+    let header = ControlHeader {
+        magic: CONTROL_MAGIC,
+        kind,
+        reserved: 0,
+        len: body_len as u32,
+    };
+    out.extend_from_slice(bytemuck::bytes_of(&header));
+}
+
+/// Splits a received message into (kind, body) after checking magic and lengths.
+fn split(msg: &[u8]) -> Result<(u16, &[u8]), ControlError> {
+    let head = msg.get(..HEADER_LEN).ok_or(ControlError::Truncated {
+        got: msg.len(),
+        need: HEADER_LEN,
+    })?;
+    let header: ControlHeader = bytemuck::pod_read_unaligned(head);
+    if header.magic != CONTROL_MAGIC {
+        return Err(ControlError::BadMagic(header.magic));
+    }
+    let declared = header.len as usize;
+    if declared > MAX_BODY {
+        return Err(ControlError::TooLong(declared));
+    }
+    let body = &msg[HEADER_LEN..];
+    if body.len() != declared {
+        return Err(ControlError::LengthMismatch {
+            declared,
+            actual: body.len(),
+        });
+    }
+    Ok((header.kind, body))
+}
+
+fn u32_at(body: &[u8], at: usize) -> Result<u32, ControlError> {
+    body.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(ControlError::Truncated {
+            got: body.len(),
+            need: at + 4,
+        })
+}
+
+fn exact(body: &[u8], len: usize) -> Result<(), ControlError> {
+    if body.len() == len {
+        Ok(())
+    } else {
+        Err(ControlError::LengthMismatch {
+            declared: len,
+            actual: body.len(),
+        })
+    }
+}
+
+fn group_name(bytes: &[u8]) -> Result<&str, ControlError> {
+    if bytes.is_empty() || bytes.len() > MAX_GROUP_NAME {
+        return Err(ControlError::BadGroupName);
+    }
+    std::str::from_utf8(bytes).map_err(|_| ControlError::BadGroupName)
+}
+
+impl<'a> Request<'a> {
+    /// Appends the encoded request to `out`. A group name must already be valid
+    /// (see [`validate_group_name`]); the client checks before it sends.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Request::Hello { version, pid } => {
+                put_header(out, kind::HELLO, 8);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&pid.to_le_bytes());
+            }
+            Request::Join { name } => {
+                put_header(out, kind::JOIN, name.len());
+                out.extend_from_slice(name.as_bytes());
+            }
+            Request::Leave { handle } => {
+                put_header(out, kind::LEAVE, 4);
+                out.extend_from_slice(&handle.to_le_bytes());
+            }
+            Request::Status => put_header(out, kind::STATUS, 0),
+        }
+    }
+
+    /// Decodes one whole request message.
+    pub fn decode(msg: &'a [u8]) -> Result<Request<'a>, ControlError> {
+        let (kind, body) = split(msg)?;
+        match kind {
+            kind::HELLO => {
+                exact(body, 8)?;
+                Ok(Request::Hello {
+                    version: u32_at(body, 0)?,
+                    pid: u32_at(body, 4)?,
+                })
+            }
+            kind::JOIN => Ok(Request::Join {
+                name: group_name(body)?,
+            }),
+            kind::LEAVE => {
+                exact(body, 4)?;
+                Ok(Request::Leave {
+                    handle: u32_at(body, 0)?,
+                })
+            }
+            kind::STATUS => {
+                exact(body, 0)?;
+                Ok(Request::Status)
+            }
+            other => Err(ControlError::UnknownKind(other)),
+        }
+    }
+}
+
+/// Checks a group name before it is sent or used.
+pub fn validate_group_name(name: &str) -> Result<(), ControlError> {
+    group_name(name.as_bytes()).map(|_| ())
+}
+
+impl<'a> Reply<'a> {
+    /// Appends the encoded reply to `out`; text longer than the body limit is cut at a
+    /// character boundary.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Reply::Welcome {
+                version,
+                session_id,
+                node_id,
+                shards,
+            } => {
+                put_header(out, kind::WELCOME, 16);
+                for v in [version, session_id, node_id, shards] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Reply::Joined(joined) => {
+                put_header(out, kind::JOINED, std::mem::size_of::<Joined>());
+                out.extend_from_slice(bytemuck::bytes_of(&joined));
+            }
+            Reply::Left => put_header(out, kind::LEFT, 0),
+            Reply::StatusText(text) => {
+                let text = clip(text, MAX_BODY);
+                put_header(out, kind::STATUS_TEXT, text.len());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Reply::Error { code, text } => {
+                let text = clip(text, MAX_BODY - 2);
+                put_header(out, kind::ERROR, 2 + text.len());
+                out.extend_from_slice(&code.to_u16().to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+
+    /// Decodes one whole reply message.
+    pub fn decode(msg: &'a [u8]) -> Result<Reply<'a>, ControlError> {
+        let (kind, body) = split(msg)?;
+        match kind {
+            kind::WELCOME => {
+                exact(body, 16)?;
+                Ok(Reply::Welcome {
+                    version: u32_at(body, 0)?,
+                    session_id: u32_at(body, 4)?,
+                    node_id: u32_at(body, 8)?,
+                    shards: u32_at(body, 12)?,
+                })
+            }
+            kind::JOINED => {
+                exact(body, std::mem::size_of::<Joined>())?;
+                Ok(Reply::Joined(bytemuck::pod_read_unaligned(body)))
+            }
+            kind::LEFT => {
+                exact(body, 0)?;
+                Ok(Reply::Left)
+            }
+            kind::STATUS_TEXT => Ok(Reply::StatusText(
+                std::str::from_utf8(body).map_err(|_| ControlError::BadText)?,
+            )),
+            kind::ERROR => {
+                let code = body.get(..2).ok_or(ControlError::Truncated {
+                    got: body.len(),
+                    need: 2,
+                })?;
+                let text = std::str::from_utf8(&body[2..]).map_err(|_| ControlError::BadText)?;
+                Ok(Reply::Error {
+                    code: ErrorCode::from_u16(u16::from_le_bytes([code[0], code[1]])),
+                    text,
+                })
+            }
+            other => Err(ControlError::UnknownKind(other)),
+        }
+    }
+}
+
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name_strategy() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._/-]{1,64}"
+    }
+
+    fn request_strategy() -> impl Strategy<Value = (u8, u32, u32, String)> {
+        (0u8..4, any::<u32>(), any::<u32>(), name_strategy())
+    }
+
+    fn build_request(k: u8, a: u32, b: u32, name: &str) -> Request<'_> {
+        match k {
+            0 => Request::Hello { version: a, pid: b },
+            1 => Request::Join { name },
+            2 => Request::Leave { handle: a },
+            _ => Request::Status,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip((k, a, b, name) in request_strategy()) {
+            let req = build_request(k, a, b, &name);
+            let mut buf = Vec::new();
+            req.encode(&mut buf);
+            prop_assert_eq!(Request::decode(&buf).unwrap(), req);
+        }
+
+        #[test]
+        fn replies_round_trip(k in 0u8..5, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
+            let reply = match k {
+                0 => Reply::Welcome { version: a, session_id: a ^ 1, node_id: 7, shards: 2 },
+                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, reserved: [0; 7] }),
+                2 => Reply::Left,
+                3 => Reply::StatusText(&text),
+                _ => Reply::Error { code: ErrorCode::from_u16((a % 8) as u16), text: &text },
+            };
+            let mut buf = Vec::new();
+            reply.encode(&mut buf);
+            prop_assert_eq!(Reply::decode(&buf).unwrap(), reply);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Request::decode(&bytes);
+            let _ = Reply::decode(&bytes);
+        }
+
+        #[test]
+        fn corrupted_requests_are_refused_or_decode_cleanly(
+            (k, a, b, name) in request_strategy(), at in any::<usize>(), flip in 1u8..=255,
+        ) {
+            let mut buf = Vec::new();
+            build_request(k, a, b, &name).encode(&mut buf);
+            let at = at % buf.len();
+            buf[at] ^= flip;
+            // Either a clean error or some well-formed request: never a panic.
+            let _ = Request::decode(&buf);
+        }
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        assert_eq!(
+            Request::decode(&[1, 2]),
+            Err(ControlError::Truncated { got: 2, need: 12 })
+        );
+        let mut buf = Vec::new();
+        Request::Leave { handle: 3 }.encode(&mut buf);
+        buf.push(0);
+        assert!(matches!(
+            Request::decode(&buf),
+            Err(ControlError::LengthMismatch { .. })
+        ));
+        buf.pop();
+        buf[0] ^= 1;
+        assert!(matches!(Request::decode(&buf), Err(ControlError::BadMagic(_))));
+        let mut join = Vec::new();
+        put_header(&mut join, kind::JOIN, 0);
+        assert_eq!(Request::decode(&join), Err(ControlError::BadGroupName));
+        let mut unknown = Vec::new();
+        put_header(&mut unknown, 77, 0);
+        assert_eq!(Request::decode(&unknown), Err(ControlError::UnknownKind(77)));
+        assert!(validate_group_name(&"x".repeat(256)).is_err());
+        assert!(validate_group_name("prices.eu").is_ok());
+    }
+}
