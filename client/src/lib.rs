@@ -1,1 +1,590 @@
-//! tutti-client.
+//! tutti-client: the library applications link to publish to and receive from tutti
+//! process groups through the local `tuttid`, over shared memory.
+//!
+//! Attaching and joining go through the daemon's control socket; after that, publishing
+//! writes into a shared-memory ring and receiving reads the group's shared delivery log,
+//! with no system call per message. Back pressure is a return value, never a hidden block.
+//!
+//! ```no_run
+//! use tutti_client::{Client, Event};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut client = Client::connect()?; // honours TUTTI_SOCKET
+//! let prices = client.join("prices")?;
+//! client.offer(prices, b"EURUSD 1.0842")?;
+//! client.poll(prices, 16, |event| match event {
+//!     Event::Message { payload, .. } => println!("{}", String::from_utf8_lossy(payload)),
+//!     Event::Lagged { missed } => eprintln!("fell behind, {missed} messages skipped"),
+//! })?;
+//! # Ok(()) }
+//! ```
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tutti_sys::{EventFd, Mapping, SeqPacket};
+use tutti_wire::control::{self, Joined, Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
+use tutti_wire::shm::{
+    DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
+    ShardDoorbell,
+};
+
+pub use tutti_wire::shm::OfferError as RingOfferError;
+
+/// A received message or a notice about the stream.
+pub type Event<'a> = LogEvent<'a>;
+
+/// Why an offer was not taken. Nothing was published in any of these cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum OfferError {
+    /// The publish ring is full: the daemon has not caught up yet. Retry later.
+    #[error("back pressured: the publish ring is full")]
+    BackPressured,
+    /// The message is larger than the ring can ever carry.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// The daemon is gone or ended this session.
+    #[error("not connected to tuttid")]
+    Closed,
+}
+
+impl From<RingOfferError> for OfferError {
+    fn from(e: RingOfferError) -> Self {
+        match e {
+            RingOfferError::BackPressured => OfferError::BackPressured,
+            RingOfferError::TooLarge { len, max } => OfferError::TooLarge { len, max },
+        }
+    }
+}
+
+/// Errors of attaching, joining and receiving.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "cannot connect to tuttid at {path}: {source} (is tuttid running? set TUTTI_SOCKET to its socket)"
+    )]
+    Connect { path: String, source: std::io::Error },
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("tuttid refused: {0}")]
+    Refused(String),
+    #[error("unexpected answer from tuttid: {0}")]
+    Protocol(String),
+    #[error("shared memory from tuttid is not usable: {0}")]
+    SharedMemory(String),
+    #[error("tuttid is gone (the daemon stopped or ended this session)")]
+    DaemonGone,
+    #[error("no such group handle in this client")]
+    UnknownGroup,
+}
+
+/// A group this client joined (cheap to copy; valid only with the client that made it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupId(u32);
+
+/// How a blocking helper waits (as the daemon's idle strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleStrategy {
+    /// Busy-poll: lowest latency, one core at 100%.
+    Spin,
+    /// Spin, then yield, then sleep on the group's futex until the daemon appends.
+    Backoff,
+}
+
+/// Empty polls between two cheap checks that the daemon is still there.
+const LIVENESS_CHECK_INTERVAL: u32 = 4096;
+const BACKOFF_SPINS: u32 = 2_000;
+const BACKOFF_YIELDS: u32 = 100;
+/// Longest futex sleep of a blocking receive before it re-checks liveness.
+const PARK_SLICE: Duration = Duration::from_millis(100);
+
+struct ShardLink {
+    producer: PublishProducer,
+    doorbell: ShardDoorbell,
+    eventfd: EventFd,
+    _ring: Mapping,
+    _doorbell_map: Mapping,
+}
+
+struct Group {
+    name: String,
+    handle: u32,
+    shard: usize,
+    reader: LogReader,
+    doorbell: GroupDoorbell,
+    _log: Mapping,
+    _doorbell_map: Mapping,
+}
+
+/// A session with the local tuttid. Single-threaded: give each thread its own client.
+pub struct Client {
+    conn: SeqPacket,
+    session_id: u32,
+    node_id: u32,
+    shards: Vec<Option<ShardLink>>,
+    groups: Vec<Option<Group>>,
+    empty_polls: u32,
+    gone: bool,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the daemon at the default socket path (`TUTTI_SOCKET`, else
+    /// `$XDG_RUNTIME_DIR/tutti/tuttid.sock`, `/run/tutti/tuttid.sock` as root, or
+    /// `/tmp/tutti-$USER/tuttid.sock`).
+    pub fn connect() -> Result<Client, Error> {
+        Self::connect_to(&tutti_sys::default_socket_path())
+    }
+
+    /// Connects to the daemon listening at `path`.
+    pub fn connect_to(path: &Path) -> Result<Client, Error> {
+        let conn = SeqPacket::connect(path).map_err(|source| Error::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut client = Client {
+            conn,
+            session_id: 0,
+            node_id: 0,
+            shards: Vec::new(),
+            groups: Vec::new(),
+            empty_polls: 0,
+            gone: false,
+            buf: vec![0; MAX_MESSAGE],
+        };
+        let mut fds = Vec::new();
+        match client.call(
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+            },
+            &mut fds,
+        )? {
+            Reply::Welcome {
+                version,
+                session_id,
+                node_id,
+                shards,
+            } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(Error::Protocol(format!(
+                        "daemon speaks version {version}, we speak {PROTOCOL_VERSION}"
+                    )));
+                }
+                (client.session_id, client.node_id) = (session_id, node_id);
+                client.shards = (0..shards).map(|_| None).collect();
+            }
+            other => return Err(unexpected(other)),
+        }
+        Ok(client)
+    }
+
+    /// The session id the daemon gave this client (the low half of its sender id).
+    pub fn session_id(&self) -> u32 {
+        self.session_id
+    }
+
+    /// This client's sender id as it appears in [`Event::Message`]: `node << 32 | session`.
+    pub fn sender_id(&self) -> u64 {
+        (u64::from(self.node_id) << 32) | u64::from(self.session_id)
+    }
+
+    fn call(&mut self, request: &Request<'_>, fds: &mut Vec<OwnedFd>) -> Result<Reply<'_>, Error> {
+        let mut out = Vec::with_capacity(64);
+        request.encode(&mut out);
+        self.conn.send(&out, &[]).map_err(|e| self.io_gone(e))?;
+        let n = self.conn.recv(&mut self.buf, fds)?;
+        if n == 0 {
+            self.gone = true;
+            return Err(Error::DaemonGone);
+        }
+        match Reply::decode(&self.buf[..n]).map_err(|e| Error::Protocol(e.to_string()))? {
+            Reply::Error { text, .. } => Err(Error::Refused(text.to_string())),
+            reply => Ok(reply),
+        }
+    }
+
+    fn io_gone(&mut self, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe || e.kind() == std::io::ErrorKind::ConnectionReset {
+            self.gone = true;
+            Error::DaemonGone
+        } else {
+            Error::Io(e)
+        }
+    }
+
+    /// Joins a group (creating it if it is new): this client may publish to it and
+    /// receives what is published to it from now on, its own messages included.
+    pub fn join(&mut self, name: &str) -> Result<GroupId, Error> {
+        control::validate_group_name(name).map_err(|e| Error::Refused(e.to_string()))?;
+        let mut fds = Vec::new();
+        let joined: Joined = match self.call(&Request::Join { name }, &mut fds)? {
+            Reply::Joined(j) => j,
+            other => return Err(unexpected(other)),
+        };
+        let want = if joined.new_shard != 0 { 5 } else { 2 };
+        if fds.len() != want {
+            return Err(Error::Protocol(format!(
+                "join came with {} descriptors, expected {want}",
+                fds.len()
+            )));
+        }
+        let shard = joined.shard as usize;
+        if shard >= self.shards.len() {
+            return Err(Error::Protocol(format!("shard {shard} out of range")));
+        }
+        let mut fds = fds.into_iter();
+        let (log_fd, bell_fd) = (fds.next().expect("counted"), fds.next().expect("counted"));
+        let log_capacity =
+            usize::try_from(joined.log_capacity).map_err(|_| Error::SharedMemory("log capacity".into()))?;
+        let log = map_exact(&log_fd, DeliveryLog::required_len(log_capacity), false)?;
+        // SAFETY: `log` is a live read-only mapping of the whole region, kept in the Group
+        // for as long as the reader lives; its contents are validated by attach/poll.
+        let reader = unsafe { LogReader::attach(log.as_ptr(), log.len()) }
+            .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        let bell = map_exact(&bell_fd, 4096, true)?;
+        // SAFETY: a live page-sized mapping kept alongside the doorbell.
+        let doorbell = unsafe { GroupDoorbell::attach(bell.as_ptr(), bell.len()) }
+            .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        if joined.new_shard != 0 {
+            let (ring_fd, sbell_fd, ev_fd) = (
+                fds.next().expect("counted"),
+                fds.next().expect("counted"),
+                fds.next().expect("counted"),
+            );
+            let pub_capacity = usize::try_from(joined.pub_capacity)
+                .map_err(|_| Error::SharedMemory("ring capacity".into()))?;
+            let ring = map_exact(&ring_fd, PublishRing::required_len(pub_capacity), true)?;
+            // SAFETY: a live mapping of the whole ring, kept in the ShardLink with the producer.
+            let producer = unsafe { PublishProducer::attach(ring.as_ptr(), ring.len()) }
+                .map_err(|e| Error::SharedMemory(e.to_string()))?;
+            let sbell = map_exact(&sbell_fd, 4096, false)?;
+            // SAFETY: a live page-sized read-only mapping kept alongside; we only load from it.
+            let shard_doorbell = unsafe { ShardDoorbell::attach(sbell.as_ptr(), sbell.len()) }
+                .map_err(|e| Error::SharedMemory(e.to_string()))?;
+            self.shards[shard] = Some(ShardLink {
+                producer,
+                doorbell: shard_doorbell,
+                eventfd: EventFd::from_owned(ev_fd),
+                _ring: ring,
+                _doorbell_map: sbell,
+            });
+        } else if self.shards[shard].is_none() {
+            return Err(Error::Protocol(
+                "daemon sent no publish ring for a new shard".into(),
+            ));
+        }
+        let group = Group {
+            name: name.to_string(),
+            handle: joined.handle,
+            shard,
+            reader,
+            doorbell,
+            _log: log,
+            _doorbell_map: bell,
+        };
+        let index = match self.groups.iter().position(Option::is_none) {
+            Some(i) => {
+                self.groups[i] = Some(group);
+                i
+            }
+            None => {
+                self.groups.push(Some(group));
+                self.groups.len() - 1
+            }
+        };
+        Ok(GroupId(index as u32))
+    }
+
+    /// Leaves a group. What this client already offered to it is still published.
+    pub fn leave(&mut self, group: GroupId) -> Result<(), Error> {
+        let handle = self.group(group)?.handle;
+        let mut fds = Vec::new();
+        match self.call(&Request::Leave { handle }, &mut fds)? {
+            Reply::Left => {}
+            other => return Err(unexpected(other)),
+        }
+        self.groups[group.0 as usize] = None;
+        Ok(())
+    }
+
+    /// The name a group was joined under.
+    pub fn group_name(&self, group: GroupId) -> Option<&str> {
+        self.groups
+            .get(group.0 as usize)?
+            .as_ref()
+            .map(|g| g.name.as_str())
+    }
+
+    fn group(&self, group: GroupId) -> Result<&Group, Error> {
+        self.groups
+            .get(group.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(Error::UnknownGroup)
+    }
+
+    /// Largest message `offer` takes for this group.
+    pub fn max_message(&self, group: GroupId) -> Result<usize, Error> {
+        let shard = self.group(group)?.shard;
+        Ok(self.shards[shard]
+            .as_ref()
+            .map_or(0, |l| l.producer.max_payload()))
+    }
+
+    /// Publishes one message to a group. Never blocks: a full ring is `BackPressured`.
+    #[inline]
+    pub fn offer(&mut self, group: GroupId, payload: &[u8]) -> Result<(), OfferError> {
+        if self.gone {
+            return Err(OfferError::Closed);
+        }
+        let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) => (g.handle, g.shard),
+            None => return Err(OfferError::Closed),
+        };
+        let link = self.shards[shard].as_mut().ok_or(OfferError::Closed)?;
+        link.producer.offer(handle, payload)?;
+        ring_doorbell(link);
+        Ok(())
+    }
+
+    /// Claims `len` bytes in the publish ring to write a message in place; publish it with
+    /// [`Claim::commit`]. Dropping the claim publishes nothing.
+    #[inline]
+    pub fn try_claim(&mut self, group: GroupId, len: usize) -> Result<Claim<'_>, OfferError> {
+        if self.gone {
+            return Err(OfferError::Closed);
+        }
+        let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) => (g.handle, g.shard),
+            None => return Err(OfferError::Closed),
+        };
+        let link = self.shards[shard].as_mut().ok_or(OfferError::Closed)?;
+        let ShardLink {
+            producer,
+            doorbell,
+            eventfd,
+            ..
+        } = link;
+        let inner = producer.try_claim(handle, len)?;
+        Ok(Claim {
+            inner,
+            doorbell,
+            eventfd,
+        })
+    }
+
+    /// Offers, and while back pressured waits by `idle` up to `timeout`.
+    pub fn offer_blocking(
+        &mut self,
+        group: GroupId,
+        payload: &[u8],
+        idle: IdleStrategy,
+        timeout: Duration,
+    ) -> Result<(), OfferError> {
+        let deadline = Instant::now() + timeout;
+        let mut attempts: u32 = 0;
+        loop {
+            match self.offer(group, payload) {
+                Err(OfferError::BackPressured) => {
+                    if Instant::now() >= deadline {
+                        return Err(OfferError::BackPressured);
+                    }
+                    attempts = attempts.saturating_add(1);
+                    if idle == IdleStrategy::Backoff && attempts > BACKOFF_SPINS {
+                        if attempts > BACKOFF_SPINS + BACKOFF_YIELDS {
+                            std::thread::sleep(Duration::from_micros(50));
+                            if self.check_alive().is_err() {
+                                return Err(OfferError::Closed);
+                            }
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delivers up to `limit` events of one group to `handler`; returns how many. Never
+    /// blocks. Returns `DaemonGone` once the daemon has stopped (checked now and then
+    /// while idle, without a system call per poll).
+    #[inline]
+    pub fn poll(
+        &mut self,
+        group: GroupId,
+        limit: usize,
+        handler: impl FnMut(Event<'_>),
+    ) -> Result<usize, Error> {
+        let g = self
+            .groups
+            .get_mut(group.0 as usize)
+            .and_then(Option::as_mut)
+            .ok_or(Error::UnknownGroup)?;
+        let n = g
+            .reader
+            .poll(limit, handler)
+            .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        if n == 0 {
+            self.empty_polls += 1;
+            if self.empty_polls >= LIVENESS_CHECK_INTERVAL {
+                self.empty_polls = 0;
+                self.check_alive()?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Like [`poll`](Self::poll), but waits by `idle` until at least one event arrives or
+    /// `timeout` passes (then returns 0).
+    pub fn poll_blocking(
+        &mut self,
+        group: GroupId,
+        limit: usize,
+        idle: IdleStrategy,
+        timeout: Duration,
+        mut handler: impl FnMut(Event<'_>),
+    ) -> Result<usize, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut attempts: u32 = 0;
+        loop {
+            let n = self.poll(group, limit, &mut handler)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            attempts = attempts.saturating_add(1);
+            match idle {
+                IdleStrategy::Spin => std::hint::spin_loop(),
+                IdleStrategy::Backoff if attempts < BACKOFF_SPINS => std::hint::spin_loop(),
+                IdleStrategy::Backoff if attempts < BACKOFF_SPINS + BACKOFF_YIELDS => {
+                    std::thread::yield_now()
+                }
+                IdleStrategy::Backoff => {
+                    self.park(group, (deadline - now).min(PARK_SLICE))?;
+                    self.check_alive()?;
+                }
+            }
+        }
+    }
+
+    /// Sleeps on the group's futex until the daemon appends (or `timeout`).
+    fn park(&mut self, group: GroupId, timeout: Duration) -> Result<(), Error> {
+        let g = self.group(group)?;
+        g.doorbell.add_waiter();
+        let seen = g.doorbell.futex_word().load(Ordering::SeqCst);
+        // Pairs with the daemon's fence between appending and looking at `waiters`.
+        fence(Ordering::SeqCst);
+        if !g.reader.has_data() {
+            tutti_sys::futex_wait(g.doorbell.futex_word(), seen, timeout);
+        }
+        g.doorbell.remove_waiter();
+        Ok(())
+    }
+
+    /// Waits until the daemon has taken everything this client offered (all shards), or
+    /// `timeout` passes. Use it before exiting right after publishing.
+    pub fn flush(&mut self, timeout: Duration) -> Result<bool, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.shards.iter_mut().flatten().all(|l| l.producer.is_drained()) {
+                return Ok(true);
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Asks the daemon for its human-readable status.
+    pub fn status(&mut self) -> Result<String, Error> {
+        let mut fds = Vec::new();
+        match self.call(&Request::Status, &mut fds)? {
+            Reply::StatusText(t) => Ok(t.to_string()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Checks, without blocking, that the daemon has not hung up on this session.
+    pub fn check_alive(&mut self) -> Result<(), Error> {
+        if self.gone {
+            return Err(Error::DaemonGone);
+        }
+        let mut fds = Vec::new();
+        match self.conn.try_recv(&mut self.buf, &mut fds) {
+            Ok(0) => {
+                self.gone = true;
+                Err(Error::DaemonGone)
+            }
+            // An unsolicited message: the daemon only sends one when it ends the session.
+            Ok(_) => {
+                self.gone = true;
+                Err(Error::DaemonGone)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(self.io_gone(e)),
+        }
+    }
+}
+
+/// Space claimed in the publish ring; write the message into [`buf`](Claim::buf), then
+/// [`commit`](Claim::commit).
+pub struct Claim<'a> {
+    inner: PublishClaim<'a>,
+    doorbell: &'a ShardDoorbell,
+    eventfd: &'a EventFd,
+}
+
+impl Claim<'_> {
+    /// The claimed bytes, to be filled in place.
+    #[inline]
+    pub fn buf(&mut self) -> &mut [u8] {
+        self.inner.buf()
+    }
+
+    /// Publishes the message.
+    #[inline]
+    pub fn commit(self) {
+        self.inner.commit();
+        wake_if_parked(self.doorbell, self.eventfd);
+    }
+}
+
+#[inline]
+fn ring_doorbell(link: &ShardLink) {
+    wake_if_parked(&link.doorbell, &link.eventfd);
+}
+
+/// After a commit: one fence and one load of a rarely written cache line; a system call
+/// only when the shard is parked.
+#[inline]
+fn wake_if_parked(doorbell: &ShardDoorbell, eventfd: &EventFd) {
+    // Pairs with the shard's fence between announcing `parked` and re-checking the rings.
+    fence(Ordering::SeqCst);
+    if doorbell.is_parked() {
+        eventfd.notify();
+    }
+}
+
+fn map_exact(fd: &OwnedFd, len: usize, writable: bool) -> Result<Mapping, Error> {
+    let actual = tutti_sys::file_len(fd)?;
+    if actual != len {
+        return Err(Error::SharedMemory(format!(
+            "region of {actual} bytes, expected {len}"
+        )));
+    }
+    Mapping::map(fd, len, writable).map_err(Error::Io)
+}
+
+fn unexpected(reply: Reply<'_>) -> Error {
+    Error::Protocol(format!("{reply:?}"))
+}

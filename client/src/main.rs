@@ -1,1 +1,187 @@
-fn main() {}
+//! `tutti`: the command-line tool: publish lines, print a group's messages, show the
+//! daemon's status, check the host's tuning.
+
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tutti_client::{Client, Event, IdleStrategy, OfferError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tutti",
+    version,
+    about = "Publish to and subscribe to tutti process groups"
+)]
+struct Args {
+    /// Control socket of the local tuttid (default: $TUTTI_SOCKET, $XDG_RUNTIME_DIR/tutti/tuttid.sock,
+    /// /run/tutti/tuttid.sock as root, else /tmp/tutti-$USER/tuttid.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publish each line of standard input as one message.
+    Pub { group: String },
+    /// Print each message of a group as one line (payloads are printed as UTF-8, lossily).
+    Sub {
+        group: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds without a message.
+        #[arg(long, value_name = "SECS")]
+        idle_exit: Option<f64>,
+    },
+    /// Show shards, groups and attached clients of the local daemon.
+    Status,
+    /// Host tuning.
+    Tune {
+        #[command(subcommand)]
+        what: TuneCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TuneCommand {
+    /// Check host settings against tutti's recommendations (exit 1 if any differs).
+    Check {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Cores the daemon's shards are pinned to (to check isolation and IRQs).
+        #[arg(long, value_delimiter = ',', value_name = "LIST")]
+        cores: Option<Vec<usize>>,
+    },
+}
+
+fn connect(socket: &Option<PathBuf>) -> Result<Client, String> {
+    match socket {
+        Some(p) => Client::connect_to(p),
+        None => Client::connect(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Pub { group } => publish(&args.socket, &group),
+        Command::Sub {
+            group,
+            count,
+            idle_exit,
+        } => subscribe(&args.socket, &group, count, idle_exit),
+        Command::Status => connect(&args.socket)
+            .and_then(|mut c| c.status().map_err(|e| e.to_string()))
+            .map(|s| {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }),
+        Command::Tune {
+            what: TuneCommand::Check { json, cores },
+        } => Ok(tune_check(json, cores.unwrap_or_default())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tutti: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn publish(socket: &Option<PathBuf>, group: &str) -> Result<ExitCode, String> {
+    let mut client = connect(socket)?;
+    let g = client.join(group).map_err(|e| e.to_string())?;
+    let stdin = std::io::stdin();
+    let mut line = Vec::new();
+    let mut lock = stdin.lock();
+    loop {
+        line.clear();
+        let n = lock
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        match client.offer_blocking(g, &line, IdleStrategy::Backoff, Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(OfferError::BackPressured) => return Err("tuttid took nothing for 10 s; giving up".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if !client.flush(Duration::from_secs(10)).map_err(|e| e.to_string())? {
+        return Err("tuttid did not take every message within 10 s".into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn subscribe(
+    socket: &Option<PathBuf>,
+    group: &str,
+    count: Option<u64>,
+    idle_exit: Option<f64>,
+) -> Result<ExitCode, String> {
+    let mut client = connect(socket)?;
+    let g = client.join(group).map_err(|e| e.to_string())?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut seen = 0u64;
+    let wait = idle_exit.map_or(Duration::from_secs(3600), Duration::from_secs_f64);
+    let mut write_error = None;
+    loop {
+        let n = client
+            .poll_blocking(g, 256, IdleStrategy::Backoff, wait, |event| match event {
+                Event::Message { payload, .. } => {
+                    seen += 1;
+                    let r = out.write_all(payload).and_then(|_| out.write_all(b"\n"));
+                    if let Err(e) = r {
+                        write_error = Some(e);
+                    }
+                }
+                Event::Lagged { missed } => eprintln!("tutti: fell behind; {missed} messages skipped"),
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = write_error.take() {
+            // A closed pipe (`tutti sub g | head`) is a normal way to stop.
+            return if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(e.to_string())
+            };
+        }
+        let _ = out.flush();
+        if count.is_some_and(|c| seen >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if n == 0 && idle_exit.is_some() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+fn tune_check(json: bool, cores: Vec<usize>) -> ExitCode {
+    let opts = tutti_tuning::CheckOptions {
+        shard_cores: cores,
+        ..Default::default()
+    };
+    let checks = tutti_tuning::run_checks(&opts);
+    if json {
+        println!("{}", tutti_tuning::to_json(&checks));
+    } else {
+        print!("{}", tutti_tuning::render_table(&checks));
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,1 +1,144 @@
-//! tuttid library part.
+//! tuttid: the tutti messaging daemon. One pinned shard thread per configured core owns
+//! its groups and its clients' rings; the control plane on the main thread attaches
+//! clients over a Unix socket and hands shards what they need through bounded queues.
+
+pub mod config;
+pub mod control;
+pub mod sd_notify;
+pub mod shard;
+
+use config::Config;
+use control::{Control, Exit, ShardLink, DOORBELL_BYTES};
+use shard::{Shard, ShardStats};
+use std::path::Path;
+use std::sync::Arc;
+use tutti_sys::{EventFd, Mapping, SeqPacketListener, SignalFd};
+use tutti_wire::shm::{DeliveryLog, PublishRing, ShardDoorbell};
+
+/// Control commands queued for one shard before the control thread gets "queue full".
+const SHARD_COMMAND_QUEUE: usize = 1024;
+/// Shard-to-control events queued before a shard drops one (it is logged either way).
+const SHARD_EVENT_QUEUE: usize = 1024;
+
+/// Runs the daemon until SIGTERM or SIGINT; returns the process exit code.
+pub fn run(config: Config) -> Result<i32, String> {
+    config.validate()?;
+    if DeliveryLog::max_payload(config.log_bytes) < PublishRing::max_payload(config.publish_ring_bytes) {
+        return Err(format!(
+            "log_bytes = {} holds messages of at most {} bytes, less than publish_ring_bytes = {} lets clients send ({} bytes): raise log_bytes",
+            config.log_bytes,
+            DeliveryLog::max_payload(config.log_bytes),
+            config.publish_ring_bytes,
+            PublishRing::max_payload(config.publish_ring_bytes)
+        ));
+    }
+    // Block the signals before any thread starts, so only the control loop sees them.
+    let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
+        .map_err(|e| format!("signalfd: {e}"))?;
+    let socket = config.socket_path();
+    let listener = bind_control_socket(&socket)?;
+
+    let cores = config.shard_cores();
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let (event_tx, event_rx) = crossbeam_channel::bounded(SHARD_EVENT_QUEUE);
+    let events_wake = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
+    let mut links = Vec::new();
+    let mut threads = Vec::new();
+    for (index, &core) in cores.iter().enumerate() {
+        let pin = if config.no_pin {
+            None
+        } else if available.contains(&core) {
+            Some(core)
+        } else {
+            return Err(format!(
+                "cores: core {core} is not available to this process (available: {available:?})"
+            ));
+        };
+        let (tx, rx) = crossbeam_channel::bounded(SHARD_COMMAND_QUEUE);
+        let wake = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
+        let stats = Arc::new(ShardStats::default());
+        let (doorbell_fd, doorbell_map) = Mapping::create(&format!("tutti-shard-{index}"), DOORBELL_BYTES)
+            .map_err(|e| format!("shard doorbell: {e}"))?;
+        // SAFETY: a fresh zeroed page owned by this shard.
+        unsafe { ShardDoorbell::init(doorbell_map.as_ptr(), doorbell_map.len()) }
+            .map_err(|e| format!("shard doorbell: {e}"))?;
+        let shard = Shard::new(
+            index,
+            config.node_id,
+            config.idle,
+            rx,
+            event_tx.clone(),
+            events_wake.clone(),
+            wake.clone(),
+            doorbell_map,
+            stats.clone(),
+        )?;
+        let handle = std::thread::Builder::new()
+            .name(format!("tutti-shard-{index}"))
+            .spawn(move || {
+                if let Some(core) = pin {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing::warn!(shard = index, core, "could not pin shard");
+                    }
+                }
+                shard.run();
+            })
+            .map_err(|e| format!("spawn shard {index}: {e}"))?;
+        threads.push(handle);
+        links.push(ShardLink {
+            commands: tx,
+            wake,
+            stats,
+            core: pin,
+            doorbell_fd,
+        });
+    }
+    tracing::info!(
+        socket = %socket.display(),
+        shards = cores.len(),
+        cores = ?cores,
+        idle = ?config.idle,
+        node_id = config.node_id,
+        "tuttid ready"
+    );
+    let mut control = Control::new(config, listener, signals, links, event_rx, events_wake);
+    let exit = control.run();
+    control.shutdown();
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = std::fs::remove_file(&socket);
+    match exit {
+        Exit::Terminated(_) => Ok(0),
+    }
+}
+
+/// Binds the control socket, creating its directory and replacing a stale socket file
+/// (one nobody answers on); refuses to start when another daemon already answers there.
+fn bind_control_socket(path: &Path) -> Result<SeqPacketListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if tutti_sys::SeqPacket::connect(path).is_ok() {
+            return Err(format!(
+                "another tuttid already listens on {} (set TUTTI_SOCKET or --socket to run a second one)",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let listener =
+        SeqPacketListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    listener.set_nonblocking().map_err(|e| e.to_string())?;
+    // Who may connect is decided by SO_PEERCRED, but keep others from even connecting.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770));
+    Ok(listener)
+}

@@ -1,0 +1,179 @@
+//! tuttid's settings: one TOML file, every key with a default that runs a single-node
+//! daemon, and command-line flags that override the common ones. A bad file is an error
+//! that names the key.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// How a shard waits when it has no work (as Aeron's idle strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleStrategy {
+    /// Busy-poll forever: lowest latency, one core at 100%.
+    Spin,
+    /// Spin, then yield, then park on the shard's eventfd until a client rings the
+    /// doorbell: about 0% CPU when idle, microseconds (not milliseconds) to wake.
+    #[default]
+    Backoff,
+}
+
+impl std::str::FromStr for IdleStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spin" => Ok(IdleStrategy::Spin),
+            "backoff" => Ok(IdleStrategy::Backoff),
+            other => Err(format!(
+                "unknown idle strategy {other:?} (expected \"spin\" or \"backoff\")"
+            )),
+        }
+    }
+}
+
+/// Smallest and largest ring a setting may ask for.
+pub const MIN_RING_BYTES: usize = 64 * 1024;
+pub const MAX_RING_BYTES: usize = 1 << 30;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This daemon's id in the cluster (the high half of every sender id it stamps).
+    pub node_id: u32,
+    /// Control socket path; unset = `$TUTTI_SOCKET`, `$XDG_RUNTIME_DIR/tutti/tuttid.sock`,
+    /// `/run/tutti/tuttid.sock` (root) or `/tmp/tutti-$USER/tuttid.sock`.
+    pub socket: Option<PathBuf>,
+    /// One shard per listed core, each pinned to it. Empty = one shard on the last core
+    /// (core 0 usually takes most interrupts).
+    pub cores: Vec<usize>,
+    /// Do not pin shards (for containers whose CPU set is managed elsewhere).
+    pub no_pin: bool,
+    pub idle: IdleStrategy,
+    /// Bytes of each client's publish ring, per shard it publishes to. Power of two. The
+    /// largest message is half of it, less 8 bytes.
+    pub publish_ring_bytes: usize,
+    /// Bytes of each group's delivery log. Power of two. A subscriber that falls this far
+    /// behind gets `Lagged` and skips ahead.
+    pub log_bytes: usize,
+    /// Most attached clients; more are refused with a clear error.
+    pub max_clients: usize,
+    /// Most groups alive at once on this daemon.
+    pub max_groups: usize,
+    /// Users (besides root, the daemon's own user and members of its group) allowed to attach.
+    pub allow_uids: Vec<u32>,
+    /// Log filter (tracing's env-filter syntax), overridden by `RUST_LOG`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            socket: None,
+            cores: Vec::new(),
+            no_pin: false,
+            idle: IdleStrategy::Backoff,
+            publish_ring_bytes: 1 << 20,
+            log_bytes: 4 << 20,
+            max_clients: 1024,
+            max_groups: 4096,
+            allow_uids: Vec::new(),
+            log: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value whose type alone does not make it valid.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("publish_ring_bytes", self.publish_ring_bytes),
+            ("log_bytes", self.log_bytes),
+        ] {
+            if !value.is_power_of_two() || !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&value) {
+                return Err(format!(
+                    "{key} = {value}: must be a power of two from {MIN_RING_BYTES} to {MAX_RING_BYTES}"
+                ));
+            }
+        }
+        if self.max_clients == 0 || self.max_groups == 0 {
+            return Err("max_clients and max_groups must be at least 1".into());
+        }
+        let mut seen = self.cores.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != self.cores.len() {
+            return Err(format!("cores = {:?}: a core is listed twice", self.cores));
+        }
+        Ok(())
+    }
+
+    /// The control socket path this config resolves to.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(tutti_sys::default_socket_path)
+    }
+
+    /// The cores shards run on, one shard each.
+    pub fn shard_cores(&self) -> Vec<usize> {
+        if !self.cores.is_empty() {
+            return self.cores.clone();
+        }
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        vec![n - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.idle, IdleStrategy::Backoff);
+        assert_eq!(c.publish_ring_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("idle = \"spin\"\nshardz = 3\n").unwrap_err();
+        assert!(e.contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse("log_bytes = 1000").unwrap_err();
+        assert!(e.contains("log_bytes"), "{e}");
+        let e = Config::parse("idle = \"sleepy\"").unwrap_err();
+        assert!(e.contains("idle"), "{e}");
+        let e = Config::parse("cores = [1, 1]").unwrap_err();
+        assert!(e.contains("cores"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../tuttid.example.toml");
+        let c = super::Config::parse(text).unwrap();
+        let d = super::Config::default();
+        assert_eq!(
+            (c.publish_ring_bytes, c.log_bytes, c.idle),
+            (d.publish_ring_bytes, d.log_bytes, d.idle)
+        );
+    }
+}

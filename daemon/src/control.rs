@@ -1,0 +1,636 @@
+//! The control plane: accepts clients on the Unix socket, checks who they are, creates
+//! the shared memory they attach to, and tells the shards what changed. It runs on the
+//! daemon's main thread and is never on the data path: a slow control request delays
+//! other control requests, never a message.
+
+use crate::config::Config;
+use crate::shard::{ShardCommand, ShardEvent, ShardStats};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tutti_sys::{EventFd, Mapping, PeerCred, SeqPacket, SeqPacketListener, SignalFd};
+use tutti_wire::control::{ErrorCode, Joined, Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
+use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
+
+/// How long the control thread waits for a shard to apply a command before it gives up
+/// and refuses the client's request.
+const SHARD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size of a doorbell page.
+pub const DOORBELL_BYTES: usize = 4096;
+
+/// The control thread's handle on one shard.
+pub struct ShardLink {
+    pub commands: Sender<ShardCommand>,
+    pub wake: Arc<EventFd>,
+    pub stats: Arc<ShardStats>,
+    pub core: Option<usize>,
+    /// The shard's doorbell page and eventfd, sent to each client on its first join there.
+    pub doorbell_fd: OwnedFd,
+}
+
+impl ShardLink {
+    fn send(&self, cmd: ShardCommand) -> Result<(), String> {
+        self.commands
+            .try_send(cmd)
+            .map_err(|_| "shard command queue full or shard stopped".to_string())?;
+        self.wake.notify();
+        Ok(())
+    }
+
+    fn call(&self, make: impl FnOnce(Sender<Result<(), String>>) -> ShardCommand) -> Result<(), String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(make(tx))?;
+        rx.recv_timeout(SHARD_ACK_TIMEOUT)
+            .map_err(|_| "shard did not answer in time".to_string())?
+    }
+}
+
+struct Group {
+    name: String,
+    shard: usize,
+    log_fd: OwnedFd,
+    doorbell_fd: OwnedFd,
+    members: Vec<u32>,
+}
+
+struct Session {
+    conn: SeqPacket,
+    cred: PeerCred,
+    hello: bool,
+    /// Per shard: whether this client has a publish ring there.
+    shards: Vec<bool>,
+    groups: Vec<u32>,
+}
+
+/// Why the control loop returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Terminated(i32),
+}
+
+pub struct Control {
+    config: Config,
+    listener: SeqPacketListener,
+    signals: SignalFd,
+    shards: Vec<ShardLink>,
+    shard_events: Receiver<ShardEvent>,
+    events_wake: Arc<EventFd>,
+    sessions: HashMap<u32, Session>,
+    groups: Vec<Option<Group>>,
+    group_by_name: HashMap<String, u32>,
+    next_session: u32,
+    rejected: u64,
+    bad_requests: u64,
+}
+
+impl Control {
+    pub fn new(
+        config: Config,
+        listener: SeqPacketListener,
+        signals: SignalFd,
+        shards: Vec<ShardLink>,
+        shard_events: Receiver<ShardEvent>,
+        events_wake: Arc<EventFd>,
+    ) -> Control {
+        Control {
+            config,
+            listener,
+            signals,
+            shards,
+            shard_events,
+            events_wake,
+            sessions: HashMap::new(),
+            groups: Vec::new(),
+            group_by_name: HashMap::new(),
+            next_session: 1,
+            rejected: 0,
+            bad_requests: 0,
+        }
+    }
+
+    /// Serves until SIGTERM/SIGINT. SIGHUP is logged (nothing reloads yet).
+    pub fn run(&mut self) -> Exit {
+        let mut fds: Vec<RawFd> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
+        let mut revents = Vec::new();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            fds.clear();
+            ids.clear();
+            fds.extend([
+                self.listener.as_raw_fd(),
+                self.signals.as_raw_fd(),
+                self.events_wake.as_raw_fd(),
+            ]);
+            for (&id, s) in &self.sessions {
+                fds.push(s.conn.as_raw_fd());
+                ids.push(id);
+            }
+            if let Err(e) = tutti_sys::poll_readable(&fds, &mut revents, Some(Duration::from_secs(1))) {
+                tracing::error!("control poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            if revents[1] != 0 {
+                while let Some(sig) = self.signals.read() {
+                    match sig {
+                        tutti_sys::SIGHUP => tracing::info!(
+                            "SIGHUP: no setting of this daemon can be reloaded yet; restart it to apply a new config"
+                        ),
+                        sig => {
+                            tracing::info!(signal = sig, "stopping");
+                            return Exit::Terminated(sig);
+                        }
+                    }
+                }
+            }
+            if revents[2] != 0 {
+                self.events_wake.drain();
+                while let Ok(ShardEvent::ClientFailed { session, reason }) = self.shard_events.try_recv() {
+                    tracing::warn!(session, %reason, "ending session");
+                    self.end_session(session);
+                }
+            }
+            for (i, &id) in ids.iter().enumerate() {
+                let ev = revents[3 + i];
+                if ev != 0 {
+                    self.serve(id, &mut buf);
+                }
+            }
+            if revents[0] != 0 {
+                self.accept_all();
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let conn = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let cred = match conn.peer_cred() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("SO_PEERCRED failed, refusing client: {e}");
+                    continue;
+                }
+            };
+            if !self.may_attach(&cred) {
+                self.rejected += 1;
+                tracing::warn!(
+                    pid = cred.pid,
+                    uid = cred.uid,
+                    gid = cred.gid,
+                    "refused: user may not attach"
+                );
+                reply(
+                    &conn,
+                    &Reply::Error {
+                        code: ErrorCode::PermissionDenied,
+                        text:
+                            "this user may not attach to tuttid (add it to the daemon's group or allow_uids)",
+                    },
+                    &[],
+                );
+                continue;
+            }
+            if self.sessions.len() >= self.config.max_clients {
+                self.rejected += 1;
+                tracing::warn!(pid = cred.pid, "refused: max_clients reached");
+                reply(
+                    &conn,
+                    &Reply::Error {
+                        code: ErrorCode::ResourceLimit,
+                        text: "tuttid has max_clients clients attached",
+                    },
+                    &[],
+                );
+                continue;
+            }
+            let id = self.next_session;
+            self.next_session = self.next_session.wrapping_add(1).max(1);
+            tracing::info!(
+                session = id,
+                pid = cred.pid,
+                uid = cred.uid,
+                gid = cred.gid,
+                "client connected"
+            );
+            self.sessions.insert(
+                id,
+                Session {
+                    conn,
+                    cred,
+                    hello: false,
+                    shards: vec![false; self.shards.len()],
+                    groups: Vec::new(),
+                },
+            );
+        }
+    }
+
+    fn may_attach(&self, cred: &PeerCred) -> bool {
+        let (uid, gid) = tutti_sys::effective_ids();
+        cred.uid == 0
+            || cred.uid == uid
+            || cred.gid == gid
+            || self.config.allow_uids.contains(&cred.uid)
+            || tutti_sys::uid_in_group(cred.uid, gid)
+    }
+
+    fn serve(&mut self, id: u32, buf: &mut [u8]) {
+        let mut fds = Vec::new();
+        let n = {
+            let Some(session) = self.sessions.get(&id) else {
+                return;
+            };
+            match session.conn.try_recv(buf, &mut fds) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::info!(session = id, "control read failed: {e}");
+                    0
+                }
+            }
+        };
+        if n == 0 {
+            self.end_session(id);
+            return;
+        }
+        if !fds.is_empty() {
+            self.protocol_error(id, "clients may not send descriptors");
+            return;
+        }
+        let request = match Request::decode(&buf[..n]) {
+            Ok(r) => r,
+            Err(e) => {
+                self.protocol_error(id, &format!("bad control message: {e}"));
+                return;
+            }
+        };
+        self.handle(id, request);
+    }
+
+    fn protocol_error(&mut self, id: u32, text: &str) {
+        self.bad_requests += 1;
+        tracing::warn!(session = id, "{text}; ending session");
+        if let Some(s) = self.sessions.get(&id) {
+            reply(
+                &s.conn,
+                &Reply::Error {
+                    code: ErrorCode::BadRequest,
+                    text,
+                },
+                &[],
+            );
+        }
+        self.end_session(id);
+    }
+
+    fn handle(&mut self, id: u32, request: Request<'_>) {
+        let hello = self.sessions.get(&id).is_some_and(|s| s.hello);
+        match request {
+            Request::Hello { version, pid } => {
+                if version != PROTOCOL_VERSION {
+                    let text = format!(
+                        "protocol version {version} not supported; this tuttid speaks {PROTOCOL_VERSION}"
+                    );
+                    self.send(
+                        id,
+                        &Reply::Error {
+                            code: ErrorCode::VersionMismatch,
+                            text: &text,
+                        },
+                        &[],
+                    );
+                    self.end_session(id);
+                    return;
+                }
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.hello = true;
+                    if pid != s.cred.pid as u32 {
+                        tracing::debug!(
+                            session = id,
+                            claimed = pid,
+                            actual = s.cred.pid,
+                            "client pid differs from its credentials"
+                        );
+                    }
+                }
+                let welcome = Reply::Welcome {
+                    version: PROTOCOL_VERSION,
+                    session_id: id,
+                    node_id: self.config.node_id,
+                    shards: self.shards.len() as u32,
+                };
+                self.send(id, &welcome, &[]);
+            }
+            _ if !hello => self.protocol_error(id, "first message must be Hello"),
+            Request::Join { name } => match self.join(id, name) {
+                Ok(()) => {}
+                Err((code, text)) => {
+                    tracing::warn!(session = id, group = name, "join refused: {text}");
+                    self.send(id, &Reply::Error { code, text: &text }, &[]);
+                }
+            },
+            Request::Leave { handle } => {
+                if self.sessions.get(&id).is_some_and(|s| s.groups.contains(&handle)) {
+                    self.leave(id, handle);
+                    self.send(id, &Reply::Left, &[]);
+                } else {
+                    self.send(
+                        id,
+                        &Reply::Error {
+                            code: ErrorCode::NoSuchGroup,
+                            text: "not a member of that group",
+                        },
+                        &[],
+                    );
+                }
+            }
+            Request::Status => {
+                let text = self.status_text();
+                self.send(id, &Reply::StatusText(&text), &[]);
+            }
+        }
+    }
+
+    fn send(&self, id: u32, r: &Reply<'_>, fds: &[RawFd]) {
+        if let Some(s) = self.sessions.get(&id) {
+            reply(&s.conn, r, fds);
+        }
+    }
+
+    fn join(&mut self, id: u32, name: &str) -> Result<(), (ErrorCode, String)> {
+        let internal = |e: String| (ErrorCode::Internal, e);
+        let handle = match self.group_by_name.get(name) {
+            Some(&h) => h,
+            None => self.create_group(name)?,
+        };
+        let group = self.groups[handle as usize].as_ref().expect("named group exists");
+        let shard = group.shard;
+        if self.sessions[&id].groups.contains(&handle) {
+            return Err((ErrorCode::BadRequest, format!("already a member of {name}")));
+        }
+        // First join on this shard: give the client a publish ring there.
+        let mut ring_fd = None;
+        if !self.sessions[&id].shards[shard] {
+            let len = PublishRing::required_len(self.config.publish_ring_bytes);
+            let (fd, map) = Mapping::create(&format!("tutti-pub-{id}-{shard}"), len)
+                .map_err(|e| internal(e.to_string()))?;
+            // SAFETY: a fresh zeroed mapping of `len` bytes that nobody else maps yet.
+            unsafe { PublishRing::init(map.as_ptr(), map.len(), self.config.publish_ring_bytes) }
+                .map_err(|e| internal(e.to_string()))?;
+            self.shards[shard]
+                .call(|ack| ShardCommand::AddClient {
+                    session: id,
+                    ring: map,
+                    ack,
+                })
+                .map_err(internal)?;
+            ring_fd = Some(fd);
+        }
+        self.shards[shard]
+            .call(|ack| ShardCommand::Subscribe {
+                session: id,
+                handle,
+                ack,
+            })
+            .map_err(internal)?;
+        let session = self.sessions.get_mut(&id).expect("session exists");
+        session.shards[shard] = true;
+        session.groups.push(handle);
+        let group = self.groups[handle as usize].as_mut().expect("group exists");
+        group.members.push(id);
+
+        let joined = Joined {
+            pub_capacity: self.config.publish_ring_bytes as u64,
+            log_capacity: self.config.log_bytes as u64,
+            handle,
+            shard: shard as u32,
+            new_shard: u8::from(ring_fd.is_some()),
+            reserved: [0; 7],
+        };
+        let link = &self.shards[shard];
+        let mut fds = vec![group.log_fd.as_raw_fd(), group.doorbell_fd.as_raw_fd()];
+        if let Some(fd) = &ring_fd {
+            fds.extend([
+                fd.as_raw_fd(),
+                link.doorbell_fd.as_raw_fd(),
+                link.wake.as_raw_fd(),
+            ]);
+        }
+        tracing::info!(session = id, group = name, handle, shard, "joined");
+        let session = &self.sessions[&id];
+        reply(&session.conn, &Reply::Joined(joined), &fds);
+        Ok(())
+    }
+
+    fn create_group(&mut self, name: &str) -> Result<u32, (ErrorCode, String)> {
+        let internal = |e: String| (ErrorCode::Internal, e);
+        let live = self.groups.iter().flatten().count();
+        if live >= self.config.max_groups {
+            return Err((
+                ErrorCode::ResourceLimit,
+                format!(
+                    "tuttid already has max_groups = {} groups",
+                    self.config.max_groups
+                ),
+            ));
+        }
+        let handle = match self.groups.iter().position(Option::is_none) {
+            Some(h) => h as u32,
+            None => {
+                self.groups.push(None);
+                (self.groups.len() - 1) as u32
+            }
+        };
+        let shard = (tutti_wire::group_id(name) % self.shards.len() as u64) as usize;
+        let log_len = DeliveryLog::required_len(self.config.log_bytes);
+        let (log_fd, log_map) =
+            Mapping::create(&format!("tutti-log-{name}"), log_len).map_err(|e| internal(e.to_string()))?;
+        // SAFETY: a fresh zeroed mapping of log_len bytes, not yet shared.
+        unsafe { DeliveryLog::init(log_map.as_ptr(), log_map.len(), self.config.log_bytes) }
+            .map_err(|e| internal(e.to_string()))?;
+        let (doorbell_fd, doorbell_map) = Mapping::create(&format!("tutti-bell-{name}"), DOORBELL_BYTES)
+            .map_err(|e| internal(e.to_string()))?;
+        // SAFETY: a fresh zeroed page, not yet shared.
+        unsafe { GroupDoorbell::init(doorbell_map.as_ptr(), doorbell_map.len()) }
+            .map_err(|e| internal(e.to_string()))?;
+        self.shards[shard]
+            .call(|ack| ShardCommand::AddGroup {
+                handle,
+                log: log_map,
+                doorbell: doorbell_map,
+                ack,
+            })
+            .map_err(internal)?;
+        tracing::info!(group = name, handle, shard, "group created");
+        self.groups[handle as usize] = Some(Group {
+            name: name.to_string(),
+            shard,
+            log_fd,
+            doorbell_fd,
+            members: Vec::new(),
+        });
+        self.group_by_name.insert(name.to_string(), handle);
+        Ok(handle)
+    }
+
+    fn leave(&mut self, id: u32, handle: u32) {
+        let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let shard = group.shard;
+        group.members.retain(|&m| m != id);
+        let empty = group.members.is_empty();
+        if let Err(e) = self.shards[shard].call(|ack| ShardCommand::Unsubscribe {
+            session: id,
+            handle,
+            ack,
+        }) {
+            tracing::warn!(session = id, handle, "unsubscribe: {e}");
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.groups.retain(|&h| h != handle);
+        }
+        if empty {
+            self.drop_group(handle);
+        }
+    }
+
+    /// Frees a group nobody belongs to any more: the shard drops its mappings, we close
+    /// its descriptors, and the kernel frees the memory when the last subscriber unmaps.
+    fn drop_group(&mut self, handle: u32) {
+        if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::take) {
+            let _ = self.shards[group.shard].send(ShardCommand::DropGroup { handle });
+            self.group_by_name.remove(&group.name);
+            tracing::info!(group = group.name, handle, "group freed (no members left)");
+        }
+    }
+
+    /// Ends a session: its shards publish what it committed and free its rings, its
+    /// memberships go, and so do groups left empty.
+    fn end_session(&mut self, id: u32) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        for (shard, &has_ring) in session.shards.iter().enumerate() {
+            if has_ring {
+                let _ = self.shards[shard].send(ShardCommand::DropClient { session: id });
+            }
+        }
+        for handle in session.groups {
+            let mut empty = false;
+            if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+                group.members.retain(|&m| m != id);
+                empty = group.members.is_empty();
+            }
+            if empty {
+                self.drop_group(handle);
+            }
+        }
+        tracing::info!(session = id, pid = session.cred.pid, "client session ended");
+    }
+
+    /// Stops the shards and tells every client (they see the socket close).
+    pub fn shutdown(&mut self) {
+        for link in &self.shards {
+            let _ = link.send(ShardCommand::Shutdown);
+        }
+        self.sessions.clear();
+    }
+
+    fn status_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tuttid {} node {} pid {}",
+            env!("CARGO_PKG_VERSION"),
+            self.config.node_id,
+            std::process::id()
+        );
+        let _ = writeln!(
+            out,
+            "idle: {:?}  publish ring: {} B  delivery log: {} B",
+            self.config.idle, self.config.publish_ring_bytes, self.config.log_bytes
+        );
+        let _ = writeln!(out, "\nshards: {}", self.shards.len());
+        for (i, s) in self.shards.iter().enumerate() {
+            let st = &s.stats;
+            let core = s
+                .core
+                .map_or_else(|| "unpinned".to_string(), |c| format!("core {c}"));
+            let _ = writeln!(
+                out,
+                "  shard {i} ({core}): clients {} groups {} frames {} bytes {} bad_frames {} too_large {} subscriber_wakes {} parks {}",
+                st.clients.load(Ordering::Relaxed),
+                st.groups.load(Ordering::Relaxed),
+                st.frames_in.load(Ordering::Relaxed),
+                st.bytes_in.load(Ordering::Relaxed),
+                st.bad_frames.load(Ordering::Relaxed),
+                st.too_large.load(Ordering::Relaxed),
+                st.subscriber_wakes.load(Ordering::Relaxed),
+                st.parks.load(Ordering::Relaxed),
+            );
+        }
+        let live: Vec<&Group> = self.groups.iter().flatten().collect();
+        let _ = writeln!(out, "\ngroups: {}", live.len());
+        for g in live {
+            let _ = writeln!(
+                out,
+                "  {} (shard {}): {} members",
+                g.name,
+                g.shard,
+                g.members.len()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nclients: {} (refused {}, bad requests {})",
+            self.sessions.len(),
+            self.rejected,
+            self.bad_requests
+        );
+        let mut ids: Vec<_> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let s = &self.sessions[&id];
+            let names: Vec<&str> = s
+                .groups
+                .iter()
+                .filter_map(|&h| {
+                    self.groups
+                        .get(h as usize)
+                        .and_then(Option::as_ref)
+                        .map(|g| g.name.as_str())
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  session {id}: pid {} uid {} groups [{}]",
+                s.cred.pid,
+                s.cred.uid,
+                names.join(", ")
+            );
+        }
+        out
+    }
+}
+
+fn reply(conn: &SeqPacket, r: &Reply<'_>, fds: &[RawFd]) {
+    let mut out = Vec::with_capacity(64);
+    r.encode(&mut out);
+    if let Err(e) = conn.send(&out, fds) {
+        tracing::debug!("reply not delivered: {e}");
+    }
+}

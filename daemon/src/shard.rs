@@ -1,0 +1,459 @@
+//! A shard: one pinned thread that owns a set of groups and the publish rings of the
+//! clients that publish to them. Its loop moves frames from publish rings into group
+//! delivery logs, rings the group doorbells of sleeping subscribers, and takes control
+//! commands from a bounded queue. Nothing it touches on the data path is shared with
+//! another shard, and the loop neither allocates, locks nor calls the kernel per message.
+
+use crate::config::IdleStrategy;
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tutti_sys::{EventFd, Mapping};
+use tutti_wire::shm::{GroupDoorbell, LogWriter, PublishConsumer, ShardDoorbell};
+
+/// Frames taken from one publish ring before the shard moves on to the next ring, so a
+/// flooding client cannot starve the others.
+const FRAMES_PER_RING_PASS: usize = 256;
+/// Empty passes spent spinning before the backoff strategy starts yielding.
+const BACKOFF_SPINS: u32 = 20_000;
+/// Yields before the backoff strategy parks.
+const BACKOFF_YIELDS: u32 = 200;
+/// Longest park: the shard wakes this often even with no doorbell (timers come later).
+const PARK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Data passes between two looks at the command queue when the shard is busy.
+const COMMAND_CHECK_INTERVAL: u32 = 64;
+
+/// Counters one shard writes (relaxed, single writer) and `tutti status` reads.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub too_large: AtomicU64,
+    pub subscriber_wakes: AtomicU64,
+    pub parks: AtomicU64,
+    pub clients: AtomicU64,
+    pub groups: AtomicU64,
+}
+
+impl ShardStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        // Single writer: a load and a store, no locked read-modify-write.
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
+
+/// Control messages to a shard. Those with an `ack` are answered once applied, so the
+/// control thread replies to a client only when the shard already knows what it granted.
+pub enum ShardCommand {
+    AddGroup {
+        handle: u32,
+        log: Mapping,
+        doorbell: Mapping,
+        ack: Sender<Result<(), String>>,
+    },
+    DropGroup {
+        handle: u32,
+    },
+    AddClient {
+        session: u32,
+        ring: Mapping,
+        ack: Sender<Result<(), String>>,
+    },
+    Subscribe {
+        session: u32,
+        handle: u32,
+        ack: Sender<Result<(), String>>,
+    },
+    /// Drains what the client already published to the group, then revokes it.
+    Unsubscribe {
+        session: u32,
+        handle: u32,
+        ack: Sender<Result<(), String>>,
+    },
+    /// The client hung up: publish what it committed, then free its ring.
+    DropClient {
+        session: u32,
+    },
+    Shutdown,
+}
+
+/// What a shard tells the control thread on its own initiative.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// A client broke the ring protocol; its session must end.
+    ClientFailed { session: u32, reason: String },
+}
+
+struct ClientSlot {
+    session: u32,
+    sender: u64,
+    consumer: PublishConsumer,
+    /// Handles this client may publish to, indexed by handle (small and dense).
+    joined: Vec<bool>,
+    _ring: Mapping,
+}
+
+struct GroupSlot {
+    writer: LogWriter,
+    doorbell: GroupDoorbell,
+    /// Appended to since the last doorbell check.
+    dirty: bool,
+    _log: Mapping,
+    _doorbell: Mapping,
+}
+
+/// Everything a shard thread needs; built by the daemon, moved into the thread.
+pub struct Shard {
+    pub index: usize,
+    pub node_id: u32,
+    pub idle: IdleStrategy,
+    pub commands: Receiver<ShardCommand>,
+    pub events: Sender<ShardEvent>,
+    pub events_wake: Arc<EventFd>,
+    pub wake: Arc<EventFd>,
+    pub doorbell: ShardDoorbell,
+    pub stats: Arc<ShardStats>,
+    clients: Vec<ClientSlot>,
+    groups: Vec<Option<GroupSlot>>,
+    _doorbell_map: Mapping,
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: usize,
+        node_id: u32,
+        idle: IdleStrategy,
+        commands: Receiver<ShardCommand>,
+        events: Sender<ShardEvent>,
+        events_wake: Arc<EventFd>,
+        wake: Arc<EventFd>,
+        doorbell_map: Mapping,
+        stats: Arc<ShardStats>,
+    ) -> Result<Shard, String> {
+        // SAFETY: doorbell_map is a live page-sized mapping owned by this shard for its life
+        // (kept in `_doorbell_map`), initialised by the daemon before the shard starts.
+        let doorbell = unsafe { ShardDoorbell::attach(doorbell_map.as_ptr(), doorbell_map.len()) }
+            .map_err(|e| format!("shard {index} doorbell: {e}"))?;
+        Ok(Shard {
+            index,
+            node_id,
+            idle,
+            commands,
+            events,
+            events_wake,
+            wake,
+            doorbell,
+            stats,
+            clients: Vec::new(),
+            groups: Vec::new(),
+            _doorbell_map: doorbell_map,
+        })
+    }
+
+    /// The shard's loop; returns on `Shutdown` or when the daemon drops its command queue.
+    pub fn run(mut self) {
+        let mut idle_passes: u32 = 0;
+        let mut since_commands: u32 = 0;
+        loop {
+            let work = self.poll_rings();
+            since_commands += 1;
+            if work == 0 || since_commands >= COMMAND_CHECK_INTERVAL {
+                since_commands = 0;
+                match self.apply_commands() {
+                    Ok(n) if n > 0 => idle_passes = 0,
+                    Ok(_) => {}
+                    Err(()) => return,
+                }
+            }
+            if work > 0 {
+                idle_passes = 0;
+                continue;
+            }
+            idle_passes = idle_passes.saturating_add(1);
+            match self.idle {
+                IdleStrategy::Spin => std::hint::spin_loop(),
+                IdleStrategy::Backoff => {
+                    if idle_passes < BACKOFF_SPINS {
+                        std::hint::spin_loop();
+                    } else if idle_passes < BACKOFF_SPINS + BACKOFF_YIELDS {
+                        std::thread::yield_now();
+                    } else {
+                        self.park();
+                        idle_passes = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Announces that the shard sleeps, looks once more for work (a client that
+    /// committed before seeing the flag must not be missed), then blocks on the eventfd.
+    fn park(&mut self) {
+        self.doorbell.set_parked(true);
+        // Pairs with the client's fence between its commit and its look at `parked`:
+        // either the client sees parked = 1 and rings, or we see its frame here.
+        fence(Ordering::SeqCst);
+        let pending = self.clients.iter().any(|c| c.consumer.has_pending()) || !self.commands.is_empty();
+        if !pending {
+            ShardStats::add(&self.stats.parks, 1);
+            self.wake.wait(PARK_TIMEOUT);
+        }
+        self.doorbell.set_parked(false);
+        self.wake.drain();
+    }
+
+    /// One pass over every publish ring; returns how many frames moved.
+    fn poll_rings(&mut self) -> usize {
+        let mut total = 0;
+        let mut failed: Option<(usize, String)> = None;
+        let groups = &mut self.groups;
+        let stats = &self.stats;
+        for (i, client) in self.clients.iter_mut().enumerate() {
+            if !client.consumer.has_pending() {
+                continue;
+            }
+            match drain_ring(client, groups, stats, FRAMES_PER_RING_PASS) {
+                Ok(n) => total += n,
+                Err(reason) => {
+                    failed = Some((i, reason));
+                    break;
+                }
+            }
+        }
+        if let Some((i, reason)) = failed {
+            self.fail_client(i, reason);
+        }
+        if total > 0 {
+            self.ring_group_doorbells();
+        }
+        total
+    }
+
+    /// Wakes subscribers sleeping on a group that just got data. One fence per pass,
+    /// then one load per dirty group; a futex wake only when someone sleeps.
+    fn ring_group_doorbells(&mut self) {
+        fence(Ordering::SeqCst);
+        for group in self.groups.iter_mut().flatten() {
+            if group.dirty {
+                group.dirty = false;
+                if group.doorbell.waiters() > 0 {
+                    group.doorbell.bump();
+                    tutti_sys::futex_wake_all(group.doorbell.futex_word());
+                    ShardStats::add(&self.stats.subscriber_wakes, 1);
+                }
+            }
+        }
+    }
+
+    fn fail_client(&mut self, index: usize, reason: String) {
+        let client = self.clients.swap_remove(index);
+        ShardStats::add(&self.stats.bad_frames, 1);
+        self.stats
+            .clients
+            .store(self.clients.len() as u64, Ordering::Relaxed);
+        tracing::warn!(shard = self.index, session = client.session, %reason, "client broke the ring protocol; ending its session");
+        // The control thread may be gone at shutdown; nothing else to do then.
+        let _ = self.events.try_send(ShardEvent::ClientFailed {
+            session: client.session,
+            reason,
+        });
+        self.events_wake.notify();
+    }
+
+    fn client_index(&self, session: u32) -> Option<usize> {
+        self.clients.iter().position(|c| c.session == session)
+    }
+
+    /// Publishes whatever a client has committed (used before it leaves or goes).
+    fn drain_client(&mut self, index: usize) {
+        loop {
+            let client = &mut self.clients[index];
+            match drain_ring(client, &mut self.groups, &self.stats, usize::MAX) {
+                Ok(0) => break,
+                Ok(_) => self.ring_group_doorbells(),
+                Err(reason) => {
+                    self.fail_client(index, reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies queued control commands. `Err` means stop the shard.
+    fn apply_commands(&mut self) -> Result<usize, ()> {
+        let mut applied = 0;
+        while let Ok(cmd) = self.commands.try_recv() {
+            applied += 1;
+            match cmd {
+                ShardCommand::Shutdown => return Err(()),
+                ShardCommand::AddGroup {
+                    handle,
+                    log,
+                    doorbell,
+                    ack,
+                } => {
+                    let _ = ack.send(self.add_group(handle, log, doorbell));
+                }
+                ShardCommand::DropGroup { handle } => {
+                    if let Some(slot) = self.groups.get_mut(handle as usize) {
+                        *slot = None;
+                    }
+                    for c in &mut self.clients {
+                        if let Some(j) = c.joined.get_mut(handle as usize) {
+                            *j = false;
+                        }
+                    }
+                    self.stats
+                        .groups
+                        .store(self.groups.iter().flatten().count() as u64, Ordering::Relaxed);
+                }
+                ShardCommand::AddClient { session, ring, ack } => {
+                    // SAFETY: `ring` is a live mapping that the client slot keeps alive as
+                    // long as the consumer exists; the daemon initialised it.
+                    let consumer = unsafe { PublishConsumer::attach(ring.as_ptr(), ring.len()) };
+                    let result = match consumer {
+                        Ok(consumer) => {
+                            let sender = (u64::from(self.node_id) << 32) | u64::from(session);
+                            self.clients.push(ClientSlot {
+                                session,
+                                sender,
+                                consumer,
+                                joined: Vec::new(),
+                                _ring: ring,
+                            });
+                            self.stats
+                                .clients
+                                .store(self.clients.len() as u64, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("publish ring: {e}")),
+                    };
+                    let _ = ack.send(result);
+                }
+                ShardCommand::Subscribe { session, handle, ack } => {
+                    let known = self.groups.get(handle as usize).is_some_and(|g| g.is_some());
+                    let result = match self.client_index(session) {
+                        Some(i) if known => {
+                            let joined = &mut self.clients[i].joined;
+                            if joined.len() <= handle as usize {
+                                joined.resize(handle as usize + 1, false);
+                            }
+                            joined[handle as usize] = true;
+                            Ok(())
+                        }
+                        Some(_) => Err(format!("group handle {handle} unknown to shard {}", self.index)),
+                        None => Err(format!("session {session} unknown to shard {}", self.index)),
+                    };
+                    let _ = ack.send(result);
+                }
+                ShardCommand::Unsubscribe { session, handle, ack } => {
+                    if let Some(i) = self.client_index(session) {
+                        self.drain_client(i);
+                    }
+                    if let Some(i) = self.client_index(session) {
+                        if let Some(j) = self.clients[i].joined.get_mut(handle as usize) {
+                            *j = false;
+                        }
+                    }
+                    let _ = ack.send(Ok(()));
+                }
+                ShardCommand::DropClient { session } => {
+                    if let Some(i) = self.client_index(session) {
+                        self.drain_client(i);
+                    }
+                    if let Some(i) = self.client_index(session) {
+                        self.clients.swap_remove(i);
+                    }
+                    self.stats
+                        .clients
+                        .store(self.clients.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    fn add_group(&mut self, handle: u32, log: Mapping, doorbell: Mapping) -> Result<(), String> {
+        // SAFETY: both mappings are live and kept in the slot for as long as the writer and
+        // doorbell exist; the daemon initialised them and no one else writes the log.
+        let writer =
+            unsafe { LogWriter::attach(log.as_ptr(), log.len()) }.map_err(|e| format!("log: {e}"))?;
+        // SAFETY: as above, for the doorbell page.
+        let group_doorbell = unsafe { GroupDoorbell::attach(doorbell.as_ptr(), doorbell.len()) }
+            .map_err(|e| format!("doorbell: {e}"))?;
+        let index = handle as usize;
+        if self.groups.len() <= index {
+            self.groups.resize_with(index + 1, || None);
+        }
+        self.groups[index] = Some(GroupSlot {
+            writer,
+            doorbell: group_doorbell,
+            dirty: false,
+            _log: log,
+            _doorbell: doorbell,
+        });
+        self.stats
+            .groups
+            .store(self.groups.iter().flatten().count() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Moves up to `limit` frames from one client's publish ring into group logs. A frame
+/// for a group the client has not joined, or a malformed ring, ends the client.
+fn drain_ring(
+    client: &mut ClientSlot,
+    groups: &mut [Option<GroupSlot>],
+    stats: &ShardStats,
+    limit: usize,
+) -> Result<usize, String> {
+    let ClientSlot {
+        consumer,
+        joined,
+        sender,
+        ..
+    } = client;
+    let mut bad: Option<String> = None;
+    let mut bytes = 0u64;
+    let mut too_large = 0u64;
+    let n = consumer
+        .poll(limit, |handle, payload| {
+            if bad.is_some() {
+                return;
+            }
+            let allowed = joined.get(handle as usize).copied().unwrap_or(false);
+            let group = if allowed {
+                groups.get_mut(handle as usize).and_then(Option::as_mut)
+            } else {
+                None
+            };
+            match group {
+                Some(group) => {
+                    bytes += payload.len() as u64;
+                    if group.writer.append(*sender, payload).is_ok() {
+                        group.dirty = true;
+                    } else {
+                        too_large += 1;
+                    }
+                }
+                None => {
+                    bad = Some(format!(
+                        "frame for group handle {handle}, which this client has not joined"
+                    ))
+                }
+            }
+        })
+        .map_err(|e| format!("malformed publish ring: {e}"))?;
+    ShardStats::add(&stats.frames_in, n as u64);
+    ShardStats::add(&stats.bytes_in, bytes);
+    if too_large > 0 {
+        ShardStats::add(&stats.too_large, too_large);
+    }
+    match bad {
+        Some(reason) => Err(reason),
+        None => Ok(n),
+    }
+}

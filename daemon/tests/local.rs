@@ -1,0 +1,416 @@
+//! Single-host tests through a real `tuttid` process: attach, publish, deliver, lag,
+//! client death, malformed clients, daemon death and clean shutdown.
+
+mod common;
+
+use common::{eventually, status_number, Daemon};
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tutti_client::{Client, Error, Event, GroupId, IdleStrategy, OfferError};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn message(index: u64, len: usize) -> Vec<u8> {
+    let mut m = vec![(index % 251) as u8; len.max(8)];
+    m[..8].copy_from_slice(&index.to_le_bytes());
+    m
+}
+
+fn index_of(payload: &[u8]) -> u64 {
+    u64::from_le_bytes(payload[..8].try_into().unwrap())
+}
+
+/// Receives until `expected` messages per sender arrived; checks FIFO and content.
+fn receive_all(client: &mut Client, g: GroupId, senders: &[u64], expected: u64, len: usize) {
+    let mut next: HashMap<u64, u64> = senders.iter().map(|&s| (s, 0)).collect();
+    let deadline = Instant::now() + WAIT;
+    while next.values().any(|&n| n < expected) {
+        assert!(Instant::now() < deadline, "timed out; progress {next:?}");
+        client
+            .poll_blocking(
+                g,
+                256,
+                IdleStrategy::Backoff,
+                Duration::from_millis(100),
+                |ev| match ev {
+                    Event::Message { sender, payload, .. } => {
+                        let n = next
+                            .get_mut(&sender)
+                            .unwrap_or_else(|| panic!("message from unknown sender {sender:#x}"));
+                        assert_eq!(index_of(payload), *n, "FIFO per sender");
+                        assert_eq!(payload, &message(*n, len)[..], "content intact");
+                        *n += 1;
+                    }
+                    Event::Lagged { missed } => panic!("unexpected lag of {missed}"),
+                },
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn attach_publish_deliver_to_every_local_subscriber() {
+    let daemon = Daemon::start("deliver", &[]);
+    let mut a = daemon.client();
+    let mut b = daemon.client();
+    let ga = a.join("prices").unwrap();
+    let gb = b.join("prices").unwrap();
+    let (sa, sb) = (a.sender_id(), b.sender_id());
+    assert_ne!(sa, sb);
+
+    // Both publish, interleaved; both receive everything, their own messages included.
+    const N: u64 = 5_000;
+    let len = 100;
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        a.offer_blocking(ga, &message(i, len), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+        b.offer_blocking(gb, &message(i, len), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+        // Drain now and then so nobody's log laps them (the test checks FIFO, not lag).
+        if i % 256 == 0 {
+            a.poll(ga, usize::MAX, |ev| {
+                if let Event::Message { sender, payload, .. } = ev {
+                    ra.push((sender, index_of(payload)))
+                }
+            })
+            .unwrap();
+            b.poll(gb, usize::MAX, |ev| {
+                if let Event::Message { sender, payload, .. } = ev {
+                    rb.push((sender, index_of(payload)))
+                }
+            })
+            .unwrap();
+        }
+    }
+    // Whatever was already polled must be a FIFO prefix per sender; the rest follows.
+    for (got, client, g) in [(ra, &mut a, ga), (rb, &mut b, gb)] {
+        let mut next: HashMap<u64, u64> = HashMap::from([(sa, 0), (sb, 0)]);
+        for (sender, idx) in got {
+            let n = next.get_mut(&sender).unwrap();
+            assert_eq!(idx, *n);
+            *n += 1;
+        }
+        let deadline = Instant::now() + WAIT;
+        while next.values().any(|&n| n < N) {
+            assert!(Instant::now() < deadline, "timed out; progress {next:?}");
+            client
+                .poll_blocking(g, 256, IdleStrategy::Backoff, Duration::from_millis(100), |ev| {
+                    if let Event::Message { sender, payload, .. } = ev {
+                        let n = next.get_mut(&sender).unwrap();
+                        assert_eq!(index_of(payload), *n);
+                        assert_eq!(payload, &message(*n, len)[..]);
+                        *n += 1;
+                    }
+                })
+                .unwrap();
+        }
+    }
+    let status = a.status().unwrap();
+    assert!(status.contains("prices (shard 0): 2 members"), "{status}");
+    assert_eq!(status_number(&status, "frames"), Some(2 * N), "{status}");
+}
+
+#[test]
+fn zero_copy_claim_and_other_groups_are_separate() {
+    let daemon = Daemon::start("claim", &[]);
+    let mut a = daemon.client();
+    let g1 = a.join("one").unwrap();
+    let g2 = a.join("two").unwrap();
+    let mut b = daemon.client();
+    let b2 = b.join("two").unwrap();
+    for i in 0..100u64 {
+        let mut claim = a.try_claim(g2, 64).unwrap();
+        claim.buf().copy_from_slice(&message(i, 64));
+        claim.commit();
+        // An aborted claim publishes nothing.
+        let mut dropped = a.try_claim(g2, 64).unwrap();
+        dropped.buf().fill(0xEE);
+        drop(dropped);
+    }
+    a.offer(g1, &message(0, 64)).unwrap();
+    receive_all(&mut b, b2, &[a.sender_id()], 100, 64);
+    // Nothing from group "one" reached a member of "two" only, and no aborted claim did.
+    let extra = b.poll(b2, usize::MAX, |_| {}).unwrap();
+    assert_eq!(extra, 0);
+}
+
+#[test]
+fn too_large_names_the_limit_and_back_pressure_is_a_value() {
+    let daemon = Daemon::start("limits", &["--publish-ring-bytes", "65536"]);
+    let mut a = daemon.client();
+    let g = a.join("big").unwrap();
+    let max = a.max_message(g).unwrap();
+    assert!(max > 0 && max < 65536);
+    match a.offer(g, &vec![0u8; max + 1]) {
+        Err(OfferError::TooLarge { len, max: m }) => {
+            assert_eq!((len, m), (max + 1, max));
+            assert!(OfferError::TooLarge { len, max: m }
+                .to_string()
+                .contains(&max.to_string()));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    a.offer_blocking(g, &vec![7u8; max], IdleStrategy::Backoff, WAIT)
+        .unwrap();
+    let mut got = 0;
+    assert!(eventually(WAIT, || {
+        a.poll(g, 16, |ev| {
+            if let Event::Message { payload, .. } = ev {
+                got += payload.len()
+            }
+        })
+        .unwrap();
+        got == max
+    }));
+}
+
+#[test]
+fn slow_subscriber_gets_lagged_and_resumes_without_slowing_the_publisher() {
+    let daemon = Daemon::start("lag", &["--publish-ring-bytes", "65536", "--log-bytes", "131072"]);
+    let mut publisher = daemon.client();
+    let mut slow = daemon.client();
+    let gp = publisher.join("firehose").unwrap();
+    let gs = slow.join("firehose").unwrap();
+    // The slow member reads nothing while 20 logs' worth are published.
+    const N: u64 = 40_000;
+    for i in 0..N {
+        publisher
+            .offer_blocking(gp, &message(i, 64), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    assert!(publisher.flush(WAIT).unwrap());
+    let mut lagged = 0u64;
+    let mut indices = Vec::new();
+    while let Ok(n) = slow.poll(gs, 1024, |ev| match ev {
+        Event::Lagged { missed } => lagged += missed,
+        Event::Message { payload, .. } => {
+            assert_eq!(
+                payload,
+                &message(index_of(payload), 64)[..],
+                "never a torn message"
+            );
+            indices.push(index_of(payload));
+        }
+    }) {
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(lagged > 0, "a subscriber lapped by the writer must see Lagged");
+    assert!(!indices.is_empty(), "and then resume");
+    assert_eq!(
+        *indices.last().unwrap(),
+        N - 1,
+        "it resumes and reaches the newest message"
+    );
+    assert!(
+        indices.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous after the resume"
+    );
+    assert_eq!(
+        lagged + indices.len() as u64,
+        N,
+        "every message is either delivered or counted as missed"
+    );
+}
+
+/// Child role for the kill -9 test: joins, publishes, then waits to be killed.
+#[test]
+fn child_client_role() {
+    let Ok(socket) = std::env::var("TUTTI_TEST_CHILD_SOCKET") else {
+        return;
+    };
+    let mut c = Client::connect_to(std::path::Path::new(&socket)).unwrap();
+    let g = c.join("victim").unwrap();
+    c.offer(g, b"last words").unwrap();
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn kill_9_of_a_client_frees_its_session_and_groups() {
+    let daemon = Daemon::start("kill", &[]);
+    let mut observer = daemon.client();
+    let g = observer.join("victim").unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_client_role",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("TUTTI_TEST_CHILD_SOCKET", daemon.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut words = Vec::new();
+    assert!(eventually(WAIT, || {
+        observer
+            .poll(g, 16, |ev| {
+                if let Event::Message { payload, .. } = ev {
+                    words.push(payload.to_vec())
+                }
+            })
+            .unwrap();
+        !words.is_empty()
+    }));
+    assert_eq!(words[0], b"last words");
+    let status = observer.status().unwrap();
+    assert_eq!(status_number(&status, "clients:"), Some(2), "{status}");
+
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        eventually(WAIT, || {
+            let s = observer.status().unwrap();
+            status_number(&s, "clients:") == Some(1) && s.contains("victim (shard 0): 1 members")
+        }),
+        "{}",
+        observer.status().unwrap()
+    );
+    // Once the last member goes, the group itself is freed.
+    observer.leave(g).unwrap();
+    let s = observer.status().unwrap();
+    assert_eq!(status_number(&s, "groups:"), Some(0), "{s}");
+    assert!(daemon.log().contains("client session ended"));
+}
+
+/// Speaks the control protocol by hand to get a publish ring, then scribbles on it.
+fn raw_client_writes_garbage(daemon: &Daemon, group: &str) -> tutti_sys::SeqPacket {
+    use std::os::fd::OwnedFd;
+    use tutti_wire::control::{Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
+    let conn = tutti_sys::SeqPacket::connect(daemon.socket()).unwrap();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut call = |req: Request<'_>, fds: &mut Vec<OwnedFd>| {
+        let mut out = Vec::new();
+        req.encode(&mut out);
+        conn.send(&out, &[]).unwrap();
+        let n = conn.recv(&mut buf, fds).unwrap();
+        buf[..n].to_vec()
+    };
+    let mut fds = Vec::new();
+    call(
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        },
+        &mut fds,
+    );
+    let reply = call(Request::Join { name: group }, &mut fds);
+    let Ok(Reply::Joined(j)) = Reply::decode(&reply) else {
+        panic!("join failed")
+    };
+    assert_eq!(j.new_shard, 1);
+    let ring_fd = &fds[2];
+    let len = tutti_sys::file_len(ring_fd).unwrap();
+    let ring = tutti_sys::Mapping::map(ring_fd, len, true).unwrap();
+    // A frame header claiming a length far past the ring's limit, then a tail that
+    // says it was committed.
+    // SAFETY: the mapping is `len` bytes; offsets 128 (tail) and 4096 (data) are inside.
+    unsafe {
+        let data = ring.as_ptr().add(4096);
+        data.cast::<u32>().write(u32::MAX - 7);
+        data.add(4).cast::<u32>().write(j.handle);
+        (*ring.as_ptr().add(128).cast::<std::sync::atomic::AtomicU64>())
+            .store(64, std::sync::atomic::Ordering::Release);
+    }
+    // Keep the session's socket so only the daemon's verdict ends it.
+    std::mem::forget(ring);
+    conn
+}
+
+#[test]
+fn a_garbage_frame_ends_only_that_clients_session() {
+    let daemon = Daemon::start("garbage", &[]);
+    let mut good = daemon.client();
+    let mut reader = daemon.client();
+    let gg = good.join("shared").unwrap();
+    let gr = reader.join("shared").unwrap();
+    for i in 0..100 {
+        good.offer(gg, &message(i, 32)).unwrap();
+    }
+    let conn = raw_client_writes_garbage(&daemon, "shared");
+    // The offender's session is ended: its socket reads end of file.
+    let mut buf = [0u8; 64];
+    let mut fds = Vec::new();
+    let n = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match conn.try_recv(&mut buf, &mut fds) {
+                Ok(n) => break n,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("session not ended: {e}"),
+            }
+        }
+    };
+    assert_eq!(n, 0, "the daemon hung up on the offender");
+    for i in 100..200 {
+        good.offer_blocking(gg, &message(i, 32), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    receive_all(&mut reader, gr, &[good.sender_id()], 200, 32);
+    let status = reader.status().unwrap();
+    assert_eq!(status_number(&status, "bad_frames"), Some(1), "{status}");
+    assert!(
+        daemon.log().contains("broke the ring protocol"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn clients_learn_that_the_daemon_is_gone() {
+    let mut daemon = Daemon::start("gone", &[]);
+    let mut a = daemon.client();
+    let g = a.join("g").unwrap();
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let r = a.poll_blocking(g, 16, IdleStrategy::Backoff, WAIT, |_| {});
+    assert!(matches!(r, Err(Error::DaemonGone)), "{r:?}");
+    assert_eq!(a.offer(g, b"x"), Err(OfferError::Closed));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_a_second_daemon_is_refused() {
+    let mut daemon = Daemon::start("term", &[]);
+    let second = Command::new(env!("CARGO_BIN_EXE_tuttid"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["--no-pin"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listens"));
+
+    let mut a = daemon.client();
+    let g = a.join("g").unwrap();
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(WAIT), Some(0), "{}", daemon.log());
+    assert!(!daemon.socket().exists(), "socket file removed on clean stop");
+    let r = a.poll_blocking(g, 16, IdleStrategy::Backoff, WAIT, |_| {});
+    assert!(matches!(r, Err(Error::DaemonGone)), "{r:?}");
+}
+
+#[test]
+fn bad_config_is_an_error_naming_the_key() {
+    let dir = common::temp_dir("config");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "log_bytes = 12345\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tuttid"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log_bytes"));
+    std::fs::write(&path, "idle = \"spin\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tuttid"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every test of tutti, as CI runs them. Safe to run on a developer machine: network tests
+# use loopback only and every load is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    step "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo nextest run --workspace --no-fail-fast
+
+step "loom models of the shared-memory rings"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p tutti-wire --release --test loom_shm -- --test-threads 2
+
+step "systemd units"
+bash systemd/verify.sh
