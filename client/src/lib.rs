@@ -131,11 +131,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon at the default socket path (`TUTTI_SOCKET`, else
+    /// Connects to the daemon at the default socket path: `TUTTI_SOCKET`, else
     /// `$XDG_RUNTIME_DIR/tutti/tuttid.sock`, `/run/tutti/tuttid.sock` as root, or
-    /// `/tmp/tutti-$USER/tuttid.sock`).
+    /// `/tmp/tutti-$USER/tuttid.sock`; when that per-user socket does not exist but the
+    /// system daemon's `/run/tutti/tuttid.sock` does, the latter.
     pub fn connect() -> Result<Client, Error> {
-        Self::connect_to(&tutti_sys::default_socket_path())
+        Self::connect_to(&tutti_sys::client_socket_path())
     }
 
     /// Connects to the daemon listening at `path`.

@@ -121,6 +121,31 @@ impl Config {
         Ok(())
     }
 
+    /// Keys (other than `log`) whose value differs in `new`: they apply only on restart.
+    pub fn keys_needing_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        macro_rules! cmp {
+            ($($field:ident),*) => {$(
+                if self.$field != new.$field {
+                    keys.push(stringify!($field));
+                }
+            )*};
+        }
+        cmp!(
+            node_id,
+            socket,
+            cores,
+            no_pin,
+            idle,
+            publish_ring_bytes,
+            log_bytes,
+            max_clients,
+            max_groups,
+            allow_uids
+        );
+        keys
+    }
+
     /// The control socket path this config resolves to.
     pub fn socket_path(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(tutti_sys::default_socket_path)

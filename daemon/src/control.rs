@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::shard::{ShardCommand, ShardEvent, ShardStats};
+use crate::supervise::Supervisor;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -85,6 +86,7 @@ pub struct Control {
     next_session: u32,
     rejected: u64,
     bad_requests: u64,
+    supervisor: Supervisor,
 }
 
 impl Control {
@@ -95,6 +97,7 @@ impl Control {
         shards: Vec<ShardLink>,
         shard_events: Receiver<ShardEvent>,
         events_wake: Arc<EventFd>,
+        supervisor: Supervisor,
     ) -> Control {
         Control {
             config,
@@ -109,11 +112,18 @@ impl Control {
             next_session: 1,
             rejected: 0,
             bad_requests: 0,
+            supervisor,
         }
     }
 
-    /// Serves until SIGTERM/SIGINT. SIGHUP is logged (nothing reloads yet).
+    /// Serves until SIGTERM/SIGINT; SIGHUP reloads the config file.
     pub fn run(&mut self) -> Exit {
+        let status = format!(
+            "serving {} shard(s) on {}",
+            self.shards.len(),
+            self.config.socket_path().display()
+        );
+        self.supervisor.ready(&status);
         let mut fds: Vec<RawFd> = Vec::new();
         let mut ids: Vec<u32> = Vec::new();
         let mut revents = Vec::new();
@@ -130,7 +140,9 @@ impl Control {
                 fds.push(s.conn.as_raw_fd());
                 ids.push(id);
             }
-            if let Err(e) = tutti_sys::poll_readable(&fds, &mut revents, Some(Duration::from_secs(1))) {
+            if let Err(e) =
+                tutti_sys::poll_readable(&fds, &mut revents, Some(self.supervisor.tick_interval()))
+            {
                 tracing::error!("control poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
@@ -138,16 +150,16 @@ impl Control {
             if revents[1] != 0 {
                 while let Some(sig) = self.signals.read() {
                     match sig {
-                        tutti_sys::SIGHUP => tracing::info!(
-                            "SIGHUP: no setting of this daemon can be reloaded yet; restart it to apply a new config"
-                        ),
+                        tutti_sys::SIGHUP => self.supervisor.reload(&mut self.config),
                         sig => {
                             tracing::info!(signal = sig, "stopping");
+                            self.supervisor.stopping();
                             return Exit::Terminated(sig);
                         }
                     }
                 }
             }
+            self.supervisor.tick(&self.shards);
             if revents[2] != 0 {
                 self.events_wake.drain();
                 while let Ok(ShardEvent::ClientFailed { session, reason }) = self.shard_events.try_recv() {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod sd_notify;
 pub mod shard;
+pub mod supervise;
 
 use config::Config;
 use control::{Control, Exit, ShardLink, DOORBELL_BYTES};
@@ -21,7 +22,7 @@ const SHARD_COMMAND_QUEUE: usize = 1024;
 const SHARD_EVENT_QUEUE: usize = 1024;
 
 /// Runs the daemon until SIGTERM or SIGINT; returns the process exit code.
-pub fn run(config: Config) -> Result<i32, String> {
+pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, String> {
     config.validate()?;
     if DeliveryLog::max_payload(config.log_bytes) < PublishRing::max_payload(config.publish_ring_bytes) {
         return Err(format!(
@@ -37,6 +38,7 @@ pub fn run(config: Config) -> Result<i32, String> {
         .map_err(|e| format!("signalfd: {e}"))?;
     let socket = config.socket_path();
     let listener = bind_control_socket(&socket)?;
+    log_tuning(&config);
 
     let cores = config.shard_cores();
     let available: Vec<usize> = core_affinity::get_core_ids()
@@ -105,7 +107,15 @@ pub fn run(config: Config) -> Result<i32, String> {
         node_id = config.node_id,
         "tuttid ready"
     );
-    let mut control = Control::new(config, listener, signals, links, event_rx, events_wake);
+    let mut control = Control::new(
+        config,
+        listener,
+        signals,
+        links,
+        event_rx,
+        events_wake,
+        supervisor,
+    );
     let exit = control.run();
     control.shutdown();
     for t in threads {
@@ -141,4 +151,24 @@ fn bind_control_socket(path: &Path) -> Result<SeqPacketListener, String> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770));
     Ok(listener)
+}
+
+/// Logs the host tuning check once at start (the same table as `tutti tune check`):
+/// a warning line per setting that differs from what tutti recommends.
+fn log_tuning(config: &Config) {
+    let cores = if config.no_pin {
+        Vec::new()
+    } else {
+        config.shard_cores()
+    };
+    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions::new(cores));
+    let differ = checks.iter().filter(|c| !c.ok).count();
+    for c in checks.iter().filter(|c| !c.ok) {
+        tracing::warn!(setting = %c.name, found = %c.found, recommended = %c.recommended, "tuning: {}", c.why);
+    }
+    tracing::info!(
+        "tuning check: {} of {} settings as recommended (details: tutti tune check)",
+        checks.len() - differ,
+        checks.len()
+    );
 }

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tutti_daemon::config::{Config, IdleStrategy};
+use tutti_daemon::supervise::{SetLogFilter, Supervisor};
 
 /// tutti messaging daemon: local applications attach over shared memory and publish to
 /// process groups. Runs on built-in defaults when given no options.
@@ -64,36 +65,90 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    if let Some(s) = args.socket {
-        config.socket = Some(s);
-    }
-    if let Some(c) = args.cores {
-        config.cores = c;
-    }
-    config.no_pin |= args.no_pin;
-    if let Some(i) = args.idle {
-        config.idle = i;
-    }
-    if let Some(n) = args.node_id {
-        config.node_id = n;
-    }
-    if let Some(b) = args.publish_ring_bytes {
-        config.publish_ring_bytes = b;
-    }
-    if let Some(b) = args.log_bytes {
-        config.log_bytes = b;
-    }
+    let overrides = Overrides::from(&args);
+    overrides.apply(&mut config);
+    use tracing_subscriber::prelude::*;
+    let from_env = std::env::var("RUST_LOG").is_ok();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .unwrap_or_else(|e| {
+            eprintln!("tuttid: log = {:?}: {e}; using \"info\"", config.log);
+            tracing_subscriber::EnvFilter::new("info")
+        });
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
-    match tutti_daemon::run(config) {
+    // RUST_LOG, when set, wins over the file on reload too.
+    let set_log_filter: Option<SetLogFilter> = (!from_env).then(|| {
+        Box::new(move |f: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+            reload.reload(filter).map_err(|e| e.to_string())
+        }) as SetLogFilter
+    });
+    let supervisor = Supervisor::new(
+        args.config.clone(),
+        set_log_filter,
+        Box::new(move |c| overrides.apply(c)),
+    );
+    match tutti_daemon::run(config, supervisor) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("tuttid: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command-line settings that override the config file, kept to re-apply on reload.
+#[derive(Debug, Clone)]
+struct Overrides {
+    socket: Option<PathBuf>,
+    cores: Option<Vec<usize>>,
+    no_pin: bool,
+    idle: Option<IdleStrategy>,
+    node_id: Option<u32>,
+    publish_ring_bytes: Option<usize>,
+    log_bytes: Option<usize>,
+}
+
+impl Overrides {
+    fn from(args: &Args) -> Overrides {
+        Overrides {
+            socket: args.socket.clone(),
+            cores: args.cores.clone(),
+            no_pin: args.no_pin,
+            idle: args.idle,
+            node_id: args.node_id,
+            publish_ring_bytes: args.publish_ring_bytes,
+            log_bytes: args.log_bytes,
+        }
+    }
+
+    fn apply(&self, config: &mut Config) {
+        if let Some(s) = &self.socket {
+            config.socket = Some(s.clone());
+        }
+        if let Some(c) = &self.cores {
+            config.cores = c.clone();
+        }
+        config.no_pin |= self.no_pin;
+        if let Some(i) = self.idle {
+            config.idle = i;
+        }
+        if let Some(n) = self.node_id {
+            config.node_id = n;
+        }
+        if let Some(b) = self.publish_ring_bytes {
+            config.publish_ring_bytes = b;
+        }
+        if let Some(b) = self.log_bytes {
+            config.log_bytes = b;
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct ShardStats {
     pub parks: AtomicU64,
     pub clients: AtomicU64,
     pub groups: AtomicU64,
+    /// Advances while the shard loop runs (at least every park timeout); the watchdog
+    /// stops pinging systemd when a shard's heartbeat stands still.
+    pub heartbeat: AtomicU64,
 }
 
 impl ShardStats {
@@ -284,6 +287,7 @@ impl Shard {
 
     /// Applies queued control commands. `Err` means stop the shard.
     fn apply_commands(&mut self) -> Result<usize, ()> {
+        ShardStats::add(&self.stats.heartbeat, 1);
         let mut applied = 0;
         while let Ok(cmd) = self.commands.try_recv() {
             applied += 1;

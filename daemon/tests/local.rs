@@ -125,9 +125,10 @@ fn zero_copy_claim_and_other_groups_are_separate() {
         claim.buf().copy_from_slice(&message(i, 64));
         claim.commit();
         // An aborted claim publishes nothing.
-        let mut dropped = a.try_claim(g2, 64).unwrap();
-        dropped.buf().fill(0xEE);
-        drop(dropped);
+        {
+            let mut abandoned = a.try_claim(g2, 64).unwrap();
+            abandoned.buf().fill(0xEE);
+        }
     }
     a.offer(g1, &message(0, 64)).unwrap();
     receive_all(&mut b, b2, &[a.sender_id()], 100, 64);

@@ -581,6 +581,23 @@ pub fn default_socket_path() -> std::path::PathBuf {
     PathBuf::from(format!("/tmp/tutti-{user}")).join("tuttid.sock")
 }
 
+/// Where a client looks for the daemon: as [`default_socket_path`], except that when
+/// neither `TUTTI_SOCKET` is set nor a per-user daemon is listening, the system daemon's
+/// `/run/tutti/tuttid.sock` is used if it exists (a login session has XDG_RUNTIME_DIR, but
+/// the daemon run by systemd listens in /run/tutti).
+pub fn client_socket_path() -> std::path::PathBuf {
+    let default = default_socket_path();
+    if std::env::var_os("TUTTI_SOCKET").is_some_and(|p| !p.is_empty()) || default.exists() {
+        return default;
+    }
+    let system = std::path::PathBuf::from("/run/tutti/tuttid.sock");
+    if system.exists() {
+        system
+    } else {
+        default
+    }
+}
+
 /// The effective uid and gid of this process.
 pub fn effective_ids() -> (u32, u32) {
     // SAFETY: geteuid/getegid have no preconditions.

@@ -26,14 +26,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 impl Daemon {
     /// Starts tuttid with the backoff idle strategy (tests never assume a free core).
     pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        Self::start_with(tag, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub fn start_with(tag: &str, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let dir = temp_dir(tag);
         let socket = dir.join("tuttid.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_tuttid"))
+            .envs(envs.iter().copied())
             .arg("--socket")
             .arg(&socket)
             .args(["--idle", "backoff", "--no-pin"])
             .args(extra)
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("tuttid.log")).unwrap(),
@@ -87,6 +92,10 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn socket(&self) -> &Path {

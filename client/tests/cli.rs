@@ -1,0 +1,136 @@
+//! The `tutti` tool against a real `tuttid`: pub/sub lines, status, tune check.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tutti() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tutti"))
+}
+
+/// tuttid is built beside tutti by a workspace build (`cargo nextest run --workspace`).
+fn tuttid() -> PathBuf {
+    let path = tutti().with_file_name("tuttid");
+    assert!(
+        path.exists(),
+        "{} missing: build the workspace (cargo build --workspace) first",
+        path.display()
+    );
+    path
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start() -> (Daemon, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tutti-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("tuttid.sock");
+    let child = Command::new(tuttid())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["--no-pin", "--idle", "backoff"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "tuttid did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (Daemon { child, dir }, socket)
+}
+
+fn status(socket: &PathBuf) -> String {
+    let out = Command::new(tutti())
+        .env("TUTTI_SOCKET", socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn pub_lines_reach_sub_and_status_shows_them() {
+    let (_daemon, socket) = start();
+    let sub = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["sub", "chat", "--count", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status(&socket).contains("chat (shard 0): 1 members") {
+        assert!(Instant::now() < deadline, "subscriber never joined");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut publisher = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["pub", "chat"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publisher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nworld, with spaces\n\xce\xbb\n")
+        .unwrap();
+    assert!(publisher.wait().unwrap().success());
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "hello\nworld, with spaces\n\u{3bb}\n"
+    );
+    let s = status(&socket);
+    assert!(s.contains("shards: 1"), "{s}");
+    assert!(s.contains("groups: 0"), "both left, so the group is freed: {s}");
+}
+
+#[test]
+fn without_a_daemon_the_error_says_what_to_do() {
+    let out = Command::new(tutti())
+        .env("TUTTI_SOCKET", "/nonexistent/tuttid.sock")
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/tuttid.sock") && err.contains("is tuttid running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tune_check_json_has_one_object_per_check_and_exit_code_agrees() {
+    let out = Command::new(tutti())
+        .args(["tune", "check", "--json", "--cores", "0"])
+        .output()
+        .unwrap();
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = checks.as_array().unwrap();
+    assert!(checks.len() >= 10);
+    for c in checks {
+        for key in ["name", "found", "recommended", "ok", "why"] {
+            assert!(c.get(key).is_some(), "{key} missing in {c}");
+        }
+    }
+    let all_ok = checks.iter().all(|c| c["ok"].as_bool().unwrap());
+    assert_eq!(out.status.code(), Some(if all_ok { 0 } else { 1 }));
+    let table = Command::new(tutti()).args(["tune", "check"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("net.core.rmem_max"));
+}
