@@ -1,0 +1,318 @@
+//! Doorbells: how an idle shard or subscriber sleeps without costing the data path a system
+//! call. Each is a 4 KiB page; the futex/eventfd system calls are the caller's. Protocol:
+//! `docs/internals.md`, "Doorbells".
+//!
+//! Both are Dekker handshakes made of `SeqCst` fences: the sleeper publishes "I am about
+//! to sleep", fences, and re-checks for work; the waker publishes work, fences, and checks
+//! for sleepers. At least one of the two sees the other's store, so a message is never left
+//! unseen behind a sleeping party.
+//!
+//! Page layout (each word on its own 128-byte block):
+//! ```text
+//! offset 0    DoorbellHeader { magic "TUTTISDB" | "TUTTIGDB", version: u32, reserved: u32 }
+//! offset 128  shard: parked: AtomicU32      group: waiters: AtomicU32
+//! offset 256                                group: futex: AtomicU32
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::layout::LayoutError;
+use super::region::Region;
+use super::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use super::sync::{fence, AtomicU32};
+
+/// Size of a doorbell page.
+pub const DOORBELL_LEN: usize = 4096;
+
+const SHARD_MAGIC: [u8; 8] = *b"TUTTISDB";
+const GROUP_MAGIC: [u8; 8] = *b"TUTTIGDB";
+const DOORBELL_VERSION: u32 = 1;
+const PARKED: usize = 128;
+const WAITERS: usize = 128;
+const FUTEX: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DoorbellHeader {
+    magic: [u8; 8],
+    version: u32,
+    reserved: u32,
+}
+
+/// # Safety
+/// Region contract for `len` writable bytes; not shared yet.
+unsafe fn init_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Region, LayoutError> {
+    if len < DOORBELL_LEN {
+        return Err(LayoutError::TooSmall {
+            len,
+            needed: DOORBELL_LEN,
+        });
+    }
+    // SAFETY: caller's contract.
+    let region = unsafe { Region::from_raw(base, len)? };
+    let header = DoorbellHeader {
+        magic,
+        version: DOORBELL_VERSION,
+        reserved: 0,
+    };
+    // SAFETY: 16 bytes at offset 0 of a writable page of >= 4096 bytes.
+    unsafe { region.write(0, bytemuck::bytes_of(&header)) };
+    Ok(region)
+}
+
+/// # Safety
+/// Region contract for `len` readable bytes.
+unsafe fn attach_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Region, LayoutError> {
+    if len < DOORBELL_LEN {
+        return Err(LayoutError::TooSmall {
+            len,
+            needed: DOORBELL_LEN,
+        });
+    }
+    // SAFETY: caller's contract.
+    let region = unsafe { Region::from_raw(base, len)? };
+    let mut bytes = [0u8; std::mem::size_of::<DoorbellHeader>()];
+    // SAFETY: 16 bytes at offset 0 of a page of >= 4096 bytes.
+    unsafe { region.read(0, &mut bytes) };
+    let header: DoorbellHeader = bytemuck::pod_read_unaligned(&bytes);
+    if header.magic != magic {
+        return Err(LayoutError::BadMagic {
+            expected: magic,
+            found: header.magic,
+        });
+    }
+    if header.version != DOORBELL_VERSION {
+        return Err(LayoutError::BadVersion {
+            found: header.version,
+            expected: DOORBELL_VERSION,
+        });
+    }
+    Ok(region)
+}
+
+/// One per shard: `parked` tells clients whether a commit must ring the shard's eventfd.
+/// Written by the shard; clients map it read-only and only call [`is_parked`](Self::is_parked).
+pub struct ShardDoorbell {
+    region: Region,
+}
+
+// SAFETY: only atomics are accessed, and the page outlives the object (attach contract).
+unsafe impl Send for ShardDoorbell {}
+// SAFETY: as above; every method takes `&self` and uses atomics only.
+unsafe impl Sync for ShardDoorbell {}
+
+impl ShardDoorbell {
+    /// Writes the header of a fresh (zeroed) doorbell page.
+    ///
+    /// # Safety
+    /// Region contract (see [`crate::shm`]) for `len` writable bytes, not shared yet.
+    pub unsafe fn init(base: *mut u8, len: usize) -> Result<(), LayoutError> {
+        // SAFETY: caller's contract.
+        let region = unsafe { init_page(base, len, SHARD_MAGIC)? };
+        // SAFETY: PARKED is a 4-aligned offset in the page.
+        unsafe { region.atomic_u32(PARKED) }.store(0, Relaxed);
+        Ok(())
+    }
+
+    /// Attaches to an initialised doorbell page.
+    ///
+    /// # Safety
+    /// Region contract for `len` readable bytes; writable too if
+    /// [`set_parked`](Self::set_parked) is called (the shard's mapping).
+    pub unsafe fn attach(base: *const u8, len: usize) -> Result<Self, LayoutError> {
+        // SAFETY: caller's contract; we write only from set_parked, documented above.
+        let region = unsafe { attach_page(base as *mut u8, len, SHARD_MAGIC)? };
+        Ok(ShardDoorbell { region })
+    }
+
+    #[inline(always)]
+    fn parked(&self) -> &AtomicU32 {
+        // SAFETY: 4-aligned offset inside the validated page.
+        unsafe { self.region.atomic_u32(PARKED) }
+    }
+
+    /// Shard side. `set_parked(true)` stores the flag and issues `fence(SeqCst)`: the shard
+    /// must then check all its rings once more before it blocks on its eventfd. Call
+    /// `set_parked(false)` on waking.
+    #[inline]
+    pub fn set_parked(&self, parked: bool) {
+        if parked {
+            self.parked().store(1, Relaxed);
+            fence(SeqCst);
+        } else {
+            self.parked().store(0, Relaxed);
+        }
+    }
+
+    /// Client side, after a commit: `fence(SeqCst)`, then load `parked`. If true, write
+    /// the shard's eventfd.
+    #[inline]
+    pub fn is_parked(&self) -> bool {
+        fence(SeqCst);
+        self.parked().load(Relaxed) != 0
+    }
+}
+
+/// One per group: subscribers register as waiters before sleeping on `futex`; the shard
+/// bumps `futex` and wakes them after appending when there are waiters.
+///
+/// Subscriber, to sleep: [`add_waiter`](Self::add_waiter) (which fences), `let v =
+/// futex_word().load(Acquire)`, re-check the log (`LogReader::has_data`), and only if
+/// still empty `FUTEX_WAIT(futex_word, v, timeout)`; then
+/// [`remove_waiter`](Self::remove_waiter). Shard, after appending a batch: if
+/// [`waiters`](Self::waiters) (which fences) `> 0`, [`bump`](Self::bump) and `FUTEX_WAKE`
+/// all. Reading `v` *before* the re-check matters: a bump after the re-check then changes
+/// the word and the wait returns at once.
+pub struct GroupDoorbell {
+    region: Region,
+}
+
+// SAFETY: only atomics are accessed, and the page outlives the object (attach contract).
+unsafe impl Send for GroupDoorbell {}
+// SAFETY: as above; every method takes `&self` and uses atomics only.
+unsafe impl Sync for GroupDoorbell {}
+
+impl GroupDoorbell {
+    /// Writes the header of a fresh (zeroed) doorbell page.
+    ///
+    /// # Safety
+    /// Region contract (see [`crate::shm`]) for `len` writable bytes, not shared yet.
+    pub unsafe fn init(base: *mut u8, len: usize) -> Result<(), LayoutError> {
+        // SAFETY: caller's contract.
+        let region = unsafe { init_page(base, len, GROUP_MAGIC)? };
+        // SAFETY: 4-aligned offsets in the page.
+        unsafe {
+            region.atomic_u32(WAITERS).store(0, Relaxed);
+            region.atomic_u32(FUTEX).store(0, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Attaches to an initialised group doorbell (mapped read-write by members).
+    ///
+    /// # Safety
+    /// Region contract for `len` writable bytes.
+    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, LayoutError> {
+        // SAFETY: caller's contract.
+        let region = unsafe { attach_page(base, len, GROUP_MAGIC)? };
+        Ok(GroupDoorbell { region })
+    }
+
+    #[inline(always)]
+    fn waiters_word(&self) -> &AtomicU32 {
+        // SAFETY: 4-aligned offset inside the validated page.
+        unsafe { self.region.atomic_u32(WAITERS) }
+    }
+
+    /// The futex word (shared futex: no `FUTEX_PRIVATE_FLAG`).
+    #[inline]
+    pub fn futex_word(&self) -> &AtomicU32 {
+        // SAFETY: 4-aligned offset inside the validated page.
+        unsafe { self.region.atomic_u32(FUTEX) }
+    }
+
+    /// Subscriber: register as about to sleep, then `fence(SeqCst)`.
+    #[inline]
+    pub fn add_waiter(&self) {
+        self.waiters_word().fetch_add(1, SeqCst);
+        fence(SeqCst);
+    }
+
+    /// Subscriber: unregister after waking.
+    #[inline]
+    pub fn remove_waiter(&self) {
+        self.waiters_word().fetch_sub(1, SeqCst);
+    }
+
+    /// Shard, after appending: `fence(SeqCst)`, then the number of registered sleepers.
+    /// (Members can scribble on this page; a wrong count only causes spurious or late
+    /// wake-ups within the group, bounded by the sleepers' timeout.)
+    #[inline]
+    pub fn waiters(&self) -> u32 {
+        fence(SeqCst);
+        self.waiters_word().load(Relaxed)
+    }
+
+    /// Shard: change the futex word (Release, so a sleeper that reads the new value sees
+    /// the appended records). Returns the new value. Then `FUTEX_WAKE` all.
+    #[inline]
+    pub fn bump(&self) -> u32 {
+        self.futex_word().fetch_add(1, Release).wrapping_add(1)
+    }
+
+    /// Subscriber convenience: the futex value to pass to `FUTEX_WAIT` (Acquire).
+    #[inline]
+    pub fn futex_value(&self) -> u32 {
+        self.futex_word().load(Acquire)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::shm::testutil::AlignedRegion;
+
+    #[test]
+    fn shard_doorbell_parks_and_unparks() {
+        let page = AlignedRegion::new(DOORBELL_LEN);
+        // SAFETY: fresh zeroed page; the objects do not outlive it.
+        let (shard, client) = unsafe {
+            ShardDoorbell::init(page.ptr(), page.len()).unwrap();
+            (
+                ShardDoorbell::attach(page.ptr(), page.len()).unwrap(),
+                ShardDoorbell::attach(page.ptr(), page.len()).unwrap(),
+            )
+        };
+        assert!(!client.is_parked());
+        shard.set_parked(true);
+        assert!(client.is_parked());
+        shard.set_parked(false);
+        assert!(!client.is_parked());
+    }
+
+    #[test]
+    fn group_doorbell_counts_waiters_and_bumps() {
+        let page = AlignedRegion::new(DOORBELL_LEN);
+        // SAFETY: fresh zeroed page; the object does not outlive it.
+        let bell = unsafe {
+            GroupDoorbell::init(page.ptr(), page.len()).unwrap();
+            GroupDoorbell::attach(page.ptr(), page.len()).unwrap()
+        };
+        assert_eq!(bell.waiters(), 0);
+        bell.add_waiter();
+        bell.add_waiter();
+        assert_eq!(bell.waiters(), 2);
+        bell.remove_waiter();
+        assert_eq!(bell.waiters(), 1);
+        let v = bell.futex_value();
+        assert_eq!(bell.bump(), v + 1);
+        assert_eq!(bell.futex_word().load(Relaxed), v + 1);
+    }
+
+    #[test]
+    fn attach_checks_magic_and_size() {
+        let page = AlignedRegion::new(DOORBELL_LEN);
+        // SAFETY: valid page of DOORBELL_LEN bytes.
+        unsafe {
+            ShardDoorbell::init(page.ptr(), page.len()).unwrap();
+            assert!(matches!(
+                GroupDoorbell::attach(page.ptr(), page.len()),
+                Err(LayoutError::BadMagic { .. })
+            ));
+            assert!(matches!(
+                ShardDoorbell::attach(page.ptr(), 100),
+                Err(LayoutError::TooSmall {
+                    len: 100,
+                    needed: 4096
+                })
+            ));
+            assert!(matches!(
+                ShardDoorbell::init(page.ptr().add(4), 4092),
+                Err(LayoutError::TooSmall { .. })
+            ));
+        }
+        let zero = AlignedRegion::new(DOORBELL_LEN);
+        // SAFETY: valid zeroed page.
+        assert!(unsafe { ShardDoorbell::attach(zero.ptr(), zero.len()) }.is_err());
+    }
+}

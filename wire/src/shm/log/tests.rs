@@ -1,0 +1,464 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::shm::testutil::AlignedRegion;
+
+fn log(capacity: usize) -> AlignedRegion {
+    let region = AlignedRegion::new(DeliveryLog::required_len(capacity));
+    // SAFETY: a fresh, zeroed, page-aligned allocation of the required length.
+    unsafe { DeliveryLog::init(region.ptr(), region.len(), capacity) }.expect("init");
+    region
+}
+
+fn writer(region: &AlignedRegion) -> LogWriter {
+    // SAFETY: the region outlives the writer within each test; one writer.
+    unsafe { LogWriter::attach(region.ptr(), region.len()) }.expect("writer")
+}
+
+fn reader(region: &AlignedRegion) -> LogReader {
+    // SAFETY: the region outlives the reader within each test.
+    unsafe { LogReader::attach(region.ptr(), region.len()) }.expect("reader")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    Message { seq: u64, sender: u64, payload: Vec<u8> },
+    Lagged { missed: u64 },
+}
+
+fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
+    let mut out = Vec::new();
+    reader
+        .poll(limit, |event| {
+            out.push(match event {
+                LogEvent::Message { seq, sender, payload } => Event::Message {
+                    seq,
+                    sender,
+                    payload: payload.to_vec(),
+                },
+                LogEvent::Lagged { missed } => Event::Lagged { missed },
+            })
+        })
+        .expect("poll");
+    out
+}
+
+/// Payload derived from the seq, so any torn or misplaced byte is detectable.
+fn payload_for(seq: u64, len: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len)
+        .map(|i| (seq.wrapping_mul(131).wrapping_add(i as u64) % 253) as u8)
+        .collect();
+    if len >= 8 {
+        p[..8].copy_from_slice(&seq.to_le_bytes());
+    }
+    p
+}
+
+fn msg(seq: u64, len: usize) -> Event {
+    Event::Message {
+        seq,
+        sender: seq ^ 0xabcd,
+        payload: payload_for(seq, len),
+    }
+}
+
+fn append(writer: &mut LogWriter, len: usize) -> u64 {
+    let seq = writer.next_seq();
+    assert_eq!(writer.append(seq ^ 0xabcd, &payload_for(seq, len)), Ok(seq));
+    seq
+}
+
+#[test]
+fn reader_sees_only_new_messages_in_order() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    append(&mut w, 10);
+    let mut r = reader(&region);
+    assert!(!r.has_data());
+    assert_eq!(poll_all(&mut r, 10), vec![]);
+    append(&mut w, 0);
+    append(&mut w, 100);
+    assert!(r.has_data());
+    assert_eq!(poll_all(&mut r, 10), vec![msg(1, 0), msg(2, 100)]);
+    assert!(!r.has_data());
+    append(&mut w, 5);
+    assert_eq!(poll_all(&mut r, 1), vec![msg(3, 5)]);
+    assert_eq!(w.next_seq(), 4);
+}
+
+#[test]
+fn poll_respects_limit() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    for _ in 0..5 {
+        append(&mut w, 3);
+    }
+    assert_eq!(poll_all(&mut r, 2), vec![msg(0, 3), msg(1, 3)]);
+    assert_eq!(poll_all(&mut r, 0), vec![]);
+    assert_eq!(poll_all(&mut r, 9), vec![msg(2, 3), msg(3, 3), msg(4, 3)]);
+}
+
+#[test]
+fn too_large_names_the_limit() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let max = w.max_payload();
+    assert_eq!(max, 4096 / 2 - 32);
+    assert_eq!(
+        w.append(1, &vec![0; max + 1]),
+        Err(OfferError::TooLarge { len: max + 1, max })
+    );
+    let mut r = reader(&region);
+    // Max-size records at every kind of wrap point, the reader keeping up.
+    for i in 0..40u64 {
+        append(&mut w, if i % 3 == 0 { max } else { (i * 37 % 700) as usize });
+        let events = poll_all(&mut r, 10);
+        assert_eq!(events.len(), 1);
+    }
+}
+
+#[test]
+fn wraps_with_padding_and_gaps_keep_content() {
+    // Sizes chosen to leave 8, 16 and 24-byte gaps (no header fits) and real padding.
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    for (expect_seq, i) in (0..3000u64).enumerate() {
+        let len = [0usize, 8, 16, 24, 40, 100, 1000, 2000, 333][(i % 9) as usize];
+        let seq = append(&mut w, len);
+        assert_eq!(seq, expect_seq as u64);
+        assert_eq!(poll_all(&mut r, 10), vec![msg(seq, len)], "record {i}");
+    }
+}
+
+#[test]
+fn lapped_reader_gets_lagged_then_resumes_at_oldest_intact() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    append(&mut w, 50);
+    assert_eq!(poll_all(&mut r, 1), vec![msg(0, 50)]);
+    // Two rings' worth of 88-byte records (120 bytes each).
+    for _ in 0..70 {
+        append(&mut w, 88);
+    }
+    let head = w.head();
+    assert!(head > r.cursor() + 4096, "the reader must have been lapped");
+    // The oldest intact record: walk from head to find its seq (120-byte records, maybe a
+    // padding first).
+    let events = poll_all(&mut r, 1000);
+    let Event::Lagged { missed } = events[0] else {
+        panic!("expected Lagged, got {:?}", events[0])
+    };
+    let Event::Message { seq: first, .. } = &events[1] else {
+        panic!("{:?}", events[1])
+    };
+    assert_eq!(*first, 1 + missed);
+    // Everything from the first resumed record to the end, intact and in order.
+    let expected: Vec<Event> = (*first..w.next_seq()).map(|s| msg(s, 88)).collect();
+    assert_eq!(&events[1..], &expected[..]);
+    // The resumed record is the one at `head` (or right after a padding there).
+    let intact_bytes = w.tail() - head;
+    assert!(
+        (4096 - 512 - 2 * 120..=4096).contains(&intact_bytes),
+        "{intact_bytes}"
+    );
+    assert!(!r.has_data());
+    // And it goes on normally.
+    append(&mut w, 7);
+    assert_eq!(poll_all(&mut r, 10), vec![msg(w.next_seq() - 1, 7)]);
+}
+
+#[test]
+fn lagged_with_limit_one_keeps_the_message_for_the_next_poll() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    for _ in 0..100 {
+        append(&mut w, 64);
+    }
+    let first = poll_all(&mut r, 1);
+    let [Event::Lagged { missed }] = first[..] else {
+        panic!("{first:?}")
+    };
+    let second = poll_all(&mut r, 1);
+    assert_eq!(second, vec![msg(missed, 64)]);
+}
+
+#[test]
+fn reader_attaching_mid_stream_learns_the_next_seq() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    for i in 0..500 {
+        append(&mut w, i % 300);
+    }
+    let mut r = reader(&region);
+    let seq = append(&mut w, 1);
+    assert_eq!(poll_all(&mut r, 5), vec![msg(seq, 1)]);
+    // ...and a lap right after attaching is counted from there.
+    let mut r = reader(&region);
+    let from = w.next_seq();
+    for _ in 0..100 {
+        append(&mut w, 64);
+    }
+    let events = poll_all(&mut r, 1);
+    let [Event::Lagged { missed }] = events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(poll_all(&mut r, 1), vec![msg(from + missed, 64)]);
+}
+
+#[test]
+fn writer_reattaches_where_it_left_off() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    for i in 0..77 {
+        append(&mut w, i * 5 % 200);
+    }
+    let (tail, next) = (w.tail(), w.next_seq());
+    let mut w = writer(&region); // the old handle is gone: re-attach
+    assert_eq!((w.next_seq(), w.tail()), (next, tail));
+    let events = poll_all(&mut r, 1000);
+    assert!(matches!(events[0], Event::Lagged { .. }));
+    let seq = append(&mut w, 9);
+    assert_eq!(poll_all(&mut r, 10), vec![msg(seq, 9)]);
+}
+
+#[test]
+fn init_and_attach_validate() {
+    let mut region = log(4096);
+    // SAFETY: valid region; init fails before writing.
+    let err = unsafe { DeliveryLog::init(region.ptr(), region.len(), 3000) }.unwrap_err();
+    assert!(matches!(err, LayoutError::BadCapacity { capacity: 3000, .. }));
+    // SAFETY: as above.
+    let err = unsafe { DeliveryLog::init(region.ptr(), 4096, 4096) }.unwrap_err();
+    assert_eq!(
+        err,
+        LayoutError::TooSmall {
+            len: 4096,
+            needed: 8192
+        }
+    );
+    region.bytes_mut()[..8].copy_from_slice(b"TUTTIPUB");
+    // SAFETY: valid region.
+    let err = unsafe { LogReader::attach(region.ptr(), region.len()) }
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        LayoutError::BadMagic {
+            expected: *b"TUTTILOG",
+            found: *b"TUTTIPUB"
+        }
+    );
+    assert!(err.to_string().contains("TUTTIPUB"), "{err}");
+    region.bytes_mut()[..8].copy_from_slice(b"TUTTILOG");
+    // No marker at the tail: a writer refuses the region.
+    region.bytes_mut()[4096..4104].copy_from_slice(&[0; 8]);
+    // SAFETY: valid region.
+    let err = unsafe { LogWriter::attach(region.ptr(), region.len()) }
+        .err()
+        .unwrap();
+    assert!(matches!(err, LayoutError::BadIndex { .. }));
+}
+
+#[test]
+fn corrupt_records_are_errors() {
+    let region_with = |corrupt: &dyn Fn(&mut [u8])| {
+        let mut region = log(4096);
+        let mut w = writer(&region);
+        let r = reader(&region);
+        append(&mut w, 16); // record at 0: 48 bytes
+        corrupt(region.bytes_mut());
+        (region, r)
+    };
+    let d = 4096;
+    type Corrupt = Box<dyn Fn(&mut [u8])>;
+    let cases: Vec<(Corrupt, ReadError)> = vec![
+        (
+            Box::new(move |b| b[d + 16..d + 20].copy_from_slice(&5000u32.to_le_bytes())),
+            ReadError::TooLarge {
+                position: 0,
+                len: 5000,
+                max: 2016,
+            },
+        ),
+        (
+            Box::new(move |b| b[d + 20] = 9),
+            ReadError::BadKind { position: 0, kind: 9 },
+        ),
+        (
+            Box::new(move |b| b[d + 20] = 2),
+            ReadError::BadPadding {
+                position: 0,
+                len: 16,
+                expected: 4064,
+            },
+        ),
+        (
+            Box::new(move |b| b[d + 8..d + 16].copy_from_slice(&7u64.to_le_bytes())),
+            ReadError::SeqMismatch {
+                position: 0,
+                expected: 0,
+                found: 7,
+            },
+        ),
+    ];
+    for (corrupt, expected) in cases {
+        let (_region, mut r) = region_with(&*corrupt);
+        let err = r.poll(10, |e| panic!("delivered {e:?}")).unwrap_err();
+        assert_eq!(err, expected);
+        assert_eq!(r.poll(10, |_| {}).unwrap_err(), expected, "sticky");
+    }
+}
+
+#[test]
+fn threads_reader_never_sees_torn_payloads() {
+    // A small log and a writer much faster than a reader that dawdles: many laps, and the
+    // reader checks every delivered payload against its seq.
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    const N: u64 = 300_000;
+    let (mut messages, mut lags) = (0u64, 0u64);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for i in 0..N {
+                let len = (i * 7 % 200) as usize;
+                let seq = w.append(i, &payload_for(i, len)).unwrap();
+                assert_eq!(seq, i);
+            }
+        });
+        let mut expected = 0u64;
+        let mut spins = 0u32;
+        while expected < N {
+            let n = r
+                .poll(16, |e| match e {
+                    LogEvent::Message { seq, sender, payload } => {
+                        assert_eq!(seq, expected, "out of order");
+                        assert_eq!(sender, seq);
+                        let len = (seq * 7 % 200) as usize;
+                        assert_eq!(payload, &payload_for(seq, len)[..], "torn payload at {seq}");
+                        expected = seq + 1;
+                        messages += 1;
+                        if seq % 1000 == 0 {
+                            // Dawdle now and then so the writer laps us.
+                            std::thread::sleep(std::time::Duration::from_micros(50));
+                        }
+                    }
+                    LogEvent::Lagged { missed } => {
+                        assert!(missed > 0);
+                        expected += missed;
+                        lags += 1;
+                    }
+                })
+                .unwrap();
+            if n == 0 {
+                spins += 1;
+                if spins > 50_000_000 {
+                    panic!("reader stuck at {expected}");
+                }
+                std::hint::spin_loop();
+            }
+        }
+    });
+    assert!(messages > 0);
+    eprintln!("messages {messages}, lags {lags}");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(usize),
+    Poll(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Arbitrary appends and polls: the reader sees every message in order and intact
+    /// unless it reports Lagged, whose `missed` is exactly the gap, and it lags only when
+    /// the writer really did overwrite what it had not read.
+    #[test]
+    fn messages_in_order_lagged_accounts_for_every_gap(
+        ops in prop::collection::vec(prop_oneof![
+            4 => (0usize..=2016).prop_map(Op::Append),
+            2 => (0usize..=150).prop_map(Op::Append),
+            1 => (0usize..8).prop_map(Op::Poll),
+        ], 1..300),
+    ) {
+        let region = log(4096);
+        let mut w = writer(&region);
+        let mut r = reader(&region);
+        let mut lens = Vec::new();
+        let mut expected = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(len) => {
+                    lens.push(len);
+                    append(&mut w, len);
+                }
+                Op::Poll(limit) => {
+                    let cursor = r.cursor();
+                    let events = poll_all(&mut r, limit);
+                    prop_assert!(events.len() <= limit);
+                    for e in events {
+                        match e {
+                            Event::Message { seq, sender, payload } => {
+                                prop_assert_eq!(seq, expected);
+                                prop_assert_eq!(sender, seq ^ 0xabcd);
+                                prop_assert_eq!(payload, payload_for(seq, lens[seq as usize]));
+                                expected += 1;
+                            }
+                            Event::Lagged { missed } => {
+                                prop_assert!(missed > 0);
+                                // Lagged only if the writer's head passed our cursor.
+                                prop_assert!(w.head() > cursor, "lagged at {} with head {}", cursor, w.head());
+                                expected += missed;
+                            }
+                        }
+                    }
+                    prop_assert!(expected <= w.next_seq());
+                }
+            }
+        }
+        // Drain: everything left is delivered (possibly after one Lagged).
+        let events = poll_all(&mut r, usize::MAX);
+        for e in events {
+            match e {
+                Event::Message { seq, .. } => { prop_assert_eq!(seq, expected); expected += 1; }
+                Event::Lagged { missed } => expected += missed,
+            }
+        }
+        prop_assert_eq!(expected, w.next_seq());
+    }
+
+    /// A reader over arbitrary header, index and record bytes never panics.
+    #[test]
+    fn garbage_never_panics(
+        header in prop::collection::vec(any::<u8>(), 32),
+        keep_header in any::<bool>(),
+        indices in prop::collection::vec(any::<u64>(), 3),
+        small_indices in any::<bool>(),
+        data in prop::collection::vec(any::<u8>(), 0..4096),
+        limit in 0usize..40,
+    ) {
+        let mut region = log(4096);
+        let bytes = region.bytes_mut();
+        if !keep_header {
+            bytes[..32].copy_from_slice(&header);
+        }
+        for (i, v) in indices.iter().enumerate() {
+            let v = if small_indices { v % 12000 } else { *v };
+            bytes[128 + 128 * i..136 + 128 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        bytes[4096..4096 + data.len()].copy_from_slice(&data);
+        // SAFETY: valid region; no other object uses it.
+        if let Ok(mut r) = unsafe { LogReader::attach(region.ptr(), region.len()) } {
+            let _ = r.has_data();
+            let _ = r.poll(limit, |_| {});
+            let _ = r.poll(limit, |_| {});
+        }
+    }
+}
