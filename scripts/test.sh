@@ -25,4 +25,11 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p tutti-wire --release --test loom_shm -- --test-threads 2
 
 step "systemd units"
-bash systemd/verify.sh
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+cargo build --release -p tutti-daemon --bin tuttid
+bash systemd/verify.sh target/release/tuttid
+
+step "Debian package"
+bash scripts/package.sh

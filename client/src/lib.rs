@@ -21,7 +21,6 @@
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
@@ -479,10 +478,9 @@ impl Client {
     /// Sleeps on the group's futex until the daemon appends (or `timeout`).
     fn park(&mut self, group: GroupId, timeout: Duration) -> Result<(), Error> {
         let g = self.group(group)?;
+        // add_waiter fences; the daemon fences between appending and reading `waiters`.
         g.doorbell.add_waiter();
-        let seen = g.doorbell.futex_word().load(Ordering::SeqCst);
-        // Pairs with the daemon's fence between appending and looking at `waiters`.
-        fence(Ordering::SeqCst);
+        let seen = g.doorbell.futex_value();
         if !g.reader.has_data() {
             tutti_sys::futex_wait(g.doorbell.futex_word(), seen, timeout);
         }
@@ -569,8 +567,8 @@ fn ring_doorbell(link: &ShardLink) {
 /// only when the shard is parked.
 #[inline]
 fn wake_if_parked(doorbell: &ShardDoorbell, eventfd: &EventFd) {
-    // Pairs with the shard's fence between announcing `parked` and re-checking the rings.
-    fence(Ordering::SeqCst);
+    // is_parked fences first; it pairs with the shard's fence between announcing `parked`
+    // and re-checking the rings.
     if doorbell.is_parked() {
         eventfd.notify();
     }

@@ -6,7 +6,7 @@
 
 use crate::config::IdleStrategy;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tutti_sys::{EventFd, Mapping};
@@ -195,10 +195,9 @@ impl Shard {
     /// Announces that the shard sleeps, looks once more for work (a client that
     /// committed before seeing the flag must not be missed), then blocks on the eventfd.
     fn park(&mut self) {
+        // set_parked fences; it pairs with the client's fence between its commit and its
+        // look at `parked`: either the client sees parked = 1 and rings, or we see its frame.
         self.doorbell.set_parked(true);
-        // Pairs with the client's fence between its commit and its look at `parked`:
-        // either the client sees parked = 1 and rings, or we see its frame here.
-        fence(Ordering::SeqCst);
         let pending = self.clients.iter().any(|c| c.consumer.has_pending()) || !self.commands.is_empty();
         if !pending {
             ShardStats::add(&self.stats.parks, 1);
@@ -235,10 +234,9 @@ impl Shard {
         total
     }
 
-    /// Wakes subscribers sleeping on a group that just got data. One fence per pass,
-    /// then one load per dirty group; a futex wake only when someone sleeps.
+    /// Wakes subscribers sleeping on a group that just got data: a fence and a load per
+    /// dirty group (in `waiters`); a futex wake only when someone sleeps.
     fn ring_group_doorbells(&mut self) {
-        fence(Ordering::SeqCst);
         for group in self.groups.iter_mut().flatten() {
             if group.dirty {
                 group.dirty = false;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the Debian package (cargo-deb) and lists its contents; fails if a file the
+# package must ship is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
+cargo build --release --workspace --bins
+rm -f target/debian/tutti_*.deb
+cargo deb -p tutti-daemon --no-build
+deb=$(ls target/debian/tutti_*.deb)
+echo "built $deb"
+listing=$(dpkg-deb -c "$deb")
+echo "$listing"
+for f in ./usr/bin/tuttid ./usr/bin/tutti ./usr/bin/tutti-bench ./lib/systemd/system/tuttid.service \
+         ./usr/lib/sysusers.d/tutti.conf ./usr/lib/tmpfiles.d/tutti.conf ./etc/tutti/tuttid.toml; do
+    grep -q " $f\$" <<<"$listing" || { echo "package.sh: $f missing from $deb" >&2; exit 1; }
+done
+dpkg-deb -f "$deb" Package Version Depends
+dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -q conffiles || { echo "package.sh: no conffiles" >&2; exit 1; }
+echo "package ok"
