@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
 use tutti_wire::control::{self, Joined, Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
+pub use tutti_wire::counters::SHARD_COUNTERS;
+use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
 use tutti_wire::shm::{
     DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
@@ -513,6 +515,27 @@ impl Client {
         }
     }
 
+    /// Maps every shard's counters page read-only, to read the daemon's counters live.
+    pub fn counters(&mut self) -> Result<Vec<ShardCounters>, Error> {
+        let mut out = Vec::new();
+        for shard in 0..self.shards.len() as u32 {
+            let mut fds = Vec::new();
+            match self.call(&Request::Counters { shard }, &mut fds)? {
+                Reply::CountersPage { .. } => {}
+                other => return Err(unexpected(other)),
+            }
+            let fd = fds
+                .pop()
+                .ok_or_else(|| Error::Protocol("counters page came without a descriptor".into()))?;
+            let map = map_exact(&fd, COUNTERS_LEN, false)?;
+            // SAFETY: a live read-only mapping of the whole page, kept beside the view.
+            let page = unsafe { CountersPage::attach(map.as_ptr(), map.len()) }
+                .map_err(|e| Error::SharedMemory(e.to_string()))?;
+            out.push(ShardCounters { page, _map: map });
+        }
+        Ok(out)
+    }
+
     /// Checks, without blocking, that the daemon has not hung up on this session.
     pub fn check_alive(&mut self) -> Result<(), Error> {
         if self.gone {
@@ -532,6 +555,23 @@ impl Client {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(self.io_gone(e)),
         }
+    }
+}
+
+/// One shard's counters, mapped read-only and read live (names: [`SHARD_COUNTERS`]).
+pub struct ShardCounters {
+    page: CountersPage,
+    _map: Mapping,
+}
+
+impl ShardCounters {
+    /// (name, value) of every counter the page holds that this build knows by name.
+    pub fn values(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        SHARD_COUNTERS
+            .iter()
+            .take(self.page.count())
+            .enumerate()
+            .map(|(i, (name, _))| (*name, self.page.get(i)))
     }
 }
 

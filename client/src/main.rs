@@ -39,6 +39,19 @@ enum Command {
     },
     /// Show shards, groups and attached clients of the local daemon.
     Status,
+    /// Show the daemon's counters live (per shard: value and rate per second), read from
+    /// shared memory without disturbing the daemon.
+    Stat {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print one JSON object per shard and refresh (with --once: once).
+        #[arg(long)]
+        json: bool,
+    },
     /// Host tuning.
     Tune {
         #[command(subcommand)]
@@ -82,6 +95,7 @@ fn main() -> ExitCode {
                 print!("{s}");
                 ExitCode::SUCCESS
             }),
+        Command::Stat { interval, once, json } => stat(&args.socket, interval, once, json),
         Command::Tune {
             what: TuneCommand::Check { json, cores },
         } => Ok(tune_check(json, cores.unwrap_or_default())),
@@ -183,5 +197,60 @@ fn tune_check(json: bool, cores: Vec<usize>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
+    let mut client = connect(socket)?;
+    let shards = client.counters().map_err(|e| e.to_string())?;
+    let interval = Duration::from_secs_f64(interval.max(0.05));
+    let clear = !once && !json && std::io::stdout().is_terminal();
+    let mut previous: Vec<Vec<u64>> = Vec::new();
+    let mut last = std::time::Instant::now();
+    loop {
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(last).as_secs_f64().max(1e-9);
+        last = now;
+        let current: Vec<Vec<(&str, u64)>> = shards.iter().map(|s| s.values().collect()).collect();
+        let mut out = String::new();
+        if clear {
+            out.push_str("\x1b[H\x1b[2J");
+        }
+        for (i, values) in current.iter().enumerate() {
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    std::iter::once(("shard".to_string(), i.into()))
+                        .chain(values.iter().map(|(n, v)| (n.to_string(), (*v).into())))
+                        .collect();
+                out.push_str(&serde_json::Value::Object(map).to_string());
+                out.push('\n');
+                continue;
+            }
+            out.push_str(&format!(
+                "shard {i}\n  {:<18} {:>16} {:>14}\n",
+                "counter", "value", "per second"
+            ));
+            for (k, (name, value)) in values.iter().enumerate() {
+                let rate = previous
+                    .get(i)
+                    .and_then(|p| p.get(k))
+                    .map_or(String::from("-"), |old| {
+                        format!("{:.0}", value.saturating_sub(*old) as f64 / secs)
+                    });
+                out.push_str(&format!("  {name:<18} {value:>16} {rate:>14}\n"));
+            }
+        }
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        if once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        previous = current
+            .iter()
+            .map(|v| v.iter().map(|(_, x)| *x).collect())
+            .collect();
+        std::thread::sleep(interval);
+        client.check_alive().map_err(|e| e.to_string())?;
     }
 }

@@ -97,6 +97,23 @@ fn pub_lines_reach_sub_and_status_shows_them() {
     );
     let s = status(&socket);
     assert!(s.contains("shards: 1"), "{s}");
+    // The counters page, read live from shared memory, agrees: three messages in.
+    let out = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["stat", "--once", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shard0: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(shard0["frames_in"], 3, "{shard0}");
+    assert_eq!(shard0["bad_frames"], 0, "{shard0}");
+    let table = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["stat", "--once"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("subscriber_wakes"));
     assert!(s.contains("groups: 0"), "both left, so the group is freed: {s}");
 }
 

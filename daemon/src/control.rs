@@ -10,11 +10,11 @@ use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tutti_sys::{EventFd, Mapping, PeerCred, SeqPacket, SeqPacketListener, SignalFd};
 use tutti_wire::control::{ErrorCode, Joined, Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
+use tutti_wire::counters::SHARD_COUNTERS;
 use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
 
 /// How long the control thread waits for a shard to apply a command before it gives up
@@ -31,6 +31,8 @@ pub struct ShardLink {
     pub core: Option<usize>,
     /// The shard's doorbell page and eventfd, sent to each client on its first join there.
     pub doorbell_fd: OwnedFd,
+    /// The shard's counters page, sent (to be mapped read-only) on request.
+    pub counters_fd: OwnedFd,
 }
 
 impl ShardLink {
@@ -373,6 +375,26 @@ impl Control {
                 let text = self.status_text();
                 self.send(id, &Reply::StatusText(&text), &[]);
             }
+            Request::Counters { shard } => match self.shards.get(shard as usize) {
+                Some(link) => {
+                    let reply = Reply::CountersPage {
+                        shard,
+                        count: SHARD_COUNTERS.len() as u32,
+                    };
+                    self.send(id, &reply, &[link.counters_fd.as_raw_fd()]);
+                }
+                None => {
+                    let text = format!("no shard {shard}; this tuttid has {}", self.shards.len());
+                    self.send(
+                        id,
+                        &Reply::Error {
+                            code: ErrorCode::BadRequest,
+                            text: &text,
+                        },
+                        &[],
+                    );
+                }
+            },
         }
     }
 
@@ -582,18 +604,13 @@ impl Control {
             let core = s
                 .core
                 .map_or_else(|| "unpinned".to_string(), |c| format!("core {c}"));
-            let _ = writeln!(
-                out,
-                "  shard {i} ({core}): clients {} groups {} frames {} bytes {} bad_frames {} too_large {} subscriber_wakes {} parks {}",
-                st.clients.load(Ordering::Relaxed),
-                st.groups.load(Ordering::Relaxed),
-                st.frames_in.load(Ordering::Relaxed),
-                st.bytes_in.load(Ordering::Relaxed),
-                st.bad_frames.load(Ordering::Relaxed),
-                st.too_large.load(Ordering::Relaxed),
-                st.subscriber_wakes.load(Ordering::Relaxed),
-                st.parks.load(Ordering::Relaxed),
-            );
+            let _ = write!(out, "  shard {i} ({core}):");
+            for (index, (name, _)) in SHARD_COUNTERS.iter().enumerate() {
+                if *name != "heartbeat" {
+                    let _ = write!(out, " {name} {}", st.get(index));
+                }
+            }
+            out.push('\n');
         }
         let live: Vec<&Group> = self.groups.iter().flatten().collect();
         let _ = writeln!(out, "\ngroups: {}", live.len());

@@ -6,10 +6,10 @@
 
 use crate::config::IdleStrategy;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tutti_sys::{EventFd, Mapping};
+use tutti_wire::counters::{CountersPage, COUNTERS_LEN, SHARD_COUNTERS};
 use tutti_wire::shm::{GroupDoorbell, LogWriter, PublishConsumer, ShardDoorbell};
 
 /// Frames taken from one publish ring before the shard moves on to the next ring, so a
@@ -24,26 +24,52 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Data passes between two looks at the command queue when the shard is busy.
 const COMMAND_CHECK_INTERVAL: u32 = 64;
 
-/// Counters one shard writes (relaxed, single writer) and `tutti status` reads.
-#[derive(Debug, Default)]
+/// A shard's counters, in a shared-memory page (`tutti stat` maps it read-only). The
+/// shard is the only writer; the control thread and `tutti stat` only read.
 pub struct ShardStats {
-    pub frames_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bad_frames: AtomicU64,
-    pub too_large: AtomicU64,
-    pub subscriber_wakes: AtomicU64,
-    pub parks: AtomicU64,
-    pub clients: AtomicU64,
-    pub groups: AtomicU64,
-    /// Advances while the shard loop runs (at least every park timeout); the watchdog
-    /// stops pinging systemd when a shard's heartbeat stands still.
-    pub heartbeat: AtomicU64,
+    page: CountersPage,
+    _map: Mapping,
+}
+
+/// Indices of the shard counters (names in `tutti_wire::counters::SHARD_COUNTERS`).
+pub mod counter {
+    use tutti_wire::counters::shard_counter;
+    pub const FRAMES_IN: usize = shard_counter("frames_in");
+    pub const BYTES_IN: usize = shard_counter("bytes_in");
+    pub const BAD_FRAMES: usize = shard_counter("bad_frames");
+    pub const TOO_LARGE: usize = shard_counter("too_large");
+    pub const SUBSCRIBER_WAKES: usize = shard_counter("subscriber_wakes");
+    pub const PARKS: usize = shard_counter("parks");
+    pub const CLIENTS: usize = shard_counter("clients");
+    pub const GROUPS: usize = shard_counter("groups");
+    pub const HEARTBEAT: usize = shard_counter("heartbeat");
 }
 
 impl ShardStats {
-    fn add(counter: &AtomicU64, n: u64) {
-        // Single writer: a load and a store, no locked read-modify-write.
-        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    /// Creates shard `index`'s counters page; the descriptor is what clients are sent.
+    pub fn create(index: usize) -> std::io::Result<(std::os::fd::OwnedFd, ShardStats)> {
+        let (fd, map) = Mapping::create(&format!("tutti-counters-{index}"), COUNTERS_LEN)?;
+        // SAFETY: a fresh zeroed page owned here; `_map` keeps it mapped as long as `page`.
+        let page = unsafe {
+            CountersPage::init(map.as_ptr(), map.len(), SHARD_COUNTERS.len())
+                .and_then(|_| CountersPage::attach(map.as_ptr(), map.len()))
+        }
+        .map_err(std::io::Error::other)?;
+        Ok((fd, ShardStats { page, _map: map }))
+    }
+
+    #[inline]
+    pub fn add(&self, counter: usize, n: u64) {
+        self.page.add(counter, n);
+    }
+
+    #[inline]
+    pub fn set(&self, counter: usize, value: u64) {
+        self.page.set(counter, value);
+    }
+
+    pub fn get(&self, counter: usize) -> u64 {
+        self.page.get(counter)
     }
 }
 
@@ -200,7 +226,7 @@ impl Shard {
         self.doorbell.set_parked(true);
         let pending = self.clients.iter().any(|c| c.consumer.has_pending()) || !self.commands.is_empty();
         if !pending {
-            ShardStats::add(&self.stats.parks, 1);
+            self.stats.add(counter::PARKS, 1);
             self.wake.wait(PARK_TIMEOUT);
         }
         self.doorbell.set_parked(false);
@@ -243,7 +269,7 @@ impl Shard {
                 if group.doorbell.waiters() > 0 {
                     group.doorbell.bump();
                     tutti_sys::futex_wake_all(group.doorbell.futex_word());
-                    ShardStats::add(&self.stats.subscriber_wakes, 1);
+                    self.stats.add(counter::SUBSCRIBER_WAKES, 1);
                 }
             }
         }
@@ -251,10 +277,8 @@ impl Shard {
 
     fn fail_client(&mut self, index: usize, reason: String) {
         let client = self.clients.swap_remove(index);
-        ShardStats::add(&self.stats.bad_frames, 1);
-        self.stats
-            .clients
-            .store(self.clients.len() as u64, Ordering::Relaxed);
+        self.stats.add(counter::BAD_FRAMES, 1);
+        self.stats.set(counter::CLIENTS, self.clients.len() as u64);
         tracing::warn!(shard = self.index, session = client.session, %reason, "client broke the ring protocol; ending its session");
         // The control thread may be gone at shutdown; nothing else to do then.
         let _ = self.events.try_send(ShardEvent::ClientFailed {
@@ -285,7 +309,7 @@ impl Shard {
 
     /// Applies queued control commands. `Err` means stop the shard.
     fn apply_commands(&mut self) -> Result<usize, ()> {
-        ShardStats::add(&self.stats.heartbeat, 1);
+        self.stats.add(counter::HEARTBEAT, 1);
         let mut applied = 0;
         while let Ok(cmd) = self.commands.try_recv() {
             applied += 1;
@@ -309,8 +333,7 @@ impl Shard {
                         }
                     }
                     self.stats
-                        .groups
-                        .store(self.groups.iter().flatten().count() as u64, Ordering::Relaxed);
+                        .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
                 }
                 ShardCommand::AddClient { session, ring, ack } => {
                     // SAFETY: `ring` is a live mapping that the client slot keeps alive as
@@ -326,9 +349,7 @@ impl Shard {
                                 joined: Vec::new(),
                                 _ring: ring,
                             });
-                            self.stats
-                                .clients
-                                .store(self.clients.len() as u64, Ordering::Relaxed);
+                            self.stats.set(counter::CLIENTS, self.clients.len() as u64);
                             Ok(())
                         }
                         Err(e) => Err(format!("publish ring: {e}")),
@@ -369,9 +390,7 @@ impl Shard {
                     if let Some(i) = self.client_index(session) {
                         self.clients.swap_remove(i);
                     }
-                    self.stats
-                        .clients
-                        .store(self.clients.len() as u64, Ordering::Relaxed);
+                    self.stats.set(counter::CLIENTS, self.clients.len() as u64);
                 }
             }
         }
@@ -398,8 +417,7 @@ impl Shard {
             _doorbell: doorbell,
         });
         self.stats
-            .groups
-            .store(self.groups.iter().flatten().count() as u64, Ordering::Relaxed);
+            .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
         Ok(())
     }
 }
@@ -449,10 +467,10 @@ fn drain_ring(
             }
         })
         .map_err(|e| format!("malformed publish ring: {e}"))?;
-    ShardStats::add(&stats.frames_in, n as u64);
-    ShardStats::add(&stats.bytes_in, bytes);
+    stats.add(counter::FRAMES_IN, n as u64);
+    stats.add(counter::BYTES_IN, bytes);
     if too_large > 0 {
-        ShardStats::add(&stats.too_large, too_large);
+        stats.add(counter::TOO_LARGE, too_large);
     }
     match bad {
         Some(reason) => Err(reason),

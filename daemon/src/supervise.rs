@@ -5,8 +5,8 @@
 use crate::config::Config;
 use crate::control::ShardLink;
 use crate::sd_notify::{self, Notifier};
+use crate::shard::counter;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A shard whose heartbeat has not moved for this long (or the watchdog interval, if
@@ -93,13 +93,13 @@ impl Supervisor {
         if self.beats.len() != shards.len() {
             self.beats = shards
                 .iter()
-                .map(|s| (s.stats.heartbeat.load(Ordering::Relaxed), now))
+                .map(|s| (s.stats.get(counter::HEARTBEAT), now))
                 .collect();
         }
         let limit = self.stall_after;
         let mut stalled = None;
         for (i, (shard, beat)) in shards.iter().zip(self.beats.iter_mut()).enumerate() {
-            let value = shard.stats.heartbeat.load(Ordering::Relaxed);
+            let value = shard.stats.get(counter::HEARTBEAT);
             if value != beat.0 {
                 *beat = (value, now);
             } else if now.duration_since(beat.1) > limit {
@@ -181,12 +181,14 @@ mod tests {
     fn link() -> ShardLink {
         let (commands, _rx) = crossbeam_channel::bounded(1);
         let (doorbell_fd, _map) = tutti_sys::Mapping::create("t", 4096).unwrap();
+        let (counters_fd, stats) = ShardStats::create(0).unwrap();
         ShardLink {
             commands,
             wake: Arc::new(tutti_sys::EventFd::new().unwrap()),
-            stats: Arc::new(ShardStats::default()),
+            stats: Arc::new(stats),
             core: None,
             doorbell_fd,
+            counters_fd,
         }
     }
 
@@ -219,7 +221,7 @@ mod tests {
             overrides: Box::new(|_| {}),
         };
         let shards = vec![link(), link()];
-        let beat = |s: &ShardLink| s.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
+        let beat = |s: &ShardLink| s.stats.add(counter::HEARTBEAT, 1);
 
         // Both shards beating: pings flow.
         for _ in 0..10 {

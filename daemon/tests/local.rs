@@ -109,7 +109,7 @@ fn attach_publish_deliver_to_every_local_subscriber() {
     }
     let status = a.status().unwrap();
     assert!(status.contains("prices (shard 0): 2 members"), "{status}");
-    assert_eq!(status_number(&status, "frames"), Some(2 * N), "{status}");
+    assert_eq!(status_number(&status, "frames_in"), Some(2 * N), "{status}");
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub struct Mapping {
 // SAFETY: a Mapping is a plain region of shared memory; who may touch which bytes when is
 // the business of the ring types built on top (they are single-owner and say so).
 unsafe impl Send for Mapping {}
+// SAFETY: `&Mapping` only hands out the base pointer and length; any access through the
+// pointer is governed by the types built on top, as for Send.
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Creates a `memfd` of `len` bytes (zero-filled, sealed against shrinking) and maps it

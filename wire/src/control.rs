@@ -51,20 +51,33 @@ mod kind {
     pub const JOIN: u16 = 2;
     pub const LEAVE: u16 = 3;
     pub const STATUS: u16 = 4;
+    pub const COUNTERS: u16 = 5;
     pub const WELCOME: u16 = 101;
     pub const JOINED: u16 = 102;
     pub const LEFT: u16 = 103;
     pub const STATUS_TEXT: u16 = 104;
+    pub const COUNTERS_PAGE: u16 = 105;
     pub const ERROR: u16 = 199;
 }
 
 /// What a client asks of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
-    Hello { version: u32, pid: u32 },
-    Join { name: &'a str },
-    Leave { handle: u32 },
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Join {
+        name: &'a str,
+    },
+    Leave {
+        handle: u32,
+    },
     Status,
+    /// The counters page of one shard (comes with its descriptor, to map read-only).
+    Counters {
+        shard: u32,
+    },
 }
 
 /// What the daemon answers. `Joined` comes with descriptors (see internals.md).
@@ -79,6 +92,11 @@ pub enum Reply<'a> {
     Joined(Joined),
     Left,
     StatusText(&'a str),
+    /// Shard `shard`'s counters page follows as a descriptor; it holds `count` counters.
+    CountersPage {
+        shard: u32,
+        count: u32,
+    },
     Error {
         code: ErrorCode,
         text: &'a str,
@@ -217,6 +235,10 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(&handle.to_le_bytes());
             }
             Request::Status => put_header(out, kind::STATUS, 0),
+            Request::Counters { shard } => {
+                put_header(out, kind::COUNTERS, 4);
+                out.extend_from_slice(&shard.to_le_bytes());
+            }
         }
     }
 
@@ -243,6 +265,12 @@ impl<'a> Request<'a> {
             kind::STATUS => {
                 exact(body, 0)?;
                 Ok(Request::Status)
+            }
+            kind::COUNTERS => {
+                exact(body, 4)?;
+                Ok(Request::Counters {
+                    shard: u32_at(body, 0)?,
+                })
             }
             other => Err(ControlError::UnknownKind(other)),
         }
@@ -275,6 +303,11 @@ impl<'a> Reply<'a> {
                 out.extend_from_slice(bytemuck::bytes_of(&joined));
             }
             Reply::Left => put_header(out, kind::LEFT, 0),
+            Reply::CountersPage { shard, count } => {
+                put_header(out, kind::COUNTERS_PAGE, 8);
+                out.extend_from_slice(&shard.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
             Reply::StatusText(text) => {
                 let text = clip(text, MAX_BODY);
                 put_header(out, kind::STATUS_TEXT, text.len());
@@ -309,6 +342,13 @@ impl<'a> Reply<'a> {
             kind::LEFT => {
                 exact(body, 0)?;
                 Ok(Reply::Left)
+            }
+            kind::COUNTERS_PAGE => {
+                exact(body, 8)?;
+                Ok(Reply::CountersPage {
+                    shard: u32_at(body, 0)?,
+                    count: u32_at(body, 4)?,
+                })
             }
             kind::STATUS_TEXT => Ok(Reply::StatusText(
                 std::str::from_utf8(body).map_err(|_| ControlError::BadText)?,
@@ -350,7 +390,7 @@ mod tests {
     }
 
     fn request_strategy() -> impl Strategy<Value = (u8, u32, u32, String)> {
-        (0u8..4, any::<u32>(), any::<u32>(), name_strategy())
+        (0u8..5, any::<u32>(), any::<u32>(), name_strategy())
     }
 
     fn build_request(k: u8, a: u32, b: u32, name: &str) -> Request<'_> {
@@ -358,6 +398,7 @@ mod tests {
             0 => Request::Hello { version: a, pid: b },
             1 => Request::Join { name },
             2 => Request::Leave { handle: a },
+            3 => Request::Counters { shard: b },
             _ => Request::Status,
         }
     }
@@ -372,12 +413,13 @@ mod tests {
         }
 
         #[test]
-        fn replies_round_trip(k in 0u8..5, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
+        fn replies_round_trip(k in 0u8..6, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
             let reply = match k {
                 0 => Reply::Welcome { version: a, session_id: a ^ 1, node_id: 7, shards: 2 },
                 1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, reserved: [0; 7] }),
                 2 => Reply::Left,
                 3 => Reply::StatusText(&text),
+                4 => Reply::CountersPage { shard: a, count: a / 3 },
                 _ => Reply::Error { code: ErrorCode::from_u16((a % 8) as u16), text: &text },
             };
             let mut buf = Vec::new();

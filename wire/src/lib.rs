@@ -4,6 +4,7 @@
 //! Layouts are documented in `docs/internals.md`; this crate is their single definition.
 
 pub mod control;
+pub mod counters;
 pub mod packet;
 pub mod shm;
 

@@ -1,0 +1,281 @@
+//! The hardware floor, measured in the same run as what is compared with it: a cache-line
+//! ping-pong between two pinned threads (the least a round trip through shared memory can
+//! cost) and a bare SPSC byte ring (the most a single producer/consumer pair can move).
+
+use std::hint::spin_loop;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use hdrhistogram::Histogram;
+
+use crate::interrupt;
+use crate::pin::pin_current;
+use crate::report::new_histogram;
+use crate::spsc::SpscRing;
+
+/// Written into the ping-pong slot to tell the echo thread to stop (odd, so it is a "ping").
+const STOP: u64 = u64::MAX;
+/// How many spins between two looks at the clock while waiting for the other side, so that a
+/// stuck peer turns into an error instead of a hang.
+const SPINS_PER_CLOCK_CHECK: u32 = 1 << 16;
+/// Grace beyond the run's end before a silent peer counts as stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// Round trips timed per latency sample by default (see `ping_pong`).
+pub const DEFAULT_BATCH: u64 = 16;
+/// Share of the run (at most `MAX_WARMUP`) excluded from the figures as warm-up.
+const WARMUP_FRACTION: f64 = 0.1;
+const MAX_WARMUP: Duration = Duration::from_millis(500);
+
+/// Sets a flag when dropped: how a thread that leaves (even by panic) tells its peer.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Stores a value when dropped.
+struct StoreOnDrop<'a>(&'a AtomicU64, u64);
+
+impl Drop for StoreOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(self.1, Ordering::Release);
+    }
+}
+
+pub struct PingPongResult {
+    /// Round-trip times, one entry per round trip (each batch's mean, counted `batch` times).
+    pub rtt: Histogram<u64>,
+    pub measure_start: Instant,
+    pub measured: Duration,
+    pub batch: u64,
+}
+
+fn warmup_for(duration: Duration) -> Duration {
+    duration.mul_f64(WARMUP_FRACTION).min(MAX_WARMUP)
+}
+
+/// Median cost of two back-to-back `Instant::now()` calls (vDSO `clock_gettime`).
+pub fn timer_overhead_ns() -> u64 {
+    let mut h = new_histogram();
+    for _ in 0..100_000 {
+        let a = Instant::now();
+        let b = Instant::now();
+        h.saturating_record((b - a).as_nanos() as u64);
+    }
+    h.value_at_quantile(0.5)
+}
+
+/// Ping-pong over one cache line between a thread on `ping_core` and one on `echo_core`.
+///
+/// The pinger stores an odd number, the echo thread spins until it sees it and stores the
+/// next (even) number, the pinger spins until it sees that: two cache-line transfers per
+/// round trip. Both sides spin on plain loads (no `pause`): this is the floor.
+///
+/// Timing: `Instant::now()` costs about 20 ns here, a sizeable part of a 70-450 ns round
+/// trip (on this 2-vCPU VM it depends on where the host places the two vCPUs).
+/// So we time `batch` round trips per sample and record the batch mean `batch` times (the
+/// clock cost per round trip becomes ~20/batch ns). The price is that the tail (p99.9, max)
+/// is the tail of batch means, which smooths single outliers by up to `batch`x; `batch = 1`
+/// gives raw per-round-trip samples including the clock cost.
+pub fn ping_pong(
+    ping_core: usize,
+    echo_core: usize,
+    duration: Duration,
+    batch: u64,
+) -> Result<PingPongResult, String> {
+    let batch = batch.max(1);
+    let slot = CachePadded::new(AtomicU64::new(0));
+    let slot = &slot;
+    let echo_gone = &AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let echo = s.spawn(move || -> Result<(), String> {
+            // Tell the pinger if we leave early (pinning failed, panic), so it does not wait.
+            let _gone = SetOnDrop(echo_gone);
+            pin_current(echo_core)?;
+            let mut last = 0u64;
+            loop {
+                let ping = loop {
+                    let v = slot.load(Ordering::Acquire);
+                    if v != last && v & 1 == 1 {
+                        break v;
+                    }
+                };
+                if ping == STOP {
+                    return Ok(());
+                }
+                last = ping + 1;
+                slot.store(last, Ordering::Release);
+            }
+        });
+        let pinger = s.spawn(move || -> Result<PingPongResult, String> {
+            // Whatever happens (error or panic), release the echo thread.
+            let _stop = StoreOnDrop(slot, STOP);
+            ping_side(slot, echo_gone, ping_core, duration, batch)
+        });
+        let result = pinger.join().map_err(|_| "ping thread panicked")??;
+        echo.join().map_err(|_| "echo thread panicked")??;
+        Ok(result)
+    })
+}
+
+fn ping_side(
+    slot: &AtomicU64,
+    echo_gone: &AtomicBool,
+    core: usize,
+    duration: Duration,
+    batch: u64,
+) -> Result<PingPongResult, String> {
+    pin_current(core)?;
+    let mut rtt = new_histogram();
+    let start = Instant::now();
+    let measure_from = start + warmup_for(duration);
+    let end = measure_from + duration;
+    let stuck_at = end + STUCK_AFTER;
+    let mut measure_start = None;
+    let mut seq = 1u64;
+    loop {
+        interrupt::check()?;
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        for _ in 0..batch {
+            slot.store(seq, Ordering::Release);
+            let reply = seq + 1;
+            let mut spins = 0u32;
+            while slot.load(Ordering::Acquire) != reply {
+                spins += 1;
+                if spins == SPINS_PER_CLOCK_CHECK {
+                    spins = 0;
+                    if echo_gone.load(Ordering::Relaxed) {
+                        return Err("ping-pong: echo thread stopped".into());
+                    }
+                    if Instant::now() > stuck_at {
+                        return Err(format!(
+                            "ping-pong: no echo for {STUCK_AFTER:?} (is the echo core starved?)"
+                        ));
+                    }
+                }
+            }
+            seq += 2;
+        }
+        let elapsed = t0.elapsed().as_nanos() as u64;
+        if t0 >= measure_from {
+            measure_start.get_or_insert(t0);
+            rtt.saturating_record_n(elapsed / batch, batch);
+        }
+    }
+    let measure_start = measure_start.unwrap_or(end);
+    Ok(PingPongResult {
+        rtt,
+        measure_start,
+        measured: measure_start.elapsed(),
+        batch,
+    })
+}
+
+pub struct RingThroughput {
+    pub msgs_per_s: f64,
+    pub messages: u64,
+    pub measured: Duration,
+}
+
+/// Bare SPSC ring throughput: the producer on `producer_core` copies `size`-byte messages
+/// (sequence number in the first 8 bytes) in, the consumer on `consumer_core` copies each
+/// one out into its own buffer and checks the sequence. The rate is counted by the producer
+/// over the run after warm-up (the ring is small, so what went in is what came out, ± one
+/// ring); the consumer's final count checks that nothing was lost.
+pub fn ring_throughput(
+    producer_core: usize,
+    consumer_core: usize,
+    size: usize,
+    duration: Duration,
+) -> Result<RingThroughput, String> {
+    assert!(size >= 8, "messages carry an 8-byte sequence number");
+    let mut ring = SpscRing::for_payload(size);
+    let (mut producer, mut consumer) = ring.split();
+    let done = &CachePadded::new(AtomicBool::new(false));
+    let consumer_gone = &CachePadded::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let consumer = s.spawn(move || -> Result<u64, String> {
+            let _gone = SetOnDrop(consumer_gone);
+            pin_current(consumer_core)?;
+            let mut out = vec![0u8; size];
+            let mut next = 0u64;
+            let mut bad = None;
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let n = consumer.poll(usize::MAX, |m| {
+                    out.copy_from_slice(m);
+                    let seq = u64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
+                    if seq != next && bad.is_none() {
+                        bad = Some((next, seq));
+                    }
+                    next += 1;
+                });
+                if let Some((want, got)) = bad {
+                    return Err(format!("SPSC ring: expected message {want}, got {got}"));
+                }
+                if n == 0 {
+                    if finished {
+                        return Ok(next);
+                    }
+                    spin_loop();
+                }
+            }
+        });
+        let producer = s.spawn(move || -> Result<(RingThroughput, u64), String> {
+            let _done = SetOnDrop(done);
+            pin_current(producer_core)?;
+            let mut msg = vec![0xA5u8; size];
+            let start = Instant::now();
+            let measure_from = start + warmup_for(duration);
+            let end = measure_from + duration;
+            let mut seq = 0u64;
+            let mut window: Option<(Instant, u64)> = None;
+            loop {
+                // Look at the clock once per 1024 messages.
+                for _ in 0..1024 {
+                    msg[..8].copy_from_slice(&seq.to_le_bytes());
+                    while !producer.offer(&msg) {
+                        if consumer_gone.load(Ordering::Relaxed) {
+                            return Err("SPSC ring: consumer stopped".into());
+                        }
+                        spin_loop();
+                    }
+                    seq += 1;
+                }
+                interrupt::check()?;
+                let now = Instant::now();
+                if window.is_none() && now >= measure_from {
+                    window = Some((now, seq));
+                }
+                if now >= end {
+                    producer.flush();
+                    let (t0, n0) = window.expect("window starts before end");
+                    let measured = now - t0;
+                    let messages = seq - n0;
+                    return Ok((
+                        RingThroughput {
+                            msgs_per_s: messages as f64 / measured.as_secs_f64(),
+                            messages,
+                            measured,
+                        },
+                        seq,
+                    ));
+                }
+            }
+        });
+        let (result, produced) = producer.join().map_err(|_| "producer panicked")??;
+        let consumed = consumer.join().map_err(|_| "consumer panicked")??;
+        if consumed != produced {
+            return Err(format!(
+                "SPSC ring: produced {produced} messages but consumed {consumed}"
+            ));
+        }
+        Ok(result)
+    })
+}

@@ -1,0 +1,252 @@
+//! Counters in shared memory, one 4 KiB page per shard, as Aeron's counters file: the
+//! shard writes them without locks (single writer, relaxed), and `tutti stat` maps the page
+//! read-only and reads them live. The names are part of the layout: index `i` of a page
+//! is `SHARD_COUNTERS[i]`, and a page says how many it holds, so older readers can read
+//! newer pages.
+//!
+//! ```text
+//! offset 0    CountersHeader { magic "TUTTICNT", version: u32, count: u32 }
+//! offset 128  value[count]: AtomicU64
+//! ```
+
+use crate::shm::LayoutError;
+use bytemuck::{Pod, Zeroable};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Size of a counters page.
+pub const COUNTERS_LEN: usize = 4096;
+const MAGIC: [u8; 8] = *b"TUTTICNT";
+const VERSION: u32 = 1;
+const VALUES: usize = 128;
+/// Most counters a page holds.
+pub const MAX_COUNTERS: usize = (COUNTERS_LEN - VALUES) / 8;
+
+/// A shard's counters, in page order: (name, what it counts).
+pub const SHARD_COUNTERS: &[(&str, &str)] = &[
+    ("frames_in", "messages taken from clients' publish rings"),
+    ("bytes_in", "payload bytes taken from clients' publish rings"),
+    ("bad_frames", "client sessions ended for a malformed publish ring"),
+    (
+        "too_large",
+        "messages dropped because the delivery log cannot hold them",
+    ),
+    ("subscriber_wakes", "futex wakes of sleeping subscribers"),
+    ("parks", "times the shard parked (backoff idle strategy)"),
+    ("clients", "clients with a publish ring on this shard (gauge)"),
+    ("groups", "groups owned by this shard (gauge)"),
+    ("heartbeat", "advances while the shard loop runs"),
+];
+
+/// Index of a named shard counter (a compile-time check that the name exists).
+pub const fn shard_counter(name: &str) -> usize {
+    let mut i = 0;
+    while i < SHARD_COUNTERS.len() {
+        if const_eq(SHARD_COUNTERS[i].0, name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("no such shard counter");
+}
+
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CountersHeader {
+    magic: [u8; 8],
+    version: u32,
+    count: u32,
+}
+
+/// A counters page: written by one shard, read by anyone who maps it.
+#[derive(Debug)]
+pub struct CountersPage {
+    base: NonNull<u8>,
+    count: usize,
+}
+
+// SAFETY: the page is plain shared memory accessed only through atomics; the single-writer
+// discipline (one shard calls `add`/`set`) is the caller's, as documented on those methods.
+unsafe impl Send for CountersPage {}
+// SAFETY: as above; readers on other threads only load.
+unsafe impl Sync for CountersPage {}
+
+impl CountersPage {
+    /// Writes the header of a fresh zeroed page for `count` counters.
+    ///
+    /// # Safety
+    /// `base` is valid for writes of `len` bytes, 8-aligned, zeroed, and not yet shared.
+    pub unsafe fn init(base: *mut u8, len: usize, count: usize) -> Result<(), LayoutError> {
+        if len < COUNTERS_LEN || count > MAX_COUNTERS {
+            return Err(LayoutError::TooSmall {
+                len,
+                needed: COUNTERS_LEN,
+            });
+        }
+        if base as usize & 7 != 0 {
+            return Err(LayoutError::Misaligned {
+                addr: base as usize,
+                align: 8,
+            });
+        }
+        let header = CountersHeader {
+            magic: MAGIC,
+            version: VERSION,
+            count: count as u32,
+        };
+        // SAFETY: the caller guarantees `len >= COUNTERS_LEN` writable bytes at `base`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytemuck::bytes_of(&header).as_ptr(),
+                base,
+                std::mem::size_of::<CountersHeader>(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Attaches to an initialised page (read-only use is fine: readers only load).
+    ///
+    /// # Safety
+    /// `base` is valid for reads of `len` bytes (and writes, if `add`/`set` are called),
+    /// page-aligned, and outlives the returned value.
+    pub unsafe fn attach(base: *const u8, len: usize) -> Result<Self, LayoutError> {
+        let base = NonNull::new(base as *mut u8).ok_or(LayoutError::TooSmall {
+            len,
+            needed: COUNTERS_LEN,
+        })?;
+        if len < COUNTERS_LEN {
+            return Err(LayoutError::TooSmall {
+                len,
+                needed: COUNTERS_LEN,
+            });
+        }
+        if base.as_ptr() as usize & 7 != 0 {
+            return Err(LayoutError::Misaligned {
+                addr: base.as_ptr() as usize,
+                align: 8,
+            });
+        }
+        let mut raw = [0u8; std::mem::size_of::<CountersHeader>()];
+        // SAFETY: the header lies within the `len >= COUNTERS_LEN` readable bytes; it is
+        // written once at init, before the page is shared.
+        unsafe { std::ptr::copy_nonoverlapping(base.as_ptr(), raw.as_mut_ptr(), raw.len()) };
+        let header: CountersHeader = bytemuck::pod_read_unaligned(&raw);
+        if header.magic != MAGIC {
+            return Err(LayoutError::BadMagic {
+                expected: MAGIC,
+                found: header.magic,
+            });
+        }
+        if header.version != VERSION {
+            return Err(LayoutError::BadVersion {
+                found: header.version,
+                expected: VERSION,
+            });
+        }
+        let count = header.count as usize;
+        if count > MAX_COUNTERS {
+            return Err(LayoutError::TooSmall {
+                len,
+                needed: VALUES + count * 8,
+            });
+        }
+        Ok(CountersPage { base, count })
+    }
+
+    /// How many counters the page holds.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    #[inline]
+    fn slot(&self, index: usize) -> Option<&AtomicU64> {
+        (index < self.count).then(|| {
+            // SAFETY: index < count <= MAX_COUNTERS keeps the 8-aligned slot inside the
+            // page (checked at attach); the slot is only ever accessed atomically.
+            unsafe { &*self.base.as_ptr().add(VALUES + index * 8).cast::<AtomicU64>() }
+        })
+    }
+
+    /// The value of counter `index` (0 past the page's count).
+    #[inline]
+    pub fn get(&self, index: usize) -> u64 {
+        self.slot(index).map_or(0, |s| s.load(Ordering::Relaxed))
+    }
+
+    /// Adds `n`. Single writer only: a load and a store, no locked instruction.
+    #[inline]
+    pub fn add(&self, index: usize, n: u64) {
+        if let Some(s) = self.slot(index) {
+            s.store(s.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a gauge. Single writer only.
+    #[inline]
+    pub fn set(&self, index: usize, value: u64) {
+        if let Some(s) = self.slot(index) {
+            s.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C, align(4096))]
+    struct Page([u8; COUNTERS_LEN]);
+
+    #[test]
+    fn write_and_read_back() {
+        let mut page = Box::new(Page([0; COUNTERS_LEN]));
+        let base = page.0.as_mut_ptr();
+        // SAFETY: a zeroed, aligned page of COUNTERS_LEN bytes that outlives the views.
+        unsafe { CountersPage::init(base, COUNTERS_LEN, SHARD_COUNTERS.len()).unwrap() };
+        // SAFETY: as above.
+        let writer = unsafe { CountersPage::attach(base, COUNTERS_LEN).unwrap() };
+        // SAFETY: as above.
+        let reader = unsafe { CountersPage::attach(base, COUNTERS_LEN).unwrap() };
+        writer.add(shard_counter("frames_in"), 5);
+        writer.add(shard_counter("frames_in"), 2);
+        writer.set(shard_counter("clients"), 3);
+        assert_eq!(reader.get(shard_counter("frames_in")), 7);
+        assert_eq!(reader.get(shard_counter("clients")), 3);
+        assert_eq!(
+            reader.get(10_000),
+            0,
+            "out of range reads as 0, never out of bounds"
+        );
+        writer.add(10_000, 1);
+    }
+
+    #[test]
+    fn garbage_pages_are_refused() {
+        let mut page = Box::new(Page([0xAB; COUNTERS_LEN]));
+        // SAFETY: an aligned page of COUNTERS_LEN bytes.
+        assert!(unsafe { CountersPage::attach(page.0.as_mut_ptr(), COUNTERS_LEN) }.is_err());
+        page.0[..8].copy_from_slice(&MAGIC);
+        page.0[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        page.0[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        // SAFETY: as above.
+        assert!(unsafe { CountersPage::attach(page.0.as_mut_ptr(), COUNTERS_LEN) }.is_err());
+        // SAFETY: as above; too short a region.
+        assert!(unsafe { CountersPage::attach(page.0.as_mut_ptr(), 100) }.is_err());
+    }
+}
