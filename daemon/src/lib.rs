@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod net;
 pub mod sd_notify;
 pub mod shard;
 pub mod supervise;
@@ -62,7 +63,8 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         };
         let (tx, rx) = crossbeam_channel::bounded(SHARD_COMMAND_QUEUE);
         let wake = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
-        let stats = Arc::new(ShardStats::default());
+        let (counters_fd, stats) = ShardStats::create(index).map_err(|e| format!("shard counters: {e}"))?;
+        let stats = Arc::new(stats);
         let (doorbell_fd, doorbell_map) = Mapping::create(&format!("tutti-shard-{index}"), DOORBELL_BYTES)
             .map_err(|e| format!("shard doorbell: {e}"))?;
         // SAFETY: a fresh zeroed page owned by this shard.
@@ -97,6 +99,7 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
             stats,
             core: pin,
             doorbell_fd,
+            counters_fd,
         });
     }
     tracing::info!(

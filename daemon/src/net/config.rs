@@ -73,7 +73,10 @@ impl NetConfig {
     /// Checks every value whose type alone does not make it valid.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=MAX_BATCH).contains(&self.batch) {
-            return Err(format!("net.batch = {}: must be from 1 to {MAX_BATCH}", self.batch));
+            return Err(format!(
+                "net.batch = {}: must be from 1 to {MAX_BATCH}",
+                self.batch
+            ));
         }
         if !(1..=MAX_UDP_PAYLOAD).contains(&self.max_datagram) {
             return Err(format!(

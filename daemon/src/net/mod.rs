@@ -3,6 +3,25 @@
 //! shard loop calls. Buffers are allocated when a transport opens; sending and receiving
 //! then allocate nothing. [`fault::FaultyTransport`] wraps any transport to inject loss,
 //! duplication, delay and partitions.
+//!
+//! How a shard drives it (one transport per shard, opened with the shard's index; open it
+//! anywhere, but do all I/O on the shard thread, since io_uring runs a request's completion
+//! work on the thread that submitted it):
+//!
+//! ```ignore
+//! let mut udp = net::open(&config.net, shard_index)?;
+//! loop {
+//!     let mut work = udp.recv(RECV_BUDGET, &mut |from, bytes| node.handle_packet(now, from, bytes))?;
+//!     while let Some((to, bytes)) = node.poll_transmit() {
+//!         if udp.queue(to, bytes).is_err() { break; } // QueueFull: flush, try next pass
+//!     }
+//!     work += udp.flush()?;
+//!     if work == 0 && time_to_park {
+//!         udp.wait(until_next_timer, shard_wake.fd().as_raw_fd())?; // socket or doorbell
+//!         shard_wake.drain();
+//!     }
+//! }
+//! ```
 
 pub mod config;
 pub mod epoll;
@@ -135,9 +154,10 @@ pub fn open(config: &NetConfig, shard: usize) -> io::Result<Box<dyn Transport>> 
     let transport: Box<dyn Transport> = match config.io {
         IoMode::Epoll => Box::new(epoll::EpollTransport::open(config, shard)?),
         IoMode::Uring => Box::new(uring::UringTransport::open(config, shard)?),
-        IoMode::Auto => match uring::UringTransport::open(config, shard) {
+        IoMode::Auto => match uring::UringTransport::try_open(config, shard, None) {
             Ok(t) => Box::new(t),
-            Err(e) => {
+            Err(uring::OpenFailure::Failed(e)) => return Err(e),
+            Err(uring::OpenFailure::Refused(e)) => {
                 tracing::info!(
                     shard,
                     reason = %uring_refusal(&e),
@@ -148,7 +168,11 @@ pub fn open(config: &NetConfig, shard: usize) -> io::Result<Box<dyn Transport>> 
         },
     };
     if config.fault.is_active() {
-        Ok(Box::new(FaultyTransport::new(transport, &config.fault, config.max_datagram)))
+        Ok(Box::new(FaultyTransport::new(
+            transport,
+            &config.fault,
+            config.max_datagram,
+        )))
     } else {
         Ok(transport)
     }

@@ -1,0 +1,796 @@
+//! The io_uring back end. Sends: `queue` copies a datagram into a slot of a send slab
+//! (payload, address, `msghdr`, `iovec`), `flush` submits one `SendMsg` per slot in one
+//! system call (none with SQPOLL while its thread is awake), and the slot returns to the
+//! free list when its completion arrives. Receives: one multishot `RecvMsg` drawing from a
+//! registered ring of provided buffers where the kernel has them (6.0+), else a pool of
+//! pre-posted `RecvMsg`s, one per slot. `wait` submits and waits with a timeout, with a
+//! one-shot `PollAdd` on the shard's eventfd.
+//!
+//! All `unsafe` of the transport's io_uring use is in this module. The rule that makes it
+//! sound: every buffer, `msghdr` and `iovec` the kernel may touch is a heap allocation
+//! owned by the transport that is neither moved, freed nor reused while a request that
+//! names it is in flight. `Drop` cancels every request and waits for the completions; if
+//! they do not all come, it leaks the buffers rather than free memory the kernel may write.
+
+use super::config::NetConfig;
+use super::socket::{bind_udp, parse_sockaddr, same_family, RawAddr, RAW_ADDR_LEN};
+use super::{NetStats, SendError, Transport, SEND_QUEUE_BATCHES};
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, IoUring};
+use socket2::Socket;
+use std::alloc::Layout;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// Receive buffers (multishot) or posted receives (pool) per configured batch.
+const RECV_BUFFERS_PER_BATCH: usize = 4;
+/// Provided-buffer group id of the receive ring (one ring per io_uring, so any id works).
+const BUFFER_GROUP: u16 = 0;
+/// How long the SQPOLL thread spins without work before it sleeps (then a submission
+/// costs one wake-up system call).
+const SQPOLL_IDLE_MS: u32 = 50;
+/// How long `Drop` waits for cancelled requests to complete before leaking their buffers.
+const DROP_DRAIN: Duration = Duration::from_secs(1);
+/// Size of the header the kernel writes before each multishot `RecvMsg` payload.
+const RECVMSG_OUT_LEN: usize = 16;
+
+/// Request kinds, in the top 16 bits of `user_data`; the low bits carry a slot index (or
+/// the wake descriptor).
+const TAG_SHIFT: u32 = 48;
+const TAG_SEND: u64 = 1;
+const TAG_RECV_MULTI: u64 = 2;
+const TAG_RECV_POOL: u64 = 3;
+const TAG_WAKE: u64 = 4;
+const TAG_OTHER: u64 = 5;
+
+fn user_data(tag: u64, index: u64) -> u64 {
+    (tag << TAG_SHIFT) | index
+}
+
+fn split_user_data(ud: u64) -> (u64, u64) {
+    (ud >> TAG_SHIFT, ud & ((1 << TAG_SHIFT) - 1))
+}
+
+/// How the receive side is fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvMode {
+    /// One multishot `RecvMsg` over a registered provided-buffer ring (Linux 6.0+).
+    Multishot,
+    /// `RECV_BUFFERS_PER_BATCH * batch` single `RecvMsg`s, each re-posted after delivery.
+    Pool,
+}
+
+/// What the transport found the kernel to support, for logs and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringFeatures {
+    pub recv: RecvMode,
+    pub sqpoll: bool,
+    /// `IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG`: completions are run on our next system
+    /// call instead of interrupting the thread.
+    pub coop_taskrun: bool,
+}
+
+/// Why `try_open` failed.
+#[derive(Debug)]
+pub(crate) enum OpenFailure {
+    /// The kernel refused to set up an io_uring (disabled, filtered, too old).
+    Refused(io::Error),
+    /// Anything else.
+    Failed(io::Error),
+}
+
+/// One send slot: the `msghdr` points at the `iovec` and address beside it, the `iovec` at
+/// the slot's part of `send_buf`.
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: RawAddr,
+}
+
+/// One posted single-shot receive of the pool.
+struct RecvSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: RawAddr,
+}
+
+/// A completion the receive path has not handled yet (its buffer is still the kernel's
+/// gift to us, not yet returned).
+#[derive(Clone, Copy)]
+struct Completion {
+    tag: u64,
+    index: u64,
+    result: i32,
+    flags: u32,
+}
+
+/// The provided-buffer ring: `count` entries in page-aligned memory shared with the
+/// kernel, each naming one `buf_size` slice of `bufs`.
+struct BufRing {
+    entries: *mut BufRingEntry,
+    layout: Layout,
+    count: u16,
+    /// Our copy of the tail; published to the kernel by `publish`.
+    tail: u16,
+    bufs: Box<[u8]>,
+    buf_size: usize,
+    /// Template for the multishot receive: only `msg_namelen` and `msg_controllen` count.
+    hdr: Box<libc::msghdr>,
+    /// Buffers the kernel holds (not yet handed to us).
+    with_kernel: usize,
+    registered: bool,
+    /// Set when the kernel may still use the memory: then Drop leaks it.
+    leak: bool,
+}
+
+impl BufRing {
+    fn new(count: u16, buf_size: usize) -> BufRing {
+        let layout = Layout::from_size_align(
+            (count as usize * std::mem::size_of::<BufRingEntry>()).max(4096),
+            4096,
+        )
+        .expect("buffer ring layout");
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        if entries.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+        let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        hdr.msg_namelen = RAW_ADDR_LEN as libc::socklen_t;
+        BufRing {
+            entries,
+            layout,
+            count,
+            tail: 0,
+            bufs: vec![0; count as usize * buf_size].into_boxed_slice(),
+            buf_size,
+            hdr,
+            with_kernel: 0,
+            registered: false,
+            leak: false,
+        }
+    }
+
+    /// Puts buffer `bid` back at the tail (visible to the kernel after `publish`).
+    fn push(&mut self, bid: u16) {
+        debug_assert!(bid < self.count);
+        let slot = (self.tail & (self.count - 1)) as usize;
+        let addr = self.bufs.as_ptr() as u64 + bid as u64 * self.buf_size as u64;
+        // SAFETY: slot < count, inside the allocation. The kernel reads only entries between
+        // its head and the published tail; this one is at the unpublished tail, so nobody
+        // else reads it now. The setters leave `resv` (entry 0's is the tail) alone.
+        let entry = unsafe { &mut *self.entries.add(slot) };
+        entry.set_addr(addr);
+        entry.set_len(self.buf_size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.with_kernel += 1;
+    }
+
+    /// Publishes the tail: a release store, so the kernel sees the entries written before it.
+    fn publish(&self) {
+        // SAFETY: `entries` is the ring's base, its entry 0 initialised (zeroed); the tail
+        // is a naturally aligned u16 the kernel reads with an acquire load.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let at = bid as usize * self.buf_size;
+        &self.bufs[at..at + len.min(self.buf_size)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        if self.leak {
+            std::mem::forget(std::mem::take(&mut self.bufs));
+            return;
+        }
+        // SAFETY: allocated in `new` with this layout; the kernel no longer uses it
+        // (unregistered or never registered, and no request in flight).
+        unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) };
+    }
+}
+
+struct RecvPool {
+    slots: Box<[RecvSlot]>,
+    bufs: Box<[u8]>,
+    /// max_datagram + 1: a datagram that fills it was truncated.
+    buf_size: usize,
+    /// Slots whose receive is not posted (delivered, waiting to be re-posted).
+    idle: Vec<u32>,
+    posted: usize,
+}
+
+impl RecvPool {
+    fn new(count: usize, max_datagram: usize) -> RecvPool {
+        let slots = (0..count)
+            .map(|_| RecvSlot {
+                // SAFETY: all-zero msghdr and iovec are valid (null pointers, zero lengths).
+                hdr: unsafe { std::mem::zeroed() },
+                iov: unsafe { std::mem::zeroed() },
+                addr: RawAddr::ZERO,
+            })
+            .collect();
+        RecvPool {
+            slots,
+            bufs: vec![0; count * (max_datagram + 1)].into_boxed_slice(),
+            buf_size: max_datagram + 1,
+            idle: (0..count as u32).rev().collect(),
+            posted: 0,
+        }
+    }
+}
+
+pub struct UringTransport {
+    ring: IoUring,
+    socket: Socket,
+    local: SocketAddr,
+    max_datagram: usize,
+    /// Receive buffers (multishot) or posted receives (pool).
+    recv_count: usize,
+    features: UringFeatures,
+    send_slots: Box<[SendSlot]>,
+    send_buf: Box<[u8]>,
+    send_free: Vec<u32>,
+    /// Filled slots not yet submitted, in queue order.
+    send_pending: VecDeque<u32>,
+    send_in_flight: usize,
+    buf_ring: Option<BufRing>,
+    multishot_armed: bool,
+    pool: Option<RecvPool>,
+    /// Receive completions taken off the completion queue (by `queue` or `wait`) that
+    /// `recv` has not delivered yet. Bounded by the receive buffers plus a few.
+    stash: VecDeque<Completion>,
+    /// The descriptor a `PollAdd` is in flight for.
+    wake_armed: Option<RawFd>,
+    wake_fired: bool,
+    stats: NetStats,
+}
+
+// SAFETY: the raw pointers inside (msghdr/iovec fields, the buffer ring) point only into
+// heap memory owned by this struct; the struct moves between threads as a whole and is
+// used by one thread at a time (`&mut self`). io_uring itself allows a ring to be used from
+// another thread than the one that created it (no SINGLE_ISSUER).
+unsafe impl Send for UringTransport {}
+
+impl UringTransport {
+    /// Opens shard `shard`'s socket on an io_uring, with the best receive mode the kernel has.
+    pub fn open(config: &NetConfig, shard: usize) -> io::Result<UringTransport> {
+        Self::open_with(config, shard, None)
+    }
+
+    /// As `open`, forcing a receive mode (tests use it to cover the pool on new kernels).
+    pub fn open_with(config: &NetConfig, shard: usize, recv: Option<RecvMode>) -> io::Result<UringTransport> {
+        Self::try_open(config, shard, recv).map_err(|e| match e {
+            OpenFailure::Refused(e) | OpenFailure::Failed(e) => e,
+        })
+    }
+
+    /// As `open_with`, telling a kernel that refuses io_uring apart from other failures
+    /// (a port in use), which falling back to epoll would not cure.
+    pub(crate) fn try_open(
+        config: &NetConfig,
+        shard: usize,
+        recv: Option<RecvMode>,
+    ) -> Result<UringTransport, OpenFailure> {
+        config
+            .validate()
+            .map_err(|e| OpenFailure::Failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let batch = config.batch;
+        let send_count = batch * SEND_QUEUE_BATCHES;
+        let recv_count = (batch * RECV_BUFFERS_PER_BATCH)
+            .next_power_of_two()
+            .clamp(8, 32_768);
+        let sq_entries = (send_count + recv_count + 8).next_power_of_two() as u32;
+        let cq_entries = 2 * (send_count + recv_count + 8).next_power_of_two() as u32;
+        let (ring, sqpoll, coop_taskrun) =
+            build_ring(sq_entries, cq_entries, config.sqpoll).map_err(OpenFailure::Refused)?;
+        let (socket, local) = bind_udp(config, shard, true).map_err(OpenFailure::Failed)?;
+
+        let max = config.max_datagram;
+        let send_slots: Box<[SendSlot]> = (0..send_count)
+            .map(|_| SendSlot {
+                // SAFETY: all-zero msghdr and iovec are valid (null pointers, zero lengths).
+                hdr: unsafe { std::mem::zeroed() },
+                iov: unsafe { std::mem::zeroed() },
+                addr: RawAddr::ZERO,
+            })
+            .collect();
+        let mut t = UringTransport {
+            ring,
+            socket,
+            local,
+            max_datagram: max,
+            recv_count,
+            features: UringFeatures {
+                recv: RecvMode::Pool,
+                sqpoll,
+                coop_taskrun,
+            },
+            send_slots,
+            send_buf: vec![0; send_count * max].into_boxed_slice(),
+            send_free: (0..send_count as u32).rev().collect(),
+            send_pending: VecDeque::with_capacity(send_count),
+            send_in_flight: 0,
+            buf_ring: None,
+            multishot_armed: false,
+            pool: None,
+            stash: VecDeque::with_capacity(recv_count + 8),
+            wake_armed: None,
+            wake_fired: false,
+            stats: NetStats::default(),
+        };
+        if recv != Some(RecvMode::Pool) {
+            match t.register_buf_ring(recv_count as u16, RECVMSG_OUT_LEN + RAW_ADDR_LEN + max) {
+                Ok(()) => t.features.recv = RecvMode::Multishot,
+                Err(e) if recv == Some(RecvMode::Multishot) => return Err(OpenFailure::Failed(e)),
+                Err(e) => {
+                    tracing::info!(%local, "io_uring provided-buffer ring refused ({e}); using posted receives")
+                }
+            }
+        }
+        if t.features.recv == RecvMode::Pool {
+            t.pool = Some(RecvPool::new(recv_count, max));
+        }
+        // Receives are posted by the first `recv` or `wait`, not here: io_uring runs a
+        // request's completion work on the thread that submitted it, which must be the
+        // shard thread, not the one that opened the transport.
+        tracing::debug!(%local, features = ?t.features, "io_uring UDP transport open");
+        Ok(t)
+    }
+
+    /// The io_uring features in use.
+    pub fn features(&self) -> UringFeatures {
+        self.features
+    }
+
+    fn register_buf_ring(&mut self, count: u16, buf_size: usize) -> io::Result<()> {
+        let mut ring = BufRing::new(count, buf_size);
+        // SAFETY: `entries` is page-aligned memory for `count` entries that lives in
+        // `self.buf_ring` until Drop, which unregisters it (or leaks it) before freeing.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(ring.entries as u64, count, BUFFER_GROUP, 0)?
+        };
+        ring.registered = true;
+        for bid in 0..count {
+            ring.push(bid);
+        }
+        ring.publish();
+        self.buf_ring = Some(ring);
+        Ok(())
+    }
+
+    /// Posts what the receive side needs: the multishot receive if it ended and a buffer
+    /// is free, or the pool's idle slots.
+    fn rearm_recv(&mut self) {
+        let fd = Fd(self.socket.as_raw_fd());
+        if let Some(ring) = &self.buf_ring {
+            if !self.multishot_armed && ring.with_kernel > 0 {
+                let sqe = opcode::RecvMsgMulti::new(fd, &*ring.hdr, BUFFER_GROUP)
+                    .build()
+                    .user_data(user_data(TAG_RECV_MULTI, 0));
+                // SAFETY: the msghdr template lives in the boxed `ring.hdr` and the buffers
+                // in the registered ring, both kept until Drop has drained every request.
+                if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                    self.multishot_armed = true;
+                }
+            }
+        }
+        if let Some(pool) = &mut self.pool {
+            let mut sq = self.ring.submission();
+            while let Some(&i) = pool.idle.last() {
+                let slot = &mut pool.slots[i as usize];
+                slot.addr = RawAddr::ZERO;
+                slot.iov = libc::iovec {
+                    // SAFETY: i < slots, so the offset stays inside `bufs`.
+                    iov_base: unsafe { pool.bufs.as_mut_ptr().add(i as usize * pool.buf_size) }.cast(),
+                    iov_len: pool.buf_size,
+                };
+                slot.hdr.msg_name = slot.addr.0.as_mut_ptr().cast();
+                slot.hdr.msg_namelen = RAW_ADDR_LEN as libc::socklen_t;
+                slot.hdr.msg_iov = &mut slot.iov;
+                slot.hdr.msg_iovlen = 1;
+                slot.hdr.msg_flags = 0;
+                let sqe = opcode::RecvMsg::new(fd, &mut slot.hdr)
+                    .build()
+                    .user_data(user_data(TAG_RECV_POOL, i as u64));
+                // SAFETY: the slot's msghdr, iovec, address and buffer are boxed slices
+                // owned by self; the slot is not touched again until its completion.
+                if unsafe { sq.push(&sqe) }.is_err() {
+                    break;
+                }
+                pool.idle.pop();
+                pool.posted += 1;
+            }
+        }
+    }
+
+    /// Submits what is in the submission queue (and runs deferred completions).
+    fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes every completion off the queue: sends free their slot, the wake poll sets
+    /// `wake_fired`, receives go to the stash for `recv`.
+    fn reap(&mut self) -> io::Result<()> {
+        let (nonempty, taskrun) = {
+            let sq = self.ring.submission();
+            (!sq.is_empty(), sq.taskrun() || sq.cq_overflow())
+        };
+        if nonempty || taskrun {
+            self.submit()?;
+        }
+        for cqe in self.ring.completion() {
+            let (tag, index) = split_user_data(cqe.user_data());
+            let (result, flags) = (cqe.result(), cqe.flags());
+            match tag {
+                TAG_SEND => {
+                    self.send_free.push(index as u32);
+                    self.send_in_flight -= 1;
+                    if result < 0 {
+                        self.stats.send_errors += 1;
+                    } else {
+                        self.stats.sent += 1;
+                    }
+                }
+                // A poll on an older wake descriptor (replaced in `wait`) is ignored.
+                TAG_WAKE if self.wake_armed == Some(index as RawFd) => {
+                    self.wake_armed = None;
+                    self.wake_fired = true;
+                }
+                TAG_RECV_MULTI | TAG_RECV_POOL => {
+                    if tag == TAG_RECV_MULTI && !cqueue::more(flags) {
+                        self.multishot_armed = false;
+                    }
+                    if tag == TAG_RECV_POOL {
+                        if let Some(pool) = &mut self.pool {
+                            pool.posted -= 1;
+                        }
+                    }
+                    if let (Some(bid), Some(ring)) = (cqueue::buffer_select(flags), &mut self.buf_ring) {
+                        debug_assert!(bid < ring.count);
+                        ring.with_kernel -= 1;
+                    }
+                    self.stash.push_back(Completion {
+                        tag,
+                        index,
+                        result,
+                        flags,
+                    });
+                }
+                // Poll removals and cancels: nothing to do.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The multishot receive was refused before delivering anything (a kernel with buffer
+    /// rings but without multishot `RecvMsg`): go on with the pool.
+    fn fall_back_to_pool(&mut self, error: i32) {
+        tracing::info!(
+            local = %self.local,
+            error = %io::Error::from_raw_os_error(error),
+            "io_uring multishot receive refused; using posted receives"
+        );
+        if let Some(mut ring) = self.buf_ring.take() {
+            // Nothing is in flight on it (the receive ended); if the kernel will not let
+            // go of the ring all the same, keep its memory alive for good.
+            if ring.registered && self.ring.submitter().unregister_buf_ring(BUFFER_GROUP).is_err() {
+                ring.leak = true;
+            }
+        }
+        self.features.recv = RecvMode::Pool;
+        self.pool = Some(RecvPool::new(self.recv_count, self.max_datagram));
+    }
+
+    /// Requests in flight that name memory of ours (the wake poll, poll removals and
+    /// cancels name none).
+    fn using_memory(&self) -> usize {
+        self.send_in_flight + self.multishot_armed as usize + self.pool.as_ref().map_or(0, |p| p.posted)
+    }
+}
+
+/// Sets up the ring: SQPOLL if asked (falling back when refused), else cooperative task
+/// running (falling back on kernels before 5.19).
+fn build_ring(sq: u32, cq: u32, sqpoll: bool) -> io::Result<(IoUring, bool, bool)> {
+    if sqpoll {
+        match IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_sqpoll(SQPOLL_IDLE_MS)
+            .build(sq)
+        {
+            Ok(ring) => return Ok((ring, true, false)),
+            Err(e) => tracing::warn!("io_uring SQPOLL refused ({e}); submitting with system calls"),
+        }
+    }
+    match IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(sq)
+    {
+        Ok(ring) => Ok((ring, false, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok((IoUring::builder().setup_cqsize(cq).build(sq)?, false, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Transport for UringTransport {
+    fn queue(&mut self, to: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
+        if bytes.len() > self.max_datagram {
+            return Err(SendError::TooLarge {
+                len: bytes.len(),
+                max: self.max_datagram,
+            });
+        }
+        if !same_family(&self.local, &to) {
+            return Err(SendError::AddressFamily(to));
+        }
+        if self.send_free.is_empty() {
+            let _ = self.reap();
+        }
+        let Some(slot) = self.send_free.pop() else {
+            self.stats.queue_full += 1;
+            return Err(SendError::QueueFull);
+        };
+        let i = slot as usize;
+        let at = i * self.max_datagram;
+        self.send_buf[at..at + bytes.len()].copy_from_slice(bytes);
+        let base = self.send_buf.as_mut_ptr();
+        let s = &mut self.send_slots[i];
+        s.iov = libc::iovec {
+            // SAFETY: i < slots, so the offset stays inside `send_buf`.
+            iov_base: unsafe { base.add(at) }.cast(),
+            iov_len: bytes.len(),
+        };
+        s.hdr.msg_namelen = s.addr.write(&to);
+        s.hdr.msg_name = s.addr.0.as_mut_ptr().cast();
+        s.hdr.msg_iov = &mut s.iov;
+        s.hdr.msg_iovlen = 1;
+        self.send_pending.push_back(slot);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<usize> {
+        let fd = Fd(self.socket.as_raw_fd());
+        let mut handed = 0;
+        loop {
+            let before = handed;
+            {
+                let mut sq = self.ring.submission();
+                while let Some(&slot) = self.send_pending.front() {
+                    let s = &self.send_slots[slot as usize];
+                    let sqe = opcode::SendMsg::new(fd, &s.hdr)
+                        .build()
+                        .user_data(user_data(TAG_SEND, slot as u64));
+                    // SAFETY: the slot's msghdr, iovec, address and payload live in boxed
+                    // slices owned by self and stay untouched until the completion returns
+                    // the slot to `send_free` (or Drop has drained every request).
+                    if unsafe { sq.push(&sqe) }.is_err() {
+                        break;
+                    }
+                    self.send_pending.pop_front();
+                    self.send_in_flight += 1;
+                    handed += 1;
+                }
+            }
+            self.submit()?;
+            if self.send_pending.is_empty() || handed == before {
+                break;
+            }
+        }
+        Ok(handed)
+    }
+
+    fn recv(&mut self, max: usize, f: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+        self.reap()?;
+        let mut delivered = 0;
+        let mut returned_buffers = false;
+        while delivered < max {
+            let Some(c) = self.stash.pop_front() else { break };
+            if c.tag == TAG_RECV_MULTI {
+                let Some(ring) = &mut self.buf_ring else { continue };
+                let Some(bid) = cqueue::buffer_select(c.flags) else {
+                    // No buffer: the multishot receive ended (ENOBUFS when we held every
+                    // buffer, ECANCELED) or failed; `rearm_recv` posts it again.
+                    match -c.result {
+                        libc::ENOBUFS | libc::ECANCELED => {
+                            eprintln!("TEMP multishot ended {}", c.result);
+                        }
+                        libc::EINVAL if self.stats.received == 0 && !self.multishot_armed => {
+                            self.fall_back_to_pool(libc::EINVAL);
+                        }
+                        e => {
+                            self.stats.recv_errors += 1;
+                            tracing::debug!(error = %io::Error::from_raw_os_error(e), "io_uring receive failed");
+                        }
+                    }
+                    continue;
+                };
+                let len = c.result.max(0) as usize;
+                match RecvMsgOut::parse(ring.buffer(bid, len), &ring.hdr) {
+                    Err(()) => self.stats.recv_errors += 1,
+                    Ok(out) if out.is_payload_truncated() || out.payload_data().len() > self.max_datagram => {
+                        self.stats.truncated += 1
+                    }
+                    Ok(out) => match parse_sockaddr(out.name_data()) {
+                        None => self.stats.bad_source += 1,
+                        Some(from) => {
+                            f(from, out.payload_data());
+                            self.stats.received += 1;
+                            delivered += 1;
+                        }
+                    },
+                }
+                ring.push(bid);
+                returned_buffers = true;
+            } else if let Some(pool) = &mut self.pool {
+                let i = c.index as usize;
+                pool.idle.push(i as u32);
+                if c.result < 0 {
+                    if c.result != -libc::ECANCELED {
+                        self.stats.recv_errors += 1;
+                    }
+                    continue;
+                }
+                let len = c.result as usize;
+                if len > self.max_datagram {
+                    self.stats.truncated += 1;
+                    continue;
+                }
+                let Some(from) = pool.slots[i].addr.read() else {
+                    self.stats.bad_source += 1;
+                    continue;
+                };
+                let at = i * pool.buf_size;
+                f(from, &pool.bufs[at..at + len]);
+                self.stats.received += 1;
+                delivered += 1;
+            }
+        }
+        if returned_buffers {
+            if let Some(ring) = &self.buf_ring {
+                ring.publish();
+            }
+        }
+        self.rearm_recv();
+        if !self.ring.submission().is_empty() {
+            self.submit()?;
+        }
+        Ok(delivered)
+    }
+
+    fn wait(&mut self, timeout: Duration, wake_fd: RawFd) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.wake_fired = false;
+        self.reap()?;
+        loop {
+            if !self.stash.is_empty() || self.wake_fired {
+                return Ok(());
+            }
+            if self.wake_armed != Some(wake_fd) {
+                let mut sq = self.ring.submission();
+                if let Some(old) = self.wake_armed {
+                    let remove = opcode::PollRemove::new(user_data(TAG_WAKE, old as u64))
+                        .build()
+                        .user_data(user_data(TAG_OTHER, 0));
+                    // SAFETY: PollRemove names no memory. The cancelled poll's completion
+                    // carries the old descriptor, so `reap` ignores it.
+                    let _ = unsafe { sq.push(&remove) };
+                }
+                let poll = opcode::PollAdd::new(Fd(wake_fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(user_data(TAG_WAKE, wake_fd as u64));
+                // SAFETY: PollAdd names no memory, only the descriptor.
+                if unsafe { sq.push(&poll) }.is_ok() {
+                    self.wake_armed = Some(wake_fd);
+                }
+            }
+            self.rearm_recv();
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let ts = Timespec::from(deadline - now);
+            let args = SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            self.reap()?;
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn backend(&self) -> &'static str {
+        "uring"
+    }
+
+    fn stats(&self) -> NetStats {
+        self.stats
+    }
+}
+
+impl Drop for UringTransport {
+    fn drop(&mut self) {
+        // Cancel everything in flight, then wait for every completion: only then may the
+        // buffers the requests name be freed.
+        let cancelled = self
+            .ring
+            .submitter()
+            .register_sync_cancel(Some(Timespec::from(DROP_DRAIN)), CancelBuilder::any());
+        if cancelled.is_err() {
+            let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
+                .build()
+                .user_data(user_data(TAG_OTHER, 0));
+            // SAFETY: a cancel request names no memory.
+            let _ = unsafe { self.ring.submission().push(&sqe) };
+        }
+        let deadline = Instant::now() + DROP_DRAIN;
+        while self.using_memory() > 0 && Instant::now() < deadline {
+            let ts = Timespec::from(Duration::from_millis(10));
+            let _ = self
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            if self.reap().is_err() {
+                break;
+            }
+            self.stash.clear();
+        }
+        if self.using_memory() > 0 {
+            tracing::warn!(
+                local = %self.local,
+                outstanding = self.using_memory(),
+                "io_uring requests still in flight at close; leaking their buffers"
+            );
+            std::mem::forget(std::mem::take(&mut self.send_buf));
+            std::mem::forget(std::mem::take(&mut self.send_slots));
+            if let Some(pool) = self.pool.take() {
+                std::mem::forget(pool);
+            }
+            if let Some(ring) = &mut self.buf_ring {
+                ring.leak = true;
+            }
+            return;
+        }
+        if let Some(ring) = &mut self.buf_ring {
+            if ring.registered && self.ring.submitter().unregister_buf_ring(BUFFER_GROUP).is_err() {
+                ring.leak = true;
+            }
+        }
+    }
+}
