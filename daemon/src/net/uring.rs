@@ -619,9 +619,8 @@ impl Transport for UringTransport {
                     // No buffer: the multishot receive ended (ENOBUFS when we held every
                     // buffer, ECANCELED) or failed; `rearm_recv` posts it again.
                     match -c.result {
-                        libc::ENOBUFS | libc::ECANCELED => {
-                            eprintln!("TEMP multishot ended {}", c.result);
-                        }
+                        libc::ENOBUFS => tracing::trace!("io_uring receive buffers all in use; re-arming"),
+                        libc::ECANCELED => {}
                         libc::EINVAL if self.stats.received == 0 && !self.multishot_armed => {
                             self.fall_back_to_pool(libc::EINVAL);
                         }
