@@ -2,6 +2,8 @@
 //! daemon, and command-line flags that override the common ones. A bad file is an error
 //! that names the key.
 
+use crate::cluster::{ClusterConfig, MAX_CLUSTER_SHARDS, MAX_DAEMON_ID};
+use crate::net::NetConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -62,6 +64,10 @@ pub struct Config {
     pub allow_uids: Vec<u32>,
     /// Log filter (tracing's env-filter syntax), overridden by `RUST_LOG`.
     pub log: String,
+    /// Cluster membership and bimodal multicast between daemons (off by default).
+    pub cluster: ClusterConfig,
+    /// UDP transport of the cluster.
+    pub net: NetConfig,
 }
 
 impl Default for Config {
@@ -78,6 +84,8 @@ impl Default for Config {
             max_groups: 4096,
             allow_uids: Vec::new(),
             log: "info".to_string(),
+            cluster: ClusterConfig::default(),
+            net: NetConfig::default(),
         }
     }
 }
@@ -112,6 +120,17 @@ impl Config {
         if self.max_clients == 0 || self.max_groups == 0 {
             return Err("max_clients and max_groups must be at least 1".into());
         }
+        self.cluster.validate()?;
+        self.net.validate()?;
+        if self.cluster.enabled && self.node_id > MAX_DAEMON_ID {
+            return Err(format!(
+                "node_id = {}: at most {MAX_DAEMON_ID} in a cluster",
+                self.node_id
+            ));
+        }
+        if self.cluster.enabled && self.shard_cores().len() > MAX_CLUSTER_SHARDS {
+            return Err(format!("cores: at most {MAX_CLUSTER_SHARDS} shards in a cluster"));
+        }
         let mut seen = self.cores.clone();
         seen.sort_unstable();
         seen.dedup();
@@ -141,7 +160,9 @@ impl Config {
             log_bytes,
             max_clients,
             max_groups,
-            allow_uids
+            allow_uids,
+            cluster,
+            net
         );
         keys
     }

@@ -89,6 +89,8 @@ pub struct Control {
     rejected: u64,
     bad_requests: u64,
     supervisor: Supervisor,
+    /// Per shard, the latest view of its cluster node ("" outside a cluster).
+    views: Vec<String>,
 }
 
 impl Control {
@@ -114,6 +116,7 @@ impl Control {
             next_session: 1,
             rejected: 0,
             bad_requests: 0,
+            views: Vec::new(),
             supervisor,
         }
     }
@@ -164,9 +167,19 @@ impl Control {
             self.supervisor.tick(&self.shards);
             if revents[2] != 0 {
                 self.events_wake.drain();
-                while let Ok(ShardEvent::ClientFailed { session, reason }) = self.shard_events.try_recv() {
-                    tracing::warn!(session, %reason, "ending session");
-                    self.end_session(session);
+                while let Ok(event) = self.shard_events.try_recv() {
+                    match event {
+                        ShardEvent::ClientFailed { session, reason } => {
+                            tracing::warn!(session, %reason, "ending session");
+                            self.end_session(session);
+                        }
+                        ShardEvent::View { shard, summary } => {
+                            if self.views.len() <= shard {
+                                self.views.resize(shard + 1, String::new());
+                            }
+                            self.views[shard] = summary;
+                        }
+                    }
                 }
             }
             for (i, &id) in ids.iter().enumerate() {
@@ -503,6 +516,7 @@ impl Control {
         self.shards[shard]
             .call(|ack| ShardCommand::AddGroup {
                 handle,
+                gid: tutti_wire::group_id(name),
                 log: log_map,
                 doorbell: doorbell_map,
                 ack,
@@ -604,6 +618,9 @@ impl Control {
             let core = s
                 .core
                 .map_or_else(|| "unpinned".to_string(), |c| format!("core {c}"));
+            if let Some(view) = self.views.get(i).filter(|v| !v.is_empty()) {
+                let _ = writeln!(out, "  shard {i} cluster {view}");
+            }
             let _ = write!(out, "  shard {i} ({core}):");
             for (index, (name, _)) in SHARD_COUNTERS.iter().enumerate() {
                 if *name != "heartbeat" {

@@ -2,6 +2,7 @@
 //! its groups and its clients' rings; the control plane on the main thread attaches
 //! clients over a Unix socket and hands shards what they need through bounded queues.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod net;
@@ -70,6 +71,16 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         // SAFETY: a fresh zeroed page owned by this shard.
         unsafe { ShardDoorbell::init(doorbell_map.as_ptr(), doorbell_map.len()) }
             .map_err(|e| format!("shard doorbell: {e}"))?;
+        let cluster = if config.cluster.enabled {
+            Some(cluster::Cluster::open(
+                &config.cluster,
+                &config.net,
+                config.node_id,
+                index,
+            )?)
+        } else {
+            None
+        };
         let shard = Shard::new(
             index,
             config.node_id,
@@ -80,6 +91,7 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
             wake.clone(),
             doorbell_map,
             stats.clone(),
+            cluster,
         )?;
         let handle = std::thread::Builder::new()
             .name(format!("tutti-shard-{index}"))

@@ -39,6 +39,15 @@ struct Args {
     /// Bytes per group delivery log (power of two).
     #[arg(long, value_name = "BYTES")]
     log_bytes: Option<usize>,
+    /// Join a cluster: the address shards listen on for UDP (shard i: BASE_PORT + i).
+    #[arg(long, value_name = "IP")]
+    listen: Option<std::net::IpAddr>,
+    /// First UDP port (default 7400).
+    #[arg(long, value_name = "PORT")]
+    base_port: Option<u16>,
+    /// A daemon to contact, as ID@IP or ID@IP:BASE_PORT (repeat for several); joins a cluster.
+    #[arg(long = "seed", value_name = "ID@IP")]
+    seeds: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +124,9 @@ struct Overrides {
     node_id: Option<u32>,
     publish_ring_bytes: Option<usize>,
     log_bytes: Option<usize>,
+    listen: Option<std::net::IpAddr>,
+    base_port: Option<u16>,
+    seeds: Vec<String>,
 }
 
 impl Overrides {
@@ -127,6 +139,9 @@ impl Overrides {
             node_id: args.node_id,
             publish_ring_bytes: args.publish_ring_bytes,
             log_bytes: args.log_bytes,
+            listen: args.listen,
+            base_port: args.base_port,
+            seeds: args.seeds.clone(),
         }
     }
 
@@ -149,6 +164,17 @@ impl Overrides {
         }
         if let Some(b) = self.log_bytes {
             config.log_bytes = b;
+        }
+        if let Some(ip) = self.listen {
+            config.net.listen = ip;
+            config.cluster.enabled = true;
+        }
+        if let Some(p) = self.base_port {
+            config.net.base_port = p;
+        }
+        if !self.seeds.is_empty() {
+            config.cluster.seeds = self.seeds.clone();
+            config.cluster.enabled = true;
         }
     }
 }

@@ -4,8 +4,11 @@
 //! commands from a bounded queue. Nothing it touches on the data path is shared with
 //! another shard, and the loop neither allocates, locks nor calls the kernel per message.
 
+use crate::cluster::{Cluster, ClusterEvent};
 use crate::config::IdleStrategy;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tutti_sys::{EventFd, Mapping};
@@ -21,6 +24,10 @@ const BACKOFF_SPINS: u32 = 20_000;
 const BACKOFF_YIELDS: u32 = 200;
 /// Longest park: the shard wakes this often even with no doorbell (timers come later).
 const PARK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Data passes between two polls of the cluster transport when the network is quiet (a
+/// receive may be a system call with the epoll back end; with io_uring it is a look at the
+/// completion queue).
+const CLUSTER_POLL_INTERVAL: u32 = 8;
 /// Data passes between two looks at the command queue when the shard is busy.
 const COMMAND_CHECK_INTERVAL: u32 = 64;
 
@@ -43,6 +50,19 @@ pub mod counter {
     pub const CLIENTS: usize = shard_counter("clients");
     pub const GROUPS: usize = shard_counter("groups");
     pub const HEARTBEAT: usize = shard_counter("heartbeat");
+    pub const NOT_JOINED: usize = shard_counter("not_joined");
+    pub const DATAGRAMS_IN: usize = shard_counter("datagrams_in");
+    pub const DATAGRAMS_OUT: usize = shard_counter("datagrams_out");
+    pub const DECODE_ERRORS: usize = shard_counter("decode_errors");
+    pub const UNKNOWN_PEER: usize = shard_counter("unknown_peer");
+    pub const RETRANSMITS: usize = shard_counter("retransmits");
+    pub const GOSSIP_ROUNDS: usize = shard_counter("gossip_rounds");
+    pub const LOST: usize = shard_counter("lost");
+    pub const VIEW_CHANGES: usize = shard_counter("view_changes");
+    pub const VIEW_MEMBERS: usize = shard_counter("view_members");
+    pub const REMOTE_DELIVERED: usize = shard_counter("remote_delivered");
+    pub const NOT_SENT: usize = shard_counter("not_sent");
+    pub const FAULT_DROPPED: usize = shard_counter("fault_dropped");
 }
 
 impl ShardStats {
@@ -78,6 +98,8 @@ impl ShardStats {
 pub enum ShardCommand {
     AddGroup {
         handle: u32,
+        /// The group's cluster-wide id (`tutti_wire::group_id` of its name).
+        gid: u64,
         log: Mapping,
         doorbell: Mapping,
         ack: Sender<Result<(), String>>,
@@ -111,6 +133,8 @@ pub enum ShardCommand {
 /// What a shard tells the control thread on its own initiative.
 #[derive(Debug)]
 pub enum ShardEvent {
+    /// The shard's cluster node installed a new view (summary for `tutti status`).
+    View { shard: usize, summary: String },
     /// A client broke the ring protocol; its session must end.
     ClientFailed { session: u32, reason: String },
 }
@@ -125,6 +149,7 @@ struct ClientSlot {
 }
 
 struct GroupSlot {
+    gid: u64,
     writer: LogWriter,
     doorbell: GroupDoorbell,
     /// Appended to since the last doorbell check.
@@ -146,6 +171,13 @@ pub struct Shard {
     pub stats: Arc<ShardStats>,
     clients: Vec<ClientSlot>,
     groups: Vec<Option<GroupSlot>>,
+    /// The cluster node of this shard, when the daemon is in a cluster.
+    cluster: Option<Cluster>,
+    /// Group handle by cluster-wide group id (for deliveries from other daemons).
+    by_gid: HashMap<u64, u32>,
+    /// Passes since the cluster was last polled.
+    since_cluster: u32,
+    last_view: Option<String>,
     _doorbell_map: Mapping,
 }
 
@@ -161,6 +193,7 @@ impl Shard {
         wake: Arc<EventFd>,
         doorbell_map: Mapping,
         stats: Arc<ShardStats>,
+        cluster: Option<Cluster>,
     ) -> Result<Shard, String> {
         // SAFETY: doorbell_map is a live page-sized mapping owned by this shard for its life
         // (kept in `_doorbell_map`), initialised by the daemon before the shard starts.
@@ -178,6 +211,10 @@ impl Shard {
             stats,
             clients: Vec::new(),
             groups: Vec::new(),
+            cluster,
+            by_gid: HashMap::new(),
+            since_cluster: 0,
+            last_view: None,
             _doorbell_map: doorbell_map,
         })
     }
@@ -187,14 +224,29 @@ impl Shard {
         let mut idle_passes: u32 = 0;
         let mut since_commands: u32 = 0;
         loop {
-            let work = self.poll_rings();
+            let mut work = self.poll_rings();
+            self.since_cluster += 1;
+            if self.cluster.is_some() && (work > 0 || self.since_cluster >= CLUSTER_POLL_INTERVAL) {
+                self.since_cluster = 0;
+                let cluster_work = self.poll_cluster();
+                if cluster_work > 0 {
+                    // Keep polling every pass while the network is busy.
+                    self.since_cluster = CLUSTER_POLL_INTERVAL;
+                }
+                work += cluster_work;
+            }
             since_commands += 1;
             if work == 0 || since_commands >= COMMAND_CHECK_INTERVAL {
                 since_commands = 0;
                 match self.apply_commands() {
                     Ok(n) if n > 0 => idle_passes = 0,
                     Ok(_) => {}
-                    Err(()) => return,
+                    Err(()) => {
+                        if let Some(cluster) = self.cluster.as_mut() {
+                            cluster.shutdown();
+                        }
+                        return;
+                    }
                 }
             }
             if work > 0 {
@@ -227,7 +279,12 @@ impl Shard {
         let pending = self.clients.iter().any(|c| c.consumer.has_pending()) || !self.commands.is_empty();
         if !pending {
             self.stats.add(counter::PARKS, 1);
-            self.wake.wait(PARK_TIMEOUT);
+            match self.cluster.as_mut() {
+                Some(cluster) => cluster.wait(PARK_TIMEOUT, self.wake.as_raw_fd()),
+                None => {
+                    self.wake.wait(PARK_TIMEOUT);
+                }
+            }
         }
         self.doorbell.set_parked(false);
         self.wake.drain();
@@ -239,11 +296,18 @@ impl Shard {
         let mut failed: Option<(usize, String)> = None;
         let groups = &mut self.groups;
         let stats = &self.stats;
+        let mut cluster = self.cluster.as_mut();
         for (i, client) in self.clients.iter_mut().enumerate() {
             if !client.consumer.has_pending() {
                 continue;
             }
-            match drain_ring(client, groups, stats, FRAMES_PER_RING_PASS) {
+            match drain_ring(
+                client,
+                groups,
+                stats,
+                cluster.as_deref_mut(),
+                FRAMES_PER_RING_PASS,
+            ) {
                 Ok(n) => total += n,
                 Err(reason) => {
                     failed = Some((i, reason));
@@ -296,7 +360,13 @@ impl Shard {
     fn drain_client(&mut self, index: usize) {
         loop {
             let client = &mut self.clients[index];
-            match drain_ring(client, &mut self.groups, &self.stats, usize::MAX) {
+            match drain_ring(
+                client,
+                &mut self.groups,
+                &self.stats,
+                self.cluster.as_mut(),
+                usize::MAX,
+            ) {
                 Ok(0) => break,
                 Ok(_) => self.ring_group_doorbells(),
                 Err(reason) => {
@@ -310,6 +380,7 @@ impl Shard {
     /// Applies queued control commands. `Err` means stop the shard.
     fn apply_commands(&mut self) -> Result<usize, ()> {
         self.stats.add(counter::HEARTBEAT, 1);
+        self.publish_cluster_stats();
         let mut applied = 0;
         while let Ok(cmd) = self.commands.try_recv() {
             applied += 1;
@@ -317,14 +388,19 @@ impl Shard {
                 ShardCommand::Shutdown => return Err(()),
                 ShardCommand::AddGroup {
                     handle,
+                    gid,
                     log,
                     doorbell,
                     ack,
                 } => {
-                    let _ = ack.send(self.add_group(handle, log, doorbell));
+                    let _ = ack.send(self.add_group(handle, gid, log, doorbell));
                 }
                 ShardCommand::DropGroup { handle } => {
                     if let Some(slot) = self.groups.get_mut(handle as usize) {
+                        if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
+                            cluster.leave(group.gid);
+                            self.by_gid.remove(&group.gid);
+                        }
                         *slot = None;
                     }
                     for c in &mut self.clients {
@@ -397,7 +473,80 @@ impl Shard {
         Ok(applied)
     }
 
-    fn add_group(&mut self, handle: u32, log: Mapping, doorbell: Mapping) -> Result<(), String> {
+    /// Takes datagrams, runs timers and sends; appends what other daemons published.
+    fn poll_cluster(&mut self) -> usize {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return 0;
+        };
+        let groups = &mut self.groups;
+        let by_gid = &self.by_gid;
+        let stats = &self.stats;
+        let mut appended = false;
+        let work = cluster.poll(&mut |event| match event {
+            ClusterEvent::Deliver {
+                group,
+                sender,
+                payload,
+            } => {
+                let slot = by_gid
+                    .get(&group)
+                    .and_then(|&h| groups.get_mut(h as usize))
+                    .and_then(Option::as_mut);
+                match slot {
+                    Some(slot) => {
+                        if slot.writer.append(sender, payload).is_ok() {
+                            slot.dirty = true;
+                            appended = true;
+                        } else {
+                            stats.add(counter::TOO_LARGE, 1);
+                        }
+                    }
+                    None => stats.add(counter::NOT_JOINED, 1),
+                }
+            }
+            ClusterEvent::Lost { .. } => {}
+        });
+        if appended {
+            self.ring_group_doorbells();
+        }
+        if let Some(view) = self.cluster.as_ref().map(|c| c.view_summary()) {
+            if self.last_view.as_deref() != Some(view) {
+                self.last_view = Some(view.to_string());
+                let _ = self.events.try_send(ShardEvent::View {
+                    shard: self.index,
+                    summary: view.to_string(),
+                });
+                self.events_wake.notify();
+            }
+        }
+        work
+    }
+
+    /// Copies the cluster's counters into the shared-memory page.
+    fn publish_cluster_stats(&self) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let c = cluster.stats();
+        for (index, value) in [
+            (counter::DATAGRAMS_IN, c.datagrams_in),
+            (counter::DATAGRAMS_OUT, c.datagrams_out),
+            (counter::DECODE_ERRORS, c.decode_errors),
+            (counter::UNKNOWN_PEER, c.unknown_peer),
+            (counter::RETRANSMITS, c.retransmits),
+            (counter::GOSSIP_ROUNDS, c.gossip_rounds),
+            (counter::LOST, c.lost),
+            (counter::VIEW_CHANGES, c.view_changes),
+            (counter::VIEW_MEMBERS, c.view_members),
+            (counter::REMOTE_DELIVERED, c.remote_delivered),
+            (counter::NOT_SENT, c.not_sent),
+            (counter::FAULT_DROPPED, c.fault_dropped),
+        ] {
+            self.stats.set(index, value);
+        }
+    }
+
+    fn add_group(&mut self, handle: u32, gid: u64, log: Mapping, doorbell: Mapping) -> Result<(), String> {
         // SAFETY: both mappings are live and kept in the slot for as long as the writer and
         // doorbell exist; the daemon initialised them and no one else writes the log.
         let writer =
@@ -409,7 +558,12 @@ impl Shard {
         if self.groups.len() <= index {
             self.groups.resize_with(index + 1, || None);
         }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.join(gid);
+            self.by_gid.insert(gid, handle);
+        }
         self.groups[index] = Some(GroupSlot {
+            gid,
             writer,
             doorbell: group_doorbell,
             dirty: false,
@@ -428,12 +582,14 @@ fn drain_ring(
     client: &mut ClientSlot,
     groups: &mut [Option<GroupSlot>],
     stats: &ShardStats,
+    mut cluster: Option<&mut Cluster>,
     limit: usize,
 ) -> Result<usize, String> {
     let ClientSlot {
         consumer,
         joined,
         sender,
+        session,
         ..
     } = client;
     let mut bad: Option<String> = None;
@@ -455,6 +611,9 @@ fn drain_ring(
                     bytes += payload.len() as u64;
                     if group.writer.append(*sender, payload).is_ok() {
                         group.dirty = true;
+                        if let Some(cluster) = cluster.as_deref_mut() {
+                            cluster.submit(group.gid, *session, payload);
+                        }
                     } else {
                         too_large += 1;
                     }

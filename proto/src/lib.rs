@@ -1,1 +1,117 @@
 //! tutti-proto: the protocols as sans-IO state machines.
+//!
+//! One [`Node`] per daemon shard runs cluster membership (gossip-style failure detection,
+//! numbered views agreed by the coordinator, merges after partitions) and bimodal multicast
+//! (Birman et al., TOCS 1999) for every group it joined. It is driven only by calls
+//! (`handle_packet`, `handle_timeout`, `submit`, `join`, `leave`) and hands back what it
+//! wants done through `poll_transmit`, `poll_event` and `poll_timeout`. No sockets, clocks,
+//! threads or global randomness: time and an RNG seed are passed in, so the simulator in
+//! `tutti-sim` reproduces any run from a seed.
+
+mod fxhash;
+mod multicast;
+mod node;
+mod outbox;
+mod settings;
+
+pub use node::{Counters, Node, SubmitError};
+pub use settings::{Delivery, Settings};
+
+use std::sync::Arc;
+
+/// Opaque node address; the daemon maps it to socket addresses.
+pub type NodeId = u32;
+/// A group identifier (see `tutti_wire::packet::group_id`).
+pub type GroupId = u64;
+/// Time in nanoseconds since an arbitrary origin chosen by the driver (monotonic).
+pub type Time = u64;
+
+/// Nanoseconds per millisecond, for settings.
+pub const MILLIS: Time = 1_000_000;
+
+/// Identifies a view: a counter that grows with every installation, and the coordinator
+/// that installed it (two partitions may reach the same counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViewId {
+    pub counter: u64,
+    pub coordinator: NodeId,
+    pub coordinator_incarnation: u32,
+}
+
+impl ViewId {
+    /// Whether `self` supersedes `other`: a higher counter, or the same counter installed
+    /// by an older coordinator (smaller `(incarnation, id)`).
+    pub fn newer_than(&self, other: &ViewId) -> bool {
+        self.counter > other.counter
+            || (self.counter == other.counter
+                && (self.coordinator_incarnation, self.coordinator)
+                    < (other.coordinator_incarnation, other.coordinator))
+    }
+}
+
+/// A member of a view: a node in one incarnation (a restarted node is a new member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    pub node: NodeId,
+    pub incarnation: u32,
+}
+
+impl Member {
+    /// Seniority: smaller is older. The coordinator is the oldest live member.
+    pub fn age_key(&self) -> (u32, NodeId) {
+        (self.incarnation, self.node)
+    }
+}
+
+/// A numbered view: members ordered oldest first (so `members[0]` installed... or would
+/// install it), and per group the members that joined it, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub id: ViewId,
+    pub members: Vec<Member>,
+    /// Sorted by group id; member lists in view order.
+    pub groups: Vec<(GroupId, Vec<NodeId>)>,
+}
+
+impl View {
+    pub fn contains(&self, m: Member) -> bool {
+        self.members.contains(&m)
+    }
+    pub fn group(&self, g: GroupId) -> Option<&[NodeId]> {
+        self.groups
+            .binary_search_by_key(&g, |(id, _)| *id)
+            .ok()
+            .and_then(|i| self.groups.get(i))
+            .map(|(_, m)| m.as_slice())
+    }
+}
+
+/// What a node tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A multicast message, delivered once, FIFO per sender unless `Delivery::Unordered`.
+    Deliver {
+        group: GroupId,
+        sender: NodeId,
+        sender_incarnation: u32,
+        seq: u64,
+        payload: Arc<[u8]>,
+    },
+    /// Messages `first..first+count` of a sender can no longer be repaired (reported once).
+    Lost {
+        group: GroupId,
+        sender: NodeId,
+        sender_incarnation: u32,
+        first: u64,
+        count: u64,
+    },
+    /// A new view was installed at this node.
+    ViewChange(Arc<View>),
+}
+
+/// A datagram to send to `dest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub dest: NodeId,
+    pub payload: Vec<u8>,
+}

@@ -1,1 +1,220 @@
-fn main() {}
+//! `tutti-sim`: run one simulated scenario and print a summary (or one JSON object).
+
+use clap::Parser;
+use std::time::Instant;
+use tutti_proto::{Delivery, NodeId, MILLIS};
+use tutti_sim::sim::run_with_baseline;
+use tutti_sim::{Crash, Partition, Scenario};
+
+/// Run tutti's protocols (membership + bimodal multicast) over a simulated network from a
+/// seed, check the invariants, and print what happened. The same seed gives the same run.
+#[derive(Parser, Debug)]
+#[command(name = "tutti-sim", version)]
+struct Args {
+    /// Number of nodes (daemons).
+    #[arg(long, default_value_t = 16)]
+    nodes: u32,
+    /// Messages to multicast in total.
+    #[arg(long, default_value_t = 100)]
+    messages: u64,
+    /// Number of sending nodes (messages are split evenly).
+    #[arg(long, default_value_t = 1)]
+    senders: u32,
+    /// Datagram loss probability on every link (0.0-1.0).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Seed: the same seed reproduces the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of perturbed members (the last K nodes; they lose --perturb-fraction of
+    /// their time). Also runs the unperturbed baseline and reports healthy_throughput_ratio.
+    #[arg(long, default_value_t = 0)]
+    perturbed: u32,
+    /// Fraction of time a perturbed member loses.
+    #[arg(long, default_value_t = 0.5)]
+    perturb_fraction: f64,
+    /// Partition START_MS:DURATION_MS:FRACTION (relative to the workload start): the first
+    /// FRACTION of the nodes are cut off from the rest, then healed. Repeatable.
+    #[arg(long)]
+    partition: Vec<String>,
+    /// Crash NODE:AT_MS[:RESTART_MS] (relative to the workload start). Repeatable.
+    #[arg(long)]
+    crash: Vec<String>,
+    /// Datagram duplication probability.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    /// Probability that a datagram is delayed by up to 2 ms more (reordering).
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Total submit rate in messages per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Payload size in bytes (at least 8).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Deliver on first receipt instead of FIFO per sender.
+    #[arg(long)]
+    unordered: bool,
+    /// Stage-1 tree fan-out.
+    #[arg(long)]
+    tree_fanout: Option<usize>,
+    /// Gossip fan-out.
+    #[arg(long)]
+    gossip_fanout: Option<usize>,
+    /// Print one JSON object instead of a text summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_ms(s: &str, what: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map(|v| v * MILLIS)
+        .map_err(|e| format!("{what}: {s:?} is not a number of milliseconds ({e})"))
+}
+
+fn build(a: &Args) -> Result<Scenario, String> {
+    if a.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    let mut sc = Scenario::new(a.nodes, a.messages, a.senders, a.loss, a.seed);
+    sc.duplicate = a.duplicate;
+    sc.reorder = a.reorder;
+    sc.rate = a.rate.max(1);
+    sc.payload = a.payload.max(8);
+    sc.perturb_fraction = a.perturb_fraction;
+    sc.perturbed = (a.nodes.saturating_sub(a.perturbed)..a.nodes).collect();
+    if a.unordered {
+        sc.settings.delivery = Delivery::Unordered;
+    }
+    if let Some(k) = a.tree_fanout {
+        sc.settings.tree_fanout = k.max(1);
+    }
+    if let Some(k) = a.gossip_fanout {
+        sc.settings.gossip_fanout = k.max(1);
+    }
+    for p in &a.partition {
+        let parts: Vec<&str> = p.split(':').collect();
+        let [start, dur, frac] = parts[..] else {
+            return Err(format!(
+                "--partition {p:?}: expected START_MS:DURATION_MS:FRACTION"
+            ));
+        };
+        let start = parse_ms(start, "--partition start")?;
+        let dur = parse_ms(dur, "--partition duration")?;
+        let frac: f64 = frac
+            .parse()
+            .map_err(|e| format!("--partition fraction {frac:?}: {e}"))?;
+        let k = ((f64::from(a.nodes) * frac).round() as u32).clamp(1, a.nodes);
+        sc.partitions.push(Partition {
+            start,
+            end: start + dur,
+            side: (0..k).collect::<Vec<NodeId>>(),
+        });
+    }
+    for c in &a.crash {
+        let parts: Vec<&str> = c.split(':').collect();
+        if parts.len() < 2 || parts.len() > 3 {
+            return Err(format!("--crash {c:?}: expected NODE:AT_MS[:RESTART_MS]"));
+        }
+        let node: NodeId = parts[0]
+            .parse()
+            .map_err(|e| format!("--crash node {:?}: {e}", parts[0]))?;
+        if node >= a.nodes {
+            return Err(format!(
+                "--crash node {node} does not exist (--nodes {})",
+                a.nodes
+            ));
+        }
+        sc.crashes.push(Crash {
+            node,
+            at: parse_ms(parts[1], "--crash time")?,
+            restart: parts.get(2).map(|r| parse_ms(r, "--crash restart")).transpose()?,
+            leave: false,
+        });
+    }
+    Ok(sc)
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let args = Args::parse();
+    let sc = match build(&args) {
+        Ok(sc) => sc,
+        Err(e) => {
+            eprintln!("tutti-sim: {e}");
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
+    let report = run_with_baseline(&sc);
+    let wall = started.elapsed().as_secs_f64();
+    let rss = peak_rss_kib();
+    if args.json {
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("wall_seconds".into(), wall.into());
+            o.insert("peak_rss_mib".into(), rss.map(|k| k as f64 / 1024.0).into());
+            if report.healthy_throughput_ratio.is_none() {
+                o.remove("healthy_throughput_ratio");
+            }
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "tutti-sim: {} nodes, {} messages from {} senders, loss {}, seed {}",
+            report.nodes, report.messages, report.senders, report.loss, report.seed
+        );
+        println!("  invariant violations     {}", report.invariant_violations);
+        for v in &report.violation_samples {
+            println!("    - {v}");
+        }
+        println!(
+            "  delivered to all         {:.5} of messages",
+            report.delivered_all_fraction
+        );
+        println!("  mean delivery ratio      {:.5}", report.mean_delivery_ratio);
+        println!(
+            "  delivery histogram       {:?} (deciles, last = 100%)",
+            report.delivery_fraction_histogram
+        );
+        println!(
+            "  rounds to all p50 / p99  {:.2} / {:.2}",
+            report.rounds_p50, report.rounds_p99
+        );
+        println!(
+            "  datagrams per delivery   {:.3} ({} datagrams, {} deliveries)",
+            report.datagrams_per_delivery, report.datagrams, report.deliveries
+        );
+        println!("  messages by kind         {:?}", report.messages_by_kind);
+        println!("  lost reported            {}", report.lost_reported);
+        if let Some(c) = report.view_converged {
+            println!("  views converged          {c}");
+        }
+        if let Some(r) = report.healthy_throughput_ratio {
+            println!("  healthy throughput ratio {r:.4}");
+        }
+        println!(
+            "  state bytes per node     mean {:.0}, max {}",
+            report.state_bytes_per_node_mean, report.state_bytes_per_node_max
+        );
+        println!(
+            "  bootstrap {:.0} ms, sim time {:.0} ms, {} events, wall {:.2} s, peak RSS {} MiB, trace {}",
+            report.bootstrap_ms,
+            report.sim_time_ms,
+            report.events,
+            wall,
+            rss.map(|k| k / 1024).unwrap_or(0),
+            report.trace_hash
+        );
+    }
+    if report.invariant_violations > 0 {
+        std::process::exit(1);
+    }
+}

@@ -36,6 +36,37 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
     ("clients", "clients with a publish ring on this shard (gauge)"),
     ("groups", "groups owned by this shard (gauge)"),
     ("heartbeat", "advances while the shard loop runs"),
+    (
+        "not_joined",
+        "remote messages for a group with no local member (dropped)",
+    ),
+    ("datagrams_in", "UDP datagrams received"),
+    ("datagrams_out", "UDP datagrams sent"),
+    (
+        "decode_errors",
+        "UDP datagrams or messages refused by the decoder (dropped)",
+    ),
+    (
+        "unknown_peer",
+        "datagrams not sent: no address known for the peer",
+    ),
+    ("retransmits", "messages retransmitted by gossip repair"),
+    ("gossip_rounds", "gossip rounds run"),
+    ("lost", "messages reported lost (not repairable within retention)"),
+    ("view_changes", "views installed"),
+    ("view_members", "members of the current view (gauge)"),
+    (
+        "remote_delivered",
+        "messages from other daemons appended to local logs",
+    ),
+    (
+        "not_sent",
+        "messages or datagrams not sent (too large, queue full)",
+    ),
+    (
+        "fault_dropped",
+        "datagrams dropped by injected faults (tests only)",
+    ),
 ];
 
 /// Index of a named shard counter (a compile-time check that the name exists).

@@ -1,1 +1,1076 @@
-//! UDP packet formats between daemons.
+//! UDP packet formats between daemons: one datagram = a fixed [`DatagramHeader`] followed
+//! by a sequence of length-prefixed messages, so many small messages share one datagram.
+//!
+//! ```text
+//! DatagramHeader (16 B): magic "TTP1" (u32), version (u16), count (u16), from (u32), incarnation (u32)
+//! then `count` times:
+//!   MessageHeader (8 B): kind (u8), flags (u8), reserved (u16, must be 0), len (u32)
+//!   body: `len` bytes, layout by kind (see [`MessageKind`])
+//! ```
+//!
+//! All integers are little-endian (the fixed headers are `#[repr(C)]` + `bytemuck` and are
+//! read with unaligned copies, so bodies need no padding). A big-endian host reads the magic
+//! wrongly and rejects every datagram with [`PacketError::BadMagic`] rather than misreading it.
+//!
+//! The decoder is strict: [`decode`] validates the whole datagram (every message header,
+//! every body length, every index) before returning, and reports the first problem as a
+//! [`PacketError`]. It never panics, never indexes out of bounds, never overflows. Decoding
+//! does not allocate: the returned [`Datagram`] borrows the input, and its entries are read
+//! with unaligned copies on iteration.
+//!
+//! Group identifiers are `u64`: the daemon derives one from the group's name with a stable
+//! 64-bit hash (FNV-1a, see [`group_id`]); two names colliding would share a group, which at
+//! 64 bits is negligible for the number of groups a cluster has.
+
+use bytemuck::{Pod, Zeroable};
+
+/// "TTP1" read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
+/// Version of this format. A decoder rejects any other version.
+pub const VERSION: u16 = 1;
+/// Size of [`DatagramHeader`].
+pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
+/// Size of [`MessageHeader`].
+pub const MESSAGE_HEADER_LEN: usize = core::mem::size_of::<MessageHeader>();
+/// Largest UDP payload over IPv4; nothing larger can be a datagram.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Flag on a [`MessageKind::Data`] message: this is a retransmission (stage 2), not to be
+/// forwarded down the dissemination tree.
+pub const DATA_FLAG_RETRANSMIT: u8 = 1;
+/// Flag on a heartbeat entry: the node is leaving the cluster on purpose.
+pub const HEARTBEAT_FLAG_LEAVING: u32 = 1;
+
+/// Stable 64-bit group identifier of a group name (FNV-1a 64).
+pub fn group_id(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Errors of the strict decoder and of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("datagram or message truncated: needed {needed} bytes, had {had}")]
+    Truncated { needed: usize, had: usize },
+    #[error("bad magic {0:#010x} (not a tutti datagram, or a big-endian peer)")]
+    BadMagic(u32),
+    #[error("unsupported packet version {0} (this build speaks {VERSION})")]
+    BadVersion(u16),
+    #[error("length mismatch: {0}")]
+    LengthMismatch(&'static str),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("reserved field is not zero")]
+    ReservedNonZero,
+    #[error("unknown flags {flags:#04x} on message kind {kind}")]
+    BadFlags { kind: u8, flags: u8 },
+    #[error("index {index} out of range (members: {members})")]
+    BadIndex { index: u32, members: u32 },
+    #[error("datagram holds {0} messages, more than the header's u16 count allows")]
+    TooManyMessages(usize),
+    #[error("encode buffer full: needed {needed} bytes, {available} available")]
+    BufferFull { needed: usize, available: usize },
+}
+
+/// The fixed header at the start of every datagram.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct DatagramHeader {
+    pub magic: u32,
+    pub version: u16,
+    /// Number of messages that follow.
+    pub count: u16,
+    /// Sending node id.
+    pub from: u32,
+    /// Sending node's incarnation (grows at each restart; "older" nodes have smaller ones).
+    pub incarnation: u32,
+}
+
+/// The header in front of every message in a datagram.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct MessageHeader {
+    pub kind: u8,
+    pub flags: u8,
+    pub reserved: u16,
+    /// Body length in bytes (not counting this header).
+    pub len: u32,
+}
+
+/// Message kinds. Bodies:
+/// - `Data`: [`DataHeader`] + payload (the rest of the body).
+/// - `Digest`: [`DigestHeader`] + `n` x [`DigestEntry`].
+/// - `Request`: [`RequestHeader`] + `n` x [`RequestEntry`].
+/// - `Heartbeats`: [`HeartbeatHeader`] + `n` x [`HeartbeatEntry`].
+/// - `View`: [`ViewHeader`] + `members` x [`MemberEntry`] + `groups` x ([`ViewGroupHeader`] + `count` x u32 member index).
+/// - `ViewRequest`: empty body.
+/// - `GroupJoin` / `GroupLeave`: [`GroupChange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageKind {
+    Data = 1,
+    Digest = 2,
+    Request = 3,
+    Heartbeats = 4,
+    View = 5,
+    ViewRequest = 6,
+    GroupJoin = 7,
+    GroupLeave = 8,
+}
+
+impl MessageKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Data,
+            2 => Self::Digest,
+            3 => Self::Request,
+            4 => Self::Heartbeats,
+            5 => Self::View,
+            6 => Self::ViewRequest,
+            7 => Self::GroupJoin,
+            8 => Self::GroupLeave,
+            _ => return None,
+        })
+    }
+}
+
+/// One multicast message (stage 1 dissemination or a stage 2 retransmission).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct DataHeader {
+    pub group: u64,
+    /// Per (sender, incarnation, group) sequence number, from 0.
+    pub seq: u64,
+    /// Original sender (root of the tree), not necessarily the datagram's `from`.
+    pub sender: u32,
+    pub sender_incarnation: u32,
+    /// How many earlier messages of this sender the sender still retains (`seq - its oldest`,
+    /// saturated). A receiver that first hears of the sender starts its window there.
+    pub retained: u32,
+    /// Reserved for large-message fragmentation (issue 4): index of this fragment.
+    pub frag_index: u16,
+    /// Reserved for fragmentation: number of fragments; 1 for an unfragmented message.
+    pub frag_count: u16,
+}
+
+/// Gossip digest header (stage 2), one per group.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct DigestHeader {
+    pub group: u64,
+    /// The gossiper's round; requests answering this digest echo it.
+    pub round: u32,
+    pub reserved: u32,
+}
+
+/// Per sender: what the gossiper holds. It holds every seq in `[low, contiguous)` and
+/// possibly some in `[contiguous, high)`; it misses the others below `high`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct DigestEntry {
+    pub sender: u32,
+    pub sender_incarnation: u32,
+    /// Oldest seq still retained.
+    pub low: u64,
+    /// Every seq below this (and at or above `low`) is held.
+    pub contiguous: u64,
+    /// One past the highest seq seen.
+    pub high: u64,
+}
+
+/// Retransmit request header: solicits messages from the gossiper.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct RequestHeader {
+    pub group: u64,
+    /// The round of the digest this answers (stale requests are ignored).
+    pub round: u32,
+    pub reserved: u32,
+}
+
+/// A run of `count` seqs starting at `first`, from one sender, newest first by convention.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct RequestEntry {
+    pub sender: u32,
+    pub sender_incarnation: u32,
+    pub first: u64,
+    pub count: u32,
+    pub reserved: u32,
+}
+
+/// Membership gossip header: the sender's current view and the highest view counter it saw.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct HeartbeatHeader {
+    pub view_counter: u64,
+    pub view_coordinator: u32,
+    pub view_coordinator_incarnation: u32,
+    pub max_counter: u64,
+}
+
+/// Gossip-style failure detection (van Renesse): a node's heartbeat counter as last known.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct HeartbeatEntry {
+    pub node: u32,
+    pub incarnation: u32,
+    pub heartbeat: u32,
+    /// [`HEARTBEAT_FLAG_LEAVING`] or 0.
+    pub flags: u32,
+}
+
+/// A numbered view, as installed by its coordinator.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ViewHeader {
+    pub counter: u64,
+    pub coordinator: u32,
+    pub coordinator_incarnation: u32,
+    pub members: u32,
+    pub groups: u32,
+}
+
+/// A member of a view.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct MemberEntry {
+    pub node: u32,
+    pub incarnation: u32,
+}
+
+/// A group in a view: followed by `count` u32 indices into the view's member list.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ViewGroupHeader {
+    pub group: u64,
+    pub count: u32,
+    pub reserved: u32,
+}
+
+/// Ask the coordinator to add (GroupJoin) or remove (GroupLeave) the sender in a group.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct GroupChange {
+    pub group: u64,
+}
+
+/// A validated view of a slice of fixed-size entries; read with unaligned copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entries<'a, T> {
+    bytes: &'a [u8],
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: Pod> Entries<'a, T> {
+    fn new(bytes: &'a [u8]) -> Result<Self, PacketError> {
+        if !bytes
+            .chunks_exact(core::mem::size_of::<T>())
+            .remainder()
+            .is_empty()
+        {
+            return Err(PacketError::LengthMismatch(
+                "entries are not a whole number of records",
+            ));
+        }
+        Ok(Self {
+            bytes,
+            _t: core::marker::PhantomData,
+        })
+    }
+    pub fn len(&self) -> usize {
+        self.bytes.len() / core::mem::size_of::<T>()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = T> + 'a {
+        self.bytes
+            .chunks_exact(core::mem::size_of::<T>())
+            .map(bytemuck::pod_read_unaligned::<T>)
+    }
+    pub fn get(&self, i: usize) -> Option<T> {
+        let size = core::mem::size_of::<T>();
+        let start = i.checked_mul(size)?;
+        let end = start.checked_add(size)?;
+        self.bytes.get(start..end).map(bytemuck::pod_read_unaligned::<T>)
+    }
+}
+
+/// The groups section of a view message (validated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewGroups<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl<'a> ViewGroups<'a> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Iterate `(group, member indices)`. The section was validated by [`decode`].
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Entries<'a, u32>)> + 'a {
+        let mut rest = self.bytes;
+        let mut left = self.count;
+        core::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            let (hdr, after) = take::<ViewGroupHeader>(rest).ok()?;
+            let n = (hdr.count as usize).checked_mul(4)?;
+            let idx = after.get(..n)?;
+            rest = after.get(n..)?;
+            Some((hdr.group, Entries::new(idx).ok()?))
+        })
+    }
+}
+
+/// A decoded message, borrowing the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Data {
+        header: DataHeader,
+        retransmit: bool,
+        payload: &'a [u8],
+    },
+    Digest {
+        header: DigestHeader,
+        entries: Entries<'a, DigestEntry>,
+    },
+    Request {
+        header: RequestHeader,
+        entries: Entries<'a, RequestEntry>,
+    },
+    Heartbeats {
+        header: HeartbeatHeader,
+        entries: Entries<'a, HeartbeatEntry>,
+    },
+    View {
+        header: ViewHeader,
+        members: Entries<'a, MemberEntry>,
+        groups: ViewGroups<'a>,
+    },
+    ViewRequest,
+    GroupJoin(GroupChange),
+    GroupLeave(GroupChange),
+}
+
+/// A validated datagram: its header and its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    pub header: DatagramHeader,
+    body: &'a [u8],
+}
+
+impl<'a> Datagram<'a> {
+    /// The messages, in order. Every one was validated by [`decode`].
+    pub fn messages(&self) -> impl Iterator<Item = Message<'a>> + 'a {
+        let mut rest = self.body;
+        core::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let (msg, after) = parse_message(rest).ok()?;
+            rest = after;
+            Some(msg)
+        })
+    }
+}
+
+fn take<T: Pod>(bytes: &[u8]) -> Result<(T, &[u8]), PacketError> {
+    let n = core::mem::size_of::<T>();
+    match (bytes.get(..n), bytes.get(n..)) {
+        (Some(head), Some(rest)) => Ok((bytemuck::pod_read_unaligned(head), rest)),
+        _ => Err(PacketError::Truncated {
+            needed: n,
+            had: bytes.len(),
+        }),
+    }
+}
+
+fn check_flags(kind: u8, flags: u8, allowed: u8) -> Result<(), PacketError> {
+    if flags & !allowed != 0 {
+        Err(PacketError::BadFlags { kind, flags })
+    } else {
+        Ok(())
+    }
+}
+
+fn exact_empty(rest: &[u8]) -> Result<(), PacketError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(PacketError::LengthMismatch("message body longer than its kind"))
+    }
+}
+
+/// Parse one message at the start of `bytes`; returns it and the bytes after it.
+fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
+    let (mh, rest) = take::<MessageHeader>(bytes)?;
+    if mh.reserved != 0 {
+        return Err(PacketError::ReservedNonZero);
+    }
+    let len = mh.len as usize;
+    let body = rest.get(..len).ok_or(PacketError::Truncated {
+        needed: len,
+        had: rest.len(),
+    })?;
+    let after = rest.get(len..).unwrap_or(&[]);
+    let kind = MessageKind::from_u8(mh.kind).ok_or(PacketError::UnknownKind(mh.kind))?;
+    let allowed = if kind == MessageKind::Data {
+        DATA_FLAG_RETRANSMIT
+    } else {
+        0
+    };
+    check_flags(mh.kind, mh.flags, allowed)?;
+    let msg = match kind {
+        MessageKind::Data => {
+            let (header, payload) = take::<DataHeader>(body)?;
+            if header.frag_count == 0 || header.frag_index >= header.frag_count {
+                return Err(PacketError::LengthMismatch("fragment index outside count"));
+            }
+            Message::Data {
+                header,
+                retransmit: mh.flags & DATA_FLAG_RETRANSMIT != 0,
+                payload,
+            }
+        }
+        MessageKind::Digest => {
+            let (header, rest) = take::<DigestHeader>(body)?;
+            if header.reserved != 0 {
+                return Err(PacketError::ReservedNonZero);
+            }
+            Message::Digest {
+                header,
+                entries: Entries::new(rest)?,
+            }
+        }
+        MessageKind::Request => {
+            let (header, rest) = take::<RequestHeader>(body)?;
+            if header.reserved != 0 {
+                return Err(PacketError::ReservedNonZero);
+            }
+            let entries = Entries::<RequestEntry>::new(rest)?;
+            if entries.iter().any(|e| e.reserved != 0) {
+                return Err(PacketError::ReservedNonZero);
+            }
+            Message::Request { header, entries }
+        }
+        MessageKind::Heartbeats => {
+            let (header, rest) = take::<HeartbeatHeader>(body)?;
+            Message::Heartbeats {
+                header,
+                entries: Entries::new(rest)?,
+            }
+        }
+        MessageKind::View => {
+            let (header, rest) = take::<ViewHeader>(body)?;
+            let mlen = (header.members as usize)
+                .checked_mul(core::mem::size_of::<MemberEntry>())
+                .ok_or(PacketError::LengthMismatch("member count overflows"))?;
+            let mbytes = rest.get(..mlen).ok_or(PacketError::Truncated {
+                needed: mlen,
+                had: rest.len(),
+            })?;
+            let mut grest = rest.get(mlen..).unwrap_or(&[]);
+            let gstart = grest;
+            for _ in 0..header.groups {
+                let (gh, after) = take::<ViewGroupHeader>(grest)?;
+                if gh.reserved != 0 {
+                    return Err(PacketError::ReservedNonZero);
+                }
+                let n = (gh.count as usize)
+                    .checked_mul(4)
+                    .ok_or(PacketError::LengthMismatch("group count overflows"))?;
+                let idx = after.get(..n).ok_or(PacketError::Truncated {
+                    needed: n,
+                    had: after.len(),
+                })?;
+                for c in idx.chunks_exact(4) {
+                    let i = bytemuck::pod_read_unaligned::<u32>(c);
+                    if i >= header.members {
+                        return Err(PacketError::BadIndex {
+                            index: i,
+                            members: header.members,
+                        });
+                    }
+                }
+                grest = after.get(n..).unwrap_or(&[]);
+            }
+            exact_empty(grest)?;
+            let used = gstart.len() - grest.len();
+            Message::View {
+                header,
+                members: Entries::new(mbytes)?,
+                groups: ViewGroups {
+                    bytes: gstart.get(..used).unwrap_or(&[]),
+                    count: header.groups,
+                },
+            }
+        }
+        MessageKind::ViewRequest => {
+            exact_empty(body)?;
+            Message::ViewRequest
+        }
+        MessageKind::GroupJoin | MessageKind::GroupLeave => {
+            let (g, rest) = take::<GroupChange>(body)?;
+            exact_empty(rest)?;
+            if kind == MessageKind::GroupJoin {
+                Message::GroupJoin(g)
+            } else {
+                Message::GroupLeave(g)
+            }
+        }
+    };
+    Ok((msg, after))
+}
+
+/// Strictly decode a datagram: header, then every message. Never panics.
+pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, PacketError> {
+    if bytes.len() > MAX_DATAGRAM {
+        return Err(PacketError::LengthMismatch("larger than a UDP datagram"));
+    }
+    let (header, body) = take::<DatagramHeader>(bytes)?;
+    if header.magic != MAGIC {
+        return Err(PacketError::BadMagic(header.magic));
+    }
+    if header.version != VERSION {
+        return Err(PacketError::BadVersion(header.version));
+    }
+    let mut rest = body;
+    let mut n: usize = 0;
+    while !rest.is_empty() {
+        let (_, after) = parse_message(rest)?;
+        rest = after;
+        n += 1;
+    }
+    if n != usize::from(header.count) {
+        return Err(PacketError::LengthMismatch(
+            "message count differs from the header",
+        ));
+    }
+    Ok(Datagram { header, body })
+}
+
+/// Writes a datagram into a caller-provided buffer, message by message. The header's
+/// count is kept current after each push, so the datagram is valid at any point; a
+/// datagram can be resumed later with [`Encoder::resume`].
+pub struct Encoder<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    count: u16,
+}
+
+impl<'a> Encoder<'a> {
+    /// Start a datagram from node `from`.
+    pub fn new(buf: &'a mut [u8], from: u32, incarnation: u32) -> Result<Self, PacketError> {
+        let header = DatagramHeader {
+            magic: MAGIC,
+            version: VERSION,
+            count: 0,
+            from,
+            incarnation,
+        };
+        let dst = buf
+            .get_mut(..DATAGRAM_HEADER_LEN)
+            .ok_or(PacketError::BufferFull {
+                needed: DATAGRAM_HEADER_LEN,
+                available: 0,
+            })?;
+        dst.copy_from_slice(bytemuck::bytes_of(&header));
+        Ok(Self {
+            buf,
+            len: DATAGRAM_HEADER_LEN,
+            count: 0,
+        })
+    }
+
+    /// Continue a datagram of `len` bytes and `count` messages written earlier into `buf`.
+    pub fn resume(buf: &'a mut [u8], len: usize, count: u16) -> Result<Self, PacketError> {
+        if len < DATAGRAM_HEADER_LEN || len > buf.len() {
+            return Err(PacketError::LengthMismatch("resume length outside buffer"));
+        }
+        Ok(Self { buf, len, count })
+    }
+
+    /// Bytes written so far (header included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+    /// Room left for a message body (after its message header).
+    pub fn remaining_body(&self) -> usize {
+        self.buf
+            .len()
+            .saturating_sub(self.len)
+            .saturating_sub(MESSAGE_HEADER_LEN)
+    }
+
+    /// Append one message made of `parts` (concatenated into its body).
+    fn push(&mut self, kind: MessageKind, flags: u8, parts: &[&[u8]]) -> Result<(), PacketError> {
+        if self.count == u16::MAX {
+            return Err(PacketError::TooManyMessages(usize::from(self.count) + 1));
+        }
+        let body: usize = parts.iter().map(|p| p.len()).sum();
+        let needed = MESSAGE_HEADER_LEN + body;
+        let available = self.buf.len().saturating_sub(self.len);
+        if needed > available || body > u32::MAX as usize {
+            return Err(PacketError::BufferFull { needed, available });
+        }
+        let mh = MessageHeader {
+            kind: kind as u8,
+            flags,
+            reserved: 0,
+            len: body as u32,
+        };
+        let mut at = self.len;
+        for part in core::iter::once(bytemuck::bytes_of(&mh)).chain(parts.iter().copied()) {
+            let end = at + part.len();
+            if let Some(dst) = self.buf.get_mut(at..end) {
+                dst.copy_from_slice(part);
+            }
+            at = end;
+        }
+        self.len = at;
+        self.count += 1;
+        if let Some(dst) = self.buf.get_mut(6..8) {
+            dst.copy_from_slice(&self.count.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    pub fn push_data(
+        &mut self,
+        header: &DataHeader,
+        retransmit: bool,
+        payload: &[u8],
+    ) -> Result<(), PacketError> {
+        let flags = if retransmit { DATA_FLAG_RETRANSMIT } else { 0 };
+        self.push(MessageKind::Data, flags, &[bytemuck::bytes_of(header), payload])
+    }
+
+    pub fn push_digest(&mut self, header: &DigestHeader, entries: &[DigestEntry]) -> Result<(), PacketError> {
+        self.push(
+            MessageKind::Digest,
+            0,
+            &[bytemuck::bytes_of(header), bytemuck::cast_slice(entries)],
+        )
+    }
+
+    pub fn push_request(
+        &mut self,
+        header: &RequestHeader,
+        entries: &[RequestEntry],
+    ) -> Result<(), PacketError> {
+        self.push(
+            MessageKind::Request,
+            0,
+            &[bytemuck::bytes_of(header), bytemuck::cast_slice(entries)],
+        )
+    }
+
+    pub fn push_heartbeats(
+        &mut self,
+        header: &HeartbeatHeader,
+        entries: &[HeartbeatEntry],
+    ) -> Result<(), PacketError> {
+        self.push(
+            MessageKind::Heartbeats,
+            0,
+            &[bytemuck::bytes_of(header), bytemuck::cast_slice(entries)],
+        )
+    }
+
+    /// `groups`: per group, its id and member indices into `members`.
+    pub fn push_view(
+        &mut self,
+        counter: u64,
+        coordinator: u32,
+        coordinator_incarnation: u32,
+        members: &[MemberEntry],
+        groups: &[(u64, &[u32])],
+    ) -> Result<(), PacketError> {
+        let header = ViewHeader {
+            counter,
+            coordinator,
+            coordinator_incarnation,
+            members: members.len() as u32,
+            groups: groups.len() as u32,
+        };
+        let mut heads = Vec::with_capacity(groups.len());
+        for (g, idx) in groups {
+            heads.push(ViewGroupHeader {
+                group: *g,
+                count: idx.len() as u32,
+                reserved: 0,
+            });
+        }
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 2 * groups.len());
+        parts.push(bytemuck::bytes_of(&header));
+        parts.push(bytemuck::cast_slice(members));
+        for (h, (_, idx)) in heads.iter().zip(groups) {
+            parts.push(bytemuck::bytes_of(h));
+            parts.push(bytemuck::cast_slice(idx));
+        }
+        self.push(MessageKind::View, 0, &parts)
+    }
+
+    pub fn push_view_request(&mut self) -> Result<(), PacketError> {
+        self.push(MessageKind::ViewRequest, 0, &[])
+    }
+
+    pub fn push_group_join(&mut self, group: u64) -> Result<(), PacketError> {
+        self.push(
+            MessageKind::GroupJoin,
+            0,
+            &[bytemuck::bytes_of(&GroupChange { group })],
+        )
+    }
+
+    pub fn push_group_leave(&mut self, group: u64) -> Result<(), PacketError> {
+        self.push(
+            MessageKind::GroupLeave,
+            0,
+            &[bytemuck::bytes_of(&GroupChange { group })],
+        )
+    }
+}
+
+/// Encoded size of a data message (message header + data header + payload).
+pub const fn data_message_len(payload: usize) -> usize {
+    MESSAGE_HEADER_LEN + core::mem::size_of::<DataHeader>() + payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An owned message, for round-trip tests.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Owned {
+        Data(DataHeader, bool, Vec<u8>),
+        Digest(DigestHeader, Vec<DigestEntry>),
+        Request(RequestHeader, Vec<RequestEntry>),
+        Heartbeats(HeartbeatHeader, Vec<HeartbeatEntry>),
+        View(ViewHeader, Vec<MemberEntry>, Vec<(u64, Vec<u32>)>),
+        ViewRequest,
+        Join(u64),
+        Leave(u64),
+    }
+
+    fn owned(m: Message<'_>) -> Owned {
+        match m {
+            Message::Data {
+                header,
+                retransmit,
+                payload,
+            } => Owned::Data(header, retransmit, payload.to_vec()),
+            Message::Digest { header, entries } => Owned::Digest(header, entries.iter().collect()),
+            Message::Request { header, entries } => Owned::Request(header, entries.iter().collect()),
+            Message::Heartbeats { header, entries } => Owned::Heartbeats(header, entries.iter().collect()),
+            Message::View {
+                header,
+                members,
+                groups,
+            } => Owned::View(
+                header,
+                members.iter().collect(),
+                groups.iter().map(|(g, i)| (g, i.iter().collect())).collect(),
+            ),
+            Message::ViewRequest => Owned::ViewRequest,
+            Message::GroupJoin(g) => Owned::Join(g.group),
+            Message::GroupLeave(g) => Owned::Leave(g.group),
+        }
+    }
+
+    fn push(enc: &mut Encoder<'_>, m: &Owned) -> Result<(), PacketError> {
+        match m {
+            Owned::Data(h, r, p) => enc.push_data(h, *r, p),
+            Owned::Digest(h, e) => enc.push_digest(h, e),
+            Owned::Request(h, e) => enc.push_request(h, e),
+            Owned::Heartbeats(h, e) => enc.push_heartbeats(h, e),
+            Owned::View(h, m, g) => {
+                let gs: Vec<(u64, &[u32])> = g.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+                enc.push_view(h.counter, h.coordinator, h.coordinator_incarnation, m, &gs)
+            }
+            Owned::ViewRequest => enc.push_view_request(),
+            Owned::Join(g) => enc.push_group_join(*g),
+            Owned::Leave(g) => enc.push_group_leave(*g),
+        }
+    }
+
+    fn arb_message() -> impl Strategy<Value = Owned> {
+        let data = (
+            any::<(u64, u64, u32, u32, u32)>(),
+            1u16..8,
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_flat_map(|((g, s, snd, inc, ret), fc, r, p)| {
+                (0..fc).prop_map(move |fi| {
+                    Owned::Data(
+                        DataHeader {
+                            group: g,
+                            seq: s,
+                            sender: snd,
+                            sender_incarnation: inc,
+                            retained: ret,
+                            frag_index: fi,
+                            frag_count: fc,
+                        },
+                        r,
+                        p.clone(),
+                    )
+                })
+            });
+        let digest = (
+            any::<(u64, u32)>(),
+            proptest::collection::vec(any::<(u32, u32, u64, u64, u64)>(), 0..20),
+        )
+            .prop_map(|((g, r), e)| {
+                Owned::Digest(
+                    DigestHeader {
+                        group: g,
+                        round: r,
+                        reserved: 0,
+                    },
+                    e.into_iter()
+                        .map(|(a, b, c, d, f)| DigestEntry {
+                            sender: a,
+                            sender_incarnation: b,
+                            low: c,
+                            contiguous: d,
+                            high: f,
+                        })
+                        .collect(),
+                )
+            });
+        let request = (
+            any::<(u64, u32)>(),
+            proptest::collection::vec(any::<(u32, u32, u64, u32)>(), 0..20),
+        )
+            .prop_map(|((g, r), e)| {
+                Owned::Request(
+                    RequestHeader {
+                        group: g,
+                        round: r,
+                        reserved: 0,
+                    },
+                    e.into_iter()
+                        .map(|(a, b, c, d)| RequestEntry {
+                            sender: a,
+                            sender_incarnation: b,
+                            first: c,
+                            count: d,
+                            reserved: 0,
+                        })
+                        .collect(),
+                )
+            });
+        let hb = (
+            any::<(u64, u32, u32, u64)>(),
+            proptest::collection::vec(any::<(u32, u32, u32, u32)>(), 0..30),
+        )
+            .prop_map(|((a, b, c, d), e)| {
+                Owned::Heartbeats(
+                    HeartbeatHeader {
+                        view_counter: a,
+                        view_coordinator: b,
+                        view_coordinator_incarnation: c,
+                        max_counter: d,
+                    },
+                    e.into_iter()
+                        .map(|(n, i, h, f)| HeartbeatEntry {
+                            node: n,
+                            incarnation: i,
+                            heartbeat: h,
+                            flags: f,
+                        })
+                        .collect(),
+                )
+            });
+        let view = (
+            any::<(u64, u32, u32)>(),
+            proptest::collection::vec(any::<(u32, u32)>(), 1..20),
+            proptest::collection::vec(
+                (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..10)),
+                0..4,
+            ),
+        )
+            .prop_map(|((c, co, ci), m, g)| {
+                let n = m.len() as u32;
+                let groups: Vec<(u64, Vec<u32>)> = g
+                    .into_iter()
+                    .map(|(id, idx)| (id, idx.into_iter().map(|i| i % n).collect()))
+                    .collect();
+                Owned::View(
+                    ViewHeader {
+                        counter: c,
+                        coordinator: co,
+                        coordinator_incarnation: ci,
+                        members: n,
+                        groups: groups.len() as u32,
+                    },
+                    m.into_iter()
+                        .map(|(node, incarnation)| MemberEntry { node, incarnation })
+                        .collect(),
+                    groups,
+                )
+            });
+        prop_oneof![
+            data,
+            digest,
+            request,
+            hb,
+            view,
+            Just(Owned::ViewRequest),
+            any::<u64>().prop_map(Owned::Join),
+            any::<u64>().prop_map(Owned::Leave),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(from: u32, inc: u32, msgs in proptest::collection::vec(arb_message(), 0..8)) {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let mut enc = Encoder::new(&mut buf, from, inc).unwrap();
+            for m in &msgs {
+                push(&mut enc, m).unwrap();
+            }
+            let len = enc.len();
+            let d = decode(&buf[..len]).unwrap();
+            prop_assert_eq!(d.header.from, from);
+            prop_assert_eq!(d.header.incarnation, inc);
+            prop_assert_eq!(usize::from(d.header.count), msgs.len());
+            let back: Vec<Owned> = d.messages().map(owned).collect();
+            prop_assert_eq!(back, msgs);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(d) = decode(&bytes) {
+                for m in d.messages() { let _ = owned(m); }
+            }
+        }
+
+        #[test]
+        fn mutated_valid_datagrams_never_panic(
+            msgs in proptest::collection::vec(arb_message(), 1..4),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+            for m in &msgs { push(&mut enc, m).unwrap(); }
+            let len = enc.len();
+            let mut bytes = buf[..len].to_vec();
+            for (at, x) in flips { let i = at % bytes.len(); bytes[i] ^= x; }
+            bytes.truncate(cut % (bytes.len() + 1));
+            if let Ok(d) = decode(&bytes) {
+                let n = d.messages().map(owned).count();
+                prop_assert_eq!(n, usize::from(d.header.count));
+            }
+        }
+    }
+
+    fn one_data() -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        let mut enc = Encoder::new(&mut buf, 7, 1).unwrap();
+        let h = DataHeader {
+            group: 1,
+            seq: 2,
+            sender: 7,
+            sender_incarnation: 1,
+            retained: 0,
+            frag_index: 0,
+            frag_count: 1,
+        };
+        enc.push_data(&h, false, b"hello").unwrap();
+        let n = enc.len();
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn typed_errors() {
+        let good = one_data();
+        assert!(decode(&good).is_ok());
+        assert!(matches!(decode(&good[..3]), Err(PacketError::Truncated { .. })));
+        let mut b = good.clone();
+        b[0] ^= 1;
+        assert!(matches!(decode(&b), Err(PacketError::BadMagic(_))));
+        let mut b = good.clone();
+        b[4] = 9;
+        assert_eq!(decode(&b).unwrap_err(), PacketError::BadVersion(9));
+        let mut b = good.clone();
+        b[6] = 2; // count says 2 messages, 1 present
+        assert!(matches!(decode(&b), Err(PacketError::LengthMismatch(_))));
+        let mut b = good.clone();
+        b[DATAGRAM_HEADER_LEN] = 99;
+        assert_eq!(decode(&b).unwrap_err(), PacketError::UnknownKind(99));
+        let mut b = good.clone();
+        b[DATAGRAM_HEADER_LEN + 1] = 0x80;
+        assert!(matches!(decode(&b), Err(PacketError::BadFlags { .. })));
+        let mut b = good.clone();
+        b[DATAGRAM_HEADER_LEN + 2] = 1;
+        assert_eq!(decode(&b).unwrap_err(), PacketError::ReservedNonZero);
+        let mut b = good.clone();
+        b.truncate(b.len() - 1);
+        assert!(matches!(decode(&b), Err(PacketError::Truncated { .. })));
+        let mut b = good;
+        b.push(0);
+        assert!(decode(&b).is_err());
+    }
+
+    #[test]
+    fn view_index_out_of_range_is_rejected() {
+        let mut buf = [0u8; 256];
+        let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+        let m = [MemberEntry {
+            node: 1,
+            incarnation: 1,
+        }];
+        enc.push_view(1, 1, 1, &m, &[(5, &[1u32][..])]).unwrap();
+        let n = enc.len();
+        assert!(matches!(
+            decode(&buf[..n]),
+            Err(PacketError::BadIndex { index: 1, members: 1 })
+        ));
+    }
+
+    #[test]
+    fn encoder_reports_full_buffer() {
+        let mut buf = [0u8; 40];
+        let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+        let h = DataHeader::zeroed();
+        assert!(matches!(
+            enc.push_data(&h, false, &[0; 100]),
+            Err(PacketError::BufferFull { .. })
+        ));
+        assert!(Encoder::new(&mut [0u8; 4], 1, 1).is_err());
+    }
+
+    #[test]
+    fn header_sizes_are_stable() {
+        assert_eq!(DATAGRAM_HEADER_LEN, 16);
+        assert_eq!(MESSAGE_HEADER_LEN, 8);
+        assert_eq!(core::mem::size_of::<DataHeader>(), 32);
+        assert_eq!(core::mem::size_of::<DigestEntry>(), 32);
+        assert_eq!(core::mem::size_of::<RequestEntry>(), 24);
+        assert_eq!(core::mem::size_of::<HeartbeatEntry>(), 16);
+        assert_eq!(core::mem::size_of::<ViewHeader>(), 24);
+    }
+}

@@ -1,0 +1,208 @@
+//! Several `tuttid` processes on loopback (127.0.X.1, 127.0.X.2, ...) forming a cluster:
+//! bimodal groups end to end, with injected loss, and across a daemon's crash and restart.
+//! Each test uses its own 127.0.X.0/24 so tests can run in parallel.
+
+mod common;
+
+use common::{eventually, status_number, Daemon};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tutti_client::{Client, Event, GroupId, IdleStrategy};
+
+const WAIT: Duration = Duration::from_secs(60);
+const BASE_PORT: u16 = 17400;
+
+struct Cluster {
+    daemons: Vec<Option<Daemon>>,
+    subnet: u8,
+    extra_config: String,
+}
+
+fn ip(subnet: u8, i: usize) -> String {
+    format!("127.0.{subnet}.{}", i + 1)
+}
+
+impl Cluster {
+    fn start(tag: &str, subnet: u8, n: usize, extra_config: &str) -> Cluster {
+        let mut c = Cluster {
+            daemons: Vec::new(),
+            subnet,
+            extra_config: extra_config.to_string(),
+        };
+        for i in 0..n {
+            let d = c.start_one(tag, i, n);
+            c.daemons.push(Some(d));
+        }
+        c
+    }
+
+    fn start_one(&self, tag: &str, i: usize, n: usize) -> Daemon {
+        let dir = common::temp_dir(&format!("{tag}-cfg{i}"));
+        let config = dir.join("tuttid.toml");
+        let seeds: Vec<String> = (0..n)
+            .map(|j| format!("\"{}@{}\"", j + 1, ip(self.subnet, j)))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"auto\"\n{}",
+                i + 1,
+                seeds.join(", "),
+                ip(self.subnet, i),
+                self.extra_config
+            ),
+        )
+        .unwrap();
+        Daemon::start(&format!("{tag}-{i}"), &["--config", config.to_str().unwrap()])
+    }
+
+    fn daemon(&self, i: usize) -> &Daemon {
+        self.daemons[i].as_ref().unwrap()
+    }
+
+    /// Waits until every running daemon's view has `members` members.
+    fn wait_for_view(&self, members: u64) {
+        for (i, d) in self.daemons.iter().enumerate() {
+            let Some(d) = d else { continue };
+            let mut c = d.client();
+            assert!(
+                eventually(WAIT, || status_number(&c.status().unwrap(), "view_members")
+                    == Some(members)),
+                "daemon {i} never saw {members} members:\n{}\n{}",
+                c.status().unwrap(),
+                d.log()
+            );
+        }
+    }
+}
+
+fn message(sender: usize, index: u64) -> Vec<u8> {
+    let mut m = format!("{sender}:{index}:").into_bytes();
+    m.resize(64, b'x');
+    m
+}
+
+fn parse(payload: &[u8]) -> (usize, u64) {
+    let text = std::str::from_utf8(payload).unwrap();
+    let mut parts = text.split(':');
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    )
+}
+
+/// Receives until every publisher's `expected` messages arrived; checks FIFO and content.
+fn receive_all(client: &mut Client, g: GroupId, publishers: &[usize], expected: u64) -> HashMap<usize, u64> {
+    let mut next: HashMap<usize, u64> = publishers.iter().map(|&p| (p, 0)).collect();
+    let deadline = Instant::now() + WAIT;
+    while next.values().any(|&n| n < expected) {
+        assert!(Instant::now() < deadline, "timed out; progress {next:?}");
+        client
+            .poll_blocking(
+                g,
+                1024,
+                IdleStrategy::Backoff,
+                Duration::from_millis(100),
+                |ev| match ev {
+                    Event::Message { payload, .. } => {
+                        let (sender, index) = parse(payload);
+                        let Some(n) = next.get_mut(&sender) else { return };
+                        assert_eq!(index, *n, "FIFO from publisher {sender}");
+                        assert_eq!(payload, &message(sender, index)[..]);
+                        *n += 1;
+                    }
+                    Event::Lagged { missed } => panic!("lagged by {missed}"),
+                },
+            )
+            .unwrap();
+    }
+    next
+}
+
+/// Every daemon has one member that publishes `per_sender` messages; every member must
+/// get every message of every publisher, FIFO per publisher.
+fn all_to_all(cluster: &Cluster, group: &str, per_sender: u64) {
+    let n = cluster.daemons.len();
+    let mut clients: Vec<(Client, GroupId)> = (0..n)
+        .map(|i| {
+            let mut c = cluster.daemon(i).client();
+            let g = c.join(group).unwrap();
+            (c, g)
+        })
+        .collect();
+    // Let the coordinator put every member into the group's view (a few gossip rounds).
+    std::thread::sleep(Duration::from_millis(1500));
+    let publishers: Vec<usize> = (0..n).collect();
+    for index in 0..per_sender {
+        for (i, (c, g)) in clients.iter_mut().enumerate() {
+            c.offer_blocking(*g, &message(i, index), IdleStrategy::Backoff, WAIT)
+                .unwrap();
+        }
+        if index % 64 == 63 {
+            // Pace the senders a little: UDP on loopback has bounded socket buffers.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    for (c, g) in clients.iter_mut() {
+        receive_all(c, *g, &publishers, per_sender);
+    }
+}
+
+#[test]
+fn three_daemons_deliver_every_message_to_every_member_fifo() {
+    let cluster = Cluster::start("c3", 61, 3, "");
+    cluster.wait_for_view(3);
+    all_to_all(&cluster, "prices", 2000);
+    let mut c = cluster.daemon(0).client();
+    let s = c.status().unwrap();
+    assert_eq!(status_number(&s, "remote_delivered"), Some(4000), "{s}");
+    assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
+}
+
+#[test]
+fn five_percent_loss_is_repaired_by_gossip() {
+    let cluster = Cluster::start("loss", 62, 3, "[net.fault]\nloss = 0.05\nseed = 7\n");
+    cluster.wait_for_view(3);
+    all_to_all(&cluster, "lossy", 1000);
+    let mut retransmits = 0;
+    let mut dropped = 0;
+    for i in 0..3 {
+        let s = cluster.daemon(i).client().status().unwrap();
+        retransmits += status_number(&s, "retransmits").unwrap();
+        dropped += status_number(&s, "fault_dropped").unwrap();
+        assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
+    }
+    assert!(dropped > 0, "the fault injector dropped datagrams");
+    assert!(retransmits > 0, "and gossip repaired them");
+    assert!(
+        cluster.daemon(0).log().contains("FAULT INJECTION ON"),
+        "fault injection is loud in the log"
+    );
+}
+
+#[test]
+fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart() {
+    let mut cluster = Cluster::start("crash", 63, 3, "");
+    cluster.wait_for_view(3);
+    // kill -9 daemon 2: the others install a view without it (suspicion timeout 2 s).
+    let mut victim = cluster.daemons[2].take().unwrap();
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let started = Instant::now();
+    cluster.wait_for_view(2);
+    eprintln!("view without the killed daemon after {:?}", started.elapsed());
+    // The survivors keep delivering.
+    let survivors = Cluster {
+        daemons: vec![cluster.daemons[0].take(), cluster.daemons[1].take()],
+        subnet: 63,
+        extra_config: String::new(),
+    };
+    all_to_all(&survivors, "after-crash", 200);
+    // Restart it: it rejoins and its clients receive new messages.
+    cluster.daemons = survivors.daemons;
+    cluster.daemons.push(None);
+    let restarted = cluster.start_one("crash-restart", 2, 3);
+    cluster.daemons[2] = Some(restarted);
+    cluster.wait_for_view(3);
+    all_to_all(&cluster, "after-restart", 200);
+}

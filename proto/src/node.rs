@@ -1,0 +1,998 @@
+//! The per-shard protocol node: membership (gossip heartbeats, suspicion, numbered views
+//! installed by the coordinator, merges) and the dispatch of packets to the groups'
+//! bimodal multicast state. Sans-IO: see the crate docs.
+
+use crate::fxhash::FxMap;
+use crate::multicast::{Ctx, GroupState};
+use crate::outbox::Outbox;
+use crate::{Event, GroupId, Member, NodeId, Settings, Time, Transmit, View, ViewId};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use tutti_wire::packet::{
+    self, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, HEARTBEAT_FLAG_LEAVING,
+};
+
+/// What a node counted; every drop has a counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub decode_errors: u64,
+    pub data_sent: u64,
+    pub retransmits_sent: u64,
+    pub digests_sent: u64,
+    pub requests_sent: u64,
+    pub heartbeats_sent: u64,
+    pub views_sent: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub window_overflow: u64,
+    pub retransmit_budget_exhausted: u64,
+    pub stale_requests: u64,
+    pub lost_reported: u64,
+    pub evicted_early: u64,
+    pub bad_digests: u64,
+    pub transmits_dropped: u64,
+    pub events_dropped: u64,
+    pub views_installed: u64,
+    pub not_joined: u64,
+}
+
+/// Why `submit` refused a message (back pressure is a return value, never a block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("this node has not joined group {0:#x}")]
+    NotJoined(GroupId),
+    #[error("payload of {len} bytes exceeds max_payload {max}")]
+    TooLarge { len: usize, max: usize },
+}
+
+struct Peer {
+    member: Member,
+    heartbeat: u32,
+    last_increase: Time,
+    dead: bool,
+    dead_since: Time,
+    hb_at_death: u32,
+    leaving: bool,
+    replied_round: u32,
+    view_sent_round: u32,
+}
+
+pub struct Node {
+    id: NodeId,
+    incarnation: u32,
+    settings: Settings,
+    rng: Xoshiro256PlusPlus,
+    seeds: Vec<NodeId>,
+    round: u32,
+    next_tick: Time,
+    heartbeat: u32,
+    leaving: bool,
+    peers: Vec<Peer>,
+    peer_index: FxMap<NodeId, usize>,
+    hb_cursor: usize,
+    view: Arc<View>,
+    in_view: FxMap<NodeId, u32>,
+    max_counter: u64,
+    view_request_round: u32,
+    my_groups: BTreeSet<GroupId>,
+    /// Coordinator only: requested group changes `(group, node) -> join?`.
+    pending_group_changes: BTreeMap<(GroupId, NodeId), bool>,
+    groups: BTreeMap<GroupId, GroupState>,
+    out: Outbox,
+    events: VecDeque<Event>,
+    counters: Counters,
+    scratch_targets: Vec<NodeId>,
+    scratch_hb: Vec<HeartbeatEntry>,
+}
+
+const NO_ROUND: u32 = u32::MAX;
+
+impl Node {
+    /// A node `id` in `incarnation` (must grow across restarts; smaller = older, so a
+    /// boot timestamp works), knowing `seeds`, starting at `now`. `rng_seed` seeds the
+    /// node's only source of randomness.
+    pub fn new(
+        id: NodeId,
+        incarnation: u32,
+        seeds: &[NodeId],
+        settings: Settings,
+        now: Time,
+        rng_seed: u64,
+    ) -> Self {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(rng_seed);
+        let phase = rng.gen_range(0..settings.gossip_period.max(1));
+        let me = Member {
+            node: id,
+            incarnation,
+        };
+        let view = Arc::new(View {
+            id: ViewId {
+                counter: 0,
+                coordinator: id,
+                coordinator_incarnation: incarnation,
+            },
+            members: vec![me],
+            groups: Vec::new(),
+        });
+        let mut in_view = FxMap::default();
+        in_view.insert(id, incarnation);
+        Node {
+            id,
+            incarnation,
+            out: Outbox::new(
+                id,
+                incarnation,
+                settings.max_datagram,
+                settings.max_pending_transmits,
+            ),
+            settings,
+            rng,
+            seeds: seeds.iter().copied().filter(|s| *s != id).collect(),
+            round: 0,
+            next_tick: now + phase,
+            heartbeat: 0,
+            leaving: false,
+            peers: Vec::new(),
+            peer_index: FxMap::default(),
+            hb_cursor: 0,
+            view,
+            in_view,
+            max_counter: 0,
+            view_request_round: NO_ROUND,
+            my_groups: BTreeSet::new(),
+            pending_group_changes: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            scratch_targets: Vec::new(),
+            scratch_hb: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+    pub fn view(&self) -> &Arc<View> {
+        &self.view
+    }
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        c.datagrams_sent = self.out.datagrams;
+        c.bytes_sent = self.out.bytes;
+        c.transmits_dropped = self.out.dropped;
+        c
+    }
+    /// Gossip rounds run so far.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    fn me(&self) -> Member {
+        Member {
+            node: self.id,
+            incarnation: self.incarnation,
+        }
+    }
+
+    fn ctx(&mut self) -> (Ctx<'_>, &mut BTreeMap<GroupId, GroupState>) {
+        (
+            Ctx {
+                settings: &self.settings,
+                round: self.round,
+                out: &mut self.out,
+                events: &mut self.events,
+                counters: &mut self.counters,
+            },
+            &mut self.groups,
+        )
+    }
+
+    // ---------------------------------------------------------------- application calls
+
+    /// Join group `group`: multicast state starts now; the coordinator adds this node to
+    /// the group in its next view.
+    pub fn join(&mut self, _now: Time, group: GroupId) {
+        if self.my_groups.insert(group) {
+            let mut g = GroupState::new(group, self.id, self.incarnation);
+            if let Some(m) = self.view.group(group) {
+                g.set_members(m);
+            }
+            self.groups.insert(group, g);
+            self.request_group_change(group, true);
+        }
+    }
+
+    /// Leave group `group`: no more deliveries for it.
+    pub fn leave(&mut self, _now: Time, group: GroupId) {
+        if self.my_groups.remove(&group) {
+            self.groups.remove(&group);
+            self.request_group_change(group, false);
+        }
+    }
+
+    /// Leave the cluster: tell the coordinator and a few members; the node should then be
+    /// dropped after its transmits are sent.
+    pub fn shutdown(&mut self, _now: Time) {
+        self.leaving = true;
+        let coord = self.coordinator();
+        let mut targets = vec![coord];
+        self.pick_view_targets(self.settings.gossip_fanout.max(2), &mut targets);
+        targets.sort_unstable();
+        targets.dedup();
+        for t in targets {
+            if t != self.id {
+                self.send_heartbeats(t);
+            }
+        }
+    }
+
+    /// Multicast `payload` to `group`; returns its seq. Delivered to this node at once.
+    pub fn submit(&mut self, _now: Time, group: GroupId, payload: &[u8]) -> Result<u64, SubmitError> {
+        if payload.len() > self.settings.max_payload {
+            return Err(SubmitError::TooLarge {
+                len: payload.len(),
+                max: self.settings.max_payload,
+            });
+        }
+        let (mut ctx, groups) = self.ctx();
+        let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
+        Ok(g.submit(payload, &mut ctx))
+    }
+
+    // ---------------------------------------------------------------- driver calls
+
+    /// When `handle_timeout` wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        Some(self.next_tick)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A datagram arrived from `from` (the transport's idea of the sender; the header's
+    /// `from` must match it).
+    pub fn handle_packet(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        let d = match packet::decode(bytes) {
+            Ok(d) if d.header.from == from => d,
+            _ => {
+                self.counters.decode_errors += 1;
+                return;
+            }
+        };
+        self.counters.datagrams_received += 1;
+        let sender = Member {
+            node: from,
+            incarnation: d.header.incarnation,
+        };
+        if from == self.id {
+            return;
+        }
+        self.touch(now, sender);
+        for m in d.messages() {
+            match m {
+                Message::Data {
+                    header,
+                    retransmit,
+                    payload,
+                } => {
+                    let (mut ctx, groups) = self.ctx();
+                    match groups.get_mut(&header.group) {
+                        Some(g) => g.handle_data(&header, retransmit, payload, &mut ctx),
+                        None => self.counters.not_joined += 1,
+                    }
+                }
+                Message::Digest { header, entries } => {
+                    let (mut ctx, groups) = self.ctx();
+                    match groups.get_mut(&header.group) {
+                        Some(g) => g.handle_digest(from, &header, entries.iter(), &mut ctx),
+                        None => self.counters.not_joined += 1,
+                    }
+                }
+                Message::Request { header, entries } => {
+                    let (mut ctx, groups) = self.ctx();
+                    if let Some(g) = groups.get_mut(&header.group) {
+                        g.handle_request(from, &header, entries.iter(), &mut ctx);
+                    }
+                }
+                Message::Heartbeats { header, entries } => {
+                    self.handle_heartbeats(now, sender, &header, entries.iter());
+                }
+                Message::View {
+                    header,
+                    members,
+                    groups,
+                } => {
+                    let view = View {
+                        id: ViewId {
+                            counter: header.counter,
+                            coordinator: header.coordinator,
+                            coordinator_incarnation: header.coordinator_incarnation,
+                        },
+                        members: members
+                            .iter()
+                            .map(|m| Member {
+                                node: m.node,
+                                incarnation: m.incarnation,
+                            })
+                            .collect(),
+                        groups: {
+                            let mut gs: Vec<(GroupId, Vec<NodeId>)> = groups
+                                .iter()
+                                .map(|(g, idx)| {
+                                    (
+                                        g,
+                                        idx.iter()
+                                            .filter_map(|i| members.get(i as usize).map(|m| m.node))
+                                            .collect(),
+                                    )
+                                })
+                                .collect();
+                            gs.sort_by_key(|(g, _)| *g);
+                            gs
+                        },
+                    };
+                    self.handle_view(now, view);
+                }
+                Message::ViewRequest => {
+                    if let Some(&i) = self.peer_index.get(&from) {
+                        if self.peers[i].view_sent_round != self.round {
+                            self.peers[i].view_sent_round = self.round;
+                            self.send_view(from);
+                        }
+                    }
+                }
+                Message::GroupJoin(g) => {
+                    self.pending_group_changes.insert((g.group, from), true);
+                }
+                Message::GroupLeave(g) => {
+                    self.pending_group_changes.insert((g.group, from), false);
+                }
+            }
+        }
+    }
+
+    /// Timers: run every gossip round that is due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while now >= self.next_tick {
+            self.next_tick += self.settings.gossip_period.max(1);
+            self.gossip_round(now);
+        }
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    fn effective_suspect_timeout(&self) -> Time {
+        let n = self.peers.len() as u64 + 1;
+        let per = self.settings.heartbeat_entries.max(2) as u64 - 1;
+        self.settings.suspect_timeout + self.settings.gossip_period * 4 * n.div_ceil(per)
+    }
+
+    fn suspect_rounds(&self) -> u32 {
+        (self.effective_suspect_timeout() / self.settings.gossip_period.max(1)) as u32
+    }
+
+    fn is_alive(&self, m: Member) -> bool {
+        if m.node == self.id {
+            return m.incarnation == self.incarnation;
+        }
+        match self.peer_index.get(&m.node) {
+            Some(&i) => {
+                let p = &self.peers[i];
+                p.member.incarnation == m.incarnation && !p.dead && !p.leaving
+            }
+            None => false,
+        }
+    }
+
+    fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32) -> usize {
+        self.peers.push(Peer {
+            member: m,
+            heartbeat,
+            last_increase: now,
+            dead: false,
+            dead_since: 0,
+            hb_at_death: 0,
+            leaving: false,
+            replied_round: NO_ROUND,
+            view_sent_round: NO_ROUND,
+        });
+        let i = self.peers.len() - 1;
+        self.peer_index.insert(m.node, i);
+        i
+    }
+
+    /// Direct evidence that `m` is alive (a datagram from it, or a view it installed).
+    fn touch(&mut self, now: Time, m: Member) {
+        if m.node == self.id {
+            return;
+        }
+        match self.peer_index.get(&m.node) {
+            Some(&i) => {
+                let p = &mut self.peers[i];
+                if m.incarnation > p.member.incarnation {
+                    p.member = m;
+                    p.heartbeat = 0;
+                    p.leaving = false;
+                }
+                if m.incarnation == p.member.incarnation {
+                    p.last_increase = now;
+                    p.dead = false;
+                }
+            }
+            None => {
+                self.insert_peer(now, m, 0);
+            }
+        }
+    }
+
+    fn handle_heartbeats(
+        &mut self,
+        now: Time,
+        from: Member,
+        header: &HeartbeatHeader,
+        entries: impl Iterator<Item = HeartbeatEntry>,
+    ) {
+        let revive_margin = self.suspect_rounds();
+        for e in entries {
+            if e.node == self.id {
+                continue;
+            }
+            let m = Member {
+                node: e.node,
+                incarnation: e.incarnation,
+            };
+            let leaving = e.flags & HEARTBEAT_FLAG_LEAVING != 0;
+            match self.peer_index.get(&e.node) {
+                None => {
+                    let i = self.insert_peer(now, m, e.heartbeat);
+                    self.peers[i].leaving = leaving;
+                }
+                Some(&i) => {
+                    let p = &mut self.peers[i];
+                    if e.incarnation > p.member.incarnation {
+                        p.member = m;
+                        p.heartbeat = e.heartbeat;
+                        p.last_increase = now;
+                        p.dead = false;
+                        p.leaving = leaving;
+                    } else if e.incarnation == p.member.incarnation {
+                        if leaving {
+                            p.leaving = true;
+                        }
+                        if e.heartbeat > p.heartbeat {
+                            p.heartbeat = e.heartbeat;
+                            if !p.dead || e.heartbeat >= p.hb_at_death.saturating_add(revive_margin) {
+                                p.dead = false;
+                                p.last_increase = now;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let their = ViewId {
+            counter: header.view_counter,
+            coordinator: header.view_coordinator,
+            coordinator_incarnation: header.view_coordinator_incarnation,
+        };
+        self.max_counter = self.max_counter.max(header.max_counter).max(header.view_counter);
+        if their.newer_than(&self.view.id) && self.view_request_round != self.round {
+            self.view_request_round = self.round;
+            self.out.push(from.node, 0, |e| e.push_view_request());
+        }
+        // Answer nodes outside our view (joiners, the other side of a healed partition).
+        if !self.in_view.contains_key(&from.node) {
+            if let Some(&i) = self.peer_index.get(&from.node) {
+                if self.peers[i].replied_round != self.round {
+                    self.peers[i].replied_round = self.round;
+                    self.send_heartbeats(from.node);
+                }
+            }
+        }
+    }
+
+    fn send_heartbeats(&mut self, to: NodeId) {
+        let mut entries = std::mem::take(&mut self.scratch_hb);
+        entries.clear();
+        entries.push(HeartbeatEntry {
+            node: self.id,
+            incarnation: self.incarnation,
+            heartbeat: self.heartbeat,
+            flags: if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+        });
+        let n = self.peers.len();
+        let want = self.settings.heartbeat_entries.saturating_sub(1).min(n);
+        let mut scanned = 0;
+        while entries.len() <= want && scanned < n {
+            let p = &self.peers[(self.hb_cursor + scanned) % n];
+            scanned += 1;
+            if !p.dead {
+                entries.push(HeartbeatEntry {
+                    node: p.member.node,
+                    incarnation: p.member.incarnation,
+                    heartbeat: p.heartbeat,
+                    flags: if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+                });
+            }
+        }
+        if n > 0 {
+            self.hb_cursor = (self.hb_cursor + scanned) % n;
+        }
+        let header = HeartbeatHeader {
+            view_counter: self.view.id.counter,
+            view_coordinator: self.view.id.coordinator,
+            view_coordinator_incarnation: self.view.id.coordinator_incarnation,
+            max_counter: self.max_counter,
+        };
+        self.counters.heartbeats_sent += 1;
+        let body = 24 + entries.len() * 16;
+        let es = &entries;
+        self.out.push(to, body, |e| e.push_heartbeats(&header, es));
+        self.scratch_hb = entries;
+    }
+
+    fn send_view(&mut self, to: NodeId) {
+        let view = self.view.clone();
+        let members: Vec<MemberEntry> = view
+            .members
+            .iter()
+            .map(|m| MemberEntry {
+                node: m.node,
+                incarnation: m.incarnation,
+            })
+            .collect();
+        let pos: FxMap<NodeId, u32> = view
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.node, i as u32))
+            .collect();
+        let idx: Vec<(GroupId, Vec<u32>)> = view
+            .groups
+            .iter()
+            .map(|(g, ms)| (*g, ms.iter().filter_map(|n| pos.get(n).copied()).collect()))
+            .collect();
+        let gs: Vec<(GroupId, &[u32])> = idx.iter().map(|(g, v)| (*g, v.as_slice())).collect();
+        let body = 24 + members.len() * 8 + idx.iter().map(|(_, v)| 16 + v.len() * 4).sum::<usize>();
+        self.counters.views_sent += 1;
+        let id = view.id;
+        self.out.push(to, body, |e| {
+            e.push_view(
+                id.counter,
+                id.coordinator,
+                id.coordinator_incarnation,
+                &members,
+                &gs,
+            )
+        });
+    }
+
+    fn handle_view(&mut self, now: Time, view: View) {
+        self.max_counter = self.max_counter.max(view.id.counter);
+        if !view.id.newer_than(&self.view.id) || !view.contains(self.me()) {
+            return;
+        }
+        self.touch(
+            now,
+            Member {
+                node: view.id.coordinator,
+                incarnation: view.id.coordinator_incarnation,
+            },
+        );
+        for m in &view.members {
+            if m.node != self.id && !self.peer_index.contains_key(&m.node) {
+                self.insert_peer(now, *m, 0);
+            }
+        }
+        self.install(Arc::new(view));
+    }
+
+    fn install(&mut self, view: Arc<View>) {
+        self.in_view.clear();
+        for m in &view.members {
+            self.in_view.insert(m.node, m.incarnation);
+        }
+        for (gid, g) in self.groups.iter_mut() {
+            g.set_members(view.group(*gid).unwrap_or(&[]));
+        }
+        self.view = view.clone();
+        self.counters.views_installed += 1;
+        if self.events.len() < self.settings.max_pending_events {
+            self.events.push_back(Event::ViewChange(view));
+        } else {
+            self.counters.events_dropped += 1;
+        }
+    }
+
+    /// The oldest member of our view that we believe alive.
+    fn coordinator(&self) -> NodeId {
+        self.view
+            .members
+            .iter()
+            .find(|m| self.is_alive(**m))
+            .map(|m| m.node)
+            .unwrap_or(self.id)
+    }
+
+    fn request_group_change(&mut self, group: GroupId, join: bool) {
+        let coord = self.coordinator();
+        if coord == self.id {
+            self.pending_group_changes.insert((group, self.id), join);
+        } else if join {
+            self.out.push(coord, 8, |e| e.push_group_join(group));
+        } else {
+            self.out.push(coord, 8, |e| e.push_group_leave(group));
+        }
+    }
+
+    /// Coordinator duty: install a new view when membership, group membership or the
+    /// highest known counter says so.
+    fn coordinate(&mut self) {
+        if self.coordinator() != self.id || self.leaving {
+            return;
+        }
+        let my_age = self.me().age_key();
+        // An older live node outside our view will merge us: wait for it.
+        if self.peers.iter().any(|p| {
+            !p.dead
+                && !p.leaving
+                && p.member.age_key() < my_age
+                && self.in_view.get(&p.member.node) != Some(&p.member.incarnation)
+        }) {
+            return;
+        }
+        let mut members: Vec<Member> = vec![self.me()];
+        members.extend(
+            self.peers
+                .iter()
+                .filter(|p| !p.dead && !p.leaving)
+                .map(|p| p.member),
+        );
+        members.sort_by_key(|m| m.age_key());
+        let set: FxMap<NodeId, ()> = members.iter().map(|m| (m.node, ())).collect();
+        // Groups: carry over, drop departed members, apply requested changes.
+        let mut groups: BTreeMap<GroupId, BTreeSet<NodeId>> = BTreeMap::new();
+        for (g, ms) in &self.view.groups {
+            groups
+                .entry(*g)
+                .or_default()
+                .extend(ms.iter().filter(|n| set.contains_key(n)));
+        }
+        for (&(g, n), &join) in &self.pending_group_changes {
+            if join && set.contains_key(&n) {
+                groups.entry(g).or_default().insert(n);
+            } else if let Some(s) = groups.get_mut(&g) {
+                s.remove(&n);
+            }
+        }
+        self.pending_group_changes.clear();
+        let order: FxMap<NodeId, usize> = members.iter().enumerate().map(|(i, m)| (m.node, i)).collect();
+        let groups: Vec<(GroupId, Vec<NodeId>)> = groups
+            .into_iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(g, s)| {
+                let mut v: Vec<NodeId> = s.into_iter().collect();
+                v.sort_by_key(|n| order.get(n).copied().unwrap_or(usize::MAX));
+                (g, v)
+            })
+            .collect();
+        if members == self.view.members
+            && groups == self.view.groups
+            && self.max_counter <= self.view.id.counter
+        {
+            return;
+        }
+        self.max_counter += 1;
+        let view = Arc::new(View {
+            id: ViewId {
+                counter: self.max_counter,
+                coordinator: self.id,
+                coordinator_incarnation: self.incarnation,
+            },
+            members,
+            groups,
+        });
+        self.install(view.clone());
+        for m in &view.members {
+            if m.node != self.id {
+                self.send_view(m.node);
+            }
+        }
+    }
+
+    /// Up to `k` distinct random members of the view other than us, appended to `out`.
+    fn pick_view_targets(&mut self, k: usize, out: &mut Vec<NodeId>) {
+        let n = self.view.members.len();
+        if n <= 1 {
+            return;
+        }
+        let want = k.min(n - 1);
+        let start = out.len();
+        let mut tries = 0;
+        while out.len() - start < want && tries < want * 8 + 8 {
+            tries += 1;
+            let m = self.view.members[self.rng.gen_range(0..n)].node;
+            if m != self.id && !out[start..].contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+
+    fn gossip_round(&mut self, now: Time) {
+        self.round = self.round.wrapping_add(1);
+        if self.round == NO_ROUND {
+            self.round = 0;
+        }
+        self.heartbeat = self.heartbeat.wrapping_add(1);
+        // Suspicion and forgetting.
+        let timeout = self.effective_suspect_timeout();
+        let forget = self.settings.forget_after;
+        let mut forgot = false;
+        for p in &mut self.peers {
+            if !p.dead && now.saturating_sub(p.last_increase) > timeout {
+                p.dead = true;
+                p.dead_since = now;
+                p.hb_at_death = p.heartbeat;
+            }
+            if p.dead && now.saturating_sub(p.dead_since) > forget {
+                forgot = true;
+            }
+        }
+        if forgot {
+            self.peers
+                .retain(|p| !(p.dead && now.saturating_sub(p.dead_since) > forget));
+            self.peer_index.clear();
+            for (i, p) in self.peers.iter().enumerate() {
+                self.peer_index.insert(p.member.node, i);
+            }
+        }
+        self.coordinate();
+
+        // Membership gossip: `fanout` view members, or the seeds while alone.
+        let mut targets = std::mem::take(&mut self.scratch_targets);
+        targets.clear();
+        self.pick_view_targets(self.settings.gossip_fanout, &mut targets);
+        if self.view.members.len() <= 1 {
+            targets.extend(self.seeds.iter().copied());
+        }
+        let coordinator = self.coordinator() == self.id;
+        if coordinator {
+            // Probe seeds and one known node outside the view: how partitions merge.
+            for &s in &self.seeds {
+                if !self.in_view.contains_key(&s) && !targets.contains(&s) {
+                    targets.push(s);
+                }
+            }
+            let outside: Vec<NodeId> = self
+                .peers
+                .iter()
+                .filter(|p| !p.leaving && self.in_view.get(&p.member.node) != Some(&p.member.incarnation))
+                .map(|p| p.member.node)
+                .collect();
+            if !outside.is_empty() {
+                let t = outside[self.rng.gen_range(0..outside.len())];
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+        }
+        for &t in &targets {
+            self.send_heartbeats(t);
+        }
+        // Group membership requests not yet reflected in the view.
+        let me = self.id;
+        let joins: Vec<GroupId> = self
+            .my_groups
+            .iter()
+            .copied()
+            .filter(|g| !self.view.group(*g).is_some_and(|m| m.contains(&me)))
+            .collect();
+        for g in joins {
+            self.request_group_change(g, true);
+        }
+        let leaves: Vec<GroupId> = self
+            .view
+            .groups
+            .iter()
+            .filter(|(g, m)| m.contains(&me) && !self.my_groups.contains(g))
+            .map(|(g, _)| *g)
+            .collect();
+        for g in leaves {
+            self.request_group_change(g, false);
+        }
+        // Bimodal multicast: per group, digests to members (reusing the membership targets
+        // that are group members, else picking random group members).
+        let fanout = self.settings.gossip_fanout;
+        let mut gt: Vec<NodeId> = Vec::with_capacity(fanout);
+        let (mut ctx, groups) = (
+            Ctx {
+                settings: &self.settings,
+                round: self.round,
+                out: &mut self.out,
+                events: &mut self.events,
+                counters: &mut self.counters,
+            },
+            &mut self.groups,
+        );
+        for g in groups.values_mut() {
+            gt.clear();
+            gt.extend(targets.iter().copied().filter(|t| g.is_member(*t)).take(fanout));
+            let ms = g.members();
+            let n = ms.len();
+            let mut tries = 0;
+            while gt.len() < fanout.min(n.saturating_sub(1)) && tries < 4 * fanout + 8 {
+                tries += 1;
+                let m = ms[self.rng.gen_range(0..n)];
+                if m != self.id && !gt.contains(&m) {
+                    gt.push(m);
+                }
+            }
+            g.round(&gt, &mut ctx);
+        }
+        self.scratch_targets = targets;
+    }
+
+    /// Approximate bytes of protocol state held by this node.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.peers.capacity() * std::mem::size_of::<Peer>()
+            + self.peer_index.capacity() * 16
+            + self.in_view.capacity() * 16
+            + self.view.members.capacity() * 8
+            + self
+                .view
+                .groups
+                .iter()
+                .map(|(_, m)| 16 + m.capacity() * 4)
+                .sum::<usize>()
+            + self.groups.values().map(|g| g.approx_bytes()).sum::<usize>()
+            + self.out.pending() * self.settings.max_datagram
+            + self.events.len() * 64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MILLIS;
+
+    /// Deliver every transmit at once between `nodes` (ids = indices), for `rounds` rounds.
+    fn run(nodes: &mut [Node], until: Time, drop: impl Fn(NodeId, NodeId) -> bool) -> Vec<(NodeId, Event)> {
+        let mut events = Vec::new();
+        let mut now = 0;
+        while now <= until {
+            for n in nodes.iter_mut() {
+                n.handle_timeout(now);
+            }
+            loop {
+                let mut moved = false;
+                for i in 0..nodes.len() {
+                    while let Some(t) = nodes[i].poll_transmit() {
+                        moved = true;
+                        let from = nodes[i].id();
+                        if !drop(from, t.dest) {
+                            nodes[t.dest as usize].handle_packet(now, from, &t.payload);
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            for n in nodes.iter_mut() {
+                while let Some(e) = n.poll_event() {
+                    events.push((n.id(), e));
+                }
+            }
+            now += 10 * MILLIS;
+        }
+        events
+    }
+
+    fn cluster(n: u32) -> Vec<Node> {
+        (0..n)
+            .map(|i| {
+                let mut node = Node::new(i, 1, &[0], Settings::default(), 0, u64::from(i) + 1);
+                node.join(0, 7);
+                node
+            })
+            .collect()
+    }
+
+    #[test]
+    fn members_converge_to_one_view() {
+        let mut nodes = cluster(5);
+        run(&mut nodes, 2_000 * MILLIS, |_, _| false);
+        let v = nodes[0].view().clone();
+        assert_eq!(v.members.len(), 5);
+        assert_eq!(v.group(7).map(|m| m.len()), Some(5));
+        for n in &nodes {
+            assert_eq!(n.view().id, v.id);
+        }
+    }
+
+    #[test]
+    fn multicast_reaches_everyone_fifo() {
+        let mut nodes = cluster(6);
+        run(&mut nodes, 2_000 * MILLIS, |_, _| false);
+        for i in 0..20u8 {
+            nodes[1].submit(0, 7, &[i]).unwrap();
+        }
+        let ev = run(&mut nodes, 3_000 * MILLIS, |_, _| false);
+        for n in 0..6 {
+            let seqs: Vec<u64> = ev
+                .iter()
+                .filter_map(|(at, e)| match e {
+                    Event::Deliver { sender: 1, seq, .. } if *at == n => Some(*seq),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(seqs, (0..20).collect::<Vec<_>>(), "node {n}");
+        }
+    }
+
+    #[test]
+    fn gossip_repairs_a_dead_tree_link() {
+        let mut nodes = cluster(6);
+        run(&mut nodes, 2_000 * MILLIS, |_, _| false);
+        let before = nodes[0].counters().retransmits_sent + nodes[2].counters().retransmits_sent;
+        nodes[0].submit(0, 7, b"x").unwrap();
+        // Drop every stage-1 copy sent by node 0 in the first step (its tree children).
+        let mut first = true;
+        let mut delivered = 0;
+        for step in 0..100 {
+            let now = 2_000 * MILLIS + step * 10 * MILLIS;
+            for n in nodes.iter_mut() {
+                n.handle_timeout(now);
+            }
+            for i in 0..nodes.len() {
+                while let Some(t) = nodes[i].poll_transmit() {
+                    if first && i == 0 {
+                        continue;
+                    }
+                    nodes[t.dest as usize].handle_packet(now, i as u32, &t.payload);
+                }
+            }
+            first = false;
+            for n in nodes.iter_mut() {
+                while let Some(e) = n.poll_event() {
+                    if matches!(e, Event::Deliver { .. }) {
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(delivered, 6, "sender + 5 members via gossip");
+        let after: u64 = nodes.iter().map(|n| n.counters().retransmits_sent).sum();
+        assert!(after > before);
+    }
+
+    #[test]
+    fn rejects_oversized_and_unjoined() {
+        let mut n = Node::new(1, 1, &[], Settings::default(), 0, 1);
+        assert_eq!(n.submit(0, 9, b"x"), Err(SubmitError::NotJoined(9)));
+        n.join(0, 9);
+        assert!(matches!(
+            n.submit(0, 9, &[0; 5000]),
+            Err(SubmitError::TooLarge { .. })
+        ));
+        n.handle_packet(0, 2, b"garbage");
+        assert_eq!(n.counters().decode_errors, 1);
+    }
+}

@@ -1,0 +1,1029 @@
+//! The simulated world: an event queue keyed by (time, sequence), a network model and a
+//! workload, driving the sans-IO nodes and feeding the invariant checker.
+
+use crate::checker::{fnv, make_payload, Checker, Instance, MessageId, SentMessage};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
+
+const MICROS: Time = 1_000;
+/// The group every simulated node joins.
+pub const GROUP: u64 = 0x7475_7474_6900_0001;
+/// Datagrams a paused or busy node can queue (its socket receive buffer); beyond, dropped.
+const RX_CAPACITY: usize = 4096;
+/// Processing time of one datagram or timer at a full-speed node, and per byte.
+const COST_BASE: Time = 2 * MICROS;
+const COST_PER_BYTE_NS: Time = 1;
+/// Interval between workload bursts (each sender submits its share every interval).
+const BURST_INTERVAL: Time = 10 * MILLIS;
+/// A run still going this long after the workload started is a bug (reported).
+const HARD_STOP: Time = 600_000 * MILLIS;
+/// Interval of the simulator's own checks (workload start, early stop).
+const CHECK_INTERVAL: Time = 50 * MILLIS;
+
+/// A partition: from `start` to `end` (relative to the workload start), links between
+/// `side` and the other nodes are cut in both directions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Partition {
+    pub start: Time,
+    pub end: Time,
+    pub side: Vec<NodeId>,
+}
+
+/// A crash at `at` (relative to the workload start), and a restart (new incarnation) if
+/// `restart` is set. `leave`: the node leaves on purpose (shutdown) instead of crashing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Crash {
+    pub node: NodeId,
+    pub at: Time,
+    pub restart: Option<Time>,
+    pub leave: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub nodes: u32,
+    pub messages: u64,
+    pub senders: u32,
+    pub seed: u64,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    /// Per-link base latency is drawn in [latency_min, latency_max]; each datagram adds
+    /// uniform jitter in [0, jitter].
+    pub latency_min: Time,
+    pub latency_max: Time,
+    pub jitter: Time,
+    /// Total submit rate, messages per second, across senders.
+    pub rate: u64,
+    pub payload: usize,
+    /// Nodes `perturbed` lose `perturb_fraction` of their time (paused in every 100 ms
+    /// window for that fraction, and processing slower by the same factor).
+    pub perturbed: Vec<NodeId>,
+    pub perturb_fraction: f64,
+    pub partitions: Vec<Partition>,
+    pub crashes: Vec<Crash>,
+    #[serde(skip)]
+    pub settings: Settings,
+    /// Give up waiting for the first view if it takes longer than this.
+    pub max_bootstrap: Time,
+}
+
+impl Scenario {
+    pub fn new(nodes: u32, messages: u64, senders: u32, loss: f64, seed: u64) -> Self {
+        Scenario {
+            nodes,
+            messages,
+            senders: senders.clamp(1, nodes.max(1)),
+            seed,
+            loss,
+            duplicate: 0.0,
+            reorder: 0.0,
+            latency_min: 50 * MICROS,
+            latency_max: 300 * MICROS,
+            jitter: 100 * MICROS,
+            rate: 1000,
+            payload: 64,
+            perturbed: Vec::new(),
+            perturb_fraction: 0.5,
+            partitions: Vec::new(),
+            crashes: Vec::new(),
+            settings: Settings::default(),
+            max_bootstrap: 30_000 * MILLIS,
+        }
+    }
+
+    /// A small cluster with random faults of every kind, from a seed (for seed sweeps).
+    pub fn random(seed: u64) -> Self {
+        let mut r = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
+        let nodes = r.gen_range(3..=16u32);
+        let mut s = Scenario::new(
+            nodes,
+            r.gen_range(20..=150),
+            r.gen_range(1..=3),
+            r.gen_range(0.0..0.10),
+            seed,
+        );
+        s.rate = 200;
+        s.duplicate = if r.gen_bool(0.5) {
+            r.gen_range(0.0..0.05)
+        } else {
+            0.0
+        };
+        s.reorder = if r.gen_bool(0.5) {
+            r.gen_range(0.0..0.2)
+        } else {
+            0.0
+        };
+        if r.gen_bool(0.25) {
+            s.settings.delivery = Delivery::Unordered;
+        }
+        let span = s.messages * 1000 / s.rate * MILLIS;
+        // Each fault kind independently, so that some runs combine several.
+        let fault_mix = r.gen_range(0..4);
+        if fault_mix == 0 {
+            return s; // network faults only (loss, duplication, reordering)
+        }
+        if r.gen_bool(0.35) {
+            let mut side: Vec<NodeId> = (0..nodes).filter(|_| r.gen_bool(0.4)).collect();
+            if side.is_empty() {
+                side.push(nodes - 1);
+            }
+            let start = r.gen_range(0..span.max(1));
+            s.partitions.push(Partition {
+                start,
+                end: start + r.gen_range(500..5_000) * MILLIS,
+                side,
+            });
+        }
+        if r.gen_bool(0.35) {
+            let k = r.gen_range(1..=(nodes / 3).max(1));
+            for _ in 0..k {
+                let node = r.gen_range(0..nodes);
+                if s.crashes.iter().any(|c| c.node == node) {
+                    continue;
+                }
+                let at = r.gen_range(0..span.max(1));
+                let restart = r.gen_bool(0.5).then(|| at + r.gen_range(200..4_000) * MILLIS);
+                s.crashes.push(Crash {
+                    node,
+                    at,
+                    restart,
+                    leave: false,
+                });
+            }
+        }
+        if r.gen_bool(0.2) {
+            let node = r.gen_range(0..nodes);
+            if !s.crashes.iter().any(|c| c.node == node) {
+                s.crashes.push(Crash {
+                    node,
+                    at: r.gen_range(0..span.max(1)),
+                    restart: None,
+                    leave: true,
+                });
+            }
+        }
+        if r.gen_bool(0.3) {
+            let k = r.gen_range(1..=(nodes / 4).max(1));
+            s.perturbed = (nodes - k..nodes).collect();
+            s.perturb_fraction = r.gen_range(0.2..0.7);
+        }
+        s
+    }
+
+    /// Whether the run must deliver every message to every live member: no crash, no
+    /// leave, no partition, loss at most 10% (slow nodes and other faults allowed).
+    pub fn expects_complete_delivery(&self) -> bool {
+        self.crashes.is_empty() && self.partitions.is_empty() && self.loss <= 0.10
+    }
+
+    fn has_membership_faults(&self) -> bool {
+        !self.crashes.is_empty() || !self.partitions.is_empty()
+    }
+
+    /// Stated bound: once faults stop, all live nodes share one view with exactly the live
+    /// members within twice the effective suspicion timeout plus 30 gossip rounds.
+    pub fn convergence_bound(&self) -> Time {
+        let s = &self.settings;
+        let per = s.heartbeat_entries.max(2) as u64 - 1;
+        let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(self.nodes) + 1).div_ceil(per);
+        2 * eff + 30 * s.gossip_period
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub nodes: u32,
+    pub messages: u64,
+    pub senders: u32,
+    pub seed: u64,
+    pub loss: f64,
+    pub invariant_violations: u64,
+    pub violation_samples: Vec<String>,
+    pub delivered_all_fraction: f64,
+    pub mean_delivery_ratio: f64,
+    /// Histogram of "fraction of live members that got message m", 11 buckets:
+    /// [0,10%), [10,20%), ..., [90,100%), and exactly 100%.
+    pub delivery_fraction_histogram: Vec<u64>,
+    pub rounds_p50: f64,
+    pub rounds_p99: f64,
+    pub datagrams_per_delivery: f64,
+    pub datagrams: u64,
+    pub deliveries: u64,
+    pub messages_by_kind: KindCounts,
+    pub lost_reported: u64,
+    pub view_converged: Option<bool>,
+    pub bootstrap_ms: f64,
+    pub sim_time_ms: f64,
+    pub events: u64,
+    pub state_bytes_per_node_mean: f64,
+    pub state_bytes_per_node_max: u64,
+    pub healthy_throughput_ratio: Option<f64>,
+    pub healthy_rate: f64,
+    pub trace_hash: String,
+    pub complete_delivery_checked: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KindCounts {
+    pub data_tree: u64,
+    pub retransmits: u64,
+    pub digests: u64,
+    pub requests: u64,
+    pub heartbeats: u64,
+    pub views: u64,
+    pub rx_dropped_slow: u64,
+    pub transmits_dropped: u64,
+    pub retransmit_budget_exhausted: u64,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Packet {
+        to: NodeId,
+        from: NodeId,
+        bytes: Vec<u8>,
+        deferred: bool,
+    },
+    Timer {
+        node: NodeId,
+        generation: u64,
+    },
+    Burst,
+    Check,
+    Crash(usize),
+    Restart(usize),
+    PartitionStart(usize),
+    PartitionEnd(usize),
+}
+
+struct Ev {
+    time: Time,
+    seq: u64,
+    kind: Kind,
+}
+impl PartialEq for Ev {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.seq) == (o.time, o.seq)
+    }
+}
+impl Eq for Ev {}
+impl PartialOrd for Ev {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ev {
+    // Reversed: BinaryHeap is a max-heap, we want the earliest (time, seq) first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.time, o.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+struct SimNode {
+    node: Option<Node>,
+    incarnation: u32,
+    left: bool,
+    busy_until: Time,
+    speed: f64,
+    pause_phase: Time,
+    paused: Time,
+    timer_at: Option<Time>,
+    timer_generation: u64,
+    queued: usize,
+}
+
+pub struct Sim {
+    sc: Scenario,
+    rng: Xoshiro256PlusPlus,
+    heap: BinaryHeap<Ev>,
+    seq: u64,
+    now: Time,
+    nodes: Vec<SimNode>,
+    side_of: Vec<Vec<bool>>,
+    active_partitions: Vec<bool>,
+    link_base: Vec<u32>,
+    pub checker: Checker,
+    trace: u64,
+    events: u64,
+    datagrams: u64,
+    datagrams_at_start: u64,
+    rx_dropped: u64,
+    workload_start: Option<Time>,
+    sent_per_sender: Vec<u64>,
+    abandoned: Vec<bool>,
+    quota: Vec<u64>,
+    senders: Vec<NodeId>,
+    last_burst: Time,
+    done: bool,
+    state_samples: Vec<usize>,
+    sampled: bool,
+    converged: Option<bool>,
+    healthy: Vec<bool>,
+    healthy_times: Vec<Time>,
+}
+
+impl Sim {
+    pub fn new(sc: Scenario) -> Self {
+        let n = sc.nodes as usize;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(sc.seed);
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let perturbed = sc.perturbed.contains(&(i as NodeId));
+            let avail = (1.0 - sc.perturb_fraction).clamp(0.01, 1.0);
+            nodes.push(SimNode {
+                node: None,
+                incarnation: 1,
+                left: false,
+                busy_until: 0,
+                speed: if perturbed { avail } else { 1.0 },
+                pause_phase: rng.gen_range(0..100 * MILLIS),
+                paused: if perturbed {
+                    ((1.0 - avail) * (100 * MILLIS) as f64) as Time
+                } else {
+                    0
+                },
+                timer_at: None,
+                timer_generation: 0,
+                queued: 0,
+            });
+        }
+        // Per-link base latency: a small table of draws indexed by a hash of the link.
+        let link_base = (0..4096)
+            .map(|_| rng.gen_range(sc.latency_min..=sc.latency_max.max(sc.latency_min)) as u32)
+            .collect();
+        let side_of = sc
+            .partitions
+            .iter()
+            .map(|p| {
+                let mut v = vec![false; n];
+                for &s in &p.side {
+                    if let Some(x) = v.get_mut(s as usize) {
+                        *x = true;
+                    }
+                }
+                v
+            })
+            .collect();
+        let mut senders: Vec<NodeId> = (0..sc.nodes).filter(|i| !sc.perturbed.contains(i)).collect();
+        senders.truncate(sc.senders as usize);
+        let s = senders.len().max(1) as u64;
+        let quota = (0..senders.len() as u64)
+            .map(|i| sc.messages / s + u64::from(i < sc.messages % s))
+            .collect();
+        let healthy = (0..sc.nodes).map(|i| !sc.perturbed.contains(&i)).collect();
+        let fifo = sc.settings.delivery == Delivery::Fifo;
+        let np = sc.partitions.len();
+        Sim {
+            rng,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            nodes,
+            side_of,
+            active_partitions: vec![false; np],
+            link_base,
+            checker: Checker::new(fifo),
+            trace: 0xcbf2_9ce4_8422_2325,
+            events: 0,
+            datagrams: 0,
+            datagrams_at_start: 0,
+            rx_dropped: 0,
+            workload_start: None,
+            sent_per_sender: vec![0; senders.len()],
+            abandoned: vec![false; senders.len()],
+            quota,
+            senders,
+            last_burst: 0,
+            done: false,
+            state_samples: Vec::new(),
+            sampled: false,
+            converged: None,
+            healthy,
+            healthy_times: Vec::new(),
+            sc,
+        }
+    }
+
+    fn push(&mut self, time: Time, kind: Kind) {
+        self.seq += 1;
+        self.heap.push(Ev {
+            time,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    fn mix(&mut self, words: &[u64]) {
+        for w in words {
+            self.trace = (self.trace ^ w).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let sn = &mut self.nodes[i];
+        let seed = self.sc.seed
+            ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from(sn.incarnation) << 48;
+        let mut node = Node::new(
+            i as NodeId,
+            sn.incarnation,
+            &[0],
+            self.sc.settings.clone(),
+            self.now,
+            seed,
+        );
+        node.join(self.now, GROUP);
+        sn.node = Some(node);
+        sn.busy_until = self.now;
+        sn.queued = 0;
+        self.after_input(i);
+    }
+
+    /// Earliest time >= t at which node i can run (not paused, not busy).
+    fn available_at(&self, i: usize, t: Time) -> Time {
+        let sn = &self.nodes[i];
+        let mut t = t.max(sn.busy_until);
+        if sn.paused > 0 {
+            let period = 100 * MILLIS;
+            let into = (t + period - sn.pause_phase % period) % period;
+            if into < sn.paused {
+                t += sn.paused - into;
+            }
+        }
+        t
+    }
+
+    fn link_latency(&mut self, from: NodeId, to: NodeId) -> Time {
+        let h =
+            (u64::from(from).wrapping_mul(0x9E37_79B9) ^ u64::from(to).wrapping_mul(0x85EB_CA6B)) as usize;
+        let base = Time::from(self.link_base[h % self.link_base.len()]);
+        let mut l = base + self.rng.gen_range(0..=self.sc.jitter);
+        if self.sc.reorder > 0.0 && self.rng.gen_bool(self.sc.reorder) {
+            l += self.rng.gen_range(0..2 * MILLIS);
+        }
+        l
+    }
+
+    fn is_cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.active_partitions
+            .iter()
+            .enumerate()
+            .any(|(p, &on)| on && self.side_of[p][a as usize] != self.side_of[p][b as usize])
+    }
+
+    /// Drain a node's transmits and events after an input.
+    fn after_input(&mut self, i: usize) {
+        let now = self.now;
+        let mut transmits = Vec::new();
+        let mut evs = Vec::new();
+        let (timeout, inst) = {
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                return;
+            };
+            while let Some(t) = node.poll_transmit() {
+                transmits.push(t);
+            }
+            while let Some(e) = node.poll_event() {
+                evs.push(e);
+            }
+            (node.poll_timeout(), (node.id(), node.incarnation()))
+        };
+        for t in transmits {
+            self.datagrams += 1;
+            let from = i as NodeId;
+            self.mix(&[now, u64::from(from), u64::from(t.dest), t.payload.len() as u64]);
+            if t.dest as usize >= self.nodes.len() || self.is_cut(from, t.dest) {
+                continue;
+            }
+            if self.sc.loss > 0.0 && self.rng.gen_bool(self.sc.loss.min(1.0)) {
+                continue;
+            }
+            let copies = if self.sc.duplicate > 0.0 && self.rng.gen_bool(self.sc.duplicate) {
+                2
+            } else {
+                1
+            };
+            let mut payload = Some(t.payload);
+            for c in 0..copies {
+                let at = now + self.link_latency(from, t.dest);
+                let bytes = if c + 1 == copies {
+                    payload.take().unwrap_or_default()
+                } else {
+                    payload.clone().unwrap_or_default()
+                };
+                self.push(
+                    at,
+                    Kind::Packet {
+                        to: t.dest,
+                        from,
+                        bytes,
+                        deferred: false,
+                    },
+                );
+            }
+        }
+        for e in evs {
+            self.on_event(inst, e);
+        }
+        let sn = &mut self.nodes[i];
+        if timeout != sn.timer_at {
+            sn.timer_at = timeout;
+            sn.timer_generation += 1;
+            let generation = sn.timer_generation;
+            if let Some(t) = timeout {
+                self.push(
+                    t.max(now),
+                    Kind::Timer {
+                        node: i as NodeId,
+                        generation,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_event(&mut self, inst: Instance, e: Event) {
+        let now = self.now;
+        match e {
+            Event::Deliver {
+                group,
+                sender,
+                sender_incarnation,
+                seq,
+                payload,
+            } => {
+                self.mix(&[now, 1, u64::from(inst.0), u64::from(sender), seq]);
+                let id = MessageId {
+                    group,
+                    sender,
+                    sender_incarnation,
+                    seq,
+                };
+                self.checker.on_deliver(inst, now, id, &payload);
+                if inst.0 != sender && self.healthy.get(inst.0 as usize) == Some(&true) {
+                    self.healthy_times.push(now);
+                }
+            }
+            Event::Lost {
+                sender,
+                sender_incarnation,
+                first,
+                count,
+                ..
+            } => {
+                self.mix(&[now, 2, u64::from(inst.0), u64::from(sender), first, count]);
+                self.checker
+                    .on_lost(inst, sender, sender_incarnation, first, count);
+            }
+            Event::ViewChange(v) => {
+                self.mix(&[
+                    now,
+                    3,
+                    u64::from(inst.0),
+                    v.id.counter,
+                    u64::from(v.id.coordinator),
+                ]);
+                self.checker.on_view(inst, &v);
+            }
+        }
+    }
+
+    fn process(&mut self, ev: Ev) {
+        self.now = ev.time;
+        self.events += 1;
+        match ev.kind {
+            Kind::Packet {
+                to,
+                from,
+                bytes,
+                deferred,
+            } => {
+                let i = to as usize;
+                if self.nodes[i].node.is_none() {
+                    if deferred {
+                        self.nodes[i].queued = self.nodes[i].queued.saturating_sub(1);
+                    }
+                    return;
+                }
+                let at = self.available_at(i, ev.time);
+                if at > ev.time {
+                    if !deferred {
+                        if self.nodes[i].queued >= RX_CAPACITY {
+                            self.rx_dropped += 1;
+                            return;
+                        }
+                        self.nodes[i].queued += 1;
+                    }
+                    self.push(
+                        at,
+                        Kind::Packet {
+                            to,
+                            from,
+                            bytes,
+                            deferred: true,
+                        },
+                    );
+                    return;
+                }
+                if deferred {
+                    self.nodes[i].queued = self.nodes[i].queued.saturating_sub(1);
+                }
+                let cost = ((COST_BASE + COST_PER_BYTE_NS * bytes.len() as Time) as f64 / self.nodes[i].speed)
+                    as Time;
+                self.nodes[i].busy_until = ev.time + cost;
+                if let Some(n) = self.nodes[i].node.as_mut() {
+                    n.handle_packet(ev.time, from, &bytes);
+                }
+                self.after_input(i);
+            }
+            Kind::Timer { node, generation } => {
+                let i = node as usize;
+                if self.nodes[i].node.is_none() || self.nodes[i].timer_generation != generation {
+                    return;
+                }
+                let at = self.available_at(i, ev.time);
+                if at > ev.time {
+                    self.push(at, Kind::Timer { node, generation });
+                    return;
+                }
+                self.nodes[i].busy_until = ev.time + (COST_BASE as f64 / self.nodes[i].speed) as Time;
+                self.nodes[i].timer_at = None;
+                if let Some(n) = self.nodes[i].node.as_mut() {
+                    n.handle_timeout(ev.time);
+                }
+                self.after_input(i);
+            }
+            Kind::Burst => self.burst(),
+            Kind::Check => self.check(),
+            Kind::Crash(c) => {
+                let cr = self.sc.crashes[c].clone();
+                let i = cr.node as usize;
+                self.mix(&[ev.time, 10, u64::from(cr.node)]);
+                if cr.leave {
+                    if let Some(n) = self.nodes[i].node.as_mut() {
+                        n.shutdown(ev.time);
+                    }
+                    self.after_input(i);
+                    self.nodes[i].left = true;
+                }
+                self.nodes[i].node = None;
+                self.nodes[i].timer_at = None;
+            }
+            Kind::Restart(c) => {
+                let i = self.sc.crashes[c].node as usize;
+                self.mix(&[ev.time, 11, i as u64]);
+                self.nodes[i].incarnation = 1 + (ev.time / MILLIS) as u32;
+                self.start_node(i);
+            }
+            Kind::PartitionStart(p) => {
+                self.active_partitions[p] = true;
+            }
+            Kind::PartitionEnd(p) => {
+                self.active_partitions[p] = false;
+            }
+        }
+    }
+
+    fn live_instances(&self) -> Vec<Instance> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, sn)| sn.node.as_ref().map(|_| (i as NodeId, sn.incarnation)))
+            .collect()
+    }
+
+    /// One view, with exactly the live nodes, everywhere.
+    fn views_converged(&self) -> bool {
+        let live = self.live_instances();
+        let mut want: Vec<(NodeId, u32)> = live.clone();
+        want.sort_unstable();
+        let mut first = None;
+        for sn in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
+            let v = sn.view();
+            match first {
+                None => first = Some(v.id),
+                Some(id) if id != v.id => return false,
+                _ => {}
+            }
+            let mut have: Vec<(NodeId, u32)> = v.members.iter().map(|m| (m.node, m.incarnation)).collect();
+            have.sort_unstable();
+            if have != want || v.group(GROUP).map(|g| g.len()) != Some(live.len()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn check(&mut self) {
+        let now = self.now;
+        if self.workload_start.is_none() {
+            if self.views_converged() || now >= self.sc.max_bootstrap {
+                self.begin_workload();
+            }
+        } else if self.is_complete() {
+            self.done = true;
+            return;
+        }
+        if !self.done {
+            self.push(now + CHECK_INTERVAL, Kind::Check);
+        }
+    }
+
+    fn begin_workload(&mut self) {
+        let t0 = self.now;
+        self.workload_start = Some(t0);
+        self.datagrams_at_start = self.datagrams;
+        self.push(t0, Kind::Burst);
+        for c in 0..self.sc.crashes.len() {
+            let cr = &self.sc.crashes[c];
+            let (at, restart) = (cr.at, cr.restart);
+            self.push(t0 + at, Kind::Crash(c));
+            if let Some(r) = restart {
+                self.push(t0 + r, Kind::Restart(c));
+            }
+        }
+        for p in 0..self.sc.partitions.len() {
+            let (s, e) = (self.sc.partitions[p].start, self.sc.partitions[p].end);
+            self.push(t0 + s, Kind::PartitionStart(p));
+            self.push(t0 + e, Kind::PartitionEnd(p));
+        }
+    }
+
+    fn burst(&mut self) {
+        let per_burst = (self.sc.rate * BURST_INTERVAL / 1_000_000_000).max(1);
+        let s = self.senders.len().max(1) as u64;
+        let each = per_burst.div_ceil(s);
+        let mut more = false;
+        for k in 0..self.senders.len() {
+            let sender = self.senders[k];
+            let i = sender as usize;
+            for _ in 0..each {
+                if self.sent_per_sender[k] >= self.quota[k] {
+                    break;
+                }
+                let Some(node) = self.nodes[i].node.as_mut() else {
+                    // A crashed sender's remaining share is never sent.
+                    self.abandoned[k] = true;
+                    break;
+                };
+                let index = self.checker.sent.len() as u64;
+                let payload = make_payload(index, self.sc.payload);
+                match node.submit(self.now, GROUP, &payload) {
+                    Ok(seq) => {
+                        let inc = node.incarnation();
+                        self.checker.on_send(SentMessage {
+                            sender,
+                            sender_incarnation: inc,
+                            group: GROUP,
+                            seq,
+                            payload_hash: fnv(&payload),
+                            sent_at: self.now,
+                            deliveries: 0,
+                            last_delivery: 0,
+                        });
+                        self.sent_per_sender[k] += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.nodes[i].node.is_some() {
+                self.after_input(i);
+            }
+            if self.sent_per_sender[k] < self.quota[k] && !self.abandoned[k] {
+                more = true;
+            }
+        }
+        self.last_burst = self.now;
+        if more {
+            self.push(self.now + BURST_INTERVAL, Kind::Burst);
+        } else if !self.sampled {
+            self.sampled = true;
+            self.push(self.now + self.sc.settings.gossip_period, Kind::Check);
+            self.sample_state();
+        }
+    }
+
+    fn sample_state(&mut self) {
+        self.state_samples = self
+            .nodes
+            .iter()
+            .filter_map(|s| s.node.as_ref().map(|n| n.state_bytes()))
+            .collect();
+    }
+
+    fn submissions_done(&self) -> bool {
+        self.sent_per_sender
+            .iter()
+            .zip(&self.quota)
+            .enumerate()
+            .all(|(k, (s, q))| s >= q || self.abandoned[k])
+    }
+
+    fn is_complete(&self) -> bool {
+        if self.sc.has_membership_faults() || !self.submissions_done() {
+            return false;
+        }
+        let others = u64::from(self.sc.nodes.saturating_sub(1));
+        self.checker
+            .sent
+            .iter()
+            .all(|m| u64::from(m.deliveries) >= others)
+    }
+
+    fn faults_end(&self) -> Time {
+        let mut end = 0;
+        for c in &self.sc.crashes {
+            end = end.max(c.restart.unwrap_or(c.at));
+        }
+        for p in &self.sc.partitions {
+            end = end.max(p.end);
+        }
+        end
+    }
+
+    /// Run the scenario to its end and report.
+    pub fn run(mut self) -> Report {
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        self.push(0, Kind::Check);
+        let retention = Time::from(self.sc.settings.retention_rounds + 5) * self.sc.settings.gossip_period;
+        let bound = self.sc.convergence_bound();
+        let mut convergence_at: Option<Time> = None;
+        while let Some(ev) = self.heap.pop() {
+            if let Some(t0) = self.workload_start {
+                if convergence_at.is_none() {
+                    convergence_at = Some(if self.sc.has_membership_faults() {
+                        t0 + self.faults_end() + bound
+                    } else {
+                        Time::MAX
+                    });
+                }
+                if let Some(c) = convergence_at {
+                    if ev.time >= c && self.converged.is_none() {
+                        self.now = c;
+                        let ok = self.views_converged();
+                        self.converged = Some(ok);
+                        if !ok {
+                            self.checker.violation(format!(
+                                "membership did not converge to one view of the live nodes within {} ms after faults stopped",
+                                bound / MILLIS
+                            ));
+                        }
+                    }
+                }
+                let end_work = if self.submissions_done() {
+                    self.last_burst + retention
+                } else {
+                    Time::MAX
+                };
+                let end = end_work.max(convergence_at.filter(|c| *c != Time::MAX).unwrap_or(0));
+                if self.done || ev.time > end {
+                    break;
+                }
+                if ev.time > t0 + HARD_STOP {
+                    self.checker.violation(format!(
+                        "run did not finish within {} s of simulated time",
+                        HARD_STOP / (1000 * MILLIS)
+                    ));
+                    break;
+                }
+            }
+            self.process(ev);
+        }
+        self.report()
+    }
+
+    fn report(mut self) -> Report {
+        let sc = &self.sc;
+        let t0 = self.workload_start.unwrap_or(0);
+        let live: Vec<Instance> = self.live_instances();
+        let mut hist = vec![0u64; 11];
+        let mut all = 0u64;
+        let mut ratio_sum = 0.0;
+        let mut rounds: Vec<f64> = Vec::new();
+        let period = sc.settings.gossip_period as f64;
+        let complete_checked = sc.expects_complete_delivery();
+        let mut incomplete = 0u64;
+        for (idx, m) in self.checker.sent.iter().enumerate() {
+            // Live members other than the sender; a sender that crashed counts itself out.
+            let targets: Vec<&Instance> = live.iter().filter(|i| i.0 != m.sender).collect();
+            let got = targets.iter().filter(|i| self.checker.has(***i, idx)).count();
+            let frac = if targets.is_empty() {
+                1.0
+            } else {
+                got as f64 / targets.len() as f64
+            };
+            ratio_sum += frac;
+            if got == targets.len() {
+                all += 1;
+                hist[10] += 1;
+                rounds.push((m.last_delivery.saturating_sub(m.sent_at)) as f64 / period);
+            } else {
+                hist[((frac * 10.0) as usize).min(9)] += 1;
+                incomplete += 1;
+            }
+        }
+        if complete_checked && incomplete > 0 {
+            self.checker.violation(format!(
+                "{incomplete} messages did not reach every live member (loss {:.3}, no crash, no partition)",
+                sc.loss
+            ));
+        }
+        rounds.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+        let pct = |p: f64| -> f64 {
+            if rounds.is_empty() {
+                0.0
+            } else {
+                rounds[((rounds.len() as f64 * p) as usize).min(rounds.len() - 1)]
+            }
+        };
+        let n_msgs = self.checker.sent.len().max(1) as f64;
+        let mut kinds = KindCounts {
+            rx_dropped_slow: self.rx_dropped,
+            ..Default::default()
+        };
+        let mut lost = 0;
+        for n in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
+            let c = n.counters();
+            kinds.data_tree += c.data_sent;
+            kinds.retransmits += c.retransmits_sent;
+            kinds.digests += c.digests_sent;
+            kinds.requests += c.requests_sent;
+            kinds.heartbeats += c.heartbeats_sent;
+            kinds.views += c.views_sent;
+            kinds.transmits_dropped += c.transmits_dropped;
+            kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
+            lost += c.lost_reported;
+        }
+        let deliveries: u64 = self.checker.sent.iter().map(|m| u64::from(m.deliveries)).sum();
+        let dgrams = self.datagrams - self.datagrams_at_start;
+        let samples = &self.state_samples;
+        Report {
+            nodes: sc.nodes,
+            messages: self.checker.sent.len() as u64,
+            senders: self.senders.len() as u32,
+            seed: sc.seed,
+            loss: sc.loss,
+            invariant_violations: self.checker.violations,
+            violation_samples: self.checker.messages.clone(),
+            delivered_all_fraction: all as f64 / n_msgs,
+            mean_delivery_ratio: ratio_sum / n_msgs,
+            delivery_fraction_histogram: hist,
+            rounds_p50: pct(0.5),
+            rounds_p99: pct(0.99),
+            datagrams_per_delivery: dgrams as f64 / deliveries.max(1) as f64,
+            datagrams: dgrams,
+            deliveries,
+            messages_by_kind: kinds,
+            lost_reported: lost,
+            view_converged: self.converged,
+            bootstrap_ms: t0 as f64 / MILLIS as f64,
+            sim_time_ms: self.now as f64 / MILLIS as f64,
+            events: self.events,
+            state_bytes_per_node_mean: if samples.is_empty() {
+                0.0
+            } else {
+                samples.iter().sum::<usize>() as f64 / samples.len() as f64
+            },
+            state_bytes_per_node_max: samples.iter().copied().max().unwrap_or(0) as u64,
+            healthy_throughput_ratio: None,
+            healthy_rate: {
+                // Deliveries at healthy members during the sending window (plus one round),
+                // per second: the steady-state throughput, not the repair tail.
+                let end = self.last_burst + sc.settings.gossip_period;
+                let n = self.healthy_times.iter().filter(|t| **t <= end).count();
+                if end > t0 {
+                    n as f64 / ((end - t0) as f64 / 1e9)
+                } else {
+                    0.0
+                }
+            },
+            trace_hash: format!("{:016x}", self.trace),
+            complete_delivery_checked: complete_checked,
+        }
+    }
+}
+
+/// Run a scenario; with perturbed nodes, also run it without them and report the ratio of
+/// delivery rates at the healthy members.
+pub fn run_with_baseline(sc: &Scenario) -> Report {
+    let mut r = Sim::new(sc.clone()).run();
+    if !sc.perturbed.is_empty() {
+        let mut base = sc.clone();
+        // Same nodes measured and same senders, but nobody loses time.
+        base.perturb_fraction = 0.0;
+        let b = Sim::new(base).run();
+        r.healthy_throughput_ratio = Some(if b.healthy_rate > 0.0 {
+            r.healthy_rate / b.healthy_rate
+        } else {
+            0.0
+        });
+    }
+    r
+}
