@@ -2,6 +2,7 @@
 //! to the `tuttid` started for the run, member of group "bench", so it receives what it
 //! publishes. Latency is publish to own delivery; throughput counts own deliveries.
 
+use crate::clock;
 use std::hint::spin_loop;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,6 +99,7 @@ impl PingPong {
         self.next_seq += 1;
         self.msg[..8].copy_from_slice(&seq.to_le_bytes());
         let t0 = Instant::now();
+        let c0 = clock::now();
         offer_spin(&mut self.client, self.group, &self.msg)?;
         let mut delivered = false;
         let mut unexpected = None;
@@ -115,6 +117,8 @@ impl PingPong {
                         }
                     }
                     Event::Lagged { .. } => *lagged += 1,
+                    // Only cluster groups lose messages; this group is local.
+                    Event::Lost { .. } => {}
                 })
                 .map_err(|e| format!("poll: {e}"))?;
             if let Some(got) = unexpected {
@@ -135,7 +139,7 @@ impl PingPong {
                 }
             }
         }
-        Ok(t0.elapsed())
+        Ok(Duration::from_nanos(clock::ns_between(c0, clock::now())))
     }
 }
 
@@ -150,6 +154,7 @@ pub fn latency(opts: &LatencyOptions) -> Result<LatencyRun, String> {
 
 fn latency_on_this_thread(opts: &LatencyOptions) -> Result<LatencyRun, String> {
     pin_current(opts.core)?;
+    clock::calibrate();
     let (client, group) = connect(&opts.socket)?;
     let mut pp = PingPong {
         client,
@@ -277,6 +282,7 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
                     expected = seq.unwrap_or(expected) + 1;
                     delivered += 1;
                 }
+                Event::Lost { .. } => {}
                 Event::Lagged { missed } => {
                     lagged_now = true;
                     resync = true;

@@ -113,6 +113,8 @@ struct Group {
     name: String,
     handle: u32,
     shard: usize,
+    /// The daemon's limit for this group (at most what the publish ring carries).
+    max_message: usize,
     reader: LogReader,
     doorbell: GroupDoorbell,
     _log: Mapping,
@@ -278,10 +280,13 @@ impl Client {
                 "daemon sent no publish ring for a new shard".into(),
             ));
         }
+        let ring_max = self.shards[shard].as_ref().map_or(0, |l| l.producer.max_payload());
+        let max_message = usize::try_from(joined.max_message).unwrap_or(usize::MAX).min(ring_max);
         let group = Group {
             name: name.to_string(),
             handle: joined.handle,
             shard,
+            max_message,
             reader,
             doorbell,
             _log: log,
@@ -329,10 +334,7 @@ impl Client {
 
     /// Largest message `offer` takes for this group.
     pub fn max_message(&self, group: GroupId) -> Result<usize, Error> {
-        let shard = self.group(group)?.shard;
-        Ok(self.shards[shard]
-            .as_ref()
-            .map_or(0, |l| l.producer.max_payload()))
+        Ok(self.group(group)?.max_message)
     }
 
     /// Publishes one message to a group. Never blocks: a full ring is `BackPressured`.
@@ -342,6 +344,9 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) if payload.len() > g.max_message => {
+                return Err(OfferError::TooLarge { len: payload.len(), max: g.max_message })
+            }
             Some(g) => (g.handle, g.shard),
             None => return Err(OfferError::Closed),
         };
@@ -359,6 +364,7 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) if len > g.max_message => return Err(OfferError::TooLarge { len, max: g.max_message }),
             Some(g) => (g.handle, g.shard),
             None => return Err(OfferError::Closed),
         };

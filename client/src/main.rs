@@ -162,6 +162,9 @@ fn subscribe(
                     }
                 }
                 Event::Lagged { missed } => eprintln!("tutti: fell behind; {missed} messages skipped"),
+                Event::Lost { sender, count } => {
+                    eprintln!("tutti: {count} messages from sender {sender:#x} were lost in the cluster")
+                }
             })
             .map_err(|e| e.to_string())?;
         if let Some(e) = write_error.take() {

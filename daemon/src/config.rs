@@ -32,6 +32,8 @@ impl std::str::FromStr for IdleStrategy {
     }
 }
 
+/// Largest message by default (when the rings are large enough).
+pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// Smallest and largest ring a setting may ask for.
 pub const MIN_RING_BYTES: usize = 64 * 1024;
 pub const MAX_RING_BYTES: usize = 1 << 30;
@@ -56,6 +58,10 @@ pub struct Config {
     /// Bytes of each group's delivery log. Power of two. A subscriber that falls this far
     /// behind gets `Lagged` and skips ahead.
     pub log_bytes: usize,
+    /// Largest message a client may publish (`TooLarge` above it). Unset: 1 MiB, or less if
+    /// the rings are too small for it. Messages larger than one datagram are fragmented
+    /// between daemons and delivered whole or reported lost.
+    pub max_message_bytes: Option<usize>,
     /// Most attached clients; more are refused with a clear error.
     pub max_clients: usize,
     /// Most groups alive at once on this daemon.
@@ -78,8 +84,9 @@ impl Default for Config {
             cores: Vec::new(),
             no_pin: false,
             idle: IdleStrategy::Backoff,
-            publish_ring_bytes: 1 << 20,
-            log_bytes: 4 << 20,
+            publish_ring_bytes: 4 << 20,
+            log_bytes: 8 << 20,
+            max_message_bytes: None,
             max_clients: 1024,
             max_groups: 4096,
             allow_uids: Vec::new(),
@@ -119,6 +126,14 @@ impl Config {
         }
         if self.max_clients == 0 || self.max_groups == 0 {
             return Err("max_clients and max_groups must be at least 1".into());
+        }
+        if let Some(max) = self.max_message_bytes {
+            if max == 0 || max > self.ring_message_limit() {
+                return Err(format!(
+                    "max_message_bytes = {max}: must be from 1 to {} (half of publish_ring_bytes and of log_bytes, less headers): raise the ring sizes or lower it",
+                    self.ring_message_limit()
+                ));
+            }
         }
         self.cluster.validate()?;
         self.net.validate()?;
@@ -160,11 +175,23 @@ impl Config {
             log_bytes,
             max_clients,
             max_groups,
+            max_message_bytes,
             allow_uids,
             cluster,
             net
         );
         keys
+    }
+
+    /// The largest message both rings can carry.
+    fn ring_message_limit(&self) -> usize {
+        tutti_wire::shm::PublishRing::max_payload(self.publish_ring_bytes)
+            .min(tutti_wire::shm::DeliveryLog::max_payload(self.log_bytes))
+    }
+
+    /// The largest message clients may publish.
+    pub fn max_message(&self) -> usize {
+        self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE.min(self.ring_message_limit()))
     }
 
     /// The control socket path this config resolves to.
@@ -190,7 +217,8 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.idle, IdleStrategy::Backoff);
-        assert_eq!(c.publish_ring_bytes, 1 << 20);
+        assert_eq!(c.publish_ring_bytes, 4 << 20);
+        assert_eq!(c.max_message(), 1 << 20);
     }
 
     #[test]

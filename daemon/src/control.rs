@@ -466,6 +466,7 @@ impl Control {
             shard: shard as u32,
             new_shard: u8::from(ring_fd.is_some()),
             reserved: [0; 7],
+            max_message: self.config.max_message() as u64,
         };
         let link = &self.shards[shard];
         let mut fds = vec![group.log_fd.as_raw_fd(), group.doorbell_fd.as_raw_fd()];

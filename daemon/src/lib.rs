@@ -16,7 +16,7 @@ use shard::{Shard, ShardStats};
 use std::path::Path;
 use std::sync::Arc;
 use tutti_sys::{EventFd, Mapping, SeqPacketListener, SignalFd};
-use tutti_wire::shm::{DeliveryLog, PublishRing, ShardDoorbell};
+use tutti_wire::shm::ShardDoorbell;
 
 /// Control commands queued for one shard before the control thread gets "queue full".
 const SHARD_COMMAND_QUEUE: usize = 1024;
@@ -26,15 +26,6 @@ const SHARD_EVENT_QUEUE: usize = 1024;
 /// Runs the daemon until SIGTERM or SIGINT; returns the process exit code.
 pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, String> {
     config.validate()?;
-    if DeliveryLog::max_payload(config.log_bytes) < PublishRing::max_payload(config.publish_ring_bytes) {
-        return Err(format!(
-            "log_bytes = {} holds messages of at most {} bytes, less than publish_ring_bytes = {} lets clients send ({} bytes): raise log_bytes",
-            config.log_bytes,
-            DeliveryLog::max_payload(config.log_bytes),
-            config.publish_ring_bytes,
-            PublishRing::max_payload(config.publish_ring_bytes)
-        ));
-    }
     // Block the signals before any thread starts, so only the control loop sees them.
     let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
         .map_err(|e| format!("signalfd: {e}"))?;

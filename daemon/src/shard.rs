@@ -504,7 +504,14 @@ impl Shard {
                     None => stats.add(counter::NOT_JOINED, 1),
                 }
             }
-            ClusterEvent::Lost { .. } => {}
+            ClusterEvent::Lost { group, sender, count } => {
+                // Every local member learns of the gap once, in stream order.
+                if let Some(slot) = by_gid.get(&group).and_then(|&h| groups.get_mut(h as usize)).and_then(Option::as_mut) {
+                    slot.writer.append_lost(sender, count);
+                    slot.dirty = true;
+                    appended = true;
+                }
+            }
         });
         if appended {
             self.ring_group_doorbells();

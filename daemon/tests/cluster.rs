@@ -112,6 +112,7 @@ fn receive_all(client: &mut Client, g: GroupId, publishers: &[usize], expected: 
                         *n += 1;
                     }
                     Event::Lagged { missed } => panic!("lagged by {missed}"),
+                    Event::Lost { sender, count } => panic!("{count} lost from {sender:#x}"),
                 },
             )
             .unwrap();

@@ -43,6 +43,7 @@ fn receive_all(client: &mut Client, g: GroupId, senders: &[u64], expected: u64, 
                         *n += 1;
                     }
                     Event::Lagged { missed } => panic!("unexpected lag of {missed}"),
+                    Event::Lost { .. } => panic!("a local group loses nothing"),
                 },
             )
             .unwrap();
@@ -186,6 +187,7 @@ fn slow_subscriber_gets_lagged_and_resumes_without_slowing_the_publisher() {
     let mut indices = Vec::new();
     while let Ok(n) = slow.poll(gs, 1024, |ev| match ev {
         Event::Lagged { missed } => lagged += missed,
+        Event::Lost { .. } => panic!("a local group loses nothing"),
         Event::Message { payload, .. } => {
             assert_eq!(
                 payload,

@@ -115,6 +115,8 @@ pub struct Joined {
     pub shard: u32,
     pub new_shard: u8,
     pub reserved: [u8; 7],
+    /// Largest message the daemon accepts in this group (the client's `TooLarge` limit).
+    pub max_message: u64,
 }
 
 /// Why the daemon refused a request.
@@ -416,7 +418,7 @@ mod tests {
         fn replies_round_trip(k in 0u8..6, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
             let reply = match k {
                 0 => Reply::Welcome { version: a, session_id: a ^ 1, node_id: 7, shards: 2 },
-                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, reserved: [0; 7] }),
+                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, reserved: [0; 7], max_message: b / 3 }),
                 2 => Reply::Left,
                 3 => Reply::StatusText(&text),
                 4 => Reply::CountersPage { shard: a, count: a / 3 },

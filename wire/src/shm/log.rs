@@ -36,6 +36,8 @@ use super::sync::{fence, AtomicU64};
 use super::OfferError;
 
 const HDR: usize = LOG_RECORD_HEADER_LEN;
+/// Flag of a data record that is a [`LogEvent::Lost`] notice (payload: the count, u64 LE).
+const FLAG_LOST: u16 = 1;
 /// Tag of a next-record marker (positions stay below 2^63: 292 years at 1 GB/s).
 const MARK: u64 = 1 << 63;
 /// Attach retries while the writer laps the ring under our feet.
@@ -298,22 +300,52 @@ impl LogWriter {
         let to_end = self.log.room_to_end(start);
         if size > to_end {
             // Pad to the ring's end (to_end >= 32: normalized); padding takes no seq.
-            self.write_record(start, to_end, KIND_PADDING, self.next_seq, 0, &[]);
+            self.write_record(start, to_end, KIND_PADDING, 0, self.next_seq, 0, &[]);
             start += to_end;
         }
         let seq = self.next_seq;
         self.next_seq = seq + 1;
-        self.write_record(start, size, KIND_DATA, seq, sender, payload);
+        self.write_record(start, size, KIND_DATA, 0, seq, sender, payload);
         self.tail = start + size;
         // Release: new readers attaching at this tail see the records and the marker.
         self.log.tail().store(self.tail, Release);
         Ok(seq)
     }
 
+    /// Appends a notice that `count` messages of `sender` can never be delivered (the
+    /// cluster could not repair them). Readers see it as [`LogEvent::Lost`]; it takes a
+    /// seq like a message, so a reader that lags past it counts it as missed.
+    pub fn append_lost(&mut self, sender: u64, count: u64) -> u64 {
+        let payload = count.to_le_bytes();
+        let size = (HDR + align_record(payload.len())) as u64;
+        let mut start = self.log.normalize(self.tail);
+        let to_end = self.log.room_to_end(start);
+        if size > to_end {
+            self.write_record(start, to_end, KIND_PADDING, 0, self.next_seq, 0, &[]);
+            start += to_end;
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq + 1;
+        self.write_record(start, size, KIND_DATA, FLAG_LOST, seq, sender, &payload);
+        self.tail = start + size;
+        self.log.tail().store(self.tail, Release);
+        seq
+    }
+
     /// Steps 2–4 of the writer protocol for one record of `size` bytes at `start`
     /// (normalized). `seq` is the data seq, or for padding the seq of the next data record.
     #[inline(always)]
-    fn write_record(&mut self, start: u64, size: u64, kind: u16, seq: u64, sender: u64, payload: &[u8]) {
+    #[allow(clippy::too_many_arguments)]
+    fn write_record(
+        &mut self,
+        start: u64,
+        size: u64,
+        kind: u16,
+        flags: u16,
+        seq: u64,
+        sender: u64,
+        payload: &[u8],
+    ) {
         let next = self.log.normalize(start + size);
         self.reserve(start, next + 8);
         let log = self.log;
@@ -328,7 +360,7 @@ impl LogWriter {
             seq,
             len: len as u32,
             kind,
-            flags: 0,
+            flags,
             sender,
         };
         // SAFETY: `next` is 8-aligned and normalized; `start..start + size` and the marker
@@ -402,6 +434,9 @@ pub enum LogEvent<'a> {
     /// The writer lapped this reader: `missed` messages are gone; reading resumes at the
     /// oldest record still intact.
     Lagged { missed: u64 },
+    /// `count` messages of `sender` were lost in the cluster (not repairable within the
+    /// retention bound): every member learns of them once, instead of a silent gap.
+    Lost { sender: u64, count: u64 },
 }
 
 /// A corrupt delivery log (a faulty or hostile writer). The reader must not be used again.
@@ -635,11 +670,20 @@ impl LogReader {
                     found,
                 }));
             }
-            f(LogEvent::Message {
-                seq: header.seq,
-                sender: header.sender,
-                payload: &self.scratch[..len],
-            });
+            if header.flags & FLAG_LOST != 0 && len == 8 {
+                let mut count = [0u8; 8];
+                count.copy_from_slice(&self.scratch[..8]);
+                f(LogEvent::Lost {
+                    sender: header.sender,
+                    count: u64::from_le_bytes(count),
+                });
+            } else {
+                f(LogEvent::Message {
+                    seq: header.seq,
+                    sender: header.sender,
+                    payload: &self.scratch[..len],
+                });
+            }
             events += 1;
             self.expected_seq = header.seq.wrapping_add(1);
             self.cursor = cursor + size;

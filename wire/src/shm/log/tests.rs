@@ -24,6 +24,7 @@ fn reader(region: &AlignedRegion) -> LogReader {
 enum Event {
     Message { seq: u64, sender: u64, payload: Vec<u8> },
     Lagged { missed: u64 },
+    Lost { sender: u64, count: u64 },
 }
 
 fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
@@ -37,6 +38,7 @@ fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
                     payload: payload.to_vec(),
                 },
                 LogEvent::Lagged { missed } => Event::Lagged { missed },
+                LogEvent::Lost { sender, count } => Event::Lost { sender, count },
             })
         })
         .expect("poll");
@@ -353,6 +355,7 @@ fn threads_reader_never_sees_torn_payloads() {
                         expected += missed;
                         lags += 1;
                     }
+                    LogEvent::Lost { .. } => panic!("no Lost notice was written"),
                 })
                 .unwrap();
             if n == 0 {
@@ -417,6 +420,7 @@ proptest! {
                                 prop_assert!(w.head() > cursor, "lagged at {} with head {}", cursor, w.head());
                                 expected += missed;
                             }
+                            Event::Lost { .. } => prop_assert!(false, "no Lost notice was written"),
                         }
                     }
                     prop_assert!(expected <= w.next_seq());
@@ -429,6 +433,7 @@ proptest! {
             match e {
                 Event::Message { seq, .. } => { prop_assert_eq!(seq, expected); expected += 1; }
                 Event::Lagged { missed } => expected += missed,
+                Event::Lost { .. } => prop_assert!(false, "no Lost notice was written"),
             }
         }
         prop_assert_eq!(expected, w.next_seq());
@@ -459,6 +464,40 @@ proptest! {
             let _ = r.has_data();
             let _ = r.poll(limit, |_| {});
             let _ = r.poll(limit, |_| {});
+        }
+    }
+}
+
+#[test]
+fn lost_notices_are_delivered_in_stream_order() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    w.append(1, b"before").unwrap();
+    assert_eq!(w.append_lost(7, 42), 1);
+    w.append(1, b"after").unwrap();
+    let events = poll_all(&mut r, 16);
+    assert_eq!(
+        events,
+        vec![
+            Event::Message { seq: 0, sender: 1, payload: b"before".to_vec() },
+            Event::Lost { sender: 7, count: 42 },
+            Event::Message { seq: 2, sender: 1, payload: b"after".to_vec() },
+        ]
+    );
+    // Across a wrap too: notices pad like messages.
+    for i in 0..500u64 {
+        if i % 7 == 0 {
+            w.append_lost(i, i);
+        } else {
+            w.append(i, &payload_for(i, 40)).unwrap();
+        }
+        let got = poll_all(&mut r, 4);
+        assert_eq!(got.len(), 1);
+        match &got[0] {
+            Event::Lost { sender, count } => assert_eq!((*sender, *count), (i, i)),
+            Event::Message { payload, .. } => assert_eq!(payload, &payload_for(i, 40)),
+            other => panic!("{other:?}"),
         }
     }
 }
