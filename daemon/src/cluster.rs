@@ -17,8 +17,12 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
 
-/// Bytes of the session prefix on every multicast payload.
-const SESSION_PREFIX: usize = 4;
+/// Bytes of the prefix on every multicast payload: publishing session (u32), fragment
+/// index (u16), fragment count (u16), little-endian.
+const PREFIX: usize = 8;
+/// Most bytes held in partly reassembled messages per shard; beyond it the oldest partial
+/// message is dropped and reported lost.
+pub const MAX_REASSEMBLY_BYTES: usize = 64 << 20;
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
 /// Daemon ids fit in 24 bits (the low 8 bits of a cluster node id are the shard).
@@ -177,10 +181,26 @@ pub struct ClusterStats {
     pub remote_delivered: u64,
     pub not_sent: u64,
     pub fault_dropped: u64,
+    /// Large messages dropped part-way (a fragment lost, or the reassembly bound).
+    pub reassembly_dropped: u64,
+}
+
+/// A large message being put back together from its fragments (FIFO delivery per sender
+/// node brings one message's fragments in order and back to back).
+struct Partial {
+    session: u32,
+    next: u16,
+    count: u16,
+    bytes: Vec<u8>,
 }
 
 pub struct Cluster {
     node: Node,
+    /// Payload bytes per fragment (a datagram's worth less the prefix).
+    chunk: usize,
+    ordered: bool,
+    partials: HashMap<(u64, NodeId), Partial>,
+    partial_bytes: usize,
     udp: Box<dyn Transport>,
     epoch: Instant,
     me: NodeId,
@@ -222,7 +242,7 @@ impl Cluster {
             .max(1);
         let epoch = Instant::now();
         let rng_seed = u64::from(me) ^ (u64::from(incarnation) << 32) ^ u64::from(std::process::id());
-        let node = Node::new(me, incarnation, &seed_ids, settings, 0, rng_seed);
+        let node = Node::new(me, incarnation, &seed_ids, settings.clone(), 0, rng_seed);
         tracing::info!(
             shard,
             node = me,
@@ -232,7 +252,13 @@ impl Cluster {
             seeds = ?cfg.seeds,
             "cluster node started"
         );
+        let chunk = settings.max_payload.saturating_sub(PREFIX).max(1);
+        let ordered = settings.delivery == Delivery::Fifo;
         Ok(Cluster {
+            chunk,
+            ordered,
+            partials: HashMap::new(),
+            partial_bytes: 0,
             node,
             udp,
             epoch,
@@ -259,7 +285,7 @@ impl Cluster {
     pub fn stats(&self) -> ClusterStats {
         let mut s = self.stats;
         let c = self.node.counters();
-        s.decode_errors = c.decode_errors;
+        s.decode_errors = c.decode_errors + self.stats.decode_errors;
         s.retransmits = c.retransmits_sent;
         s.gossip_rounds = u64::from(self.node.round());
         s.lost = c.lost_reported;
@@ -286,14 +312,27 @@ impl Cluster {
         self.node.leave(now, group);
     }
 
-    /// Multicasts a locally published message (already in the local log).
+    /// Multicasts a locally published message (already in the local log). A message
+    /// larger than a datagram goes as consecutive fragments (FIFO delivery only).
     #[inline]
     pub fn submit(&mut self, group: u64, session: u32, payload: &[u8]) {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&session.to_le_bytes());
-        self.scratch.extend_from_slice(payload);
-        if self.node.submit(0, group, &self.scratch).is_err() {
+        let count = payload.len().div_ceil(self.chunk).max(1);
+        if count > usize::from(u16::MAX) || (count > 1 && !self.ordered) {
             self.stats.not_sent += 1;
+            return;
+        }
+        let mut chunks = payload.chunks(self.chunk);
+        for index in 0..count {
+            let body = chunks.next().unwrap_or(&[]);
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&session.to_le_bytes());
+            self.scratch.extend_from_slice(&(index as u16).to_le_bytes());
+            self.scratch.extend_from_slice(&(count as u16).to_le_bytes());
+            self.scratch.extend_from_slice(body);
+            if self.node.submit(0, group, &self.scratch).is_err() {
+                self.stats.not_sent += 1;
+                return;
+            }
         }
     }
 
@@ -378,17 +417,21 @@ impl Cluster {
                 if sender == self.me {
                     return; // our own message: already in the local log
                 }
-                let Some((session, body)) = split_session(&payload) else {
+                let Some((session, index, count, body)) = split_prefix(&payload) else {
                     self.stats.decode_errors += 1;
                     return;
                 };
-                self.stats.remote_delivered += 1;
-                let sender_id = (u64::from(sender >> 8) << 32) | u64::from(session);
-                on_event(ClusterEvent::Deliver {
-                    group,
-                    sender: sender_id,
-                    payload: body,
-                });
+                if count == 1 {
+                    self.stats.remote_delivered += 1;
+                    let sender_id = (u64::from(sender >> 8) << 32) | u64::from(session);
+                    on_event(ClusterEvent::Deliver {
+                        group,
+                        sender: sender_id,
+                        payload: body,
+                    });
+                    return;
+                }
+                self.reassemble(group, sender, session, index, count, body, on_event);
             }
             Event::Lost {
                 group,
@@ -397,6 +440,10 @@ impl Cluster {
                 first,
                 ..
             } => {
+                // A message in pieces whose rest is lost is lost whole.
+                if let Some(p) = self.partials.remove(&(group, sender)) {
+                    self.partial_bytes -= p.bytes.capacity();
+                }
                 self.stats.lost += count;
                 tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), sender, first, count, "messages lost (not repairable)");
                 on_event(ClusterEvent::Lost {
@@ -418,6 +465,70 @@ impl Cluster {
                 );
                 tracing::info!(shard = self.shard, "{}", self.view_summary);
             }
+        }
+    }
+
+    /// Adds one fragment; delivers the message when its last fragment arrives. Fragments
+    /// that do not continue the message in progress (a gap the node reported lost) are
+    /// dropped with the partial message: a client gets a message whole or not at all.
+    #[allow(clippy::too_many_arguments)]
+    fn reassemble(
+        &mut self,
+        group: u64,
+        sender: NodeId,
+        session: u32,
+        index: u16,
+        count: u16,
+        body: &[u8],
+        on_event: &mut dyn FnMut(ClusterEvent<'_>),
+    ) {
+        let key = (group, sender);
+        if index == 0 {
+            if let Some(old) = self.partials.remove(&key) {
+                self.partial_bytes -= old.bytes.capacity();
+                self.stats.reassembly_dropped += 1;
+            }
+            let size = usize::from(count) * self.chunk;
+            while self.partial_bytes + size > MAX_REASSEMBLY_BYTES && !self.partials.is_empty() {
+                let victim = *self.partials.keys().next().expect("not empty");
+                let old = self.partials.remove(&victim).expect("present");
+                self.partial_bytes -= old.bytes.capacity();
+                self.stats.reassembly_dropped += 1;
+            }
+            let bytes = Vec::with_capacity(size);
+            self.partial_bytes += bytes.capacity();
+            self.partials.insert(
+                key,
+                Partial {
+                    session,
+                    next: 0,
+                    count,
+                    bytes,
+                },
+            );
+        }
+        let Some(p) = self.partials.get_mut(&key) else {
+            // The start of this message was lost (and reported); skip its remaining pieces.
+            return;
+        };
+        if p.session != session || p.count != count || p.next != index {
+            let old = self.partials.remove(&key).expect("present");
+            self.partial_bytes -= old.bytes.capacity();
+            self.stats.reassembly_dropped += 1;
+            return;
+        }
+        p.bytes.extend_from_slice(body);
+        p.next += 1;
+        if p.next == p.count {
+            let done = self.partials.remove(&key).expect("present");
+            self.partial_bytes -= done.bytes.capacity();
+            self.stats.remote_delivered += 1;
+            let sender_id = (u64::from(sender >> 8) << 32) | u64::from(session);
+            on_event(ClusterEvent::Deliver {
+                group,
+                sender: sender_id,
+                payload: &done.bytes,
+            });
         }
     }
 
@@ -452,10 +563,10 @@ fn peek_sender(bytes: &[u8]) -> Option<NodeId> {
     Some(u32::from_le_bytes([from[0], from[1], from[2], from[3]]))
 }
 
-fn split_session(payload: &[u8]) -> Option<(u32, &[u8])> {
-    let (prefix, body) = payload.split_at_checked(SESSION_PREFIX)?;
-    Some((
-        u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]),
-        body,
-    ))
+fn split_prefix(payload: &[u8]) -> Option<(u32, u16, u16, &[u8])> {
+    let (p, body) = payload.split_at_checked(PREFIX)?;
+    let session = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+    let index = u16::from_le_bytes([p[4], p[5]]);
+    let count = u16::from_le_bytes([p[6], p[7]]);
+    (count >= 1 && index < count).then_some((session, index, count, body))
 }

@@ -191,7 +191,8 @@ impl Config {
 
     /// The largest message clients may publish.
     pub fn max_message(&self) -> usize {
-        self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE.min(self.ring_message_limit()))
+        self.max_message_bytes
+            .unwrap_or(DEFAULT_MAX_MESSAGE.min(self.ring_message_limit()))
     }
 
     /// The control socket path this config resolves to.

@@ -63,6 +63,7 @@ pub mod counter {
     pub const REMOTE_DELIVERED: usize = shard_counter("remote_delivered");
     pub const NOT_SENT: usize = shard_counter("not_sent");
     pub const FAULT_DROPPED: usize = shard_counter("fault_dropped");
+    pub const REASSEMBLY_DROPPED: usize = shard_counter("reassembly_dropped");
 }
 
 impl ShardStats {
@@ -506,7 +507,11 @@ impl Shard {
             }
             ClusterEvent::Lost { group, sender, count } => {
                 // Every local member learns of the gap once, in stream order.
-                if let Some(slot) = by_gid.get(&group).and_then(|&h| groups.get_mut(h as usize)).and_then(Option::as_mut) {
+                if let Some(slot) = by_gid
+                    .get(&group)
+                    .and_then(|&h| groups.get_mut(h as usize))
+                    .and_then(Option::as_mut)
+                {
                     slot.writer.append_lost(sender, count);
                     slot.dirty = true;
                     appended = true;
@@ -548,6 +553,7 @@ impl Shard {
             (counter::REMOTE_DELIVERED, c.remote_delivered),
             (counter::NOT_SENT, c.not_sent),
             (counter::FAULT_DROPPED, c.fault_dropped),
+            (counter::REASSEMBLY_DROPPED, c.reassembly_dropped),
         ] {
             self.stats.set(index, value);
         }

@@ -15,6 +15,7 @@ const BASE_PORT: u16 = 17400;
 struct Cluster {
     daemons: Vec<Option<Daemon>>,
     subnet: u8,
+    io: &'static str,
     extra_config: String,
 }
 
@@ -23,10 +24,14 @@ fn ip(subnet: u8, i: usize) -> String {
 }
 
 impl Cluster {
-    fn start(tag: &str, subnet: u8, n: usize, extra_config: &str) -> Cluster {
+    /// Starts `n` daemons on 127.0.`subnet`.1.. (subnet + 100 for the epoll back end, so
+    /// both suites can run at once).
+    fn start(tag: &str, io: &'static str, subnet: u8, n: usize, extra_config: &str) -> Cluster {
+        let subnet = if io == "epoll" { subnet + 100 } else { subnet };
         let mut c = Cluster {
             daemons: Vec::new(),
             subnet,
+            io,
             extra_config: extra_config.to_string(),
         };
         for i in 0..n {
@@ -45,10 +50,11 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"auto\"\n{}",
+                "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"{}\"\n{}",
                 i + 1,
                 seeds.join(", "),
                 ip(self.subnet, i),
+                self.io,
                 self.extra_config
             ),
         )
@@ -149,9 +155,8 @@ fn all_to_all(cluster: &Cluster, group: &str, per_sender: u64) {
     }
 }
 
-#[test]
-fn three_daemons_deliver_every_message_to_every_member_fifo() {
-    let cluster = Cluster::start("c3", 61, 3, "");
+fn three_daemons_deliver_every_message_to_every_member_fifo(io: &'static str) {
+    let cluster = Cluster::start("c3", io, 61, 3, "");
     cluster.wait_for_view(3);
     all_to_all(&cluster, "prices", 2000);
     let mut c = cluster.daemon(0).client();
@@ -160,9 +165,8 @@ fn three_daemons_deliver_every_message_to_every_member_fifo() {
     assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
 }
 
-#[test]
-fn five_percent_loss_is_repaired_by_gossip() {
-    let cluster = Cluster::start("loss", 62, 3, "[net.fault]\nloss = 0.05\nseed = 7\n");
+fn five_percent_loss_is_repaired_by_gossip(io: &'static str) {
+    let cluster = Cluster::start("loss", io, 62, 3, "[net.fault]\nloss = 0.05\nseed = 7\n");
     cluster.wait_for_view(3);
     all_to_all(&cluster, "lossy", 1000);
     let mut retransmits = 0;
@@ -181,9 +185,8 @@ fn five_percent_loss_is_repaired_by_gossip() {
     );
 }
 
-#[test]
-fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart() {
-    let mut cluster = Cluster::start("crash", 63, 3, "");
+fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart(io: &'static str) {
+    let mut cluster = Cluster::start("crash", io, 63, 3, "");
     cluster.wait_for_view(3);
     // kill -9 daemon 2: the others install a view without it (suspicion timeout 2 s).
     let mut victim = cluster.daemons[2].take().unwrap();
@@ -195,7 +198,8 @@ fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart() {
     // The survivors keep delivering.
     let survivors = Cluster {
         daemons: vec![cluster.daemons[0].take(), cluster.daemons[1].take()],
-        subnet: 63,
+        subnet: cluster.subnet,
+        io,
         extra_config: String::new(),
     };
     all_to_all(&survivors, "after-crash", 200);
@@ -207,3 +211,136 @@ fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart() {
     cluster.wait_for_view(3);
     all_to_all(&cluster, "after-restart", 200);
 }
+
+fn large(sender: usize, index: u64, len: usize) -> Vec<u8> {
+    let mut m: Vec<u8> = (0..len)
+        .map(|i| ((i as u64 * 31 + index * 7 + sender as u64) % 251) as u8)
+        .collect();
+    m[..16].copy_from_slice(&[sender as u8; 16]);
+    m[16..24].copy_from_slice(&index.to_le_bytes());
+    m
+}
+
+/// Publishes `count` messages of `len` bytes from daemon 0; every other member gets each
+/// one whole (content checked) or, if `may_lose`, learns of it through `Lost`.
+fn large_messages(cluster: &Cluster, group: &str, count: u64, len: usize, may_lose: bool) {
+    let n = cluster.daemons.len();
+    let mut clients: Vec<(Client, GroupId)> = (0..n)
+        .map(|i| {
+            let mut c = cluster.daemon(i).client();
+            let g = c.join(group).unwrap();
+            (c, g)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        clients[0].0.max_message(clients[0].1).unwrap() >= 1 << 20,
+        "at least 1 MiB by default"
+    );
+    for index in 0..count {
+        let (c, g) = &mut clients[0];
+        c.offer_blocking(*g, &large(0, index, len), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+        // One large message at a time: bimodal multicast has no flow control, and a
+        // burst larger than the socket buffers would only be repaired by gossip.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (i, (c, g)) in clients.iter_mut().enumerate().skip(1) {
+        let (mut whole, mut lost) = (0u64, 0u64);
+        let deadline = Instant::now() + WAIT;
+        while whole + lost < count {
+            assert!(
+                Instant::now() < deadline,
+                "member {i}: {whole} whole + {lost} lost of {count}"
+            );
+            c.poll_blocking(
+                *g,
+                16,
+                IdleStrategy::Backoff,
+                Duration::from_millis(100),
+                |ev| match ev {
+                    Event::Message { payload, .. } => {
+                        assert_eq!(payload.len(), len, "a message arrives whole, never a part");
+                        let index = u64::from_le_bytes(payload[16..24].try_into().unwrap());
+                        assert_eq!(payload, &large(0, index, len)[..], "content intact");
+                        whole += 1;
+                    }
+                    Event::Lost { .. } if may_lose => lost += 1,
+                    other => panic!("member {i}: unexpected {other:?}"),
+                },
+            )
+            .unwrap();
+        }
+        if !may_lose {
+            assert_eq!(whole, count);
+        }
+    }
+}
+
+fn messages_of_a_mebibyte_are_fragmented_and_reassembled_whole(io: &'static str) {
+    let cluster = Cluster::start("large", io, 64, 3, "");
+    cluster.wait_for_view(3);
+    large_messages(&cluster, "big", 4, 1 << 20, false);
+}
+
+fn with_loss_a_large_message_is_whole_or_reported_lost_never_partial(io: &'static str) {
+    let cluster = Cluster::start("large-loss", io, 65, 3, "[net.fault]\nloss = 0.05\nseed = 3\n");
+    cluster.wait_for_view(3);
+    large_messages(&cluster, "big-lossy", 3, 300_000, true);
+}
+
+fn garbage_datagrams_are_counted_and_dropped_and_delivery_continues(io: &'static str) {
+    let cluster = Cluster::start("garbage", io, 66, 2, "");
+    cluster.wait_for_view(2);
+    let target = format!("{}:{BASE_PORT}", ip(cluster.subnet, 1));
+    let sock = std::net::UdpSocket::bind(format!("{}:0", ip(cluster.subnet, 0))).unwrap();
+    let mut junk = vec![0u8; 600];
+    for i in 0..200u32 {
+        for (j, b) in junk.iter_mut().enumerate() {
+            *b = (i as usize * 7 + j * 13) as u8;
+        }
+        if i % 2 == 0 {
+            junk[..4].copy_from_slice(b"TTP1"); // right magic, garbage after it
+        }
+        sock.send_to(&junk[..(i as usize % 600).max(1)], &target).unwrap();
+    }
+    all_to_all(&cluster, "after-garbage", 300);
+    let s = cluster.daemon(1).client().status().unwrap();
+    assert!(status_number(&s, "decode_errors").unwrap() >= 100, "{s}");
+}
+
+/// The same suite on both transport back ends.
+macro_rules! suite {
+    ($backend:ident) => {
+        mod $backend {
+            const IO: &str = stringify!($backend);
+            #[test]
+            fn three_daemons_deliver_every_message_to_every_member_fifo() {
+                super::three_daemons_deliver_every_message_to_every_member_fifo(IO)
+            }
+            #[test]
+            fn five_percent_loss_is_repaired_by_gossip() {
+                super::five_percent_loss_is_repaired_by_gossip(IO)
+            }
+            #[test]
+            fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart() {
+                super::a_killed_daemon_leaves_the_view_and_rejoins_after_restart(IO)
+            }
+            #[test]
+            fn messages_of_a_mebibyte_are_fragmented_and_reassembled_whole() {
+                super::messages_of_a_mebibyte_are_fragmented_and_reassembled_whole(IO)
+            }
+            #[test]
+            fn with_loss_a_large_message_is_whole_or_reported_lost_never_partial() {
+                super::with_loss_a_large_message_is_whole_or_reported_lost_never_partial(IO)
+            }
+            #[test]
+            fn garbage_datagrams_are_counted_and_dropped_and_delivery_continues() {
+                super::garbage_datagrams_are_counted_and_dropped_and_delivery_continues(IO)
+            }
+        }
+    };
+}
+
+suite!(uring);
+suite!(epoll);

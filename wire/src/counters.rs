@@ -67,6 +67,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "fault_dropped",
         "datagrams dropped by injected faults (tests only)",
     ),
+    (
+        "reassembly_dropped",
+        "large messages dropped part-way (a fragment lost, or the reassembly bound)",
+    ),
 ];
 
 /// Index of a named shard counter (a compile-time check that the name exists).
