@@ -280,8 +280,12 @@ impl Client {
                 "daemon sent no publish ring for a new shard".into(),
             ));
         }
-        let ring_max = self.shards[shard].as_ref().map_or(0, |l| l.producer.max_payload());
-        let max_message = usize::try_from(joined.max_message).unwrap_or(usize::MAX).min(ring_max);
+        let ring_max = self.shards[shard]
+            .as_ref()
+            .map_or(0, |l| l.producer.max_payload());
+        let max_message = usize::try_from(joined.max_message)
+            .unwrap_or(usize::MAX)
+            .min(ring_max);
         let group = Group {
             name: name.to_string(),
             handle: joined.handle,
@@ -345,7 +349,10 @@ impl Client {
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
             Some(g) if payload.len() > g.max_message => {
-                return Err(OfferError::TooLarge { len: payload.len(), max: g.max_message })
+                return Err(OfferError::TooLarge {
+                    len: payload.len(),
+                    max: g.max_message,
+                })
             }
             Some(g) => (g.handle, g.shard),
             None => return Err(OfferError::Closed),
@@ -364,7 +371,12 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
-            Some(g) if len > g.max_message => return Err(OfferError::TooLarge { len, max: g.max_message }),
+            Some(g) if len > g.max_message => {
+                return Err(OfferError::TooLarge {
+                    len,
+                    max: g.max_message,
+                })
+            }
             Some(g) => (g.handle, g.shard),
             None => return Err(OfferError::Closed),
         };
@@ -615,7 +627,7 @@ fn ring_doorbell(link: &ShardLink) {
 fn wake_if_parked(doorbell: &ShardDoorbell, eventfd: &EventFd) {
     // is_parked fences first; it pairs with the shard's fence between announcing `parked`
     // and re-checking the rings.
-    if doorbell.is_parked() {
+    if doorbell.may_park() && doorbell.is_parked() {
         eventfd.notify();
     }
 }

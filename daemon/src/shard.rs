@@ -200,6 +200,9 @@ impl Shard {
         // (kept in `_doorbell_map`), initialised by the daemon before the shard starts.
         let doorbell = unsafe { ShardDoorbell::attach(doorbell_map.as_ptr(), doorbell_map.len()) }
             .map_err(|e| format!("shard {index} doorbell: {e}"))?;
+        if idle == IdleStrategy::Spin {
+            doorbell.set_never_parks();
+        }
         Ok(Shard {
             index,
             node_id,

@@ -28,6 +28,9 @@ const SHARD_MAGIC: [u8; 8] = *b"TUTTISDB";
 const GROUP_MAGIC: [u8; 8] = *b"TUTTIGDB";
 const DOORBELL_VERSION: u32 = 1;
 const PARKED: usize = 128;
+/// Word at 192 (same block as `parked`, read together): 1 = the shard never parks (spin
+/// idle strategy), so clients skip the fence and the look at `parked` after a commit.
+const NEVER_PARKS: usize = 192;
 const WAITERS: usize = 128;
 const FUTEX: usize = 256;
 
@@ -142,6 +145,20 @@ impl ShardDoorbell {
         } else {
             self.parked().store(0, Relaxed);
         }
+    }
+
+    /// Shard side, before any client attaches: this shard spins and never parks.
+    pub fn set_never_parks(&self) {
+        // SAFETY: 4-aligned offset inside the validated page.
+        unsafe { self.region.atomic_u32(NEVER_PARKS) }.store(1, Relaxed);
+    }
+
+    /// Client side: whether the shard may park at all (one load of a line that is written
+    /// once, before clients attach; a spinning shard needs no doorbell).
+    #[inline]
+    pub fn may_park(&self) -> bool {
+        // SAFETY: 4-aligned offset inside the validated page.
+        unsafe { self.region.atomic_u32(NEVER_PARKS) }.load(Relaxed) == 0
     }
 
     /// Client side, after a commit: `fence(SeqCst)`, then load `parked`. If true, write
@@ -268,6 +285,9 @@ mod tests {
         assert!(client.is_parked());
         shard.set_parked(false);
         assert!(!client.is_parked());
+        assert!(client.may_park());
+        shard.set_never_parks();
+        assert!(!client.may_park(), "a spinning shard needs no doorbell");
     }
 
     #[test]
