@@ -196,6 +196,10 @@ struct Partial {
 
 pub struct Cluster {
     node: Node,
+    /// Groups with no local member left, still joined until the time given.
+    lingering: Vec<(u64, Time)>,
+    /// How long a group lingers: its retention period.
+    linger: Time,
     /// Payload bytes per fragment (a datagram's worth less the prefix).
     chunk: usize,
     ordered: bool,
@@ -254,7 +258,10 @@ impl Cluster {
         );
         let chunk = settings.max_payload.saturating_sub(PREFIX).max(1);
         let ordered = settings.delivery == Delivery::Fifo;
+        let linger = settings.gossip_period * u64::from(settings.retention_rounds);
         Ok(Cluster {
+            lingering: Vec::new(),
+            linger,
             chunk,
             ordered,
             partials: HashMap::new(),
@@ -303,13 +310,33 @@ impl Cluster {
     }
 
     pub fn join(&mut self, group: u64) {
+        if let Some(i) = self.lingering.iter().position(|&(g, _)| g == group) {
+            // Still a member while lingering: just stay.
+            self.lingering.swap_remove(i);
+            return;
+        }
         let now = self.now();
         self.node.join(now, group);
     }
 
+    /// Leaves a group once its last local member is gone, after lingering for the
+    /// retention period: the messages this daemon sent last can still be repaired from it
+    /// (a publisher that sends and exits at once would otherwise take them along).
     pub fn leave(&mut self, group: u64) {
-        let now = self.now();
-        self.node.leave(now, group);
+        let at = self.now() + self.linger;
+        self.lingering.push((group, at));
+    }
+
+    fn leave_lingering(&mut self, now: Time) {
+        let mut i = 0;
+        while i < self.lingering.len() {
+            if self.lingering[i].1 <= now {
+                let (group, _) = self.lingering.swap_remove(i);
+                self.node.leave(now, group);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Multicasts a locally published message (already in the local log). A message
@@ -367,6 +394,9 @@ impl Cluster {
             work += received;
         }
         if now >= self.next_timer {
+            if !self.lingering.is_empty() {
+                self.leave_lingering(now);
+            }
             self.node.handle_timeout(now);
             self.next_timer = self.node.poll_timeout().unwrap_or(now + 100 * MILLIS);
             work += 1;
@@ -414,8 +444,8 @@ impl Cluster {
                 payload,
                 ..
             } => {
-                if sender == self.me {
-                    return; // our own message: already in the local log
+                if sender == self.me || self.lingering.iter().any(|&(g, _)| g == group) {
+                    return; // our own message (already in the local log), or nobody local wants it
                 }
                 let Some((session, index, count, body)) = split_prefix(&payload) else {
                     self.stats.decode_errors += 1;

@@ -309,6 +309,35 @@ fn garbage_datagrams_are_counted_and_dropped_and_delivery_continues(io: &'static
     assert!(status_number(&s, "decode_errors").unwrap() >= 100, "{s}");
 }
 
+/// A publisher that joins, sends and leaves at once (as `tutti pub` does): its messages
+/// still reach every member, because its daemon lingers in the group for the retention
+/// period and serves repairs.
+fn a_publisher_that_leaves_at_once_still_reaches_everyone(io: &'static str) {
+    let cluster = Cluster::start("quick", io, 67, 3, "");
+    cluster.wait_for_view(3);
+    let mut members: Vec<(Client, GroupId)> = (1..3)
+        .map(|i| {
+            let mut c = cluster.daemon(i).client();
+            let g = c.join("news").unwrap();
+            (c, g)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    {
+        let mut publisher = cluster.daemon(0).client();
+        let g = publisher.join("news").unwrap();
+        for i in 0..20 {
+            publisher
+                .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+                .unwrap();
+        }
+        assert!(publisher.flush(WAIT).unwrap());
+    } // dropped: the session ends and the group has no local member left
+    for (c, g) in members.iter_mut() {
+        receive_all(c, *g, &[0], 20);
+    }
+}
+
 /// The same suite on both transport back ends.
 macro_rules! suite {
     ($backend:ident) => {
@@ -337,6 +366,10 @@ macro_rules! suite {
             #[test]
             fn garbage_datagrams_are_counted_and_dropped_and_delivery_continues() {
                 super::garbage_datagrams_are_counted_and_dropped_and_delivery_continues(IO)
+            }
+            #[test]
+            fn a_publisher_that_leaves_at_once_still_reaches_everyone() {
+                super::a_publisher_that_leaves_at_once_still_reaches_everyone(IO)
             }
         }
     };
