@@ -63,8 +63,8 @@ impl Member {
     }
 }
 
-/// A numbered view: members ordered oldest first (so `members[0]` installed... or would
-/// install it), and per group the members that joined it, in the same order.
+/// A numbered view: members ordered oldest first (so `members[0]` is the coordinator
+/// while it lives), and per group the members that joined it, in the same order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub id: ViewId,

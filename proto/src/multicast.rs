@@ -8,7 +8,10 @@ use crate::outbox::Outbox;
 use crate::{Delivery, Event, GroupId, NodeId, Settings};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tutti_wire::packet::{DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader};
+use tutti_wire::packet::{
+    DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
+    MESSAGE_HEADER_LEN,
+};
 
 /// Overhead counted per retransmitted message against the budget (Ensemble's 100 B).
 const RETRANSMIT_OVERHEAD: usize = 100;
@@ -408,10 +411,20 @@ impl GroupState {
             round: ctx.round,
             reserved: 0,
         };
-        let entries = &self.scratch_digest;
-        let body = 16 + entries.len() * 32;
-        ctx.counters.digests_sent += 1;
-        ctx.out.push(to, body, |e| e.push_digest(&header, entries));
+        // Split into messages that each fit one datagram of `max_datagram` bytes.
+        let per =
+            (ctx.settings.max_datagram.saturating_sub(
+                DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + core::mem::size_of::<DigestHeader>(),
+            ) / core::mem::size_of::<DigestEntry>())
+            .max(1);
+        if self.scratch_digest.is_empty() {
+            return;
+        }
+        for entries in self.scratch_digest.chunks(per) {
+            let body = 16 + entries.len() * 32;
+            ctx.counters.digests_sent += 1;
+            ctx.out.push(to, body, |e| e.push_digest(&header, entries));
+        }
     }
 
     /// Gossip round: reset the retransmit budget, garbage-collect, send digests to

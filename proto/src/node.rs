@@ -507,7 +507,10 @@ impl Node {
         }
     }
 
-    fn send_heartbeats(&mut self, to: NodeId) {
+    /// Send our liveness table: our own entry, the coordinator's (so that its liveness,
+    /// the one every member depends on, spreads every round), then a rotating slice.
+    /// `only_self`: just our own entry (the per-round direct heartbeat to the coordinator).
+    fn send_heartbeats_to(&mut self, to: NodeId, only_self: bool) {
         let mut entries = std::mem::take(&mut self.scratch_hb);
         entries.clear();
         entries.push(HeartbeatEntry {
@@ -516,7 +519,24 @@ impl Node {
             heartbeat: self.heartbeat,
             flags: if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
         });
-        let n = self.peers.len();
+        let coord = self.view.members.first().map(|m| m.node);
+        if !only_self {
+            if let Some(p) = coord
+                .filter(|c| *c != self.id)
+                .and_then(|c| self.peer_index.get(&c))
+                .map(|&i| &self.peers[i])
+            {
+                if !p.dead {
+                    entries.push(HeartbeatEntry {
+                        node: p.member.node,
+                        incarnation: p.member.incarnation,
+                        heartbeat: p.heartbeat,
+                        flags: if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+                    });
+                }
+            }
+        }
+        let n = if only_self { 0 } else { self.peers.len() };
         let want = self.settings.heartbeat_entries.saturating_sub(1).min(n);
         let mut scanned = 0;
         while entries.len() <= want && scanned < n {
@@ -545,6 +565,10 @@ impl Node {
         let es = &entries;
         self.out.push(to, body, |e| e.push_heartbeats(&header, es));
         self.scratch_hb = entries;
+    }
+
+    fn send_heartbeats(&mut self, to: NodeId) {
+        self.send_heartbeats_to(to, false);
     }
 
     fn send_view(&mut self, to: NodeId) {
@@ -794,6 +818,15 @@ impl Node {
         }
         for &t in &targets {
             self.send_heartbeats(t);
+        }
+        // Every member heartbeats the coordinator directly each round (one small message):
+        // the coordinator's view decisions then rest on first-hand liveness, not on gossip
+        // whose staleness grows with the cluster. Costs the coordinator n messages a round.
+        if !coordinator && self.view.members.len() > 1 {
+            let c = self.coordinator();
+            if c != self.id && !targets.contains(&c) {
+                self.send_heartbeats_to(c, true);
+            }
         }
         // Group membership requests not yet reflected in the view.
         let me = self.id;

@@ -40,8 +40,12 @@ pub struct Settings {
     /// memory per sender; a message beyond the window is dropped (counted) and later
     /// reported lost. Must exceed a sender's messages per retention period.
     pub max_window: u64,
-    /// Per-sender entries per gossip digest (rotating over senders). Larger: every sender
-    /// covered each round; smaller: digests fit one MTU with many senders.
+    /// Per-sender entries per gossip digest, rotating over senders when there are more.
+    /// A digest is split into MTU-sized messages (44 entries per 1472-byte datagram), so
+    /// a group with S active senders costs ceil(S/44) datagrams per gossip target per
+    /// round. Larger: every sender covered every round (repair of many-sender groups
+    /// within the retention); smaller: bounded gossip bandwidth, but a sender missing
+    /// from digests for longer than the retention has its gaps reported `Lost`.
     pub digest_entries: usize,
     /// Heartbeat entries per membership gossip (the node itself plus a rotating slice of
     /// its table). Larger: fresher liveness knowledge at scale, bigger datagrams.
@@ -78,7 +82,7 @@ impl Default for Settings {
             request_cap: 100,
             rerequest_rounds: 2,
             max_window: 8192,
-            digest_entries: 40,
+            digest_entries: 1024,
             heartbeat_entries: 256,
             suspect_timeout: 2_000 * MILLIS,
             forget_after: 60_000 * MILLIS,

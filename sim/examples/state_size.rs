@@ -9,13 +9,14 @@ use tutti_wire::packet::{DataHeader, Encoder, HeartbeatEntry, HeartbeatHeader, M
 const GROUP: u64 = tutti_sim::sim::GROUP;
 
 fn main() {
-    let sizes: Vec<u32> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let sizes: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let senders = 10u32;
     let per_sender = 100u64; // 1,000 messages of 64 B held, as in the 1,000-node run
-    for n in if sizes.is_empty() { vec![1000, 10000] } else { sizes } {
+    for n in if sizes.is_empty() {
+        vec![1000, 10000]
+    } else {
+        sizes
+    } {
         let mut node = Node::new(1, 1, &[0], Settings::default(), 0, 1);
         node.join(0, GROUP);
         let mut buf = vec![0u8; MAX_DATAGRAM];

@@ -61,6 +61,13 @@ struct Args {
     /// Gossip fan-out.
     #[arg(long)]
     gossip_fanout: Option<usize>,
+    /// Check membership convergence this long after the last fault (default: the stated
+    /// bound, 2 x effective suspicion timeout + 30 gossip rounds).
+    #[arg(long)]
+    convergence_bound_ms: Option<u64>,
+    /// Per-sender entries per gossip digest.
+    #[arg(long)]
+    digest_entries: Option<usize>,
     /// Print one JSON object instead of a text summary.
     #[arg(long)]
     json: bool,
@@ -88,6 +95,10 @@ fn build(a: &Args) -> Result<Scenario, String> {
     }
     if let Some(k) = a.tree_fanout {
         sc.settings.tree_fanout = k.max(1);
+    }
+    sc.convergence_bound_override = a.convergence_bound_ms.map(|m| m * MILLIS);
+    if let Some(k) = a.digest_entries {
+        sc.settings.digest_entries = k.max(1);
     }
     if let Some(k) = a.gossip_fanout {
         sc.settings.gossip_fanout = k.max(1);

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
 
 const MICROS: Time = 1_000;
@@ -70,6 +70,8 @@ pub struct Scenario {
     pub settings: Settings,
     /// Give up waiting for the first view if it takes longer than this.
     pub max_bootstrap: Time,
+    /// Replace the stated convergence bound (to measure how long convergence takes).
+    pub convergence_bound_override: Option<Time>,
 }
 
 impl Scenario {
@@ -93,6 +95,7 @@ impl Scenario {
             crashes: Vec::new(),
             settings: Settings::default(),
             max_bootstrap: 30_000 * MILLIS,
+            convergence_bound_override: None,
         }
     }
 
@@ -188,6 +191,9 @@ impl Scenario {
     /// Stated bound: once faults stop, all live nodes share one view with exactly the live
     /// members within twice the effective suspicion timeout plus 30 gossip rounds.
     pub fn convergence_bound(&self) -> Time {
+        if let Some(b) = self.convergence_bound_override {
+            return b;
+        }
         let s = &self.settings;
         let per = s.heartbeat_entries.max(2) as u64 - 1;
         let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(self.nodes) + 1).div_ceil(per);
@@ -247,7 +253,9 @@ enum Kind {
         to: NodeId,
         from: NodeId,
         bytes: Vec<u8>,
-        deferred: bool,
+    },
+    Wake {
+        node: NodeId,
     },
     Timer {
         node: NodeId,
@@ -294,7 +302,8 @@ struct SimNode {
     paused: Time,
     timer_at: Option<Time>,
     timer_generation: u64,
-    queued: usize,
+    inbox: VecDeque<(NodeId, Vec<u8>)>,
+    wake_scheduled: bool,
 }
 
 pub struct Sim {
@@ -316,6 +325,9 @@ pub struct Sim {
     workload_start: Option<Time>,
     sent_per_sender: Vec<u64>,
     abandoned: Vec<bool>,
+    all_submitted: bool,
+    credit: Vec<u128>,
+    trace_views: bool,
     quota: Vec<u64>,
     senders: Vec<NodeId>,
     last_burst: Time,
@@ -349,7 +361,8 @@ impl Sim {
                 },
                 timer_at: None,
                 timer_generation: 0,
-                queued: 0,
+                inbox: VecDeque::new(),
+                wake_scheduled: false,
             });
         }
         // Per-link base latency: a small table of draws indexed by a hash of the link.
@@ -396,6 +409,9 @@ impl Sim {
             workload_start: None,
             sent_per_sender: vec![0; senders.len()],
             abandoned: vec![false; senders.len()],
+            all_submitted: false,
+            credit: vec![0; senders.len()],
+            trace_views: std::env::var_os("TUTTI_SIM_TRACE_VIEWS").is_some(),
             quota,
             senders,
             last_burst: 0,
@@ -440,7 +456,7 @@ impl Sim {
         node.join(self.now, GROUP);
         sn.node = Some(node);
         sn.busy_until = self.now;
-        sn.queued = 0;
+        sn.inbox.clear();
         self.after_input(i);
     }
 
@@ -522,7 +538,6 @@ impl Sim {
                         to: t.dest,
                         from,
                         bytes,
-                        deferred: false,
                     },
                 );
             }
@@ -597,49 +612,45 @@ impl Sim {
         self.now = ev.time;
         self.events += 1;
         match ev.kind {
-            Kind::Packet {
-                to,
-                from,
-                bytes,
-                deferred,
-            } => {
+            Kind::Packet { to, from, bytes } => {
                 let i = to as usize;
                 if self.nodes[i].node.is_none() {
-                    if deferred {
-                        self.nodes[i].queued = self.nodes[i].queued.saturating_sub(1);
-                    }
                     return;
                 }
                 let at = self.available_at(i, ev.time);
-                if at > ev.time {
-                    if !deferred {
-                        if self.nodes[i].queued >= RX_CAPACITY {
-                            self.rx_dropped += 1;
-                            return;
-                        }
-                        self.nodes[i].queued += 1;
+                if at > ev.time || !self.nodes[i].inbox.is_empty() {
+                    // Busy or paused: the datagram waits in the socket buffer (bounded).
+                    if self.nodes[i].inbox.len() >= RX_CAPACITY {
+                        self.rx_dropped += 1;
+                        return;
                     }
-                    self.push(
-                        at,
-                        Kind::Packet {
-                            to,
-                            from,
-                            bytes,
-                            deferred: true,
-                        },
-                    );
+                    self.nodes[i].inbox.push_back((from, bytes));
+                    if !self.nodes[i].wake_scheduled {
+                        self.nodes[i].wake_scheduled = true;
+                        self.push(at, Kind::Wake { node: to });
+                    }
                     return;
                 }
-                if deferred {
-                    self.nodes[i].queued = self.nodes[i].queued.saturating_sub(1);
+                self.deliver_packet(i, from, &bytes);
+            }
+            Kind::Wake { node } => {
+                let i = node as usize;
+                self.nodes[i].wake_scheduled = false;
+                if self.nodes[i].node.is_none() {
+                    self.nodes[i].inbox.clear();
+                    return;
                 }
-                let cost = ((COST_BASE + COST_PER_BYTE_NS * bytes.len() as Time) as f64 / self.nodes[i].speed)
-                    as Time;
-                self.nodes[i].busy_until = ev.time + cost;
-                if let Some(n) = self.nodes[i].node.as_mut() {
-                    n.handle_packet(ev.time, from, &bytes);
+                let at = self.available_at(i, ev.time);
+                if at <= ev.time {
+                    if let Some((from, bytes)) = self.nodes[i].inbox.pop_front() {
+                        self.deliver_packet(i, from, &bytes);
+                    }
                 }
-                self.after_input(i);
+                if !self.nodes[i].inbox.is_empty() {
+                    self.nodes[i].wake_scheduled = true;
+                    let at = self.available_at(i, self.now);
+                    self.push(at, Kind::Wake { node });
+                }
             }
             Kind::Timer { node, generation } => {
                 let i = node as usize;
@@ -689,6 +700,17 @@ impl Sim {
         }
     }
 
+    fn deliver_packet(&mut self, i: usize, from: NodeId, bytes: &[u8]) {
+        let now = self.now;
+        let cost =
+            ((COST_BASE + COST_PER_BYTE_NS * bytes.len() as Time) as f64 / self.nodes[i].speed) as Time;
+        self.nodes[i].busy_until = now + cost;
+        if let Some(n) = self.nodes[i].node.as_mut() {
+            n.handle_packet(now, from, bytes);
+        }
+        self.after_input(i);
+    }
+
     fn live_instances(&self) -> Vec<Instance> {
         self.nodes
             .iter()
@@ -721,6 +743,28 @@ impl Sim {
 
     fn check(&mut self) {
         let now = self.now;
+        if self.trace_views && now % (500 * MILLIS) < CHECK_INTERVAL {
+            let mut ids: Vec<(u64, NodeId, usize)> = self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .map(|n| {
+                    (
+                        n.view().id.counter,
+                        n.view().id.coordinator,
+                        n.view().members.len(),
+                    )
+                })
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            eprintln!(
+                "t={} ms: {} distinct views, (counter, coordinator, size): {:?}",
+                now / MILLIS,
+                ids.len(),
+                &ids[ids.len().saturating_sub(4)..]
+            );
+        }
         if self.workload_start.is_none() {
             if self.views_converged() || now >= self.sc.max_bootstrap {
                 self.begin_workload();
@@ -755,13 +799,17 @@ impl Sim {
     }
 
     fn burst(&mut self) {
-        let per_burst = (self.sc.rate * BURST_INTERVAL / 1_000_000_000).max(1);
-        let s = self.senders.len().max(1) as u64;
-        let each = per_burst.div_ceil(s);
+        // Each sender earns rate / senders messages per second, in integer credit units
+        // (message x senders x 1e9) so that any rate works and runs stay deterministic.
+        let s = self.senders.len().max(1) as u128;
+        let cost = s * 1_000_000_000;
         let mut more = false;
         for k in 0..self.senders.len() {
             let sender = self.senders[k];
             let i = sender as usize;
+            self.credit[k] += u128::from(self.sc.rate) * u128::from(BURST_INTERVAL);
+            let each = self.credit[k] / cost;
+            self.credit[k] -= each * cost;
             for _ in 0..each {
                 if self.sent_per_sender[k] >= self.quota[k] {
                     break;
@@ -799,6 +847,7 @@ impl Sim {
             }
         }
         self.last_burst = self.now;
+        self.all_submitted = !more;
         if more {
             self.push(self.now + BURST_INTERVAL, Kind::Burst);
         } else if !self.sampled {
@@ -817,11 +866,7 @@ impl Sim {
     }
 
     fn submissions_done(&self) -> bool {
-        self.sent_per_sender
-            .iter()
-            .zip(&self.quota)
-            .enumerate()
-            .all(|(k, (s, q))| s >= q || self.abandoned[k])
+        self.all_submitted
     }
 
     fn is_complete(&self) -> bool {

@@ -9,7 +9,7 @@ fn seeds() -> u64 {
     std::env::var("TUTTI_SIM_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(500)
 }
 
 #[test]

@@ -8,13 +8,11 @@ pub mod counters;
 pub mod packet;
 pub mod shm;
 
-/// A group's 64-bit identifier: FNV-1a over the UTF-8 name. Stable across hosts and
-/// releases (it appears in packets and decides a group's shard: `group_id % shards`).
+/// A group's 64-bit identifier: FNV-1a over the UTF-8 name ([`packet::group_id`]). Stable
+/// across hosts and releases (it appears in packets and decides a group's shard:
+/// `group_id % shards`).
 pub fn group_id(name: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    name.bytes()
-        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+    packet::group_id(name.as_bytes())
 }
 
 #[cfg(test)]

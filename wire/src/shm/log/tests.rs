@@ -480,9 +480,17 @@ fn lost_notices_are_delivered_in_stream_order() {
     assert_eq!(
         events,
         vec![
-            Event::Message { seq: 0, sender: 1, payload: b"before".to_vec() },
+            Event::Message {
+                seq: 0,
+                sender: 1,
+                payload: b"before".to_vec()
+            },
             Event::Lost { sender: 7, count: 42 },
-            Event::Message { seq: 2, sender: 1, payload: b"after".to_vec() },
+            Event::Message {
+                seq: 2,
+                sender: 1,
+                payload: b"after".to_vec()
+            },
         ]
     );
     // Across a wrap too: notices pad like messages.
