@@ -2,6 +2,7 @@
 //! ping-pong between two pinned threads (the least a round trip through shared memory can
 //! cost) and a bare SPSC byte ring (the most a single producer/consumer pair can move).
 
+use crate::clock;
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ const SPINS_PER_CLOCK_CHECK: u32 = 1 << 16;
 /// Grace beyond the run's end before a silent peer counts as stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(5);
 /// Round trips timed per latency sample by default (see `ping_pong`).
-pub const DEFAULT_BATCH: u64 = 16;
+pub const DEFAULT_BATCH: u64 = 1;
 /// Share of the run (at most `MAX_WARMUP`) excluded from the figures as warm-up.
 const WARMUP_FRACTION: f64 = 0.1;
 const MAX_WARMUP: Duration = Duration::from_millis(500);
@@ -57,29 +58,15 @@ fn warmup_for(duration: Duration) -> Duration {
     duration.mul_f64(WARMUP_FRACTION).min(MAX_WARMUP)
 }
 
-/// Median cost of two back-to-back `Instant::now()` calls (vDSO `clock_gettime`).
-pub fn timer_overhead_ns() -> u64 {
-    let mut h = new_histogram();
-    for _ in 0..100_000 {
-        let a = Instant::now();
-        let b = Instant::now();
-        h.saturating_record((b - a).as_nanos() as u64);
-    }
-    h.value_at_quantile(0.5)
-}
-
 /// Ping-pong over one cache line between a thread on `ping_core` and one on `echo_core`.
 ///
 /// The pinger stores an odd number, the echo thread spins until it sees it and stores the
 /// next (even) number, the pinger spins until it sees that: two cache-line transfers per
 /// round trip. Both sides spin on plain loads (no `pause`): this is the floor.
 ///
-/// Timing: `Instant::now()` costs about 20 ns here, a sizeable part of a 70-450 ns round
-/// trip (on this 2-vCPU VM it depends on where the host places the two vCPUs).
-/// So we time `batch` round trips per sample and record the batch mean `batch` times (the
-/// clock cost per round trip becomes ~20/batch ns). The price is that the tail (p99.9, max)
-/// is the tail of batch means, which smooths single outliers by up to `batch`x; `batch = 1`
-/// gives raw per-round-trip samples including the clock cost.
+/// Timing: the TSC clock (`clock`), as for tutti's round trips, one sample per round trip
+/// by default. `batch > 1` times that many round trips per sample and records their mean
+/// (smoothing the tail by up to `batch`x).
 pub fn ping_pong(
     ping_core: usize,
     echo_core: usize,
@@ -129,6 +116,7 @@ fn ping_side(
     batch: u64,
 ) -> Result<PingPongResult, String> {
     pin_current(core)?;
+    clock::calibrate();
     let mut rtt = new_histogram();
     let start = Instant::now();
     let measure_from = start + warmup_for(duration);
@@ -142,6 +130,7 @@ fn ping_side(
         if t0 >= end {
             break;
         }
+        let c0 = clock::now();
         for _ in 0..batch {
             slot.store(seq, Ordering::Release);
             let reply = seq + 1;
@@ -162,7 +151,7 @@ fn ping_side(
             }
             seq += 2;
         }
-        let elapsed = t0.elapsed().as_nanos() as u64;
+        let elapsed = clock::ns_between(c0, clock::now());
         if t0 >= measure_from {
             measure_start.get_or_insert(t0);
             rtt.saturating_record_n(elapsed / batch, batch);

@@ -7,6 +7,7 @@
 //! tutti-bench local-throughput --size 64 --duration 5 [--json]
 //! ```
 
+mod clock;
 mod daemon;
 mod floor;
 mod interrupt;
@@ -79,7 +80,7 @@ struct CommonArgs {
 struct FloorArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Round trips timed per latency sample (hides the ~20 ns clock cost; 1 = raw samples).
+    /// Round trips timed per latency sample (1 = one sample per round trip, as tutti is timed).
     #[arg(long, default_value_t = floor::DEFAULT_BATCH)]
     batch: u64,
     /// Write the round-trip histogram as an HdrHistogram interval log.
@@ -192,7 +193,7 @@ struct FloorLatency {
 
 fn measure_floor_latency(common: &CommonArgs, duration: f64, batch: u64) -> Result<FloorLatency, String> {
     pin::check_pair(common.client_core, common.daemon_core)?;
-    let timer_overhead_ns = floor::timer_overhead_ns();
+    let timer_overhead_ns = clock::overhead_ns();
     let pp = floor::ping_pong(common.client_core, common.daemon_core, secs(duration), batch)?;
     Ok(FloorLatency {
         pct: Percentiles::of(&pp.rtt),
