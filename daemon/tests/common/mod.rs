@@ -135,3 +135,29 @@ pub fn status_number(status: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+impl Daemon {
+    /// As `start`, but runs tuttid inside network namespace `netns` through
+    /// `ip netns exec` (`ip` execs tuttid, so the child is tuttid itself). The control
+    /// socket is a filesystem path, so clients in the test's namespace connect as usual.
+    pub fn start_in_netns(tag: &str, ip: &Path, netns: &str, extra: &[&str]) -> Daemon {
+        let dir = temp_dir(tag);
+        let socket = dir.join("tuttid.sock");
+        let child = Command::new(ip)
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_tuttid"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--idle", "backoff", "--no-pin"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("tuttid.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn ip netns exec tuttid");
+        let daemon = Daemon { child, socket, dir };
+        daemon.wait_ready();
+        daemon
+    }
+}

@@ -1,0 +1,684 @@
+//! A real network partition: three `tuttid` processes, each in its own network
+//! namespace, joined by veth pairs to a bridge in a fourth namespace. The test cuts daemon
+//! 3 off (its bridge port down), checks that both sides keep delivering in a bimodal
+//! group, heals the link and checks that the views merge and that every member ends up
+//! with every message the other side published while cut off, either delivered (gossip
+//! repair within the retention bound) or reported `Lost`, FIFO per sender, never twice.
+//!
+//! Needs root and iproute2 (`ip`); without either it prints a skip notice and passes.
+//! Everything it creates lives in namespaces named `tutti-pt-<pid>-*` (addresses from
+//! 10.250.<pid % 250>.0/24 exist only inside them; the root namespace is not touched),
+//! and a guard deletes them also when the test fails. Leftovers of a crashed earlier run
+//! of this test (same prefix, its process gone) are removed at start.
+
+mod common;
+
+use common::{eventually, status_number, Daemon};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tutti_client::{Client, Event, GroupId, IdleStrategy};
+
+const PREFIX: &str = "tutti-pt-";
+const HOSTS: usize = 3;
+const BASE_PORT: u16 = 7400;
+/// Messages every publisher sends before the cut, while cut off, and after the heal.
+const BEFORE: u64 = 20;
+const DURING: u64 = 100;
+const AFTER: u64 = 20;
+const VIEW_WAIT: Duration = Duration::from_secs(20);
+const DELIVERY_WAIT: Duration = Duration::from_secs(15);
+
+// ------------------------------------------------------------------ namespaces
+
+/// `ip`, if installed (PATH first, then the usual places: root's PATH may lack sbin).
+fn find_ip() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("ip"))
+        .chain(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+fn run_ip(ip: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(ip)
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The namespaces `ip netns list` shows (first word of each line).
+fn list_netns(ip: &Path) -> Vec<String> {
+    run_ip(ip, &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Whether `pid` is a live process of this test binary (a concurrent run: keep its
+/// namespaces). The binary is `partition-<hash>`; comm holds its first 15 bytes.
+fn live_run(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("partition"))
+}
+
+/// Deletes namespace `ns`, first ending what still runs in it (only ever our tuttids).
+fn delete_netns(ip: &Path, ns: &str) {
+    if let Ok(pids) = run_ip(ip, &["netns", "pids", ns]) {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: signalling a process by id; it runs in our test namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = run_ip(ip, &["netns", "del", ns]);
+}
+
+/// Removes `tutti-pt-<pid>-*` namespaces whose run is gone (a crashed earlier run), and
+/// this process's own of test `tag` (an earlier attempt of it).
+fn remove_leftovers(ip: &Path, tag: &str) {
+    for ns in list_netns(ip) {
+        let Some(rest) = ns.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ours = pid == std::process::id() && parts.next() == Some(tag);
+        if ours || (pid != std::process::id() && !live_run(pid)) {
+            eprintln!("partition: removing leftover namespace {ns}");
+            delete_netns(ip, &ns);
+        }
+    }
+}
+
+/// The test network: host namespaces `..-h1..3`, each with `eth0` = 10.250.S.N/24, and a
+/// bridge namespace `..-br` whose bridge `br0` has ports `h1..h3` (host N's veth peer).
+/// Dropping it deletes every namespace it created (and with them every veth and the bridge).
+struct TestNet {
+    ip: PathBuf,
+    /// Distinguishes the tests of one process (`cargo test` runs them as threads).
+    tag: &'static str,
+    subnet: u8,
+    created: Vec<String>,
+}
+
+impl TestNet {
+    fn host_ns(&self, n: usize) -> String {
+        format!("{PREFIX}{}-{}-h{n}", std::process::id(), self.tag)
+    }
+
+    fn bridge_ns(&self) -> String {
+        format!("{PREFIX}{}-{}-br", std::process::id(), self.tag)
+    }
+
+    fn addr(&self, n: usize) -> String {
+        format!("10.250.{}.{n}", self.subnet)
+    }
+
+    fn ip(&self, args: &[&str]) {
+        if let Err(e) = run_ip(&self.ip, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn add_netns(&mut self, ns: &str) {
+        self.ip(&["netns", "add", ns]);
+        self.created.push(ns.to_string());
+        self.ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    fn create(ip: PathBuf, tag: &'static str) -> TestNet {
+        remove_leftovers(&ip, tag);
+        let mut net = TestNet {
+            ip,
+            tag,
+            subnet: (std::process::id() % 250) as u8,
+            created: Vec::new(),
+        };
+        let br = net.bridge_ns();
+        net.add_netns(&br);
+        net.ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        net.ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for n in 1..=HOSTS {
+            let ns = net.host_ns(n);
+            let port = format!("h{n}");
+            let cidr = format!("{}/24", net.addr(n));
+            net.add_netns(&ns);
+            // Made inside the host namespace, its peer moved straight into the bridge's.
+            net.ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &br,
+            ]);
+            net.ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+            net.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            net.ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
+            net.ip(&["-n", &br, "link", "set", &port, "up"]);
+        }
+        net
+    }
+
+    /// Sets host `n`'s bridge port down (cut) or up (heal).
+    fn set_port(&self, n: usize, up: bool) {
+        let port = format!("h{n}");
+        self.ip(&[
+            "-n",
+            &self.bridge_ns(),
+            "link",
+            "set",
+            &port,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            delete_netns(&self.ip, ns);
+        }
+        let left: Vec<String> = list_netns(&self.ip)
+            .into_iter()
+            .filter(|ns| self.created.contains(ns))
+            .collect();
+        if !left.is_empty() {
+            eprintln!("partition: could not delete namespaces {left:?}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------ daemons
+
+/// The three daemons; when the test fails, their logs and status go to stderr before the
+/// daemons are killed (and their temp dirs removed).
+struct Hosts {
+    daemons: Vec<Daemon>,
+    /// Where the config files are (removed on drop).
+    config_dir: PathBuf,
+}
+
+impl Hosts {
+    fn start(net: &TestNet) -> Hosts {
+        let seeds: Vec<String> = (1..=HOSTS).map(|n| format!("\"{n}@{}\"", net.addr(n))).collect();
+        let config_dir = common::temp_dir("pt-cfg");
+        let daemons = (1..=HOSTS)
+            .map(|n| {
+                let config = config_dir.join(format!("d{n}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "node_id = {n}\n\
+                         [cluster]\n\
+                         enabled = true\n\
+                         seeds = [{}]\n\
+                         gossip_period_ms = 100\n\
+                         suspect_timeout_ms = 1000\n\
+                         retention_rounds = 50\n\
+                         [net]\n\
+                         listen = \"{}\"\n\
+                         base_port = {BASE_PORT}\n\
+                         io = \"auto\"\n",
+                        seeds.join(", "),
+                        net.addr(n)
+                    ),
+                )
+                .unwrap();
+                Daemon::start_in_netns(
+                    &format!("pt-d{n}"),
+                    &net.ip,
+                    &net.host_ns(n),
+                    &["--config", config.to_str().unwrap()],
+                )
+            })
+            .collect();
+        Hosts { daemons, config_dir }
+    }
+
+    /// Daemon `i`'s status text, or why there is none (never panics: also used in `drop`).
+    fn status(&self, i: usize) -> String {
+        Client::connect_to(self.daemons[i].socket())
+            .and_then(|mut c| c.status())
+            .unwrap_or_else(|e| format!("(no status: {e})"))
+    }
+
+    /// Waits until daemon `i` (0-based) sees `members` members (one control connection,
+    /// status every 20 ms).
+    fn wait_view(&self, i: usize, members: u64, why: &str) {
+        let mut c = self.daemons[i].client();
+        let seen = eventually(VIEW_WAIT, || {
+            std::thread::sleep(Duration::from_millis(10));
+            c.status().ok().and_then(|s| status_number(&s, "view_members")) == Some(members)
+        });
+        assert!(
+            seen,
+            "{why}: daemon {} never saw view_members {members} within {VIEW_WAIT:?}; status:\n{}",
+            i + 1,
+            self.status(i)
+        );
+    }
+
+    /// Daemon `i`'s view as its status shows it ("view N by daemon D: 3 members [1, 2, 3]").
+    fn view_line(&self, i: usize) -> String {
+        let s = self.status(i);
+        s.lines()
+            .find_map(|l| l.split_once(" cluster ").map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| format!("(no view in status: {s})"))
+    }
+
+    /// Waits until every daemon has installed the same view (same number, coordinator and
+    /// members), i.e. the two sides merged into one view rather than two of three members.
+    fn wait_same_view(&self, why: &str) -> String {
+        let mut lines = Vec::new();
+        let same = eventually(VIEW_WAIT, || {
+            std::thread::sleep(Duration::from_millis(10));
+            lines = (0..HOSTS).map(|i| self.view_line(i)).collect();
+            lines.iter().all(|l| *l == lines[0])
+        });
+        assert!(same, "{why}: the daemons never agreed on one view: {lines:?}");
+        lines.swap_remove(0)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, d) in self.daemons.iter().enumerate() {
+                eprintln!(
+                    "===== daemon {} status:\n{}\n===== daemon {} log:\n{}",
+                    i + 1,
+                    self.status(i),
+                    i + 1,
+                    d.log()
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+    }
+}
+
+// ------------------------------------------------------------------ messages
+
+fn message(sender: usize, index: u64) -> Vec<u8> {
+    let mut m = format!("{sender}:{index}:").into_bytes();
+    m.resize(64, b'x');
+    m
+}
+
+fn parse(payload: &[u8]) -> (usize, u64) {
+    let text = std::str::from_utf8(payload).expect("utf-8 payload");
+    let mut parts = text.split(':');
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    )
+}
+
+/// What one member has seen of each publisher (indexed by publisher 0..HOSTS).
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    /// Index of the next message expected (delivered + reported lost so far).
+    next: [u64; HOSTS],
+    delivered: [u64; HOSTS],
+    lost: [u64; HOSTS],
+}
+
+struct Member {
+    index: usize,
+    client: Client,
+    group: GroupId,
+    tally: Tally,
+}
+
+impl Member {
+    fn publish(&mut self, range: std::ops::Range<u64>) {
+        for index in range {
+            self.client
+                .offer_blocking(
+                    self.group,
+                    &message(self.index, index),
+                    IdleStrategy::Backoff,
+                    VIEW_WAIT,
+                )
+                .unwrap();
+        }
+    }
+
+    /// Takes events until `done(tally)` or `timeout`; checks each: a message must be the
+    /// next one of its publisher (FIFO, no duplicate, a gap only after a `Lost` that covers
+    /// it), intact, stamped with its daemon. Returns whether `done` was reached.
+    fn receive_until(&mut self, timeout: Duration, done: impl Fn(&Tally) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let me = self.index + 1;
+        loop {
+            if done(&self.tally) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let tally = &mut self.tally;
+            self.client
+                .poll_blocking(
+                    self.group,
+                    1024,
+                    IdleStrategy::Backoff,
+                    (deadline - now).min(Duration::from_millis(100)),
+                    |ev| match ev {
+                        Event::Message { sender, payload, .. } => {
+                            let (p, index) = parse(payload);
+                            assert!(p < HOSTS, "member {me}: publisher {p} unknown");
+                            assert_eq!(
+                                sender >> 32,
+                                p as u64 + 1,
+                                "member {me}: message {p}:{index} stamped by daemon {}",
+                                sender >> 32
+                            );
+                            assert_eq!(
+                                index,
+                                tally.next[p],
+                                "member {me}: publisher {} out of FIFO order or twice (tally {tally:?})",
+                                p + 1
+                            );
+                            assert_eq!(payload, &message(p, index)[..], "member {me}: content");
+                            tally.next[p] += 1;
+                            tally.delivered[p] += 1;
+                        }
+                        Event::Lost { sender, count } => {
+                            let daemon = (sender >> 32) as usize;
+                            assert!(
+                                (1..=HOSTS).contains(&daemon),
+                                "member {me}: Lost from unknown sender {sender:#x}"
+                            );
+                            tally.next[daemon - 1] += count;
+                            tally.lost[daemon - 1] += count;
+                        }
+                        Event::Lagged { missed } => {
+                            panic!("member {me}: lagged by {missed} (the log is large enough)")
+                        }
+                    },
+                )
+                .unwrap();
+        }
+    }
+
+    /// Receives until every publisher `p` in `from` reached `upto[p]` (delivered + lost),
+    /// and checks that none went beyond.
+    fn expect(&mut self, from: &[usize], upto: &[u64; HOSTS], timeout: Duration, phase: &str) {
+        let ok = self.receive_until(timeout, |t| from.iter().all(|&p| t.next[p] >= upto[p]));
+        assert!(
+            ok,
+            "{phase}: member {} did not account (delivered or lost) for messages {upto:?} of \
+             publishers {:?} within {timeout:?}: {:?}",
+            self.index + 1,
+            from.iter().map(|p| p + 1).collect::<Vec<_>>(),
+            self.tally
+        );
+        for &p in from {
+            assert_eq!(
+                self.tally.next[p],
+                upto[p],
+                "{phase}: member {} got more than was published by {}",
+                self.index + 1,
+                p + 1
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the test
+
+/// How long the cut lasts once both sides have delivered what they published in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Healed at once, well within the retention bound (50 rounds x 100 ms = 5 s): the
+    /// other side's messages must all be repaired when the views merged with
+    /// `REPAIR_MARGIN` of it to spare (on a very slow machine some may be `Lost` instead).
+    Short,
+    /// Held past the retention bound: every publisher has dropped its messages of the cut,
+    /// so after the heal each member must be told they are `Lost`, all of them.
+    PastRetention,
+    /// Held past the point where a member forgets the state of a sender that left its
+    /// group view (proto's TOMBSTONE_RETENTIONS = 4 retentions, 20 s here): expectations as
+    /// `PastRetention`.
+    PastTombstone,
+}
+
+const RETENTION: Duration = Duration::from_millis(50 * 100);
+/// Time that digests, requests and retransmissions get after the merge (20 rounds).
+const REPAIR_MARGIN: Duration = Duration::from_secs(2);
+
+/// Skips (returns None) when not root or without `ip`; otherwise it must run for real.
+fn prerequisites() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED partition test: needs root to create network namespaces");
+        return None;
+    }
+    let ip = find_ip();
+    if ip.is_none() {
+        eprintln!("SKIPPED partition test: iproute2's `ip` is not installed");
+    }
+    ip
+}
+
+/// Runs the scenario; `silent_before`: a publisher that sends nothing before the cut (so
+/// the other side first hears of it after the heal).
+fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
+    let Some(ip) = prerequisites() else { return };
+    let started = Instant::now();
+    let net = TestNet::create(ip, tag);
+    let hosts = Hosts::start(&net);
+    for i in 0..HOSTS {
+        hosts.wait_view(i, HOSTS as u64, "startup");
+    }
+    eprintln!("{tag}: cluster of 3 formed after {:?}", started.elapsed());
+
+    let mut members: Vec<Member> = (0..HOSTS)
+        .map(|i| {
+            let mut client = hosts.daemons[i].client();
+            let group = client.join("g").unwrap();
+            Member {
+                index: i,
+                client,
+                group,
+                tally: Tally::default(),
+            }
+        })
+        .collect();
+    // Let the coordinator put every member into the group's view.
+    std::thread::sleep(Duration::from_millis(1500));
+    let all: Vec<usize> = (0..HOSTS).collect();
+    let before: [u64; HOSTS] = std::array::from_fn(|p| if silent_before == Some(p) { 0 } else { BEFORE });
+    let total: [u64; HOSTS] = before.map(|b| b + DURING);
+    let after: [u64; HOSTS] = total.map(|t| t + AFTER);
+
+    // Before the cut: everyone gets everything.
+    for m in &mut members {
+        m.publish(0..before[m.index]);
+    }
+    for m in &mut members {
+        m.expect(&all, &before, DELIVERY_WAIT, "before the cut");
+        assert_eq!(m.tally.lost, [0; HOSTS], "before the cut: nothing lost");
+    }
+
+    // Cut daemon 3 off: views shrink to {1, 2} and {3}.
+    let cut = Instant::now();
+    net.set_port(3, false);
+    hosts.wait_view(0, 2, "after the cut");
+    hosts.wait_view(1, 2, "after the cut");
+    hosts.wait_view(2, 1, "after the cut");
+    eprintln!("{tag}: views split after {:?}", cut.elapsed());
+
+    // Both sides keep delivering.
+    for m in &mut members {
+        m.publish(before[m.index]..total[m.index]);
+    }
+    let side_a = [0usize, 1];
+    for m in &mut members[..2] {
+        m.expect(&side_a, &total, DELIVERY_WAIT, "while cut off, side {1, 2}");
+    }
+    members[2].expect(&[2], &total, DELIVERY_WAIT, "while cut off, side {3}");
+    let published = Instant::now();
+    match cut_kind {
+        Cut::Short => {}
+        // Every copy of the cut's messages is garbage-collected on its own side.
+        Cut::PastRetention => std::thread::sleep(RETENTION + Duration::from_secs(2)),
+        Cut::PastTombstone => std::thread::sleep(RETENTION * 4 + Duration::from_secs(3)),
+    }
+    for m in &mut members {
+        // Anything arriving now is checked too (nothing may cross the cut).
+        m.receive_until(Duration::from_millis(200), |_| false);
+        assert_eq!(
+            m.tally.lost, [0; HOSTS],
+            "while cut off: nothing reported lost yet"
+        );
+        let other: &[usize] = if m.index == 2 { &side_a } else { &[2] };
+        for &p in other {
+            assert_eq!(
+                m.tally.next[p],
+                before[p],
+                "member {} got messages of {} across the cut",
+                m.index + 1,
+                p + 1
+            );
+        }
+    }
+
+    // Heal: the views merge, and each side gets what it missed, or learns it is lost.
+    let heal = Instant::now();
+    net.set_port(3, true);
+    for i in 0..HOSTS {
+        hosts.wait_view(i, HOSTS as u64, "after the heal");
+    }
+    let merged = hosts.wait_same_view("after the heal");
+    assert!(merged.ends_with("3 members [1, 2, 3]"), "merged view: {merged}");
+    let merged_after_publish = published.elapsed();
+    // Merged with this much of the retention bound to spare, the other side's messages of
+    // the cut are all still held by their publishers: gossip must repair every one.
+    let must_repair = cut_kind == Cut::Short && merged_after_publish + REPAIR_MARGIN < RETENTION;
+    eprintln!(
+        "{tag}: views merged into {merged:?} {:?} after the heal (cut for {:?}, \
+         {merged_after_publish:?} after the cut's last publish; must repair all: {must_repair})",
+        heal.elapsed(),
+        cut.elapsed(),
+    );
+    for m in &mut members {
+        m.expect(&all, &total, DELIVERY_WAIT, "after the heal");
+    }
+    eprintln!(
+        "{tag}: every member accounted for every message {:?} after the heal",
+        heal.elapsed()
+    );
+    for m in &members {
+        eprintln!(
+            "{tag}: member {}: delivered {:?}, reported lost {:?}",
+            m.index + 1,
+            m.tally.delivered,
+            m.tally.lost
+        );
+        for p in 0..HOSTS {
+            assert_eq!(m.tally.delivered[p] + m.tally.lost[p], total[p]);
+            let same_side = (m.index == 2) == (p == 2);
+            let expected = if same_side || must_repair {
+                Some((total[p], 0))
+            } else if cut_kind != Cut::Short {
+                Some((before[p], DURING))
+            } else {
+                None
+            };
+            if let Some(expected) = expected {
+                assert_eq!(
+                    (m.tally.delivered[p], m.tally.lost[p]),
+                    expected,
+                    "member {}: (delivered, lost) of publisher {} (same side: {same_side}, \
+                     repairable: {must_repair})",
+                    m.index + 1,
+                    p + 1
+                );
+            }
+        }
+    }
+
+    // After the heal, new messages reach everyone, with nothing lost.
+    let lost_before: Vec<[u64; HOSTS]> = members.iter().map(|m| m.tally.lost).collect();
+    for m in &mut members {
+        m.publish(total[m.index]..after[m.index]);
+    }
+    for (m, lost) in members.iter_mut().zip(&lost_before) {
+        m.expect(&all, &after, DELIVERY_WAIT, "after the heal, new messages");
+        assert_eq!(&m.tally.lost, lost, "after the heal: new messages lost");
+    }
+
+    // Nothing more arrives (a duplicate would fail the FIFO check), and each daemon's
+    // `lost` counter agrees with what its member was told.
+    for m in &mut members {
+        m.receive_until(Duration::from_millis(300), |_| false);
+    }
+    for m in &members {
+        let s = hosts.status(m.index);
+        let reported: u64 = m.tally.lost.iter().sum();
+        assert_eq!(
+            status_number(&s, "lost"),
+            Some(reported),
+            "daemon {}'s lost counter vs its member's Lost events:\n{s}",
+            m.index + 1
+        );
+    }
+    eprintln!("{tag}: passed in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A short cut: both sides deliver; after the heal gossip repairs (or reports lost) what
+/// each side missed.
+#[test]
+fn a_short_partition_keeps_both_sides_delivering_and_gossip_repairs_after_the_heal() {
+    partition("short", Cut::Short, None);
+}
+
+/// A cut longer than the retention bound: after the heal each side is told, with `Lost`,
+/// of every message the other side published while cut off, and delivery goes on.
+#[test]
+fn a_partition_past_retention_reports_the_other_sides_messages_lost_after_the_heal() {
+    partition("long", Cut::PastRetention, None);
+}
+
+/// As above, but daemon 3's member publishes its first message only while cut off: side
+/// {1, 2} first hears of that publisher after the heal, when all of its messages are past
+/// retention; they must still be reported `Lost`, not skipped silently.
+///
+/// Fails today (proto bug): `GroupState::handle_digest` creates the state of a sender it
+/// has never heard of at `base = digest.low`, so messages below the publisher's low-water
+/// mark are neither repaired nor reported `Lost` (daemons 1 and 2 end with `lost 0` and
+/// no event for publisher 3's 100 messages; daemon 3, which knew publishers 1 and 2 from
+/// before the cut, reports all 200 of theirs). Run with `--run-ignored all`.
+#[test]
+#[ignore = "proto bug: a gap below the low-water mark of a sender first heard of by digest is never reported Lost"]
+fn a_publisher_first_heard_of_after_the_heal_past_retention_is_reported_lost() {
+    partition("fresh", Cut::PastRetention, Some(2));
+}
+
+/// As `a_partition_past_retention_...`, with a cut of over 20 s: by the heal each side
+/// has dropped its state of the other side's publishers (they left its group view), so it
+/// hears of them again only through digests.
+///
+/// Fails today (proto bug, same cause as the test above): both sides end with `lost 0`
+/// and none of the other side's 100 messages per publisher delivered or reported `Lost`.
+#[test]
+#[ignore = "proto bug: after a cut longer than 4 retentions, the other side's messages vanish without Lost"]
+fn a_partition_longer_than_the_sender_tombstone_still_reports_lost() {
+    partition("tomb", Cut::PastTombstone, None);
+}
