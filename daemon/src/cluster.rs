@@ -183,6 +183,8 @@ pub struct ClusterStats {
     pub fault_dropped: u64,
     /// Large messages dropped part-way (a fragment lost, or the reassembly bound).
     pub reassembly_dropped: u64,
+    pub window_overflow: u64,
+    pub evicted_early: u64,
 }
 
 /// A large message being put back together from its fragments (FIFO delivery per sender
@@ -296,6 +298,8 @@ impl Cluster {
         s.retransmits = c.retransmits_sent;
         s.gossip_rounds = u64::from(self.node.round());
         s.lost = c.lost_reported;
+        s.window_overflow = c.window_overflow;
+        s.evicted_early = c.evicted_early;
         s.not_sent += c.transmits_dropped;
         let n = self.udp.stats();
         s.datagrams_in = n.received;

@@ -64,6 +64,8 @@ pub mod counter {
     pub const NOT_SENT: usize = shard_counter("not_sent");
     pub const FAULT_DROPPED: usize = shard_counter("fault_dropped");
     pub const REASSEMBLY_DROPPED: usize = shard_counter("reassembly_dropped");
+    pub const WINDOW_OVERFLOW: usize = shard_counter("window_overflow");
+    pub const EVICTED_EARLY: usize = shard_counter("evicted_early");
 }
 
 impl ShardStats {
@@ -557,6 +559,8 @@ impl Shard {
             (counter::NOT_SENT, c.not_sent),
             (counter::FAULT_DROPPED, c.fault_dropped),
             (counter::REASSEMBLY_DROPPED, c.reassembly_dropped),
+            (counter::WINDOW_OVERFLOW, c.window_overflow),
+            (counter::EVICTED_EARLY, c.evicted_early),
         ] {
             self.stats.set(index, value);
         }

@@ -282,6 +282,14 @@ impl GroupState {
             ctx.counters.duplicates += 1;
             return;
         }
+        if seq + 1 > st.base.saturating_add(max_window) {
+            // The sender is a whole window ahead of the oldest seq we keep: give up the
+            // oldest (gaps reported Lost, held messages delivered) instead of dropping
+            // everything new. A receiver always makes progress; reliability then depends on
+            // max_window covering the sender's rate times the repair time.
+            ctx.counters.window_overflow += 1;
+            Self::slide_window(group, key, st, seq + 1 - max_window, ctx);
+        }
         if !st.extend_to(seq + 1, round, max_window) {
             ctx.counters.window_overflow += 1;
             return;
@@ -328,6 +336,75 @@ impl GroupState {
                 ctx.counters.data_sent += 1;
                 ctx.out.push(c, body, |e| e.push_data(header, false, payload));
             }
+        }
+    }
+
+    /// Moves the window's start to `new_base`: gaps below it are reported `Lost` once,
+    /// held messages not yet delivered are delivered (in order), delivered ones dropped
+    /// early (counted); then whatever waited behind is delivered.
+    fn slide_window(group: GroupId, key: SenderKey, st: &mut SenderState, new_base: u64, ctx: &mut Ctx<'_>) {
+        let mut lost_first = 0;
+        let mut lost_count = 0u64;
+        let report = |first: u64, count: u64, ctx: &mut Ctx<'_>| {
+            ctx.counters.lost_reported += count;
+            ctx.emit(Event::Lost {
+                group,
+                sender: key.0,
+                sender_incarnation: key.1,
+                first,
+                count,
+            });
+        };
+        while st.base < new_base {
+            match st.slots.pop_front() {
+                Some(Slot::Missing { .. }) => {
+                    if lost_count == 0 {
+                        lost_first = st.base;
+                    }
+                    lost_count += 1;
+                    st.missing = st.missing.saturating_sub(1);
+                }
+                Some(Slot::Held {
+                    payload, delivered, ..
+                }) => {
+                    if lost_count > 0 {
+                        report(lost_first, lost_count, ctx);
+                        lost_count = 0;
+                    }
+                    if delivered {
+                        ctx.counters.evicted_early += 1;
+                    } else {
+                        ctx.counters.delivered += 1;
+                        ctx.emit(Event::Deliver {
+                            group,
+                            sender: key.0,
+                            sender_incarnation: key.1,
+                            seq: st.base,
+                            payload,
+                        });
+                    }
+                }
+                None => {
+                    // Seqs never seen at all.
+                    if lost_count == 0 {
+                        lost_first = st.base;
+                    }
+                    lost_count += new_base - st.base;
+                    st.base = new_base;
+                    break;
+                }
+            }
+            st.base += 1;
+        }
+        if lost_count > 0 {
+            report(lost_first, lost_count, ctx);
+        }
+        st.next_deliver = st.next_deliver.max(st.base);
+        st.contiguous = st.contiguous.max(st.base);
+        st.advance_contiguous();
+        if ctx.settings.delivery == Delivery::Fifo {
+            let s = st.next_deliver;
+            Self::deliver_ready(group, key, st, s, ctx);
         }
     }
 

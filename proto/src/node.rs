@@ -960,6 +960,41 @@ mod tests {
         }
     }
 
+    /// A sender faster than the receivers' window: receivers slide the window instead of
+    /// dropping everything new; without loss everything arrives, in order.
+    #[test]
+    fn a_sender_faster_than_the_window_is_still_delivered_in_order() {
+        let settings = Settings {
+            max_window: 64,
+            ..Settings::default()
+        };
+        let mut nodes: Vec<Node> = (0..4u32)
+            .map(|i| {
+                let mut node = Node::new(i, 1, &[0], settings.clone(), 0, u64::from(i) + 1);
+                node.join(0, 7);
+                node
+            })
+            .collect();
+        run(&mut nodes, 2_000 * MILLIS, |_, _| false);
+        for i in 0..1000u32 {
+            nodes[1].submit(0, 7, &i.to_le_bytes()).unwrap();
+        }
+        let ev = run(&mut nodes, 100 * MILLIS, |_, _| false);
+        for n in [0, 2, 3] {
+            let seqs: Vec<u64> = ev
+                .iter()
+                .filter_map(|(at, e)| match e {
+                    Event::Deliver { sender: 1, seq, .. } if *at == n => Some(*seq),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(seqs, (0..1000).collect::<Vec<_>>(), "node {n}");
+            assert!(!ev
+                .iter()
+                .any(|(at, e)| *at == n && matches!(e, Event::Lost { .. })));
+        }
+    }
+
     #[test]
     fn multicast_reaches_everyone_fifo() {
         let mut nodes = cluster(6);

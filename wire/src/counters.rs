@@ -71,6 +71,14 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "reassembly_dropped",
         "large messages dropped part-way (a fragment lost, or the reassembly bound)",
     ),
+    (
+        "window_overflow",
+        "messages that arrived a whole receive window ahead (the window slid; gaps reported lost)",
+    ),
+    (
+        "evicted_early",
+        "held messages dropped from the repair buffer before their retention ended (window full)",
+    ),
 ];
 
 /// Index of a named shard counter (a compile-time check that the name exists).
