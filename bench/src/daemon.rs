@@ -19,6 +19,10 @@ pub struct DaemonOptions<'a> {
     /// `spin` or `backoff`.
     pub idle: &'a str,
     pub core: usize,
+    /// Leave the shard unpinned (`--no-pin`): several daemons sharing few cores.
+    pub no_pin: bool,
+    /// Contents of a config file written next to the socket and passed with `--config`.
+    pub config: Option<&'a str>,
 }
 
 pub struct Daemon {
@@ -60,8 +64,19 @@ impl Daemon {
         };
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(opts.tuttid);
+        command.args(["--idle", opts.idle, "--cores", &opts.core.to_string()]);
+        if opts.no_pin {
+            command.arg("--no-pin");
+        }
+        if let Some(text) = opts.config {
+            let path = dir.join("tuttid.toml");
+            if let Err(e) = fs::write(&path, text) {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(format!("writing {}: {e}", path.display()));
+            }
+            command.arg("--config").arg(&path);
+        }
         command
-            .args(["--idle", opts.idle, "--cores", &opts.core.to_string()])
             .env("TUTTI_SOCKET", &socket)
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -180,6 +195,23 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS line in {path}"))
 }
 
+/// CPU time (user + system) process `pid` has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    // Fields after the command name (which may hold spaces) start at state, field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) else {
+        return Err(format!("cannot parse {path}"));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros((utime + stime) * 1_000_000 / hz))
+}
+
 /// A new private directory under $TMPDIR (0700), unique per process and call.
 fn make_temp_dir() -> Result<PathBuf, String> {
     let base = std::env::temp_dir();
@@ -206,6 +238,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_own_cpu_time() {
+        let spent = cpu_time(std::process::id()).unwrap();
+        assert!(spent < Duration::from_secs(3600));
+    }
+
+    #[test]
     fn reads_own_rss() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
@@ -216,6 +254,8 @@ mod tests {
             tuttid: Path::new("/nonexistent/tuttid"),
             idle: "spin",
             core: 1,
+            no_pin: false,
+            config: None,
         })
         .err()
         .unwrap();

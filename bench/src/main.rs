@@ -5,9 +5,11 @@
 //! tutti-bench floor [--size 64] [--duration 5] [--json] [--hlog FILE]
 //! tutti-bench local-latency --size 64 --duration 5 [--after-idle] [--json] [--hlog FILE]
 //! tutti-bench local-throughput --size 64 --duration 5 [--json]
+//! tutti-bench cluster --nodes 3 --size 64 --duration 5 [--loss 0.05] [--json]
 //! ```
 
 mod clock;
+mod cluster;
 mod daemon;
 mod floor;
 mod interrupt;
@@ -15,6 +17,7 @@ mod local;
 mod pin;
 mod report;
 mod spsc;
+mod udp_floor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Args, Parser, Subcommand};
 
 use crate::report::{
-    mb_per_s, print_json, print_latency_table, print_throughput_table, ratio, write_hlog, LatencyResult,
+    mb_per_s, print_cluster_latency_table, print_cluster_throughput_table, print_json, print_latency_table,
+    print_throughput_table, ratio, write_hlog, ClusterLatencyResult, ClusterThroughputResult, LatencyResult,
     Percentiles, ThroughputResult,
 };
 
@@ -54,7 +58,37 @@ enum Command {
     LocalLatency(LocalLatencyArgs),
     /// Messages per second delivered end to end through a tuttid started for the run.
     LocalThroughput(LocalThroughputArgs),
+    /// N daemons on 127.0.0.2.. in a cluster: publish on daemon 1 to delivery on daemon 2,
+    /// latency and throughput, next to bare UDP on loopback measured in the same run.
+    #[command(long_about = CLUSTER_ABOUT)]
+    Cluster(ClusterArgs),
 }
+
+const CLUSTER_ABOUT: &str = "\
+N tuttid daemons on 127.0.0.2, 127.0.0.3, ... (daemon n listens on 127.0.0.(n+1), UDP ports \
+--base-port + shard) form a cluster; a publisher attached to daemon 1 and a subscriber attached \
+to daemon 2 are two threads of this process, so one clock (the TSC) times publish to delivery.
+
+Before the daemons start, the floor is measured between 127.0.0.2 and 127.0.0.3: the round trip \
+of one datagram of --size bytes (floor one-way = RTT/2; --floor-recv busy: nonblocking recv in a \
+loop, or blocking), and a bare sender/receiver pair moving 1472-byte datagrams with \
+sendmmsg/recvmmsg 64 at a time, tutti's datagram size and batch (floor msg/s = datagrams/s x \
+the --size messages one datagram holds with no per-message header).
+
+Then: latency, one message in flight (the publisher offers, waits until the subscriber has seen \
+it, offers the next), one-way publish-to-delivery percentiles, ratio_p50 = p50 / floor one-way \
+p50. Throughput: the publisher offers as fast as daemon 1 takes them; msgs_per_s is what the \
+subscriber received in the measured window, ratio = msgs_per_s / floor_msgs_per_s; messages \
+sent but never delivered within a grace period (until nothing arrived for 2.5 s) are `missing`; \
+Lost and Lagged events are counted. Each daemon's RSS once the cluster formed and at the end, \
+and its counters over the throughput window, are reported.
+
+Daemons run unpinned (--no-pin) with --daemon-idle backoff by default: this machine may have \
+fewer cores than daemons plus clients, and spinning daemons starve each other. Every daemon is \
+killed when the run ends, fails or is interrupted.
+
+Targets to compare with (3 nodes, 64 B): p50 <= 1.3x the floor one-way; >= 1,000,000 msg/s \
+and >= 0.5x the floor; with --loss 0.05, >= 0.8x the loss-free throughput.";
 
 #[derive(Args, Clone)]
 struct CommonArgs {
@@ -136,6 +170,100 @@ struct LocalThroughputArgs {
     fragment_limit: u64,
 }
 
+#[derive(Args)]
+struct ClusterArgs {
+    /// Daemons in the cluster (at least 2: the publisher's and the subscriber's).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=200))]
+    nodes: u64,
+    /// Message size in bytes (at least 16: sequence number and timestamp).
+    #[arg(long, default_value_t = 64, value_parser = parse_cluster_size)]
+    size: usize,
+    /// Measured seconds of each phase (latency, then throughput; warm-up comes on top).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    duration: f64,
+    /// Warm-up seconds before each phase is measured.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_seconds_or_zero)]
+    warmup: f64,
+    /// Share of outgoing datagrams every daemon drops, 0 to 1 (`[net.fault] loss`, with a
+    /// per-daemon seed; gossip repairs them).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
+    loss: f64,
+    /// The daemons' UDP back end: auto (io_uring, else epoll), uring or epoll.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "epoll"])]
+    io: String,
+    /// The daemons' idle strategy.
+    #[arg(long, default_value = "backoff", value_parser = ["backoff", "spin"])]
+    daemon_idle: String,
+    /// How the bench's publisher and subscriber threads wait.
+    #[arg(long, value_enum, default_value_t = cluster::ClientIdle::Backoff)]
+    client_idle: cluster::ClientIdle,
+    /// How the UDP floor's receivers wait.
+    #[arg(long, value_enum, default_value_t = udp_floor::RecvMode::Busy)]
+    floor_recv: udp_floor::RecvMode,
+    /// Seconds of each floor measurement (round trip, then throughput).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    floor_duration: f64,
+    /// First UDP port of every daemon (shard i: base + i). Change it when another cluster
+    /// runs on 127.0.0.x.
+    #[arg(long, default_value_t = 27400)]
+    base_port: u16,
+    /// Seconds between both clients joining and the first message (views carry membership).
+    #[arg(long, default_value_t = 1.5, value_parser = parse_seconds_or_zero)]
+    settle: f64,
+    /// Throughput phase: offer at most this many messages per second (0: as fast as daemon 1
+    /// takes them). Finds the rate the cluster sustains without loss.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    rate: f64,
+    /// An extra `[cluster]` setting for every daemon, as KEY=VALUE with a TOML value
+    /// (repeatable), e.g. `--cluster-set retention_rounds=5 --cluster-set delivery='"unordered"'`.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_cluster_set)]
+    cluster_set: Vec<String>,
+    /// Print one JSON object per result, one per line.
+    #[arg(long)]
+    json: bool,
+    /// The daemon binary [default: tuttid next to this executable].
+    #[arg(long, value_name = "PATH")]
+    tuttid: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=1e9).contains(&v) {
+        return Err("messages per second from 0 (unpaced) to 1e9".into());
+    }
+    Ok(v)
+}
+
+fn parse_cluster_set(s: &str) -> Result<String, String> {
+    let (key, value) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    let (key, value) = (key.trim(), value.trim());
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || value.is_empty() {
+        return Err(format!(
+            "{s:?}: expected KEY=VALUE with a [cluster] key such as retention_rounds"
+        ));
+    }
+    Ok(format!("{key} = {value}"))
+}
+
+fn parse_cluster_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n < cluster::MIN_SIZE {
+        return Err(format!(
+            "at least {} bytes (a sequence number and a timestamp)",
+            cluster::MIN_SIZE
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_loss(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..1.0).contains(&v) {
+        return Err("a probability from 0 to below 1".into());
+    }
+    Ok(v)
+}
+
 fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     if n < MIN_SIZE {
@@ -171,6 +299,7 @@ fn main() -> ExitCode {
         Command::Floor(args) => run_floor(args),
         Command::LocalLatency(args) => run_local_latency(args),
         Command::LocalThroughput(args) => run_local_throughput(args),
+        Command::Cluster(args) => run_cluster(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -289,6 +418,8 @@ fn run_local_latency(args: LocalLatencyArgs) -> Result<(), String> {
         tuttid: &tuttid,
         idle,
         core: c.daemon_core,
+        no_pin: false,
+        config: None,
     })?;
     let opts = local::LatencyOptions {
         socket: daemon.socket().to_path_buf(),
@@ -376,6 +507,8 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
         tuttid: &tuttid,
         idle: "spin",
         core: c.daemon_core,
+        no_pin: false,
+        config: None,
     })?;
     let opts = local::ThroughputOptions {
         socket: daemon.socket().to_path_buf(),
@@ -421,6 +554,115 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
     };
     emit_throughput(c.json, &result);
     warn_if_floor_drifted(floor.msgs_per_s, result.floor_after_msgs_per_s);
+    Ok(())
+}
+
+fn run_cluster(args: ClusterArgs) -> Result<(), String> {
+    let nodes = args.nodes as usize;
+    let (a, b) = (cluster::node_ip(1), cluster::node_ip(2));
+    let timer_overhead_ns = clock::overhead_ns();
+    // Floors first, before the daemons take the cores.
+    let floor_rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?;
+    let floor_tp = udp_floor::throughput(a, b, secs(args.floor_duration), args.floor_recv)?;
+    let tuttid = args.tuttid.clone().unwrap_or_else(daemon::default_tuttid);
+    let run = cluster::run(&cluster::ClusterOptions {
+        tuttid,
+        nodes,
+        size: args.size,
+        warmup: secs(args.warmup),
+        duration: secs(args.duration),
+        loss: args.loss,
+        io: args.io.clone(),
+        daemon_idle: args.daemon_idle.clone(),
+        client_idle: args.client_idle,
+        base_port: args.base_port,
+        settle: secs(args.settle),
+        rate: args.rate,
+        cluster_settings: args.cluster_set.clone(),
+    })?;
+
+    let floor_rtt_pct = Percentiles::of(&floor_rtt.rtt);
+    let one_way = Percentiles::of(&run.latency);
+    let floor_one_way = floor_rtt_pct.halved();
+    let latency = ClusterLatencyResult {
+        bench: "cluster-latency",
+        size: args.size,
+        nodes,
+        loss: args.loss,
+        one_way,
+        floor_p50_ns: floor_one_way.p50_ns,
+        floor_p99_ns: floor_one_way.p99_ns,
+        floor_rtt_p50_ns: floor_rtt_pct.p50_ns,
+        floor_recv: args.floor_recv.name(),
+        ratio_p50: ratio(one_way.p50_ns as f64, floor_one_way.p50_ns as f64),
+        timeouts: run.latency_timeouts,
+        duration_s: run.latency_measured.as_secs_f64(),
+        daemon_idle: args.daemon_idle.clone(),
+        client_idle: args.client_idle.name(),
+        io: args.io.clone(),
+        timer_overhead_ns,
+    };
+    let per_dgram = udp_floor::msgs_per_datagram(args.size);
+    let floor_msgs_per_s =
+        floor_tp.datagrams_per_s * per_dgram as f64 / udp_floor::datagrams_per_msg(args.size) as f64;
+    let window = run.delivered_window.as_secs_f64();
+    let msgs_per_s = if window > 0.0 {
+        run.delivered as f64 / window
+    } else {
+        0.0
+    };
+    let publisher = run.throughput_counters.first().cloned().unwrap_or_default();
+    let throughput = ClusterThroughputResult {
+        bench: "cluster-throughput",
+        size: args.size,
+        nodes,
+        loss: args.loss,
+        msgs_per_s: msgs_per_s.round(),
+        mb_per_s: mb_per_s(msgs_per_s, args.size),
+        floor_msgs_per_s: floor_msgs_per_s.round(),
+        floor_datagrams_per_s: floor_tp.datagrams_per_s.round(),
+        floor_sent_datagrams_per_s: (floor_tp.sent as f64 / floor_tp.run.as_secs_f64()).round(),
+        floor_msgs_per_datagram: per_dgram,
+        floor_datagram_bytes: udp_floor::DATAGRAM_BYTES,
+        floor_batch: udp_floor::BATCH,
+        floor_recv: args.floor_recv.name(),
+        ratio: ratio(msgs_per_s, floor_msgs_per_s),
+        messages: run.delivered,
+        duration_s: window,
+        sent: run.sent,
+        offered_msgs_per_s: (run.sent as f64 / run.sent_window.as_secs_f64().max(1e-9)).round(),
+        missing: run.missing,
+        drain_s: (run.drain.as_secs_f64() * 1000.0).round() / 1000.0,
+        lost_events: run.lost_events,
+        lost_messages: run.lost_messages,
+        lagged_events: run.lagged_events,
+        lagged_missed: run.lagged_missed,
+        tutti_msgs_per_datagram: ratio(
+            publisher.get("frames_in") as f64,
+            publisher.get("datagrams_out") as f64,
+        ),
+        form_s: (run.form_time.as_secs_f64() * 1000.0).round() / 1000.0,
+        daemon_idle: args.daemon_idle.clone(),
+        client_idle: args.client_idle.name(),
+        io: args.io.clone(),
+        rate: args.rate,
+        cluster_settings: args.cluster_set.clone(),
+        rss_start_kib: run.rss_start_kib,
+        rss_end_kib: run.rss_end_kib,
+        latency_cpu_s: run.latency_cpu_s,
+        latency_wall_s: run.latency_wall_s,
+        throughput_cpu_s: run.throughput_cpu_s,
+        throughput_wall_s: run.throughput_wall_s,
+        window_counters: run.throughput_counters.into_iter().map(|c| c.0).collect(),
+        end_counters: run.end_counters.into_iter().map(|c| c.0).collect(),
+    };
+    if args.json {
+        print_json(&latency);
+        print_json(&throughput);
+    } else {
+        print_cluster_latency_table(&latency);
+        print_cluster_throughput_table(&throughput);
+    }
     Ok(())
 }
 
@@ -486,5 +728,31 @@ mod tests {
         assert!(Cli::try_parse_from(["tutti-bench", "floor", "--size", "4"]).is_err());
         assert!(Cli::try_parse_from(["tutti-bench", "floor", "--duration", "0"]).is_err());
         assert!(Cli::try_parse_from(["tutti-bench", "local-latency", "--idle-samples", "4"]).is_err());
+        let cli = Cli::try_parse_from([
+            "tutti-bench",
+            "cluster",
+            "--nodes",
+            "3",
+            "--loss",
+            "0.05",
+            "--io",
+            "epoll",
+            "--cluster-set",
+            "retention_rounds=5",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Cluster(a) => {
+                assert_eq!((a.nodes, a.size, a.loss), (3, 64, 0.05));
+                assert_eq!(a.io, "epoll");
+                assert_eq!(a.daemon_idle, "backoff");
+                assert_eq!(a.cluster_set, vec!["retention_rounds = 5".to_string()]);
+            }
+            _ => panic!("wrong subcommand"),
+        }
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--size", "8"]).is_err());
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--nodes", "1"]).is_err());
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--loss", "1"]).is_err());
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--cluster-set", "x"]).is_err());
     }
 }

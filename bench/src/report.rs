@@ -122,6 +122,177 @@ pub struct ThroughputResult {
     pub rss_after_kib: Option<u64>,
 }
 
+/// The cluster benchmark's latency line: publish on daemon 1 to delivery on daemon 2, one
+/// way, against the bare UDP one-way time (half the round trip) of the same run.
+#[derive(Debug, Serialize)]
+pub struct ClusterLatencyResult {
+    pub bench: &'static str,
+    pub size: usize,
+    pub nodes: usize,
+    pub loss: f64,
+    /// One-way publish-to-delivery times (not halved round trips).
+    #[serde(flatten)]
+    pub one_way: Percentiles,
+    /// Bare UDP one-way time: half the round trip of one datagram of `size` bytes between
+    /// 127.0.0.2 and 127.0.0.3.
+    pub floor_p50_ns: u64,
+    pub floor_p99_ns: u64,
+    pub floor_rtt_p50_ns: u64,
+    /// How the floor's sockets wait: "busy" (nonblocking recv in a loop) or "blocking".
+    pub floor_recv: &'static str,
+    pub ratio_p50: f64,
+    /// Messages not delivered within the latency timeout (the publisher moved on).
+    pub timeouts: u64,
+    pub duration_s: f64,
+    pub daemon_idle: String,
+    pub client_idle: &'static str,
+    pub io: String,
+    pub timer_overhead_ns: u64,
+}
+
+/// The cluster benchmark's throughput line, with the per-daemon figures.
+#[derive(Debug, Serialize)]
+pub struct ClusterThroughputResult {
+    pub bench: &'static str,
+    pub size: usize,
+    pub nodes: usize,
+    pub loss: f64,
+    /// Messages per second delivered at the subscriber (daemon 2).
+    pub msgs_per_s: f64,
+    pub mb_per_s: f64,
+    /// Bare UDP floor in messages per second: `floor_datagrams_per_s` x
+    /// `floor_msgs_per_datagram` (messages packed back to back, no per-message header).
+    pub floor_msgs_per_s: f64,
+    pub floor_datagrams_per_s: f64,
+    /// Datagrams the floor's sender handed to the kernel per second (the rest of what it
+    /// sent was dropped at the receiver's full socket buffer).
+    pub floor_sent_datagrams_per_s: f64,
+    pub floor_msgs_per_datagram: u64,
+    pub floor_datagram_bytes: usize,
+    pub floor_batch: usize,
+    pub floor_recv: &'static str,
+    pub ratio: f64,
+    /// Delivered in the measured window.
+    pub messages: u64,
+    pub duration_s: f64,
+    /// Taken by daemon 1 from the publisher in the measured window, and the rate.
+    pub sent: u64,
+    pub offered_msgs_per_s: f64,
+    /// Sent in the window but not delivered by the end of the grace period.
+    pub missing: u64,
+    /// Seconds from the last offer until everything was delivered (or the grace ran out).
+    pub drain_s: f64,
+    pub lost_events: u64,
+    pub lost_messages: u64,
+    pub lagged_events: u64,
+    pub lagged_missed: u64,
+    /// Messages per UDP datagram daemon 1 sent in the window (frames_in / datagrams_out,
+    /// every destination counted).
+    pub tutti_msgs_per_datagram: f64,
+    pub form_s: f64,
+    pub daemon_idle: String,
+    pub client_idle: &'static str,
+    pub io: String,
+    /// The publisher's pace in the throughput phase (0: unpaced).
+    pub rate: f64,
+    /// Extra `[cluster]` settings given with --cluster-set.
+    pub cluster_settings: Vec<String>,
+    /// Each daemon's RSS once the cluster formed, and at the end, in KiB.
+    pub rss_start_kib: Vec<u64>,
+    pub rss_end_kib: Vec<u64>,
+    /// CPU seconds each daemon used in the latency phase and in the throughput phase (first
+    /// offer to end of drain), next to the phases' wall-clock seconds: how the daemons
+    /// share this machine's cores.
+    pub latency_cpu_s: Vec<f64>,
+    pub latency_wall_s: f64,
+    pub throughput_cpu_s: Vec<f64>,
+    pub throughput_wall_s: f64,
+    /// Each daemon's counters over the measured throughput window.
+    pub window_counters: Vec<std::collections::BTreeMap<&'static str, u64>>,
+    /// Each daemon's counters at the end of the run.
+    pub end_counters: Vec<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+pub fn print_cluster_latency_table(r: &ClusterLatencyResult) {
+    let p = &r.one_way;
+    println!(
+        "{} ({} nodes, size {} B, loss {}, {} samples, {:.1} s, daemons {}, clients {}, io {})",
+        r.bench, r.nodes, r.size, r.loss, p.samples, r.duration_s, r.daemon_idle, r.client_idle, r.io
+    );
+    println!(
+        "  {:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "", "min", "p50", "p90", "p99", "p99.9", "max"
+    );
+    println!(
+        "  {:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "publish -> delivery",
+        ns(p.min_ns),
+        ns(p.p50_ns),
+        ns(p.p90_ns),
+        ns(p.p99_ns),
+        ns(p.p999_ns),
+        ns(p.max_ns)
+    );
+    println!(
+        "  floor: bare UDP one way (RTT/2, {} recv) p50 {} (p99 {}), ratio p50/floor {:.2}",
+        r.floor_recv,
+        ns(r.floor_p50_ns),
+        ns(r.floor_p99_ns),
+        r.ratio_p50
+    );
+    if r.timeouts > 0 {
+        println!("  {} messages not delivered within the timeout", r.timeouts);
+    }
+}
+
+pub fn print_cluster_throughput_table(r: &ClusterThroughputResult) {
+    println!(
+        "{} ({} nodes, size {} B, loss {}, {:.1} s, {} messages delivered)",
+        r.bench, r.nodes, r.size, r.loss, r.duration_s, r.messages
+    );
+    println!(
+        "  {:>14.0} msg/s {:>10.1} MB/s delivered (offered {:.0} msg/s; {:.1} msgs per datagram)",
+        r.msgs_per_s, r.mb_per_s, r.offered_msgs_per_s, r.tutti_msgs_per_datagram
+    );
+    println!(
+        "  floor: bare UDP {:.0} datagrams/s of {} B (sendmmsg/recvmmsg x{}, {} recv) = {:.0} msg/s at {} per datagram, ratio {:.3}",
+        r.floor_datagrams_per_s,
+        r.floor_datagram_bytes,
+        r.floor_batch,
+        r.floor_recv,
+        r.floor_msgs_per_s,
+        r.floor_msgs_per_datagram,
+        r.ratio
+    );
+    println!(
+        "  missing {} of {} sent (drained in {:.2} s); Lost events {} ({} messages); Lagged {} ({} missed)",
+        r.missing, r.sent, r.drain_s, r.lost_events, r.lost_messages, r.lagged_events, r.lagged_missed
+    );
+    println!(
+        "  daemon CPU seconds: latency phase {:?} of {:.1} s wall; throughput phase {:?} of {:.1} s wall",
+        r.latency_cpu_s, r.latency_wall_s, r.throughput_cpu_s, r.throughput_wall_s
+    );
+    for (i, (a, b)) in r.rss_start_kib.iter().zip(&r.rss_end_kib).enumerate() {
+        let c = |k: &str| {
+            r.window_counters
+                .get(i)
+                .and_then(|m| m.get(k))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "  daemon {}: RSS {a} -> {b} KiB; window: datagrams out {} in {}, retransmits {}, lost {}, not_sent {}, fault_dropped {}",
+            i + 1,
+            c("datagrams_out"),
+            c("datagrams_in"),
+            c("retransmits"),
+            c("lost"),
+            c("not_sent"),
+            c("fault_dropped")
+        );
+    }
+}
+
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         (a / b * 1000.0).round() / 1000.0
@@ -143,7 +314,7 @@ pub fn print_json<T: Serialize>(result: &T) {
     let _ = out.flush();
 }
 
-fn ns(v: u64) -> String {
+pub fn ns(v: u64) -> String {
     if v >= 10_000_000 {
         format!("{:.1} ms", v as f64 / 1e6)
     } else if v >= 10_000 {

@@ -117,3 +117,64 @@ fn local_benchmarks_run_against_a_real_daemon() {
     has_keys(&lines[0], &["rss_before_kib", "rss_after_kib", "lagged_events"]);
     assert!(lines[0]["msgs_per_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn cluster_benchmark_runs_three_daemons() {
+    let Some(tuttid) = tuttid() else {
+        eprintln!(
+            "skipped: tuttid is not built next to tutti-bench (cargo build -p tutti-daemon -p tutti-bench)"
+        );
+        return;
+    };
+    let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
+    // A port of its own, away from the default, so that a cluster benchmark running by hand
+    // on 127.0.0.x does not cross this one.
+    let out = bench()
+        .args([
+            "cluster",
+            "--nodes",
+            "3",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--floor-duration",
+            "0.2",
+            "--base-port",
+            "27940",
+            // Below what one sender may sustain today (see bench/README.md): delivery
+            // is checked here, the unpaced rate by running the benchmark.
+            "--rate",
+            "2000",
+            "--json",
+            "--tuttid",
+        ])
+        .arg(&tuttid)
+        .output()
+        .unwrap();
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (lat, tp) = (&lines[0], &lines[1]);
+    assert_eq!(lat["bench"], "cluster-latency");
+    has_keys(lat, LATENCY_KEYS);
+    has_keys(lat, &["nodes", "loss"]);
+    assert_eq!(lat["nodes"], 3);
+    assert!(
+        lat["samples"].as_u64().unwrap() > 0,
+        "latency messages delivered: {lat}"
+    );
+    assert!(lat["p50_ns"].as_u64().unwrap() > 0);
+    assert!(lat["floor_p50_ns"].as_u64().unwrap() > 0);
+    assert_eq!(tp["bench"], "cluster-throughput");
+    has_keys(tp, THROUGHPUT_KEYS);
+    has_keys(
+        tp,
+        &["nodes", "loss", "rss_start_kib", "rss_end_kib", "missing", "sent"],
+    );
+    assert_eq!(tp["rss_end_kib"].as_array().unwrap().len(), 3);
+    assert!(tp["floor_msgs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        tp["sent"].as_u64().unwrap() > 0,
+        "the publisher got messages out: {tp}"
+    );
+}

@@ -1,0 +1,344 @@
+//! The kernel's UDP floor on loopback, measured in the same run as the cluster benchmark and
+//! between the same addresses the daemons use: a bare round trip between two sockets (one
+//! datagram in flight), and a bare sender/receiver pair moving datagrams as large as tutti's
+//! (1472 B) in `sendmmsg`/`recvmmsg` batches as large as tutti's (`net.batch`, 64).
+
+use std::hint::spin_loop;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use hdrhistogram::Histogram;
+
+use crate::clock;
+use crate::interrupt;
+use crate::report::new_histogram;
+
+/// tutti's datagram size (`net.max_datagram`: a 1500-byte MTU less IP and UDP headers).
+pub const DATAGRAM_BYTES: usize = 1472;
+/// Datagrams per `sendmmsg`/`recvmmsg` call (tutti's `net.batch` default).
+pub const BATCH: usize = 64;
+/// SO_RCVBUF / SO_SNDBUF asked for (tutti's `net.socket_buffer_bytes` default).
+const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
+/// A datagram not echoed within this long is taken as lost (loopback loses only when a
+/// receive buffer is full, which one datagram in flight cannot cause).
+const ECHO_TIMEOUT: Duration = Duration::from_secs(1);
+/// Share of a floor run spent warming up, not counted.
+const WARMUP_FRACTION: f64 = 0.1;
+
+/// How the receiving side waits for a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecvMode {
+    /// Nonblocking `recv` in a loop (no wake-up cost: the lower floor).
+    Busy,
+    /// Blocking `recv` (the thread sleeps and is woken by the kernel).
+    Blocking,
+}
+
+impl RecvMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecvMode::Busy => "busy",
+            RecvMode::Blocking => "blocking",
+        }
+    }
+}
+
+fn bind(ip: IpAddr) -> Result<UdpSocket, String> {
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| {
+        format!("binding a UDP socket on {ip}: {e} (loopback addresses other than 127.0.0.1 need Linux)")
+    })?;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt on a socket we own with a pointer to a live c_int of the
+        // length we pass. Failure only leaves the kernel's default size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCKET_BUFFER_BYTES as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(sock)
+}
+
+fn connected_pair(a: IpAddr, b: IpAddr) -> Result<(UdpSocket, UdpSocket), String> {
+    let (sa, sb) = (bind(a)?, bind(b)?);
+    let (aa, ab) = (
+        sa.local_addr().map_err(|e| e.to_string())?,
+        sb.local_addr().map_err(|e| e.to_string())?,
+    );
+    sa.connect(ab)
+        .map_err(|e| format!("connecting {aa} to {ab}: {e}"))?;
+    sb.connect(aa)
+        .map_err(|e| format!("connecting {ab} to {aa}: {e}"))?;
+    Ok((sa, sb))
+}
+
+fn set_mode(sock: &UdpSocket, mode: RecvMode) -> Result<(), String> {
+    match mode {
+        RecvMode::Busy => sock.set_nonblocking(true),
+        RecvMode::Blocking => sock.set_read_timeout(Some(Duration::from_millis(100))),
+    }
+    .map_err(|e| format!("setting the UDP socket's receive mode: {e}"))
+}
+
+/// One receive in `mode`; Ok(None) when nothing came within the socket's wait.
+fn recv_one(sock: &UdpSocket, buf: &mut [u8]) -> Result<Option<usize>, String> {
+    match sock.recv(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
+        Err(e) => Err(format!("UDP receive: {e}")),
+    }
+}
+
+pub struct UdpRoundTrip {
+    /// Round trips of one `size`-byte datagram, one sample each (TSC clock).
+    pub rtt: Histogram<u64>,
+}
+
+/// Ping-pong of one `size`-byte datagram between a socket on `a` and one on `b`.
+pub fn round_trip(
+    a: IpAddr,
+    b: IpAddr,
+    size: usize,
+    duration: Duration,
+    mode: RecvMode,
+) -> Result<UdpRoundTrip, String> {
+    let size = size.clamp(1, DATAGRAM_BYTES);
+    let (ping, echo) = connected_pair(a, b)?;
+    set_mode(&ping, mode)?;
+    set_mode(&echo, mode)?;
+    let stop = &AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let echo_side = s.spawn(move || -> Result<(), String> {
+            let mut buf = vec![0u8; DATAGRAM_BYTES];
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(n) = recv_one(&echo, &mut buf)? {
+                    echo.send(&buf[..n]).map_err(|e| format!("UDP echo send: {e}"))?;
+                }
+            }
+            Ok(())
+        });
+        let result = (|| {
+            clock::calibrate();
+            let mut msg = vec![0x5Au8; size];
+            let mut buf = vec![0u8; DATAGRAM_BYTES];
+            let mut rtt = new_histogram();
+            let start = Instant::now();
+            let measure_from = start + duration.mul_f64(WARMUP_FRACTION);
+            let end = measure_from + duration;
+            let mut seq = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                interrupt::check()?;
+                seq += 1;
+                msg[..8.min(size)].copy_from_slice(&seq.to_le_bytes()[..8.min(size)]);
+                let c0 = clock::now();
+                ping.send(&msg).map_err(|e| format!("UDP ping send: {e}"))?;
+                loop {
+                    if let Some(n) = recv_one(&ping, &mut buf)? {
+                        if n == size && buf[..8.min(size)] == msg[..8.min(size)] {
+                            break;
+                        }
+                        continue;
+                    }
+                    if mode == RecvMode::Busy {
+                        spin_loop();
+                    }
+                    if clock::ns_between(c0, clock::now()) > ECHO_TIMEOUT.as_nanos() as u64 {
+                        return Err(format!("UDP floor: no echo within {ECHO_TIMEOUT:?}"));
+                    }
+                }
+                let ns = clock::ns_between(c0, clock::now());
+                if now >= measure_from {
+                    rtt.saturating_record(ns);
+                }
+            }
+            Ok(UdpRoundTrip { rtt })
+        })();
+        stop.store(true, Ordering::Relaxed);
+        echo_side.join().map_err(|_| "UDP echo thread panicked")??;
+        result
+    })
+}
+
+pub struct UdpThroughput {
+    /// Received, over the measured window.
+    pub datagrams_per_s: f64,
+    /// Datagrams the sender handed to the kernel over the whole run (warm-up included; the
+    /// receiver's count is lower by what loopback dropped at a full receive buffer).
+    pub sent: u64,
+    /// The whole run, warm-up included.
+    pub run: Duration,
+}
+
+/// A sender on `a` pushing `DATAGRAM_BYTES` datagrams with `sendmmsg` (`BATCH` per call) as
+/// fast as it can, a receiver on `b` taking them with `recvmmsg` (`BATCH` per call); the
+/// rate is what the receiver got.
+pub fn throughput(a: IpAddr, b: IpAddr, duration: Duration, mode: RecvMode) -> Result<UdpThroughput, String> {
+    let (tx, rx) = connected_pair(a, b)?;
+    set_mode(&rx, mode)?;
+    let received = &CachePadded::new(AtomicU64::new(0));
+    let stop = &AtomicBool::new(false);
+    let sent = &AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let receiver = s.spawn(move || -> Result<(), String> {
+            let mut bufs = vec![[0u8; DATAGRAM_BYTES]; BATCH];
+            let mut iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: DATAGRAM_BYTES,
+                })
+                .collect();
+            // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
+            let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+            for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let flags = match mode {
+                RecvMode::Busy => libc::MSG_DONTWAIT,
+                RecvMode::Blocking => libc::MSG_WAITFORONE,
+            };
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `msgs` holds BATCH headers whose single iovec each points into a
+                // live buffer of DATAGRAM_BYTES in `bufs`, all outliving the call.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        rx.as_raw_fd(),
+                        msgs.as_mut_ptr(),
+                        BATCH as libc::c_uint,
+                        flags,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n > 0 {
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                } else if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted => spin_loop(),
+                        _ => return Err(format!("UDP recvmmsg: {e}")),
+                    }
+                }
+            }
+            Ok(())
+        });
+        let sender = s.spawn(move || -> Result<(), String> {
+            let mut buf = [0xA5u8; DATAGRAM_BYTES];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: DATAGRAM_BYTES,
+            };
+            // SAFETY: as above; every header points at the same read-only payload.
+            let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+            for m in msgs.iter_mut() {
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: BATCH headers, each with one iovec over `buf`, live across the call.
+                let n =
+                    unsafe { libc::sendmmsg(tx.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0) };
+                if n > 0 {
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                } else if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    // A full receive buffer on loopback shows up as ENOBUFS/EAGAIN at times.
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED)
+                    ) {
+                        return Err(format!("UDP sendmmsg: {e}"));
+                    }
+                }
+            }
+            Ok(())
+        });
+        let run_start = Instant::now();
+        let result = (|| {
+            sleep_checked(duration.mul_f64(WARMUP_FRACTION))?;
+            let (t0, n0) = (Instant::now(), received.load(Ordering::Relaxed));
+            sleep_checked(duration)?;
+            let (t1, n1) = (Instant::now(), received.load(Ordering::Relaxed));
+            let measured = t1 - t0;
+            Ok(UdpThroughput {
+                datagrams_per_s: (n1 - n0) as f64 / measured.as_secs_f64(),
+                sent: 0,
+                run: Duration::ZERO,
+            })
+        })();
+        let run = run_start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().map_err(|_| "UDP sender panicked")??;
+        receiver.join().map_err(|_| "UDP receiver panicked")??;
+        result.map(|r: UdpThroughput| UdpThroughput {
+            sent: sent.load(Ordering::Relaxed),
+            run,
+            ..r
+        })
+    })
+}
+
+/// Sleeps in short slices so that Ctrl-C is honoured promptly.
+pub fn sleep_checked(d: Duration) -> Result<(), String> {
+    let end = Instant::now() + d;
+    loop {
+        interrupt::check()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Messages of `size` bytes one floor datagram carries when packed back to back with no
+/// per-message header (at least one; a message larger than a datagram counts as one).
+pub fn msgs_per_datagram(size: usize) -> u64 {
+    (DATAGRAM_BYTES / size.max(1)).max(1) as u64
+}
+
+/// Datagrams a message of `size` bytes needs when larger than one datagram.
+pub fn datagrams_per_msg(size: usize) -> u64 {
+    size.div_ceil(DATAGRAM_BYTES).max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn round_trip_on_loopback() {
+        let r = round_trip(LO, LO, 64, Duration::from_millis(50), RecvMode::Busy).unwrap();
+        assert!(!r.rtt.is_empty() && r.rtt.value_at_quantile(0.5) > 0);
+    }
+
+    #[test]
+    fn throughput_on_loopback() {
+        let r = throughput(LO, LO, Duration::from_millis(100), RecvMode::Blocking).unwrap();
+        assert!(r.datagrams_per_s > 0.0 && r.sent > 0);
+    }
+
+    #[test]
+    fn packing() {
+        assert_eq!(msgs_per_datagram(64), 23);
+        assert_eq!(msgs_per_datagram(4000), 1);
+        assert_eq!(datagrams_per_msg(64), 1);
+        assert_eq!(datagrams_per_msg(3000), 3);
+    }
+}
