@@ -268,3 +268,73 @@ pub fn ring_throughput(
         Ok(result)
     })
 }
+
+/// The floor for "first message after idle": a thread on `sleeper_core` blocks in `poll`
+/// on an eventfd (as a parked backoff shard does); after `idle` the thread on `waker_core`
+/// writes the eventfd, and the time until the sleeper runs again is one sample. This is
+/// what one wake-up of a parked thread costs on this host (an idle vCPU must be woken).
+pub fn wake_after_idle(
+    waker_core: usize,
+    sleeper_core: usize,
+    samples: u64,
+    idle: Duration,
+) -> Result<Vec<u64>, String> {
+    clock::calibrate();
+    // SAFETY: plain eventfd(2); the descriptor is closed below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    let woke_at = &CachePadded::new(AtomicU64::new(0));
+    let result = std::thread::scope(|s| {
+        let sleeper = s.spawn(move || -> Result<(), String> {
+            pin_current(sleeper_core)?;
+            for _ in 0..samples {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; blocks until the eventfd is readable.
+                unsafe { libc::poll(&mut pfd, 1, 10_000) };
+                let now = clock::now();
+                let mut value = 0u64;
+                // SAFETY: reads 8 bytes into a live u64 (resets the counter).
+                unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) };
+                woke_at.store(now, Ordering::Release);
+            }
+            Ok(())
+        });
+        let waker = s.spawn(move || -> Result<Vec<u64>, String> {
+            pin_current(waker_core)?;
+            let mut out = Vec::new();
+            for _ in 0..samples {
+                std::thread::sleep(idle);
+                woke_at.store(0, Ordering::Relaxed);
+                let one = 1u64;
+                let t0 = clock::now();
+                // SAFETY: writes 8 bytes from a live u64.
+                unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let t1 = loop {
+                    let t = woke_at.load(Ordering::Acquire);
+                    if t != 0 {
+                        break t;
+                    }
+                    if Instant::now() > deadline {
+                        return Err("wake-up floor: the sleeper never woke".into());
+                    }
+                    std::thread::yield_now();
+                };
+                out.push(clock::ns_between(t0, t1));
+            }
+            Ok(out)
+        });
+        let samples = waker.join().map_err(|_| "waker panicked".to_string())?;
+        sleeper.join().map_err(|_| "sleeper panicked".to_string())??;
+        samples
+    });
+    // SAFETY: fd is ours and no longer used.
+    unsafe { libc::close(fd) };
+    result
+}

@@ -19,7 +19,7 @@ const GROUP: &str = "bench";
 /// Latency warm-up also ends after this many round trips.
 const WARMUP_MESSAGES: u64 = 100_000;
 /// Idle time before each after-idle sample.
-const IDLE_PAUSE: Duration = Duration::from_secs(1);
+pub const IDLE_PAUSE: Duration = Duration::from_secs(1);
 /// A message not delivered within this long means the daemon is stuck.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Empty polls (a power of two) between two looks at the clock while waiting.

@@ -355,6 +355,8 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         after_idle_samples: None,
         after_idle_p50_ns: None,
         after_idle_max_ns: None,
+        after_idle_floor_p50_ns: None,
+        after_idle_floor_max_ns: None,
     };
     emit_latency(c.json, &latency);
     if let Some(path) = &args.hlog {
@@ -442,6 +444,14 @@ fn run_local_latency(args: LocalLatencyArgs) -> Result<(), String> {
         )?)
     };
 
+    let wake_floor = if args.after_idle {
+        let mut w =
+            floor::wake_after_idle(c.client_core, c.daemon_core, args.idle_samples, local::IDLE_PAUSE)?;
+        w.sort_unstable();
+        Some((w[w.len() / 2], *w.last().unwrap_or(&0)))
+    } else {
+        None
+    };
     let pct = Percentiles::of(&run.rtt);
     let idle_pct = run.after_idle.as_ref().map(Percentiles::of);
     let result = LatencyResult {
@@ -461,6 +471,8 @@ fn run_local_latency(args: LocalLatencyArgs) -> Result<(), String> {
         after_idle_samples: idle_pct.map(|p| p.samples),
         after_idle_p50_ns: idle_pct.map(|p| p.p50_ns),
         after_idle_max_ns: idle_pct.map(|p| p.max_ns),
+        after_idle_floor_p50_ns: wake_floor.map(|w| w.0),
+        after_idle_floor_max_ns: wake_floor.map(|w| w.1),
     };
     emit_latency(c.json, &result);
     warn_if_floor_drifted(

@@ -93,6 +93,12 @@ pub struct LatencyResult {
     pub after_idle_p50_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after_idle_max_ns: Option<u64>,
+    /// The floor of the after-idle figure: one wake-up of a thread parked on an eventfd
+    /// after the same idle time, same cores, same number of samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_idle_floor_p50_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_idle_floor_max_ns: Option<u64>,
 }
 
 /// One throughput result line.
@@ -364,6 +370,13 @@ pub fn print_latency_table(r: &LatencyResult) {
     if let (Some(n), Some(p50), Some(max)) = (r.after_idle_samples, r.after_idle_p50_ns, r.after_idle_max_ns)
     {
         println!("  after 1 s idle ({n} samples): p50 {}, max {}", ns(p50), ns(max));
+        if let (Some(fp50), Some(fmax)) = (r.after_idle_floor_p50_ns, r.after_idle_floor_max_ns) {
+            println!(
+                "  floor: one eventfd wake-up of a parked thread after 1 s: p50 {}, max {}",
+                ns(fp50),
+                ns(fmax)
+            );
+        }
     }
 }
 

@@ -660,13 +660,9 @@ fn a_partition_past_retention_reports_the_other_sides_messages_lost_after_the_he
 /// {1, 2} first hears of that publisher after the heal, when all of its messages are past
 /// retention; they must still be reported `Lost`, not skipped silently.
 ///
-/// Fails today (proto bug): `GroupState::handle_digest` creates the state of a sender it
-/// has never heard of at `base = digest.low`, so messages below the publisher's low-water
-/// mark are neither repaired nor reported `Lost` (daemons 1 and 2 end with `lost 0` and
-/// no event for publisher 3's 100 messages; daemon 3, which knew publishers 1 and 2 from
-/// before the cut, reports all 200 of theirs). Run with `--run-ignored all`.
+/// (A member that was in the group when the publisher joined it expects its messages from
+/// seq 0, so whatever it never got is reported `Lost`.)
 #[test]
-#[ignore = "proto bug: a gap below the low-water mark of a sender first heard of by digest is never reported Lost"]
 fn a_publisher_first_heard_of_after_the_heal_past_retention_is_reported_lost() {
     partition("fresh", Cut::PastRetention, Some(2));
 }
@@ -675,10 +671,8 @@ fn a_publisher_first_heard_of_after_the_heal_past_retention_is_reported_lost() {
 /// has dropped its state of the other side's publishers (they left its group view), so it
 /// hears of them again only through digests.
 ///
-/// Fails today (proto bug, same cause as the test above): both sides end with `lost 0`
-/// and none of the other side's 100 messages per publisher delivered or reported `Lost`.
+/// (A forgotten sender leaves a tombstone with the next seq this member expects.)
 #[test]
-#[ignore = "proto bug: after a cut longer than 4 retentions, the other side's messages vanish without Lost"]
 fn a_partition_longer_than_the_sender_tombstone_still_reports_lost() {
     partition("tomb", Cut::PastTombstone, None);
 }

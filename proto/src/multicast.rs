@@ -6,6 +6,7 @@ use crate::fxhash::FxMap;
 use crate::node::Counters;
 use crate::outbox::Outbox;
 use crate::{Delivery, Event, GroupId, NodeId, Settings};
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tutti_wire::packet::{
@@ -18,6 +19,9 @@ const RETRANSMIT_OVERHEAD: usize = 100;
 const NEVER: u32 = u32::MAX;
 /// Retention periods an emptied state of a departed sender is kept (see `last_active`).
 const TOMBSTONE_RETENTIONS: u32 = 4;
+/// Rounds a gap below the sender's own low-water mark is still left open for repair by a
+/// member that got the message late, before it is reported `Lost`.
+const LOW_GRACE_ROUNDS: u32 = 4;
 
 enum Slot {
     Missing {
@@ -117,6 +121,19 @@ pub struct GroupState {
     digest_cursor: usize,
     budget_left: usize,
     digest_replied: FxMap<NodeId, u32>,
+    /// Incarnation of each group member in the current view.
+    member_incarnation: FxMap<NodeId, u32>,
+    /// Where this member's stream of a sender without a state starts: a forgotten sender's
+    /// next expected seq, or 0 for a co-member that joined the group while this member
+    /// already was one (it owes us everything it sends). Bounded by `max_tombstones`.
+    tombstones: FxMap<SenderKey, (u64, u64)>,
+    /// Tombstone keys with the stamp they were inserted with, oldest first, for eviction
+    /// (an entry whose stamp no longer matches the map is stale and skipped).
+    tombstone_order: VecDeque<(SenderKey, u64)>,
+    tombstone_stamp: u64,
+    /// Round since which this member has been in the group in every view (None: it is
+    /// not in the current one).
+    member_since: Option<u32>,
     scratch_digest: Vec<DigestEntry>,
     scratch_request: Vec<RequestEntry>,
 }
@@ -128,6 +145,8 @@ pub struct Ctx<'a> {
     pub out: &'a mut Outbox,
     pub events: &'a mut VecDeque<Event>,
     pub counters: &'a mut Counters,
+    /// Whether a node (in an incarnation) is alive as far as membership knows.
+    pub live: &'a dyn Fn(NodeId, u32) -> bool,
 }
 
 impl Ctx<'_> {
@@ -154,18 +173,96 @@ impl GroupState {
             digest_cursor: 0,
             budget_left: 0,
             digest_replied: FxMap::default(),
+            member_incarnation: FxMap::default(),
+            tombstones: FxMap::default(),
+            tombstone_order: VecDeque::new(),
+            tombstone_stamp: 0,
+            member_since: None,
             scratch_digest: Vec::new(),
             scratch_request: Vec::new(),
         }
     }
 
-    pub fn set_members(&mut self, members: &[NodeId]) {
+    /// Install the group's member list of a new view (`incarnations`: the view's members).
+    ///
+    /// A sender's seqs in a group start at 0 when it joins the group. So when this member
+    /// already was in the group and a sender (in an incarnation) appears in it, every
+    /// message of that sender is owed to us from seq 0: remember that (as a tombstone at
+    /// 0), so that messages it sent before we first hear of it are repaired or reported
+    /// `Lost`, never skipped — for instance when it published only while partitioned away.
+    pub fn set_members(&mut self, members: &[NodeId], incarnations: &FxMap<NodeId, u32>, ctx: &mut Ctx<'_>) {
+        let was_member = self.pos.contains_key(&self.my_id);
+        self.member_since = match (was_member, members.contains(&self.my_id)) {
+            (_, false) => None,
+            (false, true) => Some(ctx.round),
+            (true, true) => self.member_since.or(Some(ctx.round)),
+        };
+        let previous = std::mem::take(&mut self.member_incarnation);
         self.members.clear();
         self.members.extend_from_slice(members);
         self.pos.clear();
         for (i, m) in members.iter().enumerate() {
             self.pos.insert(*m, i);
+            if let Some(&inc) = incarnations.get(m) {
+                self.member_incarnation.insert(*m, inc);
+            }
         }
+        if !was_member || !self.pos.contains_key(&self.my_id) {
+            return;
+        }
+        for &n in members {
+            let Some(&inc) = self.member_incarnation.get(&n) else {
+                continue;
+            };
+            let key = (n, inc);
+            if n == self.my_id
+                || previous.get(&n) == Some(&inc)
+                || self.senders.contains_key(&key)
+                || self.tombstones.contains_key(&key)
+            {
+                continue;
+            }
+            self.add_tombstone(key, 0, ctx);
+        }
+    }
+
+    /// Remember where `key`'s stream stands for us (bounded; the oldest is evicted).
+    fn add_tombstone(&mut self, key: SenderKey, next: u64, ctx: &mut Ctx<'_>) {
+        self.tombstone_stamp += 1;
+        let stamp = self.tombstone_stamp;
+        self.tombstones.insert(key, (next, stamp));
+        self.tombstone_order.push_back((key, stamp));
+        let cap = ctx.settings.max_tombstones;
+        while self.tombstones.len() > cap {
+            let Some((k, st)) = self.tombstone_order.pop_front() else {
+                break;
+            };
+            if let Entry::Occupied(e) = self.tombstones.entry(k) {
+                if e.get().1 == st {
+                    e.remove();
+                    ctx.counters.tombstones_evicted += 1;
+                }
+            }
+        }
+        // Stale order entries (tombstones consumed by a returning sender) are dropped once
+        // they outnumber the live ones: the order stays within twice the cap.
+        if self.tombstone_order.len() > 2 * cap.max(self.tombstones.len()) + 16 {
+            let live = &self.tombstones;
+            self.tombstone_order
+                .retain(|(k, st)| live.get(k).is_some_and(|v| v.1 == *st));
+        }
+    }
+
+    /// Whether traffic about `key`, of which we hold no state, must wait for the view:
+    /// we are in the group, the sender is alive but not (yet) in our group view. Once
+    /// the view that adds it arrives we know whether it owes us every message (see
+    /// `set_members`); creating its state now, at its advertised low, would skip those.
+    fn defer_unknown(&self, key: SenderKey, ctx: &Ctx<'_>) -> bool {
+        !self.senders.contains_key(&key)
+            && !self.tombstones.contains_key(&key)
+            && self.pos.contains_key(&self.my_id)
+            && self.member_incarnation.get(&key.0) != Some(&key.1)
+            && (ctx.live)(key.0, key.1)
     }
 
     pub fn members(&self) -> &[NodeId] {
@@ -195,15 +292,37 @@ impl GroupState {
         }
     }
 
+    /// Where our stream of a sender we hold no state of starts, given the history it (or a
+    /// peer) advertises from `advertised`. A sender's low-water mark moves only past
+    /// messages sent a retention ago. So when we first hear of it within a retention of
+    /// joining the group, nothing it sent since we joined is below its low: start there
+    /// (no `Lost` for history before we joined). Heard of only later (we were cut off, or
+    /// it published only while cut off from us), messages it sent after we joined may be
+    /// below its low: start at 0, so that they are reported `Lost` rather than skipped.
+    fn first_base(&self, key: SenderKey, advertised: u64, ctx: &Ctx<'_>) -> u64 {
+        if self.senders.contains_key(&key) || self.tombstones.contains_key(&key) {
+            return advertised; // unused: the state or tombstone decides
+        }
+        match self.member_since {
+            Some(since) if ctx.round.wrapping_sub(since) > ctx.settings.retention_rounds => 0,
+            _ => advertised,
+        }
+    }
+
+    /// The state of `key`, created at `base` (the sender's advertised history) unless a
+    /// tombstone says where our stream of it stands.
     fn state_for(&mut self, key: SenderKey, base: u64, round: u32) -> &mut SenderState {
         if !self.senders.contains_key(&key) {
             self.order.push(key);
-        }
-        self.senders.entry(key).or_insert_with(|| {
+            let base = match self.tombstones.remove(&key) {
+                Some((next, _)) => next,
+                None => base,
+            };
             let mut st = SenderState::new(base);
             st.last_active = round;
-            st
-        })
+            self.senders.insert(key, st);
+        }
+        self.senders.get_mut(&key).expect("inserted above")
     }
 
     /// The application submitted a message: deliver to self, send down the tree.
@@ -277,6 +396,11 @@ impl GroupState {
             .saturating_sub(u64::from(header.retained))
             .max(seq.saturating_sub(max_window.saturating_sub(1)));
         let group = self.id;
+        if self.defer_unknown(key, ctx) {
+            ctx.counters.deferred_unknown_sender += 1;
+            return;
+        }
+        let base = self.first_base(key, base, ctx);
         let st = self.state_for(key, base, round);
         if seq < st.base {
             ctx.counters.duplicates += 1;
@@ -458,6 +582,67 @@ impl GroupState {
         }
     }
 
+    /// The sender's own digest says it no longer holds seqs below `low`: what we still miss
+    /// at the front of our window below it can only come from a member that got it late,
+    /// so it is reported `Lost` now rather than after a full retention (and a stream far
+    /// behind, beyond the window, catches up at once instead of a window per retention).
+    /// Held messages are kept (others may still need them); gaps behind one are aged so
+    /// that garbage collection reports them within `LOW_GRACE_ROUNDS`.
+    fn sender_dropped_below(
+        group: GroupId,
+        key: SenderKey,
+        st: &mut SenderState,
+        low: u64,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let first = st.base;
+        let mut count = 0u64;
+        while st.base < low {
+            match st.slots.front() {
+                Some(Slot::Missing { .. }) => {
+                    st.slots.pop_front();
+                    st.missing = st.missing.saturating_sub(1);
+                    st.base += 1;
+                    count += 1;
+                }
+                Some(Slot::Held { .. }) => break,
+                None => {
+                    count += low - st.base;
+                    st.base = low;
+                }
+            }
+        }
+        if count > 0 {
+            ctx.counters.lost_reported += count;
+            ctx.emit(Event::Lost {
+                group,
+                sender: key.0,
+                sender_incarnation: key.1,
+                first,
+                count,
+            });
+            st.next_deliver = st.next_deliver.max(st.base);
+            st.advance_contiguous();
+            if ctx.settings.delivery == Delivery::Fifo {
+                let s = st.next_deliver;
+                Self::deliver_ready(group, key, st, s, ctx);
+            }
+        }
+        let retention = ctx.settings.retention_rounds;
+        let aged = ctx.round.wrapping_sub(retention.saturating_sub(LOW_GRACE_ROUNDS));
+        let mut s = st.base;
+        while s < low {
+            if let Some(Slot::Missing { since_round, .. }) = st.slot_mut(s) {
+                if ctx.round.wrapping_sub(*since_round) < retention.saturating_sub(LOW_GRACE_ROUNDS) {
+                    *since_round = aged;
+                }
+            } else if st.slot(s).is_none() {
+                break;
+            }
+            s += 1;
+        }
+    }
+
     /// Build this round's digest (rotating over senders when there are more than fit).
     fn build_digest(&mut self, max: usize) {
         self.scratch_digest.clear();
@@ -586,7 +771,12 @@ impl GroupState {
         }
         if !dead.is_empty() {
             for k in &dead {
-                self.senders.remove(k);
+                // Keep where the stream stood: if the sender is heard of again (a long
+                // partition healed), we resume there instead of at its advertised low.
+                if let Some(st) = self.senders.remove(k) {
+                    debug_assert!(st.slots.is_empty() && st.next_deliver == st.base);
+                    self.add_tombstone(*k, st.next_deliver.max(st.base), ctx);
+                }
             }
             self.order.retain(|k| self.senders.contains_key(k));
         }
@@ -621,9 +811,18 @@ impl GroupState {
                 ctx.counters.bad_digests += 1;
                 continue;
             }
-            let st = self.state_for(key, e.low, round);
+            if self.defer_unknown(key, ctx) {
+                ctx.counters.deferred_unknown_sender += 1;
+                continue;
+            }
+            let group = self.id;
+            let base = self.first_base(key, e.low, ctx);
+            let st = self.state_for(key, base, round);
             if e.high > st.high() {
                 st.last_active = round;
+            }
+            if from == e.sender && e.low > st.contiguous {
+                Self::sender_dropped_below(group, key, st, e.low, ctx);
             }
             if st.contiguous > e.contiguous.max(e.low) || st.high() > e.high {
                 peer_lacks = true;
@@ -749,10 +948,172 @@ impl GroupState {
             + self.members.capacity() * 4
             + self.pos.capacity() * 16
             + self.order.capacity() * 8
+            + self.member_incarnation.capacity() * 8
+            + self.tombstones.capacity() * 24
+            + self.tombstone_order.capacity() * 16
             + self
                 .senders
                 .values()
                 .map(|s| s.approx_bytes() + 16)
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct World {
+        settings: Settings,
+        out: Outbox,
+        events: VecDeque<Event>,
+        counters: Counters,
+    }
+
+    impl World {
+        fn new(settings: Settings) -> Self {
+            World {
+                out: Outbox::new(0, 1, settings.max_datagram, 1024),
+                settings,
+                events: VecDeque::new(),
+                counters: Counters::default(),
+            }
+        }
+        fn with<R>(&mut self, round: u32, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
+            let live = |_: NodeId, _: u32| true;
+            let mut ctx = Ctx {
+                settings: &self.settings,
+                round,
+                out: &mut self.out,
+                events: &mut self.events,
+                counters: &mut self.counters,
+                live: &live,
+            };
+            f(&mut ctx)
+        }
+        fn lost(&mut self) -> Vec<(NodeId, u64, u64)> {
+            self.events
+                .drain(..)
+                .filter_map(|e| match e {
+                    Event::Lost {
+                        sender, first, count, ..
+                    } => Some((sender, first, count)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn incarnations(nodes: &[NodeId]) -> FxMap<NodeId, u32> {
+        nodes.iter().map(|n| (*n, 1)).collect()
+    }
+
+    fn digest(g: &mut GroupState, w: &mut World, from: NodeId, sender: NodeId, low: u64, high: u64) {
+        let header = DigestHeader {
+            group: 7,
+            round: 1,
+            reserved: 0,
+        };
+        let e = DigestEntry {
+            sender,
+            sender_incarnation: 1,
+            low,
+            contiguous: high,
+            high,
+        };
+        w.with(1, |ctx| g.handle_digest(from, &header, std::iter::once(e), ctx));
+    }
+
+    /// Co-members that join after us owe us every message from seq 0: a sender first heard
+    /// of with nothing retained below 10 has its 10 messages reported lost (at once, from
+    /// its own digest), not skipped. Such expectations are bounded by `max_tombstones`.
+    #[test]
+    fn a_co_member_joining_after_us_owes_every_message() {
+        let mut w = World::new(Settings {
+            max_tombstones: 2,
+            ..Settings::default()
+        });
+        let mut g = GroupState::new(7, 0, 1);
+        let all = [0, 1, 2, 3];
+        w.with(1, |ctx| g.set_members(&[0], &incarnations(&all), ctx));
+        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        assert_eq!(w.counters.tombstones_evicted, 1);
+        assert_eq!(g.tombstones.len(), 2);
+        // Sender 3 (remembered) says its history starts at 10: 0..10 lost.
+        digest(&mut g, &mut w, 3, 3, 10, 10);
+        assert_eq!(w.lost(), vec![(3, 0, 10)]);
+        assert_eq!(w.counters.lost_reported, 10);
+        // Sender 1's expectation was evicted: it resumes at its advertised low.
+        digest(&mut g, &mut w, 1, 1, 10, 10);
+        assert_eq!(w.lost(), vec![]);
+    }
+
+    /// A member that joins a group after a sender starts at the sender's advertised history.
+    #[test]
+    fn joining_later_starts_at_the_senders_low() {
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        let all = [0, 1];
+        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        digest(&mut g, &mut w, 1, 1, 10, 10);
+        assert_eq!(w.lost(), vec![]);
+        assert_eq!(g.senders[&(1, 1)].base, 10);
+    }
+
+    /// A sender first heard of more than a retention after we joined may have dropped
+    /// messages it sent since we joined: we start at 0 (reported `Lost`), not at its low.
+    #[test]
+    fn a_sender_first_heard_of_long_after_we_joined_starts_at_zero() {
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        let all = [0, 1];
+        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        let late = 2 + w.settings.retention_rounds;
+        let header = DigestHeader {
+            group: 7,
+            round: late,
+            reserved: 0,
+        };
+        let e = DigestEntry {
+            sender: 1,
+            sender_incarnation: 1,
+            low: 10,
+            contiguous: 10,
+            high: 10,
+        };
+        w.with(late, |ctx| g.handle_digest(1, &header, std::iter::once(e), ctx));
+        assert_eq!(w.lost(), vec![(1, 0, 10)]);
+    }
+
+    /// A forgotten sender leaves a tombstone: heard of again, it resumes where it stood.
+    #[test]
+    fn a_forgotten_sender_resumes_from_its_tombstone() {
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        let all = [0, 1];
+        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        let h = DataHeader {
+            group: 7,
+            seq: 0,
+            sender: 1,
+            sender_incarnation: 1,
+            retained: 0,
+            frag_index: 0,
+            frag_count: 1,
+        };
+        w.with(1, |ctx| g.handle_data(&h, false, b"m", ctx));
+        // Sender 1 leaves our view; its state is collected, then forgotten.
+        w.with(2, |ctx| g.set_members(&[0], &incarnations(&all), ctx));
+        let retention = w.settings.retention_rounds;
+        for r in 2..(2 + (TOMBSTONE_RETENTIONS + 2) * retention) {
+            w.with(r, |ctx| g.round(&[], ctx));
+        }
+        assert!(g.senders.is_empty());
+        assert_eq!(g.tombstones.get(&(1, 1)).map(|t| t.0), Some(1));
+        w.events.clear();
+        // Back after a long cut, with its history now starting at 50.
+        w.with(200, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        digest(&mut g, &mut w, 1, 1, 50, 50);
+        assert_eq!(w.lost(), vec![(1, 1, 49)]);
     }
 }

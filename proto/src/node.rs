@@ -39,6 +39,11 @@ pub struct Counters {
     pub events_dropped: u64,
     pub views_installed: u64,
     pub not_joined: u64,
+    /// Tombstones of forgotten senders evicted by `Settings::max_tombstones`.
+    pub tombstones_evicted: u64,
+    /// Group traffic about a live sender not yet in this member's group view, ignored
+    /// until the view that adds it arrives (so that its stream is tracked from seq 0).
+    pub deferred_unknown_sender: u64,
 }
 
 /// Why `submit` refused a message (back pressure is a return value, never a block).
@@ -91,6 +96,35 @@ pub struct Node {
 }
 
 const NO_ROUND: u32 = u32::MAX;
+
+/// Whether membership believes `node` alive in `incarnation` (not suspected, not leaving).
+fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId, incarnation: u32) -> bool {
+    index
+        .get(&node)
+        .and_then(|&i| peers.get(i))
+        .is_some_and(|p| p.member.incarnation == incarnation && !p.dead && !p.leaving)
+}
+
+/// Runs `$body` with `$ctx`, the groups' context (borrowing the node's fields one by one),
+/// and `$groups`, the node's group states.
+macro_rules! with_ctx {
+    ($node:ident, |$ctx:ident, $groups:ident| $body:expr) => {{
+        let peers = &$node.peers;
+        let index = &$node.peer_index;
+        let live = |n: NodeId, i: u32| peer_alive(peers, index, n, i);
+        #[allow(unused_mut)]
+        let mut $ctx = Ctx {
+            settings: &$node.settings,
+            round: $node.round,
+            out: &mut $node.out,
+            events: &mut $node.events,
+            counters: &mut $node.counters,
+            live: &live,
+        };
+        let $groups = &mut $node.groups;
+        $body
+    }};
+}
 
 impl Node {
     /// A node `id` in `incarnation` (must grow across restarts; smaller = older, so a
@@ -185,19 +219,6 @@ impl Node {
         }
     }
 
-    fn ctx(&mut self) -> (Ctx<'_>, &mut BTreeMap<GroupId, GroupState>) {
-        (
-            Ctx {
-                settings: &self.settings,
-                round: self.round,
-                out: &mut self.out,
-                events: &mut self.events,
-                counters: &mut self.counters,
-            },
-            &mut self.groups,
-        )
-    }
-
     // ---------------------------------------------------------------- application calls
 
     /// Join group `group`: multicast state starts now; the coordinator adds this node to
@@ -206,7 +227,7 @@ impl Node {
         if self.my_groups.insert(group) {
             let mut g = GroupState::new(group, self.id, self.incarnation);
             if let Some(m) = self.view.group(group) {
-                g.set_members(m);
+                with_ctx!(self, |ctx, _groups| g.set_members(m, &self.in_view, &mut ctx));
             }
             self.groups.insert(group, g);
             self.request_group_change(group, true);
@@ -245,9 +266,10 @@ impl Node {
                 max: self.settings.max_payload,
             });
         }
-        let (mut ctx, groups) = self.ctx();
-        let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
-        Ok(g.submit(payload, &mut ctx))
+        with_ctx!(self, |ctx, groups| {
+            let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
+            Ok(g.submit(payload, &mut ctx))
+        })
     }
 
     // ---------------------------------------------------------------- driver calls
@@ -291,24 +313,23 @@ impl Node {
                     retransmit,
                     payload,
                 } => {
-                    let (mut ctx, groups) = self.ctx();
-                    match groups.get_mut(&header.group) {
+                    with_ctx!(self, |ctx, groups| match groups.get_mut(&header.group) {
                         Some(g) => g.handle_data(&header, retransmit, payload, &mut ctx),
-                        None => self.counters.not_joined += 1,
-                    }
+                        None => ctx.counters.not_joined += 1,
+                    })
                 }
                 Message::Digest { header, entries } => {
-                    let (mut ctx, groups) = self.ctx();
-                    match groups.get_mut(&header.group) {
+                    with_ctx!(self, |ctx, groups| match groups.get_mut(&header.group) {
                         Some(g) => g.handle_digest(from, &header, entries.iter(), &mut ctx),
-                        None => self.counters.not_joined += 1,
-                    }
+                        None => ctx.counters.not_joined += 1,
+                    })
                 }
                 Message::Request { header, entries } => {
-                    let (mut ctx, groups) = self.ctx();
-                    if let Some(g) = groups.get_mut(&header.group) {
-                        g.handle_request(from, &header, entries.iter(), &mut ctx);
-                    }
+                    with_ctx!(self, |ctx, groups| {
+                        if let Some(g) = groups.get_mut(&header.group) {
+                            g.handle_request(from, &header, entries.iter(), &mut ctx);
+                        }
+                    })
                 }
                 Message::Heartbeats { header, entries } => {
                     self.handle_heartbeats(now, sender, &header, entries.iter());
@@ -632,9 +653,12 @@ impl Node {
         for m in &view.members {
             self.in_view.insert(m.node, m.incarnation);
         }
-        for (gid, g) in self.groups.iter_mut() {
-            g.set_members(view.group(*gid).unwrap_or(&[]));
-        }
+        let in_view = &self.in_view;
+        with_ctx!(self, |ctx, groups| {
+            for (gid, g) in groups.iter_mut() {
+                g.set_members(view.group(*gid).unwrap_or(&[]), in_view, &mut ctx);
+            }
+        });
         self.view = view.clone();
         self.counters.views_installed += 1;
         if self.events.len() < self.settings.max_pending_events {
@@ -853,6 +877,9 @@ impl Node {
         // that are group members, else picking random group members).
         let fanout = self.settings.gossip_fanout;
         let mut gt: Vec<NodeId> = Vec::with_capacity(fanout);
+        let peers = &self.peers;
+        let index = &self.peer_index;
+        let live = |n: NodeId, i: u32| peer_alive(peers, index, n, i);
         let (mut ctx, groups) = (
             Ctx {
                 settings: &self.settings,
@@ -860,6 +887,7 @@ impl Node {
                 out: &mut self.out,
                 events: &mut self.events,
                 counters: &mut self.counters,
+                live: &live,
             },
             &mut self.groups,
         );

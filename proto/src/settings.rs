@@ -47,6 +47,12 @@ pub struct Settings {
     /// within the retention); smaller: bounded gossip bandwidth, but a sender missing
     /// from digests for longer than the retention has its gaps reported `Lost`.
     pub digest_entries: usize,
+    /// Forgotten senders (and co-members known to owe every message from seq 0) remembered
+    /// per group as compact tombstones `(sender, incarnation) -> next expected seq`, so that
+    /// a sender heard of again after a long partition resumes where this member stood: no
+    /// silent gap, no duplicate. Beyond it the oldest is evicted (counted in
+    /// `Counters::tombstones_evicted`); an evicted sender is resumed at its advertised low.
+    pub max_tombstones: usize,
     /// Heartbeat entries per membership gossip (the node itself plus a rotating slice of
     /// its table). Larger: fresher liveness knowledge at scale, bigger datagrams.
     pub heartbeat_entries: usize,
@@ -83,6 +89,7 @@ impl Default for Settings {
             rerequest_rounds: 2,
             max_window: 8192,
             digest_entries: 1024,
+            max_tombstones: 4096,
             heartbeat_entries: 256,
             suspect_timeout: 2_000 * MILLIS,
             forget_after: 60_000 * MILLIS,

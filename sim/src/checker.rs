@@ -59,6 +59,11 @@ pub struct Checker {
     delivered: HashMap<Instance, Vec<u64>>,
     expected_next: HashMap<(Instance, NodeId, u32), u64>,
     views: HashMap<ViewId, u64>,
+    /// Per instance, per group it was in: since when every view it installed listed it in
+    /// the group (None: the last one did not).
+    group_member: HashMap<Instance, Vec<(u64, Option<Time>)>>,
+    /// `Lost` ranges `(first, end)` reported to an instance, per sender instance.
+    lost_ranges: HashMap<(Instance, NodeId, u32), Vec<(u64, u64)>>,
     pub violations: u64,
     pub messages: Vec<String>,
     pub deliveries: u64,
@@ -147,6 +152,10 @@ impl Checker {
 
     pub fn on_lost(&mut self, at: Instance, sender: NodeId, sender_incarnation: u32, first: u64, count: u64) {
         self.lost_reports += count;
+        self.lost_ranges
+            .entry((at, sender, sender_incarnation))
+            .or_default()
+            .push((first, first.saturating_add(count)));
         if count == 0 {
             self.violation(format!("{at:?} reported an empty loss"));
         }
@@ -186,6 +195,80 @@ impl Checker {
             _ => {
                 self.views.insert(view.id, hash);
             }
+        }
+    }
+
+    /// A view installed at `at` at time `now`: as `on_view`, and tracks the instance's
+    /// group membership for `check_delivered_or_lost`.
+    pub fn on_view_at(&mut self, at: Instance, now: Time, view: &View) {
+        self.on_view(at, view);
+        let entries = self.group_member.entry(at).or_default();
+        for (g, ms) in &view.groups {
+            if ms.contains(&at.0) && !entries.iter().any(|e| e.0 == *g) {
+                entries.push((*g, None));
+            }
+        }
+        for e in entries.iter_mut() {
+            if !view.group(e.0).is_some_and(|ms| ms.contains(&at.0)) {
+                e.1 = None;
+            } else if e.1.is_none() {
+                e.1 = Some(now);
+            }
+        }
+    }
+
+    /// Bimodal multicast's promise, checked at the end of a run: a member `M` that is alive
+    /// at the end and was in group g continuously from before sender `S`'s first message
+    /// in g (across partitions that healed), with `S` alive at the end too, has every
+    /// message of `S` either delivered or covered by a `Lost` reported to it. Never a
+    /// silent gap. (A crashed sender's last messages may have reached no one: not checked.)
+    pub fn check_delivered_or_lost(&mut self, live: &[Instance]) {
+        let mut first_sent: HashMap<(NodeId, u32, u64), Time> = HashMap::new();
+        for m in &self.sent {
+            let t = first_sent
+                .entry((m.sender, m.sender_incarnation, m.group))
+                .or_insert(m.sent_at);
+            *t = (*t).min(m.sent_at);
+        }
+        // (member, sender instance) -> (silent messages, first such seq)
+        let mut silent: HashMap<(Instance, Instance), (u64, u64)> = HashMap::new();
+        for (idx, m) in self.sent.iter().enumerate() {
+            let s = (m.sender, m.sender_incarnation);
+            if !live.contains(&s) {
+                continue;
+            }
+            let first = first_sent[&(m.sender, m.sender_incarnation, m.group)];
+            for &at in live {
+                if at.0 == m.sender {
+                    continue;
+                }
+                let member_before = self
+                    .group_member
+                    .get(&at)
+                    .and_then(|es| es.iter().find(|e| e.0 == m.group))
+                    .and_then(|e| e.1)
+                    .is_some_and(|since| since < first);
+                if !member_before || self.has(at, idx) {
+                    continue;
+                }
+                let covered = self
+                    .lost_ranges
+                    .get(&(at, m.sender, m.sender_incarnation))
+                    .is_some_and(|rs| rs.iter().any(|&(f, e)| f <= m.seq && m.seq < e));
+                if !covered {
+                    let e = silent.entry((at, s)).or_insert((0, m.seq));
+                    e.0 += 1;
+                    e.1 = e.1.min(m.seq);
+                }
+            }
+        }
+        let mut silent: Vec<_> = silent.into_iter().collect();
+        silent.sort_unstable();
+        for ((at, s), (count, seq)) in silent {
+            self.violation(format!(
+                "{at:?} neither delivered nor was told Lost of {count} messages of {s:?} \
+                 (first seq {seq}), though a group member since before its first message"
+            ));
         }
     }
 
@@ -282,6 +365,45 @@ mod tests {
         assert_eq!(c.violations, 3);
         c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), b"abc");
         assert_eq!(c.violations, 4);
+    }
+
+    /// A member in the group since before a sender's first message that neither got a
+    /// message nor was told it is lost: a silent gap, reported once per (member, sender).
+    #[test]
+    fn silent_gap_is_reported() {
+        let mut c = Checker::new(true);
+        let view = View {
+            id: ViewId {
+                counter: 1,
+                coordinator: 1,
+                coordinator_incarnation: 1,
+            },
+            members: vec![
+                Member {
+                    node: 1,
+                    incarnation: 1,
+                },
+                Member {
+                    node: 2,
+                    incarnation: 1,
+                },
+            ],
+            groups: vec![(7, vec![1, 2])],
+        };
+        c.on_view_at((2, 1), 0, &view);
+        let p0 = send(&mut c, 0);
+        let _ = send(&mut c, 1);
+        let _ = send(&mut c, 2);
+        let _ = send(&mut c, 3);
+        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p0);
+        c.on_lost((2, 1), 1, 1, 1, 2);
+        c.check_delivered_or_lost(&[(1, 1), (2, 1)]);
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        // Seq 3 is neither: caught once the member was in the group before the first send
+        // (above, both at time 0, it was not checked).
+        c.sent.iter_mut().for_each(|m| m.sent_at = 5);
+        c.check_delivered_or_lost(&[(1, 1), (2, 1)]);
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
     }
 
     #[test]

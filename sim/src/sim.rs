@@ -66,6 +66,9 @@ pub struct Scenario {
     pub perturb_fraction: f64,
     pub partitions: Vec<Partition>,
     pub crashes: Vec<Crash>,
+    /// Senders that submit nothing before the given time (relative to the workload
+    /// start): e.g. a node that publishes its first message only while cut off.
+    pub quiet_until: Vec<(NodeId, Time)>,
     #[serde(skip)]
     pub settings: Settings,
     /// Give up waiting for the first view if it takes longer than this.
@@ -93,6 +96,7 @@ impl Scenario {
             perturb_fraction: 0.5,
             partitions: Vec::new(),
             crashes: Vec::new(),
+            quiet_until: Vec::new(),
             settings: Settings::default(),
             max_bootstrap: 30_000 * MILLIS,
             convergence_bound_override: None,
@@ -603,7 +607,7 @@ impl Sim {
                     v.id.counter,
                     u64::from(v.id.coordinator),
                 ]);
-                self.checker.on_view(inst, &v);
+                self.checker.on_view_at(inst, now, &v);
             }
         }
     }
@@ -807,6 +811,13 @@ impl Sim {
         for k in 0..self.senders.len() {
             let sender = self.senders[k];
             let i = sender as usize;
+            let t0 = self.workload_start.unwrap_or(0);
+            if let Some(&(_, quiet)) = self.sc.quiet_until.iter().find(|(n, _)| *n == sender) {
+                if self.now < t0 + quiet {
+                    more = true;
+                    continue;
+                }
+            }
             self.credit[k] += u128::from(self.sc.rate) * u128::from(BURST_INTERVAL);
             let each = self.credit[k] / cost;
             self.credit[k] -= each * cost;
@@ -974,6 +985,7 @@ impl Sim {
                 incomplete += 1;
             }
         }
+        self.checker.check_delivered_or_lost(&live);
         if complete_checked && incomplete > 0 {
             self.checker.violation(format!(
                 "{incomplete} messages did not reach every live member (loss {:.3}, no crash, no partition)",
