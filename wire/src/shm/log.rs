@@ -295,6 +295,20 @@ impl LogWriter {
                 max: self.log.max_payload,
             });
         }
+        Ok(self.append_data(0, sender, payload))
+    }
+
+    /// Appends a notice that `count` messages of `sender` can never be delivered (the
+    /// cluster could not repair them). Readers see it as [`LogEvent::Lost`]; it takes a
+    /// seq like a message, so a reader that lags past it counts it as missed.
+    pub fn append_lost(&mut self, sender: u64, count: u64) -> u64 {
+        self.append_data(FLAG_LOST, sender, &count.to_le_bytes())
+    }
+
+    /// Appends a data record (`payload` within `max_payload`), padding to the ring's end
+    /// first when it does not fit before it; returns its seq.
+    #[inline(always)]
+    fn append_data(&mut self, flags: u16, sender: u64, payload: &[u8]) -> u64 {
         let size = (HDR + align_record(payload.len())) as u64;
         let mut start = self.log.normalize(self.tail);
         let to_end = self.log.room_to_end(start);
@@ -305,29 +319,9 @@ impl LogWriter {
         }
         let seq = self.next_seq;
         self.next_seq = seq + 1;
-        self.write_record(start, size, KIND_DATA, 0, seq, sender, payload);
+        self.write_record(start, size, KIND_DATA, flags, seq, sender, payload);
         self.tail = start + size;
         // Release: new readers attaching at this tail see the records and the marker.
-        self.log.tail().store(self.tail, Release);
-        Ok(seq)
-    }
-
-    /// Appends a notice that `count` messages of `sender` can never be delivered (the
-    /// cluster could not repair them). Readers see it as [`LogEvent::Lost`]; it takes a
-    /// seq like a message, so a reader that lags past it counts it as missed.
-    pub fn append_lost(&mut self, sender: u64, count: u64) -> u64 {
-        let payload = count.to_le_bytes();
-        let size = (HDR + align_record(payload.len())) as u64;
-        let mut start = self.log.normalize(self.tail);
-        let to_end = self.log.room_to_end(start);
-        if size > to_end {
-            self.write_record(start, to_end, KIND_PADDING, 0, self.next_seq, 0, &[]);
-            start += to_end;
-        }
-        let seq = self.next_seq;
-        self.next_seq = seq + 1;
-        self.write_record(start, size, KIND_DATA, FLAG_LOST, seq, sender, &payload);
-        self.tail = start + size;
         self.log.tail().store(self.tail, Release);
         seq
     }
