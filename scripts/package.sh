@@ -16,5 +16,7 @@ for f in ./usr/bin/tuttid ./usr/bin/tutti ./usr/bin/tutti-bench ./lib/systemd/sy
     grep -q " $f\$" <<<"$listing" || { echo "package.sh: $f missing from $deb" >&2; exit 1; }
 done
 dpkg-deb -f "$deb" Package Version Depends
-dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -q conffiles || { echo "package.sh: no conffiles" >&2; exit 1; }
+# (Listed into a variable first: `grep -q` stopping early would make pipefail see SIGPIPE.)
+control=$(dpkg-deb --ctrl-tarfile "$deb" | tar -t)
+grep -q conffiles <<<"$control" || { echo "package.sh: no conffiles" >&2; exit 1; }
 echo "package ok"

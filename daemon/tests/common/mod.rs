@@ -31,10 +31,17 @@ impl Daemon {
 
     /// As `start`, with extra environment variables.
     pub fn start_with(tag: &str, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tuttid"));
+        command.envs(envs.iter().copied());
+        Self::spawn(tag, command, extra)
+    }
+
+    /// Runs `command` (tuttid, or something that execs it) with the test's socket, backoff
+    /// idle, no pinning and `extra`; waits until the control socket answers.
+    fn spawn(tag: &str, mut command: Command, extra: &[&str]) -> Daemon {
         let dir = temp_dir(tag);
         let socket = dir.join("tuttid.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_tuttid"))
-            .envs(envs.iter().copied())
+        let child = command
             .arg("--socket")
             .arg(&socket)
             .args(["--idle", "backoff", "--no-pin"])
@@ -141,23 +148,8 @@ impl Daemon {
     /// `ip netns exec` (`ip` execs tuttid, so the child is tuttid itself). The control
     /// socket is a filesystem path, so clients in the test's namespace connect as usual.
     pub fn start_in_netns(tag: &str, ip: &Path, netns: &str, extra: &[&str]) -> Daemon {
-        let dir = temp_dir(tag);
-        let socket = dir.join("tuttid.sock");
-        let child = Command::new(ip)
-            .args(["netns", "exec", netns])
-            .arg(env!("CARGO_BIN_EXE_tuttid"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--idle", "backoff", "--no-pin"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("tuttid.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn ip netns exec tuttid");
-        let daemon = Daemon { child, socket, dir };
-        daemon.wait_ready();
-        daemon
+        let mut command = Command::new(ip);
+        command.args(["netns", "exec", netns]).arg(env!("CARGO_BIN_EXE_tuttid"));
+        Self::spawn(tag, command, extra)
     }
 }
