@@ -149,7 +149,9 @@ impl Daemon {
     /// socket is a filesystem path, so clients in the test's namespace connect as usual.
     pub fn start_in_netns(tag: &str, ip: &Path, netns: &str, extra: &[&str]) -> Daemon {
         let mut command = Command::new(ip);
-        command.args(["netns", "exec", netns]).arg(env!("CARGO_BIN_EXE_tuttid"));
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_tuttid"));
         Self::spawn(tag, command, extra)
     }
 }
