@@ -240,6 +240,32 @@ mod tests {
 }
 
 #[cfg(test)]
+mod untrusted {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, or a valid file with a line of garbage, gives a config or an error
+        /// naming what is wrong; never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            let _ = super::Config::parse(&text);
+        }
+
+        #[test]
+        fn mutated_example_never_panics(line in "[a-z_.\\[\\]]{1,20} ?= ?[-0-9a-z\"\\[\\],.]{0,20}", at in 0usize..40) {
+            let example = include_str!("../tuttid.example.toml");
+            let mut lines: Vec<&str> = example.lines().collect();
+            let at = at % lines.len();
+            lines.insert(at, &line);
+            let text = lines.join("\n");
+            if let Err(e) = super::Config::parse(&text) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod example {
     #[test]
     fn the_example_config_parses_and_matches_the_defaults() {
