@@ -150,12 +150,36 @@ fn bind_control_socket(path: &Path) -> Result<SeqPacketListener, String> {
         std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    let listener =
-        SeqPacketListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    // Bind and listen under a temporary name, then rename into place: the socket file
+    // appears only once connections are accepted (a client racing the start never sees a
+    // socket that refuses it).
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{file_name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let (listener, bound) = match SeqPacketListener::bind(&temp) {
+        Ok(l) => (l, temp.as_path()),
+        // A temporary name too long for a socket address: bind in place instead.
+        Err(_) => (
+            SeqPacketListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+            path,
+        ),
+    };
     listener.set_nonblocking().map_err(|e| e.to_string())?;
     // Who may connect is decided by SO_PEERCRED, but keep others from even connecting.
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770));
+    let _ = std::fs::set_permissions(bound, std::fs::Permissions::from_mode(0o770));
+    if bound != path {
+        std::fs::rename(bound, path).map_err(|e| {
+            let _ = std::fs::remove_file(bound);
+            format!(
+                "cannot move the control socket into place at {}: {e}",
+                path.display()
+            )
+        })?;
+    }
     Ok(listener)
 }
 
