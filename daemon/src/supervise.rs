@@ -214,7 +214,7 @@ mod tests {
             watchdog: Some(Duration::from_millis(30)),
             last_ping: Instant::now(),
             beats: Vec::new(),
-            stall_after: Duration::from_millis(60),
+            stall_after: Duration::from_millis(400),
             stalled: false,
             config_path: None,
             set_log_filter: None,
@@ -234,13 +234,15 @@ mod tests {
         assert!(drain(&sock).iter().filter(|m| *m == "WATCHDOG=1").count() >= 2);
 
         // Shard 1 stops beating: once past the stall limit, no more pings.
+        // (Drained as we go: a datagram socket queues only a few messages.)
         let stop = Instant::now();
-        while stop.elapsed() < Duration::from_millis(300) {
+        let mut late = Vec::new();
+        while stop.elapsed() < Duration::from_millis(1200) {
             beat(&shards[0]);
             sup.tick(&shards);
+            late.extend(drain(&sock));
             std::thread::sleep(Duration::from_millis(10));
         }
-        let late = drain(&sock);
         assert!(
             late.iter().any(|m| m.contains("STATUS=shard 1 stalled")),
             "{late:?}"
