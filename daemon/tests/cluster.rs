@@ -126,17 +126,22 @@ fn receive_all(client: &mut Client, g: GroupId, publishers: &[usize], expected: 
     next
 }
 
-/// Every daemon has one member that publishes `per_sender` messages; every member must
-/// get every message of every publisher, FIFO per publisher.
-fn all_to_all(cluster: &Cluster, group: &str, per_sender: u64) {
-    let n = cluster.daemons.len();
-    let mut clients: Vec<(Client, GroupId)> = (0..n)
+/// One client per daemon in `daemons`, each joined to `group`.
+fn join_all(cluster: &Cluster, daemons: std::ops::Range<usize>, group: &str) -> Vec<(Client, GroupId)> {
+    daemons
         .map(|i| {
             let mut c = cluster.daemon(i).client();
             let g = c.join(group).unwrap();
             (c, g)
         })
-        .collect();
+        .collect()
+}
+
+/// Every daemon has one member that publishes `per_sender` messages; every member must
+/// get every message of every publisher, FIFO per publisher.
+fn all_to_all(cluster: &Cluster, group: &str, per_sender: u64) {
+    let n = cluster.daemons.len();
+    let mut clients = join_all(cluster, 0..n, group);
     // Let the coordinator put every member into the group's view (a few gossip rounds).
     std::thread::sleep(Duration::from_millis(1500));
     let publishers: Vec<usize> = (0..n).collect();
@@ -225,13 +230,7 @@ fn large(sender: usize, index: u64, len: usize) -> Vec<u8> {
 /// one whole (content checked) or, if `may_lose`, learns of it through `Lost`.
 fn large_messages(cluster: &Cluster, group: &str, count: u64, len: usize, may_lose: bool) {
     let n = cluster.daemons.len();
-    let mut clients: Vec<(Client, GroupId)> = (0..n)
-        .map(|i| {
-            let mut c = cluster.daemon(i).client();
-            let g = c.join(group).unwrap();
-            (c, g)
-        })
-        .collect();
+    let mut clients = join_all(cluster, 0..n, group);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         clients[0].0.max_message(clients[0].1).unwrap() >= 1 << 20,
@@ -315,13 +314,7 @@ fn garbage_datagrams_are_counted_and_dropped_and_delivery_continues(io: &'static
 fn a_publisher_that_leaves_at_once_still_reaches_everyone(io: &'static str) {
     let cluster = Cluster::start("quick", io, 67, 3, "");
     cluster.wait_for_view(3);
-    let mut members: Vec<(Client, GroupId)> = (1..3)
-        .map(|i| {
-            let mut c = cluster.daemon(i).client();
-            let g = c.join("news").unwrap();
-            (c, g)
-        })
-        .collect();
+    let mut members = join_all(&cluster, 1..3, "news");
     std::thread::sleep(Duration::from_millis(1500));
     {
         let mut publisher = cluster.daemon(0).client();

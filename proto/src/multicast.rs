@@ -463,22 +463,26 @@ impl GroupState {
         }
     }
 
+    /// Tells the application, once, that `count` messages of `key` from `first` are lost.
+    fn report_lost(group: GroupId, key: SenderKey, first: u64, count: u64, ctx: &mut Ctx<'_>) {
+        ctx.counters.lost_reported += count;
+        ctx.emit(Event::Lost {
+            group,
+            sender: key.0,
+            sender_incarnation: key.1,
+            first,
+            count,
+        });
+    }
+
     /// Moves the window's start to `new_base`: gaps below it are reported `Lost` once,
     /// held messages not yet delivered are delivered (in order), delivered ones dropped
     /// early (counted); then whatever waited behind is delivered.
     fn slide_window(group: GroupId, key: SenderKey, st: &mut SenderState, new_base: u64, ctx: &mut Ctx<'_>) {
         let mut lost_first = 0;
         let mut lost_count = 0u64;
-        let report = |first: u64, count: u64, ctx: &mut Ctx<'_>| {
-            ctx.counters.lost_reported += count;
-            ctx.emit(Event::Lost {
-                group,
-                sender: key.0,
-                sender_incarnation: key.1,
-                first,
-                count,
-            });
-        };
+        let report =
+            |first: u64, count: u64, ctx: &mut Ctx<'_>| Self::report_lost(group, key, first, count, ctx);
         while st.base < new_base {
             match st.slots.pop_front() {
                 Some(Slot::Missing { .. }) => {
@@ -613,14 +617,7 @@ impl GroupState {
             }
         }
         if count > 0 {
-            ctx.counters.lost_reported += count;
-            ctx.emit(Event::Lost {
-                group,
-                sender: key.0,
-                sender_incarnation: key.1,
-                first,
-                count,
-            });
+            Self::report_lost(group, key, first, count, ctx);
             st.next_deliver = st.next_deliver.max(st.base);
             st.advance_contiguous();
             if ctx.settings.delivery == Delivery::Fifo {
@@ -744,14 +741,7 @@ impl GroupState {
                 st.next_deliver = st.next_deliver.max(st.base);
                 if lost_count > 0 && old(st.slots.front()) != Some(true) {
                     // Report the gap once, then deliver what waited behind it.
-                    ctx.counters.lost_reported += lost_count;
-                    ctx.emit(Event::Lost {
-                        group,
-                        sender: key.0,
-                        sender_incarnation: key.1,
-                        first: lost_first,
-                        count: lost_count,
-                    });
+                    Self::report_lost(group, *key, lost_first, lost_count, ctx);
                     lost_count = 0;
                     st.advance_contiguous();
                     let s = st.next_deliver;
