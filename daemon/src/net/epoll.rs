@@ -4,7 +4,7 @@
 //! system calls, each over memory this struct owns.
 
 use super::config::NetConfig;
-use super::socket::{bind_udp, same_family, RawAddr};
+use super::socket::{bind_udp, check_send, RawAddr};
 use super::{NetStats, SendError, Transport, SEND_QUEUE_BATCHES};
 use socket2::Socket;
 use std::io;
@@ -106,15 +106,7 @@ fn epoll_add(epoll: &OwnedFd, fd: RawFd, token: u64) -> io::Result<()> {
 
 impl Transport for EpollTransport {
     fn queue(&mut self, to: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
-        if bytes.len() > self.max_datagram {
-            return Err(SendError::TooLarge {
-                len: bytes.len(),
-                max: self.max_datagram,
-            });
-        }
-        if !same_family(&self.local, &to) {
-            return Err(SendError::AddressFamily(to));
-        }
+        check_send(&self.local, self.max_datagram, to, bytes.len())?;
         if self.send_count == self.slots() {
             self.stats.queue_full += 1;
             return Err(SendError::QueueFull);

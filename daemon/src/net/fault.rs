@@ -4,7 +4,7 @@
 //! seed and traffic give the same faults. Off unless `[net.fault]` asks for it.
 
 use super::config::FaultConfig;
-use super::socket::same_family;
+use super::socket::check_send;
 use super::{NetStats, SendError, Transport};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -210,15 +210,7 @@ fn is_partitioned(partition: &[SocketAddr], peer: &SocketAddr) -> bool {
 
 impl<T: Transport> Transport for FaultyTransport<T> {
     fn queue(&mut self, to: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
-        if bytes.len() > self.max_datagram {
-            return Err(SendError::TooLarge {
-                len: bytes.len(),
-                max: self.max_datagram,
-            });
-        }
-        if !same_family(&self.local, &to) {
-            return Err(SendError::AddressFamily(to));
-        }
+        check_send(&self.local, self.max_datagram, to, bytes.len())?;
         if !self.delay_heap.is_empty() {
             self.release_due(Instant::now());
         }

@@ -165,6 +165,26 @@ pub(crate) fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// The checks every transport makes before it queues a datagram: within `max_datagram`,
+/// and to an address of the socket's family.
+pub(crate) fn check_send(
+    local: &SocketAddr,
+    max_datagram: usize,
+    to: SocketAddr,
+    len: usize,
+) -> Result<(), super::SendError> {
+    if len > max_datagram {
+        return Err(super::SendError::TooLarge {
+            len,
+            max: max_datagram,
+        });
+    }
+    if !same_family(local, &to) {
+        return Err(super::SendError::AddressFamily(to));
+    }
+    Ok(())
+}
+
 /// Whether a datagram to `to` can leave a socket bound to `local`.
 pub(crate) fn same_family(local: &SocketAddr, to: &SocketAddr) -> bool {
     local.is_ipv4() == to.is_ipv4()

@@ -13,7 +13,7 @@
 //! they do not all come, it leaks the buffers rather than free memory the kernel may write.
 
 use super::config::NetConfig;
-use super::socket::{bind_udp, parse_sockaddr, same_family, RawAddr, RAW_ADDR_LEN};
+use super::socket::{bind_udp, check_send, parse_sockaddr, RawAddr, RAW_ADDR_LEN};
 use super::{NetStats, SendError, Transport, SEND_QUEUE_BATCHES};
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, IoUring};
@@ -542,15 +542,7 @@ fn build_ring(sq: u32, cq: u32, sqpoll: bool) -> io::Result<(IoUring, bool, bool
 
 impl Transport for UringTransport {
     fn queue(&mut self, to: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
-        if bytes.len() > self.max_datagram {
-            return Err(SendError::TooLarge {
-                len: bytes.len(),
-                max: self.max_datagram,
-            });
-        }
-        if !same_family(&self.local, &to) {
-            return Err(SendError::AddressFamily(to));
-        }
+        check_send(&self.local, self.max_datagram, to, bytes.len())?;
         if self.send_free.is_empty() {
             let _ = self.reap();
         }
