@@ -7,6 +7,18 @@
 //! wants done through `poll_transmit`, `poll_event` and `poll_timeout`. No sockets, clocks,
 //! threads or global randomness: time and an RNG seed are passed in, so the simulator in
 //! `tutti-sim` reproduces any run from a seed.
+//!
+//! The message layer is here too, so that the simulator exercises all of it: messages of
+//! any size up to `Settings::max_message` (fragmented into datagrams and reassembled, in
+//! the data header's fragment fields), the publishing session of each message, sender
+//! stream identity, lingering after the application leaves a group, and a memory budget
+//! in bytes for everything retained for repair.
+//!
+//! **Streams.** A node's messages in a group form a stream `(node, stream)` numbered from
+//! 0. The stream id is drawn from the node's RNG each time the node joins the group and is
+//! announced in the view, so a stream identity never repeats while a receiver can remember
+//! it: neither a group left and joined again nor a restarted node (the daemon seeds the RNG
+//! from the OS) can be mistaken for an old stream whose seqs a receiver already passed.
 
 mod fxhash;
 mod multicast;
@@ -14,8 +26,8 @@ mod node;
 mod outbox;
 mod settings;
 
-pub use node::{Counters, Node, SubmitError};
-pub use settings::{Delivery, Settings};
+pub use node::{Counters, Node, SubmitError, Submitted};
+pub use settings::{Delivery, Settings, SLOT_OVERHEAD};
 
 use std::sync::Arc;
 
@@ -63,6 +75,23 @@ impl Member {
     }
 }
 
+/// A group in a view: its members in view order, and the stream each sends in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub id: GroupId,
+    pub members: Vec<NodeId>,
+    /// `streams[i]` is the stream of `members[i]`.
+    pub streams: Vec<u32>,
+}
+
+impl GroupView {
+    /// The stream `node` sends in this group, if it is a member.
+    pub fn stream_of(&self, node: NodeId) -> Option<u32> {
+        let i = self.members.iter().position(|m| *m == node)?;
+        self.streams.get(i).copied()
+    }
+}
+
 /// A numbered view: members ordered oldest first (so `members[0]` is the coordinator
 /// while it lives), and per group the members that joined it, in the same order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,38 +99,44 @@ pub struct View {
     pub id: ViewId,
     pub members: Vec<Member>,
     /// Sorted by group id; member lists in view order.
-    pub groups: Vec<(GroupId, Vec<NodeId>)>,
+    pub groups: Vec<GroupView>,
 }
 
 impl View {
     pub fn contains(&self, m: Member) -> bool {
         self.members.contains(&m)
     }
-    pub fn group(&self, g: GroupId) -> Option<&[NodeId]> {
+    pub fn group_view(&self, g: GroupId) -> Option<&GroupView> {
         self.groups
-            .binary_search_by_key(&g, |(id, _)| *id)
+            .binary_search_by_key(&g, |gv| gv.id)
             .ok()
             .and_then(|i| self.groups.get(i))
-            .map(|(_, m)| m.as_slice())
+    }
+    pub fn group(&self, g: GroupId) -> Option<&[NodeId]> {
+        self.group_view(g).map(|gv| gv.members.as_slice())
     }
 }
 
 /// What a node tells the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A multicast message, delivered once, FIFO per sender unless `Delivery::Unordered`.
+    /// A message of another node, delivered once and whole, FIFO per stream unless
+    /// `Delivery::Unordered`. A node's own messages are not delivered back to it.
     Deliver {
         group: GroupId,
         sender: NodeId,
-        sender_incarnation: u32,
+        stream: u32,
         seq: u64,
+        /// The publishing session given to `submit` on the sender.
+        session: u32,
         payload: Arc<[u8]>,
     },
-    /// Messages `first..first+count` of a sender can no longer be repaired (reported once).
+    /// Messages `first..first+count` of a stream will never be delivered here (reported
+    /// once; `count` counts messages, whatever their fragments).
     Lost {
         group: GroupId,
         sender: NodeId,
-        sender_incarnation: u32,
+        stream: u32,
         first: u64,
         count: u64,
     },

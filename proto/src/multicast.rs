@@ -1,42 +1,96 @@
 //! Bimodal multicast for one group (Birman et al., TOCS 1999): stage 1 over a k-ary tree
-//! rooted at the sender, stage 2 anti-entropy gossip (digest, request, retransmission),
-//! bounded retention, `Lost` reports, FIFO or unordered delivery.
+//! rooted at the sender, repair that keeps pace with the sender (a gap is solicited at once
+//! from the member the stream came from), stage 2 anti-entropy gossip (digest, request,
+//! retransmission) as the backstop, retention bounded by rounds and by a byte budget,
+//! `Lost` reports, FIFO or unordered delivery, and the message layer: fragmentation of
+//! large messages and their reassembly.
 
 use crate::fxhash::FxMap;
 use crate::node::Counters;
 use crate::outbox::Outbox;
-use crate::{Delivery, Event, GroupId, NodeId, Settings};
+use crate::settings::SLOT_OVERHEAD;
+use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tutti_wire::packet::{
     DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
-    MESSAGE_HEADER_LEN,
+    MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
 };
 
-/// Overhead counted per retransmitted message against the budget (Ensemble's 100 B).
-const RETRANSMIT_OVERHEAD: usize = 100;
-const NEVER: u32 = u32::MAX;
+/// Overhead counted per retransmitted fragment against the budget (headers, syscalls).
+const RETRANSMIT_OVERHEAD: usize = 48;
+/// "Never requested".
+const NEVER: Time = Time::MAX;
 /// Retention periods an emptied state of a departed sender is kept (see `last_active`).
 const TOMBSTONE_RETENTIONS: u32 = 4;
 /// Rounds a gap below the sender's own low-water mark is still left open for repair by a
 /// member that got the message late, before it is reported `Lost`.
 const LOW_GRACE_ROUNDS: u32 = 4;
+/// Most tree children (bounds a stack array).
+const MAX_TREE_FANOUT: usize = 64;
+/// Bytes counted per fragment slot of a partly received message.
+const FRAGMENT_OVERHEAD: usize = 24;
+
+/// A stream: a sender node and the stream id it drew when it joined the group.
+pub type StreamKey = (NodeId, u32);
+
+/// A large message of which some fragments arrived.
+struct Partial {
+    since_round: u32,
+    requested_at: Time,
+    session: u32,
+    have: u16,
+    /// Payload bytes of every fragment but the last (0 until one of them arrived).
+    chunk: u32,
+    bytes: usize,
+    frags: Vec<Option<Box<[u8]>>>,
+}
+
+impl Partial {
+    fn count(&self) -> u16 {
+        self.frags.len() as u16
+    }
+    fn first_missing(&self) -> u16 {
+        self.frags.iter().position(Option::is_none).unwrap_or(0) as u16
+    }
+    fn cost(&self) -> usize {
+        SLOT_OVERHEAD + self.bytes + self.frags.len() * FRAGMENT_OVERHEAD
+    }
+}
 
 enum Slot {
     Missing {
         since_round: u32,
-        requested_round: u32,
+        requested_at: Time,
     },
+    Partial(Box<Partial>),
     Held {
         payload: Arc<[u8]>,
+        session: u32,
+        /// Fragment size it was sent in (payload length when unfragmented).
+        chunk: u32,
         round: u32,
         delivered: bool,
         forwarded: bool,
     },
 }
 
-/// What a member knows of one sender (in one incarnation): a window of seqs from `base`.
+impl Slot {
+    /// Bytes this slot counts against the budgets.
+    fn cost(&self) -> usize {
+        match self {
+            Slot::Missing { .. } => SLOT_OVERHEAD,
+            Slot::Partial(p) => p.cost(),
+            Slot::Held { payload, .. } => SLOT_OVERHEAD + payload.len(),
+        }
+    }
+    fn is_held(&self) -> bool {
+        matches!(self, Slot::Held { .. })
+    }
+}
+
+/// What a member knows of one stream: a window of seqs from `base`.
 pub struct SenderState {
     base: u64,
     slots: VecDeque<Slot>,
@@ -44,12 +98,17 @@ pub struct SenderState {
     next_deliver: u64,
     /// Every seq in `[base, contiguous)` is held.
     contiguous: u64,
+    /// Slots not held (missing or partial).
     missing: u64,
     /// The sender's `retained` from the newest data message, for forwarding.
     retained: u32,
     /// Last round this state saw data; an idle empty state of a departed sender is kept
     /// this long as a tombstone so that late copies held elsewhere are not delivered again.
     last_active: u32,
+    /// Bytes counted against the budgets (sum of the slots' costs).
+    bytes: usize,
+    /// When gaps of this stream were last scanned for re-requests.
+    last_rescan: Time,
 }
 
 impl SenderState {
@@ -62,6 +121,8 @@ impl SenderState {
             missing: 0,
             retained: 0,
             last_active: 0,
+            bytes: 0,
+            last_rescan: 0,
         }
     }
     fn high(&self) -> u64 {
@@ -69,88 +130,65 @@ impl SenderState {
     }
     fn slot(&self, seq: u64) -> Option<&Slot> {
         seq.checked_sub(self.base)
-            .and_then(|i| self.slots.get(i as usize))
+            .and_then(|i| self.slots.get(usize::try_from(i).ok()?))
     }
     fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
         seq.checked_sub(self.base)
-            .and_then(|i| self.slots.get_mut(i as usize))
+            .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?))
     }
     fn advance_contiguous(&mut self) {
         self.contiguous = self.contiguous.max(self.base);
-        while let Some(Slot::Held { .. }) = self.slot(self.contiguous) {
+        while self.slot(self.contiguous).is_some_and(Slot::is_held) {
             self.contiguous += 1;
         }
     }
-    /// Extend the window with missing slots up to `high` (bounded by `max_window`).
+    /// Extend the window with missing slots up to `high` (bounded by `max_window`);
+    /// returns whether all of it fit.
     fn extend_to(&mut self, high: u64, round: u32, max_window: u64) -> bool {
         let limit = self.base.saturating_add(max_window);
         let target = high.min(limit);
         while self.high() < target {
             self.slots.push_back(Slot::Missing {
                 since_round: round,
-                requested_round: NEVER,
+                requested_at: NEVER,
             });
             self.missing += 1;
+            self.bytes += SLOT_OVERHEAD;
         }
         high <= limit
     }
-    pub fn approx_bytes(&self) -> usize {
-        let mut b = std::mem::size_of::<Self>() + self.slots.capacity() * std::mem::size_of::<Slot>();
-        for s in &self.slots {
-            if let Slot::Held { payload, .. } = s {
-                b += payload.len() + 16;
-            }
+    /// Removes the oldest slot (the window starts one later).
+    fn pop_front(&mut self) -> Option<Slot> {
+        let s = self.slots.pop_front()?;
+        self.bytes -= s.cost();
+        if !s.is_held() {
+            self.missing -= 1;
         }
-        b
+        self.base += 1;
+        self.next_deliver = self.next_deliver.max(self.base);
+        Some(s)
     }
-}
-
-type SenderKey = (NodeId, u32);
-
-pub struct GroupState {
-    pub id: GroupId,
-    /// Group members in view order; `pos` maps a node to its index.
-    members: Vec<NodeId>,
-    pos: FxMap<NodeId, usize>,
-    my_id: NodeId,
-    my_incarnation: u32,
-    next_seq: u64,
-    senders: FxMap<SenderKey, SenderState>,
-    /// Sender keys in first-seen order, for deterministic rotation over digests.
-    order: Vec<SenderKey>,
-    digest_cursor: usize,
-    budget_left: usize,
-    digest_replied: FxMap<NodeId, u32>,
-    /// Incarnation of each group member in the current view.
-    member_incarnation: FxMap<NodeId, u32>,
-    /// Where this member's stream of a sender without a state starts: a forgotten sender's
-    /// next expected seq, or 0 for a co-member that joined the group while this member
-    /// already was one (it owes us everything it sends). Bounded by `max_tombstones`.
-    tombstones: FxMap<SenderKey, (u64, u64)>,
-    /// Tombstone keys with the stamp they were inserted with, oldest first, for eviction
-    /// (an entry whose stamp no longer matches the map is stale and skipped).
-    tombstone_order: VecDeque<(SenderKey, u64)>,
-    tombstone_stamp: u64,
-    /// Round since which this member has been in the group in every view (None: it is
-    /// not in the current one).
-    member_since: Option<u32>,
-    scratch_digest: Vec<DigestEntry>,
-    scratch_request: Vec<RequestEntry>,
 }
 
 /// Shared context a group needs from its node while handling an input.
 pub struct Ctx<'a> {
     pub settings: &'a Settings,
+    pub now: Time,
     pub round: u32,
     pub out: &'a mut Outbox,
     pub events: &'a mut VecDeque<Event>,
     pub counters: &'a mut Counters,
-    /// Whether a node (in an incarnation) is alive as far as membership knows.
-    pub live: &'a dyn Fn(NodeId, u32) -> bool,
+    /// Whether a node is alive as far as membership knows.
+    pub live: &'a dyn Fn(NodeId) -> bool,
+    /// Bytes the node's groups retain together.
+    pub node_bytes: &'a mut usize,
 }
 
 impl Ctx<'_> {
-    fn emit(&mut self, e: Event) {
+    fn emit(&mut self, quiet: bool, e: Event) {
+        if quiet {
+            return; // the group lingers: nobody here wants its messages
+        }
         if self.events.len() >= self.settings.max_pending_events {
             self.counters.events_dropped += 1;
         } else {
@@ -159,64 +197,115 @@ impl Ctx<'_> {
     }
 }
 
+pub struct GroupState {
+    pub id: GroupId,
+    /// Group members in view order; `pos` maps a node to its index.
+    members: Vec<NodeId>,
+    pos: FxMap<NodeId, usize>,
+    my_id: NodeId,
+    /// This node's stream in the group (drawn when it joined).
+    my_stream: u32,
+    next_seq: u64,
+    senders: FxMap<StreamKey, SenderState>,
+    /// Stream keys in first-seen order, for deterministic rotation over digests.
+    order: Vec<StreamKey>,
+    digest_cursor: usize,
+    budget_left: usize,
+    digest_replied: FxMap<NodeId, u32>,
+    /// The stream of each group member in the current view.
+    member_stream: FxMap<NodeId, u32>,
+    /// Where this member's copy of a stream without a state starts: a forgotten stream's
+    /// next expected seq, or 0 for a stream that appeared in the group while this member
+    /// already was in it (it owes us every message). Bounded by `max_tombstones`.
+    tombstones: FxMap<StreamKey, (u64, u64)>,
+    /// Tombstone keys with the stamp they were inserted with, oldest first, for eviction
+    /// (an entry whose stamp no longer matches the map is stale and skipped).
+    tombstone_order: VecDeque<(StreamKey, u64)>,
+    tombstone_stamp: u64,
+    /// Round since which this member has been in the group in every view (None: it is
+    /// not in the current one).
+    member_since: Option<u32>,
+    /// Bytes retained (sum over streams).
+    bytes: usize,
+    /// Set when the application left: the group stays joined until then, silently.
+    pub lingering_until: Option<Time>,
+    scratch_digest: Vec<DigestEntry>,
+    scratch_request: Vec<RequestEntry>,
+}
+
+/// Per-stream bookkeeping after a change to `st`: the group's and the node's byte totals.
+fn account(group_bytes: &mut usize, before: usize, after: usize, ctx: &mut Ctx<'_>) {
+    *group_bytes = *group_bytes + after - before;
+    *ctx.node_bytes = *ctx.node_bytes + after - before;
+}
+
 impl GroupState {
-    pub fn new(id: GroupId, my_id: NodeId, my_incarnation: u32) -> Self {
+    pub fn new(id: GroupId, my_id: NodeId, my_stream: u32) -> Self {
         GroupState {
             id,
             members: Vec::new(),
             pos: FxMap::default(),
             my_id,
-            my_incarnation,
+            my_stream,
             next_seq: 0,
             senders: FxMap::default(),
             order: Vec::new(),
             digest_cursor: 0,
             budget_left: 0,
             digest_replied: FxMap::default(),
-            member_incarnation: FxMap::default(),
+            member_stream: FxMap::default(),
             tombstones: FxMap::default(),
             tombstone_order: VecDeque::new(),
             tombstone_stamp: 0,
             member_since: None,
+            bytes: 0,
+            lingering_until: None,
             scratch_digest: Vec::new(),
             scratch_request: Vec::new(),
         }
     }
 
-    /// Install the group's member list of a new view (`incarnations`: the view's members).
+    pub fn my_stream(&self) -> u32 {
+        self.my_stream
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn quiet(&self) -> bool {
+        self.lingering_until.is_some()
+    }
+
+    /// Install the group's members of a new view: `(node, stream)` in view order.
     ///
-    /// A sender's seqs in a group start at 0 when it joins the group. So when this member
-    /// already was in the group and a sender (in an incarnation) appears in it, every
-    /// message of that sender is owed to us from seq 0: remember that (as a tombstone at
-    /// 0), so that messages it sent before we first hear of it are repaired or reported
-    /// `Lost`, never skipped — for instance when it published only while partitioned away.
-    pub fn set_members(&mut self, members: &[NodeId], incarnations: &FxMap<NodeId, u32>, ctx: &mut Ctx<'_>) {
+    /// A stream's seqs start at 0 when its node joins the group. So when this member
+    /// already was in the group and a stream appears in it, every message of that stream is
+    /// owed to us from seq 0: remember that (as a tombstone at 0), so that messages sent
+    /// before we first hear of the stream are repaired or reported `Lost`, never skipped;
+    /// for instance when it published only while partitioned away.
+    pub fn set_members(&mut self, members: &[NodeId], streams: &[u32], ctx: &mut Ctx<'_>) {
         let was_member = self.pos.contains_key(&self.my_id);
         self.member_since = match (was_member, members.contains(&self.my_id)) {
             (_, false) => None,
             (false, true) => Some(ctx.round),
             (true, true) => self.member_since.or(Some(ctx.round)),
         };
-        let previous = std::mem::take(&mut self.member_incarnation);
+        let previous = std::mem::take(&mut self.member_stream);
         self.members.clear();
         self.members.extend_from_slice(members);
         self.pos.clear();
-        for (i, m) in members.iter().enumerate() {
+        for (i, (m, s)) in members.iter().zip(streams).enumerate() {
             self.pos.insert(*m, i);
-            if let Some(&inc) = incarnations.get(m) {
-                self.member_incarnation.insert(*m, inc);
-            }
+            self.member_stream.insert(*m, *s);
         }
         if !was_member || !self.pos.contains_key(&self.my_id) {
             return;
         }
-        for &n in members {
-            let Some(&inc) = self.member_incarnation.get(&n) else {
-                continue;
-            };
-            let key = (n, inc);
+        for (&n, &stream) in members.iter().zip(streams) {
+            let key = (n, stream);
             if n == self.my_id
-                || previous.get(&n) == Some(&inc)
+                || previous.get(&n) == Some(&stream)
                 || self.senders.contains_key(&key)
                 || self.tombstones.contains_key(&key)
             {
@@ -227,7 +316,7 @@ impl GroupState {
     }
 
     /// Remember where `key`'s stream stands for us (bounded; the oldest is evicted).
-    fn add_tombstone(&mut self, key: SenderKey, next: u64, ctx: &mut Ctx<'_>) {
+    fn add_tombstone(&mut self, key: StreamKey, next: u64, ctx: &mut Ctx<'_>) {
         self.tombstone_stamp += 1;
         let stamp = self.tombstone_stamp;
         self.tombstones.insert(key, (next, stamp));
@@ -244,7 +333,7 @@ impl GroupState {
                 }
             }
         }
-        // Stale order entries (tombstones consumed by a returning sender) are dropped once
+        // Stale order entries (tombstones consumed by a returning stream) are dropped once
         // they outnumber the live ones: the order stays within twice the cap.
         if self.tombstone_order.len() > 2 * cap.max(self.tombstones.len()) + 16 {
             let live = &self.tombstones;
@@ -254,15 +343,15 @@ impl GroupState {
     }
 
     /// Whether traffic about `key`, of which we hold no state, must wait for the view:
-    /// we are in the group, the sender is alive but not (yet) in our group view. Once
-    /// the view that adds it arrives we know whether it owes us every message (see
-    /// `set_members`); creating its state now, at its advertised low, would skip those.
-    fn defer_unknown(&self, key: SenderKey, ctx: &Ctx<'_>) -> bool {
+    /// we are in the group, its node is alive but the stream is not (yet) in our group
+    /// view. Once the view that adds it arrives we know whether it owes us every message
+    /// (see `set_members`); creating its state now, at its advertised low, would skip those.
+    fn defer_unknown(&self, key: StreamKey, ctx: &Ctx<'_>) -> bool {
         !self.senders.contains_key(&key)
             && !self.tombstones.contains_key(&key)
             && self.pos.contains_key(&self.my_id)
-            && self.member_incarnation.get(&key.0) != Some(&key.1)
-            && (ctx.live)(key.0, key.1)
+            && self.member_stream.get(&key.0) != Some(&key.1)
+            && (ctx.live)(key.0)
     }
 
     pub fn members(&self) -> &[NodeId] {
@@ -275,31 +364,36 @@ impl GroupState {
 
     /// Children of this node in the k-ary tree rooted at `root`: positions are relabeled
     /// so the root is 0; node `i` has children `k*i+1 ..= k*i+k`.
-    fn for_children(&self, root: NodeId, k: usize, mut f: impl FnMut(NodeId)) {
+    fn children(&self, root: NodeId, k: usize) -> ([NodeId; MAX_TREE_FANOUT], usize) {
+        let mut out = [0; MAX_TREE_FANOUT];
+        let mut len = 0;
         let n = self.members.len();
         let (Some(&r), Some(&me)) = (self.pos.get(&root), self.pos.get(&self.my_id)) else {
-            return;
+            return (out, 0);
         };
         let rel = (me + n - r) % n;
-        for c in 1..=k {
+        for c in 1..=k.min(MAX_TREE_FANOUT) {
             let child = match rel.checked_mul(k).and_then(|x| x.checked_add(c)) {
                 Some(x) if x < n => x,
                 _ => break,
             };
             if let Some(&node) = self.members.get((child + r) % n) {
-                f(node);
+                out[len] = node;
+                len += 1;
             }
         }
+        (out, len)
     }
 
-    /// Where our stream of a sender we hold no state of starts, given the history it (or a
+    /// Where our copy of a stream we hold no state of starts, given the history it (or a
     /// peer) advertises from `advertised`. A sender's low-water mark moves only past
-    /// messages sent a retention ago. So when we first hear of it within a retention of
-    /// joining the group, nothing it sent since we joined is below its low: start there
-    /// (no `Lost` for history before we joined). Heard of only later (we were cut off, or
-    /// it published only while cut off from us), messages it sent after we joined may be
-    /// below its low: start at 0, so that they are reported `Lost` rather than skipped.
-    fn first_base(&self, key: SenderKey, advertised: u64, ctx: &Ctx<'_>) -> u64 {
+    /// messages sent a retention ago (or evicted by its budget). So when we first hear of
+    /// it within a retention of joining the group, nothing it sent since we joined is below
+    /// its low: start there (no `Lost` for history before we joined). Heard of only later
+    /// (we were cut off, or it published only while cut off from us), messages it sent after
+    /// we joined may be below its low: start at 0, so that they are reported `Lost` rather
+    /// than skipped.
+    fn first_base(&self, key: StreamKey, advertised: u64, ctx: &Ctx<'_>) -> u64 {
         if self.senders.contains_key(&key) || self.tombstones.contains_key(&key) {
             return advertised; // unused: the state or tombstone decides
         }
@@ -310,8 +404,8 @@ impl GroupState {
     }
 
     /// The state of `key`, created at `base` (the sender's advertised history) unless a
-    /// tombstone says where our stream of it stands.
-    fn state_for(&mut self, key: SenderKey, base: u64, round: u32) -> &mut SenderState {
+    /// tombstone says where our copy of it stands.
+    fn state_for(&mut self, key: StreamKey, base: u64, round: u32) -> &mut SenderState {
         if !self.senders.contains_key(&key) {
             self.order.push(key);
             let base = match self.tombstones.remove(&key) {
@@ -325,322 +419,365 @@ impl GroupState {
         self.senders.get_mut(&key).expect("inserted above")
     }
 
-    /// The application submitted a message: deliver to self, send down the tree.
-    pub fn submit(&mut self, payload: &[u8], ctx: &mut Ctx<'_>) -> u64 {
+    /// The application submitted a message: keep it for repair, send it down the tree (in
+    /// fragments when it exceeds one datagram). Returns its seq.
+    pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let key = (self.my_id, self.my_incarnation);
-        let max_window = ctx.settings.max_window;
+        let key = (self.my_id, self.my_stream);
         let round = ctx.round;
+        let chunk = ctx.settings.fragment_payload();
         let payload: Arc<[u8]> = Arc::from(payload);
         let st = self.state_for(key, 0, round);
+        let before = st.bytes;
         st.last_active = round;
-        while st.slots.len() as u64 >= max_window {
-            st.slots.pop_front();
-            st.base += 1;
-            ctx.counters.evicted_early += 1;
-        }
-        st.advance_contiguous();
-        st.extend_to(seq + 1, round, u64::MAX);
-        // A fresh slot was pushed as missing; it is held at once.
-        st.missing = st.missing.saturating_sub(1);
-        if let Some(s) = st.slot_mut(seq) {
-            *s = Slot::Held {
-                payload: payload.clone(),
-                round,
-                delivered: true,
-                forwarded: true,
-            };
-        }
+        assert_eq!(st.high(), seq, "own stream: the window ends at the next seq");
+        let slot = Slot::Held {
+            payload: payload.clone(),
+            session,
+            chunk: chunk as u32,
+            round,
+            delivered: true,
+            forwarded: true,
+        };
+        st.bytes += slot.cost();
+        st.slots.push_back(slot);
         st.next_deliver = seq + 1;
         st.advance_contiguous();
         let retained = (seq - st.base).min(u64::from(u32::MAX)) as u32;
         st.retained = retained;
-        ctx.emit(Event::Deliver {
-            group: self.id,
-            sender: self.my_id,
-            sender_incarnation: self.my_incarnation,
-            seq,
-            payload: payload.clone(),
-        });
+        let after = st.bytes;
+        account(&mut self.bytes, before, after, ctx);
+        let (children, n) = self.children(self.my_id, ctx.settings.tree_fanout);
         let header = DataHeader {
             group: self.id,
             seq,
             sender: self.my_id,
-            sender_incarnation: self.my_incarnation,
+            stream: self.my_stream,
             retained,
+            session,
             frag_index: 0,
             frag_count: 1,
+            reserved: 0,
         };
-        let k = ctx.settings.tree_fanout;
-        let body = 32 + payload.len();
-        let mut children = Vec::with_capacity(k);
-        self.for_children(self.my_id, k, |c| children.push(c));
-        for c in children {
-            ctx.counters.data_sent += 1;
-            ctx.out.push(c, body, |e| e.push_data(&header, false, &payload));
+        for &c in &children[..n] {
+            send_fragments(c, &header, &payload, chunk, 0, false, ctx);
         }
+        self.enforce_budget(key, ctx);
         seq
     }
 
-    /// A data message (stage 1 copy or retransmission) arrived.
-    pub fn handle_data(&mut self, header: &DataHeader, retransmit: bool, payload: &[u8], ctx: &mut Ctx<'_>) {
-        let key = (header.sender, header.sender_incarnation);
-        if key == (self.my_id, self.my_incarnation) {
+    /// A data message (a stage 1 copy or a retransmission, of a whole message or one
+    /// fragment) arrived from `from`.
+    pub fn handle_data(
+        &mut self,
+        from: NodeId,
+        header: &DataHeader,
+        retransmit: bool,
+        payload: &[u8],
+        ctx: &mut Ctx<'_>,
+    ) {
+        let key = (header.sender, header.stream);
+        if key.0 == self.my_id {
+            return; // our own stream (or a forged copy of it): we hold the truth
+        }
+        if !fragment_fits(header, payload.len(), ctx.settings) {
+            ctx.counters.bad_fragments += 1;
             return;
         }
         let seq = header.seq;
-        let max_window = ctx.settings.max_window;
+        let max_window = ctx.settings.max_window();
         let round = ctx.round;
         let base = seq
             .saturating_sub(u64::from(header.retained))
             .max(seq.saturating_sub(max_window.saturating_sub(1)));
         let group = self.id;
+        let quiet = self.quiet();
         if self.defer_unknown(key, ctx) {
             ctx.counters.deferred_unknown_sender += 1;
             return;
         }
         let base = self.first_base(key, base, ctx);
+        let mut wants = std::mem::take(&mut self.scratch_request);
+        wants.clear();
         let st = self.state_for(key, base, round);
+        let before = st.bytes;
         if seq < st.base {
             ctx.counters.duplicates += 1;
+            self.scratch_request = wants;
             return;
         }
-        if seq + 1 > st.base.saturating_add(max_window) {
+        if seq.saturating_add(1) > st.base.saturating_add(max_window) {
             // The sender is a whole window ahead of the oldest seq we keep: give up the
             // oldest (gaps reported Lost, held messages delivered) instead of dropping
-            // everything new. A receiver always makes progress; reliability then depends on
-            // max_window covering the sender's rate times the repair time.
+            // everything new. A receiver always makes progress.
             ctx.counters.window_overflow += 1;
-            Self::slide_window(group, key, st, seq + 1 - max_window, ctx);
+            slide_window(group, quiet, key, st, seq + 1 - max_window, ctx);
         }
+        let old_high = st.high();
         if !st.extend_to(seq + 1, round, max_window) {
             ctx.counters.window_overflow += 1;
+            let after = st.bytes;
+            account(&mut self.bytes, before, after, ctx);
+            self.scratch_request = wants;
             return;
         }
-        let mut first = false;
-        let mut forward = false;
-        match st.slot_mut(seq) {
-            Some(slot @ Slot::Missing { .. }) => {
-                *slot = Slot::Held {
-                    payload: Arc::from(payload),
-                    round,
-                    delivered: false,
-                    forwarded: !retransmit,
-                };
-                first = true;
-                forward = !retransmit;
-            }
-            Some(Slot::Held { forwarded, .. }) => {
-                ctx.counters.duplicates += 1;
-                if !retransmit && !*forwarded {
-                    *forwarded = true;
-                    forward = true;
-                }
-            }
-            None => return,
+        let old_cost = st.slot(seq).map_or(0, Slot::cost);
+        let (stored, complete, forward) = match st.slot_mut(seq) {
+            Some(slot) => store_fragment(slot, header, retransmit, payload, round, ctx),
+            None => (false, false, false),
+        };
+        if stored {
+            st.bytes = st.bytes - old_cost + st.slot(seq).map_or(0, Slot::cost);
         }
         st.retained = header.retained;
         st.last_active = round;
-        if first {
-            st.missing = st.missing.saturating_sub(1);
+        if complete {
+            st.missing -= 1;
             st.advance_contiguous();
-            Self::deliver_ready(group, key, st, seq, ctx);
+            deliver_ready(group, quiet, key, st, seq, ctx);
         }
+        // Repair that keeps pace with the sender: a gap just opened is solicited at once
+        // from the member the stream came from; older gaps are solicited again after
+        // `rerequest_after`, whoever brings the next message.
+        if old_high < seq {
+            collect_wants(key, st, old_high, seq, ctx, &mut wants);
+        }
+        if st.missing > 0 && ctx.now.saturating_sub(st.last_rescan) >= ctx.settings.rerequest_after {
+            st.last_rescan = ctx.now;
+            let (lo, hi) = (st.contiguous, old_high.min(st.high()));
+            collect_wants(key, st, lo, hi, ctx, &mut wants);
+        }
+        let after = st.bytes;
+        account(&mut self.bytes, before, after, ctx);
+        if !wants.is_empty() {
+            self.send_request(from, REQUEST_ROUND_GAP, &wants, ctx);
+            ctx.counters.gap_requests_sent += 1;
+        }
+        self.scratch_request = wants;
         if forward {
-            let k = ctx.settings.tree_fanout;
-            let body = 32 + payload.len();
-            let mut children = [0 as NodeId; 64];
-            let mut n = 0;
-            self.for_children(header.sender, k.min(64), |c| {
-                children[n] = c;
-                n += 1;
-            });
+            let (children, n) = self.children(header.sender, ctx.settings.tree_fanout);
             for &c in &children[..n] {
                 ctx.counters.data_sent += 1;
+                let body = core::mem::size_of::<DataHeader>() + payload.len();
                 ctx.out.push(c, body, |e| e.push_data(header, false, payload));
             }
         }
+        self.enforce_budget(key, ctx);
     }
 
-    /// Tells the application, once, that `count` messages of `key` from `first` are lost.
-    fn report_lost(group: GroupId, key: SenderKey, first: u64, count: u64, ctx: &mut Ctx<'_>) {
-        ctx.counters.lost_reported += count;
-        ctx.emit(Event::Lost {
-            group,
-            sender: key.0,
-            sender_incarnation: key.1,
-            first,
-            count,
-        });
+    fn send_request(&mut self, to: NodeId, round: u32, entries: &[RequestEntry], ctx: &mut Ctx<'_>) {
+        let rh = RequestHeader {
+            group: self.id,
+            round,
+            reserved: 0,
+        };
+        let per = (ctx.settings.max_datagram.saturating_sub(
+            DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + core::mem::size_of::<RequestHeader>(),
+        ) / core::mem::size_of::<RequestEntry>())
+        .max(1);
+        for chunk in entries.chunks(per) {
+            ctx.counters.requests_sent += 1;
+            let body = core::mem::size_of::<RequestHeader>() + std::mem::size_of_val(chunk);
+            ctx.out.push(to, body, |e| e.push_request(&rh, chunk));
+        }
     }
 
-    /// Moves the window's start to `new_base`: gaps below it are reported `Lost` once,
-    /// held messages not yet delivered are delivered (in order), delivered ones dropped
-    /// early (counted); then whatever waited behind is delivered.
-    fn slide_window(group: GroupId, key: SenderKey, st: &mut SenderState, new_base: u64, ctx: &mut Ctx<'_>) {
-        let mut lost_first = 0;
-        let mut lost_count = 0u64;
-        let report =
-            |first: u64, count: u64, ctx: &mut Ctx<'_>| Self::report_lost(group, key, first, count, ctx);
-        while st.base < new_base {
-            match st.slots.pop_front() {
-                Some(Slot::Missing { .. }) => {
-                    if lost_count == 0 {
-                        lost_first = st.base;
-                    }
-                    lost_count += 1;
-                    st.missing = st.missing.saturating_sub(1);
-                }
-                Some(Slot::Held {
-                    payload, delivered, ..
-                }) => {
-                    if lost_count > 0 {
-                        report(lost_first, lost_count, ctx);
-                        lost_count = 0;
-                    }
-                    if delivered {
-                        ctx.counters.evicted_early += 1;
-                    } else {
-                        ctx.counters.delivered += 1;
-                        ctx.emit(Event::Deliver {
-                            group,
-                            sender: key.0,
-                            sender_incarnation: key.1,
-                            seq: st.base,
-                            payload,
-                        });
-                    }
-                }
-                None => {
-                    // Seqs never seen at all.
-                    if lost_count == 0 {
-                        lost_first = st.base;
-                    }
-                    lost_count += new_base - st.base;
-                    st.base = new_base;
+    /// Keeps the group within its byte budget: the stream holding most (the one that just
+    /// grew, when it holds at least its share) gives up its oldest messages.
+    fn enforce_budget(&mut self, hint: StreamKey, ctx: &mut Ctx<'_>) {
+        let budget = ctx.settings.group_budget_bytes;
+        if self.bytes <= budget {
+            return;
+        }
+        // Free a little more than the excess, so that a stream at its budget does not
+        // evict on every message.
+        let excess = self.bytes - budget + budget / 64;
+        self.evict(excess, Some(hint), ctx);
+    }
+
+    /// Frees about `excess` bytes from the oldest messages of the largest streams.
+    pub fn evict(&mut self, mut excess: usize, hint: Option<StreamKey>, ctx: &mut Ctx<'_>) {
+        let group = self.id;
+        let quiet = self.quiet();
+        while excess > 0 && self.bytes > 0 {
+            let share = self.bytes / self.senders.len().max(1);
+            let victim = match hint.filter(|k| self.senders.get(k).is_some_and(|s| s.bytes >= share && s.bytes > 0)) {
+                Some(k) => k,
+                None => match self.order.iter().max_by_key(|k| self.senders.get(k).map_or(0, |s| s.bytes)) {
+                    Some(&k) => k,
+                    None => return,
+                },
+            };
+            let Some(st) = self.senders.get_mut(&victim) else {
+                return;
+            };
+            let before = st.bytes;
+            // How far the window must start later to free `excess` (at least one slot).
+            let mut freed = 0;
+            let mut new_base = st.base;
+            for s in &st.slots {
+                if freed >= excess {
                     break;
                 }
+                freed += s.cost();
+                new_base += 1;
             }
-            st.base += 1;
-        }
-        if lost_count > 0 {
-            report(lost_first, lost_count, ctx);
-        }
-        st.next_deliver = st.next_deliver.max(st.base);
-        st.contiguous = st.contiguous.max(st.base);
-        st.advance_contiguous();
-        if ctx.settings.delivery == Delivery::Fifo {
-            let s = st.next_deliver;
-            Self::deliver_ready(group, key, st, s, ctx);
+            if new_base == st.base {
+                return;
+            }
+            ctx.counters.evicted_budget += new_base - st.base;
+            slide_window(group, quiet, victim, st, new_base, ctx);
+            let after = st.bytes;
+            account(&mut self.bytes, before, after, ctx);
+            excess = excess.saturating_sub(before - after);
+            if before == after {
+                return;
+            }
         }
     }
 
-    /// Deliver what can be delivered after `seq` arrived (FIFO: in order from the cursor).
-    fn deliver_ready(group: GroupId, key: SenderKey, st: &mut SenderState, seq: u64, ctx: &mut Ctx<'_>) {
-        match ctx.settings.delivery {
-            Delivery::Unordered => {
-                if let Some(Slot::Held {
-                    payload, delivered, ..
-                }) = st.slot_mut(seq)
-                {
-                    if !*delivered {
-                        *delivered = true;
-                        let payload = payload.clone();
-                        ctx.counters.delivered += 1;
-                        ctx.emit(Event::Deliver {
-                            group,
-                            sender: key.0,
-                            sender_incarnation: key.1,
-                            seq,
-                            payload,
-                        });
-                    }
-                }
-                st.next_deliver = st.contiguous.max(st.next_deliver);
-            }
-            Delivery::Fifo => loop {
-                let s = st.next_deliver;
-                let Some(Slot::Held {
-                    payload, delivered, ..
-                }) = st.slot_mut(s)
-                else {
-                    break;
-                };
-                let was = *delivered;
-                *delivered = true;
-                let payload = payload.clone();
-                st.next_deliver += 1;
-                if was {
-                    continue;
-                }
-                ctx.counters.delivered += 1;
-                ctx.emit(Event::Deliver {
-                    group,
-                    sender: key.0,
-                    sender_incarnation: key.1,
-                    seq: s,
-                    payload,
-                });
-            },
-        }
-    }
-
-    /// The sender's own digest says it no longer holds seqs below `low`: what we still miss
-    /// at the front of our window below it can only come from a member that got it late,
-    /// so it is reported `Lost` now rather than after a full retention (and a stream far
-    /// behind, beyond the window, catches up at once instead of a window per retention).
-    /// Held messages are kept (others may still need them); gaps behind one are aged so
-    /// that garbage collection reports them within `LOW_GRACE_ROUNDS`.
-    fn sender_dropped_below(
-        group: GroupId,
-        key: SenderKey,
-        st: &mut SenderState,
-        low: u64,
+    /// A digest arrived from `from`: solicit what we lack; reply with our own digest when
+    /// the gossiper lacks what we hold (push-pull, once per round per peer).
+    pub fn handle_digest(
+        &mut self,
+        from: NodeId,
+        header: &DigestHeader,
+        entries: impl Iterator<Item = DigestEntry>,
         ctx: &mut Ctx<'_>,
     ) {
-        let first = st.base;
-        let mut count = 0u64;
-        while st.base < low {
-            match st.slots.front() {
-                Some(Slot::Missing { .. }) => {
-                    st.slots.pop_front();
-                    st.missing = st.missing.saturating_sub(1);
-                    st.base += 1;
-                    count += 1;
+        let max_window = ctx.settings.max_window();
+        let round = ctx.round;
+        let group = self.id;
+        let quiet = self.quiet();
+        let mut wants = std::mem::take(&mut self.scratch_request);
+        wants.clear();
+        let mut peer_lacks = false;
+        for e in entries {
+            let key = (e.sender, e.stream);
+            if key == (self.my_id, self.my_stream) {
+                if e.high < self.next_seq || e.contiguous < e.high {
+                    peer_lacks = true;
                 }
-                Some(Slot::Held { .. }) => break,
-                None => {
-                    count += low - st.base;
-                    st.base = low;
-                }
+                continue;
             }
+            if e.sender == self.my_id {
+                continue; // an old stream of ours: nothing to learn
+            }
+            if e.low > e.high || e.contiguous > e.high || e.contiguous < e.low {
+                ctx.counters.bad_digests += 1;
+                continue;
+            }
+            if self.defer_unknown(key, ctx) {
+                ctx.counters.deferred_unknown_sender += 1;
+                continue;
+            }
+            let base = self.first_base(key, e.low, ctx);
+            let st = self.state_for(key, base, round);
+            let before = st.bytes;
+            if e.high > st.high() {
+                st.last_active = round;
+            }
+            if from == e.sender && e.low > st.contiguous {
+                sender_dropped_below(group, quiet, key, st, e.low, ctx);
+            }
+            if st.contiguous > e.contiguous || st.high() > e.high {
+                peer_lacks = true;
+            }
+            if e.high > st.high() {
+                if e.high.saturating_sub(st.base) > max_window {
+                    ctx.counters.window_overflow += 1;
+                    slide_window(group, quiet, key, st, e.high - max_window, ctx);
+                }
+                st.extend_to(e.high, round, max_window);
+            }
+            if st.missing > 0 && wants.len() < ctx.settings.request_cap {
+                // Only where the gossiper holds: [max(its low, our contiguous), its high).
+                let lo = e.low.max(st.contiguous);
+                let hi = e.high.min(st.high());
+                collect_wants(key, st, lo, hi, ctx, &mut wants);
+            }
+            let after = st.bytes;
+            account(&mut self.bytes, before, after, ctx);
         }
-        if count > 0 {
-            Self::report_lost(group, key, first, count, ctx);
-            st.next_deliver = st.next_deliver.max(st.base);
-            st.advance_contiguous();
-            if ctx.settings.delivery == Delivery::Fifo {
-                let s = st.next_deliver;
-                Self::deliver_ready(group, key, st, s, ctx);
-            }
+        if !wants.is_empty() {
+            self.send_request(from, header.round, &wants, ctx);
         }
-        let retention = ctx.settings.retention_rounds;
-        let aged = ctx.round.wrapping_sub(retention.saturating_sub(LOW_GRACE_ROUNDS));
-        let mut s = st.base;
-        while s < low {
-            if let Some(Slot::Missing { since_round, .. }) = st.slot_mut(s) {
-                if ctx.round.wrapping_sub(*since_round) < retention.saturating_sub(LOW_GRACE_ROUNDS) {
-                    *since_round = aged;
-                }
-            } else if st.slot(s).is_none() {
-                break;
+        self.scratch_request = wants;
+        if peer_lacks && self.digest_replied.get(&from) != Some(&round) {
+            self.digest_replied.insert(from, round);
+            self.build_digest(ctx.settings.digest_entries);
+            self.send_digest(from, ctx);
+        }
+        self.enforce_budget((from, 0), ctx);
+    }
+
+    /// A retransmit request arrived: serve it within this round's budget. Gap requests are
+    /// served oldest first (the front of a FIFO stream blocks delivery and is the first to
+    /// fall out of the budget), digest answers newest first (Ensemble's choice). The walk
+    /// covers only what this member holds of each requested run.
+    pub fn handle_request(
+        &mut self,
+        from: NodeId,
+        header: &RequestHeader,
+        entries: impl Iterator<Item = RequestEntry>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let gap = header.round == REQUEST_ROUND_GAP;
+        // Stale digest answers (from a round long gone) are ignored: soft failure detection.
+        if !gap && ctx.round.wrapping_sub(header.round) > 1 && header.round != ctx.round {
+            ctx.counters.stale_requests += 1;
+            return;
+        }
+        for e in entries {
+            let Some(st) = self.senders.get(&(e.sender, e.stream)) else {
+                continue;
+            };
+            let lo = e.first.max(st.base);
+            let hi = e.first.saturating_add(u64::from(e.count)).min(st.high());
+            if lo >= hi {
+                continue;
             }
-            s += 1;
+            let n = hi - lo;
+            for i in 0..n {
+                let s = if gap { lo + i } else { hi - 1 - i };
+                let Some(Slot::Held {
+                    payload,
+                    session,
+                    chunk,
+                    ..
+                }) = st.slot(s)
+                else {
+                    continue;
+                };
+                let chunk = (*chunk as usize).max(1);
+                let first_frag = if s == e.first { e.frag as usize } else { 0 };
+                let count = payload.len().div_ceil(chunk).max(1);
+                let want: usize = (first_frag..count)
+                    .map(|f| fragment(payload, chunk, f).len() + RETRANSMIT_OVERHEAD)
+                    .sum();
+                if want > self.budget_left {
+                    ctx.counters.retransmit_budget_exhausted += 1;
+                    return;
+                }
+                self.budget_left -= want;
+                let header = DataHeader {
+                    group: self.id,
+                    seq: s,
+                    sender: e.sender,
+                    stream: e.stream,
+                    retained: st.retained,
+                    session: *session,
+                    frag_index: 0,
+                    frag_count: 1,
+                    reserved: 0,
+                };
+                send_fragments(from, &header, payload, chunk, first_frag, true, ctx);
+            }
         }
     }
 
-    /// Build this round's digest (rotating over senders when there are more than fit).
+    /// Build this round's digest (rotating over streams when there are more than fit).
     fn build_digest(&mut self, max: usize) {
         self.scratch_digest.clear();
         let n = self.order.len();
@@ -654,7 +791,7 @@ impl GroupState {
             if let Some(st) = self.senders.get(&key) {
                 self.scratch_digest.push(DigestEntry {
                     sender: key.0,
-                    sender_incarnation: key.1,
+                    stream: key.1,
                     low: st.base,
                     contiguous: st.contiguous.max(st.base),
                     high: st.high(),
@@ -671,16 +808,12 @@ impl GroupState {
             reserved: 0,
         };
         // Split into messages that each fit one datagram of `max_datagram` bytes.
-        let per =
-            (ctx.settings.max_datagram.saturating_sub(
-                DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + core::mem::size_of::<DigestHeader>(),
-            ) / core::mem::size_of::<DigestEntry>())
-            .max(1);
-        if self.scratch_digest.is_empty() {
-            return;
-        }
+        let per = (ctx.settings.max_datagram.saturating_sub(
+            DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + core::mem::size_of::<DigestHeader>(),
+        ) / core::mem::size_of::<DigestEntry>())
+        .max(1);
         for entries in self.scratch_digest.chunks(per) {
-            let body = 16 + entries.len() * 32;
+            let body = core::mem::size_of::<DigestHeader>() + std::mem::size_of_val(entries);
             ctx.counters.digests_sent += 1;
             ctx.out.push(to, body, |e| e.push_digest(&header, entries));
         }
@@ -706,54 +839,38 @@ impl GroupState {
         let retention = ctx.settings.retention_rounds;
         let round = ctx.round;
         let group = self.id;
-        let mut dead: Vec<SenderKey> = Vec::new();
+        let quiet = self.quiet();
+        let mut dead: Vec<StreamKey> = Vec::new();
         for key in &self.order {
             let Some(st) = self.senders.get_mut(key) else {
                 continue;
             };
-            let mut lost_first = 0;
-            let mut lost_count = 0u64;
-            let old = |slot: Option<&Slot>| -> Option<bool> {
+            let before = st.bytes;
+            // The front is old: a delivered message kept a retention, or a gap open that long.
+            let old = |slot: Option<&Slot>| -> bool {
                 match slot {
                     Some(Slot::Held {
                         round: r,
                         delivered: true,
                         ..
-                    }) if round.wrapping_sub(*r) >= retention => Some(false),
-                    Some(Slot::Missing { since_round, .. })
-                        if round.wrapping_sub(*since_round) >= retention =>
-                    {
-                        Some(true)
-                    }
-                    _ => None,
+                    }) => round.wrapping_sub(*r) >= retention,
+                    Some(Slot::Missing { since_round, .. }) => round.wrapping_sub(*since_round) >= retention,
+                    Some(Slot::Partial(p)) => round.wrapping_sub(p.since_round) >= retention,
+                    _ => false,
                 }
             };
-            while let Some(was_missing) = old(st.slots.front()) {
-                st.slots.pop_front();
-                if was_missing {
-                    if lost_count == 0 {
-                        lost_first = st.base;
-                    }
-                    lost_count += 1;
-                    st.missing = st.missing.saturating_sub(1);
-                }
-                st.base += 1;
-                st.next_deliver = st.next_deliver.max(st.base);
-                if lost_count > 0 && old(st.slots.front()) != Some(true) {
-                    // Report the gap once, then deliver what waited behind it.
-                    Self::report_lost(group, *key, lost_first, lost_count, ctx);
-                    lost_count = 0;
-                    st.advance_contiguous();
-                    let s = st.next_deliver;
-                    if ctx.settings.delivery == Delivery::Fifo {
-                        Self::deliver_ready(group, *key, st, s, ctx);
-                    }
-                }
+            let mut end = st.base;
+            while old(st.slot(end)) {
+                end += 1;
             }
-            st.advance_contiguous();
+            if end > st.base {
+                slide_window(group, quiet, *key, st, end, ctx);
+            }
+            let after = st.bytes;
+            account(&mut self.bytes, before, after, ctx);
             if st.slots.is_empty()
                 && key.0 != self.my_id
-                && !self.pos.contains_key(&key.0)
+                && self.member_stream.get(&key.0) != Some(&key.1)
                 && round.wrapping_sub(st.last_active) >= TOMBSTONE_RETENTIONS * retention
             {
                 dead.push(*key);
@@ -761,10 +878,10 @@ impl GroupState {
         }
         if !dead.is_empty() {
             for k in &dead {
-                // Keep where the stream stood: if the sender is heard of again (a long
-                // partition healed), we resume there instead of at its advertised low.
+                // Keep where the stream stood: if it is heard of again (a long partition
+                // healed), we resume there instead of at its advertised low.
                 if let Some(st) = self.senders.remove(k) {
-                    debug_assert!(st.slots.is_empty() && st.next_deliver == st.base);
+                    debug_assert!(st.slots.is_empty() && st.bytes == 0);
                     self.add_tombstone(*k, st.next_deliver.max(st.base), ctx);
                 }
             }
@@ -772,180 +889,437 @@ impl GroupState {
         }
     }
 
-    /// A digest arrived from `from`: solicit what we lack; reply with our own digest when
-    /// the gossiper lacks what we hold (push-pull, once per round per peer).
-    pub fn handle_digest(
-        &mut self,
-        from: NodeId,
-        header: &DigestHeader,
-        entries: impl Iterator<Item = DigestEntry>,
-        ctx: &mut Ctx<'_>,
-    ) {
-        let cap = ctx.settings.request_cap;
-        let wait = ctx.settings.rerequest_rounds;
-        let max_window = ctx.settings.max_window;
-        let round = ctx.round;
-        let mut requests = std::mem::take(&mut self.scratch_request);
-        requests.clear();
-        let mut budget = cap;
-        let mut peer_lacks = false;
-        for e in entries {
-            let key = (e.sender, e.sender_incarnation);
-            if key == (self.my_id, self.my_incarnation) {
-                if e.high < self.next_seq || e.contiguous < e.high {
-                    peer_lacks = true;
-                }
-                continue;
-            }
-            if e.low > e.high || e.contiguous > e.high {
-                ctx.counters.bad_digests += 1;
-                continue;
-            }
-            if self.defer_unknown(key, ctx) {
-                ctx.counters.deferred_unknown_sender += 1;
-                continue;
-            }
-            let group = self.id;
-            let base = self.first_base(key, e.low, ctx);
-            let st = self.state_for(key, base, round);
-            if e.high > st.high() {
-                st.last_active = round;
-            }
-            if from == e.sender && e.low > st.contiguous {
-                Self::sender_dropped_below(group, key, st, e.low, ctx);
-            }
-            if st.contiguous > e.contiguous.max(e.low) || st.high() > e.high {
-                peer_lacks = true;
-            }
-            if e.high > st.high() && !st.extend_to(e.high, round, max_window) {
-                ctx.counters.window_overflow += 1;
-            }
-            if st.missing == 0 || budget == 0 {
-                continue;
-            }
-            // Newest first, only where a gap can be: at or above our contiguous prefix.
-            let lo = e.low.max(st.contiguous);
-            let hi = e.high.min(st.high());
-            let mut s = hi;
-            let mut run: Option<(u64, u32)> = None; // (first, count) growing downwards
-            while s > lo && budget > 0 {
-                s -= 1;
-                let want = match st.slot_mut(s) {
-                    Some(Slot::Missing { requested_round, .. })
-                        if *requested_round == NEVER || round.wrapping_sub(*requested_round) >= wait =>
-                    {
-                        *requested_round = round;
-                        true
-                    }
-                    _ => false,
-                };
-                if want {
-                    budget -= 1;
-                    run = match run {
-                        Some((f, c)) if f == s + 1 => Some((s, c + 1)),
-                        Some((f, c)) => {
-                            requests.push(RequestEntry {
-                                sender: key.0,
-                                sender_incarnation: key.1,
-                                first: f,
-                                count: c,
-                                reserved: 0,
-                            });
-                            Some((s, 1))
-                        }
-                        None => Some((s, 1)),
-                    };
-                }
-            }
-            if let Some((f, c)) = run {
-                requests.push(RequestEntry {
-                    sender: key.0,
-                    sender_incarnation: key.1,
-                    first: f,
-                    count: c,
-                    reserved: 0,
-                });
-            }
-        }
-        if !requests.is_empty() {
-            let rh = RequestHeader {
-                group: self.id,
-                round: header.round,
-                reserved: 0,
-            };
-            ctx.counters.requests_sent += 1;
-            let body = 16 + requests.len() * 24;
-            let reqs = &requests;
-            ctx.out.push(from, body, |e| e.push_request(&rh, reqs));
-        }
-        self.scratch_request = requests;
-        if peer_lacks && self.digest_replied.get(&from) != Some(&round) {
-            self.digest_replied.insert(from, round);
-            self.build_digest(ctx.settings.digest_entries);
-            self.send_digest(from, ctx);
-        }
+    /// Forgets everything (the node leaves the group): returns the bytes it held.
+    pub fn clear(&mut self, ctx: &mut Ctx<'_>) {
+        *ctx.node_bytes -= self.bytes;
+        self.bytes = 0;
+        self.senders.clear();
+        self.order.clear();
     }
 
-    /// A retransmit request arrived: serve it newest first within this round's budget.
-    pub fn handle_request(
-        &mut self,
-        from: NodeId,
-        header: &RequestHeader,
-        entries: impl Iterator<Item = RequestEntry>,
-        ctx: &mut Ctx<'_>,
-    ) {
-        // Stale requests (from a round long gone) are ignored: soft failure detection.
-        if ctx.round.wrapping_sub(header.round) > 1 && header.round != ctx.round {
-            ctx.counters.stale_requests += 1;
-            return;
-        }
-        for e in entries {
-            let Some(st) = self.senders.get(&(e.sender, e.sender_incarnation)) else {
-                continue;
-            };
-            let end = e.first.saturating_add(u64::from(e.count));
-            let mut s = end;
-            while s > e.first {
-                s -= 1;
-                let Some(Slot::Held { payload, .. }) = st.slot(s) else {
-                    continue;
-                };
-                let cost = payload.len() + RETRANSMIT_OVERHEAD;
-                if cost > self.budget_left {
-                    ctx.counters.retransmit_budget_exhausted += 1;
-                    return;
-                }
-                self.budget_left -= cost;
-                let h = DataHeader {
-                    group: self.id,
-                    seq: s,
-                    sender: e.sender,
-                    sender_incarnation: e.sender_incarnation,
-                    retained: st.retained,
-                    frag_index: 0,
-                    frag_count: 1,
-                };
-                ctx.counters.retransmits_sent += 1;
-                let p = payload.clone();
-                ctx.out
-                    .push(from, 32 + p.len(), |enc| enc.push_data(&h, true, &p));
-            }
-        }
-    }
-
+    /// Approximate bytes of state, beyond the counted budget (maps, tombstones).
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
+            + self.bytes
             + self.members.capacity() * 4
             + self.pos.capacity() * 16
             + self.order.capacity() * 8
-            + self.member_incarnation.capacity() * 8
+            + self.member_stream.capacity() * 8
             + self.tombstones.capacity() * 24
             + self.tombstone_order.capacity() * 16
-            + self
-                .senders
-                .values()
-                .map(|s| s.approx_bytes() + 16)
-                .sum::<usize>()
+            + self.senders.len() * std::mem::size_of::<SenderState>()
+    }
+
+    /// Checks the cached counts against the slots (tests and debug builds).
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let mut total = 0;
+        for st in self.senders.values() {
+            let bytes: usize = st.slots.iter().map(Slot::cost).sum();
+            let missing = st.slots.iter().filter(|s| !s.is_held()).count() as u64;
+            assert_eq!(st.bytes, bytes);
+            assert_eq!(st.missing, missing);
+            assert!(st.next_deliver >= st.base && st.contiguous >= st.base);
+            total += bytes;
+        }
+        assert_eq!(self.bytes, total);
+    }
+}
+
+/// Whether a fragment's header and length are possible for a message within
+/// `max_message` (every fragment but the last has the same size, so a non-last fragment
+/// tells the whole message's size to within one fragment).
+fn fragment_fits(h: &DataHeader, len: usize, s: &Settings) -> bool {
+    let count = usize::from(h.frag_count);
+    if count == 1 {
+        return len <= s.max_message;
+    }
+    let last = h.frag_index + 1 == h.frag_count;
+    if last {
+        return len <= s.max_message / (count - 1).max(1);
+    }
+    len > 0 && len.checked_mul(count - 1).is_some_and(|b| b < s.max_message)
+}
+
+/// Fragment `i` of `payload` sent in fragments of `chunk` bytes.
+fn fragment(payload: &[u8], chunk: usize, i: usize) -> &[u8] {
+    let start = (i * chunk).min(payload.len());
+    let end = (start + chunk).min(payload.len());
+    payload.get(start..end).unwrap_or(&[])
+}
+
+/// Sends fragments `first..` of a message (all of it when it fits one datagram).
+fn send_fragments(
+    to: NodeId,
+    header: &DataHeader,
+    payload: &[u8],
+    chunk: usize,
+    first: usize,
+    retransmit: bool,
+    ctx: &mut Ctx<'_>,
+) {
+    let count = payload.len().div_ceil(chunk.max(1)).max(1);
+    let mut h = *header;
+    h.frag_count = count as u16;
+    for i in first..count {
+        h.frag_index = i as u16;
+        let part = if count == 1 { payload } else { fragment(payload, chunk, i) };
+        if retransmit {
+            ctx.counters.retransmits_sent += 1;
+        } else {
+            ctx.counters.data_sent += 1;
+        }
+        let body = core::mem::size_of::<DataHeader>() + part.len();
+        ctx.out.push(to, body, |e| e.push_data(&h, retransmit, part));
+    }
+}
+
+/// Stores one arriving fragment in its slot. Returns (stored something new, the message
+/// became complete, forward this copy down the tree).
+fn store_fragment(
+    slot: &mut Slot,
+    h: &DataHeader,
+    retransmit: bool,
+    payload: &[u8],
+    round: u32,
+    ctx: &mut Ctx<'_>,
+) -> (bool, bool, bool) {
+    let count = h.frag_count;
+    match slot {
+        Slot::Missing {
+            since_round,
+            requested_at,
+        } => {
+            if count == 1 {
+                *slot = Slot::Held {
+                    payload: Arc::from(payload),
+                    session: h.session,
+                    chunk: payload.len() as u32,
+                    round,
+                    delivered: false,
+                    forwarded: !retransmit,
+                };
+                return (true, true, !retransmit);
+            }
+            let mut frags = vec![None; usize::from(count)];
+            frags[usize::from(h.frag_index)] = Some(Box::<[u8]>::from(payload));
+            let last = h.frag_index + 1 == count;
+            *slot = Slot::Partial(Box::new(Partial {
+                since_round: *since_round,
+                requested_at: (*requested_at).min(ctx.now),
+                session: h.session,
+                have: 1,
+                chunk: if last { 0 } else { payload.len() as u32 },
+                bytes: payload.len(),
+                frags,
+            }));
+            (true, false, !retransmit)
+        }
+        Slot::Partial(p) => {
+            let i = usize::from(h.frag_index);
+            let last = h.frag_index + 1 == count;
+            let consistent = p.count() == count
+                && p.session == h.session
+                && (last || p.chunk == 0 || p.chunk as usize == payload.len())
+                && p.bytes + payload.len() <= ctx.settings.max_message;
+            if !consistent {
+                ctx.counters.bad_fragments += 1;
+                return (false, false, false);
+            }
+            if p.frags[i].is_some() {
+                ctx.counters.duplicates += 1;
+                return (false, false, false);
+            }
+            if !last {
+                p.chunk = payload.len() as u32;
+            }
+            p.frags[i] = Some(Box::from(payload));
+            p.have += 1;
+            p.bytes += payload.len();
+            if p.have < p.count() {
+                return (true, false, !retransmit);
+            }
+            // Complete: every non-last fragment must have the chunk size.
+            let chunk = p.chunk as usize;
+            let ok = p
+                .frags
+                .iter()
+                .take(usize::from(count) - 1)
+                .all(|f| f.as_ref().is_some_and(|f| f.len() == chunk))
+                && p.frags.last().and_then(|f| f.as_ref()).is_some_and(|f| f.len() <= chunk);
+            if !ok {
+                ctx.counters.bad_fragments += 1;
+                *slot = Slot::Missing {
+                    since_round: p.since_round,
+                    requested_at: NEVER,
+                };
+                return (true, false, false);
+            }
+            let mut whole = Vec::with_capacity(p.bytes);
+            for f in p.frags.iter().flatten() {
+                whole.extend_from_slice(f);
+            }
+            let session = p.session;
+            *slot = Slot::Held {
+                payload: Arc::from(whole),
+                session,
+                chunk: chunk as u32,
+                round,
+                delivered: false,
+                forwarded: true,
+            };
+            (true, true, !retransmit)
+        }
+        Slot::Held { forwarded, .. } => {
+            ctx.counters.duplicates += 1;
+            // A stage-1 copy after a retransmission: forward it now (unfragmented only;
+            // fragments are forwarded as they first arrive).
+            if !retransmit && !*forwarded && count == 1 {
+                *forwarded = true;
+                return (false, false, true);
+            }
+            (false, false, false)
+        }
+    }
+}
+
+/// Appends requests for what `key` misses in `[lo, hi)` and was not requested within
+/// `rerequest_after`, oldest first, up to `request_cap` entries in all.
+fn collect_wants(
+    key: StreamKey,
+    st: &mut SenderState,
+    lo: u64,
+    hi: u64,
+    ctx: &mut Ctx<'_>,
+    wants: &mut Vec<RequestEntry>,
+) {
+    let now = ctx.now;
+    let wait = ctx.settings.rerequest_after;
+    let cap = ctx.settings.request_cap;
+    let due = |at: &mut Time| {
+        if *at == NEVER || now.saturating_sub(*at) >= wait {
+            *at = now;
+            true
+        } else {
+            false
+        }
+    };
+    let mut s = lo.max(st.base);
+    let mut run: Option<(u64, u32)> = None;
+    let flush = |run: &mut Option<(u64, u32)>, wants: &mut Vec<RequestEntry>| {
+        if let Some((first, count)) = run.take() {
+            wants.push(RequestEntry {
+                sender: key.0,
+                stream: key.1,
+                first,
+                count,
+                frag: 0,
+            });
+        }
+    };
+    while s < hi && wants.len() < cap {
+        match st.slot_mut(s) {
+            Some(Slot::Missing { requested_at, .. }) => {
+                if due(requested_at) {
+                    run = match run {
+                        Some((f, c)) if f + u64::from(c) == s && c < u32::MAX => Some((f, c + 1)),
+                        other => {
+                            let mut o = other;
+                            flush(&mut o, wants);
+                            Some((s, 1))
+                        }
+                    };
+                }
+            }
+            Some(Slot::Partial(p)) => {
+                if due(&mut p.requested_at) {
+                    flush(&mut run, wants);
+                    wants.push(RequestEntry {
+                        sender: key.0,
+                        stream: key.1,
+                        first: s,
+                        count: 1,
+                        frag: u32::from(p.first_missing()),
+                    });
+                }
+            }
+            Some(Slot::Held { .. }) => flush(&mut run, wants),
+            None => break,
+        }
+        s += 1;
+    }
+    flush(&mut run, wants);
+}
+
+/// Tells the application, once, that `count` messages of `key` from `first` are lost.
+fn report_lost(group: GroupId, quiet: bool, key: StreamKey, first: u64, count: u64, ctx: &mut Ctx<'_>) {
+    if count == 0 {
+        return;
+    }
+    ctx.counters.lost_reported += count;
+    ctx.emit(
+        quiet,
+        Event::Lost {
+            group,
+            sender: key.0,
+            stream: key.1,
+            first,
+            count,
+        },
+    );
+}
+
+/// Moves the window's start to `new_base`: gaps below it are reported `Lost` once, held
+/// messages not yet delivered are delivered (in order), delivered ones dropped; then
+/// whatever waited behind is delivered.
+fn slide_window(
+    group: GroupId,
+    quiet: bool,
+    key: StreamKey,
+    st: &mut SenderState,
+    new_base: u64,
+    ctx: &mut Ctx<'_>,
+) {
+    let mut lost_first = 0;
+    let mut lost_count = 0u64;
+    while st.base < new_base {
+        let seq = st.base;
+        match st.pop_front() {
+            Some(Slot::Missing { .. } | Slot::Partial(_)) => {
+                if lost_count == 0 {
+                    lost_first = seq;
+                }
+                lost_count += 1;
+            }
+            Some(Slot::Held {
+                payload,
+                session,
+                delivered,
+                ..
+            }) => {
+                report_lost(group, quiet, key, lost_first, lost_count, ctx);
+                lost_count = 0;
+                if !delivered {
+                    ctx.counters.delivered += 1;
+                    ctx.emit(
+                        quiet,
+                        Event::Deliver {
+                            group,
+                            sender: key.0,
+                            stream: key.1,
+                            seq,
+                            session,
+                            payload,
+                        },
+                    );
+                }
+            }
+            None => {
+                // Seqs never seen at all.
+                if lost_count == 0 {
+                    lost_first = seq;
+                }
+                lost_count += new_base - seq;
+                st.base = new_base;
+                break;
+            }
+        }
+    }
+    report_lost(group, quiet, key, lost_first, lost_count, ctx);
+    st.next_deliver = st.next_deliver.max(st.base);
+    st.contiguous = st.contiguous.max(st.base);
+    st.advance_contiguous();
+    if ctx.settings.delivery == Delivery::Fifo {
+        let s = st.next_deliver;
+        deliver_ready(group, quiet, key, st, s, ctx);
+    }
+}
+
+/// Deliver what can be delivered after `seq` became whole (FIFO: in order from the cursor).
+fn deliver_ready(group: GroupId, quiet: bool, key: StreamKey, st: &mut SenderState, seq: u64, ctx: &mut Ctx<'_>) {
+    let deliver = |s: u64, slot: Option<&mut Slot>, ctx: &mut Ctx<'_>| -> Option<bool> {
+        let Some(Slot::Held {
+            payload,
+            session,
+            delivered,
+            ..
+        }) = slot
+        else {
+            return None;
+        };
+        let was = *delivered;
+        *delivered = true;
+        if !was {
+            ctx.counters.delivered += 1;
+            ctx.emit(
+                quiet,
+                Event::Deliver {
+                    group,
+                    sender: key.0,
+                    stream: key.1,
+                    seq: s,
+                    session: *session,
+                    payload: payload.clone(),
+                },
+            );
+        }
+        Some(was)
+    };
+    match ctx.settings.delivery {
+        Delivery::Unordered => {
+            deliver(seq, st.slot_mut(seq), ctx);
+            st.next_deliver = st.contiguous.max(st.next_deliver);
+        }
+        Delivery::Fifo => loop {
+            let s = st.next_deliver;
+            if deliver(s, st.slot_mut(s), ctx).is_none() {
+                break;
+            }
+            st.next_deliver += 1;
+        },
+    }
+}
+
+/// The sender's own digest says it no longer holds seqs below `low`: what we still miss
+/// at the front of our window below it can only come from a member that got it late, so
+/// it is reported `Lost` now rather than after a full retention (and a stream far behind,
+/// beyond the window, catches up at once instead of a window per retention). Held
+/// messages are kept (others may still need them); gaps behind one are aged so that
+/// garbage collection reports them within `LOW_GRACE_ROUNDS`.
+fn sender_dropped_below(
+    group: GroupId,
+    quiet: bool,
+    key: StreamKey,
+    st: &mut SenderState,
+    low: u64,
+    ctx: &mut Ctx<'_>,
+) {
+    let mut end = st.base;
+    while end < low && st.slot(end).is_some_and(|s| !s.is_held()) {
+        end += 1;
+    }
+    if st.slot(end).is_none() && end < low {
+        end = low; // beyond our window: never seen
+    }
+    if end > st.base {
+        slide_window(group, quiet, key, st, end, ctx);
+    }
+    let retention = ctx.settings.retention_rounds;
+    let grace = retention.saturating_sub(LOW_GRACE_ROUNDS);
+    let aged = ctx.round.wrapping_sub(grace);
+    let mut s = st.base;
+    while s < low {
+        match st.slot_mut(s) {
+            Some(Slot::Missing { since_round, .. }) if ctx.round.wrapping_sub(*since_round) < grace => {
+                *since_round = aged;
+            }
+            Some(Slot::Partial(p)) if ctx.round.wrapping_sub(p.since_round) < grace => {
+                p.since_round = aged;
+            }
+            None => break,
+            _ => {}
+        }
+        s += 1;
     }
 }
 
@@ -958,26 +1332,32 @@ mod tests {
         out: Outbox,
         events: VecDeque<Event>,
         counters: Counters,
+        node_bytes: usize,
+        now: Time,
     }
 
     impl World {
         fn new(settings: Settings) -> Self {
             World {
-                out: Outbox::new(0, 1, settings.max_datagram, 1024),
+                out: Outbox::new(0, 1, settings.max_datagram, 1 << 20),
                 settings,
                 events: VecDeque::new(),
                 counters: Counters::default(),
+                node_bytes: 0,
+                now: 0,
             }
         }
         fn with<R>(&mut self, round: u32, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
-            let live = |_: NodeId, _: u32| true;
+            let live = |_: NodeId| true;
             let mut ctx = Ctx {
                 settings: &self.settings,
+                now: self.now,
                 round,
                 out: &mut self.out,
                 events: &mut self.events,
                 counters: &mut self.counters,
                 live: &live,
+                node_bytes: &mut self.node_bytes,
             };
             f(&mut ctx)
         }
@@ -992,10 +1372,38 @@ mod tests {
                 })
                 .collect()
         }
+        fn delivered(&mut self) -> Vec<(u64, Vec<u8>)> {
+            self.events
+                .drain(..)
+                .filter_map(|e| match e {
+                    Event::Deliver { seq, payload, .. } => Some((seq, payload.to_vec())),
+                    _ => None,
+                })
+                .collect()
+        }
+        /// The data messages sent so far, decoded.
+        fn sent_data(&mut self) -> Vec<(NodeId, DataHeader, bool, Vec<u8>)> {
+            let mut v = Vec::new();
+            while let Some(t) = self.out.pop() {
+                let d = tutti_wire::packet::decode(&t.payload).unwrap();
+                for m in d.messages() {
+                    if let tutti_wire::packet::Message::Data {
+                        header,
+                        retransmit,
+                        payload,
+                    } = m
+                    {
+                        v.push((t.dest, header, retransmit, payload.to_vec()));
+                    }
+                }
+            }
+            v
+        }
     }
 
-    fn incarnations(nodes: &[NodeId]) -> FxMap<NodeId, u32> {
-        nodes.iter().map(|n| (*n, 1)).collect()
+    fn set(g: &mut GroupState, w: &mut World, round: u32, nodes: &[NodeId]) {
+        let streams: Vec<u32> = nodes.iter().map(|_| 1).collect();
+        w.with(round, |ctx| g.set_members(nodes, &streams, ctx));
     }
 
     fn digest(g: &mut GroupState, w: &mut World, from: NodeId, sender: NodeId, low: u64, high: u64) {
@@ -1006,7 +1414,7 @@ mod tests {
         };
         let e = DigestEntry {
             sender,
-            sender_incarnation: 1,
+            stream: 1,
             low,
             contiguous: high,
             high,
@@ -1014,19 +1422,33 @@ mod tests {
         w.with(1, |ctx| g.handle_digest(from, &header, std::iter::once(e), ctx));
     }
 
-    /// Co-members that join after us owe us every message from seq 0: a sender first heard
-    /// of with nothing retained below 10 has its 10 messages reported lost (at once, from
-    /// its own digest), not skipped. Such expectations are bounded by `max_tombstones`.
+    fn data(seq: u64, sender: NodeId) -> DataHeader {
+        DataHeader {
+            group: 7,
+            seq,
+            sender,
+            stream: 1,
+            retained: 0,
+            session: 5,
+            frag_index: 0,
+            frag_count: 1,
+            reserved: 0,
+        }
+    }
+
+    /// Streams that appear in the group after us owe us every message from seq 0: a sender
+    /// first heard of with nothing retained below 10 has its 10 messages reported lost (at
+    /// once, from its own digest), not skipped. Such expectations are bounded by
+    /// `max_tombstones`.
     #[test]
-    fn a_co_member_joining_after_us_owes_every_message() {
+    fn a_stream_appearing_after_us_owes_every_message() {
         let mut w = World::new(Settings {
             max_tombstones: 2,
             ..Settings::default()
         });
         let mut g = GroupState::new(7, 0, 1);
-        let all = [0, 1, 2, 3];
-        w.with(1, |ctx| g.set_members(&[0], &incarnations(&all), ctx));
-        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        set(&mut g, &mut w, 1, &[0]);
+        set(&mut g, &mut w, 1, &[0, 1, 2, 3]);
         assert_eq!(w.counters.tombstones_evicted, 1);
         assert_eq!(g.tombstones.len(), 2);
         // Sender 3 (remembered) says its history starts at 10: 0..10 lost.
@@ -1036,6 +1458,32 @@ mod tests {
         // Sender 1's expectation was evicted: it resumes at its advertised low.
         digest(&mut g, &mut w, 1, 1, 10, 10);
         assert_eq!(w.lost(), vec![]);
+        g.check_invariants();
+    }
+
+    /// A node that leaves the group and joins again sends a new stream (a new id, seqs
+    /// from 0): a member that remembers the old stream's seqs delivers the new one whole.
+    #[test]
+    fn a_new_stream_of_the_same_node_is_delivered_from_zero() {
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1]);
+        for seq in 0..100 {
+            w.with(1, |ctx| g.handle_data(1, &data(seq, 1), false, b"old", ctx));
+        }
+        assert_eq!(w.delivered().len(), 100);
+        // Node 1 leaves, then joins again with stream 2.
+        w.with(2, |ctx| g.set_members(&[0], &[1], ctx));
+        w.with(3, |ctx| g.set_members(&[0, 1], &[1, 2], ctx));
+        for seq in 0..100 {
+            let mut h = data(seq, 1);
+            h.stream = 2;
+            w.with(3, |ctx| g.handle_data(1, &h, false, b"new", ctx));
+        }
+        let got = w.delivered();
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().all(|(_, p)| p == b"new"));
+        g.check_invariants();
     }
 
     /// A member that joins a group after a sender starts at the sender's advertised history.
@@ -1043,21 +1491,19 @@ mod tests {
     fn joining_later_starts_at_the_senders_low() {
         let mut w = World::new(Settings::default());
         let mut g = GroupState::new(7, 0, 1);
-        let all = [0, 1];
-        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        set(&mut g, &mut w, 1, &[0, 1]);
         digest(&mut g, &mut w, 1, 1, 10, 10);
         assert_eq!(w.lost(), vec![]);
         assert_eq!(g.senders[&(1, 1)].base, 10);
     }
 
-    /// A sender first heard of more than a retention after we joined may have dropped
+    /// A stream first heard of more than a retention after we joined may have dropped
     /// messages it sent since we joined: we start at 0 (reported `Lost`), not at its low.
     #[test]
-    fn a_sender_first_heard_of_long_after_we_joined_starts_at_zero() {
+    fn a_stream_first_heard_of_long_after_we_joined_starts_at_zero() {
         let mut w = World::new(Settings::default());
         let mut g = GroupState::new(7, 0, 1);
-        let all = [0, 1];
-        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        set(&mut g, &mut w, 1, &[0, 1]);
         let late = 2 + w.settings.retention_rounds;
         let header = DigestHeader {
             group: 7,
@@ -1066,7 +1512,7 @@ mod tests {
         };
         let e = DigestEntry {
             sender: 1,
-            sender_incarnation: 1,
+            stream: 1,
             low: 10,
             contiguous: 10,
             high: 10,
@@ -1075,35 +1521,174 @@ mod tests {
         assert_eq!(w.lost(), vec![(1, 0, 10)]);
     }
 
-    /// A forgotten sender leaves a tombstone: heard of again, it resumes where it stood.
+    /// A forgotten stream leaves a tombstone: heard of again, it resumes where it stood.
     #[test]
-    fn a_forgotten_sender_resumes_from_its_tombstone() {
+    fn a_forgotten_stream_resumes_from_its_tombstone() {
         let mut w = World::new(Settings::default());
         let mut g = GroupState::new(7, 0, 1);
-        let all = [0, 1];
-        w.with(1, |ctx| g.set_members(&all, &incarnations(&all), ctx));
-        let h = DataHeader {
-            group: 7,
-            seq: 0,
-            sender: 1,
-            sender_incarnation: 1,
-            retained: 0,
-            frag_index: 0,
-            frag_count: 1,
-        };
-        w.with(1, |ctx| g.handle_data(&h, false, b"m", ctx));
-        // Sender 1 leaves our view; its state is collected, then forgotten.
-        w.with(2, |ctx| g.set_members(&[0], &incarnations(&all), ctx));
+        set(&mut g, &mut w, 1, &[0, 1]);
+        w.with(1, |ctx| g.handle_data(1, &data(0, 1), false, b"m", ctx));
+        // Node 1 leaves our view; its state is collected, then forgotten.
+        set(&mut g, &mut w, 2, &[0]);
         let retention = w.settings.retention_rounds;
         for r in 2..(2 + (TOMBSTONE_RETENTIONS + 2) * retention) {
             w.with(r, |ctx| g.round(&[], ctx));
         }
         assert!(g.senders.is_empty());
+        assert_eq!(g.bytes, 0);
+        assert_eq!(w.node_bytes, 0);
         assert_eq!(g.tombstones.get(&(1, 1)).map(|t| t.0), Some(1));
         w.events.clear();
         // Back after a long cut, with its history now starting at 50.
-        w.with(200, |ctx| g.set_members(&all, &incarnations(&all), ctx));
+        set(&mut g, &mut w, 200, &[0, 1]);
         digest(&mut g, &mut w, 1, 1, 50, 50);
         assert_eq!(w.lost(), vec![(1, 1, 49)]);
+    }
+
+    /// A gap is solicited at once from the member the stream came from, and again only
+    /// after `rerequest_after`.
+    #[test]
+    fn a_gap_is_requested_at_once_from_the_forwarder() {
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1, 2]);
+        w.with(1, |ctx| g.handle_data(2, &data(0, 1), false, b"a", ctx));
+        w.with(1, |ctx| g.handle_data(2, &data(3, 1), false, b"d", ctx));
+        assert_eq!(w.counters.gap_requests_sent, 1);
+        let t = w.out.pop().expect("a request");
+        assert_eq!(t.dest, 2);
+        let d = tutti_wire::packet::decode(&t.payload).unwrap();
+        let reqs: Vec<RequestEntry> = d
+            .messages()
+            .flat_map(|m| match m {
+                tutti_wire::packet::Message::Request { header, entries } => {
+                    assert_eq!(header.round, REQUEST_ROUND_GAP);
+                    entries.iter().collect::<Vec<_>>()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!((reqs[0].first, reqs[0].count), (1, 2));
+        // Not again before rerequest_after; again after it.
+        w.with(1, |ctx| g.handle_data(2, &data(4, 1), false, b"e", ctx));
+        assert_eq!(w.counters.gap_requests_sent, 1);
+        w.now += w.settings.rerequest_after;
+        w.with(1, |ctx| g.handle_data(2, &data(5, 1), false, b"f", ctx));
+        assert_eq!(w.counters.gap_requests_sent, 2);
+        g.check_invariants();
+    }
+
+    /// A large message goes out in fragments, is reassembled whole at a receiver (in any
+    /// fragment order), and a receiver missing fragments asks for them from the first
+    /// missing one.
+    #[test]
+    fn large_messages_are_fragmented_and_reassembled() {
+        let settings = Settings::default();
+        let chunk = settings.fragment_payload();
+        let mut sw = World::new(settings.clone());
+        let mut sender = GroupState::new(7, 1, 9);
+        set(&mut sender, &mut sw, 1, &[1, 0]);
+        let msg: Vec<u8> = (0..chunk * 3 + 17).map(|i| i as u8).collect();
+        sw.with(1, |ctx| sender.submit(&msg, 4, ctx));
+        let mut frags = sw.sent_data();
+        assert_eq!(frags.len(), 4);
+        assert!(frags.iter().all(|(to, h, _, _)| *to == 0 && h.frag_count == 4));
+        let mut w = World::new(settings);
+        let mut g = GroupState::new(7, 0, 1);
+        w.with(1, |ctx| g.set_members(&[1, 0], &[9, 1], ctx));
+        frags.reverse();
+        let lost_one = frags.remove(1); // fragment 2
+        for (_, h, r, p) in &frags {
+            w.with(1, |ctx| g.handle_data(1, h, *r, p, ctx));
+        }
+        assert!(w.delivered().is_empty());
+        g.check_invariants();
+        // The periodic rescan asks for fragment 0.. of message 0 (first missing is 2).
+        w.now += w.settings.rerequest_after;
+        let mut wants = Vec::new();
+        let st = g.senders.get_mut(&(1, 9)).unwrap();
+        w.with(1, |ctx| collect_wants((1, 9), st, 0, 1, ctx, &mut wants));
+        assert_eq!(wants.len(), 1);
+        assert_eq!((wants[0].first, wants[0].frag), (0, 2));
+        let (_, h, r, p) = lost_one;
+        w.with(1, |ctx| g.handle_data(1, &h, r, &p, ctx));
+        assert_eq!(w.delivered(), vec![(0, msg.clone())]);
+        g.check_invariants();
+        // The sender serves a request for fragments 2.. only.
+        let req = RequestEntry {
+            sender: 1,
+            stream: 9,
+            first: 0,
+            count: 1,
+            frag: 2,
+        };
+        let rh = RequestHeader {
+            group: 7,
+            round: REQUEST_ROUND_GAP,
+            reserved: 0,
+        };
+        sw.with(1, |ctx| {
+            sender.round(&[], ctx);
+            sender.handle_request(0, &rh, std::iter::once(req), ctx)
+        });
+        let re = sw.sent_data();
+        let idx: Vec<u16> = re.iter().map(|(_, h, _, _)| h.frag_index).collect();
+        assert_eq!(idx, vec![2, 3]);
+        assert!(re.iter().all(|(_, _, r, _)| *r));
+    }
+
+    /// A fragment that claims a message larger than `max_message` is refused (counted),
+    /// and allocates nothing.
+    #[test]
+    fn fragments_of_oversized_messages_are_refused() {
+        let mut w = World::new(Settings {
+            max_message: 10_000,
+            ..Settings::default()
+        });
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1]);
+        let mut h = data(0, 1);
+        h.frag_count = u16::MAX;
+        w.with(1, |ctx| g.handle_data(1, &h, false, &[0; 1000], ctx));
+        assert_eq!(w.counters.bad_fragments, 1);
+        assert_eq!(g.bytes, 0);
+    }
+
+    /// Over the group budget, the oldest messages of the largest stream go: undelivered
+    /// ones are delivered, missing ones reported `Lost`, and the budget holds.
+    #[test]
+    fn the_byte_budget_holds_and_reports_what_it_drops() {
+        let budget = 100 * (SLOT_OVERHEAD + 100);
+        let mut w = World::new(Settings {
+            group_budget_bytes: budget,
+            ..Settings::default()
+        });
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1]);
+        // Seq 0 missing; 1..1000 arrive.
+        for seq in 1..1000 {
+            let mut h = data(seq, 1);
+            h.retained = seq as u32; // the sender holds everything: seq 0 is owed
+            w.with(1, |ctx| g.handle_data(1, &h, false, &[1; 100], ctx));
+            assert!(g.bytes <= budget, "{} > {budget}", g.bytes);
+        }
+        g.check_invariants();
+        let mut lost = 0;
+        let mut delivered = Vec::new();
+        for e in w.events.drain(..) {
+            match e {
+                Event::Lost { first, count, .. } => {
+                    assert_eq!(first, 0);
+                    lost += count;
+                }
+                Event::Deliver { seq, .. } => delivered.push(seq),
+                _ => {}
+            }
+        }
+        assert_eq!(lost, 1);
+        assert_eq!(delivered, (1..1000).collect::<Vec<_>>());
+        assert!(w.counters.evicted_budget > 0);
+        assert_eq!(w.node_bytes, g.bytes);
     }
 }

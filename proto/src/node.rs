@@ -5,13 +5,14 @@
 use crate::fxhash::FxMap;
 use crate::multicast::{Ctx, GroupState};
 use crate::outbox::Outbox;
-use crate::{Event, GroupId, Member, NodeId, Settings, Time, Transmit, View, ViewId};
+use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tutti_wire::packet::{
-    self, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, HEARTBEAT_FLAG_LEAVING,
+    self, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, ViewGroupHeader, ViewGroupMember,
+    ViewHeader, HEARTBEAT_FLAG_LEAVING,
 };
 
 /// What a node counted; every drop has a counter.
@@ -33,7 +34,16 @@ pub struct Counters {
     pub retransmit_budget_exhausted: u64,
     pub stale_requests: u64,
     pub lost_reported: u64,
-    pub evicted_early: u64,
+    /// Messages given up to keep within the byte budgets (delivered first when they were
+    /// held, reported `Lost` when they were missing).
+    pub evicted_budget: u64,
+    /// Requests sent at once on seeing a gap in a stream (not answering a digest).
+    pub gap_requests_sent: u64,
+    /// Fragments refused: inconsistent with their message's other fragments, or of a
+    /// message larger than `max_message`.
+    pub bad_fragments: u64,
+    /// Datagrams built larger than `max_datagram` (a protocol bug if ever nonzero).
+    pub oversize_datagrams: u64,
     pub bad_digests: u64,
     pub transmits_dropped: u64,
     pub events_dropped: u64,
@@ -51,8 +61,15 @@ pub struct Counters {
 pub enum SubmitError {
     #[error("this node has not joined group {0:#x}")]
     NotJoined(GroupId),
-    #[error("payload of {len} bytes exceeds max_payload {max}")]
+    #[error("message of {len} bytes exceeds max_message {max}")]
     TooLarge { len: usize, max: usize },
+}
+
+/// Where a submitted message went: its stream and its seq in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub stream: u32,
+    pub seq: u64,
 }
 
 struct Peer {
@@ -85,8 +102,11 @@ pub struct Node {
     max_counter: u64,
     view_request_round: u32,
     my_groups: BTreeSet<GroupId>,
-    /// Coordinator only: requested group changes `(group, node) -> join?`.
-    pending_group_changes: BTreeMap<(GroupId, NodeId), bool>,
+    /// Coordinator only: requested group changes `(group, node) -> Some(stream)` to join
+    /// with that stream, `None` to leave.
+    pending_group_changes: BTreeMap<(GroupId, NodeId), Option<u32>>,
+    /// Bytes all groups retain together (see `Settings::node_budget_bytes`).
+    node_bytes: usize,
     groups: BTreeMap<GroupId, GroupState>,
     out: Outbox,
     events: VecDeque<Event>,
@@ -97,29 +117,31 @@ pub struct Node {
 
 const NO_ROUND: u32 = u32::MAX;
 
-/// Whether membership believes `node` alive in `incarnation` (not suspected, not leaving).
-fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId, incarnation: u32) -> bool {
+/// Whether membership believes `node` alive (not suspected, not leaving).
+fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId) -> bool {
     index
         .get(&node)
         .and_then(|&i| peers.get(i))
-        .is_some_and(|p| p.member.incarnation == incarnation && !p.dead && !p.leaving)
+        .is_some_and(|p| !p.dead && !p.leaving)
 }
 
-/// Runs `$body` with `$ctx`, the groups' context (borrowing the node's fields one by one),
-/// and `$groups`, the node's group states.
+/// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
+/// fields one by one), and `$groups`, the node's group states.
 macro_rules! with_ctx {
-    ($node:ident, |$ctx:ident, $groups:ident| $body:expr) => {{
+    ($node:ident, $now:expr, |$ctx:ident, $groups:ident| $body:expr) => {{
         let peers = &$node.peers;
         let index = &$node.peer_index;
-        let live = |n: NodeId, i: u32| peer_alive(peers, index, n, i);
+        let live = |n: NodeId| peer_alive(peers, index, n);
         #[allow(unused_mut)]
         let mut $ctx = Ctx {
             settings: &$node.settings,
+            now: $now,
             round: $node.round,
             out: &mut $node.out,
             events: &mut $node.events,
             counters: &mut $node.counters,
             live: &live,
+            node_bytes: &mut $node.node_bytes,
         };
         let $groups = &mut $node.groups;
         $body
@@ -180,6 +202,7 @@ impl Node {
             view_request_round: NO_ROUND,
             my_groups: BTreeSet::new(),
             pending_group_changes: BTreeMap::new(),
+            node_bytes: 0,
             groups: BTreeMap::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -205,7 +228,18 @@ impl Node {
         c.datagrams_sent = self.out.datagrams;
         c.bytes_sent = self.out.bytes;
         c.transmits_dropped = self.out.dropped;
+        c.oversize_datagrams = self.out.oversize;
         c
+    }
+
+    /// Bytes retained for repair by all groups (within `Settings::node_budget_bytes`).
+    pub fn retained_bytes(&self) -> usize {
+        self.node_bytes
+    }
+
+    /// This node's stream in `group`, if it joined it.
+    pub fn stream(&self, group: GroupId) -> Option<u32> {
+        self.groups.get(&group).map(GroupState::my_stream)
     }
     /// Gossip rounds run so far.
     pub fn round(&self) -> u32 {
@@ -221,24 +255,60 @@ impl Node {
 
     // ---------------------------------------------------------------- application calls
 
-    /// Join group `group`: multicast state starts now; the coordinator adds this node to
-    /// the group in its next view.
-    pub fn join(&mut self, _now: Time, group: GroupId) {
-        if self.my_groups.insert(group) {
-            let mut g = GroupState::new(group, self.id, self.incarnation);
-            if let Some(m) = self.view.group(group) {
-                with_ctx!(self, |ctx, _groups| g.set_members(m, &self.in_view, &mut ctx));
+    /// Join group `group`: multicast state starts now, in a new stream; the coordinator
+    /// adds this node to the group in its next view. Joining a group that still lingers
+    /// (see [`Node::leave`]) takes it back, in the same stream.
+    pub fn join(&mut self, now: Time, group: GroupId) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.lingering_until = None;
+            return;
+        }
+        self.my_groups.insert(group);
+        let stream = self.new_stream();
+        let mut g = GroupState::new(group, self.id, stream);
+        if let Some(gv) = self.view.group_view(group).cloned() {
+            with_ctx!(self, now, |ctx, _groups| g.set_members(&gv.members, &gv.streams, &mut ctx));
+        }
+        self.groups.insert(group, g);
+        self.request_group_change(group, Some(stream));
+    }
+
+    /// A stream id for a new membership of a group: random (the driver seeds the RNG so
+    /// that it differs across restarts), nonzero, and unlike the ids of our other groups.
+    fn new_stream(&mut self) -> u32 {
+        loop {
+            let s: u32 = self.rng.gen();
+            if s != 0 && !self.groups.values().any(|g| g.my_stream() == s) {
+                return s;
             }
-            self.groups.insert(group, g);
-            self.request_group_change(group, true);
         }
     }
 
-    /// Leave group `group`: no more deliveries for it.
-    pub fn leave(&mut self, _now: Time, group: GroupId) {
-        if self.my_groups.remove(&group) {
-            self.groups.remove(&group);
-            self.request_group_change(group, false);
+    /// The application left group `group`: nothing more is delivered for it. The node stays
+    /// in the group for `Settings::linger` (serving repairs of what it sent last), then
+    /// leaves it.
+    pub fn leave(&mut self, now: Time, group: GroupId) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            if g.lingering_until.is_none() {
+                g.lingering_until = Some(now.saturating_add(self.settings.linger));
+            }
+        }
+    }
+
+    /// Leaves the groups whose lingering is over.
+    fn leave_lingering(&mut self, now: Time) {
+        let done: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.lingering_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for group in done {
+            if let Some(mut g) = self.groups.remove(&group) {
+                with_ctx!(self, now, |ctx, _groups| g.clear(&mut ctx));
+            }
+            self.my_groups.remove(&group);
+            self.request_group_change(group, None);
         }
     }
 
@@ -258,18 +328,52 @@ impl Node {
         }
     }
 
-    /// Multicast `payload` to `group`; returns its seq. Delivered to this node at once.
-    pub fn submit(&mut self, _now: Time, group: GroupId, payload: &[u8]) -> Result<u64, SubmitError> {
-        if payload.len() > self.settings.max_payload {
+    /// Multicast `payload` to `group` on behalf of local session `session` (carried to the
+    /// receivers); returns its stream and seq. Not delivered back to this node.
+    pub fn submit(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        session: u32,
+        payload: &[u8],
+    ) -> Result<Submitted, SubmitError> {
+        if payload.len() > self.settings.max_message {
             return Err(SubmitError::TooLarge {
                 len: payload.len(),
-                max: self.settings.max_payload,
+                max: self.settings.max_message,
             });
         }
-        with_ctx!(self, |ctx, groups| {
+        let r = with_ctx!(self, now, |ctx, groups| {
             let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
-            Ok(g.submit(payload, &mut ctx))
-        })
+            let seq = g.submit(payload, session, &mut ctx);
+            Ok(Submitted {
+                stream: g.my_stream(),
+                seq,
+            })
+        });
+        self.enforce_node_budget(now);
+        r
+    }
+
+    /// Keeps all groups together within `node_budget_bytes`: the group holding most gives
+    /// up its oldest messages.
+    fn enforce_node_budget(&mut self, now: Time) {
+        let budget = self.settings.node_budget_bytes;
+        while self.node_bytes > budget {
+            let excess = self.node_bytes - budget + budget / 64;
+            let Some((&gid, _)) = self.groups.iter().max_by_key(|(_, g)| g.bytes()) else {
+                return;
+            };
+            let before = self.node_bytes;
+            with_ctx!(self, now, |ctx, groups| {
+                if let Some(g) = groups.get_mut(&gid) {
+                    g.evict(excess, None, &mut ctx);
+                }
+            });
+            if self.node_bytes >= before {
+                return;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- driver calls
@@ -313,19 +417,19 @@ impl Node {
                     retransmit,
                     payload,
                 } => {
-                    with_ctx!(self, |ctx, groups| match groups.get_mut(&header.group) {
-                        Some(g) => g.handle_data(&header, retransmit, payload, &mut ctx),
+                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&header.group) {
+                        Some(g) => g.handle_data(from, &header, retransmit, payload, &mut ctx),
                         None => ctx.counters.not_joined += 1,
                     })
                 }
                 Message::Digest { header, entries } => {
-                    with_ctx!(self, |ctx, groups| match groups.get_mut(&header.group) {
+                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&header.group) {
                         Some(g) => g.handle_digest(from, &header, entries.iter(), &mut ctx),
                         None => ctx.counters.not_joined += 1,
                     })
                 }
                 Message::Request { header, entries } => {
-                    with_ctx!(self, |ctx, groups| {
+                    with_ctx!(self, now, |ctx, groups| {
                         if let Some(g) = groups.get_mut(&header.group) {
                             g.handle_request(from, &header, entries.iter(), &mut ctx);
                         }
@@ -353,18 +457,24 @@ impl Node {
                             })
                             .collect(),
                         groups: {
-                            let mut gs: Vec<(GroupId, Vec<NodeId>)> = groups
+                            let mut gs: Vec<GroupView> = groups
                                 .iter()
-                                .map(|(g, idx)| {
-                                    (
-                                        g,
-                                        idx.iter()
-                                            .filter_map(|i| members.get(i as usize).map(|m| m.node))
-                                            .collect(),
-                                    )
+                                .map(|(g, gm)| {
+                                    let (mut ms, mut streams) = (Vec::new(), Vec::new());
+                                    for m in gm.iter() {
+                                        if let Some(e) = members.get(m.index as usize) {
+                                            ms.push(e.node);
+                                            streams.push(m.stream);
+                                        }
+                                    }
+                                    GroupView {
+                                        id: g,
+                                        members: ms,
+                                        streams,
+                                    }
                                 })
                                 .collect();
-                            gs.sort_by_key(|(g, _)| *g);
+                            gs.sort_by_key(|gv| gv.id);
                             gs
                         },
                     };
@@ -379,17 +489,21 @@ impl Node {
                     }
                 }
                 Message::GroupJoin(g) => {
-                    self.pending_group_changes.insert((g.group, from), true);
+                    self.pending_group_changes.insert((g.group, from), Some(g.stream));
                 }
                 Message::GroupLeave(g) => {
-                    self.pending_group_changes.insert((g.group, from), false);
+                    self.pending_group_changes.insert((g.group, from), None);
                 }
             }
         }
+        self.enforce_node_budget(now);
     }
 
     /// Timers: run every gossip round that is due.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.groups.values().any(|g| g.lingering_until.is_some_and(|t| t <= now)) {
+            self.leave_lingering(now);
+        }
         while now >= self.next_tick {
             self.next_tick += self.settings.gossip_period.max(1);
             self.gossip_round(now);
@@ -558,7 +672,18 @@ impl Node {
             }
         }
         let n = if only_self { 0 } else { self.peers.len() };
-        let want = self.settings.heartbeat_entries.saturating_sub(1).min(n);
+        // Entries that fit one datagram of `max_datagram` bytes.
+        let fit = self.settings.max_datagram.saturating_sub(
+            packet::DATAGRAM_HEADER_LEN
+                + packet::MESSAGE_HEADER_LEN
+                + core::mem::size_of::<HeartbeatHeader>(),
+        ) / core::mem::size_of::<HeartbeatEntry>();
+        let want = self
+            .settings
+            .heartbeat_entries
+            .min(fit)
+            .saturating_sub(1)
+            .min(n);
         let mut scanned = 0;
         while entries.len() <= want && scanned < n {
             let p = &self.peers[(self.hb_cursor + scanned) % n];
@@ -582,7 +707,7 @@ impl Node {
             max_counter: self.max_counter,
         };
         self.counters.heartbeats_sent += 1;
-        let body = 24 + entries.len() * 16;
+        let body = core::mem::size_of::<HeartbeatHeader>() + std::mem::size_of_val(entries.as_slice());
         let es = &entries;
         self.out.push(to, body, |e| e.push_heartbeats(&header, es));
         self.scratch_hb = entries;
@@ -608,13 +733,31 @@ impl Node {
             .enumerate()
             .map(|(i, m)| (m.node, i as u32))
             .collect();
-        let idx: Vec<(GroupId, Vec<u32>)> = view
+        let idx: Vec<(GroupId, Vec<ViewGroupMember>)> = view
             .groups
             .iter()
-            .map(|(g, ms)| (*g, ms.iter().filter_map(|n| pos.get(n).copied()).collect()))
+            .map(|gv| {
+                let ms = gv
+                    .members
+                    .iter()
+                    .zip(&gv.streams)
+                    .filter_map(|(n, s)| {
+                        pos.get(n).map(|&index| ViewGroupMember {
+                            index,
+                            stream: *s,
+                        })
+                    })
+                    .collect();
+                (gv.id, ms)
+            })
             .collect();
-        let gs: Vec<(GroupId, &[u32])> = idx.iter().map(|(g, v)| (*g, v.as_slice())).collect();
-        let body = 24 + members.len() * 8 + idx.iter().map(|(_, v)| 16 + v.len() * 4).sum::<usize>();
+        let gs: Vec<(GroupId, &[ViewGroupMember])> = idx.iter().map(|(g, v)| (*g, v.as_slice())).collect();
+        let body = core::mem::size_of::<ViewHeader>()
+            + std::mem::size_of_val(members.as_slice())
+            + idx
+                .iter()
+                .map(|(_, v)| core::mem::size_of::<ViewGroupHeader>() + std::mem::size_of_val(v.as_slice()))
+                .sum::<usize>();
         self.counters.views_sent += 1;
         let id = view.id;
         self.out.push(to, body, |e| {
@@ -645,18 +788,20 @@ impl Node {
                 self.insert_peer(now, *m, 0);
             }
         }
-        self.install(Arc::new(view));
+        self.install(now, Arc::new(view));
     }
 
-    fn install(&mut self, view: Arc<View>) {
+    fn install(&mut self, now: Time, view: Arc<View>) {
         self.in_view.clear();
         for m in &view.members {
             self.in_view.insert(m.node, m.incarnation);
         }
-        let in_view = &self.in_view;
-        with_ctx!(self, |ctx, groups| {
+        with_ctx!(self, now, |ctx, groups| {
             for (gid, g) in groups.iter_mut() {
-                g.set_members(view.group(*gid).unwrap_or(&[]), in_view, &mut ctx);
+                match view.group_view(*gid) {
+                    Some(gv) => g.set_members(&gv.members, &gv.streams, &mut ctx),
+                    None => g.set_members(&[], &[], &mut ctx),
+                }
             }
         });
         self.view = view.clone();
@@ -678,20 +823,22 @@ impl Node {
             .unwrap_or(self.id)
     }
 
-    fn request_group_change(&mut self, group: GroupId, join: bool) {
+    /// Asks the coordinator to add us to `group` with `stream` (or to remove us: `None`).
+    fn request_group_change(&mut self, group: GroupId, join: Option<u32>) {
         let coord = self.coordinator();
+        let body = core::mem::size_of::<packet::GroupChange>();
         if coord == self.id {
             self.pending_group_changes.insert((group, self.id), join);
-        } else if join {
-            self.out.push(coord, 8, |e| e.push_group_join(group));
+        } else if let Some(stream) = join {
+            self.out.push(coord, body, |e| e.push_group_join(group, stream));
         } else {
-            self.out.push(coord, 8, |e| e.push_group_leave(group));
+            self.out.push(coord, body, |e| e.push_group_leave(group));
         }
     }
 
     /// Coordinator duty: install a new view when membership, group membership or the
     /// highest known counter says so.
-    fn coordinate(&mut self) {
+    fn coordinate(&mut self, now: Time) {
         if self.coordinator() != self.id || self.leaving {
             return;
         }
@@ -715,29 +862,40 @@ impl Node {
         members.sort_by_key(|m| m.age_key());
         let set: FxMap<NodeId, ()> = members.iter().map(|m| (m.node, ())).collect();
         // Groups: carry over, drop departed members, apply requested changes.
-        let mut groups: BTreeMap<GroupId, BTreeSet<NodeId>> = BTreeMap::new();
-        for (g, ms) in &self.view.groups {
-            groups
-                .entry(*g)
-                .or_default()
-                .extend(ms.iter().filter(|n| set.contains_key(n)));
+        let mut groups: BTreeMap<GroupId, BTreeMap<NodeId, u32>> = BTreeMap::new();
+        for gv in &self.view.groups {
+            let g = groups.entry(gv.id).or_default();
+            for (n, s) in gv.members.iter().zip(&gv.streams) {
+                if set.contains_key(n) {
+                    g.insert(*n, *s);
+                }
+            }
         }
         for (&(g, n), &join) in &self.pending_group_changes {
-            if join && set.contains_key(&n) {
-                groups.entry(g).or_default().insert(n);
-            } else if let Some(s) = groups.get_mut(&g) {
-                s.remove(&n);
+            match join {
+                Some(stream) if set.contains_key(&n) => {
+                    groups.entry(g).or_default().insert(n, stream);
+                }
+                _ => {
+                    if let Some(s) = groups.get_mut(&g) {
+                        s.remove(&n);
+                    }
+                }
             }
         }
         self.pending_group_changes.clear();
         let order: FxMap<NodeId, usize> = members.iter().enumerate().map(|(i, m)| (m.node, i)).collect();
-        let groups: Vec<(GroupId, Vec<NodeId>)> = groups
+        let groups: Vec<GroupView> = groups
             .into_iter()
             .filter(|(_, s)| !s.is_empty())
             .map(|(g, s)| {
-                let mut v: Vec<NodeId> = s.into_iter().collect();
-                v.sort_by_key(|n| order.get(n).copied().unwrap_or(usize::MAX));
-                (g, v)
+                let mut v: Vec<(NodeId, u32)> = s.into_iter().collect();
+                v.sort_by_key(|(n, _)| order.get(n).copied().unwrap_or(usize::MAX));
+                GroupView {
+                    id: g,
+                    members: v.iter().map(|(n, _)| *n).collect(),
+                    streams: v.iter().map(|(_, s)| *s).collect(),
+                }
             })
             .collect();
         if members == self.view.members
@@ -756,7 +914,7 @@ impl Node {
             members,
             groups,
         });
-        self.install(view.clone());
+        self.install(now, view.clone());
         for m in &view.members {
             if m.node != self.id {
                 self.send_view(m.node);
@@ -810,7 +968,7 @@ impl Node {
                 self.peer_index.insert(p.member.node, i);
             }
         }
-        self.coordinate();
+        self.coordinate(now);
 
         // Membership gossip: `fanout` view members, or the seeds while alone.
         let mut targets = std::mem::take(&mut self.scratch_targets);
@@ -852,26 +1010,26 @@ impl Node {
                 self.send_heartbeats_to(c, true);
             }
         }
-        // Group membership requests not yet reflected in the view.
+        // Group membership requests not yet reflected in the view (our stream included).
         let me = self.id;
-        let joins: Vec<GroupId> = self
-            .my_groups
+        let joins: Vec<(GroupId, u32)> = self
+            .groups
             .iter()
-            .copied()
-            .filter(|g| !self.view.group(*g).is_some_and(|m| m.contains(&me)))
+            .map(|(id, g)| (*id, g.my_stream()))
+            .filter(|(g, s)| self.view.group_view(*g).and_then(|gv| gv.stream_of(me)) != Some(*s))
             .collect();
-        for g in joins {
-            self.request_group_change(g, true);
+        for (g, s) in joins {
+            self.request_group_change(g, Some(s));
         }
         let leaves: Vec<GroupId> = self
             .view
             .groups
             .iter()
-            .filter(|(g, m)| m.contains(&me) && !self.my_groups.contains(g))
-            .map(|(g, _)| *g)
+            .filter(|gv| gv.members.contains(&me) && !self.my_groups.contains(&gv.id))
+            .map(|gv| gv.id)
             .collect();
         for g in leaves {
-            self.request_group_change(g, false);
+            self.request_group_change(g, None);
         }
         // Bimodal multicast: per group, digests to members (reusing the membership targets
         // that are group members, else picking random group members).
@@ -879,15 +1037,17 @@ impl Node {
         let mut gt: Vec<NodeId> = Vec::with_capacity(fanout);
         let peers = &self.peers;
         let index = &self.peer_index;
-        let live = |n: NodeId, i: u32| peer_alive(peers, index, n, i);
+        let live = |n: NodeId| peer_alive(peers, index, n);
         let (mut ctx, groups) = (
             Ctx {
                 settings: &self.settings,
+                now,
                 round: self.round,
                 out: &mut self.out,
                 events: &mut self.events,
                 counters: &mut self.counters,
                 live: &live,
+                node_bytes: &mut self.node_bytes,
             },
             &mut self.groups,
         );
@@ -920,7 +1080,7 @@ impl Node {
                 .view
                 .groups
                 .iter()
-                .map(|(_, m)| 16 + m.capacity() * 4)
+                .map(|gv| 16 + gv.members.capacity() * 4 + gv.streams.capacity() * 4)
                 .sum::<usize>()
             + self.groups.values().map(|g| g.approx_bytes()).sum::<usize>()
             + self.out.pending() * self.settings.max_datagram
@@ -988,12 +1148,13 @@ mod tests {
         }
     }
 
-    /// A sender faster than the receivers' window: receivers slide the window instead of
-    /// dropping everything new; without loss everything arrives, in order.
+    /// A sender faster than the receivers' budget: receivers give up the oldest (already
+    /// delivered) messages instead of dropping everything new; without loss everything
+    /// arrives, in order, and every member stays within its budget.
     #[test]
-    fn a_sender_faster_than_the_window_is_still_delivered_in_order() {
+    fn a_sender_faster_than_the_budget_is_still_delivered_in_order() {
         let settings = Settings {
-            max_window: 64,
+            group_budget_bytes: 64 * (crate::SLOT_OVERHEAD + 4),
             ..Settings::default()
         };
         let mut nodes: Vec<Node> = (0..4u32)
@@ -1005,7 +1166,7 @@ mod tests {
             .collect();
         run(&mut nodes, 2_000 * MILLIS, |_, _| false);
         for i in 0..1000u32 {
-            nodes[1].submit(0, 7, &i.to_le_bytes()).unwrap();
+            nodes[1].submit(0, 7, 0, &i.to_le_bytes()).unwrap();
         }
         let ev = run(&mut nodes, 100 * MILLIS, |_, _| false);
         for n in [0, 2, 3] {
@@ -1021,6 +1182,9 @@ mod tests {
                 .iter()
                 .any(|(at, e)| *at == n && matches!(e, Event::Lost { .. })));
         }
+        for n in &nodes {
+            assert!(n.retained_bytes() <= n.settings().group_budget_bytes);
+        }
     }
 
     #[test]
@@ -1028,10 +1192,10 @@ mod tests {
         let mut nodes = cluster(6);
         run(&mut nodes, 2_000 * MILLIS, |_, _| false);
         for i in 0..20u8 {
-            nodes[1].submit(0, 7, &[i]).unwrap();
+            nodes[1].submit(0, 7, 0, &[i]).unwrap();
         }
         let ev = run(&mut nodes, 3_000 * MILLIS, |_, _| false);
-        for n in 0..6 {
+        for n in [0, 2, 3, 4, 5] {
             let seqs: Vec<u64> = ev
                 .iter()
                 .filter_map(|(at, e)| match e {
@@ -1048,7 +1212,7 @@ mod tests {
         let mut nodes = cluster(6);
         run(&mut nodes, 2_000 * MILLIS, |_, _| false);
         let before = nodes[0].counters().retransmits_sent + nodes[2].counters().retransmits_sent;
-        nodes[0].submit(0, 7, b"x").unwrap();
+        nodes[0].submit(0, 7, 0, b"x").unwrap();
         // Drop every stage-1 copy sent by node 0 in the first step (its tree children).
         let mut first = true;
         let mut delivered = 0;
@@ -1074,7 +1238,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(delivered, 6, "sender + 5 members via gossip");
+        assert_eq!(delivered, 5, "5 members via gossip");
         let after: u64 = nodes.iter().map(|n| n.counters().retransmits_sent).sum();
         assert!(after > before);
     }
@@ -1082,10 +1246,10 @@ mod tests {
     #[test]
     fn rejects_oversized_and_unjoined() {
         let mut n = Node::new(1, 1, &[], Settings::default(), 0, 1);
-        assert_eq!(n.submit(0, 9, b"x"), Err(SubmitError::NotJoined(9)));
+        assert_eq!(n.submit(0, 9, 0, b"x"), Err(SubmitError::NotJoined(9)));
         n.join(0, 9);
         assert!(matches!(
-            n.submit(0, 9, &[0; 5000]),
+            n.submit(0, 9, 0, &vec![0; (1 << 20) + 1]),
             Err(SubmitError::TooLarge { .. })
         ));
         n.handle_packet(0, 2, b"garbage");

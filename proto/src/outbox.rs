@@ -22,6 +22,9 @@ pub struct Outbox {
     open_index: FxMap<NodeId, usize>,
     ready: VecDeque<Transmit>,
     pub dropped: u64,
+    /// Datagrams opened larger than `max_datagram` for a message that did not fit one
+    /// (the protocol must never build such a message; counted so tests catch it).
+    pub oversize: u64,
     pub datagrams: u64,
     pub bytes: u64,
 }
@@ -37,6 +40,7 @@ impl Outbox {
             open_index: FxMap::default(),
             ready: VecDeque::new(),
             dropped: 0,
+            oversize: 0,
             datagrams: 0,
             bytes: 0,
         }
@@ -69,6 +73,9 @@ impl Outbox {
     }
 
     fn open_new(&mut self, dest: NodeId, need: usize) -> usize {
+        if DATAGRAM_HEADER_LEN + need > self.max_datagram {
+            self.oversize += 1;
+        }
         let size = self.max_datagram.max(DATAGRAM_HEADER_LEN + need);
         let mut buf = vec![0u8; size];
         let len = Encoder::new(&mut buf, self.from, self.incarnation)

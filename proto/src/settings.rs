@@ -1,6 +1,11 @@
 //! Every tunable of the protocols, with its default and what it trades.
 
 use crate::{Time, MILLIS};
+use tutti_wire::packet::{data_message_len, DATAGRAM_HEADER_LEN};
+
+/// Bytes counted per message a member tracks, beside its payload: the slot, the shared
+/// allocation's header and the allocator's rounding.
+pub const SLOT_OVERHEAD: usize = 64;
 
 /// Delivery order of bimodal multicast at a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,20 +31,30 @@ pub struct Settings {
     /// after that long is reported `Lost`. Longer: more time to repair slow or perturbed
     /// members, more memory. (Ensemble `stale`: 20.)
     pub retention_rounds: u32,
-    /// Bytes a node retransmits per round (payload + 100 B overhead counted per message).
-    /// Larger: faster catch-up of lagging members, more bandwidth spent on them: the bound
-    /// that keeps a slow member from slowing the others. (Ensemble `max_entropy`: 30,000.)
+    /// Bytes a node retransmits per round (payload + `RETRANSMIT_OVERHEAD` counted per
+    /// fragment), to every requester together. Larger: repair keeps up with faster senders
+    /// and lossier links; smaller: less bandwidth spent on lagging members, the bound that
+    /// keeps a slow member from slowing the others. (Ensemble's `max_entropy` is 30,000 B at
+    /// its rates; tutti's senders reach millions of messages per second, so repair at
+    /// 20% loss needs megabytes per round.)
     pub retransmit_budget_bytes: usize,
-    /// Seqs solicited per retransmit request. Larger: faster repair of long gaps, bigger
-    /// requests and bursts. (Ensemble `reql`: 100.)
+    /// Messages solicited per request. Larger: faster repair of long gaps, bigger requests
+    /// and bursts. (Ensemble `reql`: 100.)
     pub request_cap: usize,
-    /// Rounds before a missing seq is requested again. Shorter: faster repair when a
-    /// request or retransmission is lost, more duplicate retransmissions. (Ensemble `wait`: 2.)
-    pub rerequest_rounds: u32,
-    /// Seqs tracked per sender (held, missing or awaiting delivery). Bounds a member's
-    /// memory per sender; a message beyond the window is dropped (counted) and later
-    /// reported lost. Must exceed a sender's messages per retention period.
-    pub max_window: u64,
+    /// Time before a missing message is requested again (after a gap request or a digest
+    /// request went unanswered). Shorter: faster repair when a request or retransmission
+    /// is lost, more duplicate retransmissions. Must exceed a round trip plus wake-ups.
+    pub rerequest_after: Time,
+    /// Bytes a member keeps for one group: held messages (payload plus a fixed per-message
+    /// overhead), partly received large messages, and one overhead per missing message.
+    /// Beyond it the oldest messages of the largest stream are dropped: delivered ones are
+    /// simply forgotten (others can no longer be repaired from here), undelivered ones are
+    /// delivered first, missing ones are reported `Lost`. Larger: repair covers more of a
+    /// fast sender's history; the daemon's memory grows to it under load.
+    pub group_budget_bytes: usize,
+    /// Bytes a node keeps for all its groups together (same accounting); beyond it the
+    /// group holding most gives up its oldest messages as above.
+    pub node_budget_bytes: usize,
     /// Per-sender entries per gossip digest, rotating over senders when there are more.
     /// A digest is split into MTU-sized messages (44 entries per 1472-byte datagram), so
     /// a group with S active senders costs ceil(S/44) datagrams per gossip target per
@@ -63,12 +78,17 @@ pub struct Settings {
     /// How long a failed node stays in the table (for merges after a partition heals).
     /// Longer: partitions that last longer still merge without seeds, more table memory.
     pub forget_after: Time,
-    /// Datagram size used to pack messages (bytes). Larger: fewer datagrams per message,
-    /// IP fragmentation above the path MTU.
+    /// Largest datagram sent (bytes). Larger: fewer datagrams per message, IP fragmentation
+    /// above the path MTU. Messages larger than fit are sent as fragments.
     pub max_datagram: usize,
-    /// Largest payload `submit` accepts (one message must fit one datagram until
-    /// fragmentation lands).
-    pub max_payload: usize,
+    /// Largest message `submit` accepts (bytes); sent in fragments of
+    /// [`Settings::fragment_payload`] bytes, delivered whole or reported `Lost`. Receivers
+    /// refuse fragments of larger messages.
+    pub max_message: usize,
+    /// How long a group stays joined after the application leaves it, so that what this
+    /// node sent last can still be repaired from it (a publisher that sends and leaves at
+    /// once would otherwise take its messages along). Nothing is delivered meanwhile.
+    pub linger: Time,
     /// Datagrams waiting for `poll_transmit`; beyond it new ones are dropped (counted).
     pub max_pending_transmits: usize,
     /// Events waiting for `poll_event`; beyond it deliveries are dropped (counted).
@@ -84,20 +104,37 @@ impl Default for Settings {
             gossip_fanout: 1,
             tree_fanout: 4,
             retention_rounds: 20,
-            retransmit_budget_bytes: 30_000,
-            request_cap: 100,
-            rerequest_rounds: 2,
-            max_window: 8192,
+            retransmit_budget_bytes: 8 << 20,
+            request_cap: 1024,
+            rerequest_after: 20 * MILLIS,
+            group_budget_bytes: 64 << 20,
+            node_budget_bytes: 256 << 20,
             digest_entries: 1024,
             max_tombstones: 4096,
             heartbeat_entries: 256,
             suspect_timeout: 2_000 * MILLIS,
             forget_after: 60_000 * MILLIS,
             max_datagram: 1472,
-            max_payload: 1472 - 16 - 8 - 32,
+            max_message: 1 << 20,
+            linger: 2_000 * MILLIS,
             max_pending_transmits: 1 << 16,
             max_pending_events: 1 << 20,
             delivery: Delivery::Fifo,
         }
+    }
+}
+
+impl Settings {
+    /// Payload bytes per fragment: what a datagram of `max_datagram` holds after its
+    /// header, one message header and one data header.
+    pub fn fragment_payload(&self) -> usize {
+        self.max_datagram
+            .saturating_sub(DATAGRAM_HEADER_LEN + data_message_len(0))
+            .max(1)
+    }
+
+    /// Most messages a stream's window spans (one overhead each within the group budget).
+    pub fn max_window(&self) -> u64 {
+        (self.group_budget_bytes / SLOT_OVERHEAD).max(2) as u64
     }
 }

@@ -52,10 +52,12 @@ fn main() {
                     group: GROUP,
                     seq,
                     sender,
-                    sender_incarnation: 1,
+                    stream: 1,
                     retained: seq as u32,
+                    session: 0,
                     frag_index: 0,
                     frag_count: 1,
+                    reserved: 0,
                 };
                 enc.push_data(&h, true, &[0u8; 64]).expect("fits");
                 let len = enc.len();

@@ -10,7 +10,10 @@ pub type Instance = (NodeId, u32);
 #[derive(Debug, Clone)]
 pub struct SentMessage {
     pub sender: NodeId,
+    /// The sender's instance (incarnation) when it sent the message.
     pub sender_incarnation: u32,
+    /// The stream the message was sent in.
+    pub stream: u32,
     pub group: u64,
     pub seq: u64,
     pub payload_hash: u64,
@@ -48,7 +51,7 @@ pub fn make_payload(index: u64, len: usize) -> Vec<u8> {
 pub struct MessageId {
     pub group: u64,
     pub sender: NodeId,
-    pub sender_incarnation: u32,
+    pub stream: u32,
     pub seq: u64,
 }
 
@@ -95,7 +98,7 @@ impl Checker {
         let MessageId {
             group,
             sender,
-            sender_incarnation,
+            stream,
             seq,
         } = id;
         self.deliveries += 1;
@@ -109,13 +112,13 @@ impl Checker {
             return;
         };
         if m.sender != sender
-            || m.sender_incarnation != sender_incarnation
+            || m.stream != stream
             || m.seq != seq
             || m.group != group
             || m.payload_hash != fnv(payload)
         {
             self.violation(format!(
-                "{at:?} delivered {sender}/{sender_incarnation}/{seq} whose payload or identity differs from what was sent"
+                "{at:?} delivered {sender}/{stream}/{seq} whose payload or identity differs from what was sent"
             ));
             return;
         }
@@ -133,7 +136,7 @@ impl Checker {
         bits[w] |= 1 << b;
         // FIFO per sender: each delivery is the next seq, or follows a Lost report.
         if self.fifo {
-            let key = (at, sender, sender_incarnation);
+            let key = (at, sender, stream);
             if let Some(&exp) = self.expected_next.get(&key) {
                 if seq != exp {
                     self.violation(format!(
@@ -143,24 +146,26 @@ impl Checker {
             }
             self.expected_next.insert(key, seq + 1);
         }
-        if at.0 != sender || at.1 != sender_incarnation {
+        if at.0 == sender {
+            self.violation(format!("{at:?} was delivered its own message {sender}/{stream}/{seq}"));
+        } else {
             let m = &mut self.sent[index];
             m.deliveries += 1;
             m.last_delivery = m.last_delivery.max(now);
         }
     }
 
-    pub fn on_lost(&mut self, at: Instance, sender: NodeId, sender_incarnation: u32, first: u64, count: u64) {
+    pub fn on_lost(&mut self, at: Instance, sender: NodeId, stream: u32, first: u64, count: u64) {
         self.lost_reports += count;
         self.lost_ranges
-            .entry((at, sender, sender_incarnation))
+            .entry((at, sender, stream))
             .or_default()
             .push((first, first.saturating_add(count)));
         if count == 0 {
             self.violation(format!("{at:?} reported an empty loss"));
         }
         if self.fifo {
-            let key = (at, sender, sender_incarnation);
+            let key = (at, sender, stream);
             if let Some(&exp) = self.expected_next.get(&key) {
                 if first != exp {
                     self.violation(format!(
@@ -203,9 +208,9 @@ impl Checker {
     pub fn on_view_at(&mut self, at: Instance, now: Time, view: &View) {
         self.on_view(at, view);
         let entries = self.group_member.entry(at).or_default();
-        for (g, ms) in &view.groups {
-            if ms.contains(&at.0) && !entries.iter().any(|e| e.0 == *g) {
-                entries.push((*g, None));
+        for gv in &view.groups {
+            if gv.members.contains(&at.0) && !entries.iter().any(|e| e.0 == gv.id) {
+                entries.push((gv.id, None));
             }
         }
         for e in entries.iter_mut() {
@@ -226,7 +231,7 @@ impl Checker {
         let mut first_sent: HashMap<(NodeId, u32, u64), Time> = HashMap::new();
         for m in &self.sent {
             let t = first_sent
-                .entry((m.sender, m.sender_incarnation, m.group))
+                .entry((m.sender, m.stream, m.group))
                 .or_insert(m.sent_at);
             *t = (*t).min(m.sent_at);
         }
@@ -237,7 +242,7 @@ impl Checker {
             if !live.contains(&s) {
                 continue;
             }
-            let first = first_sent[&(m.sender, m.sender_incarnation, m.group)];
+            let first = first_sent[&(m.sender, m.stream, m.group)];
             for &at in live {
                 if at.0 == m.sender {
                     continue;
@@ -253,7 +258,7 @@ impl Checker {
                 }
                 let covered = self
                     .lost_ranges
-                    .get(&(at, m.sender, m.sender_incarnation))
+                    .get(&(at, m.sender, m.stream))
                     .is_some_and(|rs| rs.iter().any(|&(f, e)| f <= m.seq && m.seq < e));
                 if !covered {
                     let e = silent.entry((at, s)).or_insert((0, m.seq));
@@ -286,11 +291,11 @@ mod tests {
     use super::*;
     use tutti_proto::ViewId;
 
-    fn mid(group: u64, sender: NodeId, sender_incarnation: u32, seq: u64) -> MessageId {
+    fn mid(group: u64, sender: NodeId, stream: u32, seq: u64) -> MessageId {
         MessageId {
             group,
             sender,
-            sender_incarnation,
+            stream,
             seq,
         }
     }
@@ -301,6 +306,7 @@ mod tests {
         c.on_send(SentMessage {
             sender: 1,
             sender_incarnation: 1,
+            stream: 1,
             group: 7,
             seq,
             payload_hash: fnv(&p),
@@ -388,7 +394,11 @@ mod tests {
                     incarnation: 1,
                 },
             ],
-            groups: vec![(7, vec![1, 2])],
+            groups: vec![tutti_proto::GroupView {
+                id: 7,
+                members: vec![1, 2],
+                streams: vec![1, 1],
+            }],
         };
         c.on_view_at((2, 1), 0, &view);
         let p0 = send(&mut c, 0);

@@ -513,9 +513,18 @@ impl Sim {
             }
             (node.poll_timeout(), (node.id(), node.incarnation()))
         };
+        let max_datagram = self.sc.settings.max_datagram;
         for t in transmits {
             self.datagrams += 1;
             let from = i as NodeId;
+            if t.payload.len() > max_datagram {
+                // The daemon's transport refuses such a datagram: the protocol must not build it.
+                self.checker.violation(format!(
+                    "node {from} built a datagram of {} bytes, over max_datagram {max_datagram}",
+                    t.payload.len()
+                ));
+                continue;
+            }
             self.mix(&[now, u64::from(from), u64::from(t.dest), t.payload.len() as u64]);
             if t.dest as usize >= self.nodes.len() || self.is_cut(from, t.dest) {
                 continue;
@@ -572,15 +581,16 @@ impl Sim {
             Event::Deliver {
                 group,
                 sender,
-                sender_incarnation,
+                stream,
                 seq,
                 payload,
+                ..
             } => {
                 self.mix(&[now, 1, u64::from(inst.0), u64::from(sender), seq]);
                 let id = MessageId {
                     group,
                     sender,
-                    sender_incarnation,
+                    stream,
                     seq,
                 };
                 self.checker.on_deliver(inst, now, id, &payload);
@@ -590,14 +600,13 @@ impl Sim {
             }
             Event::Lost {
                 sender,
-                sender_incarnation,
+                stream,
                 first,
                 count,
                 ..
             } => {
                 self.mix(&[now, 2, u64::from(inst.0), u64::from(sender), first, count]);
-                self.checker
-                    .on_lost(inst, sender, sender_incarnation, first, count);
+                self.checker.on_lost(inst, sender, stream, first, count);
             }
             Event::ViewChange(v) => {
                 self.mix(&[
@@ -832,14 +841,15 @@ impl Sim {
                 };
                 let index = self.checker.sent.len() as u64;
                 let payload = make_payload(index, self.sc.payload);
-                match node.submit(self.now, GROUP, &payload) {
-                    Ok(seq) => {
+                match node.submit(self.now, GROUP, k as u32, &payload) {
+                    Ok(sub) => {
                         let inc = node.incarnation();
                         self.checker.on_send(SentMessage {
                             sender,
                             sender_incarnation: inc,
+                            stream: sub.stream,
                             group: GROUP,
-                            seq,
+                            seq: sub.seq,
                             payload_hash: fnv(&payload),
                             sent_at: self.now,
                             deliveries: 0,

@@ -26,8 +26,10 @@ use bytemuck::{Pod, Zeroable};
 
 /// "TTP1" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
-/// Version of this format. A decoder rejects any other version.
-pub const VERSION: u16 = 1;
+/// Version of this format. A decoder rejects any other version. Version 2: sender streams
+/// (not incarnations) in data, digest and request entries; the publishing session and
+/// fragments in the data header; per-member streams in views and group joins.
+pub const VERSION: u16 = 2;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -106,7 +108,7 @@ pub struct MessageHeader {
 /// - `Digest`: [`DigestHeader`] + `n` x [`DigestEntry`].
 /// - `Request`: [`RequestHeader`] + `n` x [`RequestEntry`].
 /// - `Heartbeats`: [`HeartbeatHeader`] + `n` x [`HeartbeatEntry`].
-/// - `View`: [`ViewHeader`] + `members` x [`MemberEntry`] + `groups` x ([`ViewGroupHeader`] + `count` x u32 member index).
+/// - `View`: [`ViewHeader`] + `members` x [`MemberEntry`] + `groups` x ([`ViewGroupHeader`] + `count` x [`ViewGroupMember`]).
 /// - `ViewRequest`: empty body.
 /// - `GroupJoin` / `GroupLeave`: [`GroupChange`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,23 +140,31 @@ impl MessageKind {
     }
 }
 
-/// One multicast message (stage 1 dissemination or a stage 2 retransmission).
+/// One fragment of a multicast message (stage 1 dissemination or a stage 2
+/// retransmission). A message of `frag_count` fragments is carried by `frag_count` data
+/// messages with the same `seq`; every fragment but the last carries the same number of
+/// payload bytes, so fragment `i` starts at `i * that`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct DataHeader {
     pub group: u64,
-    /// Per (sender, incarnation, group) sequence number, from 0.
+    /// Per (sender, stream) message number, from 0.
     pub seq: u64,
     /// Original sender (root of the tree), not necessarily the datagram's `from`.
     pub sender: u32,
-    pub sender_incarnation: u32,
-    /// How many earlier messages of this sender the sender still retains (`seq - its oldest`,
-    /// saturated). A receiver that first hears of the sender starts its window there.
+    /// The sender's stream in this group: drawn at random each time the sender joins the
+    /// group, so that a stream identity never repeats (see `tutti_proto`).
+    pub stream: u32,
+    /// How many earlier messages of this stream the sender still retains (`seq - its
+    /// oldest`, saturated). A receiver that first hears of the stream starts there.
     pub retained: u32,
-    /// Reserved for large-message fragmentation (issue 4): index of this fragment.
+    /// The publishing session on the sender's host (opaque to the protocol).
+    pub session: u32,
+    /// Index of this fragment, below `frag_count`.
     pub frag_index: u16,
-    /// Reserved for fragmentation: number of fragments; 1 for an unfragmented message.
+    /// Number of fragments of the message; 1 for an unfragmented message.
     pub frag_count: u16,
+    pub reserved: u32,
 }
 
 /// Gossip digest header (stage 2), one per group.
@@ -173,7 +183,7 @@ pub struct DigestHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct DigestEntry {
     pub sender: u32,
-    pub sender_incarnation: u32,
+    pub stream: u32,
     /// Oldest seq still retained.
     pub low: u64,
     /// Every seq below this (and at or above `low`) is held.
@@ -187,20 +197,27 @@ pub struct DigestEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct RequestHeader {
     pub group: u64,
-    /// The round of the digest this answers (stale requests are ignored).
+    /// The round of the digest this answers (stale requests are ignored), or
+    /// [`REQUEST_ROUND_GAP`] for a request sent when a gap was seen in the stream.
     pub round: u32,
     pub reserved: u32,
 }
 
-/// A run of `count` seqs starting at `first`, from one sender, newest first by convention.
+/// `RequestHeader::round` of a request that answers no digest: the requester saw a gap in
+/// a stream and asks the member it got the stream from.
+pub const REQUEST_ROUND_GAP: u32 = u32::MAX;
+
+/// A run of `count` messages starting at `first`, from one sender's stream, newest first by
+/// convention. `frag`: the first fragment wanted of message `first` (0: all of it), for a
+/// large message of which some fragments arrived.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct RequestEntry {
     pub sender: u32,
-    pub sender_incarnation: u32,
+    pub stream: u32,
     pub first: u64,
     pub count: u32,
-    pub reserved: u32,
+    pub frag: u32,
 }
 
 /// Membership gossip header: the sender's current view and the highest view counter it saw.
@@ -243,7 +260,7 @@ pub struct MemberEntry {
     pub incarnation: u32,
 }
 
-/// A group in a view: followed by `count` u32 indices into the view's member list.
+/// A group in a view: followed by `count` [`ViewGroupMember`]s.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct ViewGroupHeader {
@@ -252,11 +269,23 @@ pub struct ViewGroupHeader {
     pub reserved: u32,
 }
 
-/// Ask the coordinator to add (GroupJoin) or remove (GroupLeave) the sender in a group.
+/// A member of a group in a view: an index into the view's member list, and the stream
+/// that member sends in the group.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ViewGroupMember {
+    pub index: u32,
+    pub stream: u32,
+}
+
+/// Ask the coordinator to add (GroupJoin) or remove (GroupLeave) the sender in a group;
+/// a join names the stream the sender will send in it (0 in a leave).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct GroupChange {
     pub group: u64,
+    pub stream: u32,
+    pub reserved: u32,
 }
 
 /// A validated view of a slice of fixed-size entries; read with unaligned copies.
@@ -315,8 +344,8 @@ impl<'a> ViewGroups<'a> {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-    /// Iterate `(group, member indices)`. The section was validated by [`decode`].
-    pub fn iter(&self) -> impl Iterator<Item = (u64, Entries<'a, u32>)> + 'a {
+    /// Iterate `(group, members)`. The section was validated by [`decode`].
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Entries<'a, ViewGroupMember>)> + 'a {
         let mut rest = self.bytes;
         let mut left = self.count;
         core::iter::from_fn(move || {
@@ -325,7 +354,7 @@ impl<'a> ViewGroups<'a> {
             }
             left -= 1;
             let (hdr, after) = take::<ViewGroupHeader>(rest).ok()?;
-            let n = (hdr.count as usize).checked_mul(4)?;
+            let n = (hdr.count as usize).checked_mul(core::mem::size_of::<ViewGroupMember>())?;
             let idx = after.get(..n)?;
             rest = after.get(n..)?;
             Some((hdr.group, Entries::new(idx).ok()?))
@@ -437,6 +466,9 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             if header.frag_count == 0 || header.frag_index >= header.frag_count {
                 return Err(PacketError::LengthMismatch("fragment index outside count"));
             }
+            if header.reserved != 0 {
+                return Err(PacketError::ReservedNonZero);
+            }
             Message::Data {
                 header,
                 retransmit: mh.flags & DATA_FLAG_RETRANSMIT != 0,
@@ -459,8 +491,8 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
                 return Err(PacketError::ReservedNonZero);
             }
             let entries = Entries::<RequestEntry>::new(rest)?;
-            if entries.iter().any(|e| e.reserved != 0) {
-                return Err(PacketError::ReservedNonZero);
+            if entries.iter().any(|e| e.frag > u32::from(u16::MAX)) {
+                return Err(PacketError::LengthMismatch("fragment index beyond u16"));
             }
             Message::Request { header, entries }
         }
@@ -488,14 +520,14 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
                     return Err(PacketError::ReservedNonZero);
                 }
                 let n = (gh.count as usize)
-                    .checked_mul(4)
+                    .checked_mul(core::mem::size_of::<ViewGroupMember>())
                     .ok_or(PacketError::LengthMismatch("group count overflows"))?;
                 let idx = after.get(..n).ok_or(PacketError::Truncated {
                     needed: n,
                     had: after.len(),
                 })?;
-                for c in idx.chunks_exact(4) {
-                    let i = bytemuck::pod_read_unaligned::<u32>(c);
+                for c in idx.chunks_exact(core::mem::size_of::<ViewGroupMember>()) {
+                    let i = bytemuck::pod_read_unaligned::<ViewGroupMember>(c).index;
                     if i >= header.members {
                         return Err(PacketError::BadIndex {
                             index: i,
@@ -523,6 +555,9 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
         MessageKind::GroupJoin | MessageKind::GroupLeave => {
             let (g, rest) = take::<GroupChange>(body)?;
             exact_empty(rest)?;
+            if g.reserved != 0 {
+                return Err(PacketError::ReservedNonZero);
+            }
             if kind == MessageKind::GroupJoin {
                 Message::GroupJoin(g)
             } else {
@@ -694,14 +729,14 @@ impl<'a> Encoder<'a> {
         )
     }
 
-    /// `groups`: per group, its id and member indices into `members`.
+    /// `groups`: per group, its id and members (indices into `members`, and streams).
     pub fn push_view(
         &mut self,
         counter: u64,
         coordinator: u32,
         coordinator_incarnation: u32,
         members: &[MemberEntry],
-        groups: &[(u64, &[u32])],
+        groups: &[(u64, &[ViewGroupMember])],
     ) -> Result<(), PacketError> {
         let header = ViewHeader {
             counter,
@@ -732,20 +767,22 @@ impl<'a> Encoder<'a> {
         self.push(MessageKind::ViewRequest, 0, &[])
     }
 
-    pub fn push_group_join(&mut self, group: u64) -> Result<(), PacketError> {
-        self.push(
-            MessageKind::GroupJoin,
-            0,
-            &[bytemuck::bytes_of(&GroupChange { group })],
-        )
+    pub fn push_group_join(&mut self, group: u64, stream: u32) -> Result<(), PacketError> {
+        let change = GroupChange {
+            group,
+            stream,
+            reserved: 0,
+        };
+        self.push(MessageKind::GroupJoin, 0, &[bytemuck::bytes_of(&change)])
     }
 
     pub fn push_group_leave(&mut self, group: u64) -> Result<(), PacketError> {
-        self.push(
-            MessageKind::GroupLeave,
-            0,
-            &[bytemuck::bytes_of(&GroupChange { group })],
-        )
+        let change = GroupChange {
+            group,
+            stream: 0,
+            reserved: 0,
+        };
+        self.push(MessageKind::GroupLeave, 0, &[bytemuck::bytes_of(&change)])
     }
 }
 
@@ -766,9 +803,9 @@ mod tests {
         Digest(DigestHeader, Vec<DigestEntry>),
         Request(RequestHeader, Vec<RequestEntry>),
         Heartbeats(HeartbeatHeader, Vec<HeartbeatEntry>),
-        View(ViewHeader, Vec<MemberEntry>, Vec<(u64, Vec<u32>)>),
+        View(ViewHeader, Vec<MemberEntry>, Vec<(u64, Vec<ViewGroupMember>)>),
         ViewRequest,
-        Join(u64),
+        Join(u64, u32),
         Leave(u64),
     }
 
@@ -792,7 +829,7 @@ mod tests {
                 groups.iter().map(|(g, i)| (g, i.iter().collect())).collect(),
             ),
             Message::ViewRequest => Owned::ViewRequest,
-            Message::GroupJoin(g) => Owned::Join(g.group),
+            Message::GroupJoin(g) => Owned::Join(g.group, g.stream),
             Message::GroupLeave(g) => Owned::Leave(g.group),
         }
     }
@@ -804,33 +841,35 @@ mod tests {
             Owned::Request(h, e) => enc.push_request(h, e),
             Owned::Heartbeats(h, e) => enc.push_heartbeats(h, e),
             Owned::View(h, m, g) => {
-                let gs: Vec<(u64, &[u32])> = g.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+                let gs: Vec<(u64, &[ViewGroupMember])> = g.iter().map(|(a, b)| (*a, b.as_slice())).collect();
                 enc.push_view(h.counter, h.coordinator, h.coordinator_incarnation, m, &gs)
             }
             Owned::ViewRequest => enc.push_view_request(),
-            Owned::Join(g) => enc.push_group_join(*g),
+            Owned::Join(g, s) => enc.push_group_join(*g, *s),
             Owned::Leave(g) => enc.push_group_leave(*g),
         }
     }
 
     fn arb_message() -> impl Strategy<Value = Owned> {
         let data = (
-            any::<(u64, u64, u32, u32, u32)>(),
+            any::<(u64, u64, u32, u32, u32, u32)>(),
             1u16..8,
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..200),
         )
-            .prop_flat_map(|((g, s, snd, inc, ret), fc, r, p)| {
+            .prop_flat_map(|((g, s, snd, stream, ret, session), fc, r, p)| {
                 (0..fc).prop_map(move |fi| {
                     Owned::Data(
                         DataHeader {
                             group: g,
                             seq: s,
                             sender: snd,
-                            sender_incarnation: inc,
+                            stream,
                             retained: ret,
+                            session,
                             frag_index: fi,
                             frag_count: fc,
+                            reserved: 0,
                         },
                         r,
                         p.clone(),
@@ -851,7 +890,7 @@ mod tests {
                     e.into_iter()
                         .map(|(a, b, c, d, f)| DigestEntry {
                             sender: a,
-                            sender_incarnation: b,
+                            stream: b,
                             low: c,
                             contiguous: d,
                             high: f,
@@ -861,7 +900,7 @@ mod tests {
             });
         let request = (
             any::<(u64, u32)>(),
-            proptest::collection::vec(any::<(u32, u32, u64, u32)>(), 0..20),
+            proptest::collection::vec(any::<(u32, u32, u64, u32, u16)>(), 0..20),
         )
             .prop_map(|((g, r), e)| {
                 Owned::Request(
@@ -871,12 +910,12 @@ mod tests {
                         reserved: 0,
                     },
                     e.into_iter()
-                        .map(|(a, b, c, d)| RequestEntry {
+                        .map(|(a, b, c, d, f)| RequestEntry {
                             sender: a,
-                            sender_incarnation: b,
+                            stream: b,
                             first: c,
                             count: d,
-                            reserved: 0,
+                            frag: u32::from(f),
                         })
                         .collect(),
                 )
@@ -907,15 +946,21 @@ mod tests {
             any::<(u64, u32, u32)>(),
             proptest::collection::vec(any::<(u32, u32)>(), 1..20),
             proptest::collection::vec(
-                (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..10)),
+                (any::<u64>(), proptest::collection::vec(any::<(u32, u32)>(), 0..10)),
                 0..4,
             ),
         )
             .prop_map(|((c, co, ci), m, g)| {
                 let n = m.len() as u32;
-                let groups: Vec<(u64, Vec<u32>)> = g
+                let groups: Vec<(u64, Vec<ViewGroupMember>)> = g
                     .into_iter()
-                    .map(|(id, idx)| (id, idx.into_iter().map(|i| i % n).collect()))
+                    .map(|(id, idx)| {
+                        let members = idx
+                            .into_iter()
+                            .map(|(i, stream)| ViewGroupMember { index: i % n, stream })
+                            .collect();
+                        (id, members)
+                    })
                     .collect();
                 Owned::View(
                     ViewHeader {
@@ -938,7 +983,7 @@ mod tests {
             hb,
             view,
             Just(Owned::ViewRequest),
-            any::<u64>().prop_map(Owned::Join),
+            any::<(u64, u32)>().prop_map(|(g, s)| Owned::Join(g, s)),
             any::<u64>().prop_map(Owned::Leave),
         ]
     }
@@ -994,10 +1039,12 @@ mod tests {
             group: 1,
             seq: 2,
             sender: 7,
-            sender_incarnation: 1,
+            stream: 1,
             retained: 0,
+            session: 0,
             frag_index: 0,
             frag_count: 1,
+            reserved: 0,
         };
         enc.push_data(&h, false, b"hello").unwrap();
         let n = enc.len();
@@ -1043,7 +1090,8 @@ mod tests {
             node: 1,
             incarnation: 1,
         }];
-        enc.push_view(1, 1, 1, &m, &[(5, &[1u32][..])]).unwrap();
+        let g = [ViewGroupMember { index: 1, stream: 9 }];
+        enc.push_view(1, 1, 1, &m, &[(5, &g[..])]).unwrap();
         let n = enc.len();
         assert!(matches!(
             decode(&buf[..n]),
@@ -1067,7 +1115,7 @@ mod tests {
     fn header_sizes_are_stable() {
         assert_eq!(DATAGRAM_HEADER_LEN, 16);
         assert_eq!(MESSAGE_HEADER_LEN, 8);
-        assert_eq!(core::mem::size_of::<DataHeader>(), 32);
+        assert_eq!(core::mem::size_of::<DataHeader>(), 40);
         assert_eq!(core::mem::size_of::<DigestEntry>(), 32);
         assert_eq!(core::mem::size_of::<RequestEntry>(), 24);
         assert_eq!(core::mem::size_of::<HeartbeatEntry>(), 16);
