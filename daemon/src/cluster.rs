@@ -4,25 +4,23 @@
 //! cluster, so a group's traffic stays on the shard that owns it (`group_id % shards`,
 //! which needs the same shard count on every daemon).
 //!
-//! Messages a local client publishes go into the local delivery log at once and into
-//! `Node::submit`; messages the node delivers from other daemons go into the log with
-//! the publisher's sender id. The publishing session rides as a 4-byte prefix of the
-//! multicast payload, so a remote sender id is `(daemon << 32) | session`, as a local one.
+//! This is a driver: rings in, datagrams out, datagrams in, log appends out. Everything
+//! that decides what is sent, kept, delivered or reported `Lost` (fragmentation, sessions,
+//! stream identity, lingering, self-delivery) is in `tutti_proto`, where the simulator
+//! exercises it. A local client's message goes into the local log by the shard and into
+//! `Node::submit` with its session; a message the node delivers from another daemon goes
+//! into the log with sender id `(daemon << 32) | session`, as a local one.
 
 use crate::net::{self, NetConfig, Transport};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
 
-/// Bytes of the prefix on every multicast payload: publishing session (u32), fragment
-/// index (u16), fragment count (u16), little-endian.
-const PREFIX: usize = 8;
-/// Most bytes held in partly reassembled messages per shard; beyond it the oldest partial
-/// message is dropped and reported lost.
-pub const MAX_REASSEMBLY_BYTES: usize = 64 << 20;
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
 /// Daemon ids fit in 24 bits (the low 8 bits of a cluster node id are the shard).
@@ -54,6 +52,20 @@ pub struct ClusterConfig {
     pub suspect_timeout_ms: u64,
     /// "fifo" (per sender, default) or "unordered" (deliver on first receipt).
     pub delivery: String,
+    /// Bytes kept for repair per group (payloads + 64 B per message). Beyond it the oldest
+    /// messages go: repair of a fast sender reaches back this far.
+    pub group_budget_bytes: usize,
+    /// Bytes kept for repair per shard, all groups together.
+    pub shard_budget_bytes: usize,
+    /// A missing message is requested again after this long (ms) without an answer.
+    pub rerequest_after_ms: u64,
+    /// How long a group stays joined after its last local member left (ms), so that what
+    /// was published here last can still be repaired from here.
+    pub linger_ms: u64,
+    /// Where the incarnation counter is kept (it must grow across restarts, even if the
+    /// clock steps back). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the
+    /// control socket's directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -69,6 +81,11 @@ impl Default for ClusterConfig {
             retransmit_budget_bytes: s.retransmit_budget_bytes,
             suspect_timeout_ms: s.suspect_timeout / MILLIS,
             delivery: "fifo".into(),
+            group_budget_bytes: s.group_budget_bytes,
+            shard_budget_bytes: s.node_budget_bytes,
+            rerequest_after_ms: s.rerequest_after / MILLIS,
+            linger_ms: s.linger / MILLIS,
+            state_dir: None,
         }
     }
 }
@@ -113,8 +130,17 @@ impl ClusterConfig {
         if self.gossip_period_ms == 0 || self.gossip_fanout == 0 || self.tree_fanout == 0 {
             return Err("cluster: gossip_period_ms, gossip_fanout and tree_fanout must be at least 1".into());
         }
-        if self.retention_rounds == 0 || self.suspect_timeout_ms == 0 {
-            return Err("cluster: retention_rounds and suspect_timeout_ms must be at least 1".into());
+        if self.retention_rounds == 0 || self.suspect_timeout_ms == 0 || self.rerequest_after_ms == 0 {
+            return Err(
+                "cluster: retention_rounds, suspect_timeout_ms and rerequest_after_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if self.group_budget_bytes < 1 << 20 || self.shard_budget_bytes < self.group_budget_bytes {
+            return Err(format!(
+                "cluster: group_budget_bytes = {} must be at least 1 MiB and shard_budget_bytes = {} at least as large",
+                self.group_budget_bytes, self.shard_budget_bytes
+            ));
         }
         self.delivery_mode()?;
         Ok(())
@@ -130,10 +156,7 @@ impl ClusterConfig {
         }
     }
 
-    fn settings(&self, max_datagram: usize) -> Result<Settings, String> {
-        let defaults = Settings::default();
-        // Datagram header 16 B + message header 8 B + data header (32 B, see wire::packet).
-        let max_payload = max_datagram.saturating_sub(defaults.max_datagram - defaults.max_payload);
+    fn settings(&self, max_datagram: usize, max_message: usize) -> Result<Settings, String> {
         Ok(Settings {
             gossip_period: self.gossip_period_ms * MILLIS,
             gossip_fanout: self.gossip_fanout,
@@ -141,12 +164,85 @@ impl ClusterConfig {
             retention_rounds: self.retention_rounds,
             retransmit_budget_bytes: self.retransmit_budget_bytes,
             suspect_timeout: self.suspect_timeout_ms * MILLIS,
+            group_budget_bytes: self.group_budget_bytes,
+            node_budget_bytes: self.shard_budget_bytes,
+            rerequest_after: self.rerequest_after_ms * MILLIS,
+            linger: self.linger_ms * MILLIS,
             max_datagram,
-            max_payload,
+            max_message,
             delivery: self.delivery_mode()?,
-            ..defaults
+            ..Settings::default()
         })
     }
+
+    /// The directory of the incarnation counter (see `state_dir`).
+    pub fn state_dir(&self, socket: &Path) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        if let Some(d) = std::env::var_os("STATE_DIRECTORY").and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        }) {
+            return d;
+        }
+        socket
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+}
+
+/// This start's incarnation: larger than every earlier start's of this daemon id (kept in
+/// `dir/incarnation-ID`, written before the daemon joins), and at least the deciseconds
+/// since 2025 so that a lost state file still yields a newer one (unless the clock also
+/// stepped back). A member's incarnation orders its restarts (a newer one replaces the
+/// older in every table); stream identity does not depend on it (see `tutti_proto`).
+pub fn incarnation(dir: &Path, daemon: u32) -> u32 {
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| (d.as_millis() / 100).saturating_sub(17_356_896_000) as u32)
+        .max(1);
+    let path = dir.join(format!("incarnation-{daemon}"));
+    let previous = std::fs::File::open(&path).ok().and_then(|mut f| {
+        let mut s = String::new();
+        f.read_to_string(&mut s).ok()?;
+        s.trim().parse::<u32>().ok()
+    });
+    let next = match previous {
+        Some(p) => clock.max(p.saturating_add(1)),
+        None => clock,
+    };
+    let tmp = dir.join(format!(".incarnation-{daemon}.tmp"));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            writeln!(f, "{next}")?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(
+            path = %path.display(),
+            "cannot keep the incarnation counter ({e}): using the clock's, which repeats if the clock steps back"
+        );
+    }
+    next
+}
+
+/// 64 bits from the OS, to seed a node's RNG (its stream ids must differ across restarts).
+fn os_random() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return (t as u64) ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_le_bytes(b)
 }
 
 /// The cluster node id of shard `shard` of daemon `daemon`.
@@ -169,6 +265,10 @@ pub enum ClusterEvent<'a> {
 /// Counters the shard copies into its shared-memory page.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ClusterStats {
+    pub evicted_budget: u64,
+    pub gap_requests: u64,
+    pub bad_fragments: u64,
+    pub retained_bytes: u64,
     pub datagrams_in: u64,
     pub datagrams_out: u64,
     pub unknown_peer: u64,
@@ -181,39 +281,16 @@ pub struct ClusterStats {
     pub remote_delivered: u64,
     pub not_sent: u64,
     pub fault_dropped: u64,
-    /// Large messages dropped part-way (a fragment lost, or the reassembly bound).
-    pub reassembly_dropped: u64,
     pub window_overflow: u64,
-    pub evicted_early: u64,
-}
-
-/// A large message being put back together from its fragments (FIFO delivery per sender
-/// node brings one message's fragments in order and back to back).
-struct Partial {
-    session: u32,
-    next: u16,
-    count: u16,
-    bytes: Vec<u8>,
 }
 
 pub struct Cluster {
     node: Node,
-    /// Groups with no local member left, still joined until the time given.
-    lingering: Vec<(u64, Time)>,
-    /// How long a group lingers: its retention period.
-    linger: Time,
-    /// Payload bytes per fragment (a datagram's worth less the prefix).
-    chunk: usize,
-    ordered: bool,
-    partials: HashMap<(u64, NodeId), Partial>,
-    partial_bytes: usize,
     udp: Box<dyn Transport>,
     epoch: Instant,
-    me: NodeId,
     shard: usize,
     base_port: u16,
     peers: HashMap<NodeId, SocketAddr>,
-    scratch: Vec<u8>,
     next_timer: Time,
     stats: ClusterStats,
     view_summary: String,
@@ -225,8 +302,10 @@ impl Cluster {
         net_cfg: &NetConfig,
         daemon: u32,
         shard: usize,
+        max_message: usize,
+        incarnation: u32,
     ) -> Result<Cluster, String> {
-        let settings = cfg.settings(net_cfg.max_datagram)?;
+        let settings = cfg.settings(net_cfg.max_datagram, max_message)?;
         let udp = net::open(net_cfg, shard).map_err(|e| format!("shard {shard} UDP: {e}"))?;
         let me = node_id(daemon, shard);
         let mut peers = HashMap::new();
@@ -240,15 +319,8 @@ impl Cluster {
                 seed_ids.push(id);
             }
         }
-        // Incarnations must grow across restarts: deciseconds since 2025 (fits u32 for
-        // 13 years), so a daemon restarted a moment later is a newer member.
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| (d.as_millis() / 100).saturating_sub(17_356_896_000) as u32)
-            .max(1);
         let epoch = Instant::now();
-        let rng_seed = u64::from(me) ^ (u64::from(incarnation) << 32) ^ u64::from(std::process::id());
-        let node = Node::new(me, incarnation, &seed_ids, settings.clone(), 0, rng_seed);
+        let node = Node::new(me, incarnation, &seed_ids, settings, 0, os_random());
         tracing::info!(
             shard,
             node = me,
@@ -258,24 +330,13 @@ impl Cluster {
             seeds = ?cfg.seeds,
             "cluster node started"
         );
-        let chunk = settings.max_payload.saturating_sub(PREFIX).max(1);
-        let ordered = settings.delivery == Delivery::Fifo;
-        let linger = settings.gossip_period * u64::from(settings.retention_rounds);
         Ok(Cluster {
-            lingering: Vec::new(),
-            linger,
-            chunk,
-            ordered,
-            partials: HashMap::new(),
-            partial_bytes: 0,
             node,
             udp,
             epoch,
-            me,
             shard,
             base_port: net_cfg.base_port,
             peers,
-            scratch: Vec::with_capacity(net_cfg.max_datagram),
             next_timer: 0,
             stats: ClusterStats::default(),
             view_summary: String::from("view: just me"),
@@ -299,7 +360,10 @@ impl Cluster {
         s.gossip_rounds = u64::from(self.node.round());
         s.lost = c.lost_reported;
         s.window_overflow = c.window_overflow;
-        s.evicted_early = c.evicted_early;
+        s.evicted_budget = c.evicted_budget;
+        s.gap_requests = c.gap_requests_sent;
+        s.bad_fragments = c.bad_fragments;
+        s.retained_bytes = self.node.retained_bytes() as u64;
         s.not_sent += c.transmits_dropped;
         let n = self.udp.stats();
         s.datagrams_in = n.received;
@@ -314,56 +378,24 @@ impl Cluster {
     }
 
     pub fn join(&mut self, group: u64) {
-        if let Some(i) = self.lingering.iter().position(|&(g, _)| g == group) {
-            // Still a member while lingering: just stay.
-            self.lingering.swap_remove(i);
-            return;
-        }
         let now = self.now();
         self.node.join(now, group);
     }
 
-    /// Leaves a group once its last local member is gone, after lingering for the
-    /// retention period: the messages this daemon sent last can still be repaired from it
-    /// (a publisher that sends and exits at once would otherwise take them along).
+    /// The last local member left: the node lingers in the group (serving repairs of what
+    /// was published here last), then leaves it.
     pub fn leave(&mut self, group: u64) {
-        let at = self.now() + self.linger;
-        self.lingering.push((group, at));
+        let now = self.now();
+        self.node.leave(now, group);
     }
 
-    fn leave_lingering(&mut self, now: Time) {
-        let mut i = 0;
-        while i < self.lingering.len() {
-            if self.lingering[i].1 <= now {
-                let (group, _) = self.lingering.swap_remove(i);
-                self.node.leave(now, group);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    /// Multicasts a locally published message (already in the local log). A message
-    /// larger than a datagram goes as consecutive fragments (FIFO delivery only).
+    /// Multicasts a locally published message (already in the local log).
     #[inline]
     pub fn submit(&mut self, group: u64, session: u32, payload: &[u8]) {
-        let count = payload.len().div_ceil(self.chunk).max(1);
-        if count > usize::from(u16::MAX) || (count > 1 && !self.ordered) {
+        let now = self.now();
+        if let Err(e) = self.node.submit(now, group, session, payload) {
             self.stats.not_sent += 1;
-            return;
-        }
-        let mut chunks = payload.chunks(self.chunk);
-        for index in 0..count {
-            let body = chunks.next().unwrap_or(&[]);
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&session.to_le_bytes());
-            self.scratch.extend_from_slice(&(index as u16).to_le_bytes());
-            self.scratch.extend_from_slice(&(count as u16).to_le_bytes());
-            self.scratch.extend_from_slice(body);
-            if self.node.submit(0, group, &self.scratch).is_err() {
-                self.stats.not_sent += 1;
-                return;
-            }
+            tracing::debug!("not multicast: {e}");
         }
     }
 
@@ -398,9 +430,6 @@ impl Cluster {
             work += received;
         }
         if now >= self.next_timer {
-            if !self.lingering.is_empty() {
-                self.leave_lingering(now);
-            }
             self.node.handle_timeout(now);
             self.next_timer = self.node.poll_timeout().unwrap_or(now + 100 * MILLIS);
             work += 1;
@@ -445,27 +474,16 @@ impl Cluster {
             Event::Deliver {
                 group,
                 sender,
+                session,
                 payload,
                 ..
             } => {
-                if sender == self.me || self.lingering.iter().any(|&(g, _)| g == group) {
-                    return; // our own message (already in the local log), or nobody local wants it
-                }
-                let Some((session, index, count, body)) = split_prefix(&payload) else {
-                    self.stats.decode_errors += 1;
-                    return;
-                };
-                if count == 1 {
-                    self.stats.remote_delivered += 1;
-                    let sender_id = (u64::from(sender >> 8) << 32) | u64::from(session);
-                    on_event(ClusterEvent::Deliver {
-                        group,
-                        sender: sender_id,
-                        payload: body,
-                    });
-                    return;
-                }
-                self.reassemble(group, sender, session, index, count, body, on_event);
+                self.stats.remote_delivered += 1;
+                on_event(ClusterEvent::Deliver {
+                    group,
+                    sender: (u64::from(sender >> 8) << 32) | u64::from(session),
+                    payload: &payload,
+                });
             }
             Event::Lost {
                 group,
@@ -474,11 +492,6 @@ impl Cluster {
                 first,
                 ..
             } => {
-                // A message in pieces whose rest is lost is lost whole.
-                if let Some(p) = self.partials.remove(&(group, sender)) {
-                    self.partial_bytes -= p.bytes.capacity();
-                }
-                self.stats.lost += count;
                 tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), sender, first, count, "messages lost (not repairable)");
                 on_event(ClusterEvent::Lost {
                     group,
@@ -499,70 +512,6 @@ impl Cluster {
                 );
                 tracing::info!(shard = self.shard, "{}", self.view_summary);
             }
-        }
-    }
-
-    /// Adds one fragment; delivers the message when its last fragment arrives. Fragments
-    /// that do not continue the message in progress (a gap the node reported lost) are
-    /// dropped with the partial message: a client gets a message whole or not at all.
-    #[allow(clippy::too_many_arguments)]
-    fn reassemble(
-        &mut self,
-        group: u64,
-        sender: NodeId,
-        session: u32,
-        index: u16,
-        count: u16,
-        body: &[u8],
-        on_event: &mut dyn FnMut(ClusterEvent<'_>),
-    ) {
-        let key = (group, sender);
-        if index == 0 {
-            if let Some(old) = self.partials.remove(&key) {
-                self.partial_bytes -= old.bytes.capacity();
-                self.stats.reassembly_dropped += 1;
-            }
-            let size = usize::from(count) * self.chunk;
-            while self.partial_bytes + size > MAX_REASSEMBLY_BYTES && !self.partials.is_empty() {
-                let victim = *self.partials.keys().next().expect("not empty");
-                let old = self.partials.remove(&victim).expect("present");
-                self.partial_bytes -= old.bytes.capacity();
-                self.stats.reassembly_dropped += 1;
-            }
-            let bytes = Vec::with_capacity(size);
-            self.partial_bytes += bytes.capacity();
-            self.partials.insert(
-                key,
-                Partial {
-                    session,
-                    next: 0,
-                    count,
-                    bytes,
-                },
-            );
-        }
-        let Some(p) = self.partials.get_mut(&key) else {
-            // The start of this message was lost (and reported); skip its remaining pieces.
-            return;
-        };
-        if p.session != session || p.count != count || p.next != index {
-            let old = self.partials.remove(&key).expect("present");
-            self.partial_bytes -= old.bytes.capacity();
-            self.stats.reassembly_dropped += 1;
-            return;
-        }
-        p.bytes.extend_from_slice(body);
-        p.next += 1;
-        if p.next == p.count {
-            let done = self.partials.remove(&key).expect("present");
-            self.partial_bytes -= done.bytes.capacity();
-            self.stats.remote_delivered += 1;
-            let sender_id = (u64::from(sender >> 8) << 32) | u64::from(session);
-            on_event(ClusterEvent::Deliver {
-                group,
-                sender: sender_id,
-                payload: &done.bytes,
-            });
         }
     }
 
@@ -595,12 +544,4 @@ fn peek_sender(bytes: &[u8]) -> Option<NodeId> {
     }
     let from = bytes.get(8..12)?;
     Some(u32::from_le_bytes([from[0], from[1], from[2], from[3]]))
-}
-
-fn split_prefix(payload: &[u8]) -> Option<(u32, u16, u16, &[u8])> {
-    let (p, body) = payload.split_at_checked(PREFIX)?;
-    let session = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-    let index = u16::from_le_bytes([p[4], p[5]]);
-    let count = u16::from_le_bytes([p[6], p[7]]);
-    (count >= 1 && index < count).then_some((session, index, count, body))
 }

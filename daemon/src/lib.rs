@@ -39,6 +39,14 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         .into_iter()
         .map(|c| c.id)
         .collect();
+    let incarnation = if config.cluster.enabled {
+        let dir = config.cluster.state_dir(&socket);
+        let inc = cluster::incarnation(&dir, config.node_id);
+        tracing::info!(incarnation = inc, state_dir = %dir.display(), "cluster incarnation");
+        inc
+    } else {
+        0
+    };
     let (event_tx, event_rx) = crossbeam_channel::bounded(SHARD_EVENT_QUEUE);
     let events_wake = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
     let mut links = Vec::new();
@@ -68,6 +76,8 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
                 &config.net,
                 config.node_id,
                 index,
+                config.max_message(),
+                incarnation,
             )?)
         } else {
             None

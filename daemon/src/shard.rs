@@ -63,9 +63,12 @@ pub mod counter {
     pub const REMOTE_DELIVERED: usize = shard_counter("remote_delivered");
     pub const NOT_SENT: usize = shard_counter("not_sent");
     pub const FAULT_DROPPED: usize = shard_counter("fault_dropped");
-    pub const REASSEMBLY_DROPPED: usize = shard_counter("reassembly_dropped");
+    pub const BAD_FRAGMENTS: usize = shard_counter("bad_fragments");
     pub const WINDOW_OVERFLOW: usize = shard_counter("window_overflow");
-    pub const EVICTED_EARLY: usize = shard_counter("evicted_early");
+    pub const EVICTED_BUDGET: usize = shard_counter("evicted_budget");
+    pub const GAP_REQUESTS: usize = shard_counter("gap_requests");
+    pub const RETAINED_BYTES: usize = shard_counter("retained_bytes");
+    pub const REMOTE_TOO_LARGE: usize = shard_counter("remote_too_large");
 }
 
 impl ShardStats {
@@ -181,6 +184,8 @@ pub struct Shard {
     /// Passes since the cluster was last polled.
     since_cluster: u32,
     last_view: Option<String>,
+    /// A client frame copied once, for the local log and the cluster alike.
+    scratch: Vec<u8>,
     _doorbell_map: Mapping,
 }
 
@@ -221,6 +226,7 @@ impl Shard {
             by_gid: HashMap::new(),
             since_cluster: 0,
             last_view: None,
+            scratch: Vec::new(),
             _doorbell_map: doorbell_map,
         })
     }
@@ -302,6 +308,7 @@ impl Shard {
         let mut failed: Option<(usize, String)> = None;
         let groups = &mut self.groups;
         let stats = &self.stats;
+        let scratch = &mut self.scratch;
         let mut cluster = self.cluster.as_mut();
         for (i, client) in self.clients.iter_mut().enumerate() {
             if !client.consumer.has_pending() {
@@ -312,6 +319,7 @@ impl Shard {
                 groups,
                 stats,
                 cluster.as_deref_mut(),
+                scratch,
                 FRAMES_PER_RING_PASS,
             ) {
                 Ok(n) => total += n,
@@ -371,6 +379,7 @@ impl Shard {
                 &mut self.groups,
                 &self.stats,
                 self.cluster.as_mut(),
+                &mut self.scratch,
                 usize::MAX,
             ) {
                 Ok(0) => break,
@@ -500,12 +509,14 @@ impl Shard {
                     .and_then(Option::as_mut);
                 match slot {
                     Some(slot) => {
-                        if slot.writer.append(sender, payload).is_ok() {
-                            slot.dirty = true;
-                            appended = true;
-                        } else {
-                            stats.add(counter::TOO_LARGE, 1);
+                        if slot.writer.append(sender, payload).is_err() {
+                            // Larger than this host's log can hold: its members will never
+                            // get it, so they are told.
+                            stats.add(counter::REMOTE_TOO_LARGE, 1);
+                            slot.writer.append_lost(sender, 1);
                         }
+                        slot.dirty = true;
+                        appended = true;
                     }
                     None => stats.add(counter::NOT_JOINED, 1),
                 }
@@ -558,9 +569,11 @@ impl Shard {
             (counter::REMOTE_DELIVERED, c.remote_delivered),
             (counter::NOT_SENT, c.not_sent),
             (counter::FAULT_DROPPED, c.fault_dropped),
-            (counter::REASSEMBLY_DROPPED, c.reassembly_dropped),
+            (counter::BAD_FRAGMENTS, c.bad_fragments),
             (counter::WINDOW_OVERFLOW, c.window_overflow),
-            (counter::EVICTED_EARLY, c.evicted_early),
+            (counter::EVICTED_BUDGET, c.evicted_budget),
+            (counter::GAP_REQUESTS, c.gap_requests),
+            (counter::RETAINED_BYTES, c.retained_bytes),
         ] {
             self.stats.set(index, value);
         }
@@ -603,6 +616,7 @@ fn drain_ring(
     groups: &mut [Option<GroupSlot>],
     stats: &ShardStats,
     mut cluster: Option<&mut Cluster>,
+    scratch: &mut Vec<u8>,
     limit: usize,
 ) -> Result<usize, String> {
     let ClientSlot {
@@ -629,6 +643,16 @@ fn drain_ring(
             match group {
                 Some(group) => {
                     bytes += payload.len() as u64;
+                    // One read of the client's frame serves the local log and the cluster:
+                    // a client rewriting it meanwhile cannot make them differ.
+                    let payload = match cluster.as_deref_mut() {
+                        Some(_) => {
+                            scratch.clear();
+                            scratch.extend_from_slice(payload);
+                            &scratch[..]
+                        }
+                        None => payload,
+                    };
                     if group.writer.append(*sender, payload).is_ok() {
                         group.dirty = true;
                         if let Some(cluster) = cluster.as_deref_mut() {

@@ -331,6 +331,55 @@ fn a_publisher_that_leaves_at_once_still_reaches_everyone(io: &'static str) {
     }
 }
 
+/// Issue 8's first finding: a second publisher session on a daemon, after the first one
+/// left and the daemon's lingering in the group ended, reached nobody (its stream restarted
+/// at seq 0 and receivers dropped it as duplicates). Each membership of a group is now a
+/// new stream, so both sessions' messages arrive, and nothing is reported lost.
+fn a_second_publisher_session_is_delivered_like_the_first(io: &'static str) {
+    let cluster = Cluster::start("second", io, 68, 3, "");
+    cluster.wait_for_view(3);
+    let mut members = join_all(&cluster, 1..2, "cg");
+    let publish = |range: std::ops::Range<u64>| {
+        let mut publisher = cluster.daemon(0).client();
+        let g = publisher.join("cg").unwrap();
+        // Let the coordinator put the publisher's stream into the group's view first.
+        std::thread::sleep(Duration::from_millis(1500));
+        for i in range {
+            publisher
+                .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+                .unwrap();
+        }
+        assert!(publisher.flush(WAIT).unwrap());
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    publish(0..100);
+    let (c, g) = &mut members[0];
+    receive_all(c, *g, &[0], 100);
+    // The scenario itself: well past the daemon's lingering (2 s), so that it leaves the
+    // group and a new session joins it afresh.
+    std::thread::sleep(Duration::from_secs(5));
+    publish(100..200);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.len() < 100 {
+        assert!(Instant::now() < deadline, "second session: {} of 100", got.len());
+        c.poll_blocking(
+            *g,
+            256,
+            IdleStrategy::Backoff,
+            Duration::from_millis(100),
+            |ev| match ev {
+                Event::Message { payload, .. } => got.push(parse(payload).1),
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(got, (100..200).collect::<Vec<_>>());
+    let s = cluster.daemon(1).client().status().unwrap();
+    assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
+}
+
 /// The same suite on both transport back ends.
 macro_rules! suite {
     ($backend:ident) => {
@@ -363,6 +412,10 @@ macro_rules! suite {
             #[test]
             fn a_publisher_that_leaves_at_once_still_reaches_everyone() {
                 super::a_publisher_that_leaves_at_once_still_reaches_everyone(IO)
+            }
+            #[test]
+            fn a_second_publisher_session_is_delivered_like_the_first() {
+                super::a_second_publisher_session_is_delivered_like_the_first(IO)
             }
         }
     };

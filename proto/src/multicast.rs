@@ -602,9 +602,17 @@ impl GroupState {
         let quiet = self.quiet();
         while excess > 0 && self.bytes > 0 {
             let share = self.bytes / self.senders.len().max(1);
-            let victim = match hint.filter(|k| self.senders.get(k).is_some_and(|s| s.bytes >= share && s.bytes > 0)) {
+            let victim = match hint.filter(|k| {
+                self.senders
+                    .get(k)
+                    .is_some_and(|s| s.bytes >= share && s.bytes > 0)
+            }) {
                 Some(k) => k,
-                None => match self.order.iter().max_by_key(|k| self.senders.get(k).map_or(0, |s| s.bytes)) {
+                None => match self
+                    .order
+                    .iter()
+                    .max_by_key(|k| self.senders.get(k).map_or(0, |s| s.bytes))
+                {
                     Some(&k) => k,
                     None => return,
                 },
@@ -808,10 +816,11 @@ impl GroupState {
             reserved: 0,
         };
         // Split into messages that each fit one datagram of `max_datagram` bytes.
-        let per = (ctx.settings.max_datagram.saturating_sub(
-            DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + core::mem::size_of::<DigestHeader>(),
-        ) / core::mem::size_of::<DigestEntry>())
-        .max(1);
+        let per =
+            (ctx.settings.max_datagram.saturating_sub(
+                DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + core::mem::size_of::<DigestHeader>(),
+            ) / core::mem::size_of::<DigestEntry>())
+            .max(1);
         for entries in self.scratch_digest.chunks(per) {
             let body = core::mem::size_of::<DigestHeader>() + std::mem::size_of_val(entries);
             ctx.counters.digests_sent += 1;
@@ -963,7 +972,11 @@ fn send_fragments(
     h.frag_count = count as u16;
     for i in first..count {
         h.frag_index = i as u16;
-        let part = if count == 1 { payload } else { fragment(payload, chunk, i) };
+        let part = if count == 1 {
+            payload
+        } else {
+            fragment(payload, chunk, i)
+        };
         if retransmit {
             ctx.counters.retransmits_sent += 1;
         } else {
@@ -1046,7 +1059,10 @@ fn store_fragment(
                 .iter()
                 .take(usize::from(count) - 1)
                 .all(|f| f.as_ref().is_some_and(|f| f.len() == chunk))
-                && p.frags.last().and_then(|f| f.as_ref()).is_some_and(|f| f.len() <= chunk);
+                && p.frags
+                    .last()
+                    .and_then(|f| f.as_ref())
+                    .is_some_and(|f| f.len() <= chunk);
             if !ok {
                 ctx.counters.bad_fragments += 1;
                 *slot = Slot::Missing {
@@ -1236,7 +1252,14 @@ fn slide_window(
 }
 
 /// Deliver what can be delivered after `seq` became whole (FIFO: in order from the cursor).
-fn deliver_ready(group: GroupId, quiet: bool, key: StreamKey, st: &mut SenderState, seq: u64, ctx: &mut Ctx<'_>) {
+fn deliver_ready(
+    group: GroupId,
+    quiet: bool,
+    key: StreamKey,
+    st: &mut SenderState,
+    seq: u64,
+    ctx: &mut Ctx<'_>,
+) {
     let deliver = |s: u64, slot: Option<&mut Slot>, ctx: &mut Ctx<'_>| -> Option<bool> {
         let Some(Slot::Held {
             payload,

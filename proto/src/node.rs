@@ -267,7 +267,11 @@ impl Node {
         let stream = self.new_stream();
         let mut g = GroupState::new(group, self.id, stream);
         if let Some(gv) = self.view.group_view(group).cloned() {
-            with_ctx!(self, now, |ctx, _groups| g.set_members(&gv.members, &gv.streams, &mut ctx));
+            with_ctx!(self, now, |ctx, _groups| g.set_members(
+                &gv.members,
+                &gv.streams,
+                &mut ctx
+            ));
         }
         self.groups.insert(group, g);
         self.request_group_change(group, Some(stream));
@@ -501,7 +505,11 @@ impl Node {
 
     /// Timers: run every gossip round that is due.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.groups.values().any(|g| g.lingering_until.is_some_and(|t| t <= now)) {
+        if self
+            .groups
+            .values()
+            .any(|g| g.lingering_until.is_some_and(|t| t <= now))
+        {
             self.leave_lingering(now);
         }
         while now >= self.next_tick {
@@ -678,12 +686,7 @@ impl Node {
                 + packet::MESSAGE_HEADER_LEN
                 + core::mem::size_of::<HeartbeatHeader>(),
         ) / core::mem::size_of::<HeartbeatEntry>();
-        let want = self
-            .settings
-            .heartbeat_entries
-            .min(fit)
-            .saturating_sub(1)
-            .min(n);
+        let want = self.settings.heartbeat_entries.min(fit).saturating_sub(1).min(n);
         let mut scanned = 0;
         while entries.len() <= want && scanned < n {
             let p = &self.peers[(self.hb_cursor + scanned) % n];
@@ -741,12 +744,7 @@ impl Node {
                     .members
                     .iter()
                     .zip(&gv.streams)
-                    .filter_map(|(n, s)| {
-                        pos.get(n).map(|&index| ViewGroupMember {
-                            index,
-                            stream: *s,
-                        })
-                    })
+                    .filter_map(|(n, s)| pos.get(n).map(|&index| ViewGroupMember { index, stream: *s }))
                     .collect();
                 (gv.id, ms)
             })

@@ -147,7 +147,9 @@ impl Checker {
             self.expected_next.insert(key, seq + 1);
         }
         if at.0 == sender {
-            self.violation(format!("{at:?} was delivered its own message {sender}/{stream}/{seq}"));
+            self.violation(format!(
+                "{at:?} was delivered its own message {sender}/{stream}/{seq}"
+            ));
         } else {
             let m = &mut self.sent[index];
             m.deliveries += 1;

@@ -68,16 +68,28 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "datagrams dropped by injected faults (tests only)",
     ),
     (
-        "reassembly_dropped",
-        "large messages dropped part-way (a fragment lost, or the reassembly bound)",
+        "bad_fragments",
+        "fragments refused (inconsistent with their message, or of a message over max_message)",
     ),
     (
         "window_overflow",
         "messages that arrived a whole receive window ahead (the window slid; gaps reported lost)",
     ),
     (
-        "evicted_early",
-        "held messages dropped from the repair buffer before their retention ended (window full)",
+        "evicted_budget",
+        "messages given up to stay within the retention byte budgets (delivered first if held, else reported lost)",
+    ),
+    (
+        "gap_requests",
+        "repair requests sent at once on seeing a gap in a stream",
+    ),
+    (
+        "retained_bytes",
+        "bytes retained for repair by this shard (gauge; bounded by cluster.shard_budget_bytes)",
+    ),
+    (
+        "remote_too_large",
+        "messages from other daemons larger than the local log can hold (reported lost to local members)",
     ),
 ];
 

@@ -946,7 +946,10 @@ mod tests {
             any::<(u64, u32, u32)>(),
             proptest::collection::vec(any::<(u32, u32)>(), 1..20),
             proptest::collection::vec(
-                (any::<u64>(), proptest::collection::vec(any::<(u32, u32)>(), 0..10)),
+                (
+                    any::<u64>(),
+                    proptest::collection::vec(any::<(u32, u32)>(), 0..10),
+                ),
                 0..4,
             ),
         )
