@@ -15,6 +15,7 @@
 //! client.poll(prices, 16, |event| match event {
 //!     Event::Message { payload, .. } => println!("{}", String::from_utf8_lossy(payload)),
 //!     Event::Lagged { missed } => eprintln!("fell behind, {missed} messages skipped"),
+//!     Event::Lost { sender, count } => eprintln!("{count} messages of {sender:#x} lost"),
 //! })?;
 //! # Ok(()) }
 //! ```
@@ -33,6 +34,12 @@ use tutti_wire::shm::{
 };
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
+
+/// The examples in the workspace's README.md, compiled as doctests of this crate (only
+/// when rustdoc collects doctests; not part of the API).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 /// A received message or a notice about the stream.
 pub type Event<'a> = LogEvent<'a>;
