@@ -7,6 +7,7 @@
 //! wants done through `poll_transmit`, `poll_event` and `poll_timeout`. No sockets, clocks,
 //! threads or global randomness: time and an RNG seed are passed in, so the simulator in
 //! `tutti-sim` reproduces any run from a seed.
+#![forbid(unsafe_code)]
 
 mod fxhash;
 mod multicast;
