@@ -19,6 +19,7 @@
 //! })?;
 //! # Ok(()) }
 //! ```
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
