@@ -58,14 +58,10 @@ impl Daemon {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if tutti_sys::SeqPacket::connect(&self.socket).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!(
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                tutti_sys::SeqPacket::connect(&self.socket).is_ok()
+            }),
             "tuttid did not listen on {} within 20 s; log:\n{}",
             self.socket.display(),
             self.log()
@@ -91,14 +87,15 @@ impl Daemon {
 
     /// Waits for the daemon to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+        let mut code = None;
+        eventually(timeout, || match self.child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+            _ => false,
+        });
+        code
     }
 
     pub fn dir(&self) -> &Path {
