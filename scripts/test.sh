@@ -20,6 +20,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests"
 cargo nextest run --workspace --no-fail-fast
 
+step "doctests (nextest skips them; README.md's examples are doctests of tutti-client)"
+cargo test --workspace --doc
+
 step "loom models of the shared-memory rings"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p tutti-wire --release --test loom_shm -- --test-threads 2

@@ -7,6 +7,7 @@
 //! tutti-bench local-throughput --size 64 --duration 5 [--json]
 //! tutti-bench cluster --nodes 3 --size 64 --duration 5 [--loss 0.05] [--json]
 //! ```
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod clock;
 mod cluster;

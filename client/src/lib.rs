@@ -15,9 +15,11 @@
 //! client.poll(prices, 16, |event| match event {
 //!     Event::Message { payload, .. } => println!("{}", String::from_utf8_lossy(payload)),
 //!     Event::Lagged { missed } => eprintln!("fell behind, {missed} messages skipped"),
+//!     Event::Lost { sender, count } => eprintln!("{count} messages of {sender:#x} lost"),
 //! })?;
 //! # Ok(()) }
 //! ```
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -33,6 +35,12 @@ use tutti_wire::shm::{
 };
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
+
+/// The examples in the workspace's README.md, compiled as doctests of this crate (only
+/// when rustdoc collects doctests; not part of the API).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 /// A received message or a notice about the stream.
 pub type Event<'a> = LogEvent<'a>;

@@ -1,5 +1,6 @@
 //! `tutti`: the command-line tool: publish lines, print a group's messages, show the
 //! daemon's status, check the host's tuning.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};

@@ -44,12 +44,26 @@ fn start() -> (Daemon, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "tuttid did not start");
+    let daemon = Daemon { child, dir };
+    assert!(
+        eventually(Duration::from_secs(20), || socket.exists()),
+        "tuttid did not start"
+    );
+    (daemon, socket)
+}
+
+/// Polls `f` every 10 ms until it returns true or `timeout` passes.
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
-    (Daemon { child, dir }, socket)
 }
 
 fn status(socket: &PathBuf) -> String {
@@ -71,11 +85,11 @@ fn pub_lines_reach_sub_and_status_shows_them() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !status(&socket).contains("chat (shard 0): 1 members") {
-        assert!(Instant::now() < deadline, "subscriber never joined");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(20), || status(&socket)
+            .contains("chat (shard 0): 1 members")),
+        "subscriber never joined"
+    );
     let mut publisher = Command::new(tutti())
         .env("TUTTI_SOCKET", &socket)
         .args(["pub", "chat"])

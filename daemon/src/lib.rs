@@ -1,6 +1,7 @@
 //! tuttid: the tutti messaging daemon. One pinned shard thread per configured core owns
 //! its groups and its clients' rings; the control plane on the main thread attaches
 //! clients over a Unix socket and hands shards what they need through bounded queues.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cluster;
 pub mod config;

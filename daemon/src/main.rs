@@ -1,4 +1,5 @@
 //! `tuttid`: the tutti messaging daemon.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use std::path::PathBuf;

@@ -66,6 +66,23 @@ impl Cluster {
         self.daemons[i].as_ref().unwrap()
     }
 
+    /// One control connection per running daemon, for status.
+    fn status_clients(&self) -> Vec<Client> {
+        self.daemons.iter().flatten().map(Daemon::client).collect()
+    }
+
+    /// The newest view any running daemon installed: read it before joining a group, then
+    /// `wait_joins(it)`.
+    fn newest_view(&self) -> u64 {
+        common::newest_view(&mut self.status_clients())
+    }
+
+    /// Waits until the coordinator has put every member that joined a group since view
+    /// `before` into the group's view, and every running daemon installed that view.
+    fn wait_joins(&self, before: u64) {
+        common::wait_settled_view(&mut self.status_clients(), before, WAIT);
+    }
+
     /// Waits until every running daemon's view has `members` members.
     fn wait_for_view(&self, members: u64) {
         for (i, d) in self.daemons.iter().enumerate() {
@@ -141,9 +158,9 @@ fn join_all(cluster: &Cluster, daemons: std::ops::Range<usize>, group: &str) -> 
 /// get every message of every publisher, FIFO per publisher.
 fn all_to_all(cluster: &Cluster, group: &str, per_sender: u64) {
     let n = cluster.daemons.len();
+    let before = cluster.newest_view();
     let mut clients = join_all(cluster, 0..n, group);
-    // Let the coordinator put every member into the group's view (a few gossip rounds).
-    std::thread::sleep(Duration::from_millis(1500));
+    cluster.wait_joins(before);
     let publishers: Vec<usize> = (0..n).collect();
     for index in 0..per_sender {
         for (i, (c, g)) in clients.iter_mut().enumerate() {
@@ -230,8 +247,9 @@ fn large(sender: usize, index: u64, len: usize) -> Vec<u8> {
 /// one whole (content checked) or, if `may_lose`, learns of it through `Lost`.
 fn large_messages(cluster: &Cluster, group: &str, count: u64, len: usize, may_lose: bool) {
     let n = cluster.daemons.len();
+    let before = cluster.newest_view();
     let mut clients = join_all(cluster, 0..n, group);
-    std::thread::sleep(Duration::from_millis(1500));
+    cluster.wait_joins(before);
     assert!(
         clients[0].0.max_message(clients[0].1).unwrap() >= 1 << 20,
         "at least 1 MiB by default"
@@ -314,8 +332,9 @@ fn garbage_datagrams_are_counted_and_dropped_and_delivery_continues(io: &'static
 fn a_publisher_that_leaves_at_once_still_reaches_everyone(io: &'static str) {
     let cluster = Cluster::start("quick", io, 67, 3, "");
     cluster.wait_for_view(3);
+    let before = cluster.newest_view();
     let mut members = join_all(&cluster, 1..3, "news");
-    std::thread::sleep(Duration::from_millis(1500));
+    cluster.wait_joins(before);
     {
         let mut publisher = cluster.daemon(0).client();
         let g = publisher.join("news").unwrap();

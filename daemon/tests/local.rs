@@ -229,6 +229,8 @@ fn child_client_role() {
     let g = c.join("victim").unwrap();
     c.offer(g, b"last words").unwrap();
     println!("ready");
+    // The scenario: stay alive, session open, until the parent's SIGKILL (60 s only bounds
+    // an orphan's life).
     std::thread::sleep(Duration::from_secs(60));
 }
 
@@ -339,16 +341,12 @@ fn a_garbage_frame_ends_only_that_clients_session() {
     // The offender's session is ended: its socket reads end of file.
     let mut buf = [0u8; 64];
     let mut fds = Vec::new();
-    let n = {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match conn.try_recv(&mut buf, &mut fds) {
-                Ok(n) => break n,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => panic!("session not ended: {e}"),
-            }
-        }
-    };
+    let mut read = Err(std::io::Error::other("not tried"));
+    eventually(WAIT, || {
+        read = conn.try_recv(&mut buf, &mut fds);
+        read.is_ok()
+    });
+    let n = read.unwrap_or_else(|e| panic!("session not ended: {e}"));
     assert_eq!(n, 0, "the daemon hung up on the offender");
     for i in 100..200 {
         good.offer_blocking(gg, &message(i, 32), IdleStrategy::Backoff, WAIT)

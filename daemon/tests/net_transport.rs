@@ -231,6 +231,7 @@ fn wait_returns_on_data_on_wake_and_on_timeout() {
         let notifier = {
             let wake = wake.clone();
             std::thread::spawn(move || {
+                // The scenario: notify while the main thread is blocked in `wait`.
                 std::thread::sleep(Duration::from_millis(50));
                 wake.notify();
             })
@@ -260,10 +261,11 @@ fn wait_returns_on_data_on_wake_and_on_timeout() {
         // A datagram sent from another thread while waiting.
         let b_addr = b.local_addr();
         let sender = std::thread::spawn(move || {
+            // The scenario: send while the main thread is blocked in `wait`.
             std::thread::sleep(Duration::from_millis(50));
             a.queue(b_addr, b"ping").unwrap();
             a.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(50)); // keep `a` open until sent
+            a // kept open (an io_uring send may still be in flight) until `b` has the ping
         });
         let t0 = Instant::now();
         let mut got = 0;
@@ -273,7 +275,7 @@ fn wait_returns_on_data_on_wake_and_on_timeout() {
         }
         assert_eq!(got, 1, "{backend:?}: datagram not seen");
         assert!(t0.elapsed() < Duration::from_secs(5));
-        sender.join().unwrap();
+        drop(sender.join().unwrap());
     }
 }
 
@@ -764,6 +766,9 @@ fn receiver_that_falls_behind_its_buffers_recovers() {
             }
         }
         a.flush().unwrap();
+        // The scenario: let the datagrams land in b's socket while b does not look. No
+        // condition to poll instead: b's side cannot be asked without looking, and a's
+        // io_uring send completions are reaped only by a later queue, recv or wait.
         std::thread::sleep(Duration::from_millis(50));
         let mut got: Vec<u64> = recv_n(&mut *b, &wake, count as usize, DEADLINE)
             .into_iter()

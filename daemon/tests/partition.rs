@@ -255,6 +255,7 @@ impl Hosts {
     fn wait_view(&self, i: usize, members: u64, why: &str) {
         let mut c = self.daemons[i].client();
         let seen = eventually(VIEW_WAIT, || {
+            // Paces the polls to one status every 20 ms (eventually waits the other 10).
             std::thread::sleep(Duration::from_millis(10));
             c.status().ok().and_then(|s| status_number(&s, "view_members")) == Some(members)
         });
@@ -279,6 +280,7 @@ impl Hosts {
     fn wait_same_view(&self, why: &str) -> String {
         let mut lines = Vec::new();
         let same = eventually(VIEW_WAIT, || {
+            // Paces the polls as in `wait_view` (three status requests each).
             std::thread::sleep(Duration::from_millis(10));
             lines = (0..HOSTS).map(|i| self.view_line(i)).collect();
             lines.iter().all(|l| *l == lines[0])
@@ -483,6 +485,8 @@ fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
     }
     eprintln!("{tag}: cluster of 3 formed after {:?}", started.elapsed());
 
+    let mut observers: Vec<Client> = hosts.daemons.iter().map(Daemon::client).collect();
+    let before_joins = common::newest_view(&mut observers);
     let mut members: Vec<Member> = (0..HOSTS)
         .map(|i| {
             let mut client = hosts.daemons[i].client();
@@ -495,8 +499,9 @@ fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
             }
         })
         .collect();
-    // Let the coordinator put every member into the group's view.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until the coordinator has put every member into the group's view.
+    common::wait_settled_view(&mut observers, before_joins, VIEW_WAIT);
+    drop(observers);
     let all: Vec<usize> = (0..HOSTS).collect();
     let before: [u64; HOSTS] = std::array::from_fn(|p| if silent_before == Some(p) { 0 } else { BEFORE });
     let total: [u64; HOSTS] = before.map(|b| b + DURING);
@@ -531,7 +536,10 @@ fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
     let published = Instant::now();
     match cut_kind {
         Cut::Short => {}
-        // Every copy of the cut's messages is garbage-collected on its own side.
+        // The scenario itself: hold the cut this long, so that every copy of the cut's
+        // messages is garbage-collected on its own side (and, for PastTombstone, each side
+        // forgets the other side's senders). Nothing to observe from outside: status does
+        // not show what a node still holds.
         Cut::PastRetention => std::thread::sleep(RETENTION + Duration::from_secs(2)),
         Cut::PastTombstone => std::thread::sleep(RETENTION * 4 + Duration::from_secs(3)),
     }

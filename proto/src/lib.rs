@@ -20,6 +20,8 @@
 //! it: neither a group left and joined again nor a restarted node (the daemon seeds the RNG
 //! from the OS) can be mistaken for an old stream whose seqs a receiver already passed.
 
+#![forbid(unsafe_code)]
+
 mod fxhash;
 mod multicast;
 mod node;

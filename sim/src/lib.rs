@@ -2,6 +2,7 @@
 //! over a simulated network (per-link latency, loss, duplication, reordering, partitions,
 //! crashes and restarts, slow nodes) from one seed, and checks the invariants during and
 //! after every run. The same seed gives the same run, bit for bit.
+#![forbid(unsafe_code)]
 
 pub mod checker;
 pub mod sim;

@@ -2,6 +2,7 @@
 //! shared memory (`memfd` + `mmap`), the control socket (`SOCK_SEQPACKET` with SCM_RIGHTS
 //! and SO_PEERCRED), `eventfd` and shared futexes. Everything `unsafe` about the operating
 //! system lives here; the daemon and the client library above it are safe Rust.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::CString;
 use std::io;
@@ -323,8 +324,8 @@ impl SeqPacketListener {
                 libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             )
         })?;
-        // SAFETY: raw is a fresh descriptor we own.
         Ok(SeqPacket {
+            // SAFETY: raw is a fresh descriptor we own.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
         })
     }
@@ -398,8 +399,8 @@ impl EventFd {
     pub fn new() -> io::Result<EventFd> {
         // SAFETY: plain eventfd(2) call.
         let raw = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY: raw is a fresh descriptor we own.
         Ok(EventFd {
+            // SAFETY: raw is a fresh descriptor we own.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
         })
     }

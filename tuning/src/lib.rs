@@ -1,6 +1,7 @@
 //! Host tuning checks behind `tutti tune check`: read what the kernel exposes in /proc and
 //! /sys, compare it with what a low-latency tutti host wants, and say why each setting
 //! matters. The checks only read; applying a setting is the operator's call (see README.md).
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -2,6 +2,7 @@
 //! shared-memory ring layouts, each with a strict validating decoder. No I/O, no threads.
 //!
 //! Layouts are documented in `docs/internals.md`; this crate is their single definition.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
 pub mod counters;

@@ -62,8 +62,11 @@ impl EpollTransport {
         epoll_add(&epoll, socket.as_raw_fd(), TOKEN_SOCKET)?;
         let (batch, max) = (config.batch, config.max_datagram);
         let slots = batch * SEND_QUEUE_BATCHES;
-        // SAFETY (zeroed): iovec and mmsghdr are plain C structs for which all-zero is valid.
+        // SAFETY: iovec is a plain C struct for which all-zero (a null base, zero length)
+        // is a valid value.
         let zero_iov: libc::iovec = unsafe { std::mem::zeroed() };
+        // SAFETY: mmsghdr is a plain C struct for which all-zero (null pointers, zero
+        // lengths) is a valid value.
         let zero_msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
         tracing::debug!(%local, batch, max_datagram = max, "epoll UDP transport open");
         Ok(EpollTransport {

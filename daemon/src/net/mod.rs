@@ -8,7 +8,20 @@
 //! anywhere, but do all I/O on the shard thread, since io_uring runs a request's completion
 //! work on the thread that submitted it):
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::net::SocketAddr;
+//! # use std::os::fd::AsRawFd;
+//! # use std::time::Duration;
+//! # use tutti_daemon::{config::Config, net::{self, Transport}};
+//! # struct Node; // stands in for the shard's protocol node
+//! # impl Node {
+//! #     fn handle_packet(&mut self, _now: u64, _from: SocketAddr, _bytes: &[u8]) {}
+//! #     fn poll_transmit(&mut self) -> Option<(SocketAddr, &[u8])> { None }
+//! # }
+//! # fn shard_loop(config: &Config, shard_index: usize, node: &mut Node) -> std::io::Result<()> {
+//! # const RECV_BUDGET: usize = 64;
+//! # let (now, time_to_park, until_next_timer) = (0, true, Duration::from_millis(100));
+//! # let shard_wake = tutti_sys::EventFd::new()?;
 //! let mut udp = net::open(&config.net, shard_index)?;
 //! loop {
 //!     let mut work = udp.recv(RECV_BUDGET, &mut |from, bytes| node.handle_packet(now, from, bytes))?;
@@ -21,6 +34,7 @@
 //!         shard_wake.drain();
 //!     }
 //! }
+//! # }
 //! ```
 
 pub mod config;

@@ -214,8 +214,9 @@ impl RecvPool {
     fn new(count: usize, max_datagram: usize) -> RecvPool {
         let slots = (0..count)
             .map(|_| RecvSlot {
-                // SAFETY: all-zero msghdr and iovec are valid (null pointers, zero lengths).
+                // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
                 hdr: unsafe { std::mem::zeroed() },
+                // SAFETY: an all-zero iovec is valid (a null base, zero length).
                 iov: unsafe { std::mem::zeroed() },
                 addr: RawAddr::ZERO,
             })
@@ -299,8 +300,9 @@ impl UringTransport {
         let max = config.max_datagram;
         let send_slots: Box<[SendSlot]> = (0..send_count)
             .map(|_| SendSlot {
-                // SAFETY: all-zero msghdr and iovec are valid (null pointers, zero lengths).
+                // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
                 hdr: unsafe { std::mem::zeroed() },
+                // SAFETY: an all-zero iovec is valid (a null base, zero length).
                 iov: unsafe { std::mem::zeroed() },
                 addr: RawAddr::ZERO,
             })

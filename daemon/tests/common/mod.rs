@@ -58,14 +58,10 @@ impl Daemon {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if tutti_sys::SeqPacket::connect(&self.socket).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!(
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                tutti_sys::SeqPacket::connect(&self.socket).is_ok()
+            }),
             "tuttid did not listen on {} within 20 s; log:\n{}",
             self.socket.display(),
             self.log()
@@ -91,14 +87,15 @@ impl Daemon {
 
     /// Waits for the daemon to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+        let mut code = None;
+        eventually(timeout, || match self.child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+            _ => false,
+        });
+        code
     }
 
     pub fn dir(&self) -> &Path {
@@ -141,6 +138,76 @@ pub fn status_number(status: &str, key: &str) -> Option<u64> {
         .trim_end_matches(',')
         .parse()
         .ok()
+}
+
+/// The cluster view a status shows, one line per shard ("view 7 by daemon 1: 3 members
+/// [1, 2, 3]"), or None while it shows none.
+pub fn cluster_view(status: &str) -> Option<String> {
+    let lines: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.split_once(" cluster ").map(|(_, v)| v.trim()))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// The number of the newest cluster view any of these daemons installed (0: none yet).
+pub fn newest_view(clients: &mut [Client]) -> u64 {
+    clients
+        .iter_mut()
+        .filter_map(|c| status_number(&c.status().unwrap(), "cluster view"))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Gossip rounds a cluster view must stay unchanged on every daemon to count as settled.
+pub const SETTLED_ROUNDS: u64 = 5;
+
+/// Waits until the daemons behind `clients` agree on one cluster view numbered above
+/// `after` that none of them replaced for [`SETTLED_ROUNDS`] of its own gossip rounds;
+/// panics after `timeout`.
+///
+/// This is how a test knows that group joins made since view `after` took effect: the
+/// coordinator adds joined members to a group in the next view it installs, and a daemon
+/// whose join a view does not show asks again every round, so the coordinator installs
+/// another. `tutti status` does not list a group's members across the cluster; a view
+/// newer than the joins that then stays put is the sign that it holds all of them.
+pub fn wait_settled_view(clients: &mut [Client], after: u64, timeout: Duration) {
+    // The agreed view, and each daemon's gossip_rounds when it was first seen agreed.
+    let mut agreed_since: Option<(String, Vec<u64>)> = None;
+    let mut seen = Vec::new();
+    let settled = eventually(timeout, || {
+        let statuses: Vec<String> = clients.iter_mut().map(|c| c.status().unwrap()).collect();
+        seen = statuses.iter().map(|s| cluster_view(s)).collect();
+        let rounds: Vec<u64> = statuses
+            .iter()
+            .map(|s| status_number(s, "gossip_rounds").unwrap_or(0))
+            .collect();
+        let newer = statuses
+            .iter()
+            .all(|s| status_number(s, "cluster view").is_some_and(|n| n > after));
+        let Some(view) = seen[0]
+            .clone()
+            .filter(|_| newer && seen.iter().all(|v| *v == seen[0]))
+        else {
+            agreed_since = None;
+            return false;
+        };
+        match &agreed_since {
+            Some((v, since)) if *v == view => rounds
+                .iter()
+                .zip(since)
+                .all(|(now, then)| *now >= then + SETTLED_ROUNDS),
+            _ => {
+                agreed_since = Some((view, rounds));
+                false
+            }
+        }
+    });
+    assert!(
+        settled,
+        "the daemons did not settle on one view newer than view {after} within {timeout:?}; \
+         last seen: {seen:?}"
+    );
 }
 
 impl Daemon {
