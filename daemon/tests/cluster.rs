@@ -357,12 +357,15 @@ fn a_publisher_that_leaves_at_once_still_reaches_everyone(io: &'static str) {
 fn a_second_publisher_session_is_delivered_like_the_first(io: &'static str) {
     let cluster = Cluster::start("second", io, 68, 3, "");
     cluster.wait_for_view(3);
+    let before = cluster.newest_view();
     let mut members = join_all(&cluster, 1..2, "cg");
+    cluster.wait_joins(before);
     let publish = |range: std::ops::Range<u64>| {
+        let before = cluster.newest_view();
         let mut publisher = cluster.daemon(0).client();
         let g = publisher.join("cg").unwrap();
-        // Let the coordinator put the publisher's stream into the group's view first.
-        std::thread::sleep(Duration::from_millis(1500));
+        // The coordinator puts the publisher's stream into the group's view first.
+        cluster.wait_joins(before);
         for i in range {
             publisher
                 .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
@@ -370,7 +373,6 @@ fn a_second_publisher_session_is_delivered_like_the_first(io: &'static str) {
         }
         assert!(publisher.flush(WAIT).unwrap());
     };
-    std::thread::sleep(Duration::from_millis(1500));
     publish(0..100);
     let (c, g) = &mut members[0];
     receive_all(c, *g, &[0], 100);
