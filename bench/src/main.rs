@@ -645,6 +645,12 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         sent: run.sent,
         offered_msgs_per_s: (run.sent as f64 / run.sent_window.as_secs_f64().max(1e-9)).round(),
         missing: run.missing,
+        delivered_fraction: if run.sent == 0 {
+            0.0
+        } else {
+            (run.sent - run.missing) as f64 / run.sent as f64
+        },
+        lost: run.lost_messages,
         drain_s: (run.drain.as_secs_f64() * 1000.0).round() / 1000.0,
         lost_events: run.lost_events,
         lost_messages: run.lost_messages,

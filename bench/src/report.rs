@@ -186,6 +186,10 @@ pub struct ClusterThroughputResult {
     pub offered_msgs_per_s: f64,
     /// Sent in the window but not delivered by the end of the grace period.
     pub missing: u64,
+    /// Delivered at the subscriber / sent, over the measured window (1.0: everything).
+    pub delivered_fraction: f64,
+    /// Messages the subscriber was told are `Lost` (the same as `lost_messages`).
+    pub lost: u64,
     /// Seconds from the last offer until everything was delivered (or the grace ran out).
     pub drain_s: f64,
     pub lost_events: u64,
@@ -271,8 +275,8 @@ pub fn print_cluster_throughput_table(r: &ClusterThroughputResult) {
         r.ratio
     );
     println!(
-        "  missing {} of {} sent (drained in {:.2} s); Lost events {} ({} messages); Lagged {} ({} missed)",
-        r.missing, r.sent, r.drain_s, r.lost_events, r.lost_messages, r.lagged_events, r.lagged_missed
+        "  delivered fraction {:.6}; missing {} of {} sent (drained in {:.2} s); Lost events {} ({} messages); Lagged {} ({} missed)",
+        r.delivered_fraction, r.missing, r.sent, r.drain_s, r.lost_events, r.lost_messages, r.lagged_events, r.lagged_missed
     );
     println!(
         "  daemon CPU seconds: latency phase {:?} of {:.1} s wall; throughput phase {:?} of {:.1} s wall",
