@@ -17,6 +17,8 @@ struct Cluster {
     subnet: u8,
     io: &'static str,
     extra_config: String,
+    /// Top-level config lines per daemon (index = daemon), before its `[cluster]` table.
+    top_config: Vec<String>,
 }
 
 fn ip(subnet: u8, i: usize) -> String {
@@ -27,12 +29,25 @@ impl Cluster {
     /// Starts `n` daemons on 127.0.`subnet`.1.. (subnet + 100 for the epoll back end, so
     /// both suites can run at once).
     fn start(tag: &str, io: &'static str, subnet: u8, n: usize, extra_config: &str) -> Cluster {
+        Self::start_with(tag, io, subnet, n, extra_config, &[])
+    }
+
+    /// As `start`, with top-level config lines for some daemons (`top[i]` for daemon i).
+    fn start_with(
+        tag: &str,
+        io: &'static str,
+        subnet: u8,
+        n: usize,
+        extra_config: &str,
+        top: &[&str],
+    ) -> Cluster {
         let subnet = if io == "epoll" { subnet + 100 } else { subnet };
         let mut c = Cluster {
             daemons: Vec::new(),
             subnet,
             io,
             extra_config: extra_config.to_string(),
+            top_config: top.iter().map(|t| t.to_string()).collect(),
         };
         for i in 0..n {
             let d = c.start_one(tag, i, n);
@@ -50,8 +65,9 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"{}\"\n{}",
+                "node_id = {}\n{}\n[cluster]\nenabled = true\nseeds = [{}]\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"{}\"\n{}",
                 i + 1,
+                self.top_config.get(i).map_or("", String::as_str),
                 seeds.join(", "),
                 ip(self.subnet, i),
                 self.io,
@@ -223,6 +239,7 @@ fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart(io: &'static str) {
         subnet: cluster.subnet,
         io,
         extra_config: String::new(),
+        top_config: Vec::new(),
     };
     all_to_all(&survivors, "after-crash", 200);
     // Restart it: it rejoins and its clients receive new messages.
@@ -401,6 +418,54 @@ fn a_second_publisher_session_is_delivered_like_the_first(io: &'static str) {
     assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
 }
 
+/// A message from another daemon larger than this daemon's log can hold: its members will
+/// never get it, so they are told (`Lost`, once, in stream order), and a counter says why.
+/// (It was dropped silently, counted only as `too_large`.)
+fn a_remote_message_too_large_for_the_local_log_is_reported_lost(io: &'static str) {
+    // Daemon 2's log holds 64 KiB (so at most ~32 KiB messages); daemon 1 sends 100 KB.
+    let cluster = Cluster::start_with("toolarge", io, 69, 2, "", &["", "log_bytes = 65536"]);
+    cluster.wait_for_view(2);
+    let before = cluster.newest_view();
+    let mut members = join_all(&cluster, 0..2, "big");
+    cluster.wait_joins(before);
+    let (p, pg) = &mut members[0];
+    p.offer_blocking(*pg, &large(0, 0, 100_000), IdleStrategy::Backoff, WAIT)
+        .unwrap();
+    p.offer_blocking(*pg, &message(0, 1), IdleStrategy::Backoff, WAIT)
+        .unwrap();
+    let (c, g) = &mut members[1];
+    let (mut lost, mut small) = (0, 0);
+    let deadline = Instant::now() + WAIT;
+    while small == 0 {
+        assert!(Instant::now() < deadline, "lost {lost}, small {small}");
+        c.poll_blocking(
+            *g,
+            16,
+            IdleStrategy::Backoff,
+            Duration::from_millis(100),
+            |ev| match ev {
+                Event::Lost { count, .. } => lost += count,
+                Event::Message { payload, .. } => {
+                    assert_eq!(parse(payload), (0, 1), "only the small message fits");
+                    small += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        lost, 1,
+        "the large message is reported lost, once, before the next one"
+    );
+    // Refused by daemon 2's protocol node (over its max_message_bytes, which its log
+    // bounds), or by the log itself: either way counted.
+    let s = cluster.daemon(1).client().status().unwrap();
+    let refused =
+        status_number(&s, "bad_fragments").unwrap() + status_number(&s, "remote_too_large").unwrap();
+    assert!(refused >= 1, "{s}");
+}
+
 /// The same suite on both transport back ends.
 macro_rules! suite {
     ($backend:ident) => {
@@ -433,6 +498,10 @@ macro_rules! suite {
             #[test]
             fn a_publisher_that_leaves_at_once_still_reaches_everyone() {
                 super::a_publisher_that_leaves_at_once_still_reaches_everyone(IO)
+            }
+            #[test]
+            fn a_remote_message_too_large_for_the_local_log_is_reported_lost() {
+                super::a_remote_message_too_large_for_the_local_log_is_reported_lost(IO)
             }
             #[test]
             fn a_second_publisher_session_is_delivered_like_the_first() {

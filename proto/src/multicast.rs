@@ -74,6 +74,12 @@ enum Slot {
         delivered: bool,
         forwarded: bool,
     },
+    /// A message this member refused (larger than its `max_message`): resolved, and
+    /// reported `Lost` in its turn instead of being delivered.
+    Refused {
+        round: u32,
+        delivered: bool,
+    },
 }
 
 impl Slot {
@@ -83,10 +89,12 @@ impl Slot {
             Slot::Missing { .. } => SLOT_OVERHEAD,
             Slot::Partial(p) => p.cost(),
             Slot::Held { payload, .. } => SLOT_OVERHEAD + payload.len(),
+            Slot::Refused { .. } => SLOT_OVERHEAD,
         }
     }
+    /// Resolved: held, or refused (nothing more to ask for).
     fn is_held(&self) -> bool {
-        matches!(self, Slot::Held { .. })
+        matches!(self, Slot::Held { .. } | Slot::Refused { .. })
     }
 }
 
@@ -481,9 +489,9 @@ impl GroupState {
         if key.0 == self.my_id {
             return; // our own stream (or a forged copy of it): we hold the truth
         }
-        if !fragment_fits(header, payload.len(), ctx.settings) {
+        let fits = fragment_fits(header, payload.len(), ctx.settings);
+        if !fits {
             ctx.counters.bad_fragments += 1;
-            return;
         }
         let seq = header.seq;
         let max_window = ctx.settings.max_window();
@@ -524,6 +532,16 @@ impl GroupState {
         }
         let old_cost = st.slot(seq).map_or(0, Slot::cost);
         let (stored, complete, forward) = match st.slot_mut(seq) {
+            // Too large for this member: settle it as refused (reported Lost in its turn)
+            // rather than ask for it again and again.
+            Some(slot @ (Slot::Missing { .. } | Slot::Partial(_))) if !fits => {
+                *slot = Slot::Refused {
+                    round,
+                    delivered: false,
+                };
+                (true, true, false)
+            }
+            Some(_) if !fits => (false, false, false),
             Some(slot) => store_fragment(slot, header, retransmit, payload, round, ctx),
             None => (false, false, false),
         };
@@ -863,6 +881,10 @@ impl GroupState {
                         delivered: true,
                         ..
                     }) => round.wrapping_sub(*r) >= retention,
+                    Some(Slot::Refused {
+                        round: r,
+                        delivered: true,
+                    }) => round.wrapping_sub(*r) >= retention,
                     Some(Slot::Missing { since_round, .. }) => round.wrapping_sub(*since_round) >= retention,
                     Some(Slot::Partial(p)) => round.wrapping_sub(p.since_round) >= retention,
                     _ => false,
@@ -1086,6 +1108,10 @@ fn store_fragment(
             };
             (true, true, !retransmit)
         }
+        Slot::Refused { .. } => {
+            ctx.counters.duplicates += 1;
+            (false, false, false)
+        }
         Slot::Held { forwarded, .. } => {
             ctx.counters.duplicates += 1;
             // A stage-1 copy after a retransmission: forward it now (unfragmented only;
@@ -1159,7 +1185,7 @@ fn collect_wants(
                     });
                 }
             }
-            Some(Slot::Held { .. }) => flush(&mut run, wants),
+            Some(Slot::Held { .. } | Slot::Refused { .. }) => flush(&mut run, wants),
             None => break,
         }
         s += 1;
@@ -1201,11 +1227,15 @@ fn slide_window(
     while st.base < new_base {
         let seq = st.base;
         match st.pop_front() {
-            Some(Slot::Missing { .. } | Slot::Partial(_)) => {
+            Some(Slot::Missing { .. } | Slot::Partial(_) | Slot::Refused { delivered: false, .. }) => {
                 if lost_count == 0 {
                     lost_first = seq;
                 }
                 lost_count += 1;
+            }
+            Some(Slot::Refused { delivered: true, .. }) => {
+                report_lost(group, quiet, key, lost_first, lost_count, ctx);
+                lost_count = 0;
             }
             Some(Slot::Held {
                 payload,
@@ -1261,6 +1291,14 @@ fn deliver_ready(
     ctx: &mut Ctx<'_>,
 ) {
     let deliver = |s: u64, slot: Option<&mut Slot>, ctx: &mut Ctx<'_>| -> Option<bool> {
+        if let Some(Slot::Refused { delivered, .. }) = slot {
+            let was = *delivered;
+            *delivered = true;
+            if !was {
+                report_lost(group, quiet, key, s, 1, ctx);
+            }
+            return Some(was);
+        }
         let Some(Slot::Held {
             payload,
             session,
@@ -1675,7 +1713,12 @@ mod tests {
         h.frag_count = u16::MAX;
         w.with(1, |ctx| g.handle_data(1, &h, false, &[0; 1000], ctx));
         assert_eq!(w.counters.bad_fragments, 1);
-        assert_eq!(g.bytes, 0);
+        // Settled at once: reported Lost (once), never requested, nothing held but a slot.
+        assert_eq!(w.lost(), vec![(1, 0, 1)]);
+        assert_eq!(g.bytes, SLOT_OVERHEAD);
+        w.with(1, |ctx| g.handle_data(1, &h, false, &[0; 1000], ctx));
+        assert_eq!(w.lost(), vec![]);
+        g.check_invariants();
     }
 
     /// Over the group budget, the oldest messages of the largest stream go: undelivered
