@@ -82,7 +82,8 @@ pub struct Submitted {
 
 /// Views held in assembly at once: the newest; an older view's parts are dropped.
 pub const VIEW_ASSEMBLIES: usize = 4;
-/// Entries (members plus group entries, 8 B each) a view in assembly may hold: 8 MiB.
+/// Entries (members plus group entries, 8 B each, plus one per group) a view in assembly
+/// may declare, and so hold: 8 MiB; and one more than the parts it may have.
 pub const MAX_VIEW_ENTRIES: u64 = 1 << 20;
 
 /// One group of a view in assembly.
@@ -98,7 +99,9 @@ struct ViewAssembly {
     parts: u32,
     members: u32,
     groups: u32,
-    received: BTreeSet<u32>,
+    /// One bit per part (`parts` is at most `MAX_VIEW_ENTRIES + 1`: 128 KiB).
+    received: Vec<u64>,
+    received_count: u32,
     /// `(start, members)`, in arrival order.
     member_slices: Vec<(u32, Vec<Member>)>,
     group_parts: BTreeMap<GroupId, GroupAssembly>,
@@ -144,7 +147,8 @@ impl ViewAssembly {
                         return false;
                     }
                     new_groups += 1;
-                    declared += u64::from(h.total);
+                    // One more for the group itself, so that empty groups count too.
+                    declared += u64::from(h.total) + 1;
                 }
             }
         }
@@ -156,7 +160,10 @@ impl ViewAssembly {
         }
         self.declared = declared;
         self.held += entries;
-        self.received.insert(header.part);
+        if let Some(w) = self.received.get_mut(header.part as usize / 64) {
+            *w |= 1 << (header.part % 64);
+        }
+        self.received_count += 1;
         if !members.is_empty() {
             self.member_slices.push((
                 header.member_start,
@@ -181,8 +188,14 @@ impl ViewAssembly {
         true
     }
 
+    fn has(&self, part: u32) -> bool {
+        self.received
+            .get(part as usize / 64)
+            .is_some_and(|w| w & (1 << (part % 64)) != 0)
+    }
+
     fn complete(&self) -> bool {
-        self.received.len() as u64 == u64::from(self.parts)
+        self.received_count == self.parts
     }
 
     /// The view, if the parts cover it exactly.
@@ -906,13 +919,15 @@ impl Node {
                     self.counters.bad_view_parts += 1;
                     return;
                 }
-                if a.received.contains(&header.part) {
+                if a.has(header.part) {
                     return;
                 }
                 i
             }
             None => {
-                if u64::from(header.members) > MAX_VIEW_ENTRIES {
+                if u64::from(header.members) > MAX_VIEW_ENTRIES
+                    || u64::from(header.parts) > MAX_VIEW_ENTRIES + 1
+                {
                     self.counters.bad_view_parts += 1;
                     return;
                 }
@@ -938,7 +953,8 @@ impl Node {
                     parts: header.parts,
                     members: header.members,
                     groups: header.groups,
-                    received: BTreeSet::new(),
+                    received: vec![0; (header.parts as usize).div_ceil(64)],
+                    received_count: 0,
                     member_slices: Vec::new(),
                     group_parts: BTreeMap::new(),
                     held: 0,
@@ -949,7 +965,7 @@ impl Node {
         };
         if !self.assembling[i].add(header, members, groups) {
             self.counters.bad_view_parts += 1;
-            if self.assembling[i].received.is_empty() {
+            if self.assembling[i].received_count == 0 {
                 self.assembling.swap_remove(i);
             }
             return;
