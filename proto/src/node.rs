@@ -11,8 +11,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tutti_wire::packet::{
-    self, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, ViewGroupHeader, ViewGroupMember,
-    ViewHeader, HEARTBEAT_FLAG_LEAVING,
+    self, Entries, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, ViewGroupMember, ViewGroupSlices,
+    ViewPartHeader, ViewParts, HEARTBEAT_FLAG_LEAVING,
 };
 
 /// What a node counted; every drop has a counter.
@@ -27,7 +27,15 @@ pub struct Counters {
     pub digests_sent: u64,
     pub requests_sent: u64,
     pub heartbeats_sent: u64,
+    /// View messages sent (one per part of a view).
     pub views_sent: u64,
+    /// View parts refused: their totals disagree with the parts held of the same view, the
+    /// view declares more than [`MAX_VIEW_ENTRIES`] entries, or the complete set of parts
+    /// does not cover the view exactly.
+    pub bad_view_parts: u64,
+    /// Views in assembly given up for newer ones, and parts of views older than all those
+    /// in assembly (see [`VIEW_ASSEMBLIES`]).
+    pub view_assemblies_dropped: u64,
     pub delivered: u64,
     pub duplicates: u64,
     pub window_overflow: u64,
@@ -72,6 +80,152 @@ pub struct Submitted {
     pub seq: u64,
 }
 
+/// Views held in assembly at once: the newest; an older view's parts are dropped.
+pub const VIEW_ASSEMBLIES: usize = 4;
+/// Entries (members plus group entries, 8 B each, plus one per group) a view in assembly
+/// may declare, and so hold: 8 MiB; and one more than the parts it may have.
+pub const MAX_VIEW_ENTRIES: u64 = 1 << 20;
+
+/// One group of a view in assembly.
+struct GroupAssembly {
+    total: u32,
+    /// `(start, entries)`, in arrival order.
+    slices: Vec<(u32, Vec<ViewGroupMember>)>,
+}
+
+/// A view whose parts are arriving. Holds only what arrived, within the declared size.
+struct ViewAssembly {
+    id: ViewId,
+    parts: u32,
+    members: u32,
+    groups: u32,
+    /// One bit per part (`parts` is at most `MAX_VIEW_ENTRIES + 1`: 128 KiB).
+    received: Vec<u64>,
+    received_count: u32,
+    /// `(start, members)`, in arrival order.
+    member_slices: Vec<(u32, Vec<Member>)>,
+    group_parts: BTreeMap<GroupId, GroupAssembly>,
+    /// Entries held (members and group entries).
+    held: u64,
+    /// Entries the view declares so far: its members and the totals of the groups seen.
+    declared: u64,
+}
+
+/// `slices` cover `0..total` exactly; returns them concatenated.
+fn concat_exact<T: Copy>(slices: &mut [(u32, Vec<T>)], total: u32) -> Option<Vec<T>> {
+    slices.sort_unstable_by_key(|(start, _)| *start);
+    let mut out = Vec::with_capacity(total as usize);
+    for (start, s) in slices.iter() {
+        if *start as usize != out.len() {
+            return None;
+        }
+        out.extend_from_slice(s);
+    }
+    (out.len() == total as usize).then_some(out)
+}
+
+impl ViewAssembly {
+    /// Adds a part (already checked against the totals); false if it is inconsistent.
+    fn add(
+        &mut self,
+        header: &ViewPartHeader,
+        members: Entries<'_, MemberEntry>,
+        groups: ViewGroupSlices<'_>,
+    ) -> bool {
+        // Check everything first, so that a refused part leaves the assembly untouched.
+        let mut declared = self.declared;
+        let mut new_groups = 0usize;
+        let mut entries = members.len() as u64;
+        for (i, (h, es)) in groups.iter().enumerate() {
+            entries += es.len() as u64;
+            match self.group_parts.get(&h.group) {
+                Some(g) if g.total != h.total => return false,
+                Some(_) => {}
+                None => {
+                    // A group twice in one part (the splitter never does it).
+                    if groups.iter().take(i).any(|(o, _)| o.group == h.group) {
+                        return false;
+                    }
+                    new_groups += 1;
+                    // One more for the group itself, so that empty groups count too.
+                    declared += u64::from(h.total) + 1;
+                }
+            }
+        }
+        if self.group_parts.len() + new_groups > self.groups as usize
+            || declared > MAX_VIEW_ENTRIES
+            || self.held + entries > declared
+        {
+            return false;
+        }
+        self.declared = declared;
+        self.held += entries;
+        if let Some(w) = self.received.get_mut(header.part as usize / 64) {
+            *w |= 1 << (header.part % 64);
+        }
+        self.received_count += 1;
+        if !members.is_empty() {
+            self.member_slices.push((
+                header.member_start,
+                members
+                    .iter()
+                    .map(|m| Member {
+                        node: m.node,
+                        incarnation: m.incarnation,
+                    })
+                    .collect(),
+            ));
+        }
+        for (h, es) in groups.iter() {
+            let g = self.group_parts.entry(h.group).or_insert(GroupAssembly {
+                total: h.total,
+                slices: Vec::new(),
+            });
+            if !es.is_empty() {
+                g.slices.push((h.start, es.iter().collect()));
+            }
+        }
+        true
+    }
+
+    fn has(&self, part: u32) -> bool {
+        self.received
+            .get(part as usize / 64)
+            .is_some_and(|w| w & (1 << (part % 64)) != 0)
+    }
+
+    fn complete(&self) -> bool {
+        self.received_count == self.parts
+    }
+
+    /// The view, if the parts cover it exactly.
+    fn build(mut self) -> Option<View> {
+        if self.group_parts.len() != self.groups as usize {
+            return None;
+        }
+        let members = concat_exact(&mut self.member_slices, self.members)?;
+        let mut groups = Vec::with_capacity(self.group_parts.len());
+        for (id, mut g) in std::mem::take(&mut self.group_parts) {
+            let entries = concat_exact(&mut g.slices, g.total)?;
+            let mut gv = GroupView {
+                id,
+                members: Vec::with_capacity(entries.len()),
+                streams: Vec::with_capacity(entries.len()),
+            };
+            for e in entries {
+                gv.members.push(members.get(e.index as usize)?.node);
+                gv.streams.push(e.stream);
+            }
+            groups.push(gv);
+        }
+        Some(View {
+            id: self.id,
+            members,
+            groups,
+        })
+    }
+}
+
 struct Peer {
     member: Member,
     heartbeat: u32,
@@ -98,6 +252,8 @@ pub struct Node {
     peer_index: FxMap<NodeId, usize>,
     hb_cursor: usize,
     view: Arc<View>,
+    /// Views whose parts are arriving (at most [`VIEW_ASSEMBLIES`]).
+    assembling: Vec<ViewAssembly>,
     in_view: FxMap<NodeId, u32>,
     max_counter: u64,
     view_request_round: u32,
@@ -197,6 +353,7 @@ impl Node {
             peer_index: FxMap::default(),
             hb_cursor: 0,
             view,
+            assembling: Vec::new(),
             in_view,
             max_counter: 0,
             view_request_round: NO_ROUND,
@@ -446,44 +603,7 @@ impl Node {
                     header,
                     members,
                     groups,
-                } => {
-                    let view = View {
-                        id: ViewId {
-                            counter: header.counter,
-                            coordinator: header.coordinator,
-                            coordinator_incarnation: header.coordinator_incarnation,
-                        },
-                        members: members
-                            .iter()
-                            .map(|m| Member {
-                                node: m.node,
-                                incarnation: m.incarnation,
-                            })
-                            .collect(),
-                        groups: {
-                            let mut gs: Vec<GroupView> = groups
-                                .iter()
-                                .map(|(g, gm)| {
-                                    let (mut ms, mut streams) = (Vec::new(), Vec::new());
-                                    for m in gm.iter() {
-                                        if let Some(e) = members.get(m.index as usize) {
-                                            ms.push(e.node);
-                                            streams.push(m.stream);
-                                        }
-                                    }
-                                    GroupView {
-                                        id: g,
-                                        members: ms,
-                                        streams,
-                                    }
-                                })
-                                .collect();
-                            gs.sort_by_key(|gv| gv.id);
-                            gs
-                        },
-                    };
-                    self.handle_view(now, view);
-                }
+                } => self.handle_view_part(now, &header, members, groups),
                 Message::ViewRequest => {
                     if let Some(&i) = self.peer_index.get(&from) {
                         if self.peers[i].view_sent_round != self.round {
@@ -720,6 +840,7 @@ impl Node {
         self.send_heartbeats_to(to, false);
     }
 
+    /// Sends our view to `to`, in parts that each fit a datagram of `max_datagram` bytes.
     fn send_view(&mut self, to: NodeId) {
         let view = self.view.clone();
         let members: Vec<MemberEntry> = view
@@ -750,23 +871,116 @@ impl Node {
             })
             .collect();
         let gs: Vec<(GroupId, &[ViewGroupMember])> = idx.iter().map(|(g, v)| (*g, v.as_slice())).collect();
-        let body = core::mem::size_of::<ViewHeader>()
-            + std::mem::size_of_val(members.as_slice())
-            + idx
-                .iter()
-                .map(|(_, v)| core::mem::size_of::<ViewGroupHeader>() + std::mem::size_of_val(v.as_slice()))
-                .sum::<usize>();
-        self.counters.views_sent += 1;
+        let max_body = self
+            .settings
+            .max_datagram
+            .saturating_sub(packet::DATAGRAM_HEADER_LEN + packet::MESSAGE_HEADER_LEN);
         let id = view.id;
-        self.out.push(to, body, |e| {
-            e.push_view(
-                id.counter,
-                id.coordinator,
-                id.coordinator_incarnation,
-                &members,
-                &gs,
-            )
-        });
+        let Ok(parts) = ViewParts::new(
+            id.counter,
+            (id.coordinator, id.coordinator_incarnation),
+            &members,
+            &gs,
+            max_body,
+        ) else {
+            // `max_datagram` too small for any view part: counted, as an oversize message.
+            self.out.oversize += 1;
+            return;
+        };
+        for p in 0..parts.len() {
+            self.counters.views_sent += 1;
+            let parts = &parts;
+            self.out
+                .push(to, parts.body_len(p), |e| e.push_view_part(parts, p));
+        }
+    }
+
+    /// A part of a view: held until the view's other parts arrived, then installed.
+    fn handle_view_part(
+        &mut self,
+        now: Time,
+        header: &ViewPartHeader,
+        members: Entries<'_, MemberEntry>,
+        groups: ViewGroupSlices<'_>,
+    ) {
+        let id = ViewId {
+            counter: header.counter,
+            coordinator: header.coordinator,
+            coordinator_incarnation: header.coordinator_incarnation,
+        };
+        self.max_counter = self.max_counter.max(id.counter);
+        if !id.newer_than(&self.view.id) {
+            return;
+        }
+        let i = match self.assembling.iter().position(|a| a.id == id) {
+            Some(i) => {
+                let a = &self.assembling[i];
+                if (a.parts, a.members, a.groups) != (header.parts, header.members, header.groups) {
+                    self.counters.bad_view_parts += 1;
+                    return;
+                }
+                if a.has(header.part) {
+                    return;
+                }
+                i
+            }
+            None => {
+                if u64::from(header.members) > MAX_VIEW_ENTRIES
+                    || u64::from(header.parts) > MAX_VIEW_ENTRIES + 1
+                {
+                    self.counters.bad_view_parts += 1;
+                    return;
+                }
+                if self.assembling.len() >= VIEW_ASSEMBLIES {
+                    // Keep the newest: give up the oldest held, or this part if it is older.
+                    let oldest = (0..self.assembling.len())
+                        .reduce(|o, j| {
+                            if self.assembling[o].id.newer_than(&self.assembling[j].id) {
+                                j
+                            } else {
+                                o
+                            }
+                        })
+                        .unwrap_or(0);
+                    self.counters.view_assemblies_dropped += 1;
+                    if !id.newer_than(&self.assembling[oldest].id) {
+                        return;
+                    }
+                    self.assembling.swap_remove(oldest);
+                }
+                self.assembling.push(ViewAssembly {
+                    id,
+                    parts: header.parts,
+                    members: header.members,
+                    groups: header.groups,
+                    received: vec![0; (header.parts as usize).div_ceil(64)],
+                    received_count: 0,
+                    member_slices: Vec::new(),
+                    group_parts: BTreeMap::new(),
+                    held: 0,
+                    declared: u64::from(header.members),
+                });
+                self.assembling.len() - 1
+            }
+        };
+        if !self.assembling[i].add(header, members, groups) {
+            self.counters.bad_view_parts += 1;
+            if self.assembling[i].received_count == 0 {
+                self.assembling.swap_remove(i);
+            }
+            return;
+        }
+        if !self.assembling[i].complete() {
+            return;
+        }
+        match self.assembling.swap_remove(i).build() {
+            Some(view) => {
+                self.handle_view(now, view);
+                let current = self.view.id;
+                self.assembling.retain(|a| a.id.newer_than(&current));
+            }
+            None => self.counters.bad_view_parts += 1,
+        }
     }
 
     fn handle_view(&mut self, now: Time, view: View) {
@@ -1239,6 +1453,175 @@ mod tests {
         assert_eq!(delivered, 5, "5 members via gossip");
         let after: u64 = nodes.iter().map(|n| n.counters().retransmits_sent).sum();
         assert!(after > before);
+    }
+
+    /// Every datagram within `max_datagram`, on every node.
+    fn assert_no_oversize(nodes: &[Node]) {
+        for n in nodes {
+            assert_eq!(n.counters().oversize_datagrams, 0, "node {}", n.id());
+        }
+    }
+
+    #[test]
+    fn a_large_cluster_converges_with_views_in_parts() {
+        let mut nodes = cluster(200);
+        run(&mut nodes, 3_000 * MILLIS, |_, _| false);
+        let v = nodes[0].view().clone();
+        assert_eq!(v.members.len(), 200);
+        assert_eq!(v.group(7).map(|m| m.len()), Some(200));
+        for n in &nodes {
+            assert_eq!(n.view().id, v.id, "node {}", n.id());
+            assert_eq!(n.counters().bad_view_parts, 0);
+        }
+        assert_no_oversize(&nodes);
+        assert!(
+            nodes[0].counters().views_sent > 199 * 3,
+            "views are sent in several parts"
+        );
+    }
+
+    /// A view of `n` members (ids `0..n`) with two groups, installed by node 0.
+    fn big_view(counter: u64, n: u32) -> View {
+        View {
+            id: ViewId {
+                counter,
+                coordinator: 0,
+                coordinator_incarnation: 1,
+            },
+            members: (0..n).map(|node| Member { node, incarnation: 1 }).collect(),
+            groups: vec![
+                GroupView {
+                    id: 3,
+                    members: (0..n).step_by(3).collect(),
+                    streams: (0..n).step_by(3).map(|i| i + 100).collect(),
+                },
+                GroupView {
+                    id: 7,
+                    members: (0..n).collect(),
+                    streams: (0..n).map(|i| i + 1).collect(),
+                },
+            ],
+        }
+    }
+
+    /// The datagrams node 0 sends to `to` for `view` (one part each).
+    fn view_datagrams(view: &View, to: NodeId) -> Vec<Vec<u8>> {
+        let mut coord = Node::new(0, 1, &[], Settings::default(), 0, 1);
+        coord.view = Arc::new(view.clone());
+        coord.send_view(to);
+        let mut out = Vec::new();
+        while let Some(t) = coord.poll_transmit() {
+            assert!(t.payload.len() <= coord.settings().max_datagram);
+            out.push(t.payload);
+        }
+        assert_eq!(coord.counters().oversize_datagrams, 0);
+        out
+    }
+
+    #[test]
+    fn a_view_in_shuffled_duplicated_parts_installs_once() {
+        let view = big_view(5, 1000);
+        let dgs = view_datagrams(&view, 9);
+        assert!(dgs.len() > 10, "{} parts", dgs.len());
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut order: Vec<&Vec<u8>> = dgs.iter().chain(dgs.iter().step_by(2)).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.gen_range(0..=i));
+        }
+        let mut node = Node::new(9, 1, &[0], Settings::default(), 0, 9);
+        for d in &order {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.view().as_ref(), &view);
+        assert_eq!(node.counters().views_installed, 1);
+        let changes = std::iter::from_fn(|| node.poll_event())
+            .filter(|e| matches!(e, Event::ViewChange(_)))
+            .count();
+        assert_eq!(changes, 1);
+        assert_eq!(node.counters().bad_view_parts, 0);
+        assert!(node.assembling.is_empty());
+    }
+
+    #[test]
+    fn a_lost_part_does_not_wedge_later_views() {
+        let v5 = big_view(5, 500);
+        let v6 = big_view(6, 500);
+        let mut node = Node::new(9, 1, &[0], Settings::default(), 0, 9);
+        // View 5 misses its last part: nothing installed, the rest held.
+        let d5 = view_datagrams(&v5, 9);
+        for d in &d5[..d5.len() - 1] {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.counters().views_installed, 0);
+        assert_eq!(node.assembling.len(), 1);
+        // A re-sent complete set (answering a view request) completes it.
+        for d in &d5 {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.view().as_ref(), &v5);
+        // View 6 misses its first part; a newer view 7 still installs, and drops view 6.
+        let d6 = view_datagrams(&v6, 9);
+        for d in &d6[1..] {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.view().id.counter, 5);
+        let v7 = big_view(7, 400);
+        for d in &view_datagrams(&v7, 9) {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.view().as_ref(), &v7);
+        assert!(node.assembling.is_empty());
+        // Parts of older views are ignored; at most `VIEW_ASSEMBLIES` views are held.
+        for d in &d6 {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.view().id.counter, 7);
+        for c in 10..20 {
+            let d = view_datagrams(&big_view(c, 500), 9);
+            node.handle_packet(0, 0, &d[0]);
+            assert!(node.assembling.len() <= VIEW_ASSEMBLIES);
+        }
+        let held: Vec<u64> = node.assembling.iter().map(|a| a.id.counter).collect();
+        assert_eq!(held.iter().min(), Some(&16), "the newest are held: {held:?}");
+        assert_eq!(node.counters().views_installed, 2);
+    }
+
+    #[test]
+    fn view_parts_disagreeing_with_held_parts_are_refused() {
+        let view = big_view(5, 500);
+        let d = view_datagrams(&view, 9);
+        let other = big_view(5, 499);
+        let e = view_datagrams(&other, 9);
+        let mut node = Node::new(9, 1, &[0], Settings::default(), 0, 9);
+        node.handle_packet(0, 0, &d[0]);
+        node.handle_packet(0, 0, &e[1]);
+        assert_eq!(node.counters().bad_view_parts, 1);
+        for p in &d[1..] {
+            node.handle_packet(0, 0, p);
+        }
+        assert_eq!(node.view().as_ref(), &view);
+    }
+
+    /// Views of a cluster too large for one datagram still reach a node through the view
+    /// request of heartbeats showing a newer view, with parts lost on the way.
+    #[test]
+    fn a_view_request_repairs_lost_parts() {
+        let mut nodes = cluster(150);
+        // Drop the first transmits from the coordinator to node 5 (whole parts lost).
+        let dropped = std::cell::Cell::new(0);
+        run(&mut nodes, 3_000 * MILLIS, |from, to| {
+            if from == 0 && to == 5 && dropped.get() < 40 {
+                dropped.set(dropped.get() + 1);
+                return dropped.get() % 2 == 0;
+            }
+            false
+        });
+        let v = nodes[0].view().clone();
+        assert_eq!(v.members.len(), 150);
+        for n in &nodes {
+            assert_eq!(n.view().id, v.id, "node {}", n.id());
+        }
+        assert_no_oversize(&nodes);
     }
 
     #[test]

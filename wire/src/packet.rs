@@ -28,8 +28,9 @@ use bytemuck::{Pod, Zeroable};
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// Version of this format. A decoder rejects any other version. Version 2: sender streams
 /// (not incarnations) in data, digest and request entries; the publishing session and
-/// fragments in the data header; per-member streams in views and group joins.
-pub const VERSION: u16 = 2;
+/// fragments in the data header; per-member streams in views and group joins. Version 3:
+/// a view is carried in parts ([`ViewPartHeader`]), each within a datagram.
+pub const VERSION: u16 = 3;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -108,7 +109,10 @@ pub struct MessageHeader {
 /// - `Digest`: [`DigestHeader`] + `n` x [`DigestEntry`].
 /// - `Request`: [`RequestHeader`] + `n` x [`RequestEntry`].
 /// - `Heartbeats`: [`HeartbeatHeader`] + `n` x [`HeartbeatEntry`].
-/// - `View`: [`ViewHeader`] + `members` x [`MemberEntry`] + `groups` x ([`ViewGroupHeader`] + `count` x [`ViewGroupMember`]).
+/// - `View`: one part of a view: [`ViewPartHeader`] + `member_count` x [`MemberEntry`]
+///   (members `member_start..member_start + member_count`) + `group_slices` x
+///   ([`ViewGroupSlice`] + `count` x [`ViewGroupMember`]). A view is carried by `parts`
+///   such messages (see [`plan_view_parts`]); the receiver reassembles them.
 /// - `ViewRequest`: empty body.
 /// - `GroupJoin` / `GroupLeave`: [`GroupChange`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,15 +245,30 @@ pub struct HeartbeatEntry {
     pub flags: u32,
 }
 
-/// A numbered view, as installed by its coordinator.
+/// One part of a numbered view, as installed by its coordinator. A view of `members`
+/// members and `groups` groups is sent as `parts` messages; every part repeats the view id
+/// and the totals, and carries a contiguous slice of the member list and slices of groups.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
-pub struct ViewHeader {
+pub struct ViewPartHeader {
     pub counter: u64,
     pub coordinator: u32,
     pub coordinator_incarnation: u32,
+    /// Index of this part, below `parts`.
+    pub part: u32,
+    /// Number of parts of the view (at least 1).
+    pub parts: u32,
+    /// Members in the whole view.
     pub members: u32,
+    /// Groups in the whole view.
     pub groups: u32,
+    /// Index in the view's member list of this part's first member entry.
+    pub member_start: u32,
+    /// Member entries in this part.
+    pub member_count: u32,
+    /// Group slices in this part.
+    pub group_slices: u32,
+    pub reserved: u32,
 }
 
 /// A member of a view.
@@ -260,11 +279,15 @@ pub struct MemberEntry {
     pub incarnation: u32,
 }
 
-/// A group in a view: followed by `count` [`ViewGroupMember`]s.
+/// A slice of a group in a view part: entries `start..start + count` of the group's
+/// `total` member entries, followed by `count` [`ViewGroupMember`]s.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
-pub struct ViewGroupHeader {
+pub struct ViewGroupSlice {
     pub group: u64,
+    /// Member entries of the group in the whole view (at most the view's members).
+    pub total: u32,
+    pub start: u32,
     pub count: u32,
     pub reserved: u32,
 }
@@ -330,22 +353,22 @@ impl<'a, T: Pod> Entries<'a, T> {
     }
 }
 
-/// The groups section of a view message (validated).
+/// The group slices of a view part (validated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ViewGroups<'a> {
+pub struct ViewGroupSlices<'a> {
     bytes: &'a [u8],
     count: u32,
 }
 
-impl<'a> ViewGroups<'a> {
+impl<'a> ViewGroupSlices<'a> {
     pub fn len(&self) -> usize {
         self.count as usize
     }
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-    /// Iterate `(group, members)`. The section was validated by [`decode`].
-    pub fn iter(&self) -> impl Iterator<Item = (u64, Entries<'a, ViewGroupMember>)> + 'a {
+    /// Iterate `(slice header, its member entries)`. The section was validated by [`decode`].
+    pub fn iter(&self) -> impl Iterator<Item = (ViewGroupSlice, Entries<'a, ViewGroupMember>)> + 'a {
         let mut rest = self.bytes;
         let mut left = self.count;
         core::iter::from_fn(move || {
@@ -353,11 +376,11 @@ impl<'a> ViewGroups<'a> {
                 return None;
             }
             left -= 1;
-            let (hdr, after) = take::<ViewGroupHeader>(rest).ok()?;
+            let (hdr, after) = take::<ViewGroupSlice>(rest).ok()?;
             let n = (hdr.count as usize).checked_mul(core::mem::size_of::<ViewGroupMember>())?;
             let idx = after.get(..n)?;
             rest = after.get(n..)?;
-            Some((hdr.group, Entries::new(idx).ok()?))
+            Some((hdr, Entries::new(idx).ok()?))
         })
     }
 }
@@ -382,10 +405,11 @@ pub enum Message<'a> {
         header: HeartbeatHeader,
         entries: Entries<'a, HeartbeatEntry>,
     },
+    /// One part of a view: members `header.member_start..` and slices of groups.
     View {
-        header: ViewHeader,
+        header: ViewPartHeader,
         members: Entries<'a, MemberEntry>,
-        groups: ViewGroups<'a>,
+        groups: ViewGroupSlices<'a>,
     },
     ViewRequest,
     GroupJoin(GroupChange),
@@ -504,8 +528,24 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             }
         }
         MessageKind::View => {
-            let (header, rest) = take::<ViewHeader>(body)?;
-            let mlen = (header.members as usize)
+            let (header, rest) = take::<ViewPartHeader>(body)?;
+            if header.reserved != 0 {
+                return Err(PacketError::ReservedNonZero);
+            }
+            if header.part >= header.parts {
+                return Err(PacketError::LengthMismatch("view part index outside part count"));
+            }
+            if header
+                .member_start
+                .checked_add(header.member_count)
+                .is_none_or(|end| end > header.members)
+            {
+                return Err(PacketError::LengthMismatch("member slice outside the view"));
+            }
+            if header.group_slices > header.groups {
+                return Err(PacketError::LengthMismatch("more group slices than groups"));
+            }
+            let mlen = (header.member_count as usize)
                 .checked_mul(core::mem::size_of::<MemberEntry>())
                 .ok_or(PacketError::LengthMismatch("member count overflows"))?;
             let mbytes = rest.get(..mlen).ok_or(PacketError::Truncated {
@@ -514,12 +554,18 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             })?;
             let mut grest = rest.get(mlen..).unwrap_or(&[]);
             let gstart = grest;
-            for _ in 0..header.groups {
-                let (gh, after) = take::<ViewGroupHeader>(grest)?;
-                if gh.reserved != 0 {
+            for _ in 0..header.group_slices {
+                let (gs, after) = take::<ViewGroupSlice>(grest)?;
+                if gs.reserved != 0 {
                     return Err(PacketError::ReservedNonZero);
                 }
-                let n = (gh.count as usize)
+                if gs.total > header.members {
+                    return Err(PacketError::LengthMismatch("group larger than the view"));
+                }
+                if gs.start.checked_add(gs.count).is_none_or(|end| end > gs.total) {
+                    return Err(PacketError::LengthMismatch("group slice outside the group"));
+                }
+                let n = (gs.count as usize)
                     .checked_mul(core::mem::size_of::<ViewGroupMember>())
                     .ok_or(PacketError::LengthMismatch("group count overflows"))?;
                 let idx = after.get(..n).ok_or(PacketError::Truncated {
@@ -542,9 +588,9 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             Message::View {
                 header,
                 members: Entries::new(mbytes)?,
-                groups: ViewGroups {
+                groups: ViewGroupSlices {
                     bytes: gstart.get(..used).unwrap_or(&[]),
-                    count: header.groups,
+                    count: header.group_slices,
                 },
             }
         }
@@ -729,36 +775,66 @@ impl<'a> Encoder<'a> {
         )
     }
 
-    /// `groups`: per group, its id and members (indices into `members`, and streams).
-    pub fn push_view(
-        &mut self,
-        counter: u64,
-        coordinator: u32,
-        coordinator_incarnation: u32,
-        members: &[MemberEntry],
-        groups: &[(u64, &[ViewGroupMember])],
-    ) -> Result<(), PacketError> {
-        let header = ViewHeader {
-            counter,
-            coordinator,
-            coordinator_incarnation,
-            members: members.len() as u32,
-            groups: groups.len() as u32,
-        };
-        let mut heads = Vec::with_capacity(groups.len());
-        for (g, idx) in groups {
-            heads.push(ViewGroupHeader {
-                group: *g,
-                count: idx.len() as u32,
+    /// One part of `view`: part `part` of [`ViewParts::len`].
+    pub fn push_view_part(&mut self, view: &ViewParts<'_>, part: usize) -> Result<(), PacketError> {
+        let bad = PacketError::LengthMismatch("view part outside the view");
+        let plan = view.plans.get(part).ok_or(bad)?;
+        let members = view.members.get(plan.members.clone()).ok_or(bad)?;
+        let mut heads = Vec::with_capacity(plan.groups.len());
+        let mut slices = Vec::with_capacity(plan.groups.len());
+        for (g, range) in &plan.groups {
+            let (id, entries) = view.groups.get(*g).ok_or(bad)?;
+            slices.push(entries.get(range.clone()).ok_or(bad)?);
+            heads.push(ViewGroupSlice {
+                group: *id,
+                total: u32::try_from(entries.len()).map_err(|_| bad)?,
+                start: u32::try_from(range.start).map_err(|_| bad)?,
+                count: 0,
                 reserved: 0,
             });
+        }
+        let header = ViewPartHeader {
+            counter: view.counter,
+            coordinator: view.coordinator,
+            coordinator_incarnation: view.coordinator_incarnation,
+            part: u32::try_from(part).map_err(|_| bad)?,
+            parts: u32::try_from(view.plans.len()).map_err(|_| bad)?,
+            members: u32::try_from(view.members.len()).map_err(|_| bad)?,
+            groups: u32::try_from(view.groups.len()).map_err(|_| bad)?,
+            member_start: u32::try_from(plan.members.start).map_err(|_| bad)?,
+            member_count: 0,
+            group_slices: 0,
+            reserved: 0,
+        };
+        let gs: Vec<(ViewGroupSlice, &[ViewGroupMember])> = heads.into_iter().zip(slices).collect();
+        self.push_view_part_raw(&header, members, &gs)
+    }
+
+    /// A view part as given: `header` with its `member_count`, `group_slices` and the
+    /// slices' `count` set from the slices' lengths; nothing else is checked (the decoder
+    /// checks it all).
+    pub fn push_view_part_raw(
+        &mut self,
+        header: &ViewPartHeader,
+        members: &[MemberEntry],
+        groups: &[(ViewGroupSlice, &[ViewGroupMember])],
+    ) -> Result<(), PacketError> {
+        let bad = PacketError::LengthMismatch("view part larger than u32 counts");
+        let mut header = *header;
+        header.member_count = u32::try_from(members.len()).map_err(|_| bad)?;
+        header.group_slices = u32::try_from(groups.len()).map_err(|_| bad)?;
+        let mut heads = Vec::with_capacity(groups.len());
+        for (h, entries) in groups {
+            let mut h = *h;
+            h.count = u32::try_from(entries.len()).map_err(|_| bad)?;
+            heads.push(h);
         }
         let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 2 * groups.len());
         parts.push(bytemuck::bytes_of(&header));
         parts.push(bytemuck::cast_slice(members));
-        for (h, (_, idx)) in heads.iter().zip(groups) {
+        for (h, (_, entries)) in heads.iter().zip(groups) {
             parts.push(bytemuck::bytes_of(h));
-            parts.push(bytemuck::cast_slice(idx));
+            parts.push(bytemuck::cast_slice(entries));
         }
         self.push(MessageKind::View, 0, &parts)
     }
@@ -786,6 +862,141 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// Size of [`ViewPartHeader`].
+pub const VIEW_PART_HEADER_LEN: usize = core::mem::size_of::<ViewPartHeader>();
+/// Size of [`ViewGroupSlice`].
+pub const VIEW_GROUP_SLICE_LEN: usize = core::mem::size_of::<ViewGroupSlice>();
+
+/// What one part of a view carries: a range of the member list, and per group (by its
+/// index in the view's group list) a range of its member entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ViewPartPlan {
+    pub members: core::ops::Range<usize>,
+    pub groups: Vec<(usize, core::ops::Range<usize>)>,
+}
+
+impl ViewPartPlan {
+    /// Body size of the part's message.
+    pub fn body_len(&self) -> usize {
+        VIEW_PART_HEADER_LEN
+            + self.members.len() * core::mem::size_of::<MemberEntry>()
+            + self
+                .groups
+                .iter()
+                .map(|(_, r)| VIEW_GROUP_SLICE_LEN + r.len() * core::mem::size_of::<ViewGroupMember>())
+                .sum::<usize>()
+    }
+}
+
+/// Splits a view of `members` members and groups of `group_sizes` member entries into
+/// parts whose message bodies are at most `max_body` bytes each: members first, in
+/// order, then the groups in order, a group continuing into the next part when it does
+/// not fit. Every part carries at least one entry (except the single part of an empty
+/// view), so any view splits. For datagrams of `max_datagram` bytes holding one part
+/// each, `max_body = max_datagram - DATAGRAM_HEADER_LEN - MESSAGE_HEADER_LEN`.
+pub fn plan_view_parts(
+    members: usize,
+    group_sizes: &[usize],
+    max_body: usize,
+) -> Result<Vec<ViewPartPlan>, PacketError> {
+    const ENTRY: usize = core::mem::size_of::<ViewGroupMember>();
+    const _: () = assert!(core::mem::size_of::<MemberEntry>() == ENTRY);
+    let min = VIEW_PART_HEADER_LEN + VIEW_GROUP_SLICE_LEN + ENTRY;
+    if max_body < min {
+        return Err(PacketError::BufferFull {
+            needed: min,
+            available: max_body,
+        });
+    }
+    if u32::try_from(members).is_err() || u32::try_from(group_sizes.len()).is_err() {
+        return Err(PacketError::LengthMismatch("view larger than u32 counts"));
+    }
+    if group_sizes.iter().any(|&n| n > members) {
+        return Err(PacketError::LengthMismatch("group larger than the view"));
+    }
+    let mut plans = Vec::new();
+    let (mut m, mut g, mut off) = (0usize, 0usize, 0usize);
+    loop {
+        let mut room = max_body - VIEW_PART_HEADER_LEN;
+        let take_m = (members - m).min(room / ENTRY);
+        let mut plan = ViewPartPlan {
+            members: m..m + take_m,
+            groups: Vec::new(),
+        };
+        m += take_m;
+        room -= take_m * ENTRY;
+        while let Some(&size) = group_sizes.get(g) {
+            let left = size - off;
+            if room < VIEW_GROUP_SLICE_LEN + if left > 0 { ENTRY } else { 0 } {
+                break;
+            }
+            let k = left.min((room - VIEW_GROUP_SLICE_LEN) / ENTRY);
+            plan.groups.push((g, off..off + k));
+            room -= VIEW_GROUP_SLICE_LEN + k * ENTRY;
+            off += k;
+            if off < size {
+                break;
+            }
+            g += 1;
+            off = 0;
+        }
+        plans.push(plan);
+        if m == members && g == group_sizes.len() {
+            break;
+        }
+    }
+    if u32::try_from(plans.len()).is_err() {
+        return Err(PacketError::LengthMismatch("view needs more than u32 parts"));
+    }
+    Ok(plans)
+}
+
+/// A view to send in parts: its id, members and groups (per group its id and members:
+/// indices into `members`, and streams), and how it splits.
+#[derive(Debug, Clone)]
+pub struct ViewParts<'v> {
+    pub counter: u64,
+    pub coordinator: u32,
+    pub coordinator_incarnation: u32,
+    pub members: &'v [MemberEntry],
+    pub groups: &'v [(u64, &'v [ViewGroupMember])],
+    plans: Vec<ViewPartPlan>,
+}
+
+impl<'v> ViewParts<'v> {
+    /// Split the view into parts of message bodies within `max_body` bytes (see
+    /// [`plan_view_parts`]).
+    pub fn new(
+        counter: u64,
+        (coordinator, coordinator_incarnation): (u32, u32),
+        members: &'v [MemberEntry],
+        groups: &'v [(u64, &'v [ViewGroupMember])],
+        max_body: usize,
+    ) -> Result<Self, PacketError> {
+        let sizes: Vec<usize> = groups.iter().map(|(_, e)| e.len()).collect();
+        let plans = plan_view_parts(members.len(), &sizes, max_body)?;
+        Ok(Self {
+            counter,
+            coordinator,
+            coordinator_incarnation,
+            members,
+            groups,
+            plans,
+        })
+    }
+    /// Number of parts.
+    pub fn len(&self) -> usize {
+        self.plans.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty()
+    }
+    /// Body size of part `part`'s message.
+    pub fn body_len(&self, part: usize) -> usize {
+        self.plans.get(part).map_or(0, ViewPartPlan::body_len)
+    }
+}
+
 /// Encoded size of a data message (message header + data header + payload).
 pub const fn data_message_len(payload: usize) -> usize {
     MESSAGE_HEADER_LEN + core::mem::size_of::<DataHeader>() + payload
@@ -803,7 +1014,11 @@ mod tests {
         Digest(DigestHeader, Vec<DigestEntry>),
         Request(RequestHeader, Vec<RequestEntry>),
         Heartbeats(HeartbeatHeader, Vec<HeartbeatEntry>),
-        View(ViewHeader, Vec<MemberEntry>, Vec<(u64, Vec<ViewGroupMember>)>),
+        View(
+            ViewPartHeader,
+            Vec<MemberEntry>,
+            Vec<(ViewGroupSlice, Vec<ViewGroupMember>)>,
+        ),
         ViewRequest,
         Join(u64, u32),
         Leave(u64),
@@ -826,7 +1041,7 @@ mod tests {
             } => Owned::View(
                 header,
                 members.iter().collect(),
-                groups.iter().map(|(g, i)| (g, i.iter().collect())).collect(),
+                groups.iter().map(|(h, i)| (h, i.iter().collect())).collect(),
             ),
             Message::ViewRequest => Owned::ViewRequest,
             Message::GroupJoin(g) => Owned::Join(g.group, g.stream),
@@ -841,8 +1056,9 @@ mod tests {
             Owned::Request(h, e) => enc.push_request(h, e),
             Owned::Heartbeats(h, e) => enc.push_heartbeats(h, e),
             Owned::View(h, m, g) => {
-                let gs: Vec<(u64, &[ViewGroupMember])> = g.iter().map(|(a, b)| (*a, b.as_slice())).collect();
-                enc.push_view(h.counter, h.coordinator, h.coordinator_incarnation, m, &gs)
+                let gs: Vec<(ViewGroupSlice, &[ViewGroupMember])> =
+                    g.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+                enc.push_view_part_raw(h, m, &gs)
             }
             Owned::ViewRequest => enc.push_view_request(),
             Owned::Join(g, s) => enc.push_group_join(*g, *s),
@@ -944,34 +1160,56 @@ mod tests {
             });
         let view = (
             any::<(u64, u32, u32)>(),
-            proptest::collection::vec(any::<(u32, u32)>(), 1..20),
+            (1u32..5, any::<u32>(), 0u32..30, 0u32..5),
+            proptest::collection::vec(any::<(u32, u32)>(), 0..20),
             proptest::collection::vec(
                 (
                     any::<u64>(),
+                    any::<(u32, u32)>(),
                     proptest::collection::vec(any::<(u32, u32)>(), 0..10),
                 ),
                 0..4,
             ),
         )
-            .prop_map(|((c, co, ci), m, g)| {
-                let n = m.len() as u32;
-                let groups: Vec<(u64, Vec<ViewGroupMember>)> = g
+            .prop_map(|((c, co, ci), (parts, part, start, extra), m, g)| {
+                let total = start + m.len() as u32 + extra + 1;
+                let groups: Vec<(ViewGroupSlice, Vec<ViewGroupMember>)> = g
                     .into_iter()
-                    .map(|(id, idx)| {
-                        let members = idx
+                    .map(|(id, (gstart, gextra), idx)| {
+                        let count = idx.len() as u32;
+                        let gstart = gstart % (total - count.min(total) + 1);
+                        let members: Vec<ViewGroupMember> = idx
                             .into_iter()
-                            .map(|(i, stream)| ViewGroupMember { index: i % n, stream })
+                            .map(|(i, stream)| ViewGroupMember {
+                                index: i % total,
+                                stream,
+                            })
                             .collect();
-                        (id, members)
+                        let gtotal = (gstart + count + gextra % 3).min(total);
+                        let slice = ViewGroupSlice {
+                            group: id,
+                            total: gtotal,
+                            start: gstart,
+                            count,
+                            reserved: 0,
+                        };
+                        (slice, members)
                     })
+                    .filter(|(h, _)| h.start + h.count <= h.total)
                     .collect();
                 Owned::View(
-                    ViewHeader {
+                    ViewPartHeader {
                         counter: c,
                         coordinator: co,
                         coordinator_incarnation: ci,
-                        members: n,
-                        groups: groups.len() as u32,
+                        part: part % parts,
+                        parts,
+                        members: total,
+                        groups: groups.len() as u32 + extra % 3,
+                        member_start: start,
+                        member_count: m.len() as u32,
+                        group_slices: groups.len() as u32,
+                        reserved: 0,
                     },
                     m.into_iter()
                         .map(|(node, incarnation)| MemberEntry { node, incarnation })
@@ -1085,21 +1323,202 @@ mod tests {
         assert!(decode(&b).is_err());
     }
 
-    #[test]
-    fn view_index_out_of_range_is_rejected() {
+    fn one_view_part(members: u32, slice: ViewGroupSlice, g: &[ViewGroupMember]) -> Vec<u8> {
         let mut buf = [0u8; 256];
         let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
         let m = [MemberEntry {
             node: 1,
             incarnation: 1,
         }];
-        let g = [ViewGroupMember { index: 1, stream: 9 }];
-        enc.push_view(1, 1, 1, &m, &[(5, &g[..])]).unwrap();
+        let h = ViewPartHeader {
+            counter: 1,
+            coordinator: 1,
+            coordinator_incarnation: 1,
+            part: 0,
+            parts: 1,
+            members,
+            groups: 1,
+            member_start: 0,
+            member_count: 0,
+            group_slices: 0,
+            reserved: 0,
+        };
+        enc.push_view_part_raw(&h, &m, &[(slice, g)]).unwrap();
         let n = enc.len();
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn view_index_out_of_range_is_rejected() {
+        let slice = ViewGroupSlice {
+            group: 5,
+            total: 1,
+            start: 0,
+            count: 0,
+            reserved: 0,
+        };
+        let g = [ViewGroupMember { index: 1, stream: 9 }];
         assert!(matches!(
-            decode(&buf[..n]),
+            decode(&one_view_part(1, slice, &g)),
             Err(PacketError::BadIndex { index: 1, members: 1 })
         ));
+        let g = [ViewGroupMember { index: 0, stream: 9 }];
+        assert!(decode(&one_view_part(1, slice, &g)).is_ok());
+        // Slices outside their group, groups larger than the view, members outside the view.
+        let past = ViewGroupSlice { start: 1, ..slice };
+        assert!(matches!(
+            decode(&one_view_part(1, past, &g)),
+            Err(PacketError::LengthMismatch(_))
+        ));
+        let big = ViewGroupSlice { total: 2, ..slice };
+        assert!(matches!(
+            decode(&one_view_part(1, big, &g)),
+            Err(PacketError::LengthMismatch(_))
+        ));
+        assert!(matches!(
+            decode(&one_view_part(0, slice, &[])),
+            Err(PacketError::LengthMismatch(_))
+        ));
+    }
+
+    /// Reassembles decoded parts (test-only, trusting): members and per-group entries.
+    #[allow(clippy::type_complexity)]
+    fn reassemble(datagrams: &[Vec<u8>]) -> (Vec<MemberEntry>, Vec<(u64, Vec<ViewGroupMember>)>) {
+        let mut members: Vec<Option<MemberEntry>> = Vec::new();
+        let mut groups: std::collections::BTreeMap<u64, Vec<Option<ViewGroupMember>>> = Default::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for d in datagrams {
+            for m in decode(d).unwrap().messages() {
+                let Message::View {
+                    header,
+                    members: ms,
+                    groups: gs,
+                } = m
+                else {
+                    panic!("not a view part")
+                };
+                assert!(seen.insert(header.part));
+                members.resize(header.members as usize, None);
+                for (i, e) in ms.iter().enumerate() {
+                    let slot = &mut members[header.member_start as usize + i];
+                    assert!(slot.is_none());
+                    *slot = Some(e);
+                }
+                for (h, es) in gs.iter() {
+                    let g = groups.entry(h.group).or_default();
+                    g.resize(h.total as usize, None);
+                    for (i, e) in es.iter().enumerate() {
+                        let slot = &mut g[h.start as usize + i];
+                        assert!(slot.is_none());
+                        *slot = Some(e);
+                    }
+                }
+                assert!(seen.len() as u32 <= header.parts);
+            }
+        }
+        (
+            members.into_iter().map(Option::unwrap).collect(),
+            groups
+                .into_iter()
+                .map(|(g, es)| (g, es.into_iter().map(Option::unwrap).collect()))
+                .collect(),
+        )
+    }
+
+    /// Sends every part of `view` in a datagram of its own of at most `max_datagram` bytes.
+    fn split(view: &ViewParts<'_>, max_datagram: usize) -> Vec<Vec<u8>> {
+        (0..view.len())
+            .map(|p| {
+                let mut buf = vec![0u8; max_datagram];
+                let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+                enc.push_view_part(view, p).unwrap();
+                assert_eq!(
+                    enc.len(),
+                    DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + view.body_len(p)
+                );
+                let n = enc.len();
+                buf.truncate(n);
+                buf
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_views_split_into_datagrams_and_reassemble() {
+        let max_datagram = 1472;
+        let max_body = max_datagram - DATAGRAM_HEADER_LEN - MESSAGE_HEADER_LEN;
+        let n = 10_000u32;
+        let members: Vec<MemberEntry> = (0..n)
+            .map(|i| MemberEntry {
+                node: i * 3,
+                incarnation: i + 1,
+            })
+            .collect();
+        let big: Vec<ViewGroupMember> = (0..n)
+            .map(|i| ViewGroupMember {
+                index: n - 1 - i,
+                stream: i ^ 0x5555,
+            })
+            .collect();
+        let small: Vec<ViewGroupMember> = (0..3).map(|i| ViewGroupMember { index: i, stream: 7 }).collect();
+        let empty: Vec<ViewGroupMember> = Vec::new();
+        let groups: Vec<(u64, &[ViewGroupMember])> = vec![(1, &small), (2, &big), (3, &empty), (4, &small)];
+        let view = ViewParts::new(9, (4, 5), &members, &groups, max_body).unwrap();
+        let dgs = split(&view, max_datagram);
+        assert!(dgs.iter().all(|d| d.len() <= max_datagram));
+        // 20,006 entries of 8 B at 175 per part, plus a few slice headers.
+        assert!(dgs.len() <= 20_006usize.div_ceil(170) + 1, "{} parts", dgs.len());
+        let mut shuffled = dgs.clone();
+        shuffled.reverse();
+        let (m, g) = reassemble(&shuffled);
+        assert_eq!(m, members);
+        let want: Vec<(u64, Vec<ViewGroupMember>)> = groups.iter().map(|(id, e)| (*id, e.to_vec())).collect();
+        assert_eq!(g, want);
+        for d in &dgs {
+            let Some(Message::View { header, .. }) = decode(d).unwrap().messages().next() else {
+                panic!()
+            };
+            assert_eq!(
+                (header.counter, header.coordinator, header.coordinator_incarnation),
+                (9, 4, 5)
+            );
+            assert_eq!(
+                (header.members, header.groups, header.parts),
+                (n, 4, dgs.len() as u32)
+            );
+        }
+    }
+
+    #[test]
+    fn view_plans_cover_everything_at_any_size() {
+        for max_body in [VIEW_PART_HEADER_LEN + VIEW_GROUP_SLICE_LEN + 8, 100, 333, 1448] {
+            for (members, sizes) in [
+                (0usize, vec![]),
+                (1, vec![]),
+                (5, vec![0, 5, 1]),
+                (40, vec![40, 0, 0, 39, 2]),
+            ] {
+                let plans = plan_view_parts(members, &sizes, max_body).unwrap();
+                assert!(plans.iter().all(|p| p.body_len() <= max_body));
+                let mut next_m = 0;
+                let mut next_g = vec![0usize; sizes.len()];
+                let mut seen = vec![false; sizes.len()];
+                for p in &plans {
+                    assert_eq!(p.members.start, next_m);
+                    next_m = p.members.end;
+                    for (g, r) in &p.groups {
+                        assert_eq!(r.start, next_g[*g]);
+                        next_g[*g] = r.end;
+                        seen[*g] = true;
+                    }
+                }
+                assert_eq!(next_m, members);
+                assert_eq!(next_g, sizes);
+                assert!(seen.iter().all(|s| *s));
+            }
+        }
+        assert!(plan_view_parts(1, &[], 40).is_err());
+        assert!(plan_view_parts(1, &[2], 1448).is_err());
     }
 
     #[test]
@@ -1122,6 +1541,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<DigestEntry>(), 32);
         assert_eq!(core::mem::size_of::<RequestEntry>(), 24);
         assert_eq!(core::mem::size_of::<HeartbeatEntry>(), 16);
-        assert_eq!(core::mem::size_of::<ViewHeader>(), 24);
+        assert_eq!(VIEW_PART_HEADER_LEN, 48);
+        assert_eq!(VIEW_GROUP_SLICE_LEN, 24);
     }
 }
