@@ -27,10 +27,7 @@ fn seed_sweep_holds_every_invariant() {
         if std::env::var("TUTTI_SIM_VERBOSE").is_ok() {
             eprintln!("seed {seed} starting");
         }
-        let desc = format!(
-            "seed {seed}: {} nodes, loss {:.3}, crashes {:?}, partitions {:?}, perturbed {:?}, {:?}",
-            sc.nodes, sc.loss, sc.crashes, sc.partitions, sc.perturbed, sc.settings.delivery
-        );
+        let desc = format!("seed {seed}: {}", sc.describe());
         let started = std::time::Instant::now();
         let r = Sim::new(sc).run();
         if std::env::var("TUTTI_SIM_VERBOSE").is_ok() {
