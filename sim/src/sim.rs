@@ -1206,6 +1206,13 @@ impl Sim {
 
     fn begin_workload(&mut self) {
         let t0 = self.now;
+        if !self.views_converged() {
+            self.checker.violation(format!(
+                "membership did not form one view of all nodes within {} ms of start-up: the workload \
+                 starts anyway",
+                self.sc.max_bootstrap / MILLIS
+            ));
+        }
         self.workload_start = Some(t0);
         self.datagrams_at_start = self.datagrams;
         self.push(t0, Kind::Burst);
@@ -1431,20 +1438,29 @@ impl Sim {
         if bimodal_checked {
             self.checker.check_bimodal(&live, BIMODAL_MIN_TARGETS);
         }
+        // Oversize datagrams first: when there are any, they are usually why the rest failed
+        // (e.g. a view too large for one datagram never reaches anyone).
         let max_datagram = sc.settings.max_datagram;
         let oversize: u64 = self.oversize.values().map(|o| o.0).sum();
-        for (node, (n, largest, kinds)) in self.oversize.iter().take(5) {
-            self.checker.sample(format!(
-                "node {node} built {n} datagrams over max_datagram {max_datagram} \
-                 (largest {largest} bytes, carrying {kinds})"
-            ));
-        }
+        let mut lines: Vec<String> = self
+            .oversize
+            .iter()
+            .take(5)
+            .map(|(node, (n, largest, kinds))| {
+                format!(
+                    "node {node} built {n} datagrams over max_datagram {max_datagram} \
+                     (largest {largest} bytes, carrying {kinds})"
+                )
+            })
+            .collect();
         if self.oversize.len() > 5 {
-            self.checker.sample(format!(
-                "... {} nodes built {oversize} oversize datagrams in all",
+            lines.push(format!(
+                "... {} nodes built {oversize} datagrams over max_datagram in all",
                 self.oversize.len()
             ));
         }
+        self.checker.messages.splice(0..0, lines);
+        self.checker.messages.truncate(50);
         let all = summary.complete;
         let hist = summary.histogram;
         let ratio_sum = summary.ratio_sum;
