@@ -1,11 +1,28 @@
-//! Invariant checkers, fed every send, delivery, loss report and view installation of a
-//! run (and usable on a hand-made history, which is how they are tested).
+//! Invariant checkers, fed every send, delivery, loss report, view installation and
+//! application join/leave of a run (and usable on a hand-made history, which is how they
+//! are tested).
+//!
+//! Checked as the run goes:
+//! - a delivered message was sent, whole and unaltered (identity, payload hash, length),
+//!   with the session it was submitted by; never twice at one instance; never back to its
+//!   sender; FIFO per stream (each delivery is the next seq or follows a `Lost` report);
+//! - nothing is delivered or reported `Lost` for a group the application is not in;
+//! - one membership and one set of groups (members and streams) per view id.
+//!
+//! Checked at the end of a run (see each method):
+//! - [`Checker::check_lost_true`]: every `Lost` is true;
+//! - [`Checker::check_delivered_or_lost`]: no silent gap, for live and crashed senders;
+//! - [`Checker::check_no_lost`], [`Checker::check_complete`]: in runs that repair covers;
+//! - [`Checker::check_bimodal`]: every message reaches almost all or almost none.
 
+use serde::Serialize;
 use std::collections::HashMap;
 use tutti_proto::{Member, NodeId, Time, View, ViewId};
 
 /// A node instance: a node in one incarnation (a restart starts a new instance).
 pub type Instance = (NodeId, u32);
+/// A stream as seen at an instance: (instance, group, sender, stream).
+type StreamAt = (Instance, u64, NodeId, u32);
 
 #[derive(Debug, Clone)]
 pub struct SentMessage {
@@ -16,7 +33,10 @@ pub struct SentMessage {
     pub stream: u32,
     pub group: u64,
     pub seq: u64,
+    /// The publishing session given to `submit`.
+    pub session: u32,
     pub payload_hash: u64,
+    pub len: usize,
     pub sent_at: Time,
     /// Instances (other than the sender) that delivered it.
     pub deliveries: u32,
@@ -55,18 +75,87 @@ pub struct MessageId {
     pub seq: u64,
 }
 
+/// A partition as the checker sees it: from `start` to `end` (absolute times), links
+/// between `side` and the other nodes were cut.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub start: Time,
+    pub end: Time,
+    pub side: Vec<NodeId>,
+}
+
+/// How much the end-of-run checks covered (so that tests can require that a scenario
+/// exercised what it is about).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Coverage {
+    /// (member, message) pairs checked "delivered or Lost" whose sender is live at the end.
+    pub pairs_live_sender: u64,
+    /// ... whose sender crashed or left (the message had a live witness).
+    pub pairs_crashed_sender: u64,
+    /// ... (either kind) sent by a restarted instance (incarnation above 1).
+    pub pairs_restarted_sender: u64,
+    /// ... (either kind) in a stream that is not its instance's first in the group
+    /// (sent after leaving the group and joining again).
+    pub pairs_later_stream: u64,
+    /// Seqs covered by `Lost` reports and verified never delivered there.
+    pub lost_verified: u64,
+    /// Deliveries whose session was compared with the submitted one.
+    pub sessions_checked: u64,
+    /// Distinct (sender, session) pairs delivered.
+    pub distinct_sessions: u64,
+    /// Deliveries of messages larger than `Checker::large_threshold`.
+    pub large_delivered: u64,
+    /// Deliveries at an instance that had left the group and joined it again before.
+    pub deliveries_after_rejoin: u64,
+    /// Seqs reported `Lost` to a member that joined after they were sent (in runs
+    /// checked by `check_no_lost`): history offered to a late joiner, then lost.
+    pub lost_not_owed: u64,
+}
+
+/// Who got what, over the messages of a run (see [`Checker::delivery_summary`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeliverySummary {
+    /// Histogram of "fraction of the owed instances that delivered message m", 11
+    /// buckets: [0,10%), [10,20%), ..., [90,100%), and exactly 100%.
+    pub histogram: Vec<u64>,
+    /// Messages every owed instance delivered.
+    pub complete: u64,
+    /// Sum of the per-message fractions.
+    pub ratio_sum: f64,
+    /// For complete messages: last delivery minus send time.
+    pub latencies: Vec<Time>,
+    /// Messages with at least `min_targets` owed instances, delivered at between 10% and
+    /// 90% of them (neither almost all nor almost none); the first such message index.
+    pub middle: u64,
+    pub first_middle: Option<(usize, usize, usize, Vec<NodeId>)>,
+    /// Messages some owed instance lacks; the first one with who lacks it.
+    pub incomplete: u64,
+    pub first_incomplete: Option<(usize, Instance)>,
+}
+
 #[derive(Debug, Default)]
 pub struct Checker {
     pub fifo: bool,
     pub sent: Vec<SentMessage>,
+    /// Messages larger than this many bytes count as large (coverage only).
+    pub large_threshold: usize,
+    /// Partitions of the run (the crashed-sender rule only relies on witnesses that were
+    /// never cut off from the member since the message was sent).
+    pub cuts: Vec<Cut>,
     delivered: HashMap<Instance, Vec<u64>>,
-    expected_next: HashMap<(Instance, NodeId, u32), u64>,
-    views: HashMap<ViewId, u64>,
+    expected_next: HashMap<StreamAt, u64>,
+    /// View id -> (hash of the members, hash of the groups).
+    views: HashMap<ViewId, (u64, u64)>,
     /// Per instance, per group it was in: since when every view it installed listed it in
     /// the group (None: the last one did not).
     group_member: HashMap<Instance, Vec<(u64, Option<Time>)>>,
-    /// `Lost` ranges `(first, end)` reported to an instance, per sender instance.
-    lost_ranges: HashMap<(Instance, NodeId, u32), Vec<(u64, u64)>>,
+    /// Per (instance, group): since when the application has been in the group (None: it
+    /// left), and whether it had left it before.
+    app: HashMap<(Instance, u64), (Option<Time>, bool)>,
+    /// `Lost` ranges `(first, end)` reported to an instance, per (group, stream).
+    lost_ranges: HashMap<StreamAt, Vec<(u64, u64)>>,
+    sessions: HashMap<(NodeId, u32), ()>,
+    pub coverage: Coverage,
     pub violations: u64,
     pub messages: Vec<String>,
     pub deliveries: u64,
@@ -77,6 +166,7 @@ impl Checker {
     pub fn new(fifo: bool) -> Self {
         Checker {
             fifo,
+            large_threshold: usize::MAX,
             ..Default::default()
         }
     }
@@ -88,13 +178,47 @@ impl Checker {
         }
     }
 
+    /// A sample line without counting a violation (the caller counted them).
+    pub fn sample(&mut self, what: String) {
+        if self.messages.len() < 50 {
+            self.messages.push(what);
+        }
+    }
+
     /// Record a submitted message; returns its index (carried in its payload).
     pub fn on_send(&mut self, m: SentMessage) -> u64 {
         self.sent.push(m);
         (self.sent.len() - 1) as u64
     }
 
-    pub fn on_deliver(&mut self, at: Instance, now: Time, id: MessageId, payload: &[u8]) {
+    /// The application at `at` joined `group` at `now`.
+    pub fn on_join(&mut self, at: Instance, group: u64, now: Time) {
+        let e = self.app.entry((at, group)).or_insert((None, false));
+        if e.0.is_none() {
+            e.0 = Some(now);
+        }
+    }
+
+    /// The application at `at` left `group` at `now`: nothing more may be delivered or
+    /// reported for it there until it joins again (FIFO then restarts from whatever
+    /// comes first: what arrived meanwhile is not owed).
+    pub fn on_leave(&mut self, at: Instance, group: u64) {
+        let e = self.app.entry((at, group)).or_insert((None, false));
+        e.0 = None;
+        e.1 = true;
+        self.expected_next.retain(|k, _| !(k.0 == at && k.1 == group));
+    }
+
+    /// Since when the application at `at` has been in `group` without leaving it.
+    pub fn app_since(&self, at: Instance, group: u64) -> Option<Time> {
+        self.app.get(&(at, group)).and_then(|e| e.0)
+    }
+
+    fn app_joined(&self, at: Instance, group: u64) -> bool {
+        self.app_since(at, group).is_some()
+    }
+
+    pub fn on_deliver(&mut self, at: Instance, now: Time, id: MessageId, session: u32, payload: &[u8]) {
         let MessageId {
             group,
             sender,
@@ -102,6 +226,11 @@ impl Checker {
             seq,
         } = id;
         self.deliveries += 1;
+        if !self.app_joined(at, group) {
+            self.violation(format!(
+                "{at:?} delivered {sender}/{stream}/{seq} of group {group:#x} its application is not in"
+            ));
+        }
         // No message delivered that was never sent (identity and content).
         let index = payload
             .get(..8)
@@ -115,12 +244,29 @@ impl Checker {
             || m.stream != stream
             || m.seq != seq
             || m.group != group
+            || m.len != payload.len()
             || m.payload_hash != fnv(payload)
         {
             self.violation(format!(
                 "{at:?} delivered {sender}/{stream}/{seq} whose payload or identity differs from what was sent"
             ));
             return;
+        }
+        let (large, sent_session) = (m.len > self.large_threshold, m.session);
+        self.coverage.sessions_checked += 1;
+        if sent_session != session {
+            self.violation(format!(
+                "{at:?} delivered {sender}/{stream}/{seq} with session {session}, submitted by session {sent_session}"
+            ));
+        }
+        if self.sessions.insert((sender, session), ()).is_none() {
+            self.coverage.distinct_sessions += 1;
+        }
+        if large {
+            self.coverage.large_delivered += 1;
+        }
+        if self.app.get(&(at, group)).is_some_and(|e| e.1) {
+            self.coverage.deliveries_after_rejoin += 1;
         }
         let index = index.unwrap_or_default() as usize;
         // No duplicate delivery (per instance).
@@ -129,14 +275,14 @@ impl Checker {
         if bits.len() <= w {
             bits.resize(w + 1, 0);
         }
-        if bits[w] & (1 << b) != 0 {
-            self.violation(format!("{at:?} delivered {sender}/{seq} twice"));
-            return;
-        }
+        let twice = bits[w] & (1 << b) != 0;
         bits[w] |= 1 << b;
-        // FIFO per sender: each delivery is the next seq, or follows a Lost report.
+        if twice {
+            self.violation(format!("{at:?} delivered {sender}/{stream}/{seq} twice"));
+        }
+        // FIFO per stream: each delivery is the next seq, or follows a Lost report.
         if self.fifo {
-            let key = (at, sender, stream);
+            let key = (at, group, sender, stream);
             if let Some(&exp) = self.expected_next.get(&key) {
                 if seq != exp {
                     self.violation(format!(
@@ -150,24 +296,29 @@ impl Checker {
             self.violation(format!(
                 "{at:?} was delivered its own message {sender}/{stream}/{seq}"
             ));
-        } else {
+        } else if !twice {
             let m = &mut self.sent[index];
             m.deliveries += 1;
             m.last_delivery = m.last_delivery.max(now);
         }
     }
 
-    pub fn on_lost(&mut self, at: Instance, sender: NodeId, stream: u32, first: u64, count: u64) {
+    pub fn on_lost(&mut self, at: Instance, group: u64, sender: NodeId, stream: u32, first: u64, count: u64) {
         self.lost_reports += count;
+        if !self.app_joined(at, group) {
+            self.violation(format!(
+                "{at:?} was told {sender}/{stream}/{first}+{count} Lost in group {group:#x} its application is not in"
+            ));
+        }
         self.lost_ranges
-            .entry((at, sender, stream))
+            .entry((at, group, sender, stream))
             .or_default()
             .push((first, first.saturating_add(count)));
         if count == 0 {
             self.violation(format!("{at:?} reported an empty loss"));
         }
         if self.fifo {
-            let key = (at, sender, stream);
+            let key = (at, group, sender, stream);
             if let Some(&exp) = self.expected_next.get(&key) {
                 if first != exp {
                     self.violation(format!(
@@ -175,12 +326,12 @@ impl Checker {
                     ));
                 }
             }
-            self.expected_next.insert(key, first + count);
+            self.expected_next.insert(key, first.saturating_add(count));
         }
     }
 
-    /// Every member of a view agrees on it: one membership per view id, and the
-    /// installing node is in it.
+    /// Every member of a view agrees on it: one membership and one set of groups (ids,
+    /// members and their streams) per view id, and the installing node is in it.
     pub fn on_view(&mut self, at: Instance, view: &View) {
         let me = Member {
             node: at.0,
@@ -194,13 +345,29 @@ impl Checker {
             h.extend_from_slice(&m.node.to_le_bytes());
             h.extend_from_slice(&m.incarnation.to_le_bytes());
         }
-        let hash = fnv(&h);
+        let members = fnv(&h);
+        h.clear();
+        for gv in &view.groups {
+            h.extend_from_slice(&gv.id.to_le_bytes());
+            h.extend_from_slice(&(gv.members.len() as u64).to_le_bytes());
+            for (n, s) in gv.members.iter().zip(&gv.streams) {
+                h.extend_from_slice(&n.to_le_bytes());
+                h.extend_from_slice(&s.to_le_bytes());
+            }
+            h.extend_from_slice(&(gv.streams.len() as u64).to_le_bytes());
+        }
+        let groups = fnv(&h);
         match self.views.get(&view.id) {
-            Some(&prev) if prev != hash => {
+            Some(&(m, _)) if m != members => {
                 self.violation(format!("view {:?} installed with two memberships", view.id))
             }
-            _ => {
-                self.views.insert(view.id, hash);
+            Some(&(_, g)) if g != groups => self.violation(format!(
+                "view {:?} installed with two different group memberships or streams",
+                view.id
+            )),
+            Some(_) => {}
+            None => {
+                self.views.insert(view.id, (members, groups));
             }
         }
     }
@@ -224,59 +391,330 @@ impl Checker {
         }
     }
 
-    /// Bimodal multicast's promise, checked at the end of a run: a member `M` that is alive
-    /// at the end and was in group g continuously from before sender `S`'s first message
-    /// in g (across partitions that healed), with `S` alive at the end too, has every
-    /// message of `S` either delivered or covered by a `Lost` reported to it. Never a
-    /// silent gap. (A crashed sender's last messages may have reached no one: not checked.)
+    /// Since when `at` has been a member of `group` without a break: in every view it
+    /// installed, and with its application in the group (the later of the two).
+    pub fn member_since(&self, at: Instance, group: u64) -> Option<Time> {
+        let view = self
+            .group_member
+            .get(&at)
+            .and_then(|es| es.iter().find(|e| e.0 == group))
+            .and_then(|e| e.1)?;
+        Some(view.max(self.app_since(at, group)?))
+    }
+
+    /// Whether a partition that was still on at or after `from` separated `a` and `b`.
+    fn separated(&self, a: NodeId, b: NodeId, from: Time) -> bool {
+        self.cuts
+            .iter()
+            .any(|c| c.end >= from && c.side.contains(&a) != c.side.contains(&b))
+    }
+
+    /// Bimodal multicast's promise, checked at the end of a run: no silent gap.
+    ///
+    /// A member `M` (an instance live at the end) that was in group g continuously (every
+    /// view it installed listed it in g, across partitions that healed, and its application
+    /// never left g) since before the first message of a stream of sender `S` must have
+    /// each message `m` of that stream delivered or covered by a `Lost` reported to it:
+    ///
+    /// - when `S`'s instance is live at the end (whether or not it is still in g: a
+    ///   stream it left behind lingers for repair), every `m`;
+    /// - when `S`'s instance crashed (or left the cluster), every `m` that a witness
+    ///   delivered: a live instance `D` other than `M` that has been in g since before `m`
+    ///   was sent (so it held `m` and gossiped about it for a retention) and that no
+    ///   partition separated from `M` since then. Its last messages may have reached no
+    ///   one, and a member cut off from every holder until all of them forgot the stream
+    ///   cannot learn of it: neither is checked.
+    ///
+    /// A restarted node never delivers the messages of its previous incarnation (they are
+    /// its own stream), so it is not checked for them.
     pub fn check_delivered_or_lost(&mut self, live: &[Instance]) {
-        let mut first_sent: HashMap<(NodeId, u32, u64), Time> = HashMap::new();
+        // Per stream: when its first message was sent; per instance and group, its first
+        // stream (others are streams after a rejoin).
+        let mut first_sent: HashMap<(NodeId, u32, u32, u64), Time> = HashMap::new();
+        let mut first_stream: HashMap<(NodeId, u32, u64), (Time, u32)> = HashMap::new();
         for m in &self.sent {
             let t = first_sent
-                .entry((m.sender, m.stream, m.group))
+                .entry((m.sender, m.sender_incarnation, m.stream, m.group))
                 .or_insert(m.sent_at);
             *t = (*t).min(m.sent_at);
+            let f = first_stream
+                .entry((m.sender, m.sender_incarnation, m.group))
+                .or_insert((m.sent_at, m.stream));
+            if m.sent_at < f.0 {
+                *f = (m.sent_at, m.stream);
+            }
         }
-        // (member, sender instance) -> (silent messages, first such seq)
-        let mut silent: HashMap<(Instance, Instance), (u64, u64)> = HashMap::new();
+        let mut since: HashMap<(Instance, u64), Option<Time>> = HashMap::new();
+        // (member, sender instance, stream) -> (silent messages, first such seq, crashed)
+        let mut silent: HashMap<(Instance, Instance, u32), (u64, u64, bool)> = HashMap::new();
+        let mut cov = Coverage::default();
         for (idx, m) in self.sent.iter().enumerate() {
             let s = (m.sender, m.sender_incarnation);
-            if !live.contains(&s) {
+            let sender_live = live.contains(&s);
+            let first = first_sent[&(m.sender, m.sender_incarnation, m.stream, m.group)];
+            let later_stream = first_stream[&(m.sender, m.sender_incarnation, m.group)].1 != m.stream;
+            let witnesses: Vec<Instance> = if sender_live {
+                Vec::new()
+            } else {
+                live.iter()
+                    .copied()
+                    .filter(|&d| {
+                        d.0 != m.sender
+                            && self.has(d, idx)
+                            && self.member_since(d, m.group).is_some_and(|t| t < m.sent_at)
+                    })
+                    .collect()
+            };
+            if !sender_live && witnesses.is_empty() {
                 continue;
             }
-            let first = first_sent[&(m.sender, m.stream, m.group)];
             for &at in live {
                 if at.0 == m.sender {
                     continue;
                 }
-                let member_before = self
-                    .group_member
-                    .get(&at)
-                    .and_then(|es| es.iter().find(|e| e.0 == m.group))
-                    .and_then(|e| e.1)
-                    .is_some_and(|since| since < first);
-                if !member_before || self.has(at, idx) {
+                let member_before = since
+                    .entry((at, m.group))
+                    .or_insert_with(|| self.member_since(at, m.group))
+                    .is_some_and(|t| t < first);
+                if !member_before {
+                    continue;
+                }
+                if !sender_live
+                    && !witnesses
+                        .iter()
+                        .any(|d| *d != at && !self.separated(d.0, at.0, m.sent_at))
+                {
+                    continue;
+                }
+                if sender_live {
+                    cov.pairs_live_sender += 1;
+                } else {
+                    cov.pairs_crashed_sender += 1;
+                }
+                if m.sender_incarnation > 1 {
+                    cov.pairs_restarted_sender += 1;
+                }
+                if later_stream {
+                    cov.pairs_later_stream += 1;
+                }
+                if self.has(at, idx) {
                     continue;
                 }
                 let covered = self
                     .lost_ranges
-                    .get(&(at, m.sender, m.stream))
+                    .get(&(at, m.group, m.sender, m.stream))
                     .is_some_and(|rs| rs.iter().any(|&(f, e)| f <= m.seq && m.seq < e));
                 if !covered {
-                    let e = silent.entry((at, s)).or_insert((0, m.seq));
+                    let e = silent
+                        .entry((at, s, m.stream))
+                        .or_insert((0, m.seq, !sender_live));
                     e.0 += 1;
                     e.1 = e.1.min(m.seq);
                 }
             }
         }
+        self.coverage.pairs_live_sender += cov.pairs_live_sender;
+        self.coverage.pairs_crashed_sender += cov.pairs_crashed_sender;
+        self.coverage.pairs_restarted_sender += cov.pairs_restarted_sender;
+        self.coverage.pairs_later_stream += cov.pairs_later_stream;
         let mut silent: Vec<_> = silent.into_iter().collect();
         silent.sort_unstable();
-        for ((at, s), (count, seq)) in silent {
+        for ((at, s, stream), (count, seq, crashed)) in silent {
+            let what = if crashed {
+                "crashed sender, delivered by a live witness"
+            } else {
+                "live sender"
+            };
             self.violation(format!(
-                "{at:?} neither delivered nor was told Lost of {count} messages of {s:?} \
-                 (first seq {seq}), though a group member since before its first message"
+                "{at:?} neither delivered nor was told Lost of {count} messages of {s:?} stream {stream} \
+                 (first seq {seq}; {what}), though a group member since before the stream's first message"
             ));
         }
+    }
+
+    /// Every `Lost` is true: the message exists (it was sent, and not by the member told),
+    /// and the member never delivers it, before or after the report.
+    pub fn check_lost_true(&mut self) {
+        let index = self.index_map();
+        let mut keys: Vec<_> = self.lost_ranges.keys().copied().collect();
+        keys.sort_unstable();
+        let limit = self.sent.len() as u64;
+        let mut found = Vec::new();
+        for key in keys {
+            let (at, group, sender, stream) = key;
+            let (mut never_sent, mut lied, mut first_lie) = (0u64, 0u64, None);
+            for &(f, e) in &self.lost_ranges[&key] {
+                if e - f > limit {
+                    never_sent += e - f;
+                    continue;
+                }
+                for seq in f..e {
+                    match index.get(&(group, sender, stream, seq)) {
+                        None => never_sent += 1,
+                        Some(&i) if self.has(at, i) => {
+                            lied += 1;
+                            first_lie.get_or_insert(seq);
+                        }
+                        Some(_) => self.coverage.lost_verified += 1,
+                    }
+                }
+            }
+            if at.0 == sender {
+                found.push(format!(
+                    "{at:?} was told messages of its own node {sender}/{stream} Lost"
+                ));
+            }
+            if never_sent > 0 {
+                found.push(format!(
+                    "{at:?} was told {never_sent} messages of {sender}/{stream} Lost that were never sent"
+                ));
+            }
+            if lied > 0 {
+                found.push(format!(
+                    "{at:?} was told {lied} messages of {sender}/{stream} Lost that it delivered (first seq {})",
+                    first_lie.unwrap_or_default()
+                ));
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
+    }
+
+    /// In a run whose losses repair covers, no member is told `Lost` of a message it was
+    /// owed: one sent while its application was in the group (and stayed in it to the
+    /// end). History from before it joined, which a late joiner may be offered and then
+    /// told is lost, is only counted (`Coverage::lost_not_owed`).
+    pub fn check_no_lost(&mut self, why: &str) {
+        let index = self.index_map();
+        let mut keys: Vec<_> = self.lost_ranges.keys().copied().collect();
+        keys.sort_unstable();
+        let (mut owed, mut first, mut not_owed) = (0u64, None, 0u64);
+        for key in keys {
+            let (at, group, sender, stream) = key;
+            let since = self.app_since(at, group);
+            for &(f, e) in &self.lost_ranges[&key] {
+                for seq in f..e.min(f.saturating_add(self.sent.len() as u64)) {
+                    let Some(&i) = index.get(&(group, sender, stream, seq)) else {
+                        continue; // never sent: check_lost_true's business
+                    };
+                    if since.is_some_and(|t| t <= self.sent[i].sent_at) {
+                        owed += 1;
+                        first.get_or_insert((at, sender, stream, seq));
+                    } else {
+                        not_owed += 1;
+                    }
+                }
+            }
+        }
+        self.coverage.lost_not_owed += not_owed;
+        if let Some((at, sender, stream, seq)) = first {
+            self.violation(format!(
+                "{owed} owed messages reported Lost where repair covers the losses ({why}); \
+                 first: {at:?} told {sender}/{stream}/{seq}"
+            ));
+        }
+    }
+
+    /// `(group, sender, stream, seq)` -> index of the sent message.
+    fn index_map(&self) -> HashMap<(u64, NodeId, u32, u64), usize> {
+        self.sent
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((m.group, m.sender, m.stream, m.seq), i))
+            .collect()
+    }
+
+    /// The instances owed message `idx` in a run without crashes: live ones other than the
+    /// sender whose application was in the group from when it was sent to the end.
+    fn owed<'a>(&'a self, idx: usize, live: &'a [Instance]) -> impl Iterator<Item = Instance> + 'a {
+        let m = &self.sent[idx];
+        live.iter()
+            .copied()
+            .filter(move |i| i.0 != m.sender && self.app_since(*i, m.group).is_some_and(|t| t <= m.sent_at))
+    }
+
+    /// Who got what: per message, the fraction of its owed instances that delivered it.
+    /// Messages with fewer than `min_targets` owed instances are not counted as `middle`.
+    pub fn delivery_summary(&self, live: &[Instance], min_targets: usize) -> DeliverySummary {
+        let mut s = DeliverySummary {
+            histogram: vec![0; 11],
+            ..Default::default()
+        };
+        for (idx, m) in self.sent.iter().enumerate() {
+            let (mut targets, mut got, mut lacking) = (0usize, 0usize, None);
+            for i in self.owed(idx, live) {
+                targets += 1;
+                if self.has(i, idx) {
+                    got += 1;
+                } else {
+                    lacking.get_or_insert(i);
+                }
+            }
+            let frac = if targets == 0 {
+                1.0
+            } else {
+                got as f64 / targets as f64
+            };
+            s.ratio_sum += frac;
+            if got == targets {
+                s.complete += 1;
+                s.histogram[10] += 1;
+                s.latencies.push(m.last_delivery.saturating_sub(m.sent_at));
+            } else {
+                s.histogram[((frac * 10.0) as usize).min(9)] += 1;
+                s.incomplete += 1;
+                if let Some(i) = lacking {
+                    s.first_incomplete.get_or_insert((idx, i));
+                }
+                if targets >= min_targets && (0.1..0.9).contains(&frac) {
+                    s.middle += 1;
+                    if s.first_middle.is_none() {
+                        let lacking: Vec<NodeId> = self
+                            .owed(idx, live)
+                            .filter(|i| !self.has(*i, idx))
+                            .map(|i| i.0)
+                            .collect();
+                        s.first_middle = Some((idx, got, targets, lacking));
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Every message reached every owed instance (runs without crashes or partitions and
+    /// with losses that repair covers).
+    pub fn check_complete(&mut self, live: &[Instance], why: &str) {
+        let s = self.delivery_summary(live, usize::MAX);
+        if let Some((idx, at)) = s.first_incomplete {
+            let m = &self.sent[idx];
+            let what = format!(
+                "{} messages did not reach every live member ({why}); first: {}/{}/{} at {at:?}",
+                s.incomplete, m.sender, m.stream, m.seq
+            );
+            self.violation(what);
+        }
+    }
+
+    /// Bimodal delivery: no message with at least `min_targets` owed instances reached
+    /// between 10% and 90% of them.
+    pub fn check_bimodal(&mut self, live: &[Instance], min_targets: usize) {
+        let s = self.delivery_summary(live, min_targets);
+        if let Some((idx, got, targets, lacking)) = s.first_middle {
+            let m = &self.sent[idx];
+            let what = format!(
+                "{} messages reached neither almost all nor almost none of the live members; first: \
+                 {}/{}/{} delivered at {got} of {targets} (not at nodes {lacking:?})",
+                s.middle, m.sender, m.stream, m.seq
+            );
+            self.violation(what);
+        }
+    }
+
+    /// Whether every owed instance delivered every message (for stopping a run early).
+    pub fn all_delivered(&self, live: &[Instance]) -> bool {
+        (0..self.sent.len()).all(|idx| self.owed(idx, live).all(|i| self.has(i, idx)))
     }
 
     /// Whether `at` delivered message `index`.
@@ -291,7 +729,9 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tutti_proto::ViewId;
+    use tutti_proto::{GroupView, ViewId};
+
+    const G: u64 = 7;
 
     fn mid(group: u64, sender: NodeId, stream: u32, seq: u64) -> MessageId {
         MessageId {
@@ -302,119 +742,393 @@ mod tests {
         }
     }
 
-    fn send(c: &mut Checker, seq: u64) -> Vec<u8> {
+    /// A checker whose instances (1,1), (2,1), ... (n,1) joined group 7 at time 0.
+    fn checker(fifo: bool, n: u32) -> Checker {
+        let mut c = Checker::new(fifo);
+        for i in 1..=n {
+            c.on_join((i, 1), G, 0);
+        }
+        c
+    }
+
+    /// Message `seq` of sender instance `s` in stream `stream`, sent at `at`.
+    fn send_from(c: &mut Checker, s: Instance, stream: u32, seq: u64, at: Time) -> Vec<u8> {
         let idx = c.sent.len() as u64;
         let p = make_payload(idx, 16);
         c.on_send(SentMessage {
-            sender: 1,
-            sender_incarnation: 1,
-            stream: 1,
-            group: 7,
+            sender: s.0,
+            sender_incarnation: s.1,
+            stream,
+            group: G,
             seq,
+            session: 3,
             payload_hash: fnv(&p),
-            sent_at: 0,
+            len: p.len(),
+            sent_at: at,
             deliveries: 0,
             last_delivery: 0,
         });
         p
     }
 
+    fn send(c: &mut Checker, seq: u64) -> Vec<u8> {
+        send_from(c, (1, 1), 1, seq, 0)
+    }
+
+    fn deliver(c: &mut Checker, at: Instance, id: MessageId, p: &[u8]) {
+        c.on_deliver(at, 0, id, 3, p);
+    }
+
+    fn member(n: NodeId) -> Member {
+        Member {
+            node: n,
+            incarnation: 1,
+        }
+    }
+
+    /// A view with members `nodes` (incarnation 1), all in group 7 with stream 1.
+    fn view(counter: u64, nodes: &[NodeId]) -> View {
+        View {
+            id: ViewId {
+                counter,
+                coordinator: nodes[0],
+                coordinator_incarnation: 1,
+            },
+            members: nodes.iter().map(|&n| member(n)).collect(),
+            groups: vec![GroupView {
+                id: G,
+                members: nodes.to_vec(),
+                streams: nodes.iter().map(|_| 1).collect(),
+            }],
+        }
+    }
+
+    /// Every instance 1..=n installs a view of all of them at time 0.
+    fn all_in_group(c: &mut Checker, n: u32) -> Vec<Instance> {
+        let nodes: Vec<NodeId> = (1..=n).collect();
+        let v = view(1, &nodes);
+        for i in 1..=n {
+            c.on_view_at((i, 1), 0, &v);
+        }
+        (1..=n).map(|i| (i, 1)).collect()
+    }
+
     #[test]
     fn good_history_passes() {
-        let mut c = Checker::new(true);
+        let mut c = checker(true, 2);
         let p0 = send(&mut c, 0);
         let _p1 = send(&mut c, 1);
         let p2 = send(&mut c, 2);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p0);
-        c.on_lost((2, 1), 1, 1, 1, 1);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 2), &p2);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        c.on_lost((2, 1), G, 1, 1, 1, 1);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 2), &p2);
+        c.check_lost_true();
         assert_eq!(c.violations, 0, "{:?}", c.messages);
+        assert_eq!(c.coverage.lost_verified, 1);
+        assert_eq!(c.coverage.sessions_checked, 2);
     }
 
     #[test]
     fn duplicate_is_reported() {
-        let mut c = Checker::new(true);
+        let mut c = checker(true, 2);
         let p = send(&mut c, 0);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p);
         assert!(c.violations >= 1);
     }
 
     #[test]
     fn fifo_violation_is_reported() {
-        let mut c = Checker::new(true);
+        let mut c = checker(true, 2);
         let p0 = send(&mut c, 0);
         let p1 = send(&mut c, 1);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 1), &p1);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 1), &p1);
         assert_eq!(c.violations, 0);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p0);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
         assert_eq!(c.violations, 1);
         // A gap without a Lost report is a FIFO violation too.
-        let mut c = Checker::new(true);
+        let mut c = checker(true, 2);
         let p0 = send(&mut c, 0);
         let _ = send(&mut c, 1);
         let p2 = send(&mut c, 2);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p0);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 2), &p2);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 2), &p2);
         assert_eq!(c.violations, 1);
     }
 
     #[test]
     fn phantom_and_corrupt_deliveries_are_reported() {
-        let mut c = Checker::new(false);
+        let mut c = checker(false, 2);
         let p = send(&mut c, 0);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &make_payload(99, 16));
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &make_payload(99, 16));
         assert_eq!(c.violations, 1);
         let mut bad = p.clone();
         bad[10] ^= 1;
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &bad);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &bad);
         assert_eq!(c.violations, 2);
-        c.on_deliver((2, 1), 0, mid(7, 3, 1, 0), &p);
+        deliver(&mut c, (2, 1), mid(G, 3, 1, 0), &p);
         assert_eq!(c.violations, 3);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), b"abc");
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), b"abc");
         assert_eq!(c.violations, 4);
+        // Truncated: same first bytes, shorter.
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p[..12]);
+        assert_eq!(c.violations, 5);
+    }
+
+    /// The session delivered must be the one that submitted the message.
+    #[test]
+    fn wrong_session_is_reported() {
+        let mut c = checker(true, 2);
+        let p = send(&mut c, 0);
+        c.on_deliver((2, 1), 0, mid(G, 1, 1, 0), 4, &p);
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert!(c.messages[0].contains("session 4"), "{:?}", c.messages);
+    }
+
+    /// Nothing is delivered or reported Lost for a group the application left; after it
+    /// joins again, FIFO starts over (what arrived meanwhile was not owed).
+    #[test]
+    fn delivery_while_left_is_reported_and_fifo_restarts_after_rejoin() {
+        let mut c = checker(true, 2);
+        let p0 = send(&mut c, 0);
+        let _p1 = send(&mut c, 1);
+        let p2 = send(&mut c, 2);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        c.on_leave((2, 1), G);
+        c.on_lost((2, 1), G, 1, 1, 1, 1);
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 2), &p2);
+        assert_eq!(c.violations, 2, "{:?}", c.messages);
+        let mut c = checker(true, 2);
+        let p0 = send(&mut c, 0);
+        let _p1 = send(&mut c, 1);
+        let _p2 = send(&mut c, 2);
+        let p3 = send(&mut c, 3);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        c.on_leave((2, 1), G);
+        c.on_join((2, 1), G, 10);
+        // Seq 3 next: no FIFO complaint (1 and 2 were not owed).
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 3), &p3);
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        assert_eq!(c.coverage.deliveries_after_rejoin, 1);
     }
 
     /// A member in the group since before a sender's first message that neither got a
-    /// message nor was told it is lost: a silent gap, reported once per (member, sender).
+    /// message nor was told it is lost: a silent gap, reported once per (member, stream).
     #[test]
     fn silent_gap_is_reported() {
-        let mut c = Checker::new(true);
-        let view = View {
-            id: ViewId {
-                counter: 1,
-                coordinator: 1,
-                coordinator_incarnation: 1,
-            },
-            members: vec![
-                Member {
-                    node: 1,
-                    incarnation: 1,
-                },
-                Member {
-                    node: 2,
-                    incarnation: 1,
-                },
-            ],
-            groups: vec![tutti_proto::GroupView {
-                id: 7,
-                members: vec![1, 2],
-                streams: vec![1, 1],
-            }],
-        };
-        c.on_view_at((2, 1), 0, &view);
+        let mut c = checker(true, 2);
+        let live = all_in_group(&mut c, 2);
         let p0 = send(&mut c, 0);
         let _ = send(&mut c, 1);
         let _ = send(&mut c, 2);
         let _ = send(&mut c, 3);
-        c.on_deliver((2, 1), 0, mid(7, 1, 1, 0), &p0);
-        c.on_lost((2, 1), 1, 1, 1, 2);
-        c.check_delivered_or_lost(&[(1, 1), (2, 1)]);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        c.on_lost((2, 1), G, 1, 1, 1, 2);
+        c.check_delivered_or_lost(&live);
         assert_eq!(c.violations, 0, "{:?}", c.messages);
         // Seq 3 is neither: caught once the member was in the group before the first send
         // (above, both at time 0, it was not checked).
         c.sent.iter_mut().for_each(|m| m.sent_at = 5);
-        c.check_delivered_or_lost(&[(1, 1), (2, 1)]);
+        c.check_delivered_or_lost(&live);
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert_eq!(c.coverage.pairs_live_sender, 4);
+    }
+
+    /// A member whose application left the group and joined it again is not continuous:
+    /// streams that began before it came back are not checked at it.
+    #[test]
+    fn a_member_that_left_is_not_continuous() {
+        let mut c = checker(true, 2);
+        let live = all_in_group(&mut c, 2);
+        send_from(&mut c, (1, 1), 1, 0, 5);
+        c.on_leave((2, 1), G);
+        c.on_join((2, 1), G, 7);
+        c.check_delivered_or_lost(&live);
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        assert_eq!(c.coverage.pairs_live_sender, 0);
+    }
+
+    /// A crashed sender's message that a live witness delivered must be delivered or
+    /// reported Lost at every other continuous member; one nobody live delivered is not
+    /// checked; nor is one whose only witness was cut off from the member since it was sent.
+    #[test]
+    fn crashed_sender_gap_is_reported_when_a_witness_delivered() {
+        // Sender (1,1) crashed (not in `live`); members 2, 3, 4.
+        let setup = || {
+            let mut c = checker(true, 4);
+            all_in_group(&mut c, 4);
+            let p0 = send_from(&mut c, (1, 1), 1, 0, 5);
+            let p1 = send_from(&mut c, (1, 1), 1, 1, 6);
+            let _p2 = send_from(&mut c, (1, 1), 1, 2, 7);
+            (c, p0, p1)
+        };
+        let live = [(2, 1), (3, 1), (4, 1)];
+        // Everyone got 0; 3 got 1 (witness), 2 and 4 neither got it nor were told: two
+        // silent gaps. Seq 2 reached nobody: not checked.
+        let (mut c, p0, p1) = setup();
+        for at in live {
+            deliver(&mut c, at, mid(G, 1, 1, 0), &p0);
+        }
+        deliver(&mut c, (3, 1), mid(G, 1, 1, 1), &p1);
+        c.check_delivered_or_lost(&live);
+        assert_eq!(c.violations, 2, "{:?}", c.messages);
+        assert!(c.messages[0].contains("crashed sender"), "{:?}", c.messages);
+        assert_eq!(c.coverage.pairs_crashed_sender, 3 + 2);
+        // Told Lost: fine.
+        let (mut c, p0, p1) = setup();
+        for at in live {
+            deliver(&mut c, at, mid(G, 1, 1, 0), &p0);
+        }
+        deliver(&mut c, (3, 1), mid(G, 1, 1, 1), &p1);
+        c.on_lost((2, 1), G, 1, 1, 1, 1);
+        c.on_lost((4, 1), G, 1, 1, 1, 1);
+        c.check_delivered_or_lost(&live);
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        // The witness was cut off from 2 and 4 after seq 1 was sent: not checked.
+        let (mut c, p0, p1) = setup();
+        for at in live {
+            deliver(&mut c, at, mid(G, 1, 1, 0), &p0);
+        }
+        deliver(&mut c, (3, 1), mid(G, 1, 1, 1), &p1);
+        c.cuts.push(Cut {
+            start: 100,
+            end: 200,
+            side: vec![3],
+        });
+        c.check_delivered_or_lost(&live);
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+    }
+
+    /// The stream of a restarted instance, and a node's second stream after it left the
+    /// group and joined again, are checked like any other.
+    #[test]
+    fn restarted_and_later_streams_are_checked() {
+        let mut c = checker(true, 3);
+        let live = all_in_group(&mut c, 3);
+        c.on_join((1, 9), G, 1);
+        let live = [live[1], live[2], (1, 9)];
+        send_from(&mut c, (1, 9), 40, 0, 5);
+        send_from(&mut c, (2, 1), 1, 0, 5);
+        send_from(&mut c, (2, 1), 2, 0, 9);
+        c.check_delivered_or_lost(&live);
+        // (1,9)'s message at 2 and 3, (2,1)'s two at 3 (1,9 joined no view): all silent.
+        assert_eq!(c.violations, 4, "{:?}", c.messages);
+        assert_eq!(c.coverage.pairs_restarted_sender, 2);
+        assert_eq!(c.coverage.pairs_later_stream, 1);
+    }
+
+    /// A `Lost` report must be true: not for a message the member delivered (before or
+    /// after the report), not for a message never sent, not for the member's own node.
+    #[test]
+    fn false_lost_reports_are_reported() {
+        let mut c = checker(true, 2);
+        let p0 = send(&mut c, 0);
+        let p1 = send(&mut c, 1);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        // Delivered before the report.
+        c.on_lost((2, 1), G, 1, 1, 0, 1);
+        c.check_lost_true();
+        assert_eq!(c.violations, 2, "{:?}", c.messages); // FIFO + lie
+                                                         // Delivered after the report.
+        let mut c = checker(false, 2);
+        let _p0 = send(&mut c, 0);
+        let p1b = send(&mut c, 1);
+        assert_eq!(p1, p1b);
+        c.on_lost((2, 1), G, 1, 1, 1, 1);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 1), &p1b);
+        c.check_lost_true();
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert!(c.messages[0].contains("that it delivered"), "{:?}", c.messages);
+        // Never sent: beyond the stream, in another stream, a huge range.
+        let mut c = checker(false, 2);
+        send(&mut c, 0);
+        c.on_lost((2, 1), G, 1, 1, 1, 1);
+        c.on_lost((2, 1), G, 1, 2, 0, 1);
+        c.on_lost((2, 1), G, 1, 3, 0, u64::MAX / 2);
+        c.check_lost_true();
+        assert_eq!(c.violations, 3, "{:?}", c.messages);
+        // Its own node's messages.
+        let mut c = checker(false, 2);
+        send(&mut c, 0);
+        c.on_lost((1, 1), G, 1, 1, 0, 1);
+        c.check_lost_true();
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert!(c.messages[0].contains("its own node"), "{:?}", c.messages);
+    }
+
+    /// Where repair covers the losses, a `Lost` of a message the member was owed is a
+    /// violation; of one sent before it joined, only counted.
+    #[test]
+    fn lost_where_repair_covers_is_reported() {
+        let mut c = checker(true, 3);
+        send_from(&mut c, (1, 1), 1, 0, 5);
+        send_from(&mut c, (1, 1), 1, 1, 6);
+        c.check_no_lost("test");
+        assert_eq!(c.violations, 0);
+        c.on_lost((2, 1), G, 1, 1, 0, 1);
+        c.check_no_lost("test");
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        // Instance 3 joined after seq 0 was sent, before seq 1.
+        let mut c = checker(true, 2);
+        c.on_join((3, 1), G, 6);
+        send_from(&mut c, (1, 1), 1, 0, 5);
+        send_from(&mut c, (1, 1), 1, 1, 6);
+        c.on_lost((3, 1), G, 1, 1, 0, 1);
+        c.check_no_lost("test");
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        assert_eq!(c.coverage.lost_not_owed, 1);
+        c.on_lost((3, 1), G, 1, 1, 1, 1);
+        c.check_no_lost("test");
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+    }
+
+    /// Every owed instance must deliver every message; an instance whose application
+    /// joined after a message was sent is not owed it.
+    #[test]
+    fn incomplete_delivery_is_reported() {
+        let mut c = checker(true, 3);
+        let p0 = send_from(&mut c, (1, 1), 1, 0, 5);
+        deliver(&mut c, (2, 1), mid(G, 1, 1, 0), &p0);
+        let live = [(1, 1), (2, 1), (3, 1)];
+        c.check_complete(&live, "test");
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert!(c.messages[0].contains("(3, 1)"), "{:?}", c.messages);
+        // Instance 3 left and came back after the message: not owed.
+        c.on_leave((3, 1), G);
+        c.on_join((3, 1), G, 6);
+        c.check_complete(&live, "test");
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert!(c.all_delivered(&live));
+    }
+
+    /// A message delivered at half the members is neither almost all nor almost none.
+    #[test]
+    fn non_bimodal_delivery_is_reported() {
+        let mut c = checker(false, 11);
+        let live: Vec<Instance> = (1..=11).map(|i| (i, 1)).collect();
+        let p0 = send(&mut c, 0);
+        let p1 = send(&mut c, 1);
+        let _p2 = send(&mut c, 2);
+        for i in 2..=11 {
+            deliver(&mut c, (i, 1), mid(G, 1, 1, 0), &p0); // all 10
+        }
+        for i in 2..=10 {
+            deliver(&mut c, (i, 1), mid(G, 1, 1, 1), &p1); // 9 of 10: almost all
+        }
+        // Seq 2 nowhere: almost none.
+        c.check_bimodal(&live, 10);
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        let s = c.delivery_summary(&live, 10);
+        assert_eq!(s.histogram, vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+        let p3 = send(&mut c, 3);
+        for i in 2..=6 {
+            deliver(&mut c, (i, 1), mid(G, 1, 1, 3), &p3); // 5 of 10
+        }
+        c.check_bimodal(&live, 10);
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        // Too few targets to tell: not checked.
+        c.check_bimodal(&live, 11);
         assert_eq!(c.violations, 1, "{:?}", c.messages);
     }
 
@@ -426,15 +1140,11 @@ mod tests {
             coordinator: 1,
             coordinator_incarnation: 1,
         };
-        let m = |n| Member {
-            node: n,
-            incarnation: 1,
-        };
         c.on_view(
             (1, 1),
             &View {
                 id,
-                members: vec![m(1), m(2)],
+                members: vec![member(1), member(2)],
                 groups: vec![],
             },
         );
@@ -443,7 +1153,7 @@ mod tests {
             (2, 1),
             &View {
                 id,
-                members: vec![m(1), m(2), m(3)],
+                members: vec![member(1), member(2), member(3)],
                 groups: vec![],
             },
         );
@@ -452,10 +1162,33 @@ mod tests {
             (5, 1),
             &View {
                 id,
-                members: vec![m(1), m(2)],
+                members: vec![member(1), member(2)],
                 groups: vec![],
             },
         );
         assert_eq!(c.violations, 2);
+    }
+
+    /// Two installations of one view id must agree on its groups: members and streams.
+    #[test]
+    fn view_group_disagreement_is_reported() {
+        let mut c = Checker::new(true);
+        let v = view(4, &[1, 2, 3]);
+        c.on_view((1, 1), &v);
+        c.on_view((2, 1), &v);
+        assert_eq!(c.violations, 0);
+        let mut other = v.clone();
+        other.groups[0].members = vec![1, 2];
+        other.groups[0].streams = vec![1, 1];
+        c.on_view((3, 1), &other);
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        let mut other = v.clone();
+        other.groups[0].streams[2] = 9;
+        c.on_view((3, 1), &other);
+        assert_eq!(c.violations, 2, "{:?}", c.messages);
+        let mut other = v.clone();
+        other.groups[0].id = 8;
+        c.on_view((3, 1), &other);
+        assert_eq!(c.violations, 3, "{:?}", c.messages);
     }
 }

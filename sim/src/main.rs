@@ -4,6 +4,7 @@ use clap::Parser;
 use std::time::Instant;
 use tutti_proto::{Delivery, NodeId, MILLIS};
 use tutti_sim::sim::run_with_baseline;
+use tutti_sim::sim::Rejoin;
 use tutti_sim::{Crash, Partition, Scenario};
 
 /// Run tutti's protocols (membership + bimodal multicast) over a simulated network from a
@@ -52,6 +53,41 @@ struct Args {
     /// Payload size in bytes (at least 8).
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Largest payload: each message's size is drawn in [--payload, --payload-max].
+    /// Messages larger than one datagram are sent in fragments.
+    #[arg(long)]
+    payload_max: Option<usize>,
+    /// Client sessions per sender, publishing in turns (each message carries its session).
+    #[arg(long, default_value_t = 1)]
+    sessions: u32,
+    /// Group budget: bytes a member keeps for repair in the group (Settings::group_budget_bytes).
+    #[arg(long)]
+    budget_bytes: Option<usize>,
+    /// Node budget: bytes a node keeps for repair in all groups (Settings::node_budget_bytes).
+    #[arg(long)]
+    node_budget_bytes: Option<usize>,
+    /// How long a group stays joined after the application leaves it (Settings::linger).
+    #[arg(long)]
+    linger_ms: Option<u64>,
+    /// Largest datagram in bytes (Settings::max_datagram); a larger one built is a violation.
+    #[arg(long)]
+    max_datagram: Option<usize>,
+    /// Gossip rounds a message is kept for repair (Settings::retention_rounds).
+    #[arg(long)]
+    retention_rounds: Option<u32>,
+    /// Time before a missing message is requested again (Settings::rerequest_after).
+    #[arg(long)]
+    rerequest_ms: Option<u64>,
+    /// Bytes a node retransmits per round (Settings::retransmit_budget_bytes).
+    #[arg(long)]
+    retransmit_budget_bytes: Option<usize>,
+    /// The application on NODE leaves the group at LEAVE_MS and joins it again at JOIN_MS
+    /// (relative to the workload start; never without JOIN_MS). Repeatable.
+    #[arg(long)]
+    rejoin: Vec<String>,
+    /// NODE leaves the cluster on purpose (shutdown) at AT_MS: NODE:AT_MS. Repeatable.
+    #[arg(long)]
+    shutdown: Vec<String>,
     /// Deliver on first receipt instead of FIFO per sender.
     #[arg(long)]
     unordered: bool,
@@ -102,6 +138,76 @@ fn build(a: &Args) -> Result<Scenario, String> {
     }
     if let Some(k) = a.gossip_fanout {
         sc.settings.gossip_fanout = k.max(1);
+    }
+    sc.payload_max = a.payload_max.unwrap_or(0);
+    sc.sessions = a.sessions.max(1);
+    if let Some(b) = a.budget_bytes {
+        sc.settings.group_budget_bytes = b;
+    }
+    if let Some(b) = a.node_budget_bytes {
+        sc.settings.node_budget_bytes = b;
+    }
+    if let Some(ms) = a.linger_ms {
+        sc.settings.linger = ms * MILLIS;
+    }
+    if let Some(d) = a.max_datagram {
+        if !(256..=tutti_wire::packet::MAX_DATAGRAM).contains(&d) {
+            return Err(format!(
+                "--max-datagram {d}: must be in 256..={}",
+                tutti_wire::packet::MAX_DATAGRAM
+            ));
+        }
+        sc.settings.max_datagram = d;
+    }
+    if let Some(r) = a.retention_rounds {
+        sc.settings.retention_rounds = r.max(1);
+    }
+    if let Some(ms) = a.rerequest_ms {
+        sc.settings.rerequest_after = ms * MILLIS;
+    }
+    if let Some(b) = a.retransmit_budget_bytes {
+        sc.settings.retransmit_budget_bytes = b;
+    }
+    if sc.payload.max(sc.payload_max) > sc.settings.max_message {
+        return Err(format!(
+            "payloads up to {} bytes exceed max_message {}",
+            sc.payload.max(sc.payload_max),
+            sc.settings.max_message
+        ));
+    }
+    let node_arg = |what: &str, v: &str| -> Result<NodeId, String> {
+        let n: NodeId = v.parse().map_err(|e| format!("{what} node {v:?}: {e}"))?;
+        if n >= a.nodes {
+            return Err(format!("{what} node {n} does not exist (--nodes {})", a.nodes));
+        }
+        Ok(n)
+    };
+    for r in &a.rejoin {
+        let parts: Vec<&str> = r.split(':').collect();
+        if parts.len() < 2 || parts.len() > 3 {
+            return Err(format!("--rejoin {r:?}: expected NODE:LEAVE_MS[:JOIN_MS]"));
+        }
+        let leave = parse_ms(parts[1], "--rejoin leave")?;
+        let join = parts.get(2).map(|j| parse_ms(j, "--rejoin join")).transpose()?;
+        if join.is_some_and(|j| j <= leave) {
+            return Err(format!("--rejoin {r:?}: JOIN_MS must come after LEAVE_MS"));
+        }
+        sc.rejoins.push(Rejoin {
+            node: node_arg("--rejoin", parts[0])?,
+            leave,
+            join,
+        });
+    }
+    for c in &a.shutdown {
+        let Some((node, at)) = c.split_once(':') else {
+            return Err(format!("--shutdown {c:?}: expected NODE:AT_MS"));
+        };
+        sc.crashes.push(Crash {
+            node: node_arg("--shutdown", node)?,
+            at: parse_ms(at, "--shutdown time")?,
+            restart: None,
+            leave: true,
+        });
     }
     for p in &a.partition {
         let parts: Vec<&str> = p.split(':').collect();
@@ -205,6 +311,29 @@ fn main() {
         );
         println!("  messages by kind         {:?}", report.messages_by_kind);
         println!("  lost reported            {}", report.lost_reported);
+        println!(
+            "  retained bytes max       {} (budget pressure: {})",
+            report.retained_bytes_max, report.budget_pressure
+        );
+        println!(
+            "  streams                  {} ({} messages in streams after a restart or rejoin)",
+            report.streams.len(),
+            report
+                .streams
+                .iter()
+                .filter(|s| s.1 > 1
+                    || report
+                        .streams
+                        .iter()
+                        .any(|o| o.0 == s.0 && o.1 == s.1 && o.2 != s.2))
+                .map(|s| s.3)
+                .sum::<u64>()
+        );
+        println!(
+            "  checks                   complete delivery {}, bimodal {}, oversize datagrams {}",
+            report.complete_delivery_checked, report.bimodal_checked, report.oversize_datagrams
+        );
+        println!("  coverage                 {:?}", report.coverage);
         if let Some(c) = report.view_converged {
             println!("  views converged          {c}");
         }

@@ -1,13 +1,14 @@
 //! The simulated world: an event queue keyed by (time, sequence), a network model and a
 //! workload, driving the sans-IO nodes and feeding the invariant checker.
 
-use crate::checker::{fnv, make_payload, Checker, Instance, MessageId, SentMessage};
+use crate::checker::{fnv, make_payload, Checker, Coverage, Cut, Instance, MessageId, SentMessage};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
-use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS, SLOT_OVERHEAD};
+use tutti_wire::packet::{self, Message};
 
 const MICROS: Time = 1_000;
 /// The group every simulated node joins.
@@ -23,6 +24,20 @@ const BURST_INTERVAL: Time = 10 * MILLIS;
 const HARD_STOP: Time = 600_000 * MILLIS;
 /// Interval of the simulator's own checks (workload start, early stop).
 const CHECK_INTERVAL: Time = 50 * MILLIS;
+/// Highest loss rate at which repair is expected to deliver every message everywhere (no
+/// `Lost` at all) when nothing else goes wrong: no crash, no partition, no budget
+/// pressure. At 20% a gap's repair needs its request and the retransmission through
+/// (0.8^2 = 64%, so 36% of attempts fail); a gap is solicited at once, again every
+/// `rerequest_after` (20 ms) while the stream flows, and on each digest (about 2 per round)
+/// after it stops, so within the 20-round retention it gets well over 30 attempts:
+/// 0.36^30 < 1e-13 per message and member. A large message needs each of its up to 14
+/// fragments; a request asks for all of them from the first missing one, so each attempt
+/// recovers at least one fragment with 80% and the same count applies per fragment.
+/// Checked by the seed sweep over loss in [0, 20%] (see `Scenario::random`).
+pub const REPAIR_LOSS_BOUND: f64 = 0.20;
+/// Messages with fewer owed members than this are not held to "almost all or almost
+/// none" (with 5 members, one miss is already 80%).
+pub const BIMODAL_MIN_TARGETS: usize = 10;
 
 /// A partition: from `start` to `end` (relative to the workload start), links between
 /// `side` and the other nodes are cut in both directions.
@@ -43,6 +58,16 @@ pub struct Crash {
     pub leave: bool,
 }
 
+/// The application on `node` leaves the group at `leave` and joins it again at `join`
+/// (relative to the workload start; never if `None`). Joining within `Settings::linger`
+/// takes the group back in the same stream; later, it is a new stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejoin {
+    pub node: NodeId,
+    pub leave: Time,
+    pub join: Option<Time>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
     pub nodes: u32,
@@ -59,7 +84,15 @@ pub struct Scenario {
     pub jitter: Time,
     /// Total submit rate, messages per second, across senders.
     pub rate: u64,
+    /// Payload bytes; each message's size is drawn in [payload, payload_max] (fixed when
+    /// `payload_max <= payload`). Above `Settings::fragment_payload` a message is sent in
+    /// fragments.
     pub payload: usize,
+    pub payload_max: usize,
+    /// Client sessions per sender: they publish in turns of a few messages each.
+    pub sessions: u32,
+    /// Applications that leave the group and join it again.
+    pub rejoins: Vec<Rejoin>,
     /// Nodes `perturbed` lose `perturb_fraction` of their time (paused in every 100 ms
     /// window for that fraction, and processing slower by the same factor).
     pub perturbed: Vec<NodeId>,
@@ -92,6 +125,9 @@ impl Scenario {
             jitter: 100 * MICROS,
             rate: 1000,
             payload: 64,
+            payload_max: 0,
+            sessions: 1,
+            rejoins: Vec::new(),
             perturbed: Vec::new(),
             perturb_fraction: 0.5,
             partitions: Vec::new(),
@@ -103,15 +139,23 @@ impl Scenario {
         }
     }
 
-    /// A small cluster with random faults of every kind, from a seed (for seed sweeps).
+    /// A small cluster with random faults of every kind and a random workload, from a seed
+    /// (for seed sweeps). Network: loss in [0, 20%], sometimes duplication and reordering.
+    /// Membership faults (some runs): a partition, crashes with or without restart (of
+    /// senders too: a restarted sender goes on in a new stream), a node leaving the
+    /// cluster, slow members. Workload (independently): several sessions per sender, large
+    /// messages (3-20 KB, in fragments), a fast burst (20,000-50,000 messages/s) against a
+    /// small group budget, applications that leave the group and join it again.
     pub fn random(seed: u64) -> Self {
         let mut r = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
+        // The workload has its own generator: the fault draws below stay as they were.
+        let mut w = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x0077_6f72_6b6c_6f61);
         let nodes = r.gen_range(3..=16u32);
         let mut s = Scenario::new(
             nodes,
             r.gen_range(20..=150),
             r.gen_range(1..=3),
-            r.gen_range(0.0..0.10),
+            r.gen_range(0.0..0.20),
             seed,
         );
         s.rate = 200;
@@ -128,7 +172,41 @@ impl Scenario {
         if r.gen_bool(0.25) {
             s.settings.delivery = Delivery::Unordered;
         }
+        if w.gen_bool(0.3) {
+            s.sessions = w.gen_range(2..=6);
+        }
+        if w.gen_bool(0.08) {
+            // A fast burst: retention by rounds would hold all of it; the budget holds a
+            // few hundred messages.
+            s.rate = w.gen_range(20_000..=50_000);
+            s.messages = w.gen_range(1_000..=4_000);
+            s.settings.group_budget_bytes = w.gen_range(32..=128) << 10;
+        } else if w.gen_bool(0.15) {
+            s.payload = w.gen_range(3_000..8_000);
+            s.payload_max = w.gen_range(s.payload..=20_000);
+        }
         let span = s.messages * 1000 / s.rate * MILLIS;
+        if w.gen_bool(0.2) {
+            let linger = s.settings.linger;
+            for _ in 0..w.gen_range(1..=2) {
+                let node = w.gen_range(0..nodes);
+                if s.rejoins.iter().any(|x| x.node == node) {
+                    continue;
+                }
+                let leave = w.gen_range(0..span.max(1));
+                // Back within the linger (same stream) or after it (a new stream).
+                let gap = if w.gen_bool(0.5) {
+                    w.gen_range(100 * MILLIS..linger.max(200 * MILLIS))
+                } else {
+                    linger + w.gen_range(300..3_000) * MILLIS
+                };
+                s.rejoins.push(Rejoin {
+                    node,
+                    leave,
+                    join: Some(leave + gap),
+                });
+            }
+        }
         // Each fault kind independently, so that some runs combine several.
         let fault_mix = r.gen_range(0..4);
         if fault_mix == 0 {
@@ -182,10 +260,95 @@ impl Scenario {
         s
     }
 
-    /// Whether the run must deliver every message to every live member: no crash, no
-    /// leave, no partition, loss at most 10% (slow nodes and other faults allowed).
+    /// Whether repair must deliver every message to every member that was in the group
+    /// from its sending to the end, and no member may be told `Lost` of such a message: no
+    /// crash, no leave, no partition, loss at most `REPAIR_LOSS_BOUND`, and no budget
+    /// pressure unless nothing is lost and nobody is slow (duplication, reordering, large
+    /// messages, rejoins, slow members without budget pressure allowed).
     pub fn expects_complete_delivery(&self) -> bool {
-        self.crashes.is_empty() && self.partitions.is_empty() && self.loss <= 0.10
+        self.crashes.is_empty()
+            && self.partitions.is_empty()
+            && self.loss <= REPAIR_LOSS_BOUND
+            && (!self.budget_pressure() || (self.loss == 0.0 && self.perturbed.is_empty()))
+    }
+
+    /// Whether messages must reach almost all or almost none of the live members: runs
+    /// without membership faults, except where slow members meet budget pressure (a
+    /// member paused for longer than the budget's window of a fast stream cannot be
+    /// repaired by anyone, and neither can the subtree below it).
+    pub fn expects_bimodal(&self) -> bool {
+        !self.has_membership_faults() && (self.perturbed.is_empty() || !self.budget_pressure())
+    }
+
+    /// Whether the byte budgets, rather than retention by rounds, may bound what members
+    /// keep: what is sent within a retention, counted generously (largest payload, the
+    /// slot overhead, a factor of 2 for gaps and partly received messages), exceeds the
+    /// group or node budget.
+    pub fn budget_pressure(&self) -> bool {
+        let s = &self.settings;
+        let retention = u128::from(s.retention_rounds) * u128::from(s.gossip_period);
+        let in_retention = (u128::from(self.rate) * retention / 1_000_000_000)
+            .max(1)
+            .min(u128::from(self.messages));
+        let per = (self.payload.max(self.payload_max) + SLOT_OVERHEAD) as u128;
+        let budget = s.group_budget_bytes.min(s.node_budget_bytes) as u128;
+        2 * in_retention * per > budget
+    }
+
+    /// Last scheduled event (relative to the workload start) other than crashes and
+    /// partitions: the rejoins.
+    fn schedule_end(&self) -> Time {
+        self.rejoins
+            .iter()
+            .map(|r| r.join.unwrap_or(r.leave))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Size of message `index`'s payload.
+    pub fn payload_len(&self, index: u64) -> usize {
+        let lo = self.payload.max(8);
+        if self.payload_max <= lo {
+            return lo;
+        }
+        let span = (self.payload_max - lo + 1) as u64;
+        lo + (splitmix(index ^ self.seed.rotate_left(17)) % span) as usize
+    }
+
+    /// The session that submits the `j`-th message of sender index `k`: with several
+    /// sessions per sender, they take turns of `1 + seed % 4` messages; ids vary widely.
+    pub fn session_of(&self, k: usize, j: u64) -> u32 {
+        if self.sessions <= 1 {
+            return k as u32;
+        }
+        let turn = j / (1 + self.seed % 4);
+        let which = (turn % u64::from(self.sessions)) as u32;
+        (((k as u32) << 16) | which).wrapping_mul(0x9E37_79B1)
+    }
+
+    /// One line describing the scenario (for the seed sweep's failures).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} nodes, {} messages from {} senders at {}/s, payload {}..{} B, {} sessions, loss {:.3}, dup {:.3}, \
+             reorder {:.3}, crashes {:?}, partitions {:?}, rejoins {:?}, perturbed {:?}, {:?}, group budget {} B{}",
+            self.nodes,
+            self.messages,
+            self.senders,
+            self.rate,
+            self.payload,
+            self.payload_max.max(self.payload),
+            self.sessions,
+            self.loss,
+            self.duplicate,
+            self.reorder,
+            self.crashes,
+            self.partitions,
+            self.rejoins,
+            self.perturbed,
+            self.settings.delivery,
+            self.settings.group_budget_bytes,
+            if self.budget_pressure() { " (pressure)" } else { "" },
+        )
     }
 
     fn has_membership_faults(&self) -> bool {
@@ -203,6 +366,49 @@ impl Scenario {
         let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(self.nodes) + 1).div_ceil(per);
         2 * eff + 30 * s.gossip_period
     }
+}
+
+/// The kinds of the messages in a datagram, for diagnostics ("View", "Heartbeats x2").
+fn datagram_kinds(bytes: &[u8]) -> String {
+    let Ok(d) = packet::decode(bytes) else {
+        return "undecodable bytes".into();
+    };
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for m in d.messages() {
+        let k = match m {
+            Message::Data { .. } => "Data",
+            Message::Digest { .. } => "Digest",
+            Message::Request { .. } => "Request",
+            Message::Heartbeats { .. } => "Heartbeats",
+            Message::View { members, .. } => {
+                kinds.push(("View", members.len()));
+                continue;
+            }
+            Message::ViewRequest => "ViewRequest",
+            Message::GroupJoin(_) => "GroupJoin",
+            Message::GroupLeave(_) => "GroupLeave",
+        };
+        kinds.push((k, 0));
+    }
+    kinds
+        .iter()
+        .map(|(k, n)| {
+            if *n > 0 {
+                format!("{k} of {n} members")
+            } else {
+                (*k).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A 64-bit mix (splitmix64's finalizer).
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -236,6 +442,17 @@ pub struct Report {
     pub healthy_rate: f64,
     pub trace_hash: String,
     pub complete_delivery_checked: bool,
+    /// Whether "almost all or almost none" was checked (runs without membership faults).
+    pub bimodal_checked: bool,
+    pub budget_pressure: bool,
+    /// Datagrams built larger than `max_datagram` (each one a violation).
+    pub oversize_datagrams: u64,
+    /// Most bytes any node retained for repair (within its budgets).
+    pub retained_bytes_max: u64,
+    pub coverage: Coverage,
+    /// Every stream that sent: (sender, incarnation, stream, messages), in order of its
+    /// first message.
+    pub streams: Vec<(NodeId, u32, u32, u64)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -249,6 +466,14 @@ pub struct KindCounts {
     pub rx_dropped_slow: u64,
     pub transmits_dropped: u64,
     pub retransmit_budget_exhausted: u64,
+    /// Messages live nodes gave up to stay within their byte budgets.
+    pub evicted_budget: u64,
+    /// Refused input, which the simulator never corrupts: fragments inconsistent with
+    /// their message's others, digests that contradict themselves, undecodable datagrams.
+    /// Each is a violation.
+    pub bad_fragments: u64,
+    pub bad_digests: u64,
+    pub decode_errors: u64,
 }
 
 #[derive(Debug)]
@@ -271,6 +496,8 @@ enum Kind {
     Restart(usize),
     PartitionStart(usize),
     PartitionEnd(usize),
+    Leave(usize),
+    Join(usize),
 }
 
 struct Ev {
@@ -308,6 +535,9 @@ struct SimNode {
     timer_generation: u64,
     inbox: VecDeque<(NodeId, Vec<u8>)>,
     wake_scheduled: bool,
+    /// Whether the application is in the group; when it left, if it did.
+    joined: bool,
+    left_at: Option<Time>,
 }
 
 pub struct Sim {
@@ -332,6 +562,9 @@ pub struct Sim {
     all_submitted: bool,
     credit: Vec<u128>,
     trace_views: bool,
+    /// `TUTTI_SIM_TRACE_NODE=N`: print every event of node N, and the simulator's actions
+    /// on it (debugging aid).
+    trace_node: Option<NodeId>,
     quota: Vec<u64>,
     senders: Vec<NodeId>,
     last_burst: Time,
@@ -341,6 +574,11 @@ pub struct Sim {
     converged: Option<bool>,
     healthy: Vec<bool>,
     healthy_times: Vec<Time>,
+    /// Per node: datagrams built over `max_datagram`, the largest, and what they carried.
+    oversize: BTreeMap<NodeId, (u64, usize, String)>,
+    retained_max: usize,
+    /// Per link (from * n + to): arrival time of its last datagram (links are FIFO).
+    link_last: Vec<Time>,
 }
 
 impl Sim {
@@ -367,6 +605,8 @@ impl Sim {
                 timer_generation: 0,
                 inbox: VecDeque::new(),
                 wake_scheduled: false,
+                joined: false,
+                left_at: None,
             });
         }
         // Per-link base latency: a small table of draws indexed by a hash of the link.
@@ -404,7 +644,11 @@ impl Sim {
             side_of,
             active_partitions: vec![false; np],
             link_base,
-            checker: Checker::new(fifo),
+            checker: {
+                let mut c = Checker::new(fifo);
+                c.large_threshold = sc.settings.fragment_payload();
+                c
+            },
             trace: 0xcbf2_9ce4_8422_2325,
             events: 0,
             datagrams: 0,
@@ -416,6 +660,9 @@ impl Sim {
             all_submitted: false,
             credit: vec![0; senders.len()],
             trace_views: std::env::var_os("TUTTI_SIM_TRACE_VIEWS").is_some(),
+            trace_node: std::env::var("TUTTI_SIM_TRACE_NODE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             quota,
             senders,
             last_burst: 0,
@@ -425,6 +672,9 @@ impl Sim {
             converged: None,
             healthy,
             healthy_times: Vec::new(),
+            oversize: BTreeMap::new(),
+            retained_max: 0,
+            link_last: Vec::new(),
             sc,
         }
     }
@@ -461,6 +711,10 @@ impl Sim {
         sn.node = Some(node);
         sn.busy_until = self.now;
         sn.inbox.clear();
+        sn.joined = true;
+        sn.left_at = None;
+        let inst = (i as NodeId, sn.incarnation);
+        self.checker.on_join(inst, GROUP, self.now);
         self.after_input(i);
     }
 
@@ -478,15 +732,25 @@ impl Sim {
         t
     }
 
-    fn link_latency(&mut self, from: NodeId, to: NodeId) -> Time {
+    /// When a datagram sent now from `from` reaches `to`: the link's base latency plus
+    /// jitter, but links are FIFO (a datagram never overtakes an earlier one on the same
+    /// link, as on one network path) unless the reorder fault delays it by up to 2 ms.
+    fn arrival(&mut self, from: NodeId, to: NodeId) -> Time {
         let h =
             (u64::from(from).wrapping_mul(0x9E37_79B9) ^ u64::from(to).wrapping_mul(0x85EB_CA6B)) as usize;
         let base = Time::from(self.link_base[h % self.link_base.len()]);
-        let mut l = base + self.rng.gen_range(0..=self.sc.jitter);
+        let at = self.now + base + self.rng.gen_range(0..=self.sc.jitter);
         if self.sc.reorder > 0.0 && self.rng.gen_bool(self.sc.reorder) {
-            l += self.rng.gen_range(0..2 * MILLIS);
+            return at + self.rng.gen_range(0..2 * MILLIS);
         }
-        l
+        let n = self.nodes.len();
+        let link = from as usize * n + to as usize;
+        if self.link_last.is_empty() {
+            self.link_last = vec![0; n * n];
+        }
+        let at = at.max(self.link_last[link]);
+        self.link_last[link] = at;
+        at
     }
 
     fn is_cut(&self, a: NodeId, b: NodeId) -> bool {
@@ -501,7 +765,7 @@ impl Sim {
         let now = self.now;
         let mut transmits = Vec::new();
         let mut evs = Vec::new();
-        let (timeout, inst) = {
+        let (timeout, inst, retained) = {
             let Some(node) = self.nodes[i].node.as_mut() else {
                 return;
             };
@@ -511,18 +775,39 @@ impl Sim {
             while let Some(e) = node.poll_event() {
                 evs.push(e);
             }
-            (node.poll_timeout(), (node.id(), node.incarnation()))
+            (
+                node.poll_timeout(),
+                (node.id(), node.incarnation()),
+                node.retained_bytes(),
+            )
         };
+        // What a node keeps for repair stays within its budgets (one group per node).
+        let budget = self
+            .sc
+            .settings
+            .group_budget_bytes
+            .min(self.sc.settings.node_budget_bytes);
+        if retained > budget {
+            self.checker.violation(format!(
+                "{inst:?} retains {retained} bytes for repair, over its budget of {budget}"
+            ));
+        }
+        self.retained_max = self.retained_max.max(retained);
         let max_datagram = self.sc.settings.max_datagram;
         for t in transmits {
             self.datagrams += 1;
             let from = i as NodeId;
             if t.payload.len() > max_datagram {
-                // The daemon's transport refuses such a datagram: the protocol must not build it.
-                self.checker.violation(format!(
-                    "node {from} built a datagram of {} bytes, over max_datagram {max_datagram}",
-                    t.payload.len()
-                ));
+                // The daemon's transport refuses such a datagram: the protocol must not
+                // build it. Each one counts as a violation; the samples say per node how
+                // many, how large and what they carried (see `report`).
+                self.checker.violations += 1;
+                let e = self.oversize.entry(from).or_insert((0, 0, String::new()));
+                e.0 += 1;
+                if t.payload.len() > e.1 {
+                    e.1 = t.payload.len();
+                    e.2 = datagram_kinds(&t.payload);
+                }
                 continue;
             }
             self.mix(&[now, u64::from(from), u64::from(t.dest), t.payload.len() as u64]);
@@ -539,7 +824,7 @@ impl Sim {
             };
             let mut payload = Some(t.payload);
             for c in 0..copies {
-                let at = now + self.link_latency(from, t.dest);
+                let at = self.arrival(from, t.dest);
                 let bytes = if c + 1 == copies {
                     payload.take().unwrap_or_default()
                 } else {
@@ -577,14 +862,48 @@ impl Sim {
 
     fn on_event(&mut self, inst: Instance, e: Event) {
         let now = self.now;
+        if self.trace_node == Some(inst.0) {
+            let t = now.saturating_sub(self.workload_start.unwrap_or(0)) / MICROS;
+            match &e {
+                Event::Deliver {
+                    sender,
+                    stream,
+                    seq,
+                    session,
+                    payload,
+                    ..
+                } => eprintln!(
+                    "[{t} us] {inst:?} deliver {sender}/{stream}/{seq} session {session} ({} B)",
+                    payload.len()
+                ),
+                Event::Lost {
+                    sender,
+                    stream,
+                    first,
+                    count,
+                    ..
+                } => eprintln!("[{t} us] {inst:?} lost {sender}/{stream}/{first}+{count}"),
+                Event::ViewChange(v) => eprintln!(
+                    "[{t} us] {inst:?} view {}/{} members {:?} group {:?}",
+                    v.id.counter,
+                    v.id.coordinator,
+                    v.members
+                        .iter()
+                        .map(|m| (m.node, m.incarnation))
+                        .collect::<Vec<_>>(),
+                    v.group_view(GROUP)
+                        .map(|g| g.members.iter().zip(&g.streams).collect::<Vec<_>>())
+                ),
+            }
+        }
         match e {
             Event::Deliver {
                 group,
                 sender,
                 stream,
                 seq,
+                session,
                 payload,
-                ..
             } => {
                 self.mix(&[now, 1, u64::from(inst.0), u64::from(sender), seq]);
                 let id = MessageId {
@@ -593,20 +912,20 @@ impl Sim {
                     stream,
                     seq,
                 };
-                self.checker.on_deliver(inst, now, id, &payload);
+                self.checker.on_deliver(inst, now, id, session, &payload);
                 if inst.0 != sender && self.healthy.get(inst.0 as usize) == Some(&true) {
                     self.healthy_times.push(now);
                 }
             }
             Event::Lost {
+                group,
                 sender,
                 stream,
                 first,
                 count,
-                ..
             } => {
                 self.mix(&[now, 2, u64::from(inst.0), u64::from(sender), first, count]);
-                self.checker.on_lost(inst, sender, stream, first, count);
+                self.checker.on_lost(inst, group, sender, stream, first, count);
             }
             Event::ViewChange(v) => {
                 self.mix(&[
@@ -624,6 +943,22 @@ impl Sim {
     fn process(&mut self, ev: Ev) {
         self.now = ev.time;
         self.events += 1;
+        if let Some(n) = self.trace_node {
+            let t = ev.time.saturating_sub(self.workload_start.unwrap_or(0)) / MICROS;
+            match &ev.kind {
+                Kind::Crash(c) if self.sc.crashes[*c].node == n => eprintln!("[{t} us] node {n} crashes"),
+                Kind::Restart(c) if self.sc.crashes[*c].node == n => eprintln!("[{t} us] node {n} restarts"),
+                Kind::Leave(r) if self.sc.rejoins[*r].node == n => {
+                    eprintln!("[{t} us] node {n} leaves the group")
+                }
+                Kind::Join(r) if self.sc.rejoins[*r].node == n => {
+                    eprintln!("[{t} us] node {n} joins the group")
+                }
+                Kind::PartitionStart(p) => eprintln!("[{t} us] partition {p} starts"),
+                Kind::PartitionEnd(p) => eprintln!("[{t} us] partition {p} ends"),
+                _ => {}
+            }
+        }
         match ev.kind {
             Kind::Packet { to, from, bytes } => {
                 let i = to as usize;
@@ -710,11 +1045,75 @@ impl Sim {
             Kind::PartitionEnd(p) => {
                 self.active_partitions[p] = false;
             }
+            Kind::Leave(r) => {
+                let i = self.sc.rejoins[r].node as usize;
+                self.mix(&[ev.time, 12, i as u64]);
+                let inc = self.nodes[i].incarnation;
+                if !self.nodes[i].joined {
+                    return;
+                }
+                let Some(n) = self.nodes[i].node.as_mut() else {
+                    return;
+                };
+                n.leave(ev.time, GROUP);
+                self.nodes[i].joined = false;
+                self.nodes[i].left_at = Some(ev.time);
+                self.checker.on_leave((i as NodeId, inc), GROUP);
+                self.after_input(i);
+            }
+            Kind::Join(r) => {
+                let i = self.sc.rejoins[r].node as usize;
+                self.mix(&[ev.time, 13, i as u64]);
+                let inc = self.nodes[i].incarnation;
+                if self.nodes[i].joined {
+                    return;
+                }
+                let Some(n) = self.nodes[i].node.as_mut() else {
+                    return;
+                };
+                n.join(ev.time, GROUP);
+                self.nodes[i].joined = true;
+                self.checker.on_join((i as NodeId, inc), GROUP, ev.time);
+                self.after_input(i);
+            }
         }
     }
 
     fn deliver_packet(&mut self, i: usize, from: NodeId, bytes: &[u8]) {
         let now = self.now;
+        if self.trace_node == Some(i as NodeId) && std::env::var_os("TUTTI_SIM_TRACE_PACKETS").is_some() {
+            let t = now.saturating_sub(self.workload_start.unwrap_or(0)) / MICROS;
+            if let Ok(d) = packet::decode(bytes) {
+                for m in d.messages() {
+                    match m {
+                        Message::Data {
+                            header, retransmit, ..
+                        } => eprintln!(
+                            "[{t} us]   <- {from}: data {}/{}/{} frag {}/{}{}",
+                            header.sender,
+                            header.stream,
+                            header.seq,
+                            header.frag_index,
+                            header.frag_count,
+                            if retransmit { " (retransmit)" } else { "" }
+                        ),
+                        Message::Digest { entries, .. } => {
+                            let es: Vec<String> = entries
+                                .iter()
+                                .map(|e| {
+                                    format!(
+                                        "{}/{}:{}..{}..{}",
+                                        e.sender, e.stream, e.low, e.contiguous, e.high
+                                    )
+                                })
+                                .collect();
+                            eprintln!("[{t} us]   <- {from}: digest {}", es.join(" "));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         let cost =
             ((COST_BASE + COST_PER_BYTE_NS * bytes.len() as Time) as f64 / self.nodes[i].speed) as Time;
         self.nodes[i].busy_until = now + cost;
@@ -732,11 +1131,14 @@ impl Sim {
             .collect()
     }
 
-    /// One view, with exactly the live nodes, everywhere.
+    /// One view, with exactly the live nodes, everywhere; its group holds the live nodes
+    /// whose application is in it (a node that left within the last linger, plus a few
+    /// rounds for its leave to reach the coordinator, may still be there).
     fn views_converged(&self) -> bool {
         let live = self.live_instances();
         let mut want: Vec<(NodeId, u32)> = live.clone();
         want.sort_unstable();
+        let settle = self.sc.settings.linger + 10 * self.sc.settings.gossip_period;
         let mut first = None;
         for sn in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
             let v = sn.view();
@@ -747,7 +1149,18 @@ impl Sim {
             }
             let mut have: Vec<(NodeId, u32)> = v.members.iter().map(|m| (m.node, m.incarnation)).collect();
             have.sort_unstable();
-            if have != want || v.group(GROUP).map(|g| g.len()) != Some(live.len()) {
+            if have != want {
+                return false;
+            }
+            let group = v.group(GROUP).unwrap_or(&[]);
+            for &(n, _) in &live {
+                let node = &self.nodes[n as usize];
+                let settling = node.left_at.is_some_and(|t| self.now < t + settle);
+                if !settling && group.contains(&n) != node.joined {
+                    return false;
+                }
+            }
+            if group.iter().any(|n| !live.iter().any(|l| l.0 == *n)) {
                 return false;
             }
         }
@@ -793,6 +1206,13 @@ impl Sim {
 
     fn begin_workload(&mut self) {
         let t0 = self.now;
+        if !self.views_converged() {
+            self.checker.violation(format!(
+                "membership did not form one view of all nodes within {} ms of start-up: the workload \
+                 starts anyway",
+                self.sc.max_bootstrap / MILLIS
+            ));
+        }
         self.workload_start = Some(t0);
         self.datagrams_at_start = self.datagrams;
         self.push(t0, Kind::Burst);
@@ -808,6 +1228,18 @@ impl Sim {
             let (s, e) = (self.sc.partitions[p].start, self.sc.partitions[p].end);
             self.push(t0 + s, Kind::PartitionStart(p));
             self.push(t0 + e, Kind::PartitionEnd(p));
+            self.checker.cuts.push(Cut {
+                start: t0 + s,
+                end: t0 + e,
+                side: self.sc.partitions[p].side.clone(),
+            });
+        }
+        for r in 0..self.sc.rejoins.len() {
+            let (leave, join) = (self.sc.rejoins[r].leave, self.sc.rejoins[r].join);
+            self.push(t0 + leave, Kind::Leave(r));
+            if let Some(j) = join {
+                self.push(t0 + j, Kind::Join(r));
+            }
         }
     }
 
@@ -834,14 +1266,31 @@ impl Sim {
                 if self.sent_per_sender[k] >= self.quota[k] {
                     break;
                 }
+                if self.nodes[i].node.is_none() {
+                    // A crashed sender's remaining share is sent after its restart, if any.
+                    let t = self.now.saturating_sub(t0);
+                    let restarts = self
+                        .sc
+                        .crashes
+                        .iter()
+                        .any(|c| c.node == sender && c.restart.is_some_and(|r| r > t));
+                    if !restarts {
+                        self.abandoned[k] = true;
+                    }
+                    break;
+                }
+                if !self.nodes[i].joined {
+                    // The application left the group: it publishes again once back (at
+                    // its rate: what it would have sent meanwhile is not made up at once).
+                    break;
+                }
+                let index = self.checker.sent.len() as u64;
+                let payload = make_payload(index, self.sc.payload_len(index));
+                let session = self.sc.session_of(k, self.sent_per_sender[k]);
                 let Some(node) = self.nodes[i].node.as_mut() else {
-                    // A crashed sender's remaining share is never sent.
-                    self.abandoned[k] = true;
                     break;
                 };
-                let index = self.checker.sent.len() as u64;
-                let payload = make_payload(index, self.sc.payload);
-                match node.submit(self.now, GROUP, k as u32, &payload) {
+                match node.submit(self.now, GROUP, session, &payload) {
                     Ok(sub) => {
                         let inc = node.incarnation();
                         self.checker.on_send(SentMessage {
@@ -850,7 +1299,9 @@ impl Sim {
                             stream: sub.stream,
                             group: GROUP,
                             seq: sub.seq,
+                            session,
                             payload_hash: fnv(&payload),
+                            len: payload.len(),
                             sent_at: self.now,
                             deliveries: 0,
                             last_delivery: 0,
@@ -890,19 +1341,22 @@ impl Sim {
         self.all_submitted
     }
 
+    /// Whether every message reached every member owed it, with nothing more scheduled:
+    /// the run can stop early.
     fn is_complete(&self) -> bool {
         if self.sc.has_membership_faults() || !self.submissions_done() {
             return false;
         }
-        let others = u64::from(self.sc.nodes.saturating_sub(1));
-        self.checker
-            .sent
-            .iter()
-            .all(|m| u64::from(m.deliveries) >= others)
+        let t0 = self.workload_start.unwrap_or(0);
+        if self.now < t0 + self.sc.schedule_end() + self.sc.settings.linger {
+            return false;
+        }
+        let live = self.live_instances();
+        self.checker.all_delivered(&live)
     }
 
     fn faults_end(&self) -> Time {
-        let mut end = 0;
+        let mut end = self.sc.schedule_end() + self.sc.settings.linger;
         for c in &self.sc.crashes {
             end = end.max(c.restart.unwrap_or(c.at));
         }
@@ -944,7 +1398,7 @@ impl Sim {
                     }
                 }
                 let end_work = if self.submissions_done() {
-                    self.last_burst + retention
+                    self.last_burst.max(t0 + self.sc.schedule_end()) + retention
                 } else {
                     Time::MAX
                 };
@@ -969,39 +1423,47 @@ impl Sim {
         let sc = &self.sc;
         let t0 = self.workload_start.unwrap_or(0);
         let live: Vec<Instance> = self.live_instances();
-        let mut hist = vec![0u64; 11];
-        let mut all = 0u64;
-        let mut ratio_sum = 0.0;
-        let mut rounds: Vec<f64> = Vec::new();
         let period = sc.settings.gossip_period as f64;
         let complete_checked = sc.expects_complete_delivery();
-        let mut incomplete = 0u64;
-        for (idx, m) in self.checker.sent.iter().enumerate() {
-            // Live members other than the sender; a sender that crashed counts itself out.
-            let targets: Vec<&Instance> = live.iter().filter(|i| i.0 != m.sender).collect();
-            let got = targets.iter().filter(|i| self.checker.has(***i, idx)).count();
-            let frac = if targets.is_empty() {
-                1.0
-            } else {
-                got as f64 / targets.len() as f64
-            };
-            ratio_sum += frac;
-            if got == targets.len() {
-                all += 1;
-                hist[10] += 1;
-                rounds.push((m.last_delivery.saturating_sub(m.sent_at)) as f64 / period);
-            } else {
-                hist[((frac * 10.0) as usize).min(9)] += 1;
-                incomplete += 1;
-            }
-        }
+        let bimodal_checked = sc.expects_bimodal();
+        let summary = self.checker.delivery_summary(&live, BIMODAL_MIN_TARGETS);
+        let mut rounds: Vec<f64> = summary.latencies.iter().map(|l| *l as f64 / period).collect();
         self.checker.check_delivered_or_lost(&live);
-        if complete_checked && incomplete > 0 {
-            self.checker.violation(format!(
-                "{incomplete} messages did not reach every live member (loss {:.3}, no crash, no partition)",
-                sc.loss
+        self.checker.check_lost_true();
+        if complete_checked {
+            let why = format!("loss {:.3}, no crash, no partition, no budget pressure", sc.loss);
+            self.checker.check_complete(&live, &why);
+            self.checker.check_no_lost(&why);
+        }
+        if bimodal_checked {
+            self.checker.check_bimodal(&live, BIMODAL_MIN_TARGETS);
+        }
+        // Oversize datagrams first: when there are any, they are usually why the rest failed
+        // (e.g. a view too large for one datagram never reaches anyone).
+        let max_datagram = sc.settings.max_datagram;
+        let oversize: u64 = self.oversize.values().map(|o| o.0).sum();
+        let mut lines: Vec<String> = self
+            .oversize
+            .iter()
+            .take(5)
+            .map(|(node, (n, largest, kinds))| {
+                format!(
+                    "node {node} built {n} datagrams over max_datagram {max_datagram} \
+                     (largest {largest} bytes, carrying {kinds})"
+                )
+            })
+            .collect();
+        if self.oversize.len() > 5 {
+            lines.push(format!(
+                "... {} nodes built {oversize} datagrams over max_datagram in all",
+                self.oversize.len()
             ));
         }
+        self.checker.messages.splice(0..0, lines);
+        self.checker.messages.truncate(50);
+        let all = summary.complete;
+        let hist = summary.histogram;
+        let ratio_sum = summary.ratio_sum;
         rounds.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
         let pct = |p: f64| -> f64 {
             if rounds.is_empty() {
@@ -1026,7 +1488,19 @@ impl Sim {
             kinds.views += c.views_sent;
             kinds.transmits_dropped += c.transmits_dropped;
             kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
+            kinds.evicted_budget += c.evicted_budget;
+            kinds.bad_fragments += c.bad_fragments;
+            kinds.bad_digests += c.bad_digests;
+            kinds.decode_errors += c.decode_errors;
             lost += c.lost_reported;
+        }
+        let refused = kinds.bad_fragments + kinds.bad_digests + kinds.decode_errors;
+        if refused > 0 {
+            self.checker.violation(format!(
+                "live nodes refused input the simulator never corrupts: {} bad fragments, {} bad digests, \
+                 {} undecodable datagrams",
+                kinds.bad_fragments, kinds.bad_digests, kinds.decode_errors
+            ));
         }
         let deliveries: u64 = self.checker.sent.iter().map(|m| u64::from(m.deliveries)).sum();
         let dgrams = self.datagrams - self.datagrams_at_start;
@@ -1073,6 +1547,24 @@ impl Sim {
             },
             trace_hash: format!("{:016x}", self.trace),
             complete_delivery_checked: complete_checked,
+            bimodal_checked,
+            budget_pressure: sc.budget_pressure(),
+            oversize_datagrams: oversize,
+            retained_bytes_max: self.retained_max as u64,
+            coverage: self.checker.coverage.clone(),
+            streams: {
+                let mut v: Vec<(NodeId, u32, u32, u64)> = Vec::new();
+                for m in &self.checker.sent {
+                    match v
+                        .iter_mut()
+                        .find(|s| (s.0, s.1, s.2) == (m.sender, m.sender_incarnation, m.stream))
+                    {
+                        Some(s) => s.3 += 1,
+                        None => v.push((m.sender, m.sender_incarnation, m.stream, 1)),
+                    }
+                }
+                v
+            },
         }
     }
 }
