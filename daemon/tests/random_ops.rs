@@ -657,6 +657,7 @@ struct PubRecord {
     incarnation: usize,
     /// Its sender id (`daemon << 32 | session`), once attached.
     sender: u64,
+    joined: Option<Micros>,
     ended: Micros,
     /// Why it ended: "stopped", or what went wrong.
     end: String,
@@ -1073,6 +1074,8 @@ fn check(h: &History) -> Verdict {
             let (mut owed, mut got) = (0u64, 0u64);
             let mut missing: Vec<String> = Vec::new();
             let mut undelivered: Vec<Micros> = Vec::new();
+            // Publish times of owed messages not delivered.
+            let mut unmet: Vec<Micros> = Vec::new();
             for p in h.publishers.iter().filter(|p| p.daemon == d) {
                 let q = &settled[&p.id];
                 let p_died = died(p.incarnation);
@@ -1089,31 +1092,35 @@ fn check(h: &History) -> Verdict {
                             got += 1;
                         } else {
                             miss.push(c as u32);
+                            unmet.push(t);
                         }
                     }
                 }
                 if !miss.is_empty() {
                     missing.push(format!(
-                        "p{} #{} (published {}..{})",
+                        "p{} #{} (published {}..{}){}",
                         p.id,
                         ranges(&miss),
                         secs(p.sent[miss[0] as usize]),
-                        secs(p.sent[*miss.last().expect("not empty") as usize])
+                        secs(p.sent[*miss.last().expect("not empty") as usize]),
+                        rejoin_note(h, p)
                     ));
                 }
             }
             stats.owed += owed;
             stats.owed_delivered += got;
             let lost = lost_by_daemon.get(&d).copied().unwrap_or(0);
-            if got + lost + lagged_total < owed {
+            let notices = lost_notices.get(&d).map(Vec::as_slice).unwrap_or_default();
+            let unreported = unreported(&mut unmet, notices, lagged_total);
+            if unreported > 0 {
                 flag(
                     Kind::Missing,
                     format!(
-                        "{name} (in effect {}..{}): from d{} {owed} owed, {got} delivered, Lost {lost}, Lagged {lagged_total}: {} neither delivered nor reported: {}",
+                        "{name} (in effect {}..{}): from d{} {owed} owed, {got} delivered, Lost {lost}, Lagged {lagged_total}: \
+                         {unreported} neither delivered nor reported Lost after they were published; not delivered: {}",
                         secs(eff_join),
                         secs(end),
                         d + 1,
-                        owed - got - lost - lagged_total,
                         missing.join("; ")
                     ),
                 );
@@ -1138,6 +1145,63 @@ fn check(h: &History) -> Verdict {
     }
     v.stats = stats;
     v
+}
+
+/// How many of the owed messages published at `unmet` (not delivered) no `Lost` notice can
+/// account for. A notice counts messages published before it arrived, of any session of
+/// the daemon and not only owed ones, so the messages published from any time on must be
+/// at most the counts of the notices after that time (plus `Lagged`, which may cover any).
+/// `notices`: (time, cumulative count), in order.
+fn unreported(unmet: &mut [Micros], notices: &[(Micros, u64)], lagged: u64) -> u64 {
+    unmet.sort_unstable_by(|a, b| b.cmp(a));
+    let total = notices.last().map_or(0, |n| n.1);
+    let mut worst = 0;
+    for (k, &t) in unmet.iter().enumerate() {
+        // Cumulative count of the notices up to and including time t.
+        let upto = notices.partition_point(|n| n.0 <= t);
+        let before = if upto == 0 { 0 } else { notices[upto - 1].1 };
+        let after = total - before + lagged;
+        worst = worst.max((k as u64 + 1).saturating_sub(after));
+    }
+    worst
+}
+
+/// A note when a publisher's daemon had no session of ours for longer than a linger (2 s)
+/// before the publisher joined: the daemon had left the group and joined it again.
+fn rejoin_note(h: &History, p: &PubRecord) -> String {
+    let Some(joined) = p.joined else {
+        return String::new();
+    };
+    let spans = h
+        .publishers
+        .iter()
+        .filter(|o| o.id != p.id && o.incarnation == p.incarnation)
+        .map(|o| (o.joined, o.ended))
+        .chain(
+            h.subscribers
+                .iter()
+                .filter(|s| s.incarnation == p.incarnation)
+                .map(|s| (s.joined, s.ended)),
+        );
+    let mut last_end = None;
+    for (start, end) in spans {
+        let Some(start) = start else { continue };
+        if start <= joined && end >= joined {
+            return String::new(); // another session kept the daemon in the group
+        }
+        if end < joined {
+            last_end = last_end.max(Some(end));
+        }
+    }
+    match last_end {
+        Some(e) if joined - e > 2_000_000 => format!(
+            " [d{} had no session for {} before p{} joined: it rejoined the group]",
+            p.daemon + 1,
+            secs(joined - e),
+            p.id
+        ),
+        _ => String::new(),
+    }
 }
 
 // ------------------------------------------------------------------ sessions
@@ -1178,6 +1242,7 @@ fn run_publisher(
             return rec;
         }
     };
+    rec.joined = Some(micros(t0));
     'publish: while !stop.load(Ordering::Relaxed) {
         for _ in 0..params.burst {
             // A dead daemon's ring still takes offers: ask the socket first.
@@ -1915,6 +1980,7 @@ fn synthetic(sent: u32, seen: Vec<Seen>) -> History {
             daemon: 0,
             incarnation: 0,
             sender,
+            joined: Some(9_000_000),
             ended: 20_000_000,
             end: "stopped".into(),
             sent: (0..sent).map(|c| 10_000_000 + u64::from(c) * 10_000).collect(),
@@ -2006,6 +2072,35 @@ fn the_checker_flags_each_kind() {
         count: 1,
     }];
     assert_eq!(kinds(&synthetic(0, seen)), vec![Kind::BadLost]);
+}
+
+#[test]
+fn a_lost_notice_accounts_only_for_messages_published_before_it() {
+    assert_eq!(unreported(&mut [10, 20], &[(15, 1)], 0), 1);
+    assert_eq!(unreported(&mut [10, 20], &[(25, 2)], 0), 0);
+    assert_eq!(unreported(&mut [10, 20], &[(15, 5)], 0), 1, "the one after it");
+    assert_eq!(unreported(&mut [10, 20], &[(15, 5)], 1), 0, "Lagged covers any");
+    assert_eq!(
+        unreported(&mut [10, 20], &[(5, 1), (15, 2)], 0),
+        1,
+        "cumulative counts"
+    );
+    // In a history: 5 messages before the subscriber's join took effect (not owed, never
+    // delivered), a Lost of 5 after them, then 10 owed of which 5 are missing: the early
+    // notice accounts for the early messages, not for the later ones.
+    let mut h = synthetic(15, (5..10).map(msg).collect());
+    for t in &mut h.publishers[0].sent[..5] {
+        *t -= 8_000_000;
+    }
+    h.subscribers[0].seen.insert(
+        0,
+        Seen::Lost {
+            t: 5_000_000,
+            sender: 1u64 << 32,
+            count: 5,
+        },
+    );
+    assert_eq!(kinds(&h), vec![Kind::Missing]);
 }
 
 #[test]
