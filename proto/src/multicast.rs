@@ -1025,6 +1025,10 @@ fn store_fragment(
             since_round,
             requested_at,
         } => {
+            // Stage 1 goes on from wherever a message first arrives, a repair included:
+            // this member's children in the sender's tree could only have had it through
+            // us. (Not forwarding repairs left whole subtrees to time out under budget
+            // pressure, found by the simulator.)
             if count == 1 {
                 *slot = Slot::Held {
                     payload: Arc::from(payload),
@@ -1032,9 +1036,9 @@ fn store_fragment(
                     chunk: payload.len() as u32,
                     round,
                     delivered: false,
-                    forwarded: !retransmit,
+                    forwarded: true,
                 };
-                return (true, true, !retransmit);
+                return (true, true, true);
             }
             let mut frags = vec![None; usize::from(count)];
             frags[usize::from(h.frag_index)] = Some(Box::<[u8]>::from(payload));
@@ -1048,7 +1052,7 @@ fn store_fragment(
                 bytes: payload.len(),
                 frags,
             }));
-            (true, false, !retransmit)
+            (true, false, true)
         }
         Slot::Partial(p) => {
             let i = usize::from(h.frag_index);
@@ -1072,7 +1076,7 @@ fn store_fragment(
             p.have += 1;
             p.bytes += payload.len();
             if p.have < p.count() {
-                return (true, false, !retransmit);
+                return (true, false, true);
             }
             // Complete: every non-last fragment must have the chunk size.
             let chunk = p.chunk as usize;
@@ -1106,7 +1110,7 @@ fn store_fragment(
                 delivered: false,
                 forwarded: true,
             };
-            (true, true, !retransmit)
+            (true, true, true)
         }
         Slot::Refused { .. } => {
             ctx.counters.duplicates += 1;
