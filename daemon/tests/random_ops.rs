@@ -1166,39 +1166,45 @@ fn unreported(unmet: &mut [Micros], notices: &[(Micros, u64)], lagged: u64) -> u
     worst
 }
 
-/// A note when a publisher's daemon had no session of ours for longer than a linger (2 s)
-/// before the publisher joined: the daemon had left the group and joined it again.
+/// A note when the publisher's daemon, before the stretch of our sessions on it that the
+/// publisher joined in, had none for longer than a linger (2 s): the daemon had left the
+/// group and joined it again at the start of that stretch.
 fn rejoin_note(h: &History, p: &PubRecord) -> String {
     let Some(joined) = p.joined else {
         return String::new();
     };
-    let spans = h
+    let mut spans: Vec<(Micros, Micros)> = h
         .publishers
         .iter()
-        .filter(|o| o.id != p.id && o.incarnation == p.incarnation)
-        .map(|o| (o.joined, o.ended))
+        .filter(|o| o.incarnation == p.incarnation)
+        .filter_map(|o| Some((o.joined?, o.ended)))
         .chain(
             h.subscribers
                 .iter()
                 .filter(|s| s.incarnation == p.incarnation)
-                .map(|s| (s.joined, s.ended)),
-        );
-    let mut last_end = None;
-    for (start, end) in spans {
-        let Some(start) = start else { continue };
-        if start <= joined && end >= joined {
-            return String::new(); // another session kept the daemon in the group
+                .filter_map(|s| Some((s.joined?, s.ended))),
+        )
+        .collect();
+    spans.sort_unstable();
+    // Merge into stretches; find the one holding `joined` and the end of the one before.
+    let (mut start, mut end) = spans[0];
+    let mut previous_end = None;
+    for &(a, b) in &spans[1..] {
+        if a > end {
+            if a > joined {
+                break;
+            }
+            previous_end = Some(end);
+            start = a;
         }
-        if end < joined {
-            last_end = last_end.max(Some(end));
-        }
+        end = end.max(b);
     }
-    match last_end {
-        Some(e) if joined - e > 2_000_000 => format!(
-            " [d{} had no session for {} before p{} joined: it rejoined the group]",
+    match previous_end {
+        Some(e) if start - e > 2_000_000 => format!(
+            " [d{} had no session for {} until {}: it rejoined the group then]",
             p.daemon + 1,
-            secs(joined - e),
-            p.id
+            secs(start - e),
+            secs(start)
         ),
         _ => String::new(),
     }
@@ -2101,6 +2107,35 @@ fn a_lost_notice_accounts_only_for_messages_published_before_it() {
         },
     );
     assert_eq!(kinds(&h), vec![Kind::Missing]);
+}
+
+#[test]
+fn a_publisher_on_a_daemon_idle_for_longer_than_a_linger_is_noted_as_a_rejoin() {
+    let mut h = synthetic(0, Vec::new());
+    assert_eq!(rejoin_note(&h, &h.publishers[0]), "", "its first session");
+    let earlier = PubRecord {
+        id: 1,
+        joined: Some(1_000_000),
+        ended: 5_000_000,
+        ..h.publishers[0].clone()
+    };
+    h.publishers.push(earlier);
+    assert!(rejoin_note(&h, &h.publishers[0]).contains("no session for 4.000 s until 9.000 s"));
+    let subscriber = |joined: Micros, ended: Micros| SubRecord {
+        daemon: 0,
+        incarnation: 0,
+        joined: Some(joined),
+        ended,
+        ..SubRecord::default()
+    };
+    h.subscribers.push(subscriber(8_000_000, 30_000_000));
+    assert!(rejoin_note(&h, &h.publishers[0]).contains("no session for 3.000 s until 8.000 s"));
+    h.subscribers.push(subscriber(4_000_000, 8_500_000));
+    assert_eq!(
+        rejoin_note(&h, &h.publishers[0]),
+        "",
+        "a subscriber kept it in the group"
+    );
 }
 
 #[test]
