@@ -1437,12 +1437,17 @@ impl Run {
         let config = self.config(d, faults);
         // A killed daemon's UDP socket may outlive it briefly (io_uring tears down late).
         let addr = format!("{}:{BASE_PORT}", ip(self.subnet, d));
-        assert!(
-            eventually(Duration::from_secs(10), || std::net::UdpSocket::bind(&addr)
-                .is_ok()),
-            "UDP {addr} still taken 10 s after d{} was killed",
-            d + 1
-        );
+        if !eventually(Duration::from_secs(30), || {
+            std::net::UdpSocket::bind(&addr).is_ok()
+        }) {
+            let holders = std::process::Command::new("ss")
+                .args(["-uanp"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("(ss: {e})"));
+            let holders: Vec<&str> = holders.lines().filter(|l| l.contains(&addr)).collect();
+            panic!("UDP {addr} (d{}) still taken after 30 s: {holders:?}", d + 1);
+        }
         let daemon = Daemon::start(&format!("ro-d{}", d + 1), &["--config", config.to_str().unwrap()]);
         let started = self.now();
         self.incarnations.push(Incarnation {
