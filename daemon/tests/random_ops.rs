@@ -55,8 +55,14 @@
 //! - `TUTTI_RANDOM_OPS_VERBOSE=1`: print every run's report, not only a failing one's.
 //!
 //! Each run ends with a closing note (seed, operations, publishes, deliveries, violations);
-//! a failing run also prints the plan, the operations as executed with their times, and
-//! keeps the daemons' logs.
+//! a failing run also prints the command that replays it, the operations as executed with
+//! their times, every daemon incarnation and session, the violations, and keeps the daemons'
+//! logs and configs. `publishers_in_turn_on_a_daemon_that_left_the_group_reach_remote_subscribers`
+//! runs the operations of one bug the random runs found as a fixed plan (127.0.78.x).
+//!
+//!     cargo nextest run -p tutti-daemon --test random_ops                 # as CI: seed 1, 40 ops
+//!     TUTTI_RANDOM_OPS_SEED=100 TUTTI_RANDOM_OPS_OPS=150 TUTTI_RANDOM_OPS_RUNS=5 \
+//!         cargo nextest run --release -p tutti-daemon --test random_ops random_operations --no-capture
 
 mod common;
 
