@@ -55,8 +55,14 @@
 //! - `TUTTI_RANDOM_OPS_VERBOSE=1`: print every run's report, not only a failing one's.
 //!
 //! Each run ends with a closing note (seed, operations, publishes, deliveries, violations);
-//! a failing run also prints the plan, the operations as executed with their times, and
-//! keeps the daemons' logs.
+//! a failing run also prints the command that replays it, the operations as executed with
+//! their times, every daemon incarnation and session, the violations, and keeps the daemons'
+//! logs and configs. `publishers_in_turn_on_a_daemon_that_left_the_group_reach_remote_subscribers`
+//! runs the operations of one bug the random runs found as a fixed plan (127.0.78.x).
+//!
+//!     cargo nextest run -p tutti-daemon --test random_ops                 # as CI: seed 1, 40 ops
+//!     TUTTI_RANDOM_OPS_SEED=100 TUTTI_RANDOM_OPS_OPS=150 TUTTI_RANDOM_OPS_RUNS=5 \
+//!         cargo nextest run --release -p tutti-daemon --test random_ops random_operations --no-capture
 
 mod common;
 
@@ -1166,39 +1172,45 @@ fn unreported(unmet: &mut [Micros], notices: &[(Micros, u64)], lagged: u64) -> u
     worst
 }
 
-/// A note when a publisher's daemon had no session of ours for longer than a linger (2 s)
-/// before the publisher joined: the daemon had left the group and joined it again.
+/// A note when the publisher's daemon, before the stretch of our sessions on it that the
+/// publisher joined in, had none for longer than a linger (2 s): the daemon had left the
+/// group and joined it again at the start of that stretch.
 fn rejoin_note(h: &History, p: &PubRecord) -> String {
     let Some(joined) = p.joined else {
         return String::new();
     };
-    let spans = h
+    let mut spans: Vec<(Micros, Micros)> = h
         .publishers
         .iter()
-        .filter(|o| o.id != p.id && o.incarnation == p.incarnation)
-        .map(|o| (o.joined, o.ended))
+        .filter(|o| o.incarnation == p.incarnation)
+        .filter_map(|o| Some((o.joined?, o.ended)))
         .chain(
             h.subscribers
                 .iter()
                 .filter(|s| s.incarnation == p.incarnation)
-                .map(|s| (s.joined, s.ended)),
-        );
-    let mut last_end = None;
-    for (start, end) in spans {
-        let Some(start) = start else { continue };
-        if start <= joined && end >= joined {
-            return String::new(); // another session kept the daemon in the group
+                .filter_map(|s| Some((s.joined?, s.ended))),
+        )
+        .collect();
+    spans.sort_unstable();
+    // Merge into stretches; find the one holding `joined` and the end of the one before.
+    let (mut start, mut end) = spans[0];
+    let mut previous_end = None;
+    for &(a, b) in &spans[1..] {
+        if a > end {
+            if a > joined {
+                break;
+            }
+            previous_end = Some(end);
+            start = a;
         }
-        if end < joined {
-            last_end = last_end.max(Some(end));
-        }
+        end = end.max(b);
     }
-    match last_end {
-        Some(e) if joined - e > 2_000_000 => format!(
-            " [d{} had no session for {} before p{} joined: it rejoined the group]",
+    match previous_end {
+        Some(e) if start - e > 2_000_000 => format!(
+            " [d{} had no session for {} until {}: it rejoined the group then]",
             p.daemon + 1,
-            secs(joined - e),
-            p.id
+            secs(start - e),
+            secs(start)
         ),
         _ => String::new(),
     }
@@ -1431,12 +1443,17 @@ impl Run {
         let config = self.config(d, faults);
         // A killed daemon's UDP socket may outlive it briefly (io_uring tears down late).
         let addr = format!("{}:{BASE_PORT}", ip(self.subnet, d));
-        assert!(
-            eventually(Duration::from_secs(10), || std::net::UdpSocket::bind(&addr)
-                .is_ok()),
-            "UDP {addr} still taken 10 s after d{} was killed",
-            d + 1
-        );
+        if !eventually(Duration::from_secs(30), || {
+            std::net::UdpSocket::bind(&addr).is_ok()
+        }) {
+            let holders = std::process::Command::new("ss")
+                .args(["-uanp"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("(ss: {e})"));
+            let holders: Vec<&str> = holders.lines().filter(|l| l.contains(&addr)).collect();
+            panic!("UDP {addr} (d{}) still taken after 30 s: {holders:?}", d + 1);
+        }
         let daemon = Daemon::start(&format!("ro-d{}", d + 1), &["--config", config.to_str().unwrap()]);
         let started = self.now();
         self.incarnations.push(Incarnation {
@@ -2101,6 +2118,35 @@ fn a_lost_notice_accounts_only_for_messages_published_before_it() {
         },
     );
     assert_eq!(kinds(&h), vec![Kind::Missing]);
+}
+
+#[test]
+fn a_publisher_on_a_daemon_idle_for_longer_than_a_linger_is_noted_as_a_rejoin() {
+    let mut h = synthetic(0, Vec::new());
+    assert_eq!(rejoin_note(&h, &h.publishers[0]), "", "its first session");
+    let earlier = PubRecord {
+        id: 1,
+        joined: Some(1_000_000),
+        ended: 5_000_000,
+        ..h.publishers[0].clone()
+    };
+    h.publishers.push(earlier);
+    assert!(rejoin_note(&h, &h.publishers[0]).contains("no session for 4.000 s until 9.000 s"));
+    let subscriber = |joined: Micros, ended: Micros| SubRecord {
+        daemon: 0,
+        incarnation: 0,
+        joined: Some(joined),
+        ended,
+        ..SubRecord::default()
+    };
+    h.subscribers.push(subscriber(8_000_000, 30_000_000));
+    assert!(rejoin_note(&h, &h.publishers[0]).contains("no session for 3.000 s until 8.000 s"));
+    h.subscribers.push(subscriber(4_000_000, 8_500_000));
+    assert_eq!(
+        rejoin_note(&h, &h.publishers[0]),
+        "",
+        "a subscriber kept it in the group"
+    );
 }
 
 #[test]
