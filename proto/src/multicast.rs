@@ -72,7 +72,6 @@ enum Slot {
         chunk: u32,
         round: u32,
         delivered: bool,
-        forwarded: bool,
     },
     /// A message this member refused (larger than its `max_message`): resolved, and
     /// reported `Lost` in its turn instead of being delivered.
@@ -446,7 +445,6 @@ impl GroupState {
             chunk: chunk as u32,
             round,
             delivered: true,
-            forwarded: true,
         };
         st.bytes += slot.cost();
         st.slots.push_back(slot);
@@ -471,20 +469,13 @@ impl GroupState {
         for &c in &children[..n] {
             send_fragments(c, &header, &payload, chunk, 0, false, ctx);
         }
-        self.enforce_budget(key, ctx);
+        self.enforce_budget(Some(key), ctx);
         seq
     }
 
     /// A data message (a stage 1 copy or a retransmission, of a whole message or one
-    /// fragment) arrived from `from`.
-    pub fn handle_data(
-        &mut self,
-        from: NodeId,
-        header: &DataHeader,
-        retransmit: bool,
-        payload: &[u8],
-        ctx: &mut Ctx<'_>,
-    ) {
+    /// fragment: both are handled alike) arrived from `from`.
+    pub fn handle_data(&mut self, from: NodeId, header: &DataHeader, payload: &[u8], ctx: &mut Ctx<'_>) {
         let key = (header.sender, header.stream);
         if key.0 == self.my_id {
             return; // our own stream (or a forged copy of it): we hold the truth
@@ -542,7 +533,7 @@ impl GroupState {
                 (true, true, false)
             }
             Some(_) if !fits => (false, false, false),
-            Some(slot) => store_fragment(slot, header, retransmit, payload, round, ctx),
+            Some(slot) => store_fragment(slot, header, payload, round, ctx),
             None => (false, false, false),
         };
         if stored {
@@ -581,7 +572,7 @@ impl GroupState {
                 ctx.out.push(c, body, |e| e.push_data(header, false, payload));
             }
         }
-        self.enforce_budget(key, ctx);
+        self.enforce_budget(Some(key), ctx);
     }
 
     fn send_request(&mut self, to: NodeId, round: u32, entries: &[RequestEntry], ctx: &mut Ctx<'_>) {
@@ -603,7 +594,7 @@ impl GroupState {
 
     /// Keeps the group within its byte budget: the stream holding most (the one that just
     /// grew, when it holds at least its share) gives up its oldest messages.
-    fn enforce_budget(&mut self, hint: StreamKey, ctx: &mut Ctx<'_>) {
+    fn enforce_budget(&mut self, hint: Option<StreamKey>, ctx: &mut Ctx<'_>) {
         let budget = ctx.settings.group_budget_bytes;
         if self.bytes <= budget {
             return;
@@ -611,7 +602,7 @@ impl GroupState {
         // Free a little more than the excess, so that a stream at its budget does not
         // evict on every message.
         let excess = self.bytes - budget + budget / 64;
-        self.evict(excess, Some(hint), ctx);
+        self.evict(excess, hint, ctx);
     }
 
     /// Frees about `excess` bytes from the oldest messages of the largest streams.
@@ -735,7 +726,7 @@ impl GroupState {
             self.build_digest(ctx.settings.digest_entries);
             self.send_digest(from, ctx);
         }
-        self.enforce_budget((from, 0), ctx);
+        self.enforce_budget(None, ctx);
     }
 
     /// A retransmit request arrived: serve it within this round's budget. Gap requests are
@@ -1014,7 +1005,6 @@ fn send_fragments(
 fn store_fragment(
     slot: &mut Slot,
     h: &DataHeader,
-    retransmit: bool,
     payload: &[u8],
     round: u32,
     ctx: &mut Ctx<'_>,
@@ -1036,7 +1026,6 @@ fn store_fragment(
                     chunk: payload.len() as u32,
                     round,
                     delivered: false,
-                    forwarded: true,
                 };
                 return (true, true, true);
             }
@@ -1108,22 +1097,11 @@ fn store_fragment(
                 chunk: chunk as u32,
                 round,
                 delivered: false,
-                forwarded: true,
             };
             (true, true, true)
         }
-        Slot::Refused { .. } => {
+        Slot::Refused { .. } | Slot::Held { .. } => {
             ctx.counters.duplicates += 1;
-            (false, false, false)
-        }
-        Slot::Held { forwarded, .. } => {
-            ctx.counters.duplicates += 1;
-            // A stage-1 copy after a retransmission: forward it now (unfragmented only;
-            // fragments are forwarded as they first arrive).
-            if !retransmit && !*forwarded && count == 1 {
-                *forwarded = true;
-                return (false, false, true);
-            }
             (false, false, false)
         }
     }
@@ -1534,7 +1512,7 @@ mod tests {
         let mut g = GroupState::new(7, 0, 1);
         set(&mut g, &mut w, 1, &[0, 1]);
         for seq in 0..100 {
-            w.with(1, |ctx| g.handle_data(1, &data(seq, 1), false, b"old", ctx));
+            w.with(1, |ctx| g.handle_data(1, &data(seq, 1), b"old", ctx));
         }
         assert_eq!(w.delivered().len(), 100);
         // Node 1 leaves, then joins again with stream 2.
@@ -1543,7 +1521,7 @@ mod tests {
         for seq in 0..100 {
             let mut h = data(seq, 1);
             h.stream = 2;
-            w.with(3, |ctx| g.handle_data(1, &h, false, b"new", ctx));
+            w.with(3, |ctx| g.handle_data(1, &h, b"new", ctx));
         }
         let got = w.delivered();
         assert_eq!(got.len(), 100);
@@ -1592,7 +1570,7 @@ mod tests {
         let mut w = World::new(Settings::default());
         let mut g = GroupState::new(7, 0, 1);
         set(&mut g, &mut w, 1, &[0, 1]);
-        w.with(1, |ctx| g.handle_data(1, &data(0, 1), false, b"m", ctx));
+        w.with(1, |ctx| g.handle_data(1, &data(0, 1), b"m", ctx));
         // Node 1 leaves our view; its state is collected, then forgotten.
         set(&mut g, &mut w, 2, &[0]);
         let retention = w.settings.retention_rounds;
@@ -1617,8 +1595,8 @@ mod tests {
         let mut w = World::new(Settings::default());
         let mut g = GroupState::new(7, 0, 1);
         set(&mut g, &mut w, 1, &[0, 1, 2]);
-        w.with(1, |ctx| g.handle_data(2, &data(0, 1), false, b"a", ctx));
-        w.with(1, |ctx| g.handle_data(2, &data(3, 1), false, b"d", ctx));
+        w.with(1, |ctx| g.handle_data(2, &data(0, 1), b"a", ctx));
+        w.with(1, |ctx| g.handle_data(2, &data(3, 1), b"d", ctx));
         assert_eq!(w.counters.gap_requests_sent, 1);
         let t = w.out.pop().expect("a request");
         assert_eq!(t.dest, 2);
@@ -1636,10 +1614,10 @@ mod tests {
         assert_eq!(reqs.len(), 1);
         assert_eq!((reqs[0].first, reqs[0].count), (1, 2));
         // Not again before rerequest_after; again after it.
-        w.with(1, |ctx| g.handle_data(2, &data(4, 1), false, b"e", ctx));
+        w.with(1, |ctx| g.handle_data(2, &data(4, 1), b"e", ctx));
         assert_eq!(w.counters.gap_requests_sent, 1);
         w.now += w.settings.rerequest_after;
-        w.with(1, |ctx| g.handle_data(2, &data(5, 1), false, b"f", ctx));
+        w.with(1, |ctx| g.handle_data(2, &data(5, 1), b"f", ctx));
         assert_eq!(w.counters.gap_requests_sent, 2);
         g.check_invariants();
     }
@@ -1664,8 +1642,8 @@ mod tests {
         w.with(1, |ctx| g.set_members(&[1, 0], &[9, 1], ctx));
         frags.reverse();
         let lost_one = frags.remove(1); // fragment 2
-        for (_, h, r, p) in &frags {
-            w.with(1, |ctx| g.handle_data(1, h, *r, p, ctx));
+        for (_, h, _, p) in &frags {
+            w.with(1, |ctx| g.handle_data(1, h, p, ctx));
         }
         assert!(w.delivered().is_empty());
         g.check_invariants();
@@ -1676,8 +1654,8 @@ mod tests {
         w.with(1, |ctx| collect_wants((1, 9), st, 0, 1, ctx, &mut wants));
         assert_eq!(wants.len(), 1);
         assert_eq!((wants[0].first, wants[0].frag), (0, 2));
-        let (_, h, r, p) = lost_one;
-        w.with(1, |ctx| g.handle_data(1, &h, r, &p, ctx));
+        let (_, h, _, p) = lost_one;
+        w.with(1, |ctx| g.handle_data(1, &h, &p, ctx));
         assert_eq!(w.delivered(), vec![(0, msg.clone())]);
         g.check_invariants();
         // The sender serves a request for fragments 2.. only.
@@ -1715,12 +1693,12 @@ mod tests {
         set(&mut g, &mut w, 1, &[0, 1]);
         let mut h = data(0, 1);
         h.frag_count = u16::MAX;
-        w.with(1, |ctx| g.handle_data(1, &h, false, &[0; 1000], ctx));
+        w.with(1, |ctx| g.handle_data(1, &h, &[0; 1000], ctx));
         assert_eq!(w.counters.bad_fragments, 1);
         // Settled at once: reported Lost (once), never requested, nothing held but a slot.
         assert_eq!(w.lost(), vec![(1, 0, 1)]);
         assert_eq!(g.bytes, SLOT_OVERHEAD);
-        w.with(1, |ctx| g.handle_data(1, &h, false, &[0; 1000], ctx));
+        w.with(1, |ctx| g.handle_data(1, &h, &[0; 1000], ctx));
         assert_eq!(w.lost(), vec![]);
         g.check_invariants();
     }
@@ -1740,7 +1718,7 @@ mod tests {
         for seq in 1..1000 {
             let mut h = data(seq, 1);
             h.retained = seq as u32; // the sender holds everything: seq 0 is owed
-            w.with(1, |ctx| g.handle_data(1, &h, false, &[1; 100], ctx));
+            w.with(1, |ctx| g.handle_data(1, &h, &[1; 100], ctx));
             assert!(g.bytes <= budget, "{} > {budget}", g.bytes);
         }
         g.check_invariants();
