@@ -245,6 +245,12 @@ fn os_random() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// The sender id a local log records for `session` on the daemon of cluster node `node`
+/// (`daemon << 32 | session`, as a local publisher's).
+fn sender_id(node: NodeId, session: u32) -> u64 {
+    (u64::from(node >> 8) << 32) | u64::from(session)
+}
+
 /// The cluster node id of shard `shard` of daemon `daemon`.
 pub fn node_id(daemon: u32, shard: usize) -> NodeId {
     (daemon << 8) | shard as u32
@@ -481,7 +487,7 @@ impl Cluster {
                 self.stats.remote_delivered += 1;
                 on_event(ClusterEvent::Deliver {
                     group,
-                    sender: (u64::from(sender >> 8) << 32) | u64::from(session),
+                    sender: sender_id(sender, session),
                     payload: &payload,
                 });
             }
@@ -495,7 +501,8 @@ impl Cluster {
                 tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), sender, first, count, "messages lost (not repairable)");
                 on_event(ClusterEvent::Lost {
                     group,
-                    sender: u64::from(sender >> 8) << 32,
+                    // Which session published a lost message is unknown: the daemon's part.
+                    sender: sender_id(sender, 0),
                     count,
                 });
             }

@@ -69,12 +69,12 @@ mod common;
 use common::{eventually, status_number, Daemon};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tutti_client::{Client, Error as ClientError, Event, IdleStrategy, OfferError};
+use tutti_client::{Client, Error as ClientError, Event, GroupId, IdleStrategy, OfferError};
 
 /// 127.0.77.x for the random runs, 127.0.78.x for the fixed scenario (tests run at once).
 const SUBNET: u8 = 77;
@@ -1237,23 +1237,15 @@ fn run_publisher(
     t0: Instant,
     stop: Arc<AtomicBool>,
 ) -> PubRecord {
-    let mut client = match Client::connect_to(&socket) {
-        Ok(c) => c,
-        Err(e) => {
+    let (mut client, g) = match attach(&socket) {
+        Ok(attached) => attached,
+        Err(end) => {
             rec.ended = micros(t0);
-            rec.end = gone_or(&e, "connect");
+            rec.end = end;
             return rec;
         }
     };
     rec.sender = client.sender_id();
-    let g = match client.join(GROUP) {
-        Ok(g) => g,
-        Err(e) => {
-            rec.ended = micros(t0);
-            rec.end = gone_or(&e, "join");
-            return rec;
-        }
-    };
     rec.joined = Some(micros(t0));
     'publish: while !stop.load(Ordering::Relaxed) {
         for _ in 0..params.burst {
@@ -1296,6 +1288,13 @@ fn run_publisher(
     rec
 }
 
+/// Attaches to the daemon at `socket` and joins the group; on failure, why the session ended.
+fn attach(socket: &Path) -> Result<(Client, GroupId), String> {
+    let mut client = Client::connect_to(socket).map_err(|e| gone_or(&e, "connect"))?;
+    let g = client.join(GROUP).map_err(|e| gone_or(&e, "join"))?;
+    Ok((client, g))
+}
+
 fn gone_or(e: &ClientError, what: &str) -> String {
     match e {
         ClientError::DaemonGone => format!("daemon gone ({what})"),
@@ -1312,19 +1311,11 @@ fn run_subscriber(
     t0: Instant,
     stop: Arc<AtomicBool>,
 ) -> SubRecord {
-    let mut client = match Client::connect_to(&socket) {
-        Ok(c) => c,
-        Err(e) => {
+    let (mut client, g) = match attach(&socket) {
+        Ok(attached) => attached,
+        Err(end) => {
             rec.ended = micros(t0);
-            rec.end = gone_or(&e, "connect");
-            return rec;
-        }
-    };
-    let g = match client.join(GROUP) {
-        Ok(g) => g,
-        Err(e) => {
-            rec.ended = micros(t0);
-            rec.end = gone_or(&e, "join");
+            rec.end = end;
             return rec;
         }
     };
