@@ -435,6 +435,10 @@ impl Cluster {
                 });
             work += received;
         }
+        // A packet can bring the node's timer forward (a gap opened: the repair timer).
+        if let Some(t) = self.node.poll_timeout() {
+            self.next_timer = self.next_timer.min(t);
+        }
         if now >= self.next_timer {
             self.node.handle_timeout(now);
             self.next_timer = self.node.poll_timeout().unwrap_or(now + 100 * MILLIS);

@@ -23,7 +23,11 @@ const RETRANSMIT_OVERHEAD: usize = 48;
 /// "Never requested".
 const NEVER: Time = Time::MAX;
 /// Retention periods an emptied state of a departed sender is kept (see `last_active`).
-const TOMBSTONE_RETENTIONS: u32 = 4;
+pub(crate) const TOMBSTONE_RETENTIONS: u32 = 4;
+/// Repair attempts of a stream's gaps `rerequest_after` apart before the interval doubles:
+/// under budget pressure a gap must be filled within the budget's window (a few ms at
+/// high rates), and at 20% loss each attempt fails with about 1/3.
+const REREQUESTS_BEFORE_BACKOFF: u8 = 8;
 /// Rounds a gap below the sender's own low-water mark is still left open for repair by a
 /// member that got the message late, before it is reported `Lost`.
 const LOW_GRACE_ROUNDS: u32 = 4;
@@ -109,6 +113,9 @@ pub struct SenderState {
     missing: u64,
     /// The sender's `retained` from the newest data message, for forwarding.
     retained: u32,
+    /// The oldest seq the sender sent within the last retention, as far as we know (from
+    /// data headers' `retained` and digests' `recent`); advertised in our digests.
+    recent: u64,
     /// Last round this state saw data; an idle empty state of a departed sender is kept
     /// this long as a tombstone so that late copies held elsewhere are not delivered again.
     last_active: u32,
@@ -116,6 +123,17 @@ pub struct SenderState {
     bytes: usize,
     /// When gaps of this stream were last scanned for re-requests.
     last_rescan: Time,
+    /// The member the newest copy of this stream came from (its parent in the sender's
+    /// tree, or a member that repaired us): where the repair timer solicits gaps first.
+    source: NodeId,
+    /// The last gossiper whose digest showed it holds messages we miss: where the repair
+    /// timer solicits gaps every other time (the source may miss them too).
+    holder: NodeId,
+    /// Repair attempts since the front of the stream last moved: after
+    /// `REREQUESTS_BEFORE_BACKOFF` of them each waits twice as long as the one before (up
+    /// to a gossip period), so a gap nobody can fill soon costs a request per gossip
+    /// period, not one per `rerequest_after`.
+    rerequests: u8,
 }
 
 impl SenderState {
@@ -127,9 +145,13 @@ impl SenderState {
             contiguous: base,
             missing: 0,
             retained: 0,
+            recent: base,
             last_active: 0,
             bytes: 0,
             last_rescan: 0,
+            source: 0,
+            holder: 0,
+            rerequests: 0,
         }
     }
     fn high(&self) -> u64 {
@@ -144,10 +166,23 @@ impl SenderState {
             .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?))
     }
     fn advance_contiguous(&mut self) {
+        let was = self.contiguous;
         self.contiguous = self.contiguous.max(self.base);
         while self.slot(self.contiguous).is_some_and(Slot::is_held) {
             self.contiguous += 1;
         }
+        if self.contiguous != was {
+            self.rerequests = 0;
+        }
+    }
+    /// When the repair timer next solicits this stream's gaps.
+    fn rerequest_due(&self, settings: &Settings) -> Time {
+        let backoff = self.rerequests.saturating_sub(REREQUESTS_BEFORE_BACKOFF).min(16);
+        let wait = settings
+            .rerequest_after
+            .saturating_mul(1 << backoff)
+            .min(settings.gossip_period.max(settings.rerequest_after));
+        self.last_rescan.saturating_add(wait)
     }
     /// Extend the window with missing slots up to `high` (bounded by `max_window`);
     /// returns whether all of it fit.
@@ -189,6 +224,9 @@ pub struct Ctx<'a> {
     pub live: &'a dyn Fn(NodeId) -> bool,
     /// Bytes the node's groups retain together.
     pub node_bytes: &'a mut usize,
+    /// When some stream with gaps is next due to solicit them again (the node's repair
+    /// timer; lowered by whoever leaves a gap open, `NEVER` when none is).
+    pub repair_at: &'a mut Time,
 }
 
 impl Ctx<'_> {
@@ -213,6 +251,9 @@ pub struct GroupState {
     /// This node's stream in the group (drawn when it joined).
     my_stream: u32,
     next_seq: u64,
+    /// Our stream's first seq of each round we sent in, the last `retention_rounds` of
+    /// them: what we sent within a retention starts at the front's seq.
+    sent_rounds: VecDeque<(u32, u64)>,
     senders: FxMap<StreamKey, SenderState>,
     /// Stream keys in first-seen order, for deterministic rotation over digests.
     order: Vec<StreamKey>,
@@ -255,6 +296,7 @@ impl GroupState {
             my_id,
             my_stream,
             next_seq: 0,
+            sent_rounds: VecDeque::new(),
             senders: FxMap::default(),
             order: Vec::new(),
             digest_cursor: 0,
@@ -274,6 +316,20 @@ impl GroupState {
 
     pub fn my_stream(&self) -> u32 {
         self.my_stream
+    }
+
+    /// The oldest seq of our stream sent within the last retention (`next_seq` when we
+    /// sent nothing in it).
+    fn own_recent(&mut self, ctx: &Ctx<'_>) -> u64 {
+        let retention = ctx.settings.retention_rounds;
+        while self
+            .sent_rounds
+            .front()
+            .is_some_and(|(r, _)| ctx.round.wrapping_sub(*r) > retention)
+        {
+            self.sent_rounds.pop_front();
+        }
+        self.sent_rounds.front().map_or(self.next_seq, |(_, s)| *s)
     }
 
     pub fn bytes(&self) -> usize {
@@ -420,6 +476,7 @@ impl GroupState {
                 None => base,
             };
             let mut st = SenderState::new(base);
+            (st.source, st.holder) = (key.0, key.0);
             st.last_active = round;
             self.senders.insert(key, st);
         }
@@ -430,6 +487,10 @@ impl GroupState {
     /// fragments when it exceeds one datagram). Returns its seq.
     pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> u64 {
         let seq = self.next_seq;
+        if self.sent_rounds.back().map(|(r, _)| *r) != Some(ctx.round) {
+            self.sent_rounds.push_back((ctx.round, seq));
+        }
+        let recent = self.own_recent(ctx);
         self.next_seq += 1;
         let key = (self.my_id, self.my_stream);
         let round = ctx.round;
@@ -450,7 +511,10 @@ impl GroupState {
         st.slots.push_back(slot);
         st.next_deliver = seq + 1;
         st.advance_contiguous();
-        let retained = (seq - st.base).min(u64::from(u32::MAX)) as u32;
+        // Receivers first hearing of the stream start at what we sent within a retention,
+        // not at our low: the budget may have dropped messages a new member is owed.
+        st.recent = recent.min(st.base);
+        let retained = (seq - st.recent).min(u64::from(u32::MAX)) as u32;
         st.retained = retained;
         let after = st.bytes;
         account(&mut self.bytes, before, after, ctx);
@@ -540,7 +604,9 @@ impl GroupState {
             st.bytes = st.bytes - old_cost + st.slot(seq).map_or(0, Slot::cost);
         }
         st.retained = header.retained;
+        st.recent = st.recent.max(seq.saturating_sub(u64::from(header.retained)));
         st.last_active = round;
+        st.source = from;
         if complete {
             st.missing -= 1;
             st.advance_contiguous();
@@ -552,10 +618,17 @@ impl GroupState {
         if old_high < seq {
             collect_wants(key, st, old_high, seq, ctx, &mut wants);
         }
-        if st.missing > 0 && ctx.now.saturating_sub(st.last_rescan) >= ctx.settings.rerequest_after {
+        if st.missing > 0 && ctx.now >= st.rerequest_due(ctx.settings) {
             st.last_rescan = ctx.now;
+            st.rerequests = st.rerequests.saturating_add(1);
             let (lo, hi) = (st.contiguous, old_high.min(st.high()));
             collect_wants(key, st, lo, hi, ctx, &mut wants);
+        }
+        if st.missing > 0 {
+            // Solicit again on the repair timer, not only when the next copy arrives: a
+            // sender that publishes in bursts would leave a failed repair unasked until
+            // its budget evicted the message everywhere.
+            *ctx.repair_at = (*ctx.repair_at).min(st.rerequest_due(ctx.settings).max(ctx.now));
         }
         let after = st.bytes;
         account(&mut self.bytes, before, after, ctx);
@@ -573,6 +646,51 @@ impl GroupState {
             }
         }
         self.enforce_budget(Some(key), ctx);
+    }
+
+    /// The repair timer fired: every stream whose gaps were last solicited `rerequest_after`
+    /// ago or more solicits them again from the member its newest copy came from (or from
+    /// its sender when that member has left the group). Streams with gaps still open lower
+    /// `ctx.repair_at` to when they are next due.
+    pub fn rerequest_gaps(&mut self, ctx: &mut Ctx<'_>) {
+        let mut wants = std::mem::take(&mut self.scratch_request);
+        for i in 0..self.order.len() {
+            let key = self.order[i];
+            let Some(st) = self.senders.get_mut(&key) else {
+                continue;
+            };
+            if st.missing == 0 {
+                continue;
+            }
+            let due = st.rerequest_due(ctx.settings);
+            if ctx.now < due {
+                *ctx.repair_at = (*ctx.repair_at).min(due);
+                continue;
+            }
+            // Alternate between the member the stream came from and the last one that
+            // showed it holds what we miss (the sender when none did).
+            let candidate = if st.rerequests % 2 == 0 {
+                st.source
+            } else {
+                st.holder
+            };
+            let to = if candidate != self.my_id && self.pos.contains_key(&candidate) {
+                candidate
+            } else {
+                key.0
+            };
+            st.last_rescan = ctx.now;
+            st.rerequests = st.rerequests.saturating_add(1);
+            *ctx.repair_at = (*ctx.repair_at).min(st.rerequest_due(ctx.settings));
+            wants.clear();
+            let (lo, hi) = (st.contiguous, st.high());
+            collect_wants(key, st, lo, hi, ctx, &mut wants);
+            if !wants.is_empty() {
+                ctx.counters.gap_rerequests_sent += 1;
+                self.send_request(to, REQUEST_ROUND_GAP, &wants, ctx);
+            }
+        }
+        self.scratch_request = wants;
     }
 
     fn send_request(&mut self, to: NodeId, round: u32, entries: &[RequestEntry], ctx: &mut Ctx<'_>) {
@@ -689,9 +807,10 @@ impl GroupState {
                 ctx.counters.deferred_unknown_sender += 1;
                 continue;
             }
-            let base = self.first_base(key, e.low, ctx);
+            let base = self.first_base(key, e.low.min(e.recent), ctx);
             let st = self.state_for(key, base, round);
             let before = st.bytes;
+            st.recent = st.recent.max(e.recent.min(e.low));
             if e.high > st.high() {
                 st.last_active = round;
             }
@@ -708,6 +827,9 @@ impl GroupState {
                 }
                 st.extend_to(e.high, round, max_window);
             }
+            if st.missing > 0 && e.contiguous > st.contiguous {
+                st.holder = from;
+            }
             if st.missing > 0 && wants.len() < ctx.settings.request_cap {
                 // Only where the gossiper holds: [max(its low, our contiguous), its high).
                 let lo = e.low.max(st.contiguous);
@@ -723,7 +845,7 @@ impl GroupState {
         self.scratch_request = wants;
         if peer_lacks && self.digest_replied.get(&from) != Some(&round) {
             self.digest_replied.insert(from, round);
-            self.build_digest(ctx.settings.digest_entries);
+            self.build_digest(ctx.settings.digest_entries, ctx);
             self.send_digest(from, ctx);
         }
         self.enforce_budget(None, ctx);
@@ -795,7 +917,7 @@ impl GroupState {
     }
 
     /// Build this round's digest (rotating over streams when there are more than fit).
-    fn build_digest(&mut self, max: usize) {
+    fn build_digest(&mut self, max: usize, ctx: &Ctx<'_>) {
         self.scratch_digest.clear();
         let n = self.order.len();
         if n == 0 {
@@ -803,15 +925,19 @@ impl GroupState {
         }
         let start = self.digest_cursor % n;
         let take = n.min(max);
+        let own = (self.my_id, self.my_stream);
+        let own_recent = self.own_recent(ctx);
         for i in 0..take {
             let key = self.order[(start + i) % n];
             if let Some(st) = self.senders.get(&key) {
+                let recent = if key == own { own_recent } else { st.recent };
                 self.scratch_digest.push(DigestEntry {
                     sender: key.0,
                     stream: key.1,
                     low: st.base,
                     contiguous: st.contiguous.max(st.base),
                     high: st.high(),
+                    recent: recent.min(st.base),
                 });
             }
         }
@@ -846,7 +972,7 @@ impl GroupState {
         if targets.is_empty() {
             return;
         }
-        self.build_digest(ctx.settings.digest_entries);
+        self.build_digest(ctx.settings.digest_entries, ctx);
         for &t in targets {
             self.send_digest(t, ctx);
         }
@@ -912,6 +1038,39 @@ impl GroupState {
     }
 
     /// Forgets everything (the node leaves the group): returns the bytes it held.
+    /// Where this member stands in each stream of the group it no longer follows (the
+    /// next seq it would deliver), at most `max_tombstones` of them: kept by the node when
+    /// it leaves the group so that joining again neither redelivers what it delivered nor
+    /// reports it `Lost` (see [`GroupState::resume_from`]).
+    pub fn positions(&self, max: usize) -> Vec<(StreamKey, u64)> {
+        let mine = |k: &StreamKey| k.0 == self.my_id;
+        let mut out: Vec<(StreamKey, u64)> = self
+            .order
+            .iter()
+            .filter(|k| !mine(k))
+            .filter_map(|k| self.senders.get(k).map(|st| (*k, st.next_deliver.max(st.base))))
+            .collect();
+        out.extend(
+            self.tombstone_order
+                .iter()
+                .rev()
+                .filter(|(k, stamp)| !mine(k) && self.tombstones.get(k).is_some_and(|t| t.1 == *stamp))
+                .map(|(k, _)| (*k, self.tombstones[k].0)),
+        );
+        out.truncate(max);
+        out
+    }
+
+    /// Install where an earlier membership of this node stood in the group's streams (from
+    /// [`GroupState::positions`]), before the first view of the new membership.
+    pub fn resume_from(&mut self, positions: &[(StreamKey, u64)], ctx: &mut Ctx<'_>) {
+        for &(key, next) in positions.iter().rev() {
+            if !self.senders.contains_key(&key) {
+                self.add_tombstone(key, next, ctx);
+            }
+        }
+    }
+
     pub fn clear(&mut self, ctx: &mut Ctx<'_>) {
         *ctx.node_bytes -= self.bytes;
         self.bytes = 0;
@@ -1376,6 +1535,7 @@ mod tests {
         events: VecDeque<Event>,
         counters: Counters,
         node_bytes: usize,
+        repair_at: Time,
         now: Time,
     }
 
@@ -1387,6 +1547,7 @@ mod tests {
                 events: VecDeque::new(),
                 counters: Counters::default(),
                 node_bytes: 0,
+                repair_at: NEVER,
                 now: 0,
             }
         }
@@ -1401,6 +1562,7 @@ mod tests {
                 counters: &mut self.counters,
                 live: &live,
                 node_bytes: &mut self.node_bytes,
+                repair_at: &mut self.repair_at,
             };
             f(&mut ctx)
         }
@@ -1461,6 +1623,7 @@ mod tests {
             low,
             contiguous: high,
             high,
+            recent: low,
         };
         w.with(1, |ctx| g.handle_digest(from, &header, std::iter::once(e), ctx));
     }
@@ -1559,6 +1722,7 @@ mod tests {
             low: 10,
             contiguous: 10,
             high: 10,
+            recent: 10,
         };
         w.with(late, |ctx| g.handle_digest(1, &header, std::iter::once(e), ctx));
         assert_eq!(w.lost(), vec![(1, 0, 10)]);
@@ -1619,6 +1783,70 @@ mod tests {
         w.now += w.settings.rerequest_after;
         w.with(1, |ctx| g.handle_data(2, &data(5, 1), b"f", ctx));
         assert_eq!(w.counters.gap_requests_sent, 2);
+        g.check_invariants();
+    }
+
+    /// A gap whose first request went unanswered is solicited again on the repair timer,
+    /// with no further copy of the stream arriving: from the forwarder, then from the last
+    /// member whose digest showed it holds the gap; after `REREQUESTS_BEFORE_BACKOFF`
+    /// attempts the interval doubles.
+    #[test]
+    fn the_repair_timer_solicits_a_gap_again_without_new_data() {
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1, 2, 3]);
+        w.with(1, |ctx| g.handle_data(2, &data(0, 1), b"a", ctx));
+        w.with(1, |ctx| g.handle_data(2, &data(2, 1), b"c", ctx));
+        assert_eq!(w.counters.gap_requests_sent, 1);
+        while w.out.pop().is_some() {}
+        let wait = w.settings.rerequest_after;
+        assert_eq!(
+            w.repair_at, wait,
+            "the timer is armed for rerequest_after from now"
+        );
+        // Member 3's digest shows it holds seq 1.
+        let header = DigestHeader {
+            group: 7,
+            round: 1,
+            reserved: 0,
+        };
+        let e = DigestEntry {
+            sender: 1,
+            stream: 1,
+            low: 0,
+            contiguous: 3,
+            high: 3,
+            recent: 0,
+        };
+        w.with(1, |ctx| g.handle_digest(3, &header, std::iter::once(e), ctx));
+        while w.out.pop().is_some() {}
+        let mut dests = Vec::new();
+        let mut times = Vec::new();
+        for _ in 0..12 {
+            w.now = w.repair_at;
+            w.repair_at = NEVER;
+            times.push(w.now);
+            w.with(1, |ctx| g.rerequest_gaps(ctx));
+            let t = w.out.pop().expect("a request on each firing");
+            dests.push(t.dest);
+            assert!(w.out.pop().is_none());
+        }
+        assert_eq!(&dests[..4], &[2, 3, 2, 3], "forwarder and holder in turn");
+        let gaps: Vec<Time> = times.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(
+            gaps[..usize::from(REREQUESTS_BEFORE_BACKOFF) - 1]
+                .iter()
+                .all(|g| *g == wait),
+            "{gaps:?}"
+        );
+        assert_eq!(gaps[gaps.len() - 1], 2 * gaps[gaps.len() - 2], "{gaps:?}");
+        // Repaired: the timer stops.
+        w.with(1, |ctx| g.handle_data(3, &data(1, 1), b"b", ctx));
+        w.repair_at = NEVER;
+        w.now += 1_000 * wait;
+        w.with(1, |ctx| g.rerequest_gaps(ctx));
+        assert!(w.out.pop().is_none());
+        assert_eq!(w.repair_at, NEVER);
         g.check_invariants();
     }
 

@@ -47,6 +47,8 @@ pub struct Counters {
     pub evicted_budget: u64,
     /// Requests sent at once on seeing a gap in a stream (not answering a digest).
     pub gap_requests_sent: u64,
+    /// Requests sent by the repair timer for gaps still open `rerequest_after` later.
+    pub gap_rerequests_sent: u64,
     /// Fragments refused: inconsistent with their message's other fragments, or of a
     /// message larger than `max_message`.
     pub bad_fragments: u64,
@@ -246,6 +248,10 @@ pub struct Node {
     seeds: Vec<NodeId>,
     round: u32,
     next_tick: Time,
+    /// When the repair timer is next due (`Time::MAX`: no gap is waiting).
+    repair_at: Time,
+    /// Groups left recently, with where this node stood in their streams.
+    departed: VecDeque<Departed>,
     heartbeat: u32,
     leaving: bool,
     peers: Vec<Peer>,
@@ -273,6 +279,17 @@ pub struct Node {
 
 const NO_ROUND: u32 = u32::MAX;
 
+/// Groups left whose stream positions the node remembers for a rejoin (the oldest is
+/// forgotten first).
+const MAX_DEPARTED_GROUPS: usize = 64;
+
+/// A group this node left: where it stood in each stream, until `forget_at`.
+struct Departed {
+    group: GroupId,
+    forget_at: Time,
+    positions: Vec<(crate::multicast::StreamKey, u64)>,
+}
+
 /// Whether membership believes `node` alive (not suspected, not leaving).
 fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId) -> bool {
     index
@@ -298,6 +315,7 @@ macro_rules! with_ctx {
             counters: &mut $node.counters,
             live: &live,
             node_bytes: &mut $node.node_bytes,
+            repair_at: &mut $node.repair_at,
         };
         let $groups = &mut $node.groups;
         $body
@@ -347,6 +365,8 @@ impl Node {
             seeds: seeds.iter().copied().filter(|s| *s != id).collect(),
             round: 0,
             next_tick: now + phase,
+            repair_at: Time::MAX,
+            departed: VecDeque::new(),
             heartbeat: 0,
             leaving: false,
             peers: Vec::new(),
@@ -423,6 +443,11 @@ impl Node {
         self.my_groups.insert(group);
         let stream = self.new_stream();
         let mut g = GroupState::new(group, self.id, stream);
+        self.departed.retain(|d| d.forget_at > now);
+        if let Some(i) = self.departed.iter().position(|d| d.group == group) {
+            let d = self.departed.remove(i).expect("index from position");
+            with_ctx!(self, now, |ctx, _groups| g.resume_from(&d.positions, &mut ctx));
+        }
         if let Some(gv) = self.view.group_view(group).cloned() {
             with_ctx!(self, now, |ctx, _groups| g.set_members(
                 &gv.members,
@@ -466,6 +491,21 @@ impl Node {
             .collect();
         for group in done {
             if let Some(mut g) = self.groups.remove(&group) {
+                // Copies of what the group's streams sent are held (and tombstoned) for a
+                // few retentions: remember where we stood for as long.
+                let keep = self.settings.gossip_period.saturating_mul(
+                    u64::from(self.settings.retention_rounds)
+                        * u64::from(crate::multicast::TOMBSTONE_RETENTIONS),
+                );
+                self.departed.retain(|d| d.group != group && d.forget_at > now);
+                if self.departed.len() >= MAX_DEPARTED_GROUPS {
+                    self.departed.pop_front();
+                }
+                self.departed.push_back(Departed {
+                    group,
+                    forget_at: now.saturating_add(keep),
+                    positions: g.positions(self.settings.max_tombstones),
+                });
                 with_ctx!(self, now, |ctx, _groups| g.clear(&mut ctx));
             }
             self.my_groups.remove(&group);
@@ -540,8 +580,10 @@ impl Node {
     // ---------------------------------------------------------------- driver calls
 
     /// When `handle_timeout` wants to be called next.
+    /// When `handle_timeout` is next due: the gossip round or the repair timer. It can
+    /// move earlier after `handle_packet` (a gap opened): drivers read it after each input.
     pub fn poll_timeout(&self) -> Option<Time> {
-        Some(self.next_tick)
+        Some(self.next_tick.min(self.repair_at))
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -633,6 +675,14 @@ impl Node {
         while now >= self.next_tick {
             self.next_tick += self.settings.gossip_period.max(1);
             self.gossip_round(now);
+        }
+        if now >= self.repair_at {
+            self.repair_at = Time::MAX;
+            with_ctx!(self, now, |ctx, groups| {
+                for g in groups.values_mut() {
+                    g.rerequest_gaps(&mut ctx);
+                }
+            });
         }
     }
 
@@ -1258,6 +1308,7 @@ impl Node {
                 counters: &mut self.counters,
                 live: &live,
                 node_bytes: &mut self.node_bytes,
+                repair_at: &mut self.repair_at,
             },
             &mut self.groups,
         );

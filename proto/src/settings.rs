@@ -42,8 +42,10 @@ pub struct Settings {
     /// and bursts. (Ensemble `reql`: 100.)
     pub request_cap: usize,
     /// Time before a missing message is requested again (after a gap request or a digest
-    /// request went unanswered). Shorter: faster repair when a request or retransmission
-    /// is lost, more duplicate retransmissions. Must exceed a round trip plus wake-ups.
+    /// request went unanswered), on the node's repair timer: eight times this far apart,
+    /// then twice as far each time up to a gossip period. Shorter: faster repair when a
+    /// request or retransmission is lost, within a byte budget that holds only a few ms
+    /// of a fast stream; more duplicate retransmissions when round trips are longer.
     pub rerequest_after: Time,
     /// Bytes a member keeps for one group: held messages (payload plus a fixed per-message
     /// overhead), partly received large messages, and one overhead per missing message.
@@ -106,7 +108,7 @@ impl Default for Settings {
             retention_rounds: 20,
             retransmit_budget_bytes: 8 << 20,
             request_cap: 1024,
-            rerequest_after: 20 * MILLIS,
+            rerequest_after: MILLIS,
             group_budget_bytes: 64 << 20,
             node_budget_bytes: 256 << 20,
             digest_entries: 1024,

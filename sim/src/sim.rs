@@ -19,7 +19,7 @@ const RX_CAPACITY: usize = 4096;
 const COST_BASE: Time = 2 * MICROS;
 const COST_PER_BYTE_NS: Time = 1;
 /// Interval between workload bursts (each sender submits its share every interval).
-const BURST_INTERVAL: Time = 10 * MILLIS;
+const BURST_INTERVAL: Time = MILLIS;
 /// A run still going this long after the workload started is a bug (reported).
 const HARD_STOP: Time = 600_000 * MILLIS;
 /// Interval of the simulator's own checks (workload start, early stop).
@@ -809,6 +809,20 @@ impl Sim {
                     e.2 = datagram_kinds(&t.payload);
                 }
                 continue;
+            }
+            if self.trace_node == Some(from) && std::env::var_os("TUTTI_SIM_TRACE_PACKETS").is_some() {
+                let at = now.saturating_sub(self.workload_start.unwrap_or(0)) / MICROS;
+                let mut what = datagram_kinds(&t.payload);
+                if let Ok(d) = packet::decode(&t.payload) {
+                    for m in d.messages() {
+                        if let Message::Request { entries, .. } = m {
+                            for e in entries.iter() {
+                                what += &format!(" {}/{}:{}+{}", e.sender, e.stream, e.first, e.count);
+                            }
+                        }
+                    }
+                }
+                eprintln!("[{at} us]   -> {}: {what}", t.dest);
             }
             self.mix(&[now, u64::from(from), u64::from(t.dest), t.payload.len() as u64]);
             if t.dest as usize >= self.nodes.len() || self.is_cut(from, t.dest) {

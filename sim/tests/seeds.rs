@@ -1,50 +1,10 @@
 //! Protocol properties over many seeds: small clusters (3-16 nodes) with every fault kind.
 //! `TUTTI_SIM_SEEDS=N` runs N seeds instead of the default; `TUTTI_SIM_FIRST_SEED` moves
-//! the range; `TUTTI_SIM_STRICT=1` fails on the seeds of known protocol bugs too.
+//! the range. CI runs the default; the closing notes quote 2,000-seed and longer sweeps.
 
 use tutti_proto::MILLIS;
 use tutti_sim::sim::{run_with_baseline, Rejoin};
 use tutti_sim::{Crash, Partition, Report, Scenario, Sim};
-
-/// Seeds (of the first 2,000) that fail today because of known protocol bugs, each
-/// reproduced on its own by an ignored `proto_bug_*` test below. The sweep lists them when
-/// they fail but fails only on other seeds (or on these too with `TUTTI_SIM_STRICT=1`);
-/// a listed seed that passes is reported, so that it is taken off the list once fixed.
-const KNOWN_PROTO_BUGS: &[(u64, &str)] = &[
-    (72, SUBTREE),
-    (155, SUBTREE),
-    (221, REJOIN),
-    (252, SUBTREE),
-    (334, SUBTREE),
-    (368, SUBTREE),
-    (384, SUBTREE),
-    (397, SUBTREE),
-    (401, REJOIN),
-    (452, SUBTREE),
-    (581, SUBTREE),
-    (654, SUBTREE),
-    (727, REJOIN),
-    (793, SUBTREE),
-    (830, SILENT_GAP),
-    (877, SUBTREE),
-    (1022, SUBTREE),
-    (1124, SUBTREE),
-    (1131, REJOIN),
-    (1281, SUBTREE),
-    (1350, SUBTREE),
-    (1440, SUBTREE),
-    (1602, REJOIN),
-    (1624, SUBTREE),
-    (1873, SUBTREE),
-    (1875, SUBTREE),
-];
-/// See `proto_bug_subtree_lost_under_budget_pressure`.
-const SUBTREE: &str =
-    "a stage-1 loss above an interior tree node under budget pressure is Lost at its whole subtree";
-/// See `proto_bug_rejoined_member_*`.
-const REJOIN: &str = "a member that left the group and joined again forgets where each stream stood";
-/// See `proto_bug_silent_gap_when_first_heard_of_after_the_budget_moved_the_low`.
-const SILENT_GAP: &str = "a stream first heard of after the budget moved its low is skipped silently";
 
 /// Every message reached every member owed it, and nothing was reported lost.
 fn assert_all_delivered(r: &Report, what: &str) {
@@ -67,11 +27,8 @@ fn seeds() -> u64 {
 #[test]
 fn seed_sweep_holds_every_invariant() {
     let n = seeds();
-    let strict = std::env::var_os("TUTTI_SIM_STRICT").is_some();
     let verbose = std::env::var_os("TUTTI_SIM_VERBOSE").is_some();
     let mut failures = Vec::new();
-    let mut known = Vec::new();
-    let mut fixed = Vec::new();
     let (mut complete_checked, mut membership_checked, mut bimodal_checked) = (0, 0, 0);
     let mut violations = 0;
     let first: u64 = std::env::var("TUTTI_SIM_FIRST_SEED")
@@ -97,27 +54,15 @@ fn seed_sweep_holds_every_invariant() {
         membership_checked += usize::from(r.view_converged.is_some());
         bimodal_checked += usize::from(r.bimodal_checked);
         violations += r.invariant_violations;
-        let bug = KNOWN_PROTO_BUGS.iter().find(|k| k.0 == seed).map(|k| k.1);
-        match (r.invariant_violations > 0, bug) {
-            (true, Some(bug)) if !strict => known.push(format!("seed {seed} (known: {bug})")),
-            (true, _) => failures.push(format!("{desc}\n    {:?}", r.violation_samples)),
-            (false, Some(bug)) => fixed.push(format!("seed {seed} ({bug})")),
-            (false, None) => {}
+        if r.invariant_violations > 0 {
+            failures.push(format!("{desc}\n    {:?}", r.violation_samples));
         }
     }
     eprintln!(
-        "{n} seeds: {violations} violations, {} failing seeds ({} of known protocol bugs); \
-         {complete_checked} checked complete delivery, {bimodal_checked} bimodal delivery, \
-         {membership_checked} view convergence",
-        failures.len() + known.len(),
-        known.len()
+        "{n} seeds: {violations} violations, {} failing seeds; {complete_checked} checked \
+         complete delivery, {bimodal_checked} bimodal delivery, {membership_checked} view convergence",
+        failures.len()
     );
-    for k in &known {
-        eprintln!("  {k}");
-    }
-    for f in &fixed {
-        eprintln!("  now passes, take it off KNOWN_PROTO_BUGS: {f}");
-    }
     assert!(
         failures.is_empty(),
         "{} failing seeds:\n{}",
@@ -470,10 +415,9 @@ fn fast_burst_against_a_small_budget_with_loss() {
     }
 }
 
-// ---------------------------------------------------------------- known protocol bugs
+// ---------------------------------------------------------------- protocol bugs found
 //
-// Each test below fails today; run them with `cargo test -p tutti-sim --test seeds --
-// --ignored`. Un-ignore once proto is fixed (and take the seeds off KNOWN_PROTO_BUGS).
+// Each test below failed before its fix (the sweep's seeds named in it failed too).
 
 /// A member in the group before a stream began, which first hears of the stream only
 /// after the sender's byte budget moved its low-water mark, starts the stream at that
@@ -484,8 +428,9 @@ fn fast_burst_against_a_small_budget_with_loss() {
 /// stream from a digest ~100 ms later, when the 64 KiB budget has long evicted its first
 /// messages (`GroupState::first_base` trusts the advertised low "within a retention of
 /// joining", but the budget moves the low within milliseconds). Seed 830 of the sweep.
+/// Fixed: data headers and digests carry the stream's `recent` low (what its sender sent
+/// within a retention), and a member new to a stream starts there.
 #[test]
-#[ignore = "proto bug: silent gap when a stream is first heard of after the budget moved its low"]
 fn proto_bug_silent_gap_when_first_heard_of_after_the_budget_moved_the_low() {
     for seed in [1, 2, 3, 4] {
         let mut sc = Scenario::new(8, 3_000, 1, 0.0, seed);
@@ -513,9 +458,9 @@ fn proto_bug_silent_gap_when_first_heard_of_after_the_budget_moved_the_low() {
 /// (`GroupState::set_members`, tombstone at 0) and is told `Lost` of their whole history,
 /// including the messages it delivered before it left. (A node that joins a group for the
 /// first time while cut off is told `Lost` of history from before it joined, likewise.)
-/// Seeds 221 and 1602 of the sweep.
+/// Seeds 221 and 1602 of the sweep. Fixed: a node remembers where it stood in each stream
+/// of a group it left (`Node`'s departed groups) and resumes there when it joins again.
 #[test]
-#[ignore = "proto bug: a member that joined again while cut off is told Lost of what it delivered before"]
 fn proto_bug_rejoined_member_is_told_lost_what_it_delivered() {
     let mut sc = Scenario::new(3, 300, 3, 0.0, 1);
     sc.rate = 300;
@@ -538,9 +483,8 @@ fn proto_bug_rejoined_member_is_told_lost_what_it_delivered() {
 /// hears of it from first; node 1, restarted meanwhile, fetched that history late and
 /// keeps it a retention from then, so its low is below what node 2 delivered before it
 /// left: node 2 delivers those messages a second time, and is told `Lost` of the ones
-/// it cannot get back. Seeds 401, 727 and 1131 of the sweep.
+/// it cannot get back. Seeds 401, 727 and 1131 of the sweep. Fixed as the test above.
 #[test]
-#[ignore = "proto bug: a member that joined again redelivers, or is told Lost of, what it delivered before"]
 fn proto_bug_rejoined_member_redelivers_what_it_delivered() {
     let mut failed = Vec::new();
     for seed in 1..=6 {
@@ -573,7 +517,9 @@ fn proto_bug_rejoined_member_redelivers_what_it_delivered() {
 /// message is `Lost` at the whole subtree: delivered at e.g. 11 of 15 members. Seeds 72,
 /// 155, 252, ... of the sweep.
 /// Fixed: a member forwards a message down the sender's tree on first receipt, a repair
-/// included. (Seeds of the sweep with higher loss and tighter budgets still fail: listed.)
+/// included. Seeds with higher loss and tighter budgets (155, 334, 384, ...) failed until
+/// gaps were solicited again on a repair timer (`rerequest_after`, 1 ms, eight times before
+/// backing off), not only when the next copy of the stream arrived.
 #[test]
 fn proto_bug_subtree_lost_under_budget_pressure() {
     for seed in [1, 2, 3] {

@@ -29,8 +29,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// Version of this format. A decoder rejects any other version. Version 2: sender streams
 /// (not incarnations) in data, digest and request entries; the publishing session and
 /// fragments in the data header; per-member streams in views and group joins. Version 3:
-/// a view is carried in parts ([`ViewPartHeader`]), each within a datagram.
-pub const VERSION: u16 = 3;
+/// a view is carried in parts ([`ViewPartHeader`]), each within a datagram. Version 4:
+/// digest entries carry the stream's `recent` low (what its sender sent within a retention).
+pub const VERSION: u16 = 4;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -194,6 +195,12 @@ pub struct DigestEntry {
     pub contiguous: u64,
     /// One past the highest seq seen.
     pub high: u64,
+    /// The oldest seq the stream's sender sent within the last retention, as far as the
+    /// gossiper knows (at most `low`; below `low` when the byte budget, not age, dropped
+    /// messages). A member that first hears of the stream within a retention of joining
+    /// the group starts there, so that what the budget dropped since it joined is
+    /// reported `Lost` rather than skipped.
+    pub recent: u64,
 }
 
 /// Retransmit request header: solicits messages from the gossiper.
@@ -1110,6 +1117,7 @@ mod tests {
                             low: c,
                             contiguous: d,
                             high: f,
+                            recent: c / 2,
                         })
                         .collect(),
                 )
@@ -1538,7 +1546,7 @@ mod tests {
         assert_eq!(DATAGRAM_HEADER_LEN, 16);
         assert_eq!(MESSAGE_HEADER_LEN, 8);
         assert_eq!(core::mem::size_of::<DataHeader>(), 40);
-        assert_eq!(core::mem::size_of::<DigestEntry>(), 32);
+        assert_eq!(core::mem::size_of::<DigestEntry>(), 40);
         assert_eq!(core::mem::size_of::<RequestEntry>(), 24);
         assert_eq!(core::mem::size_of::<HeartbeatEntry>(), 16);
         assert_eq!(VIEW_PART_HEADER_LEN, 48);
