@@ -254,6 +254,10 @@ pub struct GroupState {
     /// Our stream's first seq of each round we sent in, the last `retention_rounds` of
     /// them: what we sent within a retention starts at the front's seq.
     sent_rounds: VecDeque<(u32, u64)>,
+    /// Streams of our earlier memberships of the group `(stream, next seq)`: announced in
+    /// our digests, so that members who never heard of their last messages (cut off when
+    /// we left) report them `Lost`. Until round `.2`.
+    retired_streams: Vec<(u32, u64, u32)>,
     senders: FxMap<StreamKey, SenderState>,
     /// Stream keys in first-seen order, for deterministic rotation over digests.
     order: Vec<StreamKey>,
@@ -297,6 +301,7 @@ impl GroupState {
             my_stream,
             next_seq: 0,
             sent_rounds: VecDeque::new(),
+            retired_streams: Vec::new(),
             senders: FxMap::default(),
             order: Vec::new(),
             digest_cursor: 0,
@@ -405,15 +410,25 @@ impl GroupState {
         }
     }
 
+    /// Whether we hold, or may create, the state of stream `key` (at most `max_streams`).
+    fn can_track(&self, key: StreamKey, ctx: &mut Ctx<'_>) -> bool {
+        if self.senders.len() < ctx.settings.max_streams || self.senders.contains_key(&key) {
+            return true;
+        }
+        ctx.counters.streams_full += 1;
+        false
+    }
+
     /// Whether traffic about `key`, of which we hold no state, must wait for the view:
-    /// we are in the group, its node is alive but the stream is not (yet) in our group
-    /// view. Once the view that adds it arrives we know whether it owes us every message
+    /// we are in the group, its node is alive but not (yet) in our group view. (A node in
+    /// the view with another stream sent `key` in an earlier membership, before a restart
+    /// or a rejoin: waiting would wait forever.) Once the view that adds it arrives we know whether it owes us every message
     /// (see `set_members`); creating its state now, at its advertised low, would skip those.
     fn defer_unknown(&self, key: StreamKey, ctx: &Ctx<'_>) -> bool {
         !self.senders.contains_key(&key)
             && !self.tombstones.contains_key(&key)
             && self.pos.contains_key(&self.my_id)
-            && self.member_stream.get(&key.0) != Some(&key.1)
+            && !self.member_stream.contains_key(&key.0)
             && (ctx.live)(key.0)
     }
 
@@ -558,6 +573,20 @@ impl GroupState {
         let quiet = self.quiet();
         if self.defer_unknown(key, ctx) {
             ctx.counters.deferred_unknown_sender += 1;
+            return;
+        }
+        if !self.can_track(key, ctx) {
+            return;
+        }
+        if from != key.0
+            && self
+                .senders
+                .get(&key)
+                .is_some_and(|st| seq >= st.high().saturating_add(max_window))
+        {
+            // Only the sender itself may move our window a whole window at once (a member
+            // relaying a seq that far ahead could push every real message below it).
+            ctx.counters.implausible_seqs += 1;
             return;
         }
         let base = self.first_base(key, base, ctx);
@@ -807,6 +836,9 @@ impl GroupState {
                 ctx.counters.deferred_unknown_sender += 1;
                 continue;
             }
+            if !self.can_track(key, ctx) {
+                continue;
+            }
             let base = self.first_base(key, e.low.min(e.recent), ctx);
             let st = self.state_for(key, base, round);
             let before = st.bytes;
@@ -821,11 +853,18 @@ impl GroupState {
                 peer_lacks = true;
             }
             if e.high > st.high() {
-                if e.high.saturating_sub(st.base) > max_window {
+                // Only the sender's own digest may slide our window; another member's word
+                // extends it at most to a full window.
+                let high = if from == e.sender {
+                    e.high
+                } else {
+                    e.high.min(st.base.saturating_add(max_window))
+                };
+                if high.saturating_sub(st.base) > max_window {
                     ctx.counters.window_overflow += 1;
-                    slide_window(group, quiet, key, st, e.high - max_window, ctx);
+                    slide_window(group, quiet, key, st, high - max_window, ctx);
                 }
-                st.extend_to(e.high, round, max_window);
+                st.extend_to(high, round, max_window);
             }
             if st.missing > 0 && e.contiguous > st.contiguous {
                 st.holder = from;
@@ -919,12 +958,9 @@ impl GroupState {
     /// Build this round's digest (rotating over streams when there are more than fit).
     fn build_digest(&mut self, max: usize, ctx: &Ctx<'_>) {
         self.scratch_digest.clear();
-        let n = self.order.len();
-        if n == 0 {
-            return;
-        }
+        let n = self.order.len().max(1);
         let start = self.digest_cursor % n;
-        let take = n.min(max);
+        let take = self.order.len().min(max);
         let own = (self.my_id, self.my_stream);
         let own_recent = self.own_recent(ctx);
         for i in 0..take {
@@ -942,6 +978,22 @@ impl GroupState {
             }
         }
         self.digest_cursor = (start + take) % n;
+        let round = ctx.round;
+        self.retired_streams
+            .retain(|&(_, _, until)| until.wrapping_sub(round) as i32 > 0);
+        for &(stream, next, _) in &self.retired_streams {
+            if self.scratch_digest.len() >= max {
+                break;
+            }
+            self.scratch_digest.push(DigestEntry {
+                sender: self.my_id,
+                stream,
+                low: next,
+                contiguous: next,
+                high: next,
+                recent: next,
+            });
+        }
     }
 
     fn send_digest(&mut self, to: NodeId, ctx: &mut Ctx<'_>) {
@@ -1044,12 +1096,18 @@ impl GroupState {
     /// reports it `Lost` (see [`GroupState::resume_from`]).
     pub fn positions(&self, max: usize) -> Vec<(StreamKey, u64)> {
         let mine = |k: &StreamKey| k.0 == self.my_id;
-        let mut out: Vec<(StreamKey, u64)> = self
-            .order
-            .iter()
-            .filter(|k| !mine(k))
-            .filter_map(|k| self.senders.get(k).map(|st| (*k, st.next_deliver.max(st.base))))
-            .collect();
+        let mut out: Vec<(StreamKey, u64)> = vec![((self.my_id, self.my_stream), self.next_seq)];
+        out.extend(
+            self.retired_streams
+                .iter()
+                .map(|&(stream, next, _)| ((self.my_id, stream), next)),
+        );
+        out.extend(
+            self.order
+                .iter()
+                .filter(|k| !mine(k))
+                .filter_map(|k| self.senders.get(k).map(|st| (*k, st.next_deliver.max(st.base)))),
+        );
         out.extend(
             self.tombstone_order
                 .iter()
@@ -1062,10 +1120,18 @@ impl GroupState {
     }
 
     /// Install where an earlier membership of this node stood in the group's streams (from
-    /// [`GroupState::positions`]), before the first view of the new membership.
+    /// [`GroupState::positions`]), before the first view of the new membership; our own
+    /// earlier streams among them are announced as finished (see `retired_streams`).
     pub fn resume_from(&mut self, positions: &[(StreamKey, u64)], ctx: &mut Ctx<'_>) {
+        let until = ctx
+            .round
+            .wrapping_add(TOMBSTONE_RETENTIONS * ctx.settings.retention_rounds);
         for &(key, next) in positions.iter().rev() {
-            if !self.senders.contains_key(&key) {
+            if key.0 == self.my_id {
+                if key.1 != self.my_stream && next > 0 {
+                    self.retired_streams.push((key.1, next, until));
+                }
+            } else if !self.senders.contains_key(&key) {
                 self.add_tombstone(key, next, ctx);
             }
         }

@@ -18,6 +18,22 @@ use tutti_wire::packet::{
 /// What a node counted; every drop has a counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Node ids from the network not added because the table holds `max_peers`.
+    pub peers_full: u64,
+    /// Streams not tracked because a group holds `max_streams`.
+    pub streams_full: u64,
+    /// View counters more than `MAX_COUNTER_JUMP` past our view's, ignored.
+    pub implausible_counters: u64,
+    /// Views refused: not sent by their coordinator, or inconsistent with themselves.
+    pub views_refused: u64,
+    /// Higher incarnations of a node relayed by another node (only the node itself, or a
+    /// view, restarts it in our table).
+    pub relayed_incarnations_ignored: u64,
+    /// Group joins and leaves refused because too many are pending.
+    pub group_changes_refused: u64,
+    /// Data more than a window ahead of a stream, relayed by a member other than its
+    /// sender: dropped (it could push every real message below our window).
+    pub implausible_seqs: u64,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub datagrams_received: u64,
@@ -278,6 +294,14 @@ pub struct Node {
 }
 
 const NO_ROUND: u32 = u32::MAX;
+
+/// How far past our view's counter a counter from the network may be. Counters grow by one
+/// per view change, so a real one is never this far ahead; a forged `u64::MAX` would
+/// otherwise be adopted and wrap the next view's counter.
+pub const MAX_COUNTER_JUMP: u64 = 1 << 32;
+
+/// Group joins and leaves a coordinator holds between two views.
+const MAX_PENDING_GROUP_CHANGES: usize = 1 << 16;
 
 /// Groups left whose stream positions the node remembers for a rejoin (the oldest is
 /// forgotten first).
@@ -643,7 +667,17 @@ impl Node {
                     header,
                     members,
                     groups,
-                } => self.handle_view_part(now, &header, members, groups),
+                } => self.handle_view_part(now, from, &header, members, groups),
+                Message::ViewRequest if self.view.id.coordinator != self.id => {
+                    // Only a view's coordinator sends it (members accept it from no one
+                    // else): point the asker at ours with a heartbeat.
+                    if let Some(&i) = self.peer_index.get(&from) {
+                        if self.peers[i].view_sent_round != self.round {
+                            self.peers[i].view_sent_round = self.round;
+                            self.send_heartbeats(from);
+                        }
+                    }
+                }
                 Message::ViewRequest => {
                     if let Some(&i) = self.peer_index.get(&from) {
                         if self.peers[i].view_sent_round != self.round {
@@ -652,15 +686,22 @@ impl Node {
                         }
                     }
                 }
-                Message::GroupJoin(g) => {
-                    self.pending_group_changes.insert((g.group, from), Some(g.stream));
-                }
-                Message::GroupLeave(g) => {
-                    self.pending_group_changes.insert((g.group, from), None);
-                }
+                Message::GroupJoin(g) => self.pending_group_change(g.group, from, Some(g.stream)),
+                Message::GroupLeave(g) => self.pending_group_change(g.group, from, None),
             }
         }
         self.enforce_node_budget(now);
+    }
+
+    fn pending_group_change(&mut self, group: GroupId, from: NodeId, join: Option<u32>) {
+        let key = (group, from);
+        if self.pending_group_changes.len() >= MAX_PENDING_GROUP_CHANGES
+            && !self.pending_group_changes.contains_key(&key)
+        {
+            self.counters.group_changes_refused += 1;
+            return;
+        }
+        self.pending_group_changes.insert(key, join);
     }
 
     /// Timers: run every gossip round that is due.
@@ -711,7 +752,11 @@ impl Node {
         }
     }
 
-    fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32) -> usize {
+    fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32) -> Option<usize> {
+        if self.peers.len() >= self.settings.max_peers {
+            self.counters.peers_full += 1;
+            return None;
+        }
         self.peers.push(Peer {
             member: m,
             heartbeat,
@@ -725,7 +770,16 @@ impl Node {
         });
         let i = self.peers.len() - 1;
         self.peer_index.insert(m.node, i);
-        i
+        Some(i)
+    }
+
+    /// Whether a view counter from the network is plausible (see [`MAX_COUNTER_JUMP`]).
+    fn plausible_counter(&mut self, counter: u64) -> bool {
+        let ok = counter <= self.view.id.counter.saturating_add(MAX_COUNTER_JUMP);
+        if !ok {
+            self.counters.implausible_counters += 1;
+        }
+        ok
     }
 
     /// Direct evidence that `m` is alive (a datagram from it, or a view it installed).
@@ -747,7 +801,7 @@ impl Node {
                 }
             }
             None => {
-                self.insert_peer(now, m, 0);
+                let _ = self.insert_peer(now, m, 0);
             }
         }
     }
@@ -771,12 +825,17 @@ impl Node {
             let leaving = e.flags & HEARTBEAT_FLAG_LEAVING != 0;
             match self.peer_index.get(&e.node) {
                 None => {
-                    let i = self.insert_peer(now, m, e.heartbeat);
-                    self.peers[i].leaving = leaving;
+                    if let Some(i) = self.insert_peer(now, m, e.heartbeat) {
+                        self.peers[i].leaving = leaving;
+                    }
                 }
                 Some(&i) => {
                     let p = &mut self.peers[i];
-                    if e.incarnation > p.member.incarnation {
+                    if e.incarnation > p.member.incarnation && e.node != from.node {
+                        // A restart is learned from the node itself or from a view, never
+                        // from a third party's word: that would evict a live member.
+                        self.counters.relayed_incarnations_ignored += 1;
+                    } else if e.incarnation > p.member.incarnation {
                         p.member = m;
                         p.heartbeat = e.heartbeat;
                         p.last_increase = now;
@@ -802,10 +861,20 @@ impl Node {
             coordinator: header.view_coordinator,
             coordinator_incarnation: header.view_coordinator_incarnation,
         };
-        self.max_counter = self.max_counter.max(header.max_counter).max(header.view_counter);
+        let claimed = header.max_counter.max(header.view_counter);
+        if !self.plausible_counter(claimed) {
+            return;
+        }
+        self.max_counter = self.max_counter.max(claimed);
         if their.newer_than(&self.view.id) && self.view_request_round != self.round {
+            // Views are accepted from their coordinator only: ask it.
             self.view_request_round = self.round;
-            self.out.push(from.node, 0, |e| e.push_view_request());
+            let to = if their.coordinator != self.id && self.peer_index.contains_key(&their.coordinator) {
+                their.coordinator
+            } else {
+                from.node
+            };
+            self.out.push(to, 0, |e| e.push_view_request());
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
         if !self.in_view.contains_key(&from.node) {
@@ -947,6 +1016,7 @@ impl Node {
     fn handle_view_part(
         &mut self,
         now: Time,
+        from: NodeId,
         header: &ViewPartHeader,
         members: Entries<'_, MemberEntry>,
         groups: ViewGroupSlices<'_>,
@@ -956,6 +1026,13 @@ impl Node {
             coordinator: header.coordinator,
             coordinator_incarnation: header.coordinator_incarnation,
         };
+        if from != id.coordinator {
+            self.counters.views_refused += 1;
+            return;
+        }
+        if !self.plausible_counter(id.counter) {
+            return;
+        }
         self.max_counter = self.max_counter.max(id.counter);
         if !id.newer_than(&self.view.id) {
             return;
@@ -1036,6 +1113,15 @@ impl Node {
         if !view.id.newer_than(&self.view.id) || !view.contains(self.me()) {
             return;
         }
+        // The coordinator is the view's oldest member, in it with the stated incarnation.
+        let coordinator = Member {
+            node: view.id.coordinator,
+            incarnation: view.id.coordinator_incarnation,
+        };
+        if view.members.first() != Some(&coordinator) {
+            self.counters.views_refused += 1;
+            return;
+        }
         self.touch(
             now,
             Member {
@@ -1044,8 +1130,23 @@ impl Node {
             },
         );
         for m in &view.members {
-            if m.node != self.id && !self.peer_index.contains_key(&m.node) {
-                self.insert_peer(now, *m, 0);
+            if m.node == self.id {
+                continue;
+            }
+            match self.peer_index.get(&m.node) {
+                None => {
+                    let _ = self.insert_peer(now, *m, 0);
+                }
+                // The coordinator saw the node restart: so do we.
+                Some(&i) if self.peers[i].member.incarnation < m.incarnation => {
+                    let p = &mut self.peers[i];
+                    p.member = *m;
+                    p.heartbeat = 0;
+                    p.last_increase = now;
+                    p.dead = false;
+                    p.leaving = false;
+                }
+                Some(_) => {}
             }
         }
         self.install(now, Arc::new(view));
@@ -1164,7 +1265,8 @@ impl Node {
         {
             return;
         }
-        self.max_counter += 1;
+        // Counters from the network are bounded (`plausible_counter`), so this cannot wrap.
+        self.max_counter = self.max_counter.saturating_add(1);
         let view = Arc::new(View {
             id: ViewId {
                 counter: self.max_counter,

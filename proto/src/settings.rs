@@ -70,6 +70,13 @@ pub struct Settings {
     /// silent gap, no duplicate. Beyond it the oldest is evicted (counted in
     /// `Counters::tombstones_evicted`); an evicted sender is resumed at its advertised low.
     pub max_tombstones: usize,
+    /// Nodes the membership table holds (live, suspected and failed ones kept for merges).
+    /// Node ids named by the network beyond it are ignored and counted
+    /// (`Counters::peers_full`): a peer cannot grow the table without bound.
+    pub max_peers: usize,
+    /// Streams a member tracks per group (sender states). A stream heard of beyond it is
+    /// ignored and counted (`Counters::streams_full`).
+    pub max_streams: usize,
     /// Heartbeat entries per membership gossip (the node itself plus a rotating slice of
     /// its table). Larger: fresher liveness knowledge at scale, bigger datagrams.
     pub heartbeat_entries: usize,
@@ -113,6 +120,8 @@ impl Default for Settings {
             node_budget_bytes: 256 << 20,
             digest_entries: 1024,
             max_tombstones: 4096,
+            max_peers: 1 << 16,
+            max_streams: 1 << 16,
             heartbeat_entries: 256,
             suspect_timeout: 2_000 * MILLIS,
             forget_after: 60_000 * MILLIS,
