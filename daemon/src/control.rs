@@ -504,8 +504,11 @@ impl Control {
         };
         let shard = (tutti_wire::group_id(name) % self.shards.len() as u64) as usize;
         let log_len = DeliveryLog::required_len(self.config.log_bytes);
-        let (log_fd, log_map) =
-            Mapping::create(&format!("tutti-log-{name}"), log_len).map_err(|e| internal(e.to_string()))?;
+        // Sealed against every write but the shard's own mapping: a member that maps the log
+        // writable (or pwrites it, even through a descriptor reopened from /proc) could
+        // otherwise forge records, with any sender id, for every other member.
+        let (log_fd, log_map) = Mapping::create_read_only_for_others(&format!("tutti-log-{name}"), log_len)
+            .map_err(|e| internal(e.to_string()))?;
         // SAFETY: a fresh zeroed mapping of log_len bytes, not yet shared.
         unsafe { DeliveryLog::init(log_map.as_ptr(), log_map.len(), self.config.log_bytes) }
             .map_err(|e| internal(e.to_string()))?;

@@ -66,8 +66,9 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         let wake = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
         let (counters_fd, stats) = ShardStats::create(index).map_err(|e| format!("shard counters: {e}"))?;
         let stats = Arc::new(stats);
-        let (doorbell_fd, doorbell_map) = Mapping::create(&format!("tutti-shard-{index}"), DOORBELL_BYTES)
-            .map_err(|e| format!("shard doorbell: {e}"))?;
+        let (doorbell_fd, doorbell_map) =
+            Mapping::create_read_only_for_others(&format!("tutti-shard-{index}"), DOORBELL_BYTES)
+                .map_err(|e| format!("shard doorbell: {e}"))?;
         // SAFETY: a fresh zeroed page owned by this shard.
         unsafe { ShardDoorbell::init(doorbell_map.as_ptr(), doorbell_map.len()) }
             .map_err(|e| format!("shard doorbell: {e}"))?;

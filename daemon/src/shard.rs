@@ -74,7 +74,8 @@ pub mod counter {
 impl ShardStats {
     /// Creates shard `index`'s counters page; the descriptor is what clients are sent.
     pub fn create(index: usize) -> std::io::Result<(std::os::fd::OwnedFd, ShardStats)> {
-        let (fd, map) = Mapping::create(&format!("tutti-counters-{index}"), COUNTERS_LEN)?;
+        let (fd, map) =
+            Mapping::create_read_only_for_others(&format!("tutti-counters-{index}"), COUNTERS_LEN)?;
         // SAFETY: a fresh zeroed page owned here; `_map` keeps it mapped as long as `page`.
         let page = unsafe {
             CountersPage::init(map.as_ptr(), map.len(), SHARD_COUNTERS.len())
