@@ -681,16 +681,14 @@ mod tests {
         // SAFETY: the creator's mapping still writes; the reader sees it.
         unsafe { own.as_ptr().add(11).write(2) };
         // SAFETY: reads inside the read-only mapping of LEN bytes.
-        assert_eq!(
-            unsafe {
-                (
-                    ro.as_ptr().add(10).read(),
-                    ro.as_ptr().add(11).read(),
-                    ro.as_ptr().read(),
-                )
-            },
-            (1, 2, 0)
-        );
+        let seen = unsafe {
+            (
+                ro.as_ptr().add(10).read(),
+                ro.as_ptr().add(11).read(),
+                ro.as_ptr().read(),
+            )
+        };
+        assert_eq!(seen, (1, 2, 0));
     }
 
     #[test]
@@ -708,8 +706,8 @@ mod tests {
         let _client = SeqPacket::connect(&path).unwrap();
         let server = listener.accept().unwrap();
         let mut theirs = server.peer_groups().unwrap();
-        // SAFETY: getgroups with a buffer we own and size.
         let mut ours = vec![0 as libc::gid_t; 4096];
+        // SAFETY: getgroups with a buffer we own and size.
         let n = unsafe { libc::getgroups(ours.len() as libc::c_int, ours.as_mut_ptr()) };
         assert!(n >= 0);
         ours.truncate(n as usize);
