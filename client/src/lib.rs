@@ -245,8 +245,15 @@ impl Client {
     fn call(&mut self, request: &Request<'_>, fds: &mut Vec<OwnedFd>) -> Result<Reply<'_>, Error> {
         let mut out = Vec::with_capacity(64);
         request.encode(&mut out);
-        self.conn.send(&out, &[]).map_err(|e| self.io_gone(e))?;
-        let n = self.conn.recv(&mut self.buf, fds)?;
+        let n = match self.conn.send(&out, &[]) {
+            Ok(()) => self.conn.recv(&mut self.buf, fds)?,
+            // A daemon that refuses a connection (at accept: who it is, or a limit) says why
+            // and hangs up, maybe before we spoke: the reason may be waiting to be read.
+            Err(e) => match self.conn.try_recv(&mut self.buf, fds) {
+                Ok(n) if n > 0 => n,
+                _ => return Err(self.io_gone(e)),
+            },
+        };
         if n == 0 {
             self.gone = true;
             return Err(Error::DaemonGone);
