@@ -246,7 +246,18 @@ impl Client {
         let mut out = Vec::with_capacity(64);
         request.encode(&mut out);
         let n = match self.conn.send(&out, &[]) {
-            Ok(()) => self.conn.recv(&mut self.buf, fds)?,
+            Ok(()) => match self.conn.recv(&mut self.buf, fds) {
+                Ok(n) => n,
+                // The daemon hung up with our request unread (it refused us at accept): the
+                // kernel reports the reset first, then still hands out its reply.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    match self.conn.try_recv(&mut self.buf, fds) {
+                        Ok(n) if n > 0 => n,
+                        _ => return Err(self.io_gone(e)),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            },
             // A daemon that refuses a connection (at accept: who it is, or a limit) says why
             // and hangs up, maybe before we spoke: the reason may be waiting to be read.
             Err(e) => match self.conn.try_recv(&mut self.buf, fds) {

@@ -39,6 +39,12 @@ impl RawJoin {
         (self.joined.new_shard != 0).then(|| &self.fds[if subscribe { 2 } else { 0 }])
     }
 
+    /// The shard's eventfd (to wake it after a commit), when this join brought a ring.
+    pub fn shard_eventfd(&self) -> Option<&OwnedFd> {
+        let subscribe = Rights::from_u8(self.joined.rights).map_or(true, |r| r.subscribe);
+        (self.joined.new_shard != 0).then(|| &self.fds[if subscribe { 4 } else { 2 }])
+    }
+
     /// The delivery log's descriptor, when joined with the subscribe right.
     pub fn log_fd(&self) -> Option<&OwnedFd> {
         let subscribe = Rights::from_u8(self.joined.rights).map_or(true, |r| r.subscribe);
@@ -135,7 +141,7 @@ impl RawRing {
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.map.len());
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
         // SAFETY: in bounds and 8-aligned (checked; the mapping is page-aligned); the word
         // lives as long as the mapping borrowed by the result, and is only accessed
         // atomically by this process.
@@ -189,7 +195,7 @@ impl RawRing {
     /// capacity never need padding). Returns the frame's position.
     pub fn commit(&mut self, group: u32, payload: &[u8]) -> Option<u64> {
         let size = (PUBLISH_FRAME_HEADER_LEN + payload.len()) as u64;
-        assert!(payload.len() % 8 == 0 && self.capacity % size == 0);
+        assert!(payload.len().is_multiple_of(8) && self.capacity.is_multiple_of(size));
         if self.tail + size - self.head() > self.capacity {
             return None;
         }
