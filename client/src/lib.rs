@@ -449,13 +449,13 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) if !g.rights.publish => return Err(OfferError::NotPublisher),
             Some(g) if payload.len() > g.max_message => {
                 return Err(OfferError::TooLarge {
                     len: payload.len(),
                     max: g.max_message,
                 })
             }
-            Some(g) if !g.rights.publish => return Err(OfferError::NotPublisher),
             Some(g) => (g.handle, g.shard),
             None => return Err(OfferError::Closed),
         };
@@ -473,13 +473,13 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) if !g.rights.publish => return Err(OfferError::NotPublisher),
             Some(g) if len > g.max_message => {
                 return Err(OfferError::TooLarge {
                     len,
                     max: g.max_message,
                 })
             }
-            Some(g) if !g.rights.publish => return Err(OfferError::NotPublisher),
             Some(g) => (g.handle, g.shard),
             None => return Err(OfferError::Closed),
         };
