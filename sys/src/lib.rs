@@ -257,20 +257,38 @@ impl SeqPacket {
     /// /proc/PID/status (the pid may be gone and reused by then). At most [`MAX_PEER_GROUPS`]
     /// are returned: a longer list is an error, never a silent cut.
     pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
-        let mut groups = vec![0 as libc::gid_t; MAX_PEER_GROUPS];
-        let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
-        // SAFETY: groups is a valid out buffer of `len` bytes for SO_PEERGROUPS.
-        cvt(unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        })?;
-        groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
-        Ok(groups)
+        // Most users are in a few groups: ask with room for 32, and if the kernel says
+        // (ERANGE) that more are needed, once more with exactly that room.
+        let mut groups: Vec<libc::gid_t> = vec![0; 32];
+        loop {
+            let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
+            // SAFETY: groups is a valid out buffer of `len` bytes for SO_PEERGROUPS.
+            let r = cvt(unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            });
+            let count = len as usize / std::mem::size_of::<libc::gid_t>();
+            match r {
+                Ok(_) => {
+                    groups.truncate(count);
+                    return Ok(groups);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && count > groups.len() => {
+                    if count > MAX_PEER_GROUPS {
+                        return Err(io::Error::other(
+                            "peer has more supplementary groups than NGROUPS_MAX",
+                        ));
+                    }
+                    groups = vec![0; count];
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends one message with up to [`MAX_FDS`] descriptors.

@@ -665,6 +665,28 @@ mod tests {
         }
 
         #[test]
+        fn corrupted_refusals_are_refused_or_decode_cleanly(
+            uid in any::<u32>(), group in "[a-z.]{0,40}", at in any::<usize>(), flip in 1u8..=255, cut in any::<usize>(),
+        ) {
+            for reply in [
+                Reply::Denied { uid, right: Right::Publish, group: &group, rule: "orders.*" },
+                Reply::LimitReached { limit: Limit::JoinRate, max: u64::from(uid) },
+            ] {
+                let mut buf = Vec::new();
+                reply.encode(&mut buf);
+                let mut bad = buf.clone();
+                let at = at % bad.len();
+                bad[at] ^= flip;
+                let _ = Reply::decode(&bad);
+                // Truncated anywhere, with the header's length fixed up to match: an error.
+                let cut = HEADER_LEN + cut % (buf.len() - HEADER_LEN);
+                let mut short = buf[..cut].to_vec();
+                short[8..12].copy_from_slice(&((cut - HEADER_LEN) as u32).to_le_bytes());
+                prop_assert!(Reply::decode(&short).is_err());
+            }
+        }
+
+        #[test]
         fn corrupted_requests_are_refused_or_decode_cleanly(
             (k, a, b, name) in request_strategy(), at in any::<usize>(), flip in 1u8..=255,
         ) {
