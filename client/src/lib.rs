@@ -26,9 +26,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
-use tutti_wire::control::{self, Joined, Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
-pub use tutti_wire::counters::SHARD_COUNTERS;
+use tutti_wire::control::{
+    self, Joined, Reply, Request, CONTROL_COUNTERS_PAGE, MAX_MESSAGE, PROTOCOL_VERSION,
+};
+pub use tutti_wire::control::{Limit, Right, Rights};
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
+pub use tutti_wire::counters::{CONTROL_COUNTERS, SHARD_COUNTERS};
 use tutti_wire::shm::{
     DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
@@ -57,6 +60,9 @@ pub enum OfferError {
     /// The daemon is gone or ended this session.
     #[error("not connected to tuttid")]
     Closed,
+    /// The group was joined without the publish right ([`Client::join_as`]).
+    #[error("this client joined the group without the publish right")]
+    NotPublisher,
 }
 
 impl From<RingOfferError> for OfferError {
@@ -79,6 +85,21 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("tuttid refused: {0}")]
     Refused(String),
+    /// An access check refused: attaching at all (`right` = `Attach`, `group` empty), or a
+    /// right on a group by the `[[access]]` rule for `rule`.
+    #[error("{}", denied_text(*uid, *right, group, rule))]
+    PermissionDenied {
+        uid: u32,
+        right: Right,
+        group: String,
+        rule: String,
+    },
+    /// A resource limit of the daemon refused the request.
+    #[error("tuttid refused: its limit {} = {max} is reached", limit.config_key())]
+    LimitReached { limit: Limit, max: u64 },
+    /// The group was joined without the subscribe right ([`Client::join_as`]).
+    #[error("this client joined the group without the subscribe right")]
+    NotSubscribed,
     #[error("unexpected answer from tuttid: {0}")]
     Protocol(String),
     #[error("shared memory from tuttid is not usable: {0}")]
@@ -87,6 +108,18 @@ pub enum Error {
     DaemonGone,
     #[error("no such group handle in this client")]
     UnknownGroup,
+}
+
+fn denied_text(uid: u32, right: Right, group: &str, rule: &str) -> String {
+    match right {
+        Right::Attach => format!(
+            "permission denied: uid {uid} may not attach to tuttid (run as the daemon's user or a member of its group, or list the uid in allow_uids)"
+        ),
+        right => format!(
+            "permission denied: uid {uid} may not {} group {group:?} (tuttid's [[access]] rule for {rule:?})",
+            right.name()
+        ),
+    }
 }
 
 /// A group this client joined (cheap to copy; valid only with the client that made it).
@@ -123,6 +156,12 @@ struct Group {
     shard: usize,
     /// The daemon's limit for this group (at most what the publish ring carries).
     max_message: usize,
+    rights: Rights,
+    /// The delivery log, when joined with the subscribe right.
+    sub: Option<Subscription>,
+}
+
+struct Subscription {
     reader: LogReader,
     doorbell: GroupDoorbell,
     _log: Mapping,
@@ -206,14 +245,44 @@ impl Client {
     fn call(&mut self, request: &Request<'_>, fds: &mut Vec<OwnedFd>) -> Result<Reply<'_>, Error> {
         let mut out = Vec::with_capacity(64);
         request.encode(&mut out);
-        self.conn.send(&out, &[]).map_err(|e| self.io_gone(e))?;
-        let n = self.conn.recv(&mut self.buf, fds)?;
+        let n = match self.conn.send(&out, &[]) {
+            Ok(()) => match self.conn.recv(&mut self.buf, fds) {
+                Ok(n) => n,
+                // The daemon hung up with our request unread (it refused us at accept): the
+                // kernel reports the reset first, then still hands out its reply.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    match self.conn.try_recv(&mut self.buf, fds) {
+                        Ok(n) if n > 0 => n,
+                        _ => return Err(self.io_gone(e)),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            },
+            // A daemon that refuses a connection (at accept: who it is, or a limit) says why
+            // and hangs up, maybe before we spoke: the reason may be waiting to be read.
+            Err(e) => match self.conn.try_recv(&mut self.buf, fds) {
+                Ok(n) if n > 0 => n,
+                _ => return Err(self.io_gone(e)),
+            },
+        };
         if n == 0 {
             self.gone = true;
             return Err(Error::DaemonGone);
         }
         match Reply::decode(&self.buf[..n]).map_err(|e| Error::Protocol(e.to_string()))? {
             Reply::Error { text, .. } => Err(Error::Refused(text.to_string())),
+            Reply::Denied {
+                uid,
+                right,
+                group,
+                rule,
+            } => Err(Error::PermissionDenied {
+                uid,
+                right,
+                group: group.to_string(),
+                rule: rule.to_string(),
+            }),
+            Reply::LimitReached { limit, max } => Err(Error::LimitReached { limit, max }),
             reply => Ok(reply),
         }
     }
@@ -230,13 +299,29 @@ impl Client {
     /// Joins a group (creating it if it is new): this client may publish to it and
     /// receives what is published to it from now on, its own messages included.
     pub fn join(&mut self, name: &str) -> Result<GroupId, Error> {
+        self.join_as(name, Rights::BOTH)
+    }
+
+    /// Joins a group with only the rights asked for: [`Rights::SUBSCRIBE`] to receive
+    /// only, [`Rights::PUBLISH`] to publish only (no delivery log is mapped). An access
+    /// list that refuses a right asked for gives [`Error::PermissionDenied`].
+    pub fn join_as(&mut self, name: &str, rights: Rights) -> Result<GroupId, Error> {
         control::validate_group_name(name).map_err(|e| Error::Refused(e.to_string()))?;
         let mut fds = Vec::new();
-        let joined: Joined = match self.call(&Request::Join { name }, &mut fds)? {
+        let joined: Joined = match self.call(&Request::Join { name, rights }, &mut fds)? {
             Reply::Joined(j) => j,
             other => return Err(unexpected(other)),
         };
-        let want = if joined.new_shard != 0 { 5 } else { 2 };
+        let granted = match joined.rights {
+            0 => Rights::BOTH,
+            bits => Rights::from_u8(bits).map_err(|e| Error::Protocol(e.to_string()))?,
+        };
+        if granted != rights {
+            return Err(Error::Protocol(format!(
+                "asked for {rights:?}, granted {granted:?}"
+            )));
+        }
+        let want = if granted.subscribe { 2 } else { 0 } + if joined.new_shard != 0 { 3 } else { 0 };
         if fds.len() != want {
             return Err(Error::Protocol(format!(
                 "join came with {} descriptors, expected {want}",
@@ -248,18 +333,28 @@ impl Client {
             return Err(Error::Protocol(format!("shard {shard} out of range")));
         }
         let mut fds = fds.into_iter();
-        let (log_fd, bell_fd) = (fds.next().expect("counted"), fds.next().expect("counted"));
-        let log_capacity =
-            usize::try_from(joined.log_capacity).map_err(|_| Error::SharedMemory("log capacity".into()))?;
-        let log = map_exact(&log_fd, DeliveryLog::required_len(log_capacity), false)?;
-        // SAFETY: `log` is a live read-only mapping of the whole region, kept in the Group
-        // for as long as the reader lives; its contents are validated by attach/poll.
-        let reader = unsafe { LogReader::attach(log.as_ptr(), log.len()) }
-            .map_err(|e| Error::SharedMemory(e.to_string()))?;
-        let bell = map_exact(&bell_fd, 4096, true)?;
-        // SAFETY: a live page-sized mapping kept alongside the doorbell.
-        let doorbell = unsafe { GroupDoorbell::attach(bell.as_ptr(), bell.len()) }
-            .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        let sub = if granted.subscribe {
+            let (log_fd, bell_fd) = (fds.next().expect("counted"), fds.next().expect("counted"));
+            let log_capacity = usize::try_from(joined.log_capacity)
+                .map_err(|_| Error::SharedMemory("log capacity".into()))?;
+            let log = map_exact(&log_fd, DeliveryLog::required_len(log_capacity), false)?;
+            // SAFETY: `log` is a live read-only mapping of the whole region, kept in the Group
+            // for as long as the reader lives; its contents are validated by attach/poll.
+            let reader = unsafe { LogReader::attach(log.as_ptr(), log.len()) }
+                .map_err(|e| Error::SharedMemory(e.to_string()))?;
+            let bell = map_exact(&bell_fd, 4096, true)?;
+            // SAFETY: a live page-sized mapping kept alongside the doorbell.
+            let doorbell = unsafe { GroupDoorbell::attach(bell.as_ptr(), bell.len()) }
+                .map_err(|e| Error::SharedMemory(e.to_string()))?;
+            Some(Subscription {
+                reader,
+                doorbell,
+                _log: log,
+                _doorbell_map: bell,
+            })
+        } else {
+            None
+        };
         if joined.new_shard != 0 {
             let (ring_fd, sbell_fd, ev_fd) = (
                 fds.next().expect("counted"),
@@ -283,7 +378,7 @@ impl Client {
                 _ring: ring,
                 _doorbell_map: sbell,
             });
-        } else if self.shards[shard].is_none() {
+        } else if granted.publish && self.shards[shard].is_none() {
             return Err(Error::Protocol(
                 "daemon sent no publish ring for a new shard".into(),
             ));
@@ -299,10 +394,8 @@ impl Client {
             handle: joined.handle,
             shard,
             max_message,
-            reader,
-            doorbell,
-            _log: log,
-            _doorbell_map: bell,
+            rights: granted,
+            sub,
         };
         let index = match self.groups.iter().position(Option::is_none) {
             Some(i) => {
@@ -356,6 +449,7 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) if !g.rights.publish => return Err(OfferError::NotPublisher),
             Some(g) if payload.len() > g.max_message => {
                 return Err(OfferError::TooLarge {
                     len: payload.len(),
@@ -379,6 +473,7 @@ impl Client {
             return Err(OfferError::Closed);
         }
         let (handle, shard) = match self.groups.get(group.0 as usize).and_then(Option::as_ref) {
+            Some(g) if !g.rights.publish => return Err(OfferError::NotPublisher),
             Some(g) if len > g.max_message => {
                 return Err(OfferError::TooLarge {
                     len,
@@ -454,6 +549,9 @@ impl Client {
             .and_then(Option::as_mut)
             .ok_or(Error::UnknownGroup)?;
         let n = g
+            .sub
+            .as_mut()
+            .ok_or(Error::NotSubscribed)?
             .reader
             .poll(limit, handler)
             .map_err(|e| Error::SharedMemory(e.to_string()))?;
@@ -505,7 +603,7 @@ impl Client {
 
     /// Sleeps on the group's futex until the daemon appends (or `timeout`).
     fn park(&mut self, group: GroupId, timeout: Duration) -> Result<(), Error> {
-        let g = self.group(group)?;
+        let g = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
         // add_waiter fences; the daemon fences between appending and reading `waiters`.
         g.doorbell.add_waiter();
         let seen = g.doorbell.futex_value();
@@ -543,23 +641,39 @@ impl Client {
 
     /// Maps every shard's counters page read-only, to read the daemon's counters live.
     pub fn counters(&mut self) -> Result<Vec<ShardCounters>, Error> {
-        let mut out = Vec::new();
-        for shard in 0..self.shards.len() as u32 {
-            let mut fds = Vec::new();
-            match self.call(&Request::Counters { shard }, &mut fds)? {
-                Reply::CountersPage { .. } => {}
-                other => return Err(unexpected(other)),
-            }
-            let fd = fds
-                .pop()
-                .ok_or_else(|| Error::Protocol("counters page came without a descriptor".into()))?;
-            let map = map_exact(&fd, COUNTERS_LEN, false)?;
-            // SAFETY: a live read-only mapping of the whole page, kept beside the view.
-            let page = unsafe { CountersPage::attach(map.as_ptr(), map.len()) }
-                .map_err(|e| Error::SharedMemory(e.to_string()))?;
-            out.push(ShardCounters { page, _map: map });
+        (0..self.shards.len() as u32)
+            .map(|shard| self.counters_page(shard, SHARD_COUNTERS))
+            .collect()
+    }
+
+    /// Maps the control plane's counters page read-only (names: [`CONTROL_COUNTERS`]):
+    /// what the daemon refused at attach and join, and why.
+    pub fn control_counters(&mut self) -> Result<ShardCounters, Error> {
+        self.counters_page(CONTROL_COUNTERS_PAGE, CONTROL_COUNTERS)
+    }
+
+    fn counters_page(
+        &mut self,
+        shard: u32,
+        names: &'static [(&'static str, &'static str)],
+    ) -> Result<ShardCounters, Error> {
+        let mut fds = Vec::new();
+        match self.call(&Request::Counters { shard }, &mut fds)? {
+            Reply::CountersPage { .. } => {}
+            other => return Err(unexpected(other)),
         }
-        Ok(out)
+        let fd = fds
+            .pop()
+            .ok_or_else(|| Error::Protocol("counters page came without a descriptor".into()))?;
+        let map = map_exact(&fd, COUNTERS_LEN, false)?;
+        // SAFETY: a live read-only mapping of the whole page, kept beside the view.
+        let page = unsafe { CountersPage::attach(map.as_ptr(), map.len()) }
+            .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        Ok(ShardCounters {
+            page,
+            names,
+            _map: map,
+        })
     }
 
     /// Checks, without blocking, that the daemon has not hung up on this session.
@@ -584,16 +698,18 @@ impl Client {
     }
 }
 
-/// One shard's counters, mapped read-only and read live (names: [`SHARD_COUNTERS`]).
+/// One counters page (a shard's, names [`SHARD_COUNTERS`], or the control plane's,
+/// names [`CONTROL_COUNTERS`]), mapped read-only and read live.
 pub struct ShardCounters {
     page: CountersPage,
+    names: &'static [(&'static str, &'static str)],
     _map: Mapping,
 }
 
 impl ShardCounters {
     /// (name, value) of every counter the page holds that this build knows by name.
     pub fn values(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        SHARD_COUNTERS
+        self.names
             .iter()
             .take(self.page.count())
             .enumerate()

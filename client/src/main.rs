@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tutti_client::{Client, Event, IdleStrategy, OfferError};
+use tutti_client::{Client, Event, IdleStrategy, OfferError, Rights};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,8 +40,9 @@ enum Command {
     },
     /// Show shards, groups and attached clients of the local daemon.
     Status,
-    /// Show the daemon's counters live (per shard: value and rate per second), read from
-    /// shared memory without disturbing the daemon.
+    /// Show the daemon's counters live (per shard, then the control plane's refusals at
+    /// attach and join: value and rate per second), read from shared memory without
+    /// disturbing the daemon.
     Stat {
         /// Seconds between refreshes.
         #[arg(long, default_value_t = 1.0)]
@@ -112,7 +113,10 @@ fn main() -> ExitCode {
 
 fn publish(socket: &Option<PathBuf>, group: &str) -> Result<ExitCode, String> {
     let mut client = connect(socket)?;
-    let g = client.join(group).map_err(|e| e.to_string())?;
+    // Publish only: an access list may grant this user no subscribe right.
+    let g = client
+        .join_as(group, Rights::PUBLISH)
+        .map_err(|e| e.to_string())?;
     let stdin = std::io::stdin();
     let mut line = Vec::new();
     let mut lock = stdin.lock();
@@ -146,7 +150,10 @@ fn subscribe(
     idle_exit: Option<f64>,
 ) -> Result<ExitCode, String> {
     let mut client = connect(socket)?;
-    let g = client.join(group).map_err(|e| e.to_string())?;
+    // Subscribe only: an access list may grant this user no publish right.
+    let g = client
+        .join_as(group, Rights::SUBSCRIBE)
+        .map_err(|e| e.to_string())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut seen = 0u64;
@@ -207,7 +214,10 @@ fn tune_check(json: bool, cores: Vec<usize>) -> ExitCode {
 fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Result<ExitCode, String> {
     use std::io::IsTerminal;
     let mut client = connect(socket)?;
-    let shards = client.counters().map_err(|e| e.to_string())?;
+    // The shards' pages, then the control plane's (what was refused at attach and join).
+    let mut shards = client.counters().map_err(|e| e.to_string())?;
+    let shard_count = shards.len();
+    shards.push(client.control_counters().map_err(|e| e.to_string())?);
     let interval = Duration::from_secs_f64(interval.max(0.05));
     let clear = !once && !json && std::io::stdout().is_terminal();
     let mut previous: Vec<Vec<u64>> = Vec::new();
@@ -223,16 +233,26 @@ fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Resu
         }
         for (i, values) in current.iter().enumerate() {
             if json {
+                let page: serde_json::Value = if i < shard_count {
+                    i.into()
+                } else {
+                    "control".into()
+                };
                 let map: serde_json::Map<String, serde_json::Value> =
-                    std::iter::once(("shard".to_string(), i.into()))
+                    std::iter::once(("shard".to_string(), page))
                         .chain(values.iter().map(|(n, v)| (n.to_string(), (*v).into())))
                         .collect();
                 out.push_str(&serde_json::Value::Object(map).to_string());
                 out.push('\n');
                 continue;
             }
+            let title = if i < shard_count {
+                format!("shard {i}")
+            } else {
+                "control".to_string()
+            };
             out.push_str(&format!(
-                "shard {i}\n  {:<18} {:>16} {:>14}\n",
+                "{title}\n  {:<26} {:>16} {:>14}\n",
                 "counter", "value", "per second"
             ));
             for (k, (name, value)) in values.iter().enumerate() {
@@ -242,7 +262,7 @@ fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Resu
                     .map_or(String::from("-"), |old| {
                         format!("{:.0}", value.saturating_sub(*old) as f64 / secs)
                     });
-                out.push_str(&format!("  {name:<18} {value:>16} {rate:>14}\n"));
+                out.push_str(&format!("  {name:<26} {value:>16} {rate:>14}\n"));
             }
         }
         print!("{out}");

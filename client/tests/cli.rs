@@ -165,3 +165,66 @@ fn tune_check_json_has_one_object_per_check_and_exit_code_agrees() {
     let table = Command::new(tutti()).args(["tune", "check"]).output().unwrap();
     assert!(String::from_utf8_lossy(&table.stdout).contains("net.core.rmem_max"));
 }
+
+#[test]
+fn a_denied_join_is_printed_with_its_reason_and_counted_in_stat() {
+    let (me, _) = tutti_sys::effective_ids();
+    let dir = std::env::temp_dir().join(format!("tutti-cli-denied-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("tuttid.sock");
+    let config = dir.join("tuttid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[access]]\ngroup = \"locked\"\npublish = [\"uid:{}\"]\nsubscribe = [\"uid:{me}\"]\n",
+            me.wrapping_add(1)
+        ),
+    )
+    .unwrap();
+    let child = Command::new(tuttid())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["--no-pin", "--idle", "backoff", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon { child, dir };
+    assert!(eventually(Duration::from_secs(20), || socket.exists()));
+    let mut publisher = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["pub", "locked"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = publisher.stdin.take().unwrap().write_all(b"x\n");
+    let out = publisher.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "permission denied: uid {me} may not publish group \"locked\""
+        )),
+        "{stderr}"
+    );
+    // Subscribing is allowed (`tutti sub` joins with the subscribe right only).
+    let sub = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["sub", "locked", "--idle-exit", "0.1"])
+        .output()
+        .unwrap();
+    assert!(sub.status.success(), "{}", String::from_utf8_lossy(&sub.stderr));
+    let stat = Command::new(tutti())
+        .env("TUTTI_SOCKET", &socket)
+        .args(["stat", "--once", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(stat.stdout).unwrap();
+    let control: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["shard"] == "control")
+        .unwrap_or_else(|| panic!("no control page in {text}"));
+    assert_eq!(control["denied_publish"], 1, "{control}");
+}

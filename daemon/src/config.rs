@@ -2,6 +2,7 @@
 //! daemon, and command-line flags that override the common ones. A bad file is an error
 //! that names the key.
 
+use crate::access::{AccessRule, LimitsConfig};
 use crate::cluster::{ClusterConfig, MAX_CLUSTER_SHARDS, MAX_DAEMON_ID};
 use crate::net::NetConfig;
 use serde::Deserialize;
@@ -74,6 +75,20 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// UDP transport of the cluster.
     pub net: NetConfig,
+    // ---- Local security (access lists, control socket permissions, resource limits;
+    // `crate::access`). Top-level keys so that unknown ones are still refused by name.
+    /// Permission bits of the control socket, octal (`"0660"`). Who may attach is still
+    /// checked with SO_PEERCRED; this keeps others from even connecting.
+    pub socket_mode: String,
+    /// Group of the control socket (a name or a number); unset = the daemon's group. The
+    /// daemon must be a member of it (or root).
+    pub socket_group: Option<String>,
+    /// Per-group access lists (`[[access]]`); none = anyone who may attach may join any
+    /// group with any right.
+    pub access: Vec<AccessRule>,
+    /// Per-user and per-client bounds (`[limits]`).
+    pub limits: LimitsConfig,
+    // ---- end of local security
 }
 
 impl Default for Config {
@@ -93,6 +108,10 @@ impl Default for Config {
             log: "info".to_string(),
             cluster: ClusterConfig::default(),
             net: NetConfig::default(),
+            socket_mode: "0770".into(),
+            socket_group: None,
+            access: Vec::new(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -137,6 +156,12 @@ impl Config {
         }
         self.cluster.validate()?;
         self.net.validate()?;
+        crate::access::parse_socket_mode(&self.socket_mode)?;
+        if let Some(group) = &self.socket_group {
+            crate::access::resolve_group(group).map_err(|e| format!("socket_group: {e}"))?;
+        }
+        crate::access::AccessPolicy::new(&self.access)?;
+        self.limits.validate()?;
         if self.cluster.enabled && self.node_id > MAX_DAEMON_ID {
             return Err(format!(
                 "node_id = {}: at most {MAX_DAEMON_ID} in a cluster",
@@ -155,7 +180,8 @@ impl Config {
         Ok(())
     }
 
-    /// Keys (other than `log`) whose value differs in `new`: they apply only on restart.
+    /// Keys (other than `log`, the access lists and the limits, which SIGHUP applies) whose
+    /// value differs in `new`: they apply only on restart.
     pub fn keys_needing_restart(&self, new: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
         macro_rules! cmp {
@@ -180,6 +206,12 @@ impl Config {
             cluster,
             net
         );
+        if self.socket_mode != new.socket_mode {
+            keys.push("socket_mode");
+        }
+        if self.socket_group != new.socket_group {
+            keys.push("socket_group");
+        }
         keys
     }
 
@@ -226,6 +258,28 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::parse("idle = \"spin\"\nshardz = 3\n").unwrap_err();
         assert!(e.contains("shardz"), "{e}");
+    }
+
+    #[test]
+    fn local_security_keys_parse_and_bad_ones_are_named() {
+        let c = Config::parse(
+            "socket_mode = \"0660\"\nsocket_group = \"0\"\n\
+             [[access]]\ngroup = \"orders.*\"\npublish = [\"uid:0\"]\nsubscribe = [\"*\", \"group:root\"]\n\
+             [[access]]\ngroup = \"audit\"\nsubscribe = [\"user:root\"]\n\
+             [limits]\nclients_per_uid = 3\njoins_per_second = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.access.len(), 2);
+        assert_eq!(c.limits.clients_per_uid, 3);
+        assert_eq!(c.limits.join_burst, LimitsConfig::default().join_burst);
+        let e = Config::parse("socket_mode = \"rw\"").unwrap_err();
+        assert!(e.contains("socket_mode"), "{e}");
+        let e = Config::parse("[limits]\nclients_per_uid = 0").unwrap_err();
+        assert!(e.contains("limits.clients_per_uid"), "{e}");
+        let e = Config::parse("[limits]\nclient_per_uid = 2").unwrap_err();
+        assert!(e.contains("client_per_uid"), "{e}");
+        let e = Config::parse("[[access]]\ngroup = \"a\"\npublish = [\"uid\"]").unwrap_err();
+        assert!(e.contains("access[0]"), "{e}");
     }
 
     #[test]

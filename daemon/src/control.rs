@@ -3,6 +3,7 @@
 //! daemon's main thread and is never on the data path: a slow control request delays
 //! other control requests, never a message.
 
+use crate::access::{AccessPolicy, Identity, TokenBucket};
 use crate::config::Config;
 use crate::shard::{ShardCommand, ShardEvent, ShardStats};
 use crate::supervise::Supervisor;
@@ -12,9 +13,13 @@ use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tutti_sys::{EventFd, Mapping, PeerCred, SeqPacket, SeqPacketListener, SignalFd};
-use tutti_wire::control::{ErrorCode, Joined, Reply, Request, MAX_MESSAGE, PROTOCOL_VERSION};
-use tutti_wire::counters::SHARD_COUNTERS;
+use tutti_wire::control::{
+    ErrorCode, Joined, Limit, Reply, Request, Right, Rights, CONTROL_COUNTERS_PAGE, MAX_MESSAGE,
+    PROTOCOL_VERSION,
+};
+use tutti_wire::counters::{CountersPage, CONTROL_COUNTERS, COUNTERS_LEN, SHARD_COUNTERS};
 use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
 
 /// How long the control thread waits for a shard to apply a command before it gives up
@@ -52,21 +57,92 @@ impl ShardLink {
     }
 }
 
+/// Indices of the control counters (names in `tutti_wire::counters::CONTROL_COUNTERS`).
+pub mod counter {
+    use tutti_wire::counters::control_counter;
+    pub const SESSIONS: usize = control_counter("sessions");
+    pub const REFUSED_ATTACH: usize = control_counter("refused_attach");
+    pub const REFUSED_MAX_CLIENTS: usize = control_counter("refused_max_clients");
+    pub const REFUSED_CLIENTS_PER_UID: usize = control_counter("refused_clients_per_uid");
+    pub const REFUSED_MAX_GROUPS: usize = control_counter("refused_max_groups");
+    pub const REFUSED_RING_BYTES: usize = control_counter("refused_ring_bytes");
+    pub const REFUSED_JOIN_RATE: usize = control_counter("refused_join_rate");
+    pub const REFUSED_GROUPS_PER_CLIENT: usize = control_counter("refused_groups_per_client");
+    pub const DENIED_PUBLISH: usize = control_counter("denied_publish");
+    pub const DENIED_SUBSCRIBE: usize = control_counter("denied_subscribe");
+    pub const BAD_REQUESTS: usize = control_counter("bad_requests");
+}
+
+/// The control thread's counters, in a shared-memory page that `tutti stat` maps read-only
+/// (sealed: only this process writes it). The control thread is the only writer.
+pub struct ControlStats {
+    page: CountersPage,
+    fd: OwnedFd,
+    _map: Mapping,
+}
+
+impl ControlStats {
+    pub fn create() -> std::io::Result<ControlStats> {
+        let (fd, map) = Mapping::create_read_only_for_others("tutti-counters-control", COUNTERS_LEN)?;
+        // SAFETY: a fresh zeroed page owned here; `_map` keeps it mapped as long as `page`.
+        let page = unsafe {
+            CountersPage::init(map.as_ptr(), map.len(), CONTROL_COUNTERS.len())
+                .and_then(|_| CountersPage::attach(map.as_ptr(), map.len()))
+        }
+        .map_err(std::io::Error::other)?;
+        Ok(ControlStats { page, fd, _map: map })
+    }
+
+    fn add(&self, counter: usize) {
+        self.page.add(counter, 1);
+    }
+
+    pub fn get(&self, counter: usize) -> u64 {
+        self.page.get(counter)
+    }
+}
+
 struct Group {
     name: String,
     shard: usize,
     log_fd: OwnedFd,
     doorbell_fd: OwnedFd,
     members: Vec<u32>,
+    /// The uid whose `limits.ring_bytes_per_uid` pays for the log (its creator), and how much.
+    charged: (u32, u64),
 }
 
 struct Session {
     conn: SeqPacket,
     cred: PeerCred,
+    identity: Identity,
     hello: bool,
     /// Per shard: whether this client has a publish ring there.
     shards: Vec<bool>,
     groups: Vec<u32>,
+    /// Bytes of publish rings charged to the session's uid.
+    ring_bytes: u64,
+    joins: TokenBucket,
+}
+
+/// What one uid holds, against `[limits]`.
+#[derive(Default)]
+struct UidUsage {
+    clients: usize,
+    ring_bytes: u64,
+}
+
+/// Why a join was refused, each with its own typed reply.
+enum Refusal {
+    Error(ErrorCode, String),
+    Denied { right: Right, rule: String },
+    Limit(Limit, u64),
+}
+
+impl Refusal {
+    fn internal(text: String) -> Refusal {
+        Refusal::Error(ErrorCode::Internal, text)
+    }
 }
 
 /// Why the control loop returned.
@@ -88,6 +164,9 @@ pub struct Control {
     next_session: u32,
     rejected: u64,
     bad_requests: u64,
+    policy: AccessPolicy,
+    stats: ControlStats,
+    usage: HashMap<u32, UidUsage>,
     supervisor: Supervisor,
     /// Per shard, the latest view of its cluster node ("" outside a cluster).
     views: Vec<String>,
@@ -102,8 +181,10 @@ impl Control {
         shard_events: Receiver<ShardEvent>,
         events_wake: Arc<EventFd>,
         supervisor: Supervisor,
-    ) -> Control {
-        Control {
+    ) -> Result<Control, String> {
+        let policy = AccessPolicy::new(&config.access)?;
+        let stats = ControlStats::create().map_err(|e| format!("control counters: {e}"))?;
+        Ok(Control {
             config,
             listener,
             signals,
@@ -117,8 +198,11 @@ impl Control {
             rejected: 0,
             bad_requests: 0,
             views: Vec::new(),
+            policy,
+            stats,
+            usage: HashMap::new(),
             supervisor,
-        }
+        })
     }
 
     /// Serves until SIGTERM/SIGINT; SIGHUP reloads the config file.
@@ -155,7 +239,14 @@ impl Control {
             if revents[1] != 0 {
                 while let Some(sig) = self.signals.read() {
                     match sig {
-                        tutti_sys::SIGHUP => self.supervisor.reload(&mut self.config),
+                        tutti_sys::SIGHUP => {
+                            self.supervisor.reload(&mut self.config);
+                            // Access lists and limits apply to joins from now on.
+                            match AccessPolicy::new(&self.config.access) {
+                                Ok(policy) => self.policy = policy,
+                                Err(e) => tracing::error!("SIGHUP: {e}; keeping the running access lists"),
+                            }
+                        }
                         sig => {
                             tracing::info!(signal = sig, "stopping");
                             self.supervisor.stopping();
@@ -213,36 +304,58 @@ impl Control {
             };
             if !self.may_attach(&cred) {
                 self.rejected += 1;
+                self.stats.add(counter::REFUSED_ATTACH);
                 tracing::warn!(
                     pid = cred.pid,
                     uid = cred.uid,
                     gid = cred.gid,
                     "refused: user may not attach"
                 );
-                reply(
-                    &conn,
-                    &Reply::Error {
-                        code: ErrorCode::PermissionDenied,
-                        text:
-                            "this user may not attach to tuttid (add it to the daemon's group or allow_uids)",
-                    },
-                    &[],
-                );
+                let denied = Reply::Denied {
+                    uid: cred.uid,
+                    right: Right::Attach,
+                    group: "",
+                    rule: "",
+                };
+                reply(&conn, &denied, &[]);
                 continue;
             }
-            if self.sessions.len() >= self.config.max_clients {
+            let per_uid = self.usage.get(&cred.uid).map_or(0, |u| u.clients);
+            let refused = if self.sessions.len() >= self.config.max_clients {
+                Some((
+                    Limit::Clients,
+                    self.config.max_clients,
+                    counter::REFUSED_MAX_CLIENTS,
+                ))
+            } else if per_uid >= self.config.limits.clients_per_uid {
+                Some((
+                    Limit::ClientsPerUid,
+                    self.config.limits.clients_per_uid,
+                    counter::REFUSED_CLIENTS_PER_UID,
+                ))
+            } else {
+                None
+            };
+            if let Some((limit, max, counter)) = refused {
                 self.rejected += 1;
-                tracing::warn!(pid = cred.pid, "refused: max_clients reached");
-                reply(
-                    &conn,
-                    &Reply::Error {
-                        code: ErrorCode::ResourceLimit,
-                        text: "tuttid has max_clients clients attached",
-                    },
-                    &[],
+                self.stats.add(counter);
+                tracing::warn!(
+                    pid = cred.pid,
+                    uid = cred.uid,
+                    "refused: {} reached",
+                    limit.config_key()
                 );
+                let max = max as u64;
+                reply(&conn, &Reply::LimitReached { limit, max }, &[]);
                 continue;
             }
+            // The supplementary groups as they were at connect time; if the kernel will not
+            // say (before Linux 4.13), the group database is asked at each check instead.
+            let identity = Identity {
+                uid: cred.uid,
+                gid: cred.gid,
+                groups: conn.peer_groups().ok(),
+            };
             let id = self.next_session;
             self.next_session = self.next_session.wrapping_add(1).max(1);
             tracing::info!(
@@ -252,16 +365,22 @@ impl Control {
                 gid = cred.gid,
                 "client connected"
             );
+            let limits = &self.config.limits;
             self.sessions.insert(
                 id,
                 Session {
                     conn,
                     cred,
+                    identity,
                     hello: false,
                     shards: vec![false; self.shards.len()],
                     groups: Vec::new(),
+                    ring_bytes: 0,
+                    joins: TokenBucket::full(limits.join_burst, Instant::now()),
                 },
             );
+            self.usage.entry(cred.uid).or_default().clients += 1;
+            self.stats.page.set(counter::SESSIONS, self.sessions.len() as u64);
         }
     }
 
@@ -309,6 +428,7 @@ impl Control {
 
     fn protocol_error(&mut self, id: u32, text: &str) {
         self.bad_requests += 1;
+        self.stats.add(counter::BAD_REQUESTS);
         tracing::warn!(session = id, "{text}; ending session");
         if let Some(s) = self.sessions.get(&id) {
             reply(
@@ -362,11 +482,38 @@ impl Control {
                 self.send(id, &welcome, &[]);
             }
             _ if !hello => self.protocol_error(id, "first message must be Hello"),
-            Request::Join { name } => match self.join(id, name) {
+            Request::Join { name, rights } => match self.join(id, name, rights) {
                 Ok(()) => {}
-                Err((code, text)) => {
+                Err(Refusal::Error(code, text)) => {
                     tracing::warn!(session = id, group = name, "join refused: {text}");
                     self.send(id, &Reply::Error { code, text: &text }, &[]);
+                }
+                Err(Refusal::Denied { right, rule }) => {
+                    let uid = self.sessions.get(&id).map_or(u32::MAX, |s| s.cred.uid);
+                    tracing::warn!(
+                        session = id,
+                        uid,
+                        group = name,
+                        rule,
+                        "join denied: no {} right",
+                        right.name()
+                    );
+                    let denied = Reply::Denied {
+                        uid,
+                        right,
+                        group: name,
+                        rule: &rule,
+                    };
+                    self.send(id, &denied, &[]);
+                }
+                Err(Refusal::Limit(limit, max)) => {
+                    tracing::warn!(
+                        session = id,
+                        group = name,
+                        "join refused: {} = {max} reached",
+                        limit.config_key()
+                    );
+                    self.send(id, &Reply::LimitReached { limit, max }, &[]);
                 }
             },
             Request::Leave { handle } => {
@@ -387,6 +534,15 @@ impl Control {
             Request::Status => {
                 let text = self.status_text();
                 self.send(id, &Reply::StatusText(&text), &[]);
+            }
+            Request::Counters {
+                shard: CONTROL_COUNTERS_PAGE,
+            } => {
+                let reply = Reply::CountersPage {
+                    shard: CONTROL_COUNTERS_PAGE,
+                    count: CONTROL_COUNTERS.len() as u32,
+                };
+                self.send(id, &reply, &[self.stats.fd.as_raw_fd()]);
             }
             Request::Counters { shard } => match self.shards.get(shard as usize) {
                 Some(link) => {
@@ -417,44 +573,121 @@ impl Control {
         }
     }
 
-    fn join(&mut self, id: u32, name: &str) -> Result<(), (ErrorCode, String)> {
-        let internal = |e: String| (ErrorCode::Internal, e);
-        let handle = match self.group_by_name.get(name) {
-            Some(&h) => h,
-            None => self.create_group(name)?,
-        };
-        let group = self.groups[handle as usize].as_ref().expect("named group exists");
-        let shard = group.shard;
-        if self.sessions[&id].groups.contains(&handle) {
-            return Err((ErrorCode::BadRequest, format!("already a member of {name}")));
+    fn join(&mut self, id: u32, name: &str, rights: Rights) -> Result<(), Refusal> {
+        let limits = self.config.limits.clone();
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| Refusal::internal("no session".into()))?;
+        // The rate limit comes first, so that a flood of refused joins is cheap too.
+        if !session
+            .joins
+            .take(limits.joins_per_second, limits.join_burst, Instant::now())
+        {
+            self.stats.add(counter::REFUSED_JOIN_RATE);
+            return Err(Refusal::Limit(Limit::JoinRate, limits.joins_per_second.into()));
         }
-        // First join on this shard: give the client a publish ring there.
+        if let Err(denied) = self.policy.check(name, &session.identity, rights) {
+            self.stats.add(match denied.right {
+                Right::Publish => counter::DENIED_PUBLISH,
+                _ => counter::DENIED_SUBSCRIBE,
+            });
+            return Err(Refusal::Denied {
+                right: denied.right,
+                rule: denied.rule,
+            });
+        }
+        let existing = self.group_by_name.get(name).copied();
+        if existing.is_some_and(|h| session.groups.contains(&h)) {
+            return Err(Refusal::Error(
+                ErrorCode::BadRequest,
+                format!("already a member of {name}"),
+            ));
+        }
+        if session.groups.len() >= limits.groups_per_client {
+            self.stats.add(counter::REFUSED_GROUPS_PER_CLIENT);
+            return Err(Refusal::Limit(
+                Limit::GroupsPerClient,
+                limits.groups_per_client as u64,
+            ));
+        }
+        // Shared memory this join makes the session's uid hold: the log of a new group and a
+        // publish ring on a shard where it has none. Checked before anything is created.
+        let uid = session.cred.uid;
+        let log_len = DeliveryLog::required_len(self.config.log_bytes) as u64;
+        let ring_len = PublishRing::required_len(self.config.publish_ring_bytes) as u64;
+        let shard = match existing {
+            Some(h) => self.groups[h as usize].as_ref().map_or(0, |g| g.shard),
+            None => (tutti_wire::group_id(name) % self.shards.len() as u64) as usize,
+        };
+        let needs_ring = rights.publish && !session.shards[shard];
+        let needed = if existing.is_none() { log_len } else { 0 } + if needs_ring { ring_len } else { 0 };
+        let held = self.usage.get(&uid).map_or(0, |u| u.ring_bytes);
+        if held.saturating_add(needed) > limits.ring_bytes_per_uid {
+            self.stats.add(counter::REFUSED_RING_BYTES);
+            return Err(Refusal::Limit(Limit::RingBytesPerUid, limits.ring_bytes_per_uid));
+        }
+        let handle = match existing {
+            Some(h) => h,
+            None => self.create_group(name, uid)?,
+        };
+        let result = self.grant(id, handle, rights, needs_ring);
+        if result.is_err()
+            && self.groups[handle as usize]
+                .as_ref()
+                .is_some_and(|g| g.members.is_empty())
+        {
+            self.drop_group(handle);
+        }
+        result
+    }
+
+    /// The shard a group lives on.
+    fn shard_of(&self, name: &str) -> usize {
+        (tutti_wire::group_id(name) % self.shards.len() as u64) as usize
+    }
+
+    /// Makes session `id` a member of group `handle` with `rights` (the checks are done)
+    /// and sends it the descriptors: the log and group doorbell to a subscriber, and on a
+    /// publisher's first join on the shard its publish ring there.
+    fn grant(&mut self, id: u32, handle: u32, rights: Rights, needs_ring: bool) -> Result<(), Refusal> {
+        let group = self.groups[handle as usize]
+            .as_ref()
+            .ok_or_else(|| Refusal::internal("group vanished".into()))?;
+        let shard = group.shard;
         let mut ring_fd = None;
-        if !self.sessions[&id].shards[shard] {
+        if needs_ring {
             let len = PublishRing::required_len(self.config.publish_ring_bytes);
+            // Not sealed read-only: the client writes its ring. It is this client's alone:
+            // the descriptor goes to this session only, and the shard reads it as untrusted.
             let (fd, map) = Mapping::create(&format!("tutti-pub-{id}-{shard}"), len)
-                .map_err(|e| internal(e.to_string()))?;
+                .map_err(|e| Refusal::internal(e.to_string()))?;
             // SAFETY: a fresh zeroed mapping of `len` bytes that nobody else maps yet.
             unsafe { PublishRing::init(map.as_ptr(), map.len(), self.config.publish_ring_bytes) }
-                .map_err(|e| internal(e.to_string()))?;
+                .map_err(|e| Refusal::internal(e.to_string()))?;
             self.shards[shard]
                 .call(|ack| ShardCommand::AddClient {
                     session: id,
                     ring: map,
                     ack,
                 })
-                .map_err(internal)?;
+                .map_err(Refusal::internal)?;
+            let session = self.sessions.get_mut(&id).expect("session exists");
+            session.shards[shard] = true;
+            session.ring_bytes += len as u64;
+            self.usage.entry(session.cred.uid).or_default().ring_bytes += len as u64;
             ring_fd = Some(fd);
         }
-        self.shards[shard]
-            .call(|ack| ShardCommand::Subscribe {
-                session: id,
-                handle,
-                ack,
-            })
-            .map_err(internal)?;
+        if rights.publish {
+            self.shards[shard]
+                .call(|ack| ShardCommand::Subscribe {
+                    session: id,
+                    handle,
+                    ack,
+                })
+                .map_err(Refusal::internal)?;
+        }
         let session = self.sessions.get_mut(&id).expect("session exists");
-        session.shards[shard] = true;
         session.groups.push(handle);
         let group = self.groups[handle as usize].as_mut().expect("group exists");
         group.members.push(id);
@@ -465,11 +698,15 @@ impl Control {
             handle,
             shard: shard as u32,
             new_shard: u8::from(ring_fd.is_some()),
-            reserved: [0; 7],
+            rights: rights.to_u8(),
+            reserved: [0; 6],
             max_message: self.config.max_message() as u64,
         };
         let link = &self.shards[shard];
-        let mut fds = vec![group.log_fd.as_raw_fd(), group.doorbell_fd.as_raw_fd()];
+        let mut fds = Vec::with_capacity(5);
+        if rights.subscribe {
+            fds.extend([group.log_fd.as_raw_fd(), group.doorbell_fd.as_raw_fd()]);
+        }
         if let Some(fd) = &ring_fd {
             fds.extend([
                 fd.as_raw_fd(),
@@ -477,24 +714,27 @@ impl Control {
                 link.wake.as_raw_fd(),
             ]);
         }
-        tracing::info!(session = id, group = name, handle, shard, "joined");
+        tracing::info!(
+            session = id,
+            group = group.name,
+            handle,
+            shard,
+            publish = rights.publish,
+            subscribe = rights.subscribe,
+            "joined"
+        );
         let session = &self.sessions[&id];
         reply(&session.conn, &Reply::Joined(joined), &fds);
         Ok(())
     }
 
-    fn create_group(&mut self, name: &str) -> Result<u32, (ErrorCode, String)> {
-        let internal = |e: String| (ErrorCode::Internal, e);
+    fn create_group(&mut self, name: &str, uid: u32) -> Result<u32, Refusal> {
         let live = self.groups.iter().flatten().count();
         if live >= self.config.max_groups {
-            return Err((
-                ErrorCode::ResourceLimit,
-                format!(
-                    "tuttid already has max_groups = {} groups",
-                    self.config.max_groups
-                ),
-            ));
+            self.stats.add(counter::REFUSED_MAX_GROUPS);
+            return Err(Refusal::Limit(Limit::Groups, self.config.max_groups as u64));
         }
+        let internal = |e: String| Refusal::internal(e);
         let handle = match self.groups.iter().position(Option::is_none) {
             Some(h) => h as u32,
             None => {
@@ -502,10 +742,13 @@ impl Control {
                 (self.groups.len() - 1) as u32
             }
         };
-        let shard = (tutti_wire::group_id(name) % self.shards.len() as u64) as usize;
+        let shard = self.shard_of(name);
         let log_len = DeliveryLog::required_len(self.config.log_bytes);
-        let (log_fd, log_map) =
-            Mapping::create(&format!("tutti-log-{name}"), log_len).map_err(|e| internal(e.to_string()))?;
+        // Sealed against every write but the shard's own mapping: a member that maps the log
+        // writable (or pwrites it, even through a descriptor reopened from /proc) could
+        // otherwise forge records, with any sender id, for every other member.
+        let (log_fd, log_map) = Mapping::create_read_only_for_others(&format!("tutti-log-{name}"), log_len)
+            .map_err(|e| internal(e.to_string()))?;
         // SAFETY: a fresh zeroed mapping of log_len bytes, not yet shared.
         unsafe { DeliveryLog::init(log_map.as_ptr(), log_map.len(), self.config.log_bytes) }
             .map_err(|e| internal(e.to_string()))?;
@@ -524,15 +767,32 @@ impl Control {
             })
             .map_err(internal)?;
         tracing::info!(group = name, handle, shard, "group created");
+        self.usage.entry(uid).or_default().ring_bytes += log_len as u64;
         self.groups[handle as usize] = Some(Group {
             name: name.to_string(),
             shard,
             log_fd,
             doorbell_fd,
             members: Vec::new(),
+            charged: (uid, log_len as u64),
         });
         self.group_by_name.insert(name.to_string(), handle);
         Ok(handle)
+    }
+
+    /// Takes back what a uid was charged; forgets a uid that holds nothing.
+    fn uncharge(&mut self, uid: u32, clients: usize, ring_bytes: u64) {
+        if let Some(u) = self.usage.get_mut(&uid) {
+            debug_assert!(
+                u.clients >= clients && u.ring_bytes >= ring_bytes,
+                "usage of uid {uid} underflows"
+            );
+            u.clients -= clients.min(u.clients);
+            u.ring_bytes -= ring_bytes.min(u.ring_bytes);
+            if u.clients == 0 && u.ring_bytes == 0 {
+                self.usage.remove(&uid);
+            }
+        }
     }
 
     fn leave(&mut self, id: u32, handle: u32) {
@@ -563,6 +823,8 @@ impl Control {
         if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::take) {
             let _ = self.shards[group.shard].send(ShardCommand::DropGroup { handle });
             self.group_by_name.remove(&group.name);
+            let (uid, bytes) = group.charged;
+            self.uncharge(uid, 0, bytes);
             tracing::info!(group = group.name, handle, "group freed (no members left)");
         }
     }
@@ -573,6 +835,8 @@ impl Control {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
+        self.uncharge(session.cred.uid, 1, session.ring_bytes);
+        self.stats.page.set(counter::SESSIONS, self.sessions.len() as u64);
         for (shard, &has_ring) in session.shards.iter().enumerate() {
             if has_ring {
                 let _ = self.shards[shard].send(ShardCommand::DropClient { session: id });
@@ -641,6 +905,11 @@ impl Control {
                 g.members.len()
             );
         }
+        let _ = write!(out, "\ncontrol:");
+        for (index, (name, _)) in CONTROL_COUNTERS.iter().enumerate() {
+            let _ = write!(out, " {name} {}", self.stats.get(index));
+        }
+        out.push('\n');
         let _ = writeln!(
             out,
             "\nclients: {} (refused {}, bad requests {})",

@@ -3,6 +3,7 @@
 //! clients over a Unix socket and hands shards what they need through bounded queues.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -31,7 +32,12 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
     let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
         .map_err(|e| format!("signalfd: {e}"))?;
     let socket = config.socket_path();
-    let listener = bind_control_socket(&socket)?;
+    let socket_mode = access::parse_socket_mode(&config.socket_mode)?;
+    let socket_group = match &config.socket_group {
+        Some(g) => Some(access::resolve_group(g).map_err(|e| format!("socket_group: {e}"))?),
+        None => None,
+    };
+    let listener = bind_control_socket(&socket, socket_mode, socket_group)?;
     log_tuning(&config);
 
     let cores = config.shard_cores();
@@ -66,8 +72,9 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         let wake = Arc::new(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
         let (counters_fd, stats) = ShardStats::create(index).map_err(|e| format!("shard counters: {e}"))?;
         let stats = Arc::new(stats);
-        let (doorbell_fd, doorbell_map) = Mapping::create(&format!("tutti-shard-{index}"), DOORBELL_BYTES)
-            .map_err(|e| format!("shard doorbell: {e}"))?;
+        let (doorbell_fd, doorbell_map) =
+            Mapping::create_read_only_for_others(&format!("tutti-shard-{index}"), DOORBELL_BYTES)
+                .map_err(|e| format!("shard doorbell: {e}"))?;
         // SAFETY: a fresh zeroed page owned by this shard.
         unsafe { ShardDoorbell::init(doorbell_map.as_ptr(), doorbell_map.len()) }
             .map_err(|e| format!("shard doorbell: {e}"))?;
@@ -132,7 +139,7 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         event_rx,
         events_wake,
         supervisor,
-    );
+    )?;
     let exit = control.run();
     control.shutdown();
     for t in threads {
@@ -146,7 +153,7 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
 
 /// Binds the control socket, creating its directory and replacing a stale socket file
 /// (one nobody answers on); refuses to start when another daemon already answers there.
-fn bind_control_socket(path: &Path) -> Result<SeqPacketListener, String> {
+fn bind_control_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<SeqPacketListener, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
@@ -179,9 +186,16 @@ fn bind_control_socket(path: &Path) -> Result<SeqPacketListener, String> {
         ),
     };
     listener.set_nonblocking().map_err(|e| e.to_string())?;
-    // Who may connect is decided by SO_PEERCRED, but keep others from even connecting.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(bound, std::fs::Permissions::from_mode(0o770));
+    // Who may attach is decided by SO_PEERCRED, but keep others from even connecting:
+    // `socket_mode` and `socket_group`, set before the socket appears under its name.
+    if let Err(e) = tutti_sys::set_mode_and_group(bound, mode, group) {
+        let _ = std::fs::remove_file(bound);
+        return Err(format!(
+            "cannot set the control socket's mode {mode:o}{} on {}: {e} (the daemon must own the socket and, for socket_group, be a member of that group)",
+            group.map_or(String::new(), |g| format!(" and group {g}")),
+            path.display()
+        ));
+    }
     if bound != path {
         std::fs::rename(bound, path).map_err(|e| {
             let _ = std::fs::remove_file(bound);

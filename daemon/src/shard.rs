@@ -74,7 +74,8 @@ pub mod counter {
 impl ShardStats {
     /// Creates shard `index`'s counters page; the descriptor is what clients are sent.
     pub fn create(index: usize) -> std::io::Result<(std::os::fd::OwnedFd, ShardStats)> {
-        let (fd, map) = Mapping::create(&format!("tutti-counters-{index}"), COUNTERS_LEN)?;
+        let (fd, map) =
+            Mapping::create_read_only_for_others(&format!("tutti-counters-{index}"), COUNTERS_LEN)?;
         // SAFETY: a fresh zeroed page owned here; `_map` keeps it mapped as long as `page`.
         let page = unsafe {
             CountersPage::init(map.as_ptr(), map.len(), SHARD_COUNTERS.len())
@@ -118,6 +119,8 @@ pub enum ShardCommand {
         ring: Mapping,
         ack: Sender<Result<(), String>>,
     },
+    /// Lets the client publish to the group (joined with the publish right). Receiving
+    /// needs nothing from the shard: a subscriber maps the group's log.
     Subscribe {
         session: u32,
         handle: u32,
@@ -644,7 +647,11 @@ fn drain_ring(
                 Some(group) => {
                     bytes += payload.len() as u64;
                     // One read of the client's frame serves the local log and the cluster:
-                    // a client rewriting it meanwhile cannot make them differ.
+                    // a client rewriting it meanwhile cannot make them differ. Without a
+                    // cluster the log append is itself the one read (the frame is copied
+                    // straight into the log); with one, the frame is copied once into
+                    // `scratch` and both take that copy. Nothing else here may read
+                    // `payload` again (tests: hostile_client.rs, flipped bytes in a cluster).
                     let payload = match cluster.as_deref_mut() {
                         Some(_) => {
                             scratch.clear();

@@ -153,6 +153,13 @@ impl Supervisor {
                             None => tracing::warn!("SIGHUP: log filter cannot be changed in this process"),
                         }
                     }
+                    if new.access != running.access || new.limits != running.limits {
+                        running.access = new.access.clone();
+                        running.limits = new.limits.clone();
+                        tracing::info!(
+                            "SIGHUP: access lists and limits reloaded (they apply to new attaches and joins)"
+                        );
+                    }
                     let restart = running.keys_needing_restart(&new);
                     if restart.is_empty() {
                         tracing::info!("SIGHUP: config reloaded");

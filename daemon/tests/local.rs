@@ -304,7 +304,13 @@ fn raw_client_writes_garbage(daemon: &Daemon, group: &str) -> tutti_sys::SeqPack
         },
         &mut fds,
     );
-    let reply = call(Request::Join { name: group }, &mut fds);
+    let reply = call(
+        Request::Join {
+            name: group,
+            rights: tutti_wire::control::Rights::BOTH,
+        },
+        &mut fds,
+    );
     let Ok(Reply::Joined(j)) = Reply::decode(&reply) else {
         panic!("join failed")
     };

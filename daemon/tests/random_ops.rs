@@ -1266,7 +1266,7 @@ fn run_publisher(
                     rec.end = "daemon gone (offer)".to_string();
                     return rec;
                 }
-                Err(e @ OfferError::TooLarge { .. }) => {
+                Err(e @ (OfferError::TooLarge { .. } | OfferError::NotPublisher)) => {
                     rec.ended = micros(t0);
                     rec.end = format!("offer: {e}");
                     return rec;

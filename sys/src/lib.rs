@@ -44,8 +44,49 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Creates a `memfd` of `len` bytes (zero-filled, sealed against shrinking) and maps it
-    /// read-write. `name` shows in /proc/PID/fd and /proc/PID/maps.
+    /// read-write. `name` shows in /proc/PID/fd and /proc/PID/maps. Whoever receives the
+    /// descriptor may map it writable too: use it for memory every holder may write (a
+    /// client's own publish ring, a group doorbell), and
+    /// [`create_read_only_for_others`](Self::create_read_only_for_others) otherwise.
     pub fn create(name: &str, len: usize) -> io::Result<(OwnedFd, Mapping)> {
+        let (fd, map) = Self::create_unsealed(name, len)?;
+        // A client must not be able to shrink the file under the daemon's mapping (that
+        // would turn a read into SIGBUS), so seal its size.
+        add_seals(&fd, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL)?;
+        Ok((fd, map))
+    }
+
+    /// As [`create`](Self::create), but once the returned read-write mapping exists the
+    /// file is sealed with `F_SEAL_FUTURE_WRITE`: that mapping stays writable, and nothing
+    /// else can ever write the memory again, whoever holds the descriptor. A receiver
+    /// cannot map it writable (nor `mprotect` a read-only mapping to writable), `write`,
+    /// `pwrite` or `fallocate` it, not even through a descriptor reopened writable from
+    /// `/proc/PID/fd/N`. Used for the memory the daemon writes and clients only read
+    /// (delivery logs, the shard doorbell, the counters pages).
+    ///
+    /// Fails with an `io::Error` of kind `Unsupported` on a kernel without `F_SEAL_FUTURE_WRITE` (before Linux 5.1): the caller must refuse
+    /// rather than hand out memory a reader could rewrite.
+    pub fn create_read_only_for_others(name: &str, len: usize) -> io::Result<(OwnedFd, Mapping)> {
+        let (fd, map) = Self::create_unsealed(name, len)?;
+        add_seals(
+            &fd,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL,
+        )
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel lacks F_SEAL_FUTURE_WRITE (Linux 5.1 or later is needed), so a \
+                     delivery log could not be made read-only for its readers",
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok((fd, map))
+    }
+
+    fn create_unsealed(name: &str, len: usize) -> io::Result<(OwnedFd, Mapping)> {
         let cname = CString::new(name).map_err(|_| io::Error::other("memfd name has a NUL"))?;
         // SAFETY: cname is a valid C string; the flags are valid memfd_create flags.
         let raw =
@@ -55,16 +96,6 @@ impl Mapping {
         let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("mapping too large"))?;
         // SAFETY: fd is a valid memfd.
         cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
-        // A client must not be able to shrink the file under the daemon's mapping (that
-        // would turn a read into SIGBUS), so seal its size.
-        // SAFETY: fd is a valid memfd created with MFD_ALLOW_SEALING.
-        cvt(unsafe {
-            libc::fcntl(
-                fd.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
-            )
-        })?;
         let map = Mapping::map(&fd, len, true)?;
         Ok((fd, map))
     }
@@ -129,6 +160,33 @@ impl Drop for Mapping {
     }
 }
 
+fn add_seals(fd: &OwnedFd, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl(F_ADD_SEALS) on a valid descriptor with a plain integer argument.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(|_| ())
+}
+
+/// The seals of a memfd (`F_GET_SEALS`), to check what a peer sent or what we hand out.
+pub fn seals(fd: &OwnedFd) -> io::Result<Seals> {
+    // SAFETY: fcntl(F_GET_SEALS) on a valid descriptor.
+    let bits = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })?;
+    Ok(Seals {
+        future_write: bits & libc::F_SEAL_FUTURE_WRITE != 0,
+        size: bits & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) == (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+        sealed: bits & libc::F_SEAL_SEAL != 0,
+    })
+}
+
+/// The seals of a memfd that matter to tutti.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seals {
+    /// No new write access of any kind (`F_SEAL_FUTURE_WRITE`).
+    pub future_write: bool,
+    /// Neither shrinks nor grows.
+    pub size: bool,
+    /// No more seals can be added.
+    pub sealed: bool,
+}
+
 /// Size of a file descriptor's file (to map what a peer sent without trusting its word).
 pub fn file_len(fd: &OwnedFd) -> io::Result<usize> {
     // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
@@ -145,6 +203,9 @@ pub struct PeerCred {
     pub uid: u32,
     pub gid: u32,
 }
+
+/// Most supplementary groups [`SeqPacket::peer_groups`] reads (Linux's NGROUPS_MAX).
+pub const MAX_PEER_GROUPS: usize = 65536;
 
 /// Most descriptors one control message carries.
 pub const MAX_FDS: usize = 8;
@@ -189,6 +250,45 @@ impl SeqPacket {
             uid: cred.uid,
             gid: cred.gid,
         })
+    }
+
+    /// The peer's supplementary groups as the kernel recorded them at connect time
+    /// (SO_PEERGROUPS, Linux 4.13+). Atomic with the connection, unlike a look at
+    /// /proc/PID/status (the pid may be gone and reused by then). At most [`MAX_PEER_GROUPS`]
+    /// are returned: a longer list is an error, never a silent cut.
+    pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
+        // Most users are in a few groups: ask with room for 32, and if the kernel says
+        // (ERANGE) that more are needed, once more with exactly that room.
+        let mut groups: Vec<libc::gid_t> = vec![0; 32];
+        loop {
+            let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
+            // SAFETY: groups is a valid out buffer of `len` bytes for SO_PEERGROUPS.
+            let r = cvt(unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            });
+            let count = len as usize / std::mem::size_of::<libc::gid_t>();
+            match r {
+                Ok(_) => {
+                    groups.truncate(count);
+                    return Ok(groups);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && count > groups.len() => {
+                    if count > MAX_PEER_GROUPS {
+                        return Err(io::Error::other(
+                            "peer has more supplementary groups than NGROUPS_MAX",
+                        ));
+                    }
+                    groups = vec![0; count];
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends one message with up to [`MAX_FDS`] descriptors.
@@ -542,6 +642,98 @@ mod tests {
         assert_eq!(n, 0, "hang-up reads as end of file");
     }
 
+    /// Every way a holder of the descriptor could write a sealed region fails, while the
+    /// creator's own mapping keeps writing and readers see what it writes.
+    #[test]
+    fn read_only_for_others_cannot_be_written_through_the_descriptor() {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        const LEN: usize = 8192;
+        let (fd, own) = Mapping::create_read_only_for_others("tutti-sealed", LEN).unwrap();
+        let seals = seals(&fd).unwrap();
+        assert!(seals.future_write && seals.size && seals.sealed, "{seals:?}");
+        // SAFETY: our own writable mapping of LEN bytes.
+        unsafe { own.as_ptr().add(10).write(1) };
+
+        // A writable shared mapping is refused.
+        let e = Mapping::map(&fd, LEN, true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        // A read-only mapping cannot be made writable.
+        let ro = Mapping::map(&fd, LEN, false).unwrap();
+        // SAFETY: mprotect on a mapping we own; failure is the expected outcome.
+        let r = unsafe { libc::mprotect(ro.as_ptr().cast(), LEN, libc::PROT_READ | libc::PROT_WRITE) };
+        assert_eq!(r, -1, "mprotect to writable must fail");
+        // pwrite through the descriptor (memfds are opened read-write).
+        let file = std::fs::File::from(fd.try_clone().unwrap());
+        assert!(file.write_at(b"forged", 0).is_err(), "pwrite must fail");
+        // Reopened writable through /proc: the open itself may succeed, writing may not.
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Ok(mut reopened) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            assert!(
+                reopened.write_all(b"forged").is_err(),
+                "write via /proc must fail"
+            );
+            assert!(reopened.write_at(b"forged", 64).is_err());
+            let e = Mapping::map(&OwnedFd::from(reopened), LEN, true).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        }
+        // Punching a hole would zero the pages readers see.
+        // SAFETY: fallocate on a valid descriptor; failure is the expected outcome.
+        let r = unsafe {
+            libc::fallocate(
+                fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                4096,
+            )
+        };
+        assert_eq!(r, -1, "hole punch must fail");
+        // Writing the read-only mapping through /proc/self/mem (ptrace-style forced write).
+        let mem = std::fs::OpenOptions::new().write(true).open("/proc/self/mem");
+        if let Ok(mem) = mem {
+            assert!(
+                mem.write_at(b"forged", ro.as_ptr() as u64 + 20).is_err(),
+                "a forced write through /proc/self/mem must fail"
+            );
+        }
+        // SAFETY: the creator's mapping still writes; the reader sees it.
+        unsafe { own.as_ptr().add(11).write(2) };
+        // SAFETY: reads inside the read-only mapping of LEN bytes.
+        let seen = unsafe {
+            (
+                ro.as_ptr().add(10).read(),
+                ro.as_ptr().add(11).read(),
+                ro.as_ptr().read(),
+            )
+        };
+        assert_eq!(seen, (1, 2, 0));
+    }
+
+    #[test]
+    fn ordinary_memfds_stay_writable_for_their_holder() {
+        let (fd, _own) = Mapping::create("tutti-ring", 4096).unwrap();
+        let seals = seals(&fd).unwrap();
+        assert!(!seals.future_write && seals.size && seals.sealed, "{seals:?}");
+        assert!(Mapping::map(&fd, 4096, true).is_ok());
+    }
+
+    #[test]
+    fn peer_groups_match_our_own() {
+        let path = temp_path("groups");
+        let listener = SeqPacketListener::bind(&path).unwrap();
+        let _client = SeqPacket::connect(&path).unwrap();
+        let server = listener.accept().unwrap();
+        let mut theirs = server.peer_groups().unwrap();
+        let mut ours = vec![0 as libc::gid_t; 4096];
+        // SAFETY: getgroups with a buffer we own and size.
+        let n = unsafe { libc::getgroups(ours.len() as libc::c_int, ours.as_mut_ptr()) };
+        assert!(n >= 0);
+        ours.truncate(n as usize);
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(theirs, ours);
+    }
+
     #[test]
     fn oversized_message_is_an_error() {
         let path = temp_path("trunc");
@@ -630,6 +822,46 @@ pub fn uid_in_group(uid: u32, gid: u32) -> bool {
         }
         groups[..n.max(0) as usize].contains(&gid)
     }
+}
+
+/// The uid of a user name, per the user database (None if unknown).
+pub fn uid_by_name(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: getpwnam_r with a valid C string and buffers we own and size.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16384];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let r = libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        (r == 0 && !result.is_null()).then_some(pwd.pw_uid)
+    }
+}
+
+/// The gid of a group name, per the group database (None if unknown).
+pub fn gid_by_name(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: getgrnam_r with a valid C string and buffers we own and size.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 65536];
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let r = libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+        (r == 0 && !result.is_null()).then_some(grp.gr_gid)
+    }
+}
+
+/// Sets a path's permission bits and, when `gid` is given, its group (the owner stays).
+/// Used on the control socket before it is moved into place.
+pub fn set_mode_and_group(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("path has a NUL"))?;
+    if let Some(gid) = gid {
+        // SAFETY: a valid C string; uid -1 leaves the owner unchanged.
+        cvt(unsafe { libc::chown(cpath.as_ptr(), u32::MAX, gid) })?;
+    }
+    // SAFETY: a valid C string and a plain mode.
+    cvt(unsafe { libc::chmod(cpath.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
 }
 
 /// Process id of this process.

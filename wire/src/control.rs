@@ -16,6 +16,9 @@ pub const MAX_BODY: usize = 4096;
 pub const MAX_MESSAGE: usize = HEADER_LEN + MAX_BODY;
 /// Longest group name, in bytes of UTF-8.
 pub const MAX_GROUP_NAME: usize = 255;
+/// The `shard` of a [`Request::Counters`] that asks for the control plane's counters page
+/// (names: [`crate::counters::CONTROL_COUNTERS`]) rather than a shard's.
+pub const CONTROL_COUNTERS_PAGE: u32 = u32::MAX;
 const HEADER_LEN: usize = std::mem::size_of::<ControlHeader>();
 
 #[repr(C)]
@@ -44,6 +47,10 @@ pub enum ControlError {
     BadGroupName,
     #[error("text is not UTF-8")]
     BadText,
+    #[error("rights byte {0:#04x} asks for no right or for unknown ones")]
+    BadRights(u8),
+    #[error("unknown {what} code {code}")]
+    UnknownCode { what: &'static str, code: u16 },
 }
 
 mod kind {
@@ -52,11 +59,14 @@ mod kind {
     pub const LEAVE: u16 = 3;
     pub const STATUS: u16 = 4;
     pub const COUNTERS: u16 = 5;
+    pub const JOIN_AS: u16 = 6;
     pub const WELCOME: u16 = 101;
     pub const JOINED: u16 = 102;
     pub const LEFT: u16 = 103;
     pub const STATUS_TEXT: u16 = 104;
     pub const COUNTERS_PAGE: u16 = 105;
+    pub const DENIED: u16 = 106;
+    pub const LIMIT_REACHED: u16 = 107;
     pub const ERROR: u16 = 199;
 }
 
@@ -67,8 +77,11 @@ pub enum Request<'a> {
         version: u32,
         pid: u32,
     },
+    /// Join a group with the rights asked for (encoded as the plain `Join` of version 1
+    /// when both are asked, as `JoinAs` otherwise).
     Join {
         name: &'a str,
+        rights: Rights,
     },
     Leave {
         handle: u32,
@@ -101,6 +114,151 @@ pub enum Reply<'a> {
         code: ErrorCode,
         text: &'a str,
     },
+    /// The access list refuses `uid` the right `right` to group `group`; `rule` is the
+    /// `[[access]]` pattern that decided (empty for the attach check).
+    Denied {
+        uid: u32,
+        right: Right,
+        group: &'a str,
+        rule: &'a str,
+    },
+    /// A resource limit refused the request; `max` is the configured value.
+    LimitReached {
+        limit: Limit,
+        max: u64,
+    },
+}
+
+/// What a join asks for and what the daemon granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rights {
+    /// Publish to the group (a publish ring on its shard).
+    pub publish: bool,
+    /// Receive the group's messages (its delivery log).
+    pub subscribe: bool,
+}
+
+impl Rights {
+    pub const BOTH: Rights = Rights {
+        publish: true,
+        subscribe: true,
+    };
+    pub const PUBLISH: Rights = Rights {
+        publish: true,
+        subscribe: false,
+    };
+    pub const SUBSCRIBE: Rights = Rights {
+        publish: false,
+        subscribe: true,
+    };
+
+    pub fn to_u8(self) -> u8 {
+        u8::from(self.publish) | (u8::from(self.subscribe) << 1)
+    }
+
+    /// Decodes a rights byte; at least one right, no unknown bit.
+    pub fn from_u8(bits: u8) -> Result<Rights, ControlError> {
+        if bits == 0 || bits & !3 != 0 {
+            return Err(ControlError::BadRights(bits));
+        }
+        Ok(Rights {
+            publish: bits & 1 != 0,
+            subscribe: bits & 2 != 0,
+        })
+    }
+}
+
+/// A right an access check refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Attaching to the daemon at all (root, the daemon's user and group, `allow_uids`).
+    Attach,
+    Publish,
+    Subscribe,
+}
+
+impl Right {
+    fn to_u8(self) -> u8 {
+        match self {
+            Right::Attach => 0,
+            Right::Publish => 1,
+            Right::Subscribe => 2,
+        }
+    }
+
+    fn from_u8(n: u8) -> Result<Right, ControlError> {
+        match n {
+            0 => Ok(Right::Attach),
+            1 => Ok(Right::Publish),
+            2 => Ok(Right::Subscribe),
+            code => Err(ControlError::UnknownCode {
+                what: "right",
+                code: code.into(),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::Attach => "attach",
+            Right::Publish => "publish",
+            Right::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// A resource limit of the daemon (each a config key; see `docs/operations.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_clients`: attached clients in total.
+    Clients,
+    /// `limits.clients_per_uid`.
+    ClientsPerUid,
+    /// `max_groups`: live groups in total.
+    Groups,
+    /// `limits.ring_bytes_per_uid`: shared memory of the rings and logs a user holds.
+    RingBytesPerUid,
+    /// `limits.joins_per_second` (and `limits.join_burst`): joins of one client.
+    JoinRate,
+    /// `limits.groups_per_client`: groups one client belongs to.
+    GroupsPerClient,
+}
+
+impl Limit {
+    const ALL: [Limit; 6] = [
+        Limit::Clients,
+        Limit::ClientsPerUid,
+        Limit::Groups,
+        Limit::RingBytesPerUid,
+        Limit::JoinRate,
+        Limit::GroupsPerClient,
+    ];
+
+    fn to_u16(self) -> u16 {
+        Self::ALL.iter().position(|&l| l == self).unwrap_or(0) as u16 + 1
+    }
+
+    fn from_u16(n: u16) -> Result<Limit, ControlError> {
+        Self::ALL
+            .get(usize::from(n).wrapping_sub(1))
+            .copied()
+            .ok_or(ControlError::UnknownCode {
+                what: "limit",
+                code: n,
+            })
+    }
+
+    /// The config key that sets this limit.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Limit::Clients => "max_clients",
+            Limit::ClientsPerUid => "limits.clients_per_uid",
+            Limit::Groups => "max_groups",
+            Limit::RingBytesPerUid => "limits.ring_bytes_per_uid",
+            Limit::JoinRate => "limits.joins_per_second",
+            Limit::GroupsPerClient => "limits.groups_per_client",
+        }
+    }
 }
 
 /// The answer to a `Join`. Descriptors that come with it, in order: the group's delivery
@@ -114,7 +272,10 @@ pub struct Joined {
     pub handle: u32,
     pub shard: u32,
     pub new_shard: u8,
-    pub reserved: [u8; 7],
+    /// The rights granted ([`Rights::to_u8`]); 0 from a daemon without access lists means
+    /// both.
+    pub rights: u8,
+    pub reserved: [u8; 6],
     /// Largest message the daemon accepts in this group (the client's `TooLarge` limit).
     pub max_message: u64,
 }
@@ -228,8 +389,13 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&pid.to_le_bytes());
             }
-            Request::Join { name } => {
+            Request::Join { name, rights } if rights == Rights::BOTH => {
                 put_header(out, kind::JOIN, name.len());
+                out.extend_from_slice(name.as_bytes());
+            }
+            Request::Join { name, rights } => {
+                put_header(out, kind::JOIN_AS, 1 + name.len());
+                out.push(rights.to_u8());
                 out.extend_from_slice(name.as_bytes());
             }
             Request::Leave { handle } => {
@@ -257,7 +423,17 @@ impl<'a> Request<'a> {
             }
             kind::JOIN => Ok(Request::Join {
                 name: group_name(body)?,
+                rights: Rights::BOTH,
             }),
+            kind::JOIN_AS => {
+                let (&bits, name) = body
+                    .split_first()
+                    .ok_or(ControlError::Truncated { got: 0, need: 2 })?;
+                Ok(Request::Join {
+                    name: group_name(name)?,
+                    rights: Rights::from_u8(bits)?,
+                })
+            }
             kind::LEAVE => {
                 exact(body, 4)?;
                 Ok(Request::Leave {
@@ -321,6 +497,29 @@ impl<'a> Reply<'a> {
                 out.extend_from_slice(&code.to_u16().to_le_bytes());
                 out.extend_from_slice(text.as_bytes());
             }
+            Reply::Denied {
+                uid,
+                right,
+                group,
+                rule,
+            } => {
+                // Names are at most MAX_GROUP_NAME bytes (a rule is a group name or a
+                // prefix pattern), so both fit with their one-byte lengths.
+                let group = clip(group, MAX_GROUP_NAME);
+                let rule = clip(rule, MAX_GROUP_NAME);
+                put_header(out, kind::DENIED, 7 + group.len() + rule.len());
+                out.extend_from_slice(&uid.to_le_bytes());
+                out.push(right.to_u8());
+                out.push(group.len() as u8);
+                out.push(rule.len() as u8);
+                out.extend_from_slice(group.as_bytes());
+                out.extend_from_slice(rule.as_bytes());
+            }
+            Reply::LimitReached { limit, max } => {
+                put_header(out, kind::LIMIT_REACHED, 10);
+                out.extend_from_slice(&limit.to_u16().to_le_bytes());
+                out.extend_from_slice(&max.to_le_bytes());
+            }
         }
     }
 
@@ -366,6 +565,31 @@ impl<'a> Reply<'a> {
                     text,
                 })
             }
+            kind::DENIED => {
+                let fixed = body.get(..7).ok_or(ControlError::Truncated {
+                    got: body.len(),
+                    need: 7,
+                })?;
+                let (group_len, rule_len) = (usize::from(fixed[5]), usize::from(fixed[6]));
+                exact(body, 7 + group_len + rule_len)?;
+                let text = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| ControlError::BadText);
+                Ok(Reply::Denied {
+                    uid: u32_at(body, 0)?,
+                    right: Right::from_u8(fixed[4])?,
+                    group: text(&body[7..7 + group_len])?,
+                    rule: text(&body[7 + group_len..])?,
+                })
+            }
+            kind::LIMIT_REACHED => {
+                exact(body, 10)?;
+                Ok(Reply::LimitReached {
+                    limit: Limit::from_u16(u16::from_le_bytes([body[0], body[1]]))?,
+                    max: u64::from_le_bytes(body[2..10].try_into().map_err(|_| ControlError::Truncated {
+                        got: body.len(),
+                        need: 10,
+                    })?),
+                })
+            }
             other => Err(ControlError::UnknownKind(other)),
         }
     }
@@ -398,7 +622,10 @@ mod tests {
     fn build_request(k: u8, a: u32, b: u32, name: &str) -> Request<'_> {
         match k {
             0 => Request::Hello { version: a, pid: b },
-            1 => Request::Join { name },
+            1 => Request::Join {
+                name,
+                rights: Rights::from_u8((a % 3 + 1) as u8).unwrap(),
+            },
             2 => Request::Leave { handle: a },
             3 => Request::Counters { shard: b },
             _ => Request::Status,
@@ -415,13 +642,15 @@ mod tests {
         }
 
         #[test]
-        fn replies_round_trip(k in 0u8..6, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
+        fn replies_round_trip(k in 0u8..8, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
             let reply = match k {
                 0 => Reply::Welcome { version: a, session_id: a ^ 1, node_id: 7, shards: 2 },
-                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, reserved: [0; 7], max_message: b / 3 }),
+                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, rights: 3, reserved: [0; 6], max_message: b / 3 }),
                 2 => Reply::Left,
                 3 => Reply::StatusText(&text),
                 4 => Reply::CountersPage { shard: a, count: a / 3 },
+                5 => Reply::Denied { uid: a, right: Right::from_u8((a % 3) as u8).unwrap(), group: clip(&text, MAX_GROUP_NAME), rule: "orders.*" },
+                6 => Reply::LimitReached { limit: Limit::ALL[a as usize % Limit::ALL.len()], max: b },
                 _ => Reply::Error { code: ErrorCode::from_u16((a % 8) as u16), text: &text },
             };
             let mut buf = Vec::new();
@@ -433,6 +662,28 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Request::decode(&bytes);
             let _ = Reply::decode(&bytes);
+        }
+
+        #[test]
+        fn corrupted_refusals_are_refused_or_decode_cleanly(
+            uid in any::<u32>(), group in "[a-z.]{0,40}", at in any::<usize>(), flip in 1u8..=255, cut in any::<usize>(),
+        ) {
+            for reply in [
+                Reply::Denied { uid, right: Right::Publish, group: &group, rule: "orders.*" },
+                Reply::LimitReached { limit: Limit::JoinRate, max: u64::from(uid) },
+            ] {
+                let mut buf = Vec::new();
+                reply.encode(&mut buf);
+                let mut bad = buf.clone();
+                let at = at % bad.len();
+                bad[at] ^= flip;
+                let _ = Reply::decode(&bad);
+                // Truncated anywhere, with the header's length fixed up to match: an error.
+                let cut = HEADER_LEN + cut % (buf.len() - HEADER_LEN);
+                let mut short = buf[..cut].to_vec();
+                short[8..12].copy_from_slice(&((cut - HEADER_LEN) as u32).to_le_bytes());
+                prop_assert!(Reply::decode(&short).is_err());
+            }
         }
 
         #[test]
@@ -471,6 +722,20 @@ mod tests {
         put_header(&mut unknown, 77, 0);
         assert_eq!(Request::decode(&unknown), Err(ControlError::UnknownKind(77)));
         assert!(validate_group_name(&"x".repeat(256)).is_err());
+        let mut join_as = Vec::new();
+        put_header(&mut join_as, kind::JOIN_AS, 3);
+        join_as.extend_from_slice(&[0, b'a', b'b']);
+        assert_eq!(Request::decode(&join_as), Err(ControlError::BadRights(0)));
+        join_as[HEADER_LEN] = 4;
+        assert_eq!(Request::decode(&join_as), Err(ControlError::BadRights(4)));
+        join_as[HEADER_LEN] = 2;
+        assert_eq!(
+            Request::decode(&join_as),
+            Ok(Request::Join {
+                name: "ab",
+                rights: Rights::SUBSCRIBE
+            })
+        );
         assert!(validate_group_name("prices.eu").is_ok());
     }
 }

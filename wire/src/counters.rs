@@ -93,16 +93,59 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The control plane's counters (one page, written by the daemon's control thread only):
+/// what it refused and why. Asked for with `Counters { shard: CONTROL_COUNTERS_PAGE }`.
+pub const CONTROL_COUNTERS: &[(&str, &str)] = &[
+    ("sessions", "client sessions attached (gauge)"),
+    (
+        "refused_attach",
+        "connections refused: the user may not attach (not root, the daemon's user or group, nor in allow_uids)",
+    ),
+    ("refused_max_clients", "connections refused: max_clients attached"),
+    (
+        "refused_clients_per_uid",
+        "connections refused: limits.clients_per_uid of that user attached",
+    ),
+    ("refused_max_groups", "joins refused: max_groups groups alive"),
+    (
+        "refused_ring_bytes",
+        "joins refused: the user's rings and logs would pass limits.ring_bytes_per_uid",
+    ),
+    (
+        "refused_join_rate",
+        "joins refused: faster than limits.joins_per_second for that client",
+    ),
+    (
+        "refused_groups_per_client",
+        "joins refused: the client is in limits.groups_per_client groups",
+    ),
+    ("denied_publish", "joins refused by an access list: no publish right"),
+    ("denied_subscribe", "joins refused by an access list: no subscribe right"),
+    (
+        "bad_requests",
+        "sessions ended for a malformed control message or a request out of order",
+    ),
+];
+
 /// Index of a named shard counter (a compile-time check that the name exists).
 pub const fn shard_counter(name: &str) -> usize {
+    counter_index(SHARD_COUNTERS, name)
+}
+
+/// Index of a named control counter (a compile-time check that the name exists).
+pub const fn control_counter(name: &str) -> usize {
+    counter_index(CONTROL_COUNTERS, name)
+}
+
+const fn counter_index(names: &[(&str, &str)], name: &str) -> usize {
     let mut i = 0;
-    while i < SHARD_COUNTERS.len() {
-        if const_eq(SHARD_COUNTERS[i].0, name) {
+    while i < names.len() {
+        if const_eq(names[i].0, name) {
             return i;
         }
         i += 1;
     }
-    panic!("no such shard counter");
+    panic!("no such counter");
 }
 
 const fn const_eq(a: &str, b: &str) -> bool {

@@ -33,10 +33,11 @@ pub const LOG_RECORD_HEADER_LEN: usize = 32;
 // Index blocks: each on its own 128-byte block so producer- and consumer-written words never
 // share a cache line (nor an adjacent-line prefetch pair).
 pub(crate) const INDEX_BLOCK: usize = 128;
-/// Publish ring: next write position, stored (Release) by the producer.
-pub(crate) const PUB_TAIL: usize = 128;
+/// Publish ring: next write position, stored (Release) by the producer. Public so that
+/// tests can play a hostile client that writes the index words itself.
+pub const PUB_TAIL: usize = 128;
 /// Publish ring: next read position, stored (Release) by the consumer.
-pub(crate) const PUB_HEAD: usize = 256;
+pub const PUB_HEAD: usize = 256;
 /// Delivery log: upper bound of the positions the writer may be writing.
 pub(crate) const LOG_TAIL_INTENT: usize = 128;
 /// Delivery log: end position of the last complete record.

@@ -39,7 +39,7 @@ pub use doorbell::{GroupDoorbell, ShardDoorbell, DOORBELL_LEN};
 pub use layout::{
     LayoutError, LogHeader, LogRecordHeader, PublishFrameHeader, PublishRingHeader, DATA_OFFSET, LOG_MAGIC,
     LOG_RECORD_HEADER_LEN, LOG_VERSION, MAX_CAPACITY, MIN_CAPACITY, PAD_GROUP, PUBLISH_FRAME_HEADER_LEN,
-    PUBLISH_MAGIC, PUBLISH_VERSION, RECORD_ALIGN, REGION_ALIGN,
+    PUBLISH_MAGIC, PUBLISH_VERSION, PUB_HEAD, PUB_TAIL, RECORD_ALIGN, REGION_ALIGN,
 };
 pub use log::{DeliveryLog, LogEvent, LogReader, LogWriter, ReadError};
 pub use publish::{FrameError, PublishClaim, PublishConsumer, PublishProducer, PublishRing};
