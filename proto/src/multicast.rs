@@ -566,9 +566,10 @@ impl GroupState {
         let seq = header.seq;
         let max_window = ctx.settings.max_window();
         let round = ctx.round;
-        let base = seq
-            .saturating_sub(u64::from(header.retained))
-            .max(seq.saturating_sub(max_window.saturating_sub(1)));
+        // Where a stream first heard of starts (when no tombstone says otherwise). Not
+        // clamped to a window: what lies more than a window behind `seq` is reported `Lost`
+        // when the window slides below (in O(1) for seqs never seen), never skipped.
+        let base = seq.saturating_sub(u64::from(header.retained));
         let group = self.id;
         let quiet = self.quiet();
         if self.defer_unknown(key, ctx) {
