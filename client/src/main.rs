@@ -13,11 +13,15 @@ use tutti_client::{Client, Event, IdleStrategy, OfferError};
 #[command(
     name = "tutti",
     version,
-    about = "Publish to and subscribe to tutti process groups"
+    about = "Publish to and subscribe to tutti process groups",
+    after_help = "Which daemon: --socket PATH, else $TUTTI_SOCKET, else the per-user socket \
+($XDG_RUNTIME_DIR/tutti/tuttid.sock; /tmp/tutti-$USER/tuttid.sock without XDG_RUNTIME_DIR; \
+/run/tutti/tuttid.sock as root) when a daemon listens there, else the system daemon's \
+/run/tutti/tuttid.sock (the systemd unit's; attaching needs membership of group tutti)."
 )]
 struct Args {
-    /// Control socket of the local tuttid (default: $TUTTI_SOCKET, $XDG_RUNTIME_DIR/tutti/tuttid.sock,
-    /// /run/tutti/tuttid.sock as root, else /tmp/tutti-$USER/tuttid.sock).
+    /// Control socket of the local tuttid. Unset: $TUTTI_SOCKET, else the per-user socket
+    /// if it exists, else the system daemon's /run/tutti/tuttid.sock (see below).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     #[command(subcommand)]

@@ -202,7 +202,10 @@ fn log_tuning(config: &Config) {
     } else {
         config.shard_cores()
     };
-    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions::new(cores));
+    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions {
+        in_daemon: true,
+        ..tutti_tuning::CheckOptions::new(cores)
+    });
     let differ = checks.iter().filter(|c| !c.ok).count();
     for c in checks.iter().filter(|c| !c.ok) {
         tracing::warn!(setting = %c.name, found = %c.found, recommended = %c.recommended, "tuning: {}", c.why);
