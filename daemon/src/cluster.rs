@@ -723,7 +723,11 @@ impl Cluster {
     fn send_transmits(&mut self) -> usize {
         let mut sent = 0;
         while let Some(t) = self.node.poll_transmit() {
-            let addr = if let Some(probe) = self.probes.get(t.dest as usize) {
+            // Placeholder ids are those of daemon 0, one per address-only seed.
+            let probe = (t.dest >> 8 == 0)
+                .then(|| self.probes.get(t.dest as usize))
+                .flatten();
+            let addr = if let Some(probe) = probe {
                 // A seed known by address. Once it answered and is in the view (or is us),
                 // the node reaches it by its own id; until then its heartbeats go here.
                 let done = probe.answered.is_some_and(|n| {
