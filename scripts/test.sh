@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every test of tutti, as CI runs them. Safe to run on a developer machine: network tests
-# use loopback only and every load is bounded.
+# use loopback only and every load is bounded. The last step boots a Debian container
+# with systemd-nspawn (root; ~25 s once its root file system is cached, see
+# docs/operations.md); TUTTI_SKIP_NSPAWN=1 leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +38,11 @@ bash systemd/verify.sh target/release/tuttid
 
 step "Debian package"
 bash scripts/package.sh
+
+step "the package under a real systemd (systemd-nspawn; see docs/operations.md)"
+if [[ "${TUTTI_SKIP_NSPAWN:-0}" == "1" ]]; then
+    echo "skipped: TUTTI_SKIP_NSPAWN=1"
+else
+    # The script bounds each step itself; this bounds the whole (a first debootstrap included).
+    timeout 900 bash scripts/systemd-nspawn-test.sh --no-build
+fi

@@ -74,12 +74,19 @@ impl From<RingOfferError> for OfferError {
     }
 }
 
+/// What to do about a failed connect, for the error message.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "only members of the daemon's group may attach: for the system daemon, `usermod -aG tutti USER` and log in again"
+    } else {
+        "is tuttid running? set TUTTI_SOCKET to its socket"
+    }
+}
+
 /// Errors of attaching, joining and receiving.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error(
-        "cannot connect to tuttid at {path}: {source} (is tuttid running? set TUTTI_SOCKET to its socket)"
-    )]
+    #[error("cannot connect to tuttid at {path}: {source} ({})", connect_hint(source))]
     Connect { path: String, source: std::io::Error },
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
@@ -768,4 +775,29 @@ fn map_exact(fd: &OwnedFd, len: usize, writable: bool) -> Result<Mapping, Error>
 
 fn unexpected(reply: Reply<'_>) -> Error {
     Error::Protocol(format!("{reply:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_refused_connect_says_how_to_get_access() {
+        let denied = Error::Connect {
+            path: "/run/tutti/tuttid.sock".into(),
+            source: ErrorKind::PermissionDenied.into(),
+        }
+        .to_string();
+        assert!(
+            denied.contains("/run/tutti/tuttid.sock") && denied.contains("usermod -aG tutti"),
+            "{denied}"
+        );
+        let missing = Error::Connect {
+            path: "/tmp/x.sock".into(),
+            source: ErrorKind::NotFound.into(),
+        }
+        .to_string();
+        assert!(missing.contains("is tuttid running"), "{missing}");
+    }
 }

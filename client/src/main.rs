@@ -13,11 +13,15 @@ use tutti_client::{Client, Event, IdleStrategy, OfferError, Rights};
 #[command(
     name = "tutti",
     version,
-    about = "Publish to and subscribe to tutti process groups"
+    about = "Publish to and subscribe to tutti process groups",
+    after_help = "Which daemon: --socket PATH, else $TUTTI_SOCKET, else the per-user socket \
+($XDG_RUNTIME_DIR/tutti/tuttid.sock; /tmp/tutti-$USER/tuttid.sock without XDG_RUNTIME_DIR; \
+/run/tutti/tuttid.sock as root) when a daemon listens there, else the system daemon's \
+/run/tutti/tuttid.sock (the systemd unit's; attaching needs membership of group tutti)."
 )]
 struct Args {
-    /// Control socket of the local tuttid (default: $TUTTI_SOCKET, $XDG_RUNTIME_DIR/tutti/tuttid.sock,
-    /// /run/tutti/tuttid.sock as root, else /tmp/tutti-$USER/tuttid.sock).
+    /// Control socket of the local tuttid. Unset: $TUTTI_SOCKET, else the per-user socket
+    /// if it exists, else the system daemon's /run/tutti/tuttid.sock (see below).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -40,19 +44,23 @@ enum Command {
     },
     /// Show shards, groups and attached clients of the local daemon.
     Status,
-    /// Show the daemon's counters live (per shard, then the control plane's refusals at
-    /// attach and join: value and rate per second), read from shared memory without
-    /// disturbing the daemon.
+    /// Show the daemon's counters live, read from shared memory without disturbing the
+    /// daemon: per shard, then the control plane's refusals at attach and join, each
+    /// counter's value and its rate per second over the last interval (gauges have no
+    /// rate). Counters that are 0 are left out unless --all.
     Stat {
-        /// Seconds between refreshes.
+        /// Seconds between refreshes (and the window of the rates).
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
-        /// Print once and exit.
+        /// Print once and exit (after one interval, to have rates; with --json at once).
         #[arg(long)]
         once: bool,
         /// Print one JSON object per shard and refresh (with --once: once).
         #[arg(long)]
         json: bool,
+        /// Show every counter, also those that are 0.
+        #[arg(long)]
+        all: bool,
     },
     /// Host tuning.
     Tune {
@@ -97,7 +105,12 @@ fn main() -> ExitCode {
                 print!("{s}");
                 ExitCode::SUCCESS
             }),
-        Command::Stat { interval, once, json } => stat(&args.socket, interval, once, json),
+        Command::Stat {
+            interval,
+            once,
+            json,
+            all,
+        } => stat(&args.socket, interval, once, json, all),
         Command::Tune {
             what: TuneCommand::Check { json, cores },
         } => Ok(tune_check(json, cores.unwrap_or_default())),
@@ -211,7 +224,13 @@ fn tune_check(json: bool, cores: Vec<usize>) -> ExitCode {
     }
 }
 
-fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Result<ExitCode, String> {
+fn stat(
+    socket: &Option<PathBuf>,
+    interval: f64,
+    once: bool,
+    json: bool,
+    all: bool,
+) -> Result<ExitCode, String> {
     use std::io::IsTerminal;
     let mut client = connect(socket)?;
     // The shards' pages, then the control plane's (what was refused at attach and join).
@@ -220,13 +239,21 @@ fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Resu
     shards.push(client.control_counters().map_err(|e| e.to_string())?);
     let interval = Duration::from_secs_f64(interval.max(0.05));
     let clear = !once && !json && std::io::stdout().is_terminal();
-    let mut previous: Vec<Vec<u64>> = Vec::new();
+    let sample = || -> Vec<Vec<(&str, u64)>> { shards.iter().map(|s| s.values().collect()).collect() };
+    let mut previous = sample();
     let mut last = std::time::Instant::now();
+    // The table waits one interval first, so that every frame has rates.
+    let mut first = !json;
     loop {
+        if first {
+            std::thread::sleep(interval);
+            client.check_alive().map_err(|e| e.to_string())?;
+            first = false;
+        }
         let now = std::time::Instant::now();
         let secs = now.duration_since(last).as_secs_f64().max(1e-9);
         last = now;
-        let current: Vec<Vec<(&str, u64)>> = shards.iter().map(|s| s.values().collect()).collect();
+        let current = sample();
         let mut out = String::new();
         if clear {
             out.push_str("\x1b[H\x1b[2J");
@@ -252,16 +279,26 @@ fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Resu
                 "control".to_string()
             };
             out.push_str(&format!(
-                "{title}\n  {:<26} {:>16} {:>14}\n",
-                "counter", "value", "per second"
+                "{title}   (rates over {secs:.1} s{})\n  {:<26} {:>16} {:>14}\n",
+                if all {
+                    ""
+                } else {
+                    "; counters at 0 not shown, --all shows them"
+                },
+                "counter",
+                "value",
+                "per second"
             ));
             for (k, (name, value)) in values.iter().enumerate() {
-                let rate = previous
-                    .get(i)
-                    .and_then(|p| p.get(k))
-                    .map_or(String::from("-"), |old| {
-                        format!("{:.0}", value.saturating_sub(*old) as f64 / secs)
-                    });
+                if *name == "heartbeat" || (!all && *value == 0) {
+                    continue;
+                }
+                let old = previous.get(i).and_then(|p| p.get(k)).map_or(*value, |(_, v)| *v);
+                let rate = if is_gauge(name) {
+                    String::from("(gauge)")
+                } else {
+                    format!("{:.0}", value.saturating_sub(old) as f64 / secs)
+                };
                 out.push_str(&format!("  {name:<26} {value:>16} {rate:>14}\n"));
             }
         }
@@ -270,11 +307,15 @@ fn stat(socket: &Option<PathBuf>, interval: f64, once: bool, json: bool) -> Resu
         if once {
             return Ok(ExitCode::SUCCESS);
         }
-        previous = current
-            .iter()
-            .map(|v| v.iter().map(|(_, x)| *x).collect())
-            .collect();
+        previous = current;
         std::thread::sleep(interval);
         client.check_alive().map_err(|e| e.to_string())?;
     }
+}
+
+/// A counter that is a level (clients, members, bytes held), not a count of events.
+fn is_gauge(name: &str) -> bool {
+    tutti_wire::counters::SHARD_COUNTERS
+        .iter()
+        .any(|(n, what)| *n == name && what.contains("(gauge"))
 }

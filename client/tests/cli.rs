@@ -122,12 +122,23 @@ fn pub_lines_reach_sub_and_status_shows_them() {
         serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
     assert_eq!(shard0["frames_in"], 3, "{shard0}");
     assert_eq!(shard0["bad_frames"], 0, "{shard0}");
-    let table = Command::new(tutti())
-        .env("TUTTI_SOCKET", &socket)
-        .args(["stat", "--once"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&table.stdout).contains("subscriber_wakes"));
+    // The table shows counters that moved; --all shows the others too.
+    let table = |args: &[&str]| {
+        let out = Command::new(tutti())
+            .env("TUTTI_SOCKET", &socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let moved = table(&["stat", "--once"]);
+    assert!(moved.contains("frames_in"), "{moved}");
+    assert!(!moved.contains("bad_frames"), "{moved}");
+    let all = table(&["stat", "--once", "--all"]);
+    assert!(
+        all.contains("bad_frames") && all.contains("subscriber_wakes"),
+        "{all}"
+    );
     assert!(s.contains("groups: 0"), "both left, so the group is freed: {s}");
 }
 

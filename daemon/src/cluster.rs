@@ -10,6 +10,13 @@
 //! exercises it. A local client's message goes into the local log by the shard and into
 //! `Node::submit` with its session; a message the node delivers from another daemon goes
 //! into the log with sender id `(daemon << 32) | session`, as a local one.
+//!
+//! The driver also keeps the address book: where each node is (learned from the datagrams
+//! it sends), when it was last heard, and which node a seed given by address only
+//! (`--seed HOST[:PORT]`) turned out to be. Such a seed is handed to the node under a
+//! placeholder id (daemon id 0 is never a real daemon's): the node's heartbeats to it go
+//! to the address until a datagram from that address names the daemon behind it. Two
+//! addresses claiming one daemon id are refused and reported, naming both.
 
 use crate::net::{self, NetConfig, Transport};
 use serde::Deserialize;
@@ -27,6 +34,12 @@ const RECV_BUDGET: usize = 64;
 pub const MAX_DAEMON_ID: u32 = (1 << 24) - 1;
 /// Most shards a daemon may run in a cluster (8 bits of the node id).
 pub const MAX_CLUSTER_SHARDS: usize = 256;
+/// Most seeds given by address only: each gets a placeholder node id of daemon 0.
+pub const MAX_ADDRESS_SEEDS: usize = 256;
+/// Least time between two log lines about the same duplicate daemon id.
+const DUPLICATE_LOG_INTERVAL: Time = 10_000 * MILLIS;
+/// Name of the file in the state directory that keeps a derived random daemon id.
+pub const NODE_ID_FILE: &str = "node-id";
 
 /// `[cluster]` settings. Off by default: a daemon without it is a single-host daemon.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -34,8 +47,10 @@ pub const MAX_CLUSTER_SHARDS: usize = 256;
 pub struct ClusterConfig {
     /// Join a cluster over UDP (also switched on by `--listen` or `--seed`).
     pub enabled: bool,
-    /// Daemons to contact first, as `"ID@IP"` or `"ID@IP:BASE_PORT"` (default port:
-    /// this daemon's `net.base_port`). Others are learned from them.
+    /// Daemons to contact first, as `"HOST"`, `"HOST:BASE_PORT"` (the daemon id is
+    /// learned from the first datagram from there) or `"ID@HOST[:BASE_PORT]"`. HOST is an
+    /// IP address (IPv6 with a port in brackets: `"[::1]:7400"`) or a name resolved at
+    /// start. Default port: this daemon's `net.base_port`. Others are learned from them.
     pub seeds: Vec<String>,
     /// Length of a gossip round (ms). Shorter: faster repair and failure detection, more
     /// datagrams per second.
@@ -90,42 +105,98 @@ impl Default for ClusterConfig {
     }
 }
 
-/// A seed daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A seed daemon, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seed {
-    pub daemon: u32,
-    pub ip: IpAddr,
+    /// Its daemon id, when given (`ID@HOST`); else learned from its first datagram.
+    pub daemon: Option<u32>,
+    /// An IP address or a host name.
+    pub host: String,
     pub base_port: Option<u16>,
 }
 
+impl Seed {
+    /// The UDP address of the seed's shard `shard`: its IP address, or the first address
+    /// the host name resolves to.
+    pub fn resolve(&self, default_port: u16, shard: usize) -> Result<SocketAddr, String> {
+        let port = self
+            .base_port
+            .unwrap_or(default_port)
+            .checked_add(shard as u16)
+            .ok_or_else(|| format!("cluster.seeds: {}: port + shard {shard} exceeds 65535", self.host))?;
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cluster.seeds: cannot resolve {:?}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("cluster.seeds: {:?} resolves to no address", self.host))
+    }
+}
+
 impl ClusterConfig {
+    /// Parses `[ID@]HOST[:BASE_PORT]` (names are not resolved here).
     pub fn parse_seed(s: &str) -> Result<Seed, String> {
-        let bad = || format!("cluster.seeds: {s:?} is not \"ID@IP\" or \"ID@IP:BASE_PORT\"");
-        let (id, addr) = s.split_once('@').ok_or_else(bad)?;
-        let daemon: u32 = id.parse().map_err(|_| bad())?;
-        if daemon > MAX_DAEMON_ID {
-            return Err(format!(
-                "cluster.seeds: daemon id {daemon} exceeds {MAX_DAEMON_ID}"
-            ));
-        }
-        if let Ok(ip) = addr.parse::<IpAddr>() {
-            return Ok(Seed {
+        let bad = || {
+            format!("cluster.seeds: {s:?} is not \"HOST\", \"HOST:BASE_PORT\", \"ID@HOST\" or \"ID@HOST:BASE_PORT\"")
+        };
+        let (daemon, addr) = match s.split_once('@') {
+            Some((id, addr)) => {
+                let daemon: u32 = id.parse().map_err(|_| bad())?;
+                if daemon == 0 || daemon > MAX_DAEMON_ID {
+                    return Err(format!(
+                        "cluster.seeds: {s:?}: daemon id {daemon} is not from 1 to {MAX_DAEMON_ID}"
+                    ));
+                }
+                (Some(daemon), addr)
+            }
+            None => (None, s),
+        };
+        let seed = |host: String, base_port| {
+            Ok(Seed {
                 daemon,
-                ip,
-                base_port: None,
-            });
+                host,
+                base_port,
+            })
+        };
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            return seed(ip.to_string(), None);
         }
-        let sa: SocketAddr = addr.parse().map_err(|_| bad())?;
-        Ok(Seed {
-            daemon,
-            ip: sa.ip(),
-            base_port: Some(sa.port()),
-        })
+        if let Ok(sa) = addr.parse::<SocketAddr>() {
+            return seed(sa.ip().to_string(), Some(sa.port()));
+        }
+        if let Some(v6) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+            let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| bad())?;
+            return seed(ip.to_string(), None);
+        }
+        let (host, port) = match addr.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port.parse::<u16>().map_err(|_| bad())?)),
+            None => (addr, None),
+        };
+        // A DNS name: letters, digits, '-' and '.', at most 253 bytes.
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !host.starts_with(['-', '.']);
+        if !name_ok {
+            return Err(bad());
+        }
+        seed(host.to_string(), port)
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        let mut address_only = 0;
         for s in &self.seeds {
-            Self::parse_seed(s)?;
+            address_only += usize::from(Self::parse_seed(s)?.daemon.is_none());
+        }
+        if address_only > MAX_ADDRESS_SEEDS {
+            return Err(format!(
+                "cluster.seeds: {address_only} seeds without a daemon id, at most {MAX_ADDRESS_SEEDS}"
+            ));
         }
         if self.gossip_period_ms == 0 || self.gossip_fanout == 0 || self.tree_fanout == 0 {
             return Err("cluster: gossip_period_ms, gossip_fanout and tree_fanout must be at least 1".into());
@@ -230,6 +301,53 @@ pub fn incarnation(dir: &Path, daemon: u32) -> u32 {
     next
 }
 
+/// The daemon id of a daemon started without one (`node_id` unset or 0), and how it was
+/// found, for the log. A specific IPv4 `listen` address gives its low 24 bits (unique
+/// among daemons whose addresses share the first byte, e.g. all in 10.0.0.0/8, and the
+/// same after every restart); an unspecified or IPv6 address, or one whose low 24 bits are
+/// 0, gives a random id kept in `state_dir/node-id` (made once, then read at every start).
+/// Either way two daemons that still end up with one id are refused by their peers, which
+/// name both addresses (see [`Cluster`]).
+pub fn derive_daemon_id(listen: IpAddr, state_dir: &Path) -> Result<(u32, String), String> {
+    if let IpAddr::V4(v4) = listen {
+        let low = u32::from(v4) & MAX_DAEMON_ID;
+        if !v4.is_unspecified() && low != 0 {
+            return Ok((low, format!("the low 24 bits of listen address {v4}")));
+        }
+    }
+    let path = state_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return match text.trim().parse::<u32>() {
+                Ok(id) if (1..=MAX_DAEMON_ID).contains(&id) => Ok((id, format!("kept in {}", path.display()))),
+                _ => Err(format!(
+                    "{}: {:?} is not a daemon id from 1 to {MAX_DAEMON_ID}: fix or remove it, or set --node-id",
+                    path.display(),
+                    text.trim()
+                )),
+            };
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}; set --node-id", path.display())),
+    }
+    let id = (os_random() % u64::from(MAX_DAEMON_ID)) as u32 + 1;
+    let tmp = state_dir.join(format!(".{NODE_ID_FILE}.tmp"));
+    std::fs::create_dir_all(state_dir)
+        .and_then(|()| std::fs::File::create(&tmp))
+        .and_then(|mut f| {
+            writeln!(f, "{id}")?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            format!(
+                "cannot keep a random daemon id in {} ({e}): a daemon listening on {listen} needs --node-id or a writable cluster.state_dir",
+                path.display()
+            )
+        })?;
+    Ok((id, format!("random, kept in {}", path.display())))
+}
+
 /// 64 bits from the OS, to seed a node's RNG (its stream ids must differ across restarts).
 fn os_random() -> u64 {
     let mut b = [0u8; 8];
@@ -288,7 +406,42 @@ pub struct ClusterStats {
     pub not_sent: u64,
     pub fault_dropped: u64,
     pub window_overflow: u64,
+    /// Datagrams dropped because another address claims the same daemon id.
+    pub duplicate_ids: u64,
 }
+
+/// What the driver knows of a node's whereabouts.
+struct PeerAddr {
+    addr: SocketAddr,
+    /// Its incarnation as last heard (0: not heard yet, only configured).
+    incarnation: u32,
+    /// When this incarnation was first heard.
+    since: Option<Time>,
+    last_heard: Option<Time>,
+}
+
+/// A seed given by address only, and what answered from there.
+struct SeedProbe {
+    /// As configured, for the log and `tutti status`.
+    text: String,
+    addr: SocketAddr,
+    /// The node that answered from `addr` (this node itself, when the seed is us).
+    answered: Option<NodeId>,
+}
+
+/// Two addresses seen claiming one node id.
+struct Duplicate {
+    node: NodeId,
+    kept: SocketAddr,
+    refused: SocketAddr,
+    dropped: u64,
+    /// When a datagram was last refused, and last logged.
+    last: Time,
+    logged_at: Time,
+}
+
+/// Most duplicate-id records kept for `tutti status` (the counter counts them all).
+const MAX_DUPLICATES_SHOWN: usize = 16;
 
 pub struct Cluster {
     node: Node,
@@ -296,7 +449,10 @@ pub struct Cluster {
     epoch: Instant,
     shard: usize,
     base_port: u16,
-    peers: HashMap<NodeId, SocketAddr>,
+    peers: HashMap<NodeId, PeerAddr>,
+    /// Indexed by placeholder node id (`0..MAX_ADDRESS_SEEDS`, daemon 0).
+    probes: Vec<SeedProbe>,
+    duplicates: Vec<Duplicate>,
     next_timer: Time,
     stats: ClusterStats,
     view_summary: String,
@@ -314,15 +470,39 @@ impl Cluster {
         let settings = cfg.settings(net_cfg.max_datagram, max_message)?;
         let udp = net::open(net_cfg, shard).map_err(|e| format!("shard {shard} UDP: {e}"))?;
         let me = node_id(daemon, shard);
+        let local = udp.local_addr();
         let mut peers = HashMap::new();
+        let mut probes = Vec::new();
         let mut seed_ids = Vec::new();
         for s in &cfg.seeds {
             let seed = ClusterConfig::parse_seed(s)?;
-            let port = seed.base_port.unwrap_or(net_cfg.base_port);
-            let id = node_id(seed.daemon, shard);
-            if id != me {
-                peers.insert(id, SocketAddr::new(seed.ip, port.wrapping_add(shard as u16)));
-                seed_ids.push(id);
+            let addr = seed.resolve(net_cfg.base_port, shard)?;
+            match seed.daemon {
+                Some(d) => {
+                    let id = node_id(d, shard);
+                    if id != me {
+                        peers.insert(
+                            id,
+                            PeerAddr {
+                                addr,
+                                incarnation: 0,
+                                since: None,
+                                last_heard: None,
+                            },
+                        );
+                        seed_ids.push(id);
+                    }
+                }
+                None => {
+                    let placeholder = probes.len() as NodeId;
+                    probes.push(SeedProbe {
+                        text: s.clone(),
+                        addr,
+                        // Our own address among the seeds (one seed list for every daemon).
+                        answered: (addr == local).then_some(me),
+                    });
+                    seed_ids.push(placeholder);
+                }
             }
         }
         let epoch = Instant::now();
@@ -331,7 +511,7 @@ impl Cluster {
             shard,
             node = me,
             incarnation,
-            addr = %udp.local_addr(),
+            addr = %local,
             backend = udp.backend(),
             seeds = ?cfg.seeds,
             "cluster node started"
@@ -343,6 +523,8 @@ impl Cluster {
             shard,
             base_port: net_cfg.base_port,
             peers,
+            probes,
+            duplicates: Vec::new(),
             next_timer: 0,
             stats: ClusterStats::default(),
             view_summary: String::from("view: just me"),
@@ -383,6 +565,63 @@ impl Cluster {
         &self.view_summary
     }
 
+    /// For `tutti status`: each member of the view with its address, incarnation, age
+    /// (since this incarnation was first heard) and when it was last heard; then seeds
+    /// that have not answered and duplicate daemon ids seen. Lines indented by `indent`.
+    pub fn members_text(&self, indent: &str) -> String {
+        use std::fmt::Write as _;
+        let now = self.now();
+        let ago =
+            |t: Option<Time>| t.map_or_else(|| "never".to_string(), |t| duration(now.saturating_sub(t)));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{indent}{:<8} {:<24} {:>11} {:>9} {:>10}",
+            "daemon", "address", "incarnation", "age", "heard"
+        );
+        for m in &self.node.view().members {
+            let (addr, since, heard) = if m.node == self.node.id() {
+                (
+                    format!("{} (this)", self.udp.local_addr()),
+                    Some(0),
+                    "-".to_string(),
+                )
+            } else {
+                match self.peers.get(&m.node) {
+                    Some(p) => (p.addr.to_string(), p.since, format!("{} ago", ago(p.last_heard))),
+                    None => ("unknown".to_string(), None, "never".to_string()),
+                }
+            };
+            let age = if m.node == self.node.id() {
+                duration(now)
+            } else {
+                ago(since)
+            };
+            let _ = writeln!(
+                out,
+                "{indent}{:<8} {addr:<24} {:>11} {age:>9} {heard:>10}",
+                m.node >> 8,
+                m.incarnation
+            );
+        }
+        for p in self.probes.iter().filter(|p| p.answered.is_none()) {
+            let _ = writeln!(out, "{indent}seed {} ({}): no answer yet", p.text, p.addr);
+        }
+        for d in &self.duplicates {
+            let _ = writeln!(
+                out,
+                "{indent}DUPLICATE daemon id {}: claimed by {} and {}; {} datagrams from {} refused, last {} ago",
+                d.node >> 8,
+                d.kept,
+                d.refused,
+                d.dropped,
+                d.refused,
+                duration(now.saturating_sub(d.last))
+            );
+        }
+        out
+    }
+
     pub fn join(&mut self, group: u64) {
         let now = self.now();
         self.node.join(now, group);
@@ -415,19 +654,52 @@ impl Cluster {
                 node,
                 udp,
                 peers,
+                probes,
+                duplicates,
                 stats,
+                shard,
                 ..
             } = self;
+            let local = udp.local_addr();
+            let (me, my_incarnation) = (node.id(), node.incarnation());
             let received = udp
-                .recv(RECV_BUDGET, &mut |from, bytes| match peek_sender(bytes) {
-                    Some(sender) => {
-                        // Learn (or refresh, after a restart on a new port) where a node is.
-                        if peers.get(&sender) != Some(&from) {
-                            peers.insert(sender, from);
-                        }
-                        node.handle_packet(now, sender, bytes);
+                .recv(RECV_BUDGET, &mut |from, bytes| {
+                    let Some((sender, incarnation)) = peek_sender(bytes) else {
+                        stats.decode_errors += 1;
+                        return;
+                    };
+                    if sender >> 8 == 0 {
+                        // Daemon 0 is never real (placeholder ids are ours alone).
+                        stats.decode_errors += 1;
+                        return;
                     }
-                    None => stats.decode_errors += 1,
+                    for p in probes.iter_mut().filter(|p| p.answered.is_none() && p.addr == from) {
+                        p.answered = Some(sender);
+                        if sender != me {
+                            tracing::info!(shard = *shard, seed = %p.text, %from, daemon = sender >> 8, "seed answered");
+                        }
+                    }
+                    let refused = if sender == me {
+                        // Our own datagram, sent to a seed address that is us; else another
+                        // daemon with our id. (Bound to 0.0.0.0 we cannot tell our address
+                        // from the source, but our incarnation is ours.)
+                        let ours = if local.ip().is_unspecified() {
+                            incarnation == my_incarnation
+                        } else {
+                            from == local
+                        };
+                        (!ours).then_some(local)
+                    } else {
+                        learn_address(peers, sender, incarnation, from, now)
+                    };
+                    match refused {
+                        None if sender == me => {}
+                        None => node.handle_packet(now, sender, bytes),
+                        Some(kept) => {
+                            stats.duplicate_ids += 1;
+                            report_duplicate(duplicates, *shard, sender, kept, from, now);
+                        }
+                    }
                 })
                 .unwrap_or_else(|e| {
                     tracing::debug!("UDP receive: {e}");
@@ -455,11 +727,27 @@ impl Cluster {
     fn send_transmits(&mut self) -> usize {
         let mut sent = 0;
         while let Some(t) = self.node.poll_transmit() {
-            let addr = match self.peers.get(&t.dest) {
-                Some(a) => *a,
-                None => {
-                    self.stats.unknown_peer += 1;
+            // Placeholder ids are those of daemon 0, one per address-only seed.
+            let probe = (t.dest >> 8 == 0)
+                .then(|| self.probes.get(t.dest as usize))
+                .flatten();
+            let addr = if let Some(probe) = probe {
+                // A seed known by address. Once it answered and is in the view (or is us),
+                // the node reaches it by its own id; until then its heartbeats go here.
+                let done = probe.answered.is_some_and(|n| {
+                    n == self.node.id() || self.node.view().members.iter().any(|m| m.node == n)
+                });
+                if done {
                     continue;
+                }
+                probe.addr
+            } else {
+                match self.peers.get(&t.dest) {
+                    Some(p) => p.addr,
+                    None => {
+                        self.stats.unknown_peer += 1;
+                        continue;
+                    }
                 }
             };
             if self.udp.queue(addr, &t.payload).is_err() {
@@ -547,12 +835,265 @@ impl Cluster {
     }
 }
 
-/// The sending node of a datagram, from its header (the decoder checks the rest).
-fn peek_sender(bytes: &[u8]) -> Option<NodeId> {
+/// The sending node of a datagram and its incarnation, from its header (the decoder
+/// checks the rest).
+fn peek_sender(bytes: &[u8]) -> Option<(NodeId, u32)> {
     let magic = bytes.get(..4)?;
     if magic != tutti_wire::packet::MAGIC.to_le_bytes() {
         return None;
     }
-    let from = bytes.get(8..12)?;
-    Some(u32::from_le_bytes([from[0], from[1], from[2], from[3]]))
+    let word =
+        |at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
+    Some((word(8)?, word(12)?))
+}
+
+/// Records that `node` in `incarnation` sent from `from`. Returns the address it is kept at
+/// when `from` is refused: another live address claims the same id. A node moves to a new
+/// address only with a newer incarnation (a restart); an older or equal incarnation from
+/// another address is a second daemon with the same id. A configured seed that was never
+/// heard moves to where its id first answers from.
+fn learn_address(
+    peers: &mut HashMap<NodeId, PeerAddr>,
+    node: NodeId,
+    incarnation: u32,
+    from: SocketAddr,
+    now: Time,
+) -> Option<SocketAddr> {
+    let p = peers.entry(node).or_insert(PeerAddr {
+        addr: from,
+        incarnation,
+        since: Some(now),
+        last_heard: None,
+    });
+    if p.addr != from {
+        if p.last_heard.is_some() && incarnation <= p.incarnation {
+            return Some(p.addr);
+        }
+        tracing::info!(node, old = %p.addr, new = %from, incarnation, "node heard from a new address");
+        p.addr = from;
+    }
+    if incarnation != p.incarnation || p.since.is_none() {
+        p.incarnation = incarnation;
+        p.since = Some(now);
+    }
+    p.last_heard = Some(now);
+    None
+}
+
+/// Keeps (bounded) and logs (at most every [`DUPLICATE_LOG_INTERVAL`]) that `refused`
+/// claims the id of `node`, which `kept` has.
+fn report_duplicate(
+    duplicates: &mut Vec<Duplicate>,
+    shard: usize,
+    node: NodeId,
+    kept: SocketAddr,
+    refused: SocketAddr,
+    now: Time,
+) {
+    let i = match duplicates
+        .iter()
+        .position(|d| d.node == node && d.kept == kept && d.refused == refused)
+    {
+        Some(i) => i,
+        None if duplicates.len() < MAX_DUPLICATES_SHOWN => {
+            duplicates.push(Duplicate {
+                node,
+                kept,
+                refused,
+                dropped: 0,
+                last: now,
+                logged_at: 0,
+            });
+            duplicates.len() - 1
+        }
+        None => return,
+    };
+    let d = &mut duplicates[i];
+    d.dropped += 1;
+    d.last = now;
+    if d.dropped == 1 || now.saturating_sub(d.logged_at) >= DUPLICATE_LOG_INTERVAL {
+        d.logged_at = now;
+        tracing::error!(
+            shard,
+            "daemon id {} is claimed by both {kept} and {refused}: datagrams from {refused} are refused ({} so far). Give each daemon its own --node-id (or node_id in the config).",
+            node >> 8,
+            d.dropped
+        );
+    }
+}
+
+/// A duration for people: "850ms", "12.3s", "5m02s", "3h04m", "2d05h".
+fn duration(nanos: Time) -> String {
+    let ms = nanos / MILLIS;
+    let s = ms / 1000;
+    match s {
+        _ if ms < 1000 => format!("{ms}ms"),
+        0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(daemon: Option<u32>, host: &str, base_port: Option<u16>) -> Seed {
+        Seed {
+            daemon,
+            host: host.to_string(),
+            base_port,
+        }
+    }
+
+    #[test]
+    fn seeds_parse_with_and_without_a_daemon_id() {
+        for (text, want) in [
+            ("10.0.0.2", seed(None, "10.0.0.2", None)),
+            ("10.0.0.2:7500", seed(None, "10.0.0.2", Some(7500))),
+            ("node-b.example", seed(None, "node-b.example", None)),
+            ("node-b:7500", seed(None, "node-b", Some(7500))),
+            ("::1", seed(None, "::1", None)),
+            ("[::1]", seed(None, "::1", None)),
+            ("[::1]:7500", seed(None, "::1", Some(7500))),
+            ("3@10.0.0.2", seed(Some(3), "10.0.0.2", None)),
+            ("3@10.0.0.2:7500", seed(Some(3), "10.0.0.2", Some(7500))),
+            ("3@node-b:7500", seed(Some(3), "node-b", Some(7500))),
+        ] {
+            assert_eq!(ClusterConfig::parse_seed(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "@10.0.0.2",
+            "x@10.0.0.2",
+            "0@10.0.0.2",
+            "16777216@10.0.0.2",
+            "10.0.0.2:70000",
+            "a b",
+            "-x",
+            "[::1",
+            "host:port",
+        ] {
+            let e = ClusterConfig::parse_seed(bad).unwrap_err();
+            assert!(e.contains("cluster.seeds"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_seed_resolves_to_its_shard_port() {
+        let s = ClusterConfig::parse_seed("10.0.0.2").unwrap();
+        assert_eq!(s.resolve(7400, 2).unwrap(), "10.0.0.2:7402".parse().unwrap());
+        let s = ClusterConfig::parse_seed("localhost:7500").unwrap();
+        assert_eq!(s.resolve(7400, 1).unwrap().port(), 7501);
+        let s = ClusterConfig::parse_seed("10.0.0.2:65535").unwrap();
+        assert!(s.resolve(7400, 1).unwrap_err().contains("exceeds 65535"));
+    }
+
+    #[test]
+    fn too_many_address_only_seeds_are_refused() {
+        let mut c = ClusterConfig {
+            seeds: (0..=MAX_ADDRESS_SEEDS)
+                .map(|i| format!("10.0.{}.{}", i / 250, i % 250 + 1))
+                .collect(),
+            ..ClusterConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("without a daemon id"));
+        c.seeds.pop();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_daemon_id_comes_from_the_ipv4_address_or_a_kept_random_one() {
+        let dir = std::env::temp_dir().join(format!("tutti-derive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (id, how) = derive_daemon_id("10.1.2.3".parse().unwrap(), &dir).unwrap();
+        assert_eq!(id, 0x01_02_03, "{how}");
+        assert!(
+            !dir.join(NODE_ID_FILE).exists(),
+            "nothing kept for an address-derived id"
+        );
+        // No usable address bits: random, kept, and the same the next time.
+        let (random, how) = derive_daemon_id("0.0.0.0".parse().unwrap(), &dir).unwrap();
+        assert!((1..=MAX_DAEMON_ID).contains(&random), "{how}");
+        assert_eq!(derive_daemon_id("::1".parse().unwrap(), &dir).unwrap().0, random);
+        assert_eq!(
+            derive_daemon_id("10.0.0.0".parse().unwrap(), &dir).unwrap().0,
+            random
+        );
+        std::fs::write(dir.join(NODE_ID_FILE), "0\n").unwrap();
+        let e = derive_daemon_id("::".parse().unwrap(), &dir).unwrap_err();
+        assert!(e.contains("not a daemon id"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_second_address_for_one_id_is_refused_unless_it_is_a_restart() {
+        let mut peers = HashMap::new();
+        let (a, b) = (addr("10.0.0.1:7400"), addr("10.0.0.2:7400"));
+        assert_eq!(learn_address(&mut peers, 0x700, 5, a, 1), None);
+        // Same id, older or equal incarnation, elsewhere: a second daemon.
+        assert_eq!(learn_address(&mut peers, 0x700, 5, b, 2), Some(a));
+        assert_eq!(learn_address(&mut peers, 0x700, 4, b, 3), Some(a));
+        assert_eq!(learn_address(&mut peers, 0x700, 5, a, 4), None);
+        // A newer incarnation elsewhere: a restart on another address; the old one is then
+        // the impostor if it still speaks.
+        assert_eq!(learn_address(&mut peers, 0x700, 6, b, 5), None);
+        assert_eq!(learn_address(&mut peers, 0x700, 5, a, 6), Some(b));
+        let p = &peers[&0x700];
+        assert_eq!(
+            (p.addr, p.incarnation, p.since, p.last_heard),
+            (b, 6, Some(5), Some(5))
+        );
+        // A configured seed never heard moves to where its id answers from.
+        peers.insert(
+            0x800,
+            PeerAddr {
+                addr: a,
+                incarnation: 0,
+                since: None,
+                last_heard: None,
+            },
+        );
+        assert_eq!(learn_address(&mut peers, 0x800, 1, b, 7), None);
+        assert_eq!(peers[&0x800].addr, b);
+    }
+
+    #[test]
+    fn duplicates_are_kept_bounded_and_counted() {
+        let mut d = Vec::new();
+        for i in 0..100u16 {
+            report_duplicate(
+                &mut d,
+                0,
+                0x700,
+                addr("10.0.0.1:7400"),
+                SocketAddr::new([10, 0, 1, 1].into(), i),
+                1,
+            );
+        }
+        assert_eq!(d.len(), MAX_DUPLICATES_SHOWN);
+        report_duplicate(
+            &mut d,
+            0,
+            0x700,
+            addr("10.0.0.1:7400"),
+            SocketAddr::new([10, 0, 1, 1].into(), 0),
+            2,
+        );
+        assert_eq!((d[0].dropped, d[0].last), (2, 2));
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration(850 * MILLIS), "850ms");
+        assert_eq!(duration(12_340 * MILLIS), "12.3s");
+        assert_eq!(duration(302_000 * MILLIS), "5m02s");
+        assert_eq!(duration(11_040_000 * MILLIS), "3h04m");
+        assert_eq!(duration(190_800_000 * MILLIS), "2d05h");
+    }
 }

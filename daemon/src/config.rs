@@ -42,7 +42,10 @@ pub const MAX_RING_BYTES: usize = 1 << 30;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// This daemon's id in the cluster (the high half of every sender id it stamps).
+    /// This daemon's id in the cluster (the high half of every sender id it stamps), from 1
+    /// to 2^24-1. Unset or 0: 1 on a single host; in a cluster, derived at start (see
+    /// `cluster::derive_daemon_id`: the low 24 bits of an IPv4 `net.listen`, else a random
+    /// id kept in `cluster.state_dir`).
     pub node_id: u32,
     /// Control socket path; unset = `$TUTTI_SOCKET`, `$XDG_RUNTIME_DIR/tutti/tuttid.sock`,
     /// `/run/tutti/tuttid.sock` (root) or `/tmp/tutti-$USER/tuttid.sock`.
@@ -94,7 +97,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            node_id: 1,
+            node_id: 0,
             socket: None,
             cores: Vec::new(),
             no_pin: false,
@@ -191,8 +194,11 @@ impl Config {
                 }
             )*};
         }
+        // An unset id (0) keeps the one derived at start: a restart derives the same.
+        if new.node_id != 0 && self.node_id != new.node_id {
+            keys.push("node_id");
+        }
         cmp!(
-            node_id,
             socket,
             cores,
             no_pin,

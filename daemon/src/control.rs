@@ -5,7 +5,7 @@
 
 use crate::access::{AccessPolicy, Identity, TokenBucket};
 use crate::config::Config;
-use crate::shard::{ShardCommand, ShardEvent, ShardStats};
+use crate::shard::{ShardCommand, ShardEvent, ShardReport, ShardStats};
 use crate::supervise::Supervisor;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -25,6 +25,8 @@ use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
 /// How long the control thread waits for a shard to apply a command before it gives up
 /// and refuses the client's request.
 const SHARD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `tutti status` waits for a shard's report (a stalled shard is shown without).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Size of a doorbell page.
 pub const DOORBELL_BYTES: usize = 4096;
 
@@ -863,7 +865,24 @@ impl Control {
         self.sessions.clear();
     }
 
+    /// Each shard's report for `tutti status` (None from a shard that did not answer).
+    fn shard_reports(&self) -> Vec<Option<ShardReport>> {
+        let asked: Vec<_> = self
+            .shards
+            .iter()
+            .map(|link| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                link.send(ShardCommand::Report { reply: tx }).ok().map(|()| rx)
+            })
+            .collect();
+        asked
+            .into_iter()
+            .map(|rx| rx.and_then(|rx| rx.recv_timeout(REPORT_TIMEOUT).ok()))
+            .collect()
+    }
+
     fn status_text(&self) -> String {
+        let reports = self.shard_reports();
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -893,17 +912,41 @@ impl Control {
                 }
             }
             out.push('\n');
+            if let Some(r) = reports
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|r| !r.members.is_empty())
+            {
+                out.push_str(&r.members);
+            }
         }
-        let live: Vec<&Group> = self.groups.iter().flatten().collect();
+        let live: Vec<(u32, &Group)> = (0u32..)
+            .zip(&self.groups)
+            .filter_map(|(h, g)| g.as_ref().map(|g| (h, g)))
+            .collect();
         let _ = writeln!(out, "\ngroups: {}", live.len());
-        for g in live {
-            let _ = writeln!(
+        for (handle, g) in live {
+            let traffic = reports
+                .get(g.shard)
+                .and_then(Option::as_ref)
+                .and_then(|r| r.groups.iter().find(|t| t.handle == handle));
+            let _ = write!(
                 out,
                 "  {} (shard {}): {} members",
                 g.name,
                 g.shard,
                 g.members.len()
             );
+            match traffic {
+                Some(t) => {
+                    let _ = writeln!(
+                        out,
+                        "; published here {} ({:.0}/s), from other daemons {} ({:.0}/s)",
+                        t.published, t.published_per_sec, t.received, t.received_per_sec
+                    );
+                }
+                None => out.push('\n'),
+            }
         }
         let _ = write!(out, "\ncontrol:");
         for (index, (name, _)) in CONTROL_COUNTERS.iter().enumerate() {

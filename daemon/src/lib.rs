@@ -26,7 +26,7 @@ const SHARD_COMMAND_QUEUE: usize = 1024;
 const SHARD_EVENT_QUEUE: usize = 1024;
 
 /// Runs the daemon until SIGTERM or SIGINT; returns the process exit code.
-pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, String> {
+pub fn run(mut config: Config, supervisor: supervise::Supervisor) -> Result<i32, String> {
     config.validate()?;
     // Block the signals before any thread starts, so only the control loop sees them.
     let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
@@ -46,6 +46,16 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
         .into_iter()
         .map(|c| c.id)
         .collect();
+    if config.node_id == 0 {
+        config.node_id = if config.cluster.enabled {
+            let dir = config.cluster.state_dir(&socket);
+            let (id, how) = cluster::derive_daemon_id(config.net.listen, &dir)?;
+            tracing::info!(node_id = id, "node id not set: derived from {how}");
+            id
+        } else {
+            1
+        };
+    }
     let incarnation = if config.cluster.enabled {
         let dir = config.cluster.state_dir(&socket);
         let inc = cluster::incarnation(&dir, config.node_id);
@@ -216,7 +226,10 @@ fn log_tuning(config: &Config) {
     } else {
         config.shard_cores()
     };
-    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions::new(cores));
+    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions {
+        in_daemon: true,
+        ..tutti_tuning::CheckOptions::new(cores)
+    });
     let differ = checks.iter().filter(|c| !c.ok).count();
     for c in checks.iter().filter(|c| !c.ok) {
         tracing::warn!(setting = %c.name, found = %c.found, recommended = %c.recommended, "tuning: {}", c.why);

@@ -31,8 +31,11 @@ struct Args {
     /// Idle strategy: "spin" (lowest latency, a core at 100%) or "backoff" (~0% CPU idle).
     #[arg(long, value_name = "STRATEGY")]
     idle: Option<IdleStrategy>,
-    /// Node id of this daemon in the cluster.
-    #[arg(long)]
+    /// This daemon's id in the cluster, 1 to 16777215. Unset: the low 24 bits of an IPv4
+    /// --listen address (127.0.0.3 gives 3; daemons sharing an address need their own ids),
+    /// else a random id kept in the state directory. Two daemons with one id are refused by
+    /// their peers, which log both addresses.
+    #[arg(long, value_name = "ID")]
     node_id: Option<u32>,
     /// Bytes per client publish ring (power of two).
     #[arg(long, value_name = "BYTES")]
@@ -40,14 +43,17 @@ struct Args {
     /// Bytes per group delivery log (power of two).
     #[arg(long, value_name = "BYTES")]
     log_bytes: Option<usize>,
-    /// Join a cluster: the address shards listen on for UDP (shard i: BASE_PORT + i).
-    #[arg(long, value_name = "IP")]
-    listen: Option<std::net::IpAddr>,
+    /// Join a cluster: the address shards listen on for UDP, as IP or IP:PORT (shard i
+    /// listens on PORT + i; PORT defaults to --base-port, 7400). IPv6 with a port: [IP]:PORT.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_listen)]
+    listen: Option<(std::net::IpAddr, Option<u16>)>,
     /// First UDP port (default 7400).
     #[arg(long, value_name = "PORT")]
     base_port: Option<u16>,
-    /// A daemon to contact, as ID@IP or ID@IP:BASE_PORT (repeat for several); joins a cluster.
-    #[arg(long = "seed", value_name = "ID@IP")]
+    /// A daemon to contact, as HOST or HOST:PORT (its id is learned from its first
+    /// answer), or ID@HOST[:PORT]; repeat for several (listing this daemon itself is fine).
+    /// Joins a cluster.
+    #[arg(long = "seed", value_name = "[ID@]HOST[:PORT]")]
     seeds: Vec<String>,
 }
 
@@ -115,6 +121,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--listen`: an IP address, or IP:PORT (`[IPv6]:PORT`).
+fn parse_listen(s: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
+    if let Ok(ip) = s.parse() {
+        return Ok((ip, None));
+    }
+    s.parse::<std::net::SocketAddr>()
+        .map(|a| (a.ip(), Some(a.port())))
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT (IPv6 with a port: [IP]:PORT)"))
+}
+
 /// The command-line settings that override the config file, kept to re-apply on reload.
 #[derive(Debug, Clone)]
 struct Overrides {
@@ -125,7 +141,7 @@ struct Overrides {
     node_id: Option<u32>,
     publish_ring_bytes: Option<usize>,
     log_bytes: Option<usize>,
-    listen: Option<std::net::IpAddr>,
+    listen: Option<(std::net::IpAddr, Option<u16>)>,
     base_port: Option<u16>,
     seeds: Vec<String>,
 }
@@ -166,8 +182,11 @@ impl Overrides {
         if let Some(b) = self.log_bytes {
             config.log_bytes = b;
         }
-        if let Some(ip) = self.listen {
+        if let Some((ip, port)) = self.listen {
             config.net.listen = ip;
+            if let Some(p) = port {
+                config.net.base_port = p;
+            }
             config.cluster.enabled = true;
         }
         if let Some(p) = self.base_port {

@@ -30,6 +30,8 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(500);
 const CLUSTER_POLL_INTERVAL: u32 = 8;
 /// Data passes between two looks at the command queue when the shard is busy.
 const COMMAND_CHECK_INTERVAL: u32 = 64;
+/// How often the groups' message rates for `tutti status` are sampled.
+const RATE_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 
 /// A shard's counters, in a shared-memory page (`tutti stat` maps it read-only). The
 /// shard is the only writer; the control thread and `tutti stat` only read.
@@ -69,6 +71,7 @@ pub mod counter {
     pub const GAP_REQUESTS: usize = shard_counter("gap_requests");
     pub const RETAINED_BYTES: usize = shard_counter("retained_bytes");
     pub const REMOTE_TOO_LARGE: usize = shard_counter("remote_too_large");
+    pub const DUPLICATE_IDS: usize = shard_counter("duplicate_ids");
 }
 
 impl ShardStats {
@@ -136,7 +139,32 @@ pub enum ShardCommand {
     DropClient {
         session: u32,
     },
+    /// For `tutti status`: the shard's view of the cluster and its groups' traffic.
+    Report {
+        reply: Sender<ShardReport>,
+    },
     Shutdown,
+}
+
+/// What a shard tells `tutti status` (see [`ShardCommand::Report`]).
+#[derive(Debug, Default)]
+pub struct ShardReport {
+    /// The cluster view's members with address, age and last-heard time (see
+    /// `Cluster::members_text`); empty outside a cluster.
+    pub members: String,
+    pub groups: Vec<GroupTraffic>,
+}
+
+/// One group's messages on this shard: totals, and rates over the last sample period.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupTraffic {
+    pub handle: u32,
+    /// Messages published by local clients into the group's log.
+    pub published: u64,
+    /// Messages from other daemons appended to the group's log.
+    pub received: u64,
+    pub published_per_sec: f64,
+    pub received_per_sec: f64,
 }
 
 /// What a shard tells the control thread on its own initiative.
@@ -163,6 +191,12 @@ struct GroupSlot {
     doorbell: GroupDoorbell,
     /// Appended to since the last doorbell check.
     dirty: bool,
+    /// Messages appended: (published here, received from other daemons), and their
+    /// counts and rates at the last sample (every [`RATE_SAMPLE_PERIOD`]).
+    published: u64,
+    received: u64,
+    sampled: (u64, u64),
+    rates: (f64, f64),
     _log: Mapping,
     _doorbell: Mapping,
 }
@@ -187,6 +221,8 @@ pub struct Shard {
     /// Passes since the cluster was last polled.
     since_cluster: u32,
     last_view: Option<String>,
+    /// When the groups' rates were last sampled.
+    last_sample: std::time::Instant,
     /// A client frame copied once, for the local log and the cluster alike.
     scratch: Vec<u8>,
     _doorbell_map: Mapping,
@@ -229,6 +265,7 @@ impl Shard {
             by_gid: HashMap::new(),
             since_cluster: 0,
             last_view: None,
+            last_sample: std::time::Instant::now(),
             scratch: Vec::new(),
             _doorbell_map: doorbell_map,
         })
@@ -399,6 +436,7 @@ impl Shard {
     fn apply_commands(&mut self) -> Result<usize, ()> {
         self.stats.add(counter::HEARTBEAT, 1);
         self.publish_cluster_stats();
+        self.sample_rates();
         let mut applied = 0;
         while let Ok(cmd) = self.commands.try_recv() {
             applied += 1;
@@ -477,6 +515,9 @@ impl Shard {
                     }
                     let _ = ack.send(Ok(()));
                 }
+                ShardCommand::Report { reply } => {
+                    let _ = reply.send(self.report());
+                }
                 ShardCommand::DropClient { session } => {
                     if let Some(i) = self.client_index(session) {
                         self.drain_client(i);
@@ -517,6 +558,8 @@ impl Shard {
                             // get it, so they are told.
                             stats.add(counter::REMOTE_TOO_LARGE, 1);
                             slot.writer.append_lost(sender, 1);
+                        } else {
+                            slot.received += 1;
                         }
                         slot.dirty = true;
                         appended = true;
@@ -553,6 +596,46 @@ impl Shard {
         work
     }
 
+    /// Every [`RATE_SAMPLE_PERIOD`]: each group's messages per second since the last sample.
+    fn sample_rates(&mut self) {
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(self.last_sample).as_secs_f64();
+        if secs < RATE_SAMPLE_PERIOD.as_secs_f64() {
+            return;
+        }
+        self.last_sample = now;
+        for g in self.groups.iter_mut().flatten() {
+            g.rates = (
+                (g.published - g.sampled.0) as f64 / secs,
+                (g.received - g.sampled.1) as f64 / secs,
+            );
+            g.sampled = (g.published, g.received);
+        }
+    }
+
+    fn report(&self) -> ShardReport {
+        ShardReport {
+            members: self
+                .cluster
+                .as_ref()
+                .map_or_else(String::new, |c| c.members_text("    ")),
+            groups: self
+                .groups
+                .iter()
+                .enumerate()
+                .filter_map(|(handle, g)| {
+                    g.as_ref().map(|g| GroupTraffic {
+                        handle: handle as u32,
+                        published: g.published,
+                        received: g.received,
+                        published_per_sec: g.rates.0,
+                        received_per_sec: g.rates.1,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// Copies the cluster's counters into the shared-memory page.
     fn publish_cluster_stats(&self) {
         let Some(cluster) = self.cluster.as_ref() else {
@@ -577,6 +660,7 @@ impl Shard {
             (counter::EVICTED_BUDGET, c.evicted_budget),
             (counter::GAP_REQUESTS, c.gap_requests),
             (counter::RETAINED_BYTES, c.retained_bytes),
+            (counter::DUPLICATE_IDS, c.duplicate_ids),
         ] {
             self.stats.set(index, value);
         }
@@ -603,6 +687,10 @@ impl Shard {
             writer,
             doorbell: group_doorbell,
             dirty: false,
+            published: 0,
+            received: 0,
+            sampled: (0, 0),
+            rates: (0.0, 0.0),
             _log: log,
             _doorbell: doorbell,
         });
@@ -662,6 +750,7 @@ fn drain_ring(
                     };
                     if group.writer.append(*sender, payload).is_ok() {
                         group.dirty = true;
+                        group.published += 1;
                         if let Some(cluster) = cluster.as_deref_mut() {
                             cluster.submit(group.gid, *session, payload);
                         }

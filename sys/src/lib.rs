@@ -780,19 +780,24 @@ pub fn default_socket_path() -> std::path::PathBuf {
 /// Where a client looks for the daemon: as [`default_socket_path`], except that when
 /// neither `TUTTI_SOCKET` is set nor a per-user daemon is listening, the system daemon's
 /// `/run/tutti/tuttid.sock` is used if it exists (a login session has XDG_RUNTIME_DIR, but
-/// the daemon run by systemd listens in /run/tutti).
+/// the daemon run by systemd listens in /run/tutti). A user outside group `tutti` cannot
+/// even look into `/run/tutti`: then the system socket is used too, so that the error the
+/// user sees names it ("Permission denied"), not a per-user socket that was never there.
 pub fn client_socket_path() -> std::path::PathBuf {
     let default = default_socket_path();
     if std::env::var_os("TUTTI_SOCKET").is_some_and(|p| !p.is_empty()) || default.exists() {
         return default;
     }
-    let system = std::path::PathBuf::from("/run/tutti/tuttid.sock");
-    if system.exists() {
-        system
-    } else {
-        default
+    let system = std::path::PathBuf::from(SYSTEM_SOCKET);
+    match system.try_exists() {
+        Ok(true) => system,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => system,
+        _ => default,
     }
 }
+
+/// The control socket of the daemon run by the shipped systemd unit.
+pub const SYSTEM_SOCKET: &str = "/run/tutti/tuttid.sock";
 
 /// The effective uid and gid of this process.
 pub fn effective_ids() -> (u32, u32) {

@@ -31,6 +31,9 @@ pub struct CheckOptions {
     /// Prefix under which `proc/` and `sys/` are read: "/" on a real host, a fake tree in
     /// tests.
     pub root: PathBuf,
+    /// The checks run inside tuttid itself (its start-up log), not in `tutti tune check`:
+    /// the process limits read are then the daemon's own, and the findings say so.
+    pub in_daemon: bool,
 }
 
 impl CheckOptions {
@@ -39,6 +42,7 @@ impl CheckOptions {
         CheckOptions {
             shard_cores,
             root: PathBuf::from("/"),
+            in_daemon: false,
         }
     }
 }
@@ -87,7 +91,7 @@ pub fn run_checks(opts: &CheckOptions) -> Vec<Check> {
         check_busy_poll(&host, "busy_poll"),
         check_busy_poll(&host, "busy_read"),
         check_thp(&host),
-        check_memlock(&host),
+        check_memlock(&host, opts.in_daemon),
         check_io_uring(&host),
     ]
 }
@@ -507,9 +511,13 @@ fn check_thp(host: &Host) -> Check {
     }
 }
 
-fn check_memlock(host: &Host) -> Check {
+fn check_memlock(host: &Host, in_daemon: bool) -> Check {
     const NAME: &str = "rlimit.memlock";
-    const WHY: &str = "io_uring pins its registered buffers against RLIMIT_MEMLOCK, so a low limit makes registration fail (this is the checking process's limit; the systemd unit gives tuttid LimitMEMLOCK=64M).";
+    // What a low limit does, as tuttid meets it (net/uring.rs): the provided-buffer ring is
+    // refused (posted receives instead), or before kernel 5.12 the ring itself (epoll).
+    const DAEMON_WHY: &str = "This is tuttid's own locked-memory limit. io_uring charges its provided-buffer ring (and, before kernel 5.12, its rings) to it; where the kernel refuses them, tuttid receives into posted buffers or uses epoll instead, and logs that once per shard. The shipped unit asks for LimitMEMLOCK=64M, which systemd can grant only up to the hard limit of its host or container: raise that, or set LimitMEMLOCK= (or `ulimit -l` for a tuttid started by hand).";
+    const CHECKER_WHY: &str = "io_uring charges its provided-buffer ring (and, before kernel 5.12, its rings) to the locked-memory limit; with too little, tuttid receives into posted buffers or uses epoll. This is the limit of this `tutti tune check` process, not of a running tuttid: tuttid logs its own at start (or read /proc/PID/limits); the shipped unit asks for LimitMEMLOCK=64M.";
+    let why = if in_daemon { DAEMON_WHY } else { CHECKER_WHY };
     let recommended = format!(
         ">= {RECOMMENDED_MEMLOCK_BYTES} ({} MiB) or unlimited",
         RECOMMENDED_MEMLOCK_BYTES >> 20
@@ -522,18 +530,18 @@ fn check_memlock(host: &Host) -> Check {
         })
     });
     match soft_limit.as_deref() {
-        Some("unlimited") => Check::new(NAME, "unlimited".into(), recommended, true, WHY),
+        Some("unlimited") => Check::new(NAME, "unlimited".into(), recommended, true, why),
         Some(value) => match value.parse::<u64>() {
             Ok(bytes) => Check::new(
                 NAME,
                 format!("{bytes} ({} MiB)", bytes >> 20),
                 recommended,
                 bytes >= RECOMMENDED_MEMLOCK_BYTES,
-                WHY,
+                why,
             ),
-            Err(_) => Check::new(NAME, format!("unparsable ({value})"), recommended, false, WHY),
+            Err(_) => Check::new(NAME, format!("unparsable ({value})"), recommended, false, why),
         },
-        None => Check::new(NAME, "unreadable".into(), recommended, false, WHY),
+        None => Check::new(NAME, "unreadable".into(), recommended, false, why),
     }
 }
 

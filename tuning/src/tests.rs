@@ -60,6 +60,7 @@ impl FakeHost {
         run_checks(&CheckOptions {
             shard_cores: shard_cores.to_vec(),
             root: self.root.clone(),
+            in_daemon: false,
         })
     }
 
@@ -300,6 +301,25 @@ fn memlock_needs_64_mib_or_unlimited() {
         &LIMITS_8MIB.replace("8388608              8388608", "67108864             67108864"),
     );
     assert!(enough.check(&[], "rlimit.memlock").ok);
+}
+
+#[test]
+fn memlock_finding_says_whose_limit_it_is() {
+    let low = FakeHost::new("memlock-whose");
+    low.write("/proc/self/limits", LIMITS_8MIB);
+    let checker = low.check(&[], "rlimit.memlock");
+    assert!(checker.why.contains("not of a running tuttid"), "{}", checker.why);
+    let daemon = run_checks(&CheckOptions {
+        shard_cores: Vec::new(),
+        root: low.root.clone(),
+        in_daemon: true,
+    })
+    .into_iter()
+    .find(|c| c.name == "rlimit.memlock")
+    .unwrap();
+    assert_eq!((daemon.found.as_str(), daemon.ok), ("8388608 (8 MiB)", false));
+    assert!(daemon.why.starts_with("This is tuttid's own"), "{}", daemon.why);
+    assert!(!daemon.why.contains("checking process"), "{}", daemon.why);
 }
 
 #[test]

@@ -91,6 +91,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "remote_too_large",
         "messages from other daemons larger than the local log can hold (reported lost to local members)",
     ),
+    (
+        "duplicate_ids",
+        "datagrams refused: another address claims the sender's daemon id",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):
