@@ -91,6 +91,18 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "remote_too_large",
         "messages from other daemons larger than the local log can hold (reported lost to local members)",
     ),
+    (
+        "auth_failed",
+        "UDP datagrams that failed authentication with the cluster key (dropped unparsed)",
+    ),
+    (
+        "replayed",
+        "authentic UDP datagrams seen before or older than the replay window (dropped)",
+    ),
+    (
+        "auth_senders_full",
+        "authenticated senders evicted from the full sender table (oldest first)",
+    ),
 ];
 
 /// Index of a named shard counter (a compile-time check that the name exists).
