@@ -27,6 +27,20 @@ const SHARD_EVENT_QUEUE: usize = 1024;
 /// Runs the daemon until SIGTERM or SIGINT; returns the process exit code.
 pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, String> {
     config.validate()?;
+    let keys = if config.cluster.enabled {
+        config.cluster.load_keys()?
+    } else {
+        None
+    };
+    if config.cluster.enabled && keys.is_none() && !config.net.listen.is_loopback() {
+        tracing::warn!(
+            listen = %config.net.listen,
+            "NO CLUSTER KEY: anyone who can send UDP to {}:{}.. can join this cluster, read its \
+             messages and forge them. Set cluster.key_file (make a key with `tutti keygen`; see docs/security.md)",
+            config.net.listen,
+            config.net.base_port
+        );
+    }
     // Block the signals before any thread starts, so only the control loop sees them.
     let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
         .map_err(|e| format!("signalfd: {e}"))?;
@@ -79,6 +93,7 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
                 index,
                 config.max_message(),
                 incarnation,
+                keys.as_ref(),
             )?)
         } else {
             None

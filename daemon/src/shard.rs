@@ -69,6 +69,9 @@ pub mod counter {
     pub const GAP_REQUESTS: usize = shard_counter("gap_requests");
     pub const RETAINED_BYTES: usize = shard_counter("retained_bytes");
     pub const REMOTE_TOO_LARGE: usize = shard_counter("remote_too_large");
+    pub const AUTH_FAILED: usize = shard_counter("auth_failed");
+    pub const REPLAYED: usize = shard_counter("replayed");
+    pub const AUTH_SENDERS_FULL: usize = shard_counter("auth_senders_full");
 }
 
 impl ShardStats {
@@ -574,6 +577,9 @@ impl Shard {
             (counter::EVICTED_BUDGET, c.evicted_budget),
             (counter::GAP_REQUESTS, c.gap_requests),
             (counter::RETAINED_BYTES, c.retained_bytes),
+            (counter::AUTH_FAILED, c.auth_failed),
+            (counter::REPLAYED, c.replayed),
+            (counter::AUTH_SENDERS_FULL, c.auth_senders_full),
         ] {
             self.stats.set(index, value);
         }

@@ -118,6 +118,11 @@ impl ClusterKey {
         ClusterKey { bytes }
     }
 
+    /// Whether two keys are the same key (not in constant time: for configuration checks).
+    pub fn bytes_eq(&self, other: &ClusterKey) -> bool {
+        self.bytes == other.bytes
+    }
+
     /// Reads a key file (`tutti keygen`'s format), refusing one that group or others may
     /// read or write.
     pub fn load(path: &Path) -> Result<ClusterKey, KeyFileError> {
