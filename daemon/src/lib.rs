@@ -217,7 +217,13 @@ fn log_tuning(config: &Config) {
     } else {
         config.shard_cores()
     };
-    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions::new(cores));
+    let mut opts = tutti_tuning::CheckOptions::new(cores);
+    opts.cluster = Some(tutti_tuning::ClusterExposure {
+        enabled: config.cluster.enabled,
+        listen: config.net.listen,
+        key_file: config.cluster.key_file.clone(),
+    });
+    let checks = tutti_tuning::run_checks(&opts);
     let differ = checks.iter().filter(|c| !c.ok).count();
     for c in checks.iter().filter(|c| !c.ok) {
         tracing::warn!(setting = %c.name, found = %c.found, recommended = %c.recommended, "tuning: {}", c.why);
