@@ -693,19 +693,20 @@ impl<T: Transport> Transport for AuthTransport<T> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use std::collections::VecDeque;
 
     /// An in-memory transport: what is queued is kept in `sent`; `recv` drains `inbox`.
     #[derive(Default)]
-    struct Mem {
-        sent: Vec<Vec<u8>>,
-        inbox: VecDeque<Vec<u8>>,
+    pub struct Mem {
+        pub sent: Vec<Vec<u8>>,
+        pub inbox: VecDeque<Vec<u8>>,
     }
 
-    const PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 7400));
-    const MAX: usize = 1472;
+    pub const PEER: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 7400));
+    pub const MAX: usize = 1472;
 
     impl Transport for Mem {
         fn queue(&mut self, _to: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
@@ -738,11 +739,11 @@ mod tests {
         }
     }
 
-    fn key(n: u8) -> ClusterKey {
+    pub fn key(n: u8) -> ClusterKey {
         ClusterKey::from_bytes([n; KEY_LEN])
     }
 
-    fn setup(node: u32, primary: u8, next: Option<u8>, encrypt: bool) -> AuthSetup {
+    pub fn setup(node: u32, primary: u8, next: Option<u8>, encrypt: bool) -> AuthSetup {
         AuthSetup {
             keys: AuthKeys {
                 primary: key(primary),
@@ -754,12 +755,18 @@ mod tests {
         }
     }
 
-    fn endpoint(node: u32, primary: u8, next: Option<u8>, encrypt: bool, salt: u64) -> AuthTransport<Mem> {
+    pub fn endpoint(
+        node: u32,
+        primary: u8,
+        next: Option<u8>,
+        encrypt: bool,
+        salt: u64,
+    ) -> AuthTransport<Mem> {
         AuthTransport::with_salt(Mem::default(), &setup(node, primary, next, encrypt), MAX, salt)
     }
 
     /// A datagram of `len` bytes from `node` (incarnation 9): a valid header, then a pattern.
-    fn datagram(node: u32, len: usize, seed: u8) -> Vec<u8> {
+    pub fn datagram(node: u32, len: usize, seed: u8) -> Vec<u8> {
         let mut d: Vec<u8> = (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect();
@@ -770,18 +777,24 @@ mod tests {
     }
 
     /// Seals `plain` at `from` and returns the sealed bytes.
-    fn seal(from: &mut AuthTransport<Mem>, plain: &[u8]) -> Vec<u8> {
+    pub fn seal(from: &mut AuthTransport<Mem>, plain: &[u8]) -> Vec<u8> {
         from.queue(PEER, plain).unwrap();
         from.inner_mut().sent.pop().unwrap()
     }
 
     /// Hands `sealed` to `to`; returns what it delivered.
-    fn deliver(to: &mut AuthTransport<Mem>, sealed: &[u8]) -> Vec<Vec<u8>> {
+    pub fn deliver(to: &mut AuthTransport<Mem>, sealed: &[u8]) -> Vec<Vec<u8>> {
         to.inner_mut().inbox.push_back(sealed.to_vec());
         let mut got = Vec::new();
         to.recv(64, &mut |_, b| got.push(b.to_vec())).unwrap();
         got
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     #[test]
     fn seal_then_open_gives_the_datagram_back_in_both_suites() {
@@ -1020,5 +1033,46 @@ mod tests {
             .to_string();
         assert!(e.contains("missing.key"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    //! `cargo test --release -p tutti-daemon --lib net::auth::cost -- --ignored --nocapture`:
+    //! the per-datagram cost of sealing and opening 1,400-byte datagrams (a figure, not a test
+    //! of speed: it asserts only that every datagram verified).
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn seal_and_open_cost_per_datagram() {
+        const N: usize = 100_000;
+        for encrypt in [false, true] {
+            let mut a = endpoint(1, 7, None, encrypt, 11);
+            let mut b = endpoint(2, 7, None, encrypt, 22);
+            let plain = datagram(1, 1400, 3);
+            let start = Instant::now();
+            for _ in 0..N {
+                std::hint::black_box(a.sealer.seal(&plain, MAX).unwrap());
+            }
+            let seal = start.elapsed();
+            let sealed: Vec<Vec<u8>> = (0..N)
+                .map(|_| {
+                    let len = a.sealer.seal(&plain, MAX).unwrap();
+                    a.sealer.buf[..len].to_vec()
+                })
+                .collect();
+            let start = Instant::now();
+            for d in &sealed {
+                assert!(b.receiver.open(d).is_ok());
+            }
+            let open = start.elapsed();
+            eprintln!(
+                "encrypt = {encrypt}: seal {:.0} ns, open {:.0} ns per 1,400-byte datagram",
+                seal.as_nanos() as f64 / N as f64,
+                open.as_nanos() as f64 / N as f64
+            );
+        }
     }
 }
