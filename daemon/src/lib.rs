@@ -32,14 +32,8 @@ pub fn run(config: Config, supervisor: supervise::Supervisor) -> Result<i32, Str
     } else {
         None
     };
-    if config.cluster.enabled && keys.is_none() && !config.net.listen.is_loopback() {
-        tracing::warn!(
-            listen = %config.net.listen,
-            "NO CLUSTER KEY: anyone who can send UDP to {}:{}.. can join this cluster, read its \
-             messages and forge them. Set cluster.key_file (make a key with `tutti keygen`; see docs/security.md)",
-            config.net.listen,
-            config.net.base_port
-        );
+    if let Some(warning) = keyless_exposure(&config) {
+        tracing::warn!(listen = %config.net.listen, "{warning}");
     }
     // Block the signals before any thread starts, so only the control loop sees them.
     let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
@@ -209,6 +203,19 @@ fn bind_control_socket(path: &Path) -> Result<SeqPacketListener, String> {
     Ok(listener)
 }
 
+/// The loud warning for a cluster that listens beyond loopback without a key, if it does.
+pub fn keyless_exposure(config: &Config) -> Option<String> {
+    (config.cluster.enabled && config.cluster.key_file.is_none() && !config.net.listen.is_loopback()).then(
+        || {
+            format!(
+            "NO CLUSTER KEY: anyone who can send UDP to {}:{}.. can join this cluster, read its messages \
+             and forge them. Set cluster.key_file (make a key with `tutti keygen`; see docs/security.md)",
+            config.net.listen, config.net.base_port
+        )
+        },
+    )
+}
+
 /// Logs the host tuning check once at start (the same table as `tutti tune check`):
 /// a warning line per setting that differs from what tutti recommends.
 fn log_tuning(config: &Config) {
@@ -233,4 +240,30 @@ fn log_tuning(config: &Config) {
         checks.len() - differ,
         checks.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyless_cluster_beyond_loopback_is_warned_about() {
+        let open = Config::parse("[cluster]\nenabled = true\n[net]\nlisten = \"0.0.0.0\"\n").unwrap();
+        let warning = keyless_exposure(&open).unwrap();
+        assert!(
+            warning.contains("NO CLUSTER KEY") && warning.contains("0.0.0.0:7400"),
+            "{warning}"
+        );
+        let keyed =
+            Config::parse("[cluster]\nenabled = true\nkey_file = \"/k\"\n[net]\nlisten = \"10.1.2.3\"\n")
+                .unwrap();
+        assert_eq!(keyless_exposure(&keyed), None);
+        let loopback = Config::parse("[cluster]\nenabled = true\n[net]\nlisten = \"127.0.5.1\"\n").unwrap();
+        assert_eq!(keyless_exposure(&loopback), None);
+        let off = Config::parse("[net]\nlisten = \"0.0.0.0\"\n").unwrap();
+        assert_eq!(keyless_exposure(&off), None);
+        assert!(Config::parse("[cluster]\nencrypt = true\n")
+            .unwrap_err()
+            .contains("key_file"));
+    }
 }
