@@ -184,6 +184,8 @@ pub struct AuthSetup {
 pub struct AuthStats {
     /// Datagrams sealed and handed to the inner transport.
     pub sealed: u64,
+    /// Of those, sent again as sealed for the previous peer (same bytes to another peer).
+    pub reused: u64,
     /// Datagrams that verified and were handed on.
     pub verified: u64,
     /// Datagrams dropped: too short, unknown key or suite, or a tag that does not verify.
@@ -489,12 +491,34 @@ struct Sealer {
     suite: Suite,
     salt: u64,
     counter: u64,
+    /// The last sealed datagram (valid while `last_sealed > 0`).
     buf: Box<[u8]>,
+    /// The plaintext of `buf`, and the lengths of both.
+    last_plain: Box<[u8]>,
+    last_plain_len: usize,
+    last_sealed: usize,
+    /// Seals saved by sending the last sealed datagram again.
+    reused: u64,
 }
 
 impl Sealer {
-    /// Seals `bytes` into `buf`; returns the sealed length.
+    /// Seals `bytes` into `buf`; returns the sealed length. The same datagram queued to
+    /// several peers in a row (a tree fan-out) is sealed once and sent as is to each: the
+    /// same bytes under the same nonce, as a duplicate on the network would be.
     fn seal(&mut self, bytes: &[u8], max_datagram: usize) -> Result<usize, SendError> {
+        if self.last_sealed > 0 && bytes == &self.last_plain[..self.last_plain_len] {
+            self.reused += 1;
+            return Ok(self.last_sealed);
+        }
+        self.last_sealed = 0;
+        let sealed = self.seal_new(bytes, max_datagram)?;
+        self.last_plain[..bytes.len()].copy_from_slice(bytes);
+        self.last_plain_len = bytes.len();
+        self.last_sealed = sealed;
+        Ok(sealed)
+    }
+
+    fn seal_new(&mut self, bytes: &[u8], max_datagram: usize) -> Result<usize, SendError> {
         let len = bytes.len();
         if len + TRAILER_LEN > max_datagram {
             return Err(SendError::TooLarge {
@@ -591,6 +615,10 @@ impl<T: Transport> AuthTransport<T> {
             salt,
             counter: 0,
             buf: vec![0; max_datagram].into_boxed_slice(),
+            last_plain: vec![0; max_datagram].into_boxed_slice(),
+            last_plain_len: 0,
+            last_sealed: 0,
+            reused: 0,
         };
         let mut slots = vec![primary];
         if let Some(next) = &setup.keys.next {
@@ -621,7 +649,7 @@ impl<T: Transport> AuthTransport<T> {
     }
 
     pub fn auth_stats(&self) -> AuthStats {
-        self.receiver.stats
+        self.stats().auth
     }
 
     /// Sender runs whose windows are held now.
@@ -682,7 +710,10 @@ impl<T: Transport> Transport for AuthTransport<T> {
 
     fn stats(&self) -> NetStats {
         NetStats {
-            auth: self.receiver.stats,
+            auth: AuthStats {
+                reused: self.sealer.reused,
+                ..self.receiver.stats
+            },
             ..self.inner.stats()
         }
     }
@@ -844,6 +875,33 @@ mod tests {
             assert_eq!(b.senders(), 0, "a forgery creates no sender state");
             // The genuine datagram still verifies afterwards.
             assert_eq!(deliver(&mut b, &sealed), vec![plain]);
+        }
+    }
+
+    #[test]
+    fn the_same_datagram_to_several_peers_is_sealed_once_and_each_peer_takes_it_once() {
+        for encrypt in [false, true] {
+            let mut a = endpoint(1, 7, None, encrypt, 11);
+            let (mut b, mut c) = (
+                endpoint(2, 7, None, encrypt, 22),
+                endpoint(3, 7, None, encrypt, 33),
+            );
+            let plain = datagram(1, 500, 1);
+            let to_b = seal(&mut a, &plain);
+            let to_c = seal(&mut a, &plain);
+            assert_eq!(to_b, to_c);
+            assert_eq!(a.stats().auth.reused, 1);
+            let other = seal(&mut a, &datagram(1, 500, 2));
+            assert_ne!(other[500..], to_b[500..], "a new datagram, a new counter");
+            let again = seal(&mut a, &plain);
+            assert_ne!(again, to_b, "not the last one sealed: sealed afresh");
+            assert_eq!(deliver(&mut b, &to_b), vec![plain.clone()]);
+            assert_eq!(deliver(&mut c, &to_c), vec![plain.clone()]);
+            assert!(
+                deliver(&mut b, &to_c).is_empty(),
+                "the copy for c is a replay at b"
+            );
+            assert_eq!(deliver(&mut b, &again), vec![plain.clone()]);
         }
     }
 
@@ -1054,12 +1112,12 @@ mod cost {
             let plain = datagram(1, 1400, 3);
             let start = Instant::now();
             for _ in 0..N {
-                std::hint::black_box(a.sealer.seal(&plain, MAX).unwrap());
+                std::hint::black_box(a.sealer.seal_new(&plain, MAX).unwrap());
             }
             let seal = start.elapsed();
             let sealed: Vec<Vec<u8>> = (0..N)
                 .map(|_| {
-                    let len = a.sealer.seal(&plain, MAX).unwrap();
+                    let len = a.sealer.seal_new(&plain, MAX).unwrap();
                     a.sealer.buf[..len].to_vec()
                 })
                 .collect();
