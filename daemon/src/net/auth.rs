@@ -1134,3 +1134,43 @@ mod cost {
         }
     }
 }
+
+#[cfg(test)]
+mod untrusted {
+    use super::tests_support::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes, or a genuine datagram with bytes overwritten, cut or appended:
+        /// never a panic, never accepted unless it is the genuine datagram unchanged.
+        #[test]
+        fn arbitrary_and_mutated_datagrams_are_refused_without_panic(
+            junk in proptest::collection::vec(any::<u8>(), 0..300),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            encrypt in any::<bool>(),
+        ) {
+            let mut a = endpoint(1, 7, None, encrypt, 11);
+            let mut b = endpoint(2, 7, None, encrypt, 22);
+            prop_assert!(deliver(&mut b, &junk).is_empty());
+            let plain = datagram(1, 120, 9);
+            let sealed = seal(&mut a, &plain);
+            // A known sender run first, so forgeries also meet an existing window.
+            let known = seal(&mut a, &datagram(1, 60, 1));
+            prop_assert_eq!(deliver(&mut b, &known).len(), 1);
+            let mut bad = sealed.clone();
+            for (at, v) in &edits {
+                let at = at % bad.len();
+                bad[at] = *v;
+            }
+            bad.truncate(cut % (bad.len() + 1));
+            let got = deliver(&mut b, &bad);
+            if bad == sealed {
+                prop_assert_eq!(got, vec![plain]);
+            } else {
+                prop_assert!(got.is_empty());
+            }
+        }
+    }
+}
