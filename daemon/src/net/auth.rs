@@ -1138,7 +1138,6 @@ mod cost {
 #[cfg(test)]
 mod untrusted {
     use super::tests_support::*;
-    use super::*;
     use proptest::prelude::*;
 
     proptest! {
