@@ -110,6 +110,45 @@ pub struct ClusterOptions {
     pub cluster_settings: Vec<String>,
 }
 
+/// A fresh cluster key in a private temporary file (removed on drop), for `--auth`.
+pub struct TempKey {
+    dir: PathBuf,
+}
+
+impl TempKey {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("cluster.key")
+    }
+}
+
+impl Drop for TempKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes a random key (mode 0600, as `tutti keygen` does) to a fresh temporary directory.
+pub fn write_temp_key() -> Result<TempKey, String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir().join(format!("tutti-bench-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let key = TempKey { dir };
+    let mut bytes = [0u8; tutti_wire::cluster_key::KEY_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key.path())
+        .and_then(|mut f| f.write_all(tutti_wire::cluster_key::encode_key(&bytes).as_bytes()))
+        .map_err(|e| format!("{}: {e}", key.path().display()))?;
+    Ok(key)
+}
+
 /// The daemon counters the report carries, per daemon.
 pub const REPORTED_COUNTERS: &[&str] = &[
     "frames_in",
@@ -127,6 +166,8 @@ pub const REPORTED_COUNTERS: &[&str] = &[
     "view_changes",
     "gossip_rounds",
     "view_members",
+    "auth_failed",
+    "replayed",
 ];
 
 /// One daemon's counters, summed over its shards (gauges: the largest).

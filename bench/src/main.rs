@@ -5,7 +5,7 @@
 //! tutti-bench floor [--size 64] [--duration 5] [--json] [--hlog FILE]
 //! tutti-bench local-latency --size 64 --duration 5 [--after-idle] [--json] [--hlog FILE]
 //! tutti-bench local-throughput --size 64 --duration 5 [--json]
-//! tutti-bench cluster --nodes 3 --size 64 --duration 5 [--loss 0.05] [--json]
+//! tutti-bench cluster --nodes 3 --size 64 --duration 5 [--loss 0.05] [--auth] [--json]
 //! ```
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -225,6 +225,11 @@ struct ClusterArgs {
     /// The daemon binary [default: tuttid next to this executable].
     #[arg(long, value_name = "PATH")]
     tuttid: Option<PathBuf>,
+    /// Cost of the cluster key: run the same cluster three times in this invocation (no
+    /// key, a key, a key with `encrypt`) and report throughput and p50 of each with their
+    /// ratios to the run without a key (the UDP floors are skipped).
+    #[arg(long)]
+    auth: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -570,17 +575,10 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_cluster(args: ClusterArgs) -> Result<(), String> {
-    let nodes = args.nodes as usize;
-    let (a, b) = (cluster::node_ip(1), cluster::node_ip(2));
-    let timer_overhead_ns = clock::overhead_ns();
-    // Floors first, before the daemons take the cores.
-    let floor_rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?;
-    let floor_tp = udp_floor::throughput(a, b, secs(args.floor_duration), args.floor_recv)?;
-    let tuttid = args.tuttid.clone().unwrap_or_else(daemon::default_tuttid);
-    let run = cluster::run(&cluster::ClusterOptions {
-        tuttid,
-        nodes,
+fn cluster_options(args: &ClusterArgs, cluster_settings: Vec<String>) -> cluster::ClusterOptions {
+    cluster::ClusterOptions {
+        tuttid: args.tuttid.clone().unwrap_or_else(daemon::default_tuttid),
+        nodes: args.nodes as usize,
         size: args.size,
         warmup: secs(args.warmup),
         duration: secs(args.duration),
@@ -591,8 +589,146 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         base_port: args.base_port,
         settle: secs(args.settle),
         rate: args.rate,
-        cluster_settings: args.cluster_set.clone(),
-    })?;
+        cluster_settings,
+    }
+}
+
+/// One run of `cluster --auth`.
+#[derive(serde::Serialize)]
+struct AuthVariant {
+    auth: &'static str,
+    msgs_per_s: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    missing: u64,
+    lost: u64,
+    latency_timeouts: u64,
+    /// Relative to the run without a key (1.0 = same).
+    throughput_ratio: f64,
+    p50_ratio: f64,
+    auth_failed: u64,
+    replayed: u64,
+    /// Messages per datagram from daemon 1 in the throughput window (the trailer takes
+    /// 34 bytes of each datagram).
+    msgs_per_datagram: f64,
+    /// CPU seconds of all daemons in the throughput phase.
+    throughput_cpu_s: f64,
+}
+
+#[derive(serde::Serialize)]
+struct AuthResult {
+    bench: &'static str,
+    size: usize,
+    nodes: usize,
+    duration_s: f64,
+    io: String,
+    variants: Vec<AuthVariant>,
+}
+
+/// `cluster --auth`: the same cluster without a key, with one, and encrypting.
+fn run_cluster_auth(args: &ClusterArgs) -> Result<(), String> {
+    let key = cluster::write_temp_key()?;
+    let key_line = format!("key_file = {:?}", key.path().display().to_string());
+    let variants: [(&str, Vec<String>); 3] = [
+        ("none", vec![]),
+        ("key", vec![key_line.clone()]),
+        ("key+encrypt", vec![key_line, "encrypt = true".into()]),
+    ];
+    let mut results: Vec<AuthVariant> = Vec::new();
+    for (name, lines) in variants {
+        let mut settings = args.cluster_set.clone();
+        settings.extend(lines);
+        if !args.json {
+            eprintln!("tutti-bench: cluster run with auth = {name}");
+        }
+        let run = cluster::run(&cluster_options(args, settings))?;
+        let one_way = Percentiles::of(&run.latency);
+        let window = run.delivered_window.as_secs_f64();
+        let msgs_per_s = if window > 0.0 {
+            run.delivered as f64 / window
+        } else {
+            0.0
+        };
+        let sum = |name: &str| run.end_counters.iter().map(|c| c.get(name)).sum::<u64>();
+        let (base_tp, base_p50) = results.first().map_or((msgs_per_s, one_way.p50_ns as f64), |b| {
+            (b.msgs_per_s, b.p50_ns as f64)
+        });
+        results.push(AuthVariant {
+            auth: name,
+            msgs_per_s: msgs_per_s.round(),
+            p50_ns: one_way.p50_ns,
+            p99_ns: one_way.p99_ns,
+            missing: run.missing,
+            lost: run.lost_messages,
+            latency_timeouts: run.latency_timeouts,
+            throughput_ratio: ratio(msgs_per_s, base_tp),
+            p50_ratio: ratio(one_way.p50_ns as f64, base_p50),
+            auth_failed: sum("auth_failed"),
+            replayed: sum("replayed"),
+            msgs_per_datagram: run.throughput_counters.first().map_or(0.0, |c| {
+                ratio(c.get("frames_in") as f64, c.get("datagrams_out") as f64)
+            }),
+            throughput_cpu_s: run.throughput_cpu_s.iter().sum::<f64>(),
+        });
+    }
+    let result = AuthResult {
+        bench: "cluster-auth",
+        size: args.size,
+        nodes: args.nodes as usize,
+        duration_s: args.duration,
+        io: args.io.clone(),
+        variants: results,
+    };
+    if args.json {
+        print_json(&result);
+    } else {
+        println!(
+            "cluster, {} nodes, {} B messages, {} s per phase: cost of the cluster key (ratios to no key)",
+            result.nodes, result.size, result.duration_s
+        );
+        println!(
+            "{:<12} {:>12} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>7}",
+            "auth",
+            "msg/s",
+            "tp ratio",
+            "p50 ns",
+            "p99 ns",
+            "p50 ratio",
+            "missing",
+            "lost",
+            "msg/dgram",
+            "cpu s"
+        );
+        for v in &result.variants {
+            println!(
+                "{:<12} {:>12.0} {:>9.3} {:>10} {:>10} {:>9.3} {:>8} {:>8} {:>9.2} {:>7.2}",
+                v.auth,
+                v.msgs_per_s,
+                v.throughput_ratio,
+                v.p50_ns,
+                v.p99_ns,
+                v.p50_ratio,
+                v.missing,
+                v.lost,
+                v.msgs_per_datagram,
+                v.throughput_cpu_s
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_cluster(args: ClusterArgs) -> Result<(), String> {
+    if args.auth {
+        return run_cluster_auth(&args);
+    }
+    let nodes = args.nodes as usize;
+    let (a, b) = (cluster::node_ip(1), cluster::node_ip(2));
+    let timer_overhead_ns = clock::overhead_ns();
+    // Floors first, before the daemons take the cores.
+    let floor_rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?;
+    let floor_tp = udp_floor::throughput(a, b, secs(args.floor_duration), args.floor_recv)?;
+    let run = cluster::run(&cluster_options(&args, args.cluster_set.clone()))?;
 
     let floor_rtt_pct = Percentiles::of(&floor_rtt.rtt);
     let one_way = Percentiles::of(&run.latency);

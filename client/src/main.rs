@@ -1,5 +1,5 @@
 //! `tutti`: the command-line tool: publish lines, print a group's messages, show the
-//! daemon's status, check the host's tuning.
+//! daemon's status, make a cluster key, check the host's tuning.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -62,6 +62,13 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Write a fresh 256-bit cluster key (from the OS random source) to PATH, created with
+    /// mode 0600; never overwrites. Copy the file to every daemon of the cluster and set
+    /// `cluster.key_file` (see docs/security.md).
+    Keygen {
+        #[arg(default_value = "/etc/tutti/cluster.key")]
+        path: PathBuf,
+    },
     /// Host tuning.
     Tune {
         #[command(subcommand)]
@@ -79,6 +86,10 @@ enum TuneCommand {
         /// Cores the daemon's shards are pinned to (to check isolation and IRQs).
         #[arg(long, value_delimiter = ',', value_name = "LIST")]
         cores: Option<Vec<usize>>,
+        /// tuttid's config file, to check its cluster exposure (a cluster listening beyond
+        /// loopback without a key). Default: /etc/tutti/tuttid.toml when it exists.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -111,9 +122,10 @@ fn main() -> ExitCode {
             json,
             all,
         } => stat(&args.socket, interval, once, json, all),
+        Command::Keygen { path } => keygen(&path),
         Command::Tune {
-            what: TuneCommand::Check { json, cores },
-        } => Ok(tune_check(json, cores.unwrap_or_default())),
+            what: TuneCommand::Check { json, cores, config },
+        } => tune_check(json, cores.unwrap_or_default(), config),
     };
     match result {
         Ok(code) => code,
@@ -206,9 +218,28 @@ fn subscribe(
     }
 }
 
-fn tune_check(json: bool, cores: Vec<usize>) -> ExitCode {
+/// Default config path `tune check` reads when it exists.
+const DEFAULT_CONFIG: &str = "/etc/tutti/tuttid.toml";
+
+fn tune_check(json: bool, cores: Vec<usize>, config: Option<PathBuf>) -> Result<ExitCode, String> {
+    let config = config.or_else(|| {
+        let p = PathBuf::from(DEFAULT_CONFIG);
+        p.exists().then_some(p)
+    });
+    let cluster = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            Some(
+                tutti_tuning::ClusterExposure::from_config(&text)
+                    .map_err(|e| format!("config {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let opts = tutti_tuning::CheckOptions {
         shard_cores: cores,
+        cluster,
         ..Default::default()
     };
     let checks = tutti_tuning::run_checks(&opts);
@@ -217,11 +248,43 @@ fn tune_check(json: bool, cores: Vec<usize>) -> ExitCode {
     } else {
         print!("{}", tutti_tuning::render_table(&checks));
     }
-    if checks.iter().all(|c| c.ok) {
+    Ok(if checks.iter().all(|c| c.ok) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
+    })
+}
+
+/// `tutti keygen PATH`: 32 bytes from /dev/urandom (the kernel's CSPRNG), written as
+/// `tutti_wire::cluster_key` text to a file created with mode 0600 (never an existing one).
+fn keygen(path: &std::path::Path) -> Result<ExitCode, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; tutti_wire::cluster_key::KEY_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} exists: not overwriting a key (remove it first if you mean to replace it)",
+                path.display()
+            ),
+            _ => format!("cannot create {}: {e}", path.display()),
+        })?;
+    file.write_all(tutti_wire::cluster_key::encode_key(&key).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!(
+        "tutti: wrote a new cluster key to {} (mode 0600). Copy it to every daemon (keeping the mode \
+         and the daemon's user as owner) and set cluster.key_file.",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn stat(

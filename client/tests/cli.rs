@@ -239,3 +239,62 @@ fn a_denied_join_is_printed_with_its_reason_and_counted_in_stat() {
         .unwrap_or_else(|| panic!("no control page in {text}"));
     assert_eq!(control["denied_publish"], 1, "{control}");
 }
+
+#[test]
+fn keygen_writes_a_private_key_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tutti-cli-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.key"), dir.join("b.key"));
+    for p in [&a, &b] {
+        let out = Command::new(tutti()).arg("keygen").arg(p).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "created private, whatever the umask");
+    }
+    let key_a = std::fs::read_to_string(&a).unwrap();
+    let key_b = std::fs::read_to_string(&b).unwrap();
+    tutti_wire::cluster_key::parse_key(&key_a).unwrap();
+    assert_ne!(key_a, key_b, "fresh randomness each time");
+    let again = Command::new(tutti()).arg("keygen").arg(&a).output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("not overwriting"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&a).unwrap(),
+        key_a,
+        "the old key is intact"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tune_check_flags_a_cluster_open_to_the_network_without_a_key() {
+    let dir = std::env::temp_dir().join(format!("tutti-cli-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tuttid.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nenabled = true\n[net]\nlisten = \"0.0.0.0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(tutti())
+        .args(["tune", "check", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cluster.key_file")
+        .expect("the cluster key check ran");
+    assert_eq!(key["ok"], false, "{key}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

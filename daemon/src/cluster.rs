@@ -18,6 +18,7 @@
 //! to the address until a datagram from that address names the daemon behind it. Two
 //! addresses claiming one daemon id are refused and reported, naming both.
 
+use crate::net::auth::{same_key_id, AuthKeys, AuthSetup, ClusterKey, TRAILER_LEN};
 use crate::net::{self, NetConfig, Transport};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -81,6 +82,15 @@ pub struct ClusterConfig {
     /// clock steps back). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the
     /// control socket's directory.
     pub state_dir: Option<PathBuf>,
+    /// The cluster key (made by `tutti keygen`, mode 0600): every datagram is then sealed
+    /// with an AEAD tag and only authentic ones are read. Unset: no authentication, and
+    /// anyone who can reach the UDP ports is a member (see docs/security.md).
+    pub key_file: Option<PathBuf>,
+    /// A second key accepted (never sent with) while a key rotation is under way.
+    pub key_file_next: Option<PathBuf>,
+    /// Encrypt datagram bodies too (needs `key_file`). Off: authentic but readable on the
+    /// wire. Costs a little more CPU per datagram.
+    pub encrypt: bool,
 }
 
 impl Default for ClusterConfig {
@@ -101,6 +111,9 @@ impl Default for ClusterConfig {
             rerequest_after_ms: s.rerequest_after / MILLIS,
             linger_ms: s.linger / MILLIS,
             state_dir: None,
+            key_file: None,
+            key_file_next: None,
+            encrypt: false,
         }
     }
 }
@@ -214,7 +227,41 @@ impl ClusterConfig {
             ));
         }
         self.delivery_mode()?;
+        if self.key_file.is_none() && (self.key_file_next.is_some() || self.encrypt) {
+            return Err("cluster: key_file_next and encrypt need cluster.key_file".into());
+        }
         Ok(())
+    }
+
+    /// Reads the cluster keys (None without `key_file`), checking each file's permissions
+    /// and format; the error names the file and the fix.
+    pub fn load_keys(&self) -> Result<Option<AuthKeys>, String> {
+        let Some(path) = &self.key_file else {
+            return Ok(None);
+        };
+        let primary = ClusterKey::load(path).map_err(|e| e.to_string())?;
+        let next = match &self.key_file_next {
+            Some(p) => {
+                let next = ClusterKey::load(p).map_err(|e| e.to_string())?;
+                if next.bytes_eq(&primary) {
+                    None
+                } else if same_key_id(&primary, &next) {
+                    return Err(format!(
+                        "cluster.key_file_next {}: this key's one-byte id equals the primary key's (1 chance in 256), so \
+                         datagrams sealed with it could not be told apart: make another with `tutti keygen`",
+                        p.display()
+                    ));
+                } else {
+                    Some(next)
+                }
+            }
+            None => None,
+        };
+        Ok(Some(AuthKeys {
+            primary,
+            next,
+            encrypt: self.encrypt,
+        }))
     }
 
     fn delivery_mode(&self) -> Result<Delivery, String> {
@@ -408,6 +455,9 @@ pub struct ClusterStats {
     pub window_overflow: u64,
     /// Datagrams dropped because another address claims the same daemon id.
     pub duplicate_ids: u64,
+    pub auth_failed: u64,
+    pub replayed: u64,
+    pub auth_senders_full: u64,
 }
 
 /// What the driver knows of a node's whereabouts.
@@ -466,10 +516,30 @@ impl Cluster {
         shard: usize,
         max_message: usize,
         incarnation: u32,
+        keys: Option<&AuthKeys>,
     ) -> Result<Cluster, String> {
-        let settings = cfg.settings(net_cfg.max_datagram, max_message)?;
-        let udp = net::open(net_cfg, shard).map_err(|e| format!("shard {shard} UDP: {e}"))?;
         let me = node_id(daemon, shard);
+        // With a key, every datagram carries a trailer: the protocol gets that much less.
+        let (max_datagram, auth) = match keys {
+            Some(keys) => {
+                let max = net_cfg.max_datagram.checked_sub(TRAILER_LEN).ok_or_else(|| {
+                    format!(
+                        "net.max_datagram = {}: too small for the {TRAILER_LEN}-byte authentication trailer",
+                        net_cfg.max_datagram
+                    )
+                })?;
+                let setup = AuthSetup {
+                    keys: keys.clone(),
+                    node: me,
+                    incarnation,
+                };
+                (max, Some(setup))
+            }
+            None => (net_cfg.max_datagram, None),
+        };
+        let settings = cfg.settings(max_datagram, max_message)?;
+        let udp =
+            net::open_with(net_cfg, shard, auth.as_ref()).map_err(|e| format!("shard {shard} UDP: {e}"))?;
         let local = udp.local_addr();
         let mut peers = HashMap::new();
         let mut probes = Vec::new();
@@ -514,6 +584,11 @@ impl Cluster {
             addr = %local,
             backend = udp.backend(),
             seeds = ?cfg.seeds,
+            auth = match keys {
+                None => "none",
+                Some(k) if k.encrypt => "key, encrypted",
+                Some(_) => "key, authenticated",
+            },
             "cluster node started"
         );
         Ok(Cluster {
@@ -558,6 +633,9 @@ impl Cluster {
         s.datagrams_out = n.sent;
         s.fault_dropped =
             n.fault.lost_out + n.fault.lost_in + n.fault.partitioned_in + n.fault.partitioned_out;
+        s.auth_failed = n.auth.auth_failed;
+        s.replayed = n.auth.replayed;
+        s.auth_senders_full = n.auth.senders_full;
         s
     }
 
@@ -835,8 +913,10 @@ impl Cluster {
     }
 }
 
-/// The sending node of a datagram and its incarnation, from its header (the decoder
-/// checks the rest).
+/// The sending node of a datagram and its incarnation, from its header (the decoder checks
+/// the rest). With a cluster key the transport hands on only datagrams that verified,
+/// header included, so a peer's address is learned only from an authentic datagram;
+/// without one, from anyone.
 fn peek_sender(bytes: &[u8]) -> Option<(NodeId, u32)> {
     let magic = bytes.get(..4)?;
     if magic != tutti_wire::packet::MAGIC.to_le_bytes() {

@@ -28,6 +28,14 @@ const SHARD_EVENT_QUEUE: usize = 1024;
 /// Runs the daemon until SIGTERM or SIGINT; returns the process exit code.
 pub fn run(mut config: Config, supervisor: supervise::Supervisor) -> Result<i32, String> {
     config.validate()?;
+    let keys = if config.cluster.enabled {
+        config.cluster.load_keys()?
+    } else {
+        None
+    };
+    if let Some(warning) = keyless_exposure(&config) {
+        tracing::warn!(listen = %config.net.listen, "{warning}");
+    }
     // Block the signals before any thread starts, so only the control loop sees them.
     let signals = SignalFd::new(&[tutti_sys::SIGTERM, tutti_sys::SIGINT, tutti_sys::SIGHUP])
         .map_err(|e| format!("signalfd: {e}"))?;
@@ -96,6 +104,7 @@ pub fn run(mut config: Config, supervisor: supervise::Supervisor) -> Result<i32,
                 index,
                 config.max_message(),
                 incarnation,
+                keys.as_ref(),
             )?)
         } else {
             None
@@ -218,6 +227,19 @@ fn bind_control_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<Seq
     Ok(listener)
 }
 
+/// The loud warning for a cluster that listens beyond loopback without a key, if it does.
+pub fn keyless_exposure(config: &Config) -> Option<String> {
+    (config.cluster.enabled && config.cluster.key_file.is_none() && !config.net.listen.is_loopback()).then(
+        || {
+            format!(
+            "NO CLUSTER KEY: anyone who can send UDP to {}:{}.. can join this cluster, read its messages \
+             and forge them. Set cluster.key_file (make a key with `tutti keygen`; see docs/security.md)",
+            config.net.listen, config.net.base_port
+        )
+        },
+    )
+}
+
 /// Logs the host tuning check once at start (the same table as `tutti tune check`):
 /// a warning line per setting that differs from what tutti recommends.
 fn log_tuning(config: &Config) {
@@ -226,10 +248,16 @@ fn log_tuning(config: &Config) {
     } else {
         config.shard_cores()
     };
-    let checks = tutti_tuning::run_checks(&tutti_tuning::CheckOptions {
+    let mut opts = tutti_tuning::CheckOptions {
         in_daemon: true,
         ..tutti_tuning::CheckOptions::new(cores)
+    };
+    opts.cluster = Some(tutti_tuning::ClusterExposure {
+        enabled: config.cluster.enabled,
+        listen: config.net.listen,
+        key_file: config.cluster.key_file.clone(),
     });
+    let checks = tutti_tuning::run_checks(&opts);
     let differ = checks.iter().filter(|c| !c.ok).count();
     for c in checks.iter().filter(|c| !c.ok) {
         tracing::warn!(setting = %c.name, found = %c.found, recommended = %c.recommended, "tuning: {}", c.why);
@@ -239,4 +267,30 @@ fn log_tuning(config: &Config) {
         checks.len() - differ,
         checks.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyless_cluster_beyond_loopback_is_warned_about() {
+        let open = Config::parse("[cluster]\nenabled = true\n[net]\nlisten = \"0.0.0.0\"\n").unwrap();
+        let warning = keyless_exposure(&open).unwrap();
+        assert!(
+            warning.contains("NO CLUSTER KEY") && warning.contains("0.0.0.0:7400"),
+            "{warning}"
+        );
+        let keyed =
+            Config::parse("[cluster]\nenabled = true\nkey_file = \"/k\"\n[net]\nlisten = \"10.1.2.3\"\n")
+                .unwrap();
+        assert_eq!(keyless_exposure(&keyed), None);
+        let loopback = Config::parse("[cluster]\nenabled = true\n[net]\nlisten = \"127.0.5.1\"\n").unwrap();
+        assert_eq!(keyless_exposure(&loopback), None);
+        let off = Config::parse("[net]\nlisten = \"0.0.0.0\"\n").unwrap();
+        assert_eq!(keyless_exposure(&off), None);
+        assert!(Config::parse("[cluster]\nencrypt = true\n")
+            .unwrap_err()
+            .contains("key_file"));
+    }
 }

@@ -60,7 +60,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.check_config {
-        return match Config::load(path) {
+        return match Config::load(path).and_then(|c| c.cluster.load_keys().map(|_| c)) {
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS

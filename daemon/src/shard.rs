@@ -72,6 +72,9 @@ pub mod counter {
     pub const RETAINED_BYTES: usize = shard_counter("retained_bytes");
     pub const REMOTE_TOO_LARGE: usize = shard_counter("remote_too_large");
     pub const DUPLICATE_IDS: usize = shard_counter("duplicate_ids");
+    pub const AUTH_FAILED: usize = shard_counter("auth_failed");
+    pub const REPLAYED: usize = shard_counter("replayed");
+    pub const AUTH_SENDERS_FULL: usize = shard_counter("auth_senders_full");
 }
 
 impl ShardStats {
@@ -661,6 +664,9 @@ impl Shard {
             (counter::GAP_REQUESTS, c.gap_requests),
             (counter::RETAINED_BYTES, c.retained_bytes),
             (counter::DUPLICATE_IDS, c.duplicate_ids),
+            (counter::AUTH_FAILED, c.auth_failed),
+            (counter::REPLAYED, c.replayed),
+            (counter::AUTH_SENDERS_FULL, c.auth_senders_full),
         ] {
             self.stats.set(index, value);
         }

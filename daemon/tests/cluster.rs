@@ -19,6 +19,8 @@ struct Cluster {
     extra_config: String,
     /// Top-level config lines per daemon (index = daemon), before its `[cluster]` table.
     top_config: Vec<String>,
+    /// `[cluster]` lines per daemon (index = daemon), after its seeds.
+    cluster_config: Vec<String>,
 }
 
 fn ip(subnet: u8, i: usize) -> String {
@@ -41,6 +43,19 @@ impl Cluster {
         extra_config: &str,
         top: &[&str],
     ) -> Cluster {
+        Self::start_full(tag, io, subnet, n, extra_config, top, &[])
+    }
+
+    /// As `start_with`, with `[cluster]` lines for some daemons (`cluster[i]` for daemon i).
+    fn start_full(
+        tag: &str,
+        io: &'static str,
+        subnet: u8,
+        n: usize,
+        extra_config: &str,
+        top: &[&str],
+        cluster: &[String],
+    ) -> Cluster {
         let subnet = if io == "epoll" { subnet + 100 } else { subnet };
         let mut c = Cluster {
             daemons: Vec::new(),
@@ -48,6 +63,7 @@ impl Cluster {
             io,
             extra_config: extra_config.to_string(),
             top_config: top.iter().map(|t| t.to_string()).collect(),
+            cluster_config: cluster.to_vec(),
         };
         for i in 0..n {
             let d = c.start_one(tag, i, n);
@@ -65,10 +81,11 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "node_id = {}\n{}\n[cluster]\nenabled = true\nseeds = [{}]\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"{}\"\n{}",
+                "node_id = {}\n{}\n[cluster]\nenabled = true\nseeds = [{}]\n{}\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\nio = \"{}\"\n{}",
                 i + 1,
                 self.top_config.get(i).map_or("", String::as_str),
                 seeds.join(", "),
+                self.cluster_config.get(i).map_or("", String::as_str),
                 ip(self.subnet, i),
                 self.io,
                 self.extra_config
@@ -240,6 +257,7 @@ fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart(io: &'static str) {
         io,
         extra_config: String::new(),
         top_config: Vec::new(),
+        cluster_config: Vec::new(),
     };
     all_to_all(&survivors, "after-crash", 200);
     // Restart it: it rejoins and its clients receive new messages.
@@ -464,6 +482,171 @@ fn a_remote_message_too_large_for_the_local_log_is_reported_lost(io: &'static st
     let refused =
         status_number(&s, "bad_fragments").unwrap() + status_number(&s, "remote_too_large").unwrap();
     assert!(refused >= 1, "{s}");
+}
+
+/// A key file with `key` (hex text, as `tutti keygen` writes it) and `mode`.
+fn key_file(tag: &str, key: u8, mode: u32) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = common::temp_dir(tag).join("cluster.key");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .unwrap();
+    f.write_all(tutti_wire::cluster_key::encode_key(&[key; 32]).as_bytes())
+        .unwrap();
+    // The umask may have taken bits away: set exactly `mode`.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    path
+}
+
+fn key_line(path: &std::path::Path, extra: &str) -> String {
+    format!("key_file = \"{}\"\n{extra}", path.display())
+}
+
+/// Sums a counter over the daemons' statuses.
+fn total(cluster: &Cluster, key: &str) -> u64 {
+    cluster
+        .status_clients()
+        .iter_mut()
+        .map(|c| status_number(&c.status().unwrap(), key).unwrap())
+        .sum()
+}
+
+/// Issue 9: three daemons sharing a key (one of them encrypting: receivers accept both),
+/// with a tenth of the datagrams bit-flipped, truncated or replayed on receipt and forged
+/// datagrams from an outsider: every rejected datagram is counted and changes nothing,
+/// every message arrives, FIFO, none lost, and the views converge.
+#[test]
+fn with_a_key_corrupted_truncated_replayed_and_forged_datagrams_change_nothing() {
+    let key = key_file("auth-key", 7, 0o600);
+    let lines = [
+        key_line(&key, ""),
+        key_line(&key, ""),
+        key_line(&key, "encrypt = true\n"),
+    ];
+    let faults = "[net.fault]\ncorrupt = 0.03\ntruncate = 0.03\nreplay = 0.05\nseed = 11\n";
+    let cluster = Cluster::start_full("auth", "auto", 71, 3, faults, &[], &lines);
+    cluster.wait_for_view(3);
+    // An outsider forges datagrams claiming to be daemon 2's shard 0 (node id 2 << 8),
+    // with a well-formed header and a made-up trailer.
+    let target = format!("{}:{BASE_PORT}", ip(cluster.subnet, 0));
+    let sock = std::net::UdpSocket::bind(format!("{}:0", ip(cluster.subnet, 2))).unwrap();
+    for i in 0..100u32 {
+        let mut forged = vec![(i * 13) as u8; 200];
+        forged[..4].copy_from_slice(b"TTP1");
+        forged[4..6].copy_from_slice(&tutti_wire::packet::VERSION.to_le_bytes());
+        forged[6..8].copy_from_slice(&1u16.to_le_bytes());
+        forged[8..12].copy_from_slice(&(2u32 << 8).to_le_bytes());
+        sock.send_to(&forged, &target).unwrap();
+    }
+    all_to_all(&cluster, "authentic", 1000);
+    for i in 0..3 {
+        let s = cluster.daemon(i).client().status().unwrap();
+        assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
+        assert_eq!(
+            status_number(&s, "decode_errors"),
+            Some(0),
+            "nothing unauthentic reached the decoder: {s}"
+        );
+    }
+    let (failed, replayed) = (total(&cluster, "auth_failed"), total(&cluster, "replayed"));
+    eprintln!("auth_failed {failed}, replayed {replayed}");
+    assert!(
+        failed >= 100,
+        "forged, flipped and truncated datagrams are counted"
+    );
+    assert!(replayed > 0, "replays are counted");
+    let views: Vec<String> = cluster
+        .status_clients()
+        .iter_mut()
+        .map(|c| common::cluster_view(&c.status().unwrap()).unwrap())
+        .collect();
+    assert!(
+        views.iter().all(|v| v == &views[0]),
+        "one view everywhere: {views:?}"
+    );
+    assert!(
+        cluster.daemon(0).log().contains("cluster datagrams rejected"),
+        "rejects are logged"
+    );
+}
+
+/// A daemon whose key differs is never a member: its datagrams fail authentication.
+#[test]
+fn a_daemon_with_another_key_does_not_join_the_view() {
+    let good = key_file("auth-good", 7, 0o600);
+    let other = key_file("auth-other", 8, 0o600);
+    let lines = [key_line(&good, ""), key_line(&good, ""), key_line(&other, "")];
+    let cluster = Cluster::start_full("auth-other", "auto", 72, 3, "", &[], &lines);
+    let mut clients = cluster.status_clients();
+    assert!(eventually(WAIT, || {
+        clients[..2]
+            .iter_mut()
+            .all(|c| status_number(&c.status().unwrap(), "view_members") == Some(2))
+    }));
+    // Wait until daemon 3 has tried for a while (its heartbeats are refused).
+    assert!(eventually(WAIT, || {
+        status_number(&clients[0].status().unwrap(), "auth_failed").unwrap() >= 20
+    }));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let s = c.status().unwrap();
+        let members = status_number(&s, "view_members").unwrap();
+        // Daemon 3 sees no one (a view of itself at most).
+        assert!(if i < 2 { members == 2 } else { members <= 1 }, "daemon {i}: {s}");
+        assert!(status_number(&s, "auth_failed").unwrap() > 0, "daemon {i}: {s}");
+    }
+}
+
+/// A key file group or others may read: the daemon refuses to start and says why and how
+/// to fix it (as does `--check-config`).
+#[test]
+fn a_key_file_readable_by_others_refuses_to_start() {
+    let key = key_file("auth-0644", 7, 0o644);
+    let dir = common::temp_dir("auth-0644-cfg");
+    let config = dir.join("tuttid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nenabled = true\n{}[net]\nlisten = \"127.0.73.1\"\nbase_port = {BASE_PORT}\n",
+            key_line(&key, "")
+        ),
+    )
+    .unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tuttid"))
+        .arg("--check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success() && err.contains("chmod 600"), "{err}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tuttid"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.join("tuttid.sock"))
+        .args(["--idle", "backoff", "--no-pin"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    eventually(Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("tuttid started with a key file of mode 0644");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains(&key.display().to_string()) && err.contains("chmod 600") && err.contains("0644"),
+        "{err}"
+    );
 }
 
 /// The same suite on both transport back ends.

@@ -1,4 +1,5 @@
-//! Once open and warmed up, the transports (both back ends, and the fault injector) move
+//! Once open and warmed up, the transports (both back ends, the fault injector and the
+//! authenticating wrapper) move
 //! datagrams without a single heap allocation: a counting global allocator checks it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -6,8 +7,9 @@ use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+use tutti_daemon::net::auth::{AuthKeys, ClusterKey};
 use tutti_daemon::net::uring::{RecvMode, UringTransport};
-use tutti_daemon::net::{self, FaultConfig, IoMode, NetConfig, Transport};
+use tutti_daemon::net::{self, AuthSetup, FaultConfig, IoMode, NetConfig, Transport};
 use tutti_sys::EventFd;
 
 struct Counting;
@@ -46,7 +48,10 @@ static GLOBAL: Counting = Counting;
 /// Rounds of: queue a batch both ways, flush, receive it all (waiting when idle).
 fn rounds(a: &mut dyn Transport, b: &mut dyn Transport, wake: &EventFd, n: usize) -> u64 {
     let (to_a, to_b) = (a.local_addr(), b.local_addr());
-    let payload = [0x5a_u8; 200];
+    // A tutti header's magic (the authenticating transport checks it), then 0x5a: node id
+    // and incarnation 0x5a5a5a5a.
+    let mut payload = [0x5a_u8; 200];
+    payload[..4].copy_from_slice(&tutti_wire::packet::MAGIC.to_le_bytes());
     let mut got = 0u64;
     let deadline = Instant::now() + Duration::from_secs(20);
     for _ in 0..n {
@@ -58,8 +63,8 @@ fn rounds(a: &mut dyn Transport, b: &mut dyn Transport, wake: &EventFd, n: usize
         b.flush().unwrap();
         let want = got + 64;
         while got < want && Instant::now() < deadline {
-            let n = a.recv(64, &mut |_, bytes| assert_eq!(bytes[0], 0x5a)).unwrap()
-                + b.recv(64, &mut |_, bytes| assert_eq!(bytes[0], 0x5a)).unwrap();
+            let n = a.recv(64, &mut |_, bytes| assert_eq!(bytes[4], 0x5a)).unwrap()
+                + b.recv(64, &mut |_, bytes| assert_eq!(bytes[4], 0x5a)).unwrap();
             got += n as u64;
             if n == 0 {
                 a.wait(Duration::from_millis(1), wake.fd().as_raw_fd()).unwrap();
@@ -119,4 +124,22 @@ fn steady_state_allocates_nothing() {
         net::open(&faulty, 0).unwrap(),
         "fault injector",
     );
+    // Sealing and verifying (each side's sender run is learned in the warm-up).
+    for encrypt in [false, true] {
+        let setup = AuthSetup {
+            keys: AuthKeys {
+                primary: ClusterKey::from_bytes([9; 32]),
+                next: None,
+                encrypt,
+            },
+            node: 0x5a5a_5a5a,
+            incarnation: 0x5a5a_5a5a,
+        };
+        let c = config(IoMode::Auto);
+        allocations_in_steady_state(
+            net::open_with(&c, 0, Some(&setup)).unwrap(),
+            net::open_with(&c, 0, Some(&setup)).unwrap(),
+            &format!("authenticated, encrypt = {encrypt}"),
+        );
+    }
 }

@@ -34,6 +34,52 @@ pub struct CheckOptions {
     /// The checks run inside tuttid itself (its start-up log), not in `tutti tune check`:
     /// the process limits read are then the daemon's own, and the findings say so.
     pub in_daemon: bool,
+    /// The daemon's cluster settings, when known (from its config): adds the check that a
+    /// cluster reachable beyond loopback has a key.
+    pub cluster: Option<ClusterExposure>,
+}
+
+/// What decides whether a daemon's cluster traffic is open to anyone on the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterExposure {
+    /// `cluster.enabled` (the daemon's `--listen`/`--seed` flags also switch it on).
+    pub enabled: bool,
+    /// `net.listen`.
+    pub listen: std::net::IpAddr,
+    /// `cluster.key_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClusterExposure {
+    /// Reads the three settings from tuttid's TOML config text (other keys are ignored;
+    /// missing ones take tuttid's defaults: cluster off, listen 127.0.0.1, no key).
+    pub fn from_config(text: &str) -> Result<ClusterExposure, String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let section = |name: &str| table.get(name).and_then(toml::Value::as_table);
+        let cluster = section("cluster");
+        let enabled = match cluster.and_then(|c| c.get("enabled")) {
+            None => false,
+            Some(v) => v.as_bool().ok_or("cluster.enabled: expected true or false")?,
+        };
+        let listen = match section("net").and_then(|n| n.get("listen")) {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(v) => v
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or("net.listen: expected an IP address")?,
+        };
+        let key_file = match cluster.and_then(|c| c.get("key_file")) {
+            None => None,
+            Some(v) => Some(PathBuf::from(
+                v.as_str().ok_or("cluster.key_file: expected a path")?,
+            )),
+        };
+        Ok(ClusterExposure {
+            enabled,
+            listen,
+            key_file,
+        })
+    }
 }
 
 impl CheckOptions {
@@ -43,6 +89,7 @@ impl CheckOptions {
             shard_cores,
             root: PathBuf::from("/"),
             in_daemon: false,
+            cluster: None,
         }
     }
 }
@@ -81,7 +128,7 @@ pub fn run_checks(opts: &CheckOptions) -> Vec<Check> {
         root: opts.root.clone(),
     };
     let shards: BTreeSet<usize> = opts.shard_cores.iter().copied().collect();
-    vec![
+    let mut checks = vec![
         check_shard_cores(&host, &shards),
         check_governor(&host, &shards),
         check_isolated(&host, &shards),
@@ -93,7 +140,30 @@ pub fn run_checks(opts: &CheckOptions) -> Vec<Check> {
         check_thp(&host),
         check_memlock(&host, opts.in_daemon),
         check_io_uring(&host),
-    ]
+    ];
+    if let Some(cluster) = &opts.cluster {
+        checks.push(check_cluster_key(cluster));
+    }
+    checks
+}
+
+/// A cluster listening beyond loopback without a key accepts anyone on the network.
+pub fn check_cluster_key(c: &ClusterExposure) -> Check {
+    const NAME: &str = "cluster.key_file";
+    const WHY: &str = "without a cluster key anyone who can send UDP to the cluster's ports can join it, read its messages and forge them: make one with `tutti keygen` and set cluster.key_file (docs/security.md).";
+    let (found, ok) = match (&c.key_file, c.enabled, c.listen.is_loopback()) {
+        (Some(p), _, _) => (p.display().to_string(), true),
+        (None, false, _) => ("unset (cluster off)".to_string(), true),
+        (None, true, true) => (format!("unset (cluster on loopback {} only)", c.listen), true),
+        (None, true, false) => (format!("unset, cluster listening on {}", c.listen), false),
+    };
+    Check::new(
+        NAME,
+        found,
+        "set when the cluster listens beyond loopback".into(),
+        ok,
+        WHY,
+    )
 }
 
 /// An aligned text table: setting, found, recommended, ok/WARN, why.

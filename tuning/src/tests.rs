@@ -61,6 +61,7 @@ impl FakeHost {
             shard_cores: shard_cores.to_vec(),
             root: self.root.clone(),
             in_daemon: false,
+            cluster: None,
         })
     }
 
@@ -313,6 +314,7 @@ fn memlock_finding_says_whose_limit_it_is() {
         shard_cores: Vec::new(),
         root: low.root.clone(),
         in_daemon: true,
+        cluster: None,
     })
     .into_iter()
     .find(|c| c.name == "rlimit.memlock")
@@ -381,4 +383,38 @@ fn the_real_host_can_be_read_without_panicking() {
     let checks = run_checks(&CheckOptions::new(vec![0]));
     assert_eq!(checks.len(), 11);
     assert!(checks.iter().all(|c| !c.why.is_empty()));
+}
+
+#[test]
+fn a_cluster_beyond_loopback_without_a_key_is_flagged() {
+    let exposure = |text: &str| ClusterExposure::from_config(text).unwrap();
+    let open = exposure("node_id = 3\n[cluster]\nenabled = true\nseeds = []\n[net]\nlisten = \"0.0.0.0\"\n");
+    let c = check_cluster_key(&open);
+    assert!(
+        !c.ok && c.found.contains("0.0.0.0") && c.why.contains("tutti keygen"),
+        "{c:?}"
+    );
+    let keyed = exposure(
+        "[cluster]\nenabled = true\nkey_file = \"/etc/tutti/cluster.key\"\n[net]\nlisten = \"10.0.0.1\"\n",
+    );
+    assert!(check_cluster_key(&keyed).ok);
+    assert!(
+        check_cluster_key(&exposure("[cluster]\nenabled = true\n")).ok,
+        "loopback by default"
+    );
+    assert!(
+        check_cluster_key(&exposure("[net]\nlisten = \"10.0.0.1\"\n")).ok,
+        "cluster off"
+    );
+    assert!(ClusterExposure::from_config("[net]\nlisten = \"nowhere\"\n")
+        .unwrap_err()
+        .contains("net.listen"));
+    // Only when the daemon's config is known does the check run.
+    let none = run_checks(&CheckOptions::default());
+    assert!(none.iter().all(|c| c.name != "cluster.key_file"));
+    let with = run_checks(&CheckOptions {
+        cluster: Some(open),
+        ..CheckOptions::default()
+    });
+    assert!(with.iter().any(|c| c.name == "cluster.key_file" && !c.ok));
 }

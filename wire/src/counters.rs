@@ -95,6 +95,18 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "duplicate_ids",
         "datagrams refused: another address claims the sender's daemon id",
     ),
+    (
+        "auth_failed",
+        "UDP datagrams that failed authentication with the cluster key (dropped unparsed)",
+    ),
+    (
+        "replayed",
+        "authentic UDP datagrams seen before or older than the replay window (dropped)",
+    ),
+    (
+        "auth_senders_full",
+        "authenticated senders evicted from the full sender table (oldest first)",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

@@ -8,6 +8,10 @@
 //!   body: `len` bytes, layout by kind (see [`MessageKind`])
 //! ```
 //!
+//! With a cluster key the daemon's transport appends a 34-byte authentication trailer after
+//! the messages and removes it, once verified, before this decoder sees the datagram (see
+//! `tutti_daemon::net::auth` and docs/security.md).
+//!
 //! All integers are little-endian (the fixed headers are `#[repr(C)]` + `bytemuck` and are
 //! read with unaligned copies, so bodies need no padding). A big-endian host reads the magic
 //! wrongly and rejects every datagram with [`PacketError::BadMagic`] rather than misreading it.

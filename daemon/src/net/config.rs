@@ -122,6 +122,15 @@ pub struct FaultConfig {
     /// Uniform random extra delay on top of `delay_us`, 0 to this many microseconds;
     /// it reorders datagrams.
     pub jitter_us: u64,
+    /// Probability that an incoming datagram has one bit flipped (0.0 to 1.0). Without a
+    /// cluster key the protocol then reads corrupted bytes (UDP's checksum normally stops
+    /// them); with one, authentication rejects them.
+    pub corrupt: f64,
+    /// Probability that an incoming datagram is cut short at a random length (0.0 to 1.0).
+    pub truncate: f64,
+    /// Probability that, after an incoming datagram, one received earlier (of the last 64)
+    /// is delivered again (0.0 to 1.0): a replay.
+    pub replay: f64,
     /// PRNG seed; the same seed and traffic give the same faults.
     pub seed: u64,
     /// Peers whose traffic is dropped both ways ("ip:port"; port 0 = every port of
@@ -137,6 +146,9 @@ impl FaultConfig {
             || self.duplicate > 0.0
             || self.delay_us > 0
             || self.jitter_us > 0
+            || self.corrupt > 0.0
+            || self.truncate > 0.0
+            || self.replay > 0.0
             || !self.partition.is_empty()
     }
 
@@ -145,6 +157,9 @@ impl FaultConfig {
             ("loss", self.loss),
             ("loss_incoming", self.loss_incoming),
             ("duplicate", self.duplicate),
+            ("corrupt", self.corrupt),
+            ("truncate", self.truncate),
+            ("replay", self.replay),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("net.fault.{key} = {p}: must be from 0.0 to 1.0"));

@@ -1,7 +1,8 @@
 //! Fault injection for running the protocols over a bad network on a real host: a
-//! [`Transport`] wrapper that drops, duplicates, delays (and so reorders) datagrams and
-//! cuts peers off, with every choice drawn from a PRNG seeded by the config, so the same
-//! seed and traffic give the same faults. Off unless `[net.fault]` asks for it.
+//! [`Transport`] wrapper that drops, duplicates, delays (and so reorders) datagrams, cuts
+//! peers off, and flips bits in, truncates and replays incoming ones, with every choice
+//! drawn from a PRNG seeded by the config, so the same seed and traffic give the same
+//! faults. Off unless `[net.fault]` asks for it.
 
 use super::config::FaultConfig;
 use super::socket::check_send;
@@ -18,6 +19,8 @@ const DELAY_QUEUE_BYTES: usize = 16 << 20;
 /// Bounds on the number of delayed datagrams held at once.
 const DELAY_SLOTS_MIN: usize = 64;
 const DELAY_SLOTS_MAX: usize = 4096;
+/// Received datagrams kept for the replay fault (each slot holds `max_datagram` bytes).
+const REPLAY_SLOTS: usize = 64;
 
 /// What the fault injector did, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +39,12 @@ pub struct FaultStats {
     pub delayed: u64,
     /// Datagrams sent without delay because the delay queue was full.
     pub delay_overflow: u64,
+    /// Incoming datagrams delivered with one bit flipped.
+    pub corrupted: u64,
+    /// Incoming datagrams delivered cut short.
+    pub truncated: u64,
+    /// Earlier incoming datagrams delivered again.
+    pub replayed: u64,
 }
 
 /// splitmix64: tiny, fast, and good enough to draw fault decisions (not for secrets).
@@ -95,6 +104,12 @@ pub struct FaultyTransport<T: Transport> {
     /// (due, sequence, slot): the sequence keeps equal due times in queue order.
     delay_heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     delay_seq: u64,
+    /// A corrupted or truncated copy of the datagram being delivered.
+    mangle_buf: Box<[u8]>,
+    /// Datagrams received lately, for the replay fault: bytes, then (from, len) per slot.
+    replay_buf: Box<[u8]>,
+    replay_meta: Vec<(SocketAddr, usize)>,
+    replay_next: usize,
     stats: FaultStats,
 }
 
@@ -109,9 +124,12 @@ impl<T: Transport> FaultyTransport<T> {
             duplicate = config.duplicate,
             delay_us = config.delay_us,
             jitter_us = config.jitter_us,
+            corrupt = config.corrupt,
+            truncate = config.truncate,
+            replay = config.replay,
             seed = config.seed,
             partition = ?config.partition,
-            "FAULT INJECTION ON: this transport drops, duplicates or delays datagrams on purpose"
+            "FAULT INJECTION ON: this transport drops, duplicates, delays, corrupts or replays datagrams on purpose"
         );
         let slots = if config.delay_us > 0 || config.jitter_us > 0 {
             (DELAY_QUEUE_BYTES / max_datagram.max(1)).clamp(DELAY_SLOTS_MIN, DELAY_SLOTS_MAX)
@@ -137,6 +155,26 @@ impl<T: Transport> FaultyTransport<T> {
             delay_free: (0..slots as u32).rev().collect(),
             delay_heap: BinaryHeap::with_capacity(slots),
             delay_seq: 0,
+            mangle_buf: vec![
+                0;
+                if config.corrupt > 0.0 || config.truncate > 0.0 {
+                    max_datagram
+                } else {
+                    0
+                }
+            ]
+            .into_boxed_slice(),
+            replay_buf: vec![
+                0;
+                if config.replay > 0.0 {
+                    REPLAY_SLOTS * max_datagram
+                } else {
+                    0
+                }
+            ]
+            .into_boxed_slice(),
+            replay_meta: Vec::with_capacity(if config.replay > 0.0 { REPLAY_SLOTS } else { 0 }),
+            replay_next: 0,
             stats: FaultStats::default(),
         }
     }
@@ -250,17 +288,58 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             rng,
             stats,
             config,
+            max_datagram,
+            mangle_buf,
+            replay_buf,
+            replay_meta,
+            replay_next,
             ..
         } = self;
+        let max_datagram = *max_datagram;
         let mut delivered = 0;
         inner.recv(max, &mut |from, bytes| {
             if is_partitioned(partition, &from) {
                 stats.partitioned_in += 1;
-            } else if rng.chance(config.loss_incoming) {
+                return;
+            }
+            if rng.chance(config.loss_incoming) {
                 stats.lost_in += 1;
+                return;
+            }
+            let len = bytes.len().min(max_datagram);
+            if config.replay > 0.0 {
+                let slot = *replay_next % REPLAY_SLOTS;
+                replay_buf[slot * max_datagram..slot * max_datagram + len].copy_from_slice(&bytes[..len]);
+                if replay_meta.len() <= slot {
+                    replay_meta.push((from, len));
+                } else {
+                    replay_meta[slot] = (from, len);
+                }
+                *replay_next += 1;
+            }
+            delivered += 1;
+            if len > 0 && rng.chance(config.corrupt) {
+                stats.corrupted += 1;
+                mangle_buf[..len].copy_from_slice(&bytes[..len]);
+                let bit = rng.up_to(len as u64 * 8 - 1);
+                mangle_buf[(bit / 8) as usize] ^= 1 << (bit % 8);
+                f(from, &mangle_buf[..len]);
+            } else if len > 0 && rng.chance(config.truncate) {
+                stats.truncated += 1;
+                f(from, &bytes[..rng.up_to(len as u64 - 1) as usize]);
             } else {
-                delivered += 1;
                 f(from, bytes);
+            }
+            // A datagram received earlier (possibly this one) comes again.
+            if !replay_meta.is_empty() && rng.chance(config.replay) {
+                let slot = rng.up_to(replay_meta.len() as u64 - 1) as usize;
+                let (old_from, old_len) = replay_meta[slot];
+                stats.replayed += 1;
+                delivered += 1;
+                f(
+                    old_from,
+                    &replay_buf[slot * max_datagram..slot * max_datagram + old_len],
+                );
             }
         })?;
         Ok(delivered)
@@ -325,5 +404,109 @@ mod tests {
         assert!(is_partitioned(&p, &"127.0.0.3:7401".parse().unwrap()));
         assert!(is_partitioned(&p, &"127.0.0.4:9".parse().unwrap()));
         assert!(!is_partitioned(&p, &"127.0.0.4:10".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod mangle_tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// An in-memory inner transport: `recv` drains `inbox`.
+    struct Mem {
+        inbox: VecDeque<Vec<u8>>,
+    }
+
+    const PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9));
+
+    impl Transport for Mem {
+        fn queue(&mut self, _: SocketAddr, _: &[u8]) -> Result<(), SendError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn recv(&mut self, max: usize, f: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+            let mut n = 0;
+            while n < max {
+                let Some(d) = self.inbox.pop_front() else { break };
+                f(PEER, &d);
+                n += 1;
+            }
+            Ok(n)
+        }
+        fn wait(&mut self, _: Duration, _: RawFd) -> io::Result<()> {
+            Ok(())
+        }
+        fn local_addr(&self) -> SocketAddr {
+            PEER
+        }
+        fn backend(&self) -> &'static str {
+            "mem"
+        }
+        fn stats(&self) -> NetStats {
+            NetStats::default()
+        }
+    }
+
+    fn run(seed: u64, inputs: &[Vec<u8>]) -> (Vec<Vec<u8>>, FaultStats) {
+        let config = FaultConfig {
+            corrupt: 0.2,
+            truncate: 0.2,
+            replay: 0.2,
+            seed,
+            ..FaultConfig::default()
+        };
+        let mem = Mem {
+            inbox: inputs.iter().cloned().collect(),
+        };
+        let mut t = FaultyTransport::new(mem, &config, 256);
+        let mut out = Vec::new();
+        while t.recv(16, &mut |_, b| out.push(b.to_vec())).unwrap() > 0 {}
+        (out, t.fault_stats())
+    }
+
+    #[test]
+    fn corrupt_truncate_and_replay_are_what_they_say_and_repeat_with_the_seed() {
+        let inputs: Vec<Vec<u8>> = (0..500u32)
+            .map(|i| (0..100 + i % 50).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        let (out, stats) = run(42, &inputs);
+        assert!(
+            stats.corrupted > 50 && stats.truncated > 30 && stats.replayed > 50,
+            "{stats:?}"
+        );
+        assert_eq!(out.len() as u64, 500 + stats.replayed);
+        let (mut corrupted, mut truncated, mut replayed) = (0, 0, 0);
+        let mut next = 0;
+        for d in &out {
+            let original = &inputs[next.min(inputs.len() - 1)];
+            let flipped_bits: u32 = if d.len() == original.len() {
+                d.iter().zip(original).map(|(a, b)| (a ^ b).count_ones()).sum()
+            } else {
+                u32::MAX
+            };
+            if d == original {
+                next += 1;
+            } else if flipped_bits == 1 {
+                corrupted += 1;
+                next += 1;
+            } else if d.len() < original.len() && original.starts_with(d) {
+                truncated += 1;
+                next += 1;
+            } else {
+                assert!(
+                    inputs[..next].contains(d),
+                    "a replay is an earlier datagram, whole"
+                );
+                replayed += 1;
+            }
+        }
+        assert_eq!(next, inputs.len(), "every datagram delivered once in order");
+        assert_eq!((corrupted, truncated), (stats.corrupted, stats.truncated));
+        // A replay identical to the next original is counted as that original above, so:
+        assert!(replayed <= stats.replayed && replayed > 0);
+        assert_eq!(run(42, &inputs), (out, stats), "the seed decides every fault");
+        assert_ne!(run(43, &inputs).0, run(42, &inputs).0);
     }
 }

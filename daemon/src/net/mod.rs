@@ -2,7 +2,8 @@
 //! io_uring or by epoll with `recvmmsg`/`sendmmsg`, behind one [`Transport`] trait the
 //! shard loop calls. Buffers are allocated when a transport opens; sending and receiving
 //! then allocate nothing. [`fault::FaultyTransport`] wraps any transport to inject loss,
-//! duplication, delay and partitions.
+//! duplication, delay, partitions, corruption, truncation and replays;
+//! [`auth::AuthTransport`] wraps that to seal and verify datagrams with the cluster key.
 //!
 //! How a shard drives it (one transport per shard, opened with the shard's index; open it
 //! anywhere, but do all I/O on the shard thread, since io_uring runs a request's completion
@@ -37,12 +38,14 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod epoll;
 pub mod fault;
 mod socket;
 pub mod uring;
 
+pub use auth::{AuthSetup, AuthStats, AuthTransport};
 pub use config::{FaultConfig, IoMode, NetConfig};
 pub use fault::{FaultStats, FaultyTransport};
 
@@ -67,6 +70,9 @@ pub enum SendError {
     /// An IPv6 destination on an IPv4 socket or the reverse.
     #[error("destination {0} is not of the socket's address family")]
     AddressFamily(SocketAddr),
+    /// The cluster key's sealer cannot seal this datagram (the reason says why).
+    #[error("datagram not sealed: {0}")]
+    Unsealable(&'static str),
 }
 
 /// Counters a transport keeps (plain integers: one thread owns the transport; the shard
@@ -89,6 +95,8 @@ pub struct NetStats {
     pub queue_full: u64,
     /// Fault injection counters (all zero without it).
     pub fault: FaultStats,
+    /// Authentication counters (all zero without a cluster key).
+    pub auth: AuthStats,
 }
 
 /// A shard's UDP endpoint: batched, non-blocking, allocation-free once open.
@@ -162,6 +170,29 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 /// (`kernel.io_uring_disabled`, a seccomp filter, an old kernel) falls back to epoll with
 /// a log line that says why.
 pub fn open(config: &NetConfig, shard: usize) -> io::Result<Box<dyn Transport>> {
+    open_with(config, shard, None)
+}
+
+/// As [`open`], and with a cluster key (`auth`) the transport seals what it sends and hands
+/// on only what verifies ([`AuthTransport`], outside fault injection: injected faults hit
+/// sealed bytes). `config.max_datagram` then counts the [`auth::TRAILER_LEN`] trailer.
+pub fn open_with(
+    config: &NetConfig,
+    shard: usize,
+    auth: Option<&AuthSetup>,
+) -> io::Result<Box<dyn Transport>> {
+    let transport = open_plain(config, shard)?;
+    match auth {
+        Some(setup) => Ok(Box::new(AuthTransport::new(
+            transport,
+            setup,
+            config.max_datagram,
+        )?)),
+        None => Ok(transport),
+    }
+}
+
+fn open_plain(config: &NetConfig, shard: usize) -> io::Result<Box<dyn Transport>> {
     config
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
