@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use tutti_proto::{Member, NodeId, Node, MILLIS};
+use tutti_proto::{Member, Node, NodeId, MILLIS};
 use tutti_wire::packet::{DigestEntry, HeartbeatEntry, HeartbeatHeader, RequestEntry, REQUEST_ROUND_GAP};
 
 /// A counter of `Node::counters()` by name, read from its `Debug` form: for counters the
@@ -33,7 +33,11 @@ fn publish_from_1(c: &mut Cluster, k: u64, tag: &str) -> Vec<(usize, u32, u64)> 
 }
 
 fn assert_clean(c: &Cluster) {
-    assert!(c.violations.is_empty(), "honest invariants broken: {:?}", c.violations);
+    assert!(
+        c.violations.is_empty(),
+        "honest invariants broken: {:?}",
+        c.violations
+    );
 }
 
 /// A `Request` entry with `count = u32::MAX` makes the member walk its whole window of the
@@ -152,7 +156,11 @@ fn a_forged_seq_near_2_pow_62_from_a_forwarder_does_not_drop_later_messages() {
          {} messages of node 1 Lost",
         c.lost_total(2, 1, s1)
     );
-    assert_eq!(c.lost_total(2, 1, s1), 0, "node 2 was told messages Lost that were never sent");
+    assert_eq!(
+        c.lost_total(2, 1, s1),
+        0,
+        "node 2 was told messages Lost that were never sent"
+    );
     assert_clean(&c);
 }
 
@@ -217,7 +225,12 @@ fn heartbeats_naming_100k_invented_nodes_keep_the_peer_table_bounded() {
     );
     // Only with a bounded table: a view of 100,000 members would be sent to each of them.
     c.run_for(100 * MILLIS);
-    let invented_in_view = c.nodes[0].view().members.iter().filter(|m| m.node >= 10_000).count();
+    let invented_in_view = c.nodes[0]
+        .view()
+        .members
+        .iter()
+        .filter(|m| m.node >= 10_000)
+        .count();
     assert_eq!(invented_in_view, 0, "invented ids in node 0's view");
 }
 
@@ -231,10 +244,16 @@ fn an_invented_older_node_named_in_heartbeats_does_not_freeze_views() {
     c.nodes[3].leave(now, GROUP);
     let mut beat = 1;
     let ok = c.run_until(3_000 * MILLIS, |c| {
-        c.nodes.iter().all(|n| n.view().group(GROUP).is_some_and(|g| !g.contains(&3)))
+        c.nodes
+            .iter()
+            .all(|n| n.view().group(GROUP).is_some_and(|g| !g.contains(&3)))
     });
     // The honest baseline: without the attack the leave takes effect.
-    assert!(ok, "baseline: node 3's leave did not take effect: {:?}", c.view_summary());
+    assert!(
+        ok,
+        "baseline: node 3's leave did not take effect: {:?}",
+        c.view_summary()
+    );
     let now = c.now;
     c.nodes[3].join(now, GROUP);
     let joined = |c: &Cluster| {
@@ -246,8 +265,10 @@ fn an_invented_older_node_named_in_heartbeats_does_not_freeze_views() {
     // node 5,000 in incarnation 0 to the coordinator.
     let end = c.now + 3_000 * MILLIS;
     let mut done = false;
+    let mut next_beat = c.now;
     while c.now < end {
-        if c.now % (20 * MILLIS) == 0 {
+        if c.now >= next_beat {
+            next_beat += 20 * MILLIS;
             let v = c.nodes[0].view().id;
             let h = HeartbeatHeader {
                 view_counter: v.counter,
@@ -318,7 +339,10 @@ fn a_view_claiming_the_coordinator_but_sent_by_another_member_is_refused() {
         c.inject(1, 3, &d);
     }
     assert!(
-        c.nodes[1].view().contains(Member { node: 2, incarnation: 1 }),
+        c.nodes[1].view().contains(Member {
+            node: 2,
+            incarnation: 1
+        }),
         "node 1 installed a view without node 2 that node 3 forged in node 0's name: {:?}",
         c.view_summary()
     );
@@ -382,7 +406,11 @@ fn state_for_invented_senders_is_bounded() {
         c.inject(2, ATTACKER, &digest(ATTACKER, GROUP, round, chunk));
     }
     for k in 0..1_000u32 {
-        c.inject(2, ATTACKER, &data(ATTACKER, data_header(GROUP, 200_000 + k, 1, 0), b"x"));
+        c.inject(
+            2,
+            ATTACKER,
+            &data(ATTACKER, data_header(GROUP, 200_000 + k, 1, 0), b"x"),
+        );
     }
     let grown = c.nodes[2].state_bytes().saturating_sub(before);
     assert!(
@@ -427,7 +455,11 @@ fn a_digest_with_huge_high_from_a_non_sender_does_not_slide_the_window() {
              messages of node 1 Lost",
             c.lost_total(2, 1, s1)
         );
-        assert_eq!(c.lost_total(2, 1, s1), 0, "high {high}: Lost reported for messages never sent");
+        assert_eq!(
+            c.lost_total(2, 1, s1),
+            0,
+            "high {high}: Lost reported for messages never sent"
+        );
         assert_clean(&c);
     }
 }

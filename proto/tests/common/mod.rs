@@ -140,7 +140,10 @@ impl Cluster {
                     n.id(),
                     v.id.counter,
                     v.id.coordinator,
-                    v.members.iter().map(|m| (m.node, m.incarnation)).collect::<Vec<_>>(),
+                    v.members
+                        .iter()
+                        .map(|m| (m.node, m.incarnation))
+                        .collect::<Vec<_>>(),
                     v.group(GROUP)
                 )
             })
@@ -271,8 +274,7 @@ impl Cluster {
         let s = self.nodes[i]
             .submit(now, GROUP, 1, payload)
             .expect("honest node joined the group");
-        self.sent
-            .insert((i as NodeId, s.stream, s.seq), payload.to_vec());
+        self.sent.insert((i as NodeId, s.stream, s.seq), payload.to_vec());
         self.drain(i);
         (s.stream, s.seq)
     }
@@ -426,7 +428,8 @@ pub fn view_part_raw(
     members: &[MemberEntry],
     groups: &[(ViewGroupSlice, Vec<ViewGroupMember>)],
 ) -> Option<Vec<u8>> {
-    let gs: Vec<(ViewGroupSlice, &[ViewGroupMember])> = groups.iter().map(|(h, v)| (*h, v.as_slice())).collect();
+    let gs: Vec<(ViewGroupSlice, &[ViewGroupMember])> =
+        groups.iter().map(|(h, v)| (*h, v.as_slice())).collect();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut enc = Encoder::new(&mut buf, from, 1).ok()?;
     enc.push_view_part_raw(header, members, &gs).ok()?;
