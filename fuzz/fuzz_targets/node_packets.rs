@@ -13,7 +13,7 @@
 //! - no panic (debug assertions are on: an overflow is a finding).
 //!
 //! Run: `cargo +nightly fuzz run node_packets` (from `fuzz/`);
-//! `NODE_PACKETS_SMALL_NUMBERS=1` keeps seqs and counters below 2^32 (see `small_numbers`).
+//! `NODE_PACKETS_NUMBER_BITS=12` keeps seqs and counters below 2^12 (see `number_bits`).
 
 #![no_main]
 
@@ -108,12 +108,17 @@ enum Action {
     Publish(u8),
 }
 
-/// `NODE_PACKETS_SMALL_NUMBERS=1`: seqs and counters below 2^32, so that a run gets past
-/// the findings that huge ones trigger at once (overflows of `Lost` counts, view counters)
-/// to the rest of the protocol.
-fn small_numbers() -> bool {
-    static SMALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SMALL.get_or_init(|| std::env::var_os("NODE_PACKETS_SMALL_NUMBERS").is_some())
+/// `NODE_PACKETS_NUMBER_BITS=B`: seqs and counters below 2^B, so that a run gets past the
+/// findings that huge ones trigger at once (window slides, overflows of `Lost` counts and
+/// view counters) to the rest of the protocol. B = 12 keeps seqs within one window.
+fn number_bits() -> Option<u32> {
+    static BITS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *BITS.get_or_init(|| {
+        std::env::var("NODE_PACKETS_NUMBER_BITS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|b| *b < 64)
+    })
 }
 
 fn settings() -> Settings {
@@ -155,10 +160,9 @@ impl World {
     }
     fn seq(&self, node: NodeId, n: Num) -> u64 {
         let v = self.seq_unclamped(node, n);
-        if small_numbers() {
-            v % (1 << 32)
-        } else {
-            v
+        match number_bits() {
+            Some(bits) => v % (1 << bits),
+            None => v,
         }
     }
     fn seq_unclamped(&self, node: NodeId, n: Num) -> u64 {

@@ -383,6 +383,36 @@ fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
     assert_clean(&c);
 }
 
+/// Insider node 3 tells the coordinator that node 2 is leaving (its own incarnation, a
+/// large heartbeat): node 2 is dropped from the views and stays out (the flag is cleared
+/// only by a new incarnation). Only a member itself may say it leaves.
+#[test]
+fn a_leaving_flag_relayed_by_a_third_party_does_not_evict_a_member() {
+    let mut c = Cluster::new(4, settings());
+    let v = c.nodes[0].view().id;
+    let h = HeartbeatHeader {
+        view_counter: v.counter,
+        view_coordinator: v.coordinator,
+        view_coordinator_incarnation: v.coordinator_incarnation,
+        max_counter: v.counter,
+    };
+    let e = HeartbeatEntry {
+        node: 2,
+        incarnation: 1,
+        heartbeat: u32::MAX / 2,
+        flags: tutti_wire::packet::HEARTBEAT_FLAG_LEAVING,
+    };
+    c.inject(0, 3, &heartbeats(3, 1, h, &[e]));
+    c.run_for(200 * MILLIS);
+    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    assert!(
+        ok,
+        "node 2 is out of the views 3 s after a third party said it was leaving: {:?}",
+        c.view_summary()
+    );
+    assert_clean(&c);
+}
+
 /// Digests and data naming 100,000 invented senders of the group: each gets a stream
 /// state (and an entry in the digest rotation) that the byte budget does not count. The
 /// per-group stream state must be bounded: less than 16 bytes per invented sender.
