@@ -160,6 +160,9 @@ pub struct Checker {
     pub messages: Vec<String>,
     pub deliveries: u64,
     pub lost_reports: u64,
+    /// Nodes whose own deliveries are not checked (hostile members): they are neither owed
+    /// messages nor witnesses. Their messages are owed to everyone else.
+    pub excluded: Vec<NodeId>,
 }
 
 impl Checker {
@@ -304,7 +307,7 @@ impl Checker {
     }
 
     pub fn on_lost(&mut self, at: Instance, group: u64, sender: NodeId, stream: u32, first: u64, count: u64) {
-        self.lost_reports += count;
+        self.lost_reports = self.lost_reports.saturating_add(count);
         if !self.app_joined(at, group) {
             self.violation(format!(
                 "{at:?} was told {sender}/{stream}/{first}+{count} Lost in group {group:#x} its application is not in"
@@ -460,6 +463,7 @@ impl Checker {
                     .copied()
                     .filter(|&d| {
                         d.0 != m.sender
+                            && !self.excluded.contains(&d.0)
                             && self.has(d, idx)
                             && self.member_since(d, m.group).is_some_and(|t| t < m.sent_at)
                     })
@@ -469,7 +473,7 @@ impl Checker {
                 continue;
             }
             for &at in live {
-                if at.0 == m.sender {
+                if at.0 == m.sender || self.excluded.contains(&at.0) {
                     continue;
                 }
                 let member_before = since
@@ -629,9 +633,11 @@ impl Checker {
     /// sender whose application was in the group from when it was sent to the end.
     fn owed<'a>(&'a self, idx: usize, live: &'a [Instance]) -> impl Iterator<Item = Instance> + 'a {
         let m = &self.sent[idx];
-        live.iter()
-            .copied()
-            .filter(move |i| i.0 != m.sender && self.app_since(*i, m.group).is_some_and(|t| t <= m.sent_at))
+        live.iter().copied().filter(move |i| {
+            i.0 != m.sender
+                && !self.excluded.contains(&i.0)
+                && self.app_since(*i, m.group).is_some_and(|t| t <= m.sent_at)
+        })
     }
 
     /// Who got what: per message, the fraction of its owed instances that delivered it.

@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 pub mod checker;
+pub mod hostile;
 pub mod sim;
 
 pub use checker::Checker;
+pub use hostile::HostileAttack;
 pub use sim::{run_with_baseline, Crash, Partition, Report, Scenario, Sim};

@@ -5,7 +5,7 @@ use std::time::Instant;
 use tutti_proto::{Delivery, NodeId, MILLIS};
 use tutti_sim::sim::run_with_baseline;
 use tutti_sim::sim::Rejoin;
-use tutti_sim::{Crash, Partition, Scenario};
+use tutti_sim::{Crash, HostileAttack, Partition, Scenario};
 
 /// Run tutti's protocols (membership + bimodal multicast) over a simulated network from a
 /// seed, check the invariants, and print what happened. The same seed gives the same run.
@@ -104,6 +104,17 @@ struct Args {
     /// Per-sender entries per gossip digest.
     #[arg(long)]
     digest_entries: Option<usize>,
+    /// NODE is a hostile member: it runs the protocol and, while the workload is sent,
+    /// sends honest members well-formed malicious datagrams under its own id (an
+    /// authenticated insider). Its own deliveries are not checked. Repeatable.
+    #[arg(long)]
+    hostile: Vec<String>,
+    /// The attacks hostile members make, in turn (comma-separated): huge-request,
+    /// max-counter, far-seq, huge-high, invented-peers, invented-senders, forged-view,
+    /// higher-incarnation, leaving, forge-ahead. Default: all but forge-ahead (a forgery
+    /// of another member's data that no shared cluster key can refuse).
+    #[arg(long, value_delimiter = ',')]
+    hostile_attacks: Vec<String>,
     /// Print one JSON object instead of a text summary.
     #[arg(long)]
     json: bool,
@@ -197,6 +208,18 @@ fn build(a: &Args) -> Result<Scenario, String> {
             leave,
             join,
         });
+    }
+    for h in &a.hostile {
+        sc.hostile.push(node_arg("--hostile", h)?);
+    }
+    if !a.hostile_attacks.is_empty() {
+        sc.hostile_attacks = a
+            .hostile_attacks
+            .iter()
+            .map(|s| {
+                HostileAttack::parse(s).ok_or_else(|| format!("--hostile-attacks: unknown attack {s:?}"))
+            })
+            .collect::<Result<_, _>>()?;
     }
     for c in &a.shutdown {
         let Some((node, at)) = c.split_once(':') else {
@@ -334,6 +357,12 @@ fn main() {
             report.complete_delivery_checked, report.bimodal_checked, report.oversize_datagrams
         );
         println!("  coverage                 {:?}", report.coverage);
+        if report.hostile_attacks > 0 {
+            println!(
+                "  hostile attacks          {} ({} datagrams)",
+                report.hostile_attacks, report.hostile_datagrams
+            );
+        }
         if let Some(c) = report.view_converged {
             println!("  views converged          {c}");
         }

@@ -2,6 +2,7 @@
 //! workload, driving the sans-IO nodes and feeding the invariant checker.
 
 use crate::checker::{fnv, make_payload, Checker, Coverage, Cut, Instance, MessageId, SentMessage};
+use crate::hostile::{forge, HostileAttack, Knowledge};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -35,6 +36,9 @@ const CHECK_INTERVAL: Time = 50 * MILLIS;
 /// recovers at least one fragment with 80% and the same count applies per fragment.
 /// Checked by the seed sweep over loss in [0, 20%] (see `Scenario::random`).
 pub const REPAIR_LOSS_BOUND: f64 = 0.20;
+/// Interval between a hostile member's attacks (each firing sends one attack to one
+/// honest member, the attacks in turn).
+const HOSTILE_INTERVAL: Time = 20 * MILLIS;
 /// Messages with fewer owed members than this are not held to "almost all or almost
 /// none" (with 5 members, one miss is already 80%).
 pub const BIMODAL_MIN_TARGETS: usize = 10;
@@ -108,6 +112,13 @@ pub struct Scenario {
     pub max_bootstrap: Time,
     /// Replace the stated convergence bound (to measure how long convergence takes).
     pub convergence_bound_override: Option<Time>,
+    /// Hostile members: they run the protocol and, while the workload is sent, send honest
+    /// members well-formed malicious datagrams under their own id (authenticated insiders;
+    /// see `crate::hostile`). Their own deliveries are not checked; every honest member's
+    /// are, and the views must converge after the attacks stop.
+    pub hostile: Vec<NodeId>,
+    /// The attacks hostile members make, in turn (`HostileAttack::DEFAULT` unless set).
+    pub hostile_attacks: Vec<HostileAttack>,
 }
 
 impl Scenario {
@@ -136,6 +147,8 @@ impl Scenario {
             settings: Settings::default(),
             max_bootstrap: 30_000 * MILLIS,
             convergence_bound_override: None,
+            hostile: Vec::new(),
+            hostile_attacks: HostileAttack::DEFAULT.to_vec(),
         }
     }
 
@@ -330,7 +343,7 @@ impl Scenario {
     pub fn describe(&self) -> String {
         format!(
             "{} nodes, {} messages from {} senders at {}/s, payload {}..{} B, {} sessions, loss {:.3}, dup {:.3}, \
-             reorder {:.3}, crashes {:?}, partitions {:?}, rejoins {:?}, perturbed {:?}, {:?}, group budget {} B{}",
+             reorder {:.3}, crashes {:?}, partitions {:?}, rejoins {:?}, perturbed {:?}, {:?}, group budget {} B{}{}",
             self.nodes,
             self.messages,
             self.senders,
@@ -348,11 +361,28 @@ impl Scenario {
             self.settings.delivery,
             self.settings.group_budget_bytes,
             if self.budget_pressure() { " (pressure)" } else { "" },
+            if self.hostile.is_empty() {
+                String::new()
+            } else {
+                format!(", hostile {:?} making {:?}", self.hostile, self.hostile_attacks)
+            },
         )
     }
 
     fn has_membership_faults(&self) -> bool {
         !self.crashes.is_empty() || !self.partitions.is_empty()
+    }
+
+    /// Whether membership convergence is checked once faults stop: after membership
+    /// faults, and after a hostile member's attacks.
+    fn checks_convergence(&self) -> bool {
+        self.has_membership_faults() || !self.hostile.is_empty()
+    }
+
+    /// How long hostile members attack, from the workload start: while the workload is
+    /// sent (at least 200 ms).
+    pub fn hostile_span(&self) -> Time {
+        (self.messages * 1000 / self.rate.max(1) * MILLIS).max(200 * MILLIS)
     }
 
     /// Stated bound: once faults stop, all live nodes share one view with exactly the live
@@ -453,6 +483,9 @@ pub struct Report {
     /// Every stream that sent: (sender, incarnation, stream, messages), in order of its
     /// first message.
     pub streams: Vec<(NodeId, u32, u32, u64)>,
+    /// Attacks hostile members made, and the datagrams they sent for them.
+    pub hostile_attacks: u64,
+    pub hostile_datagrams: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -498,6 +531,8 @@ enum Kind {
     PartitionEnd(usize),
     Leave(usize),
     Join(usize),
+    /// Hostile member `NodeId` attacks.
+    Hostile(NodeId),
 }
 
 struct Ev {
@@ -579,6 +614,11 @@ pub struct Sim {
     retained_max: usize,
     /// Per link (from * n + to): arrival time of its last datagram (links are FIFO).
     link_last: Vec<Time>,
+    /// The hostile members' own generator (so that their draws change no other).
+    hostile_rng: Xoshiro256PlusPlus,
+    /// Attacks made so far (all hostile members together), and their datagrams.
+    hostile_attacks_made: u64,
+    hostile_datagrams: u64,
 }
 
 impl Sim {
@@ -647,6 +687,7 @@ impl Sim {
             checker: {
                 let mut c = Checker::new(fifo);
                 c.large_threshold = sc.settings.fragment_payload();
+                c.excluded = sc.hostile.clone();
                 c
             },
             trace: 0xcbf2_9ce4_8422_2325,
@@ -675,6 +716,9 @@ impl Sim {
             oversize: BTreeMap::new(),
             retained_max: 0,
             link_last: Vec::new(),
+            hostile_rng: Xoshiro256PlusPlus::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6521),
+            hostile_attacks_made: 0,
+            hostile_datagrams: 0,
             sc,
         }
     }
@@ -876,6 +920,9 @@ impl Sim {
 
     fn on_event(&mut self, inst: Instance, e: Event) {
         let now = self.now;
+        if self.sc.hostile.contains(&inst.0) {
+            return; // a hostile member's own deliveries and views are its business
+        }
         if self.trace_node == Some(inst.0) {
             let t = now.saturating_sub(self.workload_start.unwrap_or(0)) / MICROS;
             match &e {
@@ -1032,6 +1079,7 @@ impl Sim {
                 self.after_input(i);
             }
             Kind::Burst => self.burst(),
+            Kind::Hostile(h) => self.hostile_attack(h),
             Kind::Check => self.check(),
             Kind::Crash(c) => {
                 let cr = self.sc.crashes[c].clone();
@@ -1248,12 +1296,75 @@ impl Sim {
                 side: self.sc.partitions[p].side.clone(),
             });
         }
+        for h in self.sc.hostile.clone() {
+            self.push(t0 + HOSTILE_INTERVAL, Kind::Hostile(h));
+        }
         for r in 0..self.sc.rejoins.len() {
             let (leave, join) = (self.sc.rejoins[r].leave, self.sc.rejoins[r].join);
             self.push(t0 + leave, Kind::Leave(r));
             if let Some(j) = join {
                 self.push(t0 + j, Kind::Join(r));
             }
+        }
+    }
+
+    /// Hostile member `h` sends its next attack to a random live honest member, under its
+    /// own id and incarnation, over the simulated network (partitions apply; loss does
+    /// not: attacks arrive).
+    fn hostile_attack(&mut self, h: NodeId) {
+        let t0 = self.workload_start.unwrap_or(0);
+        if self.now > t0 + self.sc.hostile_span() || self.sc.hostile_attacks.is_empty() {
+            return;
+        }
+        self.push(self.now + HOSTILE_INTERVAL, Kind::Hostile(h));
+        let targets: Vec<NodeId> = (0..self.sc.nodes)
+            .filter(|n| !self.sc.hostile.contains(n) && self.nodes[*n as usize].node.is_some())
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let target = targets[self.hostile_rng.gen_range(0..targets.len())];
+        let attack = self.sc.hostile_attacks
+            [(self.hostile_attacks_made % self.sc.hostile_attacks.len() as u64) as usize];
+        // Next seq of every stream sent so far.
+        let mut streams: Vec<(NodeId, u32, u64)> = Vec::new();
+        for m in &self.checker.sent {
+            match streams.iter_mut().find(|s| (s.0, s.1) == (m.sender, m.stream)) {
+                Some(s) => s.2 = s.2.max(m.seq + 1),
+                None => streams.push((m.sender, m.stream, m.seq + 1)),
+            }
+        }
+        let Some(node) = self.nodes[h as usize].node.as_ref() else {
+            return;
+        };
+        let k = Knowledge {
+            group: GROUP,
+            streams: &streams,
+            round: self.hostile_attacks_made,
+        };
+        let datagrams = forge(attack, node, target, &k, &mut self.hostile_rng);
+        self.hostile_attacks_made += 1;
+        self.mix(&[
+            self.now,
+            14,
+            u64::from(h),
+            u64::from(target),
+            datagrams.len() as u64,
+        ]);
+        for bytes in datagrams {
+            if self.is_cut(h, target) {
+                continue;
+            }
+            self.hostile_datagrams += 1;
+            let at = self.arrival(h, target);
+            self.push(
+                at,
+                Kind::Packet {
+                    to: target,
+                    from: h,
+                    bytes,
+                },
+            );
         }
     }
 
@@ -1358,7 +1469,7 @@ impl Sim {
     /// Whether every message reached every member owed it, with nothing more scheduled:
     /// the run can stop early.
     fn is_complete(&self) -> bool {
-        if self.sc.has_membership_faults() || !self.submissions_done() {
+        if self.sc.checks_convergence() || !self.submissions_done() {
             return false;
         }
         let t0 = self.workload_start.unwrap_or(0);
@@ -1377,6 +1488,9 @@ impl Sim {
         for p in &self.sc.partitions {
             end = end.max(p.end);
         }
+        if !self.sc.hostile.is_empty() {
+            end = end.max(self.sc.hostile_span());
+        }
         end
     }
 
@@ -1392,7 +1506,7 @@ impl Sim {
         while let Some(ev) = self.heap.pop() {
             if let Some(t0) = self.workload_start {
                 if convergence_at.is_none() {
-                    convergence_at = Some(if self.sc.has_membership_faults() {
+                    convergence_at = Some(if self.sc.checks_convergence() {
                         t0 + self.faults_end() + bound
                     } else {
                         Time::MAX
@@ -1491,7 +1605,7 @@ impl Sim {
             rx_dropped_slow: self.rx_dropped,
             ..Default::default()
         };
-        let mut lost = 0;
+        let mut lost: u64 = 0;
         for n in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
             let c = n.counters();
             kinds.data_tree += c.data_sent;
@@ -1506,7 +1620,7 @@ impl Sim {
             kinds.bad_fragments += c.bad_fragments;
             kinds.bad_digests += c.bad_digests;
             kinds.decode_errors += c.decode_errors;
-            lost += c.lost_reported;
+            lost = lost.saturating_add(c.lost_reported);
         }
         let refused = kinds.bad_fragments + kinds.bad_digests + kinds.decode_errors;
         if refused > 0 {
@@ -1566,6 +1680,8 @@ impl Sim {
             oversize_datagrams: oversize,
             retained_bytes_max: self.retained_max as u64,
             coverage: self.checker.coverage.clone(),
+            hostile_attacks: self.hostile_attacks_made,
+            hostile_datagrams: self.hostile_datagrams,
             streams: {
                 let mut v: Vec<(NodeId, u32, u32, u64)> = Vec::new();
                 for m in &self.checker.sent {
