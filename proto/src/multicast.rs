@@ -24,6 +24,13 @@ const RETRANSMIT_OVERHEAD: usize = 48;
 const NEVER: Time = Time::MAX;
 /// Retention periods an emptied state of a departed sender is kept (see `last_active`).
 pub(crate) const TOMBSTONE_RETENTIONS: u32 = 4;
+/// How far past a stream's high a member other than its sender may extend our window at
+/// once (data it forwards, highs in its digests): an eighth of the window, so that forged
+/// highs cost at most an eighth of the budget until the sender's digest drops them.
+fn relay_reach(settings: &Settings) -> u64 {
+    (settings.max_window() / 8).max(settings.request_cap as u64)
+}
+
 /// Repair attempts of a stream's gaps `rerequest_after` apart before the interval doubles:
 /// under budget pressure a gap must be filled within the budget's window (a few ms at
 /// high rates), and at 20% loss each attempt fails with about 1/3.
@@ -114,7 +121,8 @@ pub struct SenderState {
     /// The sender's `retained` from the newest data message, for forwarding.
     retained: u32,
     /// The oldest seq the sender sent within the last retention, as far as we know (from
-    /// data headers' `retained` and digests' `recent`); advertised in our digests.
+    /// data headers' `retained` and the sender's own digests; 0 until then); advertised
+    /// in our digests.
     recent: u64,
     /// Last round this state saw data; an idle empty state of a departed sender is kept
     /// this long as a tombstone so that late copies held elsewhere are not delivered again.
@@ -145,7 +153,7 @@ impl SenderState {
             contiguous: base,
             missing: 0,
             retained: 0,
-            recent: base,
+            recent: 0,
             last_active: 0,
             bytes: 0,
             last_rescan: 0,
@@ -174,6 +182,26 @@ impl SenderState {
         if self.contiguous != was {
             self.rerequests = 0;
         }
+    }
+    /// Drop undelivered slots at the back down to `high`; returns how many.
+    fn truncate_to(&mut self, high: u64) -> u64 {
+        let mut dropped = 0;
+        while self.high() > high {
+            match self.slots.back() {
+                Some(Slot::Held { delivered: true, .. } | Slot::Refused { delivered: true, .. }) | None => {
+                    break
+                }
+                Some(_) => {}
+            }
+            let Some(slot) = self.slots.pop_back() else { break };
+            self.bytes -= slot.cost();
+            if !slot.is_held() {
+                self.missing -= 1;
+            }
+            dropped += 1;
+        }
+        self.contiguous = self.contiguous.min(self.high());
+        dropped
     }
     /// When the repair timer next solicits this stream's gaps.
     fn rerequest_due(&self, settings: &Settings) -> Time {
@@ -266,6 +294,9 @@ pub struct GroupState {
     digest_replied: FxMap<NodeId, u32>,
     /// The stream of each group member in the current view.
     member_stream: FxMap<NodeId, u32>,
+    /// Streams that left the group view while we were in it, newest last (at most
+    /// `max_tombstones`): their messages may still reach us from others.
+    former: VecDeque<StreamKey>,
     /// Where this member's copy of a stream without a state starts: a forgotten stream's
     /// next expected seq, or 0 for a stream that appeared in the group while this member
     /// already was in it (it owes us every message). Bounded by `max_tombstones`.
@@ -308,6 +339,7 @@ impl GroupState {
             budget_left: 0,
             digest_replied: FxMap::default(),
             member_stream: FxMap::default(),
+            former: VecDeque::new(),
             tombstones: FxMap::default(),
             tombstone_order: VecDeque::new(),
             tombstone_stamp: 0,
@@ -367,6 +399,14 @@ impl GroupState {
             self.pos.insert(*m, i);
             self.member_stream.insert(*m, *s);
         }
+        for (&n, &stream) in &previous {
+            if self.member_stream.get(&n) != Some(&stream) && n != self.my_id {
+                self.former.push_back((n, stream));
+                if self.former.len() > ctx.settings.max_tombstones {
+                    self.former.pop_front();
+                }
+            }
+        }
         if !was_member || !self.pos.contains_key(&self.my_id) {
             return;
         }
@@ -412,24 +452,30 @@ impl GroupState {
 
     /// Whether we hold, or may create, the state of stream `key` (at most `max_streams`).
     fn can_track(&self, key: StreamKey, ctx: &mut Ctx<'_>) -> bool {
-        if self.senders.len() < ctx.settings.max_streams || self.senders.contains_key(&key) {
+        if self.senders.contains_key(&key) {
+            return true;
+        }
+        // A member tracks the streams its views named (now or before) and those it
+        // remembers; anything else is invented (or from before we joined: not owed).
+        let known = self.tombstones.contains_key(&key)
+            || self.member_stream.get(&key.0) == Some(&key.1)
+            || (ctx.live)(key.0)
+            || !self.pos.contains_key(&self.my_id)
+            || self.former.contains(&key);
+        if !known {
+            ctx.counters.unknown_streams += 1;
+            return false;
+        }
+        if self.senders.len() < ctx.settings.max_streams {
             return true;
         }
         ctx.counters.streams_full += 1;
         false
     }
 
-    /// Whether traffic about `key`, of which we hold no state, must wait for the view:
-    /// we are in the group, its node is alive but not (yet) in our group view. (A node in
-    /// the view with another stream sent `key` in an earlier membership, before a restart
-    /// or a rejoin: waiting would wait forever.) Once the view that adds it arrives we know whether it owes us every message
-    /// (see `set_members`); creating its state now, at its advertised low, would skip those.
-    fn defer_unknown(&self, key: StreamKey, ctx: &Ctx<'_>) -> bool {
-        !self.senders.contains_key(&key)
-            && !self.tombstones.contains_key(&key)
-            && self.pos.contains_key(&self.my_id)
-            && !self.member_stream.contains_key(&key.0)
-            && (ctx.live)(key.0)
+    /// Streams with state or a tombstone.
+    pub fn stream_count(&self) -> usize {
+        self.senders.len() + self.tombstones.len()
     }
 
     pub fn members(&self) -> &[NodeId] {
@@ -446,8 +492,14 @@ impl GroupState {
         let mut out = [0; MAX_TREE_FANOUT];
         let mut len = 0;
         let n = self.members.len();
-        let (Some(&r), Some(&me)) = (self.pos.get(&root), self.pos.get(&self.my_id)) else {
-            return (out, 0);
+        // A root not (yet) in the group view (a sender whose join the view has not taken
+        // in) roots a tree over [root] + members, so that its first messages reach the
+        // group at once instead of waiting, retained, for the next view.
+        let (r, me, n, offset) = match (self.pos.get(&root), self.pos.get(&self.my_id)) {
+            (Some(&r), Some(&me)) => (r, me, n, 0),
+            (None, Some(&me)) => (0, me + 1, n + 1, 1),
+            (None, None) if root == self.my_id => (0, 0, n + 1, 1),
+            _ => return (out, 0),
         };
         let rel = (me + n - r) % n;
         for c in 1..=k.min(MAX_TREE_FANOUT) {
@@ -455,7 +507,11 @@ impl GroupState {
                 Some(x) if x < n => x,
                 _ => break,
             };
-            if let Some(&node) = self.members.get((child + r) % n) {
+            let index = (child + r) % n;
+            if index < offset {
+                continue; // the virtual root
+            }
+            if let Some(&node) = self.members.get(index - offset) {
                 out[len] = node;
                 len += 1;
             }
@@ -572,10 +628,6 @@ impl GroupState {
         let base = seq.saturating_sub(u64::from(header.retained));
         let group = self.id;
         let quiet = self.quiet();
-        if self.defer_unknown(key, ctx) {
-            ctx.counters.deferred_unknown_sender += 1;
-            return;
-        }
         if !self.can_track(key, ctx) {
             return;
         }
@@ -583,10 +635,11 @@ impl GroupState {
             && self
                 .senders
                 .get(&key)
-                .is_some_and(|st| seq >= st.high().saturating_add(max_window))
+                .is_some_and(|st| seq >= st.high().saturating_add(relay_reach(ctx.settings)))
         {
-            // Only the sender itself may move our window a whole window at once (a member
-            // relaying a seq that far ahead could push every real message below it).
+            // Only the sender itself may move our window far at once (a member relaying a
+            // seq far ahead would fill the budget with gaps, or push real messages below
+            // our window).
             ctx.counters.implausible_seqs += 1;
             return;
         }
@@ -818,6 +871,8 @@ impl GroupState {
         let mut wants = std::mem::take(&mut self.scratch_request);
         wants.clear();
         let mut peer_lacks = false;
+        // A stream's sender whose word we want on a high only another member claimed.
+        let mut ask_sender: Option<NodeId> = None;
         for e in entries {
             let key = (e.sender, e.stream);
             if key == (self.my_id, self.my_stream) {
@@ -833,22 +888,26 @@ impl GroupState {
                 ctx.counters.bad_digests += 1;
                 continue;
             }
-            if self.defer_unknown(key, ctx) {
-                ctx.counters.deferred_unknown_sender += 1;
-                continue;
-            }
             if !self.can_track(key, ctx) {
                 continue;
             }
             let base = self.first_base(key, e.low.min(e.recent), ctx);
             let st = self.state_for(key, base, round);
             let before = st.bytes;
-            st.recent = st.recent.max(e.recent.min(e.low));
+            if from == e.sender {
+                // Only the sender's word raises it (a member's own state may start anywhere).
+                st.recent = st.recent.max(e.recent.min(e.low));
+            }
             if e.high > st.high() {
                 st.last_active = round;
             }
             if from == e.sender && e.low > st.contiguous {
                 sender_dropped_below(group, quiet, key, st, e.low, ctx);
+            }
+            if from == e.sender && e.high < st.high() {
+                // The sender never sent what lies above its high: a member's copy claiming
+                // more was forged. Drop those slots (what was delivered of them stays).
+                ctx.counters.phantom_slots_dropped += st.truncate_to(e.high.max(st.base));
             }
             if st.contiguous > e.contiguous || st.high() > e.high {
                 peer_lacks = true;
@@ -859,7 +918,8 @@ impl GroupState {
                 let high = if from == e.sender {
                     e.high
                 } else {
-                    e.high.min(st.base.saturating_add(max_window))
+                    ask_sender = Some(e.sender);
+                    e.high.min(st.high().saturating_add(relay_reach(ctx.settings)))
                 };
                 if high.saturating_sub(st.base) > max_window {
                     ctx.counters.window_overflow += 1;
@@ -888,6 +948,15 @@ impl GroupState {
             self.build_digest(ctx.settings.digest_entries, ctx);
             self.send_digest(from, ctx);
         }
+        // Our digest shows the sender the gaps a member's word opened: it answers with its
+        // own (push-pull), whose high drops slots it never sent (`truncate_to`).
+        if let Some(sender) = ask_sender.filter(|s| {
+            *s != self.my_id && self.pos.contains_key(s) && self.digest_replied.get(s) != Some(&round)
+        }) {
+            self.digest_replied.insert(sender, round);
+            self.build_digest(ctx.settings.digest_entries, ctx);
+            self.send_digest(sender, ctx);
+        }
         self.enforce_budget(None, ctx);
     }
 
@@ -908,6 +977,9 @@ impl GroupState {
             ctx.counters.stale_requests += 1;
             return;
         }
+        // Slots one request datagram may make us examine, whatever its entries claim: a
+        // requester asks again for what this one did not reach.
+        let mut walk_left = 2 * ctx.settings.request_cap as u64;
         for e in entries {
             let Some(st) = self.senders.get(&(e.sender, e.stream)) else {
                 continue;
@@ -917,7 +989,13 @@ impl GroupState {
             if lo >= hi {
                 continue;
             }
-            let n = hi - lo;
+            if walk_left == 0 {
+                ctx.counters.request_walks_capped += 1;
+                return;
+            }
+            let n = (hi - lo).min(walk_left);
+            walk_left -= n;
+            ctx.counters.request_slots_walked += n;
             for i in 0..n {
                 let s = if gap { lo + i } else { hi - 1 - i };
                 let Some(Slot::Held {
@@ -945,7 +1023,9 @@ impl GroupState {
                     seq: s,
                     sender: e.sender,
                     stream: e.stream,
-                    retained: st.retained,
+                    // Our knowledge of the sender's recent low, relative to this seq (the
+                    // newest header's `retained` belongs to another seq).
+                    retained: s.saturating_sub(st.recent).min(u64::from(u32::MAX)) as u32,
                     session: *session,
                     frag_index: 0,
                     frag_count: 1,
@@ -1178,6 +1258,11 @@ impl GroupState {
 /// `max_message` (every fragment but the last has the same size, so a non-last fragment
 /// tells the whole message's size to within one fragment).
 fn fragment_fits(h: &DataHeader, len: usize, s: &Settings) -> bool {
+    // A fragment we could not send on in one of our datagrams (a peer with a larger
+    // `max_datagram`, or a forged one) is refused rather than forwarded oversize.
+    if len > s.fragment_payload() {
+        return false;
+    }
     let count = usize::from(h.frag_count);
     if count == 1 {
         return len <= s.max_message;

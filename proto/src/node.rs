@@ -34,6 +34,16 @@ pub struct Counters {
     /// Data more than a window ahead of a stream, relayed by a member other than its
     /// sender: dropped (it could push every real message below our window).
     pub implausible_seqs: u64,
+    /// Slots examined while serving retransmit requests (at most `2 * request_cap` per
+    /// request datagram).
+    pub request_slots_walked: u64,
+    /// Request datagrams whose entries asked for more than that walk.
+    pub request_walks_capped: u64,
+    /// Slots above a stream's high dropped when its sender's digest showed it never sent
+    /// them (a forged copy).
+    pub phantom_slots_dropped: u64,
+    /// Streams of nodes that are not, and were not, in the group view: ignored.
+    pub unknown_streams: u64,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub datagrams_received: u64,
@@ -77,9 +87,6 @@ pub struct Counters {
     pub not_joined: u64,
     /// Tombstones of forgotten senders evicted by `Settings::max_tombstones`.
     pub tombstones_evicted: u64,
-    /// Group traffic about a live sender not yet in this member's group view, ignored
-    /// until the view that adds it arrives (so that its stream is tracked from seq 0).
-    pub deferred_unknown_sender: u64,
 }
 
 /// Why `submit` refused a message (back pressure is a return value, never a block).
@@ -254,6 +261,10 @@ struct Peer {
     leaving: bool,
     replied_round: u32,
     view_sent_round: u32,
+    /// Heard from directly, or vouched for by a view: only such peers enter views. A node
+    /// only named in another's heartbeats is probed and kept unverified (bounded), so that
+    /// invented ids neither enter views nor hold view changes back.
+    direct: bool,
 }
 
 pub struct Node {
@@ -268,6 +279,8 @@ pub struct Node {
     repair_at: Time,
     /// Groups left recently, with where this node stood in their streams.
     departed: VecDeque<Departed>,
+    /// Peers with `direct` set, as of the last gossip round.
+    direct_peers: usize,
     heartbeat: u32,
     leaving: bool,
     peers: Vec<Peer>,
@@ -302,6 +315,12 @@ pub const MAX_COUNTER_JUMP: u64 = 1 << 32;
 
 /// Group joins and leaves a coordinator holds between two views.
 const MAX_PENDING_GROUP_CHANGES: usize = 1 << 16;
+
+/// Peers known only from others' heartbeats (not yet heard from directly), at most.
+const MAX_UNVERIFIED_PEERS: usize = 1024;
+
+/// New unverified peers one heartbeat datagram may add (each is probed once).
+const NEW_PEERS_PER_DATAGRAM: usize = 8;
 
 /// Groups left whose stream positions the node remembers for a rejoin (the oldest is
 /// forgotten first).
@@ -391,6 +410,7 @@ impl Node {
             next_tick: now + phase,
             repair_at: Time::MAX,
             departed: VecDeque::new(),
+            direct_peers: 0,
             heartbeat: 0,
             leaving: false,
             peers: Vec::new(),
@@ -431,6 +451,16 @@ impl Node {
         c.transmits_dropped = self.out.dropped;
         c.oversize_datagrams = self.out.oversize;
         c
+    }
+
+    /// Entries in the membership table (live, suspected, failed and unverified peers).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Streams of `group` this node keeps state or a tombstone of (0 when not in it).
+    pub fn stream_count(&self, group: GroupId) -> usize {
+        self.groups.get(&group).map_or(0, |g| g.stream_count())
     }
 
     /// Bytes retained for repair by all groups (within `Settings::node_budget_bytes`).
@@ -730,7 +760,8 @@ impl Node {
     // ---------------------------------------------------------------- membership
 
     fn effective_suspect_timeout(&self) -> Time {
-        let n = self.peers.len() as u64 + 1;
+        // Peers heard from directly (counted each round): relays cannot stretch it.
+        let n = self.direct_peers as u64 + 1;
         let per = self.settings.heartbeat_entries.max(2) as u64 - 1;
         self.settings.suspect_timeout + self.settings.gossip_period * 4 * n.div_ceil(per)
     }
@@ -752,8 +783,10 @@ impl Node {
         }
     }
 
-    fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32) -> Option<usize> {
-        if self.peers.len() >= self.settings.max_peers {
+    fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32, direct: bool) -> Option<usize> {
+        if self.peers.len() >= self.settings.max_peers
+            || (!direct && self.peers.iter().filter(|p| !p.direct).count() >= MAX_UNVERIFIED_PEERS)
+        {
             self.counters.peers_full += 1;
             return None;
         }
@@ -767,6 +800,7 @@ impl Node {
             leaving: false,
             replied_round: NO_ROUND,
             view_sent_round: NO_ROUND,
+            direct,
         });
         let i = self.peers.len() - 1;
         self.peer_index.insert(m.node, i);
@@ -798,10 +832,11 @@ impl Node {
                 if m.incarnation == p.member.incarnation {
                     p.last_increase = now;
                     p.dead = false;
+                    p.direct = true;
                 }
             }
             None => {
-                let _ = self.insert_peer(now, m, 0);
+                let _ = self.insert_peer(now, m, 0, true);
             }
         }
     }
@@ -814,6 +849,7 @@ impl Node {
         entries: impl Iterator<Item = HeartbeatEntry>,
     ) {
         let revive_margin = self.suspect_rounds();
+        let mut added = 0;
         for e in entries {
             if e.node == self.id {
                 continue;
@@ -822,11 +858,25 @@ impl Node {
                 node: e.node,
                 incarnation: e.incarnation,
             };
-            let leaving = e.flags & HEARTBEAT_FLAG_LEAVING != 0;
+            let own = e.node == from.node;
+            // Leaving is the node's own word (or a view's), never a relay's.
+            let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
             match self.peer_index.get(&e.node) {
-                None => {
-                    if let Some(i) = self.insert_peer(now, m, e.heartbeat) {
+                None if own => {
+                    if let Some(i) = self.insert_peer(now, m, e.heartbeat, true) {
                         self.peers[i].leaving = leaving;
+                    }
+                }
+                None => {
+                    // Named by a relay: keep it unverified and probe it; it enters views
+                    // once it answers.
+                    if added >= NEW_PEERS_PER_DATAGRAM {
+                        self.counters.peers_full += 1;
+                        continue;
+                    }
+                    if self.insert_peer(now, m, e.heartbeat, false).is_some() {
+                        added += 1;
+                        self.send_heartbeats_to(e.node, true);
                     }
                 }
                 Some(&i) => {
@@ -928,7 +978,7 @@ impl Node {
         while entries.len() <= want && scanned < n {
             let p = &self.peers[(self.hb_cursor + scanned) % n];
             scanned += 1;
-            if !p.dead {
+            if !p.dead && p.direct {
                 entries.push(HeartbeatEntry {
                     node: p.member.node,
                     incarnation: p.member.incarnation,
@@ -1135,7 +1185,10 @@ impl Node {
             }
             match self.peer_index.get(&m.node) {
                 None => {
-                    let _ = self.insert_peer(now, *m, 0);
+                    let _ = self.insert_peer(now, *m, 0, true);
+                }
+                Some(&i) if self.peers[i].member.incarnation == m.incarnation => {
+                    self.peers[i].direct = true;
                 }
                 // The coordinator saw the node restart: so do we.
                 Some(&i) if self.peers[i].member.incarnation < m.incarnation => {
@@ -1145,6 +1198,7 @@ impl Node {
                     p.last_increase = now;
                     p.dead = false;
                     p.leaving = false;
+                    p.direct = true;
                 }
                 Some(_) => {}
             }
@@ -1208,6 +1262,7 @@ impl Node {
         if self.peers.iter().any(|p| {
             !p.dead
                 && !p.leaving
+                && p.direct
                 && p.member.age_key() < my_age
                 && self.in_view.get(&p.member.node) != Some(&p.member.incarnation)
         }) {
@@ -1217,7 +1272,7 @@ impl Node {
         members.extend(
             self.peers
                 .iter()
-                .filter(|p| !p.dead && !p.leaving)
+                .filter(|p| !p.dead && !p.leaving && p.direct)
                 .map(|p| p.member),
         );
         members.sort_by_key(|m| m.age_key());
@@ -1309,6 +1364,7 @@ impl Node {
         }
         self.heartbeat = self.heartbeat.wrapping_add(1);
         // Suspicion and forgetting.
+        self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
         let timeout = self.effective_suspect_timeout();
         let forget = self.settings.forget_after;
         let mut forgot = false;
@@ -1318,13 +1374,13 @@ impl Node {
                 p.dead_since = now;
                 p.hb_at_death = p.heartbeat;
             }
-            if p.dead && now.saturating_sub(p.dead_since) > forget {
+            if p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget) {
                 forgot = true;
             }
         }
         if forgot {
             self.peers
-                .retain(|p| !(p.dead && now.saturating_sub(p.dead_since) > forget));
+                .retain(|p| !(p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget)));
             self.peer_index.clear();
             for (i, p) in self.peers.iter().enumerate() {
                 self.peer_index.insert(p.member.node, i);

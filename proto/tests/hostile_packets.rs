@@ -20,7 +20,8 @@
 //! ids only (an outsider, or an authenticated insider: what a cluster key allows); it may
 //! name honest members *inside* its messages (relayed heartbeats, views, data of their
 //! streams). A datagram whose transport `from` is an honest member's id is a spoof that
-//! only authentication can refuse: the bounds are required then too, liveness is not.
+//! only authentication can refuse: the memory and work bounds are required then too; liveness
+//! and the bound on `Lost` counts are not.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 64: a few seconds in CI).
 
@@ -693,6 +694,7 @@ fn check_call(
     msgs: usize,
     out: &CallOutput,
     b: &Bounds,
+    spoofed: bool,
 ) -> Result<(), TestCaseError> {
     let node: &Node = &c.nodes[at];
     let s = node.settings();
@@ -730,13 +732,18 @@ fn check_call(
         b.state
     );
     prop_assert_eq!(node.counters().oversize_datagrams, 0);
-    check_lost(c)?;
+    if !spoofed {
+        check_lost(c)?;
+    }
     prop_assert!(c.violations.is_empty(), "{:?}", c.violations);
     Ok(())
 }
 
 /// No honest member is told more of an honest stream `Lost` than its sender sent plus one
-/// window (what an insider can forge ahead, at most).
+/// window (what an insider can forge ahead, at most). Not required once the attacker spoofed
+/// an honest sender's id: proto takes a sender's word about its own stream (a far seq is a
+/// long cut-off), and only the transport can refuse the spoof (the cluster key keeps
+/// outsiders out; the daemon binds each id to one address, see docs/security.md).
 fn check_lost(c: &Cluster) -> Result<(), TestCaseError> {
     let window = c.settings().max_window();
     for (at, log) in c.logs.iter().enumerate() {
@@ -799,7 +806,7 @@ fn run_case(actions: &[Action]) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let out = c.inject(to, from, &bytes);
-                check_call(&c, to, msgs.len(), &out, &b)?;
+                check_call(&c, to, msgs.len(), &out, &b, spoofed)?;
                 c.flush();
             }
             Action::Advance(steps) => {
@@ -820,7 +827,9 @@ fn run_case(actions: &[Action]) -> Result<(), TestCaseError> {
                 c.publish(i, format!("during-{}", c.now).as_bytes());
             }
         }
-        check_lost(&c)?;
+        if !spoofed {
+            check_lost(&c)?;
+        }
         prop_assert!(c.violations.is_empty(), "{:?}", c.violations);
     }
     if spoofed {
@@ -907,32 +916,11 @@ fn the_checks_pass_without_an_attack() {
     }
 }
 
-// ------------------------------------------------------------------ getters proto lacks
-
-/// Getters the bounds below need; `Node` has none of them today. When proto adds them as
-/// inherent methods, those are called instead of these (inherent methods win), and the
-/// test can be un-ignored.
-#[allow(dead_code)]
-trait WantedGetters {
-    /// Entries in the peer table (live, suspected and dead).
-    fn peer_count(&self) -> usize;
-    /// Streams with state (or tombstones) in `group`.
-    fn stream_count(&self, group: GroupId) -> usize;
-}
-
-impl WantedGetters for Node {
-    fn peer_count(&self) -> usize {
-        unimplemented!("needs Node::peer_count getter")
-    }
-    fn stream_count(&self, _group: GroupId) -> usize {
-        unimplemented!("needs Node::stream_count getter")
-    }
-}
+// ------------------------------------------------------------------ table sizes
 
 /// The peer table holds at most `heartbeat_entries` nodes beyond the view, and a group at
 /// most `max_tombstones + digest_entries` streams, whatever ids the attacker names.
 #[test]
-#[ignore = "needs Node::peer_count and Node::stream_count getters"]
 fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
     let mut c = Cluster::new(HONEST, settings());
     let s = c.settings().clone();
