@@ -24,6 +24,10 @@ const RETRANSMIT_OVERHEAD: usize = 48;
 const NEVER: Time = Time::MAX;
 /// Retention periods an emptied state of a departed sender is kept (see `last_active`).
 pub(crate) const TOMBSTONE_RETENTIONS: u32 = 4;
+/// Seqs at or above this are refused (no stream sends 2^62 messages), so that seq
+/// arithmetic never overflows.
+const MAX_SEQ: u64 = 1 << 62;
+
 /// How far past a stream's high a member other than its sender may extend our window at
 /// once (data it forwards, highs in its digests): an eighth of the window, so that forged
 /// highs cost at most an eighth of the budget until the sender's digest drops them.
@@ -615,6 +619,11 @@ impl GroupState {
         if key.0 == self.my_id {
             return; // our own stream (or a forged copy of it): we hold the truth
         }
+        if header.seq >= MAX_SEQ {
+            // No stream gets that far (2^62 messages): forged.
+            ctx.counters.implausible_seqs += 1;
+            return;
+        }
         let fits = fragment_fits(header, payload.len(), ctx.settings);
         if !fits {
             ctx.counters.bad_fragments += 1;
@@ -884,7 +893,7 @@ impl GroupState {
             if e.sender == self.my_id {
                 continue; // an old stream of ours: nothing to learn
             }
-            if e.low > e.high || e.contiguous > e.high || e.contiguous < e.low {
+            if e.low > e.high || e.contiguous > e.high || e.contiguous < e.low || e.high > MAX_SEQ {
                 ctx.counters.bad_digests += 1;
                 continue;
             }
@@ -1491,7 +1500,7 @@ fn report_lost(group: GroupId, quiet: bool, key: StreamKey, first: u64, count: u
     if count == 0 {
         return;
     }
-    ctx.counters.lost_reported += count;
+    ctx.counters.lost_reported = ctx.counters.lost_reported.saturating_add(count);
     ctx.emit(
         quiet,
         Event::Lost {
