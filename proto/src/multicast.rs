@@ -640,12 +640,13 @@ impl GroupState {
         if !self.can_track(key, ctx) {
             return;
         }
-        if from != key.0
-            && self
-                .senders
-                .get(&key)
-                .is_some_and(|st| seq >= st.high().saturating_add(relay_reach(ctx.settings)))
-        {
+        // Where the stream stands for us: its window's high, or where a forgotten stream
+        // stopped (its tombstone).
+        let known_high = match self.senders.get(&key) {
+            Some(st) => Some(st.high()),
+            None => self.tombstones.get(&key).map(|t| t.0),
+        };
+        if from != key.0 && known_high.is_some_and(|h| seq >= h.saturating_add(relay_reach(ctx.settings))) {
             // Only the sender itself may move our window far at once (a member relaying a
             // seq far ahead would fill the budget with gaps, or push real messages below
             // our window).
