@@ -458,6 +458,8 @@ pub struct ClusterStats {
     pub auth_failed: u64,
     pub replayed: u64,
     pub auth_senders_full: u64,
+    /// Protocol claims refused as implausible (see `tutti_proto::Counters::refused`).
+    pub protocol_refused: u64,
 }
 
 /// What the driver knows of a node's whereabouts.
@@ -636,6 +638,7 @@ impl Cluster {
         s.auth_failed = n.auth.auth_failed;
         s.replayed = n.auth.replayed;
         s.auth_senders_full = n.auth.senders_full;
+        s.protocol_refused = c.refused();
         s
     }
 

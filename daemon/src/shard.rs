@@ -75,6 +75,7 @@ pub mod counter {
     pub const AUTH_FAILED: usize = shard_counter("auth_failed");
     pub const REPLAYED: usize = shard_counter("replayed");
     pub const AUTH_SENDERS_FULL: usize = shard_counter("auth_senders_full");
+    pub const PROTOCOL_REFUSED: usize = shard_counter("protocol_refused");
 }
 
 impl ShardStats {
@@ -667,6 +668,7 @@ impl Shard {
             (counter::AUTH_FAILED, c.auth_failed),
             (counter::REPLAYED, c.replayed),
             (counter::AUTH_SENDERS_FULL, c.auth_senders_full),
+            (counter::PROTOCOL_REFUSED, c.protocol_refused),
         ] {
             self.stats.set(index, value);
         }

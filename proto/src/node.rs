@@ -365,6 +365,28 @@ macro_rules! with_ctx {
     }};
 }
 
+impl Counters {
+    /// Claims from the network refused as implausible or over a bound, all kinds together
+    /// (what a hostile or broken peer tried; each kind has its own field).
+    pub fn refused(&self) -> u64 {
+        [
+            self.implausible_counters,
+            self.views_refused,
+            self.relayed_incarnations_ignored,
+            self.peers_full,
+            self.streams_full,
+            self.group_changes_refused,
+            self.implausible_seqs,
+            self.request_walks_capped,
+            self.unknown_streams,
+            self.bad_digests,
+            self.bad_view_parts,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+}
+
 impl Node {
     /// A node `id` in `incarnation` (must grow across restarts; smaller = older, so a
     /// boot timestamp works), knowing `seeds`, starting at `now`. `rng_seed` seeds the

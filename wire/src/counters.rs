@@ -107,6 +107,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "auth_senders_full",
         "authenticated senders evicted from the full sender table (oldest first)",
     ),
+    (
+        "protocol_refused",
+        "claims in well-formed datagrams refused as implausible (forged counters, views, seqs, relayed restarts; full peer and stream tables; capped request walks): see docs/security.md",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):
