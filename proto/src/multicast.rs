@@ -359,6 +359,12 @@ impl GroupState {
         self.my_stream
     }
 
+    /// This round's retransmit budget (reset each gossip round; a group joined between
+    /// rounds starts with a full one, or it could serve no repair until the next round).
+    pub fn set_retransmit_budget(&mut self, bytes: usize) {
+        self.budget_left = bytes;
+    }
+
     /// The oldest seq of our stream sent within the last retention (`next_seq` when we
     /// sent nothing in it).
     fn own_recent(&mut self, ctx: &Ctx<'_>) -> u64 {
@@ -706,16 +712,13 @@ impl GroupState {
             deliver_ready(group, quiet, key, st, seq, ctx);
         }
         // Repair that keeps pace with the sender: a gap just opened is solicited at once
-        // from the member the stream came from; older gaps are solicited again after
-        // `rerequest_after`, whoever brings the next message.
+        // from the member the stream came from; gaps still open are solicited again by the
+        // repair timer (`rerequest_gaps`), which spreads its attempts over other members.
         if old_high < seq {
             collect_wants(key, st, old_high, seq, ctx, &mut wants);
-        }
-        if st.missing > 0 && ctx.now >= st.rerequest_due(ctx.settings) {
-            st.last_rescan = ctx.now;
-            st.rerequests = st.rerequests.saturating_add(1);
-            let (lo, hi) = (st.contiguous, old_high.min(st.high()));
-            collect_wants(key, st, lo, hi, ctx, &mut wants);
+            if st.missing > 0 && st.last_rescan == 0 {
+                st.last_rescan = ctx.now;
+            }
         }
         if st.missing > 0 {
             // Solicit again on the repair timer, not only when the next copy arrives: a
@@ -761,11 +764,17 @@ impl GroupState {
                 continue;
             }
             // Alternate between the member the stream came from and the last one that
-            // showed it holds what we miss (the sender when none did).
-            let candidate = if st.rerequests % 2 == 0 {
-                st.source
-            } else {
-                st.holder
+            // showed it holds what we miss; when that is the same member (often the sender,
+            // which may be too busy to answer), every other time a member picked by the
+            // attempt number instead (pbcast's random gossip partner, without an RNG here).
+            let n = self.members.len().max(1);
+            let spread = (key.1 as usize)
+                .wrapping_add(usize::from(st.rerequests).wrapping_mul(7919))
+                .wrapping_add(self.my_id as usize);
+            let candidate = match st.rerequests % 2 {
+                0 => st.source,
+                _ if st.holder != st.source => st.holder,
+                _ => self.members.get(spread % n).copied().unwrap_or(key.0),
             };
             let to = if candidate != self.my_id && self.pos.contains_key(&candidate) {
                 candidate
@@ -1939,12 +1948,14 @@ mod tests {
             .collect();
         assert_eq!(reqs.len(), 1);
         assert_eq!((reqs[0].first, reqs[0].count), (1, 2));
-        // Not again before rerequest_after; again after it.
+        // Not again when the next copy arrives; again on the repair timer.
         w.with(1, |ctx| g.handle_data(2, &data(4, 1), b"e", ctx));
         assert_eq!(w.counters.gap_requests_sent, 1);
+        while w.out.pop().is_some() {}
         w.now += w.settings.rerequest_after;
-        w.with(1, |ctx| g.handle_data(2, &data(5, 1), b"f", ctx));
-        assert_eq!(w.counters.gap_requests_sent, 2);
+        w.with(1, |ctx| g.rerequest_gaps(ctx));
+        assert_eq!(w.counters.gap_rerequests_sent, 1);
+        assert!(w.out.pop().is_some());
         g.check_invariants();
     }
 

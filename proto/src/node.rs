@@ -519,6 +519,7 @@ impl Node {
         self.my_groups.insert(group);
         let stream = self.new_stream();
         let mut g = GroupState::new(group, self.id, stream);
+        g.set_retransmit_budget(self.settings.retransmit_budget_bytes);
         self.departed.retain(|d| d.forget_at > now);
         if let Some(i) = self.departed.iter().position(|d| d.group == group) {
             let d = self.departed.remove(i).expect("index from position");

@@ -1171,6 +1171,17 @@ impl Sim {
                                 .collect();
                             eprintln!("[{t} us]   <- {from}: digest {}", es.join(" "));
                         }
+                        Message::Request { header, entries } => {
+                            let es: Vec<String> = entries
+                                .iter()
+                                .map(|e| format!("{}/{}:{}+{}", e.sender, e.stream, e.first, e.count))
+                                .collect();
+                            eprintln!(
+                                "[{t} us]   <- {from}: request (round {}) {}",
+                                header.round,
+                                es.join(" ")
+                            );
+                        }
                         _ => {}
                     }
                 }
