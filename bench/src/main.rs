@@ -635,13 +635,17 @@ fn run_cluster_auth(args: &ClusterArgs) -> Result<(), String> {
         ("key+encrypt", vec![key_line, "encrypt = true".into()]),
     ];
     let mut results: Vec<AuthVariant> = Vec::new();
-    for (name, lines) in variants {
+    for (i, (name, lines)) in variants.into_iter().enumerate() {
         let mut settings = args.cluster_set.clone();
         settings.extend(lines);
         if !args.json {
             eprintln!("tutti-bench: cluster run with auth = {name}");
         }
-        let run = cluster::run(&cluster_options(args, settings))?;
+        let mut options = cluster_options(args, settings);
+        // Each run on its own ports: an io_uring daemon's sockets can outlive its exit
+        // for a moment (the kernel tears the ring down asynchronously).
+        options.base_port = options.base_port.saturating_add(16 * i as u16);
+        let run = cluster::run(&options)?;
         let one_way = Percentiles::of(&run.latency);
         let window = run.delivered_window.as_secs_f64();
         let msgs_per_s = if window > 0.0 {
