@@ -212,7 +212,6 @@ impl World {
                     session: 1,
                     frag_index,
                     frag_count,
-                    reserved: 0,
                 };
                 let len = usize::from(len).min(e.remaining_body().saturating_sub(40));
                 e.push_data(&h, retransmit, &vec![0xA5; len])
@@ -493,7 +492,6 @@ fn setup() -> World {
                 session: 1,
                 frag_index: 0,
                 frag_count: 1,
-                reserved: 0,
             };
             send(&mut world, peer, &|e| e.push_data(&h, false, b"history"));
         }

@@ -141,6 +141,9 @@ pub struct SenderState {
     /// The last gossiper whose digest showed it holds messages we miss: where the repair
     /// timer solicits gaps every other time (the source may miss them too).
     holder: NodeId,
+    /// One past the highest seq received straight from the sender: its own digest, which
+    /// may be older than that copy, never drops slots below it.
+    direct_high: u64,
     /// Repair attempts since the front of the stream last moved: after
     /// `REREQUESTS_BEFORE_BACKOFF` of them each waits twice as long as the one before (up
     /// to a gossip period), so a gap nobody can fill soon costs a request per gossip
@@ -163,6 +166,7 @@ impl SenderState {
             last_rescan: 0,
             source: 0,
             holder: 0,
+            direct_high: 0,
             rerequests: 0,
         }
     }
@@ -609,7 +613,6 @@ impl GroupState {
             session,
             frag_index: 0,
             frag_count: 1,
-            reserved: 0,
         };
         for &c in &children[..n] {
             send_fragments(c, &header, &payload, chunk, 0, false, ctx);
@@ -706,6 +709,9 @@ impl GroupState {
         st.recent = st.recent.max(seq.saturating_sub(u64::from(header.retained)));
         st.last_active = round;
         st.source = from;
+        if from == key.0 {
+            st.direct_high = st.direct_high.max(seq + 1);
+        }
         if complete {
             st.missing -= 1;
             st.advance_contiguous();
@@ -926,7 +932,9 @@ impl GroupState {
             if from == e.sender && e.high < st.high() {
                 // The sender never sent what lies above its high: a member's copy claiming
                 // more was forged. Drop those slots (what was delivered of them stays).
-                ctx.counters.phantom_slots_dropped += st.truncate_to(e.high.max(st.base));
+                // Not below what came straight from the sender: its digest may predate it.
+                let keep = e.high.max(st.base).max(st.direct_high);
+                ctx.counters.phantom_slots_dropped += st.truncate_to(keep);
             }
             if st.contiguous > e.contiguous || st.high() > e.high {
                 peer_lacks = true;
@@ -1048,7 +1056,6 @@ impl GroupState {
                     session: *session,
                     frag_index: 0,
                     frag_count: 1,
-                    reserved: 0,
                 };
                 send_fragments(from, &header, payload, chunk, first_frag, true, ctx);
             }
@@ -1809,7 +1816,6 @@ mod tests {
             session: 5,
             frag_index: 0,
             frag_count: 1,
-            reserved: 0,
         }
     }
 

@@ -695,7 +695,7 @@ impl Node {
                 // A retransmission is handled as a stage-1 copy: either way, the first copy
                 // of a message to arrive goes on down the sender's tree.
                 Message::Data { header, payload, .. } => {
-                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&header.group) {
+                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&{ header.group }) {
                         Some(g) => g.handle_data(from, &header, payload, &mut ctx),
                         None => ctx.counters.not_joined += 1,
                     })

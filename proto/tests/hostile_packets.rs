@@ -407,7 +407,6 @@ impl Resolver<'_> {
                     session: 1,
                     frag_index: frag.0,
                     frag_count: frag.1,
-                    reserved: 0,
                 };
                 e.push_data(&h, *retransmit, &vec![0xA5; usize::from(*len)])
             }

@@ -176,7 +176,6 @@ pub fn forge(
                     session: 0,
                     frag_index: 0,
                     frag_count: 1,
-                    reserved: 0,
                 };
                 out.extend(datagram(node, |e| e.push_data(&h, false, &FORGED_PAYLOAD)));
             }
@@ -245,7 +244,6 @@ pub fn forge(
                     session: 0,
                     frag_index: 0,
                     frag_count: 1,
-                    reserved: 0,
                 };
                 out.extend(datagram(node, |e| e.push_data(&h, false, &FORGED_PAYLOAD)));
             }

@@ -1152,11 +1152,11 @@ impl Sim {
                             header, retransmit, ..
                         } => eprintln!(
                             "[{t} us]   <- {from}: data {}/{}/{} frag {}/{}{}",
-                            header.sender,
-                            header.stream,
-                            header.seq,
-                            header.frag_index,
-                            header.frag_count,
+                            { header.sender },
+                            { header.stream },
+                            { header.seq },
+                            { header.frag_index },
+                            { header.frag_count },
                             if retransmit { " (retransmit)" } else { "" }
                         ),
                         Message::Digest { entries, .. } => {

@@ -370,7 +370,6 @@ pub fn data_header(group: u64, sender: NodeId, stream: u32, seq: u64) -> DataHea
         session: 1,
         frag_index: 0,
         frag_count: 1,
-        reserved: 0,
     }
 }
 
