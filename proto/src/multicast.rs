@@ -1907,6 +1907,32 @@ mod tests {
 
     /// A forgotten stream leaves a tombstone: heard of again, it resumes where it stood.
     #[test]
+    fn a_member_cannot_move_a_forgotten_stream_far_ahead() {
+        // Found by the node_packets fuzz target: the bound on how far a member other than
+        // the sender may extend a stream applied to live state only, so data relayed for a
+        // forgotten stream (a tombstone) slid it to any seq and reported all of it Lost.
+        let mut w = World::new(Settings::default());
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1, 2]);
+        w.with(1, |ctx| g.handle_data(1, &data(0, 1), b"m", ctx));
+        set(&mut g, &mut w, 2, &[0, 2]);
+        let retention = w.settings.retention_rounds;
+        for r in 2..(2 + (TOMBSTONE_RETENTIONS + 2) * retention) {
+            w.with(r, |ctx| g.round(&[], ctx));
+        }
+        assert_eq!(g.tombstones.get(&(1, 1)).map(|t| t.0), Some(1));
+        w.events.clear();
+        let far = 1 + relay_reach(&w.settings) + 10;
+        w.with(100, |ctx| g.handle_data(2, &data(far, 1), b"x", ctx));
+        assert_eq!(w.counters.implausible_seqs, 1);
+        assert!(w.lost().is_empty());
+        assert!(!g.senders.contains_key(&(1, 1)));
+        // The sender itself may (a long cut-off): the gap is then repaired or reported Lost.
+        w.with(100, |ctx| g.handle_data(1, &data(far, 1), b"y", ctx));
+        assert_eq!(g.senders.get(&(1, 1)).map(SenderState::high), Some(far + 1));
+    }
+
+    #[test]
     fn a_forgotten_stream_resumes_from_its_tombstone() {
         let mut w = World::new(Settings::default());
         let mut g = GroupState::new(7, 0, 1);
