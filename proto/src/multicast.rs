@@ -122,8 +122,6 @@ pub struct SenderState {
     contiguous: u64,
     /// Slots not held (missing or partial).
     missing: u64,
-    /// The sender's `retained` from the newest data message, for forwarding.
-    retained: u32,
     /// The oldest seq the sender sent within the last retention, as far as we know (from
     /// data headers' `retained` and the sender's own digests; 0 until then); advertised
     /// in our digests.
@@ -159,7 +157,6 @@ impl SenderState {
             next_deliver: base,
             contiguous: base,
             missing: 0,
-            retained: 0,
             recent: 0,
             last_active: 0,
             bytes: 0,
@@ -600,7 +597,6 @@ impl GroupState {
         // not at our low: the budget may have dropped messages a new member is owed.
         st.recent = recent.min(st.base);
         let retained = (seq - st.recent).min(u64::from(u32::MAX)) as u32;
-        st.retained = retained;
         let after = st.bytes;
         account(&mut self.bytes, before, after, ctx);
         let (children, n) = self.children(self.my_id, ctx.settings.tree_fanout);
@@ -705,7 +701,6 @@ impl GroupState {
         if stored {
             st.bytes = st.bytes - old_cost + st.slot(seq).map_or(0, Slot::cost);
         }
-        st.retained = header.retained;
         st.recent = st.recent.max(seq.saturating_sub(u64::from(header.retained)));
         st.last_active = round;
         st.source = from;

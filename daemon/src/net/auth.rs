@@ -724,7 +724,7 @@ impl<T: Transport> Transport for AuthTransport<T> {
 }
 
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
     use std::collections::VecDeque;
 

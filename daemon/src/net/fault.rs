@@ -410,44 +410,7 @@ mod tests {
 #[cfg(test)]
 mod mangle_tests {
     use super::*;
-    use std::collections::VecDeque;
-
-    /// An in-memory inner transport: `recv` drains `inbox`.
-    struct Mem {
-        inbox: VecDeque<Vec<u8>>,
-    }
-
-    const PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9));
-
-    impl Transport for Mem {
-        fn queue(&mut self, _: SocketAddr, _: &[u8]) -> Result<(), SendError> {
-            Ok(())
-        }
-        fn flush(&mut self) -> io::Result<usize> {
-            Ok(0)
-        }
-        fn recv(&mut self, max: usize, f: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
-            let mut n = 0;
-            while n < max {
-                let Some(d) = self.inbox.pop_front() else { break };
-                f(PEER, &d);
-                n += 1;
-            }
-            Ok(n)
-        }
-        fn wait(&mut self, _: Duration, _: RawFd) -> io::Result<()> {
-            Ok(())
-        }
-        fn local_addr(&self) -> SocketAddr {
-            PEER
-        }
-        fn backend(&self) -> &'static str {
-            "mem"
-        }
-        fn stats(&self) -> NetStats {
-            NetStats::default()
-        }
-    }
+    use crate::net::auth::tests_support::Mem;
 
     fn run(seed: u64, inputs: &[Vec<u8>]) -> (Vec<Vec<u8>>, FaultStats) {
         let config = FaultConfig {
@@ -458,6 +421,7 @@ mod mangle_tests {
             ..FaultConfig::default()
         };
         let mem = Mem {
+            sent: Vec::new(),
             inbox: inputs.iter().cloned().collect(),
         };
         let mut t = FaultyTransport::new(mem, &config, 256);
