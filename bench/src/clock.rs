@@ -1,8 +1,13 @@
-//! A cheap clock for timing single round trips of ~100 ns: the CPU's time-stamp counter
-//! (`lfence; rdtsc`, ~10 ns here against ~20 ns for `Instant::now()`), calibrated once
-//! against `Instant`. Both the floor and tutti are timed with it, one round trip per
-//! sample, so their percentiles compare like with like. Elsewhere than x86_64 it falls
-//! back to `Instant`.
+//! Two clocks. [`now`] is cheap, for timing single round trips of ~100 ns that start and
+//! end on the same pinned thread: the CPU's time-stamp counter (`lfence; rdtsc`, ~10 ns
+//! here against ~20 ns for `Instant::now()`), calibrated once against `Instant`. Both the
+//! floor and tutti's local round trips are timed with it, so their percentiles compare like
+//! with like. Elsewhere than x86_64 it falls back to `Instant`.
+//!
+//! [`mono_ns`] is for stamps taken on one thread (or process) and read on another: raw
+//! `CLOCK_MONOTONIC` nanoseconds, the clock `Instant` reads on Linux, the same for every
+//! thread and process of the machine. The TSC is not used there: unpinned threads move
+//! between vCPUs whose counters a hypervisor need not keep in step.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -54,6 +59,20 @@ pub fn ns_between(start: u64, end: u64) -> u64 {
     (end.wrapping_sub(start) as f64 * calibrate()) as u64
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable across threads and processes.
+#[inline]
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
+    // CLOCK_MONOTONIC is supported by every Linux kernel (the call cannot fail with it).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Median cost of two back-to-back readings, in nanoseconds.
 pub fn overhead_ns() -> u64 {
     calibrate();
@@ -66,4 +85,21 @@ pub fn overhead_ns() -> u64 {
         .collect();
     samples.sort_unstable();
     samples[samples.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mono_ns_is_the_clock_instant_reads_and_other_threads_agree() {
+        let (i0, m0) = (Instant::now(), mono_ns());
+        std::thread::sleep(Duration::from_millis(5));
+        let m1 = std::thread::spawn(mono_ns).join().unwrap();
+        let i1 = Instant::now();
+        let between = m1 - m0;
+        assert!(between >= 5_000_000, "{between} ns");
+        // Another thread's reading falls inside this thread's `Instant` interval.
+        assert!(between <= (i1 - i0).as_nanos() as u64 + 1_000_000, "{between} ns");
+    }
 }

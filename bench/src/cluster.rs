@@ -1,11 +1,16 @@
 //! The cluster benchmark: N `tuttid`s on 127.0.0.2.. forming a cluster over UDP, a
 //! publisher attached to daemon 1 and a subscriber attached to daemon 2, both threads of
-//! this process so that one clock (the TSC) times publish to delivery across daemons.
+//! this process; `CLOCK_MONOTONIC` (the same for every thread and process) times publish to
+//! delivery across daemons.
 //!
-//! Messages carry `phase << 56 | seq` in bytes 0..8 and the publish TSC stamp in bytes 8..16.
-//! Latency is ping-pong style (one message in flight: the publisher waits until the
-//! subscriber has seen it); throughput is the publisher offering as fast as it can while
-//! the subscriber counts what is delivered.
+//! Messages carry `phase << 56 | seq` in bytes 0..8 and a `CLOCK_MONOTONIC` stamp in bytes
+//! 8..16. Latency is ping-pong style (one message in flight: the publisher waits until the
+//! subscriber has seen it; a message not seen within [`LATENCY_TIMEOUT`] is recorded as the
+//! timeout and counted in `latency_timeouts`). Throughput is the publisher offering as fast
+//! as it can, or at a fixed rate (`--rate`): then every message is stamped with its
+//! *intended* send time, so a stall of the publisher or of daemon 1 shows in the latency of
+//! every message it delayed (no coordinated omission), and messages never delivered are
+//! recorded at the drain time, a lower bound of their latency.
 
 use std::hint::spin_loop;
 use std::net::{IpAddr, Ipv4Addr};
@@ -36,7 +41,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// A latency message not delivered within this long is counted as a timeout and the
 /// publisher moves on (gossip repair of a lost datagram takes a few 100 ms rounds).
-const LATENCY_TIMEOUT: Duration = Duration::from_secs(3);
+pub const LATENCY_TIMEOUT: Duration = Duration::from_secs(3);
 /// An offer back-pressured this long means the daemon stopped draining its ring.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the last throughput message: wait until everything arrived, or until nothing
@@ -108,6 +113,8 @@ pub struct ClusterOptions {
     pub rate: f64,
     /// Extra `[cluster]` keys for every daemon, as `key = value` TOML lines.
     pub cluster_settings: Vec<String>,
+    /// Run the one-in-flight latency phase (`--rates` runs only the paced phase).
+    pub latency_phase: bool,
 }
 
 /// A fresh cluster key in a private temporary file (removed on drop), for `--auth`.
@@ -209,10 +216,17 @@ fn read_counters(client: &mut Client) -> Result<DaemonCounters, String> {
 }
 
 pub struct ClusterRun {
-    /// Publish-to-delivery times, publisher on daemon 1, subscriber on daemon 2.
+    /// Publish-to-delivery times, publisher on daemon 1, subscriber on daemon 2; each
+    /// timed-out message is in it as [`LATENCY_TIMEOUT`].
     pub latency: Histogram<u64>,
+    /// When the latency window began (for the interval log).
+    pub latency_start: Instant,
     pub latency_measured: Duration,
     pub latency_timeouts: u64,
+    /// With `--rate`: publish-to-delivery from each throughput message's intended send
+    /// time, missing messages included at the drain time; and when that window began.
+    pub rate_latency: Option<Histogram<u64>>,
+    pub throughput_start: Instant,
     /// Throughput messages delivered at the subscriber in the measured window.
     pub delivered: u64,
     pub delivered_window: Duration,
@@ -273,6 +287,8 @@ fn config_text(o: &ClusterOptions, node: usize) -> String {
 struct Shared {
     /// The last latency/probe word the subscriber saw.
     seen: CachePadded<AtomicU64>,
+    /// Publish-to-delivery of that message in ns (stored before `seen`, read after it).
+    seen_latency_ns: CachePadded<AtomicU64>,
     /// Throughput-phase messages delivered so far.
     throughput_delivered: CachePadded<AtomicU64>,
     ready: AtomicBool,
@@ -281,10 +297,11 @@ struct Shared {
 }
 
 struct SubscriberResult {
-    latency: Histogram<u64>,
+    /// Paced throughput messages: delivery time minus intended send time.
+    rate_latency: Histogram<u64>,
     delivered: u64,
-    first_tsc: u64,
-    last_tsc: u64,
+    first_ns: u64,
+    last_ns: u64,
     lost_events: u64,
     lost_messages: u64,
     lagged_events: u64,
@@ -293,7 +310,6 @@ struct SubscriberResult {
 
 /// Starts the cluster, runs both phases, stops the daemons (dropping the guards).
 pub fn run(o: &ClusterOptions) -> Result<ClusterRun, String> {
-    clock::calibrate();
     let mut daemons = Vec::with_capacity(o.nodes);
     for node in 1..=o.nodes {
         let config = config_text(o, node);
@@ -345,6 +361,7 @@ fn run_with(o: &ClusterOptions, daemons: &mut [Daemon]) -> Result<ClusterRun, St
 
     let shared = Shared {
         seen: CachePadded::new(AtomicU64::new(0)),
+        seen_latency_ns: CachePadded::new(AtomicU64::new(0)),
         throughput_delivered: CachePadded::new(AtomicU64::new(0)),
         ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -356,7 +373,7 @@ fn run_with(o: &ClusterOptions, daemons: &mut [Daemon]) -> Result<ClusterRun, St
     std::thread::scope(|s| {
         let shared = &shared;
         let subscriber = s.spawn(move || {
-            let r = subscribe(&sub_socket, o.client_idle, shared);
+            let r = subscribe(&sub_socket, o.client_idle, shared, o.rate > 0.0);
             if r.is_err() {
                 shared.failed.store(true, Ordering::Release);
             }
@@ -380,16 +397,26 @@ fn run_with(o: &ClusterOptions, daemons: &mut [Daemon]) -> Result<ClusterRun, St
             .iter()
             .map(Daemon::rss_kib)
             .collect::<Result<Vec<_>, _>>()?;
-        let delivered_window = Duration::from_nanos(clock::ns_between(sub.first_tsc, sub.last_tsc));
+        let delivered_window = Duration::from_nanos(sub.last_ns.saturating_sub(sub.first_ns));
+        let missing = p.sent.saturating_sub(sub.delivered);
+        let rate_latency = (o.rate > 0.0).then(|| {
+            let mut h = sub.rate_latency;
+            // Never delivered: at least as late as the end of the drain.
+            h.saturating_record_n(p.drain.as_nanos() as u64, missing);
+            h
+        });
         Ok(ClusterRun {
-            latency: sub.latency,
+            latency: p.latency,
+            latency_start: p.latency_start,
             latency_measured: p.latency_measured,
             latency_timeouts: p.latency_timeouts,
+            rate_latency,
+            throughput_start: p.throughput_start,
             delivered: sub.delivered,
             delivered_window,
             sent: p.sent,
             sent_window: p.sent_window,
-            missing: p.sent.saturating_sub(sub.delivered),
+            missing,
             drain: p.drain,
             lost_events: sub.lost_events,
             lost_messages: sub.lost_messages,
@@ -447,6 +474,7 @@ fn subscribe(
     socket: &std::path::Path,
     idle: ClientIdle,
     shared: &Shared,
+    paced: bool,
 ) -> Result<SubscriberResult, String> {
     let mut client = Client::connect_to(socket)
         .map_err(|e| format!("subscriber: connecting to daemon 2 at {}: {e}", socket.display()))?;
@@ -455,10 +483,10 @@ fn subscribe(
         .map_err(|e| format!("subscriber: joining {GROUP:?}: {e}"))?;
     shared.ready.store(true, Ordering::Release);
     let mut r = SubscriberResult {
-        latency: new_histogram(),
+        rate_latency: new_histogram(),
         delivered: 0,
-        first_tsc: 0,
-        last_tsc: 0,
+        first_ns: 0,
+        last_ns: 0,
         lost_events: 0,
         lost_messages: 0,
         lagged_events: 0,
@@ -480,15 +508,24 @@ fn subscribe(
                             return;
                         };
                         match w >> 56 {
-                            PHASE_THROUGHPUT => throughput_now += 1,
-                            PHASE_THROUGHPUT_WARMUP => {}
-                            phase => {
-                                if phase == PHASE_LATENCY {
-                                    let now = clock::now();
-                                    r.latency.saturating_record(clock::ns_between(stamp, now));
+                            PHASE_THROUGHPUT => {
+                                throughput_now += 1;
+                                if paced {
+                                    let now = clock::mono_ns();
+                                    r.rate_latency.saturating_record(now.saturating_sub(stamp));
                                 }
+                            }
+                            PHASE_THROUGHPUT_WARMUP => {}
+                            // A late copy of an earlier word (one the publisher gave
+                            // up on) does not overwrite the newer one's latency.
+                            _ if w > shared.seen.load(Ordering::Relaxed) => {
+                                let now = clock::mono_ns();
+                                shared
+                                    .seen_latency_ns
+                                    .store(now.saturating_sub(stamp), Ordering::Relaxed);
                                 shared.seen.store(w, Ordering::Release);
                             }
+                            _ => {}
                         }
                     }
                     Event::Lagged { missed } => {
@@ -506,11 +543,11 @@ fn subscribe(
             return Err(format!("subscriber: a message of {len} bytes, not one of ours"));
         }
         if throughput_now > 0 {
-            let now = clock::now();
+            let now = clock::mono_ns();
             if r.delivered == 0 {
-                r.first_tsc = now;
+                r.first_ns = now;
             }
-            r.last_tsc = now;
+            r.last_ns = now;
             r.delivered += throughput_now;
             shared.throughput_delivered.store(r.delivered, Ordering::Release);
         }
@@ -543,8 +580,11 @@ fn read_u64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 struct PublisherResult {
+    latency: Histogram<u64>,
+    latency_start: Instant,
     latency_measured: Duration,
     latency_timeouts: u64,
+    throughput_start: Instant,
     sent: u64,
     sent_window: Duration,
     drain: Duration,
@@ -594,28 +634,38 @@ fn offer(client: &mut Client, group: GroupId, msg: &[u8], idle: ClientIdle) -> R
     }
 }
 
-/// Waits until message `seq` is due at `rate` per second from `start` (sleeping when more
-/// than a sleep's granularity ahead).
-fn pace(start: Instant, seq: u64, rate: f64) -> Result<(), String> {
-    let due = start + Duration::from_secs_f64(seq as f64 / rate);
+/// The intended send time of message `seq` at `rate` per second from `start_ns`.
+fn intended_ns(start_ns: u64, seq: u64, rate: f64) -> u64 {
+    start_ns + (seq as f64 * 1e9 / rate) as u64
+}
+
+/// Waits until `due_ns` (`CLOCK_MONOTONIC`), sleeping when more than a sleep's granularity
+/// ahead and yielding (not spinning: the daemons may need this core) when closer. A
+/// publisher that fell behind returns at once and catches up: the latency of what it sends
+/// late is still counted from the intended time.
+fn pace(due_ns: u64) -> Result<(), String> {
     loop {
-        let now = Instant::now();
-        if now >= due {
+        let now = clock::mono_ns();
+        if now >= due_ns {
             return Ok(());
         }
-        let ahead = due - now;
+        let ahead = Duration::from_nanos(due_ns - now);
         if ahead > Duration::from_micros(200) {
             std::thread::sleep(ahead.min(Duration::from_millis(20)));
             interrupt::check()?;
         } else {
-            spin_loop();
+            std::thread::yield_now();
         }
     }
 }
 
-fn stamp(msg: &mut [u8], w: u64) {
+fn stamp_at(msg: &mut [u8], w: u64, ns: u64) {
     msg[..8].copy_from_slice(&w.to_le_bytes());
-    msg[8..16].copy_from_slice(&clock::now().to_le_bytes());
+    msg[8..16].copy_from_slice(&ns.to_le_bytes());
+}
+
+fn stamp(msg: &mut [u8], w: u64) {
+    stamp_at(msg, w, clock::mono_ns());
 }
 
 fn publish(
@@ -667,6 +717,7 @@ fn publish(
     // Latency: one message in flight.
     let mut seq = 0u64;
     let mut latency_timeouts = 0u64;
+    let mut latency = new_histogram();
     let cpu_before = cpu_times(pids)?;
     let lat_start = Instant::now();
     let lat_measure_from = lat_start + o.warmup;
@@ -674,7 +725,7 @@ fn publish(
     let mut measure_start = None;
     loop {
         let now = Instant::now();
-        if now >= lat_end {
+        if now >= lat_end || !o.latency_phase {
             break;
         }
         let phase = if now >= lat_measure_from {
@@ -687,10 +738,19 @@ fn publish(
         let w = word(phase, seq);
         stamp(&mut msg, w);
         offer(&mut client, group, &msg, o.client_idle)?;
-        if !wait_seen(shared, w, o.client_idle, LATENCY_TIMEOUT)? {
-            latency_timeouts += 1;
+        let seen = wait_seen(shared, w, o.client_idle, LATENCY_TIMEOUT)?;
+        if phase == PHASE_LATENCY {
+            if seen {
+                latency.saturating_record(shared.seen_latency_ns.load(Ordering::Relaxed));
+            } else {
+                // Counted, at least as late as the timeout (it may still arrive: then the
+                // subscriber's late `seen` is ignored, as the publisher moved on).
+                latency_timeouts += 1;
+                latency.saturating_record(LATENCY_TIMEOUT.as_nanos() as u64);
+            }
         }
     }
+    let latency_start = measure_start.unwrap_or(lat_end);
     let latency_measured = measure_start.map_or(Duration::ZERO, |t| t.elapsed());
     let latency_wall = lat_start.elapsed();
     let latency_cpu = cpu_since(pids, &cpu_before)?;
@@ -698,6 +758,7 @@ fn publish(
 
     // Throughput: offer as fast as the daemon takes them.
     let tp_start = Instant::now();
+    let tp_start_ns = clock::mono_ns();
     let tp_measure_from = tp_start + o.warmup;
     let tp_end = tp_measure_from + o.duration;
     let mut phase = PHASE_THROUGHPUT_WARMUP;
@@ -707,12 +768,15 @@ fn publish(
     let mut counters_before = Vec::new();
     loop {
         for _ in 0..OFFERS_PER_CLOCK_CHECK {
+            let w = word(phase, seq + 1);
             if o.rate > 0.0 {
-                pace(tp_start, seq, o.rate)?;
+                let due = intended_ns(tp_start_ns, seq, o.rate);
+                pace(due)?;
+                stamp_at(&mut msg, w, due);
+            } else {
+                stamp(&mut msg, w);
             }
             seq += 1;
-            let w = word(phase, seq);
-            stamp(&mut msg, w);
             offer(&mut client, group, &msg, o.client_idle)?;
             if phase == PHASE_THROUGHPUT {
                 sent += 1;
@@ -770,8 +834,11 @@ fn publish(
         .map(|(a, b)| a.delta(b))
         .collect();
     Ok(PublisherResult {
+        latency,
+        latency_start,
         latency_measured,
         latency_timeouts,
+        throughput_start: window_start,
         sent,
         sent_window,
         drain,
@@ -810,6 +877,7 @@ mod tests {
             settle: Duration::ZERO,
             rate: 0.0,
             cluster_settings: vec!["retention_rounds = 1".into()],
+            latency_phase: true,
         };
         let text = config_text(&o, 2);
         assert!(text.contains("node_id = 2\n"), "{text}");

@@ -11,6 +11,7 @@ use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 
 use crate::interrupt;
+use crate::local::SAMPLE_EVERY;
 use crate::pin::pin_current;
 use crate::report::new_histogram;
 use crate::spsc::SpscRing;
@@ -279,7 +280,6 @@ pub fn wake_after_idle(
     samples: u64,
     idle: Duration,
 ) -> Result<Vec<u64>, String> {
-    clock::calibrate();
     // SAFETY: plain eventfd(2); the descriptor is closed below.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -297,7 +297,7 @@ pub fn wake_after_idle(
                 };
                 // SAFETY: one valid pollfd; blocks until the eventfd is readable.
                 unsafe { libc::poll(&mut pfd, 1, 10_000) };
-                let now = clock::now();
+                let now = clock::mono_ns();
                 let mut value = 0u64;
                 // SAFETY: reads 8 bytes into a live u64 (resets the counter).
                 unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) };
@@ -312,7 +312,7 @@ pub fn wake_after_idle(
                 std::thread::sleep(idle);
                 woke_at.store(0, Ordering::Relaxed);
                 let one = 1u64;
-                let t0 = clock::now();
+                let t0 = clock::mono_ns();
                 // SAFETY: writes 8 bytes from a live u64.
                 unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -326,7 +326,7 @@ pub fn wake_after_idle(
                     }
                     std::thread::yield_now();
                 };
-                out.push(clock::ns_between(t0, t1));
+                out.push(t1.saturating_sub(t0));
             }
             Ok(out)
         });
@@ -337,4 +337,190 @@ pub fn wake_after_idle(
     // SAFETY: fd is ours and no longer used.
     unsafe { libc::close(fd) };
     result
+}
+
+/// The shapes of tutti's local path that the relay floor copies.
+pub struct RelayShape {
+    /// tutti's publish ring (client -> shard) and delivery log (shard -> subscriber).
+    pub publish_ring_bytes: usize,
+    pub log_bytes: usize,
+    /// Messages the client offers per round, and takes per poll (the bench's --batch and
+    /// --fragment-limit).
+    pub batch: usize,
+    pub fragment_limit: usize,
+    /// Messages the relay moves per pass over the first ring (the shard's
+    /// `FRAMES_PER_RING_PASS`).
+    pub relay_pass: usize,
+}
+
+/// tutti's defaults: a 4 MiB publish ring, an 8 MiB delivery log, the shard's 256 frames per
+/// ring pass (daemon/src/config.rs, daemon/src/shard.rs).
+pub const TUTTI_LOCAL_SHAPE: RelayShape = RelayShape {
+    publish_ring_bytes: 4 << 20,
+    log_bytes: 8 << 20,
+    batch: 256,
+    fragment_limit: 256,
+    relay_pass: 256,
+};
+
+pub struct RelayThroughput {
+    pub ring: RingThroughput,
+    /// Offer-to-delivery of every `SAMPLE_EVERY`th message over the window, as
+    /// `local-throughput` times tutti's.
+    pub latency: Histogram<u64>,
+    pub measure_start: Instant,
+}
+
+/// The fair floor of `local-throughput`: tutti's topology without tutti. One thread on
+/// `client_core` offers up to `batch` messages into ring 1 (stopping when it is full), then
+/// polls up to `fragment_limit` from ring 2, copying each message out and checking its
+/// sequence; a relay on `relay_core` copies up to `relay_pass` messages per pass from ring 1
+/// into ring 2 (waiting, not storing, while ring 2 is full) and publishes once per pass.
+/// Both rings have tutti's sizes and start on a cache line. The rate is what the client
+/// received after warm-up; every `SAMPLE_EVERY`th message is timed as `local-throughput`
+/// times tutti's.
+pub fn relay_throughput(
+    client_core: usize,
+    relay_core: usize,
+    size: usize,
+    duration: Duration,
+    shape: &RelayShape,
+) -> Result<RelayThroughput, String> {
+    assert!(size >= 8, "messages carry an 8-byte sequence number");
+    let mut ring1 = SpscRing::with_capacity(shape.publish_ring_bytes);
+    let mut ring2 = SpscRing::with_capacity(shape.log_bytes);
+    let (mut producer1, mut consumer1) = ring1.split();
+    let (mut producer2, mut consumer2) = ring2.split();
+    let done = &CachePadded::new(AtomicBool::new(false));
+    let relay_gone = &CachePadded::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let relay = s.spawn(move || -> Result<u64, String> {
+            let _gone = SetOnDrop(relay_gone);
+            pin_current(relay_core)?;
+            let mut relayed = 0u64;
+            loop {
+                let mut stop = false;
+                let n = consumer1.poll(shape.relay_pass, |m| {
+                    while !producer2.offer(m) {
+                        if done.load(Ordering::Relaxed) {
+                            stop = true;
+                            return;
+                        }
+                        spin_loop();
+                    }
+                    relayed += 1;
+                });
+                producer2.flush();
+                if stop || (n == 0 && done.load(Ordering::Acquire)) {
+                    return Ok(relayed);
+                }
+                if n == 0 {
+                    spin_loop();
+                }
+            }
+        });
+        let client = s.spawn(move || -> Result<RelayThroughput, String> {
+            let _done = SetOnDrop(done);
+            pin_current(client_core)?;
+            let mut msg = vec![0xA5u8; size];
+            let mut out = vec![0u8; size];
+            let start = Instant::now();
+            let measure_from = start + warmup_for(duration);
+            let end = measure_from + duration;
+            let (mut sent, mut received) = (0u64, 0u64);
+            let mut bad = None;
+            let mut window: Option<(Instant, u64)> = None;
+            let mut last_progress = start;
+            let mut latency = new_histogram();
+            let sampled = size >= 16;
+            clock::calibrate();
+            loop {
+                for _ in 0..shape.batch {
+                    msg[..8].copy_from_slice(&sent.to_le_bytes());
+                    if sampled && sent & (SAMPLE_EVERY - 1) == 0 {
+                        msg[8..16].copy_from_slice(&clock::now().to_le_bytes());
+                    }
+                    if !producer1.offer(&msg) {
+                        break;
+                    }
+                    sent += 1;
+                }
+                producer1.flush();
+                let n = consumer2.poll(shape.fragment_limit, |m| {
+                    out.copy_from_slice(m);
+                    let seq = u64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
+                    if seq != received && bad.is_none() {
+                        bad = Some((received, seq));
+                    }
+                    if sampled && window.is_some() && seq & (SAMPLE_EVERY - 1) == 0 {
+                        let stamp = u64::from_le_bytes(out[8..16].try_into().expect("8 bytes"));
+                        latency.saturating_record(clock::ns_between(stamp, clock::now()));
+                    }
+                    received += 1;
+                });
+                if let Some((want, got)) = bad {
+                    return Err(format!("relay floor: expected message {want}, got {got}"));
+                }
+                interrupt::check()?;
+                let now = Instant::now();
+                if n > 0 {
+                    last_progress = now;
+                } else if relay_gone.load(Ordering::Relaxed) || now - last_progress > STUCK_AFTER {
+                    return Err("relay floor: the relay stopped moving messages".into());
+                }
+                if window.is_none() && now >= measure_from {
+                    window = Some((now, received));
+                }
+                if now >= end {
+                    let (t0, n0) = window.expect("window starts before end");
+                    let measured = now - t0;
+                    let messages = received - n0;
+                    return Ok(RelayThroughput {
+                        ring: RingThroughput {
+                            msgs_per_s: messages as f64 / measured.as_secs_f64(),
+                            messages,
+                            measured,
+                        },
+                        latency,
+                        measure_start: t0,
+                    });
+                }
+            }
+        });
+        let result = client.join().map_err(|_| "relay floor client panicked")?;
+        let relayed = relay.join().map_err(|_| "relay floor relay panicked")??;
+        let result = result?;
+        if relayed < result.ring.messages {
+            return Err(format!(
+                "relay floor: the client counted {} messages but the relay moved {relayed}",
+                result.ring.messages
+            ));
+        }
+        Ok(result)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_floor_moves_every_message_in_order_and_samples_latency() {
+        if std::thread::available_parallelism().map_or(true, |n| n.get() < 2) {
+            eprintln!("skipped: needs two cores");
+            return;
+        }
+        // Small rings and batches: the relay waits on a full second ring, the client on a
+        // full first one, and nothing is lost or reordered (the client checks sequences).
+        let shape = RelayShape {
+            publish_ring_bytes: 64 << 10,
+            log_bytes: 64 << 10,
+            batch: 16,
+            fragment_limit: 16,
+            relay_pass: 8,
+        };
+        let r = relay_throughput(0, 1, 64, Duration::from_millis(100), &shape).unwrap();
+        assert!(r.ring.messages > 0 && r.ring.msgs_per_s > 0.0);
+        assert!(!r.latency.is_empty());
+    }
 }

@@ -16,6 +16,7 @@ mod floor;
 mod interrupt;
 mod local;
 mod pin;
+mod plot;
 mod report;
 mod spsc;
 mod udp_floor;
@@ -63,6 +64,26 @@ enum Command {
     /// latency and throughput, next to bare UDP on loopback measured in the same run.
     #[command(long_about = CLUSTER_ABOUT)]
     Cluster(ClusterArgs),
+    /// Draw the percentile distributions of interval logs (--hlog files) as PNG or SVG:
+    /// x the percentile on a 1/(1-p) log axis, y the latency; one line per histogram tag.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The image to write: FILE.png or FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Title above the plot.
+    #[arg(long, default_value = "latency by percentile")]
+    title: String,
+    /// A TrueType font for the text [default: DejaVu Sans from the usual places].
+    #[arg(long, value_name = "FILE.ttf")]
+    font: Option<PathBuf>,
+    /// Interval logs written with --hlog. With more than one, each line's name starts with
+    /// its file's stem.
+    #[arg(required = true, value_name = "HLOG")]
+    hlogs: Vec<PathBuf>,
 }
 
 const CLUSTER_ABOUT: &str = "\
@@ -169,6 +190,14 @@ struct LocalThroughputArgs {
     /// Most messages taken per poll.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     fragment_limit: u64,
+    /// Repetitions, each running the relay floor right before tutti (floor, tutti, floor,
+    /// tutti, ...); with more than one, a summary line gives the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    reps: u64,
+    /// Write the offer-to-delivery histograms of the sampled messages (tutti's and the
+    /// relay floor's) as an HdrHistogram interval log.
+    #[arg(long, value_name = "FILE")]
+    hlog: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -211,10 +240,24 @@ struct ClusterArgs {
     /// Seconds between both clients joining and the first message (views carry membership).
     #[arg(long, default_value_t = 1.5, value_parser = parse_seconds_or_zero)]
     settle: f64,
-    /// Throughput phase: offer at most this many messages per second (0: as fast as daemon 1
-    /// takes them). Finds the rate the cluster sustains without loss.
+    /// Throughput phase: offer this many messages per second at a fixed pace (0: as fast as
+    /// daemon 1 takes them). Paced messages are timed from their intended send time, so a
+    /// stall shows in every message it delayed (no coordinated omission).
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     rate: f64,
+    /// Several paced runs, one cluster each, e.g. `--rates 10000,100000,1000000`: a table of
+    /// latency from the intended send time, delivered rate and daemon CPU per million
+    /// messages for each rate (the one-in-flight latency phase is skipped).
+    #[arg(long, value_delimiter = ',', value_parser = parse_positive_rate, conflicts_with_all = ["rate", "auth"])]
+    rates: Vec<f64>,
+    /// Repetitions, each measuring the floors right before its cluster run (floor, tutti,
+    /// floor, tutti, ...); with more than one, a `cluster-summary` line gives the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    reps: u64,
+    /// Write the one-way histograms (tutti, the busy UDP floor, the wake-up chain, paced
+    /// runs) as an HdrHistogram interval log.
+    #[arg(long, value_name = "FILE")]
+    hlog: Option<PathBuf>,
     /// An extra `[cluster]` setting for every daemon, as KEY=VALUE with a TOML value
     /// (repeatable), e.g. `--cluster-set retention_rounds=5 --cluster-set delivery='"unordered"'`.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_cluster_set)]
@@ -236,6 +279,14 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if !(0.0..=1e9).contains(&v) {
         return Err("messages per second from 0 (unpaced) to 1e9".into());
+    }
+    Ok(v)
+}
+
+fn parse_positive_rate(s: &str) -> Result<f64, String> {
+    let v = parse_rate(s)?;
+    if v == 0.0 {
+        return Err("a rate above 0 messages per second".into());
     }
     Ok(v)
 }
@@ -306,6 +357,7 @@ fn main() -> ExitCode {
         Command::LocalLatency(args) => run_local_latency(args),
         Command::LocalThroughput(args) => run_local_throughput(args),
         Command::Cluster(args) => run_cluster(args),
+        Command::Plot(args) => run_plot(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -314,6 +366,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_plot(args: PlotArgs) -> Result<(), String> {
+    let mut series = Vec::new();
+    for path in &args.hlogs {
+        for mut s in plot::read_hlog(path)? {
+            if args.hlogs.len() > 1 {
+                let stem = path
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                s.name = format!("{stem}: {}", s.name);
+            }
+            series.push(s);
+        }
+    }
+    plot::plot(&args.out, &args.title, &series, args.font.as_deref())
 }
 
 /// Ping-pong floor plus the clock cost, measured on the run's two cores.
@@ -365,14 +433,6 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         after_idle_floor_max_ns: None,
     };
     emit_latency(c.json, &latency);
-    if let Some(path) = &args.hlog {
-        write_hlog(
-            path,
-            started,
-            "tutti-bench floor: cache-line ping-pong round trips",
-            &[("floor-rtt", &lat.rtt, lat.measure_start - t0, lat.measured)],
-        )?;
-    }
     let ring = floor::ring_throughput(c.client_core, c.daemon_core, c.size, secs(c.duration))?;
     let throughput = ThroughputResult {
         bench: "floor-throughput",
@@ -390,8 +450,51 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         batch: None,
         rss_before_kib: None,
         rss_after_kib: None,
+        floor_kind: Some("ring"),
+        sampled_p50_ns: None,
+        floor_sampled_p50_ns: None,
+        rep: None,
     };
     emit_throughput(c.json, &throughput);
+    let relay = floor::relay_throughput(
+        c.client_core,
+        c.daemon_core,
+        c.size,
+        secs(c.duration),
+        &floor::TUTTI_LOCAL_SHAPE,
+    )?;
+    let relay_msgs_per_s = relay.ring.msgs_per_s;
+    emit_throughput(
+        c.json,
+        &ThroughputResult {
+            bench: "floor-relay-throughput",
+            msgs_per_s: relay_msgs_per_s.round(),
+            mb_per_s: mb_per_s(relay_msgs_per_s, c.size),
+            floor_msgs_per_s: relay_msgs_per_s.round(),
+            floor_mb_per_s: mb_per_s(relay_msgs_per_s, c.size),
+            messages: relay.ring.messages,
+            duration_s: relay.ring.measured.as_secs_f64(),
+            floor_kind: Some("relay"),
+            floor_sampled_p50_ns: (!relay.latency.is_empty()).then(|| relay.latency.value_at_quantile(0.5)),
+            ..throughput
+        },
+    );
+    if let Some(path) = &args.hlog {
+        write_hlog(
+            path,
+            started,
+            "tutti-bench floor: cache-line ping-pong round trips; relay floor offer-to-delivery of sampled messages",
+            &[
+                ("floor-rtt", &lat.rtt, lat.measure_start - t0, lat.measured),
+                (
+                    "relay-floor-offer-to-delivery",
+                    &relay.latency,
+                    relay.measure_start - t0,
+                    relay.ring.measured,
+                ),
+            ],
+        )?;
+    }
     Ok(())
 }
 
@@ -510,68 +613,155 @@ fn run_local_latency(args: LocalLatencyArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn local_shape(args: &LocalThroughputArgs) -> floor::RelayShape {
+    floor::RelayShape {
+        batch: args.batch as usize,
+        fragment_limit: args.fragment_limit as usize,
+        ..floor::TUTTI_LOCAL_SHAPE
+    }
+}
+
+/// `local-throughput --reps N`: medians over the repetitions.
+#[derive(serde::Serialize)]
+struct LocalThroughputSummary {
+    bench: &'static str,
+    size: usize,
+    reps: usize,
+    msgs_per_s: f64,
+    floor_msgs_per_s: f64,
+    ratio: f64,
+    msgs_per_s_reps: Vec<f64>,
+    floor_msgs_per_s_reps: Vec<f64>,
+}
+
 fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
     let c = &args.common;
     pin::check_pair(c.client_core, c.daemon_core)?;
-    // Floor first, before the daemon's shard starts spinning on one of the two cores.
-    let floor = floor::ring_throughput(
-        c.client_core,
-        c.daemon_core,
-        c.size,
-        secs(args.daemon.floor_duration),
-    )?;
-    let tuttid = daemon_binary(&args.daemon);
-    let mut daemon = daemon::Daemon::start(&daemon::DaemonOptions {
-        tuttid: &tuttid,
-        idle: "spin",
-        core: c.daemon_core,
-        no_pin: false,
-        config: None,
-    })?;
-    let opts = local::ThroughputOptions {
-        socket: daemon.socket().to_path_buf(),
-        daemon_pid: daemon.pid(),
-        core: c.client_core,
-        size: c.size,
-        warmup: secs(args.daemon.warmup),
-        duration: secs(c.duration),
-        batch: args.batch as usize,
-        fragment_limit: args.fragment_limit as usize,
-    };
-    let run = local::throughput(&opts).map_err(|e| with_daemon_state(e, &mut daemon))?;
-    let rss_after = daemon.rss_kib()?;
-    daemon.check_alive()?;
-    drop(daemon);
-    let floor_after = if args.daemon.no_floor_after {
-        None
-    } else {
-        Some(floor::ring_throughput(
+    let (started, t0) = (SystemTime::now(), Instant::now());
+    let shape = local_shape(&args);
+    let mut results = Vec::new();
+    let mut logs: Vec<(String, hdrhistogram::Histogram<u64>, Duration, Duration)> = Vec::new();
+    // The fair floor and tutti alternate: floor, tutti, floor, tutti, ... (the floor runs
+    // before each daemon starts spinning on one of the two cores).
+    for rep in 1..=args.reps as usize {
+        let floor = floor::relay_throughput(
             c.client_core,
             c.daemon_core,
             c.size,
             secs(args.daemon.floor_duration),
-        )?)
-    };
-
-    let result = ThroughputResult {
-        bench: "local-throughput",
-        size: c.size,
-        msgs_per_s: run.msgs_per_s.round(),
-        mb_per_s: mb_per_s(run.msgs_per_s, c.size),
-        floor_msgs_per_s: floor.msgs_per_s.round(),
-        floor_mb_per_s: mb_per_s(floor.msgs_per_s, c.size),
-        floor_after_msgs_per_s: floor_after.as_ref().map(|f| f.msgs_per_s.round()),
-        ratio: ratio(run.msgs_per_s, floor.msgs_per_s),
-        messages: run.messages,
-        duration_s: run.measured.as_secs_f64(),
-        lagged_events: Some(run.lagged_events),
-        lagged_missed: Some(run.lagged_missed),
-        batch: Some(run.final_batch),
-        rss_before_kib: Some(run.rss_before_kib),
-        rss_after_kib: Some(rss_after),
-    };
-    emit_throughput(c.json, &result);
-    warn_if_floor_drifted(floor.msgs_per_s, result.floor_after_msgs_per_s);
+            &shape,
+        )?;
+        let tuttid = daemon_binary(&args.daemon);
+        let mut daemon = daemon::Daemon::start(&daemon::DaemonOptions {
+            tuttid: &tuttid,
+            idle: "spin",
+            core: c.daemon_core,
+            no_pin: false,
+            config: None,
+        })?;
+        let opts = local::ThroughputOptions {
+            socket: daemon.socket().to_path_buf(),
+            daemon_pid: daemon.pid(),
+            core: c.client_core,
+            size: c.size,
+            warmup: secs(args.daemon.warmup),
+            duration: secs(c.duration),
+            batch: args.batch as usize,
+            fragment_limit: args.fragment_limit as usize,
+        };
+        let run = local::throughput(&opts).map_err(|e| with_daemon_state(e, &mut daemon))?;
+        let rss_after = daemon.rss_kib()?;
+        daemon.check_alive()?;
+        drop(daemon);
+        let floor_after = if args.daemon.no_floor_after || rep < args.reps as usize {
+            None
+        } else {
+            Some(floor::relay_throughput(
+                c.client_core,
+                c.daemon_core,
+                c.size,
+                secs(args.daemon.floor_duration),
+                &shape,
+            )?)
+        };
+        let result = ThroughputResult {
+            bench: "local-throughput",
+            size: c.size,
+            msgs_per_s: run.msgs_per_s.round(),
+            mb_per_s: mb_per_s(run.msgs_per_s, c.size),
+            floor_msgs_per_s: floor.ring.msgs_per_s.round(),
+            floor_mb_per_s: mb_per_s(floor.ring.msgs_per_s, c.size),
+            floor_after_msgs_per_s: floor_after.as_ref().map(|f| f.ring.msgs_per_s.round()),
+            ratio: ratio(run.msgs_per_s, floor.ring.msgs_per_s),
+            messages: run.messages,
+            duration_s: run.measured.as_secs_f64(),
+            lagged_events: Some(run.lagged_events),
+            lagged_missed: Some(run.lagged_missed),
+            batch: Some(run.final_batch),
+            rss_before_kib: Some(run.rss_before_kib),
+            rss_after_kib: Some(rss_after),
+            floor_kind: Some("relay"),
+            sampled_p50_ns: (!run.latency.is_empty()).then(|| run.latency.value_at_quantile(0.5)),
+            floor_sampled_p50_ns: (!floor.latency.is_empty()).then(|| floor.latency.value_at_quantile(0.5)),
+            rep: Some(rep),
+        };
+        emit_throughput(c.json, &result);
+        warn_if_floor_drifted(floor.ring.msgs_per_s, result.floor_after_msgs_per_s);
+        let suffix = if args.reps > 1 {
+            format!("-rep{rep}")
+        } else {
+            String::new()
+        };
+        logs.push((
+            format!("relay-floor-offer-to-delivery{suffix}"),
+            floor.latency,
+            floor.measure_start - t0,
+            floor.ring.measured,
+        ));
+        logs.push((
+            format!("tutti-offer-to-delivery{suffix}"),
+            run.latency,
+            run.measure_start - t0,
+            run.measured,
+        ));
+        results.push(result);
+    }
+    if args.reps > 1 {
+        let tp: Vec<f64> = results.iter().map(|r| r.msgs_per_s).collect();
+        let fl: Vec<f64> = results.iter().map(|r| r.floor_msgs_per_s).collect();
+        let summary = LocalThroughputSummary {
+            bench: "local-throughput-summary",
+            size: c.size,
+            reps: results.len(),
+            msgs_per_s: median(tp.clone()),
+            floor_msgs_per_s: median(fl.clone()),
+            ratio: median(results.iter().map(|r| r.ratio).collect()),
+            msgs_per_s_reps: tp,
+            floor_msgs_per_s_reps: fl,
+        };
+        if c.json {
+            print_json(&summary);
+        } else {
+            println!(
+                "median of {} alternated runs: {:.0} msg/s, relay floor {:.0} msg/s, ratio {:.3}",
+                summary.reps, summary.msgs_per_s, summary.floor_msgs_per_s, summary.ratio
+            );
+        }
+    }
+    if let Some(path) = &args.hlog {
+        let refs: Vec<_> = logs.iter().map(|(t, h, o, l)| (t.as_str(), h, *o, *l)).collect();
+        write_hlog(
+            path,
+            started,
+            &format!(
+                "tutti-bench local-throughput size {}: offer-to-delivery of every {}th message at \
+                 saturation (one thread offers and receives; TSC of one pinned thread)",
+                c.size,
+                local::SAMPLE_EVERY
+            ),
+            &refs,
+        )?;
+    }
     Ok(())
 }
 
@@ -590,6 +780,7 @@ fn cluster_options(args: &ClusterArgs, cluster_settings: Vec<String>) -> cluster
         settle: secs(args.settle),
         rate: args.rate,
         cluster_settings,
+        latency_phase: true,
     }
 }
 
@@ -722,21 +913,48 @@ fn run_cluster_auth(args: &ClusterArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_cluster(args: ClusterArgs) -> Result<(), String> {
-    if args.auth {
-        return run_cluster_auth(&args);
-    }
-    let nodes = args.nodes as usize;
-    let (a, b) = (cluster::node_ip(1), cluster::node_ip(2));
-    let timer_overhead_ns = clock::overhead_ns();
-    // Floors first, before the daemons take the cores.
-    let floor_rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?;
-    let floor_tp = udp_floor::throughput(a, b, secs(args.floor_duration), args.floor_recv)?;
-    let run = cluster::run(&cluster_options(&args, args.cluster_set.clone()))?;
+/// The floors of one cluster repetition, measured right before its cluster run.
+struct ClusterFloors {
+    rtt: hdrhistogram::Histogram<u64>,
+    rtt_at: (Duration, Duration),
+    chain: udp_floor::ChainLatency,
+    tp: udp_floor::UdpThroughput,
+}
 
-    let floor_rtt_pct = Percentiles::of(&floor_rtt.rtt);
+fn cluster_floors(args: &ClusterArgs, t0: Instant) -> Result<ClusterFloors, String> {
+    let (a, b) = (cluster::node_ip(1), cluster::node_ip(2));
+    let at = Instant::now();
+    let rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?.rtt;
+    let rtt_at = (at - t0, at.elapsed());
+    let chain = udp_floor::wakeup_chain(a, b, args.size, secs(args.floor_duration))?;
+    let tp = udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv)?;
+    Ok(ClusterFloors {
+        rtt,
+        rtt_at,
+        chain,
+        tp,
+    })
+}
+
+/// Every value halved: one-way times from round trips (for the interval log).
+fn halved(h: &hdrhistogram::Histogram<u64>) -> hdrhistogram::Histogram<u64> {
+    let mut out = report::new_histogram();
+    for v in h.iter_recorded() {
+        out.saturating_record_n(v.value_iterated_to() / 2, v.count_at_value());
+    }
+    out
+}
+
+fn cluster_results(
+    args: &ClusterArgs,
+    rep: usize,
+    floors: &ClusterFloors,
+    run: &cluster::ClusterRun,
+) -> (ClusterLatencyResult, ClusterThroughputResult) {
+    let nodes = args.nodes as usize;
+    let floor_one_way = Percentiles::of(&floors.rtt).halved();
+    let chain = Percentiles::of(&floors.chain.one_way);
     let one_way = Percentiles::of(&run.latency);
-    let floor_one_way = floor_rtt_pct.halved();
     let latency = ClusterLatencyResult {
         bench: "cluster-latency",
         size: args.size,
@@ -745,16 +963,22 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         one_way,
         floor_p50_ns: floor_one_way.p50_ns,
         floor_p99_ns: floor_one_way.p99_ns,
-        floor_rtt_p50_ns: floor_rtt_pct.p50_ns,
+        floor_rtt_p50_ns: floor_one_way.p50_ns * 2,
         floor_recv: args.floor_recv.name(),
         ratio_p50: ratio(one_way.p50_ns as f64, floor_one_way.p50_ns as f64),
-        timeouts: run.latency_timeouts,
+        chain_p50_ns: chain.p50_ns,
+        chain_p99_ns: chain.p99_ns,
+        ratio_p50_chain: ratio(one_way.p50_ns as f64, chain.p50_ns as f64),
+        chain_timed_out: floors.chain.timed_out,
+        timed_out: run.latency_timeouts,
+        rep,
         duration_s: run.latency_measured.as_secs_f64(),
         daemon_idle: args.daemon_idle.clone(),
         client_idle: args.client_idle.name(),
         io: args.io.clone(),
-        timer_overhead_ns,
+        timer_overhead_ns: clock::overhead_ns(),
     };
+    let floor_tp = &floors.tp;
     let per_dgram = udp_floor::msgs_per_datagram(args.size);
     let floor_msgs_per_s =
         floor_tp.datagrams_per_s * per_dgram as f64 / udp_floor::datagrams_per_msg(args.size) as f64;
@@ -765,6 +989,11 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         0.0
     };
     let publisher = run.throughput_counters.first().cloned().unwrap_or_default();
+    let tutti_per_dgram = ratio(
+        publisher.get("frames_in") as f64,
+        publisher.get("datagrams_out") as f64,
+    );
+    let floor_tutti_packing = floor_tp.datagrams_per_s * tutti_per_dgram;
     let throughput = ClusterThroughputResult {
         bench: "cluster-throughput",
         size: args.size,
@@ -780,6 +1009,8 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         floor_batch: udp_floor::BATCH,
         floor_recv: args.floor_recv.name(),
         ratio: ratio(msgs_per_s, floor_msgs_per_s),
+        floor_msgs_per_s_tutti_packing: floor_tutti_packing.round(),
+        ratio_tutti_packing: ratio(msgs_per_s, floor_tutti_packing),
         messages: run.delivered,
         duration_s: window,
         sent: run.sent,
@@ -796,31 +1027,324 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         lost_messages: run.lost_messages,
         lagged_events: run.lagged_events,
         lagged_missed: run.lagged_missed,
-        tutti_msgs_per_datagram: ratio(
-            publisher.get("frames_in") as f64,
-            publisher.get("datagrams_out") as f64,
-        ),
+        tutti_msgs_per_datagram: tutti_per_dgram,
         form_s: (run.form_time.as_secs_f64() * 1000.0).round() / 1000.0,
         daemon_idle: args.daemon_idle.clone(),
         client_idle: args.client_idle.name(),
         io: args.io.clone(),
         rate: args.rate,
+        rate_latency: run.rate_latency.as_ref().map(Percentiles::of),
+        timed_out: run.rate_latency.as_ref().map(|_| run.missing),
+        cpu_s_per_million_msgs: cpu_per_million(&run.throughput_cpu_s, run.delivered),
+        rep,
         cluster_settings: args.cluster_set.clone(),
-        rss_start_kib: run.rss_start_kib,
-        rss_end_kib: run.rss_end_kib,
-        latency_cpu_s: run.latency_cpu_s,
+        rss_start_kib: run.rss_start_kib.clone(),
+        rss_end_kib: run.rss_end_kib.clone(),
+        latency_cpu_s: run.latency_cpu_s.clone(),
         latency_wall_s: run.latency_wall_s,
-        throughput_cpu_s: run.throughput_cpu_s,
+        throughput_cpu_s: run.throughput_cpu_s.clone(),
         throughput_wall_s: run.throughput_wall_s,
-        window_counters: run.throughput_counters.into_iter().map(|c| c.0).collect(),
-        end_counters: run.end_counters.into_iter().map(|c| c.0).collect(),
+        window_counters: run.throughput_counters.iter().map(|c| c.0.clone()).collect(),
+        end_counters: run.end_counters.iter().map(|c| c.0.clone()).collect(),
     };
+    (latency, throughput)
+}
+
+/// CPU seconds per million delivered messages, per daemon (0 when nothing was delivered).
+fn cpu_per_million(cpu_s: &[f64], delivered: u64) -> Vec<f64> {
+    cpu_s
+        .iter()
+        .map(|c| {
+            if delivered == 0 {
+                0.0
+            } else {
+                (c * 1e6 / delivered as f64 * 1000.0).round() / 1000.0
+            }
+        })
+        .collect()
+}
+
+/// The median of some figures (the lower middle one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
+}
+
+/// `cluster --reps N`: medians over the repetitions, each floor measured right before the
+/// cluster run it is compared with.
+#[derive(serde::Serialize)]
+struct ClusterSummary {
+    bench: &'static str,
+    size: usize,
+    nodes: usize,
+    reps: usize,
+    msgs_per_s: f64,
+    floor_msgs_per_s: f64,
+    ratio: f64,
+    p50_ns: f64,
+    p99_ns: f64,
+    floor_p50_ns: f64,
+    chain_p50_ns: f64,
+    ratio_p50: f64,
+    ratio_p50_chain: f64,
+    timed_out: u64,
+    msgs_per_s_reps: Vec<f64>,
+    p50_ns_reps: Vec<f64>,
+}
+
+fn cluster_summary(
+    args: &ClusterArgs,
+    lines: &[(ClusterLatencyResult, ClusterThroughputResult)],
+) -> ClusterSummary {
+    let m = |f: &dyn Fn(&(ClusterLatencyResult, ClusterThroughputResult)) -> f64| {
+        median(lines.iter().map(f).collect())
+    };
+    ClusterSummary {
+        bench: "cluster-summary",
+        size: args.size,
+        nodes: args.nodes as usize,
+        reps: lines.len(),
+        msgs_per_s: m(&|l| l.1.msgs_per_s),
+        floor_msgs_per_s: m(&|l| l.1.floor_msgs_per_s),
+        ratio: m(&|l| l.1.ratio),
+        p50_ns: m(&|l| l.0.one_way.p50_ns as f64),
+        p99_ns: m(&|l| l.0.one_way.p99_ns as f64),
+        floor_p50_ns: m(&|l| l.0.floor_p50_ns as f64),
+        chain_p50_ns: m(&|l| l.0.chain_p50_ns as f64),
+        ratio_p50: m(&|l| l.0.ratio_p50),
+        ratio_p50_chain: m(&|l| l.0.ratio_p50_chain),
+        timed_out: lines.iter().map(|l| l.0.timed_out).sum(),
+        msgs_per_s_reps: lines.iter().map(|l| l.1.msgs_per_s).collect(),
+        p50_ns_reps: lines.iter().map(|l| l.0.one_way.p50_ns as f64).collect(),
+    }
+}
+
+fn run_cluster(args: ClusterArgs) -> Result<(), String> {
+    if args.auth {
+        return run_cluster_auth(&args);
+    }
+    if !args.rates.is_empty() {
+        return run_cluster_rates(&args);
+    }
+    let (started, t0) = (SystemTime::now(), Instant::now());
+    let mut lines = Vec::new();
+    let mut logs: Vec<(String, hdrhistogram::Histogram<u64>, Duration, Duration)> = Vec::new();
+    // Floors and tutti alternate: each repetition measures its floors right before its
+    // cluster starts (the daemons are not running then), on ports of its own.
+    for rep in 1..=args.reps as usize {
+        let floors = cluster_floors(&args, t0)?;
+        let mut options = cluster_options(&args, args.cluster_set.clone());
+        options.base_port = options.base_port.saturating_add(16 * (rep as u16 - 1));
+        let run = cluster::run(&options)?;
+        let (latency, throughput) = cluster_results(&args, rep, &floors, &run);
+        if args.json {
+            print_json(&latency);
+            print_json(&throughput);
+        } else {
+            print_cluster_latency_table(&latency);
+            print_cluster_throughput_table(&throughput);
+        }
+        let suffix = if args.reps > 1 {
+            format!("-rep{rep}")
+        } else {
+            String::new()
+        };
+        let chain = &floors.chain;
+        logs.push((
+            format!("udp-busy-one-way{suffix}"),
+            halved(&floors.rtt),
+            floors.rtt_at.0,
+            floors.rtt_at.1,
+        ));
+        logs.push((
+            format!("wakeup-chain-one-way{suffix}"),
+            chain.one_way.clone(),
+            chain.measure_start - t0,
+            chain.measured,
+        ));
+        logs.push((
+            format!("tutti-one-way{suffix}"),
+            run.latency.clone(),
+            run.latency_start - t0,
+            run.latency_measured,
+        ));
+        if let Some(h) = &run.rate_latency {
+            logs.push((
+                format!("tutti-rate-{}{suffix}", args.rate.round()),
+                h.clone(),
+                run.throughput_start - t0,
+                run.delivered_window,
+            ));
+        }
+        lines.push((latency, throughput));
+    }
+    if args.reps > 1 {
+        let summary = cluster_summary(&args, &lines);
+        if args.json {
+            print_json(&summary);
+        } else {
+            println!(
+                "median of {} alternated runs: {:.0} msg/s (floor {:.0}, ratio {:.3}); p50 {} p99 {} \
+                 (busy UDP floor {}, ratio {:.2}; wake-up chain {}, ratio {:.2})",
+                summary.reps,
+                summary.msgs_per_s,
+                summary.floor_msgs_per_s,
+                summary.ratio,
+                report::ns(summary.p50_ns as u64),
+                report::ns(summary.p99_ns as u64),
+                report::ns(summary.floor_p50_ns as u64),
+                summary.ratio_p50,
+                report::ns(summary.chain_p50_ns as u64),
+                summary.ratio_p50_chain
+            );
+        }
+    }
+    if let Some(path) = &args.hlog {
+        let refs: Vec<_> = logs.iter().map(|(t, h, o, l)| (t.as_str(), h, *o, *l)).collect();
+        write_hlog(
+            path,
+            started,
+            &format!(
+                "tutti-bench cluster --nodes {} --size {}: one-way publish-to-delivery and its floors",
+                args.nodes, args.size
+            ),
+            &refs,
+        )?;
+    }
+    Ok(())
+}
+
+/// One rate of `cluster --rates`.
+#[derive(serde::Serialize)]
+struct RateResult {
+    bench: &'static str,
+    size: usize,
+    nodes: usize,
+    /// Offered (intended) and achieved publish rates, and the delivered rate.
+    rate: f64,
+    offered_msgs_per_s: f64,
+    msgs_per_s: f64,
+    delivered_fraction: f64,
+    /// From each message's intended send time; never-delivered ones at the drain time.
+    #[serde(flatten)]
+    latency: Percentiles,
+    timed_out: u64,
+    cpu_s_per_million_msgs: Vec<f64>,
+    /// The floors measured before the first rate: busy UDP one way, the wake-up chain, and
+    /// bare UDP throughput at tutti's datagram size, batch and bare packing.
+    floor_p50_ns: u64,
+    chain_p50_ns: u64,
+    floor_msgs_per_s: f64,
+}
+
+/// `cluster --rates R1,R2,...`: one cluster per rate (fresh daemons, ports of its own),
+/// the paced phase only.
+fn run_cluster_rates(args: &ClusterArgs) -> Result<(), String> {
+    let (started, t0) = (SystemTime::now(), Instant::now());
+    let floors = cluster_floors(args, t0)?;
+    let floor_p50_ns = Percentiles::of(&floors.rtt).halved().p50_ns;
+    let chain_p50_ns = Percentiles::of(&floors.chain.one_way).p50_ns;
+    let floor_msgs_per_s = (floors.tp.datagrams_per_s * udp_floor::msgs_per_datagram(args.size) as f64
+        / udp_floor::datagrams_per_msg(args.size) as f64)
+        .round();
+    let mut results = Vec::new();
+    let mut logs = Vec::new();
+    for (i, &rate) in args.rates.iter().enumerate() {
+        if !args.json {
+            eprintln!("tutti-bench: cluster at {rate:.0} msg/s offered");
+        }
+        let mut options = cluster_options(args, args.cluster_set.clone());
+        options.rate = rate;
+        options.latency_phase = false;
+        options.base_port = options.base_port.saturating_add(16 * i as u16);
+        let run = cluster::run(&options)?;
+        let h = run.rate_latency.clone().unwrap_or_else(report::new_histogram);
+        let window = run.delivered_window.as_secs_f64();
+        results.push(RateResult {
+            bench: "cluster-rate",
+            size: args.size,
+            nodes: args.nodes as usize,
+            rate,
+            offered_msgs_per_s: (run.sent as f64 / run.sent_window.as_secs_f64().max(1e-9)).round(),
+            msgs_per_s: if window > 0.0 {
+                (run.delivered as f64 / window).round()
+            } else {
+                0.0
+            },
+            delivered_fraction: if run.sent == 0 {
+                0.0
+            } else {
+                (run.sent - run.missing) as f64 / run.sent as f64
+            },
+            latency: Percentiles::of(&h),
+            timed_out: run.missing,
+            cpu_s_per_million_msgs: cpu_per_million(&run.throughput_cpu_s, run.delivered),
+            floor_p50_ns,
+            chain_p50_ns,
+            floor_msgs_per_s,
+        });
+        logs.push((
+            format!("tutti-rate-{}", rate.round()),
+            h,
+            run.throughput_start - t0,
+            run.delivered_window,
+        ));
+    }
     if args.json {
-        print_json(&latency);
-        print_json(&throughput);
+        for r in &results {
+            print_json(r);
+        }
     } else {
-        print_cluster_latency_table(&latency);
-        print_cluster_throughput_table(&throughput);
+        println!(
+            "cluster, {} nodes, {} B, latency from the intended send time (floors: busy UDP one way {}, \
+             wake-up chain {}, bare UDP {:.0} msg/s)",
+            args.nodes,
+            args.size,
+            report::ns(floor_p50_ns),
+            report::ns(chain_p50_ns),
+            floor_msgs_per_s
+        );
+        println!(
+            "{:>12} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}  cpu s / M msgs",
+            "rate", "offered", "delivered", "p50", "p90", "p99", "p99.9", "max", "timed out"
+        );
+        for r in &results {
+            println!(
+                "{:>12.0} {:>12.0} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}  {:?}",
+                r.rate,
+                r.offered_msgs_per_s,
+                r.msgs_per_s,
+                report::ns(r.latency.p50_ns),
+                report::ns(r.latency.p90_ns),
+                report::ns(r.latency.p99_ns),
+                report::ns(r.latency.p999_ns),
+                report::ns(r.latency.max_ns),
+                r.timed_out,
+                r.cpu_s_per_million_msgs
+            );
+        }
+    }
+    if let Some(path) = &args.hlog {
+        let (rtt_at, chain) = (floors.rtt_at, &floors.chain);
+        let mut refs: Vec<(&str, &hdrhistogram::Histogram<u64>, Duration, Duration)> = Vec::new();
+        let floor_one_way = halved(&floors.rtt);
+        refs.push(("udp-busy-one-way", &floor_one_way, rtt_at.0, rtt_at.1));
+        refs.push((
+            "wakeup-chain-one-way",
+            &chain.one_way,
+            chain.measure_start - t0,
+            chain.measured,
+        ));
+        refs.extend(logs.iter().map(|(t, h, o, l)| (t.as_str(), h, *o, *l)));
+        write_hlog(
+            path,
+            started,
+            &format!(
+                "tutti-bench cluster --rates, {} nodes, {} B: latency from the intended send time",
+                args.nodes, args.size
+            ),
+            &refs,
+        )?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use hdrhistogram::serialization::V2Serializer;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -126,6 +126,17 @@ pub struct ThroughputResult {
     pub rss_before_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_after_kib: Option<u64>,
+    /// What the floor is: "ring" (one bare SPSC hop) or "relay" (tutti's topology: two
+    /// rings of tutti's sizes and a relay copy between them, tutti's batch limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_kind: Option<&'static str>,
+    /// Offer-to-delivery p50 of the sampled messages at saturation, tutti's and the floor's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled_p50_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_sampled_p50_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rep: Option<usize>,
 }
 
 /// The cluster benchmark's latency line: publish on daemon 1 to delivery on daemon 2, one
@@ -147,8 +158,19 @@ pub struct ClusterLatencyResult {
     /// How the floor's sockets wait: "busy" (nonblocking recv in a loop) or "blocking".
     pub floor_recv: &'static str,
     pub ratio_p50: f64,
-    /// Messages not delivered within the latency timeout (the publisher moved on).
-    pub timeouts: u64,
+    /// The wake-up floor: the same hops and sleeps as tutti's path with nothing else
+    /// (shared memory + eventfd -> UDP -> futex), one way, and tutti's p50 over it: what is
+    /// left once the machine's wake-ups are paid.
+    pub chain_p50_ns: u64,
+    pub chain_p99_ns: u64,
+    pub ratio_p50_chain: f64,
+    /// Wake-up chain messages that did not arrive within 1 s (in its percentiles as 1 s).
+    pub chain_timed_out: u64,
+    /// Messages not delivered within the latency timeout (the publisher moved on); each is
+    /// in the percentiles as the timeout (3 s).
+    pub timed_out: u64,
+    /// Which repetition (1-based) of `--reps`.
+    pub rep: usize,
     pub duration_s: f64,
     pub daemon_idle: String,
     pub client_idle: &'static str,
@@ -178,6 +200,10 @@ pub struct ClusterThroughputResult {
     pub floor_batch: usize,
     pub floor_recv: &'static str,
     pub ratio: f64,
+    /// The floor at tutti's packing: floor datagrams/s x the messages per datagram tutti
+    /// sent (`tutti_msgs_per_datagram`), and tutti's rate over it.
+    pub floor_msgs_per_s_tutti_packing: f64,
+    pub ratio_tutti_packing: f64,
     /// Delivered in the measured window.
     pub messages: u64,
     pub duration_s: f64,
@@ -205,6 +231,16 @@ pub struct ClusterThroughputResult {
     pub io: String,
     /// The publisher's pace in the throughput phase (0: unpaced).
     pub rate: f64,
+    /// With `--rate`: publish-to-delivery from each message's intended send time (no
+    /// coordinated omission), the `timed_out` (never delivered) messages included at the
+    /// drain time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_latency: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<u64>,
+    /// Each daemon's CPU seconds in the throughput phase per million messages delivered.
+    pub cpu_s_per_million_msgs: Vec<f64>,
+    pub rep: usize,
     /// Extra `[cluster]` settings given with --cluster-set.
     pub cluster_settings: Vec<String>,
     /// Each daemon's RSS once the cluster formed, and at the end, in KiB.
@@ -250,8 +286,17 @@ pub fn print_cluster_latency_table(r: &ClusterLatencyResult) {
         ns(r.floor_p99_ns),
         r.ratio_p50
     );
-    if r.timeouts > 0 {
-        println!("  {} messages not delivered within the timeout", r.timeouts);
+    println!(
+        "  floor: wake-up chain (shm + eventfd -> UDP -> futex) one way p50 {} (p99 {}), ratio p50/chain {:.2}",
+        ns(r.chain_p50_ns),
+        ns(r.chain_p99_ns),
+        r.ratio_p50_chain
+    );
+    if r.timed_out > 0 {
+        println!(
+            "  {} messages not delivered within the timeout (counted in the percentiles as 3 s)",
+            r.timed_out
+        );
     }
 }
 
@@ -273,6 +318,26 @@ pub fn print_cluster_throughput_table(r: &ClusterThroughputResult) {
         r.floor_msgs_per_s,
         r.floor_msgs_per_datagram,
         r.ratio
+    );
+    println!(
+        "  floor at tutti's packing ({:.1} per datagram): {:.0} msg/s, ratio {:.3}",
+        r.tutti_msgs_per_datagram, r.floor_msgs_per_s_tutti_packing, r.ratio_tutti_packing
+    );
+    if let (Some(p), Some(t)) = (&r.rate_latency, r.timed_out) {
+        println!(
+            "  at {:.0} msg/s offered, from intended send time: p50 {} p90 {} p99 {} p99.9 {} max {} ({} timed out)",
+            r.rate,
+            ns(p.p50_ns),
+            ns(p.p90_ns),
+            ns(p.p99_ns),
+            ns(p.p999_ns),
+            ns(p.max_ns),
+            t
+        );
+    }
+    println!(
+        "  daemon CPU seconds per million messages: {:?}",
+        r.cpu_s_per_million_msgs
     );
     println!(
         "  delivered fraction {:.6}; missing {} of {} sent (drained in {:.2} s); Lost events {} ({} messages); Lagged {} ({} missed)",
@@ -408,9 +473,16 @@ pub fn print_throughput_table(r: &ThroughputResult) {
     }
 }
 
-/// Write histograms (tag, histogram, interval start and length relative to `start`) as an
-/// HdrHistogram interval log with V2 encoding, readable by HistogramLogProcessor / HdrHistogram
-/// plotters.
+/// The interval log format version HdrHistogram's `HistogramLogWriter` writes.
+const HLOG_FORMAT_VERSION: &str = "1.3";
+/// `HistogramLogWriter`'s default: the `Interval_Max` column in milliseconds of ns values.
+const HLOG_MAX_VALUE_UNIT_RATIO: f64 = 1_000_000.0;
+
+/// Writes histograms (tag, histogram, interval start and length relative to `start`) as an
+/// HdrHistogram interval log laid out as Java's `HistogramLogWriter` writes it (comments,
+/// format version, `StartTime`, `BaseTime`, legend, then one `Tag=...` line per histogram
+/// in the V2 compressed encoding, base64), so that HdrHistogram's own readers
+/// (`HistogramLogReader`, `HistogramLogProcessor`, hdrh in Python) and plotters read it.
 pub fn write_hlog(
     path: &Path,
     start: SystemTime,
@@ -418,54 +490,150 @@ pub fn write_hlog(
     histograms: &[(&str, &Histogram<u64>, Duration, Duration)],
 ) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("writing histogram log {}: {e}", path.display());
+    let text = hlog_text(start, comment, histograms).map_err(|e| fail(&e))?;
     let file = File::create(path).map_err(|e| fail(&e))?;
     let mut out = BufWriter::new(file);
-    let mut serializer = V2Serializer::new();
+    out.write_all(text.as_bytes()).map_err(|e| fail(&e))?;
+    out.flush().map_err(|e| fail(&e))
+}
+
+fn hlog_text(
+    start: SystemTime,
+    comment: &str,
+    histograms: &[(&str, &Histogram<u64>, Duration, Duration)],
+) -> Result<String, String> {
+    let since_epoch = start.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut text = String::new();
+    for line in comment.lines().chain(["values in nanoseconds"]) {
+        text.push_str(&format!("#[{line}]\n"));
+    }
+    text.push_str(&format!(
+        "#[Histogram log format version {HLOG_FORMAT_VERSION}]\n"
+    ));
+    text.push_str(&format!(
+        "#[StartTime: {:.3} (seconds since epoch), {}]\n",
+        since_epoch.as_secs_f64(),
+        java_date(since_epoch.as_secs())
+    ));
+    text.push_str(&format!(
+        "#[BaseTime: {:.3} (seconds since epoch)]\n",
+        since_epoch.as_secs_f64()
+    ));
+    text.push_str(
+        "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+    );
+    // The crate's writer makes the interval lines; its builder also notes a max value
+    // divisor in a comment of its own, which Java's writer does not write: dropped.
+    let mut lines = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
     {
         let mut log = IntervalLogWriterBuilder::new()
-            .add_comment(comment)
-            .add_comment("values in nanoseconds")
-            .with_start_time(start)
-            .with_base_time(start)
-            .begin_log_with(&mut out, &mut serializer)
-            .map_err(|e| fail(&e))?;
+            .with_max_value_divisor(HLOG_MAX_VALUE_UNIT_RATIO)
+            .begin_log_with(&mut lines, &mut serializer)
+            .map_err(|e| e.to_string())?;
         for (tag, h, offset, length) in histograms {
-            log.write_histogram(h, *offset, *length, Tag::new(tag))
-                .map_err(|e| fail(&format_args!("{e:?}")))?;
+            let tag = Tag::new(tag).ok_or_else(|| format!("histogram tag {tag:?} has a space or comma"))?;
+            log.write_histogram(h, *offset, *length, Some(tag))
+                .map_err(|e| format!("{e:?}"))?;
         }
     }
-    out.flush().map_err(|e| fail(&e))
+    let lines = String::from_utf8(lines).map_err(|e| e.to_string())?;
+    for line in lines.lines().filter(|l| !l.starts_with("#[MaxValueDivisor")) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// `secs` since the epoch as Java's `Date.toString()` writes it in UTC, as
+/// `HistogramLogWriter` puts it in the `StartTime` line: `Tue Dec 01 21:05:42 UTC 2026`.
+fn java_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Days to a civil date (Howard Hinnant's algorithm), for dates after 1970.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{} {} {day:02} {h:02}:{m:02}:{s:02} UTC {year}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize]
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
     #[test]
-    fn hlog_round_trips() {
+    fn hlog_round_trips_and_has_the_java_writer_layout() {
         let mut h = new_histogram();
         for v in 1..=1000u64 {
             h.record(v * 10).unwrap();
         }
-        let dir = std::env::temp_dir().join(format!("tutti-bench-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.hlog");
-        write_hlog(
-            &path,
-            SystemTime::now(),
+        let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_158_542_250);
+        let text = hlog_text(
+            start,
             "test",
-            &[("rtt", &h, Duration::ZERO, Duration::from_secs(1))],
+            &[("rtt", &h, Duration::from_millis(1500), Duration::from_secs(1))],
         )
         .unwrap();
-        let text = std::fs::read(&path).unwrap();
-        let intervals: Vec<_> = IntervalLogIterator::new(&text)
-            .filter_map(|e| match e.unwrap() {
-                LogEntry::Interval(i) => Some(i.tag().map(|t| t.as_str().to_owned())),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(intervals, vec![Some("rtt".to_owned())]);
-        std::fs::remove_dir_all(&dir).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#[test]");
+        assert_eq!(lines[1], "#[values in nanoseconds]");
+        assert_eq!(lines[2], "#[Histogram log format version 1.3]");
+        assert_eq!(
+            lines[3],
+            "#[StartTime: 1796158542.250 (seconds since epoch), Tue Dec 01 20:55:42 UTC 2026]"
+        );
+        assert_eq!(lines[4], "#[BaseTime: 1796158542.250 (seconds since epoch)]");
+        assert_eq!(
+            lines[5],
+            "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\""
+        );
+        assert_eq!(lines.len(), 7, "{text}");
+        // Interval max in ms (Java's default unit ratio); the payload is compressed V2.
+        assert!(
+            lines[6].starts_with("Tag=rtt,1.500,1.000,0.010,HIST"),
+            "{}",
+            lines[6]
+        );
+
+        let mut intervals = Vec::new();
+        for e in IntervalLogIterator::new(text.as_bytes()) {
+            if let LogEntry::Interval(i) = e.unwrap() {
+                intervals.push(i);
+            }
+        }
+        assert_eq!(intervals.len(), 1);
+        assert_eq!(intervals[0].tag().map(|t| t.as_str()), Some("rtt"));
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(intervals[0].encoded_histogram())
+            .unwrap();
+        // The V2 compressed cookie (0x1c849304 | 0x10), as HdrHistogram's log readers expect.
+        assert_eq!(&payload[..4], &[0x1c, 0x84, 0x93, 0x14]);
+        let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut payload.as_slice())
+            .unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn java_date_matches_known_dates() {
+        assert_eq!(java_date(0), "Thu Jan 01 00:00:00 UTC 1970");
+        assert_eq!(java_date(951_782_400), "Tue Feb 29 00:00:00 UTC 2000");
+        assert_eq!(java_date(1_796_158_542), "Tue Dec 01 20:55:42 UTC 2026");
     }
 }

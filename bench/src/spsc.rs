@@ -43,11 +43,16 @@ pub struct SpscRing {
     tail: CachePadded<AtomicU64>,
     /// Next read position (absolute, only grows). Written by the consumer (Release).
     head: CachePadded<AtomicU64>,
-    /// `u64` cells so the data is 8-byte aligned and headers can be written as words.
-    data: Box<[UnsafeCell<u64>]>,
+    /// Cache lines of `u64` cells: the data starts on a cache line (as tutti's page-aligned
+    /// shared memory does) and headers can be written as words.
+    data: Box<[Line]>,
     capacity: usize,
     max_payload: usize,
 }
+
+/// One cache line of the ring's data.
+#[repr(C, align(64))]
+struct Line([UnsafeCell<u64>; 8]);
 
 // SAFETY: the data bytes are only written by the one `Producer` in `[tail, head + capacity)`
 // and only read by the one `Consumer` in `[head, tail)`; the Release store of `tail` (resp.
@@ -58,10 +63,16 @@ unsafe impl Sync for SpscRing {}
 impl SpscRing {
     /// A ring sized for messages of `payload` bytes: at least 64 KiB and 64 records.
     pub fn for_payload(payload: usize) -> SpscRing {
-        let capacity = (record_len(payload) * MIN_RECORDS)
-            .next_power_of_two()
-            .max(MIN_CAPACITY);
-        let data = (0..capacity / 8).map(|_| UnsafeCell::new(0u64)).collect();
+        SpscRing::with_capacity(record_len(payload) * MIN_RECORDS)
+    }
+
+    /// A ring of `bytes` rounded up to a power of two (at least 64 KiB), e.g. of the size
+    /// of one of tutti's rings.
+    pub fn with_capacity(bytes: usize) -> SpscRing {
+        let capacity = bytes.next_power_of_two().max(MIN_CAPACITY);
+        let data = (0..capacity / 64)
+            .map(|_| Line(std::array::from_fn(|_| UnsafeCell::new(0u64))))
+            .collect();
         SpscRing {
             tail: CachePadded::new(AtomicU64::new(0)),
             head: CachePadded::new(AtomicU64::new(0)),
@@ -96,7 +107,8 @@ impl SpscRing {
     }
 
     fn base(&self) -> *mut u8 {
-        UnsafeCell::raw_get(self.data.as_ptr()).cast::<u8>()
+        // `Line` is `repr(C)` around an array of cells: its first cell is at its start.
+        UnsafeCell::raw_get(self.data.as_ptr().cast::<UnsafeCell<u64>>()).cast::<u8>()
     }
 }
 
@@ -240,6 +252,14 @@ mod tests {
             got += 1;
         });
         assert_eq!(got, cap as u64);
+    }
+
+    #[test]
+    fn rings_start_on_a_cache_line_and_round_up() {
+        let ring = SpscRing::with_capacity((4 << 20) - 1);
+        assert_eq!(ring.capacity(), 4 << 20);
+        assert_eq!(ring.base() as usize % 64, 0);
+        assert_eq!(SpscRing::with_capacity(1).capacity(), MIN_CAPACITY);
     }
 
     #[test]

@@ -184,8 +184,19 @@ pub struct UdpThroughput {
 
 /// A sender on `a` pushing `DATAGRAM_BYTES` datagrams with `sendmmsg` (`BATCH` per call) as
 /// fast as it can, a receiver on `b` taking them with `recvmmsg` (`BATCH` per call); the
-/// rate is what the receiver got.
-pub fn throughput(a: IpAddr, b: IpAddr, duration: Duration, mode: RecvMode) -> Result<UdpThroughput, String> {
+/// rate is what the receiver got. Like tutti, both sides touch every message: the sender
+/// writes a sequence number into each of the `msgs_per_datagram(size)` messages of every
+/// datagram before each call, and the receiver reads each message's sequence number
+/// (summed, so the reads cannot be optimised away).
+pub fn throughput(
+    a: IpAddr,
+    b: IpAddr,
+    size: usize,
+    duration: Duration,
+    mode: RecvMode,
+) -> Result<UdpThroughput, String> {
+    let size = size.max(8);
+    let per_datagram = msgs_per_datagram(size) as usize;
     let (tx, rx) = connected_pair(a, b)?;
     set_mode(&rx, mode)?;
     let received = &CachePadded::new(AtomicU64::new(0));
@@ -224,6 +235,14 @@ pub fn throughput(a: IpAddr, b: IpAddr, duration: Duration, mode: RecvMode) -> R
                     )
                 };
                 if n > 0 {
+                    let mut sum = 0u64;
+                    for (m, buf) in msgs.iter().zip(&bufs).take(n as usize) {
+                        let len = (m.msg_len as usize).min(DATAGRAM_BYTES);
+                        for msg in buf[..len].chunks_exact(size).take(per_datagram) {
+                            sum = sum.wrapping_add(u64::from_le_bytes(msg[..8].try_into().expect("8 bytes")));
+                        }
+                    }
+                    std::hint::black_box(sum);
                     received.fetch_add(n as u64, Ordering::Relaxed);
                 } else if n < 0 {
                     let e = std::io::Error::last_os_error();
@@ -236,18 +255,32 @@ pub fn throughput(a: IpAddr, b: IpAddr, duration: Duration, mode: RecvMode) -> R
             Ok(())
         });
         let sender = s.spawn(move || -> Result<(), String> {
-            let mut buf = [0xA5u8; DATAGRAM_BYTES];
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: DATAGRAM_BYTES,
-            };
-            // SAFETY: as above; every header points at the same read-only payload.
+            let mut bufs = vec![[0xA5u8; DATAGRAM_BYTES]; BATCH];
+            let mut iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: DATAGRAM_BYTES,
+                })
+                .collect();
+            // SAFETY: as above; every header points at its own datagram buffer.
             let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-            for m in msgs.iter_mut() {
-                m.msg_hdr.msg_iov = &mut iov;
+            for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+                m.msg_hdr.msg_iov = iov;
                 m.msg_hdr.msg_iovlen = 1;
             }
+            let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                for iov in &iovs {
+                    // SAFETY: each iovec points at its own live buffer of DATAGRAM_BYTES in
+                    // `bufs`, which nothing else borrows while we write through it.
+                    let buf =
+                        unsafe { std::slice::from_raw_parts_mut(iov.iov_base.cast::<u8>(), DATAGRAM_BYTES) };
+                    for msg in buf.chunks_exact_mut(size).take(per_datagram) {
+                        msg[..8].copy_from_slice(&seq.to_le_bytes());
+                        seq += 1;
+                    }
+                }
                 // SAFETY: BATCH headers, each with one iovec over `buf`, live across the call.
                 let n =
                     unsafe { libc::sendmmsg(tx.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0) };
@@ -315,6 +348,196 @@ pub fn datagrams_per_msg(size: usize) -> u64 {
     size.div_ceil(DATAGRAM_BYTES).max(1) as u64
 }
 
+/// One wake-up chain message in flight: the stamp the publisher wrote and the sequence.
+struct ChainCells {
+    /// Publisher -> relay 1: the `CLOCK_MONOTONIC` stamp of the message in flight.
+    stamp: CachePadded<AtomicU64>,
+    /// Relay 2 -> subscriber: the stamp that came over UDP; the futex word is `delivered`.
+    received_stamp: CachePadded<AtomicU64>,
+    /// Futex word: messages relay 2 handed to the subscriber (low 32 bits).
+    delivered: CachePadded<std::sync::atomic::AtomicU32>,
+    /// Latency the subscriber measured for message `seen` (stored before `seen`).
+    latency_ns: CachePadded<AtomicU64>,
+    seen: CachePadded<AtomicU64>,
+    stop: AtomicBool,
+}
+
+pub struct ChainLatency {
+    /// One-way publish-to-delivery through the chain, one message in flight.
+    pub one_way: Histogram<u64>,
+    pub measure_start: Instant,
+    pub measured: Duration,
+    /// Messages that did not come through within [`ECHO_TIMEOUT`] (recorded as it).
+    pub timed_out: u64,
+}
+
+fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT on a live, aligned u32 that outlives the call, with a valid
+    // relative timeout; it returns at once when the word no longer holds `expected`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32; it touches no memory of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+/// The wake-up floor of the cluster path: the same hops and the same sleeps as tutti's
+/// publish-to-delivery with parked daemons and a parked subscriber, with nothing else. A
+/// publisher writes a stamp to shared memory and signals an eventfd; relay 1, blocked on
+/// the eventfd (a parked shard), sends one `size`-byte datagram from `a` to `b`; relay 2,
+/// blocked in `recv` (a parked shard), writes the stamp to shared memory and wakes the
+/// subscriber blocked on a futex (tutti's group futex); the subscriber reads
+/// `CLOCK_MONOTONIC` and records the one-way time. One message in flight, as tutti's
+/// latency phase: the publisher sends the next once the subscriber saw the last.
+pub fn wakeup_chain(a: IpAddr, b: IpAddr, size: usize, duration: Duration) -> Result<ChainLatency, String> {
+    let size = size.clamp(16, DATAGRAM_BYTES);
+    let (tx, rx) = connected_pair(a, b)?;
+    set_mode(&rx, RecvMode::Blocking)?;
+    // SAFETY: plain eventfd(2); the descriptor is closed below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    let cells = &ChainCells {
+        stamp: CachePadded::new(AtomicU64::new(0)),
+        received_stamp: CachePadded::new(AtomicU64::new(0)),
+        delivered: CachePadded::new(std::sync::atomic::AtomicU32::new(0)),
+        latency_ns: CachePadded::new(AtomicU64::new(0)),
+        seen: CachePadded::new(AtomicU64::new(0)),
+        stop: AtomicBool::new(false),
+    };
+    let result = std::thread::scope(|s| {
+        let (tx, rx) = (&tx, &rx);
+        let relay1 = s.spawn(move || -> Result<(), String> {
+            let mut datagram = vec![0x5Au8; size];
+            while !cells.stop.load(Ordering::Acquire) {
+                let mut value = 0u64;
+                // SAFETY: reads 8 bytes into a live u64; blocks until the eventfd is written.
+                let n = unsafe { libc::read(efd, (&mut value as *mut u64).cast(), 8) };
+                if n != 8 || cells.stop.load(Ordering::Acquire) {
+                    continue;
+                }
+                datagram[..8].copy_from_slice(&cells.stamp.load(Ordering::Acquire).to_le_bytes());
+                tx.send(&datagram)
+                    .map_err(|e| format!("wake-up chain: UDP send: {e}"))?;
+            }
+            Ok(())
+        });
+        let relay2 = s.spawn(move || -> Result<(), String> {
+            let mut buf = vec![0u8; DATAGRAM_BYTES];
+            while !cells.stop.load(Ordering::Acquire) {
+                if let Some(n) = recv_one(rx, &mut buf)? {
+                    let Some(stamp) = buf.get(..8).filter(|_| n >= 8) else {
+                        continue;
+                    };
+                    let stamp = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
+                    cells.received_stamp.store(stamp, Ordering::Relaxed);
+                    cells.delivered.fetch_add(1, Ordering::Release);
+                    futex_wake(&cells.delivered);
+                }
+            }
+            futex_wake(&cells.delivered);
+            Ok(())
+        });
+        let subscriber = s.spawn(move || {
+            let mut seen = 0u32;
+            while !cells.stop.load(Ordering::Acquire) {
+                futex_wait(&cells.delivered, seen, Duration::from_millis(100));
+                let now_delivered = cells.delivered.load(Ordering::Acquire);
+                if now_delivered != seen {
+                    seen = now_delivered;
+                    let stamp = cells.received_stamp.load(Ordering::Relaxed);
+                    cells
+                        .latency_ns
+                        .store(clock::mono_ns().saturating_sub(stamp), Ordering::Relaxed);
+                    cells.seen.store(stamp, Ordering::Release);
+                }
+            }
+        });
+        let measured = (|| -> Result<ChainLatency, String> {
+            let mut one_way = new_histogram();
+            let mut timed_out = 0;
+            let start = Instant::now();
+            let measure_from = start + duration.mul_f64(WARMUP_FRACTION);
+            let end = measure_from + duration;
+            let mut measure_start = None;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                interrupt::check()?;
+                let stamp = clock::mono_ns();
+                cells.stamp.store(stamp, Ordering::Release);
+                let one = 1u64;
+                // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+                unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+                // The publisher's own wait is not timed (as tutti's): sleep-poll for `seen`.
+                let deadline = Instant::now() + ECHO_TIMEOUT;
+                let seen = loop {
+                    if cells.seen.load(Ordering::Acquire) == stamp {
+                        break true;
+                    }
+                    if Instant::now() > deadline {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_micros(20));
+                };
+                if now >= measure_from {
+                    measure_start.get_or_insert(now);
+                    if seen {
+                        one_way.saturating_record(cells.latency_ns.load(Ordering::Relaxed));
+                    } else {
+                        timed_out += 1;
+                        one_way.saturating_record(ECHO_TIMEOUT.as_nanos() as u64);
+                    }
+                }
+            }
+            let measure_start = measure_start.unwrap_or(end);
+            Ok(ChainLatency {
+                one_way,
+                measure_start,
+                measured: measure_start.elapsed(),
+                timed_out,
+            })
+        })();
+        cells.stop.store(true, Ordering::Release);
+        let one = 1u64;
+        // SAFETY: as above; wakes relay 1 so that it sees `stop`.
+        unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+        futex_wake(&cells.delivered);
+        relay1.join().map_err(|_| "wake-up chain relay 1 panicked")??;
+        relay2.join().map_err(|_| "wake-up chain relay 2 panicked")??;
+        subscriber
+            .join()
+            .map_err(|_| "wake-up chain subscriber panicked")?;
+        measured
+    });
+    // SAFETY: efd is ours and no longer used.
+    unsafe { libc::close(efd) };
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,8 +553,15 @@ mod tests {
 
     #[test]
     fn throughput_on_loopback() {
-        let r = throughput(LO, LO, Duration::from_millis(100), RecvMode::Blocking).unwrap();
+        let r = throughput(LO, LO, 64, Duration::from_millis(100), RecvMode::Blocking).unwrap();
         assert!(r.datagrams_per_s > 0.0 && r.sent > 0);
+    }
+
+    #[test]
+    fn wakeup_chain_on_loopback() {
+        let r = wakeup_chain(LO, LO, 64, Duration::from_millis(100)).unwrap();
+        assert!(!r.one_way.is_empty() && r.one_way.value_at_quantile(0.5) > 0);
+        assert_eq!(r.timed_out, 0, "loopback lost a datagram with one in flight");
     }
 
     #[test]
