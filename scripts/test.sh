@@ -19,6 +19,14 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "HdrHistogram's Python reader and a font (bench/tests/cli.rs reads --hlog files with hdrh, plots with text)"
+if ! python3 -c "import hdrh" >/dev/null 2>&1; then
+    python3 -m pip install --quiet hdrhistogram
+fi
+if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf && ! -f /usr/share/fonts/truetype/DejaVuSans.ttf ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi
+
 step "tests"
 cargo nextest run --workspace --no-fail-fast
 
