@@ -373,8 +373,8 @@ pub struct RelayThroughput {
 
 /// The fair floor of `local-throughput`: tutti's topology without tutti. One thread on
 /// `client_core` offers up to `batch` messages into ring 1 (stopping when it is full), then
-/// polls up to `fragment_limit` from ring 2, copying each message out and checking its
-/// sequence; a relay on `relay_core` copies up to `relay_pass` messages per pass from ring 1
+/// polls up to `fragment_limit` from ring 2, reading each message's sequence in place (as
+/// tutti's bench reads its deliveries) and checking it; a relay on `relay_core` copies up to `relay_pass` messages per pass from ring 1
 /// into ring 2 (waiting, not storing, while ring 2 is full) and publishes once per pass.
 /// Both rings have tutti's sizes and start on a cache line. The rate is what the client
 /// received after warm-up; every `SAMPLE_EVERY`th message is timed as `local-throughput`
@@ -383,6 +383,7 @@ pub fn relay_throughput(
     client_core: usize,
     relay_core: usize,
     size: usize,
+    warmup: Duration,
     duration: Duration,
     shape: &RelayShape,
 ) -> Result<RelayThroughput, String> {
@@ -423,9 +424,8 @@ pub fn relay_throughput(
             let _done = SetOnDrop(done);
             pin_current(client_core)?;
             let mut msg = vec![0xA5u8; size];
-            let mut out = vec![0u8; size];
             let start = Instant::now();
-            let measure_from = start + warmup_for(duration);
+            let measure_from = start + warmup;
             let end = measure_from + duration;
             let (mut sent, mut received) = (0u64, 0u64);
             let mut bad = None;
@@ -447,13 +447,13 @@ pub fn relay_throughput(
                 }
                 producer1.flush();
                 let n = consumer2.poll(shape.fragment_limit, |m| {
-                    out.copy_from_slice(m);
-                    let seq = u64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
+                    // Read in place, as tutti's subscriber reads its delivery log.
+                    let seq = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
                     if seq != received && bad.is_none() {
                         bad = Some((received, seq));
                     }
                     if sampled && window.is_some() && seq & (SAMPLE_EVERY - 1) == 0 {
-                        let stamp = u64::from_le_bytes(out[8..16].try_into().expect("8 bytes"));
+                        let stamp = u64::from_le_bytes(m[8..16].try_into().expect("8 bytes"));
                         latency.saturating_record(clock::ns_between(stamp, clock::now()));
                     }
                     received += 1;
@@ -519,7 +519,15 @@ mod tests {
             fragment_limit: 16,
             relay_pass: 8,
         };
-        let r = relay_throughput(0, 1, 64, Duration::from_millis(100), &shape).unwrap();
+        let r = relay_throughput(
+            0,
+            1,
+            64,
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+            &shape,
+        )
+        .unwrap();
         assert!(r.ring.messages > 0 && r.ring.msgs_per_s > 0.0);
         assert!(!r.latency.is_empty());
     }

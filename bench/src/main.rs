@@ -460,6 +460,7 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         c.client_core,
         c.daemon_core,
         c.size,
+        secs(c.duration).mul_f64(0.1).min(Duration::from_millis(500)),
         secs(c.duration),
         &floor::TUTTI_LOCAL_SHAPE,
     )?;
@@ -648,6 +649,7 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             c.client_core,
             c.daemon_core,
             c.size,
+            secs(args.daemon.warmup),
             secs(args.daemon.floor_duration),
             &shape,
         )?;
@@ -680,6 +682,7 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
                 c.client_core,
                 c.daemon_core,
                 c.size,
+                secs(args.daemon.warmup),
                 secs(args.daemon.floor_duration),
                 &shape,
             )?)

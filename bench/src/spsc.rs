@@ -124,7 +124,7 @@ pub struct Producer<'a> {
 
 impl Producer<'_> {
     /// Copy `payload` into the ring; `false` when it is full (back pressure; everything
-    /// written so far is then published).
+    /// written so far is then published, and nothing is stored when it already was).
     #[inline]
     pub fn offer(&mut self, payload: &[u8]) -> bool {
         let ring = self.ring;
@@ -141,6 +141,8 @@ impl Producer<'_> {
             // Acquire: pairs with the consumer's Release of `head`; it is done with the bytes.
             self.head_cache = ring.head.load(Ordering::Acquire);
             if needed > cap - (self.tail - self.head_cache) {
+                // Publishes what is unpublished, and stores nothing when there is nothing
+                // new: a producer retrying on a full ring does not bounce the tail's line.
                 self.flush();
                 return false;
             }
@@ -170,6 +172,11 @@ impl Producer<'_> {
     /// Publish everything written so far.
     #[inline]
     pub fn flush(&mut self) {
+        // Nothing new (every tail move comes with a record): no store, so an idle producer
+        // that flushes in its loop does not pull the tail's line from a polling consumer.
+        if self.unpublished == 0 {
+            return;
+        }
         self.unpublished = 0;
         // Release: the consumer that sees this tail sees the headers and payload bytes.
         self.ring.tail.store(self.tail, Ordering::Release);
