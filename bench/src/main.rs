@@ -1,11 +1,14 @@
-//! tutti-bench: tutti's latency and throughput, each measured next to the hardware floor
-//! (a bare cache-line ping-pong, a bare SPSC ring) in the same run, with the ratio.
+//! tutti-bench: tutti's latency and throughput, each measured next to its floor in the same
+//! run (a bare cache-line ping-pong, a relay through two rings of tutti's sizes, bare UDP,
+//! a chain of the same wake-ups as tutti's path), with the ratio.
 //!
 //! ```text
 //! tutti-bench floor [--size 64] [--duration 5] [--json] [--hlog FILE]
 //! tutti-bench local-latency --size 64 --duration 5 [--after-idle] [--json] [--hlog FILE]
-//! tutti-bench local-throughput --size 64 --duration 5 [--json]
-//! tutti-bench cluster --nodes 3 --size 64 --duration 5 [--loss 0.05] [--auth] [--json]
+//! tutti-bench local-throughput --size 64 --duration 5 [--reps 3] [--json] [--hlog FILE]
+//! tutti-bench cluster --nodes 3 --size 64 --duration 5 [--reps 3] [--rate R | --rates R1,R2]
+//!                     [--loss 0.05] [--auth] [--json] [--hlog FILE]
+//! tutti-bench plot --out FILE.png|FILE.svg HLOG...
 //! ```
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -89,28 +92,35 @@ struct PlotArgs {
 const CLUSTER_ABOUT: &str = "\
 N tuttid daemons on 127.0.0.2, 127.0.0.3, ... (daemon n listens on 127.0.0.(n+1), UDP ports \
 --base-port + shard) form a cluster; a publisher attached to daemon 1 and a subscriber attached \
-to daemon 2 are two threads of this process, so one clock (the TSC) times publish to delivery.
+to daemon 2 are two threads of this process; CLOCK_MONOTONIC times publish to delivery.
 
-Before the daemons start, the floor is measured between 127.0.0.2 and 127.0.0.3: the round trip \
-of one datagram of --size bytes (floor one-way = RTT/2; --floor-recv busy: nonblocking recv in a \
-loop, or blocking), and a bare sender/receiver pair moving 1472-byte datagrams with \
-sendmmsg/recvmmsg 64 at a time, tutti's datagram size and batch (floor msg/s = datagrams/s x \
-the --size messages one datagram holds with no per-message header).
+Before the daemons start, the floors are measured between 127.0.0.2 and 127.0.0.3: the round \
+trip of one datagram of --size bytes (floor one-way = RTT/2; --floor-recv busy: nonblocking \
+recv in a loop, or blocking); the wake-up chain (shared memory + eventfd -> UDP -> futex, \
+every hop a sleeping thread, as in tutti's path); and a bare sender/receiver pair moving \
+1472-byte datagrams with sendmmsg/recvmmsg 64 at a time, tutti's datagram size and batch, \
+writing and reading every message (floor msg/s = datagrams/s x the --size messages one \
+datagram holds with no per-message header).
 
 Then: latency, one message in flight (the publisher offers, waits until the subscriber has seen \
-it, offers the next), one-way publish-to-delivery percentiles, ratio_p50 = p50 / floor one-way \
-p50. Throughput: the publisher offers as fast as daemon 1 takes them; msgs_per_s is what the \
+it, offers the next), one-way publish-to-delivery percentiles (a message not delivered within \
+3 s counts as 3 s and in timed_out), ratio_p50 = p50 / floor one-way p50, ratio_p50_chain = \
+p50 / wake-up chain p50. Throughput: the publisher offers as fast as daemon 1 takes them; msgs_per_s is what the \
 subscriber received in the measured window, ratio = msgs_per_s / floor_msgs_per_s; messages \
 sent but never delivered within a grace period (until nothing arrived for 2.5 s) are `missing`; \
 Lost and Lagged events are counted. Each daemon's RSS once the cluster formed and at the end, \
-and its counters over the throughput window, are reported.
+its counters over the throughput window and its CPU seconds per million messages are reported. \
+With --rate R the publisher paces itself and every message is timed from its intended send \
+time (no coordinated omission); --rates runs one cluster per rate and prints a table. --reps N \
+alternates floors and cluster N times and adds a line of medians.
 
 Daemons run unpinned (--no-pin) with --daemon-idle backoff by default: this machine may have \
 fewer cores than daemons plus clients, and spinning daemons starve each other. Every daemon is \
 killed when the run ends, fails or is interrupted.
 
-Targets to compare with (3 nodes, 64 B): p50 <= 1.3x the floor one-way; >= 1,000,000 msg/s \
-and >= 0.5x the floor; with --loss 0.05, >= 0.8x the loss-free throughput.";
+Targets to compare with (issue 10; --nodes 2, 64 B, medians of 3 alternated runs): \
+>= 4,000,000 msg/s and >= 0.5x the bare-UDP floor; p50 <= 1.3x the wake-up chain; --nodes 3 \
+within 20% of that; with --loss 0.05, >= 0.8x the loss-free throughput.";
 
 #[derive(Args, Clone)]
 struct CommonArgs {
