@@ -1450,5 +1450,50 @@ mod tests {
         assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--nodes", "1"]).is_err());
         assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--loss", "1"]).is_err());
         assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--cluster-set", "x"]).is_err());
+        let cli =
+            Cli::try_parse_from(["tutti-bench", "cluster", "--rates", "10000,1e5", "--reps", "3"]).unwrap();
+        match cli.command {
+            Command::Cluster(a) => assert_eq!((a.rates, a.reps), (vec![10_000.0, 100_000.0], 3)),
+            _ => panic!("wrong subcommand"),
+        }
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--rates", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--rates", "10", "--rate", "5"]).is_err());
+        assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--reps", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tutti-bench", "plot", "--out", "x.png"]).is_err());
+        assert!(Cli::try_parse_from([
+            "tutti-bench",
+            "local-throughput",
+            "--reps",
+            "3",
+            "--hlog",
+            "t.hlog"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn medians_and_cpu_per_million() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 1.0, "the lower middle of an even count");
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(cpu_per_million(&[1.5, 0.25], 3_000_000), vec![0.5, 0.083]);
+        assert_eq!(cpu_per_million(&[1.0], 0), vec![0.0]);
+    }
+
+    #[test]
+    fn halving_a_round_trip_histogram_halves_its_percentiles() {
+        let mut h = report::new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let half = halved(&h);
+        assert_eq!(half.len(), h.len());
+        for q in [0.5, 0.9, 0.99] {
+            let (a, b) = (
+                half.value_at_quantile(q) as f64,
+                h.value_at_quantile(q) as f64 / 2.0,
+            );
+            assert!((a - b).abs() <= b * 0.002, "{q}: {a} vs {b}");
+        }
     }
 }
