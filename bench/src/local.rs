@@ -216,6 +216,9 @@ pub struct ThroughputOptions {
     pub duration: Duration,
     pub batch: usize,
     pub fragment_limit: usize,
+    /// Offer at this many messages per second (0: as fast as the ring takes them). Paced,
+    /// every message is stamped with its intended send time and timed to its delivery.
+    pub rate: f64,
 }
 
 /// In the throughput run, every this many messages (a power of two) carries a TSC stamp
@@ -224,8 +227,11 @@ pub struct ThroughputOptions {
 pub const SAMPLE_EVERY: u64 = 64;
 
 pub struct ThroughputRun {
-    /// Offer-to-delivery of every `SAMPLE_EVERY`th message over the window (sizes >= 16).
+    /// Offer-to-delivery of every `SAMPLE_EVERY`th message over the window (sizes >= 16);
+    /// paced (`rate`), of every message from its intended send time, and the messages a
+    /// `Lagged` event skipped in the window as `DELIVERY_TIMEOUT` (counted in `timed_out`).
     pub latency: Histogram<u64>,
+    pub timed_out: u64,
     pub measure_start: Instant,
     pub msgs_per_s: f64,
     pub messages: u64,
@@ -270,12 +276,23 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
     let end = measure_from + opts.duration;
     let mut window: Option<(Instant, u64)> = None;
     let mut latency = new_histogram();
+    let mut timed_out = 0u64;
     let sampled = opts.size >= 16;
-    clock::calibrate();
+    let paced = opts.rate > 0.0 && sampled;
+    // The intended send time of message n, in TSC ticks: start + n x ticks per message.
+    let ticks_per_msg = 1e9 / opts.rate.max(f64::MIN_POSITIVE) / clock::calibrate();
+    let start_tick = clock::now();
     loop {
         for _ in 0..batch {
             msg[..8].copy_from_slice(&sent.to_le_bytes());
-            if sampled && sent & (SAMPLE_EVERY - 1) == 0 {
+            if paced {
+                let due = start_tick + (sent as f64 * ticks_per_msg) as u64;
+                if clock::now() < due {
+                    break;
+                }
+                // Stamped with when it should have gone: a late offer counts its delay.
+                msg[8..16].copy_from_slice(&due.to_le_bytes());
+            } else if sampled && sent & (SAMPLE_EVERY - 1) == 0 {
                 msg[8..16].copy_from_slice(&clock::now().to_le_bytes());
             }
             match client.offer(group, &msg) {
@@ -290,7 +307,7 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
                 Event::Message { payload, .. } => {
                     let seq = seq_of(payload);
                     if let Some(stamp) = seq
-                        .filter(|s| sampled && window.is_some() && s & (SAMPLE_EVERY - 1) == 0)
+                        .filter(|s| sampled && window.is_some() && (paced || s & (SAMPLE_EVERY - 1) == 0))
                         .and_then(|_| payload.get(8..16))
                     {
                         let stamp = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
@@ -309,6 +326,11 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
                     resync = true;
                     lagged_events += 1;
                     lagged_missed += missed;
+                    if paced && window.is_some() {
+                        // Never delivered to this reader: at least as late as the timeout.
+                        timed_out += missed;
+                        latency.saturating_record_n(DELIVERY_TIMEOUT.as_nanos() as u64, missed);
+                    }
                 }
             })
             .map_err(|e| format!("poll: {e}"))?;
@@ -339,6 +361,7 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
             let messages = delivered - d0;
             return Ok(ThroughputRun {
                 latency,
+                timed_out,
                 measure_start: t0,
                 msgs_per_s: messages as f64 / measured.as_secs_f64(),
                 messages,

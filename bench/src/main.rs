@@ -204,6 +204,11 @@ struct LocalThroughputArgs {
     /// tutti, ...); with more than one, a summary line gives the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
     reps: u64,
+    /// Offer at this many messages per second (0: as fast as the ring takes them); every
+    /// message is then timed from its intended send time to its delivery (`rate_latency`;
+    /// sizes of at least 16 bytes).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    rate: f64,
     /// Write the offer-to-delivery histograms of the sampled messages (tutti's and the
     /// relay floor's) as an HdrHistogram interval log.
     #[arg(long, value_name = "FILE")]
@@ -464,6 +469,9 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         sampled_p50_ns: None,
         floor_sampled_p50_ns: None,
         rep: None,
+        rate: None,
+        rate_latency: None,
+        timed_out: None,
     };
     emit_throughput(c.json, &throughput);
     let relay = floor::relay_throughput(
@@ -649,6 +657,12 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
     let c = &args.common;
     pin::check_pair(c.client_core, c.daemon_core)?;
     let (started, t0) = (SystemTime::now(), Instant::now());
+    if args.rate > 0.0 && c.size < cluster::MIN_SIZE {
+        return Err(format!(
+            "--rate needs messages of at least {} bytes (a sequence number and a time stamp)",
+            cluster::MIN_SIZE
+        ));
+    }
     let shape = local_shape(&args);
     let mut results = Vec::new();
     let mut logs: Vec<(String, hdrhistogram::Histogram<u64>, Duration, Duration)> = Vec::new();
@@ -680,6 +694,7 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             duration: secs(c.duration),
             batch: args.batch as usize,
             fragment_limit: args.fragment_limit as usize,
+            rate: args.rate,
         };
         let run = local::throughput(&opts).map_err(|e| with_daemon_state(e, &mut daemon))?;
         let rss_after = daemon.rss_kib()?;
@@ -714,9 +729,13 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             rss_before_kib: Some(run.rss_before_kib),
             rss_after_kib: Some(rss_after),
             floor_kind: Some("relay"),
-            sampled_p50_ns: (!run.latency.is_empty()).then(|| run.latency.value_at_quantile(0.5)),
+            sampled_p50_ns: (!run.latency.is_empty() && args.rate == 0.0)
+                .then(|| run.latency.value_at_quantile(0.5)),
             floor_sampled_p50_ns: (!floor.latency.is_empty()).then(|| floor.latency.value_at_quantile(0.5)),
             rep: Some(rep),
+            rate: (args.rate > 0.0).then_some(args.rate),
+            rate_latency: (args.rate > 0.0).then(|| Percentiles::of(&run.latency)),
+            timed_out: (args.rate > 0.0).then_some(run.timed_out),
         };
         emit_throughput(c.json, &result);
         warn_if_floor_drifted(floor.ring.msgs_per_s, result.floor_after_msgs_per_s);
@@ -731,8 +750,13 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             floor.measure_start - t0,
             floor.ring.measured,
         ));
+        let tutti_tag = if args.rate > 0.0 {
+            format!("tutti-rate-{}", args.rate.round())
+        } else {
+            "tutti-offer-to-delivery".to_string()
+        };
         logs.push((
-            format!("tutti-offer-to-delivery{suffix}"),
+            format!("{tutti_tag}{suffix}"),
             run.latency,
             run.measure_start - t0,
             run.measured,

@@ -137,6 +137,14 @@ pub struct ThroughputResult {
     pub floor_sampled_p50_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rep: Option<usize>,
+    /// `local-throughput --rate`: the offered rate, offer-to-delivery from each message's
+    /// intended send time, and the messages skipped by `Lagged` (in the percentiles as 5 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_latency: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<u64>,
 }
 
 /// The cluster benchmark's latency line: publish on daemon 1 to delivery on daemon 2, one
@@ -470,6 +478,15 @@ pub fn print_throughput_table(r: &ThroughputResult) {
     }
     if let (Some(before), Some(after)) = (r.rss_before_kib, r.rss_after_kib) {
         println!("  tuttid RSS: {before} KiB before, {after} KiB after");
+    }
+    if let (Some(rate), Some(p), Some(t)) = (r.rate, &r.rate_latency, r.timed_out) {
+        println!(
+            "  at {rate:.0} msg/s offered, from intended send time: p50 {} p99 {} p99.9 {} max {} ({t} timed out)",
+            ns(p.p50_ns),
+            ns(p.p99_ns),
+            ns(p.p999_ns),
+            ns(p.max_ns)
+        );
     }
 }
 

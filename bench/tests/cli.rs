@@ -299,6 +299,34 @@ fn local_benchmarks_run_against_a_real_daemon() {
             assert!(read[tag].count > 0, "{tag}");
         }
     }
+
+    // Paced: every message timed from its intended send time.
+    let out = bench()
+        .args(["local-throughput", "--rate", "20000"])
+        .args(common)
+        .arg(&tuttid)
+        .output()
+        .unwrap();
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    has_keys(&lines[0], &["rate_latency", "timed_out", "rate"]);
+    let paced = &lines[0]["rate_latency"];
+    assert_eq!(
+        paced["samples"].as_u64().unwrap(),
+        lines[0]["messages"].as_u64().unwrap() + lines[0]["timed_out"].as_u64().unwrap()
+    );
+    assert!(
+        lines[0]["msgs_per_s"].as_f64().unwrap() < 40_000.0,
+        "paced: {}",
+        lines[0]
+    );
+    let out = bench()
+        .args(["local-throughput", "--rate", "100", "--size", "8"])
+        .args(common)
+        .arg(&tuttid)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--rate needs room for a stamp");
 }
 
 #[test]
