@@ -780,7 +780,8 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             print_json(&summary);
         } else {
             println!(
-                "median of {} alternated runs: {:.0} msg/s, relay floor {:.0} msg/s, ratio {:.3}",
+                "medians of {} alternated runs: {:.0} msg/s, relay floor {:.0} msg/s, median ratio {:.3} \
+                 (each run against the floor measured right before it)",
                 summary.reps, summary.msgs_per_s, summary.floor_msgs_per_s, summary.ratio
             );
         }
@@ -1108,7 +1109,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// `cluster --reps N`: medians over the repetitions, each floor measured right before the
-/// cluster run it is compared with.
+/// cluster run it is compared with; a ratio is the median of the runs' own ratios (each
+/// against its own floor), not the ratio of two medians.
 #[derive(serde::Serialize)]
 struct ClusterSummary {
     bench: &'static str,
@@ -1221,8 +1223,9 @@ fn run_cluster(args: ClusterArgs) -> Result<(), String> {
             print_json(&summary);
         } else {
             println!(
-                "median of {} alternated runs: {:.0} msg/s (floor {:.0}, ratio {:.3}); p50 {} p99 {} \
-                 (busy UDP floor {}, ratio {:.2}; wake-up chain {}, ratio {:.2})",
+                "medians of {} alternated runs: {:.0} msg/s (floor {:.0}; median ratio {:.3}); p50 {} \
+                 p99 {} (busy UDP floor {}, median ratio {:.2}; wake-up chain {}, median ratio {:.2}); \
+                 each ratio is of one run against the floor measured right before it",
                 summary.reps,
                 summary.msgs_per_s,
                 summary.floor_msgs_per_s,
