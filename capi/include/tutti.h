@@ -233,7 +233,7 @@ tutti_error_t tutti_next(tutti_client_t *client, tutti_group_t group, tutti_even
  * put in your poll/epoll/select set. Owned by the library (do not read or close it),
  * the same for the group until tutti_leave / tutti_close. Edge-style contract: once it is
  * readable, call tutti_poll or tutti_next until they deliver nothing (0 / TUTTI_ERR_AGAIN)
- * before waiting again; they reset it. It also turns readable when the daemon hangs up
+ * before waiting again; they reset it. A wake-up may find nothing (spurious): wait again. It also turns readable when the daemon hangs up
  * (then receiving says TUTTI_ERR_DAEMON_GONE). The first call starts a helper thread that
  * sleeps on the group's futex (one per group with a descriptor); while it runs the daemon
  * pays one FUTEX_WAKE per batch it appends to the group. */

@@ -4,8 +4,9 @@
 //!
 //! Protocol: the helper notifies the eventfd, then sets `pending`; a poll swaps `pending`
 //! to false and, if it was set, drains the eventfd, before it reads the log. So the
-//! descriptor is readable with `pending` false only between those two steps of the helper
-//! (one spurious wake-up at most), and never left readable for nothing.
+//! descriptor is readable with `pending` false only between those two steps of the helper,
+//! and the next poll after them resets it: it is never left readable for nothing. A
+//! wake-up can be spurious (the helper noticed an append late, after a poll had read it).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
