@@ -45,13 +45,15 @@ static void fill(uint8_t *buf, size_t len, uint64_t i) {
 static void on_event(const tutti_event_t *ev, void *user) {
     struct receiver *r = user;
     if (ev->kind != TUTTI_EVENT_MESSAGE) {
-        fprintf(stderr, "pubsub: unexpected event kind %" PRIu32 " (count %" PRIu64 ")\n", ev->kind, ev->count);
+        fprintf(stderr, "pubsub: unexpected event kind %" PRIu32 " (count %" PRIu64 ")\n",
+                ev->kind, ev->count);
         r->failed = 1;
         return;
     }
     uint64_t i = r->received;
     size_t want = message_size(r, i);
-    if (ev->sender != r->expected_sender || ev->len != want || (r->received > 0 && ev->seq <= r->last_seq)) {
+    int out_of_order = r->received > 0 && ev->seq <= r->last_seq;
+    if (ev->sender != r->expected_sender || ev->len != want || out_of_order) {
         fprintf(stderr, "pubsub: message %" PRIu64 ": sender %" PRIx64 " len %zu seq %" PRIu64
                 ", expected sender %" PRIx64 " len %zu\n", i, ev->sender, ev->len, ev->seq,
                 r->expected_sender, want);
@@ -103,13 +105,17 @@ int main(int argc, char **argv) {
 
     tutti_join_options_t opts = TUTTI_JOIN_OPTIONS_INIT;
     opts.rights = TUTTI_RIGHT_SUBSCRIBE;
-    if ((err = tutti_join(sub, GROUP, &opts, &sub_group)) != TUTTI_OK) return fail("join to subscribe", err);
+    if ((err = tutti_join(sub, GROUP, &opts, &sub_group)) != TUTTI_OK)
+        return fail("join to subscribe", err);
     opts.rights = TUTTI_RIGHT_PUBLISH;
-    if ((err = tutti_join(pub, GROUP, &opts, &pub_group)) != TUTTI_OK) return fail("join to publish", err);
+    if ((err = tutti_join(pub, GROUP, &opts, &pub_group)) != TUTTI_OK)
+        return fail("join to publish", err);
 
     struct receiver r = {.count = count};
-    if ((err = tutti_sender_id(pub, &r.expected_sender)) != TUTTI_OK) return fail("sender id", err);
-    if ((err = tutti_max_message(pub, pub_group, &r.max)) != TUTTI_OK) return fail("max message", err);
+    if ((err = tutti_sender_id(pub, &r.expected_sender)) != TUTTI_OK)
+        return fail("sender id", err);
+    if ((err = tutti_max_message(pub, pub_group, &r.max)) != TUTTI_OK)
+        return fail("max message", err);
     int fd;
     if ((err = tutti_fd(sub, sub_group, &fd)) != TUTTI_OK) return fail("fd", err);
 
@@ -144,7 +150,8 @@ int main(int argc, char **argv) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int ready = poll(&pfd, 1, 10000);
         if (ready == 0) {
-            fprintf(stderr, "pubsub: nothing arrived for 10 s (%" PRIu64 " of %" PRIu64 ")\n", r.received, count);
+            fprintf(stderr, "pubsub: nothing arrived for 10 s (%" PRIu64 " of %" PRIu64 ")\n",
+                    r.received, count);
             return 1;
         }
         if (ready < 0) {

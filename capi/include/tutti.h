@@ -141,11 +141,13 @@ typedef struct tutti_join_options {
     uint32_t flags;  /* mode options (ordered groups' safe delivery, ...); must be 0 today */
 } tutti_join_options_t;
 
-#define TUTTI_JOIN_OPTIONS_INIT { (uint32_t)sizeof(tutti_join_options_t), 0u, TUTTI_MODE_DEFAULT, 0u }
+#define TUTTI_JOIN_OPTIONS_INIT \
+    { (uint32_t)sizeof(tutti_join_options_t), 0u, TUTTI_MODE_DEFAULT, 0u }
 
-/* Joins the group `name` (borrowed; 1 to 255 bytes of UTF-8, else TUTTI_ERR_INVALID), creating it if it is new. `options` (borrowed) may be NULL for the defaults.
- * From now on the client receives what is published to the group, its own messages
- * included. On TUTTI_OK, *out is the group. */
+/* Joins the group `name` (borrowed; 1 to 255 bytes of UTF-8, else TUTTI_ERR_INVALID),
+ * creating it if it is new. `options` (borrowed) may be NULL for the defaults. From now on
+ * the client receives what is published to the group, its own messages included (with
+ * the subscribe right). On TUTTI_OK, *out is the group. */
 tutti_error_t tutti_join(tutti_client_t *client, const char *name,
                          const tutti_join_options_t *options, tutti_group_t *out);
 
@@ -154,14 +156,16 @@ tutti_error_t tutti_join(tutti_client_t *client, const char *name,
 tutti_error_t tutti_leave(tutti_client_t *client, tutti_group_t group);
 
 /* The largest message tutti_offer and tutti_try_claim take for the group. */
-tutti_error_t tutti_max_message(const tutti_client_t *client, tutti_group_t group, size_t *out);
+tutti_error_t tutti_max_message(const tutti_client_t *client, tutti_group_t group,
+                                size_t *out);
 
 /* ---- publish ----------------------------------------------------------------------- */
 
 /* Publishes `len` bytes at `data` (borrowed; copied into the publish ring before the call
  * returns; may be NULL when len is 0). Never blocks: TUTTI_ERR_BACK_PRESSURED when the ring
  * is full. */
-tutti_error_t tutti_offer(tutti_client_t *client, tutti_group_t group, const void *data, size_t len);
+tutti_error_t tutti_offer(tutti_client_t *client, tutti_group_t group, const void *data,
+                          size_t len);
 
 /* Claims `len` bytes in the publish ring to write a message in place: on TUTTI_OK *buf
  * points at them (owned by the library; writable until tutti_commit or tutti_abort, with
@@ -233,10 +237,11 @@ tutti_error_t tutti_next(tutti_client_t *client, tutti_group_t group, tutti_even
  * put in your poll/epoll/select set. Owned by the library (do not read or close it),
  * the same for the group until tutti_leave / tutti_close. Edge-style contract: once it is
  * readable, call tutti_poll or tutti_next until they deliver nothing (0 / TUTTI_ERR_AGAIN)
- * before waiting again; they reset it. A wake-up may find nothing (spurious): wait again. It also turns readable when the daemon hangs up
- * (then receiving says TUTTI_ERR_DAEMON_GONE). The first call starts a helper thread that
- * sleeps on the group's futex (one per group with a descriptor); while it runs the daemon
- * pays one FUTEX_WAKE per batch it appends to the group. */
+ * before waiting again; they reset it. A wake-up may find nothing (spurious): wait again.
+ * It also turns readable, for good, within 200 ms of the daemon hanging up (then receiving
+ * says TUTTI_ERR_DAEMON_GONE once what was delivered is read). The first call starts a
+ * helper thread that sleeps on the group's futex (one per group with a descriptor); while
+ * it runs, the daemon pays one FUTEX_WAKE per batch it appends to the group. */
 tutti_error_t tutti_fd(tutti_client_t *client, tutti_group_t group, int *fd);
 
 #ifdef __cplusplus

@@ -18,7 +18,10 @@ pub fn crate_dir() -> PathBuf {
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A fresh directory of this test's own under the system temp dir.
@@ -48,7 +51,11 @@ pub fn tuttid() -> PathBuf {
 /// soname is libtutti.so.0, as installed).
 pub fn lib_dir(dir: &Path) -> PathBuf {
     let so = target_dir().join("libtutti.so");
-    assert!(so.exists(), "{} missing: cargo builds it with this crate", so.display());
+    assert!(
+        so.exists(),
+        "{} missing: cargo builds it with this crate",
+        so.display()
+    );
     let lib = dir.join("lib");
     std::fs::create_dir_all(&lib).unwrap();
     for name in ["libtutti.so.0", "libtutti.so"] {
@@ -63,19 +70,32 @@ pub fn lib_dir(dir: &Path) -> PathBuf {
 pub fn compile(source: &Path, dir: &Path, name: &str, static_lib: bool) -> PathBuf {
     let out = dir.join(name);
     let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cc.args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Werror", "-O1", "-g"])
-        .arg("-I")
-        .arg(crate_dir().join("include"))
-        .arg(source)
-        .arg("-o")
-        .arg(&out);
+    cc.args([
+        "-std=c11",
+        "-D_POSIX_C_SOURCE=200809L",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-O1",
+        "-g",
+    ])
+    .arg("-I")
+    .arg(crate_dir().join("include"))
+    .arg(source)
+    .arg("-o")
+    .arg(&out);
     if static_lib {
         cc.arg(target_dir().join("libtutti.a")).args(STATIC_LIBS);
     } else {
         let lib = lib_dir(dir);
-        cc.arg("-L").arg(&lib).arg("-ltutti").arg(format!("-Wl,-rpath,{}", lib.display()));
+        cc.arg("-L")
+            .arg(&lib)
+            .arg("-ltutti")
+            .arg(format!("-Wl,-rpath,{}", lib.display()));
     }
-    let result = cc.output().expect("run cc (a C compiler is needed for these tests)");
+    let result = cc
+        .output()
+        .expect("run cc (a C compiler is needed for these tests)");
     assert!(
         result.status.success(),
         "cc {} failed:\n{}",
