@@ -261,3 +261,101 @@ pub(crate) fn call_back(
     // stops at the busy check.
     unsafe { callback(event, user) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TUTTI_MODE_BIMODAL;
+
+    fn last() -> String {
+        // SAFETY: last_error returns a NUL-terminated string owned by this thread.
+        unsafe { CStr::from_ptr(last_error()) }
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_panic_becomes_internal_and_a_failure_its_code_and_detail() {
+        assert_eq!(guard(|| panic!("boom")), TUTTI_ERR_INTERNAL);
+        assert!(last().contains("panic"), "{}", last());
+        assert_eq!(
+            guard(|| Err(Fail::text(TUTTI_ERR_INVALID, "the detail\0here"))),
+            TUTTI_ERR_INVALID
+        );
+        assert_eq!(last(), "the detail here");
+        assert_eq!(guard(|| Ok(())), TUTTI_OK);
+        assert_eq!(
+            last(),
+            "the detail here",
+            "success leaves the last failure's detail"
+        );
+    }
+
+    #[test]
+    fn a_null_client_is_invalid() {
+        assert_eq!(with_client(std::ptr::null(), |_| Ok(())), TUTTI_ERR_INVALID);
+        assert!(take_client(std::ptr::null_mut()).unwrap().is_none());
+    }
+
+    #[test]
+    fn bytes_and_strings_are_checked() {
+        assert!(bytes(std::ptr::null(), 0, "data").unwrap().is_empty());
+        assert_eq!(
+            bytes(std::ptr::null(), 3, "data").unwrap_err().code,
+            TUTTI_ERR_INVALID
+        );
+        let data = [1u8, 2, 3];
+        assert_eq!(bytes(data.as_ptr(), 3, "data").unwrap(), &data);
+        assert_eq!(
+            c_str(std::ptr::null(), "name").unwrap_err().code,
+            TUTTI_ERR_INVALID
+        );
+        assert_eq!(
+            out_ptr(std::ptr::null_mut::<u64>(), "out").err().unwrap().code,
+            TUTTI_ERR_INVALID
+        );
+        let mut word = [0u64; 2];
+        let misaligned = (word.as_mut_ptr() as *mut u8).wrapping_add(1).cast::<u64>();
+        assert_eq!(out_ptr(misaligned, "out").err().unwrap().code, TUTTI_ERR_INVALID);
+    }
+
+    /// A caller compiled against a newer tutti.h, with two more fields.
+    #[repr(C)]
+    struct Newer {
+        base: TuttiJoinOptions,
+        extra: [u32; 2],
+    }
+
+    #[test]
+    fn join_options_of_other_versions() {
+        let base = TuttiJoinOptions {
+            size: 16,
+            rights: 2,
+            mode: TUTTI_MODE_BIMODAL,
+            flags: 0,
+        };
+        assert_eq!(join_options(&base).unwrap(), base);
+        let mut newer = Newer {
+            base: TuttiJoinOptions { size: 24, ..base },
+            extra: [0, 0],
+        };
+        assert_eq!(
+            join_options((&raw const newer).cast()).unwrap().rights,
+            2,
+            "unknown zero fields ask nothing"
+        );
+        newer.extra[1] = 7;
+        assert_eq!(
+            join_options((&raw const newer).cast()).unwrap_err().code,
+            TUTTI_ERR_UNSUPPORTED
+        );
+        let short = TuttiJoinOptions { size: 8, ..base };
+        assert_eq!(join_options(&short).unwrap_err().code, TUTTI_ERR_INVALID);
+        let huge = TuttiJoinOptions {
+            size: 1 << 20,
+            ..base
+        };
+        assert_eq!(join_options(&huge).unwrap_err().code, TUTTI_ERR_INVALID);
+    }
+}
