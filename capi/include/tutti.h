@@ -216,14 +216,15 @@ typedef struct tutti_event {
  * during the call: copy what you keep. `user` is tutti_poll's. */
 typedef void (*tutti_event_fn)(const tutti_event_t *event, void *user);
 
-/* Delivers up to `limit` events of the group to `callback`, in order, and never blocks.
+/* Delivers up to `limit` events of the group to `callback`, in order, and never blocks
+ * (a `limit` of 0 delivers nothing and leaves the descriptor as it is).
  * `user` is passed through untouched. `delivered` (may be NULL) gets how many. */
 tutti_error_t tutti_poll(tutti_client_t *client, tutti_group_t group, size_t limit,
                          tutti_event_fn callback, void *user, size_t *delivered);
 
 /* Like tutti_poll, but waits (spin, then yield, then sleep on the group's futex: the
  * `backoff` idle strategy) until at least one event arrives or `timeout_ms` passes
- * (TUTTI_ERR_TIMED_OUT, *delivered = 0). */
+ * (TUTTI_ERR_TIMED_OUT, *delivered = 0). `limit` must be at least 1. */
 tutti_error_t tutti_poll_wait(tutti_client_t *client, tutti_group_t group, size_t limit,
                               uint32_t timeout_ms, tutti_event_fn callback, void *user,
                               size_t *delivered);

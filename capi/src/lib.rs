@@ -606,8 +606,9 @@ pub unsafe extern "C" fn tutti_flush(client: *mut TuttiClient, timeout_ms: u32) 
     })
 }
 
-/// The subscribed group's id, with its descriptor reset before the log is read.
-fn receiving(s: &State, group: u32) -> Result<GroupId, Fail> {
+/// The subscribed group's id, with its descriptor reset before the log is read (not for a
+/// read of 0 events: that would reset it with events still waiting).
+fn receiving(s: &State, group: u32, limit: usize) -> Result<GroupId, Fail> {
     let slot = s.slot(group)?;
     if !slot.subscribed {
         return Err(Fail::new(
@@ -615,7 +616,7 @@ fn receiving(s: &State, group: u32) -> Result<GroupId, Fail> {
             c"the group was joined without the subscribe right",
         ));
     }
-    if let Some(wake) = &slot.wake {
+    if let Some(wake) = slot.wake.as_ref().filter(|_| limit > 0) {
         wake.reset();
     }
     Ok(slot.id)
@@ -637,7 +638,7 @@ pub unsafe extern "C" fn tutti_poll(
         let delivered = (!delivered.is_null())
             .then(|| boundary::out_ptr(delivered, "delivered"))
             .transpose()?;
-        let id = receiving(s, group)?;
+        let id = receiving(s, group, limit)?;
         let n = s
             .client
             .poll(id, limit, |e| {
@@ -671,7 +672,13 @@ pub unsafe extern "C" fn tutti_poll_wait(
         let delivered = (!delivered.is_null())
             .then(|| boundary::out_ptr(delivered, "delivered"))
             .transpose()?;
-        let id = receiving(s, group)?;
+        if limit == 0 {
+            return Err(Fail::new(
+                TUTTI_ERR_INVALID,
+                c"tutti_poll_wait: limit 0 would wait for nothing",
+            ));
+        }
+        let id = receiving(s, group, limit)?;
         let n = s
             .client
             .poll_blocking(id, limit, IdleStrategy::Backoff, millis(timeout_ms), |e| {
@@ -701,7 +708,7 @@ pub unsafe extern "C" fn tutti_next(
 ) -> TuttiError {
     with_client(client, |s| {
         let out = boundary::out_ptr(out, "event")?;
-        let id = receiving(s, group)?;
+        let id = receiving(s, group, 1)?;
         let State {
             client, next_payload, ..
         } = s;

@@ -179,3 +179,22 @@ fn strerror_names_every_code_and_refuses_none() {
     let unknown = unsafe { std::ffi::CStr::from_ptr(tutti_strerror(-9999)) };
     assert!(unknown.to_str().unwrap().contains("unknown"));
 }
+
+/// The C example in the workspace's README.md compiles and links (inside a `main`).
+#[test]
+fn readme_c_example_compiles() {
+    let readme = std::fs::read_to_string(crate_dir().join("../README.md")).unwrap();
+    let start = readme.find("```c\n").expect("README.md has a ```c block") + 5;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let (includes, body): (Vec<&str>, Vec<&str>) = block.lines().partition(|l| l.starts_with("#include"));
+    let program = format!(
+        "{}\nint main(void) {{\n{}\nreturn 0;\n}}\n",
+        includes.join("\n"),
+        body.join("\n")
+    );
+    let dir = temp_dir("readme");
+    let source = dir.join("readme.c");
+    std::fs::write(&source, program).unwrap();
+    compile(&source, &dir, "readme", false);
+    let _ = std::fs::remove_dir_all(&dir);
+}

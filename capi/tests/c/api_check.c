@@ -242,6 +242,11 @@ int main(void) {
 
     /* tutti_next's payload stays valid until the next receiving call. */
     publish(c, g, 2, 300);
+    /* A poll of 0 events reads nothing and leaves the descriptor readable. */
+    CHECK(readable(fd, 5000));
+    EXPECT(tutti_poll(c, g, 0, collect, NULL, &n), TUTTI_OK);
+    CHECK(n == 0 && readable(fd, 0));
+    EXPECT(tutti_poll_wait(c, g, 0, 10, collect, NULL, &n), TUTTI_ERR_INVALID);
     EXPECT(next_via_fd(c, g, fd, &ev), TUTTI_OK);
     uint32_t index;
     CHECK(ev.kind == TUTTI_EVENT_MESSAGE && ev.len == 300 && intact(ev.payload, ev.len, &index) && index == 2);

@@ -14,7 +14,7 @@ pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// target/<profile>/, where cargo put libtutti.so, libtutti.a and tuttid.
+/// target/<profile>/, where cargo puts tuttid.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>
@@ -30,6 +30,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// target/<profile>/deps/, where the build of this test put libtutti.so and libtutti.a
+/// (`cargo build` also copies them up to target/<profile>/, but `cargo test` does not: the
+/// copies there can be stale).
+pub fn deps_dir() -> PathBuf {
+    target_dir().join("deps")
 }
 
 /// tuttid beside the test; built with cargo if this test run did not build it.
@@ -50,7 +57,7 @@ pub fn tuttid() -> PathBuf {
 /// A directory holding libtutti.so as the linker and loader look for it (the library's
 /// soname is libtutti.so.0, as installed).
 pub fn lib_dir(dir: &Path) -> PathBuf {
-    let so = target_dir().join("libtutti.so");
+    let so = deps_dir().join("libtutti.so");
     assert!(
         so.exists(),
         "{} missing: cargo builds it with this crate",
@@ -85,7 +92,7 @@ pub fn compile(source: &Path, dir: &Path, name: &str, static_lib: bool) -> PathB
     .arg("-o")
     .arg(&out);
     if static_lib {
-        cc.arg(target_dir().join("libtutti.a")).args(STATIC_LIBS);
+        cc.arg(deps_dir().join("libtutti.a")).args(STATIC_LIBS);
     } else {
         let lib = lib_dir(dir);
         cc.arg("-L")
