@@ -198,3 +198,21 @@ fn readme_c_example_compiles() {
     compile(&source, &dir, "readme", false);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every example program compiles and links, warnings as errors (pubsub.c also runs, in
+/// c_api.rs; throughput.c is a benchmark, run by hand).
+#[test]
+fn every_example_compiles() {
+    let dir = temp_dir("examples");
+    let mut built = 0;
+    for entry in std::fs::read_dir(crate_dir().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "c") {
+            let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+            compile(&path, &dir, &name, false);
+            built += 1;
+        }
+    }
+    assert!(built >= 2, "examples/*.c: {built}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
