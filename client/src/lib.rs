@@ -21,8 +21,9 @@
 //! ```
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
@@ -170,9 +171,15 @@ struct Group {
 
 struct Subscription {
     reader: LogReader,
-    doorbell: GroupDoorbell,
+    doorbell: Arc<SharedDoorbell>,
     _log: Mapping,
-    _doorbell_map: Mapping,
+}
+
+/// A group's doorbell with the mapping it lives in, shared with [`AppendSignal`]s (which
+/// may outlive the group or the client: the page stays mapped until the last one goes).
+struct SharedDoorbell {
+    doorbell: GroupDoorbell,
+    _map: Mapping,
 }
 
 /// A session with the local tuttid. Single-threaded: give each thread its own client.
@@ -355,9 +362,8 @@ impl Client {
                 .map_err(|e| Error::SharedMemory(e.to_string()))?;
             Some(Subscription {
                 reader,
-                doorbell,
+                doorbell: Arc::new(SharedDoorbell { doorbell, _map: bell }),
                 _log: log,
-                _doorbell_map: bell,
             })
         } else {
             None
@@ -611,13 +617,14 @@ impl Client {
     /// Sleeps on the group's futex until the daemon appends (or `timeout`).
     fn park(&mut self, group: GroupId, timeout: Duration) -> Result<(), Error> {
         let g = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
+        let bell = &g.doorbell.doorbell;
         // add_waiter fences; the daemon fences between appending and reading `waiters`.
-        g.doorbell.add_waiter();
-        let seen = g.doorbell.futex_value();
+        bell.add_waiter();
+        let seen = bell.futex_value();
         if !g.reader.has_data() {
-            tutti_sys::futex_wait(g.doorbell.futex_word(), seen, timeout);
+            tutti_sys::futex_wait(bell.futex_word(), seen, timeout);
         }
-        g.doorbell.remove_waiter();
+        bell.remove_waiter();
         Ok(())
     }
 
@@ -683,6 +690,20 @@ impl Client {
         })
     }
 
+    /// A handle another thread can sleep on until the daemon appends to `group`'s delivery
+    /// log: the way to turn appends into a wake-up of some other kind (an eventfd for a
+    /// poll loop, as the C API does). Needs the subscribe right.
+    pub fn append_signal(&self, group: GroupId) -> Result<AppendSignal, Error> {
+        let sub = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
+        Ok(AppendSignal::register(Arc::clone(&sub.doorbell)))
+    }
+
+    /// The control socket's descriptor, to watch for the daemon hanging up (it reads as
+    /// readable with `POLLHUP`). Only poll it: reading or closing it breaks the session.
+    pub fn control_fd(&self) -> RawFd {
+        self.conn.as_raw_fd()
+    }
+
     /// Checks, without blocking, that the daemon has not hung up on this session.
     pub fn check_alive(&mut self) -> Result<(), Error> {
         if self.gone {
@@ -721,6 +742,49 @@ impl ShardCounters {
             .take(self.page.count())
             .enumerate()
             .map(|(i, (name, _))| (*name, self.page.get(i)))
+    }
+}
+
+/// Wakes a thread when the daemon appends to one group's delivery log (from
+/// [`Client::append_signal`]). While it lives it counts as a parked subscriber, so the
+/// daemon bumps the group's futex word after every batch it appends (one `FUTEX_WAKE`
+/// per batch): hold it only while something waits on it.
+///
+/// Use: `let mut seen = signal.value();` then check for data (poll), then
+/// `signal.wait(seen, timeout)`; a [`value`](Self::value) other than `seen` means the
+/// daemon appended since.
+pub struct AppendSignal {
+    bell: Arc<SharedDoorbell>,
+}
+
+impl AppendSignal {
+    fn register(bell: Arc<SharedDoorbell>) -> AppendSignal {
+        // add_waiter fences: an append after this sees the waiter and bumps the word.
+        bell.doorbell.add_waiter();
+        AppendSignal { bell }
+    }
+
+    /// The futex word: it changes after each batch the daemon appends from now on.
+    pub fn value(&self) -> u32 {
+        self.bell.doorbell.futex_value()
+    }
+
+    /// Sleeps while the word still holds `seen`, at most `timeout` (or until
+    /// [`interrupt`](Self::interrupt), a signal or a spurious wake-up: re-check).
+    pub fn wait(&self, seen: u32, timeout: Duration) {
+        tutti_sys::futex_wait(self.bell.doorbell.futex_word(), seen, timeout);
+    }
+
+    /// Wakes every thread sleeping in [`wait`](Self::wait) on this group (the group's other
+    /// sleepers re-check and sleep again).
+    pub fn interrupt(&self) {
+        tutti_sys::futex_wake_all(self.bell.doorbell.futex_word());
+    }
+}
+
+impl Drop for AppendSignal {
+    fn drop(&mut self) {
+        self.bell.doorbell.remove_waiter();
     }
 }
 

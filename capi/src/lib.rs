@@ -1,0 +1,766 @@
+//! libtutti: the C API of tutti-client (header `capi/include/tutti.h`, which documents every
+//! function, its errors and who owns what). Each entry point checks its pointers, runs
+//! under `catch_unwind` (no panic crosses into C) and maps the client's errors to the
+//! `TUTTI_ERR_*` codes; the model, and the data path, are the Rust client's.
+//!
+//! Group options are a struct with a `size` field (`tutti_join_options_t`), so the options
+//! of ordered groups (`safe` delivery, the partition policy) can be appended without
+//! breaking programs compiled against this version.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod boundary;
+mod wake;
+
+use boundary::{guard, with_client, Fail};
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+use tutti_client::{Client, Error, Event, GroupId, IdleStrategy, OfferError, Rights};
+
+/// `tutti_error_t`: TUTTI_OK or a negative `TUTTI_ERR_*`.
+pub type TuttiError = i32;
+
+pub const TUTTI_OK: TuttiError = 0;
+pub const TUTTI_ERR_INVALID: TuttiError = -1;
+pub const TUTTI_ERR_CONNECT: TuttiError = -2;
+pub const TUTTI_ERR_DAEMON_GONE: TuttiError = -3;
+pub const TUTTI_ERR_REFUSED: TuttiError = -4;
+pub const TUTTI_ERR_PERMISSION: TuttiError = -5;
+pub const TUTTI_ERR_LIMIT: TuttiError = -6;
+pub const TUTTI_ERR_PROTOCOL: TuttiError = -7;
+pub const TUTTI_ERR_SHARED_MEMORY: TuttiError = -8;
+pub const TUTTI_ERR_IO: TuttiError = -9;
+pub const TUTTI_ERR_UNKNOWN_GROUP: TuttiError = -10;
+pub const TUTTI_ERR_NOT_SUBSCRIBED: TuttiError = -11;
+pub const TUTTI_ERR_NOT_PUBLISHER: TuttiError = -12;
+pub const TUTTI_ERR_BACK_PRESSURED: TuttiError = -13;
+pub const TUTTI_ERR_TOO_LARGE: TuttiError = -14;
+pub const TUTTI_ERR_AGAIN: TuttiError = -15;
+pub const TUTTI_ERR_TIMED_OUT: TuttiError = -16;
+pub const TUTTI_ERR_BUSY: TuttiError = -17;
+pub const TUTTI_ERR_UNSUPPORTED: TuttiError = -18;
+pub const TUTTI_ERR_INTERNAL: TuttiError = -19;
+
+/// Every code with its `tutti_strerror` text (the ABI test walks this list).
+pub const ERRORS: &[(TuttiError, &str, &CStr)] = &[
+    (TUTTI_OK, "TUTTI_OK", c"success"),
+    (TUTTI_ERR_INVALID, "TUTTI_ERR_INVALID", c"invalid argument"),
+    (
+        TUTTI_ERR_CONNECT,
+        "TUTTI_ERR_CONNECT",
+        c"cannot connect to tuttid",
+    ),
+    (
+        TUTTI_ERR_DAEMON_GONE,
+        "TUTTI_ERR_DAEMON_GONE",
+        c"tuttid is gone (the daemon stopped or ended this session)",
+    ),
+    (
+        TUTTI_ERR_REFUSED,
+        "TUTTI_ERR_REFUSED",
+        c"tuttid refused the request",
+    ),
+    (
+        TUTTI_ERR_PERMISSION,
+        "TUTTI_ERR_PERMISSION",
+        c"permission denied by tuttid's access rules",
+    ),
+    (
+        TUTTI_ERR_LIMIT,
+        "TUTTI_ERR_LIMIT",
+        c"a resource limit of tuttid is reached",
+    ),
+    (
+        TUTTI_ERR_PROTOCOL,
+        "TUTTI_ERR_PROTOCOL",
+        c"unexpected answer from tuttid",
+    ),
+    (
+        TUTTI_ERR_SHARED_MEMORY,
+        "TUTTI_ERR_SHARED_MEMORY",
+        c"shared memory from tuttid is not usable",
+    ),
+    (
+        TUTTI_ERR_IO,
+        "TUTTI_ERR_IO",
+        c"input/output error on the control socket",
+    ),
+    (
+        TUTTI_ERR_UNKNOWN_GROUP,
+        "TUTTI_ERR_UNKNOWN_GROUP",
+        c"no such group in this client",
+    ),
+    (
+        TUTTI_ERR_NOT_SUBSCRIBED,
+        "TUTTI_ERR_NOT_SUBSCRIBED",
+        c"the group was joined without the subscribe right",
+    ),
+    (
+        TUTTI_ERR_NOT_PUBLISHER,
+        "TUTTI_ERR_NOT_PUBLISHER",
+        c"the group was joined without the publish right",
+    ),
+    (
+        TUTTI_ERR_BACK_PRESSURED,
+        "TUTTI_ERR_BACK_PRESSURED",
+        c"back pressured: the publish ring is full",
+    ),
+    (
+        TUTTI_ERR_TOO_LARGE,
+        "TUTTI_ERR_TOO_LARGE",
+        c"message larger than the group's limit",
+    ),
+    (TUTTI_ERR_AGAIN, "TUTTI_ERR_AGAIN", c"no event waiting"),
+    (TUTTI_ERR_TIMED_OUT, "TUTTI_ERR_TIMED_OUT", c"timed out"),
+    (
+        TUTTI_ERR_BUSY,
+        "TUTTI_ERR_BUSY",
+        c"client busy (called from its own callback, or a claim is outstanding)",
+    ),
+    (
+        TUTTI_ERR_UNSUPPORTED,
+        "TUTTI_ERR_UNSUPPORTED",
+        c"not supported by this version of tutti",
+    ),
+    (
+        TUTTI_ERR_INTERNAL,
+        "TUTTI_ERR_INTERNAL",
+        c"internal error in libtutti",
+    ),
+];
+
+pub const TUTTI_RIGHT_PUBLISH: u32 = 1;
+pub const TUTTI_RIGHT_SUBSCRIBE: u32 = 2;
+
+pub const TUTTI_MODE_DEFAULT: u32 = 0;
+pub const TUTTI_MODE_UNRELIABLE: u32 = 1;
+pub const TUTTI_MODE_BIMODAL: u32 = 2;
+pub const TUTTI_MODE_ORDERED: u32 = 3;
+
+pub const TUTTI_EVENT_MESSAGE: u32 = 1;
+pub const TUTTI_EVENT_LAGGED: u32 = 2;
+pub const TUTTI_EVENT_LOST: u32 = 3;
+/// Reserved for ordered groups' view changes: not emitted until the daemon reports views.
+pub const TUTTI_EVENT_VIEW: u32 = 4;
+
+/// `tutti_join_options_t` (the version of this library; callers may pass a longer one).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TuttiJoinOptions {
+    pub size: u32,
+    pub rights: u32,
+    pub mode: u32,
+    pub flags: u32,
+}
+
+/// `tutti_event_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TuttiEvent {
+    pub kind: u32,
+    pub group: u32,
+    pub seq: u64,
+    pub sender: u64,
+    pub count: u64,
+    pub payload: *const u8,
+    pub len: usize,
+}
+
+/// `tutti_event_fn`.
+pub type TuttiEventFn = Option<unsafe extern "C" fn(event: *const TuttiEvent, user: *mut c_void)>;
+
+/// `tutti_client_t`: opaque to C.
+pub struct TuttiClient {
+    /// Set while an entry point runs: a call from the client's own callback is refused.
+    busy: Cell<bool>,
+    /// A panic was caught mid-call; the state may be half-updated.
+    poisoned: Cell<bool>,
+    state: UnsafeCell<State>,
+}
+
+pub(crate) struct State {
+    // Field order is drop order: the groups' helper threads watch the client's control
+    // socket, so they stop before the client closes it.
+    groups: Vec<Option<GroupSlot>>,
+    client: Client,
+    claim: Option<PendingClaim>,
+    /// Where `tutti_next` keeps the payload it hands out (sized at join: no allocation on
+    /// the data path).
+    next_payload: Vec<u8>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Ask every helper to stop first, so they wind down together, not one by one.
+        for wake in self.groups.iter().flatten().filter_map(|g| g.wake.as_ref()) {
+            wake.stop();
+        }
+    }
+}
+
+struct GroupSlot {
+    id: GroupId,
+    subscribed: bool,
+    wake: Option<wake::GroupWake>,
+}
+
+/// A claim handed to C: the publish ring's tail does not move until it is committed or
+/// aborted (every other publishing call is refused meanwhile), so claiming the same length
+/// again at commit gives the same bytes.
+struct PendingClaim {
+    group: u32,
+    len: usize,
+    buf: *mut u8,
+}
+
+impl State {
+    fn slot(&self, group: u32) -> Result<&GroupSlot, Fail> {
+        self.groups
+            .get(group as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                Fail::text(
+                    TUTTI_ERR_UNKNOWN_GROUP,
+                    format!("no group {group} in this client"),
+                )
+            })
+    }
+
+    fn no_claim(&self) -> Result<(), Fail> {
+        match self.claim {
+            Some(_) => Err(Fail::new(
+                TUTTI_ERR_BUSY,
+                c"a claim is outstanding: tutti_commit or tutti_abort it first",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// After a poll that found nothing: if the group's helper saw the daemon hang up,
+    /// confirm it now (a plain poll only checks now and then).
+    fn check_gone(&mut self, group: u32) -> Result<(), Fail> {
+        if self
+            .slot(group)?
+            .wake
+            .as_ref()
+            .is_some_and(wake::GroupWake::daemon_gone)
+        {
+            self.client.check_alive().map_err(client_fail)?;
+        }
+        Ok(())
+    }
+}
+
+fn client_fail(e: Error) -> Fail {
+    let code = match &e {
+        Error::Connect { .. } => TUTTI_ERR_CONNECT,
+        Error::Io(_) => TUTTI_ERR_IO,
+        Error::Refused(_) => TUTTI_ERR_REFUSED,
+        Error::PermissionDenied { .. } => TUTTI_ERR_PERMISSION,
+        Error::LimitReached { .. } => TUTTI_ERR_LIMIT,
+        Error::NotSubscribed => TUTTI_ERR_NOT_SUBSCRIBED,
+        Error::Protocol(_) => TUTTI_ERR_PROTOCOL,
+        Error::SharedMemory(_) => TUTTI_ERR_SHARED_MEMORY,
+        Error::DaemonGone => TUTTI_ERR_DAEMON_GONE,
+        Error::UnknownGroup => TUTTI_ERR_UNKNOWN_GROUP,
+    };
+    if code == TUTTI_ERR_DAEMON_GONE {
+        return Fail::new(code, c"tuttid is gone (the daemon stopped or ended this session)");
+    }
+    Fail::text(code, e.to_string())
+}
+
+fn offer_fail(e: OfferError) -> Fail {
+    match e {
+        OfferError::BackPressured => Fail::new(
+            TUTTI_ERR_BACK_PRESSURED,
+            c"back pressured: the publish ring is full",
+        ),
+        OfferError::TooLarge { .. } => Fail::text(TUTTI_ERR_TOO_LARGE, e.to_string()),
+        OfferError::Closed => Fail::new(
+            TUTTI_ERR_DAEMON_GONE,
+            c"tuttid is gone (the daemon stopped or ended this session)",
+        ),
+        OfferError::NotPublisher => Fail::new(
+            TUTTI_ERR_NOT_PUBLISHER,
+            c"this client joined the group without the publish right",
+        ),
+    }
+}
+
+fn event(group: u32, e: &Event<'_>) -> TuttiEvent {
+    let mut out = TuttiEvent {
+        kind: 0,
+        group,
+        seq: 0,
+        sender: 0,
+        count: 0,
+        payload: std::ptr::null(),
+        len: 0,
+    };
+    match *e {
+        Event::Message { seq, sender, payload } => {
+            out.kind = TUTTI_EVENT_MESSAGE;
+            (out.seq, out.sender, out.payload, out.len) = (seq, sender, payload.as_ptr(), payload.len());
+        }
+        Event::Lagged { missed } => {
+            out.kind = TUTTI_EVENT_LAGGED;
+            out.count = missed;
+        }
+        Event::Lost { sender, count } => {
+            out.kind = TUTTI_EVENT_LOST;
+            (out.sender, out.count) = (sender, count);
+        }
+    }
+    out
+}
+
+fn millis(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms))
+}
+
+/// As `tutti_strerror` in tutti.h (any code is fine).
+#[no_mangle]
+pub extern "C" fn tutti_strerror(code: TuttiError) -> *const c_char {
+    ERRORS
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map_or(c"unknown tutti error code".as_ptr(), |(_, _, text)| text.as_ptr())
+}
+
+/// As `tutti_last_error` in tutti.h.
+#[no_mangle]
+pub extern "C" fn tutti_last_error() -> *const c_char {
+    boundary::last_error()
+}
+
+/// # Safety
+/// As `tutti_connect` in tutti.h: `socket_path` NULL or a NUL-terminated string, `out`
+/// NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_connect(socket_path: *const c_char, out: *mut *mut TuttiClient) -> TuttiError {
+    guard(|| {
+        let out = boundary::out_ptr(out, "out")?;
+        out.write(std::ptr::null_mut());
+        let client = if socket_path.is_null() {
+            Client::connect()
+        } else {
+            let path = boundary::c_str(socket_path, "socket_path")?;
+            Client::connect_to(Path::new(OsStr::from_bytes(path.to_bytes())))
+        };
+        let client = client.map_err(client_fail)?;
+        let handle = Box::new(TuttiClient {
+            busy: Cell::new(false),
+            poisoned: Cell::new(false),
+            state: UnsafeCell::new(State {
+                groups: Vec::new(),
+                client,
+                claim: None,
+                next_payload: Vec::new(),
+            }),
+        });
+        out.write(Box::into_raw(handle));
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_close` in tutti.h: NULL or a client from `tutti_connect`, not used after.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_close(client: *mut TuttiClient) -> TuttiError {
+    guard(|| {
+        drop(boundary::take_client(client)?);
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_sender_id` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_sender_id(client: *const TuttiClient, out: *mut u64) -> TuttiError {
+    with_client(client, |s| {
+        boundary::out_ptr(out, "out")?.write(s.client.sender_id());
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_join` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_join(
+    client: *mut TuttiClient,
+    name: *const c_char,
+    options: *const TuttiJoinOptions,
+    out: *mut u32,
+) -> TuttiError {
+    with_client(client, |s| {
+        let out = boundary::out_ptr(out, "out")?;
+        let name = boundary::c_str(name, "name")?
+            .to_str()
+            .map_err(|_| Fail::new(TUTTI_ERR_INVALID, c"group name is not UTF-8"))?;
+        if name.is_empty() || name.len() > 255 {
+            return Err(Fail::text(
+                TUTTI_ERR_INVALID,
+                format!("group name of {} bytes: must be 1 to 255", name.len()),
+            ));
+        }
+        let options = if options.is_null() {
+            TuttiJoinOptions {
+                size: std::mem::size_of::<TuttiJoinOptions>() as u32,
+                rights: 0,
+                mode: TUTTI_MODE_DEFAULT,
+                flags: 0,
+            }
+        } else {
+            boundary::join_options(options)?
+        };
+        let rights = match options.rights {
+            0 | 3 => Rights::BOTH,
+            TUTTI_RIGHT_PUBLISH => Rights::PUBLISH,
+            TUTTI_RIGHT_SUBSCRIBE => Rights::SUBSCRIBE,
+            bits => {
+                return Err(Fail::text(
+                    TUTTI_ERR_INVALID,
+                    format!("unknown rights bits {bits:#x}"),
+                ));
+            }
+        };
+        match options.mode {
+            TUTTI_MODE_DEFAULT | TUTTI_MODE_BIMODAL => {}
+            TUTTI_MODE_UNRELIABLE | TUTTI_MODE_ORDERED => {
+                return Err(Fail::text(
+                    TUTTI_ERR_UNSUPPORTED,
+                    format!(
+                        "group {name:?}: mode {} is not offered by this tuttid yet (bimodal only)",
+                        options.mode
+                    ),
+                ));
+            }
+            mode => return Err(Fail::text(TUTTI_ERR_INVALID, format!("unknown mode {mode}"))),
+        }
+        if options.flags != 0 {
+            return Err(Fail::text(
+                TUTTI_ERR_UNSUPPORTED,
+                format!("join flags {:#x}: no mode option is offered yet", options.flags),
+            ));
+        }
+        let id = s.client.join_as(name, rights).map_err(client_fail)?;
+        if rights.subscribe {
+            // Room for the largest message tutti_next can hand out, once.
+            let max = s.client.max_message(id).map_err(client_fail)?;
+            s.next_payload.reserve(max.saturating_sub(s.next_payload.len()));
+        }
+        let slot = GroupSlot {
+            id,
+            subscribed: rights.subscribe,
+            wake: None,
+        };
+        let index = match s.groups.iter().position(Option::is_none) {
+            Some(i) => {
+                s.groups[i] = Some(slot);
+                i
+            }
+            None => {
+                s.groups.push(Some(slot));
+                s.groups.len() - 1
+            }
+        };
+        out.write(index as u32);
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_leave` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_leave(client: *mut TuttiClient, group: u32) -> TuttiError {
+    with_client(client, |s| {
+        let id = s.slot(group)?.id;
+        if s.claim.as_ref().is_some_and(|c| c.group == group) {
+            return Err(Fail::new(
+                TUTTI_ERR_BUSY,
+                c"a claim on this group is outstanding: tutti_commit or tutti_abort it first",
+            ));
+        }
+        // Stop the helper thread before the group's doorbell goes.
+        if let Some(slot) = s.groups[group as usize].as_mut() {
+            slot.wake = None;
+        }
+        s.client.leave(id).map_err(client_fail)?;
+        s.groups[group as usize] = None;
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_max_message` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_max_message(
+    client: *const TuttiClient,
+    group: u32,
+    out: *mut usize,
+) -> TuttiError {
+    with_client(client, |s| {
+        let out = boundary::out_ptr(out, "out")?;
+        let id = s.slot(group)?.id;
+        out.write(s.client.max_message(id).map_err(client_fail)?);
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_offer` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_offer(
+    client: *mut TuttiClient,
+    group: u32,
+    data: *const c_void,
+    len: usize,
+) -> TuttiError {
+    with_client(client, |s| {
+        let payload = boundary::bytes(data.cast(), len, "data")?;
+        s.no_claim()?;
+        let id = s.slot(group)?.id;
+        s.client.offer(id, payload).map_err(offer_fail)
+    })
+}
+
+/// # Safety
+/// As `tutti_try_claim` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_try_claim(
+    client: *mut TuttiClient,
+    group: u32,
+    len: usize,
+    buf: *mut *mut c_void,
+) -> TuttiError {
+    with_client(client, |s| {
+        let out = boundary::out_ptr(buf, "buf")?;
+        s.no_claim()?;
+        let id = s.slot(group)?.id;
+        // The Rust claim ends with this block: that publishes nothing and leaves the ring as
+        // it was; commit claims the same bytes again (see PendingClaim).
+        let ptr = s
+            .client
+            .try_claim(id, len)
+            .map_err(offer_fail)?
+            .buf()
+            .as_mut_ptr();
+        s.claim = Some(PendingClaim { group, len, buf: ptr });
+        out.write(ptr.cast());
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_commit` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_commit(client: *mut TuttiClient) -> TuttiError {
+    with_client(client, |s| {
+        let pending = s
+            .claim
+            .take()
+            .ok_or_else(|| Fail::new(TUTTI_ERR_INVALID, c"tutti_commit without an outstanding claim"))?;
+        let id = s.slot(pending.group)?.id;
+        let mut claim = s.client.try_claim(id, pending.len).map_err(offer_fail)?;
+        if claim.buf().as_mut_ptr() != pending.buf {
+            // The ring moved under the claim: publishing would send other bytes than the
+            // caller wrote. Nothing is published.
+            return Err(Fail::new(
+                TUTTI_ERR_INTERNAL,
+                c"the publish ring moved under an outstanding claim; nothing was published",
+            ));
+        }
+        claim.commit();
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_abort` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_abort(client: *mut TuttiClient) -> TuttiError {
+    with_client(client, |s| match s.claim.take() {
+        Some(_) => Ok(()),
+        None => Err(Fail::new(
+            TUTTI_ERR_INVALID,
+            c"tutti_abort without an outstanding claim",
+        )),
+    })
+}
+
+/// # Safety
+/// As `tutti_flush` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_flush(client: *mut TuttiClient, timeout_ms: u32) -> TuttiError {
+    with_client(client, |s| match s.client.flush(millis(timeout_ms)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Fail::new(
+            TUTTI_ERR_TIMED_OUT,
+            c"tutti_flush: the daemon has not taken everything offered yet",
+        )),
+        Err(e) => Err(client_fail(e)),
+    })
+}
+
+/// The subscribed group's id, with its descriptor reset before the log is read (not for a
+/// read of 0 events: that would reset it with events still waiting).
+fn receiving(s: &State, group: u32, limit: usize) -> Result<GroupId, Fail> {
+    let slot = s.slot(group)?;
+    if !slot.subscribed {
+        return Err(Fail::new(
+            TUTTI_ERR_NOT_SUBSCRIBED,
+            c"the group was joined without the subscribe right",
+        ));
+    }
+    if let Some(wake) = slot.wake.as_ref().filter(|_| limit > 0) {
+        wake.reset();
+    }
+    Ok(slot.id)
+}
+
+/// # Safety
+/// As `tutti_poll` in tutti.h: `callback` a valid function, called with `user`.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_poll(
+    client: *mut TuttiClient,
+    group: u32,
+    limit: usize,
+    callback: TuttiEventFn,
+    user: *mut c_void,
+    delivered: *mut usize,
+) -> TuttiError {
+    with_client(client, |s| {
+        let callback = callback.ok_or_else(|| Fail::null("callback"))?;
+        let delivered = (!delivered.is_null())
+            .then(|| boundary::out_ptr(delivered, "delivered"))
+            .transpose()?;
+        let id = receiving(s, group, limit)?;
+        let n = s
+            .client
+            .poll(id, limit, |e| {
+                boundary::call_back(callback, &event(group, &e), user)
+            })
+            .map_err(client_fail)?;
+        if n == 0 {
+            s.check_gone(group)?;
+        }
+        if let Some(d) = delivered {
+            d.write(n);
+        }
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_poll_wait` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_poll_wait(
+    client: *mut TuttiClient,
+    group: u32,
+    limit: usize,
+    timeout_ms: u32,
+    callback: TuttiEventFn,
+    user: *mut c_void,
+    delivered: *mut usize,
+) -> TuttiError {
+    with_client(client, |s| {
+        let callback = callback.ok_or_else(|| Fail::null("callback"))?;
+        let delivered = (!delivered.is_null())
+            .then(|| boundary::out_ptr(delivered, "delivered"))
+            .transpose()?;
+        if limit == 0 {
+            return Err(Fail::new(
+                TUTTI_ERR_INVALID,
+                c"tutti_poll_wait: limit 0 would wait for nothing",
+            ));
+        }
+        let id = receiving(s, group, limit)?;
+        let n = s
+            .client
+            .poll_blocking(id, limit, IdleStrategy::Backoff, millis(timeout_ms), |e| {
+                boundary::call_back(callback, &event(group, &e), user)
+            })
+            .map_err(client_fail)?;
+        if let Some(d) = delivered {
+            d.write(n);
+        }
+        if n == 0 {
+            return Err(Fail::new(
+                TUTTI_ERR_TIMED_OUT,
+                c"tutti_poll_wait: no event before the timeout",
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `tutti_next` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_next(
+    client: *mut TuttiClient,
+    group: u32,
+    out: *mut TuttiEvent,
+) -> TuttiError {
+    with_client(client, |s| {
+        let out = boundary::out_ptr(out, "event")?;
+        let id = receiving(s, group, 1)?;
+        let State {
+            client, next_payload, ..
+        } = s;
+        let mut next = None;
+        let n = client
+            .poll(id, 1, |e| {
+                let mut ev = event(group, &e);
+                if let Event::Message { payload, .. } = e {
+                    next_payload.clear();
+                    next_payload.extend_from_slice(payload);
+                    ev.payload = next_payload.as_ptr();
+                }
+                next = Some(ev);
+            })
+            .map_err(client_fail)?;
+        match next {
+            Some(ev) if n == 1 => {
+                out.write(ev);
+                Ok(())
+            }
+            _ => {
+                s.check_gone(group)?;
+                Err(Fail::new(TUTTI_ERR_AGAIN, c"no event waiting"))
+            }
+        }
+    })
+}
+
+/// # Safety
+/// As `tutti_fd` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut c_int) -> TuttiError {
+    with_client(client, |s| {
+        let out = boundary::out_ptr(fd, "fd")?;
+        let slot = s.slot(group)?;
+        if !slot.subscribed {
+            return Err(Fail::new(
+                TUTTI_ERR_NOT_SUBSCRIBED,
+                c"the group was joined without the subscribe right",
+            ));
+        }
+        if let Some(wake) = &slot.wake {
+            out.write(wake.fd());
+            return Ok(());
+        }
+        let signal = s.client.append_signal(slot.id).map_err(client_fail)?;
+        let wake = wake::GroupWake::start(signal, s.client.control_fd())
+            .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
+        out.write(wake.fd());
+        if let Some(slot) = s.groups[group as usize].as_mut() {
+            slot.wake = Some(wake);
+        }
+        Ok(())
+    })
+}
