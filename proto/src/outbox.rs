@@ -22,8 +22,8 @@ pub struct Outbox {
     open_index: FxMap<NodeId, usize>,
     ready: VecDeque<Transmit>,
     pub dropped: u64,
-    /// Datagrams opened larger than `max_datagram` for a message that did not fit one
-    /// (the protocol must never build such a message; counted so tests catch it).
+    /// Messages refused because they cannot fit one datagram of `max_datagram` bytes
+    /// (never sent: the protocol must never build such a message; counted so tests catch it).
     pub oversize: u64,
     pub datagrams: u64,
     pub bytes: u64,
@@ -47,7 +47,8 @@ impl Outbox {
     }
 
     /// Append a message of body size `body` to `dest`'s open datagram (opening a new one
-    /// when it does not fit). `write` encodes it.
+    /// when it does not fit). `write` encodes it. A message that cannot fit one datagram of
+    /// `max_datagram` bytes is refused (counted in `oversize`): nothing larger ever leaves.
     pub fn push(
         &mut self,
         dest: NodeId,
@@ -55,6 +56,10 @@ impl Outbox {
         write: impl FnOnce(&mut Encoder<'_>) -> Result<(), PacketError>,
     ) {
         let need = MESSAGE_HEADER_LEN + body;
+        if DATAGRAM_HEADER_LEN + need > self.max_datagram {
+            self.oversize += 1;
+            return;
+        }
         let idx = match self.open_index.get(&dest) {
             Some(&i) if self.open[i].buf.len() - self.open[i].len >= need => i,
             Some(&i) => {
@@ -73,11 +78,8 @@ impl Outbox {
     }
 
     fn open_new(&mut self, dest: NodeId, need: usize) -> usize {
-        if DATAGRAM_HEADER_LEN + need > self.max_datagram {
-            self.oversize += 1;
-        }
-        let size = self.max_datagram.max(DATAGRAM_HEADER_LEN + need);
-        let mut buf = vec![0u8; size];
+        debug_assert!(DATAGRAM_HEADER_LEN + need <= self.max_datagram, "refused in push");
+        let mut buf = vec![0u8; self.max_datagram];
         let len = Encoder::new(&mut buf, self.from, self.incarnation)
             .map(|e| e.len())
             .unwrap_or(0);
@@ -140,5 +142,69 @@ impl Outbox {
 
     pub fn pending(&self) -> usize {
         self.ready.len() + self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_wire::packet::{decode, DataHeader, Message};
+
+    fn data(seq: u64) -> DataHeader {
+        DataHeader {
+            group: 7,
+            seq,
+            sender: 1,
+            stream: 2,
+            retained: 0,
+            session: 3,
+            frag_index: 0,
+            frag_count: 1,
+        }
+    }
+
+    fn push_data(out: &mut Outbox, dest: NodeId, seq: u64, payload: &[u8]) {
+        let h = data(seq);
+        out.push(dest, core::mem::size_of::<DataHeader>() + payload.len(), |e| {
+            e.push_data(&h, false, payload)
+        });
+    }
+
+    #[test]
+    fn a_message_larger_than_a_datagram_is_refused_and_nothing_oversize_leaves() {
+        let max = 200;
+        let mut out = Outbox::new(1, 1, max, 64);
+        let fits = max - DATAGRAM_HEADER_LEN - MESSAGE_HEADER_LEN - core::mem::size_of::<DataHeader>();
+        push_data(&mut out, 9, 0, &vec![1u8; fits]);
+        push_data(&mut out, 9, 1, &vec![2u8; fits + 1]);
+        push_data(&mut out, 9, 2, &vec![3u8; 10 * max]);
+        push_data(&mut out, 9, 3, &[4u8; 5]);
+        assert_eq!(out.oversize, 2, "both messages too large for one datagram counted");
+        let mut seqs = Vec::new();
+        while let Some(t) = out.pop() {
+            assert!(t.payload.len() <= max, "a datagram of {} bytes left", t.payload.len());
+            for m in decode(&t.payload).expect("valid datagram").messages() {
+                if let Message::Data { header, .. } = m {
+                    seqs.push(header.seq);
+                }
+            }
+        }
+        assert_eq!(seqs, vec![0, 3], "only the messages that fit were sent");
+    }
+
+    #[test]
+    fn datagrams_fill_up_to_max_datagram_and_no_further() {
+        let max = 1472;
+        let mut out = Outbox::new(1, 1, max, 1024);
+        for seq in 0..1000 {
+            push_data(&mut out, 9, seq, &[5u8; 64]);
+        }
+        assert_eq!(out.oversize, 0);
+        let mut n = 0;
+        while let Some(t) = out.pop() {
+            assert!(t.payload.len() <= max);
+            n += decode(&t.payload).expect("valid").messages().count();
+        }
+        assert_eq!(n, 1000);
     }
 }
