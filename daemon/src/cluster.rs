@@ -805,37 +805,47 @@ impl Cluster {
         work
     }
 
+    /// Copies each datagram the node lends straight into a transport send slot (the one
+    /// copy on the way out: the node encodes into pooled buffers, nothing is allocated).
     fn send_transmits(&mut self) -> usize {
         let mut sent = 0;
-        while let Some(t) = self.node.poll_transmit() {
+        let me = self.node.id();
+        let view = self.node.view().clone(); // an Arc: no allocation
+        let Cluster {
+            node,
+            udp,
+            probes,
+            peers,
+            stats,
+            ..
+        } = self;
+        while let Some(t) = node.poll_transmit() {
             // Placeholder ids are those of daemon 0, one per address-only seed.
-            let probe = (t.dest >> 8 == 0)
-                .then(|| self.probes.get(t.dest as usize))
-                .flatten();
+            let probe = (t.dest >> 8 == 0).then(|| probes.get(t.dest as usize)).flatten();
             let addr = if let Some(probe) = probe {
                 // A seed known by address. Once it answered and is in the view (or is us),
                 // the node reaches it by its own id; until then its heartbeats go here.
-                let done = probe.answered.is_some_and(|n| {
-                    n == self.node.id() || self.node.view().members.iter().any(|m| m.node == n)
-                });
+                let done = probe
+                    .answered
+                    .is_some_and(|n| n == me || view.members.iter().any(|m| m.node == n));
                 if done {
                     continue;
                 }
                 probe.addr
             } else {
-                match self.peers.get(&t.dest) {
+                match peers.get(&t.dest) {
                     Some(p) => p.addr,
                     None => {
-                        self.stats.unknown_peer += 1;
+                        stats.unknown_peer += 1;
                         continue;
                     }
                 }
             };
-            if self.udp.queue(addr, &t.payload).is_err() {
+            if udp.queue(addr, t.payload).is_err() {
                 // Queue full: push what is queued, then try once more; else drop (gossip repairs).
-                let _ = self.udp.flush();
-                if self.udp.queue(addr, &t.payload).is_err() {
-                    self.stats.not_sent += 1;
+                let _ = udp.flush();
+                if udp.queue(addr, t.payload).is_err() {
+                    stats.not_sent += 1;
                 }
             }
             sent += 1;

@@ -146,9 +146,10 @@ pub enum Event {
     ViewChange(Arc<View>),
 }
 
-/// A datagram to send to `dest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
+/// A datagram to send to `dest`: its bytes are lent by the node until its next call
+/// (the driver copies them into its transport's send slot; nothing is allocated per datagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit<'a> {
     pub dest: NodeId,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }

@@ -738,8 +738,7 @@ impl GroupState {
             let (children, n) = self.children(header.sender, ctx.settings.tree_fanout);
             for &c in &children[..n] {
                 ctx.counters.data_sent += 1;
-                let body = core::mem::size_of::<DataHeader>() + payload.len();
-                ctx.out.push(c, body, |e| e.push_data(header, false, payload));
+                ctx.out.push_data(c, header, false, payload);
             }
         }
         self.enforce_budget(Some(key), ctx);
@@ -1327,8 +1326,7 @@ fn send_fragments(
         } else {
             ctx.counters.data_sent += 1;
         }
-        let body = core::mem::size_of::<DataHeader>() + part.len();
-        ctx.out.push(to, body, |e| e.push_data(&h, retransmit, part));
+        ctx.out.push_data(to, &h, retransmit, part);
     }
 }
 
@@ -1762,16 +1760,21 @@ mod tests {
         /// The data messages sent so far, decoded.
         fn sent_data(&mut self) -> Vec<(NodeId, DataHeader, bool, Vec<u8>)> {
             let mut v = Vec::new();
-            while let Some(t) = self.out.pop() {
-                let d = tutti_wire::packet::decode(&t.payload).unwrap();
+            while let Some((dest, bytes)) = self.out.pop() {
+                let d = tutti_wire::packet::decode(bytes).unwrap();
                 for m in d.messages() {
-                    if let tutti_wire::packet::Message::Data {
-                        header,
-                        retransmit,
-                        payload,
-                    } = m
-                    {
-                        v.push((t.dest, header, retransmit, payload.to_vec()));
+                    match m {
+                        tutti_wire::packet::Message::Data {
+                            header,
+                            retransmit,
+                            payload,
+                        } => v.push((dest, header, retransmit, payload.to_vec())),
+                        tutti_wire::packet::Message::DataRun { retransmit, messages } => {
+                            for (header, payload) in messages.iter() {
+                                v.push((dest, header, retransmit, payload.to_vec()));
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1979,9 +1982,9 @@ mod tests {
         w.with(1, |ctx| g.handle_data(2, &data(0, 1), b"a", ctx));
         w.with(1, |ctx| g.handle_data(2, &data(3, 1), b"d", ctx));
         assert_eq!(w.counters.gap_requests_sent, 1);
-        let t = w.out.pop().expect("a request");
-        assert_eq!(t.dest, 2);
-        let d = tutti_wire::packet::decode(&t.payload).unwrap();
+        let (dest, bytes) = w.out.pop().expect("a request");
+        assert_eq!(dest, 2);
+        let d = tutti_wire::packet::decode(bytes).unwrap();
         let reqs: Vec<RequestEntry> = d
             .messages()
             .flat_map(|m| match m {
@@ -2046,8 +2049,8 @@ mod tests {
             w.repair_at = NEVER;
             times.push(w.now);
             w.with(1, |ctx| g.rerequest_gaps(ctx));
-            let t = w.out.pop().expect("a request on each firing");
-            dests.push(t.dest);
+            let (dest, _) = w.out.pop().expect("a request on each firing");
+            dests.push(dest);
             assert!(w.out.pop().is_none());
         }
         assert_eq!(&dests[..4], &[2, 3, 2, 3], "forwarder and holder in turn");

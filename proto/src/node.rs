@@ -663,8 +663,10 @@ impl Node {
         Some(self.next_tick.min(self.repair_at))
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop()
+    /// The next datagram to send. Its bytes are borrowed from the node's buffer pool: copy
+    /// them out (into the transport's send slot) before calling the node again.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        self.out.pop().map(|(dest, payload)| Transmit { dest, payload })
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -697,6 +699,18 @@ impl Node {
                 Message::Data { header, payload, .. } => {
                     with_ctx!(self, now, |ctx, groups| match groups.get_mut(&{ header.group }) {
                         Some(g) => g.handle_data(from, &header, payload, &mut ctx),
+                        None => ctx.counters.not_joined += 1,
+                    })
+                }
+                // A run of whole messages of one stream: one group lookup for all of them.
+                Message::DataRun { messages, .. } => {
+                    let group = messages.header().group;
+                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&group) {
+                        Some(g) => {
+                            for (header, payload) in messages.iter() {
+                                g.handle_data(from, &header, payload, &mut ctx);
+                            }
+                        }
                         None => ctx.counters.not_joined += 1,
                     })
                 }
@@ -1546,11 +1560,11 @@ mod tests {
             loop {
                 let mut moved = false;
                 for i in 0..nodes.len() {
-                    while let Some(t) = nodes[i].poll_transmit() {
+                    while let Some((dest, payload)) = nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec())) {
                         moved = true;
                         let from = nodes[i].id();
-                        if !drop(from, t.dest) {
-                            nodes[t.dest as usize].handle_packet(now, from, &t.payload);
+                        if !drop(from, dest) {
+                            nodes[dest as usize].handle_packet(now, from, &payload);
                         }
                     }
                 }
@@ -1664,11 +1678,11 @@ mod tests {
                 n.handle_timeout(now);
             }
             for i in 0..nodes.len() {
-                while let Some(t) = nodes[i].poll_transmit() {
+                while let Some((dest, payload)) = nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec())) {
                     if first && i == 0 {
                         continue;
                     }
-                    nodes[t.dest as usize].handle_packet(now, i as u32, &t.payload);
+                    nodes[dest as usize].handle_packet(now, i as u32, &payload);
                 }
             }
             first = false;
@@ -1740,9 +1754,10 @@ mod tests {
         coord.view = Arc::new(view.clone());
         coord.send_view(to);
         let mut out = Vec::new();
+        let max = coord.settings().max_datagram;
         while let Some(t) = coord.poll_transmit() {
-            assert!(t.payload.len() <= coord.settings().max_datagram);
-            out.push(t.payload);
+            assert!(t.payload.len() <= max);
+            out.push(t.payload.to_vec());
         }
         assert_eq!(coord.counters().oversize_datagrams, 0);
         out
