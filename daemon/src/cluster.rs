@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
+use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, Time, MILLIS};
 
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
@@ -715,13 +715,19 @@ impl Cluster {
         self.node.leave(now, group);
     }
 
-    /// Multicasts a locally published message (already in the local log).
+    /// Multicasts a locally published message. Returns the node's copy of its bytes (the
+    /// one read of `payload`), from which the local log takes its own: local and remote
+    /// members get the same bytes. `None` when it was not multicast (counted).
     #[inline]
-    pub fn submit(&mut self, group: u64, session: u32, payload: &[u8]) {
+    pub fn submit(&mut self, group: u64, session: u32, payload: &[u8]) -> Option<Payload> {
         let now = self.now();
-        if let Err(e) = self.node.submit(now, group, session, payload) {
-            self.stats.not_sent += 1;
-            tracing::debug!("not multicast: {e}");
+        match self.node.submit_shared(now, group, session, payload) {
+            Ok((_, copy)) => Some(copy),
+            Err(e) => {
+                self.stats.not_sent += 1;
+                tracing::debug!("not multicast: {e}");
+                None
+            }
         }
     }
 

@@ -26,9 +26,11 @@ mod fxhash;
 mod multicast;
 mod node;
 mod outbox;
+mod payload;
 mod settings;
 
 pub use node::{Counters, Node, SubmitError, Submitted};
+pub use payload::Payload;
 pub use settings::{Delivery, Settings, SLOT_OVERHEAD};
 
 use std::sync::Arc;
@@ -131,7 +133,9 @@ pub enum Event {
         seq: u64,
         /// The publishing session given to `submit` on the sender.
         session: u32,
-        payload: Arc<[u8]>,
+        /// Shared with the node's retention slot (no copy); drop it soon, so that the
+        /// buffer goes back to the node's pool when the slot is evicted.
+        payload: Payload,
     },
     /// Messages `first..first+count` of a stream will never be delivered here (reported
     /// once; `count` counts messages, whatever their fragments).

@@ -8,11 +8,11 @@
 use crate::fxhash::FxMap;
 use crate::node::Counters;
 use crate::outbox::Outbox;
+use crate::payload::{Payload, PayloadPool};
 use crate::settings::SLOT_OVERHEAD;
 use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use tutti_wire::packet::{
     DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
     MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
@@ -81,7 +81,8 @@ enum Slot {
     },
     Partial(Box<Partial>),
     Held {
-        payload: Arc<[u8]>,
+        /// In a pooled buffer, shared with delivery events; back to the pool when evicted.
+        payload: Payload,
         session: u32,
         /// Fragment size it was sent in (payload length when unfragmented).
         chunk: u32,
@@ -251,6 +252,8 @@ pub struct Ctx<'a> {
     pub now: Time,
     pub round: u32,
     pub out: &'a mut Outbox,
+    /// Buffers for retained message bytes.
+    pub pool: &'a mut PayloadPool,
     pub events: &'a mut VecDeque<Event>,
     pub counters: &'a mut Counters,
     /// Whether a node is alive as far as membership knows.
@@ -566,8 +569,9 @@ impl GroupState {
     }
 
     /// The application submitted a message: keep it for repair, send it down the tree (in
-    /// fragments when it exceeds one datagram). Returns its seq.
-    pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> u64 {
+    /// fragments when it exceeds one datagram). Returns its seq and the retained copy
+    /// (`payload` is read once, into it).
+    pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> (u64, Payload) {
         let seq = self.next_seq;
         if self.sent_rounds.back().map(|(r, _)| *r) != Some(ctx.round) {
             self.sent_rounds.push_back((ctx.round, seq));
@@ -577,7 +581,7 @@ impl GroupState {
         let key = (self.my_id, self.my_stream);
         let round = ctx.round;
         let chunk = ctx.settings.fragment_payload();
-        let payload: Arc<[u8]> = Arc::from(payload);
+        let payload = ctx.pool.copy(payload);
         let st = self.state_for(key, 0, round);
         let before = st.bytes;
         st.last_active = round;
@@ -614,7 +618,7 @@ impl GroupState {
             send_fragments(c, &header, &payload, chunk, 0, false, ctx);
         }
         self.enforce_budget(Some(key), ctx);
-        seq
+        (seq, payload)
     }
 
     /// A data message (a stage 1 copy or a retransmission, of a whole message or one
@@ -1351,7 +1355,7 @@ fn store_fragment(
             // pressure, found by the simulator.)
             if count == 1 {
                 *slot = Slot::Held {
-                    payload: Arc::from(payload),
+                    payload: ctx.pool.copy(payload),
                     session: h.session,
                     chunk: payload.len() as u32,
                     round,
@@ -1422,7 +1426,7 @@ fn store_fragment(
             }
             let session = p.session;
             *slot = Slot::Held {
-                payload: Arc::from(whole),
+                payload: ctx.pool.copy(&whole),
                 session,
                 chunk: chunk as u32,
                 round,
@@ -1557,7 +1561,9 @@ fn slide_window(
             }) => {
                 report_lost(group, quiet, key, lost_first, lost_count, ctx);
                 lost_count = 0;
-                if !delivered {
+                if delivered {
+                    ctx.pool.recycle(payload);
+                } else {
                     ctx.counters.delivered += 1;
                     ctx.emit(
                         quiet,
@@ -1703,6 +1709,7 @@ mod tests {
     struct World {
         settings: Settings,
         out: Outbox,
+        pool: PayloadPool,
         events: VecDeque<Event>,
         counters: Counters,
         node_bytes: usize,
@@ -1714,6 +1721,7 @@ mod tests {
         fn new(settings: Settings) -> Self {
             World {
                 out: Outbox::new(0, 1, settings.max_datagram, 1 << 20),
+                pool: PayloadPool::default(),
                 settings,
                 events: VecDeque::new(),
                 counters: Counters::default(),
@@ -1729,6 +1737,7 @@ mod tests {
                 now: self.now,
                 round,
                 out: &mut self.out,
+                pool: &mut self.pool,
                 events: &mut self.events,
                 counters: &mut self.counters,
                 live: &live,

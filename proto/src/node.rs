@@ -5,6 +5,7 @@
 use crate::fxhash::FxMap;
 use crate::multicast::{Ctx, GroupState};
 use crate::outbox::Outbox;
+use crate::payload::{Payload, PayloadPool};
 use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -300,6 +301,8 @@ pub struct Node {
     node_bytes: usize,
     groups: BTreeMap<GroupId, GroupState>,
     out: Outbox,
+    /// Buffers of the message bytes the groups retain.
+    pool: PayloadPool,
     events: VecDeque<Event>,
     counters: Counters,
     scratch_targets: Vec<NodeId>,
@@ -354,6 +357,7 @@ macro_rules! with_ctx {
             now: $now,
             round: $node.round,
             out: &mut $node.out,
+            pool: &mut $node.pool,
             events: &mut $node.events,
             counters: &mut $node.counters,
             live: &live,
@@ -419,6 +423,7 @@ impl Node {
         Node {
             id,
             incarnation,
+            pool: PayloadPool::default(),
             out: Outbox::new(
                 id,
                 incarnation,
@@ -615,6 +620,20 @@ impl Node {
         session: u32,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
+        self.submit_shared(now, group, session, payload).map(|(s, _)| s)
+    }
+
+    /// As [`Node::submit`], and hands back the node's own copy of the bytes (shared, not
+    /// copied again): `payload` is read exactly once, so a driver that takes its local copy
+    /// from here makes local and remote members get the same bytes even if the source
+    /// changes meanwhile (a client rewriting its shared-memory frame).
+    pub fn submit_shared(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        session: u32,
+        payload: &[u8],
+    ) -> Result<(Submitted, Payload), SubmitError> {
         if payload.len() > self.settings.max_message {
             return Err(SubmitError::TooLarge {
                 len: payload.len(),
@@ -623,11 +642,14 @@ impl Node {
         }
         let r = with_ctx!(self, now, |ctx, groups| {
             let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
-            let seq = g.submit(payload, session, &mut ctx);
-            Ok(Submitted {
-                stream: g.my_stream(),
-                seq,
-            })
+            let (seq, copy) = g.submit(payload, session, &mut ctx);
+            Ok((
+                Submitted {
+                    stream: g.my_stream(),
+                    seq,
+                },
+                copy,
+            ))
         });
         self.enforce_node_budget(now);
         r
@@ -1499,6 +1521,7 @@ impl Node {
                 now,
                 round: self.round,
                 out: &mut self.out,
+                pool: &mut self.pool,
                 events: &mut self.events,
                 counters: &mut self.counters,
                 live: &live,
