@@ -731,6 +731,13 @@ impl Cluster {
         }
     }
 
+    /// Gives back the copy `submit` returned, once appended (its buffer may return to the
+    /// node's pool).
+    #[inline]
+    pub fn recycle(&mut self, payload: Payload) {
+        self.node.recycle(payload);
+    }
+
     /// Receives, runs due timers, sends what the node wants sent and hands its events to
     /// `on_event`. Returns how much work it did (0 = idle).
     pub fn poll(&mut self, on_event: &mut dyn FnMut(ClusterEvent<'_>)) -> usize {
@@ -879,6 +886,7 @@ impl Cluster {
                     sender: sender_id(sender, session),
                     payload: &payload,
                 });
+                self.node.recycle(payload); // appended: the buffer may go back to the pool
             }
             Event::Lost {
                 group,

@@ -759,6 +759,9 @@ fn drain_ring(
                     } else {
                         too_large += 1;
                     }
+                    if let (Some(cluster), Some(copy)) = (cluster.as_deref_mut(), retained) {
+                        cluster.recycle(copy);
+                    }
                 }
                 None => {
                     bad = Some(format!(

@@ -133,8 +133,8 @@ pub enum Event {
         seq: u64,
         /// The publishing session given to `submit` on the sender.
         session: u32,
-        /// Shared with the node's retention slot (no copy); drop it soon, so that the
-        /// buffer goes back to the node's pool when the slot is evicted.
+        /// Shared with the node's retention slot (no copy). Give it back with
+        /// `Node::recycle` (or drop it) soon, so that its buffer returns to the node's pool.
         payload: Payload,
     },
     /// Messages `first..first+count` of a stream will never be delivered here (reported

@@ -691,6 +691,14 @@ impl Node {
         self.out.pop().map(|(dest, payload)| Transmit { dest, payload })
     }
 
+    /// Gives back a delivered payload once the driver is done with it: its buffer returns to
+    /// the node's pool when the node no longer retains the message either (else the
+    /// retention slot returns it when evicted). Dropping it instead is correct too, but a
+    /// message delivered late (after its slot was evicted) then costs an allocation.
+    pub fn recycle(&mut self, payload: Payload) {
+        self.pool.recycle(payload);
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -1583,7 +1591,9 @@ mod tests {
             loop {
                 let mut moved = false;
                 for i in 0..nodes.len() {
-                    while let Some((dest, payload)) = nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec())) {
+                    while let Some((dest, payload)) =
+                        nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
+                    {
                         moved = true;
                         let from = nodes[i].id();
                         if !drop(from, dest) {
@@ -1701,7 +1711,9 @@ mod tests {
                 n.handle_timeout(now);
             }
             for i in 0..nodes.len() {
-                while let Some((dest, payload)) = nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec())) {
+                while let Some((dest, payload)) =
+                    nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
+                {
                     if first && i == 0 {
                         continue;
                     }

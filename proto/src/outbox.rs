@@ -242,7 +242,10 @@ mod tests {
         out.push_data(9, &data(2, 1), false, &vec![3u8; 10 * max]);
         out.push_data(9, &data(3, 1), false, &[4u8; 5]);
         out.push(9, max, |e| e.push_view_request());
-        assert_eq!(out.oversize, 3, "every message too large for one datagram counted");
+        assert_eq!(
+            out.oversize, 3,
+            "every message too large for one datagram counted"
+        );
         let seqs: Vec<u64> = drain(&mut out, max).into_iter().flat_map(|(_, s)| s).collect();
         assert_eq!(seqs, vec![0, 3], "only the messages that fit were sent");
     }
@@ -258,13 +261,21 @@ mod tests {
         let sent = drain(&mut out, max);
         let seqs: Vec<u64> = sent.iter().flat_map(|(_, s)| s.iter().copied()).collect();
         assert_eq!(seqs, (0..1000).collect::<Vec<_>>());
-        assert_eq!(sent.len(), 1000usize.div_ceil(21), "21 messages of 64 bytes a datagram");
+        assert_eq!(
+            sent.len(),
+            1000usize.div_ceil(21),
+            "21 messages of 64 bytes a datagram"
+        );
         assert!(out.free.len() >= 2, "buffers came back to the pool");
         let pooled = out.free.len();
         for seq in 1000..1021 {
             out.push_data(9, &data(seq, 1), false, &[5u8; 64]);
         }
-        assert_eq!(out.free.len(), pooled - 1, "a pooled buffer was taken, none allocated");
+        assert_eq!(
+            out.free.len(),
+            pooled - 1,
+            "a pooled buffer was taken, none allocated"
+        );
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub struct PayloadPool {
 
 fn class_of(len: usize) -> (usize, usize) {
     let size = len.max(MIN_CLASS).next_power_of_two();
-    (size.trailing_zeros() as usize - MIN_CLASS.trailing_zeros() as usize, size)
+    (
+        size.trailing_zeros() as usize - MIN_CLASS.trailing_zeros() as usize,
+        size,
+    )
 }
 
 impl PayloadPool {
@@ -141,7 +144,10 @@ mod tests {
         pool.recycle(b);
         assert_eq!(pool.free_bytes(), 64);
         let c = pool.copy(&[2u8; 33]);
-        assert_eq!(pool.allocated, 2, "a 33-byte message takes the free 64-byte buffer");
+        assert_eq!(
+            pool.allocated, 2,
+            "a 33-byte message takes the free 64-byte buffer"
+        );
         assert_eq!(&*c, &[2u8; 33]);
         let d = pool.copy(&[3u8; 65]);
         assert_eq!(pool.allocated, 3, "65 bytes: the 128-byte class");

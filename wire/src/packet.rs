@@ -886,7 +886,14 @@ impl<'a> Encoder<'a> {
 
     /// Continue a datagram of `len` bytes and `count` messages written earlier into `buf`.
     pub fn resume(buf: &'a mut [u8], len: usize, count: u16) -> Result<Self, PacketError> {
-        Self::resume_at(buf, EncoderState { len, count, run: None })
+        Self::resume_at(
+            buf,
+            EncoderState {
+                len,
+                count,
+                run: None,
+            },
+        )
     }
 
     /// Continue a datagram written earlier into `buf` where `state` (from [`Self::state`])
@@ -895,7 +902,10 @@ impl<'a> Encoder<'a> {
         if state.len < DATAGRAM_HEADER_LEN || state.len > buf.len() {
             return Err(PacketError::LengthMismatch("resume length outside buffer"));
         }
-        if state.run.is_some_and(|r| r.at + MESSAGE_HEADER_LEN + RUN_HEADER_LEN > state.len) {
+        if state
+            .run
+            .is_some_and(|r| r.at + MESSAGE_HEADER_LEN + RUN_HEADER_LEN > state.len)
+        {
             return Err(PacketError::LengthMismatch("resume run outside the datagram"));
         }
         Ok(Self {
@@ -1020,7 +1030,9 @@ impl<'a> Encoder<'a> {
                     .get(len_at..len_at + 4)
                     .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
-                let body = (old as usize).checked_add(needed).filter(|b| *b <= u32::MAX as usize);
+                let body = (old as usize)
+                    .checked_add(needed)
+                    .filter(|b| *b <= u32::MAX as usize);
                 let (Some(body), true) = (body, needed <= available) else {
                     return Err(PacketError::BufferFull { needed, available });
                 };
@@ -1036,7 +1048,10 @@ impl<'a> Encoder<'a> {
                 }
                 self.len = at;
                 run.next_retained = run.next_retained.saturating_add(1);
-                self.run = header.seq.checked_add(1).map(|next_seq| OpenRun { next_seq, ..run });
+                self.run = header
+                    .seq
+                    .checked_add(1)
+                    .map(|next_seq| OpenRun { next_seq, ..run });
                 Ok(())
             }
             _ => {
@@ -1049,7 +1064,11 @@ impl<'a> Encoder<'a> {
                     retained: header.retained,
                     session: header.session,
                 };
-                self.push(MessageKind::DataRun, flags, &[bytemuck::bytes_of(&rh), prefix, payload])?;
+                self.push(
+                    MessageKind::DataRun,
+                    flags,
+                    &[bytemuck::bytes_of(&rh), prefix, payload],
+                )?;
                 self.run = header.seq.checked_add(1).map(|next_seq| OpenRun {
                     at,
                     group: header.group,
