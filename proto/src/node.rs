@@ -79,7 +79,8 @@ pub struct Counters {
     /// Fragments refused: inconsistent with their message's other fragments, or of a
     /// message larger than `max_message`.
     pub bad_fragments: u64,
-    /// Datagrams built larger than `max_datagram` (a protocol bug if ever nonzero).
+    /// Messages refused by the outbox because they cannot fit one datagram of
+    /// `max_datagram` bytes (never sent; a protocol bug if ever nonzero).
     pub oversize_datagrams: u64,
     pub bad_digests: u64,
     pub transmits_dropped: u64,
