@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS};
+use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, Time, MILLIS};
 
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
@@ -715,14 +715,27 @@ impl Cluster {
         self.node.leave(now, group);
     }
 
-    /// Multicasts a locally published message (already in the local log).
+    /// Multicasts a locally published message. Returns the node's copy of its bytes (the
+    /// one read of `payload`), from which the local log takes its own: local and remote
+    /// members get the same bytes. `None` when it was not multicast (counted).
     #[inline]
-    pub fn submit(&mut self, group: u64, session: u32, payload: &[u8]) {
+    pub fn submit(&mut self, group: u64, session: u32, payload: &[u8]) -> Option<Payload> {
         let now = self.now();
-        if let Err(e) = self.node.submit(now, group, session, payload) {
-            self.stats.not_sent += 1;
-            tracing::debug!("not multicast: {e}");
+        match self.node.submit_shared(now, group, session, payload) {
+            Ok((_, copy)) => Some(copy),
+            Err(e) => {
+                self.stats.not_sent += 1;
+                tracing::debug!("not multicast: {e}");
+                None
+            }
         }
+    }
+
+    /// Gives back the copy `submit` returned, once appended (its buffer may return to the
+    /// node's pool).
+    #[inline]
+    pub fn recycle(&mut self, payload: Payload) {
+        self.node.recycle(payload);
     }
 
     /// Receives, runs due timers, sends what the node wants sent and hands its events to
@@ -805,37 +818,47 @@ impl Cluster {
         work
     }
 
+    /// Copies each datagram the node lends straight into a transport send slot (the one
+    /// copy on the way out: the node encodes into pooled buffers, nothing is allocated).
     fn send_transmits(&mut self) -> usize {
         let mut sent = 0;
-        while let Some(t) = self.node.poll_transmit() {
+        let me = self.node.id();
+        let view = self.node.view().clone(); // an Arc: no allocation
+        let Cluster {
+            node,
+            udp,
+            probes,
+            peers,
+            stats,
+            ..
+        } = self;
+        while let Some(t) = node.poll_transmit() {
             // Placeholder ids are those of daemon 0, one per address-only seed.
-            let probe = (t.dest >> 8 == 0)
-                .then(|| self.probes.get(t.dest as usize))
-                .flatten();
+            let probe = (t.dest >> 8 == 0).then(|| probes.get(t.dest as usize)).flatten();
             let addr = if let Some(probe) = probe {
                 // A seed known by address. Once it answered and is in the view (or is us),
                 // the node reaches it by its own id; until then its heartbeats go here.
-                let done = probe.answered.is_some_and(|n| {
-                    n == self.node.id() || self.node.view().members.iter().any(|m| m.node == n)
-                });
+                let done = probe
+                    .answered
+                    .is_some_and(|n| n == me || view.members.iter().any(|m| m.node == n));
                 if done {
                     continue;
                 }
                 probe.addr
             } else {
-                match self.peers.get(&t.dest) {
+                match peers.get(&t.dest) {
                     Some(p) => p.addr,
                     None => {
-                        self.stats.unknown_peer += 1;
+                        stats.unknown_peer += 1;
                         continue;
                     }
                 }
             };
-            if self.udp.queue(addr, &t.payload).is_err() {
+            if udp.queue(addr, t.payload).is_err() {
                 // Queue full: push what is queued, then try once more; else drop (gossip repairs).
-                let _ = self.udp.flush();
-                if self.udp.queue(addr, &t.payload).is_err() {
-                    self.stats.not_sent += 1;
+                let _ = udp.flush();
+                if udp.queue(addr, t.payload).is_err() {
+                    stats.not_sent += 1;
                 }
             }
             sent += 1;
@@ -863,6 +886,7 @@ impl Cluster {
                     sender: sender_id(sender, session),
                     payload: &payload,
                 });
+                self.node.recycle(payload); // appended: the buffer may go back to the pool
             }
             Event::Lost {
                 group,

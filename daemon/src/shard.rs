@@ -227,8 +227,6 @@ pub struct Shard {
     last_view: Option<String>,
     /// When the groups' rates were last sampled.
     last_sample: std::time::Instant,
-    /// A client frame copied once, for the local log and the cluster alike.
-    scratch: Vec<u8>,
     _doorbell_map: Mapping,
 }
 
@@ -270,7 +268,6 @@ impl Shard {
             since_cluster: 0,
             last_view: None,
             last_sample: std::time::Instant::now(),
-            scratch: Vec::new(),
             _doorbell_map: doorbell_map,
         })
     }
@@ -352,7 +349,6 @@ impl Shard {
         let mut failed: Option<(usize, String)> = None;
         let groups = &mut self.groups;
         let stats = &self.stats;
-        let scratch = &mut self.scratch;
         let mut cluster = self.cluster.as_mut();
         for (i, client) in self.clients.iter_mut().enumerate() {
             if !client.consumer.has_pending() {
@@ -363,7 +359,6 @@ impl Shard {
                 groups,
                 stats,
                 cluster.as_deref_mut(),
-                scratch,
                 FRAMES_PER_RING_PASS,
             ) {
                 Ok(n) => total += n,
@@ -423,7 +418,6 @@ impl Shard {
                 &mut self.groups,
                 &self.stats,
                 self.cluster.as_mut(),
-                &mut self.scratch,
                 usize::MAX,
             ) {
                 Ok(0) => break,
@@ -715,7 +709,6 @@ fn drain_ring(
     groups: &mut [Option<GroupSlot>],
     stats: &ShardStats,
     mut cluster: Option<&mut Cluster>,
-    scratch: &mut Vec<u8>,
     limit: usize,
 ) -> Result<usize, String> {
     let ClientSlot {
@@ -744,26 +737,30 @@ fn drain_ring(
                     bytes += payload.len() as u64;
                     // One read of the client's frame serves the local log and the cluster:
                     // a client rewriting it meanwhile cannot make them differ. Without a
-                    // cluster the log append is itself the one read (the frame is copied
-                    // straight into the log); with one, the frame is copied once into
-                    // `scratch` and both take that copy. Nothing else here may read
-                    // `payload` again (tests: hostile_client.rs, flipped bytes in a cluster).
-                    let payload = match cluster.as_deref_mut() {
-                        Some(_) => {
-                            scratch.clear();
-                            scratch.extend_from_slice(payload);
-                            &scratch[..]
-                        }
+                    // cluster the log append is the one read (the frame is copied straight
+                    // into the log); with one, the cluster node copies the frame once into
+                    // its retention buffer and the log append copies from there. Nothing
+                    // else here may read `payload`'s bytes again (tests: hostile_client.rs,
+                    // flipped bytes in a cluster). Its length is the ring's, read once.
+                    if payload.len() > group.writer.max_payload() {
+                        too_large += 1;
+                        return;
+                    }
+                    let retained = cluster
+                        .as_deref_mut()
+                        .and_then(|c| c.submit(group.gid, *session, payload));
+                    let local: &[u8] = match &retained {
+                        Some(copy) => copy,
                         None => payload,
                     };
-                    if group.writer.append(*sender, payload).is_ok() {
+                    if group.writer.append(*sender, local).is_ok() {
                         group.dirty = true;
                         group.published += 1;
-                        if let Some(cluster) = cluster.as_deref_mut() {
-                            cluster.submit(group.gid, *session, payload);
-                        }
                     } else {
                         too_large += 1;
+                    }
+                    if let (Some(cluster), Some(copy)) = (cluster.as_deref_mut(), retained) {
+                        cluster.recycle(copy);
                     }
                 }
                 None => {

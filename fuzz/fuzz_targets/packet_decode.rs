@@ -1,13 +1,27 @@
 //! Fuzz the strict UDP packet decoder: any bytes must decode or fail with a typed error,
-//! and a decoded datagram's messages must iterate without panicking.
+//! and a decoded datagram's messages (each message of a run too) must iterate without
+//! panicking, as many as the headers say.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tutti_wire::packet::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(datagram) = tutti_wire::packet::decode(data) {
+        let mut n = 0usize;
         for message in datagram.messages() {
-            let _ = message;
+            n += 1;
+            if let Message::DataRun { messages, .. } = message {
+                let first = messages.header().first_seq;
+                let mut i = 0u64;
+                for (header, payload) in messages.iter() {
+                    assert_eq!({ header.seq }, first + i);
+                    assert!(payload.len() < data.len());
+                    i += 1;
+                }
+                assert_eq!(i as usize, messages.len(), "a validated run iterates whole");
+            }
         }
+        assert_eq!(n, usize::from(datagram.header.count));
     }
 });

@@ -26,9 +26,11 @@ mod fxhash;
 mod multicast;
 mod node;
 mod outbox;
+mod payload;
 mod settings;
 
 pub use node::{Counters, Node, SubmitError, Submitted};
+pub use payload::Payload;
 pub use settings::{Delivery, Settings, SLOT_OVERHEAD};
 
 use std::sync::Arc;
@@ -131,7 +133,9 @@ pub enum Event {
         seq: u64,
         /// The publishing session given to `submit` on the sender.
         session: u32,
-        payload: Arc<[u8]>,
+        /// Shared with the node's retention slot (no copy). Give it back with
+        /// `Node::recycle` (or drop it) soon, so that its buffer returns to the node's pool.
+        payload: Payload,
     },
     /// Messages `first..first+count` of a stream will never be delivered here (reported
     /// once; `count` counts messages, whatever their fragments).
@@ -146,9 +150,10 @@ pub enum Event {
     ViewChange(Arc<View>),
 }
 
-/// A datagram to send to `dest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
+/// A datagram to send to `dest`: its bytes are lent by the node until its next call
+/// (the driver copies them into its transport's send slot; nothing is allocated per datagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit<'a> {
     pub dest: NodeId,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }

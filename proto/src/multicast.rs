@@ -8,11 +8,11 @@
 use crate::fxhash::FxMap;
 use crate::node::Counters;
 use crate::outbox::Outbox;
+use crate::payload::{Payload, PayloadPool};
 use crate::settings::SLOT_OVERHEAD;
 use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use tutti_wire::packet::{
     DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
     MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
@@ -81,7 +81,8 @@ enum Slot {
     },
     Partial(Box<Partial>),
     Held {
-        payload: Arc<[u8]>,
+        /// In a pooled buffer, shared with delivery events; back to the pool when evicted.
+        payload: Payload,
         session: u32,
         /// Fragment size it was sent in (payload length when unfragmented).
         chunk: u32,
@@ -251,6 +252,8 @@ pub struct Ctx<'a> {
     pub now: Time,
     pub round: u32,
     pub out: &'a mut Outbox,
+    /// Buffers for retained message bytes.
+    pub pool: &'a mut PayloadPool,
     pub events: &'a mut VecDeque<Event>,
     pub counters: &'a mut Counters,
     /// Whether a node is alive as far as membership knows.
@@ -566,8 +569,9 @@ impl GroupState {
     }
 
     /// The application submitted a message: keep it for repair, send it down the tree (in
-    /// fragments when it exceeds one datagram). Returns its seq.
-    pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> u64 {
+    /// fragments when it exceeds one datagram). Returns its seq and the retained copy
+    /// (`payload` is read once, into it).
+    pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> (u64, Payload) {
         let seq = self.next_seq;
         if self.sent_rounds.back().map(|(r, _)| *r) != Some(ctx.round) {
             self.sent_rounds.push_back((ctx.round, seq));
@@ -577,7 +581,7 @@ impl GroupState {
         let key = (self.my_id, self.my_stream);
         let round = ctx.round;
         let chunk = ctx.settings.fragment_payload();
-        let payload: Arc<[u8]> = Arc::from(payload);
+        let payload = ctx.pool.copy(payload);
         let st = self.state_for(key, 0, round);
         let before = st.bytes;
         st.last_active = round;
@@ -614,7 +618,7 @@ impl GroupState {
             send_fragments(c, &header, &payload, chunk, 0, false, ctx);
         }
         self.enforce_budget(Some(key), ctx);
-        seq
+        (seq, payload)
     }
 
     /// A data message (a stage 1 copy or a retransmission, of a whole message or one
@@ -738,8 +742,7 @@ impl GroupState {
             let (children, n) = self.children(header.sender, ctx.settings.tree_fanout);
             for &c in &children[..n] {
                 ctx.counters.data_sent += 1;
-                let body = core::mem::size_of::<DataHeader>() + payload.len();
-                ctx.out.push(c, body, |e| e.push_data(header, false, payload));
+                ctx.out.push_data(c, header, false, payload);
             }
         }
         self.enforce_budget(Some(key), ctx);
@@ -1327,8 +1330,7 @@ fn send_fragments(
         } else {
             ctx.counters.data_sent += 1;
         }
-        let body = core::mem::size_of::<DataHeader>() + part.len();
-        ctx.out.push(to, body, |e| e.push_data(&h, retransmit, part));
+        ctx.out.push_data(to, &h, retransmit, part);
     }
 }
 
@@ -1353,7 +1355,7 @@ fn store_fragment(
             // pressure, found by the simulator.)
             if count == 1 {
                 *slot = Slot::Held {
-                    payload: Arc::from(payload),
+                    payload: ctx.pool.copy(payload),
                     session: h.session,
                     chunk: payload.len() as u32,
                     round,
@@ -1424,7 +1426,7 @@ fn store_fragment(
             }
             let session = p.session;
             *slot = Slot::Held {
-                payload: Arc::from(whole),
+                payload: ctx.pool.copy(&whole),
                 session,
                 chunk: chunk as u32,
                 round,
@@ -1559,7 +1561,9 @@ fn slide_window(
             }) => {
                 report_lost(group, quiet, key, lost_first, lost_count, ctx);
                 lost_count = 0;
-                if !delivered {
+                if delivered {
+                    ctx.pool.recycle(payload);
+                } else {
                     ctx.counters.delivered += 1;
                     ctx.emit(
                         quiet,
@@ -1705,6 +1709,7 @@ mod tests {
     struct World {
         settings: Settings,
         out: Outbox,
+        pool: PayloadPool,
         events: VecDeque<Event>,
         counters: Counters,
         node_bytes: usize,
@@ -1716,6 +1721,7 @@ mod tests {
         fn new(settings: Settings) -> Self {
             World {
                 out: Outbox::new(0, 1, settings.max_datagram, 1 << 20),
+                pool: PayloadPool::default(),
                 settings,
                 events: VecDeque::new(),
                 counters: Counters::default(),
@@ -1731,6 +1737,7 @@ mod tests {
                 now: self.now,
                 round,
                 out: &mut self.out,
+                pool: &mut self.pool,
                 events: &mut self.events,
                 counters: &mut self.counters,
                 live: &live,
@@ -1762,16 +1769,21 @@ mod tests {
         /// The data messages sent so far, decoded.
         fn sent_data(&mut self) -> Vec<(NodeId, DataHeader, bool, Vec<u8>)> {
             let mut v = Vec::new();
-            while let Some(t) = self.out.pop() {
-                let d = tutti_wire::packet::decode(&t.payload).unwrap();
+            while let Some((dest, bytes)) = self.out.pop() {
+                let d = tutti_wire::packet::decode(bytes).unwrap();
                 for m in d.messages() {
-                    if let tutti_wire::packet::Message::Data {
-                        header,
-                        retransmit,
-                        payload,
-                    } = m
-                    {
-                        v.push((t.dest, header, retransmit, payload.to_vec()));
+                    match m {
+                        tutti_wire::packet::Message::Data {
+                            header,
+                            retransmit,
+                            payload,
+                        } => v.push((dest, header, retransmit, payload.to_vec())),
+                        tutti_wire::packet::Message::DataRun { retransmit, messages } => {
+                            for (header, payload) in messages.iter() {
+                                v.push((dest, header, retransmit, payload.to_vec()));
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1979,9 +1991,9 @@ mod tests {
         w.with(1, |ctx| g.handle_data(2, &data(0, 1), b"a", ctx));
         w.with(1, |ctx| g.handle_data(2, &data(3, 1), b"d", ctx));
         assert_eq!(w.counters.gap_requests_sent, 1);
-        let t = w.out.pop().expect("a request");
-        assert_eq!(t.dest, 2);
-        let d = tutti_wire::packet::decode(&t.payload).unwrap();
+        let (dest, bytes) = w.out.pop().expect("a request");
+        assert_eq!(dest, 2);
+        let d = tutti_wire::packet::decode(bytes).unwrap();
         let reqs: Vec<RequestEntry> = d
             .messages()
             .flat_map(|m| match m {
@@ -2046,8 +2058,8 @@ mod tests {
             w.repair_at = NEVER;
             times.push(w.now);
             w.with(1, |ctx| g.rerequest_gaps(ctx));
-            let t = w.out.pop().expect("a request on each firing");
-            dests.push(t.dest);
+            let (dest, _) = w.out.pop().expect("a request on each firing");
+            dests.push(dest);
             assert!(w.out.pop().is_none());
         }
         assert_eq!(&dests[..4], &[2, 3, 2, 3], "forwarder and holder in turn");

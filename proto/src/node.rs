@@ -5,6 +5,7 @@
 use crate::fxhash::FxMap;
 use crate::multicast::{Ctx, GroupState};
 use crate::outbox::Outbox;
+use crate::payload::{Payload, PayloadPool};
 use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -78,7 +79,8 @@ pub struct Counters {
     /// Fragments refused: inconsistent with their message's other fragments, or of a
     /// message larger than `max_message`.
     pub bad_fragments: u64,
-    /// Datagrams built larger than `max_datagram` (a protocol bug if ever nonzero).
+    /// Messages refused by the outbox because they cannot fit one datagram of
+    /// `max_datagram` bytes (never sent; a protocol bug if ever nonzero).
     pub oversize_datagrams: u64,
     pub bad_digests: u64,
     pub transmits_dropped: u64,
@@ -300,6 +302,8 @@ pub struct Node {
     node_bytes: usize,
     groups: BTreeMap<GroupId, GroupState>,
     out: Outbox,
+    /// Buffers of the message bytes the groups retain.
+    pool: PayloadPool,
     events: VecDeque<Event>,
     counters: Counters,
     scratch_targets: Vec<NodeId>,
@@ -354,6 +358,7 @@ macro_rules! with_ctx {
             now: $now,
             round: $node.round,
             out: &mut $node.out,
+            pool: &mut $node.pool,
             events: &mut $node.events,
             counters: &mut $node.counters,
             live: &live,
@@ -419,6 +424,7 @@ impl Node {
         Node {
             id,
             incarnation,
+            pool: PayloadPool::default(),
             out: Outbox::new(
                 id,
                 incarnation,
@@ -615,6 +621,20 @@ impl Node {
         session: u32,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
+        self.submit_shared(now, group, session, payload).map(|(s, _)| s)
+    }
+
+    /// As [`Node::submit`], and hands back the node's own copy of the bytes (shared, not
+    /// copied again): `payload` is read exactly once, so a driver that takes its local copy
+    /// from here makes local and remote members get the same bytes even if the source
+    /// changes meanwhile (a client rewriting its shared-memory frame).
+    pub fn submit_shared(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        session: u32,
+        payload: &[u8],
+    ) -> Result<(Submitted, Payload), SubmitError> {
         if payload.len() > self.settings.max_message {
             return Err(SubmitError::TooLarge {
                 len: payload.len(),
@@ -623,11 +643,14 @@ impl Node {
         }
         let r = with_ctx!(self, now, |ctx, groups| {
             let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
-            let seq = g.submit(payload, session, &mut ctx);
-            Ok(Submitted {
-                stream: g.my_stream(),
-                seq,
-            })
+            let (seq, copy) = g.submit(payload, session, &mut ctx);
+            Ok((
+                Submitted {
+                    stream: g.my_stream(),
+                    seq,
+                },
+                copy,
+            ))
         });
         self.enforce_node_budget(now);
         r
@@ -663,8 +686,18 @@ impl Node {
         Some(self.next_tick.min(self.repair_at))
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop()
+    /// The next datagram to send. Its bytes are borrowed from the node's buffer pool: copy
+    /// them out (into the transport's send slot) before calling the node again.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        self.out.pop().map(|(dest, payload)| Transmit { dest, payload })
+    }
+
+    /// Gives back a delivered payload once the driver is done with it: its buffer returns to
+    /// the node's pool when the node no longer retains the message either (else the
+    /// retention slot returns it when evicted). Dropping it instead is correct too, but a
+    /// message delivered late (after its slot was evicted) then costs an allocation.
+    pub fn recycle(&mut self, payload: Payload) {
+        self.pool.recycle(payload);
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -697,6 +730,18 @@ impl Node {
                 Message::Data { header, payload, .. } => {
                     with_ctx!(self, now, |ctx, groups| match groups.get_mut(&{ header.group }) {
                         Some(g) => g.handle_data(from, &header, payload, &mut ctx),
+                        None => ctx.counters.not_joined += 1,
+                    })
+                }
+                // A run of whole messages of one stream: one group lookup for all of them.
+                Message::DataRun { messages, .. } => {
+                    let group = messages.header().group;
+                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&group) {
+                        Some(g) => {
+                            for (header, payload) in messages.iter() {
+                                g.handle_data(from, &header, payload, &mut ctx);
+                            }
+                        }
                         None => ctx.counters.not_joined += 1,
                     })
                 }
@@ -1485,6 +1530,7 @@ impl Node {
                 now,
                 round: self.round,
                 out: &mut self.out,
+                pool: &mut self.pool,
                 events: &mut self.events,
                 counters: &mut self.counters,
                 live: &live,
@@ -1546,11 +1592,13 @@ mod tests {
             loop {
                 let mut moved = false;
                 for i in 0..nodes.len() {
-                    while let Some(t) = nodes[i].poll_transmit() {
+                    while let Some((dest, payload)) =
+                        nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
+                    {
                         moved = true;
                         let from = nodes[i].id();
-                        if !drop(from, t.dest) {
-                            nodes[t.dest as usize].handle_packet(now, from, &t.payload);
+                        if !drop(from, dest) {
+                            nodes[dest as usize].handle_packet(now, from, &payload);
                         }
                     }
                 }
@@ -1664,11 +1712,13 @@ mod tests {
                 n.handle_timeout(now);
             }
             for i in 0..nodes.len() {
-                while let Some(t) = nodes[i].poll_transmit() {
+                while let Some((dest, payload)) =
+                    nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
+                {
                     if first && i == 0 {
                         continue;
                     }
-                    nodes[t.dest as usize].handle_packet(now, i as u32, &t.payload);
+                    nodes[dest as usize].handle_packet(now, i as u32, &payload);
                 }
             }
             first = false;
@@ -1740,9 +1790,10 @@ mod tests {
         coord.view = Arc::new(view.clone());
         coord.send_view(to);
         let mut out = Vec::new();
+        let max = coord.settings().max_datagram;
         while let Some(t) = coord.poll_transmit() {
-            assert!(t.payload.len() <= coord.settings().max_datagram);
-            out.push(t.payload);
+            assert!(t.payload.len() <= max);
+            out.push(t.payload.to_vec());
         }
         assert_eq!(coord.counters().oversize_datagrams, 0);
         out

@@ -1,16 +1,30 @@
-//! Packs outgoing messages per destination into datagrams (many small messages share one)
-//! and queues finished datagrams for `poll_transmit`, bounded.
+//! Packs outgoing messages per destination into datagrams (many small messages share one;
+//! a sender's consecutive messages share one run header) and queues finished datagrams for
+//! `poll_transmit`, bounded. Datagram buffers come from a pool and go back to it once the
+//! driver has taken the bytes, so sending allocates nothing at steady state.
 
 use crate::fxhash::FxMap;
-use crate::{NodeId, Transmit};
+use crate::NodeId;
 use std::collections::VecDeque;
-use tutti_wire::packet::{Encoder, PacketError, DATAGRAM_HEADER_LEN, MESSAGE_HEADER_LEN};
+use tutti_wire::packet::{
+    data_len_alone, DataHeader, Encoder, EncoderState, PacketError, DATAGRAM_HEADER_LEN, MESSAGE_HEADER_LEN,
+};
 
+/// Free datagram buffers kept for reuse (each `max_datagram` bytes); more are freed.
+const MAX_FREE_BUFFERS: usize = 1024;
+
+/// A datagram being filled for `dest`.
 struct Open {
     dest: NodeId,
     buf: Vec<u8>,
+    state: EncoderState,
+}
+
+/// A finished datagram: `buf[..len]`.
+struct Ready {
+    dest: NodeId,
+    buf: Vec<u8>,
     len: usize,
-    count: u16,
 }
 
 pub struct Outbox {
@@ -20,10 +34,14 @@ pub struct Outbox {
     max_pending: usize,
     open: Vec<Open>,
     open_index: FxMap<NodeId, usize>,
-    ready: VecDeque<Transmit>,
+    ready: VecDeque<Ready>,
+    /// Buffers of `max_datagram` bytes to reuse.
+    free: Vec<Vec<u8>>,
+    /// The buffer whose bytes the last `pop` lent out; back to `free` at the next call.
+    lent: Option<Vec<u8>>,
     pub dropped: u64,
-    /// Datagrams opened larger than `max_datagram` for a message that did not fit one
-    /// (the protocol must never build such a message; counted so tests catch it).
+    /// Messages refused because they cannot fit one datagram of `max_datagram` bytes
+    /// (never sent: the protocol must never build such a message; counted so tests catch it).
     pub oversize: u64,
     pub datagrams: u64,
     pub bytes: u64,
@@ -39,6 +57,8 @@ impl Outbox {
             open: Vec::new(),
             open_index: FxMap::default(),
             ready: VecDeque::new(),
+            free: Vec::new(),
+            lent: None,
             dropped: 0,
             oversize: 0,
             datagrams: 0,
@@ -46,8 +66,24 @@ impl Outbox {
         }
     }
 
+    /// `dest`'s open datagram if it has `need` bytes left, else a fresh one (the old one
+    /// queued). `need` must fit an empty datagram.
+    fn room_for(&mut self, dest: NodeId, need: impl Fn(&Encoder<'_>) -> usize) -> usize {
+        if let Some(&i) = self.open_index.get(&dest) {
+            let o = &mut self.open[i];
+            let room = o.buf.len() - o.state.len();
+            let fits = Encoder::resume_at(&mut o.buf, o.state).is_ok_and(|e| room >= need(&e));
+            if fits {
+                return i;
+            }
+            self.close(i);
+        }
+        self.open_new(dest)
+    }
+
     /// Append a message of body size `body` to `dest`'s open datagram (opening a new one
-    /// when it does not fit). `write` encodes it.
+    /// when it does not fit). `write` encodes it. A message that cannot fit one datagram of
+    /// `max_datagram` bytes is refused (counted in `oversize`): nothing larger ever leaves.
     pub fn push(
         &mut self,
         dest: NodeId,
@@ -55,38 +91,42 @@ impl Outbox {
         write: impl FnOnce(&mut Encoder<'_>) -> Result<(), PacketError>,
     ) {
         let need = MESSAGE_HEADER_LEN + body;
-        let idx = match self.open_index.get(&dest) {
-            Some(&i) if self.open[i].buf.len() - self.open[i].len >= need => i,
-            Some(&i) => {
-                self.close(i);
-                self.open_new(dest, need)
-            }
-            None => self.open_new(dest, need),
-        };
+        if DATAGRAM_HEADER_LEN + need > self.max_datagram {
+            self.oversize += 1;
+            return;
+        }
+        let idx = self.room_for(dest, |_| need);
         let o = &mut self.open[idx];
-        if let Ok(mut enc) = Encoder::resume(&mut o.buf, o.len, o.count) {
+        if let Ok(mut enc) = Encoder::resume_at(&mut o.buf, o.state) {
             if write(&mut enc).is_ok() {
-                o.len = enc.len();
-                o.count = enc.count();
+                o.state = enc.state();
             }
         }
     }
 
-    fn open_new(&mut self, dest: NodeId, need: usize) -> usize {
-        if DATAGRAM_HEADER_LEN + need > self.max_datagram {
+    /// Append a data message (a whole message continues `dest`'s open run of its stream when
+    /// it can); refused and counted in `oversize` when it cannot fit one datagram.
+    pub fn push_data(&mut self, dest: NodeId, header: &DataHeader, retransmit: bool, payload: &[u8]) {
+        if DATAGRAM_HEADER_LEN + data_len_alone(header, payload.len()) > self.max_datagram {
             self.oversize += 1;
+            return;
         }
-        let size = self.max_datagram.max(DATAGRAM_HEADER_LEN + need);
-        let mut buf = vec![0u8; size];
-        let len = Encoder::new(&mut buf, self.from, self.incarnation)
-            .map(|e| e.len())
-            .unwrap_or(0);
-        self.open.push(Open {
-            dest,
-            buf,
-            len,
-            count: 0,
-        });
+        let idx = self.room_for(dest, |e| e.data_len(header, retransmit, payload.len()));
+        let o = &mut self.open[idx];
+        if let Ok(mut enc) = Encoder::resume_at(&mut o.buf, o.state) {
+            if enc.push_data(header, retransmit, payload).is_ok() {
+                o.state = enc.state();
+            }
+        }
+    }
+
+    fn open_new(&mut self, dest: NodeId) -> usize {
+        let mut buf = self.free.pop().unwrap_or_else(|| vec![0u8; self.max_datagram]);
+        debug_assert_eq!(buf.len(), self.max_datagram);
+        let state = Encoder::new(&mut buf, self.from, self.incarnation)
+            .map(|e| e.state())
+            .unwrap_or_default();
+        self.open.push(Open { dest, buf, state });
         let i = self.open.len() - 1;
         self.open_index.insert(dest, i);
         i
@@ -95,50 +135,157 @@ impl Outbox {
     /// Finish open datagram `i`; leaves a hole that `flush` removes.
     fn close(&mut self, i: usize) {
         let o = &mut self.open[i];
-        let mut buf = std::mem::take(&mut o.buf);
-        self.open_index.remove(&o.dest);
-        if o.count == 0 {
-            return;
-        }
-        buf.truncate(o.len);
-        let dest = o.dest;
-        o.count = 0;
-        self.enqueue(Transmit { dest, payload: buf });
+        let buf = std::mem::take(&mut o.buf);
+        let (dest, state) = (o.dest, o.state);
+        o.state = EncoderState::default();
+        self.open_index.remove(&dest);
+        self.finish(dest, buf, state);
     }
 
-    fn enqueue(&mut self, t: Transmit) {
-        if self.ready.len() >= self.max_pending {
-            self.dropped += 1;
+    /// Queue a finished datagram (or recycle its buffer when it is empty or the queue full).
+    fn finish(&mut self, dest: NodeId, buf: Vec<u8>, state: EncoderState) {
+        if state.is_empty() {
+            self.recycle(buf);
             return;
         }
+        if self.ready.len() >= self.max_pending {
+            self.dropped += 1;
+            self.recycle(buf);
+            return;
+        }
+        let len = state.len();
+        debug_assert!(len <= self.max_datagram, "nothing over max_datagram leaves");
         self.datagrams += 1;
-        self.bytes += t.payload.len() as u64;
-        self.ready.push_back(t);
+        self.bytes += len as u64;
+        self.ready.push_back(Ready { dest, buf, len });
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.len() == self.max_datagram && self.free.len() < MAX_FREE_BUFFERS {
+            self.free.push(buf);
+        }
     }
 
     /// Finish every open datagram, in the order they were opened.
     pub fn flush(&mut self) {
-        let open = std::mem::take(&mut self.open);
         self.open_index.clear();
-        for mut o in open {
-            if o.count > 0 && !o.buf.is_empty() {
-                o.buf.truncate(o.len);
-                self.enqueue(Transmit {
-                    dest: o.dest,
-                    payload: o.buf,
-                });
+        let mut open = std::mem::take(&mut self.open);
+        for o in open.drain(..) {
+            if !o.buf.is_empty() {
+                self.finish(o.dest, o.buf, o.state);
             }
         }
+        self.open = open; // keeps its capacity
     }
 
-    pub fn pop(&mut self) -> Option<Transmit> {
+    /// The next datagram to send, `(dest, bytes)`; its bytes are lent until the next call.
+    pub fn pop(&mut self) -> Option<(NodeId, &[u8])> {
+        if let Some(buf) = self.lent.take() {
+            self.recycle(buf);
+        }
         if self.ready.is_empty() {
             self.flush();
         }
-        self.ready.pop_front()
+        let r = self.ready.pop_front()?;
+        let buf = self.lent.insert(r.buf);
+        Some((r.dest, buf.get(..r.len).unwrap_or(&[])))
     }
 
     pub fn pending(&self) -> usize {
         self.ready.len() + self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_wire::packet::{decode, Message};
+
+    fn data(seq: u64, frag_count: u16) -> DataHeader {
+        DataHeader {
+            group: 7,
+            seq,
+            sender: 1,
+            stream: 2,
+            retained: seq as u32,
+            session: 3,
+            frag_index: 0,
+            frag_count,
+        }
+    }
+
+    /// `(dest, seqs of the data messages)` of every datagram, checking each is within `max`.
+    fn drain(out: &mut Outbox, max: usize) -> Vec<(NodeId, Vec<u64>)> {
+        let mut all = Vec::new();
+        while let Some((dest, bytes)) = out.pop() {
+            assert!(bytes.len() <= max, "a datagram of {} bytes left", bytes.len());
+            let mut seqs = Vec::new();
+            for m in decode(bytes).expect("valid datagram").messages() {
+                match m {
+                    Message::Data { header, .. } => seqs.push(header.seq),
+                    Message::DataRun { messages, .. } => seqs.extend(messages.iter().map(|(h, _)| h.seq)),
+                    _ => {}
+                }
+            }
+            all.push((dest, seqs));
+        }
+        all
+    }
+
+    #[test]
+    fn a_message_larger_than_a_datagram_is_refused_and_nothing_oversize_leaves() {
+        let max = 200;
+        let mut out = Outbox::new(1, 1, max, 64);
+        let fits = max - DATAGRAM_HEADER_LEN - MESSAGE_HEADER_LEN - core::mem::size_of::<DataHeader>();
+        out.push_data(9, &data(0, 2), false, &vec![1u8; fits]);
+        out.push_data(9, &data(1, 2), false, &vec![2u8; fits + 1]);
+        out.push_data(9, &data(2, 1), false, &vec![3u8; 10 * max]);
+        out.push_data(9, &data(3, 1), false, &[4u8; 5]);
+        out.push(9, max, |e| e.push_view_request());
+        assert_eq!(
+            out.oversize, 3,
+            "every message too large for one datagram counted"
+        );
+        let seqs: Vec<u64> = drain(&mut out, max).into_iter().flat_map(|(_, s)| s).collect();
+        assert_eq!(seqs, vec![0, 3], "only the messages that fit were sent");
+    }
+
+    #[test]
+    fn datagrams_fill_up_to_max_datagram_in_runs_and_buffers_are_reused() {
+        let max = 1472;
+        let mut out = Outbox::new(1, 1, max, 1024);
+        for seq in 0..1000 {
+            out.push_data(9, &data(seq, 1), false, &[5u8; 64]);
+        }
+        assert_eq!(out.oversize, 0);
+        let sent = drain(&mut out, max);
+        let seqs: Vec<u64> = sent.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        assert_eq!(seqs, (0..1000).collect::<Vec<_>>());
+        assert_eq!(
+            sent.len(),
+            1000usize.div_ceil(21),
+            "21 messages of 64 bytes a datagram"
+        );
+        assert!(out.free.len() >= 2, "buffers came back to the pool");
+        let pooled = out.free.len();
+        for seq in 1000..1021 {
+            out.push_data(9, &data(seq, 1), false, &[5u8; 64]);
+        }
+        assert_eq!(
+            out.free.len(),
+            pooled - 1,
+            "a pooled buffer was taken, none allocated"
+        );
+    }
+
+    #[test]
+    fn messages_to_different_destinations_and_streams_do_not_mix() {
+        let mut out = Outbox::new(1, 1, 1472, 64);
+        out.push_data(8, &data(0, 1), false, b"a");
+        out.push_data(9, &data(0, 1), false, b"b");
+        out.push_data(8, &data(1, 1), false, b"c");
+        out.push_data(8, &data(5, 1), true, b"d");
+        let sent = drain(&mut out, 1472);
+        assert_eq!(sent, vec![(8, vec![0, 1, 5]), (9, vec![0])]);
     }
 }

@@ -398,6 +398,12 @@ impl Scenario {
     }
 }
 
+/// A datagram a node sent, owned by the simulated network.
+struct SimDatagram {
+    dest: NodeId,
+    payload: Vec<u8>,
+}
+
 /// The kinds of the messages in a datagram, for diagnostics ("View", "Heartbeats x2").
 fn datagram_kinds(bytes: &[u8]) -> String {
     let Ok(d) = packet::decode(bytes) else {
@@ -407,6 +413,7 @@ fn datagram_kinds(bytes: &[u8]) -> String {
     for m in d.messages() {
         let k = match m {
             Message::Data { .. } => "Data",
+            Message::DataRun { .. } => "DataRun",
             Message::Digest { .. } => "Digest",
             Message::Request { .. } => "Request",
             Message::Heartbeats { .. } => "Heartbeats",
@@ -814,7 +821,11 @@ impl Sim {
                 return;
             };
             while let Some(t) = node.poll_transmit() {
-                transmits.push(t);
+                // The node lends the bytes until its next call: the simulated network keeps a copy.
+                transmits.push(SimDatagram {
+                    dest: t.dest,
+                    payload: t.payload.to_vec(),
+                });
             }
             while let Some(e) = node.poll_event() {
                 evs.push(e);
@@ -1159,6 +1170,17 @@ impl Sim {
                             { header.frag_count },
                             if retransmit { " (retransmit)" } else { "" }
                         ),
+                        Message::DataRun { retransmit, messages } => {
+                            let h = messages.header();
+                            eprintln!(
+                                "[{t} us]   <- {from}: data run {}/{}/{}+{}{}",
+                                h.sender,
+                                h.stream,
+                                h.first_seq,
+                                messages.len(),
+                                if retransmit { " (retransmit)" } else { "" }
+                            )
+                        }
                         Message::Digest { entries, .. } => {
                             let es: Vec<String> = entries
                                 .iter()
@@ -1617,8 +1639,10 @@ impl Sim {
             ..Default::default()
         };
         let mut lost: u64 = 0;
+        let mut refused_oversize: u64 = 0;
         for n in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
             let c = n.counters();
+            refused_oversize += c.oversize_datagrams;
             kinds.data_tree += c.data_sent;
             kinds.retransmits += c.retransmits_sent;
             kinds.digests += c.digests_sent;
@@ -1639,6 +1663,12 @@ impl Sim {
                 "live nodes refused input the simulator never corrupts: {} bad fragments, {} bad digests, \
                  {} undecodable datagrams",
                 kinds.bad_fragments, kinds.bad_digests, kinds.decode_errors
+            ));
+        }
+        if refused_oversize > 0 {
+            // The outbox refuses what cannot fit a datagram: the protocol built it anyway.
+            self.checker.violation(format!(
+                "live nodes built {refused_oversize} messages too large for max_datagram (refused, never sent)"
             ));
         }
         let deliveries: u64 = self.checker.sent.iter().map(|m| u64::from(m.deliveries)).sum();

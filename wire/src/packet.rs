@@ -8,6 +8,13 @@
 //!   body: `len` bytes, layout by kind (see [`MessageKind`])
 //! ```
 //!
+//! Application data travels compactly: a sender's consecutive whole messages in one
+//! datagram form a run ([`MessageKind::DataRun`]) with one [`RunHeader`] (group, sender,
+//! stream, first seq, retained, session) and then per message only its length (a LEB128
+//! varint, 1 byte below 128) and its bytes; seqs are implicit (`first_seq + i`). A
+//! 1,472-byte datagram carries 21 messages of 64 bytes (bare UDP: 23), with the 34-byte
+//! authentication trailer too. Fragments of large messages keep the full [`DataHeader`].
+//!
 //! With a cluster key the daemon's transport appends a 34-byte authentication trailer after
 //! the messages and removes it, once verified, before this decoder sees the datagram (see
 //! `tutti_daemon::net::auth` and docs/security.md).
@@ -35,8 +42,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// fragments in the data header; per-member streams in views and group joins. Version 3:
 /// a view is carried in parts ([`ViewPartHeader`]), each within a datagram. Version 4:
 /// digest entries carry the stream's `recent` low (what its sender sent within a retention).
-/// Version 5: the data header is packed to 36 bytes (no reserved field).
-pub const VERSION: u16 = 5;
+/// Version 5: the data header is packed to 36 bytes (no reserved field). Version 6: whole
+/// messages travel in runs ([`MessageKind::DataRun`]: one header per run of a sender's
+/// consecutive messages, then a varint length per message).
+pub const VERSION: u16 = 6;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -111,7 +120,10 @@ pub struct MessageHeader {
 }
 
 /// Message kinds. Bodies:
-/// - `Data`: [`DataHeader`] + payload (the rest of the body).
+/// - `Data`: [`DataHeader`] + payload (the rest of the body); one fragment of a large
+///   message (or a whole one: the encoder writes whole messages as runs).
+/// - `DataRun`: [`RunHeader`] + at least one `(varint len, len bytes)`: whole messages
+///   `first_seq, first_seq + 1, ...` of one stream, in one session (see [`RunMessages`]).
 /// - `Digest`: [`DigestHeader`] + `n` x [`DigestEntry`].
 /// - `Request`: [`RequestHeader`] + `n` x [`RequestEntry`].
 /// - `Heartbeats`: [`HeartbeatHeader`] + `n` x [`HeartbeatEntry`].
@@ -132,6 +144,7 @@ pub enum MessageKind {
     ViewRequest = 6,
     GroupJoin = 7,
     GroupLeave = 8,
+    DataRun = 9,
 }
 
 impl MessageKind {
@@ -145,6 +158,7 @@ impl MessageKind {
             6 => Self::ViewRequest,
             7 => Self::GroupJoin,
             8 => Self::GroupLeave,
+            9 => Self::DataRun,
             _ => return None,
         })
     }
@@ -176,6 +190,136 @@ pub struct DataHeader {
     pub frag_index: u16,
     /// Number of fragments of the message; 1 for an unfragmented message.
     pub frag_count: u16,
+}
+
+/// The header of a run of whole (unfragmented) messages of one stream, consecutive seqs
+/// from `first_seq`, all of one publishing session. Message `i` of the run is the
+/// [`DataHeader`] with `seq = first_seq + i`, `retained = retained + i` (saturated),
+/// `frag_index = 0`, `frag_count = 1` (see [`RunMessages::iter`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct RunHeader {
+    pub group: u64,
+    pub first_seq: u64,
+    pub sender: u32,
+    pub stream: u32,
+    /// `retained` of the run's first message.
+    pub retained: u32,
+    pub session: u32,
+}
+
+/// Size of [`RunHeader`].
+pub const RUN_HEADER_LEN: usize = core::mem::size_of::<RunHeader>();
+/// Longest varint length prefix in a run: 3 bytes hold lengths up to 2^21 - 1, more than
+/// [`MAX_DATAGRAM`].
+pub const MAX_VARINT_LEN: usize = 3;
+
+/// Bytes of the LEB128 varint that encodes `n` (`n` below 2^21).
+pub const fn varint_len(n: usize) -> usize {
+    if n < 1 << 7 {
+        1
+    } else if n < 1 << 14 {
+        2
+    } else {
+        3
+    }
+}
+
+/// Reads one minimal LEB128 varint of at most [`MAX_VARINT_LEN`] bytes.
+fn read_varint(bytes: &[u8]) -> Result<(usize, &[u8]), PacketError> {
+    let mut n = 0usize;
+    for i in 0..MAX_VARINT_LEN {
+        let b = *bytes.get(i).ok_or(PacketError::Truncated {
+            needed: i + 1,
+            had: bytes.len(),
+        })?;
+        n |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(PacketError::LengthMismatch("varint not minimal"));
+            }
+            return Ok((n, bytes.get(i + 1..).unwrap_or(&[])));
+        }
+    }
+    Err(PacketError::LengthMismatch("varint longer than 3 bytes"))
+}
+
+/// Writes `n` (below 2^21) as a LEB128 varint at the start of `dst`; returns its length.
+fn write_varint(n: usize, dst: &mut [u8]) -> Option<usize> {
+    let len = varint_len(n);
+    let out = dst.get_mut(..len)?;
+    let mut v = n;
+    for (i, b) in out.iter_mut().enumerate() {
+        let more = i + 1 < len;
+        *b = (v & 0x7f) as u8 | if more { 0x80 } else { 0 };
+        v >>= 7;
+    }
+    Some(len)
+}
+
+/// The messages of a validated run: `(header, payload)` of each, in seq order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunMessages<'a> {
+    header: RunHeader,
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl<'a> RunMessages<'a> {
+    /// Walks a run's body once, checking every length; `None` for an empty run.
+    fn new(header: RunHeader, bytes: &'a [u8]) -> Result<Self, PacketError> {
+        let mut rest = bytes;
+        let mut count: u32 = 0;
+        while !rest.is_empty() {
+            let (len, after) = read_varint(rest)?;
+            rest = after.get(len..).ok_or(PacketError::Truncated {
+                needed: len,
+                had: after.len(),
+            })?;
+            count += 1; // at most a datagram's bytes: no overflow
+        }
+        if count == 0 {
+            return Err(PacketError::LengthMismatch("empty run"));
+        }
+        if header.first_seq.checked_add(u64::from(count - 1)).is_none() {
+            return Err(PacketError::LengthMismatch("run seqs overflow"));
+        }
+        Ok(Self { header, bytes, count })
+    }
+    /// Messages in the run (at least 1).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn header(&self) -> RunHeader {
+        self.header
+    }
+    /// Each message as the [`DataHeader`] it stands for and its payload. The run was
+    /// validated by [`decode`].
+    pub fn iter(&self) -> impl Iterator<Item = (DataHeader, &'a [u8])> + 'a {
+        let h = self.header;
+        let mut rest = self.bytes;
+        let mut i: u32 = 0;
+        core::iter::from_fn(move || {
+            let (len, after) = read_varint(rest).ok()?;
+            let payload = after.get(..len)?;
+            rest = after.get(len..)?;
+            let header = DataHeader {
+                group: h.group,
+                seq: h.first_seq.checked_add(u64::from(i))?,
+                sender: h.sender,
+                stream: h.stream,
+                retained: h.retained.saturating_add(i),
+                session: h.session,
+                frag_index: 0,
+                frag_count: 1,
+            };
+            i += 1;
+            Some((header, payload))
+        })
+    }
 }
 
 /// Gossip digest header (stage 2), one per group.
@@ -406,6 +550,11 @@ pub enum Message<'a> {
         retransmit: bool,
         payload: &'a [u8],
     },
+    /// Whole messages of one stream with consecutive seqs.
+    DataRun {
+        retransmit: bool,
+        messages: RunMessages<'a>,
+    },
     Digest {
         header: DigestHeader,
         entries: Entries<'a, DigestEntry>,
@@ -491,7 +640,7 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
     })?;
     let after = rest.get(len..).unwrap_or(&[]);
     let kind = MessageKind::from_u8(mh.kind).ok_or(PacketError::UnknownKind(mh.kind))?;
-    let allowed = if kind == MessageKind::Data {
+    let allowed = if matches!(kind, MessageKind::Data | MessageKind::DataRun) {
         DATA_FLAG_RETRANSMIT
     } else {
         0
@@ -507,6 +656,13 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
                 header,
                 retransmit: mh.flags & DATA_FLAG_RETRANSMIT != 0,
                 payload,
+            }
+        }
+        MessageKind::DataRun => {
+            let (header, rest) = take::<RunHeader>(body)?;
+            Message::DataRun {
+                retransmit: mh.flags & DATA_FLAG_RETRANSMIT != 0,
+                messages: RunMessages::new(header, rest)?,
             }
         }
         MessageKind::Digest => {
@@ -653,11 +809,54 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, PacketError> {
 
 /// Writes a datagram into a caller-provided buffer, message by message. The header's
 /// count is kept current after each push, so the datagram is valid at any point; a
-/// datagram can be resumed later with [`Encoder::resume`].
+/// datagram can be resumed later with [`Encoder::resume_at`] (or [`Encoder::resume`],
+/// which starts a new run for the next data message).
 pub struct Encoder<'a> {
     buf: &'a mut [u8],
     len: usize,
     count: u16,
+    run: Option<OpenRun>,
+}
+
+/// Where a datagram's encoding stands ([`Encoder::state`]), to resume it later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncoderState {
+    len: usize,
+    count: u16,
+    run: Option<OpenRun>,
+}
+
+impl EncoderState {
+    /// Bytes written so far (header included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Messages written so far (a run counts once).
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The run a datagram ends with, which the next message of the same stream may extend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenRun {
+    /// Offset of the run's message header.
+    at: usize,
+    group: u64,
+    sender: u32,
+    stream: u32,
+    session: u32,
+    retransmit: bool,
+    next_seq: u64,
+    next_retained: u32,
+}
+
+/// Whether `h` is a whole (unfragmented) message, which travels in a run.
+fn is_whole(h: &DataHeader) -> bool {
+    h.frag_count == 1 && h.frag_index == 0
 }
 
 impl<'a> Encoder<'a> {
@@ -681,15 +880,49 @@ impl<'a> Encoder<'a> {
             buf,
             len: DATAGRAM_HEADER_LEN,
             count: 0,
+            run: None,
         })
     }
 
     /// Continue a datagram of `len` bytes and `count` messages written earlier into `buf`.
     pub fn resume(buf: &'a mut [u8], len: usize, count: u16) -> Result<Self, PacketError> {
-        if len < DATAGRAM_HEADER_LEN || len > buf.len() {
+        Self::resume_at(
+            buf,
+            EncoderState {
+                len,
+                count,
+                run: None,
+            },
+        )
+    }
+
+    /// Continue a datagram written earlier into `buf` where `state` (from [`Self::state`])
+    /// left it, extending its last run if the next message continues it.
+    pub fn resume_at(buf: &'a mut [u8], state: EncoderState) -> Result<Self, PacketError> {
+        if state.len < DATAGRAM_HEADER_LEN || state.len > buf.len() {
             return Err(PacketError::LengthMismatch("resume length outside buffer"));
         }
-        Ok(Self { buf, len, count })
+        if state
+            .run
+            .is_some_and(|r| r.at + MESSAGE_HEADER_LEN + RUN_HEADER_LEN > state.len)
+        {
+            return Err(PacketError::LengthMismatch("resume run outside the datagram"));
+        }
+        Ok(Self {
+            buf,
+            len: state.len,
+            count: state.count,
+            run: state.run,
+        })
+    }
+
+    /// Where the encoding stands, for [`Self::resume_at`].
+    pub fn state(&self) -> EncoderState {
+        EncoderState {
+            len: self.len,
+            count: self.count,
+            run: self.run,
+        }
     }
 
     /// Bytes written so far (header included).
@@ -737,12 +970,40 @@ impl<'a> Encoder<'a> {
         }
         self.len = at;
         self.count += 1;
+        self.run = None;
         if let Some(dst) = self.buf.get_mut(6..8) {
             dst.copy_from_slice(&self.count.to_le_bytes());
         }
         Ok(())
     }
 
+    /// Whether a data message continues the run this datagram ends with.
+    fn extends_run(&self, h: &DataHeader, retransmit: bool) -> bool {
+        self.run.is_some_and(|r| {
+            is_whole(h)
+                && r.group == { h.group }
+                && r.sender == { h.sender }
+                && r.stream == { h.stream }
+                && r.session == { h.session }
+                && r.retransmit == retransmit
+                && r.next_seq == { h.seq }
+                && r.next_retained == { h.retained }
+        })
+    }
+
+    /// Bytes [`Self::push_data`] would add for this message: a length and the payload when
+    /// it continues the last run, else a message with its header ([`data_len_alone`]).
+    pub fn data_len(&self, header: &DataHeader, retransmit: bool, payload: usize) -> usize {
+        if self.extends_run(header, retransmit) {
+            varint_len(payload) + payload
+        } else {
+            data_len_alone(header, payload)
+        }
+    }
+
+    /// Appends a data message: a whole message extends the run the datagram ends with (same
+    /// stream, session and retransmit flag, the next seq) or starts one; a fragment is a
+    /// `Data` message with its full header.
     pub fn push_data(
         &mut self,
         header: &DataHeader,
@@ -750,7 +1011,77 @@ impl<'a> Encoder<'a> {
         payload: &[u8],
     ) -> Result<(), PacketError> {
         let flags = if retransmit { DATA_FLAG_RETRANSMIT } else { 0 };
-        self.push(MessageKind::Data, flags, &[bytemuck::bytes_of(header), payload])
+        if !is_whole(header) {
+            return self.push(MessageKind::Data, flags, &[bytemuck::bytes_of(header), payload]);
+        }
+        if payload.len() >= 1 << (7 * MAX_VARINT_LEN) {
+            return Err(PacketError::LengthMismatch("payload too long for a run"));
+        }
+        let mut prefix = [0u8; MAX_VARINT_LEN];
+        let n = write_varint(payload.len(), &mut prefix).unwrap_or(0);
+        let prefix = prefix.get(..n).unwrap_or(&[]);
+        match self.run {
+            Some(mut run) if self.extends_run(header, retransmit) => {
+                let needed = n + payload.len();
+                let available = self.buf.len().saturating_sub(self.len);
+                let len_at = run.at + 4;
+                let old = self
+                    .buf
+                    .get(len_at..len_at + 4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0);
+                let body = (old as usize)
+                    .checked_add(needed)
+                    .filter(|b| *b <= u32::MAX as usize);
+                let (Some(body), true) = (body, needed <= available) else {
+                    return Err(PacketError::BufferFull { needed, available });
+                };
+                let mut at = self.len;
+                for part in [prefix, payload] {
+                    if let Some(dst) = self.buf.get_mut(at..at + part.len()) {
+                        dst.copy_from_slice(part);
+                    }
+                    at += part.len();
+                }
+                if let Some(dst) = self.buf.get_mut(len_at..len_at + 4) {
+                    dst.copy_from_slice(&(body as u32).to_le_bytes());
+                }
+                self.len = at;
+                run.next_retained = run.next_retained.saturating_add(1);
+                self.run = header
+                    .seq
+                    .checked_add(1)
+                    .map(|next_seq| OpenRun { next_seq, ..run });
+                Ok(())
+            }
+            _ => {
+                let at = self.len;
+                let rh = RunHeader {
+                    group: header.group,
+                    first_seq: header.seq,
+                    sender: header.sender,
+                    stream: header.stream,
+                    retained: header.retained,
+                    session: header.session,
+                };
+                self.push(
+                    MessageKind::DataRun,
+                    flags,
+                    &[bytemuck::bytes_of(&rh), prefix, payload],
+                )?;
+                self.run = header.seq.checked_add(1).map(|next_seq| OpenRun {
+                    at,
+                    group: header.group,
+                    sender: header.sender,
+                    stream: header.stream,
+                    session: header.session,
+                    retransmit,
+                    next_seq,
+                    next_retained: header.retained.saturating_add(1),
+                });
+                Ok(())
+            }
+        }
     }
 
     pub fn push_digest(&mut self, header: &DigestHeader, entries: &[DigestEntry]) -> Result<(), PacketError> {
@@ -1007,7 +1338,18 @@ impl<'v> ViewParts<'v> {
     }
 }
 
-/// Encoded size of a data message (message header + data header + payload).
+/// Encoded size of a data message that starts a message of its own (not continuing a
+/// run): a run of one for a whole message, a `Data` message for a fragment.
+pub fn data_len_alone(header: &DataHeader, payload: usize) -> usize {
+    if is_whole(header) {
+        MESSAGE_HEADER_LEN + RUN_HEADER_LEN + varint_len(payload) + payload
+    } else {
+        data_message_len(payload)
+    }
+}
+
+/// Encoded size of a `Data` message (message header + data header + payload): the largest
+/// a data message of `payload` bytes takes, a fragment or not.
 pub const fn data_message_len(payload: usize) -> usize {
     MESSAGE_HEADER_LEN + core::mem::size_of::<DataHeader>() + payload
 }
@@ -1034,8 +1376,20 @@ mod tests {
         Leave(u64),
     }
 
-    fn owned(m: Message<'_>) -> Owned {
+    /// The messages a decoded message stands for (a run: one per message in it).
+    fn owned(m: Message<'_>) -> Vec<Owned> {
+        if let Message::DataRun { retransmit, messages } = m {
+            return messages
+                .iter()
+                .map(|(h, p)| Owned::Data(h, retransmit, p.to_vec()))
+                .collect();
+        }
+        vec![owned_one(m)]
+    }
+
+    fn owned_one(m: Message<'_>) -> Owned {
         match m {
+            Message::DataRun { .. } => unreachable!("flattened by owned"),
             Message::Data {
                 header,
                 retransmit,
@@ -1251,8 +1605,8 @@ mod tests {
             let d = decode(&buf[..len]).unwrap();
             prop_assert_eq!(d.header.from, from);
             prop_assert_eq!(d.header.incarnation, inc);
-            prop_assert_eq!(usize::from(d.header.count), msgs.len());
-            let back: Vec<Owned> = d.messages().map(owned).collect();
+            prop_assert_eq!(usize::from(d.header.count), d.messages().count());
+            let back: Vec<Owned> = d.messages().flat_map(owned).collect();
             prop_assert_eq!(back, msgs);
         }
 
@@ -1278,9 +1632,165 @@ mod tests {
             bytes.truncate(cut % (bytes.len() + 1));
             if let Ok(d) = decode(&bytes) {
                 let n = d.messages().map(owned).count();
+                prop_assert!(d.messages().flat_map(owned).count() >= n);
                 prop_assert_eq!(n, usize::from(d.header.count));
             }
         }
+    }
+
+    /// A run of consecutive messages of one stream: `(payload lengths, break points)`;
+    /// at a break the session changes, so a new run starts.
+    fn arb_runs() -> impl Strategy<Value = (u64, u32, Vec<(usize, bool, bool)>)> {
+        (
+            any::<u64>(),
+            any::<u32>(),
+            proptest::collection::vec((0usize..300, proptest::bool::weighted(0.1), any::<bool>()), 1..60),
+        )
+    }
+
+    proptest! {
+        /// Runs: consecutive messages of a stream share one header and decode back to the
+        /// same data headers and payloads, in order; every break starts a new run.
+        #[test]
+        fn runs_round_trip((seq0, retained0, msgs) in arb_runs(), size in 200usize..4000) {
+            let mut buf = vec![0u8; size];
+            let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+            let mut sent = Vec::new();
+            let (mut session, mut runs_started) = (0u32, 0usize);
+            let mut last: Option<(u64, u32, u32, bool)> = None;
+            for (i, (len, brk, retransmit)) in msgs.iter().enumerate() {
+                if *brk { session += 1; }
+                let h = DataHeader {
+                    group: 9,
+                    seq: seq0.wrapping_add(i as u64),
+                    sender: 4,
+                    stream: 5,
+                    retained: retained0.saturating_add(i as u32),
+                    session,
+                    frag_index: 0,
+                    frag_count: 1,
+                };
+                let payload: Vec<u8> = (0..*len).map(|b| (b as u8) ^ (i as u8)).collect();
+                let need = enc.data_len(&h, *retransmit, payload.len());
+                let before = enc.len();
+                match enc.push_data(&h, *retransmit, &payload) {
+                    Ok(()) => {
+                        prop_assert_eq!(enc.len() - before, need);
+                        let key = (seq0.wrapping_add(i as u64), session, retained0.saturating_add(i as u32), *retransmit);
+                        let continues = last.is_some_and(|(s, se, r, rt)| {
+                            s.checked_add(1) == Some(key.0) && se == key.1 && r.saturating_add(1) == key.2 && rt == key.3
+                        });
+                        if !continues { runs_started += 1; }
+                        let header_free = need == varint_len(*len) + len;
+                        prop_assert_eq!(header_free, continues, "only a continuation is header-free");
+                        last = Some(key);
+                        sent.push(Owned::Data(h, *retransmit, payload));
+                    }
+                    Err(PacketError::BufferFull { .. }) => break,
+                    Err(e) => prop_assert!(false, "unexpected {e}"),
+                }
+            }
+            let len = enc.len();
+            let d = decode(&buf[..len]).unwrap();
+            prop_assert_eq!(d.messages().count(), runs_started);
+            let back: Vec<Owned> = d.messages().flat_map(owned).collect();
+            prop_assert_eq!(back, sent);
+        }
+    }
+
+    /// How many whole messages of `payload` bytes fit a datagram of `max` bytes.
+    fn messages_per_datagram(max: usize, payload: usize) -> usize {
+        let mut buf = vec![0u8; max];
+        let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+        let mut n = 0;
+        loop {
+            let h = DataHeader {
+                group: 1,
+                seq: n,
+                sender: 2,
+                stream: 3,
+                retained: n as u32,
+                session: 4,
+                frag_index: 0,
+                frag_count: 1,
+            };
+            if enc.push_data(&h, false, &vec![7u8; payload]).is_err() {
+                return n as usize;
+            }
+            n += 1;
+        }
+    }
+
+    #[test]
+    fn a_datagram_carries_nearly_as_many_small_messages_as_bare_udp() {
+        // Bare UDP: 1472 / 64 = 23. v5 (36 + 8 bytes of headers each): 13.
+        assert_eq!(messages_per_datagram(1472, 64), 21);
+        assert_eq!(messages_per_datagram(1472 - 34, 64), 21, "with the auth trailer");
+        assert_eq!(messages_per_datagram(1472, 8), 157);
+    }
+
+    fn run_datagram(body: &[u8]) -> Vec<u8> {
+        let rh = RunHeader {
+            group: 1,
+            first_seq: 5,
+            sender: 2,
+            stream: 3,
+            retained: 0,
+            session: 0,
+        };
+        let mh = MessageHeader {
+            kind: MessageKind::DataRun as u8,
+            flags: 0,
+            reserved: 0,
+            len: (RUN_HEADER_LEN + body.len()) as u32,
+        };
+        let dh = DatagramHeader {
+            magic: MAGIC,
+            version: VERSION,
+            count: 1,
+            from: 2,
+            incarnation: 1,
+        };
+        let mut v = bytemuck::bytes_of(&dh).to_vec();
+        v.extend_from_slice(bytemuck::bytes_of(&mh));
+        v.extend_from_slice(bytemuck::bytes_of(&rh));
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn malformed_runs_are_typed_errors() {
+        assert!(decode(&run_datagram(&[2, b'h', b'i'])).is_ok());
+        assert_eq!(
+            decode(&run_datagram(&[])).unwrap_err(),
+            PacketError::LengthMismatch("empty run")
+        );
+        assert_eq!(
+            decode(&run_datagram(&[0x81, 0x00, b'x'])).unwrap_err(),
+            PacketError::LengthMismatch("varint not minimal")
+        );
+        assert_eq!(
+            decode(&run_datagram(&[0x80, 0x80, 0x80, 0x01])).unwrap_err(),
+            PacketError::LengthMismatch("varint longer than 3 bytes")
+        );
+        assert!(matches!(
+            decode(&run_datagram(&[5, b'a'])).unwrap_err(),
+            PacketError::Truncated { needed: 5, had: 1 }
+        ));
+        assert!(matches!(
+            decode(&run_datagram(&[0x80])).unwrap_err(),
+            PacketError::Truncated { .. }
+        ));
+        let mut overflow = run_datagram(&[0, 0]);
+        let at = DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + 8;
+        overflow[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(
+            decode(&overflow).unwrap_err(),
+            PacketError::LengthMismatch("run seqs overflow")
+        );
+        let mut last = run_datagram(&[0]);
+        last[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode(&last).is_ok(), "one message at seq u64::MAX is fine");
     }
 
     fn one_data() -> Vec<u8> {

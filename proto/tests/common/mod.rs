@@ -159,7 +159,7 @@ impl Cluster {
             out.datagrams += 1;
             out.bytes += t.payload.len();
             out.largest = out.largest.max(t.payload.len());
-            self.queue.push_back((from, t.dest, t.payload));
+            self.queue.push_back((from, t.dest, t.payload.to_vec()));
         }
         while let Some(e) = self.nodes[i].poll_event() {
             out.events += 1;
