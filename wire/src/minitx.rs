@@ -163,12 +163,7 @@ impl Status {
             7 => Status::TooLarge,
             8 => Status::Stale,
             9 => Status::Aborted,
-            code => {
-                return Err(MinitxError::UnknownCode {
-                    what: "status",
-                    code,
-                })
-            }
+            code => return Err(MinitxError::UnknownCode { what: "status", code }),
         })
     }
 }
@@ -272,11 +267,7 @@ pub enum Message<'a> {
         reply: Reply<'a>,
     },
     /// Coordinator (or a recovering participant) -> participant: phase 2.
-    Decide {
-        memnode: u16,
-        txid: TxId,
-        commit: bool,
-    },
+    Decide { memnode: u16, txid: TxId, commit: bool },
     /// Participant -> sender of the decide: the outcome is applied and replicated.
     DecideAck { memnode: u16, txid: TxId },
     /// Participant `from` -> participant `memnode`: what do you know of `txid`? A memory
@@ -609,10 +600,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], MinitxError> {
-        let end = self.at.checked_add(n).ok_or(MinitxError::Truncated {
-            at: self.at,
-            need: n,
-        })?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(MinitxError::Truncated { at: self.at, need: n })?;
         let out = self.bytes.get(self.at..end).ok_or(MinitxError::Truncated {
             at: self.at,
             need: end - self.bytes.len().min(end),
@@ -653,12 +644,7 @@ impl<'a> Reader<'a> {
 
     /// A u16 count, checked against `max` and against the bytes left (each element takes
     /// at least `min_size` bytes), so a hostile count never sizes an allocation.
-    fn count(
-        &mut self,
-        what: &'static str,
-        max: usize,
-        min_size: usize,
-    ) -> Result<usize, MinitxError> {
+    fn count(&mut self, what: &'static str, max: usize, min_size: usize) -> Result<usize, MinitxError> {
         let count = usize::from(self.u16()?);
         if count > max {
             return Err(MinitxError::TooMany { what, count, max });
@@ -785,18 +771,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn txid() -> impl Strategy<Value = TxId> {
-        (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(coordinator, incarnation, seq)| {
-            TxId {
-                coordinator,
-                incarnation,
-                seq,
-            }
+        (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(coordinator, incarnation, seq)| TxId {
+            coordinator,
+            incarnation,
+            seq,
         })
     }
 
     fn range_and_data() -> impl Strategy<Value = (Range, Vec<u8>)> {
-        (any::<u32>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..24)).prop_map(
-            |(region, offset, data)| {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..24),
+        )
+            .prop_map(|(region, offset, data)| {
                 (
                     Range {
                         region,
@@ -805,8 +793,7 @@ mod tests {
                     },
                     data,
                 )
-            },
-        )
+            })
     }
 
     fn owned_items() -> impl Strategy<Value = OwnedItems> {

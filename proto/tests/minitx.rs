@@ -1,0 +1,1199 @@
+//! Minitransactions over replicated memory nodes (`tutti_proto::minitx`): scenario tests of
+//! each rule (one phase, two-phase commit, typed errors, the recovery rule after a
+//! coordinator crash, failover after a primary crash, bounds), then a deterministic
+//! randomized harness: several coordinators and memory nodes (with backups) over a network
+//! with loss, duplication and reordering, coordinator crashes and primary or backup
+//! crashes, checked for atomicity, serializability against a sequential model, no lost
+//! committed write and no transaction in doubt once faults stop.
+//!
+//! `MINITX_SEEDS=N` runs N seeds of the harness (default 500); `MINITX_SEED=S` runs one.
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use tutti_proto::minitx::{
+    Address, Coordinator, MemnodeId, MemoryNode, Minitransaction, MinitxSettings, Outcome, TxId, TxnError,
+};
+use tutti_proto::{NodeId, Time, MILLIS};
+use tutti_wire::minitx::Message;
+
+const MICROS: Time = 1_000;
+const DATA: u32 = 1;
+const RECEIPTS: u32 = 2;
+
+fn primary_node(m: MemnodeId) -> NodeId {
+    100 + NodeId::from(m)
+}
+
+fn backup_node(m: MemnodeId) -> NodeId {
+    200 + NodeId::from(m)
+}
+
+fn settings() -> MinitxSettings {
+    MinitxSettings {
+        retransmit: 4 * MILLIS,
+        recovery_timeout: 40 * MILLIS,
+        txn_timeout: 400 * MILLIS,
+        decide_timeout: 400 * MILLIS,
+        ..MinitxSettings::default()
+    }
+}
+
+enum Actor {
+    Coord(Coordinator),
+    Mem(MemoryNode),
+}
+
+/// A set of actors and the messages between them, delivered by hand (scenario tests).
+struct Cluster {
+    now: Time,
+    actors: BTreeMap<NodeId, Actor>,
+    queue: VecDeque<(NodeId, NodeId, Vec<u8>)>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Cluster {
+    /// Coordinator 1 and `memnodes` memory nodes, each with a backup, each with a
+    /// 256-byte region `DATA`.
+    fn new(memnodes: MemnodeId, settings: MinitxSettings) -> Cluster {
+        let mut actors = BTreeMap::new();
+        let mut coord = Coordinator::new(1, 1, settings.clone());
+        for m in 0..memnodes {
+            coord.set_placement(m, primary_node(m));
+            let mut p = MemoryNode::primary(m, 1, Some(backup_node(m)), settings.clone());
+            let mut b = MemoryNode::backup(m, primary_node(m), 1, settings.clone());
+            for r in [&mut p, &mut b] {
+                r.add_region(DATA, 256).unwrap();
+                for other in 0..memnodes {
+                    r.set_placement(other, primary_node(other));
+                }
+            }
+            actors.insert(primary_node(m), Actor::Mem(p));
+            actors.insert(backup_node(m), Actor::Mem(b));
+        }
+        actors.insert(1, Actor::Coord(coord));
+        Cluster {
+            now: 0,
+            actors,
+            queue: VecDeque::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    fn coord(&mut self) -> &mut Coordinator {
+        match self.actors.get_mut(&1) {
+            Some(Actor::Coord(c)) => c,
+            _ => panic!("no coordinator"),
+        }
+    }
+
+    fn mem(&mut self, node: NodeId) -> &mut MemoryNode {
+        match self.actors.get_mut(&node) {
+            Some(Actor::Mem(m)) => m,
+            _ => panic!("no memory node at {node}"),
+        }
+    }
+
+    fn collect(&mut self) {
+        for (&id, actor) in &mut self.actors {
+            match actor {
+                Actor::Coord(c) => {
+                    while let Some((to, bytes)) = c.poll_transmit() {
+                        self.queue.push_back((id, to, bytes));
+                    }
+                    while let Some(o) = c.poll_event() {
+                        self.outcomes.push(o);
+                    }
+                }
+                Actor::Mem(m) => {
+                    while let Some((to, bytes)) = m.poll_transmit() {
+                        self.queue.push_back((id, to, bytes));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers queued messages until none is left; `keep(from, to, msg)` false drops one.
+    fn pump(&mut self, mut keep: impl FnMut(NodeId, NodeId, &Message<'_>) -> bool) {
+        self.collect();
+        let mut steps = 0;
+        while let Some((from, to, bytes)) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 100_000, "message storm");
+            let msg = Message::decode(&bytes).expect("actors send valid messages");
+            if !keep(from, to, &msg) {
+                continue;
+            }
+            match self.actors.get_mut(&to) {
+                Some(Actor::Coord(c)) => c.handle_message(self.now, from, &bytes),
+                Some(Actor::Mem(m)) => m.handle_message(self.now, from, &bytes),
+                None => {}
+            }
+            self.collect();
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        self.pump(|_, _, _| true);
+    }
+
+    /// Advances time by `dt` and fires every timeout, delivering everything.
+    fn advance(&mut self, dt: Time) {
+        self.now += dt;
+        let now = self.now;
+        for actor in self.actors.values_mut() {
+            match actor {
+                Actor::Coord(c) => c.handle_timeout(now),
+                Actor::Mem(m) => m.handle_timeout(now),
+            }
+        }
+        self.deliver_all();
+    }
+
+    fn run(&mut self, mtx: &Minitransaction) -> Result<Vec<Vec<u8>>, TxnError> {
+        let now = self.now;
+        let txid = self.coord().submit(now, mtx)?;
+        self.deliver_all();
+        self.take(txid)
+            .unwrap_or_else(|| panic!("no outcome for {txid:?}"))
+    }
+
+    fn take(&mut self, txid: TxId) -> Option<Result<Vec<Vec<u8>>, TxnError>> {
+        let at = self.outcomes.iter().position(|o| o.txid == txid)?;
+        Some(self.outcomes.remove(at).result)
+    }
+
+    fn bytes(&mut self, node: NodeId, offset: usize, len: usize) -> Vec<u8> {
+        self.mem(node).region(DATA).unwrap()[offset..offset + len].to_vec()
+    }
+}
+
+fn at(m: MemnodeId, offset: u32) -> Address {
+    Address::new(m, DATA, offset)
+}
+
+#[test]
+fn one_phase_compare_and_swap_commits_once_and_the_backup_holds_it() {
+    let mut c = Cluster::new(1, settings());
+    let swap = Minitransaction::new()
+        .compare(at(0, 0), &[0; 4])
+        .write(at(0, 0), b"abcd")
+        .read(at(0, 8), 2);
+    assert_eq!(c.run(&swap), Ok(vec![vec![0, 0]]));
+    assert_eq!(c.bytes(primary_node(0), 0, 4), b"abcd");
+    assert_eq!(c.bytes(backup_node(0), 0, 4), b"abcd");
+    // The same compare again fails, says why, writes nothing.
+    let again = swap.clone().write(at(0, 8), b"zz");
+    match c.run(&again) {
+        Err(TxnError::Conflict { failed, reads }) => {
+            assert_eq!(failed, vec![(0, b"abcd".to_vec())]);
+            assert_eq!(reads, vec![Some(vec![0, 0])]);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(c.bytes(primary_node(0), 8, 2), [0, 0]);
+    assert_eq!(c.coord().counters().one_phase, 2);
+    assert_eq!(c.coord().in_flight(), 0);
+}
+
+#[test]
+fn two_phase_commit_is_all_or_nothing_across_memory_nodes() {
+    let mut c = Cluster::new(3, settings());
+    let both = Minitransaction::new()
+        .compare(at(0, 0), &[0])
+        .compare(at(1, 0), &[0])
+        .write(at(0, 0), &[7])
+        .write(at(1, 0), &[7])
+        .write(at(2, 5), &[9])
+        .read(at(2, 0), 1);
+    assert_eq!(c.run(&both), Ok(vec![vec![0]]));
+    for node in [primary_node(0), primary_node(1), backup_node(0), backup_node(1)] {
+        assert_eq!(c.bytes(node, 0, 1), [7], "node {node}");
+    }
+    assert_eq!(c.bytes(backup_node(2), 5, 1), [9]);
+    // One compare fails on memory node 1: memory node 0 writes nothing either.
+    let half = Minitransaction::new()
+        .compare(at(0, 0), &[7])
+        .compare(at(1, 0), &[0])
+        .write(at(0, 0), &[8])
+        .write(at(1, 0), &[8]);
+    match c.run(&half) {
+        Err(TxnError::Conflict { failed, .. }) => assert_eq!(failed, vec![(1, vec![7])]),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    c.advance(MILLIS);
+    assert_eq!(c.bytes(primary_node(0), 0, 1), [7]);
+    assert_eq!(c.bytes(primary_node(1), 0, 1), [7]);
+    for m in 0..3 {
+        assert_eq!(c.mem(primary_node(m)).in_doubt(), 0);
+    }
+    assert_eq!(c.coord().in_flight(), 0, "decisions acknowledged");
+}
+
+#[test]
+fn errors_are_typed() {
+    let small = MinitxSettings {
+        max_in_flight: 1,
+        max_items: 4,
+        ..settings()
+    };
+    let mut c = Cluster::new(2, small);
+    let missing = Minitransaction::new().read(Address::new(0, 99, 0), 1);
+    assert_eq!(c.run(&missing), Err(TxnError::RegionMissing { memnode: 0 }));
+    let unplaced = Minitransaction::new().read(at(7, 0), 1);
+    assert_eq!(c.run(&unplaced), Err(TxnError::RegionMissing { memnode: 7 }));
+    let past_end = Minitransaction::new().read(at(1, 250), 10);
+    assert_eq!(c.run(&past_end), Err(TxnError::OutOfBounds { memnode: 1 }));
+    let too_many = (0..5).fold(Minitransaction::new(), |t, i| t.read(at(0, i), 1));
+    assert_eq!(c.run(&too_many), Err(TxnError::TooLarge));
+    // One in flight at most.
+    let now = c.now;
+    let read = Minitransaction::new().read(at(0, 0), 1);
+    let first = c.coord().submit(now, &read).unwrap();
+    assert_eq!(c.coord().submit(now, &read), Err(TxnError::Full));
+    c.deliver_all();
+    assert_eq!(c.take(first), Some(Ok(vec![vec![0]])));
+    c.coord().set_in_majority(false);
+    assert_eq!(c.run(&read), Err(TxnError::NotInMajority));
+}
+
+#[test]
+fn a_memory_node_enforces_its_own_limits() {
+    // The coordinator allows 64 items; memory node 0 only 2: it refuses, typed.
+    let mut c = Cluster::new(1, settings());
+    let strict = MinitxSettings {
+        max_items: 2,
+        ..settings()
+    };
+    let mut p = MemoryNode::primary(0, 1, None, strict);
+    p.add_region(DATA, 64).unwrap();
+    c.actors.insert(primary_node(0), Actor::Mem(p));
+    let three = (0..3).fold(Minitransaction::new(), |t, i| t.read(at(0, i), 1));
+    assert_eq!(c.run(&three), Err(TxnError::TooLarge));
+    // Regions are bounded by max_memory.
+    let mut tiny = MemoryNode::primary(
+        0,
+        1,
+        None,
+        MinitxSettings {
+            max_memory: 100,
+            ..settings()
+        },
+    );
+    assert!(tiny.add_region(1, 60).is_ok());
+    assert!(tiny.add_region(2, 60).is_err());
+    assert!(tiny.add_region(1, 10).is_err());
+}
+
+#[test]
+fn a_participant_holding_locks_makes_others_busy_never_wait() {
+    let mut c = Cluster::new(2, settings());
+    let both = Minitransaction::new()
+        .compare(at(0, 0), &[0])
+        .write(at(0, 0), &[1])
+        .write(at(1, 0), &[1]);
+    let now = c.now;
+    let txid = c.coord().submit(now, &both).unwrap();
+    // Votes are cast, decisions held back: both participants hold their locks.
+    c.pump(|_, _, m| !matches!(m, Message::Decide { .. }));
+    assert_eq!(c.take(txid), Some(Ok(vec![])), "outcome known after the votes");
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
+    let reader = Minitransaction::new().read(at(0, 0), 1);
+    assert_eq!(c.run(&reader), Err(TxnError::Busy));
+    // A disjoint range is not locked.
+    let other = Minitransaction::new().read(at(0, 1), 1);
+    assert_eq!(c.run(&other), Ok(vec![vec![0]]));
+    // The coordinator resends the decisions: locks freed, writes applied.
+    c.advance(5 * MILLIS);
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
+    assert_eq!(c.run(&reader), Ok(vec![vec![1]]));
+}
+
+/// Recovery rule, first half: a coordinator that crashes after every participant voted
+/// yes leaves a committed transaction; the participants find out by asking each other.
+#[test]
+fn coordinator_crash_after_all_yes_votes_commits_by_recovery() {
+    let mut c = Cluster::new(3, settings());
+    let t = Minitransaction::new()
+        .compare(at(0, 0), &[0])
+        .write(at(0, 0), &[5])
+        .write(at(1, 3), &[6])
+        .write(at(2, 4), &[7]);
+    let now = c.now;
+    c.coord().submit(now, &t).unwrap();
+    // Votes never reach the coordinator, which then crashes.
+    c.pump(|_, to, _| to != 1);
+    c.actors.remove(&1);
+    for m in 0..3 {
+        assert_eq!(c.mem(primary_node(m)).in_doubt(), 1);
+    }
+    c.advance(settings().recovery_timeout);
+    c.advance(settings().retransmit);
+    for m in 0..3 {
+        assert_eq!(c.mem(primary_node(m)).in_doubt(), 0, "memory node {m}");
+    }
+    assert_eq!(c.bytes(primary_node(0), 0, 1), [5]);
+    assert_eq!(c.bytes(primary_node(1), 3, 1), [6]);
+    assert_eq!(c.bytes(backup_node(2), 4, 1), [7]);
+    let recovered: u64 = (0..3)
+        .map(|m| c.mem(primary_node(m)).counters().recovered_commits)
+        .sum();
+    assert!(recovered >= 1);
+}
+
+/// Recovery rule, second half: a participant that never got the prepare is asked, votes
+/// no on the spot, and refuses the prepare when it finally arrives.
+#[test]
+fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
+    let mut c = Cluster::new(2, settings());
+    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
+    let now = c.now;
+    c.coord().submit(now, &t).unwrap();
+    let mut late = None;
+    c.pump(|_, to, m| {
+        if to == primary_node(1) && matches!(m, Message::Prepare { .. }) {
+            late = Some(m.to_vec());
+            return false;
+        }
+        to != 1
+    });
+    c.actors.remove(&1);
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
+    c.advance(settings().recovery_timeout);
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
+    assert_eq!(c.mem(primary_node(1)).counters().forced_aborts, 1);
+    assert_eq!(c.mem(primary_node(0)).counters().recovered_aborts, 1);
+    // The prepare arrives late: refused, nothing written anywhere.
+    let late = late.expect("prepare captured");
+    let now = c.now;
+    c.mem(primary_node(1)).handle_message(now, 1, &late);
+    c.collect();
+    let answers: Vec<_> = c.queue.drain(..).collect();
+    assert!(answers.iter().any(|(_, to, bytes)| *to == 1
+        && matches!(Message::decode(bytes), Ok(Message::Reply { reply, .. })
+                    if reply.status == tutti_wire::minitx::Status::Aborted)));
+    assert_eq!(c.mem(primary_node(1)).in_doubt(), 0);
+    assert_eq!(c.bytes(primary_node(0), 0, 1), [0]);
+    assert_eq!(c.bytes(primary_node(1), 0, 1), [0]);
+}
+
+/// A recovering participant and a live coordinator reach the same outcome: the
+/// coordinator's decision arrives after recovery already committed.
+#[test]
+fn recovery_racing_a_live_coordinator_agrees_with_it() {
+    let mut c = Cluster::new(2, settings());
+    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
+    let now = c.now;
+    let txid = c.coord().submit(now, &t).unwrap();
+    c.pump(|_, _, m| !matches!(m, Message::Decide { .. }));
+    assert_eq!(c.take(txid), Some(Ok(vec![])));
+    // Recovery runs before any decision gets through.
+    c.now += settings().recovery_timeout;
+    let now = c.now;
+    for m in 0..2 {
+        c.mem(primary_node(m)).handle_timeout(now);
+    }
+    c.pump(|from, _, m| !(from == 1 && matches!(m, Message::Decide { .. })));
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
+    // Now the coordinator's decisions arrive: duplicates, no conflict.
+    c.advance(settings().retransmit);
+    for m in 0..2 {
+        let counters = c.mem(primary_node(m)).counters().clone();
+        assert_eq!(counters.conflicting_decisions, 0);
+        assert_eq!(counters.commits, 1);
+    }
+    assert_eq!(c.coord().in_flight(), 0);
+}
+
+/// The backup holds every committed write before the commit is acknowledged; after a
+/// failover the new primary answers duplicates from its log instead of running them again.
+#[test]
+fn primary_crash_loses_nothing_acknowledged_and_runs_nothing_twice() {
+    let mut c = Cluster::new(1, settings());
+    let incr = |from: u8| {
+        Minitransaction::new()
+            .compare(at(0, 0), &[from])
+            .write(at(0, 0), &[from + 1])
+    };
+    assert_eq!(c.run(&incr(0)), Ok(vec![]));
+    // The next commit is applied at the primary but its log entry and the answer are
+    // held back until the backup acknowledges.
+    let now = c.now;
+    let txid = c.coord().submit(now, &incr(1)).unwrap();
+    c.pump(|_, _, m| !matches!(m, Message::ReplicateAck { .. }));
+    assert_eq!(c.take(txid), None, "answered before the backup held the write");
+    assert_eq!(c.bytes(primary_node(0), 0, 1), [2]);
+    assert_eq!(c.bytes(backup_node(0), 0, 1), [2]);
+    // The primary crashes; the backup is promoted; the coordinator resends there and gets
+    // the remembered answer (committed), not a conflict from running it again.
+    c.actors.remove(&primary_node(0));
+    let now = c.now;
+    c.mem(backup_node(0)).promote(now, 2);
+    c.coord().set_placement(0, backup_node(0));
+    c.advance(settings().retransmit);
+    assert_eq!(c.take(txid), Some(Ok(vec![])));
+    assert!(c.mem(backup_node(0)).counters().duplicates >= 1);
+    assert_eq!(c.run(&incr(2)), Ok(vec![]));
+    assert_eq!(c.bytes(backup_node(0), 0, 1), [3]);
+}
+
+#[test]
+fn a_primary_crash_with_a_prepared_transaction_is_resolved_by_the_new_primary() {
+    let mut c = Cluster::new(2, settings());
+    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
+    let now = c.now;
+    c.coord().submit(now, &t).unwrap();
+    // Both vote yes; then primary 0 crashes and the coordinator with it.
+    c.pump(|_, to, _| to != 1);
+    c.actors.remove(&1);
+    c.actors.remove(&primary_node(0));
+    let now = c.now;
+    c.mem(backup_node(0)).promote(now, 2);
+    c.mem(primary_node(1)).set_placement(0, backup_node(0));
+    assert_eq!(c.mem(backup_node(0)).in_doubt(), 1, "the backup holds the vote");
+    c.advance(settings().recovery_timeout);
+    c.advance(settings().retransmit);
+    assert_eq!(c.mem(backup_node(0)).in_doubt(), 0);
+    assert_eq!(c.mem(primary_node(1)).in_doubt(), 0);
+    assert_eq!(c.bytes(backup_node(0), 0, 1), [5]);
+    assert_eq!(c.bytes(primary_node(1), 0, 1), [6]);
+}
+
+#[test]
+fn bounds_hold_and_are_counted() {
+    // max_prepared: a third prepare is refused Busy while two hold their votes.
+    let tight = MinitxSettings {
+        max_prepared: 2,
+        max_decided: 4,
+        ..settings()
+    };
+    let mut c = Cluster::new(2, tight);
+    let now = c.now;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let t = Minitransaction::new().write(at(0, i), &[1]).write(at(1, i), &[1]);
+        held.push(c.coord().submit(now, &t).unwrap());
+    }
+    c.pump(|_, _, m| !matches!(m, Message::Decide { .. }));
+    let third = Minitransaction::new().write(at(0, 9), &[1]).write(at(1, 9), &[1]);
+    assert_eq!(c.run(&third), Err(TxnError::Busy));
+    c.advance(settings().retransmit);
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
+    // max_decided: old decisions are forgotten, and their coordinator's older
+    // transactions are refused rather than run twice.
+    let old = Minitransaction::new().write(at(0, 20), &[1]);
+    let now = c.now;
+    let old_id = c.coord().submit(now, &old).unwrap();
+    let mut captured = None;
+    c.pump(|_, _, m| {
+        if matches!(m, Message::Exec { .. }) && captured.is_none() {
+            captured = Some(m.to_vec());
+        }
+        true
+    });
+    assert_eq!(c.take(old_id), Some(Ok(vec![])));
+    for i in 0..6 {
+        let t = Minitransaction::new().write(at(0, 30 + i), &[1]);
+        assert_eq!(c.run(&t), Ok(vec![]));
+    }
+    assert!(c.mem(primary_node(0)).counters().decided_evicted > 0);
+    let now = c.now;
+    c.mem(primary_node(0))
+        .handle_message(now, 1, &captured.expect("exec captured"));
+    c.collect();
+    let stale = c.queue.drain(..).any(|(_, _, bytes)| {
+        matches!(Message::decode(&bytes), Ok(Message::Reply { reply, .. })
+                 if reply.status == tutti_wire::minitx::Status::Stale)
+    });
+    assert!(stale, "a forgotten transaction is refused Stale");
+    assert_eq!(c.mem(primary_node(0)).counters().stale, 1);
+    // Garbage is counted, not trusted.
+    c.mem(primary_node(0)).handle_message(now, 9, b"not a message");
+    assert_eq!(c.mem(primary_node(0)).counters().malformed, 1);
+    c.coord().handle_message(now, 9, &[0x4d, 0x54, 1, 3]);
+    assert_eq!(c.coord().counters().malformed, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The randomized harness.
+
+const MEMNODES: MemnodeId = 3;
+const COUNTERS_PER_MEMNODE: u32 = 2;
+const COUNTERS: u32 = MEMNODES as u32 * COUNTERS_PER_MEMNODE;
+const SLOT: u32 = 16;
+const COORDINATORS: usize = 3;
+const MAX_TAGS: u64 = 4096;
+
+fn counter_at(c: u32) -> Address {
+    Address::new(
+        (c % MEMNODES as u32) as MemnodeId,
+        DATA,
+        (c / MEMNODES as u32) * SLOT,
+    )
+}
+
+/// A counter slot: (value, tag of the transaction that wrote it).
+fn counter_bytes(value: u64, tag: u64) -> Vec<u8> {
+    let mut v = value.to_le_bytes().to_vec();
+    v.extend_from_slice(&tag.to_le_bytes());
+    v
+}
+
+fn unslot(bytes: &[u8]) -> (u64, u64) {
+    (
+        u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+        u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+    )
+}
+
+/// One transaction the harness issued.
+struct Issued {
+    tag: u64,
+    /// Counters compared-and-swapped: (counter, expected (value, tag)).
+    cas: Vec<(u32, (u64, u64))>,
+    /// Counters read (not written).
+    reads: Vec<u32>,
+    /// Memory nodes given a receipt (those of the written counters).
+    receipts: Vec<MemnodeId>,
+    /// None: outcome unknown to the harness (coordinator crashed).
+    result: Option<Result<Vec<Vec<u8>>, TxnError>>,
+}
+
+struct CoordSlot {
+    node: NodeId,
+    incarnation: u32,
+    coord: Option<Coordinator>,
+    restart_at: Time,
+    pending: HashMap<TxId, usize>,
+    /// Last known (value, tag) of each counter.
+    cache: HashMap<u32, (u64, u64)>,
+    next_submit: Time,
+}
+
+struct MemSlot {
+    primary: NodeId,
+    backup: Option<NodeId>,
+    epoch: u64,
+}
+
+enum Fault {
+    CrashCoordinator(usize),
+    CrashPrimary(MemnodeId),
+    CrashBackup(MemnodeId),
+    Promote(MemnodeId),
+    DropBackup(MemnodeId),
+}
+
+struct World {
+    now: Time,
+    rng: Xoshiro256PlusPlus,
+    seed: u64,
+    net: BinaryHeap<Reverse<(Time, u64, NodeId, NodeId, Vec<u8>)>>,
+    net_seq: u64,
+    loss: f64,
+    dup: f64,
+    max_delay: Time,
+    down: HashSet<NodeId>,
+    coords: Vec<CoordSlot>,
+    mems: Vec<MemSlot>,
+    replicas: BTreeMap<NodeId, MemoryNode>,
+    faults: Vec<(Time, Fault)>,
+    issued: Vec<Issued>,
+    work_end: Time,
+    faults_end: Time,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let s = settings();
+        let mut replicas = BTreeMap::new();
+        let mut mems = Vec::new();
+        for m in 0..MEMNODES {
+            let mut p = MemoryNode::primary(m, 1, Some(backup_node(m)), s.clone());
+            let mut b = MemoryNode::backup(m, primary_node(m), 1, s.clone());
+            for r in [&mut p, &mut b] {
+                r.add_region(DATA, COUNTERS_PER_MEMNODE * SLOT).unwrap();
+                r.add_region(RECEIPTS, MAX_TAGS as u32).unwrap();
+                for other in 0..MEMNODES {
+                    r.set_placement(other, primary_node(other));
+                }
+            }
+            replicas.insert(primary_node(m), p);
+            replicas.insert(backup_node(m), b);
+            mems.push(MemSlot {
+                primary: primary_node(m),
+                backup: Some(backup_node(m)),
+                epoch: 1,
+            });
+        }
+        let coords = (0..COORDINATORS)
+            .map(|k| CoordSlot {
+                node: 1 + k as NodeId,
+                incarnation: 0,
+                coord: None,
+                restart_at: 0,
+                pending: HashMap::new(),
+                cache: HashMap::new(),
+                next_submit: 0,
+            })
+            .collect();
+        let work_end = 150 * MILLIS;
+        let faults_end = 120 * MILLIS;
+        // Faults: a few coordinator crashes; per memory node at most one replica crash.
+        let mut faults = Vec::new();
+        for _ in 0..rng.gen_range(0..=3) {
+            let k = rng.gen_range(0..COORDINATORS);
+            faults.push((rng.gen_range(0..faults_end), Fault::CrashCoordinator(k)));
+        }
+        for m in 0..MEMNODES {
+            let when = rng.gen_range(0..faults_end);
+            match rng.gen_range(0..4) {
+                0 => faults.push((when, Fault::CrashPrimary(m))),
+                1 => faults.push((when, Fault::CrashBackup(m))),
+                _ => {}
+            }
+        }
+        let loss = if rng.gen_bool(0.2) {
+            0.0
+        } else {
+            rng.gen_range(0.0..0.15)
+        };
+        let dup = rng.gen_range(0.0..0.05);
+        let max_delay = rng.gen_range(100 * MICROS..3 * MILLIS);
+        let mut world = World {
+            now: 0,
+            rng,
+            seed,
+            net: BinaryHeap::new(),
+            net_seq: 0,
+            loss,
+            dup,
+            max_delay,
+            down: HashSet::new(),
+            coords,
+            mems,
+            replicas,
+            faults,
+            issued: Vec::new(),
+            work_end,
+            faults_end,
+        };
+        for k in 0..COORDINATORS {
+            world.start_coordinator(k);
+        }
+        world
+    }
+
+    fn start_coordinator(&mut self, k: usize) {
+        let slot = &mut self.coords[k];
+        slot.incarnation += 1;
+        let mut coord = Coordinator::new(slot.node, slot.incarnation, settings());
+        for (m, mem) in self.mems.iter().enumerate() {
+            coord.set_placement(m as MemnodeId, mem.primary);
+        }
+        slot.coord = Some(coord);
+        slot.cache.clear();
+        self.down.remove(&slot.node);
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) {
+        if self.rng.gen_bool(self.loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now + self.rng.gen_range(20 * MICROS..=self.max_delay);
+            self.net_seq += 1;
+            self.net
+                .push(Reverse((at, self.net_seq, from, to, bytes.clone())));
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut out = Vec::new();
+        for slot in &mut self.coords {
+            if let Some(c) = &mut slot.coord {
+                while let Some((to, bytes)) = c.poll_transmit() {
+                    out.push((slot.node, to, bytes));
+                }
+                while let Some(o) = c.poll_event() {
+                    let i = slot.pending.remove(&o.txid).expect("outcome of a pending txn");
+                    let issued = &mut self.issued[i];
+                    match &o.result {
+                        Ok(_) => {
+                            for (counter, (value, _)) in &issued.cas {
+                                slot.cache.insert(*counter, (value + 1, issued.tag));
+                            }
+                        }
+                        Err(TxnError::Conflict { failed, .. }) => {
+                            for (index, bytes) in failed {
+                                let counter = issued.cas[*index].0;
+                                slot.cache.insert(counter, unslot(bytes));
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                    if let Ok(reads) = &o.result {
+                        for (counter, bytes) in issued.reads.iter().zip(reads) {
+                            slot.cache.insert(*counter, unslot(bytes));
+                        }
+                    }
+                    issued.result = Some(o.result);
+                }
+            }
+        }
+        for (&node, r) in &mut self.replicas {
+            while let Some((to, bytes)) = r.poll_transmit() {
+                out.push((node, to, bytes));
+            }
+        }
+        for (from, to, bytes) in out {
+            self.send(from, to, bytes);
+        }
+    }
+
+    fn submit(&mut self, k: usize) {
+        let tag = self.issued.len() as u64 + 1;
+        if tag >= MAX_TAGS {
+            return;
+        }
+        let slot = &mut self.coords[k];
+        let Some(coord) = &mut slot.coord else { return };
+        let mut picked: Vec<u32> = (0..COUNTERS).collect();
+        // A partial shuffle: the first few are the transaction's counters.
+        for i in 0..4 {
+            let j = self.rng.gen_range(i..picked.len());
+            picked.swap(i, j);
+        }
+        let read_only = self.rng.gen_bool(0.25);
+        let writes = if read_only { 0 } else { self.rng.gen_range(1..=3) };
+        let reads = if read_only {
+            self.rng.gen_range(1..=3)
+        } else {
+            self.rng.gen_range(0..=1)
+        };
+        let mut mtx = Minitransaction::new();
+        let mut cas = Vec::new();
+        let mut receipts = BTreeSet::new();
+        for &counter in &picked[..writes] {
+            let (value, prev) = slot.cache.get(&counter).copied().unwrap_or((0, 0));
+            let at = counter_at(counter);
+            mtx = mtx
+                .compare(at, &counter_bytes(value, prev))
+                .write(at, &counter_bytes(value + 1, tag));
+            cas.push((counter, (value, prev)));
+            receipts.insert(at.memnode);
+        }
+        for &m in &receipts {
+            mtx = mtx.write(Address::new(m, RECEIPTS, tag as u32), &[1]);
+        }
+        let read_list: Vec<u32> = picked[writes..writes + reads].to_vec();
+        for &counter in &read_list {
+            mtx = mtx.read(counter_at(counter), SLOT);
+        }
+        match coord.submit(self.now, &mtx) {
+            Ok(txid) => {
+                slot.pending.insert(txid, self.issued.len());
+                self.issued.push(Issued {
+                    tag,
+                    cas,
+                    reads: read_list,
+                    receipts: receipts.into_iter().collect(),
+                    result: None,
+                });
+            }
+            Err(TxnError::Full) => {}
+            Err(e) => panic!("seed {}: submit refused: {e}", self.seed),
+        }
+    }
+
+    fn apply_fault(&mut self, fault: Fault) {
+        let detect = self.rng.gen_range(2 * MILLIS..10 * MILLIS);
+        match fault {
+            Fault::CrashCoordinator(k) => {
+                let slot = &mut self.coords[k];
+                if slot.coord.take().is_some() {
+                    // Its pending transactions' outcomes stay unknown (`result: None`).
+                    slot.pending.clear();
+                    self.down.insert(slot.node);
+                    slot.restart_at = self.now + detect;
+                }
+            }
+            Fault::CrashPrimary(m) => {
+                let mem = &self.mems[m as usize];
+                if mem.backup.is_some() {
+                    self.down.insert(mem.primary);
+                    self.faults.push((self.now + detect, Fault::Promote(m)));
+                }
+            }
+            Fault::CrashBackup(m) => {
+                if let Some(b) = self.mems[m as usize].backup {
+                    self.down.insert(b);
+                    self.faults.push((self.now + detect, Fault::DropBackup(m)));
+                }
+            }
+            Fault::Promote(m) => {
+                let mem = &mut self.mems[m as usize];
+                let backup = mem.backup.take().expect("promote a backup");
+                mem.epoch += 1;
+                mem.primary = backup;
+                let (epoch, now) = (mem.epoch, self.now);
+                self.replicas.get_mut(&backup).unwrap().promote(now, epoch);
+                for r in self.replicas.values_mut() {
+                    r.set_placement(m, backup);
+                }
+                for slot in &mut self.coords {
+                    if let Some(c) = &mut slot.coord {
+                        c.set_placement(m, backup);
+                    }
+                }
+            }
+            Fault::DropBackup(m) => {
+                let mem = &mut self.mems[m as usize];
+                mem.backup = None;
+                let primary = mem.primary;
+                self.replicas.get_mut(&primary).unwrap().drop_backup();
+            }
+        }
+    }
+
+    fn next_event(&self) -> Option<Time> {
+        let mut next: Option<Time> = None;
+        let mut at = |t: Time| next = Some(next.map_or(t, |n: Time| n.min(t)));
+        if let Some(Reverse((t, ..))) = self.net.peek() {
+            at(*t);
+        }
+        for slot in &self.coords {
+            match &slot.coord {
+                Some(c) => {
+                    if let Some(t) = c.poll_timeout() {
+                        at(t);
+                    }
+                    if self.now < self.work_end {
+                        at(slot.next_submit);
+                    }
+                }
+                None => at(slot.restart_at),
+            }
+        }
+        for (node, r) in &self.replicas {
+            if !self.down.contains(node) {
+                if let Some(t) = r.poll_timeout() {
+                    at(t);
+                }
+            }
+        }
+        for (t, _) in &self.faults {
+            at(*t);
+        }
+        next
+    }
+
+    fn quiet(&self) -> bool {
+        self.now >= self.work_end
+            && self.net.is_empty()
+            && self.faults.is_empty()
+            && self
+                .coords
+                .iter()
+                .all(|s| s.coord.as_ref().is_some_and(|c| c.in_flight() == 0))
+            && self.mems.iter().all(|m| {
+                let p = &self.replicas[&m.primary];
+                p.in_doubt() == 0 && p.unreplicated() == 0
+            })
+    }
+
+    fn run(&mut self) {
+        let deadline = self.work_end + 5_000 * MILLIS;
+        while !self.quiet() {
+            let Some(t) = self.next_event() else { break };
+            assert!(
+                t <= deadline,
+                "seed {}: not quiet {} ms after the work ended (liveness)",
+                self.seed,
+                (deadline - self.work_end) / MILLIS
+            );
+            self.now = self.now.max(t);
+            let now = self.now;
+            if now >= self.faults_end {
+                self.loss = 0.0;
+                self.dup = 0.0;
+            }
+            // Faults due.
+            let mut due = Vec::new();
+            let mut i = 0;
+            while i < self.faults.len() {
+                if self.faults[i].0 <= now {
+                    due.push(self.faults.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            for fault in due {
+                self.apply_fault(fault);
+            }
+            // Messages due.
+            while let Some(Reverse((t, ..))) = self.net.peek() {
+                if *t > now {
+                    break;
+                }
+                let Reverse((_, _, from, to, bytes)) = self.net.pop().unwrap();
+                if self.down.contains(&to) {
+                    continue;
+                }
+                if let Some(r) = self.replicas.get_mut(&to) {
+                    r.handle_message(now, from, &bytes);
+                } else if let Some(slot) = self.coords.iter_mut().find(|s| s.node == to) {
+                    if let Some(c) = &mut slot.coord {
+                        c.handle_message(now, from, &bytes);
+                    }
+                }
+                self.flush();
+            }
+            // Timers, restarts, new work.
+            for k in 0..COORDINATORS {
+                if self.coords[k].coord.is_none() && self.coords[k].restart_at <= now {
+                    self.start_coordinator(k);
+                }
+                if let Some(c) = &mut self.coords[k].coord {
+                    if c.poll_timeout().is_some_and(|t| t <= now) {
+                        c.handle_timeout(now);
+                    }
+                }
+                if now < self.work_end && self.coords[k].next_submit <= now {
+                    if self.coords[k].pending.len() < 2 {
+                        self.submit(k);
+                    }
+                    self.coords[k].next_submit = now + self.rng.gen_range(100 * MICROS..MILLIS);
+                }
+            }
+            for (node, r) in &mut self.replicas {
+                if !self.down.contains(node) && r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Every invariant, on the final state of the current primaries.
+    fn check(&self) {
+        let seed = self.seed;
+        let primary = |m: MemnodeId| &self.replicas[&self.mems[m as usize].primary];
+        // Replicas agree.
+        for (m, mem) in self.mems.iter().enumerate() {
+            if let Some(b) = mem.backup {
+                for region in [DATA, RECEIPTS] {
+                    assert_eq!(
+                        self.replicas[&b].region(region),
+                        primary(m as MemnodeId).region(region),
+                        "seed {seed}: backup of memory node {m} differs from its primary"
+                    );
+                }
+            }
+        }
+        for r in self.replicas.values() {
+            let c = r.counters();
+            assert_eq!(
+                (c.bad_records, c.conflicting_decisions, c.unknown_decisions),
+                (0, 0, 0),
+                "seed {seed}: memory node {} counted an inconsistency: {c:?}",
+                r.id()
+            );
+        }
+        for slot in &self.coords {
+            if let Some(c) = &slot.coord {
+                assert_eq!(c.counters().bad_answers, 0, "seed {seed}");
+            }
+        }
+        // Atomicity: a transaction's receipts are all there or all absent; its reported
+        // outcome agrees.
+        let receipt = |m: MemnodeId, tag: u64| primary(m).region(RECEIPTS).unwrap()[tag as usize];
+        let mut committed: Vec<&Issued> = Vec::new();
+        let mut readers: Vec<&Issued> = Vec::new();
+        for t in &self.issued {
+            if t.cas.is_empty() {
+                if let Some(Ok(_)) = t.result {
+                    readers.push(t);
+                }
+                continue;
+            }
+            let marks: Vec<u8> = t.receipts.iter().map(|&m| receipt(m, t.tag)).collect();
+            assert!(
+                marks.iter().all(|&x| x == marks[0]),
+                "seed {seed}: txn {} half applied: receipts {marks:?} on {:?}",
+                t.tag,
+                t.receipts
+            );
+            let applied = marks[0] == 1;
+            match &t.result {
+                Some(Ok(_)) => assert!(applied, "seed {seed}: committed txn {} lost", t.tag),
+                Some(Err(TxnError::Unavailable)) | None => {}
+                Some(Err(e)) => assert!(!applied, "seed {seed}: txn {} reported {e} but applied", t.tag),
+            }
+            if applied {
+                committed.push(t);
+                if let Some(Ok(_)) = t.result {
+                    if !t.reads.is_empty() {
+                        readers.push(t);
+                    }
+                }
+            }
+        }
+        // The sequential model: each counter's committed writers form one chain
+        // 0 -> 1 -> ... -> final value, each comparing what the previous one wrote.
+        let mut chain: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut sum = 0u64;
+        for c in 0..COUNTERS {
+            let at = counter_at(c);
+            let bytes =
+                &primary(at.memnode).region(DATA).unwrap()[at.offset as usize..(at.offset + SLOT) as usize];
+            let (value, last) = unslot(bytes);
+            sum += value;
+            let mut writers: Vec<(u64, u64, u64)> = committed
+                .iter()
+                .flat_map(|t| {
+                    t.cas
+                        .iter()
+                        .filter(|(counter, _)| *counter == c)
+                        .map(|(_, (v, prev))| (*v, *prev, t.tag))
+                })
+                .collect();
+            writers.sort_unstable();
+            assert_eq!(
+                writers.len() as u64,
+                value,
+                "seed {seed}: counter {c} is {value} after {} committed increments",
+                writers.len()
+            );
+            let mut prev_tag = 0;
+            for (i, (v, prev, tag)) in writers.iter().enumerate() {
+                assert_eq!(*v, i as u64, "seed {seed}: counter {c}: two writers of one value");
+                assert_eq!(*prev, prev_tag, "seed {seed}: counter {c}: broken chain at {v}");
+                prev_tag = *tag;
+            }
+            assert_eq!(last, prev_tag, "seed {seed}: counter {c}: last writer");
+            chain.insert(c, writers.iter().map(|w| w.2).collect());
+        }
+        let increments: u64 = committed.iter().map(|t| t.cas.len() as u64).sum();
+        assert_eq!(sum, increments, "seed {seed}: counters sum to the commits");
+        // Serializability: writers in chain order, readers between the writer of what
+        // they read and the next writer; the precedence graph must be acyclic.
+        let mut edges: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut nodes: BTreeSet<u64> = BTreeSet::new();
+        for tags in chain.values() {
+            nodes.extend(tags.iter().copied());
+            for w in tags.windows(2) {
+                edges.entry(w[0]).or_default().push(w[1]);
+            }
+        }
+        for r in &readers {
+            nodes.insert(r.tag);
+            let Some(Ok(reads)) = &r.result else {
+                unreachable!()
+            };
+            for (counter, bytes) in r.reads.iter().zip(reads) {
+                let (x, tag) = unslot(bytes);
+                let writers = &chain[counter];
+                assert!(
+                    x as usize <= writers.len(),
+                    "seed {seed}: txn {} read value {x} of counter {counter}, never committed",
+                    r.tag
+                );
+                if x > 0 {
+                    let w = writers[x as usize - 1];
+                    assert_eq!(tag, w, "seed {seed}: read a value its writer did not write");
+                    edges.entry(w).or_default().push(r.tag);
+                } else {
+                    assert_eq!(tag, 0, "seed {seed}: read a value nobody wrote");
+                }
+                if let Some(&next) = writers.get(x as usize) {
+                    edges.entry(r.tag).or_default().push(next);
+                }
+            }
+        }
+        // Kahn's algorithm.
+        let mut indegree: HashMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+        for targets in edges.values() {
+            for t in targets {
+                *indegree.get_mut(t).unwrap() += 1;
+            }
+        }
+        let mut ready: Vec<u64> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut ordered = 0;
+        while let Some(n) = ready.pop() {
+            ordered += 1;
+            for t in edges.get(&n).into_iter().flatten() {
+                let d = indegree.get_mut(t).unwrap();
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(*t);
+                }
+            }
+        }
+        assert_eq!(
+            ordered,
+            nodes.len(),
+            "seed {seed}: no serial order explains the committed transactions' reads"
+        );
+        // Values seen by conflicts were real (committed, not lost on failover).
+        for t in &self.issued {
+            if let Some(Err(TxnError::Conflict { failed, .. })) = &t.result {
+                for (index, bytes) in failed {
+                    let counter = t.cas[*index].0;
+                    let (x, tag) = unslot(bytes);
+                    let writers = &chain[&counter];
+                    assert!(
+                        x == 0 && tag == 0 || writers.get(x as usize - 1) == Some(&tag),
+                        "seed {seed}: a conflict reported value {x} of counter {counter}, \
+                         which no committed transaction wrote"
+                    );
+                }
+            }
+        }
+    }
+
+    fn summary(&self) -> (usize, usize) {
+        let committed = self
+            .issued
+            .iter()
+            .filter(|t| matches!(t.result, Some(Ok(_))))
+            .count();
+        (self.issued.len(), committed)
+    }
+}
+
+fn run_seed(seed: u64) -> (usize, usize) {
+    let mut world = World::new(seed);
+    world.run();
+    world.check();
+    world.summary()
+}
+
+#[test]
+fn randomized_harness_many_seeds() {
+    if let Some(seed) = std::env::var("MINITX_SEED").ok().and_then(|s| s.parse().ok()) {
+        let (issued, committed) = run_seed(seed);
+        eprintln!("seed {seed}: {issued} issued, {committed} committed");
+        return;
+    }
+    let seeds: u64 = std::env::var("MINITX_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let (mut issued, mut committed) = (0, 0);
+    for seed in 0..seeds {
+        let (i, c) = run_seed(seed);
+        issued += i;
+        committed += c;
+    }
+    eprintln!("{seeds} seeds: {issued} minitransactions issued, {committed} reported committed");
+    assert!(committed > 0);
+}
