@@ -361,7 +361,12 @@ fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
     });
     c.actors.remove(&1);
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
-    c.advance(settings().recovery_timeout);
+    // Recovery runs; its decision to memory node 1 is lost (the query alone must make
+    // memory node 1 refuse the prepare).
+    c.now += settings().recovery_timeout;
+    let now = c.now;
+    c.mem(primary_node(0)).handle_timeout(now);
+    c.pump(|_, to, m| !(to == primary_node(1) && matches!(m, Message::Decide { .. })));
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
     assert_eq!(c.mem(primary_node(1)).counters().forced_aborts, 1);
     assert_eq!(c.mem(primary_node(0)).counters().recovered_aborts, 1);
@@ -377,6 +382,72 @@ fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
     assert_eq!(c.mem(primary_node(1)).in_doubt(), 0);
     assert_eq!(c.bytes(primary_node(0), 0, 1), [0]);
     assert_eq!(c.bytes(primary_node(1), 0, 1), [0]);
+}
+
+/// A coordinator that is slow rather than dead: recovery aborted its transaction (memory
+/// node 1 never saw the prepare); the prepare then arrives. The coordinator must not
+/// commit: memory node 1 voted no for good when it was asked.
+#[test]
+fn a_slow_coordinator_cannot_commit_what_recovery_aborted() {
+    let mut c = Cluster::new(2, settings());
+    let t = Minitransaction::new()
+        .write(at(0, 0), &[5])
+        .write(at(1, 0), &[6]);
+    let now = c.now;
+    let txid = c.coord().submit(now, &t).unwrap();
+    let mut late = Vec::new();
+    c.pump(|from, to, m| {
+        if to == primary_node(1) && matches!(m, Message::Prepare { .. }) {
+            late.push((from, m.to_vec()));
+            return false;
+        }
+        true
+    });
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
+    c.now += settings().recovery_timeout;
+    let now = c.now;
+    c.mem(primary_node(0)).handle_timeout(now);
+    c.pump(|_, to, m| !(to == primary_node(1) && matches!(m, Message::Decide { .. })));
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 0, "aborted by recovery");
+    for (from, bytes) in late {
+        let now = c.now;
+        c.mem(primary_node(1)).handle_message(now, from, &bytes);
+    }
+    c.deliver_all();
+    assert_eq!(c.take(txid), Some(Err(TxnError::Busy)));
+    c.advance(settings().retransmit);
+    assert_eq!(c.mem(primary_node(1)).in_doubt(), 0);
+    assert_eq!(c.bytes(primary_node(0), 0, 1), [0]);
+    assert_eq!(c.bytes(primary_node(1), 0, 1), [0]);
+}
+
+/// An abort decision that overtakes its prepare is remembered: the prepare is refused at
+/// once instead of holding locks until recovery.
+#[test]
+fn an_abort_decision_before_the_prepare_refuses_the_prepare() {
+    let mut c = Cluster::new(2, settings());
+    // Memory node 0's compare fails: the coordinator aborts without memory node 1's vote.
+    let t = Minitransaction::new()
+        .compare(at(0, 0), &[1])
+        .write(at(1, 0), &[6]);
+    let now = c.now;
+    let txid = c.coord().submit(now, &t).unwrap();
+    let mut late = Vec::new();
+    c.pump(|from, to, m| {
+        if to == primary_node(1) && matches!(m, Message::Prepare { .. }) {
+            late.push((from, m.to_vec()));
+            return false;
+        }
+        true
+    });
+    assert!(matches!(c.take(txid), Some(Err(TxnError::Conflict { .. }))));
+    for (from, bytes) in late {
+        let now = c.now;
+        c.mem(primary_node(1)).handle_message(now, from, &bytes);
+    }
+    c.deliver_all();
+    assert_eq!(c.mem(primary_node(1)).in_doubt(), 0, "no locks held for it");
+    assert_eq!(c.mem(primary_node(1)).counters().forced_aborts, 1);
 }
 
 /// A recovering participant and a live coordinator reach the same outcome: the
@@ -520,7 +591,7 @@ fn bounds_hold_and_are_counted() {
 // The randomized harness.
 
 const MEMNODES: MemnodeId = 3;
-const COUNTERS_PER_MEMNODE: u32 = 2;
+const COUNTERS_PER_MEMNODE: u32 = 4;
 const COUNTERS: u32 = MEMNODES as u32 * COUNTERS_PER_MEMNODE;
 const SLOT: u32 = 16;
 const COORDINATORS: usize = 3;
@@ -590,6 +661,7 @@ struct World {
     now: Time,
     rng: Xoshiro256PlusPlus,
     seed: u64,
+    settings: MinitxSettings,
     net: BinaryHeap<Reverse<(Time, u64, NodeId, NodeId, Vec<u8>)>>,
     net_seq: u64,
     loss: f64,
@@ -608,7 +680,15 @@ struct World {
 impl World {
     fn new(seed: u64) -> World {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let s = settings();
+        // Timers vary per seed, so that recovery sometimes races live coordinators and
+        // delayed prepares (a recovery timeout shorter than the network's delay).
+        let max_delay = rng.gen_range(100 * MICROS..8 * MILLIS);
+        let retransmit = rng.gen_range(2 * MILLIS..8 * MILLIS);
+        let s = MinitxSettings {
+            retransmit,
+            recovery_timeout: rng.gen_range(retransmit..40 * MILLIS),
+            ..settings()
+        };
         let mut replicas = BTreeMap::new();
         let mut mems = Vec::new();
         for m in 0..MEMNODES {
@@ -662,11 +742,11 @@ impl World {
             rng.gen_range(0.0..0.15)
         };
         let dup = rng.gen_range(0.0..0.05);
-        let max_delay = rng.gen_range(100 * MICROS..3 * MILLIS);
         let mut world = World {
             now: 0,
             rng,
             seed,
+            settings: s,
             net: BinaryHeap::new(),
             net_seq: 0,
             loss,
@@ -690,7 +770,7 @@ impl World {
     fn start_coordinator(&mut self, k: usize) {
         let slot = &mut self.coords[k];
         slot.incarnation += 1;
-        let mut coord = Coordinator::new(slot.node, slot.incarnation, settings());
+        let mut coord = Coordinator::new(slot.node, slot.incarnation, self.settings.clone());
         for (m, mem) in self.mems.iter().enumerate() {
             coord.set_placement(m as MemnodeId, mem.primary);
         }
@@ -1160,40 +1240,88 @@ impl World {
         }
     }
 
-    fn summary(&self) -> (usize, usize) {
-        let committed = self
-            .issued
-            .iter()
-            .filter(|t| matches!(t.result, Some(Ok(_))))
-            .count();
-        (self.issued.len(), committed)
+    fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            issued: self.issued.len() as u64,
+            ..Stats::default()
+        };
+        for t in &self.issued {
+            match &t.result {
+                Some(Ok(_)) => stats.committed += 1,
+                Some(Err(TxnError::Conflict { .. })) => stats.conflicts += 1,
+                Some(Err(TxnError::Busy)) => stats.busy += 1,
+                Some(Err(_)) | None => stats.unknown += 1,
+            }
+        }
+        for r in self.replicas.values() {
+            let c = r.counters();
+            stats.promotions += c.promotions;
+            stats.recovered += c.recovered_commits + c.recovered_aborts;
+            stats.forced_aborts += c.forced_aborts;
+            stats.duplicates += c.duplicates;
+        }
+        stats
     }
 }
 
-fn run_seed(seed: u64) -> (usize, usize) {
+/// What the harness saw, summed over seeds (printed, to see that faults were exercised).
+#[derive(Debug, Default)]
+struct Stats {
+    issued: u64,
+    committed: u64,
+    conflicts: u64,
+    busy: u64,
+    /// Outcome unknown to the application (coordinator crashed, or `Unavailable`).
+    unknown: u64,
+    promotions: u64,
+    /// Transactions resolved by the participants' recovery rule.
+    recovered: u64,
+    forced_aborts: u64,
+    duplicates: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.issued += o.issued;
+        self.committed += o.committed;
+        self.conflicts += o.conflicts;
+        self.busy += o.busy;
+        self.unknown += o.unknown;
+        self.promotions += o.promotions;
+        self.recovered += o.recovered;
+        self.forced_aborts += o.forced_aborts;
+        self.duplicates += o.duplicates;
+    }
+}
+
+fn run_seed(seed: u64) -> Stats {
     let mut world = World::new(seed);
     world.run();
     world.check();
-    world.summary()
+    world.stats()
 }
 
 #[test]
 fn randomized_harness_many_seeds() {
-    if let Some(seed) = std::env::var("MINITX_SEED").ok().and_then(|s| s.parse().ok()) {
-        let (issued, committed) = run_seed(seed);
-        eprintln!("seed {seed}: {issued} issued, {committed} committed");
+    if let Some(seed) = std::env::var("MINITX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!("seed {seed}: {:?}", run_seed(seed));
         return;
     }
     let seeds: u64 = std::env::var("MINITX_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
-    let (mut issued, mut committed) = (0, 0);
+    let mut total = Stats::default();
     for seed in 0..seeds {
-        let (i, c) = run_seed(seed);
-        issued += i;
-        committed += c;
+        total += run_seed(seed);
     }
-    eprintln!("{seeds} seeds: {issued} minitransactions issued, {committed} reported committed");
-    assert!(committed > 0);
+    eprintln!("{seeds} seeds: {total:?}");
+    // The faults were exercised, not just survived.
+    assert!(total.committed > 0 && total.conflicts > 0);
+    if seeds >= 50 {
+        assert!(total.promotions > 0 && total.recovered > 0 && total.unknown > 0);
+    }
 }
