@@ -687,6 +687,10 @@ impl World {
         let s = MinitxSettings {
             retransmit,
             recovery_timeout: rng.gen_range(retransmit..40 * MILLIS),
+            // Sometimes so short that coordinators give up on transactions still voting
+            // or deciding (outcome unknown to them; the participants resolve it).
+            txn_timeout: rng.gen_range(5 * MILLIS..400 * MILLIS),
+            decide_timeout: rng.gen_range(5 * MILLIS..400 * MILLIS),
             ..settings()
         };
         let mut replicas = BTreeMap::new();
