@@ -390,9 +390,7 @@ fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
 #[test]
 fn a_slow_coordinator_cannot_commit_what_recovery_aborted() {
     let mut c = Cluster::new(2, settings());
-    let t = Minitransaction::new()
-        .write(at(0, 0), &[5])
-        .write(at(1, 0), &[6]);
+    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
     let now = c.now;
     let txid = c.coord().submit(now, &t).unwrap();
     let mut late = Vec::new();
@@ -1305,27 +1303,119 @@ fn run_seed(seed: u64) -> Stats {
     world.stats()
 }
 
-#[test]
-fn randomized_harness_many_seeds() {
-    if let Some(seed) = std::env::var("MINITX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        eprintln!("seed {seed}: {:?}", run_seed(seed));
+/// Runs a quarter of the seeds (`MINITX_SEEDS`, default 500), so that a parallel test
+/// runner spreads them; `MINITX_SEED` runs one seed (in the first quarter only).
+fn harness_quarter(quarter: u64) {
+    if let Some(seed) = std::env::var("MINITX_SEED").ok().and_then(|s| s.parse().ok()) {
+        if quarter == 0 {
+            eprintln!("seed {seed}: {:?}", run_seed(seed));
+        }
         return;
     }
     let seeds: u64 = std::env::var("MINITX_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
+    let range = quarter * seeds / 4..(quarter + 1) * seeds / 4;
+    let count = range.end - range.start;
     let mut total = Stats::default();
-    for seed in 0..seeds {
+    for seed in range.clone() {
         total += run_seed(seed);
     }
-    eprintln!("{seeds} seeds: {total:?}");
+    eprintln!("seeds {range:?}: {total:?}");
     // The faults were exercised, not just survived.
-    assert!(total.committed > 0 && total.conflicts > 0);
-    if seeds >= 50 {
+    if count >= 50 {
+        assert!(total.committed > 0 && total.conflicts > 0 && total.busy > 0);
         assert!(total.promotions > 0 && total.recovered > 0 && total.unknown > 0);
+        assert!(total.forced_aborts > 0 && total.duplicates > 0);
+    }
+}
+
+#[test]
+fn randomized_harness_seeds_q1() {
+    harness_quarter(0);
+}
+
+#[test]
+fn randomized_harness_seeds_q2() {
+    harness_quarter(1);
+}
+
+#[test]
+fn randomized_harness_seeds_q3() {
+    harness_quarter(2);
+}
+
+#[test]
+fn randomized_harness_seeds_q4() {
+    harness_quarter(3);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile bytes: real messages with bytes changed, to every role. Nothing panics, and what
+// is refused is counted.
+
+/// Every message a small cluster sends while running a few transactions of each kind.
+fn corpus() -> Vec<Vec<u8>> {
+    let mut c = Cluster::new(2, settings());
+    let mut seen = Vec::new();
+    let txns = [
+        Minitransaction::new()
+            .compare(at(0, 0), &[0])
+            .write(at(0, 0), &[1])
+            .read(at(0, 4), 2),
+        Minitransaction::new()
+            .compare(at(0, 0), &[1])
+            .write(at(0, 0), &[2])
+            .write(at(1, 0), &[2])
+            .read(at(1, 8), 3),
+        Minitransaction::new()
+            .compare(at(1, 0), &[9])
+            .write(at(1, 0), &[1]),
+    ];
+    for t in &txns {
+        let now = c.now;
+        c.coord().submit(now, t).unwrap();
+        c.pump(|_, _, m| {
+            seen.push(m.to_vec());
+            true
+        });
+    }
+    seen
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn mangled_messages_never_panic(
+        pick in 0usize..1000,
+        flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..6),
+        cut in proptest::option::of(0usize..4096),
+    ) {
+        let corpus = corpus();
+        let mut bytes = corpus[pick % corpus.len()].clone();
+        for (at, value) in flips {
+            let len = bytes.len();
+            bytes[at % len] = value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        let mut c = Cluster::new(2, settings());
+        let now = c.now;
+        // Each role, from each plausible sender.
+        for node in [primary_node(0), backup_node(0), primary_node(1)] {
+            for from in [1, primary_node(0), primary_node(1)] {
+                c.mem(node).handle_message(now, from, &bytes);
+            }
+        }
+        c.coord().handle_message(now, primary_node(0), &bytes);
+        c.advance(settings().recovery_timeout);
+        let refused = Message::decode(&bytes).is_err();
+        if refused {
+            proptest::prop_assert!(c.mem(primary_node(0)).counters().malformed >= 1);
+            proptest::prop_assert!(c.coord().counters().malformed >= 1);
+        }
     }
 }
