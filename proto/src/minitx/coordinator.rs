@@ -149,16 +149,7 @@ impl Coordinator {
         if self.txns.len() >= self.settings.max_in_flight {
             return Err(TxnError::Full);
         }
-        if mtx.item_count() > self.settings.max_items || mtx.byte_count() > self.settings.max_txn_bytes {
-            return Err(TxnError::TooLarge);
-        }
-        if let Some((_, data)) = mtx
-            .compares
-            .iter()
-            .chain(mtx.writes.iter())
-            .find(|(_, d)| u32::try_from(d.len()).is_err())
-        {
-            let _ = data;
+        if mtx.item_count() > self.settings.max_items || mtx.byte_count() > self.settings.txn_byte_limit() {
             return Err(TxnError::TooLarge);
         }
         let memnodes = mtx.memnodes();

@@ -417,13 +417,14 @@ impl MemoryNode {
     /// Whether the transaction may be handled at all: not below its coordinator's floor
     /// (answered `Stale`), the coordinator table and the redo log not full (dropped).
     fn admit(&mut self, from: NodeId, txid: TxId) -> bool {
-        if let Some(floor) = self.floors.get(&txid.coordinator) {
-            if txid.position() < *floor {
-                self.counters.stale += 1;
-                let reply = self.reply(txid, Status::Stale, Vec::new(), Vec::new());
-                self.answer(from, reply);
-                return false;
-            }
+        if self.below_floor(txid) {
+            self.counters.stale += 1;
+            let reply = self.reply(txid, Status::Stale, Vec::new(), Vec::new());
+            self.answer(from, reply);
+            return false;
+        }
+        if self.floors.contains_key(&txid.coordinator) {
+            // Known coordinator.
         } else if self.floors.len() >= self.settings.max_coordinators {
             self.counters.dropped_full += 1;
             return false;
@@ -435,6 +436,12 @@ impl MemoryNode {
             return false;
         }
         true
+    }
+
+    fn below_floor(&self, txid: TxId) -> bool {
+        self.floors
+            .get(&txid.coordinator)
+            .is_some_and(|floor| txid.position() < *floor)
     }
 
     fn log_full(&self) -> bool {
@@ -587,6 +594,12 @@ impl MemoryNode {
                     self.counters.conflicting_decisions += 1;
                 }
             }
+            None if self.below_floor(txid) => {
+                // Decided here and forgotten since (a late duplicate), or refused: either
+                // way nothing is left to do.
+                self.counters.stale += 1;
+                self.answer(from, ack);
+            }
             None if commit => self.counters.unknown_decisions += 1,
             None => {
                 // An abort for a transaction never voted on here: record the no vote so
@@ -633,12 +646,10 @@ impl MemoryNode {
             Some(Txn::Decided { commit: true, .. }) => TxnState::Committed,
             Some(Txn::Decided { commit: false, .. }) => TxnState::Aborted,
             None => {
-                if let Some(floor) = self.floors.get(&txid.coordinator) {
-                    if txid.position() < *floor {
-                        // Decided and forgotten, or refused: the outcome is not known.
-                        self.counters.stale += 1;
-                        return;
-                    }
+                if self.below_floor(txid) {
+                    // Decided and forgotten, or refused: the outcome is not known.
+                    self.counters.stale += 1;
+                    return;
                 }
                 if !self.admit(from, txid) {
                     return;
@@ -933,7 +944,7 @@ impl MemoryNode {
             .map(|i| u64::from(i.range.len))
             .chain(items.reads.iter().map(|r| u64::from(r.len)))
             .sum();
-        if count > self.settings.max_items || bytes > self.settings.max_txn_bytes {
+        if count > self.settings.max_items || bytes > self.settings.txn_byte_limit() {
             return Err(Status::TooLarge);
         }
         let ranges = items

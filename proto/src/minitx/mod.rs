@@ -169,7 +169,8 @@ pub struct MinitxSettings {
     pub max_in_flight: usize,
     /// Items (compares + reads + writes) per minitransaction.
     pub max_items: usize,
-    /// Bytes per minitransaction (compare and write data, read lengths).
+    /// Bytes per minitransaction (compare and write data, read lengths); capped at half
+    /// a wire message (`txn_byte_limit`).
     pub max_txn_bytes: u64,
     /// Bytes of regions one memory node holds.
     pub max_memory: u64,
@@ -191,6 +192,14 @@ pub struct MinitxSettings {
     pub max_unreplicated: usize,
     /// Redo-log entries resent per `retransmit` interval to a lagging backup.
     pub replicate_burst: usize,
+}
+
+impl MinitxSettings {
+    /// `max_txn_bytes`, capped so that every message and log entry of a transaction
+    /// fits a wire message (`tutti_wire::minitx::MAX_MESSAGE`).
+    pub fn txn_byte_limit(&self) -> u64 {
+        self.max_txn_bytes.min(tutti_wire::minitx::MAX_MESSAGE as u64 / 2)
+    }
 }
 
 impl Default for MinitxSettings {
