@@ -90,9 +90,15 @@ struct Prepared {
     last_query: Option<Time>,
 }
 
-enum Txn {
-    Prepared(Prepared),
-    Decided { commit: bool, reply: Vec<u8> },
+struct Decided {
+    commit: bool,
+    reply: Vec<u8>,
+}
+
+/// What a memory node knows of a transaction.
+enum Known<'a> {
+    Prepared(&'a Prepared),
+    Decided(&'a Decided),
 }
 
 struct Primary {
@@ -124,10 +130,14 @@ pub struct MemoryNode {
     role: Role,
     regions: BTreeMap<u32, Vec<u8>>,
     memory: u64,
-    txns: HashMap<TxId, Txn>,
+    /// Yes votes without an outcome (each holding its locks), and remembered outcomes:
+    /// apart, so that lock checks and timers walk only the prepared ones.
+    /// (A BTreeMap: timers walk it, and their messages must come out in the same order
+    /// in every run of a seed.)
+    prepared: BTreeMap<TxId, Prepared>,
+    decided: HashMap<TxId, Decided>,
     decided_order: VecDeque<TxId>,
     decided_bytes: usize,
-    prepared: usize,
     /// Per coordinator node: transactions below this position are refused (their
     /// decisions may have been forgotten).
     floors: HashMap<u32, (u32, u64)>,
@@ -181,10 +191,10 @@ impl MemoryNode {
             role,
             regions: BTreeMap::new(),
             memory: 0,
-            txns: HashMap::new(),
+            prepared: BTreeMap::new(),
+            decided: HashMap::new(),
             decided_order: VecDeque::new(),
             decided_bytes: 0,
-            prepared: 0,
             floors: HashMap::new(),
             placement: HashMap::new(),
             out: VecDeque::new(),
@@ -236,11 +246,9 @@ impl MemoryNode {
             held: VecDeque::new(),
             last_resend: now,
         });
-        for txn in self.txns.values_mut() {
-            if let Txn::Prepared(p) = txn {
-                p.since = now;
-                p.last_query = None;
-            }
+        for p in self.prepared.values_mut() {
+            p.since = now;
+            p.last_query = None;
         }
         self.counters.promotions += 1;
     }
@@ -268,7 +276,7 @@ impl MemoryNode {
 
     /// Prepared transactions without an outcome (each holds its locks).
     pub fn in_doubt(&self) -> usize {
-        self.prepared
+        self.prepared.len()
     }
 
     /// Redo-log entries not yet acknowledged by the backup.
@@ -302,13 +310,11 @@ impl MemoryNode {
         if p.backup.is_some() && !p.unacked.is_empty() {
             at(p.last_resend + self.settings.retransmit);
         }
-        for txn in self.txns.values() {
-            if let Txn::Prepared(prep) = txn {
-                at(match prep.last_query {
-                    None => prep.since + self.settings.recovery_timeout,
-                    Some(t) => t + self.settings.retransmit,
-                });
-            }
+        for prep in self.prepared.values() {
+            at(match prep.last_query {
+                None => prep.since + self.settings.recovery_timeout,
+                Some(t) => t + self.settings.retransmit,
+            });
         }
         next
     }
@@ -328,8 +334,7 @@ impl MemoryNode {
         }
         // Recovery: ask the other participants about transactions voted long ago.
         let id = self.id;
-        for (txid, txn) in &mut self.txns {
-            let Txn::Prepared(prep) = txn else { continue };
+        for (txid, prep) in &mut self.prepared {
             let due = match prep.last_query {
                 None => prep.since + self.settings.recovery_timeout,
                 Some(t) => t + self.settings.retransmit,
@@ -438,6 +443,13 @@ impl MemoryNode {
         true
     }
 
+    fn known(&self, txid: &TxId) -> Option<Known<'_>> {
+        match self.prepared.get(txid) {
+            Some(p) => Some(Known::Prepared(p)),
+            None => self.decided.get(txid).map(Known::Decided),
+        }
+    }
+
     fn below_floor(&self, txid: TxId) -> bool {
         self.floors
             .get(&txid.coordinator)
@@ -463,18 +475,14 @@ impl MemoryNode {
         participants: Option<Vec<MemnodeId>>,
         items: &Items<'_>,
     ) {
-        match self.txns.get(&txid) {
-            Some(Txn::Decided { reply, .. }) => {
-                self.counters.duplicates += 1;
-                let reply = reply.clone();
-                return self.answer(from, reply);
-            }
-            Some(Txn::Prepared(p)) => {
-                self.counters.duplicates += 1;
-                let reply = p.reply.clone();
-                return self.answer(from, reply);
-            }
-            None => {}
+        let remembered = match self.known(&txid) {
+            Some(Known::Decided(d)) => Some(d.reply.clone()),
+            Some(Known::Prepared(p)) => Some(p.reply.clone()),
+            None => None,
+        };
+        if let Some(reply) = remembered {
+            self.counters.duplicates += 1;
+            return self.answer(from, reply);
         }
         if !self.admit(from, txid) {
             return;
@@ -483,7 +491,7 @@ impl MemoryNode {
         let verdict = self
             .check_items(items)
             .and_then(|()| {
-                if !one_phase && self.prepared >= self.settings.max_prepared {
+                if !one_phase && self.prepared.len() >= self.settings.max_prepared {
                     Err(Status::Busy)
                 } else {
                     Ok(())
@@ -576,8 +584,8 @@ impl MemoryNode {
             txid,
         }
         .to_vec();
-        match self.txns.get(&txid) {
-            Some(Txn::Prepared(p)) => {
+        match self.known(&txid) {
+            Some(Known::Prepared(p)) => {
                 if self.log_full() {
                     self.counters.dropped_full += 1;
                     return;
@@ -586,7 +594,7 @@ impl MemoryNode {
                 self.decide(now, txid, commit, &reply);
                 self.answer(from, ack);
             }
-            Some(Txn::Decided { commit: c, .. }) => {
+            Some(Known::Decided(Decided { commit: c, .. })) => {
                 if *c == commit {
                     self.counters.duplicates += 1;
                     self.answer(from, ack);
@@ -641,10 +649,10 @@ impl MemoryNode {
     }
 
     fn on_query(&mut self, now: Time, from: NodeId, txid: TxId) {
-        let state = match self.txns.get(&txid) {
-            Some(Txn::Prepared(_)) => TxnState::Prepared,
-            Some(Txn::Decided { commit: true, .. }) => TxnState::Committed,
-            Some(Txn::Decided { commit: false, .. }) => TxnState::Aborted,
+        let state = match self.known(&txid) {
+            Some(Known::Prepared(_)) => TxnState::Prepared,
+            Some(Known::Decided(Decided { commit: true, .. })) => TxnState::Committed,
+            Some(Known::Decided(Decided { commit: false, .. })) => TxnState::Aborted,
             None => {
                 if self.below_floor(txid) {
                     // Decided and forgotten, or refused: the outcome is not known.
@@ -679,7 +687,7 @@ impl MemoryNode {
 
     fn on_query_reply(&mut self, now: Time, answering: MemnodeId, txid: TxId, state: TxnState) {
         let id = self.id;
-        let Some(Txn::Prepared(p)) = self.txns.get_mut(&txid) else {
+        let Some(p) = self.prepared.get_mut(&txid) else {
             return;
         };
         if !p.participants.contains(&answering) || answering == id {
@@ -836,13 +844,13 @@ impl MemoryNode {
                 writes,
                 reply,
             } => {
-                if self.txns.contains_key(txid) {
+                if self.prepared.contains_key(txid) || self.decided.contains_key(txid) {
                     self.counters.bad_records += 1;
                     return;
                 }
-                self.txns.insert(
+                self.prepared.insert(
                     *txid,
-                    Txn::Prepared(Prepared {
+                    Prepared {
                         participants: participants.clone(),
                         locks: locks.clone(),
                         writes: writes.iter().map(|w| (w.range, w.data.to_vec())).collect(),
@@ -850,9 +858,8 @@ impl MemoryNode {
                         since: now,
                         answers: BTreeMap::new(),
                         last_query: None,
-                    }),
+                    },
                 );
-                self.prepared += 1;
             }
             Record::Outcome {
                 txid,
@@ -860,21 +867,16 @@ impl MemoryNode {
                 writes,
                 reply,
             } => {
-                match self.txns.remove(txid) {
-                    Some(Txn::Prepared(p)) => {
-                        self.prepared -= 1;
-                        if *commit {
-                            for (range, data) in &p.writes {
-                                self.store(range, data);
-                            }
+                if self.decided.contains_key(txid) {
+                    self.counters.bad_records += 1;
+                    return;
+                }
+                if let Some(p) = self.prepared.remove(txid) {
+                    if *commit {
+                        for (range, data) in &p.writes {
+                            self.store(range, data);
                         }
                     }
-                    Some(decided @ Txn::Decided { .. }) => {
-                        self.txns.insert(*txid, decided);
-                        self.counters.bad_records += 1;
-                        return;
-                    }
-                    None => {}
                 }
                 if *commit {
                     for w in writes {
@@ -882,9 +884,9 @@ impl MemoryNode {
                     }
                 }
                 self.decided_bytes += reply.len() + DECIDED_OVERHEAD;
-                self.txns.insert(
+                self.decided.insert(
                     *txid,
-                    Txn::Decided {
+                    Decided {
                         commit: *commit,
                         reply: reply.to_vec(),
                     },
@@ -902,8 +904,8 @@ impl MemoryNode {
             let Some(txid) = self.decided_order.pop_front() else {
                 break;
             };
-            if let Some(Txn::Decided { reply, .. }) = self.txns.remove(&txid) {
-                self.decided_bytes -= reply.len() + DECIDED_OVERHEAD;
+            if let Some(forgotten) = self.decided.remove(&txid) {
+                self.decided_bytes -= forgotten.reply.len() + DECIDED_OVERHEAD;
             }
             self.counters.decided_evicted += 1;
             let next = match txid.seq.checked_add(1) {
@@ -972,26 +974,13 @@ impl MemoryNode {
             .map(|c| (c.range, false))
             .chain(items.reads.iter().map(|r| (*r, false)))
             .chain(items.writes.iter().map(|w| (w.range, true)));
-        let held: Vec<&Lock> = self
-            .txns
-            .values()
-            .filter_map(|t| match t {
-                Txn::Prepared(p) => Some(p.locks.iter()),
-                Txn::Decided { .. } => None,
-            })
-            .flatten()
-            .collect();
-        if held.is_empty() {
-            return false;
-        }
-        for (range, exclusive) in wanted {
-            for lock in &held {
-                if (exclusive || lock.exclusive) && overlap(&range, &lock.range) {
-                    return true;
-                }
-            }
-        }
-        false
+        // At most `max_prepared` transactions of at most `MAX_ITEMS * 3` locks each.
+        let mut held = self.prepared.values().flat_map(|p| p.locks.iter());
+        held.any(|lock| {
+            wanted
+                .clone()
+                .any(|(range, exclusive)| (exclusive || lock.exclusive) && overlap(&range, &lock.range))
+        })
     }
 
     /// The failed compares (index, current bytes) and the read bytes. Items are checked.
