@@ -41,8 +41,8 @@ fn settings() -> MinitxSettings {
 }
 
 enum Actor {
-    Coord(Coordinator),
-    Mem(MemoryNode),
+    Coord(Box<Coordinator>),
+    Mem(Box<MemoryNode>),
 }
 
 /// A set of actors and the messages between them, delivered by hand (scenario tests).
@@ -69,10 +69,10 @@ impl Cluster {
                     r.set_placement(other, primary_node(other));
                 }
             }
-            actors.insert(primary_node(m), Actor::Mem(p));
-            actors.insert(backup_node(m), Actor::Mem(b));
+            actors.insert(primary_node(m), Actor::Mem(Box::new(p)));
+            actors.insert(backup_node(m), Actor::Mem(Box::new(b)));
         }
-        actors.insert(1, Actor::Coord(coord));
+        actors.insert(1, Actor::Coord(Box::new(coord)));
         Cluster {
             now: 0,
             actors,
@@ -269,7 +269,7 @@ fn a_memory_node_enforces_its_own_limits() {
     };
     let mut p = MemoryNode::primary(0, 1, None, strict);
     p.add_region(DATA, 64).unwrap();
-    c.actors.insert(primary_node(0), Actor::Mem(p));
+    c.actors.insert(primary_node(0), Actor::Mem(Box::new(p)));
     let three = (0..3).fold(Minitransaction::new(), |t, i| t.read(at(0, i), 1));
     assert_eq!(c.run(&three), Err(TxnError::TooLarge));
     // Regions are bounded by max_memory.
@@ -696,12 +696,15 @@ enum Fault {
     DropBackup(MemnodeId),
 }
 
+type InFlight = (Time, u64, NodeId, NodeId, Vec<u8>);
+
 struct World {
     now: Time,
     rng: Xoshiro256PlusPlus,
     seed: u64,
     settings: MinitxSettings,
-    net: BinaryHeap<Reverse<(Time, u64, NodeId, NodeId, Vec<u8>)>>,
+    /// In flight: (delivery time, tie-breaker, from, to, bytes).
+    net: BinaryHeap<Reverse<InFlight>>,
     net_seq: u64,
     loss: f64,
     dup: f64,

@@ -95,6 +95,9 @@ struct Decided {
     reply: Vec<u8>,
 }
 
+/// The compares that failed (index among the items, current bytes) and the bytes read.
+type Evaluation = (Vec<(u16, Vec<u8>)>, Vec<Vec<u8>>);
+
 /// What a memory node knows of a transaction.
 enum Known<'a> {
     Prepared(&'a Prepared),
@@ -488,23 +491,16 @@ impl MemoryNode {
             return;
         }
         let one_phase = participants.is_none();
-        let verdict = self
-            .check_items(items)
-            .and_then(|()| {
-                if !one_phase && self.prepared.len() >= self.settings.max_prepared {
-                    Err(Status::Busy)
-                } else {
-                    Ok(())
-                }
-            })
-            .and_then(|()| {
-                if self.locked(items) {
-                    self.counters.lock_conflicts += 1;
-                    Err(Status::Busy)
-                } else {
-                    Ok(())
-                }
-            });
+        let verdict = if let Err(status) = self.check_items(items) {
+            Err(status)
+        } else if !one_phase && self.prepared.len() >= self.settings.max_prepared {
+            Err(Status::Busy)
+        } else if self.locked(items) {
+            self.counters.lock_conflicts += 1;
+            Err(Status::Busy)
+        } else {
+            Ok(())
+        };
         let reply;
         let record = match verdict {
             Err(status) => {
@@ -984,7 +980,7 @@ impl MemoryNode {
     }
 
     /// The failed compares (index, current bytes) and the read bytes. Items are checked.
-    fn evaluate(&self, items: &Items<'_>) -> (Vec<(u16, Vec<u8>)>, Vec<Vec<u8>>) {
+    fn evaluate(&self, items: &Items<'_>) -> Evaluation {
         let mut failed = Vec::new();
         for (i, c) in items.compares.iter().enumerate() {
             let current = self.slice(&c.range).unwrap_or_default();
