@@ -476,6 +476,50 @@ fn recovery_racing_a_live_coordinator_agrees_with_it() {
     assert_eq!(c.coord().in_flight(), 0);
 }
 
+/// A prepare refused `Stale` (its coordinator's older transactions are forgotten) is a no
+/// vote: the coordinator aborts at once (found with a tiny `max_decided`: it took the
+/// answer for a malformed one and waited for `txn_timeout`).
+#[test]
+fn a_prepare_refused_stale_aborts_the_transaction() {
+    let mut c = Cluster::new(
+        2,
+        MinitxSettings {
+            max_decided: 2,
+            ..settings()
+        },
+    );
+    let t = Minitransaction::new()
+        .write(at(0, 0), &[5])
+        .write(at(1, 0), &[6]);
+    let now = c.now;
+    let txid = c.coord().submit(now, &t).unwrap();
+    let mut held = Vec::new();
+    c.pump(|from, to, m| {
+        if to == primary_node(0) && matches!(m, Message::Prepare { .. }) {
+            held.push((from, m.to_vec()));
+            return false;
+        }
+        true
+    });
+    // Later transactions of the same coordinator push memory node 0's floor past it.
+    for i in 0..4 {
+        let t = Minitransaction::new().write(at(0, 10 + i), &[1]);
+        assert_eq!(c.run(&t), Ok(vec![]));
+    }
+    assert!(c.mem(primary_node(0)).counters().decided_evicted > 0);
+    for (from, bytes) in held {
+        let now = c.now;
+        c.mem(primary_node(0)).handle_message(now, from, &bytes);
+    }
+    c.deliver_all();
+    assert_eq!(c.mem(primary_node(0)).counters().stale, 1);
+    assert_eq!(c.take(txid), Some(Err(TxnError::Busy)));
+    assert_eq!(c.coord().counters().bad_answers, 0);
+    c.advance(settings().retransmit);
+    assert_eq!(c.mem(primary_node(1)).in_doubt(), 0, "memory node 1 got the abort");
+    assert_eq!(c.bytes(primary_node(1), 0, 1), [0]);
+}
+
 /// The backup holds every committed write before the commit is acknowledged; after a
 /// failover the new primary answers duplicates from its log instead of running them again.
 #[test]
@@ -733,6 +777,7 @@ impl World {
             // or deciding (outcome unknown to them; the participants resolve it).
             txn_timeout: rng.gen_range(5 * MILLIS..400 * MILLIS),
             decide_timeout: rng.gen_range(5 * MILLIS..400 * MILLIS),
+            max_decided: std::env::var("MINITX_MAX_DECIDED").ok().and_then(|v| v.parse().ok()).unwrap_or(16_384),
             ..settings()
         };
         let mut replicas = BTreeMap::new();

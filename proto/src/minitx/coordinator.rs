@@ -460,8 +460,9 @@ impl Coordinator {
 /// Whether an answer fits the request: a status of the right phase, the read lengths
 /// asked for, compare indexes and lengths of this part's compares.
 fn plausible(part: &Part, answer: &PartAnswer, one_phase: bool) -> bool {
+    // `Stale` comes in both phases: an exec too old to remember, or a no vote.
     let status_ok = match answer.status {
-        Status::Committed | Status::Stale => one_phase,
+        Status::Committed => one_phase,
         Status::Prepared | Status::Aborted => !one_phase,
         _ => true,
     };
