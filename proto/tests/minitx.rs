@@ -488,9 +488,7 @@ fn a_prepare_refused_stale_aborts_the_transaction() {
             ..settings()
         },
     );
-    let t = Minitransaction::new()
-        .write(at(0, 0), &[5])
-        .write(at(1, 0), &[6]);
+    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
     let now = c.now;
     let txid = c.coord().submit(now, &t).unwrap();
     let mut held = Vec::new();
@@ -516,7 +514,11 @@ fn a_prepare_refused_stale_aborts_the_transaction() {
     assert_eq!(c.take(txid), Some(Err(TxnError::Busy)));
     assert_eq!(c.coord().counters().bad_answers, 0);
     c.advance(settings().retransmit);
-    assert_eq!(c.mem(primary_node(1)).in_doubt(), 0, "memory node 1 got the abort");
+    assert_eq!(
+        c.mem(primary_node(1)).in_doubt(),
+        0,
+        "memory node 1 got the abort"
+    );
     assert_eq!(c.bytes(primary_node(1), 0, 1), [0]);
 }
 
@@ -777,7 +779,10 @@ impl World {
             // or deciding (outcome unknown to them; the participants resolve it).
             txn_timeout: rng.gen_range(5 * MILLIS..400 * MILLIS),
             decide_timeout: rng.gen_range(5 * MILLIS..400 * MILLIS),
-            max_decided: std::env::var("MINITX_MAX_DECIDED").ok().and_then(|v| v.parse().ok()).unwrap_or(16_384),
+            max_decided: std::env::var("MINITX_MAX_DECIDED")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16_384),
             ..settings()
         };
         let mut replicas = BTreeMap::new();
@@ -1081,12 +1086,28 @@ impl World {
         let deadline = self.work_end + 5_000 * MILLIS;
         while !self.quiet() {
             let Some(t) = self.next_event() else { break };
-            assert!(
-                t <= deadline,
-                "seed {}: not quiet {} ms after the work ended (liveness)",
-                self.seed,
-                (deadline - self.work_end) / MILLIS
-            );
+            if t > deadline {
+                let state: Vec<String> = self
+                    .mems
+                    .iter()
+                    .map(|m| {
+                        let p = &self.replicas[&m.primary];
+                        format!(
+                            "memory node {}: {} in doubt, {} unreplicated, {:?}",
+                            p.id(),
+                            p.in_doubt(),
+                            p.unreplicated(),
+                            p.counters()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "seed {}: not quiet {} ms after the work ended (liveness):\n{}",
+                    self.seed,
+                    (deadline - self.work_end) / MILLIS,
+                    state.join("\n")
+                );
+            }
             self.now = self.now.max(t);
             let now = self.now;
             if now >= self.faults_end {
