@@ -522,6 +522,47 @@ fn a_prepare_refused_stale_aborts_the_transaction() {
     assert_eq!(c.bytes(primary_node(1), 0, 1), [0]);
 }
 
+/// Garbage collection of outcomes: a coordinator tells memory nodes which outcomes every
+/// participant holds; those are forgotten first, and forgetting them keeps queries
+/// answerable. Here memory node 1 never saw a prepare, forgets many confirmed outcomes of
+/// the same coordinator (its floor passes the transaction), and still answers memory
+/// node 0's recovery query: aborted (without the confirmation it could not tell a
+/// transaction it never saw from one it forgot, and memory node 0 stayed in doubt).
+#[test]
+fn confirmed_outcomes_are_forgotten_first_and_queries_stay_answerable() {
+    let small = MinitxSettings {
+        max_decided: 4,
+        recovery_timeout: 500 * MILLIS,
+        ..settings()
+    };
+    let mut c = Cluster::new(2, small.clone());
+    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
+    let now = c.now;
+    c.coord().submit(now, &t).unwrap();
+    c.pump(|_, to, m| !(to == 1 || to == primary_node(1) && matches!(m, Message::Prepare { .. })));
+    // The coordinator restarts (a new incarnation) and runs more transactions on memory
+    // node 1; their outcomes are confirmed and forgotten.
+    let mut again = Coordinator::new(1, 2, small);
+    again.set_placement(0, primary_node(0));
+    again.set_placement(1, primary_node(1));
+    c.actors.insert(1, Actor::Coord(Box::new(again)));
+    for i in 0..12 {
+        let t = Minitransaction::new().write(at(1, 10 + i), &[1]);
+        assert_eq!(c.run(&t), Ok(vec![]));
+        c.advance(settings().retransmit);
+    }
+    let counters = c.mem(primary_node(1)).counters().clone();
+    assert!(counters.decided_evicted > 0);
+    assert_eq!(counters.unconfirmed_evicted, 0, "{counters:?}");
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
+    c.advance(500 * MILLIS);
+    c.advance(settings().retransmit);
+    assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
+    assert_eq!(c.mem(primary_node(0)).counters().recovered_aborts, 1);
+    assert_eq!(c.bytes(primary_node(0), 0, 1), [0]);
+    assert_eq!(c.bytes(backup_node(0), 0, 1), [0]);
+}
+
 /// The backup holds every committed write before the commit is acknowledged; after a
 /// failover the new primary answers duplicates from its log instead of running them again.
 #[test]

@@ -22,11 +22,13 @@
 //! query-rep  txid | state u8
 //! replicate  epoch u64 | lsn u64 | record
 //! repl-ack   epoch u64 | lsn u64
+//! forget     ntxids u16 | [txid]*
 //! record     tag u8 = 1 (prepared): txid | nparticipants u16 | [memnode u16]*
 //!                 | nlocks u16 | [range | exclusive u8]* | nwrites u16 | [item]*
 //!                 | len u32 | reply message bytes
 //!            tag u8 = 2 (outcome):  txid | commit u8 | nwrites u16 | [item]*
 //!                 | len u32 | reply message bytes
+//!            tag u8 = 3 (forget):   ntxids u16 | [txid]*
 //! ```
 
 use thiserror::Error;
@@ -42,6 +44,8 @@ pub const HEADER_LEN: usize = 8;
 pub const MAX_ITEMS: usize = 256;
 /// Most memory nodes one transaction may involve.
 pub const MAX_PARTICIPANTS: usize = 64;
+/// Most transactions one forget message or record names.
+pub const MAX_FORGET: usize = 256;
 /// Largest message the decoder accepts (and the encoder is expected to produce): a
 /// minitransaction's data must fit one message per memory node.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -240,6 +244,9 @@ pub enum Record<'a> {
         writes: Vec<Item<'a>>,
         reply: &'a [u8],
     },
+    /// Every participant of these transactions holds their outcome: nobody will ask
+    /// about them again, so they are forgotten first when the memory is needed.
+    Forget { txids: Vec<TxId> },
 }
 
 /// A minitransaction-layer message. `memnode` is the memory node it is addressed to
@@ -288,6 +295,9 @@ pub enum Message<'a> {
     },
     /// Backup -> primary: every entry up to `lsn` is applied.
     ReplicateAck { memnode: u16, epoch: u64, lsn: u64 },
+    /// Coordinator -> participant: every participant acknowledged these transactions'
+    /// decisions (garbage collection of remembered outcomes).
+    Forget { memnode: u16, txids: Vec<TxId> },
 }
 
 mod kind {
@@ -300,10 +310,12 @@ mod kind {
     pub const QUERY_REPLY: u8 = 7;
     pub const REPLICATE: u8 = 8;
     pub const REPLICATE_ACK: u8 = 9;
+    pub const FORGET: u8 = 10;
 }
 
 const RECORD_PREPARED: u8 = 1;
 const RECORD_OUTCOME: u8 = 2;
+const RECORD_FORGET: u8 = 3;
 
 impl<'a> Message<'a> {
     /// The memory node named in the header.
@@ -317,7 +329,8 @@ impl<'a> Message<'a> {
             | Message::Query { memnode, .. }
             | Message::QueryReply { memnode, .. }
             | Message::Replicate { memnode, .. }
-            | Message::ReplicateAck { memnode, .. } => *memnode,
+            | Message::ReplicateAck { memnode, .. }
+            | Message::Forget { memnode, .. } => *memnode,
         }
     }
 
@@ -333,6 +346,7 @@ impl<'a> Message<'a> {
             Message::QueryReply { .. } => kind::QUERY_REPLY,
             Message::Replicate { .. } => kind::REPLICATE,
             Message::ReplicateAck { .. } => kind::REPLICATE_ACK,
+            Message::Forget { .. } => kind::FORGET,
         };
         out.extend_from_slice(&MINITX_MAGIC.to_le_bytes());
         out.push(MINITX_VERSION);
@@ -391,6 +405,7 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&lsn.to_le_bytes());
             }
+            Message::Forget { txids, .. } => put_txids(out, txids),
         }
     }
 
@@ -487,6 +502,10 @@ impl<'a> Message<'a> {
                 epoch: r.u64()?,
                 lsn: r.u64()?,
             },
+            kind::FORGET => Message::Forget {
+                memnode,
+                txids: r.txids()?,
+            },
             other => return Err(MinitxError::UnknownKind(other)),
         };
         r.finish()?;
@@ -528,6 +547,10 @@ impl<'a> Record<'a> {
                 put_item_list(out, writes);
                 put_bytes(out, reply);
             }
+            Record::Forget { txids } => {
+                out.push(RECORD_FORGET);
+                put_txids(out, txids);
+            }
         }
     }
 
@@ -560,6 +583,13 @@ fn put_txid(out: &mut Vec<u8>, txid: &TxId) {
     out.extend_from_slice(&txid.coordinator.to_le_bytes());
     out.extend_from_slice(&txid.incarnation.to_le_bytes());
     out.extend_from_slice(&txid.seq.to_le_bytes());
+}
+
+fn put_txids(out: &mut Vec<u8>, txids: &[TxId]) {
+    put_count(out, txids.len());
+    for txid in txids {
+        put_txid(out, txid);
+    }
 }
 
 fn put_range(out: &mut Vec<u8>, range: &Range) {
@@ -673,6 +703,15 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn txids(&mut self) -> Result<Vec<TxId>, MinitxError> {
+        let n = self.count("forgotten transaction", MAX_FORGET, 16)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.txid()?);
+        }
+        Ok(out)
+    }
+
     fn range(&mut self) -> Result<Range, MinitxError> {
         Ok(Range {
             region: self.u32()?,
@@ -750,6 +789,7 @@ impl<'a> Reader<'a> {
                     reply,
                 })
             }
+            RECORD_FORGET => Ok(Record::Forget { txids: self.txids()? }),
             code => Err(MinitxError::UnknownCode {
                 what: "record tag",
                 code,
@@ -881,13 +921,15 @@ mod tests {
             let prepared = Record::Prepared { txid: t, participants: vec![1, 2], locks,
                 writes: borrowed.writes.clone(), reply: &reply };
             let outcome = Record::Outcome { txid: t, commit, writes: borrowed.writes.clone(), reply: &reply };
-            for record in [prepared, outcome] {
+            let forget = Record::Forget { txids: vec![t; (lsn % 4) as usize] };
+            for record in [prepared, outcome, forget] {
                 let mut bytes = Vec::new();
                 record.encode(&mut bytes);
                 prop_assert_eq!(&Record::decode(&bytes).unwrap(), &record);
                 roundtrip(&Message::Replicate { memnode: 3, epoch, lsn, record });
             }
             roundtrip(&Message::ReplicateAck { memnode: 3, epoch, lsn });
+            roundtrip(&Message::Forget { memnode: 3, txids: vec![t; (epoch % 5) as usize] });
         }
 
         #[test]

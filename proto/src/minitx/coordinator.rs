@@ -8,7 +8,9 @@
 use super::{MemnodeId, Minitransaction, MinitxSettings, TxnError};
 use crate::{NodeId, Time};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use tutti_wire::minitx::{Item, Items, Message, Range, Status, TxId, MAX_ITEMS, MAX_PARTICIPANTS};
+use tutti_wire::minitx::{
+    Item, Items, Message, Range, Status, TxId, MAX_FORGET, MAX_ITEMS, MAX_PARTICIPANTS,
+};
 
 /// The end of one minitransaction: its read items (in the order of `reads`) if it
 /// committed, or why not.
@@ -87,6 +89,9 @@ pub struct Coordinator {
     txns: BTreeMap<u64, Txn>,
     out: VecDeque<(NodeId, Vec<u8>)>,
     events: VecDeque<Outcome>,
+    /// Finished transactions to report to each memory node as forgettable.
+    forget: BTreeMap<MemnodeId, Vec<TxId>>,
+    last_forget_flush: Time,
     counters: CoordinatorCounters,
 }
 
@@ -105,6 +110,8 @@ impl Coordinator {
             txns: BTreeMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            forget: BTreeMap::new(),
+            last_forget_flush: 0,
             counters: CoordinatorCounters::default(),
         }
     }
@@ -314,6 +321,7 @@ impl Coordinator {
             };
             self.finish(txid, result);
             self.txns.remove(&txid.seq);
+            self.forget_later(memnode, txid);
             return;
         }
         let any_no = txn
@@ -393,11 +401,35 @@ impl Coordinator {
             .get(&seq)
             .is_some_and(|t| t.parts.iter().all(|p| p.acked))
         {
-            self.txns.remove(&seq);
+            let txn = self.txns.remove(&seq).expect("checked above");
+            for part in &txn.parts {
+                self.forget_later(part.memnode, txn.txid);
+            }
+        }
+    }
+
+    /// Every participant holds `txid`'s outcome: tell `memnode` it may forget it (in
+    /// batches; a lost notice only means the outcome is kept longer).
+    fn forget_later(&mut self, memnode: MemnodeId, txid: TxId) {
+        let list = self.forget.entry(memnode).or_default();
+        list.push(txid);
+        if list.len() >= MAX_FORGET {
+            self.flush_forget(memnode);
+        }
+    }
+
+    fn flush_forget(&mut self, memnode: MemnodeId) {
+        let Some(txids) = self.forget.remove(&memnode) else {
+            return;
+        };
+        if let Some(&node) = self.placement.get(&memnode) {
+            let msg = Message::Forget { memnode, txids };
+            self.out.push_back((node, msg.to_vec()));
         }
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
+        let forget = (!self.forget.is_empty()).then(|| self.last_forget_flush + self.settings.retransmit);
         self.txns
             .values()
             .map(|t| {
@@ -407,10 +439,18 @@ impl Coordinator {
                 };
                 deadline.min(t.last_send + self.settings.retransmit)
             })
+            .chain(forget)
             .min()
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        if !self.forget.is_empty() && now >= self.last_forget_flush + self.settings.retransmit {
+            let memnodes: Vec<MemnodeId> = self.forget.keys().copied().collect();
+            for memnode in memnodes {
+                self.flush_forget(memnode);
+            }
+            self.last_forget_flush = now;
+        }
         let mut expired = Vec::new();
         for (seq, txn) in &mut self.txns {
             match txn.phase {

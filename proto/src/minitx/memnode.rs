@@ -51,6 +51,9 @@ pub struct MemoryNodeCounters {
     pub recovered_aborts: u64,
     /// Decisions forgotten at `max_decided` / `max_decided_bytes`.
     pub decided_evicted: u64,
+    /// Of those, outcomes forgotten before their coordinator confirmed that every
+    /// participant holds them: a participant still in doubt about one gets no answer.
+    pub unconfirmed_evicted: u64,
     /// Redo-log entries resent to the backup.
     pub replication_resends: u64,
     /// Backup: entries applied; entries refused as out of order (resent later).
@@ -93,6 +96,8 @@ struct Prepared {
 struct Decided {
     commit: bool,
     reply: Vec<u8>,
+    /// Every participant holds the outcome (a `Forget` from the coordinator).
+    forgettable: bool,
 }
 
 /// The compares that failed (index among the items, current bytes) and the bytes read.
@@ -139,11 +144,18 @@ pub struct MemoryNode {
     /// in every run of a seed.)
     prepared: BTreeMap<TxId, Prepared>,
     decided: HashMap<TxId, Decided>,
+    /// Outcomes in decision order, and those confirmed forgettable in confirmation order
+    /// (forgotten first). Either may hold ids already forgotten through the other.
     decided_order: VecDeque<TxId>,
+    forgettable_order: VecDeque<TxId>,
     decided_bytes: usize,
     /// Per coordinator node: transactions below this position are refused (their
     /// decisions may have been forgotten).
     floors: HashMap<u32, (u32, u64)>,
+    /// Per coordinator node: below this, an unknown transaction may be an unconfirmed
+    /// outcome forgotten here, so a query about it cannot be answered. (Above it and
+    /// below `floors`, an unknown transaction was never voted on here.)
+    query_floors: HashMap<u32, (u32, u64)>,
     placement: HashMap<MemnodeId, NodeId>,
     out: VecDeque<(NodeId, Vec<u8>)>,
     counters: MemoryNodeCounters,
@@ -197,8 +209,10 @@ impl MemoryNode {
             prepared: BTreeMap::new(),
             decided: HashMap::new(),
             decided_order: VecDeque::new(),
+            forgettable_order: VecDeque::new(),
             decided_bytes: 0,
             floors: HashMap::new(),
+            query_floors: HashMap::new(),
             placement: HashMap::new(),
             out: VecDeque::new(),
             counters: MemoryNodeCounters::default(),
@@ -413,6 +427,7 @@ impl MemoryNode {
             (Role::Primary(_), Message::ReplicateAck { epoch, lsn, .. }) => {
                 self.on_replicate_ack(from, epoch, lsn)
             }
+            (Role::Primary(_), Message::Forget { txids, .. }) => self.on_forget(now, &txids),
             (Role::Primary(_), Message::DecideAck { .. }) => {
                 // Acks of decisions sent by recovery: nothing to track.
             }
@@ -627,6 +642,22 @@ impl MemoryNode {
         }
     }
 
+    fn on_forget(&mut self, now: Time, txids: &[TxId]) {
+        let txids: Vec<TxId> = txids
+            .iter()
+            .copied()
+            .filter(|t| self.decided.get(t).is_some_and(|d| !d.forgettable))
+            .collect();
+        if txids.is_empty() {
+            return;
+        }
+        if self.log_full() {
+            self.counters.dropped_full += 1;
+            return;
+        }
+        self.log(now, &Record::Forget { txids });
+    }
+
     fn decide(&mut self, now: Time, txid: TxId, commit: bool, reply: &[u8]) {
         if commit {
             self.counters.commits += 1;
@@ -649,12 +680,21 @@ impl MemoryNode {
             Some(Known::Prepared(_)) => TxnState::Prepared,
             Some(Known::Decided(Decided { commit: true, .. })) => TxnState::Committed,
             Some(Known::Decided(Decided { commit: false, .. })) => TxnState::Aborted,
-            None => {
-                if self.below_floor(txid) {
-                    // Decided and forgotten, or refused: the outcome is not known.
+            None if self.below_floor(txid) => {
+                if self
+                    .query_floors
+                    .get(&txid.coordinator)
+                    .is_some_and(|floor| txid.position() < *floor)
+                {
+                    // Maybe an unconfirmed outcome forgotten here: not known.
                     self.counters.stale += 1;
                     return;
                 }
+                // Never voted on here (or confirmed and forgotten, and then nobody is in
+                // doubt about it): a prepare would be refused, so the vote is no.
+                TxnState::Aborted
+            }
+            None => {
                 if !self.admit(from, txid) {
                     return;
                 }
@@ -885,24 +925,43 @@ impl MemoryNode {
                     Decided {
                         commit: *commit,
                         reply: reply.to_vec(),
+                        forgettable: false,
                     },
                 );
                 self.decided_order.push_back(*txid);
                 self.evict();
             }
+            Record::Forget { txids } => {
+                for txid in txids {
+                    if let Some(d) = self.decided.get_mut(txid) {
+                        if !d.forgettable {
+                            d.forgettable = true;
+                            self.forgettable_order.push_back(*txid);
+                        }
+                    }
+                }
+            }
         }
     }
 
+    /// Forgets outcomes beyond `max_decided` / `max_decided_bytes`: confirmed ones first,
+    /// then the oldest. Each raises its coordinator's floor past it (older transactions
+    /// are refused); an unconfirmed one raises the query floor too.
     fn evict(&mut self) {
-        while self.decided_order.len() > self.settings.max_decided
+        while self.decided.len() > self.settings.max_decided
             || self.decided_bytes > self.settings.max_decided_bytes
         {
-            let Some(txid) = self.decided_order.pop_front() else {
-                break;
+            let (txid, confirmed) = match self.forgettable_order.pop_front() {
+                Some(txid) => (txid, true),
+                None => match self.decided_order.pop_front() {
+                    Some(txid) => (txid, false),
+                    None => break,
+                },
             };
-            if let Some(forgotten) = self.decided.remove(&txid) {
-                self.decided_bytes -= forgotten.reply.len() + DECIDED_OVERHEAD;
-            }
+            let Some(forgotten) = self.decided.remove(&txid) else {
+                continue; // forgotten through the other queue
+            };
+            self.decided_bytes -= forgotten.reply.len() + DECIDED_OVERHEAD;
             self.counters.decided_evicted += 1;
             let next = match txid.seq.checked_add(1) {
                 Some(seq) => (txid.incarnation, seq),
@@ -910,6 +969,16 @@ impl MemoryNode {
             };
             let floor = self.floors.entry(txid.coordinator).or_insert((0, 0));
             *floor = (*floor).max(next);
+            if !confirmed {
+                self.counters.unconfirmed_evicted += 1;
+                let floor = self.query_floors.entry(txid.coordinator).or_insert((0, 0));
+                *floor = (*floor).max(next);
+            }
+        }
+        // Ids forgotten through the forgettable queue linger in the decision-order queue.
+        if self.decided_order.len() > 2 * self.settings.max_decided + 16 {
+            let decided = &self.decided;
+            self.decided_order.retain(|t| decided.contains_key(t));
         }
     }
 
