@@ -527,7 +527,8 @@ fn a_prepare_refused_stale_aborts_the_transaction() {
 /// answerable. Here memory node 1 never saw a prepare, forgets many confirmed outcomes of
 /// the same coordinator (its floor passes the transaction), and still answers memory
 /// node 0's recovery query: aborted (without the confirmation it could not tell a
-/// transaction it never saw from one it forgot, and memory node 0 stayed in doubt).
+/// transaction it never saw from one it forgot, and memory node 0 stayed in doubt). Its
+/// backup, promoted, answers the same.
 #[test]
 fn confirmed_outcomes_are_forgotten_first_and_queries_stay_answerable() {
     let small = MinitxSettings {
@@ -555,6 +556,12 @@ fn confirmed_outcomes_are_forgotten_first_and_queries_stay_answerable() {
     assert!(counters.decided_evicted > 0);
     assert_eq!(counters.unconfirmed_evicted, 0, "{counters:?}");
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
+    // Memory node 1's primary crashes: its backup must have forgotten the same way.
+    c.actors.remove(&primary_node(1));
+    let now = c.now;
+    c.mem(backup_node(1)).promote(now, 2);
+    c.mem(primary_node(0)).set_placement(1, backup_node(1));
+    c.coord().set_placement(1, backup_node(1));
     c.advance(500 * MILLIS);
     c.advance(settings().retransmit);
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
