@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod fxhash;
+pub mod minitx;
 mod multicast;
 mod node;
 mod outbox;

@@ -7,6 +7,7 @@
 pub mod cluster_key;
 pub mod control;
 pub mod counters;
+pub mod minitx;
 pub mod packet;
 pub mod shm;
 
