@@ -80,6 +80,7 @@ cluster_start_node() {
         done
         echo $$ >"$1/pid"
         exec corosync -f -c "$1/corosync.conf"' sh "$d" >"$d/stdout" 2>&1 &
+    disown
     local t=0
     while [ ! -s "$d/pid" ]; do
         t=$((t + 1)); [ $t -gt 100 ] && { echo "node $i: corosync did not start ($d/stdout)" >&2; return 1; }

@@ -19,7 +19,7 @@ static const char *check_prog = "cpg";
 static int check_failures;
 
 /* Records one check; returns cond so callers can skip what depends on it. */
-__attribute__((format(printf, 3, 4))) static int check(int cond, const char *name, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static inline int check(int cond, const char *name, const char *fmt, ...)
 {
 	if (cond) {
 		printf("PASS %s.%s\n", check_prog, name);
@@ -37,21 +37,21 @@ __attribute__((format(printf, 3, 4))) static int check(int cond, const char *nam
 }
 
 /* Checks a cs_error_t (evaluated once) against the expected code. */
-static int check_rc(cs_error_t rc, cs_error_t want, const char *name, const char *want_name)
+static inline int check_rc(cs_error_t rc, cs_error_t want, const char *name, const char *want_name)
 {
 	return check(rc == want, name, "returned cs_error_t %d, expected %d (%s)", (int)rc, (int)want,
 		     want_name);
 }
 #define CHECK_RC(rc, want, name) check_rc((rc), (want), name, #want)
 
-static uint64_t mono_ms(void)
+static inline uint64_t mono_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static struct cpg_name cpg_name_of(const char *s)
+static inline struct cpg_name cpg_name_of(const char *s)
 {
 	struct cpg_name n;
 	memset(&n, 0, sizeof n);
@@ -60,13 +60,13 @@ static struct cpg_name cpg_name_of(const char *s)
 	return n;
 }
 
-static int cpg_name_is(const struct cpg_name *n, const char *s)
+static inline int cpg_name_is(const struct cpg_name *n, const char *s)
 {
 	return n->length == strlen(s) && memcmp(n->value, s, n->length) == 0;
 }
 
 /* Dispatches (CS_DISPATCH_ALL) until *cond becomes true or timeout_ms passes; 1 if it did. */
-static int dispatch_until(cpg_handle_t h, volatile int *cond, unsigned timeout_ms)
+static inline int dispatch_until(cpg_handle_t h, volatile int *cond, unsigned timeout_ms)
 {
 	int fd;
 	if (cpg_fd_get(h, &fd) != CS_OK)
@@ -87,7 +87,7 @@ static int dispatch_until(cpg_handle_t h, volatile int *cond, unsigned timeout_m
 }
 
 /* Deterministic payload byte i of message (nodeid, seq), so receivers can verify integrity. */
-static uint8_t payload_byte(uint32_t nodeid, uint32_t seq, size_t i)
+static inline uint8_t payload_byte(uint32_t nodeid, uint32_t seq, size_t i)
 {
 	uint32_t x = nodeid * 2654435761u ^ seq * 40503u ^ (uint32_t)i * 2246822519u;
 	return (uint8_t)(x ^ x >> 13 ^ x >> 24);
