@@ -35,6 +35,7 @@ CLUSTER_DIR=$(mktemp -d /tmp/tutti-corosync.XXXXXX)
 pids=()
 cleanup() {
     local p
+    trap '' INT TERM # a second interrupt must not cut the cleanup short
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     cluster_down
     [ -n "${KEEP:-}" ] || rm -rf "$CLUSTER_DIR"

@@ -346,6 +346,36 @@ int main(int argc, char **argv)
 		      seen.bad_payload);
 	}
 
+	/* --- back pressure: a member that multicasts without dispatching gets CS_ERR_TRY_AGAIN --- */
+	{
+		static uint8_t big[65536];
+		struct iovec iov = {big, sizeof big};
+		int sent = 0;
+		uint32_t seq = STRAY_SEQ + 1; /* not a stray: any seq other than STRAY_SEQ */
+		memcpy(big, &seq, 4);
+		for (size_t i = 4; i < sizeof big; i++)
+			big[i] = payload_byte(local, seq, i);
+		uint64_t until = mono_ms() + 10000;
+		while (sent < 4000 && mono_ms() < until &&
+		       (rc = cpg_mcast_joined(h, CPG_TYPE_AGREED, &iov, 1)) == CS_OK)
+			sent++;
+		printf("INFO api.try_again_after %d messages of 64 KiB not dispatched\n", sent);
+		check(rc == CS_ERR_TRY_AGAIN && sent > 0, "mcast_try_again_when_not_dispatching",
+		      "rc %d after %d messages of 64 KiB", rc, sent);
+		fc = CPG_FLOW_CONTROL_ENABLED;
+		rc = cpg_flow_control_state_get(h, &fc);
+		check(rc == CS_OK && fc == CPG_FLOW_CONTROL_DISABLED, "flow_control_state_under_back_pressure",
+		      "rc %d state %d (Corosync 3 always reports disabled)", rc, fc);
+		seen.deliver = 0;
+		seen.bad_payload = 0;
+		until = mono_ms() + 20000;
+		while (seen.deliver < sent && mono_ms() < until)
+			if (poll_readable(fd, 100))
+				cpg_dispatch(h, CS_DISPATCH_ALL);
+		check(seen.deliver == sent && !seen.bad_payload, "back_pressured_messages_all_delivered",
+		      "%d of %d delivered, bad %d", seen.deliver, sent, seen.bad_payload);
+	}
+
 	/* --- iteration --- */
 	cpg_iteration_handle_t it;
 	struct cpg_iteration_description_t desc;

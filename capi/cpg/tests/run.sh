@@ -36,6 +36,7 @@ declare -A FD PID CUR
 passes=0 failures=0
 cleanup() {
     local m
+    trap '' INT TERM # a second interrupt must not cut the cleanup short
     for m in "${!PID[@]}"; do kill -9 "${PID[$m]}" 2>/dev/null || true; done
     cluster_down
     if [ -n "$KEEP" ]; then echo "logs kept in $D" >&2; else rm -rf "$D"; fi
@@ -120,6 +121,14 @@ cluster_install || exit 2
 for p in cpg_api cpg_member; do
     gcc -O1 -g -Wall -Wextra -Werror -o "$D/$p" "$here/$p.c" -lcpg || exit 2
 done
+# The programs must between them call all 20 functions of <corosync/cpg.h>.
+want=$(grep -oE '^cs_error_t (cpg_[a-z_]+)' /usr/include/corosync/cpg.h | awk '{print $2}' | sort -u)
+have=$(nm -D --undefined-only "$D/cpg_api" "$D/cpg_member" | grep -oE 'cpg_[a-z_]+' | sort -u)
+missing=$(comm -23 <(echo "$want") <(echo "$have") | tr '\n' ' ')
+if [ "$(echo "$want" | wc -l)" -eq 20 ] && [ -z "$missing" ]; then pass api.all_20_functions_called; else
+    fail api.all_20_functions_called "cpg.h declares $(echo "$want" | wc -l); not called: ${missing:-none}"
+fi
+
 cluster_up || exit 1
 echo "cluster of $CLUSTER_NODES Corosync nodes formed ($(corosync -v | head -1))" >&2
 
