@@ -127,7 +127,7 @@ static void on_deliver(cpg_handle_t h, const struct cpg_name *g, uint32_t nodeid
 	if (cpg_context_get(h, (void **)&m) != CS_OK || !m)
 		return;
 	struct msg_header hd;
-	if (len < sizeof hd) {
+	if (len <= sizeof hd) { /* cpgload's messages have at least one payload byte */
 		m->bad++;
 		return;
 	}
@@ -421,6 +421,9 @@ static int merge_main(const char *impl, int n, char **prefixes)
 	       per, percentile(&other, 0.50), percentile(&other, 0.99), sent,
 	       n ? sum[0].delivered : 0, n ? sum[0].try_again : 0, own.n + other.n, dropped,
 	       n ? sum[0].libcpg : "");
+	free(own.v);
+	free(other.v);
+	free(sum);
 	return identical ? 0 : 1;
 }
 
