@@ -277,6 +277,7 @@ static int member_main(const char *group, unsigned want_members, unsigned sender
 		sent++;
 		pump(h, fd, 0);
 	}
+	free(buf);
 	deadline = now_ns() + (uint64_t)(timeout * 1e9);
 	while (m.ends < senders) {
 		if (now_ns() > deadline) {
