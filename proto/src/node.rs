@@ -5,14 +5,15 @@
 use crate::fxhash::FxMap;
 use crate::multicast::{Ctx, GroupState};
 use crate::outbox::Outbox;
-use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewId};
+use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tutti_wire::packet::{
     self, Entries, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, ViewGroupMember, ViewGroupSlices,
-    ViewPartHeader, ViewParts, HEARTBEAT_FLAG_LEAVING,
+    ViewPartHeader, ViewParts, HEARTBEAT_FLAG_ACK, HEARTBEAT_FLAG_DEAD, HEARTBEAT_FLAG_LEAVING,
+    HEARTBEAT_FLAG_PING_REQ, HEARTBEAT_FLAG_PROBE, HEARTBEAT_FLAG_SUSPECT,
 };
 
 /// What a node counted; every drop has a counter.
@@ -53,6 +54,22 @@ pub struct Counters {
     pub digests_sent: u64,
     pub requests_sent: u64,
     pub heartbeats_sent: u64,
+    /// SWIM probes sent (one per round), ping requests sent for probes not answered
+    /// within a round, and acks sent (to probes, and relayed for ping requests).
+    pub probes_sent: u64,
+    pub ping_reqs_sent: u64,
+    pub acks_sent: u64,
+    /// Peers this node began to suspect: its own probe and the ping requests went
+    /// unanswered (not counting suspicions learned from others).
+    pub suspicions_raised: u64,
+    /// Suspicions (ours or learned) cleared by newer evidence that the member is alive.
+    pub suspicions_refuted: u64,
+    /// Peers this node confirmed failed (its suspicion timed out, or it learned it).
+    pub peers_confirmed_dead: u64,
+    /// Claims that this node is suspected or failed, refuted by raising its heartbeat.
+    pub refutations: u64,
+    /// Claims about this node's heartbeat too far ahead of it to be real: ignored.
+    pub implausible_heartbeats: u64,
     /// View messages sent (one per part of a view).
     pub views_sent: u64,
     /// View parts refused: their totals disagree with the parts held of the same view, the
@@ -254,7 +271,15 @@ impl ViewAssembly {
 struct Peer {
     member: Member,
     heartbeat: u32,
+    /// Last direct or relayed evidence that it is alive (a datagram from it, a higher
+    /// heartbeat, an ack relayed for a ping request).
     last_increase: Time,
+    /// Since when it is suspected (SWIM), at heartbeat `hb_at_suspicion`: refuted by a
+    /// higher heartbeat or a datagram from it, confirmed failed after the suspicion timeout.
+    suspect_since: Option<Time>,
+    hb_at_suspicion: u32,
+    /// Piggyback transmissions left for news of this peer (see `Node::announce`).
+    gossip_left: u8,
     dead: bool,
     dead_since: Time,
     hb_at_death: u32,
@@ -285,8 +310,21 @@ pub struct Node {
     leaving: bool,
     peers: Vec<Peer>,
     peer_index: FxMap<NodeId, usize>,
-    hb_cursor: usize,
+    /// Peers with news to piggyback, in turn (each at most once; see `Peer::gossip_left`).
+    news: VecDeque<NodeId>,
+    /// SWIM's probe order: a shuffled list of the members, walked round-robin and shuffled
+    /// anew once walked.
+    probe_order: Vec<NodeId>,
+    probe_pos: usize,
+    /// Probes awaiting an answer (at most [`MAX_PROBES`]).
+    probes: Vec<Probe>,
+    /// Ping requests this node probes for: answer `requester` once `target` is heard from.
+    relays: Vec<Relay>,
     view: Arc<View>,
+    /// `view.content_hash()`.
+    view_hash: u64,
+    /// Shared table of views (the simulator's interning), if the driver set one.
+    view_cache: Option<ViewCache>,
     /// Views whose parts are arriving (at most [`VIEW_ASSEMBLIES`]).
     assembling: Vec<ViewAssembly>,
     in_view: FxMap<NodeId, u32>,
@@ -308,6 +346,36 @@ pub struct Node {
 
 const NO_ROUND: u32 = u32::MAX;
 
+/// A probe awaiting its answer: sent at `sent_at`; `indirect` once ping requests went out.
+struct Probe {
+    target: NodeId,
+    sent_at: Time,
+    indirect: bool,
+}
+
+/// A ping request being served: `requester` asked us in round `round` to probe `target`.
+struct Relay {
+    target: NodeId,
+    requester: NodeId,
+    round: u32,
+}
+
+/// Probes awaiting an answer at once (one is sent per round; each lives two rounds).
+const MAX_PROBES: usize = 4;
+/// Members asked to probe on our behalf when a probe goes unanswered for a round (SWIM's k).
+pub const PING_REQ_FANOUT: usize = 3;
+/// Ping requests served at once (more are ignored: each costs a probe).
+const MAX_RELAYS: usize = 64;
+/// Rounds a ping request is served before it is forgotten.
+const RELAY_ROUNDS: u32 = 2;
+/// News of a peer is piggybacked `GOSSIP_LAMBDA * ceil(log2(n + 1))` times (SWIM's
+/// lambda log n), enough for an epidemic to reach all n members with high probability.
+pub const GOSSIP_LAMBDA: u32 = 3;
+/// How far above its own heartbeat a claim "you are suspected/failed at heartbeat h" may
+/// be for the node to refute it by raising its heartbeat past `h` (a real claim is at most
+/// our heartbeat; a forged one far ahead would make us jump for nothing).
+const MAX_REFUTE_JUMP: u32 = 1 << 16;
+
 /// How far past our view's counter a counter from the network may be. Counters grow by one
 /// per view change, so a real one is never this far ahead; a forged `u64::MAX` would
 /// otherwise be adopted and wrap the next view's counter.
@@ -317,10 +385,10 @@ pub const MAX_COUNTER_JUMP: u64 = 1 << 32;
 const MAX_PENDING_GROUP_CHANGES: usize = 1 << 16;
 
 /// Peers known only from others' heartbeats (not yet heard from directly), at most.
-const MAX_UNVERIFIED_PEERS: usize = 1024;
+pub const MAX_UNVERIFIED_PEERS: usize = 1024;
 
 /// New unverified peers one heartbeat datagram may add (each is probed once).
-const NEW_PEERS_PER_DATAGRAM: usize = 8;
+pub const NEW_PEERS_PER_DATAGRAM: usize = 8;
 
 /// Groups left whose stream positions the node remembers for a rejoin (the oldest is
 /// forgotten first).
@@ -437,7 +505,13 @@ impl Node {
             leaving: false,
             peers: Vec::new(),
             peer_index: FxMap::default(),
-            hb_cursor: 0,
+            news: VecDeque::new(),
+            probe_order: Vec::new(),
+            probe_pos: 0,
+            probes: Vec::new(),
+            relays: Vec::new(),
+            view_hash: view.content_hash(),
+            view_cache: None,
             view,
             assembling: Vec::new(),
             in_view,
@@ -462,6 +536,29 @@ impl Node {
     }
     pub fn view(&self) -> &Arc<View> {
         &self.view
+    }
+    /// The installed view's content hash (`View::content_hash`): with its id, what
+    /// identifies it.
+    pub fn view_hash(&self) -> u64 {
+        self.view_hash
+    }
+    /// Share installed views with other nodes of this process through `cache` (the
+    /// simulator's thousands of nodes then hold one copy of each view).
+    pub fn set_view_cache(&mut self, cache: ViewCache) {
+        self.view_cache = Some(cache);
+    }
+    /// Peers this node currently suspects (SWIM) and peers it holds failed.
+    pub fn suspected_and_failed(&self) -> (usize, usize) {
+        let s = self.peers.iter().filter(|p| !p.dead && p.suspect_since.is_some()).count();
+        let d = self.peers.iter().filter(|p| p.dead).count();
+        (s, d)
+    }
+    /// Whether this node holds `node` failed (or does not know it).
+    pub fn holds_failed(&self, node: NodeId) -> bool {
+        self.peer_index
+            .get(&node)
+            .and_then(|&i| self.peers.get(i))
+            .is_none_or(|p| p.dead)
     }
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -690,6 +787,22 @@ impl Node {
             return;
         }
         self.touch(now, sender);
+        if self.relays.iter().any(|r| r.target == from) {
+            // Ping requests for `from` are answered: relay its entry to each requester.
+            let target = self.peer_index.get(&from).map(|&i| Self::entry_of(&self.peers[i]));
+            let mut k = 0;
+            while k < self.relays.len() {
+                if self.relays[k].target == from {
+                    let r = self.relays.swap_remove(k);
+                    if let Some(t) = target {
+                        self.counters.acks_sent += 1;
+                        self.send_membership(r.requester, HEARTBEAT_FLAG_ACK, Some(t));
+                    }
+                } else {
+                    k += 1;
+                }
+            }
+        }
         for m in d.messages() {
             match m {
                 // A retransmission is handled as a stage-1 copy: either way, the first copy
@@ -782,15 +895,61 @@ impl Node {
 
     // ---------------------------------------------------------------- membership
 
+    /// SWIM's suspicion timeout for our cluster size (`Settings::suspicion_timeout`).
     fn effective_suspect_timeout(&self) -> Time {
-        // Peers heard from directly (counted each round): relays cannot stretch it.
-        let n = self.direct_peers as u64 + 1;
-        let per = self.settings.heartbeat_entries.max(2) as u64 - 1;
-        self.settings.suspect_timeout + self.settings.gossip_period * 4 * n.div_ceil(per)
+        let n = self.view.members.len().max(self.direct_peers + 1);
+        self.settings.suspicion_timeout(n)
     }
 
     fn suspect_rounds(&self) -> u32 {
         (self.effective_suspect_timeout() / self.settings.gossip_period.max(1)) as u32
+    }
+
+    /// Times news of a peer is piggybacked: `GOSSIP_LAMBDA * ceil(log2(n + 1))`.
+    fn news_transmissions(&self) -> u8 {
+        let n = self.view.members.len().max(self.direct_peers + 1) as u64 + 1;
+        let log = u64::BITS - (n - 1).leading_zeros();
+        (GOSSIP_LAMBDA * log).clamp(1, u32::from(u8::MAX)) as u8
+    }
+
+    /// Something changed about peer `i` (joined, suspected, failed, refuted, leaving):
+    /// piggyback its entry on the next messages. Only verified peers are relayed.
+    fn announce(&mut self, i: usize) {
+        let times = self.news_transmissions();
+        let p = &mut self.peers[i];
+        if !p.direct {
+            return;
+        }
+        let queued = p.gossip_left > 0;
+        p.gossip_left = times;
+        if !queued {
+            self.news.push_back(p.member.node);
+        }
+    }
+
+    /// Peer `i` is suspected from now (at its current heartbeat).
+    fn suspect(&mut self, now: Time, i: usize) {
+        let p = &mut self.peers[i];
+        if p.dead || p.suspect_since.is_some() {
+            return;
+        }
+        p.suspect_since = Some(now);
+        p.hb_at_suspicion = p.heartbeat;
+        self.announce(i);
+    }
+
+    /// Peer `i` is held failed from now.
+    fn confirm_dead(&mut self, now: Time, i: usize, heartbeat: u32) {
+        let p = &mut self.peers[i];
+        if p.dead {
+            return;
+        }
+        p.dead = true;
+        p.dead_since = now;
+        p.hb_at_death = p.heartbeat.max(heartbeat);
+        p.suspect_since = None;
+        self.counters.peers_confirmed_dead += 1;
+        self.announce(i);
     }
 
     fn is_alive(&self, m: Member) -> bool {
@@ -808,7 +967,7 @@ impl Node {
 
     fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32, direct: bool) -> Option<usize> {
         if self.peers.len() >= self.settings.max_peers
-            || (!direct && self.peers.iter().filter(|p| !p.direct).count() >= MAX_UNVERIFIED_PEERS)
+            || (!direct && self.peers.len().saturating_sub(self.direct_peers) >= MAX_UNVERIFIED_PEERS)
         {
             self.counters.peers_full += 1;
             return None;
@@ -817,6 +976,9 @@ impl Node {
             member: m,
             heartbeat,
             last_increase: now,
+            suspect_since: None,
+            hb_at_suspicion: 0,
+            gossip_left: 0,
             dead: false,
             dead_since: 0,
             hb_at_death: 0,
@@ -825,8 +987,14 @@ impl Node {
             view_sent_round: NO_ROUND,
             direct,
         });
+        if direct {
+            self.direct_peers += 1;
+        }
         let i = self.peers.len() - 1;
         self.peer_index.insert(m.node, i);
+        if direct {
+            self.announce(i);
+        }
         Some(i)
     }
 
@@ -847,19 +1015,120 @@ impl Node {
         match self.peer_index.get(&m.node) {
             Some(&i) => {
                 let p = &mut self.peers[i];
+                let mut news = false;
                 if m.incarnation > p.member.incarnation {
                     p.member = m;
                     p.heartbeat = 0;
                     p.leaving = false;
+                    news = true;
                 }
                 if m.incarnation == p.member.incarnation {
                     p.last_increase = now;
+                    if p.dead || p.suspect_since.is_some() {
+                        if p.suspect_since.is_some() {
+                            self.counters.suspicions_refuted += 1;
+                        }
+                        news = true;
+                    }
                     p.dead = false;
-                    p.direct = true;
+                    p.suspect_since = None;
+                    if !p.direct {
+                        p.direct = true;
+                        self.direct_peers += 1;
+                        news = true;
+                    }
+                }
+                if news {
+                    self.announce(i);
                 }
             }
             None => {
                 let _ = self.insert_peer(now, m, 0, true);
+            }
+        }
+    }
+
+    /// A claim that this node is suspected or failed at heartbeat `claimed`: refute it by
+    /// raising our heartbeat past it (the claim then loses to our next messages).
+    fn refute(&mut self, e: &HeartbeatEntry) {
+        if e.incarnation != self.incarnation || e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) == 0 {
+            return;
+        }
+        if e.heartbeat > self.heartbeat.saturating_add(MAX_REFUTE_JUMP) {
+            self.counters.implausible_heartbeats += 1;
+            return;
+        }
+        let margin = if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
+            self.suspect_rounds()
+        } else {
+            0
+        };
+        let need = e.heartbeat.saturating_add(margin).saturating_add(1);
+        if need > self.heartbeat {
+            self.heartbeat = need;
+            self.counters.refutations += 1;
+        }
+    }
+
+    /// A relayed (or the sender's own) entry about known peer `i`.
+    fn merge_entry(&mut self, now: Time, i: usize, e: &HeartbeatEntry, own: bool, revive_margin: u32) {
+        let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
+        let p = &mut self.peers[i];
+        if e.incarnation > p.member.incarnation {
+            if !own {
+                // A restart is learned from the node itself or from a view, never from a
+                // third party's word: that would evict a live member.
+                self.counters.relayed_incarnations_ignored += 1;
+                return;
+            }
+            p.member = Member {
+                node: e.node,
+                incarnation: e.incarnation,
+            };
+            p.heartbeat = e.heartbeat;
+            p.last_increase = now;
+            p.dead = false;
+            p.suspect_since = None;
+            p.leaving = leaving;
+            self.announce(i);
+            return;
+        }
+        if e.incarnation < p.member.incarnation {
+            return;
+        }
+        if leaving && !p.leaving {
+            p.leaving = true;
+            self.announce(i);
+            return;
+        }
+        if own {
+            // The node's own word (`touch` already took it as alive).
+            p.heartbeat = p.heartbeat.max(e.heartbeat);
+            return;
+        }
+        if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
+            if !p.dead && e.heartbeat >= p.heartbeat {
+                self.confirm_dead(now, i, e.heartbeat);
+            }
+        } else if e.flags & HEARTBEAT_FLAG_SUSPECT != 0 {
+            if !p.dead && p.suspect_since.is_none() && e.heartbeat >= p.heartbeat {
+                self.suspect(now, i);
+            }
+        } else if e.heartbeat > p.heartbeat {
+            p.heartbeat = e.heartbeat;
+            if p.dead {
+                if e.heartbeat >= p.hb_at_death.saturating_add(revive_margin) {
+                    p.dead = false;
+                    p.last_increase = now;
+                    self.announce(i);
+                }
+            } else {
+                p.last_increase = now;
+                if p.suspect_since.is_some() && e.heartbeat > p.hb_at_suspicion {
+                    p.suspect_since = None;
+                    self.counters.suspicions_refuted += 1;
+                    self.announce(i);
+                }
             }
         }
     }
@@ -873,58 +1142,74 @@ impl Node {
     ) {
         let revive_margin = self.suspect_rounds();
         let mut added = 0;
-        for e in entries {
+        let mut kind = 0;
+        let mut second = None;
+        for (k, e) in entries.enumerate() {
+            if k == 0 && e.node == from.node {
+                kind = e.flags & (HEARTBEAT_FLAG_PROBE | HEARTBEAT_FLAG_ACK | HEARTBEAT_FLAG_PING_REQ);
+            }
+            if k == 1 {
+                second = Some(e);
+            }
             if e.node == self.id {
+                self.refute(&e);
                 continue;
             }
-            let m = Member {
-                node: e.node,
-                incarnation: e.incarnation,
-            };
             let own = e.node == from.node;
-            // Leaving is the node's own word (or a view's), never a relay's.
-            let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
             match self.peer_index.get(&e.node) {
                 None if own => {
-                    if let Some(i) = self.insert_peer(now, m, e.heartbeat, true) {
-                        self.peers[i].leaving = leaving;
+                    if let Some(i) = self.insert_peer(now, from, e.heartbeat, true) {
+                        self.peers[i].leaving = e.flags & HEARTBEAT_FLAG_LEAVING != 0;
                     }
                 }
                 None => {
                     // Named by a relay: keep it unverified and probe it; it enters views
-                    // once it answers.
+                    // once it answers. Obituaries of unknown nodes teach nothing.
+                    if e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) != 0 {
+                        continue;
+                    }
                     if added >= NEW_PEERS_PER_DATAGRAM {
                         self.counters.peers_full += 1;
                         continue;
                     }
+                    let m = Member {
+                        node: e.node,
+                        incarnation: e.incarnation,
+                    };
                     if self.insert_peer(now, m, e.heartbeat, false).is_some() {
                         added += 1;
-                        self.send_heartbeats_to(e.node, true);
+                        self.send_membership(e.node, 0, None);
                     }
                 }
-                Some(&i) => {
+                Some(&i) => self.merge_entry(now, i, &e, own, revive_margin),
+            }
+        }
+        // SWIM: answer a probe; serve a ping request; take a relayed ack as the answer to
+        // our probe of the node it names.
+        if kind & HEARTBEAT_FLAG_PROBE != 0 {
+            self.counters.acks_sent += 1;
+            self.send_membership(from.node, HEARTBEAT_FLAG_ACK, None);
+        }
+        if let Some(t) = second {
+            if kind & HEARTBEAT_FLAG_PING_REQ != 0
+                && t.node != self.id
+                && t.node != from.node
+                && self.relays.len() < MAX_RELAYS
+                && self.peer_index.contains_key(&t.node)
+            {
+                self.relays.push(Relay {
+                    target: t.node,
+                    requester: from.node,
+                    round: self.round,
+                });
+                self.counters.probes_sent += 1;
+                self.send_membership(t.node, HEARTBEAT_FLAG_PROBE, None);
+            }
+            if kind & HEARTBEAT_FLAG_ACK != 0 {
+                if let Some(&i) = self.peer_index.get(&t.node) {
                     let p = &mut self.peers[i];
-                    if e.incarnation > p.member.incarnation && e.node != from.node {
-                        // A restart is learned from the node itself or from a view, never
-                        // from a third party's word: that would evict a live member.
-                        self.counters.relayed_incarnations_ignored += 1;
-                    } else if e.incarnation > p.member.incarnation {
-                        p.member = m;
-                        p.heartbeat = e.heartbeat;
+                    if p.member.incarnation == t.incarnation && !p.dead && self.probes.iter().any(|pr| pr.target == t.node) {
                         p.last_increase = now;
-                        p.dead = false;
-                        p.leaving = leaving;
-                    } else if e.incarnation == p.member.incarnation {
-                        if leaving {
-                            p.leaving = true;
-                        }
-                        if e.heartbeat > p.heartbeat {
-                            p.heartbeat = e.heartbeat;
-                            if !p.dead || e.heartbeat >= p.hb_at_death.saturating_add(revive_margin) {
-                                p.dead = false;
-                                p.last_increase = now;
-                            }
-                        }
                     }
                 }
             }
@@ -950,68 +1235,74 @@ impl Node {
             self.out.push(to, 0, |e| e.push_view_request());
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
-        if !self.in_view.contains_key(&from.node) {
+        if kind == 0 && !self.in_view.contains_key(&from.node) {
             if let Some(&i) = self.peer_index.get(&from.node) {
                 if self.peers[i].replied_round != self.round {
                     self.peers[i].replied_round = self.round;
-                    self.send_heartbeats(from.node);
+                    self.send_membership(from.node, 0, None);
                 }
             }
         }
     }
 
-    /// Send our liveness table: our own entry, the coordinator's (so that its liveness,
-    /// the one every member depends on, spreads every round), then a rotating slice.
-    /// `only_self`: just our own entry (the per-round direct heartbeat to the coordinator).
-    fn send_heartbeats_to(&mut self, to: NodeId, only_self: bool) {
+    /// The entry for peer `p` as we relay it: suspected or failed at the heartbeat it was
+    /// at then, else alive at its heartbeat.
+    fn entry_of(p: &Peer) -> HeartbeatEntry {
+        let (flags, heartbeat) = if p.dead {
+            (HEARTBEAT_FLAG_DEAD, p.hb_at_death)
+        } else if p.suspect_since.is_some() {
+            (HEARTBEAT_FLAG_SUSPECT, p.hb_at_suspicion)
+        } else {
+            (0, p.heartbeat)
+        };
+        HeartbeatEntry {
+            node: p.member.node,
+            incarnation: p.member.incarnation,
+            heartbeat,
+            flags: flags | if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+        }
+    }
+
+    /// Sends a membership message: our own entry (with `kind`: a probe, an ack, a ping
+    /// request or 0 for plain gossip), `extra` (the node a ping request names, or the node
+    /// a relayed ack is for), then news piggybacked, at most `Settings::heartbeat_entries`
+    /// entries in all and within one datagram.
+    fn send_membership(&mut self, to: NodeId, kind: u32, extra: Option<HeartbeatEntry>) {
         let mut entries = std::mem::take(&mut self.scratch_hb);
         entries.clear();
         entries.push(HeartbeatEntry {
             node: self.id,
             incarnation: self.incarnation,
             heartbeat: self.heartbeat,
-            flags: if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+            flags: kind | if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
         });
-        let coord = self.view.members.first().map(|m| m.node);
-        if !only_self {
-            if let Some(p) = coord
-                .filter(|c| *c != self.id)
-                .and_then(|c| self.peer_index.get(&c))
-                .map(|&i| &self.peers[i])
-            {
-                if !p.dead {
-                    entries.push(HeartbeatEntry {
-                        node: p.member.node,
-                        incarnation: p.member.incarnation,
-                        heartbeat: p.heartbeat,
-                        flags: if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
-                    });
-                }
-            }
-        }
-        let n = if only_self { 0 } else { self.peers.len() };
+        entries.extend(extra);
         // Entries that fit one datagram of `max_datagram` bytes.
         let fit = self.settings.max_datagram.saturating_sub(
             packet::DATAGRAM_HEADER_LEN
                 + packet::MESSAGE_HEADER_LEN
                 + core::mem::size_of::<HeartbeatHeader>(),
         ) / core::mem::size_of::<HeartbeatEntry>();
-        let want = self.settings.heartbeat_entries.min(fit).saturating_sub(1).min(n);
+        let want = self.settings.heartbeat_entries.max(2).min(fit);
+        let queued = self.news.len();
         let mut scanned = 0;
-        while entries.len() <= want && scanned < n {
-            let p = &self.peers[(self.hb_cursor + scanned) % n];
+        while entries.len() < want && scanned < queued {
             scanned += 1;
-            if !p.dead && p.direct {
-                entries.push(HeartbeatEntry {
-                    node: p.member.node,
-                    incarnation: p.member.incarnation,
-                    heartbeat: p.heartbeat,
-                    flags: if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
-                });
+            let Some(node) = self.news.pop_front() else {
+                break;
+            };
+            let Some(&i) = self.peer_index.get(&node) else {
+                continue;
+            };
+            let p = &mut self.peers[i];
+            if p.gossip_left == 0 {
+                continue;
             }
-        }
-        if n > 0 {
-            self.hb_cursor = (self.hb_cursor + scanned) % n;
+            entries.push(Self::entry_of(p));
+            p.gossip_left -= 1;
+            if p.gossip_left > 0 {
+                self.news.push_back(node);
+            }
         }
         let header = HeartbeatHeader {
             view_counter: self.view.id.counter,
@@ -1027,7 +1318,98 @@ impl Node {
     }
 
     fn send_heartbeats(&mut self, to: NodeId) {
-        self.send_heartbeats_to(to, false);
+        self.send_membership(to, 0, None);
+    }
+
+    /// The next member to probe: round-robin over a shuffled list of the view's members
+    /// and the verified peers outside it, shuffled anew each time it is walked.
+    fn next_probe_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while self.probe_pos < self.probe_order.len() {
+                let t = self.probe_order[self.probe_pos];
+                self.probe_pos += 1;
+                let ok = self
+                    .peer_index
+                    .get(&t)
+                    .map(|&i| &self.peers[i])
+                    .is_some_and(|p| !p.dead && !p.leaving && p.direct);
+                if ok && !self.probes.iter().any(|p| p.target == t) {
+                    return Some(t);
+                }
+            }
+            self.probe_order.clear();
+            self.probe_order
+                .extend(self.peers.iter().filter(|p| !p.dead && !p.leaving && p.direct).map(|p| p.member.node));
+            for i in (1..self.probe_order.len()).rev() {
+                self.probe_order.swap(i, self.rng.gen_range(0..=i));
+            }
+            self.probe_pos = 0;
+            if self.probe_order.is_empty() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// SWIM's round: probes of the last rounds not answered go indirect, then suspected;
+    /// suspicions time out into failures; one new member is probed.
+    fn failure_detection(&mut self, now: Time) {
+        let probes = std::mem::take(&mut self.probes);
+        for mut pr in probes {
+            let Some(&i) = self.peer_index.get(&pr.target) else {
+                continue;
+            };
+            let p = &self.peers[i];
+            if p.dead || p.leaving || p.last_increase >= pr.sent_at {
+                continue;
+            }
+            if !pr.indirect {
+                pr.indirect = true;
+                let target = Self::entry_of(p);
+                let target = HeartbeatEntry { flags: 0, ..target };
+                let mut helpers = std::mem::take(&mut self.scratch_targets);
+                helpers.clear();
+                self.pick_view_targets(PING_REQ_FANOUT + 1, &mut helpers);
+                helpers.retain(|h| *h != pr.target);
+                helpers.truncate(PING_REQ_FANOUT);
+                for &h in &helpers {
+                    self.counters.ping_reqs_sent += 1;
+                    self.send_membership(h, HEARTBEAT_FLAG_PING_REQ, Some(target));
+                }
+                self.scratch_targets = helpers;
+                self.probes.push(pr);
+            } else if self.peers[i].suspect_since.is_none() {
+                self.counters.suspicions_raised += 1;
+                self.suspect(now, i);
+            }
+        }
+        let timeout = self.effective_suspect_timeout();
+        let unverified_timeout = self.settings.suspect_timeout;
+        for i in 0..self.peers.len() {
+            let p = &self.peers[i];
+            if p.dead {
+                continue;
+            }
+            if p.suspect_since.is_some_and(|t| now.saturating_sub(t) > timeout)
+                || (!p.direct && now.saturating_sub(p.last_increase) > unverified_timeout)
+            {
+                let hb = p.heartbeat;
+                self.confirm_dead(now, i, hb);
+            }
+        }
+        let round = self.round;
+        self.relays.retain(|r| round.wrapping_sub(r.round) <= RELAY_ROUNDS);
+        if self.probes.len() < MAX_PROBES {
+            if let Some(t) = self.next_probe_target() {
+                self.probes.push(Probe {
+                    target: t,
+                    sent_at: now,
+                    indirect: false,
+                });
+                self.counters.probes_sent += 1;
+                self.send_membership(t, HEARTBEAT_FLAG_PROBE, None);
+            }
+        }
     }
 
     /// Sends our view to `to`, in parts that each fit a datagram of `max_datagram` bytes.
@@ -1211,7 +1593,10 @@ impl Node {
                     let _ = self.insert_peer(now, *m, 0, true);
                 }
                 Some(&i) if self.peers[i].member.incarnation == m.incarnation => {
-                    self.peers[i].direct = true;
+                    if !self.peers[i].direct {
+                        self.peers[i].direct = true;
+                        self.direct_peers += 1;
+                    }
                 }
                 // The coordinator saw the node restart: so do we.
                 Some(&i) if self.peers[i].member.incarnation < m.incarnation => {
@@ -1221,12 +1606,21 @@ impl Node {
                     p.last_increase = now;
                     p.dead = false;
                     p.leaving = false;
-                    p.direct = true;
+                    p.suspect_since = None;
+                    if !p.direct {
+                        p.direct = true;
+                        self.direct_peers += 1;
+                    }
                 }
                 Some(_) => {}
             }
         }
-        self.install(now, Arc::new(view));
+        let hash = view.content_hash();
+        let view = match &self.view_cache {
+            Some(c) => c.intern(view, hash),
+            None => Arc::new(view),
+        };
+        self.install(now, view);
     }
 
     fn install(&mut self, now: Time, view: Arc<View>) {
@@ -1242,6 +1636,7 @@ impl Node {
                 }
             }
         });
+        self.view_hash = view.content_hash();
         self.view = view.clone();
         self.counters.views_installed += 1;
         if self.events.len() < self.settings.max_pending_events {
@@ -1386,41 +1781,31 @@ impl Node {
             self.round = 0;
         }
         self.heartbeat = self.heartbeat.wrapping_add(1);
-        // Suspicion and forgetting.
         self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
-        let timeout = self.effective_suspect_timeout();
+        self.failure_detection(now);
+        // Forgetting: unverified peers once failed, others `forget_after` after failing.
         let forget = self.settings.forget_after;
-        let mut forgot = false;
-        for p in &mut self.peers {
-            if !p.dead && now.saturating_sub(p.last_increase) > timeout {
-                p.dead = true;
-                p.dead_since = now;
-                p.hb_at_death = p.heartbeat;
-            }
-            if p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget) {
-                forgot = true;
-            }
-        }
-        if forgot {
-            self.peers
-                .retain(|p| !(p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget)));
+        let gone = |p: &Peer| p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget);
+        if self.peers.iter().any(gone) {
+            self.peers.retain(|p| !gone(p));
             self.peer_index.clear();
             for (i, p) in self.peers.iter().enumerate() {
                 self.peer_index.insert(p.member.node, i);
             }
+            self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
         }
         self.coordinate(now);
 
-        // Membership gossip: `fanout` view members, or the seeds while alone.
+        // Plain membership gossip: the seeds while alone; the coordinator also probes
+        // seeds and one known node outside the view (how partitions merge). Liveness
+        // within the view is SWIM's probes (`failure_detection`): nobody heartbeats the
+        // coordinator directly.
         let mut targets = std::mem::take(&mut self.scratch_targets);
         targets.clear();
-        self.pick_view_targets(self.settings.gossip_fanout, &mut targets);
         if self.view.members.len() <= 1 {
             targets.extend(self.seeds.iter().copied());
         }
-        let coordinator = self.coordinator() == self.id;
-        if coordinator {
-            // Probe seeds and one known node outside the view: how partitions merge.
+        if self.coordinator() == self.id {
             for &s in &self.seeds {
                 if !self.in_view.contains_key(&s) && !targets.contains(&s) {
                     targets.push(s);
@@ -1442,15 +1827,8 @@ impl Node {
         for &t in &targets {
             self.send_heartbeats(t);
         }
-        // Every member heartbeats the coordinator directly each round (one small message):
-        // the coordinator's view decisions then rest on first-hand liveness, not on gossip
-        // whose staleness grows with the cluster. Costs the coordinator n messages a round.
-        if !coordinator && self.view.members.len() > 1 {
-            let c = self.coordinator();
-            if c != self.id && !targets.contains(&c) {
-                self.send_heartbeats_to(c, true);
-            }
-        }
+        // Digest targets for the groups below: the probed members.
+        targets.extend(self.probes.iter().filter(|p| !p.indirect).map(|p| p.target));
         // Group membership requests not yet reflected in the view (our stream included).
         let me = self.id;
         let joins: Vec<(GroupId, u32)> = self

@@ -770,8 +770,7 @@ fn honest_view_parts(c: &Cluster) -> usize {
 
 /// The stated convergence bound of the honest cluster (as `tutti_sim`'s).
 fn convergence_bound(s: &Settings) -> Time {
-    let per = s.heartbeat_entries.max(2) as u64 - 1;
-    let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(HONEST) + 1).div_ceil(per);
+    let eff = s.suspicion_timeout(HONEST as usize);
     2 * eff + 30 * s.gossip_period
 }
 
@@ -917,7 +916,8 @@ fn the_checks_pass_without_an_attack() {
 
 // ------------------------------------------------------------------ table sizes
 
-/// The peer table holds at most `heartbeat_entries` nodes beyond the view, and a group at
+/// The peer table holds at most `MAX_UNVERIFIED_PEERS` nodes beyond the view (and gains at
+/// most `NEW_PEERS_PER_DATAGRAM` per datagram), and a group at
 /// most `max_tombstones + digest_entries` streams, whatever ids the attacker names.
 #[test]
 fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
@@ -954,8 +954,9 @@ fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
         c.inject(1, ATTACKER, &digest(ATTACKER, GROUP, r, &dg));
         c.step();
         let peers = c.nodes[0].peer_count();
+        let bound = tutti_proto::MAX_UNVERIFIED_PEERS.min(tutti_proto::NEW_PEERS_PER_DATAGRAM * (round as usize + 1));
         assert!(
-            peers <= c.nodes[0].view().members.len() + s.heartbeat_entries,
+            peers <= c.nodes[0].view().members.len() + bound,
             "node 0 has {peers} peers"
         );
         let streams = c.nodes[1].stream_count(GROUP);

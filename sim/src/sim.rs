@@ -7,8 +7,8 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS, SLOT_OVERHEAD};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, View, ViewCache, ViewId, MILLIS, SLOT_OVERHEAD};
 use tutti_wire::packet::{self, Message};
 
 const MICROS: Time = 1_000;
@@ -392,8 +392,7 @@ impl Scenario {
             return b;
         }
         let s = &self.settings;
-        let per = s.heartbeat_entries.max(2) as u64 - 1;
-        let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(self.nodes) + 1).div_ceil(per);
+        let eff = s.suspicion_timeout(self.nodes as usize);
         2 * eff + 30 * s.gossip_period
     }
 }
@@ -612,8 +611,12 @@ pub struct Sim {
     /// Per node: datagrams built over `max_datagram`, the largest, and what they carried.
     oversize: BTreeMap<NodeId, (u64, usize, String)>,
     retained_max: usize,
-    /// Per link (from * n + to): arrival time of its last datagram (links are FIFO).
-    link_last: Vec<Time>,
+    /// Per link (from << 32 | to): arrival time of its last datagram (links are FIFO);
+    /// links idle past their last arrival are pruned at each check (O(active links), not
+    /// O(n^2)).
+    link_last: HashMap<u64, Time>,
+    /// Installed views shared by all nodes (one copy per view, not one per node).
+    view_cache: ViewCache,
     /// The hostile members' own generator (so that their draws change no other).
     hostile_rng: Xoshiro256PlusPlus,
     /// Attacks made so far (all hostile members together), and their datagrams.
@@ -715,7 +718,8 @@ impl Sim {
             healthy_times: Vec::new(),
             oversize: BTreeMap::new(),
             retained_max: 0,
-            link_last: Vec::new(),
+            link_last: HashMap::new(),
+            view_cache: ViewCache::new(),
             hostile_rng: Xoshiro256PlusPlus::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6521),
             hostile_attacks_made: 0,
             hostile_datagrams: 0,
@@ -751,6 +755,7 @@ impl Sim {
             self.now,
             seed,
         );
+        node.set_view_cache(self.view_cache.clone());
         node.join(self.now, GROUP);
         sn.node = Some(node);
         sn.busy_until = self.now;
@@ -787,13 +792,9 @@ impl Sim {
         if self.sc.reorder > 0.0 && self.rng.gen_bool(self.sc.reorder) {
             return at + self.rng.gen_range(0..2 * MILLIS);
         }
-        let n = self.nodes.len();
-        let link = from as usize * n + to as usize;
-        if self.link_last.is_empty() {
-            self.link_last = vec![0; n * n];
-        }
-        let at = at.max(self.link_last[link]);
-        self.link_last[link] = at;
+        let last = self.link_last.entry(u64::from(from) << 32 | u64::from(to)).or_insert(0);
+        let at = at.max(*last);
+        *last = at;
         at
     }
 
@@ -1206,34 +1207,47 @@ impl Sim {
 
     /// One view, with exactly the live nodes, everywhere; its group holds the live nodes
     /// whose application is in it (a node that left within the last linger, plus a few
-    /// rounds for its leave to reach the coordinator, may still be there).
+    /// rounds for its leave to reach the coordinator, may still be there). Views are
+    /// compared by (id, content hash), so the member lists are checked once: O(n).
     fn views_converged(&self) -> bool {
-        let live = self.live_instances();
-        let mut want: Vec<(NodeId, u32)> = live.clone();
-        want.sort_unstable();
-        let settle = self.sc.settings.linger + 10 * self.sc.settings.gossip_period;
-        let mut first = None;
+        let mut first: Option<(ViewId, u64, &View)> = None;
+        let mut live = 0usize;
         for sn in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
-            let v = sn.view();
+            live += 1;
+            let key = (sn.view().id, sn.view_hash());
             match first {
-                None => first = Some(v.id),
-                Some(id) if id != v.id => return false,
+                None => first = Some((key.0, key.1, sn.view())),
+                Some((id, h, _)) if (id, h) != key => return false,
                 _ => {}
             }
-            let mut have: Vec<(NodeId, u32)> = v.members.iter().map(|m| (m.node, m.incarnation)).collect();
-            have.sort_unstable();
-            if have != want {
-                return false;
+        }
+        let Some((_, _, v)) = first else {
+            return true;
+        };
+        if v.members.len() != live
+            || v.members.iter().any(|m| {
+                self.nodes
+                    .get(m.node as usize)
+                    .is_none_or(|sn| sn.node.is_none() || sn.incarnation != m.incarnation)
+            })
+        {
+            return false;
+        }
+        let settle = self.sc.settings.linger + 10 * self.sc.settings.gossip_period;
+        let group = v.group(GROUP).unwrap_or(&[]);
+        let mut in_group = vec![false; self.nodes.len()];
+        for &n in group {
+            match in_group.get_mut(n as usize) {
+                Some(x) if self.nodes[n as usize].node.is_some() => *x = true,
+                _ => return false,
             }
-            let group = v.group(GROUP).unwrap_or(&[]);
-            for &(n, _) in &live {
-                let node = &self.nodes[n as usize];
-                let settling = node.left_at.is_some_and(|t| self.now < t + settle);
-                if !settling && group.contains(&n) != node.joined {
-                    return false;
-                }
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            if node.node.is_none() {
+                continue;
             }
-            if group.iter().any(|n| !live.iter().any(|l| l.0 == *n)) {
+            let settling = node.left_at.is_some_and(|t| self.now < t + settle);
+            if !settling && in_group[n] != node.joined {
                 return false;
             }
         }
@@ -1264,6 +1278,8 @@ impl Sim {
                 &ids[ids.len().saturating_sub(4)..]
             );
         }
+        let now_t = self.now;
+        self.link_last.retain(|_, t| *t > now_t);
         if self.workload_start.is_none() {
             if self.views_converged() || now >= self.sc.max_bootstrap {
                 self.begin_workload();

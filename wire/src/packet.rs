@@ -35,8 +35,11 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// fragments in the data header; per-member streams in views and group joins. Version 3:
 /// a view is carried in parts ([`ViewPartHeader`]), each within a datagram. Version 4:
 /// digest entries carry the stream's `recent` low (what its sender sent within a retention).
-/// Version 5: the data header is packed to 36 bytes (no reserved field).
-pub const VERSION: u16 = 5;
+/// Version 5: the data header is packed to 36 bytes (no reserved field). Version 7
+/// (membership; 6 is the data path's): SWIM failure detection in heartbeat messages, the
+/// `HEARTBEAT_FLAG_PROBE`/`ACK`/`PING_REQ` flags on the sender's own (first) entry and
+/// `SUSPECT`/`DEAD` on relayed entries.
+pub const VERSION: u16 = 7;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -49,6 +52,18 @@ pub const MAX_DATAGRAM: usize = 65_507;
 pub const DATA_FLAG_RETRANSMIT: u8 = 1;
 /// Flag on a heartbeat entry: the node is leaving the cluster on purpose.
 pub const HEARTBEAT_FLAG_LEAVING: u32 = 1;
+/// Flag on a relayed heartbeat entry: the relay suspects the node (SWIM), at that heartbeat.
+pub const HEARTBEAT_FLAG_SUSPECT: u32 = 2;
+/// Flag on a relayed heartbeat entry: the relay confirmed the node failed, at that heartbeat.
+pub const HEARTBEAT_FLAG_DEAD: u32 = 4;
+/// Flag on the sender's own (first) entry: a probe; the receiver answers with an ack.
+pub const HEARTBEAT_FLAG_PROBE: u32 = 8;
+/// Flag on the sender's own (first) entry: the answer to a probe (direct, or relayed for a
+/// ping request: then the second entry is the probed node's, as just heard from it).
+pub const HEARTBEAT_FLAG_ACK: u32 = 16;
+/// Flag on the sender's own (first) entry: a ping request (SWIM's indirect probe); the
+/// second entry names the node to probe on the sender's behalf.
+pub const HEARTBEAT_FLAG_PING_REQ: u32 = 32;
 
 /// Stable 64-bit group identifier of a group name (FNV-1a 64).
 pub fn group_id(name: &[u8]) -> u64 {
