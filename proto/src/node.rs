@@ -72,6 +72,9 @@ pub struct Counters {
     pub implausible_heartbeats: u64,
     /// View messages sent (one per part of a view).
     pub views_sent: u64,
+    /// View requests not served because `VIEW_SENDS_PER_ROUND` views went out this round
+    /// (the asker asks again, of whoever announces the view next).
+    pub view_requests_deferred: u64,
     /// View parts refused: their totals disagree with the parts held of the same view, the
     /// view declares more than [`MAX_VIEW_ENTRIES`] entries, or the complete set of parts
     /// does not cover the view exactly.
@@ -138,6 +141,8 @@ struct GroupAssembly {
 /// A view whose parts are arriving. Holds only what arrived, within the declared size.
 struct ViewAssembly {
     id: ViewId,
+    /// The member sending the parts (the coordinator, or any member it was pulled from).
+    from: NodeId,
     parts: u32,
     members: u32,
     groups: u32,
@@ -330,6 +335,15 @@ pub struct Node {
     in_view: FxMap<NodeId, u32>,
     max_counter: u64,
     view_request_round: u32,
+    /// Views served this round (`view_sends_round`), at most [`VIEW_SENDS_PER_ROUND`].
+    view_sends: u32,
+    view_sends_round: u32,
+    /// Newer views announced to us in heartbeats, and by whom (at most
+    /// [`MAX_ANNOUNCED_VIEWS`]).
+    announced: Vec<Announced>,
+    /// A complete view pulled from a member other than its coordinator, waiting for a
+    /// vouch (see `Node::vouched`).
+    unvouched: Option<(View, u64)>,
     my_groups: BTreeSet<GroupId>,
     /// Coordinator only: requested group changes `(group, node) -> Some(stream)` to join
     /// with that stream, `None` to leave.
@@ -345,6 +359,24 @@ pub struct Node {
 }
 
 const NO_ROUND: u32 = u32::MAX;
+
+/// A view id and hash some member announced in its heartbeats.
+struct Announced {
+    id: ViewId,
+    hash: u64,
+    by: NodeId,
+    second: Option<NodeId>,
+    by_coordinator: bool,
+}
+
+/// Views announced to us that we remember at once.
+const MAX_ANNOUNCED_VIEWS: usize = 8;
+/// A coordinator sends a new view to every member up to this size...
+pub const VIEW_PUSH_ALL: usize = 32;
+/// ...and to this many random members beyond it (the others pull it).
+pub const VIEW_PUSH_FANOUT: usize = 4;
+/// Views a member serves per round (each is `ceil(size / max_datagram)` datagrams).
+pub const VIEW_SENDS_PER_ROUND: u32 = 8;
 
 /// A probe awaiting its answer: sent at `sent_at`; `indirect` once ping requests went out.
 struct Probe {
@@ -517,6 +549,10 @@ impl Node {
             in_view,
             max_counter: 0,
             view_request_round: NO_ROUND,
+            view_sends: 0,
+            view_sends_round: NO_ROUND,
+            announced: Vec::new(),
+            unvouched: None,
             my_groups: BTreeSet::new(),
             pending_group_changes: BTreeMap::new(),
             node_bytes: 0,
@@ -834,21 +870,23 @@ impl Node {
                     members,
                     groups,
                 } => self.handle_view_part(now, from, &header, members, groups),
-                Message::ViewRequest if self.view.id.coordinator != self.id => {
-                    // Only a view's coordinator sends it (members accept it from no one
-                    // else): point the asker at ours with a heartbeat.
-                    if let Some(&i) = self.peer_index.get(&from) {
-                        if self.peers[i].view_sent_round != self.round {
-                            self.peers[i].view_sent_round = self.round;
-                            self.send_heartbeats(from);
-                        }
-                    }
-                }
                 Message::ViewRequest => {
+                    // Any member serves its view (pulled by members that saw its id and
+                    // hash in our heartbeats): once per asker per round, and at most
+                    // `VIEW_SENDS_PER_ROUND` times a round in all.
                     if let Some(&i) = self.peer_index.get(&from) {
                         if self.peers[i].view_sent_round != self.round {
-                            self.peers[i].view_sent_round = self.round;
-                            self.send_view(from);
+                            if self.view_sends_round != self.round {
+                                self.view_sends_round = self.round;
+                                self.view_sends = 0;
+                            }
+                            if self.view_sends < VIEW_SENDS_PER_ROUND {
+                                self.view_sends += 1;
+                                self.peers[i].view_sent_round = self.round;
+                                self.send_view(from);
+                            } else {
+                                self.counters.view_requests_deferred += 1;
+                            }
                         }
                     }
                 }
@@ -1163,9 +1201,13 @@ impl Node {
                     }
                 }
                 None => {
-                    // Named by a relay: keep it unverified and probe it; it enters views
-                    // once it answers. Obituaries of unknown nodes teach nothing.
-                    if e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) != 0 {
+                    // Named by a relay: the coordinator keeps it unverified and probes it;
+                    // it enters views once it answers. Other members learn members from
+                    // views (a joiner named in news reaches every member at once
+                    // otherwise: n probes of it, n answers). Obituaries teach nothing.
+                    if e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) != 0
+                        || (self.view.members.len() > 1 && self.coordinator() != self.id)
+                    {
                         continue;
                     }
                     if added >= NEW_PEERS_PER_DATAGRAM {
@@ -1224,15 +1266,13 @@ impl Node {
             return;
         }
         self.max_counter = self.max_counter.max(claimed);
-        if their.newer_than(&self.view.id) && self.view_request_round != self.round {
-            // Views are accepted from their coordinator only: ask it.
-            self.view_request_round = self.round;
-            let to = if their.coordinator != self.id && self.peer_index.contains_key(&their.coordinator) {
-                their.coordinator
-            } else {
-                from.node
-            };
-            self.out.push(to, 0, |e| e.push_view_request());
+        if their.newer_than(&self.view.id) {
+            self.note_announcement(now, their, header.view_hash, from.node);
+            if their.newer_than(&self.view.id) && self.view_request_round != self.round {
+                // Pull it from the member that has it (once a round).
+                self.view_request_round = self.round;
+                self.out.push(from.node, 0, |e| e.push_view_request());
+            }
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
         if kind == 0 && !self.in_view.contains_key(&from.node) {
@@ -1309,6 +1349,7 @@ impl Node {
             view_coordinator: self.view.id.coordinator,
             view_coordinator_incarnation: self.view.id.coordinator_incarnation,
             max_counter: self.max_counter,
+            view_hash: self.view_hash,
         };
         self.counters.heartbeats_sent += 1;
         let body = core::mem::size_of::<HeartbeatHeader>() + std::mem::size_of_val(entries.as_slice());
@@ -1481,18 +1522,15 @@ impl Node {
             coordinator: header.coordinator,
             coordinator_incarnation: header.coordinator_incarnation,
         };
-        if from != id.coordinator {
-            self.counters.views_refused += 1;
-            return;
-        }
         if !self.plausible_counter(id.counter) {
             return;
         }
-        self.max_counter = self.max_counter.max(id.counter);
         if !id.newer_than(&self.view.id) {
             return;
         }
-        let i = match self.assembling.iter().position(|a| a.id == id) {
+        // Parts are assembled per sender: another member's parts of the same view id
+        // (perhaps forged) never mix with them.
+        let i = match self.assembling.iter().position(|a| a.id == id && a.from == from) {
             Some(i) => {
                 let a = &self.assembling[i];
                 if (a.parts, a.members, a.groups) != (header.parts, header.members, header.groups) {
@@ -1530,6 +1568,7 @@ impl Node {
                 }
                 self.assembling.push(ViewAssembly {
                     id,
+                    from,
                     parts: header.parts,
                     members: header.members,
                     groups: header.groups,
@@ -1555,7 +1594,13 @@ impl Node {
         }
         match self.assembling.swap_remove(i).build() {
             Some(view) => {
-                self.handle_view(now, view);
+                let hash = view.content_hash();
+                if from == view.id.coordinator || self.vouched(view.id, hash) {
+                    self.handle_view(now, from, view, hash);
+                } else if self.unvouched.as_ref().is_none_or(|(v, _)| !v.id.newer_than(&view.id)) {
+                    // Held until its coordinator or a second member vouches for it.
+                    self.unvouched = Some((view, hash));
+                }
                 let current = self.view.id;
                 self.assembling.retain(|a| a.id.newer_than(&current));
             }
@@ -1563,7 +1608,56 @@ impl Node {
         }
     }
 
-    fn handle_view(&mut self, now: Time, view: View) {
+    /// Whether view `(id, hash)` may be installed from a member other than its coordinator:
+    /// its coordinator announced it to us, or two distinct members did (so that one hostile
+    /// member cannot make us install a view it forged in the coordinator's name).
+    fn vouched(&self, id: ViewId, hash: u64) -> bool {
+        self.announced
+            .iter()
+            .any(|a| a.id == id && a.hash == hash && (a.by_coordinator || a.second.is_some()))
+    }
+
+    /// Member `from` says its view is `(id, hash)` (newer than ours).
+    fn note_announcement(&mut self, now: Time, id: ViewId, hash: u64, from: NodeId) {
+        match self.announced.iter_mut().find(|a| a.id == id && a.hash == hash) {
+            Some(a) => {
+                if a.by != from && a.second.is_none() {
+                    a.second = Some(from);
+                }
+                a.by_coordinator |= from == id.coordinator;
+            }
+            None => {
+                if self.announced.len() >= MAX_ANNOUNCED_VIEWS {
+                    // Forget the oldest announcement.
+                    if let Some(k) = (0..self.announced.len()).min_by_key(|&k| {
+                        let a = &self.announced[k];
+                        (a.id.counter, std::cmp::Reverse((a.id.coordinator_incarnation, a.id.coordinator)))
+                    }) {
+                        self.announced.swap_remove(k);
+                    }
+                }
+                self.announced.push(Announced {
+                    id,
+                    hash,
+                    by: from,
+                    second: None,
+                    by_coordinator: from == id.coordinator,
+                });
+            }
+        }
+        if self
+            .unvouched
+            .as_ref()
+            .is_some_and(|(v, h)| v.id == id && *h == hash)
+            && self.vouched(id, hash)
+        {
+            if let Some((v, h)) = self.unvouched.take() {
+                self.handle_view(now, from, v, h);
+            }
+        }
+    }
+
+    fn handle_view(&mut self, now: Time, from: NodeId, view: View, hash: u64) {
         self.max_counter = self.max_counter.max(view.id.counter);
         if !view.id.newer_than(&self.view.id) || !view.contains(self.me()) {
             return;
@@ -1577,13 +1671,9 @@ impl Node {
             self.counters.views_refused += 1;
             return;
         }
-        self.touch(
-            now,
-            Member {
-                node: view.id.coordinator,
-                incarnation: view.id.coordinator_incarnation,
-            },
-        );
+        if from == view.id.coordinator {
+            self.touch(now, coordinator);
+        }
         for m in &view.members {
             if m.node == self.id {
                 continue;
@@ -1615,7 +1705,6 @@ impl Node {
                 Some(_) => {}
             }
         }
-        let hash = view.content_hash();
         let view = match &self.view_cache {
             Some(c) => c.intern(view, hash),
             None => Arc::new(view),
@@ -1750,10 +1839,16 @@ impl Node {
             groups,
         });
         self.install(now, view.clone());
-        for m in &view.members {
-            if m.node != self.id {
-                self.send_view(m.node);
-            }
+        // Small views go to every member; large ones to a few, from whom the others pull
+        // them (by id and hash, seen in heartbeats): the coordinator sends O(fanout) views.
+        let mut to: Vec<NodeId> = Vec::new();
+        if view.members.len() <= VIEW_PUSH_ALL {
+            to.extend(view.members.iter().map(|m| m.node).filter(|n| *n != self.id));
+        } else {
+            self.pick_view_targets(VIEW_PUSH_FANOUT, &mut to);
+        }
+        for t in to {
+            self.send_view(t);
         }
     }
 
@@ -1915,8 +2010,18 @@ mod tests {
 
     /// Deliver every transmit at once between `nodes` (ids = indices), for `rounds` rounds.
     fn run(nodes: &mut [Node], until: Time, drop: impl Fn(NodeId, NodeId) -> bool) -> Vec<(NodeId, Event)> {
+        run_from(nodes, 0, until, drop)
+    }
+
+    /// As `run`, from time `from`.
+    fn run_from(
+        nodes: &mut [Node],
+        from: Time,
+        until: Time,
+        drop: impl Fn(NodeId, NodeId) -> bool,
+    ) -> Vec<(NodeId, Event)> {
         let mut events = Vec::new();
-        let mut now = 0;
+        let mut now = from;
         while now <= until {
             for n in nodes.iter_mut() {
                 n.handle_timeout(now);
@@ -2073,7 +2178,7 @@ mod tests {
     #[test]
     fn a_large_cluster_converges_with_views_in_parts() {
         let mut nodes = cluster(200);
-        run(&mut nodes, 3_000 * MILLIS, |_, _| false);
+        run(&mut nodes, 6_000 * MILLIS, |_, _| false);
         let v = nodes[0].view().clone();
         assert_eq!(v.members.len(), 200);
         assert_eq!(v.group(7).map(|m| m.len()), Some(200));
@@ -2082,9 +2187,22 @@ mod tests {
             assert_eq!(n.counters().bad_view_parts, 0);
         }
         assert_no_oversize(&nodes);
+        // Views are pulled from members, not unicast by the coordinator to each.
+        let by_others: u64 = nodes[1..].iter().map(|n| n.counters().views_sent).sum();
+        let by_coordinator = nodes[0].counters().views_sent;
         assert!(
-            nodes[0].counters().views_sent > 199 * 3,
-            "views are sent in several parts"
+            by_coordinator < by_others,
+            "the coordinator sent {by_coordinator} view parts, the members {by_others}"
+        );
+        // Once the view is stable the coordinator is not heartbeated by every member each
+        // round (SWIM probes one member a round): it receives O(1) datagrams a round.
+        let (r0, d0) = (nodes[0].round(), nodes[0].counters().datagrams_received);
+        run_from(&mut nodes, 6_010 * MILLIS, 8_000 * MILLIS, |_, _| false);
+        let rounds = u64::from(nodes[0].round() - r0);
+        let received = nodes[0].counters().datagrams_received - d0;
+        assert!(
+            received < rounds * 10,
+            "the coordinator received {received} datagrams in {rounds} rounds"
         );
     }
 

@@ -495,13 +495,14 @@ impl Resolver<'_> {
                     heartbeat: k,
                     flags: 0,
                 }));
-                let room = e.remaining_body().saturating_sub(24) / 16;
+                let room = e.remaining_body().saturating_sub(32) / 16;
                 es.truncate(room);
                 let h = HeartbeatHeader {
                     view_counter: self.counter(view_counter),
                     view_coordinator: self.who(coordinator),
                     view_coordinator_incarnation: *coordinator_incarnation,
                     max_counter: self.counter(max_counter),
+                    view_hash: 0,
                 };
                 e.push_heartbeats(&h, &es)
             }
@@ -929,6 +930,7 @@ fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: v.counter,
+        view_hash: 0,
     };
     for round in 0..20u32 {
         let hb: Vec<HeartbeatEntry> = (0..4000u32)

@@ -41,6 +41,13 @@ struct Args {
     /// Crash NODE:AT_MS[:RESTART_MS] (relative to the workload start). Repeatable.
     #[arg(long)]
     crash: Vec<String>,
+    /// Crash this many nodes (spread evenly over the ids, never node 0 or a sender) at
+    /// --crash-at-ms, for good: measures failure detection (report: crash_removal_ms_*).
+    #[arg(long, default_value_t = 0)]
+    crash_count: u32,
+    /// When the --crash-count nodes crash (relative to the workload start).
+    #[arg(long, default_value_t = 200)]
+    crash_at_ms: u64,
     /// Datagram duplication probability.
     #[arg(long, default_value_t = 0.0)]
     duplicate: f64,
@@ -271,6 +278,25 @@ fn build(a: &Args) -> Result<Scenario, String> {
             restart: parts.get(2).map(|r| parse_ms(r, "--crash restart")).transpose()?,
             leave: false,
         });
+    }
+    if a.crash_count > 0 {
+        let first = a.senders.max(1);
+        let span = a.nodes.saturating_sub(first);
+        if a.crash_count > span {
+            return Err(format!(
+                "--crash-count {} exceeds the {span} nodes that are neither node 0 nor a sender",
+                a.crash_count
+            ));
+        }
+        for k in 0..a.crash_count {
+            let node = first + (u64::from(k) * u64::from(span) / u64::from(a.crash_count)) as u32;
+            sc.crashes.push(Crash {
+                node,
+                at: a.crash_at_ms * MILLIS,
+                restart: None,
+                leave: false,
+            });
+        }
     }
     Ok(sc)
 }

@@ -485,6 +485,24 @@ pub struct Report {
     /// Attacks hostile members made, and the datagrams they sent for them.
     pub hostile_attacks: u64,
     pub hostile_datagrams: u64,
+    /// Failure detection: per node crashed for good, the time from its crash until the
+    /// coordinator's installed view no longer holds it (ms): median, 99th percentile,
+    /// and how many crashed nodes were still in that view at the end.
+    pub crash_removal_ms_p50: Option<f64>,
+    pub crash_removal_ms_p99: Option<f64>,
+    pub crashed_not_removed: u64,
+    /// SWIM: suspicions raised by live nodes' own probes, and peers confirmed failed, in
+    /// all; with no crash (and no partition) every one is false, and the rate per member
+    /// and hour of simulated time is reported.
+    pub suspicions_raised: u64,
+    pub peers_confirmed_dead: u64,
+    pub false_suspicions_per_member_hour: Option<f64>,
+    /// Membership datagrams (probes, acks, ping requests, gossip) per live member per
+    /// gossip round over the run, and all datagrams per member per round.
+    pub membership_datagrams_per_member_round: f64,
+    pub datagrams_per_member_round: f64,
+    /// The largest datagram any node built (bytes; at most `max_datagram`).
+    pub largest_datagram: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -622,6 +640,9 @@ pub struct Sim {
     /// Attacks made so far (all hostile members together), and their datagrams.
     hostile_attacks_made: u64,
     hostile_datagrams: u64,
+    /// Nodes crashed for good: (node, crash time, removal time from the coordinator's view).
+    crashed: Vec<(NodeId, Time, Option<Time>)>,
+    largest_datagram: usize,
 }
 
 impl Sim {
@@ -723,6 +744,8 @@ impl Sim {
             hostile_rng: Xoshiro256PlusPlus::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6521),
             hostile_attacks_made: 0,
             hostile_datagrams: 0,
+            crashed: Vec::new(),
+            largest_datagram: 0,
             sc,
         }
     }
@@ -841,6 +864,7 @@ impl Sim {
         let max_datagram = self.sc.settings.max_datagram;
         for t in transmits {
             self.datagrams += 1;
+            self.largest_datagram = self.largest_datagram.max(t.payload.len());
             let from = i as NodeId;
             if t.payload.len() > max_datagram {
                 // The daemon's transport refuses such a datagram: the protocol must not
@@ -1095,6 +1119,9 @@ impl Sim {
                 }
                 self.nodes[i].node = None;
                 self.nodes[i].timer_at = None;
+                if cr.restart.is_none() && !cr.leave {
+                    self.crashed.push((cr.node, ev.time, None));
+                }
             }
             Kind::Restart(c) => {
                 let i = self.sc.crashes[c].node as usize;
@@ -1280,6 +1307,17 @@ impl Sim {
         }
         let now_t = self.now;
         self.link_last.retain(|_, t| *t > now_t);
+        if self.crashed.iter().any(|c| c.2.is_none()) {
+            // The coordinator: the oldest live node, as the views order members.
+            let coord = self.nodes.iter().filter_map(|s| s.node.as_ref()).min_by_key(|n| (n.incarnation(), n.id()));
+            if let Some(v) = coord.map(|n| n.view().clone()) {
+                for c in self.crashed.iter_mut().filter(|c| c.2.is_none()) {
+                    if !v.members.iter().any(|m| m.node == c.0) {
+                        c.2 = Some(now_t);
+                    }
+                }
+            }
+        }
         if self.workload_start.is_none() {
             if self.views_converged() || now >= self.sc.max_bootstrap {
                 self.begin_workload();
@@ -1633,8 +1671,13 @@ impl Sim {
             ..Default::default()
         };
         let mut lost: u64 = 0;
+        let (mut suspicions, mut confirmed, mut membership_dgrams, mut live_n) = (0u64, 0u64, 0u64, 0u64);
         for n in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
             let c = n.counters();
+            suspicions += c.suspicions_raised;
+            confirmed += c.peers_confirmed_dead;
+            membership_dgrams += c.heartbeats_sent;
+            live_n += 1;
             kinds.data_tree += c.data_sent;
             kinds.retransmits += c.retransmits_sent;
             kinds.digests += c.digests_sent;
@@ -1658,6 +1701,15 @@ impl Sim {
             ));
         }
         let deliveries: u64 = self.checker.sent.iter().map(|m| u64::from(m.deliveries)).sum();
+        let mut removals: Vec<f64> = self
+            .crashed
+            .iter()
+            .filter_map(|c| c.2.map(|r| (r - c.1) as f64 / MILLIS as f64))
+            .collect();
+        removals.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+        let removal_pct = |p: f64| -> Option<f64> {
+            (!removals.is_empty()).then(|| removals[((removals.len() as f64 * p) as usize).min(removals.len() - 1)])
+        };
         let dgrams = self.datagrams - self.datagrams_at_start;
         let samples = &self.state_samples;
         Report {
@@ -1707,6 +1759,20 @@ impl Sim {
             oversize_datagrams: oversize,
             retained_bytes_max: self.retained_max as u64,
             coverage: self.checker.coverage.clone(),
+            crash_removal_ms_p50: removal_pct(0.5),
+            crash_removal_ms_p99: removal_pct(0.99),
+            crashed_not_removed: self.crashed.iter().filter(|c| c.2.is_none()).count() as u64,
+            suspicions_raised: suspicions,
+            peers_confirmed_dead: confirmed,
+            false_suspicions_per_member_hour: (self.crashed.is_empty() && sc.partitions.is_empty() && live_n > 0)
+                .then(|| suspicions as f64 / live_n as f64 / (self.now as f64 / 3.6e12)),
+            membership_datagrams_per_member_round: membership_dgrams as f64
+                / live_n.max(1) as f64
+                / (self.now as f64 / period).max(1.0),
+            datagrams_per_member_round: self.datagrams as f64
+                / live_n.max(1) as f64
+                / (self.now as f64 / period).max(1.0),
+            largest_datagram: self.largest_datagram as u64,
             hostile_attacks: self.hostile_attacks_made,
             hostile_datagrams: self.hostile_datagrams,
             streams: {

@@ -38,7 +38,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// Version 5: the data header is packed to 36 bytes (no reserved field). Version 7
 /// (membership; 6 is the data path's): SWIM failure detection in heartbeat messages, the
 /// `HEARTBEAT_FLAG_PROBE`/`ACK`/`PING_REQ` flags on the sender's own (first) entry and
-/// `SUSPECT`/`DEAD` on relayed entries.
+/// `SUSPECT`/`DEAD` on relayed entries; the heartbeat header carries the sender's view hash.
 pub const VERSION: u16 = 7;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
@@ -252,7 +252,8 @@ pub struct RequestEntry {
     pub frag: u32,
 }
 
-/// Membership gossip header: the sender's current view and the highest view counter it saw.
+/// Membership gossip header: the sender's current view (id and content hash: a member that
+/// sees a newer one pulls its parts from the sender) and the highest view counter it saw.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct HeartbeatHeader {
@@ -260,6 +261,8 @@ pub struct HeartbeatHeader {
     pub view_coordinator: u32,
     pub view_coordinator_incarnation: u32,
     pub max_counter: u64,
+    /// The content hash of the sender's view (`tutti_proto::View::content_hash`).
+    pub view_hash: u64,
 }
 
 /// Gossip-style failure detection (van Renesse): a node's heartbeat counter as last known.
@@ -1172,6 +1175,7 @@ mod tests {
                         view_coordinator: b,
                         view_coordinator_incarnation: c,
                         max_counter: d,
+                        view_hash: 0,
                     },
                     e.into_iter()
                         .map(|(n, i, h, f)| HeartbeatEntry {
