@@ -338,6 +338,8 @@ pub struct Node {
     /// Views served this round (`view_sends_round`), at most [`VIEW_SENDS_PER_ROUND`].
     view_sends: u32,
     view_sends_round: u32,
+    /// The round our view was installed in.
+    installed_round: u32,
     /// Newer views announced to us in heartbeats, and by whom (at most
     /// [`MAX_ANNOUNCED_VIEWS`]).
     announced: Vec<Announced>,
@@ -551,6 +553,7 @@ impl Node {
             view_request_round: NO_ROUND,
             view_sends: 0,
             view_sends_round: NO_ROUND,
+            installed_round: 0,
             announced: Vec::new(),
             unvouched: None,
             my_groups: BTreeSet::new(),
@@ -1201,12 +1204,14 @@ impl Node {
                     }
                 }
                 None => {
-                    // Named by a relay: the coordinator keeps it unverified and probes it;
-                    // it enters views once it answers. Other members learn members from
-                    // views (a joiner named in news reaches every member at once
-                    // otherwise: n probes of it, n answers). Obituaries teach nothing.
+                    // Named by a relay: the coordinator of a view keeps it unverified and
+                    // probes it; it enters views once it answers. Other members, and nodes
+                    // still alone, learn members from views (a joiner named in news would
+                    // otherwise be probed by every node that hears of it, and answer each).
+                    // Obituaries teach nothing.
                     if e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) != 0
-                        || (self.view.members.len() > 1 && self.coordinator() != self.id)
+                        || self.view.members.len() <= 1
+                        || self.coordinator() != self.id
                     {
                         continue;
                     }
@@ -1269,9 +1274,16 @@ impl Node {
         if their.newer_than(&self.view.id) {
             self.note_announcement(now, their, header.view_hash, from.node);
             if their.newer_than(&self.view.id) && self.view_request_round != self.round {
-                // Pull it from the member that has it (once a round).
+                // Pull it (once a round) from the member whose parts of it we hold in part,
+                // if any (its parts complete them), else from this one.
                 self.view_request_round = self.round;
-                self.out.push(from.node, 0, |e| e.push_view_request());
+                let to = self
+                    .assembling
+                    .iter()
+                    .filter(|a| a.id == their)
+                    .max_by_key(|a| a.received_count)
+                    .map_or(from.node, |a| a.from);
+                self.out.push(to, 0, |e| e.push_view_request());
             }
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
@@ -1550,10 +1562,12 @@ impl Node {
                     return;
                 }
                 if self.assembling.len() >= VIEW_ASSEMBLIES {
-                    // Keep the newest: give up the oldest held, or this part if it is older.
+                    // Keep the newest: give up the oldest held (of the oldest view, the
+                    // one with the fewest parts), or this part if its view is older.
                     let oldest = (0..self.assembling.len())
                         .reduce(|o, j| {
-                            if self.assembling[o].id.newer_than(&self.assembling[j].id) {
+                            let (a, b) = (&self.assembling[o], &self.assembling[j]);
+                            if a.id.newer_than(&b.id) || (a.id == b.id && b.received_count < a.received_count) {
                                 j
                             } else {
                                 o
@@ -1561,7 +1575,7 @@ impl Node {
                         })
                         .unwrap_or(0);
                     self.counters.view_assemblies_dropped += 1;
-                    if !id.newer_than(&self.assembling[oldest].id) {
+                    if self.assembling[oldest].id.newer_than(&id) {
                         return;
                     }
                     self.assembling.swap_remove(oldest);
@@ -1726,6 +1740,7 @@ impl Node {
             }
         });
         self.view_hash = view.content_hash();
+        self.installed_round = self.round;
         self.view = view.clone();
         self.counters.views_installed += 1;
         if self.events.len() < self.settings.max_pending_events {
@@ -1762,6 +1777,18 @@ impl Node {
     /// highest known counter says so.
     fn coordinate(&mut self, now: Time) {
         if self.coordinator() != self.id || self.leaving {
+            return;
+        }
+        // A large view is pulled by every member in about log2(n) rounds: install at most
+        // one per half that, batching the changes meanwhile (members would otherwise pull
+        // a view per round while joins trickle in).
+        let n = self.view.members.len();
+        let gap = if n <= VIEW_PUSH_ALL {
+            1
+        } else {
+            (usize::BITS - n.leading_zeros()).div_ceil(2)
+        };
+        if self.round.wrapping_sub(self.installed_round) < gap {
             return;
         }
         let my_age = self.me().age_key();

@@ -512,6 +512,10 @@ pub struct KindCounts {
     pub digests: u64,
     pub requests: u64,
     pub heartbeats: u64,
+    /// Of `heartbeats`: SWIM probes, acks and ping requests.
+    pub probes: u64,
+    pub acks: u64,
+    pub ping_reqs: u64,
     pub views: u64,
     pub rx_dropped_slow: u64,
     pub transmits_dropped: u64,
@@ -1683,6 +1687,9 @@ impl Sim {
             kinds.digests += c.digests_sent;
             kinds.requests += c.requests_sent;
             kinds.heartbeats += c.heartbeats_sent;
+            kinds.probes += c.probes_sent;
+            kinds.acks += c.acks_sent;
+            kinds.ping_reqs += c.ping_reqs_sent;
             kinds.views += c.views_sent;
             kinds.transmits_dropped += c.transmits_dropped;
             kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
