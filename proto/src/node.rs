@@ -275,26 +275,51 @@ impl ViewAssembly {
 
 struct Peer {
     member: Member,
+    /// The member's heartbeat as last known: SWIM's incarnation number, which a member
+    /// raises only to refute a suspicion or failure claimed at its current value, so that
+    /// every member soon knows the current value and a stale claim loses to it.
     heartbeat: u32,
     /// Last direct or relayed evidence that it is alive (a datagram from it, a higher
     /// heartbeat, an ack relayed for a ping request).
     last_increase: Time,
-    /// Since when it is suspected (SWIM), at heartbeat `hb_at_suspicion`: refuted by a
-    /// higher heartbeat or a datagram from it, confirmed failed after the suspicion timeout.
-    suspect_since: Option<Time>,
-    hb_at_suspicion: u32,
+    /// Alive, suspected (SWIM: refuted by a higher heartbeat or a datagram from it,
+    /// confirmed failed after the suspicion timeout) or failed; since `since`, at
+    /// heartbeat `hb_at_mark`.
+    liveness: Liveness,
+    since: Time,
+    hb_at_mark: u32,
     /// Piggyback transmissions left for news of this peer (see `Node::announce`).
     gossip_left: u8,
-    dead: bool,
-    dead_since: Time,
-    hb_at_death: u32,
     leaving: bool,
+    /// In our installed view, in this incarnation.
+    in_view: bool,
     replied_round: u32,
     view_sent_round: u32,
     /// Heard from directly, or vouched for by a view: only such peers enter views. A node
     /// only named in another's heartbeats is probed and kept unverified (bounded), so that
     /// invented ids neither enter views nor hold view changes back.
     direct: bool,
+}
+
+/// What this node believes of a peer (48 bytes a peer: the table is O(view size) and the
+/// simulator holds 10,000 of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    Suspected,
+    Failed,
+}
+
+impl Peer {
+    fn dead(&self) -> bool {
+        self.liveness == Liveness::Failed
+    }
+    fn suspected(&self) -> bool {
+        self.liveness == Liveness::Suspected
+    }
+    fn set_alive(&mut self) {
+        self.liveness = Liveness::Alive;
+    }
 }
 
 pub struct Node {
@@ -311,6 +336,7 @@ pub struct Node {
     departed: VecDeque<Departed>,
     /// Peers with `direct` set, as of the last gossip round.
     direct_peers: usize,
+    /// Our own heartbeat (SWIM incarnation): raised only to refute claims about us.
     heartbeat: u32,
     leaving: bool,
     peers: Vec<Peer>,
@@ -332,7 +358,6 @@ pub struct Node {
     view_cache: Option<ViewCache>,
     /// Views whose parts are arriving (at most [`VIEW_ASSEMBLIES`]).
     assembling: Vec<ViewAssembly>,
-    in_view: FxMap<NodeId, u32>,
     max_counter: u64,
     view_request_round: u32,
     /// Views served this round (`view_sends_round`), at most [`VIEW_SENDS_PER_ROUND`].
@@ -402,9 +427,12 @@ pub const PING_REQ_FANOUT: usize = 3;
 const MAX_RELAYS: usize = 64;
 /// Rounds a ping request is served before it is forgotten.
 const RELAY_ROUNDS: u32 = 2;
-/// News of a peer is piggybacked `GOSSIP_LAMBDA * ceil(log2(n + 1))` times (SWIM's
-/// lambda log n), enough for an epidemic to reach all n members with high probability.
-pub const GOSSIP_LAMBDA: u32 = 3;
+/// News of a peer is piggybacked `GOSSIP_LAMBDA * ceil(log10(n + 1))` times by each member
+/// that learns it (SWIM's lambda log n; memberlist's retransmit multiplier is 4), enough
+/// for an epidemic to reach all n members with high probability while the piggyback
+/// capacity (`Settings::heartbeat_entries` per message, ~3 messages a round) keeps up
+/// with the news.
+pub const GOSSIP_LAMBDA: u32 = 4;
 /// How far above its own heartbeat a claim "you are suspected/failed at heartbeat h" may
 /// be for the node to refute it by raising its heartbeat past `h` (a real claim is at most
 /// our heartbeat; a forged one far ahead would make us jump for nothing).
@@ -440,7 +468,7 @@ fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId) -> boo
     index
         .get(&node)
         .and_then(|&i| peers.get(i))
-        .is_some_and(|p| !p.dead && !p.leaving)
+        .is_some_and(|p| !p.dead() && !p.leaving)
 }
 
 /// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
@@ -516,8 +544,6 @@ impl Node {
             members: vec![me],
             groups: Vec::new(),
         });
-        let mut in_view = FxMap::default();
-        in_view.insert(id, incarnation);
         Node {
             id,
             incarnation,
@@ -548,7 +574,6 @@ impl Node {
             view_cache: None,
             view,
             assembling: Vec::new(),
-            in_view,
             max_counter: 0,
             view_request_round: NO_ROUND,
             view_sends: 0,
@@ -588,8 +613,8 @@ impl Node {
     }
     /// Peers this node currently suspects (SWIM) and peers it holds failed.
     pub fn suspected_and_failed(&self) -> (usize, usize) {
-        let s = self.peers.iter().filter(|p| !p.dead && p.suspect_since.is_some()).count();
-        let d = self.peers.iter().filter(|p| p.dead).count();
+        let s = self.peers.iter().filter(|p| !p.dead() && p.suspected()).count();
+        let d = self.peers.iter().filter(|p| p.dead()).count();
         (s, d)
     }
     /// Whether this node holds `node` failed (or does not know it).
@@ -597,7 +622,7 @@ impl Node {
         self.peer_index
             .get(&node)
             .and_then(|&i| self.peers.get(i))
-            .is_none_or(|p| p.dead)
+            .is_none_or(|p| p.dead())
     }
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -942,14 +967,14 @@ impl Node {
         self.settings.suspicion_timeout(n)
     }
 
-    fn suspect_rounds(&self) -> u32 {
-        (self.effective_suspect_timeout() / self.settings.gossip_period.max(1)) as u32
-    }
-
-    /// Times news of a peer is piggybacked: `GOSSIP_LAMBDA * ceil(log2(n + 1))`.
+    /// Times news of a peer is piggybacked: `GOSSIP_LAMBDA * ceil(log10(n + 1))`.
     fn news_transmissions(&self) -> u8 {
         let n = self.view.members.len().max(self.direct_peers + 1) as u64 + 1;
-        let log = u64::BITS - (n - 1).leading_zeros();
+        let (mut log, mut pow) = (0u32, 1u64);
+        while pow < n {
+            pow = pow.saturating_mul(10);
+            log += 1;
+        }
         (GOSSIP_LAMBDA * log).clamp(1, u32::from(u8::MAX)) as u8
     }
 
@@ -971,26 +996,31 @@ impl Node {
     /// Peer `i` is suspected from now (at its current heartbeat).
     fn suspect(&mut self, now: Time, i: usize) {
         let p = &mut self.peers[i];
-        if p.dead || p.suspect_since.is_some() {
+        if p.dead() || p.suspected() {
             return;
         }
-        p.suspect_since = Some(now);
-        p.hb_at_suspicion = p.heartbeat;
+        p.liveness = Liveness::Suspected;
+        p.since = now;
+        p.hb_at_mark = p.heartbeat;
         self.announce(i);
     }
 
     /// Peer `i` is held failed from now.
     fn confirm_dead(&mut self, now: Time, i: usize, heartbeat: u32) {
         let p = &mut self.peers[i];
-        if p.dead {
+        if p.dead() {
             return;
         }
-        p.dead = true;
-        p.dead_since = now;
-        p.hb_at_death = p.heartbeat.max(heartbeat);
-        p.suspect_since = None;
+        p.liveness = Liveness::Failed;
+        p.since = now;
+        p.hb_at_mark = p.heartbeat.max(heartbeat);
         self.counters.peers_confirmed_dead += 1;
         self.announce(i);
+    }
+
+    /// Whether `node` is in our installed view (in the incarnation we know).
+    fn in_our_view(&self, node: NodeId) -> bool {
+        node == self.id || self.peer_index.get(&node).is_some_and(|&i| self.peers[i].in_view)
     }
 
     fn is_alive(&self, m: Member) -> bool {
@@ -1000,7 +1030,7 @@ impl Node {
         match self.peer_index.get(&m.node) {
             Some(&i) => {
                 let p = &self.peers[i];
-                p.member.incarnation == m.incarnation && !p.dead && !p.leaving
+                p.member.incarnation == m.incarnation && !p.dead() && !p.leaving
             }
             None => false,
         }
@@ -1017,13 +1047,12 @@ impl Node {
             member: m,
             heartbeat,
             last_increase: now,
-            suspect_since: None,
-            hb_at_suspicion: 0,
+            liveness: Liveness::Alive,
+            since: 0,
+            hb_at_mark: 0,
             gossip_left: 0,
-            dead: false,
-            dead_since: 0,
-            hb_at_death: 0,
             leaving: false,
+            in_view: false,
             replied_round: NO_ROUND,
             view_sent_round: NO_ROUND,
             direct,
@@ -1037,6 +1066,8 @@ impl Node {
             self.announce(i);
         }
         Some(i)
+        // (A peer whose news was cleared right after insertion stays in `news` until its
+        // turn and is then skipped: `gossip_left` is 0.)
     }
 
     /// Whether a view counter from the network is plausible (see [`MAX_COUNTER_JUMP`]).
@@ -1059,20 +1090,20 @@ impl Node {
                 let mut news = false;
                 if m.incarnation > p.member.incarnation {
                     p.member = m;
+                    p.in_view = false;
                     p.heartbeat = 0;
                     p.leaving = false;
                     news = true;
                 }
                 if m.incarnation == p.member.incarnation {
                     p.last_increase = now;
-                    if p.dead || p.suspect_since.is_some() {
-                        if p.suspect_since.is_some() {
+                    if p.dead() || p.suspected() {
+                        if p.suspected() {
                             self.counters.suspicions_refuted += 1;
                         }
                         news = true;
                     }
-                    p.dead = false;
-                    p.suspect_since = None;
+                    p.set_alive();
                     if !p.direct {
                         p.direct = true;
                         self.direct_peers += 1;
@@ -1099,12 +1130,7 @@ impl Node {
             self.counters.implausible_heartbeats += 1;
             return;
         }
-        let margin = if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
-            self.suspect_rounds()
-        } else {
-            0
-        };
-        let need = e.heartbeat.saturating_add(margin).saturating_add(1);
+        let need = e.heartbeat.saturating_add(1);
         if need > self.heartbeat {
             self.heartbeat = need;
             self.counters.refutations += 1;
@@ -1112,7 +1138,7 @@ impl Node {
     }
 
     /// A relayed (or the sender's own) entry about known peer `i`.
-    fn merge_entry(&mut self, now: Time, i: usize, e: &HeartbeatEntry, own: bool, revive_margin: u32) {
+    fn merge_entry(&mut self, now: Time, i: usize, e: &HeartbeatEntry, own: bool) {
         let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
         let p = &mut self.peers[i];
         if e.incarnation > p.member.incarnation {
@@ -1126,10 +1152,10 @@ impl Node {
                 node: e.node,
                 incarnation: e.incarnation,
             };
+            p.in_view = false;
             p.heartbeat = e.heartbeat;
             p.last_increase = now;
-            p.dead = false;
-            p.suspect_since = None;
+            p.set_alive();
             p.leaving = leaving;
             self.announce(i);
             return;
@@ -1143,34 +1169,49 @@ impl Node {
             return;
         }
         if own {
-            // The node's own word (`touch` already took it as alive).
-            p.heartbeat = p.heartbeat.max(e.heartbeat);
+            // The node's own word (`touch` already took it as alive). A raised heartbeat
+            // is a refutation: news for everyone still holding the claim it refutes.
+            if e.heartbeat > p.heartbeat {
+                p.heartbeat = e.heartbeat;
+                self.announce(i);
+            }
             return;
         }
-        if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
-            if !p.dead && e.heartbeat >= p.heartbeat {
+        // A claim at an older heartbeat than ours was refuted (SWIM): we pass the
+        // refutation on again, since the claim travels among members that missed it (the
+        // refutation's news may have run its course). A member that did crash after the
+        // refutation is soon suspected at the current heartbeat by any member that probes
+        // it, and that claim every member accepts.
+        let stale_claim = e.heartbeat < p.heartbeat;
+        if e.flags & (HEARTBEAT_FLAG_DEAD | HEARTBEAT_FLAG_SUSPECT) != 0 && stale_claim {
+            if !p.dead() && !p.suspected() && p.gossip_left == 0 {
+                self.announce(i);
+            }
+        } else if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
+            if !p.dead() {
                 self.confirm_dead(now, i, e.heartbeat);
             }
         } else if e.flags & HEARTBEAT_FLAG_SUSPECT != 0 {
-            if !p.dead && p.suspect_since.is_none() && e.heartbeat >= p.heartbeat {
+            if !p.dead() && !p.suspected() {
                 self.suspect(now, i);
             }
         } else if e.heartbeat > p.heartbeat {
+            // A refutation: passed on whatever we held (a member that knows the current
+            // heartbeat ignores claims made at an older one).
             p.heartbeat = e.heartbeat;
-            if p.dead {
-                if e.heartbeat >= p.hb_at_death.saturating_add(revive_margin) {
-                    p.dead = false;
+            if p.dead() {
+                if e.heartbeat > p.hb_at_mark {
+                    p.set_alive();
                     p.last_increase = now;
-                    self.announce(i);
                 }
             } else {
                 p.last_increase = now;
-                if p.suspect_since.is_some() && e.heartbeat > p.hb_at_suspicion {
-                    p.suspect_since = None;
+                if p.suspected() && e.heartbeat > p.hb_at_mark {
+                    p.set_alive();
                     self.counters.suspicions_refuted += 1;
-                    self.announce(i);
                 }
             }
+            self.announce(i);
         }
     }
 
@@ -1181,7 +1222,6 @@ impl Node {
         header: &HeartbeatHeader,
         entries: impl Iterator<Item = HeartbeatEntry>,
     ) {
-        let revive_margin = self.suspect_rounds();
         let mut added = 0;
         let mut kind = 0;
         let mut second = None;
@@ -1228,7 +1268,7 @@ impl Node {
                         self.send_membership(e.node, 0, None);
                     }
                 }
-                Some(&i) => self.merge_entry(now, i, &e, own, revive_margin),
+                Some(&i) => self.merge_entry(now, i, &e, own),
             }
         }
         // SWIM: answer a probe; serve a ping request; take a relayed ack as the answer to
@@ -1255,7 +1295,7 @@ impl Node {
             if kind & HEARTBEAT_FLAG_ACK != 0 {
                 if let Some(&i) = self.peer_index.get(&t.node) {
                     let p = &mut self.peers[i];
-                    if p.member.incarnation == t.incarnation && !p.dead && self.probes.iter().any(|pr| pr.target == t.node) {
+                    if p.member.incarnation == t.incarnation && !p.dead() && self.probes.iter().any(|pr| pr.target == t.node) {
                         p.last_increase = now;
                     }
                 }
@@ -1287,7 +1327,7 @@ impl Node {
             }
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
-        if kind == 0 && !self.in_view.contains_key(&from.node) {
+        if kind == 0 && !self.in_our_view(from.node) {
             if let Some(&i) = self.peer_index.get(&from.node) {
                 if self.peers[i].replied_round != self.round {
                     self.peers[i].replied_round = self.round;
@@ -1300,10 +1340,10 @@ impl Node {
     /// The entry for peer `p` as we relay it: suspected or failed at the heartbeat it was
     /// at then, else alive at its heartbeat.
     fn entry_of(p: &Peer) -> HeartbeatEntry {
-        let (flags, heartbeat) = if p.dead {
-            (HEARTBEAT_FLAG_DEAD, p.hb_at_death)
-        } else if p.suspect_since.is_some() {
-            (HEARTBEAT_FLAG_SUSPECT, p.hb_at_suspicion)
+        let (flags, heartbeat) = if p.dead() {
+            (HEARTBEAT_FLAG_DEAD, p.hb_at_mark)
+        } else if p.suspected() {
+            (HEARTBEAT_FLAG_SUSPECT, p.hb_at_mark)
         } else {
             (0, p.heartbeat)
         };
@@ -1329,6 +1369,12 @@ impl Node {
             flags: kind | if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
         });
         entries.extend(extra);
+        // A member we suspect or hold failed hears it first, so that it refutes at once.
+        if let Some(p) = self.peer_index.get(&to).map(|&i| &self.peers[i]) {
+            if (p.suspected() || p.dead()) && extra.is_none_or(|x| x.node != to) {
+                entries.push(Self::entry_of(p));
+            }
+        }
         // Entries that fit one datagram of `max_datagram` bytes.
         let fit = self.settings.max_datagram.saturating_sub(
             packet::DATAGRAM_HEADER_LEN
@@ -1385,14 +1431,14 @@ impl Node {
                     .peer_index
                     .get(&t)
                     .map(|&i| &self.peers[i])
-                    .is_some_and(|p| !p.dead && !p.leaving && p.direct);
+                    .is_some_and(|p| !p.dead() && !p.leaving && p.direct);
                 if ok && !self.probes.iter().any(|p| p.target == t) {
                     return Some(t);
                 }
             }
             self.probe_order.clear();
             self.probe_order
-                .extend(self.peers.iter().filter(|p| !p.dead && !p.leaving && p.direct).map(|p| p.member.node));
+                .extend(self.peers.iter().filter(|p| !p.dead() && !p.leaving && p.direct).map(|p| p.member.node));
             for i in (1..self.probe_order.len()).rev() {
                 self.probe_order.swap(i, self.rng.gen_range(0..=i));
             }
@@ -1413,7 +1459,7 @@ impl Node {
                 continue;
             };
             let p = &self.peers[i];
-            if p.dead || p.leaving || p.last_increase >= pr.sent_at {
+            if p.dead() || p.leaving || p.last_increase >= pr.sent_at {
                 continue;
             }
             if !pr.indirect {
@@ -1431,7 +1477,7 @@ impl Node {
                 }
                 self.scratch_targets = helpers;
                 self.probes.push(pr);
-            } else if self.peers[i].suspect_since.is_none() {
+            } else if !self.peers[i].suspected() {
                 self.counters.suspicions_raised += 1;
                 self.suspect(now, i);
             }
@@ -1440,10 +1486,10 @@ impl Node {
         let unverified_timeout = self.settings.suspect_timeout;
         for i in 0..self.peers.len() {
             let p = &self.peers[i];
-            if p.dead {
+            if p.dead() {
                 continue;
             }
-            if p.suspect_since.is_some_and(|t| now.saturating_sub(t) > timeout)
+            if (p.suspected() && now.saturating_sub(p.since) > timeout)
                 || (!p.direct && now.saturating_sub(p.last_increase) > unverified_timeout)
             {
                 let hb = p.heartbeat;
@@ -1694,7 +1740,12 @@ impl Node {
             }
             match self.peer_index.get(&m.node) {
                 None => {
-                    let _ = self.insert_peer(now, *m, 0, true);
+                    // Learned from the view, which spreads itself: no news of it (a view of
+                    // n new members would otherwise queue n news items at every member,
+                    // ahead of the suspicions and refutations that must travel fast).
+                    if let Some(i) = self.insert_peer(now, *m, 0, true) {
+                        self.peers[i].gossip_left = 0;
+                    }
                 }
                 Some(&i) if self.peers[i].member.incarnation == m.incarnation => {
                     if !self.peers[i].direct {
@@ -1708,9 +1759,9 @@ impl Node {
                     p.member = *m;
                     p.heartbeat = 0;
                     p.last_increase = now;
-                    p.dead = false;
+                    p.set_alive();
                     p.leaving = false;
-                    p.suspect_since = None;
+                    p.set_alive();
                     if !p.direct {
                         p.direct = true;
                         self.direct_peers += 1;
@@ -1727,9 +1778,14 @@ impl Node {
     }
 
     fn install(&mut self, now: Time, view: Arc<View>) {
-        self.in_view.clear();
+        for p in &mut self.peers {
+            p.in_view = false;
+        }
         for m in &view.members {
-            self.in_view.insert(m.node, m.incarnation);
+            if let Some(&i) = self.peer_index.get(&m.node) {
+                let p = &mut self.peers[i];
+                p.in_view = p.member.incarnation == m.incarnation;
+            }
         }
         with_ctx!(self, now, |ctx, groups| {
             for (gid, g) in groups.iter_mut() {
@@ -1794,11 +1850,11 @@ impl Node {
         let my_age = self.me().age_key();
         // An older live node outside our view will merge us: wait for it.
         if self.peers.iter().any(|p| {
-            !p.dead
+            !p.dead()
                 && !p.leaving
                 && p.direct
                 && p.member.age_key() < my_age
-                && self.in_view.get(&p.member.node) != Some(&p.member.incarnation)
+                && !p.in_view
         }) {
             return;
         }
@@ -1806,7 +1862,7 @@ impl Node {
         members.extend(
             self.peers
                 .iter()
-                .filter(|p| !p.dead && !p.leaving && p.direct)
+                .filter(|p| !p.dead() && !p.leaving && p.direct)
                 .map(|p| p.member),
         );
         members.sort_by_key(|m| m.age_key());
@@ -1902,12 +1958,11 @@ impl Node {
         if self.round == NO_ROUND {
             self.round = 0;
         }
-        self.heartbeat = self.heartbeat.wrapping_add(1);
         self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
         self.failure_detection(now);
         // Forgetting: unverified peers once failed, others `forget_after` after failing.
         let forget = self.settings.forget_after;
-        let gone = |p: &Peer| p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget);
+        let gone = |p: &Peer| p.dead() && (!p.direct || now.saturating_sub(p.since) > forget);
         if self.peers.iter().any(gone) {
             self.peers.retain(|p| !gone(p));
             self.peer_index.clear();
@@ -1929,14 +1984,14 @@ impl Node {
         }
         if self.coordinator() == self.id {
             for &s in &self.seeds {
-                if !self.in_view.contains_key(&s) && !targets.contains(&s) {
+                if !self.in_our_view(s) && !targets.contains(&s) {
                     targets.push(s);
                 }
             }
             let outside: Vec<NodeId> = self
                 .peers
                 .iter()
-                .filter(|p| !p.leaving && self.in_view.get(&p.member.node) != Some(&p.member.incarnation))
+                .filter(|p| !p.leaving && !p.in_view)
                 .map(|p| p.member.node)
                 .collect();
             if !outside.is_empty() {
@@ -2016,7 +2071,6 @@ impl Node {
         std::mem::size_of::<Self>()
             + self.peers.capacity() * std::mem::size_of::<Peer>()
             + self.peer_index.capacity() * 16
-            + self.in_view.capacity() * 16
             + self.view.members.capacity() * 8
             + self
                 .view

@@ -79,7 +79,7 @@ pub struct Settings {
     pub max_streams: usize,
     /// Entries per membership message (SWIM probe, ack, ping request): the sender's own,
     /// then news of other members piggybacked (joins, suspicions, failures, refutations;
-    /// each sent `GOSSIP_LAMBDA * ceil(log2(n + 1))` times). Larger: news spreads in fewer
+    /// each sent `GOSSIP_LAMBDA * ceil(log10(n + 1))` times by each member). Larger: news spreads in fewer
     /// messages, bigger datagrams (16 B per entry; capped to fit `max_datagram`).
     pub heartbeat_entries: usize,
     /// Base of SWIM's suspicion timeout: a member whose probe and ping requests went
@@ -126,7 +126,7 @@ impl Default for Settings {
             max_tombstones: 4096,
             max_peers: 1 << 16,
             max_streams: 1 << 16,
-            heartbeat_entries: 16,
+            heartbeat_entries: 32,
             suspect_timeout: 2_000 * MILLIS,
             forget_after: 60_000 * MILLIS,
             max_datagram: 1472,

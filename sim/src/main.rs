@@ -45,6 +45,14 @@ struct Args {
     /// --crash-at-ms, for good: measures failure detection (report: crash_removal_ms_*).
     #[arg(long, default_value_t = 0)]
     crash_count: u32,
+    /// Membership only: nodes join no group and nothing is multicast (failure detection
+    /// and views at sizes whose multicast state would not fit; use with --messages 0).
+    #[arg(long)]
+    membership_only: bool,
+    /// Keep the run going at least this long after the workload start (ms): e.g. to count
+    /// false suspicions over a stretch of simulated time.
+    #[arg(long, default_value_t = 0)]
+    run_ms: u64,
     /// When the --crash-count nodes crash (relative to the workload start).
     #[arg(long, default_value_t = 200)]
     crash_at_ms: u64,
@@ -279,6 +287,11 @@ fn build(a: &Args) -> Result<Scenario, String> {
             leave: false,
         });
     }
+    if a.membership_only && a.messages > 0 {
+        return Err("--membership-only multicasts nothing: use it with --messages 0".into());
+    }
+    sc.membership_only = a.membership_only;
+    sc.min_run = a.run_ms * MILLIS;
     if a.crash_count > 0 {
         let first = a.senders.max(1);
         let span = a.nodes.saturating_sub(first);

@@ -110,6 +110,12 @@ pub struct Scenario {
     pub settings: Settings,
     /// Give up waiting for the first view if it takes longer than this.
     pub max_bootstrap: Time,
+    /// Membership only: nodes join no group (measures failure detection and views at
+    /// sizes whose per-member multicast state would not fit).
+    pub membership_only: bool,
+    /// Keep the run going at least this long after the workload start (e.g. to count
+    /// false suspicions over a stretch of time).
+    pub min_run: Time,
     /// Replace the stated convergence bound (to measure how long convergence takes).
     pub convergence_bound_override: Option<Time>,
     /// Hostile members: they run the protocol and, while the workload is sent, send honest
@@ -146,6 +152,8 @@ impl Scenario {
             quiet_until: Vec::new(),
             settings: Settings::default(),
             max_bootstrap: 30_000 * MILLIS,
+            membership_only: false,
+            min_run: 0,
             convergence_bound_override: None,
             hostile: Vec::new(),
             hostile_attacks: HostileAttack::DEFAULT.to_vec(),
@@ -316,6 +324,7 @@ impl Scenario {
             .map(|r| r.join.unwrap_or(r.leave))
             .max()
             .unwrap_or(0)
+            .max(self.min_run)
     }
 
     /// Size of message `index`'s payload.
@@ -783,14 +792,19 @@ impl Sim {
             seed,
         );
         node.set_view_cache(self.view_cache.clone());
-        node.join(self.now, GROUP);
+        let join = !self.sc.membership_only;
+        if join {
+            node.join(self.now, GROUP);
+        }
         sn.node = Some(node);
         sn.busy_until = self.now;
         sn.inbox.clear();
-        sn.joined = true;
+        sn.joined = join;
         sn.left_at = None;
         let inst = (i as NodeId, sn.incarnation);
-        self.checker.on_join(inst, GROUP, self.now);
+        if join {
+            self.checker.on_join(inst, GROUP, self.now);
+        }
         self.after_input(i);
     }
 
@@ -1768,7 +1782,16 @@ impl Sim {
             coverage: self.checker.coverage.clone(),
             crash_removal_ms_p50: removal_pct(0.5),
             crash_removal_ms_p99: removal_pct(0.99),
-            crashed_not_removed: self.crashed.iter().filter(|c| c.2.is_none()).count() as u64,
+            crashed_not_removed: {
+                if std::env::var_os("TUTTI_SIM_DEBUG_CRASHED").is_some() {
+                    let coord = self.nodes.iter().filter_map(|s| s.node.as_ref()).min_by_key(|n| (n.incarnation(), n.id()));
+                    for c in self.crashed.iter().filter(|c| c.2.is_none()) {
+                        let held: Vec<NodeId> = self.nodes.iter().filter_map(|s| s.node.as_ref()).filter(|n| !n.holds_failed(c.0)).map(|n| n.id()).take(10).collect();
+                        eprintln!("crashed {} not removed; coordinator holds it failed: {:?}; alive at {:?}", c.0, coord.map(|n| n.holds_failed(c.0)), held);
+                    }
+                }
+                self.crashed.iter().filter(|c| c.2.is_none()).count() as u64
+            },
             suspicions_raised: suspicions,
             peers_confirmed_dead: confirmed,
             false_suspicions_per_member_hour: (self.crashed.is_empty() && sc.partitions.is_empty() && live_n > 0)
