@@ -30,10 +30,11 @@ mod settings;
 mod view_cache;
 
 pub use node::{
-    Counters, Node, SubmitError, Submitted, GOSSIP_LAMBDA, MAX_UNVERIFIED_PEERS, NEW_PEERS_PER_DATAGRAM, PING_REQ_FANOUT,
+    Counters, Node, SubmitError, Submitted, GOSSIP_LAMBDA, MAX_UNVERIFIED_PEERS, NEW_PEERS_PER_DATAGRAM,
+    PING_REQ_FANOUT,
 };
-pub use view_cache::ViewCache;
 pub use settings::{Delivery, Settings, SLOT_OVERHEAD, SUSPICION_ROUNDS_PER_LOG2};
+pub use view_cache::ViewCache;
 
 use std::sync::Arc;
 

@@ -853,7 +853,10 @@ impl Node {
         self.touch(now, sender);
         if self.relays.iter().any(|r| r.target == from) {
             // Ping requests for `from` are answered: relay its entry to each requester.
-            let target = self.peer_index.get(&from).map(|&i| Self::entry_of(&self.peers[i]));
+            let target = self
+                .peer_index
+                .get(&from)
+                .map(|&i| Self::entry_of(&self.peers[i]));
             let mut k = 0;
             while k < self.relays.len() {
                 if self.relays[k].target == from {
@@ -1123,7 +1126,8 @@ impl Node {
     /// A claim that this node is suspected or failed at heartbeat `claimed`: refute it by
     /// raising our heartbeat past it (the claim then loses to our next messages).
     fn refute(&mut self, e: &HeartbeatEntry) {
-        if e.incarnation != self.incarnation || e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) == 0 {
+        if e.incarnation != self.incarnation || e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) == 0
+        {
             return;
         }
         if e.heartbeat > self.heartbeat.saturating_add(MAX_REFUTE_JUMP) {
@@ -1295,7 +1299,10 @@ impl Node {
             if kind & HEARTBEAT_FLAG_ACK != 0 {
                 if let Some(&i) = self.peer_index.get(&t.node) {
                     let p = &mut self.peers[i];
-                    if p.member.incarnation == t.incarnation && !p.dead() && self.probes.iter().any(|pr| pr.target == t.node) {
+                    if p.member.incarnation == t.incarnation
+                        && !p.dead()
+                        && self.probes.iter().any(|pr| pr.target == t.node)
+                    {
                         p.last_increase = now;
                     }
                 }
@@ -1437,8 +1444,12 @@ impl Node {
                 }
             }
             self.probe_order.clear();
-            self.probe_order
-                .extend(self.peers.iter().filter(|p| !p.dead() && !p.leaving && p.direct).map(|p| p.member.node));
+            self.probe_order.extend(
+                self.peers
+                    .iter()
+                    .filter(|p| !p.dead() && !p.leaving && p.direct)
+                    .map(|p| p.member.node),
+            );
             for i in (1..self.probe_order.len()).rev() {
                 self.probe_order.swap(i, self.rng.gen_range(0..=i));
             }
@@ -1497,7 +1508,8 @@ impl Node {
             }
         }
         let round = self.round;
-        self.relays.retain(|r| round.wrapping_sub(r.round) <= RELAY_ROUNDS);
+        self.relays
+            .retain(|r| round.wrapping_sub(r.round) <= RELAY_ROUNDS);
         if self.probes.len() < MAX_PROBES {
             if let Some(t) = self.next_probe_target() {
                 self.probes.push(Probe {
@@ -1613,7 +1625,8 @@ impl Node {
                     let oldest = (0..self.assembling.len())
                         .reduce(|o, j| {
                             let (a, b) = (&self.assembling[o], &self.assembling[j]);
-                            if a.id.newer_than(&b.id) || (a.id == b.id && b.received_count < a.received_count) {
+                            if a.id.newer_than(&b.id) || (a.id == b.id && b.received_count < a.received_count)
+                            {
                                 j
                             } else {
                                 o
@@ -1657,7 +1670,11 @@ impl Node {
                 let hash = view.content_hash();
                 if from == view.id.coordinator || self.vouched(view.id, hash) {
                     self.handle_view(now, from, view, hash);
-                } else if self.unvouched.as_ref().is_none_or(|(v, _)| !v.id.newer_than(&view.id)) {
+                } else if self
+                    .unvouched
+                    .as_ref()
+                    .is_none_or(|(v, _)| !v.id.newer_than(&view.id))
+                {
                     // Held until its coordinator or a second member vouches for it.
                     self.unvouched = Some((view, hash));
                 }
@@ -1691,7 +1708,10 @@ impl Node {
                     // Forget the oldest announcement.
                     if let Some(k) = (0..self.announced.len()).min_by_key(|&k| {
                         let a = &self.announced[k];
-                        (a.id.counter, std::cmp::Reverse((a.id.coordinator_incarnation, a.id.coordinator)))
+                        (
+                            a.id.counter,
+                            std::cmp::Reverse((a.id.coordinator_incarnation, a.id.coordinator)),
+                        )
                     }) {
                         self.announced.swap_remove(k);
                     }
@@ -1849,13 +1869,11 @@ impl Node {
         }
         let my_age = self.me().age_key();
         // An older live node outside our view will merge us: wait for it.
-        if self.peers.iter().any(|p| {
-            !p.dead()
-                && !p.leaving
-                && p.direct
-                && p.member.age_key() < my_age
-                && !p.in_view
-        }) {
+        if self
+            .peers
+            .iter()
+            .any(|p| !p.dead() && !p.leaving && p.direct && p.member.age_key() < my_age && !p.in_view)
+        {
             return;
         }
         let mut members: Vec<Member> = vec![self.me()];

@@ -10,10 +10,13 @@ use std::sync::{Arc, Mutex, Weak};
 /// and if none is, the cache is cleared (interning is an optimisation, never required).
 const MAX_CACHED_VIEWS: usize = 4096;
 
+/// Views by (id, content hash), held weakly (a view no node holds is freed).
+type Table = FxMap<(ViewId, u64), Weak<View>>;
+
 /// A shared table of views by (id, content hash). Clones share the table.
 #[derive(Clone, Default)]
 pub struct ViewCache {
-    views: Arc<Mutex<FxMap<(ViewId, u64), Weak<View>>>>,
+    views: Arc<Mutex<Table>>,
 }
 
 impl ViewCache {

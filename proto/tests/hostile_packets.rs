@@ -956,7 +956,8 @@ fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
         c.inject(1, ATTACKER, &digest(ATTACKER, GROUP, r, &dg));
         c.step();
         let peers = c.nodes[0].peer_count();
-        let bound = tutti_proto::MAX_UNVERIFIED_PEERS.min(tutti_proto::NEW_PEERS_PER_DATAGRAM * (round as usize + 1));
+        let bound =
+            tutti_proto::MAX_UNVERIFIED_PEERS.min(tutti_proto::NEW_PEERS_PER_DATAGRAM * (round as usize + 1));
         assert!(
             peers <= c.nodes[0].view().members.len() + bound,
             "node 0 has {peers} peers"

@@ -8,7 +8,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, View, ViewCache, ViewId, MILLIS, SLOT_OVERHEAD};
+use tutti_proto::{
+    Delivery, Event, Node, NodeId, Settings, Time, View, ViewCache, ViewId, MILLIS, SLOT_OVERHEAD,
+};
 use tutti_wire::packet::{self, Message};
 
 const MICROS: Time = 1_000;
@@ -833,7 +835,10 @@ impl Sim {
         if self.sc.reorder > 0.0 && self.rng.gen_bool(self.sc.reorder) {
             return at + self.rng.gen_range(0..2 * MILLIS);
         }
-        let last = self.link_last.entry(u64::from(from) << 32 | u64::from(to)).or_insert(0);
+        let last = self
+            .link_last
+            .entry(u64::from(from) << 32 | u64::from(to))
+            .or_insert(0);
         let at = at.max(*last);
         *last = at;
         at
@@ -1327,7 +1332,11 @@ impl Sim {
         self.link_last.retain(|_, t| *t > now_t);
         if self.crashed.iter().any(|c| c.2.is_none()) {
             // The coordinator: the oldest live node, as the views order members.
-            let coord = self.nodes.iter().filter_map(|s| s.node.as_ref()).min_by_key(|n| (n.incarnation(), n.id()));
+            let coord = self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .min_by_key(|n| (n.incarnation(), n.id()));
             if let Some(v) = coord.map(|n| n.view().clone()) {
                 for c in self.crashed.iter_mut().filter(|c| c.2.is_none()) {
                     if !v.members.iter().any(|m| m.node == c.0) {
@@ -1729,7 +1738,8 @@ impl Sim {
             .collect();
         removals.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
         let removal_pct = |p: f64| -> Option<f64> {
-            (!removals.is_empty()).then(|| removals[((removals.len() as f64 * p) as usize).min(removals.len() - 1)])
+            (!removals.is_empty())
+                .then(|| removals[((removals.len() as f64 * p) as usize).min(removals.len() - 1)])
         };
         let dgrams = self.datagrams - self.datagrams_at_start;
         let samples = &self.state_samples;
@@ -1784,17 +1794,35 @@ impl Sim {
             crash_removal_ms_p99: removal_pct(0.99),
             crashed_not_removed: {
                 if std::env::var_os("TUTTI_SIM_DEBUG_CRASHED").is_some() {
-                    let coord = self.nodes.iter().filter_map(|s| s.node.as_ref()).min_by_key(|n| (n.incarnation(), n.id()));
+                    let coord = self
+                        .nodes
+                        .iter()
+                        .filter_map(|s| s.node.as_ref())
+                        .min_by_key(|n| (n.incarnation(), n.id()));
                     for c in self.crashed.iter().filter(|c| c.2.is_none()) {
-                        let held: Vec<NodeId> = self.nodes.iter().filter_map(|s| s.node.as_ref()).filter(|n| !n.holds_failed(c.0)).map(|n| n.id()).take(10).collect();
-                        eprintln!("crashed {} not removed; coordinator holds it failed: {:?}; alive at {:?}", c.0, coord.map(|n| n.holds_failed(c.0)), held);
+                        let held: Vec<NodeId> = self
+                            .nodes
+                            .iter()
+                            .filter_map(|s| s.node.as_ref())
+                            .filter(|n| !n.holds_failed(c.0))
+                            .map(|n| n.id())
+                            .take(10)
+                            .collect();
+                        eprintln!(
+                            "crashed {} not removed; coordinator holds it failed: {:?}; alive at {:?}",
+                            c.0,
+                            coord.map(|n| n.holds_failed(c.0)),
+                            held
+                        );
                     }
                 }
                 self.crashed.iter().filter(|c| c.2.is_none()).count() as u64
             },
             suspicions_raised: suspicions,
             peers_confirmed_dead: confirmed,
-            false_suspicions_per_member_hour: (self.crashed.is_empty() && sc.partitions.is_empty() && live_n > 0)
+            false_suspicions_per_member_hour: (self.crashed.is_empty()
+                && sc.partitions.is_empty()
+                && live_n > 0)
                 .then(|| suspicions as f64 / live_n as f64 / (self.now as f64 / 3.6e12)),
             membership_datagrams_per_member_round: membership_dgrams as f64
                 / live_n.max(1) as f64
