@@ -69,7 +69,9 @@ wait_views() {
 ALL=$(seq 1 "$N")
 WANT=$N
 if ! wait_views $ALL; then
-    echo "FAIL: no view of all $N daemons within ${FORM_TIMEOUT}s"; exit 1
+    echo "FAIL: no view of all $N daemons within ${FORM_TIMEOUT}s; view sizes:" \
+        "$(for i in $ALL; do view_size "$i"; done | sort -n | uniq -c | tr '\n' ' ')"
+    exit 1
 fi
 formed=$(echo "$(date +%s.%N) - $start" | bc)
 echo "view of all $N daemons after ${formed}s"

@@ -508,6 +508,9 @@ pub struct Report {
     pub suspicions_raised: u64,
     pub peers_confirmed_dead: u64,
     pub false_suspicions_per_member_hour: Option<f64>,
+    /// Live members dropped from the coordinator's view after the workload start (each a
+    /// false failure detection), in all.
+    pub false_removals: u64,
     /// Membership datagrams (probes, acks, ping requests, gossip) per live member per
     /// gossip round over the run, and all datagrams per member per round.
     pub membership_datagrams_per_member_round: f64,
@@ -657,6 +660,10 @@ pub struct Sim {
     hostile_datagrams: u64,
     /// Nodes crashed for good: (node, crash time, removal time from the coordinator's view).
     crashed: Vec<(NodeId, Time, Option<Time>)>,
+    /// Per node: whether the coordinator's view held it (this incarnation) at the last
+    /// check after the workload start; and how often a live node left that view.
+    in_coordinator_view: Vec<bool>,
+    false_removals: u64,
     largest_datagram: usize,
 }
 
@@ -760,6 +767,8 @@ impl Sim {
             hostile_attacks_made: 0,
             hostile_datagrams: 0,
             crashed: Vec::new(),
+            in_coordinator_view: Vec::new(),
+            false_removals: 0,
             largest_datagram: 0,
             sc,
         }
@@ -1330,6 +1339,30 @@ impl Sim {
         }
         let now_t = self.now;
         self.link_last.retain(|_, t| *t > now_t);
+        if self.workload_start.is_some() {
+            // Live nodes (in the incarnation they run) that the coordinator's view dropped.
+            let coord = self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .min_by_key(|n| (n.incarnation(), n.id()));
+            if let Some(v) = coord.map(|n| n.view().clone()) {
+                let mut now_in = vec![false; self.nodes.len()];
+                for m in &v.members {
+                    if let Some(sn) = self.nodes.get(m.node as usize) {
+                        now_in[m.node as usize] = sn.node.is_some() && sn.incarnation == m.incarnation;
+                    }
+                }
+                if self.in_coordinator_view.len() == now_in.len() {
+                    for (i, (&was, &is)) in self.in_coordinator_view.iter().zip(&now_in).enumerate() {
+                        if was && !is && self.nodes[i].node.is_some() && !self.nodes[i].left {
+                            self.false_removals += 1;
+                        }
+                    }
+                }
+                self.in_coordinator_view = now_in;
+            }
+        }
         if self.crashed.iter().any(|c| c.2.is_none()) {
             // The coordinator: the oldest live node, as the views order members.
             let coord = self
@@ -1819,6 +1852,7 @@ impl Sim {
                 self.crashed.iter().filter(|c| c.2.is_none()).count() as u64
             },
             suspicions_raised: suspicions,
+            false_removals: self.false_removals,
             peers_confirmed_dead: confirmed,
             false_suspicions_per_member_hour: (self.crashed.is_empty()
                 && sc.partitions.is_empty()
