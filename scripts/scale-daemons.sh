@@ -15,6 +15,10 @@ TUTTI=${3:-$ROOT/target/release/tutti}
 PORT=${SCALE_PORT:-47100}
 FORM_TIMEOUT=${SCALE_FORM_TIMEOUT:-120}
 GROUP=scale
+# SCALE_SEEDS=all: every daemon is a seed (the address book then knows every daemon: the
+# daemon learns a peer's address only from a seed entry or a datagram from it, and SWIM
+# probes members it may never have heard from). Default: daemons 1 and 2.
+SEEDS_MODE=${SCALE_SEEDS:-two}
 DIR=$(mktemp -d /tmp/tutti-scale.XXXXXX)
 declare -a PIDS SUBS
 
@@ -29,6 +33,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$SEEDS_MODE" = all ]; then
+    SEEDS=$(for i in $(seq 1 "$N"); do printf '"%d@%s", ' "$i" "$(ip_of "$i")"; done)
+    SEEDS=${SEEDS%, }
+else
+    SEEDS="\"1@$(ip_of 1)\", \"2@$(ip_of 2)\""
+fi
 for i in $(seq 1 "$N"); do
     d=$DIR/d$i
     mkdir -p "$d"
@@ -36,7 +46,7 @@ for i in $(seq 1 "$N"); do
 node_id = $i
 [cluster]
 enabled = true
-seeds = ["1@$(ip_of 1)", "2@$(ip_of 2)"]
+seeds = [$SEEDS]
 [net]
 listen = "$(ip_of "$i")"
 base_port = $PORT
@@ -71,6 +81,14 @@ WANT=$N
 if ! wait_views $ALL; then
     echo "FAIL: no view of all $N daemons within ${FORM_TIMEOUT}s; view sizes:" \
         "$(for i in $ALL; do view_size "$i"; done | sort -n | uniq -c | tr '\n' ' ')"
+    for i in $ALL; do
+        if [ "$(view_size "$i")" != "$WANT" ]; then
+            echo "daemon $i:"; TUTTI_SOCKET=$DIR/d$i/sock "$TUTTI" status | grep -E "cluster view|datagrams_in" | cut -c1-400
+            grep -E "view" "$DIR/d$i/log" | tail -3 | cut -c1-300
+            break
+        fi
+    done
+    echo "daemon 1:"; TUTTI_SOCKET=$DIR/d1/sock "$TUTTI" status | grep -E "cluster view" | cut -c1-300
     exit 1
 fi
 formed=$(echo "$(date +%s.%N) - $start" | bc)
