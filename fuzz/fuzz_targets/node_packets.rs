@@ -295,12 +295,13 @@ impl World {
                     heartbeat: k,
                     flags: 0,
                 }));
-                es.truncate(e.remaining_body().saturating_sub(24) / 16);
+                es.truncate(e.remaining_body().saturating_sub(32) / 16);
                 let h = HeartbeatHeader {
                     view_counter: self.counter(view_counter),
                     view_coordinator: self.who(coordinator),
                     view_coordinator_incarnation: coordinator_incarnation,
                     max_counter: self.counter(max_counter),
+                    view_hash: 0,
                 };
                 e.push_heartbeats(&h, &es)
             }

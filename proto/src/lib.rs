@@ -29,10 +29,15 @@ mod node;
 mod outbox;
 mod payload;
 mod settings;
+mod view_cache;
 
-pub use node::{Counters, Node, SubmitError, Submitted};
+pub use node::{
+    Counters, Node, SubmitError, Submitted, GOSSIP_LAMBDA, MAX_UNVERIFIED_PEERS, NEW_PEERS_PER_DATAGRAM,
+    PING_REQ_FANOUT,
+};
 pub use payload::Payload;
-pub use settings::{Delivery, Settings, SLOT_OVERHEAD};
+pub use settings::{Delivery, Settings, SLOT_OVERHEAD, SUSPICION_ROUNDS_PER_LOG2};
+pub use view_cache::ViewCache;
 
 use std::sync::Arc;
 
@@ -119,6 +124,27 @@ impl View {
     }
     pub fn group(&self, g: GroupId) -> Option<&[NodeId]> {
         self.group_view(g).map(|gv| gv.members.as_slice())
+    }
+
+    /// A hash of the view's content (members, groups and streams; not its id): with the
+    /// counter, what identifies a view in gossip, and how the simulator compares views
+    /// without comparing member lists. Deterministic across processes (FxHash, no seed).
+    pub fn content_hash(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = fxhash::FxHasher::default();
+        h.write_u64(self.members.len() as u64);
+        for m in &self.members {
+            h.write_u64(u64::from(m.node) | u64::from(m.incarnation) << 32);
+        }
+        h.write_u64(self.groups.len() as u64);
+        for gv in &self.groups {
+            h.write_u64(gv.id);
+            h.write_u64(gv.members.len() as u64);
+            for (n, s) in gv.members.iter().zip(&gv.streams) {
+                h.write_u64(u64::from(*n) | u64::from(*s) << 32);
+            }
+        }
+        h.finish()
     }
 }
 

@@ -6,14 +6,15 @@ use crate::fxhash::FxMap;
 use crate::multicast::{Ctx, GroupState};
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
-use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewId};
+use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tutti_wire::packet::{
     self, Entries, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, ViewGroupMember, ViewGroupSlices,
-    ViewPartHeader, ViewParts, HEARTBEAT_FLAG_LEAVING,
+    ViewPartHeader, ViewParts, HEARTBEAT_FLAG_ACK, HEARTBEAT_FLAG_DEAD, HEARTBEAT_FLAG_LEAVING,
+    HEARTBEAT_FLAG_PING_REQ, HEARTBEAT_FLAG_PROBE, HEARTBEAT_FLAG_SUSPECT,
 };
 
 /// What a node counted; every drop has a counter.
@@ -54,8 +55,27 @@ pub struct Counters {
     pub digests_sent: u64,
     pub requests_sent: u64,
     pub heartbeats_sent: u64,
+    /// SWIM probes sent (one per round), ping requests sent for probes not answered
+    /// within a round, and acks sent (to probes, and relayed for ping requests).
+    pub probes_sent: u64,
+    pub ping_reqs_sent: u64,
+    pub acks_sent: u64,
+    /// Peers this node began to suspect: its own probe and the ping requests went
+    /// unanswered (not counting suspicions learned from others).
+    pub suspicions_raised: u64,
+    /// Suspicions (ours or learned) cleared by newer evidence that the member is alive.
+    pub suspicions_refuted: u64,
+    /// Peers this node confirmed failed (its suspicion timed out, or it learned it).
+    pub peers_confirmed_dead: u64,
+    /// Claims that this node is suspected or failed, refuted by raising its heartbeat.
+    pub refutations: u64,
+    /// Claims about this node's heartbeat too far ahead of it to be real: ignored.
+    pub implausible_heartbeats: u64,
     /// View messages sent (one per part of a view).
     pub views_sent: u64,
+    /// View requests not served because `VIEW_SENDS_PER_ROUND` views went out this round
+    /// (the asker asks again, of whoever announces the view next).
+    pub view_requests_deferred: u64,
     /// View parts refused: their totals disagree with the parts held of the same view, the
     /// view declares more than [`MAX_VIEW_ENTRIES`] entries, or the complete set of parts
     /// does not cover the view exactly.
@@ -123,6 +143,8 @@ struct GroupAssembly {
 /// A view whose parts are arriving. Holds only what arrived, within the declared size.
 struct ViewAssembly {
     id: ViewId,
+    /// The member sending the parts (the coordinator, or any member it was pulled from).
+    from: NodeId,
     parts: u32,
     members: u32,
     groups: u32,
@@ -255,18 +277,51 @@ impl ViewAssembly {
 
 struct Peer {
     member: Member,
+    /// The member's heartbeat as last known: SWIM's incarnation number, which a member
+    /// raises only to refute a suspicion or failure claimed at its current value, so that
+    /// every member soon knows the current value and a stale claim loses to it.
     heartbeat: u32,
+    /// Last direct or relayed evidence that it is alive (a datagram from it, a higher
+    /// heartbeat, an ack relayed for a ping request).
     last_increase: Time,
-    dead: bool,
-    dead_since: Time,
-    hb_at_death: u32,
+    /// Alive, suspected (SWIM: refuted by a higher heartbeat or a datagram from it,
+    /// confirmed failed after the suspicion timeout) or failed; since `since`, at
+    /// heartbeat `hb_at_mark`.
+    liveness: Liveness,
+    since: Time,
+    hb_at_mark: u32,
+    /// Piggyback transmissions left for news of this peer (see `Node::announce`).
+    gossip_left: u8,
     leaving: bool,
+    /// In our installed view, in this incarnation.
+    in_view: bool,
     replied_round: u32,
     view_sent_round: u32,
     /// Heard from directly, or vouched for by a view: only such peers enter views. A node
     /// only named in another's heartbeats is probed and kept unverified (bounded), so that
     /// invented ids neither enter views nor hold view changes back.
     direct: bool,
+}
+
+/// What this node believes of a peer (48 bytes a peer: the table is O(view size) and the
+/// simulator holds 10,000 of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    Suspected,
+    Failed,
+}
+
+impl Peer {
+    fn dead(&self) -> bool {
+        self.liveness == Liveness::Failed
+    }
+    fn suspected(&self) -> bool {
+        self.liveness == Liveness::Suspected
+    }
+    fn set_alive(&mut self) {
+        self.liveness = Liveness::Alive;
+    }
 }
 
 pub struct Node {
@@ -283,17 +338,41 @@ pub struct Node {
     departed: VecDeque<Departed>,
     /// Peers with `direct` set, as of the last gossip round.
     direct_peers: usize,
+    /// Our own heartbeat (SWIM incarnation): raised only to refute claims about us.
     heartbeat: u32,
     leaving: bool,
     peers: Vec<Peer>,
     peer_index: FxMap<NodeId, usize>,
-    hb_cursor: usize,
+    /// Peers with news to piggyback, in turn (each at most once; see `Peer::gossip_left`).
+    news: VecDeque<NodeId>,
+    /// SWIM's probe order: a shuffled list of the members, walked round-robin and shuffled
+    /// anew once walked.
+    probe_order: Vec<NodeId>,
+    probe_pos: usize,
+    /// Probes awaiting an answer (at most [`MAX_PROBES`]).
+    probes: Vec<Probe>,
+    /// Ping requests this node probes for: answer `requester` once `target` is heard from.
+    relays: Vec<Relay>,
     view: Arc<View>,
+    /// `view.content_hash()`.
+    view_hash: u64,
+    /// Shared table of views (the simulator's interning), if the driver set one.
+    view_cache: Option<ViewCache>,
     /// Views whose parts are arriving (at most [`VIEW_ASSEMBLIES`]).
     assembling: Vec<ViewAssembly>,
-    in_view: FxMap<NodeId, u32>,
     max_counter: u64,
     view_request_round: u32,
+    /// Views served this round (`view_sends_round`), at most [`VIEW_SENDS_PER_ROUND`].
+    view_sends: u32,
+    view_sends_round: u32,
+    /// The round our view was installed in.
+    installed_round: u32,
+    /// Newer views announced to us in heartbeats, and by whom (at most
+    /// [`MAX_ANNOUNCED_VIEWS`]).
+    announced: Vec<Announced>,
+    /// A complete view pulled from a member other than its coordinator, waiting for a
+    /// vouch (see `Node::vouched`).
+    unvouched: Option<(View, u64)>,
     my_groups: BTreeSet<GroupId>,
     /// Coordinator only: requested group changes `(group, node) -> Some(stream)` to join
     /// with that stream, `None` to leave.
@@ -312,6 +391,66 @@ pub struct Node {
 
 const NO_ROUND: u32 = u32::MAX;
 
+/// A view id and hash some member announced in its heartbeats.
+struct Announced {
+    id: ViewId,
+    hash: u64,
+    by: NodeId,
+    second: Option<NodeId>,
+    by_coordinator: bool,
+}
+
+/// Views announced to us that we remember at once.
+const MAX_ANNOUNCED_VIEWS: usize = 8;
+/// A coordinator sends a new view to every member up to this size...
+pub const VIEW_PUSH_ALL: usize = 32;
+/// ...and to this many random members beyond it (the others pull it).
+pub const VIEW_PUSH_FANOUT: usize = 4;
+/// Views a member serves per round (each is `ceil(size / max_datagram)` datagrams).
+pub const VIEW_SENDS_PER_ROUND: u32 = 8;
+
+/// A probe awaiting its answer: sent at `sent_at`; `indirect` once ping requests went out.
+struct Probe {
+    target: NodeId,
+    sent_at: Time,
+    indirect: bool,
+    /// Probe cycles (direct, then indirect) made so far.
+    cycles: u8,
+}
+
+/// A ping request being served: `requester` asked us in round `round` to probe `target`.
+struct Relay {
+    target: NodeId,
+    requester: NodeId,
+    round: u32,
+}
+
+/// Probes awaiting an answer at once (one is sent per round; each lives `PROBE_CYCLES + 1`
+/// rounds).
+const MAX_PROBES: usize = 6;
+/// Members asked to probe on our behalf when a probe goes unanswered for a round (SWIM's k).
+pub const PING_REQ_FANOUT: usize = 4;
+/// Probe cycles (a direct probe, then `PING_REQ_FANOUT` indirect ones a round later) that
+/// must all go unanswered before a member is suspected. Each member's probes suspect a live
+/// member at rate p per probe, so the cluster raises n p suspicions a round, and every
+/// member must carry the news of each: p must shrink as n grows. At 5% loss one cycle fails
+/// with p ~ 0.1 x 0.19^4 ~ 1e-4; two in a row ~ 1e-8.
+pub const PROBE_CYCLES: u8 = 2;
+/// Ping requests served at once (more are ignored: each costs a probe).
+const MAX_RELAYS: usize = 64;
+/// Rounds a ping request is served before it is forgotten.
+const RELAY_ROUNDS: u32 = 2;
+/// News of a peer is piggybacked `GOSSIP_LAMBDA * ceil(log10(n + 1))` times by each member
+/// that learns it (SWIM's lambda log n; memberlist's retransmit multiplier is 4), enough
+/// for an epidemic to reach all n members with high probability while the piggyback
+/// capacity (`Settings::heartbeat_entries` per message, ~3 messages a round) keeps up
+/// with the news.
+pub const GOSSIP_LAMBDA: u32 = 4;
+/// How far above its own heartbeat a claim "you are suspected/failed at heartbeat h" may
+/// be for the node to refute it by raising its heartbeat past `h` (a real claim is at most
+/// our heartbeat; a forged one far ahead would make us jump for nothing).
+const MAX_REFUTE_JUMP: u32 = 1 << 16;
+
 /// How far past our view's counter a counter from the network may be. Counters grow by one
 /// per view change, so a real one is never this far ahead; a forged `u64::MAX` would
 /// otherwise be adopted and wrap the next view's counter.
@@ -321,10 +460,10 @@ pub const MAX_COUNTER_JUMP: u64 = 1 << 32;
 const MAX_PENDING_GROUP_CHANGES: usize = 1 << 16;
 
 /// Peers known only from others' heartbeats (not yet heard from directly), at most.
-const MAX_UNVERIFIED_PEERS: usize = 1024;
+pub const MAX_UNVERIFIED_PEERS: usize = 1024;
 
 /// New unverified peers one heartbeat datagram may add (each is probed once).
-const NEW_PEERS_PER_DATAGRAM: usize = 8;
+pub const NEW_PEERS_PER_DATAGRAM: usize = 8;
 
 /// Groups left whose stream positions the node remembers for a rejoin (the oldest is
 /// forgotten first).
@@ -342,7 +481,7 @@ fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId) -> boo
     index
         .get(&node)
         .and_then(|&i| peers.get(i))
-        .is_some_and(|p| !p.dead && !p.leaving)
+        .is_some_and(|p| !p.dead() && !p.leaving)
 }
 
 /// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
@@ -419,8 +558,6 @@ impl Node {
             members: vec![me],
             groups: Vec::new(),
         });
-        let mut in_view = FxMap::default();
-        in_view.insert(id, incarnation);
         Node {
             id,
             incarnation,
@@ -443,12 +580,22 @@ impl Node {
             leaving: false,
             peers: Vec::new(),
             peer_index: FxMap::default(),
-            hb_cursor: 0,
+            news: VecDeque::new(),
+            probe_order: Vec::new(),
+            probe_pos: 0,
+            probes: Vec::new(),
+            relays: Vec::new(),
+            view_hash: view.content_hash(),
+            view_cache: None,
             view,
             assembling: Vec::new(),
-            in_view,
             max_counter: 0,
             view_request_round: NO_ROUND,
+            view_sends: 0,
+            view_sends_round: NO_ROUND,
+            installed_round: 0,
+            announced: Vec::new(),
+            unvouched: None,
             my_groups: BTreeSet::new(),
             pending_group_changes: BTreeMap::new(),
             node_bytes: 0,
@@ -468,6 +615,29 @@ impl Node {
     }
     pub fn view(&self) -> &Arc<View> {
         &self.view
+    }
+    /// The installed view's content hash (`View::content_hash`): with its id, what
+    /// identifies it.
+    pub fn view_hash(&self) -> u64 {
+        self.view_hash
+    }
+    /// Share installed views with other nodes of this process through `cache` (the
+    /// simulator's thousands of nodes then hold one copy of each view).
+    pub fn set_view_cache(&mut self, cache: ViewCache) {
+        self.view_cache = Some(cache);
+    }
+    /// Peers this node currently suspects (SWIM) and peers it holds failed.
+    pub fn suspected_and_failed(&self) -> (usize, usize) {
+        let s = self.peers.iter().filter(|p| !p.dead() && p.suspected()).count();
+        let d = self.peers.iter().filter(|p| p.dead()).count();
+        (s, d)
+    }
+    /// Whether this node holds `node` failed (or does not know it).
+    pub fn holds_failed(&self, node: NodeId) -> bool {
+        self.peer_index
+            .get(&node)
+            .and_then(|&i| self.peers.get(i))
+            .is_none_or(|p| p.dead())
     }
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -723,6 +893,25 @@ impl Node {
             return;
         }
         self.touch(now, sender);
+        if self.relays.iter().any(|r| r.target == from) {
+            // Ping requests for `from` are answered: relay its entry to each requester.
+            let target = self
+                .peer_index
+                .get(&from)
+                .map(|&i| Self::entry_of(&self.peers[i]));
+            let mut k = 0;
+            while k < self.relays.len() {
+                if self.relays[k].target == from {
+                    let r = self.relays.swap_remove(k);
+                    if let Some(t) = target {
+                        self.counters.acks_sent += 1;
+                        self.send_membership(r.requester, HEARTBEAT_FLAG_ACK, Some(t));
+                    }
+                } else {
+                    k += 1;
+                }
+            }
+        }
         for m in d.messages() {
             match m {
                 // A retransmission is handled as a stage-1 copy: either way, the first copy
@@ -766,21 +955,23 @@ impl Node {
                     members,
                     groups,
                 } => self.handle_view_part(now, from, &header, members, groups),
-                Message::ViewRequest if self.view.id.coordinator != self.id => {
-                    // Only a view's coordinator sends it (members accept it from no one
-                    // else): point the asker at ours with a heartbeat.
-                    if let Some(&i) = self.peer_index.get(&from) {
-                        if self.peers[i].view_sent_round != self.round {
-                            self.peers[i].view_sent_round = self.round;
-                            self.send_heartbeats(from);
-                        }
-                    }
-                }
                 Message::ViewRequest => {
+                    // Any member serves its view (pulled by members that saw its id and
+                    // hash in our heartbeats): once per asker per round, and at most
+                    // `VIEW_SENDS_PER_ROUND` times a round in all.
                     if let Some(&i) = self.peer_index.get(&from) {
                         if self.peers[i].view_sent_round != self.round {
-                            self.peers[i].view_sent_round = self.round;
-                            self.send_view(from);
+                            if self.view_sends_round != self.round {
+                                self.view_sends_round = self.round;
+                                self.view_sends = 0;
+                            }
+                            if self.view_sends < VIEW_SENDS_PER_ROUND {
+                                self.view_sends += 1;
+                                self.peers[i].view_sent_round = self.round;
+                                self.send_view(from);
+                            } else {
+                                self.counters.view_requests_deferred += 1;
+                            }
                         }
                     }
                 }
@@ -827,15 +1018,82 @@ impl Node {
 
     // ---------------------------------------------------------------- membership
 
+    /// SWIM's suspicion timeout for our cluster size (`Settings::suspicion_timeout`).
     fn effective_suspect_timeout(&self) -> Time {
-        // Peers heard from directly (counted each round): relays cannot stretch it.
-        let n = self.direct_peers as u64 + 1;
-        let per = self.settings.heartbeat_entries.max(2) as u64 - 1;
-        self.settings.suspect_timeout + self.settings.gossip_period * 4 * n.div_ceil(per)
+        let n = self.view.members.len().max(self.direct_peers + 1);
+        self.settings.suspicion_timeout(n)
     }
 
-    fn suspect_rounds(&self) -> u32 {
-        (self.effective_suspect_timeout() / self.settings.gossip_period.max(1)) as u32
+    /// Times news of a peer is piggybacked: `GOSSIP_LAMBDA * ceil(log10(n + 1))`.
+    fn news_transmissions(&self) -> u8 {
+        let n = self.view.members.len().max(self.direct_peers + 1) as u64 + 1;
+        let (mut log, mut pow) = (0u32, 1u64);
+        while pow < n {
+            pow = pow.saturating_mul(10);
+            log += 1;
+        }
+        (GOSSIP_LAMBDA * log).clamp(1, u32::from(u8::MAX)) as u8
+    }
+
+    /// Something changed about peer `i` (joined, suspected, failed, refuted, leaving):
+    /// piggyback its entry on the next messages. Only verified peers are relayed.
+    /// Liveness news (suspicions, failures, refutations) goes first: it races a timeout,
+    /// and a burst of joins (thousands at a cluster's start) must not delay it.
+    fn announce(&mut self, i: usize) {
+        self.queue_news(i, true);
+    }
+
+    /// A join heard first-hand: news after the liveness news.
+    fn announce_join(&mut self, i: usize) {
+        self.queue_news(i, false);
+    }
+
+    fn queue_news(&mut self, i: usize, urgent: bool) {
+        let times = self.news_transmissions();
+        let cap = 2 * self.peers.len() + 16;
+        let p = &mut self.peers[i];
+        if !p.direct {
+            return;
+        }
+        let queued = p.gossip_left > 0;
+        p.gossip_left = times;
+        let node = p.member.node;
+        if urgent && self.news.len() < cap {
+            // Perhaps queued twice then: each copy spends the same `gossip_left`.
+            self.news.push_front(node);
+        } else if !queued {
+            self.news.push_back(node);
+        }
+    }
+
+    /// Peer `i` is suspected from now (at its current heartbeat).
+    fn suspect(&mut self, now: Time, i: usize) {
+        let p = &mut self.peers[i];
+        if p.dead() || p.suspected() {
+            return;
+        }
+        p.liveness = Liveness::Suspected;
+        p.since = now;
+        p.hb_at_mark = p.heartbeat;
+        self.announce(i);
+    }
+
+    /// Peer `i` is held failed from now.
+    fn confirm_dead(&mut self, now: Time, i: usize, heartbeat: u32) {
+        let p = &mut self.peers[i];
+        if p.dead() {
+            return;
+        }
+        p.liveness = Liveness::Failed;
+        p.since = now;
+        p.hb_at_mark = p.heartbeat.max(heartbeat);
+        self.counters.peers_confirmed_dead += 1;
+        self.announce(i);
+    }
+
+    /// Whether `node` is in our installed view (in the incarnation we know).
+    fn in_our_view(&self, node: NodeId) -> bool {
+        node == self.id || self.peer_index.get(&node).is_some_and(|&i| self.peers[i].in_view)
     }
 
     fn is_alive(&self, m: Member) -> bool {
@@ -845,7 +1103,7 @@ impl Node {
         match self.peer_index.get(&m.node) {
             Some(&i) => {
                 let p = &self.peers[i];
-                p.member.incarnation == m.incarnation && !p.dead && !p.leaving
+                p.member.incarnation == m.incarnation && !p.dead() && !p.leaving
             }
             None => false,
         }
@@ -853,7 +1111,7 @@ impl Node {
 
     fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32, direct: bool) -> Option<usize> {
         if self.peers.len() >= self.settings.max_peers
-            || (!direct && self.peers.iter().filter(|p| !p.direct).count() >= MAX_UNVERIFIED_PEERS)
+            || (!direct && self.peers.len().saturating_sub(self.direct_peers) >= MAX_UNVERIFIED_PEERS)
         {
             self.counters.peers_full += 1;
             return None;
@@ -862,17 +1120,27 @@ impl Node {
             member: m,
             heartbeat,
             last_increase: now,
-            dead: false,
-            dead_since: 0,
-            hb_at_death: 0,
+            liveness: Liveness::Alive,
+            since: 0,
+            hb_at_mark: 0,
+            gossip_left: 0,
             leaving: false,
+            in_view: false,
             replied_round: NO_ROUND,
             view_sent_round: NO_ROUND,
             direct,
         });
+        if direct {
+            self.direct_peers += 1;
+        }
         let i = self.peers.len() - 1;
         self.peer_index.insert(m.node, i);
+        if direct {
+            self.announce_join(i);
+        }
         Some(i)
+        // (A peer whose news was cleared right after insertion stays in `news` until its
+        // turn and is then skipped: `gossip_left` is 0.)
     }
 
     /// Whether a view counter from the network is plausible (see [`MAX_COUNTER_JUMP`]).
@@ -892,20 +1160,132 @@ impl Node {
         match self.peer_index.get(&m.node) {
             Some(&i) => {
                 let p = &mut self.peers[i];
+                let mut news = false;
                 if m.incarnation > p.member.incarnation {
                     p.member = m;
+                    p.in_view = false;
                     p.heartbeat = 0;
                     p.leaving = false;
+                    news = true;
                 }
                 if m.incarnation == p.member.incarnation {
                     p.last_increase = now;
-                    p.dead = false;
-                    p.direct = true;
+                    if p.dead() || p.suspected() {
+                        if p.suspected() {
+                            self.counters.suspicions_refuted += 1;
+                        }
+                        news = true;
+                    }
+                    p.set_alive();
+                    if !p.direct {
+                        p.direct = true;
+                        self.direct_peers += 1;
+                        news = true;
+                    }
+                }
+                if news {
+                    self.announce(i);
                 }
             }
             None => {
                 let _ = self.insert_peer(now, m, 0, true);
             }
+        }
+    }
+
+    /// A claim that this node is suspected or failed at heartbeat `claimed`: refute it by
+    /// raising our heartbeat past it (the claim then loses to our next messages).
+    fn refute(&mut self, e: &HeartbeatEntry) {
+        if e.incarnation != self.incarnation || e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) == 0
+        {
+            return;
+        }
+        if e.heartbeat > self.heartbeat.saturating_add(MAX_REFUTE_JUMP) {
+            self.counters.implausible_heartbeats += 1;
+            return;
+        }
+        let need = e.heartbeat.saturating_add(1);
+        if need > self.heartbeat {
+            self.heartbeat = need;
+            self.counters.refutations += 1;
+        }
+    }
+
+    /// A relayed (or the sender's own) entry about known peer `i`.
+    fn merge_entry(&mut self, now: Time, i: usize, e: &HeartbeatEntry, own: bool) {
+        let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
+        let p = &mut self.peers[i];
+        if e.incarnation > p.member.incarnation {
+            if !own {
+                // A restart is learned from the node itself or from a view, never from a
+                // third party's word: that would evict a live member.
+                self.counters.relayed_incarnations_ignored += 1;
+                return;
+            }
+            p.member = Member {
+                node: e.node,
+                incarnation: e.incarnation,
+            };
+            p.in_view = false;
+            p.heartbeat = e.heartbeat;
+            p.last_increase = now;
+            p.set_alive();
+            p.leaving = leaving;
+            self.announce(i);
+            return;
+        }
+        if e.incarnation < p.member.incarnation {
+            return;
+        }
+        if leaving && !p.leaving {
+            p.leaving = true;
+            self.announce(i);
+            return;
+        }
+        if own {
+            // The node's own word (`touch` already took it as alive). A raised heartbeat
+            // is a refutation: news for everyone still holding the claim it refutes.
+            if e.heartbeat > p.heartbeat {
+                p.heartbeat = e.heartbeat;
+                self.announce(i);
+            }
+            return;
+        }
+        // A claim at an older heartbeat than ours was refuted (SWIM): we pass the
+        // refutation on again, since the claim travels among members that missed it (the
+        // refutation's news may have run its course). A member that did crash after the
+        // refutation is soon suspected at the current heartbeat by any member that probes
+        // it, and that claim every member accepts.
+        let stale_claim = e.heartbeat < p.heartbeat;
+        if e.flags & (HEARTBEAT_FLAG_DEAD | HEARTBEAT_FLAG_SUSPECT) != 0 && stale_claim {
+            if !p.dead() && !p.suspected() && p.gossip_left == 0 {
+                self.announce(i);
+            }
+        } else if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
+            if !p.dead() {
+                self.confirm_dead(now, i, e.heartbeat);
+            }
+        } else if e.flags & HEARTBEAT_FLAG_SUSPECT != 0 {
+            if !p.dead() && !p.suspected() {
+                self.suspect(now, i);
+            }
+        } else if e.heartbeat > p.heartbeat {
+            // A refutation: passed on whatever we held (a member that knows the current
+            // heartbeat ignores claims made at an older one).
+            p.heartbeat = e.heartbeat;
+            if p.dead() {
+                if e.heartbeat > p.hb_at_mark {
+                    p.set_alive();
+                    p.last_increase = now;
+                }
+            } else {
+                p.last_increase = now;
+                if p.suspected() && e.heartbeat > p.hb_at_mark {
+                    p.set_alive();
+                    self.counters.suspicions_refuted += 1;
+                }
+            }
+            self.announce(i);
         }
     }
 
@@ -916,60 +1296,84 @@ impl Node {
         header: &HeartbeatHeader,
         entries: impl Iterator<Item = HeartbeatEntry>,
     ) {
-        let revive_margin = self.suspect_rounds();
         let mut added = 0;
-        for e in entries {
+        let mut kind = 0;
+        let mut second = None;
+        for (k, e) in entries.enumerate() {
+            if k == 0 && e.node == from.node {
+                kind = e.flags & (HEARTBEAT_FLAG_PROBE | HEARTBEAT_FLAG_ACK | HEARTBEAT_FLAG_PING_REQ);
+            }
+            if k == 1 {
+                second = Some(e);
+            }
             if e.node == self.id {
+                self.refute(&e);
                 continue;
             }
-            let m = Member {
-                node: e.node,
-                incarnation: e.incarnation,
-            };
             let own = e.node == from.node;
-            // Leaving is the node's own word (or a view's), never a relay's.
-            let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
             match self.peer_index.get(&e.node) {
                 None if own => {
-                    if let Some(i) = self.insert_peer(now, m, e.heartbeat, true) {
-                        self.peers[i].leaving = leaving;
+                    if let Some(i) = self.insert_peer(now, from, e.heartbeat, true) {
+                        self.peers[i].leaving = e.flags & HEARTBEAT_FLAG_LEAVING != 0;
                     }
                 }
                 None => {
-                    // Named by a relay: keep it unverified and probe it; it enters views
-                    // once it answers.
+                    // Named by a relay: the coordinator of a view keeps it unverified and
+                    // probes it; it enters views once it answers. Other members, and nodes
+                    // still alone, learn members from views (a joiner named in news would
+                    // otherwise be probed by every node that hears of it, and answer each).
+                    // Obituaries teach nothing.
+                    if e.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) != 0
+                        || self.view.members.len() <= 1
+                        || self.coordinator() != self.id
+                    {
+                        continue;
+                    }
                     if added >= NEW_PEERS_PER_DATAGRAM {
                         self.counters.peers_full += 1;
                         continue;
                     }
+                    let m = Member {
+                        node: e.node,
+                        incarnation: e.incarnation,
+                    };
                     if self.insert_peer(now, m, e.heartbeat, false).is_some() {
                         added += 1;
-                        self.send_heartbeats_to(e.node, true);
+                        self.send_membership(e.node, 0, None);
                     }
                 }
-                Some(&i) => {
+                Some(&i) => self.merge_entry(now, i, &e, own),
+            }
+        }
+        // SWIM: answer a probe; serve a ping request; take a relayed ack as the answer to
+        // our probe of the node it names.
+        if kind & HEARTBEAT_FLAG_PROBE != 0 {
+            self.counters.acks_sent += 1;
+            self.send_membership(from.node, HEARTBEAT_FLAG_ACK, None);
+        }
+        if let Some(t) = second {
+            if kind & HEARTBEAT_FLAG_PING_REQ != 0
+                && t.node != self.id
+                && t.node != from.node
+                && self.relays.len() < MAX_RELAYS
+                && self.peer_index.contains_key(&t.node)
+            {
+                self.relays.push(Relay {
+                    target: t.node,
+                    requester: from.node,
+                    round: self.round,
+                });
+                self.counters.probes_sent += 1;
+                self.send_membership(t.node, HEARTBEAT_FLAG_PROBE, None);
+            }
+            if kind & HEARTBEAT_FLAG_ACK != 0 {
+                if let Some(&i) = self.peer_index.get(&t.node) {
                     let p = &mut self.peers[i];
-                    if e.incarnation > p.member.incarnation && e.node != from.node {
-                        // A restart is learned from the node itself or from a view, never
-                        // from a third party's word: that would evict a live member.
-                        self.counters.relayed_incarnations_ignored += 1;
-                    } else if e.incarnation > p.member.incarnation {
-                        p.member = m;
-                        p.heartbeat = e.heartbeat;
+                    if p.member.incarnation == t.incarnation
+                        && !p.dead()
+                        && self.probes.iter().any(|pr| pr.target == t.node)
+                    {
                         p.last_increase = now;
-                        p.dead = false;
-                        p.leaving = leaving;
-                    } else if e.incarnation == p.member.incarnation {
-                        if leaving {
-                            p.leaving = true;
-                        }
-                        if e.heartbeat > p.heartbeat {
-                            p.heartbeat = e.heartbeat;
-                            if !p.dead || e.heartbeat >= p.hb_at_death.saturating_add(revive_margin) {
-                                p.dead = false;
-                                p.last_increase = now;
-                            }
-                        }
                     }
                 }
             }
@@ -984,85 +1388,106 @@ impl Node {
             return;
         }
         self.max_counter = self.max_counter.max(claimed);
-        if their.newer_than(&self.view.id) && self.view_request_round != self.round {
-            // Views are accepted from their coordinator only: ask it.
-            self.view_request_round = self.round;
-            let to = if their.coordinator != self.id && self.peer_index.contains_key(&their.coordinator) {
-                their.coordinator
-            } else {
-                from.node
-            };
-            self.out.push(to, 0, |e| e.push_view_request());
+        if their.newer_than(&self.view.id) {
+            self.note_announcement(now, their, header.view_hash, from.node);
+            if their.newer_than(&self.view.id) && self.view_request_round != self.round {
+                // Pull it (once a round) from the member whose parts of it we hold in part,
+                // if any (its parts complete them), else from this one.
+                self.view_request_round = self.round;
+                let to = self
+                    .assembling
+                    .iter()
+                    .filter(|a| a.id == their)
+                    .max_by_key(|a| a.received_count)
+                    .map_or(from.node, |a| a.from);
+                self.out.push(to, 0, |e| e.push_view_request());
+            }
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
-        if !self.in_view.contains_key(&from.node) {
+        if kind == 0 && !self.in_our_view(from.node) {
             if let Some(&i) = self.peer_index.get(&from.node) {
                 if self.peers[i].replied_round != self.round {
                     self.peers[i].replied_round = self.round;
-                    self.send_heartbeats(from.node);
+                    self.send_membership(from.node, 0, None);
                 }
             }
         }
     }
 
-    /// Send our liveness table: our own entry, the coordinator's (so that its liveness,
-    /// the one every member depends on, spreads every round), then a rotating slice.
-    /// `only_self`: just our own entry (the per-round direct heartbeat to the coordinator).
-    fn send_heartbeats_to(&mut self, to: NodeId, only_self: bool) {
+    /// The entry for peer `p` as we relay it: suspected or failed at the heartbeat it was
+    /// at then, else alive at its heartbeat.
+    fn entry_of(p: &Peer) -> HeartbeatEntry {
+        let (flags, heartbeat) = if p.dead() {
+            (HEARTBEAT_FLAG_DEAD, p.hb_at_mark)
+        } else if p.suspected() {
+            (HEARTBEAT_FLAG_SUSPECT, p.hb_at_mark)
+        } else {
+            (0, p.heartbeat)
+        };
+        HeartbeatEntry {
+            node: p.member.node,
+            incarnation: p.member.incarnation,
+            heartbeat,
+            flags: flags | if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+        }
+    }
+
+    /// Sends a membership message: our own entry (with `kind`: a probe, an ack, a ping
+    /// request or 0 for plain gossip), `extra` (the node a ping request names, or the node
+    /// a relayed ack is for), then news piggybacked, at most `Settings::heartbeat_entries`
+    /// entries in all and within one datagram.
+    fn send_membership(&mut self, to: NodeId, kind: u32, extra: Option<HeartbeatEntry>) {
         let mut entries = std::mem::take(&mut self.scratch_hb);
         entries.clear();
         entries.push(HeartbeatEntry {
             node: self.id,
             incarnation: self.incarnation,
             heartbeat: self.heartbeat,
-            flags: if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
+            flags: kind | if self.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
         });
-        let coord = self.view.members.first().map(|m| m.node);
-        if !only_self {
-            if let Some(p) = coord
-                .filter(|c| *c != self.id)
-                .and_then(|c| self.peer_index.get(&c))
-                .map(|&i| &self.peers[i])
-            {
-                if !p.dead {
-                    entries.push(HeartbeatEntry {
-                        node: p.member.node,
-                        incarnation: p.member.incarnation,
-                        heartbeat: p.heartbeat,
-                        flags: if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
-                    });
-                }
+        entries.extend(extra);
+        // A member we suspect or hold failed hears it first, so that it refutes at once.
+        if let Some(p) = self.peer_index.get(&to).map(|&i| &self.peers[i]) {
+            if (p.suspected() || p.dead()) && extra.is_none_or(|x| x.node != to) {
+                entries.push(Self::entry_of(p));
             }
         }
-        let n = if only_self { 0 } else { self.peers.len() };
         // Entries that fit one datagram of `max_datagram` bytes.
         let fit = self.settings.max_datagram.saturating_sub(
             packet::DATAGRAM_HEADER_LEN
                 + packet::MESSAGE_HEADER_LEN
                 + core::mem::size_of::<HeartbeatHeader>(),
         ) / core::mem::size_of::<HeartbeatEntry>();
-        let want = self.settings.heartbeat_entries.min(fit).saturating_sub(1).min(n);
+        let want = self.settings.heartbeat_entries.max(2).min(fit);
+        let queued = self.news.len();
         let mut scanned = 0;
-        while entries.len() <= want && scanned < n {
-            let p = &self.peers[(self.hb_cursor + scanned) % n];
+        while entries.len() < want && scanned < queued {
             scanned += 1;
-            if !p.dead && p.direct {
-                entries.push(HeartbeatEntry {
-                    node: p.member.node,
-                    incarnation: p.member.incarnation,
-                    heartbeat: p.heartbeat,
-                    flags: if p.leaving { HEARTBEAT_FLAG_LEAVING } else { 0 },
-                });
+            let Some(node) = self.news.pop_front() else {
+                break;
+            };
+            let Some(&i) = self.peer_index.get(&node) else {
+                continue;
+            };
+            let p = &mut self.peers[i];
+            if p.gossip_left == 0 || entries.iter().any(|e| e.node == node) {
+                if p.gossip_left > 0 {
+                    self.news.push_back(node);
+                }
+                continue;
             }
-        }
-        if n > 0 {
-            self.hb_cursor = (self.hb_cursor + scanned) % n;
+            entries.push(Self::entry_of(p));
+            p.gossip_left -= 1;
+            if p.gossip_left > 0 {
+                self.news.push_back(node);
+            }
         }
         let header = HeartbeatHeader {
             view_counter: self.view.id.counter,
             view_coordinator: self.view.id.coordinator,
             view_coordinator_incarnation: self.view.id.coordinator_incarnation,
             max_counter: self.max_counter,
+            view_hash: self.view_hash,
         };
         self.counters.heartbeats_sent += 1;
         let body = core::mem::size_of::<HeartbeatHeader>() + std::mem::size_of_val(entries.as_slice());
@@ -1072,7 +1497,111 @@ impl Node {
     }
 
     fn send_heartbeats(&mut self, to: NodeId) {
-        self.send_heartbeats_to(to, false);
+        self.send_membership(to, 0, None);
+    }
+
+    /// The next member to probe: round-robin over a shuffled list of the view's members
+    /// and the verified peers outside it, shuffled anew each time it is walked.
+    fn next_probe_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while self.probe_pos < self.probe_order.len() {
+                let t = self.probe_order[self.probe_pos];
+                self.probe_pos += 1;
+                let ok = self
+                    .peer_index
+                    .get(&t)
+                    .map(|&i| &self.peers[i])
+                    .is_some_and(|p| !p.dead() && !p.leaving && p.direct);
+                if ok && !self.probes.iter().any(|p| p.target == t) {
+                    return Some(t);
+                }
+            }
+            self.probe_order.clear();
+            self.probe_order.extend(
+                self.peers
+                    .iter()
+                    .filter(|p| !p.dead() && !p.leaving && p.direct)
+                    .map(|p| p.member.node),
+            );
+            for i in (1..self.probe_order.len()).rev() {
+                self.probe_order.swap(i, self.rng.gen_range(0..=i));
+            }
+            self.probe_pos = 0;
+            if self.probe_order.is_empty() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// SWIM's round: probes of the last rounds not answered go indirect, then suspected;
+    /// suspicions time out into failures; one new member is probed.
+    fn failure_detection(&mut self, now: Time) {
+        let probes = std::mem::take(&mut self.probes);
+        for mut pr in probes {
+            let Some(&i) = self.peer_index.get(&pr.target) else {
+                continue;
+            };
+            let p = &self.peers[i];
+            if p.dead() || p.leaving || p.last_increase >= pr.sent_at {
+                continue;
+            }
+            if !pr.indirect || pr.cycles < PROBE_CYCLES {
+                if pr.indirect {
+                    // Another cycle: probe it again directly, as well as through others.
+                    pr.cycles += 1;
+                    self.counters.probes_sent += 1;
+                    self.send_membership(pr.target, HEARTBEAT_FLAG_PROBE, None);
+                }
+                pr.indirect = true;
+                let p = &self.peers[i];
+                let target = Self::entry_of(p);
+                let target = HeartbeatEntry { flags: 0, ..target };
+                let mut helpers = std::mem::take(&mut self.scratch_targets);
+                helpers.clear();
+                self.pick_view_targets(PING_REQ_FANOUT + 1, &mut helpers);
+                helpers.retain(|h| *h != pr.target);
+                helpers.truncate(PING_REQ_FANOUT);
+                for &h in &helpers {
+                    self.counters.ping_reqs_sent += 1;
+                    self.send_membership(h, HEARTBEAT_FLAG_PING_REQ, Some(target));
+                }
+                self.scratch_targets = helpers;
+                self.probes.push(pr);
+            } else if !self.peers[i].suspected() {
+                self.counters.suspicions_raised += 1;
+                self.suspect(now, i);
+            }
+        }
+        let timeout = self.effective_suspect_timeout();
+        let unverified_timeout = self.settings.suspect_timeout;
+        for i in 0..self.peers.len() {
+            let p = &self.peers[i];
+            if p.dead() {
+                continue;
+            }
+            if (p.suspected() && now.saturating_sub(p.since) > timeout)
+                || (!p.direct && now.saturating_sub(p.last_increase) > unverified_timeout)
+            {
+                let hb = p.heartbeat;
+                self.confirm_dead(now, i, hb);
+            }
+        }
+        let round = self.round;
+        self.relays
+            .retain(|r| round.wrapping_sub(r.round) <= RELAY_ROUNDS);
+        if self.probes.len() < MAX_PROBES {
+            if let Some(t) = self.next_probe_target() {
+                self.probes.push(Probe {
+                    target: t,
+                    sent_at: now,
+                    indirect: false,
+                    cycles: 1,
+                });
+                self.counters.probes_sent += 1;
+                self.send_membership(t, HEARTBEAT_FLAG_PROBE, None);
+            }
+        }
     }
 
     /// Sends our view to `to`, in parts that each fit a datagram of `max_datagram` bytes.
@@ -1144,18 +1673,15 @@ impl Node {
             coordinator: header.coordinator,
             coordinator_incarnation: header.coordinator_incarnation,
         };
-        if from != id.coordinator {
-            self.counters.views_refused += 1;
-            return;
-        }
         if !self.plausible_counter(id.counter) {
             return;
         }
-        self.max_counter = self.max_counter.max(id.counter);
         if !id.newer_than(&self.view.id) {
             return;
         }
-        let i = match self.assembling.iter().position(|a| a.id == id) {
+        // Parts are assembled per sender: another member's parts of the same view id
+        // (perhaps forged) never mix with them.
+        let i = match self.assembling.iter().position(|a| a.id == id && a.from == from) {
             Some(i) => {
                 let a = &self.assembling[i];
                 if (a.parts, a.members, a.groups) != (header.parts, header.members, header.groups) {
@@ -1175,10 +1701,13 @@ impl Node {
                     return;
                 }
                 if self.assembling.len() >= VIEW_ASSEMBLIES {
-                    // Keep the newest: give up the oldest held, or this part if it is older.
+                    // Keep the newest: give up the oldest held (of the oldest view, the
+                    // one with the fewest parts), or this part if its view is older.
                     let oldest = (0..self.assembling.len())
                         .reduce(|o, j| {
-                            if self.assembling[o].id.newer_than(&self.assembling[j].id) {
+                            let (a, b) = (&self.assembling[o], &self.assembling[j]);
+                            if a.id.newer_than(&b.id) || (a.id == b.id && b.received_count < a.received_count)
+                            {
                                 j
                             } else {
                                 o
@@ -1186,13 +1715,14 @@ impl Node {
                         })
                         .unwrap_or(0);
                     self.counters.view_assemblies_dropped += 1;
-                    if !id.newer_than(&self.assembling[oldest].id) {
+                    if self.assembling[oldest].id.newer_than(&id) {
                         return;
                     }
                     self.assembling.swap_remove(oldest);
                 }
                 self.assembling.push(ViewAssembly {
                     id,
+                    from,
                     parts: header.parts,
                     members: header.members,
                     groups: header.groups,
@@ -1218,7 +1748,17 @@ impl Node {
         }
         match self.assembling.swap_remove(i).build() {
             Some(view) => {
-                self.handle_view(now, view);
+                let hash = view.content_hash();
+                if from == view.id.coordinator || self.vouched(view.id, hash) {
+                    self.handle_view(now, from, view, hash);
+                } else if self
+                    .unvouched
+                    .as_ref()
+                    .is_none_or(|(v, _)| !v.id.newer_than(&view.id))
+                {
+                    // Held until its coordinator or a second member vouches for it.
+                    self.unvouched = Some((view, hash));
+                }
                 let current = self.view.id;
                 self.assembling.retain(|a| a.id.newer_than(&current));
             }
@@ -1226,7 +1766,59 @@ impl Node {
         }
     }
 
-    fn handle_view(&mut self, now: Time, view: View) {
+    /// Whether view `(id, hash)` may be installed from a member other than its coordinator:
+    /// its coordinator announced it to us, or two distinct members did (so that one hostile
+    /// member cannot make us install a view it forged in the coordinator's name).
+    fn vouched(&self, id: ViewId, hash: u64) -> bool {
+        self.announced
+            .iter()
+            .any(|a| a.id == id && a.hash == hash && (a.by_coordinator || a.second.is_some()))
+    }
+
+    /// Member `from` says its view is `(id, hash)` (newer than ours).
+    fn note_announcement(&mut self, now: Time, id: ViewId, hash: u64, from: NodeId) {
+        match self.announced.iter_mut().find(|a| a.id == id && a.hash == hash) {
+            Some(a) => {
+                if a.by != from && a.second.is_none() {
+                    a.second = Some(from);
+                }
+                a.by_coordinator |= from == id.coordinator;
+            }
+            None => {
+                if self.announced.len() >= MAX_ANNOUNCED_VIEWS {
+                    // Forget the oldest announcement.
+                    if let Some(k) = (0..self.announced.len()).min_by_key(|&k| {
+                        let a = &self.announced[k];
+                        (
+                            a.id.counter,
+                            std::cmp::Reverse((a.id.coordinator_incarnation, a.id.coordinator)),
+                        )
+                    }) {
+                        self.announced.swap_remove(k);
+                    }
+                }
+                self.announced.push(Announced {
+                    id,
+                    hash,
+                    by: from,
+                    second: None,
+                    by_coordinator: from == id.coordinator,
+                });
+            }
+        }
+        if self
+            .unvouched
+            .as_ref()
+            .is_some_and(|(v, h)| v.id == id && *h == hash)
+            && self.vouched(id, hash)
+        {
+            if let Some((v, h)) = self.unvouched.take() {
+                self.handle_view(now, from, v, h);
+            }
+        }
+    }
+
+    fn handle_view(&mut self, now: Time, from: NodeId, view: View, hash: u64) {
         self.max_counter = self.max_counter.max(view.id.counter);
         if !view.id.newer_than(&self.view.id) || !view.contains(self.me()) {
             return;
@@ -1240,23 +1832,27 @@ impl Node {
             self.counters.views_refused += 1;
             return;
         }
-        self.touch(
-            now,
-            Member {
-                node: view.id.coordinator,
-                incarnation: view.id.coordinator_incarnation,
-            },
-        );
+        if from == view.id.coordinator {
+            self.touch(now, coordinator);
+        }
         for m in &view.members {
             if m.node == self.id {
                 continue;
             }
             match self.peer_index.get(&m.node) {
                 None => {
-                    let _ = self.insert_peer(now, *m, 0, true);
+                    // Learned from the view, which spreads itself: no news of it (a view of
+                    // n new members would otherwise queue n news items at every member,
+                    // ahead of the suspicions and refutations that must travel fast).
+                    if let Some(i) = self.insert_peer(now, *m, 0, true) {
+                        self.peers[i].gossip_left = 0;
+                    }
                 }
                 Some(&i) if self.peers[i].member.incarnation == m.incarnation => {
-                    self.peers[i].direct = true;
+                    if !self.peers[i].direct {
+                        self.peers[i].direct = true;
+                        self.direct_peers += 1;
+                    }
                 }
                 // The coordinator saw the node restart: so do we.
                 Some(&i) if self.peers[i].member.incarnation < m.incarnation => {
@@ -1264,20 +1860,33 @@ impl Node {
                     p.member = *m;
                     p.heartbeat = 0;
                     p.last_increase = now;
-                    p.dead = false;
+                    p.set_alive();
                     p.leaving = false;
-                    p.direct = true;
+                    p.set_alive();
+                    if !p.direct {
+                        p.direct = true;
+                        self.direct_peers += 1;
+                    }
                 }
                 Some(_) => {}
             }
         }
-        self.install(now, Arc::new(view));
+        let view = match &self.view_cache {
+            Some(c) => c.intern(view, hash),
+            None => Arc::new(view),
+        };
+        self.install(now, view);
     }
 
     fn install(&mut self, now: Time, view: Arc<View>) {
-        self.in_view.clear();
+        for p in &mut self.peers {
+            p.in_view = false;
+        }
         for m in &view.members {
-            self.in_view.insert(m.node, m.incarnation);
+            if let Some(&i) = self.peer_index.get(&m.node) {
+                let p = &mut self.peers[i];
+                p.in_view = p.member.incarnation == m.incarnation;
+            }
         }
         with_ctx!(self, now, |ctx, groups| {
             for (gid, g) in groups.iter_mut() {
@@ -1287,6 +1896,8 @@ impl Node {
                 }
             }
         });
+        self.view_hash = view.content_hash();
+        self.installed_round = self.round;
         self.view = view.clone();
         self.counters.views_installed += 1;
         if self.events.len() < self.settings.max_pending_events {
@@ -1325,22 +1936,32 @@ impl Node {
         if self.coordinator() != self.id || self.leaving {
             return;
         }
+        // A large view is pulled by every member in about log2(n) rounds: install at most
+        // one per half that, batching the changes meanwhile (members would otherwise pull
+        // a view per round while joins trickle in).
+        let n = self.view.members.len();
+        let gap = if n <= VIEW_PUSH_ALL {
+            1
+        } else {
+            (usize::BITS - n.leading_zeros()).div_ceil(2)
+        };
+        if self.round.wrapping_sub(self.installed_round) < gap {
+            return;
+        }
         let my_age = self.me().age_key();
         // An older live node outside our view will merge us: wait for it.
-        if self.peers.iter().any(|p| {
-            !p.dead
-                && !p.leaving
-                && p.direct
-                && p.member.age_key() < my_age
-                && self.in_view.get(&p.member.node) != Some(&p.member.incarnation)
-        }) {
+        if self
+            .peers
+            .iter()
+            .any(|p| !p.dead() && !p.leaving && p.direct && p.member.age_key() < my_age && !p.in_view)
+        {
             return;
         }
         let mut members: Vec<Member> = vec![self.me()];
         members.extend(
             self.peers
                 .iter()
-                .filter(|p| !p.dead && !p.leaving && p.direct)
+                .filter(|p| !p.dead() && !p.leaving && p.direct)
                 .map(|p| p.member),
         );
         members.sort_by_key(|m| m.age_key());
@@ -1400,10 +2021,16 @@ impl Node {
             groups,
         });
         self.install(now, view.clone());
-        for m in &view.members {
-            if m.node != self.id {
-                self.send_view(m.node);
-            }
+        // Small views go to every member; large ones to a few, from whom the others pull
+        // them (by id and hash, seen in heartbeats): the coordinator sends O(fanout) views.
+        let mut to: Vec<NodeId> = Vec::new();
+        if view.members.len() <= VIEW_PUSH_ALL {
+            to.extend(view.members.iter().map(|m| m.node).filter(|n| *n != self.id));
+        } else {
+            self.pick_view_targets(VIEW_PUSH_FANOUT, &mut to);
+        }
+        for t in to {
+            self.send_view(t);
         }
     }
 
@@ -1430,51 +2057,40 @@ impl Node {
         if self.round == NO_ROUND {
             self.round = 0;
         }
-        self.heartbeat = self.heartbeat.wrapping_add(1);
-        // Suspicion and forgetting.
         self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
-        let timeout = self.effective_suspect_timeout();
+        self.failure_detection(now);
+        // Forgetting: unverified peers once failed, others `forget_after` after failing.
         let forget = self.settings.forget_after;
-        let mut forgot = false;
-        for p in &mut self.peers {
-            if !p.dead && now.saturating_sub(p.last_increase) > timeout {
-                p.dead = true;
-                p.dead_since = now;
-                p.hb_at_death = p.heartbeat;
-            }
-            if p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget) {
-                forgot = true;
-            }
-        }
-        if forgot {
-            self.peers
-                .retain(|p| !(p.dead && (!p.direct || now.saturating_sub(p.dead_since) > forget)));
+        let gone = |p: &Peer| p.dead() && (!p.direct || now.saturating_sub(p.since) > forget);
+        if self.peers.iter().any(gone) {
+            self.peers.retain(|p| !gone(p));
             self.peer_index.clear();
             for (i, p) in self.peers.iter().enumerate() {
                 self.peer_index.insert(p.member.node, i);
             }
+            self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
         }
         self.coordinate(now);
 
-        // Membership gossip: `fanout` view members, or the seeds while alone.
+        // Plain membership gossip: the seeds while alone; the coordinator also probes
+        // seeds and one known node outside the view (how partitions merge). Liveness
+        // within the view is SWIM's probes (`failure_detection`): nobody heartbeats the
+        // coordinator directly.
         let mut targets = std::mem::take(&mut self.scratch_targets);
         targets.clear();
-        self.pick_view_targets(self.settings.gossip_fanout, &mut targets);
         if self.view.members.len() <= 1 {
             targets.extend(self.seeds.iter().copied());
         }
-        let coordinator = self.coordinator() == self.id;
-        if coordinator {
-            // Probe seeds and one known node outside the view: how partitions merge.
+        if self.coordinator() == self.id {
             for &s in &self.seeds {
-                if !self.in_view.contains_key(&s) && !targets.contains(&s) {
+                if !self.in_our_view(s) && !targets.contains(&s) {
                     targets.push(s);
                 }
             }
             let outside: Vec<NodeId> = self
                 .peers
                 .iter()
-                .filter(|p| !p.leaving && self.in_view.get(&p.member.node) != Some(&p.member.incarnation))
+                .filter(|p| !p.leaving && !p.in_view)
                 .map(|p| p.member.node)
                 .collect();
             if !outside.is_empty() {
@@ -1487,15 +2103,8 @@ impl Node {
         for &t in &targets {
             self.send_heartbeats(t);
         }
-        // Every member heartbeats the coordinator directly each round (one small message):
-        // the coordinator's view decisions then rest on first-hand liveness, not on gossip
-        // whose staleness grows with the cluster. Costs the coordinator n messages a round.
-        if !coordinator && self.view.members.len() > 1 {
-            let c = self.coordinator();
-            if c != self.id && !targets.contains(&c) {
-                self.send_heartbeats_to(c, true);
-            }
-        }
+        // Digest targets for the groups below: the probed members.
+        targets.extend(self.probes.iter().filter(|p| !p.indirect).map(|p| p.target));
         // Group membership requests not yet reflected in the view (our stream included).
         let me = self.id;
         let joins: Vec<(GroupId, u32)> = self
@@ -1562,7 +2171,6 @@ impl Node {
         std::mem::size_of::<Self>()
             + self.peers.capacity() * std::mem::size_of::<Peer>()
             + self.peer_index.capacity() * 16
-            + self.in_view.capacity() * 16
             + self.view.members.capacity() * 8
             + self
                 .view
@@ -1583,8 +2191,18 @@ mod tests {
 
     /// Deliver every transmit at once between `nodes` (ids = indices), for `rounds` rounds.
     fn run(nodes: &mut [Node], until: Time, drop: impl Fn(NodeId, NodeId) -> bool) -> Vec<(NodeId, Event)> {
+        run_from(nodes, 0, until, drop)
+    }
+
+    /// As `run`, from time `from`.
+    fn run_from(
+        nodes: &mut [Node],
+        from: Time,
+        until: Time,
+        drop: impl Fn(NodeId, NodeId) -> bool,
+    ) -> Vec<(NodeId, Event)> {
         let mut events = Vec::new();
-        let mut now = 0;
+        let mut now = from;
         while now <= until {
             for n in nodes.iter_mut() {
                 n.handle_timeout(now);
@@ -1745,7 +2363,7 @@ mod tests {
     #[test]
     fn a_large_cluster_converges_with_views_in_parts() {
         let mut nodes = cluster(200);
-        run(&mut nodes, 3_000 * MILLIS, |_, _| false);
+        run(&mut nodes, 6_000 * MILLIS, |_, _| false);
         let v = nodes[0].view().clone();
         assert_eq!(v.members.len(), 200);
         assert_eq!(v.group(7).map(|m| m.len()), Some(200));
@@ -1754,9 +2372,22 @@ mod tests {
             assert_eq!(n.counters().bad_view_parts, 0);
         }
         assert_no_oversize(&nodes);
+        // Views are pulled from members, not unicast by the coordinator to each.
+        let by_others: u64 = nodes[1..].iter().map(|n| n.counters().views_sent).sum();
+        let by_coordinator = nodes[0].counters().views_sent;
         assert!(
-            nodes[0].counters().views_sent > 199 * 3,
-            "views are sent in several parts"
+            by_coordinator < by_others,
+            "the coordinator sent {by_coordinator} view parts, the members {by_others}"
+        );
+        // Once the view is stable the coordinator is not heartbeated by every member each
+        // round (SWIM probes one member a round): it receives O(1) datagrams a round.
+        let (r0, d0) = (nodes[0].round(), nodes[0].counters().datagrams_received);
+        run_from(&mut nodes, 6_010 * MILLIS, 8_000 * MILLIS, |_, _| false);
+        let rounds = u64::from(nodes[0].round() - r0);
+        let received = nodes[0].counters().datagrams_received - d0;
+        assert!(
+            received < rounds * 10,
+            "the coordinator received {received} datagrams in {rounds} rounds"
         );
     }
 

@@ -77,12 +77,16 @@ pub struct Settings {
     /// Streams a member tracks per group (sender states). A stream heard of beyond it is
     /// ignored and counted (`Counters::streams_full`).
     pub max_streams: usize,
-    /// Heartbeat entries per membership gossip (the node itself plus a rotating slice of
-    /// its table). Larger: fresher liveness knowledge at scale, bigger datagrams.
+    /// Entries per membership message (SWIM probe, ack, ping request): the sender's own,
+    /// then news of other members piggybacked (joins, suspicions, failures, refutations;
+    /// each sent `GOSSIP_LAMBDA * ceil(log10(n + 1))` times by each member). Larger: news spreads in fewer
+    /// messages, bigger datagrams (16 B per entry; capped to fit `max_datagram`).
     pub heartbeat_entries: usize,
-    /// A member whose heartbeat has not grown for this long (plus a term that grows with
-    /// cluster size over `heartbeat_entries`) is suspected and removed from the view.
-    /// Shorter: faster failure detection, more false suspicions of slow members.
+    /// Base of SWIM's suspicion timeout: a member whose probe and ping requests went
+    /// unanswered is suspected, and failed (removed from the view) if nothing refutes the
+    /// suspicion within this plus `SUSPICION_ROUNDS_PER_LOG2` gossip periods per doubling
+    /// of the cluster (see [`Settings::suspicion_timeout`]). Shorter: faster failure
+    /// detection, more false suspicions of slow members.
     pub suspect_timeout: Time,
     /// How long a failed node stays in the table (for merges after a partition heals).
     /// Longer: partitions that last longer still merge without seeds, more table memory.
@@ -122,7 +126,7 @@ impl Default for Settings {
             max_tombstones: 4096,
             max_peers: 1 << 16,
             max_streams: 1 << 16,
-            heartbeat_entries: 256,
+            heartbeat_entries: 32,
             suspect_timeout: 2_000 * MILLIS,
             forget_after: 60_000 * MILLIS,
             max_datagram: 1472,
@@ -135,7 +139,19 @@ impl Default for Settings {
     }
 }
 
+/// Gossip periods added to the suspicion timeout per doubling of the cluster (Lifeguard's
+/// suspicion timeout grows with log n, so that news of a refutation reaches the members
+/// that heard the suspicion before they confirm it).
+pub const SUSPICION_ROUNDS_PER_LOG2: u64 = 2;
+
 impl Settings {
+    /// SWIM's suspicion timeout in a cluster of `n` members:
+    /// `suspect_timeout + SUSPICION_ROUNDS_PER_LOG2 * ceil(log2(n + 1)) * gossip_period`.
+    pub fn suspicion_timeout(&self, n: usize) -> Time {
+        let log = u64::from(usize::BITS - n.leading_zeros());
+        self.suspect_timeout + SUSPICION_ROUNDS_PER_LOG2 * log * self.gossip_period
+    }
+
     /// Payload bytes per fragment: what a datagram of `max_datagram` holds after its
     /// header, one message header and one data header.
     pub fn fragment_payload(&self) -> usize {

@@ -105,6 +105,7 @@ fn a_heartbeat_with_max_counter_u64_max_does_not_freeze_view_changes() {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: u64::MAX,
+        view_hash: 0,
     };
     // Insider node 3 sends it to everyone (its own heartbeat entry, as usual).
     let entry = HeartbeatEntry {
@@ -204,9 +205,10 @@ fn heartbeats_naming_100k_invented_nodes_keep_the_peer_table_bounded() {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: v.counter,
+        view_hash: 0,
     };
     let before = c.nodes[0].state_bytes();
-    let per = max_entries(24, 16);
+    let per = max_entries(32, 16);
     let invented: Vec<HeartbeatEntry> = (0..100_000u32)
         .map(|k| HeartbeatEntry {
             node: 10_000 + k,
@@ -275,6 +277,7 @@ fn an_invented_older_node_named_in_heartbeats_does_not_freeze_views() {
                 view_coordinator: v.coordinator,
                 view_coordinator_incarnation: v.coordinator_incarnation,
                 max_counter: v.counter,
+                view_hash: 0,
             };
             beat += 1;
             let e = HeartbeatEntry {
@@ -362,6 +365,7 @@ fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: v.counter,
+        view_hash: 0,
     };
     let e = HeartbeatEntry {
         node: 2,
@@ -395,6 +399,7 @@ fn a_leaving_flag_relayed_by_a_third_party_does_not_evict_a_member() {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: v.counter,
+        view_hash: 0,
     };
     let e = HeartbeatEntry {
         node: 2,

@@ -495,13 +495,14 @@ impl Resolver<'_> {
                     heartbeat: k,
                     flags: 0,
                 }));
-                let room = e.remaining_body().saturating_sub(24) / 16;
+                let room = e.remaining_body().saturating_sub(32) / 16;
                 es.truncate(room);
                 let h = HeartbeatHeader {
                     view_counter: self.counter(view_counter),
                     view_coordinator: self.who(coordinator),
                     view_coordinator_incarnation: *coordinator_incarnation,
                     max_counter: self.counter(max_counter),
+                    view_hash: 0,
                 };
                 e.push_heartbeats(&h, &es)
             }
@@ -770,8 +771,7 @@ fn honest_view_parts(c: &Cluster) -> usize {
 
 /// The stated convergence bound of the honest cluster (as `tutti_sim`'s).
 fn convergence_bound(s: &Settings) -> Time {
-    let per = s.heartbeat_entries.max(2) as u64 - 1;
-    let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(HONEST) + 1).div_ceil(per);
+    let eff = s.suspicion_timeout(HONEST as usize);
     2 * eff + 30 * s.gossip_period
 }
 
@@ -917,7 +917,8 @@ fn the_checks_pass_without_an_attack() {
 
 // ------------------------------------------------------------------ table sizes
 
-/// The peer table holds at most `heartbeat_entries` nodes beyond the view, and a group at
+/// The peer table holds at most `MAX_UNVERIFIED_PEERS` nodes beyond the view (and gains at
+/// most `NEW_PEERS_PER_DATAGRAM` per datagram), and a group at
 /// most `max_tombstones + digest_entries` streams, whatever ids the attacker names.
 #[test]
 fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
@@ -929,6 +930,7 @@ fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: v.counter,
+        view_hash: 0,
     };
     for round in 0..20u32 {
         let hb: Vec<HeartbeatEntry> = (0..4000u32)
@@ -954,8 +956,10 @@ fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
         c.inject(1, ATTACKER, &digest(ATTACKER, GROUP, r, &dg));
         c.step();
         let peers = c.nodes[0].peer_count();
+        let bound =
+            tutti_proto::MAX_UNVERIFIED_PEERS.min(tutti_proto::NEW_PEERS_PER_DATAGRAM * (round as usize + 1));
         assert!(
-            peers <= c.nodes[0].view().members.len() + s.heartbeat_entries,
+            peers <= c.nodes[0].view().members.len() + bound,
             "node 0 has {peers} peers"
         );
         let streams = c.nodes[1].stream_count(GROUP);

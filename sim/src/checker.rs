@@ -17,6 +17,7 @@
 
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use tutti_proto::{Member, NodeId, Time, View, ViewId};
 
 /// A node instance: a node in one incarnation (a restart starts a new instance).
@@ -146,6 +147,8 @@ pub struct Checker {
     expected_next: HashMap<StreamAt, u64>,
     /// View id -> (hash of the members, hash of the groups).
     views: HashMap<ViewId, (u64, u64)>,
+    /// Per view id, the last shared copy checked against `views` (see `on_view_at`).
+    hashed: HashMap<ViewId, Weak<View>>,
     /// Per instance, per group it was in: since when every view it installed listed it in
     /// the group (None: the last one did not).
     group_member: HashMap<Instance, Vec<(u64, Option<Time>)>>,
@@ -377,8 +380,25 @@ impl Checker {
 
     /// A view installed at `at` at time `now`: as `on_view`, and tracks the instance's
     /// group membership for `check_delivered_or_lost`.
-    pub fn on_view_at(&mut self, at: Instance, now: Time, view: &View) {
-        self.on_view(at, view);
+    pub fn on_view_at(&mut self, at: Instance, now: Time, view: &Arc<View>) {
+        // A view shared by many nodes (interned) is hashed once: the weak reference keeps
+        // its allocation, so the address names this view until it is replaced.
+        let shared = self
+            .hashed
+            .get(&view.id)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(view)));
+        if shared {
+            let me = Member {
+                node: at.0,
+                incarnation: at.1,
+            };
+            if !view.contains(me) {
+                self.violation(format!("{at:?} installed view {:?} without being in it", view.id));
+            }
+        } else {
+            self.on_view(at, view);
+            self.hashed.insert(view.id, Arc::downgrade(view));
+        }
         let entries = self.group_member.entry(at).or_default();
         for gv in &view.groups {
             if gv.members.contains(&at.0) && !entries.iter().any(|e| e.0 == gv.id) {
@@ -814,7 +834,7 @@ mod tests {
         let nodes: Vec<NodeId> = (1..=n).collect();
         let v = view(1, &nodes);
         for i in 1..=n {
-            c.on_view_at((i, 1), 0, &v);
+            c.on_view_at((i, 1), 0, &Arc::new(v.clone()));
         }
         (1..=n).map(|i| (i, 1)).collect()
     }

@@ -112,6 +112,7 @@ fn heartbeat_header(node: &Node, max_counter: u64) -> HeartbeatHeader {
         view_coordinator: v.coordinator,
         view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter,
+        view_hash: node.view_hash(),
     }
 }
 

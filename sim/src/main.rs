@@ -41,6 +41,21 @@ struct Args {
     /// Crash NODE:AT_MS[:RESTART_MS] (relative to the workload start). Repeatable.
     #[arg(long)]
     crash: Vec<String>,
+    /// Crash this many nodes (spread evenly over the ids, never node 0 or a sender) at
+    /// --crash-at-ms, for good: measures failure detection (report: crash_removal_ms_*).
+    #[arg(long, default_value_t = 0)]
+    crash_count: u32,
+    /// Membership only: nodes join no group and nothing is multicast (failure detection
+    /// and views at sizes whose multicast state would not fit; use with --messages 0).
+    #[arg(long)]
+    membership_only: bool,
+    /// Keep the run going at least this long after the workload start (ms): e.g. to count
+    /// false suspicions over a stretch of simulated time.
+    #[arg(long, default_value_t = 0)]
+    run_ms: u64,
+    /// When the --crash-count nodes crash (relative to the workload start).
+    #[arg(long, default_value_t = 200)]
+    crash_at_ms: u64,
     /// Datagram duplication probability.
     #[arg(long, default_value_t = 0.0)]
     duplicate: f64,
@@ -271,6 +286,30 @@ fn build(a: &Args) -> Result<Scenario, String> {
             restart: parts.get(2).map(|r| parse_ms(r, "--crash restart")).transpose()?,
             leave: false,
         });
+    }
+    if a.membership_only && a.messages > 0 {
+        return Err("--membership-only multicasts nothing: use it with --messages 0".into());
+    }
+    sc.membership_only = a.membership_only;
+    sc.min_run = a.run_ms * MILLIS;
+    if a.crash_count > 0 {
+        let first = a.senders.max(1);
+        let span = a.nodes.saturating_sub(first);
+        if a.crash_count > span {
+            return Err(format!(
+                "--crash-count {} exceeds the {span} nodes that are neither node 0 nor a sender",
+                a.crash_count
+            ));
+        }
+        for k in 0..a.crash_count {
+            let node = first + (u64::from(k) * u64::from(span) / u64::from(a.crash_count)) as u32;
+            sc.crashes.push(Crash {
+                node,
+                at: a.crash_at_ms * MILLIS,
+                restart: None,
+                leave: false,
+            });
+        }
     }
     Ok(sc)
 }

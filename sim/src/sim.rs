@@ -7,8 +7,10 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use tutti_proto::{Delivery, Event, Node, NodeId, Settings, Time, MILLIS, SLOT_OVERHEAD};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use tutti_proto::{
+    Delivery, Event, Node, NodeId, Settings, Time, View, ViewCache, ViewId, MILLIS, SLOT_OVERHEAD,
+};
 use tutti_wire::packet::{self, Message};
 
 const MICROS: Time = 1_000;
@@ -110,6 +112,12 @@ pub struct Scenario {
     pub settings: Settings,
     /// Give up waiting for the first view if it takes longer than this.
     pub max_bootstrap: Time,
+    /// Membership only: nodes join no group (measures failure detection and views at
+    /// sizes whose per-member multicast state would not fit).
+    pub membership_only: bool,
+    /// Keep the run going at least this long after the workload start (e.g. to count
+    /// false suspicions over a stretch of time).
+    pub min_run: Time,
     /// Replace the stated convergence bound (to measure how long convergence takes).
     pub convergence_bound_override: Option<Time>,
     /// Hostile members: they run the protocol and, while the workload is sent, send honest
@@ -146,6 +154,8 @@ impl Scenario {
             quiet_until: Vec::new(),
             settings: Settings::default(),
             max_bootstrap: 30_000 * MILLIS,
+            membership_only: false,
+            min_run: 0,
             convergence_bound_override: None,
             hostile: Vec::new(),
             hostile_attacks: HostileAttack::DEFAULT.to_vec(),
@@ -316,6 +326,7 @@ impl Scenario {
             .map(|r| r.join.unwrap_or(r.leave))
             .max()
             .unwrap_or(0)
+            .max(self.min_run)
     }
 
     /// Size of message `index`'s payload.
@@ -392,8 +403,7 @@ impl Scenario {
             return b;
         }
         let s = &self.settings;
-        let per = s.heartbeat_entries.max(2) as u64 - 1;
-        let eff = s.suspect_timeout + s.gossip_period * 4 * (u64::from(self.nodes) + 1).div_ceil(per);
+        let eff = s.suspicion_timeout(self.nodes as usize);
         2 * eff + 30 * s.gossip_period
     }
 }
@@ -493,6 +503,27 @@ pub struct Report {
     /// Attacks hostile members made, and the datagrams they sent for them.
     pub hostile_attacks: u64,
     pub hostile_datagrams: u64,
+    /// Failure detection: per node crashed for good, the time from its crash until the
+    /// coordinator's installed view no longer holds it (ms): median, 99th percentile,
+    /// and how many crashed nodes were still in that view at the end.
+    pub crash_removal_ms_p50: Option<f64>,
+    pub crash_removal_ms_p99: Option<f64>,
+    pub crashed_not_removed: u64,
+    /// SWIM: suspicions raised by live nodes' own probes, and peers confirmed failed, in
+    /// all; with no crash (and no partition) every one is false, and the rate per member
+    /// and hour of simulated time is reported.
+    pub suspicions_raised: u64,
+    pub peers_confirmed_dead: u64,
+    pub false_suspicions_per_member_hour: Option<f64>,
+    /// Live members dropped from the coordinator's view after the workload start (each a
+    /// false failure detection), in all.
+    pub false_removals: u64,
+    /// Membership datagrams (probes, acks, ping requests, gossip) per live member per
+    /// gossip round over the run, and all datagrams per member per round.
+    pub membership_datagrams_per_member_round: f64,
+    pub datagrams_per_member_round: f64,
+    /// The largest datagram any node built (bytes; at most `max_datagram`).
+    pub largest_datagram: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -502,6 +533,10 @@ pub struct KindCounts {
     pub digests: u64,
     pub requests: u64,
     pub heartbeats: u64,
+    /// Of `heartbeats`: SWIM probes, acks and ping requests.
+    pub probes: u64,
+    pub acks: u64,
+    pub ping_reqs: u64,
     pub views: u64,
     pub rx_dropped_slow: u64,
     pub transmits_dropped: u64,
@@ -619,13 +654,24 @@ pub struct Sim {
     /// Per node: datagrams built over `max_datagram`, the largest, and what they carried.
     oversize: BTreeMap<NodeId, (u64, usize, String)>,
     retained_max: usize,
-    /// Per link (from * n + to): arrival time of its last datagram (links are FIFO).
-    link_last: Vec<Time>,
+    /// Per link (from << 32 | to): arrival time of its last datagram (links are FIFO);
+    /// links idle past their last arrival are pruned at each check (O(active links), not
+    /// O(n^2)).
+    link_last: HashMap<u64, Time>,
+    /// Installed views shared by all nodes (one copy per view, not one per node).
+    view_cache: ViewCache,
     /// The hostile members' own generator (so that their draws change no other).
     hostile_rng: Xoshiro256PlusPlus,
     /// Attacks made so far (all hostile members together), and their datagrams.
     hostile_attacks_made: u64,
     hostile_datagrams: u64,
+    /// Nodes crashed for good: (node, crash time, removal time from the coordinator's view).
+    crashed: Vec<(NodeId, Time, Option<Time>)>,
+    /// Per node: whether the coordinator's view held it (this incarnation) at the last
+    /// check after the workload start; and how often a live node left that view.
+    in_coordinator_view: Vec<bool>,
+    false_removals: u64,
+    largest_datagram: usize,
 }
 
 impl Sim {
@@ -722,10 +768,15 @@ impl Sim {
             healthy_times: Vec::new(),
             oversize: BTreeMap::new(),
             retained_max: 0,
-            link_last: Vec::new(),
+            link_last: HashMap::new(),
+            view_cache: ViewCache::new(),
             hostile_rng: Xoshiro256PlusPlus::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6521),
             hostile_attacks_made: 0,
             hostile_datagrams: 0,
+            crashed: Vec::new(),
+            in_coordinator_view: Vec::new(),
+            false_removals: 0,
+            largest_datagram: 0,
             sc,
         }
     }
@@ -758,14 +809,20 @@ impl Sim {
             self.now,
             seed,
         );
-        node.join(self.now, GROUP);
+        node.set_view_cache(self.view_cache.clone());
+        let join = !self.sc.membership_only;
+        if join {
+            node.join(self.now, GROUP);
+        }
         sn.node = Some(node);
         sn.busy_until = self.now;
         sn.inbox.clear();
-        sn.joined = true;
+        sn.joined = join;
         sn.left_at = None;
         let inst = (i as NodeId, sn.incarnation);
-        self.checker.on_join(inst, GROUP, self.now);
+        if join {
+            self.checker.on_join(inst, GROUP, self.now);
+        }
         self.after_input(i);
     }
 
@@ -794,13 +851,12 @@ impl Sim {
         if self.sc.reorder > 0.0 && self.rng.gen_bool(self.sc.reorder) {
             return at + self.rng.gen_range(0..2 * MILLIS);
         }
-        let n = self.nodes.len();
-        let link = from as usize * n + to as usize;
-        if self.link_last.is_empty() {
-            self.link_last = vec![0; n * n];
-        }
-        let at = at.max(self.link_last[link]);
-        self.link_last[link] = at;
+        let last = self
+            .link_last
+            .entry(u64::from(from) << 32 | u64::from(to))
+            .or_insert(0);
+        let at = at.max(*last);
+        *last = at;
         at
     }
 
@@ -851,6 +907,7 @@ impl Sim {
         let max_datagram = self.sc.settings.max_datagram;
         for t in transmits {
             self.datagrams += 1;
+            self.largest_datagram = self.largest_datagram.max(t.payload.len());
             let from = i as NodeId;
             if t.payload.len() > max_datagram {
                 // The daemon's transport refuses such a datagram: the protocol must not
@@ -1105,6 +1162,9 @@ impl Sim {
                 }
                 self.nodes[i].node = None;
                 self.nodes[i].timer_at = None;
+                if cr.restart.is_none() && !cr.leave {
+                    self.crashed.push((cr.node, ev.time, None));
+                }
             }
             Kind::Restart(c) => {
                 let i = self.sc.crashes[c].node as usize;
@@ -1228,34 +1288,47 @@ impl Sim {
 
     /// One view, with exactly the live nodes, everywhere; its group holds the live nodes
     /// whose application is in it (a node that left within the last linger, plus a few
-    /// rounds for its leave to reach the coordinator, may still be there).
+    /// rounds for its leave to reach the coordinator, may still be there). Views are
+    /// compared by (id, content hash), so the member lists are checked once: O(n).
     fn views_converged(&self) -> bool {
-        let live = self.live_instances();
-        let mut want: Vec<(NodeId, u32)> = live.clone();
-        want.sort_unstable();
-        let settle = self.sc.settings.linger + 10 * self.sc.settings.gossip_period;
-        let mut first = None;
+        let mut first: Option<(ViewId, u64, &View)> = None;
+        let mut live = 0usize;
         for sn in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
-            let v = sn.view();
+            live += 1;
+            let key = (sn.view().id, sn.view_hash());
             match first {
-                None => first = Some(v.id),
-                Some(id) if id != v.id => return false,
+                None => first = Some((key.0, key.1, sn.view())),
+                Some((id, h, _)) if (id, h) != key => return false,
                 _ => {}
             }
-            let mut have: Vec<(NodeId, u32)> = v.members.iter().map(|m| (m.node, m.incarnation)).collect();
-            have.sort_unstable();
-            if have != want {
-                return false;
+        }
+        let Some((_, _, v)) = first else {
+            return true;
+        };
+        if v.members.len() != live
+            || v.members.iter().any(|m| {
+                self.nodes
+                    .get(m.node as usize)
+                    .is_none_or(|sn| sn.node.is_none() || sn.incarnation != m.incarnation)
+            })
+        {
+            return false;
+        }
+        let settle = self.sc.settings.linger + 10 * self.sc.settings.gossip_period;
+        let group = v.group(GROUP).unwrap_or(&[]);
+        let mut in_group = vec![false; self.nodes.len()];
+        for &n in group {
+            match in_group.get_mut(n as usize) {
+                Some(x) if self.nodes[n as usize].node.is_some() => *x = true,
+                _ => return false,
             }
-            let group = v.group(GROUP).unwrap_or(&[]);
-            for &(n, _) in &live {
-                let node = &self.nodes[n as usize];
-                let settling = node.left_at.is_some_and(|t| self.now < t + settle);
-                if !settling && group.contains(&n) != node.joined {
-                    return false;
-                }
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            if node.node.is_none() {
+                continue;
             }
-            if group.iter().any(|n| !live.iter().any(|l| l.0 == *n)) {
+            let settling = node.left_at.is_some_and(|t| self.now < t + settle);
+            if !settling && in_group[n] != node.joined {
                 return false;
             }
         }
@@ -1285,6 +1358,47 @@ impl Sim {
                 ids.len(),
                 &ids[ids.len().saturating_sub(4)..]
             );
+        }
+        let now_t = self.now;
+        self.link_last.retain(|_, t| *t > now_t);
+        if self.workload_start.is_some() {
+            // Live nodes (in the incarnation they run) that the coordinator's view dropped.
+            let coord = self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .min_by_key(|n| (n.incarnation(), n.id()));
+            if let Some(v) = coord.map(|n| n.view().clone()) {
+                let mut now_in = vec![false; self.nodes.len()];
+                for m in &v.members {
+                    if let Some(sn) = self.nodes.get(m.node as usize) {
+                        now_in[m.node as usize] = sn.node.is_some() && sn.incarnation == m.incarnation;
+                    }
+                }
+                if self.in_coordinator_view.len() == now_in.len() {
+                    for (i, (&was, &is)) in self.in_coordinator_view.iter().zip(&now_in).enumerate() {
+                        if was && !is && self.nodes[i].node.is_some() && !self.nodes[i].left {
+                            self.false_removals += 1;
+                        }
+                    }
+                }
+                self.in_coordinator_view = now_in;
+            }
+        }
+        if self.crashed.iter().any(|c| c.2.is_none()) {
+            // The coordinator: the oldest live node, as the views order members.
+            let coord = self
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .min_by_key(|n| (n.incarnation(), n.id()));
+            if let Some(v) = coord.map(|n| n.view().clone()) {
+                for c in self.crashed.iter_mut().filter(|c| c.2.is_none()) {
+                    if !v.members.iter().any(|m| m.node == c.0) {
+                        c.2 = Some(now_t);
+                    }
+                }
+            }
         }
         if self.workload_start.is_none() {
             if self.views_converged() || now >= self.sc.max_bootstrap {
@@ -1640,14 +1754,22 @@ impl Sim {
         };
         let mut lost: u64 = 0;
         let mut refused_oversize: u64 = 0;
+        let (mut suspicions, mut confirmed, mut membership_dgrams, mut live_n) = (0u64, 0u64, 0u64, 0u64);
         for n in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
             let c = n.counters();
             refused_oversize += c.oversize_datagrams;
+            suspicions += c.suspicions_raised;
+            confirmed += c.peers_confirmed_dead;
+            membership_dgrams += c.heartbeats_sent;
+            live_n += 1;
             kinds.data_tree += c.data_sent;
             kinds.retransmits += c.retransmits_sent;
             kinds.digests += c.digests_sent;
             kinds.requests += c.requests_sent;
             kinds.heartbeats += c.heartbeats_sent;
+            kinds.probes += c.probes_sent;
+            kinds.acks += c.acks_sent;
+            kinds.ping_reqs += c.ping_reqs_sent;
             kinds.views += c.views_sent;
             kinds.transmits_dropped += c.transmits_dropped;
             kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
@@ -1672,6 +1794,16 @@ impl Sim {
             ));
         }
         let deliveries: u64 = self.checker.sent.iter().map(|m| u64::from(m.deliveries)).sum();
+        let mut removals: Vec<f64> = self
+            .crashed
+            .iter()
+            .filter_map(|c| c.2.map(|r| (r - c.1) as f64 / MILLIS as f64))
+            .collect();
+        removals.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+        let removal_pct = |p: f64| -> Option<f64> {
+            (!removals.is_empty())
+                .then(|| removals[((removals.len() as f64 * p) as usize).min(removals.len() - 1)])
+        };
         let dgrams = self.datagrams - self.datagrams_at_start;
         let samples = &self.state_samples;
         Report {
@@ -1721,6 +1853,48 @@ impl Sim {
             oversize_datagrams: oversize,
             retained_bytes_max: self.retained_max as u64,
             coverage: self.checker.coverage.clone(),
+            crash_removal_ms_p50: removal_pct(0.5),
+            crash_removal_ms_p99: removal_pct(0.99),
+            crashed_not_removed: {
+                if std::env::var_os("TUTTI_SIM_DEBUG_CRASHED").is_some() {
+                    let coord = self
+                        .nodes
+                        .iter()
+                        .filter_map(|s| s.node.as_ref())
+                        .min_by_key(|n| (n.incarnation(), n.id()));
+                    for c in self.crashed.iter().filter(|c| c.2.is_none()) {
+                        let held: Vec<NodeId> = self
+                            .nodes
+                            .iter()
+                            .filter_map(|s| s.node.as_ref())
+                            .filter(|n| !n.holds_failed(c.0))
+                            .map(|n| n.id())
+                            .take(10)
+                            .collect();
+                        eprintln!(
+                            "crashed {} not removed; coordinator holds it failed: {:?}; alive at {:?}",
+                            c.0,
+                            coord.map(|n| n.holds_failed(c.0)),
+                            held
+                        );
+                    }
+                }
+                self.crashed.iter().filter(|c| c.2.is_none()).count() as u64
+            },
+            suspicions_raised: suspicions,
+            false_removals: self.false_removals,
+            peers_confirmed_dead: confirmed,
+            false_suspicions_per_member_hour: (self.crashed.is_empty()
+                && sc.partitions.is_empty()
+                && live_n > 0)
+                .then(|| suspicions as f64 / live_n as f64 / (self.now as f64 / 3.6e12)),
+            membership_datagrams_per_member_round: membership_dgrams as f64
+                / live_n.max(1) as f64
+                / (self.now as f64 / period).max(1.0),
+            datagrams_per_member_round: self.datagrams as f64
+                / live_n.max(1) as f64
+                / (self.now as f64 / period).max(1.0),
+            largest_datagram: self.largest_datagram as u64,
             hostile_attacks: self.hostile_attacks_made,
             hostile_datagrams: self.hostile_datagrams,
             streams: {

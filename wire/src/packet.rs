@@ -44,8 +44,11 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// digest entries carry the stream's `recent` low (what its sender sent within a retention).
 /// Version 5: the data header is packed to 36 bytes (no reserved field). Version 6: whole
 /// messages travel in runs ([`MessageKind::DataRun`]: one header per run of a sender's
-/// consecutive messages, then a varint length per message).
-pub const VERSION: u16 = 6;
+/// consecutive messages, then a varint length per message). Version 7: SWIM failure
+/// detection in heartbeat messages, the `HEARTBEAT_FLAG_PROBE`/`ACK`/`PING_REQ` flags on the
+/// sender's own (first) entry and `SUSPECT`/`DEAD` on relayed entries; the heartbeat header
+/// carries the sender's view hash.
+pub const VERSION: u16 = 7;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -58,6 +61,18 @@ pub const MAX_DATAGRAM: usize = 65_507;
 pub const DATA_FLAG_RETRANSMIT: u8 = 1;
 /// Flag on a heartbeat entry: the node is leaving the cluster on purpose.
 pub const HEARTBEAT_FLAG_LEAVING: u32 = 1;
+/// Flag on a relayed heartbeat entry: the relay suspects the node (SWIM), at that heartbeat.
+pub const HEARTBEAT_FLAG_SUSPECT: u32 = 2;
+/// Flag on a relayed heartbeat entry: the relay confirmed the node failed, at that heartbeat.
+pub const HEARTBEAT_FLAG_DEAD: u32 = 4;
+/// Flag on the sender's own (first) entry: a probe; the receiver answers with an ack.
+pub const HEARTBEAT_FLAG_PROBE: u32 = 8;
+/// Flag on the sender's own (first) entry: the answer to a probe (direct, or relayed for a
+/// ping request: then the second entry is the probed node's, as just heard from it).
+pub const HEARTBEAT_FLAG_ACK: u32 = 16;
+/// Flag on the sender's own (first) entry: a ping request (SWIM's indirect probe); the
+/// second entry names the node to probe on the sender's behalf.
+pub const HEARTBEAT_FLAG_PING_REQ: u32 = 32;
 
 /// Stable 64-bit group identifier of a group name (FNV-1a 64).
 pub fn group_id(name: &[u8]) -> u64 {
@@ -381,7 +396,8 @@ pub struct RequestEntry {
     pub frag: u32,
 }
 
-/// Membership gossip header: the sender's current view and the highest view counter it saw.
+/// Membership gossip header: the sender's current view (id and content hash: a member that
+/// sees a newer one pulls its parts from the sender) and the highest view counter it saw.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct HeartbeatHeader {
@@ -389,6 +405,8 @@ pub struct HeartbeatHeader {
     pub view_coordinator: u32,
     pub view_coordinator_incarnation: u32,
     pub max_counter: u64,
+    /// The content hash of the sender's view (`tutti_proto::View::content_hash`).
+    pub view_hash: u64,
 }
 
 /// Gossip-style failure detection (van Renesse): a node's heartbeat counter as last known.
@@ -1511,6 +1529,7 @@ mod tests {
                         view_coordinator: b,
                         view_coordinator_incarnation: c,
                         max_counter: d,
+                        view_hash: 0,
                     },
                     e.into_iter()
                         .map(|(n, i, h, f)| HeartbeatEntry {

@@ -1,0 +1,96 @@
+//! Interning of installed views across the nodes of one process (the simulator runs
+//! thousands): nodes that install the same view share one allocation instead of holding
+//! a decoded copy each. Optional; a daemon's single node has no use for it.
+
+use crate::fxhash::FxMap;
+use crate::{View, ViewId};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Views held at most; beyond it entries whose view no node holds any more are dropped,
+/// and if none is, the cache is cleared (interning is an optimisation, never required).
+const MAX_CACHED_VIEWS: usize = 4096;
+
+/// Views by (id, content hash), held weakly (a view no node holds is freed).
+type Table = FxMap<(ViewId, u64), Weak<View>>;
+
+/// A shared table of views by (id, content hash). Clones share the table.
+#[derive(Clone, Default)]
+pub struct ViewCache {
+    views: Arc<Mutex<Table>>,
+}
+
+impl ViewCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shared copy of `view` (whose content hash is `hash`): an equal view already
+    /// interned, or `view` itself, interned now.
+    pub fn intern(&self, view: View, hash: u64) -> Arc<View> {
+        let Ok(mut views) = self.views.lock() else {
+            return Arc::new(view);
+        };
+        let key = (view.id, hash);
+        if let Some(v) = views.get(&key).and_then(Weak::upgrade) {
+            // Equal hashes of different content would be a collision: keep them apart.
+            if *v == view {
+                return v;
+            }
+            return Arc::new(view);
+        }
+        if views.len() >= MAX_CACHED_VIEWS {
+            views.retain(|_, w| w.strong_count() > 0);
+            if views.len() >= MAX_CACHED_VIEWS {
+                views.clear();
+            }
+        }
+        let v = Arc::new(view);
+        views.insert(key, Arc::downgrade(&v));
+        v
+    }
+
+    /// Views interned and still held by some node.
+    pub fn len(&self) -> usize {
+        self.views
+            .lock()
+            .map(|v| v.values().filter(|w| w.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Member;
+
+    fn view(counter: u64, n: u32) -> View {
+        View {
+            id: ViewId {
+                counter,
+                coordinator: 0,
+                coordinator_incarnation: 1,
+            },
+            members: (0..n).map(|node| Member { node, incarnation: 1 }).collect(),
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn equal_views_share_one_allocation_and_different_ones_do_not() {
+        let c = ViewCache::new();
+        let a = c.intern(view(3, 10), view(3, 10).content_hash());
+        let b = c.intern(view(3, 10), view(3, 10).content_hash());
+        assert!(Arc::ptr_eq(&a, &b));
+        let d = c.intern(view(3, 11), view(3, 11).content_hash());
+        assert!(!Arc::ptr_eq(&a, &d));
+        // A forged hash equal to another view's does not return the other view.
+        let e = c.intern(view(3, 12), view(3, 10).content_hash());
+        assert_eq!(e.members.len(), 12);
+        drop((a, b, d, e));
+        assert!(c.is_empty());
+    }
+}
