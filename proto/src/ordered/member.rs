@@ -405,6 +405,10 @@ impl OrderedMember {
         matches!(self.deliver_view.get(sender), Some(m) if m.join_pos == epoch)
             && self.next_seq.get(&sender).is_some_and(|&n| seq < n)
     }
+    /// The seq the next `submit` gets (seqs restart at 0 with each membership).
+    pub fn next_submit_seq(&self) -> u64 {
+        self.next_submit_seq
+    }
     /// Messages submitted and not yet in the list.
     pub fn outgoing(&self) -> usize {
         self.outgoing.len()
@@ -412,6 +416,26 @@ impl OrderedMember {
     /// Whether no minitransaction of this member is in flight (for quiescence checks).
     pub fn idle(&self) -> bool {
         self.list_op.is_none() && self.repair_op.is_none() && self.coord.in_flight() == 0
+    }
+
+    /// A one-line account of what this member waits for (for logs and failing seeds).
+    pub fn describe(&self) -> String {
+        let front = self.buffer.front().map(|l| (l.entry, self.missing(&l.entry)));
+        let progress: Vec<(NodeId, u64, (u64, u64))> = self
+            .learn_view
+            .members
+            .iter()
+            .map(|m| (m.node, m.join_pos, self.member_progress(m)))
+            .collect();
+        format!(
+            "front {front:?} held_upto {} known_tail {} pending {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?}",
+            self.held_upto,
+            self.known_tail,
+            self.pending,
+            self.pending_uncertain,
+            self.queue_pos,
+            self.list_op.as_ref().map(|o| &o.1)
+        )
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -426,7 +450,7 @@ impl OrderedMember {
             return self.coord.poll_timeout();
         }
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
-        if self.list_op.is_none() {
+        if self.list_op.is_none() && self.in_majority {
             t = t.min(self.next_list_op_at.max(self.last_read + self.settings.poll_interval));
         }
         if let Some(r) = self.transfers.iter().map(|t| t.3).min() {
@@ -435,8 +459,12 @@ impl OrderedMember {
         if self.status == Status::Installing {
             t = t.min(self.install_deadline);
         }
-        if self.repair_op.is_none() {
-            if let Some(l) = self.buffer.iter().find(|l| self.missing(&l.entry).is_some()) {
+        if self.repair_op.is_none() && self.status == Status::Active && self.in_majority {
+            if let Some(l) = self
+                .buffer
+                .iter()
+                .find(|l| l.sender_slot.is_some() && self.missing(&l.entry).is_some())
+            {
                 t = t.min(l.at + self.settings.repair_delay);
             }
         }
@@ -650,6 +678,10 @@ impl OrderedMember {
         let Some((_, op)) = self.list_op.take() else { return };
         if self.status == Status::Removed {
             return;
+        }
+        if o.result.is_err() {
+            // The progress write it carried may not have been applied: write it again.
+            self.published = None;
         }
         match (op, o.result) {
             (ListOp::Read { from }, Ok(reads)) => {
@@ -922,11 +954,14 @@ impl OrderedMember {
                         break;
                     }
                     if safe {
-                        let all_hold = self
-                            .deliver_view
-                            .members
-                            .iter()
-                            .all(|m| self.member_progress(m).1 > e.pos);
+                        // Every member of the view holds it, or leaves the view by a later
+                        // entry (already learned, so at the same point for everyone): the
+                        // analogue of a transitional view, without which a member that
+                        // crashed before holding it would block the group forever.
+                        let all_hold = self.deliver_view.members.iter().all(|m| {
+                            self.member_progress(m).1 > e.pos
+                                || self.learn_view.get(m.node).is_none_or(|l| l.join_pos != m.join_pos)
+                        });
                         if !all_hold {
                             if self.safe_waiting != Some(e.pos) {
                                 self.safe_waiting = Some(e.pos);
@@ -1079,10 +1114,10 @@ impl OrderedMember {
         }
         let buffered = self.learned - self.delivered;
         let due = self.read_now
-            || self.known_tail > self.learned
+            || (self.known_tail > self.learned && buffered < u64::from(self.settings.list_slots))
             || self.known_tail == u64::MAX
             || now >= self.last_read + self.settings.poll_interval;
-        if !due || buffered >= u64::from(self.settings.list_slots) {
+        if !due {
             return;
         }
         let from = self.learned;
@@ -1100,7 +1135,10 @@ impl OrderedMember {
         let slots = u64::from(self.settings.list_slots);
         let first_slot = from % slots;
         let first_len = n.min(slots - first_slot);
-        mtx = mtx.read(self.list_addr(from), (first_len as u32) * ENTRY_BYTES as u32);
+        // With a full buffer the read still refreshes the tail and every member's progress.
+        if first_len > 0 {
+            mtx = mtx.read(self.list_addr(from), (first_len as u32) * ENTRY_BYTES as u32);
+        }
         if n > first_len {
             mtx = mtx.read(self.list_addr(from + first_len), ((n - first_len) as u32) * ENTRY_BYTES as u32);
         }
