@@ -560,7 +560,7 @@ impl OrderedMember {
     pub fn handle_timeout(&mut self, now: Time) {
         self.coord.handle_timeout(now);
         self.drain_outcomes(now);
-        if self.status == Status::Installing && now >= self.install_deadline && self.list_op.is_none() {
+        if self.status == Status::Installing && now >= self.install_deadline {
             // The producer may be gone: join again (the new entry replaces the old one).
             self.counters.joins_retried += 1;
             self.status = Status::Joining;
@@ -712,12 +712,11 @@ impl OrderedMember {
             (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
             (ListOp::Join { .. } | ListOp::Append { .. }, Err(TxnError::Conflict { reads, .. })) => {
                 self.counters.append_conflicts += 1;
-                if let Some(Some(tail)) = reads.first() {
-                    if let Some(t) = u64_at(tail, 0) {
-                        self.known_tail = t;
-                    }
+                let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
+                if let Some(reads) = all {
+                    // The entries this member missed came back with the conflict.
+                    self.on_read(now, &reads);
                 }
-                self.read_progress(reads.get(1).and_then(|r| r.as_deref()));
                 if self.status == Status::Joining {
                     // Nothing was written: try again at the current tail.
                     self.learned = self.known_tail;
@@ -1080,6 +1079,26 @@ impl OrderedMember {
         )
     }
 
+    /// The tail, every progress slot and the entries from `from` on (as many as the
+    /// buffer takes, up to `read_batch`). An append carries the same reads: if its tail
+    /// compare fails, the reads (returned with the conflict) are the entries it missed.
+    fn reads_from(&self, from: u64) -> Minitransaction {
+        let buffered = from.saturating_sub(self.delivered);
+        let slots = u64::from(self.settings.list_slots);
+        let n = u64::from(self.settings.read_batch).min(slots.saturating_sub(buffered));
+        let mut mtx = self.base_reads();
+        // Contiguous slot ranges (two when the range wraps).
+        let first_len = n.min(slots - from % slots);
+        // With a full buffer the read still refreshes the tail and every member's progress.
+        if first_len > 0 {
+            mtx = mtx.read(self.list_addr(from), (first_len as u32) * ENTRY_BYTES as u32);
+        }
+        if n > first_len {
+            mtx = mtx.read(self.list_addr(from + first_len), ((n - first_len) as u32) * ENTRY_BYTES as u32);
+        }
+        mtx
+    }
+
     fn start_list_op(&mut self, now: Time) {
         if self.list_op.is_some() || now < self.next_list_op_at || !self.in_majority {
             return;
@@ -1129,19 +1148,7 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Read { from });
             return;
         }
-        let n = u64::from(self.settings.read_batch).min(u64::from(self.settings.list_slots) - buffered);
-        let mut mtx = self.base_reads();
-        // Contiguous slot ranges (two when the range wraps).
-        let slots = u64::from(self.settings.list_slots);
-        let first_slot = from % slots;
-        let first_len = n.min(slots - first_slot);
-        // With a full buffer the read still refreshes the tail and every member's progress.
-        if first_len > 0 {
-            mtx = mtx.read(self.list_addr(from), (first_len as u32) * ENTRY_BYTES as u32);
-        }
-        if n > first_len {
-            mtx = mtx.read(self.list_addr(from + first_len), ((n - first_len) as u32) * ENTRY_BYTES as u32);
-        }
+        let mtx = self.reads_from(from);
         let mtx = self.progress_write(mtx);
         self.read_now = false;
         self.last_read = now;
@@ -1217,7 +1224,7 @@ impl OrderedMember {
         }
         let mut mtx = Minitransaction {
             compares: vec![(self.list_addr_tail(), at.to_le_bytes().to_vec())],
-            ..self.base_reads()
+            ..self.reads_from(at)
         };
         if !self.leaving && (entries.len() as u64) < room {
             let batch = self.pending.or_else(|| {
@@ -1345,7 +1352,14 @@ impl OrderedMember {
                 Some(p) if (node, epoch, seq) == *id => {
                     self.payloads.insert(*id, p.to_vec());
                 }
-                _ => self.counters.repair_mismatches += 1,
+                _ => {
+                    // The sender reused the slot, which it does only once every member of
+                    // its view holds the payload: this member is out of that view (removed,
+                    // and too far behind to have learned it yet).
+                    self.counters.repair_mismatches += 1;
+                    self.removed(RemoveReason::Lagging);
+                    return;
+                }
             }
         }
         self.advance_held();
