@@ -944,3 +944,106 @@ fn a_seed_reproduces_its_run() {
     let b = run_seed(7);
     assert_eq!(a, b);
 }
+
+/// The protocol's own throughput: members, a memory node primary and its backup in one
+/// thread over an instant, lossless network (encode and decode included), every message
+/// delivered by every member. A figure, not a limit: `cargo test --release -p tutti-proto
+/// --test ordered in_process -- --nocapture`.
+#[test]
+fn in_process_throughput() {
+    let target: u64 = if cfg!(debug_assertions) { 3_000 } else { 200_000 };
+    for (members, max_batch) in [(1u32, 32u32), (4, 1), (4, 8), (4, 32)] {
+        let settings = OrderedSettings {
+            list_slots: 4096,
+            lag_budget: 3000,
+            queue_slots: 256,
+            max_payload: 64,
+            max_batch,
+            read_batch: 64,
+            ..OrderedSettings::default()
+        };
+        let ids: Vec<NodeId> = (1..=members).collect();
+        let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
+        let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
+        for (region, size) in settings.regions() {
+            primary.add_region(region, size).unwrap();
+            backup.add_region(region, size).unwrap();
+        }
+        let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    OrderedMember::initial(id, GROUP, &ids, PRIMARY, settings.clone(), MinitxSettings::default()),
+                )
+            })
+            .collect();
+        let mut queue: std::collections::VecDeque<(NodeId, NodeId, Vec<u8>)> = Default::default();
+        let mut delivered: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut minitx_messages = 0u64;
+        let mut now: Time = 0;
+        let body = [7u8; 32];
+        let start = std::time::Instant::now();
+        while delivered.values().copied().min().unwrap_or(0) < target || delivered.len() < ids.len() {
+            now += 10 * MICROS;
+            for (&id, m) in nodes.iter_mut() {
+                while m.outgoing() < (2 * max_batch) as usize {
+                    if m.submit(now, &body, false).is_err() {
+                        break;
+                    }
+                }
+                if m.poll_timeout().is_some_and(|t| t <= now) {
+                    m.handle_timeout(now);
+                }
+                while let Some(out) = m.poll_output() {
+                    match out {
+                        Output::Minitx { to, bytes } => queue.push_back((id, to, bytes)),
+                        Output::Deliver { .. } => *delivered.entry(id).or_default() += 1,
+                        _ => {}
+                    }
+                }
+            }
+            for mn in [&mut primary, &mut backup] {
+                if mn.poll_timeout().is_some_and(|t| t <= now) {
+                    mn.handle_timeout(now);
+                }
+            }
+            while let Some((from, to, bytes)) = queue.pop_front() {
+                minitx_messages += 1;
+                match to {
+                    PRIMARY => primary.handle_message(now, from, &bytes),
+                    BACKUP => backup.handle_message(now, from, &bytes),
+                    n => {
+                        let m = nodes.get_mut(&n).unwrap();
+                        m.handle_minitx(now, from, &bytes);
+                        while let Some(out) = m.poll_output() {
+                            match out {
+                                Output::Minitx { to, bytes } => queue.push_back((n, to, bytes)),
+                                Output::Deliver { .. } => *delivered.entry(n).or_default() += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                while let Some((to, b)) = primary.poll_transmit() {
+                    queue.push_back((PRIMARY, to, b));
+                }
+                while let Some((to, b)) = backup.poll_transmit() {
+                    queue.push_back((BACKUP, to, b));
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let messages = delivered.values().copied().min().unwrap_or(0);
+        let appends: u64 = nodes.values().map(|m| m.counters().appends).sum();
+        let conflicts: u64 = nodes.values().map(|m| m.counters().append_conflicts).sum();
+        println!(
+            "{members} member(s), max_batch {max_batch:>2}: {:>9.0} messages/s delivered at every member \
+             ({messages} messages, {appends} appends, {conflicts} compare failures, {:.2} minitx messages per message)",
+            messages as f64 / secs,
+            minitx_messages as f64 / messages as f64
+        );
+        assert!(messages >= target);
+        assert!(nodes.values().all(|m| m.counters().fifo_gaps == 0 && m.counters().malformed == 0));
+    }
+}
