@@ -235,6 +235,8 @@ pub struct OrderedMember {
     next_seq: BTreeMap<NodeId, u64>,
     join_pos: u64,
     progress: Vec<Option<ProgressSlot>>,
+    /// When each progress slot's `held` last changed (as read).
+    progress_since: Vec<Time>,
     published: Option<ProgressSlot>,
     payloads: BTreeMap<PayloadId, Vec<u8>>,
     // Sender side.
@@ -247,6 +249,8 @@ pub struct OrderedMember {
     /// List position of the last message written to each of this sender's queue slots.
     queue_pos: Vec<Option<u64>>,
     suspected: BTreeSet<NodeId>,
+    /// Since when this sender's next queue slot waits for a member to hold its payload.
+    queue_blocked_since: Option<Time>,
     leaving: bool,
     list_op: Option<(TxId, ListOp)>,
     repair_op: Option<(TxId, Vec<PayloadId>)>,
@@ -345,6 +349,7 @@ impl OrderedMember {
             next_seq: BTreeMap::new(),
             join_pos: 0,
             progress: vec![None; max_members],
+            progress_since: vec![0; max_members],
             published: None,
             payloads: BTreeMap::new(),
             next_submit_seq: 0,
@@ -353,6 +358,7 @@ impl OrderedMember {
             pending_uncertain: false,
             queue_pos: vec![None; queue_slots],
             suspected: BTreeSet::new(),
+            queue_blocked_since: None,
             leaving: false,
             list_op: None,
             repair_op: None,
@@ -452,6 +458,9 @@ impl OrderedMember {
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
         if self.list_op.is_none() && self.in_majority {
             t = t.min(self.next_list_op_at.max(self.last_read + self.settings.poll_interval));
+        }
+        if let (Some(since), None) = (self.queue_blocked_since, &self.list_op) {
+            t = t.min(since + self.settings.lag_timeout);
         }
         if let Some(r) = self.transfers.iter().map(|t| t.3).min() {
             t = t.min(r);
@@ -707,7 +716,7 @@ impl OrderedMember {
                     self.learn(now, e);
                 }
                 self.known_tail = self.known_tail.max(self.learned);
-                self.read_progress(reads.get(1).map(Vec::as_slice));
+                self.read_progress(now, reads.get(1).map(Vec::as_slice));
             }
             (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
             (ListOp::Join { .. } | ListOp::Append { .. }, Err(TxnError::Conflict { reads, .. })) => {
@@ -741,11 +750,17 @@ impl OrderedMember {
         self.read_now = true;
     }
 
-    fn read_progress(&mut self, bytes: Option<&[u8]>) {
+    fn read_progress(&mut self, now: Time, bytes: Option<&[u8]>) {
         let Some(b) = bytes else { return };
         for (i, chunk) in b.chunks(PROGRESS_BYTES).enumerate() {
             if let Some(p) = self.progress.get_mut(i) {
-                *p = ProgressSlot::decode(chunk).filter(|s| s.node != 0 || s.learned != 0);
+                let new = ProgressSlot::decode(chunk).filter(|s| s.node != 0 || s.learned != 0);
+                if new.map(|s| (s.node, s.join_pos, s.held)) != p.map(|s| (s.node, s.join_pos, s.held)) {
+                    if let Some(since) = self.progress_since.get_mut(i) {
+                        *since = now;
+                    }
+                }
+                *p = new;
             }
         }
         // Acknowledged transfers: the joiner installed (or is no longer that member).
@@ -771,7 +786,7 @@ impl OrderedMember {
             self.learned = tail;
         }
         self.known_tail = tail;
-        self.read_progress(reads.get(1).map(Vec::as_slice));
+        self.read_progress(now, reads.get(1).map(Vec::as_slice));
         let entries = reads.get(2..).unwrap_or_default().concat();
         let from = self.learned;
         let mut overwritten = false;
@@ -1123,8 +1138,11 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Join { at });
             return;
         }
-        if self.status == Status::Active && !self.pending_uncertain && self.learned >= self.known_tail {
-            if let Some((mtx, entries)) = self.build_append() {
+        // Progress rides appends, but an append that loses the tail race writes nothing: a
+        // member in a run of failed compares publishes by a read every `poll_interval`.
+        let publish_due = self.published.is_none() && now >= self.last_read + self.settings.poll_interval;
+        if self.status == Status::Active && !self.pending_uncertain && self.learned >= self.known_tail && !publish_due {
+            if let Some((mtx, entries)) = self.build_append(now) {
                 self.counters.appends += 1;
                 let at = self.learned;
                 self.submit_list_op(now, &mtx, ListOp::Append { at, entries });
@@ -1175,7 +1193,7 @@ impl OrderedMember {
     /// The next append at the learned tail (= the tail as this member knows it): control
     /// entries (removals), then one batch of this sender's messages. `None` if there is
     /// nothing to append or the list has no room.
-    fn build_append(&mut self) -> Option<(Minitransaction, Vec<Entry>)> {
+    fn build_append(&mut self, now: Time) -> Option<(Minitransaction, Vec<Entry>)> {
         let me = self.learn_view.get(self.node).copied()?;
         let at = self.learned;
         let list_slots = u64::from(self.settings.list_slots);
@@ -1191,8 +1209,27 @@ impl OrderedMember {
         let mut floor = u64::MAX;
         let mut min_held = u64::MAX;
         let mut lagging = Vec::new();
+        // A member that has kept this sender's next queue slot from being reused for
+        // `lag_timeout` (it does not hold the payload last written there) is lagging too:
+        // with every queue blocked the tail stops, so the distance alone would never grow.
+        let blocked_at = match (self.queue_blocked_since, self.outgoing.front()) {
+            (Some(since), Some((seq, _))) if now >= since + self.settings.lag_timeout => {
+                self.queue_pos[(seq % u64::from(self.settings.queue_slots)) as usize]
+            }
+            _ => None,
+        };
         for m in &self.learn_view.members {
             let (learned, held) = self.member_progress(m);
+            let stuck_since = self.progress_since.get(m.slot as usize).copied().unwrap_or(0);
+            if m.node != self.node
+                && blocked_at.is_some_and(|p| held <= p)
+                && now >= stuck_since + self.settings.lag_timeout
+            {
+                // Its payloads stay (it counts in `min_held`) until it is out of the view.
+                min_held = min_held.min(held);
+                lagging.push(m.node);
+                continue;
+            }
             // A lagging member is removed by an entry before anything this append writes
             // reuses a list slot, so its unread slots do not hold the floor; its queue
             // payloads stay until it is out of the view.
@@ -1247,8 +1284,10 @@ impl OrderedMember {
                     .count();
                 if count == 0 {
                     self.counters.queue_waits += 1;
+                    self.queue_blocked_since.get_or_insert(now);
                     return None;
                 }
+                self.queue_blocked_since = None;
                 Some(Batch {
                     first_seq: self.outgoing.front()?.0,
                     count: count as u16,

@@ -49,6 +49,10 @@ pub struct OrderedSettings {
     /// entry (`RemoveReason::Lagging`) so it cannot stall appends. Must be below
     /// `list_slots`. Smaller: slow members are cut sooner.
     pub lag_budget: u32,
+    /// A member that keeps a sender's queue slot from being reused this long (it does
+    /// not hold the payload last written there) is removed by an entry
+    /// (`RemoveReason::Lagging`). Shorter: a slow member is cut sooner.
+    pub lag_timeout: Time,
     /// Members a view holds (progress and queue slots).
     pub max_members: u32,
     /// Payload slots in each sender's queue: messages a sender has appended but not every
@@ -85,6 +89,7 @@ impl Default for OrderedSettings {
         OrderedSettings {
             list_slots: 4096,
             lag_budget: 3072,
+            lag_timeout: 1_000 * MILLIS,
             max_members: 16,
             queue_slots: 256,
             max_payload: 1024,
