@@ -56,7 +56,12 @@ fn ordered_settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
 #[derive(Debug, Clone)]
 enum Packet {
     Minitx(Vec<u8>),
-    Payload { sender: NodeId, epoch: u64, seq: u64, bytes: Vec<u8> },
+    Payload {
+        sender: NodeId,
+        epoch: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
     Transfer(Vec<u8>),
 }
 
@@ -148,7 +153,6 @@ struct Sim {
     deliveries: u64,
     installs: u64,
     safe_checked: u64,
-    steps: u64,
     fifo_link: Time,
 }
 
@@ -234,7 +238,6 @@ impl Sim {
             deliveries: 0,
             installs: 0,
             safe_checked: 0,
-            steps: 0,
             fifo_link: 0,
         };
         for &id in &initial {
@@ -360,7 +363,9 @@ impl Sim {
     /// Records the entries of the durable replica (the backup, promoted or not): an entry
     /// once durable never changes.
     fn scan_committed(&mut self) {
-        let Some(list) = self.backup.region(LIST) else { return };
+        let Some(list) = self.backup.region(LIST) else {
+            return;
+        };
         let tail = u64::from_le_bytes(list[0..8].try_into().unwrap());
         let slots = u64::from(self.settings.list_slots);
         let from = self.scanned_tail.max(tail.saturating_sub(slots));
@@ -441,7 +446,9 @@ impl Sim {
     fn check_cut(&mut self, id: NodeId, position: u64) {
         let h = self.apps[&id].hash;
         if self.state_at.get(&position).is_some_and(|&s| s != h) {
-            self.fail(&format!("producer {id} snapshots {h:x} at {position}, not the members' state"));
+            self.fail(&format!(
+                "producer {id} snapshots {h:x} at {position}, not the members' state"
+            ));
         }
     }
 
@@ -452,7 +459,9 @@ impl Sim {
                     self.fail(&format!("view {v:?} from a data entry"));
                 }
             }
-            other => self.fail(&format!("member {id} delivers view {v:?}, committed entry {other:?}")),
+            other => self.fail(&format!(
+                "member {id} delivers view {v:?}, committed entry {other:?}"
+            )),
         }
         let app = self.apps.get_mut(&id).unwrap();
         if app.partitioned {
@@ -473,7 +482,10 @@ impl Sim {
         if v.joined != Some(id) {
             if let Some(&s) = self.state_at.get(&v.position) {
                 if s != h {
-                    self.fail(&format!("member {id} state {h:x} at view position {} differs", v.position));
+                    self.fail(&format!(
+                        "member {id} state {h:x} at view position {} differs",
+                        v.position
+                    ));
                 }
             }
             self.state_at.insert(v.position, h);
@@ -493,9 +505,17 @@ impl Sim {
         match self.committed.get(&position) {
             Some(Entry {
                 node,
-                kind: EntryKind::Data { epoch, first_seq, count, .. },
+                kind:
+                    EntryKind::Data {
+                        epoch,
+                        first_seq,
+                        count,
+                        ..
+                    },
                 ..
-            }) if *node == m.0 && *epoch == m.1 && (*first_seq..first_seq + u64::from(*count)).contains(&m.2) => {}
+            }) if *node == m.0
+                && *epoch == m.1
+                && (*first_seq..first_seq + u64::from(*count)).contains(&m.2) => {}
             other => self.fail(&format!(
                 "member {id} delivers {m:?} at {position}: committed entry {other:?}"
             )),
@@ -503,14 +523,18 @@ impl Sim {
         // Total order: one position per message, deliveries strictly in (position, seq).
         if let Some(&p) = self.msg_pos.get(&m) {
             if p != position {
-                self.fail(&format!("{m:?} delivered at {position} by {id}, at {p} elsewhere"));
+                self.fail(&format!(
+                    "{m:?} delivered at {position} by {id}, at {p} elsewhere"
+                ));
             }
         }
         self.msg_pos.insert(m, position);
         // Causal: after everything its sender had delivered when it sent it.
         if let Some(Some(dep)) = self.sent_after.get(&m) {
             if position <= *dep {
-                self.fail(&format!("{m:?} at {position} but sent after its sender delivered {dep}"));
+                self.fail(&format!(
+                    "{m:?} at {position} but sent after its sender delivered {dep}"
+                ));
             }
         }
         // Safe: every member of the view (alive, still in the group) holds it.
@@ -518,7 +542,9 @@ impl Sim {
             self.safe_checked += 1;
             let view = self.apps[&id].view.clone();
             for y in view.map(|v| v.members).unwrap_or_default() {
-                let Some(member) = self.members.get(&y) else { continue };
+                let Some(member) = self.members.get(&y) else {
+                    continue;
+                };
                 if member.status() == Status::Removed || y == id {
                     continue;
                 }
@@ -530,7 +556,9 @@ impl Sim {
                     .any(|(&q, e)| q > position && e.node == y && !matches!(e.kind, EntryKind::Data { .. }));
                 if !member.holds(m.0, m.1, m.2) && !self.apps[&y].delivered.contains(&m) && !leaves_later {
                     let d = self.dump();
-                    self.fail(&format!("safe {m:?} delivered by {id} before member {y} holds it\n{d}"));
+                    self.fail(&format!(
+                        "safe {m:?} delivered by {id} before member {y} holds it\n{d}"
+                    ));
                 }
             }
         }
@@ -584,13 +612,17 @@ impl Sim {
                 let ids: Vec<NodeId> = self.members.keys().copied().collect();
                 for id in ids {
                     if id != n {
-                        self.members.get_mut(&id).unwrap().set_suspected(self.now, n, true);
+                        self.members
+                            .get_mut(&id)
+                            .unwrap()
+                            .set_suspected(self.now, n, true);
                         self.drain(id);
                     }
                 }
             }
             Action::Join(n) => {
-                let mut m = OrderedMember::joiner(n, 1, GROUP, self.host, self.settings.clone(), minitx_settings());
+                let mut m =
+                    OrderedMember::joiner(n, 1, GROUP, self.host, self.settings.clone(), minitx_settings());
                 for &c in &self.crashed {
                     m.set_suspected(self.now, c, true);
                 }
@@ -711,7 +743,9 @@ impl Sim {
                     self.scan_committed();
                 }
                 (n, p) => {
-                    let Some(m) = self.members.get_mut(&n) else { continue };
+                    let Some(m) = self.members.get_mut(&n) else {
+                        continue;
+                    };
                     match p {
                         Packet::Minitx(b) => m.handle_minitx(now, from, &b),
                         Packet::Payload {
@@ -769,7 +803,9 @@ impl Sim {
         let now = self.now;
         let gap = self.rng.gen_range(300 * MICROS..3000 * MICROS);
         self.next_submit.insert(id, now + gap);
-        let Some(m) = self.members.get_mut(&id) else { return };
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
         if m.status() != Status::Active || self.apps[&id].partitioned {
             return;
         }
@@ -797,10 +833,6 @@ impl Sim {
         let (mut last_now, mut same) = (0, 0u32);
         loop {
             self.step();
-            self.steps += 1;
-            if self.steps % 100_000 == 0 && std::env::var("ORDERED_TRACE").is_ok() {
-                eprintln!("step {} t={}us tail {} packets {}", self.steps, self.now / MICROS, self.scanned_tail, self.net.len());
-            }
             if self.now == last_now {
                 same += 1;
                 if same > 100_000 {
@@ -815,7 +847,10 @@ impl Sim {
             }
             if self.now > deadline {
                 let d = self.dump();
-                self.fail(&format!("no liveness after the faults stopped: tail {}\n{d}", self.scanned_tail));
+                self.fail(&format!(
+                    "no liveness after the faults stopped: tail {}\n{d}",
+                    self.scanned_tail
+                ));
             }
         }
         self.check_end();
@@ -835,7 +870,8 @@ impl Sim {
                     m.poll_timeout(),
                     m.idle(),
                     m.counters()
-                ) + "\n    " + &m.describe()
+                ) + "\n    "
+                    + &m.describe()
             })
             .collect();
         lines.push(format!(
@@ -936,7 +972,10 @@ fn randomized_harness_seeds() {
         println!("seed {seed}: {:?}", run_seed(seed));
         return;
     }
-    let seeds: u64 = std::env::var("ORDERED_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let seeds: u64 = std::env::var("ORDERED_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let mut totals = (0, 0, 0, 0);
     for seed in 0..seeds {
         let (s, d, i, safe) = run_seed(seed);
@@ -946,7 +985,10 @@ fn randomized_harness_seeds() {
         "{seeds} seeds: {} messages submitted, {} deliveries, {} state transfers installed, {} safe deliveries checked",
         totals.0, totals.1, totals.2, totals.3
     );
-    assert!(totals.2 > 0 && totals.3 > 0, "the harness must exercise joins and safe delivery");
+    assert!(
+        totals.2 > 0 && totals.3 > 0,
+        "the harness must exercise joins and safe delivery"
+    );
 }
 
 /// Reclamation: a member cut off (never suspected) stops reading; the others go on far past
@@ -970,7 +1012,11 @@ fn a_member_that_stops_reading_is_removed_for_lagging_not_waited_for() {
     for (id, m) in &sim.members {
         if *id != slow {
             assert_eq!(m.status(), Status::Active);
-            assert!(m.delivered() > 2 * list_slots, "member {id} stalled at {}", m.delivered());
+            assert!(
+                m.delivered() > 2 * list_slots,
+                "member {id} stalled at {}",
+                m.delivered()
+            );
         }
     }
 }
@@ -1011,7 +1057,14 @@ fn in_process_throughput() {
             .map(|&id| {
                 (
                     id,
-                    OrderedMember::initial(id, GROUP, &ids, PRIMARY, settings.clone(), MinitxSettings::default()),
+                    OrderedMember::initial(
+                        id,
+                        GROUP,
+                        &ids,
+                        PRIMARY,
+                        settings.clone(),
+                        MinitxSettings::default(),
+                    ),
                 )
             })
             .collect();
@@ -1081,6 +1134,8 @@ fn in_process_throughput() {
             minitx_messages as f64 / messages as f64
         );
         assert!(messages >= target);
-        assert!(nodes.values().all(|m| m.counters().fifo_gaps == 0 && m.counters().malformed == 0));
+        assert!(nodes
+            .values()
+            .all(|m| m.counters().fifo_gaps == 0 && m.counters().malformed == 0));
     }
 }

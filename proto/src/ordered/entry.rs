@@ -21,7 +21,12 @@ pub enum RemoveReason {
 pub enum EntryKind {
     /// Messages `first_seq .. first_seq + count` of `node` in its membership starting at
     /// list position `epoch`; `safe` asks delivery only once every member holds them.
-    Data { epoch: u64, first_seq: u64, count: u16, safe: bool },
+    Data {
+        epoch: u64,
+        first_seq: u64,
+        count: u16,
+        safe: bool,
+    },
     /// `node` joins the view here (or joins again: its old membership ends).
     Join,
     /// `node` leaves the view here.
@@ -155,7 +160,11 @@ mod tests {
             EntryKind::Join,
             EntryKind::Remove(RemoveReason::Lagging),
         ] {
-            let e = Entry { pos: 77, node: 5, kind };
+            let e = Entry {
+                pos: 77,
+                node: 5,
+                kind,
+            };
             assert_eq!(Entry::decode(&e.encode()), Some(e));
         }
         assert_eq!(Entry::decode(&[0u8; ENTRY_BYTES]), None);

@@ -204,10 +204,17 @@ struct Batch {
 
 #[derive(Debug)]
 enum ListOp {
-    Read { from: u64 },
+    Read {
+        from: u64,
+    },
     /// The join entry of a joiner, at `at`.
-    Join { at: u64 },
-    Append { at: u64, entries: Vec<Entry> },
+    Join {
+        at: u64,
+    },
+    Append {
+        at: u64,
+        entries: Vec<Entry>,
+    },
 }
 
 type PayloadId = (NodeId, u64, u64);
@@ -327,7 +334,10 @@ impl OrderedMember {
         settings: OrderedSettings,
         minitx: MinitxSettings,
     ) -> OrderedMember {
-        assert!(settings.lag_budget < settings.list_slots, "lag_budget must be below list_slots");
+        assert!(
+            settings.lag_budget < settings.list_slots,
+            "lag_budget must be below list_slots"
+        );
         assert!(settings.max_batch >= 1 && settings.max_batch <= u32::from(u16::MAX));
         let mut coord = Coordinator::new(node, 1, minitx.clone());
         coord.set_placement(MEMNODE, memnode_host);
@@ -434,13 +444,19 @@ impl OrderedMember {
             .map(|m| (m.node, m.join_pos, self.member_progress(m)))
             .collect();
         format!(
-            "front {front:?} held_upto {} known_tail {} pending {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?}",
+            "front {front:?} held_upto {} known_tail {} pending {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?} \
+             in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?}",
             self.held_upto,
             self.known_tail,
             self.pending,
             self.pending_uncertain,
             self.queue_pos,
-            self.list_op.as_ref().map(|o| &o.1)
+            self.list_op.as_ref().map(|o| &o.1),
+            self.in_majority,
+            self.next_list_op_at,
+            self.last_read,
+            self.queue_blocked_since,
+            self.repair_op.as_ref().map(|r| &r.1)
         )
     }
 
@@ -457,9 +473,12 @@ impl OrderedMember {
         }
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
         if self.list_op.is_none() && self.in_majority {
-            t = t.min(self.next_list_op_at.max(self.last_read + self.settings.poll_interval));
+            t = t.min(
+                self.next_list_op_at
+                    .max(self.last_read + self.settings.poll_interval),
+            );
         }
-        if let (Some(since), None) = (self.queue_blocked_since, &self.list_op) {
+        if let (Some(since), None, true) = (self.queue_blocked_since, &self.list_op, self.in_majority) {
             t = t.min(since + self.settings.lag_timeout);
         }
         if let Some(r) = self.transfers.iter().map(|t| t.3).min() {
@@ -529,7 +548,8 @@ impl OrderedMember {
         let seq = self.next_submit_seq;
         self.next_submit_seq += 1;
         self.outgoing.push_back((seq, safe));
-        self.payloads.insert((self.node, self.join_pos, seq), bytes.to_vec());
+        self.payloads
+            .insert((self.node, self.join_pos, seq), bytes.to_vec());
         self.out.push_back(Output::Disseminate {
             sender: self.node,
             epoch: self.join_pos,
@@ -684,7 +704,9 @@ impl OrderedMember {
         if *txid != o.txid {
             return;
         }
-        let Some((_, op)) = self.list_op.take() else { return };
+        let Some((_, op)) = self.list_op.take() else {
+            return;
+        };
         if self.status == Status::Removed {
             return;
         }
@@ -766,13 +788,14 @@ impl OrderedMember {
         // Acknowledged transfers: the joiner installed (or is no longer that member).
         let view = &self.learn_view;
         let progress = &self.progress;
-        self.transfers.retain(|(joiner, pos, _, _)| match view.get(*joiner) {
-            Some(m) if m.join_pos == *pos => !matches!(
-                progress.get(m.slot as usize),
-                Some(Some(s)) if s.node == *joiner && s.join_pos == *pos && s.installed
-            ),
-            _ => false,
-        });
+        self.transfers
+            .retain(|(joiner, pos, _, _)| match view.get(*joiner) {
+                Some(m) if m.join_pos == *pos => !matches!(
+                    progress.get(m.slot as usize),
+                    Some(Some(s)) if s.node == *joiner && s.join_pos == *pos && s.installed
+                ),
+                _ => false,
+            });
     }
 
     fn on_read(&mut self, now: Time, reads: &[Vec<u8>]) {
@@ -952,7 +975,12 @@ impl OrderedMember {
                     count,
                     safe,
                 } => {
-                    let Some(sender) = self.deliver_view.get(e.node).copied().filter(|m| m.join_pos == epoch) else {
+                    let Some(sender) = self
+                        .deliver_view
+                        .get(e.node)
+                        .copied()
+                        .filter(|m| m.join_pos == epoch)
+                    else {
                         self.counters.foreign_skipped += 1;
                         self.pop_delivered();
                         continue;
@@ -974,7 +1002,10 @@ impl OrderedMember {
                         // crashed before holding it would block the group forever.
                         let all_hold = self.deliver_view.members.iter().all(|m| {
                             self.member_progress(m).1 > e.pos
-                                || self.learn_view.get(m.node).is_none_or(|l| l.join_pos != m.join_pos)
+                                || self
+                                    .learn_view
+                                    .get(m.node)
+                                    .is_none_or(|l| l.join_pos != m.join_pos)
                         });
                         if !all_hold {
                             if self.safe_waiting != Some(e.pos) {
@@ -988,7 +1019,10 @@ impl OrderedMember {
                         self.counters.fifo_gaps += 1;
                     }
                     for seq in first_seq.max(next)..end {
-                        let bytes = self.payloads.remove(&(sender.node, epoch, seq)).unwrap_or_default();
+                        let bytes = self
+                            .payloads
+                            .remove(&(sender.node, epoch, seq))
+                            .unwrap_or_default();
                         self.counters.delivered += 1;
                         self.out.push_back(Output::Deliver {
                             sender: sender.node,
@@ -1012,9 +1046,15 @@ impl OrderedMember {
                     self.next_seq.insert(e.node, 0);
                     self.payloads.retain(|id, _| id.0 != e.node || id.1 >= e.pos);
                     self.view_event(e.pos, Some(e.node), None);
-                    let producer = before.members.iter().map(|m| m.node).filter(|&n| n != e.node).min();
+                    let producer = before
+                        .members
+                        .iter()
+                        .map(|m| m.node)
+                        .filter(|&n| n != e.node)
+                        .min();
                     if producer == Some(self.node) {
-                        self.producing = Some((e.node, e.pos, self.deliver_view.clone(), self.next_seq.clone()));
+                        self.producing =
+                            Some((e.node, e.pos, self.deliver_view.clone(), self.next_seq.clone()));
                         self.out.push_back(Output::SnapshotRequest {
                             group: self.group,
                             position: e.pos,
@@ -1088,10 +1128,12 @@ impl OrderedMember {
     }
 
     fn base_reads(&self) -> Minitransaction {
-        Minitransaction::new().read(Address::new(MEMNODE, LIST, 0), 8).read(
-            Address::new(MEMNODE, PROGRESS, 0),
-            self.settings.max_members * PROGRESS_BYTES as u32,
-        )
+        Minitransaction::new()
+            .read(Address::new(MEMNODE, LIST, 0), 8)
+            .read(
+                Address::new(MEMNODE, PROGRESS, 0),
+                self.settings.max_members * PROGRESS_BYTES as u32,
+            )
     }
 
     /// The tail, every progress slot and the entries from `from` on (as many as the
@@ -1109,7 +1151,10 @@ impl OrderedMember {
             mtx = mtx.read(self.list_addr(from), (first_len as u32) * ENTRY_BYTES as u32);
         }
         if n > first_len {
-            mtx = mtx.read(self.list_addr(from + first_len), ((n - first_len) as u32) * ENTRY_BYTES as u32);
+            mtx = mtx.read(
+                self.list_addr(from + first_len),
+                ((n - first_len) as u32) * ENTRY_BYTES as u32,
+            );
         }
         mtx
     }
@@ -1141,7 +1186,11 @@ impl OrderedMember {
         // Progress rides appends, but an append that loses the tail race writes nothing: a
         // member in a run of failed compares publishes by a read every `poll_interval`.
         let publish_due = self.published.is_none() && now >= self.last_read + self.settings.poll_interval;
-        if self.status == Status::Active && !self.pending_uncertain && self.learned >= self.known_tail && !publish_due {
+        if self.status == Status::Active
+            && !self.pending_uncertain
+            && self.learned >= self.known_tail
+            && !publish_due
+        {
             if let Some((mtx, entries)) = self.build_append(now) {
                 self.counters.appends += 1;
                 let at = self.learned;
@@ -1194,7 +1243,11 @@ impl OrderedMember {
     /// entries (removals), then one batch of this sender's messages. `None` if there is
     /// nothing to append or the list has no room.
     fn build_append(&mut self, now: Time) -> Option<(Minitransaction, Vec<Entry>)> {
-        let me = self.learn_view.get(self.node).copied()?;
+        let Some(me) = self.learn_view.get(self.node).copied() else {
+            // Out of the view as learned: nothing to append, nothing to wait for.
+            self.queue_blocked_since = None;
+            return None;
+        };
         let at = self.learned;
         let list_slots = u64::from(self.settings.list_slots);
         let mut entries = Vec::new();
@@ -1239,6 +1292,11 @@ impl OrderedMember {
                 continue;
             }
             floor = floor.min(learned);
+        }
+        if blocked_at.is_some() && lagging.is_empty() {
+            // Nobody has been stuck that long: the members holding the slot are moving.
+            // Wait another `lag_timeout`.
+            self.queue_blocked_since = Some(now);
         }
         if self.leaving {
             push(&mut entries, self.node, EntryKind::Remove(RemoveReason::Left));
@@ -1343,7 +1401,16 @@ impl OrderedMember {
             if l.at + self.settings.repair_delay > now {
                 break;
             }
-            let (Some(slot), EntryKind::Data { epoch, first_seq, count, .. }) = (l.sender_slot, l.entry.kind) else {
+            let (
+                Some(slot),
+                EntryKind::Data {
+                    epoch,
+                    first_seq,
+                    count,
+                    ..
+                },
+            ) = (l.sender_slot, l.entry.kind)
+            else {
                 continue;
             };
             for seq in first_seq..first_seq + u64::from(count) {
@@ -1377,8 +1444,12 @@ impl OrderedMember {
     fn on_repair(&mut self, ids: &[PayloadId], reads: &[Vec<u8>]) {
         for (id, b) in ids.iter().zip(reads) {
             let header = (
-                b.get(0..4).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes),
-                b.get(4..8).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes),
+                b.get(0..4)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u32::from_le_bytes),
+                b.get(4..8)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u32::from_le_bytes),
                 u64_at(b, 8),
                 u64_at(b, 16),
             );
@@ -1429,7 +1500,10 @@ fn decode_transfer(b: &[u8]) -> Option<Transfer> {
     if n > 4096 {
         return None;
     }
-    let mut view = View { id, members: Vec::new() };
+    let mut view = View {
+        id,
+        members: Vec::new(),
+    };
     let mut next_seq = BTreeMap::new();
     let mut at = 20;
     for _ in 0..n {

@@ -18,7 +18,7 @@ mod entry;
 mod member;
 
 pub use entry::{Entry, EntryKind, ProgressSlot, RemoveReason};
-pub use member::{Output, OrderedCounters, OrderedMember, Status, SubmitRefused, ViewEvent};
+pub use member::{OrderedCounters, OrderedMember, Output, Status, SubmitRefused, ViewEvent};
 
 use crate::minitx::MemnodeId;
 use crate::{GroupId, NodeId, Time, MILLIS};
@@ -116,7 +116,10 @@ impl OrderedSettings {
         [
             (LIST, 8 + self.list_slots * ENTRY_BYTES as u32),
             (PROGRESS, self.max_members * PROGRESS_BYTES as u32),
-            (QUEUES, self.max_members * self.queue_slots * self.queue_slot_bytes()),
+            (
+                QUEUES,
+                self.max_members * self.queue_slots * self.queue_slot_bytes(),
+            ),
         ]
     }
 }
