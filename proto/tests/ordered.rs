@@ -1034,7 +1034,7 @@ fn a_seed_reproduces_its_run() {
 /// --test ordered in_process -- --nocapture`.
 #[test]
 fn in_process_throughput() {
-    let target: u64 = if cfg!(debug_assertions) { 3_000 } else { 200_000 };
+    let target: u64 = if cfg!(debug_assertions) { 3_000 } else { 50_000 };
     for (members, max_batch) in [(1u32, 32u32), (4, 1), (4, 8), (4, 32)] {
         let settings = OrderedSettings {
             list_slots: 4096,
