@@ -1139,3 +1139,28 @@ fn in_process_throughput() {
             .all(|m| m.counters().fifo_gaps == 0 && m.counters().malformed == 0));
     }
 }
+
+/// Garbage from the network (transfers, minitransaction answers, payloads) is counted or
+/// ignored, never a panic.
+#[test]
+fn hostile_input_is_counted_not_a_panic() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let settings = OrderedSettings::default();
+    let mut m = OrderedMember::joiner(9, 1, GROUP, PRIMARY, settings.clone(), minitx_settings());
+    let mut a = OrderedMember::initial(1, GROUP, &[1, 2], PRIMARY, settings, minitx_settings());
+    for i in 0..2_000u64 {
+        let len = rng.gen_range(0..200);
+        let junk: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        for x in [&mut m, &mut a] {
+            x.handle_transfer(i, &junk);
+            x.handle_minitx(i, PRIMARY, &junk);
+            x.handle_payload(i, rng.gen(), rng.gen(), rng.gen(), &junk);
+            x.handle_timeout(i * MILLIS);
+            while x.poll_output().is_some() {}
+        }
+    }
+    assert!(m.counters().malformed > 0, "junk transfers must be counted");
+    assert_eq!(m.status(), Status::Joining);
+    assert_eq!(a.status(), Status::Active);
+    assert!(a.submit(0, &[0u8; 5_000], false) == Err(tutti_proto::ordered::SubmitRefused::TooLarge));
+}

@@ -81,12 +81,14 @@ impl Entry {
         let kind = match b[8] {
             KIND_DATA => {
                 let count = u16::from_le_bytes(b.get(10..12)?.try_into().ok()?);
-                if count == 0 || b[9] > 1 {
+                let first_seq = u64_at(b, 24)?;
+                // The seq range must not wrap: readers compute `first_seq + count`.
+                if count == 0 || b[9] > 1 || first_seq.checked_add(u64::from(count)).is_none() {
                     return None;
                 }
                 EntryKind::Data {
                     epoch: u64_at(b, 16)?,
-                    first_seq: u64_at(b, 24)?,
+                    first_seq,
                     count,
                     safe: b[9] == 1,
                 }
@@ -177,6 +179,17 @@ mod tests {
         .encode();
         bad[9] = 200;
         assert_eq!(Entry::decode(&bad), None);
+        let wrapping = Entry {
+            pos: 1,
+            node: 1,
+            kind: EntryKind::Data {
+                epoch: 0,
+                first_seq: u64::MAX - 1,
+                count: 5,
+                safe: false,
+            },
+        };
+        assert_eq!(Entry::decode(&wrapping.encode()), None);
         let p = ProgressSlot {
             node: 3,
             installed: true,

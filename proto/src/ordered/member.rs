@@ -1312,7 +1312,8 @@ impl OrderedMember {
             }
         }
         // Reclamation: never overwrite a slot a member of the view has not learned.
-        let room = (floor + list_slots).saturating_sub(at);
+        // Progress slots are written by members: saturate rather than trust them.
+        let room = floor.saturating_add(list_slots).saturating_sub(at);
         if (entries.len() as u64) > room {
             self.counters.reclaim_waits += 1;
             return None;
