@@ -26,6 +26,7 @@ mod fxhash;
 pub mod minitx;
 mod multicast;
 mod node;
+pub mod ordered;
 mod outbox;
 mod payload;
 mod settings;

@@ -1,0 +1,1520 @@
+//! One node's state machine for one ordered group: it appends its messages and view
+//! changes to the global list with minitransactions, learns the list by reading it, and
+//! delivers in list order once it holds the payloads. Sans-IO: inputs are method calls
+//! with `now`, outputs are drained with [`OrderedMember::poll_output`].
+
+use super::entry::{u64_at, Entry, EntryKind, ProgressSlot, RemoveReason};
+use super::{OrderedSettings, ENTRY_BYTES, LIST, MEMNODE, PROGRESS, PROGRESS_BYTES, QUEUES, QUEUE_HEADER};
+use crate::minitx::{Address, Coordinator, Minitransaction, MinitxSettings, Outcome, TxId, TxnError};
+use crate::{GroupId, NodeId, Time};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Where this member stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Appending its join entry (or looking for it after an unknown outcome).
+    Joining,
+    /// Its join entry is at `join_pos`; waiting for the state transfer.
+    Installing,
+    /// A member: sends and delivers.
+    Active,
+    /// Out of the group (an entry removed it, or it fell so far behind that its entries
+    /// were reclaimed). It may join again as a new member.
+    Removed,
+}
+
+/// A view change, delivered at its place in the order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewEvent {
+    /// Grows by one with every change.
+    pub id: u64,
+    /// The list position of the entry that made it.
+    pub position: u64,
+    /// Members after the change, sorted.
+    pub members: Vec<NodeId>,
+    pub joined: Option<NodeId>,
+    pub left: Option<(NodeId, RemoveReason)>,
+}
+
+/// What the member wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A minitransaction message for the memory node's primary.
+    Minitx { to: NodeId, bytes: Vec<u8> },
+    /// A payload to disseminate to the group (bimodal multicast in the daemon): the
+    /// receivers hand it to [`OrderedMember::handle_payload`].
+    Disseminate {
+        sender: NodeId,
+        epoch: u64,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    /// A message, in the total order.
+    Deliver {
+        sender: NodeId,
+        epoch: u64,
+        seq: u64,
+        position: u64,
+        safe: bool,
+        bytes: Vec<u8>,
+    },
+    /// A view change, in the total order.
+    View(ViewEvent),
+    /// The application must snapshot its state as of everything delivered so far (the cut
+    /// is `position`, a joiner's entry) and call [`OrderedMember::snapshot_ready`].
+    /// Delivery waits until then.
+    SnapshotRequest { group: GroupId, position: u64 },
+    /// A state transfer for joiner `to` (point to point; resent until the joiner's
+    /// progress slot says it installed): it hands it to [`OrderedMember::handle_transfer`].
+    Transfer { to: NodeId, bytes: Vec<u8> },
+    /// This joiner installed the application snapshot taken at `position`; deliveries
+    /// follow from `position + 1`.
+    Installed { position: u64, snapshot: Vec<u8> },
+    /// This node is outside a majority: it delivers nothing until it is back in one.
+    Minority,
+    /// This node is out of the group.
+    Removed { reason: RemoveReason },
+}
+
+/// Why `submit` refused a message (back pressure is a value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitRefused {
+    #[error("not an active member of the group")]
+    NotMember,
+    #[error("the payload exceeds max_payload")]
+    TooLarge,
+    #[error("max_outgoing messages are already queued: retry later")]
+    Full,
+}
+
+/// Counters of one member (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderedCounters {
+    /// Append minitransactions submitted / committed / refused by a failed tail compare.
+    pub appends: u64,
+    pub appends_committed: u64,
+    pub append_conflicts: u64,
+    /// Messages threaded into the list by this sender, in `batches` entries.
+    pub messages_appended: u64,
+    pub batches: u64,
+    /// Read minitransactions and entries learned.
+    pub reads: u64,
+    pub entries_learned: u64,
+    pub delivered: u64,
+    /// Data entries skipped at delivery: repeated ids, senders outside the view.
+    pub duplicates_skipped: u64,
+    pub foreign_skipped: u64,
+    /// Data entries whose first seq was past the sender's next (must stay 0).
+    pub fifo_gaps: u64,
+    /// Safe entries that had to wait for another member to hold them.
+    pub safe_waits: u64,
+    /// Payload repairs read from senders' queues, and queue slots that did not hold the
+    /// payload asked for.
+    pub repairs: u64,
+    pub repair_mismatches: u64,
+    /// Received payloads dropped (`max_held` reached, or already delivered).
+    pub payloads_dropped: u64,
+    /// Remove entries this member appended, by reason.
+    pub removals_suspected: u64,
+    pub removals_lagging: u64,
+    /// Appends that waited: the list is full up to the slowest member / a queue slot is
+    /// not yet held by every member.
+    pub reclaim_waits: u64,
+    pub queue_waits: u64,
+    /// Times this node found itself outside a majority.
+    pub minority: u64,
+    pub transfers_sent: u64,
+    pub joins_retried: u64,
+    /// Records from the memory node or a transfer that did not decode.
+    pub malformed: u64,
+    /// Minitransactions that failed with an unexpected error (`Busy`, `Unavailable`, ...).
+    pub txn_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Member {
+    node: NodeId,
+    join_pos: u64,
+    slot: u32,
+}
+
+/// Membership at a list position: a function of the entries before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct View {
+    id: u64,
+    members: Vec<Member>,
+}
+
+impl View {
+    fn get(&self, node: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.node == node)
+    }
+
+    /// Applies a membership entry; true if the view changed. A join of a member replaces
+    /// its old membership; a join into a full view is ignored.
+    fn apply(&mut self, e: &Entry, max_members: u32) -> bool {
+        match e.kind {
+            EntryKind::Data { .. } => false,
+            EntryKind::Join => {
+                self.members.retain(|m| m.node != e.node);
+                let Some(slot) = (0..max_members).find(|s| self.members.iter().all(|m| m.slot != *s)) else {
+                    return false;
+                };
+                self.members.push(Member {
+                    node: e.node,
+                    join_pos: e.pos,
+                    slot,
+                });
+                self.members.sort_unstable_by_key(|m| m.node);
+                self.id += 1;
+                true
+            }
+            EntryKind::Remove(_) => {
+                let before = self.members.len();
+                self.members.retain(|m| m.node != e.node);
+                if self.members.len() == before {
+                    return false;
+                }
+                self.id += 1;
+                true
+            }
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.node).collect()
+    }
+}
+
+/// A learned entry awaiting delivery, with the queue slot of its sender (for repair).
+#[derive(Debug, Clone)]
+struct Learned {
+    entry: Entry,
+    at: Time,
+    sender_slot: Option<u32>,
+}
+
+/// The batch a sender is threading into the list.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    first_seq: u64,
+    count: u16,
+    safe: bool,
+}
+
+#[derive(Debug)]
+enum ListOp {
+    Read {
+        from: u64,
+    },
+    /// The join entry of a joiner, at `at`.
+    Join {
+        at: u64,
+    },
+    Append {
+        at: u64,
+        entries: Vec<Entry>,
+    },
+}
+
+type PayloadId = (NodeId, u64, u64);
+
+/// One node's member of one ordered group. See the module docs and `docs/ordered.md`.
+pub struct OrderedMember {
+    node: NodeId,
+    group: GroupId,
+    settings: OrderedSettings,
+    coord: Coordinator,
+    minitx: MinitxSettings,
+    status: Status,
+    in_majority: bool,
+    /// Next position to learn / to deliver; everything in between is in `buffer`.
+    learned: u64,
+    delivered: u64,
+    /// Every payload of the entries below `held_upto` is held (or delivered).
+    held_upto: u64,
+    buffer: VecDeque<Learned>,
+    /// The tail as last read.
+    known_tail: u64,
+    learn_view: View,
+    deliver_view: View,
+    /// Next seq to deliver per sender (of its membership in `deliver_view`).
+    next_seq: BTreeMap<NodeId, u64>,
+    join_pos: u64,
+    progress: Vec<Option<ProgressSlot>>,
+    /// When each progress slot's `held` last changed (as read).
+    progress_since: Vec<Time>,
+    published: Option<ProgressSlot>,
+    payloads: BTreeMap<PayloadId, Vec<u8>>,
+    // Sender side.
+    next_submit_seq: u64,
+    outgoing: VecDeque<(u64, bool)>,
+    pending: Option<Batch>,
+    /// The pending batch may have been appended (outcome unknown): find it by reading up
+    /// to the tail before appending it again.
+    pending_uncertain: bool,
+    /// List position of the last message written to each of this sender's queue slots.
+    queue_pos: Vec<Option<u64>>,
+    suspected: BTreeSet<NodeId>,
+    /// Since when this sender's next queue slot waits for a member to hold its payload.
+    queue_blocked_since: Option<Time>,
+    leaving: bool,
+    list_op: Option<(TxId, ListOp)>,
+    repair_op: Option<(TxId, Vec<PayloadId>)>,
+    next_list_op_at: Time,
+    last_read: Time,
+    read_now: bool,
+    /// A joiner's deadline for its state transfer.
+    install_deadline: Time,
+    /// A snapshot this member must produce: (joiner, position, view after the join,
+    /// next seqs at the cut).
+    producing: Option<(NodeId, u64, View, BTreeMap<NodeId, u64>)>,
+    /// Transfers sent and not yet acknowledged: (joiner, its join position, bytes, next
+    /// resend).
+    transfers: Vec<(NodeId, u64, Vec<u8>, Time)>,
+    safe_waiting: Option<u64>,
+    out: VecDeque<Output>,
+    counters: OrderedCounters,
+}
+
+impl OrderedMember {
+    /// A member of a group created by configuration with `members` (all at position 0,
+    /// the list empty). Its minitransactions go to the memory node at `memnode_host`.
+    pub fn initial(
+        node: NodeId,
+        group: GroupId,
+        members: &[NodeId],
+        memnode_host: NodeId,
+        settings: OrderedSettings,
+        minitx: MinitxSettings,
+    ) -> OrderedMember {
+        let mut m = OrderedMember::blank(node, group, memnode_host, settings, minitx);
+        let mut sorted = members.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for (slot, &n) in sorted.iter().enumerate().take(m.settings.max_members as usize) {
+            m.learn_view.members.push(Member {
+                node: n,
+                join_pos: 0,
+                slot: slot as u32,
+            });
+            m.next_seq.insert(n, 0);
+        }
+        m.deliver_view = m.learn_view.clone();
+        m.status = if m.learn_view.get(node).is_some() {
+            Status::Active
+        } else {
+            Status::Joining
+        };
+        m
+    }
+
+    /// A node joining an existing group: it appends its join entry, then waits for a state
+    /// transfer at that position. `incarnation` must grow across restarts of the node.
+    pub fn joiner(
+        node: NodeId,
+        incarnation: u32,
+        group: GroupId,
+        memnode_host: NodeId,
+        settings: OrderedSettings,
+        minitx: MinitxSettings,
+    ) -> OrderedMember {
+        let mut m = OrderedMember::blank(node, group, memnode_host, settings, minitx);
+        m.coord = Coordinator::new(node, incarnation, m.minitx.clone());
+        m.coord.set_placement(MEMNODE, memnode_host);
+        m.status = Status::Joining;
+        m.known_tail = u64::MAX;
+        m
+    }
+
+    fn blank(
+        node: NodeId,
+        group: GroupId,
+        memnode_host: NodeId,
+        settings: OrderedSettings,
+        minitx: MinitxSettings,
+    ) -> OrderedMember {
+        assert!(
+            settings.lag_budget < settings.list_slots,
+            "lag_budget must be below list_slots"
+        );
+        assert!(settings.max_batch >= 1 && settings.max_batch <= u32::from(u16::MAX));
+        let mut coord = Coordinator::new(node, 1, minitx.clone());
+        coord.set_placement(MEMNODE, memnode_host);
+        let queue_slots = settings.queue_slots as usize;
+        let max_members = settings.max_members as usize;
+        OrderedMember {
+            node,
+            group,
+            coord,
+            status: Status::Joining,
+            in_majority: true,
+            learned: 0,
+            delivered: 0,
+            held_upto: 0,
+            buffer: VecDeque::new(),
+            known_tail: 0,
+            learn_view: View::default(),
+            deliver_view: View::default(),
+            next_seq: BTreeMap::new(),
+            join_pos: 0,
+            progress: vec![None; max_members],
+            progress_since: vec![0; max_members],
+            published: None,
+            payloads: BTreeMap::new(),
+            next_submit_seq: 0,
+            outgoing: VecDeque::new(),
+            pending: None,
+            pending_uncertain: false,
+            queue_pos: vec![None; queue_slots],
+            suspected: BTreeSet::new(),
+            queue_blocked_since: None,
+            leaving: false,
+            list_op: None,
+            repair_op: None,
+            next_list_op_at: 0,
+            last_read: 0,
+            read_now: true,
+            install_deadline: 0,
+            producing: None,
+            transfers: Vec::new(),
+            safe_waiting: None,
+            out: VecDeque::new(),
+            counters: OrderedCounters::default(),
+            settings,
+            minitx,
+        }
+    }
+
+    // ---- accessors ----
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn counters(&self) -> &OrderedCounters {
+        &self.counters
+    }
+    /// Next position to deliver.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+    /// Next position to learn.
+    pub fn learned(&self) -> u64 {
+        self.learned
+    }
+    /// The membership this node's messages carry (its join position).
+    pub fn epoch(&self) -> u64 {
+        self.join_pos
+    }
+    /// Members of the view as of the last delivered entry.
+    pub fn view(&self) -> (u64, Vec<NodeId>) {
+        (self.deliver_view.id, self.deliver_view.nodes())
+    }
+    /// Whether this node holds (or has delivered) the payload `(sender, epoch, seq)`.
+    pub fn holds(&self, sender: NodeId, epoch: u64, seq: u64) -> bool {
+        if self.payloads.contains_key(&(sender, epoch, seq)) {
+            return true;
+        }
+        matches!(self.deliver_view.get(sender), Some(m) if m.join_pos == epoch)
+            && self.next_seq.get(&sender).is_some_and(|&n| seq < n)
+    }
+    /// The seq the next `submit` gets (seqs restart at 0 with each membership).
+    pub fn next_submit_seq(&self) -> u64 {
+        self.next_submit_seq
+    }
+    /// Messages submitted and not yet in the list.
+    pub fn outgoing(&self) -> usize {
+        self.outgoing.len()
+    }
+    /// Whether no minitransaction of this member is in flight (for quiescence checks).
+    pub fn idle(&self) -> bool {
+        self.list_op.is_none() && self.repair_op.is_none() && self.coord.in_flight() == 0
+    }
+
+    /// A one-line account of what this member waits for (for logs and failing seeds).
+    pub fn describe(&self) -> String {
+        let front = self.buffer.front().map(|l| (l.entry, self.missing(&l.entry)));
+        let progress: Vec<(NodeId, u64, (u64, u64))> = self
+            .learn_view
+            .members
+            .iter()
+            .map(|m| (m.node, m.join_pos, self.member_progress(m)))
+            .collect();
+        format!(
+            "front {front:?} held_upto {} known_tail {} pending {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?} \
+             in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?}",
+            self.held_upto,
+            self.known_tail,
+            self.pending,
+            self.pending_uncertain,
+            self.queue_pos,
+            self.list_op.as_ref().map(|o| &o.1),
+            self.in_majority,
+            self.next_list_op_at,
+            self.last_read,
+            self.queue_blocked_since,
+            self.repair_op.as_ref().map(|r| &r.1)
+        )
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some((to, bytes)) = self.coord.poll_transmit() {
+            return Some(Output::Minitx { to, bytes });
+        }
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if self.status == Status::Removed {
+            return self.coord.poll_timeout();
+        }
+        let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
+        if self.list_op.is_none() && self.in_majority {
+            t = t.min(
+                self.next_list_op_at
+                    .max(self.last_read + self.settings.poll_interval),
+            );
+        }
+        if let (Some(since), None, true) = (self.queue_blocked_since, &self.list_op, self.in_majority) {
+            t = t.min(since + self.settings.lag_timeout);
+        }
+        if let Some(r) = self.transfers.iter().map(|t| t.3).min() {
+            t = t.min(r);
+        }
+        if self.status == Status::Installing {
+            t = t.min(self.install_deadline);
+        }
+        if self.repair_op.is_none() && self.status == Status::Active && self.in_majority {
+            if let Some(l) = self
+                .buffer
+                .iter()
+                .find(|l| l.sender_slot.is_some() && self.missing(&l.entry).is_some())
+            {
+                t = t.min(l.at + self.settings.repair_delay);
+            }
+        }
+        (t != Time::MAX).then_some(t)
+    }
+
+    // ---- inputs ----
+
+    /// Where the group's memory node primary runs now (failover moves it).
+    pub fn set_memnode_host(&mut self, node: NodeId) {
+        self.coord.set_placement(MEMNODE, node);
+    }
+
+    /// From the view: whether this node is in a majority. Outside one it delivers nothing.
+    pub fn set_in_majority(&mut self, now: Time, in_majority: bool) {
+        self.coord.set_in_majority(in_majority);
+        if self.in_majority && !in_majority {
+            self.enter_minority();
+        }
+        self.in_majority = in_majority;
+        self.drive(now);
+    }
+
+    /// From the failure detector: `node` is suspected (`true`) or no longer (`false`). A
+    /// suspected member is removed by an entry this member appends.
+    pub fn set_suspected(&mut self, now: Time, node: NodeId, suspected: bool) {
+        if suspected {
+            self.suspected.insert(node);
+        } else {
+            self.suspected.remove(&node);
+        }
+        self.drive(now);
+    }
+
+    /// Leaves the group (an entry).
+    pub fn leave(&mut self, now: Time) {
+        self.leaving = true;
+        self.drive(now);
+    }
+
+    /// Queues a message; it is disseminated at once and threaded into the list by a later
+    /// append. Returns its seq.
+    pub fn submit(&mut self, now: Time, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
+        if self.status != Status::Active || self.leaving {
+            return Err(SubmitRefused::NotMember);
+        }
+        if bytes.len() > self.settings.max_payload as usize {
+            return Err(SubmitRefused::TooLarge);
+        }
+        if self.outgoing.len() >= self.settings.max_outgoing {
+            return Err(SubmitRefused::Full);
+        }
+        let seq = self.next_submit_seq;
+        self.next_submit_seq += 1;
+        self.outgoing.push_back((seq, safe));
+        self.payloads
+            .insert((self.node, self.join_pos, seq), bytes.to_vec());
+        self.out.push_back(Output::Disseminate {
+            sender: self.node,
+            epoch: self.join_pos,
+            seq,
+            bytes: bytes.to_vec(),
+        });
+        self.drive(now);
+        Ok(seq)
+    }
+
+    /// A disseminated payload arrived.
+    pub fn handle_payload(&mut self, now: Time, sender: NodeId, epoch: u64, seq: u64, bytes: &[u8]) {
+        let id = (sender, epoch, seq);
+        let delivered_already = matches!(self.deliver_view.get(sender), Some(m) if m.join_pos == epoch)
+            && self.next_seq.get(&sender).is_some_and(|&n| seq < n);
+        if self.status == Status::Removed
+            || delivered_already
+            || self.payloads.contains_key(&id)
+            || bytes.len() > self.settings.max_payload as usize
+            || self.payloads.len() >= self.settings.max_held
+        {
+            self.counters.payloads_dropped += 1;
+            return;
+        }
+        self.payloads.insert(id, bytes.to_vec());
+        self.advance_held();
+        self.drive(now);
+    }
+
+    /// A minitransaction message from a memory node.
+    pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        self.coord.handle_message(now, from, bytes);
+        self.drain_outcomes(now);
+        self.drive(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.coord.handle_timeout(now);
+        self.drain_outcomes(now);
+        if self.status == Status::Installing && now >= self.install_deadline {
+            // The producer may be gone: join again (the new entry replaces the old one).
+            self.counters.joins_retried += 1;
+            self.status = Status::Joining;
+            self.buffer.clear();
+        }
+        for t in &mut self.transfers {
+            if t.3 <= now {
+                t.3 = now + self.settings.retransmit;
+                self.out.push_back(Output::Transfer {
+                    to: t.0,
+                    bytes: t.2.clone(),
+                });
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The application's snapshot for the last `SnapshotRequest`.
+    pub fn snapshot_ready(&mut self, now: Time, snapshot: &[u8]) {
+        let Some((joiner, position, view, next_seq)) = self.producing.take() else {
+            return;
+        };
+        let bytes = encode_transfer(position, &view, &next_seq, snapshot);
+        self.counters.transfers_sent += 1;
+        self.out.push_back(Output::Transfer {
+            to: joiner,
+            bytes: bytes.clone(),
+        });
+        self.transfers
+            .push((joiner, position, bytes, now + self.settings.retransmit));
+        self.drive(now);
+    }
+
+    /// A state transfer arrived (for this joiner, or a stale one: ignored).
+    pub fn handle_transfer(&mut self, now: Time, bytes: &[u8]) {
+        let Some((position, view, next_seq, snapshot)) = decode_transfer(bytes) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if self.status != Status::Installing || position != self.join_pos {
+            return;
+        }
+        let Some(me) = view.get(self.node) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if me.join_pos != position {
+            self.counters.malformed += 1;
+            return;
+        }
+        self.deliver_view = view.clone();
+        self.learn_view = view;
+        self.next_seq = next_seq;
+        for i in 0..self.buffer.len() {
+            let e = self.buffer[i].entry;
+            self.learn_view.apply(&e, self.settings.max_members);
+            self.buffer[i].sender_slot = self.learn_view.get(e.node).map(|m| m.slot);
+        }
+        self.queue_pos = vec![None; self.settings.queue_slots as usize];
+        self.status = Status::Active;
+        self.read_now = true;
+        self.out.push_back(Output::Installed { position, snapshot });
+        self.out.push_back(Output::View(ViewEvent {
+            id: self.deliver_view.id,
+            position,
+            members: self.deliver_view.nodes(),
+            joined: Some(self.node),
+            left: None,
+        }));
+        self.drive(now);
+    }
+
+    // ---- the machine ----
+
+    fn enter_minority(&mut self) {
+        if self.status == Status::Removed {
+            return;
+        }
+        self.counters.minority += 1;
+        self.out.push_back(Output::Minority);
+    }
+
+    fn removed(&mut self, reason: RemoveReason) {
+        if self.status == Status::Removed {
+            return;
+        }
+        self.status = Status::Removed;
+        self.buffer.clear();
+        self.payloads.clear();
+        self.transfers.clear();
+        self.out.push_back(Output::Removed { reason });
+    }
+
+    fn drain_outcomes(&mut self, now: Time) {
+        while let Some(o) = self.coord.poll_event() {
+            self.on_outcome(now, o);
+        }
+    }
+
+    fn on_outcome(&mut self, now: Time, o: Outcome) {
+        if matches!(o.result, Err(TxnError::NotInMajority)) && self.in_majority {
+            self.in_majority = false;
+            self.enter_minority();
+        }
+        if self.repair_op.as_ref().is_some_and(|(txid, _)| *txid == o.txid) {
+            if let (Some((_, ids)), Ok(reads)) = (self.repair_op.take(), &o.result) {
+                self.on_repair(&ids, reads);
+            }
+            return;
+        }
+        let Some((txid, _)) = &self.list_op else { return };
+        if *txid != o.txid {
+            return;
+        }
+        let Some((_, op)) = self.list_op.take() else {
+            return;
+        };
+        if self.status == Status::Removed {
+            return;
+        }
+        if o.result.is_err() {
+            // The progress write it carried may not have been applied: write it again.
+            self.published = None;
+        }
+        match (op, o.result) {
+            (ListOp::Read { from }, Ok(reads)) => {
+                if from == self.learned {
+                    self.on_read(now, &reads);
+                }
+            }
+            (ListOp::Join { at }, Ok(_)) => {
+                debug_assert_eq!(at, self.learned);
+                let e = Entry {
+                    pos: at,
+                    node: self.node,
+                    kind: EntryKind::Join,
+                };
+                self.counters.appends_committed += 1;
+                self.learn(now, e);
+                self.known_tail = self.known_tail.max(self.learned);
+            }
+            (ListOp::Append { at, entries }, Ok(reads)) => {
+                self.counters.appends_committed += 1;
+                debug_assert_eq!(at, self.learned);
+                for e in entries {
+                    self.learn(now, e);
+                }
+                self.known_tail = self.known_tail.max(self.learned);
+                self.read_progress(now, reads.get(1).map(Vec::as_slice));
+            }
+            (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
+            (ListOp::Join { .. } | ListOp::Append { .. }, Err(TxnError::Conflict { reads, .. })) => {
+                self.counters.append_conflicts += 1;
+                let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
+                if let Some(reads) = all {
+                    // The entries this member missed came back with the conflict.
+                    self.on_read(now, &reads);
+                }
+                if self.status == Status::Joining {
+                    // Nothing was written: try again at the current tail.
+                    self.learned = self.known_tail;
+                }
+                self.read_now = true;
+            }
+            (ListOp::Join { .. } | ListOp::Append { .. }, Err(e)) => {
+                if e == TxnError::Unavailable {
+                    // Maybe appended: read up to the tail before appending again.
+                    self.pending_uncertain = true;
+                }
+                self.txn_failed(now, &e);
+            }
+        }
+    }
+
+    fn txn_failed(&mut self, now: Time, e: &TxnError) {
+        if *e != TxnError::NotInMajority {
+            self.counters.txn_errors += 1;
+        }
+        self.next_list_op_at = now + self.settings.retransmit;
+        self.read_now = true;
+    }
+
+    fn read_progress(&mut self, now: Time, bytes: Option<&[u8]>) {
+        let Some(b) = bytes else { return };
+        for (i, chunk) in b.chunks(PROGRESS_BYTES).enumerate() {
+            if let Some(p) = self.progress.get_mut(i) {
+                let new = ProgressSlot::decode(chunk).filter(|s| s.node != 0 || s.learned != 0);
+                if new.map(|s| (s.node, s.join_pos, s.held)) != p.map(|s| (s.node, s.join_pos, s.held)) {
+                    if let Some(since) = self.progress_since.get_mut(i) {
+                        *since = now;
+                    }
+                }
+                *p = new;
+            }
+        }
+        // Acknowledged transfers: the joiner installed (or is no longer that member).
+        let view = &self.learn_view;
+        let progress = &self.progress;
+        self.transfers
+            .retain(|(joiner, pos, _, _)| match view.get(*joiner) {
+                Some(m) if m.join_pos == *pos => !matches!(
+                    progress.get(m.slot as usize),
+                    Some(Some(s)) if s.node == *joiner && s.join_pos == *pos && s.installed
+                ),
+                _ => false,
+            });
+    }
+
+    fn on_read(&mut self, now: Time, reads: &[Vec<u8>]) {
+        self.counters.reads += 1;
+        let Some(tail) = reads.first().and_then(|b| u64_at(b, 0)) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if self.known_tail == u64::MAX {
+            // A joiner's first read: it appends its join at the tail.
+            self.learned = tail;
+        }
+        self.known_tail = tail;
+        self.read_progress(now, reads.get(1).map(Vec::as_slice));
+        let entries = reads.get(2..).unwrap_or_default().concat();
+        let from = self.learned;
+        let mut overwritten = false;
+        for (i, chunk) in entries.chunks(ENTRY_BYTES).enumerate() {
+            let p = from + i as u64;
+            if p >= tail {
+                break;
+            }
+            match Entry::decode(chunk) {
+                Some(e) if e.pos == p => self.learn(now, e),
+                Some(e) if e.pos > p => {
+                    overwritten = true;
+                    break;
+                }
+                _ => {
+                    self.counters.malformed += 1;
+                    break;
+                }
+            }
+            if self.status == Status::Removed {
+                return;
+            }
+        }
+        if overwritten {
+            // Reclaimed before this member read it: it was removed for lagging.
+            if self.status == Status::Joining {
+                self.learned = tail;
+            } else {
+                self.removed(RemoveReason::Lagging);
+            }
+            return;
+        }
+        if self.status == Status::Joining && self.learned >= tail {
+            // Not found up to the tail: the join was not appended; append it here.
+            self.pending_uncertain = false;
+        }
+        if self.learned >= tail && self.pending_uncertain && self.status == Status::Active {
+            self.pending_uncertain = false;
+        }
+    }
+
+    /// Takes entry `e` (the next position) into this member's learned prefix.
+    fn learn(&mut self, now: Time, e: Entry) {
+        debug_assert_eq!(e.pos, self.learned);
+        self.learned = e.pos + 1;
+        self.counters.entries_learned += 1;
+        match self.status {
+            Status::Removed => {}
+            Status::Joining => {
+                if e.kind == EntryKind::Join && e.node == self.node {
+                    self.status = Status::Installing;
+                    self.join_pos = e.pos;
+                    self.delivered = e.pos + 1;
+                    self.held_upto = e.pos + 1;
+                    self.install_deadline = now + self.settings.install_timeout;
+                    self.pending_uncertain = false;
+                    self.next_submit_seq = 0;
+                }
+            }
+            Status::Installing => {
+                self.buffer.push_back(Learned {
+                    entry: e,
+                    at: now,
+                    sender_slot: None,
+                });
+            }
+            Status::Active => {
+                self.learn_view.apply(&e, self.settings.max_members);
+                if let (EntryKind::Data { epoch, first_seq, .. }, Some(b)) = (e.kind, self.pending) {
+                    if e.node == self.node && epoch == self.join_pos && first_seq == b.first_seq {
+                        self.confirm_batch(e.pos, b);
+                    }
+                }
+                self.buffer.push_back(Learned {
+                    entry: e,
+                    at: now,
+                    sender_slot: self.learn_view.get(e.node).map(|m| m.slot),
+                });
+            }
+        }
+        self.advance_held();
+    }
+
+    fn confirm_batch(&mut self, pos: u64, b: Batch) {
+        for _ in 0..b.count {
+            if let Some((seq, _)) = self.outgoing.pop_front() {
+                let q = (seq % u64::from(self.settings.queue_slots)) as usize;
+                self.queue_pos[q] = Some(pos);
+            }
+        }
+        self.counters.messages_appended += u64::from(b.count);
+        self.counters.batches += 1;
+        self.pending = None;
+        self.pending_uncertain = false;
+    }
+
+    /// The payload ids of `e` this member lacks, if any (first one).
+    fn missing(&self, e: &Entry) -> Option<PayloadId> {
+        let EntryKind::Data {
+            epoch,
+            first_seq,
+            count,
+            ..
+        } = e.kind
+        else {
+            return None;
+        };
+        let delivered_below = match self.deliver_view.get(e.node) {
+            Some(m) if m.join_pos == epoch => self.next_seq.get(&e.node).copied().unwrap_or(0),
+            _ => 0,
+        };
+        (first_seq..first_seq + u64::from(count))
+            .filter(|&s| s >= delivered_below)
+            .map(|s| (e.node, epoch, s))
+            .find(|id| !self.payloads.contains_key(id))
+    }
+
+    fn advance_held(&mut self) {
+        let mut idx = (self.held_upto.saturating_sub(self.delivered)) as usize;
+        while let Some(l) = self.buffer.get(idx) {
+            if self.missing(&l.entry).is_some() {
+                break;
+            }
+            idx += 1;
+            self.held_upto = l.entry.pos + 1;
+        }
+    }
+
+    /// Learned, held and installed for member `m` as the last progress read says, or its
+    /// join position if its slot does not (yet) say.
+    fn member_progress(&self, m: &Member) -> (u64, u64) {
+        if m.node == self.node {
+            return (self.learned, self.held_upto);
+        }
+        match self.progress.get(m.slot as usize) {
+            Some(Some(s)) if s.node == m.node && s.join_pos == m.join_pos => {
+                (s.learned.max(m.join_pos), s.held.max(m.join_pos))
+            }
+            _ => (m.join_pos, m.join_pos),
+        }
+    }
+
+    fn drive(&mut self, now: Time) {
+        if self.status == Status::Removed {
+            return;
+        }
+        self.deliver(now);
+        self.start_list_op(now);
+        self.start_repair(now);
+    }
+
+    fn deliver(&mut self, now: Time) {
+        if !self.in_majority || self.status != Status::Active {
+            return;
+        }
+        while self.producing.is_none() && self.status == Status::Active {
+            let Some(l) = self.buffer.front() else { break };
+            let e = l.entry;
+            match e.kind {
+                EntryKind::Data {
+                    epoch,
+                    first_seq,
+                    count,
+                    safe,
+                } => {
+                    let Some(sender) = self
+                        .deliver_view
+                        .get(e.node)
+                        .copied()
+                        .filter(|m| m.join_pos == epoch)
+                    else {
+                        self.counters.foreign_skipped += 1;
+                        self.pop_delivered();
+                        continue;
+                    };
+                    let next = self.next_seq.get(&e.node).copied().unwrap_or(0);
+                    let end = first_seq + u64::from(count);
+                    if end <= next {
+                        self.counters.duplicates_skipped += 1;
+                        self.pop_delivered();
+                        continue;
+                    }
+                    if self.missing(&e).is_some() {
+                        break;
+                    }
+                    if safe {
+                        // Every member of the view holds it, or leaves the view by a later
+                        // entry (already learned, so at the same point for everyone): the
+                        // analogue of a transitional view, without which a member that
+                        // crashed before holding it would block the group forever.
+                        let all_hold = self.deliver_view.members.iter().all(|m| {
+                            self.member_progress(m).1 > e.pos
+                                || self
+                                    .learn_view
+                                    .get(m.node)
+                                    .is_none_or(|l| l.join_pos != m.join_pos)
+                        });
+                        if !all_hold {
+                            if self.safe_waiting != Some(e.pos) {
+                                self.safe_waiting = Some(e.pos);
+                                self.counters.safe_waits += 1;
+                            }
+                            break;
+                        }
+                    }
+                    if first_seq > next {
+                        self.counters.fifo_gaps += 1;
+                    }
+                    for seq in first_seq.max(next)..end {
+                        let bytes = self
+                            .payloads
+                            .remove(&(sender.node, epoch, seq))
+                            .unwrap_or_default();
+                        self.counters.delivered += 1;
+                        self.out.push_back(Output::Deliver {
+                            sender: sender.node,
+                            epoch,
+                            seq,
+                            position: e.pos,
+                            safe,
+                            bytes,
+                        });
+                    }
+                    self.next_seq.insert(e.node, end);
+                    self.pop_delivered();
+                }
+                EntryKind::Join => {
+                    let before = self.deliver_view.clone();
+                    let changed = self.deliver_view.apply(&e, self.settings.max_members);
+                    self.pop_delivered();
+                    if !changed {
+                        continue;
+                    }
+                    self.next_seq.insert(e.node, 0);
+                    self.payloads.retain(|id, _| id.0 != e.node || id.1 >= e.pos);
+                    self.view_event(e.pos, Some(e.node), None);
+                    let producer = before
+                        .members
+                        .iter()
+                        .map(|m| m.node)
+                        .filter(|&n| n != e.node)
+                        .min();
+                    if producer == Some(self.node) {
+                        self.producing =
+                            Some((e.node, e.pos, self.deliver_view.clone(), self.next_seq.clone()));
+                        self.out.push_back(Output::SnapshotRequest {
+                            group: self.group,
+                            position: e.pos,
+                        });
+                    }
+                }
+                EntryKind::Remove(reason) => {
+                    let changed = self.deliver_view.apply(&e, self.settings.max_members);
+                    self.pop_delivered();
+                    if !changed {
+                        continue;
+                    }
+                    self.next_seq.remove(&e.node);
+                    self.payloads.retain(|id, _| id.0 != e.node);
+                    self.view_event(e.pos, None, Some((e.node, reason)));
+                    if e.node == self.node {
+                        self.removed(reason);
+                    }
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    fn pop_delivered(&mut self) {
+        if let Some(l) = self.buffer.pop_front() {
+            debug_assert_eq!(l.entry.pos, self.delivered);
+            self.delivered = l.entry.pos + 1;
+            self.held_upto = self.held_upto.max(self.delivered);
+        }
+    }
+
+    fn view_event(&mut self, position: u64, joined: Option<NodeId>, left: Option<(NodeId, RemoveReason)>) {
+        self.out.push_back(Output::View(ViewEvent {
+            id: self.deliver_view.id,
+            position,
+            members: self.deliver_view.nodes(),
+            joined,
+            left,
+        }));
+    }
+
+    fn list_addr(&self, pos: u64) -> Address {
+        let slot = pos % u64::from(self.settings.list_slots);
+        Address::new(MEMNODE, LIST, 8 + (slot as u32) * ENTRY_BYTES as u32)
+    }
+
+    /// This member's progress write, if it has a slot and something changed.
+    fn progress_write(&mut self, mtx: Minitransaction) -> Minitransaction {
+        if self.status != Status::Active {
+            return mtx;
+        }
+        let Some(me) = self.learn_view.get(self.node).copied() else {
+            return mtx;
+        };
+        let slot = ProgressSlot {
+            node: self.node,
+            installed: true,
+            join_pos: me.join_pos,
+            learned: self.learned,
+            held: self.held_upto,
+        };
+        if self.published == Some(slot) {
+            return mtx;
+        }
+        self.published = Some(slot);
+        mtx.write(
+            Address::new(MEMNODE, PROGRESS, me.slot * PROGRESS_BYTES as u32),
+            &slot.encode(),
+        )
+    }
+
+    fn base_reads(&self) -> Minitransaction {
+        Minitransaction::new()
+            .read(Address::new(MEMNODE, LIST, 0), 8)
+            .read(
+                Address::new(MEMNODE, PROGRESS, 0),
+                self.settings.max_members * PROGRESS_BYTES as u32,
+            )
+    }
+
+    /// The tail, every progress slot and the entries from `from` on (as many as the
+    /// buffer takes, up to `read_batch`). An append carries the same reads: if its tail
+    /// compare fails, the reads (returned with the conflict) are the entries it missed.
+    fn reads_from(&self, from: u64) -> Minitransaction {
+        let buffered = from.saturating_sub(self.delivered);
+        let slots = u64::from(self.settings.list_slots);
+        let n = u64::from(self.settings.read_batch).min(slots.saturating_sub(buffered));
+        let mut mtx = self.base_reads();
+        // Contiguous slot ranges (two when the range wraps).
+        let first_len = n.min(slots - from % slots);
+        // With a full buffer the read still refreshes the tail and every member's progress.
+        if first_len > 0 {
+            mtx = mtx.read(self.list_addr(from), (first_len as u32) * ENTRY_BYTES as u32);
+        }
+        if n > first_len {
+            mtx = mtx.read(
+                self.list_addr(from + first_len),
+                ((n - first_len) as u32) * ENTRY_BYTES as u32,
+            );
+        }
+        mtx
+    }
+
+    fn start_list_op(&mut self, now: Time) {
+        if self.list_op.is_some() || now < self.next_list_op_at || !self.in_majority {
+            return;
+        }
+        if self.status == Status::Joining && !self.pending_uncertain && self.known_tail != u64::MAX {
+            if self.learned < self.known_tail {
+                // Conflict told us a newer tail: append there.
+                self.learned = self.known_tail;
+            }
+            let at = self.learned;
+            let e = Entry {
+                pos: at,
+                node: self.node,
+                kind: EntryKind::Join,
+            };
+            let mtx = self
+                .base_reads()
+                .compare(self.list_addr_tail(), &at.to_le_bytes())
+                .write(self.list_addr(at), &e.encode())
+                .write(self.list_addr_tail(), &(at + 1).to_le_bytes());
+            self.counters.appends += 1;
+            self.submit_list_op(now, &mtx, ListOp::Join { at });
+            return;
+        }
+        // Progress rides appends, but an append that loses the tail race writes nothing: a
+        // member in a run of failed compares publishes by a read every `poll_interval`.
+        let publish_due = self.published.is_none() && now >= self.last_read + self.settings.poll_interval;
+        if self.status == Status::Active
+            && !self.pending_uncertain
+            && self.learned >= self.known_tail
+            && !publish_due
+        {
+            if let Some((mtx, entries)) = self.build_append(now) {
+                self.counters.appends += 1;
+                let at = self.learned;
+                self.submit_list_op(now, &mtx, ListOp::Append { at, entries });
+                return;
+            }
+        }
+        let buffered = self.learned - self.delivered;
+        let due = self.read_now
+            || (self.known_tail > self.learned && buffered < u64::from(self.settings.list_slots))
+            || self.known_tail == u64::MAX
+            || now >= self.last_read + self.settings.poll_interval;
+        if !due {
+            return;
+        }
+        let from = self.learned;
+        if self.known_tail == u64::MAX {
+            // A joiner's first read: the tail only.
+            let mtx = self.base_reads();
+            self.read_now = false;
+            self.last_read = now;
+            self.submit_list_op(now, &mtx, ListOp::Read { from });
+            return;
+        }
+        let mtx = self.reads_from(from);
+        let mtx = self.progress_write(mtx);
+        self.read_now = false;
+        self.last_read = now;
+        self.submit_list_op(now, &mtx, ListOp::Read { from });
+    }
+
+    fn list_addr_tail(&self) -> Address {
+        Address::new(MEMNODE, LIST, 0)
+    }
+
+    fn submit_list_op(&mut self, now: Time, mtx: &Minitransaction, op: ListOp) {
+        match self.coord.submit(now, mtx) {
+            Ok(txid) => self.list_op = Some((txid, op)),
+            Err(e) => {
+                if e == TxnError::NotInMajority && self.in_majority {
+                    self.in_majority = false;
+                    self.enter_minority();
+                }
+                self.txn_failed(now, &e);
+            }
+        }
+    }
+
+    /// The next append at the learned tail (= the tail as this member knows it): control
+    /// entries (removals), then one batch of this sender's messages. `None` if there is
+    /// nothing to append or the list has no room.
+    fn build_append(&mut self, now: Time) -> Option<(Minitransaction, Vec<Entry>)> {
+        let Some(me) = self.learn_view.get(self.node).copied() else {
+            // Out of the view as learned: nothing to append, nothing to wait for.
+            self.queue_blocked_since = None;
+            return None;
+        };
+        let at = self.learned;
+        let list_slots = u64::from(self.settings.list_slots);
+        let mut entries = Vec::new();
+        let push = |entries: &mut Vec<Entry>, node, kind| {
+            entries.push(Entry {
+                pos: at + entries.len() as u64,
+                node,
+                kind,
+            });
+        };
+        // Removals: leaving, suspected, lagging.
+        let mut floor = u64::MAX;
+        let mut min_held = u64::MAX;
+        let mut lagging = Vec::new();
+        // A member that has kept this sender's next queue slot from being reused for
+        // `lag_timeout` (it does not hold the payload last written there) is lagging too:
+        // with every queue blocked the tail stops, so the distance alone would never grow.
+        let blocked_at = match (self.queue_blocked_since, self.outgoing.front()) {
+            (Some(since), Some((seq, _))) if now >= since + self.settings.lag_timeout => {
+                self.queue_pos[(seq % u64::from(self.settings.queue_slots)) as usize]
+            }
+            _ => None,
+        };
+        for m in &self.learn_view.members {
+            let (learned, held) = self.member_progress(m);
+            let stuck_since = self.progress_since.get(m.slot as usize).copied().unwrap_or(0);
+            if m.node != self.node
+                && blocked_at.is_some_and(|p| held <= p)
+                && now >= stuck_since + self.settings.lag_timeout
+            {
+                // Its payloads stay (it counts in `min_held`) until it is out of the view.
+                min_held = min_held.min(held);
+                lagging.push(m.node);
+                continue;
+            }
+            // A lagging member is removed by an entry before anything this append writes
+            // reuses a list slot, so its unread slots do not hold the floor; its queue
+            // payloads stay until it is out of the view.
+            min_held = min_held.min(held);
+            if m.node != self.node && at.saturating_sub(learned) > u64::from(self.settings.lag_budget) {
+                lagging.push(m.node);
+                continue;
+            }
+            floor = floor.min(learned);
+        }
+        if blocked_at.is_some() && lagging.is_empty() {
+            // Nobody has been stuck that long: the members holding the slot are moving.
+            // Wait another `lag_timeout`.
+            self.queue_blocked_since = Some(now);
+        }
+        if self.leaving {
+            push(&mut entries, self.node, EntryKind::Remove(RemoveReason::Left));
+        } else {
+            for m in &self.learn_view.members {
+                if m.node != self.node && self.suspected.contains(&m.node) {
+                    self.counters.removals_suspected += 1;
+                    push(&mut entries, m.node, EntryKind::Remove(RemoveReason::Suspected));
+                } else if lagging.contains(&m.node) {
+                    self.counters.removals_lagging += 1;
+                    push(&mut entries, m.node, EntryKind::Remove(RemoveReason::Lagging));
+                }
+            }
+        }
+        // Reclamation: never overwrite a slot a member of the view has not learned.
+        // Progress slots are written by members: saturate rather than trust them.
+        let room = floor.saturating_add(list_slots).saturating_sub(at);
+        if (entries.len() as u64) > room {
+            self.counters.reclaim_waits += 1;
+            return None;
+        }
+        let mut mtx = Minitransaction {
+            compares: vec![(self.list_addr_tail(), at.to_le_bytes().to_vec())],
+            ..self.reads_from(at)
+        };
+        if !self.leaving && (entries.len() as u64) < room {
+            let batch = self.pending.or_else(|| {
+                let (_, safe) = *self.outgoing.front()?;
+                let count = self
+                    .outgoing
+                    .iter()
+                    .take(self.settings.max_batch as usize)
+                    .take_while(|(_, s)| *s == safe)
+                    // A queue slot is reused only once every member holds its last payload.
+                    .take_while(|(seq, _)| {
+                        let q = (seq % u64::from(self.settings.queue_slots)) as usize;
+                        match self.queue_pos[q] {
+                            // Never used in this membership: an older occupant's payloads
+                            // are all below this member's join.
+                            None => min_held >= me.join_pos,
+                            Some(p) => min_held > p,
+                        }
+                    })
+                    .count();
+                if count == 0 {
+                    self.counters.queue_waits += 1;
+                    self.queue_blocked_since.get_or_insert(now);
+                    return None;
+                }
+                self.queue_blocked_since = None;
+                Some(Batch {
+                    first_seq: self.outgoing.front()?.0,
+                    count: count as u16,
+                    safe,
+                })
+            });
+            if let Some(b) = batch {
+                self.pending = Some(b);
+                push(
+                    &mut entries,
+                    self.node,
+                    EntryKind::Data {
+                        epoch: me.join_pos,
+                        first_seq: b.first_seq,
+                        count: b.count,
+                        safe: b.safe,
+                    },
+                );
+                let qsb = self.settings.queue_slot_bytes();
+                for seq in b.first_seq..b.first_seq + u64::from(b.count) {
+                    let bytes = self.payloads.get(&(self.node, me.join_pos, seq))?;
+                    let mut slot = Vec::with_capacity(QUEUE_HEADER + bytes.len());
+                    slot.extend_from_slice(&self.node.to_le_bytes());
+                    slot.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    slot.extend_from_slice(&me.join_pos.to_le_bytes());
+                    slot.extend_from_slice(&seq.to_le_bytes());
+                    slot.extend_from_slice(bytes);
+                    let q = (seq % u64::from(self.settings.queue_slots)) as u32;
+                    let offset = (me.slot * self.settings.queue_slots + q) * qsb;
+                    mtx = mtx.write(Address::new(MEMNODE, QUEUES, offset), &slot);
+                }
+            }
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        mtx = mtx.write(self.list_addr_tail(), &(at + entries.len() as u64).to_le_bytes());
+        for e in &entries {
+            mtx = mtx.write(self.list_addr(e.pos), &e.encode());
+        }
+        let mtx = self.progress_write(mtx);
+        Some((mtx, entries))
+    }
+
+    fn start_repair(&mut self, now: Time) {
+        if self.repair_op.is_some() || self.status != Status::Active || !self.in_majority {
+            return;
+        }
+        let qsb = self.settings.queue_slot_bytes();
+        let mut ids = Vec::new();
+        let mut mtx = Minitransaction::new();
+        for l in &self.buffer {
+            if l.at + self.settings.repair_delay > now {
+                break;
+            }
+            let (
+                Some(slot),
+                EntryKind::Data {
+                    epoch,
+                    first_seq,
+                    count,
+                    ..
+                },
+            ) = (l.sender_slot, l.entry.kind)
+            else {
+                continue;
+            };
+            for seq in first_seq..first_seq + u64::from(count) {
+                let id = (l.entry.node, epoch, seq);
+                if self.payloads.contains_key(&id) || self.holds(id.0, id.1, id.2) {
+                    continue;
+                }
+                let q = (seq % u64::from(self.settings.queue_slots)) as u32;
+                mtx = mtx.read(
+                    Address::new(MEMNODE, QUEUES, (slot * self.settings.queue_slots + q) * qsb),
+                    qsb,
+                );
+                ids.push(id);
+                if ids.len() >= 16 {
+                    break;
+                }
+            }
+            if ids.len() >= 16 {
+                break;
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        self.counters.repairs += ids.len() as u64;
+        if let Ok(txid) = self.coord.submit(now, &mtx) {
+            self.repair_op = Some((txid, ids));
+        }
+    }
+
+    fn on_repair(&mut self, ids: &[PayloadId], reads: &[Vec<u8>]) {
+        for (id, b) in ids.iter().zip(reads) {
+            let header = (
+                b.get(0..4)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u32::from_le_bytes),
+                b.get(4..8)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u32::from_le_bytes),
+                u64_at(b, 8),
+                u64_at(b, 16),
+            );
+            let (Some(node), Some(len), Some(epoch), Some(seq)) = header else {
+                self.counters.malformed += 1;
+                continue;
+            };
+            let payload = b.get(QUEUE_HEADER..QUEUE_HEADER + len as usize);
+            match payload {
+                Some(p) if (node, epoch, seq) == *id => {
+                    self.payloads.insert(*id, p.to_vec());
+                }
+                _ => {
+                    // The sender reused the slot, which it does only once every member of
+                    // its view holds the payload: this member is out of that view (removed,
+                    // and too far behind to have learned it yet).
+                    self.counters.repair_mismatches += 1;
+                    self.removed(RemoveReason::Lagging);
+                    return;
+                }
+            }
+        }
+        self.advance_held();
+    }
+}
+
+fn encode_transfer(position: u64, view: &View, next_seq: &BTreeMap<NodeId, u64>, snapshot: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + view.members.len() * 24 + snapshot.len());
+    b.extend_from_slice(&position.to_le_bytes());
+    b.extend_from_slice(&view.id.to_le_bytes());
+    b.extend_from_slice(&(view.members.len() as u32).to_le_bytes());
+    for m in &view.members {
+        b.extend_from_slice(&m.node.to_le_bytes());
+        b.extend_from_slice(&m.slot.to_le_bytes());
+        b.extend_from_slice(&m.join_pos.to_le_bytes());
+        b.extend_from_slice(&next_seq.get(&m.node).copied().unwrap_or(0).to_le_bytes());
+    }
+    b.extend_from_slice(snapshot);
+    b
+}
+
+type Transfer = (u64, View, BTreeMap<NodeId, u64>, Vec<u8>);
+
+fn decode_transfer(b: &[u8]) -> Option<Transfer> {
+    let position = u64_at(b, 0)?;
+    let id = u64_at(b, 8)?;
+    let n = u32::from_le_bytes(b.get(16..20)?.try_into().ok()?) as usize;
+    if n > 4096 {
+        return None;
+    }
+    let mut view = View {
+        id,
+        members: Vec::new(),
+    };
+    let mut next_seq = BTreeMap::new();
+    let mut at = 20;
+    for _ in 0..n {
+        let node = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+        let slot = u32::from_le_bytes(b.get(at + 4..at + 8)?.try_into().ok()?);
+        let join_pos = u64_at(b, at + 8)?;
+        let next = u64_at(b, at + 16)?;
+        view.members.push(Member { node, join_pos, slot });
+        next_seq.insert(node, next);
+        at += 24;
+    }
+    Some((position, view, next_seq, b.get(at..)?.to_vec()))
+}

@@ -1,0 +1,163 @@
+//! Ordered groups, SinfoniaGCS style: one total order of every sender's messages and of
+//! every view change, held as a global list in a memory node and extended by
+//! minitransactions ([`crate::minitx`]). [`OrderedMember`] is one node's sans-IO state
+//! machine for one group; `docs/ordered.md` states the layout, the rules and what is not
+//! built yet.
+//!
+//! Layout on the group's memory node (`MEMNODE`), all integers little-endian:
+//! - region [`LIST`]: `tail: u64` at 0, then `list_slots` entries of [`ENTRY_BYTES`]; the
+//!   entry at position `p` lives in slot `p % list_slots` and carries `p` (a reader tells a
+//!   reclaimed slot from the entry it wants).
+//! - region [`PROGRESS`]: `max_members` slots of [`PROGRESS_BYTES`]: (node, flags,
+//!   join position, learned, held) written by the slot's member.
+//! - region [`QUEUES`]: per member slot, `queue_slots` payload slots of
+//!   `QUEUE_HEADER + max_payload` bytes: the sender's queue, from which any member repairs a
+//!   payload it missed (so a payload outlives its sender).
+
+mod entry;
+mod member;
+
+pub use entry::{Entry, EntryKind, ProgressSlot, RemoveReason};
+pub use member::{OrderedCounters, OrderedMember, Output, Status, SubmitRefused, ViewEvent};
+
+use crate::minitx::MemnodeId;
+use crate::{GroupId, NodeId, Time, MILLIS};
+
+/// The memory node holding a group's list (one per group: every minitransaction of the
+/// ordering layer is one-phase).
+pub const MEMNODE: MemnodeId = 0;
+/// Region ids on the memory node.
+pub const LIST: u32 = 1;
+pub const PROGRESS: u32 = 2;
+pub const QUEUES: u32 = 3;
+/// Bytes of one list entry.
+pub const ENTRY_BYTES: usize = 32;
+/// Bytes of one progress slot.
+pub const PROGRESS_BYTES: usize = 32;
+/// Bytes before a payload in a queue slot: node u32, len u32, epoch u64, seq u64.
+pub const QUEUE_HEADER: usize = 24;
+
+/// Sizes and timers of an ordered group, each with its default and its trade. Every member
+/// and the memory node must use the same layout fields (`list_slots`, `max_members`,
+/// `queue_slots`, `max_payload`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderedSettings {
+    /// Entries the circular list holds. Larger: members may lag further before appends
+    /// wait for them; more memory-node memory.
+    pub list_slots: u32,
+    /// A member whose learned position is more than this behind the tail is removed by an
+    /// entry (`RemoveReason::Lagging`) so it cannot stall appends. Must be below
+    /// `list_slots`. Smaller: slow members are cut sooner.
+    pub lag_budget: u32,
+    /// A member that keeps a sender's queue slot from being reused this long (it does
+    /// not hold the payload last written there) is removed by an entry
+    /// (`RemoveReason::Lagging`). Shorter: a slow member is cut sooner.
+    pub lag_timeout: Time,
+    /// Members a view holds (progress and queue slots).
+    pub max_members: u32,
+    /// Payload slots in each sender's queue: messages a sender has appended but not every
+    /// member holds yet. Larger: more memory; fewer sender stalls.
+    pub queue_slots: u32,
+    /// Largest payload in bytes.
+    pub max_payload: u32,
+    /// Messages one append threads into the list (one entry). Larger: fewer
+    /// minitransactions per message, bigger ones.
+    pub max_batch: u32,
+    /// Entries one read minitransaction fetches.
+    pub read_batch: u32,
+    /// Messages a sender queues before `submit` refuses (back pressure).
+    pub max_outgoing: usize,
+    /// Payloads held ahead of delivery; beyond it a received payload is dropped (counted)
+    /// and repaired from the queue when its turn comes.
+    pub max_held: usize,
+    /// A member with nothing to do re-reads the list this often (no push from memory
+    /// nodes). Shorter: lower latency for quiet members, more reads.
+    pub poll_interval: Time,
+    /// A payload missing this long after its entry was learned is read from its sender's
+    /// queue. Shorter: more repair reads that race dissemination.
+    pub repair_delay: Time,
+    /// Resend interval for a state transfer not yet acknowledged (by the joiner's
+    /// progress slot) and pause before retrying a busy append.
+    pub retransmit: Time,
+    /// A joiner not installed this long after its join entry joins again (its producer
+    /// may have crashed).
+    pub install_timeout: Time,
+}
+
+impl Default for OrderedSettings {
+    fn default() -> OrderedSettings {
+        OrderedSettings {
+            list_slots: 4096,
+            lag_budget: 3072,
+            lag_timeout: 1_000 * MILLIS,
+            max_members: 16,
+            queue_slots: 256,
+            max_payload: 1024,
+            max_batch: 32,
+            read_batch: 32,
+            max_outgoing: 4096,
+            max_held: 8192,
+            poll_interval: 2 * MILLIS,
+            repair_delay: 20 * MILLIS,
+            retransmit: 20 * MILLIS,
+            install_timeout: 2_000 * MILLIS,
+        }
+    }
+}
+
+impl OrderedSettings {
+    /// Bytes of one queue slot.
+    pub fn queue_slot_bytes(&self) -> u32 {
+        QUEUE_HEADER as u32 + self.max_payload
+    }
+
+    /// The regions (id, size) the group's memory node (primary and backup) must hold.
+    pub fn regions(&self) -> [(u32, u32); 3] {
+        [
+            (LIST, 8 + self.list_slots * ENTRY_BYTES as u32),
+            (PROGRESS, self.max_members * PROGRESS_BYTES as u32),
+            (
+                QUEUES,
+                self.max_members * self.queue_slots * self.queue_slot_bytes(),
+            ),
+        ]
+    }
+}
+
+/// Chooses the nodes running a group's memory node, primary first then backup, from
+/// `members` by rendezvous hashing of (group, node): every node computes the same pair
+/// from the same member list, and a member leaving moves only the roles it held.
+pub fn choose_memnode_hosts(group: GroupId, members: &[NodeId]) -> Vec<NodeId> {
+    let mut scored: Vec<(u64, NodeId)> = members.iter().map(|&n| (rendezvous(group, n), n)).collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.dedup_by_key(|s| s.1);
+    scored.into_iter().take(2).map(|(_, n)| n).collect()
+}
+
+fn rendezvous(group: GroupId, node: NodeId) -> u64 {
+    // splitmix64 of the pair: well mixed, stable across builds and platforms.
+    let mut z = group ^ (u64::from(node)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memnode_hosts_are_deterministic_and_stable() {
+        let members = [1, 2, 3, 4, 5];
+        let hosts = choose_memnode_hosts(7, &members);
+        assert_eq!(hosts.len(), 2);
+        assert_ne!(hosts[0], hosts[1]);
+        let mut shuffled = members;
+        shuffled.reverse();
+        assert_eq!(choose_memnode_hosts(7, &shuffled), hosts);
+        // Removing a node that holds no role leaves the roles where they were.
+        let other = members.iter().copied().find(|n| !hosts.contains(n)).unwrap();
+        let fewer: Vec<NodeId> = members.iter().copied().filter(|&n| n != other).collect();
+        assert_eq!(choose_memnode_hosts(7, &fewer), hosts);
+    }
+}
