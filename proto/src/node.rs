@@ -1147,6 +1147,12 @@ impl Node {
             self.counters.peers_full += 1;
             return None;
         }
+        if self.peers.len() == self.peers.capacity() {
+            // Grow by an eighth, not double: the table is the largest per-member state
+            // (the simulator holds 10,000 of them), and peers arrive in trickles.
+            let more = (self.peers.len() / 8).max(16);
+            self.peers.reserve_exact(more);
+        }
         self.peers.push(Peer {
             member: m,
             heartbeat,
