@@ -15,9 +15,8 @@ TUTTI=${3:-$ROOT/target/release/tutti}
 PORT=${SCALE_PORT:-47100}
 FORM_TIMEOUT=${SCALE_FORM_TIMEOUT:-120}
 GROUP=scale
-# SCALE_SEEDS=all: every daemon is a seed (the address book then knows every daemon: the
-# daemon learns a peer's address only from a seed entry or a datagram from it, and SWIM
-# probes members it may never have heard from). Default: daemons 1 and 2.
+# SCALE_SEEDS=all: every daemon is a seed. Default: daemons 1 and 2 (the others' addresses
+# travel in the views, as their coordinator heard them).
 SEEDS_MODE=${SCALE_SEEDS:-two}
 DIR=$(mktemp -d /tmp/tutti-scale.XXXXXX)
 declare -a PIDS SUBS

@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, Time, MILLIS};
+use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, Time, View, MILLIS};
 
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
@@ -578,7 +578,10 @@ impl Cluster {
             }
         }
         let epoch = Instant::now();
-        let node = Node::new(me, incarnation, &seed_ids, settings, 0, os_random());
+        let mut node = Node::new(me, incarnation, &seed_ids, settings, 0, os_random());
+        // Our own address, for the views we coordinate (bound to 0.0.0.0: the others
+        // learn it from our datagrams).
+        node.set_address(me, view_addr(local));
         tracing::info!(
             shard,
             node = me,
@@ -788,7 +791,11 @@ impl Cluster {
                     };
                     match refused {
                         None if sender == me => {}
-                        None => node.handle_packet(now, sender, bytes),
+                        None => {
+                            node.handle_packet(now, sender, bytes);
+                            // Where we hear it from, for the views we may coordinate.
+                            node.set_address(sender, view_addr(from));
+                        }
                         Some(kept) => {
                             stats.duplicate_ids += 1;
                             report_duplicate(duplicates, *shard, sender, kept, from, now);
@@ -904,6 +911,7 @@ impl Cluster {
                 });
             }
             Event::ViewChange(view) => {
+                learn_view_addresses(&mut self.peers, &view, self.node.id());
                 self.stats.view_changes += 1;
                 self.stats.view_members = view.members.len() as u64;
                 let daemons: Vec<String> = view.members.iter().map(|m| format!("{}", m.node >> 8)).collect();
@@ -985,6 +993,59 @@ fn learn_address(
     }
     p.last_heard = Some(now);
     None
+}
+
+/// Encodes an IPv4 address and port for a view's member entry (opaque to the protocol):
+/// `1 << 48 | ip << 16 | port`; 0 (none) for IPv6 and unspecified addresses, whose
+/// members are learned from their datagrams only.
+fn view_addr(addr: SocketAddr) -> u64 {
+    match addr {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() && a.port() != 0 => {
+            1 << 48 | u64::from(u32::from(*a.ip())) << 16 | u64::from(a.port())
+        }
+        _ => 0,
+    }
+}
+
+/// The address [`view_addr`] encoded, if it is one.
+fn from_view_addr(v: u64) -> Option<SocketAddr> {
+    if v >> 48 != 1 {
+        return None;
+    }
+    let ip = std::net::Ipv4Addr::from((v >> 16) as u32);
+    let port = v as u16;
+    (!ip.is_unspecified() && port != 0).then(|| SocketAddr::from((ip, port)))
+}
+
+/// Takes the addresses a view gives for its members (as its coordinator heard them) for
+/// members we have no address for, or only one we never heard from: SWIM probes members
+/// we may never have heard from. An address heard from the member itself is kept (a view
+/// never moves it), so a coordinator that lies about an address misleads us only until
+/// the member's own datagrams arrive; those move it as they move a configured seed's.
+fn learn_view_addresses(peers: &mut HashMap<NodeId, PeerAddr>, view: &View, me: NodeId) {
+    for (i, m) in view.members.iter().enumerate() {
+        if m.node == me {
+            continue;
+        }
+        let Some(addr) = from_view_addr(view.addr(i)) else {
+            continue;
+        };
+        match peers.get_mut(&m.node) {
+            Some(p) if p.last_heard.is_none() => p.addr = addr,
+            Some(_) => {}
+            None => {
+                peers.insert(
+                    m.node,
+                    PeerAddr {
+                        addr,
+                        incarnation: 0,
+                        since: None,
+                        last_heard: None,
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// Keeps (bounded) and logs (at most every [`DUPLICATE_LOG_INTERVAL`]) that `refused`
@@ -1136,6 +1197,50 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn view_addresses_round_trip_ipv4_only() {
+        let a = addr("127.0.1.7:17400");
+        assert_eq!(from_view_addr(view_addr(a)), Some(a));
+        assert_eq!(view_addr(addr("0.0.0.0:17400")), 0);
+        assert_eq!(view_addr(addr("[::1]:17400")), 0);
+        assert_eq!(from_view_addr(0), None);
+        assert_eq!(from_view_addr(u64::MAX), None);
+        assert_eq!(from_view_addr(1 << 48 | 17400), None, "0.0.0.0 is no address");
+    }
+
+    /// A view fills in addresses we lack or never heard from; it never moves an address
+    /// heard from the member itself, and a datagram from the member moves a view's address.
+    #[test]
+    fn a_view_gives_addresses_only_where_the_member_was_never_heard() {
+        let (heard, told, real) = (
+            addr("10.0.0.1:7400"),
+            addr("10.0.0.9:7400"),
+            addr("10.0.0.3:7400"),
+        );
+        let mut peers = HashMap::new();
+        assert_eq!(learn_address(&mut peers, 0x100, 5, heard, 1), None);
+        let m = |node| tutti_proto::Member { node, incarnation: 5 };
+        let view = View {
+            id: tutti_proto::ViewId {
+                counter: 3,
+                coordinator: 0x100,
+                coordinator_incarnation: 5,
+            },
+            members: vec![m(0x100), m(0x200), m(0x300)],
+            addrs: vec![view_addr(told), view_addr(told), 0],
+            groups: Vec::new(),
+        };
+        learn_view_addresses(&mut peers, &view, 0x300);
+        assert_eq!(peers[&0x100].addr, heard, "heard from itself: kept");
+        assert_eq!(peers[&0x200].addr, told, "never heard: the view's address");
+        assert!(!peers.contains_key(&0x300), "ourselves: nothing");
+        // The member's own datagram from elsewhere moves it, at any incarnation.
+        assert_eq!(learn_address(&mut peers, 0x200, 5, real, 2), None);
+        assert_eq!(peers[&0x200].addr, real);
+        learn_view_addresses(&mut peers, &view, 0x300);
+        assert_eq!(peers[&0x200].addr, real, "once heard, a view no longer moves it");
     }
 
     #[test]

@@ -21,6 +21,8 @@ struct Cluster {
     top_config: Vec<String>,
     /// `[cluster]` lines per daemon (index = daemon), after its seeds.
     cluster_config: Vec<String>,
+    /// How many daemons (the first ones) every daemon is seeded with.
+    seeds: usize,
 }
 
 fn ip(subnet: u8, i: usize) -> String {
@@ -64,6 +66,7 @@ impl Cluster {
             extra_config: extra_config.to_string(),
             top_config: top.iter().map(|t| t.to_string()).collect(),
             cluster_config: cluster.to_vec(),
+            seeds: n,
         };
         for i in 0..n {
             let d = c.start_one(tag, i, n);
@@ -75,7 +78,7 @@ impl Cluster {
     fn start_one(&self, tag: &str, i: usize, n: usize) -> Daemon {
         let dir = common::temp_dir(&format!("{tag}-cfg{i}"));
         let config = dir.join("tuttid.toml");
-        let seeds: Vec<String> = (0..n)
+        let seeds: Vec<String> = (0..n.min(self.seeds))
             .map(|j| format!("\"{}@{}\"", j + 1, ip(self.subnet, j)))
             .collect();
         std::fs::write(
@@ -258,6 +261,7 @@ fn a_killed_daemon_leaves_the_view_and_rejoins_after_restart(io: &'static str) {
         extra_config: String::new(),
         top_config: Vec::new(),
         cluster_config: Vec::new(),
+        seeds: cluster.seeds,
     };
     all_to_all(&survivors, "after-crash", 200);
     // Restart it: it rejoins and its clients receive new messages.
@@ -647,6 +651,54 @@ fn a_key_file_readable_by_others_refuses_to_start() {
         err.contains(&key.display().to_string()) && err.contains("chmod 600") && err.contains("0644"),
         "{err}"
     );
+}
+
+/// Issue 11: every daemon is seeded with daemon 1 only, so most pairs never exchanged a
+/// datagram when the view names them to each other; SWIM still probes them. Addresses
+/// travel in the view (as its coordinator saw them): once all are in one view, no probe
+/// finds its target without an address and the view holds.
+#[test]
+fn daemons_seeded_with_one_find_each_other_through_the_view() {
+    let n = 6;
+    let mut cluster = Cluster {
+        daemons: Vec::new(),
+        subnet: 73,
+        io: "auto",
+        extra_config: String::new(),
+        top_config: Vec::new(),
+        cluster_config: Vec::new(),
+        seeds: 1,
+    };
+    for i in 0..n {
+        let d = cluster.start_one("one-seed", i, n);
+        cluster.daemons.push(Some(d));
+    }
+    cluster.wait_for_view(n as u64);
+    let mut clients = cluster.status_clients();
+    let read = |clients: &mut Vec<Client>, key: &str| -> Vec<u64> {
+        clients
+            .iter_mut()
+            .map(|c| status_number(&c.status().unwrap(), key).unwrap())
+            .collect()
+    };
+    // Once every daemon installed a view of all whose addresses it reads, a walk of the
+    // probe list reaches every member: 30 rounds walk it six times.
+    let unknown_before = read(&mut clients, "unknown_peer");
+    let rounds_before = read(&mut clients, "gossip_rounds");
+    assert!(
+        eventually(WAIT, || read(&mut clients, "gossip_rounds")
+            .iter()
+            .zip(&rounds_before)
+            .all(|(now, then)| *now >= then + 30)),
+        "gossip rounds go on"
+    );
+    let unknown_after = read(&mut clients, "unknown_peer");
+    let views: Vec<u64> = read(&mut clients, "view_members");
+    assert_eq!(
+        unknown_after, unknown_before,
+        "every probe target has an address once the view names it"
+    );
+    assert!(views.iter().all(|v| *v == n as u64), "the view holds: {views:?}");
 }
 
 /// The same suite on both transport back ends.

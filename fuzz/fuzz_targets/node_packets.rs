@@ -318,12 +318,14 @@ impl World {
                     .map(|&(w, incarnation)| MemberEntry {
                         node: self.who(w),
                         incarnation,
+                        addr: u64::from(incarnation) << 16 | 1,
                     })
                     .collect();
                 if include_me {
                     ms.push(MemberEntry {
                         node: ME,
                         incarnation: 1,
+                        addr: 0,
                     });
                 }
                 ms.sort_by_key(|m| m.node);
@@ -457,7 +459,11 @@ fn setup() -> World {
     let mut node = Node::new(ME, 1, &[0], s, 0, 7);
     node.join(0, GROUP);
     let mine = node.stream(GROUP).unwrap_or(1);
-    let members = [(0u32, 1u32), (ME, 1), (2, 1)].map(|(node, incarnation)| MemberEntry { node, incarnation });
+    let members = [(0u32, 1u32), (ME, 1), (2, 1)].map(|(node, incarnation)| MemberEntry {
+        node,
+        incarnation,
+        addr: 0,
+    });
     let gm = [
         ViewGroupMember { index: 0, stream: 11 },
         ViewGroupMember { index: 1, stream: mine },

@@ -109,6 +109,10 @@ impl GroupView {
 pub struct View {
     pub id: ViewId,
     pub members: Vec<Member>,
+    /// `addrs[i]`: where the coordinator heard `members[i]` from (opaque to the protocol:
+    /// what the driver gave `Node::set_address`; 0 when unknown). Empty when the
+    /// coordinator knew no address (the simulator's views), else as long as `members`.
+    pub addrs: Vec<u64>,
     /// Sorted by group id; member lists in view order.
     pub groups: Vec<GroupView>,
 }
@@ -126,8 +130,12 @@ impl View {
     pub fn group(&self, g: GroupId) -> Option<&[NodeId]> {
         self.group_view(g).map(|gv| gv.members.as_slice())
     }
+    /// The address the coordinator gave for `members[i]` (0: none).
+    pub fn addr(&self, i: usize) -> u64 {
+        self.addrs.get(i).copied().unwrap_or(0)
+    }
 
-    /// A hash of the view's content (members, groups and streams; not its id): with the
+    /// A hash of the view's content (members, their addresses, groups and streams; not its id): with the
     /// counter, what identifies a view in gossip, and how the simulator compares views
     /// without comparing member lists. Deterministic across processes (FxHash, no seed).
     pub fn content_hash(&self) -> u64 {
@@ -136,6 +144,11 @@ impl View {
         h.write_u64(self.members.len() as u64);
         for m in &self.members {
             h.write_u64(u64::from(m.node) | u64::from(m.incarnation) << 32);
+        }
+        // Addresses count (a member serving the view cannot swap them under the hash its
+        // coordinator announced); a view without any hashes as before.
+        for a in &self.addrs {
+            h.write_u64(*a);
         }
         h.write_u64(self.groups.len() as u64);
         for gv in &self.groups {

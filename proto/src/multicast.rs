@@ -280,9 +280,12 @@ impl Ctx<'_> {
 
 pub struct GroupState {
     pub id: GroupId,
-    /// Group members in view order; `pos` maps a node to its index.
+    /// Group members in view order; `pos` maps a node to its index (u32: the map holds
+    /// one entry per member, 8 bytes each, the largest per-member table of a group).
     members: Vec<NodeId>,
-    pos: FxMap<NodeId, usize>,
+    /// `member_streams[i]`: the stream of `members[i]` in the current view.
+    member_streams: Vec<u32>,
+    pos: FxMap<NodeId, u32>,
     my_id: NodeId,
     /// This node's stream in the group (drawn when it joined).
     my_stream: u32,
@@ -300,8 +303,6 @@ pub struct GroupState {
     digest_cursor: usize,
     budget_left: usize,
     digest_replied: FxMap<NodeId, u32>,
-    /// The stream of each group member in the current view.
-    member_stream: FxMap<NodeId, u32>,
     /// Streams that left the group view while we were in it, newest last (at most
     /// `max_tombstones`): their messages may still reach us from others.
     former: VecDeque<StreamKey>,
@@ -335,6 +336,7 @@ impl GroupState {
         GroupState {
             id,
             members: Vec::new(),
+            member_streams: Vec::new(),
             pos: FxMap::default(),
             my_id,
             my_stream,
@@ -346,7 +348,6 @@ impl GroupState {
             digest_cursor: 0,
             budget_left: 0,
             digest_replied: FxMap::default(),
-            member_stream: FxMap::default(),
             former: VecDeque::new(),
             tombstones: FxMap::default(),
             tombstone_order: VecDeque::new(),
@@ -405,29 +406,40 @@ impl GroupState {
             (false, true) => Some(ctx.round),
             (true, true) => self.member_since.or(Some(ctx.round)),
         };
-        let previous = std::mem::take(&mut self.member_stream);
-        self.members.clear();
-        self.members.extend_from_slice(members);
-        self.pos.clear();
-        for (i, (m, s)) in members.iter().zip(streams).enumerate() {
-            self.pos.insert(*m, i);
-            self.member_stream.insert(*m, *s);
+        let previous_members = std::mem::take(&mut self.members);
+        let previous_streams = std::mem::take(&mut self.member_streams);
+        let len = members.len().min(streams.len());
+        // Sized once for the view (a map grown by inserts holds up to twice the buckets).
+        let previous_pos = std::mem::replace(
+            &mut self.pos,
+            FxMap::with_capacity_and_hasher(len, Default::default()),
+        );
+        self.members.extend_from_slice(&members[..len]);
+        self.member_streams.extend_from_slice(&streams[..len]);
+        for (i, m) in self.members.iter().enumerate() {
+            // A view holds at most `MAX_VIEW_ENTRIES` (< 2^32) members.
+            self.pos.insert(*m, i as u32);
         }
-        for (&n, &stream) in &previous {
-            if self.member_stream.get(&n) != Some(&stream) && n != self.my_id {
+        for (&n, &stream) in previous_members.iter().zip(&previous_streams) {
+            if self.member_stream(n) != Some(stream) && n != self.my_id {
                 self.former.push_back((n, stream));
                 if self.former.len() > ctx.settings.max_tombstones {
                     self.former.pop_front();
                 }
             }
         }
+        let previous = |n: NodeId| {
+            previous_pos
+                .get(&n)
+                .and_then(|&i| previous_streams.get(i as usize).copied())
+        };
         if !was_member || !self.pos.contains_key(&self.my_id) {
             return;
         }
         for (&n, &stream) in members.iter().zip(streams) {
             let key = (n, stream);
             if n == self.my_id
-                || previous.get(&n) == Some(&stream)
+                || previous(n) == Some(stream)
                 || self.senders.contains_key(&key)
                 || self.tombstones.contains_key(&key)
             {
@@ -472,7 +484,7 @@ impl GroupState {
         // A member tracks the streams its views named (now or before) and those it
         // remembers; anything else is invented (or from before we joined: not owed).
         let known = self.tombstones.contains_key(&key)
-            || self.member_stream.get(&key.0) == Some(&key.1)
+            || self.member_stream(key.0) == Some(key.1)
             || (ctx.live)(key.0)
             || !self.pos.contains_key(&self.my_id)
             || self.former.contains(&key);
@@ -490,6 +502,12 @@ impl GroupState {
     /// Streams with state or a tombstone.
     pub fn stream_count(&self) -> usize {
         self.senders.len() + self.tombstones.len()
+    }
+
+    /// The stream `n` sends in the group in the current view, if it is a member.
+    fn member_stream(&self, n: NodeId) -> Option<u32> {
+        let i = *self.pos.get(&n)?;
+        self.member_streams.get(i as usize).copied()
     }
 
     pub fn members(&self) -> &[NodeId] {
@@ -510,8 +528,8 @@ impl GroupState {
         // in) roots a tree over [root] + members, so that its first messages reach the
         // group at once instead of waiting, retained, for the next view.
         let (r, me, n, offset) = match (self.pos.get(&root), self.pos.get(&self.my_id)) {
-            (Some(&r), Some(&me)) => (r, me, n, 0),
-            (None, Some(&me)) => (0, me + 1, n + 1, 1),
+            (Some(&r), Some(&me)) => (r as usize, me as usize, n, 0),
+            (None, Some(&me)) => (0, me as usize + 1, n + 1, 1),
             (None, None) if root == self.my_id => (0, 0, n + 1, 1),
             _ => return (out, 0),
         };
@@ -1142,6 +1160,8 @@ impl GroupState {
         let group = self.id;
         let quiet = self.quiet();
         let mut dead: Vec<StreamKey> = Vec::new();
+        let (pos, member_streams) = (&self.pos, &self.member_streams);
+        let member_stream = |n: NodeId| pos.get(&n).and_then(|&i| member_streams.get(i as usize).copied());
         for key in &self.order {
             let Some(st) = self.senders.get_mut(key) else {
                 continue;
@@ -1175,7 +1195,7 @@ impl GroupState {
             account(&mut self.bytes, before, after, ctx);
             if st.slots.is_empty()
                 && key.0 != self.my_id
-                && self.member_stream.get(&key.0) != Some(&key.1)
+                && member_stream(key.0) != Some(key.1)
                 && round.wrapping_sub(st.last_active) >= TOMBSTONE_RETENTIONS * retention
             {
                 dead.push(*key);
@@ -1254,9 +1274,10 @@ impl GroupState {
         std::mem::size_of::<Self>()
             + self.bytes
             + self.members.capacity() * 4
-            + self.pos.capacity() * 16
+            + self.member_streams.capacity() * 4
+            + self.pos.capacity() * 8
             + self.order.capacity() * 8
-            + self.member_stream.capacity() * 8
+            + self.digest_replied.capacity() * 8
             + self.tombstones.capacity() * 24
             + self.tombstone_order.capacity() * 16
             + self.senders.len() * std::mem::size_of::<SenderState>()

@@ -152,7 +152,8 @@ struct ViewAssembly {
     received: Vec<u64>,
     received_count: u32,
     /// `(start, members)`, in arrival order.
-    member_slices: Vec<(u32, Vec<Member>)>,
+    /// Members with the address their coordinator gave.
+    member_slices: Vec<(u32, Vec<(Member, u64)>)>,
     group_parts: BTreeMap<GroupId, GroupAssembly>,
     /// Entries held (members and group entries).
     held: u64,
@@ -218,9 +219,14 @@ impl ViewAssembly {
                 header.member_start,
                 members
                     .iter()
-                    .map(|m| Member {
-                        node: m.node,
-                        incarnation: m.incarnation,
+                    .map(|m| {
+                        (
+                            Member {
+                                node: m.node,
+                                incarnation: m.incarnation,
+                            },
+                            m.addr,
+                        )
                     })
                     .collect(),
             ));
@@ -252,7 +258,13 @@ impl ViewAssembly {
         if self.group_parts.len() != self.groups as usize {
             return None;
         }
-        let members = concat_exact(&mut self.member_slices, self.members)?;
+        let entries = concat_exact(&mut self.member_slices, self.members)?;
+        let members: Vec<Member> = entries.iter().map(|(m, _)| *m).collect();
+        let addrs: Vec<u64> = if entries.iter().any(|(_, a)| *a != 0) {
+            entries.iter().map(|(_, a)| *a).collect()
+        } else {
+            Vec::new()
+        };
         let mut groups = Vec::with_capacity(self.group_parts.len());
         for (id, mut g) in std::mem::take(&mut self.group_parts) {
             let entries = concat_exact(&mut g.slices, g.total)?;
@@ -270,6 +282,7 @@ impl ViewAssembly {
         Some(View {
             id: self.id,
             members,
+            addrs,
             groups,
         })
     }
@@ -343,6 +356,9 @@ pub struct Node {
     leaving: bool,
     peers: Vec<Peer>,
     peer_index: FxMap<NodeId, usize>,
+    /// Where the driver hears peers (and this node) from, opaque (`Node::set_address`):
+    /// the coordinator puts them in its views. Only for this node and known peers.
+    addresses: FxMap<NodeId, u64>,
     /// Peers with news to piggyback, in turn (each at most once; see `Peer::gossip_left`).
     news: VecDeque<NodeId>,
     /// SWIM's probe order: a shuffled list of the members, walked round-robin and shuffled
@@ -556,6 +572,7 @@ impl Node {
                 coordinator_incarnation: incarnation,
             },
             members: vec![me],
+            addrs: Vec::new(),
             groups: Vec::new(),
         });
         Node {
@@ -580,6 +597,7 @@ impl Node {
             leaving: false,
             peers: Vec::new(),
             peer_index: FxMap::default(),
+            addresses: FxMap::default(),
             news: VecDeque::new(),
             probe_order: Vec::new(),
             probe_pos: 0,
@@ -620,6 +638,19 @@ impl Node {
     /// identifies it.
     pub fn view_hash(&self) -> u64 {
         self.view_hash
+    }
+    /// Tells the node where `node` (a known peer, or this node itself) is heard from, in an
+    /// encoding of the driver's (0: unknown). The coordinator lists these addresses in its
+    /// views, so that members can reach peers they never heard from. The driver gives only
+    /// addresses it observed itself (the source of an authentic datagram, its own socket).
+    pub fn set_address(&mut self, node: NodeId, addr: u64) {
+        if node == self.id || self.peer_index.contains_key(&node) {
+            if addr == 0 {
+                self.addresses.remove(&node);
+            } else {
+                self.addresses.insert(node, addr);
+            }
+        }
     }
     /// Share installed views with other nodes of this process through `cache` (the
     /// simulator's thousands of nodes then hold one copy of each view).
@@ -1116,6 +1147,12 @@ impl Node {
             self.counters.peers_full += 1;
             return None;
         }
+        if self.peers.len() == self.peers.capacity() {
+            // Grow by an eighth, not double: the table is the largest per-member state
+            // (the simulator holds 10,000 of them), and peers arrive in trickles.
+            let more = (self.peers.len() / 8).max(16);
+            self.peers.reserve_exact(more);
+        }
         self.peers.push(Peer {
             member: m,
             heartbeat,
@@ -1610,9 +1647,11 @@ impl Node {
         let members: Vec<MemberEntry> = view
             .members
             .iter()
-            .map(|m| MemberEntry {
+            .enumerate()
+            .map(|(i, m)| MemberEntry {
                 node: m.node,
                 incarnation: m.incarnation,
+                addr: view.addr(i),
             })
             .collect();
         let pos: FxMap<NodeId, u32> = view
@@ -2003,7 +2042,19 @@ impl Node {
                 }
             })
             .collect();
+        // Addresses of members we heard from (or of peers that left our table: dropped).
+        let (peer_index, me) = (&self.peer_index, self.id);
+        self.addresses
+            .retain(|n, _| *n == me || peer_index.contains_key(n));
+        let mut addrs: Vec<u64> = members
+            .iter()
+            .map(|m| self.addresses.get(&m.node).copied().unwrap_or(0))
+            .collect();
+        if addrs.iter().all(|a| *a == 0) {
+            addrs = Vec::new();
+        }
         if members == self.view.members
+            && addrs == self.view.addrs
             && groups == self.view.groups
             && self.max_counter <= self.view.id.counter
         {
@@ -2018,6 +2069,7 @@ impl Node {
                 coordinator_incarnation: self.incarnation,
             },
             members,
+            addrs,
             groups,
         });
         self.install(now, view.clone());
@@ -2400,6 +2452,8 @@ mod tests {
                 coordinator_incarnation: 1,
             },
             members: (0..n).map(|node| Member { node, incarnation: 1 }).collect(),
+            // Addresses travel with the members (through every part).
+            addrs: (0..n).map(|node| 0x7f00_0001_0000 | u64::from(node)).collect(),
             groups: vec![
                 GroupView {
                     id: 3,

@@ -75,6 +75,7 @@ mod tests {
                 coordinator_incarnation: 1,
             },
             members: (0..n).map(|node| Member { node, incarnation: 1 }).collect(),
+            addrs: Vec::new(),
             groups: Vec::new(),
         }
     }

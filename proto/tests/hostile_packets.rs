@@ -519,12 +519,15 @@ impl Resolver<'_> {
                     .map(|(w, inc)| MemberEntry {
                         node: self.who(w),
                         incarnation: *inc,
+                        // A forged address, whatever the member really is.
+                        addr: u64::from(*inc) << 16 | 1,
                     })
                     .collect();
                 if *include_target {
                     ms.push(MemberEntry {
                         node: target,
                         incarnation: 1,
+                        addr: 0,
                     });
                 }
                 ms.sort_by_key(|m| m.node);
@@ -595,6 +598,7 @@ impl Resolver<'_> {
                     .map(|(node, incarnation)| MemberEntry {
                         node: *node,
                         incarnation: *incarnation,
+                        addr: 0,
                     })
                     .collect();
                 let gs: Vec<(ViewGroupSlice, Vec<ViewGroupMember>)> = slices

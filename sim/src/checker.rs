@@ -821,6 +821,7 @@ mod tests {
                 coordinator_incarnation: 1,
             },
             members: nodes.iter().map(|&n| member(n)).collect(),
+            addrs: Vec::new(),
             groups: vec![GroupView {
                 id: G,
                 members: nodes.to_vec(),
@@ -1171,6 +1172,7 @@ mod tests {
             &View {
                 id,
                 members: vec![member(1), member(2)],
+                addrs: Vec::new(),
                 groups: vec![],
             },
         );
@@ -1180,6 +1182,7 @@ mod tests {
             &View {
                 id,
                 members: vec![member(1), member(2), member(3)],
+                addrs: Vec::new(),
                 groups: vec![],
             },
         );
@@ -1189,6 +1192,7 @@ mod tests {
             &View {
                 id,
                 members: vec![member(1), member(2)],
+                addrs: Vec::new(),
                 groups: vec![],
             },
         );

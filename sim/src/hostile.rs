@@ -258,6 +258,7 @@ pub fn forge(
                 .map(|m| MemberEntry {
                     node: m.node,
                     incarnation: m.incarnation,
+                    addr: 0,
                 })
                 .collect();
             let gv = view.group_view(k.group);

@@ -47,8 +47,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// consecutive messages, then a varint length per message). Version 7: SWIM failure
 /// detection in heartbeat messages, the `HEARTBEAT_FLAG_PROBE`/`ACK`/`PING_REQ` flags on the
 /// sender's own (first) entry and `SUSPECT`/`DEAD` on relayed entries; the heartbeat header
-/// carries the sender's view hash.
-pub const VERSION: u16 = 7;
+/// carries the sender's view hash. Version 8: a view's member entries carry the member's
+/// address as its coordinator saw it ([`MemberEntry::addr`]).
+pub const VERSION: u16 = 8;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -452,6 +453,9 @@ pub struct ViewPartHeader {
 pub struct MemberEntry {
     pub node: u32,
     pub incarnation: u32,
+    /// Where the view's coordinator heard the member from, opaque to the protocol (the
+    /// daemon's encoding of an IPv4 address and port); 0 when it did not.
+    pub addr: u64,
 }
 
 /// A slice of a group in a view part: entries `start..start + count` of the group's
@@ -1259,8 +1263,8 @@ pub fn plan_view_parts(
     max_body: usize,
 ) -> Result<Vec<ViewPartPlan>, PacketError> {
     const ENTRY: usize = core::mem::size_of::<ViewGroupMember>();
-    const _: () = assert!(core::mem::size_of::<MemberEntry>() == ENTRY);
-    let min = VIEW_PART_HEADER_LEN + VIEW_GROUP_SLICE_LEN + ENTRY;
+    const MEMBER: usize = core::mem::size_of::<MemberEntry>();
+    let min = VIEW_PART_HEADER_LEN + VIEW_GROUP_SLICE_LEN + MEMBER.max(ENTRY);
     if max_body < min {
         return Err(PacketError::BufferFull {
             needed: min,
@@ -1277,13 +1281,13 @@ pub fn plan_view_parts(
     let (mut m, mut g, mut off) = (0usize, 0usize, 0usize);
     loop {
         let mut room = max_body - VIEW_PART_HEADER_LEN;
-        let take_m = (members - m).min(room / ENTRY);
+        let take_m = (members - m).min(room / MEMBER);
         let mut plan = ViewPartPlan {
             members: m..m + take_m,
             groups: Vec::new(),
         };
         m += take_m;
-        room -= take_m * ENTRY;
+        room -= take_m * MEMBER;
         while let Some(&size) = group_sizes.get(g) {
             let left = size - off;
             if room < VIEW_GROUP_SLICE_LEN + if left > 0 { ENTRY } else { 0 } {
@@ -1595,7 +1599,11 @@ mod tests {
                         reserved: 0,
                     },
                     m.into_iter()
-                        .map(|(node, incarnation)| MemberEntry { node, incarnation })
+                        .map(|(node, incarnation)| MemberEntry {
+                            node,
+                            incarnation,
+                            addr: u64::from(node) << 16 | 7400,
+                        })
                         .collect(),
                     groups,
                 )
@@ -1867,6 +1875,7 @@ mod tests {
         let m = [MemberEntry {
             node: 1,
             incarnation: 1,
+            addr: 0,
         }];
         let h = ViewPartHeader {
             counter: 1,
@@ -1990,6 +1999,7 @@ mod tests {
             .map(|i| MemberEntry {
                 node: i * 3,
                 incarnation: i + 1,
+                addr: u64::from(i) << 16 | 7400,
             })
             .collect();
         let big: Vec<ViewGroupMember> = (0..n)
@@ -2004,8 +2014,13 @@ mod tests {
         let view = ViewParts::new(9, (4, 5), &members, &groups, max_body).unwrap();
         let dgs = split(&view, max_datagram);
         assert!(dgs.iter().all(|d| d.len() <= max_datagram));
-        // 20,006 entries of 8 B at 175 per part, plus a few slice headers.
-        assert!(dgs.len() <= 20_006usize.div_ceil(170) + 1, "{} parts", dgs.len());
+        // 10,000 member entries of 16 B at 87 per part, 10,006 group entries of 8 B at
+        // 175 per part, plus a few slice headers.
+        assert!(
+            dgs.len() <= 10_000usize.div_ceil(86) + 10_006usize.div_ceil(170) + 2,
+            "{} parts",
+            dgs.len()
+        );
         let mut shuffled = dgs.clone();
         shuffled.reverse();
         let (m, g) = reassemble(&shuffled);
@@ -2029,7 +2044,12 @@ mod tests {
 
     #[test]
     fn view_plans_cover_everything_at_any_size() {
-        for max_body in [VIEW_PART_HEADER_LEN + VIEW_GROUP_SLICE_LEN + 8, 100, 333, 1448] {
+        for max_body in [
+            VIEW_PART_HEADER_LEN + VIEW_GROUP_SLICE_LEN + core::mem::size_of::<MemberEntry>(),
+            100,
+            333,
+            1448,
+        ] {
             for (members, sizes) in [
                 (0usize, vec![]),
                 (1, vec![]),

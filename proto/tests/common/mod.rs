@@ -410,7 +410,11 @@ pub fn view_datagrams(
 ) -> Vec<Vec<u8>> {
     let ms: Vec<MemberEntry> = members
         .iter()
-        .map(|&(node, incarnation)| MemberEntry { node, incarnation })
+        .map(|&(node, incarnation)| MemberEntry {
+            node,
+            incarnation,
+            addr: 0,
+        })
         .collect();
     let gs: Vec<(u64, &[ViewGroupMember])> = groups.iter().map(|(g, v)| (*g, v.as_slice())).collect();
     let max_body = 1472 - DATAGRAM_HEADER_LEN - MESSAGE_HEADER_LEN;
