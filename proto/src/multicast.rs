@@ -709,7 +709,9 @@ impl GroupState {
         let (stored, complete, forward) = match st.slot_mut(seq) {
             // Too large for this member: settle it as refused (reported Lost in its turn)
             // rather than ask for it again and again.
-            Some(slot @ (Slot::Missing { .. } | Slot::Partial(_))) if !fits => {
+            // Only the sender's own copy settles it: a member could claim any message is
+            // too large and make it Lost everywhere it reaches first.
+            Some(slot @ (Slot::Missing { .. } | Slot::Partial(_))) if !fits && from == key.0 => {
                 *slot = Slot::Refused {
                     round,
                     delivered: false,
@@ -717,7 +719,7 @@ impl GroupState {
                 (true, true, false)
             }
             Some(_) if !fits => (false, false, false),
-            Some(slot) => store_fragment(slot, header, payload, round, ctx),
+            Some(slot) => store_fragment(slot, header, payload, round, from == key.0, ctx),
             None => (false, false, false),
         };
         if stored {
@@ -1357,14 +1359,30 @@ fn send_fragments(
 
 /// Stores one arriving fragment in its slot. Returns (stored something new, the message
 /// became complete, forward this copy down the tree).
+///
+/// A fragment that disagrees with a partly received message restarts the slot when it
+/// comes from the sender itself or is a whole message (`from_sender`, `frag_count == 1`):
+/// the partial may be a member's forgery, and keeping it would refuse the real message at
+/// every copy. (A whole message in its place is no more than a member can forge anyway.)
 fn store_fragment(
     slot: &mut Slot,
     h: &DataHeader,
     payload: &[u8],
     round: u32,
+    from_sender: bool,
     ctx: &mut Ctx<'_>,
 ) -> (bool, bool, bool) {
     let count = h.frag_count;
+    if let Slot::Partial(p) = slot {
+        let disagrees = p.count() != count || p.session != h.session;
+        if disagrees && (from_sender || count == 1) {
+            ctx.counters.bad_fragments += 1;
+            *slot = Slot::Missing {
+                since_round: p.since_round,
+                requested_at: p.requested_at,
+            };
+        }
+    }
     match slot {
         Slot::Missing {
             since_round,
