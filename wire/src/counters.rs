@@ -111,6 +111,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "protocol_refused",
         "claims in well-formed datagrams refused as implausible (forged counters, views, seqs, relayed restarts; full peer and stream tables; capped request walks): see docs/security.md",
     ),
+    (
+        "idle_spins",
+        "empty passes the shard spun before parking (backoff idle strategy)",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):
