@@ -2298,6 +2298,9 @@ impl Node {
         bytes: &[u8],
         safe: bool,
     ) -> Result<u64, SubmitError> {
+        if !self.ordered.is_member(group) {
+            return Err(SubmitError::NotJoined(group));
+        }
         let r = self.ordered.submit(now, group, bytes, safe).map_err(|e| match e {
             SubmitRefused::NotMember => SubmitError::NotMember(group),
             SubmitRefused::Full => SubmitError::Full,

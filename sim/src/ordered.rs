@@ -245,6 +245,8 @@ pub struct OrderedSim {
     last_delivery: Time,
     trace: u64,
     link_last: HashMap<(NodeId, NodeId), Time>,
+    /// `TUTTI_SIM_ORDERED_DEBUG`: print every ordered event but deliveries.
+    debug: bool,
 }
 
 impl OrderedSim {
@@ -296,6 +298,7 @@ impl OrderedSim {
             last_delivery: 0,
             trace: 0xcbf2_9ce4_8422_2325,
             link_last: HashMap::new(),
+            debug: std::env::var_os("TUTTI_SIM_ORDERED_DEBUG").is_some(),
         }
     }
 
@@ -363,6 +366,34 @@ impl OrderedSim {
             self.step_until(t);
             if t < send_end {
                 self.submit_burst();
+            }
+            if self.debug && (t - self.start).is_multiple_of(20 * MILLIS) {
+                for &g in &self.groups {
+                    for (&id, node) in &self.nodes {
+                        if let Some(m) = node.ordered_member(g) {
+                            eprintln!(
+                                "[{} us] g{:x} n{id} {:?} delivered {} learned {} {}",
+                                (t - self.start) / MICROS,
+                                g & 0xff,
+                                m.status(),
+                                m.delivered(),
+                                m.learned(),
+                                m.describe()
+                            );
+                        }
+                        if let Some(r) = node.memnode_replica(g) {
+                            eprintln!(
+                                "[{} us] g{:x} replica n{id} primary {} unreplicated {} {:?} {:?}",
+                                (t - self.start) / MICROS,
+                                g & 0xff,
+                                r.is_primary(),
+                                r.unreplicated(),
+                                r.counters(),
+                                node.ordered_transport_counters()
+                            );
+                        }
+                    }
+                }
             }
             let idle_actions = self.actions.keys().next().is_none_or(|k| k.0 > t + REJOIN_DELAY);
             if t >= faults_end && idle_actions && t.is_multiple_of(10 * MILLIS) && self.settled() {
@@ -441,7 +472,7 @@ impl OrderedSim {
             let mut delivered = BTreeSet::new();
             for (&id, node) in &self.nodes {
                 let Some(m) = node.ordered_member(g) else { continue };
-                if m.status() != Status::Active || m.outgoing() > 0 {
+                if m.status() != Status::Active || m.outgoing() > 0 || m.delivered() != m.learned() {
                     return false;
                 }
                 delivered.insert(m.delivered());
@@ -509,6 +540,32 @@ impl OrderedSim {
                 "liveness: not settled {} ms after the faults stopped:{detail}",
                 SETTLE / MILLIS
             ));
+        }
+        if std::env::var_os("TUTTI_SIM_ORDERED_DEBUG").is_some() {
+            for &g in &self.groups {
+                for (&id, node) in &self.nodes {
+                    if let Some(m) = node.ordered_member(g) {
+                        eprintln!(
+                            "g{:x} n{id} {:?} next_submit_seq {} epoch {} {:?}",
+                            g & 0xff,
+                            m.status(),
+                            m.next_submit_seq(),
+                            m.epoch(),
+                            m.counters()
+                        );
+                        if let Some(app) = self.apps.get(&(id, g)) {
+                            let mine: Vec<u64> = app
+                                .state
+                                .delivered_keys
+                                .iter()
+                                .filter(|k| k.1 == id)
+                                .map(|k| k.2)
+                                .collect();
+                            eprintln!("  app active {} next_seq {} delivered {} own delivered {} first {:?} last {:?} joined_at {:?}", app.active, app.next_seq, app.state.delivered, mine.len(), mine.first(), mine.last(), app.state.joined_at);
+                        }
+                    }
+                }
+            }
         }
         if settled {
             for &g in &self.groups.clone() {
@@ -616,9 +673,7 @@ impl OrderedSim {
                 let settings = self.sc.ordered.clone();
                 let now = self.now;
                 let Some(n) = self.nodes.get_mut(&id) else { return };
-                if n.is_ordered(g) {
-                    return;
-                }
+                // Refused while a member (AlreadyJoined); taken after a removal.
                 if n.join_ordered(now, g, settings).is_ok() {
                     let next_seq = self.apps.get(&(id, g)).map_or(0, |a| a.next_seq);
                     self.apps.insert(
@@ -734,6 +789,9 @@ impl OrderedSim {
 
     fn on_event(&mut self, id: NodeId, e: Event) {
         let now = self.now;
+        if self.debug && !matches!(e, Event::OrderedDeliver { .. } | Event::ViewChange(_)) {
+            eprintln!("[{} us] n{id} {e:?}", now.saturating_sub(self.start) / MICROS);
+        }
         match e {
             Event::OrderedDeliver {
                 group,

@@ -164,6 +164,8 @@ pub(crate) struct OrderedHost {
     view_members: Vec<NodeId>,
     /// Peers SWIM suspects or holds failed.
     swim_suspects: BTreeSet<NodeId>,
+    /// Members of the largest cluster view installed (majority is judged against it).
+    max_view: usize,
     partials: VecDeque<Partial>,
     partial_bytes: usize,
     next_msg: u32,
@@ -237,6 +239,7 @@ impl OrderedHost {
             placements: BTreeMap::new(),
             view_members: vec![me],
             swim_suspects: BTreeSet::new(),
+            max_view: 1,
             partials: VecDeque::new(),
             partial_bytes: 0,
             next_msg: 0,
@@ -395,6 +398,7 @@ impl OrderedHost {
         self.view_members = members;
         self.view_members.sort_unstable();
         self.view_members.dedup();
+        self.max_view = self.max_view.max(self.view_members.len());
         let groups: Vec<GroupId> = self
             .placements
             .keys()
@@ -410,11 +414,10 @@ impl OrderedHost {
         self.pump(now);
     }
 
-    /// SWIM's suspicions: the peers it suspects or holds failed.
+    /// SWIM's suspicions: the peers it suspects or holds failed (every gossip round).
+    /// Suspicions and majority are evaluated again even when nothing changed here: the
+    /// members' learned views move on their own.
     pub fn set_swim_suspects(&mut self, now: Time, suspects: BTreeSet<NodeId>) {
-        if suspects == self.swim_suspects {
-            return;
-        }
         self.swim_suspects = suspects;
         let groups: Vec<GroupId> = self.groups.keys().copied().collect();
         for g in groups {
@@ -509,7 +512,12 @@ impl OrderedHost {
         let Some(h) = self.groups.get_mut(&group) else {
             return;
         };
-        let (_, members) = h.member.view();
+        // The view as learned: the delivered one may lag far behind (a member waiting
+        // for a payload or a safe entry must still see the group's majority).
+        let mut members = h.member.learned_members();
+        if members.is_empty() {
+            members = h.member.view().1;
+        }
         let down = |n: NodeId| n != me && (view_members.binary_search(&n).is_err() || swim.contains(&n));
         let now_suspected: BTreeSet<NodeId> = members.iter().copied().filter(|&n| down(n)).collect();
         for &n in now_suspected.difference(&h.suspected) {
@@ -519,13 +527,11 @@ impl OrderedHost {
             h.member.set_suspected(now, n, false);
         }
         h.suspected = now_suspected;
-        // A majority of the group's view (as delivered here) is in the cluster view. A
-        // joiner without a view yet tries: the memory node's answers decide.
-        let present = members
-            .iter()
-            .filter(|&&n| view_members.binary_search(&n).is_ok())
-            .count();
-        let in_majority = members.is_empty() || 2 * present > members.len();
+        // Majority: this node's cluster view holds more than half of the largest cluster
+        // view it installed. Judged on the cluster, not on the group's view: a member far
+        // behind holds an old group view, and a member outside a majority does not read
+        // on, so a majority judged on that view might never come back.
+        let in_majority = 2 * view_members.len() > self.max_view;
         if in_majority != h.in_majority {
             h.in_majority = in_majority;
             h.member.set_in_majority(now, in_majority);
@@ -625,7 +631,10 @@ impl OrderedHost {
                     seq,
                     bytes,
                 } => {
-                    let (_, members) = h.member.view();
+                    let mut members = h.member.learned_members();
+                    members.extend(h.member.view().1);
+                    members.sort_unstable();
+                    members.dedup();
                     let header = OrderedPayloadHeader { sender, epoch, seq };
                     let body = ordered_payload(&header, &bytes);
                     for n in members {
@@ -806,7 +815,7 @@ impl OrderedHost {
         let consistent = p.kind == h.kind
             && p.total == total
             && p.frags.len() == usize::from(count)
-            && (last || bytes.len() > 0)
+            && (last || !bytes.is_empty())
             && (p.chunk == 0 || last || p.chunk == bytes.len())
             && (chunk == 0 || {
                 let expect_last = (total as usize).checked_sub(chunk * (usize::from(count) - 1));

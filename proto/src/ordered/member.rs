@@ -425,6 +425,10 @@ impl OrderedMember {
     pub fn next_submit_seq(&self) -> u64 {
         self.next_submit_seq
     }
+    /// Members of the view as of the last learned entry (ahead of [`Self::view`]).
+    pub fn learned_members(&self) -> Vec<NodeId> {
+        self.learn_view.nodes()
+    }
     /// Largest payload `submit` takes.
     pub fn max_payload(&self) -> u32 {
         self.settings.max_payload
