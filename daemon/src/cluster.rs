@@ -924,6 +924,14 @@ impl Cluster {
                 );
                 tracing::info!(shard = self.shard, "{}", self.view_summary);
             }
+            // The daemon joins no ordered group through its Node yet (issue 12: `ordd`).
+            Event::OrderedDeliver { .. }
+            | Event::OrderedView { .. }
+            | Event::SnapshotRequest { .. }
+            | Event::Installed { .. }
+            | Event::OrderedStatus { .. } => {
+                tracing::debug!(shard = self.shard, "ordered-group event ignored: {event:?}")
+            }
         }
     }
 

@@ -21,6 +21,14 @@ fuzz_target!(|data: &[u8]| {
                 }
                 assert_eq!(i as usize, messages.len(), "a validated run iterates whole");
             }
+            if let Message::Ordered { header, kind, bytes } = message {
+                // A validated fragment fits its message and names a known kind.
+                assert_eq!(kind as u8, header.kind);
+                assert!(bytes.len() <= header.total as usize);
+                assert!(header.index < header.count);
+                let _ = tutti_wire::packet::split_ordered_payload(bytes);
+                let _ = tutti_wire::packet::split_memnode_message(bytes);
+            }
         }
         assert_eq!(n, usize::from(datagram.header.count));
     }

@@ -189,6 +189,34 @@ pub enum Event {
     },
     /// A new view was installed at this node.
     ViewChange(Arc<View>),
+    /// A message of an ordered group, in the group's total order (this node's own
+    /// messages included). `position` is its list entry's position.
+    OrderedDeliver {
+        group: GroupId,
+        sender: NodeId,
+        position: u64,
+        safe: bool,
+        payload: Vec<u8>,
+    },
+    /// An ordered group's view changed, at its place in the order.
+    OrderedView {
+        group: GroupId,
+        view: ordered::ViewEvent,
+    },
+    /// The application must snapshot its state of `group` as of everything delivered so
+    /// far and call `Node::snapshot_ready` (delivery in that group waits until then).
+    SnapshotRequest { group: GroupId, position: u64 },
+    /// This joiner installed the snapshot taken at `position`; deliveries follow.
+    Installed {
+        group: GroupId,
+        position: u64,
+        snapshot: Vec<u8>,
+    },
+    /// This node's standing in an ordered group changed.
+    OrderedStatus {
+        group: GroupId,
+        status: ordered::OrderedStatusEvent,
+    },
 }
 
 /// A datagram to send to `dest`: its bytes are lent by the node until its next call

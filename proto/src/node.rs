@@ -3,7 +3,12 @@
 //! bimodal multicast state. Sans-IO: see the crate docs.
 
 use crate::fxhash::FxMap;
+use crate::minitx::{MemoryNodeCounters, MinitxSettings};
 use crate::multicast::{Ctx, GroupState};
+use crate::ordered::host::{HostEvent, OrderedHost};
+use crate::ordered::{
+    OrderedCounters, OrderedError, OrderedHostCounters, OrderedSettings, Placement, SubmitRefused,
+};
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
 use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId};
@@ -16,6 +21,7 @@ use tutti_wire::packet::{
     ViewPartHeader, ViewParts, HEARTBEAT_FLAG_ACK, HEARTBEAT_FLAG_DEAD, HEARTBEAT_FLAG_LEAVING,
     HEARTBEAT_FLAG_PING_REQ, HEARTBEAT_FLAG_PROBE, HEARTBEAT_FLAG_SUSPECT,
 };
+use tutti_wire::packet::{OrderedHeader, DATAGRAM_HEADER_LEN, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN};
 
 /// What a node counted; every drop has a counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,6 +124,13 @@ pub enum SubmitError {
     NotJoined(GroupId),
     #[error("message of {len} bytes exceeds max_message {max}")]
     TooLarge { len: usize, max: usize },
+    /// Ordered groups: not an active member (joining, removed, leaving, or outside a
+    /// majority's view).
+    #[error("not an active member of ordered group {0:#x}")]
+    NotMember(GroupId),
+    /// Ordered groups: back pressure (`max_outgoing` messages queued): retry later.
+    #[error("ordered group queue full: retry later")]
+    Full,
 }
 
 /// Where a submitted message went: its stream and its seq in it.
@@ -403,6 +416,8 @@ pub struct Node {
     counters: Counters,
     scratch_targets: Vec<NodeId>,
     scratch_hb: Vec<HeartbeatEntry>,
+    /// Ordered groups and the memory-node replicas hosted here (`ordered::host`).
+    ordered: OrderedHost,
 }
 
 const NO_ROUND: u32 = u32::MAX;
@@ -622,6 +637,7 @@ impl Node {
             counters: Counters::default(),
             scratch_targets: Vec::new(),
             scratch_hb: Vec::new(),
+            ordered: OrderedHost::new(id, incarnation, MinitxSettings::default()),
         }
     }
 
@@ -884,7 +900,8 @@ impl Node {
     /// When `handle_timeout` is next due: the gossip round or the repair timer. It can
     /// move earlier after `handle_packet` (a gap opened): drivers read it after each input.
     pub fn poll_timeout(&self) -> Option<Time> {
-        Some(self.next_tick.min(self.repair_at))
+        let t = self.next_tick.min(self.repair_at);
+        Some(self.ordered.poll_timeout().map_or(t, |o| o.min(t)))
     }
 
     /// The next datagram to send. Its bytes are borrowed from the node's buffer pool: copy
@@ -902,7 +919,7 @@ impl Node {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop_front().or_else(|| self.ordered_event())
     }
 
     /// A datagram arrived from `from` (the transport's idea of the sender; the header's
@@ -1008,6 +1025,10 @@ impl Node {
                 }
                 Message::GroupJoin(g) => self.pending_group_change(g.group, from, Some(g.stream)),
                 Message::GroupLeave(g) => self.pending_group_change(g.group, from, None),
+                Message::Ordered { header, kind, bytes } => {
+                    self.ordered.handle_fragment(now, from, &header, kind, bytes);
+                    self.flush_ordered();
+                }
             }
         }
         self.enforce_node_budget(now);
@@ -1044,6 +1065,10 @@ impl Node {
                     g.rerequest_gaps(&mut ctx);
                 }
             });
+        }
+        if self.ordered.poll_timeout().is_some_and(|t| t <= now) {
+            self.ordered.handle_timeout(now);
+            self.flush_ordered();
         }
     }
 
@@ -1939,6 +1964,7 @@ impl Node {
         self.installed_round = self.round;
         self.view = view.clone();
         self.counters.views_installed += 1;
+        self.ordered_view_changed(now);
         if self.events.len() < self.settings.max_pending_events {
             self.events.push_back(Event::ViewChange(view));
         } else {
@@ -2111,6 +2137,7 @@ impl Node {
         }
         self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
         self.failure_detection(now);
+        self.ordered_suspicions(now);
         // Forgetting: unverified peers once failed, others `forget_after` after failing.
         let forget = self.settings.forget_after;
         let gone = |p: &Peer| p.dead() && (!p.direct || now.saturating_sub(p.since) > forget);
@@ -2233,6 +2260,180 @@ impl Node {
             + self.groups.values().map(|g| g.approx_bytes()).sum::<usize>()
             + self.out.pending() * self.settings.max_datagram
             + self.events.len() * 64
+    }
+}
+
+// ---------------------------------------------------------------- ordered groups
+
+/// Ordered groups (SinfoniaGCS style, `docs/ordered.md`): the body is `ordered::host`.
+impl Node {
+    /// Joins ordered group `group`. The first joiner of an empty list creates the group;
+    /// later joiners get a state transfer (`Event::Installed`). Every member must use the
+    /// same layout fields of `settings` (`list_slots`, `max_members`, `queue_slots`,
+    /// `max_payload`).
+    pub fn join_ordered(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        settings: OrderedSettings,
+    ) -> Result<(), OrderedError> {
+        let r = self.ordered.join(now, group, settings);
+        self.flush_ordered();
+        r
+    }
+
+    /// Leaves ordered group `group` (an entry in its order; `OrderedStatus{Removed(Left)}`
+    /// follows).
+    pub fn leave_ordered(&mut self, now: Time, group: GroupId) {
+        self.ordered.leave(now, group);
+        self.flush_ordered();
+    }
+
+    /// Queues a message for ordered group `group`; returns its seq (per membership). It is
+    /// delivered back to this node too, in the total order.
+    pub fn submit_ordered(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        bytes: &[u8],
+        safe: bool,
+    ) -> Result<u64, SubmitError> {
+        if !self.ordered.is_member(group) {
+            return Err(SubmitError::NotJoined(group));
+        }
+        let r = self.ordered.submit(now, group, bytes, safe).map_err(|e| match e {
+            SubmitRefused::NotMember => SubmitError::NotMember(group),
+            SubmitRefused::Full => SubmitError::Full,
+            SubmitRefused::TooLarge => SubmitError::TooLarge {
+                len: bytes.len(),
+                max: self.ordered.member(group).map_or(0, |m| m.max_payload() as usize),
+            },
+        });
+        self.flush_ordered();
+        r
+    }
+
+    /// The application's snapshot for the last `Event::SnapshotRequest` of `group`.
+    pub fn snapshot_ready(&mut self, now: Time, group: GroupId, snapshot: &[u8]) {
+        self.ordered.snapshot_ready(now, group, snapshot);
+        self.flush_ordered();
+    }
+
+    /// Whether this node is (joining, in, or leaving) ordered group `group`.
+    pub fn is_ordered(&self, group: GroupId) -> bool {
+        self.ordered.is_member(group)
+    }
+
+    /// This node's member counters of ordered group `group`.
+    pub fn ordered_counters(&self, group: GroupId) -> Option<OrderedCounters> {
+        self.ordered.member_counters(group).cloned()
+    }
+
+    /// Counters of the memory-node replica of `group` hosted here, if any.
+    pub fn memnode_counters(&self, group: GroupId) -> Option<MemoryNodeCounters> {
+        self.ordered.replica_counters(group).cloned()
+    }
+
+    /// Counters of the ordered transport (fragments, reassembly, routing, failovers).
+    pub fn ordered_transport_counters(&self) -> OrderedHostCounters {
+        self.ordered.counters().clone()
+    }
+
+    /// Where `group`'s memory node runs, as this node places it.
+    pub fn memnode_placement(&self, group: GroupId) -> Option<Placement> {
+        self.ordered.placement_of(group)
+    }
+
+    /// This node's member of ordered group `group` (status, view, positions).
+    pub fn ordered_member(&self, group: GroupId) -> Option<&crate::ordered::OrderedMember> {
+        self.ordered.member(group)
+    }
+
+    /// The memory-node replica of `group` hosted here (for checks).
+    pub fn memnode_replica(&self, group: GroupId) -> Option<&crate::minitx::MemoryNode> {
+        self.ordered.replica(group)
+    }
+
+    fn ordered_event(&mut self) -> Option<Event> {
+        Some(match self.ordered.poll_event()? {
+            HostEvent::Deliver {
+                group,
+                sender,
+                position,
+                safe,
+                payload,
+            } => Event::OrderedDeliver {
+                group,
+                sender,
+                position,
+                safe,
+                payload,
+            },
+            HostEvent::View { group, view } => Event::OrderedView { group, view },
+            HostEvent::SnapshotRequest { group, position } => Event::SnapshotRequest { group, position },
+            HostEvent::Installed {
+                group,
+                position,
+                snapshot,
+            } => Event::Installed {
+                group,
+                position,
+                snapshot,
+            },
+            HostEvent::Status { group, status } => Event::OrderedStatus { group, status },
+        })
+    }
+
+    /// Fragments the ordered messages waiting into datagrams of at most `max_datagram`.
+    fn flush_ordered(&mut self) {
+        let chunk = self
+            .settings
+            .max_datagram
+            .saturating_sub(DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + ORDERED_HEADER_LEN)
+            .max(1);
+        while let Some(o) = self.ordered.poll_outgoing() {
+            let count = o.bytes.len().div_ceil(chunk).max(1);
+            let Ok(count16) = u16::try_from(count) else {
+                self.counters.oversize_datagrams += 1;
+                continue;
+            };
+            for index in 0..count16 {
+                let start = usize::from(index) * chunk;
+                let part = o
+                    .bytes
+                    .get(start..(start + chunk).min(o.bytes.len()))
+                    .unwrap_or(&[]);
+                let header = OrderedHeader {
+                    group: o.group,
+                    msg: o.msg,
+                    total: o.bytes.len() as u32,
+                    index,
+                    count: count16,
+                    kind: o.kind as u8,
+                    reserved: [0; 3],
+                };
+                self.out.push(o.dest, ORDERED_HEADER_LEN + part.len(), |enc| {
+                    enc.push_ordered(&header, part)
+                });
+            }
+        }
+    }
+
+    fn ordered_view_changed(&mut self, now: Time) {
+        let members: Vec<NodeId> = self.view.members.iter().map(|m| m.node).collect();
+        self.ordered.set_view(now, members);
+        self.flush_ordered();
+    }
+
+    fn ordered_suspicions(&mut self, now: Time) {
+        let suspects: BTreeSet<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| p.dead() || p.suspected())
+            .map(|p| p.member.node)
+            .collect();
+        self.ordered.set_swim_suspects(now, suspects);
+        self.flush_ordered();
     }
 }
 

@@ -6,6 +6,8 @@
 
 pub mod checker;
 pub mod hostile;
+pub mod ordered;
+pub mod ordered_checker;
 pub mod sim;
 
 pub use checker::Checker;

@@ -434,6 +434,7 @@ fn datagram_kinds(bytes: &[u8]) -> String {
             Message::ViewRequest => "ViewRequest",
             Message::GroupJoin(_) => "GroupJoin",
             Message::GroupLeave(_) => "GroupLeave",
+            Message::Ordered { .. } => "Ordered",
         };
         kinds.push((k, 0));
     }
@@ -1023,6 +1024,7 @@ impl Sim {
                     v.group_view(GROUP)
                         .map(|g| g.members.iter().zip(&g.streams).collect::<Vec<_>>())
                 ),
+                other => eprintln!("[{t} us] {inst:?} {other:?}"),
             }
         }
         match e {
@@ -1066,6 +1068,14 @@ impl Sim {
                 ]);
                 self.checker.on_view_at(inst, now, &v);
             }
+            // This world joins no ordered group (`crate::ordered` drives those).
+            Event::OrderedDeliver { .. }
+            | Event::OrderedView { .. }
+            | Event::SnapshotRequest { .. }
+            | Event::Installed { .. }
+            | Event::OrderedStatus { .. } => self.checker.violation(format!(
+                "{inst:?}: an ordered-group event in a world without ordered groups"
+            )),
         }
     }
 

@@ -300,7 +300,9 @@ pub enum Message<'a> {
     Forget { memnode: u16, txids: Vec<TxId> },
 }
 
-mod kind {
+/// Message kind codes (the byte at offset 3 of the header): a transport routes answers
+/// (`REPLY`, `DECIDE_ACK`) to coordinators and the rest to memory nodes.
+pub mod kind {
     pub const EXEC: u8 = 1;
     pub const PREPARE: u8 = 2;
     pub const REPLY: u8 = 3;

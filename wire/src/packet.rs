@@ -49,7 +49,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// sender's own (first) entry and `SUSPECT`/`DEAD` on relayed entries; the heartbeat header
 /// carries the sender's view hash. Version 8: a view's member entries carry the member's
 /// address as its coordinator saw it ([`MemberEntry::addr`]).
-pub const VERSION: u16 = 8;
+pub const VERSION: u16 = 9;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -149,6 +149,8 @@ pub struct MessageHeader {
 ///   such messages (see [`plan_view_parts`]); the receiver reassembles them.
 /// - `ViewRequest`: empty body.
 /// - `GroupJoin` / `GroupLeave`: [`GroupChange`].
+/// - `Ordered`: [`OrderedHeader`] + fragment bytes: one fragment of an ordered group's
+///   message (minitransaction, payload or state transfer; see [`OrderedKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MessageKind {
@@ -161,6 +163,7 @@ pub enum MessageKind {
     GroupJoin = 7,
     GroupLeave = 8,
     DataRun = 9,
+    Ordered = 10,
 }
 
 impl MessageKind {
@@ -175,6 +178,7 @@ impl MessageKind {
             7 => Self::GroupJoin,
             8 => Self::GroupLeave,
             9 => Self::DataRun,
+            10 => Self::Ordered,
             _ => return None,
         })
     }
@@ -598,6 +602,12 @@ pub enum Message<'a> {
     ViewRequest,
     GroupJoin(GroupChange),
     GroupLeave(GroupChange),
+    /// One fragment of an ordered group's message.
+    Ordered {
+        header: OrderedHeader,
+        kind: OrderedKind,
+        bytes: &'a [u8],
+    },
 }
 
 /// A validated datagram: its header and its messages.
@@ -797,6 +807,11 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             } else {
                 Message::GroupLeave(g)
             }
+        }
+        MessageKind::Ordered => {
+            let (header, bytes) = take::<OrderedHeader>(body)?;
+            let kind = header.check(bytes.len())?;
+            Message::Ordered { header, kind, bytes }
         }
     };
     Ok((msg, after))
@@ -1225,6 +1240,140 @@ impl<'a> Encoder<'a> {
     }
 }
 
+impl Encoder<'_> {
+    /// Appends one fragment of an ordered group's message.
+    pub fn push_ordered(&mut self, header: &OrderedHeader, bytes: &[u8]) -> Result<(), PacketError> {
+        header.check(bytes.len())?;
+        self.push(MessageKind::Ordered, 0, &[bytemuck::bytes_of(header), bytes])
+    }
+}
+
+/// What an ordered group's message carries (the body after reassembly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OrderedKind {
+    /// A minitransaction message for the group's memory node (a request from a member's
+    /// coordinator, or replication between primary and backup): [`OrderedLayout`] then the
+    /// `tutti_wire::minitx` message (the layout lets a memory-node host create the
+    /// group's regions on first contact).
+    ToMemnode = 1,
+    /// A minitransaction answer for a member's coordinator: the `tutti_wire::minitx` message.
+    ToMember = 2,
+    /// A payload disseminated to the group: [`OrderedPayloadHeader`] then the bytes.
+    Payload = 3,
+    /// A state transfer for a joiner (opaque to the wire).
+    Transfer = 4,
+}
+
+impl OrderedKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::ToMemnode,
+            2 => Self::ToMember,
+            3 => Self::Payload,
+            4 => Self::Transfer,
+            _ => return None,
+        })
+    }
+}
+
+/// Largest ordered message (reassembled): a minitransaction message with its layout.
+pub const MAX_ORDERED_MESSAGE: usize = crate::minitx::MAX_MESSAGE + core::mem::size_of::<OrderedLayout>();
+/// Most fragments of one ordered message.
+pub const MAX_ORDERED_FRAGMENTS: u16 = 4096;
+
+/// Fragment header of an ordered group's message. A message of `count` fragments is carried
+/// by `count` `Ordered` messages with the same `(from, group, msg)`; every fragment but the
+/// last carries the same number of bytes, so fragment `index` starts at `index * that`.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrderedHeader {
+    pub group: u64,
+    /// The sender's message number (per sender, wraps): the reassembly key.
+    pub msg: u32,
+    /// Length of the whole message.
+    pub total: u32,
+    pub index: u16,
+    pub count: u16,
+    pub kind: u8,
+    pub reserved: [u8; 3],
+}
+
+/// Size of [`OrderedHeader`].
+pub const ORDERED_HEADER_LEN: usize = core::mem::size_of::<OrderedHeader>();
+
+impl OrderedHeader {
+    /// Validates the header for a fragment of `len` bytes; returns its kind.
+    pub fn check(&self, len: usize) -> Result<OrderedKind, PacketError> {
+        if self.reserved != [0; 3] {
+            return Err(PacketError::ReservedNonZero);
+        }
+        let kind = OrderedKind::from_u8(self.kind).ok_or(PacketError::UnknownKind(self.kind))?;
+        let total = self.total as usize;
+        if total > MAX_ORDERED_MESSAGE {
+            return Err(PacketError::LengthMismatch(
+                "ordered message larger than its maximum",
+            ));
+        }
+        if self.count == 0 || self.count > MAX_ORDERED_FRAGMENTS || self.index >= self.count {
+            return Err(PacketError::LengthMismatch(
+                "ordered fragment index outside count",
+            ));
+        }
+        if len > total {
+            return Err(PacketError::LengthMismatch(
+                "ordered fragment longer than its message",
+            ));
+        }
+        if self.count == 1 && len != total {
+            return Err(PacketError::LengthMismatch(
+                "whole ordered message of the wrong length",
+            ));
+        }
+        Ok(kind)
+    }
+}
+
+/// The layout fields of an ordered group (`tutti_proto::ordered::OrderedSettings`): every
+/// member and the memory node must agree on them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrderedLayout {
+    pub list_slots: u32,
+    pub max_members: u32,
+    pub queue_slots: u32,
+    pub max_payload: u32,
+}
+
+/// Header of an ordered payload: `(sender, epoch, seq)` names the message.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrderedPayloadHeader {
+    pub sender: u32,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// A `ToMemnode` message: the layout, then the minitransaction message.
+pub fn memnode_message(layout: &OrderedLayout, msg: &[u8]) -> Vec<u8> {
+    [bytemuck::bytes_of(layout), msg].concat()
+}
+
+/// A `Payload` message: the header, then the payload.
+pub fn ordered_payload(header: &OrderedPayloadHeader, payload: &[u8]) -> Vec<u8> {
+    [bytemuck::bytes_of(header), payload].concat()
+}
+
+/// Splits a reassembled `ToMemnode` message into its layout and minitransaction bytes.
+pub fn split_memnode_message(bytes: &[u8]) -> Result<(OrderedLayout, &[u8]), PacketError> {
+    take::<OrderedLayout>(bytes)
+}
+
+/// Splits a reassembled `Payload` message into its header and payload bytes.
+pub fn split_ordered_payload(bytes: &[u8]) -> Result<(OrderedPayloadHeader, &[u8]), PacketError> {
+    take::<OrderedPayloadHeader>(bytes)
+}
+
 /// Size of [`ViewPartHeader`].
 pub const VIEW_PART_HEADER_LEN: usize = core::mem::size_of::<ViewPartHeader>();
 /// Size of [`ViewGroupSlice`].
@@ -1396,6 +1545,7 @@ mod tests {
         ViewRequest,
         Join(u64, u32),
         Leave(u64),
+        Ordered(OrderedHeader, Vec<u8>),
     }
 
     /// The messages a decoded message stands for (a run: one per message in it).
@@ -1432,6 +1582,10 @@ mod tests {
             Message::ViewRequest => Owned::ViewRequest,
             Message::GroupJoin(g) => Owned::Join(g.group, g.stream),
             Message::GroupLeave(g) => Owned::Leave(g.group),
+            Message::Ordered { header, kind, bytes } => {
+                assert_eq!(kind as u8, header.kind);
+                Owned::Ordered(header, bytes.to_vec())
+            }
         }
     }
 
@@ -1449,7 +1603,76 @@ mod tests {
             Owned::ViewRequest => enc.push_view_request(),
             Owned::Join(g, s) => enc.push_group_join(*g, *s),
             Owned::Leave(g) => enc.push_group_leave(*g),
+            Owned::Ordered(h, b) => enc.push_ordered(h, b),
         }
+    }
+
+    fn arb_ordered() -> impl Strategy<Value = Owned> {
+        (
+            any::<(u64, u32)>(),
+            1u8..=4,
+            1u16..6,
+            proptest::collection::vec(any::<u8>(), 0..200),
+            0usize..300,
+        )
+            .prop_flat_map(|((group, msg), kind, count, bytes, extra)| {
+                (0..count).prop_map(move |index| {
+                    let total = if count == 1 {
+                        bytes.len()
+                    } else {
+                        bytes.len() + extra
+                    };
+                    Owned::Ordered(
+                        OrderedHeader {
+                            group,
+                            msg,
+                            total: total as u32,
+                            index,
+                            count,
+                            kind,
+                            reserved: [0; 3],
+                        },
+                        bytes.clone(),
+                    )
+                })
+            })
+    }
+
+    #[test]
+    fn ordered_headers_are_validated() {
+        let good = OrderedHeader {
+            group: 1,
+            msg: 2,
+            total: 10,
+            index: 0,
+            count: 1,
+            kind: OrderedKind::Payload as u8,
+            reserved: [0; 3],
+        };
+        assert_eq!(good.check(10), Ok(OrderedKind::Payload));
+        assert!(matches!(good.check(9), Err(PacketError::LengthMismatch(_))));
+        let bad_kind = OrderedHeader { kind: 9, ..good };
+        assert_eq!(bad_kind.check(10), Err(PacketError::UnknownKind(9)));
+        let bad_index = OrderedHeader { index: 1, ..good };
+        assert!(matches!(bad_index.check(10), Err(PacketError::LengthMismatch(_))));
+        let too_long = OrderedHeader {
+            total: MAX_ORDERED_MESSAGE as u32 + 1,
+            count: 2,
+            ..good
+        };
+        assert!(matches!(too_long.check(10), Err(PacketError::LengthMismatch(_))));
+        let reserved = OrderedHeader {
+            reserved: [0, 1, 0],
+            ..good
+        };
+        assert_eq!(reserved.check(10), Err(PacketError::ReservedNonZero));
+        let mut buf = vec![0u8; 256];
+        let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+        assert!(enc.push_ordered(&bad_kind, &[0; 10]).is_err());
+        assert!(enc.is_empty());
+        assert!(split_ordered_payload(&[0; 19]).is_err());
+        let (h, rest) = split_ordered_payload(&[1; 23]).unwrap();
+        assert_eq!(({ h.sender }, rest.len()), (0x0101_0101, 3));
     }
 
     fn arb_message() -> impl Strategy<Value = Owned> {
@@ -1617,6 +1840,7 @@ mod tests {
             Just(Owned::ViewRequest),
             any::<(u64, u32)>().prop_map(|(g, s)| Owned::Join(g, s)),
             any::<u64>().prop_map(Owned::Leave),
+            arb_ordered(),
         ]
     }
 
@@ -1847,8 +2071,8 @@ mod tests {
         b[0] ^= 1;
         assert!(matches!(decode(&b), Err(PacketError::BadMagic(_))));
         let mut b = good.clone();
-        b[4] = 9;
-        assert_eq!(decode(&b).unwrap_err(), PacketError::BadVersion(9));
+        b[4] = 8;
+        assert_eq!(decode(&b).unwrap_err(), PacketError::BadVersion(8));
         let mut b = good.clone();
         b[6] = 2; // count says 2 messages, 1 present
         assert!(matches!(decode(&b), Err(PacketError::LengthMismatch(_))));

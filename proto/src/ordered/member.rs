@@ -425,6 +425,14 @@ impl OrderedMember {
     pub fn next_submit_seq(&self) -> u64 {
         self.next_submit_seq
     }
+    /// Members of the view as of the last learned entry (ahead of [`Self::view`]).
+    pub fn learned_members(&self) -> Vec<NodeId> {
+        self.learn_view.nodes()
+    }
+    /// Largest payload `submit` takes.
+    pub fn max_payload(&self) -> u32 {
+        self.settings.max_payload
+    }
     /// Messages submitted and not yet in the list.
     pub fn outgoing(&self) -> usize {
         self.outgoing.len()
@@ -621,6 +629,44 @@ impl OrderedMember {
         self.transfers
             .push((joiner, position, bytes, now + self.settings.retransmit));
         self.drive(now);
+    }
+
+    /// Group creation: a joiner whose join entry is at position 0 found the list empty
+    /// (the tail compare made it the only one), so it creates the group: its join makes a
+    /// one-member view and no state transfer is awaited. Returns true if it did so now.
+    /// The host calls it after each input (additive, for `ordered::host`).
+    pub fn create_if_first(&mut self, now: Time) -> bool {
+        if self.status != Status::Installing || self.join_pos != 0 {
+            return false;
+        }
+        let view = View {
+            id: 1,
+            members: vec![Member {
+                node: self.node,
+                join_pos: 0,
+                slot: 0,
+            }],
+        };
+        self.deliver_view = view.clone();
+        self.learn_view = view;
+        self.next_seq = BTreeMap::from([(self.node, 0)]);
+        for i in 0..self.buffer.len() {
+            let e = self.buffer[i].entry;
+            self.learn_view.apply(&e, self.settings.max_members);
+            self.buffer[i].sender_slot = self.learn_view.get(e.node).map(|m| m.slot);
+        }
+        self.queue_pos = vec![None; self.settings.queue_slots as usize];
+        self.status = Status::Active;
+        self.read_now = true;
+        self.out.push_back(Output::View(ViewEvent {
+            id: self.deliver_view.id,
+            position: 0,
+            members: self.deliver_view.nodes(),
+            joined: Some(self.node),
+            left: None,
+        }));
+        self.drive(now);
+        true
     }
 
     /// A state transfer arrived (for this joiner, or a stale one: ignored).

@@ -15,9 +15,11 @@
 //!   payload it missed (so a payload outlives its sender).
 
 mod entry;
+pub(crate) mod host;
 mod member;
 
 pub use entry::{Entry, EntryKind, ProgressSlot, RemoveReason};
+pub use host::{OrderedError, OrderedHostCounters, OrderedStatusEvent, Placement};
 pub use member::{OrderedCounters, OrderedMember, Output, Status, SubmitRefused, ViewEvent};
 
 use crate::minitx::MemnodeId;

@@ -220,6 +220,10 @@ impl Cluster {
                 log.lost_ranges.push((first, first.saturating_add(count)));
             }
             Event::ViewChange(v) => self.views[i].push(v),
+            // These worlds join no ordered group: an ordered event is a bug.
+            other => self
+                .violations
+                .push(format!("node {i}: unexpected ordered-group event {other:?}")),
         }
     }
 

@@ -1,0 +1,855 @@
+//! Ordered groups inside a [`crate::Node`]: one [`OrderedMember`] per joined ordered group,
+//! the memory-node replicas this node hosts for any group (primary or backup, placed by
+//! [`choose_memnode_hosts`] over the cluster view), and the transport between them: every
+//! minitransaction, payload and state transfer travels as `Ordered` messages of the wire,
+//! fragmented to fit `max_datagram` and reassembled here (bounded). The node feeds the
+//! cluster view (placement, promotion, majority) and SWIM's suspicions in.
+//!
+//! Payloads go point to point to the members of the sender's ordered view (not through
+//! the bimodal trees: those follow the cluster view's group lists and streams, which an
+//! ordered group does not have); a member that misses one reads it from the sender's queue
+//! on the memory node (pull repair), so no gossip repair is needed.
+
+use super::{
+    choose_memnode_hosts, OrderedCounters, OrderedMember, OrderedSettings, Output, RemoveReason, Status,
+    ViewEvent, MEMNODE,
+};
+use crate::minitx::{MemoryNode, MemoryNodeCounters, MinitxSettings};
+use crate::{GroupId, NodeId, Time};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use thiserror::Error;
+use tutti_wire::minitx::{kind as mtkind, HEADER_LEN as MINITX_HEADER_LEN};
+use tutti_wire::packet::{
+    memnode_message, ordered_payload, split_memnode_message, split_ordered_payload, OrderedHeader,
+    OrderedKind, OrderedLayout, OrderedPayloadHeader, MAX_ORDERED_FRAGMENTS,
+};
+
+/// Partial ordered messages held for reassembly at once; beyond, the oldest is dropped.
+pub const MAX_PARTIALS: usize = 256;
+/// Bytes of partial ordered messages held at once; beyond, the oldest is dropped.
+pub const MAX_PARTIAL_BYTES: usize = 16 << 20;
+/// A partial message not completed within this long is dropped (its sender resends).
+pub const PARTIAL_TIMEOUT: Time = 2_000 * crate::MILLIS;
+/// Whole messages queued for the wire; beyond, new ones are dropped (counted; every
+/// ordered message is resent by its protocol).
+pub const MAX_QUEUED_MESSAGES: usize = 65_536;
+
+/// Why `join_ordered` refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OrderedError {
+    #[error("already a member of ordered group {0:#x} (leave it first)")]
+    AlreadyJoined(GroupId),
+    #[error("invalid ordered settings: {0}")]
+    BadSettings(&'static str),
+}
+
+/// A change of this node's standing in an ordered group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderedStatusEvent {
+    /// Outside a majority: nothing is delivered until it is back in one.
+    Minority,
+    /// Back in a majority.
+    Majority,
+    /// Out of the group (`Left` after `leave_ordered`); join again for a state transfer.
+    Removed(RemoveReason),
+}
+
+/// What the host hands the node's application (see `crate::Event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    Deliver {
+        group: GroupId,
+        sender: NodeId,
+        position: u64,
+        safe: bool,
+        payload: Vec<u8>,
+    },
+    View {
+        group: GroupId,
+        view: ViewEvent,
+    },
+    SnapshotRequest {
+        group: GroupId,
+        position: u64,
+    },
+    Installed {
+        group: GroupId,
+        position: u64,
+        snapshot: Vec<u8>,
+    },
+    Status {
+        group: GroupId,
+        status: OrderedStatusEvent,
+    },
+}
+
+/// Counters of the ordered transport and of the memory nodes hosted here (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderedHostCounters {
+    /// Whole ordered messages sent / received (after reassembly), fragments sent.
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub fragments_sent: u64,
+    /// Partial messages dropped (bounds or timeout), fragments that disagreed with their
+    /// partial, and messages dropped because the send queue was full.
+    pub partials_dropped: u64,
+    pub fragments_refused: u64,
+    pub send_dropped: u64,
+    /// Messages whose body did not parse (bad layout or payload header).
+    pub malformed: u64,
+    /// Messages for a group this node neither is a member of nor hosts a replica of, or a
+    /// memory-node message for a group whose placement does not name this node.
+    pub unrouted: u64,
+    /// Memory-node messages naming a layout that differs from the replica's.
+    pub layout_mismatches: u64,
+    /// Replicas created here, and backups promoted here.
+    pub replicas_created: u64,
+    pub promotions: u64,
+}
+
+/// Where a group's memory node runs: placed once (from the first cluster view this node
+/// deals with the group in), moved only by failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub primary: NodeId,
+    pub backup: Option<NodeId>,
+    pub epoch: u64,
+}
+
+struct Hosted {
+    member: OrderedMember,
+    settings: OrderedSettings,
+    /// Suspicions told to the member.
+    suspected: BTreeSet<NodeId>,
+    in_majority: bool,
+    /// The application left: drop the member once it is removed.
+    leaving: bool,
+}
+
+struct Replica {
+    node: MemoryNode,
+    layout: OrderedLayout,
+}
+
+struct Partial {
+    from: NodeId,
+    group: GroupId,
+    msg: u32,
+    kind: u8,
+    total: u32,
+    chunk: usize,
+    frags: Vec<Option<Vec<u8>>>,
+    have: usize,
+    bytes: usize,
+    started: Time,
+}
+
+/// A whole message to send (the node fragments it into datagrams).
+pub struct Outgoing {
+    pub dest: NodeId,
+    pub group: GroupId,
+    pub kind: OrderedKind,
+    pub msg: u32,
+    pub bytes: Vec<u8>,
+}
+
+pub(crate) struct OrderedHost {
+    me: NodeId,
+    incarnation: u32,
+    minitx: MinitxSettings,
+    groups: BTreeMap<GroupId, Hosted>,
+    replicas: BTreeMap<GroupId, Replica>,
+    placements: BTreeMap<GroupId, Placement>,
+    /// Live members of the installed cluster view, sorted.
+    view_members: Vec<NodeId>,
+    /// Peers SWIM suspects or holds failed.
+    swim_suspects: BTreeSet<NodeId>,
+    /// Members of the largest cluster view installed (majority is judged against it).
+    max_view: usize,
+    partials: VecDeque<Partial>,
+    partial_bytes: usize,
+    next_msg: u32,
+    out: VecDeque<Outgoing>,
+    /// Messages for this node itself (member and replica on the same node).
+    local: VecDeque<(GroupId, OrderedKind, Vec<u8>)>,
+    events: VecDeque<HostEvent>,
+    counters: OrderedHostCounters,
+}
+
+fn layout_of(s: &OrderedSettings) -> OrderedLayout {
+    OrderedLayout {
+        list_slots: s.list_slots,
+        max_members: s.max_members,
+        queue_slots: s.queue_slots,
+        max_payload: s.max_payload,
+    }
+}
+
+fn settings_error(s: &OrderedSettings, minitx: &MinitxSettings) -> Option<&'static str> {
+    if s.list_slots == 0 || s.lag_budget >= s.list_slots {
+        return Some("lag_budget must be below list_slots (and list_slots above 0)");
+    }
+    if s.max_batch == 0 || s.max_batch > u32::from(u16::MAX) {
+        return Some("max_batch must be in 1..=65535");
+    }
+    if s.max_members == 0 || s.queue_slots == 0 || s.read_batch == 0 {
+        return Some("max_members, queue_slots and read_batch must be above 0");
+    }
+    let total: u64 = regions_of(s).iter().map(|r| u64::from(r.1)).sum();
+    let sizes_ok = u64::from(s.list_slots) * 32 + 8 <= u64::from(u32::MAX)
+        && u64::from(s.max_members) * u64::from(s.queue_slots) * (u64::from(s.max_payload) + 24)
+            <= u64::from(u32::MAX);
+    if !sizes_ok || total > minitx.max_memory {
+        return Some("the memory node's regions exceed max_memory");
+    }
+    None
+}
+
+fn regions_of(s: &OrderedSettings) -> [(u32, u32); 3] {
+    let list = 8u64 + u64::from(s.list_slots) * 32;
+    let progress = u64::from(s.max_members) * 32;
+    let queues = u64::from(s.max_members) * u64::from(s.queue_slots) * (u64::from(s.max_payload) + 24);
+    let c = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
+    [
+        (super::LIST, c(list)),
+        (super::PROGRESS, c(progress)),
+        (super::QUEUES, c(queues)),
+    ]
+}
+
+fn settings_from_layout(l: &OrderedLayout) -> OrderedSettings {
+    OrderedSettings {
+        list_slots: l.list_slots,
+        max_members: l.max_members,
+        queue_slots: l.queue_slots,
+        max_payload: l.max_payload,
+        lag_budget: l.list_slots.saturating_sub(1),
+        ..OrderedSettings::default()
+    }
+}
+
+impl OrderedHost {
+    pub fn new(me: NodeId, incarnation: u32, minitx: MinitxSettings) -> OrderedHost {
+        OrderedHost {
+            me,
+            incarnation,
+            minitx,
+            groups: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            placements: BTreeMap::new(),
+            view_members: vec![me],
+            swim_suspects: BTreeSet::new(),
+            max_view: 1,
+            partials: VecDeque::new(),
+            partial_bytes: 0,
+            next_msg: 0,
+            out: VecDeque::new(),
+            local: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: OrderedHostCounters::default(),
+        }
+    }
+
+    // ---- application calls ----
+
+    pub fn join(&mut self, now: Time, group: GroupId, settings: OrderedSettings) -> Result<(), OrderedError> {
+        if let Some(h) = self.groups.get(&group) {
+            if h.member.status() != Status::Removed {
+                return Err(OrderedError::AlreadyJoined(group));
+            }
+        }
+        if let Some(e) = settings_error(&settings, &self.minitx) {
+            return Err(OrderedError::BadSettings(e));
+        }
+        let placement = self.placement(group);
+        let mut member = OrderedMember::joiner(
+            self.me,
+            self.incarnation,
+            group,
+            placement.primary,
+            settings.clone(),
+            self.minitx.clone(),
+        );
+        member.handle_timeout(now);
+        self.groups.insert(
+            group,
+            Hosted {
+                member,
+                settings,
+                suspected: BTreeSet::new(),
+                in_majority: true,
+                leaving: false,
+            },
+        );
+        self.refresh_group(now, group);
+        self.pump(now);
+        Ok(())
+    }
+
+    pub fn leave(&mut self, now: Time, group: GroupId) {
+        let Some(h) = self.groups.get_mut(&group) else {
+            return;
+        };
+        h.leaving = true;
+        match h.member.status() {
+            // Not in any view yet (or no more): nothing to announce.
+            Status::Joining | Status::Removed => {
+                self.groups.remove(&group);
+            }
+            Status::Installing | Status::Active => h.member.leave(now),
+        }
+        self.pump(now);
+    }
+
+    pub fn submit(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        bytes: &[u8],
+        safe: bool,
+    ) -> Result<u64, super::SubmitRefused> {
+        let h = self
+            .groups
+            .get_mut(&group)
+            .ok_or(super::SubmitRefused::NotMember)?;
+        if h.leaving {
+            return Err(super::SubmitRefused::NotMember);
+        }
+        let r = h.member.submit(now, bytes, safe);
+        self.pump(now);
+        r
+    }
+
+    pub fn snapshot_ready(&mut self, now: Time, group: GroupId, snapshot: &[u8]) {
+        if let Some(h) = self.groups.get_mut(&group) {
+            h.member.snapshot_ready(now, snapshot);
+        }
+        self.pump(now);
+    }
+
+    pub fn is_member(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group)
+    }
+
+    pub fn member(&self, group: GroupId) -> Option<&OrderedMember> {
+        self.groups.get(&group).map(|h| &h.member)
+    }
+
+    pub fn member_counters(&self, group: GroupId) -> Option<&OrderedCounters> {
+        self.groups.get(&group).map(|h| h.member.counters())
+    }
+
+    pub fn replica_counters(&self, group: GroupId) -> Option<&MemoryNodeCounters> {
+        self.replicas.get(&group).map(|r| r.node.counters())
+    }
+
+    pub fn replica(&self, group: GroupId) -> Option<&MemoryNode> {
+        self.replicas.get(&group).map(|r| &r.node)
+    }
+
+    pub fn placement_of(&self, group: GroupId) -> Option<Placement> {
+        self.placements.get(&group).copied()
+    }
+
+    pub fn counters(&self) -> &OrderedHostCounters {
+        &self.counters
+    }
+
+    // ---- driver calls ----
+
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let members = self.groups.values().filter_map(|h| h.member.poll_timeout());
+        let replicas = self.replicas.values().filter_map(|r| r.node.poll_timeout());
+        let partial = self.partials.front().map(|p| p.started + PARTIAL_TIMEOUT);
+        members.chain(replicas).chain(partial).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        for h in self.groups.values_mut() {
+            if h.member.poll_timeout().is_some_and(|t| t <= now) {
+                h.member.handle_timeout(now);
+            }
+        }
+        for r in self.replicas.values_mut() {
+            if r.node.poll_timeout().is_some_and(|t| t <= now) {
+                r.node.handle_timeout(now);
+            }
+        }
+        while self
+            .partials
+            .front()
+            .is_some_and(|p| p.started + PARTIAL_TIMEOUT <= now)
+        {
+            self.drop_oldest_partial();
+        }
+        self.pump(now);
+    }
+
+    pub fn poll_outgoing(&mut self) -> Option<Outgoing> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<HostEvent> {
+        self.events.pop_front()
+    }
+
+    /// The installed cluster view changed: its live members, sorted.
+    pub fn set_view(&mut self, now: Time, members: Vec<NodeId>) {
+        self.view_members = members;
+        self.view_members.sort_unstable();
+        self.view_members.dedup();
+        self.max_view = self.max_view.max(self.view_members.len());
+        let groups: Vec<GroupId> = self
+            .placements
+            .keys()
+            .chain(self.groups.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for g in groups {
+            self.failover(now, g);
+            self.refresh_group(now, g);
+        }
+        self.pump(now);
+    }
+
+    /// SWIM's suspicions: the peers it suspects or holds failed (every gossip round).
+    /// Suspicions and majority are evaluated again even when nothing changed here: the
+    /// members' learned views move on their own.
+    pub fn set_swim_suspects(&mut self, now: Time, suspects: BTreeSet<NodeId>) {
+        self.swim_suspects = suspects;
+        let groups: Vec<GroupId> = self.groups.keys().copied().collect();
+        for g in groups {
+            self.refresh_group(now, g);
+        }
+        self.pump(now);
+    }
+
+    /// One fragment arrived from `from`.
+    pub fn handle_fragment(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        header: &OrderedHeader,
+        kind: OrderedKind,
+        bytes: &[u8],
+    ) {
+        if header.count == 1 {
+            self.counters.messages_received += 1;
+            self.handle_whole(now, from, header.group, kind, bytes);
+            self.pump(now);
+            return;
+        }
+        if let Some(whole) = self.reassemble(now, from, header, bytes) {
+            self.counters.messages_received += 1;
+            self.handle_whole(now, from, header.group, kind, &whole);
+        }
+        self.pump(now);
+    }
+
+    // ---- internals ----
+
+    fn placement(&mut self, group: GroupId) -> Placement {
+        if let Some(p) = self.placements.get(&group) {
+            return *p;
+        }
+        let hosts = choose_memnode_hosts(group, &self.view_members);
+        let p = Placement {
+            primary: hosts.first().copied().unwrap_or(self.me),
+            backup: hosts.get(1).copied(),
+            epoch: 1,
+        };
+        self.placements.insert(group, p);
+        p
+    }
+
+    /// The view dropped a memory-node host: promote the backup (primary gone) or run the
+    /// primary without a backup (backup gone).
+    fn failover(&mut self, now: Time, group: GroupId) {
+        let Some(mut p) = self.placements.get(&group).copied() else {
+            return;
+        };
+        let alive = |n: NodeId| self.view_members.binary_search(&n).is_ok();
+        if !alive(p.primary) {
+            let Some(b) = p.backup.filter(|b| alive(*b)) else {
+                // Both gone: the memory node is lost (a second backup needs state
+                // transfer to a new backup, not built): the group stops.
+                return;
+            };
+            p = Placement {
+                primary: b,
+                backup: None,
+                epoch: p.epoch + 1,
+            };
+            if b == self.me {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    r.node.promote(now, p.epoch);
+                    r.node.set_placement(MEMNODE, self.me);
+                    self.counters.promotions += 1;
+                }
+            }
+            self.placements.insert(group, p);
+            if let Some(h) = self.groups.get_mut(&group) {
+                h.member.set_memnode_host(b);
+            }
+        } else if p.backup.is_some_and(|b| !alive(b)) {
+            p.backup = None;
+            self.placements.insert(group, p);
+            if p.primary == self.me {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    r.node.drop_backup();
+                }
+            }
+        }
+    }
+
+    /// Tells `group`'s member what the view and SWIM say: suspicions and majority.
+    fn refresh_group(&mut self, now: Time, group: GroupId) {
+        let view_members = &self.view_members;
+        let swim = &self.swim_suspects;
+        let me = self.me;
+        let Some(h) = self.groups.get_mut(&group) else {
+            return;
+        };
+        // The view as learned: the delivered one may lag far behind (a member waiting
+        // for a payload or a safe entry must still see the group's majority).
+        let mut members = h.member.learned_members();
+        if members.is_empty() {
+            members = h.member.view().1;
+        }
+        let down = |n: NodeId| n != me && (view_members.binary_search(&n).is_err() || swim.contains(&n));
+        let now_suspected: BTreeSet<NodeId> = members.iter().copied().filter(|&n| down(n)).collect();
+        for &n in now_suspected.difference(&h.suspected) {
+            h.member.set_suspected(now, n, true);
+        }
+        for &n in h.suspected.difference(&now_suspected) {
+            h.member.set_suspected(now, n, false);
+        }
+        h.suspected = now_suspected;
+        // Majority: this node's cluster view holds more than half of the largest cluster
+        // view it installed. Judged on the cluster, not on the group's view: a member far
+        // behind holds an old group view, and a member outside a majority does not read
+        // on, so a majority judged on that view might never come back.
+        let in_majority = 2 * view_members.len() > self.max_view;
+        if in_majority != h.in_majority {
+            h.in_majority = in_majority;
+            h.member.set_in_majority(now, in_majority);
+            if in_majority {
+                self.events.push_back(HostEvent::Status {
+                    group,
+                    status: OrderedStatusEvent::Majority,
+                });
+            }
+        }
+    }
+
+    fn send(&mut self, dest: NodeId, group: GroupId, kind: OrderedKind, bytes: Vec<u8>) {
+        if dest == self.me {
+            self.local.push_back((group, kind, bytes));
+            return;
+        }
+        if self.out.len() >= MAX_QUEUED_MESSAGES {
+            self.counters.send_dropped += 1;
+            return;
+        }
+        let msg = self.next_msg;
+        self.next_msg = self.next_msg.wrapping_add(1);
+        self.counters.messages_sent += 1;
+        self.out.push_back(Outgoing {
+            dest,
+            group,
+            kind,
+            msg,
+            bytes,
+        });
+    }
+
+    /// Moves what members and replicas want done into the queues; runs local messages.
+    fn pump(&mut self, now: Time) {
+        loop {
+            let mut progressed = false;
+            let gids: Vec<GroupId> = self.groups.keys().copied().collect();
+            for g in gids {
+                progressed |= self.pump_member(now, g);
+            }
+            let rids: Vec<GroupId> = self.replicas.keys().copied().collect();
+            for g in rids {
+                while let Some((to, bytes)) = self.replicas.get_mut(&g).and_then(|r| r.node.poll_transmit()) {
+                    progressed = true;
+                    let kind = if matches!(bytes.get(3), Some(&mtkind::REPLY) | Some(&mtkind::DECIDE_ACK)) {
+                        OrderedKind::ToMember
+                    } else {
+                        OrderedKind::ToMemnode
+                    };
+                    let bytes = if kind == OrderedKind::ToMemnode {
+                        let layout = self.replicas.get(&g).map(|r| r.layout).unwrap_or(OrderedLayout {
+                            list_slots: 0,
+                            max_members: 0,
+                            queue_slots: 0,
+                            max_payload: 0,
+                        });
+                        memnode_message(&layout, &bytes)
+                    } else {
+                        bytes
+                    };
+                    self.send(to, g, kind, bytes);
+                }
+            }
+            while let Some((g, kind, bytes)) = self.local.pop_front() {
+                progressed = true;
+                self.handle_whole(now, self.me, g, kind, &bytes);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn pump_member(&mut self, now: Time, group: GroupId) -> bool {
+        let mut progressed = false;
+        loop {
+            let Some(h) = self.groups.get_mut(&group) else {
+                return progressed;
+            };
+            // The first joiner of an empty list creates the group.
+            if h.member.create_if_first(now) {
+                progressed = true;
+                continue;
+            }
+            let Some(o) = h.member.poll_output() else { break };
+            progressed = true;
+            let layout = layout_of(&h.settings);
+            match o {
+                Output::Minitx { to, bytes } => {
+                    let bytes = memnode_message(&layout, &bytes);
+                    self.send(to, group, OrderedKind::ToMemnode, bytes);
+                }
+                Output::Disseminate {
+                    sender,
+                    epoch,
+                    seq,
+                    bytes,
+                } => {
+                    let mut members = h.member.learned_members();
+                    members.extend(h.member.view().1);
+                    members.sort_unstable();
+                    members.dedup();
+                    let header = OrderedPayloadHeader { sender, epoch, seq };
+                    let body = ordered_payload(&header, &bytes);
+                    for n in members {
+                        if n != self.me {
+                            self.send(n, group, OrderedKind::Payload, body.clone());
+                        }
+                    }
+                }
+                Output::Deliver {
+                    sender,
+                    position,
+                    safe,
+                    bytes,
+                    ..
+                } => self.events.push_back(HostEvent::Deliver {
+                    group,
+                    sender,
+                    position,
+                    safe,
+                    payload: bytes,
+                }),
+                Output::View(view) => {
+                    self.events.push_back(HostEvent::View { group, view });
+                    // The view changed: suspicions and majority follow it.
+                    self.refresh_group(now, group);
+                }
+                Output::SnapshotRequest { group, position } => self
+                    .events
+                    .push_back(HostEvent::SnapshotRequest { group, position }),
+                Output::Transfer { to, bytes } => self.send(to, group, OrderedKind::Transfer, bytes),
+                Output::Installed { position, snapshot } => self.events.push_back(HostEvent::Installed {
+                    group,
+                    position,
+                    snapshot,
+                }),
+                Output::Minority => self.events.push_back(HostEvent::Status {
+                    group,
+                    status: OrderedStatusEvent::Minority,
+                }),
+                Output::Removed { reason } => self.events.push_back(HostEvent::Status {
+                    group,
+                    status: OrderedStatusEvent::Removed(reason),
+                }),
+            }
+        }
+        if self
+            .groups
+            .get(&group)
+            .is_some_and(|h| h.leaving && h.member.status() == Status::Removed)
+        {
+            self.groups.remove(&group);
+        }
+        progressed
+    }
+
+    fn handle_whole(&mut self, now: Time, from: NodeId, group: GroupId, kind: OrderedKind, bytes: &[u8]) {
+        match kind {
+            OrderedKind::ToMemnode => {
+                let Ok((layout, msg)) = split_memnode_message(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                if !self.replicas.contains_key(&group) && !self.create_replica(now, group, &layout, msg) {
+                    return;
+                }
+                let Some(r) = self.replicas.get_mut(&group) else {
+                    return;
+                };
+                if r.layout != layout {
+                    self.counters.layout_mismatches += 1;
+                    return;
+                }
+                r.node.handle_message(now, from, msg);
+            }
+            OrderedKind::ToMember => match self.groups.get_mut(&group) {
+                Some(h) => h.member.handle_minitx(now, from, bytes),
+                None => self.counters.unrouted += 1,
+            },
+            OrderedKind::Payload => {
+                let Ok((h, payload)) = split_ordered_payload(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                match self.groups.get_mut(&group) {
+                    Some(m) => m.member.handle_payload(now, h.sender, h.epoch, h.seq, payload),
+                    None => self.counters.unrouted += 1,
+                }
+            }
+            OrderedKind::Transfer => match self.groups.get_mut(&group) {
+                Some(h) => h.member.handle_transfer(now, bytes),
+                None => self.counters.unrouted += 1,
+            },
+        }
+    }
+
+    /// Creates this node's replica of `group`'s memory node on first contact: the primary
+    /// on a request, the backup on the primary's first replication message. Anything else
+    /// (this node holds no role) is dropped.
+    fn create_replica(&mut self, now: Time, group: GroupId, layout: &OrderedLayout, msg: &[u8]) -> bool {
+        let settings = settings_from_layout(layout);
+        if settings_error(&settings, &self.minitx).is_some() {
+            self.counters.malformed += 1;
+            return false;
+        }
+        let p = self.placement(group);
+        let is_replicate = msg.get(3) == Some(&mtkind::REPLICATE) && msg.len() >= MINITX_HEADER_LEN;
+        let mut node = if p.primary == self.me {
+            MemoryNode::primary(MEMNODE, p.epoch, p.backup, self.minitx.clone())
+        } else if p.backup == Some(self.me) && is_replicate {
+            MemoryNode::backup(MEMNODE, p.primary, p.epoch, self.minitx.clone())
+        } else {
+            self.counters.unrouted += 1;
+            return false;
+        };
+        for (region, size) in regions_of(&settings) {
+            if node.add_region(region, size).is_err() {
+                self.counters.malformed += 1;
+                return false;
+            }
+        }
+        node.set_placement(MEMNODE, p.primary);
+        let _ = now;
+        self.counters.replicas_created += 1;
+        self.replicas.insert(
+            group,
+            Replica {
+                node,
+                layout: *layout,
+            },
+        );
+        true
+    }
+
+    fn drop_oldest_partial(&mut self) {
+        if let Some(p) = self.partials.pop_front() {
+            self.partial_bytes = self.partial_bytes.saturating_sub(p.bytes);
+            self.counters.partials_dropped += 1;
+        }
+    }
+
+    fn reassemble(&mut self, now: Time, from: NodeId, h: &OrderedHeader, bytes: &[u8]) -> Option<Vec<u8>> {
+        let (group, msg, total, index, count) = (h.group, h.msg, h.total, h.index, h.count);
+        debug_assert!(count <= MAX_ORDERED_FRAGMENTS);
+        let at = self
+            .partials
+            .iter()
+            .position(|p| p.from == from && p.group == group && p.msg == msg);
+        let i = match at {
+            Some(i) => i,
+            None => {
+                while self.partials.len() >= MAX_PARTIALS
+                    || self.partial_bytes + bytes.len() > MAX_PARTIAL_BYTES
+                {
+                    if self.partials.is_empty() {
+                        return None;
+                    }
+                    self.drop_oldest_partial();
+                }
+                self.partials.push_back(Partial {
+                    from,
+                    group,
+                    msg,
+                    kind: h.kind,
+                    total,
+                    chunk: 0,
+                    frags: vec![None; usize::from(count)],
+                    have: 0,
+                    bytes: 0,
+                    started: now,
+                });
+                self.partials.len() - 1
+            }
+        };
+        let p = self.partials.get_mut(i)?;
+        let last = index + 1 == count;
+        // Every fragment but the last carries `chunk` bytes; the last the rest.
+        let chunk = if last { p.chunk } else { bytes.len() };
+        let consistent = p.kind == h.kind
+            && p.total == total
+            && p.frags.len() == usize::from(count)
+            && (last || !bytes.is_empty())
+            && (p.chunk == 0 || last || p.chunk == bytes.len())
+            && (chunk == 0 || {
+                let expect_last = (total as usize).checked_sub(chunk * (usize::from(count) - 1));
+                if last {
+                    expect_last == Some(bytes.len())
+                } else {
+                    expect_last.is_some_and(|r| r <= chunk)
+                }
+            });
+        if !consistent {
+            self.counters.fragments_refused += 1;
+            return None;
+        }
+        if !last {
+            p.chunk = bytes.len();
+        }
+        let slot = p.frags.get_mut(usize::from(index))?;
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(bytes.to_vec());
+        p.have += 1;
+        p.bytes += bytes.len();
+        self.partial_bytes += bytes.len();
+        if p.have < p.frags.len() {
+            return None;
+        }
+        let p = self.partials.remove(i)?;
+        self.partial_bytes = self.partial_bytes.saturating_sub(p.bytes);
+        let whole: Vec<u8> = p.frags.into_iter().flatten().flatten().collect();
+        if whole.len() != total as usize {
+            self.counters.fragments_refused += 1;
+            return None;
+        }
+        Some(whole)
+    }
+}

@@ -1,0 +1,148 @@
+//! Ordered groups through `Node`'s API: a one-node cluster (member and memory node on one
+//! node, no network), and three nodes over an instant, lossless network (creation by the
+//! first joiner, state transfer to the others, one total order). The simulator
+//! (`tutti-sim --ordered-groups`) covers faults.
+
+use std::collections::VecDeque;
+use tutti_proto::ordered::{OrderedSettings, OrderedStatusEvent, RemoveReason};
+use tutti_proto::{Event, Node, NodeId, Settings, SubmitError, Time, MILLIS};
+
+const GROUP: u64 = 0xabc;
+
+fn settings() -> Settings {
+    Settings {
+        gossip_period: 10 * MILLIS,
+        ..Settings::default()
+    }
+}
+
+fn ordered() -> OrderedSettings {
+    OrderedSettings {
+        list_slots: 64,
+        lag_budget: 40,
+        queue_slots: 16,
+        max_payload: 256,
+        ..OrderedSettings::default()
+    }
+}
+
+/// Runs `nodes` over an instant network until `until`; returns the events per node.
+fn run(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Event>]) {
+    let mut net: VecDeque<(NodeId, NodeId, Vec<u8>)> = VecDeque::new();
+    while *now < until {
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= *now) {
+                n.handle_timeout(*now);
+            }
+        }
+        loop {
+            for n in nodes.iter_mut() {
+                let from = n.id();
+                let max = n.settings().max_datagram;
+                while let Some(t) = n.poll_transmit() {
+                    assert!(t.payload.len() <= max);
+                    net.push_back((from, t.dest, t.payload.to_vec()));
+                }
+            }
+            let Some((from, to, bytes)) = net.pop_front() else {
+                break;
+            };
+            if let Some(n) = nodes.iter_mut().find(|n| n.id() == to) {
+                n.handle_packet(*now, from, &bytes);
+            }
+        }
+        for (i, n) in nodes.iter_mut().enumerate() {
+            while let Some(e) = n.poll_event() {
+                if let Event::SnapshotRequest { group, .. } = e {
+                    n.snapshot_ready(*now, group, b"state");
+                }
+                events[i].push(e);
+            }
+        }
+        *now += 100_000;
+    }
+}
+
+fn delivered(events: &[Event]) -> Vec<(NodeId, Vec<u8>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OrderedDeliver { sender, payload, .. } => Some((*sender, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_one_node_cluster_orders_its_own_messages() {
+    let mut nodes = vec![Node::new(1, 1, &[], settings(), 0, 7)];
+    let mut now = 0;
+    let mut events = vec![Vec::new()];
+    assert_eq!(
+        nodes[0].submit_ordered(now, GROUP, b"x", false),
+        Err(SubmitError::NotJoined(GROUP))
+    );
+    nodes[0].join_ordered(now, GROUP, ordered()).unwrap();
+    assert!(nodes[0].is_ordered(GROUP));
+    assert!(nodes[0].join_ordered(now, GROUP, ordered()).is_err());
+    run(&mut nodes, &mut now, 20 * MILLIS, &mut events);
+    // The first joiner of an empty list created the group: a one-member view at 0.
+    assert!(events[0].iter().any(|e| matches!(e,
+        Event::OrderedView { view, .. } if view.position == 0 && view.members == vec![1])));
+    for i in 0..50u8 {
+        nodes[0].submit_ordered(now, GROUP, &[i], i % 5 == 0).unwrap();
+    }
+    run(&mut nodes, &mut now, 60 * MILLIS, &mut events);
+    let got = delivered(&events[0]);
+    assert_eq!(got, (0..50u8).map(|i| (1, vec![i])).collect::<Vec<_>>());
+    let c = nodes[0].ordered_counters(GROUP).unwrap();
+    assert_eq!(c.delivered, 50);
+    assert!(nodes[0].memnode_counters(GROUP).is_some());
+    nodes[0].leave_ordered(now, GROUP);
+    run(&mut nodes, &mut now, 80 * MILLIS, &mut events);
+    assert!(events[0].iter().any(|e| matches!(
+        e,
+        Event::OrderedStatus {
+            status: OrderedStatusEvent::Removed(RemoveReason::Left),
+            ..
+        }
+    )));
+    assert!(!nodes[0].is_ordered(GROUP));
+}
+
+#[test]
+fn three_nodes_create_transfer_and_agree_on_one_order() {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    assert!(
+        nodes.iter().all(|n| n.view().members.len() == 3),
+        "cluster formed"
+    );
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, ordered()).unwrap();
+    }
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let installs: usize = events
+        .iter()
+        .map(|ev| ev.iter().filter(|e| matches!(e, Event::Installed { .. })).count())
+        .sum();
+    assert_eq!(installs, 2, "one creator, two joiners with a state transfer");
+    for round in 0..20u8 {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.submit_ordered(now, GROUP, &[i as u8, round], false).unwrap();
+        }
+        let until = now + MILLIS;
+        run(&mut nodes, &mut now, until, &mut events);
+    }
+    let until = now + 200 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let orders: Vec<_> = events.iter().map(|e| delivered(e)).collect();
+    assert_eq!(orders[0].len(), 60);
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
+}

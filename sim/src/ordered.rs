@@ -1,0 +1,920 @@
+//! tutti-sim's ordered-group world: [`tutti_proto::Node`]s (membership, SWIM, and the
+//! ordered groups hosted in them, with their memory nodes) over a simulated network with
+//! loss, duplication and jittered latency (reordering), from one seed. Several members of
+//! each group send; faults: a member crash, a crash of a group's memory-node primary (the
+//! view promotes the backup), a join with state transfer, members removed and rejoining.
+//! [`crate::ordered_checker`] checks every delivery, view and installation, and liveness
+//! once the faults and sends stop. Every datagram is checked against `max_datagram`.
+
+use crate::ordered_checker::{AppState, MsgKey, OrderedChecker, ViolationCounts};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use tutti_proto::ordered::{choose_memnode_hosts, OrderedSettings, OrderedStatusEvent, RemoveReason, Status};
+use tutti_proto::{Event, Node, NodeId, Settings, SubmitError, Time, MILLIS};
+
+const MICROS: Time = 1_000;
+/// Interval between the application's submit bursts and the simulator's checks.
+const TICK: Time = MILLIS;
+/// The cluster must have formed (every node's view holds every node) within this.
+const MAX_BOOTSTRAP: Time = 10_000 * MILLIS;
+/// After sends and faults stop, survivors must have delivered everything within this.
+const SETTLE: Time = 20_000 * MILLIS;
+/// A removed member's application joins again this long after the removal.
+const REJOIN_DELAY: Time = 5 * MILLIS;
+
+/// A deliberately broken application, to see each check fail (`--ordered-break`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Break {
+    /// One member swaps two consecutive deliveries of different senders.
+    TotalOrder,
+    /// One member skips one delivery in its FIFO bookkeeping.
+    Fifo,
+    /// One member leaves one delivery out of its view's set.
+    VirtualSynchrony,
+    /// A producer's snapshot is altered.
+    StateTransfer,
+    /// One sender's application records a submission it never hands to the node.
+    Liveness,
+}
+
+impl Break {
+    pub fn parse(s: &str) -> Option<Break> {
+        Some(match s {
+            "total-order" => Break::TotalOrder,
+            "fifo" => Break::Fifo,
+            "virtual-synchrony" => Break::VirtualSynchrony,
+            "state-transfer" => Break::StateTransfer,
+            "liveness" => Break::Liveness,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderedScenario {
+    pub seed: u64,
+    pub nodes: u32,
+    pub groups: u32,
+    /// Initial members per group (they join at the start, concurrently).
+    pub members: u32,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub latency_min: Time,
+    pub latency_max: Time,
+    /// Messages each active member submits per millisecond while sending.
+    pub rate: u32,
+    pub payload_max: usize,
+    pub safe_share: f64,
+    /// Sends stop this long after the workload starts.
+    pub send_for: Time,
+    /// Crash of one member (not a memory-node host) at this time.
+    pub crash_member: Option<Time>,
+    /// Crash of group 0's memory-node primary at this time.
+    pub crash_primary: Option<Time>,
+    /// A non-member joins group 0 at this time (state transfer).
+    pub join_at: Option<Time>,
+    /// Bytes of filler in every snapshot (transfers span several datagrams).
+    pub snapshot_filler: usize,
+    pub max_datagram: usize,
+    pub brk: Option<Break>,
+    #[serde(skip)]
+    pub ordered: OrderedSettings,
+}
+
+impl OrderedScenario {
+    pub fn new(seed: u64, groups: u32) -> OrderedScenario {
+        OrderedScenario {
+            seed,
+            nodes: 6,
+            groups,
+            members: 4,
+            loss: 0.01,
+            duplicate: 0.01,
+            latency_min: 50 * MICROS,
+            latency_max: 400 * MICROS,
+            rate: 1,
+            payload_max: 200,
+            safe_share: 0.2,
+            send_for: 300 * MILLIS,
+            crash_member: Some(120 * MILLIS),
+            crash_primary: Some(180 * MILLIS),
+            join_at: Some(100 * MILLIS),
+            snapshot_filler: 3000,
+            max_datagram: 1472,
+            brk: None,
+            ordered: ordered_settings(16),
+        }
+    }
+
+    /// Random faults and workload from a seed (for seed sweeps).
+    pub fn random(seed: u64) -> OrderedScenario {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6f72_6465_7265_6421);
+        let mut sc = OrderedScenario::new(seed, rng.gen_range(1..=3));
+        sc.nodes = rng.gen_range(4..=7);
+        sc.members = rng.gen_range(3..=sc.nodes.min(5));
+        sc.loss = [0.0, 0.01, 0.05][rng.gen_range(0..3)];
+        sc.duplicate = [0.0, 0.02][rng.gen_range(0..2)];
+        sc.latency_max = [200 * MICROS, 2 * MILLIS][rng.gen_range(0..2)];
+        sc.rate = rng.gen_range(1..=3);
+        sc.payload_max = [64, 400, 1024][rng.gen_range(0..3)];
+        sc.safe_share = [0.0, 0.3, 1.0][rng.gen_range(0..3)];
+        sc.send_for = rng.gen_range(150..=300) * MILLIS;
+        let fault = |rng: &mut Xoshiro256PlusPlus| rng.gen_bool(0.6).then(|| rng.gen_range(40..140) * MILLIS);
+        sc.crash_member = fault(&mut rng);
+        sc.crash_primary = fault(&mut rng);
+        sc.join_at = fault(&mut rng);
+        sc.ordered = ordered_settings(rng.gen_range(1..=16));
+        sc
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} nodes, {} groups of {}, loss {}, dup {}, latency <= {} us, rate {}/ms, payload <= {}, safe {}, \
+             crash member {:?} ms, crash primary {:?} ms, join {:?} ms, max_batch {}",
+            self.nodes,
+            self.groups,
+            self.members,
+            self.loss,
+            self.duplicate,
+            self.latency_max / MICROS,
+            self.rate,
+            self.payload_max,
+            self.safe_share,
+            self.crash_member.map(|t| t / MILLIS),
+            self.crash_primary.map(|t| t / MILLIS),
+            self.join_at.map(|t| t / MILLIS),
+            self.ordered.max_batch
+        )
+    }
+}
+
+fn ordered_settings(max_batch: u32) -> OrderedSettings {
+    OrderedSettings {
+        list_slots: 256,
+        lag_budget: 160,
+        lag_timeout: 200 * MILLIS,
+        max_members: 12,
+        queue_slots: 64,
+        max_payload: 1024,
+        max_batch,
+        read_batch: 32,
+        poll_interval: MILLIS,
+        repair_delay: 5 * MILLIS,
+        retransmit: 5 * MILLIS,
+        install_timeout: 400 * MILLIS,
+        ..OrderedSettings::default()
+    }
+}
+
+fn node_settings(max_datagram: usize) -> Settings {
+    Settings {
+        gossip_period: 20 * MILLIS,
+        suspect_timeout: 100 * MILLIS,
+        max_datagram,
+        ..Settings::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OrderedReport {
+    pub seed: u64,
+    pub nodes: u32,
+    pub groups: u32,
+    pub submitted: u64,
+    /// Distinct messages in the groups' orders, and deliveries at all members.
+    pub ordered_messages: u64,
+    pub deliveries: u64,
+    /// Ordered messages per second of simulated time (workload start to last delivery).
+    pub ordered_per_sim_second: f64,
+    pub invariant_violations: u64,
+    pub violations: ViolationCounts,
+    pub violation_samples: Vec<String>,
+    pub datagrams: u64,
+    pub datagram_bytes: u64,
+    pub largest_datagram: usize,
+    pub max_datagram: usize,
+    pub installs: u64,
+    pub views: u64,
+    pub removals: u64,
+    pub promotions: u64,
+    pub minority_events: u64,
+    pub crashed: Vec<NodeId>,
+    pub liveness_checked: bool,
+    pub sim_time_ms: f64,
+    pub trace_hash: u64,
+}
+
+struct App {
+    state: AppState,
+    /// The application is in the group (joined and not removed).
+    active: bool,
+    next_seq: u64,
+}
+
+enum Action {
+    CrashMember,
+    CrashPrimary,
+    Join(NodeId, u64),
+    Rejoin(NodeId, u64),
+}
+
+pub struct OrderedSim {
+    sc: OrderedScenario,
+    rng: Xoshiro256PlusPlus,
+    now: Time,
+    nodes: BTreeMap<NodeId, Node>,
+    net: BinaryHeap<Reverse<(Time, u64)>>,
+    packets: HashMap<u64, (NodeId, NodeId, Vec<u8>)>,
+    next_packet: u64,
+    actions: BTreeMap<(Time, u64), Action>,
+    next_action: u64,
+    apps: BTreeMap<(NodeId, u64), App>,
+    checker: OrderedChecker,
+    groups: Vec<u64>,
+    start: Time,
+    submitted: BTreeMap<MsgKey, NodeId>,
+    /// Senders whose queued messages may be lost (removed or crashed while sending).
+    forfeited: BTreeSet<(u64, NodeId)>,
+    crashed: BTreeSet<NodeId>,
+    report: OrderedReport,
+    broke: bool,
+    held_back: Option<(u64, NodeId, MsgKey, u64)>,
+    last_delivery: Time,
+    trace: u64,
+    link_last: HashMap<(NodeId, NodeId), Time>,
+    /// `TUTTI_SIM_ORDERED_DEBUG`: print every ordered event but deliveries.
+    debug: bool,
+}
+
+impl OrderedSim {
+    pub fn new(sc: OrderedScenario) -> OrderedSim {
+        let rng = Xoshiro256PlusPlus::seed_from_u64(sc.seed);
+        let mut nodes = BTreeMap::new();
+        let settings = node_settings(sc.max_datagram);
+        for id in 1..=sc.nodes {
+            let seeds: Vec<NodeId> = (1..=sc.nodes).collect();
+            let node = Node::new(
+                id,
+                1,
+                &seeds,
+                settings.clone(),
+                0,
+                sc.seed.wrapping_mul(31) ^ u64::from(id),
+            );
+            nodes.insert(id, node);
+        }
+        let groups = (0..u64::from(sc.groups))
+            .map(|g| 0x6f72_6400_0000_0000 | g)
+            .collect();
+        OrderedSim {
+            report: OrderedReport {
+                seed: sc.seed,
+                nodes: sc.nodes,
+                groups: sc.groups,
+                max_datagram: sc.max_datagram,
+                ..OrderedReport::default()
+            },
+            sc,
+            rng,
+            now: 0,
+            nodes,
+            net: BinaryHeap::new(),
+            packets: HashMap::new(),
+            next_packet: 0,
+            actions: BTreeMap::new(),
+            next_action: 0,
+            apps: BTreeMap::new(),
+            checker: OrderedChecker::default(),
+            groups,
+            start: 0,
+            submitted: BTreeMap::new(),
+            forfeited: BTreeSet::new(),
+            crashed: BTreeSet::new(),
+            broke: false,
+            held_back: None,
+            last_delivery: 0,
+            trace: 0xcbf2_9ce4_8422_2325,
+            link_last: HashMap::new(),
+            debug: std::env::var_os("TUTTI_SIM_ORDERED_DEBUG").is_some(),
+        }
+    }
+
+    fn mix(&mut self, x: u64) {
+        self.trace = (self.trace ^ x).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+
+    fn schedule(&mut self, at: Time, a: Action) {
+        self.actions.insert((at, self.next_action), a);
+        self.next_action += 1;
+    }
+
+    /// Which nodes are members of group `g` at the start: a window of the node ids.
+    fn initial_members(&self, g: usize) -> Vec<NodeId> {
+        let n = self.sc.nodes;
+        (0..self.sc.members).map(|i| (g as u32 + i) % n + 1).collect()
+    }
+
+    fn all_ids(&self) -> Vec<NodeId> {
+        (1..=self.sc.nodes).collect()
+    }
+
+    pub fn run(mut self) -> OrderedReport {
+        // Bootstrap: the cluster forms.
+        while self.now < MAX_BOOTSTRAP {
+            self.step_until(self.now + 10 * MILLIS);
+            let n = self.sc.nodes as usize;
+            if self.nodes.values().all(|x| x.view().members.len() == n) {
+                break;
+            }
+        }
+        if !self
+            .nodes
+            .values()
+            .all(|x| x.view().members.len() == self.sc.nodes as usize)
+        {
+            self.checker
+                .samples
+                .push("the cluster did not form within the bootstrap bound".into());
+            self.checker.violations.liveness += 1;
+            return self.finish(false);
+        }
+        self.start = self.now;
+        self.plan();
+        let groups = self.groups.clone();
+        for (gi, &g) in groups.iter().enumerate() {
+            for (k, id) in self.initial_members(gi).into_iter().enumerate() {
+                // Concurrent first joiners: the tail compare decides who creates the group.
+                self.schedule(self.start + (k as Time) * 300 * MICROS, Action::Join(id, g));
+            }
+        }
+        let send_end = self.start + self.sc.send_for;
+        let faults_end = self
+            .actions
+            .keys()
+            .map(|k| k.0)
+            .max()
+            .unwrap_or(self.start)
+            .max(send_end);
+        let deadline = faults_end + SETTLE;
+        let mut t = self.start;
+        let mut settled = false;
+        while t < deadline {
+            t += TICK;
+            self.step_until(t);
+            if t < send_end {
+                self.submit_burst();
+            }
+            if self.debug && (t - self.start).is_multiple_of(20 * MILLIS) {
+                for &g in &self.groups {
+                    for (&id, node) in &self.nodes {
+                        if let Some(m) = node.ordered_member(g) {
+                            eprintln!(
+                                "[{} us] g{:x} n{id} {:?} delivered {} learned {} {}",
+                                (t - self.start) / MICROS,
+                                g & 0xff,
+                                m.status(),
+                                m.delivered(),
+                                m.learned(),
+                                m.describe()
+                            );
+                        }
+                        if let Some(r) = node.memnode_replica(g) {
+                            eprintln!(
+                                "[{} us] g{:x} replica n{id} primary {} unreplicated {} {:?} {:?}",
+                                (t - self.start) / MICROS,
+                                g & 0xff,
+                                r.is_primary(),
+                                r.unreplicated(),
+                                r.counters(),
+                                node.ordered_transport_counters()
+                            );
+                        }
+                    }
+                }
+            }
+            let idle_actions = self.actions.keys().next().is_none_or(|k| k.0 > t + REJOIN_DELAY);
+            if t >= faults_end && idle_actions && t.is_multiple_of(10 * MILLIS) && self.settled() {
+                settled = true;
+                break;
+            }
+        }
+        self.finish(settled)
+    }
+
+    fn plan(&mut self) {
+        let all = self.all_ids();
+        let g0 = self.groups[0];
+        let hosts = choose_memnode_hosts(g0, &all);
+        let mut crashes: Vec<NodeId> = Vec::new();
+        if let Some(at) = self.sc.crash_primary {
+            if let Some(&p) = hosts.first() {
+                crashes.push(p);
+                self.schedule(self.start + at, Action::CrashPrimary);
+            }
+        }
+        if let Some(at) = self.sc.crash_member {
+            // A member of some group that hosts no memory node of any group, whose crash
+            // leaves every group a majority.
+            let roles: BTreeSet<NodeId> = self
+                .groups
+                .iter()
+                .flat_map(|&g| choose_memnode_hosts(g, &all))
+                .collect();
+            let candidates: Vec<NodeId> = all
+                .iter()
+                .copied()
+                .filter(|n| !roles.contains(n) && !crashes.contains(n))
+                .filter(|&n| {
+                    let mut down = crashes.clone();
+                    down.push(n);
+                    (0..self.groups.len()).all(|gi| {
+                        let m = self.initial_members(gi);
+                        let dead = m.iter().filter(|x| down.contains(x)).count();
+                        2 * (m.len() - dead) > m.len()
+                    })
+                })
+                .filter(|&n| (0..self.groups.len()).any(|gi| self.initial_members(gi).contains(&n)))
+                .collect();
+            if !candidates.is_empty() {
+                let victim = candidates[self.rng.gen_range(0..candidates.len())];
+                crashes.push(victim);
+                self.schedule(self.start + at, Action::CrashMember);
+                self.report.crashed.push(victim);
+            }
+        }
+        if let Some(at) = self.sc.join_at {
+            let members = self.initial_members(0);
+            let outsiders: Vec<NodeId> = all
+                .iter()
+                .copied()
+                .filter(|n| !members.contains(n) && !crashes.contains(n))
+                .collect();
+            if !outsiders.is_empty() {
+                let j = outsiders[self.rng.gen_range(0..outsiders.len())];
+                self.schedule(self.start + at, Action::Join(j, g0));
+            }
+        }
+        // Keep the primary crash's victim noted for `act`.
+        if self.sc.crash_primary.is_some() {
+            if let Some(&p) = hosts.first() {
+                self.report.crashed.insert(0, p);
+            }
+        }
+    }
+
+    fn settled(&self) -> bool {
+        // Every live member of every group is Active (or gone for good), nothing queued,
+        // and all of a group's members delivered up to the same place.
+        for &g in &self.groups {
+            let mut delivered = BTreeSet::new();
+            for (&id, node) in &self.nodes {
+                let Some(m) = node.ordered_member(g) else { continue };
+                if m.status() != Status::Active || m.outgoing() > 0 || m.delivered() != m.learned() {
+                    return false;
+                }
+                delivered.insert(m.delivered());
+                let Some(app) = self.apps.get(&(id, g)) else {
+                    return false;
+                };
+                if !app.active {
+                    return false;
+                }
+            }
+            if delivered.len() > 1 {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn finish(mut self, settled: bool) -> OrderedReport {
+        self.report.liveness_checked = settled;
+        if !settled && self.start > 0 {
+            let mut detail = String::new();
+            for &g in &self.groups {
+                for (&id, node) in &self.nodes {
+                    if let Some(m) = node.ordered_member(g) {
+                        detail.push_str(&format!(
+                            " [g{:x} n{id} {:?} delivered {} learned {} out {} {}]",
+                            g & 0xff,
+                            m.status(),
+                            m.delivered(),
+                            m.learned(),
+                            m.outgoing(),
+                            m.describe()
+                        ));
+                    }
+                }
+            }
+            for &g in &self.groups {
+                for (&id, node) in &self.nodes {
+                    if let Some(r) = node.memnode_replica(g) {
+                        let tail = r
+                            .region(tutti_proto::ordered::LIST)
+                            .and_then(|b| b.get(..8))
+                            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+                        detail.push_str(&format!(
+                            " [g{:x} replica n{id} primary {} tail {tail:?} unreplicated {} placement {:?} {:?}]",
+                            g & 0xff,
+                            r.is_primary(),
+                            r.unreplicated(),
+                            node.memnode_placement(g),
+                            r.counters()
+                        ));
+                        let c = node.counters();
+                        detail.push_str(&format!(
+                            " transport {:?} oversize {} decode_errors {} transmits_dropped {}",
+                            node.ordered_transport_counters(),
+                            c.oversize_datagrams,
+                            c.decode_errors,
+                            c.transmits_dropped
+                        ));
+                    }
+                }
+            }
+            self.checker.violations.liveness += 1;
+            self.checker.samples.push(format!(
+                "liveness: not settled {} ms after the faults stopped:{detail}",
+                SETTLE / MILLIS
+            ));
+        }
+        if std::env::var_os("TUTTI_SIM_ORDERED_DEBUG").is_some() {
+            for &g in &self.groups {
+                for (&id, node) in &self.nodes {
+                    if let Some(m) = node.ordered_member(g) {
+                        eprintln!(
+                            "g{:x} n{id} {:?} next_submit_seq {} epoch {} {:?}",
+                            g & 0xff,
+                            m.status(),
+                            m.next_submit_seq(),
+                            m.epoch(),
+                            m.counters()
+                        );
+                        if let Some(app) = self.apps.get(&(id, g)) {
+                            let mine: Vec<u64> = app
+                                .state
+                                .delivered_keys
+                                .iter()
+                                .filter(|k| k.1 == id)
+                                .map(|k| k.2)
+                                .collect();
+                            eprintln!("  app active {} next_seq {} delivered {} own delivered {} first {:?} last {:?} joined_at {:?}", app.active, app.next_seq, app.state.delivered, mine.len(), mine.first(), mine.last(), app.state.joined_at);
+                        }
+                    }
+                }
+            }
+        }
+        if settled {
+            for &g in &self.groups.clone() {
+                let survivors: Vec<(NodeId, &AppState)> = self
+                    .apps
+                    .iter()
+                    .filter(|((id, gg), a)| *gg == g && a.active && self.nodes.contains_key(id))
+                    .map(|((id, _), a)| (*id, &a.state))
+                    .collect();
+                let owed: Vec<MsgKey> = self
+                    .submitted
+                    .iter()
+                    .filter(|(k, s)| {
+                        k.0 == g && self.nodes.contains_key(s) && !self.forfeited.contains(&(g, **s))
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                let mut c = std::mem::take(&mut self.checker);
+                c.check_liveness(g, &survivors, &owed);
+                self.checker = c;
+            }
+        }
+        let r = &mut self.report;
+        r.violations = self.checker.violations.clone();
+        r.invariant_violations = r.violations.total();
+        r.violation_samples = self.checker.samples.clone();
+        r.deliveries = self.checker.deliveries;
+        r.ordered_messages = self.checker.distinct_messages();
+        r.installs = self.checker.installs;
+        r.views = self.checker.views;
+        r.submitted = self.submitted.len() as u64;
+        r.sim_time_ms = self.now as f64 / MILLIS as f64;
+        for node in self.nodes.values() {
+            r.promotions += node.ordered_transport_counters().promotions;
+        }
+        r.trace_hash = self.trace;
+        let span = self.last_delivery.saturating_sub(self.start).max(1);
+        r.ordered_per_sim_second = r.ordered_messages as f64 / (span as f64 / 1e9);
+        self.report
+    }
+
+    fn next_node_timeout(&self) -> Option<(Time, NodeId)> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.poll_timeout().map(|t| (t, id)))
+            .min()
+    }
+
+    fn step_until(&mut self, until: Time) {
+        loop {
+            let t_net = self.net.peek().map(|r| r.0 .0);
+            let t_act = self.actions.keys().next().map(|k| k.0);
+            let t_node = self.next_node_timeout();
+            let next = [t_net, t_act, t_node.map(|t| t.0)].into_iter().flatten().min();
+            let Some(t) = next.filter(|&t| t <= until) else {
+                self.now = until;
+                return;
+            };
+            self.now = self.now.max(t);
+            if t_net == Some(t) {
+                let Some(Reverse((_, id))) = self.net.pop() else {
+                    continue;
+                };
+                let Some((from, to, bytes)) = self.packets.remove(&id) else {
+                    continue;
+                };
+                if let Some(n) = self.nodes.get_mut(&to) {
+                    n.handle_packet(self.now, from, &bytes);
+                    self.drain(to);
+                }
+            } else if t_act == Some(t) {
+                let Some((_, a)) = self.actions.pop_first() else {
+                    continue;
+                };
+                self.act(a);
+            } else if let Some((_, id)) = t_node {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.handle_timeout(self.now);
+                }
+                self.drain(id);
+            }
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::CrashPrimary | Action::CrashMember => {
+                let victim = match a {
+                    Action::CrashPrimary => self.report.crashed.first().copied(),
+                    _ => self.report.crashed.last().copied(),
+                };
+                if let Some(v) = victim {
+                    self.mix(u64::from(v) | 1 << 40);
+                    self.nodes.remove(&v);
+                    self.crashed.insert(v);
+                    for &g in &self.groups {
+                        self.forfeited.insert((g, v));
+                        if let Some(app) = self.apps.get_mut(&(v, g)) {
+                            app.active = false;
+                        }
+                    }
+                }
+            }
+            Action::Join(id, g) | Action::Rejoin(id, g) => {
+                let settings = self.sc.ordered.clone();
+                let now = self.now;
+                let Some(n) = self.nodes.get_mut(&id) else { return };
+                // Refused while a member (AlreadyJoined); taken after a removal.
+                if n.join_ordered(now, g, settings).is_ok() {
+                    let next_seq = self.apps.get(&(id, g)).map_or(0, |a| a.next_seq);
+                    self.apps.insert(
+                        (id, g),
+                        App {
+                            state: AppState::default(),
+                            active: true,
+                            next_seq,
+                        },
+                    );
+                }
+                self.drain(id);
+            }
+        }
+    }
+
+    fn submit_burst(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            for gi in 0..self.groups.len() {
+                let g = self.groups[gi];
+                let active = self
+                    .nodes
+                    .get(&id)
+                    .and_then(|n| n.ordered_member(g))
+                    .is_some_and(|m| m.status() == Status::Active);
+                if !active {
+                    continue;
+                }
+                for _ in 0..self.sc.rate {
+                    let Some(app) = self.apps.get_mut(&(id, g)) else {
+                        break;
+                    };
+                    let seq = app.next_seq;
+                    let len = self.rng.gen_range(20..=self.sc.payload_max.max(20));
+                    let safe = self.rng.gen_bool(self.sc.safe_share);
+                    let mut p = g.to_le_bytes().to_vec();
+                    p.extend_from_slice(&id.to_le_bytes());
+                    p.extend_from_slice(&seq.to_le_bytes());
+                    p.resize(len, (seq as u8) ^ 0x5a);
+                    if self.sc.brk == Some(Break::Liveness) && !self.broke && seq == 3 {
+                        // The broken application records a message it never submits.
+                        self.broke = true;
+                        app.next_seq += 1;
+                        self.submitted.insert((g, id, seq), id);
+                        continue;
+                    }
+                    let now = self.now;
+                    let Some(n) = self.nodes.get_mut(&id) else { break };
+                    match n.submit_ordered(now, g, &p, safe) {
+                        Ok(_) => {
+                            if let Some(app) = self.apps.get_mut(&(id, g)) {
+                                app.next_seq += 1;
+                            }
+                            self.submitted.insert((g, id, seq), id);
+                        }
+                        Err(SubmitError::Full) | Err(SubmitError::NotMember(_)) => break,
+                        Err(e) => {
+                            self.checker
+                                .samples
+                                .push(format!("node {id}: submit refused: {e}"));
+                            self.checker.violations.liveness += 1;
+                            break;
+                        }
+                    }
+                }
+                self.drain(id);
+            }
+        }
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let max = self.sc.max_datagram;
+        loop {
+            let Some(n) = self.nodes.get_mut(&id) else { return };
+            let Some(t) = n.poll_transmit() else { break };
+            let (dest, bytes) = (t.dest, t.payload.to_vec());
+            self.report.datagrams += 1;
+            self.report.datagram_bytes += bytes.len() as u64;
+            self.report.largest_datagram = self.report.largest_datagram.max(bytes.len());
+            if bytes.len() > max {
+                self.checker.datagram_too_large(bytes.len(), max);
+            }
+            if self.sc.loss > 0.0 && self.rng.gen_bool(self.sc.loss) {
+                continue;
+            }
+            let copies = if self.sc.duplicate > 0.0 && self.rng.gen_bool(self.sc.duplicate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                // Per link FIFO (one network path), as in the bimodal world: the memory
+                // node's replication applies records only in order and has no reorder
+                // buffer (docs/ordered.md). Links differ in latency, so the order across
+                // senders varies.
+                let at = self.now + self.rng.gen_range(self.sc.latency_min..=self.sc.latency_max);
+                let last = self.link_last.entry((id, dest)).or_insert(0);
+                let at = at.max(*last);
+                *last = at;
+                let pid = self.next_packet;
+                self.next_packet += 1;
+                self.packets.insert(pid, (id, dest, bytes.clone()));
+                self.net.push(Reverse((at, pid)));
+            }
+        }
+        loop {
+            let Some(n) = self.nodes.get_mut(&id) else { return };
+            let Some(e) = n.poll_event() else { break };
+            self.on_event(id, e);
+        }
+    }
+
+    fn on_event(&mut self, id: NodeId, e: Event) {
+        let now = self.now;
+        if self.debug && !matches!(e, Event::OrderedDeliver { .. } | Event::ViewChange(_)) {
+            eprintln!("[{} us] n{id} {e:?}", now.saturating_sub(self.start) / MICROS);
+        }
+        match e {
+            Event::OrderedDeliver {
+                group,
+                sender,
+                position,
+                payload,
+                ..
+            } => {
+                let key = payload.get(..20).map(|b| {
+                    let g = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
+                    let s = u32::from_le_bytes(b[8..12].try_into().unwrap_or_default());
+                    let q = u64::from_le_bytes(b[12..20].try_into().unwrap_or_default());
+                    (g, s, q)
+                });
+                let Some(key) = key.filter(|k| k.0 == group && k.1 == sender) else {
+                    self.checker.violations.total_order += 1;
+                    self.checker
+                        .samples
+                        .push(format!("node {id}: a payload not as submitted"));
+                    return;
+                };
+                self.mix(msg_trace(id, &key, position));
+                self.last_delivery = now;
+                let brk = self.sc.brk;
+                let Some(app) = self.apps.get_mut(&(id, group)) else {
+                    return;
+                };
+                match brk {
+                    Some(Break::TotalOrder) if !self.broke && id == 1 => {
+                        if let Some((g, hid, hkey, hpos)) = self.held_back.take() {
+                            if hkey.1 != key.1 {
+                                self.broke = true;
+                                self.checker.on_deliver(id, &mut app.state, key, position);
+                                debug_assert_eq!((g, hid), (group, id));
+                                self.checker.on_deliver(id, &mut app.state, hkey, hpos);
+                                return;
+                            }
+                            self.checker.on_deliver(id, &mut app.state, hkey, hpos);
+                        }
+                        self.held_back = Some((group, id, key, position));
+                        return;
+                    }
+                    Some(Break::Fifo) if !self.broke && key.2 == 2 => {
+                        self.broke = true;
+                        return;
+                    }
+                    Some(Break::VirtualSynchrony) if !self.broke && id == 1 && key.2 == 2 => {
+                        self.broke = true;
+                        let saved = app.state.clone();
+                        self.checker.on_deliver(id, &mut app.state, key, position);
+                        // The set forgets it; everything else is as delivered.
+                        let (state, delivered, keys) = (
+                            app.state.state,
+                            app.state.delivered,
+                            app.state.delivered_keys.clone(),
+                        );
+                        app.state = saved;
+                        app.state.state = state;
+                        app.state.delivered = delivered;
+                        app.state.delivered_keys = keys;
+                        return;
+                    }
+                    _ => {}
+                }
+                self.checker.on_deliver(id, &mut app.state, key, position);
+            }
+            Event::OrderedView { group, view } => {
+                self.mix(u64::from(id) << 32 ^ view.position ^ 0x77);
+                if let Some(app) = self.apps.get_mut(&(id, group)) {
+                    self.checker
+                        .on_view(id, &mut app.state, group, view.id, view.position, view.joined);
+                }
+                if let Some((n, reason)) = view.left {
+                    if n != id && reason != RemoveReason::Left {
+                        // Its queued messages may never be appended.
+                        self.forfeited.insert((group, n));
+                    }
+                }
+            }
+            Event::SnapshotRequest { group, position } => {
+                let filler = self.sc.snapshot_filler;
+                let Some(app) = self.apps.get(&(id, group)) else {
+                    return;
+                };
+                let mut snap = OrderedChecker::snapshot_of(&app.state, filler);
+                if self.sc.brk == Some(Break::StateTransfer) && !self.broke {
+                    self.broke = true;
+                    snap[0] ^= 1;
+                }
+                let _ = position;
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.snapshot_ready(now, group, &snap);
+                }
+            }
+            Event::Installed {
+                group,
+                position,
+                snapshot,
+            } => {
+                if let Some(app) = self.apps.get_mut(&(id, group)) {
+                    self.checker
+                        .on_installed(id, &mut app.state, group, position, &snapshot);
+                }
+            }
+            Event::OrderedStatus { group, status } => match status {
+                OrderedStatusEvent::Removed(reason) => {
+                    self.report.removals += 1;
+                    self.forfeited.insert((group, id));
+                    if let Some(app) = self.apps.get_mut(&(id, group)) {
+                        app.active = false;
+                    }
+                    if reason != RemoveReason::Left {
+                        self.schedule(now + REJOIN_DELAY, Action::Rejoin(id, group));
+                    }
+                }
+                OrderedStatusEvent::Minority => self.report.minority_events += 1,
+                OrderedStatusEvent::Majority => {}
+            },
+            Event::Deliver { .. } | Event::Lost { .. } | Event::ViewChange(_) => {}
+        }
+    }
+}
+
+fn msg_trace(id: NodeId, key: &MsgKey, position: u64) -> u64 {
+    (u64::from(id) << 48) ^ (u64::from(key.1) << 32) ^ key.2 ^ position.rotate_left(17)
+}

@@ -1,0 +1,150 @@
+//! Ordered groups in the simulator over many seeds: Nodes hosting ordered groups and their
+//! memory nodes, random loss, duplication, latency, batch sizes, safe shares, member
+//! crashes, memory-node primary crashes (promotion) and joins with state transfer.
+//! `TUTTI_SIM_ORDERED_SEEDS=N` runs N seeds (default 200 in a release build, 20 in a debug
+//! one); `TUTTI_SIM_ORDERED_FIRST_SEED` moves the range.
+
+use tutti_sim::ordered::{Break, OrderedScenario, OrderedSim};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Sweep {
+    failures: Vec<String>,
+    stalled: Vec<u64>,
+    messages: u64,
+    installs: u64,
+    promotions: u64,
+    n: u64,
+}
+
+/// Runs the seeds; `failures` are runs that broke a safety check (total order, FIFO,
+/// virtual synchrony, state transfer, datagram size), `stalled` runs whose liveness
+/// check failed.
+fn sweep() -> Sweep {
+    let n = env(
+        "TUTTI_SIM_ORDERED_SEEDS",
+        if cfg!(debug_assertions) { 20 } else { 200 },
+    );
+    let first = env("TUTTI_SIM_ORDERED_FIRST_SEED", 0);
+    let mut s = Sweep {
+        failures: Vec::new(),
+        stalled: Vec::new(),
+        messages: 0,
+        installs: 0,
+        promotions: 0,
+        n,
+    };
+    for seed in first..first + n {
+        let sc = OrderedScenario::random(seed);
+        let desc = sc.describe();
+        let r = OrderedSim::new(sc).run();
+        s.messages += r.ordered_messages;
+        s.installs += r.installs;
+        s.promotions += r.promotions;
+        if r.invariant_violations > r.violations.liveness {
+            s.failures
+                .push(format!("seed {seed}: {desc}\n    {:?}", r.violation_samples));
+        }
+        if r.violations.liveness > 0 {
+            s.stalled.push(seed);
+        }
+    }
+    eprintln!(
+        "{n} ordered seeds: {} break safety, {} stall {:?}; {} messages ordered, {} state transfers, {} promotions",
+        s.failures.len(),
+        s.stalled.len(),
+        s.stalled,
+        s.messages,
+        s.installs,
+        s.promotions
+    );
+    s
+}
+
+/// Safety over every seed; liveness over most (see `ordered_seed_sweep_is_live`).
+#[test]
+fn ordered_seed_sweep_holds_every_safety_invariant() {
+    let s = sweep();
+    assert!(
+        s.failures.is_empty(),
+        "{} failing seeds:\n{}",
+        s.failures.len(),
+        s.failures.join("\n")
+    );
+    assert!(s.installs > 0 && s.promotions > 0 && s.messages > 0);
+    // Known livelock (docs/ordered.md, "In the node and the simulator"): a sender
+    // co-located with its group's memory-node primary wins every tail compare, and
+    // joiners a network round trip away never get their join in. Bounded here so that
+    // any other stall shows up; `ordered_seed_sweep_is_live` asserts all seeds.
+    assert!(
+        s.stalled.len() as u64 * 4 <= s.n,
+        "{} of {} seeds stalled: {:?}",
+        s.stalled.len(),
+        s.n,
+        s.stalled
+    );
+}
+
+/// Liveness on every seed: fails today (the co-located appender livelock).
+#[test]
+#[ignore = "known livelock: a sender co-located with the memory-node primary starves remote joiners"]
+fn ordered_seed_sweep_is_live() {
+    let s = sweep();
+    assert!(s.stalled.is_empty(), "stalled seeds: {:?}", s.stalled);
+}
+
+#[test]
+fn a_seed_reproduces_its_run() {
+    let a = OrderedSim::new(OrderedScenario::random(7)).run();
+    let b = OrderedSim::new(OrderedScenario::random(7)).run();
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.deliveries, b.deliveries);
+}
+
+/// Each check fails on a deliberately broken application (the checker can fail).
+#[test]
+fn each_check_fails_on_a_broken_application() {
+    let cases = [
+        (Break::TotalOrder, "total order"),
+        (Break::Fifo, "fifo"),
+        (Break::VirtualSynchrony, "virtual synchrony"),
+        (Break::StateTransfer, "state transfer"),
+        (Break::Liveness, "liveness"),
+    ];
+    for (brk, what) in cases {
+        let mut sc = OrderedScenario::new(3, 1);
+        sc.send_for = 100 * tutti_proto::MILLIS;
+        sc.crash_member = None;
+        sc.crash_primary = None;
+        sc.join_at = Some(40 * tutti_proto::MILLIS);
+        sc.brk = Some(brk);
+        let r = OrderedSim::new(sc).run();
+        let v = &r.violations;
+        let hit = match brk {
+            Break::TotalOrder => v.total_order,
+            Break::Fifo => v.fifo,
+            Break::VirtualSynchrony => v.virtual_synchrony,
+            Break::StateTransfer => v.state_transfer,
+            Break::Liveness => v.liveness,
+        };
+        assert!(hit > 0, "{what}: the broken application went unnoticed: {v:?}");
+    }
+}
+
+/// The unbroken scenario the breaks start from passes.
+#[test]
+fn the_unbroken_scenario_passes() {
+    let mut sc = OrderedScenario::new(3, 1);
+    sc.send_for = 100 * tutti_proto::MILLIS;
+    sc.crash_member = None;
+    sc.crash_primary = None;
+    sc.join_at = Some(40 * tutti_proto::MILLIS);
+    let r = OrderedSim::new(sc).run();
+    assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
+    assert!(r.liveness_checked && r.installs > 0);
+}
