@@ -472,3 +472,75 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
     );
     assert_fifo(&joiner, "joiner");
 }
+
+/// A shard counter from `tutti status` (summed over shards).
+fn counter(daemon: &Daemon, name: &str) -> u64 {
+    let status = daemon.client().status().unwrap();
+    status
+        .lines()
+        .filter_map(|l| common::status_number(l, &format!(" {name} ")))
+        .sum()
+}
+
+#[test]
+fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_provider_gets_an_empty_snapshot(
+) {
+    let subnet = 91;
+    let group = "ord.wait";
+    // Daemon 1 alone (its seed daemon 2 is not up): its ordered join waits for a view with
+    // another daemon, so the group takes nothing yet.
+    let mut daemons: Vec<Option<Daemon>> = vec![Some(start_daemon("ordw", subnet, 0, 2)), None];
+    let first = Subscriber::start(daemons[0].as_ref().unwrap(), group, false);
+    let mut publisher = daemons[0].as_ref().unwrap().client();
+    let g = publisher
+        .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+        .unwrap();
+    for i in 0..50 {
+        publisher
+            .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    let d0 = daemons[0].as_ref().unwrap();
+    wait_until("the group to refuse for now (back pressure)", &[d0], || {
+        counter(d0, "ordered_full") > 0
+    });
+    assert_eq!(counter(d0, "ordered_submitted"), 0);
+    assert_eq!(first.messages(), 0);
+    assert!(
+        !publisher.flush(Duration::from_millis(200)).unwrap(),
+        "held in the ring"
+    );
+    // Daemon 2 comes up: the group forms and every held message is delivered, in order.
+    daemons[1] = Some(start_daemon("ordw", subnet, 1, 2));
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("the 50 held messages", &all, || first.messages() == 50);
+    assert!(publisher.flush(WAIT).unwrap());
+    // A subscriber on daemon 2 joins: nobody registered a snapshot provider, so daemon 1
+    // answers an empty snapshot (counted) and the joiner starts from it.
+    let second = Subscriber::start(daemons[1].as_ref().unwrap(), group, false);
+    wait_until("the joiner's view", &all, || second.has_view(&[1, 2]));
+    assert_eq!(counter(daemons[0].as_ref().unwrap(), "snapshots_empty"), 1);
+    assert_eq!(counter(daemons[1].as_ref().unwrap(), "snapshots_installed"), 1);
+    for i in 50..60 {
+        publisher
+            .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    wait_until("10 more at both", &all, || {
+        first.messages() == 60 && second.messages() == 10
+    });
+    let joiner = second.stop();
+    assert!(
+        matches!(&joiner[0], Rec::Installed(_, s) if s.is_empty()),
+        "the joiner starts from an empty snapshot: {joiner:?}"
+    );
+    assert_eq!(msgs(&joiner), (50..60).map(|i| (0, i)).collect::<Vec<_>>());
+    let recs = first.stop();
+    assert_fifo(&recs, "first");
+    assert_eq!(msgs(&recs), (0..60).map(|i| (0, i)).collect::<Vec<_>>());
+    let status = daemons[0].as_ref().unwrap().client().status().unwrap();
+    assert!(
+        status.contains("ord.wait (shard 0, ordered)") && status.contains("ordered: view"),
+        "{status}"
+    );
+}
