@@ -440,8 +440,24 @@ fn publish_phases(
                 .iter()
                 .map(|m| m.delivered.load(Ordering::Relaxed))
                 .collect();
+            // The ordered lines of each daemon's status, while the group still lives.
+            let detail: Vec<String> = daemons
+                .iter()
+                .map(|d| {
+                    let status = Client::connect_to(d.socket())
+                        .and_then(|mut c| c.status())
+                        .unwrap_or_else(|e| e.to_string());
+                    let lines: Vec<&str> = status
+                        .lines()
+                        .skip_while(|l| !l.contains("ordered:"))
+                        .take(2)
+                        .collect();
+                    lines.join("\n")
+                })
+                .collect();
             return Err(format!(
-                "after {DRAIN_TIMEOUT:?} the members delivered {got:?} of {total}"
+                "after {DRAIN_TIMEOUT:?} the members delivered {got:?} of {total}\n{}",
+                detail.join("\n")
             ));
         }
         sleep_checked(Duration::from_millis(10))?;

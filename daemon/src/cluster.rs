@@ -852,6 +852,32 @@ impl Cluster {
         }
     }
 
+    /// For `tutti status`: the ordered layer's counters of this daemon's member of `group`
+    /// (appends, conflicts, batches, repairs, safe waits, removals, waits).
+    pub fn ordered_detail(&self, group: u64) -> Option<String> {
+        let c = self.node.ordered_counters(group)?;
+        Some(format!(
+            "appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
+             repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
+             payloads dropped {}, txn errors {}, transfers sent {}",
+            c.appends,
+            c.appends_committed,
+            c.append_conflicts,
+            c.batches,
+            c.messages_appended,
+            c.reads,
+            c.repairs,
+            c.safe_waits,
+            c.removals_suspected,
+            c.removals_lagging,
+            c.reclaim_waits,
+            c.queue_waits,
+            c.payloads_dropped,
+            c.txn_errors,
+            c.transfers_sent
+        ))
+    }
+
     /// The application's snapshot for the last `SnapshotRequest` of `group`.
     pub fn snapshot_ready(&mut self, group: u64, snapshot: &[u8]) {
         let now = self.now();
