@@ -67,6 +67,14 @@ fn parse(payload: &[u8]) -> (u32, u64) {
     )
 }
 
+/// The state a provider hands a joiner: the number of messages it delivered, then 10,000
+/// bytes of pattern (so the snapshot travels in several control-socket chunks).
+fn snapshot(delivered: u64) -> Vec<u8> {
+    let mut s = delivered.to_le_bytes().to_vec();
+    s.extend((0..10_000u32).map(|i| (i % 251) as u8));
+    s
+}
+
 /// A subscriber thread on one daemon; with `provide`, it registers a snapshot provider
 /// whose state is the number of messages it delivered so far.
 struct Subscriber {
@@ -87,9 +95,7 @@ impl Subscriber {
         if provide {
             let delivered = Arc::clone(&delivered);
             client
-                .set_snapshot_provider(g, move |_position| {
-                    delivered.load(Ordering::Relaxed).to_le_bytes().to_vec()
-                })
+                .set_snapshot_provider(g, move |_position| snapshot(delivered.load(Ordering::Relaxed)))
                 .expect("provider");
         }
         let (r, s) = (Arc::clone(&recs), Arc::clone(&stop));
@@ -443,10 +449,11 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         .position(|r| *r == Rec::SnapshotRequest(position))
         .expect("the provider was asked at the joiner's cut");
     let delivered_at_cut = msgs(&provider[..at]).len() as u64;
-    assert_eq!(
-        snapshot,
-        delivered_at_cut.to_le_bytes().to_vec(),
-        "snapshot = state at the cut"
+    assert!(
+        snapshot == self::snapshot(delivered_at_cut),
+        "snapshot = state at the cut ({delivered_at_cut} messages), whole: {} bytes, starts {:?}",
+        snapshot.len(),
+        &snapshot[..8.min(snapshot.len())]
     );
     eprintln!(
         "rejoin: snapshot at position {position} = {delivered_at_cut} messages delivered; the joiner then got {} messages",
