@@ -4,6 +4,8 @@
 //! that rejoins gets a view and a snapshot, then the messages after it.
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 
 use common::{eventually, Daemon};
 use std::collections::HashMap;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tutti_client::{Client, Error, Event, GroupOptions, IdleStrategy, LeftReason, Rights};
+use tutti_wire::control::{Reply, Request};
 
 const WAIT: Duration = Duration::from_secs(90);
 const BASE_PORT: u16 = 17400;
@@ -275,8 +278,44 @@ fn without_a_cluster_an_ordered_join_is_refused_and_options_are_fixed_by_the_fir
         c.set_snapshot_provider(g, |_| Vec::new()),
         Err(Error::NotOrdered)
     ));
+    // Snapshot requests of a session that provides none, for a group it is not in or
+    // that is not ordered, are refused by name and end nothing.
+    let mut rogue = raw::RawSession::connect(daemon.socket()).unwrap();
+    let handle = rogue.join("ord.plain", Rights::BOTH).unwrap().joined.handle;
+    for (request, expected) in [
+        (
+            Request::SnapshotProvider { handle },
+            "not a member of that ordered group",
+        ),
+        (
+            Request::SnapshotChunk {
+                handle,
+                position: 1,
+                offset: 0,
+                last: true,
+                bytes: b"state",
+            },
+            "not a snapshot provider",
+        ),
+        (
+            Request::SnapshotChunk {
+                handle: handle + 7,
+                position: 1,
+                offset: 4,
+                last: false,
+                bytes: b"",
+            },
+            "not a snapshot provider",
+        ),
+    ] {
+        let (reply, _) = rogue.call(&request).unwrap();
+        match Reply::decode(&reply).unwrap() {
+            Reply::Error { text, .. } => assert!(text.contains(expected), "{text}"),
+            other => panic!("{request:?} answered {other:?}"),
+        }
+    }
     // The daemon is still serving.
-    assert!(c.status().unwrap().contains("ord.plain (shard 0): 2 members"));
+    assert!(c.status().unwrap().contains("ord.plain (shard 0): 3 members"));
 }
 
 /// Waits until every running daemon's cluster view has `members` members.
