@@ -590,3 +590,40 @@ fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_
         "{status}"
     );
 }
+
+#[test]
+fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
+    let subnet = 92;
+    let group = "ord.quick";
+    let daemons: Vec<Daemon> = (0..2).map(|i| start_daemon("ordq", subnet, i, 2)).collect();
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let mut monitors: Vec<Client> = daemons.iter().map(Daemon::client).collect();
+    wait_until("a cluster view of 2", &all, || {
+        monitors
+            .iter_mut()
+            .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(2))
+    });
+    let sub = Subscriber::start(&daemons[1], group, false);
+    // The publisher is daemon 1's only client of the group: when it goes, daemon 1 leaves
+    // the group, but only once its messages are in the order.
+    {
+        let mut publisher = daemons[0].client();
+        let g = publisher
+            .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+            .unwrap();
+        publish(&mut publisher, g, 0, 0, 200, Duration::ZERO);
+    }
+    wait_until("all 200 and daemon 1's leave", &all, || {
+        sub.messages() == 200 && sub.has_view(&[2])
+    });
+    let recs = sub.stop();
+    assert_eq!(msgs(&recs), (0..200).map(|i| (0, i)).collect::<Vec<_>>());
+    let last_view = recs.iter().rev().find(|r| matches!(r, Rec::View(..))).unwrap();
+    assert!(
+        matches!(last_view, Rec::View(_, m, left) if m.as_slice() == [2] && left.as_slice() == [(1, LeftReason::Left)]),
+        "{last_view:?}"
+    );
+    // The view change comes after the last message: nothing of daemon 1's was cut off.
+    let view_at = recs.iter().rposition(|r| r == last_view).unwrap();
+    assert!(recs[..view_at].contains(&Rec::Msg(0, 199)));
+}
