@@ -536,6 +536,8 @@ fn subscribe(
                         r.lost_events += 1;
                         r.lost_messages += count;
                     }
+                    // Plain groups carry no ordered-group records.
+                    _ => {}
                 },
             )
             .map_err(|e| format!("subscriber: poll: {e}"))?;

@@ -117,8 +117,9 @@ impl PingPong {
                         }
                     }
                     Event::Lagged { .. } => *lagged += 1,
-                    // Only cluster groups lose messages; this group is local.
-                    Event::Lost { .. } => {}
+                    // Only cluster groups lose messages, and this plain local group has
+                    // no ordered-group records.
+                    _ => {}
                 })
                 .map_err(|e| format!("poll: {e}"))?;
             if let Some(got) = unexpected {
@@ -320,7 +321,10 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
                     expected = seq.unwrap_or(expected) + 1;
                     delivered += 1;
                 }
-                Event::Lost { .. } => {}
+                Event::Lost { .. }
+                | Event::View(_)
+                | Event::Installed { .. }
+                | Event::SnapshotRequest { .. } => {}
                 Event::Lagged { missed } => {
                     lagged_now = true;
                     resync = true;

@@ -266,6 +266,9 @@ fn client_fail(e: Error) -> Fail {
         Error::SharedMemory(_) => TUTTI_ERR_SHARED_MEMORY,
         Error::DaemonGone => TUTTI_ERR_DAEMON_GONE,
         Error::UnknownGroup => TUTTI_ERR_UNKNOWN_GROUP,
+        // The C API joins plain groups only (no group options yet).
+        Error::OptionsMismatch(_) | Error::Unsupported(_) | Error::NotOrdered => TUTTI_ERR_REFUSED,
+        Error::SnapshotTooLarge(_) => TUTTI_ERR_TOO_LARGE,
     };
     if code == TUTTI_ERR_DAEMON_GONE {
         return Fail::new(code, c"tuttid is gone (the daemon stopped or ended this session)");
@@ -314,6 +317,9 @@ fn event(group: u32, e: &Event<'_>) -> TuttiEvent {
             out.kind = TUTTI_EVENT_LOST;
             (out.sender, out.count) = (sender, count);
         }
+        // Records of ordered groups only; the C API joins plain groups (no options yet),
+        // whose logs never hold them. Kind 0 if a daemon wrote one anyway.
+        Event::View(_) | Event::Installed { .. } | Event::SnapshotRequest { .. } => {}
     }
     out
 }

@@ -16,6 +16,7 @@
 //!     Event::Message { payload, .. } => println!("{}", String::from_utf8_lossy(payload)),
 //!     Event::Lagged { missed } => eprintln!("fell behind, {missed} messages skipped"),
 //!     Event::Lost { sender, count } => eprintln!("{count} messages of {sender:#x} lost"),
+//!     _ => {} // views, snapshots: ordered groups only (`Client::join_with`)
 //! })?;
 //! # Ok(()) }
 //! ```
@@ -28,15 +29,17 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
 use tutti_wire::control::{
-    self, Joined, Reply, Request, CONTROL_COUNTERS_PAGE, MAX_MESSAGE, PROTOCOL_VERSION,
+    self, ErrorCode, Joined, Reply, Request, CONTROL_COUNTERS_PAGE, MAX_MESSAGE, MAX_SNAPSHOT,
+    MAX_SNAPSHOT_CHUNK, PROTOCOL_VERSION,
 };
-pub use tutti_wire::control::{Limit, Right, Rights};
+pub use tutti_wire::control::{GroupOptions, Limit, Right, Rights};
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
 pub use tutti_wire::counters::{CONTROL_COUNTERS, SHARD_COUNTERS};
 use tutti_wire::shm::{
     DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
 };
+pub use tutti_wire::shm::{LeftReason, ViewRecord};
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
 
@@ -116,6 +119,20 @@ pub enum Error {
     DaemonGone,
     #[error("no such group handle in this client")]
     UnknownGroup,
+    /// The group exists on this daemon with other options ([`GroupOptions`]) than those
+    /// asked for: a group's options are fixed by its first joiner.
+    #[error("tuttid refused: {0}")]
+    OptionsMismatch(String),
+    /// The daemon cannot serve this as configured (an ordered group without a cluster).
+    #[error("tuttid refused: {0}")]
+    Unsupported(String),
+    /// A snapshot provider returned more than [`MAX_SNAPSHOT`] bytes (nothing was sent; the
+    /// joiner gets an empty snapshot when the daemon gives up waiting).
+    #[error("snapshot of {0} bytes exceeds the limit of {MAX_SNAPSHOT} bytes")]
+    SnapshotTooLarge(usize),
+    /// Snapshot providers are for ordered groups joined with the subscribe right.
+    #[error("a snapshot provider needs an ordered group joined with the subscribe right")]
+    NotOrdered,
 }
 
 fn denied_text(uid: u32, right: Right, group: &str, rule: &str) -> String {
@@ -165,9 +182,16 @@ struct Group {
     /// The daemon's limit for this group (at most what the publish ring carries).
     max_message: usize,
     rights: Rights,
+    options: GroupOptions,
     /// The delivery log, when joined with the subscribe right.
     sub: Option<Subscription>,
+    /// Produces this application's state for a joiner of an ordered group.
+    provider: Option<SnapshotProvider>,
 }
+
+/// The application's state at a list position, for a joiner (see
+/// [`Client::set_snapshot_provider`]).
+type SnapshotProvider = Box<dyn FnMut(u64) -> Vec<u8> + Send>;
 
 struct Subscription {
     reader: LogReader,
@@ -284,6 +308,14 @@ impl Client {
             return Err(Error::DaemonGone);
         }
         match Reply::decode(&self.buf[..n]).map_err(|e| Error::Protocol(e.to_string()))? {
+            Reply::Error {
+                code: ErrorCode::OptionsMismatch,
+                text,
+            } => Err(Error::OptionsMismatch(text.to_string())),
+            Reply::Error {
+                code: ErrorCode::Unsupported,
+                text,
+            } => Err(Error::Unsupported(text.to_string())),
             Reply::Error { text, .. } => Err(Error::Refused(text.to_string())),
             Reply::Denied {
                 uid,
@@ -320,9 +352,24 @@ impl Client {
     /// only, [`Rights::PUBLISH`] to publish only (no delivery log is mapped). An access
     /// list that refuses a right asked for gives [`Error::PermissionDenied`].
     pub fn join_as(&mut self, name: &str, rights: Rights) -> Result<GroupId, Error> {
+        self.join_with(name, rights, GroupOptions::PLAIN)
+    }
+
+    /// Joins a group with the rights and [`GroupOptions`] asked for: `ordered` for one
+    /// total order of every sender's messages with views in it (`docs/ordered.md`), `safe`
+    /// to deliver a message only once every member holds it. The first joiner of a group
+    /// on a daemon fixes its options; a join asking for others gets
+    /// [`Error::OptionsMismatch`], and an ordered group on a daemon without a cluster
+    /// [`Error::Unsupported`].
+    pub fn join_with(&mut self, name: &str, rights: Rights, options: GroupOptions) -> Result<GroupId, Error> {
         control::validate_group_name(name).map_err(|e| Error::Refused(e.to_string()))?;
         let mut fds = Vec::new();
-        let joined: Joined = match self.call(&Request::Join { name, rights }, &mut fds)? {
+        let request = Request::Join {
+            name,
+            rights,
+            options,
+        };
+        let joined: Joined = match self.call(&request, &mut fds)? {
             Reply::Joined(j) => j,
             other => return Err(unexpected(other)),
         };
@@ -333,6 +380,13 @@ impl Client {
         if granted != rights {
             return Err(Error::Protocol(format!(
                 "asked for {rights:?}, granted {granted:?}"
+            )));
+        }
+        let granted_options =
+            GroupOptions::from_u8(joined.options).map_err(|e| Error::Protocol(e.to_string()))?;
+        if granted_options != options {
+            return Err(Error::Protocol(format!(
+                "asked for {options:?}, the daemon's group has {granted_options:?}"
             )));
         }
         let want = if granted.subscribe { 2 } else { 0 } + if joined.new_shard != 0 { 3 } else { 0 };
@@ -354,8 +408,17 @@ impl Client {
             let log = map_exact(&log_fd, DeliveryLog::required_len(log_capacity), false)?;
             // SAFETY: `log` is a live read-only mapping of the whole region, kept in the Group
             // for as long as the reader lives; its contents are validated by attach/poll.
-            let reader = unsafe { LogReader::attach(log.as_ptr(), log.len()) }
-                .map_err(|e| Error::SharedMemory(e.to_string()))?;
+            let reader = if granted_options.ordered {
+                // From the log's first record while it is intact: the views and snapshot
+                // appended before this client attached are part of its state.
+                // SAFETY: as below.
+                unsafe { LogReader::attach_from_start(log.as_ptr(), log.len()) }.map(|(r, _)| r)
+            } else {
+                // SAFETY: `log` is a live read-only mapping of the whole region, kept in
+                // the Group for as long as the reader lives; contents validated by poll.
+                unsafe { LogReader::attach(log.as_ptr(), log.len()) }
+            }
+            .map_err(|e| Error::SharedMemory(e.to_string()))?;
             let bell = map_exact(&bell_fd, 4096, true)?;
             // SAFETY: a live page-sized mapping kept alongside the doorbell.
             let doorbell = unsafe { GroupDoorbell::attach(bell.as_ptr(), bell.len()) }
@@ -408,7 +471,9 @@ impl Client {
             shard,
             max_message,
             rights: granted,
+            options,
             sub,
+            provider: None,
         };
         let index = match self.groups.iter().position(Option::is_none) {
             Some(i) => {
@@ -433,6 +498,76 @@ impl Client {
         }
         self.groups[group.0 as usize] = None;
         Ok(())
+    }
+
+    /// Registers `provider` as this client's producer of snapshots for ordered group
+    /// `group` (state transfer): when a member joins the group anywhere and this daemon is
+    /// the one asked, the daemon appends a [`Event::SnapshotRequest`] to the group's log;
+    /// [`poll`](Self::poll) delivers it, then calls `provider(position)` and hands its bytes
+    /// (at most [`MAX_SNAPSHOT`]) to the daemon, which sends them to the joiner. Call it
+    /// with the application's state after every event delivered so far: the request ends
+    /// a poll's batch, and nothing after the request is delivered until it is answered.
+    ///
+    /// Why a callback in the client rather than an event the application answers: the
+    /// snapshot must be taken exactly at the request's place in the order, and a callback
+    /// called by `poll` cannot forget to answer or answer late. If no local client
+    /// registered a provider, the daemon answers an empty snapshot at once and counts it
+    /// (`snapshots_empty` in `tutti stat`); if the provider's client is too slow (5 s), the
+    /// same.
+    pub fn set_snapshot_provider(
+        &mut self,
+        group: GroupId,
+        provider: impl FnMut(u64) -> Vec<u8> + Send + 'static,
+    ) -> Result<(), Error> {
+        let g = self.group(group)?;
+        if !g.options.ordered || g.sub.is_none() {
+            return Err(Error::NotOrdered);
+        }
+        let handle = g.handle;
+        let mut fds = Vec::new();
+        match self.call(&Request::SnapshotProvider { handle }, &mut fds)? {
+            Reply::Done => {}
+            other => return Err(unexpected(other)),
+        }
+        if let Some(g) = self.groups.get_mut(group.0 as usize).and_then(Option::as_mut) {
+            g.provider = Some(Box::new(provider));
+        }
+        Ok(())
+    }
+
+    /// Answers a snapshot request of ordered group `group` at `position` with `snapshot`
+    /// (what [`set_snapshot_provider`](Self::set_snapshot_provider)'s callback does).
+    fn send_snapshot(&mut self, group: GroupId, position: u64, snapshot: &[u8]) -> Result<(), Error> {
+        if snapshot.len() > MAX_SNAPSHOT {
+            return Err(Error::SnapshotTooLarge(snapshot.len()));
+        }
+        let handle = self.group(group)?.handle;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + MAX_SNAPSHOT_CHUNK).min(snapshot.len());
+            let last = end == snapshot.len();
+            let request = Request::SnapshotChunk {
+                handle,
+                position,
+                offset: offset as u32,
+                last,
+                bytes: &snapshot[offset..end],
+            };
+            let mut fds = Vec::new();
+            match self.call(&request, &mut fds)? {
+                Reply::Done => {}
+                other => return Err(unexpected(other)),
+            }
+            if last {
+                return Ok(());
+            }
+            offset = end;
+        }
+    }
+
+    /// The options of a group this client joined.
+    pub fn group_options(&self, group: GroupId) -> Result<GroupOptions, Error> {
+        Ok(self.group(group)?.options)
     }
 
     /// The name a group was joined under.
@@ -554,20 +689,32 @@ impl Client {
         &mut self,
         group: GroupId,
         limit: usize,
-        handler: impl FnMut(Event<'_>),
+        mut handler: impl FnMut(Event<'_>),
     ) -> Result<usize, Error> {
         let g = self
             .groups
             .get_mut(group.0 as usize)
             .and_then(Option::as_mut)
             .ok_or(Error::UnknownGroup)?;
+        let mut request = None;
         let n = g
             .sub
             .as_mut()
             .ok_or(Error::NotSubscribed)?
             .reader
-            .poll(limit, handler)
+            .poll(limit, |event| {
+                if let Event::SnapshotRequest { position } = event {
+                    request = Some(position);
+                }
+                handler(event)
+            })
             .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        // The request ends the batch: the handler has seen everything before it and
+        // nothing after, so the provider's state is the state at the request's position.
+        if let (Some(position), Some(provider)) = (request, g.provider.as_mut()) {
+            let snapshot = provider(position);
+            self.send_snapshot(group, position, &snapshot)?;
+        }
         if n == 0 {
             self.empty_polls += 1;
             if self.empty_polls >= LIVENESS_CHECK_INTERVAL {

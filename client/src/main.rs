@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tutti_client::{Client, Event, IdleStrategy, OfferError, Rights};
+use tutti_client::{Client, Event, GroupOptions, IdleStrategy, LeftReason, OfferError, Rights, ViewRecord};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,10 +31,26 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Publish each line of standard input as one message.
-    Pub { group: String },
+    Pub {
+        group: String,
+        /// The group is ordered (one total order of all senders; see docs/ordered.md).
+        #[arg(long)]
+        ordered: bool,
+        /// Ordered with safe delivery (implies --ordered).
+        #[arg(long)]
+        safe: bool,
+    },
     /// Print each message of a group as one line (payloads are printed as UTF-8, lossily).
+    /// With --ordered, views and the installed snapshot are printed at their place among
+    /// the messages as lines starting with "# ".
     Sub {
         group: String,
+        /// The group is ordered (one total order of all senders; see docs/ordered.md).
+        #[arg(long)]
+        ordered: bool,
+        /// Ordered with safe delivery (implies --ordered).
+        #[arg(long)]
+        safe: bool,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -104,12 +120,14 @@ fn connect(socket: &Option<PathBuf>) -> Result<Client, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Pub { group } => publish(&args.socket, &group),
+        Command::Pub { group, ordered, safe } => publish(&args.socket, &group, options(ordered, safe)),
         Command::Sub {
             group,
+            ordered,
+            safe,
             count,
             idle_exit,
-        } => subscribe(&args.socket, &group, count, idle_exit),
+        } => subscribe(&args.socket, &group, options(ordered, safe), count, idle_exit),
         Command::Status => connect(&args.socket)
             .and_then(|mut c| c.status().map_err(|e| e.to_string()))
             .map(|s| {
@@ -136,11 +154,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn publish(socket: &Option<PathBuf>, group: &str) -> Result<ExitCode, String> {
+fn options(ordered: bool, safe: bool) -> GroupOptions {
+    GroupOptions {
+        ordered: ordered || safe,
+        safe,
+    }
+}
+
+fn publish(socket: &Option<PathBuf>, group: &str, options: GroupOptions) -> Result<ExitCode, String> {
     let mut client = connect(socket)?;
     // Publish only: an access list may grant this user no subscribe right.
     let g = client
-        .join_as(group, Rights::PUBLISH)
+        .join_with(group, Rights::PUBLISH, options)
         .map_err(|e| e.to_string())?;
     let stdin = std::io::stdin();
     let mut line = Vec::new();
@@ -171,13 +196,14 @@ fn publish(socket: &Option<PathBuf>, group: &str) -> Result<ExitCode, String> {
 fn subscribe(
     socket: &Option<PathBuf>,
     group: &str,
+    options: GroupOptions,
     count: Option<u64>,
     idle_exit: Option<f64>,
 ) -> Result<ExitCode, String> {
     let mut client = connect(socket)?;
     // Subscribe only: an access list may grant this user no publish right.
     let g = client
-        .join_as(group, Rights::SUBSCRIBE)
+        .join_with(group, Rights::SUBSCRIBE, options)
         .map_err(|e| e.to_string())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -198,6 +224,25 @@ fn subscribe(
                 Event::Lost { sender, count } => {
                     eprintln!("tutti: {count} messages from sender {sender:#x} were lost in the cluster")
                 }
+                Event::View(view) => {
+                    let r = writeln!(out, "# {}", view_line(&view));
+                    if let Err(e) = r {
+                        write_error = Some(e);
+                    }
+                }
+                Event::Installed { position, snapshot } => {
+                    let r = writeln!(
+                        out,
+                        "# installed snapshot at position {position} ({} bytes)",
+                        snapshot.len()
+                    );
+                    if let Err(e) = r {
+                        write_error = Some(e);
+                    }
+                }
+                // This CLI keeps no state: with no provider registered the daemon sends the
+                // joiner an empty snapshot.
+                Event::SnapshotRequest { .. } => {}
             })
             .map_err(|e| e.to_string())?;
         if let Some(e) = write_error.take() {
@@ -215,6 +260,33 @@ fn subscribe(
         if n == 0 && idle_exit.is_some() {
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+/// One line for a view of an ordered group: `view ID: members [..] joined [..] left [..]`
+/// (members as daemon ids: a cluster node id is `daemon << 8 | shard`).
+fn view_line(view: &ViewRecord<'_>) -> String {
+    let ids =
+        |it: &mut dyn Iterator<Item = u32>| it.map(|n| (n >> 8).to_string()).collect::<Vec<_>>().join(" ");
+    let left: Vec<String> = view
+        .left()
+        .map(|(n, reason)| format!("{} ({})", n >> 8, reason_name(reason)))
+        .collect();
+    format!(
+        "view {}: members [{}] joined [{}] left [{}]",
+        view.id,
+        ids(&mut view.members()),
+        ids(&mut view.joined()),
+        left.join(", ")
+    )
+}
+
+fn reason_name(reason: LeftReason) -> String {
+    match reason {
+        LeftReason::Left => "left".into(),
+        LeftReason::Suspected => "suspected".into(),
+        LeftReason::Lagging => "lagging".into(),
+        LeftReason::Other(n) => format!("reason {n}"),
     }
 }
 
@@ -381,4 +453,26 @@ fn is_gauge(name: &str) -> bool {
     tutti_wire::counters::SHARD_COUNTERS
         .iter()
         .any(|(n, what)| *n == name && what.contains("(gauge"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_prints_as_one_line_of_daemon_ids() {
+        // id 7; members 256, 512; joined 512; left 768 (suspected).
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u64.to_le_bytes());
+        for n in [2u32, 1, 1, 256, 512, 512, 768, 2] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        let view = ViewRecord::parse(&b).unwrap();
+        assert_eq!(
+            view_line(&view),
+            "view 7: members [1 2] joined [2] left [3 (suspected)]"
+        );
+        assert_eq!(options(false, true), GroupOptions::SAFE);
+        assert_eq!(options(true, false), GroupOptions::ORDERED);
+    }
 }

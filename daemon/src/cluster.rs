@@ -27,7 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, Time, View, MILLIS};
+use tutti_proto::ordered::{OrderedSettings, OrderedStatusEvent, RemoveReason};
+use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
 
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
@@ -416,6 +417,15 @@ fn sender_id(node: NodeId, session: u32) -> u64 {
     (u64::from(node >> 8) << 32) | u64::from(session)
 }
 
+/// The log's code of a removal reason (`tutti_wire::shm::LeftReason`).
+fn reason_code(reason: RemoveReason) -> u32 {
+    match reason {
+        RemoveReason::Left => 1,
+        RemoveReason::Suspected => 2,
+        RemoveReason::Lagging => 3,
+    }
+}
+
 /// The cluster node id of shard `shard` of daemon `daemon`.
 pub fn node_id(daemon: u32, shard: usize) -> NodeId {
     (daemon << 8) | shard as u32
@@ -431,6 +441,62 @@ pub enum ClusterEvent<'a> {
     },
     /// Messages of a remote sender that can no longer be repaired.
     Lost { group: u64, sender: u64, count: u64 },
+    /// A message of an ordered group, in its total order (local ones included).
+    OrderedDeliver {
+        group: u64,
+        sender: u64,
+        payload: &'a [u8],
+    },
+    /// An ordered group's view changed here in its order: `id` (the list position of the
+    /// entry that changed it: the same at every member), members and who joined or left
+    /// (cluster node ids; the reason a `LeftReason` code).
+    OrderedView {
+        group: u64,
+        id: u64,
+        members: &'a [u32],
+        joined: &'a [u32],
+        left: &'a [(u32, u32)],
+    },
+    /// A joiner needs the application's state of `group` at `position`: answer with
+    /// [`Cluster::snapshot_ready`] (the group delivers nothing more until then).
+    SnapshotRequest { group: u64, position: u64 },
+    /// This daemon, joining, installed the snapshot made at `position`.
+    Installed {
+        group: u64,
+        position: u64,
+        snapshot: &'a [u8],
+    },
+    /// This daemon's standing in an ordered group: "majority", "minority" or
+    /// "removed (REASON)".
+    OrderedStatus { group: u64, status: &'static str },
+}
+
+/// Why an ordered group did not take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderedRefusal {
+    /// Not now (queue full, or not an active member yet or any more): keep it and retry.
+    Full,
+    /// Never (over the group's `max_payload`).
+    TooLarge,
+}
+
+/// Bytes the daemon puts before an ordered message's payload: the publishing session, so
+/// that the sender id in every member's log is `daemon << 32 | session` as in bimodal
+/// groups (the ordered layer names only the node).
+pub const ORDERED_PREFIX: usize = 4;
+
+/// Longest an ordered group left by its last local client stays joined while its queued
+/// messages go into the order.
+pub const ORDERED_LINGER: Time = 5_000 * MILLIS;
+
+/// The ordered-group settings of every daemon (members must agree on the layout).
+pub fn ordered_settings() -> OrderedSettings {
+    OrderedSettings::default()
+}
+
+/// Largest message a client may publish to an ordered group.
+pub fn ordered_max_message() -> usize {
+    (ordered_settings().max_payload as usize).saturating_sub(ORDERED_PREFIX)
 }
 
 /// Counters the shard copies into its shared-memory page.
@@ -508,6 +574,15 @@ pub struct Cluster {
     next_timer: Time,
     stats: ClusterStats,
     view_summary: String,
+    /// Reused buffer of `submit_ordered` (the session prefix and the payload).
+    ordered_scratch: Vec<u8>,
+    /// Ordered groups joined locally while this node was alone in its view (see
+    /// `join_ordered`).
+    pending_ordered: Vec<u64>,
+    /// Seeds given with a daemon id other than ours.
+    has_other_seeds: bool,
+    /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
+    leaving_ordered: Vec<(u64, Time)>,
 }
 
 impl Cluster {
@@ -608,6 +683,10 @@ impl Cluster {
             next_timer: 0,
             stats: ClusterStats::default(),
             view_summary: String::from("view: just me"),
+            ordered_scratch: Vec::new(),
+            pending_ordered: Vec::new(),
+            has_other_seeds: seed_ids.iter().any(|&id| id >> 8 != 0),
+            leaving_ordered: Vec::new(),
         })
     }
 
@@ -704,6 +783,141 @@ impl Cluster {
             );
         }
         out
+    }
+
+    /// Joins ordered group `group` (state transfer follows if it already has members).
+    /// A daemon with seeds joins only once its cluster view holds another daemon: the
+    /// group's memory node is placed from the view at the join, and a daemon alone in its
+    /// own first view would place it on itself and start a second order of the group.
+    pub fn join_ordered(&mut self, group: u64) -> Result<(), String> {
+        if let Some(i) = self.leaving_ordered.iter().position(|&(g, _)| g == group) {
+            // Joined again while its leave waited: still a member, nothing to do.
+            self.leaving_ordered.swap_remove(i);
+            return Ok(());
+        }
+        if self.alone() {
+            if !self.pending_ordered.contains(&group) {
+                self.pending_ordered.push(group);
+            }
+            return Ok(());
+        }
+        let now = self.now();
+        self.node
+            .join_ordered(now, group, ordered_settings())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether this node waits for a cluster view with another daemon in it: it has seeds
+    /// other than itself and its view holds only itself.
+    fn alone(&self) -> bool {
+        let me = self.node.id();
+        let others = self.has_other_seeds || self.probes.iter().any(|p| p.answered != Some(me));
+        others && self.node.view().members.len() < 2
+    }
+
+    /// Leaves ordered group `group` (an entry in its order), once what local clients
+    /// published to it is in the order (or after [`ORDERED_LINGER`]): a publisher that
+    /// exits right after its last offer still reaches every member.
+    pub fn leave_ordered(&mut self, group: u64) {
+        if let Some(i) = self.pending_ordered.iter().position(|&g| g == group) {
+            self.pending_ordered.swap_remove(i);
+            return;
+        }
+        let deadline = self.now() + ORDERED_LINGER;
+        self.leaving_ordered.push((group, deadline));
+        self.leave_drained_ordered();
+    }
+
+    /// Leaves the ordered groups whose local messages are all in the order (or that
+    /// waited [`ORDERED_LINGER`]).
+    fn leave_drained_ordered(&mut self) {
+        if self.leaving_ordered.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let node = &mut self.node;
+        self.leaving_ordered.retain(|&(group, deadline)| {
+            let drained = node
+                .ordered_member(group)
+                .is_none_or(|m| m.outgoing() == 0 && m.idle());
+            if drained || now >= deadline {
+                node.leave_ordered(now, group);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Joins the ordered groups that waited for a view with another daemon.
+    fn join_pending_ordered(&mut self) {
+        if self.pending_ordered.is_empty() || self.alone() {
+            return;
+        }
+        let now = self.now();
+        for group in std::mem::take(&mut self.pending_ordered) {
+            if let Err(e) = self.node.join_ordered(now, group, ordered_settings()) {
+                tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), "ordered join: {e}");
+            }
+        }
+    }
+
+    /// Hands a local client's message to ordered group `group`'s total order; it comes
+    /// back as `OrderedDeliver` at its place. Reads `payload` once (into the prefixed copy).
+    pub fn submit_ordered(
+        &mut self,
+        group: u64,
+        session: u32,
+        payload: &[u8],
+        safe: bool,
+    ) -> Result<(), OrderedRefusal> {
+        let now = self.now();
+        let mut bytes = std::mem::take(&mut self.ordered_scratch);
+        bytes.clear();
+        bytes.extend_from_slice(&session.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let result = self.node.submit_ordered(now, group, &bytes, safe);
+        self.ordered_scratch = bytes;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SubmitError::Full | SubmitError::NotMember(_)) => Err(OrderedRefusal::Full),
+            Err(e) => {
+                tracing::debug!("ordered submit refused: {e}");
+                Err(OrderedRefusal::TooLarge)
+            }
+        }
+    }
+
+    /// For `tutti status`: the ordered layer's counters of this daemon's member of `group`
+    /// (appends, conflicts, batches, repairs, safe waits, removals, waits).
+    pub fn ordered_detail(&self, group: u64) -> Option<String> {
+        let c = self.node.ordered_counters(group)?;
+        Some(format!(
+            "appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
+             repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
+             payloads dropped {}, txn errors {}, transfers sent {}",
+            c.appends,
+            c.appends_committed,
+            c.append_conflicts,
+            c.batches,
+            c.messages_appended,
+            c.reads,
+            c.repairs,
+            c.safe_waits,
+            c.removals_suspected,
+            c.removals_lagging,
+            c.reclaim_waits,
+            c.queue_waits,
+            c.payloads_dropped,
+            c.txn_errors,
+            c.transfers_sent
+        ))
+    }
+
+    /// The application's snapshot for the last `SnapshotRequest` of `group`.
+    pub fn snapshot_ready(&mut self, group: u64, snapshot: &[u8]) {
+        let now = self.now();
+        self.node.snapshot_ready(now, group, snapshot);
     }
 
     pub fn join(&mut self, group: u64) {
@@ -817,6 +1031,8 @@ impl Cluster {
             self.next_timer = self.node.poll_timeout().unwrap_or(now + 100 * MILLIS);
             work += 1;
         }
+        self.join_pending_ordered();
+        self.leave_drained_ordered();
         work += self.send_transmits();
         while let Some(event) = self.node.poll_event() {
             work += 1;
@@ -924,13 +1140,76 @@ impl Cluster {
                 );
                 tracing::info!(shard = self.shard, "{}", self.view_summary);
             }
-            // The daemon joins no ordered group through its Node yet (issue 12: `ordd`).
-            Event::OrderedDeliver { .. }
-            | Event::OrderedView { .. }
-            | Event::SnapshotRequest { .. }
-            | Event::Installed { .. }
-            | Event::OrderedStatus { .. } => {
-                tracing::debug!(shard = self.shard, "ordered-group event ignored: {event:?}")
+            Event::OrderedDeliver {
+                group,
+                sender,
+                payload,
+                ..
+            } => {
+                // Every ordered message is prefixed with its session (submit_ordered); one
+                // without it came from a daemon that breaks the rule: counted, dropped.
+                let Some((session, body)) = payload.split_first_chunk::<ORDERED_PREFIX>() else {
+                    self.stats.decode_errors += 1;
+                    return;
+                };
+                on_event(ClusterEvent::OrderedDeliver {
+                    group,
+                    sender: sender_id(sender, u32::from_le_bytes(*session)),
+                    payload: body,
+                });
+            }
+            Event::OrderedView { group, view } => {
+                let joined: Vec<u32> = view.joined.into_iter().collect();
+                let left: Vec<(u32, u32)> = view
+                    .left
+                    .into_iter()
+                    .map(|(node, reason)| (node, reason_code(reason)))
+                    .collect();
+                tracing::info!(
+                    shard = self.shard,
+                    group = %format!("{group:#x}"),
+                    id = view.id,
+                    position = view.position,
+                    members = ?view.members,
+                    ?joined,
+                    ?left,
+                    "ordered view"
+                );
+                on_event(ClusterEvent::OrderedView {
+                    group,
+                    // The list position: the same at every member (a member's view
+                    // counter starts at its own join).
+                    id: view.position,
+                    members: &view.members,
+                    joined: &joined,
+                    left: &left,
+                });
+            }
+            Event::SnapshotRequest { group, position } => {
+                on_event(ClusterEvent::SnapshotRequest { group, position });
+            }
+            Event::Installed {
+                group,
+                position,
+                snapshot,
+            } => {
+                tracing::info!(shard = self.shard, group = %format!("{group:#x}"), position, bytes = snapshot.len(), "ordered group: snapshot installed");
+                on_event(ClusterEvent::Installed {
+                    group,
+                    position,
+                    snapshot: &snapshot,
+                });
+            }
+            Event::OrderedStatus { group, status } => {
+                let status = match status {
+                    OrderedStatusEvent::Majority => "majority",
+                    OrderedStatusEvent::Minority => "minority",
+                    OrderedStatusEvent::Removed(RemoveReason::Left) => "removed (left)",
+                    OrderedStatusEvent::Removed(RemoveReason::Suspected) => "removed (suspected)",
+                    OrderedStatusEvent::Removed(RemoveReason::Lagging) => "removed (lagging)",
+                };
+                tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), status, "ordered group status");
+                on_event(ClusterEvent::OrderedStatus { group, status });
             }
         }
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use std::time::Instant;
 use tutti_sys::{EventFd, Mapping, PeerCred, SeqPacket, SeqPacketListener, SignalFd};
 use tutti_wire::control::{
-    ErrorCode, Joined, Limit, Reply, Request, Right, Rights, CONTROL_COUNTERS_PAGE, MAX_MESSAGE,
-    PROTOCOL_VERSION,
+    ErrorCode, GroupOptions, Joined, Limit, Reply, Request, Right, Rights, CONTROL_COUNTERS_PAGE,
+    MAX_MESSAGE, MAX_SNAPSHOT, PROTOCOL_VERSION,
 };
 use tutti_wire::counters::{CountersPage, CONTROL_COUNTERS, COUNTERS_LEN, SHARD_COUNTERS};
 use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
@@ -112,6 +112,12 @@ struct Group {
     members: Vec<u32>,
     /// The uid whose `limits.ring_bytes_per_uid` pays for the log (its creator), and how much.
     charged: (u32, u64),
+    /// Fixed by the group's first joiner on this daemon.
+    options: GroupOptions,
+    /// Sessions that produce snapshots for joiners (ordered groups).
+    providers: Vec<u32>,
+    /// A snapshot being received from a provider: (position, bytes so far).
+    snapshot: Option<(u64, Vec<u8>)>,
 }
 
 struct Session {
@@ -484,7 +490,65 @@ impl Control {
                 self.send(id, &welcome, &[]);
             }
             _ if !hello => self.protocol_error(id, "first message must be Hello"),
-            Request::Join { name, rights } => match self.join(id, name, rights) {
+            Request::SnapshotProvider { handle } => match self.member_group(id, handle) {
+                Some(group) if group.options.ordered => {
+                    if !group.providers.contains(&id) {
+                        group.providers.push(id);
+                    }
+                    let (shard, providers) = (group.shard, group.providers.len());
+                    let _ = self.shards[shard].send(ShardCommand::Providers { handle, providers });
+                    self.send(id, &Reply::Done, &[]);
+                }
+                _ => self.refuse(id, ErrorCode::BadRequest, "not a member of that ordered group"),
+            },
+            Request::SnapshotChunk {
+                handle,
+                position,
+                offset,
+                last,
+                bytes,
+            } => {
+                let Some(group) = self
+                    .member_group(id, handle)
+                    .filter(|g| g.providers.contains(&id))
+                else {
+                    self.refuse(id, ErrorCode::BadRequest, "not a snapshot provider of that group");
+                    return;
+                };
+                // A chunk starts a snapshot (offset 0) or continues the one under way.
+                let snapshot = match group.snapshot.take() {
+                    Some((p, mut buf)) if p == position && buf.len() == offset as usize => {
+                        buf.extend_from_slice(bytes);
+                        Some(buf)
+                    }
+                    _ if offset == 0 => Some(bytes.to_vec()),
+                    _ => None,
+                };
+                match snapshot {
+                    Some(buf) if buf.len() > MAX_SNAPSHOT => {
+                        self.refuse(id, ErrorCode::ResourceLimit, "snapshot larger than MAX_SNAPSHOT")
+                    }
+                    Some(buf) if last => {
+                        let shard = group.shard;
+                        let _ = self.shards[shard].send(ShardCommand::SnapshotReady {
+                            handle,
+                            position,
+                            snapshot: buf,
+                        });
+                        self.send(id, &Reply::Done, &[]);
+                    }
+                    Some(buf) => {
+                        group.snapshot = Some((position, buf));
+                        self.send(id, &Reply::Done, &[]);
+                    }
+                    None => self.refuse(id, ErrorCode::BadRequest, "snapshot chunk out of sequence"),
+                }
+            }
+            Request::Join {
+                name,
+                rights,
+                options,
+            } => match self.join(id, name, rights, options) {
                 Ok(()) => {}
                 Err(Refusal::Error(code, text)) => {
                     tracing::warn!(session = id, group = name, "join refused: {text}");
@@ -569,13 +633,25 @@ impl Control {
         }
     }
 
+    /// Group `handle` if session `id` is a member of it.
+    fn member_group(&mut self, id: u32, handle: u32) -> Option<&mut Group> {
+        if !self.sessions.get(&id).is_some_and(|s| s.groups.contains(&handle)) {
+            return None;
+        }
+        self.groups.get_mut(handle as usize).and_then(Option::as_mut)
+    }
+
+    fn refuse(&self, id: u32, code: ErrorCode, text: &str) {
+        self.send(id, &Reply::Error { code, text }, &[]);
+    }
+
     fn send(&self, id: u32, r: &Reply<'_>, fds: &[RawFd]) {
         if let Some(s) = self.sessions.get(&id) {
             reply(&s.conn, r, fds);
         }
     }
 
-    fn join(&mut self, id: u32, name: &str, rights: Rights) -> Result<(), Refusal> {
+    fn join(&mut self, id: u32, name: &str, rights: Rights, options: GroupOptions) -> Result<(), Refusal> {
         let limits = self.config.limits.clone();
         let session = self
             .sessions
@@ -606,6 +682,25 @@ impl Control {
                 format!("already a member of {name}"),
             ));
         }
+        if let Some(group) = existing.and_then(|h| self.groups[h as usize].as_ref()) {
+            if group.options != options {
+                return Err(Refusal::Error(
+                    ErrorCode::OptionsMismatch,
+                    format!(
+                        "group {name} is {} on this daemon, but this join asks for {} (the first joiner fixes a group's options)",
+                        options_name(group.options),
+                        options_name(options)
+                    ),
+                ));
+            }
+        } else if options.ordered && !self.config.cluster.enabled {
+            return Err(Refusal::Error(
+                ErrorCode::Unsupported,
+                format!(
+                    "group {name}: ordered groups need a cluster ([cluster] enabled = true, or --listen/--seed); this tuttid runs alone"
+                ),
+            ));
+        }
         if session.groups.len() >= limits.groups_per_client {
             self.stats.add(counter::REFUSED_GROUPS_PER_CLIENT);
             return Err(Refusal::Limit(
@@ -631,7 +726,7 @@ impl Control {
         }
         let handle = match existing {
             Some(h) => h,
-            None => self.create_group(name, uid)?,
+            None => self.create_group(name, uid, options)?,
         };
         let result = self.grant(id, handle, rights, needs_ring);
         if result.is_err()
@@ -701,8 +796,16 @@ impl Control {
             shard: shard as u32,
             new_shard: u8::from(ring_fd.is_some()),
             rights: rights.to_u8(),
-            reserved: [0; 6],
-            max_message: self.config.max_message() as u64,
+            options: group.options.to_u8(),
+            reserved: [0; 5],
+            max_message: if group.options.ordered {
+                // The ordered layer's payload limit (less the session prefix).
+                self.config
+                    .max_message()
+                    .min(crate::cluster::ordered_max_message()) as u64
+            } else {
+                self.config.max_message() as u64
+            },
         };
         let link = &self.shards[shard];
         let mut fds = Vec::with_capacity(5);
@@ -730,7 +833,7 @@ impl Control {
         Ok(())
     }
 
-    fn create_group(&mut self, name: &str, uid: u32) -> Result<u32, Refusal> {
+    fn create_group(&mut self, name: &str, uid: u32, options: GroupOptions) -> Result<u32, Refusal> {
         let live = self.groups.iter().flatten().count();
         if live >= self.config.max_groups {
             self.stats.add(counter::REFUSED_MAX_GROUPS);
@@ -763,6 +866,7 @@ impl Control {
             .call(|ack| ShardCommand::AddGroup {
                 handle,
                 gid: tutti_wire::group_id(name),
+                options,
                 log: log_map,
                 doorbell: doorbell_map,
                 ack,
@@ -777,6 +881,9 @@ impl Control {
             doorbell_fd,
             members: Vec::new(),
             charged: (uid, log_len as u64),
+            options,
+            providers: Vec::new(),
+            snapshot: None,
         });
         self.group_by_name.insert(name.to_string(), handle);
         Ok(handle)
@@ -804,6 +911,11 @@ impl Control {
         let shard = group.shard;
         group.members.retain(|&m| m != id);
         let empty = group.members.is_empty();
+        if let Some(i) = group.providers.iter().position(|&p| p == id) {
+            group.providers.swap_remove(i);
+            let providers = group.providers.len();
+            let _ = self.shards[shard].send(ShardCommand::Providers { handle, providers });
+        }
         if let Err(e) = self.shards[shard].call(|ack| ShardCommand::Unsubscribe {
             session: id,
             handle,
@@ -849,6 +961,11 @@ impl Control {
             if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
                 group.members.retain(|&m| m != id);
                 empty = group.members.is_empty();
+                if let Some(i) = group.providers.iter().position(|&p| p == id) {
+                    group.providers.swap_remove(i);
+                    let providers = group.providers.len();
+                    let _ = self.shards[group.shard].send(ShardCommand::Providers { handle, providers });
+                }
             }
             if empty {
                 self.drop_group(handle);
@@ -930,9 +1047,15 @@ impl Control {
                 .get(g.shard)
                 .and_then(Option::as_ref)
                 .and_then(|r| r.groups.iter().find(|t| t.handle == handle));
+            // Bimodal groups read as before options existed: "NAME (shard N): ...".
+            let options = if g.options.ordered {
+                format!(", {}", options_name(g.options))
+            } else {
+                String::new()
+            };
             let _ = write!(
                 out,
-                "  {} (shard {}): {} members",
+                "  {} (shard {}{options}): {} members",
                 g.name,
                 g.shard,
                 g.members.len()
@@ -944,6 +1067,9 @@ impl Control {
                         "; published here {} ({:.0}/s), from other daemons {} ({:.0}/s)",
                         t.published, t.published_per_sec, t.received, t.received_per_sec
                     );
+                    if let Some(o) = &t.ordered {
+                        let _ = writeln!(out, "    {o}");
+                    }
                 }
                 None => out.push('\n'),
             }
@@ -983,6 +1109,14 @@ impl Control {
             );
         }
         out
+    }
+}
+
+fn options_name(options: GroupOptions) -> &'static str {
+    match (options.ordered, options.safe) {
+        (false, _) => "bimodal",
+        (true, false) => "ordered",
+        (true, true) => "ordered, safe",
     }
 }
 

@@ -4,14 +4,16 @@
 //! commands from a bounded queue. Nothing it touches on the data path is shared with
 //! another shard, and the loop neither allocates, locks nor calls the kernel per message.
 
-use crate::cluster::{Cluster, ClusterEvent};
+use crate::cluster::{Cluster, ClusterEvent, OrderedRefusal};
 use crate::config::IdleStrategy;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tutti_sys::{EventFd, Mapping};
+use tutti_wire::control::GroupOptions;
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN, SHARD_COUNTERS};
 use tutti_wire::shm::{GroupDoorbell, LogWriter, PublishConsumer, ShardDoorbell};
 
@@ -37,6 +39,9 @@ const CLUSTER_POLL_INTERVAL: u32 = 8;
 const COMMAND_CHECK_INTERVAL: u32 = 64;
 /// How often the groups' message rates for `tutti status` are sampled.
 const RATE_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+/// How long a snapshot request waits for a local provider before the joiner is sent an
+/// empty snapshot (counted in `snapshots_empty`): the whole group waits meanwhile.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A shard's counters, in a shared-memory page (`tutti stat` maps it read-only). The
 /// shard is the only writer; the control thread and `tutti stat` only read.
@@ -82,6 +87,16 @@ pub mod counter {
     pub const REPLAYED: usize = shard_counter("replayed");
     pub const AUTH_SENDERS_FULL: usize = shard_counter("auth_senders_full");
     pub const PROTOCOL_REFUSED: usize = shard_counter("protocol_refused");
+    pub const ORDERED_SUBMITTED: usize = shard_counter("ordered_submitted");
+    pub const ORDERED_DELIVERED: usize = shard_counter("ordered_delivered");
+    pub const ORDERED_FULL: usize = shard_counter("ordered_full");
+    pub const ORDERED_VIEWS: usize = shard_counter("ordered_views");
+    pub const SNAPSHOT_REQUESTS: usize = shard_counter("snapshot_requests");
+    pub const SNAPSHOTS_EMPTY: usize = shard_counter("snapshots_empty");
+    pub const SNAPSHOTS_INSTALLED: usize = shard_counter("snapshots_installed");
+    pub const ORDERED_MINORITY: usize = shard_counter("ordered_minority");
+    pub const ORDERED_REMOVED: usize = shard_counter("ordered_removed");
+    pub const ORDERED_DROPPED: usize = shard_counter("ordered_dropped");
 }
 
 impl ShardStats {
@@ -120,6 +135,7 @@ pub enum ShardCommand {
         handle: u32,
         /// The group's cluster-wide id (`tutti_wire::group_id` of its name).
         gid: u64,
+        options: GroupOptions,
         log: Mapping,
         doorbell: Mapping,
         ack: Sender<Result<(), String>>,
@@ -149,6 +165,17 @@ pub enum ShardCommand {
     DropClient {
         session: u32,
     },
+    /// How many local clients provide snapshots of ordered group `handle`.
+    Providers {
+        handle: u32,
+        providers: usize,
+    },
+    /// A local provider's snapshot of ordered group `handle` at `position`.
+    SnapshotReady {
+        handle: u32,
+        position: u64,
+        snapshot: Vec<u8>,
+    },
     /// For `tutti status`: the shard's view of the cluster and its groups' traffic.
     Report {
         reply: Sender<ShardReport>,
@@ -166,7 +193,7 @@ pub struct ShardReport {
 }
 
 /// One group's messages on this shard: totals, and rates over the last sample period.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct GroupTraffic {
     pub handle: u32,
     /// Messages published by local clients into the group's log.
@@ -175,6 +202,8 @@ pub struct GroupTraffic {
     pub received: u64,
     pub published_per_sec: f64,
     pub received_per_sec: f64,
+    /// Ordered groups: the view, the status and what was delivered (one line).
+    pub ordered: Option<String>,
 }
 
 /// What a shard tells the control thread on its own initiative.
@@ -190,6 +219,9 @@ struct ClientSlot {
     session: u32,
     sender: u64,
     consumer: PublishConsumer,
+    /// The frame at the head of the ring was refused by an ordered group (back pressure):
+    /// the shard may park although the ring is not empty; cluster progress wakes it.
+    blocked: bool,
     /// Handles this client may publish to, indexed by handle (small and dense).
     joined: Vec<bool>,
     _ring: Mapping,
@@ -207,8 +239,25 @@ struct GroupSlot {
     received: u64,
     sampled: (u64, u64),
     rates: (f64, f64),
+    options: GroupOptions,
+    ordered: OrderedState,
     _log: Mapping,
     _doorbell: Mapping,
+}
+
+/// What a shard keeps of an ordered group beyond its log.
+#[derive(Default)]
+struct OrderedState {
+    /// Local clients that registered a snapshot provider.
+    providers: usize,
+    /// A snapshot asked of a local provider: its position and when it was asked.
+    snapshot_wait: Option<(u64, Instant)>,
+    /// The last view appended: (id, members).
+    view: Option<(u64, Vec<u32>)>,
+    /// Majority, minority or removed (for `tutti status`).
+    status: String,
+    /// Messages delivered in the total order.
+    delivered: u64,
 }
 
 /// Everything a shard thread needs; built by the daemon, moved into the thread.
@@ -349,7 +398,11 @@ impl Shard {
         // set_parked fences; it pairs with the client's fence between its commit and its
         // look at `parked`: either the client sees parked = 1 and rings, or we see its frame.
         self.doorbell.set_parked(true);
-        let pending = self.clients.iter().any(|c| c.consumer.has_pending()) || !self.commands.is_empty();
+        let pending = self
+            .clients
+            .iter()
+            .any(|c| !c.blocked && c.consumer.has_pending())
+            || !self.commands.is_empty();
         if !pending {
             self.stats.add(counter::PARKS, 1);
             match self.cluster.as_mut() {
@@ -463,16 +516,41 @@ impl Shard {
                 ShardCommand::AddGroup {
                     handle,
                     gid,
+                    options,
                     log,
                     doorbell,
                     ack,
                 } => {
-                    let _ = ack.send(self.add_group(handle, gid, log, doorbell));
+                    let _ = ack.send(self.add_group(handle, gid, options, log, doorbell));
+                }
+                ShardCommand::Providers { handle, providers } => {
+                    if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+                        g.ordered.providers = providers;
+                    }
+                }
+                ShardCommand::SnapshotReady {
+                    handle,
+                    position,
+                    snapshot,
+                } => {
+                    let slot = self.groups.get_mut(handle as usize).and_then(Option::as_mut);
+                    if let (Some(g), Some(cluster)) = (slot, self.cluster.as_mut()) {
+                        // Only the snapshot asked for: a late answer after the timeout
+                        // (the joiner got an empty one) or for another position is dropped.
+                        if g.ordered.snapshot_wait.is_some_and(|(p, _)| p == position) {
+                            g.ordered.snapshot_wait = None;
+                            cluster.snapshot_ready(g.gid, &snapshot);
+                        }
+                    }
                 }
                 ShardCommand::DropGroup { handle } => {
                     if let Some(slot) = self.groups.get_mut(handle as usize) {
                         if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
-                            cluster.leave(group.gid);
+                            if group.options.ordered {
+                                cluster.leave_ordered(group.gid);
+                            } else {
+                                cluster.leave(group.gid);
+                            }
                             self.by_gid.remove(&group.gid);
                         }
                         *slot = None;
@@ -496,6 +574,7 @@ impl Shard {
                                 session,
                                 sender,
                                 consumer,
+                                blocked: false,
                                 joined: Vec::new(),
                                 _ring: ring,
                             });
@@ -559,7 +638,84 @@ impl Shard {
         let by_gid = &self.by_gid;
         let stats = &self.stats;
         let mut appended = false;
+        // Snapshot requests no local client can answer: answered empty after the poll.
+        let mut answer_empty: Vec<u64> = Vec::new();
         let work = cluster.poll(&mut |event| match event {
+            ClusterEvent::OrderedDeliver {
+                group,
+                sender,
+                payload,
+            } => match slot_of(groups, by_gid, group) {
+                Some(slot) => {
+                    if slot.writer.append(sender, payload).is_err() {
+                        stats.add(counter::ORDERED_DROPPED, 1);
+                        slot.writer.append_lost(sender, 1);
+                    } else {
+                        slot.ordered.delivered += 1;
+                        slot.received += 1;
+                        stats.add(counter::ORDERED_DELIVERED, 1);
+                    }
+                    slot.dirty = true;
+                    appended = true;
+                }
+                None => stats.add(counter::NOT_JOINED, 1),
+            },
+            ClusterEvent::OrderedView {
+                group,
+                id,
+                members,
+                joined,
+                left,
+            } => {
+                if let Some(slot) = slot_of(groups, by_gid, group) {
+                    if slot.writer.append_view(id, members, joined, left).is_err() {
+                        stats.add(counter::ORDERED_DROPPED, 1);
+                    }
+                    stats.add(counter::ORDERED_VIEWS, 1);
+                    slot.ordered.view = Some((id, members.to_vec()));
+                    slot.dirty = true;
+                    appended = true;
+                }
+            }
+            ClusterEvent::SnapshotRequest { group, position } => {
+                stats.add(counter::SNAPSHOT_REQUESTS, 1);
+                match slot_of(groups, by_gid, group) {
+                    Some(slot) if slot.ordered.providers > 0 => {
+                        slot.writer.append_snapshot_request(position);
+                        slot.ordered.snapshot_wait = Some((position, Instant::now()));
+                        slot.dirty = true;
+                        appended = true;
+                    }
+                    _ => answer_empty.push(group),
+                }
+            }
+            ClusterEvent::Installed {
+                group,
+                position,
+                snapshot,
+            } => {
+                if let Some(slot) = slot_of(groups, by_gid, group) {
+                    stats.add(counter::SNAPSHOTS_INSTALLED, 1);
+                    if slot.writer.append_installed(position, snapshot).is_err() {
+                        // Larger than this host's log can hold: the members are told that
+                        // something they needed is gone rather than left to guess.
+                        stats.add(counter::ORDERED_DROPPED, 1);
+                        slot.writer.append_lost(0, 1);
+                    }
+                    slot.dirty = true;
+                    appended = true;
+                }
+            }
+            ClusterEvent::OrderedStatus { group, status } => {
+                if let Some(slot) = slot_of(groups, by_gid, group) {
+                    match status {
+                        "minority" => stats.add(counter::ORDERED_MINORITY, 1),
+                        "majority" => {}
+                        _ => stats.add(counter::ORDERED_REMOVED, 1),
+                    }
+                    slot.ordered.status = status.to_string();
+                }
+            }
             ClusterEvent::Deliver {
                 group,
                 sender,
@@ -598,6 +754,21 @@ impl Shard {
                 }
             }
         });
+        for gid in answer_empty {
+            stats.add(counter::SNAPSHOTS_EMPTY, 1);
+            cluster.snapshot_ready(gid, &[]);
+        }
+        // A provider that does not answer in time: the joiner gets an empty snapshot.
+        for g in groups.iter_mut().flatten() {
+            if g.ordered
+                .snapshot_wait
+                .is_some_and(|(_, asked)| asked.elapsed() >= SNAPSHOT_TIMEOUT)
+            {
+                g.ordered.snapshot_wait = None;
+                stats.add(counter::SNAPSHOTS_EMPTY, 1);
+                cluster.snapshot_ready(g.gid, &[]);
+            }
+        }
         if appended {
             self.data_since_park = true;
             self.ring_group_doorbells();
@@ -649,6 +820,31 @@ impl Shard {
                         received: g.received,
                         published_per_sec: g.rates.0,
                         received_per_sec: g.rates.1,
+                        ordered: g.options.ordered.then(|| {
+                            let o = &g.ordered;
+                            let view = match &o.view {
+                                Some((id, members)) => {
+                                    let daemons: Vec<String> =
+                                        members.iter().map(|m| (m >> 8).to_string()).collect();
+                                    format!("view {id} [{}]", daemons.join(", "))
+                                }
+                                None => "no view yet".to_string(),
+                            };
+                            let status = match (&o.view, o.status.is_empty()) {
+                                (None, true) => "joining",
+                                (Some(_), true) => "member",
+                                _ => &o.status,
+                            };
+                            let detail = self
+                                .cluster
+                                .as_ref()
+                                .and_then(|c| c.ordered_detail(g.gid))
+                                .unwrap_or_default();
+                            format!(
+                                "ordered: {view}, {status}, delivered {}, snapshot providers here {}\n    {detail}",
+                                o.delivered, o.providers
+                            )
+                        }),
                     })
                 })
                 .collect(),
@@ -689,7 +885,14 @@ impl Shard {
         }
     }
 
-    fn add_group(&mut self, handle: u32, gid: u64, log: Mapping, doorbell: Mapping) -> Result<(), String> {
+    fn add_group(
+        &mut self,
+        handle: u32,
+        gid: u64,
+        options: GroupOptions,
+        log: Mapping,
+        doorbell: Mapping,
+    ) -> Result<(), String> {
         // SAFETY: both mappings are live and kept in the slot for as long as the writer and
         // doorbell exist; the daemon initialised them and no one else writes the log.
         let writer =
@@ -701,9 +904,17 @@ impl Shard {
         if self.groups.len() <= index {
             self.groups.resize_with(index + 1, || None);
         }
-        if let Some(cluster) = self.cluster.as_mut() {
-            cluster.join(gid);
-            self.by_gid.insert(gid, handle);
+        match self.cluster.as_mut() {
+            Some(cluster) if options.ordered => {
+                cluster.join_ordered(gid)?;
+                self.by_gid.insert(gid, handle);
+            }
+            Some(cluster) => {
+                cluster.join(gid);
+                self.by_gid.insert(gid, handle);
+            }
+            None if options.ordered => return Err("ordered groups need a cluster".into()),
+            None => {}
         }
         self.groups[index] = Some(GroupSlot {
             gid,
@@ -714,6 +925,8 @@ impl Shard {
             received: 0,
             sampled: (0, 0),
             rates: (0.0, 0.0),
+            options,
+            ordered: OrderedState::default(),
             _log: log,
             _doorbell: doorbell,
         });
@@ -721,6 +934,16 @@ impl Shard {
             .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
         Ok(())
     }
+}
+
+/// The slot of the group with cluster-wide id `group`, if it lives here.
+fn slot_of<'a>(
+    groups: &'a mut [Option<GroupSlot>],
+    by_gid: &HashMap<u64, u32>,
+    group: u64,
+) -> Option<&'a mut GroupSlot> {
+    let handle = *by_gid.get(&group)?;
+    groups.get_mut(handle as usize)?.as_mut()
 }
 
 /// Moves up to `limit` frames from one client's publish ring into group logs. A frame
@@ -737,15 +960,17 @@ fn drain_ring(
         joined,
         sender,
         session,
+        blocked,
         ..
     } = client;
     let mut bad: Option<String> = None;
     let mut bytes = 0u64;
     let mut too_large = 0u64;
+    let (mut submitted, mut full) = (0u64, false);
     let n = consumer
-        .poll(limit, |handle, payload| {
+        .poll_while(limit, |handle, payload| {
             if bad.is_some() {
-                return;
+                return true;
             }
             let allowed = joined.get(handle as usize).copied().unwrap_or(false);
             let group = if allowed {
@@ -755,7 +980,6 @@ fn drain_ring(
             };
             match group {
                 Some(group) => {
-                    bytes += payload.len() as u64;
                     // One read of the client's frame serves the local log and the cluster:
                     // a client rewriting it meanwhile cannot make them differ. Without a
                     // cluster the log append is the one read (the frame is copied straight
@@ -765,8 +989,34 @@ fn drain_ring(
                     // flipped bytes in a cluster). Its length is the ring's, read once.
                     if payload.len() > group.writer.max_payload() {
                         too_large += 1;
-                        return;
+                        return true;
                     }
+                    if group.options.ordered {
+                        // Into the total order; the local log gets it back in that order,
+                        // like every member. Refused for now: it stays in the ring.
+                        let Some(cluster) = cluster.as_deref_mut() else {
+                            too_large += 1;
+                            return true;
+                        };
+                        return match cluster.submit_ordered(group.gid, *session, payload, group.options.safe)
+                        {
+                            Ok(()) => {
+                                bytes += payload.len() as u64;
+                                submitted += 1;
+                                group.published += 1;
+                                true
+                            }
+                            Err(OrderedRefusal::Full) => {
+                                full = true;
+                                false
+                            }
+                            Err(OrderedRefusal::TooLarge) => {
+                                too_large += 1;
+                                true
+                            }
+                        };
+                    }
+                    bytes += payload.len() as u64;
                     let retained = cluster
                         .as_deref_mut()
                         .and_then(|c| c.submit(group.gid, *session, payload));
@@ -783,17 +1033,26 @@ fn drain_ring(
                     if let (Some(cluster), Some(copy)) = (cluster.as_deref_mut(), retained) {
                         cluster.recycle(copy);
                     }
+                    true
                 }
                 None => {
                     bad = Some(format!(
                         "frame for group handle {handle}, which this client has not joined"
-                    ))
+                    ));
+                    true
                 }
             }
         })
         .map_err(|e| format!("malformed publish ring: {e}"))?;
     stats.add(counter::FRAMES_IN, n as u64);
     stats.add(counter::BYTES_IN, bytes);
+    *blocked = full;
+    if full {
+        stats.add(counter::ORDERED_FULL, 1);
+    }
+    if submitted > 0 {
+        stats.add(counter::ORDERED_SUBMITTED, submitted);
+    }
     if too_large > 0 {
         stats.add(counter::TOO_LARGE, too_large);
     }

@@ -172,6 +172,7 @@ fn receive_all(client: &mut Client, g: GroupId, publishers: &[usize], expected: 
                     }
                     Event::Lagged { missed } => panic!("lagged by {missed}"),
                     Event::Lost { sender, count } => panic!("{count} lost from {sender:#x}"),
+                    other => panic!("a plain group delivered {other:?}"),
                 },
             )
             .unwrap();

@@ -213,6 +213,7 @@ impl RunningShard {
         self.call(|ack| ShardCommand::AddGroup {
             handle: HANDLE,
             gid: tutti_wire::group_id(GROUP),
+            options: Default::default(),
             log,
             doorbell: bell,
             ack,
@@ -300,6 +301,7 @@ fn publish_and_deliver(
                     lost += count;
                 }
                 LogEvent::Lagged { missed } => panic!("the test reader lagged by {missed}"),
+                other => panic!("a plain group delivered {other:?}"),
             })
             .unwrap();
         if n == 0 && offered == 0 {
@@ -347,6 +349,7 @@ fn the_cluster_shard_loop_allocates_nothing_per_message() {
                 }
                 LogEvent::Lost { count, .. } => seen += count,
                 LogEvent::Lagged { .. } => {}
+                other => panic!("a plain group delivered {other:?}"),
             })
             .unwrap();
         if n == 0 {

@@ -252,6 +252,7 @@ fn join_and_connection_floods_are_refused_counted_and_bounded() {
             .call(&Request::Join {
                 name: &name,
                 rights: Rights::SUBSCRIBE,
+                options: Default::default(),
             })
             .unwrap();
         match Reply::decode(&reply).unwrap() {

@@ -44,6 +44,7 @@ fn receive_all(client: &mut Client, g: GroupId, senders: &[u64], expected: u64, 
                     }
                     Event::Lagged { missed } => panic!("unexpected lag of {missed}"),
                     Event::Lost { .. } => panic!("a local group loses nothing"),
+                    other => panic!("a plain group delivered {other:?}"),
                 },
             )
             .unwrap();
@@ -196,6 +197,7 @@ fn slow_subscriber_gets_lagged_and_resumes_without_slowing_the_publisher() {
             );
             indices.push(index_of(payload));
         }
+        other => panic!("a plain group delivered {other:?}"),
     }) {
         if n == 0 {
             break;
@@ -308,6 +310,7 @@ fn raw_client_writes_garbage(daemon: &Daemon, group: &str) -> tutti_sys::SeqPack
         Request::Join {
             name: group,
             rights: tutti_wire::control::Rights::BOTH,
+            options: Default::default(),
         },
         &mut fds,
     );

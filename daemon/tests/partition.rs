@@ -407,6 +407,7 @@ impl Member {
                         Event::Lagged { missed } => {
                             panic!("member {me}: lagged by {missed} (the log is large enough)")
                         }
+                        other => panic!("a plain group delivered {other:?}"),
                     },
                 )
                 .unwrap();

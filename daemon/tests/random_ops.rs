@@ -1339,6 +1339,7 @@ fn run_subscriber(
             },
             Event::Lost { sender, count } => Seen::Lost { t, sender, count },
             Event::Lagged { missed } => Seen::Lagged { t, missed },
+            other => panic!("a plain group delivered {other:?}"),
         });
     };
     let mut result = Ok(0);

@@ -51,6 +51,8 @@ pub enum ControlError {
     BadRights(u8),
     #[error("unknown {what} code {code}")]
     UnknownCode { what: &'static str, code: u16 },
+    #[error("group options byte {0:#04x} has unknown bits or asks for safe delivery without ordered")]
+    BadOptions(u8),
 }
 
 mod kind {
@@ -60,6 +62,9 @@ mod kind {
     pub const STATUS: u16 = 4;
     pub const COUNTERS: u16 = 5;
     pub const JOIN_AS: u16 = 6;
+    pub const JOIN_WITH: u16 = 7;
+    pub const SNAPSHOT_PROVIDER: u16 = 8;
+    pub const SNAPSHOT_CHUNK: u16 = 9;
     pub const WELCOME: u16 = 101;
     pub const JOINED: u16 = 102;
     pub const LEFT: u16 = 103;
@@ -67,6 +72,7 @@ mod kind {
     pub const COUNTERS_PAGE: u16 = 105;
     pub const DENIED: u16 = 106;
     pub const LIMIT_REACHED: u16 = 107;
+    pub const DONE: u16 = 108;
     pub const ERROR: u16 = 199;
 }
 
@@ -77,11 +83,29 @@ pub enum Request<'a> {
         version: u32,
         pid: u32,
     },
-    /// Join a group with the rights asked for (encoded as the plain `Join` of version 1
-    /// when both are asked, as `JoinAs` otherwise).
+    /// Join a group with the rights and options asked for (encoded as the plain `Join` of
+    /// version 1 when both rights and the default options are asked, as `JoinAs` for other
+    /// rights with the default options, as `JoinWith` otherwise: a daemon that predates
+    /// group options answers `JoinWith` with an error, never with a plain group).
     Join {
         name: &'a str,
         rights: Rights,
+        options: GroupOptions,
+    },
+    /// This client produces snapshots of ordered group `handle` for joiners (state
+    /// transfer): the daemon asks it with a `SnapshotRequest` record in the group's log.
+    SnapshotProvider {
+        handle: u32,
+    },
+    /// One piece of the snapshot at list position `position` of ordered group `handle`:
+    /// `offset` is where `bytes` go; `last` ends the snapshot (its length is
+    /// `offset + bytes.len()`). Answered with `Done` (or an error).
+    SnapshotChunk {
+        handle: u32,
+        position: u64,
+        offset: u32,
+        last: bool,
+        bytes: &'a [u8],
     },
     Leave {
         handle: u32,
@@ -127,7 +151,55 @@ pub enum Reply<'a> {
         limit: Limit,
         max: u64,
     },
+    /// A request without other answer was applied (`SnapshotProvider`, `SnapshotChunk`).
+    Done,
 }
+
+/// How a group delivers, fixed by its first joiner on a daemon (see `docs/ordered.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct GroupOptions {
+    /// One total order across all senders, the same at every member, with views in it.
+    pub ordered: bool,
+    /// Ordered groups only: a message is delivered once every member of the view holds it.
+    pub safe: bool,
+}
+
+impl GroupOptions {
+    /// A bimodal (not ordered) group.
+    pub const PLAIN: GroupOptions = GroupOptions {
+        ordered: false,
+        safe: false,
+    };
+    pub const ORDERED: GroupOptions = GroupOptions {
+        ordered: true,
+        safe: false,
+    };
+    pub const SAFE: GroupOptions = GroupOptions {
+        ordered: true,
+        safe: true,
+    };
+
+    pub fn to_u8(self) -> u8 {
+        u8::from(self.ordered) | (u8::from(self.safe) << 1)
+    }
+
+    /// Decodes an options byte: no unknown bit, `safe` only with `ordered`.
+    pub fn from_u8(bits: u8) -> Result<GroupOptions, ControlError> {
+        if bits & !3 != 0 || bits == 2 {
+            return Err(ControlError::BadOptions(bits));
+        }
+        Ok(GroupOptions {
+            ordered: bits & 1 != 0,
+            safe: bits & 2 != 0,
+        })
+    }
+}
+
+/// Longest snapshot a client may hand the daemon (the sum of its chunks).
+pub const MAX_SNAPSHOT: usize = 1 << 20;
+/// Largest `bytes` of one [`Request::SnapshotChunk`].
+pub const MAX_SNAPSHOT_CHUNK: usize = MAX_BODY - SNAPSHOT_CHUNK_HEADER;
+const SNAPSHOT_CHUNK_HEADER: usize = 4 + 8 + 4 + 1;
 
 /// What a join asks for and what the daemon granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -275,7 +347,9 @@ pub struct Joined {
     /// The rights granted ([`Rights::to_u8`]); 0 from a daemon without access lists means
     /// both.
     pub rights: u8,
-    pub reserved: [u8; 6],
+    /// The group's options ([`GroupOptions::to_u8`]; 0 from a daemon without options).
+    pub options: u8,
+    pub reserved: [u8; 5],
     /// Largest message the daemon accepts in this group (the client's `TooLarge` limit).
     pub max_message: u64,
 }
@@ -289,6 +363,11 @@ pub enum ErrorCode {
     NoSuchGroup,
     ResourceLimit,
     Internal,
+    /// The group exists on this daemon with other options than those asked for.
+    OptionsMismatch,
+    /// This daemon cannot serve the request as configured (an ordered group without a
+    /// cluster).
+    Unsupported,
     Other(u16),
 }
 
@@ -301,6 +380,8 @@ impl ErrorCode {
             ErrorCode::NoSuchGroup => 4,
             ErrorCode::ResourceLimit => 5,
             ErrorCode::Internal => 6,
+            ErrorCode::OptionsMismatch => 7,
+            ErrorCode::Unsupported => 8,
             ErrorCode::Other(n) => n,
         }
     }
@@ -313,6 +394,8 @@ impl ErrorCode {
             4 => ErrorCode::NoSuchGroup,
             5 => ErrorCode::ResourceLimit,
             6 => ErrorCode::Internal,
+            7 => ErrorCode::OptionsMismatch,
+            8 => ErrorCode::Unsupported,
             n => ErrorCode::Other(n),
         }
     }
@@ -389,14 +472,51 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&pid.to_le_bytes());
             }
-            Request::Join { name, rights } if rights == Rights::BOTH => {
+            Request::Join {
+                name,
+                rights,
+                options: GroupOptions::PLAIN,
+            } if rights == Rights::BOTH => {
                 put_header(out, kind::JOIN, name.len());
                 out.extend_from_slice(name.as_bytes());
             }
-            Request::Join { name, rights } => {
+            Request::Join {
+                name,
+                rights,
+                options: GroupOptions::PLAIN,
+            } => {
                 put_header(out, kind::JOIN_AS, 1 + name.len());
                 out.push(rights.to_u8());
                 out.extend_from_slice(name.as_bytes());
+            }
+            Request::Join {
+                name,
+                rights,
+                options,
+            } => {
+                put_header(out, kind::JOIN_WITH, 2 + name.len());
+                out.push(rights.to_u8());
+                out.push(options.to_u8());
+                out.extend_from_slice(name.as_bytes());
+            }
+            Request::SnapshotProvider { handle } => {
+                put_header(out, kind::SNAPSHOT_PROVIDER, 4);
+                out.extend_from_slice(&handle.to_le_bytes());
+            }
+            Request::SnapshotChunk {
+                handle,
+                position,
+                offset,
+                last,
+                bytes,
+            } => {
+                let bytes = &bytes[..bytes.len().min(MAX_SNAPSHOT_CHUNK)];
+                put_header(out, kind::SNAPSHOT_CHUNK, SNAPSHOT_CHUNK_HEADER + bytes.len());
+                out.extend_from_slice(&handle.to_le_bytes());
+                out.extend_from_slice(&position.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.push(u8::from(last));
+                out.extend_from_slice(bytes);
             }
             Request::Leave { handle } => {
                 put_header(out, kind::LEAVE, 4);
@@ -424,6 +544,7 @@ impl<'a> Request<'a> {
             kind::JOIN => Ok(Request::Join {
                 name: group_name(body)?,
                 rights: Rights::BOTH,
+                options: GroupOptions::PLAIN,
             }),
             kind::JOIN_AS => {
                 let (&bits, name) = body
@@ -432,6 +553,50 @@ impl<'a> Request<'a> {
                 Ok(Request::Join {
                     name: group_name(name)?,
                     rights: Rights::from_u8(bits)?,
+                    options: GroupOptions::PLAIN,
+                })
+            }
+            kind::JOIN_WITH => {
+                let fixed = body.get(..2).ok_or(ControlError::Truncated {
+                    got: body.len(),
+                    need: 3,
+                })?;
+                Ok(Request::Join {
+                    rights: Rights::from_u8(fixed[0])?,
+                    options: GroupOptions::from_u8(fixed[1])?,
+                    name: group_name(&body[2..])?,
+                })
+            }
+            kind::SNAPSHOT_PROVIDER => {
+                exact(body, 4)?;
+                Ok(Request::SnapshotProvider {
+                    handle: u32_at(body, 0)?,
+                })
+            }
+            kind::SNAPSHOT_CHUNK => {
+                if body.len() < SNAPSHOT_CHUNK_HEADER {
+                    return Err(ControlError::Truncated {
+                        got: body.len(),
+                        need: SNAPSHOT_CHUNK_HEADER,
+                    });
+                }
+                let position = u64::from(u32_at(body, 4)?) | (u64::from(u32_at(body, 8)?) << 32);
+                let last = match body[16] {
+                    0 => false,
+                    1 => true,
+                    code => {
+                        return Err(ControlError::UnknownCode {
+                            what: "snapshot chunk flag",
+                            code: code.into(),
+                        })
+                    }
+                };
+                Ok(Request::SnapshotChunk {
+                    handle: u32_at(body, 0)?,
+                    position,
+                    offset: u32_at(body, 12)?,
+                    last,
+                    bytes: &body[SNAPSHOT_CHUNK_HEADER..],
                 })
             }
             kind::LEAVE => {
@@ -520,6 +685,7 @@ impl<'a> Reply<'a> {
                 out.extend_from_slice(&limit.to_u16().to_le_bytes());
                 out.extend_from_slice(&max.to_le_bytes());
             }
+            Reply::Done => put_header(out, kind::DONE, 0),
         }
     }
 
@@ -543,6 +709,10 @@ impl<'a> Reply<'a> {
             kind::LEFT => {
                 exact(body, 0)?;
                 Ok(Reply::Left)
+            }
+            kind::DONE => {
+                exact(body, 0)?;
+                Ok(Reply::Done)
             }
             kind::COUNTERS_PAGE => {
                 exact(body, 8)?;
@@ -616,7 +786,7 @@ mod tests {
     }
 
     fn request_strategy() -> impl Strategy<Value = (u8, u32, u32, String)> {
-        (0u8..5, any::<u32>(), any::<u32>(), name_strategy())
+        (0u8..7, any::<u32>(), any::<u32>(), name_strategy())
     }
 
     fn build_request(k: u8, a: u32, b: u32, name: &str) -> Request<'_> {
@@ -625,9 +795,18 @@ mod tests {
             1 => Request::Join {
                 name,
                 rights: Rights::from_u8((a % 3 + 1) as u8).unwrap(),
+                options: [GroupOptions::PLAIN, GroupOptions::ORDERED, GroupOptions::SAFE][b as usize % 3],
             },
             2 => Request::Leave { handle: a },
             3 => Request::Counters { shard: b },
+            4 => Request::SnapshotProvider { handle: a },
+            5 => Request::SnapshotChunk {
+                handle: a,
+                position: (u64::from(b) << 7) | u64::from(a),
+                offset: b,
+                last: a.is_multiple_of(2),
+                bytes: name.as_bytes(),
+            },
             _ => Request::Status,
         }
     }
@@ -642,15 +821,16 @@ mod tests {
         }
 
         #[test]
-        fn replies_round_trip(k in 0u8..8, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
+        fn replies_round_trip(k in 0u8..9, a in any::<u32>(), b in any::<u64>(), text in "\\PC{0,200}") {
             let reply = match k {
                 0 => Reply::Welcome { version: a, session_id: a ^ 1, node_id: 7, shards: 2 },
-                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, rights: 3, reserved: [0; 6], max_message: b / 3 }),
+                1 => Reply::Joined(Joined { pub_capacity: b, log_capacity: b / 2, handle: a, shard: 1, new_shard: 1, rights: 3, options: (a % 4) as u8, reserved: [0; 5], max_message: b / 3 }),
                 2 => Reply::Left,
                 3 => Reply::StatusText(&text),
                 4 => Reply::CountersPage { shard: a, count: a / 3 },
                 5 => Reply::Denied { uid: a, right: Right::from_u8((a % 3) as u8).unwrap(), group: clip(&text, MAX_GROUP_NAME), rule: "orders.*" },
                 6 => Reply::LimitReached { limit: Limit::ALL[a as usize % Limit::ALL.len()], max: b },
+                7 => Reply::Done,
                 _ => Reply::Error { code: ErrorCode::from_u16((a % 8) as u16), text: &text },
             };
             let mut buf = Vec::new();
@@ -733,9 +913,56 @@ mod tests {
             Request::decode(&join_as),
             Ok(Request::Join {
                 name: "ab",
-                rights: Rights::SUBSCRIBE
+                rights: Rights::SUBSCRIBE,
+                options: GroupOptions::PLAIN
             })
         );
         assert!(validate_group_name("prices.eu").is_ok());
+    }
+
+    #[test]
+    fn group_options_keep_old_joins_and_refuse_nonsense() {
+        // Default options still encode as the version-1 requests.
+        let mut plain = Vec::new();
+        Request::Join {
+            name: "g",
+            rights: Rights::BOTH,
+            options: GroupOptions::PLAIN,
+        }
+        .encode(&mut plain);
+        assert_eq!(u16::from_le_bytes([plain[4], plain[5]]), kind::JOIN);
+        let mut with = Vec::new();
+        put_header(&mut with, kind::JOIN_WITH, 3);
+        with.extend_from_slice(&[3, 2, b'g']);
+        assert_eq!(Request::decode(&with), Err(ControlError::BadOptions(2)));
+        with[HEADER_LEN + 1] = 4;
+        assert_eq!(Request::decode(&with), Err(ControlError::BadOptions(4)));
+        with[HEADER_LEN + 1] = 3;
+        assert_eq!(
+            Request::decode(&with),
+            Ok(Request::Join {
+                name: "g",
+                rights: Rights::BOTH,
+                options: GroupOptions::SAFE
+            })
+        );
+        let mut short = Vec::new();
+        put_header(&mut short, kind::JOIN_WITH, 2);
+        short.extend_from_slice(&[3, 1]);
+        assert_eq!(Request::decode(&short), Err(ControlError::BadGroupName));
+        let mut chunk = Vec::new();
+        put_header(&mut chunk, kind::SNAPSHOT_CHUNK, SNAPSHOT_CHUNK_HEADER);
+        chunk.extend_from_slice(&[0; SNAPSHOT_CHUNK_HEADER]);
+        chunk[HEADER_LEN + 16] = 2;
+        assert!(matches!(
+            Request::decode(&chunk),
+            Err(ControlError::UnknownCode { .. })
+        ));
+        chunk.truncate(HEADER_LEN + 10);
+        chunk[8..12].copy_from_slice(&10u32.to_le_bytes());
+        assert!(matches!(
+            Request::decode(&chunk),
+            Err(ControlError::Truncated { .. })
+        ));
     }
 }

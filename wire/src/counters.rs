@@ -115,6 +115,43 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "idle_spins",
         "empty passes the shard spun before parking (backoff idle strategy)",
     ),
+    (
+        "ordered_submitted",
+        "messages of local clients handed to ordered groups' total order",
+    ),
+    (
+        "ordered_delivered",
+        "messages of ordered groups appended to local logs in the total order",
+    ),
+    (
+        "ordered_full",
+        "times an ordered group refused a message for now (the frame stays in the client's publish ring: back pressure)",
+    ),
+    ("ordered_views", "views of ordered groups appended to local logs"),
+    (
+        "snapshot_requests",
+        "snapshots asked of this daemon's applications for joiners of ordered groups",
+    ),
+    (
+        "snapshots_empty",
+        "snapshot requests answered with an empty snapshot: no local provider, or none answered within 5 s",
+    ),
+    (
+        "snapshots_installed",
+        "snapshots installed by this daemon as a joiner of an ordered group",
+    ),
+    (
+        "ordered_minority",
+        "times an ordered group on this shard found itself outside a majority (it delivers nothing new)",
+    ),
+    (
+        "ordered_removed",
+        "times this daemon was removed from an ordered group's view (suspected, lagging)",
+    ),
+    (
+        "ordered_dropped",
+        "ordered-group records this shard could not append (too large for the log; counted, never silent)",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

@@ -95,7 +95,11 @@ impl RawSession {
     }
 
     pub fn join(&mut self, name: &str, rights: Rights) -> Result<RawJoin, String> {
-        let (reply, fds) = self.call(&Request::Join { name, rights })?;
+        let (reply, fds) = self.call(&Request::Join {
+            name,
+            rights,
+            options: Default::default(),
+        })?;
         match Reply::decode(&reply).map_err(|e| e.to_string())? {
             Reply::Joined(joined) => Ok(RawJoin { joined, fds }),
             other => Err(format!("{other:?}")),
@@ -244,6 +248,7 @@ fn receive_own(
             Event::Message { .. } => {}
             Event::Lagged { missed } => failure = Some(format!("lagged by {missed}")),
             Event::Lost { .. } => failure = Some("a local group lost a message".into()),
+            other => failure = Some(format!("a plain group delivered {other:?}")),
         })
         .map_err(|e| e.to_string())?;
     failure.map_or(Ok(()), Err)

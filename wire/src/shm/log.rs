@@ -38,6 +38,16 @@ use super::OfferError;
 const HDR: usize = LOG_RECORD_HEADER_LEN;
 /// Flag of a data record that is a [`LogEvent::Lost`] notice (payload: the count, u64 LE).
 const FLAG_LOST: u16 = 1;
+/// Flag of a data record that is a [`LogEvent::View`] of an ordered group (payload:
+/// [`ViewRecord`]'s encoding).
+const FLAG_VIEW: u16 = 2;
+/// Flag of a data record that is a [`LogEvent::Installed`] snapshot of an ordered group
+/// (payload: the list position, u64 LE, then the snapshot's bytes).
+const FLAG_INSTALLED: u16 = 4;
+/// Flag of a data record that is a [`LogEvent::SnapshotRequest`] (payload: the position).
+const FLAG_SNAPSHOT_REQUEST: u16 = 8;
+/// Fixed part of a view record: id, then the member, joined and left counts (u32 each).
+const VIEW_FIXED: usize = 8 + 3 * 4;
 /// Tag of a next-record marker (positions stay below 2^63: 292 years at 1 GB/s).
 const MARK: u64 = 1 << 63;
 /// Attach retries while the writer laps the ring under our feet.
@@ -305,6 +315,61 @@ impl LogWriter {
         self.append_data(FLAG_LOST, sender, &count.to_le_bytes())
     }
 
+    /// Appends a view of an ordered group, at its place among the messages: its id (the
+    /// list position of its entry), its members, who joined and who left with the reason
+    /// (a [`LeftReason`] code). `TooLarge` if it does not fit one record.
+    pub fn append_view(
+        &mut self,
+        id: u64,
+        members: &[u32],
+        joined: &[u32],
+        left: &[(u32, u32)],
+    ) -> Result<u64, OfferError> {
+        let len = VIEW_FIXED + 4 * (members.len() + joined.len()) + 8 * left.len();
+        if len > self.log.max_payload {
+            return Err(OfferError::TooLarge {
+                len,
+                max: self.log.max_payload,
+            });
+        }
+        // Views are rare (not the data path): one allocation each is fine.
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&id.to_le_bytes());
+        for n in [members.len(), joined.len(), left.len()] {
+            bytes.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        for &m in members.iter().chain(joined) {
+            bytes.extend_from_slice(&m.to_le_bytes());
+        }
+        for &(node, reason) in left {
+            bytes.extend_from_slice(&node.to_le_bytes());
+            bytes.extend_from_slice(&reason.to_le_bytes());
+        }
+        Ok(self.append_data(FLAG_VIEW, 0, &bytes))
+    }
+
+    /// Appends the snapshot an ordered group's joiner installed at list position
+    /// `position` (`TooLarge` if it does not fit one record).
+    pub fn append_installed(&mut self, position: u64, snapshot: &[u8]) -> Result<u64, OfferError> {
+        let len = 8 + snapshot.len();
+        if len > self.log.max_payload {
+            return Err(OfferError::TooLarge {
+                len,
+                max: self.log.max_payload,
+            });
+        }
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&position.to_le_bytes());
+        bytes.extend_from_slice(snapshot);
+        Ok(self.append_data(FLAG_INSTALLED, 0, &bytes))
+    }
+
+    /// Asks the group's snapshot provider for its state at list position `position` (the
+    /// group delivers nothing more until it answers).
+    pub fn append_snapshot_request(&mut self, position: u64) -> u64 {
+        self.append_data(FLAG_SNAPSHOT_REQUEST, 0, &position.to_le_bytes())
+    }
+
     /// Appends a data record (`payload` within `max_payload`), padding to the ring's end
     /// first when it does not fit before it; returns its seq.
     #[inline(always)]
@@ -431,6 +496,114 @@ pub enum LogEvent<'a> {
     /// `count` messages of `sender` were lost in the cluster (not repairable within the
     /// retention bound): every member learns of them once, instead of a silent gap.
     Lost { sender: u64, count: u64 },
+    /// Ordered groups: the view changed here, at the same point of the order at every
+    /// member.
+    View(ViewRecord<'a>),
+    /// Ordered groups: the state this daemon's members start from, produced by a member's
+    /// application at list position `position` (empty if no application provided one);
+    /// messages after that position follow.
+    Installed { position: u64, snapshot: &'a [u8] },
+    /// Ordered groups: a joiner needs the application's state at list position
+    /// `position`, i.e. as it is now (nothing after it is delivered until it is given).
+    /// `tutti_client` answers it from the snapshot provider.
+    SnapshotRequest { position: u64 },
+}
+
+/// Why a member left an ordered group's view (codes of [`LogWriter::append_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftReason {
+    /// It left on its own.
+    Left,
+    /// The failure detector suspected it (crashed or cut off).
+    Suspected,
+    /// It fell further behind than the group's memory budget.
+    Lagging,
+    /// A code this build does not know.
+    Other(u32),
+}
+
+impl LeftReason {
+    pub fn code(self) -> u32 {
+        match self {
+            LeftReason::Left => 1,
+            LeftReason::Suspected => 2,
+            LeftReason::Lagging => 3,
+            LeftReason::Other(n) => n,
+        }
+    }
+
+    pub fn from_code(n: u32) -> LeftReason {
+        match n {
+            1 => LeftReason::Left,
+            2 => LeftReason::Suspected,
+            3 => LeftReason::Lagging,
+            n => LeftReason::Other(n),
+        }
+    }
+}
+
+/// A view record of an ordered group, validated (counts agree with its length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewRecord<'a> {
+    /// The view's id: the list position of the entry that made it.
+    pub id: u64,
+    members: &'a [u8],
+    joined: &'a [u8],
+    left: &'a [u8],
+}
+
+impl<'a> ViewRecord<'a> {
+    /// Parses a view record's payload; `None` if its counts do not match its length.
+    pub fn parse(payload: &'a [u8]) -> Option<ViewRecord<'a>> {
+        let fixed = payload.get(..VIEW_FIXED)?;
+        let word =
+            |at: usize| u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]]) as usize;
+        let id = u64::from_le_bytes(fixed[..8].try_into().ok()?);
+        let (m, j, l) = (word(8), word(12), word(16));
+        let len = m
+            .checked_add(j)?
+            .checked_mul(4)?
+            .checked_add(l.checked_mul(8)?)?
+            .checked_add(VIEW_FIXED)?;
+        if len != payload.len() {
+            return None;
+        }
+        let rest = &payload[VIEW_FIXED..];
+        let (members, rest) = rest.split_at(4 * m);
+        let (joined, left) = rest.split_at(4 * j);
+        Some(ViewRecord {
+            id,
+            members,
+            joined,
+            left,
+        })
+    }
+
+    fn words(bytes: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
+        bytes
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    }
+
+    /// The members of the new view (node ids), in list order of their joins.
+    pub fn members(&self) -> impl Iterator<Item = u32> + 'a {
+        Self::words(self.members)
+    }
+
+    /// Members that joined with this view.
+    pub fn joined(&self) -> impl Iterator<Item = u32> + 'a {
+        Self::words(self.joined)
+    }
+
+    /// Members that left with this view, and why.
+    pub fn left(&self) -> impl Iterator<Item = (u32, LeftReason)> + 'a {
+        self.left.chunks_exact(8).map(|w| {
+            (
+                u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+                LeftReason::from_code(u32::from_le_bytes([w[4], w[5], w[6], w[7]])),
+            )
+        })
+    }
 }
 
 /// A corrupt delivery log (a faulty or hostile writer). The reader must not be used again.
@@ -454,6 +627,12 @@ pub enum ReadError {
     },
     #[error("log head {head} is misaligned or beyond tail_intent {intent}")]
     BadHead { head: u64, intent: u64 },
+    #[error("log record at position {position} with flags {flags:#06x} is malformed: {what}")]
+    BadRecord {
+        position: u64,
+        flags: u16,
+        what: &'static str,
+    },
 }
 
 /// A member's cursor on a delivery log (over a read-only mapping).
@@ -516,6 +695,28 @@ impl LogReader {
         Err(LayoutError::BadIndex {
             what: "no stable next-record marker at the log tail",
         })
+    }
+
+    /// Attaches a reader at the log's first record when the writer has overwritten
+    /// nothing yet (`head` still 0): it sees every record ever appended, in order; else at
+    /// the tail, as [`attach`](Self::attach). Returns whether it starts at the beginning.
+    /// Ordered groups use it: a member's state is the log's whole history (its installed
+    /// snapshot, views and messages), so a local member that joins later rebuilds the same
+    /// state from it, and the first one sees the records appended before it attached.
+    ///
+    /// # Safety
+    /// As [`attach`](Self::attach).
+    pub unsafe fn attach_from_start(base: *const u8, len: usize) -> Result<(Self, bool), LayoutError> {
+        // SAFETY: caller's contract.
+        let mut reader = unsafe { Self::attach(base, len)? };
+        if reader.log.head().load(Acquire) == 0 {
+            // The first record (or the marker) is at 0 with seq 0; if the writer laps us
+            // meanwhile, poll notices and reports `Lagged` as for any reader.
+            reader.cursor = 0;
+            reader.expected_seq = 0;
+            return Ok((reader, true));
+        }
+        Ok((reader, false))
     }
 
     /// Largest payload a record can carry.
@@ -664,23 +865,58 @@ impl LogReader {
                     found,
                 }));
             }
-            if header.flags & FLAG_LOST != 0 && len == 8 {
-                let mut count = [0u8; 8];
-                count.copy_from_slice(&self.scratch[..8]);
-                f(LogEvent::Lost {
-                    sender: header.sender,
-                    count: u64::from_le_bytes(count),
-                });
-            } else {
-                f(LogEvent::Message {
+            let payload = &self.scratch[..len];
+            let position_word = || {
+                payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+            };
+            let bad = |what| ReadError::BadRecord {
+                position: cursor,
+                flags: header.flags,
+                what,
+            };
+            let event = match header.flags {
+                0 => LogEvent::Message {
                     seq: header.seq,
                     sender: header.sender,
-                    payload: &self.scratch[..len],
-                });
-            }
+                    payload,
+                },
+                FLAG_LOST => match position_word().filter(|_| len == 8) {
+                    Some(count) => LogEvent::Lost {
+                        sender: header.sender,
+                        count,
+                    },
+                    None => return Err(self.fail(bad("a lost notice carries 8 bytes"))),
+                },
+                FLAG_VIEW => match ViewRecord::parse(payload) {
+                    Some(view) => LogEvent::View(view),
+                    None => return Err(self.fail(bad("view counts disagree with its length"))),
+                },
+                FLAG_INSTALLED => match position_word() {
+                    Some(position) => LogEvent::Installed {
+                        position,
+                        snapshot: &payload[8..],
+                    },
+                    None => return Err(self.fail(bad("an installed snapshot starts with its position"))),
+                },
+                FLAG_SNAPSHOT_REQUEST => match position_word().filter(|_| len == 8) {
+                    Some(position) => LogEvent::SnapshotRequest { position },
+                    None => return Err(self.fail(bad("a snapshot request carries 8 bytes"))),
+                },
+                _ => return Err(self.fail(bad("unknown flags"))),
+            };
+            let stop = matches!(event, LogEvent::SnapshotRequest { .. });
+            f(event);
             events += 1;
             self.expected_seq = header.seq.wrapping_add(1);
             self.cursor = cursor + size;
+            if stop {
+                // The application's state must be taken exactly here: end the batch so
+                // the caller answers before it handles anything after the request.
+                break;
+            }
         }
         Ok(events)
     }

@@ -390,6 +390,21 @@ impl PublishConsumer {
     /// the same error). Frames before the bad one were delivered and released.
     #[inline]
     pub fn poll(&mut self, limit: usize, mut f: impl FnMut(u32, &[u8])) -> Result<usize, FrameError> {
+        self.poll_while(limit, |group, payload| {
+            f(group, payload);
+            true
+        })
+    }
+
+    /// Like [`poll`](Self::poll), but `f` may refuse a frame (back pressure downstream):
+    /// when it returns `false` the frame stays in the ring, unreleased, and the poll stops;
+    /// the next poll offers it again. Returns the frames taken.
+    #[inline]
+    pub fn poll_while(
+        &mut self,
+        limit: usize,
+        mut f: impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<usize, FrameError> {
         if let Some(error) = self.failed {
             return Err(error);
         }
@@ -425,7 +440,11 @@ impl PublishConsumer {
     }
 
     #[inline(always)]
-    fn read_frames(&mut self, limit: usize, f: &mut impl FnMut(u32, &[u8])) -> Result<usize, FrameError> {
+    fn read_frames(
+        &mut self,
+        limit: usize,
+        f: &mut impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<usize, FrameError> {
         let ring = self.ring;
         let capacity = ring.capacity as u64;
         let mut delivered = 0;
@@ -493,13 +512,17 @@ impl PublishConsumer {
                 // and below the validated tail; this process never writes the publish data
                 // area from the consumer side, and the borrow ends before head is released.
                 let payload = unsafe { ring.region.slice(off + HDR, len) };
-                f(header.group, payload);
+                if !f(header.group, payload) {
+                    break;
+                }
             }
             #[cfg(loom)]
             {
                 // SAFETY: as above; copied out instead of borrowed.
                 unsafe { ring.region.read(off + HDR, &mut self.staging[..len]) };
-                f(header.group, &self.staging[..len]);
+                if !f(header.group, &self.staging[..len]) {
+                    break;
+                }
             }
             self.head = position + size;
             delivered += 1;

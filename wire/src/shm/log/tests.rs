@@ -22,9 +22,31 @@ fn reader(region: &AlignedRegion) -> LogReader {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
-    Message { seq: u64, sender: u64, payload: Vec<u8> },
-    Lagged { missed: u64 },
-    Lost { sender: u64, count: u64 },
+    Message {
+        seq: u64,
+        sender: u64,
+        payload: Vec<u8>,
+    },
+    Lagged {
+        missed: u64,
+    },
+    Lost {
+        sender: u64,
+        count: u64,
+    },
+    View {
+        id: u64,
+        members: Vec<u32>,
+        joined: Vec<u32>,
+        left: Vec<(u32, LeftReason)>,
+    },
+    Installed {
+        position: u64,
+        snapshot: Vec<u8>,
+    },
+    SnapshotRequest {
+        position: u64,
+    },
 }
 
 fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
@@ -39,6 +61,17 @@ fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
                 },
                 LogEvent::Lagged { missed } => Event::Lagged { missed },
                 LogEvent::Lost { sender, count } => Event::Lost { sender, count },
+                LogEvent::View(v) => Event::View {
+                    id: v.id,
+                    members: v.members().collect(),
+                    joined: v.joined().collect(),
+                    left: v.left().collect(),
+                },
+                LogEvent::Installed { position, snapshot } => Event::Installed {
+                    position,
+                    snapshot: snapshot.to_vec(),
+                },
+                LogEvent::SnapshotRequest { position } => Event::SnapshotRequest { position },
             })
         })
         .expect("poll");
@@ -355,7 +388,7 @@ fn threads_reader_never_sees_torn_payloads() {
                         expected += missed;
                         lags += 1;
                     }
-                    LogEvent::Lost { .. } => panic!("no Lost notice was written"),
+                    other => panic!("only messages were written: {other:?}"),
                 })
                 .unwrap();
             if n == 0 {
@@ -420,7 +453,7 @@ proptest! {
                                 prop_assert!(w.head() > cursor, "lagged at {} with head {}", cursor, w.head());
                                 expected += missed;
                             }
-                            Event::Lost { .. } => prop_assert!(false, "no Lost notice was written"),
+                            other => prop_assert!(false, "only messages were written: {:?}", other),
                         }
                     }
                     prop_assert!(expected <= w.next_seq());
@@ -433,7 +466,7 @@ proptest! {
             match e {
                 Event::Message { seq, .. } => { prop_assert_eq!(seq, expected); expected += 1; }
                 Event::Lagged { missed } => expected += missed,
-                Event::Lost { .. } => prop_assert!(false, "no Lost notice was written"),
+                other => prop_assert!(false, "only messages were written: {:?}", other),
             }
         }
         prop_assert_eq!(expected, w.next_seq());
@@ -508,4 +541,202 @@ fn lost_notices_are_delivered_in_stream_order() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn views_snapshots_and_requests_take_their_place_among_messages() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    assert_eq!(w.append_installed(9, b"state").unwrap(), 0);
+    w.append(1, b"m1").unwrap();
+    w.append_view(12, &[256, 512, 768], &[768], &[(1024, 2), (1280, 77)])
+        .unwrap();
+    w.append(2, b"m2").unwrap();
+    w.append_snapshot_request(14);
+    w.append(3, b"m3").unwrap();
+    // The batch ends at the snapshot request: the application answers it before it sees
+    // anything after it.
+    let first = poll_all(&mut r, 16);
+    assert_eq!(
+        first,
+        vec![
+            Event::Installed {
+                position: 9,
+                snapshot: b"state".to_vec()
+            },
+            Event::Message {
+                seq: 1,
+                sender: 1,
+                payload: b"m1".to_vec()
+            },
+            Event::View {
+                id: 12,
+                members: vec![256, 512, 768],
+                joined: vec![768],
+                left: vec![(1024, LeftReason::Suspected), (1280, LeftReason::Other(77))],
+            },
+            Event::Message {
+                seq: 3,
+                sender: 2,
+                payload: b"m2".to_vec()
+            },
+            Event::SnapshotRequest { position: 14 },
+        ]
+    );
+    assert_eq!(
+        poll_all(&mut r, 16),
+        vec![Event::Message {
+            seq: 5,
+            sender: 3,
+            payload: b"m3".to_vec()
+        }]
+    );
+    // An empty view and an empty snapshot are fine; one too large for a record is refused.
+    w.append_view(0, &[], &[], &[]).unwrap();
+    w.append_installed(0, &[]).unwrap();
+    assert!(matches!(
+        w.append_installed(0, &[0; 4096]),
+        Err(OfferError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        w.append_view(0, &[1; 600], &[], &[]),
+        Err(OfferError::TooLarge { .. })
+    ));
+    assert_eq!(poll_all(&mut r, 16).len(), 2);
+}
+
+#[test]
+fn malformed_ordered_records_are_errors() {
+    let d = 4096;
+    // (what the writer appends, how it is damaged, the error's text)
+    type Damage = Box<dyn Fn(&mut [u8])>;
+    let cases: Vec<(u16, Damage, &str)> = vec![
+        // A view whose member count claims more than its length holds.
+        (
+            FLAG_VIEW,
+            Box::new(move |b| b[d + 32 + 8..d + 32 + 12].copy_from_slice(&3u32.to_le_bytes())),
+            "view counts",
+        ),
+        // A count whose byte length overflows.
+        (
+            FLAG_VIEW,
+            Box::new(move |b| b[d + 32 + 16..d + 32 + 20].copy_from_slice(&u32::MAX.to_le_bytes())),
+            "view counts",
+        ),
+        // A lost notice, an installed snapshot or a request of the wrong length.
+        (
+            FLAG_LOST,
+            Box::new(move |b| b[d + 16..d + 20].copy_from_slice(&4u32.to_le_bytes())),
+            "8 bytes",
+        ),
+        (
+            FLAG_INSTALLED,
+            Box::new(move |b| b[d + 16..d + 20].copy_from_slice(&7u32.to_le_bytes())),
+            "position",
+        ),
+        (
+            FLAG_SNAPSHOT_REQUEST,
+            Box::new(move |b| b[d + 16..d + 20].copy_from_slice(&16u32.to_le_bytes())),
+            "8 bytes",
+        ),
+        // Flags no writer sets, or two kinds at once.
+        (0, Box::new(move |b| b[d + 22] = 16), "unknown flags"),
+        (FLAG_VIEW, Box::new(move |b| b[d + 22] = 6), "unknown flags"),
+    ];
+    for (kind, damage, text) in cases {
+        let mut region = log(4096);
+        let mut w = writer(&region);
+        let mut r = reader(&region);
+        match kind {
+            FLAG_VIEW => {
+                w.append_view(1, &[5], &[], &[(6, 1)]).unwrap();
+            }
+            FLAG_LOST => {
+                w.append_lost(1, 1);
+            }
+            FLAG_INSTALLED => {
+                w.append_installed(1, b"ab").unwrap();
+            }
+            FLAG_SNAPSHOT_REQUEST => {
+                w.append_snapshot_request(1);
+            }
+            _ => {
+                w.append(1, &[0; 24]).unwrap();
+            }
+        }
+        damage(region.bytes_mut());
+        let err = r.poll(10, |e| panic!("delivered {e:?}")).unwrap_err();
+        assert!(
+            matches!(err, ReadError::BadRecord { position: 0, .. }) && err.to_string().contains(text),
+            "{err}"
+        );
+        assert_eq!(r.poll(10, |_| {}).unwrap_err(), err, "sticky");
+    }
+}
+
+proptest! {
+    /// Any view the writer can encode reads back the same; any damage to its bytes is
+    /// refused or reads back as some well-formed view, never a panic.
+    #[test]
+    fn views_round_trip_and_damage_never_panics(
+        id in any::<u64>(),
+        members in prop::collection::vec(any::<u32>(), 0..40),
+        joined in prop::collection::vec(any::<u32>(), 0..8),
+        left in prop::collection::vec((any::<u32>(), 1u32..4), 0..8),
+        at in any::<usize>(),
+        flip in 1u8..=255,
+    ) {
+        let region = log(4096);
+        let mut w = writer(&region);
+        let mut r = reader(&region);
+        w.append_view(id, &members, &joined, &left).unwrap();
+        let got = poll_all(&mut r, 4);
+        let left_reasons: Vec<_> = left.iter().map(|&(n, c)| (n, LeftReason::from_code(c))).collect();
+        prop_assert_eq!(got, vec![Event::View { id, members: members.clone(), joined: joined.clone(), left: left_reasons }]);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&id.to_le_bytes());
+        for n in [members.len(), joined.len(), left.len()] {
+            bytes.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        for m in members.iter().chain(&joined) {
+            bytes.extend_from_slice(&m.to_le_bytes());
+        }
+        for (n, c) in &left {
+            bytes.extend_from_slice(&n.to_le_bytes());
+            bytes.extend_from_slice(&c.to_le_bytes());
+        }
+        let at = at % bytes.len();
+        bytes[at] ^= flip;
+        if let Some(v) = ViewRecord::parse(&bytes) {
+            prop_assert_eq!(VIEW_FIXED + 4 * (v.members().count() + v.joined().count()) + 8 * v.left().count(), bytes.len());
+        }
+        for cut in 0..bytes.len() {
+            let _ = ViewRecord::parse(&bytes[..cut]).map(|v| v.members().count());
+        }
+    }
+}
+
+#[test]
+fn a_reader_from_the_start_sees_the_whole_history_until_the_log_wraps() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    w.append_view(1, &[256], &[256], &[]).unwrap();
+    w.append(1, b"first").unwrap();
+    // SAFETY: the region outlives the reader.
+    let (mut r, from_start) = unsafe { LogReader::attach_from_start(region.ptr(), region.len()) }.unwrap();
+    assert!(from_start);
+    let events = poll_all(&mut r, 16);
+    assert_eq!(events.len(), 2);
+    assert!(matches!(events[0], Event::View { id: 1, .. }));
+    // Once the writer overwrote the beginning, a new reader starts at the tail.
+    for _ in 0..200 {
+        append(&mut w, 40);
+    }
+    // SAFETY: as above.
+    let (mut late, from_start) = unsafe { LogReader::attach_from_start(region.ptr(), region.len()) }.unwrap();
+    assert!(!from_start);
+    assert!(poll_all(&mut late, 16).is_empty());
+    // The first reader, lapped meanwhile, learns it.
+    assert!(matches!(poll_all(&mut r, 1)[..], [Event::Lagged { .. }]));
 }

@@ -56,6 +56,29 @@ fn offer_then_poll_delivers_in_order() {
 }
 
 #[test]
+fn a_refused_frame_stays_in_the_ring_until_taken() {
+    let region = ring(4096);
+    let (mut producer, mut consumer) = ends(&region);
+    for i in 0..3u8 {
+        producer.offer(1, &[i; 24]).unwrap();
+    }
+    // Take the first, refuse the second: the poll stops there and releases only the first.
+    let mut seen = Vec::new();
+    let taken = consumer
+        .poll_while(10, |_, payload| {
+            seen.push(payload[0]);
+            payload[0] == 0
+        })
+        .unwrap();
+    assert_eq!((taken, seen), (1, vec![0, 1]));
+    assert!(consumer.has_pending() && !producer.is_drained());
+    // Refused again: still there, nothing released.
+    assert_eq!(consumer.poll_while(10, |_, _| false).unwrap(), 0);
+    assert_eq!(drain(&mut consumer), vec![(1, vec![1; 24]), (1, vec![2; 24])]);
+    assert!(producer.is_drained());
+}
+
+#[test]
 fn poll_respects_limit() {
     let region = ring(4096);
     let (mut producer, mut consumer) = ends(&region);

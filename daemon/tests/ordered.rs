@@ -1,0 +1,629 @@
+//! Ordered groups end to end: `tuttid`s on loopback (127.0.X.1, ...) forming a cluster,
+//! clients joining with `GroupOptions { ordered: true, .. }`. One total order at every
+//! member, FIFO per sender, the same view at the same point after a kill -9, and a daemon
+//! that rejoins gets a view and a snapshot, then the messages after it.
+
+mod common;
+#[path = "common/raw.rs"]
+mod raw;
+
+use common::{eventually, Daemon};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tutti_client::{Client, Error, Event, GroupOptions, IdleStrategy, LeftReason, Rights};
+use tutti_wire::control::{Reply, Request};
+
+const WAIT: Duration = Duration::from_secs(90);
+const BASE_PORT: u16 = 17400;
+
+fn ip(subnet: u8, i: usize) -> String {
+    format!("127.0.{subnet}.{}", i + 1)
+}
+
+/// Starts daemon `i` of an `n`-daemon cluster on 127.0.`subnet`.0/24 (every daemon seeded
+/// with all of them; the suspicion timeout short, so a kill is noticed within seconds).
+fn start_daemon(tag: &str, subnet: u8, i: usize, n: usize) -> Daemon {
+    let dir = common::temp_dir(&format!("{tag}-cfg{i}"));
+    let config = dir.join("tuttid.toml");
+    let seeds: Vec<String> = (0..n)
+        .map(|j| format!("\"{}@{}\"", j + 1, ip(subnet, j)))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 1500\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
+            i + 1,
+            seeds.join(", "),
+            ip(subnet, i),
+        ),
+    )
+    .unwrap();
+    Daemon::start(&format!("{tag}-{i}"), &["--config", config.to_str().unwrap()])
+}
+
+/// What a subscriber saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rec {
+    /// (publisher tag, index)
+    Msg(u32, u64),
+    /// (view id, members as daemon ids, left as (daemon id, reason))
+    View(u64, Vec<u32>, Vec<(u32, LeftReason)>),
+    Installed(u64, Vec<u8>),
+    SnapshotRequest(u64),
+}
+
+fn message(publisher: u32, index: u64) -> Vec<u8> {
+    let mut m = format!("{publisher}:{index}:").into_bytes();
+    m.resize(48, b'.');
+    m
+}
+
+fn parse(payload: &[u8]) -> (u32, u64) {
+    let text = std::str::from_utf8(payload).expect("utf-8 payload");
+    let mut parts = text.split(':');
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    )
+}
+
+/// The state a provider hands a joiner: the number of messages it delivered, then 10,000
+/// bytes of pattern (so the snapshot travels in several control-socket chunks).
+fn snapshot(delivered: u64) -> Vec<u8> {
+    let mut s = delivered.to_le_bytes().to_vec();
+    s.extend((0..10_000u32).map(|i| (i % 251) as u8));
+    s
+}
+
+/// A subscriber thread on one daemon; with `provide`, it registers a snapshot provider
+/// whose state is the number of messages it delivered so far.
+struct Subscriber {
+    recs: Arc<Mutex<Vec<Rec>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Subscriber {
+    fn start(daemon: &Daemon, group: &str, provide: bool) -> Subscriber {
+        let recs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut client = daemon.client();
+        let g = client
+            .join_with(group, Rights::SUBSCRIBE, GroupOptions::ORDERED)
+            .expect("ordered join");
+        let delivered = Arc::new(AtomicU64::new(0));
+        if provide {
+            let delivered = Arc::clone(&delivered);
+            client
+                .set_snapshot_provider(g, move |_position| snapshot(delivered.load(Ordering::Relaxed)))
+                .expect("provider");
+        }
+        let (r, s) = (Arc::clone(&recs), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                client
+                    .poll_blocking(g, 256, IdleStrategy::Backoff, Duration::from_millis(50), |e| {
+                        let rec = match e {
+                            Event::Message { payload, .. } => {
+                                delivered.fetch_add(1, Ordering::Relaxed);
+                                let (p, i) = parse(payload);
+                                Rec::Msg(p, i)
+                            }
+                            Event::View(v) => Rec::View(
+                                v.id,
+                                v.members().map(|m| m >> 8).collect(),
+                                v.left().map(|(m, why)| (m >> 8, why)).collect(),
+                            ),
+                            Event::Installed { position, snapshot } => {
+                                Rec::Installed(position, snapshot.to_vec())
+                            }
+                            Event::SnapshotRequest { position } => Rec::SnapshotRequest(position),
+                            other => panic!("unexpected event in an ordered group: {other:?}"),
+                        };
+                        r.lock().unwrap().push(rec);
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        Subscriber {
+            recs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn recs(&self) -> Vec<Rec> {
+        self.recs.lock().unwrap().clone()
+    }
+
+    fn messages(&self) -> usize {
+        self.recs().iter().filter(|r| matches!(r, Rec::Msg(..))).count()
+    }
+
+    /// Whether the newest view it saw has exactly `members` (daemon ids).
+    fn has_view(&self, members: &[u32]) -> bool {
+        self.recs()
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                Rec::View(_, m, _) => Some(m.as_slice() == members),
+                _ => None,
+            })
+            .unwrap_or(false)
+    }
+
+    fn stop(mut self) -> Vec<Rec> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+        self.recs()
+    }
+}
+
+/// Publishes `count` messages `tag:index` from `first` on, one every `gap`.
+fn publish(
+    client: &mut Client,
+    group: tutti_client::GroupId,
+    tag: u32,
+    first: u64,
+    count: u64,
+    gap: Duration,
+) {
+    for i in first..first + count {
+        client
+            .offer_blocking(group, &message(tag, i), IdleStrategy::Backoff, WAIT)
+            .expect("offer");
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+    assert!(client.flush(WAIT).unwrap(), "publisher {tag} not drained");
+}
+
+fn wait_until(what: &str, daemons: &[&Daemon], mut f: impl FnMut() -> bool) {
+    if !eventually(WAIT, &mut f) {
+        let logs: Vec<String> = daemons
+            .iter()
+            .map(|d| {
+                let mut c = d.client();
+                format!("{}\n{}", c.status().unwrap_or_default(), d.log())
+            })
+            .collect();
+        panic!("timed out waiting for {what}\n{}", logs.join("\n-----\n"));
+    }
+}
+
+/// Two record sequences are equal; else the first difference with some context.
+fn assert_same(a: &[Rec], b: &[Rec], what: &str) {
+    if a == b {
+        return;
+    }
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let window = |s: &[Rec]| s[at.saturating_sub(3)..(at + 4).min(s.len())].to_vec();
+    panic!(
+        "{what}: differ at record {at} (lengths {} and {}):\n  {:?}\n  {:?}",
+        a.len(),
+        b.len(),
+        window(a),
+        window(b)
+    );
+}
+
+/// Messages only, in order.
+fn msgs(recs: &[Rec]) -> Vec<(u32, u64)> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Rec::Msg(p, i) => Some((*p, *i)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each publisher's messages appear with consecutive indexes from its first one seen.
+fn assert_fifo(recs: &[Rec], who: &str) {
+    let mut next: HashMap<u32, u64> = HashMap::new();
+    for (p, i) in msgs(recs) {
+        let n = next.entry(p).or_insert(i);
+        assert_eq!(i, *n, "{who}: publisher {p} out of FIFO order");
+        *n += 1;
+    }
+}
+
+/// The views and messages from the view with `members` on (the common starting point of
+/// members that joined before it).
+fn from_view(recs: &[Rec], members: &[u32]) -> Vec<Rec> {
+    let at = recs
+        .iter()
+        .position(|r| matches!(r, Rec::View(_, m, _) if m.as_slice() == members))
+        .unwrap_or_else(|| panic!("no view {members:?} in {recs:?}"));
+    // Snapshot requests are asked of one daemon only; views and messages are the order.
+    recs[at..]
+        .iter()
+        .filter(|r| matches!(r, Rec::View(..) | Rec::Msg(..)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn without_a_cluster_an_ordered_join_is_refused_and_options_are_fixed_by_the_first_joiner() {
+    let daemon = Daemon::start("ord-alone", &[]);
+    let mut c = daemon.client();
+    match c.join_with("ord.alone", Rights::BOTH, GroupOptions::ORDERED) {
+        Err(Error::Unsupported(text)) => assert!(text.contains("need a cluster"), "{text}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    // Plain groups are unaffected, and their options are theirs: an ordered join of a
+    // plain group is refused by name, plain joins of it still work.
+    let g = c.join("ord.plain").unwrap();
+    assert_eq!(c.group_options(g).unwrap(), GroupOptions::PLAIN);
+    let mut other = daemon.client();
+    match other.join_with("ord.plain", Rights::SUBSCRIBE, GroupOptions::SAFE) {
+        Err(Error::OptionsMismatch(text)) => {
+            assert!(text.contains("ord.plain") && text.contains("bimodal"), "{text}")
+        }
+        other => panic!("expected OptionsMismatch, got {other:?}"),
+    }
+    other.join_as("ord.plain", Rights::SUBSCRIBE).unwrap();
+    // A snapshot provider needs an ordered group.
+    assert!(matches!(
+        c.set_snapshot_provider(g, |_| Vec::new()),
+        Err(Error::NotOrdered)
+    ));
+    // Snapshot requests of a session that provides none, for a group it is not in or
+    // that is not ordered, are refused by name and end nothing.
+    let mut rogue = raw::RawSession::connect(daemon.socket()).unwrap();
+    let handle = rogue.join("ord.plain", Rights::BOTH).unwrap().joined.handle;
+    for (request, expected) in [
+        (
+            Request::SnapshotProvider { handle },
+            "not a member of that ordered group",
+        ),
+        (
+            Request::SnapshotChunk {
+                handle,
+                position: 1,
+                offset: 0,
+                last: true,
+                bytes: b"state",
+            },
+            "not a snapshot provider",
+        ),
+        (
+            Request::SnapshotChunk {
+                handle: handle + 7,
+                position: 1,
+                offset: 4,
+                last: false,
+                bytes: b"",
+            },
+            "not a snapshot provider",
+        ),
+    ] {
+        let (reply, _) = rogue.call(&request).unwrap();
+        match Reply::decode(&reply).unwrap() {
+            Reply::Error { text, .. } => assert!(text.contains(expected), "{text}"),
+            other => panic!("{request:?} answered {other:?}"),
+        }
+    }
+    // The daemon is still serving.
+    assert!(c.status().unwrap().contains("ord.plain (shard 0): 3 members"));
+}
+
+/// Waits until every running daemon's cluster view has `members` members.
+fn wait_cluster_view(daemons: &[Option<Daemon>], members: u64) {
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    let mut clients: Vec<Client> = all.iter().map(|d| d.client()).collect();
+    wait_until(&format!("a cluster view of {members}"), &all, || {
+        clients
+            .iter_mut()
+            .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(members))
+    });
+}
+
+/// A group name whose memory node (primary and backup) the three daemons place on
+/// daemons 1 and 2. The group's memory node is placed by each daemon from its own cluster
+/// view when it joins (`tutti_proto::ordered::host`): after a failover the survivors hold
+/// another placement than a restarted daemon computes afresh, so a test that kills and
+/// restarts daemon 3 keeps the memory node off it (see docs/ordered.md, limits).
+fn group_off_daemon_3(prefix: &str) -> String {
+    let nodes = [1u32 << 8, 2 << 8, 3 << 8];
+    (0..)
+        .map(|i| format!("{prefix}.{i}"))
+        .find(|name| {
+            let hosts = tutti_proto::ordered::choose_memnode_hosts(tutti_wire::group_id(name), &nodes);
+            !hosts.contains(&(3 << 8))
+        })
+        .unwrap()
+}
+
+#[test]
+fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejoin() {
+    let subnet = 90;
+    let group = &group_off_daemon_3("ord.three");
+    let mut daemons: Vec<Option<Daemon>> = (0..3).map(|i| Some(start_daemon("ord3", subnet, i, 3))).collect();
+    // Every daemon places the group's memory node from its cluster view at its join: join
+    // once they agree on it.
+    wait_cluster_view(&daemons, 3);
+    // Subscribers on all 3, joined in turn, each waiting for the view that holds it (the
+    // first provides snapshots for joiners). Then publishers on daemons 1 and 2 (ids).
+    let mut subs: Vec<Option<Subscriber>> = Vec::new();
+    for i in 0..3 {
+        subs.push(Some(Subscriber::start(
+            daemons[i].as_ref().unwrap(),
+            group,
+            i == 0,
+        )));
+        let expected: Vec<u32> = (1..=i as u32 + 1).collect();
+        let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+        wait_until(&format!("view {expected:?} at every subscriber"), &all, || {
+            subs.iter().flatten().all(|s| s.has_view(&expected))
+        });
+    }
+    let pubs: Vec<(Client, tutti_client::GroupId)> = (0..2)
+        .map(|i| {
+            let mut c = daemons[i].as_ref().unwrap().client();
+            let g = c
+                .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+                .unwrap();
+            (c, g)
+        })
+        .collect();
+    let pubs: Vec<Arc<Mutex<(Client, tutti_client::GroupId)>>> =
+        pubs.into_iter().map(|p| Arc::new(Mutex::new(p))).collect();
+    let run = |first: u64, count: u64, gap: Duration| -> Vec<JoinHandle<()>> {
+        pubs.iter()
+            .enumerate()
+            .map(|(tag, p)| {
+                let p = Arc::clone(p);
+                std::thread::spawn(move || {
+                    let mut p = p.lock().unwrap();
+                    let (c, g) = &mut *p;
+                    publish(c, *g, tag as u32, first, count, gap)
+                })
+            })
+            .collect()
+    };
+
+    // Phase 1: 300 messages from each of 2 publishers; all 3 deliver the same sequence.
+    for t in run(0, 300, Duration::ZERO) {
+        t.join().unwrap();
+    }
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("600 messages at every subscriber", &all, || {
+        subs.iter().flatten().all(|s| s.messages() >= 600)
+    });
+    let full = [1, 2, 3];
+    let seqs: Vec<Vec<Rec>> = subs
+        .iter()
+        .flatten()
+        .map(|s| from_view(&s.recs(), &full))
+        .collect();
+    for (i, s) in seqs.iter().enumerate() {
+        assert_fifo(s, &format!("subscriber {i}"));
+        assert_eq!(msgs(s).len(), 600, "subscriber {i}: every message once");
+        assert_same(s, &seqs[0], &format!("subscriber {i} vs subscriber 0"));
+    }
+
+    // Phase 2: kill -9 daemon 3 while both publishers send; the survivors see the same
+    // view (without it, it suspected) at the same point of the same order.
+    let senders = run(300, 400, Duration::from_millis(2));
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("some phase-2 messages", &all, || {
+        subs[0].as_ref().unwrap().messages() >= 700
+    });
+    drop(subs[2].take()); // its daemon is about to go: do not join its thread's error
+    let mut victim = daemons[2].take().unwrap();
+    victim.signal(9);
+    victim.wait_exit(WAIT);
+    for t in senders {
+        t.join().unwrap();
+    }
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("1400 messages at both survivors", &all, || {
+        subs.iter().flatten().all(|s| s.messages() >= 1400)
+    });
+    let survivors: Vec<Vec<Rec>> = subs
+        .iter()
+        .flatten()
+        .map(|s| from_view(&s.recs(), &full))
+        .collect();
+    assert_same(
+        &survivors[1],
+        &survivors[0],
+        "survivors (order and the view's place)",
+    );
+    let removal = survivors[0]
+        .iter()
+        .find_map(|r| match r {
+            Rec::View(_, m, left) if m.as_slice() == [1, 2] => Some(left.clone()),
+            _ => None,
+        })
+        .expect("a view without daemon 3");
+    assert_eq!(removal, vec![(3, LeftReason::Suspected)]);
+    let view_at = survivors[0]
+        .iter()
+        .position(|r| matches!(r, Rec::View(_, m, _) if m.as_slice() == [1, 2]));
+    eprintln!(
+        "kill -9: both survivors saw the view without daemon 3 at record {view_at:?} of {}",
+        survivors[0].len()
+    );
+    assert_fifo(&survivors[0], "survivor");
+    assert_eq!(msgs(&survivors[0]).len(), 1400);
+
+    // Phase 3: daemon 3 restarts; its new subscriber gets a view and the snapshot made by
+    // daemon 1's provider at the cut, then exactly the messages after the cut.
+    daemons[2] = Some(start_daemon("ord3-restart", subnet, 2, 3));
+    wait_cluster_view(&daemons, 3);
+    subs[2] = Some(Subscriber::start(daemons[2].as_ref().unwrap(), group, false));
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("the rejoined view at every subscriber", &all, || {
+        subs.iter().flatten().all(|s| s.has_view(&full))
+    });
+    for t in run(700, 100, Duration::ZERO) {
+        t.join().unwrap();
+    }
+    wait_until("the last messages at every subscriber", &all, || {
+        let joiner = subs[2].as_ref().unwrap().recs();
+        subs[0].as_ref().unwrap().messages() >= 1600
+            && joiner.contains(&Rec::Msg(0, 799))
+            && joiner.contains(&Rec::Msg(1, 799))
+    });
+    let provider = subs[0].take().unwrap().stop();
+    let joiner = subs[2].take().unwrap().stop();
+    let Some(Rec::Installed(position, snapshot)) = joiner.first().cloned() else {
+        panic!("the joiner's first event is not its snapshot: {joiner:?}");
+    };
+    // The provider's state at the cut: how many messages it had delivered there.
+    let at = provider
+        .iter()
+        .position(|r| *r == Rec::SnapshotRequest(position))
+        .expect("the provider was asked at the joiner's cut");
+    let delivered_at_cut = msgs(&provider[..at]).len() as u64;
+    assert!(
+        snapshot == self::snapshot(delivered_at_cut),
+        "snapshot = state at the cut ({delivered_at_cut} messages), whole: {} bytes, starts {:?}",
+        snapshot.len(),
+        &snapshot[..8.min(snapshot.len())]
+    );
+    eprintln!(
+        "rejoin: snapshot at position {position} = {delivered_at_cut} messages delivered; the joiner then got {} messages",
+        msgs(&joiner).len()
+    );
+    assert!(
+        joiner
+            .iter()
+            .any(|r| matches!(r, Rec::View(_, m, _) if m.as_slice() == full)),
+        "the joiner sees its view"
+    );
+    // After the cut the joiner delivers exactly what the provider delivered after it.
+    let after = |recs: &[Rec]| -> Vec<Rec> {
+        recs.iter()
+            .filter(|r| matches!(r, Rec::Msg(..)))
+            .cloned()
+            .collect()
+    };
+    assert_same(
+        &after(&joiner),
+        &after(&provider[at..]),
+        "joiner vs provider after the cut",
+    );
+    assert_fifo(&joiner, "joiner");
+}
+
+/// A shard counter from `tutti status` (summed over shards).
+fn counter(daemon: &Daemon, name: &str) -> u64 {
+    let status = daemon.client().status().unwrap();
+    status
+        .lines()
+        .filter_map(|l| common::status_number(l, &format!(" {name} ")))
+        .sum()
+}
+
+#[test]
+fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_provider_gets_an_empty_snapshot(
+) {
+    let subnet = 91;
+    let group = "ord.wait";
+    // Daemon 1 alone (its seed daemon 2 is not up): its ordered join waits for a view with
+    // another daemon, so the group takes nothing yet.
+    let mut daemons: Vec<Option<Daemon>> = vec![Some(start_daemon("ordw", subnet, 0, 2)), None];
+    let first = Subscriber::start(daemons[0].as_ref().unwrap(), group, false);
+    let mut publisher = daemons[0].as_ref().unwrap().client();
+    let g = publisher
+        .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+        .unwrap();
+    for i in 0..50 {
+        publisher
+            .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    let d0 = daemons[0].as_ref().unwrap();
+    wait_until("the group to refuse for now (back pressure)", &[d0], || {
+        counter(d0, "ordered_full") > 0
+    });
+    assert_eq!(counter(d0, "ordered_submitted"), 0);
+    assert_eq!(first.messages(), 0);
+    assert!(
+        !publisher.flush(Duration::from_millis(200)).unwrap(),
+        "held in the ring"
+    );
+    // Daemon 2 comes up: the group forms and every held message is delivered, in order.
+    daemons[1] = Some(start_daemon("ordw", subnet, 1, 2));
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("the 50 held messages", &all, || first.messages() == 50);
+    assert!(publisher.flush(WAIT).unwrap());
+    // A subscriber on daemon 2 joins: nobody registered a snapshot provider, so daemon 1
+    // answers an empty snapshot (counted) and the joiner starts from it.
+    let second = Subscriber::start(daemons[1].as_ref().unwrap(), group, false);
+    wait_until("the joiner's view", &all, || second.has_view(&[1, 2]));
+    assert_eq!(counter(daemons[0].as_ref().unwrap(), "snapshots_empty"), 1);
+    assert_eq!(counter(daemons[1].as_ref().unwrap(), "snapshots_installed"), 1);
+    for i in 50..60 {
+        publisher
+            .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    wait_until("10 more at both", &all, || {
+        first.messages() == 60 && second.messages() == 10
+    });
+    let joiner = second.stop();
+    assert!(
+        matches!(&joiner[0], Rec::Installed(_, s) if s.is_empty()),
+        "the joiner starts from an empty snapshot: {joiner:?}"
+    );
+    assert_eq!(msgs(&joiner), (50..60).map(|i| (0, i)).collect::<Vec<_>>());
+    let recs = first.stop();
+    assert_fifo(&recs, "first");
+    assert_eq!(msgs(&recs), (0..60).map(|i| (0, i)).collect::<Vec<_>>());
+    let status = daemons[0].as_ref().unwrap().client().status().unwrap();
+    assert!(
+        status.contains("ord.wait (shard 0, ordered)") && status.contains("ordered: view"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
+    let subnet = 92;
+    let group = "ord.quick";
+    let daemons: Vec<Daemon> = (0..2).map(|i| start_daemon("ordq", subnet, i, 2)).collect();
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let mut monitors: Vec<Client> = daemons.iter().map(Daemon::client).collect();
+    wait_until("a cluster view of 2", &all, || {
+        monitors
+            .iter_mut()
+            .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(2))
+    });
+    let sub = Subscriber::start(&daemons[1], group, false);
+    // The publisher is daemon 1's only client of the group: when it goes, daemon 1 leaves
+    // the group, but only once its messages are in the order.
+    {
+        let mut publisher = daemons[0].client();
+        let g = publisher
+            .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+            .unwrap();
+        publish(&mut publisher, g, 0, 0, 200, Duration::ZERO);
+    }
+    wait_until("all 200 and daemon 1's leave", &all, || {
+        sub.messages() == 200 && sub.has_view(&[2])
+    });
+    let recs = sub.stop();
+    assert_eq!(msgs(&recs), (0..200).map(|i| (0, i)).collect::<Vec<_>>());
+    let last_view = recs.iter().rev().find(|r| matches!(r, Rec::View(..))).unwrap();
+    assert!(
+        matches!(last_view, Rec::View(_, m, left) if m.as_slice() == [2] && left.as_slice() == [(1, LeftReason::Left)]),
+        "{last_view:?}"
+    );
+    // The view change comes after the last message: nothing of daemon 1's was cut off.
+    let view_at = recs.iter().rposition(|r| r == last_view).unwrap();
+    assert!(recs[..view_at].contains(&Rec::Msg(0, 199)));
+}
