@@ -153,8 +153,10 @@ struct ViewAssembly {
     received: Vec<u64>,
     received_count: u32,
     /// `(start, members)`, in arrival order.
-    /// Members with the address their coordinator gave.
-    member_slices: Vec<(u32, Vec<(Member, u64)>)>,
+    member_slices: Vec<(u32, Vec<Member>)>,
+    /// `(start, addresses)` of the members of the parts that carried any address (the
+    /// address their coordinator gave; none in most parts of a simulator's views).
+    addr_slices: Vec<(u32, Vec<u64>)>,
     group_parts: BTreeMap<GroupId, GroupAssembly>,
     /// Entries held (members and group entries).
     held: u64,
@@ -220,17 +222,16 @@ impl ViewAssembly {
                 header.member_start,
                 members
                     .iter()
-                    .map(|m| {
-                        (
-                            Member {
-                                node: m.node,
-                                incarnation: m.incarnation,
-                            },
-                            m.addr,
-                        )
+                    .map(|m| Member {
+                        node: m.node,
+                        incarnation: m.incarnation,
                     })
                     .collect(),
             ));
+            if members.iter().any(|m| m.addr != 0) {
+                self.addr_slices
+                    .push((header.member_start, members.iter().map(|m| m.addr).collect()));
+            }
         }
         for (h, es) in groups.iter() {
             let g = self.group_parts.entry(h.group).or_insert(GroupAssembly {
@@ -259,13 +260,17 @@ impl ViewAssembly {
         if self.group_parts.len() != self.groups as usize {
             return None;
         }
-        let entries = concat_exact(&mut self.member_slices, self.members)?;
-        let members: Vec<Member> = entries.iter().map(|(m, _)| *m).collect();
-        let addrs: Vec<u64> = if entries.iter().any(|(_, a)| *a != 0) {
-            entries.iter().map(|(_, a)| *a).collect()
-        } else {
-            Vec::new()
-        };
+        let members = concat_exact(&mut self.member_slices, self.members)?;
+        let mut addrs: Vec<u64> = Vec::new();
+        if !self.addr_slices.is_empty() {
+            addrs = vec![0; members.len()];
+            for (start, a) in &self.addr_slices {
+                let start = *start as usize;
+                addrs
+                    .get_mut(start..start.saturating_add(a.len()))?
+                    .copy_from_slice(a);
+            }
+        }
         let mut groups = Vec::with_capacity(self.group_parts.len());
         for (id, mut g) in std::mem::take(&mut self.group_parts) {
             let entries = concat_exact(&mut g.slices, g.total)?;
@@ -299,11 +304,9 @@ struct Peer {
     /// it, a higher heartbeat, an ack relayed for a ping request).
     heard_round: u32,
     /// Alive, suspected (SWIM: refuted by a higher heartbeat or a datagram from it,
-    /// confirmed failed after the suspicion timeout) or failed; since round `since_round`,
-    /// at heartbeat `hb_at_mark`.
+    /// confirmed failed after the suspicion timeout) or failed (since when and at which
+    /// heartbeat: its `Mark`, in `Node::marks`).
     liveness: Liveness,
-    since_round: u32,
-    hb_at_mark: u32,
     /// Piggyback transmissions left for news of this peer (see `Node::announce`).
     gossip_left: u8,
     leaving: bool,
@@ -318,7 +321,15 @@ struct Peer {
     direct: bool,
 }
 
-/// What this node believes of a peer (32 bytes a peer: the table is O(view size) and the
+/// When a peer was suspected or held failed (the round), and at which heartbeat. Kept
+/// beside the peer table (`Node::marks`) for such peers only: most peers are alive.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    since_round: u32,
+    hb_at_mark: u32,
+}
+
+/// What this node believes of a peer (24 bytes a peer: the table is O(view size) and the
 /// simulator holds 10,000 of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Liveness {
@@ -326,6 +337,9 @@ enum Liveness {
     Suspected,
     Failed,
 }
+
+// The peer table is the one per-member table of every node: keep it at 24 bytes a peer.
+const _: () = assert!(std::mem::size_of::<Peer>() <= 24);
 
 impl Peer {
     fn dead(&self) -> bool {
@@ -359,6 +373,9 @@ pub struct Node {
     peers: Vec<Peer>,
     /// Positions in `peers` by node id.
     peer_index: IdIndex,
+    /// Marks of the peers suspected or held failed (stale ones, of peers alive again, are
+    /// dropped by the round's walk of `watch`).
+    marks: FxMap<NodeId, Mark>,
     /// Peers whose state needs a look each round (suspected, failed or unverified): the
     /// round's timeouts walk these, not the whole table. A peer may be listed twice or
     /// after it recovered (skipped then).
@@ -625,6 +642,7 @@ impl Node {
             leaving: false,
             peers: Vec::new(),
             peer_index: IdIndex::default(),
+            marks: FxMap::default(),
             watch: Vec::new(),
             view_sent: Vec::new(),
             addresses: FxMap::default(),
@@ -963,7 +981,7 @@ impl Node {
         self.touch(sender);
         if self.relays.iter().any(|r| r.target == from) {
             // Ping requests for `from` are answered: relay its entry to each requester.
-            let target = self.idx(from).map(|i| Self::entry_of(&self.peers[i]));
+            let target = self.idx(from).map(|i| Self::entry_of(&self.peers[i], &self.marks));
             let mut k = 0;
             while k < self.relays.len() {
                 if self.relays[k].target == from {
@@ -1139,9 +1157,12 @@ impl Node {
             return;
         }
         p.liveness = Liveness::Suspected;
-        p.since_round = self.round;
-        p.hb_at_mark = p.heartbeat;
         let node = p.member.node;
+        let mark = Mark {
+            since_round: self.round,
+            hb_at_mark: p.heartbeat,
+        };
+        self.marks.insert(node, mark);
         self.watch.push(node);
         self.announce(i);
     }
@@ -1153,9 +1174,12 @@ impl Node {
             return;
         }
         p.liveness = Liveness::Failed;
-        p.since_round = self.round;
-        p.hb_at_mark = p.heartbeat.max(heartbeat);
         let node = p.member.node;
+        let mark = Mark {
+            since_round: self.round,
+            hb_at_mark: p.heartbeat.max(heartbeat),
+        };
+        self.marks.insert(node, mark);
         self.watch.push(node);
         self.counters.peers_confirmed_dead += 1;
         self.announce(i);
@@ -1197,8 +1221,6 @@ impl Node {
             heartbeat,
             heard_round: self.round,
             liveness: Liveness::Alive,
-            since_round: 0,
-            hb_at_mark: 0,
             gossip_left: 0,
             leaving: false,
             in_view: false,
@@ -1352,14 +1374,15 @@ impl Node {
             // A refutation: passed on whatever we held (a member that knows the current
             // heartbeat ignores claims made at an older one).
             p.heartbeat = e.heartbeat;
+            let at_mark = self.marks.get(&e.node).map_or(0, |m| m.hb_at_mark);
             if p.dead() {
-                if e.heartbeat > p.hb_at_mark {
+                if e.heartbeat > at_mark {
                     p.set_alive();
                     p.heard_round = self.round;
                 }
             } else {
                 p.heard_round = self.round;
-                if p.suspected() && e.heartbeat > p.hb_at_mark {
+                if p.suspected() && e.heartbeat > at_mark {
                     p.set_alive();
                     self.counters.suspicions_refuted += 1;
                 }
@@ -1495,11 +1518,12 @@ impl Node {
 
     /// The entry for peer `p` as we relay it: suspected or failed at the heartbeat it was
     /// at then, else alive at its heartbeat.
-    fn entry_of(p: &Peer) -> HeartbeatEntry {
+    fn entry_of(p: &Peer, marks: &FxMap<NodeId, Mark>) -> HeartbeatEntry {
+        let at_mark = || marks.get(&p.member.node).map_or(p.heartbeat, |m| m.hb_at_mark);
         let (flags, heartbeat) = if p.dead() {
-            (HEARTBEAT_FLAG_DEAD, p.hb_at_mark)
+            (HEARTBEAT_FLAG_DEAD, at_mark())
         } else if p.suspected() {
-            (HEARTBEAT_FLAG_SUSPECT, p.hb_at_mark)
+            (HEARTBEAT_FLAG_SUSPECT, at_mark())
         } else {
             (0, p.heartbeat)
         };
@@ -1528,7 +1552,7 @@ impl Node {
         // A member we suspect or hold failed hears it first, so that it refutes at once.
         if let Some(p) = self.idx(to).map(|i| &self.peers[i]) {
             if (p.suspected() || p.dead()) && extra.is_none_or(|x| x.node != to) {
-                entries.push(Self::entry_of(p));
+                entries.push(Self::entry_of(p, &self.marks));
             }
         }
         // Entries that fit one datagram of `max_datagram` bytes.
@@ -1555,7 +1579,7 @@ impl Node {
                 }
                 continue;
             }
-            entries.push(Self::entry_of(p));
+            entries.push(Self::entry_of(p, &self.marks));
             p.gossip_left -= 1;
             if p.gossip_left > 0 {
                 self.news.push_back(node);
@@ -1640,7 +1664,7 @@ impl Node {
                 }
                 pr.indirect = true;
                 let p = &self.peers[i];
-                let target = Self::entry_of(p);
+                let target = Self::entry_of(p, &self.marks);
                 let target = HeartbeatEntry { flags: 0, ..target };
                 let mut helpers = std::mem::take(&mut self.scratch_targets);
                 helpers.clear();
@@ -1673,9 +1697,11 @@ impl Node {
                 return true; // until forgotten
             }
             if !p.suspected() && p.direct {
+                self.marks.remove(&n);
                 return false; // recovered, or verified
             }
-            if (p.suspected() && self.rounds_over(p.since_round, timeout))
+            let since = self.marks.get(&n).map_or(self.round, |m| m.since_round);
+            if (p.suspected() && self.rounds_over(since, timeout))
                 || (!p.direct && self.rounds_over(p.heard_round, unverified_timeout))
             {
                 let hb = p.heartbeat;
@@ -1829,6 +1855,7 @@ impl Node {
                     received: vec![0; (header.parts as usize).div_ceil(64)],
                     received_count: 0,
                     member_slices: Vec::new(),
+                    addr_slices: Vec::new(),
                     group_parts: BTreeMap::new(),
                     held: 0,
                     declared: u64::from(header.members),
@@ -2193,11 +2220,19 @@ impl Node {
         if self.round == NO_ROUND {
             self.round = 0;
         }
+        self.out.trim();
         self.failure_detection();
         // Forgetting: unverified peers once failed, others `forget_after` after failing
         // (only failed peers can go: they are all watched).
         let forget = self.settings.forget_after;
-        let gone = |p: &Peer| p.dead() && (!p.direct || self.rounds_over(p.since_round, forget));
+        let gone = |p: &Peer| {
+            p.dead()
+                && (!p.direct
+                    || self.rounds_over(
+                        self.marks.get(&p.member.node).map_or(self.round, |m| m.since_round),
+                        forget,
+                    ))
+        };
         if self
             .watch
             .iter()
@@ -2213,6 +2248,8 @@ impl Node {
             self.peer_index
                 .rebuild_with(peers.len(), |p| peers[p as usize].member.node);
             self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
+            let (peers, index) = (&self.peers, &self.peer_index);
+            self.marks.retain(|n, _| find_peer(peers, index, *n).is_some());
             // Positions moved: the probe walk starts afresh.
             self.probe_pos = self.probe_len;
         }
@@ -2326,10 +2363,10 @@ impl Node {
             ("node", std::mem::size_of::<Self>()),
             ("peers", self.peers.capacity() * std::mem::size_of::<Peer>()),
             ("peer_index", self.peer_index.bytes()),
-            ("watch", self.watch.capacity() * 4),
+            ("watch", self.watch.capacity() * 4 + map_bytes(&self.marks)),
             ("addresses", map_bytes(&self.addresses)),
             ("news", self.news.capacity() * 4),
-            ("outbox", self.out.pending() * self.settings.max_datagram),
+            ("outbox", (self.out.pending() + self.out.pooled()) * self.settings.max_datagram),
             ("events", self.events.len() * 64),
         ];
         for g in self.groups.values() {
