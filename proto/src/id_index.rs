@@ -112,7 +112,9 @@ mod tests {
 
     #[test]
     fn finds_every_inserted_id_and_no_other() {
-        let ids: Vec<NodeId> = (0..5000u32).map(|i| i.wrapping_mul(2_654_435_761) ^ 0x55).collect();
+        let ids: Vec<NodeId> = (0..5000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) ^ 0x55)
+            .collect();
         let mut ix = IdIndex::default();
         for p in 0..ids.len() as u32 {
             ix.insert(p, |q| ids[q as usize]);

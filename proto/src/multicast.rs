@@ -499,7 +499,10 @@ impl GroupState {
             if n == self.my_id {
                 continue;
             }
-            let now_at = self.view.pos(n).filter(|&j| self.view.streams[j as usize] == stream);
+            let now_at = self
+                .view
+                .pos(n)
+                .filter(|&j| self.view.streams[j as usize] == stream);
             if now_at.is_none() {
                 self.former.push_back((n, stream));
                 if self.former.len() > ctx.settings.max_tombstones {
@@ -1101,9 +1104,9 @@ impl GroupState {
         }
         // Our digest shows the sender the gaps a member's word opened: it answers with its
         // own (push-pull), whose high drops slots it never sent (`truncate_to`).
-        if let Some(sender) = ask_sender.filter(|s| {
-            *s != self.my_id && self.is_member(*s) && self.digest_replied.get(s) != Some(&round)
-        }) {
+        if let Some(sender) = ask_sender
+            .filter(|s| *s != self.my_id && self.is_member(*s) && self.digest_replied.get(s) != Some(&round))
+        {
             self.digest_replied.insert(sender, round);
             self.build_digest(ctx.settings.digest_entries, ctx);
             self.send_digest(sender, ctx);

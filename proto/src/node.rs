@@ -541,7 +541,9 @@ fn peer_alive(peers: &[Peer], index: &IdIndex, node: NodeId) -> bool {
 /// The position of `node` in `peers`, if known.
 fn find_peer(peers: &[Peer], index: &IdIndex, node: NodeId) -> Option<usize> {
     index
-        .get(node, |p| peers.get(p as usize).map_or(NodeId::MAX, |q| q.member.node))
+        .get(node, |p| {
+            peers.get(p as usize).map_or(NodeId::MAX, |q| q.member.node)
+        })
         .map(|p| p as usize)
 }
 
@@ -981,7 +983,9 @@ impl Node {
         self.touch(sender);
         if self.relays.iter().any(|r| r.target == from) {
             // Ping requests for `from` are answered: relay its entry to each requester.
-            let target = self.idx(from).map(|i| Self::entry_of(&self.peers[i], &self.marks));
+            let target = self
+                .idx(from)
+                .map(|i| Self::entry_of(&self.peers[i], &self.marks));
             let mut k = 0;
             while k < self.relays.len() {
                 if self.relays[k].target == from {
@@ -1047,15 +1051,13 @@ impl Node {
                         self.view_sends = 0;
                         self.view_sent.clear();
                     }
-                    if self.idx(from).is_some() {
-                        if !self.view_sent.contains(&from) {
-                            if self.view_sends < VIEW_SENDS_PER_ROUND {
-                                self.view_sends += 1;
-                                self.view_sent.push(from);
-                                self.send_view(from);
-                            } else {
-                                self.counters.view_requests_deferred += 1;
-                            }
+                    if self.idx(from).is_some() && !self.view_sent.contains(&from) {
+                        if self.view_sends < VIEW_SENDS_PER_ROUND {
+                            self.view_sends += 1;
+                            self.view_sent.push(from);
+                            self.send_view(from);
+                        } else {
+                            self.counters.view_requests_deferred += 1;
                         }
                     }
                 }
@@ -1234,8 +1236,9 @@ impl Node {
         }
         let i = self.peers.len() - 1;
         let peers = &self.peers;
-        self.peer_index
-            .insert(i as u32, |p| peers.get(p as usize).map_or(NodeId::MAX, |q| q.member.node));
+        self.peer_index.insert(i as u32, |p| {
+            peers.get(p as usize).map_or(NodeId::MAX, |q| q.member.node)
+        });
         if direct {
             self.announce_join(i);
         }
@@ -1633,7 +1636,8 @@ impl Node {
                     break;
                 }
             }
-            (self.probe_len, self.probe_mul, self.probe_add, self.probe_pos) = (len, a, self.rng.gen_range(0..len), 0);
+            (self.probe_len, self.probe_mul, self.probe_add, self.probe_pos) =
+                (len, a, self.rng.gen_range(0..len), 0);
         }
         None
     }
@@ -2229,7 +2233,9 @@ impl Node {
             p.dead()
                 && (!p.direct
                     || self.rounds_over(
-                        self.marks.get(&p.member.node).map_or(self.round, |m| m.since_round),
+                        self.marks
+                            .get(&p.member.node)
+                            .map_or(self.round, |m| m.since_round),
                         forget,
                     ))
         };
@@ -2366,7 +2372,10 @@ impl Node {
             ("watch", self.watch.capacity() * 4 + map_bytes(&self.marks)),
             ("addresses", map_bytes(&self.addresses)),
             ("news", self.news.capacity() * 4),
-            ("outbox", (self.out.pending() + self.out.pooled()) * self.settings.max_datagram),
+            (
+                "outbox",
+                (self.out.pending() + self.out.pooled()) * self.settings.max_datagram,
+            ),
             ("events", self.events.len() * 64),
         ];
         for g in self.groups.values() {
@@ -2388,7 +2397,11 @@ pub(crate) fn map_bytes<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usiz
     if cap == 0 {
         return 0;
     }
-    let buckets = if cap < 8 { (cap + 1).next_power_of_two() } else { (cap * 8 / 7).next_power_of_two() };
+    let buckets = if cap < 8 {
+        (cap + 1).next_power_of_two()
+    } else {
+        (cap * 8 / 7).next_power_of_two()
+    };
     buckets * (std::mem::size_of::<(K, V)>() + 1)
 }
 

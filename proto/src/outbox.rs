@@ -315,7 +315,10 @@ mod tests {
         assert_eq!(sent.len(), 100);
         assert!(out.pooled() >= 99, "the burst's buffers came back to the pool");
         out.trim();
-        assert!(out.pooled() >= 99, "kept while the round that used them is the last");
+        assert!(
+            out.pooled() >= 99,
+            "kept while the round that used them is the last"
+        );
         out.trim();
         assert_eq!(out.pooled(), MIN_FREE_BUFFERS, "freed after a round without use");
     }
