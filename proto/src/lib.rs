@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod fxhash;
+mod id_index;
 pub mod minitx;
 mod multicast;
 mod node;

@@ -6,6 +6,7 @@
 //! large messages and their reassembly.
 
 use crate::fxhash::FxMap;
+use crate::id_index::IdIndex;
 use crate::node::Counters;
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
@@ -13,6 +14,7 @@ use crate::settings::SLOT_OVERHEAD;
 use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tutti_wire::packet::{
     DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
     MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
@@ -280,12 +282,14 @@ impl Ctx<'_> {
 
 pub struct GroupState {
     pub id: GroupId,
-    /// Group members in view order; `pos` maps a node to its index (u32: the map holds
-    /// one entry per member, 8 bytes each, the largest per-member table of a group).
-    members: Vec<NodeId>,
-    /// `member_streams[i]`: the stream of `members[i]` in the current view.
-    member_streams: Vec<u32>,
-    pos: FxMap<NodeId, u32>,
+    /// Group members of the current view, in view order, with their streams: shared by
+    /// the nodes of a process that installed the same view (see `GroupMembers`).
+    view: Arc<GroupMembers>,
+    /// "Owed from the start", a bit per position of `view`: the member's stream appeared
+    /// in the group while this member already was in it, so it owes us every message from
+    /// seq 0 (a tombstone at 0, held as one bit until the stream's state is created; see
+    /// `set_members`).
+    owed: Vec<u64>,
     my_id: NodeId,
     /// This node's stream in the group (drawn when it joined).
     my_stream: u32,
@@ -307,8 +311,8 @@ pub struct GroupState {
     /// `max_tombstones`): their messages may still reach us from others.
     former: VecDeque<StreamKey>,
     /// Where this member's copy of a stream without a state starts: a forgotten stream's
-    /// next expected seq, or 0 for a stream that appeared in the group while this member
-    /// already was in it (it owes us every message). Bounded by `max_tombstones`.
+    /// next expected seq, or 0 for a stream owed from the start whose member left the group
+    /// view (while in it, the stream's bit of `owed` says so). Bounded by `max_tombstones`.
     tombstones: FxMap<StreamKey, (u64, u64)>,
     /// Tombstone keys with the stamp they were inserted with, oldest first, for eviction
     /// (an entry whose stamp no longer matches the map is stale and skipped).
@@ -325,6 +329,78 @@ pub struct GroupState {
     scratch_request: Vec<RequestEntry>,
 }
 
+/// A group's members in one view, in view order, with their streams and an index of their
+/// positions. Built once per view and shared by the nodes of a process that install it
+/// (`ViewCache::group_members`): ~12 bytes per member for all of them, not per node.
+#[derive(Debug, Default)]
+pub struct GroupMembers {
+    members: Vec<NodeId>,
+    streams: Vec<u32>,
+    index: IdIndex,
+}
+
+impl GroupMembers {
+    pub fn new(members: &[NodeId], streams: &[u32]) -> Self {
+        let len = members.len().min(streams.len());
+        let members = members[..len].to_vec();
+        let mut index = IdIndex::default();
+        index.rebuild(&members);
+        GroupMembers {
+            streams: streams[..len].to_vec(),
+            members,
+            index,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The position of `n` in the group, if it is a member.
+    pub fn pos(&self, n: NodeId) -> Option<u32> {
+        self.index.get(n, |p| self.members[p as usize])
+    }
+
+    /// The stream `n` sends in, if it is a member.
+    pub fn stream_of(&self, n: NodeId) -> Option<u32> {
+        self.pos(n).map(|p| self.streams[p as usize])
+    }
+
+    /// Whether it lists exactly `members` with `streams`.
+    pub fn matches(&self, members: &[NodeId], streams: &[u32]) -> bool {
+        let len = members.len().min(streams.len());
+        self.members == members[..len] && self.streams == streams[..len]
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.members.capacity() * 4
+            + self.streams.capacity() * 4
+            + self.index.bytes()
+    }
+}
+
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn set_bit(bits: &mut [u64], i: usize) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        *w |= 1 << (i % 64);
+    }
+}
+
+fn clear_bit(bits: &mut [u64], i: usize) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        *w &= !(1 << (i % 64));
+    }
+}
+
 /// Per-stream bookkeeping after a change to `st`: the group's and the node's byte totals.
 fn account(group_bytes: &mut usize, before: usize, after: usize, ctx: &mut Ctx<'_>) {
     *group_bytes = *group_bytes + after - before;
@@ -335,9 +411,8 @@ impl GroupState {
     pub fn new(id: GroupId, my_id: NodeId, my_stream: u32) -> Self {
         GroupState {
             id,
-            members: Vec::new(),
-            member_streams: Vec::new(),
-            pos: FxMap::default(),
+            view: Arc::default(),
+            owed: Vec::new(),
             my_id,
             my_stream,
             next_seq: 0,
@@ -393,60 +468,97 @@ impl GroupState {
     }
 
     /// Install the group's members of a new view: `(node, stream)` in view order.
+    pub fn set_members(&mut self, members: &[NodeId], streams: &[u32], ctx: &mut Ctx<'_>) {
+        self.set_group_members(Arc::new(GroupMembers::new(members, streams)), ctx);
+    }
+
+    /// Install the group's members of a new view (shared with other nodes of the process).
     ///
     /// A stream's seqs start at 0 when its node joins the group. So when this member
     /// already was in the group and a stream appears in it, every message of that stream is
-    /// owed to us from seq 0: remember that (as a tombstone at 0), so that messages sent
-    /// before we first hear of the stream are repaired or reported `Lost`, never skipped;
-    /// for instance when it published only while partitioned away.
-    pub fn set_members(&mut self, members: &[NodeId], streams: &[u32], ctx: &mut Ctx<'_>) {
-        let was_member = self.pos.contains_key(&self.my_id);
-        self.member_since = match (was_member, members.contains(&self.my_id)) {
+    /// owed to us from seq 0: remember that (as a bit of `owed`, a tombstone at 0 once its
+    /// member leaves the view), so that messages sent before we first hear of the stream
+    /// are repaired or reported `Lost`, never skipped; for instance when it published only
+    /// while partitioned away.
+    pub fn set_group_members(&mut self, view: Arc<GroupMembers>, ctx: &mut Ctx<'_>) {
+        let was_member = self.is_member(self.my_id);
+        let now_member = view.pos(self.my_id).is_some();
+        self.member_since = match (was_member, now_member) {
             (_, false) => None,
             (false, true) => Some(ctx.round),
             (true, true) => self.member_since.or(Some(ctx.round)),
         };
-        let previous_members = std::mem::take(&mut self.members);
-        let previous_streams = std::mem::take(&mut self.member_streams);
-        let len = members.len().min(streams.len());
-        // Sized once for the view (a map grown by inserts holds up to twice the buckets).
-        let previous_pos = std::mem::replace(
-            &mut self.pos,
-            FxMap::with_capacity_and_hasher(len, Default::default()),
-        );
-        self.members.extend_from_slice(&members[..len]);
-        self.member_streams.extend_from_slice(&streams[..len]);
-        for (i, m) in self.members.iter().enumerate() {
-            // A view holds at most `MAX_VIEW_ENTRIES` (< 2^32) members.
-            self.pos.insert(*m, i as u32);
+        if Arc::ptr_eq(&self.view, &view) {
+            return;
         }
-        for (&n, &stream) in previous_members.iter().zip(&previous_streams) {
-            if self.member_stream(n) != Some(stream) && n != self.my_id {
+        let previous = std::mem::replace(&mut self.view, view);
+        let previous_owed = std::mem::take(&mut self.owed);
+        self.owed = vec![0; self.view.len().div_ceil(64)];
+        let keep_owed = was_member && now_member;
+        for (i, (&n, &stream)) in previous.members.iter().zip(&previous.streams).enumerate() {
+            if n == self.my_id {
+                continue;
+            }
+            let now_at = self
+                .view
+                .pos(n)
+                .filter(|&j| self.view.streams[j as usize] == stream);
+            if now_at.is_none() {
                 self.former.push_back((n, stream));
                 if self.former.len() > ctx.settings.max_tombstones {
                     self.former.pop_front();
                 }
             }
+            if bit(&previous_owed, i) && !self.senders.contains_key(&(n, stream)) {
+                match now_at {
+                    Some(j) if keep_owed => set_bit(&mut self.owed, j as usize),
+                    // Its member left the view (or we did): still owed, as a tombstone.
+                    _ => {
+                        if !self.tombstones.contains_key(&(n, stream)) {
+                            self.add_tombstone((n, stream), 0, ctx);
+                        }
+                    }
+                }
+            }
         }
-        let previous = |n: NodeId| {
-            previous_pos
-                .get(&n)
-                .and_then(|&i| previous_streams.get(i as usize).copied())
-        };
-        if !was_member || !self.pos.contains_key(&self.my_id) {
+        if !keep_owed {
             return;
         }
-        for (&n, &stream) in members.iter().zip(streams) {
+        for j in 0..self.view.len() {
+            let (n, stream) = (self.view.members[j], self.view.streams[j]);
             let key = (n, stream);
             if n == self.my_id
-                || previous(n) == Some(stream)
+                || previous.stream_of(n) == Some(stream)
                 || self.senders.contains_key(&key)
                 || self.tombstones.contains_key(&key)
             {
                 continue;
             }
-            self.add_tombstone(key, 0, ctx);
+            set_bit(&mut self.owed, j);
         }
+    }
+
+    /// Where our copy of stream `key` (without a state) starts, if we remember: its
+    /// tombstone, or 0 for a stream owed from the start.
+    fn tombstone(&self, key: StreamKey) -> Option<u64> {
+        if let Some(t) = self.tombstones.get(&key) {
+            return Some(t.0);
+        }
+        let i = self.view.pos(key.0)? as usize;
+        (self.view.streams[i] == key.1 && bit(&self.owed, i)).then_some(0)
+    }
+
+    /// As `tombstone`, and forgets it (the stream's state is being created).
+    fn take_tombstone(&mut self, key: StreamKey) -> Option<u64> {
+        if let Some(t) = self.tombstones.remove(&key) {
+            return Some(t.0);
+        }
+        let i = self.view.pos(key.0)? as usize;
+        if self.view.streams[i] == key.1 && bit(&self.owed, i) {
+            clear_bit(&mut self.owed, i);
+            return Some(0);
+        }
+        None
     }
 
     /// Remember where `key`'s stream stands for us (bounded; the oldest is evicted).
@@ -483,10 +595,10 @@ impl GroupState {
         }
         // A member tracks the streams its views named (now or before) and those it
         // remembers; anything else is invented (or from before we joined: not owed).
-        let known = self.tombstones.contains_key(&key)
+        let known = self.tombstone(key).is_some()
             || self.member_stream(key.0) == Some(key.1)
             || (ctx.live)(key.0)
-            || !self.pos.contains_key(&self.my_id)
+            || !self.is_member(self.my_id)
             || self.former.contains(&key);
         if !known {
             ctx.counters.unknown_streams += 1;
@@ -501,21 +613,21 @@ impl GroupState {
 
     /// Streams with state or a tombstone.
     pub fn stream_count(&self) -> usize {
-        self.senders.len() + self.tombstones.len()
+        let owed: u32 = self.owed.iter().map(|w| w.count_ones()).sum();
+        self.senders.len() + self.tombstones.len() + owed as usize
     }
 
     /// The stream `n` sends in the group in the current view, if it is a member.
     fn member_stream(&self, n: NodeId) -> Option<u32> {
-        let i = *self.pos.get(&n)?;
-        self.member_streams.get(i as usize).copied()
+        self.view.stream_of(n)
     }
 
     pub fn members(&self) -> &[NodeId] {
-        &self.members
+        &self.view.members
     }
 
     pub fn is_member(&self, n: NodeId) -> bool {
-        self.pos.contains_key(&n)
+        self.view.pos(n).is_some()
     }
 
     /// Children of this node in the k-ary tree rooted at `root`: positions are relabeled
@@ -523,13 +635,13 @@ impl GroupState {
     fn children(&self, root: NodeId, k: usize) -> ([NodeId; MAX_TREE_FANOUT], usize) {
         let mut out = [0; MAX_TREE_FANOUT];
         let mut len = 0;
-        let n = self.members.len();
+        let n = self.view.len();
         // A root not (yet) in the group view (a sender whose join the view has not taken
         // in) roots a tree over [root] + members, so that its first messages reach the
         // group at once instead of waiting, retained, for the next view.
-        let (r, me, n, offset) = match (self.pos.get(&root), self.pos.get(&self.my_id)) {
-            (Some(&r), Some(&me)) => (r as usize, me as usize, n, 0),
-            (None, Some(&me)) => (0, me as usize + 1, n + 1, 1),
+        let (r, me, n, offset) = match (self.view.pos(root), self.view.pos(self.my_id)) {
+            (Some(r), Some(me)) => (r as usize, me as usize, n, 0),
+            (None, Some(me)) => (0, me as usize + 1, n + 1, 1),
             (None, None) if root == self.my_id => (0, 0, n + 1, 1),
             _ => return (out, 0),
         };
@@ -543,7 +655,7 @@ impl GroupState {
             if index < offset {
                 continue; // the virtual root
             }
-            if let Some(&node) = self.members.get(index - offset) {
+            if let Some(&node) = self.view.members.get(index - offset) {
                 out[len] = node;
                 len += 1;
             }
@@ -560,7 +672,7 @@ impl GroupState {
     /// we joined may be below its low: start at 0, so that they are reported `Lost` rather
     /// than skipped.
     fn first_base(&self, key: StreamKey, advertised: u64, ctx: &Ctx<'_>) -> u64 {
-        if self.senders.contains_key(&key) || self.tombstones.contains_key(&key) {
+        if self.senders.contains_key(&key) || self.tombstone(key).is_some() {
             return advertised; // unused: the state or tombstone decides
         }
         match self.member_since {
@@ -574,10 +686,7 @@ impl GroupState {
     fn state_for(&mut self, key: StreamKey, base: u64, round: u32) -> &mut SenderState {
         if !self.senders.contains_key(&key) {
             self.order.push(key);
-            let base = match self.tombstones.remove(&key) {
-                Some((next, _)) => next,
-                None => base,
-            };
+            let base = self.take_tombstone(key).unwrap_or(base);
             let mut st = SenderState::new(base);
             (st.source, st.holder) = (key.0, key.0);
             st.last_active = round;
@@ -671,7 +780,7 @@ impl GroupState {
         // stopped (its tombstone).
         let known_high = match self.senders.get(&key) {
             Some(st) => Some(st.high()),
-            None => self.tombstones.get(&key).map(|t| t.0),
+            None => self.tombstone(key),
         };
         if from != key.0 && known_high.is_some_and(|h| seq >= h.saturating_add(relay_reach(ctx.settings))) {
             // Only the sender itself may move our window far at once (a member relaying a
@@ -791,16 +900,16 @@ impl GroupState {
             // showed it holds what we miss; when that is the same member (often the sender,
             // which may be too busy to answer), every other time a member picked by the
             // attempt number instead (pbcast's random gossip partner, without an RNG here).
-            let n = self.members.len().max(1);
+            let n = self.view.len().max(1);
             let spread = (key.1 as usize)
                 .wrapping_add(usize::from(st.rerequests).wrapping_mul(7919))
                 .wrapping_add(self.my_id as usize);
             let candidate = match st.rerequests % 2 {
                 0 => st.source,
                 _ if st.holder != st.source => st.holder,
-                _ => self.members.get(spread % n).copied().unwrap_or(key.0),
+                _ => self.view.members.get(spread % n).copied().unwrap_or(key.0),
             };
-            let to = if candidate != self.my_id && self.pos.contains_key(&candidate) {
+            let to = if candidate != self.my_id && self.view.pos(candidate).is_some() {
                 candidate
             } else {
                 key.0
@@ -995,9 +1104,9 @@ impl GroupState {
         }
         // Our digest shows the sender the gaps a member's word opened: it answers with its
         // own (push-pull), whose high drops slots it never sent (`truncate_to`).
-        if let Some(sender) = ask_sender.filter(|s| {
-            *s != self.my_id && self.pos.contains_key(s) && self.digest_replied.get(s) != Some(&round)
-        }) {
+        if let Some(sender) = ask_sender
+            .filter(|s| *s != self.my_id && self.is_member(*s) && self.digest_replied.get(s) != Some(&round))
+        {
             self.digest_replied.insert(sender, round);
             self.build_digest(ctx.settings.digest_entries, ctx);
             self.send_digest(sender, ctx);
@@ -1162,8 +1271,8 @@ impl GroupState {
         let group = self.id;
         let quiet = self.quiet();
         let mut dead: Vec<StreamKey> = Vec::new();
-        let (pos, member_streams) = (&self.pos, &self.member_streams);
-        let member_stream = |n: NodeId| pos.get(&n).and_then(|&i| member_streams.get(i as usize).copied());
+        let view = &self.view;
+        let member_stream = |n: NodeId| view.stream_of(n);
         for key in &self.order {
             let Some(st) = self.senders.get_mut(key) else {
                 continue;
@@ -1236,6 +1345,15 @@ impl GroupState {
                 .filter_map(|k| self.senders.get(k).map(|st| (*k, st.next_deliver.max(st.base)))),
         );
         out.extend(
+            self.view
+                .members
+                .iter()
+                .zip(&self.view.streams)
+                .enumerate()
+                .filter(|(i, (n, _))| bit(&self.owed, *i) && **n != self.my_id)
+                .map(|(_, (n, s))| ((*n, *s), 0)),
+        );
+        out.extend(
             self.tombstone_order
                 .iter()
                 .rev()
@@ -1271,18 +1389,27 @@ impl GroupState {
         self.order.clear();
     }
 
-    /// Approximate bytes of state, beyond the counted budget (maps, tombstones).
-    pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.bytes
-            + self.members.capacity() * 4
-            + self.member_streams.capacity() * 4
-            + self.pos.capacity() * 8
-            + self.order.capacity() * 8
-            + self.digest_replied.capacity() * 8
-            + self.tombstones.capacity() * 24
-            + self.tombstone_order.capacity() * 16
-            + self.senders.len() * std::mem::size_of::<SenderState>()
+    /// Approximate bytes of state per structure (see `Node::state_parts`): retained
+    /// messages, per-member tables, stream states, tombstones.
+    pub fn state_parts(&self) -> [(&'static str, usize); 6] {
+        use crate::node::map_bytes;
+        [
+            ("group_retained", std::mem::size_of::<Self>() + self.bytes),
+            (
+                "group_members",
+                self.view.bytes() / Arc::strong_count(&self.view).max(1),
+            ),
+            ("group_owed", self.owed.capacity() * 8),
+            (
+                "group_streams",
+                map_bytes(&self.senders) + self.order.capacity() * 8 + self.former.capacity() * 8,
+            ),
+            ("group_digest_replied", map_bytes(&self.digest_replied)),
+            (
+                "group_tombstones",
+                map_bytes(&self.tombstones) + self.tombstone_order.capacity() * 16,
+            ),
+        ]
     }
 
     /// Checks the cached counts against the slots (tests and debug builds).
@@ -1867,8 +1994,9 @@ mod tests {
 
     /// Streams that appear in the group after us owe us every message from seq 0: a sender
     /// first heard of with nothing retained below 10 has its 10 messages reported lost (at
-    /// once, from its own digest), not skipped. Such expectations are bounded by
-    /// `max_tombstones`.
+    /// once, from its own digest), not skipped. While their members are in the view the
+    /// expectation is a bit per member (no bound needed beyond the view); once a member
+    /// leaves the view it becomes a tombstone, bounded by `max_tombstones`.
     #[test]
     fn a_stream_appearing_after_us_owes_every_message() {
         let mut w = World::new(Settings {
@@ -1877,21 +2005,28 @@ mod tests {
         });
         let mut g = GroupState::new(7, 0, 1);
         set(&mut g, &mut w, 1, &[0]);
-        set(&mut g, &mut w, 1, &[0, 1, 2, 3]);
-        assert_eq!(w.counters.tombstones_evicted, 1);
-        assert_eq!(g.tombstones.len(), 2);
-        // Sender 3 (remembered) says its history starts at 10: 0..10 lost.
+        set(&mut g, &mut w, 1, &[0, 1, 2, 3, 4]);
+        assert_eq!(w.counters.tombstones_evicted, 0);
+        assert_eq!(g.tombstones.len(), 0);
+        assert_eq!(g.stream_count(), 4, "four streams owed from the start");
+        // Sender 3 says its history starts at 10: 0..10 lost.
         digest(&mut g, &mut w, 3, 3, 10, 10);
         assert_eq!(w.lost(), vec![(3, 0, 10)]);
         assert_eq!(w.counters.lost_reported, 10);
-        // Sender 1's expectation was evicted: it resumes at its advertised low.
+        // 1, 2 and 4 leave the view: their expectations become tombstones, and the
+        // oldest is evicted beyond `max_tombstones`.
+        set(&mut g, &mut w, 2, &[0, 3]);
+        assert_eq!(g.tombstones.len(), 2);
+        assert_eq!(w.counters.tombstones_evicted, 1);
+        // Sender 4's expectation is still held (at 0): its history from 10 is lost.
+        digest(&mut g, &mut w, 4, 4, 10, 10);
+        assert_eq!(w.lost(), vec![(4, 0, 10)]);
+        // Sender 1's was evicted: it resumes at its advertised low.
         digest(&mut g, &mut w, 1, 1, 10, 10);
         assert_eq!(w.lost(), vec![]);
         g.check_invariants();
     }
 
-    /// A node that leaves the group and joins again sends a new stream (a new id, seqs
-    /// from 0): a member that remembers the old stream's seqs delivers the new one whole.
     #[test]
     fn a_new_stream_of_the_same_node_is_delivered_from_zero() {
         let mut w = World::new(Settings::default());

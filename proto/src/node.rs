@@ -3,8 +3,9 @@
 //! bimodal multicast state. Sans-IO: see the crate docs.
 
 use crate::fxhash::FxMap;
+use crate::id_index::IdIndex;
 use crate::minitx::{MemoryNodeCounters, MinitxSettings};
-use crate::multicast::{Ctx, GroupState};
+use crate::multicast::{Ctx, GroupMembers, GroupState};
 use crate::ordered::host::{HostEvent, OrderedHost};
 use crate::ordered::{
     OrderedCounters, OrderedError, OrderedHostCounters, OrderedSettings, Placement, SubmitRefused,
@@ -165,8 +166,10 @@ struct ViewAssembly {
     received: Vec<u64>,
     received_count: u32,
     /// `(start, members)`, in arrival order.
-    /// Members with the address their coordinator gave.
-    member_slices: Vec<(u32, Vec<(Member, u64)>)>,
+    member_slices: Vec<(u32, Vec<Member>)>,
+    /// `(start, addresses)` of the members of the parts that carried any address (the
+    /// address their coordinator gave; none in most parts of a simulator's views).
+    addr_slices: Vec<(u32, Vec<u64>)>,
     group_parts: BTreeMap<GroupId, GroupAssembly>,
     /// Entries held (members and group entries).
     held: u64,
@@ -232,17 +235,16 @@ impl ViewAssembly {
                 header.member_start,
                 members
                     .iter()
-                    .map(|m| {
-                        (
-                            Member {
-                                node: m.node,
-                                incarnation: m.incarnation,
-                            },
-                            m.addr,
-                        )
+                    .map(|m| Member {
+                        node: m.node,
+                        incarnation: m.incarnation,
                     })
                     .collect(),
             ));
+            if members.iter().any(|m| m.addr != 0) {
+                self.addr_slices
+                    .push((header.member_start, members.iter().map(|m| m.addr).collect()));
+            }
         }
         for (h, es) in groups.iter() {
             let g = self.group_parts.entry(h.group).or_insert(GroupAssembly {
@@ -271,13 +273,17 @@ impl ViewAssembly {
         if self.group_parts.len() != self.groups as usize {
             return None;
         }
-        let entries = concat_exact(&mut self.member_slices, self.members)?;
-        let members: Vec<Member> = entries.iter().map(|(m, _)| *m).collect();
-        let addrs: Vec<u64> = if entries.iter().any(|(_, a)| *a != 0) {
-            entries.iter().map(|(_, a)| *a).collect()
-        } else {
-            Vec::new()
-        };
+        let members = concat_exact(&mut self.member_slices, self.members)?;
+        let mut addrs: Vec<u64> = Vec::new();
+        if !self.addr_slices.is_empty() {
+            addrs = vec![0; members.len()];
+            for (start, a) in &self.addr_slices {
+                let start = *start as usize;
+                addrs
+                    .get_mut(start..start.saturating_add(a.len()))?
+                    .copy_from_slice(a);
+            }
+        }
         let mut groups = Vec::with_capacity(self.group_parts.len());
         for (id, mut g) in std::mem::take(&mut self.group_parts) {
             let entries = concat_exact(&mut g.slices, g.total)?;
@@ -307,29 +313,36 @@ struct Peer {
     /// raises only to refute a suspicion or failure claimed at its current value, so that
     /// every member soon knows the current value and a stale claim loses to it.
     heartbeat: u32,
-    /// Last direct or relayed evidence that it is alive (a datagram from it, a higher
-    /// heartbeat, an ack relayed for a ping request).
-    last_increase: Time,
+    /// The round of the last direct or relayed evidence that it is alive (a datagram from
+    /// it, a higher heartbeat, an ack relayed for a ping request).
+    heard_round: u32,
     /// Alive, suspected (SWIM: refuted by a higher heartbeat or a datagram from it,
-    /// confirmed failed after the suspicion timeout) or failed; since `since`, at
-    /// heartbeat `hb_at_mark`.
+    /// confirmed failed after the suspicion timeout) or failed (since when and at which
+    /// heartbeat: its `Mark`, in `Node::marks`).
     liveness: Liveness,
-    since: Time,
-    hb_at_mark: u32,
     /// Piggyback transmissions left for news of this peer (see `Node::announce`).
     gossip_left: u8,
     leaving: bool,
     /// In our installed view, in this incarnation.
     in_view: bool,
-    replied_round: u32,
-    view_sent_round: u32,
+    /// The round we last answered it outside our view, modulo 2^16 (once per round; a
+    /// wrapped match skips one answer at worst).
+    replied_round: u16,
     /// Heard from directly, or vouched for by a view: only such peers enter views. A node
     /// only named in another's heartbeats is probed and kept unverified (bounded), so that
     /// invented ids neither enter views nor hold view changes back.
     direct: bool,
 }
 
-/// What this node believes of a peer (48 bytes a peer: the table is O(view size) and the
+/// When a peer was suspected or held failed (the round), and at which heartbeat. Kept
+/// beside the peer table (`Node::marks`) for such peers only: most peers are alive.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    since_round: u32,
+    hb_at_mark: u32,
+}
+
+/// What this node believes of a peer (24 bytes a peer: the table is O(view size) and the
 /// simulator holds 10,000 of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Liveness {
@@ -337,6 +350,9 @@ enum Liveness {
     Suspected,
     Failed,
 }
+
+// The peer table is the one per-member table of every node: keep it at 24 bytes a peer.
+const _: () = assert!(std::mem::size_of::<Peer>() <= 24);
 
 impl Peer {
     fn dead(&self) -> bool {
@@ -368,15 +384,28 @@ pub struct Node {
     heartbeat: u32,
     leaving: bool,
     peers: Vec<Peer>,
-    peer_index: FxMap<NodeId, usize>,
+    /// Positions in `peers` by node id.
+    peer_index: IdIndex,
+    /// Marks of the peers suspected or held failed (stale ones, of peers alive again, are
+    /// dropped by the round's walk of `watch`).
+    marks: FxMap<NodeId, Mark>,
+    /// Peers whose state needs a look each round (suspected, failed or unverified): the
+    /// round's timeouts walk these, not the whole table. A peer may be listed twice or
+    /// after it recovered (skipped then).
+    watch: Vec<NodeId>,
+    /// Members we served our view to this round (at most [`VIEW_SENDS_PER_ROUND`]).
+    view_sent: Vec<NodeId>,
     /// Where the driver hears peers (and this node) from, opaque (`Node::set_address`):
     /// the coordinator puts them in its views. Only for this node and known peers.
     addresses: FxMap<NodeId, u64>,
     /// Peers with news to piggyback, in turn (each at most once; see `Peer::gossip_left`).
     news: VecDeque<NodeId>,
-    /// SWIM's probe order: a shuffled list of the members, walked round-robin and shuffled
-    /// anew once walked.
-    probe_order: Vec<NodeId>,
+    /// SWIM's probe order: a random permutation of the peer table's positions
+    /// `k -> (probe_mul * k + probe_add) mod probe_len`, walked round-robin (`probe_pos`)
+    /// and drawn anew once walked: every peer once per walk, in no memory.
+    probe_len: usize,
+    probe_mul: usize,
+    probe_add: usize,
     probe_pos: usize,
     /// Probes awaiting an answer (at most [`MAX_PROBES`]).
     probes: Vec<Probe>,
@@ -403,6 +432,8 @@ pub struct Node {
     /// vouch (see `Node::vouched`).
     unvouched: Option<(View, u64)>,
     my_groups: BTreeSet<GroupId>,
+    /// Groups of the installed view that list this node, with its stream in each.
+    view_groups_with_me: Vec<(GroupId, u32)>,
     /// Coordinator only: requested group changes `(group, node) -> Some(stream)` to join
     /// with that stream, `None` to leave.
     pending_group_changes: BTreeMap<(GroupId, NodeId), Option<u32>>,
@@ -440,10 +471,11 @@ pub const VIEW_PUSH_FANOUT: usize = 4;
 /// Views a member serves per round (each is `ceil(size / max_datagram)` datagrams).
 pub const VIEW_SENDS_PER_ROUND: u32 = 8;
 
-/// A probe awaiting its answer: sent at `sent_at`; `indirect` once ping requests went out.
+/// A probe awaiting its answer: sent in round `sent_round`; `indirect` once ping requests
+/// went out.
 struct Probe {
     target: NodeId,
-    sent_at: Time,
+    sent_round: u32,
     indirect: bool,
     /// Probe cycles (direct, then indirect) made so far.
     cycles: u8,
@@ -507,12 +539,27 @@ struct Departed {
     positions: Vec<(crate::multicast::StreamKey, u64)>,
 }
 
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// Whether membership believes `node` alive (not suspected, not leaving).
-fn peer_alive(peers: &[Peer], index: &FxMap<NodeId, usize>, node: NodeId) -> bool {
-    index
-        .get(&node)
-        .and_then(|&i| peers.get(i))
+fn peer_alive(peers: &[Peer], index: &IdIndex, node: NodeId) -> bool {
+    find_peer(peers, index, node)
+        .and_then(|i| peers.get(i))
         .is_some_and(|p| !p.dead() && !p.leaving)
+}
+
+/// The position of `node` in `peers`, if known.
+fn find_peer(peers: &[Peer], index: &IdIndex, node: NodeId) -> Option<usize> {
+    index
+        .get(node, |p| {
+            peers.get(p as usize).map_or(NodeId::MAX, |q| q.member.node)
+        })
+        .map(|p| p as usize)
 }
 
 /// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
@@ -611,10 +658,15 @@ impl Node {
             heartbeat: 0,
             leaving: false,
             peers: Vec::new(),
-            peer_index: FxMap::default(),
+            peer_index: IdIndex::default(),
+            marks: FxMap::default(),
+            watch: Vec::new(),
+            view_sent: Vec::new(),
             addresses: FxMap::default(),
             news: VecDeque::new(),
-            probe_order: Vec::new(),
+            probe_len: 0,
+            probe_mul: 1,
+            probe_add: 0,
             probe_pos: 0,
             probes: Vec::new(),
             relays: Vec::new(),
@@ -630,6 +682,7 @@ impl Node {
             announced: Vec::new(),
             unvouched: None,
             my_groups: BTreeSet::new(),
+            view_groups_with_me: Vec::new(),
             pending_group_changes: BTreeMap::new(),
             node_bytes: 0,
             groups: BTreeMap::new(),
@@ -655,12 +708,17 @@ impl Node {
     pub fn view_hash(&self) -> u64 {
         self.view_hash
     }
+    /// The position of `node` in the peer table, if known.
+    fn idx(&self, node: NodeId) -> Option<usize> {
+        find_peer(&self.peers, &self.peer_index, node)
+    }
+
     /// Tells the node where `node` (a known peer, or this node itself) is heard from, in an
     /// encoding of the driver's (0: unknown). The coordinator lists these addresses in its
     /// views, so that members can reach peers they never heard from. The driver gives only
     /// addresses it observed itself (the source of an authentic datagram, its own socket).
     pub fn set_address(&mut self, node: NodeId, addr: u64) {
-        if node == self.id || self.peer_index.contains_key(&node) {
+        if node == self.id || self.idx(node).is_some() {
             if addr == 0 {
                 self.addresses.remove(&node);
             } else {
@@ -681,9 +739,8 @@ impl Node {
     }
     /// Whether this node holds `node` failed (or does not know it).
     pub fn holds_failed(&self, node: NodeId) -> bool {
-        self.peer_index
-            .get(&node)
-            .and_then(|&i| self.peers.get(i))
+        self.idx(node)
+            .and_then(|i| self.peers.get(i))
             .is_none_or(|p| p.dead())
     }
     pub fn settings(&self) -> &Settings {
@@ -940,13 +997,12 @@ impl Node {
         if from == self.id {
             return;
         }
-        self.touch(now, sender);
+        self.touch(sender);
         if self.relays.iter().any(|r| r.target == from) {
             // Ping requests for `from` are answered: relay its entry to each requester.
             let target = self
-                .peer_index
-                .get(&from)
-                .map(|&i| Self::entry_of(&self.peers[i]));
+                .idx(from)
+                .map(|i| Self::entry_of(&self.peers[i], &self.marks));
             let mut k = 0;
             while k < self.relays.len() {
                 if self.relays[k].target == from {
@@ -1007,19 +1063,18 @@ impl Node {
                     // Any member serves its view (pulled by members that saw its id and
                     // hash in our heartbeats): once per asker per round, and at most
                     // `VIEW_SENDS_PER_ROUND` times a round in all.
-                    if let Some(&i) = self.peer_index.get(&from) {
-                        if self.peers[i].view_sent_round != self.round {
-                            if self.view_sends_round != self.round {
-                                self.view_sends_round = self.round;
-                                self.view_sends = 0;
-                            }
-                            if self.view_sends < VIEW_SENDS_PER_ROUND {
-                                self.view_sends += 1;
-                                self.peers[i].view_sent_round = self.round;
-                                self.send_view(from);
-                            } else {
-                                self.counters.view_requests_deferred += 1;
-                            }
+                    if self.view_sends_round != self.round {
+                        self.view_sends_round = self.round;
+                        self.view_sends = 0;
+                        self.view_sent.clear();
+                    }
+                    if self.idx(from).is_some() && !self.view_sent.contains(&from) {
+                        if self.view_sends < VIEW_SENDS_PER_ROUND {
+                            self.view_sends += 1;
+                            self.view_sent.push(from);
+                            self.send_view(from);
+                        } else {
+                            self.counters.view_requests_deferred += 1;
                         }
                     }
                 }
@@ -1123,41 +1178,51 @@ impl Node {
     }
 
     /// Peer `i` is suspected from now (at its current heartbeat).
-    fn suspect(&mut self, now: Time, i: usize) {
+    fn suspect(&mut self, i: usize) {
         let p = &mut self.peers[i];
         if p.dead() || p.suspected() {
             return;
         }
         p.liveness = Liveness::Suspected;
-        p.since = now;
-        p.hb_at_mark = p.heartbeat;
+        let node = p.member.node;
+        let mark = Mark {
+            since_round: self.round,
+            hb_at_mark: p.heartbeat,
+        };
+        self.marks.insert(node, mark);
+        self.watch.push(node);
         self.announce(i);
     }
 
     /// Peer `i` is held failed from now.
-    fn confirm_dead(&mut self, now: Time, i: usize, heartbeat: u32) {
+    fn confirm_dead(&mut self, i: usize, heartbeat: u32) {
         let p = &mut self.peers[i];
         if p.dead() {
             return;
         }
         p.liveness = Liveness::Failed;
-        p.since = now;
-        p.hb_at_mark = p.heartbeat.max(heartbeat);
+        let node = p.member.node;
+        let mark = Mark {
+            since_round: self.round,
+            hb_at_mark: p.heartbeat.max(heartbeat),
+        };
+        self.marks.insert(node, mark);
+        self.watch.push(node);
         self.counters.peers_confirmed_dead += 1;
         self.announce(i);
     }
 
     /// Whether `node` is in our installed view (in the incarnation we know).
     fn in_our_view(&self, node: NodeId) -> bool {
-        node == self.id || self.peer_index.get(&node).is_some_and(|&i| self.peers[i].in_view)
+        node == self.id || self.idx(node).is_some_and(|i| self.peers[i].in_view)
     }
 
     fn is_alive(&self, m: Member) -> bool {
         if m.node == self.id {
             return m.incarnation == self.incarnation;
         }
-        match self.peer_index.get(&m.node) {
-            Some(&i) => {
+        match self.idx(m.node) {
+            Some(i) => {
                 let p = &self.peers[i];
                 p.member.incarnation == m.incarnation && !p.dead() && !p.leaving
             }
@@ -1165,7 +1230,7 @@ impl Node {
         }
     }
 
-    fn insert_peer(&mut self, now: Time, m: Member, heartbeat: u32, direct: bool) -> Option<usize> {
+    fn insert_peer(&mut self, m: Member, heartbeat: u32, direct: bool) -> Option<usize> {
         if self.peers.len() >= self.settings.max_peers
             || (!direct && self.peers.len().saturating_sub(self.direct_peers) >= MAX_UNVERIFIED_PEERS)
         {
@@ -1181,22 +1246,24 @@ impl Node {
         self.peers.push(Peer {
             member: m,
             heartbeat,
-            last_increase: now,
+            heard_round: self.round,
             liveness: Liveness::Alive,
-            since: 0,
-            hb_at_mark: 0,
             gossip_left: 0,
             leaving: false,
             in_view: false,
-            replied_round: NO_ROUND,
-            view_sent_round: NO_ROUND,
+            replied_round: NO_ROUND as u16,
             direct,
         });
         if direct {
             self.direct_peers += 1;
+        } else {
+            self.watch.push(m.node);
         }
         let i = self.peers.len() - 1;
-        self.peer_index.insert(m.node, i);
+        let peers = &self.peers;
+        self.peer_index.insert(i as u32, |p| {
+            peers.get(p as usize).map_or(NodeId::MAX, |q| q.member.node)
+        });
         if direct {
             self.announce_join(i);
         }
@@ -1215,12 +1282,12 @@ impl Node {
     }
 
     /// Direct evidence that `m` is alive (a datagram from it, or a view it installed).
-    fn touch(&mut self, now: Time, m: Member) {
+    fn touch(&mut self, m: Member) {
         if m.node == self.id {
             return;
         }
-        match self.peer_index.get(&m.node) {
-            Some(&i) => {
+        match self.idx(m.node) {
+            Some(i) => {
                 let p = &mut self.peers[i];
                 let mut news = false;
                 if m.incarnation > p.member.incarnation {
@@ -1231,7 +1298,7 @@ impl Node {
                     news = true;
                 }
                 if m.incarnation == p.member.incarnation {
-                    p.last_increase = now;
+                    p.heard_round = self.round;
                     if p.dead() || p.suspected() {
                         if p.suspected() {
                             self.counters.suspicions_refuted += 1;
@@ -1250,7 +1317,7 @@ impl Node {
                 }
             }
             None => {
-                let _ = self.insert_peer(now, m, 0, true);
+                let _ = self.insert_peer(m, 0, true);
             }
         }
     }
@@ -1274,7 +1341,7 @@ impl Node {
     }
 
     /// A relayed (or the sender's own) entry about known peer `i`.
-    fn merge_entry(&mut self, now: Time, i: usize, e: &HeartbeatEntry, own: bool) {
+    fn merge_entry(&mut self, i: usize, e: &HeartbeatEntry, own: bool) {
         let leaving = own && e.flags & HEARTBEAT_FLAG_LEAVING != 0;
         let p = &mut self.peers[i];
         if e.incarnation > p.member.incarnation {
@@ -1290,7 +1357,7 @@ impl Node {
             };
             p.in_view = false;
             p.heartbeat = e.heartbeat;
-            p.last_increase = now;
+            p.heard_round = self.round;
             p.set_alive();
             p.leaving = leaving;
             self.announce(i);
@@ -1325,24 +1392,25 @@ impl Node {
             }
         } else if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
             if !p.dead() {
-                self.confirm_dead(now, i, e.heartbeat);
+                self.confirm_dead(i, e.heartbeat);
             }
         } else if e.flags & HEARTBEAT_FLAG_SUSPECT != 0 {
             if !p.dead() && !p.suspected() {
-                self.suspect(now, i);
+                self.suspect(i);
             }
         } else if e.heartbeat > p.heartbeat {
             // A refutation: passed on whatever we held (a member that knows the current
             // heartbeat ignores claims made at an older one).
             p.heartbeat = e.heartbeat;
+            let at_mark = self.marks.get(&e.node).map_or(0, |m| m.hb_at_mark);
             if p.dead() {
-                if e.heartbeat > p.hb_at_mark {
+                if e.heartbeat > at_mark {
                     p.set_alive();
-                    p.last_increase = now;
+                    p.heard_round = self.round;
                 }
             } else {
-                p.last_increase = now;
-                if p.suspected() && e.heartbeat > p.hb_at_mark {
+                p.heard_round = self.round;
+                if p.suspected() && e.heartbeat > at_mark {
                     p.set_alive();
                     self.counters.suspicions_refuted += 1;
                 }
@@ -1373,9 +1441,9 @@ impl Node {
                 continue;
             }
             let own = e.node == from.node;
-            match self.peer_index.get(&e.node) {
+            match self.idx(e.node) {
                 None if own => {
-                    if let Some(i) = self.insert_peer(now, from, e.heartbeat, true) {
+                    if let Some(i) = self.insert_peer(from, e.heartbeat, true) {
                         self.peers[i].leaving = e.flags & HEARTBEAT_FLAG_LEAVING != 0;
                     }
                 }
@@ -1399,12 +1467,12 @@ impl Node {
                         node: e.node,
                         incarnation: e.incarnation,
                     };
-                    if self.insert_peer(now, m, e.heartbeat, false).is_some() {
+                    if self.insert_peer(m, e.heartbeat, false).is_some() {
                         added += 1;
                         self.send_membership(e.node, 0, None);
                     }
                 }
-                Some(&i) => self.merge_entry(now, i, &e, own),
+                Some(i) => self.merge_entry(i, &e, own),
             }
         }
         // SWIM: answer a probe; serve a ping request; take a relayed ack as the answer to
@@ -1418,7 +1486,7 @@ impl Node {
                 && t.node != self.id
                 && t.node != from.node
                 && self.relays.len() < MAX_RELAYS
-                && self.peer_index.contains_key(&t.node)
+                && self.idx(t.node).is_some()
             {
                 self.relays.push(Relay {
                     target: t.node,
@@ -1429,13 +1497,13 @@ impl Node {
                 self.send_membership(t.node, HEARTBEAT_FLAG_PROBE, None);
             }
             if kind & HEARTBEAT_FLAG_ACK != 0 {
-                if let Some(&i) = self.peer_index.get(&t.node) {
+                if let Some(i) = self.idx(t.node) {
                     let p = &mut self.peers[i];
                     if p.member.incarnation == t.incarnation
                         && !p.dead()
                         && self.probes.iter().any(|pr| pr.target == t.node)
                     {
-                        p.last_increase = now;
+                        p.heard_round = self.round;
                     }
                 }
             }
@@ -1467,9 +1535,9 @@ impl Node {
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
         if kind == 0 && !self.in_our_view(from.node) {
-            if let Some(&i) = self.peer_index.get(&from.node) {
-                if self.peers[i].replied_round != self.round {
-                    self.peers[i].replied_round = self.round;
+            if let Some(i) = self.idx(from.node) {
+                if self.peers[i].replied_round != self.round as u16 {
+                    self.peers[i].replied_round = self.round as u16;
                     self.send_membership(from.node, 0, None);
                 }
             }
@@ -1478,11 +1546,12 @@ impl Node {
 
     /// The entry for peer `p` as we relay it: suspected or failed at the heartbeat it was
     /// at then, else alive at its heartbeat.
-    fn entry_of(p: &Peer) -> HeartbeatEntry {
+    fn entry_of(p: &Peer, marks: &FxMap<NodeId, Mark>) -> HeartbeatEntry {
+        let at_mark = || marks.get(&p.member.node).map_or(p.heartbeat, |m| m.hb_at_mark);
         let (flags, heartbeat) = if p.dead() {
-            (HEARTBEAT_FLAG_DEAD, p.hb_at_mark)
+            (HEARTBEAT_FLAG_DEAD, at_mark())
         } else if p.suspected() {
-            (HEARTBEAT_FLAG_SUSPECT, p.hb_at_mark)
+            (HEARTBEAT_FLAG_SUSPECT, at_mark())
         } else {
             (0, p.heartbeat)
         };
@@ -1509,9 +1578,9 @@ impl Node {
         });
         entries.extend(extra);
         // A member we suspect or hold failed hears it first, so that it refutes at once.
-        if let Some(p) = self.peer_index.get(&to).map(|&i| &self.peers[i]) {
+        if let Some(p) = self.idx(to).map(|i| &self.peers[i]) {
             if (p.suspected() || p.dead()) && extra.is_none_or(|x| x.node != to) {
-                entries.push(Self::entry_of(p));
+                entries.push(Self::entry_of(p, &self.marks));
             }
         }
         // Entries that fit one datagram of `max_datagram` bytes.
@@ -1528,7 +1597,7 @@ impl Node {
             let Some(node) = self.news.pop_front() else {
                 break;
             };
-            let Some(&i) = self.peer_index.get(&node) else {
+            let Some(i) = self.idx(node) else {
                 continue;
             };
             let p = &mut self.peers[i];
@@ -1538,7 +1607,7 @@ impl Node {
                 }
                 continue;
             }
-            entries.push(Self::entry_of(p));
+            entries.push(Self::entry_of(p, &self.marks));
             p.gossip_left -= 1;
             if p.gossip_left > 0 {
                 self.news.push_back(node);
@@ -1562,50 +1631,57 @@ impl Node {
         self.send_membership(to, 0, None);
     }
 
-    /// The next member to probe: round-robin over a shuffled list of the view's members
-    /// and the verified peers outside it, shuffled anew each time it is walked.
+    /// The next member to probe: round-robin over a random permutation of the peer table
+    /// (the view's members and the verified peers outside it), drawn anew each time it is
+    /// walked.
     fn next_probe_target(&mut self) -> Option<NodeId> {
         for _ in 0..2 {
-            while self.probe_pos < self.probe_order.len() {
-                let t = self.probe_order[self.probe_pos];
+            while self.probe_pos < self.probe_len {
+                let k = self.probe_pos as u64;
                 self.probe_pos += 1;
-                let ok = self
-                    .peer_index
-                    .get(&t)
-                    .map(|&i| &self.peers[i])
-                    .is_some_and(|p| !p.dead() && !p.leaving && p.direct);
-                if ok && !self.probes.iter().any(|p| p.target == t) {
+                let i = (self.probe_mul as u64 * k + self.probe_add as u64) % self.probe_len as u64;
+                let Some(p) = self.peers.get(i as usize) else {
+                    continue;
+                };
+                let t = p.member.node;
+                if !p.dead() && !p.leaving && p.direct && !self.probes.iter().any(|p| p.target == t) {
                     return Some(t);
                 }
             }
-            self.probe_order.clear();
-            self.probe_order.extend(
-                self.peers
-                    .iter()
-                    .filter(|p| !p.dead() && !p.leaving && p.direct)
-                    .map(|p| p.member.node),
-            );
-            for i in (1..self.probe_order.len()).rev() {
-                self.probe_order.swap(i, self.rng.gen_range(0..=i));
-            }
-            self.probe_pos = 0;
-            if self.probe_order.is_empty() {
+            let len = self.peers.len();
+            if len == 0 {
                 return None;
             }
+            // `k -> (a k + b) mod len` is a permutation when `a` is coprime with `len`.
+            let mut a = 1;
+            for _ in 0..64 {
+                let c = self.rng.gen_range(1..len.max(2));
+                if gcd(c, len) == 1 {
+                    a = c;
+                    break;
+                }
+            }
+            (self.probe_len, self.probe_mul, self.probe_add, self.probe_pos) =
+                (len, a, self.rng.gen_range(0..len), 0);
         }
         None
     }
 
+    /// Whether more than `t` has passed since round `since` (rounds of `gossip_period`).
+    fn rounds_over(&self, since: u32, t: Time) -> bool {
+        u64::from(self.round.wrapping_sub(since)).saturating_mul(self.settings.gossip_period.max(1)) > t
+    }
+
     /// SWIM's round: probes of the last rounds not answered go indirect, then suspected;
     /// suspicions time out into failures; one new member is probed.
-    fn failure_detection(&mut self, now: Time) {
+    fn failure_detection(&mut self) {
         let probes = std::mem::take(&mut self.probes);
         for mut pr in probes {
-            let Some(&i) = self.peer_index.get(&pr.target) else {
+            let Some(i) = self.idx(pr.target) else {
                 continue;
             };
             let p = &self.peers[i];
-            if p.dead() || p.leaving || p.last_increase >= pr.sent_at {
+            if p.dead() || p.leaving || p.heard_round.wrapping_sub(pr.sent_round) < 1 << 31 {
                 continue;
             }
             if !pr.indirect || pr.cycles < PROBE_CYCLES {
@@ -1617,7 +1693,7 @@ impl Node {
                 }
                 pr.indirect = true;
                 let p = &self.peers[i];
-                let target = Self::entry_of(p);
+                let target = Self::entry_of(p, &self.marks);
                 let target = HeartbeatEntry { flags: 0, ..target };
                 let mut helpers = std::mem::take(&mut self.scratch_targets);
                 helpers.clear();
@@ -1632,23 +1708,38 @@ impl Node {
                 self.probes.push(pr);
             } else if !self.peers[i].suspected() {
                 self.counters.suspicions_raised += 1;
-                self.suspect(now, i);
+                self.suspect(i);
             }
         }
+        // Timeouts: only the watched peers (suspected, failed or unverified) can time out.
         let timeout = self.effective_suspect_timeout();
         let unverified_timeout = self.settings.suspect_timeout;
-        for i in 0..self.peers.len() {
+        let mut watch = std::mem::take(&mut self.watch);
+        watch.sort_unstable();
+        watch.dedup();
+        watch.retain(|&n| {
+            let Some(i) = self.idx(n) else {
+                return false;
+            };
             let p = &self.peers[i];
             if p.dead() {
-                continue;
+                return true; // until forgotten
             }
-            if (p.suspected() && now.saturating_sub(p.since) > timeout)
-                || (!p.direct && now.saturating_sub(p.last_increase) > unverified_timeout)
+            if !p.suspected() && p.direct {
+                self.marks.remove(&n);
+                return false; // recovered, or verified
+            }
+            let since = self.marks.get(&n).map_or(self.round, |m| m.since_round);
+            if (p.suspected() && self.rounds_over(since, timeout))
+                || (!p.direct && self.rounds_over(p.heard_round, unverified_timeout))
             {
                 let hb = p.heartbeat;
-                self.confirm_dead(now, i, hb);
+                self.confirm_dead(i, hb);
             }
-        }
+            true
+        });
+        watch.append(&mut self.watch);
+        self.watch = watch;
         let round = self.round;
         self.relays
             .retain(|r| round.wrapping_sub(r.round) <= RELAY_ROUNDS);
@@ -1656,7 +1747,7 @@ impl Node {
             if let Some(t) = self.next_probe_target() {
                 self.probes.push(Probe {
                     target: t,
-                    sent_at: now,
+                    sent_round: self.round,
                     indirect: false,
                     cycles: 1,
                 });
@@ -1793,6 +1884,7 @@ impl Node {
                     received: vec![0; (header.parts as usize).div_ceil(64)],
                     received_count: 0,
                     member_slices: Vec::new(),
+                    addr_slices: Vec::new(),
                     group_parts: BTreeMap::new(),
                     held: 0,
                     declared: u64::from(header.members),
@@ -1897,33 +1989,33 @@ impl Node {
             return;
         }
         if from == view.id.coordinator {
-            self.touch(now, coordinator);
+            self.touch(coordinator);
         }
         for m in &view.members {
             if m.node == self.id {
                 continue;
             }
-            match self.peer_index.get(&m.node) {
+            match self.idx(m.node) {
                 None => {
                     // Learned from the view, which spreads itself: no news of it (a view of
                     // n new members would otherwise queue n news items at every member,
                     // ahead of the suspicions and refutations that must travel fast).
-                    if let Some(i) = self.insert_peer(now, *m, 0, true) {
+                    if let Some(i) = self.insert_peer(*m, 0, true) {
                         self.peers[i].gossip_left = 0;
                     }
                 }
-                Some(&i) if self.peers[i].member.incarnation == m.incarnation => {
+                Some(i) if self.peers[i].member.incarnation == m.incarnation => {
                     if !self.peers[i].direct {
                         self.peers[i].direct = true;
                         self.direct_peers += 1;
                     }
                 }
                 // The coordinator saw the node restart: so do we.
-                Some(&i) if self.peers[i].member.incarnation < m.incarnation => {
+                Some(i) if self.peers[i].member.incarnation < m.incarnation => {
                     let p = &mut self.peers[i];
                     p.member = *m;
                     p.heartbeat = 0;
-                    p.last_increase = now;
+                    p.heard_round = self.round;
                     p.set_alive();
                     p.leaving = false;
                     p.set_alive();
@@ -1947,20 +2039,34 @@ impl Node {
             p.in_view = false;
         }
         for m in &view.members {
-            if let Some(&i) = self.peer_index.get(&m.node) {
+            if let Some(i) = self.idx(m.node) {
                 let p = &mut self.peers[i];
                 p.in_view = p.member.incarnation == m.incarnation;
             }
         }
+        let hash = view.content_hash();
+        let shared: Vec<Arc<GroupMembers>> = self
+            .groups
+            .keys()
+            .map(|gid| match view.group_view(*gid) {
+                Some(gv) => self.group_members(&view, hash, gv),
+                None => Arc::default(),
+            })
+            .collect();
         with_ctx!(self, now, |ctx, groups| {
-            for (gid, g) in groups.iter_mut() {
-                match view.group_view(*gid) {
-                    Some(gv) => g.set_members(&gv.members, &gv.streams, &mut ctx),
-                    None => g.set_members(&[], &[], &mut ctx),
-                }
+            for (g, members) in groups.values_mut().zip(shared) {
+                g.set_group_members(members, &mut ctx);
             }
         });
-        self.view_hash = view.content_hash();
+        // The groups that list us (what we must leave if the application did).
+        let me = self.id;
+        self.view_groups_with_me = view
+            .groups
+            .iter()
+            .filter(|gv| gv.members.contains(&me))
+            .map(|gv| (gv.id, gv.stream_of(me).unwrap_or(0)))
+            .collect();
+        self.view_hash = hash;
         self.installed_round = self.round;
         self.view = view.clone();
         self.counters.views_installed += 1;
@@ -1969,6 +2075,15 @@ impl Node {
             self.events.push_back(Event::ViewChange(view));
         } else {
             self.counters.events_dropped += 1;
+        }
+    }
+
+    /// The member list of group `gv` of `view` (whose hash is `hash`): shared through the
+    /// view cache, if the driver set one.
+    fn group_members(&self, view: &View, hash: u64, gv: &GroupView) -> Arc<GroupMembers> {
+        match &self.view_cache {
+            Some(c) => c.group_members(view.id, hash, gv),
+            None => Arc::new(GroupMembers::new(&gv.members, &gv.streams)),
         }
     }
 
@@ -2069,9 +2184,9 @@ impl Node {
             })
             .collect();
         // Addresses of members we heard from (or of peers that left our table: dropped).
-        let (peer_index, me) = (&self.peer_index, self.id);
+        let (peers, index, me) = (&self.peers, &self.peer_index, self.id);
         self.addresses
-            .retain(|n, _| *n == me || peer_index.contains_key(n));
+            .retain(|n, _| *n == me || find_peer(peers, index, *n).is_some());
         let mut addrs: Vec<u64> = members
             .iter()
             .map(|m| self.addresses.get(&m.node).copied().unwrap_or(0))
@@ -2135,19 +2250,44 @@ impl Node {
         if self.round == NO_ROUND {
             self.round = 0;
         }
-        self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
-        self.failure_detection(now);
+        self.out.trim();
+        self.failure_detection();
         self.ordered_suspicions(now);
-        // Forgetting: unverified peers once failed, others `forget_after` after failing.
+        // Forgetting: unverified peers once failed, others `forget_after` after failing
+        // (only failed peers can go: they are all watched).
         let forget = self.settings.forget_after;
-        let gone = |p: &Peer| p.dead() && (!p.direct || now.saturating_sub(p.since) > forget);
-        if self.peers.iter().any(gone) {
-            self.peers.retain(|p| !gone(p));
-            self.peer_index.clear();
-            for (i, p) in self.peers.iter().enumerate() {
-                self.peer_index.insert(p.member.node, i);
-            }
+        let gone = |p: &Peer| {
+            p.dead()
+                && (!p.direct
+                    || self.rounds_over(
+                        self.marks
+                            .get(&p.member.node)
+                            .map_or(self.round, |m| m.since_round),
+                        forget,
+                    ))
+        };
+        if self
+            .watch
+            .iter()
+            .any(|&n| self.idx(n).is_some_and(|i| gone(&self.peers[i])))
+        {
+            let keep: Vec<bool> = self.peers.iter().map(|p| !gone(p)).collect();
+            let mut k = 0;
+            self.peers.retain(|_| {
+                k += 1;
+                keep[k - 1]
+            });
+            let peers = &self.peers;
+            self.peer_index
+                .rebuild_with(peers.len(), |p| peers[p as usize].member.node);
             self.direct_peers = self.peers.iter().filter(|p| p.direct).count();
+            let (peers, index) = (&self.peers, &self.peer_index);
+            self.marks.retain(|n, _| find_peer(peers, index, *n).is_some());
+            // Positions moved: the probe walk starts afresh.
+            self.probe_pos = self.probe_len;
+        }
+        if self.news.capacity() > 64 && self.news.len() < self.news.capacity() / 4 {
+            self.news.shrink_to(self.news.len() * 2);
         }
         self.coordinate(now);
 
@@ -2185,22 +2325,21 @@ impl Node {
         // Digest targets for the groups below: the probed members.
         targets.extend(self.probes.iter().filter(|p| !p.indirect).map(|p| p.target));
         // Group membership requests not yet reflected in the view (our stream included).
-        let me = self.id;
+        let with_me = &self.view_groups_with_me;
         let joins: Vec<(GroupId, u32)> = self
             .groups
             .iter()
             .map(|(id, g)| (*id, g.my_stream()))
-            .filter(|(g, s)| self.view.group_view(*g).and_then(|gv| gv.stream_of(me)) != Some(*s))
+            .filter(|(g, s)| !with_me.contains(&(*g, *s)))
             .collect();
         for (g, s) in joins {
             self.request_group_change(g, Some(s));
         }
         let leaves: Vec<GroupId> = self
-            .view
-            .groups
+            .view_groups_with_me
             .iter()
-            .filter(|gv| gv.members.contains(&me) && !self.my_groups.contains(&gv.id))
-            .map(|gv| gv.id)
+            .filter(|(g, _)| !self.my_groups.contains(g))
+            .map(|(g, _)| *g)
             .collect();
         for g in leaves {
             self.request_group_change(g, None);
@@ -2247,20 +2386,50 @@ impl Node {
 
     /// Approximate bytes of protocol state held by this node.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.peers.capacity() * std::mem::size_of::<Peer>()
-            + self.peer_index.capacity() * 16
-            + self.view.members.capacity() * 8
-            + self
-                .view
-                .groups
-                .iter()
-                .map(|gv| 16 + gv.members.capacity() * 4 + gv.streams.capacity() * 4)
-                .sum::<usize>()
-            + self.groups.values().map(|g| g.approx_bytes()).sum::<usize>()
-            + self.out.pending() * self.settings.max_datagram
-            + self.events.len() * 64
+        self.state_parts().iter().map(|(_, b)| b).sum()
     }
+
+    /// Approximate bytes of protocol state held by this node, per structure (heap bytes
+    /// from capacities; hash maps at their bucket count). The shared view is not counted.
+    pub fn state_parts(&self) -> Vec<(&'static str, usize)> {
+        let mut parts = vec![
+            ("node", std::mem::size_of::<Self>()),
+            ("peers", self.peers.capacity() * std::mem::size_of::<Peer>()),
+            ("peer_index", self.peer_index.bytes()),
+            ("watch", self.watch.capacity() * 4 + map_bytes(&self.marks)),
+            ("addresses", map_bytes(&self.addresses)),
+            ("news", self.news.capacity() * 4),
+            (
+                "outbox",
+                (self.out.pending() + self.out.pooled()) * self.settings.max_datagram,
+            ),
+            ("events", self.events.len() * 64),
+        ];
+        for g in self.groups.values() {
+            for (name, b) in g.state_parts() {
+                match parts.iter_mut().find(|(n, _)| *n == name) {
+                    Some(p) => p.1 += b,
+                    None => parts.push((name, b)),
+                }
+            }
+        }
+        parts
+    }
+}
+
+/// Heap bytes of a hash map: its buckets (a power of two holding the capacity at a load of
+/// at most 7/8), each an entry and a control byte.
+pub(crate) fn map_bytes<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
+    let cap = m.capacity();
+    if cap == 0 {
+        return 0;
+    }
+    let buckets = if cap < 8 {
+        (cap + 1).next_power_of_two()
+    } else {
+        (cap * 8 / 7).next_power_of_two()
+    };
+    buckets * (std::mem::size_of::<(K, V)>() + 1)
 }
 
 // ---------------------------------------------------------------- ordered groups
@@ -2426,11 +2595,19 @@ impl Node {
     }
 
     fn ordered_suspicions(&mut self, now: Time) {
+        // Nothing to do without an ordered group; and only marked peers can be suspected
+        // or failed, so this stays O(suspects), not O(peers), per round.
+        if !self.ordered.has_groups() {
+            return;
+        }
         let suspects: BTreeSet<NodeId> = self
-            .peers
-            .iter()
-            .filter(|p| p.dead() || p.suspected())
-            .map(|p| p.member.node)
+            .marks
+            .keys()
+            .copied()
+            .filter(|&n| {
+                self.idx(n)
+                    .is_some_and(|i| self.peers[i].dead() || self.peers[i].suspected())
+            })
             .collect();
         self.ordered.set_swim_suspects(now, suspects);
         self.flush_ordered();

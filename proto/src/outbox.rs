@@ -12,6 +12,8 @@ use tutti_wire::packet::{
 
 /// Free datagram buffers kept for reuse (each `max_datagram` bytes); more are freed.
 const MAX_FREE_BUFFERS: usize = 1024;
+/// Free buffers `trim` keeps at least (beyond them, as many as the last round used).
+const MIN_FREE_BUFFERS: usize = 8;
 
 /// A datagram being filled for `dest`.
 struct Open {
@@ -37,6 +39,8 @@ pub struct Outbox {
     ready: VecDeque<Ready>,
     /// Buffers of `max_datagram` bytes to reuse.
     free: Vec<Vec<u8>>,
+    /// Buffers put to use since the last `trim`.
+    taken: usize,
     /// The buffer whose bytes the last `pop` lent out; back to `free` at the next call.
     lent: Option<Vec<u8>>,
     pub dropped: u64,
@@ -58,6 +62,7 @@ impl Outbox {
             open_index: FxMap::default(),
             ready: VecDeque::new(),
             free: Vec::new(),
+            taken: 0,
             lent: None,
             dropped: 0,
             oversize: 0,
@@ -122,6 +127,7 @@ impl Outbox {
 
     fn open_new(&mut self, dest: NodeId) -> usize {
         let mut buf = self.free.pop().unwrap_or_else(|| vec![0u8; self.max_datagram]);
+        self.taken += 1;
         debug_assert_eq!(buf.len(), self.max_datagram);
         let state = Encoder::new(&mut buf, self.from, self.incarnation)
             .map(|e| e.state())
@@ -164,6 +170,26 @@ impl Outbox {
         if buf.len() == self.max_datagram && self.free.len() < MAX_FREE_BUFFERS {
             self.free.push(buf);
         }
+    }
+
+    /// Once a round: frees pooled buffers beyond what the last round put to use (keeping at
+    /// least `MIN_FREE_BUFFERS`), so that a burst (a view served in a hundred parts) does
+    /// not hold its buffers for good: a simulator's 10,000 nodes would each keep one.
+    pub fn trim(&mut self) {
+        let keep = self.taken.max(MIN_FREE_BUFFERS);
+        if self.free.len() > keep {
+            self.free.truncate(keep);
+            self.free.shrink_to(keep);
+        }
+        if self.ready.is_empty() && self.ready.capacity() > keep {
+            self.ready.shrink_to(keep);
+        }
+        self.taken = 0;
+    }
+
+    /// Buffers held for reuse.
+    pub fn pooled(&self) -> usize {
+        self.free.len()
     }
 
     /// Finish every open datagram, in the order they were opened.
@@ -276,6 +302,25 @@ mod tests {
             pooled - 1,
             "a pooled buffer was taken, none allocated"
         );
+    }
+
+    #[test]
+    fn a_burst_keeps_its_buffers_for_one_round_only() {
+        let max = 1472;
+        let mut out = Outbox::new(1, 1, max, 1024);
+        for seq in 0..2100 {
+            out.push_data(9, &data(seq, 1), false, &[5u8; 64]);
+        }
+        let sent = drain(&mut out, max);
+        assert_eq!(sent.len(), 100);
+        assert!(out.pooled() >= 99, "the burst's buffers came back to the pool");
+        out.trim();
+        assert!(
+            out.pooled() >= 99,
+            "kept while the round that used them is the last"
+        );
+        out.trim();
+        assert_eq!(out.pooled(), MIN_FREE_BUFFERS, "freed after a round without use");
     }
 
     #[test]

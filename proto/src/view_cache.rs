@@ -3,7 +3,8 @@
 //! a decoded copy each. Optional; a daemon's single node has no use for it.
 
 use crate::fxhash::FxMap;
-use crate::{View, ViewId};
+use crate::multicast::GroupMembers;
+use crate::{GroupId, GroupView, View, ViewId};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Views held at most; beyond it entries whose view no node holds any more are dropped,
@@ -13,10 +14,15 @@ const MAX_CACHED_VIEWS: usize = 4096;
 /// Views by (id, content hash), held weakly (a view no node holds is freed).
 type Table = FxMap<(ViewId, u64), Weak<View>>;
 
+/// Groups' member lists with their position index, by the view (id, content hash) and
+/// group they belong to, held weakly.
+type GroupTable = FxMap<(ViewId, u64, GroupId), Weak<GroupMembers>>;
+
 /// A shared table of views by (id, content hash). Clones share the table.
 #[derive(Clone, Default)]
 pub struct ViewCache {
     views: Arc<Mutex<Table>>,
+    groups: Arc<Mutex<GroupTable>>,
 }
 
 impl ViewCache {
@@ -47,6 +53,31 @@ impl ViewCache {
         let v = Arc::new(view);
         views.insert(key, Arc::downgrade(&v));
         v
+    }
+
+    /// The shared member list (with its position index) of group `gv` of view `(id, hash)`:
+    /// built by the first node that installs the view, shared by the others.
+    pub fn group_members(&self, id: ViewId, hash: u64, gv: &GroupView) -> Arc<GroupMembers> {
+        let build = || Arc::new(GroupMembers::new(&gv.members, &gv.streams));
+        let Ok(mut groups) = self.groups.lock() else {
+            return build();
+        };
+        let key = (id, hash, gv.id);
+        if let Some(g) = groups.get(&key).and_then(Weak::upgrade) {
+            if g.matches(&gv.members, &gv.streams) {
+                return g;
+            }
+            return build();
+        }
+        if groups.len() >= MAX_CACHED_VIEWS {
+            groups.retain(|_, w| w.strong_count() > 0);
+            if groups.len() >= MAX_CACHED_VIEWS {
+                groups.clear();
+            }
+        }
+        let g = build();
+        groups.insert(key, Arc::downgrade(&g));
+        g
     }
 
     /// Views interned and still held by some node.

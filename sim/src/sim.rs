@@ -486,6 +486,9 @@ pub struct Report {
     pub events: u64,
     pub state_bytes_per_node_mean: f64,
     pub state_bytes_per_node_max: u64,
+    /// Mean bytes per node of each structure (`Node::state_parts`), when the state was
+    /// sampled (after the last submission).
+    pub state_bytes_by_part: BTreeMap<String, u64>,
     pub healthy_throughput_ratio: Option<f64>,
     pub healthy_rate: f64,
     pub trace_hash: String,
@@ -648,6 +651,7 @@ pub struct Sim {
     last_burst: Time,
     done: bool,
     state_samples: Vec<usize>,
+    state_parts: BTreeMap<String, u64>,
     sampled: bool,
     converged: Option<bool>,
     healthy: Vec<bool>,
@@ -763,6 +767,7 @@ impl Sim {
             last_burst: 0,
             done: false,
             state_samples: Vec::new(),
+            state_parts: BTreeMap::new(),
             sampled: false,
             converged: None,
             healthy,
@@ -1617,6 +1622,18 @@ impl Sim {
             .iter()
             .filter_map(|s| s.node.as_ref().map(|n| n.state_bytes()))
             .collect();
+        let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+        let mut count = 0u64;
+        for n in self.nodes.iter().filter_map(|s| s.node.as_ref()) {
+            count += 1;
+            for (name, b) in n.state_parts() {
+                *sums.entry(name.to_string()).or_default() += b as u64;
+            }
+        }
+        for v in sums.values_mut() {
+            *v /= count.max(1);
+        }
+        self.state_parts = sums;
     }
 
     fn submissions_done(&self) -> bool {
@@ -1844,6 +1861,7 @@ impl Sim {
                 samples.iter().sum::<usize>() as f64 / samples.len() as f64
             },
             state_bytes_per_node_max: samples.iter().copied().max().unwrap_or(0) as u64,
+            state_bytes_by_part: self.state_parts.clone(),
             healthy_throughput_ratio: None,
             healthy_rate: {
                 // Deliveries at healthy members during the sending window (plus one round),

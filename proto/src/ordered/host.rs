@@ -414,6 +414,11 @@ impl OrderedHost {
         self.pump(now);
     }
 
+    /// Whether this node is a member (or joiner) of any ordered group.
+    pub fn has_groups(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
     /// SWIM's suspicions: the peers it suspects or holds failed (every gossip round).
     /// Suspicions and majority are evaluated again even when nothing changed here: the
     /// members' learned views move on their own.
