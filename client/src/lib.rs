@@ -39,7 +39,7 @@ use tutti_wire::shm::{
     DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
 };
-pub use tutti_wire::shm::{LeftReason, ViewRecord};
+pub use tutti_wire::shm::{ConfchgRecord, CpgEntry, LeftReason, ViewRecord};
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
 
