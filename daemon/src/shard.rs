@@ -585,9 +585,9 @@ impl Shard {
                     if let Some(slot) = self.groups.get_mut(handle as usize) {
                         if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
                             if group.options.cpg {
-                                // Stays in the order until its processes' leaves are in it.
-                                if !self.cpg.drain(group.gid, self.node_id) {
-                                    cluster.leave_ordered(group.gid);
+                                // Stays in the order, dormant (see `cpg::MAX_DORMANT`).
+                                if let Some(gid) = self.cpg.sleep(group.gid) {
+                                    cluster.leave_ordered(gid);
                                 }
                             } else if group.options.ordered {
                                 cluster.leave_ordered(group.gid);
@@ -856,10 +856,8 @@ impl Shard {
         for (gid, table) in answer_cpg {
             cluster.snapshot_ready(gid, &table);
         }
-        // Process changes of local sessions into the order; groups done draining leave it.
-        for gid in cpg.flush(cluster, self.node_id) {
-            tracing::info!(shard = self.index, group = %format!("{gid:#x}"), "cpg group: left its order (no local process)");
-        }
+        // Process changes of local sessions into the order.
+        cpg.flush(cluster);
         // The daemons' ring changed: cpg members see it as a view record (CPG's totem view).
         let ring = cluster.ring();
         for g in groups.iter_mut().flatten() {
@@ -1008,9 +1006,10 @@ impl Shard {
         if self.groups.len() <= index {
             self.groups.resize_with(index + 1, || None);
         }
+        let ring_now = self.cluster.as_ref().filter(|_| options.cpg).map(|c| c.ring().0);
         match self.cluster.as_mut() {
             Some(cluster) if options.cpg => {
-                // A group still draining here is still a member of its order.
+                // A dormant group here is still a member of its order.
                 if !self.cpg.open(gid) {
                     cluster.join_ordered(gid)?;
                 }
@@ -1037,7 +1036,12 @@ impl Shard {
             sampled: (0, 0),
             rates: (0.0, 0.0),
             options,
-            ordered: OrderedState::default(),
+            // Members learn the ring of their join from its confchg: only later changes
+            // are written as views.
+            ordered: OrderedState {
+                ring_written: ring_now,
+                ..OrderedState::default()
+            },
             _log: log,
             _doorbell: doorbell,
         });
