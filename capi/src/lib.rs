@@ -919,7 +919,10 @@ pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut
             return Ok(());
         }
         let signal = s.client.append_signal(slot.id).map_err(client_fail)?;
-        let wake = wake::GroupWake::start(signal, s.client.control_fd())
+        let (client, id) = (&s.client, slot.id);
+        let wake = wake::GroupWake::start(signal, client.control_fd(), || {
+            client.has_data(id).unwrap_or(true)
+        })
             .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
         out.write(wake.fd());
         if let Some(slot) = s.groups[group as usize].as_mut() {

@@ -837,6 +837,12 @@ impl Client {
         })
     }
 
+    /// Whether a record of `group` is waiting to be read now (needs the subscribe right).
+    pub fn has_data(&self, group: GroupId) -> Result<bool, Error> {
+        let sub = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
+        Ok(sub.reader.has_data())
+    }
+
     /// A handle another thread can sleep on until the daemon appends to `group`'s delivery
     /// log: the way to turn appends into a wake-up of some other kind (an eventfd for a
     /// poll loop, as the C API does). Needs the subscribe right.

@@ -743,13 +743,14 @@ impl Shard {
                         .collect();
                     let change = cpg.remove_nodes(group, &gone);
                     if let Some(slot) = slot_of(groups, by_gid, group) {
-                        if let Some(change) = change {
-                            append_confchg(slot, &ring, &change, stats);
-                        }
                         stats.add(counter::ORDERED_VIEWS, 1);
                         slot.ordered.view = Some((id, members.to_vec()));
-                        slot.dirty = true;
-                        appended = true;
+                        // Members are woken only for a record: a CPG program takes a
+                        // readable descriptor to mean an event is waiting.
+                        if let Some(change) = change {
+                            append_confchg(slot, &ring, &change, stats);
+                            appended = true;
+                        }
                     }
                 } else if let Some(slot) = slot_of(groups, by_gid, group) {
                     if slot.writer.append_view(id, members, joined, left).is_err() {
