@@ -25,6 +25,9 @@ fn ip(i: usize) -> String {
     format!("127.0.{SUBNET}.{}", i + 1)
 }
 
+/// Starts daemon `i` of `n` on 127.0.SUBNET.0/24. The suspicion timeout is 3 s: at 1.5 s a
+/// loaded 2-core machine saw daemons falsely suspected (and removed from the group's order)
+/// during the 300-message burst, a membership-under-load issue outside this test's subject.
 fn start_daemon(i: usize, n: usize) -> Daemon {
     let dir = common::temp_dir(&format!("cpg-cfg{i}"));
     let config = dir.join("tuttid.toml");
@@ -32,7 +35,7 @@ fn start_daemon(i: usize, n: usize) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 1500\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
+            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 3000\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
             i + 1,
             seeds.join(", "),
             ip(i),

@@ -40,7 +40,7 @@ log_bytes = 67108864
 [cluster]
 enabled = true
 seeds = [$seeds]
-suspect_timeout_ms = 1500
+suspect_timeout_ms = 3000
 [net]
 listen = "127.0.$TUTTI_SUBNET.$i"
 base_port = $TUTTI_BASE_PORT
