@@ -608,7 +608,10 @@ pub unsafe extern "C" fn tutti_join(
             safe: options.flags & TUTTI_JOIN_SAFE != 0,
             cpg: options.flags & TUTTI_JOIN_CPG != 0,
         };
-        let id = s.client.join_with(name, rights, group_options).map_err(client_fail)?;
+        let id = s
+            .client
+            .join_with(name, rights, group_options)
+            .map_err(client_fail)?;
         if rights.subscribe {
             // Room for the largest message tutti_next can hand out, once.
             let max = s.client.max_message(id).map_err(client_fail)?;
@@ -880,7 +883,11 @@ pub unsafe extern "C" fn tutti_next(
         let n = client
             .poll(id, 1, |e| {
                 let mut ev = event(group, &e, scratch);
-                if let Event::Message { payload, .. } | Event::Installed { snapshot: payload, .. } = e {
+                if let Event::Message { payload, .. }
+                | Event::Installed {
+                    snapshot: payload, ..
+                } = e
+                {
                     next_payload.clear();
                     next_payload.extend_from_slice(payload);
                     ev.payload = next_payload.as_ptr();
@@ -923,7 +930,7 @@ pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut
         let wake = wake::GroupWake::start(signal, client.control_fd(), || {
             client.has_data(id).unwrap_or(true)
         })
-            .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
+        .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
         out.write(wake.fd());
         if let Some(slot) = s.groups[group as usize].as_mut() {
             slot.wake = Some(wake);

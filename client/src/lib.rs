@@ -35,11 +35,11 @@ use tutti_wire::control::{
 pub use tutti_wire::control::{GroupOptions, Limit, Right, Rights};
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
 pub use tutti_wire::counters::{CONTROL_COUNTERS, SHARD_COUNTERS};
+pub use tutti_wire::shm::{ConfchgRecord, CpgEntry, LeftReason, ViewRecord};
 use tutti_wire::shm::{
     DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
 };
-pub use tutti_wire::shm::{ConfchgRecord, CpgEntry, LeftReason, ViewRecord};
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
 

@@ -246,7 +246,9 @@ fn subscribe(
                 Event::SnapshotRequest { .. } => {}
                 Event::Confchg(c) => {
                     let list = |it: &mut dyn Iterator<Item = tutti_client::CpgEntry>| {
-                        it.map(|e| format!("{}:{}", e.node, e.pid)).collect::<Vec<_>>().join(",")
+                        it.map(|e| format!("{}:{}", e.node, e.pid))
+                            .collect::<Vec<_>>()
+                            .join(",")
                     };
                     let r = writeln!(
                         out,

@@ -207,7 +207,9 @@ impl CpgTables {
         match kind {
             OP_JOIN if why == reason::JOIN => {
                 let p = Proc { node, pid, session };
-                if t.procs.len() >= MAX_PROCESSES || t.procs.iter().any(|q| q.node == node && q.session == session) {
+                if t.procs.len() >= MAX_PROCESSES
+                    || t.procs.iter().any(|q| q.node == node && q.session == session)
+                {
                     self.refused += 1;
                     return None;
                 }
@@ -216,7 +218,10 @@ impl CpgTables {
                 Some(t.confchg(vec![p.entry(reason::JOIN)], Vec::new()))
             }
             OP_LEAVE if why == reason::LEAVE || why == reason::PROCDOWN => {
-                let at = t.procs.iter().position(|q| q.node == node && q.session == session)?;
+                let at = t
+                    .procs
+                    .iter()
+                    .position(|q| q.node == node && q.session == session)?;
                 let p = t.procs.remove(at);
                 Some(t.confchg(Vec::new(), vec![p.entry(why)]))
             }
@@ -233,13 +238,18 @@ impl CpgTables {
     pub fn remove_nodes(&mut self, gid: u64, left: &[(u32, bool)]) -> Option<Confchg> {
         let t = self.tables.get_mut(&gid)?;
         let mut gone = Vec::new();
-        t.procs.retain(|p| match left.iter().find(|(node, _)| *node == p.node) {
-            Some(&(_, voluntary)) => {
-                gone.push(p.entry(if voluntary { reason::PROCDOWN } else { reason::NODEDOWN }));
-                false
-            }
-            None => true,
-        });
+        t.procs
+            .retain(|p| match left.iter().find(|(node, _)| *node == p.node) {
+                Some(&(_, voluntary)) => {
+                    gone.push(p.entry(if voluntary {
+                        reason::PROCDOWN
+                    } else {
+                        reason::NODEDOWN
+                    }));
+                    false
+                }
+                None => true,
+            });
         (!gone.is_empty()).then(|| t.confchg(Vec::new(), gone))
     }
 
@@ -330,7 +340,11 @@ mod tests {
         for gid in 0..MAX_DORMANT as u64 {
             assert_eq!(t.sleep(gid), None);
         }
-        assert_eq!(t.sleep(MAX_DORMANT as u64), Some(0), "the one dormant longest leaves");
+        assert_eq!(
+            t.sleep(MAX_DORMANT as u64),
+            Some(0),
+            "the one dormant longest leaves"
+        );
         assert!(!t.has(0));
         assert!(t.open(1), "a dormant group is still a member: no join");
         assert_eq!(t.sleep(1), None);

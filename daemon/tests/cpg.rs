@@ -254,11 +254,15 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     let d = Member::start(all[2], group);
     let d_me = d.me;
     wait_until("join of d seen by all", &all, || {
-        members.iter().all(|m| m.saw(&[a, b, c, d_me], &[(d_me, JOIN)], &[]))
+        members
+            .iter()
+            .all(|m| m.saw(&[a, b, c, d_me], &[(d_me, JOIN)], &[]))
     });
     drop(d);
     wait_until("PROCDOWN of d", &all, || {
-        members.iter().all(|m| m.saw(&[a, b, c], &[], &[(d_me, PROCDOWN)]))
+        members
+            .iter()
+            .all(|m| m.saw(&[a, b, c], &[], &[(d_me, PROCDOWN)]))
     });
     // c leaves on its own: LEAVE at the others.
     members[2].send(Command::Leave);
@@ -270,7 +274,9 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     let e = Member::start(all[2], group);
     let e_me = e.me;
     wait_until("join of e", &all, || {
-        members[..2].iter().all(|m| m.saw(&[a, b, e_me], &[(e_me, JOIN)], &[]))
+        members[..2]
+            .iter()
+            .all(|m| m.saw(&[a, b, e_me], &[(e_me, JOIN)], &[]))
     });
     drop(all);
     daemons[2].as_ref().unwrap().signal(libc::SIGKILL);
@@ -279,7 +285,9 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     daemons[2] = None;
     let alive: Vec<&Daemon> = daemons.iter().flatten().collect();
     wait_until("NODEDOWN of e at the survivors", &alive, || {
-        members[..2].iter().all(|m| m.saw(&[a, b], &[], &[(e_me, NODEDOWN)]))
+        members[..2]
+            .iter()
+            .all(|m| m.saw(&[a, b], &[], &[(e_me, NODEDOWN)]))
     });
     // The survivors go on in one order.
     members[0].send(Command::Publish(20));
@@ -293,7 +301,11 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     assert_eq!(seqs[0], seqs[1], "members on daemons 1 and 2 differ");
     let common = seqs[2].len();
     assert!(common >= 300, "c saw {common} records");
-    assert_eq!(seqs[0][..common], seqs[2][..], "c's records are a prefix of the others'");
+    assert_eq!(
+        seqs[0][..common],
+        seqs[2][..],
+        "c's records are a prefix of the others'"
+    );
     // FIFO per sender; nobody's messages lost or repeated.
     for sender in [a, b, c] {
         let idx: Vec<u64> = seqs[0]
