@@ -170,7 +170,7 @@ impl Member {
     }
 
     /// The records from the confchg in which `who` joined on.
-    fn from_join_of(&self, who: Proc) -> Vec<Rec> {
+    fn records_since_join_of(&self, who: Proc) -> Vec<Rec> {
         let recs = self.recs();
         let at = recs
             .iter()
@@ -297,7 +297,7 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     });
 
     // Identical sequences from c's join (the last common starting point of the three).
-    let seqs: Vec<Vec<Rec>> = members.iter().map(|m| m.from_join_of(c)).collect();
+    let seqs: Vec<Vec<Rec>> = members.iter().map(|m| m.records_since_join_of(c)).collect();
     assert_eq!(seqs[0], seqs[1], "members on daemons 1 and 2 differ");
     let common = seqs[2].len();
     assert!(common >= 300, "c saw {common} records");
