@@ -18,6 +18,7 @@ mod daemon;
 mod floor;
 mod interrupt;
 mod local;
+mod ordered;
 mod pin;
 mod plot;
 mod report;
@@ -67,6 +68,11 @@ enum Command {
     /// latency and throughput, next to bare UDP on loopback measured in the same run.
     #[command(long_about = CLUSTER_ABOUT)]
     Cluster(ClusterArgs),
+    /// N daemons on 127.0.0.2.. and one ordered group (issue 12): a subscriber on every
+    /// daemon, publishers on daemons 1, 2, ...; latency with one message in flight (until
+    /// every member delivered it), then throughput (the slowest member's delivery rate) and
+    /// latency under load; checks that every member delivered the same order.
+    Ordered(OrderedArgs),
     /// Draw the percentile distributions of interval logs (--hlog files) as PNG or SVG:
     /// x the percentile on a 1/(1-p) log axis, y the latency; one line per histogram tag.
     Plot(PlotArgs),
@@ -213,6 +219,74 @@ struct LocalThroughputArgs {
     /// relay floor's) as an HdrHistogram interval log.
     #[arg(long, value_name = "FILE")]
     hlog: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct OrderedArgs {
+    /// Daemons in the cluster, each with a subscriber.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=16))]
+    nodes: u64,
+    /// Publishers, on daemons 1, 2, ... (round robin).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    senders: u64,
+    /// Message size in bytes (20 to 1020: publisher, sequence number and timestamp; the
+    /// ordered layer's payload limit).
+    #[arg(long, default_value_t = 64, value_parser = parse_ordered_size)]
+    size: usize,
+    /// Measured seconds of the throughput phase.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    duration: f64,
+    /// Seconds of the latency phase (one message in flight).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    latency_duration: f64,
+    /// A safe group: a message is delivered once every member holds it.
+    #[arg(long)]
+    safe: bool,
+    /// Most messages in flight, all publishers together (sent, not yet delivered at the
+    /// member on daemon 1); 0: only the daemon's back pressure limits them.
+    #[arg(long, default_value_t = 0)]
+    window: u64,
+    /// First UDP port of every daemon. Change it when another cluster runs on 127.0.0.x.
+    #[arg(long, default_value_t = 27500)]
+    base_port: u16,
+    /// The daemon binary [default: tuttid next to this executable].
+    #[arg(long, value_name = "PATH")]
+    tuttid: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_ordered_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(ordered::MIN_SIZE..=1020).contains(&n) {
+        return Err(format!("size must be {} to 1020 bytes", ordered::MIN_SIZE));
+    }
+    Ok(n)
+}
+
+fn run_ordered(args: OrderedArgs) -> Result<(), String> {
+    let options = ordered::OrderedOptions {
+        tuttid: args.tuttid.unwrap_or_else(daemon::default_tuttid),
+        nodes: args.nodes as usize,
+        senders: args.senders as usize,
+        size: args.size,
+        duration: Duration::from_secs_f64(args.duration),
+        latency_duration: Duration::from_secs_f64(args.latency_duration),
+        safe: args.safe,
+        base_port: args.base_port,
+        window: args.window,
+    };
+    let result = ordered::run(&options)?;
+    if args.json {
+        report::print_json(&result);
+    } else {
+        ordered::print_table(&result);
+    }
+    if !result.same_order {
+        return Err("the members delivered different orders".into());
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -372,6 +446,7 @@ fn main() -> ExitCode {
         Command::LocalLatency(args) => run_local_latency(args),
         Command::LocalThroughput(args) => run_local_throughput(args),
         Command::Cluster(args) => run_cluster(args),
+        Command::Ordered(args) => run_ordered(args),
         Command::Plot(args) => run_plot(args),
     };
     match result {

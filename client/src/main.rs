@@ -472,3 +472,25 @@ fn is_gauge(name: &str) -> bool {
         .iter()
         .any(|(n, what)| *n == name && what.contains("(gauge"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_prints_as_one_line_of_daemon_ids() {
+        // id 7; members 256, 512; joined 512; left 768 (suspected).
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u64.to_le_bytes());
+        for n in [2u32, 1, 1, 256, 512, 512, 768, 2] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        let view = ViewRecord::parse(&b).unwrap();
+        assert_eq!(
+            view_line(&view),
+            "view 7: members [1 2] joined [2] left [3 (suspected)]"
+        );
+        assert_eq!(options(false, true), GroupOptions::SAFE);
+        assert_eq!(options(true, false), GroupOptions::ORDERED);
+    }
+}

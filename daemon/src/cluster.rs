@@ -485,6 +485,10 @@ pub enum OrderedRefusal {
 /// groups (the ordered layer names only the node).
 pub const ORDERED_PREFIX: usize = 4;
 
+/// Longest an ordered group left by its last local client stays joined while its queued
+/// messages go into the order.
+pub const ORDERED_LINGER: Time = 5_000 * MILLIS;
+
 /// The ordered-group settings of every daemon (members must agree on the layout).
 pub fn ordered_settings() -> OrderedSettings {
     OrderedSettings::default()
@@ -577,6 +581,8 @@ pub struct Cluster {
     pending_ordered: Vec<u64>,
     /// Seeds given with a daemon id other than ours.
     has_other_seeds: bool,
+    /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
+    leaving_ordered: Vec<(u64, Time)>,
 }
 
 impl Cluster {
@@ -680,6 +686,7 @@ impl Cluster {
             ordered_scratch: Vec::new(),
             pending_ordered: Vec::new(),
             has_other_seeds: seed_ids.iter().any(|&id| id >> 8 != 0),
+            leaving_ordered: Vec::new(),
         })
     }
 
@@ -783,6 +790,11 @@ impl Cluster {
     /// group's memory node is placed from the view at the join, and a daemon alone in its
     /// own first view would place it on itself and start a second order of the group.
     pub fn join_ordered(&mut self, group: u64) -> Result<(), String> {
+        if let Some(i) = self.leaving_ordered.iter().position(|&(g, _)| g == group) {
+            // Joined again while its leave waited: still a member, nothing to do.
+            self.leaving_ordered.swap_remove(i);
+            return Ok(());
+        }
         if self.alone() {
             if !self.pending_ordered.contains(&group) {
                 self.pending_ordered.push(group);
@@ -813,14 +825,38 @@ impl Cluster {
         others && self.node.view().members.len() < 2
     }
 
-    /// Leaves ordered group `group` (an entry in its order).
+    /// Leaves ordered group `group` (an entry in its order), once what local clients
+    /// published to it is in the order (or after [`ORDERED_LINGER`]): a publisher that
+    /// exits right after its last offer still reaches every member.
     pub fn leave_ordered(&mut self, group: u64) {
         if let Some(i) = self.pending_ordered.iter().position(|&g| g == group) {
             self.pending_ordered.swap_remove(i);
             return;
         }
+        let deadline = self.now() + ORDERED_LINGER;
+        self.leaving_ordered.push((group, deadline));
+        self.leave_drained_ordered();
+    }
+
+    /// Leaves the ordered groups whose local messages are all in the order (or that
+    /// waited [`ORDERED_LINGER`]).
+    fn leave_drained_ordered(&mut self) {
+        if self.leaving_ordered.is_empty() {
+            return;
+        }
         let now = self.now();
-        self.node.leave_ordered(now, group);
+        let node = &mut self.node;
+        self.leaving_ordered.retain(|&(group, deadline)| {
+            let drained = node
+                .ordered_member(group)
+                .is_none_or(|m| m.outgoing() == 0 && m.idle());
+            if drained || now >= deadline {
+                node.leave_ordered(now, group);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Joins the ordered groups that waited for a view with another daemon.
@@ -860,6 +896,32 @@ impl Cluster {
                 Err(OrderedRefusal::TooLarge)
             }
         }
+    }
+
+    /// For `tutti status`: the ordered layer's counters of this daemon's member of `group`
+    /// (appends, conflicts, batches, repairs, safe waits, removals, waits).
+    pub fn ordered_detail(&self, group: u64) -> Option<String> {
+        let c = self.node.ordered_counters(group)?;
+        Some(format!(
+            "appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
+             repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
+             payloads dropped {}, txn errors {}, transfers sent {}",
+            c.appends,
+            c.appends_committed,
+            c.append_conflicts,
+            c.batches,
+            c.messages_appended,
+            c.reads,
+            c.repairs,
+            c.safe_waits,
+            c.removals_suspected,
+            c.removals_lagging,
+            c.reclaim_waits,
+            c.queue_waits,
+            c.payloads_dropped,
+            c.txn_errors,
+            c.transfers_sent
+        ))
     }
 
     /// The application's snapshot for the last `SnapshotRequest` of `group`.
@@ -980,6 +1042,7 @@ impl Cluster {
             work += 1;
         }
         self.join_pending_ordered();
+        self.leave_drained_ordered();
         work += self.send_transmits();
         while let Some(event) = self.node.poll_event() {
             work += 1;

@@ -942,9 +942,18 @@ impl Shard {
                                 }
                                 None => "no view yet".to_string(),
                             };
-                            let status = if o.status.is_empty() { "joining" } else { &o.status };
+                            let status = match (&o.view, o.status.is_empty()) {
+                                (None, true) => "joining",
+                                (Some(_), true) => "member",
+                                _ => &o.status,
+                            };
+                            let detail = self
+                                .cluster
+                                .as_ref()
+                                .and_then(|c| c.ordered_detail(g.gid))
+                                .unwrap_or_default();
                             format!(
-                                "ordered: {view}, {status}, delivered {}, snapshot providers here {}",
+                                "ordered: {view}, {status}, delivered {}, snapshot providers here {}\n    {detail}",
                                 o.delivered, o.providers
                             )
                         }),

@@ -4,6 +4,8 @@
 //! that rejoins gets a view and a snapshot, then the messages after it.
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 
 use common::{eventually, Daemon};
 use std::collections::HashMap;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tutti_client::{Client, Error, Event, GroupOptions, IdleStrategy, LeftReason, Rights};
+use tutti_wire::control::{Reply, Request};
 
 const WAIT: Duration = Duration::from_secs(90);
 const BASE_PORT: u16 = 17400;
@@ -67,6 +70,14 @@ fn parse(payload: &[u8]) -> (u32, u64) {
     )
 }
 
+/// The state a provider hands a joiner: the number of messages it delivered, then 10,000
+/// bytes of pattern (so the snapshot travels in several control-socket chunks).
+fn snapshot(delivered: u64) -> Vec<u8> {
+    let mut s = delivered.to_le_bytes().to_vec();
+    s.extend((0..10_000u32).map(|i| (i % 251) as u8));
+    s
+}
+
 /// A subscriber thread on one daemon; with `provide`, it registers a snapshot provider
 /// whose state is the number of messages it delivered so far.
 struct Subscriber {
@@ -87,9 +98,7 @@ impl Subscriber {
         if provide {
             let delivered = Arc::clone(&delivered);
             client
-                .set_snapshot_provider(g, move |_position| {
-                    delivered.load(Ordering::Relaxed).to_le_bytes().to_vec()
-                })
+                .set_snapshot_provider(g, move |_position| snapshot(delivered.load(Ordering::Relaxed)))
                 .expect("provider");
         }
         let (r, s) = (Arc::clone(&recs), Arc::clone(&stop));
@@ -269,8 +278,44 @@ fn without_a_cluster_an_ordered_join_is_refused_and_options_are_fixed_by_the_fir
         c.set_snapshot_provider(g, |_| Vec::new()),
         Err(Error::NotOrdered)
     ));
+    // Snapshot requests of a session that provides none, for a group it is not in or
+    // that is not ordered, are refused by name and end nothing.
+    let mut rogue = raw::RawSession::connect(daemon.socket()).unwrap();
+    let handle = rogue.join("ord.plain", Rights::BOTH).unwrap().joined.handle;
+    for (request, expected) in [
+        (
+            Request::SnapshotProvider { handle },
+            "not a member of that ordered group",
+        ),
+        (
+            Request::SnapshotChunk {
+                handle,
+                position: 1,
+                offset: 0,
+                last: true,
+                bytes: b"state",
+            },
+            "not a snapshot provider",
+        ),
+        (
+            Request::SnapshotChunk {
+                handle: handle + 7,
+                position: 1,
+                offset: 4,
+                last: false,
+                bytes: b"",
+            },
+            "not a snapshot provider",
+        ),
+    ] {
+        let (reply, _) = rogue.call(&request).unwrap();
+        match Reply::decode(&reply).unwrap() {
+            Reply::Error { text, .. } => assert!(text.contains(expected), "{text}"),
+            other => panic!("{request:?} answered {other:?}"),
+        }
+    }
     // The daemon is still serving.
-    assert!(c.status().unwrap().contains("ord.plain (shard 0): 2 members"));
+    assert!(c.status().unwrap().contains("ord.plain (shard 0): 3 members"));
 }
 
 /// Waits until every running daemon's cluster view has `members` members.
@@ -443,10 +488,11 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         .position(|r| *r == Rec::SnapshotRequest(position))
         .expect("the provider was asked at the joiner's cut");
     let delivered_at_cut = msgs(&provider[..at]).len() as u64;
-    assert_eq!(
-        snapshot,
-        delivered_at_cut.to_le_bytes().to_vec(),
-        "snapshot = state at the cut"
+    assert!(
+        snapshot == self::snapshot(delivered_at_cut),
+        "snapshot = state at the cut ({delivered_at_cut} messages), whole: {} bytes, starts {:?}",
+        snapshot.len(),
+        &snapshot[..8.min(snapshot.len())]
     );
     eprintln!(
         "rejoin: snapshot at position {position} = {delivered_at_cut} messages delivered; the joiner then got {} messages",
@@ -471,4 +517,113 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         "joiner vs provider after the cut",
     );
     assert_fifo(&joiner, "joiner");
+}
+
+/// A shard counter from `tutti status` (summed over shards).
+fn counter(daemon: &Daemon, name: &str) -> u64 {
+    let status = daemon.client().status().unwrap();
+    status
+        .lines()
+        .filter_map(|l| common::status_number(l, &format!(" {name} ")))
+        .sum()
+}
+
+#[test]
+fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_provider_gets_an_empty_snapshot(
+) {
+    let subnet = 91;
+    let group = "ord.wait";
+    // Daemon 1 alone (its seed daemon 2 is not up): its ordered join waits for a view with
+    // another daemon, so the group takes nothing yet.
+    let mut daemons: Vec<Option<Daemon>> = vec![Some(start_daemon("ordw", subnet, 0, 2)), None];
+    let first = Subscriber::start(daemons[0].as_ref().unwrap(), group, false);
+    let mut publisher = daemons[0].as_ref().unwrap().client();
+    let g = publisher
+        .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+        .unwrap();
+    for i in 0..50 {
+        publisher
+            .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    let d0 = daemons[0].as_ref().unwrap();
+    wait_until("the group to refuse for now (back pressure)", &[d0], || {
+        counter(d0, "ordered_full") > 0
+    });
+    assert_eq!(counter(d0, "ordered_submitted"), 0);
+    assert_eq!(first.messages(), 0);
+    assert!(
+        !publisher.flush(Duration::from_millis(200)).unwrap(),
+        "held in the ring"
+    );
+    // Daemon 2 comes up: the group forms and every held message is delivered, in order.
+    daemons[1] = Some(start_daemon("ordw", subnet, 1, 2));
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    wait_until("the 50 held messages", &all, || first.messages() == 50);
+    assert!(publisher.flush(WAIT).unwrap());
+    // A subscriber on daemon 2 joins: nobody registered a snapshot provider, so daemon 1
+    // answers an empty snapshot (counted) and the joiner starts from it.
+    let second = Subscriber::start(daemons[1].as_ref().unwrap(), group, false);
+    wait_until("the joiner's view", &all, || second.has_view(&[1, 2]));
+    assert_eq!(counter(daemons[0].as_ref().unwrap(), "snapshots_empty"), 1);
+    assert_eq!(counter(daemons[1].as_ref().unwrap(), "snapshots_installed"), 1);
+    for i in 50..60 {
+        publisher
+            .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    wait_until("10 more at both", &all, || {
+        first.messages() == 60 && second.messages() == 10
+    });
+    let joiner = second.stop();
+    assert!(
+        matches!(&joiner[0], Rec::Installed(_, s) if s.is_empty()),
+        "the joiner starts from an empty snapshot: {joiner:?}"
+    );
+    assert_eq!(msgs(&joiner), (50..60).map(|i| (0, i)).collect::<Vec<_>>());
+    let recs = first.stop();
+    assert_fifo(&recs, "first");
+    assert_eq!(msgs(&recs), (0..60).map(|i| (0, i)).collect::<Vec<_>>());
+    let status = daemons[0].as_ref().unwrap().client().status().unwrap();
+    assert!(
+        status.contains("ord.wait (shard 0, ordered)") && status.contains("ordered: view"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
+    let subnet = 92;
+    let group = "ord.quick";
+    let daemons: Vec<Daemon> = (0..2).map(|i| start_daemon("ordq", subnet, i, 2)).collect();
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let mut monitors: Vec<Client> = daemons.iter().map(Daemon::client).collect();
+    wait_until("a cluster view of 2", &all, || {
+        monitors
+            .iter_mut()
+            .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(2))
+    });
+    let sub = Subscriber::start(&daemons[1], group, false);
+    // The publisher is daemon 1's only client of the group: when it goes, daemon 1 leaves
+    // the group, but only once its messages are in the order.
+    {
+        let mut publisher = daemons[0].client();
+        let g = publisher
+            .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+            .unwrap();
+        publish(&mut publisher, g, 0, 0, 200, Duration::ZERO);
+    }
+    wait_until("all 200 and daemon 1's leave", &all, || {
+        sub.messages() == 200 && sub.has_view(&[2])
+    });
+    let recs = sub.stop();
+    assert_eq!(msgs(&recs), (0..200).map(|i| (0, i)).collect::<Vec<_>>());
+    let last_view = recs.iter().rev().find(|r| matches!(r, Rec::View(..))).unwrap();
+    assert!(
+        matches!(last_view, Rec::View(_, m, left) if m.as_slice() == [2] && left.as_slice() == [(1, LeftReason::Left)]),
+        "{last_view:?}"
+    );
+    // The view change comes after the last message: nothing of daemon 1's was cut off.
+    let view_at = recs.iter().rposition(|r| r == last_view).unwrap();
+    assert!(recs[..view_at].contains(&Rec::Msg(0, 199)));
 }
