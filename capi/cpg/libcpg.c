@@ -782,9 +782,18 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 		}
 		return 0;
 	}
+	int recheck = 3;
 	for (;;) {
 		tutti_event_t ev;
 		tutti_error_t e = tutti_next(in->client, in->tg, &ev);
+		/* libtutti's descriptor may turn readable for a record already read (its helper
+		 * thread saw the append late): reading again resets it, so that a readable
+		 * descriptor keeps meaning an event waits, as CPG programs take it. */
+		if (e == TUTTI_ERR_AGAIN && recheck-- > 0) {
+			struct pollfd p = {.fd = in->tfd, .events = POLLIN};
+			if (poll(&p, 1, 0) > 0)
+				continue;
+		}
 		if (e == TUTTI_ERR_AGAIN) {
 			if (in->maybe_more) {
 				in->maybe_more = 0;
