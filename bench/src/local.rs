@@ -324,7 +324,8 @@ fn throughput_on_this_thread(opts: &ThroughputOptions) -> Result<ThroughputRun, 
                 Event::Lost { .. }
                 | Event::View(_)
                 | Event::Installed { .. }
-                | Event::SnapshotRequest { .. } => {}
+                | Event::SnapshotRequest { .. }
+                | Event::Confchg(_) => {}
                 Event::Lagged { missed } => {
                     lagged_now = true;
                     resync = true;

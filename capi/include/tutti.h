@@ -72,7 +72,8 @@ enum {
     TUTTI_ERR_TIMED_OUT = -16,
     /* Called from this client's own event callback, or with a claim outstanding. */
     TUTTI_ERR_BUSY = -17,
-    /* An option this version or this daemon does not offer yet (e.g. TUTTI_MODE_ORDERED). */
+    /* An option this version or this daemon does not offer (TUTTI_MODE_UNRELIABLE; an
+     * ordered group on a daemon without a cluster). */
     TUTTI_ERR_UNSUPPORTED = -18,
     /* A bug in libtutti (a Rust panic, caught at the boundary); the client is unusable. */
     TUTTI_ERR_INTERNAL = -19
@@ -105,7 +106,8 @@ tutti_error_t tutti_connect(const char *socket_path, tutti_client_t **out);
  * event callback. */
 tutti_error_t tutti_close(tutti_client_t *client);
 
-/* This client's sender id, as events carry it: node id << 32 | session id. */
+/* This client's sender id, as events carry it: node id << 32 | session id (the node id is
+ * the daemon's configured node_id). */
 tutti_error_t tutti_sender_id(const tutti_client_t *client, uint64_t *out);
 
 /* ---- groups ---------------------------------------------------------------------- */
@@ -127,8 +129,20 @@ enum {
     TUTTI_MODE_UNRELIABLE = 1,
     /* Tree dissemination + gossip repair, FIFO per sender, explicit LOST events. */
     TUTTI_MODE_BIMODAL = 2,
-    /* One total order across senders, view changes in the order (not offered yet). */
+    /* One total order across senders, view changes in the order (needs tuttid in a
+     * cluster: TUTTI_ERR_UNSUPPORTED otherwise). */
     TUTTI_MODE_ORDERED = 3
+};
+
+/* Mode options (bits of tutti_join_options_t.flags), with TUTTI_MODE_ORDERED only. The first
+ * joiner on a daemon fixes a group's options; a join asking for others is TUTTI_ERR_REFUSED. */
+enum {
+    /* A message is delivered once every member of its view holds it. */
+    TUTTI_JOIN_SAFE = 1u,
+    /* A CPG process group (docs/cpg.md): every joined client is a member process, named by
+     * (node id, pid, session); the group's log carries TUTTI_EVENT_CONFCHG at each change
+     * and its messages only from member processes. libcpg.so.4 is built on it. */
+    TUTTI_JOIN_CPG = 2u
 };
 
 /* Options of tutti_join. Set `size` to sizeof(tutti_join_options_t) (TUTTI_JOIN_OPTIONS_INIT
@@ -137,8 +151,8 @@ enum {
 typedef struct tutti_join_options {
     uint32_t size;   /* sizeof(tutti_join_options_t) */
     uint32_t rights; /* TUTTI_RIGHT_* bits; 0 = publish and subscribe */
-    uint32_t mode;   /* TUTTI_MODE_*; DEFAULT and BIMODAL are offered today */
-    uint32_t flags;  /* mode options (ordered groups' safe delivery, ...); must be 0 today */
+    uint32_t mode;   /* TUTTI_MODE_* (not UNRELIABLE: not offered yet) */
+    uint32_t flags;  /* TUTTI_JOIN_* bits (ordered groups only), else 0 */
 } tutti_join_options_t;
 
 #define TUTTI_JOIN_OPTIONS_INIT \
@@ -196,20 +210,67 @@ enum {
     /* `count` messages of `sender` were lost in the cluster (not repairable): every member
      * learns of them once, instead of a silent gap. */
     TUTTI_EVENT_LOST = 3,
-    /* A view change of the group (ordered groups: seq = view number, count = members).
-     * Reserved: this version's daemon does not report views to clients yet. */
-    TUTTI_EVENT_VIEW = 4
+    /* Ordered groups: the view changed here, at the same point of the order at every
+     * member: seq = view id, count = members, payload = a tutti_view_t (len = its size).
+     * In TUTTI_JOIN_CPG groups it is instead the daemons' ring (CPG's totem view): members
+     * are daemon node ids, joined and left empty. */
+    TUTTI_EVENT_VIEW = 4,
+    /* TUTTI_JOIN_CPG groups: the member processes changed here, at the same point of the
+     * order at every member: seq = ring id, count = members, payload = a tutti_confchg_t. */
+    TUTTI_EVENT_CONFCHG = 5,
+    /* Ordered groups: the state this member starts from (seq = its list position, payload
+     * the snapshot bytes, empty when no member provided one). */
+    TUTTI_EVENT_INSTALLED = 6
 };
+
+/* The payload of TUTTI_EVENT_VIEW: lists owned by the library, valid as long as the event's
+ * payload is (see tutti_poll and tutti_next). Node ids are daemon id << 8 | shard, except in
+ * TUTTI_JOIN_CPG groups (daemon ids). */
+typedef struct tutti_view {
+    uint64_t id;
+    const uint32_t *members;
+    size_t n_members;
+    const uint32_t *joined;
+    size_t n_joined;
+    const uint32_t *left;         /* who left ... */
+    const uint32_t *left_reasons; /* ... and why: 1 left, 2 suspected, 3 lagging */
+    size_t n_left;
+} tutti_view_t;
+
+/* A process of a TUTTI_JOIN_CPG group. */
+typedef struct tutti_cpg_process {
+    uint32_t nodeid;  /* its daemon's node id (the high half of its sender id) */
+    uint32_t pid;     /* its process id as its daemon saw it (SO_PEERCRED) */
+    uint32_t reason;  /* in joined/left lists, Corosync's cpg_reason_t: 1 join, 2 leave,
+                         3 node down, 5 process down; 0 in the member list */
+    uint32_t session; /* its session on its daemon (the low half of its sender id) */
+} tutti_cpg_process_t;
+
+/* The payload of TUTTI_EVENT_CONFCHG (lists owned by the library, valid as the payload is).
+ * members are sorted by (nodeid, pid, session). */
+typedef struct tutti_confchg {
+    uint64_t ring_id;     /* the daemons' ring when the change was applied here */
+    const uint32_t *ring; /* its daemon node ids, sorted */
+    size_t n_ring;
+    const tutti_cpg_process_t *members;
+    size_t n_members;
+    const tutti_cpg_process_t *joined;
+    size_t n_joined;
+    const tutti_cpg_process_t *left;
+    size_t n_left;
+} tutti_confchg_t;
 
 /* One event of a group. Fields a kind does not use are 0 / NULL. */
 typedef struct tutti_event {
     uint32_t kind;          /* TUTTI_EVENT_* */
     tutti_group_t group;    /* the group it belongs to */
-    uint64_t seq;           /* MESSAGE: its sequence number in the group's log */
+    uint64_t seq;           /* MESSAGE: its sequence number in the group's log; VIEW,
+                               CONFCHG, INSTALLED: see the kind */
     uint64_t sender;        /* MESSAGE, LOST: the sender id (node id << 32 | session id) */
     uint64_t count;         /* LAGGED: messages skipped; LOST: messages lost */
-    const uint8_t *payload; /* MESSAGE: the bytes (owned by the library; see the functions) */
-    size_t len;             /* MESSAGE: payload length */
+    const uint8_t *payload; /* MESSAGE, INSTALLED: the bytes; VIEW, CONFCHG: the struct
+                               (owned by the library; see the functions) */
+    size_t len;             /* payload length */
 } tutti_event_t;
 
 /* Called once per event. `event` and its payload (owned by the library) are valid only
@@ -230,7 +291,7 @@ tutti_error_t tutti_poll_wait(tutti_client_t *client, tutti_group_t group, size_
                               size_t *delivered);
 
 /* The next event of the group into *event, without blocking: TUTTI_OK, or TUTTI_ERR_AGAIN
- * when none is waiting. A MESSAGE's payload (owned by the library) stays valid until the
+ * when none is waiting. An event's payload (owned by the library) stays valid until the
  * next tutti_next, tutti_poll, tutti_poll_wait, tutti_leave or tutti_close on this client. */
 tutti_error_t tutti_next(tutti_client_t *client, tutti_group_t group, tutti_event_t *event);
 

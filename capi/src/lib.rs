@@ -18,7 +18,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
-use tutti_client::{Client, Error, Event, GroupId, IdleStrategy, OfferError, Rights};
+use tutti_client::{Client, Error, Event, GroupId, GroupOptions, IdleStrategy, OfferError, Rights};
 
 /// `tutti_error_t`: TUTTI_OK or a negative `TUTTI_ERR_*`.
 pub type TuttiError = i32;
@@ -143,8 +143,55 @@ pub const TUTTI_MODE_ORDERED: u32 = 3;
 pub const TUTTI_EVENT_MESSAGE: u32 = 1;
 pub const TUTTI_EVENT_LAGGED: u32 = 2;
 pub const TUTTI_EVENT_LOST: u32 = 3;
-/// Reserved for ordered groups' view changes: not emitted until the daemon reports views.
+/// Ordered groups' view changes (payload: a `tutti_view_t`).
 pub const TUTTI_EVENT_VIEW: u32 = 4;
+/// `cpg` groups' process membership changes (payload: a `tutti_confchg_t`).
+pub const TUTTI_EVENT_CONFCHG: u32 = 5;
+/// Ordered groups: the state this member starts from (payload: the snapshot bytes).
+pub const TUTTI_EVENT_INSTALLED: u32 = 6;
+
+/// Mode options (`tutti_join_options_t.flags`).
+pub const TUTTI_JOIN_SAFE: u32 = 1;
+pub const TUTTI_JOIN_CPG: u32 = 2;
+
+/// `tutti_cpg_process_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TuttiCpgProcess {
+    pub nodeid: u32,
+    pub pid: u32,
+    pub reason: u32,
+    pub session: u32,
+}
+
+/// `tutti_view_t`: pointers into the library's scratch lists (valid as the event is).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TuttiView {
+    pub id: u64,
+    pub members: *const u32,
+    pub n_members: usize,
+    pub joined: *const u32,
+    pub n_joined: usize,
+    pub left: *const u32,
+    pub left_reasons: *const u32,
+    pub n_left: usize,
+}
+
+/// `tutti_confchg_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TuttiConfchg {
+    pub ring_id: u64,
+    pub ring: *const u32,
+    pub n_ring: usize,
+    pub members: *const TuttiCpgProcess,
+    pub n_members: usize,
+    pub joined: *const TuttiCpgProcess,
+    pub n_joined: usize,
+    pub left: *const TuttiCpgProcess,
+    pub n_left: usize,
+}
 
 /// `tutti_join_options_t` (the version of this library; callers may pass a longer one).
 #[repr(C)]
@@ -190,6 +237,47 @@ pub(crate) struct State {
     /// Where `tutti_next` keeps the payload it hands out (sized at join: no allocation on
     /// the data path).
     next_payload: Vec<u8>,
+    /// Where view and confchg events keep their lists while the application reads them.
+    scratch: Scratch,
+}
+
+/// The lists of the last view or confchg event handed out (membership changes are rare:
+/// they may allocate). Boxed structs keep the addresses events point at stable.
+pub(crate) struct Scratch {
+    words: [Vec<u32>; 4],
+    procs: [Vec<TuttiCpgProcess>; 3],
+    view: Box<TuttiView>,
+    confchg: Box<TuttiConfchg>,
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch {
+            words: Default::default(),
+            procs: Default::default(),
+            view: Box::new(TuttiView {
+                id: 0,
+                members: std::ptr::null(),
+                n_members: 0,
+                joined: std::ptr::null(),
+                n_joined: 0,
+                left: std::ptr::null(),
+                left_reasons: std::ptr::null(),
+                n_left: 0,
+            }),
+            confchg: Box::new(TuttiConfchg {
+                ring_id: 0,
+                ring: std::ptr::null(),
+                n_ring: 0,
+                members: std::ptr::null(),
+                n_members: 0,
+                joined: std::ptr::null(),
+                n_joined: 0,
+                left: std::ptr::null(),
+                n_left: 0,
+            }),
+        }
+    }
 }
 
 impl Drop for State {
@@ -266,8 +354,8 @@ fn client_fail(e: Error) -> Fail {
         Error::SharedMemory(_) => TUTTI_ERR_SHARED_MEMORY,
         Error::DaemonGone => TUTTI_ERR_DAEMON_GONE,
         Error::UnknownGroup => TUTTI_ERR_UNKNOWN_GROUP,
-        // The C API joins plain groups only (no group options yet).
-        Error::OptionsMismatch(_) | Error::Unsupported(_) | Error::NotOrdered => TUTTI_ERR_REFUSED,
+        Error::Unsupported(_) => TUTTI_ERR_UNSUPPORTED,
+        Error::OptionsMismatch(_) | Error::NotOrdered => TUTTI_ERR_REFUSED,
         Error::SnapshotTooLarge(_) => TUTTI_ERR_TOO_LARGE,
     };
     if code == TUTTI_ERR_DAEMON_GONE {
@@ -294,7 +382,7 @@ fn offer_fail(e: OfferError) -> Fail {
     }
 }
 
-fn event(group: u32, e: &Event<'_>) -> TuttiEvent {
+fn event(group: u32, e: &Event<'_>, scratch: &mut Scratch) -> TuttiEvent {
     let mut out = TuttiEvent {
         kind: 0,
         group,
@@ -317,11 +405,70 @@ fn event(group: u32, e: &Event<'_>) -> TuttiEvent {
             out.kind = TUTTI_EVENT_LOST;
             (out.sender, out.count) = (sender, count);
         }
-        // Records of ordered groups only; the C API joins plain groups (no options yet),
-        // whose logs never hold them. Kind 0 if a daemon wrote one anyway.
-        Event::View(_) | Event::Installed { .. } | Event::SnapshotRequest { .. } => {}
+        Event::View(v) => {
+            let [members, joined, left, reasons] = &mut scratch.words;
+            fill(members, v.members());
+            fill(joined, v.joined());
+            fill(left, v.left().map(|(n, _)| n));
+            fill(reasons, v.left().map(|(_, why)| why.code()));
+            *scratch.view = TuttiView {
+                id: v.id,
+                members: members.as_ptr(),
+                n_members: members.len(),
+                joined: joined.as_ptr(),
+                n_joined: joined.len(),
+                left: left.as_ptr(),
+                left_reasons: reasons.as_ptr(),
+                n_left: left.len(),
+            };
+            out.kind = TUTTI_EVENT_VIEW;
+            (out.seq, out.count) = (v.id, members.len() as u64);
+            out.payload = std::ptr::from_ref::<TuttiView>(&scratch.view).cast();
+            out.len = std::mem::size_of::<TuttiView>();
+        }
+        Event::Confchg(c) => {
+            let ring = &mut scratch.words[0];
+            fill(ring, c.ring());
+            let [members, joined, left] = &mut scratch.procs;
+            let process = |e: tutti_client::CpgEntry| TuttiCpgProcess {
+                nodeid: e.node,
+                pid: e.pid,
+                reason: e.reason,
+                session: e.session,
+            };
+            fill(members, c.members().map(process));
+            fill(joined, c.joined().map(process));
+            fill(left, c.left().map(process));
+            *scratch.confchg = TuttiConfchg {
+                ring_id: c.ring_id,
+                ring: ring.as_ptr(),
+                n_ring: ring.len(),
+                members: members.as_ptr(),
+                n_members: members.len(),
+                joined: joined.as_ptr(),
+                n_joined: joined.len(),
+                left: left.as_ptr(),
+                n_left: left.len(),
+            };
+            out.kind = TUTTI_EVENT_CONFCHG;
+            (out.seq, out.count) = (c.ring_id, members.len() as u64);
+            out.payload = std::ptr::from_ref::<TuttiConfchg>(&scratch.confchg).cast();
+            out.len = std::mem::size_of::<TuttiConfchg>();
+        }
+        Event::Installed { position, snapshot } => {
+            out.kind = TUTTI_EVENT_INSTALLED;
+            (out.seq, out.payload, out.len) = (position, snapshot.as_ptr(), snapshot.len());
+        }
+        // Asked only of clients that registered a snapshot provider, which the C API does
+        // not offer: the daemon answers for them. Kind 0 if a daemon wrote one anyway.
+        Event::SnapshotRequest { .. } => {}
     }
     out
+}
+
+fn fill<T>(v: &mut Vec<T>, items: impl Iterator<Item = T>) {
+    v.clear();
+    v.extend(items);
 }
 
 fn millis(ms: u32) -> Duration {
@@ -366,6 +513,7 @@ pub unsafe extern "C" fn tutti_connect(socket_path: *const c_char, out: *mut *mu
                 client,
                 claim: None,
                 next_payload: Vec::new(),
+                scratch: Scratch::default(),
             }),
         });
         out.write(Box::into_raw(handle));
@@ -434,26 +582,36 @@ pub unsafe extern "C" fn tutti_join(
                 ));
             }
         };
-        match options.mode {
-            TUTTI_MODE_DEFAULT | TUTTI_MODE_BIMODAL => {}
-            TUTTI_MODE_UNRELIABLE | TUTTI_MODE_ORDERED => {
+        let ordered = match options.mode {
+            TUTTI_MODE_DEFAULT | TUTTI_MODE_BIMODAL => false,
+            TUTTI_MODE_ORDERED => true,
+            TUTTI_MODE_UNRELIABLE => {
                 return Err(Fail::text(
                     TUTTI_ERR_UNSUPPORTED,
-                    format!(
-                        "group {name:?}: mode {} is not offered by this tuttid yet (bimodal only)",
-                        options.mode
-                    ),
+                    format!("group {name:?}: mode unreliable is not offered by this tuttid yet"),
                 ));
             }
             mode => return Err(Fail::text(TUTTI_ERR_INVALID, format!("unknown mode {mode}"))),
-        }
-        if options.flags != 0 {
+        };
+        let known = TUTTI_JOIN_SAFE | TUTTI_JOIN_CPG;
+        if options.flags & !known != 0 || (!ordered && options.flags != 0) {
             return Err(Fail::text(
-                TUTTI_ERR_UNSUPPORTED,
-                format!("join flags {:#x}: no mode option is offered yet", options.flags),
+                TUTTI_ERR_INVALID,
+                format!(
+                    "join flags {:#x}: only TUTTI_JOIN_SAFE and TUTTI_JOIN_CPG, with TUTTI_MODE_ORDERED",
+                    options.flags
+                ),
             ));
         }
-        let id = s.client.join_as(name, rights).map_err(client_fail)?;
+        let group_options = GroupOptions {
+            ordered,
+            safe: options.flags & TUTTI_JOIN_SAFE != 0,
+            cpg: options.flags & TUTTI_JOIN_CPG != 0,
+        };
+        let id = s
+            .client
+            .join_with(name, rights, group_options)
+            .map_err(client_fail)?;
         if rights.subscribe {
             // Room for the largest message tutti_next can hand out, once.
             let max = s.client.max_message(id).map_err(client_fail)?;
@@ -645,10 +803,10 @@ pub unsafe extern "C" fn tutti_poll(
             .then(|| boundary::out_ptr(delivered, "delivered"))
             .transpose()?;
         let id = receiving(s, group, limit)?;
-        let n = s
-            .client
+        let State { client, scratch, .. } = s;
+        let n = client
             .poll(id, limit, |e| {
-                boundary::call_back(callback, &event(group, &e), user)
+                boundary::call_back(callback, &event(group, &e, scratch), user)
             })
             .map_err(client_fail)?;
         if n == 0 {
@@ -685,10 +843,10 @@ pub unsafe extern "C" fn tutti_poll_wait(
             ));
         }
         let id = receiving(s, group, limit)?;
-        let n = s
-            .client
+        let State { client, scratch, .. } = s;
+        let n = client
             .poll_blocking(id, limit, IdleStrategy::Backoff, millis(timeout_ms), |e| {
-                boundary::call_back(callback, &event(group, &e), user)
+                boundary::call_back(callback, &event(group, &e, scratch), user)
             })
             .map_err(client_fail)?;
         if let Some(d) = delivered {
@@ -716,13 +874,20 @@ pub unsafe extern "C" fn tutti_next(
         let out = boundary::out_ptr(out, "event")?;
         let id = receiving(s, group, 1)?;
         let State {
-            client, next_payload, ..
+            client,
+            next_payload,
+            scratch,
+            ..
         } = s;
         let mut next = None;
         let n = client
             .poll(id, 1, |e| {
-                let mut ev = event(group, &e);
-                if let Event::Message { payload, .. } = e {
+                let mut ev = event(group, &e, scratch);
+                if let Event::Message { payload, .. }
+                | Event::Installed {
+                    snapshot: payload, ..
+                } = e
+                {
                     next_payload.clear();
                     next_payload.extend_from_slice(payload);
                     ev.payload = next_payload.as_ptr();
@@ -761,8 +926,11 @@ pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut
             return Ok(());
         }
         let signal = s.client.append_signal(slot.id).map_err(client_fail)?;
-        let wake = wake::GroupWake::start(signal, s.client.control_fd())
-            .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
+        let (client, id) = (&s.client, slot.id);
+        let wake = wake::GroupWake::start(signal, client.control_fd(), || {
+            client.has_data(id).unwrap_or(true)
+        })
+        .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
         out.write(wake.fd());
         if let Some(slot) = s.groups[group as usize].as_mut() {
             slot.wake = Some(wake);

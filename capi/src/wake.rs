@@ -47,7 +47,11 @@ pub(crate) struct GroupWake {
 impl GroupWake {
     /// Starts watching. `control_fd` must stay open for as long as this lives (the client
     /// owns it and drops its wakes first).
-    pub fn start(signal: AppendSignal, control_fd: RawFd) -> std::io::Result<GroupWake> {
+    pub fn start(
+        signal: AppendSignal,
+        control_fd: RawFd,
+        pending: impl FnOnce() -> bool,
+    ) -> std::io::Result<GroupWake> {
         let shared = Arc::new(Shared {
             eventfd: EventFd::new()?,
             pending: AtomicBool::new(false),
@@ -58,7 +62,12 @@ impl GroupWake {
         // Read before the first wake-up: an append after this read changes the word, which
         // the helper sees; whatever came before is covered by the first wake-up below.
         let seen = signal.value();
-        shared.wake();
+        // Readable at once only if a record already waits: an append after `seen` was read
+        // is the helper's to notice, so none is missed, and a program that takes a readable
+        // descriptor to mean "an event waits" (libcpg's callers) is not misled.
+        if pending() {
+            shared.wake();
+        }
         let thread = {
             let (shared, signal) = (Arc::clone(&shared), Arc::clone(&signal));
             std::thread::Builder::new()

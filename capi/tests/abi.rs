@@ -104,6 +104,10 @@ fn header_constants_sizes_and_offsets_match_the_library() {
         ("TUTTI_EVENT_LAGGED", TUTTI_EVENT_LAGGED),
         ("TUTTI_EVENT_LOST", TUTTI_EVENT_LOST),
         ("TUTTI_EVENT_VIEW", TUTTI_EVENT_VIEW),
+        ("TUTTI_EVENT_CONFCHG", TUTTI_EVENT_CONFCHG),
+        ("TUTTI_EVENT_INSTALLED", TUTTI_EVENT_INSTALLED),
+        ("TUTTI_JOIN_SAFE", TUTTI_JOIN_SAFE),
+        ("TUTTI_JOIN_CPG", TUTTI_JOIN_CPG),
     ] {
         expected.push((name.into(), i64::from(value)));
     }
@@ -135,6 +139,69 @@ fn header_constants_sizes_and_offsets_match_the_library() {
         ("offsetof(tutti_event_t.count)", offset_of!(TuttiEvent, count)),
         ("offsetof(tutti_event_t.payload)", offset_of!(TuttiEvent, payload)),
         ("offsetof(tutti_event_t.len)", offset_of!(TuttiEvent, len)),
+        ("sizeof(tutti_view_t)", size_of::<TuttiView>()),
+        ("offsetof(tutti_view_t.id)", offset_of!(TuttiView, id)),
+        ("offsetof(tutti_view_t.members)", offset_of!(TuttiView, members)),
+        (
+            "offsetof(tutti_view_t.n_members)",
+            offset_of!(TuttiView, n_members),
+        ),
+        ("offsetof(tutti_view_t.joined)", offset_of!(TuttiView, joined)),
+        ("offsetof(tutti_view_t.n_joined)", offset_of!(TuttiView, n_joined)),
+        ("offsetof(tutti_view_t.left)", offset_of!(TuttiView, left)),
+        (
+            "offsetof(tutti_view_t.left_reasons)",
+            offset_of!(TuttiView, left_reasons),
+        ),
+        ("offsetof(tutti_view_t.n_left)", offset_of!(TuttiView, n_left)),
+        ("sizeof(tutti_cpg_process_t)", size_of::<TuttiCpgProcess>()),
+        (
+            "offsetof(tutti_cpg_process_t.nodeid)",
+            offset_of!(TuttiCpgProcess, nodeid),
+        ),
+        (
+            "offsetof(tutti_cpg_process_t.pid)",
+            offset_of!(TuttiCpgProcess, pid),
+        ),
+        (
+            "offsetof(tutti_cpg_process_t.reason)",
+            offset_of!(TuttiCpgProcess, reason),
+        ),
+        (
+            "offsetof(tutti_cpg_process_t.session)",
+            offset_of!(TuttiCpgProcess, session),
+        ),
+        ("sizeof(tutti_confchg_t)", size_of::<TuttiConfchg>()),
+        (
+            "offsetof(tutti_confchg_t.ring_id)",
+            offset_of!(TuttiConfchg, ring_id),
+        ),
+        ("offsetof(tutti_confchg_t.ring)", offset_of!(TuttiConfchg, ring)),
+        (
+            "offsetof(tutti_confchg_t.n_ring)",
+            offset_of!(TuttiConfchg, n_ring),
+        ),
+        (
+            "offsetof(tutti_confchg_t.members)",
+            offset_of!(TuttiConfchg, members),
+        ),
+        (
+            "offsetof(tutti_confchg_t.n_members)",
+            offset_of!(TuttiConfchg, n_members),
+        ),
+        (
+            "offsetof(tutti_confchg_t.joined)",
+            offset_of!(TuttiConfchg, joined),
+        ),
+        (
+            "offsetof(tutti_confchg_t.n_joined)",
+            offset_of!(TuttiConfchg, n_joined),
+        ),
+        ("offsetof(tutti_confchg_t.left)", offset_of!(TuttiConfchg, left)),
+        (
+            "offsetof(tutti_confchg_t.n_left)",
+            offset_of!(TuttiConfchg, n_left),
+        ),
     ];
     for (name, value) in sizes {
         expected.push((name.into(), value as i64));

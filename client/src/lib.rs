@@ -35,11 +35,11 @@ use tutti_wire::control::{
 pub use tutti_wire::control::{GroupOptions, Limit, Right, Rights};
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
 pub use tutti_wire::counters::{CONTROL_COUNTERS, SHARD_COUNTERS};
+pub use tutti_wire::shm::{ConfchgRecord, CpgEntry, LeftReason, ViewRecord};
 use tutti_wire::shm::{
     DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
 };
-pub use tutti_wire::shm::{LeftReason, ViewRecord};
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
 
@@ -835,6 +835,12 @@ impl Client {
             names,
             _map: map,
         })
+    }
+
+    /// Whether a record of `group` is waiting to be read now (needs the subscribe right).
+    pub fn has_data(&self, group: GroupId) -> Result<bool, Error> {
+        let sub = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
+        Ok(sub.reader.has_data())
     }
 
     /// A handle another thread can sleep on until the daemon appends to `group`'s delivery

@@ -158,6 +158,7 @@ fn options(ordered: bool, safe: bool) -> GroupOptions {
     GroupOptions {
         ordered: ordered || safe,
         safe,
+        cpg: false,
     }
 }
 
@@ -243,6 +244,23 @@ fn subscribe(
                 // This CLI keeps no state: with no provider registered the daemon sends the
                 // joiner an empty snapshot.
                 Event::SnapshotRequest { .. } => {}
+                Event::Confchg(c) => {
+                    let list = |it: &mut dyn Iterator<Item = tutti_client::CpgEntry>| {
+                        it.map(|e| format!("{}:{}", e.node, e.pid))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    let r = writeln!(
+                        out,
+                        "# confchg members={} joined={} left={}",
+                        list(&mut c.members()),
+                        list(&mut c.joined()),
+                        list(&mut c.left())
+                    );
+                    if let Err(e) = r {
+                        write_error = Some(e);
+                    }
+                }
             })
             .map_err(|e| e.to_string())?;
         if let Some(e) = write_error.take() {

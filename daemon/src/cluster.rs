@@ -807,6 +807,16 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
+    /// The daemons' ring for CPG's totem view: the cluster view's counter and the daemon
+    /// ids in it (sorted, each once).
+    pub fn ring(&self) -> (u64, Vec<u32>) {
+        let view = self.node.view();
+        let mut daemons: Vec<u32> = view.members.iter().map(|m| m.node >> 8).collect();
+        daemons.sort_unstable();
+        daemons.dedup();
+        (view.id.counter, daemons)
+    }
+
     /// Whether this node waits for a cluster view with another daemon in it: it has seeds
     /// other than itself and its view holds only itself.
     fn alone(&self) -> bool {

@@ -786,8 +786,23 @@ impl Control {
         }
         let session = self.sessions.get_mut(&id).expect("session exists");
         session.groups.push(handle);
+        let pid = session.cred.pid as u32;
         let group = self.groups[handle as usize].as_mut().expect("group exists");
         group.members.push(id);
+        if group.options.cpg {
+            // Before the reply: the shard has the join queued before any data the client
+            // publishes after it (and holds that data until the join is in the order).
+            self.shards[shard]
+                .call(|ack| ShardCommand::CpgProc {
+                    handle,
+                    session: id,
+                    pid: Some(pid),
+                    reason: crate::cpg::reason::JOIN,
+                    ack,
+                })
+                .map_err(Refusal::internal)?;
+        }
+        let group = self.groups[handle as usize].as_ref().expect("group exists");
 
         let joined = Joined {
             pub_capacity: self.config.publish_ring_bytes as u64,
@@ -911,6 +926,9 @@ impl Control {
         let shard = group.shard;
         group.members.retain(|&m| m != id);
         let empty = group.members.is_empty();
+        if group.options.cpg {
+            cpg_leave(&self.shards[shard], handle, id, crate::cpg::reason::LEAVE);
+        }
         if let Some(i) = group.providers.iter().position(|&p| p == id) {
             group.providers.swap_remove(i);
             let providers = group.providers.len();
@@ -961,6 +979,11 @@ impl Control {
             if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
                 group.members.retain(|&m| m != id);
                 empty = group.members.is_empty();
+                if group.options.cpg {
+                    // A session that ends without leaving: its process went down.
+                    let shard = group.shard;
+                    cpg_leave(&self.shards[shard], handle, id, crate::cpg::reason::PROCDOWN);
+                }
                 if let Some(i) = group.providers.iter().position(|&p| p == id) {
                     group.providers.swap_remove(i);
                     let providers = group.providers.len();
@@ -1112,11 +1135,26 @@ impl Control {
     }
 }
 
+/// Publishes a cpg member's leave (`reason` LEAVE or PROCDOWN) in the group's order.
+fn cpg_leave(link: &ShardLink, handle: u32, session: u32, reason: u32) {
+    let result = link.call(|ack| ShardCommand::CpgProc {
+        handle,
+        session,
+        pid: None,
+        reason,
+        ack,
+    });
+    if let Err(e) = result {
+        tracing::warn!(session, handle, "cpg leave: {e}");
+    }
+}
+
 fn options_name(options: GroupOptions) -> &'static str {
-    match (options.ordered, options.safe) {
-        (false, _) => "bimodal",
-        (true, false) => "ordered",
-        (true, true) => "ordered, safe",
+    match (options.ordered, options.safe, options.cpg) {
+        (false, _, _) => "bimodal",
+        (true, _, true) => "ordered, cpg",
+        (true, false, false) => "ordered",
+        (true, true, false) => "ordered, safe",
     }
 }
 

@@ -7,6 +7,7 @@ pub mod access;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod cpg;
 pub mod net;
 pub mod sd_notify;
 pub mod shard;

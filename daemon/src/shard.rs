@@ -6,6 +6,7 @@
 
 use crate::cluster::{Cluster, ClusterEvent, OrderedRefusal};
 use crate::config::IdleStrategy;
+use crate::cpg::{self, CpgTables};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use tutti_sys::{EventFd, Mapping};
 use tutti_wire::control::GroupOptions;
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN, SHARD_COUNTERS};
-use tutti_wire::shm::{GroupDoorbell, LogWriter, PublishConsumer, ShardDoorbell};
+use tutti_wire::shm::{GroupDoorbell, LeftReason, LogWriter, PublishConsumer, ShardDoorbell};
 
 /// Frames taken from one publish ring before the shard moves on to the next ring, so a
 /// flooding client cannot starve the others.
@@ -165,6 +166,15 @@ pub enum ShardCommand {
     DropClient {
         session: u32,
     },
+    /// A local process joins (`pid: Some`) or leaves a `cpg` group (`docs/cpg.md`), with its
+    /// `cpg_reason_t` code: published in the group's order.
+    CpgProc {
+        handle: u32,
+        session: u32,
+        pid: Option<u32>,
+        reason: u32,
+        ack: Sender<Result<(), String>>,
+    },
     /// How many local clients provide snapshots of ordered group `handle`.
     Providers {
         handle: u32,
@@ -258,6 +268,8 @@ struct OrderedState {
     status: String,
     /// Messages delivered in the total order.
     delivered: u64,
+    /// `cpg` groups: the id of the daemons' ring last written into the log (as a view).
+    ring_written: Option<u64>,
 }
 
 /// Everything a shard thread needs; built by the daemon, moved into the thread.
@@ -277,6 +289,9 @@ pub struct Shard {
     cluster: Option<Cluster>,
     /// Group handle by cluster-wide group id (for deliveries from other daemons).
     by_gid: HashMap<u64, u32>,
+    /// Process tables of the `cpg` groups (and of those draining after their last local
+    /// process went).
+    cpg: CpgTables,
     /// Passes since the cluster was last polled.
     since_cluster: u32,
     last_view: Option<String>,
@@ -323,6 +338,7 @@ impl Shard {
             groups: Vec::new(),
             cluster,
             by_gid: HashMap::new(),
+            cpg: CpgTables::default(),
             since_cluster: 0,
             last_view: None,
             last_sample: std::time::Instant::now(),
@@ -422,6 +438,7 @@ impl Shard {
         let mut failed: Option<(usize, String)> = None;
         let groups = &mut self.groups;
         let stats = &self.stats;
+        let cpg = &self.cpg;
         let mut cluster = self.cluster.as_mut();
         for (i, client) in self.clients.iter_mut().enumerate() {
             if !client.consumer.has_pending() {
@@ -431,6 +448,7 @@ impl Shard {
                 client,
                 groups,
                 stats,
+                cpg,
                 cluster.as_deref_mut(),
                 FRAMES_PER_RING_PASS,
             ) {
@@ -490,6 +508,7 @@ impl Shard {
                 client,
                 &mut self.groups,
                 &self.stats,
+                &self.cpg,
                 self.cluster.as_mut(),
                 usize::MAX,
             ) {
@@ -523,6 +542,25 @@ impl Shard {
                 } => {
                     let _ = ack.send(self.add_group(handle, gid, options, log, doorbell));
                 }
+                ShardCommand::CpgProc {
+                    handle,
+                    session,
+                    pid,
+                    reason,
+                    ack,
+                } => {
+                    let result = match self.groups.get(handle as usize).and_then(Option::as_ref) {
+                        Some(g) => {
+                            match pid {
+                                Some(pid) => self.cpg.proc_join(g.gid, session, pid),
+                                None => self.cpg.proc_leave(g.gid, session, reason),
+                            }
+                            Ok(())
+                        }
+                        None => Err(format!("no group {handle} on this shard")),
+                    };
+                    let _ = ack.send(result);
+                }
                 ShardCommand::Providers { handle, providers } => {
                     if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
                         g.ordered.providers = providers;
@@ -546,7 +584,12 @@ impl Shard {
                 ShardCommand::DropGroup { handle } => {
                     if let Some(slot) = self.groups.get_mut(handle as usize) {
                         if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
-                            if group.options.ordered {
+                            if group.options.cpg {
+                                // Stays in the order, dormant (see `cpg::MAX_DORMANT`).
+                                if let Some(gid) = self.cpg.sleep(group.gid) {
+                                    cluster.leave_ordered(gid);
+                                }
+                            } else if group.options.ordered {
                                 cluster.leave_ordered(group.gid);
                             } else {
                                 cluster.leave(group.gid);
@@ -637,10 +680,35 @@ impl Shard {
         let groups = &mut self.groups;
         let by_gid = &self.by_gid;
         let stats = &self.stats;
+        let cpg = &mut self.cpg;
         let mut appended = false;
         // Snapshot requests no local client can answer: answered empty after the poll.
         let mut answer_empty: Vec<u64> = Vec::new();
+        // Snapshot requests of cpg groups, answered with the process table at the request.
+        let mut answer_cpg: Vec<(u64, Vec<u8>)> = Vec::new();
+        let ring = cluster.ring();
         let work = cluster.poll(&mut |event| match event {
+            ClusterEvent::OrderedDeliver {
+                group,
+                sender,
+                payload,
+            } if cpg.has(group) => {
+                if sender as u32 == cpg::CONTROL_SESSION {
+                    // Applied even with no local member left (draining), so that this
+                    // daemon knows when its own leaves are in the order.
+                    let change = cpg.deliver(group, (sender >> 32) as u32, payload);
+                    if let (Some(change), Some(slot)) = (change, slot_of(groups, by_gid, group)) {
+                        append_confchg(slot, &ring, &change, stats);
+                        appended = true;
+                    }
+                } else if !cpg.is_member(group, sender) {
+                    // Sent before its join or after its leave was ordered: never delivered.
+                    stats.add(counter::NOT_JOINED, 1);
+                } else if let Some(slot) = slot_of(groups, by_gid, group) {
+                    append_ordered(slot, sender, payload, stats);
+                    appended = true;
+                }
+            }
             ClusterEvent::OrderedDeliver {
                 group,
                 sender,
@@ -667,7 +735,24 @@ impl Shard {
                 joined,
                 left,
             } => {
-                if let Some(slot) = slot_of(groups, by_gid, group) {
+                if cpg.has(group) {
+                    // Daemons that left the group's order take their processes along.
+                    let gone: Vec<(u32, bool)> = left
+                        .iter()
+                        .map(|&(node, why)| (node >> 8, why == LeftReason::Left.code()))
+                        .collect();
+                    let change = cpg.remove_nodes(group, &gone);
+                    if let Some(slot) = slot_of(groups, by_gid, group) {
+                        stats.add(counter::ORDERED_VIEWS, 1);
+                        slot.ordered.view = Some((id, members.to_vec()));
+                        // Members are woken only for a record: a CPG program takes a
+                        // readable descriptor to mean an event is waiting.
+                        if let Some(change) = change {
+                            append_confchg(slot, &ring, &change, stats);
+                            appended = true;
+                        }
+                    }
+                } else if let Some(slot) = slot_of(groups, by_gid, group) {
                     if slot.writer.append_view(id, members, joined, left).is_err() {
                         stats.add(counter::ORDERED_DROPPED, 1);
                     }
@@ -679,6 +764,10 @@ impl Shard {
             }
             ClusterEvent::SnapshotRequest { group, position } => {
                 stats.add(counter::SNAPSHOT_REQUESTS, 1);
+                if cpg.has(group) {
+                    answer_cpg.push((group, cpg.snapshot(group)));
+                    return;
+                }
                 match slot_of(groups, by_gid, group) {
                     Some(slot) if slot.ordered.providers > 0 => {
                         slot.writer.append_snapshot_request(position);
@@ -694,6 +783,13 @@ impl Shard {
                 position,
                 snapshot,
             } => {
+                if cpg.has(group) {
+                    stats.add(counter::SNAPSHOTS_INSTALLED, 1);
+                    if let Err(e) = cpg.install(group, snapshot) {
+                        tracing::warn!(group = %format!("{group:#x}"), "cpg state transfer: {e}");
+                    }
+                    return;
+                }
                 if let Some(slot) = slot_of(groups, by_gid, group) {
                     stats.add(counter::SNAPSHOTS_INSTALLED, 1);
                     if slot.writer.append_installed(position, snapshot).is_err() {
@@ -757,6 +853,22 @@ impl Shard {
         for gid in answer_empty {
             stats.add(counter::SNAPSHOTS_EMPTY, 1);
             cluster.snapshot_ready(gid, &[]);
+        }
+        for (gid, table) in answer_cpg {
+            cluster.snapshot_ready(gid, &table);
+        }
+        // Process changes of local sessions into the order.
+        cpg.flush(cluster);
+        // The daemons' ring changed: cpg members see it as a view record (CPG's totem view).
+        let ring = cluster.ring();
+        for g in groups.iter_mut().flatten() {
+            if g.options.cpg && g.ordered.ring_written != Some(ring.0) {
+                g.ordered.ring_written = Some(ring.0);
+                if g.writer.append_view(ring.0, &ring.1, &[], &[]).is_ok() {
+                    g.dirty = true;
+                    appended = true;
+                }
+            }
         }
         // A provider that does not answer in time: the joiner gets an empty snapshot.
         for g in groups.iter_mut().flatten() {
@@ -904,7 +1016,15 @@ impl Shard {
         if self.groups.len() <= index {
             self.groups.resize_with(index + 1, || None);
         }
+        let ring_now = self.cluster.as_ref().filter(|_| options.cpg).map(|c| c.ring().0);
         match self.cluster.as_mut() {
+            Some(cluster) if options.cpg => {
+                // A dormant group here is still a member of its order.
+                if !self.cpg.open(gid) {
+                    cluster.join_ordered(gid)?;
+                }
+                self.by_gid.insert(gid, handle);
+            }
             Some(cluster) if options.ordered => {
                 cluster.join_ordered(gid)?;
                 self.by_gid.insert(gid, handle);
@@ -926,7 +1046,12 @@ impl Shard {
             sampled: (0, 0),
             rates: (0.0, 0.0),
             options,
-            ordered: OrderedState::default(),
+            // Members learn the ring of their join from its confchg: only later changes
+            // are written as views.
+            ordered: OrderedState {
+                ring_written: ring_now,
+                ..OrderedState::default()
+            },
             _log: log,
             _doorbell: doorbell,
         });
@@ -934,6 +1059,33 @@ impl Shard {
             .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
         Ok(())
     }
+}
+
+/// Appends an ordered message to a group's log (or a lost notice if it cannot hold it).
+fn append_ordered(slot: &mut GroupSlot, sender: u64, payload: &[u8], stats: &ShardStats) {
+    if slot.writer.append(sender, payload).is_err() {
+        stats.add(counter::ORDERED_DROPPED, 1);
+        slot.writer.append_lost(sender, 1);
+    } else {
+        slot.ordered.delivered += 1;
+        slot.received += 1;
+        stats.add(counter::ORDERED_DELIVERED, 1);
+    }
+    slot.dirty = true;
+}
+
+/// Appends a cpg confchg with the daemons' ring it happened in.
+fn append_confchg(slot: &mut GroupSlot, ring: &(u64, Vec<u32>), change: &cpg::Confchg, stats: &ShardStats) {
+    if slot
+        .writer
+        .append_confchg(ring.0, &ring.1, &change.members, &change.joined, &change.left)
+        .is_err()
+    {
+        // Larger than this host's log record: members are told something is gone.
+        stats.add(counter::ORDERED_DROPPED, 1);
+        slot.writer.append_lost(0, 1);
+    }
+    slot.dirty = true;
 }
 
 /// The slot of the group with cluster-wide id `group`, if it lives here.
@@ -952,6 +1104,7 @@ fn drain_ring(
     client: &mut ClientSlot,
     groups: &mut [Option<GroupSlot>],
     stats: &ShardStats,
+    cpg: &CpgTables,
     mut cluster: Option<&mut Cluster>,
     limit: usize,
 ) -> Result<usize, String> {
@@ -998,6 +1151,11 @@ fn drain_ring(
                             too_large += 1;
                             return true;
                         };
+                        // A cpg member's data must not overtake its join in the order.
+                        if group.options.cpg && cpg.blocks_data(group.gid) {
+                            full = true;
+                            return false;
+                        }
                         return match cluster.submit_ordered(group.gid, *session, payload, group.options.safe)
                         {
                             Ok(()) => {

@@ -162,6 +162,9 @@ pub struct GroupOptions {
     pub ordered: bool,
     /// Ordered groups only: a message is delivered once every member of the view holds it.
     pub safe: bool,
+    /// Ordered groups only: a CPG process group (`docs/cpg.md`): the daemons keep a table
+    /// of member processes (session, pid) in the total order and write confchg records.
+    pub cpg: bool,
 }
 
 impl GroupOptions {
@@ -169,28 +172,38 @@ impl GroupOptions {
     pub const PLAIN: GroupOptions = GroupOptions {
         ordered: false,
         safe: false,
+        cpg: false,
     };
     pub const ORDERED: GroupOptions = GroupOptions {
         ordered: true,
         safe: false,
+        cpg: false,
     };
     pub const SAFE: GroupOptions = GroupOptions {
         ordered: true,
         safe: true,
+        cpg: false,
+    };
+    /// A CPG process group (ordered, agreed delivery).
+    pub const CPG: GroupOptions = GroupOptions {
+        ordered: true,
+        safe: false,
+        cpg: true,
     };
 
     pub fn to_u8(self) -> u8 {
-        u8::from(self.ordered) | (u8::from(self.safe) << 1)
+        u8::from(self.ordered) | (u8::from(self.safe) << 1) | (u8::from(self.cpg) << 2)
     }
 
-    /// Decodes an options byte: no unknown bit, `safe` only with `ordered`.
+    /// Decodes an options byte: no unknown bit, `safe` and `cpg` only with `ordered`.
     pub fn from_u8(bits: u8) -> Result<GroupOptions, ControlError> {
-        if bits & !3 != 0 || bits == 2 {
+        if bits & !7 != 0 || (bits & 1 == 0 && bits != 0) {
             return Err(ControlError::BadOptions(bits));
         }
         Ok(GroupOptions {
             ordered: bits & 1 != 0,
             safe: bits & 2 != 0,
+            cpg: bits & 4 != 0,
         })
     }
 }
@@ -937,6 +950,17 @@ mod tests {
         assert_eq!(Request::decode(&with), Err(ControlError::BadOptions(2)));
         with[HEADER_LEN + 1] = 4;
         assert_eq!(Request::decode(&with), Err(ControlError::BadOptions(4)));
+        with[HEADER_LEN + 1] = 8;
+        assert_eq!(Request::decode(&with), Err(ControlError::BadOptions(8)));
+        with[HEADER_LEN + 1] = 5;
+        assert_eq!(
+            Request::decode(&with),
+            Ok(Request::Join {
+                name: "g",
+                rights: Rights::BOTH,
+                options: GroupOptions::CPG
+            })
+        );
         with[HEADER_LEN + 1] = 3;
         assert_eq!(
             Request::decode(&with),

@@ -3,15 +3,19 @@
 # per node, see cluster.sh), runs cpgload with one member per node, prints one JSON line.
 #
 #   sudo bench/anchors/corosync/run.sh [--senders 1|2|3] [--size B] [--duration S] [--rate R]
-#                                      [--lib DIR] [--impl NAME] [--reps N]
+#                                      [--lib DIR] [--impl NAME] [--reps N] [--target T]
 #
-# --lib DIR runs the same cpgload binary against the libcpg.so.4 in DIR (tutti's, once it
-# exists) while the cluster is still Corosync's; pointing it at tutti daemons is the job of the
-# tutti side of this anchor (not written yet). Needs root (namespaces, apt-get if corosync is
+# --target corosync (default) runs on Corosync; --target tutti runs the same cpgload binary
+# (linked against Debian's libcpg) with LD_LIBRARY_PATH at tutti's libcpg.so.4 on 3 tuttid
+# daemons on loopback (capi/cpg/tests/tutti-cluster.sh, release build); --target both runs
+# the two in turn with the same options and adds a line {"ratio_tutti_over_corosync": ...}
+# of the medians over the reps. --lib DIR runs cpgload against the libcpg.so.4 in DIR while
+# the cluster is still Corosync's. Needs root for Corosync (namespaces, apt-get if corosync is
 # missing). Everything it starts is stopped and every namespace removed on exit or interrupt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-senders=1 size=64 duration=5 rate=0 lib="" impl=corosync reps=1
+senders=1 size=64 duration=5 rate=0 lib="" impl="" reps=1 target=corosync
+args=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
     --senders) senders=$2; shift 2 ;;
@@ -21,13 +25,46 @@ while [ $# -gt 0 ]; do
     --lib) lib=$2; shift 2 ;;
     --impl) impl=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    --target) target=$2; shift 2 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-[ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (network namespaces)" >&2; exit 2; }
-# shellcheck source=cluster.sh
-. "$here/cluster.sh"
+if [ "$target" = both ]; then
+    # Each side in its own run (the two cluster scripts define the same functions).
+    out=$(mktemp /tmp/tutti-anchor.XXXXXX)
+    trap 'rm -f "$out"' EXIT
+    "$0" "${args[@]}" --target corosync | tee -a "$out" || exit 1
+    "$0" "${args[@]}" --target tutti | tee -a "$out" || exit 1
+    # Medians of each side over the reps, then tutti / corosync per key.
+    python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+keys = ["msgs_per_s", "p50_ns", "p99_ns", "other_p50_ns", "other_p99_ns"]
+med = {impl: {k: statistics.median(r[k] for r in rows if r["impl"] == impl) for k in keys}
+       for impl in ("corosync", "tutti")}
+ratio = {k: round(med["tutti"][k] / med["corosync"][k], 3) if med["corosync"][k] else None for k in keys}
+print(json.dumps({"ratio_tutti_over_corosync": ratio, "medians": med,
+                  "order_identical": all(r["order_identical"] for r in rows)}))
+PY
+    exit
+fi
+case $target in
+corosync)
+    impl=${impl:-corosync}
+    [ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (network namespaces)" >&2; exit 2; }
+    # shellcheck source=cluster.sh
+    . "$here/cluster.sh"
+    ;;
+tutti)
+    impl=${impl:-tutti}
+    [ -z "$lib" ] || { echo "run.sh: --lib and --target tutti exclude each other" >&2; exit 2; }
+    TUTTI_PROFILE=${TUTTI_PROFILE:-release}
+    # shellcheck source=../../../capi/cpg/tests/tutti-cluster.sh
+    . "$here/../../../capi/cpg/tests/tutti-cluster.sh"
+    ;;
+*) echo "run.sh: --target must be corosync, tutti or both" >&2; exit 2 ;;
+esac
 [ "$senders" -ge 1 ] && [ "$senders" -le "$CLUSTER_NODES" ] ||
     { echo "run.sh: --senders must be 1..$CLUSTER_NODES" >&2; exit 2; }
 
@@ -46,10 +83,12 @@ trap 'exit 130' INT TERM
 cluster_install
 gcc -O2 -Wall -Wextra -o "$CLUSTER_DIR/cpgload" "$here/cpgload.c" -lcpg
 cluster_up
-echo "cluster of $CLUSTER_NODES Corosync nodes formed; $senders sender(s), $size B, ${duration}s" >&2
+echo "cluster of $CLUSTER_NODES $target nodes formed; $senders sender(s), $size B, ${duration}s" >&2
 
 libopt=()
 [ -n "$lib" ] && libopt=(--lib "$lib")
+# cpgload reports the library the loader bound; on tutti, that is TUTTI_LIB (cluster_exec).
+[ "$target" = tutti ] && libopt=(--lib "$TUTTI_LIB")
 status=0
 for rep in $(seq 1 "$reps"); do
     pids=()

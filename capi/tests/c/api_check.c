@@ -140,13 +140,18 @@ int main(void) {
     opts.size = 4;
     EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_INVALID);
     opts = (tutti_join_options_t)TUTTI_JOIN_OPTIONS_INIT;
-    opts.mode = TUTTI_MODE_ORDERED;
+    opts.mode = TUTTI_MODE_ORDERED; /* this daemon has no cluster */
     EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_UNSUPPORTED);
+    opts.flags = TUTTI_JOIN_CPG;
+    EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_UNSUPPORTED);
+    opts.flags = 4; /* no such mode option */
+    EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_INVALID);
+    opts.flags = 0;
     opts.mode = 99;
     EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_INVALID);
     opts.mode = TUTTI_MODE_DEFAULT;
-    opts.flags = 1;
-    EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_UNSUPPORTED);
+    opts.flags = TUTTI_JOIN_SAFE; /* mode options need TUTTI_MODE_ORDERED */
+    EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_INVALID);
     opts.flags = 0;
     opts.rights = 8;
     EXPECT(tutti_join(c, "g", &opts, &g), TUTTI_ERR_INVALID);

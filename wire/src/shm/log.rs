@@ -48,6 +48,11 @@ const FLAG_INSTALLED: u16 = 4;
 const FLAG_SNAPSHOT_REQUEST: u16 = 8;
 /// Fixed part of a view record: id, then the member, joined and left counts (u32 each).
 const VIEW_FIXED: usize = 8 + 3 * 4;
+/// A CPG confchg record (`LogWriter::append_confchg`): the ring id, then four counts.
+const FLAG_CONFCHG: u16 = 16;
+const CONFCHG_FIXED: usize = 8 + 4 * 4;
+/// Bytes of one [`CpgEntry`] in a confchg record.
+const CPG_ENTRY: usize = 16;
 /// Tag of a next-record marker (positions stay below 2^63: 292 years at 1 GB/s).
 const MARK: u64 = 1 << 63;
 /// Attach retries while the writer laps the ring under our feet.
@@ -364,6 +369,42 @@ impl LogWriter {
         Ok(self.append_data(FLAG_INSTALLED, 0, &bytes))
     }
 
+    /// Appends a CPG confchg of a `cpg` group, at its place in the total order: the
+    /// daemons' ring (`ring_id`, daemon ids), the member processes after the change (sorted
+    /// by node and pid, reason 0) and who joined and left, with their reasons (`docs/cpg.md`).
+    /// `TooLarge` if it does not fit one record.
+    pub fn append_confchg(
+        &mut self,
+        ring_id: u64,
+        ring: &[u32],
+        members: &[CpgEntry],
+        joined: &[CpgEntry],
+        left: &[CpgEntry],
+    ) -> Result<u64, OfferError> {
+        let len = CONFCHG_FIXED + 4 * ring.len() + CPG_ENTRY * (members.len() + joined.len() + left.len());
+        if len > self.log.max_payload {
+            return Err(OfferError::TooLarge {
+                len,
+                max: self.log.max_payload,
+            });
+        }
+        // Membership changes are rare (not the data path): one allocation each is fine.
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&ring_id.to_le_bytes());
+        for n in [ring.len(), members.len(), joined.len(), left.len()] {
+            bytes.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        for &d in ring {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        for e in members.iter().chain(joined).chain(left) {
+            for w in [e.node, e.pid, e.reason, e.session] {
+                bytes.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        Ok(self.append_data(FLAG_CONFCHG, 0, &bytes))
+    }
+
     /// Asks the group's snapshot provider for its state at list position `position` (the
     /// group delivers nothing more until it answers).
     pub fn append_snapshot_request(&mut self, position: u64) -> u64 {
@@ -507,6 +548,96 @@ pub enum LogEvent<'a> {
     /// `position`, i.e. as it is now (nothing after it is delivered until it is given).
     /// `tutti_client` answers it from the snapshot provider.
     SnapshotRequest { position: u64 },
+    /// `cpg` groups: the process membership changed here, at the same point of the order
+    /// at every member.
+    Confchg(ConfchgRecord<'a>),
+}
+
+/// One process of a CPG group in a confchg record: its daemon's node id, its pid (as the
+/// daemon saw it with SO_PEERCRED), a `cpg_reason_t` code (0 in the member list) and its
+/// session on that daemon (the low half of its sender id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpgEntry {
+    pub node: u32,
+    pub pid: u32,
+    pub reason: u32,
+    pub session: u32,
+}
+
+/// A confchg record of a `cpg` group, validated (counts agree with its length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfchgRecord<'a> {
+    /// The id of the daemons' ring (cluster view) when the change was applied here.
+    pub ring_id: u64,
+    ring: &'a [u8],
+    members: &'a [u8],
+    joined: &'a [u8],
+    left: &'a [u8],
+}
+
+impl<'a> ConfchgRecord<'a> {
+    /// Parses a confchg record's payload; `None` if its counts do not match its length.
+    pub fn parse(payload: &'a [u8]) -> Option<ConfchgRecord<'a>> {
+        let fixed = payload.get(..CONFCHG_FIXED)?;
+        let word =
+            |at: usize| u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]]) as usize;
+        let ring_id = u64::from_le_bytes(fixed[..8].try_into().ok()?);
+        let (r, m, j, l) = (word(8), word(12), word(16), word(20));
+        let len = m
+            .checked_add(j)?
+            .checked_add(l)?
+            .checked_mul(CPG_ENTRY)?
+            .checked_add(r.checked_mul(4)?)?
+            .checked_add(CONFCHG_FIXED)?;
+        if len != payload.len() {
+            return None;
+        }
+        let rest = &payload[CONFCHG_FIXED..];
+        let (ring, rest) = rest.split_at(4 * r);
+        let (members, rest) = rest.split_at(CPG_ENTRY * m);
+        let (joined, left) = rest.split_at(CPG_ENTRY * j);
+        Some(ConfchgRecord {
+            ring_id,
+            ring,
+            members,
+            joined,
+            left,
+        })
+    }
+
+    fn entries(bytes: &'a [u8]) -> impl ExactSizeIterator<Item = CpgEntry> + 'a {
+        bytes.chunks_exact(CPG_ENTRY).map(|e| {
+            let w = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+            CpgEntry {
+                node: w(0),
+                pid: w(4),
+                reason: w(8),
+                session: w(12),
+            }
+        })
+    }
+
+    /// The daemons of the ring (node ids).
+    pub fn ring(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
+        self.ring
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    }
+
+    /// The member processes after the change.
+    pub fn members(&self) -> impl ExactSizeIterator<Item = CpgEntry> + 'a {
+        Self::entries(self.members)
+    }
+
+    /// Processes that joined with this change.
+    pub fn joined(&self) -> impl ExactSizeIterator<Item = CpgEntry> + 'a {
+        Self::entries(self.joined)
+    }
+
+    /// Processes that left with this change, and why.
+    pub fn left(&self) -> impl ExactSizeIterator<Item = CpgEntry> + 'a {
+        Self::entries(self.left)
+    }
 }
 
 /// Why a member left an ordered group's view (codes of [`LogWriter::append_view`]).
@@ -893,6 +1024,10 @@ impl LogReader {
                 FLAG_VIEW => match ViewRecord::parse(payload) {
                     Some(view) => LogEvent::View(view),
                     None => return Err(self.fail(bad("view counts disagree with its length"))),
+                },
+                FLAG_CONFCHG => match ConfchgRecord::parse(payload) {
+                    Some(confchg) => LogEvent::Confchg(confchg),
+                    None => return Err(self.fail(bad("confchg counts disagree with its length"))),
                 },
                 FLAG_INSTALLED => match position_word() {
                     Some(position) => LogEvent::Installed {

@@ -41,7 +41,9 @@ pub use layout::{
     LOG_RECORD_HEADER_LEN, LOG_VERSION, MAX_CAPACITY, MIN_CAPACITY, PAD_GROUP, PUBLISH_FRAME_HEADER_LEN,
     PUBLISH_MAGIC, PUBLISH_VERSION, PUB_HEAD, PUB_TAIL, RECORD_ALIGN, REGION_ALIGN,
 };
-pub use log::{DeliveryLog, LeftReason, LogEvent, LogReader, LogWriter, ReadError, ViewRecord};
+pub use log::{
+    ConfchgRecord, CpgEntry, DeliveryLog, LeftReason, LogEvent, LogReader, LogWriter, ReadError, ViewRecord,
+};
 pub use publish::{FrameError, PublishClaim, PublishConsumer, PublishProducer, PublishRing};
 #[cfg(loom)]
 #[doc(hidden)]

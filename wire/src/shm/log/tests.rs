@@ -47,6 +47,13 @@ enum Event {
     SnapshotRequest {
         position: u64,
     },
+    Confchg {
+        ring_id: u64,
+        ring: Vec<u32>,
+        members: Vec<CpgEntry>,
+        joined: Vec<CpgEntry>,
+        left: Vec<CpgEntry>,
+    },
 }
 
 fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
@@ -72,6 +79,13 @@ fn poll_all(reader: &mut LogReader, limit: usize) -> Vec<Event> {
                     snapshot: snapshot.to_vec(),
                 },
                 LogEvent::SnapshotRequest { position } => Event::SnapshotRequest { position },
+                LogEvent::Confchg(c) => Event::Confchg {
+                    ring_id: c.ring_id,
+                    ring: c.ring().collect(),
+                    members: c.members().collect(),
+                    joined: c.joined().collect(),
+                    left: c.left().collect(),
+                },
             })
         })
         .expect("poll");
@@ -607,6 +621,43 @@ fn views_snapshots_and_requests_take_their_place_among_messages() {
 }
 
 #[test]
+fn confchg_records_read_back_among_messages() {
+    let region = log(4096);
+    let mut w = writer(&region);
+    let mut r = reader(&region);
+    let p = |node, pid, reason, session| CpgEntry {
+        node,
+        pid,
+        reason,
+        session,
+    };
+    let members = [p(1, 100, 0, 7), p(2, 200, 0, 9)];
+    w.append(1, b"m1").unwrap();
+    w.append_confchg(17, &[1, 2, 3], &members, &[p(2, 200, 1, 9)], &[p(3, 300, 5, 4)])
+        .unwrap();
+    w.append(2, b"m2").unwrap();
+    let got = poll_all(&mut r, 16);
+    assert_eq!(
+        got[1],
+        Event::Confchg {
+            ring_id: 17,
+            ring: vec![1, 2, 3],
+            members: members.to_vec(),
+            joined: vec![p(2, 200, 1, 9)],
+            left: vec![p(3, 300, 5, 4)],
+        }
+    );
+    assert_eq!(got.len(), 3);
+    // Empty lists are fine; one too large for a record is refused.
+    w.append_confchg(0, &[], &[], &[], &[]).unwrap();
+    assert!(matches!(
+        w.append_confchg(0, &[], &[p(0, 0, 0, 0); 300], &[], &[]),
+        Err(OfferError::TooLarge { .. })
+    ));
+    assert_eq!(poll_all(&mut r, 16).len(), 1);
+}
+
+#[test]
 fn malformed_ordered_records_are_errors() {
     let d = 4096;
     // (what the writer appends, how it is damaged, the error's text)
@@ -641,7 +692,13 @@ fn malformed_ordered_records_are_errors() {
             "8 bytes",
         ),
         // Flags no writer sets, or two kinds at once.
-        (0, Box::new(move |b| b[d + 22] = 16), "unknown flags"),
+        (0, Box::new(move |b| b[d + 22] = 32), "unknown flags"),
+        // A confchg whose left count claims more than its length holds.
+        (
+            FLAG_CONFCHG,
+            Box::new(move |b| b[d + 32 + 20..d + 32 + 24].copy_from_slice(&2u32.to_le_bytes())),
+            "confchg counts",
+        ),
         (FLAG_VIEW, Box::new(move |b| b[d + 22] = 6), "unknown flags"),
     ];
     for (kind, damage, text) in cases {
@@ -660,6 +717,15 @@ fn malformed_ordered_records_are_errors() {
             }
             FLAG_SNAPSHOT_REQUEST => {
                 w.append_snapshot_request(1);
+            }
+            FLAG_CONFCHG => {
+                let e = CpgEntry {
+                    node: 1,
+                    pid: 2,
+                    reason: 1,
+                    session: 3,
+                };
+                w.append_confchg(4, &[1], &[e], &[e], &[]).unwrap();
             }
             _ => {
                 w.append(1, &[0; 24]).unwrap();
