@@ -37,6 +37,21 @@ step "loom models of the shared-memory rings"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p tutti-wire --release --test loom_shm -- --test-threads 2
 
+step "libcpg.so.4: the CPG conformance programs, unmodified, on 3 tuttid (capi/cpg/tests/run-tutti.sh)"
+# Every check must pass except the partition.* and heal.* ones, which this cluster cannot
+# run yet (one network namespace; ordered groups have no evs policy): docs/cpg.md.
+cpg_log=$(mktemp)
+bash capi/cpg/tests/run-tutti.sh >"$cpg_log" 2>&1 || true
+unexpected=$(grep '^FAIL' "$cpg_log" | grep -Ev '^FAIL (partition|heal)\.' || true)
+cpg_passed=$(sed -n 's/^SUMMARY passed=\([0-9]*\).*/\1/p' "$cpg_log")
+if [[ -n "$unexpected" ]] || [[ "${cpg_passed:-0}" -lt 189 ]]; then
+    cat "$cpg_log"
+    echo "libcpg conformance: unexpected failures (above)" >&2
+    exit 1
+fi
+grep '^SUMMARY' "$cpg_log"
+rm -f "$cpg_log"
+
 step "systemd units"
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
