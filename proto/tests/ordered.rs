@@ -36,7 +36,9 @@ fn minitx_settings() -> MinitxSettings {
 }
 
 fn ordered_settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
+    let max_appends_in_flight = [1, 2, 4, 8][rng.gen_range(0..4)];
     OrderedSettings {
+        max_appends_in_flight,
         list_slots: 64,
         lag_budget: 40,
         lag_timeout: 30 * MILLIS,
@@ -137,6 +139,8 @@ struct Sim {
     next_submit: BTreeMap<NodeId, Time>,
     send_until: Time,
     safe_share: f64,
+    /// Range of the pause between two submits of a member.
+    send_gap: (Time, Time),
     crashed: BTreeSet<NodeId>,
     snapshot_due: Vec<NodeId>,
     // Global records for the checks.
@@ -159,6 +163,28 @@ struct Sim {
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut sim = Sim::without_faults(seed);
+        if seed % 5 == 4 {
+            // Deep pipelining: one message per batch, up to 16 appends of a sender in flight
+            // (as many as the test's queue slots), senders 3x faster, 2 ms delays (so
+            // answers overtake each other), loss, and the same faults as every seed.
+            sim.settings.max_batch = 1;
+            sim.settings.max_appends_in_flight = 16;
+            sim.send_gap = (100 * MICROS, 1000 * MICROS);
+            sim.max_delay = 2 * MILLIS;
+            sim.loss = [0.02, 0.08][sim.rng.gen_range(0..2)];
+            let ids: Vec<NodeId> = sim.members.keys().copied().collect();
+            for id in ids {
+                let m = OrderedMember::initial(
+                    id,
+                    GROUP,
+                    &sim.members.keys().copied().collect::<Vec<_>>(),
+                    PRIMARY,
+                    sim.settings.clone(),
+                    minitx_settings(),
+                );
+                sim.members.insert(id, m);
+            }
+        }
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         sim.plan_faults(&initial);
         sim
@@ -226,6 +252,7 @@ impl Sim {
             next_submit: BTreeMap::new(),
             send_until: 150 * MILLIS,
             safe_share,
+            send_gap: (300 * MICROS, 3000 * MICROS),
             crashed: BTreeSet::new(),
             snapshot_due: Vec::new(),
             committed: HashMap::new(),
@@ -801,7 +828,7 @@ impl Sim {
 
     fn submit(&mut self, id: NodeId) {
         let now = self.now;
-        let gap = self.rng.gen_range(300 * MICROS..3000 * MICROS);
+        let gap = self.rng.gen_range(self.send_gap.0..self.send_gap.1);
         self.next_submit.insert(id, now + gap);
         let Some(m) = self.members.get_mut(&id) else {
             return;
@@ -959,10 +986,22 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64) -> (u64, u64, u64, u64) {
+/// What a seed exercised: messages submitted, deliveries, state transfers, safe deliveries,
+/// appends chained behind another in flight and chains cut by a failed append (the members
+/// alive at the end).
+fn run_seed(seed: u64) -> [u64; 6] {
     let mut sim = Sim::new(seed);
     sim.run();
-    (sim.submitted, sim.deliveries, sim.installs, sim.safe_checked)
+    let chained = sim.members.values().map(|m| m.counters().appends_chained).sum();
+    let broken = sim.members.values().map(|m| m.counters().chains_broken).sum();
+    [
+        sim.submitted,
+        sim.deliveries,
+        sim.installs,
+        sim.safe_checked,
+        chained,
+        broken,
+    ]
 }
 
 #[test]
@@ -976,18 +1015,24 @@ fn randomized_harness_seeds() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let mut totals = (0, 0, 0, 0);
+    let mut totals = [0u64; 6];
     for seed in 0..seeds {
-        let (s, d, i, safe) = run_seed(seed);
-        totals = (totals.0 + s, totals.1 + d, totals.2 + i, totals.3 + safe);
+        for (t, x) in totals.iter_mut().zip(run_seed(seed)) {
+            *t += x;
+        }
     }
     println!(
-        "{seeds} seeds: {} messages submitted, {} deliveries, {} state transfers installed, {} safe deliveries checked",
-        totals.0, totals.1, totals.2, totals.3
+        "{seeds} seeds: {} messages submitted, {} deliveries, {} state transfers installed, {} safe deliveries checked, \
+         {} appends chained (pipelined), {} chains broken",
+        totals[0], totals[1], totals[2], totals[3], totals[4], totals[5]
     );
     assert!(
-        totals.2 > 0 && totals.3 > 0,
+        totals[2] > 0 && totals[3] > 0,
         "the harness must exercise joins and safe delivery"
+    );
+    assert!(
+        seeds < 5 || (totals[4] > 0 && totals[5] > 0),
+        "the harness must exercise pipelined appends and their failures"
     );
 }
 
