@@ -231,6 +231,9 @@ struct Append {
 
 type PayloadId = (NodeId, u64, u64);
 
+/// List entries an append reads past its own position, per member of the view.
+const APPEND_READ_MARGIN: u64 = 4;
+
 /// One node's member of one ordered group. See the module docs and `docs/ordered.md`.
 pub struct OrderedMember {
     node: NodeId,
@@ -1240,22 +1243,28 @@ impl OrderedMember {
         )
     }
 
+    /// The tail and the progress slots: those up to the highest slot of the view as
+    /// learned (slots are taken lowest first), or all of them before this member knows
+    /// the view. Every answer carries them, so they are kept short.
     fn base_reads(&self) -> Minitransaction {
+        let span = match self.learn_view.members.iter().map(|m| m.slot + 1).max() {
+            Some(n) if self.status == Status::Active => n.min(self.settings.max_members),
+            _ => self.settings.max_members,
+        };
         Minitransaction::new()
             .read(Address::new(MEMNODE, LIST, 0), 8)
-            .read(
-                Address::new(MEMNODE, PROGRESS, 0),
-                self.settings.max_members * PROGRESS_BYTES as u32,
-            )
+            .read(Address::new(MEMNODE, PROGRESS, 0), span * PROGRESS_BYTES as u32)
     }
 
-    /// The tail, every progress slot and the entries from `from` on (as many as the
+    /// The tail, the progress slots and up to `max` entries from `from` on (as many as the
     /// buffer takes, up to `read_batch`). An append carries the same reads: if its tail
     /// compare fails, the reads (returned with the conflict) are the entries it missed.
-    fn reads_from(&self, from: u64) -> Minitransaction {
+    fn reads_from(&self, from: u64, max: u64) -> Minitransaction {
         let buffered = from.saturating_sub(self.delivered);
         let slots = u64::from(self.settings.list_slots);
-        let n = u64::from(self.settings.read_batch).min(slots.saturating_sub(buffered));
+        let n = u64::from(self.settings.read_batch)
+            .min(max)
+            .min(slots.saturating_sub(buffered));
         let mut mtx = self.base_reads();
         // Contiguous slot ranges (two when the range wraps).
         let first_len = n.min(slots - from % slots);
@@ -1355,7 +1364,7 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Read { from });
             return;
         }
-        let mtx = self.reads_from(from);
+        let mtx = self.reads_from(from, u64::MAX);
         let mtx = self.progress_write(mtx);
         self.read_now = false;
         self.last_read = now;
@@ -1500,9 +1509,13 @@ impl OrderedMember {
             self.counters.reclaim_waits += 1;
             return None;
         }
+        // The entries it reads matter only if its compare fails: this chain's own, then
+        // what the other members appended meanwhile (a few each per round trip; a longer
+        // run is learned by the next conflict or read).
+        let margin = APPEND_READ_MARGIN * self.learn_view.members.len() as u64;
         let mut mtx = Minitransaction {
             compares: vec![(self.list_addr_tail(), at.to_le_bytes().to_vec())],
-            ..self.reads_from(self.learned)
+            ..self.reads_from(self.learned, at - self.learned + margin)
         };
         if let Some(prev) = chained {
             mtx = mtx.compare(self.list_addr(prev.pos), &prev.encode());
