@@ -165,13 +165,15 @@ impl Sim {
         let mut sim = Sim::without_faults(seed);
         if seed % 5 == 4 {
             // Deep pipelining: one message per batch, up to 16 appends of a sender in flight
-            // (as many as the test's queue slots), senders 3x faster, 2 ms delays (so
+            // (as many as the test's queue slots), senders 2x faster, 2 ms delays (so
             // answers overtake each other), loss, and the same faults as every seed.
             sim.settings.max_batch = 1;
             sim.settings.max_appends_in_flight = 16;
-            sim.send_gap = (100 * MICROS, 1000 * MICROS);
+            sim.send_gap = (150 * MICROS, 1500 * MICROS);
             sim.max_delay = 2 * MILLIS;
-            sim.loss = [0.02, 0.08][sim.rng.gen_range(0..2)];
+            // Heavier loss makes the test's replication link (go-back-N, no reorder
+            // buffer) the bottleneck with or without pipelining: see docs/ordered.md.
+            sim.loss = [0.02, 0.05][sim.rng.gen_range(0..2)];
             let ids: Vec<NodeId> = sim.members.keys().copied().collect();
             for id in ids {
                 let m = OrderedMember::initial(
@@ -1101,7 +1103,14 @@ fn in_process_run(members: u32, max_batch: u32, depth: u32, delay: Time, target:
         .map(|&id| {
             (
                 id,
-                OrderedMember::initial(id, GROUP, &ids, PRIMARY, settings.clone(), MinitxSettings::default()),
+                OrderedMember::initial(
+                    id,
+                    GROUP,
+                    &ids,
+                    PRIMARY,
+                    settings.clone(),
+                    MinitxSettings::default(),
+                ),
             )
         })
         .collect();
@@ -1176,7 +1185,9 @@ fn in_process_run(members: u32, max_batch: u32, depth: u32, delay: Time, target:
                     let m = nodes.get_mut(&n).unwrap();
                     match msg {
                         Msg::Minitx(bytes) => m.handle_minitx(now, from, &bytes),
-                        Msg::Payload(sender, epoch, seq, bytes) => m.handle_payload(now, sender, epoch, seq, &bytes),
+                        Msg::Payload(sender, epoch, seq, bytes) => {
+                            m.handle_payload(now, sender, epoch, seq, &bytes)
+                        }
                     }
                     while let Some(out) = m.poll_output() {
                         route(&mut queue, &mut delivered, now + delay, n, out);
@@ -1264,7 +1275,10 @@ fn in_process_throughput() {
             let what = if delay == 0 {
                 format!("{wall:>9.0} messages per CPU second")
             } else {
-                format!("{sim:>9.0} messages/s of simulated time, {}us per hop", delay / MICROS)
+                format!(
+                    "{sim:>9.0} messages/s of simulated time, {}us per hop",
+                    delay / MICROS
+                )
             };
             println!(
                 "{members} member(s), max_batch {max_batch:>2}, appends in flight {depth}: {what} \

@@ -293,6 +293,9 @@ pub struct OrderedMember {
     next_list_op_at: Time,
     last_read: Time,
     read_now: bool,
+    /// A payload of another sender arrived since the last read started: its entry is in
+    /// the list or about to be, so the next read need not wait for `poll_interval`.
+    payload_hint: bool,
     /// A joiner's deadline for its state transfer.
     install_deadline: Time,
     /// A snapshot this member must produce: (joiner, position, view after the join,
@@ -368,7 +371,10 @@ impl OrderedMember {
             "lag_budget must be below list_slots"
         );
         assert!(settings.max_batch >= 1 && settings.max_batch <= u32::from(u16::MAX));
-        assert!(settings.max_appends_in_flight >= 1, "max_appends_in_flight must be at least 1");
+        assert!(
+            settings.max_appends_in_flight >= 1,
+            "max_appends_in_flight must be at least 1"
+        );
         let mut coord = Coordinator::new(node, 1, minitx.clone());
         coord.set_placement(MEMNODE, memnode_host);
         let queue_slots = settings.queue_slots as usize;
@@ -408,6 +414,7 @@ impl OrderedMember {
             next_list_op_at: 0,
             last_read: 0,
             read_now: true,
+            payload_hint: false,
             install_deadline: 0,
             producing: None,
             transfers: Vec::new(),
@@ -464,7 +471,10 @@ impl OrderedMember {
     }
     /// Whether no minitransaction of this member is in flight (for quiescence checks).
     pub fn idle(&self) -> bool {
-        self.list_op.is_none() && self.appends.is_empty() && self.repair_op.is_none() && self.coord.in_flight() == 0
+        self.list_op.is_none()
+            && self.appends.is_empty()
+            && self.repair_op.is_none()
+            && self.coord.in_flight() == 0
     }
 
     /// A one-line account of what this member waits for (for logs and failing seeds).
@@ -616,6 +626,7 @@ impl OrderedMember {
             return;
         }
         self.payloads.insert(id, bytes.to_vec());
+        self.payload_hint = true;
         self.advance_held();
         self.drive(now);
     }
@@ -952,7 +963,11 @@ impl OrderedMember {
             // Not found up to the tail: the join was not appended; append it here.
             self.pending_uncertain = false;
         }
-        if self.learned >= tail && self.pending_uncertain && self.status == Status::Active && self.appends.is_empty() {
+        if self.learned >= tail
+            && self.pending_uncertain
+            && self.status == Status::Active
+            && self.appends.is_empty()
+        {
             // Read up to the tail with no append in flight: what landed is learned and
             // confirmed. An append still on its way lands only where the next append
             // would put the same batches, or nowhere (see `build_append`).
@@ -1349,6 +1364,7 @@ impl OrderedMember {
         }
         let buffered = self.learned - self.delivered;
         let due = self.read_now
+            || self.payload_hint
             || (self.known_tail > self.learned && buffered < u64::from(self.settings.list_slots))
             || self.known_tail == u64::MAX
             || now >= self.last_read + self.settings.poll_interval;
@@ -1367,6 +1383,7 @@ impl OrderedMember {
         let mtx = self.reads_from(from, u64::MAX);
         let mtx = self.progress_write(mtx);
         self.read_now = false;
+        self.payload_hint = false;
         self.last_read = now;
         self.submit_list_op(now, &mtx, ListOp::Read { from });
     }
@@ -1413,11 +1430,13 @@ impl OrderedMember {
         let chained = match self.appends.back() {
             None => None,
             Some(a) => match a.entries.last() {
-                Some(&prev @ Entry {
-                    kind: EntryKind::Data { .. },
-                    node,
-                    ..
-                }) if node == self.node => Some(prev),
+                Some(
+                    &prev @ Entry {
+                        kind: EntryKind::Data { .. },
+                        node,
+                        ..
+                    },
+                ) if node == self.node => Some(prev),
                 _ => return None,
             },
         };
@@ -1438,9 +1457,15 @@ impl OrderedMember {
         // A member that has kept this sender's next queue slot from being reused for
         // `lag_timeout` (it does not hold the payload last written there) is lagging too:
         // with every queue blocked the tail stops, so the distance alone would never grow.
+        // The slot waits for `held > blocked_at`; a slot not used yet in this membership
+        // waits for `held >= join_pos` (a timer that found no one to blame would fire
+        // forever).
         let blocked_at = match (self.queue_blocked_since, self.outgoing.front()) {
-            (Some(since), Some((seq, _))) if chained.is_none() && now >= since + self.settings.lag_timeout => {
+            (Some(since), Some((seq, _)))
+                if chained.is_none() && now >= since + self.settings.lag_timeout =>
+            {
                 self.queue_pos[(seq % u64::from(self.settings.queue_slots)) as usize]
+                    .or(me.join_pos.checked_sub(1))
             }
             _ => None,
         };
