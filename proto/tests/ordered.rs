@@ -1258,6 +1258,7 @@ fn in_process_throughput() {
         (4, 8, 0),
         (4, 32, 0),
         (1, 32, 25 * MICROS),
+        (3, 32, 25 * MICROS),
         (4, 32, 25 * MICROS),
     ] {
         let mut runs: BTreeMap<u32, Vec<[f64; 6]>> = BTreeMap::new();

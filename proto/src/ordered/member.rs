@@ -799,8 +799,10 @@ impl OrderedMember {
                     // The tail came back with the conflict.
                     self.on_read(now, at, &reads);
                 }
-                // Nothing was written: try again at the current tail.
-                self.learned = self.known_tail;
+                if self.status == Status::Joining {
+                    // Nothing was written: try again at the current tail.
+                    self.learned = self.known_tail;
+                }
                 self.read_now = true;
             }
             (ListOp::Join { .. }, Err(e)) => {
