@@ -1068,6 +1068,17 @@ fn a_member_that_stops_reading_is_removed_for_lagging_not_waited_for() {
     }
 }
 
+/// Regression, found by the harness: a joiner whose next queue slot was never used in its
+/// membership waits for every member's `held` to reach its join; a member whose published
+/// `held` stayed behind (back from a minority, a payload still to repair) was never named
+/// lagging, and the `lag_timeout` timer fired again and again at the same instant ("time
+/// does not advance"). Seed 57 is that run (a change to the harness's draws may move it).
+#[test]
+fn a_fresh_queue_slot_names_the_member_that_blocks_it() {
+    let [submitted, deliveries, ..] = run_seed(57);
+    assert!(submitted > 0 && deliveries > 0);
+}
+
 #[test]
 fn a_seed_reproduces_its_run() {
     let a = run_seed(7);
