@@ -94,6 +94,10 @@ pub struct OrderedCounters {
     pub appends: u64,
     pub appends_committed: u64,
     pub append_conflicts: u64,
+    /// Appends submitted while another of this member was in flight (pipelining), and
+    /// chains cut short by a failed append.
+    pub appends_chained: u64,
+    pub chains_broken: u64,
     /// Messages threaded into the list by this sender, in `batches` entries.
     pub messages_appended: u64,
     pub batches: u64,
@@ -194,8 +198,10 @@ struct Learned {
     sender_slot: Option<u32>,
 }
 
-/// The batch a sender is threading into the list.
-#[derive(Debug, Clone, Copy)]
+/// A batch of a sender's messages being threaded into the list. Once formed it never
+/// changes (a retry appends the same messages in the same entry), so a message is never in
+/// two batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Batch {
     first_seq: u64,
     count: u16,
@@ -211,13 +217,22 @@ enum ListOp {
     Join {
         at: u64,
     },
-    Append {
-        at: u64,
-        entries: Vec<Entry>,
-    },
+}
+
+/// An append minitransaction in flight: `entries` at `at` (the first at the learned tail,
+/// each later one chained after the one before), with the reads of the list from `from`.
+#[derive(Debug)]
+struct Append {
+    txid: TxId,
+    at: u64,
+    from: u64,
+    entries: Vec<Entry>,
 }
 
 type PayloadId = (NodeId, u64, u64);
+
+/// List entries an append reads past its own position, per member of the view.
+const APPEND_READ_MARGIN: u64 = 4;
 
 /// One node's member of one ordered group. See the module docs and `docs/ordered.md`.
 pub struct OrderedMember {
@@ -248,10 +263,24 @@ pub struct OrderedMember {
     payloads: BTreeMap<PayloadId, Vec<u8>>,
     // Sender side.
     next_submit_seq: u64,
+    /// Messages submitted and not yet learned in the list, in seq order; `batches` cover a
+    /// prefix of them.
     outgoing: VecDeque<(u64, bool)>,
-    pending: Option<Batch>,
-    /// The pending batch may have been appended (outcome unknown): find it by reading up
-    /// to the tail before appending it again.
+    /// Formed batches not yet learned in the list, in seq order.
+    batches: VecDeque<Batch>,
+    /// Appends in flight, in list order: the first at the learned tail, each later one
+    /// chained after the one before (it carries the next batch).
+    appends: VecDeque<Append>,
+    /// An append of the chain failed: the rest will fail too; no new append until every
+    /// one in flight has its outcome, then the chain starts again at the learned tail.
+    chain_broken: bool,
+    /// Appends this member may have in flight now (at most `max_appends_in_flight`): one
+    /// more after each commit, halved when a chain breaks on a conflict (other senders
+    /// race for the tail: every append chained behind a loser is wasted), one after any
+    /// other failure.
+    window: u32,
+    /// An append may have landed (outcome unknown): find it by reading up to the tail
+    /// before appending again.
     pending_uncertain: bool,
     /// List position of the last message written to each of this sender's queue slots.
     queue_pos: Vec<Option<u64>>,
@@ -264,6 +293,9 @@ pub struct OrderedMember {
     next_list_op_at: Time,
     last_read: Time,
     read_now: bool,
+    /// A payload of another sender arrived since the last read started: its entry is in
+    /// the list or about to be, so the next read need not wait for `poll_interval`.
+    payload_hint: bool,
     /// A joiner's deadline for its state transfer.
     install_deadline: Time,
     /// A snapshot this member must produce: (joiner, position, view after the join,
@@ -339,6 +371,10 @@ impl OrderedMember {
             "lag_budget must be below list_slots"
         );
         assert!(settings.max_batch >= 1 && settings.max_batch <= u32::from(u16::MAX));
+        assert!(
+            settings.max_appends_in_flight >= 1,
+            "max_appends_in_flight must be at least 1"
+        );
         let mut coord = Coordinator::new(node, 1, minitx.clone());
         coord.set_placement(MEMNODE, memnode_host);
         let queue_slots = settings.queue_slots as usize;
@@ -364,7 +400,10 @@ impl OrderedMember {
             payloads: BTreeMap::new(),
             next_submit_seq: 0,
             outgoing: VecDeque::new(),
-            pending: None,
+            batches: VecDeque::new(),
+            appends: VecDeque::new(),
+            chain_broken: false,
+            window: 1,
             pending_uncertain: false,
             queue_pos: vec![None; queue_slots],
             suspected: BTreeSet::new(),
@@ -375,6 +414,7 @@ impl OrderedMember {
             next_list_op_at: 0,
             last_read: 0,
             read_now: true,
+            payload_hint: false,
             install_deadline: 0,
             producing: None,
             transfers: Vec::new(),
@@ -439,7 +479,10 @@ impl OrderedMember {
     }
     /// Whether no minitransaction of this member is in flight (for quiescence checks).
     pub fn idle(&self) -> bool {
-        self.list_op.is_none() && self.repair_op.is_none() && self.coord.in_flight() == 0
+        self.list_op.is_none()
+            && self.appends.is_empty()
+            && self.repair_op.is_none()
+            && self.coord.in_flight() == 0
     }
 
     /// A one-line account of what this member waits for (for logs and failing seeds).
@@ -452,14 +495,17 @@ impl OrderedMember {
             .map(|m| (m.node, m.join_pos, self.member_progress(m)))
             .collect();
         format!(
-            "front {front:?} held_upto {} known_tail {} pending {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?} \
-             in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?}",
+            "front {front:?} held_upto {} known_tail {} batches {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?} \
+             appends {:?} broken {} window {} in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?}",
             self.held_upto,
             self.known_tail,
-            self.pending,
+            self.batches,
             self.pending_uncertain,
             self.queue_pos,
             self.list_op.as_ref().map(|o| &o.1),
+            self.appends.iter().map(|a| (a.at, a.entries.len())).collect::<Vec<_>>(),
+            self.chain_broken,
+            self.window,
             self.in_majority,
             self.next_list_op_at,
             self.last_read,
@@ -480,13 +526,18 @@ impl OrderedMember {
             return self.coord.poll_timeout();
         }
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
-        if self.list_op.is_none() && self.in_majority {
+        if self.list_op.is_none() && self.appends.is_empty() && self.in_majority {
             t = t.min(
                 self.next_list_op_at
                     .max(self.last_read + self.settings.poll_interval),
             );
         }
-        if let (Some(since), None, true) = (self.queue_blocked_since, &self.list_op, self.in_majority) {
+        if let (Some(since), None, true, true) = (
+            self.queue_blocked_since,
+            &self.list_op,
+            self.appends.is_empty(),
+            self.in_majority,
+        ) {
             t = t.min(since + self.settings.lag_timeout);
         }
         if let Some(r) = self.transfers.iter().map(|t| t.3).min() {
@@ -583,6 +634,7 @@ impl OrderedMember {
             return;
         }
         self.payloads.insert(id, bytes.to_vec());
+        self.payload_hint = true;
         self.advance_held();
         self.drive(now);
     }
@@ -746,6 +798,14 @@ impl OrderedMember {
             }
             return;
         }
+        if let Some(i) = self.appends.iter().position(|a| a.txid == o.txid) {
+            if let Some(a) = self.appends.remove(i) {
+                if self.status != Status::Removed {
+                    self.on_append(now, a, o.result);
+                }
+            }
+            return;
+        }
         let Some((txid, _)) = &self.list_op else { return };
         if *txid != o.txid {
             return;
@@ -763,7 +823,7 @@ impl OrderedMember {
         match (op, o.result) {
             (ListOp::Read { from }, Ok(reads)) => {
                 if from == self.learned {
-                    self.on_read(now, &reads);
+                    self.on_read(now, from, &reads);
                 }
             }
             (ListOp::Join { at }, Ok(_)) => {
@@ -777,22 +837,13 @@ impl OrderedMember {
                 self.learn(now, e);
                 self.known_tail = self.known_tail.max(self.learned);
             }
-            (ListOp::Append { at, entries }, Ok(reads)) => {
-                self.counters.appends_committed += 1;
-                debug_assert_eq!(at, self.learned);
-                for e in entries {
-                    self.learn(now, e);
-                }
-                self.known_tail = self.known_tail.max(self.learned);
-                self.read_progress(now, reads.get(1).map(Vec::as_slice));
-            }
             (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
-            (ListOp::Join { .. } | ListOp::Append { .. }, Err(TxnError::Conflict { reads, .. })) => {
+            (ListOp::Join { at }, Err(TxnError::Conflict { reads, .. })) => {
                 self.counters.append_conflicts += 1;
                 let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
                 if let Some(reads) = all {
-                    // The entries this member missed came back with the conflict.
-                    self.on_read(now, &reads);
+                    // The tail came back with the conflict.
+                    self.on_read(now, at, &reads);
                 }
                 if self.status == Status::Joining {
                     // Nothing was written: try again at the current tail.
@@ -800,12 +851,70 @@ impl OrderedMember {
                 }
                 self.read_now = true;
             }
-            (ListOp::Join { .. } | ListOp::Append { .. }, Err(e)) => {
+            (ListOp::Join { .. }, Err(e)) => {
                 if e == TxnError::Unavailable {
                     // Maybe appended: read up to the tail before appending again.
                     self.pending_uncertain = true;
                 }
                 self.txn_failed(now, &e);
+            }
+        }
+    }
+
+    /// The outcome of an append. Its reads (from `a.from`, taken before its writes) hold
+    /// the entries below it: on a commit those are the appends of this chain before it
+    /// (whose answers may come later or never), on a conflict what other members appended.
+    fn on_append(&mut self, now: Time, a: Append, result: Result<Vec<Vec<u8>>, TxnError>) {
+        match result {
+            Ok(reads) => {
+                self.counters.appends_committed += 1;
+                self.window = (self.window + 1).min(self.settings.max_appends_in_flight);
+                self.on_read(now, a.from, &reads);
+                if self.status == Status::Removed {
+                    return;
+                }
+                if self.learned == a.at {
+                    for e in a.entries {
+                        self.learn(now, e);
+                    }
+                    self.known_tail = self.known_tail.max(self.learned);
+                } else if self.learned < a.at {
+                    // The entries before it did not fit in its reads: a read learns them
+                    // (and this append's) once the chain is done.
+                    self.chain_broken = true;
+                    self.read_now = true;
+                }
+            }
+            Err(e) => {
+                // Nothing was written (or, for `Unavailable`, maybe everything): the
+                // appends chained after it cannot land before it is settled.
+                if !self.chain_broken {
+                    if !self.appends.is_empty() {
+                        self.counters.chains_broken += 1;
+                    }
+                    self.window = if matches!(e, TxnError::Conflict { .. }) {
+                        (self.window / 2).max(1)
+                    } else {
+                        1
+                    };
+                }
+                self.chain_broken = true;
+                self.published = None;
+                if let TxnError::Conflict { reads, .. } = e {
+                    self.counters.append_conflicts += 1;
+                    let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
+                    if let Some(reads) = all {
+                        // The entries this member missed came back with the conflict.
+                        self.on_read(now, a.from, &reads);
+                    }
+                    self.read_now = true;
+                } else {
+                    if e == TxnError::Unavailable {
+                        // Maybe appended: read up to the tail before appending again.
+                        self.pending_uncertain = true;
+                    }
+                    self.txn_failed(now, &e);
+                }
             }
         }
     }
@@ -844,7 +953,9 @@ impl OrderedMember {
             });
     }
 
-    fn on_read(&mut self, now: Time, reads: &[Vec<u8>]) {
+    /// Takes in the reads of a list operation: the tail, the progress slots and the entries
+    /// from position `from` (those below `learned` are already known and skipped).
+    fn on_read(&mut self, now: Time, from: u64, reads: &[Vec<u8>]) {
         self.counters.reads += 1;
         let Some(tail) = reads.first().and_then(|b| u64_at(b, 0)) else {
             self.counters.malformed += 1;
@@ -853,15 +964,23 @@ impl OrderedMember {
         if self.known_tail == u64::MAX {
             // A joiner's first read: it appends its join at the tail.
             self.learned = tail;
+            self.known_tail = tail;
         }
-        self.known_tail = tail;
+        // Answers to appends in flight may arrive out of order: the tail only grows.
+        self.known_tail = self.known_tail.max(tail);
         self.read_progress(now, reads.get(1).map(Vec::as_slice));
-        let entries = reads.get(2..).unwrap_or_default().concat();
-        let from = self.learned;
         let mut overwritten = false;
-        for (i, chunk) in entries.chunks(ENTRY_BYTES).enumerate() {
+        let entries = reads.get(2..).unwrap_or_default();
+        for (i, chunk) in entries.iter().flat_map(|r| r.chunks(ENTRY_BYTES)).enumerate() {
             let p = from + i as u64;
             if p >= tail {
+                break;
+            }
+            if p < self.learned {
+                continue;
+            }
+            if p > self.learned {
+                // Only possible if `from` was ahead of `learned`: never taken out of order.
                 break;
             }
             match Entry::decode(chunk) {
@@ -892,7 +1011,14 @@ impl OrderedMember {
             // Not found up to the tail: the join was not appended; append it here.
             self.pending_uncertain = false;
         }
-        if self.learned >= tail && self.pending_uncertain && self.status == Status::Active {
+        if self.learned >= tail
+            && self.pending_uncertain
+            && self.status == Status::Active
+            && self.appends.is_empty()
+        {
+            // Read up to the tail with no append in flight: what landed is learned and
+            // confirmed. An append still on its way lands only where the next append
+            // would put the same batches, or nowhere (see `build_append`).
             self.pending_uncertain = false;
         }
     }
@@ -924,7 +1050,7 @@ impl OrderedMember {
             }
             Status::Active => {
                 self.learn_view.apply(&e, self.settings.max_members);
-                if let (EntryKind::Data { epoch, first_seq, .. }, Some(b)) = (e.kind, self.pending) {
+                if let (EntryKind::Data { epoch, first_seq, .. }, Some(&b)) = (e.kind, self.batches.front()) {
                     if e.node == self.node && epoch == self.join_pos && first_seq == b.first_seq {
                         self.confirm_batch(e.pos, b);
                     }
@@ -934,6 +1060,14 @@ impl OrderedMember {
                     at: now,
                     sender_slot: self.learn_view.get(e.node).map(|m| m.slot),
                 });
+                // Appends whose entries are learned are done, whatever their answer says.
+                while self
+                    .appends
+                    .front()
+                    .is_some_and(|a| a.at + a.entries.len() as u64 <= self.learned)
+                {
+                    self.appends.pop_front();
+                }
             }
         }
         self.advance_held();
@@ -948,8 +1082,7 @@ impl OrderedMember {
         }
         self.counters.messages_appended += u64::from(b.count);
         self.counters.batches += 1;
-        self.pending = None;
-        self.pending_uncertain = false;
+        self.batches.pop_front();
     }
 
     /// The payload ids of `e` this member lacks, if any (first one).
@@ -1173,22 +1306,28 @@ impl OrderedMember {
         )
     }
 
+    /// The tail and the progress slots: those up to the highest slot of the view as
+    /// learned (slots are taken lowest first), or all of them before this member knows
+    /// the view. Every answer carries them, so they are kept short.
     fn base_reads(&self) -> Minitransaction {
+        let span = match self.learn_view.members.iter().map(|m| m.slot + 1).max() {
+            Some(n) if self.status == Status::Active => n.min(self.settings.max_members),
+            _ => self.settings.max_members,
+        };
         Minitransaction::new()
             .read(Address::new(MEMNODE, LIST, 0), 8)
-            .read(
-                Address::new(MEMNODE, PROGRESS, 0),
-                self.settings.max_members * PROGRESS_BYTES as u32,
-            )
+            .read(Address::new(MEMNODE, PROGRESS, 0), span * PROGRESS_BYTES as u32)
     }
 
-    /// The tail, every progress slot and the entries from `from` on (as many as the
+    /// The tail, the progress slots and up to `max` entries from `from` on (as many as the
     /// buffer takes, up to `read_batch`). An append carries the same reads: if its tail
     /// compare fails, the reads (returned with the conflict) are the entries it missed.
-    fn reads_from(&self, from: u64) -> Minitransaction {
+    fn reads_from(&self, from: u64, max: u64) -> Minitransaction {
         let buffered = from.saturating_sub(self.delivered);
         let slots = u64::from(self.settings.list_slots);
-        let n = u64::from(self.settings.read_batch).min(slots.saturating_sub(buffered));
+        let n = u64::from(self.settings.read_batch)
+            .min(max)
+            .min(slots.saturating_sub(buffered));
         let mut mtx = self.base_reads();
         // Contiguous slot ranges (two when the range wraps).
         let first_len = n.min(slots - from % slots);
@@ -1232,20 +1371,48 @@ impl OrderedMember {
         // Progress rides appends, but an append that loses the tail race writes nothing: a
         // member in a run of failed compares publishes by a read every `poll_interval`.
         let publish_due = self.published.is_none() && now >= self.last_read + self.settings.poll_interval;
-        if self.status == Status::Active
+        if self.appends.is_empty() {
+            self.chain_broken = false;
+        }
+        // The first append goes at the learned tail; the next ones are chained after it.
+        while self.status == Status::Active
             && !self.pending_uncertain
-            && self.learned >= self.known_tail
+            && !self.chain_broken
             && !publish_due
+            && (self.learned >= self.known_tail || !self.appends.is_empty())
+            && self.appends.len() < self.window.min(self.settings.max_appends_in_flight) as usize
         {
-            if let Some((mtx, entries)) = self.build_append(now) {
-                self.counters.appends += 1;
-                let at = self.learned;
-                self.submit_list_op(now, &mtx, ListOp::Append { at, entries });
-                return;
+            let Some((mtx, at, entries)) = self.build_append(now) else {
+                break;
+            };
+            self.counters.appends += 1;
+            if !self.appends.is_empty() {
+                self.counters.appends_chained += 1;
             }
+            match self.coord.submit(now, &mtx) {
+                Ok(txid) => self.appends.push_back(Append {
+                    txid,
+                    at,
+                    from: self.learned,
+                    entries,
+                }),
+                Err(e) => {
+                    if e == TxnError::NotInMajority && self.in_majority {
+                        self.in_majority = false;
+                        self.enter_minority();
+                    }
+                    self.txn_failed(now, &e);
+                    break;
+                }
+            }
+        }
+        if !self.appends.is_empty() {
+            // Reads wait for the chain: its answers carry the same reads.
+            return;
         }
         let buffered = self.learned - self.delivered;
         let due = self.read_now
+            || self.payload_hint
             || (self.known_tail > self.learned && buffered < u64::from(self.settings.list_slots))
             || self.known_tail == u64::MAX
             || now >= self.last_read + self.settings.poll_interval;
@@ -1261,9 +1428,10 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Read { from });
             return;
         }
-        let mtx = self.reads_from(from);
+        let mtx = self.reads_from(from, u64::MAX);
         let mtx = self.progress_write(mtx);
         self.read_now = false;
+        self.payload_hint = false;
         self.last_read = now;
         self.submit_list_op(now, &mtx, ListOp::Read { from });
     }
@@ -1285,16 +1453,42 @@ impl OrderedMember {
         }
     }
 
-    /// The next append at the learned tail (= the tail as this member knows it): control
-    /// entries (removals), then one batch of this sender's messages. `None` if there is
-    /// nothing to append or the list has no room.
-    fn build_append(&mut self, now: Time) -> Option<(Minitransaction, Vec<Entry>)> {
+    /// The next append: at the learned tail (= the tail as this member knows it) when none
+    /// is in flight, control entries (removals) then the first batch not yet in the list;
+    /// otherwise chained after the last append in flight, the next batch alone. Returns the
+    /// minitransaction, its position and its entries; `None` if there is nothing to append,
+    /// the list has no room, or a control entry must wait until the chain is done.
+    ///
+    /// A chained append compares the tail *and the last entry* the append before it writes:
+    /// it lands only right after that one, so a failure of batch k fails every batch after
+    /// it and they are retried in order (sender FIFO). An anchor (the first append) carries
+    /// only the first batch not yet learned, at the learned tail: a batch learned in the
+    /// list is confirmed there and never appended again, and an answer lost in the network
+    /// (`Unavailable`) leaves an append that lands, if ever, right where the next anchor
+    /// would put the same batch (then the anchor fails) or after batches of this sender
+    /// that are in the list (the chain compare). No batch is in the list twice.
+    fn build_append(&mut self, now: Time) -> Option<(Minitransaction, u64, Vec<Entry>)> {
         let Some(me) = self.learn_view.get(self.node).copied() else {
             // Out of the view as learned: nothing to append, nothing to wait for.
             self.queue_blocked_since = None;
             return None;
         };
-        let at = self.learned;
+        // Chained only after a data entry of this sender (one that no other member can
+        // have written in its place).
+        let chained = match self.appends.back() {
+            None => None,
+            Some(a) => match a.entries.last() {
+                Some(
+                    &prev @ Entry {
+                        kind: EntryKind::Data { .. },
+                        node,
+                        ..
+                    },
+                ) if node == self.node => Some(prev),
+                _ => return None,
+            },
+        };
+        let at = chained.map_or(self.learned, |prev| prev.pos + 1);
         let list_slots = u64::from(self.settings.list_slots);
         let mut entries = Vec::new();
         let push = |entries: &mut Vec<Entry>, node, kind| {
@@ -1311,9 +1505,15 @@ impl OrderedMember {
         // A member that has kept this sender's next queue slot from being reused for
         // `lag_timeout` (it does not hold the payload last written there) is lagging too:
         // with every queue blocked the tail stops, so the distance alone would never grow.
+        // The slot waits for `held > blocked_at`; a slot not used yet in this membership
+        // waits for `held >= join_pos` (a timer that found no one to blame would fire
+        // forever).
         let blocked_at = match (self.queue_blocked_since, self.outgoing.front()) {
-            (Some(since), Some((seq, _))) if now >= since + self.settings.lag_timeout => {
+            (Some(since), Some((seq, _)))
+                if chained.is_none() && now >= since + self.settings.lag_timeout =>
+            {
                 self.queue_pos[(seq % u64::from(self.settings.queue_slots)) as usize]
+                    .or(me.join_pos.checked_sub(1))
             }
             _ => None,
         };
@@ -1344,18 +1544,36 @@ impl OrderedMember {
             // Wait another `lag_timeout`.
             self.queue_blocked_since = Some(now);
         }
-        if self.leaving {
-            push(&mut entries, self.node, EntryKind::Remove(RemoveReason::Left));
+        let removals: Vec<(NodeId, RemoveReason)> = if self.leaving {
+            vec![(self.node, RemoveReason::Left)]
         } else {
-            for m in &self.learn_view.members {
-                if m.node != self.node && self.suspected.contains(&m.node) {
-                    self.counters.removals_suspected += 1;
-                    push(&mut entries, m.node, EntryKind::Remove(RemoveReason::Suspected));
-                } else if lagging.contains(&m.node) {
-                    self.counters.removals_lagging += 1;
-                    push(&mut entries, m.node, EntryKind::Remove(RemoveReason::Lagging));
-                }
+            self.learn_view
+                .members
+                .iter()
+                .filter(|m| m.node != self.node)
+                .filter_map(|m| {
+                    if self.suspected.contains(&m.node) {
+                        Some((m.node, RemoveReason::Suspected))
+                    } else if lagging.contains(&m.node) {
+                        Some((m.node, RemoveReason::Lagging))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        if chained.is_some() && !removals.is_empty() {
+            // A view change is appended by an anchor, once the chain is done: an appender
+            // knows the view at the point it appends.
+            return None;
+        }
+        for (node, reason) in removals {
+            match reason {
+                RemoveReason::Suspected => self.counters.removals_suspected += 1,
+                RemoveReason::Lagging => self.counters.removals_lagging += 1,
+                RemoveReason::Left => {}
             }
+            push(&mut entries, node, EntryKind::Remove(reason));
         }
         // Reclamation: never overwrite a slot a member of the view has not learned.
         // Progress slots are written by members: saturate rather than trust them.
@@ -1364,43 +1582,35 @@ impl OrderedMember {
             self.counters.reclaim_waits += 1;
             return None;
         }
+        // The entries it reads matter only if its compare fails: this chain's own, then
+        // what the other members appended meanwhile (a few each per round trip; a longer
+        // run is learned by the next conflict or read).
+        let margin = APPEND_READ_MARGIN * self.learn_view.members.len() as u64;
         let mut mtx = Minitransaction {
             compares: vec![(self.list_addr_tail(), at.to_le_bytes().to_vec())],
-            ..self.reads_from(at)
+            ..self.reads_from(self.learned, at - self.learned + margin)
         };
+        if let Some(prev) = chained {
+            mtx = mtx.compare(self.list_addr(prev.pos), &prev.encode());
+        }
         if !self.leaving && (entries.len() as u64) < room {
-            let batch = self.pending.or_else(|| {
-                let (_, safe) = *self.outgoing.front()?;
-                let count = self
-                    .outgoing
-                    .iter()
-                    .take(self.settings.max_batch as usize)
-                    .take_while(|(_, s)| *s == safe)
-                    // A queue slot is reused only once every member holds its last payload.
-                    .take_while(|(seq, _)| {
-                        let q = (seq % u64::from(self.settings.queue_slots)) as usize;
-                        match self.queue_pos[q] {
-                            // Never used in this membership: an older occupant's payloads
-                            // are all below this member's join.
-                            None => min_held >= me.join_pos,
-                            Some(p) => min_held > p,
-                        }
-                    })
-                    .count();
-                if count == 0 {
-                    self.counters.queue_waits += 1;
-                    self.queue_blocked_since.get_or_insert(now);
-                    return None;
+            let batch = match chained.map(|prev| prev.kind) {
+                // The anchor: the first batch not yet learned in the list.
+                None => match self.batches.front() {
+                    Some(&b) => Some(b),
+                    None => self.form_batch(now, me, min_held, None),
+                },
+                // Chained: the batch after the one the append before carries.
+                Some(EntryKind::Data { first_seq, count, .. }) => {
+                    let next = first_seq + u64::from(count);
+                    match self.batches.iter().find(|b| b.first_seq == next) {
+                        Some(&b) => Some(b),
+                        None => self.form_batch(now, me, min_held, Some(next)),
+                    }
                 }
-                self.queue_blocked_since = None;
-                Some(Batch {
-                    first_seq: self.outgoing.front()?.0,
-                    count: count as u16,
-                    safe,
-                })
-            });
+                Some(_) => None,
+            };
             if let Some(b) = batch {
-                self.pending = Some(b);
                 push(
                     &mut entries,
                     self.node,
@@ -1422,7 +1632,7 @@ impl OrderedMember {
                     slot.extend_from_slice(bytes);
                     let q = (seq % u64::from(self.settings.queue_slots)) as u32;
                     let offset = (me.slot * self.settings.queue_slots + q) * qsb;
-                    mtx = mtx.write(Address::new(MEMNODE, QUEUES, offset), &slot);
+                    mtx.writes.push((Address::new(MEMNODE, QUEUES, offset), slot));
                 }
             }
         }
@@ -1434,7 +1644,59 @@ impl OrderedMember {
             mtx = mtx.write(self.list_addr(e.pos), &e.encode());
         }
         let mtx = self.progress_write(mtx);
-        Some((mtx, entries))
+        Some((mtx, at, entries))
+    }
+
+    /// Forms the next batch from the messages after the formed ones: up to `max_batch` of
+    /// the same `safe` flag whose queue slots may be reused (every member of the view holds
+    /// the payload last written there, and no formed batch still needs it). `chained`: the
+    /// first seq a chained append needs (`None` for an anchor).
+    fn form_batch(&mut self, now: Time, me: Member, min_held: u64, chained: Option<u64>) -> Option<Batch> {
+        let anchor = chained.is_none();
+        let formed: usize = self.batches.iter().map(|b| usize::from(b.count)).sum();
+        let oldest = self.outgoing.front()?.0;
+        let (first_seq, safe) = *self.outgoing.get(formed)?;
+        if chained.is_some_and(|next| next != first_seq) {
+            return None;
+        }
+        let queue_slots = u64::from(self.settings.queue_slots);
+        let count = self
+            .outgoing
+            .iter()
+            .skip(formed)
+            .take(self.settings.max_batch as usize)
+            .take_while(|(_, s)| *s == safe)
+            .take_while(|(seq, _)| {
+                // The slot's last payload belongs to a message not yet in the list.
+                if *seq >= oldest + queue_slots {
+                    return false;
+                }
+                let q = (seq % queue_slots) as usize;
+                match self.queue_pos[q] {
+                    // Never used in this membership: an older occupant's payloads are all
+                    // below this member's join.
+                    None => min_held >= me.join_pos,
+                    Some(p) => min_held > p,
+                }
+            })
+            .count();
+        if count == 0 {
+            if anchor {
+                self.counters.queue_waits += 1;
+                self.queue_blocked_since.get_or_insert(now);
+            }
+            return None;
+        }
+        if anchor {
+            self.queue_blocked_since = None;
+        }
+        let b = Batch {
+            first_seq,
+            count: count as u16,
+            safe,
+        };
+        self.batches.push_back(b);
+        Some(b)
     }
 
     fn start_repair(&mut self, now: Time) {

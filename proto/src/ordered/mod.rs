@@ -67,6 +67,12 @@ pub struct OrderedSettings {
     pub max_batch: u32,
     /// Entries one read minitransaction fetches.
     pub read_batch: u32,
+    /// Append minitransactions one sender keeps in flight (pipelining; at least 1). Each
+    /// after the first is chained: it compares the tail the one before it will write and
+    /// that one's last entry, so it can only land right after it (sender FIFO). Larger:
+    /// more of a sender's batches per round trip to the memory node; a failed append
+    /// wastes the ones chained after it.
+    pub max_appends_in_flight: u32,
     /// Messages a sender queues before `submit` refuses (back pressure).
     pub max_outgoing: usize,
     /// Payloads held ahead of delivery; beyond it a received payload is dropped (counted)
@@ -97,6 +103,7 @@ impl Default for OrderedSettings {
             max_payload: 1024,
             max_batch: 32,
             read_batch: 32,
+            max_appends_in_flight: 4,
             max_outgoing: 4096,
             max_held: 8192,
             poll_interval: 2 * MILLIS,
