@@ -890,7 +890,11 @@ impl Cluster {
         self.ordered_scratch = bytes;
         match result {
             Ok(_) => Ok(()),
-            Err(SubmitError::Full | SubmitError::NotMember(_)) => Err(OrderedRefusal::Full),
+            // Not joined yet (waiting for a view with another daemon), joining, in a
+            // minority or full: the frame waits in the publish ring (back pressure).
+            Err(SubmitError::Full | SubmitError::NotMember(_) | SubmitError::NotJoined(_)) => {
+                Err(OrderedRefusal::Full)
+            }
             Err(e) => {
                 tracing::debug!("ordered submit refused: {e}");
                 Err(OrderedRefusal::TooLarge)
