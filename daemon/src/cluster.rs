@@ -26,6 +26,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tutti_proto::ordered::{OrderedSettings, OrderedStatusEvent, RemoveReason};
 use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
@@ -558,6 +559,9 @@ struct Duplicate {
     logged_at: Time,
 }
 
+/// CPG's totem ring: the cluster view's counter and its daemon ids, sorted.
+pub type Ring = (u64, Arc<[u32]>);
+
 /// Most duplicate-id records kept for `tutti status` (the counter counts them all).
 const MAX_DUPLICATES_SHOWN: usize = 16;
 
@@ -572,6 +576,8 @@ pub struct Cluster {
     probes: Vec<SeedProbe>,
     duplicates: Vec<Duplicate>,
     next_timer: Time,
+    /// `ring()` of the last view asked about.
+    ring: Option<Ring>,
     stats: ClusterStats,
     view_summary: String,
     /// Reused buffer of `submit_ordered` (the session prefix and the payload).
@@ -681,6 +687,7 @@ impl Cluster {
             probes,
             duplicates: Vec::new(),
             next_timer: 0,
+            ring: None,
             stats: ClusterStats::default(),
             view_summary: String::from("view: just me"),
             ordered_scratch: Vec::new(),
@@ -807,14 +814,23 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
+    /// The cluster view's counter (the ring id of `ring()`).
+    pub fn view_counter(&self) -> u64 {
+        self.node.view().id.counter
+    }
+
     /// The daemons' ring for CPG's totem view: the cluster view's counter and the daemon
-    /// ids in it (sorted, each once).
-    pub fn ring(&self) -> (u64, Vec<u32>) {
+    /// ids in it (sorted, each once). Built once per view and shared (an `Arc`): the shard
+    /// asks on every poll, which must not allocate.
+    pub fn ring(&mut self) -> Ring {
         let view = self.node.view();
-        let mut daemons: Vec<u32> = view.members.iter().map(|m| m.node >> 8).collect();
-        daemons.sort_unstable();
-        daemons.dedup();
-        (view.id.counter, daemons)
+        if self.ring.as_ref().is_none_or(|r| r.0 != view.id.counter) {
+            let mut daemons: Vec<u32> = view.members.iter().map(|m| m.node >> 8).collect();
+            daemons.sort_unstable();
+            daemons.dedup();
+            self.ring = Some((view.id.counter, daemons.into()));
+        }
+        self.ring.clone().unwrap_or_default()
     }
 
     /// Whether this node waits for a cluster view with another daemon in it: it has seeds

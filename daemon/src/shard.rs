@@ -1016,7 +1016,11 @@ impl Shard {
         if self.groups.len() <= index {
             self.groups.resize_with(index + 1, || None);
         }
-        let ring_now = self.cluster.as_ref().filter(|_| options.cpg).map(|c| c.ring().0);
+        let ring_now = self
+            .cluster
+            .as_ref()
+            .filter(|_| options.cpg)
+            .map(|c| c.view_counter());
         match self.cluster.as_mut() {
             Some(cluster) if options.cpg => {
                 // A dormant group here is still a member of its order.
@@ -1075,7 +1079,12 @@ fn append_ordered(slot: &mut GroupSlot, sender: u64, payload: &[u8], stats: &Sha
 }
 
 /// Appends a cpg confchg with the daemons' ring it happened in.
-fn append_confchg(slot: &mut GroupSlot, ring: &(u64, Vec<u32>), change: &cpg::Confchg, stats: &ShardStats) {
+fn append_confchg(
+    slot: &mut GroupSlot,
+    ring: &crate::cluster::Ring,
+    change: &cpg::Confchg,
+    stats: &ShardStats,
+) {
     if slot
         .writer
         .append_confchg(ring.0, &ring.1, &change.members, &change.joined, &change.left)
