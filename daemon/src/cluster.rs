@@ -890,7 +890,11 @@ impl Cluster {
         self.ordered_scratch = bytes;
         match result {
             Ok(_) => Ok(()),
-            Err(SubmitError::Full | SubmitError::NotMember(_)) => Err(OrderedRefusal::Full),
+            // NotJoined: the join waits for a view with another daemon (`pending_ordered`),
+            // so the node does not know the group yet: refused for now, not dropped.
+            Err(SubmitError::Full | SubmitError::NotMember(_) | SubmitError::NotJoined(_)) => {
+                Err(OrderedRefusal::Full)
+            }
             Err(e) => {
                 tracing::debug!("ordered submit refused: {e}");
                 Err(OrderedRefusal::TooLarge)
