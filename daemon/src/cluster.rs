@@ -1247,7 +1247,13 @@ impl Cluster {
     /// Blocks until a datagram, the wake eventfd or the next timer (at most `max`).
     pub fn wait(&mut self, max: Duration, wake_fd: RawFd) {
         let now = self.now();
-        let until_timer = Duration::from_nanos(self.next_timer.saturating_sub(now));
+        // The node's own timer too: a submit or a join since the last poll may have
+        // brought it forward, and the park must not sleep past it.
+        let next = self
+            .node
+            .poll_timeout()
+            .map_or(self.next_timer, |t| t.min(self.next_timer));
+        let until_timer = Duration::from_nanos(next.saturating_sub(now));
         if let Err(e) = self.udp.wait(max.min(until_timer), wake_fd) {
             tracing::debug!("UDP wait: {e}");
         }

@@ -21,14 +21,22 @@ use tutti_wire::shm::{GroupDoorbell, LeftReason, LogWriter, PublishConsumer, Sha
 /// Frames taken from one publish ring before the shard moves on to the next ring, so a
 /// flooding client cannot starve the others.
 const FRAMES_PER_RING_PASS: usize = 256;
-/// Empty passes spent spinning before the backoff strategy starts yielding.
-const BACKOFF_SPINS: u32 = 20_000;
+/// Empty passes spent spinning before the backoff strategy starts yielding. Short, as the
+/// client's: a spinning shard holds a core that a peer daemon (or a client) on the same
+/// machine needs, and an ordered message takes 4 sequential hops (append, replicate,
+/// ack, answer) each to a process that must be on a core. With 20,000 passes and 200
+/// yields no shard of a 3-daemon bench ever parked on 2 cores, each hop waited 1-11 ms for
+/// a core, and `tutti-bench ordered` latency was 11-18 ms p50; with 2,000 and 20 it is
+/// 1.1-1.3 ms (and bimodal `tutti-bench cluster` p50 fell from ~1.8 ms to ~0.4 ms). A
+/// parked shard is woken by the datagram itself, tens of microseconds.
+const BACKOFF_SPINS: u32 = 2_000;
 /// Yields before the backoff strategy parks.
-const BACKOFF_YIELDS: u32 = 200;
+const BACKOFF_YIELDS: u32 = 20;
 /// Empty passes before the backoff strategy parks when nothing but membership traffic
 /// (probes, acks, digests, views) woke the shard since it last parked: no data is coming,
 /// so it does not spin for data (an idle member of a large cluster is woken dozens of times
-/// a second; spinning 20,000 passes each time cost it 6-13% of a core).
+/// a second; spinning 20,000 passes each time cost it 6-13% of a core, when that was the
+/// data budget).
 const CONTROL_SPINS: u32 = 200;
 /// Longest park: the shard wakes this often even with no doorbell (timers come later).
 const PARK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -396,6 +404,10 @@ impl Shard {
                     if idle_passes < spins {
                         std::hint::spin_loop();
                     } else if idle_passes < spins + yields {
+                        // A yield on a busy machine can give the core away for a whole
+                        // time slice: look at the network on every pass from here (every
+                        // 8th cost an ordered message, one hop per answer, milliseconds).
+                        self.since_cluster = CLUSTER_POLL_INTERVAL;
                         std::thread::yield_now();
                     } else {
                         self.stats.add(counter::IDLE_SPINS, u64::from(idle_passes));

@@ -1601,3 +1601,47 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_read_is_not_logged_and_its_answer_still_waits_for_the_backup() {
+    let mut c = Cluster::new(1, settings());
+    let write = |v: u8| Minitransaction::new().write(at(0, 0), &[v]);
+    let read = Minitransaction::new().compare(at(0, 4), &[0]).read(at(0, 0), 1);
+    assert_eq!(c.run(&write(7)), Ok(vec![]));
+    // Every entry is acknowledged: a read is answered with no message to the backup.
+    let now = c.now;
+    let txid = c.coord().submit(now, &read).unwrap();
+    let mut to_backup = 0;
+    c.pump(|_, to, _| {
+        to_backup += usize::from(to == backup_node(0));
+        true
+    });
+    assert_eq!(c.take(txid), Some(Ok(vec![vec![7]])));
+    assert_eq!(to_backup, 0, "a read went through the backup");
+    assert_eq!(c.mem(primary_node(0)).counters().unlogged_reads, 1);
+    // A read that saw an entry the backup has not acknowledged waits for it.
+    let now = c.now;
+    let w = c.coord().submit(now, &write(8)).unwrap();
+    c.pump(|_, _, m| !matches!(m, Message::ReplicateAck { .. }));
+    let now = c.now;
+    let r = c.coord().submit(now, &read).unwrap();
+    c.pump(|_, _, m| !matches!(m, Message::ReplicateAck { .. }));
+    assert_eq!(
+        c.take(r),
+        None,
+        "a read answered before the backup held what it saw"
+    );
+    c.advance(settings().retransmit);
+    assert_eq!(c.take(w), Some(Ok(vec![])));
+    assert_eq!(c.take(r), Some(Ok(vec![vec![8]])));
+    // A failed compare with no write is not logged either, and says why.
+    let applied = c.mem(backup_node(0)).counters().records_applied;
+    let stale = Minitransaction::new().compare(at(0, 0), &[7]);
+    match c.run(&stale) {
+        Err(TxnError::Conflict { failed, .. }) => assert_eq!(failed, vec![(0, vec![8])]),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // (4: the held read was resent at `retransmit` and evaluated again.)
+    assert_eq!(c.mem(primary_node(0)).counters().unlogged_reads, 4);
+    assert_eq!(c.mem(backup_node(0)).counters().records_applied, applied);
+}
