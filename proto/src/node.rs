@@ -2589,6 +2589,10 @@ impl Node {
     }
 
     fn ordered_view_changed(&mut self, now: Time) {
+        // Suspicions first, from the peer table as this view left it: those of the last
+        // gossip round may name a daemon that restarted and is back in this view, and a
+        // member would remove it from its ordered groups the moment its join is learned.
+        self.ordered_suspicions(now);
         let members: Vec<NodeId> = self.view.members.iter().map(|m| m.node).collect();
         self.ordered.set_view(now, members);
         self.flush_ordered();
@@ -2605,8 +2609,18 @@ impl Node {
             .keys()
             .copied()
             .filter(|&n| {
-                self.idx(n)
-                    .is_some_and(|i| self.peers[i].dead() || self.peers[i].suspected())
+                self.idx(n).is_some_and(|i| {
+                    let p = &self.peers[i];
+                    // A restarted daemon is in the installed view with a newer incarnation
+                    // while its old record may still read failed: that old incarnation's
+                    // failure must not remove the new one from its ordered groups.
+                    (p.dead() || p.suspected())
+                        && !self
+                            .view
+                            .members
+                            .iter()
+                            .any(|m| m.node == n && m.incarnation > p.member.incarnation)
+                })
             })
             .collect();
         self.ordered.set_swim_suspects(now, suspects);
