@@ -727,15 +727,7 @@ impl Shard {
                 payload,
             } => match slot_of(groups, by_gid, group) {
                 Some(slot) => {
-                    if slot.writer.append(sender, payload).is_err() {
-                        stats.add(counter::ORDERED_DROPPED, 1);
-                        slot.writer.append_lost(sender, 1);
-                    } else {
-                        slot.ordered.delivered += 1;
-                        slot.received += 1;
-                        stats.add(counter::ORDERED_DELIVERED, 1);
-                    }
-                    slot.dirty = true;
+                    append_ordered(slot, sender, payload, stats);
                     appended = true;
                 }
                 None => stats.add(counter::NOT_JOINED, 1),
