@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{eventually, Daemon};
+use common::{group_off_daemon_3, wait_until, Daemon};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -189,39 +189,13 @@ impl Drop for Member {
     }
 }
 
-fn wait_until(what: &str, daemons: &[&Daemon], mut f: impl FnMut() -> bool) {
-    if !eventually(WAIT, &mut f) {
-        let logs: Vec<String> = daemons
-            .iter()
-            .map(|d| {
-                let mut c = d.client();
-                format!("{}\n{}", c.status().unwrap_or_default(), d.log())
-            })
-            .collect();
-        panic!("timed out waiting for {what}\n{}", logs.join("\n-----\n"));
-    }
-}
-
-/// A group name whose memory node the daemons place on daemons 1 and 2 (daemon 3 is
-/// killed; see `ordered.rs`).
-fn group_off_daemon_3(prefix: &str) -> String {
-    let nodes = [1u32 << 8, 2 << 8, 3 << 8];
-    (0..)
-        .map(|i| format!("{prefix}.{i}"))
-        .find(|name| {
-            let hosts = tutti_proto::ordered::choose_memnode_hosts(tutti_wire::group_id(name), &nodes);
-            !hosts.contains(&(3 << 8))
-        })
-        .unwrap()
-}
-
 #[test]
 fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     let group = &group_off_daemon_3("cpg.three");
     let mut daemons: Vec<Option<Daemon>> = (0..3).map(|i| Some(start_daemon(i, 3))).collect();
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
     let mut clients: Vec<Client> = all.iter().map(|d| d.client()).collect();
-    wait_until("a cluster view of 3", &all, || {
+    wait_until(WAIT, "a cluster view of 3", &all, || {
         clients
             .iter_mut()
             .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(3))
@@ -235,7 +209,7 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
         let expected: Vec<Proc> = members.iter().map(|m| m.me).chain([m.me]).collect();
         let joined = [(m.me, JOIN)];
         members.push(m);
-        wait_until(&format!("join of member {i} seen by all"), &all, || {
+        wait_until(WAIT, &format!("join of member {i} seen by all"), &all, || {
             members.iter().all(|m| m.saw(&expected, &joined, &[]))
         });
     }
@@ -246,34 +220,34 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     for m in &members {
         m.send(Command::Publish(100));
     }
-    wait_until("300 messages at every member", &all, || {
+    wait_until(WAIT, "300 messages at every member", &all, || {
         members.iter().all(|m| m.messages() == 300)
     });
 
     // A second process on daemon 3 joins, then its session ends without a leave: PROCDOWN.
     let d = Member::start(all[2], group);
     let d_me = d.me;
-    wait_until("join of d seen by all", &all, || {
+    wait_until(WAIT, "join of d seen by all", &all, || {
         members
             .iter()
             .all(|m| m.saw(&[a, b, c, d_me], &[(d_me, JOIN)], &[]))
     });
     drop(d);
-    wait_until("PROCDOWN of d", &all, || {
+    wait_until(WAIT, "PROCDOWN of d", &all, || {
         members
             .iter()
             .all(|m| m.saw(&[a, b, c], &[], &[(d_me, PROCDOWN)]))
     });
     // c leaves on its own: LEAVE at the others.
     members[2].send(Command::Leave);
-    wait_until("LEAVE of c", &all, || {
+    wait_until(WAIT, "LEAVE of c", &all, || {
         members[..2].iter().all(|m| m.saw(&[a, b], &[], &[(c, LEAVE)]))
     });
 
     // A process on daemon 3 again, then kill -9 of daemon 3: NODEDOWN for it at 1 and 2.
     let e = Member::start(all[2], group);
     let e_me = e.me;
-    wait_until("join of e", &all, || {
+    wait_until(WAIT, "join of e", &all, || {
         members[..2]
             .iter()
             .all(|m| m.saw(&[a, b, e_me], &[(e_me, JOIN)], &[]))
@@ -284,7 +258,7 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     drop(e);
     daemons[2] = None;
     let alive: Vec<&Daemon> = daemons.iter().flatten().collect();
-    wait_until("NODEDOWN of e at the survivors", &alive, || {
+    wait_until(WAIT, "NODEDOWN of e at the survivors", &alive, || {
         members[..2]
             .iter()
             .all(|m| m.saw(&[a, b], &[], &[(e_me, NODEDOWN)]))
@@ -292,7 +266,7 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     // The survivors go on in one order.
     members[0].send(Command::Publish(20));
     members[1].send(Command::Publish(20));
-    wait_until("340 messages at the survivors", &alive, || {
+    wait_until(WAIT, "340 messages at the survivors", &alive, || {
         members[..2].iter().all(|m| m.messages() == 340)
     });
 

@@ -7,7 +7,7 @@ mod common;
 #[path = "common/raw.rs"]
 mod raw;
 
-use common::{eventually, Daemon};
+use common::{group_off_daemon_3, wait_until, Daemon};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -185,19 +185,6 @@ fn publish(
     assert!(client.flush(WAIT).unwrap(), "publisher {tag} not drained");
 }
 
-fn wait_until(what: &str, daemons: &[&Daemon], mut f: impl FnMut() -> bool) {
-    if !eventually(WAIT, &mut f) {
-        let logs: Vec<String> = daemons
-            .iter()
-            .map(|d| {
-                let mut c = d.client();
-                format!("{}\n{}", c.status().unwrap_or_default(), d.log())
-            })
-            .collect();
-        panic!("timed out waiting for {what}\n{}", logs.join("\n-----\n"));
-    }
-}
-
 /// Two record sequences are equal; else the first difference with some context.
 fn assert_same(a: &[Rec], b: &[Rec], what: &str) {
     if a == b {
@@ -322,27 +309,11 @@ fn without_a_cluster_an_ordered_join_is_refused_and_options_are_fixed_by_the_fir
 fn wait_cluster_view(daemons: &[Option<Daemon>], members: u64) {
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
     let mut clients: Vec<Client> = all.iter().map(|d| d.client()).collect();
-    wait_until(&format!("a cluster view of {members}"), &all, || {
+    wait_until(WAIT, &format!("a cluster view of {members}"), &all, || {
         clients
             .iter_mut()
             .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(members))
     });
-}
-
-/// A group name whose memory node (primary and backup) the three daemons place on
-/// daemons 1 and 2. The group's memory node is placed by each daemon from its own cluster
-/// view when it joins (`tutti_proto::ordered::host`): after a failover the survivors hold
-/// another placement than a restarted daemon computes afresh, so a test that kills and
-/// restarts daemon 3 keeps the memory node off it (see docs/ordered.md, limits).
-fn group_off_daemon_3(prefix: &str) -> String {
-    let nodes = [1u32 << 8, 2 << 8, 3 << 8];
-    (0..)
-        .map(|i| format!("{prefix}.{i}"))
-        .find(|name| {
-            let hosts = tutti_proto::ordered::choose_memnode_hosts(tutti_wire::group_id(name), &nodes);
-            !hosts.contains(&(3 << 8))
-        })
-        .unwrap()
 }
 
 #[test]
@@ -364,9 +335,12 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         )));
         let expected: Vec<u32> = (1..=i as u32 + 1).collect();
         let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-        wait_until(&format!("view {expected:?} at every subscriber"), &all, || {
-            subs.iter().flatten().all(|s| s.has_view(&expected))
-        });
+        wait_until(
+            WAIT,
+            &format!("view {expected:?} at every subscriber"),
+            &all,
+            || subs.iter().flatten().all(|s| s.has_view(&expected)),
+        );
     }
     let pubs: Vec<(Client, tutti_client::GroupId)> = (0..2)
         .map(|i| {
@@ -398,7 +372,7 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         t.join().unwrap();
     }
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-    wait_until("600 messages at every subscriber", &all, || {
+    wait_until(WAIT, "600 messages at every subscriber", &all, || {
         subs.iter().flatten().all(|s| s.messages() >= 600)
     });
     let full = [1, 2, 3];
@@ -417,7 +391,7 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
     // view (without it, it suspected) at the same point of the same order.
     let senders = run(300, 400, Duration::from_millis(2));
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-    wait_until("some phase-2 messages", &all, || {
+    wait_until(WAIT, "some phase-2 messages", &all, || {
         subs[0].as_ref().unwrap().messages() >= 700
     });
     drop(subs[2].take()); // its daemon is about to go: do not join its thread's error
@@ -428,7 +402,7 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         t.join().unwrap();
     }
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-    wait_until("1400 messages at both survivors", &all, || {
+    wait_until(WAIT, "1400 messages at both survivors", &all, || {
         subs.iter().flatten().all(|s| s.messages() >= 1400)
     });
     let survivors: Vec<Vec<Rec>> = subs
@@ -465,13 +439,13 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
     wait_cluster_view(&daemons, 3);
     subs[2] = Some(Subscriber::start(daemons[2].as_ref().unwrap(), group, false));
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-    wait_until("the rejoined view at every subscriber", &all, || {
+    wait_until(WAIT, "the rejoined view at every subscriber", &all, || {
         subs.iter().flatten().all(|s| s.has_view(&full))
     });
     for t in run(700, 100, Duration::ZERO) {
         t.join().unwrap();
     }
-    wait_until("the last messages at every subscriber", &all, || {
+    wait_until(WAIT, "the last messages at every subscriber", &all, || {
         let joiner = subs[2].as_ref().unwrap().recs();
         subs[0].as_ref().unwrap().messages() >= 1600
             && joiner.contains(&Rec::Msg(0, 799))
@@ -547,7 +521,7 @@ fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_
             .unwrap();
     }
     let d0 = daemons[0].as_ref().unwrap();
-    wait_until("the group to refuse for now (back pressure)", &[d0], || {
+    wait_until(WAIT, "the group to refuse for now (back pressure)", &[d0], || {
         counter(d0, "ordered_full") > 0
     });
     assert_eq!(counter(d0, "ordered_submitted"), 0);
@@ -559,12 +533,12 @@ fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_
     // Daemon 2 comes up: the group forms and every held message is delivered, in order.
     daemons[1] = Some(start_daemon("ordw", subnet, 1, 2));
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-    wait_until("the 50 held messages", &all, || first.messages() == 50);
+    wait_until(WAIT, "the 50 held messages", &all, || first.messages() == 50);
     assert!(publisher.flush(WAIT).unwrap());
     // A subscriber on daemon 2 joins: nobody registered a snapshot provider, so daemon 1
     // answers an empty snapshot (counted) and the joiner starts from it.
     let second = Subscriber::start(daemons[1].as_ref().unwrap(), group, false);
-    wait_until("the joiner's view", &all, || second.has_view(&[1, 2]));
+    wait_until(WAIT, "the joiner's view", &all, || second.has_view(&[1, 2]));
     assert_eq!(counter(daemons[0].as_ref().unwrap(), "snapshots_empty"), 1);
     assert_eq!(counter(daemons[1].as_ref().unwrap(), "snapshots_installed"), 1);
     for i in 50..60 {
@@ -572,7 +546,7 @@ fn messages_wait_in_the_publish_ring_until_the_group_forms_and_a_joiner_without_
             .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
             .unwrap();
     }
-    wait_until("10 more at both", &all, || {
+    wait_until(WAIT, "10 more at both", &all, || {
         first.messages() == 60 && second.messages() == 10
     });
     let joiner = second.stop();
@@ -598,7 +572,7 @@ fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
     let daemons: Vec<Daemon> = (0..2).map(|i| start_daemon("ordq", subnet, i, 2)).collect();
     let all: Vec<&Daemon> = daemons.iter().collect();
     let mut monitors: Vec<Client> = daemons.iter().map(Daemon::client).collect();
-    wait_until("a cluster view of 2", &all, || {
+    wait_until(WAIT, "a cluster view of 2", &all, || {
         monitors
             .iter_mut()
             .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(2))
@@ -613,7 +587,7 @@ fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
             .unwrap();
         publish(&mut publisher, g, 0, 0, 200, Duration::ZERO);
     }
-    wait_until("all 200 and daemon 1's leave", &all, || {
+    wait_until(WAIT, "all 200 and daemon 1's leave", &all, || {
         sub.messages() == 200 && sub.has_view(&[2])
     });
     let recs = sub.stop();
