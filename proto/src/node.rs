@@ -2609,18 +2609,8 @@ impl Node {
             .keys()
             .copied()
             .filter(|&n| {
-                self.idx(n).is_some_and(|i| {
-                    let p = &self.peers[i];
-                    // A restarted daemon is in the installed view with a newer incarnation
-                    // while its old record may still read failed: that old incarnation's
-                    // failure must not remove the new one from its ordered groups.
-                    (p.dead() || p.suspected())
-                        && !self
-                            .view
-                            .members
-                            .iter()
-                            .any(|m| m.node == n && m.incarnation > p.member.incarnation)
-                })
+                self.idx(n)
+                    .is_some_and(|i| self.peers[i].dead() || self.peers[i].suspected())
             })
             .collect();
         self.ordered.set_swim_suspects(now, suspects);
