@@ -30,6 +30,7 @@ mod node;
 pub mod ordered;
 mod outbox;
 mod payload;
+pub mod regions;
 mod settings;
 mod view_cache;
 

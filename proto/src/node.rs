@@ -6,12 +6,15 @@ use crate::fxhash::FxMap;
 use crate::id_index::IdIndex;
 use crate::minitx::{MemoryNodeCounters, MinitxSettings};
 use crate::multicast::{Ctx, GroupMembers, GroupState};
-use crate::ordered::host::{HostEvent, OrderedHost};
+use crate::ordered::host::{HostEvent, OrderedHost, Outgoing};
 use crate::ordered::{
     OrderedCounters, OrderedError, OrderedHostCounters, OrderedSettings, Placement, SubmitRefused,
 };
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
+use crate::regions::{
+    RegionCounters, RegionError, RegionEvent, RegionOp, RegionSettings, RegionTxn, Regions,
+};
 use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -449,6 +452,10 @@ pub struct Node {
     scratch_hb: Vec<HeartbeatEntry>,
     /// Ordered groups and the memory-node replicas hosted here (`ordered::host`).
     ordered: OrderedHost,
+    /// The application-region coordinator (`regions`).
+    regions: Regions,
+    /// Message numbers of the region coordinator's `Ordered` messages.
+    region_msg: u32,
 }
 
 const NO_ROUND: u32 = u32::MAX;
@@ -691,6 +698,8 @@ impl Node {
             scratch_targets: Vec::new(),
             scratch_hb: Vec::new(),
             ordered: OrderedHost::new(id, incarnation, MinitxSettings::default()),
+            regions: Regions::new(id, incarnation),
+            region_msg: 0,
         }
     }
 
@@ -958,6 +967,7 @@ impl Node {
     /// move earlier after `handle_packet` (a gap opened): drivers read it after each input.
     pub fn poll_timeout(&self) -> Option<Time> {
         let t = self.next_tick.min(self.repair_at);
+        let t = self.regions.poll_timeout().map_or(t, |r| r.min(t));
         Some(self.ordered.poll_timeout().map_or(t, |o| o.min(t)))
     }
 
@@ -1083,6 +1093,7 @@ impl Node {
                 Message::Ordered { header, kind, bytes } => {
                     self.ordered.handle_fragment(now, from, &header, kind, bytes);
                     self.flush_ordered();
+                    self.regions_pump(now);
                 }
             }
         }
@@ -1125,6 +1136,10 @@ impl Node {
             self.ordered.handle_timeout(now);
             self.flush_ordered();
         }
+        if self.regions.poll_timeout().is_some_and(|t| t <= now) {
+            self.regions.handle_timeout(now);
+        }
+        self.regions_pump(now);
     }
 
     // ---------------------------------------------------------------- membership
@@ -2561,10 +2576,17 @@ impl Node {
             .saturating_sub(DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + ORDERED_HEADER_LEN)
             .max(1);
         while let Some(o) = self.ordered.poll_outgoing() {
+            self.send_ordered(chunk, o);
+        }
+    }
+
+    /// Fragments one whole ordered message into datagrams of `chunk` bytes of body.
+    fn send_ordered(&mut self, chunk: usize, o: Outgoing) {
+        {
             let count = o.bytes.len().div_ceil(chunk).max(1);
             let Ok(count16) = u16::try_from(count) else {
                 self.counters.oversize_datagrams += 1;
-                continue;
+                return;
             };
             for index in 0..count16 {
                 let start = usize::from(index) * chunk;
@@ -2594,8 +2616,10 @@ impl Node {
         // member would remove it from its ordered groups the moment its join is learned.
         self.ordered_suspicions(now);
         let members: Vec<NodeId> = self.view.members.iter().map(|m| m.node).collect();
-        self.ordered.set_view(now, members);
+        self.ordered.set_view(now, members.clone());
         self.flush_ordered();
+        self.regions.set_view(now, &members);
+        self.regions_pump(now);
     }
 
     fn ordered_suspicions(&mut self, now: Time) {
@@ -2615,6 +2639,107 @@ impl Node {
             .collect();
         self.ordered.set_swim_suspects(now, suspects);
         self.flush_ordered();
+    }
+}
+
+// ---------------------------------------------------------------- application regions
+
+/// Named, bounded memory regions of the cluster and minitransactions over them for
+/// applications (`regions`, `docs/regions.md`). Outcomes come from `poll_region_event`.
+impl Node {
+    /// Replaces the region settings (before the first region operation).
+    pub fn set_region_settings(&mut self, settings: RegionSettings) -> Result<(), &'static str> {
+        self.regions.set_settings(self.incarnation, settings)
+    }
+
+    /// Creates region `name` of `size` zero bytes, or finds it with that size
+    /// (idempotent; another size is `SizeMismatch`). Refusals that need no memory node come
+    /// back at once; the outcome of the rest as a [`RegionEvent`] with the returned op.
+    pub fn region_create(&mut self, now: Time, name: &str, size: u32) -> Result<RegionOp, RegionError> {
+        let r = self.regions.create(now, crate::regions::region_id(name), size);
+        self.regions_pump(now);
+        r
+    }
+
+    /// Runs a minitransaction over regions (ids from `regions::region_id`); the outcome
+    /// comes as a [`RegionEvent`] with the returned op.
+    pub fn region_minitx(&mut self, now: Time, txn: &RegionTxn) -> Result<RegionOp, RegionError> {
+        let r = self.regions.minitx(now, txn);
+        self.regions_pump(now);
+        r
+    }
+
+    pub fn poll_region_event(&mut self) -> Option<RegionEvent> {
+        self.regions.poll_event()
+    }
+
+    pub fn region_counters(&self) -> RegionCounters {
+        self.regions.counters().clone()
+    }
+
+    /// Region operations in flight here.
+    pub fn region_pending(&self) -> usize {
+        self.regions.pending()
+    }
+
+    /// Where the region memory node runs, as this node sees it: (primary, backup).
+    pub fn region_placement(&self) -> Option<(NodeId, Option<NodeId>)> {
+        self.regions.placement()
+    }
+
+    /// Moves messages between the region coordinator and the ordered host (which hosts
+    /// the region memory node's replicas and carries their messages) until both are idle.
+    fn regions_pump(&mut self, now: Time) {
+        use crate::regions::REGIONS_GROUP;
+        use tutti_wire::packet::OrderedKind;
+        let chunk = self
+            .settings
+            .max_datagram
+            .saturating_sub(DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + ORDERED_HEADER_LEN)
+            .max(1);
+        loop {
+            if let Some(p) = self.ordered.placement_of(REGIONS_GROUP) {
+                self.regions.adopt_placement(p.primary, p.backup);
+            }
+            let mut progressed = false;
+            while let Some((from, bytes)) = self.ordered.poll_region_reply() {
+                progressed = true;
+                self.regions.handle_reply(now, from, &bytes);
+            }
+            while let Some((dest, bytes)) = self.regions.poll_transmit() {
+                progressed = true;
+                if dest == self.id {
+                    let header = OrderedHeader {
+                        group: REGIONS_GROUP,
+                        msg: 0,
+                        total: bytes.len() as u32,
+                        index: 0,
+                        count: 1,
+                        kind: OrderedKind::ToMemnode as u8,
+                        reserved: [0; 3],
+                    };
+                    self.ordered
+                        .handle_fragment(now, dest, &header, OrderedKind::ToMemnode, &bytes);
+                } else {
+                    let msg = self.region_msg;
+                    self.region_msg = self.region_msg.wrapping_add(1);
+                    self.send_ordered(
+                        chunk,
+                        Outgoing {
+                            dest,
+                            group: REGIONS_GROUP,
+                            kind: OrderedKind::ToMemnode,
+                            msg,
+                            bytes,
+                        },
+                    );
+                }
+            }
+            self.flush_ordered();
+            if !progressed {
+                break;
+            }
+        }
     }
 }
 

@@ -174,6 +174,9 @@ pub(crate) struct OrderedHost {
     local: VecDeque<(GroupId, OrderedKind, Vec<u8>)>,
     events: VecDeque<HostEvent>,
     counters: OrderedHostCounters,
+    /// Answers for the application-region coordinator (`crate::regions`): `ToMember`
+    /// messages of the reserved region group, which has no member here. Bounded.
+    region_replies: VecDeque<(NodeId, Vec<u8>)>,
 }
 
 fn layout_of(s: &OrderedSettings) -> OrderedLayout {
@@ -247,7 +250,13 @@ impl OrderedHost {
             local: VecDeque::new(),
             events: VecDeque::new(),
             counters: OrderedHostCounters::default(),
+            region_replies: VecDeque::new(),
         }
+    }
+
+    /// An answer for the application-region coordinator (see `region_replies`).
+    pub fn poll_region_reply(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.region_replies.pop_front()
     }
 
     // ---- application calls ----
@@ -716,6 +725,11 @@ impl OrderedHost {
             }
             OrderedKind::ToMember => match self.groups.get_mut(&group) {
                 Some(h) => h.member.handle_minitx(now, from, bytes),
+                None if crate::regions::is_region_group(group)
+                    && self.region_replies.len() < crate::regions::MAX_QUEUED_REPLIES =>
+                {
+                    self.region_replies.push_back((from, bytes.to_vec()))
+                }
                 None => self.counters.unrouted += 1,
             },
             OrderedKind::Payload => {
