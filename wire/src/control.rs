@@ -53,6 +53,8 @@ pub enum ControlError {
     UnknownCode { what: &'static str, code: u16 },
     #[error("group options byte {0:#04x} has unknown bits or asks for safe delivery without ordered")]
     BadOptions(u8),
+    #[error("malformed minitransaction frame: {0}")]
+    BadMinitx(&'static str),
 }
 
 mod kind {
@@ -65,6 +67,8 @@ mod kind {
     pub const JOIN_WITH: u16 = 7;
     pub const SNAPSHOT_PROVIDER: u16 = 8;
     pub const SNAPSHOT_CHUNK: u16 = 9;
+    pub const REGION_CREATE: u16 = 10;
+    pub const MINITX: u16 = 11;
     pub const WELCOME: u16 = 101;
     pub const JOINED: u16 = 102;
     pub const LEFT: u16 = 103;
@@ -73,6 +77,8 @@ mod kind {
     pub const DENIED: u16 = 106;
     pub const LIMIT_REACHED: u16 = 107;
     pub const DONE: u16 = 108;
+    pub const MINITX_DONE: u16 = 109;
+    pub const MINITX_FAILED: u16 = 110;
     pub const ERROR: u16 = 199;
 }
 
@@ -115,6 +121,91 @@ pub enum Request<'a> {
     Counters {
         shard: u32,
     },
+    /// Create region `name` of `size` zero bytes, or find it with that size (see
+    /// `docs/regions.md`). Answered with `Done` or `MinitxFailed`.
+    RegionCreate {
+        name: &'a str,
+        size: u32,
+    },
+    /// A minitransaction over the regions named in `regions` (items name them by index).
+    /// Answered with `MinitxDone` or `MinitxFailed`.
+    Minitx(MinitxFrame<'a>),
+}
+
+/// Items of one minitransaction on the control channel, at most.
+pub const MAX_MINITX_ITEMS: usize = 32;
+/// Distinct regions one minitransaction on the control channel names, at most.
+pub const MAX_MINITX_REGIONS: usize = 8;
+
+/// What a minitransaction item does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// The bytes at (region, offset) must equal `data`.
+    Compare,
+    /// Return `len` bytes at (region, offset).
+    Read,
+    /// Store `data` at (region, offset).
+    Write,
+}
+
+/// One item: `region` indexes the frame's region names; `len` is `data.len()` except for
+/// reads (which carry no data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinitxItem<'a> {
+    pub kind: ItemKind,
+    pub region: u8,
+    pub offset: u32,
+    pub len: u32,
+    pub data: &'a [u8],
+}
+
+/// A minitransaction request: the region names (distinct, at most
+/// [`MAX_MINITX_REGIONS`]) and the items (at most [`MAX_MINITX_ITEMS`]), in the order the
+/// reads are answered. Body: `n_regions u8, (len u8, name)*, n_items u8, (kind u8,
+/// region u8, offset u32, len u32, data)*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MinitxFrame<'a> {
+    pub regions: Vec<&'a str>,
+    pub items: Vec<MinitxItem<'a>>,
+}
+
+impl MinitxFrame<'_> {
+    /// Bytes of the encoded body (compare with [`MAX_BODY`] before sending).
+    pub fn body_len(&self) -> usize {
+        1 + self.regions.iter().map(|r| 1 + r.len()).sum::<usize>()
+            + 1
+            + self.items.iter().map(|i| 10 + i.data.len()).sum::<usize>()
+    }
+}
+
+/// Why a region operation failed (the `MinitxFailed` reply). `region` indexes the
+/// request's region names (0 for `RegionCreate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MinitxFailure<'a> {
+    /// Compares failed: (index among the request's compare items, current bytes); the
+    /// reads as they were (`None` where unknown).
+    Conflict {
+        failed: Vec<(u8, &'a [u8])>,
+        reads: Vec<Option<&'a [u8]>>,
+    },
+    RegionMissing {
+        region: u8,
+    },
+    SizeMismatch {
+        region: u8,
+        size: u32,
+    },
+    OutOfBounds {
+        region: u8,
+    },
+    TooLarge,
+    NoSpace,
+    NotInMajority,
+    Busy,
+    /// No answer in time: the outcome is not known.
+    Unavailable,
+    /// The daemon runs without a cluster (or its cluster shard is not up).
+    NoCluster,
 }
 
 /// What the daemon answers. `Joined` comes with descriptors (see internals.md).
@@ -151,8 +242,17 @@ pub enum Reply<'a> {
         limit: Limit,
         max: u64,
     },
-    /// A request without other answer was applied (`SnapshotProvider`, `SnapshotChunk`).
+    /// A request without other answer was applied (`SnapshotProvider`, `SnapshotChunk`,
+    /// `RegionCreate`).
     Done,
+    /// A minitransaction committed: its read items, in request order. Body: `n u8,
+    /// (len u32, bytes)*`.
+    MinitxDone {
+        reads: Vec<&'a [u8]>,
+    },
+    /// A region operation failed. Body: `code u8, region u8, size u32`, and for a conflict
+    /// `n u8, (index u8, len u32, bytes)*, m u8, (present u8, len u32, bytes)*`.
+    MinitxFailed(MinitxFailure<'a>),
 }
 
 /// How a group delivers, fixed by its first joiner on a daemon (see `docs/ordered.md`).
@@ -540,6 +640,31 @@ impl<'a> Request<'a> {
                 put_header(out, kind::COUNTERS, 4);
                 out.extend_from_slice(&shard.to_le_bytes());
             }
+            Request::RegionCreate { name, size } => {
+                put_header(out, kind::REGION_CREATE, 4 + name.len());
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(name.as_bytes());
+            }
+            Request::Minitx(ref frame) => {
+                put_header(out, kind::MINITX, frame.body_len());
+                out.push(frame.regions.len() as u8);
+                for r in &frame.regions {
+                    out.push(r.len() as u8);
+                    out.extend_from_slice(r.as_bytes());
+                }
+                out.push(frame.items.len() as u8);
+                for i in &frame.items {
+                    out.push(match i.kind {
+                        ItemKind::Compare => 0,
+                        ItemKind::Read => 1,
+                        ItemKind::Write => 2,
+                    });
+                    out.push(i.region);
+                    out.extend_from_slice(&i.offset.to_le_bytes());
+                    out.extend_from_slice(&i.len.to_le_bytes());
+                    out.extend_from_slice(i.data);
+                }
+            }
         }
     }
 
@@ -622,6 +747,14 @@ impl<'a> Request<'a> {
                 exact(body, 0)?;
                 Ok(Request::Status)
             }
+            kind::REGION_CREATE => {
+                let size = u32_at(body, 0)?;
+                Ok(Request::RegionCreate {
+                    size,
+                    name: group_name(body.get(4..).unwrap_or(&[]))?,
+                })
+            }
+            kind::MINITX => decode_minitx(body).map(Request::Minitx),
             kind::COUNTERS => {
                 exact(body, 4)?;
                 Ok(Request::Counters {
@@ -699,6 +832,48 @@ impl<'a> Reply<'a> {
                 out.extend_from_slice(&max.to_le_bytes());
             }
             Reply::Done => put_header(out, kind::DONE, 0),
+            Reply::MinitxDone { ref reads } => {
+                let len = 1 + reads.iter().map(|r| 4 + r.len()).sum::<usize>();
+                put_header(out, kind::MINITX_DONE, len);
+                out.push(reads.len() as u8);
+                for r in reads {
+                    out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                    out.extend_from_slice(r);
+                }
+            }
+            Reply::MinitxFailed(ref f) => {
+                let (code, region, size) = match *f {
+                    MinitxFailure::Conflict { .. } => (1, 0, 0),
+                    MinitxFailure::RegionMissing { region } => (2, region, 0),
+                    MinitxFailure::SizeMismatch { region, size } => (3, region, size),
+                    MinitxFailure::OutOfBounds { region } => (4, region, 0),
+                    MinitxFailure::TooLarge => (5, 0, 0),
+                    MinitxFailure::NoSpace => (6, 0, 0),
+                    MinitxFailure::NotInMajority => (7, 0, 0),
+                    MinitxFailure::Busy => (8, 0, 0),
+                    MinitxFailure::Unavailable => (9, 0, 0),
+                    MinitxFailure::NoCluster => (10, 0, 0),
+                };
+                let mut body = vec![code, region];
+                body.extend_from_slice(&size.to_le_bytes());
+                if let MinitxFailure::Conflict { failed, reads } = f {
+                    body.push(failed.len() as u8);
+                    for (i, b) in failed {
+                        body.push(*i);
+                        body.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        body.extend_from_slice(b);
+                    }
+                    body.push(reads.len() as u8);
+                    for r in reads {
+                        body.push(u8::from(r.is_some()));
+                        let b = r.unwrap_or(&[]);
+                        body.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        body.extend_from_slice(b);
+                    }
+                }
+                put_header(out, kind::MINITX_FAILED, body.len());
+                out.extend_from_slice(&body);
+            }
         }
     }
 
@@ -763,6 +938,21 @@ impl<'a> Reply<'a> {
                     rule: text(&body[7 + group_len..])?,
                 })
             }
+            kind::MINITX_DONE => {
+                let mut r = Reader { body, at: 0 };
+                let n = usize::from(r.u8()?);
+                if n > MAX_MINITX_ITEMS {
+                    return Err(ControlError::BadMinitx("too many reads"));
+                }
+                let mut reads = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = r.u32()?;
+                    reads.push(r.bytes(len)?);
+                }
+                r.end()?;
+                Ok(Reply::MinitxDone { reads })
+            }
+            kind::MINITX_FAILED => decode_failure(body).map(Reply::MinitxFailed),
             kind::LIMIT_REACHED => {
                 exact(body, 10)?;
                 Ok(Reply::LimitReached {
@@ -776,6 +966,166 @@ impl<'a> Reply<'a> {
             other => Err(ControlError::UnknownKind(other)),
         }
     }
+}
+
+/// A strict cursor over a control body: every read is bounds-checked.
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, len: u32) -> Result<&'a [u8], ControlError> {
+        let len = len as usize;
+        let end = self
+            .at
+            .checked_add(len)
+            .ok_or(ControlError::BadMinitx("length overflow"))?;
+        let b = self.body.get(self.at..end).ok_or(ControlError::Truncated {
+            got: self.body.len(),
+            need: end,
+        })?;
+        self.at = end;
+        Ok(b)
+    }
+
+    fn u8(&mut self) -> Result<u8, ControlError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, ControlError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn end(&self) -> Result<(), ControlError> {
+        exact(self.body, self.at)
+    }
+}
+
+fn decode_minitx(body: &[u8]) -> Result<MinitxFrame<'_>, ControlError> {
+    let mut r = Reader { body, at: 0 };
+    let n_regions = usize::from(r.u8()?);
+    if n_regions == 0 || n_regions > MAX_MINITX_REGIONS {
+        return Err(ControlError::BadMinitx("region count"));
+    }
+    let mut regions = Vec::with_capacity(n_regions);
+    for _ in 0..n_regions {
+        let len = r.u8()?;
+        let name = group_name(r.bytes(u32::from(len))?)?;
+        if regions.contains(&name) {
+            return Err(ControlError::BadMinitx("a region named twice"));
+        }
+        regions.push(name);
+    }
+    let n_items = usize::from(r.u8()?);
+    if n_items == 0 || n_items > MAX_MINITX_ITEMS {
+        return Err(ControlError::BadMinitx("item count"));
+    }
+    let mut items = Vec::with_capacity(n_items);
+    for _ in 0..n_items {
+        let kind = match r.u8()? {
+            0 => ItemKind::Compare,
+            1 => ItemKind::Read,
+            2 => ItemKind::Write,
+            code => {
+                return Err(ControlError::UnknownCode {
+                    what: "minitransaction item",
+                    code: u16::from(code),
+                })
+            }
+        };
+        let region = r.u8()?;
+        if usize::from(region) >= n_regions {
+            return Err(ControlError::BadMinitx("item names no listed region"));
+        }
+        let offset = r.u32()?;
+        let len = r.u32()?;
+        let data = if kind == ItemKind::Read {
+            &[][..]
+        } else {
+            r.bytes(len)?
+        };
+        if kind != ItemKind::Read && data.is_empty() {
+            return Err(ControlError::BadMinitx("empty compare or write"));
+        }
+        items.push(MinitxItem {
+            kind,
+            region,
+            offset,
+            len,
+            data,
+        });
+    }
+    r.end()?;
+    Ok(MinitxFrame { regions, items })
+}
+
+fn decode_failure(body: &[u8]) -> Result<MinitxFailure<'_>, ControlError> {
+    let mut r = Reader { body, at: 0 };
+    let code = r.u8()?;
+    let region = r.u8()?;
+    let size = r.u32()?;
+    let plain = |f: MinitxFailure<'static>| -> Result<MinitxFailure<'static>, ControlError> {
+        if region != 0 || size != 0 {
+            return Err(ControlError::BadMinitx("region or size on a failure without"));
+        }
+        Ok(f)
+    };
+    let f = match code {
+        1 => {
+            if region != 0 || size != 0 {
+                return Err(ControlError::BadMinitx("region or size on a conflict"));
+            }
+            let n = usize::from(r.u8()?);
+            if n > MAX_MINITX_ITEMS {
+                return Err(ControlError::BadMinitx("too many failed compares"));
+            }
+            let mut failed = Vec::with_capacity(n);
+            for _ in 0..n {
+                let i = r.u8()?;
+                let len = r.u32()?;
+                failed.push((i, r.bytes(len)?));
+            }
+            let m = usize::from(r.u8()?);
+            if m > MAX_MINITX_ITEMS {
+                return Err(ControlError::BadMinitx("too many reads"));
+            }
+            let mut reads = Vec::with_capacity(m);
+            for _ in 0..m {
+                let present = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ControlError::BadMinitx("read presence byte")),
+                };
+                let len = r.u32()?;
+                let b = r.bytes(len)?;
+                if !present && !b.is_empty() {
+                    return Err(ControlError::BadMinitx("bytes for an unknown read"));
+                }
+                reads.push(present.then_some(b));
+            }
+            MinitxFailure::Conflict { failed, reads }
+        }
+        2 if size == 0 => MinitxFailure::RegionMissing { region },
+        3 => MinitxFailure::SizeMismatch { region, size },
+        4 if size == 0 => MinitxFailure::OutOfBounds { region },
+        5 => plain(MinitxFailure::TooLarge)?,
+        6 => plain(MinitxFailure::NoSpace)?,
+        7 => plain(MinitxFailure::NotInMajority)?,
+        8 => plain(MinitxFailure::Busy)?,
+        9 => plain(MinitxFailure::Unavailable)?,
+        10 => plain(MinitxFailure::NoCluster)?,
+        2 | 4 => return Err(ControlError::BadMinitx("size on a failure without")),
+        code => {
+            return Err(ControlError::UnknownCode {
+                what: "minitransaction failure",
+                code: u16::from(code),
+            })
+        }
+    };
+    r.end()?;
+    Ok(f)
 }
 
 fn clip(text: &str, max: usize) -> &str {
@@ -890,6 +1240,152 @@ mod tests {
             // Either a clean error or some well-formed request: never a panic.
             let _ = Request::decode(&buf);
         }
+    }
+
+    /// A region index, an item kind, an offset and data for one item.
+    fn item_strategy() -> impl Strategy<Value = (u8, u8, u32, Vec<u8>)> {
+        (
+            0u8..3,
+            any::<u8>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 1..40),
+        )
+    }
+
+    fn frame<'a>(names: &'a [String], items: &'a [(u8, u8, u32, Vec<u8>)]) -> MinitxFrame<'a> {
+        MinitxFrame {
+            regions: names.iter().map(|n| n.as_str()).collect(),
+            items: items
+                .iter()
+                .map(|(k, r, off, data)| {
+                    let kind = [ItemKind::Compare, ItemKind::Read, ItemKind::Write][usize::from(*k)];
+                    MinitxItem {
+                        kind,
+                        region: r % names.len() as u8,
+                        offset: *off,
+                        len: data.len() as u32,
+                        data: if kind == ItemKind::Read { &[] } else { data },
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn names_strategy() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::btree_set(name_strategy(), 1..=MAX_MINITX_REGIONS)
+            .prop_map(|s| s.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn minitx_requests_round_trip_and_corruption_is_refused_cleanly(
+            names in names_strategy(),
+            items in proptest::collection::vec(item_strategy(), 1..=MAX_MINITX_ITEMS),
+            at in any::<usize>(), flip in 1u8..=255, cut in any::<usize>(),
+        ) {
+            let req = Request::Minitx(frame(&names, &items));
+            let mut buf = Vec::new();
+            req.encode(&mut buf);
+            prop_assert_eq!(Request::decode(&buf).unwrap(), req);
+            let mut bad = buf.clone();
+            let at = at % bad.len();
+            bad[at] ^= flip;
+            let _ = Request::decode(&bad);
+            // Cut anywhere in the body, the header's length fixed up: refused.
+            let cut = HEADER_LEN + cut % (buf.len() - HEADER_LEN);
+            let mut short = buf[..cut].to_vec();
+            short[8..12].copy_from_slice(&((cut - HEADER_LEN) as u32).to_le_bytes());
+            prop_assert!(Request::decode(&short).is_err());
+        }
+
+        #[test]
+        fn minitx_replies_round_trip(
+            k in 0u8..11, region in any::<u8>(), size in 1u32.., reads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..30), 0..8),
+            name in name_strategy(),
+        ) {
+            let failed: Vec<(u8, &[u8])> = reads.iter().enumerate().map(|(i, r)| (i as u8, r.as_slice())).collect();
+            let maybe: Vec<Option<&[u8]>> = reads.iter().enumerate().map(|(i, r)| (i % 2 == 0).then_some(r.as_slice())).collect();
+            let reply = match k {
+                0 => Reply::MinitxDone { reads: reads.iter().map(|r| r.as_slice()).collect() },
+                1 => Reply::MinitxFailed(MinitxFailure::Conflict { failed, reads: maybe }),
+                2 => Reply::MinitxFailed(MinitxFailure::RegionMissing { region }),
+                3 => Reply::MinitxFailed(MinitxFailure::SizeMismatch { region, size }),
+                4 => Reply::MinitxFailed(MinitxFailure::OutOfBounds { region }),
+                5 => Reply::MinitxFailed(MinitxFailure::TooLarge),
+                6 => Reply::MinitxFailed(MinitxFailure::NoSpace),
+                7 => Reply::MinitxFailed(MinitxFailure::NotInMajority),
+                8 => Reply::MinitxFailed(MinitxFailure::Busy),
+                9 => Reply::MinitxFailed(MinitxFailure::Unavailable),
+                _ => Reply::MinitxFailed(MinitxFailure::NoCluster),
+            };
+            let mut buf = Vec::new();
+            reply.encode(&mut buf);
+            prop_assert_eq!(Reply::decode(&buf).unwrap(), reply);
+            let create = Request::RegionCreate { name: &name, size };
+            let mut buf = Vec::new();
+            create.encode(&mut buf);
+            prop_assert_eq!(Request::decode(&buf).unwrap(), create);
+        }
+    }
+
+    #[test]
+    fn minitx_frames_are_strict() {
+        let names = ["a".to_string(), "b".to_string()];
+        let items = [(1u8, 1u8, 0u32, vec![0u8; 4])];
+        let mut buf = Vec::new();
+        Request::Minitx(frame(&names, &items)).encode(&mut buf);
+        // body: 2, 1 'a', 1 'b', 1, kind, region, offset, len
+        let body = HEADER_LEN;
+        let mut b = buf.clone();
+        b[body + 6] = 3;
+        assert!(matches!(
+            Request::decode(&b),
+            Err(ControlError::UnknownCode { .. })
+        ));
+        let mut b = buf.clone();
+        b[body + 7] = 2;
+        assert_eq!(
+            Request::decode(&b),
+            Err(ControlError::BadMinitx("item names no listed region"))
+        );
+        let mut b = buf.clone();
+        b[body + 4] = b'a';
+        assert_eq!(
+            Request::decode(&b),
+            Err(ControlError::BadMinitx("a region named twice"))
+        );
+        let mut b = buf.clone();
+        b[body] = 0;
+        assert_eq!(Request::decode(&b), Err(ControlError::BadMinitx("region count")));
+        let mut b = buf.clone();
+        b[body + 5] = 0;
+        b.truncate(body + 6);
+        b[8..12].copy_from_slice(&6u32.to_le_bytes());
+        assert_eq!(Request::decode(&b), Err(ControlError::BadMinitx("item count")));
+        // A write without data, and trailing bytes, are refused.
+        let mut b = buf.clone();
+        b[body + 6] = 2;
+        b[body + 12..body + 16].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(
+            Request::decode(&b),
+            Err(ControlError::BadMinitx("empty compare or write"))
+        );
+        let mut b = buf.clone();
+        b.push(0);
+        b[8..12].copy_from_slice(&((buf.len() - HEADER_LEN + 1) as u32).to_le_bytes());
+        assert!(matches!(
+            Request::decode(&b),
+            Err(ControlError::LengthMismatch { .. })
+        ));
+        // A huge declared length never allocates or panics.
+        let mut b = buf.clone();
+        b[body + 6] = 0;
+        b[body + 12..body + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Request::decode(&b), Err(ControlError::Truncated { .. })));
+        let mut f = Vec::new();
+        Reply::MinitxFailed(MinitxFailure::Busy).encode(&mut f);
+        f[HEADER_LEN + 1] = 1;
+        assert!(matches!(Reply::decode(&f), Err(ControlError::BadMinitx(_))));
     }
 
     #[test]
