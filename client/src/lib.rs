@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
 use tutti_wire::control::{
-    self, ErrorCode, Joined, Reply, Request, CONTROL_COUNTERS_PAGE, MAX_MESSAGE, MAX_SNAPSHOT,
-    MAX_SNAPSHOT_CHUNK, PROTOCOL_VERSION,
+    self, validate_group_name, ErrorCode, Joined, Reply, Request, CONTROL_COUNTERS_PAGE, MAX_MESSAGE,
+    MAX_SNAPSHOT, MAX_SNAPSHOT_CHUNK, PROTOCOL_VERSION,
 };
 pub use tutti_wire::control::{GroupOptions, Limit, Right, Rights};
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
@@ -42,6 +42,9 @@ use tutti_wire::shm::{
 };
 
 pub use tutti_wire::shm::OfferError as RingOfferError;
+
+mod minitx;
+pub use minitx::{Minitx, MinitxError, MinitxOutcome};
 
 /// The examples in the workspace's README.md, compiled as doctests of this crate (only
 /// when rustdoc collects doctests; not part of the API).
@@ -797,6 +800,32 @@ impl Client {
         match self.call(&Request::Status, &mut fds)? {
             Reply::StatusText(t) => Ok(t.to_string()),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates region `name` of `size` zero bytes on the cluster, or finds it with that
+    /// size (idempotent; another size is `SizeMismatch`). See [`Minitx`].
+    pub fn region_create(&mut self, name: &str, size: u32) -> Result<(), MinitxError> {
+        validate_group_name(name).map_err(|_| MinitxError::BadName(name.to_string()))?;
+        let mut fds = Vec::new();
+        match self.call(&Request::RegionCreate { name, size }, &mut fds)? {
+            Reply::Done => Ok(()),
+            Reply::MinitxFailed(f) => Err(MinitxError::from_failure(f, |_| name.to_string())),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    /// Runs a minitransaction over regions (atomic: all writes or none). Waits for the
+    /// answer (bounded by the daemon: `Unavailable` after its deadline).
+    pub fn minitx(&mut self, m: &Minitx) -> Result<MinitxOutcome, MinitxError> {
+        let frame = m.frame()?;
+        let mut fds = Vec::new();
+        match self.call(&Request::Minitx(frame), &mut fds)? {
+            Reply::MinitxDone { reads } => Ok(MinitxOutcome {
+                reads: reads.into_iter().map(<[u8]>::to_vec).collect(),
+            }),
+            Reply::MinitxFailed(f) => Err(MinitxError::from_failure(f, |i| m.region_name(i))),
+            other => Err(unexpected(other).into()),
         }
     }
 

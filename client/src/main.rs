@@ -90,6 +90,43 @@ enum Command {
         #[command(subcommand)]
         what: TuneCommand,
     },
+    /// Named memory regions of the cluster and minitransactions on them (docs/regions.md).
+    /// VALUE: a decimal integer (8 bytes, little-endian u64), x:HEX (raw bytes) or s:TEXT.
+    Region {
+        #[command(subcommand)]
+        what: RegionCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegionCommand {
+    /// Create region NAME of SIZE zero bytes (idempotent; another size is an error).
+    Create { name: String, size: u32 },
+    /// Print LEN bytes at OFFSET of region NAME (hex, or a u64 with --u64).
+    Read {
+        name: String,
+        offset: u32,
+        len: u32,
+        /// Print the 8 bytes as a little-endian u64.
+        #[arg(long)]
+        u64: bool,
+    },
+    /// Store VALUE at OFFSET of region NAME.
+    Write {
+        name: String,
+        offset: u32,
+        value: String,
+    },
+    /// Compare-and-swap: if the bytes at OFFSET equal EXPECTED, store NEW (exit 1 with the
+    /// current bytes if not). A lock: `cas NAME 0 0 1` takes it, `cas NAME 0 1 0` frees it.
+    Cas {
+        name: String,
+        offset: u32,
+        expected: String,
+        new: String,
+    },
+    /// Add 1 to the u64 counter at OFFSET of region NAME (a CAS loop); prints the new value.
+    Incr { name: String, offset: u32 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +181,7 @@ fn main() -> ExitCode {
         Command::Tune {
             what: TuneCommand::Check { json, cores, config },
         } => tune_check(json, cores.unwrap_or_default(), config),
+        Command::Region { what } => region(&args.socket, what),
     };
     match result {
         Ok(code) => code,
@@ -152,6 +190,111 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A VALUE of `tutti region`: decimal u64 (little-endian), x:HEX or s:TEXT.
+fn parse_value(v: &str) -> Result<Vec<u8>, String> {
+    if let Some(text) = v.strip_prefix("s:") {
+        return Ok(text.as_bytes().to_vec());
+    }
+    if let Some(hex) = v.strip_prefix("x:") {
+        if hex.is_empty() || !hex.is_ascii() || hex.len() % 2 != 0 {
+            return Err(format!("{v:?}: x: needs an even, non-zero number of hex digits"));
+        }
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("{v:?}: not hex")))
+            .collect();
+    }
+    v.parse::<u64>()
+        .map(|n| n.to_le_bytes().to_vec())
+        .map_err(|_| format!("{v:?}: expected a decimal integer, x:HEX or s:TEXT"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn region(socket: &Option<PathBuf>, what: RegionCommand) -> Result<ExitCode, String> {
+    use tutti_client::{Minitx, MinitxError};
+    let mut client = connect(socket)?;
+    let err = |e: MinitxError| e.to_string();
+    match what {
+        RegionCommand::Create { name, size } => {
+            client.region_create(&name, size).map_err(err)?;
+            println!("region {name}: {size} bytes");
+        }
+        RegionCommand::Read {
+            name,
+            offset,
+            len,
+            u64,
+        } => {
+            let len = if u64 { 8 } else { len };
+            let out = client
+                .minitx(&Minitx::new().read(&name, offset, len))
+                .map_err(err)?;
+            let bytes = out.reads.first().cloned().unwrap_or_default();
+            if u64 {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&bytes[..8.min(bytes.len())]);
+                println!("{}", u64::from_le_bytes(b));
+            } else {
+                println!("{}", hex(&bytes));
+            }
+        }
+        RegionCommand::Write { name, offset, value } => {
+            let value = parse_value(&value)?;
+            client
+                .minitx(&Minitx::new().write(&name, offset, &value))
+                .map_err(err)?;
+        }
+        RegionCommand::Cas {
+            name,
+            offset,
+            expected,
+            new,
+        } => {
+            let (expected, new) = (parse_value(&expected)?, parse_value(&new)?);
+            let m = Minitx::new()
+                .compare(&name, offset, &expected)
+                .write(&name, offset, &new);
+            match client.minitx(&m) {
+                Ok(_) => println!("swapped"),
+                Err(MinitxError::Conflict { failed, .. }) => {
+                    let current = failed.first().map(|f| hex(&f.1)).unwrap_or_default();
+                    eprintln!("tutti: compare failed: current bytes {current}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        RegionCommand::Incr { name, offset } => {
+            let mut value = 0u64;
+            loop {
+                let m = Minitx::new().compare(&name, offset, &value.to_le_bytes()).write(
+                    &name,
+                    offset,
+                    &(value + 1).to_le_bytes(),
+                );
+                match client.minitx(&m) {
+                    Ok(_) => {
+                        println!("{}", value + 1);
+                        break;
+                    }
+                    Err(MinitxError::Conflict { failed, .. }) => {
+                        let mut b = [0u8; 8];
+                        if let Some(f) = failed.first().filter(|f| f.1.len() == 8) {
+                            b.copy_from_slice(&f.1);
+                        }
+                        value = u64::from_le_bytes(b);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn options(ordered: bool, safe: bool) -> GroupOptions {

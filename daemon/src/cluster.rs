@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tutti_proto::ordered::{OrderedSettings, OrderedStatusEvent, RemoveReason};
+use tutti_proto::regions::{RegionError, RegionEvent, RegionOp, RegionTxn};
 use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
 
 /// Datagrams taken from the socket per pass.
@@ -1268,6 +1269,74 @@ impl Cluster {
 
     pub fn base_port(&self) -> u16 {
         self.base_port
+    }
+}
+
+/// Application regions (`docs/regions.md`): minitransactions of local clients, over the
+/// control channel, run by this shard's node. Only shard 0 serves them.
+impl Cluster {
+    /// Creates (or finds, same size) region `name`. Refused with `NotInMajority` while
+    /// this daemon waits for a view with the other daemons (it must not place the region
+    /// memory node on itself alone).
+    pub fn region_create(&mut self, name: &str, size: u32) -> Result<RegionOp, RegionError> {
+        if self.alone() {
+            return Err(RegionError::NotInMajority);
+        }
+        let now = self.now();
+        let r = self.node.region_create(now, name, size);
+        self.after_region_call();
+        r
+    }
+
+    /// Runs a minitransaction over regions; the outcome comes from `poll_region_event`.
+    pub fn region_minitx(&mut self, txn: &RegionTxn) -> Result<RegionOp, RegionError> {
+        if self.alone() {
+            return Err(RegionError::NotInMajority);
+        }
+        let now = self.now();
+        let r = self.node.region_minitx(now, txn);
+        self.after_region_call();
+        r
+    }
+
+    pub fn poll_region_event(&mut self) -> Option<RegionEvent> {
+        self.node.poll_region_event()
+    }
+
+    /// For `tutti status`: where the region memory node runs and what this node counted.
+    pub fn regions_text(&self) -> String {
+        let c = self.node.region_counters();
+        let placement = match self.node.region_placement() {
+            Some((p, b)) => format!(
+                "memory node on daemon {} (backup {})",
+                p >> 8,
+                b.map_or_else(|| "none".to_string(), |b| (b >> 8).to_string())
+            ),
+            None => "memory node not placed yet".to_string(),
+        };
+        format!(
+            "regions: {placement}; pending {} creates {} created {} txns {} committed {} conflicts {} \
+             missing {} refused {} busy {} unavailable {} minitxs {} retries {}",
+            self.node.region_pending(),
+            c.creates,
+            c.created,
+            c.txns,
+            c.committed,
+            c.conflicts,
+            c.missing,
+            c.refused,
+            c.busy,
+            c.unavailable,
+            c.minitxs,
+            c.retries
+        )
+    }
+
+    fn after_region_call(&mut self) {
+        if let Some(t) = self.node.poll_timeout() {
+            self.next_timer = self.next_timer.min(t);
+        }
+        self.send_transmits();
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::access::{AccessPolicy, Identity, TokenBucket};
 use crate::config::Config;
-use crate::shard::{ShardCommand, ShardEvent, ShardReport, ShardStats};
+use crate::shard::{RegionRequest, RegionResult, ShardCommand, ShardEvent, ShardReport, ShardStats};
 use crate::supervise::Supervisor;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -14,10 +14,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use tutti_proto::regions::{region_id, RegionError, RegionId, RegionTxn};
 use tutti_sys::{EventFd, Mapping, PeerCred, SeqPacket, SeqPacketListener, SignalFd};
 use tutti_wire::control::{
-    ErrorCode, GroupOptions, Joined, Limit, Reply, Request, Right, Rights, CONTROL_COUNTERS_PAGE,
-    MAX_MESSAGE, MAX_SNAPSHOT, PROTOCOL_VERSION,
+    ErrorCode, GroupOptions, ItemKind, Joined, Limit, MinitxFailure, Reply, Request, Right, Rights,
+    CONTROL_COUNTERS_PAGE, MAX_MESSAGE, MAX_SNAPSHOT, PROTOCOL_VERSION,
 };
 use tutti_wire::counters::{CountersPage, CONTROL_COUNTERS, COUNTERS_LEN, SHARD_COUNTERS};
 use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
@@ -131,6 +132,32 @@ struct Session {
     /// Bytes of publish rings charged to the session's uid.
     ring_bytes: u64,
     joins: TokenBucket,
+    /// Region operations of this client in flight.
+    region_ops: usize,
+}
+
+/// Region operations one client has in flight at once; beyond, `Busy`.
+pub const MAX_REGION_OPS_PER_CLIENT: usize = 8;
+/// Region operations in flight at once for all clients; beyond, `Busy`.
+pub const MAX_REGION_OPS: usize = 256;
+/// A region operation not answered by the shard within this long is answered
+/// `Unavailable` (outcome unknown): a lost answer never leaves a client waiting forever.
+const REGION_OP_DEADLINE: Duration = Duration::from_secs(10);
+
+enum RegionKind {
+    Create,
+    Txn,
+}
+
+/// A region operation handed to shard 0.
+struct PendingRegion {
+    session: u32,
+    /// The region ids of the request, in the order of its region names (errors name
+    /// a region by its index there).
+    ids: Vec<RegionId>,
+    /// A create (answered `Done`) rather than a transaction (`MinitxDone`).
+    create: bool,
+    deadline: Instant,
 }
 
 /// What one uid holds, against `[limits]`.
@@ -178,6 +205,10 @@ pub struct Control {
     supervisor: Supervisor,
     /// Per shard, the latest view of its cluster node ("" outside a cluster).
     views: Vec<String>,
+    region_ops: HashMap<u64, PendingRegion>,
+    next_region_token: u64,
+    /// Region operations answered `Unavailable` at their deadline.
+    region_timeouts: u64,
 }
 
 impl Control {
@@ -206,6 +237,9 @@ impl Control {
             rejected: 0,
             bad_requests: 0,
             views: Vec::new(),
+            region_ops: HashMap::new(),
+            next_region_token: 1,
+            region_timeouts: 0,
             policy,
             stats,
             usage: HashMap::new(),
@@ -272,6 +306,7 @@ impl Control {
                             tracing::warn!(session, %reason, "ending session");
                             self.end_session(session);
                         }
+                        ShardEvent::Region { token, result } => self.region_done(token, result),
                         ShardEvent::View { shard, summary } => {
                             if self.views.len() <= shard {
                                 self.views.resize(shard + 1, String::new());
@@ -290,6 +325,7 @@ impl Control {
             if revents[0] != 0 {
                 self.accept_all();
             }
+            self.expire_region_ops();
         }
     }
 
@@ -385,6 +421,7 @@ impl Control {
                     groups: Vec::new(),
                     ring_bytes: 0,
                     joins: TokenBucket::full(limits.join_burst, Instant::now()),
+                    region_ops: 0,
                 },
             );
             self.usage.entry(cred.uid).or_default().clients += 1;
@@ -597,6 +634,27 @@ impl Control {
                     );
                 }
             }
+            Request::RegionCreate { name, size } => {
+                let ids = vec![region_id(name)];
+                let request = RegionRequest::Create {
+                    name: name.to_string(),
+                    size,
+                };
+                self.start_region_op(id, ids, request);
+            }
+            Request::Minitx(frame) => {
+                let ids: Vec<RegionId> = frame.regions.iter().map(|n| region_id(n)).collect();
+                let mut txn = RegionTxn::new();
+                for item in &frame.items {
+                    let region = ids[usize::from(item.region)];
+                    txn = match item.kind {
+                        ItemKind::Compare => txn.compare(region, item.offset, item.data),
+                        ItemKind::Read => txn.read(region, item.offset, item.len),
+                        ItemKind::Write => txn.write(region, item.offset, item.data),
+                    };
+                }
+                self.start_region_op(id, ids, RegionRequest::Txn(txn));
+            }
             Request::Status => {
                 let text = self.status_text();
                 self.send(id, &Reply::StatusText(&text), &[]);
@@ -630,6 +688,104 @@ impl Control {
                     );
                 }
             },
+        }
+    }
+
+    /// Hands a client's region operation to shard 0 (bounded per client and in all).
+    fn start_region_op(&mut self, id: u32, ids: Vec<RegionId>, request: RegionRequest) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if session.region_ops >= MAX_REGION_OPS_PER_CLIENT || self.region_ops.len() >= MAX_REGION_OPS {
+            self.send(id, &Reply::MinitxFailed(MinitxFailure::Busy), &[]);
+            return;
+        }
+        let token = self.next_region_token;
+        let request_kind = match request {
+            RegionRequest::Create { .. } => RegionKind::Create,
+            RegionRequest::Txn(_) => RegionKind::Txn,
+        };
+        let Some(link) = self.shards.first() else {
+            self.send(id, &Reply::MinitxFailed(MinitxFailure::NoCluster), &[]);
+            return;
+        };
+        if link.send(ShardCommand::Region { token, request }).is_err() {
+            self.send(id, &Reply::MinitxFailed(MinitxFailure::Busy), &[]);
+            return;
+        }
+        self.next_region_token += 1;
+        session.region_ops += 1;
+        self.region_ops.insert(
+            token,
+            PendingRegion {
+                session: id,
+                create: matches!(request_kind, RegionKind::Create),
+                ids,
+                deadline: Instant::now() + REGION_OP_DEADLINE,
+            },
+        );
+    }
+
+    /// Answers the client of a region operation (if it is still connected).
+    fn region_done(&mut self, token: u64, result: RegionResult) {
+        let Some(p) = self.region_ops.remove(&token) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&p.session) else {
+            return;
+        };
+        session.region_ops = session.region_ops.saturating_sub(1);
+        let index = |region: RegionId| p.ids.iter().position(|&r| r == region).unwrap_or(0) as u8;
+        let failure = match &result {
+            RegionResult::Done(_) if p.create => return self.send(p.session, &Reply::Done, &[]),
+            RegionResult::Done(reads) => {
+                let reads = reads.iter().map(Vec::as_slice).collect();
+                return self.send(p.session, &Reply::MinitxDone { reads }, &[]);
+            }
+            RegionResult::NoCluster => MinitxFailure::NoCluster,
+            RegionResult::Failed(e) => match e {
+                RegionError::Conflict { failed, reads } => MinitxFailure::Conflict {
+                    failed: failed
+                        .iter()
+                        .map(|(i, b)| (u8::try_from(*i).unwrap_or(u8::MAX), b.as_slice()))
+                        .collect(),
+                    reads: reads.iter().map(|r| r.as_deref()).collect(),
+                },
+                RegionError::RegionMissing { region } => MinitxFailure::RegionMissing {
+                    region: index(*region),
+                },
+                RegionError::SizeMismatch { region, size } => MinitxFailure::SizeMismatch {
+                    region: index(*region),
+                    size: *size,
+                },
+                RegionError::OutOfBounds { region } => MinitxFailure::OutOfBounds {
+                    region: index(*region),
+                },
+                RegionError::TooLarge => MinitxFailure::TooLarge,
+                RegionError::NoSpace => MinitxFailure::NoSpace,
+                RegionError::NotInMajority => MinitxFailure::NotInMajority,
+                RegionError::Busy | RegionError::Full => MinitxFailure::Busy,
+                RegionError::Unavailable => MinitxFailure::Unavailable,
+            },
+        };
+        self.send(p.session, &Reply::MinitxFailed(failure), &[]);
+    }
+
+    /// Answers `Unavailable` for region operations past their deadline.
+    fn expire_region_ops(&mut self) {
+        if self.region_ops.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .region_ops
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in expired {
+            self.region_timeouts += 1;
+            self.region_done(token, RegionResult::Failed(RegionError::Unavailable));
         }
     }
 
@@ -1096,6 +1252,19 @@ impl Control {
                 }
                 None => out.push('\n'),
             }
+        }
+        if let Some(r) = reports
+            .first()
+            .and_then(Option::as_ref)
+            .filter(|r| !r.regions.is_empty())
+        {
+            let _ = writeln!(
+                out,
+                "\n{} (control: in flight {}, timed out {})",
+                r.regions,
+                self.region_ops.len(),
+                self.region_timeouts
+            );
         }
         let _ = write!(out, "\ncontrol:");
         for (index, (name, _)) in CONTROL_COUNTERS.iter().enumerate() {

@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use tutti_proto::regions::{RegionError, RegionOp, RegionTxn};
 use tutti_sys::{EventFd, Mapping};
 use tutti_wire::control::GroupOptions;
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN, SHARD_COUNTERS};
@@ -198,7 +199,29 @@ pub enum ShardCommand {
     Report {
         reply: Sender<ShardReport>,
     },
+    /// A client's region operation (`docs/regions.md`; shard 0 only): its outcome comes
+    /// back as [`ShardEvent::Region`] with `token`.
+    Region {
+        token: u64,
+        request: RegionRequest,
+    },
     Shutdown,
+}
+
+/// A region operation of a local client.
+pub enum RegionRequest {
+    Create { name: String, size: u32 },
+    Txn(RegionTxn),
+}
+
+/// The end of a region operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionResult {
+    /// Committed (a create, or a transaction with its reads).
+    Done(Vec<Vec<u8>>),
+    Failed(RegionError),
+    /// The daemon runs without a cluster.
+    NoCluster,
 }
 
 /// What a shard tells `tutti status` (see [`ShardCommand::Report`]).
@@ -208,6 +231,8 @@ pub struct ShardReport {
     /// `Cluster::members_text`); empty outside a cluster.
     pub members: String,
     pub groups: Vec<GroupTraffic>,
+    /// Application regions: placement and counters (one line; empty outside a cluster).
+    pub regions: String,
 }
 
 /// One group's messages on this shard: totals, and rates over the last sample period.
@@ -231,6 +256,8 @@ pub enum ShardEvent {
     View { shard: usize, summary: String },
     /// A client broke the ring protocol; its session must end.
     ClientFailed { session: u32, reason: String },
+    /// A region operation ended (see [`ShardCommand::Region`]).
+    Region { token: u64, result: RegionResult },
 }
 
 struct ClientSlot {
@@ -308,6 +335,8 @@ pub struct Shard {
     /// Client frames or remote deliveries since the shard last parked (the backoff
     /// strategy spins long only then).
     data_since_park: bool,
+    /// Region operations in flight: op -> the control thread's token.
+    region_ops: HashMap<RegionOp, u64>,
     _doorbell_map: Mapping,
 }
 
@@ -351,6 +380,7 @@ impl Shard {
             last_view: None,
             last_sample: std::time::Instant::now(),
             data_since_park: false,
+            region_ops: HashMap::new(),
             _doorbell_map: doorbell_map,
         })
     }
@@ -367,7 +397,7 @@ impl Shard {
             self.since_cluster += 1;
             if self.cluster.is_some() && (work > 0 || self.since_cluster >= CLUSTER_POLL_INTERVAL) {
                 self.since_cluster = 0;
-                let cluster_work = self.poll_cluster();
+                let cluster_work = self.poll_cluster() + self.drain_regions();
                 if cluster_work > 0 {
                     // Keep polling every pass while the network is busy.
                     self.since_cluster = CLUSTER_POLL_INTERVAL;
@@ -670,6 +700,7 @@ impl Shard {
                 ShardCommand::Report { reply } => {
                     let _ = reply.send(self.report());
                 }
+                ShardCommand::Region { token, request } => self.start_region_op(token, request),
                 ShardCommand::DropClient { session } => {
                     if let Some(i) = self.client_index(session) {
                         self.drain_client(i);
@@ -919,8 +950,59 @@ impl Shard {
         }
     }
 
+    /// Submits a client's region operation to the cluster node; refusals answer at once.
+    fn start_region_op(&mut self, token: u64, request: RegionRequest) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return self.region_done(token, RegionResult::NoCluster);
+        };
+        let r = match &request {
+            RegionRequest::Create { name, size } => cluster.region_create(name, *size),
+            RegionRequest::Txn(txn) => cluster.region_minitx(txn),
+        };
+        match r {
+            Ok(op) => {
+                self.region_ops.insert(op, token);
+                self.drain_regions();
+            }
+            Err(e) => self.region_done(token, RegionResult::Failed(e)),
+        }
+    }
+
+    /// Hands the region outcomes of the cluster node to the control thread.
+    fn drain_regions(&mut self) -> usize {
+        let mut done = Vec::new();
+        if let Some(cluster) = self.cluster.as_mut() {
+            while let Some(e) = cluster.poll_region_event() {
+                if let Some(token) = self.region_ops.remove(&e.op) {
+                    let result = match e.result {
+                        Ok(reads) => RegionResult::Done(reads),
+                        Err(err) => RegionResult::Failed(err),
+                    };
+                    done.push((token, result));
+                }
+            }
+        }
+        let n = done.len();
+        for (token, result) in done {
+            self.region_done(token, result);
+        }
+        n
+    }
+
+    fn region_done(&mut self, token: u64, result: RegionResult) {
+        // Never blocks the shard: a full queue loses the answer, and the control thread
+        // answers the client `Unavailable` when the operation's deadline passes.
+        let _ = self.events.try_send(ShardEvent::Region { token, result });
+        self.events_wake.notify();
+    }
+
     fn report(&self) -> ShardReport {
         ShardReport {
+            regions: self
+                .cluster
+                .as_ref()
+                .filter(|_| self.index == 0)
+                .map_or_else(String::new, |c| c.regions_text()),
             members: self
                 .cluster
                 .as_ref()
