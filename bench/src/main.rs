@@ -18,6 +18,7 @@ mod daemon;
 mod floor;
 mod interrupt;
 mod local;
+mod minitx;
 mod ordered;
 mod pin;
 mod plot;
@@ -73,6 +74,11 @@ enum Command {
     /// every member delivered it), then throughput (the slowest member's delivery rate) and
     /// latency under load; checks that every member delivered the same order.
     Ordered(OrderedArgs),
+    /// N daemons on 127.0.0.2.. and one application region (docs/regions.md): C clients
+    /// (on daemons 1, 2, ...) run compare-and-swap increments of one counter over the
+    /// control channel; minitransactions per second, committed increments per second, call
+    /// latency percentiles; checks the counter equals the committed increments.
+    Minitx(MinitxArgs),
     /// Draw the percentile distributions of interval logs (--hlog files) as PNG or SVG:
     /// x the percentile on a 1/(1-p) log axis, y the latency; one line per histogram tag.
     Plot(PlotArgs),
@@ -255,6 +261,41 @@ struct OrderedArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct MinitxArgs {
+    /// Daemons in the cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    nodes: u64,
+    /// Clients running the CAS loop, on daemons 1, 2, ... (round robin).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    clients: u64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    duration: f64,
+    /// First UDP port of every daemon. Change it when another cluster runs on 127.0.0.x.
+    #[arg(long, default_value_t = 27600)]
+    base_port: u16,
+    /// The daemon binary [default: tuttid next to this executable].
+    #[arg(long, value_name = "PATH")]
+    tuttid: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_minitx(args: MinitxArgs) -> Result<(), String> {
+    let options = minitx::MinitxOptions {
+        tuttid: args.tuttid.unwrap_or_else(daemon::default_tuttid),
+        nodes: args.nodes as usize,
+        clients: args.clients as usize,
+        duration: Duration::from_secs_f64(args.duration),
+        base_port: args.base_port,
+    };
+    let result = minitx::run(&options)?;
+    minitx::print(&result, args.json);
+    Ok(())
 }
 
 fn parse_ordered_size(s: &str) -> Result<usize, String> {
@@ -447,6 +488,7 @@ fn main() -> ExitCode {
         Command::LocalThroughput(args) => run_local_throughput(args),
         Command::Cluster(args) => run_cluster(args),
         Command::Ordered(args) => run_ordered(args),
+        Command::Minitx(args) => run_minitx(args),
         Command::Plot(args) => run_plot(args),
     };
     match result {
