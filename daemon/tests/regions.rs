@@ -5,10 +5,13 @@
 //! survives on the promoted backup and increments go on).
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 
 use common::{wait_settled_view, wait_until, Daemon};
 use std::time::{Duration, Instant};
 use tutti_client::{Client, Minitx, MinitxError};
+use tutti_wire::control::{ItemKind, MinitxFailure, MinitxFrame, MinitxItem, Reply, Request};
 
 const WAIT: Duration = Duration::from_secs(90);
 const BASE_PORT: u16 = 17800;
@@ -131,9 +134,45 @@ fn three_daemons_share_a_counter_without_lost_updates_and_survive_a_primary_kill
         other => panic!("expected a conflict, got {other:?}"),
     }
 
+    // A client that pipelines requests is held to MAX_REGION_OPS_PER_CLIENT (8) in flight:
+    // the rest are answered Busy at once, and every request is answered.
+    let primary = region_primary(&mut clients[0]).expect("status names the region primary");
+    let off_primary = (0..3).find(|&i| i + 1 != primary).unwrap();
+    let raw = raw::RawSession::connect(daemons[off_primary].socket()).unwrap();
+    let read = Request::Minitx(MinitxFrame {
+        regions: vec!["counter"],
+        items: vec![MinitxItem {
+            kind: ItemKind::Read,
+            region: 0,
+            offset: 0,
+            len: 8,
+            data: &[],
+        }],
+    });
+    let mut frame = Vec::new();
+    read.encode(&mut frame);
+    const PIPELINED: usize = 64;
+    for _ in 0..PIPELINED {
+        raw.conn.send(&frame, &[]).unwrap();
+    }
+    let (mut done, mut busy) = (0, 0);
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..PIPELINED {
+        let n = raw.conn.recv(&mut buf, &mut Vec::new()).unwrap();
+        match Reply::decode(&buf[..n]).unwrap() {
+            Reply::MinitxDone { reads } => {
+                assert_eq!(reads, vec![&0u64.to_le_bytes()[..]]);
+                done += 1;
+            }
+            Reply::MinitxFailed(MinitxFailure::Busy) => busy += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(done + busy, PIPELINED);
+    assert!(done >= 1 && busy >= 1, "done {done}, busy {busy}");
+
     // Two daemons, one thread each, increment one counter concurrently.
     const PER_CLIENT: u64 = 100;
-    let primary = region_primary(&mut clients[0]).expect("status names the region primary");
     let survivors: Vec<usize> = (0..3).filter(|&i| i + 1 != primary).collect();
     let started = Instant::now();
     let workers: Vec<_> = survivors
