@@ -407,8 +407,10 @@ impl Regions {
     /// Replaces the settings (before the first operation: they shape the memory node).
     pub fn set_settings(&mut self, incarnation: u32, settings: RegionSettings) -> Result<(), &'static str> {
         settings.check()?;
-        if !self.ops.is_empty() {
-            return Err("region operations in flight");
+        // A new coordinator restarts its transaction numbers: after the first one, the
+        // memory node would take a new transaction for a duplicate of an old one.
+        if self.counters.minitxs > 0 {
+            return Err("region settings are fixed once a region operation ran");
         }
         self.coordinator = Coordinator::new(self.me, incarnation, minitx_settings(&settings));
         if let Some((p, _)) = self.placement {
@@ -930,6 +932,20 @@ mod tests {
             u64::from(l.max_members) * u64::from(l.queue_slots) * (u64::from(l.max_payload) + 24),
             16 << 20
         );
+    }
+
+    #[test]
+    fn settings_are_fixed_once_an_operation_ran() {
+        let mut r = Regions::new(1, 1);
+        let small = RegionSettings {
+            max_region_size: 16,
+            ..RegionSettings::default()
+        };
+        r.set_settings(1, small.clone()).unwrap();
+        assert_eq!(r.create(0, 5, 17), Err(RegionError::TooLarge));
+        r.create(0, 5, 16).unwrap();
+        assert!(r.poll_transmit().is_some(), "a lookup went out");
+        assert!(r.set_settings(1, small).is_err());
     }
 
     #[test]
