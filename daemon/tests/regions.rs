@@ -216,4 +216,11 @@ fn three_daemons_share_a_counter_without_lost_updates_and_survive_a_primary_kill
     let mut guess = 2 * PER_CLIENT;
     increment(&mut b, &mut guess);
     assert_eq!(read_counter(&mut a), 2 * PER_CLIENT + 1);
+    // The config files (the daemons' own directories go with their guards).
+    let prefix = format!("tutti-test-{}-regions-cfg", std::process::id());
+    for entry in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
