@@ -918,12 +918,24 @@ impl Cluster {
         }
     }
 
-    /// For `tutti status`: the ordered layer's counters of this daemon's member of `group`
-    /// (appends, conflicts, batches, repairs, safe waits, removals, waits).
+    /// For `tutti status`: where this daemon places `group`'s memory node, and the ordered
+    /// layer's counters of its member (appends, conflicts, batches, repairs, safe waits,
+    /// removals, waits).
     pub fn ordered_detail(&self, group: u64) -> Option<String> {
         let c = self.node.ordered_counters(group)?;
+        // Where this daemon places the group's memory node (daemon ids), so an operator
+        // (and a test) knows which daemon's loss is a failover.
+        let placement = match self.node.memnode_placement(group) {
+            Some(p) => format!(
+                "memory node: primary {}, backup {}, epoch {}; ",
+                p.primary >> 8,
+                p.backup.map_or_else(|| "none".to_string(), |b| (b >> 8).to_string()),
+                p.epoch
+            ),
+            None => "memory node: not placed; ".to_string(),
+        };
         Some(format!(
-            "appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
+            "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
              repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}",
             c.appends,
