@@ -53,18 +53,27 @@ impl FiveDaemons {
         wait_cluster_view(&daemons, DAEMONS as u64);
         let mut subs: Vec<Option<Subscriber>> = Vec::new();
         for i in 0..DAEMONS {
-            subs.push(Some(Subscriber::start(daemons[i].as_ref().unwrap(), group, i == 0)));
+            subs.push(Some(Subscriber::start(
+                daemons[i].as_ref().unwrap(),
+                group,
+                i == 0,
+            )));
             let expected: Vec<u32> = (1..=i as u32 + 1).collect();
             let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-            wait_until(WAIT, &format!("view {expected:?} at every subscriber"), &all, || {
-                subs.iter().flatten().all(|s| s.has_view(&expected))
-            });
+            wait_until(
+                WAIT,
+                &format!("view {expected:?} at every subscriber"),
+                &all,
+                || subs.iter().flatten().all(|s| s.has_view(&expected)),
+            );
         }
         let mut publishers = Vec::new();
         for d in PUBLISHER_DAEMONS {
             for k in 0..PUBLISHERS_PER_DAEMON {
                 let mut c = daemons[d as usize - 1].as_ref().unwrap().client();
-                let g = c.join_with(group, Rights::PUBLISH, GroupOptions::ORDERED).unwrap();
+                let g = c
+                    .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+                    .unwrap();
                 publishers.push(Arc::new(Mutex::new((tag(d, k), c, g))));
             }
         }
@@ -119,7 +128,11 @@ fn assert_every_message_once(recs: &[Rec], count: u64, who: &str) {
         }
     }
     let publishers = PUBLISHER_DAEMONS.len() * PUBLISHERS_PER_DAEMON as usize;
-    assert_eq!(m.len(), publishers * count as usize, "{who}: messages of unknown publishers");
+    assert_eq!(
+        m.len(),
+        publishers * count as usize,
+        "{who}: messages of unknown publishers"
+    );
 }
 
 #[test]
@@ -147,14 +160,26 @@ fn five_daemons_six_publishers_on_three_of_them_every_member_delivers_one_sequen
         t.join().unwrap();
     }
     let expected = c.total_publishers() * COUNT as usize;
-    wait_until(WAIT, &format!("{expected} messages at every subscriber"), &c.running(), || {
-        c.subs.iter().flatten().all(|s| s.messages() >= expected)
-    });
+    wait_until(
+        WAIT,
+        &format!("{expected} messages at every subscriber"),
+        &c.running(),
+        || c.subs.iter().flatten().all(|s| s.messages() >= expected),
+    );
     let full: Vec<u32> = (1..=DAEMONS as u32).collect();
-    let seqs: Vec<Vec<Rec>> = c.subs.iter().flatten().map(|s| from_view(&s.recs(), &full)).collect();
+    let seqs: Vec<Vec<Rec>> = c
+        .subs
+        .iter()
+        .flatten()
+        .map(|s| from_view(&s.recs(), &full))
+        .collect();
     for (i, s) in seqs.iter().enumerate() {
         assert_every_message_once(s, COUNT, &format!("subscriber on daemon {}", i + 1));
-        assert_same(s, &seqs[0], &format!("subscriber on daemon {} vs daemon 1", i + 1));
+        assert_same(
+            s,
+            &seqs[0],
+            &format!("subscriber on daemon {} vs daemon 1", i + 1),
+        );
     }
     // How interleaved the order is (each append is a batch of one sender's messages).
     let m = msgs(&seqs[0]);
@@ -184,8 +209,7 @@ fn kill_9_of_the_memory_node_primary_mid_run_loses_reorders_and_duplicates_nothi
     let started = Instant::now();
     let group = group_with_memnode_on("ord.kill", DAEMONS as u32, &MEMNODE_DAEMONS);
     let mut c = FiveDaemons::start("ordk", 94, &group);
-    let Some((primary, Some(backup), 1)) = memnode_placement(c.daemons[0].as_ref().unwrap())
-    else {
+    let Some((primary, Some(backup), 1)) = memnode_placement(c.daemons[0].as_ref().unwrap()) else {
         panic!("no placement with a backup in daemon 1's status");
     };
     assert!(MEMNODE_DAEMONS.contains(&primary) && MEMNODE_DAEMONS.contains(&backup));
@@ -222,10 +246,19 @@ fn kill_9_of_the_memory_node_primary_mid_run_loses_reorders_and_duplicates_nothi
         },
     );
     let full: Vec<u32> = (1..=DAEMONS as u32).collect();
-    let seqs: Vec<Vec<Rec>> = c.subs.iter().flatten().map(|s| from_view(&s.recs(), &full)).collect();
+    let seqs: Vec<Vec<Rec>> = c
+        .subs
+        .iter()
+        .flatten()
+        .map(|s| from_view(&s.recs(), &full))
+        .collect();
     for (s, d) in seqs.iter().zip(&survivors_ids) {
         assert_every_message_once(s, COUNT, &format!("survivor {d}"));
-        assert_same(s, &seqs[0], &format!("survivor {d} vs survivor 1 (order and the view's place)"));
+        assert_same(
+            s,
+            &seqs[0],
+            &format!("survivor {d} vs survivor 1 (order and the view's place)"),
+        );
     }
     let removal = seqs[0]
         .iter()
@@ -241,10 +274,15 @@ fn kill_9_of_the_memory_node_primary_mid_run_loses_reorders_and_duplicates_nothi
         .unwrap();
     // The failover: every survivor now places the primary on the former backup.
     let all = c.running();
-    wait_until(WAIT, "the primary on the former backup at every survivor", &all, || {
-        all.iter()
-            .all(|d| matches!(memnode_placement(d), Some((p, _, 2)) if p == backup))
-    });
+    wait_until(
+        WAIT,
+        "the primary on the former backup at every survivor",
+        &all,
+        || {
+            all.iter()
+                .all(|d| matches!(memnode_placement(d), Some((p, _, 2)) if p == backup))
+        },
+    );
     eprintln!(
         "kill -9 of daemon {primary} (memory-node primary; backup on {backup}) with {at_kill} of \
          {expected} messages delivered at daemon 1: every survivor delivered all {expected} once, \

@@ -256,7 +256,6 @@ pub fn counter(daemon: &Daemon, name: &str) -> u64 {
         .sum()
 }
 
-
 /// Where `daemon` places the memory node of its ordered group (its status line
 /// "memory node: primary P, backup B, epoch E"; the first ordered group it shows):
 /// (primary, backup, epoch) as daemon ids; None while it shows none.
