@@ -28,6 +28,16 @@ const PUBLISHERS_PER_DAEMON: u32 = 2;
 /// Daemons the memory node's primary and backup are placed on.
 const MEMNODE_DAEMONS: [u32; 2] = [4, 5];
 
+/// The failure detector's suspicion timeout (ms) without a kill. A suspected member is
+/// removed from an ordered group at once, even if the suspicion is refuted and the cluster
+/// view never drops it: with 1.5 s, five daemons flooded by six publishers on 2 cores at
+/// load average 15 removed healthy members (docs/ordered.md, limits).
+const SUSPECT_MS: u64 = 4000;
+/// With the kill: short, because while the primary's death goes unnoticed no append
+/// commits, and members that then fall behind the burst after the failover are removed as
+/// lagging (seen with 4 s at load 15; docs/ordered.md, limits).
+const SUSPECT_MS_KILL: u64 = 1500;
+
 /// One five-daemon cluster at a time.
 static FIVE_DAEMONS: Mutex<()> = Mutex::new(());
 
@@ -45,9 +55,9 @@ struct FiveDaemons {
 }
 
 impl FiveDaemons {
-    fn start(tag_prefix: &str, subnet: u8, group: &str) -> FiveDaemons {
+    fn start(tag_prefix: &str, subnet: u8, group: &str, suspect_ms: u64) -> FiveDaemons {
         let daemons: Vec<Option<Daemon>> = (0..DAEMONS)
-            .map(|i| Some(start_daemon(tag_prefix, subnet, i, DAEMONS)))
+            .map(|i| Some(start_daemon_with(tag_prefix, subnet, i, DAEMONS, suspect_ms)))
             .collect();
         // Every daemon places the memory node from its cluster view at its join.
         wait_cluster_view(&daemons, DAEMONS as u64);
@@ -140,7 +150,7 @@ fn five_daemons_six_publishers_on_three_of_them_every_member_delivers_one_sequen
     let _one = FIVE_DAEMONS.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let group = group_with_memnode_on("ord.five", DAEMONS as u32, &MEMNODE_DAEMONS);
-    let c = FiveDaemons::start("ord5", 93, &group);
+    let c = FiveDaemons::start("ord5", 93, &group, SUSPECT_MS);
     // `tutti status` shows the placement, the same at every daemon, on daemons 4 and 5.
     let placements: Vec<_> = c.running().iter().map(|d| memnode_placement(d)).collect();
     let Some((primary, Some(backup), 1)) = placements[0] else {
@@ -208,7 +218,7 @@ fn kill_9_of_the_memory_node_primary_mid_run_loses_reorders_and_duplicates_nothi
     let _one = FIVE_DAEMONS.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let group = group_with_memnode_on("ord.kill", DAEMONS as u32, &MEMNODE_DAEMONS);
-    let mut c = FiveDaemons::start("ordk", 94, &group);
+    let mut c = FiveDaemons::start("ordk", 94, &group, SUSPECT_MS_KILL);
     let Some((primary, Some(backup), 1)) = memnode_placement(c.daemons[0].as_ref().unwrap()) else {
         panic!("no placement with a backup in daemon 1's status");
     };

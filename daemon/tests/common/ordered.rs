@@ -22,6 +22,13 @@ pub fn ip(subnet: u8, i: usize) -> String {
 /// Starts daemon `i` of an `n`-daemon cluster on 127.0.`subnet`.0/24 (every daemon seeded
 /// with all of them; the suspicion timeout short, so a kill is noticed within seconds).
 pub fn start_daemon(tag: &str, subnet: u8, i: usize, n: usize) -> Daemon {
+    start_daemon_with(tag, subnet, i, n, 1500)
+}
+
+/// As [`start_daemon`], with the suspicion timeout `suspect_ms`: an ordered group removes a
+/// member as soon as the failure detector suspects it, so a daemon starved of CPU for that
+/// long on a loaded machine is removed for good.
+pub fn start_daemon_with(tag: &str, subnet: u8, i: usize, n: usize, suspect_ms: u64) -> Daemon {
     let dir = common::temp_dir(&format!("{tag}-cfg{i}"));
     let config = dir.join("tuttid.toml");
     let seeds: Vec<String> = (0..n)
@@ -30,14 +37,17 @@ pub fn start_daemon(tag: &str, subnet: u8, i: usize, n: usize) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 1500\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
+            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = {suspect_ms}\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
             i + 1,
             seeds.join(", "),
             ip(subnet, i),
         ),
     )
     .unwrap();
-    Daemon::start(&format!("{tag}-{i}"), &["--config", config.to_str().unwrap()])
+    let daemon = Daemon::start(&format!("{tag}-{i}"), &["--config", config.to_str().unwrap()]);
+    // Read at startup (the daemon answers once it has): not left behind in the temp dir.
+    let _ = std::fs::remove_dir_all(&dir);
+    daemon
 }
 
 /// What a subscriber saw, in order.
