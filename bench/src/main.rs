@@ -258,6 +258,12 @@ struct OrderedArgs {
     /// The daemon binary [default: tuttid next to this executable].
     #[arg(long, value_name = "PATH")]
     tuttid: Option<PathBuf>,
+    /// The SinfoniaGCS curve: one run per publisher count (e.g. `1,2,4,8`), each on a fresh
+    /// cluster with `--duration` of throughput, then throughput against writers in one
+    /// table (or one JSON object with every point). Replaces `--senders`.
+    #[arg(long, value_delimiter = ',', value_name = "W,W,..", conflicts_with = "senders",
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    sweep_senders: Option<Vec<u64>>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -318,6 +324,18 @@ fn run_ordered(args: OrderedArgs) -> Result<(), String> {
         base_port: args.base_port,
         window: args.window,
     };
+    if let Some(points) = args.sweep_senders {
+        let sweep = ordered::sweep(&options, &points)?;
+        if args.json {
+            report::print_json(&sweep);
+        } else {
+            ordered::print_sweep(&sweep);
+        }
+        if sweep.points.iter().any(|p| !p.same_order) {
+            return Err("the members delivered different orders".into());
+        }
+        return Ok(());
+    }
     let result = ordered::run(&options)?;
     if args.json {
         report::print_json(&result);
@@ -1604,6 +1622,17 @@ mod tests {
         assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--rates", "10", "--rate", "5"]).is_err());
         assert!(Cli::try_parse_from(["tutti-bench", "cluster", "--reps", "0"]).is_err());
         assert!(Cli::try_parse_from(["tutti-bench", "plot", "--out", "x.png"]).is_err());
+        let cli =
+            Cli::try_parse_from(["tutti-bench", "ordered", "--sweep-senders", "1,2,4,8", "--json"]).unwrap();
+        match cli.command {
+            Command::Ordered(a) => assert_eq!((a.sweep_senders, a.json), (Some(vec![1, 2, 4, 8]), true)),
+            _ => panic!("wrong subcommand"),
+        }
+        let ordered =
+            |extra: &[&str]| Cli::try_parse_from(["tutti-bench", "ordered"].iter().chain(extra).copied());
+        assert!(ordered(&["--sweep-senders", "2", "--senders", "2"]).is_err());
+        assert!(ordered(&["--sweep-senders", "0,1"]).is_err());
+        assert!(ordered(&["--sweep-senders", "65"]).is_err());
         assert!(Cli::try_parse_from([
             "tutti-bench",
             "local-throughput",

@@ -496,3 +496,72 @@ pub fn print_table(r: &OrderedResult) {
         r.sent, r.delivered, r.same_order
     );
 }
+
+/// The SinfoniaGCS curve: throughput against the number of writers.
+#[derive(Serialize)]
+pub struct OrderedSweep {
+    pub bench: &'static str,
+    pub nodes: usize,
+    pub size: usize,
+    pub safe: bool,
+    pub window: u64,
+    /// Seconds of throughput per point.
+    pub duration_s: f64,
+    /// One run per publisher count, in the order asked.
+    pub points: Vec<OrderedResult>,
+}
+
+/// Runs the benchmark once per publisher count in `senders`, each on a fresh cluster (a
+/// point does not inherit the previous one's group, queues or backlog).
+pub fn sweep(o: &OrderedOptions, senders: &[u64]) -> Result<OrderedSweep, String> {
+    let mut points = Vec::with_capacity(senders.len());
+    for &w in senders {
+        let point = OrderedOptions {
+            tuttid: o.tuttid.clone(),
+            senders: w as usize,
+            ..*o
+        };
+        points.push(run(&point).map_err(|e| format!("{w} sender(s): {e}"))?);
+    }
+    Ok(OrderedSweep {
+        bench: "ordered-sweep",
+        nodes: o.nodes,
+        size: o.size,
+        safe: o.safe,
+        window: o.window,
+        duration_s: o.duration.as_secs_f64(),
+        points,
+    })
+}
+
+pub fn print_sweep(s: &OrderedSweep) {
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1e3);
+    println!(
+        "ordered group, throughput against writers: {} daemons, {} B messages{}, {:.1} s per point{}",
+        s.nodes,
+        s.size,
+        if s.safe { ", safe" } else { "" },
+        s.duration_s,
+        if s.window > 0 {
+            format!(", window {}", s.window)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  {:>7}  {:>14}  {:>12}  {:>14}  {:>14}  {:>10}",
+        "senders", "delivered/s", "offered/s", "load p50 (us)", "load p99 (us)", "same order"
+    );
+    for p in &s.points {
+        println!(
+            "  {:>7}  {:>14.0}  {:>12.0}  {:>14}  {:>14}  {:>10}",
+            p.senders,
+            p.min_delivered_per_s,
+            p.offered_per_s,
+            us(p.loaded_latency.p50_ns),
+            us(p.loaded_latency.p99_ns),
+            p.same_order
+        );
+    }
+    println!("  (delivered/s: the slowest member's delivery rate over the throughput window)");
+}

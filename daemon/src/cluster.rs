@@ -28,7 +28,9 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tutti_proto::ordered::{OrderedSettings, OrderedStatusEvent, RemoveReason};
+use tutti_proto::ordered::{
+    OrderedSettings, OrderedStatusEvent, RemoveReason, Status as OrderedMemberStatus,
+};
 use tutti_proto::regions::{RegionError, RegionEvent, RegionOp, RegionTxn};
 use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
 
@@ -799,9 +801,14 @@ impl Cluster {
     /// own first view would place it on itself and start a second order of the group.
     pub fn join_ordered(&mut self, group: u64) -> Result<(), String> {
         if let Some(i) = self.leaving_ordered.iter().position(|&(g, _)| g == group) {
-            // Joined again while its leave waited: still a member, nothing to do.
             self.leaving_ordered.swap_remove(i);
-            return Ok(());
+            // Joined again while its leave waited: still a member, nothing to do; unless
+            // the group removed this daemon meanwhile (suspected across a partition): then
+            // it joins as a new member (before, the join did nothing and its clients
+            // waited forever: daemon/tests/ordered_partition.rs).
+            if !self.removed_from_ordered(group) {
+                return Ok(());
+            }
         }
         if self.alone() {
             if !self.pending_ordered.contains(&group) {
@@ -834,6 +841,13 @@ impl Cluster {
         self.ring.clone().unwrap_or_default()
     }
 
+    /// Whether an entry of ordered group `group` removed this daemon's member.
+    fn removed_from_ordered(&self, group: u64) -> bool {
+        self.node
+            .ordered_member(group)
+            .is_some_and(|m| m.status() == OrderedMemberStatus::Removed)
+    }
+
     /// Whether this node waits for a cluster view with another daemon in it: it has seeds
     /// other than itself and its view holds only itself.
     fn alone(&self) -> bool {
@@ -864,9 +878,11 @@ impl Cluster {
         let now = self.now();
         let node = &mut self.node;
         self.leaving_ordered.retain(|&(group, deadline)| {
-            let drained = node
-                .ordered_member(group)
-                .is_none_or(|m| m.outgoing() == 0 && m.idle());
+            // A removed member's queued messages can never enter the order: nothing to
+            // wait for.
+            let drained = node.ordered_member(group).is_none_or(|m| {
+                m.status() == OrderedMemberStatus::Removed || (m.outgoing() == 0 && m.idle())
+            });
             if drained || now >= deadline {
                 node.leave_ordered(now, group);
                 false
@@ -919,12 +935,25 @@ impl Cluster {
         }
     }
 
-    /// For `tutti status`: the ordered layer's counters of this daemon's member of `group`
-    /// (appends, conflicts, batches, repairs, safe waits, removals, waits).
+    /// For `tutti status`: where this daemon places `group`'s memory node, and the ordered
+    /// layer's counters of its member (appends, conflicts, batches, repairs, safe waits,
+    /// removals, waits).
     pub fn ordered_detail(&self, group: u64) -> Option<String> {
         let c = self.node.ordered_counters(group)?;
+        // Where this daemon places the group's memory node (daemon ids), so an operator
+        // (and a test) knows which daemon's loss is a failover.
+        let placement = match self.node.memnode_placement(group) {
+            Some(p) => format!(
+                "memory node: primary {}, backup {}, epoch {}; ",
+                p.primary >> 8,
+                p.backup
+                    .map_or_else(|| "none".to_string(), |b| (b >> 8).to_string()),
+                p.epoch
+            ),
+            None => "memory node: not placed; ".to_string(),
+        };
         Some(format!(
-            "appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
+            "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
              repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}",
             c.appends,

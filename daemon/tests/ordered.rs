@@ -4,241 +4,18 @@
 //! that rejoins gets a view and a snapshot, then the messages after it.
 
 mod common;
+#[path = "common/ordered.rs"]
+mod ordered_common;
 #[path = "common/raw.rs"]
 mod raw;
 
 use common::{group_off_daemon_3, wait_until, Daemon};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use ordered_common::*;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tutti_client::{Client, Error, Event, GroupOptions, IdleStrategy, LeftReason, Rights};
+use tutti_client::{Client, Error, GroupOptions, IdleStrategy, LeftReason, Rights};
 use tutti_wire::control::{Reply, Request};
-
-const WAIT: Duration = Duration::from_secs(90);
-const BASE_PORT: u16 = 17400;
-
-fn ip(subnet: u8, i: usize) -> String {
-    format!("127.0.{subnet}.{}", i + 1)
-}
-
-/// Starts daemon `i` of an `n`-daemon cluster on 127.0.`subnet`.0/24 (every daemon seeded
-/// with all of them; the suspicion timeout short, so a kill is noticed within seconds).
-fn start_daemon(tag: &str, subnet: u8, i: usize, n: usize) -> Daemon {
-    let dir = common::temp_dir(&format!("{tag}-cfg{i}"));
-    let config = dir.join("tuttid.toml");
-    let seeds: Vec<String> = (0..n)
-        .map(|j| format!("\"{}@{}\"", j + 1, ip(subnet, j)))
-        .collect();
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 1500\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
-            i + 1,
-            seeds.join(", "),
-            ip(subnet, i),
-        ),
-    )
-    .unwrap();
-    Daemon::start(&format!("{tag}-{i}"), &["--config", config.to_str().unwrap()])
-}
-
-/// What a subscriber saw, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Rec {
-    /// (publisher tag, index)
-    Msg(u32, u64),
-    /// (view id, members as daemon ids, left as (daemon id, reason))
-    View(u64, Vec<u32>, Vec<(u32, LeftReason)>),
-    Installed(u64, Vec<u8>),
-    SnapshotRequest(u64),
-}
-
-fn message(publisher: u32, index: u64) -> Vec<u8> {
-    let mut m = format!("{publisher}:{index}:").into_bytes();
-    m.resize(48, b'.');
-    m
-}
-
-fn parse(payload: &[u8]) -> (u32, u64) {
-    let text = std::str::from_utf8(payload).expect("utf-8 payload");
-    let mut parts = text.split(':');
-    (
-        parts.next().unwrap().parse().unwrap(),
-        parts.next().unwrap().parse().unwrap(),
-    )
-}
-
-/// The state a provider hands a joiner: the number of messages it delivered, then 10,000
-/// bytes of pattern (so the snapshot travels in several control-socket chunks).
-fn snapshot(delivered: u64) -> Vec<u8> {
-    let mut s = delivered.to_le_bytes().to_vec();
-    s.extend((0..10_000u32).map(|i| (i % 251) as u8));
-    s
-}
-
-/// A subscriber thread on one daemon; with `provide`, it registers a snapshot provider
-/// whose state is the number of messages it delivered so far.
-struct Subscriber {
-    recs: Arc<Mutex<Vec<Rec>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl Subscriber {
-    fn start(daemon: &Daemon, group: &str, provide: bool) -> Subscriber {
-        let recs = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut client = daemon.client();
-        let g = client
-            .join_with(group, Rights::SUBSCRIBE, GroupOptions::ORDERED)
-            .expect("ordered join");
-        let delivered = Arc::new(AtomicU64::new(0));
-        if provide {
-            let delivered = Arc::clone(&delivered);
-            client
-                .set_snapshot_provider(g, move |_position| snapshot(delivered.load(Ordering::Relaxed)))
-                .expect("provider");
-        }
-        let (r, s) = (Arc::clone(&recs), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                client
-                    .poll_blocking(g, 256, IdleStrategy::Backoff, Duration::from_millis(50), |e| {
-                        let rec = match e {
-                            Event::Message { payload, .. } => {
-                                delivered.fetch_add(1, Ordering::Relaxed);
-                                let (p, i) = parse(payload);
-                                Rec::Msg(p, i)
-                            }
-                            Event::View(v) => Rec::View(
-                                v.id,
-                                v.members().map(|m| m >> 8).collect(),
-                                v.left().map(|(m, why)| (m >> 8, why)).collect(),
-                            ),
-                            Event::Installed { position, snapshot } => {
-                                Rec::Installed(position, snapshot.to_vec())
-                            }
-                            Event::SnapshotRequest { position } => Rec::SnapshotRequest(position),
-                            other => panic!("unexpected event in an ordered group: {other:?}"),
-                        };
-                        r.lock().unwrap().push(rec);
-                    })
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        });
-        Subscriber {
-            recs,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn recs(&self) -> Vec<Rec> {
-        self.recs.lock().unwrap().clone()
-    }
-
-    fn messages(&self) -> usize {
-        self.recs().iter().filter(|r| matches!(r, Rec::Msg(..))).count()
-    }
-
-    /// Whether the newest view it saw has exactly `members` (daemon ids).
-    fn has_view(&self, members: &[u32]) -> bool {
-        self.recs()
-            .iter()
-            .rev()
-            .find_map(|r| match r {
-                Rec::View(_, m, _) => Some(m.as_slice() == members),
-                _ => None,
-            })
-            .unwrap_or(false)
-    }
-
-    fn stop(mut self) -> Vec<Rec> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-        self.recs()
-    }
-}
-
-/// Publishes `count` messages `tag:index` from `first` on, one every `gap`.
-fn publish(
-    client: &mut Client,
-    group: tutti_client::GroupId,
-    tag: u32,
-    first: u64,
-    count: u64,
-    gap: Duration,
-) {
-    for i in first..first + count {
-        client
-            .offer_blocking(group, &message(tag, i), IdleStrategy::Backoff, WAIT)
-            .expect("offer");
-        if !gap.is_zero() {
-            std::thread::sleep(gap);
-        }
-    }
-    assert!(client.flush(WAIT).unwrap(), "publisher {tag} not drained");
-}
-
-/// Two record sequences are equal; else the first difference with some context.
-fn assert_same(a: &[Rec], b: &[Rec], what: &str) {
-    if a == b {
-        return;
-    }
-    let at = a
-        .iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()));
-    let window = |s: &[Rec]| s[at.saturating_sub(3)..(at + 4).min(s.len())].to_vec();
-    panic!(
-        "{what}: differ at record {at} (lengths {} and {}):\n  {:?}\n  {:?}",
-        a.len(),
-        b.len(),
-        window(a),
-        window(b)
-    );
-}
-
-/// Messages only, in order.
-fn msgs(recs: &[Rec]) -> Vec<(u32, u64)> {
-    recs.iter()
-        .filter_map(|r| match r {
-            Rec::Msg(p, i) => Some((*p, *i)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Each publisher's messages appear with consecutive indexes from its first one seen.
-fn assert_fifo(recs: &[Rec], who: &str) {
-    let mut next: HashMap<u32, u64> = HashMap::new();
-    for (p, i) in msgs(recs) {
-        let n = next.entry(p).or_insert(i);
-        assert_eq!(i, *n, "{who}: publisher {p} out of FIFO order");
-        *n += 1;
-    }
-}
-
-/// The views and messages from the view with `members` on (the common starting point of
-/// members that joined before it).
-fn from_view(recs: &[Rec], members: &[u32]) -> Vec<Rec> {
-    let at = recs
-        .iter()
-        .position(|r| matches!(r, Rec::View(_, m, _) if m.as_slice() == members))
-        .unwrap_or_else(|| panic!("no view {members:?} in {recs:?}"));
-    // Snapshot requests are asked of one daemon only; views and messages are the order.
-    recs[at..]
-        .iter()
-        .filter(|r| matches!(r, Rec::View(..) | Rec::Msg(..)))
-        .cloned()
-        .collect()
-}
 
 #[test]
 fn without_a_cluster_an_ordered_join_is_refused_and_options_are_fixed_by_the_first_joiner() {
@@ -303,17 +80,6 @@ fn without_a_cluster_an_ordered_join_is_refused_and_options_are_fixed_by_the_fir
     }
     // The daemon is still serving.
     assert!(c.status().unwrap().contains("ord.plain (shard 0): 3 members"));
-}
-
-/// Waits until every running daemon's cluster view has `members` members.
-fn wait_cluster_view(daemons: &[Option<Daemon>], members: u64) {
-    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-    let mut clients: Vec<Client> = all.iter().map(|d| d.client()).collect();
-    wait_until(WAIT, &format!("a cluster view of {members}"), &all, || {
-        clients
-            .iter_mut()
-            .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(members))
-    });
 }
 
 #[test]
@@ -491,15 +257,6 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         "joiner vs provider after the cut",
     );
     assert_fifo(&joiner, "joiner");
-}
-
-/// A shard counter from `tutti status` (summed over shards).
-fn counter(daemon: &Daemon, name: &str) -> u64 {
-    let status = daemon.client().status().unwrap();
-    status
-        .lines()
-        .filter_map(|l| common::status_number(l, &format!(" {name} ")))
-        .sum()
 }
 
 #[test]

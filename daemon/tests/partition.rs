@@ -9,13 +9,15 @@
 //! Everything it creates lives in namespaces named `tutti-pt-<pid>-*` (addresses from
 //! 10.250.<pid % 250>.0/24 exist only inside them; the root namespace is not touched),
 //! and a guard deletes them also when the test fails. Leftovers of a crashed earlier run
-//! of this test (same prefix, its process gone) are removed at start.
+//! of this test (same prefix, its process gone) are removed at start (`common/netns.rs`).
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
 
 use common::{eventually, status_number, Daemon};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use netns::{prerequisites, TestNet};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tutti_client::{Client, Event, GroupId, IdleStrategy};
 
@@ -28,173 +30,6 @@ const DURING: u64 = 100;
 const AFTER: u64 = 20;
 const VIEW_WAIT: Duration = Duration::from_secs(20);
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
-
-// ------------------------------------------------------------------ namespaces
-
-/// `ip`, if installed (PATH first, then the usual places: root's PATH may lack sbin).
-fn find_ip() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("ip"))
-        .chain(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].map(PathBuf::from))
-        .find(|p| p.is_file())
-}
-
-fn run_ip(ip: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(ip)
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The namespaces `ip netns list` shows (first word of each line).
-fn list_netns(ip: &Path) -> Vec<String> {
-    run_ip(ip, &["netns", "list"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// Whether `pid` is a live process of this test binary (a concurrent run: keep its
-/// namespaces). The binary is `partition-<hash>`; comm holds its first 15 bytes.
-fn live_run(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("partition"))
-}
-
-/// Deletes namespace `ns`, first ending what still runs in it (only ever our tuttids).
-fn delete_netns(ip: &Path, ns: &str) {
-    if let Ok(pids) = run_ip(ip, &["netns", "pids", ns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            // SAFETY: signalling a process by id; it runs in our test namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    let _ = run_ip(ip, &["netns", "del", ns]);
-}
-
-/// Removes `tutti-pt-<pid>-*` namespaces whose run is gone (a crashed earlier run), and
-/// this process's own of test `tag` (an earlier attempt of it).
-fn remove_leftovers(ip: &Path, tag: &str) {
-    for ns in list_netns(ip) {
-        let Some(rest) = ns.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let mut parts = rest.split('-');
-        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let ours = pid == std::process::id() && parts.next() == Some(tag);
-        if ours || (pid != std::process::id() && !live_run(pid)) {
-            eprintln!("partition: removing leftover namespace {ns}");
-            delete_netns(ip, &ns);
-        }
-    }
-}
-
-/// The test network: host namespaces `..-h1..3`, each with `eth0` = 10.250.S.N/24, and a
-/// bridge namespace `..-br` whose bridge `br0` has ports `h1..h3` (host N's veth peer).
-/// Dropping it deletes every namespace it created (and with them every veth and the bridge).
-struct TestNet {
-    ip: PathBuf,
-    /// Distinguishes the tests of one process (`cargo test` runs them as threads).
-    tag: &'static str,
-    subnet: u8,
-    created: Vec<String>,
-}
-
-impl TestNet {
-    fn host_ns(&self, n: usize) -> String {
-        format!("{PREFIX}{}-{}-h{n}", std::process::id(), self.tag)
-    }
-
-    fn bridge_ns(&self) -> String {
-        format!("{PREFIX}{}-{}-br", std::process::id(), self.tag)
-    }
-
-    fn addr(&self, n: usize) -> String {
-        format!("10.250.{}.{n}", self.subnet)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        if let Err(e) = run_ip(&self.ip, args) {
-            panic!("{e}");
-        }
-    }
-
-    fn add_netns(&mut self, ns: &str) {
-        self.ip(&["netns", "add", ns]);
-        self.created.push(ns.to_string());
-        self.ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-
-    fn create(ip: PathBuf, tag: &'static str) -> TestNet {
-        remove_leftovers(&ip, tag);
-        let mut net = TestNet {
-            ip,
-            tag,
-            subnet: (std::process::id() % 250) as u8,
-            created: Vec::new(),
-        };
-        let br = net.bridge_ns();
-        net.add_netns(&br);
-        net.ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
-        net.ip(&["-n", &br, "link", "set", "br0", "up"]);
-        for n in 1..=HOSTS {
-            let ns = net.host_ns(n);
-            let port = format!("h{n}");
-            let cidr = format!("{}/24", net.addr(n));
-            net.add_netns(&ns);
-            // Made inside the host namespace, its peer moved straight into the bridge's.
-            net.ip(&[
-                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &br,
-            ]);
-            net.ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
-            net.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            net.ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
-            net.ip(&["-n", &br, "link", "set", &port, "up"]);
-        }
-        net
-    }
-
-    /// Sets host `n`'s bridge port down (cut) or up (heal).
-    fn set_port(&self, n: usize, up: bool) {
-        let port = format!("h{n}");
-        self.ip(&[
-            "-n",
-            &self.bridge_ns(),
-            "link",
-            "set",
-            &port,
-            if up { "up" } else { "down" },
-        ]);
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            delete_netns(&self.ip, ns);
-        }
-        let left: Vec<String> = list_netns(&self.ip)
-            .into_iter()
-            .filter(|ns| self.created.contains(ns))
-            .collect();
-        if !left.is_empty() {
-            eprintln!("partition: could not delete namespaces {left:?}");
-        }
-    }
-}
 
 // ------------------------------------------------------------------ daemons
 
@@ -460,26 +295,14 @@ const RETENTION: Duration = Duration::from_millis(50 * 100);
 /// Time that digests, requests and retransmissions get after the merge (20 rounds).
 const REPAIR_MARGIN: Duration = Duration::from_secs(2);
 
-/// Skips (returns None) when not root or without `ip`; otherwise it must run for real.
-fn prerequisites() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED partition test: needs root to create network namespaces");
-        return None;
-    }
-    let ip = find_ip();
-    if ip.is_none() {
-        eprintln!("SKIPPED partition test: iproute2's `ip` is not installed");
-    }
-    ip
-}
-
 /// Runs the scenario; `silent_before`: a publisher that sends nothing before the cut (so
 /// the other side first hears of it after the heal).
 fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
-    let Some(ip) = prerequisites() else { return };
+    let Some(ip) = prerequisites("partition test") else {
+        return;
+    };
     let started = Instant::now();
-    let net = TestNet::create(ip, tag);
+    let net = TestNet::create(ip, PREFIX, "partition", tag, HOSTS);
     let hosts = Hosts::start(&net);
     for i in 0..HOSTS {
         hosts.wait_view(i, HOSTS as u64, "startup");
