@@ -342,8 +342,22 @@ fn majority_partition(tag: &'static str, after: AfterHeal) {
             .cloned()
             .collect()
     };
+    // The rejoined member's first view is the one its join installed: the last view
+    // daemon 1 delivered before the cut (the join entry itself).
+    let joined_view = provider[..at]
+        .iter()
+        .rev()
+        .find(|r| matches!(r, Rec::View(..)))
+        .cloned()
+        .expect("daemon 1 delivered the join's view before the cut");
+    let rejoined = after(&joiner[1..]);
+    assert_eq!(
+        rejoined.first(),
+        Some(&joined_view),
+        "the rejoined member's first view"
+    );
     assert_same(
-        &after(&joiner[1..]),
+        &rejoined[1..],
         &after(&provider[at..]),
         "rejoined vs daemon 1 after the cut",
     );
@@ -380,10 +394,10 @@ fn majority_partition_the_minority_delivers_nothing_new_says_so_and_learns_its_r
 /// As above, then the majority goes on: daemon 1's next messages reach daemons 1 and 2,
 /// and the messages daemon 3's publisher offered while cut off are never delivered.
 #[test]
-#[ignore = "proto: in about 1 run of 3, right after the heal the healthy daemon 2 is \
-            removed from the group as suspected (view [1], left (2, suspected)) 15-40 ms \
-            after the merged cluster view, so it never gets the next messages \
-            (docs/ordered.md, limits)"]
+#[ignore = "membership (proto node.rs): at the heal the minority's stale SWIM 'failed' claims \
+            about majority daemons are accepted (cluster views [1,2,3], [1,3], [1] installed in \
+            one instant, then [1,2,3] again), so a healthy member can be removed from the group; \
+            about 1 run in 5 at load 13 (docs/ordered.md, limits)"]
 fn majority_partition_after_the_heal_the_majority_goes_on_with_both_its_members() {
     majority_partition("goon", AfterHeal::GoOn);
 }
@@ -391,10 +405,8 @@ fn majority_partition_after_the_heal_the_majority_goes_on_with_both_its_members(
 /// As the first, then daemon 3's application joins again and gets a snapshot at a cut of
 /// the order and every message after it.
 #[test]
-#[ignore = "proto: a daemon whose member was removed cannot join the group again: the new \
-            member's minitransaction ids repeat the removed member's (same node, same \
-            incarnation, seq from 0), its join append fails the tail compare forever \
-            (docs/ordered.md, limits)"]
+#[ignore = "flaky for the same membership bug as the test above (the rejoin itself is fixed: \
+            a member that joins again numbers its minitransactions after the removed one's)"]
 fn majority_partition_the_removed_minority_rejoins_with_a_snapshot_after_the_heal() {
     majority_partition("rejoin", AfterHeal::Rejoin);
 }

@@ -116,6 +116,19 @@ impl Coordinator {
         }
     }
 
+    /// The sequence number the next transaction gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Starts numbering at `seq` at the least. A later coordinator of the same node and
+    /// incarnation (a member that joins the same group again) must not reuse the ids of an
+    /// earlier one: memory nodes keep their decisions and floors per `(node, incarnation,
+    /// seq)` and would answer the old outcome, or `Stale`.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
     /// Where memory node `memnode`'s primary runs (from the view). Unanswered requests
     /// are resent there.
     pub fn set_placement(&mut self, memnode: MemnodeId, node: NodeId) {

@@ -156,13 +156,17 @@ pub struct Outgoing {
 pub(crate) struct OrderedHost {
     me: NodeId,
     incarnation: u32,
+    /// The first minitransaction id no member hosted here has used: a member that joins
+    /// again (same node, same incarnation) numbers its transactions from here, or the
+    /// memory node would take them for the old member's (old answers, or `Stale`).
+    next_txn_seq: u64,
     minitx: MinitxSettings,
     groups: BTreeMap<GroupId, Hosted>,
     replicas: BTreeMap<GroupId, Replica>,
     placements: BTreeMap<GroupId, Placement>,
     /// Live members of the installed cluster view, sorted.
     view_members: Vec<NodeId>,
-    /// Peers SWIM suspects or holds failed.
+    /// Peers SWIM holds failed (a suspicion that ran out unrefuted).
     swim_suspects: BTreeSet<NodeId>,
     /// Members of the largest cluster view installed (majority is judged against it).
     max_view: usize,
@@ -236,6 +240,7 @@ impl OrderedHost {
         OrderedHost {
             me,
             incarnation,
+            next_txn_seq: 0,
             minitx,
             groups: BTreeMap::new(),
             replicas: BTreeMap::new(),
@@ -270,6 +275,9 @@ impl OrderedHost {
         if let Some(e) = settings_error(&settings, &self.minitx) {
             return Err(OrderedError::BadSettings(e));
         }
+        if let Some(old) = self.groups.get(&group) {
+            self.next_txn_seq = self.next_txn_seq.max(old.member.next_txn_seq());
+        }
         let placement = self.placement(group);
         let mut member = OrderedMember::joiner(
             self.me,
@@ -279,6 +287,7 @@ impl OrderedHost {
             settings.clone(),
             self.minitx.clone(),
         );
+        member.skip_txn_ids(self.next_txn_seq);
         member.handle_timeout(now);
         self.groups.insert(
             group,
@@ -303,6 +312,7 @@ impl OrderedHost {
         match h.member.status() {
             // Not in any view yet (or no more): nothing to announce.
             Status::Joining | Status::Removed => {
+                self.next_txn_seq = self.next_txn_seq.max(h.member.next_txn_seq());
                 self.groups.remove(&group);
             }
             Status::Installing | Status::Active => h.member.leave(now),
@@ -428,7 +438,7 @@ impl OrderedHost {
         !self.groups.is_empty()
     }
 
-    /// SWIM's suspicions: the peers it suspects or holds failed (every gossip round).
+    /// SWIM's failures: the peers it holds failed, its suspicion run out (every gossip round).
     /// Suspicions and majority are evaluated again even when nothing changed here: the
     /// members' learned views move on their own.
     pub fn set_swim_suspects(&mut self, now: Time, suspects: BTreeSet<NodeId>) {
@@ -699,7 +709,9 @@ impl OrderedHost {
             .get(&group)
             .is_some_and(|h| h.leaving && h.member.status() == Status::Removed)
         {
-            self.groups.remove(&group);
+            if let Some(h) = self.groups.remove(&group) {
+                self.next_txn_seq = self.next_txn_seq.max(h.member.next_txn_seq());
+            }
         }
         progressed
     }

@@ -359,6 +359,17 @@ impl OrderedMember {
         m
     }
 
+    /// The id the member's coordinator gives its next minitransaction (see `skip_txn_ids`).
+    pub fn next_txn_seq(&self) -> u64 {
+        self.coord.next_seq()
+    }
+
+    /// Numbers this member's minitransactions from `seq` on: the host passes the first id
+    /// no earlier member of this node used (same node and incarnation, same memory node).
+    pub fn skip_txn_ids(&mut self, seq: u64) {
+        self.coord.skip_to(seq);
+    }
+
     fn blank(
         node: NodeId,
         group: GroupId,
