@@ -799,26 +799,33 @@ impl Cluster {
     /// A daemon with seeds joins only once its cluster view holds another daemon: the
     /// group's memory node is placed from the view at the join, and a daemon alone in its
     /// own first view would place it on itself and start a second order of the group.
-    pub fn join_ordered(&mut self, group: u64) -> Result<(), String> {
+    ///
+    /// `Ok(true)`: the daemon is still in the group's order (joined again while its leave
+    /// waited to drain): no view follows, the caller's last one holds. A join while the
+    /// leave is already in the order waits until that leave is through, then joins afresh
+    /// (the ordered layer refuses a second member of one group on one node).
+    pub fn join_ordered(&mut self, group: u64) -> Result<bool, String> {
         if let Some(i) = self.leaving_ordered.iter().position(|&(g, _)| g == group) {
             self.leaving_ordered.swap_remove(i);
-            // Joined again while its leave waited: still a member, nothing to do; unless
-            // the group removed this daemon meanwhile (suspected across a partition): then
-            // it joins as a new member (before, the join did nothing and its clients
-            // waited forever: daemon/tests/ordered_partition.rs).
+            // Joined again while its leave waited: still a member, and no view follows
+            // (the caller's last one holds); unless the group removed this daemon meanwhile
+            // (suspected across a partition): then it joins as a new member (before, the
+            // join did nothing and its clients waited forever: tests/ordered_partition.rs).
             if !self.removed_from_ordered(group) {
-                return Ok(());
+                return Ok(true);
             }
         }
-        if self.alone() {
+        let still_in = self.node.is_ordered(group) && !self.removed_from_ordered(group);
+        if self.alone() || still_in {
             if !self.pending_ordered.contains(&group) {
                 self.pending_ordered.push(group);
             }
-            return Ok(());
+            return Ok(false);
         }
         let now = self.now();
         self.node
             .join_ordered(now, group, ordered_settings())
+            .map(|()| false)
             .map_err(|e| e.to_string())
     }
 
@@ -892,17 +899,28 @@ impl Cluster {
         });
     }
 
-    /// Joins the ordered groups that waited for a view with another daemon.
+    /// Joins the ordered groups that waited for a view with another daemon, or for their
+    /// previous member's leave to be through.
     fn join_pending_ordered(&mut self) {
         if self.pending_ordered.is_empty() || self.alone() {
             return;
         }
         let now = self.now();
-        for group in std::mem::take(&mut self.pending_ordered) {
-            if let Err(e) = self.node.join_ordered(now, group, ordered_settings()) {
-                tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), "ordered join: {e}");
+        let (node, shard) = (&mut self.node, self.shard);
+        self.pending_ordered.retain(|&group| {
+            // Still in the order (its previous member's leave not through yet); a member
+            // the group removed is replaced by the join.
+            if node
+                .ordered_member(group)
+                .is_some_and(|m| m.status() != OrderedMemberStatus::Removed)
+            {
+                return true;
             }
-        }
+            if let Err(e) = node.join_ordered(now, group, ordered_settings()) {
+                tracing::warn!(shard, group = %format!("{group:#x}"), "ordered join: {e}");
+            }
+            false
+        });
     }
 
     /// Hands a local client's message to ordered group `group`'s total order; it comes

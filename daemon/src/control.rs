@@ -1037,6 +1037,7 @@ impl Control {
             .call(|ack| ShardCommand::AddGroup {
                 handle,
                 gid: tutti_wire::group_id(name),
+                name: name.to_string(),
                 options,
                 log: log_map,
                 doorbell: doorbell_map,
@@ -1266,6 +1267,7 @@ impl Control {
                 self.region_timeouts
             );
         }
+        write_cpg_groups(&mut out, &reports);
         let _ = write!(out, "\ncontrol:");
         for (index, (name, _)) in CONTROL_COUNTERS.iter().enumerate() {
             let _ = write!(out, " {name} {}", self.stats.get(index));
@@ -1301,6 +1303,30 @@ impl Control {
             );
         }
         out
+    }
+}
+
+/// The cpg groups of every shard as `corosync-cpgtool` lists them: the group's name (CPG's
+/// name, without the `cpg:` prefix libcpg.so.4 adds), then one `nodeid pid` line per
+/// process of the cluster. A group no local process belongs to any more is marked.
+fn write_cpg_groups(out: &mut String, reports: &[Option<ShardReport>]) {
+    let mut groups: Vec<&crate::cpg::Listing> = reports.iter().flatten().flat_map(|r| &r.cpg).collect();
+    if groups.is_empty() {
+        return;
+    }
+    groups.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let _ = writeln!(
+        out,
+        "\ncpg groups: {} (group, then nodeid pid per process)",
+        groups.len()
+    );
+    for g in groups {
+        let name = g.name.strip_prefix("cpg:").unwrap_or(&g.name);
+        let dormant = if g.dormant { " (no local process)" } else { "" };
+        let _ = writeln!(out, "  {name}{dormant}");
+        for (node, pid) in &g.procs {
+            let _ = writeln!(out, "    {node} {pid}");
+        }
     }
 }
 

@@ -33,10 +33,10 @@ const OP_LEAVE: u32 = 2;
 /// every daemon alike, and counted): bounds the table, the snapshot and a confchg record.
 pub const MAX_PROCESSES: usize = 1024;
 /// Cpg groups a daemon stays a member of with no local process left ("dormant"): beyond
-/// this many, the one dormant longest leaves its order. A daemon stays because an ordered
-/// group it left cannot be joined again quickly today (a `join_ordered` soon after
-/// `leave_ordered` of the same group produced no view in the conformance run: a proto
-/// limitation, see docs/cpg.md), and CPG programs join, leave and rejoin groups often.
+/// this many, the one dormant longest leaves its order. A daemon stays because CPG programs
+/// join, leave and rejoin groups often, and a join that finds the daemon still in the order
+/// costs no membership change (a join soon after a leave that is already in the order
+/// waits for that leave: `Cluster::join_ordered`).
 pub const MAX_DORMANT: usize = 64;
 
 /// A process of a group: its daemon, pid and session there.
@@ -68,12 +68,20 @@ pub struct Confchg {
 
 #[derive(Default)]
 struct Table {
+    /// The group's tutti name (for `tutti status`).
+    name: String,
     /// Sorted by (node, pid, session).
     procs: Vec<Proc>,
     /// Changes of local sessions not yet taken by the ordered group (back pressure).
     pending: VecDeque<[u8; OP_LEN]>,
     /// The group's last local member went (when): the daemon stays in its order, dormant.
     dormant: Option<Instant>,
+    /// Dormant too long: the daemon leaves the group's order. The table is kept, and kept
+    /// current, until that leave is through ([`CpgTables::left_order`]): a process that
+    /// joins meanwhile finds the daemon either still in the order (its leave cancelled
+    /// before it was sent) with a table that is right, or joining afresh, when the state
+    /// transfer replaces the table.
+    evicted: bool,
 }
 
 impl Table {
@@ -84,6 +92,17 @@ impl Table {
             left,
         }
     }
+}
+
+/// One cpg group as `tutti status` lists it (`corosync-cpgtool`'s group and processes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The tutti group name (`cpg:NAME` for groups made by libcpg.so.4).
+    pub name: String,
+    /// No local process is left: the daemon stays in the group's order ([`MAX_DORMANT`]).
+    pub dormant: bool,
+    /// (daemon id, pid) of each process, sorted.
+    pub procs: Vec<(u32, u32)>,
 }
 
 /// What a shard's cpg groups need beyond their logs, by cluster-wide group id.
@@ -103,19 +122,48 @@ fn op(kind: u32, session: u32, pid: u32, why: u32) -> [u8; OP_LEN] {
 }
 
 impl CpgTables {
-    /// Starts the table of group `gid`, or wakes a dormant one: true if this daemon is
-    /// still a member of the group's order (no join needed).
-    pub fn open(&mut self, gid: u64) -> bool {
+    /// Starts the table of group `gid` (named `name`), or wakes a dormant one: true if this
+    /// daemon is still a member of the group's order (no join needed).
+    pub fn open(&mut self, gid: u64, name: &str) -> bool {
         match self.tables.get_mut(&gid) {
+            Some(table) if table.evicted => {
+                // Its order is being left: the caller joins again (see `Table::evicted`).
+                table.evicted = false;
+                table.dormant = None;
+                false
+            }
             Some(table) => {
                 table.dormant = None;
                 true
             }
             None => {
-                self.tables.insert(gid, Table::default());
+                let name = name.to_string();
+                self.tables.insert(
+                    gid,
+                    Table {
+                        name,
+                        ..Table::default()
+                    },
+                );
                 false
             }
         }
+    }
+
+    /// The groups and their processes, sorted by name, for `tutti status`.
+    pub fn listing(&self) -> Vec<Listing> {
+        let mut out: Vec<Listing> = self
+            .tables
+            .values()
+            .filter(|t| !t.evicted)
+            .map(|t| Listing {
+                name: t.name.clone(),
+                dormant: t.dormant.is_some(),
+                procs: t.procs.iter().map(|p| (p.node, p.pid)).collect(),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Local session `session` (process `pid`) joins: published in the order.
@@ -176,13 +224,23 @@ impl CpgTables {
         if dormant <= MAX_DORMANT {
             return None;
         }
-        let (&oldest, _) = self
+        let (&oldest, t) = self
             .tables
-            .iter()
+            .iter_mut()
             .filter(|(_, t)| t.dormant.is_some() && t.pending.is_empty())
             .min_by_key(|(_, t)| t.dormant)?;
-        self.tables.remove(&oldest);
+        t.dormant = None;
+        t.evicted = true;
         Some(oldest)
+    }
+
+    /// This daemon is out of group `gid`'s order (its leave went through, or it was
+    /// removed): an evicted table goes. A table reopened meanwhile stays for the join that
+    /// follows (its state transfer replaces it); one still in use is the view handler's.
+    pub fn left_order(&mut self, gid: u64) {
+        if self.tables.get(&gid).is_some_and(|t| t.evicted) {
+            self.tables.remove(&gid);
+        }
     }
 
     /// Whether the shard keeps the group's table (a cpg group joined here, or dormant).
@@ -306,7 +364,7 @@ mod tests {
     #[test]
     fn joins_leaves_and_node_loss_make_sorted_confchgs() {
         let mut t = CpgTables::default();
-        t.open(7);
+        t.open(7, "cpg:seven");
         t.proc_join(7, 3, 300);
         t.proc_join(7, 1, 100);
         assert!(t.blocks_data(7));
@@ -335,7 +393,7 @@ mod tests {
     fn dormant_groups_are_bounded_oldest_first() {
         let mut t = CpgTables::default();
         for gid in 0..=MAX_DORMANT as u64 {
-            assert!(!t.open(gid), "a new group needs a join");
+            assert!(!t.open(gid, &gid.to_string()), "a new group needs a join");
         }
         for gid in 0..MAX_DORMANT as u64 {
             assert_eq!(t.sleep(gid), None);
@@ -345,15 +403,28 @@ mod tests {
             Some(0),
             "the one dormant longest leaves"
         );
-        assert!(!t.has(0));
-        assert!(t.open(1), "a dormant group is still a member: no join");
+        // Kept (and applying changes) until its leave is through; not listed.
+        assert!(t.has(0));
+        assert!(t.listing().iter().all(|l| l.name != "0"));
+        assert!(t.open(1, "1"), "a dormant group is still a member: no join");
         assert_eq!(t.sleep(1), None);
+        // Opened while its order is being left: the caller joins again, the table stays.
+        assert!(!t.open(0, "0"), "an evicted group needs a join");
+        t.left_order(0);
+        assert!(
+            t.has(0),
+            "a reopened table waits for its new join's state transfer"
+        );
+        // Evicted and left: gone.
+        assert_eq!(t.sleep(0), Some(2));
+        t.left_order(2);
+        assert!(!t.has(2));
     }
 
     #[test]
     fn snapshots_round_trip_and_malformed_ones_are_refused() {
         let mut t = CpgTables::default();
-        t.open(1);
+        t.open(1, "one");
         t.proc_join(1, 5, 50);
         delivered(&mut t, 1, 4);
         let snap = t.snapshot(1);

@@ -145,6 +145,7 @@ pub enum ShardCommand {
         handle: u32,
         /// The group's cluster-wide id (`tutti_wire::group_id` of its name).
         gid: u64,
+        name: String,
         options: GroupOptions,
         log: Mapping,
         doorbell: Mapping,
@@ -233,6 +234,8 @@ pub struct ShardReport {
     pub groups: Vec<GroupTraffic>,
     /// Application regions: placement and counters (one line; empty outside a cluster).
     pub regions: String,
+    /// The shard's cpg groups (dormant ones included) and their processes.
+    pub cpg: Vec<cpg::Listing>,
 }
 
 /// One group's messages on this shard: totals, and rates over the last sample period.
@@ -307,6 +310,10 @@ struct OrderedState {
     ring_written: Option<u64>,
 }
 
+/// Most ordered-group views a shard keeps for groups whose slot went (`Shard::kept_views`):
+/// beyond it a group joined again before its daemon left gets no view until the next change.
+const MAX_KEPT_VIEWS: usize = 4 * cpg::MAX_DORMANT;
+
 /// Everything a shard thread needs; built by the daemon, moved into the thread.
 pub struct Shard {
     pub index: usize,
@@ -327,6 +334,11 @@ pub struct Shard {
     /// Process tables of the `cpg` groups (and of those draining after their last local
     /// process went).
     cpg: CpgTables,
+    /// The last view of each ordered group whose slot went while this daemon may still be
+    /// in its order (a leave waiting for its messages to drain, a dormant cpg group), kept
+    /// current: a client that joins again before the daemon left gets it, since no
+    /// membership change (and so no view) follows. At most [`MAX_KEPT_VIEWS`].
+    kept_views: HashMap<u64, (u64, Vec<u32>)>,
     /// Passes since the cluster was last polled.
     since_cluster: u32,
     last_view: Option<String>,
@@ -376,6 +388,7 @@ impl Shard {
             cluster,
             by_gid: HashMap::new(),
             cpg: CpgTables::default(),
+            kept_views: HashMap::new(),
             since_cluster: 0,
             last_view: None,
             last_sample: std::time::Instant::now(),
@@ -577,12 +590,13 @@ impl Shard {
                 ShardCommand::AddGroup {
                     handle,
                     gid,
+                    name,
                     options,
                     log,
                     doorbell,
                     ack,
                 } => {
-                    let _ = ack.send(self.add_group(handle, gid, options, log, doorbell));
+                    let _ = ack.send(self.add_group(handle, (gid, &name), options, log, doorbell));
                 }
                 ShardCommand::CpgProc {
                     handle,
@@ -626,6 +640,11 @@ impl Shard {
                 ShardCommand::DropGroup { handle } => {
                     if let Some(slot) = self.groups.get_mut(handle as usize) {
                         if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
+                            if let Some(view) = group.ordered.view.as_ref() {
+                                if self.kept_views.len() < MAX_KEPT_VIEWS {
+                                    self.kept_views.insert(group.gid, view.clone());
+                                }
+                            }
                             if group.options.cpg {
                                 // Stays in the order, dormant (see `cpg::MAX_DORMANT`).
                                 if let Some(gid) = self.cpg.sleep(group.gid) {
@@ -724,6 +743,7 @@ impl Shard {
         let by_gid = &self.by_gid;
         let stats = &self.stats;
         let cpg = &mut self.cpg;
+        let kept_views = &mut self.kept_views;
         let mut appended = false;
         // Snapshot requests no local client can answer: answered empty after the poll.
         let mut answer_empty: Vec<u64> = Vec::new();
@@ -770,6 +790,9 @@ impl Shard {
                 joined,
                 left,
             } => {
+                if let Some(kept) = kept_views.get_mut(&group) {
+                    *kept = (id, members.to_vec());
+                }
                 if cpg.has(group) {
                     // Daemons that left the group's order take their processes along.
                     let gone: Vec<(u32, bool)> = left
@@ -838,6 +861,11 @@ impl Shard {
                 }
             }
             ClusterEvent::OrderedStatus { group, status } => {
+                if status.starts_with("removed") {
+                    // Out of the order: no later join finds this daemon still in it.
+                    kept_views.remove(&group);
+                    cpg.left_order(group);
+                }
                 if let Some(slot) = slot_of(groups, by_gid, group) {
                     match status {
                         "minority" => stats.add(counter::ORDERED_MINORITY, 1),
@@ -1003,6 +1031,7 @@ impl Shard {
                 .as_ref()
                 .filter(|_| self.index == 0)
                 .map_or_else(String::new, |c| c.regions_text()),
+            cpg: self.cpg.listing(),
             members: self
                 .cluster
                 .as_ref()
@@ -1086,14 +1115,14 @@ impl Shard {
     fn add_group(
         &mut self,
         handle: u32,
-        gid: u64,
+        (gid, name): (u64, &str),
         options: GroupOptions,
         log: Mapping,
         doorbell: Mapping,
     ) -> Result<(), String> {
         // SAFETY: both mappings are live and kept in the slot for as long as the writer and
         // doorbell exist; the daemon initialised them and no one else writes the log.
-        let writer =
+        let mut writer =
             unsafe { LogWriter::attach(log.as_ptr(), log.len()) }.map_err(|e| format!("log: {e}"))?;
         // SAFETY: as above, for the doorbell page.
         let group_doorbell = unsafe { GroupDoorbell::attach(doorbell.as_ptr(), doorbell.len()) }
@@ -1107,16 +1136,18 @@ impl Shard {
             .as_ref()
             .filter(|_| options.cpg)
             .map(|c| c.view_counter());
+        let kept_view = self.kept_views.remove(&gid);
+        // Still in the group's order (a dormant cpg group, a leave cancelled before it was
+        // sent): no view follows, so the new log starts from the last one.
+        let mut still_member = false;
         match self.cluster.as_mut() {
             Some(cluster) if options.cpg => {
                 // A dormant group here is still a member of its order.
-                if !self.cpg.open(gid) {
-                    cluster.join_ordered(gid)?;
-                }
+                still_member = self.cpg.open(gid, name) || cluster.join_ordered(gid)?;
                 self.by_gid.insert(gid, handle);
             }
             Some(cluster) if options.ordered => {
-                cluster.join_ordered(gid)?;
+                still_member = cluster.join_ordered(gid)?;
                 self.by_gid.insert(gid, handle);
             }
             Some(cluster) => {
@@ -1125,6 +1156,13 @@ impl Shard {
             }
             None if options.ordered => return Err("ordered groups need a cluster".into()),
             None => {}
+        }
+        let view = kept_view.filter(|_| still_member);
+        if let Some((id, members)) = view.as_ref().filter(|_| !options.cpg) {
+            // A cpg group's members learn theirs from their join's confchg.
+            if writer.append_view(*id, members, &[], &[]).is_err() {
+                self.stats.add(counter::ORDERED_DROPPED, 1);
+            }
         }
         self.groups[index] = Some(GroupSlot {
             gid,
@@ -1140,6 +1178,7 @@ impl Shard {
             // are written as views.
             ordered: OrderedState {
                 ring_written: ring_now,
+                view,
                 ..OrderedState::default()
             },
             _log: log,

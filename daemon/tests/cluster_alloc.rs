@@ -213,6 +213,7 @@ impl RunningShard {
         self.call(|ack| ShardCommand::AddGroup {
             handle: HANDLE,
             gid: tutti_wire::group_id(GROUP),
+            name: GROUP.to_string(),
             options: Default::default(),
             log,
             doorbell: bell,

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{group_off_daemon_3, wait_until, Daemon};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,31 +15,37 @@ use tutti_client::{Client, Event, GroupOptions, IdleStrategy, Rights};
 
 const WAIT: Duration = Duration::from_secs(90);
 const BASE_PORT: u16 = 17600;
+/// Each test's daemons live on their own 127.0.SUBNET.0/24 (tests run in parallel).
 const SUBNET: u8 = 91;
+const SUBNET_REJOIN: u8 = 92;
+const SUBNET_STATUS: u8 = 93;
+const SUBNET_ORDERED_REJOIN: u8 = 94;
 /// `cpg_reason_t` codes.
 const JOIN: u32 = 1;
 const LEAVE: u32 = 2;
 const NODEDOWN: u32 = 3;
 const PROCDOWN: u32 = 5;
 
-fn ip(i: usize) -> String {
-    format!("127.0.{SUBNET}.{}", i + 1)
+fn ip(subnet: u8, i: usize) -> String {
+    format!("127.0.{subnet}.{}", i + 1)
 }
 
-/// Starts daemon `i` of `n` on 127.0.SUBNET.0/24. The suspicion timeout is 3 s: at 1.5 s a
+/// Starts daemon `i` of `n` on 127.0.`subnet`.0/24. The suspicion timeout is 3 s: at 1.5 s a
 /// loaded 2-core machine saw daemons falsely suspected (and removed from the group's order)
 /// during the 300-message burst, a membership-under-load issue outside this test's subject.
-fn start_daemon(i: usize, n: usize) -> Daemon {
+fn start_daemon(subnet: u8, i: usize, n: usize) -> Daemon {
     let dir = common::temp_dir(&format!("cpg-cfg{i}"));
     let config = dir.join("tuttid.toml");
-    let seeds: Vec<String> = (0..n).map(|j| format!("\"{}@{}\"", j + 1, ip(j))).collect();
+    let seeds: Vec<String> = (0..n)
+        .map(|j| format!("\"{}@{}\"", j + 1, ip(subnet, j)))
+        .collect();
     std::fs::write(
         &config,
         format!(
             "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 3000\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
             i + 1,
             seeds.join(", "),
-            ip(i),
+            ip(subnet, i),
         ),
     )
     .unwrap();
@@ -62,6 +69,8 @@ enum Rec {
 enum Command {
     Publish(u64),
     Leave,
+    /// Leave, then join again at once on the same session (a CPG handle's leave and join).
+    Rejoin,
 }
 
 /// One CPG member process: a client session in its own thread that records what it sees
@@ -71,19 +80,24 @@ struct Member {
     recs: Arc<Mutex<Vec<Rec>>>,
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    /// False once a `Leave` was answered by the daemon.
+    joined: Arc<AtomicBool>,
 }
 
 impl Member {
     fn start(daemon: &Daemon, group: &str) -> Member {
         let mut client = daemon.client();
-        let g = client
+        let mut g = client
             .join_with(group, Rights::BOTH, GroupOptions::CPG)
             .expect("cpg join");
+        let group = group.to_string();
         let id = client.sender_id();
         let me = ((id >> 32) as u32, id as u32);
         let recs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let r = Arc::clone(&recs);
+        let joined_flag = Arc::new(AtomicBool::new(true));
+        let is_joined = Arc::clone(&joined_flag);
         let pid = std::process::id();
         let thread = std::thread::spawn(move || {
             let mut sent = 0u64;
@@ -101,6 +115,14 @@ impl Member {
                     Ok(Command::Leave) => {
                         client.leave(g).expect("leave");
                         joined = false;
+                        is_joined.store(false, Ordering::Release);
+                    }
+                    Ok(Command::Rejoin) => {
+                        client.leave(g).expect("leave");
+                        g = client
+                            .join_with(&group, Rights::BOTH, GroupOptions::CPG)
+                            .expect("cpg join again");
+                        joined = true;
                     }
                     Err(mpsc::TryRecvError::Empty) => {}
                     Err(mpsc::TryRecvError::Disconnected) => return,
@@ -143,6 +165,7 @@ impl Member {
             recs,
             commands: Some(tx),
             thread: Some(thread),
+            joined: joined_flag,
         }
     }
 
@@ -169,6 +192,14 @@ impl Member {
         })
     }
 
+    /// How many confchgs it saw in which `who` joined.
+    fn joins_seen(&self, who: Proc) -> usize {
+        self.recs()
+            .iter()
+            .filter(|r| matches!(r, Rec::Confchg { joined, .. } if joined.contains(&(who, JOIN))))
+            .count()
+    }
+
     /// The records from the confchg in which `who` joined on.
     fn records_since_join_of(&self, who: Proc) -> Vec<Rec> {
         let recs = self.recs();
@@ -192,7 +223,7 @@ impl Drop for Member {
 #[test]
 fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
     let group = &group_off_daemon_3("cpg.three");
-    let mut daemons: Vec<Option<Daemon>> = (0..3).map(|i| Some(start_daemon(i, 3))).collect();
+    let mut daemons: Vec<Option<Daemon>> = (0..3).map(|i| Some(start_daemon(SUBNET, i, 3))).collect();
     let all: Vec<&Daemon> = daemons.iter().flatten().collect();
     let mut clients: Vec<Client> = all.iter().map(|d| d.client()).collect();
     wait_until(WAIT, "a cluster view of 3", &all, || {
@@ -293,4 +324,198 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
         assert_eq!(idx, (0..want).collect::<Vec<_>>(), "sender {sender:?}");
     }
     drop(members);
+}
+
+/// Starts 3 daemons on 127.0.`subnet`.0/24 and waits for their cluster view of 3.
+fn start_cluster(subnet: u8) -> Vec<Daemon> {
+    let daemons: Vec<Daemon> = (0..3).map(|i| start_daemon(subnet, i, 3)).collect();
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let mut clients: Vec<Client> = daemons.iter().map(|d| d.client()).collect();
+    wait_until(WAIT, "a cluster view of 3", &all, || {
+        clients
+            .iter_mut()
+            .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(3))
+    });
+    daemons
+}
+
+/// A CPG process that leaves a group and joins it again at once, on the same session or
+/// on a new one, gets its join confchg each time, and so do the others (docs/cpg.md: a
+/// daemon keeps a cpg group's order when its last local process leaves).
+#[test]
+fn a_process_that_leaves_and_joins_again_at_once_is_a_member_again() {
+    let group = &group_off_daemon_3("cpg.rejoin");
+    let daemons = start_cluster(SUBNET_REJOIN);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let a = Member::start(all[0], group);
+    wait_until(WAIT, "join of a", &all, || a.joins_seen(a.me) == 1);
+
+    // Same session, the only process of the group on daemon 2: leave and join back to back,
+    // three times.
+    let b = Member::start(all[1], group);
+    wait_until(WAIT, "join of b", &all, || {
+        a.joins_seen(b.me) == 1 && b.joins_seen(b.me) == 1
+    });
+    for round in 2..=4 {
+        b.send(Command::Rejoin);
+        wait_until(WAIT, &format!("join {round} of b seen by a and b"), &all, || {
+            a.joins_seen(b.me) == round
+        });
+        assert!(
+            a.saw(&[a.me], &[], &[(b.me, LEAVE)]),
+            "a saw b's leave before its join {round}"
+        );
+        wait_until(WAIT, &format!("b's own join {round}"), &all, || {
+            b.joins_seen(b.me) == round
+        });
+    }
+    // Daemon 2 never left the group's order: the group it made again has the order's view
+    // (it once showed "no view yet, joining" for good: no membership change followed).
+    wait_until(WAIT, "the group's view in daemon 2's status", &all, || {
+        let status = all[1].client().status().unwrap();
+        status
+            .lines()
+            .any(|l| l.trim_start().starts_with("ordered: view") && l.contains("[1, 2], member,"))
+    });
+    // A new session joins as soon as the old one's leave is answered (a new CPG handle).
+    b.send(Command::Leave);
+    wait_until(WAIT, "b's leave answered", &all, || {
+        !b.joined.load(Ordering::Acquire)
+    });
+    let c = Member::start(all[1], group);
+    wait_until(WAIT, "join of c after b's leave", &all, || {
+        a.saw(&[a.me, c.me], &[(c.me, JOIN)], &[]) && c.saw(&[a.me, c.me], &[(c.me, JOIN)], &[])
+    });
+    // And it is a full member: its messages reach a, a's reach it.
+    a.send(Command::Publish(10));
+    c.send(Command::Publish(10));
+    wait_until(WAIT, "20 messages at a and c", &all, || {
+        a.messages() == 20 && c.messages() == 20
+    });
+    drop((a, b, c));
+}
+
+/// `tutti status` lists cpg groups as `corosync-cpgtool` does: the group's name, then one
+/// `nodeid pid` line per member process, every daemon's processes included.
+#[test]
+fn status_lists_cpg_groups_with_their_processes() {
+    let group = &group_off_daemon_3("cpg.status");
+    let daemons = start_cluster(SUBNET_STATUS);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let a = Member::start(all[0], group);
+    let b = Member::start(all[1], group);
+    wait_until(WAIT, "joins of a and b", &all, || {
+        [&a, &b]
+            .iter()
+            .all(|m| m.saw(&[a.me, b.me], &[(b.me, JOIN)], &[]))
+    });
+    let pid = std::process::id();
+    let cpg_section = |d: &Daemon| -> Vec<String> {
+        let status = d.client().status().unwrap();
+        status
+            .lines()
+            .skip_while(|l| !l.starts_with("cpg groups:"))
+            .take_while(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let name = group.strip_prefix("cpg:").unwrap_or(group);
+    let want = |members: &[(u32, u32)]| -> Vec<String> {
+        let mut lines = vec!["cpg groups: 1 (group, then nodeid pid per process)".to_string()];
+        lines.push(format!("  {name}"));
+        lines.extend(members.iter().map(|(node, pid)| format!("    {node} {pid}")));
+        lines
+    };
+    // Both daemons with a member show both processes.
+    for d in &all[..2] {
+        wait_until(WAIT, "both processes in status", &all, || {
+            cpg_section(d) == want(&[(1, pid), (2, pid)])
+        });
+    }
+    // b leaves: daemon 2 keeps the group (dormant) and still shows a's process.
+    b.send(Command::Leave);
+    wait_until(WAIT, "b's leave in status", &all, || {
+        cpg_section(all[0]) == want(&[(1, pid)])
+    });
+    let mut dormant = want(&[(1, pid)]);
+    dormant[1].push_str(" (no local process)");
+    wait_until(WAIT, "a dormant group in daemon 2's status", &all, || {
+        cpg_section(all[1]) == dormant
+    });
+    drop((a, b));
+}
+
+/// Polls `client`'s group `g` briefly; the ordered views it delivers (daemon ids) go to
+/// `views`, and the number of messages to `messages`.
+fn poll_views(
+    client: &mut Client,
+    g: tutti_client::GroupId,
+    views: &mut Vec<Vec<u32>>,
+    messages: &mut usize,
+) {
+    client
+        .poll_blocking(
+            g,
+            256,
+            IdleStrategy::Backoff,
+            Duration::from_millis(20),
+            |e| match e {
+                Event::View(v) => views.push(v.members().map(|m| m >> 8).collect()),
+                Event::Message { .. } => *messages += 1,
+                _ => {}
+            },
+        )
+        .expect("poll");
+}
+
+/// The path a cpg group takes once it falls out of the dormant set (`cpg::MAX_DORMANT`),
+/// and a plain ordered group takes at every last local leave: the daemon leaves the group's
+/// order, and a local client joins the group again a few ms later (same session, then a new
+/// one). The joiner must get a view with its daemon in it and be able to send.
+#[test]
+fn an_ordered_group_left_and_joined_again_at_once_gets_a_view() {
+    let group = &group_off_daemon_3("ord.rejoin");
+    let daemons = start_cluster(SUBNET_ORDERED_REJOIN);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let (mut a, mut b) = (all[0].client(), all[1].client());
+    let ga = a.join_with(group, Rights::BOTH, GroupOptions::ORDERED).unwrap();
+    let (mut a_views, mut a_msgs) = (Vec::new(), 0);
+    wait_until(WAIT, "a's view", &all, || {
+        poll_views(&mut a, ga, &mut a_views, &mut a_msgs);
+        a_views.last().is_some_and(|v| v == &[1])
+    });
+    let mut gb = b.join_with(group, Rights::BOTH, GroupOptions::ORDERED).unwrap();
+    let mut b_views = Vec::new();
+    let mut b_msgs = 0;
+    wait_until(WAIT, "b's first view", &all, || {
+        poll_views(&mut b, gb, &mut b_views, &mut b_msgs);
+        b_views.last().is_some_and(|v| v == &[1, 2])
+    });
+    for round in 1..=3 {
+        b.leave(gb).unwrap();
+        gb = b.join_with(group, Rights::BOTH, GroupOptions::ORDERED).unwrap();
+        b_views.clear();
+        wait_until(WAIT, &format!("b's view after rejoin {round}"), &all, || {
+            poll_views(&mut a, ga, &mut a_views, &mut a_msgs);
+            poll_views(&mut b, gb, &mut b_views, &mut b_msgs);
+            b_views.last().is_some_and(|v| v == &[1, 2])
+        });
+    }
+    // A new session, as soon as the old one left.
+    b.leave(gb).unwrap();
+    let mut c = all[1].client();
+    let gc = c.join_with(group, Rights::BOTH, GroupOptions::ORDERED).unwrap();
+    let (mut c_views, mut c_msgs) = (Vec::new(), 0);
+    wait_until(WAIT, "c's view", &all, || {
+        poll_views(&mut a, ga, &mut a_views, &mut a_msgs);
+        poll_views(&mut c, gc, &mut c_views, &mut c_msgs);
+        c_views.last().is_some_and(|v| v == &[1, 2])
+    });
+    c.offer_blocking(gc, b"after the rejoin", IdleStrategy::Backoff, WAIT)
+        .unwrap();
+    wait_until(WAIT, "c's message at a and c", &all, || {
+        poll_views(&mut a, ga, &mut a_views, &mut a_msgs);
+        poll_views(&mut c, gc, &mut c_views, &mut c_msgs);
+        a_msgs == 1 && c_msgs == 1
+    });
 }

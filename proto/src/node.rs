@@ -2623,12 +2623,9 @@ impl Node {
     }
 
     fn ordered_suspicions(&mut self, now: Time) {
-        // Nothing to do without an ordered group; and only marked peers can be failed, so
-        // this stays O(failed), not O(peers), per round. Only a peer SWIM holds *failed*
-        // (its suspicion ran out unrefuted) is named: a removal from an ordered group is for
-        // good (the member must join again, with a state transfer), so a suspicion that a
-        // loaded peer refutes a moment later must not remove it (seen in
-        // daemon/tests/ordered_partition.rs at load 13 on 2 cores).
+        // Nothing to do without an ordered group; and only marked peers can be suspected
+        // or failed, so this stays O(suspects), not O(peers), per round. A suspicion is
+        // enough to remove (docs/ordered.md, limits: a refuted one still removes).
         if !self.ordered.has_groups() {
             return;
         }
@@ -2636,7 +2633,10 @@ impl Node {
             .marks
             .keys()
             .copied()
-            .filter(|&n| self.idx(n).is_some_and(|i| self.peers[i].dead()))
+            .filter(|&n| {
+                self.idx(n)
+                    .is_some_and(|i| self.peers[i].dead() || self.peers[i].suspected())
+            })
             .collect();
         self.ordered.set_swim_suspects(now, suspects);
         self.flush_ordered();

@@ -169,6 +169,122 @@ static void rejoin_probe(struct cpg_name g, uint32_t local)
 	check(code == 0 || code == 3 || code >= 10, "join_after_own_leave_probe", "child exit %d", code);
 }
 
+/* The leaver's own confchg and what was ordered before its leave. Process b (a second process:
+ * CPG names processes by pid) sends a message and waits for its own delivery (so it is in the
+ * order); then process a, which has not dispatched it, leaves. A virtually synchronous leave
+ * gives a that message, then the confchg of its own leave (members: b; left: a with LEAVE).
+ * Recorded (INFO), not asserted: tutti's library makes the own leave's confchg at once from
+ * the members it last dispatched, and drops what it had not dispatched (docs/cpg.md). Runs in
+ * children with a deadline (generous: joins on a loaded machine take seconds). */
+#define PROBE_WAIT_MS 10000
+static int probe_members, probe_own_left, probe_before_leave = -1;
+static void probe_deliver(cpg_handle_t h, const struct cpg_name *g, uint32_t nodeid, uint32_t pid,
+			  void *msg, size_t len)
+{
+	(void)h, (void)g, (void)nodeid, (void)pid;
+	uint32_t seq = 0;
+	if (len >= 4)
+		memcpy(&seq, msg, 4);
+	if (seq == 4242)
+		seen.deliver++;
+}
+static void probe_confchg(cpg_handle_t h, const struct cpg_name *g, const struct cpg_address *m,
+			  size_t nm, const struct cpg_address *l, size_t nl, const struct cpg_address *j,
+			  size_t nj)
+{
+	(void)h, (void)g, (void)m, (void)j, (void)nj;
+	probe_members = (int)nm;
+	if (nl == 1 && l[0].reason == CPG_REASON_LEAVE && l[0].pid == (uint32_t)getpid()) {
+		probe_before_leave = seen.deliver;
+		probe_own_left = 1;
+	}
+}
+
+/* Dispatches until a confchg shows at least n members (10 s for each confchg). */
+static int wait_members(cpg_handle_t h, int n)
+{
+	volatile int *members = &probe_members;
+	while (probe_members < n) {
+		probe_members = 0;
+		if (!dispatch_until(h, members, PROBE_WAIT_MS))
+			return 0;
+	}
+	return 1;
+}
+
+static int read_byte(int fd, int timeout_ms)
+{
+	char c;
+	return poll_readable(fd, timeout_ms) && read(fd, &c, 1) == 1;
+}
+
+static void leave_order_probe(const char *gname)
+{
+	int to_a[2], to_b[2];
+	if (pipe(to_a) || pipe(to_b))
+		return;
+	struct cpg_name g = cpg_name_of(gname);
+	cpg_callbacks_t cb = {.cpg_deliver_fn = probe_deliver, .cpg_confchg_fn = probe_confchg};
+	pid_t pb = fork();
+	if (pb == 0) {
+		signal(SIGALRM, on_alarm);
+		alarm(40);
+		cpg_handle_t b;
+		memset(&seen, 0, sizeof seen);
+		if (!read_byte(to_b[0], PROBE_WAIT_MS) || cpg_initialize(&b, &cb) != CS_OK || cpg_join(b, &g) != CS_OK)
+			_exit(4);
+		if (!wait_members(b, 2))
+			_exit(5);
+		if (send_msg(b, 0, 4242, 16) != CS_OK)
+			_exit(6);
+		volatile int *own = &seen.deliver;
+		if (!dispatch_until(b, own, PROBE_WAIT_MS))
+			_exit(7);
+		(void)!write(to_a[1], "s", 1);
+		read_byte(to_b[0], 2 * PROBE_WAIT_MS); /* stays a member until a is done */
+		_exit(0);
+	}
+	pid_t pa = fork();
+	if (pa == 0) {
+		signal(SIGALRM, on_alarm);
+		alarm(40);
+		cpg_handle_t a;
+		memset(&seen, 0, sizeof seen);
+		if (cpg_initialize(&a, &cb) != CS_OK || cpg_join(a, &g) != CS_OK)
+			_exit(4);
+		if (!wait_members(a, 1))
+			_exit(5);
+		(void)!write(to_b[1], "j", 1);
+		/* Until b has joined; then nothing more is dispatched before the leave. */
+		if (!wait_members(a, 2))
+			_exit(6);
+		seen.deliver = 0;
+		if (!read_byte(to_a[0], PROBE_WAIT_MS))
+			_exit(7);
+		if (cpg_leave(a, &g) != CS_OK)
+			_exit(8);
+		volatile int *left = &probe_own_left;
+		dispatch_until(a, left, PROBE_WAIT_MS);
+		(void)!write(to_b[1], "d", 1);
+		if (!probe_own_left)
+			_exit(9);
+		_exit(20 + 10 * probe_before_leave + probe_members);
+	}
+	int sa = 0, sb = 0;
+	waitpid(pa, &sa, 0);
+	(void)!write(to_b[1], "d", 1);
+	waitpid(pb, &sb, 0);
+	for (int i = 0; i < 2; i++)
+		close(to_a[i]), close(to_b[i]);
+	int code = WIFEXITED(sa) ? WEXITSTATUS(sa) : 100;
+	if (code >= 20)
+		printf("INFO api.leave_delivers_what_was_ordered_before messages %d then own leave confchg with %d member(s)\n",
+		       (code - 20) / 10, (code - 20) % 10);
+	else
+		printf("INFO api.leave_delivers_what_was_ordered_before probe exit %d (b: %d)\n", code,
+		       WIFEXITED(sb) ? WEXITSTATUS(sb) : 100);
+}
+
 int main(int argc, char **argv)
 {
 	check_prog = "api";
@@ -431,6 +547,8 @@ int main(int argc, char **argv)
 	check(seen.stray == 0, "unjoined_mcast_never_delivered",
 	      "%d messages sent while not joined were delivered", seen.stray);
 	rejoin_probe(g2, local);
+	/* In g2 again (no member left there): no further group for the daemons to keep. */
+	leave_order_probe(gname2);
 
 	/* --- finalize --- */
 	rc = cpg_finalize(h);

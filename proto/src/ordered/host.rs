@@ -166,7 +166,7 @@ pub(crate) struct OrderedHost {
     placements: BTreeMap<GroupId, Placement>,
     /// Live members of the installed cluster view, sorted.
     view_members: Vec<NodeId>,
-    /// Peers SWIM holds failed (a suspicion that ran out unrefuted).
+    /// Peers SWIM suspects or holds failed.
     swim_suspects: BTreeSet<NodeId>,
     /// Members of the largest cluster view installed (majority is judged against it).
     max_view: usize,
@@ -438,7 +438,7 @@ impl OrderedHost {
         !self.groups.is_empty()
     }
 
-    /// SWIM's failures: the peers it holds failed, its suspicion run out (every gossip round).
+    /// SWIM's suspicions: the peers it suspects or holds failed (every gossip round).
     /// Suspicions and majority are evaluated again even when nothing changed here: the
     /// members' learned views move on their own.
     pub fn set_swim_suspects(&mut self, now: Time, suspects: BTreeSet<NodeId>) {
