@@ -98,6 +98,27 @@ fn ordered_seed_sweep_is_live() {
     assert!(s.stalled.is_empty(), "stalled seeds: {:?}", s.stalled);
 }
 
+/// The seeds that stalled before the fairness rule (docs/ordered.md, "Fairness"): a
+/// sender co-located with the memory-node primary won every tail compare, the joiners'
+/// joins never landed, and once the only member holding the state crashed they waited for
+/// each other's snapshot forever.
+#[test]
+fn the_seeds_that_stalled_are_live() {
+    let mut stalled = Vec::new();
+    for seed in [0, 2, 13, 22, 38, 47, 52, 53, 62, 79, 88] {
+        let r = OrderedSim::new(OrderedScenario::random(seed)).run();
+        assert_eq!(
+            r.invariant_violations, r.violations.liveness,
+            "seed {seed}: {:?}",
+            r.violation_samples
+        );
+        if r.violations.liveness > 0 || !r.liveness_checked {
+            stalled.push(seed);
+        }
+    }
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+}
+
 #[test]
 fn a_seed_reproduces_its_run() {
     let a = OrderedSim::new(OrderedScenario::random(7)).run();

@@ -207,7 +207,7 @@ fn settings_error(s: &OrderedSettings, minitx: &MinitxSettings) -> Option<&'stat
 
 fn regions_of(s: &OrderedSettings) -> [(u32, u32); 3] {
     let list = 8u64 + u64::from(s.list_slots) * 32;
-    let progress = u64::from(s.max_members) * 32;
+    let progress = (u64::from(s.max_members) + 1) * 32;
     let queues = u64::from(s.max_members) * u64::from(s.queue_slots) * (u64::from(s.max_payload) + 24);
     let c = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
     [

@@ -98,6 +98,10 @@ pub struct OrderedCounters {
     /// chains cut short by a failed append.
     pub appends_chained: u64,
     pub chains_broken: u64,
+    /// Fairness: requests this member posted after `STARVE_AFTER` lost compares in a row,
+    /// and anchors it held back for another member's or joiner's request.
+    pub fairness_requests: u64,
+    pub fairness_holds: u64,
     /// Messages threaded into the list by this sender, in `batches` entries.
     pub messages_appended: u64,
     pub batches: u64,
@@ -234,6 +238,25 @@ type PayloadId = (NodeId, u64, u64);
 /// List entries an append reads past its own position, per member of the view.
 const APPEND_READ_MARGIN: u64 = 4;
 
+/// Fairness: an appender (member or joiner) whose appends lost the tail compare this many
+/// times in a row posts a request in the request slot (a write with no compare).
+const STARVE_AFTER: u32 = 3;
+
+/// How long a request holds the others' appends, in `retransmit`s.
+const HOLD_RETRANSMITS: u64 = 4;
+
+/// A request read from the request slot: `node` asked at `pos` (the tail it lost at).
+/// Other members hold their next anchor append until they learn an entry of `node` at or
+/// past `pos`, or for `HOLD_RETRANSMITS * settings.retransmit` at most (the requester may
+/// be gone; the requester needs a read and an append, two round trips, to get in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    node: NodeId,
+    pos: u64,
+    until: Time,
+    done: bool,
+}
+
 /// One node's member of one ordered group. See the module docs and `docs/ordered.md`.
 pub struct OrderedMember {
     node: NodeId,
@@ -260,6 +283,10 @@ pub struct OrderedMember {
     /// When each progress slot's `held` last changed (as read).
     progress_since: Vec<Time>,
     published: Option<ProgressSlot>,
+    /// Fairness: tail compares lost in a row, a request to post, the last request seen.
+    lost_in_a_row: u32,
+    request_due: bool,
+    hold: Option<Hold>,
     payloads: BTreeMap<PayloadId, Vec<u8>>,
     // Sender side.
     next_submit_seq: u64,
@@ -397,6 +424,9 @@ impl OrderedMember {
             progress: vec![None; max_members],
             progress_since: vec![0; max_members],
             published: None,
+            lost_in_a_row: 0,
+            request_due: false,
+            hold: None,
             payloads: BTreeMap::new(),
             next_submit_seq: 0,
             outgoing: VecDeque::new(),
@@ -840,6 +870,7 @@ impl OrderedMember {
             (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
             (ListOp::Join { at }, Err(TxnError::Conflict { reads, .. })) => {
                 self.counters.append_conflicts += 1;
+                self.lost_compare();
                 let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
                 if let Some(reads) = all {
                     // The tail came back with the conflict.
@@ -902,6 +933,7 @@ impl OrderedMember {
                 self.published = None;
                 if let TxnError::Conflict { reads, .. } = e {
                     self.counters.append_conflicts += 1;
+                    self.lost_compare();
                     let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
                     if let Some(reads) = all {
                         // The entries this member missed came back with the conflict.
@@ -927,9 +959,75 @@ impl OrderedMember {
         self.read_now = true;
     }
 
+    /// A lost tail compare (fairness): after `STARVE_AFTER` in a row, post a request.
+    fn lost_compare(&mut self) {
+        self.lost_in_a_row += 1;
+        // A joiner asks at its first loss: it holds no state and waits for its transfer.
+        if self.lost_in_a_row >= STARVE_AFTER || self.status == Status::Joining {
+            self.lost_in_a_row = 0;
+            self.request_due = true;
+        }
+    }
+
+    /// Adds the request write to `mtx` if one is due: (this node, the tail it lost at).
+    fn request_write(&mut self, mtx: Minitransaction) -> Minitransaction {
+        if !self.request_due || self.known_tail == u64::MAX {
+            return mtx;
+        }
+        self.request_due = false;
+        self.counters.fairness_requests += 1;
+        let r = ProgressSlot {
+            node: self.node,
+            installed: false,
+            join_pos: self.known_tail,
+            learned: 0,
+            held: 0,
+        };
+        mtx.write(Address::new(MEMNODE, PROGRESS, 0), &r.encode())
+    }
+
+    /// The request slot as read: a new request (another node, a new position) starts a
+    /// hold of at most `HOLD_RETRANSMITS * retransmit`.
+    fn see_request(&mut self, now: Time, r: ProgressSlot) {
+        if r.node == 0 || r.node == self.node {
+            return;
+        }
+        if self
+            .hold
+            .is_some_and(|h| h.node == r.node && h.pos == r.pos_asked())
+        {
+            return;
+        }
+        self.hold = Some(Hold {
+            node: r.node,
+            pos: r.pos_asked(),
+            until: now + HOLD_RETRANSMITS * self.settings.retransmit,
+            done: false,
+        });
+    }
+
+    /// True while this member holds its next anchor for a request.
+    fn holding(&mut self, now: Time) -> bool {
+        match &mut self.hold {
+            Some(h) if !h.done => {
+                if now >= h.until {
+                    h.done = true;
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        }
+    }
+
     fn read_progress(&mut self, now: Time, bytes: Option<&[u8]>) {
         let Some(b) = bytes else { return };
-        for (i, chunk) in b.chunks(PROGRESS_BYTES).enumerate() {
+        let mut chunks = b.chunks(PROGRESS_BYTES);
+        if let Some(r) = chunks.next().and_then(ProgressSlot::decode) {
+            self.see_request(now, r);
+        }
+        for (i, chunk) in chunks.enumerate() {
             if let Some(p) = self.progress.get_mut(i) {
                 let new = ProgressSlot::decode(chunk).filter(|s| s.node != 0 || s.learned != 0);
                 if new.map(|s| (s.node, s.join_pos, s.held)) != p.map(|s| (s.node, s.join_pos, s.held)) {
@@ -1027,6 +1125,15 @@ impl OrderedMember {
     fn learn(&mut self, now: Time, e: Entry) {
         debug_assert_eq!(e.pos, self.learned);
         self.learned = e.pos + 1;
+        if let Some(h) = &mut self.hold {
+            if h.node == e.node && e.pos >= h.pos {
+                h.done = true;
+            }
+        }
+        if e.node == self.node {
+            self.lost_in_a_row = 0;
+            self.request_due = false;
+        }
         self.counters.entries_learned += 1;
         match self.status {
             Status::Removed => {}
@@ -1301,7 +1408,7 @@ impl OrderedMember {
         }
         self.published = Some(slot);
         mtx.write(
-            Address::new(MEMNODE, PROGRESS, me.slot * PROGRESS_BYTES as u32),
+            Address::new(MEMNODE, PROGRESS, (me.slot + 1) * PROGRESS_BYTES as u32),
             &slot.encode(),
         )
     }
@@ -1316,7 +1423,10 @@ impl OrderedMember {
         };
         Minitransaction::new()
             .read(Address::new(MEMNODE, LIST, 0), 8)
-            .read(Address::new(MEMNODE, PROGRESS, 0), span * PROGRESS_BYTES as u32)
+            .read(
+                Address::new(MEMNODE, PROGRESS, 0),
+                (span + 1) * PROGRESS_BYTES as u32,
+            )
     }
 
     /// The tail, the progress slots and up to `max` entries from `from` on (as many as the
@@ -1348,6 +1458,14 @@ impl OrderedMember {
         if self.list_op.is_some() || now < self.next_list_op_at || !self.in_majority {
             return;
         }
+        if self.status == Status::Joining && self.request_due && self.known_tail != u64::MAX {
+            // A joiner has no progress slot: it posts its request by a read of the tail.
+            let mtx = self.request_write(self.base_reads());
+            self.last_read = now;
+            let from = self.learned;
+            self.submit_list_op(now, &mtx, ListOp::Read { from });
+            return;
+        }
         if self.status == Status::Joining && !self.pending_uncertain && self.known_tail != u64::MAX {
             if self.learned < self.known_tail {
                 // Conflict told us a newer tail: append there.
@@ -1374,8 +1492,14 @@ impl OrderedMember {
         if self.appends.is_empty() {
             self.chain_broken = false;
         }
+        // Fairness: another member or joiner kept losing; let its append land first.
+        let hold = self.status == Status::Active && self.holding(now);
+        if hold && !self.outgoing.is_empty() {
+            self.counters.fairness_holds += 1;
+        }
         // The first append goes at the learned tail; the next ones are chained after it.
-        while self.status == Status::Active
+        while !hold
+            && self.status == Status::Active
             && !self.pending_uncertain
             && !self.chain_broken
             && !publish_due
@@ -1430,6 +1554,7 @@ impl OrderedMember {
         }
         let mtx = self.reads_from(from, u64::MAX);
         let mtx = self.progress_write(mtx);
+        let mtx = self.request_write(mtx);
         self.read_now = false;
         self.payload_hint = false;
         self.last_read = now;
