@@ -562,11 +562,19 @@ impl OrderedMember {
                     .max(self.last_read + self.settings.poll_interval),
             );
         }
-        if let (Some(since), None, true, true) = (
+        // A fairness hold keeps `build_append` (where the lag timer is acted on) from
+        // running: while it lasts, its end is the timer, not the lag timer (a timer that
+        // nothing consumes would fire forever).
+        let held_until = self.hold_until();
+        if let Some(until) = held_until {
+            t = t.min(until);
+        }
+        if let (Some(since), None, true, true, None) = (
             self.queue_blocked_since,
             &self.list_op,
             self.appends.is_empty(),
             self.in_majority,
+            held_until,
         ) {
             t = t.min(since + self.settings.lag_timeout);
         }
@@ -684,6 +692,13 @@ impl OrderedMember {
             self.counters.joins_retried += 1;
             self.status = Status::Joining;
             self.buffer.clear();
+        }
+        if let Some(h) = &mut self.hold {
+            // The hold's end is a timer of `poll_timeout`: consume it here, whatever
+            // `start_list_op` does next.
+            if now >= h.until {
+                h.done = true;
+            }
         }
         for t in &mut self.transfers {
             if t.3 <= now {
@@ -1004,6 +1019,14 @@ impl OrderedMember {
             until: now + HOLD_RETRANSMITS * self.settings.retransmit,
             done: false,
         });
+    }
+
+    /// When the hold in force ends, if this member holds its appends for a request.
+    fn hold_until(&self) -> Option<Time> {
+        match self.hold {
+            Some(h) if !h.done && self.status == Status::Active => Some(h.until),
+            _ => None,
+        }
     }
 
     /// True while this member holds its next anchor for a request.
