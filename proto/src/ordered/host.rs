@@ -158,6 +158,9 @@ pub(crate) struct OrderedHost {
     incarnation: u32,
     minitx: MinitxSettings,
     groups: BTreeMap<GroupId, Hosted>,
+    /// The highest minitransaction seq a member dropped from `groups` reached: a member
+    /// created later numbers its transactions from there (`first_txn_seq`).
+    retired_txn_seq: u64,
     replicas: BTreeMap<GroupId, Replica>,
     placements: BTreeMap<GroupId, Placement>,
     /// Live members of the installed cluster view, sorted.
@@ -235,6 +238,7 @@ impl OrderedHost {
             incarnation,
             minitx,
             groups: BTreeMap::new(),
+            retired_txn_seq: 0,
             replicas: BTreeMap::new(),
             placements: BTreeMap::new(),
             view_members: vec![me],
@@ -270,6 +274,14 @@ impl OrderedHost {
             settings.clone(),
             self.minitx.clone(),
         );
+        // Every member of this node (incarnation) draws its transaction ids above those of
+        // every member before it: a rejoin after a removal must not reuse them.
+        let first_seq = self
+            .groups
+            .values()
+            .map(|h| h.member.next_txn_seq())
+            .fold(self.retired_txn_seq, u64::max);
+        member.first_txn_seq(first_seq);
         member.handle_timeout(now);
         self.groups.insert(
             group,
@@ -294,7 +306,7 @@ impl OrderedHost {
         match h.member.status() {
             // Not in any view yet (or no more): nothing to announce.
             Status::Joining | Status::Removed => {
-                self.groups.remove(&group);
+                self.retire(group);
             }
             Status::Installing | Status::Active => h.member.leave(now),
         }
@@ -454,6 +466,13 @@ impl OrderedHost {
     }
 
     // ---- internals ----
+
+    /// Drops `group`'s member, keeping the transaction seq it reached.
+    fn retire(&mut self, group: GroupId) {
+        if let Some(h) = self.groups.remove(&group) {
+            self.retired_txn_seq = self.retired_txn_seq.max(h.member.next_txn_seq());
+        }
+    }
 
     fn placement(&mut self, group: GroupId) -> Placement {
         if let Some(p) = self.placements.get(&group) {
@@ -690,7 +709,7 @@ impl OrderedHost {
             .get(&group)
             .is_some_and(|h| h.leaving && h.member.status() == Status::Removed)
         {
-            self.groups.remove(&group);
+            self.retire(group);
         }
         progressed
     }

@@ -503,6 +503,20 @@ impl OrderedMember {
     pub fn max_payload(&self) -> u32 {
         self.settings.max_payload
     }
+    /// The seq of this member's next minitransaction (for `first_txn_seq` of a member
+    /// that replaces it on the same node).
+    pub fn next_txn_seq(&self) -> u64 {
+        self.coord.next_seq()
+    }
+
+    /// Numbers this member's minitransactions from `seq` on, at least: a member created
+    /// again on the same node (a rejoin after its removal) must not reuse the transaction
+    /// ids of the one before (same node and incarnation), or the memory node answers its
+    /// requests with the recorded answers of the old ones.
+    pub fn first_txn_seq(&mut self, seq: u64) {
+        self.coord.skip_to(seq);
+    }
+
     /// Messages submitted and not yet in the list.
     pub fn outgoing(&self) -> usize {
         self.outgoing.len()
@@ -526,7 +540,8 @@ impl OrderedMember {
             .collect();
         format!(
             "front {front:?} held_upto {} known_tail {} batches {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?} \
-             appends {:?} broken {} window {} in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?}",
+             appends {:?} broken {} window {} in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?} \
+             coord in flight {} timeout {:?} memnode {:?} hold {:?} coord {:?}",
             self.held_upto,
             self.known_tail,
             self.batches,
@@ -540,7 +555,12 @@ impl OrderedMember {
             self.next_list_op_at,
             self.last_read,
             self.queue_blocked_since,
-            self.repair_op.as_ref().map(|r| &r.1)
+            self.repair_op.as_ref().map(|r| &r.1),
+            self.coord.in_flight(),
+            self.coord.poll_timeout(),
+            self.coord.placement(MEMNODE),
+            self.hold,
+            self.coord.counters(),
         )
     }
 
