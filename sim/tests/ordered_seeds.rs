@@ -77,12 +77,13 @@ fn ordered_seed_sweep_holds_every_safety_invariant() {
         s.failures.join("\n")
     );
     assert!(s.installs > 0 && s.promotions > 0 && s.messages > 0);
-    // Known livelock (docs/ordered.md, "In the node and the simulator"): a sender
-    // co-located with its group's memory-node primary wins every tail compare, and
-    // joiners a network round trip away never get their join in. Bounded here so that
-    // any other stall shows up; `ordered_seed_sweep_is_live` asserts all seeds.
+    // Known stall (docs/ordered.md, "In the node and the simulator"): every member holding
+    // the group's state crashed while the others were still joining; the joiners wait for
+    // each other's snapshots forever (seeds 38, 168 and 222 of the first 300). Bounded
+    // here (measured: 3 of 300) so that any other stall shows up;
+    // `ordered_seed_sweep_is_live` asserts all seeds.
     assert!(
-        s.stalled.len() as u64 * 4 <= s.n,
+        s.stalled.len() as u64 * 50 <= s.n,
         "{} of {} seeds stalled: {:?}",
         s.stalled.len(),
         s.n,
@@ -90,12 +91,52 @@ fn ordered_seed_sweep_holds_every_safety_invariant() {
     );
 }
 
-/// Liveness on every seed: fails today (the co-located appender livelock).
+/// Liveness on every seed: fails today (a group whose state holders all crashed while the
+/// others joined; `a_group_whose_state_holders_all_crashed_goes_on`).
 #[test]
-#[ignore = "known livelock: a sender co-located with the memory-node primary starves remote joiners"]
+#[ignore = "known stall: every state holder crashed while the other members were joining (no restart rule yet)"]
 fn ordered_seed_sweep_is_live() {
     let s = sweep();
     assert!(s.stalled.is_empty(), "stalled seeds: {:?}", s.stalled);
+}
+
+/// Runs `seeds`: no safety check may fail; returns the seeds that stalled.
+fn stalled_among(seeds: &[u64]) -> Vec<u64> {
+    let mut stalled = Vec::new();
+    for &seed in seeds {
+        let r = OrderedSim::new(OrderedScenario::random(seed)).run();
+        assert_eq!(
+            r.invariant_violations, r.violations.liveness,
+            "seed {seed}: {:?}",
+            r.violation_samples
+        );
+        if r.violations.liveness > 0 || !r.liveness_checked {
+            stalled.push(seed);
+        }
+    }
+    stalled
+}
+
+/// The group's memory node survived (promoted backup), but every member holding the state
+/// crashed while the others were joining: each joiner's producer is dead or a joiner
+/// itself, so they retry their joins and wait for each other forever. Needs a restart rule
+/// (docs/ordered.md, "Known stall"), not built.
+#[test]
+#[ignore = "known stall: no restart rule for a group whose state holders all crashed"]
+fn a_group_whose_state_holders_all_crashed_goes_on() {
+    let stalled = stalled_among(&[38, 168, 222]);
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+}
+
+/// The seeds that stalled before (docs/ordered.md, "Fairness" and "Livelocks fixed"): a
+/// sender co-located with the memory-node primary won every tail compare (fairness rule);
+/// 47 and 88 never finished (a fairness hold kept the lag timer from being consumed: a
+/// timer that fired forever at one instant); 79 (a rejoined node reused its old
+/// minitransaction ids and got the old answers).
+#[test]
+fn the_seeds_that_stalled_are_live() {
+    let stalled = stalled_among(&[0, 2, 13, 22, 47, 52, 53, 62, 79, 88]);
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
 }
 
 #[test]

@@ -116,15 +116,15 @@ impl Coordinator {
         }
     }
 
-    /// The sequence number the next transaction gets.
+    /// The seq the next transaction gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
-    /// Starts numbering at `seq` at the least. A later coordinator of the same node and
-    /// incarnation (a member that joins the same group again) must not reuse the ids of an
-    /// earlier one: memory nodes keep their decisions and floors per `(node, incarnation,
-    /// seq)` and would answer the old outcome, or `Stale`.
+    /// Starts numbering at `seq` at least: a coordinator that replaces another of the same
+    /// node and incarnation (a group member created again after its removal) must not reuse
+    /// its transaction ids, or a memory node answers a new transaction with the recorded
+    /// answer of the old one.
     pub fn skip_to(&mut self, seq: u64) {
         self.next_seq = self.next_seq.max(seq);
     }
@@ -133,6 +133,11 @@ impl Coordinator {
     /// are resent there.
     pub fn set_placement(&mut self, memnode: MemnodeId, node: NodeId) {
         self.placement.insert(memnode, node);
+    }
+
+    /// Where memory node `memnode`'s primary runs, as this coordinator knows it.
+    pub fn placement(&self, memnode: MemnodeId) -> Option<NodeId> {
+        self.placement.get(&memnode).copied()
     }
 
     /// Whether this node is in a majority view (from the view); outside one, `submit`

@@ -130,6 +130,11 @@ impl ProgressSlot {
         b
     }
 
+    /// In the request slot, `join_pos` holds the tail the requester lost at.
+    pub(crate) fn pos_asked(&self) -> u64 {
+        self.join_pos
+    }
+
     pub fn decode(b: &[u8]) -> Option<ProgressSlot> {
         let b = b.get(..PROGRESS_BYTES)?;
         Some(ProgressSlot {

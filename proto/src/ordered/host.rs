@@ -156,12 +156,11 @@ pub struct Outgoing {
 pub(crate) struct OrderedHost {
     me: NodeId,
     incarnation: u32,
-    /// The first minitransaction id no member hosted here has used: a member that joins
-    /// again (same node, same incarnation) numbers its transactions from here, or the
-    /// memory node would take them for the old member's (old answers, or `Stale`).
-    next_txn_seq: u64,
     minitx: MinitxSettings,
     groups: BTreeMap<GroupId, Hosted>,
+    /// The highest minitransaction seq a member dropped from `groups` reached: a member
+    /// created later numbers its transactions from there (`first_txn_seq`).
+    retired_txn_seq: u64,
     replicas: BTreeMap<GroupId, Replica>,
     placements: BTreeMap<GroupId, Placement>,
     /// Live members of the installed cluster view, sorted.
@@ -214,7 +213,7 @@ fn settings_error(s: &OrderedSettings, minitx: &MinitxSettings) -> Option<&'stat
 
 fn regions_of(s: &OrderedSettings) -> [(u32, u32); 3] {
     let list = 8u64 + u64::from(s.list_slots) * 32;
-    let progress = u64::from(s.max_members) * 32;
+    let progress = (u64::from(s.max_members) + 1) * 32;
     let queues = u64::from(s.max_members) * u64::from(s.queue_slots) * (u64::from(s.max_payload) + 24);
     let c = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
     [
@@ -240,9 +239,9 @@ impl OrderedHost {
         OrderedHost {
             me,
             incarnation,
-            next_txn_seq: 0,
             minitx,
             groups: BTreeMap::new(),
+            retired_txn_seq: 0,
             replicas: BTreeMap::new(),
             placements: BTreeMap::new(),
             view_members: vec![me],
@@ -275,9 +274,6 @@ impl OrderedHost {
         if let Some(e) = settings_error(&settings, &self.minitx) {
             return Err(OrderedError::BadSettings(e));
         }
-        if let Some(old) = self.groups.get(&group) {
-            self.next_txn_seq = self.next_txn_seq.max(old.member.next_txn_seq());
-        }
         let placement = self.placement(group);
         let mut member = OrderedMember::joiner(
             self.me,
@@ -287,7 +283,14 @@ impl OrderedHost {
             settings.clone(),
             self.minitx.clone(),
         );
-        member.skip_txn_ids(self.next_txn_seq);
+        // Every member of this node (incarnation) draws its transaction ids above those of
+        // every member before it: a rejoin after a removal must not reuse them.
+        let first_seq = self
+            .groups
+            .values()
+            .map(|h| h.member.next_txn_seq())
+            .fold(self.retired_txn_seq, u64::max);
+        member.first_txn_seq(first_seq);
         member.handle_timeout(now);
         self.groups.insert(
             group,
@@ -312,8 +315,7 @@ impl OrderedHost {
         match h.member.status() {
             // Not in any view yet (or no more): nothing to announce.
             Status::Joining | Status::Removed => {
-                self.next_txn_seq = self.next_txn_seq.max(h.member.next_txn_seq());
-                self.groups.remove(&group);
+                self.retire(group);
             }
             Status::Installing | Status::Active => h.member.leave(now),
         }
@@ -473,6 +475,13 @@ impl OrderedHost {
     }
 
     // ---- internals ----
+
+    /// Drops `group`'s member, keeping the transaction seq it reached.
+    fn retire(&mut self, group: GroupId) {
+        if let Some(h) = self.groups.remove(&group) {
+            self.retired_txn_seq = self.retired_txn_seq.max(h.member.next_txn_seq());
+        }
+    }
 
     fn placement(&mut self, group: GroupId) -> Placement {
         if let Some(p) = self.placements.get(&group) {
@@ -709,9 +718,7 @@ impl OrderedHost {
             .get(&group)
             .is_some_and(|h| h.leaving && h.member.status() == Status::Removed)
         {
-            if let Some(h) = self.groups.remove(&group) {
-                self.next_txn_seq = self.next_txn_seq.max(h.member.next_txn_seq());
-            }
+            self.retire(group);
         }
         progressed
     }

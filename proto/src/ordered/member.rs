@@ -98,6 +98,10 @@ pub struct OrderedCounters {
     /// chains cut short by a failed append.
     pub appends_chained: u64,
     pub chains_broken: u64,
+    /// Fairness: requests this member posted after `STARVE_AFTER` lost compares in a row,
+    /// and anchors it held back for another member's or joiner's request.
+    pub fairness_requests: u64,
+    pub fairness_holds: u64,
     /// Messages threaded into the list by this sender, in `batches` entries.
     pub messages_appended: u64,
     pub batches: u64,
@@ -234,6 +238,25 @@ type PayloadId = (NodeId, u64, u64);
 /// List entries an append reads past its own position, per member of the view.
 const APPEND_READ_MARGIN: u64 = 4;
 
+/// Fairness: an appender (member or joiner) whose appends lost the tail compare this many
+/// times in a row posts a request in the request slot (a write with no compare).
+const STARVE_AFTER: u32 = 3;
+
+/// How long a request holds the others' appends, in `retransmit`s.
+const HOLD_RETRANSMITS: u64 = 4;
+
+/// A request read from the request slot: `node` asked at `pos` (the tail it lost at).
+/// Other members hold their next anchor append until they learn an entry of `node` at or
+/// past `pos`, or for `HOLD_RETRANSMITS * settings.retransmit` at most (the requester may
+/// be gone; the requester needs a read and an append, two round trips, to get in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    node: NodeId,
+    pos: u64,
+    until: Time,
+    done: bool,
+}
+
 /// One node's member of one ordered group. See the module docs and `docs/ordered.md`.
 pub struct OrderedMember {
     node: NodeId,
@@ -260,6 +283,10 @@ pub struct OrderedMember {
     /// When each progress slot's `held` last changed (as read).
     progress_since: Vec<Time>,
     published: Option<ProgressSlot>,
+    /// Fairness: tail compares lost in a row, a request to post, the last request seen.
+    lost_in_a_row: u32,
+    request_due: bool,
+    hold: Option<Hold>,
     payloads: BTreeMap<PayloadId, Vec<u8>>,
     // Sender side.
     next_submit_seq: u64,
@@ -359,17 +386,6 @@ impl OrderedMember {
         m
     }
 
-    /// The id the member's coordinator gives its next minitransaction (see `skip_txn_ids`).
-    pub fn next_txn_seq(&self) -> u64 {
-        self.coord.next_seq()
-    }
-
-    /// Numbers this member's minitransactions from `seq` on: the host passes the first id
-    /// no earlier member of this node used (same node and incarnation, same memory node).
-    pub fn skip_txn_ids(&mut self, seq: u64) {
-        self.coord.skip_to(seq);
-    }
-
     fn blank(
         node: NodeId,
         group: GroupId,
@@ -408,6 +424,9 @@ impl OrderedMember {
             progress: vec![None; max_members],
             progress_since: vec![0; max_members],
             published: None,
+            lost_in_a_row: 0,
+            request_due: false,
+            hold: None,
             payloads: BTreeMap::new(),
             next_submit_seq: 0,
             outgoing: VecDeque::new(),
@@ -484,6 +503,20 @@ impl OrderedMember {
     pub fn max_payload(&self) -> u32 {
         self.settings.max_payload
     }
+    /// The seq of this member's next minitransaction (for `first_txn_seq` of a member
+    /// that replaces it on the same node).
+    pub fn next_txn_seq(&self) -> u64 {
+        self.coord.next_seq()
+    }
+
+    /// Numbers this member's minitransactions from `seq` on, at least: a member created
+    /// again on the same node (a rejoin after its removal) must not reuse the transaction
+    /// ids of the one before (same node and incarnation), or the memory node answers its
+    /// requests with the recorded answers of the old ones.
+    pub fn first_txn_seq(&mut self, seq: u64) {
+        self.coord.skip_to(seq);
+    }
+
     /// Messages submitted and not yet in the list.
     pub fn outgoing(&self) -> usize {
         self.outgoing.len()
@@ -507,7 +540,8 @@ impl OrderedMember {
             .collect();
         format!(
             "front {front:?} held_upto {} known_tail {} batches {:?} uncertain {} progress {progress:?} queue {:?} list_op {:?} \
-             appends {:?} broken {} window {} in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?}",
+             appends {:?} broken {} window {} in_majority {} next_op {} last_read {} blocked_since {:?} repair {:?} \
+             coord in flight {} timeout {:?} memnode {:?} hold {:?} coord {:?}",
             self.held_upto,
             self.known_tail,
             self.batches,
@@ -521,7 +555,12 @@ impl OrderedMember {
             self.next_list_op_at,
             self.last_read,
             self.queue_blocked_since,
-            self.repair_op.as_ref().map(|r| &r.1)
+            self.repair_op.as_ref().map(|r| &r.1),
+            self.coord.in_flight(),
+            self.coord.poll_timeout(),
+            self.coord.placement(MEMNODE),
+            self.hold,
+            self.coord.counters(),
         )
     }
 
@@ -543,11 +582,19 @@ impl OrderedMember {
                     .max(self.last_read + self.settings.poll_interval),
             );
         }
-        if let (Some(since), None, true, true) = (
+        // A fairness hold keeps `build_append` (where the lag timer is acted on) from
+        // running: while it lasts, its end is the timer, not the lag timer (a timer that
+        // nothing consumes would fire forever).
+        let held_until = self.hold_until();
+        if let Some(until) = held_until {
+            t = t.min(until);
+        }
+        if let (Some(since), None, true, true, None) = (
             self.queue_blocked_since,
             &self.list_op,
             self.appends.is_empty(),
             self.in_majority,
+            held_until,
         ) {
             t = t.min(since + self.settings.lag_timeout);
         }
@@ -665,6 +712,13 @@ impl OrderedMember {
             self.counters.joins_retried += 1;
             self.status = Status::Joining;
             self.buffer.clear();
+        }
+        if let Some(h) = &mut self.hold {
+            // The hold's end is a timer of `poll_timeout`: consume it here, whatever
+            // `start_list_op` does next.
+            if now >= h.until {
+                h.done = true;
+            }
         }
         for t in &mut self.transfers {
             if t.3 <= now {
@@ -851,6 +905,7 @@ impl OrderedMember {
             (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
             (ListOp::Join { at }, Err(TxnError::Conflict { reads, .. })) => {
                 self.counters.append_conflicts += 1;
+                self.lost_compare();
                 let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
                 if let Some(reads) = all {
                     // The tail came back with the conflict.
@@ -913,6 +968,7 @@ impl OrderedMember {
                 self.published = None;
                 if let TxnError::Conflict { reads, .. } = e {
                     self.counters.append_conflicts += 1;
+                    self.lost_compare();
                     let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
                     if let Some(reads) = all {
                         // The entries this member missed came back with the conflict.
@@ -938,9 +994,83 @@ impl OrderedMember {
         self.read_now = true;
     }
 
+    /// A lost tail compare (fairness): after `STARVE_AFTER` in a row, post a request.
+    fn lost_compare(&mut self) {
+        self.lost_in_a_row += 1;
+        // A joiner asks at its first loss: it holds no state and waits for its transfer.
+        if self.lost_in_a_row >= STARVE_AFTER || self.status == Status::Joining {
+            self.lost_in_a_row = 0;
+            self.request_due = true;
+        }
+    }
+
+    /// Adds the request write to `mtx` if one is due: (this node, the tail it lost at).
+    fn request_write(&mut self, mtx: Minitransaction) -> Minitransaction {
+        if !self.request_due || self.known_tail == u64::MAX {
+            return mtx;
+        }
+        self.request_due = false;
+        self.counters.fairness_requests += 1;
+        let r = ProgressSlot {
+            node: self.node,
+            installed: false,
+            join_pos: self.known_tail,
+            learned: 0,
+            held: 0,
+        };
+        mtx.write(Address::new(MEMNODE, PROGRESS, 0), &r.encode())
+    }
+
+    /// The request slot as read: a new request (another node, a new position) starts a
+    /// hold of at most `HOLD_RETRANSMITS * retransmit`.
+    fn see_request(&mut self, now: Time, r: ProgressSlot) {
+        if r.node == 0 || r.node == self.node {
+            return;
+        }
+        if self
+            .hold
+            .is_some_and(|h| h.node == r.node && h.pos == r.pos_asked())
+        {
+            return;
+        }
+        self.hold = Some(Hold {
+            node: r.node,
+            pos: r.pos_asked(),
+            until: now + HOLD_RETRANSMITS * self.settings.retransmit,
+            done: false,
+        });
+    }
+
+    /// When the hold in force ends, if this member holds its appends for a request.
+    fn hold_until(&self) -> Option<Time> {
+        match self.hold {
+            Some(h) if !h.done && self.status == Status::Active => Some(h.until),
+            _ => None,
+        }
+    }
+
+    /// True while this member holds its next anchor for a request.
+    fn holding(&mut self, now: Time) -> bool {
+        match &mut self.hold {
+            Some(h) if !h.done => {
+                if now >= h.until {
+                    h.done = true;
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        }
+    }
+
     fn read_progress(&mut self, now: Time, bytes: Option<&[u8]>) {
         let Some(b) = bytes else { return };
-        for (i, chunk) in b.chunks(PROGRESS_BYTES).enumerate() {
+        let mut chunks = b.chunks(PROGRESS_BYTES);
+        if let Some(r) = chunks.next().and_then(ProgressSlot::decode) {
+            self.see_request(now, r);
+        }
+        for (i, chunk) in chunks.enumerate() {
             if let Some(p) = self.progress.get_mut(i) {
                 let new = ProgressSlot::decode(chunk).filter(|s| s.node != 0 || s.learned != 0);
                 if new.map(|s| (s.node, s.join_pos, s.held)) != p.map(|s| (s.node, s.join_pos, s.held)) {
@@ -1038,6 +1168,15 @@ impl OrderedMember {
     fn learn(&mut self, now: Time, e: Entry) {
         debug_assert_eq!(e.pos, self.learned);
         self.learned = e.pos + 1;
+        if let Some(h) = &mut self.hold {
+            if h.node == e.node && e.pos >= h.pos {
+                h.done = true;
+            }
+        }
+        if e.node == self.node {
+            self.lost_in_a_row = 0;
+            self.request_due = false;
+        }
         self.counters.entries_learned += 1;
         match self.status {
             Status::Removed => {}
@@ -1312,7 +1451,7 @@ impl OrderedMember {
         }
         self.published = Some(slot);
         mtx.write(
-            Address::new(MEMNODE, PROGRESS, me.slot * PROGRESS_BYTES as u32),
+            Address::new(MEMNODE, PROGRESS, (me.slot + 1) * PROGRESS_BYTES as u32),
             &slot.encode(),
         )
     }
@@ -1327,7 +1466,10 @@ impl OrderedMember {
         };
         Minitransaction::new()
             .read(Address::new(MEMNODE, LIST, 0), 8)
-            .read(Address::new(MEMNODE, PROGRESS, 0), span * PROGRESS_BYTES as u32)
+            .read(
+                Address::new(MEMNODE, PROGRESS, 0),
+                (span + 1) * PROGRESS_BYTES as u32,
+            )
     }
 
     /// The tail, the progress slots and up to `max` entries from `from` on (as many as the
@@ -1359,6 +1501,14 @@ impl OrderedMember {
         if self.list_op.is_some() || now < self.next_list_op_at || !self.in_majority {
             return;
         }
+        if self.status == Status::Joining && self.request_due && self.known_tail != u64::MAX {
+            // A joiner has no progress slot: it posts its request by a read of the tail.
+            let mtx = self.request_write(self.base_reads());
+            self.last_read = now;
+            let from = self.learned;
+            self.submit_list_op(now, &mtx, ListOp::Read { from });
+            return;
+        }
         if self.status == Status::Joining && !self.pending_uncertain && self.known_tail != u64::MAX {
             if self.learned < self.known_tail {
                 // Conflict told us a newer tail: append there.
@@ -1385,8 +1535,14 @@ impl OrderedMember {
         if self.appends.is_empty() {
             self.chain_broken = false;
         }
+        // Fairness: another member or joiner kept losing; let its append land first.
+        let hold = self.status == Status::Active && self.holding(now);
+        if hold && !self.outgoing.is_empty() {
+            self.counters.fairness_holds += 1;
+        }
         // The first append goes at the learned tail; the next ones are chained after it.
-        while self.status == Status::Active
+        while !hold
+            && self.status == Status::Active
             && !self.pending_uncertain
             && !self.chain_broken
             && !publish_due
@@ -1441,6 +1597,7 @@ impl OrderedMember {
         }
         let mtx = self.reads_from(from, u64::MAX);
         let mtx = self.progress_write(mtx);
+        let mtx = self.request_write(mtx);
         self.read_now = false;
         self.payload_hint = false;
         self.last_read = now;

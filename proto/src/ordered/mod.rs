@@ -8,8 +8,10 @@
 //! - region [`LIST`]: `tail: u64` at 0, then `list_slots` entries of [`ENTRY_BYTES`]; the
 //!   entry at position `p` lives in slot `p % list_slots` and carries `p` (a reader tells a
 //!   reclaimed slot from the entry it wants).
-//! - region [`PROGRESS`]: `max_members` slots of [`PROGRESS_BYTES`]: (node, flags,
-//!   join position, learned, held) written by the slot's member.
+//! - region [`PROGRESS`]: the request slot, then `max_members` slots of
+//!   [`PROGRESS_BYTES`]: (node, flags, join position, learned, held) written by the slot's
+//!   member (slot `s` at offset `(s + 1) * PROGRESS_BYTES`). The request slot names the
+//!   last member or joiner that kept losing the tail compare (fairness, `docs/ordered.md`).
 //! - region [`QUEUES`]: per member slot, `queue_slots` payload slots of
 //!   `QUEUE_HEADER + max_payload` bytes: the sender's queue, from which any member repairs a
 //!   payload it missed (so a payload outlives its sender).
@@ -124,7 +126,7 @@ impl OrderedSettings {
     pub fn regions(&self) -> [(u32, u32); 3] {
         [
             (LIST, 8 + self.list_slots * ENTRY_BYTES as u32),
-            (PROGRESS, self.max_members * PROGRESS_BYTES as u32),
+            (PROGRESS, (self.max_members + 1) * PROGRESS_BYTES as u32),
             (
                 QUEUES,
                 self.max_members * self.queue_slots * self.queue_slot_bytes(),
