@@ -296,7 +296,7 @@ impl OrderedHost {
             Status::Joining | Status::Removed => {
                 self.groups.remove(&group);
             }
-            Status::Installing | Status::Active => h.member.leave(now),
+            Status::Installing | Status::Gathering | Status::Active => h.member.leave(now),
         }
         self.pump(now);
     }
@@ -683,6 +683,9 @@ impl OrderedHost {
                     group,
                     status: OrderedStatusEvent::Removed(reason),
                 }),
+                // Only an `EvsMember` emits these; the node hosts `majority` groups only
+                // (`evs` in the node is not built: docs/ordered.md).
+                Output::Configuration(_) | Output::OpenEpoch { .. } => {}
             }
         }
         if self
