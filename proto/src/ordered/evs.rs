@@ -4,18 +4,20 @@
 //! transitional configuration between them. Rules and proof: `docs/ordered.md`, "Partition
 //! policy `evs`".
 //!
-//! - A side that still reaches its list's memory-node primary and gained no one stays in
-//!   that list and removes the members the view put elsewhere (`Remove(Partitioned)`).
-//! - Otherwise (the primary is elsewhere, or the side holds members of another list: a
-//!   merge) the side opens a new list epoch on a memory node placed on the side. Every
-//!   member appends `EvsJoin { from }` (its old list, where it delivered to and what it
-//!   holds there) and the founder (lowest node of the side) appends `Install` once the side
-//!   joined or `gather_timeout` passed.
-//! - Transitional set: in the old list every entry is delivered only once every member holds
-//!   it, so members moving together all hold what any of them delivered. With `T` the
+//! - Every side change (a split, a merge, a crash, a join) opens a new list epoch on a
+//!   memory node placed on the side: members of a side then agree on their list whatever
+//!   views each saw before, and no backup is ever promoted (its primary may be appending on
+//!   another side). Every member appends `EvsJoin { from }` (its old list, where it
+//!   delivered to and what it holds there) and the founder (lowest node of the side)
+//!   appends `Install` once the side joined or `gather_timeout` passed.
+//! - Transitional set: in an `evs` list every entry is delivered only once every member
+//!   holds it, so members moving together all hold what any of them delivered. With `T` the
 //!   largest `delivered` among the joins from one old list, the movers holding up to `T`
 //!   deliver up to `T` and form the transitional configuration; a mover holding less (only
 //!   possible for one an earlier entry already removed) moves alone, delivering no more.
+//! - A sender's messages never appended to the old list go again in the new one; those it
+//!   appended and did not deliver are delivered by whichever members' `T` covers them, maybe
+//!   by none (counted `unconfirmed`).
 
 use super::entry::{EpochId, JoinFrom, RemoveReason};
 use super::member::{ConfigEvent, OrderedMember, Output, Status, SubmitRefused};
@@ -30,14 +32,19 @@ pub struct EvsCounters {
     /// New list epochs this member joined (splits without the old primary, merges, first
     /// joins).
     pub epochs_joined: u64,
-    /// Side changes this member's list went on through (it removed the others).
-    pub sides_kept: u64,
     /// Transitional configurations delivered, and those this member was alone in.
     pub transitional: u64,
     pub transitional_alone: u64,
     /// Old-list entries a mover could not deliver in its transitional configuration (must
     /// stay 0).
     pub transitional_missing: u64,
+    /// Messages sent again in a new list (queued in the old one, never appended), and those
+    /// dropped because the new list's `max_outgoing` was reached.
+    pub resent: u64,
+    pub resend_dropped: u64,
+    /// This member's messages appended (or maybe appended) to a list it left before
+    /// delivering them: the members that stay in that list deliver them, this one does not.
+    pub unconfirmed: u64,
     /// Minitransaction messages for a memory node neither list uses (late answers of an
     /// abandoned list).
     pub stale_minitx: u64,
@@ -58,8 +65,8 @@ pub struct EvsMember {
     installed: Option<(OrderedMember, NodeId)>,
     /// The new list this member gathers in, and the primary host of its memory node.
     gathering: Option<(OrderedMember, NodeId)>,
-    /// The last side the view gave: a side that grows is a merge (a new list epoch).
-    last_side: Vec<NodeId>,
+    /// The number of the last side the view gave (older ones are ignored).
+    last_side: Option<u32>,
     out: VecDeque<Output>,
     counters: EvsCounters,
 }
@@ -76,7 +83,6 @@ impl EvsMember {
         minitx: MinitxSettings,
     ) -> EvsMember {
         let mut m = EvsMember::new(node, group, settings, minitx);
-        m.last_side = members.to_vec();
         let member = OrderedMember::initial(
             node,
             group,
@@ -104,7 +110,7 @@ impl EvsMember {
             incarnation: 1,
             installed: None,
             gathering: None,
-            last_side: Vec::new(),
+            last_side: None,
             out: VecDeque::new(),
             counters: EvsCounters::default(),
         }
@@ -141,7 +147,10 @@ impl EvsMember {
 
     /// From the view: this node's side is `members` (the group's members it can reach,
     /// itself included); `number` names the side, grows with every change and differs
-    /// between concurrent sides (it names the list epoch a new side opens).
+    /// between concurrent sides (it names the list epoch the side opens). A number not
+    /// above the last one is ignored. Every side change opens a new list epoch, joined by
+    /// every member of the side: the members of a side then agree on the list whatever
+    /// views each of them saw before (see the module docs).
     pub fn set_side(&mut self, now: Time, number: u32, members: &[NodeId]) {
         let mut side = members.to_vec();
         side.sort_unstable();
@@ -149,25 +158,10 @@ impl EvsMember {
         if !side.contains(&self.node) {
             return;
         }
-        // Every member of a side decides alike from what they share: the sequence of sides
-        // (so the same list) and the list's memory-node placement. A side that grows is a
-        // merge or a join: a new list. One that shrinks goes on in the current list (the
-        // one being gathered, if any) while it still reaches that list's primary.
-        let grows = side.iter().any(|n| !self.last_side.contains(n));
-        self.last_side = side.clone();
-        let current = match (&mut self.gathering, &mut self.installed) {
-            (Some(g), _) => Some(g),
-            (None, Some(i)) => Some(i),
-            (None, None) => None,
-        };
-        if let Some((m, primary)) = current {
-            if !grows && m.status() != Status::Removed && side.contains(primary) {
-                self.counters.sides_kept += 1;
-                m.set_side(now, &side);
-                self.pump(now);
-                return;
-            }
+        if self.last_side.is_some_and(|n| n >= number) {
+            return;
         }
+        self.last_side = Some(number);
         let epoch = EpochId {
             number,
             founder: side[0],
@@ -292,6 +286,22 @@ impl EvsMember {
                 return;
             };
             g.activate(now, &moved_with);
+            // What this member queued in the old list and never appended goes again, as new
+            // messages of the new list. What it appended there and did not deliver is left
+            // to that list (delivering it again here could deliver it twice at a member
+            // that delivered it there): counted as `unconfirmed`.
+            let (unsent, unconfirmed) = self
+                .installed
+                .as_ref()
+                .map(|(old, _)| old.unsent_own())
+                .unwrap_or_default();
+            self.counters.unconfirmed += unconfirmed as u64;
+            for (bytes, safe) in unsent {
+                match g.submit(now, &bytes, safe) {
+                    Ok(_) => self.counters.resent += 1,
+                    Err(_) => self.counters.resend_dropped += 1,
+                }
+            }
             self.installed = Some((g, host));
         }
     }

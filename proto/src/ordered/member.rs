@@ -166,8 +166,6 @@ pub struct OrderedCounters {
     pub joins_retried: u64,
     /// Records from the memory node or a transfer that did not decode.
     pub malformed: u64,
-    /// `evs`: members removed because the view put them on another side.
-    pub removals_partitioned: u64,
     /// `evs`: entries of an old list a mover had to deliver in its transitional
     /// configuration but did not hold (must stay 0: the delivery rule guarantees them).
     pub transitional_missing: u64,
@@ -319,9 +317,6 @@ pub struct OrderedMember {
     frozen: bool,
     /// `evs`: delivery up to this position needs no other member to hold it.
     force_until: Option<u64>,
-    /// `evs`: the members the view says this node reaches; the others are removed with
-    /// `Partitioned` (`None`: no side given yet).
-    side: Option<BTreeSet<NodeId>>,
     settings: OrderedSettings,
     coord: Coordinator,
     minitx: MinitxSettings,
@@ -521,7 +516,6 @@ impl OrderedMember {
             evs: None,
             frozen: false,
             force_until: None,
-            side: None,
             coord,
             status: Status::Joining,
             in_majority: true,
@@ -692,7 +686,9 @@ impl OrderedMember {
             t = t.min(self.install_deadline);
         }
         if let (Some(evs), Status::Gathering) = (&self.evs, self.status) {
-            if evs.founder && !evs.install_learned {
+            // The deadline matters only when no list operation is in flight (it is checked
+            // when one ends).
+            if evs.founder && !evs.install_learned && self.list_op.is_none() {
                 t = t.min(evs.gather_deadline);
             }
         }
@@ -743,21 +739,6 @@ impl OrderedMember {
         self.evs.as_ref().map(|e| e.epoch)
     }
 
-    /// `evs`: the view says this node reaches `side` and this list goes on: every member
-    /// outside it is removed by an entry (`Partitioned`). While gathering, the lowest node
-    /// of the side installs (the founder may be gone).
-    pub fn set_side(&mut self, now: Time, side: &[NodeId]) {
-        self.side = Some(side.iter().copied().collect());
-        if let Some(evs) = self.evs.as_mut() {
-            let mut sorted = side.to_vec();
-            sorted.sort_unstable();
-            sorted.dedup();
-            evs.founder = sorted.first() == Some(&self.node);
-            evs.side = sorted;
-        }
-        self.drive(now);
-    }
-
     /// `evs`: where this member stands in its list, for its `EvsJoin` in the next one:
     /// `None` unless it is an active member (a list position past 2^32 counts as none).
     pub(crate) fn join_from(&self) -> Option<JoinFrom> {
@@ -792,7 +773,30 @@ impl OrderedMember {
         true
     }
 
-    /// The view as of the last delivered entry, with each member's join position.
+    /// `evs`: this (frozen) member's own messages that were never in an append, in seq
+    /// order with their `safe` flag (they cannot land in this list: they are sent again in
+    /// the next one), and how many others it did not deliver (appended, or maybe appended:
+    /// only the members that stay in this list may deliver them).
+    pub(crate) fn unsent_own(&self) -> (Vec<(Vec<u8>, bool)>, usize) {
+        let formed: usize = self.batches.iter().map(|b| usize::from(b.count)).sum();
+        let unsent: Vec<(Vec<u8>, bool)> = self
+            .outgoing
+            .iter()
+            .skip(formed)
+            .filter_map(|&(seq, safe)| {
+                self.payloads
+                    .get(&(self.node, self.join_pos, seq))
+                    .map(|b| (b.clone(), safe))
+            })
+            .collect();
+        let undelivered = self
+            .payloads
+            .range((self.node, self.join_pos, 0)..=(self.node, self.join_pos, u64::MAX))
+            .count();
+        (unsent.clone(), undelivered.saturating_sub(unsent.len()))
+    }
+
+    /// The view as of the last delivered entry.
     pub(crate) fn delivered_members(&self) -> Vec<NodeId> {
         self.deliver_view.nodes()
     }
@@ -2001,9 +2005,7 @@ impl OrderedMember {
                 .iter()
                 .filter(|m| m.node != self.node)
                 .filter_map(|m| {
-                    if self.side.as_ref().is_some_and(|s| !s.contains(&m.node)) {
-                        Some((m.node, RemoveReason::Partitioned))
-                    } else if self.suspected.contains(&m.node) {
+                    if self.suspected.contains(&m.node) {
                         Some((m.node, RemoveReason::Suspected))
                     } else if lagging.contains(&m.node) {
                         Some((m.node, RemoveReason::Lagging))
@@ -2022,7 +2024,7 @@ impl OrderedMember {
             match reason {
                 RemoveReason::Suspected => self.counters.removals_suspected += 1,
                 RemoveReason::Lagging => self.counters.removals_lagging += 1,
-                RemoveReason::Partitioned => self.counters.removals_partitioned += 1,
+                RemoveReason::Partitioned => {}
                 RemoveReason::Left => {}
             }
             push(&mut entries, node, EntryKind::Remove(reason));
