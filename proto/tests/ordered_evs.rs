@@ -165,6 +165,8 @@ struct Sim {
     /// -> (position, tag).
     entry_at: HashMap<(u32, u64), (NodeId, u64)>,
     msg: HashMap<MsgId, (u64, u64)>,
+    /// The end of the old list of each transitional configuration, and who delivered it.
+    trans_end: HashMap<(EpochId, Vec<NodeId>), (NodeId, u64)>,
     /// Transitions (c -> next) and the set delivered in c by the first member seen.
     transitions: HashMap<(ConfKey, ConfKey), (NodeId, BTreeSet<MsgId>)>,
     stats: Stats,
@@ -201,6 +203,7 @@ impl Sim {
             entry_at: HashMap::new(),
             msg: HashMap::new(),
             transitions: HashMap::new(),
+            trans_end: HashMap::new(),
             stats: Stats::default(),
             settings,
             rng,
@@ -435,7 +438,20 @@ impl Sim {
     }
 
     fn on_configuration(&mut self, id: NodeId, c: ConfigEvent) {
-        let key: ConfKey = (c.epoch, c.position, c.transitional, c.members.clone());
+        // A transitional configuration is named by its old list and members (a member moves
+        // from a list once); they must all have delivered that list to the same position.
+        let key: ConfKey = if c.transitional {
+            match self.trans_end.insert((c.epoch, c.members.clone()), (id, c.position)) {
+                Some((other, p)) if p != c.position => self.fail(&format!(
+                    "transitional {:?} {:?}: member {other} delivered its list to {p}, member {id} to {}",
+                    c.epoch, c.members, c.position
+                )),
+                _ => {}
+            }
+            (c.epoch, u64::MAX, true, c.members.clone())
+        } else {
+            (c.epoch, c.position, false, c.members.clone())
+        };
         if !c.members.contains(&id) {
             self.fail(&format!(
                 "member {id} delivers a configuration without itself: {c:?}"
