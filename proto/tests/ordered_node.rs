@@ -146,3 +146,18 @@ fn three_nodes_create_transfer_and_agree_on_one_order() {
     assert_eq!(orders[0], orders[1]);
     assert_eq!(orders[0], orders[2]);
 }
+
+#[test]
+fn the_node_refuses_an_evs_group_it_cannot_host_yet() {
+    let mut node = Node::new(1, 1, &[], settings(), 0, 7);
+    let evs = OrderedSettings {
+        partition: tutti_proto::ordered::PartitionPolicy::Evs,
+        ..ordered()
+    };
+    match node.join_ordered(0, GROUP, evs) {
+        Err(e) => assert!(e.to_string().contains("evs"), "{e}"),
+        Ok(()) => panic!("an evs group joined through Node"),
+    }
+    assert!(!node.is_ordered(GROUP));
+    node.join_ordered(0, GROUP, ordered()).unwrap();
+}
