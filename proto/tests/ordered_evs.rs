@@ -174,6 +174,13 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        let mut sim = Sim::without_faults(seed);
+        let initial: Vec<NodeId> = sim.members.keys().copied().collect();
+        sim.plan(&initial);
+        sim
+    }
+
+    fn without_faults(seed: u64) -> Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let settings = settings(&mut rng);
         let n = rng.gen_range(3..=5u32);
@@ -232,7 +239,6 @@ impl Sim {
             let at = sim.rng.gen_range(0..MILLIS);
             sim.next_submit.insert(id, at);
         }
-        sim.plan(&initial);
         sim
     }
 
@@ -441,7 +447,10 @@ impl Sim {
         // A transitional configuration is named by its old list and members (a member moves
         // from a list once); they must all have delivered that list to the same position.
         let key: ConfKey = if c.transitional {
-            match self.trans_end.insert((c.epoch, c.members.clone()), (id, c.position)) {
+            match self
+                .trans_end
+                .insert((c.epoch, c.members.clone()), (id, c.position))
+            {
                 Some((other, p)) if p != c.position => self.fail(&format!(
                     "transitional {:?} {:?}: member {other} delivered its list to {p}, member {id} to {}",
                     c.epoch, c.members, c.position
@@ -982,4 +991,50 @@ fn randomized_evs_harness_seeds() {
 #[test]
 fn an_evs_seed_reproduces_its_run() {
     assert_eq!(run_seed(7), run_seed(7));
+}
+
+/// Both sides of a partition go on, each in its own configuration, and merge after the
+/// heal: the scenario the policy exists for, with the events an application sees.
+#[test]
+fn both_sides_of_a_partition_go_on_and_merge() {
+    let mut sim = Sim::without_faults(11);
+    let all: Vec<NodeId> = sim.members.keys().copied().collect();
+    let (left, right) = all.split_at(all.len() / 2);
+    let (left, right) = (left.to_vec(), right.to_vec());
+    sim.schedule(40 * MILLIS, Action::Split(vec![left.clone(), right.clone()]));
+    sim.schedule(120 * MILLIS, Action::Split(vec![Vec::new()]));
+    // Messages each member delivered in a regular configuration of each list.
+    let mut delivered_in: BTreeMap<(NodeId, u32), usize> = BTreeMap::new();
+    for id in &all {
+        sim.members.get_mut(id).unwrap().handle_timeout(0);
+        sim.drain(*id);
+    }
+    while sim.now < sim.send_until || !sim.actions.is_empty() || !sim.converged() {
+        sim.step();
+        for (&id, app) in &sim.apps {
+            if let Some(c) = app.conf.as_ref().filter(|c| !c.2) {
+                let n = delivered_in.entry((id, c.0.number)).or_default();
+                *n = (*n).max(app.in_conf.len());
+            }
+        }
+        assert!(sim.now < 5_000 * MILLIS, "no merge\n{}", sim.dump());
+    }
+    sim.check_end();
+    // After the heal: one configuration with every member, in a list of its own.
+    let finals: BTreeSet<&ConfKey> = sim.apps.values().filter_map(|a| a.conf.as_ref()).collect();
+    assert_eq!(finals.len(), 1);
+    let last = finals.into_iter().next().unwrap();
+    assert_eq!(last.3, all);
+    // During the partition each side delivered messages in a list of its own (not the
+    // first, not the merged one), which no member of the other side was in.
+    let mut side_lists: BTreeMap<u32, BTreeSet<bool>> = BTreeMap::new();
+    for (&(id, number), &n) in &delivered_in {
+        if number != 0 && number != last.0.number && n > 0 {
+            side_lists.entry(number).or_default().insert(left.contains(&id));
+        }
+    }
+    assert!(side_lists.values().all(|s| s.len() == 1), "{side_lists:?}");
+    let sides: BTreeSet<bool> = side_lists.values().flatten().copied().collect();
+    assert_eq!(sides.len(), 2, "both sides deliver on: {side_lists:?}");
+    assert!(sim.stats.transitional >= 2 * all.len() as u64, "{:?}", sim.stats);
 }

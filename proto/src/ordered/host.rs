@@ -11,8 +11,8 @@
 //! on the memory node (pull repair), so no gossip repair is needed.
 
 use super::{
-    choose_memnode_hosts, OrderedCounters, PartitionPolicy, OrderedMember, OrderedSettings, Output, RemoveReason, Status,
-    ViewEvent, MEMNODE,
+    choose_memnode_hosts, OrderedCounters, OrderedMember, OrderedSettings, Output, PartitionPolicy,
+    RemoveReason, Status, ViewEvent, MEMNODE,
 };
 use crate::minitx::{MemoryNode, MemoryNodeCounters, MinitxSettings};
 use crate::{GroupId, NodeId, Time};

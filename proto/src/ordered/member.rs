@@ -1572,14 +1572,13 @@ impl OrderedMember {
                     if self.missing(&e).is_some() {
                         break;
                     }
-                    if (safe || evs) && !forced {
-                        if !self.all_hold(e.pos) {
-                            if self.safe_waiting != Some(e.pos) {
-                                self.safe_waiting = Some(e.pos);
-                                self.counters.safe_waits += 1;
-                            }
-                            break;
+                    // `safe`, and every entry of an `evs` list: see `all_hold`.
+                    if (safe || evs) && !forced && !self.all_hold(e.pos) {
+                        if self.safe_waiting != Some(e.pos) {
+                            self.safe_waiting = Some(e.pos);
+                            self.counters.safe_waits += 1;
                         }
+                        break;
                     }
                     if first_seq > next {
                         self.counters.fifo_gaps += 1;
