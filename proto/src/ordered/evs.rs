@@ -67,6 +67,8 @@ pub struct EvsMember {
     gathering: Option<(OrderedMember, NodeId)>,
     /// The number of the last side the view gave (older ones are ignored).
     last_side: Option<u32>,
+    /// The application left: later sides do not bring this member back.
+    leaving: bool,
     out: VecDeque<Output>,
     counters: EvsCounters,
 }
@@ -111,6 +113,7 @@ impl EvsMember {
             installed: None,
             gathering: None,
             last_side: None,
+            leaving: false,
             out: VecDeque::new(),
             counters: EvsCounters::default(),
         }
@@ -155,7 +158,7 @@ impl EvsMember {
         let mut side = members.to_vec();
         side.sort_unstable();
         side.dedup();
-        if !side.contains(&self.node) {
+        if !side.contains(&self.node) || self.leaving {
             return;
         }
         if self.last_side.is_some_and(|n| n >= number) {
@@ -196,6 +199,18 @@ impl EvsMember {
             self.minitx.clone(),
         );
         self.gathering = Some((member, hosts[0]));
+        self.pump(now);
+    }
+
+    /// Leaves the group: an entry in the installed list, or, while gathering, in the new
+    /// one once it is installed there.
+    pub fn leave(&mut self, now: Time) {
+        self.leaving = true;
+        match (&mut self.gathering, &mut self.installed) {
+            (Some((g, _)), _) => g.leave(now),
+            (None, Some((m, _))) => m.leave(now),
+            (None, None) => {}
+        }
         self.pump(now);
     }
 

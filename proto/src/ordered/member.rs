@@ -883,6 +883,7 @@ impl OrderedMember {
         let delivered_already = matches!(self.deliver_view.get(sender), Some(m) if m.join_pos == epoch)
             && self.next_seq.get(&sender).is_some_and(|&n| seq < n);
         if self.status == Status::Removed
+            || self.frozen
             || delivered_already
             || self.payloads.contains_key(&id)
             || bytes.len() > self.settings.max_payload as usize
@@ -1439,7 +1440,7 @@ impl OrderedMember {
     }
 
     fn drive(&mut self, now: Time) {
-        if self.status == Status::Removed {
+        if self.status == Status::Removed || self.frozen {
             return;
         }
         self.deliver(now);
