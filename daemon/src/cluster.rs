@@ -427,6 +427,9 @@ fn reason_code(reason: RemoveReason) -> u32 {
         RemoveReason::Left => 1,
         RemoveReason::Suspected => 2,
         RemoveReason::Lagging => 3,
+        // Only `evs` groups remove a member for a partition, and tuttid serves none yet
+        // (`tutti_wire::shm::LeftReason` has no code for it): logged as suspected.
+        RemoveReason::Partitioned => 2,
     }
 }
 
@@ -1285,6 +1288,7 @@ impl Cluster {
                     OrderedStatusEvent::Removed(RemoveReason::Left) => "removed (left)",
                     OrderedStatusEvent::Removed(RemoveReason::Suspected) => "removed (suspected)",
                     OrderedStatusEvent::Removed(RemoveReason::Lagging) => "removed (lagging)",
+                    OrderedStatusEvent::Removed(RemoveReason::Partitioned) => "removed (partitioned)",
                 };
                 tracing::warn!(shard = self.shard, group = %format!("{group:#x}"), status, "ordered group status");
                 on_event(ClusterEvent::OrderedStatus { group, status });

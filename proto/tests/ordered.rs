@@ -469,6 +469,9 @@ impl Sim {
             } => self.on_deliver(id, (sender, epoch, seq), position, safe, &bytes),
             Output::Minority => {}
             Output::Removed { .. } => {}
+            o @ (Output::Configuration(_) | Output::OpenEpoch { .. }) => {
+                self.fail(&format!("member {id}: {o:?} from a majority group"))
+            }
         }
     }
 

@@ -200,3 +200,18 @@ fn a_node_that_joins_again_gets_fresh_transaction_ids() {
     let c = nodes[2].ordered_counters(GROUP).unwrap();
     assert_eq!(c.txn_errors, 0);
 }
+
+#[test]
+fn the_node_refuses_an_evs_group_it_cannot_host_yet() {
+    let mut node = Node::new(1, 1, &[], settings(), 0, 7);
+    let evs = OrderedSettings {
+        partition: tutti_proto::ordered::PartitionPolicy::Evs,
+        ..ordered()
+    };
+    match node.join_ordered(0, GROUP, evs) {
+        Err(e) => assert!(e.to_string().contains("evs"), "{e}"),
+        Ok(()) => panic!("an evs group joined through Node"),
+    }
+    assert!(!node.is_ordered(GROUP));
+    node.join_ordered(0, GROUP, ordered()).unwrap();
+}

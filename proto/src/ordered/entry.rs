@@ -14,6 +14,34 @@ pub enum RemoveReason {
     Suspected = 2,
     /// It fell further behind the tail than `lag_budget`.
     Lagging = 3,
+    /// `evs` groups: the view put it on another side of a partition.
+    Partitioned = 4,
+}
+
+/// `evs` groups: where a member comes from when it joins a new list epoch. `epoch` is the
+/// list it was last installed in; `delivered` and `held` are its next position to deliver
+/// and the end of what it holds there, frozen when it left that list (positions of an
+/// `evs` list stay below 2^32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JoinFrom {
+    pub epoch: EpochId,
+    pub delivered: u32,
+    pub held: u32,
+}
+
+/// `evs` groups: a list epoch, named by the side that opened it (the side's number from the
+/// view, unique per side, and its lowest node). The group's first list is `EpochId::FIRST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EpochId {
+    pub number: u32,
+    pub founder: NodeId,
+}
+
+impl EpochId {
+    pub const FIRST: EpochId = EpochId {
+        number: 0,
+        founder: 0,
+    };
 }
 
 /// What a list entry says.
@@ -31,6 +59,12 @@ pub enum EntryKind {
     Join,
     /// `node` leaves the view here.
     Remove(RemoveReason),
+    /// `evs` groups: `node` joins this list epoch, coming from `from` (`None`: a new member,
+    /// or one that was installed in no list).
+    EvsJoin { from: Option<JoinFrom> },
+    /// `evs` groups: the founder closes the gather; the members whose `EvsJoin` precedes it
+    /// form the list's first configuration.
+    Install,
 }
 
 /// One list entry: its position (so a reader tells it from a reclaimed slot), the node it
@@ -45,6 +79,8 @@ pub struct Entry {
 const KIND_DATA: u8 = 1;
 const KIND_JOIN: u8 = 2;
 const KIND_REMOVE: u8 = 3;
+const KIND_EVS_JOIN: u8 = 4;
+const KIND_INSTALL: u8 = 5;
 
 impl Entry {
     pub fn encode(&self) -> [u8; ENTRY_BYTES] {
@@ -69,6 +105,17 @@ impl Entry {
                 b[8] = KIND_REMOVE;
                 b[9] = reason as u8;
             }
+            EntryKind::EvsJoin { from } => {
+                b[8] = KIND_EVS_JOIN;
+                if let Some(f) = from {
+                    b[9] = 1;
+                    b[16..20].copy_from_slice(&f.epoch.number.to_le_bytes());
+                    b[20..24].copy_from_slice(&f.epoch.founder.to_le_bytes());
+                    b[24..28].copy_from_slice(&f.delivered.to_le_bytes());
+                    b[28..32].copy_from_slice(&f.held.to_le_bytes());
+                }
+            }
+            EntryKind::Install => b[8] = KIND_INSTALL,
         }
         b
     }
@@ -98,8 +145,31 @@ impl Entry {
                 1 => RemoveReason::Left,
                 2 => RemoveReason::Suspected,
                 3 => RemoveReason::Lagging,
+                4 => RemoveReason::Partitioned,
                 _ => return None,
             }),
+            KIND_EVS_JOIN => EntryKind::EvsJoin {
+                from: match b[9] {
+                    0 => None,
+                    1 => {
+                        let delivered = u32_at(b, 24)?;
+                        let held = u32_at(b, 28)?;
+                        if held < delivered {
+                            return None;
+                        }
+                        Some(JoinFrom {
+                            epoch: EpochId {
+                                number: u32_at(b, 16)?,
+                                founder: u32_at(b, 20)?,
+                            },
+                            delivered,
+                            held,
+                        })
+                    }
+                    _ => return None,
+                },
+            },
+            KIND_INSTALL => EntryKind::Install,
             _ => return None,
         };
         Some(Entry { pos, node, kind })
@@ -147,6 +217,10 @@ impl ProgressSlot {
     }
 }
 
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
 pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
@@ -166,6 +240,19 @@ mod tests {
             },
             EntryKind::Join,
             EntryKind::Remove(RemoveReason::Lagging),
+            EntryKind::Remove(RemoveReason::Partitioned),
+            EntryKind::EvsJoin { from: None },
+            EntryKind::EvsJoin {
+                from: Some(JoinFrom {
+                    epoch: EpochId {
+                        number: 7,
+                        founder: 2,
+                    },
+                    delivered: 40,
+                    held: 44,
+                }),
+            },
+            EntryKind::Install,
         ] {
             let e = Entry {
                 pos: 77,
@@ -183,6 +270,21 @@ mod tests {
         }
         .encode();
         bad[9] = 200;
+        assert_eq!(Entry::decode(&bad), None);
+        // A join whose held is below its delivered is refused (a reader would trust it).
+        let mut bad = Entry {
+            pos: 1,
+            node: 1,
+            kind: EntryKind::EvsJoin {
+                from: Some(JoinFrom {
+                    epoch: EpochId::FIRST,
+                    delivered: 5,
+                    held: 5,
+                }),
+            },
+        }
+        .encode();
+        bad[28] = 4;
         assert_eq!(Entry::decode(&bad), None);
         let wrapping = Entry {
             pos: 1,

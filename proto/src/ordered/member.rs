@@ -3,9 +3,14 @@
 //! delivers in list order once it holds the payloads. Sans-IO: inputs are method calls
 //! with `now`, outputs are drained with [`OrderedMember::poll_output`].
 
-use super::entry::{u64_at, Entry, EntryKind, ProgressSlot, RemoveReason};
-use super::{OrderedSettings, ENTRY_BYTES, LIST, MEMNODE, PROGRESS, PROGRESS_BYTES, QUEUES, QUEUE_HEADER};
-use crate::minitx::{Address, Coordinator, Minitransaction, MinitxSettings, Outcome, TxId, TxnError};
+use super::entry::{u64_at, Entry, EntryKind, EpochId, JoinFrom, ProgressSlot, RemoveReason};
+use super::{
+    epoch_memnode, OrderedSettings, PartitionPolicy, ENTRY_BYTES, LIST, MEMNODE, PROGRESS, PROGRESS_BYTES,
+    QUEUES, QUEUE_HEADER,
+};
+use crate::minitx::{
+    Address, Coordinator, MemnodeId, Minitransaction, MinitxSettings, Outcome, TxId, TxnError,
+};
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -16,6 +21,9 @@ pub enum Status {
     Joining,
     /// Its join entry is at `join_pos`; waiting for the state transfer.
     Installing,
+    /// `evs`: its join entry of a new list epoch is at `join_pos`; it reads the list from
+    /// the start until the configuration it joins is installed.
+    Gathering,
     /// A member: sends and delivers.
     Active,
     /// Out of the group (an entry removed it, or it fell so far behind that its entries
@@ -34,6 +42,24 @@ pub struct ViewEvent {
     pub members: Vec<NodeId>,
     pub joined: Option<NodeId>,
     pub left: Option<(NodeId, RemoveReason)>,
+}
+
+/// `evs` groups: a configuration change, delivered in the order (the same at every member
+/// of the configuration). `transitional`: the members that move together from the last
+/// configuration, after the last message of it they all delivered; the regular
+/// configuration follows. `joined` and `left` are relative to the configuration before
+/// (the transitional one, at a change of list epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEvent {
+    /// The list epoch the configuration belongs to.
+    pub epoch: EpochId,
+    /// The list position of the entry that made it (for a transitional configuration: the
+    /// end of the old list its members delivered).
+    pub position: u64,
+    pub members: Vec<NodeId>,
+    pub joined: Vec<NodeId>,
+    pub left: Vec<(NodeId, RemoveReason)>,
+    pub transitional: bool,
 }
 
 /// What the member wants done.
@@ -60,6 +86,15 @@ pub enum Output {
     },
     /// A view change, in the total order.
     View(ViewEvent),
+    /// `evs` groups: a configuration change, in the total order (replaces `View`).
+    Configuration(ConfigEvent),
+    /// `evs` groups: the node must run the memory node of list `epoch` (`memnode`) with its
+    /// primary on `hosts[0]` and its backup on `hosts[1]`, if named.
+    OpenEpoch {
+        epoch: EpochId,
+        memnode: MemnodeId,
+        hosts: Vec<NodeId>,
+    },
     /// The application must snapshot its state as of everything delivered so far (the cut
     /// is `position`, a joiner's entry) and call [`OrderedMember::snapshot_ready`].
     /// Delivery waits until then.
@@ -135,6 +170,9 @@ pub struct OrderedCounters {
     pub joins_retried: u64,
     /// Records from the memory node or a transfer that did not decode.
     pub malformed: u64,
+    /// `evs`: entries of an old list a mover had to deliver in its transitional
+    /// configuration but did not hold (must stay 0: the delivery rule guarantees them).
+    pub transitional_missing: u64,
     /// Minitransactions that failed with an unexpected error (`Busy`, `Unavailable`, ...).
     pub txn_errors: u64,
 }
@@ -162,8 +200,8 @@ impl View {
     /// its old membership; a join into a full view is ignored.
     fn apply(&mut self, e: &Entry, max_members: u32) -> bool {
         match e.kind {
-            EntryKind::Data { .. } => false,
-            EntryKind::Join => {
+            EntryKind::Data { .. } | EntryKind::Install => false,
+            EntryKind::Join | EntryKind::EvsJoin { .. } => {
                 self.members.retain(|m| m.node != e.node);
                 let Some(slot) = (0..max_members).find(|s| self.members.iter().all(|m| m.slot != *s)) else {
                     return false;
@@ -221,6 +259,39 @@ enum ListOp {
     Join {
         at: u64,
     },
+    /// `evs`: the founder's `Install`, at `at`.
+    Install {
+        at: u64,
+    },
+}
+
+/// `evs` state of a member of one list epoch.
+#[derive(Debug, Clone)]
+struct EvsList {
+    epoch: EpochId,
+    /// Where this member comes from (its `EvsJoin`).
+    from: Option<JoinFrom>,
+    /// The side that opened the epoch: the founder installs once all of it joined.
+    side: Vec<NodeId>,
+    founder: bool,
+    gather_deadline: Time,
+    /// An `Install` entry was learned (the founder appends no other).
+    install_learned: bool,
+    /// Position of the `Install` entry, once delivered.
+    install: Option<u64>,
+    /// The joins delivered before `Install`, in list order: the first configuration.
+    joins: Vec<(NodeId, Option<JoinFrom>)>,
+    /// This member's configuration in the list starts here (at `Install`, or at its own
+    /// late join): delivery waits until the owner delivered its transitional part.
+    pending: Option<u64>,
+}
+
+/// `evs`: where this member's configuration in a new list starts, for [`EvsMember`]
+/// (`super::EvsMember`) to deliver the transitional configuration before it.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingInstall {
+    /// The joins before `Install` (empty for a late joiner: it moves alone).
+    pub joins: Vec<(NodeId, Option<JoinFrom>)>,
 }
 
 /// An append minitransaction in flight: `entries` at `at` (the first at the learned tail,
@@ -261,6 +332,14 @@ struct Hold {
 pub struct OrderedMember {
     node: NodeId,
     group: GroupId,
+    /// The memory node holding this member's list (`MEMNODE`, or an `evs` list epoch's).
+    memnode: MemnodeId,
+    evs: Option<EvsList>,
+    /// `evs`: this member left its list (a new list epoch took over): it appends and reads
+    /// nothing more, and delivers only the transitional part it is asked to.
+    frozen: bool,
+    /// `evs`: delivery up to this position needs no other member to hold it.
+    force_until: Option<u64>,
     settings: OrderedSettings,
     coord: Coordinator,
     minitx: MinitxSettings,
@@ -360,6 +439,19 @@ impl OrderedMember {
             m.next_seq.insert(n, 0);
         }
         m.deliver_view = m.learn_view.clone();
+        if m.settings.partition == PartitionPolicy::Evs {
+            m.evs = Some(EvsList {
+                epoch: EpochId::FIRST,
+                from: None,
+                side: sorted.clone(),
+                founder: false,
+                gather_deadline: 0,
+                install_learned: true,
+                install: Some(0),
+                joins: Vec::new(),
+                pending: None,
+            });
+        }
         m.status = if m.learn_view.get(node).is_some() {
             Status::Active
         } else {
@@ -380,9 +472,47 @@ impl OrderedMember {
     ) -> OrderedMember {
         let mut m = OrderedMember::blank(node, group, memnode_host, settings, minitx);
         m.coord = Coordinator::new(node, incarnation, m.minitx.clone());
-        m.coord.set_placement(MEMNODE, memnode_host);
+        m.coord.set_placement(m.memnode, memnode_host);
         m.status = Status::Joining;
         m.known_tail = u64::MAX;
+        m
+    }
+
+    /// `evs` groups: a node joining list `epoch` (whose memory-node primary is on
+    /// `memnode_host`), opened by `side`, coming from `from`. It appends its `EvsJoin`, reads
+    /// the list from the start, and is installed by the founder's `Install` (or joins the
+    /// installed configuration later on its own). `incarnation` must grow with each
+    /// member this node creates.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evs_joiner(
+        node: NodeId,
+        incarnation: u32,
+        group: GroupId,
+        epoch: EpochId,
+        memnode_host: NodeId,
+        side: &[NodeId],
+        from: Option<JoinFrom>,
+        now: Time,
+        settings: OrderedSettings,
+        minitx: MinitxSettings,
+    ) -> OrderedMember {
+        let mut m = OrderedMember::joiner(node, incarnation, group, memnode_host, settings, minitx);
+        m.memnode = epoch_memnode(epoch);
+        m.coord.set_placement(m.memnode, memnode_host);
+        let mut side = side.to_vec();
+        side.sort_unstable();
+        side.dedup();
+        m.evs = Some(EvsList {
+            epoch,
+            from,
+            founder: side.first() == Some(&node),
+            side,
+            gather_deadline: now + m.settings.gather_timeout,
+            install_learned: false,
+            install: None,
+            joins: Vec::new(),
+            pending: None,
+        });
         m
     }
 
@@ -409,6 +539,10 @@ impl OrderedMember {
         OrderedMember {
             node,
             group,
+            memnode: MEMNODE,
+            evs: None,
+            frozen: false,
+            force_until: None,
             coord,
             status: Status::Joining,
             in_majority: true,
@@ -558,7 +692,7 @@ impl OrderedMember {
             self.repair_op.as_ref().map(|r| &r.1),
             self.coord.in_flight(),
             self.coord.poll_timeout(),
-            self.coord.placement(MEMNODE),
+            self.coord.placement(self.memnode),
             self.hold,
             self.coord.counters(),
         )
@@ -566,12 +700,17 @@ impl OrderedMember {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         if let Some((to, bytes)) = self.coord.poll_transmit() {
-            return Some(Output::Minitx { to, bytes });
+            if !self.frozen {
+                return Some(Output::Minitx { to, bytes });
+            }
         }
         self.out.pop_front()
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.frozen {
+            return None;
+        }
         if self.status == Status::Removed {
             return self.coord.poll_timeout();
         }
@@ -604,6 +743,13 @@ impl OrderedMember {
         if self.status == Status::Installing {
             t = t.min(self.install_deadline);
         }
+        if let (Some(evs), Status::Gathering) = (&self.evs, self.status) {
+            // The deadline matters only when no list operation is in flight (it is checked
+            // when one ends).
+            if evs.founder && !evs.install_learned && self.list_op.is_none() {
+                t = t.min(evs.gather_deadline);
+            }
+        }
         if self.repair_op.is_none() && self.status == Status::Active && self.in_majority {
             if let Some(l) = self
                 .buffer
@@ -620,7 +766,7 @@ impl OrderedMember {
 
     /// Where the group's memory node primary runs now (failover moves it).
     pub fn set_memnode_host(&mut self, node: NodeId) {
-        self.coord.set_placement(MEMNODE, node);
+        self.coord.set_placement(self.memnode, node);
     }
 
     /// From the view: whether this node is in a majority. Outside one it delivers nothing.
@@ -644,6 +790,118 @@ impl OrderedMember {
         self.drive(now);
     }
 
+    // ---- evs (driven by `EvsMember`) ----
+
+    /// `evs`: the list epoch of this member (`None` for a `majority` group).
+    pub fn list_epoch(&self) -> Option<EpochId> {
+        self.evs.as_ref().map(|e| e.epoch)
+    }
+
+    /// `evs`: where this member stands in its list, for its `EvsJoin` in the next one:
+    /// `None` unless it is an active member (a list position past 2^32 counts as none).
+    pub(crate) fn join_from(&self) -> Option<JoinFrom> {
+        let evs = self.evs.as_ref()?;
+        if self.status != Status::Active {
+            return None;
+        }
+        Some(JoinFrom {
+            epoch: evs.epoch,
+            delivered: u32::try_from(self.delivered).ok()?,
+            held: u32::try_from(self.held_upto).ok()?,
+        })
+    }
+
+    /// `evs`: this member leaves its list for a new list epoch: no more appends, reads or
+    /// timers; what it delivers from now on is its transitional part.
+    pub(crate) fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// `evs`: a frozen member delivers its list up to `end` (the end of its transitional
+    /// configuration), which it holds by the delivery rule. Returns whether it got there.
+    pub(crate) fn deliver_through(&mut self, now: Time, end: u64) -> bool {
+        debug_assert!(self.frozen);
+        self.force_until = Some(end);
+        self.deliver(now);
+        self.force_until = None;
+        if self.delivered < end && self.status == Status::Active {
+            self.counters.transitional_missing += 1;
+            return false;
+        }
+        true
+    }
+
+    /// `evs`: this (frozen) member's own messages that were never in an append, in seq
+    /// order with their `safe` flag (they cannot land in this list: they are sent again in
+    /// the next one), and how many others it did not deliver (appended, or maybe appended:
+    /// only the members that stay in this list may deliver them).
+    pub(crate) fn unsent_own(&self) -> (Vec<(Vec<u8>, bool)>, usize) {
+        let formed: usize = self.batches.iter().map(|b| usize::from(b.count)).sum();
+        let unsent: Vec<(Vec<u8>, bool)> = self
+            .outgoing
+            .iter()
+            .skip(formed)
+            .filter_map(|&(seq, safe)| {
+                self.payloads
+                    .get(&(self.node, self.join_pos, seq))
+                    .map(|b| (b.clone(), safe))
+            })
+            .collect();
+        let undelivered = self
+            .payloads
+            .range((self.node, self.join_pos, 0)..=(self.node, self.join_pos, u64::MAX))
+            .count();
+        (unsent.clone(), undelivered.saturating_sub(unsent.len()))
+    }
+
+    /// The view as of the last delivered entry.
+    pub(crate) fn delivered_members(&self) -> Vec<NodeId> {
+        self.deliver_view.nodes()
+    }
+
+    /// `evs`: where this member's configuration in its new list starts, once delivery got
+    /// there (taken once).
+    pub(crate) fn take_pending(&mut self) -> Option<PendingInstall> {
+        let evs = self.evs.as_mut()?;
+        if self.status != Status::Gathering {
+            return None;
+        }
+        evs.pending?;
+        let late = evs.install.is_some_and(|i| i < self.join_pos);
+        Some(PendingInstall {
+            joins: if late { Vec::new() } else { evs.joins.clone() },
+        })
+    }
+
+    /// `evs`: after the owner delivered the transitional configuration `moved_with`, this
+    /// member enters its configuration in the new list and delivers on.
+    pub(crate) fn activate(&mut self, now: Time, moved_with: &[NodeId]) {
+        let Some(evs) = self.evs.as_mut() else { return };
+        let Some(position) = evs.pending.take() else {
+            return;
+        };
+        let epoch = evs.epoch;
+        self.status = Status::Active;
+        self.held_upto = self.held_upto.max(self.delivered);
+        self.queue_pos = vec![None; self.settings.queue_slots as usize];
+        self.read_now = true;
+        let members = self.deliver_view.nodes();
+        self.out.push_back(Output::Configuration(ConfigEvent {
+            epoch,
+            position,
+            joined: members
+                .iter()
+                .copied()
+                .filter(|n| !moved_with.contains(n))
+                .collect(),
+            members,
+            left: Vec::new(),
+            transitional: false,
+        }));
+        self.advance_held();
+        self.drive(now);
+    }
+
     /// Leaves the group (an entry).
     pub fn leave(&mut self, now: Time) {
         self.leaving = true;
@@ -653,7 +911,7 @@ impl OrderedMember {
     /// Queues a message; it is disseminated at once and threaded into the list by a later
     /// append. Returns its seq.
     pub fn submit(&mut self, now: Time, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
-        if self.status != Status::Active || self.leaving {
+        if self.status != Status::Active || self.leaving || self.frozen {
             return Err(SubmitRefused::NotMember);
         }
         if bytes.len() > self.settings.max_payload as usize {
@@ -683,6 +941,7 @@ impl OrderedMember {
         let delivered_already = matches!(self.deliver_view.get(sender), Some(m) if m.join_pos == epoch)
             && self.next_seq.get(&sender).is_some_and(|&n| seq < n);
         if self.status == Status::Removed
+            || self.frozen
             || delivered_already
             || self.payloads.contains_key(&id)
             || bytes.len() > self.settings.max_payload as usize
@@ -699,12 +958,18 @@ impl OrderedMember {
 
     /// A minitransaction message from a memory node.
     pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        if self.frozen {
+            return;
+        }
         self.coord.handle_message(now, from, bytes);
         self.drain_outcomes(now);
         self.drive(now);
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.frozen {
+            return;
+        }
         self.coord.handle_timeout(now);
         self.drain_outcomes(now);
         if self.status == Status::Installing && now >= self.install_deadline {
@@ -893,14 +1158,38 @@ impl OrderedMember {
             }
             (ListOp::Join { at }, Ok(_)) => {
                 debug_assert_eq!(at, self.learned);
-                let e = Entry {
-                    pos: at,
-                    node: self.node,
-                    kind: EntryKind::Join,
-                };
+                let e = self.own_join(at);
                 self.counters.appends_committed += 1;
                 self.learn(now, e);
                 self.known_tail = self.known_tail.max(self.learned);
+            }
+            (ListOp::Install { at }, Ok(_)) => {
+                self.counters.appends_committed += 1;
+                if at == self.learned {
+                    let e = Entry {
+                        pos: at,
+                        node: self.node,
+                        kind: EntryKind::Install,
+                    };
+                    self.learn(now, e);
+                    self.known_tail = self.known_tail.max(self.learned);
+                } else {
+                    self.read_now = true;
+                }
+            }
+            (ListOp::Install { at }, Err(TxnError::Conflict { reads, .. })) => {
+                self.counters.append_conflicts += 1;
+                let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
+                if let Some(reads) = all {
+                    self.on_read(now, at, &reads);
+                }
+                self.read_now = true;
+            }
+            (ListOp::Install { .. }, Err(e)) => {
+                if e == TxnError::Unavailable {
+                    self.pending_uncertain = true;
+                }
+                self.txn_failed(now, &e);
             }
             (ListOp::Read { .. }, Err(e)) => self.txn_failed(now, &e),
             (ListOp::Join { at }, Err(TxnError::Conflict { reads, .. })) => {
@@ -1018,7 +1307,7 @@ impl OrderedMember {
             learned: 0,
             held: 0,
         };
-        mtx.write(Address::new(MEMNODE, PROGRESS, 0), &r.encode())
+        mtx.write(Address::new(self.memnode, PROGRESS, 0), &r.encode())
     }
 
     /// The request slot as read: a new request (another node, a new position) starts a
@@ -1181,7 +1470,21 @@ impl OrderedMember {
         match self.status {
             Status::Removed => {}
             Status::Joining => {
-                if e.kind == EntryKind::Join && e.node == self.node {
+                if e.node == self.node && matches!(e.kind, EntryKind::EvsJoin { .. }) && self.evs.is_some() {
+                    // Read the list from its start: the configuration is a function of it.
+                    self.status = Status::Gathering;
+                    self.join_pos = e.pos;
+                    self.learned = 0;
+                    self.delivered = 0;
+                    self.held_upto = 0;
+                    self.buffer.clear();
+                    self.learn_view = View::default();
+                    self.deliver_view = View::default();
+                    self.next_seq.clear();
+                    self.pending_uncertain = false;
+                    self.next_submit_seq = 0;
+                    self.read_now = true;
+                } else if e.kind == EntryKind::Join && e.node == self.node {
                     self.status = Status::Installing;
                     self.join_pos = e.pos;
                     self.delivered = e.pos + 1;
@@ -1198,7 +1501,12 @@ impl OrderedMember {
                     sender_slot: None,
                 });
             }
-            Status::Active => {
+            Status::Active | Status::Gathering => {
+                if e.kind == EntryKind::Install {
+                    if let Some(evs) = self.evs.as_mut() {
+                        evs.install_learned = true;
+                    }
+                }
                 self.learn_view.apply(&e, self.settings.max_members);
                 if let (EntryKind::Data { epoch, first_seq, .. }, Some(&b)) = (e.kind, self.batches.front()) {
                     if e.node == self.node && epoch == self.join_pos && first_seq == b.first_seq {
@@ -1282,7 +1590,7 @@ impl OrderedMember {
     }
 
     fn drive(&mut self, now: Time) {
-        if self.status == Status::Removed {
+        if self.status == Status::Removed || self.frozen {
             return;
         }
         self.deliver(now);
@@ -1290,13 +1598,104 @@ impl OrderedMember {
         self.start_repair(now);
     }
 
+    /// Whether every member of the delivered view holds entry `pos` (its published `held`
+    /// is past it), or leaves the view by an entry this member has already learned (a
+    /// later position, so the same for everyone): the analogue of a transitional view,
+    /// without which a member that crashed before holding it would block the group forever.
+    fn all_hold(&self, pos: u64) -> bool {
+        self.deliver_view.members.iter().all(|m| {
+            self.member_progress(m).1 > pos
+                || self
+                    .learn_view
+                    .get(m.node)
+                    .is_none_or(|l| l.join_pos != m.join_pos)
+        })
+    }
+
+    /// `evs`: delivery while gathering in a new list: the entries before this member's
+    /// configuration starts only build the view (and the senders' next seqs); delivery
+    /// stops where the configuration starts, for the owner to deliver the transitional one.
+    fn deliver_gathering(&mut self) {
+        while let Some(l) = self.buffer.front() {
+            let Some(evs) = self.evs.as_mut() else { return };
+            if evs.pending.is_some() {
+                return;
+            }
+            let e = l.entry;
+            match e.kind {
+                EntryKind::EvsJoin { from } => {
+                    if evs.install.is_none() {
+                        evs.joins.push((e.node, from));
+                    }
+                    let own = e.node == self.node && e.pos == self.join_pos;
+                    if own && evs.install.is_some() {
+                        // A late joiner: its configuration starts at its own join.
+                        evs.pending = Some(e.pos);
+                    }
+                    if self.deliver_view.apply(&e, self.settings.max_members) {
+                        self.next_seq.insert(e.node, 0);
+                    }
+                }
+                EntryKind::Install => {
+                    if evs.install.is_none() {
+                        evs.install = Some(e.pos);
+                        if self.join_pos < e.pos {
+                            evs.pending = Some(e.pos);
+                        }
+                    }
+                }
+                EntryKind::Data {
+                    epoch,
+                    first_seq,
+                    count,
+                    ..
+                } => {
+                    if self.deliver_view.get(e.node).is_some_and(|m| m.join_pos == epoch) {
+                        self.next_seq.insert(e.node, first_seq + u64::from(count));
+                    }
+                    let (node, first) = (e.node, first_seq);
+                    self.payloads
+                        .retain(|id, _| id.0 != node || id.1 != epoch || id.2 >= first + u64::from(count));
+                }
+                EntryKind::Remove(_) => {
+                    if self.deliver_view.apply(&e, self.settings.max_members) {
+                        self.next_seq.remove(&e.node);
+                    }
+                }
+                EntryKind::Join => {}
+            }
+            self.pop_delivered();
+        }
+    }
+
     fn deliver(&mut self, now: Time) {
-        if !self.in_majority || self.status != Status::Active {
+        if !self.in_majority || (self.frozen && self.force_until.is_none()) {
             return;
         }
+        if self.status == Status::Gathering {
+            self.deliver_gathering();
+        }
+        if self.status != Status::Active {
+            return;
+        }
+        let evs = self.evs.is_some();
         while self.producing.is_none() && self.status == Status::Active {
             let Some(l) = self.buffer.front() else { break };
             let e = l.entry;
+            let forced = match self.force_until {
+                Some(end) if e.pos >= end => break,
+                Some(_) => true,
+                None => false,
+            };
+            // `evs`: every entry waits until every member holds it, so that members moving
+            // together to a new list all hold what any of them delivered (docs/ordered.md).
+            if evs && !forced && !matches!(e.kind, EntryKind::Data { .. }) && !self.all_hold(e.pos) {
+                if self.safe_waiting != Some(e.pos) {
+                    self.safe_waiting = Some(e.pos);
+                    self.counters.safe_waits += 1;
+                }
+                break;
+            }
             match e.kind {
                 EntryKind::Data {
                     epoch,
@@ -1324,25 +1723,13 @@ impl OrderedMember {
                     if self.missing(&e).is_some() {
                         break;
                     }
-                    if safe {
-                        // Every member of the view holds it, or leaves the view by a later
-                        // entry (already learned, so at the same point for everyone): the
-                        // analogue of a transitional view, without which a member that
-                        // crashed before holding it would block the group forever.
-                        let all_hold = self.deliver_view.members.iter().all(|m| {
-                            self.member_progress(m).1 > e.pos
-                                || self
-                                    .learn_view
-                                    .get(m.node)
-                                    .is_none_or(|l| l.join_pos != m.join_pos)
-                        });
-                        if !all_hold {
-                            if self.safe_waiting != Some(e.pos) {
-                                self.safe_waiting = Some(e.pos);
-                                self.counters.safe_waits += 1;
-                            }
-                            break;
+                    // `safe`, and every entry of an `evs` list: see `all_hold`.
+                    if (safe || evs) && !forced && !self.all_hold(e.pos) {
+                        if self.safe_waiting != Some(e.pos) {
+                            self.safe_waiting = Some(e.pos);
+                            self.counters.safe_waits += 1;
                         }
+                        break;
                     }
                     if first_seq > next {
                         self.counters.fifo_gaps += 1;
@@ -1403,6 +1790,19 @@ impl OrderedMember {
                         self.removed(reason);
                     }
                 }
+                EntryKind::EvsJoin { .. } => {
+                    // A late joiner of this list epoch: no state transfer under `evs` (as
+                    // in CPG, the application reconciles from the joined list).
+                    let changed = self.deliver_view.apply(&e, self.settings.max_members);
+                    self.pop_delivered();
+                    if !changed {
+                        continue;
+                    }
+                    self.next_seq.insert(e.node, 0);
+                    self.payloads.retain(|id, _| id.0 != e.node || id.1 >= e.pos);
+                    self.view_event(e.pos, Some(e.node), None);
+                }
+                EntryKind::Install => self.pop_delivered(),
             }
         }
         let _ = now;
@@ -1417,6 +1817,17 @@ impl OrderedMember {
     }
 
     fn view_event(&mut self, position: u64, joined: Option<NodeId>, left: Option<(NodeId, RemoveReason)>) {
+        if let Some(evs) = &self.evs {
+            self.out.push_back(Output::Configuration(ConfigEvent {
+                epoch: evs.epoch,
+                position,
+                members: self.deliver_view.nodes(),
+                joined: joined.into_iter().collect(),
+                left: left.into_iter().collect(),
+                transitional: false,
+            }));
+            return;
+        }
         self.out.push_back(Output::View(ViewEvent {
             id: self.deliver_view.id,
             position,
@@ -1428,7 +1839,7 @@ impl OrderedMember {
 
     fn list_addr(&self, pos: u64) -> Address {
         let slot = pos % u64::from(self.settings.list_slots);
-        Address::new(MEMNODE, LIST, 8 + (slot as u32) * ENTRY_BYTES as u32)
+        Address::new(self.memnode, LIST, 8 + (slot as u32) * ENTRY_BYTES as u32)
     }
 
     /// This member's progress write, if it has a slot and something changed.
@@ -1451,7 +1862,7 @@ impl OrderedMember {
         }
         self.published = Some(slot);
         mtx.write(
-            Address::new(MEMNODE, PROGRESS, (me.slot + 1) * PROGRESS_BYTES as u32),
+            Address::new(self.memnode, PROGRESS, (me.slot + 1) * PROGRESS_BYTES as u32),
             &slot.encode(),
         )
     }
@@ -1465,9 +1876,9 @@ impl OrderedMember {
             _ => self.settings.max_members,
         };
         Minitransaction::new()
-            .read(Address::new(MEMNODE, LIST, 0), 8)
+            .read(Address::new(self.memnode, LIST, 0), 8)
             .read(
-                Address::new(MEMNODE, PROGRESS, 0),
+                Address::new(self.memnode, PROGRESS, 0),
                 (span + 1) * PROGRESS_BYTES as u32,
             )
     }
@@ -1515,11 +1926,7 @@ impl OrderedMember {
                 self.learned = self.known_tail;
             }
             let at = self.learned;
-            let e = Entry {
-                pos: at,
-                node: self.node,
-                kind: EntryKind::Join,
-            };
+            let e = self.own_join(at);
             let mtx = self
                 .base_reads()
                 .compare(self.list_addr_tail(), &at.to_le_bytes())
@@ -1527,6 +1934,22 @@ impl OrderedMember {
                 .write(self.list_addr_tail(), &(at + 1).to_le_bytes());
             self.counters.appends += 1;
             self.submit_list_op(now, &mtx, ListOp::Join { at });
+            return;
+        }
+        if self.install_due(now) {
+            let at = self.learned;
+            let e = Entry {
+                pos: at,
+                node: self.node,
+                kind: EntryKind::Install,
+            };
+            let mtx = self
+                .reads_from(at, u64::from(self.settings.read_batch))
+                .compare(self.list_addr_tail(), &at.to_le_bytes())
+                .write(self.list_addr(at), &e.encode())
+                .write(self.list_addr_tail(), &(at + 1).to_le_bytes());
+            self.counters.appends += 1;
+            self.submit_list_op(now, &mtx, ListOp::Install { at });
             return;
         }
         // Progress rides appends, but an append that loses the tail race writes nothing: a
@@ -1604,8 +2027,35 @@ impl OrderedMember {
         self.submit_list_op(now, &mtx, ListOp::Read { from });
     }
 
+    /// This member's join entry at `at`: `EvsJoin` in an `evs` list.
+    fn own_join(&self, at: u64) -> Entry {
+        let kind = match &self.evs {
+            Some(evs) => EntryKind::EvsJoin { from: evs.from },
+            None => EntryKind::Join,
+        };
+        Entry {
+            pos: at,
+            node: self.node,
+            kind,
+        }
+    }
+
+    /// `evs`: the founder installs the first configuration of its list once it has learned
+    /// up to the tail and every member of its side joined, or the gather timed out.
+    fn install_due(&self, now: Time) -> bool {
+        let Some(evs) = &self.evs else { return false };
+        self.status == Status::Gathering
+            && evs.founder
+            && !evs.install_learned
+            && !self.pending_uncertain
+            && self.known_tail != u64::MAX
+            && self.learned >= self.known_tail
+            && self.learned > self.join_pos
+            && (now >= evs.gather_deadline || evs.side.iter().all(|&n| self.learn_view.get(n).is_some()))
+    }
+
     fn list_addr_tail(&self) -> Address {
-        Address::new(MEMNODE, LIST, 0)
+        Address::new(self.memnode, LIST, 0)
     }
 
     fn submit_list_op(&mut self, now: Time, mtx: &Minitransaction, op: ListOp) {
@@ -1739,6 +2189,7 @@ impl OrderedMember {
             match reason {
                 RemoveReason::Suspected => self.counters.removals_suspected += 1,
                 RemoveReason::Lagging => self.counters.removals_lagging += 1,
+                RemoveReason::Partitioned => {}
                 RemoveReason::Left => {}
             }
             push(&mut entries, node, EntryKind::Remove(reason));
@@ -1800,7 +2251,8 @@ impl OrderedMember {
                     slot.extend_from_slice(bytes);
                     let q = (seq % u64::from(self.settings.queue_slots)) as u32;
                     let offset = (me.slot * self.settings.queue_slots + q) * qsb;
-                    mtx.writes.push((Address::new(MEMNODE, QUEUES, offset), slot));
+                    mtx.writes
+                        .push((Address::new(self.memnode, QUEUES, offset), slot));
                 }
             }
         }
@@ -1897,7 +2349,7 @@ impl OrderedMember {
                 }
                 let q = (seq % u64::from(self.settings.queue_slots)) as u32;
                 mtx = mtx.read(
-                    Address::new(MEMNODE, QUEUES, (slot * self.settings.queue_slots + q) * qsb),
+                    Address::new(self.memnode, QUEUES, (slot * self.settings.queue_slots + q) * qsb),
                     qsb,
                 );
                 ids.push(id);

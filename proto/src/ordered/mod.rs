@@ -17,12 +17,14 @@
 //!   payload it missed (so a payload outlives its sender).
 
 mod entry;
+mod evs;
 pub(crate) mod host;
 mod member;
 
-pub use entry::{Entry, EntryKind, ProgressSlot, RemoveReason};
+pub use entry::{Entry, EntryKind, EpochId, JoinFrom, ProgressSlot, RemoveReason};
+pub use evs::{EvsCounters, EvsMember};
 pub use host::{OrderedError, OrderedHostCounters, OrderedStatusEvent, Placement};
-pub use member::{OrderedCounters, OrderedMember, Output, Status, SubmitRefused, ViewEvent};
+pub use member::{ConfigEvent, OrderedCounters, OrderedMember, Output, Status, SubmitRefused, ViewEvent};
 
 use crate::minitx::MemnodeId;
 use crate::{GroupId, NodeId, Time, MILLIS};
@@ -40,6 +42,17 @@ pub const ENTRY_BYTES: usize = 32;
 pub const PROGRESS_BYTES: usize = 32;
 /// Bytes before a payload in a queue slot: node u32, len u32, epoch u64, seq u64.
 pub const QUEUE_HEADER: usize = 24;
+
+/// What a group does when the view splits it (issue 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PartitionPolicy {
+    /// Only a side holding a majority goes on; a minority side delivers nothing new.
+    #[default]
+    Majority,
+    /// Extended virtual synchrony: each side goes on in its own configuration, in its own
+    /// list epoch ([`EvsMember`]); sides that meet again merge into one configuration.
+    Evs,
+}
 
 /// Sizes and timers of an ordered group, each with its default and its trade. Every member
 /// and the memory node must use the same layout fields (`list_slots`, `max_members`,
@@ -92,6 +105,12 @@ pub struct OrderedSettings {
     /// A joiner not installed this long after its join entry joins again (its producer
     /// may have crashed).
     pub install_timeout: Time,
+    /// What a partition does to the group (`Majority` unless asked).
+    pub partition: PartitionPolicy,
+    /// `evs`: the founder of a new list epoch installs its first configuration once every
+    /// member of its side has joined, or this long after it opened the epoch. Longer: a
+    /// slow member of the side is less often left to join later on its own.
+    pub gather_timeout: Time,
 }
 
 impl Default for OrderedSettings {
@@ -112,6 +131,8 @@ impl Default for OrderedSettings {
             repair_delay: 20 * MILLIS,
             retransmit: 20 * MILLIS,
             install_timeout: 2_000 * MILLIS,
+            partition: PartitionPolicy::Majority,
+            gather_timeout: 200 * MILLIS,
         }
     }
 }
@@ -133,6 +154,24 @@ impl OrderedSettings {
             ),
         ]
     }
+}
+
+/// `evs`: the memory node holding the list of `epoch` (the first list is on [`MEMNODE`]).
+/// Epoch numbers come from the view and differ between concurrent sides; two epochs whose
+/// numbers are equal modulo 65,534 must not be open on one host at once.
+pub fn epoch_memnode(epoch: EpochId) -> MemnodeId {
+    if epoch == EpochId::FIRST {
+        MEMNODE
+    } else {
+        1 + (epoch.number % 0xFFFE) as MemnodeId
+    }
+}
+
+/// `evs`: the hosts of the memory node of `epoch`, primary first, chosen from the side that
+/// opened it (every member of the side computes the same pair).
+pub fn epoch_memnode_hosts(group: GroupId, epoch: EpochId, side: &[NodeId]) -> Vec<NodeId> {
+    let salt = rendezvous(u64::from(epoch.number) << 32 | u64::from(epoch.founder), 0x5eed);
+    choose_memnode_hosts(group ^ salt, side)
 }
 
 /// Chooses the nodes running a group's memory node, primary first then backup, from

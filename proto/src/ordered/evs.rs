@@ -1,0 +1,423 @@
+//! The `evs` partition policy: extended virtual synchrony over *list epochs*. One node's
+//! member of one `evs` group holds the [`OrderedMember`] of the list it is installed in and,
+//! while the view changes, the one of the new list it gathers in; it delivers the
+//! transitional configuration between them. Rules and proof: `docs/ordered.md`, "Partition
+//! policy `evs`".
+//!
+//! - Every side change (a split, a merge, a crash, a join) opens a new list epoch on a
+//!   memory node placed on the side: members of a side then agree on their list whatever
+//!   views each saw before, and no backup is ever promoted (its primary may be appending on
+//!   another side). Every member appends `EvsJoin { from }` (its old list, where it
+//!   delivered to and what it holds there) and the founder (lowest node of the side)
+//!   appends `Install` once the side joined or `gather_timeout` passed.
+//! - Transitional set: in an `evs` list every entry is delivered only once every member
+//!   holds it, so members moving together all hold what any of them delivered. With `T` the
+//!   largest `delivered` among the joins from one old list, the movers holding up to `T`
+//!   deliver up to `T` and form the transitional configuration; a mover holding less (only
+//!   possible for one an earlier entry already removed) moves alone, delivering no more.
+//! - A sender's messages never appended to the old list go again in the new one; those it
+//!   appended and did not deliver are delivered by whichever members' `T` covers them, maybe
+//!   by none (counted `unconfirmed`).
+
+use super::entry::{EpochId, JoinFrom, RemoveReason};
+use super::member::{ConfigEvent, OrderedMember, Output, Status, SubmitRefused};
+use super::{epoch_memnode, epoch_memnode_hosts, OrderedSettings, PartitionPolicy};
+use crate::minitx::MinitxSettings;
+use crate::{GroupId, NodeId, Time};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Counters of an `evs` member (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvsCounters {
+    /// New list epochs this member joined (splits without the old primary, merges, first
+    /// joins).
+    pub epochs_joined: u64,
+    /// Transitional configurations delivered, and those this member was alone in.
+    pub transitional: u64,
+    pub transitional_alone: u64,
+    /// Old-list entries a mover could not deliver in its transitional configuration (must
+    /// stay 0).
+    pub transitional_missing: u64,
+    /// Messages sent again in a new list (queued in the old one, never appended), and those
+    /// dropped because the new list's `max_outgoing` was reached.
+    pub resent: u64,
+    pub resend_dropped: u64,
+    /// This member's messages appended (or maybe appended) to a list it left before
+    /// delivering them: the members that stay in that list deliver them, this one does not.
+    pub unconfirmed: u64,
+    /// Minitransaction messages for a memory node neither list uses (late answers of an
+    /// abandoned list).
+    pub stale_minitx: u64,
+}
+
+/// One node's member of one `evs` ordered group. Inputs and outputs are those of
+/// [`OrderedMember`], with message epochs `list number << 32 | join position` and
+/// [`Output::Configuration`] for every configuration change; the view arrives by
+/// [`EvsMember::set_side`].
+pub struct EvsMember {
+    node: NodeId,
+    group: GroupId,
+    settings: OrderedSettings,
+    minitx: MinitxSettings,
+    incarnation: u32,
+    /// The list of the last configuration this member was installed in, and the primary
+    /// host of its memory node.
+    installed: Option<(OrderedMember, NodeId)>,
+    /// The new list this member gathers in, and the primary host of its memory node.
+    gathering: Option<(OrderedMember, NodeId)>,
+    /// The number of the last side the view gave (older ones are ignored).
+    last_side: Option<u32>,
+    /// The application left: later sides do not bring this member back.
+    leaving: bool,
+    out: VecDeque<Output>,
+    counters: EvsCounters,
+}
+
+impl EvsMember {
+    /// A member of a group created by configuration with `members`, its first list on
+    /// `memnode_host` (`ordered::MEMNODE`).
+    pub fn initial(
+        node: NodeId,
+        group: GroupId,
+        members: &[NodeId],
+        memnode_host: NodeId,
+        settings: OrderedSettings,
+        minitx: MinitxSettings,
+    ) -> EvsMember {
+        let mut m = EvsMember::new(node, group, settings, minitx);
+        let member = OrderedMember::initial(
+            node,
+            group,
+            members,
+            memnode_host,
+            m.settings.clone(),
+            m.minitx.clone(),
+        );
+        m.installed = Some((member, memnode_host));
+        m
+    }
+
+    /// A node not in the group yet: it joins with the next [`EvsMember::set_side`] (a new
+    /// list epoch, merged with whoever is on its side; no state transfer under `evs`).
+    pub fn new(node: NodeId, group: GroupId, settings: OrderedSettings, minitx: MinitxSettings) -> EvsMember {
+        let settings = OrderedSettings {
+            partition: PartitionPolicy::Evs,
+            ..settings
+        };
+        EvsMember {
+            node,
+            group,
+            settings,
+            minitx,
+            incarnation: 1,
+            installed: None,
+            gathering: None,
+            last_side: None,
+            leaving: false,
+            out: VecDeque::new(),
+            counters: EvsCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &EvsCounters {
+        &self.counters
+    }
+
+    /// The member of the installed list (what it sends and delivers in).
+    pub fn current(&self) -> Option<&OrderedMember> {
+        self.installed.as_ref().map(|(m, _)| m)
+    }
+
+    /// The member of the list being gathered, if any.
+    pub fn gathering(&self) -> Option<&OrderedMember> {
+        self.gathering.as_ref().map(|(m, _)| m)
+    }
+
+    /// The list epoch of the installed configuration.
+    pub fn epoch(&self) -> Option<EpochId> {
+        self.current().and_then(OrderedMember::list_epoch)
+    }
+
+    /// Whether this member is installed in an active configuration and gathers nowhere.
+    pub fn settled(&self) -> bool {
+        self.gathering.is_none() && self.current().is_some_and(|m| m.status() == Status::Active)
+    }
+
+    /// Whether no minitransaction of either list is in flight.
+    pub fn idle(&self) -> bool {
+        self.current().is_none_or(OrderedMember::idle) && self.gathering().is_none_or(OrderedMember::idle)
+    }
+
+    /// From the view: this node's side is `members` (the group's members it can reach,
+    /// itself included); `number` names the side, grows with every change and differs
+    /// between concurrent sides (it names the list epoch the side opens). A number not
+    /// above the last one is ignored. Every side change opens a new list epoch, joined by
+    /// every member of the side: the members of a side then agree on the list whatever
+    /// views each of them saw before (see the module docs).
+    pub fn set_side(&mut self, now: Time, number: u32, members: &[NodeId]) {
+        let mut side = members.to_vec();
+        side.sort_unstable();
+        side.dedup();
+        if !side.contains(&self.node) || self.leaving {
+            return;
+        }
+        if self.last_side.is_some_and(|n| n >= number) {
+            return;
+        }
+        self.last_side = Some(number);
+        let epoch = EpochId {
+            number,
+            founder: side[0],
+        };
+        if self.gathering().and_then(OrderedMember::list_epoch) == Some(epoch) {
+            return;
+        }
+        // Leave the installed list where it stands: what it delivered and holds goes into
+        // the join.
+        let from: Option<JoinFrom> = self.installed.as_mut().and_then(|(m, _)| {
+            m.freeze();
+            m.join_from()
+        });
+        let hosts = epoch_memnode_hosts(self.group, epoch, &side);
+        self.out.push_back(Output::OpenEpoch {
+            epoch,
+            memnode: epoch_memnode(epoch),
+            hosts: hosts.clone(),
+        });
+        self.incarnation += 1;
+        self.counters.epochs_joined += 1;
+        let member = OrderedMember::evs_joiner(
+            self.node,
+            self.incarnation,
+            self.group,
+            epoch,
+            hosts[0],
+            &side,
+            from,
+            now,
+            self.settings.clone(),
+            self.minitx.clone(),
+        );
+        self.gathering = Some((member, hosts[0]));
+        self.pump(now);
+    }
+
+    /// Leaves the group: an entry in the installed list, or, while gathering, in the new
+    /// one once it is installed there.
+    pub fn leave(&mut self, now: Time) {
+        self.leaving = true;
+        match (&mut self.gathering, &mut self.installed) {
+            (Some((g, _)), _) => g.leave(now),
+            (None, Some((m, _))) => m.leave(now),
+            (None, None) => {}
+        }
+        self.pump(now);
+    }
+
+    /// Queues a message in the installed configuration (refused while gathering).
+    pub fn submit(&mut self, now: Time, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
+        if self.gathering.is_some() {
+            return Err(SubmitRefused::NotMember);
+        }
+        let Some((m, _)) = &mut self.installed else {
+            return Err(SubmitRefused::NotMember);
+        };
+        let r = m.submit(now, bytes, safe);
+        self.pump(now);
+        r
+    }
+
+    /// A disseminated payload (`epoch` as in [`Output::Disseminate`]).
+    pub fn handle_payload(&mut self, now: Time, sender: NodeId, epoch: u64, seq: u64, bytes: &[u8]) {
+        let (number, join_pos) = split_epoch(epoch);
+        for m in self.lists_mut() {
+            if m.list_epoch().is_some_and(|e| e.number == number) {
+                m.handle_payload(now, sender, join_pos, seq, bytes);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A minitransaction message from a memory node: to the list it is about.
+    pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        let memnode = tutti_wire::minitx::Message::decode(bytes)
+            .ok()
+            .map(|m| m.memnode());
+        let mut taken = false;
+        for m in self.lists_mut() {
+            if m.list_epoch().map(epoch_memnode) == memnode {
+                m.handle_minitx(now, from, bytes);
+                taken = true;
+            }
+        }
+        if !taken {
+            self.counters.stale_minitx += 1;
+        }
+        self.pump(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        for m in self.lists_mut() {
+            if m.poll_timeout().is_some_and(|t| t <= now) {
+                m.handle_timeout(now);
+            }
+        }
+        self.pump(now);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let a = self.current().and_then(OrderedMember::poll_timeout);
+        let b = self.gathering().and_then(OrderedMember::poll_timeout);
+        a.into_iter().chain(b).min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn lists_mut(&mut self) -> impl Iterator<Item = &mut OrderedMember> {
+        self.installed
+            .as_mut()
+            .map(|(m, _)| m)
+            .into_iter()
+            .chain(self.gathering.as_mut().map(|(m, _)| m))
+    }
+
+    /// Moves every list's outputs out (epochs qualified by the list number), and installs
+    /// the gathered list once its delivery reached this member's configuration there.
+    fn pump(&mut self, now: Time) {
+        loop {
+            if let Some((m, _)) = &mut self.installed {
+                drain(m, &mut self.out);
+            }
+            if let Some((g, _)) = &mut self.gathering {
+                drain(g, &mut self.out);
+            }
+            let Some(pending) = self.gathering.as_mut().and_then(|(g, _)| g.take_pending()) else {
+                return;
+            };
+            let moved_with = self.deliver_transitional(now, &pending.joins);
+            let Some((mut g, host)) = self.gathering.take() else {
+                return;
+            };
+            g.activate(now, &moved_with);
+            // What this member queued in the old list and never appended goes again, as new
+            // messages of the new list. What it appended there and did not deliver is left
+            // to that list (delivering it again here could deliver it twice at a member
+            // that delivered it there): counted as `unconfirmed`.
+            let (unsent, unconfirmed) = self
+                .installed
+                .as_ref()
+                .map(|(old, _)| old.unsent_own())
+                .unwrap_or_default();
+            self.counters.unconfirmed += unconfirmed as u64;
+            for (bytes, safe) in unsent {
+                match g.submit(now, &bytes, safe) {
+                    Ok(_) => self.counters.resent += 1,
+                    Err(_) => self.counters.resend_dropped += 1,
+                }
+            }
+            self.installed = Some((g, host));
+        }
+    }
+
+    /// Delivers the end of the installed (frozen) list this member moves from, and the
+    /// transitional configuration; returns its members.
+    fn deliver_transitional(&mut self, now: Time, joins: &[(NodeId, Option<JoinFrom>)]) -> Vec<NodeId> {
+        let Some((old, _)) = &mut self.installed else {
+            // A new member: no configuration to move from.
+            return vec![self.node];
+        };
+        let Some(me) = old.join_from() else {
+            // Removed from its list (or never active there): it moves alone.
+            return vec![self.node];
+        };
+        // The last join of each node counts (a join may land twice after an unknown outcome).
+        let joins: BTreeMap<NodeId, Option<JoinFrom>> = joins.iter().copied().collect();
+        let from_here: Vec<(NodeId, JoinFrom)> = joins
+            .iter()
+            .filter_map(|(&n, f)| f.filter(|f| f.epoch == me.epoch).map(|f| (n, f)))
+            .collect();
+        let end = from_here
+            .iter()
+            .map(|(_, f)| f.delivered)
+            .max()
+            .unwrap_or(me.delivered);
+        let mut moved_with: Vec<NodeId> = from_here
+            .iter()
+            .filter(|(_, f)| f.held >= end)
+            .map(|(n, _)| *n)
+            .collect();
+        let alone = !moved_with.contains(&self.node);
+        if alone {
+            // It holds less than another mover delivered: it moves alone, delivering no more.
+            moved_with = vec![self.node];
+            self.counters.transitional_alone += 1;
+        } else if !old.deliver_through(now, u64::from(end)) {
+            self.counters.transitional_missing += 1;
+        }
+        drain(old, &mut self.out);
+        let position = old.delivered();
+        let left = old
+            .delivered_members()
+            .into_iter()
+            .filter(|n| !moved_with.contains(n))
+            .map(|n| (n, RemoveReason::Partitioned))
+            .collect();
+        self.counters.transitional += 1;
+        self.out.push_back(Output::Configuration(ConfigEvent {
+            epoch: me.epoch,
+            position,
+            members: moved_with.clone(),
+            joined: Vec::new(),
+            left,
+            transitional: true,
+        }));
+        moved_with
+    }
+}
+
+/// Moves a list's outputs to `out`, message epochs qualified by its list number.
+fn drain(m: &mut OrderedMember, out: &mut VecDeque<Output>) {
+    let number = m.list_epoch().map_or(0, |e| e.number);
+    while let Some(o) = m.poll_output() {
+        out.push_back(match o {
+            Output::Deliver {
+                sender,
+                epoch,
+                seq,
+                position,
+                safe,
+                bytes,
+            } => Output::Deliver {
+                sender,
+                epoch: join_epoch(number, epoch),
+                seq,
+                position,
+                safe,
+                bytes,
+            },
+            Output::Disseminate {
+                sender,
+                epoch,
+                seq,
+                bytes,
+            } => Output::Disseminate {
+                sender,
+                epoch: join_epoch(number, epoch),
+                seq,
+                bytes,
+            },
+            o => o,
+        });
+    }
+}
+
+/// A message's epoch under `evs`: the list number, then the sender's join position there.
+fn join_epoch(number: u32, join_pos: u64) -> u64 {
+    u64::from(number) << 32 | (join_pos & 0xFFFF_FFFF)
+}
+
+fn split_epoch(epoch: u64) -> (u32, u64) {
+    ((epoch >> 32) as u32, epoch & 0xFFFF_FFFF)
+}
