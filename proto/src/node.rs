@@ -12,6 +12,7 @@ use crate::ordered::{
 };
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
+use crate::view_cache::EncodedView;
 use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -19,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use tutti_wire::packet::{
     self, Entries, HeartbeatEntry, HeartbeatHeader, MemberEntry, Message, ViewGroupMember, ViewGroupSlices,
-    ViewPartHeader, ViewParts, HEARTBEAT_FLAG_ACK, HEARTBEAT_FLAG_DEAD, HEARTBEAT_FLAG_LEAVING,
-    HEARTBEAT_FLAG_PING_REQ, HEARTBEAT_FLAG_PROBE, HEARTBEAT_FLAG_SUSPECT,
+    ViewPartHeader, ViewParts, ViewRequestHeader, HEARTBEAT_FLAG_ACK, HEARTBEAT_FLAG_DEAD,
+    HEARTBEAT_FLAG_LEAVING, HEARTBEAT_FLAG_PING_REQ, HEARTBEAT_FLAG_PROBE, HEARTBEAT_FLAG_SUSPECT,
 };
 use tutti_wire::packet::{OrderedHeader, DATAGRAM_HEADER_LEN, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN};
 
@@ -83,6 +84,10 @@ pub struct Counters {
     /// View requests not served because `VIEW_SENDS_PER_ROUND` views went out this round
     /// (the asker asks again, of whoever announces the view next).
     pub view_requests_deferred: u64,
+    /// View requests sent (pulls of a newer view, whole or the parts we lack).
+    pub view_requests: u64,
+    /// Parts named in the view requests sent (0 for a whole-view pull).
+    pub view_parts_requested: u64,
     /// View parts refused: their totals disagree with the parts held of the same view, the
     /// view declares more than [`MAX_VIEW_ENTRIES`] entries, or the complete set of parts
     /// does not cover the view exactly.
@@ -268,6 +273,24 @@ impl ViewAssembly {
         self.received_count == self.parts
     }
 
+    /// Appends the first `max` parts not received yet to `out`, in ascending order.
+    fn missing(&self, max: usize, out: &mut Vec<u32>) {
+        for (w, bits) in self.received.iter().enumerate() {
+            if *bits == u64::MAX {
+                continue;
+            }
+            for b in 0..64u32 {
+                let part = w as u32 * 64 + b;
+                if part >= self.parts || out.len() >= max {
+                    return;
+                }
+                if bits & (1 << b) == 0 {
+                    out.push(part);
+                }
+            }
+        }
+    }
+
     /// The view, if the parts cover it exactly.
     fn build(mut self) -> Option<View> {
         if self.group_parts.len() != self.groups as usize {
@@ -416,6 +439,8 @@ pub struct Node {
     view_hash: u64,
     /// Shared table of views (the simulator's interning), if the driver set one.
     view_cache: Option<ViewCache>,
+    /// Our view's parts, encoded when first served (shared through the view cache).
+    encoded_view: Option<Arc<EncodedView>>,
     /// Views whose parts are arriving (at most [`VIEW_ASSEMBLIES`]).
     assembling: Vec<ViewAssembly>,
     max_counter: u64,
@@ -672,6 +697,7 @@ impl Node {
             relays: Vec::new(),
             view_hash: view.content_hash(),
             view_cache: None,
+            encoded_view: None,
             view,
             assembling: Vec::new(),
             max_counter: 0,
@@ -1059,10 +1085,11 @@ impl Node {
                     members,
                     groups,
                 } => self.handle_view_part(now, from, &header, members, groups),
-                Message::ViewRequest => {
+                Message::ViewRequest { header, parts } => {
                     // Any member serves its view (pulled by members that saw its id and
                     // hash in our heartbeats): once per asker per round, and at most
-                    // `VIEW_SENDS_PER_ROUND` times a round in all.
+                    // `VIEW_SENDS_PER_ROUND` times a round in all. Only the parts the asker
+                    // lacks, if it pulls this very view split as we split it.
                     if self.view_sends_round != self.round {
                         self.view_sends_round = self.round;
                         self.view_sends = 0;
@@ -1072,7 +1099,14 @@ impl Node {
                         if self.view_sends < VIEW_SENDS_PER_ROUND {
                             self.view_sends += 1;
                             self.view_sent.push(from);
-                            self.send_view(from);
+                            let wanted = ViewId {
+                                counter: header.counter,
+                                coordinator: header.coordinator,
+                                coordinator_incarnation: header.coordinator_incarnation,
+                            };
+                            let same = wanted == self.view.id && header.hash == self.view_hash;
+                            let only: Vec<u32> = if same { parts.iter().collect() } else { Vec::new() };
+                            self.send_view(from, &only, header.parts);
                         } else {
                             self.counters.view_requests_deferred += 1;
                         }
@@ -1522,15 +1556,46 @@ impl Node {
             self.note_announcement(now, their, header.view_hash, from.node);
             if their.newer_than(&self.view.id) && self.view_request_round != self.round {
                 // Pull it (once a round) from the member whose parts of it we hold in part,
-                // if any (its parts complete them), else from this one.
-                self.view_request_round = self.round;
-                let to = self
-                    .assembling
-                    .iter()
-                    .filter(|a| a.id == their)
-                    .max_by_key(|a| a.received_count)
-                    .map_or(from.node, |a| a.from);
-                self.out.push(to, 0, |e| e.push_view_request());
+                // if any (only the parts we lack: its parts complete them), else whole from
+                // this one. Not if we hold it whole already, waiting for a vouch.
+                let held = self
+                    .unvouched
+                    .as_ref()
+                    .is_some_and(|(v, h)| v.id == their && *h == header.view_hash);
+                if !held {
+                    self.view_request_round = self.round;
+                    let mut req = ViewRequestHeader {
+                        counter: their.counter,
+                        coordinator: their.coordinator,
+                        coordinator_incarnation: their.coordinator_incarnation,
+                        hash: header.view_hash,
+                        parts: 0,
+                        count: 0,
+                    };
+                    let mut missing = Vec::new();
+                    let to = match self
+                        .assembling
+                        .iter()
+                        .filter(|a| a.id == their)
+                        .max_by_key(|a| a.received_count)
+                    {
+                        Some(a) => {
+                            a.missing(packet::MAX_VIEW_REQUEST_PARTS, &mut missing);
+                            req.parts = a.parts;
+                            a.from
+                        }
+                        None => from.node,
+                    };
+                    if missing.is_empty() {
+                        req.parts = 0;
+                    }
+                    self.counters.view_requests += 1;
+                    self.counters.view_parts_requested += missing.len() as u64;
+                    self.out
+                        .push(to, packet::VIEW_REQUEST_HEADER_LEN + 4 * missing.len(), |e| {
+                            e.push_view_request(&req, &missing)
+                        });
+                }
             }
         }
         // Answer nodes outside our view (joiners, the other side of a healed partition).
@@ -1757,9 +1822,49 @@ impl Node {
         }
     }
 
-    /// Sends our view to `to`, in parts that each fit a datagram of `max_datagram` bytes.
-    fn send_view(&mut self, to: NodeId) {
-        let view = self.view.clone();
+    /// Sends our view to `to`, in parts that each fit a datagram of `max_datagram` bytes:
+    /// the parts `only` lists if `to` holds the others (it split the view into `parts`
+    /// parts, as we do), else all of them.
+    fn send_view(&mut self, to: NodeId, only: &[u32], parts: u32) {
+        let max_body = self
+            .settings
+            .max_datagram
+            .saturating_sub(packet::DATAGRAM_HEADER_LEN + packet::MESSAGE_HEADER_LEN);
+        let encoded = match &self.encoded_view {
+            Some(e) if e.max_body == max_body => e.clone(),
+            _ => {
+                let (id, hash) = (self.view.id, self.view_hash);
+                let e = match &self.view_cache {
+                    Some(c) => c.encoded(id, hash, max_body, || {
+                        Self::encode_view(&self.view, hash, max_body)
+                    }),
+                    None => Self::encode_view(&self.view, hash, max_body).map(Arc::new),
+                };
+                let Some(e) = e else {
+                    // `max_datagram` too small for any view part: counted, as an oversize message.
+                    self.out.oversize += 1;
+                    return;
+                };
+                self.encoded_view = Some(e.clone());
+                e
+            }
+        };
+        let all = only.is_empty() || parts as usize != encoded.bodies.len();
+        let mut send = |body: &[u8]| {
+            self.counters.views_sent += 1;
+            self.out.push(to, body.len(), |e| e.push_view_body(body));
+        };
+        if all {
+            encoded.bodies.iter().for_each(|b| send(b));
+        } else {
+            only.iter()
+                .filter_map(|&p| encoded.bodies.get(p as usize))
+                .for_each(|b| send(b));
+        }
+    }
+
+    /// `view`'s parts, encoded within `max_body` bytes each; `None` if no part fits.
+    fn encode_view(view: &View, hash: u64, max_body: usize) -> Option<EncodedView> {
         let members: Vec<MemberEntry> = view
             .members
             .iter()
@@ -1790,28 +1895,25 @@ impl Node {
             })
             .collect();
         let gs: Vec<(GroupId, &[ViewGroupMember])> = idx.iter().map(|(g, v)| (*g, v.as_slice())).collect();
-        let max_body = self
-            .settings
-            .max_datagram
-            .saturating_sub(packet::DATAGRAM_HEADER_LEN + packet::MESSAGE_HEADER_LEN);
         let id = view.id;
-        let Ok(parts) = ViewParts::new(
+        let parts = ViewParts::new(
             id.counter,
             (id.coordinator, id.coordinator_incarnation),
             &members,
             &gs,
             max_body,
-        ) else {
-            // `max_datagram` too small for any view part: counted, as an oversize message.
-            self.out.oversize += 1;
-            return;
-        };
-        for p in 0..parts.len() {
-            self.counters.views_sent += 1;
-            let parts = &parts;
-            self.out
-                .push(to, parts.body_len(p), |e| e.push_view_part(parts, p));
-        }
+        )
+        .ok()?;
+        let bodies = (0..parts.len())
+            .map(|p| packet::view_part_body(&parts, p))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(EncodedView {
+            id,
+            hash,
+            max_body,
+            bodies,
+        })
     }
 
     /// A part of a view: held until the view's other parts arrived, then installed.
@@ -2067,6 +2169,7 @@ impl Node {
             .map(|gv| (gv.id, gv.stream_of(me).unwrap_or(0)))
             .collect();
         self.view_hash = hash;
+        self.encoded_view = None;
         self.installed_round = self.round;
         self.view = view.clone();
         self.counters.views_installed += 1;
@@ -2223,7 +2326,7 @@ impl Node {
             self.pick_view_targets(VIEW_PUSH_FANOUT, &mut to);
         }
         for t in to {
-            self.send_view(t);
+            self.send_view(t, &[], 0);
         }
     }
 
@@ -2855,7 +2958,7 @@ mod tests {
     fn view_datagrams(view: &View, to: NodeId) -> Vec<Vec<u8>> {
         let mut coord = Node::new(0, 1, &[], Settings::default(), 0, 1);
         coord.view = Arc::new(view.clone());
-        coord.send_view(to);
+        coord.send_view(to, &[], 0);
         let mut out = Vec::new();
         let max = coord.settings().max_datagram;
         while let Some(t) = coord.poll_transmit() {

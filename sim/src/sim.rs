@@ -431,7 +431,7 @@ fn datagram_kinds(bytes: &[u8]) -> String {
                 kinds.push(("View", members.len()));
                 continue;
             }
-            Message::ViewRequest => "ViewRequest",
+            Message::ViewRequest { .. } => "ViewRequest",
             Message::GroupJoin(_) => "GroupJoin",
             Message::GroupLeave(_) => "GroupLeave",
             Message::Ordered { .. } => "Ordered",
@@ -1358,14 +1358,24 @@ impl Sim {
         for (i, sn) in self.nodes.iter().enumerate() {
             if let Some(n) = &sn.node {
                 let v = n.view();
-                by.entry((v.id.counter, v.id.coordinator, v.id.coordinator_incarnation, n.view_hash()))
-                    .or_default()
-                    .push(i as NodeId);
+                by.entry((
+                    v.id.counter,
+                    v.id.coordinator,
+                    v.id.coordinator_incarnation,
+                    n.view_hash(),
+                ))
+                .or_default()
+                .push(i as NodeId);
             }
         }
         let mut out = format!("{} distinct views", by.len());
         for ((counter, coord, inc, hash), holders) in by.iter().rev().take(6) {
-            let Some(v) = self.nodes.get(holders[0] as usize).and_then(|s| s.node.as_ref()).map(|n| n.view()) else {
+            let Some(v) = self
+                .nodes
+                .get(holders[0] as usize)
+                .and_then(|s| s.node.as_ref())
+                .map(|n| n.view())
+            else {
                 continue;
             };
             let listed: std::collections::HashSet<NodeId> = v.members.iter().map(|m| m.node).collect();
