@@ -2993,6 +2993,86 @@ mod tests {
         assert!(node.assembling.is_empty());
     }
 
+    /// The datagrams `node` has queued, drained.
+    fn drain(node: &mut Node) -> Vec<(NodeId, Vec<u8>)> {
+        node.out.flush();
+        std::iter::from_fn(|| node.poll_transmit().map(|t| (t.dest, t.payload.to_vec()))).collect()
+    }
+
+    /// The view parts (indexes) and view requests (part lists) in `dgs`.
+    fn view_traffic(dgs: &[(NodeId, Vec<u8>)]) -> (Vec<u32>, Vec<(ViewRequestHeader, Vec<u32>)>) {
+        let (mut parts, mut requests) = (Vec::new(), Vec::new());
+        for (_, d) in dgs {
+            for m in packet::decode(d).unwrap().messages() {
+                match m {
+                    Message::View { header, .. } => parts.push(header.part),
+                    Message::ViewRequest { header, parts } => requests.push((header, parts.iter().collect())),
+                    _ => {}
+                }
+            }
+        }
+        (parts, requests)
+    }
+
+    #[test]
+    fn a_member_pulls_only_the_view_parts_it_lacks_and_is_served_only_those() {
+        let view = big_view(5, 1000);
+        let hash = view.content_hash();
+        let mut coord = Node::new(0, 1, &[9], Settings::default(), 0, 1);
+        coord.view = Arc::new(view.clone());
+        coord.view_hash = hash;
+        let dgs = view_datagrams(&view, 9);
+        let mut node = Node::new(9, 1, &[0], Settings::default(), 0, 9);
+        let lost = [2u32, 5, 7];
+        for (i, d) in dgs.iter().enumerate() {
+            if !lost.contains(&(i as u32)) {
+                node.handle_packet(0, 0, d);
+            }
+        }
+        assert_eq!(node.counters().views_installed, 0);
+        drain(&mut node);
+        // The coordinator's next message announces the view: the member asks for the
+        // three parts it lacks, of that very view, and for nothing else.
+        coord.send_membership(9, 0, None);
+        for (_, d) in drain(&mut coord) {
+            node.handle_packet(0, 0, &d);
+        }
+        let out = drain(&mut node);
+        let (parts, requests) = view_traffic(&out);
+        assert!(parts.is_empty());
+        assert_eq!(requests.len(), 1, "one pull");
+        let (h, listed) = &requests[0];
+        assert_eq!((h.counter, h.hash, h.parts as usize), (5, hash, dgs.len()));
+        assert_eq!(listed, &lost.to_vec());
+        assert_eq!(node.counters().view_parts_requested, 3);
+        // Served: exactly those parts, which complete the view.
+        let mut served = Vec::new();
+        for (to, d) in &out {
+            assert_eq!(*to, 0);
+            coord.handle_packet(0, 9, d);
+            served.extend(drain(&mut coord));
+        }
+        assert_eq!(view_traffic(&served).0, lost.to_vec());
+        for (_, d) in &served {
+            node.handle_packet(0, 0, d);
+        }
+        assert_eq!(node.view().as_ref(), &view);
+        assert_eq!(node.counters().bad_view_parts, 0);
+        // A pull naming another view (another hash) gets the whole view we hold.
+        let mut other = drain(&mut node);
+        other.clear();
+        let req = ViewRequestHeader { hash: hash ^ 1, ..*h };
+        let mut buf = vec![0u8; 1472];
+        let mut e = packet::Encoder::new(&mut buf, 9, 1).unwrap();
+        e.push_view_request(&req, &lost).unwrap();
+        let n = e.len();
+        coord.round += 1;
+        coord.handle_packet(0, 9, &buf[..n]);
+        other.extend(drain(&mut coord));
+        let all: Vec<u32> = (0..dgs.len() as u32).collect();
+        assert_eq!(view_traffic(&other).0, all);
+    }
+
     #[test]
     fn a_lost_part_does_not_wedge_later_views() {
         let v5 = big_view(5, 500);
