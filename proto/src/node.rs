@@ -88,6 +88,8 @@ pub struct Counters {
     pub view_requests: u64,
     /// Parts named in the view requests sent (0 for a whole-view pull).
     pub view_parts_requested: u64,
+    /// Probes of the witness of a view held unvouched (once a round while it waits).
+    pub witness_probes: u64,
     /// View parts refused: their totals disagree with the parts held of the same view, the
     /// view declares more than [`MAX_VIEW_ENTRIES`] entries, or the complete set of parts
     /// does not cover the view exactly.
@@ -164,6 +166,8 @@ struct ViewAssembly {
     id: ViewId,
     /// The member sending the parts (the coordinator, or any member it was pulled from).
     from: NodeId,
+    /// The witness its parts name (the last part's).
+    witness: u32,
     parts: u32,
     members: u32,
     groups: u32,
@@ -441,6 +445,12 @@ pub struct Node {
     view_cache: Option<ViewCache>,
     /// Our view's parts, encoded when first served (shared through the view cache).
     encoded_view: Option<Arc<EncodedView>>,
+    /// The member our installed view came from (us, if we made it): the witness we name
+    /// when we serve the view (see `ViewPartHeader::witness`).
+    view_source: NodeId,
+    /// The witness named by the member we pulled the unvouched view from: probed once a
+    /// round while the view waits, so that its answer vouches for the view.
+    unvouched_witness: Option<NodeId>,
     /// Views whose parts are arriving (at most [`VIEW_ASSEMBLIES`]).
     assembling: Vec<ViewAssembly>,
     max_counter: u64,
@@ -703,6 +713,8 @@ impl Node {
             view_hash: view.content_hash(),
             view_cache: None,
             encoded_view: None,
+            view_source: id,
+            unvouched_witness: None,
             view,
             assembling: Vec::new(),
             max_counter: 0,
@@ -1855,9 +1867,14 @@ impl Node {
             }
         };
         let all = only.is_empty() || parts as usize != encoded.bodies.len();
+        let witness = if self.view_source != self.id && self.view_source != to {
+            self.view_source
+        } else {
+            packet::NO_WITNESS
+        };
         let mut send = |body: &[u8]| {
             self.counters.views_sent += 1;
-            self.out.push(to, body.len(), |e| e.push_view_body(body));
+            self.out.push(to, body.len(), |e| e.push_view_body(body, witness));
         };
         if all {
             encoded.bodies.iter().for_each(|b| send(b));
@@ -1985,6 +2002,7 @@ impl Node {
                 self.assembling.push(ViewAssembly {
                     id,
                     from,
+                    witness: packet::NO_WITNESS,
                     parts: header.parts,
                     members: header.members,
                     groups: header.groups,
@@ -1999,6 +2017,7 @@ impl Node {
                 self.assembling.len() - 1
             }
         };
+        self.assembling[i].witness = header.witness;
         if !self.assembling[i].add(header, members, groups) {
             self.counters.bad_view_parts += 1;
             if self.assembling[i].received_count == 0 {
@@ -2009,6 +2028,7 @@ impl Node {
         if !self.assembling[i].complete() {
             return;
         }
+        let witness = self.assembling[i].witness;
         match self.assembling.swap_remove(i).build() {
             Some(view) => {
                 let hash = view.content_hash();
@@ -2019,13 +2039,31 @@ impl Node {
                     .as_ref()
                     .is_none_or(|(v, _)| !v.id.newer_than(&view.id))
                 {
-                    // Held until its coordinator or a second member vouches for it.
+                    // Held until its coordinator or a second member vouches for it: ask
+                    // the witness its sender named (a member holding it), whose answer
+                    // carries its view id and hash. A hostile sender naming an honest
+                    // member gains nothing: that member's answer shows its real view.
+                    let listed = view.members.iter().any(|m| m.node == witness);
                     self.unvouched = Some((view, hash));
+                    self.unvouched_witness =
+                        (witness != from && witness != self.id && listed).then_some(witness);
+                    self.probe_witness();
                 }
                 let current = self.view.id;
                 self.assembling.retain(|a| a.id.newer_than(&current));
             }
             None => self.counters.bad_view_parts += 1,
+        }
+    }
+
+    /// Probes the witness of the view held unvouched, if any (once a round).
+    fn probe_witness(&mut self) {
+        if self.unvouched.is_none() {
+            self.unvouched_witness = None;
+        }
+        if let Some(w) = self.unvouched_witness {
+            self.counters.witness_probes += 1;
+            self.send_membership(w, HEARTBEAT_FLAG_PROBE, None);
         }
     }
 
@@ -2138,6 +2176,14 @@ impl Node {
             Some(c) => c.intern(view, hash),
             None => Arc::new(view),
         };
+        self.view_source = from;
+        if self
+            .unvouched
+            .as_ref()
+            .is_some_and(|(v, _)| !v.id.newer_than(&view.id))
+        {
+            self.unvouched = None;
+        }
         self.install(now, view);
     }
 
@@ -2336,6 +2382,7 @@ impl Node {
             addrs,
             groups,
         });
+        self.view_source = self.id;
         self.install(now, view.clone());
         // Small views go to every member; large ones to a few, from whom the others pull
         // them (by id and hash, seen in heartbeats): the coordinator sends O(fanout) views.
@@ -2374,6 +2421,7 @@ impl Node {
             self.round = 0;
         }
         self.out.trim();
+        self.probe_witness();
         self.failure_detection();
         self.ordered_suspicions(now);
         // Forgetting: unverified peers once failed, others `forget_after` after failing
@@ -3091,6 +3139,78 @@ mod tests {
         other.extend(drain(&mut coord));
         let all: Vec<u32> = (0..dgs.len() as u32).collect();
         assert_eq!(view_traffic(&other).0, all);
+    }
+
+    /// A node `id` holding `view` (installed from `source`).
+    fn holder(id: NodeId, seeds: &[NodeId], view: &View, source: NodeId) -> Node {
+        let mut n = Node::new(id, 1, seeds, Settings::default(), 0, u64::from(id));
+        n.view = Arc::new(view.clone());
+        n.view_hash = view.content_hash();
+        n.view_source = source;
+        n
+    }
+
+    /// The 10,000-node crash run's convergence violation: a view pulled from a member other
+    /// than its coordinator waited for a second member to announce it, which, while few
+    /// members held it, took O(n) rounds. The server names a witness (the member it got the
+    /// view from); the puller probes it, and its answer vouches for the view.
+    #[test]
+    fn a_view_pulled_from_a_member_installs_once_the_witness_it_names_answers() {
+        let view = big_view(5, 1000);
+        for witness_holds in [true, false] {
+            let mut a = holder(1, &[9, 2], &view, 2);
+            let mut w = if witness_holds {
+                holder(2, &[9], &view, 0)
+            } else {
+                holder(2, &[9], &big_view(4, 1000), 0)
+            };
+            let mut q = Node::new(9, 1, &[1, 2], Settings::default(), 0, 9);
+            // `a` announces the view (q pulls it) and serves it.
+            a.send_membership(9, 0, None);
+            a.send_view(9, &[], 0);
+            for (_, d) in drain(&mut a) {
+                q.handle_packet(0, 1, &d);
+            }
+            assert_eq!(q.counters().views_installed, 0, "not vouched yet");
+            assert!(q.unvouched.is_some());
+            assert_eq!(q.counters().witness_probes, 1);
+            let out = drain(&mut q);
+            assert!(out.iter().any(|(to, _)| *to == 2), "the witness is probed");
+            for (to, d) in out {
+                if to == 2 {
+                    w.handle_packet(0, 9, &d);
+                }
+            }
+            for (to, d) in drain(&mut w) {
+                if to == 9 {
+                    q.handle_packet(0, 2, &d);
+                }
+            }
+            if witness_holds {
+                assert!(q.view().as_ref() == &view, "installed");
+                // The witness that vouched holds the view too: q names it when it serves.
+                assert_eq!(q.view_source, 2);
+                assert!(q.unvouched.is_none());
+            } else {
+                assert_eq!(
+                    q.counters().views_installed,
+                    0,
+                    "a witness without the view vouches for nothing"
+                );
+                // Probed again next round, while the view waits.
+                q.gossip_round(0);
+                assert_eq!(q.counters().witness_probes, 2);
+            }
+        }
+        // The member it was pulled from is never its own witness.
+        let mut a = holder(1, &[9], &view, 9);
+        a.send_view(9, &[], 0);
+        for (_, d) in drain(&mut a) {
+            let Some(Message::View { header, .. }) = packet::decode(&d).unwrap().messages().next() else {
+                panic!("not a view part");
+            };
+            assert_eq!(header.witness, packet::NO_WITNESS);
+        }
     }
 
     #[test]

@@ -593,7 +593,7 @@ impl Resolver<'_> {
                     member_start: *member_start,
                     member_count: 0,
                     group_slices: 0,
-                    reserved: 0,
+                    witness: tutti_wire::packet::NO_WITNESS,
                 };
                 let ms: Vec<MemberEntry> = members
                     .iter()

@@ -450,8 +450,14 @@ pub struct ViewPartHeader {
     pub member_count: u32,
     /// Group slices in this part.
     pub group_slices: u32,
-    pub reserved: u32,
+    /// A member that holds this view, which the receiver may ask to confirm it (the view
+    /// id and hash in the header of its answer to a probe), or [`NO_WITNESS`]: the view's
+    /// coordinator, or any second member, vouches for a view pulled from someone else.
+    pub witness: u32,
 }
+
+/// [`ViewPartHeader::witness`] when the sender names none.
+pub const NO_WITNESS: u32 = u32::MAX;
 
 /// Part indexes a [`ViewRequestHeader`] lists at most (a member lacking more asks for
 /// these first, and for the rest once they arrived).
@@ -756,9 +762,6 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
         }
         MessageKind::View => {
             let (header, rest) = take::<ViewPartHeader>(body)?;
-            if header.reserved != 0 {
-                return Err(PacketError::ReservedNonZero);
-            }
             if header.part >= header.parts {
                 return Err(PacketError::LengthMismatch("view part index outside part count"));
             }
@@ -1233,7 +1236,7 @@ impl<'a> Encoder<'a> {
             member_start: u32::try_from(plan.members.start).map_err(|_| bad)?,
             member_count: 0,
             group_slices: 0,
-            reserved: 0,
+            witness: NO_WITNESS,
         };
         let gs: Vec<(ViewGroupSlice, &[ViewGroupMember])> = heads.into_iter().zip(slices).collect();
         self.push_view_part_raw(&header, members, &gs)
@@ -1287,9 +1290,15 @@ impl<'a> Encoder<'a> {
     }
 
     /// A view part whose message body [`view_part_body`] encoded (to encode a view once and
-    /// serve its parts many times).
-    pub fn push_view_body(&mut self, body: &[u8]) -> Result<(), PacketError> {
-        self.push(MessageKind::View, 0, &[body])
+    /// serve its parts many times), naming `witness` ([`ViewPartHeader::witness`]).
+    pub fn push_view_body(&mut self, body: &[u8], witness: u32) -> Result<(), PacketError> {
+        const AT: usize = core::mem::offset_of!(ViewPartHeader, witness);
+        let (Some(head), Some(tail)) = (body.get(..AT), body.get(AT + 4..)) else {
+            return Err(PacketError::LengthMismatch(
+                "view part body shorter than its header",
+            ));
+        };
+        self.push(MessageKind::View, 0, &[head, &witness.to_le_bytes(), tail])
     }
 
     pub fn push_group_join(&mut self, group: u64, stream: u32) -> Result<(), PacketError> {
@@ -1906,7 +1915,7 @@ mod tests {
                         member_start: start,
                         member_count: m.len() as u32,
                         group_slices: groups.len() as u32,
-                        reserved: 0,
+                        witness: ci,
                     },
                     m.into_iter()
                         .map(|(node, incarnation)| MemberEntry {
@@ -2273,7 +2282,8 @@ mod tests {
             ea.push_view_part(&view, p).unwrap();
             let la = ea.len();
             let mut eb = Encoder::new(&mut b, 1, 1).unwrap();
-            eb.push_view_body(&view_part_body(&view, p).unwrap()).unwrap();
+            eb.push_view_body(&view_part_body(&view, p).unwrap(), NO_WITNESS)
+                .unwrap();
             let lb = eb.len();
             assert_eq!(&a[..la], &b[..lb], "part {p}");
         }
@@ -2298,7 +2308,7 @@ mod tests {
             member_start: 0,
             member_count: 0,
             group_slices: 0,
-            reserved: 0,
+            witness: NO_WITNESS,
         };
         enc.push_view_part_raw(&h, &m, &[(slice, g)]).unwrap();
         let n = enc.len();
