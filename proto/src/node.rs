@@ -2056,6 +2056,47 @@ impl Node {
         }
     }
 
+    /// Asks again, once a round, for the parts still missing of the newest view in
+    /// assembly (a pull was otherwise repeated only when a member announcing that view
+    /// happened to talk to us: rare while few members hold it).
+    fn rerequest_view_parts(&mut self) {
+        if self.view_request_round == self.round {
+            return;
+        }
+        let Some(a) = self
+            .assembling
+            .iter()
+            .filter(|a| a.id.newer_than(&self.view.id))
+            .max_by_key(|a| (a.id.counter, a.received_count))
+        else {
+            return;
+        };
+        let Some(hash) = self.announced.iter().find(|x| x.id == a.id).map(|x| x.hash) else {
+            return;
+        };
+        let mut missing = Vec::new();
+        a.missing(packet::MAX_VIEW_REQUEST_PARTS, &mut missing);
+        if missing.is_empty() {
+            return;
+        }
+        let req = ViewRequestHeader {
+            counter: a.id.counter,
+            coordinator: a.id.coordinator,
+            coordinator_incarnation: a.id.coordinator_incarnation,
+            hash,
+            parts: a.parts,
+            count: 0,
+        };
+        let to = a.from;
+        self.view_request_round = self.round;
+        self.counters.view_requests += 1;
+        self.counters.view_parts_requested += missing.len() as u64;
+        self.out
+            .push(to, packet::VIEW_REQUEST_HEADER_LEN + 4 * missing.len(), |e| {
+                e.push_view_request(&req, &missing)
+            });
+    }
+
     /// Probes the witness of the view held unvouched, if any (once a round).
     fn probe_witness(&mut self) {
         if self.unvouched.is_none() {
@@ -2422,6 +2463,7 @@ impl Node {
         }
         self.out.trim();
         self.probe_witness();
+        self.rerequest_view_parts();
         self.failure_detection();
         self.ordered_suspicions(now);
         // Forgetting: unverified peers once failed, others `forget_after` after failing
