@@ -93,7 +93,8 @@ enum Shape {
         include_me: bool,
         group: Vec<(u8, Option<u32>)>,
     },
-    ViewRequest,
+    /// (counter, coordinator, hash, parts, listed parts: perhaps invalid).
+    ViewRequest(u64, u32, u64, u32, Vec<u32>),
     GroupJoin(u64, u32),
     GroupLeave(u64),
 }
@@ -360,7 +361,17 @@ impl World {
                 }
                 Ok(())
             }
-            Shape::ViewRequest => e.push_view_request(),
+            Shape::ViewRequest(counter, coordinator, hash, parts, ref list) => e.push_view_request(
+                &tutti_wire::packet::ViewRequestHeader {
+                    counter,
+                    coordinator,
+                    coordinator_incarnation: 1,
+                    hash,
+                    parts,
+                    count: 0,
+                },
+                list,
+            ),
             Shape::GroupJoin(g, s) => e.push_group_join(g, s),
             Shape::GroupLeave(g) => e.push_group_leave(g),
         }

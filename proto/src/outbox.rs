@@ -267,7 +267,7 @@ mod tests {
         out.push_data(9, &data(1, 2), false, &vec![2u8; fits + 1]);
         out.push_data(9, &data(2, 1), false, &vec![3u8; 10 * max]);
         out.push_data(9, &data(3, 1), false, &[4u8; 5]);
-        out.push(9, max, |e| e.push_view_request());
+        out.push(9, max, |e| e.push_view_request(&Default::default(), &[]));
         assert_eq!(
             out.oversize, 3,
             "every message too large for one datagram counted"

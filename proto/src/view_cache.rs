@@ -18,11 +18,26 @@ type Table = FxMap<(ViewId, u64), Weak<View>>;
 /// group they belong to, held weakly.
 type GroupTable = FxMap<(ViewId, u64, GroupId), Weak<GroupMembers>>;
 
+/// A view's parts, encoded once (message bodies, see `tutti_wire::packet::view_part_body`):
+/// a member serves them to every member that pulls the view, whole or the parts it lacks.
+#[derive(Debug)]
+pub struct EncodedView {
+    pub id: ViewId,
+    pub hash: u64,
+    /// The part size limit the view was split with (`max_datagram` less the headers).
+    pub max_body: usize,
+    pub bodies: Vec<Vec<u8>>,
+}
+
+/// Encoded views by (id, content hash, part size limit), held weakly.
+type EncodedTable = FxMap<(ViewId, u64, usize), Weak<EncodedView>>;
+
 /// A shared table of views by (id, content hash). Clones share the table.
 #[derive(Clone, Default)]
 pub struct ViewCache {
     views: Arc<Mutex<Table>>,
     groups: Arc<Mutex<GroupTable>>,
+    encoded: Arc<Mutex<EncodedTable>>,
 }
 
 impl ViewCache {
@@ -78,6 +93,35 @@ impl ViewCache {
         let g = build();
         groups.insert(key, Arc::downgrade(&g));
         g
+    }
+
+    /// The encoded parts of view `view` (content hash `hash`) split within `max_body`:
+    /// encoded by the first node that serves the view, shared by the others. `encode` is
+    /// called only when no node holds them. Views with equal (id, hash) are taken as equal
+    /// here (the node's installed view, which it checked when it installed it).
+    pub fn encoded(
+        &self,
+        id: ViewId,
+        hash: u64,
+        max_body: usize,
+        encode: impl FnOnce() -> Option<EncodedView>,
+    ) -> Option<Arc<EncodedView>> {
+        let Ok(mut table) = self.encoded.lock() else {
+            return encode().map(Arc::new);
+        };
+        let key = (id, hash, max_body);
+        if let Some(e) = table.get(&key).and_then(Weak::upgrade) {
+            return Some(e);
+        }
+        if table.len() >= MAX_CACHED_VIEWS {
+            table.retain(|_, w| w.strong_count() > 0);
+            if table.len() >= MAX_CACHED_VIEWS {
+                table.clear();
+            }
+        }
+        let e = Arc::new(encode()?);
+        table.insert(key, Arc::downgrade(&e));
+        Some(e)
     }
 
     /// Views interned and still held by some node.

@@ -125,7 +125,8 @@ enum Shape {
         members: Vec<(u32, u32)>,
         slices: Vec<RawSlice>,
     },
-    ViewRequest,
+    /// (counter, coordinator, hash, parts, listed parts: perhaps invalid).
+    ViewRequest(u64, u32, u64, u32, Vec<u32>),
     GroupJoin(Group, u32),
     GroupLeave(Group),
 }
@@ -302,7 +303,8 @@ fn shape() -> impl Strategy<Value = Shape> {
         3 => heartbeats,
         2 => view,
         1 => view_raw,
-        1 => Just(Shape::ViewRequest),
+        1 => (0u64..20, 0u32..4, any::<u64>(), 0u32..300, proptest::collection::vec(0u32..300, 0..70))
+            .prop_map(|(c, co, h, p, l)| Shape::ViewRequest(c, co, h, p, l)),
         1 => (group(), any::<u32>()).prop_map(|(g, s)| Shape::GroupJoin(g, s)),
         1 => group().prop_map(Shape::GroupLeave),
     ]
@@ -591,7 +593,7 @@ impl Resolver<'_> {
                     member_start: *member_start,
                     member_count: 0,
                     group_slices: 0,
-                    reserved: 0,
+                    witness: tutti_wire::packet::NO_WITNESS,
                 };
                 let ms: Vec<MemberEntry> = members
                     .iter()
@@ -625,7 +627,17 @@ impl Resolver<'_> {
                     gs.iter().map(|(h, v)| (*h, v.as_slice())).collect();
                 e.push_view_part_raw(&h, &ms, &refs)
             }
-            Shape::ViewRequest => e.push_view_request(),
+            Shape::ViewRequest(counter, coordinator, hash, parts, list) => e.push_view_request(
+                &tutti_wire::packet::ViewRequestHeader {
+                    counter: *counter,
+                    coordinator: *coordinator,
+                    coordinator_incarnation: 1,
+                    hash: *hash,
+                    parts: *parts,
+                    count: 0,
+                },
+                list,
+            ),
             Shape::GroupJoin(g, stream) => e.push_group_join(self.group(g), *stream),
             Shape::GroupLeave(g) => e.push_group_leave(self.group(g)),
         }
@@ -901,7 +913,7 @@ fn the_checks_pass_without_an_attack() {
             to,
             from: Who::Attacker,
             incarnation: 1,
-            msgs: vec![Shape::ViewRequest],
+            msgs: vec![Shape::ViewRequest(0, 0, 0, 0, Vec::new())],
         }),
         (1u8..40).prop_map(Action::Advance),
         (0u8..8).prop_map(Action::Publish),

@@ -431,7 +431,7 @@ fn datagram_kinds(bytes: &[u8]) -> String {
                 kinds.push(("View", members.len()));
                 continue;
             }
-            Message::ViewRequest => "ViewRequest",
+            Message::ViewRequest { .. } => "ViewRequest",
             Message::GroupJoin(_) => "GroupJoin",
             Message::GroupLeave(_) => "GroupLeave",
             Message::Ordered { .. } => "Ordered",
@@ -1350,6 +1350,64 @@ impl Sim {
         true
     }
 
+    /// How the live nodes' views differ (for a convergence violation): each distinct
+    /// (view id, hash) with the nodes holding it (count, first few), its size, and the
+    /// live nodes it lacks or the gone ones it still lists.
+    fn view_split(&self) -> String {
+        let mut by: BTreeMap<(u64, NodeId, u32, u64), Vec<NodeId>> = BTreeMap::new();
+        for (i, sn) in self.nodes.iter().enumerate() {
+            if let Some(n) = &sn.node {
+                let v = n.view();
+                by.entry((
+                    v.id.counter,
+                    v.id.coordinator,
+                    v.id.coordinator_incarnation,
+                    n.view_hash(),
+                ))
+                .or_default()
+                .push(i as NodeId);
+            }
+        }
+        let mut out = format!("{} distinct views", by.len());
+        for ((counter, coord, inc, hash), holders) in by.iter().rev().take(6) {
+            let Some(v) = self
+                .nodes
+                .get(holders[0] as usize)
+                .and_then(|s| s.node.as_ref())
+                .map(|n| n.view())
+            else {
+                continue;
+            };
+            let listed: std::collections::HashSet<NodeId> = v.members.iter().map(|m| m.node).collect();
+            let lacks: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.node.is_some() && !listed.contains(&(*i as NodeId)))
+                .map(|(i, _)| i as NodeId)
+                .take(5)
+                .collect();
+            let gone: Vec<NodeId> = v
+                .members
+                .iter()
+                .filter(|m| {
+                    self.nodes
+                        .get(m.node as usize)
+                        .is_none_or(|s| s.node.is_none() || s.incarnation != m.incarnation)
+                })
+                .map(|m| m.node)
+                .take(5)
+                .collect();
+            out.push_str(&format!(
+                "; view ({counter}, coordinator {coord}.{inc}, hash {hash:016x}) of {} members held by {} nodes (first {:?}), lacks live {lacks:?}, lists gone {gone:?}",
+                v.members.len(),
+                holders.len(),
+                &holders[..holders.len().min(5)],
+            ));
+        }
+        out
+    }
+
     fn check(&mut self) {
         let now = self.now;
         if self.trace_views && now % (500 * MILLIS) < CHECK_INTERVAL {
@@ -1692,8 +1750,9 @@ impl Sim {
                         let ok = self.views_converged();
                         self.converged = Some(ok);
                         if !ok {
+                            let split = self.view_split();
                             self.checker.violation(format!(
-                                "membership did not converge to one view of the live nodes within {} ms after faults stopped",
+                                "membership did not converge to one view of the live nodes within {} ms after faults stopped: {split}",
                                 bound / MILLIS
                             ));
                         }

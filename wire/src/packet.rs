@@ -48,8 +48,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// detection in heartbeat messages, the `HEARTBEAT_FLAG_PROBE`/`ACK`/`PING_REQ` flags on the
 /// sender's own (first) entry and `SUSPECT`/`DEAD` on relayed entries; the heartbeat header
 /// carries the sender's view hash. Version 8: a view's member entries carry the member's
-/// address as its coordinator saw it ([`MemberEntry::addr`]).
-pub const VERSION: u16 = 9;
+/// address as its coordinator saw it ([`MemberEntry::addr`]). Version 10: a view request
+/// names the view it pulls and the parts it lacks ([`ViewRequestHeader`]; it was empty).
+pub const VERSION: u16 = 10;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -147,7 +148,8 @@ pub struct MessageHeader {
 ///   (members `member_start..member_start + member_count`) + `group_slices` x
 ///   ([`ViewGroupSlice`] + `count` x [`ViewGroupMember`]). A view is carried by `parts`
 ///   such messages (see [`plan_view_parts`]); the receiver reassembles them.
-/// - `ViewRequest`: empty body.
+/// - `ViewRequest`: [`ViewRequestHeader`] + `count` x `u32` part indexes (strictly
+///   ascending, each below `parts`; at most [`MAX_VIEW_REQUEST_PARTS`]).
 /// - `GroupJoin` / `GroupLeave`: [`GroupChange`].
 /// - `Ordered`: [`OrderedHeader`] + fragment bytes: one fragment of an ordered group's
 ///   message (minitransaction, payload or state transfer; see [`OrderedKind`]).
@@ -448,7 +450,35 @@ pub struct ViewPartHeader {
     pub member_count: u32,
     /// Group slices in this part.
     pub group_slices: u32,
-    pub reserved: u32,
+    /// A member that holds this view, which the receiver may ask to confirm it (the view
+    /// id and hash in the header of its answer to a probe), or [`NO_WITNESS`]: the view's
+    /// coordinator, or any second member, vouches for a view pulled from someone else.
+    pub witness: u32,
+}
+
+/// [`ViewPartHeader::witness`] when the sender names none.
+pub const NO_WITNESS: u32 = u32::MAX;
+
+/// Part indexes a [`ViewRequestHeader`] lists at most (a member lacking more asks for
+/// these first, and for the rest once they arrived).
+pub const MAX_VIEW_REQUEST_PARTS: usize = 64;
+
+/// A pull of a view: the view the sender wants (its id and content hash, as announced to
+/// it) and, when it holds some of that view's parts already, the parts it lacks.
+/// `count == 0` (and then `parts == 0`): the whole view. Else `count` part indexes follow,
+/// of the view split into `parts` parts: the receiver sends only those, if it holds that
+/// very view split the same way, else its whole view.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Pod, Zeroable)]
+pub struct ViewRequestHeader {
+    pub counter: u64,
+    pub coordinator: u32,
+    pub coordinator_incarnation: u32,
+    pub hash: u64,
+    /// Parts of the view the requester holds some of (0: none).
+    pub parts: u32,
+    /// Part indexes that follow.
+    pub count: u32,
 }
 
 /// A member of a view.
@@ -599,7 +629,12 @@ pub enum Message<'a> {
         members: Entries<'a, MemberEntry>,
         groups: ViewGroupSlices<'a>,
     },
-    ViewRequest,
+    /// A pull of a view, whole or the listed parts (validated: at most
+    /// [`MAX_VIEW_REQUEST_PARTS`], strictly ascending, each below `header.parts`).
+    ViewRequest {
+        header: ViewRequestHeader,
+        parts: Entries<'a, u32>,
+    },
     GroupJoin(GroupChange),
     GroupLeave(GroupChange),
     /// One fragment of an ordered group's message.
@@ -727,9 +762,6 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
         }
         MessageKind::View => {
             let (header, rest) = take::<ViewPartHeader>(body)?;
-            if header.reserved != 0 {
-                return Err(PacketError::ReservedNonZero);
-            }
             if header.part >= header.parts {
                 return Err(PacketError::LengthMismatch("view part index outside part count"));
             }
@@ -793,8 +825,30 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             }
         }
         MessageKind::ViewRequest => {
-            exact_empty(body)?;
-            Message::ViewRequest
+            let (header, rest) = take::<ViewRequestHeader>(body)?;
+            let count = header.count as usize;
+            if count > MAX_VIEW_REQUEST_PARTS {
+                return Err(PacketError::LengthMismatch("view request lists too many parts"));
+            }
+            if count == 0 && header.parts != 0 {
+                return Err(PacketError::LengthMismatch(
+                    "whole-view request with a part count",
+                ));
+            }
+            if rest.len() != count * core::mem::size_of::<u32>() {
+                return Err(PacketError::LengthMismatch("view request part list length"));
+            }
+            let parts = Entries::<u32>::new(rest)?;
+            let mut prev: Option<u32> = None;
+            for p in parts.iter() {
+                if p >= header.parts || prev.is_some_and(|q| p <= q) {
+                    return Err(PacketError::LengthMismatch(
+                        "view request parts not ascending within the part count",
+                    ));
+                }
+                prev = Some(p);
+            }
+            Message::ViewRequest { header, parts }
         }
         MessageKind::GroupJoin | MessageKind::GroupLeave => {
             let (g, rest) = take::<GroupChange>(body)?;
@@ -1182,7 +1236,7 @@ impl<'a> Encoder<'a> {
             member_start: u32::try_from(plan.members.start).map_err(|_| bad)?,
             member_count: 0,
             group_slices: 0,
-            reserved: 0,
+            witness: NO_WITNESS,
         };
         let gs: Vec<(ViewGroupSlice, &[ViewGroupMember])> = heads.into_iter().zip(slices).collect();
         self.push_view_part_raw(&header, members, &gs)
@@ -1217,8 +1271,34 @@ impl<'a> Encoder<'a> {
         self.push(MessageKind::View, 0, &parts)
     }
 
-    pub fn push_view_request(&mut self) -> Result<(), PacketError> {
-        self.push(MessageKind::ViewRequest, 0, &[])
+    /// A view request for `header`'s view: the whole view when `parts` is empty, else the
+    /// listed parts. `header.count` is set from `parts`; nothing else is checked (the
+    /// decoder checks it all).
+    pub fn push_view_request(
+        &mut self,
+        header: &ViewRequestHeader,
+        parts: &[u32],
+    ) -> Result<(), PacketError> {
+        let mut header = *header;
+        header.count = u32::try_from(parts.len())
+            .map_err(|_| PacketError::LengthMismatch("view request larger than u32 counts"))?;
+        self.push(
+            MessageKind::ViewRequest,
+            0,
+            &[bytemuck::bytes_of(&header), bytemuck::cast_slice(parts)],
+        )
+    }
+
+    /// A view part whose message body [`view_part_body`] encoded (to encode a view once and
+    /// serve its parts many times), naming `witness` ([`ViewPartHeader::witness`]).
+    pub fn push_view_body(&mut self, body: &[u8], witness: u32) -> Result<(), PacketError> {
+        const AT: usize = core::mem::offset_of!(ViewPartHeader, witness);
+        let (Some(head), Some(tail)) = (body.get(..AT), body.get(AT + 4..)) else {
+            return Err(PacketError::LengthMismatch(
+                "view part body shorter than its header",
+            ));
+        };
+        self.push(MessageKind::View, 0, &[head, &witness.to_le_bytes(), tail])
     }
 
     pub fn push_group_join(&mut self, group: u64, stream: u32) -> Result<(), PacketError> {
@@ -1376,6 +1456,8 @@ pub fn split_ordered_payload(bytes: &[u8]) -> Result<(OrderedPayloadHeader, &[u8
 
 /// Size of [`ViewPartHeader`].
 pub const VIEW_PART_HEADER_LEN: usize = core::mem::size_of::<ViewPartHeader>();
+/// Size of [`ViewRequestHeader`].
+pub const VIEW_REQUEST_HEADER_LEN: usize = core::mem::size_of::<ViewRequestHeader>();
 /// Size of [`ViewGroupSlice`].
 pub const VIEW_GROUP_SLICE_LEN: usize = core::mem::size_of::<ViewGroupSlice>();
 
@@ -1509,6 +1591,20 @@ impl<'v> ViewParts<'v> {
     }
 }
 
+/// The message body of part `part` of `view` (what [`Encoder::push_view_part`] writes after
+/// the message header), for [`Encoder::push_view_body`].
+pub fn view_part_body(view: &ViewParts<'_>, part: usize) -> Result<Vec<u8>, PacketError> {
+    let len = DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + view.body_len(part);
+    let mut buf = vec![0u8; len];
+    let mut e = Encoder::new(&mut buf, 0, 0)?;
+    e.push_view_part(view, part)?;
+    let n = e.len();
+    Ok(buf
+        .get(DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN..n)
+        .unwrap_or_default()
+        .to_vec())
+}
+
 /// Encoded size of a data message that starts a message of its own (not continuing a
 /// run): a run of one for a whole message, a `Data` message for a fragment.
 pub fn data_len_alone(header: &DataHeader, payload: usize) -> usize {
@@ -1542,7 +1638,7 @@ mod tests {
             Vec<MemberEntry>,
             Vec<(ViewGroupSlice, Vec<ViewGroupMember>)>,
         ),
-        ViewRequest,
+        ViewRequest(ViewRequestHeader, Vec<u32>),
         Join(u64, u32),
         Leave(u64),
         Ordered(OrderedHeader, Vec<u8>),
@@ -1579,7 +1675,7 @@ mod tests {
                 members.iter().collect(),
                 groups.iter().map(|(h, i)| (h, i.iter().collect())).collect(),
             ),
-            Message::ViewRequest => Owned::ViewRequest,
+            Message::ViewRequest { header, parts } => Owned::ViewRequest(header, parts.iter().collect()),
             Message::GroupJoin(g) => Owned::Join(g.group, g.stream),
             Message::GroupLeave(g) => Owned::Leave(g.group),
             Message::Ordered { header, kind, bytes } => {
@@ -1600,7 +1696,7 @@ mod tests {
                     g.iter().map(|(a, b)| (*a, b.as_slice())).collect();
                 enc.push_view_part_raw(h, m, &gs)
             }
-            Owned::ViewRequest => enc.push_view_request(),
+            Owned::ViewRequest(h, p) => enc.push_view_request(h, p),
             Owned::Join(g, s) => enc.push_group_join(*g, *s),
             Owned::Leave(g) => enc.push_group_leave(*g),
             Owned::Ordered(h, b) => enc.push_ordered(h, b),
@@ -1819,7 +1915,7 @@ mod tests {
                         member_start: start,
                         member_count: m.len() as u32,
                         group_slices: groups.len() as u32,
-                        reserved: 0,
+                        witness: ci,
                     },
                     m.into_iter()
                         .map(|(node, incarnation)| MemberEntry {
@@ -1837,7 +1933,24 @@ mod tests {
             request,
             hb,
             view,
-            Just(Owned::ViewRequest),
+            (
+                any::<(u64, u32, u32, u64)>(),
+                proptest::collection::btree_set(0u32..200, 0..=MAX_VIEW_REQUEST_PARTS)
+            )
+                .prop_map(|((counter, coordinator, coordinator_incarnation, hash), set)| {
+                    let parts: Vec<u32> = set.into_iter().collect();
+                    Owned::ViewRequest(
+                        ViewRequestHeader {
+                            counter,
+                            coordinator,
+                            coordinator_incarnation,
+                            hash,
+                            parts: if parts.is_empty() { 0 } else { 200 },
+                            count: parts.len() as u32,
+                        },
+                        parts,
+                    )
+                }),
             any::<(u64, u32)>().prop_map(|(g, s)| Owned::Join(g, s)),
             any::<u64>().prop_map(Owned::Leave),
             arb_ordered(),
@@ -2093,6 +2206,89 @@ mod tests {
         assert!(decode(&b).is_err());
     }
 
+    /// A datagram with one view request, `count` forced to `count` (whatever `parts` holds).
+    fn view_request(parts_total: u32, parts: &[u32], count: u32) -> Vec<u8> {
+        let header = ViewRequestHeader {
+            counter: 7,
+            coordinator: 1,
+            coordinator_incarnation: 2,
+            hash: 0xfeed,
+            parts: parts_total,
+            count: 0,
+        };
+        let mut buf = vec![0u8; 1472];
+        let mut e = Encoder::new(&mut buf, 3, 4).unwrap();
+        e.push_view_request(&header, parts).unwrap();
+        let n = e.len();
+        buf.truncate(n);
+        // `count` sits after counter, coordinator, incarnation, hash and parts.
+        let at = DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + 28;
+        buf[at..at + 4].copy_from_slice(&count.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn view_requests_are_validated() {
+        let ok = view_request(10, &[0, 3, 9], 3);
+        let d = decode(&ok).unwrap();
+        let Some(Message::ViewRequest { header, parts }) = d.messages().next() else {
+            panic!("not a view request");
+        };
+        assert_eq!((header.counter, header.hash, header.parts), (7, 0xfeed, 10));
+        assert_eq!(parts.iter().collect::<Vec<_>>(), vec![0, 3, 9]);
+        assert!(decode(&view_request(0, &[], 0)).is_ok(), "the whole view");
+        let bad = |b: Vec<u8>| matches!(decode(&b), Err(PacketError::LengthMismatch(_)));
+        assert!(bad(view_request(10, &[0, 10], 2)), "a part past the count");
+        assert!(bad(view_request(10, &[3, 3], 2)), "a part twice");
+        assert!(bad(view_request(10, &[4, 3], 2)), "descending");
+        assert!(bad(view_request(10, &[], 0)), "whole view with a part count");
+        assert!(bad(view_request(10, &[1, 2], 3)), "count past the list");
+        assert!(bad(view_request(10, &[1, 2], 1)), "list past the count");
+        let many: Vec<u32> = (0..MAX_VIEW_REQUEST_PARTS as u32 + 1).collect();
+        assert!(
+            bad(view_request(1000, &many, many.len() as u32)),
+            "too many parts"
+        );
+        let max: Vec<u32> = (0..MAX_VIEW_REQUEST_PARTS as u32).collect();
+        assert!(decode(&view_request(1000, &max, max.len() as u32)).is_ok());
+    }
+
+    #[test]
+    fn a_view_part_body_encoded_once_is_the_part_pushed() {
+        let members: Vec<MemberEntry> = (0..300)
+            .map(|i| MemberEntry {
+                node: i,
+                incarnation: 1,
+                addr: u64::from(i),
+            })
+            .collect();
+        let g: Vec<ViewGroupMember> = (0..300)
+            .map(|i| ViewGroupMember { index: i, stream: 2 })
+            .collect();
+        let groups: Vec<(u64, &[ViewGroupMember])> = vec![(5, &g)];
+        let view = ViewParts::new(
+            3,
+            (0, 1),
+            &members,
+            &groups,
+            1472 - DATAGRAM_HEADER_LEN - MESSAGE_HEADER_LEN,
+        )
+        .unwrap();
+        assert!(view.len() > 2);
+        for p in 0..view.len() {
+            let mut a = vec![0u8; 1472];
+            let mut b = vec![0u8; 1472];
+            let mut ea = Encoder::new(&mut a, 1, 1).unwrap();
+            ea.push_view_part(&view, p).unwrap();
+            let la = ea.len();
+            let mut eb = Encoder::new(&mut b, 1, 1).unwrap();
+            eb.push_view_body(&view_part_body(&view, p).unwrap(), NO_WITNESS)
+                .unwrap();
+            let lb = eb.len();
+            assert_eq!(&a[..la], &b[..lb], "part {p}");
+        }
+    }
+
     fn one_view_part(members: u32, slice: ViewGroupSlice, g: &[ViewGroupMember]) -> Vec<u8> {
         let mut buf = [0u8; 256];
         let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
@@ -2112,7 +2308,7 @@ mod tests {
             member_start: 0,
             member_count: 0,
             group_slices: 0,
-            reserved: 0,
+            witness: NO_WITNESS,
         };
         enc.push_view_part_raw(&h, &m, &[(slice, g)]).unwrap();
         let n = enc.len();
