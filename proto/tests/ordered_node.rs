@@ -215,3 +215,47 @@ fn the_node_refuses_an_evs_group_it_cannot_host_yet() {
     assert!(!node.is_ordered(GROUP));
     node.join_ordered(0, GROUP, ordered()).unwrap();
 }
+
+/// An idle ordered group backs off its reads of the memory node (every `poll_interval`
+/// while there is news, doubling up to 16x while reads bring nothing), and a message
+/// still reaches every member at once after the quiet spell.
+#[test]
+fn an_idle_group_reads_its_memory_node_seldom_and_wakes_on_a_message() {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, ordered()).unwrap();
+    }
+    let until = now + 200 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let reads = |nodes: &[Node]| -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| n.ordered_counters(GROUP).unwrap().reads)
+            .collect()
+    };
+    let before = reads(&nodes);
+    let until = now + 1000 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let after = reads(&nodes);
+    for i in 0..3 {
+        // Every 2 ms would be 500 reads; backed off to 32 ms it is about 31 plus the ramp.
+        let idle = after[i] - before[i];
+        assert!(idle < 100, "node {}: {idle} reads in an idle second", i + 1);
+    }
+    let sent_at = now;
+    nodes[0].submit_ordered(now, GROUP, b"wake", false).unwrap();
+    let until = now + 10 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    for (i, ev) in events.iter().enumerate() {
+        assert!(
+            delivered(ev).iter().any(|(_, p)| p == b"wake"),
+            "node {} delivered the message within 10 ms of {sent_at}",
+            i + 1
+        );
+    }
+}

@@ -309,6 +309,9 @@ type PayloadId = (NodeId, u64, u64);
 /// List entries an append reads past its own position, per member of the view.
 const APPEND_READ_MARGIN: u64 = 4;
 
+/// Idle back-off: the read interval doubles per quiet read up to `poll_interval << 4`.
+const QUIET_MAX_SHIFT: u32 = 4;
+
 /// Fairness: an appender (member or joiner) whose appends lost the tail compare this many
 /// times in a row posts a request in the request slot (a write with no compare).
 const STARVE_AFTER: u32 = 3;
@@ -397,6 +400,10 @@ pub struct OrderedMember {
     list_op: Option<(TxId, ListOp)>,
     repair_op: Option<(TxId, Vec<PayloadId>)>,
     next_list_op_at: Time,
+    /// Reads in a row that brought nothing new while the member had nothing to send: the
+    /// read interval doubles with each, up to `QUIET_MAX_SHIFT` (an idle group costs its
+    /// memory node one read per member every 32 ms, not every 2 ms).
+    quiet_reads: u32,
     last_read: Time,
     read_now: bool,
     /// A payload of another sender arrived since the last read started: its entry is in
@@ -576,6 +583,7 @@ impl OrderedMember {
             list_op: None,
             repair_op: None,
             next_list_op_at: 0,
+            quiet_reads: 0,
             last_read: 0,
             read_now: true,
             payload_hint: false,
@@ -716,10 +724,7 @@ impl OrderedMember {
         }
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
         if self.list_op.is_none() && self.appends.is_empty() && self.in_majority {
-            t = t.min(
-                self.next_list_op_at
-                    .max(self.last_read + self.settings.poll_interval),
-            );
+            t = t.min(self.next_list_op_at.max(self.last_read + self.read_interval()));
         }
         // A fairness hold keeps `build_append` (where the lag timer is acted on) from
         // running: while it lasts, its end is the timer, not the lag timer (a timer that
@@ -787,7 +792,14 @@ impl OrderedMember {
         } else {
             self.suspected.remove(&node);
         }
+        self.quiet_reads = 0;
         self.drive(now);
+    }
+
+    /// The interval between reads while nothing else calls for one: `poll_interval`,
+    /// doubled per quiet read (`quiet_reads`) up to `QUIET_MAX_SHIFT` times.
+    fn read_interval(&self) -> Time {
+        self.settings.poll_interval << self.quiet_reads.min(QUIET_MAX_SHIFT)
     }
 
     // ---- evs (driven by `EvsMember`) ----
@@ -922,6 +934,7 @@ impl OrderedMember {
         }
         let seq = self.next_submit_seq;
         self.next_submit_seq += 1;
+        self.quiet_reads = 0;
         self.outgoing.push_back((seq, safe));
         self.payloads
             .insert((self.node, self.join_pos, seq), bytes.to_vec());
@@ -952,6 +965,7 @@ impl OrderedMember {
         }
         self.payloads.insert(id, bytes.to_vec());
         self.payload_hint = true;
+        self.quiet_reads = 0;
         self.advance_held();
         self.drive(now);
     }
@@ -1153,7 +1167,17 @@ impl OrderedMember {
         match (op, o.result) {
             (ListOp::Read { from }, Ok(reads)) => {
                 if from == self.learned {
+                    let before = (self.learned, self.known_tail, self.delivered);
                     self.on_read(now, from, &reads);
+                    let quiet = before == (self.learned, self.known_tail, self.delivered)
+                        && self.status == Status::Active
+                        && self.outgoing.is_empty()
+                        && !self.leaving;
+                    self.quiet_reads = if quiet {
+                        self.quiet_reads.saturating_add(1)
+                    } else {
+                        0
+                    };
                 }
             }
             (ListOp::Join { at }, Ok(_)) => {
@@ -2005,7 +2029,7 @@ impl OrderedMember {
             || self.payload_hint
             || (self.known_tail > self.learned && buffered < u64::from(self.settings.list_slots))
             || self.known_tail == u64::MAX
-            || now >= self.last_read + self.settings.poll_interval;
+            || now >= self.last_read + self.read_interval();
         if !due {
             return;
         }
