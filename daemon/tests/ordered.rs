@@ -92,22 +92,8 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
     wait_cluster_view(&daemons, 3);
     // Subscribers on all 3, joined in turn, each waiting for the view that holds it (the
     // first provides snapshots for joiners). Then publishers on daemons 1 and 2 (ids).
-    let mut subs: Vec<Option<Subscriber>> = Vec::new();
-    for i in 0..3 {
-        subs.push(Some(Subscriber::start(
-            daemons[i].as_ref().unwrap(),
-            group,
-            i == 0,
-        )));
-        let expected: Vec<u32> = (1..=i as u32 + 1).collect();
-        let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-        wait_until(
-            WAIT,
-            &format!("view {expected:?} at every subscriber"),
-            &all,
-            || subs.iter().flatten().all(|s| s.has_view(&expected)),
-        );
-    }
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    let mut subs = subscribers_in_turn(&all, group, WAIT);
     let pubs: Vec<(Client, tutti_client::GroupId)> = (0..2)
         .map(|i| {
             let mut c = daemons[i].as_ref().unwrap().client();

@@ -61,22 +61,8 @@ impl FiveDaemons {
             .collect();
         // Every daemon places the memory node from its cluster view at its join.
         wait_cluster_view(&daemons, DAEMONS as u64);
-        let mut subs: Vec<Option<Subscriber>> = Vec::new();
-        for i in 0..DAEMONS {
-            subs.push(Some(Subscriber::start(
-                daemons[i].as_ref().unwrap(),
-                group,
-                i == 0,
-            )));
-            let expected: Vec<u32> = (1..=i as u32 + 1).collect();
-            let all: Vec<&Daemon> = daemons.iter().flatten().collect();
-            wait_until(
-                WAIT,
-                &format!("view {expected:?} at every subscriber"),
-                &all,
-                || subs.iter().flatten().all(|s| s.has_view(&expected)),
-            );
-        }
+        let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+        let subs = subscribers_in_turn(&all, group, WAIT);
         let mut publishers = Vec::new();
         for d in PUBLISHER_DAEMONS {
             for k in 0..PUBLISHERS_PER_DAEMON {

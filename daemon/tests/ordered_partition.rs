@@ -20,7 +20,8 @@ mod ordered_common;
 use common::{group_off_daemon_3, status_number, wait_until, Daemon};
 use netns::{prerequisites, TestNet};
 use ordered_common::{
-    assert_fifo, assert_same, counter, from_view, msgs, publish, snapshot, Rec, Subscriber,
+    assert_fifo, assert_same, counter, from_view, msgs, publish, snapshot, subscribers_in_turn, Rec,
+    Subscriber,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -150,17 +151,7 @@ fn majority_partition(tag: &'static str, after: AfterHeal) {
     // The memory node on daemons 1 and 2: the majority side holds it.
     let group = &group_off_daemon_3("ord.part");
     let d = &hosts.daemons;
-    let mut subs: Vec<Option<Subscriber>> = Vec::new();
-    for (i, daemon) in d.iter().enumerate() {
-        subs.push(Some(Subscriber::start(daemon, group, i == 0)));
-        let expected: Vec<u32> = (1..=i as u32 + 1).collect();
-        wait_until(
-            WAIT,
-            &format!("view {expected:?} at every subscriber"),
-            &hosts.all(),
-            || subs.iter().flatten().all(|s| s.has_view(&expected)),
-        );
-    }
+    let mut subs = subscribers_in_turn(&hosts.all(), group, WAIT);
     let (mut p1, g1) = join_publisher(&d[0], group);
     let (mut p3, g3) = join_publisher(&d[2], group);
 

@@ -171,6 +171,24 @@ impl Subscriber {
     }
 }
 
+/// Starts a subscriber of `group` on each of `daemons` in turn (the first provides
+/// snapshots), each time waiting up to `wait` until every subscriber so far sees the view
+/// of daemons 1..=i+1.
+pub fn subscribers_in_turn(daemons: &[&Daemon], group: &str, wait: Duration) -> Vec<Option<Subscriber>> {
+    let mut subs: Vec<Option<Subscriber>> = Vec::new();
+    for (i, daemon) in daemons.iter().enumerate() {
+        subs.push(Some(Subscriber::start(daemon, group, i == 0)));
+        let expected: Vec<u32> = (1..=i as u32 + 1).collect();
+        wait_until(
+            wait,
+            &format!("view {expected:?} at every subscriber"),
+            daemons,
+            || subs.iter().flatten().all(|s| s.has_view(&expected)),
+        );
+    }
+    subs
+}
+
 /// Publishes `count` messages `tag:index` from `first` on, one every `gap`.
 pub fn publish(
     client: &mut Client,
