@@ -7,13 +7,12 @@
 
 use crate::cluster::node_ip;
 use crate::daemon::{Daemon, DaemonOptions};
-use crate::udp_floor::sleep_checked;
+use crate::ordered::clients_in_one_view;
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tutti_client::{Client, Minitx, MinitxError};
 
-const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 const REGION: &str = "tutti-bench-counter";
 
 pub struct MinitxOptions {
@@ -47,17 +46,6 @@ fn config_text(o: &MinitxOptions, node: usize) -> String {
     )
 }
 
-fn view_members(client: &mut Client) -> Result<u64, String> {
-    let shards = client.counters().map_err(|e| format!("counters: {e}"))?;
-    Ok(shards
-        .iter()
-        .flat_map(|s| s.values())
-        .filter(|(n, _)| *n == "view_members")
-        .map(|(_, v)| v)
-        .max()
-        .unwrap_or(0))
-}
-
 pub fn run(o: &MinitxOptions) -> Result<MinitxResult, String> {
     let mut daemons = Vec::with_capacity(o.nodes);
     for node in 1..=o.nodes {
@@ -73,26 +61,7 @@ pub fn run(o: &MinitxOptions) -> Result<MinitxResult, String> {
             .map_err(|e| format!("daemon {node} ({}): {e}", node_ip(node)))?,
         );
     }
-    let mut monitors = daemons
-        .iter()
-        .map(|d| Client::connect_to(d.socket()).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    while monitors
-        .iter_mut()
-        .map(view_members)
-        .collect::<Result<Vec<_>, _>>()?
-        .iter()
-        .any(|&m| m != o.nodes as u64)
-    {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the {} daemons did not form one view in {FORM_TIMEOUT:?}",
-                o.nodes
-            ));
-        }
-        sleep_checked(Duration::from_millis(50))?;
-    }
+    let mut monitors = clients_in_one_view(&daemons)?;
     monitors[0]
         .region_create(REGION, 8)
         .map_err(|e| format!("region create: {e}"))?;

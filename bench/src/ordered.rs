@@ -159,6 +159,32 @@ pub fn run(o: &OrderedOptions) -> Result<OrderedResult, String> {
     })
 }
 
+/// A client on each of `daemons`, returned once every daemon's view holds all of them
+/// (within `FORM_TIMEOUT`): a group's memory node is placed from the view at the join.
+pub(crate) fn clients_in_one_view(daemons: &[Daemon]) -> Result<Vec<Client>, String> {
+    let mut clients = daemons
+        .iter()
+        .map(|d| Client::connect_to(d.socket()).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    while clients
+        .iter_mut()
+        .map(view_members)
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .any(|&m| m != daemons.len() as u64)
+    {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the {} daemons did not form one view in {FORM_TIMEOUT:?}",
+                daemons.len()
+            ));
+        }
+        sleep_checked(Duration::from_millis(50))?;
+    }
+    Ok(clients)
+}
+
 fn view_members(client: &mut Client) -> Result<u64, String> {
     let shards = client.counters().map_err(|e| format!("counters: {e}"))?;
     Ok(shards
@@ -173,26 +199,7 @@ fn view_members(client: &mut Client) -> Result<u64, String> {
 fn run_with(o: &OrderedOptions, daemons: &[Daemon]) -> Result<OrderedResult, String> {
     // Every daemon places the group's memory node from its cluster view when it joins:
     // join once all agree on the view of N.
-    let mut monitors = daemons
-        .iter()
-        .map(|d| Client::connect_to(d.socket()).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    while monitors
-        .iter_mut()
-        .map(view_members)
-        .collect::<Result<Vec<_>, _>>()?
-        .iter()
-        .any(|&m| m != o.nodes as u64)
-    {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the {} daemons did not form one view in {FORM_TIMEOUT:?}",
-                o.nodes
-            ));
-        }
-        sleep_checked(Duration::from_millis(50))?;
-    }
+    let _monitors = clients_in_one_view(daemons)?;
     let members: Vec<Member> = (0..o.nodes)
         .map(|_| Member {
             delivered: AtomicU64::new(0),
