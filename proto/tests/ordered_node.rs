@@ -73,6 +73,27 @@ fn delivered(events: &[Event]) -> Vec<(NodeId, Vec<u8>)> {
         .collect()
 }
 
+/// Three nodes in one cluster, all joined to `GROUP` and run `settle` more: the nodes, the
+/// time and the events so far per node.
+fn three_nodes_in_the_group(settle: Time) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    assert!(
+        nodes.iter().all(|n| n.view().members.len() == 3),
+        "cluster formed"
+    );
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, ordered()).unwrap();
+    }
+    let until = now + settle;
+    run(&mut nodes, &mut now, until, &mut events);
+    (nodes, now, events)
+}
+
 #[test]
 fn a_one_node_cluster_orders_its_own_messages() {
     let mut nodes = vec![Node::new(1, 1, &[], settings(), 0, 7)];
@@ -112,21 +133,7 @@ fn a_one_node_cluster_orders_its_own_messages() {
 
 #[test]
 fn three_nodes_create_transfer_and_agree_on_one_order() {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
-    assert!(
-        nodes.iter().all(|n| n.view().members.len() == 3),
-        "cluster formed"
-    );
-    for n in nodes.iter_mut() {
-        n.join_ordered(now, GROUP, ordered()).unwrap();
-    }
-    let until = now + 100 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(100 * MILLIS);
     let installs: usize = events
         .iter()
         .map(|ev| ev.iter().filter(|e| matches!(e, Event::Installed { .. })).count())
@@ -154,17 +161,7 @@ fn three_nodes_create_transfer_and_agree_on_one_order() {
 /// replies, counted `bad_answers`, forever).
 #[test]
 fn a_node_that_joins_again_gets_fresh_transaction_ids() {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
-    for n in nodes.iter_mut() {
-        n.join_ordered(now, GROUP, ordered()).unwrap();
-    }
-    let until = now + 100 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(100 * MILLIS);
     nodes[2].leave_ordered(now, GROUP);
     let until = now + 100 * MILLIS;
     run(&mut nodes, &mut now, until, &mut events);
@@ -221,17 +218,7 @@ fn the_node_refuses_an_evs_group_it_cannot_host_yet() {
 /// still reaches every member at once after the quiet spell.
 #[test]
 fn an_idle_group_reads_its_memory_node_seldom_and_wakes_on_a_message() {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
-    for n in nodes.iter_mut() {
-        n.join_ordered(now, GROUP, ordered()).unwrap();
-    }
-    let until = now + 200 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(200 * MILLIS);
     let reads = |nodes: &[Node]| -> Vec<u64> {
         nodes
             .iter()
