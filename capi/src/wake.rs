@@ -5,11 +5,18 @@
 //! Protocol: the helper notifies the eventfd, then sets `pending`; a poll swaps `pending`
 //! to false and, if it was set, drains the eventfd, before it reads the log. So the
 //! descriptor is readable with `pending` false only between those two steps of the helper,
-//! and the next poll after them resets it: it is never left readable for nothing. A
-//! wake-up can be spurious (the helper noticed an append late, after a poll had read it).
+//! and the next poll after them resets it: it is never left readable for nothing.
+//!
+//! A helper that notices an append late (descheduled on a loaded host), after a poll had
+//! already read it, must not wake the descriptor for it: a poll that found the log drained
+//! reads the futex word, checks that the log still holds nothing, and publishes that word
+//! as `covered`. Every append counted in a word is visible to a reader that read that word
+//! (the daemon appends, then bumps the word), so a word equal to `covered` holds nothing
+//! unread and the helper skips it; any later append bumps the word again and wakes. A helper that woke the
+//! descriptor re-checks `covered` after, for a poll that drained the log in between.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,6 +34,8 @@ struct Shared {
     /// The daemon hung up: the descriptor stays readable from now on.
     gone: AtomicBool,
     stop: AtomicBool,
+    /// The futex word at the start of the last poll that drained the log.
+    covered: AtomicU32,
 }
 
 impl Shared {
@@ -57,11 +66,14 @@ impl GroupWake {
             pending: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            covered: AtomicU32::new(0),
         });
         let signal = Arc::new(signal);
         // Read before the first wake-up: an append after this read changes the word, which
         // the helper sees; whatever came before is covered by the first wake-up below.
         let seen = signal.value();
+        // Never equal to a word the helper will see (it only acts on `now != seen`).
+        shared.covered.store(seen, Ordering::Relaxed);
         // Readable at once only if a record already waits: an append after `seen` was read
         // is the helper's to notice, so none is missed, and a program that takes a readable
         // descriptor to mean "an event waits" (libcpg's callers) is not misled.
@@ -93,6 +105,18 @@ impl GroupWake {
         }
     }
 
+    /// The group's futex word now (Acquire: the records it counts are visible).
+    pub fn word(&self) -> u32 {
+        self.signal.value()
+    }
+
+    /// The log held no record after the futex word read `word` ([`word`](Self::word)): the
+    /// helper need not wake the descriptor for appends up to that word.
+    pub fn drained(&self, word: u32) {
+        // Release: the helper that loads this word sees the read done.
+        self.shared.covered.store(word, Ordering::Release);
+    }
+
     /// Whether the helper saw the daemon hang up.
     pub fn daemon_gone(&self) -> bool {
         self.shared.gone.load(Ordering::Acquire)
@@ -122,7 +146,16 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
         let now = signal.value();
         if now != seen {
             seen = now;
-            shared.wake();
+            // A poll that began at this word and drained the log read it all already.
+            if shared.covered.load(Ordering::Acquire) != now {
+                shared.wake();
+                // Such a poll may also have run between our eventfd write and our `pending`
+                // store (its reset then found nothing to drain): nothing waits, so undo the
+                // wake-up. Only one of it and a reset gets `pending` and drains.
+                if shared.covered.load(Ordering::Acquire) == now && shared.pending.swap(false, Ordering::AcqRel) {
+                    shared.eventfd.drain();
+                }
+            }
             continue;
         }
         // Woken with no append: the slice passed, a stop, or a spurious wake-up.
