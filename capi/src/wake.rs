@@ -12,8 +12,9 @@
 //! reads the futex word, checks that the log still holds nothing, and publishes that word
 //! as `covered`. Every append counted in a word is visible to a reader that read that word
 //! (the daemon appends, then bumps the word), so a word equal to `covered` holds nothing
-//! unread and the helper skips it; any later append bumps the word again and wakes. A helper that woke the
-//! descriptor re-checks `covered` after, for a poll that drained the log in between.
+//! unread and the helper skips it; any later append bumps the word again and wakes. A
+//! helper that woke the descriptor re-checks `covered` after, for a poll that drained the
+//! log in between.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -34,7 +35,8 @@ struct Shared {
     /// The daemon hung up: the descriptor stays readable from now on.
     gone: AtomicBool,
     stop: AtomicBool,
-    /// The futex word at the start of the last poll that drained the log.
+    /// The futex word last read by a poll that found the log drained (and still empty
+    /// after that read): appends up to it were all read.
     covered: AtomicU32,
 }
 
@@ -152,7 +154,9 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
                 // Such a poll may also have run between our eventfd write and our `pending`
                 // store (its reset then found nothing to drain): nothing waits, so undo the
                 // wake-up. Only one of it and a reset gets `pending` and drains.
-                if shared.covered.load(Ordering::Acquire) == now && shared.pending.swap(false, Ordering::AcqRel) {
+                if shared.covered.load(Ordering::Acquire) == now
+                    && shared.pending.swap(false, Ordering::AcqRel)
+                {
                     shared.eventfd.drain();
                 }
             }
