@@ -902,9 +902,11 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 	for (;;) {
 		tutti_event_t ev;
 		tutti_error_t e = tutti_next(in->client, in->tg, &ev);
-		/* libtutti's descriptor may turn readable for a record already read (its helper
-		 * thread saw the append late): reading again resets it, so that a readable
-		 * descriptor keeps meaning an event waits, as CPG programs take it. */
+		/* A readable descriptor means an event waits, as CPG programs take it. A read that
+		 * drains the log keeps libtutti's helper thread from waking the descriptor late for
+		 * what was read (capi/src/wake.rs), but not when the daemon bumps the log's futex
+		 * word only after we read the records it counts: a read then resets it. Without this
+		 * re-read, fd_idle_after_drain failed once in three runs under load. */
 		if (e == TUTTI_ERR_AGAIN && recheck-- > 0) {
 			struct pollfd p = {.fd = in->tfd, .events = POLLIN};
 			if (poll(&p, 1, 0) > 0)

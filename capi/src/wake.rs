@@ -43,8 +43,10 @@ struct Shared {
 impl Shared {
     fn wake(&self) {
         self.eventfd.notify();
-        // Release: pairs with the poll's swap; the eventfd write is before it.
-        self.pending.store(true, Ordering::Release);
+        // SeqCst: pairs with the poll's swap (the eventfd write is before it), and with
+        // `drained`, which stores `covered` then loads this, while the helper stores this
+        // then loads `covered`: one of the two sees the other's store.
+        self.pending.store(true, Ordering::SeqCst);
     }
 }
 
@@ -115,8 +117,17 @@ impl GroupWake {
     /// The log held no record after the futex word read `word` ([`word`](Self::word)): the
     /// helper need not wake the descriptor for appends up to that word.
     pub fn drained(&self, word: u32) {
-        // Release: the helper that loads this word sees the read done.
-        self.shared.covered.store(word, Ordering::Release);
+        // SeqCst: see `Shared::wake`.
+        self.shared.covered.store(word, Ordering::SeqCst);
+        // The helper may have woken the descriptor for this word before it could see the
+        // store above (it checks `covered` before and after waking): then reset it here. If
+        // the word moved since, an append may wait behind that wake-up: wake again.
+        if self.shared.pending.load(Ordering::SeqCst) {
+            self.reset();
+            if self.signal.value() != word {
+                self.shared.wake();
+            }
+        }
     }
 
     /// Whether the helper saw the daemon hang up.
@@ -154,7 +165,7 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
                 // Such a poll may also have run between our eventfd write and our `pending`
                 // store (its reset then found nothing to drain): nothing waits, so undo the
                 // wake-up. Only one of it and a reset gets `pending` and drains.
-                if shared.covered.load(Ordering::Acquire) == now
+                if shared.covered.load(Ordering::SeqCst) == now
                     && shared.pending.swap(false, Ordering::AcqRel)
                 {
                     shared.eventfd.drain();
