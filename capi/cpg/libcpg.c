@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +45,22 @@
 #define MAX_ITERATIONS 1024u
 /* How long cpg_leave waits for the rest of a fragmented message to enter the publish ring. */
 #define LEAVE_FLUSH_MS 5000
+/* How long a leaver reads on for its own leave's confchg in the order (what was ordered
+ * before the leave comes first) before it makes the confchg itself: the daemon stops writing
+ * the group's log once no local process is a member, which the leaver may not know yet. */
+#define LEAVE_CONFCHG_WAIT_MS 5000
+/* Flow control: a handle's own messages accepted but not yet seen back in its log (taken
+ * by the total order) are at most this many, and a new message is taken only while they
+ * hold fewer bytes than the second bound (one larger message still goes alone). Beyond it
+ * cpg_mcast_joined says CS_ERR_TRY_AGAIN until the handle dispatches, as Corosync's does
+ * (19 to 63 undispatched messages of 64 KiB there). Without it a flood fills the publish
+ * ring and the ordered layer's queue with seconds of messages, each waiting that long;
+ * 512 keeps the ordering pipeline (4 appends in flight of 32 messages) full. */
+#define WINDOW_MSGS 512u
+#define WINDOW_BYTES (4u << 20)
+/* Own messages that never come back (the order dropped them, e.g. its view changed) must
+ * not close the window for good: with no own message back for this long, it reopens. */
+#define WINDOW_STALL_MS 2000
 
 struct reassembly {
 	uint64_t sender;
@@ -56,8 +73,12 @@ struct inst {
 	cpg_model_v1_data_t model;
 	void *context;
 	int epfd, evfd;
+	int timerfd; /* readable when a leaver's wait for its own confchg is over */
 	uint32_t nodeid, session;
-	enum { NOT_JOINED, JOINED, LEFT } state;
+	/* LEAVING: left, still reading the log up to the own leave's confchg. */
+	enum { NOT_JOINED, JOINED, LEAVING, LEFT } state;
+	int leave_last_local; /* no other local member: the log ends with the leave */
+	uint64_t leave_deadline_ms;
 	int seen_own_join;
 	struct cpg_name group;
 	tutti_group_t tg;
@@ -88,6 +109,8 @@ struct inst {
 	/* The rest of a fragmented message the publish ring could not take yet. */
 	uint8_t *out;
 	size_t out_len, out_off;
+	/* Flow control (WINDOW_*): own messages and their bytes not yet seen in the log. */
+	uint64_t inflight_msgs, inflight_bytes, last_own_ms;
 	unsigned in_dispatch;
 	int finalized;
 	uint64_t lagged; /* messages the log overran (never expected: counted) */
@@ -157,6 +180,8 @@ static void destroy(struct inst *in)
 		close(in->epfd);
 	if (in->evfd >= 0)
 		close(in->evfd);
+	if (in->timerfd >= 0)
+		close(in->timerfd);
 	for (size_t i = 0; i < in->n_rx; i++)
 		free(in->rx[i].buf);
 	free(in->rx);
@@ -189,7 +214,7 @@ static cs_error_t create(cpg_handle_t *handle, const cpg_model_v1_data_t *model,
 	struct inst *in = calloc(1, sizeof *in);
 	if (!in)
 		return CS_ERR_NO_MEMORY;
-	in->epfd = in->evfd = in->tfd = -1;
+	in->epfd = in->evfd = in->tfd = in->timerfd = -1;
 	in->model = *model;
 	in->context = context;
 	uint64_t id = 0;
@@ -201,8 +226,12 @@ static cs_error_t create(cpg_handle_t *handle, const cpg_model_v1_data_t *model,
 	in->session = (uint32_t)id;
 	in->epfd = epoll_create1(EPOLL_CLOEXEC);
 	in->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	in->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	struct epoll_event ev = {.events = EPOLLIN, .data.fd = in->evfd};
-	if (in->epfd < 0 || in->evfd < 0 || epoll_ctl(in->epfd, EPOLL_CTL_ADD, in->evfd, &ev) < 0) {
+	struct epoll_event tev = {.events = EPOLLIN, .data.fd = in->timerfd};
+	if (in->epfd < 0 || in->evfd < 0 || in->timerfd < 0 ||
+	    epoll_ctl(in->epfd, EPOLL_CTL_ADD, in->evfd, &ev) < 0 ||
+	    epoll_ctl(in->epfd, EPOLL_CTL_ADD, in->timerfd, &tev) < 0) {
 		destroy(in);
 		return CS_ERR_LIBRARY;
 	}
@@ -427,6 +456,50 @@ static tutti_error_t flush_out(struct inst *in)
 	return TUTTI_OK;
 }
 
+static int addr_cmp(const void *x, const void *y);
+static void drop_reassembly(struct inst *in, size_t i);
+
+/* The leave is through for this handle: the group's log goes. With `make_confchg`, the own
+ * leave's confchg is made here (the others as last dispatched, and itself with LEAVE) and
+ * delivered by the next dispatch; else the daemons' one was just delivered. */
+static void finish_leave(struct inst *in, int make_confchg)
+{
+	in->maybe_more = 0;
+	if (make_confchg) {
+		in->n_leave_members = 0;
+		int self_seen = 0;
+		for (size_t i = 0; i < in->n_members && in->n_leave_members < CPG_MEMBERS_MAX; i++) {
+			const tutti_cpg_process_t *m = &in->members[i];
+			if (m->nodeid == in->nodeid && m->session == in->session) {
+				in->leave_self = (struct cpg_address){m->nodeid, m->pid, CPG_REASON_LEAVE};
+				self_seen = 1;
+				continue;
+			}
+			in->leave_members[in->n_leave_members++] = (struct cpg_address){m->nodeid, m->pid, 0};
+		}
+		if (!self_seen)
+			in->leave_self = (struct cpg_address){in->nodeid, (uint32_t)getpid(), CPG_REASON_LEAVE};
+		qsort(in->leave_members, in->n_leave_members, sizeof in->leave_members[0], addr_cmp);
+		in->pending_leave = 1;
+		signal_local(in);
+	}
+	struct itimerspec off = {0};
+	timerfd_settime(in->timerfd, 0, &off, NULL);
+	uint64_t n;
+	ssize_t r = read(in->timerfd, &n, sizeof n);
+	(void)r;
+	if (in->tfd >= 0)
+		epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->tfd, NULL);
+	in->tfd = -1;
+	tutti_leave(in->client, in->tg);
+	in->state = LEFT;
+	in->pending_totem = 0;
+	while (in->n_rx)
+		drop_reassembly(in, 0);
+	if (!make_confchg)
+		clear_local(in);
+}
+
 EXPORT cs_error_t cpg_leave(cpg_handle_t handle, const struct cpg_name *group)
 {
 	struct inst *in = lookup(handle);
@@ -440,26 +513,31 @@ EXPORT cs_error_t cpg_leave(cpg_handle_t handle, const struct cpg_name *group)
 	uint64_t until = mono_ms() + LEAVE_FLUSH_MS;
 	while (in->out && flush_out(in) == TUTTI_ERR_BACK_PRESSURED && mono_ms() < until)
 		usleep(1000);
-	/* The leaver's own confchg: the others, and itself with LEAVE (its log ends here). */
-	in->n_leave_members = 0;
-	for (size_t i = 0; i < in->n_members && in->n_leave_members < CPG_MEMBERS_MAX; i++) {
-		const tutti_cpg_process_t *m = &in->members[i];
-		if (m->nodeid == in->nodeid && m->session == in->session) {
-			in->leave_self = (struct cpg_address){m->nodeid, m->pid, CPG_REASON_LEAVE};
-			continue;
-		}
-		in->leave_members[in->n_leave_members++] = (struct cpg_address){m->nodeid, m->pid, 0};
+	/* Virtually synchronous, as Corosync: the leaver goes on reading the log, gets what was
+	 * ordered before its leave and then its own leave's confchg from the daemons (members:
+	 * the others; left: itself with LEAVE). The last local member's log ends at the leave
+	 * (the daemon drops it), so that one drains what is there and makes the confchg itself;
+	 * so does any leaver that has not seen its confchg after LEAVE_CONFCHG_WAIT_MS. */
+	in->leave_last_local = 1;
+	for (size_t i = 0; i < in->n_members; i++)
+		if (in->members[i].nodeid == in->nodeid && in->members[i].session != in->session)
+			in->leave_last_local = 0;
+	tutti_error_t e = tutti_leave_reading(in->client, in->tg);
+	if (e != TUTTI_OK) {
+		finish_leave(in, 1);
+		return from_tutti(e);
 	}
-	if (!in->seen_own_join)
-		in->leave_self = (struct cpg_address){in->nodeid, (uint32_t)getpid(), CPG_REASON_LEAVE};
-	epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->tfd, NULL);
-	in->tfd = -1;
-	tutti_error_t e = tutti_leave(in->client, in->tg);
-	in->state = LEFT;
-	in->pending_leave = 1;
+	in->state = LEAVING;
 	in->pending_totem = 0;
+	in->leave_deadline_ms = mono_ms() + LEAVE_CONFCHG_WAIT_MS;
+	struct itimerspec t = {.it_value = {.tv_sec = LEAVE_CONFCHG_WAIT_MS / 1000,
+					   .tv_nsec = (LEAVE_CONFCHG_WAIT_MS % 1000) * 1000000L}};
+	timerfd_settime(in->timerfd, 0, &t, NULL);
+	/* Readable until a dispatch finds the log drained (what the log holds, then the
+	 * confchg once it is there): the application dispatches. */
+	in->maybe_more = 1;
 	signal_local(in);
-	return e == TUTTI_OK ? CS_OK : from_tutti(e);
+	return CS_OK;
 }
 
 /* Sends one message of `len` bytes gathered from iov: fragments claimed in the publish
@@ -483,6 +561,13 @@ static cs_error_t mcast(struct inst *in, const struct iovec *iov, unsigned int i
 		if (e != TUTTI_OK)
 			return from_tutti(e);
 	}
+	if (in->inflight_msgs >= WINDOW_MSGS || in->inflight_bytes >= WINDOW_BYTES) {
+		if (mono_ms() - in->last_own_ms < WINDOW_STALL_MS)
+			return CS_ERR_TRY_AGAIN;
+		in->inflight_msgs = in->inflight_bytes = 0;
+	}
+	if (in->inflight_msgs == 0)
+		in->last_own_ms = mono_ms();
 	if (len <= in->frag_data) {
 		void *buf;
 		tutti_error_t e = tutti_try_claim(in->client, in->tg, FRAG_HEADER + len, &buf);
@@ -496,7 +581,12 @@ static cs_error_t mcast(struct inst *in, const struct iovec *iov, unsigned int i
 				memcpy((uint8_t *)buf + off, iov[i].iov_base, iov[i].iov_len);
 			off += iov[i].iov_len;
 		}
-		return from_tutti(tutti_commit(in->client));
+		e = tutti_commit(in->client);
+		if (e == TUTTI_OK) {
+			in->inflight_msgs++;
+			in->inflight_bytes += len;
+		}
+		return from_tutti(e);
 	}
 	uint8_t *whole = malloc(len);
 	if (!whole)
@@ -515,6 +605,10 @@ static cs_error_t mcast(struct inst *in, const struct iovec *iov, unsigned int i
 		free(in->out);
 		in->out = NULL;
 		return CS_ERR_TRY_AGAIN;
+	}
+	if (e == TUTTI_OK || e == TUTTI_ERR_BACK_PRESSURED) {
+		in->inflight_msgs++;
+		in->inflight_bytes += len;
 	}
 	return e == TUTTI_ERR_BACK_PRESSURED ? CS_OK : from_tutti(e);
 }
@@ -743,6 +837,15 @@ static int on_confchg(struct inst *in, cpg_handle_t handle, const tutti_confchg_
 	return 1;
 }
 
+/* Whether this handle's process is in the confchg's left list (its own leave is through). */
+static int own_left(const struct inst *in, const tutti_confchg_t *c)
+{
+	for (size_t i = 0; i < c->n_left; i++)
+		if (c->left[i].nodeid == in->nodeid && c->left[i].session == in->session)
+			return 1;
+	return 0;
+}
+
 /* The daemons' ring changed (a view record of a cpg group): CPG's totem confchg. */
 static int on_ring(struct inst *in, cpg_handle_t handle, const tutti_view_t *v)
 {
@@ -755,6 +858,19 @@ static int on_ring(struct inst *in, cpg_handle_t handle, const tutti_view_t *v)
 	struct cpg_ring_id ring = {ring_rep(v->members, v->n_members), v->id};
 	in->model.cpg_totem_confchg_fn(handle, ring, (uint32_t)v->n_members, v->members);
 	return 1;
+}
+
+/* One of this handle's own records is back in the order: the flow-control window moves. */
+static void own_back(struct inst *in, const tutti_event_t *ev)
+{
+	in->last_own_ms = mono_ms();
+	if (ev->len < FRAG_HEADER)
+		return;
+	uint32_t total = get32(ev->payload), off = get32(ev->payload + 4);
+	size_t chunk = ev->len - FRAG_HEADER;
+	in->inflight_bytes -= chunk < in->inflight_bytes ? chunk : in->inflight_bytes;
+	if ((uint64_t)off + chunk >= total && in->inflight_msgs > 0)
+		in->inflight_msgs--;
 }
 
 /* Runs at most one callback. 1: one ran; 0: nothing is waiting; -1: the daemon is gone. */
@@ -775,7 +891,7 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 						 &in->leave_self, 1, NULL, 0);
 		return 1;
 	}
-	if (in->state != JOINED) {
+	if (in->state != JOINED && in->state != LEAVING) {
 		if (in->maybe_more) {
 			in->maybe_more = 0;
 			clear_local(in);
@@ -786,13 +902,21 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 	for (;;) {
 		tutti_event_t ev;
 		tutti_error_t e = tutti_next(in->client, in->tg, &ev);
-		/* libtutti's descriptor may turn readable for a record already read (its helper
-		 * thread saw the append late): reading again resets it, so that a readable
-		 * descriptor keeps meaning an event waits, as CPG programs take it. */
+		/* A readable descriptor means an event waits, as CPG programs take it. A read that
+		 * drains the log keeps libtutti's helper thread from waking the descriptor late for
+		 * what was read (capi/src/wake.rs), but not when the daemon bumps the log's futex
+		 * word only after we read the records it counts: a read then resets it. Without this
+		 * re-read, fd_idle_after_drain failed once in three runs under load. */
 		if (e == TUTTI_ERR_AGAIN && recheck-- > 0) {
 			struct pollfd p = {.fd = in->tfd, .events = POLLIN};
 			if (poll(&p, 1, 0) > 0)
 				continue;
+		}
+		if (e == TUTTI_ERR_AGAIN && in->state == LEAVING &&
+		    (in->leave_last_local || mono_ms() >= in->leave_deadline_ms)) {
+			/* The log holds no own leave's confchg and will not: make it. */
+			finish_leave(in, 1);
+			return dispatch_one(in, handle);
 		}
 		if (e == TUTTI_ERR_AGAIN) {
 			if (in->maybe_more) {
@@ -806,11 +930,28 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 		int ran = 0;
 		switch (ev.kind) {
 		case TUTTI_EVENT_MESSAGE:
+			if (ev.sender == ((uint64_t)in->nodeid << 32 | in->session))
+				own_back(in, &ev);
 			ran = in->seen_own_join && on_message(in, handle, &ev);
 			break;
-		case TUTTI_EVENT_CONFCHG:
-			ran = on_confchg(in, handle, (const tutti_confchg_t *)(const void *)ev.payload);
+		case TUTTI_EVENT_CONFCHG: {
+			const tutti_confchg_t *c = (const tutti_confchg_t *)(const void *)ev.payload;
+			ran = on_confchg(in, handle, c);
+			if (in->finalized)
+				return 1;
+			if (in->state == LEAVING && in->seen_own_join && own_left(in, c)) {
+				finish_leave(in, 0);
+				return 1;
+			}
+			if (in->state == LEAVING) {
+				/* Another local member joined or left meanwhile: does the log go on? */
+				in->leave_last_local = 1;
+				for (size_t i = 0; i < in->n_members; i++)
+					if (in->members[i].nodeid == in->nodeid && in->members[i].session != in->session)
+						in->leave_last_local = 0;
+			}
 			break;
+		}
 		case TUTTI_EVENT_VIEW:
 			ran = on_ring(in, handle, (const tutti_view_t *)(const void *)ev.payload);
 			break;
@@ -818,6 +959,7 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 		case TUTTI_EVENT_LOST:
 			/* Messages this member will never see: counted, and partial messages dropped. */
 			in->lagged += ev.count;
+			in->inflight_msgs = in->inflight_bytes = 0;
 			while (in->n_rx)
 				drop_reassembly(in, 0);
 			break;

@@ -169,6 +169,15 @@ tutti_error_t tutti_join(tutti_client_t *client, const char *name,
  * descriptor (tutti_fd) is closed. */
 tutti_error_t tutti_leave(tutti_client_t *client, tutti_group_t group);
 
+/* Leaves a group but keeps reading it: the daemon publishes the leave after what this
+ * client offered and takes nothing more from it (tutti_offer / tutti_try_claim on the group
+ * fail), while tutti_next, tutti_poll and the descriptor go on with what the daemon writes
+ * into the group's log after (for a CPG process: what was ordered before its leave, then
+ * its own leave's confchg). The daemon stops writing once no local member is left, so the
+ * caller bounds its wait. tutti_leave then frees the group (no second request). Calling it
+ * twice: TUTTI_ERR_UNKNOWN_GROUP. */
+tutti_error_t tutti_leave_reading(tutti_client_t *client, tutti_group_t group);
+
 /* The largest message tutti_offer and tutti_try_claim take for the group. */
 tutti_error_t tutti_max_message(const tutti_client_t *client, tutti_group_t group,
                                 size_t *out);

@@ -660,6 +660,24 @@ pub unsafe extern "C" fn tutti_leave(client: *mut TuttiClient, group: u32) -> Tu
 }
 
 /// # Safety
+/// As `tutti_leave_reading` in tutti.h.
+#[no_mangle]
+pub unsafe extern "C" fn tutti_leave_reading(client: *mut TuttiClient, group: u32) -> TuttiError {
+    with_client(client, |s| {
+        let id = s.slot(group)?.id;
+        if s.claim.as_ref().is_some_and(|c| c.group == group) {
+            return Err(Fail::new(
+                TUTTI_ERR_BUSY,
+                c"a claim on this group is outstanding: tutti_commit or tutti_abort it first",
+            ));
+        }
+        // The helper thread and the descriptor stay: the log is still read.
+        s.client.leave_reading(id).map_err(client_fail)?;
+        Ok(())
+    })
+}
+
+/// # Safety
 /// As `tutti_max_message` in tutti.h.
 #[no_mangle]
 pub unsafe extern "C" fn tutti_max_message(
@@ -786,6 +804,19 @@ fn receiving(s: &State, group: u32, limit: usize) -> Result<GroupId, Fail> {
     Ok(slot.id)
 }
 
+/// A read found the group's log drained: tells its descriptor's helper which appends that
+/// covers (`GroupWake::drained`), so that it does not wake the descriptor for them late.
+fn drained(s: &State, group: u32) {
+    let Ok(slot) = s.slot(group) else { return };
+    if let Some(wake) = slot.wake.as_ref() {
+        // The word first, then the log: a record counted in the word is visible now.
+        let word = wake.word();
+        if matches!(s.client.has_data(slot.id), Ok(false)) {
+            wake.drained(word);
+        }
+    }
+}
+
 /// # Safety
 /// As `tutti_poll` in tutti.h: `callback` a valid function, called with `user`.
 #[no_mangle]
@@ -811,6 +842,7 @@ pub unsafe extern "C" fn tutti_poll(
             .map_err(client_fail)?;
         if n == 0 {
             s.check_gone(group)?;
+            drained(s, group);
         }
         if let Some(d) = delivered {
             d.write(n);
@@ -902,6 +934,7 @@ pub unsafe extern "C" fn tutti_next(
             }
             _ => {
                 s.check_gone(group)?;
+                drained(s, group);
                 Err(Fail::new(TUTTI_ERR_AGAIN, c"no event waiting"))
             }
         }

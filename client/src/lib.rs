@@ -190,6 +190,8 @@ struct Group {
     sub: Option<Subscription>,
     /// Produces this application's state for a joiner of an ordered group.
     provider: Option<SnapshotProvider>,
+    /// Left with [`Client::leave_reading`]: no longer a member, the log still mapped.
+    left: bool,
 }
 
 /// The application's state at a list position, for a joiner (see
@@ -477,6 +479,7 @@ impl Client {
             options,
             sub,
             provider: None,
+            left: false,
         };
         let index = match self.groups.iter().position(Option::is_none) {
             Some(i) => {
@@ -493,13 +496,45 @@ impl Client {
 
     /// Leaves a group. What this client already offered to it is still published.
     pub fn leave(&mut self, group: GroupId) -> Result<(), Error> {
-        let handle = self.group(group)?.handle;
+        let g = self.group(group)?;
+        if g.left {
+            // Left already (`leave_reading`): only the mapping goes.
+            self.groups[group.0 as usize] = None;
+            return Ok(());
+        }
+        let handle = g.handle;
         let mut fds = Vec::new();
         match self.call(&Request::Leave { handle }, &mut fds)? {
             Reply::Left => {}
             other => return Err(unexpected(other)),
         }
         self.groups[group.0 as usize] = None;
+        Ok(())
+    }
+
+    /// Leaves a group but goes on reading its delivery log: the daemon publishes the
+    /// leave (what this client already offered goes first) and takes nothing more from it,
+    /// while [`poll`](Self::poll) and the C API's `tutti_next` still return what the daemon
+    /// writes into the log after, until [`leave`](Self::leave) frees the mapping. A CPG
+    /// process uses it to get what was ordered before its leave, then the confchg of its
+    /// own leave, as Corosync delivers them. The daemon stops writing the log once no
+    /// local member is left: the caller bounds its wait.
+    pub fn leave_reading(&mut self, group: GroupId) -> Result<(), Error> {
+        let g = self.group(group)?;
+        if g.left {
+            return Err(Error::UnknownGroup);
+        }
+        let handle = g.handle;
+        let mut fds = Vec::new();
+        match self.call(&Request::Leave { handle }, &mut fds)? {
+            Reply::Left => {}
+            other => return Err(unexpected(other)),
+        }
+        if let Some(g) = self.groups.get_mut(group.0 as usize).and_then(Option::as_mut) {
+            g.left = true;
+            g.rights.publish = false;
+            g.provider = None;
+        }
         Ok(())
     }
 

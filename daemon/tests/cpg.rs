@@ -20,6 +20,7 @@ const SUBNET: u8 = 91;
 const SUBNET_REJOIN: u8 = 92;
 const SUBNET_STATUS: u8 = 93;
 const SUBNET_ORDERED_REJOIN: u8 = 94;
+const SUBNET_OWN_LEAVE: u8 = 95;
 /// `cpg_reason_t` codes.
 const JOIN: u32 = 1;
 const LEAVE: u32 = 2;
@@ -71,6 +72,9 @@ enum Command {
     Leave,
     /// Leave, then join again at once on the same session (a CPG handle's leave and join).
     Rejoin,
+    /// Leave but read on (`Client::leave_reading`) up to the confchg of its own leave,
+    /// as libcpg.so.4's `cpg_leave` does; then let the log go.
+    LeaveReading,
 }
 
 /// One CPG member process: a client session in its own thread that records what it sees
@@ -102,6 +106,7 @@ impl Member {
         let thread = std::thread::spawn(move || {
             let mut sent = 0u64;
             let mut joined = true;
+            let mut leaving = false;
             loop {
                 match rx.try_recv() {
                     Ok(Command::Publish(n)) => {
@@ -116,6 +121,10 @@ impl Member {
                         client.leave(g).expect("leave");
                         joined = false;
                         is_joined.store(false, Ordering::Release);
+                    }
+                    Ok(Command::LeaveReading) => {
+                        client.leave_reading(g).expect("leave, reading on");
+                        leaving = true;
                     }
                     Ok(Command::Rejoin) => {
                         client.leave(g).expect("leave");
@@ -158,6 +167,16 @@ impl Member {
                         r.lock().unwrap().push(rec);
                     })
                     .expect("poll");
+                let own_leave_seen = || {
+                    r.lock().unwrap().iter().any(
+                        |rec| matches!(rec, Rec::Confchg { left, .. } if left.iter().any(|(p, _)| *p == me)),
+                    )
+                };
+                if leaving && own_leave_seen() {
+                    client.leave(g).expect("let the log go");
+                    (joined, leaving) = (false, false);
+                    is_joined.store(false, Ordering::Release);
+                }
             }
         });
         Member {
@@ -518,4 +537,56 @@ fn an_ordered_group_left_and_joined_again_at_once_gets_a_view() {
         poll_views(&mut c, gc, &mut c_views, &mut c_msgs);
         a_msgs == 1 && c_msgs == 1
     });
+}
+
+/// A process that leaves gets what was ordered before its leave, then the confchg of its own
+/// leave (members: the others; left: itself with LEAVE) at its place in the order, as
+/// Corosync delivers them; it used to lose both (its log ended at the leave request).
+#[test]
+fn a_leaver_gets_what_was_ordered_before_its_leave_then_its_own_confchg() {
+    let daemons = start_cluster(SUBNET_OWN_LEAVE);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let group = &group_off_daemon_3("cpg.own-leave");
+    // a and a2 on daemon 1 (a2 keeps the group's log there), b on daemon 2.
+    let a = Member::start(all[0], group);
+    let a2 = Member::start(all[0], group);
+    let b = Member::start(all[1], group);
+    let (a_me, a2_me, b_me) = (a.me, a2.me, b.me);
+    let members = [&a, &a2, &b];
+    wait_until(WAIT, "three members seen by all", &all, || {
+        members
+            .iter()
+            .all(|m| m.saw(&[a_me, a2_me, b_me], &[(b_me, JOIN)], &[]))
+    });
+    // b's messages are in the order (b has them back) before a leaves; a reads nothing
+    // meanwhile only if it is slow, which the leave must not change.
+    b.send(Command::Publish(50));
+    wait_until(WAIT, "b's 50 messages back at b", &all, || b.messages() == 50);
+    a.send(Command::LeaveReading);
+    wait_until(WAIT, "a's own leave", &all, || !a.joined.load(Ordering::Acquire));
+    wait_until(WAIT, "a's leave at the others", &all, || {
+        [&a2, &b]
+            .iter()
+            .all(|m| m.saw(&[a2_me, b_me], &[], &[(a_me, LEAVE)]))
+    });
+    let mine = a.records_since_join_of(b_me);
+    assert_eq!(
+        mine.iter().filter(|r| matches!(r, Rec::Msg(..))).count(),
+        50,
+        "a got every message ordered before its leave: {mine:?}"
+    );
+    let own = Rec::Confchg {
+        members: {
+            let mut m = vec![a2_me, b_me];
+            m.sort_unstable();
+            m
+        },
+        joined: Vec::new(),
+        left: vec![(a_me, LEAVE)],
+    };
+    assert_eq!(mine.last(), Some(&own), "its own leave's confchg comes last");
+    // The same place in the order at the others.
+    let others = a2.records_since_join_of(b_me);
+    assert_eq!(others[..mine.len()], mine[..], "a's records are a prefix of a2's");
+    drop((a, a2, b));
 }

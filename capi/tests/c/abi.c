@@ -17,7 +17,7 @@ typedef void (*any_fn)(void);
 static const any_fn functions[] = {
     (any_fn)tutti_strerror, (any_fn)tutti_last_error, (any_fn)tutti_connect,
     (any_fn)tutti_close,    (any_fn)tutti_sender_id,  (any_fn)tutti_join,
-    (any_fn)tutti_leave,    (any_fn)tutti_max_message, (any_fn)tutti_offer,
+    (any_fn)tutti_leave,    (any_fn)tutti_leave_reading, (any_fn)tutti_max_message, (any_fn)tutti_offer,
     (any_fn)tutti_try_claim, (any_fn)tutti_commit,    (any_fn)tutti_abort,
     (any_fn)tutti_flush,    (any_fn)tutti_poll,       (any_fn)tutti_poll_wait,
     (any_fn)tutti_next,     (any_fn)tutti_fd,

@@ -286,6 +286,27 @@ int main(void) {
             " delivered\n", lag.lagged_events, lag.missed, lag.messages);
     EXPECT(tutti_close(slow), TUTTI_OK);
 
+    /* Leaving but reading on: another local member keeps the group's log written; the
+     * group takes nothing more from the leaver, which still reads what comes after. */
+    tutti_client_t *other;
+    tutti_group_t og, lg;
+    EXPECT(tutti_connect(NULL, &other), TUTTI_OK);
+    opts = (tutti_join_options_t)TUTTI_JOIN_OPTIONS_INIT;
+    EXPECT(tutti_join(other, "capi-leave-reading", &opts, &og), TUTTI_OK);
+    EXPECT(tutti_join(c, "capi-leave-reading", &opts, &lg), TUTTI_OK);
+    EXPECT(tutti_leave_reading(c, lg), TUTTI_OK);
+    EXPECT(tutti_leave_reading(c, lg), TUTTI_ERR_UNKNOWN_GROUP);
+    EXPECT(tutti_offer(c, lg, "x", 1), TUTTI_ERR_NOT_PUBLISHER);
+    publish(other, og, 0, 100);
+    struct seen after = {0};
+    while (after.messages < 1 && !after.bad) {
+        EXPECT(tutti_poll_wait(c, lg, 1, 5000, collect, &after, &n), TUTTI_OK);
+    }
+    CHECK(!after.bad && after.messages == 1 && after.last_len == 100);
+    EXPECT(tutti_leave(c, lg), TUTTI_OK);
+    EXPECT(tutti_leave(c, lg), TUTTI_ERR_UNKNOWN_GROUP);
+    EXPECT(tutti_close(other), TUTTI_OK);
+
     /* Leave frees the slot for the next join; an unknown group stays unknown. */
     EXPECT(tutti_leave(c, sub_only), TUTTI_OK);
     EXPECT(tutti_leave(c, sub_only), TUTTI_ERR_UNKNOWN_GROUP);
