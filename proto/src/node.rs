@@ -2909,8 +2909,8 @@ impl Node {
 
     fn ordered_suspicions(&mut self, now: Time) {
         // Nothing to do without an ordered group; and only marked peers can be suspected
-        // or failed, so this stays O(suspects), not O(peers), per round. A suspicion is
-        // enough to remove (docs/ordered.md, limits: a refuted one still removes).
+        // or failed, so this stays O(suspects), not O(peers), per round. A suspicion
+        // removes once it has lasted the group's `suspicion_grace` (the host's decision).
         if !self.ordered.has_groups() {
             return;
         }
