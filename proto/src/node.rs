@@ -83,6 +83,10 @@ pub struct Counters {
     /// Failures claimed by other members about peers we heard from directly within
     /// `suspect_timeout`: taken as suspicions only (stale claims at a partition heal).
     pub failure_claims_downgraded: u64,
+    /// Views not installed: their coordinator was outside our view and they dropped
+    /// members we heard from directly within `suspect_timeout` (see
+    /// `Node::drops_members_we_hear`).
+    pub views_deferred: u64,
     /// Rounds the coordinator held a merge back after a peer held failed came back, while
     /// other peers were still held failed (see `Node::merge_on_hold`).
     pub merges_held: u64,
@@ -2220,6 +2224,10 @@ impl Node {
         if from == view.id.coordinator {
             self.touch(coordinator);
         }
+        if self.drops_members_we_hear(&view) {
+            self.counters.views_deferred += 1;
+            return;
+        }
         for m in &view.members {
             if m.node == self.id {
                 continue;
@@ -2269,6 +2277,28 @@ impl Node {
             self.unvouched = None;
         }
         self.install(now, view);
+    }
+
+    /// Whether `view` comes from a coordinator outside our view (a side we were cut off
+    /// from, merging us) and drops a member of our view that we heard from directly within
+    /// `suspect_timeout`: its coordinator holds that member failed on what it saw while cut
+    /// off. We wait: the coordinator sends heartbeats to the peers it holds failed while a
+    /// merge is on (`merge_on_hold`), hears them answer, and its next view holds them.
+    fn drops_members_we_hear(&self, view: &View) -> bool {
+        if self.in_our_view(view.id.coordinator) {
+            return false;
+        }
+        self.view.members.iter().any(|m| {
+            m.node != self.id
+                && !view.members.iter().any(|v| v.node == m.node)
+                && self.idx(m.node).is_some_and(|i| {
+                    let p = &self.peers[i];
+                    p.member == *m
+                        && !p.dead()
+                        && !p.leaving
+                        && !self.rounds_over(p.heard_round, self.settings.suspect_timeout)
+                })
+        })
     }
 
     fn install(&mut self, now: Time, view: Arc<View>) {
