@@ -423,9 +423,19 @@ impl OrderedHost {
 
     /// The installed cluster view changed: its live members, sorted.
     pub fn set_view(&mut self, now: Time, members: Vec<NodeId>) {
-        self.view_members = members;
+        let before = std::mem::replace(&mut self.view_members, members);
         self.view_members.sort_unstable();
         self.view_members.dedup();
+        // A member the view takes back (a partition healed) may still be held suspected
+        // or failed by SWIM here, since before the heal, until it refutes: its suspicion
+        // lasts the grace again from now (else its join would be answered by a removal).
+        for n in &self.view_members {
+            if before.binary_search(n).is_err() {
+                if let Some(since) = self.swim_suspects.get_mut(n) {
+                    *since = now;
+                }
+            }
+        }
         self.max_view = self.max_view.max(self.view_members.len());
         let groups: Vec<GroupId> = self
             .placements
