@@ -2210,11 +2210,11 @@ impl OrderedMember {
                 .iter()
                 .filter(|m| m.node != self.node)
                 .filter_map(|m| {
-                    if self.suspected.contains(&m.node) {
+                    // A doubted member that lags: removed as suspected (a crash).
+                    let lags = lagging.contains(&m.node);
+                    if self.suspected.contains(&m.node) || (lags && self.doubted.contains(&m.node)) {
                         Some((m.node, RemoveReason::Suspected))
-                    } else if lagging.contains(&m.node) && self.doubted.contains(&m.node) {
-                        Some((m.node, RemoveReason::Suspected))
-                    } else if lagging.contains(&m.node) {
+                    } else if lags {
                         Some((m.node, RemoveReason::Lagging))
                     } else {
                         None
