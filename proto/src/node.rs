@@ -2285,12 +2285,15 @@ impl Node {
     /// off. We wait: the coordinator sends heartbeats to the peers it holds failed while a
     /// merge is on (`merge_on_hold`), hears them answer, and its next view holds them.
     fn drops_members_we_hear(&self, view: &View) -> bool {
-        if self.in_our_view(view.id.coordinator) {
+        if self.in_our_view(view.id.coordinator) || self.view.members.len() <= 1 {
             return false;
         }
+        // O(n log n): a merge of two large sides must not cost n^2 at every member.
+        let mut theirs: Vec<NodeId> = view.members.iter().map(|v| v.node).collect();
+        theirs.sort_unstable();
         self.view.members.iter().any(|m| {
             m.node != self.id
-                && !view.members.iter().any(|v| v.node == m.node)
+                && theirs.binary_search(&m.node).is_err()
                 && self.idx(m.node).is_some_and(|i| {
                     let p = &self.peers[i];
                     p.member == *m
