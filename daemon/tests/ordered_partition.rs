@@ -6,7 +6,7 @@
 //! view and goes on. After the heal daemon 3 gets the view that removed it, at the same
 //! place of the order as the others, and says so (status `removed (suspected)`, counter
 //! `ordered_removed`). Its application may then join again, with a snapshot at a cut of
-//! the order (ignored for now: see that test).
+//! the order.
 //!
 //! Needs root and iproute2 (`ip`); without either it prints a skip notice and passes. The
 //! namespaces are `tutti-po-<pid>-*`, deleted also when the test fails.
@@ -347,14 +347,22 @@ fn majority_partition(tag: &'static str, after: AfterHeal) {
         Some(&joined_view),
         "the rejoined member's first view"
     );
+    // Views after the last message are the teardown's: the subscribers stop one after the
+    // other, and one still running records the leave of one stopped before it.
+    let no_teardown = |mut recs: Vec<Rec>| -> Vec<Rec> {
+        while matches!(recs.last(), Some(Rec::View(..))) {
+            recs.pop();
+        }
+        recs
+    };
     assert_same(
-        &rejoined[1..],
-        &after(&provider[at..]),
+        &no_teardown(rejoined[1..].to_vec()),
+        &no_teardown(after(&provider[at..])),
         "rejoined vs daemon 1 after the cut",
     );
     assert_same(
-        &from_view(&second, &full),
-        &from_view(&provider, &full),
+        &no_teardown(from_view(&second, &full)),
+        &no_teardown(from_view(&provider, &full)),
         "daemon 2 vs daemon 1",
     );
     assert_fifo(&provider, "daemon 1");
@@ -385,10 +393,6 @@ fn majority_partition_the_minority_delivers_nothing_new_says_so_and_learns_its_r
 /// As above, then the majority goes on: daemon 1's next messages reach daemons 1 and 2,
 /// and the messages daemon 3's publisher offered while cut off are never delivered.
 #[test]
-#[ignore = "membership (proto node.rs): at the heal the minority's stale SWIM 'failed' claims \
-            about majority daemons are accepted (cluster views [1,2,3], [1,3], [1] installed in \
-            one instant, then [1,2,3] again), so a healthy member can be removed from the group; \
-            about 1 run in 5 at load 13 (docs/ordered.md, limits)"]
 fn majority_partition_after_the_heal_the_majority_goes_on_with_both_its_members() {
     majority_partition("goon", AfterHeal::GoOn);
 }
@@ -396,8 +400,6 @@ fn majority_partition_after_the_heal_the_majority_goes_on_with_both_its_members(
 /// As the first, then daemon 3's application joins again and gets a snapshot at a cut of
 /// the order and every message after it.
 #[test]
-#[ignore = "flaky for the same membership bug as the test above (the rejoin itself is fixed: \
-            a member that joins again numbers its minitransactions after the removed one's)"]
 fn majority_partition_the_removed_minority_rejoins_with_a_snapshot_after_the_heal() {
     majority_partition("rejoin", AfterHeal::Rejoin);
 }

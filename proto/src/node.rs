@@ -80,6 +80,16 @@ pub struct Counters {
     pub peers_confirmed_dead: u64,
     /// Claims that this node is suspected or failed, refuted by raising its heartbeat.
     pub refutations: u64,
+    /// Failures claimed by other members about peers we heard from directly within
+    /// `suspect_timeout`: taken as suspicions only (stale claims at a partition heal).
+    pub failure_claims_downgraded: u64,
+    /// Views not installed: their coordinator was outside our view and they dropped
+    /// members we heard from directly within `suspect_timeout` (see
+    /// `Node::drops_members_we_hear`).
+    pub views_deferred: u64,
+    /// Rounds the coordinator held a merge back after a peer held failed came back, while
+    /// other peers were still held failed (see `Node::merge_on_hold`).
+    pub merges_held: u64,
     /// Claims about this node's heartbeat too far ahead of it to be real: ignored.
     pub implausible_heartbeats: u64,
     /// View messages sent (one per part of a view).
@@ -463,6 +473,10 @@ pub struct Node {
     view_sends_round: u32,
     /// The round our view was installed in.
     installed_round: u32,
+    /// The round a peer we held failed was last heard from again in the same incarnation
+    /// (a partition healing, or a false failure): the coordinator holds merges back for a
+    /// while then (see `Node::merge_on_hold`). `NO_ROUND`: none yet.
+    revived_round: u32,
     /// Newer views announced to us in heartbeats, and by whom (at most
     /// [`MAX_ANNOUNCED_VIEWS`]).
     announced: Vec<Announced>,
@@ -568,6 +582,10 @@ pub const JOIN_GAP_FACTOR: u32 = 2;
 
 /// Group joins and leaves a coordinator holds between two views.
 const MAX_PENDING_GROUP_CHANGES: usize = 1 << 16;
+
+/// Peers held failed that a coordinator holding a merge back sends heartbeats to per round
+/// (see `Node::merge_on_hold`).
+const MERGE_HOLD_HEARTBEATS: usize = 8;
 
 /// Peers known only from others' heartbeats (not yet heard from directly), at most.
 pub const MAX_UNVERIFIED_PEERS: usize = 1024;
@@ -729,6 +747,7 @@ impl Node {
             view_sends: 0,
             view_sends_round: NO_ROUND,
             installed_round: 0,
+            revived_round: NO_ROUND,
             announced: Vec::new(),
             unvouched: None,
             my_groups: BTreeSet::new(),
@@ -1368,6 +1387,9 @@ impl Node {
                     if p.dead() || p.suspected() {
                         if p.suspected() {
                             self.counters.suspicions_refuted += 1;
+                        } else if !news {
+                            // Failed, yet alive in the same incarnation: a partition heals.
+                            self.revived_round = self.round;
                         }
                         news = true;
                     }
@@ -1457,8 +1479,18 @@ impl Node {
                 self.announce(i);
             }
         } else if e.flags & HEARTBEAT_FLAG_DEAD != 0 {
-            if !p.dead() {
+            // A failure claimed by another member is final only for a peer we have not
+            // heard from directly for `suspect_timeout` (a crashed member was last heard
+            // at least that long before anyone confirms it: it must be suspected first).
+            // Else the claim may be stale (made by a member cut off from the peer, and
+            // arriving as the partition heals): we only suspect the peer, which then
+            // refutes, or is confirmed by our own suspicion timeout.
+            let (dead, suspected, heard) = (p.dead(), p.suspected(), p.heard_round);
+            if !dead && self.rounds_over(heard, self.settings.suspect_timeout) {
                 self.confirm_dead(i, e.heartbeat);
+            } else if !dead && !suspected {
+                self.counters.failure_claims_downgraded += 1;
+                self.suspect(i);
             }
         } else if e.flags & HEARTBEAT_FLAG_SUSPECT != 0 {
             if !p.dead() && !p.suspected() {
@@ -2192,6 +2224,10 @@ impl Node {
         if from == view.id.coordinator {
             self.touch(coordinator);
         }
+        if self.drops_members_we_hear(&view) {
+            self.counters.views_deferred += 1;
+            return;
+        }
         for m in &view.members {
             if m.node == self.id {
                 continue;
@@ -2241,6 +2277,31 @@ impl Node {
             self.unvouched = None;
         }
         self.install(now, view);
+    }
+
+    /// Whether `view` comes from a coordinator outside our view (a side we were cut off
+    /// from, merging us) and drops a member of our view that we heard from directly within
+    /// `suspect_timeout`: its coordinator holds that member failed on what it saw while cut
+    /// off. We wait: the coordinator sends heartbeats to the peers it holds failed while a
+    /// merge is on (`merge_on_hold`), hears them answer, and its next view holds them.
+    fn drops_members_we_hear(&self, view: &View) -> bool {
+        if self.in_our_view(view.id.coordinator) || self.view.members.len() <= 1 {
+            return false;
+        }
+        // O(n log n): a merge of two large sides must not cost n^2 at every member.
+        let mut theirs: Vec<NodeId> = view.members.iter().map(|v| v.node).collect();
+        theirs.sort_unstable();
+        self.view.members.iter().any(|m| {
+            m.node != self.id
+                && theirs.binary_search(&m.node).is_err()
+                && self.idx(m.node).is_some_and(|i| {
+                    let p = &self.peers[i];
+                    p.member == *m
+                        && !p.dead()
+                        && !p.leaving
+                        && !self.rounds_over(p.heard_round, self.settings.suspect_timeout)
+                })
+        })
     }
 
     fn install(&mut self, now: Time, view: Arc<View>) {
@@ -2351,12 +2412,21 @@ impl Node {
             return;
         }
         let mut members: Vec<Member> = vec![self.me()];
+        let hold = self.merge_on_hold();
         members.extend(
             self.peers
                 .iter()
-                .filter(|p| !p.dead() && !p.leaving && p.direct)
+                .filter(|p| !p.dead() && !p.leaving && p.direct && (p.in_view || !hold))
                 .map(|p| p.member),
         );
+        if hold
+            && self
+                .peers
+                .iter()
+                .any(|p| !p.dead() && !p.leaving && p.direct && !p.in_view)
+        {
+            self.counters.merges_held += 1;
+        }
         members.sort_by_key(|m| m.age_key());
         let set: FxMap<NodeId, u32> = members.iter().map(|m| (m.node, m.incarnation)).collect();
         if n > VIEW_PUSH_ALL && since < JOIN_GAP_FACTOR * gap {
@@ -2453,6 +2523,27 @@ impl Node {
         }
     }
 
+    /// Whether the coordinator holds merges back: a peer it held failed was heard from
+    /// again in the same incarnation (a partition heals) within `suspect_timeout`, and it
+    /// still holds other peers failed. Those may be alive on the side coming back (held
+    /// failed only because they were cut off): a view merging that side without them would
+    /// remove them from the views of members that hear from them. Meanwhile no member
+    /// outside the view is added (removals go on), and the peers held failed are sent
+    /// heartbeats every round (`gossip_round`): one that is alive answers, and is merged.
+    fn merge_on_hold(&self) -> bool {
+        self.revived_round != NO_ROUND
+            && !self.rounds_over(self.revived_round, self.settings.suspect_timeout)
+            && self.watch.iter().any(|&n| self.held_failed_direct(n))
+    }
+
+    /// Whether we hold `node` failed, a verified peer that did not leave.
+    fn held_failed_direct(&self, node: NodeId) -> bool {
+        self.idx(node).is_some_and(|i| {
+            let p = &self.peers[i];
+            p.dead() && p.direct && !p.leaving
+        })
+    }
+
     /// Up to `k` distinct random members of the view other than us, appended to `out`.
     fn pick_view_targets(&mut self, k: usize, out: &mut Vec<NodeId>) {
         let n = self.view.members.len();
@@ -2544,6 +2635,20 @@ impl Node {
                 let t = outside[self.rng.gen_range(0..outside.len())];
                 if !targets.contains(&t) {
                     targets.push(t);
+                }
+            }
+            if self.merge_on_hold() {
+                // The peers held failed hear from us at once (and that we hold them
+                // failed): an alive one answers, or refutes, within a round.
+                let mut k = 0;
+                for &n in &self.watch {
+                    if k == MERGE_HOLD_HEARTBEATS {
+                        break;
+                    }
+                    if self.held_failed_direct(n) && !targets.contains(&n) {
+                        targets.push(n);
+                        k += 1;
+                    }
                 }
             }
         }
@@ -2837,8 +2942,8 @@ impl Node {
 
     fn ordered_suspicions(&mut self, now: Time) {
         // Nothing to do without an ordered group; and only marked peers can be suspected
-        // or failed, so this stays O(suspects), not O(peers), per round. A suspicion is
-        // enough to remove (docs/ordered.md, limits: a refuted one still removes).
+        // or failed, so this stays O(suspects), not O(peers), per round. A suspicion
+        // removes once it has lasted the group's `suspicion_grace` (the host's decision).
         if !self.ordered.has_groups() {
             return;
         }

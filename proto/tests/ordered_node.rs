@@ -28,6 +28,12 @@ fn ordered() -> OrderedSettings {
 
 /// Runs `nodes` over an instant network until `until`; returns the events per node.
 fn run(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Event>]) {
+    run_cut(nodes, now, until, events, &[]);
+}
+
+/// As `run`, with the nodes in `cut` cut off from the others (datagrams both ways lost).
+/// A node left out of `nodes` is crashed: nothing reaches it.
+fn run_cut(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Event>], cut: &[NodeId]) {
     let mut net: VecDeque<(NodeId, NodeId, Vec<u8>)> = VecDeque::new();
     while *now < until {
         for n in nodes.iter_mut() {
@@ -47,6 +53,9 @@ fn run(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Event>
             let Some((from, to, bytes)) = net.pop_front() else {
                 break;
             };
+            if cut.contains(&from) != cut.contains(&to) {
+                continue;
+            }
             if let Some(n) = nodes.iter_mut().find(|n| n.id() == to) {
                 n.handle_packet(*now, from, &bytes);
             }
@@ -76,6 +85,11 @@ fn delivered(events: &[Event]) -> Vec<(NodeId, Vec<u8>)> {
 /// Three nodes in one cluster, all joined to `GROUP` and run `settle` more: the nodes, the
 /// time and the events so far per node.
 fn three_nodes_in_the_group(settle: Time) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
+    three_nodes_in_the_group_with(settle, ordered())
+}
+
+/// As `three_nodes_in_the_group`, the group with settings `group`.
+fn three_nodes_in_the_group_with(settle: Time, group: OrderedSettings) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
         .collect();
@@ -87,7 +101,7 @@ fn three_nodes_in_the_group(settle: Time) -> (Vec<Node>, Time, Vec<Vec<Event>>) 
         "cluster formed"
     );
     for n in nodes.iter_mut() {
-        n.join_ordered(now, GROUP, ordered()).unwrap();
+        n.join_ordered(now, GROUP, group.clone()).unwrap();
     }
     let until = now + settle;
     run(&mut nodes, &mut now, until, &mut events);
@@ -245,4 +259,178 @@ fn an_idle_group_reads_its_memory_node_seldom_and_wakes_on_a_message() {
             i + 1
         );
     }
+}
+
+/// The removals of `node` the ordered views in `events` report.
+fn removals_of(events: &[Event], node: NodeId) -> Vec<RemoveReason> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OrderedView { view, .. } => view.left.filter(|(n, _)| *n == node).map(|(_, r)| r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the first `live` nodes (the others crashed) in steps of 10 ms until `cond` holds or
+/// `limit` passed; whether it held.
+fn run_until(
+    nodes: &mut [Node],
+    live: usize,
+    now: &mut Time,
+    limit: Time,
+    events: &mut [Vec<Event>],
+    cut: &[NodeId],
+    cond: impl Fn(&[Node], &[Vec<Event>]) -> bool,
+) -> bool {
+    let end = *now + limit;
+    while *now < end {
+        let until = *now + 10 * MILLIS;
+        run_cut(&mut nodes[..live], now, until, &mut events[..live], cut);
+        if cond(nodes, events) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Issue 12: a SWIM suspicion refuted a moment later removes nobody from an ordered group
+/// (it removed node 3 for good at once: healthy daemons were removed under load, and at a
+/// partition's heal). Node 3 is cut off until node 1 or 2 suspects it, then heard again.
+#[test]
+fn a_refuted_suspicion_removes_no_member() {
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(200 * MILLIS);
+    let suspected = run_until(
+        &mut nodes,
+        3,
+        &mut now,
+        1_000 * MILLIS,
+        &mut events,
+        &[3],
+        |n, _| n[..2].iter().any(|n| n.suspected_and_failed().0 > 0),
+    );
+    assert!(suspected, "node 3 was suspected while cut off");
+    assert!(
+        nodes[..2].iter().all(|n| !n.holds_failed(3)),
+        "suspected, not failed"
+    );
+    let refuted = run_until(
+        &mut nodes,
+        3,
+        &mut now,
+        1_000 * MILLIS,
+        &mut events,
+        &[],
+        |n, _| n.iter().all(|n| n.suspected_and_failed() == (0, 0)),
+    );
+    assert!(refuted, "the suspicion was refuted");
+    let until = now + 2 * OrderedSettings::default().suspicion_grace;
+    run(&mut nodes, &mut now, until, &mut events);
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(removals_of(ev, 3), vec![], "node {} saw node 3 removed", i + 1);
+        let c = nodes[i].ordered_counters(GROUP).unwrap();
+        assert_eq!(
+            (c.removals_suspected, c.removals_lagging),
+            (0, 0),
+            "node {}",
+            i + 1
+        );
+    }
+    assert!(
+        !events[2].iter().any(|e| matches!(
+            e,
+            Event::OrderedStatus {
+                status: OrderedStatusEvent::Removed(_),
+                ..
+            }
+        )),
+        "node 3 was told it was removed"
+    );
+    // And the group goes on with all three.
+    nodes[2].submit_ordered(now, GROUP, b"still here", false).unwrap();
+    let until = now + 50 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    for (i, ev) in events.iter().enumerate() {
+        assert!(
+            delivered(ev).iter().any(|(s, p)| *s == 3 && p == b"still here"),
+            "node {}",
+            i + 1
+        );
+    }
+}
+
+/// A suspicion not refuted removes the member once it has lasted
+/// `OrderedSettings::suspicion_grace` (not before), as `Suspected`, before SWIM holds it
+/// failed: node 3 crashes in an idle group.
+#[test]
+fn a_suspicion_removes_once_it_lasted_the_grace() {
+    let grace = OrderedSettings::default().suspicion_grace;
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(200 * MILLIS);
+    let suspected = run_until(
+        &mut nodes,
+        2,
+        &mut now,
+        1_000 * MILLIS,
+        &mut events,
+        &[],
+        |n, _| n[..2].iter().all(|n| n.suspected_and_failed().0 > 0),
+    );
+    assert!(suspected, "nodes 1 and 2 suspect the crashed node 3");
+    let suspected_at = now;
+    let removed = run_until(&mut nodes, 2, &mut now, 3 * grace, &mut events, &[], |_, ev| {
+        !removals_of(&ev[0], 3).is_empty()
+    });
+    assert!(removed, "node 3 removed");
+    assert!(
+        now >= suspected_at + grace - 20 * MILLIS,
+        "removed {} ms after the suspicion, within the grace of {} ms",
+        (now - suspected_at) / MILLIS,
+        grace / MILLIS
+    );
+    assert!(
+        !nodes[0].holds_failed(3),
+        "removed by the grace, before SWIM held node 3 failed"
+    );
+    assert_eq!(removals_of(&events[0], 3), vec![RemoveReason::Suspected]);
+    assert_eq!(removals_of(&events[1], 3), vec![RemoveReason::Suspected]);
+}
+
+/// A crashed member that falls behind while suspected, before the grace ran out, is
+/// removed as `Suspected`, not `Lagging`: CPG reports a crash by that.
+#[test]
+fn a_lagging_suspected_member_is_removed_as_suspected() {
+    let lagging_after = OrderedSettings {
+        lag_timeout: 200 * MILLIS,
+        ..ordered()
+    };
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group_with(200 * MILLIS, lagging_after);
+    let suspected = run_until(
+        &mut nodes,
+        2,
+        &mut now,
+        1_000 * MILLIS,
+        &mut events,
+        &[],
+        |n, _| n[..2].iter().all(|n| n.suspected_and_failed().0 > 0),
+    );
+    assert!(suspected, "nodes 1 and 2 suspect the crashed node 3");
+    let suspected_at = now;
+    // One message a millisecond: node 1's queue (16 slots) fills with payloads node 3
+    // never holds, and `lag_timeout` (200 ms) later node 3 lags, before the grace ran out.
+    let mut i = 0u32;
+    while removals_of(&events[0], 3).is_empty() && now < suspected_at + 500 * MILLIS {
+        nodes[0]
+            .submit_ordered(now, GROUP, &i.to_le_bytes(), false)
+            .unwrap();
+        i += 1;
+        let until = now + MILLIS;
+        run(&mut nodes[..2], &mut now, until, &mut events[..2]);
+    }
+    assert!(
+        now < suspected_at + OrderedSettings::default().suspicion_grace,
+        "removed for its lag, before the grace ran out"
+    );
+    assert_eq!(removals_of(&events[0], 3), vec![RemoveReason::Suspected]);
+    let c = nodes[0].ordered_counters(GROUP).unwrap();
+    assert_eq!(c.removals_lagging, 0);
 }

@@ -7,7 +7,10 @@
 //!   with the session it was submitted by; never twice at one instance; never back to its
 //!   sender; FIFO per stream (each delivery is the next seq or follows a `Lost` report);
 //! - nothing is delivered or reported `Lost` for a group the application is not in;
-//! - one membership and one set of groups (members and streams) per view id.
+//! - one membership and one set of groups (members and streams) per view id;
+//! - no node removes from its view a member it heard from directly (a datagram of that
+//!   instance delivered to it) within the last `heard_window` (issue 11/12: at a partition
+//!   heal, claims made while cut off must not remove a member its receivers hear from).
 //!
 //! Checked at the end of a run (see each method):
 //! - [`Checker::check_lost_true`]: every `Lost` is true;
@@ -111,6 +114,8 @@ pub struct Coverage {
     /// Seqs reported `Lost` to a member that joined after they were sent (in runs
     /// checked by `check_no_lost`): history offered to a late joiner, then lost.
     pub lost_not_owed: u64,
+    /// Members removed from an installed view that the heard rule checked.
+    pub removals_checked: u64,
 }
 
 /// Who got what, over the messages of a run (see [`Checker::delivery_summary`]).
@@ -166,6 +171,17 @@ pub struct Checker {
     /// Nodes whose own deliveries are not checked (hostile members): they are neither owed
     /// messages nor witnesses. Their messages are owed to everyone else.
     pub excluded: Vec<NodeId>,
+    /// The heard rule's window (0: not checked): a member heard from directly this recently
+    /// must not be removed from the hearer's view. The simulator sets it to
+    /// `Settings::suspect_timeout`, below any member's suspicion timeout: a crashed member is
+    /// removed at least that long after it was last heard (it must be suspected first).
+    pub heard_window: Time,
+    /// When each instance last received a datagram from each instance (`on_heard`).
+    heard: HashMap<(Instance, Instance), Time>,
+    /// Each instance's last installed members (for the heard rule).
+    last_members: HashMap<Instance, Vec<Member>>,
+    /// Nodes that left the cluster on purpose (removed at once: not held to the heard rule).
+    pub left_cluster: Vec<NodeId>,
 }
 
 impl Checker {
@@ -378,9 +394,64 @@ impl Checker {
         }
     }
 
+    /// `at` received a datagram from instance `from` at `now` (the heard rule).
+    pub fn on_heard(&mut self, at: Instance, from: Instance, now: Time) {
+        if self.heard_window > 0 {
+            self.heard.insert((at, from), now);
+        }
+    }
+
+    /// The heard rule for a view installed at `at` at `now`: a member of its last view
+    /// missing from this one (not restarted: no instance of its node in the view) must not
+    /// have been heard from by `at` within `heard_window`, unless it left on purpose.
+    /// Checked where the removal is decided on claims `at` could have weighed: at the
+    /// coordinator that made the view, and at a member whose last view did not hold that
+    /// coordinator (a merge: the view comes from a side that was cut off from it). A member
+    /// installing its own coordinator's view follows that coordinator's first-hand
+    /// suspicion, which may time out just as a partition heals (SWIM's race: the accused
+    /// refutes once it hears of the suspicion, a round trip after the heal).
+    fn check_removals(&mut self, at: Instance, now: Time, view: &View) {
+        let Some(last) = self.last_members.insert(at, view.members.clone()) else {
+            return;
+        };
+        let coordinator = view.id.coordinator;
+        if coordinator != at.0 && last.iter().any(|m| m.node == coordinator) {
+            return;
+        }
+        for m in last {
+            if m.node == at.0
+                || view.members.iter().any(|v| v.node == m.node)
+                || self.left_cluster.contains(&m.node)
+                || self.excluded.contains(&m.node)
+            {
+                continue;
+            }
+            self.coverage.removals_checked += 1;
+            let Some(&t) = self.heard.get(&(at, (m.node, m.incarnation))) else {
+                continue;
+            };
+            let ago = now.saturating_sub(t);
+            if ago < self.heard_window {
+                self.violation(format!(
+                    "{at:?} removed ({}, {}) from its view ({:?}, at {} ms) {} ms after it last heard \
+                     from it directly (less than the {} ms a suspicion must last)",
+                    m.node,
+                    m.incarnation,
+                    view.id,
+                    now / 1_000_000,
+                    ago / 1_000_000,
+                    self.heard_window / 1_000_000
+                ));
+            }
+        }
+    }
+
     /// A view installed at `at` at time `now`: as `on_view`, and tracks the instance's
     /// group membership for `check_delivered_or_lost`.
     pub fn on_view_at(&mut self, at: Instance, now: Time, view: &Arc<View>) {
+        if self.heard_window > 0 {
+            self.check_removals(at, now, view);
+        }
         // A view shared by many nodes (interned) is hashed once: the weak reference keeps
         // its allocation, so the address names this view until it is replaced.
         let shared = self
@@ -1220,5 +1291,62 @@ mod tests {
         other.groups[0].id = 8;
         c.on_view((3, 1), &other);
         assert_eq!(c.violations, 3, "{:?}", c.messages);
+    }
+
+    /// The heard rule: a member heard from directly within the window must not be removed;
+    /// one heard from longer ago, one that left on purpose or one replaced by its restart
+    /// may be.
+    #[test]
+    fn removing_a_member_just_heard_from_is_reported() {
+        let ms = tutti_proto::MILLIS;
+        let mut c = Checker::new(true);
+        c.heard_window = 400 * ms;
+        let v = |counter: u64, nodes: &[(NodeId, u32)]| {
+            Arc::new(View {
+                id: ViewId {
+                    counter,
+                    coordinator: 1,
+                    coordinator_incarnation: 1,
+                },
+                members: nodes
+                    .iter()
+                    .map(|&(node, incarnation)| Member { node, incarnation })
+                    .collect(),
+                addrs: Vec::new(),
+                groups: vec![],
+            })
+        };
+        let at = (1, 1);
+        c.on_view_at(at, 0, &v(1, &[(1, 1), (2, 1), (3, 1), (4, 1)]));
+        c.on_heard(at, (2, 1), 1_000 * ms);
+        c.on_heard(at, (3, 1), 1_000 * ms);
+        c.on_heard(at, (4, 1), 1_000 * ms);
+        // 3 heard 500 ms ago: may go.
+        c.on_view_at(at, 1_500 * ms, &v(2, &[(1, 1), (2, 1), (4, 1)]));
+        assert_eq!(c.violations, 0, "{:?}", c.messages);
+        // 2 heard 100 ms ago: may not.
+        c.on_heard(at, (2, 1), 1_400 * ms);
+        c.on_view_at(at, 1_500 * ms, &v(3, &[(1, 1), (4, 1)]));
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        // 4 restarted (replaced), then left on purpose: neither is a violation.
+        c.on_heard(at, (4, 1), 1_500 * ms);
+        c.on_view_at(at, 1_500 * ms, &v(4, &[(1, 1), (4, 2)]));
+        c.on_heard(at, (4, 2), 1_500 * ms);
+        c.left_cluster.push(4);
+        c.on_view_at(at, 1_500 * ms, &v(5, &[(1, 1)]));
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        assert_eq!(c.coverage.removals_checked, 2);
+        // Member 2 installs its coordinator's views: that coordinator decided (checked
+        // there). A view of a coordinator it did not have (a merge) is checked at 2 too.
+        let two = (2, 1);
+        c.on_view_at(two, 0, &v(11, &[(1, 1), (2, 1), (3, 1)]));
+        c.on_heard(two, (3, 1), 1_900 * ms);
+        c.on_view_at(two, 2_000 * ms, &v(12, &[(1, 1), (2, 1)]));
+        assert_eq!(c.violations, 1, "{:?}", c.messages);
+        let mut merged = (*v(13, &[(0, 1), (2, 1)])).clone();
+        merged.id.coordinator = 0;
+        c.on_heard(two, (1, 1), 1_900 * ms);
+        c.on_view_at(two, 2_000 * ms, &Arc::new(merged));
+        assert_eq!(c.violations, 2, "{:?}", c.messages);
     }
 }

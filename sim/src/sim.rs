@@ -45,6 +45,10 @@ const HOSTILE_INTERVAL: Time = 20 * MILLIS;
 /// none" (with 5 members, one miss is already 80%).
 pub const BIMODAL_MIN_TARGETS: usize = 10;
 
+/// Runs of at most this many nodes check the heard rule (`Checker::heard_window`): it keeps
+/// a time per (hearer, heard) pair, O(n^2).
+pub const HEARD_RULE_MAX_NODES: u32 = 256;
+
 /// A partition: from `start` to `end` (relative to the workload start), links between
 /// `side` and the other nodes are cut in both directions.
 #[derive(Debug, Clone, Serialize)]
@@ -746,6 +750,9 @@ impl Sim {
                 let mut c = Checker::new(fifo);
                 c.large_threshold = sc.settings.fragment_payload();
                 c.excluded = sc.hostile.clone();
+                if sc.nodes <= HEARD_RULE_MAX_NODES {
+                    c.heard_window = sc.settings.suspect_timeout;
+                }
                 c
             },
             trace: 0xcbf2_9ce4_8422_2325,
@@ -1169,6 +1176,7 @@ impl Sim {
                 let i = cr.node as usize;
                 self.mix(&[ev.time, 10, u64::from(cr.node)]);
                 if cr.leave {
+                    self.checker.left_cluster.push(cr.node);
                     if let Some(n) = self.nodes[i].node.as_mut() {
                         n.shutdown(ev.time);
                     }
@@ -1282,6 +1290,12 @@ impl Sim {
                         _ => {}
                     }
                 }
+            }
+        }
+        if self.checker.heard_window > 0 && self.nodes[i].node.is_some() {
+            if let Ok(d) = packet::decode(bytes) {
+                let at = (i as NodeId, self.nodes[i].incarnation);
+                self.checker.on_heard(at, (from, d.header.incarnation), now);
             }
         }
         let cost =

@@ -535,3 +535,50 @@ fn proto_bug_subtree_lost_under_budget_pressure() {
         );
     }
 }
+
+/// Issue 11/12 (found by `ordered_partition` on real daemons): when a partition heals, the
+/// side that was cut off still holds the other side failed, at the heartbeats it knew, and
+/// its claims reached members that heard the accused directly all along (daemon 1 installed
+/// views [1, 2, 3], [1, 3], [1], then [1, 2, 3] again). The simulator's partitions healed
+/// into one view, so only the final view was checked; the heard rule
+/// (`Checker::heard_window`) checks every removal. Heals from the moment both sides have
+/// confirmed the other failed (about 2.8 s after the cut) to a second later, either side
+/// cut off (the coordinator, node 0, or the youngest).
+#[test]
+fn a_partition_heal_removes_no_member_heard_from() {
+    let mut failed = Vec::new();
+    let (mut removals, mut runs) = (0, 0);
+    for side in [vec![2], vec![0]] {
+        for end_ms in (2_600..=3_600).step_by(100) {
+            for seed in 1..=3 {
+                runs += 1;
+                let mut sc = Scenario::new(3, 20, 1, 0.0, seed);
+                sc.partitions.push(Partition {
+                    start: 100 * MILLIS,
+                    end: (100 + end_ms) * MILLIS,
+                    side: side.clone(),
+                });
+                let r = Sim::new(sc).run();
+                removals += r.coverage.removals_checked;
+                if r.invariant_violations > 0 || r.view_converged != Some(true) {
+                    failed.push(format!(
+                        "side {side:?}, heal {end_ms} ms after the cut, seed {seed}: {:?}",
+                        r.violation_samples
+                    ));
+                }
+            }
+        }
+    }
+    // Each side's coordinator removes the other side (checked there): the majority's one
+    // member, the cut-off node's two (when it confirmed both before the heal).
+    assert!(
+        removals >= 2 * runs,
+        "only {removals} removals checked in {runs} runs"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} runs failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}

@@ -119,8 +119,10 @@ pub struct Placement {
 struct Hosted {
     member: OrderedMember,
     settings: OrderedSettings,
-    /// Suspicions told to the member.
+    /// Suspicions told to the member: final ones (`set_suspected`, removed for them) and
+    /// all of them (`set_doubted`).
     suspected: BTreeSet<NodeId>,
+    doubted: BTreeSet<NodeId>,
     in_majority: bool,
     /// The application left: drop the member once it is removed.
     leaving: bool,
@@ -165,8 +167,8 @@ pub(crate) struct OrderedHost {
     placements: BTreeMap<GroupId, Placement>,
     /// Live members of the installed cluster view, sorted.
     view_members: Vec<NodeId>,
-    /// Peers SWIM suspects or holds failed.
-    swim_suspects: BTreeSet<NodeId>,
+    /// Peers SWIM suspects or holds failed, and since when (without a break).
+    swim_suspects: BTreeMap<NodeId, Time>,
     /// Members of the largest cluster view installed (majority is judged against it).
     max_view: usize,
     partials: VecDeque<Partial>,
@@ -249,7 +251,7 @@ impl OrderedHost {
             replicas: BTreeMap::new(),
             placements: BTreeMap::new(),
             view_members: vec![me],
-            swim_suspects: BTreeSet::new(),
+            swim_suspects: BTreeMap::new(),
             max_view: 1,
             partials: VecDeque::new(),
             partial_bytes: 0,
@@ -302,6 +304,7 @@ impl OrderedHost {
                 member,
                 settings,
                 suspected: BTreeSet::new(),
+                doubted: BTreeSet::new(),
                 in_majority: true,
                 leaving: false,
             },
@@ -420,9 +423,19 @@ impl OrderedHost {
 
     /// The installed cluster view changed: its live members, sorted.
     pub fn set_view(&mut self, now: Time, members: Vec<NodeId>) {
-        self.view_members = members;
+        let before = std::mem::replace(&mut self.view_members, members);
         self.view_members.sort_unstable();
         self.view_members.dedup();
+        // A member the view takes back (a partition healed) may still be held suspected
+        // or failed by SWIM here, since before the heal, until it refutes: its suspicion
+        // lasts the grace again from now (else its join would be answered by a removal).
+        for n in &self.view_members {
+            if before.binary_search(n).is_err() {
+                if let Some(since) = self.swim_suspects.get_mut(n) {
+                    *since = now;
+                }
+            }
+        }
         self.max_view = self.max_view.max(self.view_members.len());
         let groups: Vec<GroupId> = self
             .placements
@@ -448,7 +461,10 @@ impl OrderedHost {
     /// Suspicions and majority are evaluated again even when nothing changed here: the
     /// members' learned views move on their own.
     pub fn set_swim_suspects(&mut self, now: Time, suspects: BTreeSet<NodeId>) {
-        self.swim_suspects = suspects;
+        self.swim_suspects.retain(|n, _| suspects.contains(n));
+        for n in suspects {
+            self.swim_suspects.entry(n).or_insert(now);
+        }
         let groups: Vec<GroupId> = self.groups.keys().copied().collect();
         for g in groups {
             self.refresh_group(now, g);
@@ -555,7 +571,27 @@ impl OrderedHost {
         if members.is_empty() {
             members = h.member.view().1;
         }
-        let down = |n: NodeId| n != me && (view_members.binary_search(&n).is_err() || swim.contains(&n));
+        // Out of the cluster view: removed at once. Suspected by SWIM (or held failed):
+        // doubted at once (removed as `Suspected` if it lags too), removed once the
+        // suspicion has lasted `suspicion_grace` (a refuted one removes nothing).
+        let grace = h.settings.suspicion_grace;
+        let out = |n: NodeId| n != me && view_members.binary_search(&n).is_err();
+        let doubted = |n: NodeId| n != me && (out(n) || swim.contains_key(&n));
+        let down = |n: NodeId| {
+            out(n)
+                || (n != me
+                    && swim
+                        .get(&n)
+                        .is_some_and(|&since| now.saturating_sub(since) >= grace))
+        };
+        let now_doubted: BTreeSet<NodeId> = members.iter().copied().filter(|&n| doubted(n)).collect();
+        for &n in now_doubted.difference(&h.doubted) {
+            h.member.set_doubted(n, true);
+        }
+        for &n in h.doubted.difference(&now_doubted) {
+            h.member.set_doubted(n, false);
+        }
+        h.doubted = now_doubted;
         let now_suspected: BTreeSet<NodeId> = members.iter().copied().filter(|&n| down(n)).collect();
         for &n in now_suspected.difference(&h.suspected) {
             h.member.set_suspected(now, n, true);

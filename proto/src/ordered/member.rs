@@ -394,6 +394,9 @@ pub struct OrderedMember {
     /// List position of the last message written to each of this sender's queue slots.
     queue_pos: Vec<Option<u64>>,
     suspected: BTreeSet<NodeId>,
+    /// Members the failure detector suspects whose suspicion is not final yet
+    /// (`set_doubted`): one of them that lags is removed as `Suspected`, not `Lagging`.
+    doubted: BTreeSet<NodeId>,
     /// Since when this sender's next queue slot waits for a member to hold its payload.
     queue_blocked_since: Option<Time>,
     leaving: bool,
@@ -578,6 +581,7 @@ impl OrderedMember {
             pending_uncertain: false,
             queue_pos: vec![None; queue_slots],
             suspected: BTreeSet::new(),
+            doubted: BTreeSet::new(),
             queue_blocked_since: None,
             leaving: false,
             list_op: None,
@@ -794,6 +798,18 @@ impl OrderedMember {
         }
         self.quiet_reads = 0;
         self.drive(now);
+    }
+
+    /// From the failure detector: `node` is suspected, but not (yet) for long enough to be
+    /// removed for it (`true`), or no longer (`false`). A doubted member that also lags is
+    /// removed as `Suspected`: a crash is reported as such even when the lag budget runs
+    /// out first.
+    pub fn set_doubted(&mut self, node: NodeId, doubted: bool) {
+        if doubted {
+            self.doubted.insert(node);
+        } else {
+            self.doubted.remove(&node);
+        }
     }
 
     /// The interval between reads while nothing else calls for one: `poll_interval`,
@@ -2194,9 +2210,11 @@ impl OrderedMember {
                 .iter()
                 .filter(|m| m.node != self.node)
                 .filter_map(|m| {
-                    if self.suspected.contains(&m.node) {
+                    // A doubted member that lags: removed as suspected (a crash).
+                    let lags = lagging.contains(&m.node);
+                    if self.suspected.contains(&m.node) || (lags && self.doubted.contains(&m.node)) {
                         Some((m.node, RemoveReason::Suspected))
-                    } else if lagging.contains(&m.node) {
+                    } else if lags {
                         Some((m.node, RemoveReason::Lagging))
                     } else {
                         None

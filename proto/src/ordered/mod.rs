@@ -105,6 +105,13 @@ pub struct OrderedSettings {
     /// A joiner not installed this long after its join entry joins again (its producer
     /// may have crashed).
     pub install_timeout: Time,
+    /// A member SWIM suspects (not yet holds failed) is removed once the suspicion has
+    /// lasted this long; a suspicion refuted sooner removes nothing. A suspected member
+    /// that also falls behind (the lag budget or `lag_timeout` runs out) is removed at
+    /// once, as `Suspected`. Longer: a member suspected for a moment (a loaded host, a
+    /// partition healing) stays; a crashed one leaves later (at most when SWIM holds it
+    /// failed, one suspicion timeout after the suspicion).
+    pub suspicion_grace: Time,
     /// What a partition does to the group (`Majority` unless asked).
     pub partition: PartitionPolicy,
     /// `evs`: the founder of a new list epoch installs its first configuration once every
@@ -131,6 +138,7 @@ impl Default for OrderedSettings {
             repair_delay: 20 * MILLIS,
             retransmit: 20 * MILLIS,
             install_timeout: 2_000 * MILLIS,
+            suspicion_grace: 1_000 * MILLIS,
             partition: PartitionPolicy::Majority,
             gather_timeout: 200 * MILLIS,
         }
