@@ -663,7 +663,9 @@ fn daemons_seeded_with_one_find_each_other_through_the_view() {
     let n = 6;
     let mut cluster = Cluster {
         daemons: Vec::new(),
-        subnet: 73,
+        // Not 73: `an_idle_member_parks...` runs at the same time on 127.0.73.1-3 with the
+        // same ports (one of these daemons then cannot bind and never listens).
+        subnet: 75,
         io: "auto",
         extra_config: String::new(),
         top_config: Vec::new(),
@@ -777,7 +779,7 @@ fn an_idle_member_parks_after_a_short_spin_when_only_membership_traffic_woke_it(
     let per_park = (spins1 - spins0) / (parks1 - parks0);
     assert!(
         per_park <= 1_000,
-        "{per_park} empty passes per park while idle (short spin: 200; data spin: 5 us)"
+        "{per_park} empty passes per park while idle (short spin: 16; data spin: 5 us)"
     );
 }
 
@@ -823,10 +825,15 @@ fn an_idle_daemon_after_traffic_uses_under_one_percent_of_a_core() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let wall = start.elapsed().as_nanos() as f64;
+    // The product's bound is 1% (release build: `cargo test --release`). A debug build's
+    // daemon does the same ~30 wake-ups a second at several times the CPU each (0.7-0.9%
+    // measured here under a load average of 15), so it gets 2%: a daemon that spins or
+    // yields after traffic uses tens of percent either way.
+    let limit = if cfg!(debug_assertions) { 0.02 } else { 0.01 };
     for (i, (pid, before)) in pids.iter().zip(cpu_start).enumerate() {
         let share = (cpu_ns(*pid) - before) as f64 / wall;
         assert!(
-            share < 0.01,
+            share < limit,
             "daemon {i} used {:.2}% of a core while idle\n{}",
             share * 100.0,
             cluster.daemon(i).log()
