@@ -1026,6 +1026,17 @@ fn unexpected(reply: Reply<'_>) -> Error {
     Error::Protocol(format!("{reply:?}"))
 }
 
+/// Whether a `Backoff` wait that has made `attempts` empty attempts has spun for
+/// [`BACKOFF_SPIN`]; reads the clock every 16th attempt only.
+fn spin_over(start: &mut Option<Instant>, attempts: u32) -> bool {
+    if !attempts.is_multiple_of(16) {
+        return false;
+    }
+    let now = Instant::now();
+    let start = *start.get_or_insert(now);
+    now.duration_since(start) >= BACKOFF_SPIN
+}
+
 #[cfg(test)]
 mod tests {
     use super::Error;
@@ -1049,15 +1060,4 @@ mod tests {
         .to_string();
         assert!(missing.contains("is tuttid running"), "{missing}");
     }
-}
-
-/// Whether a `Backoff` wait that has made `attempts` empty attempts has spun for
-/// [`BACKOFF_SPIN`]; reads the clock every 16th attempt only.
-fn spin_over(start: &mut Option<Instant>, attempts: u32) -> bool {
-    if attempts % 16 != 0 {
-        return false;
-    }
-    let now = Instant::now();
-    let start = *start.get_or_insert(now);
-    now.duration_since(start) >= BACKOFF_SPIN
 }

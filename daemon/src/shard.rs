@@ -448,7 +448,7 @@ impl Shard {
                             idle_since = Instant::now();
                         }
                         self.since_cluster = CLUSTER_POLL_INTERVAL;
-                        idle_passes % 16 != 0 || idle_since.elapsed() < SPIN_AFTER_DATA
+                        !idle_passes.is_multiple_of(16) || idle_since.elapsed() < SPIN_AFTER_DATA
                     } else {
                         idle_passes < CONTROL_SPINS
                     };
