@@ -597,9 +597,13 @@ struct PublisherResult {
     throughput_counters: Vec<DaemonCounters>,
 }
 
-/// Waits while the subscriber has not seen `w`: by spinning, or (backoff) spinning, yielding
-/// and then sleeping; the publisher's pace does not enter the measured latency, which the
-/// subscriber takes from the message's stamp.
+/// Waits while the subscriber has not seen `w`: by spinning, or (backoff) sleeping 20 us
+/// between looks, as the wake-up chain floor's publisher does (`udp_floor::wakeup_chain`).
+/// The publisher's pace does not enter the measured latency, which the subscriber takes
+/// from the message's stamp; but a publisher that spins or yields here holds one of this
+/// machine's two cores while the message crosses the daemons (a yield does not let another
+/// session's threads run), which the floor's publisher does not: `perf sched timehist`
+/// showed the receiving daemon waiting 0.1-0.3 ms for the core it held.
 fn wait_seen(shared: &Shared, w: u64, idle: ClientIdle, timeout: Duration) -> Result<bool, String> {
     let start = Instant::now();
     let mut tries = 0u32;
@@ -610,8 +614,6 @@ fn wait_seen(shared: &Shared, w: u64, idle: ClientIdle, timeout: Duration) -> Re
         tries = tries.wrapping_add(1);
         match idle {
             ClientIdle::Spin => spin_loop(),
-            ClientIdle::Backoff if tries < 200 => spin_loop(),
-            ClientIdle::Backoff if tries < 400 => std::thread::yield_now(),
             ClientIdle::Backoff => std::thread::sleep(Duration::from_micros(20)),
         }
         if tries.is_multiple_of(1024) || idle == ClientIdle::Backoff {

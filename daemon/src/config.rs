@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 pub enum IdleStrategy {
     /// Busy-poll forever: lowest latency, one core at 100%.
     Spin,
-    /// Spin, then yield, then park on the shard's eventfd until a client rings the
-    /// doorbell: about 0% CPU when idle, microseconds (not milliseconds) to wake.
+    /// Spin briefly (5 us after data), then park on the shard's eventfd (and socket)
+    /// until a client rings the doorbell or a datagram comes: about 0% CPU when idle,
+    /// microseconds (not milliseconds) to wake. No yields (see `shard::SPIN_AFTER_DATA`).
     #[default]
     Backoff,
 }

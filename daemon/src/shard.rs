@@ -22,23 +22,23 @@ use tutti_wire::shm::{GroupDoorbell, LeftReason, LogWriter, PublishConsumer, Sha
 /// Frames taken from one publish ring before the shard moves on to the next ring, so a
 /// flooding client cannot starve the others.
 const FRAMES_PER_RING_PASS: usize = 256;
-/// Empty passes spent spinning before the backoff strategy starts yielding. Short, as the
-/// client's: a spinning shard holds a core that a peer daemon (or a client) on the same
-/// machine needs, and an ordered message takes 4 sequential hops (append, replicate,
-/// ack, answer) each to a process that must be on a core. With 20,000 passes and 200
-/// yields no shard of a 3-daemon bench ever parked on 2 cores, each hop waited 1-11 ms for
-/// a core, and `tutti-bench ordered` latency was 11-18 ms p50; with 2,000 and 20 it is
-/// 1.1-1.3 ms (and bimodal `tutti-bench cluster` p50 fell from ~1.8 ms to ~0.4 ms). A
-/// parked shard is woken by the datagram itself, tens of microseconds.
-const BACKOFF_SPINS: u32 = 2_000;
-/// Yields before the backoff strategy parks.
-const BACKOFF_YIELDS: u32 = 20;
+/// How long the backoff strategy spins after data before it parks (no yields). Kept short
+/// and bounded by time, not passes: on a machine with fewer cores than busy threads (a
+/// 2-vCPU VM running two daemons and two clients) every spinning thread holds a core that
+/// the next hop of the same message needs, and `sched_yield` does not give it away: the
+/// daemon runs in its own session (autogroup), and a yield only lets threads of the same
+/// group run. `perf sched timehist` of `tutti-bench cluster --nodes 2` with 2,000 spins and
+/// 20 yields showed the receiving shard, woken by the datagram, waiting 0.1-0.3 ms for a core
+/// held by a yielding thread (mean scheduling delay 0.17 ms), for a p50 of ~300 us; a parked
+/// shard is woken by the datagram or the client's doorbell itself in tens of microseconds.
+const SPIN_AFTER_DATA: Duration = Duration::from_micros(5);
 /// Empty passes before the backoff strategy parks when nothing but membership traffic
 /// (probes, acks, digests, views) woke the shard since it last parked: no data is coming,
 /// so it does not spin for data (an idle member of a large cluster is woken dozens of times
 /// a second; spinning 20,000 passes each time cost it 6-13% of a core, when that was the
-/// data budget).
-const CONTROL_SPINS: u32 = 200;
+/// data budget; 200 passes still cost an idle debug-build daemon 1.2% of a core, ~30 wakes a
+/// second, in `an_idle_daemon_after_traffic_uses_under_one_percent_of_a_core`).
+const CONTROL_SPINS: u32 = 16;
 /// Longest park: the shard wakes this often even with no doorbell (timers come later).
 const PARK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Data passes between two polls of the cluster transport when the network is quiet (a
@@ -401,6 +401,7 @@ impl Shard {
     /// The shard's loop; returns on `Shutdown` or when the daemon drops its command queue.
     pub fn run(mut self) {
         let mut idle_passes: u32 = 0;
+        let mut idle_since = Instant::now();
         let mut since_commands: u32 = 0;
         loop {
             let mut work = self.poll_rings();
@@ -439,24 +440,28 @@ impl Shard {
             match self.idle {
                 IdleStrategy::Spin => std::hint::spin_loop(),
                 IdleStrategy::Backoff => {
-                    let (spins, yields) = if self.data_since_park {
-                        (BACKOFF_SPINS, BACKOFF_YIELDS)
-                    } else {
-                        (CONTROL_SPINS, 0)
-                    };
-                    if idle_passes < spins {
-                        std::hint::spin_loop();
-                    } else if idle_passes < spins + yields {
-                        // A yield on a busy machine can give the core away for a whole
-                        // time slice: look at the network on every pass from here (every
-                        // 8th cost an ordered message, one hop per answer, milliseconds).
+                    // After data: spin for `SPIN_AFTER_DATA` (the clock is read every 16th
+                    // pass, a vDSO call), looking at the network on every pass; after
+                    // membership traffic only: `CONTROL_SPINS` passes.
+                    let spin = if self.data_since_park {
+                        if idle_passes == 1 {
+                            idle_since = Instant::now();
+                        }
                         self.since_cluster = CLUSTER_POLL_INTERVAL;
-                        std::thread::yield_now();
+                        !idle_passes.is_multiple_of(16) || idle_since.elapsed() < SPIN_AFTER_DATA
+                    } else {
+                        idle_passes < CONTROL_SPINS
+                    };
+                    if spin {
+                        std::hint::spin_loop();
                     } else {
                         self.stats.add(counter::IDLE_SPINS, u64::from(idle_passes));
                         self.park();
                         idle_passes = 0;
                         self.data_since_park = false;
+                        // Whatever woke the shard (a datagram, a doorbell) is looked at
+                        // on the first pass.
+                        self.since_cluster = CLUSTER_POLL_INTERVAL;
                     }
                 }
             }
@@ -1254,6 +1259,8 @@ fn drain_ring(
     let mut bytes = 0u64;
     let mut too_large = 0u64;
     let (mut submitted, mut full) = (0u64, false);
+    // One clock read per batch of frames, not per message.
+    let now = cluster.as_deref().map_or(0, Cluster::now);
     let n = consumer
         .poll_while(limit, |handle, payload| {
             if bad.is_some() {
@@ -1311,7 +1318,7 @@ fn drain_ring(
                     bytes += payload.len() as u64;
                     let retained = cluster
                         .as_deref_mut()
-                        .and_then(|c| c.submit(group.gid, *session, payload));
+                        .and_then(|c| c.submit(now, group.gid, *session, payload));
                     let local: &[u8] = match &retained {
                         Some(copy) => copy,
                         None => payload,

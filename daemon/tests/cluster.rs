@@ -663,7 +663,9 @@ fn daemons_seeded_with_one_find_each_other_through_the_view() {
     let n = 6;
     let mut cluster = Cluster {
         daemons: Vec::new(),
-        subnet: 73,
+        // Not 73: `an_idle_member_parks...` runs at the same time on 127.0.73.1-3 with the
+        // same ports (one of these daemons then cannot bind and never listens).
+        subnet: 75,
         io: "auto",
         extra_config: String::new(),
         top_config: Vec::new(),
@@ -777,6 +779,64 @@ fn an_idle_member_parks_after_a_short_spin_when_only_membership_traffic_woke_it(
     let per_park = (spins1 - spins0) / (parks1 - parks0);
     assert!(
         per_park <= 1_000,
-        "{per_park} empty passes per park while idle (short spin: 200; data spin: 20,200)"
+        "{per_park} empty passes per park while idle (short spin: 16; data spin: 5 us)"
     );
+}
+
+/// CPU time (ns) every thread of process `pid` has run so far (`/proc/PID/task/*/schedstat`,
+/// first field: nanoseconds on a CPU; finer than `/proc/PID/stat`'s clock ticks).
+fn cpu_ns(pid: i32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Idle CPU stays under 1% of a core per daemon once traffic has stopped, with members
+/// still attached and the view alive (probes, digests: the daemon is woken every gossip
+/// period). The backoff strategy spins only briefly after data and then parks; a daemon
+/// that kept spinning or yielding would use a whole core. Measured as CPU time from /proc
+/// over ten gossip rounds (a condition, read from the status every 250 ms), not as speed.
+#[test]
+fn an_idle_daemon_after_traffic_uses_under_one_percent_of_a_core() {
+    let cluster = Cluster::start("idlecpu", "auto", 74, 2, "");
+    cluster.wait_for_view(2);
+    let before = cluster.newest_view();
+    let mut clients = join_all(&cluster, 0..2, "idlecpu");
+    cluster.wait_joins(before);
+    for index in 0..2_000 {
+        let (c, g) = &mut clients[0];
+        c.offer_blocking(*g, &message(0, index), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    let (c, g) = &mut clients[1];
+    receive_all(c, *g, &[0], 2_000);
+    let mut status = cluster.daemon(1).client();
+    let rounds = |s: &mut Client| status_number(&s.status().unwrap(), "gossip_rounds").unwrap_or(0);
+    let pids = [cluster.daemon(0).pid(), cluster.daemon(1).pid()];
+    let start = Instant::now();
+    let cpu_start = pids.map(cpu_ns);
+    let rounds_start = rounds(&mut status);
+    let deadline = start + WAIT;
+    while rounds(&mut status) < rounds_start + 10 {
+        assert!(Instant::now() < deadline, "no 10 gossip rounds within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let wall = start.elapsed().as_nanos() as f64;
+    // The product's bound is 1% (release build: `cargo test --release`). A debug build's
+    // daemon does the same ~30 wake-ups a second at several times the CPU each (0.7-0.9%
+    // measured here under a load average of 15), so it gets 2%: a daemon that spins or
+    // yields after traffic uses tens of percent either way.
+    let limit = if cfg!(debug_assertions) { 0.02 } else { 0.01 };
+    for (i, (pid, before)) in pids.iter().zip(cpu_start).enumerate() {
+        let share = (cpu_ns(*pid) - before) as f64 / wall;
+        assert!(
+            share < limit,
+            "daemon {i} used {:.2}% of a core while idle\n{}",
+            share * 100.0,
+            cluster.daemon(i).log()
+        );
+    }
 }
