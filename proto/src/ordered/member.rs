@@ -142,8 +142,8 @@ pub struct OrderedCounters {
     pub batches: u64,
     /// Read minitransactions and entries learned.
     pub reads: u64,
-    /// Progress writes sent on their own (not riding an append), so that reads stay
-    /// unlogged and are answered without waiting for the backup.
+    /// Progress writes (`publish`: on their own, not riding a read, so that reads stay
+    /// unlogged and are answered without waiting for the backup's ack of a write).
     pub publishes: u64,
     pub entries_learned: u64,
     pub delivered: u64,
@@ -373,9 +373,8 @@ pub struct OrderedMember {
     /// When each progress slot's `held` last changed (as read).
     progress_since: Vec<Time>,
     published: Option<ProgressSlot>,
-    /// A progress write sent on its own, in flight. While it is, no other minitransaction
-    /// carries a progress write: at most one is ever in flight, so a member's slot on the
-    /// memory node never goes back to an older value.
+    /// The progress write in flight (`publish`). Progress goes only this way, one write
+    /// at a time, so a member's slot on the memory node never goes back to an older value.
     publish_op: Option<TxId>,
     /// Fairness: tail compares lost in a row, a request to post, the last request seen.
     lost_in_a_row: u32,
