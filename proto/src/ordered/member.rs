@@ -142,6 +142,9 @@ pub struct OrderedCounters {
     pub batches: u64,
     /// Read minitransactions and entries learned.
     pub reads: u64,
+    /// Progress writes (`publish`: on their own, not riding a read, so that reads stay
+    /// unlogged and are answered without waiting for the backup's ack of a write).
+    pub publishes: u64,
     pub entries_learned: u64,
     pub delivered: u64,
     /// Data entries skipped at delivery: repeated ids, senders outside the view.
@@ -312,6 +315,11 @@ const APPEND_READ_MARGIN: u64 = 4;
 /// Idle back-off: the read interval doubles per quiet read up to `poll_interval << 4`.
 const QUIET_MAX_SHIFT: u32 = 4;
 
+/// A read started by a payload hint that found no new entry is tried again at once this
+/// many times in a row (the sender's append may reach the memory node after the payload
+/// reached this member and its read the memory node); then the poll takes over.
+const HINT_REREADS: u32 = 3;
+
 /// Fairness: an appender (member or joiner) whose appends lost the tail compare this many
 /// times in a row posts a request in the request slot (a write with no compare).
 const STARVE_AFTER: u32 = 3;
@@ -365,6 +373,9 @@ pub struct OrderedMember {
     /// When each progress slot's `held` last changed (as read).
     progress_since: Vec<Time>,
     published: Option<ProgressSlot>,
+    /// The progress write in flight (`publish`). Progress goes only this way, one write
+    /// at a time, so a member's slot on the memory node never goes back to an older value.
+    publish_op: Option<TxId>,
     /// Fairness: tail compares lost in a row, a request to post, the last request seen.
     lost_in_a_row: u32,
     request_due: bool,
@@ -412,6 +423,11 @@ pub struct OrderedMember {
     /// A payload of another sender arrived since the last read started: its entry is in
     /// the list or about to be, so the next read need not wait for `poll_interval`.
     payload_hint: bool,
+    /// The read in flight was started by a payload hint, and how many hinted reads in a
+    /// row found no new entry (a payload can outrun its sender's append to the memory
+    /// node: the hint is tried again, `HINT_REREADS` times, before the poll takes over).
+    read_hinted: bool,
+    hint_rereads: u32,
     /// A joiner's deadline for its state transfer.
     install_deadline: Time,
     /// A snapshot this member must produce: (joiner, position, view after the join,
@@ -568,6 +584,7 @@ impl OrderedMember {
             progress: vec![None; max_members],
             progress_since: vec![0; max_members],
             published: None,
+            publish_op: None,
             lost_in_a_row: 0,
             request_due: false,
             hold: None,
@@ -591,6 +608,8 @@ impl OrderedMember {
             last_read: 0,
             read_now: true,
             payload_hint: false,
+            read_hinted: false,
+            hint_rereads: 0,
             install_deadline: 0,
             producing: None,
             transfers: Vec::new(),
@@ -981,6 +1000,7 @@ impl OrderedMember {
         }
         self.payloads.insert(id, bytes.to_vec());
         self.payload_hint = true;
+        self.hint_rereads = 0;
         self.quiet_reads = 0;
         self.advance_held();
         self.drive(now);
@@ -1152,6 +1172,14 @@ impl OrderedMember {
             self.in_majority = false;
             self.enter_minority();
         }
+        if self.publish_op == Some(o.txid) {
+            self.publish_op = None;
+            if o.result.is_err() {
+                // It may not have been applied: write the slot again.
+                self.published = None;
+            }
+            return;
+        }
         if self.repair_op.as_ref().is_some_and(|(txid, _)| *txid == o.txid) {
             if let (Some((_, ids)), Ok(reads)) = (self.repair_op.take(), &o.result) {
                 self.on_repair(&ids, reads);
@@ -1176,16 +1204,21 @@ impl OrderedMember {
         if self.status == Status::Removed {
             return;
         }
-        if o.result.is_err() {
-            // The progress write it carried may not have been applied: write it again.
-            self.published = None;
-        }
         match (op, o.result) {
             (ListOp::Read { from }, Ok(reads)) => {
                 if from == self.learned {
                     let before = (self.learned, self.known_tail, self.delivered);
                     self.on_read(now, from, &reads);
-                    let quiet = before == (self.learned, self.known_tail, self.delivered)
+                    let nothing_new = before == (self.learned, self.known_tail, self.delivered);
+                    let hinted = std::mem::take(&mut self.read_hinted);
+                    if !nothing_new {
+                        self.hint_rereads = 0;
+                    } else if hinted && self.hint_rereads < HINT_REREADS {
+                        self.hint_rereads += 1;
+                        self.payload_hint = true;
+                    }
+                    let quiet = nothing_new
+                        && !self.payload_hint
                         && self.status == Status::Active
                         && self.outgoing.is_empty()
                         && !self.leaving;
@@ -1294,7 +1327,6 @@ impl OrderedMember {
                     };
                 }
                 self.chain_broken = true;
-                self.published = None;
                 if let TxnError::Conflict { reads, .. } = e {
                     self.counters.append_conflicts += 1;
                     self.lost_compare();
@@ -1635,6 +1667,7 @@ impl OrderedMember {
         }
         self.deliver(now);
         self.start_list_op(now);
+        self.publish(now);
         self.start_repair(now);
     }
 
@@ -1882,14 +1915,41 @@ impl OrderedMember {
         Address::new(self.memnode, LIST, 8 + (slot as u32) * ENTRY_BYTES as u32)
     }
 
-    /// This member's progress write, if it has a slot and something changed.
-    fn progress_write(&mut self, mtx: Minitransaction) -> Minitransaction {
-        if self.status != Status::Active {
-            return mtx;
+    /// Publishes this member's progress (learned, held, installed) if it has a slot and
+    /// something changed, in a minitransaction of its own: one write, logged on the memory
+    /// node. Not on any read or append: a read that writes is logged too, so its answer
+    /// (the entries this member waits for) would wait for the backup's ack of its own
+    /// record; an append that loses the tail compare writes nothing. At most one is in
+    /// flight, so the slot on the memory node only moves forward; it is sent after this
+    /// member's list operation, so a read is not queued behind it.
+    fn publish(&mut self, now: Time) {
+        if self.publish_op.is_some() || self.status != Status::Active || !self.in_majority {
+            return;
         }
-        let Some(me) = self.learn_view.get(self.node).copied() else {
-            return mtx;
+        let Some(mtx) = self.progress_write(Minitransaction::new()) else {
+            return;
         };
+        match self.coord.submit(now, &mtx) {
+            Ok(txid) => {
+                self.publish_op = Some(txid);
+                self.counters.publishes += 1;
+            }
+            Err(e) => {
+                self.published = None;
+                if e == TxnError::NotInMajority && self.in_majority {
+                    self.in_majority = false;
+                    self.enter_minority();
+                }
+            }
+        }
+    }
+
+    /// This member's progress write, if it has a slot and something changed.
+    fn progress_write(&mut self, mtx: Minitransaction) -> Option<Minitransaction> {
+        if self.status != Status::Active {
+            return None;
+        }
+        let me = self.learn_view.get(self.node).copied()?;
         let slot = ProgressSlot {
             node: self.node,
             installed: true,
@@ -1898,13 +1958,13 @@ impl OrderedMember {
             held: self.held_upto,
         };
         if self.published == Some(slot) {
-            return mtx;
+            return None;
         }
         self.published = Some(slot);
-        mtx.write(
+        Some(mtx.write(
             Address::new(self.memnode, PROGRESS, (me.slot + 1) * PROGRESS_BYTES as u32),
             &slot.encode(),
-        )
+        ))
     }
 
     /// The tail and the progress slots: those up to the highest slot of the view as
@@ -1949,10 +2009,21 @@ impl OrderedMember {
     }
 
     fn start_list_op(&mut self, now: Time) {
-        if self.list_op.is_some() || now < self.next_list_op_at || !self.in_majority {
+        if now < self.next_list_op_at || !self.in_majority {
             return;
         }
-        if self.status == Status::Joining && self.request_due && self.known_tail != u64::MAX {
+        // A read in flight does not hold back appends: a sender that polled just before a
+        // submit would otherwise append a round trip late, after its payload reached the
+        // others, whose hinted reads then found nothing and waited for their next poll
+        // (every other message of one sender took 2 poll intervals: `in_process_latency`).
+        // Both answers are taken as they come: a read's only if nothing was learned since
+        // it started, an append's entries whichever answer brings them first.
+        let reading = matches!(self.list_op, Some((_, ListOp::Read { .. })));
+        if self.list_op.is_some() && !reading {
+            return;
+        }
+        // Joins and installs need the list operation slot; only appends go beside a read.
+        if !reading && self.status == Status::Joining && self.request_due && self.known_tail != u64::MAX {
             // A joiner has no progress slot: it posts its request by a read of the tail.
             let mtx = self.request_write(self.base_reads());
             self.last_read = now;
@@ -1960,7 +2031,11 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Read { from });
             return;
         }
-        if self.status == Status::Joining && !self.pending_uncertain && self.known_tail != u64::MAX {
+        if !reading
+            && self.status == Status::Joining
+            && !self.pending_uncertain
+            && self.known_tail != u64::MAX
+        {
             if self.learned < self.known_tail {
                 // Conflict told us a newer tail: append there.
                 self.learned = self.known_tail;
@@ -1976,7 +2051,7 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Join { at });
             return;
         }
-        if self.install_due(now) {
+        if !reading && self.install_due(now) {
             let at = self.learned;
             let e = Entry {
                 pos: at,
@@ -1992,9 +2067,6 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Install { at });
             return;
         }
-        // Progress rides appends, but an append that loses the tail race writes nothing: a
-        // member in a run of failed compares publishes by a read every `poll_interval`.
-        let publish_due = self.published.is_none() && now >= self.last_read + self.settings.poll_interval;
         if self.appends.is_empty() {
             self.chain_broken = false;
         }
@@ -2008,7 +2080,6 @@ impl OrderedMember {
             && self.status == Status::Active
             && !self.pending_uncertain
             && !self.chain_broken
-            && !publish_due
             && (self.learned >= self.known_tail || !self.appends.is_empty())
             && self.appends.len() < self.window.min(self.settings.max_appends_in_flight) as usize
         {
@@ -2036,7 +2107,7 @@ impl OrderedMember {
                 }
             }
         }
-        if !self.appends.is_empty() {
+        if !self.appends.is_empty() || reading {
             // Reads wait for the chain: its answers carry the same reads.
             return;
         }
@@ -2058,11 +2129,12 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Read { from });
             return;
         }
+        // No progress write here: a read that writes is logged, and its answer would wait
+        // for the backup (`publish` sends progress on its own).
         let mtx = self.reads_from(from, u64::MAX);
-        let mtx = self.progress_write(mtx);
         let mtx = self.request_write(mtx);
         self.read_now = false;
-        self.payload_hint = false;
+        self.read_hinted = std::mem::take(&mut self.payload_hint);
         self.last_read = now;
         self.submit_list_op(now, &mtx, ListOp::Read { from });
     }
@@ -2305,7 +2377,6 @@ impl OrderedMember {
         for e in &entries {
             mtx = mtx.write(self.list_addr(e.pos), &e.encode());
         }
-        let mtx = self.progress_write(mtx);
         Some((mtx, at, entries))
     }
 
