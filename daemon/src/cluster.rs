@@ -1266,6 +1266,38 @@ impl Cluster {
                     left: &left,
                 });
             }
+            Event::OrderedConfiguration { group, config } => {
+                tracing::info!(
+                    shard = self.shard,
+                    group = %format!("{group:#x}"),
+                    number = config.epoch.number,
+                    founder = config.epoch.founder,
+                    position = config.position,
+                    members = ?config.members,
+                    joined = ?config.joined,
+                    left = ?config.left,
+                    transitional = config.transitional,
+                    "evs configuration"
+                );
+                // The transitional configuration is the end of the last one (its members
+                // delivered the same there); clients see the regular one that follows.
+                if !config.transitional {
+                    let left: Vec<(u32, u32)> = config
+                        .left
+                        .iter()
+                        .map(|&(node, reason)| (node, reason_code(reason)))
+                        .collect();
+                    on_event(ClusterEvent::OrderedView {
+                        group,
+                        // The same at every member of the configuration, and growing: list
+                        // epochs' numbers grow with the cluster view.
+                        id: u64::from(config.epoch.number) << 32 | (config.position & 0xFFFF_FFFF),
+                        members: &config.members,
+                        joined: &config.joined,
+                        left: &left,
+                    });
+                }
+            }
             Event::SnapshotRequest { group, position } => {
                 on_event(ClusterEvent::SnapshotRequest { group, position });
             }
