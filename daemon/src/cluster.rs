@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tutti_proto::ordered::{
-    OrderedSettings, OrderedStatusEvent, RemoveReason, Status as OrderedMemberStatus,
+    OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason, Status as OrderedMemberStatus,
 };
 use tutti_proto::regions::{RegionError, RegionEvent, RegionOp, RegionTxn};
 use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
@@ -501,6 +501,19 @@ pub fn ordered_settings() -> OrderedSettings {
     OrderedSettings::default()
 }
 
+/// The settings of an ordered group under partition policy `evs` (`GroupOptions::evs`, and
+/// every cpg group) or `majority`.
+pub fn group_settings(evs: bool) -> OrderedSettings {
+    OrderedSettings {
+        partition: if evs {
+            PartitionPolicy::Evs
+        } else {
+            PartitionPolicy::Majority
+        },
+        ..ordered_settings()
+    }
+}
+
 /// Largest message a client may publish to an ordered group.
 pub fn ordered_max_message() -> usize {
     (ordered_settings().max_payload as usize).saturating_sub(ORDERED_PREFIX)
@@ -590,7 +603,8 @@ pub struct Cluster {
     ordered_scratch: Vec<u8>,
     /// Ordered groups joined locally while this node was alone in its view (see
     /// `join_ordered`).
-    pending_ordered: Vec<u64>,
+    /// With each: whether it runs under `evs`.
+    pending_ordered: Vec<(u64, bool)>,
     /// Seeds given with a daemon id other than ours.
     has_other_seeds: bool,
     /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
@@ -807,7 +821,10 @@ impl Cluster {
     /// waited to drain): no view follows, the caller's last one holds. A join while the
     /// leave is already in the order waits until that leave is through, then joins afresh
     /// (the ordered layer refuses a second member of one group on one node).
-    pub fn join_ordered(&mut self, group: u64) -> Result<bool, String> {
+    ///
+    /// `evs`: the group runs under partition policy `evs` (each side of a partition goes on;
+    /// no state transfer: docs/ordered.md).
+    pub fn join_ordered(&mut self, group: u64, evs: bool) -> Result<bool, String> {
         if let Some(i) = self.leaving_ordered.iter().position(|&(g, _)| g == group) {
             self.leaving_ordered.swap_remove(i);
             // Joined again while its leave waited: still a member, and no view follows
@@ -820,14 +837,14 @@ impl Cluster {
         }
         let still_in = self.node.is_ordered(group) && !self.removed_from_ordered(group);
         if self.alone() || still_in {
-            if !self.pending_ordered.contains(&group) {
-                self.pending_ordered.push(group);
+            if !self.pending_ordered.iter().any(|&(g, _)| g == group) {
+                self.pending_ordered.push((group, evs));
             }
             return Ok(false);
         }
         let now = self.now();
         self.node
-            .join_ordered(now, group, ordered_settings())
+            .join_ordered(now, group, group_settings(evs))
             .map(|()| false)
             .map_err(|e| e.to_string())
     }
@@ -870,7 +887,7 @@ impl Cluster {
     /// published to it is in the order (or after [`ORDERED_LINGER`]): a publisher that
     /// exits right after its last offer still reaches every member.
     pub fn leave_ordered(&mut self, group: u64) {
-        if let Some(i) = self.pending_ordered.iter().position(|&g| g == group) {
+        if let Some(i) = self.pending_ordered.iter().position(|&(g, _)| g == group) {
             self.pending_ordered.swap_remove(i);
             return;
         }
@@ -892,7 +909,9 @@ impl Cluster {
             // wait for.
             let drained = node.ordered_member(group).is_none_or(|m| {
                 m.status() == OrderedMemberStatus::Removed || (m.outgoing() == 0 && m.idle())
-            });
+            }) && node
+                .evs_member(group)
+                .is_none_or(|m| m.idle() && m.current().is_none_or(|c| c.outgoing() == 0));
             if drained || now >= deadline {
                 node.leave_ordered(now, group);
                 false
@@ -910,7 +929,7 @@ impl Cluster {
         }
         let now = self.now();
         let (node, shard) = (&mut self.node, self.shard);
-        self.pending_ordered.retain(|&group| {
+        self.pending_ordered.retain(|&(group, evs)| {
             // Still in the order (its previous member's leave not through yet); a member
             // the group removed is replaced by the join.
             if node
@@ -919,7 +938,7 @@ impl Cluster {
             {
                 return true;
             }
-            if let Err(e) = node.join_ordered(now, group, ordered_settings()) {
+            if let Err(e) = node.join_ordered(now, group, group_settings(evs)) {
                 tracing::warn!(shard, group = %format!("{group:#x}"), "ordered join: {e}");
             }
             false
@@ -960,6 +979,25 @@ impl Cluster {
     /// layer's counters of its member (appends, conflicts, batches, repairs, safe waits,
     /// removals, waits).
     pub fn ordered_detail(&self, group: u64) -> Option<String> {
+        if let Some(m) = self.node.evs_member(group) {
+            let c = m.counters();
+            let epoch = m.epoch().map_or_else(
+                || "none".to_string(),
+                |e| format!("{} (founder {})", e.number, e.founder >> 8),
+            );
+            let members: Vec<u32> = m.current().map(|c| c.view().1).unwrap_or_default();
+            return Some(format!(
+                "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
+                 (alone {}), resent {}, unconfirmed {}",
+                members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
+                m.gathering().is_some(),
+                c.epochs_joined,
+                c.transitional,
+                c.transitional_alone,
+                c.resent,
+                c.unconfirmed
+            ));
+        }
         let c = self.node.ordered_counters(group)?;
         // Where this daemon places the group's memory node (daemon ids), so an operator
         // (and a test) knows which daemon's loss is a failover.
