@@ -531,11 +531,14 @@ impl EvsSim {
                 if s.transitional {
                     continue;
                 }
-                let next = log
-                    .stretches
-                    .get(i + 1)
-                    .filter(|n| n.transitional)
-                    .map(|n| &n.key);
+                // The transitional configuration it moved through; for a node's last
+                // configuration, that one (after the liveness check every node is in it
+                // and delivered everything: their sets there must be equal too).
+                let next = match log.stretches.get(i + 1) {
+                    Some(n) if n.transitional => Some(&n.key),
+                    Some(_) => None,
+                    None => Some(&s.key),
+                };
                 by_conf.entry(s.key.clone()).or_default().push((id, s, next));
             }
         }
