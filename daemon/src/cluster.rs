@@ -73,6 +73,10 @@ pub struct ClusterConfig {
     pub suspect_timeout_ms: u64,
     /// "fifo" (per sender, default) or "unordered" (deliver on first receipt).
     pub delivery: String,
+    /// Partition policy of cpg groups: "majority" (default: a cut-off minority stops) or
+    /// "evs" (each side goes on, as Corosync's CPG; docs/cpg.md says what it costs today).
+    /// Every daemon of a cluster must use the same.
+    pub cpg_partition: String,
     /// Bytes kept for repair per group (payloads + 64 B per message). Beyond it the oldest
     /// messages go: repair of a fast sender reaches back this far.
     pub group_budget_bytes: usize,
@@ -111,6 +115,7 @@ impl Default for ClusterConfig {
             retransmit_budget_bytes: s.retransmit_budget_bytes,
             suspect_timeout_ms: s.suspect_timeout / MILLIS,
             delivery: "fifo".into(),
+            cpg_partition: "majority".into(),
             group_budget_bytes: s.group_budget_bytes,
             shard_budget_bytes: s.node_budget_bytes,
             rerequest_after_ms: s.rerequest_after / MILLIS,
@@ -232,6 +237,7 @@ impl ClusterConfig {
             ));
         }
         self.delivery_mode()?;
+        self.cpg_evs()?;
         if self.key_file.is_none() && (self.key_file_next.is_some() || self.encrypt) {
             return Err("cluster: key_file_next and encrypt need cluster.key_file".into());
         }
@@ -267,6 +273,17 @@ impl ClusterConfig {
             next,
             encrypt: self.encrypt,
         }))
+    }
+
+    /// Whether cpg groups run under `evs` (`cpg_partition`).
+    pub fn cpg_evs(&self) -> Result<bool, String> {
+        match self.cpg_partition.as_str() {
+            "majority" => Ok(false),
+            "evs" => Ok(true),
+            other => Err(format!(
+                "cluster.cpg_partition = {other:?}: expected \"majority\" or \"evs\""
+            )),
+        }
     }
 
     fn delivery_mode(&self) -> Result<Delivery, String> {
@@ -615,6 +632,8 @@ pub struct Cluster {
     pending_ordered: Vec<(u64, bool)>,
     /// Seeds given with a daemon id other than ours.
     has_other_seeds: bool,
+    /// Cpg groups run under `evs` (`ClusterConfig::cpg_partition`).
+    cpg_evs: bool,
     /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
     leaving_ordered: Vec<(u64, Time)>,
 }
@@ -721,6 +740,7 @@ impl Cluster {
             ordered_scratch: Vec::new(),
             pending_ordered: Vec::new(),
             has_other_seeds: seed_ids.iter().any(|&id| id >> 8 != 0),
+            cpg_evs: cfg.cpg_evs()?,
             leaving_ordered: Vec::new(),
         })
     }
@@ -855,6 +875,11 @@ impl Cluster {
             .join_ordered(now, group, group_settings(evs))
             .map(|()| false)
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether cpg groups run under `evs` (`cluster.cpg_partition`).
+    pub fn cpg_evs(&self) -> bool {
+        self.cpg_evs
     }
 
     /// The cluster view's counter (the ring id of `ring()`).

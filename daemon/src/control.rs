@@ -1347,8 +1347,8 @@ fn cpg_leave(link: &ShardLink, handle: u32, session: u32, reason: u32) {
 fn options_name(options: GroupOptions) -> &'static str {
     match (options.ordered, options.safe, options.cpg, options.evs) {
         (false, _, _, _) => "bimodal",
-        // Cpg groups run under `evs` whatever the bit says.
-        (true, _, true, _) => "ordered, cpg, evs",
+        // Cpg groups: `cluster.cpg_partition` decides majority or evs.
+        (true, _, true, _) => "ordered, cpg",
         (true, false, false, false) => "ordered",
         (true, true, false, false) => "ordered, safe",
         (true, false, false, true) => "ordered, evs",

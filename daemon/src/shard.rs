@@ -744,6 +744,7 @@ impl Shard {
         let stats = &self.stats;
         let cpg = &mut self.cpg;
         let me = self.node_id;
+        let cpg_evs = cluster.cpg_evs();
         let kept_views = &mut self.kept_views;
         let mut appended = false;
         // Snapshot requests no local client can answer: answered empty after the poll.
@@ -803,7 +804,7 @@ impl Shard {
                         .map(|&(node, why)| (node >> 8, why == LeftReason::Left.code()))
                         .collect();
                     let change = cpg.remove_nodes(group, &gone);
-                    if !joined.is_empty() {
+                    if cpg_evs && !joined.is_empty() {
                         // `evs`: daemons came from elsewhere (a merge, a join; no state
                         // transfer): every daemon announces its processes again.
                         let daemons: Vec<u32> = members.iter().map(|&n| n >> 8).collect();
@@ -1152,8 +1153,10 @@ impl Shard {
         match self.cluster.as_mut() {
             Some(cluster) if options.cpg => {
                 // A dormant group here is still a member of its order.
-                // Cpg groups run under `evs`: a cut-off minority goes on, as Corosync's.
-                still_member = self.cpg.open(gid, name) || cluster.join_ordered(gid, true)?;
+                // Under `cluster.cpg_partition = "evs"` a cut-off minority goes on, as
+                // Corosync's.
+                let evs = cluster.cpg_evs();
+                still_member = self.cpg.open(gid, name) || cluster.join_ordered(gid, evs)?;
                 self.by_gid.insert(gid, handle);
             }
             Some(cluster) if options.ordered => {
