@@ -2680,7 +2680,17 @@ impl Node {
         if evs && r.is_ok() {
             // Under `evs` the cluster view says which nodes host the group: each joins its
             // directory group, and its side is that group's list in the view.
-            self.join(now, EvsMember::directory_group(group));
+            let dir = EvsMember::directory_group(group);
+            if self.groups.get(&dir).is_some_and(|g| g.lingering_until.is_some()) {
+                // Left a moment ago: taking the lingering membership back would change no
+                // view, and the new member waits for a side number above its
+                // predecessor's. A new membership (a new stream) is a view change.
+                if let Some(g) = self.groups.get_mut(&dir) {
+                    g.lingering_until = Some(now);
+                }
+                self.leave_lingering(now);
+            }
+            self.join(now, dir);
             self.evs_refresh_sides(now);
         }
         self.flush_ordered();

@@ -477,6 +477,21 @@ fn a_node_leaves_an_evs_group() {
     send_rounds(&mut nodes[..2], &mut now, &mut events[..2], &whole, 4, 5);
     assert_eq!(delivered_tagged(&events[0], 4).len(), 10);
     assert_eq!(delivered_tagged(&events[0], 4), delivered_tagged(&events[1], 4));
+    // It joins again at once (its directory membership still lingers): a view change
+    // brings it back in a new list, without waiting for an unrelated one.
+    nodes[2].join_ordered(now, GROUP, evs()).unwrap();
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &whole,
+        &[0, 1, 2],
+        &[1, 2, 3],
+        3_000 * MILLIS,
+    );
+    send_rounds(&mut nodes, &mut now, &mut events, &whole, 5, 5);
+    assert_eq!(delivered_tagged(&events[2], 5).len(), 15);
+    assert_eq!(delivered_tagged(&events[0], 5), delivered_tagged(&events[2], 5));
 }
 
 /// An idle ordered group backs off its reads of the memory node (every `poll_interval`
