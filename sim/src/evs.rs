@@ -169,6 +169,9 @@ pub struct EvsReport {
     pub liveness_checked: bool,
 }
 
+/// A node's stretch in a configuration and the transitional configuration it left through.
+type Passage<'a> = (NodeId, &'a Stretch, Option<&'a ConfKey>);
+
 /// One configuration's stretch at one node: what it delivered there, in order.
 struct Stretch {
     key: ConfKey,
@@ -525,7 +528,7 @@ impl EvsSim {
     fn check_end(&mut self) {
         let mut bad = Vec::new();
         // Configuration -> (node, its stretch there, the transitional key after it).
-        let mut by_conf: BTreeMap<ConfKey, Vec<(NodeId, &Stretch, Option<&ConfKey>)>> = BTreeMap::new();
+        let mut by_conf: BTreeMap<ConfKey, Vec<Passage<'_>>> = BTreeMap::new();
         for (&id, log) in &self.logs {
             for (i, s) in log.stretches.iter().enumerate() {
                 if s.transitional {
