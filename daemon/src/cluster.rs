@@ -504,6 +504,9 @@ pub enum OrderedRefusal {
     TooLarge,
 }
 
+/// `evs` groups whose transitional configuration's `left` waits for the regular one.
+const MAX_EVS_LEFT: usize = 4096;
+
 /// Bytes the daemon puts before an ordered message's payload: the publishing session, so
 /// that the sender id in every member's log is `daemon << 32 | session` as in bimodal
 /// groups (the ordered layer names only the node).
@@ -622,6 +625,11 @@ pub struct Cluster {
     next_timer: Time,
     /// `ring()` of the last view asked about.
     ring: Option<Ring>,
+    /// The view counter `ring` was last checked against.
+    ring_checked: Option<u64>,
+    /// `evs` groups: who the last transitional configuration left out, until the regular
+    /// one that follows (at most `MAX_EVS_LEFT` groups).
+    evs_left: HashMap<u64, Vec<(NodeId, RemoveReason)>>,
     stats: ClusterStats,
     view_summary: String,
     /// Reused buffer of `submit_ordered` (the session prefix and the payload).
@@ -735,6 +743,8 @@ impl Cluster {
             duplicates: Vec::new(),
             next_timer: 0,
             ring: None,
+            ring_checked: None,
+            evs_left: HashMap::new(),
             stats: ClusterStats::default(),
             view_summary: String::from("view: just me"),
             ordered_scratch: Vec::new(),
@@ -890,13 +900,21 @@ impl Cluster {
     /// The daemons' ring for CPG's totem view: the cluster view's counter and the daemon
     /// ids in it (sorted, each once). Built once per view and shared (an `Arc`): the shard
     /// asks on every poll, which must not allocate.
+    ///
+    /// A new ring only when the daemons change: a view that changed only group lists (an
+    /// `evs` group's directory, a multicast group) is no totem change for CPG programs
+    /// (before, every `evs` join showed them a new ring, and a program waiting for its
+    /// join's confchg found a ring record instead).
     pub fn ring(&mut self) -> Ring {
         let view = self.node.view();
-        if self.ring.as_ref().is_none_or(|r| r.0 != view.id.counter) {
+        if self.ring_checked != Some(view.id.counter) {
+            self.ring_checked = Some(view.id.counter);
             let mut daemons: Vec<u32> = view.members.iter().map(|m| m.node >> 8).collect();
             daemons.sort_unstable();
             daemons.dedup();
-            self.ring = Some((view.id.counter, daemons.into()));
+            if self.ring.as_ref().is_none_or(|r| r.1[..] != daemons[..]) {
+                self.ring = Some((view.id.counter, daemons.into()));
+            }
         }
         self.ring.clone().unwrap_or_default()
     }
@@ -1351,11 +1369,18 @@ impl Cluster {
                     "evs configuration"
                 );
                 // The transitional configuration is the end of the last one (its members
-                // delivered the same there); clients see the regular one that follows.
-                if !config.transitional {
-                    let left: Vec<(u32, u32)> = config
-                        .left
+                // delivered the same there); clients see the regular one that follows,
+                // with the members the transitional one left out (`Partitioned`: cpg's
+                // NODEDOWN) among its `left`.
+                if config.transitional {
+                    if self.evs_left.len() < MAX_EVS_LEFT || self.evs_left.contains_key(&group) {
+                        self.evs_left.insert(group, config.left.clone());
+                    }
+                } else {
+                    let before = self.evs_left.remove(&group).unwrap_or_default();
+                    let left: Vec<(u32, u32)> = before
                         .iter()
+                        .chain(config.left.iter())
                         .map(|&(node, reason)| (node, reason_code(reason)))
                         .collect();
                     on_event(ClusterEvent::OrderedView {
