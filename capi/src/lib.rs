@@ -607,6 +607,8 @@ pub unsafe extern "C" fn tutti_join(
             ordered,
             safe: options.flags & TUTTI_JOIN_SAFE != 0,
             cpg: options.flags & TUTTI_JOIN_CPG != 0,
+            // The daemon runs cpg groups under `evs` whatever this bit says.
+            evs: false,
         };
         let id = s
             .client

@@ -39,6 +39,10 @@ enum Command {
         /// Ordered with safe delivery (implies --ordered).
         #[arg(long)]
         safe: bool,
+        /// Ordered with partition policy evs: each side of a partition goes on in a
+        /// configuration of its own (implies --ordered; see docs/ordered.md).
+        #[arg(long)]
+        evs: bool,
     },
     /// Print each message of a group as one line (payloads are printed as UTF-8, lossily).
     /// With --ordered, views and the installed snapshot are printed at their place among
@@ -51,6 +55,10 @@ enum Command {
         /// Ordered with safe delivery (implies --ordered).
         #[arg(long)]
         safe: bool,
+        /// Ordered with partition policy evs: each side of a partition goes on in a
+        /// configuration of its own (implies --ordered; see docs/ordered.md).
+        #[arg(long)]
+        evs: bool,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -157,14 +165,26 @@ fn connect(socket: &Option<PathBuf>) -> Result<Client, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Pub { group, ordered, safe } => publish(&args.socket, &group, options(ordered, safe)),
+        Command::Pub {
+            group,
+            ordered,
+            safe,
+            evs,
+        } => publish(&args.socket, &group, options(ordered, safe, evs)),
         Command::Sub {
             group,
             ordered,
             safe,
+            evs,
             count,
             idle_exit,
-        } => subscribe(&args.socket, &group, options(ordered, safe), count, idle_exit),
+        } => subscribe(
+            &args.socket,
+            &group,
+            options(ordered, safe, evs),
+            count,
+            idle_exit,
+        ),
         Command::Status => connect(&args.socket)
             .and_then(|mut c| c.status().map_err(|e| e.to_string()))
             .map(|s| {
@@ -297,11 +317,12 @@ fn region(socket: &Option<PathBuf>, what: RegionCommand) -> Result<ExitCode, Str
     Ok(ExitCode::SUCCESS)
 }
 
-fn options(ordered: bool, safe: bool) -> GroupOptions {
+fn options(ordered: bool, safe: bool, evs: bool) -> GroupOptions {
     GroupOptions {
-        ordered: ordered || safe,
+        ordered: ordered || safe || evs,
         safe,
         cpg: false,
+        evs,
     }
 }
 
@@ -633,7 +654,10 @@ mod tests {
             view_line(&view),
             "view 7: members [1 2] joined [2] left [3 (suspected)]"
         );
-        assert_eq!(options(false, true), GroupOptions::SAFE);
-        assert_eq!(options(true, false), GroupOptions::ORDERED);
+        assert_eq!(options(false, true, false), GroupOptions::SAFE);
+        assert_eq!(options(true, false, false), GroupOptions::ORDERED);
+        let evs = options(false, false, true);
+        assert!(evs.ordered && evs.evs && !evs.safe);
+        assert_eq!(GroupOptions::from_u8(evs.to_u8()), Ok(evs));
     }
 }

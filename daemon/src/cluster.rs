@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tutti_proto::ordered::{
-    OrderedSettings, OrderedStatusEvent, RemoveReason, Status as OrderedMemberStatus,
+    OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason, Status as OrderedMemberStatus,
 };
 use tutti_proto::regions::{RegionError, RegionEvent, RegionOp, RegionTxn};
 use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
@@ -73,6 +73,10 @@ pub struct ClusterConfig {
     pub suspect_timeout_ms: u64,
     /// "fifo" (per sender, default) or "unordered" (deliver on first receipt).
     pub delivery: String,
+    /// Partition policy of cpg groups: "majority" (default: a cut-off minority stops) or
+    /// "evs" (each side goes on, as Corosync's CPG; docs/cpg.md says what it costs today).
+    /// Every daemon of a cluster must use the same.
+    pub cpg_partition: String,
     /// Bytes kept for repair per group (payloads + 64 B per message). Beyond it the oldest
     /// messages go: repair of a fast sender reaches back this far.
     pub group_budget_bytes: usize,
@@ -111,6 +115,7 @@ impl Default for ClusterConfig {
             retransmit_budget_bytes: s.retransmit_budget_bytes,
             suspect_timeout_ms: s.suspect_timeout / MILLIS,
             delivery: "fifo".into(),
+            cpg_partition: "majority".into(),
             group_budget_bytes: s.group_budget_bytes,
             shard_budget_bytes: s.node_budget_bytes,
             rerequest_after_ms: s.rerequest_after / MILLIS,
@@ -232,6 +237,7 @@ impl ClusterConfig {
             ));
         }
         self.delivery_mode()?;
+        self.cpg_evs()?;
         if self.key_file.is_none() && (self.key_file_next.is_some() || self.encrypt) {
             return Err("cluster: key_file_next and encrypt need cluster.key_file".into());
         }
@@ -267,6 +273,17 @@ impl ClusterConfig {
             next,
             encrypt: self.encrypt,
         }))
+    }
+
+    /// Whether cpg groups run under `evs` (`cpg_partition`).
+    pub fn cpg_evs(&self) -> Result<bool, String> {
+        match self.cpg_partition.as_str() {
+            "majority" => Ok(false),
+            "evs" => Ok(true),
+            other => Err(format!(
+                "cluster.cpg_partition = {other:?}: expected \"majority\" or \"evs\""
+            )),
+        }
     }
 
     fn delivery_mode(&self) -> Result<Delivery, String> {
@@ -487,6 +504,9 @@ pub enum OrderedRefusal {
     TooLarge,
 }
 
+/// `evs` groups whose transitional configuration's `left` waits for the regular one.
+const MAX_EVS_LEFT: usize = 4096;
+
 /// Bytes the daemon puts before an ordered message's payload: the publishing session, so
 /// that the sender id in every member's log is `daemon << 32 | session` as in bimodal
 /// groups (the ordered layer names only the node).
@@ -499,6 +519,27 @@ pub const ORDERED_LINGER: Time = 5_000 * MILLIS;
 /// The ordered-group settings of every daemon (members must agree on the layout).
 pub fn ordered_settings() -> OrderedSettings {
     OrderedSettings::default()
+}
+
+/// The settings of an ordered group under partition policy `evs` (`GroupOptions::evs`, and
+/// every cpg group) or `majority`.
+///
+/// Under `evs` no member is removed for lagging: a member removed from its list stays out
+/// until the cluster view changes (a new list epoch), and a crashed or cut-off one is
+/// already taken out by the view. A slow member slows its configuration instead, as a slow
+/// node slows Corosync's ring (seen: a loaded debug build had two of three daemons removed
+/// for lagging under CPG's 1 MiB messages, and the group stopped for them).
+pub fn group_settings(evs: bool) -> OrderedSettings {
+    let base = ordered_settings();
+    if !evs {
+        return base;
+    }
+    OrderedSettings {
+        partition: PartitionPolicy::Evs,
+        lag_budget: base.list_slots - 1,
+        lag_timeout: 3_600_000 * MILLIS,
+        ..base
+    }
 }
 
 /// Largest message a client may publish to an ordered group.
@@ -584,15 +625,23 @@ pub struct Cluster {
     next_timer: Time,
     /// `ring()` of the last view asked about.
     ring: Option<Ring>,
+    /// The view counter `ring` was last checked against.
+    ring_checked: Option<u64>,
+    /// `evs` groups: who the last transitional configuration left out, until the regular
+    /// one that follows (at most `MAX_EVS_LEFT` groups).
+    evs_left: HashMap<u64, Vec<(NodeId, RemoveReason)>>,
     stats: ClusterStats,
     view_summary: String,
     /// Reused buffer of `submit_ordered` (the session prefix and the payload).
     ordered_scratch: Vec<u8>,
     /// Ordered groups joined locally while this node was alone in its view (see
     /// `join_ordered`).
-    pending_ordered: Vec<u64>,
+    /// With each: whether it runs under `evs`.
+    pending_ordered: Vec<(u64, bool)>,
     /// Seeds given with a daemon id other than ours.
     has_other_seeds: bool,
+    /// Cpg groups run under `evs` (`ClusterConfig::cpg_partition`).
+    cpg_evs: bool,
     /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
     leaving_ordered: Vec<(u64, Time)>,
 }
@@ -694,11 +743,14 @@ impl Cluster {
             duplicates: Vec::new(),
             next_timer: 0,
             ring: None,
+            ring_checked: None,
+            evs_left: HashMap::new(),
             stats: ClusterStats::default(),
             view_summary: String::from("view: just me"),
             ordered_scratch: Vec::new(),
             pending_ordered: Vec::new(),
             has_other_seeds: seed_ids.iter().any(|&id| id >> 8 != 0),
+            cpg_evs: cfg.cpg_evs()?,
             leaving_ordered: Vec::new(),
         })
     }
@@ -808,7 +860,10 @@ impl Cluster {
     /// waited to drain): no view follows, the caller's last one holds. A join while the
     /// leave is already in the order waits until that leave is through, then joins afresh
     /// (the ordered layer refuses a second member of one group on one node).
-    pub fn join_ordered(&mut self, group: u64) -> Result<bool, String> {
+    ///
+    /// `evs`: the group runs under partition policy `evs` (each side of a partition goes on;
+    /// no state transfer: docs/ordered.md).
+    pub fn join_ordered(&mut self, group: u64, evs: bool) -> Result<bool, String> {
         if let Some(i) = self.leaving_ordered.iter().position(|&(g, _)| g == group) {
             self.leaving_ordered.swap_remove(i);
             // Joined again while its leave waited: still a member, and no view follows
@@ -821,16 +876,21 @@ impl Cluster {
         }
         let still_in = self.node.is_ordered(group) && !self.removed_from_ordered(group);
         if self.alone() || still_in {
-            if !self.pending_ordered.contains(&group) {
-                self.pending_ordered.push(group);
+            if !self.pending_ordered.iter().any(|&(g, _)| g == group) {
+                self.pending_ordered.push((group, evs));
             }
             return Ok(false);
         }
         let now = self.now();
         self.node
-            .join_ordered(now, group, ordered_settings())
+            .join_ordered(now, group, group_settings(evs))
             .map(|()| false)
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether cpg groups run under `evs` (`cluster.cpg_partition`).
+    pub fn cpg_evs(&self) -> bool {
+        self.cpg_evs
     }
 
     /// The cluster view's counter (the ring id of `ring()`).
@@ -841,13 +901,21 @@ impl Cluster {
     /// The daemons' ring for CPG's totem view: the cluster view's counter and the daemon
     /// ids in it (sorted, each once). Built once per view and shared (an `Arc`): the shard
     /// asks on every poll, which must not allocate.
+    ///
+    /// A new ring only when the daemons change: a view that changed only group lists (an
+    /// `evs` group's directory, a multicast group) is no totem change for CPG programs
+    /// (before, every `evs` join showed them a new ring, and a program waiting for its
+    /// join's confchg found a ring record instead).
     pub fn ring(&mut self) -> Ring {
         let view = self.node.view();
-        if self.ring.as_ref().is_none_or(|r| r.0 != view.id.counter) {
+        if self.ring_checked != Some(view.id.counter) {
+            self.ring_checked = Some(view.id.counter);
             let mut daemons: Vec<u32> = view.members.iter().map(|m| m.node >> 8).collect();
             daemons.sort_unstable();
             daemons.dedup();
-            self.ring = Some((view.id.counter, daemons.into()));
+            if self.ring.as_ref().is_none_or(|r| r.1[..] != daemons[..]) {
+                self.ring = Some((view.id.counter, daemons.into()));
+            }
         }
         self.ring.clone().unwrap_or_default()
     }
@@ -871,7 +939,7 @@ impl Cluster {
     /// published to it is in the order (or after [`ORDERED_LINGER`]): a publisher that
     /// exits right after its last offer still reaches every member.
     pub fn leave_ordered(&mut self, group: u64) {
-        if let Some(i) = self.pending_ordered.iter().position(|&g| g == group) {
+        if let Some(i) = self.pending_ordered.iter().position(|&(g, _)| g == group) {
             self.pending_ordered.swap_remove(i);
             return;
         }
@@ -893,7 +961,9 @@ impl Cluster {
             // wait for.
             let drained = node.ordered_member(group).is_none_or(|m| {
                 m.status() == OrderedMemberStatus::Removed || (m.outgoing() == 0 && m.idle())
-            });
+            }) && node
+                .evs_member(group)
+                .is_none_or(|m| m.idle() && m.current().is_none_or(|c| c.outgoing() == 0));
             if drained || now >= deadline {
                 node.leave_ordered(now, group);
                 false
@@ -911,7 +981,7 @@ impl Cluster {
         }
         let now = self.now();
         let (node, shard) = (&mut self.node, self.shard);
-        self.pending_ordered.retain(|&group| {
+        self.pending_ordered.retain(|&(group, evs)| {
             // Still in the order (its previous member's leave not through yet); a member
             // the group removed is replaced by the join.
             if node
@@ -920,7 +990,7 @@ impl Cluster {
             {
                 return true;
             }
-            if let Err(e) = node.join_ordered(now, group, ordered_settings()) {
+            if let Err(e) = node.join_ordered(now, group, group_settings(evs)) {
                 tracing::warn!(shard, group = %format!("{group:#x}"), "ordered join: {e}");
             }
             false
@@ -961,6 +1031,25 @@ impl Cluster {
     /// layer's counters of its member (appends, conflicts, batches, repairs, safe waits,
     /// removals, waits).
     pub fn ordered_detail(&self, group: u64) -> Option<String> {
+        if let Some(m) = self.node.evs_member(group) {
+            let c = m.counters();
+            let epoch = m.epoch().map_or_else(
+                || "none".to_string(),
+                |e| format!("{} (founder {})", e.number, e.founder >> 8),
+            );
+            let members: Vec<u32> = m.current().map(|c| c.view().1).unwrap_or_default();
+            return Some(format!(
+                "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
+                 (alone {}), resent {}, unconfirmed {}",
+                members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
+                m.gathering().is_some(),
+                c.epochs_joined,
+                c.transitional,
+                c.transitional_alone,
+                c.resent,
+                c.unconfirmed
+            ));
+        }
         let c = self.node.ordered_counters(group)?;
         // Where this daemon places the group's memory node (daemon ids), so an operator
         // (and a test) knows which daemon's loss is a failover.
@@ -1267,6 +1356,45 @@ impl Cluster {
                     joined: &joined,
                     left: &left,
                 });
+            }
+            Event::OrderedConfiguration { group, config } => {
+                tracing::info!(
+                    shard = self.shard,
+                    group = %format!("{group:#x}"),
+                    number = config.epoch.number,
+                    founder = config.epoch.founder,
+                    position = config.position,
+                    members = ?config.members,
+                    joined = ?config.joined,
+                    left = ?config.left,
+                    transitional = config.transitional,
+                    "evs configuration"
+                );
+                // The transitional configuration is the end of the last one (its members
+                // delivered the same there); clients see the regular one that follows,
+                // with the members the transitional one left out (`Partitioned`: cpg's
+                // NODEDOWN) among its `left`.
+                if config.transitional {
+                    if self.evs_left.len() < MAX_EVS_LEFT || self.evs_left.contains_key(&group) {
+                        self.evs_left.insert(group, config.left.clone());
+                    }
+                } else {
+                    let before = self.evs_left.remove(&group).unwrap_or_default();
+                    let left: Vec<(u32, u32)> = before
+                        .iter()
+                        .chain(config.left.iter())
+                        .map(|&(node, reason)| (node, reason_code(reason)))
+                        .collect();
+                    on_event(ClusterEvent::OrderedView {
+                        group,
+                        // The same at every member of the configuration, and growing: list
+                        // epochs' numbers grow with the cluster view.
+                        id: u64::from(config.epoch.number) << 32 | (config.position & 0xFFFF_FFFF),
+                        members: &config.members,
+                        joined: &config.joined,
+                        left: &left,
+                    });
+                }
             }
             Event::SnapshotRequest { group, position } => {
                 on_event(ClusterEvent::SnapshotRequest { group, position });

@@ -1345,11 +1345,14 @@ fn cpg_leave(link: &ShardLink, handle: u32, session: u32, reason: u32) {
 }
 
 fn options_name(options: GroupOptions) -> &'static str {
-    match (options.ordered, options.safe, options.cpg) {
-        (false, _, _) => "bimodal",
-        (true, _, true) => "ordered, cpg",
-        (true, false, false) => "ordered",
-        (true, true, false) => "ordered, safe",
+    match (options.ordered, options.safe, options.cpg, options.evs) {
+        (false, _, _, _) => "bimodal",
+        // Cpg groups: `cluster.cpg_partition` decides majority or evs.
+        (true, _, true, _) => "ordered, cpg",
+        (true, false, false, false) => "ordered",
+        (true, true, false, false) => "ordered, safe",
+        (true, false, false, true) => "ordered, evs",
+        (true, true, false, true) => "ordered, safe, evs",
     }
 }
 

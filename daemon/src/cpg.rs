@@ -22,6 +22,7 @@ pub mod reason {
     pub const JOIN: u32 = 1;
     pub const LEAVE: u32 = 2;
     pub const NODEDOWN: u32 = 3;
+    pub const NODEUP: u32 = 4;
     pub const PROCDOWN: u32 = 5;
 }
 
@@ -29,6 +30,12 @@ pub mod reason {
 const OP_LEN: usize = 16;
 const OP_JOIN: u32 = 1;
 const OP_LEAVE: u32 = 2;
+/// `evs` merges: a daemon's own processes, announced again to a configuration that
+/// others joined (no state transfer under `evs`). Kind, last (1 on the daemon's last
+/// chunk), count, 0; then `count` (session, pid) pairs.
+const OP_ANNOUNCE: u32 = 3;
+/// Processes one announce chunk carries (16 + 8 * 100 bytes fit any ordered payload).
+const ANNOUNCE_CHUNK: usize = 100;
 /// Most processes one group's table holds (a join beyond it is refused at delivery, at
 /// every daemon alike, and counted): bounds the table, the snapshot and a confchg record.
 pub const MAX_PROCESSES: usize = 1024;
@@ -74,8 +81,22 @@ struct Table {
     procs: Vec<Proc>,
     /// Changes of local sessions not yet taken by the ordered group (back pressure).
     pending: VecDeque<[u8; OP_LEN]>,
+    /// `evs` merges: this daemon's announce chunks not yet taken by the ordered group.
+    announces: VecDeque<Vec<u8>>,
     /// The group's last local member went (when): the daemon stays in its order, dormant.
     dormant: Option<Instant>,
+    /// `evs`: a configuration others joined is merging tables: the daemons whose last
+    /// announce chunk is still to be delivered, and the processes announced so far that
+    /// the table lacked. The merge's one confchg (`NODEUP`) follows the last announce, at
+    /// the same point of the order at every daemon.
+    merging: Option<(Vec<u32>, Vec<Proc>)>,
+    /// Process changes delivered during a merge, applied after it (at most
+    /// `MAX_PROCESSES`; beyond, refused and counted).
+    deferred: VecDeque<(u32, Vec<u8>)>,
+    /// Whether the table held processes when the merge began: a daemon new to the group
+    /// takes the announced processes silently (as it took a state transfer), since its
+    /// own processes have not joined yet.
+    merge_visible: bool,
     /// Dormant too long: the daemon leaves the group's order. The table is kept, and kept
     /// current, until that leave is through ([`CpgTables::left_order`]): a process that
     /// joins meanwhile finds the daemon either still in the order (its leave cancelled
@@ -85,6 +106,27 @@ struct Table {
 }
 
 impl Table {
+    /// The merge's confchg once no announce is awaited: the processes it added, `NODEUP`.
+    fn finish_merge(t: &mut Table) -> Option<Confchg> {
+        if !t.merging.as_ref().is_some_and(|(waiting, _)| waiting.is_empty()) {
+            return None;
+        }
+        let (_, found) = t.merging.take()?;
+        if found.is_empty() {
+            return None;
+        }
+        for p in &found {
+            let at = t.procs.partition_point(|q| q < p);
+            t.procs.insert(at, *p);
+        }
+        if !t.merge_visible {
+            return None;
+        }
+        let mut joined: Vec<CpgEntry> = found.iter().map(|p| p.entry(reason::NODEUP)).collect();
+        joined.sort_unstable_by_key(|e| (e.node, e.pid, e.session));
+        Some(t.confchg(joined, Vec::new()))
+    }
+
     fn confchg(&self, joined: Vec<CpgEntry>, left: Vec<CpgEntry>) -> Confchg {
         Confchg {
             members: self.procs.iter().map(|p| p.entry(0)).collect(),
@@ -185,7 +227,9 @@ impl CpgTables {
     /// Whether local data of `gid` must wait: a process change of this daemon is not yet
     /// in the order, and data must not overtake it.
     pub fn blocks_data(&self, gid: u64) -> bool {
-        self.tables.get(&gid).is_some_and(|t| !t.pending.is_empty())
+        self.tables
+            .get(&gid)
+            .is_some_and(|t| !t.pending.is_empty() || t.merging.is_some())
     }
 
     /// Whether data of `sender` (daemon << 32 | session) comes from a member process.
@@ -199,7 +243,23 @@ impl CpgTables {
     /// Hands pending changes to the ordered groups (in order, until one is refused).
     pub fn flush(&mut self, cluster: &mut Cluster) {
         for (&gid, t) in self.tables.iter_mut() {
-            while let Some(bytes) = t.pending.front() {
+            while let Some(bytes) = t.announces.front() {
+                match cluster.submit_ordered(gid, CONTROL_SESSION, bytes, false) {
+                    Ok(()) => {
+                        t.announces.pop_front();
+                    }
+                    Err(OrderedRefusal::Full) => break,
+                    Err(OrderedRefusal::TooLarge) => {
+                        tracing::error!(group = %format!("{gid:#x}"), "cpg announce refused as too large");
+                        t.announces.pop_front();
+                    }
+                }
+            }
+            // While a merge waits for announces, local changes (and data: `blocks_data`)
+            // wait too: sent after it here, they are ordered after every announce, so
+            // every daemon applies them after its merge (a join deferred by a merge left
+            // its process's data dropped as not joined meanwhile: the CPG run under `evs`).
+            while let Some(bytes) = t.pending.front().filter(|_| t.merging.is_none()) {
                 match cluster.submit_ordered(gid, CONTROL_SESSION, bytes, false) {
                     Ok(()) => {
                         t.pending.pop_front();
@@ -248,8 +308,88 @@ impl CpgTables {
         self.tables.contains_key(&gid)
     }
 
-    /// Applies a change delivered in the order from daemon `node`; the confchg to write.
-    pub fn deliver(&mut self, gid: u64, node: u32, bytes: &[u8]) -> Option<Confchg> {
+    /// `evs`: daemons joined group `gid`'s configuration from elsewhere (a merge after a
+    /// partition, or a daemon joining: no state transfer under `evs`). Every daemon of the
+    /// configuration (`members`, daemon ids) announces its own processes in the order; the
+    /// tables add the ones they lack and write one confchg (`NODEUP`) once every member's
+    /// announce is delivered (Corosync's CPG exchanges its join lists at a merge likewise).
+    /// `me`: this daemon's id.
+    pub fn merge(&mut self, gid: u64, me: u32, members: &[u32]) {
+        let Some(t) = self.tables.get_mut(&gid) else {
+            return;
+        };
+        let mut waiting = members.to_vec();
+        waiting.sort_unstable();
+        waiting.dedup();
+        t.merging = Some((waiting, Vec::new()));
+        t.merge_visible = !t.procs.is_empty();
+        t.announces.clear();
+        let own: Vec<Proc> = t.procs.iter().copied().filter(|p| p.node == me).collect();
+        let chunks: Vec<&[Proc]> = if own.is_empty() {
+            vec![&[]]
+        } else {
+            own.chunks(ANNOUNCE_CHUNK).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut b = op(OP_ANNOUNCE, u32::from(i == last), chunk.len() as u32, 0).to_vec();
+            for p in chunk {
+                b.extend_from_slice(&p.session.to_le_bytes());
+                b.extend_from_slice(&p.pid.to_le_bytes());
+            }
+            t.announces.push_back(b);
+        }
+    }
+
+    /// `evs`: daemons left group `gid`'s configuration while its tables merged: the merge
+    /// waits for them no more (the confchg comes once the rest announced).
+    fn stop_waiting(t: &mut Table, left: &[u32]) -> Option<Confchg> {
+        let (waiting, _) = t.merging.as_mut()?;
+        waiting.retain(|n| !left.contains(n));
+        Table::finish_merge(t)
+    }
+
+    /// Applies a change delivered in the order from daemon `node`; the confchgs to write.
+    /// While an `evs` merge waits for announces, process changes wait too (so every
+    /// daemon's confchgs list the same members), then follow the merge's confchg.
+    pub fn deliver(&mut self, gid: u64, node: u32, bytes: &[u8]) -> Vec<Confchg> {
+        let Some(t) = self.tables.get_mut(&gid) else {
+            return Vec::new();
+        };
+        let announce = bytes.get(..4) == Some(&OP_ANNOUNCE.to_le_bytes()[..]);
+        if t.merging.is_some() && !announce {
+            if t.deferred.len() >= MAX_PROCESSES {
+                self.refused += 1;
+            } else {
+                t.deferred.push_back((node, bytes.to_vec()));
+            }
+            return Vec::new();
+        }
+        let mut out: Vec<Confchg> = self.apply(gid, node, bytes).into_iter().collect();
+        if announce {
+            self.apply_deferred(gid, &mut out);
+        }
+        out
+    }
+
+    /// Process changes deferred by a merge that is now complete, in their order.
+    fn apply_deferred(&mut self, gid: u64, out: &mut Vec<Confchg>) {
+        loop {
+            let Some(t) = self.tables.get_mut(&gid) else {
+                return;
+            };
+            if t.merging.is_some() {
+                return;
+            }
+            let Some((node, bytes)) = t.deferred.pop_front() else {
+                return;
+            };
+            out.extend(self.apply(gid, node, &bytes));
+        }
+    }
+
+    /// Applies one change delivered from daemon `node`.
+    fn apply(&mut self, gid: u64, node: u32, bytes: &[u8]) -> Option<Confchg> {
         let t = self.tables.get_mut(&gid)?;
         let word = |i: usize| -> Option<u32> {
             Some(u32::from_le_bytes(bytes.get(4 * i..4 * i + 4)?.try_into().ok()?))
@@ -258,6 +398,36 @@ impl CpgTables {
             self.refused += 1;
             return None;
         };
+        if kind == OP_ANNOUNCE {
+            // (kind, last, count, 0) then pairs.
+            let (last, count) = (session, pid as usize);
+            if why != 0 || last > 1 || count > ANNOUNCE_CHUNK || bytes.len() != OP_LEN + 8 * count {
+                self.refused += 1;
+                return None;
+            }
+            // Outside a merge (a late announce of one already complete) it is ignored.
+            let (waiting, found) = t.merging.as_mut()?;
+            for pair in bytes[OP_LEN..].chunks_exact(8) {
+                let w = |i: usize| u32::from_le_bytes([pair[i], pair[i + 1], pair[i + 2], pair[i + 3]]);
+                let p = Proc {
+                    node,
+                    session: w(0),
+                    pid: w(4),
+                };
+                let known = t
+                    .procs
+                    .iter()
+                    .chain(found.iter())
+                    .any(|q| q.node == node && q.session == p.session);
+                if !known && t.procs.len() + found.len() < MAX_PROCESSES {
+                    found.push(p);
+                }
+            }
+            if last == 1 {
+                waiting.retain(|&n| n != node);
+            }
+            return Table::finish_merge(t);
+        }
         if bytes.len() != OP_LEN {
             self.refused += 1;
             return None;
@@ -295,6 +465,14 @@ impl CpgTables {
     /// processes' own changes were not delivered before its departure).
     pub fn remove_nodes(&mut self, gid: u64, left: &[(u32, bool)]) -> Option<Confchg> {
         let t = self.tables.get_mut(&gid)?;
+        let gone_nodes: Vec<u32> = left.iter().map(|&(n, _)| n).collect();
+        if let Some((_, found)) = t.merging.as_mut() {
+            found.retain(|p| !gone_nodes.contains(&p.node));
+        }
+        // A merge this removal completes adds its processes in the same confchg.
+        let merged = Self::stop_waiting(t, &gone_nodes)
+            .map(|c| c.joined)
+            .unwrap_or_default();
         let mut gone = Vec::new();
         t.procs
             .retain(|p| match left.iter().find(|(node, _)| *node == p.node) {
@@ -308,7 +486,7 @@ impl CpgTables {
                 }
                 None => true,
             });
-        (!gone.is_empty()).then(|| t.confchg(Vec::new(), gone))
+        (!gone.is_empty() || !merged.is_empty()).then(|| t.confchg(merged, gone))
     }
 
     /// The table of `gid` as the state a joining daemon installs.
@@ -355,10 +533,11 @@ impl CpgTables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn delivered(t: &mut CpgTables, gid: u64, node: u32) -> Vec<Confchg> {
         let pending: Vec<_> = t.tables.get_mut(&gid).unwrap().pending.drain(..).collect();
-        pending.iter().filter_map(|b| t.deliver(gid, node, b)).collect()
+        pending.iter().flat_map(|b| t.deliver(gid, node, b)).collect()
     }
 
     #[test]
@@ -387,6 +566,111 @@ mod tests {
         assert_eq!((c.left[0].pid, c.left[0].reason), (100, reason::NODEDOWN));
         assert!(c.members.is_empty());
         assert!(t.remove_nodes(7, &[(2, false)]).is_none());
+    }
+
+    /// `evs`: after a partition {2,3} | {4} heals, each side's table lacks the other's
+    /// processes; every daemon announces its own and each table adds what it lacked in one
+    /// confchg (`NODEUP`) after the last announce, the same at every daemon.
+    #[test]
+    fn an_evs_merge_announces_processes_and_writes_one_nodeup_confchg() {
+        let mut sides: Vec<(u32, CpgTables)> = Vec::new();
+        for (me, procs) in [
+            (2u32, vec![(1u32, 100u32), (2, 200)]),
+            (3, vec![(1, 300)]),
+            (4, vec![(1, 400)]),
+        ] {
+            let mut t = CpgTables::default();
+            t.open(9, "cpg:nine");
+            for (session, pid) in procs {
+                t.proc_join(9, session, pid);
+            }
+            let _ = delivered(&mut t, 9, me);
+            sides.push((me, t));
+        }
+        // Tables as the partition left them: {2,3} know each other's processes, {4} its own.
+        let pending3: Vec<_> = vec![op(OP_JOIN, 1, 300, reason::JOIN)];
+        let _ = sides[0].1.deliver(9, 3, &pending3[0]);
+        let pending2: Vec<_> = vec![
+            op(OP_JOIN, 1, 100, reason::JOIN),
+            op(OP_JOIN, 2, 200, reason::JOIN),
+        ];
+        for b in &pending2 {
+            let _ = sides[1].1.deliver(9, 2, b);
+        }
+        // The merged configuration {2,3,4}: everyone announces; the order is 4, 2, 3.
+        let mut chunks: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        for (me, t) in sides.iter_mut() {
+            t.merge(9, *me, &[2, 3, 4]);
+            chunks.insert(*me, t.tables.get_mut(&9).unwrap().announces.drain(..).collect());
+        }
+        // Local changes and data wait while the merge does.
+        assert!(sides.iter().all(|(_, t)| t.blocks_data(9)));
+        let order = [4u32, 2, 3];
+        let mut confchgs: Vec<Vec<(usize, Confchg)>> = vec![Vec::new(); 3];
+        for (i, (_, t)) in sides.iter_mut().enumerate() {
+            let mut at = 0;
+            for from in order {
+                for b in &chunks[&from] {
+                    for c in t.deliver(9, from, b) {
+                        confchgs[i].push((at, c));
+                    }
+                    at += 1;
+                }
+            }
+        }
+        assert!(sides.iter().all(|(_, t)| !t.blocks_data(9)), "merged");
+        for (i, c) in confchgs.iter().enumerate() {
+            assert_eq!(c.len(), 1, "daemon {}: one confchg", sides[i].0);
+            assert_eq!(c[0].0, 2, "after the last announce, at every daemon");
+            assert_eq!(c[0].1.members.len(), 4, "every process");
+            assert!(c[0].1.joined.iter().all(|e| e.reason == reason::NODEUP));
+        }
+        let pids = |c: &Confchg| c.joined.iter().map(|e| e.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&confchgs[0][0].1), [400]);
+        assert_eq!(pids(&confchgs[2][0].1), [100, 200, 300]);
+        assert_eq!(sides[0].1.refused, 0);
+        // A daemon new to the group (empty table) takes the processes silently; a join
+        // delivered during the merge follows it, listing every member at every daemon.
+        let mut fresh = CpgTables::default();
+        fresh.open(9, "cpg:nine");
+        fresh.merge(9, 7, &[2, 7]);
+        let mine: Vec<_> = fresh.tables.get_mut(&9).unwrap().announces.drain(..).collect();
+        let mut old = CpgTables::default();
+        old.open(9, "cpg:nine");
+        old.proc_join(9, 1, 100);
+        let _ = delivered(&mut old, 9, 2);
+        old.merge(9, 2, &[2, 7]);
+        let theirs: Vec<_> = old.tables.get_mut(&9).unwrap().announces.drain(..).collect();
+        let join = op(OP_JOIN, 1, 700, reason::JOIN);
+        for t in [&mut fresh, &mut old] {
+            let mut out = Vec::new();
+            for b in &mine {
+                out.extend(t.deliver(9, 7, b));
+            }
+            out.extend(t.deliver(9, 7, &join));
+            assert!(out.is_empty(), "the join waits for the merge");
+            for b in &theirs {
+                out.extend(t.deliver(9, 2, b));
+            }
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!(out[0].joined[0].pid, 700);
+            assert_eq!(out[0].members.len(), 2, "100 and 700 at both");
+        }
+        // A member lost before announcing: the merge completes without it.
+        let (_, t) = &mut sides[0];
+        t.merge(9, 2, &[2, 5]);
+        let own: Vec<_> = t.tables.get_mut(&9).unwrap().announces.drain(..).collect();
+        assert!(own.iter().all(|b| t.deliver(9, 2, b).is_empty()), "waits for 5");
+        assert!(
+            t.remove_nodes(9, &[(5, false)]).is_none(),
+            "nothing of 5's to remove"
+        );
+        assert!(t.tables[&9].merging.is_none());
+        // Malformed announces are refused, never a panic.
+        t.merge(9, 2, &[2]);
+        assert!(t.deliver(9, 2, &op(OP_ANNOUNCE, 2, 0, 0)).is_empty());
+        assert!(t.deliver(9, 2, &op(OP_ANNOUNCE, 1, 5, 0)).is_empty());
+        assert_eq!(t.refused, 2);
     }
 
     #[test]
@@ -436,8 +720,8 @@ mod tests {
         assert!(u.install(1, &u32::MAX.to_le_bytes()).is_err());
         assert_eq!(u.refused, 3);
         // Malformed changes are refused, never a panic.
-        assert!(u.deliver(1, 4, &[1, 2, 3]).is_none());
-        assert!(u.deliver(1, 4, &op(9, 1, 1, 1)).is_none());
-        assert!(u.deliver(1, 4, &op(OP_JOIN, 1, 1, reason::LEAVE)).is_none());
+        assert!(u.deliver(1, 4, &[1, 2, 3]).is_empty());
+        assert!(u.deliver(1, 4, &op(9, 1, 1, 1)).is_empty());
+        assert!(u.deliver(1, 4, &op(OP_JOIN, 1, 1, reason::LEAVE)).is_empty());
     }
 }

@@ -748,6 +748,8 @@ impl Shard {
         let by_gid = &self.by_gid;
         let stats = &self.stats;
         let cpg = &mut self.cpg;
+        let me = self.node_id;
+        let cpg_evs = cluster.cpg_evs();
         let kept_views = &mut self.kept_views;
         let mut appended = false;
         // Snapshot requests no local client can answer: answered empty after the poll.
@@ -764,10 +766,12 @@ impl Shard {
                 if sender as u32 == cpg::CONTROL_SESSION {
                     // Applied even with no local member left (draining), so that this
                     // daemon knows when its own leaves are in the order.
-                    let change = cpg.deliver(group, (sender >> 32) as u32, payload);
-                    if let (Some(change), Some(slot)) = (change, slot_of(groups, by_gid, group)) {
-                        append_confchg(slot, &ring, &change, stats);
-                        appended = true;
+                    let changes = cpg.deliver(group, (sender >> 32) as u32, payload);
+                    if let Some(slot) = slot_of(groups, by_gid, group) {
+                        for change in &changes {
+                            append_confchg(slot, &ring, change, stats);
+                            appended = true;
+                        }
                     }
                 } else if !cpg.is_member(group, sender) {
                     // Sent before its join or after its leave was ordered: never delivered.
@@ -805,6 +809,12 @@ impl Shard {
                         .map(|&(node, why)| (node >> 8, why == LeftReason::Left.code()))
                         .collect();
                     let change = cpg.remove_nodes(group, &gone);
+                    if cpg_evs && !joined.is_empty() {
+                        // `evs`: daemons came from elsewhere (a merge, a join; no state
+                        // transfer): every daemon announces its processes again.
+                        let daemons: Vec<u32> = members.iter().map(|&n| n >> 8).collect();
+                        cpg.merge(group, me, &daemons);
+                    }
                     if let Some(slot) = slot_of(groups, by_gid, group) {
                         stats.add(counter::ORDERED_VIEWS, 1);
                         slot.ordered.view = Some((id, members.to_vec()));
@@ -1148,11 +1158,14 @@ impl Shard {
         match self.cluster.as_mut() {
             Some(cluster) if options.cpg => {
                 // A dormant group here is still a member of its order.
-                still_member = self.cpg.open(gid, name) || cluster.join_ordered(gid)?;
+                // Under `cluster.cpg_partition = "evs"` a cut-off minority goes on, as
+                // Corosync's.
+                let evs = cluster.cpg_evs();
+                still_member = self.cpg.open(gid, name) || cluster.join_ordered(gid, evs)?;
                 self.by_gid.insert(gid, handle);
             }
             Some(cluster) if options.ordered => {
-                still_member = cluster.join_ordered(gid)?;
+                still_member = cluster.join_ordered(gid, options.evs)?;
                 self.by_gid.insert(gid, handle);
             }
             Some(cluster) => {

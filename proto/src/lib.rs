@@ -219,6 +219,12 @@ pub enum Event {
         group: GroupId,
         status: ordered::OrderedStatusEvent,
     },
+    /// An `evs` ordered group's configuration changed (transitional or regular), at its
+    /// place in the order (it replaces `OrderedView` there).
+    OrderedConfiguration {
+        group: GroupId,
+        config: ordered::ConfigEvent,
+    },
 }
 
 /// A datagram to send to `dest`: its bytes are lent by the node until its next call

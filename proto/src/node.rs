@@ -8,7 +8,8 @@ use crate::minitx::{MemoryNodeCounters, MinitxSettings};
 use crate::multicast::{Ctx, GroupMembers, GroupState};
 use crate::ordered::host::{HostEvent, OrderedHost, Outgoing};
 use crate::ordered::{
-    OrderedCounters, OrderedError, OrderedHostCounters, OrderedSettings, Placement, SubmitRefused,
+    EpochId, EvsMember, OrderedCounters, OrderedError, OrderedHostCounters, OrderedSettings, PartitionPolicy,
+    Placement, SubmitRefused,
 };
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
@@ -2779,7 +2780,24 @@ impl Node {
         group: GroupId,
         settings: OrderedSettings,
     ) -> Result<(), OrderedError> {
+        let evs = settings.partition == PartitionPolicy::Evs;
         let r = self.ordered.join(now, group, settings);
+        if evs && r.is_ok() {
+            // Under `evs` the cluster view says which nodes host the group: each joins its
+            // directory group, and its side is that group's list in the view.
+            let dir = EvsMember::directory_group(group);
+            if self.groups.get(&dir).is_some_and(|g| g.lingering_until.is_some()) {
+                // Left a moment ago: taking the lingering membership back would change no
+                // view, and the new member waits for a side number above its
+                // predecessor's. A new membership (a new stream) is a view change.
+                if let Some(g) = self.groups.get_mut(&dir) {
+                    g.lingering_until = Some(now);
+                }
+                self.leave_lingering(now);
+            }
+            self.join(now, dir);
+            self.evs_refresh_sides(now);
+        }
         self.flush_ordered();
         r
     }
@@ -2787,6 +2805,9 @@ impl Node {
     /// Leaves ordered group `group` (an entry in its order; `OrderedStatus{Removed(Left)}`
     /// follows).
     pub fn leave_ordered(&mut self, now: Time, group: GroupId) {
+        if self.ordered.evs_member(group).is_some() {
+            self.leave(now, EvsMember::directory_group(group));
+        }
         self.ordered.leave(now, group);
         self.flush_ordered();
     }
@@ -2851,6 +2872,16 @@ impl Node {
         self.ordered.member(group)
     }
 
+    /// This node's member of `evs` ordered group `group` (configuration, counters).
+    pub fn evs_member(&self, group: GroupId) -> Option<&EvsMember> {
+        self.ordered.evs_member(group)
+    }
+
+    /// The `evs` list-epoch memory nodes run here: (group, memory node, epoch).
+    pub fn epoch_replicas(&self) -> Vec<(GroupId, crate::minitx::MemnodeId, EpochId)> {
+        self.ordered.epoch_replicas()
+    }
+
     /// The memory-node replica of `group` hosted here (for checks).
     pub fn memnode_replica(&self, group: GroupId) -> Option<&crate::minitx::MemoryNode> {
         self.ordered.replica(group)
@@ -2883,6 +2914,7 @@ impl Node {
                 snapshot,
             },
             HostEvent::Status { group, status } => Event::OrderedStatus { group, status },
+            HostEvent::Configuration { group, config } => Event::OrderedConfiguration { group, config },
         })
     }
 
@@ -2935,9 +2967,37 @@ impl Node {
         self.ordered_suspicions(now);
         let members: Vec<NodeId> = self.view.members.iter().map(|m| m.node).collect();
         self.ordered.set_view(now, members.clone());
+        self.evs_refresh_sides(now);
         self.flush_ordered();
         self.regions.set_view(now, &members);
         self.regions_pump(now);
+    }
+
+    /// `evs` groups: this node's side is the group's directory list in the installed view
+    /// (the nodes hosting a member, this one included), numbered from the view
+    /// (`EvsMember::side_number`). Given at every view, not only when the side changed: a
+    /// node that skipped a view must still name the same list epoch as the rest of its
+    /// side, which it does from the view they all end at.
+    fn evs_refresh_sides(&mut self, now: Time) {
+        for group in self.ordered.evs_groups() {
+            let Some(listed) = self.view.group(EvsMember::directory_group(group)) else {
+                continue;
+            };
+            if !listed.contains(&self.id) {
+                // Not in the list yet (the coordinator adds it in a later view).
+                continue;
+            }
+            let mut side: Vec<NodeId> = listed
+                .iter()
+                .copied()
+                .filter(|&n| self.view.members.iter().any(|m| m.node == n))
+                .collect();
+            side.sort_unstable();
+            side.dedup();
+            let Some(&lowest) = side.first() else { continue };
+            let number = EvsMember::side_number(self.view.id.counter, lowest);
+            self.ordered.set_evs_side(now, group, number, &side);
+        }
     }
 
     fn ordered_suspicions(&mut self, now: Time) {

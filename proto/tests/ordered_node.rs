@@ -4,7 +4,7 @@
 //! (`tutti-sim --ordered-groups`) covers faults.
 
 use std::collections::VecDeque;
-use tutti_proto::ordered::{OrderedSettings, OrderedStatusEvent, RemoveReason};
+use tutti_proto::ordered::{ConfigEvent, OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason};
 use tutti_proto::{Event, Node, NodeId, Settings, SubmitError, Time, MILLIS};
 
 const GROUP: u64 = 0xabc;
@@ -28,12 +28,18 @@ fn ordered() -> OrderedSettings {
 
 /// Runs `nodes` over an instant network until `until`; returns the events per node.
 fn run(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Event>]) {
-    run_cut(nodes, now, until, events, &[]);
+    run_cut(nodes, now, until, events, &|_, _| true);
 }
 
-/// As `run`, with the nodes in `cut` cut off from the others (datagrams both ways lost).
-/// A node left out of `nodes` is crashed: nothing reaches it.
-fn run_cut(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Event>], cut: &[NodeId]) {
+/// As [`run`], over a network that drops every datagram between nodes `linked` says are
+/// cut off from each other (a partition).
+fn run_cut(
+    nodes: &mut [Node],
+    now: &mut Time,
+    until: Time,
+    events: &mut [Vec<Event>],
+    linked: &dyn Fn(NodeId, NodeId) -> bool,
+) {
     let mut net: VecDeque<(NodeId, NodeId, Vec<u8>)> = VecDeque::new();
     while *now < until {
         for n in nodes.iter_mut() {
@@ -53,7 +59,7 @@ fn run_cut(nodes: &mut [Node], now: &mut Time, until: Time, events: &mut [Vec<Ev
             let Some((from, to, bytes)) = net.pop_front() else {
                 break;
             };
-            if cut.contains(&from) != cut.contains(&to) {
+            if !linked(from, to) {
                 continue;
             }
             if let Some(n) = nodes.iter_mut().find(|n| n.id() == to) {
@@ -212,19 +218,285 @@ fn a_node_that_joins_again_gets_fresh_transaction_ids() {
     assert_eq!(c.txn_errors, 0);
 }
 
-#[test]
-fn the_node_refuses_an_evs_group_it_cannot_host_yet() {
-    let mut node = Node::new(1, 1, &[], settings(), 0, 7);
-    let evs = OrderedSettings {
-        partition: tutti_proto::ordered::PartitionPolicy::Evs,
+fn evs() -> OrderedSettings {
+    OrderedSettings {
+        partition: PartitionPolicy::Evs,
         ..ordered()
-    };
-    match node.join_ordered(0, GROUP, evs) {
-        Err(e) => assert!(e.to_string().contains("evs"), "{e}"),
-        Ok(()) => panic!("an evs group joined through Node"),
     }
-    assert!(!node.is_ordered(GROUP));
-    node.join_ordered(0, GROUP, ordered()).unwrap();
+}
+
+/// The configurations (regular ones) `events` holds, in order.
+fn configurations(events: &[Event]) -> Vec<ConfigEvent> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::OrderedConfiguration { config, .. } if !config.transitional => Some(config.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The last regular configuration of `events`, if any.
+fn last_configuration(events: &[Event]) -> Option<ConfigEvent> {
+    configurations(events).pop()
+}
+
+/// Runs until every node in `which` has `members` as its last regular configuration
+/// (at most `limit` more), the network cut by `linked`.
+fn run_until_configured(
+    nodes: &mut [Node],
+    now: &mut Time,
+    events: &mut [Vec<Event>],
+    linked: &dyn Fn(NodeId, NodeId) -> bool,
+    which: &[usize],
+    members: &[NodeId],
+    limit: Time,
+) {
+    let deadline = *now + limit;
+    while *now < deadline {
+        let done = which.iter().all(|&i| {
+            nodes[i].evs_member(GROUP).is_some_and(|m| m.settled())
+                && last_configuration(&events[i]).is_some_and(|c| c.members == members)
+        });
+        if done {
+            return;
+        }
+        let until = *now + 10 * MILLIS;
+        run_cut(nodes, now, until, events, linked);
+    }
+    let last: Vec<_> = which.iter().map(|&i| last_configuration(&events[i])).collect();
+    panic!("nodes {which:?} not configured as {members:?} within {limit}: {last:?}");
+}
+
+/// Each node submits `rounds` messages tagged with `tag`, then the network runs on.
+fn send_rounds(
+    nodes: &mut [Node],
+    now: &mut Time,
+    events: &mut [Vec<Event>],
+    linked: &dyn Fn(NodeId, NodeId) -> bool,
+    tag: u8,
+    rounds: u8,
+) {
+    for round in 0..rounds {
+        for n in nodes.iter_mut() {
+            let id = n.id() as u8;
+            n.submit_ordered(*now, GROUP, &[tag, id, round], false).unwrap();
+        }
+        let until = *now + MILLIS;
+        run_cut(nodes, now, until, events, linked);
+    }
+    let until = *now + 200 * MILLIS;
+    run_cut(nodes, now, until, events, linked);
+}
+
+/// What node `i` delivered tagged `tag`, in order.
+fn delivered_tagged(events: &[Event], tag: u8) -> Vec<Vec<u8>> {
+    delivered(events)
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.first() == Some(&tag))
+        .collect()
+}
+
+/// Issue 12 through `Node`: an `evs` group of three nodes splits {1,2} | {3}; each side goes
+/// on in a configuration of its own (the minority too), with its own total order; after the
+/// heal one merged configuration of all three, which every member delivered the same, and
+/// one order again.
+#[test]
+fn an_evs_group_goes_on_on_both_sides_of_a_partition_and_merges() {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    let whole = |_: NodeId, _: NodeId| true;
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    assert!(
+        nodes.iter().all(|n| n.view().members.len() == 3),
+        "cluster formed"
+    );
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, evs()).unwrap();
+        assert!(n.is_ordered(GROUP));
+    }
+    assert!(nodes[0].join_ordered(now, GROUP, evs()).is_err(), "joined twice");
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &whole,
+        &[0, 1, 2],
+        &[1, 2, 3],
+        3_000 * MILLIS,
+    );
+    send_rounds(&mut nodes, &mut now, &mut events, &whole, 1, 10);
+    let before: Vec<_> = events.iter().map(|e| delivered_tagged(e, 1)).collect();
+    assert_eq!(before[0].len(), 30, "every message before the split");
+    assert_eq!(before[0], before[1]);
+    assert_eq!(before[0], before[2]);
+
+    // Split: {1,2} | {3}. Each side's view drops the other; each side opens a list.
+    let split = |a: NodeId, b: NodeId| (a == 3) == (b == 3);
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &split,
+        &[0, 1],
+        &[1, 2],
+        10_000 * MILLIS,
+    );
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &split,
+        &[2],
+        &[3],
+        10_000 * MILLIS,
+    );
+    let majority = last_configuration(&events[0]).unwrap();
+    let minority = last_configuration(&events[2]).unwrap();
+    assert_ne!(majority.epoch, minority.epoch, "two sides, two lists");
+    assert_eq!(last_configuration(&events[1]).unwrap(), majority);
+    // Both went through a transitional configuration of the movers.
+    for (i, movers) in [(0, vec![1, 2]), (1, vec![1, 2]), (2, vec![3])] {
+        assert!(
+            events[i]
+                .iter()
+                .any(|e| matches!(e, Event::OrderedConfiguration { config, .. }
+                if config.transitional && config.members == movers)),
+            "node {}: a transitional configuration of {movers:?}",
+            i + 1
+        );
+    }
+    send_rounds(&mut nodes, &mut now, &mut events, &split, 2, 10);
+    let during: Vec<_> = events.iter().map(|e| delivered_tagged(e, 2)).collect();
+    assert_eq!(
+        during[0].len(),
+        20,
+        "the majority side goes on with its own messages"
+    );
+    assert_eq!(during[0], during[1]);
+    assert!(during[0].iter().all(|p| p[1] != 3));
+    assert_eq!(
+        during[2].len(),
+        10,
+        "the minority side goes on too (as Corosync does)"
+    );
+    assert!(during[2].iter().all(|p| p[1] == 3));
+
+    // Heal: one configuration of all three, the same first configuration at every member.
+    let merged_from = events.iter().map(Vec::len).collect::<Vec<_>>();
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &whole,
+        &[0, 1, 2],
+        &[1, 2, 3],
+        20_000 * MILLIS,
+    );
+    // Named by (list epoch, position, members); `joined` is relative to each member's
+    // configuration before ({3} at 1 and 2, {1,2} at 3).
+    let firsts: Vec<_> = (0..3)
+        .map(|i| {
+            configurations(&events[i][merged_from[i]..])
+                .into_iter()
+                .find(|c| c.members == vec![1, 2, 3])
+                .map(|c| (c.epoch, c.position, c.members))
+                .expect("a merged configuration")
+        })
+        .collect();
+    assert_eq!(firsts[0], firsts[1], "same first merged configuration");
+    assert_eq!(firsts[0], firsts[2], "same first merged configuration");
+    let named = |c: ConfigEvent| (c.epoch, c.position, c.members);
+    assert_eq!(
+        last_configuration(&events[0]).map(named),
+        last_configuration(&events[2]).map(named)
+    );
+    send_rounds(&mut nodes, &mut now, &mut events, &whole, 3, 10);
+    let after: Vec<_> = events.iter().map(|e| delivered_tagged(e, 3)).collect();
+    assert_eq!(after[0].len(), 30, "one order again after the heal");
+    assert_eq!(after[0], after[1]);
+    assert_eq!(after[0], after[2]);
+    // The epoch memory nodes of abandoned lists were freed: each node runs at most the
+    // ones of the lists its member is installed or gathers in.
+    for n in &nodes {
+        let live = n.epoch_replicas();
+        assert!(live.len() <= 2, "node {}: {live:?}", n.id());
+        let m = n.evs_member(GROUP).unwrap();
+        for (_, _, epoch) in live {
+            assert!(Some(epoch) == m.epoch() || m.gathering().and_then(|g| g.list_epoch()) == Some(epoch));
+        }
+        let t = n.ordered_transport_counters();
+        assert!(
+            t.epoch_replicas_freed > 0 || t.epoch_replicas_created <= 1,
+            "{t:?}"
+        );
+        assert_eq!(m.counters().transitional_missing, 0);
+    }
+}
+
+/// A node leaving an `evs` group: its leave is in the order, the others go on without it.
+#[test]
+fn a_node_leaves_an_evs_group() {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    let whole = |_: NodeId, _: NodeId| true;
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, evs()).unwrap();
+    }
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &whole,
+        &[0, 1, 2],
+        &[1, 2, 3],
+        3_000 * MILLIS,
+    );
+    nodes[2].leave_ordered(now, GROUP);
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &whole,
+        &[0, 1],
+        &[1, 2],
+        3_000 * MILLIS,
+    );
+    assert!(events[2].iter().any(|e| matches!(
+        e,
+        Event::OrderedStatus {
+            status: OrderedStatusEvent::Removed(RemoveReason::Left),
+            ..
+        }
+    )));
+    assert!(!nodes[2].is_ordered(GROUP));
+    assert!(nodes[2].epoch_replicas().is_empty());
+    send_rounds(&mut nodes[..2], &mut now, &mut events[..2], &whole, 4, 5);
+    assert_eq!(delivered_tagged(&events[0], 4).len(), 10);
+    assert_eq!(delivered_tagged(&events[0], 4), delivered_tagged(&events[1], 4));
+    // It joins again at once (its directory membership still lingers): a view change
+    // brings it back in a new list, without waiting for an unrelated one.
+    nodes[2].join_ordered(now, GROUP, evs()).unwrap();
+    run_until_configured(
+        &mut nodes,
+        &mut now,
+        &mut events,
+        &whole,
+        &[0, 1, 2],
+        &[1, 2, 3],
+        3_000 * MILLIS,
+    );
+    send_rounds(&mut nodes, &mut now, &mut events, &whole, 5, 5);
+    assert_eq!(delivered_tagged(&events[2], 5).len(), 15);
+    assert_eq!(delivered_tagged(&events[0], 5), delivered_tagged(&events[2], 5));
 }
 
 /// An idle ordered group backs off its reads of the memory node (every `poll_interval`
@@ -286,7 +558,9 @@ fn run_until(
     let end = *now + limit;
     while *now < end {
         let until = *now + 10 * MILLIS;
-        run_cut(&mut nodes[..live], now, until, &mut events[..live], cut);
+        run_cut(&mut nodes[..live], now, until, &mut events[..live], &|a, b| {
+            cut.contains(&a) == cut.contains(&b)
+        });
         if cond(nodes, events) {
             return true;
         }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checker;
+pub mod evs;
 pub mod hostile;
 pub mod ordered;
 pub mod ordered_checker;

@@ -910,6 +910,13 @@ impl OrderedSim {
                 OrderedStatusEvent::Minority => self.report.minority_events += 1,
                 OrderedStatusEvent::Majority => {}
             },
+            // The simulator's ordered groups are `majority` groups (`evs` there: not built).
+            Event::OrderedConfiguration { .. } => {
+                self.checker.violations.total_order += 1;
+                self.checker
+                    .samples
+                    .push(format!("node {id}: an evs configuration in a majority group"));
+            }
             Event::Deliver { .. } | Event::Lost { .. } | Event::ViewChange(_) => {}
         }
     }

@@ -1085,7 +1085,8 @@ impl Sim {
             | Event::OrderedView { .. }
             | Event::SnapshotRequest { .. }
             | Event::Installed { .. }
-            | Event::OrderedStatus { .. } => self.checker.violation(format!(
+            | Event::OrderedStatus { .. }
+            | Event::OrderedConfiguration { .. } => self.checker.violation(format!(
                 "{inst:?}: an ordered-group event in a world without ordered groups"
             )),
         }

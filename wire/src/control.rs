@@ -265,6 +265,10 @@ pub struct GroupOptions {
     /// Ordered groups only: a CPG process group (`docs/cpg.md`): the daemons keep a table
     /// of member processes (session, pid) in the total order and write confchg records.
     pub cpg: bool,
+    /// Ordered groups only: partition policy `evs` (`docs/ordered.md`): each side of a
+    /// partition goes on in a configuration of its own and sides merge when they meet
+    /// again; no state transfer. Cpg groups always use it.
+    pub evs: bool,
 }
 
 impl GroupOptions {
@@ -273,37 +277,45 @@ impl GroupOptions {
         ordered: false,
         safe: false,
         cpg: false,
+        evs: false,
     };
     pub const ORDERED: GroupOptions = GroupOptions {
         ordered: true,
         safe: false,
         cpg: false,
+        evs: false,
     };
     pub const SAFE: GroupOptions = GroupOptions {
         ordered: true,
         safe: true,
         cpg: false,
+        evs: false,
     };
     /// A CPG process group (ordered, agreed delivery).
     pub const CPG: GroupOptions = GroupOptions {
         ordered: true,
         safe: false,
         cpg: true,
+        evs: false,
     };
 
     pub fn to_u8(self) -> u8 {
-        u8::from(self.ordered) | (u8::from(self.safe) << 1) | (u8::from(self.cpg) << 2)
+        u8::from(self.ordered)
+            | (u8::from(self.safe) << 1)
+            | (u8::from(self.cpg) << 2)
+            | (u8::from(self.evs) << 3)
     }
 
-    /// Decodes an options byte: no unknown bit, `safe` and `cpg` only with `ordered`.
+    /// Decodes an options byte: no unknown bit, `safe`, `cpg` and `evs` only with `ordered`.
     pub fn from_u8(bits: u8) -> Result<GroupOptions, ControlError> {
-        if bits & !7 != 0 || (bits & 1 == 0 && bits != 0) {
+        if bits & !15 != 0 || (bits & 1 == 0 && bits != 0) {
             return Err(ControlError::BadOptions(bits));
         }
         Ok(GroupOptions {
             ordered: bits & 1 != 0,
             safe: bits & 2 != 0,
             cpg: bits & 4 != 0,
+            evs: bits & 8 != 0,
         })
     }
 }

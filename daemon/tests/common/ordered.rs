@@ -94,11 +94,16 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(daemon: &Daemon, group: &str, provide: bool) -> Subscriber {
+        Subscriber::start_with(daemon, group, provide, GroupOptions::ORDERED)
+    }
+
+    /// As [`Subscriber::start`], joining with `options` (an `evs` group, say).
+    pub fn start_with(daemon: &Daemon, group: &str, provide: bool, options: GroupOptions) -> Subscriber {
         let recs = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut client = daemon.client();
         let g = client
-            .join_with(group, Rights::SUBSCRIBE, GroupOptions::ORDERED)
+            .join_with(group, Rights::SUBSCRIBE, options)
             .expect("ordered join");
         let delivered = Arc::new(AtomicU64::new(0));
         if provide {

@@ -21,7 +21,7 @@
 
 use super::entry::{EpochId, JoinFrom, RemoveReason};
 use super::member::{ConfigEvent, OrderedMember, Output, Status, SubmitRefused};
-use super::{epoch_memnode, epoch_memnode_hosts, OrderedSettings, PartitionPolicy};
+use super::{epoch_memnode, OrderedSettings, PartitionPolicy};
 use crate::minitx::MinitxSettings;
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, VecDeque};
@@ -119,6 +119,31 @@ impl EvsMember {
         }
     }
 
+    /// The side number of a node's cluster view: `view_counter`'s low 24 bits, then the
+    /// side's lowest node folded to a byte (the XOR of its four bytes). It grows with every
+    /// view the node installs, since view counters grow (after 2^24 views it wraps: a member
+    /// then stays in its list until it rejoins). Concurrent sides may install views with
+    /// equal counters; their lowest nodes differ (the sides are disjoint), and so do their
+    /// folds whenever the two ids differ in one byte only: ids below 256 (the simulator's),
+    /// tuttid's daemons of one /24 network on the same shard (node id = daemon << 8 |
+    /// shard, daemon = the address's low 24 bits). Numbers need not be unique for safety:
+    /// a list epoch is (number, founder) and its memory node runs on the founder, so two
+    /// sides always have two lists; an equal number only costs an imprecise payload route.
+    /// Two views with one counter at one node (a coordinator race) may not grow the number:
+    /// the member then waits for the next view.
+    pub fn side_number(view_counter: u64, lowest: NodeId) -> u32 {
+        let [a, b, c, d] = lowest.to_le_bytes();
+        ((view_counter as u32) << 8) | u32::from(a ^ b ^ c ^ d)
+    }
+
+    /// The cluster-view group through which nodes hosting `evs` group `group` find each
+    /// other: every member node joins it, so the view's group list names them (the side is
+    /// that list within the view). A distinct id so it never meets a multicast group
+    /// of the same id.
+    pub fn directory_group(group: GroupId) -> GroupId {
+        group ^ 0xE75D_1EC7_0000_0000
+    }
+
     pub fn counters(&self) -> &EvsCounters {
         &self.counters
     }
@@ -178,7 +203,10 @@ impl EvsMember {
             m.freeze();
             m.join_from()
         });
-        let hosts = epoch_memnode_hosts(self.group, epoch, &side);
+        // The list lives on its founder: whoever names epoch (number, founder) reaches the
+        // same list, even two members whose sides differ (views in flux), so an epoch is
+        // one list. No backup (see `OpenEpoch`).
+        let hosts = vec![epoch.founder];
         self.out.push_back(Output::OpenEpoch {
             epoch,
             memnode: epoch_memnode(epoch),
@@ -420,4 +448,35 @@ fn join_epoch(number: u32, join_pos: u64) -> u64 {
 
 fn split_epoch(epoch: u64) -> (u32, u64) {
     ((epoch >> 32) as u32, epoch & 0xFFFF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_numbers_grow_with_the_view_and_differ_between_sides() {
+        // Every later view numbers above every earlier one, whatever the side's lowest node.
+        for counter in [1u64, 2, 255, 256, 70_000] {
+            for (a, b) in [(1, 3), (3, 1), (0x0102_0300, 0x0102_0400)] {
+                assert!(EvsMember::side_number(counter + 1, a) > EvsMember::side_number(counter, b));
+            }
+        }
+        // Two sides installing views with one counter: their lowest nodes differ, and
+        // so do their numbers when the ids differ in one byte.
+        let sides: Vec<u32> = (1..=255)
+            .map(|lowest| EvsMember::side_number(9, lowest))
+            .collect();
+        let mut distinct = sides.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), sides.len());
+        // tuttid: node id = daemon << 8 | shard (daemon: the IPv4 address's low 24 bits, so
+        // 10.0.1.1 and 10.0.1.2 are 0x000101 and 0x000102).
+        let daemon = |low: u32| (0x00_01_00 | low) << 8;
+        assert_ne!(
+            EvsMember::side_number(9, daemon(1)),
+            EvsMember::side_number(9, daemon(2))
+        );
+    }
 }

@@ -11,10 +11,10 @@
 //! on the memory node (pull repair), so no gossip repair is needed.
 
 use super::{
-    choose_memnode_hosts, OrderedCounters, OrderedMember, OrderedSettings, Output, PartitionPolicy,
-    RemoveReason, Status, ViewEvent, MEMNODE,
+    choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedCounters, OrderedMember, OrderedSettings,
+    Output, PartitionPolicy, RemoveReason, Status, ViewEvent, MEMNODE,
 };
-use crate::minitx::{MemoryNode, MemoryNodeCounters, MinitxSettings};
+use crate::minitx::{MemnodeId, MemoryNode, MemoryNodeCounters, MinitxSettings};
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
@@ -81,6 +81,11 @@ pub enum HostEvent {
         group: GroupId,
         status: OrderedStatusEvent,
     },
+    /// `evs` groups: a configuration change (transitional or regular), in the order.
+    Configuration {
+        group: GroupId,
+        config: ConfigEvent,
+    },
 }
 
 /// Counters of the ordered transport and of the memory nodes hosted here (monotonic).
@@ -105,6 +110,10 @@ pub struct OrderedHostCounters {
     /// Replicas created here, and backups promoted here.
     pub replicas_created: u64,
     pub promotions: u64,
+    /// `evs`: list-epoch memory nodes created here (this node's member opened the epoch
+    /// and founds it), and those freed once this node's member no longer uses their list.
+    pub epoch_replicas_created: u64,
+    pub epoch_replicas_freed: u64,
 }
 
 /// Where a group's memory node runs: placed once (from the first cluster view this node
@@ -131,6 +140,27 @@ struct Hosted {
 struct Replica {
     node: MemoryNode,
     layout: OrderedLayout,
+}
+
+/// `evs`: this node's member of an `evs` group ([`EvsMember`]); its side comes from the
+/// node (`Node` computes it from the cluster view, `OrderedHost::set_evs_side`).
+struct HostedEvs {
+    member: EvsMember,
+    settings: OrderedSettings,
+    /// The last side number given to the member.
+    number: Option<u32>,
+    /// The application left: drop the member once its leave is in the order.
+    leaving: bool,
+    /// Its leave is in the order (`Removed(Left)`).
+    left: bool,
+}
+
+/// `evs`: the memory node of one list epoch, run here because this node founds the epoch
+/// (the lowest node of the side that opened it: `EvsMember::set_side`).
+struct EpochReplica {
+    node: MemoryNode,
+    layout: OrderedLayout,
+    epoch: EpochId,
 }
 
 struct Partial {
@@ -160,6 +190,16 @@ pub(crate) struct OrderedHost {
     incarnation: u32,
     minitx: MinitxSettings,
     groups: BTreeMap<GroupId, Hosted>,
+    /// `evs` groups this node is a member of (a group is `evs` or `majority` everywhere).
+    evs: BTreeMap<GroupId, HostedEvs>,
+    /// `evs` list-epoch memory nodes run here, by group and memory-node id. Bounded: one
+    /// is freed as soon as this node's member of the group neither is installed nor
+    /// gathers in its list, so at most two per `evs` group joined here.
+    epoch_replicas: BTreeMap<(GroupId, MemnodeId), EpochReplica>,
+    /// The highest side number an `evs` member dropped here was given: a later member
+    /// waits for a larger one (a rejoin in the same cluster view would otherwise open the
+    /// same list epoch again, with transaction ids its memory node already answered).
+    evs_retired_number: u32,
     /// The highest minitransaction seq a member dropped from `groups` reached: a member
     /// created later numbers its transactions from there (`first_txn_seq`).
     retired_txn_seq: u64,
@@ -194,10 +234,6 @@ fn layout_of(s: &OrderedSettings) -> OrderedLayout {
 }
 
 fn settings_error(s: &OrderedSettings, minitx: &MinitxSettings) -> Option<&'static str> {
-    if s.partition != PartitionPolicy::Majority {
-        // `EvsMember` is proven in proto's harness; the node does not host it yet.
-        return Some("the node hosts partition = majority groups only (evs is not wired into Node)");
-    }
     if s.list_slots == 0 || s.lag_budget >= s.list_slots {
         return Some("lag_budget must be below list_slots (and list_slots above 0)");
     }
@@ -247,6 +283,9 @@ impl OrderedHost {
             incarnation,
             minitx,
             groups: BTreeMap::new(),
+            evs: BTreeMap::new(),
+            epoch_replicas: BTreeMap::new(),
+            evs_retired_number: 0,
             retired_txn_seq: 0,
             replicas: BTreeMap::new(),
             placements: BTreeMap::new(),
@@ -277,8 +316,30 @@ impl OrderedHost {
                 return Err(OrderedError::AlreadyJoined(group));
             }
         }
+        if self.evs.contains_key(&group) {
+            return Err(OrderedError::AlreadyJoined(group));
+        }
         if let Some(e) = settings_error(&settings, &self.minitx) {
             return Err(OrderedError::BadSettings(e));
+        }
+        if settings.partition == PartitionPolicy::Evs {
+            if self.groups.contains_key(&group) {
+                // A removed `majority` member of the same group: one policy per group.
+                return Err(OrderedError::AlreadyJoined(group));
+            }
+            // No list yet: the member joins one with its first side (`set_evs_side`).
+            let member = EvsMember::new(self.me, group, settings.clone(), self.minitx.clone());
+            self.evs.insert(
+                group,
+                HostedEvs {
+                    member,
+                    settings,
+                    number: None,
+                    leaving: false,
+                    left: false,
+                },
+            );
+            return Ok(());
         }
         let placement = self.placement(group);
         let mut member = OrderedMember::joiner(
@@ -315,6 +376,17 @@ impl OrderedHost {
     }
 
     pub fn leave(&mut self, now: Time, group: GroupId) {
+        if let Some(h) = self.evs.get_mut(&group) {
+            h.leaving = true;
+            if h.member.current().is_none() && h.member.gathering().is_none() {
+                // In no list yet: nothing to announce.
+                self.retire_evs(group);
+            } else {
+                h.member.leave(now);
+            }
+            self.pump(now);
+            return;
+        }
         let Some(h) = self.groups.get_mut(&group) else {
             return;
         };
@@ -336,6 +408,14 @@ impl OrderedHost {
         bytes: &[u8],
         safe: bool,
     ) -> Result<u64, super::SubmitRefused> {
+        if let Some(h) = self.evs.get_mut(&group) {
+            if h.leaving {
+                return Err(super::SubmitRefused::NotMember);
+            }
+            let r = h.member.submit(now, bytes, safe);
+            self.pump(now);
+            return r;
+        }
         let h = self
             .groups
             .get_mut(&group)
@@ -356,7 +436,42 @@ impl OrderedHost {
     }
 
     pub fn is_member(&self, group: GroupId) -> bool {
-        self.groups.contains_key(&group)
+        self.groups.contains_key(&group) || self.evs.contains_key(&group)
+    }
+
+    /// This node's member of `evs` group `group`.
+    pub fn evs_member(&self, group: GroupId) -> Option<&EvsMember> {
+        self.evs.get(&group).map(|h| &h.member)
+    }
+
+    /// The `evs` groups this node is a member of (leaving ones included).
+    pub fn evs_groups(&self) -> Vec<GroupId> {
+        self.evs.keys().copied().collect()
+    }
+
+    /// The `evs` list epochs whose memory node runs here: (group, memory node, epoch).
+    pub fn epoch_replicas(&self) -> Vec<(GroupId, MemnodeId, EpochId)> {
+        self.epoch_replicas
+            .iter()
+            .map(|(&(g, id), r)| (g, id, r.epoch))
+            .collect()
+    }
+
+    /// `evs`: this node's side of `group` changed (the node computes it from the cluster
+    /// view: `Node::evs_refresh_sides`). `number` grows with every cluster view and differs
+    /// between concurrent sides; a number not above the last one is ignored (by the
+    /// member), and so is one not above what a member dropped here had.
+    pub fn set_evs_side(&mut self, now: Time, group: GroupId, number: u32, side: &[NodeId]) {
+        let retired = self.evs_retired_number;
+        let Some(h) = self.evs.get_mut(&group) else {
+            return;
+        };
+        if number <= retired || h.number.is_some_and(|n| n >= number) {
+            return;
+        }
+        h.number = Some(number);
+        h.member.set_side(now, number, side);
+        self.pump(now);
     }
 
     pub fn member(&self, group: GroupId) -> Option<&OrderedMember> {
@@ -388,8 +503,15 @@ impl OrderedHost {
     pub fn poll_timeout(&self) -> Option<Time> {
         let members = self.groups.values().filter_map(|h| h.member.poll_timeout());
         let replicas = self.replicas.values().filter_map(|r| r.node.poll_timeout());
+        let evs = self.evs.values().filter_map(|h| h.member.poll_timeout());
+        let epochs = self.epoch_replicas.values().filter_map(|r| r.node.poll_timeout());
         let partial = self.partials.front().map(|p| p.started + PARTIAL_TIMEOUT);
-        members.chain(replicas).chain(partial).min()
+        members
+            .chain(replicas)
+            .chain(evs)
+            .chain(epochs)
+            .chain(partial)
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
@@ -399,6 +521,16 @@ impl OrderedHost {
             }
         }
         for r in self.replicas.values_mut() {
+            if r.node.poll_timeout().is_some_and(|t| t <= now) {
+                r.node.handle_timeout(now);
+            }
+        }
+        for h in self.evs.values_mut() {
+            if h.member.poll_timeout().is_some_and(|t| t <= now) {
+                h.member.handle_timeout(now);
+            }
+        }
+        for r in self.epoch_replicas.values_mut() {
             if r.node.poll_timeout().is_some_and(|t| t <= now) {
                 r.node.handle_timeout(now);
             }
@@ -454,7 +586,7 @@ impl OrderedHost {
 
     /// Whether this node is a member (or joiner) of any ordered group.
     pub fn has_groups(&self) -> bool {
-        !self.groups.is_empty()
+        !self.groups.is_empty() || !self.evs.is_empty()
     }
 
     /// SWIM's suspicions: the peers it suspects or holds failed (every gossip round).
@@ -646,6 +778,29 @@ impl OrderedHost {
             for g in gids {
                 progressed |= self.pump_member(now, g);
             }
+            let eids: Vec<GroupId> = self.evs.keys().copied().collect();
+            for g in eids {
+                progressed |= self.pump_evs(g);
+            }
+            let epoch_ids: Vec<(GroupId, MemnodeId)> = self.epoch_replicas.keys().copied().collect();
+            for k in epoch_ids {
+                while let Some((to, bytes)) = self
+                    .epoch_replicas
+                    .get_mut(&k)
+                    .and_then(|r| r.node.poll_transmit())
+                {
+                    progressed = true;
+                    // A primary without a backup only answers members.
+                    let Some(layout) = self.epoch_replicas.get(&k).map(|r| r.layout) else {
+                        break;
+                    };
+                    if matches!(bytes.get(3), Some(&mtkind::REPLY) | Some(&mtkind::DECIDE_ACK)) {
+                        self.send(to, k.0, OrderedKind::ToMember, bytes);
+                    } else {
+                        self.send(to, k.0, OrderedKind::ToMemnode, memnode_message(&layout, &bytes));
+                    }
+                }
+            }
             let rids: Vec<GroupId> = self.replicas.keys().copied().collect();
             for g in rids {
                 while let Some((to, bytes)) = self.replicas.get_mut(&g).and_then(|r| r.node.poll_transmit()) {
@@ -766,7 +921,213 @@ impl OrderedHost {
         progressed
     }
 
+    /// Moves what `group`'s `evs` member wants done into the queues; frees the epoch
+    /// memory nodes its member no longer uses.
+    fn pump_evs(&mut self, group: GroupId) -> bool {
+        let mut progressed = false;
+        loop {
+            let Some(h) = self.evs.get_mut(&group) else {
+                return progressed;
+            };
+            let Some(o) = h.member.poll_output() else { break };
+            progressed = true;
+            let layout = layout_of(&h.settings);
+            match o {
+                Output::Minitx { to, bytes } => {
+                    let bytes = memnode_message(&layout, &bytes);
+                    self.send(to, group, OrderedKind::ToMemnode, bytes);
+                }
+                Output::Disseminate {
+                    sender,
+                    epoch,
+                    seq,
+                    bytes,
+                } => {
+                    // To the members of the list the message belongs to (named by the
+                    // epoch's high half): the other side of a partition has lists of its own.
+                    let number = (epoch >> 32) as u32;
+                    let mut members = Vec::new();
+                    for m in [h.member.current(), h.member.gathering()].into_iter().flatten() {
+                        if m.list_epoch().is_some_and(|e| e.number == number) {
+                            members.extend(m.learned_members());
+                            members.extend(m.view().1);
+                        }
+                    }
+                    members.sort_unstable();
+                    members.dedup();
+                    let header = OrderedPayloadHeader { sender, epoch, seq };
+                    let body = ordered_payload(&header, &bytes);
+                    for n in members {
+                        if n != self.me {
+                            self.send(n, group, OrderedKind::Payload, body.clone());
+                        }
+                    }
+                }
+                Output::Deliver {
+                    sender,
+                    position,
+                    safe,
+                    bytes,
+                    ..
+                } => self.events.push_back(HostEvent::Deliver {
+                    group,
+                    sender,
+                    position,
+                    safe,
+                    payload: bytes,
+                }),
+                Output::Configuration(config) => {
+                    self.events.push_back(HostEvent::Configuration { group, config })
+                }
+                Output::OpenEpoch {
+                    epoch,
+                    memnode,
+                    hosts,
+                } => {
+                    if hosts.first() == Some(&self.me) {
+                        self.open_epoch(group, epoch, memnode, &layout);
+                    }
+                }
+                Output::Removed { reason } => {
+                    if reason == RemoveReason::Left {
+                        h.left = true;
+                    }
+                    self.events.push_back(HostEvent::Status {
+                        group,
+                        status: OrderedStatusEvent::Removed(reason),
+                    });
+                }
+                // An `evs` member emits none of these (no majority, no state transfer, its
+                // views are configurations).
+                Output::View(_)
+                | Output::Minority
+                | Output::SnapshotRequest { .. }
+                | Output::Transfer { .. }
+                | Output::Installed { .. } => {}
+            }
+        }
+        if self.evs.get(&group).is_some_and(|h| h.leaving && h.left) {
+            self.retire_evs(group);
+        } else {
+            self.free_epochs(group);
+        }
+        progressed
+    }
+
+    /// Runs the memory node of list epoch `epoch` here (this node founds it): primary, no
+    /// backup. Under `evs` a backup is never promoted (the side that loses a host opens a
+    /// new list and movers deliver the old one from what they hold), so a backup would only
+    /// cost replication. A replica of an older epoch under the same id (numbers 65,534
+    /// apart) is replaced.
+    fn open_epoch(&mut self, group: GroupId, epoch: EpochId, memnode: MemnodeId, layout: &OrderedLayout) {
+        if self
+            .epoch_replicas
+            .get(&(group, memnode))
+            .is_some_and(|r| r.epoch == epoch)
+        {
+            return;
+        }
+        let mut node = MemoryNode::primary(memnode, 1, None, self.minitx.clone());
+        for (region, size) in regions_of(&settings_from_layout(layout)) {
+            if node.add_region(region, size).is_err() {
+                self.counters.malformed += 1;
+                return;
+            }
+        }
+        node.set_placement(memnode, self.me);
+        if self.epoch_replicas.contains_key(&(group, memnode)) {
+            self.counters.epoch_replicas_freed += 1;
+        }
+        self.counters.epoch_replicas_created += 1;
+        self.epoch_replicas.insert(
+            (group, memnode),
+            EpochReplica {
+                node,
+                layout: *layout,
+                epoch,
+            },
+        );
+    }
+
+    /// Frees `group`'s epoch memory nodes whose list this node's member neither is
+    /// installed nor gathers in. Its member froze that list (it never reads or appends
+    /// there again, and moved with what it held); a member of the list that has not seen
+    /// the change yet gets no answers until its own view moves it to a new list.
+    fn free_epochs(&mut self, group: GroupId) {
+        let live: Vec<EpochId> = self
+            .evs
+            .get(&group)
+            .map(|h| {
+                [h.member.current(), h.member.gathering()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(OrderedMember::list_epoch)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let before = self.epoch_replicas.len();
+        self.epoch_replicas
+            .retain(|&(g, _), r| g != group || live.contains(&r.epoch));
+        self.counters.epoch_replicas_freed += (before - self.epoch_replicas.len()) as u64;
+    }
+
+    /// Drops `group`'s `evs` member (it left, or never was in a list) and the epoch memory
+    /// nodes it founded.
+    fn retire_evs(&mut self, group: GroupId) {
+        if let Some(h) = self.evs.remove(&group) {
+            self.evs_retired_number = self.evs_retired_number.max(h.number.unwrap_or(0));
+        }
+        self.free_epochs(group);
+    }
+
+    /// A whole message of an `evs` group this node is a member of.
+    fn handle_evs(&mut self, now: Time, from: NodeId, group: GroupId, kind: OrderedKind, bytes: &[u8]) {
+        match kind {
+            OrderedKind::ToMemnode => {
+                let Ok((layout, msg)) = split_memnode_message(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                let Ok(memnode) = tutti_wire::minitx::Message::decode(msg).map(|m| m.memnode()) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                // Only a list epoch this node opened and founds has a memory node here; a
+                // request that comes first (its sender saw the view sooner) is resent.
+                let Some(r) = self.epoch_replicas.get_mut(&(group, memnode)) else {
+                    self.counters.unrouted += 1;
+                    return;
+                };
+                if r.layout != layout {
+                    self.counters.layout_mismatches += 1;
+                    return;
+                }
+                r.node.handle_message(now, from, msg);
+            }
+            OrderedKind::ToMember => {
+                if let Some(h) = self.evs.get_mut(&group) {
+                    h.member.handle_minitx(now, from, bytes);
+                }
+            }
+            OrderedKind::Payload => {
+                let Ok((p, payload)) = split_ordered_payload(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                if let Some(h) = self.evs.get_mut(&group) {
+                    h.member.handle_payload(now, p.sender, p.epoch, p.seq, payload);
+                }
+            }
+            // No state transfer under `evs`.
+            OrderedKind::Transfer => self.counters.unrouted += 1,
+        }
+    }
+
     fn handle_whole(&mut self, now: Time, from: NodeId, group: GroupId, kind: OrderedKind, bytes: &[u8]) {
+        if self.evs.contains_key(&group) {
+            self.handle_evs(now, from, group, kind, bytes);
+            return;
+        }
         match kind {
             OrderedKind::ToMemnode => {
                 let Ok((layout, msg)) = split_memnode_message(bytes) else {

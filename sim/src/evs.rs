@@ -1,0 +1,589 @@
+//! The `evs` world (`tutti-sim --partition-policy evs`): Nodes hosting one ordered group
+//! under partition policy `evs` over a network with loss, duplication and jittered latency,
+//! cut into two sides and healed once or twice while every node sends. Its checker checks
+//! the guarantees of extended virtual synchrony as `proto/tests/ordered_evs.rs` defines
+//! them, on what the application sees (`Event::OrderedDeliver` and
+//! `Event::OrderedConfiguration`):
+//!
+//! - no message delivered twice at a node; a sender's messages in increasing order;
+//! - every delivery in a regular configuration that holds its sender;
+//! - total order per configuration: two members order the messages they both delivered in
+//!   it alike;
+//! - a transitional configuration is a subset of the last regular one and is followed by a
+//!   regular configuration holding all its members; virtual synchrony per transition:
+//!   members going from configuration c through the same transitional configuration
+//!   delivered the same set in c;
+//! - merges: every member of a list epoch's first configuration had that same first
+//!   configuration there;
+//! - liveness: after the last heal every node is in one configuration of all of them, and
+//!   one more message from each reaches all.
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use tutti_proto::ordered::{EpochId, OrderedSettings, PartitionPolicy};
+use tutti_proto::{Event, Node, NodeId, Settings, Time, MILLIS};
+
+const MICROS: Time = 1_000;
+const GROUP: u64 = 0x6576_7300_0000_0001;
+/// Longest the cluster may take to form, and a configuration to settle after a change.
+const SETTLE: Time = 20_000 * MILLIS;
+
+/// A regular or transitional configuration as the application names it: list epoch,
+/// position, members.
+type ConfKey = (EpochId, u64, Vec<NodeId>);
+/// (sender, seq): the payload carries both.
+type MsgId = (NodeId, u64);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvsScenario {
+    pub seed: u64,
+    pub nodes: u32,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub latency_max: Time,
+    /// Each node submits one message every this long while sending.
+    pub send_every: Time,
+    /// Sends stop this long after the workload starts.
+    pub send_for: Time,
+    /// (cut at, sides, healed at), relative to the workload's start.
+    pub partitions: Vec<(Time, Vec<Vec<NodeId>>, Time)>,
+}
+
+impl EvsScenario {
+    /// Random faults and workload from a seed (for seed sweeps): 3-5 nodes, one or two
+    /// partitions into two sides, each healed 300-900 ms later.
+    pub fn random(seed: u64) -> EvsScenario {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6576_735f_7369_6d21);
+        let nodes = rng.gen_range(3..=5u32);
+        let mut partitions = Vec::new();
+        let mut at = rng.gen_range(50..200) * MILLIS;
+        for _ in 0..rng.gen_range(1..=2) {
+            let mut ids: Vec<NodeId> = (1..=nodes).collect();
+            for i in (1..ids.len()).rev() {
+                let j = rng.gen_range(0..=i);
+                ids.swap(i, j);
+            }
+            let cut = rng.gen_range(1..ids.len());
+            let sides = vec![ids[..cut].to_vec(), ids[cut..].to_vec()];
+            let heal = at + rng.gen_range(300..900) * MILLIS;
+            partitions.push((at, sides, heal));
+            at = heal + rng.gen_range(200..600) * MILLIS;
+        }
+        EvsScenario {
+            seed,
+            nodes,
+            loss: [0.0, 0.01, 0.03][rng.gen_range(0..3)],
+            duplicate: [0.0, 0.02][rng.gen_range(0..2)],
+            latency_max: [200 * MICROS, MILLIS][rng.gen_range(0..2)],
+            send_every: rng.gen_range(2..=8) * MILLIS,
+            send_for: at,
+            partitions,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let cuts: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|(a, s, h)| format!("{:?} {}-{} ms", s, a / MILLIS, h / MILLIS))
+            .collect();
+        format!(
+            "{} nodes, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}",
+            self.nodes,
+            self.loss,
+            self.duplicate,
+            self.latency_max / MICROS,
+            self.send_every / MILLIS,
+            self.send_for / MILLIS,
+            cuts.join(", ")
+        )
+    }
+}
+
+fn evs_settings() -> OrderedSettings {
+    OrderedSettings {
+        list_slots: 256,
+        lag_budget: 160,
+        max_members: 12,
+        queue_slots: 64,
+        max_payload: 256,
+        poll_interval: MILLIS,
+        repair_delay: 5 * MILLIS,
+        retransmit: 5 * MILLIS,
+        partition: PartitionPolicy::Evs,
+        gather_timeout: 100 * MILLIS,
+        ..OrderedSettings::default()
+    }
+}
+
+fn node_settings() -> Settings {
+    Settings {
+        gossip_period: 20 * MILLIS,
+        suspect_timeout: 100 * MILLIS,
+        ..Settings::default()
+    }
+}
+
+/// Violations found, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EvsViolations {
+    pub duplicate: u64,
+    pub fifo: u64,
+    pub outside_configuration: u64,
+    pub total_order: u64,
+    pub transitional: u64,
+    pub virtual_synchrony: u64,
+    pub first_configuration: u64,
+    pub liveness: u64,
+}
+
+impl EvsViolations {
+    pub fn total(&self) -> u64 {
+        self.duplicate
+            + self.fifo
+            + self.outside_configuration
+            + self.total_order
+            + self.transitional
+            + self.virtual_synchrony
+            + self.first_configuration
+            + self.liveness
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvsReport {
+    pub seed: u64,
+    pub submitted: u64,
+    /// Submits refused (the node gathering a new list, or its queue full).
+    pub refused: u64,
+    pub deliveries: u64,
+    pub configurations: u64,
+    pub transitional: u64,
+    /// Messages a sender appended to a list it left before delivering them (`evs` rule 4).
+    pub unconfirmed: u64,
+    pub violations: EvsViolations,
+    pub samples: Vec<String>,
+    pub liveness_checked: bool,
+}
+
+/// A node's stretch in a configuration and the transitional configuration it left through.
+type Passage<'a> = (NodeId, &'a Stretch, Option<&'a ConfKey>);
+
+/// One configuration's stretch at one node: what it delivered there, in order.
+struct Stretch {
+    key: ConfKey,
+    transitional: bool,
+    delivered: Vec<MsgId>,
+}
+
+#[derive(Default)]
+struct NodeLog {
+    stretches: Vec<Stretch>,
+    seen: BTreeSet<MsgId>,
+    last_seq: BTreeMap<NodeId, u64>,
+    /// List epoch -> its first regular configuration here.
+    first_in: BTreeMap<EpochId, ConfKey>,
+}
+
+pub struct EvsSim {
+    sc: EvsScenario,
+    rng: Xoshiro256PlusPlus,
+    now: Time,
+    nodes: BTreeMap<NodeId, Node>,
+    net: BinaryHeap<Reverse<(Time, u64, NodeId, NodeId)>>,
+    packets: BTreeMap<u64, Vec<u8>>,
+    next_packet: u64,
+    /// Side of each node (all 0 when whole).
+    side: BTreeMap<NodeId, usize>,
+    logs: BTreeMap<NodeId, NodeLog>,
+    next_seq: BTreeMap<NodeId, u64>,
+    report: EvsReport,
+}
+
+impl EvsSim {
+    pub fn new(sc: EvsScenario) -> EvsSim {
+        let ids: Vec<NodeId> = (1..=sc.nodes).collect();
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let n = Node::new(
+                    id,
+                    1,
+                    &ids,
+                    node_settings(),
+                    0,
+                    sc.seed.wrapping_mul(31) ^ u64::from(id),
+                );
+                (id, n)
+            })
+            .collect();
+        EvsSim {
+            rng: Xoshiro256PlusPlus::seed_from_u64(sc.seed),
+            report: EvsReport {
+                seed: sc.seed,
+                ..EvsReport::default()
+            },
+            side: ids.iter().map(|&n| (n, 0)).collect(),
+            logs: ids.iter().map(|&n| (n, NodeLog::default())).collect(),
+            next_seq: ids.iter().map(|&n| (n, 0)).collect(),
+            sc,
+            now: 0,
+            nodes,
+            net: BinaryHeap::new(),
+            packets: BTreeMap::new(),
+            next_packet: 0,
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.report.samples.len() < 8 {
+            self.report
+                .samples
+                .push(format!("t={} ms: {what}", self.now / MILLIS));
+        }
+    }
+
+    fn linked(&self, a: NodeId, b: NodeId) -> bool {
+        self.side.get(&a) == self.side.get(&b)
+    }
+
+    /// Runs the network and the nodes until `until` (1 ms steps).
+    fn step_until(&mut self, until: Time) {
+        while self.now < until {
+            self.now += MILLIS.min(until - self.now).max(1);
+            let now = self.now;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            loop {
+                let due = self.net.peek().is_some_and(|Reverse((at, ..))| *at <= now);
+                if !due {
+                    break;
+                }
+                let Some(Reverse((_, id, from, to))) = self.net.pop() else {
+                    break;
+                };
+                let Some(bytes) = self.packets.remove(&id) else {
+                    continue;
+                };
+                if !self.linked(from, to) {
+                    continue;
+                }
+                if let Some(n) = self.nodes.get_mut(&to) {
+                    n.handle_packet(now, from, &bytes);
+                }
+                self.drain(to);
+            }
+            for id in ids {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    if n.poll_timeout().is_some_and(|t| t <= now) {
+                        n.handle_timeout(now);
+                    }
+                }
+                self.drain(id);
+            }
+        }
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        if let Some(n) = self.nodes.get_mut(&id) {
+            while let Some(t) = n.poll_transmit() {
+                out.push((t.dest, t.payload.to_vec()));
+            }
+            while let Some(e) = n.poll_event() {
+                events.push(e);
+            }
+        }
+        for (to, bytes) in out {
+            if !self.linked(id, to) || self.rng.gen_bool(self.sc.loss) {
+                continue;
+            }
+            let copies = if self.rng.gen_bool(self.sc.duplicate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let at = self.now
+                    + self
+                        .rng
+                        .gen_range(20 * MICROS..self.sc.latency_max.max(21 * MICROS));
+                self.packets.insert(self.next_packet, bytes.clone());
+                self.net.push(Reverse((at, self.next_packet, id, to)));
+                self.next_packet += 1;
+            }
+        }
+        for e in events {
+            self.on_event(id, e);
+        }
+    }
+
+    fn on_event(&mut self, id: NodeId, e: Event) {
+        match e {
+            Event::OrderedConfiguration { config, .. } => {
+                let key: ConfKey = (config.epoch, config.position, config.members.clone());
+                if config.transitional {
+                    self.report.transitional += 1;
+                    let last = self
+                        .logs
+                        .get(&id)
+                        .and_then(|l| l.stretches.iter().rev().find(|s| !s.transitional))
+                        .map(|s| s.key.2.clone());
+                    if !last.is_some_and(|m| config.members.iter().all(|n| m.contains(n))) {
+                        self.report.violations.transitional += 1;
+                        self.violation(format!(
+                            "node {id}: transitional {key:?} not within its last configuration"
+                        ));
+                    }
+                } else {
+                    self.report.configurations += 1;
+                    let log = self.logs.entry(id).or_default();
+                    let after_transitional = log
+                        .stretches
+                        .last()
+                        .filter(|s| s.transitional)
+                        .map(|s| s.key.2.clone());
+                    log.first_in.entry(config.epoch).or_insert_with(|| key.clone());
+                    if after_transitional.is_some_and(|t| !t.iter().all(|n| config.members.contains(n))) {
+                        self.report.violations.transitional += 1;
+                        self.violation(format!(
+                            "node {id}: regular {key:?} lacks a member of its transitional one"
+                        ));
+                    }
+                }
+                self.logs.entry(id).or_default().stretches.push(Stretch {
+                    key,
+                    transitional: config.transitional,
+                    delivered: Vec::new(),
+                });
+            }
+            Event::OrderedDeliver { sender, payload, .. } => {
+                self.report.deliveries += 1;
+                let Some(seq) = payload
+                    .get(4..12)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                else {
+                    return;
+                };
+                let from = payload
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_le_bytes);
+                let m: MsgId = (sender, seq);
+                let log = self.logs.entry(id).or_default();
+                let mut bad = Vec::new();
+                if from != Some(sender) || !log.seen.insert(m) {
+                    self.report.violations.duplicate += 1;
+                    bad.push(format!("node {id}: {m:?} twice or not as sent"));
+                }
+                if log.last_seq.get(&sender).is_some_and(|&s| s >= seq) {
+                    self.report.violations.fifo += 1;
+                    bad.push(format!("node {id}: {m:?} after a later seq of its sender"));
+                }
+                log.last_seq.insert(sender, seq);
+                match log.stretches.last_mut() {
+                    Some(s) if s.key.2.contains(&sender) => s.delivered.push(m),
+                    _ => {
+                        self.report.violations.outside_configuration += 1;
+                        bad.push(format!(
+                            "node {id}: {m:?} outside a configuration holding its sender"
+                        ));
+                    }
+                }
+                for b in bad {
+                    self.violation(b);
+                }
+            }
+            Event::OrderedStatus { .. }
+            | Event::OrderedView { .. }
+            | Event::SnapshotRequest { .. }
+            | Event::Installed { .. } => {}
+            Event::Deliver { .. } | Event::Lost { .. } | Event::ViewChange(_) => {}
+        }
+    }
+
+    fn submit(&mut self, id: NodeId) {
+        let seq = self.next_seq[&id];
+        let mut payload = id.to_le_bytes().to_vec();
+        payload.extend_from_slice(&seq.to_le_bytes());
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        match n.submit_ordered(now, GROUP, &payload, false) {
+            Ok(_) => {
+                self.report.submitted += 1;
+                self.next_seq.insert(id, seq + 1);
+            }
+            Err(_) => self.report.refused += 1,
+        }
+        self.drain(id);
+    }
+
+    /// Whether every node's last regular configuration is `members` and it gathers nowhere.
+    fn configured(&self, members: &[NodeId]) -> bool {
+        self.nodes.iter().all(|(id, n)| {
+            n.evs_member(GROUP).is_some_and(|m| m.settled())
+                && self.logs[id]
+                    .stretches
+                    .iter()
+                    .rev()
+                    .find(|s| !s.transitional)
+                    .is_some_and(|s| s.key.2 == members)
+        })
+    }
+
+    pub fn run(mut self) -> EvsReport {
+        let all: Vec<NodeId> = (1..=self.sc.nodes).collect();
+        while self.now < SETTLE && !self.nodes.values().all(|n| n.view().members.len() == all.len()) {
+            self.step_until(self.now + 10 * MILLIS);
+        }
+        let now = self.now;
+        for n in self.nodes.values_mut() {
+            n.join_ordered(now, GROUP, evs_settings())
+                .expect("evs settings are valid");
+        }
+        let deadline = self.now + SETTLE;
+        while self.now < deadline && !self.configured(&all) {
+            self.step_until(self.now + 10 * MILLIS);
+        }
+        // The workload, with the cuts and heals.
+        let start = self.now;
+        let mut events: Vec<(Time, Option<Vec<Vec<NodeId>>>)> = Vec::new();
+        for (at, sides, heal) in self.sc.partitions.clone() {
+            events.push((start + at, Some(sides)));
+            events.push((start + heal, None));
+        }
+        let mut next_send = start;
+        while self.now < start + self.sc.send_for {
+            while events.first().is_some_and(|(t, _)| *t <= self.now) {
+                let (_, cut) = events.remove(0);
+                self.side = all.iter().map(|&n| (n, 0)).collect();
+                for (i, s) in cut.into_iter().flatten().enumerate() {
+                    for n in s {
+                        self.side.insert(n, i);
+                    }
+                }
+            }
+            if self.now >= next_send {
+                for &id in &all {
+                    self.submit(id);
+                }
+                next_send += self.sc.send_every;
+            }
+            self.step_until(self.now + MILLIS);
+        }
+        self.side = all.iter().map(|&n| (n, 0)).collect();
+        // Liveness: one configuration of all, then one more message from each reaches all.
+        let deadline = self.now + SETTLE;
+        while self.now < deadline && !self.configured(&all) {
+            self.step_until(self.now + 10 * MILLIS);
+        }
+        self.report.liveness_checked = true;
+        if self.configured(&all) {
+            let last: Vec<MsgId> = all.iter().map(|&id| (id, self.next_seq[&id])).collect();
+            for &id in &all {
+                self.submit(id);
+            }
+            let deadline = self.now + SETTLE;
+            let reached = |s: &EvsSim| {
+                all.iter()
+                    .all(|id| last.iter().all(|m| s.logs[id].seen.contains(m)))
+            };
+            while self.now < deadline && !reached(&self) {
+                self.step_until(self.now + 10 * MILLIS);
+            }
+            if !reached(&self) {
+                self.report.violations.liveness += 1;
+                self.violation("the last messages did not reach every node".into());
+            }
+        } else {
+            self.report.violations.liveness += 1;
+            let last: Vec<_> = all
+                .iter()
+                .map(|id| {
+                    self.logs[id]
+                        .stretches
+                        .iter()
+                        .rev()
+                        .find(|s| !s.transitional)
+                        .map(|s| s.key.clone())
+                })
+                .collect();
+            self.violation(format!("no configuration of all after the last heal: {last:?}"));
+        }
+        self.report.unconfirmed = self
+            .nodes
+            .values()
+            .filter_map(|n| n.evs_member(GROUP).map(|m| m.counters().unconfirmed))
+            .sum();
+        self.check_end();
+        self.report
+    }
+
+    /// The checks across nodes: total order per configuration, virtual synchrony per
+    /// transition, first configurations.
+    fn check_end(&mut self) {
+        let mut bad = Vec::new();
+        // Configuration -> (node, its stretch there, the transitional key after it).
+        let mut by_conf: BTreeMap<ConfKey, Vec<Passage<'_>>> = BTreeMap::new();
+        for (&id, log) in &self.logs {
+            for (i, s) in log.stretches.iter().enumerate() {
+                if s.transitional {
+                    continue;
+                }
+                // The transitional configuration it moved through; for a node's last
+                // configuration, that one (after the liveness check every node is in it
+                // and delivered everything: their sets there must be equal too).
+                let next = match log.stretches.get(i + 1) {
+                    Some(n) if n.transitional => Some(&n.key),
+                    Some(_) => None,
+                    None => Some(&s.key),
+                };
+                by_conf.entry(s.key.clone()).or_default().push((id, s, next));
+            }
+        }
+        for (key, at) in &by_conf {
+            for (i, a) in at.iter().enumerate() {
+                for b in &at[i + 1..] {
+                    let in_b: BTreeSet<&MsgId> = b.1.delivered.iter().collect();
+                    let in_a: BTreeSet<&MsgId> = a.1.delivered.iter().collect();
+                    let common_a: Vec<&MsgId> = a.1.delivered.iter().filter(|m| in_b.contains(m)).collect();
+                    let common_b: Vec<&MsgId> = b.1.delivered.iter().filter(|m| in_a.contains(m)).collect();
+                    if common_a != common_b {
+                        self.report.violations.total_order += 1;
+                        bad.push(format!("nodes {} and {} order {key:?} differently", a.0, b.0));
+                    }
+                    if a.2.is_some() && a.2 == b.2 && in_a != in_b {
+                        self.report.violations.virtual_synchrony += 1;
+                        bad.push(format!(
+                            "nodes {} and {} moved together from {key:?} with different sets ({} vs {})",
+                            a.0,
+                            b.0,
+                            in_a.len(),
+                            in_b.len()
+                        ));
+                    }
+                }
+            }
+        }
+        for (&id, log) in &self.logs {
+            for (epoch, first) in &log.first_in {
+                for m in &first.2 {
+                    let theirs = self.logs.get(m).and_then(|l| l.first_in.get(epoch));
+                    if theirs.is_some_and(|t| t != first) {
+                        self.report.violations.first_configuration += 1;
+                        bad.push(format!(
+                            "node {id} and {m}: different first configurations in {epoch:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        for b in bad {
+            self.violation(b);
+        }
+    }
+}
