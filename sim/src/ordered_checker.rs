@@ -245,7 +245,7 @@ impl OrderedChecker {
             *app = AppState::default();
             app.joined_at = Some(position);
             app.last = Some((position, u32::MAX - 1));
-            self.state_agrees(who, app.state, group, position, "installed");
+            self.state_at.entry((group, position)).or_insert(app.state);
             return;
         }
         self.installs += 1;
