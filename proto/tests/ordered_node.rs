@@ -4,7 +4,9 @@
 //! (`tutti-sim --ordered-groups`) covers faults.
 
 use std::collections::VecDeque;
-use tutti_proto::ordered::{ConfigEvent, OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason};
+use tutti_proto::ordered::{
+    choose_memnode_hosts, ConfigEvent, OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason,
+};
 use tutti_proto::{Event, Node, NodeId, Settings, SubmitError, Time, MILLIS};
 
 const GROUP: u64 = 0xabc;
@@ -707,4 +709,85 @@ fn a_lagging_suspected_member_is_removed_as_suspected() {
     assert_eq!(removals_of(&events[0], 3), vec![RemoveReason::Suspected]);
     let c = nodes[0].ordered_counters(GROUP).unwrap();
     assert_eq!(c.removals_lagging, 0);
+}
+
+/// The restart rule through `Node` (docs/ordered.md, "Restart"): the only member holding
+/// the group's state crashes as two nodes join. Their host tells them the holder is out of
+/// the cluster view; the first whose install times out removes it and restarts the group
+/// from an empty state (`Installed` with an empty snapshot, at a view of itself alone),
+/// the other joins it with a state transfer, and both go on in one order.
+#[test]
+fn joiners_whose_only_state_holder_crashed_restart_the_group() {
+    let ids = [1, 2, 3, 4, 5];
+    let mut nodes: Vec<Node> = ids
+        .iter()
+        .map(|&id| Node::new(id, 1, &ids, settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events: Vec<Vec<Event>> = ids.iter().map(|_| Vec::new()).collect();
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    assert!(
+        nodes.iter().all(|n| n.view().members.len() == 5),
+        "cluster formed"
+    );
+    // The holder runs no memory-node replica: the list survives its crash.
+    let hosts = choose_memnode_hosts(GROUP, &ids);
+    let others: Vec<NodeId> = ids.iter().copied().filter(|n| !hosts[..2].contains(n)).collect();
+    let (holder, joiners) = (others[0], [others[1], others[2]]);
+    let at = |nodes: &[Node], id: NodeId| nodes.iter().position(|n| n.id() == id).unwrap();
+    let h = at(&nodes, holder);
+    nodes[h].join_ordered(now, GROUP, ordered()).unwrap();
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    nodes[h].submit_ordered(now, GROUP, b"lost", false).unwrap();
+    let until = now + 20 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    for &j in &joiners {
+        let i = at(&nodes, j);
+        nodes[i].join_ordered(now, GROUP, ordered()).unwrap();
+    }
+    // The holder crashes before it reads the joins (no transfer leaves it).
+    nodes.remove(h);
+    events.remove(h);
+    let until = now + 8_000 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let installed = |id: NodeId| -> Vec<Vec<u8>> {
+        events[at(&nodes, id)]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Installed { snapshot, .. } => Some(snapshot.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (a, b) = (installed(joiners[0]), installed(joiners[1]));
+    let restarts: u64 = joiners
+        .iter()
+        .map(|&j| nodes[at(&nodes, j)].ordered_counters(GROUP).unwrap().restarts)
+        .sum();
+    assert_eq!(restarts, 1, "one restart: installs {a:?} {b:?}");
+    // The restarter installed the empty state; the other the restarter's snapshot.
+    let mut got = [a, b];
+    got.sort();
+    assert_eq!(got, [vec![Vec::new()], vec![b"state".to_vec()]]);
+    for round in 0..10u8 {
+        for &j in &joiners {
+            let i = at(&nodes, j);
+            nodes[i]
+                .submit_ordered(now, GROUP, &[j as u8, round], false)
+                .unwrap();
+        }
+        let until = now + MILLIS;
+        run(&mut nodes, &mut now, until, &mut events);
+    }
+    let until = now + 200 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let x = delivered(&events[at(&nodes, joiners[0])]);
+    let y = delivered(&events[at(&nodes, joiners[1])]);
+    assert_eq!(x.len(), 20, "{x:?}");
+    assert_eq!(x, y);
+    assert!(
+        x.iter().all(|(_, p)| p != b"lost"),
+        "nothing of the lost state is delivered"
+    );
 }

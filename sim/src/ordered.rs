@@ -197,6 +197,8 @@ pub struct OrderedReport {
     pub largest_datagram: usize,
     pub max_datagram: usize,
     pub installs: u64,
+    /// Groups restarted from an empty state (their state holders all crashed).
+    pub restarts: u64,
     pub views: u64,
     pub removals: u64,
     pub promotions: u64,
@@ -595,6 +597,7 @@ impl OrderedSim {
         r.deliveries = self.checker.deliveries;
         r.ordered_messages = self.checker.distinct_messages();
         r.installs = self.checker.installs;
+        r.restarts = self.checker.restarts;
         r.views = self.checker.views;
         r.submitted = self.submitted.len() as u64;
         r.sim_time_ms = self.now as f64 / MILLIS as f64;

@@ -11,7 +11,9 @@
 //!   set of messages in v; every member's application state is the same at every view
 //!   position;
 //! - **state transfer**: a joiner's installed snapshot equals the producer's state at the
-//!   cut (and every member's state there).
+//!   cut (and every member's state there); after a restart (an empty snapshot: the
+//!   group's state was lost), the restarter's state is the empty one and no member's
+//!   state may exist at that position.
 //!
 //! Checked at the end ([`OrderedChecker::check_liveness`]): every message of a surviving
 //! sender and every message anyone delivered is delivered by every surviving member
@@ -75,6 +77,8 @@ pub struct OrderedChecker {
     state_at: HashMap<(u64, u64), u64>,
     pub deliveries: u64,
     pub installs: u64,
+    /// Restarts: `Installed` with an empty snapshot (the group's state was lost).
+    pub restarts: u64,
     pub views: u64,
 }
 
@@ -227,6 +231,23 @@ impl OrderedChecker {
         position: u64,
         snapshot: &[u8],
     ) {
+        if snapshot.is_empty() {
+            // The restart rule: the group starts again from the empty state at `position`
+            // (an application snapshot is never empty: `snapshot_of`). No member's state
+            // may be recorded there (a member that delivered up to it was removed before).
+            self.restarts += 1;
+            if let Some(&s) = self.state_at.get(&(group, position)) {
+                self.fail(
+                    |v| &mut v.state_transfer,
+                    format!("node {who}: group {group:#x} restarted at {position}, where a member's state is {s:#x}"),
+                );
+            }
+            *app = AppState::default();
+            app.joined_at = Some(position);
+            app.last = Some((position, u32::MAX - 1));
+            self.state_at.entry((group, position)).or_insert(app.state);
+            return;
+        }
         self.installs += 1;
         let state = snapshot
             .get(..8)
@@ -347,6 +368,13 @@ mod tests {
         let bad = OrderedChecker::snapshot_of(&AppState::default(), 4);
         c.on_installed(9, &mut j, 7, 5, &bad);
         assert_eq!(c.violations.state_transfer, 1);
+        // Restart: an empty state where a member's state is recorded.
+        let mut c = OrderedChecker::default();
+        let (mut a, mut j) = (AppState::default(), AppState::default());
+        c.on_deliver(1, &mut a, (7, 1, 0), 1);
+        c.on_view(1, &mut a, 7, 2, 5, None);
+        c.on_installed(9, &mut j, 7, 5, &[]);
+        assert_eq!((c.violations.state_transfer, c.restarts), (1, 1));
         // Liveness: an owed message never delivered.
         let mut c = OrderedChecker::default();
         let a = AppState::default();

@@ -18,8 +18,8 @@ struct Sweep {
     stalled: Vec<u64>,
     messages: u64,
     installs: u64,
+    restarts: u64,
     promotions: u64,
-    n: u64,
 }
 
 /// Runs the seeds; `failures` are runs that broke a safety check (total order, FIFO,
@@ -36,8 +36,8 @@ fn sweep() -> Sweep {
         stalled: Vec::new(),
         messages: 0,
         installs: 0,
+        restarts: 0,
         promotions: 0,
-        n,
     };
     for seed in first..first + n {
         let sc = OrderedScenario::random(seed);
@@ -45,6 +45,7 @@ fn sweep() -> Sweep {
         let r = OrderedSim::new(sc).run();
         s.messages += r.ordered_messages;
         s.installs += r.installs;
+        s.restarts += r.restarts;
         s.promotions += r.promotions;
         if r.invariant_violations > r.violations.liveness {
             s.failures
@@ -55,12 +56,13 @@ fn sweep() -> Sweep {
         }
     }
     eprintln!(
-        "{n} ordered seeds: {} break safety, {} stall {:?}; {} messages ordered, {} state transfers, {} promotions",
+        "{n} ordered seeds: {} break safety, {} stall {:?}; {} messages ordered, {} state transfers, {} restarts, {} promotions",
         s.failures.len(),
         s.stalled.len(),
         s.stalled,
         s.messages,
         s.installs,
+        s.restarts,
         s.promotions
     );
     s
@@ -77,24 +79,11 @@ fn ordered_seed_sweep_holds_every_safety_invariant() {
         s.failures.join("\n")
     );
     assert!(s.installs > 0 && s.promotions > 0 && s.messages > 0);
-    // Known stall (docs/ordered.md, "In the node and the simulator"): every member holding
-    // the group's state crashed while the others were still joining; the joiners wait for
-    // each other's snapshots forever (seeds 38, 168 and 222 of the first 300). Bounded
-    // here (measured: 3 of 300) so that any other stall shows up;
-    // `ordered_seed_sweep_is_live` asserts all seeds.
-    assert!(
-        s.stalled.len() as u64 * 50 <= s.n,
-        "{} of {} seeds stalled: {:?}",
-        s.stalled.len(),
-        s.n,
-        s.stalled
-    );
 }
 
-/// Liveness on every seed: fails today (a group whose state holders all crashed while the
-/// others joined; `a_group_whose_state_holders_all_crashed_goes_on`).
+/// Liveness on every seed (a group whose state holders all crashed while the others
+/// joined restarts: `a_group_whose_state_holders_all_crashed_goes_on`).
 #[test]
-#[ignore = "known stall: every state holder crashed while the other members were joining (no restart rule yet)"]
 fn ordered_seed_sweep_is_live() {
     let s = sweep();
     assert!(s.stalled.is_empty(), "stalled seeds: {:?}", s.stalled);
@@ -102,9 +91,17 @@ fn ordered_seed_sweep_is_live() {
 
 /// Runs `seeds`: no safety check may fail; returns the seeds that stalled.
 fn stalled_among(seeds: &[u64]) -> Vec<u64> {
+    stalled_and_restarts(seeds).0
+}
+
+/// Runs `seeds`: no safety check may fail; returns the seeds that stalled and how many
+/// groups restarted in all.
+fn stalled_and_restarts(seeds: &[u64]) -> (Vec<u64>, u64) {
     let mut stalled = Vec::new();
+    let mut restarts = 0;
     for &seed in seeds {
         let r = OrderedSim::new(OrderedScenario::random(seed)).run();
+        restarts += r.restarts;
         assert_eq!(
             r.invariant_violations, r.violations.liveness,
             "seed {seed}: {:?}",
@@ -114,18 +111,25 @@ fn stalled_among(seeds: &[u64]) -> Vec<u64> {
             stalled.push(seed);
         }
     }
-    stalled
+    (stalled, restarts)
 }
 
 /// The group's memory node survived (promoted backup), but every member holding the state
 /// crashed while the others were joining: each joiner's producer is dead or a joiner
-/// itself, so they retry their joins and wait for each other forever. Needs a restart rule
-/// (docs/ordered.md, "Known stall"), not built.
+/// itself, so they retried their joins and waited for each other forever. The restart rule
+/// (docs/ordered.md, "Restart") makes the first joiner whose install times out restart the
+/// group from an empty state. 38, 168 and 222 stalled so before other fixes moved their
+/// runs; 287 stalled so until the rule (and restarts).
 #[test]
-#[ignore = "known stall: no restart rule for a group whose state holders all crashed"]
 fn a_group_whose_state_holders_all_crashed_goes_on() {
-    let stalled = stalled_among(&[38, 168, 222]);
+    let (stalled, _) = stalled_and_restarts(&[38, 168, 222]);
     assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+    let (stalled, restarts) = stalled_and_restarts(&[287]);
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+    assert!(
+        restarts > 0,
+        "seed 287 no longer loses its state: find another seed that does"
+    );
 }
 
 /// The seeds that stalled before (docs/ordered.md, "Fairness" and "Livelocks fixed"): a

@@ -65,6 +65,12 @@ pub enum EntryKind {
     /// `evs` groups: the founder closes the gather; the members whose `EvsJoin` precedes it
     /// form the list's first configuration.
     Install,
+    /// `majority` groups: the group's state is lost (every member that held it is
+    /// suspected or out of the cluster view) and it starts again here from an empty state:
+    /// the view becomes `node` alone (every other member leaves, removed), and `node`
+    /// installs the empty state at this position. Appended by a joiner whose install timed
+    /// out (docs/ordered.md, "Restart").
+    Restart,
 }
 
 /// One list entry: its position (so a reader tells it from a reclaimed slot), the node it
@@ -81,6 +87,7 @@ const KIND_JOIN: u8 = 2;
 const KIND_REMOVE: u8 = 3;
 const KIND_EVS_JOIN: u8 = 4;
 const KIND_INSTALL: u8 = 5;
+const KIND_RESTART: u8 = 6;
 
 impl Entry {
     pub fn encode(&self) -> [u8; ENTRY_BYTES] {
@@ -116,6 +123,7 @@ impl Entry {
                 }
             }
             EntryKind::Install => b[8] = KIND_INSTALL,
+            EntryKind::Restart => b[8] = KIND_RESTART,
         }
         b
     }
@@ -170,6 +178,7 @@ impl Entry {
                 },
             },
             KIND_INSTALL => EntryKind::Install,
+            KIND_RESTART => EntryKind::Restart,
             _ => return None,
         };
         Some(Entry { pos, node, kind })
@@ -253,6 +262,7 @@ mod tests {
                 }),
             },
             EntryKind::Install,
+            EntryKind::Restart,
         ] {
             let e = Entry {
                 pos: 77,

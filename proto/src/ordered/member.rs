@@ -178,6 +178,10 @@ pub struct OrderedCounters {
     pub transitional_missing: u64,
     /// Minitransactions that failed with an unexpected error (`Busy`, `Unavailable`, ...).
     pub txn_errors: u64,
+    /// Restarts this joiner appended and installed: the group's state was lost (every
+    /// member holding it was suspected or out of the cluster view) and it started again
+    /// from an empty state (`Installed` with an empty snapshot).
+    pub restarts: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +219,15 @@ impl View {
                     slot,
                 });
                 self.members.sort_unstable_by_key(|m| m.node);
+                self.id += 1;
+                true
+            }
+            EntryKind::Restart => {
+                self.members = vec![Member {
+                    node: e.node,
+                    join_pos: e.pos,
+                    slot: 0,
+                }];
                 self.id += 1;
                 true
             }
@@ -265,6 +278,12 @@ enum ListOp {
     /// `evs`: the founder's `Install`, at `at`.
     Install {
         at: u64,
+    },
+    /// A joiner's restart anchor at `at`: `Remove(Suspected)` of each state holder, then
+    /// `Restart` (see [`OrderedMember::restart_holders`]).
+    Restart {
+        at: u64,
+        entries: Vec<Entry>,
     },
 }
 
@@ -430,6 +449,9 @@ pub struct OrderedMember {
     hint_rereads: u32,
     /// A joiner's deadline for its state transfer.
     install_deadline: Time,
+    /// The restart rule: a joiner whose install timed out while every state holder was
+    /// suspected appends their removal and a `Restart` at the tail (these holders).
+    restart: Option<Vec<NodeId>>,
     /// A snapshot this member must produce: (joiner, position, view after the join,
     /// next seqs at the cut).
     producing: Option<(NodeId, u64, View, BTreeMap<NodeId, u64>)>,
@@ -611,6 +633,7 @@ impl OrderedMember {
             read_hinted: false,
             hint_rereads: 0,
             install_deadline: 0,
+            restart: None,
             producing: None,
             transfers: Vec::new(),
             safe_waiting: None,
@@ -660,8 +683,14 @@ impl OrderedMember {
     pub fn next_submit_seq(&self) -> u64 {
         self.next_submit_seq
     }
-    /// Members of the view as of the last learned entry (ahead of [`Self::view`]).
+    /// Members of the view as of the last learned entry (ahead of [`Self::view`]). A
+    /// joiner waiting for its state transfer knows no view: it names the members whose
+    /// progress slots say they hold the group's state (so that its host tells it their
+    /// suspicions: the restart rule, docs/ordered.md).
     pub fn learned_members(&self) -> Vec<NodeId> {
+        if self.status == Status::Installing {
+            return self.state_holders();
+        }
         self.learn_view.nodes()
     }
     /// Largest payload `submit` takes.
@@ -1023,10 +1052,17 @@ impl OrderedMember {
         self.coord.handle_timeout(now);
         self.drain_outcomes(now);
         if self.status == Status::Installing && now >= self.install_deadline {
-            // The producer may be gone: join again (the new entry replaces the old one).
-            self.counters.joins_retried += 1;
-            self.status = Status::Joining;
-            self.buffer.clear();
+            if let Some(holders) = self.restart_holders() {
+                // Every state holder is gone: restart the group (`start_list_op`).
+                self.restart = Some(holders);
+                self.install_deadline = now + self.settings.install_timeout;
+            } else {
+                // The producer may be gone: join again (the new entry replaces the old one).
+                self.counters.joins_retried += 1;
+                self.status = Status::Joining;
+                self.restart = None;
+                self.buffer.clear();
+            }
         }
         if let Some(h) = &mut self.hold {
             // The hold's end is a timer of `poll_timeout`: consume it here, whatever
@@ -1260,6 +1296,35 @@ impl OrderedMember {
             }
             (ListOp::Install { .. }, Err(e)) => {
                 if e == TxnError::Unavailable {
+                    self.pending_uncertain = true;
+                }
+                self.txn_failed(now, &e);
+            }
+            (ListOp::Restart { entries, .. }, Ok(_)) => {
+                self.counters.appends_committed += 1;
+                // Learning its own `Restart` installs the empty state (`learn`).
+                for e in entries {
+                    if e.pos == self.learned && self.status == Status::Installing {
+                        self.learn(now, e);
+                    }
+                }
+                self.known_tail = self.known_tail.max(self.learned);
+            }
+            (ListOp::Restart { at, .. }, Err(TxnError::Conflict { reads, .. })) => {
+                self.counters.append_conflicts += 1;
+                let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
+                if let Some(reads) = all {
+                    self.on_read(now, at, &reads);
+                }
+                // Appended to meanwhile: decide again on what the list says now.
+                if self.status == Status::Installing && self.restart.is_some() {
+                    self.restart = self.restart_holders();
+                }
+                self.read_now = true;
+            }
+            (ListOp::Restart { .. }, Err(e)) => {
+                if e == TxnError::Unavailable {
+                    // Maybe appended: read up to the tail (its own `Restart` installs).
                     self.pending_uncertain = true;
                 }
                 self.txn_failed(now, &e);
@@ -1513,6 +1578,10 @@ impl OrderedMember {
             // Not found up to the tail: the join was not appended; append it here.
             self.pending_uncertain = false;
         }
+        if self.status == Status::Installing && self.learned >= tail {
+            // A restart anchor not found up to the tail was not appended.
+            self.pending_uncertain = false;
+        }
         if self.learned >= tail
             && self.pending_uncertain
             && self.status == Status::Active
@@ -1567,6 +1636,20 @@ impl OrderedMember {
                 }
             }
             Status::Installing => {
+                if e.kind == EntryKind::Restart && e.pos > self.join_pos {
+                    if e.node == self.node {
+                        self.install_restart(now, e.pos);
+                    } else {
+                        // The group restarted after this join: its view does not hold
+                        // this joiner, and its producer is gone. Join the new one.
+                        self.counters.joins_retried += 1;
+                        self.status = Status::Joining;
+                        self.restart = None;
+                        self.buffer.clear();
+                    }
+                    self.advance_held();
+                    return;
+                }
                 self.buffer.push_back(Learned {
                     entry: e,
                     at: now,
@@ -1735,7 +1818,8 @@ impl OrderedMember {
                         self.next_seq.remove(&e.node);
                     }
                 }
-                EntryKind::Join => {}
+                // A `majority` group's entries: not in an `evs` list.
+                EntryKind::Join | EntryKind::Restart => {}
             }
             self.pop_delivered();
         }
@@ -1876,6 +1960,16 @@ impl OrderedMember {
                     self.view_event(e.pos, Some(e.node), None);
                 }
                 EntryKind::Install => self.pop_delivered(),
+                EntryKind::Restart => {
+                    // The group restarted from an empty state without this member (it was
+                    // presumed crashed): its state is not the group's from here on, so it
+                    // delivers no view there and leaves.
+                    self.deliver_view.apply(&e, self.settings.max_members);
+                    self.pop_delivered();
+                    if e.node != self.node {
+                        self.removed(RemoveReason::Suspected);
+                    }
+                }
             }
         }
         let _ = now;
@@ -2067,6 +2161,32 @@ impl OrderedMember {
             self.submit_list_op(now, &mtx, ListOp::Install { at });
             return;
         }
+        if !reading && self.restart_due() {
+            let at = self.learned;
+            let holders = self.restart.clone().unwrap_or_default();
+            let entries: Vec<Entry> = holders
+                .iter()
+                .map(|&n| (n, EntryKind::Remove(RemoveReason::Suspected)))
+                .chain(std::iter::once((self.node, EntryKind::Restart)))
+                .enumerate()
+                .map(|(i, (node, kind))| Entry {
+                    pos: at + i as u64,
+                    node,
+                    kind,
+                })
+                .collect();
+            let mut mtx = self
+                .reads_from(at, u64::from(self.settings.read_batch))
+                .compare(self.list_addr_tail(), &at.to_le_bytes());
+            for e in &entries {
+                mtx = mtx.write(self.list_addr(e.pos), &e.encode());
+            }
+            let end = at + entries.len() as u64;
+            mtx = mtx.write(self.list_addr_tail(), &end.to_le_bytes());
+            self.counters.appends += 1;
+            self.submit_list_op(now, &mtx, ListOp::Restart { at, entries });
+            return;
+        }
         if self.appends.is_empty() {
             self.chain_broken = false;
         }
@@ -2164,6 +2284,94 @@ impl OrderedMember {
             && self.learned >= self.known_tail
             && self.learned > self.join_pos
             && (now >= evs.gather_deadline || evs.side.iter().all(|&n| self.learn_view.get(n).is_some()))
+    }
+
+    // ---- the restart rule (docs/ordered.md, "Restart") ----
+
+    /// A joiner's view of who holds the group's state: the nodes whose progress slot (as
+    /// last read) says `installed`, less those whose membership there ended by an entry
+    /// this joiner learned (a removal, a new join, a restart) and itself (a slot of its
+    /// own former membership).
+    fn state_holders(&self) -> Vec<NodeId> {
+        let mut holders: Vec<NodeId> = self
+            .progress
+            .iter()
+            .flatten()
+            .filter(|s| s.installed && s.node != 0 && s.node != self.node)
+            .filter(|s| {
+                !self.buffer.iter().any(|l| {
+                    l.entry.node == s.node
+                        && l.entry.pos > s.join_pos
+                        && !matches!(l.entry.kind, EntryKind::Data { .. })
+                })
+            })
+            .map(|s| s.node)
+            .collect();
+        holders.sort_unstable();
+        holders.dedup();
+        holders
+    }
+
+    /// The state holders to remove if the group must restart: some, and every one of them
+    /// suspected (the host's suspicion includes being out of the cluster view). `None`
+    /// while any may still produce a transfer, and in `evs` groups (they have no state
+    /// transfer) .
+    fn restart_holders(&self) -> Option<Vec<NodeId>> {
+        if self.evs.is_some() || self.status != Status::Installing {
+            return None;
+        }
+        let holders = self.state_holders();
+        (!holders.is_empty() && holders.iter().all(|n| self.suspected.contains(n))).then_some(holders)
+    }
+
+    /// Whether to append the restart anchor now: decided, and this joiner has learned up
+    /// to the tail (the anchor goes there, after everything it read).
+    fn restart_due(&self) -> bool {
+        self.restart.is_some()
+            && self.status == Status::Installing
+            && !self.pending_uncertain
+            && self.known_tail != u64::MAX
+            && self.learned >= self.known_tail
+    }
+
+    /// This joiner's `Restart` is at `position`: it installs the empty state there, alone
+    /// in the view; later joins get their transfer from it.
+    fn install_restart(&mut self, now: Time, position: u64) {
+        let view = View {
+            id: 1,
+            members: vec![Member {
+                node: self.node,
+                join_pos: position,
+                slot: 0,
+            }],
+        };
+        self.join_pos = position;
+        self.delivered = position + 1;
+        self.held_upto = position + 1;
+        self.buffer.clear();
+        self.payloads.clear();
+        self.deliver_view = view.clone();
+        self.learn_view = view;
+        self.next_seq = BTreeMap::from([(self.node, 0)]);
+        self.next_submit_seq = 0;
+        self.queue_pos = vec![None; self.settings.queue_slots as usize];
+        self.published = None;
+        self.restart = None;
+        self.status = Status::Active;
+        self.read_now = true;
+        self.counters.restarts += 1;
+        self.out.push_back(Output::Installed {
+            position,
+            snapshot: Vec::new(),
+        });
+        self.out.push_back(Output::View(ViewEvent {
+            id: self.deliver_view.id,
+            position,
+            members: self.deliver_view.nodes(),
+            joined: Some(self.node),
+            left: None,
+        }));
+        let _ = now;
     }
 
     fn list_addr_tail(&self) -> Address {
