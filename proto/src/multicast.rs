@@ -696,9 +696,15 @@ impl GroupState {
     }
 
     /// The application submitted a message: keep it for repair, send it down the tree (in
-    /// fragments when it exceeds one datagram). Returns its seq and the retained copy
-    /// (`payload` is read once, into it).
-    pub fn submit(&mut self, payload: &[u8], session: u32, ctx: &mut Ctx<'_>) -> (u64, Payload) {
+    /// fragments when it exceeds one datagram). Returns its seq. `local` sees the retained
+    /// copy before anything may evict it (`payload` is read once, into it).
+    pub fn submit(
+        &mut self,
+        payload: &[u8],
+        session: u32,
+        ctx: &mut Ctx<'_>,
+        local: impl FnOnce(&Payload),
+    ) -> u64 {
         let seq = self.next_seq;
         if self.sent_rounds.back().map(|(r, _)| *r) != Some(ctx.round) {
             self.sent_rounds.push_back((ctx.round, seq));
@@ -709,12 +715,18 @@ impl GroupState {
         let round = ctx.round;
         let chunk = ctx.settings.fragment_payload();
         let payload = ctx.pool.copy(payload);
+        local(&payload);
+        let (children, n) = self.children(self.my_id, ctx.settings.tree_fanout);
+        let (group, sender, stream) = (self.id, self.my_id, self.my_stream);
         let st = self.state_for(key, 0, round);
         let before = st.bytes;
         st.last_active = round;
         assert_eq!(st.high(), seq, "own stream: the window ends at the next seq");
+        // The slot takes the pool's buffer itself and the sends read it there: no reference
+        // count raised here and dropped again by the driver (locked instructions, each
+        // waiting for the store buffer to drain, were ~5% of the sending shard).
         let slot = Slot::Held {
-            payload: payload.clone(),
+            payload,
             session,
             chunk: chunk as u32,
             round,
@@ -729,23 +741,24 @@ impl GroupState {
         st.recent = recent.min(st.base);
         let retained = (seq - st.recent).min(u64::from(u32::MAX)) as u32;
         let after = st.bytes;
-        account(&mut self.bytes, before, after, ctx);
-        let (children, n) = self.children(self.my_id, ctx.settings.tree_fanout);
         let header = DataHeader {
-            group: self.id,
+            group,
             seq,
-            sender: self.my_id,
-            stream: self.my_stream,
+            sender,
+            stream,
             retained,
             session,
             frag_index: 0,
             frag_count: 1,
         };
-        for &c in &children[..n] {
-            send_fragments(c, &header, &payload, chunk, 0, false, ctx);
+        if let Some(Slot::Held { payload, .. }) = st.slots.back() {
+            for &c in &children[..n] {
+                send_fragments(c, &header, payload, chunk, 0, false, ctx);
+            }
         }
+        account(&mut self.bytes, before, after, ctx);
         self.enforce_budget(Some(key), ctx);
-        (seq, payload)
+        seq
     }
 
     /// A data message (a stage 1 copy or a retransmission, of a whole message or one
@@ -2266,7 +2279,7 @@ mod tests {
         let mut sender = GroupState::new(7, 1, 9);
         set(&mut sender, &mut sw, 1, &[1, 0]);
         let msg: Vec<u8> = (0..chunk * 3 + 17).map(|i| i as u8).collect();
-        sw.with(1, |ctx| sender.submit(&msg, 4, ctx));
+        sw.with(1, |ctx| sender.submit(&msg, 4, ctx, |_| {}));
         let mut frags = sw.sent_data();
         assert_eq!(frags.len(), 4);
         assert!(frags.iter().all(|(to, h, _, _)| *to == 0 && h.frag_count == 4));
