@@ -293,6 +293,10 @@ pub struct GroupState {
     my_id: NodeId,
     /// This node's stream in the group (drawn when it joined).
     my_stream: u32,
+    /// Our own stream's tree children in `view` for the fanout `.0`: every submit needs
+    /// them and recomputing them per message was ~2% of a sending shard. Cleared when the
+    /// view changes (`set_group_members`, the one place `view` is replaced).
+    own_children: Option<(usize, [NodeId; MAX_TREE_FANOUT], usize)>,
     next_seq: u64,
     /// Our stream's first seq of each round we sent in, the last `retention_rounds` of
     /// them: what we sent within a retention starts at the front's seq.
@@ -415,6 +419,7 @@ impl GroupState {
             owed: Vec::new(),
             my_id,
             my_stream,
+            own_children: None,
             next_seq: 0,
             sent_rounds: VecDeque::new(),
             retired_streams: Vec::new(),
@@ -492,6 +497,7 @@ impl GroupState {
             return;
         }
         let previous = std::mem::replace(&mut self.view, view);
+        self.own_children = None;
         let previous_owed = std::mem::take(&mut self.owed);
         self.owed = vec![0; self.view.len().div_ceil(64)];
         let keep_owed = was_member && now_member;
@@ -716,7 +722,15 @@ impl GroupState {
         let chunk = ctx.settings.fragment_payload();
         let payload = ctx.pool.copy(payload);
         local(&payload);
-        let (children, n) = self.children(self.my_id, ctx.settings.tree_fanout);
+        let fanout = ctx.settings.tree_fanout;
+        let (children, n) = match self.own_children {
+            Some((k, children, n)) if k == fanout => (children, n),
+            _ => {
+                let (children, n) = self.children(self.my_id, fanout);
+                self.own_children = Some((fanout, children, n));
+                (children, n)
+            }
+        };
         let (group, sender, stream) = (self.id, self.my_id, self.my_stream);
         let st = self.state_for(key, 0, round);
         let before = st.bytes;
@@ -2265,6 +2279,34 @@ mod tests {
         w.with(1, |ctx| g.rerequest_gaps(ctx));
         assert!(w.out.pop().is_none());
         assert_eq!(w.repair_at, NEVER);
+        g.check_invariants();
+    }
+
+    /// Our own tree children are computed once per view: a message submitted after a view
+    /// change goes to the new view's children, not the old one's.
+    #[test]
+    fn own_children_follow_view_changes() {
+        let settings = Settings {
+            tree_fanout: 2,
+            ..Settings::default()
+        };
+        let mut w = World::new(settings);
+        let mut g = GroupState::new(7, 1, 1);
+        let sent_to = |g: &mut GroupState, w: &mut World| {
+            w.with(1, |ctx| g.submit(b"m", 0, ctx, |_| {}));
+            let mut to: Vec<NodeId> = w.sent_data().iter().map(|(to, ..)| *to).collect();
+            to.sort_unstable();
+            to
+        };
+        set(&mut g, &mut w, 1, &[1, 2]);
+        assert_eq!(sent_to(&mut g, &mut w), [2]);
+        assert_eq!(sent_to(&mut g, &mut w), [2]);
+        set(&mut g, &mut w, 1, &[1, 3, 4, 5]);
+        assert_eq!(sent_to(&mut g, &mut w), [3, 4]);
+        set(&mut g, &mut w, 1, &[5, 1]);
+        assert_eq!(sent_to(&mut g, &mut w), [5]);
+        set(&mut g, &mut w, 1, &[1]);
+        assert!(sent_to(&mut g, &mut w).is_empty());
         g.check_invariants();
     }
 
