@@ -32,7 +32,7 @@ use tutti_proto::ordered::{
     OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason, Status as OrderedMemberStatus,
 };
 use tutti_proto::regions::{RegionError, RegionEvent, RegionOp, RegionTxn};
-use tutti_proto::{Delivery, Event, Node, NodeId, Payload, Settings, SubmitError, Time, View, MILLIS};
+use tutti_proto::{Delivery, Event, Node, NodeId, Settings, SubmitError, Time, View, MILLIS};
 
 /// Datagrams taken from the socket per pass.
 const RECV_BUDGET: usize = 64;
@@ -1105,26 +1105,29 @@ impl Cluster {
 
     /// Multicasts a locally published message at time `now` (from [`Cluster::now`], read
     /// once per batch of frames: a clock read per message cost ~2% of the sending shard at
-    /// 2 M msg/s). Returns the node's copy of its bytes (the one read of `payload`), from
-    /// which the local log takes its own: local and remote members get the same bytes.
-    /// `None` when it was not multicast (counted).
+    /// 2 M msg/s). `local` reads the node's copy of its bytes (the one read of `payload`) in
+    /// place, from which the local log takes its own: local and remote members get the same
+    /// bytes. Returns false, without calling `local`, when it was not multicast (counted).
     #[inline]
-    pub fn submit(&mut self, now: Time, group: u64, session: u32, payload: &[u8]) -> Option<Payload> {
-        match self.node.submit_shared(now, group, session, payload) {
-            Ok((_, copy)) => Some(copy),
+    pub fn submit(
+        &mut self,
+        now: Time,
+        group: u64,
+        session: u32,
+        payload: &[u8],
+        local: impl FnOnce(&[u8]),
+    ) -> bool {
+        match self
+            .node
+            .submit_with(now, group, session, payload, |copy| local(copy))
+        {
+            Ok(_) => true,
             Err(e) => {
                 self.stats.not_sent += 1;
                 tracing::debug!("not multicast: {e}");
-                None
+                false
             }
         }
-    }
-
-    /// Gives back the copy `submit` returned, once appended (its buffer may return to the
-    /// node's pool).
-    #[inline]
-    pub fn recycle(&mut self, payload: Payload) {
-        self.node.recycle(payload);
     }
 
     /// Receives, runs due timers, sends what the node wants sent and hands its events to

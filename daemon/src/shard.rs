@@ -1329,21 +1329,23 @@ fn drain_ring(
                         };
                     }
                     bytes += payload.len() as u64;
-                    let retained = cluster
-                        .as_deref_mut()
-                        .and_then(|c| c.submit(now, group.gid, *session, payload));
-                    let local: &[u8] = match &retained {
-                        Some(copy) => copy,
-                        None => payload,
+                    // Multicast: the log copies from the node's copy, read in place.
+                    let mut appended = None;
+                    if let Some(c) = cluster.as_deref_mut() {
+                        let writer = &mut group.writer;
+                        c.submit(now, group.gid, *session, payload, |copy| {
+                            appended = Some(writer.append(*sender, copy).is_ok());
+                        });
+                    }
+                    let appended = match appended {
+                        Some(ok) => ok,
+                        None => group.writer.append(*sender, payload).is_ok(),
                     };
-                    if group.writer.append(*sender, local).is_ok() {
+                    if appended {
                         group.dirty = true;
                         group.published += 1;
                     } else {
                         too_large += 1;
-                    }
-                    if let (Some(cluster), Some(copy)) = (cluster.as_deref_mut(), retained) {
-                        cluster.recycle(copy);
                     }
                     true
                 }

@@ -103,9 +103,13 @@ impl PayloadPool {
 
     /// Takes back a payload the node no longer retains: its buffer is reused if nobody else
     /// holds it (a delivery event not yet dropped) and the pool has room, else freed.
-    pub fn recycle(&mut self, mut p: Payload) {
+    pub fn recycle(&mut self, p: Payload) {
         let size = p.buf.len();
-        if Arc::get_mut(&mut p.buf).is_none() || !size.is_power_of_two() || size < MIN_CLASS {
+        // A plain load, not `Arc::get_mut`'s locked compare-exchange (paid on every recycle,
+        // most of them of a buffer still shared): no `Weak` of a payload buffer exists, so a
+        // count of 1 is our reference alone and nobody can raise it. `copy` takes the buffer
+        // back with `get_mut`, which synchronizes with the other holders' drops.
+        if Arc::strong_count(&p.buf) != 1 || !size.is_power_of_two() || size < MIN_CLASS {
             return;
         }
         if self.free_bytes + size > MAX_POOLED_BYTES {
