@@ -631,7 +631,12 @@ fn under_evs_a_join_finds_its_confchg_first_not_a_ring() {
                 .expect("poll");
             first.is_some()
         });
-        assert_eq!(first, Some("confchg"), "first record of a join on daemon {}", k + 1);
+        assert_eq!(
+            first,
+            Some("confchg"),
+            "first record of a join on daemon {}",
+            k + 1
+        );
         kept.push(client);
     }
 }
