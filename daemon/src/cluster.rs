@@ -893,11 +893,6 @@ impl Cluster {
         self.cpg_evs
     }
 
-    /// The cluster view's counter (the ring id of `ring()`).
-    pub fn view_counter(&self) -> u64 {
-        self.node.view().id.counter
-    }
-
     /// The daemons' ring for CPG's totem view: the cluster view's counter and the daemon
     /// ids in it (sorted, each once). Built once per view and shared (an `Arc`): the shard
     /// asks on every poll, which must not allocate.

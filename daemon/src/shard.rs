@@ -1146,11 +1146,11 @@ impl Shard {
         if self.groups.len() <= index {
             self.groups.resize_with(index + 1, || None);
         }
-        let ring_now = self
-            .cluster
-            .as_ref()
-            .filter(|_| options.cpg)
-            .map(|c| c.view_counter());
+        // The ring as `Cluster::ring` gives it (it changes only when the daemons do), not
+        // the view counter: under `evs` a join changes the view (its directory group), and a
+        // log started from the counter got a ring record before its own join's confchg
+        // (`CS_DISPATCH_ONE_NONBLOCKING` then found no confchg: conformance, `n2.api.*`).
+        let ring_now = self.cluster.as_mut().filter(|_| options.cpg).map(|c| c.ring().0);
         let kept_view = self.kept_views.remove(&gid);
         // Still in the group's order (a dormant cpg group, a leave cancelled before it was
         // sent): no view follows, so the new log starts from the last one.

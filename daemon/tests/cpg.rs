@@ -21,6 +21,7 @@ const SUBNET_REJOIN: u8 = 92;
 const SUBNET_STATUS: u8 = 93;
 const SUBNET_ORDERED_REJOIN: u8 = 94;
 const SUBNET_OWN_LEAVE: u8 = 95;
+const SUBNET_EVS_FIRST: u8 = 96;
 /// `cpg_reason_t` codes.
 const JOIN: u32 = 1;
 const LEAVE: u32 = 2;
@@ -35,6 +36,11 @@ fn ip(subnet: u8, i: usize) -> String {
 /// loaded 2-core machine saw daemons falsely suspected (and removed from the group's order)
 /// during the 300-message burst, a membership-under-load issue outside this test's subject.
 fn start_daemon(subnet: u8, i: usize, n: usize) -> Daemon {
+    start_daemon_with(subnet, i, n, "")
+}
+
+/// As [`start_daemon`], with `cluster` (lines of the `[cluster]` table) added.
+fn start_daemon_with(subnet: u8, i: usize, n: usize, cluster: &str) -> Daemon {
     let dir = common::temp_dir(&format!("cpg-cfg{i}"));
     let config = dir.join("tuttid.toml");
     let seeds: Vec<String> = (0..n)
@@ -43,7 +49,7 @@ fn start_daemon(subnet: u8, i: usize, n: usize) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 3000\n[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
+            "node_id = {}\n[cluster]\nenabled = true\nseeds = [{}]\nsuspect_timeout_ms = 3000\n{cluster}[net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
             i + 1,
             seeds.join(", "),
             ip(subnet, i),
@@ -347,7 +353,12 @@ fn processes_on_three_daemons_see_one_order_of_confchgs_and_messages() {
 
 /// Starts 3 daemons on 127.0.`subnet`.0/24 and waits for their cluster view of 3.
 fn start_cluster(subnet: u8) -> Vec<Daemon> {
-    let daemons: Vec<Daemon> = (0..3).map(|i| start_daemon(subnet, i, 3)).collect();
+    start_cluster_with(subnet, "")
+}
+
+/// As [`start_cluster`], with `cluster` added to each daemon's `[cluster]` table.
+fn start_cluster_with(subnet: u8, cluster: &str) -> Vec<Daemon> {
+    let daemons: Vec<Daemon> = (0..3).map(|i| start_daemon_with(subnet, i, 3, cluster)).collect();
     let all: Vec<&Daemon> = daemons.iter().collect();
     let mut clients: Vec<Client> = daemons.iter().map(|d| d.client()).collect();
     wait_until(WAIT, "a cluster view of 3", &all, || {
@@ -589,4 +600,43 @@ fn a_leaver_gets_what_was_ordered_before_its_leave_then_its_own_confchg() {
     let others = a2.records_since_join_of(b_me);
     assert_eq!(others[..mine.len()], mine[..], "a's records are a prefix of a2's");
     drop((a, a2, b));
+}
+
+/// Under `cpg_partition = "evs"` a join changes the cluster view (the group's directory),
+/// not the daemons: a process that joins a cpg group later finds its join's confchg as the
+/// group's first record, with no ring (view) record before it. (The log started from the
+/// view counter, not the ring: libcpg's `CS_DISPATCH_ONE_NONBLOCKING` right after the join
+/// found only a ring record, 8 `n2.api.*` conformance checks under `evs`.)
+#[test]
+fn under_evs_a_join_finds_its_confchg_first_not_a_ring() {
+    let daemons = start_cluster_with(SUBNET_EVS_FIRST, "cpg_partition = \"evs\"\n");
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let mut kept = Vec::new();
+    // Each join (a group of its own, one per daemon) changes the view for the next.
+    for (k, d) in all.iter().enumerate() {
+        let mut client = d.client();
+        let g = client
+            .join_with(&format!("cpg.evsfirst.{k}"), Rights::BOTH, GroupOptions::CPG)
+            .expect("cpg join");
+        let mut first = None;
+        wait_until(WAIT, "the join's first record", &all, || {
+            client
+                .poll_blocking(g, 1, IdleStrategy::Backoff, Duration::from_millis(20), |e| {
+                    first.get_or_insert(match e {
+                        Event::Confchg(_) => "confchg",
+                        Event::View(_) => "view (ring)",
+                        _ => "other",
+                    });
+                })
+                .expect("poll");
+            first.is_some()
+        });
+        assert_eq!(
+            first,
+            Some("confchg"),
+            "first record of a join on daemon {}",
+            k + 1
+        );
+        kept.push(client);
+    }
 }
