@@ -37,21 +37,30 @@ step "loom models of the shared-memory rings"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p tutti-wire --release --test loom_shm -- --test-threads 2
 
-step "libcpg.so.4: the CPG conformance programs, unmodified, on 3 tuttid (capi/cpg/tests/run-tutti.sh)"
-# Every check must pass except the partition.* and heal.* ones: without root the daemons
-# share one network namespace (no partition), and with the default cpg_partition =
-# "majority" a cut-off minority stops instead of going on as CPG's (docs/cpg.md).
-cpg_log=$(mktemp)
-bash capi/cpg/tests/run-tutti.sh >"$cpg_log" 2>&1 || true
-unexpected=$(grep '^FAIL' "$cpg_log" | grep -Ev '^FAIL (partition|heal)\.' || true)
-cpg_passed=$(sed -n 's/^SUMMARY passed=\([0-9]*\).*/\1/p' "$cpg_log")
-if [[ -n "$unexpected" ]] || [[ "${cpg_passed:-0}" -lt 189 ]]; then
-    cat "$cpg_log"
-    echo "libcpg conformance: unexpected failures (above)" >&2
-    exit 1
-fi
-grep '^SUMMARY' "$cpg_log"
-rm -f "$cpg_log"
+step "libcpg.so.4: the CPG conformance programs, unmodified, on 3 tuttid (capi/cpg/tests/run-tutti.sh), both partition policies"
+# As root each tuttid runs in a network namespace of its own (tutti-cluster.sh), so the
+# partition.* and heal.* checks cut a node off for real. Under the default cpg_partition =
+# "majority" a cut-off minority stops instead of going on as CPG's: those 19 checks are the
+# only failures allowed. Under "evs" (CPG's semantics) every check must pass, except
+# fd_idle_after_drain, which a daemon descheduled between its append and its futex bump can
+# still fail on a loaded host (docs/cpg.md, "Not done yet").
+cpg_conformance() { # policy, allowed failures (regex), minimum passed
+    local log
+    log=$(mktemp)
+    TUTTI_CPG_PARTITION=$1 bash capi/cpg/tests/run-tutti.sh >"$log" 2>&1 || true
+    local unexpected passed
+    unexpected=$(grep '^FAIL' "$log" | grep -Ev "$2" || true)
+    passed=$(sed -n 's/^SUMMARY passed=\([0-9]*\).*/\1/p' "$log")
+    if [[ -n "$unexpected" ]] || [[ "${passed:-0}" -lt $3 ]]; then
+        cat "$log"
+        echo "libcpg conformance ($1): unexpected failures (above)" >&2
+        exit 1
+    fi
+    echo "cpg_partition = $1: $(grep '^SUMMARY' "$log")"
+    rm -f "$log"
+}
+cpg_conformance majority '^FAIL (partition|heal)\.' 189
+cpg_conformance evs '^FAIL [a-z0-9]+\.[a-z]+\.fd_idle_after_drain' 208
 
 step "systemd units"
 if ! command -v systemd-analyze >/dev/null 2>&1; then
