@@ -93,6 +93,13 @@ pub struct Counters {
     pub merges_held: u64,
     /// Claims about this node's heartbeat too far ahead of it to be real: ignored.
     pub implausible_heartbeats: u64,
+    /// Removal checks the coordinator started: a member of its view it holds failed is
+    /// probed by it, directly and through others, before a view drops it (see
+    /// `Node::check_removals`).
+    pub removal_checks: u64,
+    /// Removal checks a member answered: a live member a view would have dropped (a false
+    /// failure that reached the coordinator before its refutation).
+    pub removals_averted: u64,
     /// View messages sent (one per part of a view).
     pub views_sent: u64,
     /// View requests not served because `VIEW_SENDS_PER_ROUND` views went out this round
@@ -375,6 +382,17 @@ struct Peer {
     direct: bool,
 }
 
+/// A member of our view we (the coordinator) hold failed and probe before a view drops it.
+#[derive(Debug, Clone)]
+struct RemovalCheck {
+    node: NodeId,
+    /// The round the check started.
+    since: u32,
+    /// The members asked to probe it (a relayed ack counts only from them: any ack's
+    /// second entry is otherwise the first news it piggybacks).
+    helpers: Vec<NodeId>,
+}
+
 /// When a peer was suspected or held failed (the round), and at which heartbeat. Kept
 /// beside the peer table (`Node::marks`) for such peers only: most peers are alive.
 #[derive(Debug, Clone, Copy)]
@@ -478,6 +496,9 @@ pub struct Node {
     /// (a partition healing, or a false failure): the coordinator holds merges back for a
     /// while then (see `Node::merge_on_hold`). `NO_ROUND`: none yet.
     revived_round: u32,
+    /// Members of our view we hold failed, probed by us (the coordinator) before a view
+    /// drops them, and the round the check started (at most [`MAX_REMOVAL_CHECKS`]).
+    removal_checks: Vec<RemovalCheck>,
     /// Newer views announced to us in heartbeats, and by whom (at most
     /// [`MAX_ANNOUNCED_VIEWS`]).
     announced: Vec<Announced>,
@@ -558,6 +579,11 @@ pub const PING_REQ_FANOUT: usize = 4;
 pub const PROBE_CYCLES: u8 = 2;
 /// Ping requests served at once (more are ignored: each costs a probe).
 const MAX_RELAYS: usize = 64;
+/// Helpers remembered per removal check (`PING_REQ_FANOUT` a round).
+const MAX_CHECK_HELPERS: usize = 16;
+/// Removal checks at once: beyond these, members held failed are dropped unchecked (a
+/// mass failure is not held back by its checks).
+const MAX_REMOVAL_CHECKS: usize = 64;
 /// Rounds a ping request is served before it is forgotten.
 const RELAY_ROUNDS: u32 = 2;
 /// News of a peer is piggybacked `GOSSIP_LAMBDA * ceil(log10(n + 1))` times by each member
@@ -749,6 +775,7 @@ impl Node {
             view_sends_round: NO_ROUND,
             installed_round: 0,
             revived_round: NO_ROUND,
+            removal_checks: Vec::new(),
             announced: Vec::new(),
             unvouched: None,
             my_groups: BTreeSet::new(),
@@ -1402,6 +1429,9 @@ impl Node {
                     if p.dead() || p.suspected() {
                         if p.suspected() {
                             self.counters.suspicions_refuted += 1;
+                        } else if self.removal_checks.iter().any(|c| c.node == m.node) {
+                            // Our removal check answered: a false failure, not a heal.
+                            self.counters.removals_averted += 1;
                         } else if !news {
                             // Failed, yet alive in the same incarnation: a partition heals.
                             self.revived_round = self.round;
@@ -1611,12 +1641,23 @@ impl Node {
             }
             if kind & HEARTBEAT_FLAG_ACK != 0 {
                 if let Some(i) = self.idx(t.node) {
+                    let checked = t.flags & (HEARTBEAT_FLAG_SUSPECT | HEARTBEAT_FLAG_DEAD) == 0
+                        && self
+                            .removal_checks
+                            .iter()
+                            .any(|c| c.node == t.node && c.helpers.contains(&from.node));
                     let p = &mut self.peers[i];
                     if p.member.incarnation == t.incarnation
                         && !p.dead()
                         && self.probes.iter().any(|pr| pr.target == t.node)
                     {
                         p.heard_round = self.round;
+                    } else if p.member.incarnation == t.incarnation && p.dead() && checked {
+                        // Our removal check's ping request answered: alive after all.
+                        p.set_alive();
+                        p.heard_round = self.round;
+                        self.counters.removals_averted += 1;
+                        self.announce(i);
                     }
                 }
             }
@@ -2428,10 +2469,23 @@ impl Node {
         }
         let mut members: Vec<Member> = vec![self.me()];
         let hold = self.merge_on_hold();
+        let checks = &self.removal_checks;
+        let round = self.round;
         members.extend(
             self.peers
                 .iter()
-                .filter(|p| !p.dead() && !p.leaving && p.direct && (p.in_view || !hold))
+                .filter(|p| {
+                    let alive = !p.dead() && !p.leaving && p.direct && (p.in_view || !hold);
+                    // Held failed, but still under our removal check: kept for now.
+                    let checking = p.dead()
+                        && p.in_view
+                        && !p.leaving
+                        && checks.iter().any(|c| {
+                            c.node == p.member.node
+                                && round.wrapping_sub(c.since) < self.settings.removal_check_rounds
+                        });
+                    alive || checking
+                })
                 .map(|p| p.member),
         );
         if hold
@@ -2551,6 +2605,82 @@ impl Node {
             && self.watch.iter().any(|&n| self.held_failed_direct(n))
     }
 
+    /// The coordinator's check before a view drops a member it holds failed: for
+    /// `Settings::removal_check_rounds` rounds it probes the member directly (the probe
+    /// tells it it is held failed, so a live member refutes in its answer) and through
+    /// `PING_REQ_FANOUT` others; an answer revives it (`touch`, or a relayed ack), else
+    /// the next view drops it. Costs at most that many rounds of failure detection, less
+    /// when the check runs during the view gap. Why: a failure is final for most members
+    /// on another's word (at 10,000 members a member hears a given peer directly about
+    /// once in 3,000 rounds, so `merge_entry`'s downgrade rarely applies), so one member
+    /// that missed a refutation and timed its suspicion out made the coordinator drop a
+    /// live member. A live member answers within a round; at 5% loss a round of the check
+    /// fails with p ~ 0.1 x 1e-3.
+    fn check_removals(&mut self) {
+        if self.coordinator() != self.id || self.leaving || self.settings.removal_check_rounds == 0 {
+            self.removal_checks.clear();
+            return;
+        }
+        let round = self.round;
+        // Forget checks that ended: answered (alive again) or dropped by a view. A check
+        // that timed out stays until the view drops its member (not checked again).
+        let (peers, index) = (&self.peers, &self.peer_index);
+        self.removal_checks.retain(|c| {
+            find_peer(peers, index, c.node).is_some_and(|i| {
+                let p = &peers[i];
+                p.dead() && p.in_view
+            })
+        });
+        for k in 0..self.watch.len() {
+            if self.removal_checks.len() >= MAX_REMOVAL_CHECKS {
+                break;
+            }
+            let n = self.watch[k];
+            let Some(i) = self.idx(n) else {
+                continue;
+            };
+            let p = &self.peers[i];
+            if p.dead() && p.in_view && !p.leaving && !self.removal_checks.iter().any(|c| c.node == n) {
+                self.removal_checks.push(RemovalCheck {
+                    node: n,
+                    since: round,
+                    helpers: Vec::new(),
+                });
+                self.counters.removal_checks += 1;
+            }
+        }
+        let mut checks = std::mem::take(&mut self.removal_checks);
+        for c in &mut checks {
+            let n = c.node;
+            if round.wrapping_sub(c.since) >= self.settings.removal_check_rounds {
+                continue;
+            }
+            let Some(i) = self.idx(n) else {
+                continue;
+            };
+            // The claim as we hold it (failed, at the marked heartbeat): with the flag
+            // cleared it would read as a refutation to a helper that knows an older
+            // heartbeat, and revive a crashed member there.
+            let target = Self::entry_of(&self.peers[i], &self.marks);
+            self.counters.probes_sent += 1;
+            self.send_membership(n, HEARTBEAT_FLAG_PROBE, None);
+            let mut helpers = std::mem::take(&mut self.scratch_targets);
+            helpers.clear();
+            self.pick_view_targets(PING_REQ_FANOUT + 1, &mut helpers);
+            helpers.retain(|h| *h != n);
+            helpers.truncate(PING_REQ_FANOUT);
+            for &h in &helpers {
+                self.counters.ping_reqs_sent += 1;
+                self.send_membership(h, HEARTBEAT_FLAG_PING_REQ, Some(target));
+                if !c.helpers.contains(&h) && c.helpers.len() < MAX_CHECK_HELPERS {
+                    c.helpers.push(h);
+                }
+            }
+            self.scratch_targets = helpers;
+        }
+        self.removal_checks = checks;
+    }
+
     /// Whether we hold `node` failed, a verified peer that did not leave.
     fn held_failed_direct(&self, node: NodeId) -> bool {
         self.idx(node).is_some_and(|i| {
@@ -2623,6 +2753,7 @@ impl Node {
         if self.news.capacity() > 64 && self.news.len() < self.news.capacity() / 4 {
             self.news.shrink_to(self.news.len() * 2);
         }
+        self.check_removals();
         self.coordinate(now);
 
         // Plain membership gossip: the seeds while alone; the coordinator also probes

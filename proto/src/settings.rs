@@ -88,6 +88,12 @@ pub struct Settings {
     /// of the cluster (see [`Settings::suspicion_timeout`]). Shorter: faster failure
     /// detection, more false suspicions of slow members.
     pub suspect_timeout: Time,
+    /// Rounds the coordinator probes a member of its view it holds failed, directly and
+    /// through others, before a view drops it (a live member answers and stays: a failure
+    /// confirmed by a member that missed the refutation no longer removes it). Longer:
+    /// fewer false removals, slower removal of crashed members (at most this many rounds
+    /// more). 0: no check (a failure is removed as soon as the coordinator holds it).
+    pub removal_check_rounds: u32,
     /// How long a failed node stays in the table (for merges after a partition heals).
     /// Longer: partitions that last longer still merge without seeds, more table memory.
     pub forget_after: Time,
@@ -128,6 +134,7 @@ impl Default for Settings {
             max_streams: 1 << 16,
             heartbeat_entries: 32,
             suspect_timeout: 2_000 * MILLIS,
+            removal_check_rounds: 3,
             forget_after: 60_000 * MILLIS,
             max_datagram: 1472,
             max_message: 1 << 20,

@@ -84,6 +84,10 @@ struct Args {
     /// How long a group stays joined after the application leaves it (Settings::linger).
     #[arg(long)]
     linger_ms: Option<u64>,
+    /// Rounds the coordinator probes a member it holds failed before a view drops it
+    /// (Settings::removal_check_rounds; 0: no check).
+    #[arg(long)]
+    removal_check_rounds: Option<u32>,
     /// Largest datagram in bytes (Settings::max_datagram); a larger one built is a violation.
     #[arg(long)]
     max_datagram: Option<usize>,
@@ -316,6 +320,9 @@ fn build(a: &Args) -> Result<Scenario, String> {
     }
     if let Some(ms) = a.linger_ms {
         sc.settings.linger = ms * MILLIS;
+    }
+    if let Some(r) = a.removal_check_rounds {
+        sc.settings.removal_check_rounds = r;
     }
     if let Some(d) = a.max_datagram {
         if !(256..=tutti_wire::packet::MAX_DATAGRAM).contains(&d) {
