@@ -22,7 +22,7 @@ pub const DATAGRAM_BYTES: usize = 1472;
 /// Datagrams per `sendmmsg`/`recvmmsg` call (tutti's `net.batch` default).
 pub const BATCH: usize = 64;
 /// SO_RCVBUF / SO_SNDBUF asked for (tutti's `net.socket_buffer_bytes` default).
-const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
+const SOCKET_BUFFER_BYTES: libc::c_int = 16 << 20;
 /// A datagram not echoed within this long is taken as lost (loopback loses only when a
 /// receive buffer is full, which one datagram in flight cannot cause).
 const ECHO_TIMEOUT: Duration = Duration::from_secs(1);
