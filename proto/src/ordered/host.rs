@@ -749,6 +749,25 @@ impl OrderedHost {
         }
     }
 
+    /// Sends a message's payload once to each of `members` but this node (duplicates
+    /// dropped), encoded once.
+    fn send_payload(
+        &mut self,
+        group: GroupId,
+        mut members: Vec<NodeId>,
+        header: &OrderedPayloadHeader,
+        bytes: &[u8],
+    ) {
+        members.sort_unstable();
+        members.dedup();
+        let body = ordered_payload(header, bytes);
+        for n in members {
+            if n != self.me {
+                self.send(n, group, OrderedKind::Payload, body.clone());
+            }
+        }
+    }
+
     fn send(&mut self, dest: NodeId, group: GroupId, kind: OrderedKind, bytes: Vec<u8>) {
         if dest == self.me {
             self.local.push_back((group, kind, bytes));
@@ -861,15 +880,8 @@ impl OrderedHost {
                 } => {
                     let mut members = h.member.learned_members();
                     members.extend(h.member.view().1);
-                    members.sort_unstable();
-                    members.dedup();
                     let header = OrderedPayloadHeader { sender, epoch, seq };
-                    let body = ordered_payload(&header, &bytes);
-                    for n in members {
-                        if n != self.me {
-                            self.send(n, group, OrderedKind::Payload, body.clone());
-                        }
-                    }
+                    self.send_payload(group, members, &header, &bytes);
                 }
                 Output::Deliver {
                     sender,
@@ -953,15 +965,8 @@ impl OrderedHost {
                             members.extend(m.view().1);
                         }
                     }
-                    members.sort_unstable();
-                    members.dedup();
                     let header = OrderedPayloadHeader { sender, epoch, seq };
-                    let body = ordered_payload(&header, &bytes);
-                    for n in members {
-                        if n != self.me {
-                            self.send(n, group, OrderedKind::Payload, body.clone());
-                        }
-                    }
+                    self.send_payload(group, members, &header, &bytes);
                 }
                 Output::Deliver {
                     sender,
