@@ -524,11 +524,12 @@ pub fn ordered_settings() -> OrderedSettings {
 /// The settings of an ordered group under partition policy `evs` (`GroupOptions::evs`, and
 /// every cpg group) or `majority`.
 ///
-/// Under `evs` no member is removed for lagging: a member removed from its list stays out
-/// until the cluster view changes (a new list epoch), and a crashed or cut-off one is
-/// already taken out by the view. A slow member slows its configuration instead, as a slow
-/// node slows Corosync's ring (seen: a loaded debug build had two of three daemons removed
-/// for lagging under CPG's 1 MiB messages, and the group stopped for them).
+/// Under `evs` no member is removed for lagging (the ordering layer's rule for `evs` lists):
+/// a member removed from its list would stay out until the cluster view changes (a new list
+/// epoch), and a crashed or cut-off one is already taken out by the view. A slow member
+/// slows its configuration instead, as a slow node slows Corosync's ring (seen: a loaded
+/// debug build had two of three daemons removed for lagging under CPG's 1 MiB messages,
+/// and the group stopped for them).
 pub fn group_settings(evs: bool) -> OrderedSettings {
     let base = ordered_settings();
     if !evs {
@@ -536,8 +537,6 @@ pub fn group_settings(evs: bool) -> OrderedSettings {
     }
     OrderedSettings {
         partition: PartitionPolicy::Evs,
-        lag_budget: base.list_slots - 1,
-        lag_timeout: 3_600_000 * MILLIS,
         ..base
     }
 }

@@ -47,3 +47,24 @@ fn evs_seeds_keep_extended_virtual_synchrony_and_merge() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Seeds whose partition healed just before the cluster view dropped the cut-off member:
+/// its list had removed it for lagging meanwhile, and with no view change to open a new
+/// list epoch it stayed out for good (no configuration of all after the heal). `evs` lists
+/// now remove no member for lagging (as tuttid's settings already had it).
+#[test]
+fn a_member_cut_off_for_less_than_failure_detection_is_not_left_out() {
+    for seed in [27, 39] {
+        let sc = EvsScenario::random(seed);
+        let desc = sc.describe();
+        let r = EvsSim::new(sc).run();
+        assert!(r.liveness_checked);
+        assert_eq!(
+            r.violations.total(),
+            0,
+            "seed {seed}: {desc}\n    {:?}\n    {:?}",
+            r.violations,
+            r.samples
+        );
+    }
+}

@@ -2455,10 +2455,16 @@ impl OrderedMember {
             }
             _ => None,
         };
+        // Under `evs` no member is removed for lagging: the view removes a crashed or cut-off
+        // member (a new list epoch), and a member removed from its list while the view
+        // still holds it would stay out until the next view (no side change brings it back).
+        // A slow member slows its configuration instead, as a slow node slows Corosync's ring.
+        let lag_rules = self.evs.is_none();
         for m in &self.learn_view.members {
             let (learned, held) = self.member_progress(m);
             let stuck_since = self.progress_since.get(m.slot as usize).copied().unwrap_or(0);
-            if m.node != self.node
+            if lag_rules
+                && m.node != self.node
                 && blocked_at.is_some_and(|p| held <= p)
                 && now >= stuck_since + self.settings.lag_timeout
             {
@@ -2471,7 +2477,10 @@ impl OrderedMember {
             // reuses a list slot, so its unread slots do not hold the floor; its queue
             // payloads stay until it is out of the view.
             min_held = min_held.min(held);
-            if m.node != self.node && at.saturating_sub(learned) > u64::from(self.settings.lag_budget) {
+            if lag_rules
+                && m.node != self.node
+                && at.saturating_sub(learned) > u64::from(self.settings.lag_budget)
+            {
                 lagging.push(m.node);
                 continue;
             }
