@@ -14,10 +14,9 @@ mod netns;
 #[path = "common/ordered.rs"]
 mod ordered_common;
 
-use common::{status_number, wait_until, Daemon};
-use netns::{prerequisites, TestNet};
+use common::{wait_until, Daemon};
+use netns::{prerequisites, Hosts, TestNet};
 use ordered_common::{assert_fifo, assert_same, msgs, publish, Rec, Subscriber};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tutti_client::{Client, GroupId, GroupOptions, Rights};
 
@@ -29,77 +28,6 @@ const EVS: GroupOptions = GroupOptions {
     evs: true,
     ..GroupOptions::ORDERED
 };
-
-struct Hosts {
-    daemons: Vec<Daemon>,
-    config_dir: PathBuf,
-}
-
-impl Hosts {
-    fn start(net: &TestNet) -> Hosts {
-        let seeds: Vec<String> = (1..=HOSTS).map(|n| format!("\"{n}@{}\"", net.addr(n))).collect();
-        let config_dir = common::temp_dir("pe-cfg");
-        let daemons = (1..=HOSTS)
-            .map(|n| {
-                let config = config_dir.join(format!("d{n}.toml"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "node_id = {n}\n[cluster]\nenabled = true\nseeds = [{}]\n\
-                         gossip_period_ms = 100\nsuspect_timeout_ms = 1000\n\
-                         [net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
-                        seeds.join(", "),
-                        net.addr(n)
-                    ),
-                )
-                .unwrap();
-                Daemon::start_in_netns(
-                    &format!("pe-d{n}"),
-                    &net.ip,
-                    &net.host_ns(n),
-                    &["--config", config.to_str().unwrap()],
-                )
-            })
-            .collect();
-        Hosts { daemons, config_dir }
-    }
-
-    fn all(&self) -> Vec<&Daemon> {
-        self.daemons.iter().collect()
-    }
-
-    fn status(&self, i: usize) -> String {
-        Client::connect_to(self.daemons[i].socket())
-            .and_then(|mut c| c.status())
-            .unwrap_or_else(|e| format!("(no status: {e})"))
-    }
-
-    fn wait_view(&self, i: usize, members: u64, why: &str) {
-        wait_until(
-            WAIT,
-            &format!("{why}: a view of {members} at daemon {}", i + 1),
-            &self.all(),
-            || status_number(&self.status(i), "view_members") == Some(members),
-        );
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, d) in self.daemons.iter().enumerate() {
-                eprintln!(
-                    "===== daemon {} status:\n{}\n===== daemon {} log:\n{}",
-                    i + 1,
-                    self.status(i),
-                    i + 1,
-                    d.log()
-                );
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.config_dir);
-    }
-}
 
 fn join_publisher(daemon: &Daemon, group: &str) -> (Client, GroupId) {
     let mut c = daemon.client();
@@ -123,9 +51,9 @@ fn an_evs_minority_goes_on_and_the_sides_merge_at_the_heal() {
     };
     let started = Instant::now();
     let net = TestNet::create(ip, PREFIX, "ordered_evs_partition", "evs", HOSTS);
-    let hosts = Hosts::start(&net);
+    let hosts = Hosts::start(&net, "pe", HOSTS, BASE_PORT, "", "");
     for i in 0..HOSTS {
-        hosts.wait_view(i, HOSTS as u64, "startup");
+        hosts.wait_view(i, HOSTS as u64, WAIT, "startup");
     }
     let group = "ord.evs";
     let d = &hosts.daemons;
@@ -190,7 +118,7 @@ fn an_evs_minority_goes_on_and_the_sides_merge_at_the_heal() {
     let heal = Instant::now();
     net.set_port(3, true);
     for i in 0..HOSTS {
-        hosts.wait_view(i, HOSTS as u64, "after the heal");
+        hosts.wait_view(i, HOSTS as u64, WAIT, "after the heal");
     }
     wait_until(
         WAIT,

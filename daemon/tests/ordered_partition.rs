@@ -17,13 +17,12 @@ mod netns;
 #[path = "common/ordered.rs"]
 mod ordered_common;
 
-use common::{group_off_daemon_3, status_number, wait_until, Daemon};
-use netns::{prerequisites, TestNet};
+use common::{group_off_daemon_3, wait_until, Daemon};
+use netns::{prerequisites, Hosts, TestNet};
 use ordered_common::{
     assert_fifo, assert_same, counter, from_view, msgs, publish, snapshot, subscribers_in_turn, Rec,
     Subscriber,
 };
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tutti_client::{Client, GroupId, GroupOptions, LeftReason, Rights};
 
@@ -32,90 +31,17 @@ const HOSTS: usize = 3;
 const BASE_PORT: u16 = 7500;
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The daemons in their namespaces; on a failure their status and logs go to stderr.
-struct Hosts {
-    daemons: Vec<Daemon>,
-    config_dir: PathBuf,
-}
-
-impl Hosts {
-    fn start(net: &TestNet) -> Hosts {
-        let seeds: Vec<String> = (1..=HOSTS).map(|n| format!("\"{n}@{}\"", net.addr(n))).collect();
-        let config_dir = common::temp_dir("po-cfg");
-        let daemons = (1..=HOSTS)
-            .map(|n| {
-                let config = config_dir.join(format!("d{n}.toml"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "node_id = {n}\n[cluster]\nenabled = true\nseeds = [{}]\n\
-                         gossip_period_ms = 100\nsuspect_timeout_ms = 1000\n\
-                         [net]\nlisten = \"{}\"\nbase_port = {BASE_PORT}\n",
-                        seeds.join(", "),
-                        net.addr(n)
-                    ),
-                )
-                .unwrap();
-                Daemon::start_in_netns(
-                    &format!("po-d{n}"),
-                    &net.ip,
-                    &net.host_ns(n),
-                    &["--config", config.to_str().unwrap()],
-                )
-            })
-            .collect();
-        Hosts { daemons, config_dir }
-    }
-
-    fn all(&self) -> Vec<&Daemon> {
-        self.daemons.iter().collect()
-    }
-
-    fn status(&self, i: usize) -> String {
-        Client::connect_to(self.daemons[i].socket())
-            .and_then(|mut c| c.status())
-            .unwrap_or_else(|e| format!("(no status: {e})"))
-    }
-
-    /// Waits until daemon `i` (0-based) has a cluster view of `members`.
-    fn wait_view(&self, i: usize, members: u64, why: &str) {
-        wait_until(
-            WAIT,
-            &format!("{why}: a view of {members} at daemon {}", i + 1),
-            &self.all(),
-            || status_number(&self.status(i), "view_members") == Some(members),
-        );
-    }
-
-    /// Daemon `i`'s standing in its ordered group as its status shows it ("ordered: view
-    /// .., STANDING, delivered ..").
-    fn standing(&self, i: usize) -> String {
-        let s = self.status(i);
-        s.lines()
-            .find_map(|l| l.trim().strip_prefix("ordered: "))
-            // "view 2 [1, 2, 3], minority, .." or "no view yet, joining, ..".
-            .and_then(|l| l.split_once("], ").or_else(|| l.split_once(", ")))
-            .and_then(|(_, rest)| rest.split(", ").next())
-            .unwrap_or("(no ordered group)")
-            .to_string()
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, d) in self.daemons.iter().enumerate() {
-                eprintln!(
-                    "===== daemon {} status:\n{}\n===== daemon {} log:\n{}",
-                    i + 1,
-                    self.status(i),
-                    i + 1,
-                    d.log()
-                );
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.config_dir);
-    }
+/// Daemon `i`'s standing in its ordered group as its status shows it ("ordered: view
+/// .., STANDING, delivered ..").
+fn standing(hosts: &Hosts, i: usize) -> String {
+    let s = hosts.status(i);
+    s.lines()
+        .find_map(|l| l.trim().strip_prefix("ordered: "))
+        // "view 2 [1, 2, 3], minority, .." or "no view yet, joining, ..".
+        .and_then(|l| l.split_once("], ").or_else(|| l.split_once(", ")))
+        .and_then(|(_, rest)| rest.split(", ").next())
+        .unwrap_or("(no ordered group)")
+        .to_string()
 }
 
 fn join_publisher(daemon: &Daemon, group: &str) -> (Client, GroupId) {
@@ -144,9 +70,9 @@ fn majority_partition(tag: &'static str, after: AfterHeal) {
     };
     let started = Instant::now();
     let net = TestNet::create(ip, PREFIX, "ordered_partition", tag, HOSTS);
-    let hosts = Hosts::start(&net);
+    let hosts = Hosts::start(&net, "po", HOSTS, BASE_PORT, "", "");
     for i in 0..HOSTS {
-        hosts.wait_view(i, HOSTS as u64, "startup");
+        hosts.wait_view(i, HOSTS as u64, WAIT, "startup");
     }
     // The memory node on daemons 1 and 2: the majority side holds it.
     let group = &group_off_daemon_3("ord.part");
@@ -179,7 +105,7 @@ fn majority_partition(tag: &'static str, after: AfterHeal) {
     let cut = Instant::now();
     net.set_port(3, false);
     wait_until(WAIT, "daemon 3 in a minority", &hosts.all(), || {
-        hosts.standing(2) == "minority" && counter(&d[2], "ordered_minority") >= 1
+        standing(&hosts, 2) == "minority" && counter(&d[2], "ordered_minority") >= 1
     });
     wait_until(WAIT, "the view [1, 2] at daemons 1 and 2", &hosts.all(), || {
         subs[..2].iter().flatten().all(|s| s.has_view(&[1, 2]))
@@ -229,10 +155,10 @@ fn majority_partition(tag: &'static str, after: AfterHeal) {
     let heal = Instant::now();
     net.set_port(3, true);
     for i in 0..HOSTS {
-        hosts.wait_view(i, HOSTS as u64, "after the heal");
+        hosts.wait_view(i, HOSTS as u64, WAIT, "after the heal");
     }
     wait_until(WAIT, "daemon 3 removed (suspected)", &hosts.all(), || {
-        hosts.standing(2) == "removed (suspected)" && counter(&d[2], "ordered_removed") >= 1
+        standing(&hosts, 2) == "removed (suspected)" && counter(&d[2], "ordered_removed") >= 1
     });
     eprintln!(
         "heal: daemon 3 knows it was removed {:?} after the heal",

@@ -15,9 +15,8 @@ mod common;
 #[path = "common/netns.rs"]
 mod netns;
 
-use common::{eventually, status_number, Daemon};
-use netns::{prerequisites, TestNet};
-use std::path::PathBuf;
+use common::{status_number, Daemon};
+use netns::{prerequisites, Hosts, TestNet};
 use std::time::{Duration, Instant};
 use tutti_client::{Client, Event, GroupId, IdleStrategy};
 
@@ -32,115 +31,6 @@ const VIEW_WAIT: Duration = Duration::from_secs(20);
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------ daemons
-
-/// The three daemons; when the test fails, their logs and status go to stderr before the
-/// daemons are killed (and their temp dirs removed).
-struct Hosts {
-    daemons: Vec<Daemon>,
-    /// Where the config files are (removed on drop).
-    config_dir: PathBuf,
-}
-
-impl Hosts {
-    fn start(net: &TestNet) -> Hosts {
-        let seeds: Vec<String> = (1..=HOSTS).map(|n| format!("\"{n}@{}\"", net.addr(n))).collect();
-        let config_dir = common::temp_dir("pt-cfg");
-        let daemons = (1..=HOSTS)
-            .map(|n| {
-                let config = config_dir.join(format!("d{n}.toml"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "node_id = {n}\n\
-                         [cluster]\n\
-                         enabled = true\n\
-                         seeds = [{}]\n\
-                         gossip_period_ms = 100\n\
-                         suspect_timeout_ms = 1000\n\
-                         retention_rounds = 50\n\
-                         [net]\n\
-                         listen = \"{}\"\n\
-                         base_port = {BASE_PORT}\n\
-                         io = \"auto\"\n",
-                        seeds.join(", "),
-                        net.addr(n)
-                    ),
-                )
-                .unwrap();
-                Daemon::start_in_netns(
-                    &format!("pt-d{n}"),
-                    &net.ip,
-                    &net.host_ns(n),
-                    &["--config", config.to_str().unwrap()],
-                )
-            })
-            .collect();
-        Hosts { daemons, config_dir }
-    }
-
-    /// Daemon `i`'s status text, or why there is none (never panics: also used in `drop`).
-    fn status(&self, i: usize) -> String {
-        Client::connect_to(self.daemons[i].socket())
-            .and_then(|mut c| c.status())
-            .unwrap_or_else(|e| format!("(no status: {e})"))
-    }
-
-    /// Waits until daemon `i` (0-based) sees `members` members (one control connection,
-    /// status every 20 ms).
-    fn wait_view(&self, i: usize, members: u64, why: &str) {
-        let mut c = self.daemons[i].client();
-        let seen = eventually(VIEW_WAIT, || {
-            // Paces the polls to one status every 20 ms (eventually waits the other 10).
-            std::thread::sleep(Duration::from_millis(10));
-            c.status().ok().and_then(|s| status_number(&s, "view_members")) == Some(members)
-        });
-        assert!(
-            seen,
-            "{why}: daemon {} never saw view_members {members} within {VIEW_WAIT:?}; status:\n{}",
-            i + 1,
-            self.status(i)
-        );
-    }
-
-    /// Daemon `i`'s view as its status shows it ("view N by daemon D: 3 members [1, 2, 3]").
-    fn view_line(&self, i: usize) -> String {
-        let s = self.status(i);
-        s.lines()
-            .find_map(|l| l.split_once(" cluster ").map(|(_, v)| v.trim().to_string()))
-            .unwrap_or_else(|| format!("(no view in status: {s})"))
-    }
-
-    /// Waits until every daemon has installed the same view (same number, coordinator and
-    /// members), i.e. the two sides merged into one view rather than two of three members.
-    fn wait_same_view(&self, why: &str) -> String {
-        let mut lines = Vec::new();
-        let same = eventually(VIEW_WAIT, || {
-            // Paces the polls as in `wait_view` (three status requests each).
-            std::thread::sleep(Duration::from_millis(10));
-            lines = (0..HOSTS).map(|i| self.view_line(i)).collect();
-            lines.iter().all(|l| *l == lines[0])
-        });
-        assert!(same, "{why}: the daemons never agreed on one view: {lines:?}");
-        lines.swap_remove(0)
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, d) in self.daemons.iter().enumerate() {
-                eprintln!(
-                    "===== daemon {} status:\n{}\n===== daemon {} log:\n{}",
-                    i + 1,
-                    self.status(i),
-                    i + 1,
-                    d.log()
-                );
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.config_dir);
-    }
-}
 
 // ------------------------------------------------------------------ messages
 
@@ -303,9 +193,16 @@ fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
     };
     let started = Instant::now();
     let net = TestNet::create(ip, PREFIX, "partition", tag, HOSTS);
-    let hosts = Hosts::start(&net);
+    let hosts = Hosts::start(
+        &net,
+        "pt",
+        HOSTS,
+        BASE_PORT,
+        "retention_rounds = 50\n",
+        "io = \"auto\"\n",
+    );
     for i in 0..HOSTS {
-        hosts.wait_view(i, HOSTS as u64, "startup");
+        hosts.wait_view(i, HOSTS as u64, VIEW_WAIT, "startup");
     }
     eprintln!("{tag}: cluster of 3 formed after {:?}", started.elapsed());
 
@@ -343,9 +240,9 @@ fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
     // Cut daemon 3 off: views shrink to {1, 2} and {3}.
     let cut = Instant::now();
     net.set_port(3, false);
-    hosts.wait_view(0, 2, "after the cut");
-    hosts.wait_view(1, 2, "after the cut");
-    hosts.wait_view(2, 1, "after the cut");
+    hosts.wait_view(0, 2, VIEW_WAIT, "after the cut");
+    hosts.wait_view(1, 2, VIEW_WAIT, "after the cut");
+    hosts.wait_view(2, 1, VIEW_WAIT, "after the cut");
     eprintln!("{tag}: views split after {:?}", cut.elapsed());
 
     // Both sides keep delivering.
@@ -390,9 +287,9 @@ fn partition(tag: &'static str, cut_kind: Cut, silent_before: Option<usize>) {
     let heal = Instant::now();
     net.set_port(3, true);
     for i in 0..HOSTS {
-        hosts.wait_view(i, HOSTS as u64, "after the heal");
+        hosts.wait_view(i, HOSTS as u64, VIEW_WAIT, "after the heal");
     }
-    let merged = hosts.wait_same_view("after the heal");
+    let merged = hosts.wait_same_view(VIEW_WAIT, "after the heal");
     assert!(merged.ends_with("3 members [1, 2, 3]"), "merged view: {merged}");
     let merged_after_publish = published.elapsed();
     // Merged with this much of the retention bound to spare, the other side's messages of

@@ -1,5 +1,5 @@
 //! A test network of network namespaces for real partitions (`partition.rs`,
-//! `ordered_partition.rs`): host namespaces, each with `eth0` = 10.250.S.N/24, joined by
+//! `ordered_partition.rs`, `ordered_evs_partition.rs`) and the daemons on it ([`Hosts`]): host namespaces, each with `eth0` = 10.250.S.N/24, joined by
 //! veth pairs to a bridge in one more namespace. A test cuts a host off by setting its
 //! bridge port down and heals it by setting it up again.
 //!
@@ -11,8 +11,11 @@
 
 #![allow(dead_code)]
 
+use crate::common::{eventually, status_number, wait_until, Daemon};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+use tutti_client::Client;
 
 /// Skips (returns None, with a notice naming `test`) when not root or without `ip`;
 /// otherwise the test must run for real.
@@ -206,5 +209,117 @@ impl Drop for TestNet {
         if !left.is_empty() {
             eprintln!("{}: could not delete namespaces {left:?}", self.binary);
         }
+    }
+}
+
+/// One `tuttid` per host namespace of a [`TestNet`], seeded with each other; when the test
+/// fails their status and logs go to stderr before they are killed (and their config files
+/// removed). Used by `partition.rs`, `ordered_partition.rs` and `ordered_evs_partition.rs`.
+pub struct Hosts {
+    pub daemons: Vec<Daemon>,
+    config_dir: PathBuf,
+}
+
+impl Hosts {
+    /// Starts daemons 1..=`hosts` of `net` (node id = host number) on `base_port`, gossip
+    /// every 100 ms, suspicion after 1 s; `cluster_extra` and `net_extra` are more lines of
+    /// the `[cluster]` and `[net]` tables. `tag` names the logs (`<tag>-d<n>`).
+    pub fn start(
+        net: &TestNet,
+        tag: &str,
+        hosts: usize,
+        base_port: u16,
+        cluster_extra: &str,
+        net_extra: &str,
+    ) -> Hosts {
+        let seeds: Vec<String> = (1..=hosts).map(|n| format!("\"{n}@{}\"", net.addr(n))).collect();
+        let config_dir = crate::common::temp_dir(&format!("{tag}-cfg"));
+        let daemons = (1..=hosts)
+            .map(|n| {
+                let config = config_dir.join(format!("d{n}.toml"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "node_id = {n}\n[cluster]\nenabled = true\nseeds = [{}]\n\
+                         gossip_period_ms = 100\nsuspect_timeout_ms = 1000\n{cluster_extra}\
+                         [net]\nlisten = \"{}\"\nbase_port = {base_port}\n{net_extra}",
+                        seeds.join(", "),
+                        net.addr(n)
+                    ),
+                )
+                .unwrap();
+                Daemon::start_in_netns(
+                    &format!("{tag}-d{n}"),
+                    &net.ip,
+                    &net.host_ns(n),
+                    &["--config", config.to_str().unwrap()],
+                )
+            })
+            .collect();
+        Hosts { daemons, config_dir }
+    }
+
+    pub fn all(&self) -> Vec<&Daemon> {
+        self.daemons.iter().collect()
+    }
+
+    /// Daemon `i`'s status text, or why there is none (never panics: also used in `drop`).
+    pub fn status(&self, i: usize) -> String {
+        Client::connect_to(self.daemons[i].socket())
+            .and_then(|mut c| c.status())
+            .unwrap_or_else(|e| format!("(no status: {e})"))
+    }
+
+    /// Waits until daemon `i` (0-based) has a cluster view of `members`, else panics with
+    /// every daemon's status and log.
+    pub fn wait_view(&self, i: usize, members: u64, timeout: Duration, why: &str) {
+        wait_until(
+            timeout,
+            &format!("{why}: a view of {members} at daemon {}", i + 1),
+            &self.all(),
+            || {
+                // Paces the polls to one status every 20 ms (`eventually` waits the other 10).
+                std::thread::sleep(Duration::from_millis(10));
+                status_number(&self.status(i), "view_members") == Some(members)
+            },
+        );
+    }
+
+    /// Daemon `i`'s view as its status shows it ("view N by daemon D: 3 members [1, 2, 3]").
+    pub fn view_line(&self, i: usize) -> String {
+        let s = self.status(i);
+        s.lines()
+            .find_map(|l| l.split_once(" cluster ").map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| format!("(no view in status: {s})"))
+    }
+
+    /// Waits until every daemon has installed the same view (same number, coordinator and
+    /// members), i.e. the sides merged into one view; returns it.
+    pub fn wait_same_view(&self, timeout: Duration, why: &str) -> String {
+        let mut lines = Vec::new();
+        let same = eventually(timeout, || {
+            std::thread::sleep(Duration::from_millis(10));
+            lines = (0..self.daemons.len()).map(|i| self.view_line(i)).collect();
+            lines.iter().all(|l| *l == lines[0])
+        });
+        assert!(same, "{why}: the daemons never agreed on one view: {lines:?}");
+        lines.swap_remove(0)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, d) in self.daemons.iter().enumerate() {
+                eprintln!(
+                    "===== daemon {} status:\n{}\n===== daemon {} log:\n{}",
+                    i + 1,
+                    self.status(i),
+                    i + 1,
+                    d.log()
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.config_dir);
     }
 }
