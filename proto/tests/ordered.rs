@@ -1510,12 +1510,11 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
             .submit(0, &seq.to_le_bytes(), false)
             .unwrap();
     }
-    // An instant network, one step of 10 us at a time; messages in sending order.
-    let mut queue: std::collections::VecDeque<(
-        NodeId,
-        NodeId,
-        Result<Vec<u8>, (NodeId, u64, u64, Vec<u8>)>,
-    )> = Default::default();
+    // An instant network, one step of 10 us at a time; messages in sending order:
+    // (from, to, a minitransaction message or a payload (sender, epoch, seq, bytes)).
+    type Payload = (NodeId, u64, u64, Vec<u8>);
+    let mut queue: std::collections::VecDeque<(NodeId, NodeId, Result<Vec<u8>, Payload>)> =
+        Default::default();
     let mut delivered: BTreeMap<NodeId, u64> = BTreeMap::new();
     let mut now: Time = 0;
     while delivered.len() < ids.len() || delivered.values().any(|&d| d < SENT) {
