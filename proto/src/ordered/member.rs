@@ -821,9 +821,13 @@ impl OrderedMember {
             }
         }
         if self.repair_op.is_none() && self.status == Status::Active && self.in_majority {
+            // Entries below `held_upto` lack nothing: the walk starts there (it ran
+            // `missing` over every message of every buffered entry at each call).
+            let held = self.held_upto.saturating_sub(self.delivered) as usize;
             if let Some(l) = self
                 .buffer
                 .iter()
+                .skip(held)
                 .find(|l| l.sender_slot.is_some() && self.missing(&l.entry).is_some())
             {
                 t = t.min(l.at + self.settings.repair_delay);
@@ -1894,7 +1898,9 @@ impl OrderedMember {
                         self.pop_delivered();
                         continue;
                     }
-                    if self.missing(&e).is_some() {
+                    // Below `held_upto` every payload is held: no walk over the batch.
+                    debug_assert!(e.pos >= self.held_upto || self.missing(&e).is_none());
+                    if e.pos >= self.held_upto && self.missing(&e).is_some() {
                         break;
                     }
                     // `safe`, and every entry of an `evs` list: see `all_hold`.
