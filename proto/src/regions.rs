@@ -922,8 +922,9 @@ mod tests {
     #[test]
     fn default_settings_fit_the_minitx_limits_and_the_ordered_host() {
         RegionSettings::default().check().unwrap();
+        // Items past the minitransaction layer's limit once the guards are added.
         let bad = RegionSettings {
-            max_items: 64,
+            max_items: MinitxSettings::default().max_items,
             ..RegionSettings::default()
         };
         assert!(bad.check().is_err());

@@ -167,7 +167,9 @@ pub struct MinitxSettings {
     pub recovery_timeout: Time,
     /// Minitransactions one coordinator runs at once (back pressure: `Full`).
     pub max_in_flight: usize,
-    /// Items (compares + reads + writes) per minitransaction.
+    /// Items (compares + reads + writes) per minitransaction (at most
+    /// `tutti_wire::minitx::MAX_ITEMS`). An ordered append writes one per message of its
+    /// batch (`OrderedSettings::max_batch`). Larger: bigger batches; longer lock checks.
     pub max_items: usize,
     /// Bytes per minitransaction (compare and write data, read lengths); capped at half
     /// a wire message (`txn_byte_limit`).
@@ -210,7 +212,7 @@ impl Default for MinitxSettings {
             decide_timeout: 2_000 * MILLIS,
             recovery_timeout: 200 * MILLIS,
             max_in_flight: 64,
-            max_items: 64,
+            max_items: 256,
             max_txn_bytes: 64 * 1024,
             max_memory: 64 << 20,
             max_prepared: 1024,

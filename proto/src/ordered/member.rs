@@ -330,6 +330,12 @@ type PayloadId = (NodeId, u64, u64);
 
 /// List entries an append reads past its own position, per member of the view.
 const APPEND_READ_MARGIN: u64 = 4;
+/// Payload bytes (queue-slot header included) one append writes at most: a batch stops
+/// short of `max_batch` when its payloads would pass it, so an append stays within the
+/// minitransaction byte limit (`MinitxSettings::max_txn_bytes`, 64 KiB by default) with
+/// room for its reads, compares and entries. 128 messages of 64 B take 11 KiB; 47 of
+/// 1 KiB fill it.
+pub(crate) const APPEND_PAYLOAD_BYTES: usize = 48 << 10;
 
 /// Idle back-off: the read interval doubles per quiet read up to `poll_interval << 4`.
 const QUIET_MAX_SHIFT: u32 = 4;
@@ -380,6 +386,12 @@ pub struct OrderedMember {
     delivered: u64,
     /// Every payload of the entries below `held_upto` is held (or delivered).
     held_upto: u64,
+    /// The payload `advance_held` last stopped at (the first one missing at `held_upto`),
+    /// `None` when unknown: a payload that is not it cannot move `held_upto`, so its
+    /// arrival skips the walk (which cost a map lookup per message of the entry for
+    /// every payload of it: quadratic in the batch). Reset wherever `held_upto` is set
+    /// otherwise.
+    held_waiting: Option<PayloadId>,
     buffer: VecDeque<Learned>,
     /// The tail as last read.
     known_tail: u64,
@@ -597,6 +609,7 @@ impl OrderedMember {
             learned: 0,
             delivered: 0,
             held_upto: 0,
+            held_waiting: None,
             buffer: VecDeque::new(),
             known_tail: 0,
             learn_view: View::default(),
@@ -808,9 +821,13 @@ impl OrderedMember {
             }
         }
         if self.repair_op.is_none() && self.status == Status::Active && self.in_majority {
+            // Entries below `held_upto` lack nothing: the walk starts there (it ran
+            // `missing` over every message of every buffered entry at each call).
+            let held = self.held_upto.saturating_sub(self.delivered) as usize;
             if let Some(l) = self
                 .buffer
                 .iter()
+                .skip(held)
                 .find(|l| l.sender_slot.is_some() && self.missing(&l.entry).is_some())
             {
                 t = t.min(l.at + self.settings.repair_delay);
@@ -959,6 +976,7 @@ impl OrderedMember {
         let epoch = evs.epoch;
         self.status = Status::Active;
         self.held_upto = self.held_upto.max(self.delivered);
+        self.held_waiting = None;
         self.queue_pos = vec![None; self.settings.queue_slots as usize];
         self.read_now = true;
         let members = self.deliver_view.nodes();
@@ -1000,14 +1018,11 @@ impl OrderedMember {
         self.next_submit_seq += 1;
         self.quiet_reads = 0;
         self.outgoing.push_back((seq, safe));
+        // Disseminated when its batch is formed (`form_batch`), not here: a sender with a
+        // deep queue would otherwise flood the others with payloads far ahead of the
+        // order, beyond their `max_held`, to be dropped and read back from the queue.
         self.payloads
             .insert((self.node, self.join_pos, seq), bytes.to_vec());
-        self.out.push_back(Output::Disseminate {
-            sender: self.node,
-            epoch: self.join_pos,
-            seq,
-            bytes: bytes.to_vec(),
-        });
         self.drive(now);
         Ok(seq)
     }
@@ -1031,7 +1046,9 @@ impl OrderedMember {
         self.payload_hint = true;
         self.hint_rereads = 0;
         self.quiet_reads = 0;
-        self.advance_held();
+        if self.held_waiting.is_none_or(|w| w == id) {
+            self.advance_held();
+        }
         self.drive(now);
     }
 
@@ -1618,6 +1635,7 @@ impl OrderedMember {
                     self.learned = 0;
                     self.delivered = 0;
                     self.held_upto = 0;
+                    self.held_waiting = None;
                     self.buffer.clear();
                     self.learn_view = View::default();
                     self.deliver_view = View::default();
@@ -1630,6 +1648,7 @@ impl OrderedMember {
                     self.join_pos = e.pos;
                     self.delivered = e.pos + 1;
                     self.held_upto = e.pos + 1;
+                    self.held_waiting = None;
                     self.install_deadline = now + self.settings.install_timeout;
                     self.pending_uncertain = false;
                     self.next_submit_seq = 0;
@@ -1721,8 +1740,10 @@ impl OrderedMember {
 
     fn advance_held(&mut self) {
         let mut idx = (self.held_upto.saturating_sub(self.delivered)) as usize;
+        self.held_waiting = None;
         while let Some(l) = self.buffer.get(idx) {
-            if self.missing(&l.entry).is_some() {
+            if let Some(id) = self.missing(&l.entry) {
+                self.held_waiting = Some(id);
                 break;
             }
             idx += 1;
@@ -1877,7 +1898,9 @@ impl OrderedMember {
                         self.pop_delivered();
                         continue;
                     }
-                    if self.missing(&e).is_some() {
+                    // Below `held_upto` every payload is held: no walk over the batch.
+                    debug_assert!(e.pos >= self.held_upto || self.missing(&e).is_none());
+                    if e.pos >= self.held_upto && self.missing(&e).is_some() {
                         break;
                     }
                     // `safe`, and every entry of an `evs` list: see `all_hold`.
@@ -1980,6 +2003,7 @@ impl OrderedMember {
             debug_assert_eq!(l.entry.pos, self.delivered);
             self.delivered = l.entry.pos + 1;
             self.held_upto = self.held_upto.max(self.delivered);
+            self.held_waiting = None;
         }
     }
 
@@ -2348,6 +2372,7 @@ impl OrderedMember {
         self.join_pos = position;
         self.delivered = position + 1;
         self.held_upto = position + 1;
+        self.held_waiting = None;
         self.buffer.clear();
         self.payloads.clear();
         self.deliver_view = view.clone();
@@ -2610,12 +2635,20 @@ impl OrderedMember {
             return None;
         }
         let queue_slots = u64::from(self.settings.queue_slots);
+        let mut bytes = 0usize;
+        let payloads = &self.payloads;
         let count = self
             .outgoing
             .iter()
             .skip(formed)
             .take(self.settings.max_batch as usize)
             .take_while(|(_, s)| *s == safe)
+            .take_while(|(seq, _)| {
+                // Within the append's byte budget (the first message always fits: a
+                // payload is at most `max_payload`, far below it).
+                bytes += QUEUE_HEADER + payloads.get(&(self.node, me.join_pos, *seq)).map_or(0, Vec::len);
+                bytes <= APPEND_PAYLOAD_BYTES
+            })
             .take_while(|(seq, _)| {
                 // The slot's last payload belongs to a message not yet in the list.
                 if *seq >= oldest + queue_slots {
@@ -2646,6 +2679,20 @@ impl OrderedMember {
             safe,
         };
         self.batches.push_back(b);
+        // The batch's payloads go out now, with its (first) append: a receiver holds at
+        // most the formed batches ahead of the order (`max_appends_in_flight` of them, plus
+        // those waiting for a retry), so dissemination never outruns `max_held`. A formed
+        // batch never changes, so each payload is disseminated once.
+        for seq in first_seq..first_seq + count as u64 {
+            if let Some(bytes) = self.payloads.get(&(self.node, me.join_pos, seq)) {
+                self.out.push_back(Output::Disseminate {
+                    sender: self.node,
+                    epoch: me.join_pos,
+                    seq,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
         Some(b)
     }
 

@@ -43,6 +43,11 @@ pub const PROGRESS_BYTES: usize = 32;
 /// Bytes before a payload in a queue slot: node u32, len u32, epoch u64, seq u64.
 pub const QUEUE_HEADER: usize = 24;
 
+/// Items of an append besides its payload writes and entries: the tail and progress reads,
+/// two reads of entries (a range that wraps), the tail compare, the chain compare and the
+/// tail write.
+pub const APPEND_ITEMS: u32 = 7;
+
 /// What a group does when the view splits it (issue 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PartitionPolicy {
@@ -73,12 +78,17 @@ pub struct OrderedSettings {
     /// Members a view holds (progress and queue slots).
     pub max_members: u32,
     /// Payload slots in each sender's queue: messages a sender has appended but not every
-    /// member holds yet. Larger: more memory; fewer sender stalls.
+    /// member holds yet. Larger: more memory; fewer sender stalls. At least
+    /// `max_appends_in_flight * max_batch` (512 with the defaults) keeps a saturated
+    /// sender's pipeline full while the others publish that they hold its payloads.
     pub queue_slots: u32,
     /// Largest payload in bytes.
     pub max_payload: u32,
-    /// Messages one append threads into the list (one entry). Larger: fewer
-    /// minitransactions per message, bigger ones.
+    /// Most messages one append threads into the list (one entry; a batch takes what is
+    /// queued, so a lone message goes alone). Larger: fewer minitransactions per message at
+    /// saturation, bigger ones. Each message is one write item of the append, so
+    /// `max_batch + max_members + APPEND_ITEMS` must not exceed the minitransaction item
+    /// limit (`MinitxSettings::max_items`); a batch also stops at 48 KiB of payloads.
     pub max_batch: u32,
     /// Entries one read minitransaction fetches.
     pub read_batch: u32,
@@ -127,9 +137,9 @@ impl Default for OrderedSettings {
             lag_budget: 3072,
             lag_timeout: 1_000 * MILLIS,
             max_members: 16,
-            queue_slots: 256,
+            queue_slots: 1024,
             max_payload: 1024,
-            max_batch: 32,
+            max_batch: 128,
             read_batch: 32,
             max_appends_in_flight: 4,
             max_outgoing: 4096,
