@@ -7,17 +7,19 @@
 //! descriptor is readable with `pending` false only between those two steps of the helper,
 //! and the next poll after them resets it: it is never left readable for nothing.
 //!
-//! A helper that notices an append late (descheduled on a loaded host), after a poll had
-//! already read it, must not wake the descriptor for it: a poll that found the log drained
-//! reads the futex word, checks that the log still holds nothing, and publishes that word
-//! as `covered`. Every append counted in a word is visible to a reader that read that word
-//! (the daemon appends, then bumps the word), so a word equal to `covered` holds nothing
-//! unread and the helper skips it; any later append bumps the word again and wakes. A
-//! helper that woke the descriptor re-checks `covered` after, for a poll that drained the
-//! log in between.
+//! A wake-up for records already read must not make the descriptor readable: the helper
+//! notices an append late (descheduled on a loaded host), or the daemon is descheduled
+//! between its append and its futex bump while a poll reads the records. So readiness is a
+//! log-position check: a poll that leaves the log drained publishes its read position as
+//! `read`, and the helper, when the word moves, compares the log's published end with it
+//! (`AppendSignal::read_through`; the daemon publishes the end before it bumps the word, so
+//! the end covers every append the word counts). Everything read: no wake-up. A helper
+//! that woke the descriptor checks again after, for a poll that drained the log in between,
+//! and such a poll undoes a wake-up it sees unless records came since (`SeqCst` on both
+//! sides: one of the two sees the other). Any later append moves the word again.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -35,18 +37,66 @@ struct Shared {
     /// The daemon hung up: the descriptor stays readable from now on.
     gone: AtomicBool,
     stop: AtomicBool,
-    /// The futex word last read by a poll that found the log drained (and still empty
-    /// after that read): appends up to it were all read.
-    covered: AtomicU32,
+    /// The read position of the last poll that left the log drained: every record before
+    /// it was read.
+    read: AtomicU64,
 }
 
 impl Shared {
+    fn new(read: u64) -> std::io::Result<Shared> {
+        Ok(Shared {
+            eventfd: EventFd::new()?,
+            pending: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            read: AtomicU64::new(read),
+        })
+    }
+
     fn wake(&self) {
         self.eventfd.notify();
         // SeqCst: pairs with the poll's swap (the eventfd write is before it), and with
-        // `drained`, which stores `covered` then loads this, while the helper stores this
-        // then loads `covered`: one of the two sees the other's store.
+        // `drained`, which stores `read` then loads this, while the helper stores this
+        // then loads `read`: one of the two sees the other's store.
         self.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes the descriptor unreadable again (unless the daemon is gone). Costs a system
+    /// call only when the helper woke it.
+    fn reset(&self) {
+        if self.pending.swap(false, Ordering::AcqRel) && !self.gone.load(Ordering::Acquire) {
+            self.eventfd.drain();
+        }
+    }
+
+    /// The helper saw the futex word move: wakes the descriptor unless the reader has read
+    /// every record published (`read_through(position)`: the log's end against a read
+    /// position, `AppendSignal::read_through`).
+    fn noticed(&self, read_through: impl Fn(u64) -> bool) {
+        if read_through(self.read.load(Ordering::SeqCst)) {
+            return;
+        }
+        self.wake();
+        // A poll may have drained the log between our check and our `pending` store (its
+        // `drained` then found nothing to undo): nothing waits, so undo the wake-up. Only
+        // one of this and a reset gets `pending` and drains.
+        if read_through(self.read.load(Ordering::SeqCst)) && self.pending.swap(false, Ordering::AcqRel) {
+            self.eventfd.drain();
+        }
+    }
+
+    /// A poll left the log drained at read position `position`.
+    fn drained(&self, position: u64, read_through: impl Fn(u64) -> bool) {
+        // SeqCst: see `wake`.
+        self.read.store(position, Ordering::SeqCst);
+        // The helper may have woken the descriptor before it could see the store above:
+        // undo it, unless records came since (then wake again).
+        if self.pending.load(Ordering::SeqCst) {
+            self.reset();
+            if !read_through(position) {
+                self.wake();
+            }
+        }
     }
 }
 
@@ -60,24 +110,18 @@ pub(crate) struct GroupWake {
 impl GroupWake {
     /// Starts watching. `control_fd` must stay open for as long as this lives (the client
     /// owns it and drops its wakes first).
+    /// `position`: the reader's position in the log now (`Client::read_position`).
     pub fn start(
         signal: AppendSignal,
         control_fd: RawFd,
+        position: u64,
         pending: impl FnOnce() -> bool,
     ) -> std::io::Result<GroupWake> {
-        let shared = Arc::new(Shared {
-            eventfd: EventFd::new()?,
-            pending: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            covered: AtomicU32::new(0),
-        });
+        let shared = Arc::new(Shared::new(position)?);
         let signal = Arc::new(signal);
         // Read before the first wake-up: an append after this read changes the word, which
         // the helper sees; whatever came before is covered by the first wake-up below.
         let seen = signal.value();
-        // Never equal to a word the helper will see (it only acts on `now != seen`).
-        shared.covered.store(seen, Ordering::Relaxed);
         // Readable at once only if a record already waits: an append after `seen` was read
         // is the helper's to notice, so none is missed, and a program that takes a readable
         // descriptor to mean "an event waits" (libcpg's callers) is not misled.
@@ -104,30 +148,14 @@ impl GroupWake {
     /// Before reading the log: makes the descriptor unreadable again (unless the daemon
     /// is gone). Costs a system call only when the helper woke it.
     pub fn reset(&self) {
-        if self.shared.pending.swap(false, Ordering::AcqRel) && !self.shared.gone.load(Ordering::Acquire) {
-            self.shared.eventfd.drain();
-        }
+        self.shared.reset();
     }
 
-    /// The group's futex word now (Acquire: the records it counts are visible).
-    pub fn word(&self) -> u32 {
-        self.signal.value()
-    }
-
-    /// The log held no record after the futex word read `word` ([`word`](Self::word)): the
-    /// helper need not wake the descriptor for appends up to that word.
-    pub fn drained(&self, word: u32) {
-        // SeqCst: see `Shared::wake`.
-        self.shared.covered.store(word, Ordering::SeqCst);
-        // The helper may have woken the descriptor for this word before it could see the
-        // store above (it checks `covered` before and after waking): then reset it here. If
-        // the word moved since, an append may wait behind that wake-up: wake again.
-        if self.shared.pending.load(Ordering::SeqCst) {
-            self.reset();
-            if self.signal.value() != word {
-                self.shared.wake();
-            }
-        }
+    /// A read left the log drained with the reader at `position` (`Client::read_position`):
+    /// the descriptor is not readable for the records before it, whenever the helper
+    /// notices their append.
+    pub fn drained(&self, position: u64) {
+        self.shared.drained(position, |p| self.signal.read_through(p));
     }
 
     /// Whether the helper saw the daemon hang up.
@@ -159,18 +187,7 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
         let now = signal.value();
         if now != seen {
             seen = now;
-            // A poll that began at this word and drained the log read it all already.
-            if shared.covered.load(Ordering::Acquire) != now {
-                shared.wake();
-                // Such a poll may also have run between our eventfd write and our `pending`
-                // store (its reset then found nothing to drain): nothing waits, so undo the
-                // wake-up. Only one of it and a reset gets `pending` and drains.
-                if shared.covered.load(Ordering::SeqCst) == now
-                    && shared.pending.swap(false, Ordering::AcqRel)
-                {
-                    shared.eventfd.drain();
-                }
-            }
+            shared.noticed(|p| signal.read_through(p));
             continue;
         }
         // Woken with no append: the slice passed, a stop, or a spurious wake-up.
@@ -183,5 +200,94 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
             shared.wake();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// A stand-in for the log's published end (`LogEnd`, tested against a real log in
+    /// tutti-wire): the daemon's append moves it, then the futex word moves.
+    struct End(AtomicU64);
+
+    impl End {
+        fn read_through(&self, position: u64) -> bool {
+            self.0.load(Ordering::SeqCst) <= position
+        }
+        fn append(&self) {
+            self.0.fetch_add(64, Ordering::SeqCst);
+        }
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn readable(s: &Shared) -> bool {
+        let mut revents = Vec::new();
+        tutti_sys::poll_readable(&[s.eventfd.fd().as_raw_fd()], &mut revents, Some(Duration::ZERO))
+            .expect("poll");
+        revents.first().is_some_and(|r| *r & tutti_sys::POLLIN != 0)
+    }
+
+    /// The race of `fd_idle_after_drain` (docs/cpg.md), each step forced in turn: the
+    /// daemon appends; the reader reads the record and leaves the log drained; only then
+    /// does the daemon bump the futex word and the helper notice it. The descriptor must
+    /// stay idle. (With the futex word as the only evidence it went readable: the word a
+    /// drained poll read was the one before the bump.)
+    #[test]
+    fn a_wake_up_for_records_already_read_leaves_the_descriptor_idle() {
+        let end = End(AtomicU64::new(0));
+        let s = Shared::new(end.now()).unwrap();
+        end.append();
+        // The reader: resets, reads the record, finds the log drained at the end.
+        s.reset();
+        s.drained(end.now(), |p| end.read_through(p));
+        // The daemon's bump, noticed by the helper.
+        s.noticed(|p| end.read_through(p));
+        assert!(!readable(&s), "readable for a record already read");
+
+        // A new record: the wake-up is news.
+        end.append();
+        s.noticed(|p| end.read_through(p));
+        assert!(readable(&s), "a record waits");
+        s.reset();
+        assert!(!readable(&s));
+    }
+
+    /// The other orders of the same steps: the helper first (readable, then the read that
+    /// drains the log makes it idle again), and a read that drains the log after the
+    /// helper's wake-up without resetting first (undone by the read, unless a record came
+    /// after it).
+    #[test]
+    fn every_order_of_append_read_and_notice_ends_idle_once_all_is_read() {
+        // Helper first, then the reader.
+        let end = End(AtomicU64::new(0));
+        let s = Shared::new(0).unwrap();
+        end.append();
+        s.noticed(|p| end.read_through(p));
+        assert!(readable(&s));
+        s.reset();
+        s.drained(end.now(), |p| end.read_through(p));
+        assert!(!readable(&s));
+
+        // The helper woke the descriptor; before it checks again, a poll that did not reset
+        // (it read through a 0-event limit, say) drains the log: `drained` undoes it.
+        end.append();
+        s.wake();
+        s.drained(end.now(), |p| end.read_through(p));
+        assert!(!readable(&s), "undone by the read");
+
+        // The same, with a record appended after the read: the descriptor stays readable.
+        end.append();
+        s.wake();
+        let at = end.now();
+        end.append();
+        s.drained(at, |p| end.read_through(p));
+        assert!(readable(&s), "a record came after the read");
+        s.reset();
+        s.drained(end.now(), |p| end.read_through(p));
+        assert!(!readable(&s));
     }
 }
