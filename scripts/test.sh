@@ -40,11 +40,8 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 step "libcpg.so.4: the CPG conformance programs, unmodified, on 3 tuttid (capi/cpg/tests/run-tutti.sh), both partition policies"
 # As root each tuttid runs in a network namespace of its own (tutti-cluster.sh), so the
 # partition.* and heal.* checks cut a node off for real. Under the default cpg_partition =
-# "majority" a cut-off minority stops instead of going on as CPG's: those 19 checks may
-# fail. Under "evs" (CPG's semantics) every check must pass. Under both, fd_idle_after_drain
-# may fail: a daemon descheduled between its append and its futex bump can still make the
-# descriptor readable for records already read (docs/cpg.md, "Not done yet"; seen in about
-# one CI run in three).
+# "evs" (CPG's semantics) every check must pass. Under "majority" a cut-off minority stops
+# instead of going on as CPG's: those 19 checks may fail there, and only those.
 cpg_conformance() { # policy, allowed failures (regex), minimum passed
     local log
     log=$(mktemp)

@@ -2,25 +2,26 @@
 //! readable when the daemon appends to the group's delivery log, which it learns by
 //! sleeping on the group's futex (the daemon wakes futex sleepers, not descriptors).
 //!
-//! Protocol: the helper notifies the eventfd, then sets `pending`; a poll swaps `pending`
-//! to false and, if it was set, drains the eventfd, before it reads the log. So the
-//! descriptor is readable with `pending` false only between those two steps of the helper,
-//! and the next poll after them resets it: it is never left readable for nothing.
+//! Readiness is a log-position check, made under one lock by both sides: the descriptor is
+//! readable (`pending`) only while the log may hold records past `read`, the position at
+//! which the last read left the log drained. The helper, when the futex word moves, compares
+//! the log's published end (`AppendSignal::read_through`; the daemon publishes the end before
+//! it bumps the word, so it covers every append the word counts) with `read` and wakes the
+//! descriptor only if something is unread; a read that drains the log stores its position and
+//! clears a wake-up whose records it has read. A wake-up for records already read is thus
+//! never reported, whenever the helper or the daemon's bump runs (the daemon descheduled
+//! between its append and its bump, or the helper noticing late).
 //!
-//! A wake-up for records already read must not make the descriptor readable: the helper
-//! notices an append late (descheduled on a loaded host), or the daemon is descheduled
-//! between its append and its futex bump while a poll reads the records. So readiness is a
-//! log-position check: a poll that leaves the log drained publishes its read position as
-//! `read`, and the helper, when the word moves, compares the log's published end with it
-//! (`AppendSignal::read_through`; the daemon publishes the end before it bumps the word, so
-//! the end covers every append the word counts). Everything read: no wake-up. A helper
-//! that woke the descriptor checks again after, for a poll that drained the log in between,
-//! and such a poll undoes a wake-up it sees unless records came since (`SeqCst` on both
-//! sides: one of the two sees the other). Any later append moves the word again.
+//! Why a lock and not atomics: with the check and the eventfd write as two steps of the
+//! helper, a helper descheduled between them (after a read had drained the log, or in the
+//! middle of its own undo) left the descriptor readable for the whole of the application's
+//! next dispatch: `fd_idle_after_drain` failed in 4 of 16 `cpg_api` runs under load with
+//! atomics only. Both critical sections are a comparison and at most one eventfd read or
+//! write; the reader waits only if the helper is descheduled inside one.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tutti_client::AppendSignal;
@@ -30,73 +31,85 @@ use tutti_sys::EventFd;
 /// leave or close waits for the helper to notice that it should stop).
 const HANGUP_CHECK: Duration = Duration::from_millis(200);
 
+/// What the descriptor says, changed by the helper and the reader under the lock.
+struct Readiness {
+    /// The eventfd is non-zero.
+    pending: bool,
+    /// The reader's position when a read last left the log drained: every record before it
+    /// was read.
+    read: u64,
+}
+
 struct Shared {
     eventfd: EventFd,
-    /// The eventfd may be non-zero: the next poll drains it.
-    pending: AtomicBool,
+    readiness: Mutex<Readiness>,
     /// The daemon hung up: the descriptor stays readable from now on.
     gone: AtomicBool,
     stop: AtomicBool,
-    /// The read position of the last poll that left the log drained: every record before
-    /// it was read.
-    read: AtomicU64,
 }
 
 impl Shared {
     fn new(read: u64) -> std::io::Result<Shared> {
         Ok(Shared {
             eventfd: EventFd::new()?,
-            pending: AtomicBool::new(false),
+            readiness: Mutex::new(Readiness { pending: false, read }),
             gone: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            read: AtomicU64::new(read),
         })
     }
 
-    fn wake(&self) {
-        self.eventfd.notify();
-        // SeqCst: pairs with the poll's swap (the eventfd write is before it), and with
-        // `drained`, which stores `read` then loads this, while the helper stores this
-        // then loads `read`: one of the two sees the other's store.
-        self.pending.store(true, Ordering::SeqCst);
+    /// Nothing panics while holding the lock; if something did, the state is still a
+    /// pair of plain values.
+    fn lock(&self) -> MutexGuard<'_, Readiness> {
+        self.readiness.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes the descriptor unreadable again (unless the daemon is gone). Costs a system
-    /// call only when the helper woke it.
-    fn reset(&self) {
-        if self.pending.swap(false, Ordering::AcqRel) && !self.gone.load(Ordering::Acquire) {
-            self.eventfd.drain();
+    fn wake(&self, r: &mut Readiness) {
+        if !r.pending {
+            self.eventfd.notify();
+            r.pending = true;
         }
+    }
+
+    fn clear(&self, r: &mut Readiness) {
+        if r.pending && !self.gone.load(Ordering::Acquire) {
+            self.eventfd.drain();
+            r.pending = false;
+        }
+    }
+
+    /// Before a read: makes the descriptor unreadable again (unless the daemon is gone).
+    /// Costs a system call only when it was readable.
+    fn reset(&self) {
+        self.clear(&mut self.lock());
     }
 
     /// The helper saw the futex word move: wakes the descriptor unless the reader has read
     /// every record published (`read_through(position)`: the log's end against a read
     /// position, `AppendSignal::read_through`).
     fn noticed(&self, read_through: impl Fn(u64) -> bool) {
-        if read_through(self.read.load(Ordering::SeqCst)) {
-            return;
-        }
-        self.wake();
-        // A poll may have drained the log between our check and our `pending` store (its
-        // `drained` then found nothing to undo): nothing waits, so undo the wake-up. Only
-        // one of this and a reset gets `pending` and drains.
-        if read_through(self.read.load(Ordering::SeqCst)) && self.pending.swap(false, Ordering::AcqRel) {
-            self.eventfd.drain();
+        let mut r = self.lock();
+        if !read_through(r.read) {
+            self.wake(&mut r);
         }
     }
 
-    /// A poll left the log drained at read position `position`.
+    /// A read left the log drained at read position `position`: a wake-up for records
+    /// before it is cleared; one for records since stays.
     fn drained(&self, position: u64, read_through: impl Fn(u64) -> bool) {
-        // SeqCst: see `wake`.
-        self.read.store(position, Ordering::SeqCst);
-        // The helper may have woken the descriptor before it could see the store above:
-        // undo it, unless records came since (then wake again).
-        if self.pending.load(Ordering::SeqCst) {
-            self.reset();
-            if !read_through(position) {
-                self.wake();
-            }
+        let mut r = self.lock();
+        r.read = position;
+        if read_through(position) {
+            self.clear(&mut r);
         }
+    }
+
+    /// The daemon hung up: readable for good.
+    fn hung_up(&self) {
+        let mut r = self.lock();
+        self.gone.store(true, Ordering::Release);
+        self.eventfd.notify();
+        r.pending = true;
     }
 }
 
@@ -126,7 +139,7 @@ impl GroupWake {
         // is the helper's to notice, so none is missed, and a program that takes a readable
         // descriptor to mean "an event waits" (libcpg's callers) is not misled.
         if pending() {
-            shared.wake();
+            shared.wake(&mut shared.lock());
         }
         let thread = {
             let (shared, signal) = (Arc::clone(&shared), Arc::clone(&signal));
@@ -196,8 +209,7 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
                 .first()
                 .is_some_and(|r| r & (tutti_sys::POLLHUP | tutti_sys::POLLERR) != 0);
         if hung_up {
-            shared.gone.store(true, Ordering::Release);
-            shared.wake();
+            shared.hung_up();
             return;
         }
     }
@@ -207,6 +219,7 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
 
     /// A stand-in for the log's published end (`LogEnd`, tested against a real log in
     /// tutti-wire): the daemon's append moves it, then the futex word moves.
@@ -235,7 +248,7 @@ mod tests {
     /// daemon appends; the reader reads the record and leaves the log drained; only then
     /// does the daemon bump the futex word and the helper notice it. The descriptor must
     /// stay idle. (With the futex word as the only evidence it went readable: the word a
-    /// drained poll read was the one before the bump.)
+    /// drained read saw was the one before the bump.)
     #[test]
     fn a_wake_up_for_records_already_read_leaves_the_descriptor_idle() {
         let end = End(AtomicU64::new(0));
@@ -256,13 +269,11 @@ mod tests {
         assert!(!readable(&s));
     }
 
-    /// The other orders of the same steps: the helper first (readable, then the read that
-    /// drains the log makes it idle again), and a read that drains the log after the
-    /// helper's wake-up without resetting first (undone by the read, unless a record came
-    /// after it).
+    /// The other orders: the helper first (readable; the read that drains the log makes it
+    /// idle again, with or without a reset before it), and a record appended after the read
+    /// (the descriptor stays readable for it).
     #[test]
     fn every_order_of_append_read_and_notice_ends_idle_once_all_is_read() {
-        // Helper first, then the reader.
         let end = End(AtomicU64::new(0));
         let s = Shared::new(0).unwrap();
         end.append();
@@ -272,16 +283,15 @@ mod tests {
         s.drained(end.now(), |p| end.read_through(p));
         assert!(!readable(&s));
 
-        // The helper woke the descriptor; before it checks again, a poll that did not reset
-        // (it read through a 0-event limit, say) drains the log: `drained` undoes it.
+        // Woken, then a read that did not reset first (a read of 0 events) drains the log.
         end.append();
-        s.wake();
+        s.noticed(|p| end.read_through(p));
         s.drained(end.now(), |p| end.read_through(p));
-        assert!(!readable(&s), "undone by the read");
+        assert!(!readable(&s), "cleared by the read");
 
-        // The same, with a record appended after the read: the descriptor stays readable.
+        // Woken, read, and a record appended after the read: it stays readable.
         end.append();
-        s.wake();
+        s.noticed(|p| end.read_through(p));
         let at = end.now();
         end.append();
         s.drained(at, |p| end.read_through(p));
@@ -289,5 +299,43 @@ mod tests {
         s.reset();
         s.drained(end.now(), |p| end.read_through(p));
         assert!(!readable(&s));
+    }
+
+    /// The case atomics did not close (4 of 16 `cpg_api` runs under load): the helper
+    /// decides to wake, then is descheduled before its eventfd write while the reader
+    /// drains the log. The helper here stops inside its check (after deciding "unread")
+    /// until the reader's `drained` has been called from another thread, or 200 ms. In
+    /// whichever order the two then run, the descriptor ends idle.
+    #[test]
+    fn a_helper_descheduled_between_its_check_and_its_wake_up_leaves_it_idle() {
+        for _ in 0..20 {
+            let end = Arc::new(End(AtomicU64::new(0)));
+            let s = Arc::new(Shared::new(0).unwrap());
+            end.append();
+            let (decided_tx, decided_rx) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let helper = {
+                let (s, end) = (Arc::clone(&s), Arc::clone(&end));
+                std::thread::spawn(move || {
+                    s.noticed(|p| {
+                        let unread = end.read_through(p);
+                        decided_tx.send(()).unwrap();
+                        let _ = go_rx.recv_timeout(Duration::from_millis(200));
+                        unread
+                    })
+                })
+            };
+            decided_rx.recv().unwrap();
+            // The reader read the record meanwhile and drains (it waits for the helper's
+            // critical section, if it must).
+            let reader = {
+                let (s, end) = (Arc::clone(&s), Arc::clone(&end));
+                std::thread::spawn(move || s.drained(end.now(), |p| end.read_through(p)))
+            };
+            let _ = go_tx.send(());
+            helper.join().unwrap();
+            reader.join().unwrap();
+            assert!(!readable(&s), "readable for a record already read");
+        }
     }
 }
