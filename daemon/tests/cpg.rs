@@ -37,11 +37,7 @@ fn ip(subnet: u8, i: usize) -> String {
 /// Starts daemon `i` of `n` on 127.0.`subnet`.0/24. The suspicion timeout is 3 s: at 1.5 s a
 /// loaded 2-core machine saw daemons falsely suspected (and removed from the group's order)
 /// during the 300-message burst, a membership-under-load issue outside this test's subject.
-fn start_daemon(subnet: u8, i: usize, n: usize) -> Daemon {
-    start_daemon_with(subnet, i, n, "")
-}
-
-/// As [`start_daemon`], with `cluster` (lines of the `[cluster]` table) added.
+/// With `cluster` (lines of the `[cluster]` table) added.
 fn start_daemon_with(subnet: u8, i: usize, n: usize, cluster: &str) -> Daemon {
     let dir = common::temp_dir(&format!("cpg-cfg{i}"));
     let config = dir.join("tuttid.toml");
