@@ -902,11 +902,10 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 	for (;;) {
 		tutti_event_t ev;
 		tutti_error_t e = tutti_next(in->client, in->tg, &ev);
-		/* A readable descriptor means an event waits, as CPG programs take it. A read that
-		 * drains the log keeps libtutti's helper thread from waking the descriptor late for
-		 * what was read (capi/src/wake.rs), but not when the daemon bumps the log's futex
-		 * word only after we read the records it counts: a read then resets it. Without this
-		 * re-read, fd_idle_after_drain failed once in three runs under load. */
+		/* A readable descriptor means an event waits, as CPG programs take it. libtutti's
+		 * descriptor is readable only for records past where a read left the log drained
+		 * (capi/src/wake.rs: a log-position check); a belt to that: if it is readable when
+		 * the log looks empty, read once more (a read resets it). */
 		if (e == TUTTI_ERR_AGAIN && recheck-- > 0) {
 			struct pollfd p = {.fd = in->tfd, .events = POLLIN};
 			if (poll(&p, 1, 0) > 0)

@@ -806,15 +806,14 @@ fn receiving(s: &State, group: u32, limit: usize) -> Result<GroupId, Fail> {
     Ok(slot.id)
 }
 
-/// A read found the group's log drained: tells its descriptor's helper which appends that
-/// covers (`GroupWake::drained`), so that it does not wake the descriptor for them late.
+/// After a read: if it left the group's log drained, tells its descriptor's helper where
+/// the reader stands (`GroupWake::drained`), so that it does not wake the descriptor for
+/// the records read, however late it notices their append.
 fn drained(s: &State, group: u32) {
     let Ok(slot) = s.slot(group) else { return };
     if let Some(wake) = slot.wake.as_ref() {
-        // The word first, then the log: a record counted in the word is visible now.
-        let word = wake.word();
-        if matches!(s.client.has_data(slot.id), Ok(false)) {
-            wake.drained(word);
+        if let (Ok(false), Ok(position)) = (s.client.has_data(slot.id), s.client.read_position(slot.id)) {
+            wake.drained(position);
         }
     }
 }
@@ -844,8 +843,8 @@ pub unsafe extern "C" fn tutti_poll(
             .map_err(client_fail)?;
         if n == 0 {
             s.check_gone(group)?;
-            drained(s, group);
         }
+        drained(s, group);
         if let Some(d) = delivered {
             d.write(n);
         }
@@ -932,6 +931,7 @@ pub unsafe extern "C" fn tutti_next(
         match next {
             Some(ev) if n == 1 => {
                 out.write(ev);
+                drained(s, group);
                 Ok(())
             }
             _ => {
@@ -962,7 +962,8 @@ pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut
         }
         let signal = s.client.append_signal(slot.id).map_err(client_fail)?;
         let (client, id) = (&s.client, slot.id);
-        let wake = wake::GroupWake::start(signal, client.control_fd(), || {
+        let position = client.read_position(id).map_err(client_fail)?;
+        let wake = wake::GroupWake::start(signal, client.control_fd(), position, || {
             client.has_data(id).unwrap_or(true)
         })
         .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;

@@ -2,23 +2,26 @@
 //! readable when the daemon appends to the group's delivery log, which it learns by
 //! sleeping on the group's futex (the daemon wakes futex sleepers, not descriptors).
 //!
-//! Protocol: the helper notifies the eventfd, then sets `pending`; a poll swaps `pending`
-//! to false and, if it was set, drains the eventfd, before it reads the log. So the
-//! descriptor is readable with `pending` false only between those two steps of the helper,
-//! and the next poll after them resets it: it is never left readable for nothing.
+//! Readiness is a log-position check, made under one lock by both sides: the descriptor is
+//! readable (`pending`) only while the log may hold records past `read`, the position at
+//! which the last read left the log drained. The helper, when the futex word moves, compares
+//! the log's published end (`AppendSignal::read_through`; the daemon publishes the end before
+//! it bumps the word, so it covers every append the word counts) with `read` and wakes the
+//! descriptor only if something is unread; a read that drains the log stores its position and
+//! clears a wake-up whose records it has read. A wake-up for records already read is thus
+//! never reported, whenever the helper or the daemon's bump runs (the daemon descheduled
+//! between its append and its bump, or the helper noticing late).
 //!
-//! A helper that notices an append late (descheduled on a loaded host), after a poll had
-//! already read it, must not wake the descriptor for it: a poll that found the log drained
-//! reads the futex word, checks that the log still holds nothing, and publishes that word
-//! as `covered`. Every append counted in a word is visible to a reader that read that word
-//! (the daemon appends, then bumps the word), so a word equal to `covered` holds nothing
-//! unread and the helper skips it; any later append bumps the word again and wakes. A
-//! helper that woke the descriptor re-checks `covered` after, for a poll that drained the
-//! log in between.
+//! Why a lock and not atomics: with the check and the eventfd write as two steps of the
+//! helper, a helper descheduled between them (after a read had drained the log, or in the
+//! middle of its own undo) left the descriptor readable for the whole of the application's
+//! next dispatch: `fd_idle_after_drain` failed in 4 of 16 `cpg_api` runs under load with
+//! atomics only. Both critical sections are a comparison and at most one eventfd read or
+//! write; the reader waits only if the helper is descheduled inside one.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tutti_client::AppendSignal;
@@ -28,25 +31,85 @@ use tutti_sys::EventFd;
 /// leave or close waits for the helper to notice that it should stop).
 const HANGUP_CHECK: Duration = Duration::from_millis(200);
 
+/// What the descriptor says, changed by the helper and the reader under the lock.
+struct Readiness {
+    /// The eventfd is non-zero.
+    pending: bool,
+    /// The reader's position when a read last left the log drained: every record before it
+    /// was read.
+    read: u64,
+}
+
 struct Shared {
     eventfd: EventFd,
-    /// The eventfd may be non-zero: the next poll drains it.
-    pending: AtomicBool,
+    readiness: Mutex<Readiness>,
     /// The daemon hung up: the descriptor stays readable from now on.
     gone: AtomicBool,
     stop: AtomicBool,
-    /// The futex word last read by a poll that found the log drained (and still empty
-    /// after that read): appends up to it were all read.
-    covered: AtomicU32,
 }
 
 impl Shared {
-    fn wake(&self) {
+    fn new(read: u64) -> std::io::Result<Shared> {
+        Ok(Shared {
+            eventfd: EventFd::new()?,
+            readiness: Mutex::new(Readiness { pending: false, read }),
+            gone: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Nothing panics while holding the lock; if something did, the state is still a
+    /// pair of plain values.
+    fn lock(&self) -> MutexGuard<'_, Readiness> {
+        self.readiness.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake(&self, r: &mut Readiness) {
+        if !r.pending {
+            self.eventfd.notify();
+            r.pending = true;
+        }
+    }
+
+    fn clear(&self, r: &mut Readiness) {
+        if r.pending && !self.gone.load(Ordering::Acquire) {
+            self.eventfd.drain();
+            r.pending = false;
+        }
+    }
+
+    /// Before a read: makes the descriptor unreadable again (unless the daemon is gone).
+    /// Costs a system call only when it was readable.
+    fn reset(&self) {
+        self.clear(&mut self.lock());
+    }
+
+    /// The helper saw the futex word move: wakes the descriptor unless the reader has read
+    /// every record published (`read_through(position)`: the log's end against a read
+    /// position, `AppendSignal::read_through`).
+    fn noticed(&self, read_through: impl Fn(u64) -> bool) {
+        let mut r = self.lock();
+        if !read_through(r.read) {
+            self.wake(&mut r);
+        }
+    }
+
+    /// A read left the log drained at read position `position`: a wake-up for records
+    /// before it is cleared; one for records since stays.
+    fn drained(&self, position: u64, read_through: impl Fn(u64) -> bool) {
+        let mut r = self.lock();
+        r.read = position;
+        if read_through(position) {
+            self.clear(&mut r);
+        }
+    }
+
+    /// The daemon hung up: readable for good.
+    fn hung_up(&self) {
+        let mut r = self.lock();
+        self.gone.store(true, Ordering::Release);
         self.eventfd.notify();
-        // SeqCst: pairs with the poll's swap (the eventfd write is before it), and with
-        // `drained`, which stores `covered` then loads this, while the helper stores this
-        // then loads `covered`: one of the two sees the other's store.
-        self.pending.store(true, Ordering::SeqCst);
+        r.pending = true;
     }
 }
 
@@ -60,29 +123,23 @@ pub(crate) struct GroupWake {
 impl GroupWake {
     /// Starts watching. `control_fd` must stay open for as long as this lives (the client
     /// owns it and drops its wakes first).
+    /// `position`: the reader's position in the log now (`Client::read_position`).
     pub fn start(
         signal: AppendSignal,
         control_fd: RawFd,
+        position: u64,
         pending: impl FnOnce() -> bool,
     ) -> std::io::Result<GroupWake> {
-        let shared = Arc::new(Shared {
-            eventfd: EventFd::new()?,
-            pending: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            covered: AtomicU32::new(0),
-        });
+        let shared = Arc::new(Shared::new(position)?);
         let signal = Arc::new(signal);
         // Read before the first wake-up: an append after this read changes the word, which
         // the helper sees; whatever came before is covered by the first wake-up below.
         let seen = signal.value();
-        // Never equal to a word the helper will see (it only acts on `now != seen`).
-        shared.covered.store(seen, Ordering::Relaxed);
         // Readable at once only if a record already waits: an append after `seen` was read
         // is the helper's to notice, so none is missed, and a program that takes a readable
         // descriptor to mean "an event waits" (libcpg's callers) is not misled.
         if pending() {
-            shared.wake();
+            shared.wake(&mut shared.lock());
         }
         let thread = {
             let (shared, signal) = (Arc::clone(&shared), Arc::clone(&signal));
@@ -104,30 +161,14 @@ impl GroupWake {
     /// Before reading the log: makes the descriptor unreadable again (unless the daemon
     /// is gone). Costs a system call only when the helper woke it.
     pub fn reset(&self) {
-        if self.shared.pending.swap(false, Ordering::AcqRel) && !self.shared.gone.load(Ordering::Acquire) {
-            self.shared.eventfd.drain();
-        }
+        self.shared.reset();
     }
 
-    /// The group's futex word now (Acquire: the records it counts are visible).
-    pub fn word(&self) -> u32 {
-        self.signal.value()
-    }
-
-    /// The log held no record after the futex word read `word` ([`word`](Self::word)): the
-    /// helper need not wake the descriptor for appends up to that word.
-    pub fn drained(&self, word: u32) {
-        // SeqCst: see `Shared::wake`.
-        self.shared.covered.store(word, Ordering::SeqCst);
-        // The helper may have woken the descriptor for this word before it could see the
-        // store above (it checks `covered` before and after waking): then reset it here. If
-        // the word moved since, an append may wait behind that wake-up: wake again.
-        if self.shared.pending.load(Ordering::SeqCst) {
-            self.reset();
-            if self.signal.value() != word {
-                self.shared.wake();
-            }
-        }
+    /// A read left the log drained with the reader at `position` (`Client::read_position`):
+    /// the descriptor is not readable for the records before it, whenever the helper
+    /// notices their append.
+    pub fn drained(&self, position: u64) {
+        self.shared.drained(position, |p| self.signal.read_through(p));
     }
 
     /// Whether the helper saw the daemon hang up.
@@ -159,18 +200,7 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
         let now = signal.value();
         if now != seen {
             seen = now;
-            // A poll that began at this word and drained the log read it all already.
-            if shared.covered.load(Ordering::Acquire) != now {
-                shared.wake();
-                // Such a poll may also have run between our eventfd write and our `pending`
-                // store (its reset then found nothing to drain): nothing waits, so undo the
-                // wake-up. Only one of it and a reset gets `pending` and drains.
-                if shared.covered.load(Ordering::SeqCst) == now
-                    && shared.pending.swap(false, Ordering::AcqRel)
-                {
-                    shared.eventfd.drain();
-                }
-            }
+            shared.noticed(|p| signal.read_through(p));
             continue;
         }
         // Woken with no append: the slice passed, a stop, or a spurious wake-up.
@@ -179,9 +209,133 @@ fn watch(shared: &Shared, signal: &AppendSignal, mut seen: u32, control_fd: RawF
                 .first()
                 .is_some_and(|r| r & (tutti_sys::POLLHUP | tutti_sys::POLLERR) != 0);
         if hung_up {
-            shared.gone.store(true, Ordering::Release);
-            shared.wake();
+            shared.hung_up();
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
+
+    /// A stand-in for the log's published end (`LogEnd`, tested against a real log in
+    /// tutti-wire): the daemon's append moves it, then the futex word moves.
+    struct End(AtomicU64);
+
+    impl End {
+        fn read_through(&self, position: u64) -> bool {
+            self.0.load(Ordering::SeqCst) <= position
+        }
+        fn append(&self) {
+            self.0.fetch_add(64, Ordering::SeqCst);
+        }
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn readable(s: &Shared) -> bool {
+        let mut revents = Vec::new();
+        tutti_sys::poll_readable(&[s.eventfd.fd().as_raw_fd()], &mut revents, Some(Duration::ZERO))
+            .expect("poll");
+        revents.first().is_some_and(|r| *r & tutti_sys::POLLIN != 0)
+    }
+
+    /// The race of `fd_idle_after_drain` (docs/cpg.md), each step forced in turn: the
+    /// daemon appends; the reader reads the record and leaves the log drained; only then
+    /// does the daemon bump the futex word and the helper notice it. The descriptor must
+    /// stay idle. (With the futex word as the only evidence it went readable: the word a
+    /// drained read saw was the one before the bump.)
+    #[test]
+    fn a_wake_up_for_records_already_read_leaves_the_descriptor_idle() {
+        let end = End(AtomicU64::new(0));
+        let s = Shared::new(end.now()).unwrap();
+        end.append();
+        // The reader: resets, reads the record, finds the log drained at the end.
+        s.reset();
+        s.drained(end.now(), |p| end.read_through(p));
+        // The daemon's bump, noticed by the helper.
+        s.noticed(|p| end.read_through(p));
+        assert!(!readable(&s), "readable for a record already read");
+
+        // A new record: the wake-up is news.
+        end.append();
+        s.noticed(|p| end.read_through(p));
+        assert!(readable(&s), "a record waits");
+        s.reset();
+        assert!(!readable(&s));
+    }
+
+    /// The other orders: the helper first (readable; the read that drains the log makes it
+    /// idle again, with or without a reset before it), and a record appended after the read
+    /// (the descriptor stays readable for it).
+    #[test]
+    fn every_order_of_append_read_and_notice_ends_idle_once_all_is_read() {
+        let end = End(AtomicU64::new(0));
+        let s = Shared::new(0).unwrap();
+        end.append();
+        s.noticed(|p| end.read_through(p));
+        assert!(readable(&s));
+        s.reset();
+        s.drained(end.now(), |p| end.read_through(p));
+        assert!(!readable(&s));
+
+        // Woken, then a read that did not reset first (a read of 0 events) drains the log.
+        end.append();
+        s.noticed(|p| end.read_through(p));
+        s.drained(end.now(), |p| end.read_through(p));
+        assert!(!readable(&s), "cleared by the read");
+
+        // Woken, read, and a record appended after the read: it stays readable.
+        end.append();
+        s.noticed(|p| end.read_through(p));
+        let at = end.now();
+        end.append();
+        s.drained(at, |p| end.read_through(p));
+        assert!(readable(&s), "a record came after the read");
+        s.reset();
+        s.drained(end.now(), |p| end.read_through(p));
+        assert!(!readable(&s));
+    }
+
+    /// The case atomics did not close (4 of 16 `cpg_api` runs under load): the helper
+    /// decides to wake, then is descheduled before its eventfd write while the reader
+    /// drains the log. The helper here stops inside its check (after deciding "unread")
+    /// until the reader's `drained` has been called from another thread, or 200 ms. In
+    /// whichever order the two then run, the descriptor ends idle.
+    #[test]
+    fn a_helper_descheduled_between_its_check_and_its_wake_up_leaves_it_idle() {
+        for _ in 0..20 {
+            let end = Arc::new(End(AtomicU64::new(0)));
+            let s = Arc::new(Shared::new(0).unwrap());
+            end.append();
+            let (decided_tx, decided_rx) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let helper = {
+                let (s, end) = (Arc::clone(&s), Arc::clone(&end));
+                std::thread::spawn(move || {
+                    s.noticed(|p| {
+                        let unread = end.read_through(p);
+                        decided_tx.send(()).unwrap();
+                        let _ = go_rx.recv_timeout(Duration::from_millis(200));
+                        unread
+                    })
+                })
+            };
+            decided_rx.recv().unwrap();
+            // The reader read the record meanwhile and drains (it waits for the helper's
+            // critical section, if it must).
+            let reader = {
+                let (s, end) = (Arc::clone(&s), Arc::clone(&end));
+                std::thread::spawn(move || s.drained(end.now(), |p| end.read_through(p)))
+            };
+            let _ = go_tx.send(());
+            helper.join().unwrap();
+            reader.join().unwrap();
+            assert!(!readable(&s), "readable for a record already read");
         }
     }
 }

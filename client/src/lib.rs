@@ -37,7 +37,7 @@ use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
 pub use tutti_wire::counters::{CONTROL_COUNTERS, SHARD_COUNTERS};
 pub use tutti_wire::shm::{ConfchgRecord, CpgEntry, LeftReason, ViewRecord};
 use tutti_wire::shm::{
-    DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
+    DeliveryLog, GroupDoorbell, LogEnd, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
 };
 
@@ -209,7 +209,8 @@ type SnapshotProvider = Box<dyn FnMut(u64) -> Vec<u8> + Send>;
 struct Subscription {
     reader: LogReader,
     doorbell: Arc<SharedDoorbell>,
-    _log: Mapping,
+    /// Shared with [`AppendSignal`]s, which read the log's published end.
+    log: Arc<Mapping>,
 }
 
 /// A group's doorbell with the mapping it lives in, shared with [`AppendSignal`]s (which
@@ -439,7 +440,7 @@ impl Client {
             Some(Subscription {
                 reader,
                 doorbell: Arc::new(SharedDoorbell { doorbell, _map: bell }),
-                _log: log,
+                log: Arc::new(log),
             })
         } else {
             None
@@ -915,7 +916,20 @@ impl Client {
     /// poll loop, as the C API does). Needs the subscribe right.
     pub fn append_signal(&self, group: GroupId) -> Result<AppendSignal, Error> {
         let sub = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
-        Ok(AppendSignal::register(Arc::clone(&sub.doorbell)))
+        // SAFETY: the signal keeps the log's mapping (an `Arc`) for as long as it lives.
+        let log_end = unsafe { sub.reader.log_end() };
+        Ok(AppendSignal::register(
+            Arc::clone(&sub.doorbell),
+            log_end,
+            Arc::clone(&sub.log),
+        ))
+    }
+
+    /// Where this client's reading of `group`'s log stands (a log position; grows), for
+    /// [`AppendSignal::read_through`] on another thread. Needs the subscribe right.
+    pub fn read_position(&self, group: GroupId) -> Result<u64, Error> {
+        let sub = self.group(group)?.sub.as_ref().ok_or(Error::NotSubscribed)?;
+        Ok(sub.reader.cursor())
     }
 
     /// The control socket's descriptor, to watch for the daemon hanging up (it reads as
@@ -972,16 +986,30 @@ impl ShardCounters {
 ///
 /// Use: `let mut seen = signal.value();` then check for data (poll), then
 /// `signal.wait(seen, timeout)`; a [`value`](Self::value) other than `seen` means the
-/// daemon appended since.
+/// daemon appended since. The word moves after the records it counts are in the log, and
+/// maybe after the reader already read them: [`read_through`](Self::read_through) tells.
 pub struct AppendSignal {
     bell: Arc<SharedDoorbell>,
+    log_end: LogEnd,
+    _log: Arc<Mapping>,
 }
 
 impl AppendSignal {
-    fn register(bell: Arc<SharedDoorbell>) -> AppendSignal {
+    fn register(bell: Arc<SharedDoorbell>, log_end: LogEnd, log: Arc<Mapping>) -> AppendSignal {
         // add_waiter fences: an append after this sees the waiter and bumps the word.
         bell.doorbell.add_waiter();
-        AppendSignal { bell }
+        AppendSignal {
+            bell,
+            log_end,
+            _log: log,
+        }
+    }
+
+    /// Whether a reader at `position` ([`Client::read_position`]) has read every record
+    /// the daemon published up to now, i.e. every append the word counted when
+    /// [`value`](Self::value) was read before this call: a wake-up for those is not news.
+    pub fn read_through(&self, position: u64) -> bool {
+        self.log_end.read_through(position)
     }
 
     /// The futex word: it changes after each batch the daemon appends from now on.

@@ -73,9 +73,9 @@ pub struct ClusterConfig {
     pub suspect_timeout_ms: u64,
     /// "fifo" (per sender, default) or "unordered" (deliver on first receipt).
     pub delivery: String,
-    /// Partition policy of cpg groups: "majority" (default: a cut-off minority stops) or
-    /// "evs" (each side goes on, as Corosync's CPG; docs/cpg.md says what it costs today).
-    /// Every daemon of a cluster must use the same.
+    /// Partition policy of cpg groups: "evs" (default: each side goes on in its own
+    /// configuration and the sides merge at the heal, as Corosync's CPG) or "majority" (a
+    /// cut-off minority stops). Every daemon of a cluster must use the same.
     pub cpg_partition: String,
     /// Bytes kept for repair per group (payloads + 64 B per message). Beyond it the oldest
     /// messages go: repair of a fast sender reaches back this far.
@@ -115,7 +115,7 @@ impl Default for ClusterConfig {
             retransmit_budget_bytes: s.retransmit_budget_bytes,
             suspect_timeout_ms: s.suspect_timeout / MILLIS,
             delivery: "fifo".into(),
-            cpg_partition: "majority".into(),
+            cpg_partition: "evs".into(),
             group_budget_bytes: s.group_budget_bytes,
             shard_budget_bytes: s.node_budget_bytes,
             rerequest_after_ms: s.rerequest_after / MILLIS,

@@ -16,7 +16,7 @@
 # the cluster is still Corosync's. --tutti runs the same unmodified programs (still linked
 # against Debian's libcpg) against tutti's libcpg.so.4 (capi/cpg/build.sh) on 3 tuttid daemons
 # (tutti-cluster.sh): as root, each in a network namespace of its own, partitioned as
-# Corosync's are when TUTTI_CPG_PARTITION=evs; otherwise the partition checks are reported
+# Corosync's are under evs (the default; TUTTI_CPG_PARTITION=majority turns it off); otherwise the partition checks are reported
 # failed (no partition in one namespace; under majority a minority stops). Bounded: every wait
 # has a deadline; everything it starts is stopped and every namespace removed on exit or
 # interrupt. Takes about a minute.
@@ -266,7 +266,7 @@ if declare -F cluster_partition >/dev/null; then
 else
     # The same checks, reported failed with the reason; the same traffic without the
     # partition, so that the counts of the checks after it still hold.
-    why="not run: no partition on this cluster (tutti-cluster.sh: needs root, and TUTTI_CPG_PARTITION=evs: under majority a cut-off minority stops)"
+    why="not run: no partition on this cluster (tutti-cluster.sh: needs root, and cpg_partition = evs: under majority a cut-off minority stops)"
     for c in majority_totem_m1 majority_nodedown_m1 majority_totem_m2 majority_nodedown_m2 minority_totem \
         minority_nodedown minority_delivers majority_delivers_m1 majority_delivers_m2 majority_order_identical; do
         fail "partition.$c" "$why"

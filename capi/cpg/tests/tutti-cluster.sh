@@ -11,10 +11,10 @@
 # addresses that exist inside these namespaces only), joined by a veth pair to the bridge of
 # one more namespace (`tutti-cpg<pid>-br`); cluster_partition N sets node N's bridge port down,
 # cluster_heal N up again (as Corosync's cluster.sh does with its hub); these two exist only
-# with TUTTI_CPG_PARTITION=evs. Otherwise (TUTTI_NETNS=0, or not root) the daemons share
+# under evs (TUTTI_CPG_PARTITION unset or evs). Otherwise (TUTTI_NETNS=0, or not root) the daemons share
 # loopback (127.0.$TUTTI_SUBNET.1..3). Without cluster_partition run.sh reports the partition
 # checks failed, with the reason. TUTTI_CPG_PARTITION (majority or evs) sets the daemons'
-# `cluster.cpg_partition`; unset, the daemon's default (majority).
+# `cluster.cpg_partition`; unset, the daemon's default (evs).
 #
 # Callers set CLUSTER_DIR; cluster_down is idempotent (it removes the namespaces too) and
 # belongs in the EXIT trap.
@@ -74,9 +74,10 @@ cluster_netns_down() {
     done
 }
 
-# Only under `evs`: with `majority` a cut-off minority stops (and the daemons go on with a
-# group that lost its third), so the partition checks and the ones after them would fail.
-if [ -n "$CLUSTER_IP" ] && [ "$TUTTI_CPG_PARTITION" = evs ]; then
+# Only under `evs` (the default): with `majority` a cut-off minority stops (and the daemons
+# go on with a group that lost its third), so the partition checks and the ones after them
+# would fail.
+if [ -n "$CLUSTER_IP" ] && [ "${TUTTI_CPG_PARTITION:-evs}" = evs ]; then
     # Node $1's bridge port down (cut off) / up (healed).
     cluster_partition() { "$CLUSTER_IP" -n "${CLUSTER_NS_PREFIX}br" link set "n$1" down; }
     cluster_heal() { "$CLUSTER_IP" -n "${CLUSTER_NS_PREFIX}br" link set "n$1" up; }
