@@ -19,7 +19,11 @@ fn no_false_suspicion_at_five_percent_loss_once_the_view_formed() {
         sc.membership_only = true;
         sc.min_run = 10_000 * MILLIS;
         let r = Sim::new(sc).run();
-        assert_eq!(r.invariant_violations, 0, "seed {seed}: {:?}", r.violation_samples);
+        assert_eq!(
+            r.invariant_violations, 0,
+            "seed {seed}: {:?}",
+            r.violation_samples
+        );
         assert!(
             r.sim_time_ms >= r.bootstrap_ms + 10_000.0,
             "seed {seed}: ran {} ms",
