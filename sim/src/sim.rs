@@ -519,8 +519,10 @@ pub struct Report {
     pub crashed_not_removed: u64,
     /// SWIM: suspicions raised by live nodes' own probes, and peers confirmed failed, in
     /// all; with no crash (and no partition) every one is false, and the rate per member
-    /// and hour of simulated time is reported.
+    /// and hour of simulated time is reported, counted from the workload start (one view
+    /// of all: the steady state). `suspicions_in_bootstrap`: those raised before it.
     pub suspicions_raised: u64,
+    pub suspicions_in_bootstrap: u64,
     pub peers_confirmed_dead: u64,
     pub false_suspicions_per_member_hour: Option<f64>,
     /// Live members dropped from the coordinator's view after the workload start (each a
@@ -640,6 +642,8 @@ pub struct Sim {
     events: u64,
     datagrams: u64,
     datagrams_at_start: u64,
+    /// Suspicions raised by all nodes before the workload start (bootstrap).
+    suspicions_at_start: u64,
     rx_dropped: u64,
     workload_start: Option<Time>,
     sent_per_sender: Vec<u64>,
@@ -759,6 +763,7 @@ impl Sim {
             events: 0,
             datagrams: 0,
             datagrams_at_start: 0,
+            suspicions_at_start: 0,
             rx_dropped: 0,
             workload_start: None,
             sent_per_sender: vec![0; senders.len()],
@@ -1512,6 +1517,12 @@ impl Sim {
         }
         self.workload_start = Some(t0);
         self.datagrams_at_start = self.datagrams;
+        self.suspicions_at_start = self
+            .nodes
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .map(|n| n.counters().suspicions_raised)
+            .sum();
         self.push(t0, Kind::Burst);
         for c in 0..self.sc.crashes.len() {
             let cr = &self.sc.crashes[c];
@@ -1984,12 +1995,18 @@ impl Sim {
                 self.crashed.iter().filter(|c| c.2.is_none()).count() as u64
             },
             suspicions_raised: suspicions,
+            suspicions_in_bootstrap: self.suspicions_at_start,
             false_removals: self.false_removals,
             peers_confirmed_dead: confirmed,
             false_suspicions_per_member_hour: (self.crashed.is_empty()
                 && sc.partitions.is_empty()
                 && live_n > 0)
-                .then(|| suspicions as f64 / live_n as f64 / (self.now as f64 / 3.6e12)),
+                .then(|| {
+                    // The steady state: from one view of all to the end.
+                    let t0 = self.workload_start.unwrap_or(0);
+                    let after = suspicions.saturating_sub(self.suspicions_at_start);
+                    after as f64 / live_n as f64 / (self.now.saturating_sub(t0).max(1) as f64 / 3.6e12)
+                }),
             membership_datagrams_per_member_round: membership_dgrams as f64
                 / live_n.max(1) as f64
                 / (self.now as f64 / period).max(1.0),
