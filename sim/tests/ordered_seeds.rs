@@ -142,6 +142,17 @@ fn the_seeds_that_stalled_are_live() {
     assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
 }
 
+/// Two joiners that waited for each other (docs/ordered.md, "State transfer"): a join's
+/// producer was the lowest member of the view before it, installed or not. In 182 and 1122
+/// (of the first 2,000) the primary's crash took the producer of two joins at once; each
+/// joiner's retry then named the other, still installing, and they retried forever. The
+/// producer is now the lowest member known to hold the state.
+#[test]
+fn joiners_never_wait_for_each_other() {
+    let stalled = stalled_among(&[182, 1122]);
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+}
+
 #[test]
 fn a_seed_reproduces_its_run() {
     let a = OrderedSim::new(OrderedScenario::random(7)).run();
