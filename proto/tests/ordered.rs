@@ -1139,7 +1139,11 @@ fn joiners_below_the_members_never_wait_for_each_other() {
         sim.schedule(at + 5 * MILLIS, Action::Suspect(initial[0]));
         sim.run();
         for id in [1, 2] {
-            assert_eq!(sim.members[&id].status(), Status::Active, "seed {seed}: joiner {id}");
+            assert_eq!(
+                sim.members[&id].status(),
+                Status::Active,
+                "seed {seed}: joiner {id}"
+            );
         }
         assert_eq!(sim.restarts, 0, "seed {seed}: a member held the state throughout");
         assert!(sim.installs >= 2, "seed {seed}: {} installs", sim.installs);
@@ -1148,7 +1152,10 @@ fn joiners_below_the_members_never_wait_for_each_other() {
         // timeouts drifted apart; in tutti-sim, forever.
         for id in [1, 2] {
             let retried = sim.members[&id].counters().joins_retried;
-            assert!(retried <= 1, "seed {seed}: joiner {id} retried its join {retried} times");
+            assert!(
+                retried <= 1,
+                "seed {seed}: joiner {id} retried its join {retried} times"
+            );
         }
     }
 }
