@@ -334,6 +334,14 @@ fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
             .all(|c| common::status_number(&c.status().unwrap(), "view_members") == Some(2))
     });
     let sub = Subscriber::start(&daemons[1], group, false);
+    // The subscriber's daemon is in the group first: otherwise the publisher's daemon may
+    // found it and publish before daemon 2 joins, and daemon 2, joining later, gets the
+    // messages before its join as state (an empty snapshot: no provider), not as messages.
+    // Under load that happened (CI; 1 run in 20 beside two busy loops, 0 in 60 since): it
+    // then waited for 200 messages of which daemon 2 could only ever see the last few.
+    wait_until(WAIT, "daemon 2's subscriber in the group", &all, || {
+        sub.has_view(&[2])
+    });
     // The publisher is daemon 1's only client of the group: when it goes, daemon 1 leaves
     // the group, but only once its messages are in the order.
     {

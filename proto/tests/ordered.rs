@@ -195,10 +195,16 @@ impl Sim {
     }
 
     fn without_faults(seed: u64) -> Sim {
+        Sim::without_faults_from(seed, 1)
+    }
+
+    /// As `without_faults`, the initial members numbered from `first` (so that joiners
+    /// may have lower ids than they).
+    fn without_faults_from(seed: u64, first: NodeId) -> Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let settings = ordered_settings(&mut rng);
         let n = rng.gen_range(3..=5u32);
-        let initial: Vec<NodeId> = (1..=n).collect();
+        let initial: Vec<NodeId> = (first..first + n).collect();
         let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), minitx_settings());
         let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, minitx_settings());
         for (region, size) in settings.regions() {
@@ -1112,6 +1118,46 @@ fn a_group_whose_state_holders_all_crashed_restarts_from_an_empty_state() {
         total_restarts > 0,
         "no seed lost its state: the test does not exercise the rule"
     );
+}
+
+/// Regression (tutti-sim ordered seeds 182 and 1122): two nodes join at once, with ids
+/// below every member's, just as the lowest member (their producer) crashes. A join's
+/// producer was the lowest member of the view before it, whether it held the state or not:
+/// the first joiner's producer had crashed, the second's was the first joiner (installing),
+/// and each join retried after its install timeout named the other joiner, forever. A
+/// producer is now the lowest member known to hold the state (installed), so a live member
+/// answers at once.
+#[test]
+fn joiners_below_the_members_never_wait_for_each_other() {
+    for seed in 0..8u64 {
+        let mut sim = Sim::without_faults_from(900 + seed, 10);
+        let initial: Vec<NodeId> = sim.members.keys().copied().collect();
+        let at = (8 + 2 * seed) * MILLIS;
+        sim.schedule(at, Action::CrashMember(initial[0]));
+        sim.schedule(at, Action::Join(1));
+        sim.schedule(at, Action::Join(2));
+        sim.schedule(at + 5 * MILLIS, Action::Suspect(initial[0]));
+        sim.run();
+        for id in [1, 2] {
+            assert_eq!(
+                sim.members[&id].status(),
+                Status::Active,
+                "seed {seed}: joiner {id}"
+            );
+        }
+        assert_eq!(sim.restarts, 0, "seed {seed}: a member held the state throughout");
+        assert!(sim.installs >= 2, "seed {seed}: {} installs", sim.installs);
+        // One retry at most: a join whose producer was the crashed member. Before, the
+        // joiners' retries named each other (seed 2: 5 retries each) until their install
+        // timeouts drifted apart; in tutti-sim, forever.
+        for id in [1, 2] {
+            let retried = sim.members[&id].counters().joins_retried;
+            assert!(
+                retried <= 1,
+                "seed {seed}: joiner {id} retried its join {retried} times"
+            );
+        }
+    }
 }
 
 /// Reclamation: a member cut off (never suspected) stops reading; the others go on far past

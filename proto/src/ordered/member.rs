@@ -1765,6 +1765,21 @@ impl OrderedMember {
         }
     }
 
+    /// Whether member `m` of the delivered view is known to hold the group's state (so
+    /// that it can produce a joiner's snapshot): this member (delivering, so installed), a
+    /// founding member (position 0), or one whose progress slot, as last read, says it
+    /// installed in this membership. A slot read late only adds a producer (a member
+    /// that also takes itself for the lowest holder), never removes the last one: the
+    /// deliverer always counts itself.
+    fn holds_state(&self, m: &Member) -> bool {
+        m.node == self.node
+            || m.join_pos == 0
+            || matches!(
+                self.progress.get(m.slot as usize),
+                Some(Some(s)) if s.node == m.node && s.join_pos == m.join_pos && s.installed
+            )
+    }
+
     fn drive(&mut self, now: Time) {
         if self.status == Status::Removed || self.frozen {
             return;
@@ -1942,11 +1957,15 @@ impl OrderedMember {
                     self.next_seq.insert(e.node, 0);
                     self.payloads.retain(|id, _| id.0 != e.node || id.1 >= e.pos);
                     self.view_event(e.pos, Some(e.node), None);
+                    // The lowest member known to hold the state: a member still
+                    // installing (its own join not answered) cannot answer this one, and
+                    // two joiners naming each other waited for each other forever
+                    // (tutti-sim ordered seeds 182 and 1122).
                     let producer = before
                         .members
                         .iter()
+                        .filter(|m| m.node != e.node && self.holds_state(m))
                         .map(|m| m.node)
-                        .filter(|&n| n != e.node)
                         .min();
                     if producer == Some(self.node) {
                         self.producing =
