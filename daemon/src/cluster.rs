@@ -495,6 +495,17 @@ pub enum ClusterEvent<'a> {
     OrderedStatus { group: u64, status: &'static str },
 }
 
+/// What became of a bimodal group's message given to [`Cluster::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submit {
+    /// Multicast (and handed to the local log through `local`).
+    Sent,
+    /// Not now: the flow-control window is full. Keep it and retry.
+    Held,
+    /// Never (not joined, too large): the local log takes it alone.
+    NotSent,
+}
+
 /// Why an ordered group did not take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderedRefusal {
@@ -574,6 +585,9 @@ pub struct ClusterStats {
     pub auth_senders_full: u64,
     /// Protocol claims refused as implausible (see `tutti_proto::Counters::refused`).
     pub protocol_refused: u64,
+    /// Flow control: statuses sent as a receiver; members dropped from a window as slow.
+    pub flow_statuses: u64,
+    pub flow_slow_members: u64,
 }
 
 /// What the driver knows of a node's whereabouts.
@@ -774,6 +788,8 @@ impl Cluster {
         s.lost = c.lost_reported;
         s.window_overflow = c.window_overflow;
         s.evicted_budget = c.evicted_budget;
+        s.flow_statuses = c.flow_statuses_sent;
+        s.flow_slow_members = c.flow_slow_members;
         s.gap_requests = c.gap_requests_sent;
         s.bad_fragments = c.bad_fragments;
         s.retained_bytes = self.node.retained_bytes() as u64;
@@ -1102,7 +1118,9 @@ impl Cluster {
     /// once per batch of frames: a clock read per message cost ~2% of the sending shard at
     /// 2 M msg/s). `local` reads the node's copy of its bytes (the one read of `payload`) in
     /// place, from which the local log takes its own: local and remote members get the same
-    /// bytes. Returns false, without calling `local`, when it was not multicast (counted).
+    /// bytes. Without calling `local`: `Held` when the group's flow-control window is full
+    /// (the frame stays in the client's ring: retry after the next status arrives), and
+    /// `NotSent` when it cannot be multicast at all (counted).
     #[inline]
     pub fn submit(
         &mut self,
@@ -1111,16 +1129,17 @@ impl Cluster {
         session: u32,
         payload: &[u8],
         local: impl FnOnce(&[u8]),
-    ) -> bool {
+    ) -> Submit {
         match self
             .node
             .submit_with(now, group, session, payload, |copy| local(copy))
         {
-            Ok(_) => true,
+            Ok(_) => Submit::Sent,
+            Err(SubmitError::Full) => Submit::Held,
             Err(e) => {
                 self.stats.not_sent += 1;
                 tracing::debug!("not multicast: {e}");
-                false
+                Submit::NotSent
             }
         }
     }
