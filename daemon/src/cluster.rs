@@ -84,6 +84,17 @@ pub struct ClusterConfig {
     pub shard_budget_bytes: usize,
     /// A missing message is requested again after this long (ms) without an answer.
     pub rerequest_after_ms: u64,
+    /// Flow control of bimodal groups: messages a sender keeps in flight beyond the slowest
+    /// member it serves (a publisher beyond it sees its ring fill); keep its datagrams well
+    /// within `net.socket_buffer_bytes`. 0: off.
+    pub flow_window: u64,
+    /// A member that holds a sender back this long (ms) while stalled, or while consuming
+    /// at less than half the rate of the fastest other member, is dropped from its window
+    /// (it gets repair, then Lost).
+    pub flow_slow_after_ms: u64,
+    /// A receiver reports its progress to a sender at least this often (µs) while it
+    /// progresses (and after a quarter window at once).
+    pub flow_status_interval_us: u64,
     /// How long a group stays joined after its last local member left (ms), so that what
     /// was published here last can still be repaired from here.
     pub linger_ms: u64,
@@ -119,6 +130,9 @@ impl Default for ClusterConfig {
             group_budget_bytes: s.group_budget_bytes,
             shard_budget_bytes: s.node_budget_bytes,
             rerequest_after_ms: s.rerequest_after / MILLIS,
+            flow_window: s.flow_window,
+            flow_slow_after_ms: s.flow_slow_after / MILLIS,
+            flow_status_interval_us: s.flow_status_interval / 1_000,
             linger_ms: s.linger / MILLIS,
             state_dir: None,
             key_file: None,
@@ -307,6 +321,9 @@ impl ClusterConfig {
             group_budget_bytes: self.group_budget_bytes,
             node_budget_bytes: self.shard_budget_bytes,
             rerequest_after: self.rerequest_after_ms * MILLIS,
+            flow_window: self.flow_window,
+            flow_slow_after: self.flow_slow_after_ms * MILLIS,
+            flow_status_interval: self.flow_status_interval_us.max(1) * 1_000,
             linger: self.linger_ms * MILLIS,
             max_datagram,
             max_message,

@@ -8,6 +8,7 @@
 use crate::fxhash::FxMap;
 use crate::id_index::IdIndex;
 use crate::node::Counters;
+use crate::node::SubmitError;
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
 use crate::settings::SLOT_OVERHEAD;
@@ -15,7 +16,6 @@ use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use crate::node::SubmitError;
 use tutti_wire::packet::{
     DataHeader, DigestEntry, DigestHeader, FlowStatus, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
     FLOW_STATUS_LEN, MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
@@ -267,8 +267,10 @@ impl SenderState {
         if self.contiguous > self.status_pos {
             return Some(self.status_at.saturating_add(interval));
         }
-        (self.status_repeats < STATUS_REPEATS)
-            .then(|| self.status_at.saturating_add(interval << (self.status_repeats + 1)))
+        (self.status_repeats < STATUS_REPEATS).then(|| {
+            self.status_at
+                .saturating_add(interval << (self.status_repeats + 1))
+        })
     }
 
     fn rerequest_due(&self, settings: &Settings) -> Time {
@@ -579,7 +581,7 @@ impl GroupState {
             .senders
             .get(&(self.my_id, self.my_stream))
             .map_or(self.next_seq, |st| st.base);
-        own_base >= self.flow_min_consumed.min(self.next_seq)
+        own_base < self.flow_min_consumed
     }
 
     /// Our stream reached a bound of flow control (`flow_open` said no): apply the bimodal
@@ -659,7 +661,11 @@ impl GroupState {
             let dt = now.saturating_sub(p.status_at).max(1);
             let rate = ((consumed - p.consumed) as u128 * 1_000_000_000 / u128::from(dt))
                 .min(u128::from(u64::MAX)) as u64;
-            p.rate = if p.rate == 0 { rate } else { (3 * (p.rate / 4)).saturating_add(rate / 4) };
+            p.rate = if p.rate == 0 {
+                rate
+            } else {
+                (3 * (p.rate / 4)).saturating_add(rate / 4)
+            };
             p.consumed = consumed;
             p.progress_at = now;
         }
@@ -1120,7 +1126,9 @@ impl GroupState {
         // from the member the stream came from; gaps still open are solicited again by the
         // repair timer (`rerequest_gaps`), which spreads its attempts over other members.
         if old_high < seq {
-            st.gaps = st.gaps.wrapping_add((seq - old_high).min(u64::from(u32::MAX)) as u32);
+            st.gaps = st
+                .gaps
+                .wrapping_add((seq - old_high).min(u64::from(u32::MAX)) as u32);
             collect_wants(key, st, old_high, seq, ctx, &mut wants);
             if st.missing > 0 && st.last_rescan == 0 {
                 st.last_rescan = ctx.now;
@@ -1782,7 +1790,8 @@ fn send_flow_status(group: GroupId, key: StreamKey, st: &mut SenderState, ctx: &
     st.status_pos = st.contiguous;
     st.status_at = ctx.now;
     ctx.counters.flow_statuses_sent += 1;
-    ctx.out.push(key.0, FLOW_STATUS_LEN, |e| e.push_flow_status(&status));
+    ctx.out
+        .push(key.0, FLOW_STATUS_LEN, |e| e.push_flow_status(&status));
 }
 
 /// Sends fragments `first..` of a message (all of it when it fits one datagram).

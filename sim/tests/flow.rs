@@ -70,7 +70,10 @@ fn flow_control_keeps_an_overloaded_receiver_whole() {
         assert_eq!(r.messages, 40_000, "{what}");
         assert_eq!(r.delivered_all_fraction, 1.0, "{what}");
         assert_eq!(r.lost_reported, 0, "{what}");
-        assert!(r.messages_by_kind.flow_blocked > 0, "{what}: the sender was held back");
+        assert!(
+            r.messages_by_kind.flow_blocked > 0,
+            "{what}: the sender was held back"
+        );
         assert!(r.messages_by_kind.flow_statuses > 0, "{what}");
         assert_eq!(r.messages_by_kind.flow_slow_members, 0, "{what}");
         assert!(r.messages_by_kind.retransmits < 2_000, "{what}");

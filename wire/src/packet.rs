@@ -2582,7 +2582,10 @@ mod tests {
         enc.push_flow_status(&status).unwrap();
         let len = enc.len();
         let d = decode(&buf[..len]).unwrap();
-        assert_eq!(d.messages().collect::<Vec<_>>(), vec![Message::FlowStatus(status)]);
+        assert_eq!(
+            d.messages().collect::<Vec<_>>(),
+            vec![Message::FlowStatus(status)]
+        );
         // window 0 (offset 24 of the body, after the datagram and message headers)
         let mut zero = buf[..len].to_vec();
         let at = DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + 24;
