@@ -84,6 +84,17 @@ pub struct ClusterConfig {
     pub shard_budget_bytes: usize,
     /// A missing message is requested again after this long (ms) without an answer.
     pub rerequest_after_ms: u64,
+    /// Flow control of bimodal groups: messages a sender keeps in flight beyond the slowest
+    /// member it serves (a publisher beyond it sees its ring fill); keep its datagrams well
+    /// within `net.socket_buffer_bytes`. 0: off.
+    pub flow_window: u64,
+    /// A member that holds a sender back this long (ms) while stalled, or while consuming
+    /// at less than half the rate of the fastest other member, is dropped from its window
+    /// (it gets repair, then Lost).
+    pub flow_slow_after_ms: u64,
+    /// A receiver reports its progress to a sender at least this often (µs) while it
+    /// progresses (and after a quarter window at once).
+    pub flow_status_interval_us: u64,
     /// How long a group stays joined after its last local member left (ms), so that what
     /// was published here last can still be repaired from here.
     pub linger_ms: u64,
@@ -119,6 +130,9 @@ impl Default for ClusterConfig {
             group_budget_bytes: s.group_budget_bytes,
             shard_budget_bytes: s.node_budget_bytes,
             rerequest_after_ms: s.rerequest_after / MILLIS,
+            flow_window: s.flow_window,
+            flow_slow_after_ms: s.flow_slow_after / MILLIS,
+            flow_status_interval_us: s.flow_status_interval / 1_000,
             linger_ms: s.linger / MILLIS,
             state_dir: None,
             key_file: None,
@@ -307,6 +321,9 @@ impl ClusterConfig {
             group_budget_bytes: self.group_budget_bytes,
             node_budget_bytes: self.shard_budget_bytes,
             rerequest_after: self.rerequest_after_ms * MILLIS,
+            flow_window: self.flow_window,
+            flow_slow_after: self.flow_slow_after_ms * MILLIS,
+            flow_status_interval: self.flow_status_interval_us.max(1) * 1_000,
             linger: self.linger_ms * MILLIS,
             max_datagram,
             max_message,
@@ -495,6 +512,17 @@ pub enum ClusterEvent<'a> {
     OrderedStatus { group: u64, status: &'static str },
 }
 
+/// What became of a bimodal group's message given to [`Cluster::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submit {
+    /// Multicast (and handed to the local log through `local`).
+    Sent,
+    /// Not now: the flow-control window is full. Keep it and retry.
+    Held,
+    /// Never (not joined, too large): the local log takes it alone.
+    NotSent,
+}
+
 /// Why an ordered group did not take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderedRefusal {
@@ -573,6 +601,9 @@ pub struct ClusterStats {
     pub auth_senders_full: u64,
     /// Protocol claims refused as implausible (see `tutti_proto::Counters::refused`).
     pub protocol_refused: u64,
+    /// Flow control: statuses sent as a receiver; members dropped from a window as slow.
+    pub flow_statuses: u64,
+    pub flow_slow_members: u64,
 }
 
 /// What the driver knows of a node's whereabouts.
@@ -773,6 +804,8 @@ impl Cluster {
         s.lost = c.lost_reported;
         s.window_overflow = c.window_overflow;
         s.evicted_budget = c.evicted_budget;
+        s.flow_statuses = c.flow_statuses_sent;
+        s.flow_slow_members = c.flow_slow_members;
         s.gap_requests = c.gap_requests_sent;
         s.bad_fragments = c.bad_fragments;
         s.retained_bytes = self.node.retained_bytes() as u64;
@@ -1101,7 +1134,9 @@ impl Cluster {
     /// once per batch of frames: a clock read per message cost ~2% of the sending shard at
     /// 2 M msg/s). `local` reads the node's copy of its bytes (the one read of `payload`) in
     /// place, from which the local log takes its own: local and remote members get the same
-    /// bytes. Returns false, without calling `local`, when it was not multicast (counted).
+    /// bytes. Without calling `local`: `Held` when the group's flow-control window is full
+    /// (the frame stays in the client's ring: retry after the next status arrives), and
+    /// `NotSent` when it cannot be multicast at all (counted).
     #[inline]
     pub fn submit(
         &mut self,
@@ -1110,16 +1145,17 @@ impl Cluster {
         session: u32,
         payload: &[u8],
         local: impl FnOnce(&[u8]),
-    ) -> bool {
+    ) -> Submit {
         match self
             .node
             .submit_with(now, group, session, payload, |copy| local(copy))
         {
-            Ok(_) => true,
+            Ok(_) => Submit::Sent,
+            Err(SubmitError::Full) => Submit::Held,
             Err(e) => {
                 self.stats.not_sent += 1;
                 tracing::debug!("not multicast: {e}");
-                false
+                Submit::NotSent
             }
         }
     }

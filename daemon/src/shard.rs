@@ -4,7 +4,7 @@
 //! commands from a bounded queue. Nothing it touches on the data path is shared with
 //! another shard, and the loop neither allocates, locks nor calls the kernel per message.
 
-use crate::cluster::{Cluster, ClusterEvent, OrderedRefusal};
+use crate::cluster::{Cluster, ClusterEvent, OrderedRefusal, Submit};
 use crate::config::IdleStrategy;
 use crate::cpg::{self, CpgTables};
 use crossbeam_channel::{Receiver, Sender};
@@ -107,6 +107,9 @@ pub mod counter {
     pub const ORDERED_MINORITY: usize = shard_counter("ordered_minority");
     pub const ORDERED_REMOVED: usize = shard_counter("ordered_removed");
     pub const ORDERED_DROPPED: usize = shard_counter("ordered_dropped");
+    pub const FLOW_HELD: usize = shard_counter("flow_held");
+    pub const FLOW_STATUSES: usize = shard_counter("flow_statuses");
+    pub const FLOW_SLOW_MEMBERS: usize = shard_counter("flow_slow_members");
 }
 
 impl ShardStats {
@@ -1122,6 +1125,8 @@ impl Shard {
             (counter::REPLAYED, c.replayed),
             (counter::AUTH_SENDERS_FULL, c.auth_senders_full),
             (counter::PROTOCOL_REFUSED, c.protocol_refused),
+            (counter::FLOW_STATUSES, c.flow_statuses),
+            (counter::FLOW_SLOW_MEMBERS, c.flow_slow_members),
         ] {
             self.stats.set(index, value);
         }
@@ -1272,6 +1277,7 @@ fn drain_ring(
     let mut bytes = 0u64;
     let mut too_large = 0u64;
     let (mut submitted, mut full) = (0u64, false);
+    let mut flow_held = false;
     // One clock read per batch of frames, not per message.
     let now = cluster.as_deref().map_or(0, Cluster::now);
     let n = consumer
@@ -1328,15 +1334,23 @@ fn drain_ring(
                             }
                         };
                     }
-                    bytes += payload.len() as u64;
                     // Multicast: the log copies from the node's copy, read in place.
                     let mut appended = None;
                     if let Some(c) = cluster.as_deref_mut() {
                         let writer = &mut group.writer;
-                        c.submit(now, group.gid, *session, payload, |copy| {
+                        let r = c.submit(now, group.gid, *session, payload, |copy| {
                             appended = Some(writer.append(*sender, copy).is_ok());
                         });
+                        if r == Submit::Held {
+                            // Flow control: the slowest member served holds the window
+                            // full. The frame stays in the ring (the client sees it fill:
+                            // back pressure) and is retried when a status reopens the
+                            // window, never dropped.
+                            flow_held = true;
+                            return false;
+                        }
                     }
+                    bytes += payload.len() as u64;
                     let appended = match appended {
                         Some(ok) => ok,
                         None => group.writer.append(*sender, payload).is_ok(),
@@ -1360,9 +1374,12 @@ fn drain_ring(
         .map_err(|e| format!("malformed publish ring: {e}"))?;
     stats.add(counter::FRAMES_IN, n as u64);
     stats.add(counter::BYTES_IN, bytes);
-    *blocked = full;
+    *blocked = full || flow_held;
     if full {
         stats.add(counter::ORDERED_FULL, 1);
+    }
+    if flow_held {
+        stats.add(counter::FLOW_HELD, 1);
     }
     if submitted > 0 {
         stats.add(counter::ORDERED_SUBMITTED, submitted);

@@ -21,6 +21,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 assert_eq!(i as usize, messages.len(), "a validated run iterates whole");
             }
+            if let Message::FlowStatus(status) = message {
+                // A validated flow status never offers an empty window.
+                assert!(status.window >= 1);
+            }
             if let Message::Ordered { header, kind, bytes } = message {
                 // A validated fragment fits its message and names a known kind.
                 assert_eq!(kind as u8, header.kind);

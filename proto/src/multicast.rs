@@ -8,6 +8,7 @@
 use crate::fxhash::FxMap;
 use crate::id_index::IdIndex;
 use crate::node::Counters;
+use crate::node::SubmitError;
 use crate::outbox::Outbox;
 use crate::payload::{Payload, PayloadPool};
 use crate::settings::SLOT_OVERHEAD;
@@ -16,8 +17,8 @@ use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tutti_wire::packet::{
-    DataHeader, DigestEntry, DigestHeader, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
-    MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
+    DataHeader, DigestEntry, DigestHeader, FlowStatus, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
+    FLOW_STATUS_LEN, MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
 };
 
 /// Overhead counted per retransmitted fragment against the budget (headers, syscalls).
@@ -48,6 +49,41 @@ const LOW_GRACE_ROUNDS: u32 = 4;
 const MAX_TREE_FANOUT: usize = 64;
 /// Bytes counted per fragment slot of a partly received message.
 const FRAGMENT_OVERHEAD: usize = 24;
+/// Times a receiver repeats an unchanged flow status (1, 2, 4, ... intervals apart) after
+/// the stream went quiet: a lost status then stalls its sender for a few intervals at most.
+const STATUS_REPEATS: u8 = 6;
+/// A requester's retransmit budget per round halves when its status shows more new gaps
+/// than `window / GAP_BURST_DIVISOR` (its socket buffer overflowed: more repair would add
+/// to its burst), down to `retransmit_budget_bytes / REQUESTER_BUDGET_FLOOR`, and grows back
+/// by `retransmit_budget_bytes / REQUESTER_BUDGET_STEP` per round (AIMD). Random loss of a
+/// few percent opens far fewer gaps per status than that and keeps the full budget.
+const GAP_BURST_DIVISOR: u64 = 8;
+const REQUESTER_BUDGET_FLOOR: usize = 64;
+const REQUESTER_BUDGET_STEP: usize = 16;
+
+/// What the sender knows of one member's consumption of its stream (flow control).
+struct FlowPeer {
+    /// Every seq below this is held by the member (its last status; where our stream stood
+    /// when it entered the view until then).
+    consumed: u64,
+    /// Its advertised receive window (at most ours).
+    window: u64,
+    /// When `consumed` last grew, and the last status.
+    progress_at: Time,
+    status_at: Time,
+    /// Its consumption rate (messages per second, smoothed over statuses).
+    rate: u64,
+    /// Since when it holds our window full (a submit was refused for it and it has not
+    /// come back within half a window since); `NEVER` when it does not.
+    behind_since: Time,
+    /// Dropped from the window by the bimodal rule (until it is back within half a window).
+    slow: bool,
+    /// The gap count of its last status.
+    gaps: u32,
+    /// Retransmit bytes per round it may get from us (AIMD), and what is left this round.
+    repair_budget: usize,
+    repair_left: usize,
+}
 
 /// A stream: a sender node and the stream id it drew when it joined the group.
 pub type StreamKey = (NodeId, u32);
@@ -150,6 +186,13 @@ pub struct SenderState {
     /// to a gossip period), so a gap nobody can fill soon costs a request per gossip
     /// period, not one per `rerequest_after`.
     rerequests: u8,
+    /// Flow control, as a receiver: the `contiguous` our last status to the stream's sender
+    /// reported, when we sent it, how often it was repeated unchanged, and the gaps (missing
+    /// seqs) this stream has opened here so far (wrapping).
+    status_pos: u64,
+    status_at: Time,
+    status_repeats: u8,
+    gaps: u32,
 }
 
 impl SenderState {
@@ -168,6 +211,10 @@ impl SenderState {
             holder: 0,
             direct_high: 0,
             rerequests: 0,
+            status_pos: base,
+            status_at: 0,
+            status_repeats: STATUS_REPEATS,
+            gaps: 0,
         }
     }
     fn high(&self) -> u64 {
@@ -212,6 +259,20 @@ impl SenderState {
         dropped
     }
     /// When the repair timer next solicits this stream's gaps.
+    /// When the flow status of this stream is next due, if one is: progress not reported
+    /// yet (an interval after the last status), or the last status repeated (each repeat
+    /// twice as long after the one before, `STATUS_REPEATS` times).
+    fn status_due(&self, settings: &Settings) -> Option<Time> {
+        let interval = settings.flow_status_interval.max(1);
+        if self.contiguous > self.status_pos {
+            return Some(self.status_at.saturating_add(interval));
+        }
+        (self.status_repeats < STATUS_REPEATS).then(|| {
+            self.status_at
+                .saturating_add(interval << (self.status_repeats + 1))
+        })
+    }
+
     fn rerequest_due(&self, settings: &Settings) -> Time {
         let backoff = self.rerequests.saturating_sub(REREQUESTS_BEFORE_BACKOFF).min(16);
         let wait = settings
@@ -331,6 +392,14 @@ pub struct GroupState {
     pub lingering_until: Option<Time>,
     scratch_digest: Vec<DigestEntry>,
     scratch_request: Vec<RequestEntry>,
+    /// Flow control of our stream: each other member's consumption, and the seq our stream
+    /// may reach before a submit is refused (the minimum over members not dropped as slow
+    /// of `consumed + window`; recomputed when a status arrives, the view changes or a
+    /// submit reaches it).
+    flow: FxMap<NodeId, FlowPeer>,
+    flow_limit: u64,
+    /// The least `consumed` of the members served.
+    flow_min_consumed: u64,
 }
 
 /// A group's members in one view, in view order, with their streams and an index of their
@@ -437,11 +506,186 @@ impl GroupState {
             lingering_until: None,
             scratch_digest: Vec::new(),
             scratch_request: Vec::new(),
+            flow: FxMap::default(),
+            flow_limit: u64::MAX,
+            flow_min_consumed: u64::MAX,
         }
     }
 
     pub fn my_stream(&self) -> u32 {
         self.my_stream
+    }
+
+    // ------------------------------------------------------------ flow control (sender)
+
+    /// The view changed: every other member is served by our window (a new one as holding
+    /// everything we sent so far, until its first status), departed ones no longer.
+    fn update_flow_members(&mut self, ctx: &Ctx<'_>) {
+        let view = &self.view;
+        let me = self.my_id;
+        self.flow.retain(|n, _| *n != me && view.pos(*n).is_some());
+        let full = ctx.settings.retransmit_budget_bytes;
+        for &n in &view.members {
+            if n == me || self.flow.contains_key(&n) {
+                continue;
+            }
+            self.flow.insert(
+                n,
+                FlowPeer {
+                    consumed: self.next_seq,
+                    window: ctx.settings.flow_window.max(1),
+                    progress_at: ctx.now,
+                    status_at: ctx.now,
+                    rate: 0,
+                    behind_since: NEVER,
+                    slow: false,
+                    gaps: 0,
+                    repair_budget: full,
+                    repair_left: full,
+                },
+            );
+        }
+        self.recompute_flow_limit(ctx.settings);
+    }
+
+    fn recompute_flow_limit(&mut self, settings: &Settings) {
+        let own = settings.flow_window;
+        let served = self.flow.values().filter(|p| !p.slow);
+        (self.flow_limit, self.flow_min_consumed) = if own == 0 {
+            (u64::MAX, u64::MAX) // flow control off
+        } else {
+            served.fold((u64::MAX, u64::MAX), |(limit, min), p| {
+                (
+                    limit.min(p.consumed.saturating_add(p.window.min(own))),
+                    min.min(p.consumed),
+                )
+            })
+        };
+    }
+
+    /// Whether our stream may take a message of `len` bytes now without a bound of flow
+    /// control: `next_seq` below the window of every member served, and, when the group's
+    /// budget is full (the message evicts our oldest), that oldest message held by every
+    /// member served (else the eviction would make it `Lost` for a member that keeps up).
+    fn flow_open(&self, len: usize, ctx: &Ctx<'_>) -> bool {
+        if ctx.settings.flow_window == 0 {
+            return true; // flow control off
+        }
+        if self.next_seq >= self.flow_limit {
+            return false;
+        }
+        if self.bytes + SLOT_OVERHEAD + len <= ctx.settings.group_budget_bytes {
+            return true;
+        }
+        let own_base = self
+            .senders
+            .get(&(self.my_id, self.my_stream))
+            .map_or(self.next_seq, |st| st.base);
+        own_base < self.flow_min_consumed
+    }
+
+    /// Our stream reached a bound of flow control (`flow_open` said no): apply the bimodal
+    /// rule (a member holding the stream back for `flow_slow_after` while stalled, or
+    /// outpaced by the fastest other member more than twice, is dropped from the window),
+    /// then whether the message may be sent. When it may not, the node's timer is set for
+    /// when a member holding it may be dropped.
+    fn flow_admit(&mut self, len: usize, ctx: &mut Ctx<'_>) -> bool {
+        let (now, next) = (ctx.now, self.next_seq);
+        let own = ctx.settings.flow_window;
+        let slow_after = ctx.settings.flow_slow_after;
+        let budget_full = self.bytes + SLOT_OVERHEAD + len > ctx.settings.group_budget_bytes;
+        let own_base = self
+            .senders
+            .get(&(self.my_id, self.my_stream))
+            .map_or(next, |st| st.base);
+        // The two fastest rates among the members served: a member compares itself with
+        // the fastest other one.
+        let (mut best, mut second) = (0u64, 0u64);
+        for p in self.flow.values().filter(|p| !p.slow) {
+            if p.rate > best {
+                (best, second) = (p.rate, best);
+            } else if p.rate > second {
+                second = p.rate;
+            }
+        }
+        let mut wake = NEVER;
+        for p in self.flow.values_mut().filter(|p| !p.slow) {
+            let window_full = next >= p.consumed.saturating_add(p.window.min(own));
+            let owed_front = budget_full && p.consumed <= own_base;
+            if !window_full && !owed_front {
+                continue;
+            }
+            if p.behind_since == NEVER {
+                p.behind_since = now;
+            }
+            let fastest_other = if p.rate == best { second } else { best };
+            let stalled = now.saturating_sub(p.progress_at) >= slow_after;
+            let outpaced = p.rate.saturating_mul(2) < fastest_other;
+            if now.saturating_sub(p.behind_since) >= slow_after && (stalled || outpaced) {
+                p.slow = true;
+                ctx.counters.flow_slow_members += 1;
+            } else {
+                // When it may be dropped: once it held the stream `slow_after` (if outpaced
+                // by then), else when it stalled that long. A status wakes the driver too.
+                let due = match p.behind_since.saturating_add(slow_after) {
+                    t if t > now => t,
+                    _ => p.progress_at.saturating_add(slow_after).max(now + 1),
+                };
+                wake = wake.min(due);
+            }
+        }
+        self.recompute_flow_limit(ctx.settings);
+        if self.flow_open(len, ctx) {
+            return true;
+        }
+        *ctx.repair_at = (*ctx.repair_at).min(wake);
+        false
+    }
+
+    /// A member reported how far it holds our stream.
+    pub fn handle_flow_status(&mut self, from: NodeId, status: &FlowStatus, ctx: &mut Ctx<'_>) {
+        if status.sender != self.my_id || status.stream != self.my_stream {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        }
+        let Some(p) = self.flow.get_mut(&from) else {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        };
+        ctx.counters.flow_statuses_received += 1;
+        let now = ctx.now;
+        let own = ctx.settings.flow_window.max(1);
+        // Never past what we sent (a forged or confused status cannot open the window).
+        let consumed = status.consumed.min(self.next_seq);
+        if consumed > p.consumed {
+            let dt = now.saturating_sub(p.status_at).max(1);
+            let rate = ((consumed - p.consumed) as u128 * 1_000_000_000 / u128::from(dt))
+                .min(u128::from(u64::MAX)) as u64;
+            p.rate = if p.rate == 0 {
+                rate
+            } else {
+                (3 * (p.rate / 4)).saturating_add(rate / 4)
+            };
+            p.consumed = consumed;
+            p.progress_at = now;
+        }
+        p.status_at = now;
+        p.window = u64::from(status.window).clamp(1, own);
+        let new_gaps = u64::from(status.gaps.wrapping_sub(p.gaps));
+        p.gaps = status.gaps;
+        if new_gaps.saturating_mul(GAP_BURST_DIVISOR) > p.window {
+            let floor = ctx.settings.retransmit_budget_bytes / REQUESTER_BUDGET_FLOOR;
+            p.repair_budget = (p.repair_budget / 2).max(floor);
+            p.repair_left = p.repair_left.min(p.repair_budget);
+        }
+        if self.next_seq.saturating_sub(p.consumed) < p.window / 2 + 1 {
+            p.behind_since = NEVER;
+            if p.slow {
+                p.slow = false;
+                ctx.counters.flow_readmitted += 1;
+            }
+        }
+        self.recompute_flow_limit(ctx.settings);
     }
 
     /// This round's retransmit budget (reset each gossip round; a group joined between
@@ -498,6 +742,7 @@ impl GroupState {
         }
         let previous = std::mem::replace(&mut self.view, view);
         self.own_children = None;
+        self.update_flow_members(ctx);
         let previous_owed = std::mem::take(&mut self.owed);
         self.owed = vec![0; self.view.len().div_ceil(64)];
         let keep_owed = was_member && now_member;
@@ -710,7 +955,11 @@ impl GroupState {
         session: u32,
         ctx: &mut Ctx<'_>,
         local: impl FnOnce(&Payload),
-    ) -> u64 {
+    ) -> Result<u64, SubmitError> {
+        if !self.flow_open(payload.len(), ctx) && !self.flow_admit(payload.len(), ctx) {
+            ctx.counters.flow_blocked += 1;
+            return Err(SubmitError::Full);
+        }
         let seq = self.next_seq;
         if self.sent_rounds.back().map(|(r, _)| *r) != Some(ctx.round) {
             self.sent_rounds.push_back((ctx.round, seq));
@@ -772,7 +1021,7 @@ impl GroupState {
         }
         account(&mut self.bytes, before, after, ctx);
         self.enforce_budget(Some(key), ctx);
-        seq
+        Ok(seq)
     }
 
     /// A data message (a stage 1 copy or a retransmission, of a whole message or one
@@ -819,6 +1068,7 @@ impl GroupState {
         let base = self.first_base(key, base, ctx);
         let mut wants = std::mem::take(&mut self.scratch_request);
         wants.clear();
+        let sender_in_view = self.view.pos(key.0).is_some();
         let st = self.state_for(key, base, round);
         let before = st.bytes;
         if seq < st.base {
@@ -876,6 +1126,9 @@ impl GroupState {
         // from the member the stream came from; gaps still open are solicited again by the
         // repair timer (`rerequest_gaps`), which spreads its attempts over other members.
         if old_high < seq {
+            st.gaps = st
+                .gaps
+                .wrapping_add((seq - old_high).min(u64::from(u32::MAX)) as u32);
             collect_wants(key, st, old_high, seq, ctx, &mut wants);
             if st.missing > 0 && st.last_rescan == 0 {
                 st.last_rescan = ctx.now;
@@ -886,6 +1139,18 @@ impl GroupState {
             // sender that publishes in bursts would leave a failed repair unasked until
             // its budget evicted the message everywhere.
             *ctx.repair_at = (*ctx.repair_at).min(st.rerequest_due(ctx.settings).max(ctx.now));
+        }
+        // Flow control: tell the sender at once when a quarter window more is held, else
+        // within `flow_status_interval` (the repair timer sends it).
+        if sender_in_view && ctx.settings.flow_window > 0 {
+            st.status_repeats = 0;
+            let quarter = (ctx.settings.flow_window / 4).max(1);
+            if st.contiguous >= st.status_pos.saturating_add(quarter) {
+                send_flow_status(group, key, st, ctx);
+            }
+            if let Some(due) = st.status_due(ctx.settings) {
+                *ctx.repair_at = (*ctx.repair_at).min(due.max(ctx.now));
+            }
         }
         let after = st.bytes;
         account(&mut self.bytes, before, after, ctx);
@@ -910,11 +1175,26 @@ impl GroupState {
     /// `ctx.repair_at` to when they are next due.
     pub fn rerequest_gaps(&mut self, ctx: &mut Ctx<'_>) {
         let mut wants = std::mem::take(&mut self.scratch_request);
+        let group = self.id;
         for i in 0..self.order.len() {
             let key = self.order[i];
             let Some(st) = self.senders.get_mut(&key) else {
                 continue;
             };
+            // Flow statuses due (progress not reported yet, or a repeat).
+            if key.0 != self.my_id && self.view.pos(key.0).is_some() && ctx.settings.flow_window > 0 {
+                if let Some(due) = st.status_due(ctx.settings) {
+                    if ctx.now >= due {
+                        if st.contiguous == st.status_pos {
+                            st.status_repeats += 1;
+                        }
+                        send_flow_status(group, key, st, ctx);
+                    }
+                }
+                if let Some(due) = st.status_due(ctx.settings) {
+                    *ctx.repair_at = (*ctx.repair_at).min(due);
+                }
+            }
             if st.missing == 0 {
                 continue;
             }
@@ -1198,6 +1478,13 @@ impl GroupState {
                     ctx.counters.retransmit_budget_exhausted += 1;
                     return;
                 }
+                if let Some(p) = self.flow.get_mut(&from) {
+                    if want > p.repair_left {
+                        ctx.counters.retransmit_requester_budget_exhausted += 1;
+                        return;
+                    }
+                    p.repair_left -= want;
+                }
                 self.budget_left -= want;
                 let header = DataHeader {
                     group: self.id,
@@ -1280,6 +1567,14 @@ impl GroupState {
     /// `gossip_fanout` random group members (`targets` picked by the node).
     pub fn round(&mut self, targets: &[NodeId], ctx: &mut Ctx<'_>) {
         self.budget_left = ctx.settings.retransmit_budget_bytes;
+        let full = ctx.settings.retransmit_budget_bytes;
+        for p in self.flow.values_mut() {
+            p.repair_budget = p
+                .repair_budget
+                .saturating_add(full / REQUESTER_BUDGET_STEP)
+                .min(full);
+            p.repair_left = p.repair_budget;
+        }
         self.gc(ctx);
         self.digest_replied.clear();
         if targets.is_empty() {
@@ -1480,6 +1775,23 @@ fn fragment(payload: &[u8], chunk: usize, i: usize) -> &[u8] {
     let start = (i * chunk).min(payload.len());
     let end = (start + chunk).min(payload.len());
     payload.get(start..end).unwrap_or(&[])
+}
+
+/// Reports to a stream's sender how far we hold it (flow control).
+fn send_flow_status(group: GroupId, key: StreamKey, st: &mut SenderState, ctx: &mut Ctx<'_>) {
+    let status = FlowStatus {
+        group,
+        sender: key.0,
+        stream: key.1,
+        consumed: st.contiguous.max(st.base),
+        window: ctx.settings.flow_window.clamp(1, u64::from(u32::MAX)) as u32,
+        gaps: st.gaps,
+    };
+    st.status_pos = st.contiguous;
+    st.status_at = ctx.now;
+    ctx.counters.flow_statuses_sent += 1;
+    ctx.out
+        .push(key.0, FLOW_STATUS_LEN, |e| e.push_flow_status(&status));
 }
 
 /// Sends fragments `first..` of a message (all of it when it fits one datagram).
@@ -2224,7 +2536,11 @@ mod tests {
     /// attempts the interval doubles.
     #[test]
     fn the_repair_timer_solicits_a_gap_again_without_new_data() {
-        let mut w = World::new(Settings::default());
+        // Flow control off: its statuses to the sender would share the repair timer.
+        let mut w = World::new(Settings {
+            flow_window: 0,
+            ..Settings::default()
+        });
         let mut g = GroupState::new(7, 0, 1);
         set(&mut g, &mut w, 1, &[0, 1, 2, 3]);
         w.with(1, |ctx| g.handle_data(2, &data(0, 1), b"a", ctx));
@@ -2293,7 +2609,7 @@ mod tests {
         let mut w = World::new(settings);
         let mut g = GroupState::new(7, 1, 1);
         let sent_to = |g: &mut GroupState, w: &mut World| {
-            w.with(1, |ctx| g.submit(b"m", 0, ctx, |_| {}));
+            w.with(1, |ctx| g.submit(b"m", 0, ctx, |_| {}).unwrap());
             let mut to: Vec<NodeId> = w.sent_data().iter().map(|(to, ..)| *to).collect();
             to.sort_unstable();
             to
@@ -2321,7 +2637,7 @@ mod tests {
         let mut sender = GroupState::new(7, 1, 9);
         set(&mut sender, &mut sw, 1, &[1, 0]);
         let msg: Vec<u8> = (0..chunk * 3 + 17).map(|i| i as u8).collect();
-        sw.with(1, |ctx| sender.submit(&msg, 4, ctx, |_| {}));
+        sw.with(1, |ctx| sender.submit(&msg, 4, ctx, |_| {}).unwrap());
         let mut frags = sw.sent_data();
         assert_eq!(frags.len(), 4);
         assert!(frags.iter().all(|(to, h, _, _)| *to == 0 && h.frag_count == 4));

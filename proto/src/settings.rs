@@ -114,6 +114,33 @@ pub struct Settings {
     pub max_pending_events: usize,
     /// FIFO per sender, or immediate unordered delivery.
     pub delivery: Delivery,
+    /// Flow control of bimodal groups: messages a sender keeps in flight beyond the slowest
+    /// member it serves (the highest seq that member holds without a gap, from its
+    /// `FlowStatus`); a receiver also advertises it as its receive window, and the sender
+    /// uses the smaller. A submit beyond it is refused with `SubmitError::Full` (the
+    /// client's publish ring fills: back pressure, never a drop). Larger: more throughput
+    /// across long round trips and descheduled receivers, bigger bursts into a receiver's
+    /// socket buffer (keep `flow_window` messages' datagrams well within it: 16,384 messages of 64 B are ~800 datagrams, 2-3 MiB of kernel buffer,
+    /// within the daemon's 16 MiB default). A sender whose group budget is full also holds a
+    /// message back rather than evict its oldest before every member served holds it. 0:
+    /// flow control off (the sender sends at the application's pace; receivers send no
+    /// status).
+    pub flow_window: u64,
+    /// The bimodal rule of flow control: a member that holds the sender's window full for
+    /// this long, and meanwhile made no progress at all or consumed at less than half the
+    /// rate of the fastest other member, is dropped from the window (counted in
+    /// `Counters::flow_slow_members`): it gets repair, then `Lost`, as without flow
+    /// control, and is counted again once it is back within half a window. A member
+    /// slower than the sender but as fast as the others paces the sender. Shorter: a stalled
+    /// member holds the others back less long; longer: a descheduled member (a shard off
+    /// its core for tens of ms) is less often given up.
+    pub flow_slow_after: Time,
+    /// A receiver reports its progress in a stream to the sender at least this often while
+    /// it progresses (and after a quarter window at once); with nothing new it repeats its
+    /// last status at twice the interval each time, a few times (a lost status would stall
+    /// the sender until `flow_slow_after`). Shorter: the sender's window reopens sooner,
+    /// more status datagrams.
+    pub flow_status_interval: Time,
 }
 
 impl Default for Settings {
@@ -142,6 +169,9 @@ impl Default for Settings {
             max_pending_transmits: 1 << 16,
             max_pending_events: 1 << 20,
             delivery: Delivery::Fifo,
+            flow_window: 16_384,
+            flow_slow_after: 250 * MILLIS,
+            flow_status_interval: MILLIS,
         }
     }
 }

@@ -18,6 +18,9 @@ const MICROS: Time = 1_000;
 pub const GROUP: u64 = 0x7475_7474_6900_0001;
 /// Datagrams a paused or busy node can queue (its socket receive buffer); beyond, dropped.
 const RX_CAPACITY: usize = 4096;
+/// Bytes a queued datagram counts against a byte-bounded receive buffer beside its own
+/// length (the kernel charges a socket buffer a datagram's whole buffer, its "truesize").
+pub const RX_DATAGRAM_OVERHEAD: usize = 768;
 /// Processing time of one datagram or timer at a full-speed node, and per byte.
 const COST_BASE: Time = 2 * MICROS;
 const COST_PER_BYTE_NS: Time = 1;
@@ -131,6 +134,21 @@ pub struct Scenario {
     pub hostile: Vec<NodeId>,
     /// The attacks hostile members make, in turn (`HostileAttack::DEFAULT` unless set).
     pub hostile_attacks: Vec<HostileAttack>,
+    /// Receiver capacity. `rx_buffer_bytes` > 0: each node's socket receive buffer holds
+    /// that many bytes (each queued datagram counts its length plus `RX_DATAGRAM_OVERHEAD`);
+    /// 0: it holds `RX_CAPACITY` datagrams. A datagram that arrives to a full buffer is
+    /// dropped and counted (`KindCounts::rx_dropped_slow`).
+    pub rx_buffer_bytes: usize,
+    /// `rx_datagrams_per_ms` > 0: a node processes that many datagrams per ms at most (each
+    /// costs `1 ms / rate` of its time, whatever its size); 0: the default per-datagram and
+    /// per-byte cost.
+    pub rx_datagrams_per_ms: u64,
+    /// Nodes kept off their core (descheduled) for `deschedule_for` in every
+    /// `deschedule_every`: they queue what arrives meanwhile, as a daemon's shard does when
+    /// the scheduler runs something else on its core.
+    pub descheduled: Vec<NodeId>,
+    pub deschedule_every: Time,
+    pub deschedule_for: Time,
 }
 
 impl Scenario {
@@ -163,6 +181,11 @@ impl Scenario {
             convergence_bound_override: None,
             hostile: Vec::new(),
             hostile_attacks: HostileAttack::DEFAULT.to_vec(),
+            rx_buffer_bytes: 0,
+            rx_datagrams_per_ms: 0,
+            descheduled: Vec::new(),
+            deschedule_every: 100 * MILLIS,
+            deschedule_for: 0,
         }
     }
 
@@ -439,6 +462,7 @@ fn datagram_kinds(bytes: &[u8]) -> String {
             Message::GroupJoin(_) => "GroupJoin",
             Message::GroupLeave(_) => "GroupLeave",
             Message::Ordered { .. } => "Ordered",
+            Message::FlowStatus(_) => "FlowStatus",
         };
         kinds.push((k, 0));
     }
@@ -550,6 +574,11 @@ pub struct KindCounts {
     pub views: u64,
     pub rx_dropped_slow: u64,
     pub transmits_dropped: u64,
+    /// Flow control: statuses receivers sent, submits refused by a full window (each a
+    /// retry later), members dropped from a sender's window as slow.
+    pub flow_statuses: u64,
+    pub flow_blocked: u64,
+    pub flow_slow_members: u64,
     pub retransmit_budget_exhausted: u64,
     /// Messages live nodes gave up to stay within their byte budgets.
     pub evicted_budget: u64,
@@ -618,6 +647,10 @@ struct SimNode {
     speed: f64,
     pause_phase: Time,
     paused: Time,
+    /// Pauses of `paused` come once every `pause_period`.
+    pause_period: Time,
+    /// Bytes queued in `inbox` (with `RX_DATAGRAM_OVERHEAD` each).
+    inbox_bytes: usize,
     timer_at: Option<Time>,
     timer_generation: u64,
     inbox: VecDeque<(NodeId, Vec<u8>)>,
@@ -694,7 +727,13 @@ impl Sim {
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let perturbed = sc.perturbed.contains(&(i as NodeId));
+            let descheduled = sc.descheduled.contains(&(i as NodeId)) && sc.deschedule_for > 0;
             let avail = (1.0 - sc.perturb_fraction).clamp(0.01, 1.0);
+            let pause_period = if descheduled {
+                sc.deschedule_every.max(sc.deschedule_for + 1)
+            } else {
+                100 * MILLIS
+            };
             nodes.push(SimNode {
                 node: None,
                 incarnation: 1,
@@ -702,11 +741,15 @@ impl Sim {
                 busy_until: 0,
                 speed: if perturbed { avail } else { 1.0 },
                 pause_phase: rng.gen_range(0..100 * MILLIS),
-                paused: if perturbed {
+                paused: if descheduled {
+                    sc.deschedule_for
+                } else if perturbed {
                     ((1.0 - avail) * (100 * MILLIS) as f64) as Time
                 } else {
                     0
                 },
+                pause_period,
+                inbox_bytes: 0,
                 timer_at: None,
                 timer_generation: 0,
                 inbox: VecDeque::new(),
@@ -835,6 +878,7 @@ impl Sim {
         sn.node = Some(node);
         sn.busy_until = self.now;
         sn.inbox.clear();
+        sn.inbox_bytes = 0;
         sn.joined = join;
         sn.left_at = None;
         let inst = (i as NodeId, sn.incarnation);
@@ -849,7 +893,7 @@ impl Sim {
         let sn = &self.nodes[i];
         let mut t = t.max(sn.busy_until);
         if sn.paused > 0 {
-            let period = 100 * MILLIS;
+            let period = sn.pause_period;
             let into = (t + period - sn.pause_phase % period) % period;
             if into < sn.paused {
                 t += sn.paused - into;
@@ -1125,10 +1169,16 @@ impl Sim {
                 let at = self.available_at(i, ev.time);
                 if at > ev.time || !self.nodes[i].inbox.is_empty() {
                     // Busy or paused: the datagram waits in the socket buffer (bounded).
-                    if self.nodes[i].inbox.len() >= RX_CAPACITY {
+                    let charge = bytes.len() + RX_DATAGRAM_OVERHEAD;
+                    let full = match self.sc.rx_buffer_bytes {
+                        0 => self.nodes[i].inbox.len() >= RX_CAPACITY,
+                        cap => self.nodes[i].inbox_bytes + charge > cap,
+                    };
+                    if full {
                         self.rx_dropped += 1;
                         return;
                     }
+                    self.nodes[i].inbox_bytes += charge;
                     self.nodes[i].inbox.push_back((from, bytes));
                     if !self.nodes[i].wake_scheduled {
                         self.nodes[i].wake_scheduled = true;
@@ -1143,11 +1193,14 @@ impl Sim {
                 self.nodes[i].wake_scheduled = false;
                 if self.nodes[i].node.is_none() {
                     self.nodes[i].inbox.clear();
+                    self.nodes[i].inbox_bytes = 0;
                     return;
                 }
                 let at = self.available_at(i, ev.time);
                 if at <= ev.time {
                     if let Some((from, bytes)) = self.nodes[i].inbox.pop_front() {
+                        let sn = &mut self.nodes[i];
+                        sn.inbox_bytes = sn.inbox_bytes.saturating_sub(bytes.len() + RX_DATAGRAM_OVERHEAD);
                         self.deliver_packet(i, from, &bytes);
                     }
                 }
@@ -1304,8 +1357,11 @@ impl Sim {
                 self.checker.on_heard(at, (from, d.header.incarnation), now);
             }
         }
-        let cost =
-            ((COST_BASE + COST_PER_BYTE_NS * bytes.len() as Time) as f64 / self.nodes[i].speed) as Time;
+        let base = match self.sc.rx_datagrams_per_ms {
+            0 => COST_BASE + COST_PER_BYTE_NS * bytes.len() as Time,
+            rate => (MILLIS / rate).max(1),
+        };
+        let cost = (base as f64 / self.nodes[i].speed) as Time;
         self.nodes[i].busy_until = now + cost;
         if let Some(n) = self.nodes[i].node.as_mut() {
             n.handle_packet(now, from, bytes);
@@ -1884,6 +1940,9 @@ impl Sim {
             kinds.ping_reqs += c.ping_reqs_sent;
             kinds.views += c.views_sent;
             kinds.transmits_dropped += c.transmits_dropped;
+            kinds.flow_statuses += c.flow_statuses_sent;
+            kinds.flow_blocked += c.flow_blocked;
+            kinds.flow_slow_members += c.flow_slow_members;
             kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
             kinds.evicted_budget += c.evicted_budget;
             kinds.bad_fragments += c.bad_fragments;

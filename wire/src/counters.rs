@@ -152,6 +152,18 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "ordered_dropped",
         "ordered-group records this shard could not append (too large for the log; counted, never silent)",
     ),
+    (
+        "flow_held",
+        "publish-ring passes that stopped at a frame because a bimodal group's flow-control window was full (the frame stays in the ring: back pressure)",
+    ),
+    (
+        "flow_statuses",
+        "flow-control statuses this shard sent as a receiver (its consumption of a stream, to the stream's sender)",
+    ),
+    (
+        "flow_slow_members",
+        "members a sender on this shard dropped from its flow-control window as slow (flow_slow_after); they get repair, then Lost",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

@@ -50,7 +50,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// carries the sender's view hash. Version 8: a view's member entries carry the member's
 /// address as its coordinator saw it ([`MemberEntry::addr`]). Version 10: a view request
 /// names the view it pulls and the parts it lacks ([`ViewRequestHeader`]; it was empty).
-pub const VERSION: u16 = 10;
+pub const VERSION: u16 = 11;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -153,6 +153,8 @@ pub struct MessageHeader {
 /// - `GroupJoin` / `GroupLeave`: [`GroupChange`].
 /// - `Ordered`: [`OrderedHeader`] + fragment bytes: one fragment of an ordered group's
 ///   message (minitransaction, payload or state transfer; see [`OrderedKind`]).
+/// - `FlowStatus`: [`FlowStatus`], exactly: a receiver's consumption of one stream, sent to
+///   the stream's sender (bimodal flow control).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MessageKind {
@@ -166,6 +168,7 @@ pub enum MessageKind {
     GroupLeave = 8,
     DataRun = 9,
     Ordered = 10,
+    FlowStatus = 11,
 }
 
 impl MessageKind {
@@ -181,6 +184,7 @@ impl MessageKind {
             8 => Self::GroupLeave,
             9 => Self::DataRun,
             10 => Self::Ordered,
+            11 => Self::FlowStatus,
             _ => return None,
         })
     }
@@ -374,6 +378,30 @@ pub struct DigestEntry {
     /// reported `Lost` rather than skipped.
     pub recent: u64,
 }
+
+/// A receiver's flow-control status for one stream, sent to the stream's sender: how far it
+/// has received the stream without a gap, how many messages beyond that it accepts, and how
+/// many gaps it has seen in the stream so far (a count that grows by thousands at once when
+/// its socket buffer overflowed, by a few with random loss). The sender keeps at most
+/// `window` messages beyond the slowest member it serves, and budgets its retransmissions
+/// to this receiver by the growth of `gaps`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowStatus {
+    pub group: u64,
+    /// The stream's sender and stream id (the receiver of this status must be that sender).
+    pub sender: u32,
+    pub stream: u32,
+    /// Every seq below this is held by the receiver (its highest contiguous seq, plus one).
+    pub consumed: u64,
+    /// Messages past `consumed` the receiver accepts (at least 1).
+    pub window: u32,
+    /// Gaps the receiver opened in this stream so far (wrapping).
+    pub gaps: u32,
+}
+
+/// Bytes of a [`FlowStatus`] message body.
+pub const FLOW_STATUS_LEN: usize = core::mem::size_of::<FlowStatus>();
 
 /// Retransmit request header: solicits messages from the gossiper.
 #[repr(C)]
@@ -643,6 +671,8 @@ pub enum Message<'a> {
         kind: OrderedKind,
         bytes: &'a [u8],
     },
+    /// A receiver's consumption of one stream (validated: `window` at least 1).
+    FlowStatus(FlowStatus),
 }
 
 /// A validated datagram: its header and its messages.
@@ -866,6 +896,14 @@ fn parse_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), PacketError> {
             let (header, bytes) = take::<OrderedHeader>(body)?;
             let kind = header.check(bytes.len())?;
             Message::Ordered { header, kind, bytes }
+        }
+        MessageKind::FlowStatus => {
+            let (status, rest) = take::<FlowStatus>(body)?;
+            exact_empty(rest)?;
+            if status.window == 0 {
+                return Err(PacketError::LengthMismatch("flow status with an empty window"));
+            }
+            Message::FlowStatus(status)
         }
     };
     Ok((msg, after))
@@ -1310,6 +1348,11 @@ impl<'a> Encoder<'a> {
         self.push(MessageKind::GroupJoin, 0, &[bytemuck::bytes_of(&change)])
     }
 
+    /// Appends a flow-control status (`window` must be at least 1: the decoder refuses 0).
+    pub fn push_flow_status(&mut self, status: &FlowStatus) -> Result<(), PacketError> {
+        self.push(MessageKind::FlowStatus, 0, &[bytemuck::bytes_of(status)])
+    }
+
     pub fn push_group_leave(&mut self, group: u64) -> Result<(), PacketError> {
         let change = GroupChange {
             group,
@@ -1642,6 +1685,7 @@ mod tests {
         Join(u64, u32),
         Leave(u64),
         Ordered(OrderedHeader, Vec<u8>),
+        Status(FlowStatus),
     }
 
     /// The messages a decoded message stands for (a run: one per message in it).
@@ -1682,6 +1726,7 @@ mod tests {
                 assert_eq!(kind as u8, header.kind);
                 Owned::Ordered(header, bytes.to_vec())
             }
+            Message::FlowStatus(s) => Owned::Status(s),
         }
     }
 
@@ -1700,6 +1745,7 @@ mod tests {
             Owned::Join(g, s) => enc.push_group_join(*g, *s),
             Owned::Leave(g) => enc.push_group_leave(*g),
             Owned::Ordered(h, b) => enc.push_ordered(h, b),
+            Owned::Status(st) => enc.push_flow_status(st),
         }
     }
 
@@ -1954,6 +2000,16 @@ mod tests {
             any::<(u64, u32)>().prop_map(|(g, s)| Owned::Join(g, s)),
             any::<u64>().prop_map(Owned::Leave),
             arb_ordered(),
+            (any::<(u64, u32, u32, u64)>(), 1u32.., any::<u32>()).prop_map(
+                |((group, sender, stream, consumed), window, gaps)| Owned::Status(FlowStatus {
+                    group,
+                    sender,
+                    stream,
+                    consumed,
+                    window,
+                    gaps,
+                })
+            ),
         ]
     }
 
@@ -2509,6 +2565,39 @@ mod tests {
             Err(PacketError::BufferFull { .. })
         ));
         assert!(Encoder::new(&mut [0u8; 4], 1, 1).is_err());
+    }
+
+    #[test]
+    fn flow_status_round_trips_and_refuses_an_empty_window_or_trailing_bytes() {
+        let status = FlowStatus {
+            group: 9,
+            sender: 2,
+            stream: 3,
+            consumed: 1 << 40,
+            window: 16_384,
+            gaps: 7,
+        };
+        let mut buf = vec![0u8; 256];
+        let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
+        enc.push_flow_status(&status).unwrap();
+        let len = enc.len();
+        let d = decode(&buf[..len]).unwrap();
+        assert_eq!(
+            d.messages().collect::<Vec<_>>(),
+            vec![Message::FlowStatus(status)]
+        );
+        // window 0 (offset 24 of the body, after the datagram and message headers)
+        let mut zero = buf[..len].to_vec();
+        let at = DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + 24;
+        zero[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(decode(&zero), Err(PacketError::LengthMismatch(_))));
+        // one byte more in the body than the kind has
+        let mut long = buf[..len].to_vec();
+        long.push(0);
+        let ml = DATAGRAM_HEADER_LEN + 4;
+        long[ml..ml + 4].copy_from_slice(&(FLOW_STATUS_LEN as u32 + 1).to_le_bytes());
+        assert!(decode(&long).is_err());
+        assert_eq!(FLOW_STATUS_LEN, 32);
     }
 
     #[test]
