@@ -30,6 +30,12 @@ fi
 step "tests"
 cargo nextest run --workspace --no-fail-fast
 
+step "simulator seed sweeps in release (the test step runs a few seeds in debug; two regressions showed only at release sizes)"
+# evs_seeds: 200 seeds of the evs world (partitions and heals); ordered_seeds: 200 seeds of
+# the ordered world (crashes, joins, memory-node failover). 2,000 of each pass:
+# `cargo run --release -p tutti-sim --example ordered_sweep -- [evs] 0 2000`.
+TUTTI_SIM_EVS_SEEDS=200 cargo test --release -p tutti-sim --test evs_seeds --test ordered_seeds
+
 step "doctests (nextest skips them; README.md's examples are doctests of tutti-client)"
 cargo test --workspace --doc
 
