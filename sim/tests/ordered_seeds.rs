@@ -150,6 +150,19 @@ fn joiners_never_wait_for_each_other() {
     assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
 }
 
+/// Seed 822 (issue 12): the founder of g0 published its progress slot to a memory node
+/// primary that crashed before its backup held the write, then crashed itself. The
+/// promoted backup held the founder's join but no slot saying it installed, so the
+/// joiners (whose restart rule counts state holders by their slots) saw no holder at all:
+/// they joined again, forever, each naming the crashed founder as producer. The founder's
+/// join now writes its slot in the same minitransaction: the group restarts.
+#[test]
+fn a_founder_whose_slot_was_lost_with_the_primary_still_restarts() {
+    let (stalled, restarts) = stalled_and_restarts(&[822]);
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+    assert!(restarts > 0, "seed 822 lost its only state holder: the group must restart");
+}
+
 #[test]
 fn a_seed_reproduces_its_run() {
     let a = OrderedSim::new(OrderedScenario::random(7)).run();
