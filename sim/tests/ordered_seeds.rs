@@ -160,7 +160,10 @@ fn joiners_never_wait_for_each_other() {
 fn a_founder_whose_slot_was_lost_with_the_primary_still_restarts() {
     let (stalled, restarts) = stalled_and_restarts(&[822]);
     assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
-    assert!(restarts > 0, "seed 822 lost its only state holder: the group must restart");
+    assert!(
+        restarts > 0,
+        "seed 822 lost its only state holder: the group must restart"
+    );
 }
 
 #[test]

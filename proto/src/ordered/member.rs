@@ -2098,10 +2098,24 @@ impl OrderedMember {
             return None;
         }
         self.published = Some(slot);
-        Some(mtx.write(
-            Address::new(self.memnode, PROGRESS, (me.slot + 1) * PROGRESS_BYTES as u32),
-            &slot.encode(),
-        ))
+        Some(mtx.write(self.progress_addr(me.slot), &slot.encode()))
+    }
+
+    /// The progress slot of view slot `slot` (the first one is the request slot).
+    fn progress_addr(&self, slot: u32) -> Address {
+        Address::new(self.memnode, PROGRESS, (slot + 1) * PROGRESS_BYTES as u32)
+    }
+
+    /// What a founder's join (position 0, view slot 0) writes in its progress slot: it
+    /// holds the state, having learned and held its own join.
+    fn founder_slot(node: NodeId) -> ProgressSlot {
+        ProgressSlot {
+            node,
+            installed: true,
+            join_pos: 0,
+            learned: 1,
+            held: 1,
+        }
     }
 
     /// The tail and the progress slots: those up to the highest slot of the view as
@@ -2179,11 +2193,18 @@ impl OrderedMember {
             }
             let at = self.learned;
             let e = self.own_join(at);
-            let mtx = self
+            let mut mtx = self
                 .base_reads()
                 .compare(self.list_addr_tail(), &at.to_le_bytes())
                 .write(self.list_addr(at), &e.encode())
                 .write(self.list_addr_tail(), &(at + 1).to_le_bytes());
+            if at == 0 && self.evs.is_none() {
+                // A founder holds the state from its join on: its slot says so in the same
+                // write. Published later, it was lost with a memory node primary that
+                // crashed before replicating it; the founder then crashed too, and the
+                // joiners, seeing no holder, never restarted (tutti-sim ordered seed 822).
+                mtx = mtx.write(self.progress_addr(0), &Self::founder_slot(self.node).encode());
+            }
             self.counters.appends += 1;
             self.submit_list_op(now, &mtx, ListOp::Join { at });
             return;
