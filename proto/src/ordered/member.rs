@@ -2246,7 +2246,18 @@ impl OrderedMember {
                 mtx = mtx.write(self.list_addr(e.pos), &e.encode());
             }
             let end = at + entries.len() as u64;
-            mtx = mtx.write(self.list_addr_tail(), &end.to_le_bytes());
+            // The restarter holds the (empty) state from its `Restart` on, in view slot 0:
+            // its slot says so in the same write, as a founder's does (seed 822).
+            let slot = ProgressSlot {
+                node: self.node,
+                installed: true,
+                join_pos: end - 1,
+                learned: end,
+                held: end,
+            };
+            mtx = mtx
+                .write(self.list_addr_tail(), &end.to_le_bytes())
+                .write(self.progress_addr(0), &slot.encode());
             self.counters.appends += 1;
             self.submit_list_op(now, &mtx, ListOp::Restart { at, entries });
             return;
