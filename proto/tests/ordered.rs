@@ -8,32 +8,24 @@
 //!
 //! `ORDERED_SEEDS=N` runs N seeds (default 300); `ORDERED_SEED=S` runs one.
 
+mod support;
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use support::{
+    copies, earliest, fire_memnode_timers, hand_to_member, initial_members, memory_nodes, minitx_settings,
+    route, Net, Packet, BACKUP, MICROS, PRIMARY,
+};
 use tutti_proto::minitx::{MemoryNode, MinitxSettings};
 use tutti_proto::ordered::{
     Entry, EntryKind, OrderedMember, OrderedSettings, Output, Status, ViewEvent, ENTRY_BYTES, LIST, MEMNODE,
 };
 use tutti_proto::{NodeId, Time, MILLIS};
 
-const MICROS: Time = 1_000;
-const PRIMARY: NodeId = 100;
-const BACKUP: NodeId = 200;
 const GROUP: u64 = 0xfeed;
 
 type MsgId = (NodeId, u64, u64);
-
-fn minitx_settings() -> MinitxSettings {
-    MinitxSettings {
-        retransmit: 4 * MILLIS,
-        recovery_timeout: 40 * MILLIS,
-        txn_timeout: 400 * MILLIS,
-        decide_timeout: 400 * MILLIS,
-        ..MinitxSettings::default()
-    }
-}
 
 fn ordered_settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
     let max_appends_in_flight = [1, 2, 4, 8][rng.gen_range(0..4)];
@@ -53,18 +45,6 @@ fn ordered_settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
         install_timeout: 100 * MILLIS,
         ..OrderedSettings::default()
     }
-}
-
-#[derive(Debug, Clone)]
-enum Packet {
-    Minitx(Vec<u8>),
-    Payload {
-        sender: NodeId,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    },
-    Transfer(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -128,9 +108,7 @@ struct Sim {
     backup: MemoryNode,
     promoted: bool,
     host: NodeId,
-    net: BinaryHeap<Reverse<(Time, u64)>>,
-    packets: HashMap<u64, (NodeId, NodeId, Packet)>,
-    next_packet: u64,
+    net: Net<Packet>,
     loss: f64,
     dup: f64,
     max_delay: Time,
@@ -177,17 +155,7 @@ impl Sim {
             // buffer) the bottleneck with or without pipelining: see docs/ordered.md.
             sim.loss = [0.02, 0.05][sim.rng.gen_range(0..2)];
             let ids: Vec<NodeId> = sim.members.keys().copied().collect();
-            for id in ids {
-                let m = OrderedMember::initial(
-                    id,
-                    GROUP,
-                    &sim.members.keys().copied().collect::<Vec<_>>(),
-                    PRIMARY,
-                    sim.settings.clone(),
-                    minitx_settings(),
-                );
-                sim.members.insert(id, m);
-            }
+            sim.members = initial_members(GROUP, &ids, &sim.settings, &minitx_settings());
         }
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         sim.plan_faults(&initial);
@@ -205,21 +173,12 @@ impl Sim {
         let settings = ordered_settings(&mut rng);
         let n = rng.gen_range(3..=5u32);
         let initial: Vec<NodeId> = (first..first + n).collect();
-        let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), minitx_settings());
-        let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, minitx_settings());
-        for (region, size) in settings.regions() {
-            primary.add_region(region, size).unwrap();
-            backup.add_region(region, size).unwrap();
-        }
+        let (mut primary, mut backup) = memory_nodes(&settings, &minitx_settings());
         primary.set_placement(MEMNODE, PRIMARY);
         backup.set_placement(MEMNODE, PRIMARY);
-        let mut members = BTreeMap::new();
+        let members = initial_members(GROUP, &initial, &settings, &minitx_settings());
         let mut apps = BTreeMap::new();
         for &id in &initial {
-            members.insert(
-                id,
-                OrderedMember::initial(id, GROUP, &initial, PRIMARY, settings.clone(), minitx_settings()),
-            );
             apps.insert(
                 id,
                 App {
@@ -251,9 +210,7 @@ impl Sim {
             backup,
             promoted: false,
             host: PRIMARY,
-            net: BinaryHeap::new(),
-            packets: HashMap::new(),
-            next_packet: 0,
+            net: Net::default(),
             loss,
             dup,
             max_delay,
@@ -348,14 +305,7 @@ impl Sim {
         if !self.reachable(from) {
             return;
         }
-        let copies = if self.rng.gen_bool(self.loss) {
-            0
-        } else if self.rng.gen_bool(self.dup) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
+        for _ in 0..copies(&mut self.rng, self.loss, self.dup) {
             let mut at = self.now + self.rng.gen_range(20 * MICROS..self.max_delay);
             if matches!((from, to), (PRIMARY, BACKUP) | (BACKUP, PRIMARY)) {
                 // Replication runs over an ordered (lossy) link: the backup applies records
@@ -364,9 +314,7 @@ impl Sim {
                 at = at.max(self.fifo_link);
                 self.fifo_link = at;
             }
-            self.packets.insert(self.next_packet, (from, to, p.clone()));
-            self.net.push(Reverse((at, self.next_packet)));
-            self.next_packet += 1;
+            self.net.send(at, from, to, p.clone());
         }
     }
 
@@ -425,29 +373,11 @@ impl Sim {
     }
 
     fn on_output(&mut self, id: NodeId, out: Output) {
+        let members: Vec<NodeId> = self.members.keys().copied().collect();
+        let Some(out) = route(id, out, &members, |to, p| self.send(id, to, p)) else {
+            return;
+        };
         match out {
-            Output::Minitx { to, bytes } => self.send(id, to, Packet::Minitx(bytes)),
-            Output::Disseminate {
-                sender,
-                epoch,
-                seq,
-                bytes,
-            } => {
-                let to: Vec<NodeId> = self.members.keys().copied().filter(|&n| n != id).collect();
-                for n in to {
-                    self.send(
-                        id,
-                        n,
-                        Packet::Payload {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes: bytes.clone(),
-                        },
-                    );
-                }
-            }
-            Output::Transfer { to, bytes } => self.send(id, to, Packet::Transfer(bytes)),
             Output::SnapshotRequest { group, position } => {
                 assert_eq!(group, GROUP);
                 self.check_cut(id, position);
@@ -499,6 +429,9 @@ impl Sim {
             Output::Removed { .. } => {}
             o @ (Output::Configuration(_) | Output::OpenEpoch { .. }) => {
                 self.fail(&format!("member {id}: {o:?} from a majority group"))
+            }
+            Output::Minitx { .. } | Output::Disseminate { .. } | Output::Transfer { .. } => {
+                unreachable!("`route` put it on the network")
             }
         }
     }
@@ -745,32 +678,26 @@ impl Sim {
 
     /// The earliest thing to happen next.
     fn next_time(&self) -> Time {
-        let mut t = Time::MAX;
-        if let Some(Reverse((at, _))) = self.net.peek() {
-            t = t.min(*at);
-        }
-        if let Some(((at, _), _)) = self.actions.first_key_value() {
-            t = t.min(*at);
-        }
-        for m in self.members.values() {
-            if let Some(at) = m.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        if let Some(p) = &self.primary {
-            if let Some(at) = p.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        if let Some(at) = self.backup.poll_timeout() {
-            t = t.min(at);
-        }
-        if self.now < self.send_until {
-            if let Some(&at) = self.next_submit.values().min() {
-                t = t.min(at);
-            }
-        }
-        t.max(self.now)
+        let submit = self
+            .next_submit
+            .values()
+            .min()
+            .copied()
+            .filter(|_| self.now < self.send_until);
+        let action = self.actions.first_key_value().map(|(&(at, _), _)| at);
+        let memnodes = self
+            .primary
+            .iter()
+            .chain([&self.backup])
+            .map(MemoryNode::poll_timeout);
+        let members = self.members.values().map(OrderedMember::poll_timeout);
+        earliest(
+            self.now,
+            [self.net.next_at(), action, submit]
+                .into_iter()
+                .chain(members)
+                .chain(memnodes),
+        )
     }
 
     fn step(&mut self) {
@@ -781,12 +708,7 @@ impl Sim {
         }
         self.now = t;
         let now = self.now;
-        while let Some(Reverse((at, id))) = self.net.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.net.pop();
-            let (from, to, p) = self.packets.remove(&id).unwrap();
+        while let Some((from, to, p)) = self.net.pop_due(now) {
             if !self.reachable(to) || self.apps.get(&from).is_some_and(|a| a.cut) {
                 continue;
             }
@@ -807,16 +729,7 @@ impl Sim {
                     let Some(m) = self.members.get_mut(&n) else {
                         continue;
                     };
-                    match p {
-                        Packet::Minitx(b) => m.handle_minitx(now, from, &b),
-                        Packet::Payload {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes,
-                        } => m.handle_payload(now, sender, epoch, seq, &bytes),
-                        Packet::Transfer(b) => m.handle_transfer(now, &b),
-                    }
+                    hand_to_member(m, now, from, p);
                     self.drain(n);
                 }
             }
@@ -835,14 +748,7 @@ impl Sim {
                 self.drain(*id);
             }
         }
-        if let Some(p) = &mut self.primary {
-            if p.poll_timeout().is_some_and(|t| t <= now) {
-                p.handle_timeout(now);
-            }
-        }
-        if self.backup.poll_timeout().is_some_and(|t| t <= now) {
-            self.backup.handle_timeout(now);
-        }
+        fire_memnode_timers(now, self.primary.iter_mut().chain([&mut self.backup]));
         self.drain_memnodes();
         for id in std::mem::take(&mut self.snapshot_due) {
             let h = self.apps[&id].hash;
@@ -937,7 +843,7 @@ impl Sim {
             .collect();
         lines.push(format!(
             "net {:?} actions {:?} submits {:?}",
-            self.net.peek(),
+            self.net.next_at(),
             self.actions.first_key_value(),
             self.next_submit
         ));
@@ -1239,57 +1145,20 @@ fn in_process(
         ..OrderedSettings::default()
     };
     let ids: Vec<NodeId> = (1..=members).collect();
-    let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
-    let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
-    for (region, size) in settings.regions() {
-        primary.add_region(region, size).unwrap();
-        backup.add_region(region, size).unwrap();
-    }
-    let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
-        .iter()
-        .map(|&id| {
-            (
-                id,
-                OrderedMember::initial(
-                    id,
-                    GROUP,
-                    &ids,
-                    PRIMARY,
-                    settings.clone(),
-                    MinitxSettings::default(),
-                ),
-            )
-        })
-        .collect();
+    let (mut primary, mut backup) = memory_nodes(&settings, &MinitxSettings::default());
+    let mut nodes = initial_members(GROUP, &ids, &settings, &MinitxSettings::default());
     // In flight: (arrival time, from, to, what); one delay for all, so arrival order is
     // sending order. Payloads go to every other member (dissemination, as bimodal
     // multicast does in the daemon), minitransaction messages point to point.
-    enum Msg {
-        Minitx(Vec<u8>),
-        Payload(NodeId, u64, u64, std::rc::Rc<Vec<u8>>),
-    }
-    let mut queue: std::collections::VecDeque<(Time, NodeId, NodeId, Msg)> = Default::default();
-    let route = |queue: &mut std::collections::VecDeque<(Time, NodeId, NodeId, Msg)>,
-                 delivered: &mut BTreeMap<NodeId, u64>,
-                 at: Time,
-                 id: NodeId,
-                 out: Output| match out {
-        Output::Minitx { to, bytes } => queue.push_back((at, id, to, Msg::Minitx(bytes))),
-        Output::Disseminate {
-            sender,
-            epoch,
-            seq,
-            bytes,
-        } => {
-            let bytes = std::rc::Rc::new(bytes);
-            for to in 1..=members {
-                if to != id {
-                    queue.push_back((at, id, to, Msg::Payload(sender, epoch, seq, bytes.clone())));
-                }
-            }
+    let mut queue: std::collections::VecDeque<(Time, NodeId, NodeId, Packet)> = Default::default();
+    let on_output = |queue: &mut std::collections::VecDeque<(Time, NodeId, NodeId, Packet)>,
+                     delivered: &mut BTreeMap<NodeId, u64>,
+                     at: Time,
+                     id: NodeId,
+                     out: Output| {
+        if let Some(Output::Deliver { .. }) = route(id, out, &ids, |to, p| queue.push_back((at, id, to, p))) {
+            *delivered.entry(id).or_default() += 1;
         }
-        Output::Deliver { .. } => *delivered.entry(id).or_default() += 1,
-        _ => {}
     };
     let mut delivered: BTreeMap<NodeId, u64> = ids.iter().map(|&id| (id, 0)).collect();
     let mut minitx_messages = 0u64;
@@ -1323,42 +1192,33 @@ fn in_process(
                 m.handle_timeout(now);
             }
             while let Some(out) = m.poll_output() {
-                route(&mut queue, &mut delivered, now + delay, id, out);
+                on_output(&mut queue, &mut delivered, now + delay, id, out);
             }
         }
-        for mn in [&mut primary, &mut backup] {
-            if mn.poll_timeout().is_some_and(|t| t <= now) {
-                mn.handle_timeout(now);
-            }
-        }
+        fire_memnode_timers(now, [&mut primary, &mut backup]);
         while queue.front().is_some_and(|q| q.0 <= now) {
             let Some((_, from, to, msg)) = queue.pop_front() else {
                 break;
             };
-            if matches!(msg, Msg::Minitx(_)) {
+            if matches!(msg, Packet::Minitx(_)) {
                 minitx_messages += 1;
             }
             match (to, msg) {
-                (PRIMARY, Msg::Minitx(bytes)) => primary.handle_message(now, from, &bytes),
-                (BACKUP, Msg::Minitx(bytes)) => backup.handle_message(now, from, &bytes),
+                (PRIMARY, Packet::Minitx(bytes)) => primary.handle_message(now, from, &bytes),
+                (BACKUP, Packet::Minitx(bytes)) => backup.handle_message(now, from, &bytes),
                 (n, msg) => {
                     let m = nodes.get_mut(&n).unwrap();
-                    match msg {
-                        Msg::Minitx(bytes) => m.handle_minitx(now, from, &bytes),
-                        Msg::Payload(sender, epoch, seq, bytes) => {
-                            m.handle_payload(now, sender, epoch, seq, &bytes)
-                        }
-                    }
+                    hand_to_member(m, now, from, msg);
                     while let Some(out) = m.poll_output() {
-                        route(&mut queue, &mut delivered, now + delay, n, out);
+                        on_output(&mut queue, &mut delivered, now + delay, n, out);
                     }
                 }
             }
             while let Some((to, b)) = primary.poll_transmit() {
-                queue.push_back((now + delay, PRIMARY, to, Msg::Minitx(b)));
+                queue.push_back((now + delay, PRIMARY, to, Packet::Minitx(b)));
             }
             while let Some((to, b)) = backup.poll_transmit() {
-                queue.push_back((now + delay, BACKUP, to, Msg::Minitx(b)));
+                queue.push_back((now + delay, BACKUP, to, Packet::Minitx(b)));
             }
         }
     }
@@ -1528,26 +1388,8 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
         ..OrderedSettings::default()
     };
     let ids: Vec<NodeId> = vec![1, 2, 3];
-    let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
-    let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
-    for (region, size) in settings.regions() {
-        primary.add_region(region, size).unwrap();
-        backup.add_region(region, size).unwrap();
-    }
-    let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
-        .iter()
-        .map(|&id| {
-            let m = OrderedMember::initial(
-                id,
-                GROUP,
-                &ids,
-                PRIMARY,
-                settings.clone(),
-                MinitxSettings::default(),
-            );
-            (id, m)
-        })
-        .collect();
+    let (mut primary, mut backup) = memory_nodes(&settings, &MinitxSettings::default());
+    let mut nodes = initial_members(GROUP, &ids, &settings, &MinitxSettings::default());
     const SENT: u64 = 400;
     for seq in 0..SENT {
         nodes
@@ -1557,10 +1399,8 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
             .unwrap();
     }
     // An instant network, one step of 10 us at a time; messages in sending order:
-    // (from, to, a minitransaction message or a payload (sender, epoch, seq, bytes)).
-    type Payload = (NodeId, u64, u64, Vec<u8>);
-    let mut queue: std::collections::VecDeque<(NodeId, NodeId, Result<Vec<u8>, Payload>)> =
-        Default::default();
+    // (from, to, packet).
+    let mut queue: std::collections::VecDeque<(NodeId, NodeId, Packet)> = Default::default();
     let mut delivered: BTreeMap<NodeId, u64> = BTreeMap::new();
     let mut now: Time = 0;
     while delivered.len() < ids.len() || delivered.values().any(|&d| d < SENT) {
@@ -1571,48 +1411,30 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
                 m.handle_timeout(now);
             }
         }
-        for mn in [&mut primary, &mut backup] {
-            if mn.poll_timeout().is_some_and(|t| t <= now) {
-                mn.handle_timeout(now);
-            }
-        }
+        fire_memnode_timers(now, [&mut primary, &mut backup]);
         loop {
             for (&id, m) in nodes.iter_mut() {
                 while let Some(out) = m.poll_output() {
-                    match out {
-                        Output::Minitx { to, bytes } => queue.push_back((id, to, Ok(bytes))),
-                        Output::Disseminate {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes,
-                        } => {
-                            for &to in ids.iter().filter(|&&n| n != id) {
-                                queue.push_back((id, to, Err((sender, epoch, seq, bytes.clone()))));
-                            }
-                        }
-                        Output::Deliver { .. } => *delivered.entry(id).or_default() += 1,
-                        _ => {}
+                    if let Some(Output::Deliver { .. }) =
+                        route(id, out, &ids, |to, p| queue.push_back((id, to, p)))
+                    {
+                        *delivered.entry(id).or_default() += 1;
                     }
                 }
             }
             while let Some((to, b)) = primary.poll_transmit() {
-                queue.push_back((PRIMARY, to, Ok(b)));
+                queue.push_back((PRIMARY, to, Packet::Minitx(b)));
             }
             while let Some((to, b)) = backup.poll_transmit() {
-                queue.push_back((BACKUP, to, Ok(b)));
+                queue.push_back((BACKUP, to, Packet::Minitx(b)));
             }
             let Some((from, to, msg)) = queue.pop_front() else {
                 break;
             };
             match (to, msg) {
-                (PRIMARY, Ok(b)) => primary.handle_message(now, from, &b),
-                (BACKUP, Ok(b)) => backup.handle_message(now, from, &b),
-                (n, Ok(b)) => nodes.get_mut(&n).unwrap().handle_minitx(now, from, &b),
-                (n, Err((sender, epoch, seq, b))) => nodes
-                    .get_mut(&n)
-                    .unwrap()
-                    .handle_payload(now, sender, epoch, seq, &b),
+                (PRIMARY, Packet::Minitx(b)) => primary.handle_message(now, from, &b),
+                (BACKUP, Packet::Minitx(b)) => backup.handle_message(now, from, &b),
+                (n, p) => hand_to_member(nodes.get_mut(&n).unwrap(), now, from, p),
             }
         }
     }

@@ -14,11 +14,13 @@
 //!
 //! `EVS_SEEDS=N` runs N seeds (default 300); `EVS_SEED=S` runs one.
 
+mod support;
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use tutti_proto::minitx::{MemnodeId, MemoryNode, MinitxSettings};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use support::{copies, earliest, minitx_settings, route, Net, Packet, MICROS};
+use tutti_proto::minitx::{MemnodeId, MemoryNode};
 use tutti_proto::ordered::{
     choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedSettings, Output, PartitionPolicy,
     RemoveReason, MEMNODE,
@@ -26,23 +28,12 @@ use tutti_proto::ordered::{
 use tutti_proto::{NodeId, Time, MILLIS};
 use tutti_wire::minitx::Message;
 
-const MICROS: Time = 1_000;
 const GROUP: u64 = 0xe75;
 
 /// (sender, epoch = list number << 32 | join position, seq).
 type MsgId = (NodeId, u64, u64);
 /// A configuration as the checks name it: (list epoch, position, transitional, members).
 type ConfKey = (EpochId, u64, bool, Vec<NodeId>);
-
-fn minitx_settings() -> MinitxSettings {
-    MinitxSettings {
-        retransmit: 4 * MILLIS,
-        recovery_timeout: 40 * MILLIS,
-        txn_timeout: 400 * MILLIS,
-        decide_timeout: 400 * MILLIS,
-        ..MinitxSettings::default()
-    }
-}
 
 fn settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
     OrderedSettings {
@@ -62,17 +53,6 @@ fn settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
         gather_timeout: 30 * MILLIS,
         ..OrderedSettings::default()
     }
-}
-
-#[derive(Debug, Clone)]
-enum Packet {
-    Minitx(Vec<u8>),
-    Payload {
-        sender: NodeId,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -150,9 +130,7 @@ struct Sim {
     backups: BTreeMap<(NodeId, MemnodeId), NodeId>,
     /// The network side of each live node.
     side_of: BTreeMap<NodeId, usize>,
-    net: BinaryHeap<Reverse<(Time, u64)>>,
-    packets: HashMap<u64, (NodeId, NodeId, Packet)>,
-    next_packet: u64,
+    net: Net<Packet>,
     /// Replication links are ordered (the backup applies records only in order).
     fifo_link: HashMap<(NodeId, NodeId), Time>,
     loss: f64,
@@ -199,9 +177,7 @@ impl Sim {
             memnodes: BTreeMap::new(),
             backups: BTreeMap::new(),
             side_of: initial.iter().map(|&n| (n, 0)).collect(),
-            net: BinaryHeap::new(),
-            packets: HashMap::new(),
-            next_packet: 0,
+            net: Net::default(),
             fifo_link: HashMap::new(),
             loss: [0.0, 0.02, 0.05][rng.gen_range(0..3)],
             dup: [0.0, 0.03][rng.gen_range(0..2)],
@@ -366,12 +342,8 @@ impl Sim {
         }
         let copies = if from == to {
             1
-        } else if self.rng.gen_bool(self.loss) {
-            0
-        } else if self.rng.gen_bool(self.dup) {
-            2
         } else {
-            1
+            copies(&mut self.rng, self.loss, self.dup)
         };
         let replication = matches!(&p, Packet::Minitx(b) if matches!(
             Message::decode(b),
@@ -384,9 +356,7 @@ impl Sim {
                 at = at.max(*link);
                 *link = at;
             }
-            self.packets.insert(self.next_packet, (from, to, p.clone()));
-            self.net.push(Reverse((at, self.next_packet)));
-            self.next_packet += 1;
+            self.net.send(at, from, to, p.clone());
         }
     }
 
@@ -415,28 +385,14 @@ impl Sim {
     }
 
     fn on_output(&mut self, id: NodeId, out: Output) {
+        if let o @ Output::Transfer { .. } = out {
+            self.fail(&format!("member {id}: unexpected output {o:?} under evs"));
+        }
+        let members: Vec<NodeId> = self.members.keys().copied().collect();
+        let Some(out) = route(id, out, &members, |to, p| self.send(id, to, p)) else {
+            return;
+        };
         match out {
-            Output::Minitx { to, bytes } => self.send(id, to, Packet::Minitx(bytes)),
-            Output::Disseminate {
-                sender,
-                epoch,
-                seq,
-                bytes,
-            } => {
-                let to: Vec<NodeId> = self.members.keys().copied().filter(|&n| n != id).collect();
-                for n in to {
-                    self.send(
-                        id,
-                        n,
-                        Packet::Payload {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes: bytes.clone(),
-                        },
-                    );
-                }
-            }
             Output::OpenEpoch { memnode, hosts, .. } => self.open(memnode, &hosts),
             Output::Configuration(c) => self.on_configuration(id, c),
             Output::Deliver {
@@ -713,29 +669,22 @@ impl Sim {
     }
 
     fn next_time(&self) -> Time {
-        let mut t = Time::MAX;
-        if let Some(Reverse((at, _))) = self.net.peek() {
-            t = t.min(*at);
-        }
-        if let Some(((at, _), _)) = self.actions.first_key_value() {
-            t = t.min(*at);
-        }
-        for m in self.members.values() {
-            if let Some(at) = m.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        for m in self.memnodes.values() {
-            if let Some(at) = m.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        if self.now < self.send_until {
-            if let Some(&at) = self.next_submit.values().min() {
-                t = t.min(at);
-            }
-        }
-        t.max(self.now)
+        let submit = self
+            .next_submit
+            .values()
+            .min()
+            .copied()
+            .filter(|_| self.now < self.send_until);
+        let action = self.actions.first_key_value().map(|(&(at, _), _)| at);
+        let memnodes = self.memnodes.values().map(MemoryNode::poll_timeout);
+        let members = self.members.values().map(EvsMember::poll_timeout);
+        earliest(
+            self.now,
+            [self.net.next_at(), action, submit]
+                .into_iter()
+                .chain(members)
+                .chain(memnodes),
+        )
     }
 
     fn step(&mut self) {
@@ -746,12 +695,7 @@ impl Sim {
         }
         self.now = t;
         let now = self.now;
-        while let Some(Reverse((at, id))) = self.net.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.net.pop();
-            let (from, to, p) = self.packets.remove(&id).unwrap();
+        while let Some((from, to, p)) = self.net.pop_due(now) {
             if !self.connected(from, to) {
                 continue;
             }
@@ -786,6 +730,7 @@ impl Sim {
                     }
                     self.drain(to);
                 }
+                Packet::Transfer(_) => unreachable!("`on_output` fails on a transfer under evs"),
             }
         }
         while let Some(entry) = self.actions.first_entry() {
