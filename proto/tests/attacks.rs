@@ -22,6 +22,15 @@ fn counter_named(node: &Node, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Insider node 3 relays `claim` (a heartbeat entry about another member) to the
+/// coordinator, node 0; true when every view converges again within 3 s.
+fn relay_to_coordinator_and_converge(c: &mut Cluster, claim: HeartbeatEntry) -> bool {
+    let h = heartbeat_header(c, 0);
+    c.inject(0, 3, &heartbeats(3, 1, h, &[claim]));
+    c.run_for(200 * MILLIS);
+    c.run_until(3_000 * MILLIS, |c| c.converged())
+}
+
 /// Node 1 publishes `k` messages; the cluster delivers them. Returns their ids.
 fn publish_from_1(c: &mut Cluster, k: u64, tag: &str) -> Vec<(usize, u32, u64)> {
     let mut ids = Vec::new();
@@ -99,13 +108,9 @@ fn a_request_for_u32_max_messages_walks_a_bounded_number_of_slots() {
 #[test]
 fn a_heartbeat_with_max_counter_u64_max_does_not_freeze_view_changes() {
     let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
     let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: u64::MAX,
-        view_hash: 0,
+        ..heartbeat_header(&c, 0)
     };
     // Insider node 3 sends it to everyone (its own heartbeat entry, as usual).
     let entry = HeartbeatEntry {
@@ -199,14 +204,7 @@ fn a_forged_seq_slightly_ahead_does_not_make_later_real_messages_lost() {
 #[test]
 fn heartbeats_naming_100k_invented_nodes_keep_the_peer_table_bounded() {
     let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
+    let h = heartbeat_header(&c, 0);
     let before = c.nodes[0].state_bytes();
     let per = max_entries(32, 16);
     let invented: Vec<HeartbeatEntry> = (0..100_000u32)
@@ -271,14 +269,7 @@ fn an_invented_older_node_named_in_heartbeats_does_not_freeze_views() {
     while c.now < end {
         if c.now >= next_beat {
             next_beat += 20 * MILLIS;
-            let v = c.nodes[0].view().id;
-            let h = HeartbeatHeader {
-                view_counter: v.counter,
-                view_coordinator: v.coordinator,
-                view_coordinator_incarnation: v.coordinator_incarnation,
-                max_counter: v.counter,
-                view_hash: 0,
-            };
+            let h = heartbeat_header(&c, 0);
             beat += 1;
             let e = HeartbeatEntry {
                 node: 5_000,
@@ -359,23 +350,13 @@ fn a_view_claiming_the_coordinator_but_sent_by_another_member_is_refused() {
 #[test]
 fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
     let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
-    let e = HeartbeatEntry {
+    let claim = HeartbeatEntry {
         node: 2,
         incarnation: 2,
         heartbeat: 1,
         flags: 0,
     };
-    c.inject(0, 3, &heartbeats(3, 1, h, &[e]));
-    c.run_for(200 * MILLIS);
-    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    let ok = relay_to_coordinator_and_converge(&mut c, claim);
     assert!(
         ok,
         "node 2 (incarnation 1) is out of the views 3 s after a third party claimed it restarted: {:?}",
@@ -393,23 +374,13 @@ fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
 #[test]
 fn a_leaving_flag_relayed_by_a_third_party_does_not_evict_a_member() {
     let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
-    let e = HeartbeatEntry {
+    let claim = HeartbeatEntry {
         node: 2,
         incarnation: 1,
         heartbeat: u32::MAX / 2,
         flags: tutti_wire::packet::HEARTBEAT_FLAG_LEAVING,
     };
-    c.inject(0, 3, &heartbeats(3, 1, h, &[e]));
-    c.run_for(200 * MILLIS);
-    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    let ok = relay_to_coordinator_and_converge(&mut c, claim);
     assert!(
         ok,
         "node 2 is out of the views 3 s after a third party said it was leaving: {:?}",

@@ -940,14 +940,7 @@ fn the_checks_pass_without_an_attack() {
 fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
     let mut c = Cluster::new(HONEST, settings());
     let s = c.settings().clone();
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
+    let h = heartbeat_header(&c, 0);
     for round in 0..20u32 {
         let hb: Vec<HeartbeatEntry> = (0..4000u32)
             .map(|k| HeartbeatEntry {
