@@ -76,11 +76,7 @@ fn header_functions_are_the_exported_functions() {
     // abi.c takes the address of each one (cast to any_fn), so it fails to link if the
     // library lacks one.
     let abi_c = read("tests/c/abi.c");
-    let listed: BTreeSet<String> = abi_c
-        .split("(any_fn)")
-        .skip(1)
-        .map(leading_ident)
-        .collect();
+    let listed: BTreeSet<String> = abi_c.split("(any_fn)").skip(1).map(leading_ident).collect();
     assert_eq!(listed, declared, "abi.c's table / tutti.h");
 }
 
@@ -126,14 +122,35 @@ fn header_constants_sizes_and_offsets_match_the_library() {
             ("sizeof(tutti_error_t)".to_string(), size_of::<TuttiError>()),
             ("sizeof(tutti_group_t)".to_string(), size_of::<u32>()),
         ],
-        layout!(TuttiJoinOptions, "tutti_join_options_t", [size, rights, mode, flags]),
-        layout!(TuttiEvent, "tutti_event_t", [kind, group, seq, sender, count, payload, len]),
+        layout!(
+            TuttiJoinOptions,
+            "tutti_join_options_t",
+            [size, rights, mode, flags]
+        ),
+        layout!(
+            TuttiEvent,
+            "tutti_event_t",
+            [kind, group, seq, sender, count, payload, len]
+        ),
         layout!(
             TuttiView,
             "tutti_view_t",
-            [id, members, n_members, joined, n_joined, left, left_reasons, n_left]
+            [
+                id,
+                members,
+                n_members,
+                joined,
+                n_joined,
+                left,
+                left_reasons,
+                n_left
+            ]
         ),
-        layout!(TuttiCpgProcess, "tutti_cpg_process_t", [nodeid, pid, reason, session]),
+        layout!(
+            TuttiCpgProcess,
+            "tutti_cpg_process_t",
+            [nodeid, pid, reason, session]
+        ),
         layout!(
             TuttiConfchg,
             "tutti_confchg_t",
