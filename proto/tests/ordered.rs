@@ -15,7 +15,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use support::{
     copies, earliest, fire_memnode_timers, hand_to_member, initial_members, memory_nodes, minitx_settings,
-    route, Net, Packet, BACKUP, MICROS, PRIMARY,
+    route, Net, Packet, Plan, StallGuard, BACKUP, MICROS, PRIMARY,
 };
 use tutti_proto::minitx::{MemoryNode, MinitxSettings};
 use tutti_proto::ordered::{
@@ -112,8 +112,7 @@ struct Sim {
     loss: f64,
     dup: f64,
     max_delay: Time,
-    actions: BTreeMap<(Time, u64), Action>,
-    next_action: u64,
+    actions: Plan<Action>,
     next_submit: BTreeMap<NodeId, Time>,
     send_until: Time,
     safe_share: f64,
@@ -214,8 +213,7 @@ impl Sim {
             loss,
             dup,
             max_delay,
-            actions: BTreeMap::new(),
-            next_action: 0,
+            actions: Plan::default(),
             next_submit: BTreeMap::new(),
             send_until: 150 * MILLIS,
             safe_share,
@@ -241,18 +239,13 @@ impl Sim {
         sim
     }
 
-    fn schedule(&mut self, at: Time, a: Action) {
-        self.actions.insert((at, self.next_action), a);
-        self.next_action += 1;
-    }
-
     /// Faults happen in the first 120 ms; sends go on to 150 ms.
     fn plan_faults(&mut self, initial: &[NodeId]) {
         let fault_end = 120 * MILLIS;
         let mut next_joiner = 1000;
         for _ in 0..self.rng.gen_range(0..=2) {
             let at = self.rng.gen_range(5 * MILLIS..fault_end);
-            self.schedule(at, Action::Join(next_joiner));
+            self.actions.schedule(at, Action::Join(next_joiner));
             next_joiner += 1;
         }
         // At most one crash among the initial members (a majority stays), and possibly
@@ -260,32 +253,32 @@ impl Sim {
         if self.rng.gen_bool(0.5) {
             let victim = initial[self.rng.gen_range(0..initial.len())];
             let at = self.rng.gen_range(5 * MILLIS..fault_end);
-            self.schedule(at, Action::CrashMember(victim));
+            self.actions.schedule(at, Action::CrashMember(victim));
             let later = at + self.rng.gen_range(5 * MILLIS..20 * MILLIS);
-            self.schedule(later, Action::Suspect(victim));
+            self.actions.schedule(later, Action::Suspect(victim));
         }
         if next_joiner > 1000 && self.rng.gen_bool(0.3) {
             let at = self.rng.gen_range(20 * MILLIS..fault_end);
-            self.schedule(at, Action::CrashMember(1000));
-            self.schedule(at + 10 * MILLIS, Action::Suspect(1000));
+            self.actions.schedule(at, Action::CrashMember(1000));
+            self.actions.schedule(at + 10 * MILLIS, Action::Suspect(1000));
         }
         if self.rng.gen_bool(0.3) {
             let at = self.rng.gen_range(5 * MILLIS..fault_end);
-            self.schedule(at, Action::CrashPrimary);
+            self.actions.schedule(at, Action::CrashPrimary);
             let later = at + self.rng.gen_range(2 * MILLIS..10 * MILLIS);
-            self.schedule(later, Action::Promote);
+            self.actions.schedule(later, Action::Promote);
         }
         if self.rng.gen_bool(0.5) {
             // A minority side of one member: it must deliver nothing while cut off.
             let cut = vec![initial[initial.len() - 1]];
             let at = self.rng.gen_range(5 * MILLIS..fault_end - 40 * MILLIS);
-            self.schedule(at, Action::Partition(cut.clone()));
+            self.actions.schedule(at, Action::Partition(cut.clone()));
             let delay = self.rng.gen_range(0..3 * MILLIS);
-            self.schedule(at + delay, Action::Cut(cut.clone()));
+            self.actions.schedule(at + delay, Action::Cut(cut.clone()));
             if self.rng.gen_bool(0.5) {
-                self.schedule(at + 5 * MILLIS, Action::Suspect(cut[0]));
+                self.actions.schedule(at + 5 * MILLIS, Action::Suspect(cut[0]));
             }
-            self.schedule(at + 30 * MILLIS, Action::Heal(cut));
+            self.actions.schedule(at + 30 * MILLIS, Action::Heal(cut));
         }
     }
 
@@ -684,7 +677,7 @@ impl Sim {
             .min()
             .copied()
             .filter(|_| self.now < self.send_until);
-        let action = self.actions.first_key_value().map(|(&(at, _), _)| at);
+        let action = self.actions.next_at();
         let memnodes = self
             .primary
             .iter()
@@ -734,11 +727,7 @@ impl Sim {
                 }
             }
         }
-        while let Some(entry) = self.actions.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let a = entry.remove();
+        while let Some(a) = self.actions.pop_due(now) {
             self.act(a);
         }
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
@@ -797,17 +786,12 @@ impl Sim {
             self.drain(id);
         }
         let deadline = self.send_until + 10_000 * MILLIS;
-        let (mut last_now, mut same) = (0, 0u32);
+        let mut guard = StallGuard::default();
         loop {
             self.step();
-            if self.now == last_now {
-                same += 1;
-                if same > 100_000 {
-                    let d = self.dump();
-                    self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
-                }
-            } else {
-                (last_now, same) = (self.now, 0);
+            if guard.stalled(self.now) {
+                let d = self.dump();
+                self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
             }
             if self.now > self.send_until && self.actions.is_empty() && self.quiet() {
                 break;
@@ -844,7 +828,7 @@ impl Sim {
         lines.push(format!(
             "net {:?} actions {:?} submits {:?}",
             self.net.next_at(),
-            self.actions.first_key_value(),
+            self.actions.next_at(),
             self.next_submit
         ));
         lines.push(format!(
@@ -991,13 +975,13 @@ fn a_group_whose_state_holders_all_crashed_restarts_from_an_empty_state() {
         let mut sim = Sim::without_faults(700 + seed);
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         let crash_at = (10 + 3 * seed) * MILLIS;
-        sim.schedule(8 * MILLIS, Action::Join(1000));
-        sim.schedule(crash_at, Action::Join(1001));
+        sim.actions.schedule(8 * MILLIS, Action::Join(1000));
+        sim.actions.schedule(crash_at, Action::Join(1001));
         for &n in &initial {
-            sim.schedule(crash_at, Action::CrashMember(n));
+            sim.actions.schedule(crash_at, Action::CrashMember(n));
         }
         for &n in &initial {
-            sim.schedule(crash_at + 5 * MILLIS, Action::Suspect(n));
+            sim.actions.schedule(crash_at + 5 * MILLIS, Action::Suspect(n));
         }
         sim.run();
         let restarts: u64 = sim.members.values().map(|m| m.counters().restarts).sum();
@@ -1039,10 +1023,10 @@ fn joiners_below_the_members_never_wait_for_each_other() {
         let mut sim = Sim::without_faults_from(900 + seed, 10);
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         let at = (8 + 2 * seed) * MILLIS;
-        sim.schedule(at, Action::CrashMember(initial[0]));
-        sim.schedule(at, Action::Join(1));
-        sim.schedule(at, Action::Join(2));
-        sim.schedule(at + 5 * MILLIS, Action::Suspect(initial[0]));
+        sim.actions.schedule(at, Action::CrashMember(initial[0]));
+        sim.actions.schedule(at, Action::Join(1));
+        sim.actions.schedule(at, Action::Join(2));
+        sim.actions.schedule(at + 5 * MILLIS, Action::Suspect(initial[0]));
         sim.run();
         for id in [1, 2] {
             assert_eq!(
@@ -1077,8 +1061,8 @@ fn a_member_that_stops_reading_is_removed_for_lagging_not_waited_for() {
     sim.max_delay = 200 * MICROS;
     sim.send_until = 300 * MILLIS;
     let slow = *sim.members.keys().last().unwrap();
-    sim.schedule(5 * MILLIS, Action::Cut(vec![slow]));
-    sim.schedule(400 * MILLIS, Action::Heal(vec![slow]));
+    sim.actions.schedule(5 * MILLIS, Action::Cut(vec![slow]));
+    sim.actions.schedule(400 * MILLIS, Action::Heal(vec![slow]));
     sim.run();
     let list_slots = u64::from(sim.settings.list_slots);
     assert_eq!(sim.members[&slow].status(), Status::Removed);

@@ -19,7 +19,7 @@ mod support;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use support::{copies, earliest, minitx_settings, route, Net, Packet, MICROS};
+use support::{copies, earliest, minitx_settings, route, Net, Packet, Plan, StallGuard, MICROS};
 use tutti_proto::minitx::{MemnodeId, MemoryNode};
 use tutti_proto::ordered::{
     choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedSettings, Output, PartitionPolicy,
@@ -136,8 +136,7 @@ struct Sim {
     loss: f64,
     dup: f64,
     max_delay: Time,
-    actions: BTreeMap<(Time, u64), Action>,
-    next_action: u64,
+    actions: Plan<Action>,
     next_side: u32,
     next_submit: BTreeMap<NodeId, Time>,
     send_until: Time,
@@ -182,8 +181,7 @@ impl Sim {
             loss: [0.0, 0.02, 0.05][rng.gen_range(0..3)],
             dup: [0.0, 0.03][rng.gen_range(0..2)],
             max_delay: [200 * MICROS, MILLIS][rng.gen_range(0..2)],
-            actions: BTreeMap::new(),
-            next_action: 0,
+            actions: Plan::default(),
             next_side: 1,
             next_submit: BTreeMap::new(),
             send_until: 250 * MILLIS,
@@ -227,11 +225,6 @@ impl Sim {
         sim
     }
 
-    fn schedule(&mut self, at: Time, a: Action) {
-        self.actions.insert((at, self.next_action), a);
-        self.next_action += 1;
-    }
-
     /// Faults in the first 180 ms: one or two partitions, each healed 20-60 ms later,
     /// maybe a crash (often of a memory-node host) and a new member. Sends go on to 250 ms.
     fn plan(&mut self, initial: &[NodeId]) {
@@ -262,9 +255,9 @@ impl Sim {
                 sides.push(nodes[start..c].to_vec());
                 start = c;
             }
-            self.schedule(at, Action::Split(sides));
+            self.actions.schedule(at, Action::Split(sides));
             at += self.rng.gen_range(20 * MILLIS..60 * MILLIS);
-            self.schedule(at, Action::Split(vec![Vec::new()]));
+            self.actions.schedule(at, Action::Split(vec![Vec::new()]));
             at += self.rng.gen_range(10 * MILLIS..40 * MILLIS);
         }
         if self.rng.gen_bool(0.4) {
@@ -275,11 +268,11 @@ impl Sim {
                 initial[self.rng.gen_range(0..initial.len())]
             };
             let t = self.rng.gen_range(5 * MILLIS..170 * MILLIS);
-            self.schedule(t, Action::Crash(victim));
+            self.actions.schedule(t, Action::Crash(victim));
         }
         if self.rng.gen_bool(0.3) {
             let t = self.rng.gen_range(5 * MILLIS..170 * MILLIS);
-            self.schedule(t, Action::Join(1000));
+            self.actions.schedule(t, Action::Join(1000));
         }
     }
 
@@ -656,7 +649,7 @@ impl Sim {
             self.next_side += 1;
             for &n in &side {
                 let at = self.now + self.rng.gen_range(0..3 * MILLIS);
-                self.schedule(
+                self.actions.schedule(
                     at,
                     Action::Side {
                         node: n,
@@ -675,7 +668,7 @@ impl Sim {
             .min()
             .copied()
             .filter(|_| self.now < self.send_until);
-        let action = self.actions.first_key_value().map(|(&(at, _), _)| at);
+        let action = self.actions.next_at();
         let memnodes = self.memnodes.values().map(MemoryNode::poll_timeout);
         let members = self.members.values().map(EvsMember::poll_timeout);
         earliest(
@@ -733,11 +726,7 @@ impl Sim {
                 Packet::Transfer(_) => unreachable!("`on_output` fails on a transfer under evs"),
             }
         }
-        while let Some(entry) = self.actions.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let a = entry.remove();
+        while let Some(a) = self.actions.pop_due(now) {
             self.act(a);
         }
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
@@ -809,17 +798,12 @@ impl Sim {
         }
         let deadline = self.send_until + 5_000 * MILLIS;
         let mut probes_sent = false;
-        let (mut last_now, mut same) = (0, 0u32);
+        let mut guard = StallGuard::default();
         loop {
             self.step();
-            if self.now == last_now {
-                same += 1;
-                if same > 100_000 {
-                    let d = self.dump();
-                    self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
-                }
-            } else {
-                (last_now, same) = (self.now, 0);
+            if guard.stalled(self.now) {
+                let d = self.dump();
+                self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
             }
             if self.now > self.send_until && self.actions.is_empty() && self.converged() {
                 if probes_sent {
@@ -870,7 +854,7 @@ impl Sim {
         lines.push(format!(
             "sides {:?} actions {:?}",
             self.side_of,
-            self.actions.first_key_value()
+            self.actions.next_at()
         ));
         lines.join("\n")
     }
@@ -977,8 +961,10 @@ fn both_sides_of_a_partition_go_on_and_merge() {
     let all: Vec<NodeId> = sim.members.keys().copied().collect();
     let (left, right) = all.split_at(all.len() / 2);
     let (left, right) = (left.to_vec(), right.to_vec());
-    sim.schedule(40 * MILLIS, Action::Split(vec![left.clone(), right.clone()]));
-    sim.schedule(120 * MILLIS, Action::Split(vec![Vec::new()]));
+    sim.actions
+        .schedule(40 * MILLIS, Action::Split(vec![left.clone(), right.clone()]));
+    sim.actions
+        .schedule(120 * MILLIS, Action::Split(vec![Vec::new()]));
     // Messages each member delivered in a regular configuration of each list.
     let mut delivered_in: BTreeMap<(NodeId, u32), usize> = BTreeMap::new();
     for id in &all {
@@ -1022,12 +1008,13 @@ fn a_member_that_leaves_stays_out_across_splits_and_heals() {
     let mut sim = Sim::without_faults(5);
     let all: Vec<NodeId> = sim.members.keys().copied().collect();
     let leaver = all[0];
-    sim.schedule(20 * MILLIS, Action::Leave(leaver));
-    sim.schedule(
+    sim.actions.schedule(20 * MILLIS, Action::Leave(leaver));
+    sim.actions.schedule(
         60 * MILLIS,
         Action::Split(vec![all[..2].to_vec(), all[2..].to_vec()]),
     );
-    sim.schedule(110 * MILLIS, Action::Split(vec![Vec::new()]));
+    sim.actions
+        .schedule(110 * MILLIS, Action::Split(vec![Vec::new()]));
     sim.run();
     let rest: Vec<NodeId> = all[1..].to_vec();
     let last = sim.apps[&all[1]].conf.clone().unwrap();

@@ -1,7 +1,8 @@
-//! Shared harness pieces of the ordered-group tests (`ordered.rs`, `ordered_evs.rs`): the
-//! minitransaction settings of the randomized runs, a memory node (primary and backup) with
-//! its members, the packets between them, a simulated network that holds them until they
-//! are due, and the routing of a member's `Output` onto that network.
+//! Shared harness pieces of the ordered-group tests (`ordered.rs`, `ordered_evs.rs`, and
+//! `minitx.rs` for its settings): the minitransaction settings of the randomized runs, a
+//! memory node (primary and backup) with its members, the packets between them, a
+//! simulated network that holds them until they are due, the routing of a member's
+//! `Output` onto that network, and the plan of faults a run follows.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -180,6 +181,66 @@ pub fn copies(rng: &mut impl Rng, loss: f64, dup: f64) -> usize {
         2
     } else {
         1
+    }
+}
+
+/// Actions planned at a time (faults, joins, ...); those due at the same time run in the
+/// order they were planned.
+#[derive(Debug)]
+pub struct Plan<A> {
+    actions: BTreeMap<(Time, u64), A>,
+    next: u64,
+}
+
+impl<A> Default for Plan<A> {
+    fn default() -> Self {
+        Plan {
+            actions: BTreeMap::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<A> Plan<A> {
+    pub fn schedule(&mut self, at: Time, a: A) {
+        self.actions.insert((at, self.next), a);
+        self.next += 1;
+    }
+
+    /// When the next action is due, if any is planned.
+    pub fn next_at(&self) -> Option<Time> {
+        self.actions.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    /// The next action due by `now`.
+    pub fn pop_due(&mut self, now: Time) -> Option<A> {
+        let entry = self.actions.first_entry()?;
+        (entry.key().0 <= now).then(|| entry.remove())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Notices a harness loop whose time stopped advancing (a timer that fires and does
+/// nothing).
+#[derive(Debug, Default)]
+pub struct StallGuard {
+    last_now: Time,
+    same: u32,
+}
+
+impl StallGuard {
+    /// Called once a step: true once `now` has not moved for more than 100,000 steps.
+    pub fn stalled(&mut self, now: Time) -> bool {
+        if now == self.last_now {
+            self.same += 1;
+            self.same > 100_000
+        } else {
+            (self.last_now, self.same) = (now, 0);
+            false
+        }
     }
 }
 
