@@ -8,10 +8,13 @@
 //!
 //! `MINITX_SEEDS=N` runs N seeds of the harness (default 500); `MINITX_SEED=S` runs one.
 
+mod support;
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use support::minitx_settings as settings;
 use tutti_proto::minitx::{
     Address, Coordinator, MemnodeId, MemoryNode, Minitransaction, MinitxSettings, Outcome, TxId, TxnError,
 };
@@ -28,16 +31,6 @@ fn primary_node(m: MemnodeId) -> NodeId {
 
 fn backup_node(m: MemnodeId) -> NodeId {
     200 + NodeId::from(m)
-}
-
-fn settings() -> MinitxSettings {
-    MinitxSettings {
-        retransmit: 4 * MILLIS,
-        recovery_timeout: 40 * MILLIS,
-        txn_timeout: 400 * MILLIS,
-        decide_timeout: 400 * MILLIS,
-        ..MinitxSettings::default()
-    }
 }
 
 enum Actor {
