@@ -142,16 +142,24 @@ fn a_heartbeat_with_max_counter_u64_max_does_not_freeze_view_changes() {
     assert_clean(&c);
 }
 
+/// A 4-node cluster in which node 1 published 5 messages, then insider node 3 forwarded
+/// to node 2 a forged `Data` message of node 1's stream at `seq`: the cluster and that
+/// stream.
+fn forged_seq_from_a_forwarder(seq: u64) -> (Cluster, u32) {
+    let mut c = Cluster::new(4, settings());
+    publish_from_1(&mut c, 5, "before");
+    c.run_for(100 * MILLIS);
+    let s1 = c.stream_of(1);
+    c.inject(2, 3, &data(3, data_header(GROUP, 1, s1, seq), b"forged"));
+    (c, s1)
+}
+
 /// A `Data` message of node 1's stream with a seq near 2^62, forwarded by another member,
 /// slides node 2's window there: ~2^62 messages reported `Lost` and every real message of
 /// node 1 after it dropped as a duplicate.
 #[test]
 fn a_forged_seq_near_2_pow_62_from_a_forwarder_does_not_drop_later_messages() {
-    let mut c = Cluster::new(4, settings());
-    publish_from_1(&mut c, 5, "before");
-    c.run_for(100 * MILLIS);
-    let s1 = c.stream_of(1);
-    c.inject(2, 3, &data(3, data_header(GROUP, 1, s1, 1 << 62), b"forged"));
+    let (mut c, s1) = forged_seq_from_a_forwarder(1 << 62);
     c.run_for(100 * MILLIS);
     let ids = publish_from_1(&mut c, 5, "after");
     c.run_for(500 * MILLIS);
@@ -176,11 +184,7 @@ fn a_forged_seq_near_2_pow_62_from_a_forwarder_does_not_drop_later_messages() {
 /// seqs, sent later, are dropped as duplicates. The sender's own digest says what it sent.
 #[test]
 fn a_forged_seq_slightly_ahead_does_not_make_later_real_messages_lost() {
-    let mut c = Cluster::new(4, settings());
-    publish_from_1(&mut c, 5, "before");
-    c.run_for(100 * MILLIS);
-    let s1 = c.stream_of(1);
-    c.inject(2, 3, &data(3, data_header(GROUP, 1, s1, 5 + 20), b"forged"));
+    let (mut c, s1) = forged_seq_from_a_forwarder(5 + 20);
     // Node 1 is silent for longer than the retention.
     let retention = c.settings().gossip_period * u64::from(c.settings().retention_rounds);
     c.run_for(2 * retention);
