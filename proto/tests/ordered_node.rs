@@ -103,6 +103,20 @@ fn cluster_after_500_ms(ids: &[NodeId]) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
     (nodes, now, events)
 }
 
+/// Node `i` (by index) submits `[i, round]` for each of `rounds` rounds, a millisecond
+/// apart, then the network runs 200 ms more.
+fn submit_rounds(nodes: &mut [Node], now: &mut Time, events: &mut [Vec<Event>], rounds: u8) {
+    for round in 0..rounds {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.submit_ordered(*now, GROUP, &[i as u8, round], false).unwrap();
+        }
+        let until = *now + MILLIS;
+        run(nodes, now, until, events);
+    }
+    let until = *now + 200 * MILLIS;
+    run(nodes, now, until, events);
+}
+
 /// Three nodes in one cluster, all joined to `GROUP` and run `settle` more: the nodes, the
 /// time and the events so far per node.
 fn three_nodes_in_the_group(settle: Time) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
@@ -169,15 +183,7 @@ fn three_nodes_create_transfer_and_agree_on_one_order() {
         .map(|ev| ev.iter().filter(|e| matches!(e, Event::Installed { .. })).count())
         .sum();
     assert_eq!(installs, 2, "one creator, two joiners with a state transfer");
-    for round in 0..20u8 {
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.submit_ordered(now, GROUP, &[i as u8, round], false).unwrap();
-        }
-        let until = now + MILLIS;
-        run(&mut nodes, &mut now, until, &mut events);
-    }
-    let until = now + 200 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    submit_rounds(&mut nodes, &mut now, &mut events, 20);
     let orders: Vec<_> = events.iter().map(|e| delivered(e)).collect();
     assert_eq!(orders[0].len(), 60);
     assert_eq!(orders[0], orders[1]);
@@ -207,15 +213,7 @@ fn a_node_that_joins_again_gets_fresh_transaction_ids() {
         installs, 2,
         "node 3 joined twice, each time with a state transfer"
     );
-    for round in 0..10u8 {
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.submit_ordered(now, GROUP, &[i as u8, round], false).unwrap();
-        }
-        let until = now + MILLIS;
-        run(&mut nodes, &mut now, until, &mut events);
-    }
-    let until = now + 200 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    submit_rounds(&mut nodes, &mut now, &mut events, 10);
     let theirs = delivered(&events[0]);
     let mine = delivered(&events[2]);
     assert_eq!(theirs.len(), 30);
