@@ -15,7 +15,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use support::{
     copies, earliest, fire_memnode_timers, hand_to_member, initial_members, memory_nodes, minitx_settings,
-    route, Net, Packet, Plan, StallGuard, BACKUP, MICROS, PRIMARY,
+    next_submit, route, Net, Packet, Plan, StallGuard, BACKUP, MICROS, PRIMARY,
 };
 use tutti_proto::minitx::{MemoryNode, MinitxSettings};
 use tutti_proto::ordered::{
@@ -671,26 +671,15 @@ impl Sim {
 
     /// The earliest thing to happen next.
     fn next_time(&self) -> Time {
-        let submit = self
-            .next_submit
-            .values()
-            .min()
-            .copied()
-            .filter(|_| self.now < self.send_until);
-        let action = self.actions.next_at();
+        let submit = next_submit(&self.next_submit, self.now, self.send_until);
         let memnodes = self
             .primary
             .iter()
             .chain([&self.backup])
             .map(MemoryNode::poll_timeout);
         let members = self.members.values().map(OrderedMember::poll_timeout);
-        earliest(
-            self.now,
-            [self.net.next_at(), action, submit]
-                .into_iter()
-                .chain(members)
-                .chain(memnodes),
-        )
+        let due = [self.net.next_at(), self.actions.next_at(), submit];
+        earliest(self.now, due.into_iter().chain(members).chain(memnodes))
     }
 
     fn step(&mut self) {

@@ -19,7 +19,7 @@ mod support;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use support::{copies, earliest, minitx_settings, route, Net, Packet, Plan, StallGuard, MICROS};
+use support::{copies, earliest, minitx_settings, next_submit, route, Net, Packet, Plan, StallGuard, MICROS};
 use tutti_proto::minitx::{MemnodeId, MemoryNode};
 use tutti_proto::ordered::{
     choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedSettings, Output, PartitionPolicy,
@@ -662,22 +662,11 @@ impl Sim {
     }
 
     fn next_time(&self) -> Time {
-        let submit = self
-            .next_submit
-            .values()
-            .min()
-            .copied()
-            .filter(|_| self.now < self.send_until);
-        let action = self.actions.next_at();
+        let submit = next_submit(&self.next_submit, self.now, self.send_until);
         let memnodes = self.memnodes.values().map(MemoryNode::poll_timeout);
         let members = self.members.values().map(EvsMember::poll_timeout);
-        earliest(
-            self.now,
-            [self.net.next_at(), action, submit]
-                .into_iter()
-                .chain(members)
-                .chain(memnodes),
-        )
+        let due = [self.net.next_at(), self.actions.next_at(), submit];
+        earliest(self.now, due.into_iter().chain(members).chain(memnodes))
     }
 
     fn step(&mut self) {

@@ -88,9 +88,9 @@ pub fn route(
             sender,
             epoch,
             seq,
-            bytes,
+            bytes: payload,
         } => {
-            let bytes = Rc::new(bytes);
+            let bytes = Rc::new(payload);
             for &to in members.iter().filter(|&&n| n != id) {
                 let p = Packet::Payload {
                     sender,
@@ -242,6 +242,12 @@ impl StallGuard {
             false
         }
     }
+}
+
+/// The next submit of any member (`next_submit`: when each submits next), while the run
+/// still sends (`now` before `send_until`).
+pub fn next_submit(next_submit: &BTreeMap<NodeId, Time>, now: Time, send_until: Time) -> Option<Time> {
+    next_submit.values().min().copied().filter(|_| now < send_until)
 }
 
 /// The earliest of `times` (none: `Time::MAX`), never before `now`.
