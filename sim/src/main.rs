@@ -176,9 +176,7 @@ fn run_evs(args: &Args) -> ! {
     use tutti_sim::evs::{EvsScenario, EvsSim};
     let sc = EvsScenario::random(args.seed);
     let desc = sc.describe();
-    let started = Instant::now();
-    let r = EvsSim::new(sc).run();
-    let wall = started.elapsed().as_secs_f64();
+    let (r, wall) = timed(|| EvsSim::new(sc).run());
     let scenario = [("scenario", desc.clone().into())];
     print_report(args.json, &r, wall, scenario, &[], |r| {
         println!("tutti-sim evs: seed {}: {desc}", r.seed);
@@ -235,9 +233,7 @@ fn run_ordered(args: &Args, groups: u32) -> ! {
         std::process::exit(2);
     }
     let desc = sc.describe();
-    let started = Instant::now();
-    let r = OrderedSim::new(sc).run();
-    let wall = started.elapsed().as_secs_f64();
+    let (r, wall) = timed(|| OrderedSim::new(sc).run());
     let scenario = [("scenario", desc.clone().into())];
     print_report(args.json, &r, wall, scenario, &[], |r| {
         println!("tutti-sim ordered: seed {}: {desc}", r.seed);
@@ -266,6 +262,13 @@ fn run_ordered(args: &Args, groups: u32) -> ! {
         );
     });
     std::process::exit(if r.invariant_violations > 0 { 1 } else { 0 });
+}
+
+/// `run`'s result and the wall-clock seconds it took.
+fn timed<R>(run: impl FnOnce() -> R) -> (R, f64) {
+    let started = Instant::now();
+    let r = run();
+    (r, started.elapsed().as_secs_f64())
 }
 
 /// Prints a run's report: under --json one JSON object (the report's fields, `wall_seconds`
@@ -506,9 +509,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let started = Instant::now();
-    let report = run_with_baseline(&sc);
-    let wall = started.elapsed().as_secs_f64();
+    let (report, wall) = timed(|| run_with_baseline(&sc));
     let rss = peak_rss_kib();
     let peak_rss = [("peak_rss_mib", rss.map(|k| k as f64 / 1024.0).into())];
     print_report(
