@@ -22,13 +22,22 @@ fn counter_named(node: &Node, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Insider node 3 relays `claim` (a heartbeat entry about another member) to the
-/// coordinator, node 0; true when every view converges again within 3 s.
-fn relay_to_coordinator_and_converge(c: &mut Cluster, claim: HeartbeatEntry) -> bool {
-    let h = heartbeat_header(c, 0);
+/// In a 4-node cluster, insider node 3 relays to the coordinator (node 0) a heartbeat
+/// entry about node 2 in `incarnation`, at `heartbeat`, with `flags`: the cluster, and
+/// whether every view converged again within 3 s.
+fn third_party_claim_about_node_2(incarnation: u32, heartbeat: u32, flags: u32) -> (Cluster, bool) {
+    let mut c = Cluster::new(4, settings());
+    let claim = HeartbeatEntry {
+        node: 2,
+        incarnation,
+        heartbeat,
+        flags,
+    };
+    let h = heartbeat_header(&c, 0);
     c.inject(0, 3, &heartbeats(3, 1, h, &[claim]));
     c.run_for(200 * MILLIS);
-    c.run_until(3_000 * MILLIS, |c| c.converged())
+    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    (c, ok)
 }
 
 /// Node 1 publishes `k` messages; the cluster delivers them. Returns their ids.
@@ -353,14 +362,7 @@ fn a_view_claiming_the_coordinator_but_sent_by_another_member_is_refused() {
 /// incarnation may only move on the member's own word.
 #[test]
 fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
-    let mut c = Cluster::new(4, settings());
-    let claim = HeartbeatEntry {
-        node: 2,
-        incarnation: 2,
-        heartbeat: 1,
-        flags: 0,
-    };
-    let ok = relay_to_coordinator_and_converge(&mut c, claim);
+    let (mut c, ok) = third_party_claim_about_node_2(2, 1, 0);
     assert!(
         ok,
         "node 2 (incarnation 1) is out of the views 3 s after a third party claimed it restarted: {:?}",
@@ -377,14 +379,8 @@ fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
 /// only by a new incarnation). Only a member itself may say it leaves.
 #[test]
 fn a_leaving_flag_relayed_by_a_third_party_does_not_evict_a_member() {
-    let mut c = Cluster::new(4, settings());
-    let claim = HeartbeatEntry {
-        node: 2,
-        incarnation: 1,
-        heartbeat: u32::MAX / 2,
-        flags: tutti_wire::packet::HEARTBEAT_FLAG_LEAVING,
-    };
-    let ok = relay_to_coordinator_and_converge(&mut c, claim);
+    let leaving = tutti_wire::packet::HEARTBEAT_FLAG_LEAVING;
+    let (c, ok) = third_party_claim_about_node_2(1, u32::MAX / 2, leaving);
     assert!(
         ok,
         "node 2 is out of the views 3 s after a third party said it was leaving: {:?}",
