@@ -8,7 +8,7 @@ use tutti_sim::{Crash, Partition, Report, Scenario, Sim};
 
 /// Every message reached every member owed it, and nothing was reported lost.
 fn assert_all_delivered(r: &Report, what: &str) {
-    assert_no_violation(&r, &what);
+    assert_no_violation(r, what);
     assert!(r.complete_delivery_checked, "{what}");
     assert_eq!(r.delivered_all_fraction, 1.0, "{what}");
     let h = &r.delivery_fraction_histogram;
