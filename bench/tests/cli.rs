@@ -236,14 +236,32 @@ fn tuttid() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-#[test]
-fn local_benchmarks_run_against_a_real_daemon() {
-    let Some(tuttid) = tuttid().filter(|_| two_cores()) else {
-        eprintln!("skipped: needs two cores and tuttid next to tutti-bench");
-        return;
-    };
-    let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
-    let common = [
+/// `tuttid()`, or `None` once it said the test is skipped.
+fn tuttid_or_say_skipped() -> Option<PathBuf> {
+    let found = tuttid();
+    if found.is_none() {
+        eprintln!(
+            "skipped: tuttid is not built next to tutti-bench (cargo build -p tutti-daemon -p tutti-bench)"
+        );
+    }
+    found
+}
+
+/// Runs `tutti-bench cluster ARGS --json --tuttid TUTTID`: its JSON lines.
+fn cluster_json(args: &[&str], tuttid: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = bench()
+        .arg("cluster")
+        .args(args)
+        .args(["--json", "--tuttid"])
+        .arg(tuttid)
+        .output()
+        .unwrap();
+    json_lines(&out)
+}
+
+/// Runs a local benchmark, `tutti-bench ARGS`, briefly, against `tuttid`.
+fn local(args: &[&str], tuttid: &std::path::Path) -> std::process::Output {
+    let brief = [
         "--duration",
         "0.3",
         "--warmup",
@@ -253,27 +271,28 @@ fn local_benchmarks_run_against_a_real_daemon() {
         "--json",
         "--tuttid",
     ];
-    let out = bench()
-        .arg("local-latency")
-        .args(common)
-        .arg(&tuttid)
-        .output()
-        .unwrap();
-    let lines = json_lines(&out);
+    bench().args(args).args(brief).arg(tuttid).output().unwrap()
+}
+
+#[test]
+fn local_benchmarks_run_against_a_real_daemon() {
+    let Some(tuttid) = tuttid().filter(|_| two_cores()) else {
+        eprintln!("skipped: needs two cores and tuttid next to tutti-bench");
+        return;
+    };
+    let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
+    let lines = json_lines(&local(&["local-latency"], &tuttid));
     assert_eq!(lines.len(), 1);
     has_keys(&lines[0], LATENCY_KEYS);
     assert!(lines[0]["p50_ns"].as_u64().unwrap() > 0);
 
     let dir = TempDir::new("local");
     let hlog = dir.path("tp.hlog");
-    let out = bench()
-        .args(["local-throughput", "--reps", "2", "--hlog"])
-        .arg(&hlog)
-        .args(common)
-        .arg(&tuttid)
-        .output()
-        .unwrap();
-    let lines = json_lines(&out);
+    let hlog_arg = hlog.to_str().unwrap();
+    let lines = json_lines(&local(
+        &["local-throughput", "--reps", "2", "--hlog", hlog_arg],
+        &tuttid,
+    ));
     // Floor and tutti alternate twice, then the medians.
     assert_eq!(lines.len(), 3, "{lines:?}");
     for (i, line) in lines[..2].iter().enumerate() {
@@ -301,13 +320,7 @@ fn local_benchmarks_run_against_a_real_daemon() {
     }
 
     // Paced: every message timed from its intended send time.
-    let out = bench()
-        .args(["local-throughput", "--rate", "20000"])
-        .args(common)
-        .arg(&tuttid)
-        .output()
-        .unwrap();
-    let lines = json_lines(&out);
+    let lines = json_lines(&local(&["local-throughput", "--rate", "20000"], &tuttid));
     assert_eq!(lines.len(), 1);
     has_keys(&lines[0], &["rate_latency", "timed_out", "rate"]);
     let paced = &lines[0]["rate_latency"];
@@ -320,21 +333,13 @@ fn local_benchmarks_run_against_a_real_daemon() {
         "paced: {}",
         lines[0]
     );
-    let out = bench()
-        .args(["local-throughput", "--rate", "100", "--size", "8"])
-        .args(common)
-        .arg(&tuttid)
-        .output()
-        .unwrap();
+    let out = local(&["local-throughput", "--rate", "100", "--size", "8"], &tuttid);
     assert!(!out.status.success(), "--rate needs room for a stamp");
 }
 
 #[test]
 fn cluster_benchmark_runs_three_daemons() {
-    let Some(tuttid) = tuttid() else {
-        eprintln!(
-            "skipped: tuttid is not built next to tutti-bench (cargo build -p tutti-daemon -p tutti-bench)"
-        );
+    let Some(tuttid) = tuttid_or_say_skipped() else {
         return;
     };
     let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,9 +347,8 @@ fn cluster_benchmark_runs_three_daemons() {
     // on 127.0.0.x does not cross this one.
     let dir = TempDir::new("cluster");
     let hlog = dir.path("cluster.hlog");
-    let out = bench()
-        .args([
-            "cluster",
+    let lines = cluster_json(
+        &[
             "--hlog",
             hlog.to_str().unwrap(),
             "--nodes",
@@ -361,13 +365,9 @@ fn cluster_benchmark_runs_three_daemons() {
             // is checked here, the unpaced rate by running the benchmark.
             "--rate",
             "2000",
-            "--json",
-            "--tuttid",
-        ])
-        .arg(&tuttid)
-        .output()
-        .unwrap();
-    let lines = json_lines(&out);
+        ],
+        &tuttid,
+    );
     assert_eq!(lines.len(), 2, "{lines:?}");
     let (lat, tp) = (&lines[0], &lines[1]);
     assert_eq!(lat["bench"], "cluster-latency");
@@ -420,16 +420,12 @@ fn cluster_benchmark_runs_three_daemons() {
 
 #[test]
 fn cluster_rates_give_one_line_per_rate() {
-    let Some(tuttid) = tuttid() else {
-        eprintln!(
-            "skipped: tuttid is not built next to tutti-bench (cargo build -p tutti-daemon -p tutti-bench)"
-        );
+    let Some(tuttid) = tuttid_or_say_skipped() else {
         return;
     };
     let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
-    let out = bench()
-        .args([
-            "cluster",
+    let lines = cluster_json(
+        &[
             "--nodes",
             "2",
             "--duration",
@@ -444,13 +440,9 @@ fn cluster_rates_give_one_line_per_rate() {
             "27980",
             "--rates",
             "1000,3000",
-            "--json",
-            "--tuttid",
-        ])
-        .arg(&tuttid)
-        .output()
-        .unwrap();
-    let lines = json_lines(&out);
+        ],
+        &tuttid,
+    );
     assert_eq!(lines.len(), 2, "{lines:?}");
     for (line, rate) in lines.iter().zip([1000.0, 3000.0]) {
         assert_eq!(line["bench"], "cluster-rate");

@@ -41,6 +41,24 @@ fn called_names(c_source: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The identifier `s` starts with (letters, digits, `_`).
+fn leading_ident(s: &str) -> String {
+    s.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// `sizeof(c_name)` and `offsetof(c_name.field)` of each field, as the Rust type `ty` lays
+/// them out, in that order.
+macro_rules! layout {
+    ($ty:ty, $c_name:literal, [$($field:ident),* $(,)?]) => {
+        vec![
+            (format!("sizeof({})", $c_name), size_of::<$ty>()),
+            $((format!("offsetof({}.{})", $c_name, stringify!($field)), offset_of!($ty, $field)),)*
+        ]
+    };
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(crate_dir().join(path)).unwrap()
 }
@@ -51,26 +69,14 @@ fn header_functions_are_the_exported_functions() {
     let exported: BTreeSet<String> = read("src/lib.rs")
         .split("extern \"C\" fn ")
         .skip(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
-        })
+        .map(leading_ident)
         .collect();
     assert!(declared.len() >= 17, "{declared:?}");
     assert_eq!(declared, exported, "tutti.h declares / src/lib.rs exports");
     // abi.c takes the address of each one (cast to any_fn), so it fails to link if the
     // library lacks one.
     let abi_c = read("tests/c/abi.c");
-    let listed: BTreeSet<String> = abi_c
-        .split("(any_fn)")
-        .skip(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
-        })
-        .collect();
+    let listed: BTreeSet<String> = abi_c.split("(any_fn)").skip(1).map(leading_ident).collect();
     assert_eq!(listed, declared, "abi.c's table / tutti.h");
 }
 
@@ -112,99 +118,47 @@ fn header_constants_sizes_and_offsets_match_the_library() {
         expected.push((name.into(), i64::from(value)));
     }
     let sizes = [
-        ("sizeof(tutti_error_t)", size_of::<TuttiError>()),
-        ("sizeof(tutti_group_t)", size_of::<u32>()),
-        ("sizeof(tutti_join_options_t)", size_of::<TuttiJoinOptions>()),
-        (
-            "offsetof(tutti_join_options_t.size)",
-            offset_of!(TuttiJoinOptions, size),
+        vec![
+            ("sizeof(tutti_error_t)".to_string(), size_of::<TuttiError>()),
+            ("sizeof(tutti_group_t)".to_string(), size_of::<u32>()),
+        ],
+        layout!(
+            TuttiJoinOptions,
+            "tutti_join_options_t",
+            [size, rights, mode, flags]
         ),
-        (
-            "offsetof(tutti_join_options_t.rights)",
-            offset_of!(TuttiJoinOptions, rights),
+        layout!(
+            TuttiEvent,
+            "tutti_event_t",
+            [kind, group, seq, sender, count, payload, len]
         ),
-        (
-            "offsetof(tutti_join_options_t.mode)",
-            offset_of!(TuttiJoinOptions, mode),
+        layout!(
+            TuttiView,
+            "tutti_view_t",
+            [
+                id,
+                members,
+                n_members,
+                joined,
+                n_joined,
+                left,
+                left_reasons,
+                n_left
+            ]
         ),
-        (
-            "offsetof(tutti_join_options_t.flags)",
-            offset_of!(TuttiJoinOptions, flags),
+        layout!(
+            TuttiCpgProcess,
+            "tutti_cpg_process_t",
+            [nodeid, pid, reason, session]
         ),
-        ("sizeof(tutti_event_t)", size_of::<TuttiEvent>()),
-        ("offsetof(tutti_event_t.kind)", offset_of!(TuttiEvent, kind)),
-        ("offsetof(tutti_event_t.group)", offset_of!(TuttiEvent, group)),
-        ("offsetof(tutti_event_t.seq)", offset_of!(TuttiEvent, seq)),
-        ("offsetof(tutti_event_t.sender)", offset_of!(TuttiEvent, sender)),
-        ("offsetof(tutti_event_t.count)", offset_of!(TuttiEvent, count)),
-        ("offsetof(tutti_event_t.payload)", offset_of!(TuttiEvent, payload)),
-        ("offsetof(tutti_event_t.len)", offset_of!(TuttiEvent, len)),
-        ("sizeof(tutti_view_t)", size_of::<TuttiView>()),
-        ("offsetof(tutti_view_t.id)", offset_of!(TuttiView, id)),
-        ("offsetof(tutti_view_t.members)", offset_of!(TuttiView, members)),
-        (
-            "offsetof(tutti_view_t.n_members)",
-            offset_of!(TuttiView, n_members),
-        ),
-        ("offsetof(tutti_view_t.joined)", offset_of!(TuttiView, joined)),
-        ("offsetof(tutti_view_t.n_joined)", offset_of!(TuttiView, n_joined)),
-        ("offsetof(tutti_view_t.left)", offset_of!(TuttiView, left)),
-        (
-            "offsetof(tutti_view_t.left_reasons)",
-            offset_of!(TuttiView, left_reasons),
-        ),
-        ("offsetof(tutti_view_t.n_left)", offset_of!(TuttiView, n_left)),
-        ("sizeof(tutti_cpg_process_t)", size_of::<TuttiCpgProcess>()),
-        (
-            "offsetof(tutti_cpg_process_t.nodeid)",
-            offset_of!(TuttiCpgProcess, nodeid),
-        ),
-        (
-            "offsetof(tutti_cpg_process_t.pid)",
-            offset_of!(TuttiCpgProcess, pid),
-        ),
-        (
-            "offsetof(tutti_cpg_process_t.reason)",
-            offset_of!(TuttiCpgProcess, reason),
-        ),
-        (
-            "offsetof(tutti_cpg_process_t.session)",
-            offset_of!(TuttiCpgProcess, session),
-        ),
-        ("sizeof(tutti_confchg_t)", size_of::<TuttiConfchg>()),
-        (
-            "offsetof(tutti_confchg_t.ring_id)",
-            offset_of!(TuttiConfchg, ring_id),
-        ),
-        ("offsetof(tutti_confchg_t.ring)", offset_of!(TuttiConfchg, ring)),
-        (
-            "offsetof(tutti_confchg_t.n_ring)",
-            offset_of!(TuttiConfchg, n_ring),
-        ),
-        (
-            "offsetof(tutti_confchg_t.members)",
-            offset_of!(TuttiConfchg, members),
-        ),
-        (
-            "offsetof(tutti_confchg_t.n_members)",
-            offset_of!(TuttiConfchg, n_members),
-        ),
-        (
-            "offsetof(tutti_confchg_t.joined)",
-            offset_of!(TuttiConfchg, joined),
-        ),
-        (
-            "offsetof(tutti_confchg_t.n_joined)",
-            offset_of!(TuttiConfchg, n_joined),
-        ),
-        ("offsetof(tutti_confchg_t.left)", offset_of!(TuttiConfchg, left)),
-        (
-            "offsetof(tutti_confchg_t.n_left)",
-            offset_of!(TuttiConfchg, n_left),
+        layout!(
+            TuttiConfchg,
+            "tutti_confchg_t",
+            [ring_id, ring, n_ring, members, n_members, joined, n_joined, left, n_left]
         ),
     ];
-    for (name, value) in sizes {
-        expected.push((name.into(), value as i64));
+    for (name, value) in sizes.into_iter().flatten() {
+        expected.push((name, value as i64));
     }
     for (name, value) in &expected {
         assert_eq!(

@@ -22,6 +22,24 @@ fn counter_named(node: &Node, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// In a 4-node cluster, insider node 3 relays to the coordinator (node 0) a heartbeat
+/// entry about node 2 in `incarnation`, at `heartbeat`, with `flags`: the cluster, and
+/// whether every view converged again within 3 s.
+fn third_party_claim_about_node_2(incarnation: u32, heartbeat: u32, flags: u32) -> (Cluster, bool) {
+    let mut c = Cluster::new(4, settings());
+    let claim = HeartbeatEntry {
+        node: 2,
+        incarnation,
+        heartbeat,
+        flags,
+    };
+    let h = heartbeat_header(&c, 0);
+    c.inject(0, 3, &heartbeats(3, 1, h, &[claim]));
+    c.run_for(200 * MILLIS);
+    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    (c, ok)
+}
+
 /// Node 1 publishes `k` messages; the cluster delivers them. Returns their ids.
 fn publish_from_1(c: &mut Cluster, k: u64, tag: &str) -> Vec<(usize, u32, u64)> {
     let mut ids = Vec::new();
@@ -99,13 +117,9 @@ fn a_request_for_u32_max_messages_walks_a_bounded_number_of_slots() {
 #[test]
 fn a_heartbeat_with_max_counter_u64_max_does_not_freeze_view_changes() {
     let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
     let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
         max_counter: u64::MAX,
-        view_hash: 0,
+        ..heartbeat_header(&c, 0)
     };
     // Insider node 3 sends it to everyone (its own heartbeat entry, as usual).
     let entry = HeartbeatEntry {
@@ -137,16 +151,24 @@ fn a_heartbeat_with_max_counter_u64_max_does_not_freeze_view_changes() {
     assert_clean(&c);
 }
 
+/// A 4-node cluster in which node 1 published 5 messages, then insider node 3 forwarded
+/// to node 2 a forged `Data` message of node 1's stream at `seq`: the cluster and that
+/// stream.
+fn forged_seq_from_a_forwarder(seq: u64) -> (Cluster, u32) {
+    let mut c = Cluster::new(4, settings());
+    publish_from_1(&mut c, 5, "before");
+    c.run_for(100 * MILLIS);
+    let s1 = c.stream_of(1);
+    c.inject(2, 3, &data(3, data_header(GROUP, 1, s1, seq), b"forged"));
+    (c, s1)
+}
+
 /// A `Data` message of node 1's stream with a seq near 2^62, forwarded by another member,
 /// slides node 2's window there: ~2^62 messages reported `Lost` and every real message of
 /// node 1 after it dropped as a duplicate.
 #[test]
 fn a_forged_seq_near_2_pow_62_from_a_forwarder_does_not_drop_later_messages() {
-    let mut c = Cluster::new(4, settings());
-    publish_from_1(&mut c, 5, "before");
-    c.run_for(100 * MILLIS);
-    let s1 = c.stream_of(1);
-    c.inject(2, 3, &data(3, data_header(GROUP, 1, s1, 1 << 62), b"forged"));
+    let (mut c, s1) = forged_seq_from_a_forwarder(1 << 62);
     c.run_for(100 * MILLIS);
     let ids = publish_from_1(&mut c, 5, "after");
     c.run_for(500 * MILLIS);
@@ -171,11 +193,7 @@ fn a_forged_seq_near_2_pow_62_from_a_forwarder_does_not_drop_later_messages() {
 /// seqs, sent later, are dropped as duplicates. The sender's own digest says what it sent.
 #[test]
 fn a_forged_seq_slightly_ahead_does_not_make_later_real_messages_lost() {
-    let mut c = Cluster::new(4, settings());
-    publish_from_1(&mut c, 5, "before");
-    c.run_for(100 * MILLIS);
-    let s1 = c.stream_of(1);
-    c.inject(2, 3, &data(3, data_header(GROUP, 1, s1, 5 + 20), b"forged"));
+    let (mut c, s1) = forged_seq_from_a_forwarder(5 + 20);
     // Node 1 is silent for longer than the retention.
     let retention = c.settings().gossip_period * u64::from(c.settings().retention_rounds);
     c.run_for(2 * retention);
@@ -199,14 +217,7 @@ fn a_forged_seq_slightly_ahead_does_not_make_later_real_messages_lost() {
 #[test]
 fn heartbeats_naming_100k_invented_nodes_keep_the_peer_table_bounded() {
     let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
+    let h = heartbeat_header(&c, 0);
     let before = c.nodes[0].state_bytes();
     let per = max_entries(32, 16);
     let invented: Vec<HeartbeatEntry> = (0..100_000u32)
@@ -271,14 +282,7 @@ fn an_invented_older_node_named_in_heartbeats_does_not_freeze_views() {
     while c.now < end {
         if c.now >= next_beat {
             next_beat += 20 * MILLIS;
-            let v = c.nodes[0].view().id;
-            let h = HeartbeatHeader {
-                view_counter: v.counter,
-                view_coordinator: v.coordinator,
-                view_coordinator_incarnation: v.coordinator_incarnation,
-                max_counter: v.counter,
-                view_hash: 0,
-            };
+            let h = heartbeat_header(&c, 0);
             beat += 1;
             let e = HeartbeatEntry {
                 node: 5_000,
@@ -358,24 +362,7 @@ fn a_view_claiming_the_coordinator_but_sent_by_another_member_is_refused() {
 /// incarnation may only move on the member's own word.
 #[test]
 fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
-    let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
-    let e = HeartbeatEntry {
-        node: 2,
-        incarnation: 2,
-        heartbeat: 1,
-        flags: 0,
-    };
-    c.inject(0, 3, &heartbeats(3, 1, h, &[e]));
-    c.run_for(200 * MILLIS);
-    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    let (mut c, ok) = third_party_claim_about_node_2(2, 1, 0);
     assert!(
         ok,
         "node 2 (incarnation 1) is out of the views 3 s after a third party claimed it restarted: {:?}",
@@ -392,24 +379,8 @@ fn a_higher_incarnation_relayed_by_a_third_party_does_not_evict_a_member() {
 /// only by a new incarnation). Only a member itself may say it leaves.
 #[test]
 fn a_leaving_flag_relayed_by_a_third_party_does_not_evict_a_member() {
-    let mut c = Cluster::new(4, settings());
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
-    let e = HeartbeatEntry {
-        node: 2,
-        incarnation: 1,
-        heartbeat: u32::MAX / 2,
-        flags: tutti_wire::packet::HEARTBEAT_FLAG_LEAVING,
-    };
-    c.inject(0, 3, &heartbeats(3, 1, h, &[e]));
-    c.run_for(200 * MILLIS);
-    let ok = c.run_until(3_000 * MILLIS, |c| c.converged());
+    let leaving = tutti_wire::packet::HEARTBEAT_FLAG_LEAVING;
+    let (c, ok) = third_party_claim_about_node_2(1, u32::MAX / 2, leaving);
     assert!(
         ok,
         "node 2 is out of the views 3 s after a third party said it was leaving: {:?}",

@@ -144,9 +144,14 @@ enum Action {
 }
 
 fn who() -> impl Strategy<Value = Who> {
+    who_weighted(4, 2)
+}
+
+/// An honest member's id, the attacker's own, or any id, `honest : attacker : 1`.
+fn who_weighted(honest: u32, attacker: u32) -> impl Strategy<Value = Who> {
     prop_oneof![
-        4 => (0u8..8).prop_map(Who::Honest),
-        2 => Just(Who::Attacker),
+        honest => (0u8..8).prop_map(Who::Honest),
+        attacker => Just(Who::Attacker),
         1 => any::<u32>().prop_map(Who::Any),
     ]
 }
@@ -313,11 +318,7 @@ fn shape() -> impl Strategy<Value = Shape> {
 /// The transport's `from`: mostly the attacker's own ids, sometimes an honest member's
 /// (spoofed: possible without a cluster key).
 fn sender() -> impl Strategy<Value = Who> {
-    prop_oneof![
-        2 => (0u8..8).prop_map(Who::Honest),
-        4 => Just(Who::Attacker),
-        1 => any::<u32>().prop_map(Who::Any),
-    ]
+    who_weighted(2, 4)
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -940,14 +941,7 @@ fn the_checks_pass_without_an_attack() {
 fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
     let mut c = Cluster::new(HONEST, settings());
     let s = c.settings().clone();
-    let v = c.nodes[0].view().id;
-    let h = HeartbeatHeader {
-        view_counter: v.counter,
-        view_coordinator: v.coordinator,
-        view_coordinator_incarnation: v.coordinator_incarnation,
-        max_counter: v.counter,
-        view_hash: 0,
-    };
+    let h = heartbeat_header(&c, 0);
     for round in 0..20u32 {
         let hb: Vec<HeartbeatEntry> = (0..4000u32)
             .map(|k| HeartbeatEntry {

@@ -9,9 +9,9 @@
 
 mod common;
 
-use common::{heartbeats, settings, Cluster};
+use common::{heartbeat_header, heartbeats, settings, Cluster};
 use tutti_proto::{Settings, MILLIS};
-use tutti_wire::packet::{HeartbeatEntry, HeartbeatHeader, HEARTBEAT_FLAG_DEAD};
+use tutti_wire::packet::{HeartbeatEntry, HEARTBEAT_FLAG_DEAD};
 
 /// Injects a member's claim that another (live) member failed into the coordinator until
 /// the coordinator holds a peer failed (a claim arriving while it heard the member within
@@ -33,14 +33,7 @@ fn false_failure_claim(s: Settings) -> (bool, bool) {
     // the coordinator holds meanwhile (it installs a view as it makes it).
     for k in 0..(1_000 * MILLIS / common::STEP) {
         if k < 80 {
-            let v = c.nodes[co].view().id;
-            let h = HeartbeatHeader {
-                view_counter: v.counter,
-                view_coordinator: v.coordinator,
-                view_coordinator_incarnation: v.coordinator_incarnation,
-                max_counter: v.counter,
-                view_hash: 0,
-            };
+            let h = heartbeat_header(&c, co);
             let own = HeartbeatEntry {
                 node: accuser,
                 incarnation: 1,

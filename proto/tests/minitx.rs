@@ -8,10 +8,13 @@
 //!
 //! `MINITX_SEEDS=N` runs N seeds of the harness (default 500); `MINITX_SEED=S` runs one.
 
+mod support;
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use support::minitx_settings as settings;
 use tutti_proto::minitx::{
     Address, Coordinator, MemnodeId, MemoryNode, Minitransaction, MinitxSettings, Outcome, TxId, TxnError,
 };
@@ -28,16 +31,6 @@ fn primary_node(m: MemnodeId) -> NodeId {
 
 fn backup_node(m: MemnodeId) -> NodeId {
     200 + NodeId::from(m)
-}
-
-fn settings() -> MinitxSettings {
-    MinitxSettings {
-        retransmit: 4 * MILLIS,
-        recovery_timeout: 40 * MILLIS,
-        txn_timeout: 400 * MILLIS,
-        decide_timeout: 400 * MILLIS,
-        ..MinitxSettings::default()
-    }
 }
 
 enum Actor {
@@ -160,6 +153,42 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no outcome for {txid:?}"))
     }
 
+    /// Coordinator 1 submits `mtx` now (nothing delivered yet).
+    fn submit(&mut self, mtx: &Minitransaction) -> TxId {
+        let now = self.now;
+        self.coord().submit(now, mtx).unwrap()
+    }
+
+    /// Delivers everything but the prepares to memory node `to`: those are held back and
+    /// returned as (from, bytes).
+    fn pump_holding_prepares_to(&mut self, to: NodeId) -> Vec<(NodeId, Vec<u8>)> {
+        let mut held = Vec::new();
+        self.pump(|from, dest, m| {
+            if dest == to && matches!(m, Message::Prepare { .. }) {
+                held.push((from, m.to_vec()));
+                return false;
+            }
+            true
+        });
+        held
+    }
+
+    /// Hands `messages` (from, bytes) to memory node `to` now, then delivers everything.
+    fn hand_late(&mut self, to: NodeId, messages: Vec<(NodeId, Vec<u8>)>) {
+        for (from, bytes) in messages {
+            let now = self.now;
+            self.mem(to).handle_message(now, from, &bytes);
+        }
+        self.deliver_all();
+    }
+
+    /// Moves time on by `dt` and fires memory node `node`'s timeout alone (nothing delivered).
+    fn timeout_of(&mut self, node: NodeId, dt: Time) {
+        self.now += dt;
+        let now = self.now;
+        self.mem(node).handle_timeout(now);
+    }
+
     fn take(&mut self, txid: TxId) -> Option<Result<Vec<Vec<u8>>, TxnError>> {
         let at = self.outcomes.iter().position(|o| o.txid == txid)?;
         Some(self.outcomes.remove(at).result)
@@ -172,6 +201,11 @@ impl Cluster {
 
 fn at(m: MemnodeId, offset: u32) -> Address {
     Address::new(m, DATA, offset)
+}
+
+/// Two participants: writes 5 at memory node 0 and 6 at memory node 1 (offset 0 both).
+fn write_5_and_6() -> Minitransaction {
+    Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6])
 }
 
 #[test]
@@ -294,8 +328,7 @@ fn a_participant_holding_locks_makes_others_busy_never_wait() {
         .compare(at(0, 0), &[0])
         .write(at(0, 0), &[1])
         .write(at(1, 0), &[1]);
-    let now = c.now;
-    let txid = c.coord().submit(now, &both).unwrap();
+    let txid = c.submit(&both);
     // Votes are cast, decisions held back: both participants hold their locks.
     c.pump(|_, _, m| !matches!(m, Message::Decide { .. }));
     assert_eq!(c.take(txid), Some(Ok(vec![])), "outcome known after the votes");
@@ -321,8 +354,7 @@ fn coordinator_crash_after_all_yes_votes_commits_by_recovery() {
         .write(at(0, 0), &[5])
         .write(at(1, 3), &[6])
         .write(at(2, 4), &[7]);
-    let now = c.now;
-    c.coord().submit(now, &t).unwrap();
+    c.submit(&t);
     // Votes never reach the coordinator, which then crashes.
     c.pump(|_, to, _| to != 1);
     c.actors.remove(&1);
@@ -348,9 +380,7 @@ fn coordinator_crash_after_all_yes_votes_commits_by_recovery() {
 #[test]
 fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
     let mut c = Cluster::new(2, settings());
-    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
-    let now = c.now;
-    c.coord().submit(now, &t).unwrap();
+    c.submit(&write_5_and_6());
     let mut late = None;
     c.pump(|_, to, m| {
         if to == primary_node(1) && matches!(m, Message::Prepare { .. }) {
@@ -363,9 +393,7 @@ fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
     // Recovery runs; its decision to memory node 1 is lost (the query alone must make
     // memory node 1 refuse the prepare).
-    c.now += settings().recovery_timeout;
-    let now = c.now;
-    c.mem(primary_node(0)).handle_timeout(now);
+    c.timeout_of(primary_node(0), settings().recovery_timeout);
     c.pump(|_, to, m| !(to == primary_node(1) && matches!(m, Message::Decide { .. })));
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 0);
     assert_eq!(c.mem(primary_node(1)).counters().forced_aborts, 1);
@@ -390,28 +418,13 @@ fn coordinator_crash_before_a_prepare_arrives_aborts_by_recovery() {
 #[test]
 fn a_slow_coordinator_cannot_commit_what_recovery_aborted() {
     let mut c = Cluster::new(2, settings());
-    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
-    let now = c.now;
-    let txid = c.coord().submit(now, &t).unwrap();
-    let mut late = Vec::new();
-    c.pump(|from, to, m| {
-        if to == primary_node(1) && matches!(m, Message::Prepare { .. }) {
-            late.push((from, m.to_vec()));
-            return false;
-        }
-        true
-    });
+    let txid = c.submit(&write_5_and_6());
+    let late = c.pump_holding_prepares_to(primary_node(1));
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 1);
-    c.now += settings().recovery_timeout;
-    let now = c.now;
-    c.mem(primary_node(0)).handle_timeout(now);
+    c.timeout_of(primary_node(0), settings().recovery_timeout);
     c.pump(|_, to, m| !(to == primary_node(1) && matches!(m, Message::Decide { .. })));
     assert_eq!(c.mem(primary_node(0)).in_doubt(), 0, "aborted by recovery");
-    for (from, bytes) in late {
-        let now = c.now;
-        c.mem(primary_node(1)).handle_message(now, from, &bytes);
-    }
-    c.deliver_all();
+    c.hand_late(primary_node(1), late);
     assert_eq!(c.take(txid), Some(Err(TxnError::Busy)));
     c.advance(settings().retransmit);
     assert_eq!(c.mem(primary_node(1)).in_doubt(), 0);
@@ -428,22 +441,10 @@ fn an_abort_decision_before_the_prepare_refuses_the_prepare() {
     let t = Minitransaction::new()
         .compare(at(0, 0), &[1])
         .write(at(1, 0), &[6]);
-    let now = c.now;
-    let txid = c.coord().submit(now, &t).unwrap();
-    let mut late = Vec::new();
-    c.pump(|from, to, m| {
-        if to == primary_node(1) && matches!(m, Message::Prepare { .. }) {
-            late.push((from, m.to_vec()));
-            return false;
-        }
-        true
-    });
+    let txid = c.submit(&t);
+    let late = c.pump_holding_prepares_to(primary_node(1));
     assert!(matches!(c.take(txid), Some(Err(TxnError::Conflict { .. }))));
-    for (from, bytes) in late {
-        let now = c.now;
-        c.mem(primary_node(1)).handle_message(now, from, &bytes);
-    }
-    c.deliver_all();
+    c.hand_late(primary_node(1), late);
     assert_eq!(c.mem(primary_node(1)).in_doubt(), 0, "no locks held for it");
     assert_eq!(c.mem(primary_node(1)).counters().forced_aborts, 1);
 }
@@ -453,9 +454,7 @@ fn an_abort_decision_before_the_prepare_refuses_the_prepare() {
 #[test]
 fn recovery_racing_a_live_coordinator_agrees_with_it() {
     let mut c = Cluster::new(2, settings());
-    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
-    let now = c.now;
-    let txid = c.coord().submit(now, &t).unwrap();
+    let txid = c.submit(&write_5_and_6());
     c.pump(|_, _, m| !matches!(m, Message::Decide { .. }));
     assert_eq!(c.take(txid), Some(Ok(vec![])));
     // Recovery runs before any decision gets through.
@@ -488,28 +487,15 @@ fn a_prepare_refused_stale_aborts_the_transaction() {
             ..settings()
         },
     );
-    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
-    let now = c.now;
-    let txid = c.coord().submit(now, &t).unwrap();
-    let mut held = Vec::new();
-    c.pump(|from, to, m| {
-        if to == primary_node(0) && matches!(m, Message::Prepare { .. }) {
-            held.push((from, m.to_vec()));
-            return false;
-        }
-        true
-    });
+    let txid = c.submit(&write_5_and_6());
+    let held = c.pump_holding_prepares_to(primary_node(0));
     // Later transactions of the same coordinator push memory node 0's floor past it.
     for i in 0..4 {
         let t = Minitransaction::new().write(at(0, 10 + i), &[1]);
         assert_eq!(c.run(&t), Ok(vec![]));
     }
     assert!(c.mem(primary_node(0)).counters().decided_evicted > 0);
-    for (from, bytes) in held {
-        let now = c.now;
-        c.mem(primary_node(0)).handle_message(now, from, &bytes);
-    }
-    c.deliver_all();
+    c.hand_late(primary_node(0), held);
     assert_eq!(c.mem(primary_node(0)).counters().stale, 1);
     assert_eq!(c.take(txid), Some(Err(TxnError::Busy)));
     assert_eq!(c.coord().counters().bad_answers, 0);
@@ -537,9 +523,7 @@ fn confirmed_outcomes_are_forgotten_first_and_queries_stay_answerable() {
         ..settings()
     };
     let mut c = Cluster::new(2, small.clone());
-    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
-    let now = c.now;
-    c.coord().submit(now, &t).unwrap();
+    c.submit(&write_5_and_6());
     c.pump(|_, to, m| !(to == 1 || to == primary_node(1) && matches!(m, Message::Prepare { .. })));
     // The coordinator restarts (a new incarnation) and runs more transactions on memory
     // node 1; their outcomes are confirmed and forgotten.
@@ -583,8 +567,7 @@ fn primary_crash_loses_nothing_acknowledged_and_runs_nothing_twice() {
     assert_eq!(c.run(&incr(0)), Ok(vec![]));
     // The next commit is applied at the primary but its log entry and the answer are
     // held back until the backup acknowledges.
-    let now = c.now;
-    let txid = c.coord().submit(now, &incr(1)).unwrap();
+    let txid = c.submit(&incr(1));
     c.pump(|_, _, m| !matches!(m, Message::ReplicateAck { .. }));
     assert_eq!(c.take(txid), None, "answered before the backup held the write");
     assert_eq!(c.bytes(primary_node(0), 0, 1), [2]);
@@ -605,9 +588,7 @@ fn primary_crash_loses_nothing_acknowledged_and_runs_nothing_twice() {
 #[test]
 fn a_primary_crash_with_a_prepared_transaction_is_resolved_by_the_new_primary() {
     let mut c = Cluster::new(2, settings());
-    let t = Minitransaction::new().write(at(0, 0), &[5]).write(at(1, 0), &[6]);
-    let now = c.now;
-    c.coord().submit(now, &t).unwrap();
+    c.submit(&write_5_and_6());
     // Both vote yes; then primary 0 crashes and the coordinator with it.
     c.pump(|_, to, _| to != 1);
     c.actors.remove(&1);
@@ -647,8 +628,7 @@ fn bounds_hold_and_are_counted() {
     // max_decided: old decisions are forgotten, and their coordinator's older
     // transactions are refused rather than run twice.
     let old = Minitransaction::new().write(at(0, 20), &[1]);
-    let now = c.now;
-    let old_id = c.coord().submit(now, &old).unwrap();
+    let old_id = c.submit(&old);
     let mut captured = None;
     c.pump(|_, _, m| {
         if matches!(m, Message::Exec { .. }) && captured.is_none() {
@@ -696,8 +676,7 @@ fn in_process_increments_commit_exactly_and_print_their_cost() {
                 t.compare(at(m, 0), &i.to_le_bytes())
                     .write(at(m, 0), &(i + 1).to_le_bytes())
             });
-            let now = c.now;
-            let txid = c.coord().submit(now, &t).unwrap();
+            let txid = c.submit(&t);
             c.pump(|_, _, _| {
                 messages += 1;
                 true
@@ -1556,8 +1535,7 @@ fn corpus() -> Vec<Vec<u8>> {
             .write(at(1, 0), &[1]),
     ];
     for t in &txns {
-        let now = c.now;
-        c.coord().submit(now, t).unwrap();
+        c.submit(t);
         c.pump(|_, _, m| {
             seen.push(m.to_vec());
             true
@@ -1609,8 +1587,7 @@ fn a_read_is_not_logged_and_its_answer_still_waits_for_the_backup() {
     let read = Minitransaction::new().compare(at(0, 4), &[0]).read(at(0, 0), 1);
     assert_eq!(c.run(&write(7)), Ok(vec![]));
     // Every entry is acknowledged: a read is answered with no message to the backup.
-    let now = c.now;
-    let txid = c.coord().submit(now, &read).unwrap();
+    let txid = c.submit(&read);
     let mut to_backup = 0;
     c.pump(|_, to, _| {
         to_backup += usize::from(to == backup_node(0));
@@ -1620,11 +1597,9 @@ fn a_read_is_not_logged_and_its_answer_still_waits_for_the_backup() {
     assert_eq!(to_backup, 0, "a read went through the backup");
     assert_eq!(c.mem(primary_node(0)).counters().unlogged_reads, 1);
     // A read that saw an entry the backup has not acknowledged waits for it.
-    let now = c.now;
-    let w = c.coord().submit(now, &write(8)).unwrap();
+    let w = c.submit(&write(8));
     c.pump(|_, _, m| !matches!(m, Message::ReplicateAck { .. }));
-    let now = c.now;
-    let r = c.coord().submit(now, &read).unwrap();
+    let r = c.submit(&read);
     c.pump(|_, _, m| !matches!(m, Message::ReplicateAck { .. }));
     assert_eq!(
         c.take(r),

@@ -8,32 +8,24 @@
 //!
 //! `ORDERED_SEEDS=N` runs N seeds (default 300); `ORDERED_SEED=S` runs one.
 
+mod support;
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use support::{
+    copies, earliest, fire_memnode_timers, hand_to_member, initial_members, memory_nodes, minitx_settings,
+    next_submit, route, Net, Packet, Plan, StallGuard, BACKUP, MICROS, PRIMARY,
+};
 use tutti_proto::minitx::{MemoryNode, MinitxSettings};
 use tutti_proto::ordered::{
     Entry, EntryKind, OrderedMember, OrderedSettings, Output, Status, ViewEvent, ENTRY_BYTES, LIST, MEMNODE,
 };
 use tutti_proto::{NodeId, Time, MILLIS};
 
-const MICROS: Time = 1_000;
-const PRIMARY: NodeId = 100;
-const BACKUP: NodeId = 200;
 const GROUP: u64 = 0xfeed;
 
 type MsgId = (NodeId, u64, u64);
-
-fn minitx_settings() -> MinitxSettings {
-    MinitxSettings {
-        retransmit: 4 * MILLIS,
-        recovery_timeout: 40 * MILLIS,
-        txn_timeout: 400 * MILLIS,
-        decide_timeout: 400 * MILLIS,
-        ..MinitxSettings::default()
-    }
-}
 
 fn ordered_settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
     let max_appends_in_flight = [1, 2, 4, 8][rng.gen_range(0..4)];
@@ -53,18 +45,6 @@ fn ordered_settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
         install_timeout: 100 * MILLIS,
         ..OrderedSettings::default()
     }
-}
-
-#[derive(Debug, Clone)]
-enum Packet {
-    Minitx(Vec<u8>),
-    Payload {
-        sender: NodeId,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    },
-    Transfer(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -128,14 +108,11 @@ struct Sim {
     backup: MemoryNode,
     promoted: bool,
     host: NodeId,
-    net: BinaryHeap<Reverse<(Time, u64)>>,
-    packets: HashMap<u64, (NodeId, NodeId, Packet)>,
-    next_packet: u64,
+    net: Net<Packet>,
     loss: f64,
     dup: f64,
     max_delay: Time,
-    actions: BTreeMap<(Time, u64), Action>,
-    next_action: u64,
+    actions: Plan<Action>,
     next_submit: BTreeMap<NodeId, Time>,
     send_until: Time,
     safe_share: f64,
@@ -177,17 +154,7 @@ impl Sim {
             // buffer) the bottleneck with or without pipelining: see docs/ordered.md.
             sim.loss = [0.02, 0.05][sim.rng.gen_range(0..2)];
             let ids: Vec<NodeId> = sim.members.keys().copied().collect();
-            for id in ids {
-                let m = OrderedMember::initial(
-                    id,
-                    GROUP,
-                    &sim.members.keys().copied().collect::<Vec<_>>(),
-                    PRIMARY,
-                    sim.settings.clone(),
-                    minitx_settings(),
-                );
-                sim.members.insert(id, m);
-            }
+            sim.members = initial_members(GROUP, &ids, &sim.settings, &minitx_settings());
         }
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         sim.plan_faults(&initial);
@@ -205,21 +172,12 @@ impl Sim {
         let settings = ordered_settings(&mut rng);
         let n = rng.gen_range(3..=5u32);
         let initial: Vec<NodeId> = (first..first + n).collect();
-        let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), minitx_settings());
-        let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, minitx_settings());
-        for (region, size) in settings.regions() {
-            primary.add_region(region, size).unwrap();
-            backup.add_region(region, size).unwrap();
-        }
+        let (mut primary, mut backup) = memory_nodes(&settings, &minitx_settings());
         primary.set_placement(MEMNODE, PRIMARY);
         backup.set_placement(MEMNODE, PRIMARY);
-        let mut members = BTreeMap::new();
+        let members = initial_members(GROUP, &initial, &settings, &minitx_settings());
         let mut apps = BTreeMap::new();
         for &id in &initial {
-            members.insert(
-                id,
-                OrderedMember::initial(id, GROUP, &initial, PRIMARY, settings.clone(), minitx_settings()),
-            );
             apps.insert(
                 id,
                 App {
@@ -251,14 +209,11 @@ impl Sim {
             backup,
             promoted: false,
             host: PRIMARY,
-            net: BinaryHeap::new(),
-            packets: HashMap::new(),
-            next_packet: 0,
+            net: Net::default(),
             loss,
             dup,
             max_delay,
-            actions: BTreeMap::new(),
-            next_action: 0,
+            actions: Plan::default(),
             next_submit: BTreeMap::new(),
             send_until: 150 * MILLIS,
             safe_share,
@@ -284,18 +239,13 @@ impl Sim {
         sim
     }
 
-    fn schedule(&mut self, at: Time, a: Action) {
-        self.actions.insert((at, self.next_action), a);
-        self.next_action += 1;
-    }
-
     /// Faults happen in the first 120 ms; sends go on to 150 ms.
     fn plan_faults(&mut self, initial: &[NodeId]) {
         let fault_end = 120 * MILLIS;
         let mut next_joiner = 1000;
         for _ in 0..self.rng.gen_range(0..=2) {
             let at = self.rng.gen_range(5 * MILLIS..fault_end);
-            self.schedule(at, Action::Join(next_joiner));
+            self.actions.schedule(at, Action::Join(next_joiner));
             next_joiner += 1;
         }
         // At most one crash among the initial members (a majority stays), and possibly
@@ -303,32 +253,32 @@ impl Sim {
         if self.rng.gen_bool(0.5) {
             let victim = initial[self.rng.gen_range(0..initial.len())];
             let at = self.rng.gen_range(5 * MILLIS..fault_end);
-            self.schedule(at, Action::CrashMember(victim));
+            self.actions.schedule(at, Action::CrashMember(victim));
             let later = at + self.rng.gen_range(5 * MILLIS..20 * MILLIS);
-            self.schedule(later, Action::Suspect(victim));
+            self.actions.schedule(later, Action::Suspect(victim));
         }
         if next_joiner > 1000 && self.rng.gen_bool(0.3) {
             let at = self.rng.gen_range(20 * MILLIS..fault_end);
-            self.schedule(at, Action::CrashMember(1000));
-            self.schedule(at + 10 * MILLIS, Action::Suspect(1000));
+            self.actions.schedule(at, Action::CrashMember(1000));
+            self.actions.schedule(at + 10 * MILLIS, Action::Suspect(1000));
         }
         if self.rng.gen_bool(0.3) {
             let at = self.rng.gen_range(5 * MILLIS..fault_end);
-            self.schedule(at, Action::CrashPrimary);
+            self.actions.schedule(at, Action::CrashPrimary);
             let later = at + self.rng.gen_range(2 * MILLIS..10 * MILLIS);
-            self.schedule(later, Action::Promote);
+            self.actions.schedule(later, Action::Promote);
         }
         if self.rng.gen_bool(0.5) {
             // A minority side of one member: it must deliver nothing while cut off.
             let cut = vec![initial[initial.len() - 1]];
             let at = self.rng.gen_range(5 * MILLIS..fault_end - 40 * MILLIS);
-            self.schedule(at, Action::Partition(cut.clone()));
+            self.actions.schedule(at, Action::Partition(cut.clone()));
             let delay = self.rng.gen_range(0..3 * MILLIS);
-            self.schedule(at + delay, Action::Cut(cut.clone()));
+            self.actions.schedule(at + delay, Action::Cut(cut.clone()));
             if self.rng.gen_bool(0.5) {
-                self.schedule(at + 5 * MILLIS, Action::Suspect(cut[0]));
+                self.actions.schedule(at + 5 * MILLIS, Action::Suspect(cut[0]));
             }
-            self.schedule(at + 30 * MILLIS, Action::Heal(cut));
+            self.actions.schedule(at + 30 * MILLIS, Action::Heal(cut));
         }
     }
 
@@ -348,14 +298,7 @@ impl Sim {
         if !self.reachable(from) {
             return;
         }
-        let copies = if self.rng.gen_bool(self.loss) {
-            0
-        } else if self.rng.gen_bool(self.dup) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
+        for _ in 0..copies(&mut self.rng, self.loss, self.dup) {
             let mut at = self.now + self.rng.gen_range(20 * MICROS..self.max_delay);
             if matches!((from, to), (PRIMARY, BACKUP) | (BACKUP, PRIMARY)) {
                 // Replication runs over an ordered (lossy) link: the backup applies records
@@ -364,9 +307,7 @@ impl Sim {
                 at = at.max(self.fifo_link);
                 self.fifo_link = at;
             }
-            self.packets.insert(self.next_packet, (from, to, p.clone()));
-            self.net.push(Reverse((at, self.next_packet)));
-            self.next_packet += 1;
+            self.net.send(at, from, to, p.clone());
         }
     }
 
@@ -425,29 +366,11 @@ impl Sim {
     }
 
     fn on_output(&mut self, id: NodeId, out: Output) {
+        let members: Vec<NodeId> = self.members.keys().copied().collect();
+        let Some(out) = route(id, out, &members, |to, p| self.send(id, to, p)) else {
+            return;
+        };
         match out {
-            Output::Minitx { to, bytes } => self.send(id, to, Packet::Minitx(bytes)),
-            Output::Disseminate {
-                sender,
-                epoch,
-                seq,
-                bytes,
-            } => {
-                let to: Vec<NodeId> = self.members.keys().copied().filter(|&n| n != id).collect();
-                for n in to {
-                    self.send(
-                        id,
-                        n,
-                        Packet::Payload {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes: bytes.clone(),
-                        },
-                    );
-                }
-            }
-            Output::Transfer { to, bytes } => self.send(id, to, Packet::Transfer(bytes)),
             Output::SnapshotRequest { group, position } => {
                 assert_eq!(group, GROUP);
                 self.check_cut(id, position);
@@ -499,6 +422,9 @@ impl Sim {
             Output::Removed { .. } => {}
             o @ (Output::Configuration(_) | Output::OpenEpoch { .. }) => {
                 self.fail(&format!("member {id}: {o:?} from a majority group"))
+            }
+            Output::Minitx { .. } | Output::Disseminate { .. } | Output::Transfer { .. } => {
+                unreachable!("`route` put it on the network")
             }
         }
     }
@@ -745,32 +671,15 @@ impl Sim {
 
     /// The earliest thing to happen next.
     fn next_time(&self) -> Time {
-        let mut t = Time::MAX;
-        if let Some(Reverse((at, _))) = self.net.peek() {
-            t = t.min(*at);
-        }
-        if let Some(((at, _), _)) = self.actions.first_key_value() {
-            t = t.min(*at);
-        }
-        for m in self.members.values() {
-            if let Some(at) = m.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        if let Some(p) = &self.primary {
-            if let Some(at) = p.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        if let Some(at) = self.backup.poll_timeout() {
-            t = t.min(at);
-        }
-        if self.now < self.send_until {
-            if let Some(&at) = self.next_submit.values().min() {
-                t = t.min(at);
-            }
-        }
-        t.max(self.now)
+        let submit = next_submit(&self.next_submit, self.now, self.send_until);
+        let memnodes = self
+            .primary
+            .iter()
+            .chain([&self.backup])
+            .map(MemoryNode::poll_timeout);
+        let members = self.members.values().map(OrderedMember::poll_timeout);
+        let due = [self.net.next_at(), self.actions.next_at(), submit];
+        earliest(self.now, due.into_iter().chain(members).chain(memnodes))
     }
 
     fn step(&mut self) {
@@ -781,12 +690,7 @@ impl Sim {
         }
         self.now = t;
         let now = self.now;
-        while let Some(Reverse((at, id))) = self.net.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.net.pop();
-            let (from, to, p) = self.packets.remove(&id).unwrap();
+        while let Some((from, to, p)) = self.net.pop_due(now) {
             if !self.reachable(to) || self.apps.get(&from).is_some_and(|a| a.cut) {
                 continue;
             }
@@ -807,25 +711,12 @@ impl Sim {
                     let Some(m) = self.members.get_mut(&n) else {
                         continue;
                     };
-                    match p {
-                        Packet::Minitx(b) => m.handle_minitx(now, from, &b),
-                        Packet::Payload {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes,
-                        } => m.handle_payload(now, sender, epoch, seq, &bytes),
-                        Packet::Transfer(b) => m.handle_transfer(now, &b),
-                    }
+                    hand_to_member(m, now, from, p);
                     self.drain(n);
                 }
             }
         }
-        while let Some(entry) = self.actions.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let a = entry.remove();
+        while let Some(a) = self.actions.pop_due(now) {
             self.act(a);
         }
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
@@ -835,14 +726,7 @@ impl Sim {
                 self.drain(*id);
             }
         }
-        if let Some(p) = &mut self.primary {
-            if p.poll_timeout().is_some_and(|t| t <= now) {
-                p.handle_timeout(now);
-            }
-        }
-        if self.backup.poll_timeout().is_some_and(|t| t <= now) {
-            self.backup.handle_timeout(now);
-        }
+        fire_memnode_timers(now, self.primary.iter_mut().chain([&mut self.backup]));
         self.drain_memnodes();
         for id in std::mem::take(&mut self.snapshot_due) {
             let h = self.apps[&id].hash;
@@ -891,17 +775,12 @@ impl Sim {
             self.drain(id);
         }
         let deadline = self.send_until + 10_000 * MILLIS;
-        let (mut last_now, mut same) = (0, 0u32);
+        let mut guard = StallGuard::default();
         loop {
             self.step();
-            if self.now == last_now {
-                same += 1;
-                if same > 100_000 {
-                    let d = self.dump();
-                    self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
-                }
-            } else {
-                (last_now, same) = (self.now, 0);
+            if guard.stalled(self.now) {
+                let d = self.dump();
+                self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
             }
             if self.now > self.send_until && self.actions.is_empty() && self.quiet() {
                 break;
@@ -937,8 +816,8 @@ impl Sim {
             .collect();
         lines.push(format!(
             "net {:?} actions {:?} submits {:?}",
-            self.net.peek(),
-            self.actions.first_key_value(),
+            self.net.next_at(),
+            self.actions.next_at(),
             self.next_submit
         ));
         lines.push(format!(
@@ -1085,13 +964,13 @@ fn a_group_whose_state_holders_all_crashed_restarts_from_an_empty_state() {
         let mut sim = Sim::without_faults(700 + seed);
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         let crash_at = (10 + 3 * seed) * MILLIS;
-        sim.schedule(8 * MILLIS, Action::Join(1000));
-        sim.schedule(crash_at, Action::Join(1001));
+        sim.actions.schedule(8 * MILLIS, Action::Join(1000));
+        sim.actions.schedule(crash_at, Action::Join(1001));
         for &n in &initial {
-            sim.schedule(crash_at, Action::CrashMember(n));
+            sim.actions.schedule(crash_at, Action::CrashMember(n));
         }
         for &n in &initial {
-            sim.schedule(crash_at + 5 * MILLIS, Action::Suspect(n));
+            sim.actions.schedule(crash_at + 5 * MILLIS, Action::Suspect(n));
         }
         sim.run();
         let restarts: u64 = sim.members.values().map(|m| m.counters().restarts).sum();
@@ -1133,10 +1012,10 @@ fn joiners_below_the_members_never_wait_for_each_other() {
         let mut sim = Sim::without_faults_from(900 + seed, 10);
         let initial: Vec<NodeId> = sim.members.keys().copied().collect();
         let at = (8 + 2 * seed) * MILLIS;
-        sim.schedule(at, Action::CrashMember(initial[0]));
-        sim.schedule(at, Action::Join(1));
-        sim.schedule(at, Action::Join(2));
-        sim.schedule(at + 5 * MILLIS, Action::Suspect(initial[0]));
+        sim.actions.schedule(at, Action::CrashMember(initial[0]));
+        sim.actions.schedule(at, Action::Join(1));
+        sim.actions.schedule(at, Action::Join(2));
+        sim.actions.schedule(at + 5 * MILLIS, Action::Suspect(initial[0]));
         sim.run();
         for id in [1, 2] {
             assert_eq!(
@@ -1171,8 +1050,8 @@ fn a_member_that_stops_reading_is_removed_for_lagging_not_waited_for() {
     sim.max_delay = 200 * MICROS;
     sim.send_until = 300 * MILLIS;
     let slow = *sim.members.keys().last().unwrap();
-    sim.schedule(5 * MILLIS, Action::Cut(vec![slow]));
-    sim.schedule(400 * MILLIS, Action::Heal(vec![slow]));
+    sim.actions.schedule(5 * MILLIS, Action::Cut(vec![slow]));
+    sim.actions.schedule(400 * MILLIS, Action::Heal(vec![slow]));
     sim.run();
     let list_slots = u64::from(sim.settings.list_slots);
     assert_eq!(sim.members[&slow].status(), Status::Removed);
@@ -1239,57 +1118,20 @@ fn in_process(
         ..OrderedSettings::default()
     };
     let ids: Vec<NodeId> = (1..=members).collect();
-    let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
-    let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
-    for (region, size) in settings.regions() {
-        primary.add_region(region, size).unwrap();
-        backup.add_region(region, size).unwrap();
-    }
-    let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
-        .iter()
-        .map(|&id| {
-            (
-                id,
-                OrderedMember::initial(
-                    id,
-                    GROUP,
-                    &ids,
-                    PRIMARY,
-                    settings.clone(),
-                    MinitxSettings::default(),
-                ),
-            )
-        })
-        .collect();
+    let (mut primary, mut backup) = memory_nodes(&settings, &MinitxSettings::default());
+    let mut nodes = initial_members(GROUP, &ids, &settings, &MinitxSettings::default());
     // In flight: (arrival time, from, to, what); one delay for all, so arrival order is
     // sending order. Payloads go to every other member (dissemination, as bimodal
     // multicast does in the daemon), minitransaction messages point to point.
-    enum Msg {
-        Minitx(Vec<u8>),
-        Payload(NodeId, u64, u64, std::rc::Rc<Vec<u8>>),
-    }
-    let mut queue: std::collections::VecDeque<(Time, NodeId, NodeId, Msg)> = Default::default();
-    let route = |queue: &mut std::collections::VecDeque<(Time, NodeId, NodeId, Msg)>,
-                 delivered: &mut BTreeMap<NodeId, u64>,
-                 at: Time,
-                 id: NodeId,
-                 out: Output| match out {
-        Output::Minitx { to, bytes } => queue.push_back((at, id, to, Msg::Minitx(bytes))),
-        Output::Disseminate {
-            sender,
-            epoch,
-            seq,
-            bytes,
-        } => {
-            let bytes = std::rc::Rc::new(bytes);
-            for to in 1..=members {
-                if to != id {
-                    queue.push_back((at, id, to, Msg::Payload(sender, epoch, seq, bytes.clone())));
-                }
-            }
+    let mut queue: std::collections::VecDeque<(Time, NodeId, NodeId, Packet)> = Default::default();
+    let on_output = |queue: &mut std::collections::VecDeque<(Time, NodeId, NodeId, Packet)>,
+                     delivered: &mut BTreeMap<NodeId, u64>,
+                     at: Time,
+                     id: NodeId,
+                     out: Output| {
+        if let Some(Output::Deliver { .. }) = route(id, out, &ids, |to, p| queue.push_back((at, id, to, p))) {
+            *delivered.entry(id).or_default() += 1;
         }
-        Output::Deliver { .. } => *delivered.entry(id).or_default() += 1,
-        _ => {}
     };
     let mut delivered: BTreeMap<NodeId, u64> = ids.iter().map(|&id| (id, 0)).collect();
     let mut minitx_messages = 0u64;
@@ -1323,42 +1165,33 @@ fn in_process(
                 m.handle_timeout(now);
             }
             while let Some(out) = m.poll_output() {
-                route(&mut queue, &mut delivered, now + delay, id, out);
+                on_output(&mut queue, &mut delivered, now + delay, id, out);
             }
         }
-        for mn in [&mut primary, &mut backup] {
-            if mn.poll_timeout().is_some_and(|t| t <= now) {
-                mn.handle_timeout(now);
-            }
-        }
+        fire_memnode_timers(now, [&mut primary, &mut backup]);
         while queue.front().is_some_and(|q| q.0 <= now) {
             let Some((_, from, to, msg)) = queue.pop_front() else {
                 break;
             };
-            if matches!(msg, Msg::Minitx(_)) {
+            if matches!(msg, Packet::Minitx(_)) {
                 minitx_messages += 1;
             }
             match (to, msg) {
-                (PRIMARY, Msg::Minitx(bytes)) => primary.handle_message(now, from, &bytes),
-                (BACKUP, Msg::Minitx(bytes)) => backup.handle_message(now, from, &bytes),
+                (PRIMARY, Packet::Minitx(bytes)) => primary.handle_message(now, from, &bytes),
+                (BACKUP, Packet::Minitx(bytes)) => backup.handle_message(now, from, &bytes),
                 (n, msg) => {
                     let m = nodes.get_mut(&n).unwrap();
-                    match msg {
-                        Msg::Minitx(bytes) => m.handle_minitx(now, from, &bytes),
-                        Msg::Payload(sender, epoch, seq, bytes) => {
-                            m.handle_payload(now, sender, epoch, seq, &bytes)
-                        }
-                    }
+                    hand_to_member(m, now, from, msg);
                     while let Some(out) = m.poll_output() {
-                        route(&mut queue, &mut delivered, now + delay, n, out);
+                        on_output(&mut queue, &mut delivered, now + delay, n, out);
                     }
                 }
             }
             while let Some((to, b)) = primary.poll_transmit() {
-                queue.push_back((now + delay, PRIMARY, to, Msg::Minitx(b)));
+                queue.push_back((now + delay, PRIMARY, to, Packet::Minitx(b)));
             }
             while let Some((to, b)) = backup.poll_transmit() {
-                queue.push_back((now + delay, BACKUP, to, Msg::Minitx(b)));
+                queue.push_back((now + delay, BACKUP, to, Packet::Minitx(b)));
             }
         }
     }
@@ -1528,26 +1361,8 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
         ..OrderedSettings::default()
     };
     let ids: Vec<NodeId> = vec![1, 2, 3];
-    let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
-    let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
-    for (region, size) in settings.regions() {
-        primary.add_region(region, size).unwrap();
-        backup.add_region(region, size).unwrap();
-    }
-    let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
-        .iter()
-        .map(|&id| {
-            let m = OrderedMember::initial(
-                id,
-                GROUP,
-                &ids,
-                PRIMARY,
-                settings.clone(),
-                MinitxSettings::default(),
-            );
-            (id, m)
-        })
-        .collect();
+    let (mut primary, mut backup) = memory_nodes(&settings, &MinitxSettings::default());
+    let mut nodes = initial_members(GROUP, &ids, &settings, &MinitxSettings::default());
     const SENT: u64 = 400;
     for seq in 0..SENT {
         nodes
@@ -1557,10 +1372,8 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
             .unwrap();
     }
     // An instant network, one step of 10 us at a time; messages in sending order:
-    // (from, to, a minitransaction message or a payload (sender, epoch, seq, bytes)).
-    type Payload = (NodeId, u64, u64, Vec<u8>);
-    let mut queue: std::collections::VecDeque<(NodeId, NodeId, Result<Vec<u8>, Payload>)> =
-        Default::default();
+    // (from, to, packet).
+    let mut queue: std::collections::VecDeque<(NodeId, NodeId, Packet)> = Default::default();
     let mut delivered: BTreeMap<NodeId, u64> = BTreeMap::new();
     let mut now: Time = 0;
     while delivered.len() < ids.len() || delivered.values().any(|&d| d < SENT) {
@@ -1571,48 +1384,30 @@ fn a_deep_sender_queue_does_not_outrun_the_others_max_held() {
                 m.handle_timeout(now);
             }
         }
-        for mn in [&mut primary, &mut backup] {
-            if mn.poll_timeout().is_some_and(|t| t <= now) {
-                mn.handle_timeout(now);
-            }
-        }
+        fire_memnode_timers(now, [&mut primary, &mut backup]);
         loop {
             for (&id, m) in nodes.iter_mut() {
                 while let Some(out) = m.poll_output() {
-                    match out {
-                        Output::Minitx { to, bytes } => queue.push_back((id, to, Ok(bytes))),
-                        Output::Disseminate {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes,
-                        } => {
-                            for &to in ids.iter().filter(|&&n| n != id) {
-                                queue.push_back((id, to, Err((sender, epoch, seq, bytes.clone()))));
-                            }
-                        }
-                        Output::Deliver { .. } => *delivered.entry(id).or_default() += 1,
-                        _ => {}
+                    if let Some(Output::Deliver { .. }) =
+                        route(id, out, &ids, |to, p| queue.push_back((id, to, p)))
+                    {
+                        *delivered.entry(id).or_default() += 1;
                     }
                 }
             }
             while let Some((to, b)) = primary.poll_transmit() {
-                queue.push_back((PRIMARY, to, Ok(b)));
+                queue.push_back((PRIMARY, to, Packet::Minitx(b)));
             }
             while let Some((to, b)) = backup.poll_transmit() {
-                queue.push_back((BACKUP, to, Ok(b)));
+                queue.push_back((BACKUP, to, Packet::Minitx(b)));
             }
             let Some((from, to, msg)) = queue.pop_front() else {
                 break;
             };
             match (to, msg) {
-                (PRIMARY, Ok(b)) => primary.handle_message(now, from, &b),
-                (BACKUP, Ok(b)) => backup.handle_message(now, from, &b),
-                (n, Ok(b)) => nodes.get_mut(&n).unwrap().handle_minitx(now, from, &b),
-                (n, Err((sender, epoch, seq, b))) => nodes
-                    .get_mut(&n)
-                    .unwrap()
-                    .handle_payload(now, sender, epoch, seq, &b),
+                (PRIMARY, Packet::Minitx(b)) => primary.handle_message(now, from, &b),
+                (BACKUP, Packet::Minitx(b)) => backup.handle_message(now, from, &b),
+                (n, p) => hand_to_member(nodes.get_mut(&n).unwrap(), now, from, p),
             }
         }
     }

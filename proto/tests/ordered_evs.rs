@@ -14,11 +14,13 @@
 //!
 //! `EVS_SEEDS=N` runs N seeds (default 300); `EVS_SEED=S` runs one.
 
+mod support;
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use tutti_proto::minitx::{MemnodeId, MemoryNode, MinitxSettings};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use support::{copies, earliest, minitx_settings, next_submit, route, Net, Packet, Plan, StallGuard, MICROS};
+use tutti_proto::minitx::{MemnodeId, MemoryNode};
 use tutti_proto::ordered::{
     choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedSettings, Output, PartitionPolicy,
     RemoveReason, MEMNODE,
@@ -26,23 +28,12 @@ use tutti_proto::ordered::{
 use tutti_proto::{NodeId, Time, MILLIS};
 use tutti_wire::minitx::Message;
 
-const MICROS: Time = 1_000;
 const GROUP: u64 = 0xe75;
 
 /// (sender, epoch = list number << 32 | join position, seq).
 type MsgId = (NodeId, u64, u64);
 /// A configuration as the checks name it: (list epoch, position, transitional, members).
 type ConfKey = (EpochId, u64, bool, Vec<NodeId>);
-
-fn minitx_settings() -> MinitxSettings {
-    MinitxSettings {
-        retransmit: 4 * MILLIS,
-        recovery_timeout: 40 * MILLIS,
-        txn_timeout: 400 * MILLIS,
-        decide_timeout: 400 * MILLIS,
-        ..MinitxSettings::default()
-    }
-}
 
 fn settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
     OrderedSettings {
@@ -62,17 +53,6 @@ fn settings(rng: &mut Xoshiro256PlusPlus) -> OrderedSettings {
         gather_timeout: 30 * MILLIS,
         ..OrderedSettings::default()
     }
-}
-
-#[derive(Debug, Clone)]
-enum Packet {
-    Minitx(Vec<u8>),
-    Payload {
-        sender: NodeId,
-        epoch: u64,
-        seq: u64,
-        bytes: Vec<u8>,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -150,16 +130,13 @@ struct Sim {
     backups: BTreeMap<(NodeId, MemnodeId), NodeId>,
     /// The network side of each live node.
     side_of: BTreeMap<NodeId, usize>,
-    net: BinaryHeap<Reverse<(Time, u64)>>,
-    packets: HashMap<u64, (NodeId, NodeId, Packet)>,
-    next_packet: u64,
+    net: Net<Packet>,
     /// Replication links are ordered (the backup applies records only in order).
     fifo_link: HashMap<(NodeId, NodeId), Time>,
     loss: f64,
     dup: f64,
     max_delay: Time,
-    actions: BTreeMap<(Time, u64), Action>,
-    next_action: u64,
+    actions: Plan<Action>,
     next_side: u32,
     next_submit: BTreeMap<NodeId, Time>,
     send_until: Time,
@@ -199,15 +176,12 @@ impl Sim {
             memnodes: BTreeMap::new(),
             backups: BTreeMap::new(),
             side_of: initial.iter().map(|&n| (n, 0)).collect(),
-            net: BinaryHeap::new(),
-            packets: HashMap::new(),
-            next_packet: 0,
+            net: Net::default(),
             fifo_link: HashMap::new(),
             loss: [0.0, 0.02, 0.05][rng.gen_range(0..3)],
             dup: [0.0, 0.03][rng.gen_range(0..2)],
             max_delay: [200 * MICROS, MILLIS][rng.gen_range(0..2)],
-            actions: BTreeMap::new(),
-            next_action: 0,
+            actions: Plan::default(),
             next_side: 1,
             next_submit: BTreeMap::new(),
             send_until: 250 * MILLIS,
@@ -251,11 +225,6 @@ impl Sim {
         sim
     }
 
-    fn schedule(&mut self, at: Time, a: Action) {
-        self.actions.insert((at, self.next_action), a);
-        self.next_action += 1;
-    }
-
     /// Faults in the first 180 ms: one or two partitions, each healed 20-60 ms later,
     /// maybe a crash (often of a memory-node host) and a new member. Sends go on to 250 ms.
     fn plan(&mut self, initial: &[NodeId]) {
@@ -286,9 +255,9 @@ impl Sim {
                 sides.push(nodes[start..c].to_vec());
                 start = c;
             }
-            self.schedule(at, Action::Split(sides));
+            self.actions.schedule(at, Action::Split(sides));
             at += self.rng.gen_range(20 * MILLIS..60 * MILLIS);
-            self.schedule(at, Action::Split(vec![Vec::new()]));
+            self.actions.schedule(at, Action::Split(vec![Vec::new()]));
             at += self.rng.gen_range(10 * MILLIS..40 * MILLIS);
         }
         if self.rng.gen_bool(0.4) {
@@ -299,11 +268,11 @@ impl Sim {
                 initial[self.rng.gen_range(0..initial.len())]
             };
             let t = self.rng.gen_range(5 * MILLIS..170 * MILLIS);
-            self.schedule(t, Action::Crash(victim));
+            self.actions.schedule(t, Action::Crash(victim));
         }
         if self.rng.gen_bool(0.3) {
             let t = self.rng.gen_range(5 * MILLIS..170 * MILLIS);
-            self.schedule(t, Action::Join(1000));
+            self.actions.schedule(t, Action::Join(1000));
         }
     }
 
@@ -366,12 +335,8 @@ impl Sim {
         }
         let copies = if from == to {
             1
-        } else if self.rng.gen_bool(self.loss) {
-            0
-        } else if self.rng.gen_bool(self.dup) {
-            2
         } else {
-            1
+            copies(&mut self.rng, self.loss, self.dup)
         };
         let replication = matches!(&p, Packet::Minitx(b) if matches!(
             Message::decode(b),
@@ -384,9 +349,7 @@ impl Sim {
                 at = at.max(*link);
                 *link = at;
             }
-            self.packets.insert(self.next_packet, (from, to, p.clone()));
-            self.net.push(Reverse((at, self.next_packet)));
-            self.next_packet += 1;
+            self.net.send(at, from, to, p.clone());
         }
     }
 
@@ -415,28 +378,14 @@ impl Sim {
     }
 
     fn on_output(&mut self, id: NodeId, out: Output) {
+        if let o @ Output::Transfer { .. } = out {
+            self.fail(&format!("member {id}: unexpected output {o:?} under evs"));
+        }
+        let members: Vec<NodeId> = self.members.keys().copied().collect();
+        let Some(out) = route(id, out, &members, |to, p| self.send(id, to, p)) else {
+            return;
+        };
         match out {
-            Output::Minitx { to, bytes } => self.send(id, to, Packet::Minitx(bytes)),
-            Output::Disseminate {
-                sender,
-                epoch,
-                seq,
-                bytes,
-            } => {
-                let to: Vec<NodeId> = self.members.keys().copied().filter(|&n| n != id).collect();
-                for n in to {
-                    self.send(
-                        id,
-                        n,
-                        Packet::Payload {
-                            sender,
-                            epoch,
-                            seq,
-                            bytes: bytes.clone(),
-                        },
-                    );
-                }
-            }
             Output::OpenEpoch { memnode, hosts, .. } => self.open(memnode, &hosts),
             Output::Configuration(c) => self.on_configuration(id, c),
             Output::Deliver {
@@ -700,7 +649,7 @@ impl Sim {
             self.next_side += 1;
             for &n in &side {
                 let at = self.now + self.rng.gen_range(0..3 * MILLIS);
-                self.schedule(
+                self.actions.schedule(
                     at,
                     Action::Side {
                         node: n,
@@ -713,29 +662,11 @@ impl Sim {
     }
 
     fn next_time(&self) -> Time {
-        let mut t = Time::MAX;
-        if let Some(Reverse((at, _))) = self.net.peek() {
-            t = t.min(*at);
-        }
-        if let Some(((at, _), _)) = self.actions.first_key_value() {
-            t = t.min(*at);
-        }
-        for m in self.members.values() {
-            if let Some(at) = m.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        for m in self.memnodes.values() {
-            if let Some(at) = m.poll_timeout() {
-                t = t.min(at);
-            }
-        }
-        if self.now < self.send_until {
-            if let Some(&at) = self.next_submit.values().min() {
-                t = t.min(at);
-            }
-        }
-        t.max(self.now)
+        let submit = next_submit(&self.next_submit, self.now, self.send_until);
+        let memnodes = self.memnodes.values().map(MemoryNode::poll_timeout);
+        let members = self.members.values().map(EvsMember::poll_timeout);
+        let due = [self.net.next_at(), self.actions.next_at(), submit];
+        earliest(self.now, due.into_iter().chain(members).chain(memnodes))
     }
 
     fn step(&mut self) {
@@ -746,12 +677,7 @@ impl Sim {
         }
         self.now = t;
         let now = self.now;
-        while let Some(Reverse((at, id))) = self.net.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.net.pop();
-            let (from, to, p) = self.packets.remove(&id).unwrap();
+        while let Some((from, to, p)) = self.net.pop_due(now) {
             if !self.connected(from, to) {
                 continue;
             }
@@ -786,13 +712,10 @@ impl Sim {
                     }
                     self.drain(to);
                 }
+                Packet::Transfer(_) => unreachable!("`on_output` fails on a transfer under evs"),
             }
         }
-        while let Some(entry) = self.actions.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let a = entry.remove();
+        while let Some(a) = self.actions.pop_due(now) {
             self.act(a);
         }
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
@@ -864,17 +787,12 @@ impl Sim {
         }
         let deadline = self.send_until + 5_000 * MILLIS;
         let mut probes_sent = false;
-        let (mut last_now, mut same) = (0, 0u32);
+        let mut guard = StallGuard::default();
         loop {
             self.step();
-            if self.now == last_now {
-                same += 1;
-                if same > 100_000 {
-                    let d = self.dump();
-                    self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
-                }
-            } else {
-                (last_now, same) = (self.now, 0);
+            if guard.stalled(self.now) {
+                let d = self.dump();
+                self.fail(&format!("time does not advance: a timer that does nothing\n{d}"));
             }
             if self.now > self.send_until && self.actions.is_empty() && self.converged() {
                 if probes_sent {
@@ -925,7 +843,7 @@ impl Sim {
         lines.push(format!(
             "sides {:?} actions {:?}",
             self.side_of,
-            self.actions.first_key_value()
+            self.actions.next_at()
         ));
         lines.join("\n")
     }
@@ -1032,8 +950,10 @@ fn both_sides_of_a_partition_go_on_and_merge() {
     let all: Vec<NodeId> = sim.members.keys().copied().collect();
     let (left, right) = all.split_at(all.len() / 2);
     let (left, right) = (left.to_vec(), right.to_vec());
-    sim.schedule(40 * MILLIS, Action::Split(vec![left.clone(), right.clone()]));
-    sim.schedule(120 * MILLIS, Action::Split(vec![Vec::new()]));
+    sim.actions
+        .schedule(40 * MILLIS, Action::Split(vec![left.clone(), right.clone()]));
+    sim.actions
+        .schedule(120 * MILLIS, Action::Split(vec![Vec::new()]));
     // Messages each member delivered in a regular configuration of each list.
     let mut delivered_in: BTreeMap<(NodeId, u32), usize> = BTreeMap::new();
     for id in &all {
@@ -1077,12 +997,13 @@ fn a_member_that_leaves_stays_out_across_splits_and_heals() {
     let mut sim = Sim::without_faults(5);
     let all: Vec<NodeId> = sim.members.keys().copied().collect();
     let leaver = all[0];
-    sim.schedule(20 * MILLIS, Action::Leave(leaver));
-    sim.schedule(
+    sim.actions.schedule(20 * MILLIS, Action::Leave(leaver));
+    sim.actions.schedule(
         60 * MILLIS,
         Action::Split(vec![all[..2].to_vec(), all[2..].to_vec()]),
     );
-    sim.schedule(110 * MILLIS, Action::Split(vec![Vec::new()]));
+    sim.actions
+        .schedule(110 * MILLIS, Action::Split(vec![Vec::new()]));
     sim.run();
     let rest: Vec<NodeId> = all[1..].to_vec();
     let last = sim.apps[&all[1]].conf.clone().unwrap();

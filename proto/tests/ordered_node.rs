@@ -90,6 +90,33 @@ fn delivered(events: &[Event]) -> Vec<(NodeId, Vec<u8>)> {
         .collect()
 }
 
+/// Nodes `ids` in one cluster (each seeded with its id), run for 500 ms from time 0: the
+/// nodes, the time and the events so far per node.
+fn cluster_after_500_ms(ids: &[NodeId]) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
+    let mut nodes: Vec<Node> = ids
+        .iter()
+        .map(|&id| Node::new(id, 1, ids, settings(), 0, u64::from(id)))
+        .collect();
+    let mut now = 0;
+    let mut events: Vec<Vec<Event>> = ids.iter().map(|_| Vec::new()).collect();
+    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    (nodes, now, events)
+}
+
+/// Node `i` (by index) submits `[i, round]` for each of `rounds` rounds, a millisecond
+/// apart, then the network runs 200 ms more.
+fn submit_rounds(nodes: &mut [Node], now: &mut Time, events: &mut [Vec<Event>], rounds: u8) {
+    for round in 0..rounds {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.submit_ordered(*now, GROUP, &[i as u8, round], false).unwrap();
+        }
+        let until = *now + MILLIS;
+        run(nodes, now, until, events);
+    }
+    let until = *now + 200 * MILLIS;
+    run(nodes, now, until, events);
+}
+
 /// Three nodes in one cluster, all joined to `GROUP` and run `settle` more: the nodes, the
 /// time and the events so far per node.
 fn three_nodes_in_the_group(settle: Time) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
@@ -98,12 +125,7 @@ fn three_nodes_in_the_group(settle: Time) -> (Vec<Node>, Time, Vec<Vec<Event>>) 
 
 /// As `three_nodes_in_the_group`, the group with settings `group`.
 fn three_nodes_in_the_group_with(settle: Time, group: OrderedSettings) -> (Vec<Node>, Time, Vec<Vec<Event>>) {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
     assert!(
         nodes.iter().all(|n| n.view().members.len() == 3),
         "cluster formed"
@@ -161,15 +183,7 @@ fn three_nodes_create_transfer_and_agree_on_one_order() {
         .map(|ev| ev.iter().filter(|e| matches!(e, Event::Installed { .. })).count())
         .sum();
     assert_eq!(installs, 2, "one creator, two joiners with a state transfer");
-    for round in 0..20u8 {
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.submit_ordered(now, GROUP, &[i as u8, round], false).unwrap();
-        }
-        let until = now + MILLIS;
-        run(&mut nodes, &mut now, until, &mut events);
-    }
-    let until = now + 200 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    submit_rounds(&mut nodes, &mut now, &mut events, 20);
     let orders: Vec<_> = events.iter().map(|e| delivered(e)).collect();
     assert_eq!(orders[0].len(), 60);
     assert_eq!(orders[0], orders[1]);
@@ -199,15 +213,7 @@ fn a_node_that_joins_again_gets_fresh_transaction_ids() {
         installs, 2,
         "node 3 joined twice, each time with a state transfer"
     );
-    for round in 0..10u8 {
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.submit_ordered(now, GROUP, &[i as u8, round], false).unwrap();
-        }
-        let until = now + MILLIS;
-        run(&mut nodes, &mut now, until, &mut events);
-    }
-    let until = now + 200 * MILLIS;
-    run(&mut nodes, &mut now, until, &mut events);
+    submit_rounds(&mut nodes, &mut now, &mut events, 10);
     let theirs = delivered(&events[0]);
     let mine = delivered(&events[2]);
     assert_eq!(theirs.len(), 30);
@@ -270,6 +276,17 @@ fn run_until_configured(
     panic!("nodes {which:?} not configured as {members:?} within {limit}: {last:?}");
 }
 
+/// Runs the whole network until nodes 1, 2 and 3 are all in configuration {1, 2, 3}.
+fn run_until_all_three_configured(
+    nodes: &mut [Node],
+    now: &mut Time,
+    events: &mut [Vec<Event>],
+    limit: Time,
+) {
+    let whole = |_: NodeId, _: NodeId| true;
+    run_until_configured(nodes, now, events, &whole, &[0, 1, 2], &[1, 2, 3], limit);
+}
+
 /// Each node submits `rounds` messages tagged with `tag`, then the network runs on.
 fn send_rounds(
     nodes: &mut [Node],
@@ -306,13 +323,8 @@ fn delivered_tagged(events: &[Event], tag: u8) -> Vec<Vec<u8>> {
 /// one order again.
 #[test]
 fn an_evs_group_goes_on_on_both_sides_of_a_partition_and_merges() {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
     let whole = |_: NodeId, _: NodeId| true;
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
     assert!(
         nodes.iter().all(|n| n.view().members.len() == 3),
         "cluster formed"
@@ -322,15 +334,7 @@ fn an_evs_group_goes_on_on_both_sides_of_a_partition_and_merges() {
         assert!(n.is_ordered(GROUP));
     }
     assert!(nodes[0].join_ordered(now, GROUP, evs()).is_err(), "joined twice");
-    run_until_configured(
-        &mut nodes,
-        &mut now,
-        &mut events,
-        &whole,
-        &[0, 1, 2],
-        &[1, 2, 3],
-        3_000 * MILLIS,
-    );
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 3_000 * MILLIS);
     send_rounds(&mut nodes, &mut now, &mut events, &whole, 1, 10);
     let before: Vec<_> = events.iter().map(|e| delivered_tagged(e, 1)).collect();
     assert_eq!(before[0].len(), 30, "every message before the split");
@@ -390,15 +394,7 @@ fn an_evs_group_goes_on_on_both_sides_of_a_partition_and_merges() {
 
     // Heal: one configuration of all three, the same first configuration at every member.
     let merged_from = events.iter().map(Vec::len).collect::<Vec<_>>();
-    run_until_configured(
-        &mut nodes,
-        &mut now,
-        &mut events,
-        &whole,
-        &[0, 1, 2],
-        &[1, 2, 3],
-        20_000 * MILLIS,
-    );
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 20_000 * MILLIS);
     // Named by (list epoch, position, members); `joined` is relative to each member's
     // configuration before ({3} at 1 and 2, {1,2} at 3).
     let firsts: Vec<_> = (0..3)
@@ -443,25 +439,12 @@ fn an_evs_group_goes_on_on_both_sides_of_a_partition_and_merges() {
 /// A node leaving an `evs` group: its leave is in the order, the others go on without it.
 #[test]
 fn a_node_leaves_an_evs_group() {
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| Node::new(id, 1, &[1, 2, 3], settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events = vec![Vec::new(), Vec::new(), Vec::new()];
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
     let whole = |_: NodeId, _: NodeId| true;
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
     for n in nodes.iter_mut() {
         n.join_ordered(now, GROUP, evs()).unwrap();
     }
-    run_until_configured(
-        &mut nodes,
-        &mut now,
-        &mut events,
-        &whole,
-        &[0, 1, 2],
-        &[1, 2, 3],
-        3_000 * MILLIS,
-    );
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 3_000 * MILLIS);
     nodes[2].leave_ordered(now, GROUP);
     run_until_configured(
         &mut nodes,
@@ -487,15 +470,7 @@ fn a_node_leaves_an_evs_group() {
     // It joins again at once (its directory membership still lingers): a view change
     // brings it back in a new list, without waiting for an unrelated one.
     nodes[2].join_ordered(now, GROUP, evs()).unwrap();
-    run_until_configured(
-        &mut nodes,
-        &mut now,
-        &mut events,
-        &whole,
-        &[0, 1, 2],
-        &[1, 2, 3],
-        3_000 * MILLIS,
-    );
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 3_000 * MILLIS);
     send_rounds(&mut nodes, &mut now, &mut events, &whole, 5, 5);
     assert_eq!(delivered_tagged(&events[2], 5).len(), 15);
     assert_eq!(delivered_tagged(&events[0], 5), delivered_tagged(&events[2], 5));
@@ -570,6 +545,14 @@ fn run_until(
     false
 }
 
+/// Node 3 crashed: runs nodes 1 and 2 until both suspect it (at most a second); whether
+/// they did.
+fn run_until_1_and_2_suspect_3(nodes: &mut [Node], now: &mut Time, events: &mut [Vec<Event>]) -> bool {
+    run_until(nodes, 2, now, 1_000 * MILLIS, events, &[], |n, _| {
+        n[..2].iter().all(|n| n.suspected_and_failed().0 > 0)
+    })
+}
+
 /// Issue 12: a SWIM suspicion refuted a moment later removes nobody from an ordered group
 /// (it removed node 3 for good at once: healthy daemons were removed under load, and at a
 /// partition's heal). Node 3 is cut off until node 1 or 2 suspects it, then heard again.
@@ -642,15 +625,7 @@ fn a_refuted_suspicion_removes_no_member() {
 fn a_suspicion_removes_once_it_lasted_the_grace() {
     let grace = OrderedSettings::default().suspicion_grace;
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(200 * MILLIS);
-    let suspected = run_until(
-        &mut nodes,
-        2,
-        &mut now,
-        1_000 * MILLIS,
-        &mut events,
-        &[],
-        |n, _| n[..2].iter().all(|n| n.suspected_and_failed().0 > 0),
-    );
+    let suspected = run_until_1_and_2_suspect_3(&mut nodes, &mut now, &mut events);
     assert!(suspected, "nodes 1 and 2 suspect the crashed node 3");
     let suspected_at = now;
     let removed = run_until(&mut nodes, 2, &mut now, 3 * grace, &mut events, &[], |_, ev| {
@@ -680,15 +655,7 @@ fn a_lagging_suspected_member_is_removed_as_suspected() {
         ..ordered()
     };
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group_with(200 * MILLIS, lagging_after);
-    let suspected = run_until(
-        &mut nodes,
-        2,
-        &mut now,
-        1_000 * MILLIS,
-        &mut events,
-        &[],
-        |n, _| n[..2].iter().all(|n| n.suspected_and_failed().0 > 0),
-    );
+    let suspected = run_until_1_and_2_suspect_3(&mut nodes, &mut now, &mut events);
     assert!(suspected, "nodes 1 and 2 suspect the crashed node 3");
     let suspected_at = now;
     // One message a millisecond: node 1's queue (16 slots) fills with payloads node 3
@@ -719,13 +686,7 @@ fn a_lagging_suspected_member_is_removed_as_suspected() {
 #[test]
 fn joiners_whose_only_state_holder_crashed_restart_the_group() {
     let ids = [1, 2, 3, 4, 5];
-    let mut nodes: Vec<Node> = ids
-        .iter()
-        .map(|&id| Node::new(id, 1, &ids, settings(), 0, u64::from(id)))
-        .collect();
-    let mut now = 0;
-    let mut events: Vec<Vec<Event>> = ids.iter().map(|_| Vec::new()).collect();
-    run(&mut nodes, &mut now, 500 * MILLIS, &mut events);
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&ids);
     assert!(
         nodes.iter().all(|n| n.view().members.len() == 5),
         "cluster formed"

@@ -176,17 +176,9 @@ fn run_evs(args: &Args) -> ! {
     use tutti_sim::evs::{EvsScenario, EvsSim};
     let sc = EvsScenario::random(args.seed);
     let desc = sc.describe();
-    let started = Instant::now();
-    let r = EvsSim::new(sc).run();
-    let wall = started.elapsed().as_secs_f64();
-    if args.json {
-        let mut v = serde_json::to_value(&r).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("wall_seconds".into(), wall.into());
-            o.insert("scenario".into(), desc.into());
-        }
-        println!("{v}");
-    } else {
+    let (r, wall) = timed(|| EvsSim::new(sc).run());
+    let scenario = [("scenario", desc.clone().into())];
+    print_report(args.json, &r, wall, scenario, &[], |r| {
         println!("tutti-sim evs: seed {}: {desc}", r.seed);
         println!(
             "  invariant violations     {} {:?}",
@@ -201,7 +193,7 @@ fn run_evs(args: &Args) -> ! {
             r.submitted, r.refused, r.deliveries, r.configurations, r.transitional, r.unconfirmed
         );
         println!("  wall time {wall:.2} s");
-    }
+    });
     std::process::exit(i32::from(r.violations.total() > 0));
 }
 
@@ -241,17 +233,9 @@ fn run_ordered(args: &Args, groups: u32) -> ! {
         std::process::exit(2);
     }
     let desc = sc.describe();
-    let started = Instant::now();
-    let r = OrderedSim::new(sc).run();
-    let wall = started.elapsed().as_secs_f64();
-    if args.json {
-        let mut v = serde_json::to_value(&r).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("wall_seconds".into(), wall.into());
-            o.insert("scenario".into(), desc.into());
-        }
-        println!("{v}");
-    } else {
+    let (r, wall) = timed(|| OrderedSim::new(sc).run());
+    let scenario = [("scenario", desc.clone().into())];
+    print_report(args.json, &r, wall, scenario, &[], |r| {
         println!("tutti-sim ordered: seed {}: {desc}", r.seed);
         println!(
             "  invariant violations     {} {:?}",
@@ -276,8 +260,43 @@ fn run_ordered(args: &Args, groups: u32) -> ! {
             "  liveness checked {}, sim time {:.0} ms, wall {:.2} s, trace {}",
             r.liveness_checked, r.sim_time_ms, wall, r.trace_hash
         );
-    }
+    });
     std::process::exit(if r.invariant_violations > 0 { 1 } else { 0 });
+}
+
+/// `run`'s result and the wall-clock seconds it took.
+fn timed<R>(run: impl FnOnce() -> R) -> (R, f64) {
+    let started = Instant::now();
+    let r = run();
+    (r, started.elapsed().as_secs_f64())
+}
+
+/// Prints a run's report: under --json one JSON object (the report's fields, `wall_seconds`
+/// and `extra`, without the fields of `omit_if_null` that are null), else the text `text`
+/// prints.
+fn print_report<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    wall: f64,
+    extra: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
+    omit_if_null: &[&str],
+    text: impl FnOnce(&R),
+) {
+    if !json {
+        text(report);
+        return;
+    }
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("wall_seconds".into(), wall.into());
+        o.extend(extra.into_iter().map(|(k, x)| (k.to_string(), x)));
+        for k in omit_if_null {
+            if o.get(*k).is_some_and(serde_json::Value::is_null) {
+                o.remove(*k);
+            }
+        }
+    }
+    println!("{v}");
 }
 
 fn parse_ms(s: &str, what: &str) -> Result<u64, String> {
@@ -490,97 +509,93 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let started = Instant::now();
-    let report = run_with_baseline(&sc);
-    let wall = started.elapsed().as_secs_f64();
+    let (report, wall) = timed(|| run_with_baseline(&sc));
     let rss = peak_rss_kib();
-    if args.json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("wall_seconds".into(), wall.into());
-            o.insert("peak_rss_mib".into(), rss.map(|k| k as f64 / 1024.0).into());
-            if report.healthy_throughput_ratio.is_none() {
-                o.remove("healthy_throughput_ratio");
-            }
-        }
-        println!("{v}");
-    } else {
-        println!(
-            "tutti-sim: {} nodes, {} messages from {} senders, loss {}, seed {}",
-            report.nodes, report.messages, report.senders, report.loss, report.seed
-        );
-        println!("  invariant violations     {}", report.invariant_violations);
-        for v in &report.violation_samples {
-            println!("    - {v}");
-        }
-        println!(
-            "  delivered to all         {:.5} of messages",
-            report.delivered_all_fraction
-        );
-        println!("  mean delivery ratio      {:.5}", report.mean_delivery_ratio);
-        println!(
-            "  delivery histogram       {:?} (deciles, last = 100%)",
-            report.delivery_fraction_histogram
-        );
-        println!(
-            "  rounds to all p50 / p99  {:.2} / {:.2}",
-            report.rounds_p50, report.rounds_p99
-        );
-        println!(
-            "  datagrams per delivery   {:.3} ({} datagrams, {} deliveries)",
-            report.datagrams_per_delivery, report.datagrams, report.deliveries
-        );
-        println!("  messages by kind         {:?}", report.messages_by_kind);
-        println!("  lost reported            {}", report.lost_reported);
-        println!(
-            "  retained bytes max       {} (budget pressure: {})",
-            report.retained_bytes_max, report.budget_pressure
-        );
-        println!(
-            "  streams                  {} ({} messages in streams after a restart or rejoin)",
-            report.streams.len(),
-            report
-                .streams
-                .iter()
-                .filter(|s| s.1 > 1
-                    || report
-                        .streams
-                        .iter()
-                        .any(|o| o.0 == s.0 && o.1 == s.1 && o.2 != s.2))
-                .map(|s| s.3)
-                .sum::<u64>()
-        );
-        println!(
-            "  checks                   complete delivery {}, bimodal {}, oversize datagrams {}",
-            report.complete_delivery_checked, report.bimodal_checked, report.oversize_datagrams
-        );
-        println!("  coverage                 {:?}", report.coverage);
-        if report.hostile_attacks > 0 {
+    let peak_rss = [("peak_rss_mib", rss.map(|k| k as f64 / 1024.0).into())];
+    print_report(
+        args.json,
+        &report,
+        wall,
+        peak_rss,
+        &["healthy_throughput_ratio"],
+        |report| {
             println!(
-                "  hostile attacks          {} ({} datagrams)",
-                report.hostile_attacks, report.hostile_datagrams
+                "tutti-sim: {} nodes, {} messages from {} senders, loss {}, seed {}",
+                report.nodes, report.messages, report.senders, report.loss, report.seed
             );
-        }
-        if let Some(c) = report.view_converged {
-            println!("  views converged          {c}");
-        }
-        if let Some(r) = report.healthy_throughput_ratio {
-            println!("  healthy throughput ratio {r:.4}");
-        }
-        println!(
-            "  state bytes per node     mean {:.0}, max {}",
-            report.state_bytes_per_node_mean, report.state_bytes_per_node_max
-        );
-        println!(
-            "  bootstrap {:.0} ms, sim time {:.0} ms, {} events, wall {:.2} s, peak RSS {} MiB, trace {}",
-            report.bootstrap_ms,
-            report.sim_time_ms,
-            report.events,
-            wall,
-            rss.map(|k| k / 1024).unwrap_or(0),
-            report.trace_hash
-        );
-    }
+            println!("  invariant violations     {}", report.invariant_violations);
+            for v in &report.violation_samples {
+                println!("    - {v}");
+            }
+            println!(
+                "  delivered to all         {:.5} of messages",
+                report.delivered_all_fraction
+            );
+            println!("  mean delivery ratio      {:.5}", report.mean_delivery_ratio);
+            println!(
+                "  delivery histogram       {:?} (deciles, last = 100%)",
+                report.delivery_fraction_histogram
+            );
+            println!(
+                "  rounds to all p50 / p99  {:.2} / {:.2}",
+                report.rounds_p50, report.rounds_p99
+            );
+            println!(
+                "  datagrams per delivery   {:.3} ({} datagrams, {} deliveries)",
+                report.datagrams_per_delivery, report.datagrams, report.deliveries
+            );
+            println!("  messages by kind         {:?}", report.messages_by_kind);
+            println!("  lost reported            {}", report.lost_reported);
+            println!(
+                "  retained bytes max       {} (budget pressure: {})",
+                report.retained_bytes_max, report.budget_pressure
+            );
+            println!(
+                "  streams                  {} ({} messages in streams after a restart or rejoin)",
+                report.streams.len(),
+                report
+                    .streams
+                    .iter()
+                    .filter(|s| s.1 > 1
+                        || report
+                            .streams
+                            .iter()
+                            .any(|o| o.0 == s.0 && o.1 == s.1 && o.2 != s.2))
+                    .map(|s| s.3)
+                    .sum::<u64>()
+            );
+            println!(
+                "  checks                   complete delivery {}, bimodal {}, oversize datagrams {}",
+                report.complete_delivery_checked, report.bimodal_checked, report.oversize_datagrams
+            );
+            println!("  coverage                 {:?}", report.coverage);
+            if report.hostile_attacks > 0 {
+                println!(
+                    "  hostile attacks          {} ({} datagrams)",
+                    report.hostile_attacks, report.hostile_datagrams
+                );
+            }
+            if let Some(c) = report.view_converged {
+                println!("  views converged          {c}");
+            }
+            if let Some(r) = report.healthy_throughput_ratio {
+                println!("  healthy throughput ratio {r:.4}");
+            }
+            println!(
+                "  state bytes per node     mean {:.0}, max {}",
+                report.state_bytes_per_node_mean, report.state_bytes_per_node_max
+            );
+            println!(
+                "  bootstrap {:.0} ms, sim time {:.0} ms, {} events, wall {:.2} s, peak RSS {} MiB, trace {}",
+                report.bootstrap_ms,
+                report.sim_time_ms,
+                report.events,
+                wall,
+                rss.map(|k| k / 1024).unwrap_or(0),
+                report.trace_hash
+            );
+        },
+    );
     if report.invariant_violations > 0 {
         std::process::exit(1);
     }

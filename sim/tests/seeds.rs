@@ -2,19 +2,51 @@
 //! `TUTTI_SIM_SEEDS=N` runs N seeds instead of the default; `TUTTI_SIM_FIRST_SEED` moves
 //! the range. CI runs the default; the closing notes quote 2,000-seed and longer sweeps.
 
-use tutti_proto::MILLIS;
+use tutti_proto::{NodeId, Time, MILLIS};
 use tutti_sim::sim::{run_with_baseline, Rejoin};
 use tutti_sim::{Crash, Partition, Report, Scenario, Sim};
 
 /// Every message reached every member owed it, and nothing was reported lost.
 fn assert_all_delivered(r: &Report, what: &str) {
-    assert_eq!(r.invariant_violations, 0, "{what}: {:?}", r.violation_samples);
+    assert_no_violation(r, what);
     assert!(r.complete_delivery_checked, "{what}");
     assert_eq!(r.delivered_all_fraction, 1.0, "{what}");
     let h = &r.delivery_fraction_histogram;
     assert_eq!(h[..10].iter().sum::<u64>(), 0, "{what}: histogram {h:?}");
     assert_eq!(h[10], r.messages, "{what}: histogram {h:?}");
     assert_eq!(r.lost_reported, 0, "{what}");
+}
+
+/// No invariant was violated.
+fn assert_no_violation(r: &Report, what: &str) {
+    assert_eq!(r.invariant_violations, 0, "{what}: {:?}", r.violation_samples);
+}
+
+/// `sc` with its senders at 30,000 messages/s against a group budget of `budget` bytes.
+fn burst(mut sc: Scenario, budget: usize) -> Scenario {
+    sc.rate = 30_000;
+    sc.settings.group_budget_bytes = budget;
+    sc
+}
+
+/// Node `node` crashes at `at` (without leaving its groups) and restarts at `restart`.
+fn crash(node: NodeId, at: Time, restart: Option<Time>) -> Crash {
+    Crash {
+        node,
+        at,
+        restart,
+        leave: false,
+    }
+}
+
+/// Node `node`'s application leaves the group at `leave` and joins it again at `join`.
+fn rejoin(node: NodeId, leave: Time, join: Option<Time>) -> Rejoin {
+    Rejoin { node, leave, join }
+}
+
+/// Nodes `side` are cut off from the others from `start` to `end`.
+fn partition(start: Time, end: Time, side: Vec<NodeId>) -> Partition {
+    Partition { start, end, side }
 }
 
 fn seeds() -> u64 {
@@ -135,41 +167,26 @@ fn twenty_percent_loss_without_crash_reaches_everyone() {
 #[test]
 fn partition_heals_into_one_view() {
     let mut sc = Scenario::new(10, 60, 2, 0.02, 7);
-    sc.partitions.push(Partition {
-        start: 100 * MILLIS,
-        end: 6_000 * MILLIS,
-        side: vec![0, 1, 2, 3],
-    });
+    sc.partitions
+        .push(partition(100 * MILLIS, 6_000 * MILLIS, vec![0, 1, 2, 3]));
     let r = Sim::new(sc).run();
     assert_eq!(r.view_converged, Some(true), "{:?}", r.violation_samples);
-    assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
+    assert_no_violation(&r, "");
 }
 
 #[test]
 fn coordinator_crash_and_restart_converge() {
     let mut sc = Scenario::new(8, 40, 2, 0.02, 11);
     sc.senders = 2;
+    sc.crashes.push(crash(0, 50 * MILLIS, Some(4_000 * MILLIS)));
+    sc.crashes.push(crash(5, 80 * MILLIS, None));
     sc.crashes.push(Crash {
-        node: 0,
-        at: 50 * MILLIS,
-        restart: Some(4_000 * MILLIS),
-        leave: false,
-    });
-    sc.crashes.push(Crash {
-        node: 5,
-        at: 80 * MILLIS,
-        restart: None,
-        leave: false,
-    });
-    sc.crashes.push(Crash {
-        node: 6,
-        at: 90 * MILLIS,
-        restart: None,
         leave: true,
+        ..crash(6, 90 * MILLIS, None)
     });
     let r = Sim::new(sc).run();
     assert_eq!(r.view_converged, Some(true), "{:?}", r.violation_samples);
-    assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
+    assert_no_violation(&r, "");
 }
 
 #[test]
@@ -181,7 +198,7 @@ fn perturbed_member_does_not_slow_the_others() {
     let r = run_with_baseline(&sc);
     let ratio = r.healthy_throughput_ratio.unwrap();
     assert!(ratio >= 0.95, "healthy throughput ratio {ratio}");
-    assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
+    assert_no_violation(&r, "");
 }
 
 /// Bimodal multicast's promise across a long partition, case 1: node 1 publishes its first
@@ -195,17 +212,10 @@ fn publisher_first_heard_of_after_a_partition_past_retention_is_reported_lost() 
         let mut sc = Scenario::new(6, 80, 2, 0.02, seed);
         sc.rate = 200;
         sc.quiet_until.push((1, 300 * MILLIS));
-        sc.partitions.push(Partition {
-            start: 100 * MILLIS,
-            end: 6_000 * MILLIS,
-            side: vec![1],
-        });
+        sc.partitions
+            .push(partition(100 * MILLIS, 6_000 * MILLIS, vec![1]));
         let r = Sim::new(sc).run();
-        assert_eq!(
-            r.invariant_violations, 0,
-            "seed {seed}: {:?}",
-            r.violation_samples
-        );
+        assert_no_violation(&r, &format!("seed {seed}"));
         assert_eq!(r.view_converged, Some(true), "seed {seed}");
         // The other five members were told of node 1's 40 messages as lost.
         assert!(r.lost_reported >= 5 * 40, "seed {seed}: lost {}", r.lost_reported);
@@ -221,17 +231,10 @@ fn partition_longer_than_the_sender_tombstone_still_reports_lost() {
     for seed in [4, 5] {
         let mut sc = Scenario::new(6, 200, 2, 0.02, seed);
         sc.rate = 100;
-        sc.partitions.push(Partition {
-            start: 500 * MILLIS,
-            end: 13_000 * MILLIS,
-            side: vec![1, 5],
-        });
+        sc.partitions
+            .push(partition(500 * MILLIS, 13_000 * MILLIS, vec![1, 5]));
         let r = Sim::new(sc).run();
-        assert_eq!(
-            r.invariant_violations, 0,
-            "seed {seed}: {:?}",
-            r.violation_samples
-        );
+        assert_no_violation(&r, &format!("seed {seed}"));
         assert_eq!(r.view_converged, Some(true), "seed {seed}");
         assert!(r.lost_reported > 0, "seed {seed}");
     }
@@ -246,16 +249,16 @@ fn group_left_and_joined_again_after_the_linger_is_a_new_stream() {
         let mut sc = Scenario::new(8, 800, 2, 0.05, seed);
         sc.rate = 200;
         let linger = sc.settings.linger;
-        sc.rejoins.push(Rejoin {
-            node: 1,
-            leave: 300 * MILLIS,
-            join: Some(300 * MILLIS + linger + 500 * MILLIS),
-        });
-        sc.rejoins.push(Rejoin {
-            node: 3,
-            leave: 500 * MILLIS,
-            join: Some(500 * MILLIS + linger + 700 * MILLIS),
-        });
+        sc.rejoins.push(rejoin(
+            1,
+            300 * MILLIS,
+            Some(300 * MILLIS + linger + 500 * MILLIS),
+        ));
+        sc.rejoins.push(rejoin(
+            3,
+            500 * MILLIS,
+            Some(500 * MILLIS + linger + 700 * MILLIS),
+        ));
         let r = Sim::new(sc).run();
         let what = format!("seed {seed}");
         assert_all_delivered(&r, &what);
@@ -274,16 +277,8 @@ fn group_left_and_joined_again_within_the_linger_keeps_its_stream() {
     for seed in [1, 2, 3] {
         let mut sc = Scenario::new(8, 600, 2, 0.05, seed);
         sc.rate = 200;
-        sc.rejoins.push(Rejoin {
-            node: 1,
-            leave: 300 * MILLIS,
-            join: Some(1_300 * MILLIS),
-        });
-        sc.rejoins.push(Rejoin {
-            node: 3,
-            leave: 400 * MILLIS,
-            join: Some(900 * MILLIS),
-        });
+        sc.rejoins.push(rejoin(1, 300 * MILLIS, Some(1_300 * MILLIS)));
+        sc.rejoins.push(rejoin(3, 400 * MILLIS, Some(900 * MILLIS)));
         let r = Sim::new(sc).run();
         let what = format!("seed {seed}");
         assert_all_delivered(&r, &what);
@@ -301,15 +296,10 @@ fn restarted_sender_goes_on_in_a_new_stream_that_is_checked() {
     for seed in [1, 2, 3] {
         let mut sc = Scenario::new(8, 600, 2, 0.02, seed);
         sc.rate = 200;
-        sc.crashes.push(Crash {
-            node: 1,
-            at: 300 * MILLIS,
-            restart: Some(1_500 * MILLIS),
-            leave: false,
-        });
+        sc.crashes.push(crash(1, 300 * MILLIS, Some(1_500 * MILLIS)));
         let r = Sim::new(sc).run();
         let what = format!("seed {seed}");
-        assert_eq!(r.invariant_violations, 0, "{what}: {:?}", r.violation_samples);
+        assert_no_violation(&r, &what);
         assert_eq!(r.view_converged, Some(true), "{what}");
         assert!(
             r.streams.iter().any(|s| s.0 == 1 && s.1 > 1 && s.3 > 100),
@@ -358,14 +348,11 @@ fn large_messages_cut_off_are_reported_lost() {
         sc.rate = 100;
         sc.payload = 3_000;
         sc.payload_max = 20_000;
-        sc.partitions.push(Partition {
-            start: 500 * MILLIS,
-            end: 5_000 * MILLIS,
-            side: vec![1, 6, 7],
-        });
+        sc.partitions
+            .push(partition(500 * MILLIS, 5_000 * MILLIS, vec![1, 6, 7]));
         let r = Sim::new(sc).run();
         let what = format!("seed {seed}");
-        assert_eq!(r.invariant_violations, 0, "{what}: {:?}", r.violation_samples);
+        assert_no_violation(&r, &what);
         assert!(r.coverage.large_delivered > 0, "{what}");
         assert!(
             r.lost_reported > 0 && r.coverage.lost_verified > 0,
@@ -382,9 +369,7 @@ fn large_messages_cut_off_are_reported_lost() {
 #[test]
 fn fast_burst_against_a_small_budget_without_loss() {
     for seed in [1, 2] {
-        let mut sc = Scenario::new(8, 5_000, 1, 0.0, seed);
-        sc.rate = 30_000;
-        sc.settings.group_budget_bytes = 64 << 10;
+        let sc = burst(Scenario::new(8, 5_000, 1, 0.0, seed), 64 << 10);
         let r = Sim::new(sc).run();
         let what = format!("seed {seed}");
         assert!(r.budget_pressure, "{what}");
@@ -399,13 +384,11 @@ fn fast_burst_against_a_small_budget_without_loss() {
 #[test]
 fn fast_burst_against_a_small_budget_with_loss() {
     for (seed, loss) in [(1, 0.02), (2, 0.05), (3, 0.10)] {
-        let mut sc = Scenario::new(8, 5_000, 2, loss, seed);
-        sc.rate = 30_000;
-        sc.settings.group_budget_bytes = 64 << 10;
+        let sc = burst(Scenario::new(8, 5_000, 2, loss, seed), 64 << 10);
         let r = Sim::new(sc).run();
         let what = format!("seed {seed}, loss {loss}");
         assert!(r.budget_pressure, "{what}");
-        assert_eq!(r.invariant_violations, 0, "{what}: {:?}", r.violation_samples);
+        assert_no_violation(&r, &what);
         assert!(r.retained_bytes_max <= 64 << 10, "{what}");
         assert!(
             r.coverage.pairs_live_sender >= 5_000 * 6,
@@ -433,21 +416,10 @@ fn fast_burst_against_a_small_budget_with_loss() {
 #[test]
 fn proto_bug_silent_gap_when_first_heard_of_after_the_budget_moved_the_low() {
     for seed in [1, 2, 3, 4] {
-        let mut sc = Scenario::new(8, 3_000, 1, 0.0, seed);
-        sc.rate = 30_000;
-        sc.settings.group_budget_bytes = 64 << 10;
-        sc.crashes.push(Crash {
-            node: 1,
-            at: 0,
-            restart: None,
-            leave: false,
-        });
+        let mut sc = burst(Scenario::new(8, 3_000, 1, 0.0, seed), 64 << 10);
+        sc.crashes.push(crash(1, 0, None));
         let r = Sim::new(sc).run();
-        assert_eq!(
-            r.invariant_violations, 0,
-            "seed {seed}: {:?}",
-            r.violation_samples
-        );
+        assert_no_violation(&r, &format!("seed {seed}"));
     }
 }
 
@@ -464,18 +436,11 @@ fn proto_bug_silent_gap_when_first_heard_of_after_the_budget_moved_the_low() {
 fn proto_bug_rejoined_member_is_told_lost_what_it_delivered() {
     let mut sc = Scenario::new(3, 300, 3, 0.0, 1);
     sc.rate = 300;
-    sc.rejoins.push(Rejoin {
-        node: 0,
-        leave: 300 * MILLIS,
-        join: Some(3_000 * MILLIS),
-    });
-    sc.partitions.push(Partition {
-        start: 400 * MILLIS,
-        end: 4_000 * MILLIS,
-        side: vec![0],
-    });
+    sc.rejoins.push(rejoin(0, 300 * MILLIS, Some(3_000 * MILLIS)));
+    sc.partitions
+        .push(partition(400 * MILLIS, 4_000 * MILLIS, vec![0]));
     let r = Sim::new(sc).run();
-    assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
+    assert_no_violation(&r, "");
 }
 
 /// Node 2 delivers node 0's messages, leaves the group and joins it again after the
@@ -490,17 +455,8 @@ fn proto_bug_rejoined_member_redelivers_what_it_delivered() {
     for seed in 1..=6 {
         let mut sc = Scenario::new(3, 40, 1, 0.0, seed);
         sc.rate = 200;
-        sc.crashes.push(Crash {
-            node: 1,
-            at: 50 * MILLIS,
-            restart: Some(1_500 * MILLIS),
-            leave: false,
-        });
-        sc.rejoins.push(Rejoin {
-            node: 2,
-            leave: 250 * MILLIS,
-            join: Some(2_300 * MILLIS),
-        });
+        sc.crashes.push(crash(1, 50 * MILLIS, Some(1_500 * MILLIS)));
+        sc.rejoins.push(rejoin(2, 250 * MILLIS, Some(2_300 * MILLIS)));
         let r = Sim::new(sc).run();
         if r.invariant_violations > 0 {
             failed.push(format!("seed {seed}: {:?}", r.violation_samples));
@@ -523,16 +479,10 @@ fn proto_bug_rejoined_member_redelivers_what_it_delivered() {
 #[test]
 fn proto_bug_subtree_lost_under_budget_pressure() {
     for seed in [1, 2, 3] {
-        let mut sc = Scenario::new(16, 4_000, 1, 0.01, seed);
-        sc.rate = 30_000;
-        sc.settings.group_budget_bytes = 80 << 10;
+        let sc = burst(Scenario::new(16, 4_000, 1, 0.01, seed), 80 << 10);
         let r = Sim::new(sc).run();
         assert!(r.bimodal_checked);
-        assert_eq!(
-            r.invariant_violations, 0,
-            "seed {seed}: {:?}",
-            r.violation_samples
-        );
+        assert_no_violation(&r, &format!("seed {seed}"));
     }
 }
 
@@ -555,11 +505,8 @@ fn a_partition_heal_removes_no_member_heard_from() {
             for seed in 1..=3 {
                 runs += 1;
                 let mut sc = Scenario::new(3, 20, 1, 0.0, seed);
-                sc.partitions.push(Partition {
-                    start: 100 * MILLIS,
-                    end: (100 + end_ms) * MILLIS,
-                    side: side.clone(),
-                });
+                sc.partitions
+                    .push(partition(100 * MILLIS, (100 + end_ms) * MILLIS, side.clone()));
                 let r = Sim::new(sc).run();
                 removals += r.coverage.removals_checked;
                 if r.invariant_violations > 0 || r.view_converged != Some(true) {

@@ -34,6 +34,18 @@ pub fn settings() -> Settings {
     }
 }
 
+/// A heartbeat header naming the view node `i` holds now, as a member of it would send.
+pub fn heartbeat_header(c: &Cluster, i: usize) -> HeartbeatHeader {
+    let v = c.nodes[i].view().id;
+    HeartbeatHeader {
+        view_counter: v.counter,
+        view_coordinator: v.coordinator,
+        view_coordinator_incarnation: v.coordinator_incarnation,
+        max_counter: v.counter,
+        view_hash: 0,
+    }
+}
+
 /// What one call into a node produced.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CallOutput {
