@@ -764,6 +764,8 @@ impl Node {
             addrs: Vec::new(),
             groups: Vec::new(),
         });
+        let mut ordered = OrderedHost::new(id, incarnation, MinitxSettings::default());
+        ordered.set_max_datagram(settings.max_datagram);
         Node {
             id,
             incarnation,
@@ -822,7 +824,7 @@ impl Node {
             counters: Counters::default(),
             scratch_targets: Vec::new(),
             scratch_hb: Vec::new(),
-            ordered: OrderedHost::new(id, incarnation, MinitxSettings::default()),
+            ordered,
             regions: Regions::new(id, incarnation),
             region_msg: 0,
         }

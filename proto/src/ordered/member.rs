@@ -11,6 +11,7 @@ use super::{
 use crate::minitx::{
     Address, Coordinator, MemnodeId, Minitransaction, MinitxSettings, Outcome, TxId, TxnError,
 };
+use crate::fxhash::FxMap;
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -411,7 +412,9 @@ pub struct OrderedMember {
     lost_in_a_row: u32,
     request_due: bool,
     hold: Option<Hold>,
-    payloads: BTreeMap<PayloadId, Vec<u8>>,
+    /// Payloads held for delivery (and this sender's own until delivered). A hash map:
+    /// looked up and inserted once per message per member, never walked in order.
+    payloads: FxMap<PayloadId, Vec<u8>>,
     // Sender side.
     next_submit_seq: u64,
     /// Messages submitted and not yet learned in the list, in seq order; `batches` cover a
@@ -623,7 +626,7 @@ impl OrderedMember {
             lost_in_a_row: 0,
             request_due: false,
             hold: None,
-            payloads: BTreeMap::new(),
+            payloads: FxMap::default(),
             next_submit_seq: 0,
             outgoing: VecDeque::new(),
             batches: VecDeque::new(),
@@ -942,7 +945,8 @@ impl OrderedMember {
             .collect();
         let undelivered = self
             .payloads
-            .range((self.node, self.join_pos, 0)..=(self.node, self.join_pos, u64::MAX))
+            .keys()
+            .filter(|id| id.0 == self.node && id.1 == self.join_pos)
             .count();
         (unsent.clone(), undelivered.saturating_sub(unsent.len()))
     }
@@ -1029,7 +1033,36 @@ impl OrderedMember {
 
     /// A disseminated payload arrived.
     pub fn handle_payload(&mut self, now: Time, sender: NodeId, epoch: u64, seq: u64, bytes: &[u8]) {
-        let id = (sender, epoch, seq);
+        self.take_payload((sender, epoch, seq), bytes);
+        self.drive(now);
+    }
+
+    /// Disseminated payloads of consecutive seqs from `first_seq` arrived together (a
+    /// payload run): taken as `handle_payload` takes each, then one pass of the member.
+    pub fn handle_payloads<'a>(
+        &mut self,
+        now: Time,
+        sender: NodeId,
+        epoch: u64,
+        first_seq: u64,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        let mut seq = Some(first_seq);
+        for bytes in payloads {
+            // A run that would wrap the seq space is not from a sender of this group.
+            let Some(s) = seq else {
+                self.counters.malformed += 1;
+                break;
+            };
+            self.take_payload((sender, epoch, s), bytes);
+            seq = s.checked_add(1);
+        }
+        self.drive(now);
+    }
+
+    /// Holds a disseminated payload for delivery, unless it is not wanted (dropped, counted).
+    fn take_payload(&mut self, id: PayloadId, bytes: &[u8]) {
+        let (sender, epoch, seq) = id;
         let delivered_already = matches!(self.deliver_view.get(sender), Some(m) if m.join_pos == epoch)
             && self.next_seq.get(&sender).is_some_and(|&n| seq < n);
         if self.status == Status::Removed
@@ -1049,7 +1082,6 @@ impl OrderedMember {
         if self.held_waiting.is_none_or(|w| w == id) {
             self.advance_held();
         }
-        self.drive(now);
     }
 
     /// A minitransaction message from a memory node.
@@ -1719,6 +1751,11 @@ impl OrderedMember {
 
     /// The payload ids of `e` this member lacks, if any (first one).
     fn missing(&self, e: &Entry) -> Option<PayloadId> {
+        self.missing_from(e, 0)
+    }
+
+    /// The first payload id of `e` from seq `from` on that this member lacks, if any.
+    fn missing_from(&self, e: &Entry, from: u64) -> Option<PayloadId> {
         let EntryKind::Data {
             epoch,
             first_seq,
@@ -1732,7 +1769,7 @@ impl OrderedMember {
             Some(m) if m.join_pos == epoch => self.next_seq.get(&e.node).copied().unwrap_or(0),
             _ => 0,
         };
-        (first_seq..first_seq + u64::from(count))
+        (first_seq.max(from)..first_seq + u64::from(count))
             .filter(|&s| s >= delivered_below)
             .map(|s| (e.node, epoch, s))
             .find(|id| !self.payloads.contains_key(id))
@@ -1740,9 +1777,19 @@ impl OrderedMember {
 
     fn advance_held(&mut self) {
         let mut idx = (self.held_upto.saturating_sub(self.delivered)) as usize;
-        self.held_waiting = None;
+        // The walk stopped at `held_waiting` in the entry at `held_upto` last time: the
+        // payloads of that entry before it were held then and still are (a payload goes
+        // only by delivery, below `held_upto`, or by the resets of `held_waiting`), so
+        // the walk resumes there (from the batch's start it was quadratic in the batch
+        // for payloads arriving in order after their entry).
+        let mut resume = self.held_waiting.take();
         while let Some(l) = self.buffer.get(idx) {
-            if let Some(id) = self.missing(&l.entry) {
+            let from = match (resume.take(), l.entry.kind) {
+                (Some((node, epoch, seq)), EntryKind::Data { epoch: e, .. }) if node == l.entry.node && epoch == e => seq,
+                _ => 0,
+            };
+            debug_assert!(self.missing(&l.entry) == self.missing_from(&l.entry, from));
+            if let Some(id) = self.missing_from(&l.entry, from) {
                 self.held_waiting = Some(id);
                 break;
             }
@@ -1848,6 +1895,7 @@ impl OrderedMember {
                     let (node, first) = (e.node, first_seq);
                     self.payloads
                         .retain(|id, _| id.0 != node || id.1 != epoch || id.2 >= first + u64::from(count));
+                    self.held_waiting = None;
                 }
                 EntryKind::Remove(_) => {
                     if self.deliver_view.apply(&e, self.settings.max_members) {
