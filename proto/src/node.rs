@@ -3021,6 +3021,13 @@ impl Node {
         self.flush_ordered();
     }
 
+    /// Hands back the payload of an `Event::OrderedDeliver` of `group` once the driver has
+    /// copied it out: the group's member reuses the buffer for a later message (optional;
+    /// a payload not handed back is freed).
+    pub fn recycle_ordered(&mut self, group: u64, payload: Vec<u8>) {
+        self.ordered.recycle(group, payload);
+    }
+
     /// Queues a message for ordered group `group`; returns its seq (per membership). It is
     /// delivered back to this node too, in the total order.
     pub fn submit_ordered(

@@ -375,6 +375,14 @@ impl OrderedHost {
         }
     }
 
+    /// Hands back the payload of a delivered message of `group` (`HostEvent::Deliver`)
+    /// for reuse by its member; the driver calls it once it has copied the bytes out.
+    pub fn recycle(&mut self, group: GroupId, payload: Vec<u8>) {
+        if let Some(h) = self.groups.get_mut(&group) {
+            h.member.recycle(payload);
+        }
+    }
+
     /// Sizes payload runs for datagrams of `max_datagram` bytes (`Settings::max_datagram`).
     pub fn set_max_datagram(&mut self, max_datagram: usize) {
         self.run_bytes = message_room(max_datagram);
@@ -990,6 +998,9 @@ impl OrderedHost {
                         members
                     };
                     self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
+                    if let Some(h) = self.groups.get_mut(&group) {
+                        h.member.recycle(bytes);
+                    }
                 }
                 Output::Deliver {
                     sender,
