@@ -44,7 +44,7 @@ fn count() {
         return;
     }
     let n = ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    if TRACE.load(Ordering::Relaxed) && n % TRACE_EVERY == 0 {
+    if TRACE.load(Ordering::Relaxed) && n.is_multiple_of(TRACE_EVERY) {
         IN_TRACE.with(|c| c.set(true));
         let bt = format!("{}", std::backtrace::Backtrace::force_capture());
         let site: Vec<&str> = bt
@@ -163,7 +163,10 @@ fn ordered_steady_state_allocates_per_batch_not_per_message() {
         step(&mut nodes, now, 0, &mut seq);
         now += 100_000;
     }
-    assert!(nodes.iter().all(|n| n.view().members.len() == 3), "cluster formed");
+    assert!(
+        nodes.iter().all(|n| n.view().members.len() == 3),
+        "cluster formed"
+    );
     for n in nodes.iter_mut() {
         n.join_ordered(now, GROUP, OrderedSettings::default()).unwrap();
     }
@@ -189,7 +192,7 @@ fn ordered_steady_state_allocates_per_batch_not_per_message() {
     TRACE.store(false, Ordering::Relaxed);
     SITES.with(|s| {
         let mut sites: Vec<(String, u64)> = s.borrow().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        sites.sort_by(|a, b| b.1.cmp(&a.1));
+        sites.sort_by_key(|s| std::cmp::Reverse(s.1));
         for (site, n) in sites.iter().take(25) {
             eprintln!("{:>6} {site}", n * TRACE_EVERY);
         }

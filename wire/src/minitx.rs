@@ -427,13 +427,17 @@ impl<'a> Message<'a> {
         const TXID: usize = 16;
         const COUNT: usize = 2;
         const RANGE: usize = 12;
-        let item_list = |items: &[Item<'_>]| COUNT + items.iter().map(|i| RANGE + i.data.len()).sum::<usize>();
-        let items = |i: &Items<'_>| item_list(&i.compares) + COUNT + RANGE * i.reads.len() + item_list(&i.writes);
+        let item_list =
+            |items: &[Item<'_>]| COUNT + items.iter().map(|i| RANGE + i.data.len()).sum::<usize>();
+        let items =
+            |i: &Items<'_>| item_list(&i.compares) + COUNT + RANGE * i.reads.len() + item_list(&i.writes);
         HEADER
             + match self {
                 Message::Exec { items: i, .. } => TXID + items(i),
                 Message::Prepare {
-                    participants, items: i, ..
+                    participants,
+                    items: i,
+                    ..
                 } => TXID + COUNT + 2 * participants.len() + items(i),
                 Message::Reply { reply, .. } => {
                     TXID + 1
@@ -460,7 +464,9 @@ impl<'a> Message<'a> {
                                 + 4
                                 + reply.len()
                         }
-                        Record::Outcome { writes, reply, .. } => 1 + TXID + 1 + item_list(writes) + 4 + reply.len(),
+                        Record::Outcome { writes, reply, .. } => {
+                            1 + TXID + 1 + item_list(writes) + 4 + reply.len()
+                        }
                         Record::Forget { txids } => 1 + COUNT + TXID * txids.len(),
                     }
                 }
@@ -933,8 +939,18 @@ mod tests {
         let bytes = m.to_vec();
         assert_eq!(&Message::decode(&bytes).unwrap(), m);
         // `to_vec` sizes its vector once: `encoded_len` is an upper bound, and a tight one.
-        assert!(m.encoded_len() >= bytes.len(), "{} < {}", m.encoded_len(), bytes.len());
-        assert!(m.encoded_len() <= bytes.len() + 32, "{} >> {}", m.encoded_len(), bytes.len());
+        assert!(
+            m.encoded_len() >= bytes.len(),
+            "{} < {}",
+            m.encoded_len(),
+            bytes.len()
+        );
+        assert!(
+            m.encoded_len() <= bytes.len() + 32,
+            "{} >> {}",
+            m.encoded_len(),
+            bytes.len()
+        );
         // Every strict prefix is refused, never accepted or panicking.
         for cut in 0..bytes.len() {
             assert!(Message::decode(&bytes[..cut]).is_err(), "prefix {cut} accepted");

@@ -1561,7 +1561,9 @@ pub fn split_payload_run(bytes: &[u8]) -> Result<(OrderedPayloadHeader, PayloadR
         rest = PAYLOAD_RUN_ITEM_LEN
             .checked_add(len as usize)
             .and_then(|end| rest.get(end..))
-            .ok_or(PacketError::LengthMismatch("payload run item longer than the run"))?;
+            .ok_or(PacketError::LengthMismatch(
+                "payload run item longer than the run",
+            ))?;
     }
     Ok((header, run))
 }

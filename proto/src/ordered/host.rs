@@ -245,7 +245,12 @@ fn message_room(max_datagram: usize) -> usize {
 }
 
 /// Whether payload `(sender, epoch, seq)` of `len` bytes extends `run` within `run_bytes`.
-fn run_extends(run: &Option<RunOut>, (sender, epoch, seq): (NodeId, u64, u64), len: usize, run_bytes: usize) -> bool {
+fn run_extends(
+    run: &Option<RunOut>,
+    (sender, epoch, seq): (NodeId, u64, u64),
+    len: usize,
+    run_bytes: usize,
+) -> bool {
     run.as_ref()
         .is_some_and(|r| r.extends(sender, epoch, seq, len, run_bytes))
 }
@@ -837,7 +842,9 @@ impl OrderedHost {
     /// Sends a run of payloads once to each of its members but this node (duplicates
     /// dropped), encoded once.
     fn send_run(&mut self, group: GroupId, run: RunOut) {
-        let RunOut { mut members, body, .. } = run;
+        let RunOut {
+            mut members, body, ..
+        } = run;
         members.sort_unstable();
         members.dedup();
         members.retain(|&n| n != self.me);
@@ -969,7 +976,8 @@ impl OrderedHost {
         let mut run: Option<RunOut> = None;
         loop {
             let Some(h) = self.groups.get_mut(&group) else {
-                break;
+                // Gone (nothing retires a group in this loop): its run goes nowhere.
+                return progressed;
             };
             // The first joiner of an empty list creates the group.
             if h.member.create_if_first(now) {
@@ -1062,7 +1070,8 @@ impl OrderedHost {
         let mut run: Option<RunOut> = None;
         loop {
             let Some(h) = self.evs.get_mut(&group) else {
-                break;
+                // Gone (nothing retires a group in this loop): its run goes nowhere.
+                return progressed;
             };
             let Some(o) = h.member.poll_output() else { break };
             progressed = true;

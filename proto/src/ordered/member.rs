@@ -8,10 +8,10 @@ use super::{
     epoch_memnode, OrderedSettings, PartitionPolicy, ENTRY_BYTES, LIST, MEMNODE, PROGRESS, PROGRESS_BYTES,
     QUEUES, QUEUE_HEADER,
 };
+use crate::fxhash::FxMap;
 use crate::minitx::{
     Address, Coordinator, MemnodeId, Minitransaction, MinitxSettings, Outcome, TxId, TxnError,
 };
-use crate::fxhash::FxMap;
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -1098,7 +1098,9 @@ impl OrderedMember {
     /// Hands back a buffer this member gave out (a delivered payload, a disseminated
     /// copy) for reuse; kept up to `MAX_SPARE_BUFFERS`, freed beyond.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < MAX_SPARE_BUFFERS && buf.capacity() <= QUEUE_HEADER + self.settings.max_payload as usize {
+        if self.spare.len() < MAX_SPARE_BUFFERS
+            && buf.capacity() <= QUEUE_HEADER + self.settings.max_payload as usize
+        {
             buf.clear();
             self.spare.push(buf);
         }
@@ -1812,7 +1814,11 @@ impl OrderedMember {
         let mut resume = self.held_waiting.take();
         while let Some(l) = self.buffer.get(idx) {
             let from = match (resume.take(), l.entry.kind) {
-                (Some((node, epoch, seq)), EntryKind::Data { epoch: e, .. }) if node == l.entry.node && epoch == e => seq,
+                (Some((node, epoch, seq)), EntryKind::Data { epoch: e, .. })
+                    if node == l.entry.node && epoch == e =>
+                {
+                    seq
+                }
                 _ => 0,
             };
             debug_assert!(self.missing(&l.entry) == self.missing_from(&l.entry, from));
