@@ -1362,6 +1362,8 @@ impl Cluster {
                     sender: sender_id(sender, u32::from_le_bytes(*session)),
                     payload: body,
                 });
+                // Copied into the log: the buffer serves the group's next message.
+                self.node.recycle_ordered(group, payload);
             }
             Event::OrderedView { group, view } => {
                 let joined: Vec<u32> = view.joined.into_iter().collect();

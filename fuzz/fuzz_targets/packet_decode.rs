@@ -31,6 +31,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(bytes.len() <= header.total as usize);
                 assert!(header.index < header.count);
                 let _ = tutti_wire::packet::split_ordered_payload(bytes);
+                if let Ok((_, run)) = tutti_wire::packet::split_payload_run(bytes) {
+                    // A validated run tiles its bytes exactly.
+                    let body: usize = run.map(|p| tutti_wire::packet::PAYLOAD_RUN_ITEM_LEN + p.len()).sum();
+                    assert_eq!(body + tutti_wire::packet::OrderedPayloadHeader::SIZE, bytes.len());
+                }
                 let _ = tutti_wire::packet::split_memnode_message(bytes);
             }
         }

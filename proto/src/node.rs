@@ -764,6 +764,8 @@ impl Node {
             addrs: Vec::new(),
             groups: Vec::new(),
         });
+        let mut ordered = OrderedHost::new(id, incarnation, MinitxSettings::default());
+        ordered.set_max_datagram(settings.max_datagram);
         Node {
             id,
             incarnation,
@@ -822,7 +824,7 @@ impl Node {
             counters: Counters::default(),
             scratch_targets: Vec::new(),
             scratch_hb: Vec::new(),
-            ordered: OrderedHost::new(id, incarnation, MinitxSettings::default()),
+            ordered,
             regions: Regions::new(id, incarnation),
             region_msg: 0,
         }
@@ -3017,6 +3019,13 @@ impl Node {
         }
         self.ordered.leave(now, group);
         self.flush_ordered();
+    }
+
+    /// Hands back the payload of an `Event::OrderedDeliver` of `group` once the driver has
+    /// copied it out: the group's member reuses the buffer for a later message (optional;
+    /// a payload not handed back is freed).
+    pub fn recycle_ordered(&mut self, group: u64, payload: Vec<u8>) {
+        self.ordered.recycle(group, payload);
     }
 
     /// Queues a message for ordered group `group`; returns its seq (per membership). It is

@@ -50,7 +50,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// carries the sender's view hash. Version 8: a view's member entries carry the member's
 /// address as its coordinator saw it ([`MemberEntry::addr`]). Version 10: a view request
 /// names the view it pulls and the parts it lacks ([`ViewRequestHeader`]; it was empty).
-pub const VERSION: u16 = 11;
+/// Version 12: ordered payloads of one sender travel in runs ([`OrderedKind::PayloadRun`]).
+pub const VERSION: u16 = 12;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -1386,6 +1387,10 @@ pub enum OrderedKind {
     Payload = 3,
     /// A state transfer for a joiner (opaque to the wire).
     Transfer = 4,
+    /// Payloads of one sender's consecutive seqs, disseminated together (one message, one
+    /// datagram, where `Payload` takes one message each): [`OrderedPayloadHeader`] naming
+    /// the first, then per payload its length (u32) and its bytes ([`PayloadRun`]).
+    PayloadRun = 5,
 }
 
 impl OrderedKind {
@@ -1395,6 +1400,7 @@ impl OrderedKind {
             2 => Self::ToMember,
             3 => Self::Payload,
             4 => Self::Transfer,
+            5 => Self::PayloadRun,
             _ => return None,
         })
     }
@@ -1477,6 +1483,11 @@ pub struct OrderedPayloadHeader {
     pub seq: u64,
 }
 
+impl OrderedPayloadHeader {
+    /// Bytes of the header on the wire.
+    pub const SIZE: usize = core::mem::size_of::<OrderedPayloadHeader>();
+}
+
 /// A `ToMemnode` message: the layout, then the minitransaction message.
 pub fn memnode_message(layout: &OrderedLayout, msg: &[u8]) -> Vec<u8> {
     [bytemuck::bytes_of(layout), msg].concat()
@@ -1495,6 +1506,66 @@ pub fn split_memnode_message(bytes: &[u8]) -> Result<(OrderedLayout, &[u8]), Pac
 /// Splits a reassembled `Payload` message into its header and payload bytes.
 pub fn split_ordered_payload(bytes: &[u8]) -> Result<(OrderedPayloadHeader, &[u8]), PacketError> {
     take::<OrderedPayloadHeader>(bytes)
+}
+
+/// Bytes before each payload of a `PayloadRun`: its length.
+pub const PAYLOAD_RUN_ITEM_LEN: usize = 4;
+
+/// Starts a `PayloadRun` message in `out` (cleared): the header naming its first payload.
+pub fn start_payload_run(out: &mut Vec<u8>, header: &OrderedPayloadHeader) {
+    out.clear();
+    out.extend_from_slice(bytemuck::bytes_of(header));
+}
+
+/// Appends the next payload (the next seq) to a `PayloadRun` message.
+pub fn push_payload_run(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The payloads of a validated `PayloadRun` message, in seq order (from the header's `seq`).
+#[derive(Debug, Clone)]
+pub struct PayloadRun<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for PayloadRun<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        // Validated whole by `split_payload_run`: a short tail cannot occur, and ends the
+        // walk if it did.
+        let len = self.rest.get(..PAYLOAD_RUN_ITEM_LEN)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let end = PAYLOAD_RUN_ITEM_LEN.checked_add(len)?;
+        let item = self.rest.get(PAYLOAD_RUN_ITEM_LEN..end)?;
+        self.rest = self.rest.get(end..)?;
+        Some(item)
+    }
+}
+
+/// Splits a reassembled `PayloadRun` message into its header and its payloads; refuses a
+/// run that is empty or whose lengths do not tile its bytes exactly.
+pub fn split_payload_run(bytes: &[u8]) -> Result<(OrderedPayloadHeader, PayloadRun<'_>), PacketError> {
+    let (header, mut rest) = take::<OrderedPayloadHeader>(bytes)?;
+    let run = PayloadRun { rest };
+    if rest.is_empty() {
+        return Err(PacketError::LengthMismatch("empty payload run"));
+    }
+    while !rest.is_empty() {
+        let len = rest
+            .get(..PAYLOAD_RUN_ITEM_LEN)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or(PacketError::LengthMismatch("payload run item header cut short"))?;
+        rest = PAYLOAD_RUN_ITEM_LEN
+            .checked_add(len as usize)
+            .and_then(|end| rest.get(end..))
+            .ok_or(PacketError::LengthMismatch(
+                "payload run item longer than the run",
+            ))?;
+    }
+    Ok((header, run))
 }
 
 /// Size of [`ViewPartHeader`].
@@ -1752,7 +1823,7 @@ mod tests {
     fn arb_ordered() -> impl Strategy<Value = Owned> {
         (
             any::<(u64, u32)>(),
-            1u8..=4,
+            1u8..=5,
             1u16..6,
             proptest::collection::vec(any::<u8>(), 0..200),
             0usize..300,
@@ -2028,6 +2099,35 @@ mod tests {
             prop_assert_eq!(usize::from(d.header.count), d.messages().count());
             let back: Vec<Owned> = d.messages().flat_map(owned).collect();
             prop_assert_eq!(back, msgs);
+        }
+
+        #[test]
+        fn payload_runs_round_trip(
+            sender: u32,
+            epoch: u64,
+            seq: u64,
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 1..20),
+        ) {
+            let header = OrderedPayloadHeader { sender, epoch, seq };
+            let mut run = vec![7u8; 3];
+            start_payload_run(&mut run, &header);
+            for p in &payloads {
+                push_payload_run(&mut run, p);
+            }
+            let (h, items) = split_payload_run(&run).unwrap();
+            prop_assert_eq!(h, header);
+            prop_assert_eq!(items.collect::<Vec<_>>(), payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            // One byte short: the last item is cut (its bytes or its length): refused.
+            prop_assert!(split_payload_run(&run[..run.len() - 1]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_payload_runs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok((_, items)) = split_payload_run(&bytes) {
+                // A validated run tiles its bytes exactly.
+                let body: usize = items.map(|p| PAYLOAD_RUN_ITEM_LEN + p.len()).sum();
+                prop_assert_eq!(body + OrderedPayloadHeader::SIZE, bytes.len());
+            }
         }
 
         #[test]

@@ -266,6 +266,26 @@ impl EvsMember {
         self.pump(now);
     }
 
+    /// Disseminated payloads of consecutive seqs from `first_seq` (a payload run; `epoch`
+    /// as in [`Output::Disseminate`]).
+    pub fn handle_payloads<'a>(
+        &mut self,
+        now: Time,
+        sender: NodeId,
+        epoch: u64,
+        first_seq: u64,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        let (number, join_pos) = split_epoch(epoch);
+        let payloads: Vec<&[u8]> = payloads.into_iter().collect();
+        for m in self.lists_mut() {
+            if m.list_epoch().is_some_and(|e| e.number == number) {
+                m.handle_payloads(now, sender, join_pos, first_seq, payloads.iter().copied());
+            }
+        }
+        self.pump(now);
+    }
+
     /// A minitransaction message from a memory node: to the list it is about.
     pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
         let memnode = tutti_wire::minitx::Message::decode(bytes)

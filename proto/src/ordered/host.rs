@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 use tutti_wire::minitx::{kind as mtkind, HEADER_LEN as MINITX_HEADER_LEN};
 use tutti_wire::packet::{
-    memnode_message, ordered_payload, split_memnode_message, split_ordered_payload, OrderedHeader,
-    OrderedKind, OrderedLayout, OrderedPayloadHeader, MAX_ORDERED_FRAGMENTS,
+    memnode_message, push_payload_run, split_memnode_message, split_ordered_payload, split_payload_run,
+    start_payload_run, OrderedHeader, OrderedKind, OrderedLayout, OrderedPayloadHeader, DATAGRAM_HEADER_LEN,
+    MAX_ORDERED_FRAGMENTS, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN, PAYLOAD_RUN_ITEM_LEN,
 };
 
 /// Partial ordered messages held for reassembly at once; beyond, the oldest is dropped.
@@ -95,6 +96,9 @@ pub struct OrderedHostCounters {
     pub messages_sent: u64,
     pub messages_received: u64,
     pub fragments_sent: u64,
+    /// Payload runs disseminated (each one message per destination, carrying a sender's
+    /// consecutive payloads).
+    pub payload_runs_sent: u64,
     /// Partial messages dropped (bounds or timeout), fragments that disagreed with their
     /// partial, and messages dropped because the send queue was full.
     pub partials_dropped: u64,
@@ -224,6 +228,70 @@ pub(crate) struct OrderedHost {
     region_replies: VecDeque<(NodeId, Vec<u8>)>,
     /// `pump`'s list of group ids, kept between calls (no allocation per datagram).
     scratch_ids: Vec<GroupId>,
+    /// Largest payload run (`OrderedKind::PayloadRun`): what one datagram carries, so a
+    /// run is never fragmented (a lost fragment would lose the whole run).
+    run_bytes: usize,
+}
+
+/// The datagram size `OrderedHost` sizes payload runs for until told otherwise (the
+/// default `Settings::max_datagram`).
+const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Body bytes of one ordered message that fit a datagram of `max_datagram` bytes.
+fn message_room(max_datagram: usize) -> usize {
+    max_datagram
+        .saturating_sub(DATAGRAM_HEADER_LEN + MESSAGE_HEADER_LEN + ORDERED_HEADER_LEN)
+        .max(1)
+}
+
+/// Whether payload `(sender, epoch, seq)` of `len` bytes extends `run` within `run_bytes`.
+fn run_extends(
+    run: &Option<RunOut>,
+    (sender, epoch, seq): (NodeId, u64, u64),
+    len: usize,
+    run_bytes: usize,
+) -> bool {
+    run.as_ref()
+        .is_some_and(|r| r.extends(sender, epoch, seq, len, run_bytes))
+}
+
+/// A run of one sender's payloads of consecutive seqs being encoded (`pump_member`):
+/// disseminated as one `PayloadRun` message per destination instead of one message per
+/// payload (one encoding, one queue entry and one receiver pass per datagram).
+struct RunOut {
+    sender: NodeId,
+    epoch: u64,
+    next_seq: u64,
+    members: Vec<NodeId>,
+    body: Vec<u8>,
+}
+
+impl RunOut {
+    /// Whether the payload of `(sender, epoch, seq)`, `len` bytes, extends this run within
+    /// `run_bytes`.
+    fn extends(&self, sender: NodeId, epoch: u64, seq: u64, len: usize, run_bytes: usize) -> bool {
+        self.sender == sender
+            && self.epoch == epoch
+            && self.next_seq == seq
+            && self.body.len() + PAYLOAD_RUN_ITEM_LEN + len <= run_bytes
+    }
+
+    fn start(sender: NodeId, epoch: u64, seq: u64, members: Vec<NodeId>, run_bytes: usize) -> RunOut {
+        let mut body = Vec::with_capacity(run_bytes);
+        start_payload_run(&mut body, &OrderedPayloadHeader { sender, epoch, seq });
+        RunOut {
+            sender,
+            epoch,
+            next_seq: seq,
+            members,
+            body,
+        }
+    }
+
+    fn push(&mut self, payload: &[u8]) {
+        push_payload_run(&mut self.body, payload);
+        self.next_seq += 1;
+    }
 }
 
 fn layout_of(s: &OrderedSettings) -> OrderedLayout {
@@ -308,7 +376,21 @@ impl OrderedHost {
             counters: OrderedHostCounters::default(),
             region_replies: VecDeque::new(),
             scratch_ids: Vec::new(),
+            run_bytes: message_room(DEFAULT_MAX_DATAGRAM),
         }
+    }
+
+    /// Hands back the payload of a delivered message of `group` (`HostEvent::Deliver`)
+    /// for reuse by its member; the driver calls it once it has copied the bytes out.
+    pub fn recycle(&mut self, group: GroupId, payload: Vec<u8>) {
+        if let Some(h) = self.groups.get_mut(&group) {
+            h.member.recycle(payload);
+        }
+    }
+
+    /// Sizes payload runs for datagrams of `max_datagram` bytes (`Settings::max_datagram`).
+    pub fn set_max_datagram(&mut self, max_datagram: usize) {
+        self.run_bytes = message_room(max_datagram);
     }
 
     /// An answer for the application-region coordinator (see `region_replies`).
@@ -757,25 +839,43 @@ impl OrderedHost {
         }
     }
 
-    /// Sends a message's payload once to each of `members` but this node (duplicates
+    /// Sends a run of payloads once to each of its members but this node (duplicates
     /// dropped), encoded once.
-    fn send_payload(
-        &mut self,
-        group: GroupId,
-        mut members: Vec<NodeId>,
-        header: &OrderedPayloadHeader,
-        bytes: &[u8],
-    ) {
+    fn send_run(&mut self, group: GroupId, run: RunOut) {
+        let RunOut {
+            mut members, body, ..
+        } = run;
         members.sort_unstable();
         members.dedup();
         members.retain(|&n| n != self.me);
-        let body = ordered_payload(header, bytes);
+        self.counters.payload_runs_sent += 1;
         if let Some((&last, rest)) = members.split_last() {
             for &n in rest {
-                self.send(n, group, OrderedKind::Payload, body.clone());
+                self.send(n, group, OrderedKind::PayloadRun, body.clone());
             }
-            // The last one takes the encoded body itself (one copy fewer per message).
-            self.send(last, group, OrderedKind::Payload, body);
+            // The last one takes the encoded body itself (one copy fewer per run).
+            self.send(last, group, OrderedKind::PayloadRun, body);
+        }
+    }
+
+    /// Adds payload `(sender, epoch, seq)` to the run being encoded, or sends that run and
+    /// starts another to `members` (wanted only then: `run_extends` says).
+    fn add_to_run(
+        &mut self,
+        group: GroupId,
+        run: &mut Option<RunOut>,
+        (sender, epoch, seq): (NodeId, u64, u64),
+        bytes: &[u8],
+        members: Vec<NodeId>,
+    ) {
+        if !run_extends(run, (sender, epoch, seq), bytes.len(), self.run_bytes) {
+            let next = RunOut::start(sender, epoch, seq, members, self.run_bytes);
+            if let Some(full) = run.replace(next) {
+                self.send_run(group, full);
+            }
+        }
+        if let Some(r) = run.as_mut() {
+            r.push(bytes);
         }
     }
 
@@ -873,8 +973,10 @@ impl OrderedHost {
 
     fn pump_member(&mut self, now: Time, group: GroupId) -> bool {
         let mut progressed = false;
+        let mut run: Option<RunOut> = None;
         loop {
             let Some(h) = self.groups.get_mut(&group) else {
+                // Gone (nothing retires a group in this loop): its run goes nowhere.
                 return progressed;
             };
             // The first joiner of an empty list creates the group.
@@ -896,10 +998,17 @@ impl OrderedHost {
                     seq,
                     bytes,
                 } => {
-                    let mut members = h.member.learned_members();
-                    members.extend(h.member.view().1);
-                    let header = OrderedPayloadHeader { sender, epoch, seq };
-                    self.send_payload(group, members, &header, &bytes);
+                    let members = if run_extends(&run, (sender, epoch, seq), bytes.len(), self.run_bytes) {
+                        Vec::new()
+                    } else {
+                        let mut members = h.member.learned_members();
+                        members.extend(h.member.view().1);
+                        members
+                    };
+                    self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
+                    if let Some(h) = self.groups.get_mut(&group) {
+                        h.member.recycle(bytes);
+                    }
                 }
                 Output::Deliver {
                     sender,
@@ -941,6 +1050,9 @@ impl OrderedHost {
                 Output::Configuration(_) | Output::OpenEpoch { .. } => {}
             }
         }
+        if let Some(r) = run {
+            self.send_run(group, r);
+        }
         if self
             .groups
             .get(&group)
@@ -955,8 +1067,10 @@ impl OrderedHost {
     /// memory nodes its member no longer uses.
     fn pump_evs(&mut self, group: GroupId) -> bool {
         let mut progressed = false;
+        let mut run: Option<RunOut> = None;
         loop {
             let Some(h) = self.evs.get_mut(&group) else {
+                // Gone (nothing retires a group in this loop): its run goes nowhere.
                 return progressed;
             };
             let Some(o) = h.member.poll_output() else { break };
@@ -977,14 +1091,15 @@ impl OrderedHost {
                     // epoch's high half): the other side of a partition has lists of its own.
                     let number = (epoch >> 32) as u32;
                     let mut members = Vec::new();
-                    for m in [h.member.current(), h.member.gathering()].into_iter().flatten() {
-                        if m.list_epoch().is_some_and(|e| e.number == number) {
-                            members.extend(m.learned_members());
-                            members.extend(m.view().1);
+                    if !run_extends(&run, (sender, epoch, seq), bytes.len(), self.run_bytes) {
+                        for m in [h.member.current(), h.member.gathering()].into_iter().flatten() {
+                            if m.list_epoch().is_some_and(|e| e.number == number) {
+                                members.extend(m.learned_members());
+                                members.extend(m.view().1);
+                            }
                         }
                     }
-                    let header = OrderedPayloadHeader { sender, epoch, seq };
-                    self.send_payload(group, members, &header, &bytes);
+                    self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
                 }
                 Output::Deliver {
                     sender,
@@ -1028,6 +1143,9 @@ impl OrderedHost {
                 | Output::Transfer { .. }
                 | Output::Installed { .. } => {}
             }
+        }
+        if let Some(r) = run {
+            self.send_run(group, r);
         }
         if self.evs.get(&group).is_some_and(|h| h.leaving && h.left) {
             self.retire_evs(group);
@@ -1141,6 +1259,15 @@ impl OrderedHost {
                     h.member.handle_payload(now, p.sender, p.epoch, p.seq, payload);
                 }
             }
+            OrderedKind::PayloadRun => {
+                let Ok((p, payloads)) = split_payload_run(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                if let Some(h) = self.evs.get_mut(&group) {
+                    h.member.handle_payloads(now, p.sender, p.epoch, p.seq, payloads);
+                }
+            }
             // No state transfer under `evs`.
             OrderedKind::Transfer => self.counters.unrouted += 1,
         }
@@ -1185,6 +1312,16 @@ impl OrderedHost {
                 };
                 match self.groups.get_mut(&group) {
                     Some(m) => m.member.handle_payload(now, h.sender, h.epoch, h.seq, payload),
+                    None => self.counters.unrouted += 1,
+                }
+            }
+            OrderedKind::PayloadRun => {
+                let Ok((h, payloads)) = split_payload_run(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                match self.groups.get_mut(&group) {
+                    Some(m) => m.member.handle_payloads(now, h.sender, h.epoch, h.seq, payloads),
                     None => self.counters.unrouted += 1,
                 }
             }

@@ -104,7 +104,8 @@ pub struct OrderedSettings {
     /// and repaired from the queue when its turn comes.
     pub max_held: usize,
     /// A member with nothing to do re-reads the list this often (no push from memory
-    /// nodes). Shorter: lower latency for quiet members, more reads.
+    /// nodes); one with a `safe` entry waiting for the others' progress, 8 times as often.
+    /// Shorter: lower latency for quiet members and `safe` messages, more reads.
     pub poll_interval: Time,
     /// A payload missing this long after its entry was learned is read from its sender's
     /// queue. Shorter: more repair reads that race dissemination.
