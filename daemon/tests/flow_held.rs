@@ -16,7 +16,9 @@ const FLOW_WINDOW: u64 = 64;
 fn start(tag: &str, subnet: u8, i: usize, n: usize) -> Daemon {
     let dir = common::temp_dir(&format!("{tag}-cfg{i}"));
     let config = dir.join("tuttid.toml");
-    let seeds: Vec<String> = (0..n).map(|j| format!("\"{}@127.0.{subnet}.{}\"", j + 1, j + 1)).collect();
+    let seeds: Vec<String> = (0..n)
+        .map(|j| format!("\"{}@127.0.{subnet}.{}\"", j + 1, j + 1))
+        .collect();
     // No suspicion and no slow-member rule while the receiver is stopped: the window stays
     // held for as long as the test needs.
     std::fs::write(
@@ -49,15 +51,21 @@ fn receive(client: &mut Client, g: GroupId, expected: u64) {
     while next < expected {
         assert!(Instant::now() < deadline, "received {next} of {expected}");
         client
-            .poll_blocking(g, 1024, IdleStrategy::Backoff, Duration::from_millis(100), |ev| match ev {
-                Event::Message { payload, .. } => {
-                    assert_eq!(payload, &message(next)[..], "FIFO and intact");
-                    next += 1;
-                }
-                Event::Lost { sender, count } => panic!("{count} lost from {sender:#x} after {next}"),
-                Event::Lagged { missed } => panic!("lagged by {missed}"),
-                _ => {}
-            })
+            .poll_blocking(
+                g,
+                1024,
+                IdleStrategy::Backoff,
+                Duration::from_millis(100),
+                |ev| match ev {
+                    Event::Message { payload, .. } => {
+                        assert_eq!(payload, &message(next)[..], "FIFO and intact");
+                        next += 1;
+                    }
+                    Event::Lost { sender, count } => panic!("{count} lost from {sender:#x} after {next}"),
+                    Event::Lagged { missed } => panic!("lagged by {missed}"),
+                    _ => {}
+                },
+            )
             .unwrap();
     }
 }
@@ -70,7 +78,8 @@ fn a_flow_held_publisher_that_goes_still_publishes_what_it_committed(leave: bool
     for d in [&sender, &receiver] {
         let mut c = d.client();
         assert!(
-            eventually(WAIT, || status_number(&c.status().unwrap(), "view_members") == Some(2)),
+            eventually(WAIT, || status_number(&c.status().unwrap(), "view_members")
+                == Some(2)),
             "no view of 2:\n{}",
             d.log()
         );
@@ -88,7 +97,10 @@ fn a_flow_held_publisher_that_goes_still_publishes_what_it_committed(leave: bool
     let mut committed = 0u64;
     let deadline = Instant::now() + WAIT;
     loop {
-        assert!(Instant::now() < deadline, "the ring never filled ({committed} committed)");
+        assert!(
+            Instant::now() < deadline,
+            "the ring never filled ({committed} committed)"
+        );
         match publisher.offer(gp, &message(committed)) {
             Ok(()) => committed += 1,
             Err(_) if status(&sender, "flow_held") > 0 => break,

@@ -956,7 +956,32 @@ impl GroupState {
         ctx: &mut Ctx<'_>,
         local: impl FnOnce(&Payload),
     ) -> Result<u64, SubmitError> {
-        if !self.flow_open(payload.len(), ctx) && !self.flow_admit(payload.len(), ctx) {
+        self.submit_flow(payload, session, ctx, local, true)
+    }
+
+    /// As [`submit`](Self::submit), but past a full flow-control window: for what a
+    /// publisher that went away had already committed (its ring is drained once, so the
+    /// overshoot is at most one ring). Retention may then evict what a member still lacks:
+    /// it gets repair or `Lost`, never silence.
+    pub fn submit_past_flow(
+        &mut self,
+        payload: &[u8],
+        session: u32,
+        ctx: &mut Ctx<'_>,
+        local: impl FnOnce(&Payload),
+    ) -> Result<u64, SubmitError> {
+        self.submit_flow(payload, session, ctx, local, false)
+    }
+
+    fn submit_flow(
+        &mut self,
+        payload: &[u8],
+        session: u32,
+        ctx: &mut Ctx<'_>,
+        local: impl FnOnce(&Payload),
+        respect_flow: bool,
+    ) -> Result<u64, SubmitError> {
+        if respect_flow && !self.flow_open(payload.len(), ctx) && !self.flow_admit(payload.len(), ctx) {
             ctx.counters.flow_blocked += 1;
             return Err(SubmitError::Full);
         }
