@@ -778,6 +778,9 @@ impl Shard {
         // Snapshot requests of cpg groups, answered with the process table at the request.
         let mut answer_cpg: Vec<(u64, Vec<u8>)> = Vec::new();
         let ring = cluster.ring();
+        // The group of the last message delivered, and its handle (`by_gid` does not
+        // change during the poll).
+        let mut last_deliver: Option<(u64, u32)> = None;
         let work = cluster.poll(&mut |event| match event {
             ClusterEvent::OrderedDeliver {
                 group,
@@ -916,9 +919,15 @@ impl Shard {
                 sender,
                 payload,
             } => {
-                let slot = by_gid
-                    .get(&group)
-                    .and_then(|&h| groups.get_mut(h as usize))
+                // A datagram's messages are mostly of one group: its handle is looked up
+                // once per run, not hashed per message.
+                let handle = match last_deliver {
+                    Some((gid, h)) if gid == group => Some(h),
+                    _ => by_gid.get(&group).copied(),
+                };
+                last_deliver = handle.map(|h| (group, h));
+                let slot = handle
+                    .and_then(|h| groups.get_mut(h as usize))
                     .and_then(Option::as_mut);
                 match slot {
                     Some(slot) => {
