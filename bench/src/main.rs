@@ -112,7 +112,9 @@ recv in a loop, or blocking); the wake-up chain (shared memory + eventfd -> UDP 
 every hop a sleeping thread, as in tutti's path); and a bare sender/receiver pair moving \
 1472-byte datagrams with sendmmsg/recvmmsg 64 at a time, tutti's datagram size and batch, \
 writing and reading every message (floor msg/s = datagrams/s x the --size messages one \
-datagram holds with no per-message header).
+datagram holds with no per-message header), then the same pair with segmentation offload \
+(UDP_SEGMENT sends of 44 datagrams, as tutti's io_uring transport sends with net.gso; the \
+receiver reads the same datagrams).
 
 Then: latency, one message in flight (the publisher offers, waits until the subscriber has seen \
 it, offers the next), one-way publish-to-delivery percentiles (a message not delivered within \
@@ -1092,6 +1094,8 @@ struct ClusterFloors {
     rtt_at: (Duration, Duration),
     chain: udp_floor::ChainLatency,
     tp: udp_floor::UdpThroughput,
+    /// The same with segmentation offload (as tutti's io_uring transport sends).
+    tp_offload: udp_floor::UdpThroughput,
 }
 
 fn cluster_floors(args: &ClusterArgs, t0: Instant) -> Result<ClusterFloors, String> {
@@ -1100,12 +1104,15 @@ fn cluster_floors(args: &ClusterArgs, t0: Instant) -> Result<ClusterFloors, Stri
     let rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?.rtt;
     let rtt_at = (at - t0, at.elapsed());
     let chain = udp_floor::wakeup_chain(a, b, args.size, secs(args.floor_duration))?;
-    let tp = udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv)?;
+    let tp = udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv, false)?;
+    let tp_offload =
+        udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv, true)?;
     Ok(ClusterFloors {
         rtt,
         rtt_at,
         chain,
         tp,
+        tp_offload,
     })
 }
 
@@ -1167,6 +1174,8 @@ fn cluster_results(
         publisher.get("datagrams_out") as f64,
     );
     let floor_tutti_packing = floor_tp.datagrams_per_s * tutti_per_dgram;
+    let floor_offload_msgs_per_s =
+        floors.tp_offload.datagrams_per_s * per_dgram as f64 / udp_floor::datagrams_per_msg(args.size) as f64;
     let throughput = ClusterThroughputResult {
         bench: "cluster-throughput",
         size: args.size,
@@ -1184,6 +1193,8 @@ fn cluster_results(
         ratio: ratio(msgs_per_s, floor_msgs_per_s),
         floor_msgs_per_s_tutti_packing: floor_tutti_packing.round(),
         ratio_tutti_packing: ratio(msgs_per_s, floor_tutti_packing),
+        floor_offload_msgs_per_s: floor_offload_msgs_per_s.round(),
+        ratio_offload: ratio(msgs_per_s, floor_offload_msgs_per_s),
         messages: run.delivered,
         duration_s: window,
         sent: run.sent,

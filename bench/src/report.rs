@@ -212,6 +212,11 @@ pub struct ClusterThroughputResult {
     /// sent (`tutti_msgs_per_datagram`), and tutti's rate over it.
     pub floor_msgs_per_s_tutti_packing: f64,
     pub ratio_tutti_packing: f64,
+    /// The bare-UDP floor with segmentation offload (`UDP_SEGMENT` sends of up to
+    /// `udp_floor::OFFLOAD_SEGMENTS` datagrams, as tutti's io_uring transport sends with
+    /// `net.gso`), in messages per second, and tutti's rate over it.
+    pub floor_offload_msgs_per_s: f64,
+    pub ratio_offload: f64,
     /// Delivered in the measured window.
     pub messages: u64,
     pub duration_s: f64,
@@ -330,6 +335,12 @@ pub fn print_cluster_throughput_table(r: &ClusterThroughputResult) {
     println!(
         "  floor at tutti's packing ({:.1} per datagram): {:.0} msg/s, ratio {:.3}",
         r.tutti_msgs_per_datagram, r.floor_msgs_per_s_tutti_packing, r.ratio_tutti_packing
+    );
+    println!(
+        "  floor with segmentation offload (UDP_SEGMENT x{}, as tutti's net.gso): {:.0} msg/s, ratio {:.3}",
+        crate::udp_floor::OFFLOAD_SEGMENTS,
+        r.floor_offload_msgs_per_s,
+        r.ratio_offload
     );
     if let (Some(p), Some(t)) = (&r.rate_latency, r.timed_out) {
         println!(

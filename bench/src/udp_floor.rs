@@ -1,7 +1,9 @@
 //! The kernel's UDP floor on loopback, measured in the same run as the cluster benchmark and
 //! between the same addresses the daemons use: a bare round trip between two sockets (one
 //! datagram in flight), and a bare sender/receiver pair moving datagrams as large as tutti's
-//! (1472 B) in `sendmmsg`/`recvmmsg` batches as large as tutti's (`net.batch`, 64).
+//! (1472 B) in `sendmmsg`/`recvmmsg` batches as large as tutti's (`net.batch`, 64), and the
+//! same with segmentation offload (`UDP_SEGMENT` sends of up to 44 datagrams, as tutti's
+//! io_uring transport sends with `net.gso`).
 
 use std::hint::spin_loop;
 use std::io::ErrorKind;
@@ -21,6 +23,11 @@ use crate::report::new_histogram;
 pub const DATAGRAM_BYTES: usize = 1472;
 /// Datagrams per `sendmmsg`/`recvmmsg` call (tutti's `net.batch` default).
 pub const BATCH: usize = 64;
+/// Datagrams per segmentation-offload send: as many of `DATAGRAM_BYTES` as one 64 KiB
+/// IPv4 packet holds (tutti's transport fills its offload sends the same way).
+pub const OFFLOAD_SEGMENTS: usize = 65_507 / DATAGRAM_BYTES;
+/// `SOL_UDP` control message type of the segment size (linux/udp.h).
+const UDP_SEGMENT: libc::c_int = 103;
 /// SO_RCVBUF / SO_SNDBUF asked for (tutti's `net.socket_buffer_bytes` default).
 const SOCKET_BUFFER_BYTES: libc::c_int = 16 << 20;
 /// A datagram not echoed within this long is taken as lost (loopback loses only when a
@@ -187,13 +194,16 @@ pub struct UdpThroughput {
 /// rate is what the receiver got. Like tutti, both sides touch every message: the sender
 /// writes a sequence number into each of the `msgs_per_datagram(size)` messages of every
 /// datagram before each call, and the receiver reads each message's sequence number
-/// (summed, so the reads cannot be optimised away).
+/// (summed, so the reads cannot be optimised away). With `offload`, each `sendmmsg` entry
+/// carries up to `OFFLOAD_SEGMENTS` datagrams as one `UDP_SEGMENT` send (the receiver is
+/// unchanged: the kernel hands it the same datagrams).
 pub fn throughput(
     a: IpAddr,
     b: IpAddr,
     size: usize,
     duration: Duration,
     mode: RecvMode,
+    offload: bool,
 ) -> Result<UdpThroughput, String> {
     let size = size.max(8);
     let per_datagram = msgs_per_datagram(size) as usize;
@@ -256,18 +266,40 @@ pub fn throughput(
         });
         let sender = s.spawn(move || -> Result<(), String> {
             let mut bufs = vec![[0xA5u8; DATAGRAM_BYTES]; BATCH];
-            let mut iovs: Vec<libc::iovec> = bufs
+            let iovs: Vec<libc::iovec> = bufs
                 .iter_mut()
                 .map(|b| libc::iovec {
                     iov_base: b.as_mut_ptr().cast(),
                     iov_len: DATAGRAM_BYTES,
                 })
                 .collect();
-            // SAFETY: as above; every header points at its own datagram buffer.
-            let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-            for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+            // With offload: one iovec per run of OFFLOAD_SEGMENTS buffers (contiguous in
+            // `bufs`), each with its UDP_SEGMENT control message.
+            let runs: Vec<(usize, usize)> = if offload {
+                (0..BATCH)
+                    .step_by(OFFLOAD_SEGMENTS)
+                    .map(|start| (start, OFFLOAD_SEGMENTS.min(BATCH - start)))
+                    .collect()
+            } else {
+                (0..BATCH).map(|i| (i, 1)).collect()
+            };
+            let mut run_iovs: Vec<libc::iovec> = runs
+                .iter()
+                .map(|&(start, n)| libc::iovec {
+                    iov_base: iovs[start].iov_base,
+                    iov_len: n * DATAGRAM_BYTES,
+                })
+                .collect();
+            let mut cmsgs: Vec<OffloadCmsg> = runs.iter().map(|_| OffloadCmsg::new(DATAGRAM_BYTES)).collect();
+            // SAFETY: as above; every header points at its own run of datagram buffers.
+            let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; runs.len()];
+            for ((m, iov), cmsg) in msgs.iter_mut().zip(run_iovs.iter_mut()).zip(cmsgs.iter_mut()) {
                 m.msg_hdr.msg_iov = iov;
                 m.msg_hdr.msg_iovlen = 1;
+                if offload {
+                    m.msg_hdr.msg_control = (cmsg as *mut OffloadCmsg).cast();
+                    m.msg_hdr.msg_controllen = std::mem::size_of::<OffloadCmsg>() as _;
+                }
             }
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -281,11 +313,14 @@ pub fn throughput(
                         seq += 1;
                     }
                 }
-                // SAFETY: BATCH headers, each with one iovec over `buf`, live across the call.
-                let n =
-                    unsafe { libc::sendmmsg(tx.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0) };
+                // SAFETY: `msgs.len()` headers, each with one iovec over its run of `bufs`
+                // and its control message, live across the call.
+                let n = unsafe {
+                    libc::sendmmsg(tx.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, 0)
+                };
                 if n > 0 {
-                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                    let datagrams: usize = runs.iter().take(n as usize).map(|&(_, k)| k).sum();
+                    sent.fetch_add(datagrams as u64, Ordering::Relaxed);
                 } else if n < 0 {
                     let e = std::io::Error::last_os_error();
                     // A full receive buffer on loopback shows up as ENOBUFS/EAGAIN at times.
@@ -322,6 +357,29 @@ pub fn throughput(
             ..r
         })
     })
+}
+
+/// A `UDP_SEGMENT` control message (header, then the segment size; `CMSG_SPACE(2)` bytes).
+#[repr(C)]
+struct OffloadCmsg {
+    header: libc::cmsghdr,
+    segment: u16,
+    _pad: [u8; 6],
+}
+
+impl OffloadCmsg {
+    fn new(segment: usize) -> OffloadCmsg {
+        // SAFETY: all-zero is a valid cmsghdr (plain integers).
+        let mut header: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        header.cmsg_len = (std::mem::size_of::<libc::cmsghdr>() + 2) as _;
+        header.cmsg_level = libc::SOL_UDP;
+        header.cmsg_type = UDP_SEGMENT;
+        OffloadCmsg {
+            header,
+            segment: segment as u16,
+            _pad: [0; 6],
+        }
+    }
 }
 
 /// Sleeps in short slices so that Ctrl-C is honoured promptly.
@@ -553,7 +611,13 @@ mod tests {
 
     #[test]
     fn throughput_on_loopback() {
-        let r = throughput(LO, LO, 64, Duration::from_millis(100), RecvMode::Blocking).unwrap();
+        let r = throughput(LO, LO, 64, Duration::from_millis(100), RecvMode::Blocking, false).unwrap();
+        assert!(r.datagrams_per_s > 0.0 && r.sent > 0);
+    }
+
+    #[test]
+    fn offloaded_throughput_on_loopback() {
+        let r = throughput(LO, LO, 64, Duration::from_millis(100), RecvMode::Blocking, true).unwrap();
         assert!(r.datagrams_per_s > 0.0 && r.sent > 0);
     }
 

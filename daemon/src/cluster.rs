@@ -1137,6 +1137,10 @@ impl Cluster {
     /// bytes. Without calling `local`: `Held` when the group's flow-control window is full
     /// (the frame stays in the client's ring: retry after the next status arrives), and
     /// `NotSent` when it cannot be multicast at all (counted).
+    ///
+    /// `past_flow`: submit even when the window is full (never `Held`): for the frames a
+    /// client that left or went down had committed, drained once (at most one ring beyond
+    /// the window).
     #[inline]
     pub fn submit(
         &mut self,
@@ -1144,12 +1148,17 @@ impl Cluster {
         group: u64,
         session: u32,
         payload: &[u8],
+        past_flow: bool,
         local: impl FnOnce(&[u8]),
     ) -> Submit {
-        match self
-            .node
-            .submit_with(now, group, session, payload, |copy| local(copy))
-        {
+        let r = if past_flow {
+            self.node
+                .submit_past_flow_with(now, group, session, payload, |copy| local(copy))
+        } else {
+            self.node
+                .submit_with(now, group, session, payload, |copy| local(copy))
+        };
+        match r {
             Ok(_) => Submit::Sent,
             Err(SubmitError::Full) => Submit::Held,
             Err(e) => {

@@ -110,6 +110,7 @@ pub mod counter {
     pub const FLOW_HELD: usize = shard_counter("flow_held");
     pub const FLOW_STATUSES: usize = shard_counter("flow_statuses");
     pub const FLOW_SLOW_MEMBERS: usize = shard_counter("flow_slow_members");
+    pub const PUBLISH_ABANDONED: usize = shard_counter("publish_abandoned");
 }
 
 impl ShardStats {
@@ -514,6 +515,7 @@ impl Shard {
                 cpg,
                 cluster.as_deref_mut(),
                 FRAMES_PER_RING_PASS,
+                false,
             ) {
                 Ok(n) => total += n,
                 Err(reason) => {
@@ -563,7 +565,10 @@ impl Shard {
         self.clients.iter().position(|c| c.session == session)
     }
 
-    /// Publishes whatever a client has committed (used before it leaves or goes).
+    /// Publishes whatever a client has committed (used before it leaves or goes). A frame
+    /// accepted into the ring is a message published: frames a bimodal group's full
+    /// flow-control window holds go out past it (at most this one ring's worth), and not
+    /// onto a ring nobody drains again.
     fn drain_client(&mut self, index: usize) {
         loop {
             let client = &mut self.clients[index];
@@ -574,6 +579,7 @@ impl Shard {
                 &self.cpg,
                 self.cluster.as_mut(),
                 usize::MAX,
+                true,
             ) {
                 Ok(0) => break,
                 Ok(_) => self.ring_group_doorbells(),
@@ -733,7 +739,19 @@ impl Shard {
                         self.drain_client(i);
                     }
                     if let Some(i) = self.client_index(session) {
-                        self.clients.swap_remove(i);
+                        let mut client = self.clients.swap_remove(i);
+                        // What is left was refused by an ordered group (full, or a cpg
+                        // join not yet in the order): counted, never silently dropped.
+                        let left = client.consumer.poll(usize::MAX, |_, _| {}).unwrap_or(0);
+                        if left > 0 {
+                            self.stats.add(counter::PUBLISH_ABANDONED, left as u64);
+                            tracing::warn!(
+                                shard = self.index,
+                                session,
+                                frames = left,
+                                "a client that went left frames an ordered group refused; not published"
+                            );
+                        }
                     }
                     self.stats.set(counter::CLIENTS, self.clients.len() as u64);
                 }
@@ -760,6 +778,9 @@ impl Shard {
         // Snapshot requests of cpg groups, answered with the process table at the request.
         let mut answer_cpg: Vec<(u64, Vec<u8>)> = Vec::new();
         let ring = cluster.ring();
+        // The group of the last message delivered, and its handle (`by_gid` does not
+        // change during the poll).
+        let mut last_deliver: Option<(u64, u32)> = None;
         let work = cluster.poll(&mut |event| match event {
             ClusterEvent::OrderedDeliver {
                 group,
@@ -898,9 +919,15 @@ impl Shard {
                 sender,
                 payload,
             } => {
-                let slot = by_gid
-                    .get(&group)
-                    .and_then(|&h| groups.get_mut(h as usize))
+                // A datagram's messages are mostly of one group: its handle is looked up
+                // once per run, not hashed per message.
+                let handle = match last_deliver {
+                    Some((gid, h)) if gid == group => Some(h),
+                    _ => by_gid.get(&group).copied(),
+                };
+                last_deliver = handle.map(|h| (group, h));
+                let slot = handle
+                    .and_then(|h| groups.get_mut(h as usize))
                     .and_then(Option::as_mut);
                 match slot {
                     Some(slot) => {
@@ -1257,6 +1284,8 @@ fn slot_of<'a>(
 
 /// Moves up to `limit` frames from one client's publish ring into group logs. A frame
 /// for a group the client has not joined, or a malformed ring, ends the client.
+/// `leaving`: the client is going (or leaving a group): bimodal flow control does not hold
+/// its frames back.
 fn drain_ring(
     client: &mut ClientSlot,
     groups: &mut [Option<GroupSlot>],
@@ -1264,6 +1293,7 @@ fn drain_ring(
     cpg: &CpgTables,
     mut cluster: Option<&mut Cluster>,
     limit: usize,
+    leaving: bool,
 ) -> Result<usize, String> {
     let ClientSlot {
         consumer,
@@ -1338,14 +1368,15 @@ fn drain_ring(
                     let mut appended = None;
                     if let Some(c) = cluster.as_deref_mut() {
                         let writer = &mut group.writer;
-                        let r = c.submit(now, group.gid, *session, payload, |copy| {
+                        let r = c.submit(now, group.gid, *session, payload, leaving, |copy| {
                             appended = Some(writer.append(*sender, copy).is_ok());
                         });
                         if r == Submit::Held {
                             // Flow control: the slowest member served holds the window
                             // full. The frame stays in the ring (the client sees it fill:
                             // back pressure) and is retried when a status reopens the
-                            // window, never dropped.
+                            // window, never dropped (a client that goes is drained past
+                            // the window: `leaving`).
                             flow_held = true;
                             return false;
                         }

@@ -358,6 +358,10 @@ pub struct GroupState {
     /// them and recomputing them per message was ~2% of a sending shard. Cleared when the
     /// view changes (`set_group_members`, the one place `view` is replaced).
     own_children: Option<(usize, [NodeId; MAX_TREE_FANOUT], usize)>,
+    /// The tree children of the last stream we forwarded for `(root, fanout)`: a
+    /// datagram's messages mostly share a sender, and recomputing them per message was
+    /// ~2% of a receiving shard. Cleared with `own_children`.
+    relay_children: Option<(NodeId, usize, [NodeId; MAX_TREE_FANOUT], usize)>,
     next_seq: u64,
     /// Our stream's first seq of each round we sent in, the last `retention_rounds` of
     /// them: what we sent within a retention starts at the front's seq.
@@ -489,6 +493,7 @@ impl GroupState {
             my_id,
             my_stream,
             own_children: None,
+            relay_children: None,
             next_seq: 0,
             sent_rounds: VecDeque::new(),
             retired_streams: Vec::new(),
@@ -742,6 +747,7 @@ impl GroupState {
         }
         let previous = std::mem::replace(&mut self.view, view);
         self.own_children = None;
+        self.relay_children = None;
         self.update_flow_members(ctx);
         let previous_owed = std::mem::take(&mut self.owed);
         self.owed = vec![0; self.view.len().div_ceil(64)];
@@ -956,7 +962,32 @@ impl GroupState {
         ctx: &mut Ctx<'_>,
         local: impl FnOnce(&Payload),
     ) -> Result<u64, SubmitError> {
-        if !self.flow_open(payload.len(), ctx) && !self.flow_admit(payload.len(), ctx) {
+        self.submit_flow(payload, session, ctx, local, true)
+    }
+
+    /// As [`submit`](Self::submit), but past a full flow-control window: for what a
+    /// publisher that went away had already committed (its ring is drained once, so the
+    /// overshoot is at most one ring). Retention may then evict what a member still lacks:
+    /// it gets repair or `Lost`, never silence.
+    pub fn submit_past_flow(
+        &mut self,
+        payload: &[u8],
+        session: u32,
+        ctx: &mut Ctx<'_>,
+        local: impl FnOnce(&Payload),
+    ) -> Result<u64, SubmitError> {
+        self.submit_flow(payload, session, ctx, local, false)
+    }
+
+    fn submit_flow(
+        &mut self,
+        payload: &[u8],
+        session: u32,
+        ctx: &mut Ctx<'_>,
+        local: impl FnOnce(&Payload),
+        respect_flow: bool,
+    ) -> Result<u64, SubmitError> {
+        if respect_flow && !self.flow_open(payload.len(), ctx) && !self.flow_admit(payload.len(), ctx) {
             ctx.counters.flow_blocked += 1;
             return Err(SubmitError::Full);
         }
@@ -1160,7 +1191,15 @@ impl GroupState {
         }
         self.scratch_request = wants;
         if forward {
-            let (children, n) = self.children(header.sender, ctx.settings.tree_fanout);
+            let fanout = ctx.settings.tree_fanout;
+            let (children, n) = match self.relay_children {
+                Some((root, k, children, n)) if root == header.sender && k == fanout => (children, n),
+                _ => {
+                    let (children, n) = self.children(header.sender, fanout);
+                    self.relay_children = Some((header.sender, fanout, children, n));
+                    (children, n)
+                }
+            };
             for &c in &children[..n] {
                 ctx.counters.data_sent += 1;
                 ctx.out.push_data(c, header, false, payload);

@@ -1062,6 +1062,32 @@ impl Node {
         payload: &[u8],
         local: impl FnOnce(&Payload),
     ) -> Result<Submitted, SubmitError> {
+        self.submit_flow(now, group, session, payload, local, true)
+    }
+
+    /// As [`Node::submit_with`], past a full flow-control window (never `Full`): for the
+    /// frames a publisher that left or crashed had committed (see
+    /// `GroupState::submit_past_flow`).
+    pub fn submit_past_flow_with(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        session: u32,
+        payload: &[u8],
+        local: impl FnOnce(&Payload),
+    ) -> Result<Submitted, SubmitError> {
+        self.submit_flow(now, group, session, payload, local, false)
+    }
+
+    fn submit_flow(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        session: u32,
+        payload: &[u8],
+        local: impl FnOnce(&Payload),
+        respect_flow: bool,
+    ) -> Result<Submitted, SubmitError> {
         if payload.len() > self.settings.max_message {
             return Err(SubmitError::TooLarge {
                 len: payload.len(),
@@ -1070,7 +1096,11 @@ impl Node {
         }
         let r = with_ctx!(self, now, |ctx, groups| {
             let g = groups.get_mut(&group).ok_or(SubmitError::NotJoined(group))?;
-            let seq = g.submit(payload, session, &mut ctx, local)?;
+            let seq = if respect_flow {
+                g.submit(payload, session, &mut ctx, local)?
+            } else {
+                g.submit_past_flow(payload, session, &mut ctx, local)?
+            };
             Ok(Submitted {
                 stream: g.my_stream(),
                 seq,

@@ -164,6 +164,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "flow_slow_members",
         "members a sender on this shard dropped from its flow-control window as slow (flow_slow_after); they get repair, then Lost",
     ),
+    (
+        "publish_abandoned",
+        "frames a client had committed to its publish ring that could not be published when its session ended (an ordered group refused them for now; counted, never silent)",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

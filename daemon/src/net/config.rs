@@ -53,6 +53,10 @@ pub struct NetConfig {
     /// io_uring only: a kernel thread polls the submission queue, so sends need no system
     /// call while it is awake. Costs a core; falls back to normal submission if refused.
     pub sqpoll: bool,
+    /// io_uring only: send runs of datagrams to one peer as one `UDP_SEGMENT` send (generic
+    /// segmentation offload): the kernel's per-datagram send work is paid once per run of up
+    /// to 64. Turned off by itself (logged) if the kernel refuses it.
+    pub gso: bool,
     /// Fault injection, for testing on a real host; off by default.
     pub fault: FaultConfig,
 }
@@ -68,6 +72,7 @@ impl Default for NetConfig {
             socket_buffer_bytes: 16 << 20,
             busy_poll_us: 0,
             sqpoll: false,
+            gso: true,
             fault: FaultConfig::default(),
         }
     }

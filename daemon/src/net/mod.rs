@@ -93,6 +93,8 @@ pub struct NetStats {
     pub bad_source: u64,
     /// Calls to `queue` answered with `QueueFull`.
     pub queue_full: u64,
+    /// Segmentation-offload sends completed (each carried several of the `sent` datagrams).
+    pub offload_sends: u64,
     /// Fault injection counters (all zero without it).
     pub fault: FaultStats,
     /// Authentication counters (all zero without a cluster key).

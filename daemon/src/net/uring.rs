@@ -1,7 +1,11 @@
 //! The io_uring back end. Sends: `queue` copies a datagram into a slot of a send slab
 //! (payload, address, `msghdr`, `iovec`), `flush` submits one `SendMsg` per slot in one
 //! system call (none with SQPOLL while its thread is awake), and the slot returns to the
-//! free list when its completion arrives. Receives: one multishot `RecvMsg` drawing from a
+//! free list when its completion arrives. With `net.gso`, consecutive queued datagrams to
+//! one destination and of one length (the last may be shorter) go as one `SendMsg` with
+//! `UDP_SEGMENT` (generic segmentation offload): the kernel builds and routes one large
+//! packet and cuts it into the datagrams late (on loopback, at the receiving socket), so
+//! its per-datagram work is paid once per run; the receiver sees ordinary datagrams. Receives: one multishot `RecvMsg` drawing from a
 //! registered ring of provided buffers where the kernel has them (6.0+), else a pool of
 //! pre-posted `RecvMsg`s, one per slot. `wait` submits and waits with a timeout, with a
 //! one-shot `PollAdd` on the shard's eventfd.
@@ -37,6 +41,32 @@ const SQPOLL_IDLE_MS: u32 = 50;
 const DROP_DRAIN: Duration = Duration::from_secs(1);
 /// Size of the header the kernel writes before each multishot `RecvMsg` payload.
 const RECVMSG_OUT_LEN: usize = 16;
+
+/// Datagrams one segmentation-offload send carries at most (the kernel's
+/// `UDP_MAX_SEGMENTS` is 64 on the kernels that have `UDP_SEGMENT`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Payload bytes of one segmentation-offload send at most (one IPv4 packet's).
+const GSO_MAX_BYTES: usize = 65_507;
+/// `setsockopt`/cmsg type of `SOL_UDP` for the segment size (linux/udp.h).
+const UDP_SEGMENT: libc::c_int = 103;
+/// A `UDP_SEGMENT` control message: the header, then the segment size (`CMSG_SPACE(2)`
+/// bytes in all).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GsoCmsg {
+    header: libc::cmsghdr,
+    segment: u16,
+    _pad: [u8; 6],
+}
+
+impl GsoCmsg {
+    /// `CMSG_LEN(2)`: the header and the two bytes of the segment size.
+    const LEN: usize = std::mem::size_of::<libc::cmsghdr>() + 2;
+}
+const _: () = assert!(std::mem::size_of::<GsoCmsg>() == std::mem::size_of::<libc::cmsghdr>() + 8);
+
+/// No next slot in a send's chain.
+const CHAIN_END: u32 = u32::MAX;
 
 /// Request kinds, in the top 16 bits of `user_data`; the low bits carry a slot index (or
 /// the wake descriptor).
@@ -245,6 +275,16 @@ pub struct UringTransport {
     /// Filled slots not yet submitted, in queue order.
     send_pending: VecDeque<u32>,
     send_in_flight: usize,
+    /// Segmentation offload on (`net.gso`; turned off for good if the kernel refuses it).
+    gso: bool,
+    /// Per slot, the next slot of the send it heads or belongs to (`CHAIN_END` last): the
+    /// completion of a send frees its whole chain.
+    send_next: Box<[u32]>,
+    /// Per slot, `GSO_MAX_SEGMENTS` iovecs: a send headed by the slot names the datagrams'
+    /// buffers in its part.
+    gso_iov: Box<[libc::iovec]>,
+    /// Per slot, the `UDP_SEGMENT` control message of a send it heads (8-aligned).
+    gso_cmsg: Box<[GsoCmsg]>,
     buf_ring: Option<BufRing>,
     multishot_armed: bool,
     pool: Option<RecvPool>,
@@ -323,6 +363,13 @@ impl UringTransport {
             send_free: (0..send_count as u32).rev().collect(),
             send_pending: VecDeque::with_capacity(send_count),
             send_in_flight: 0,
+            gso: config.gso,
+            send_next: vec![CHAIN_END; send_count].into_boxed_slice(),
+            // SAFETY: an all-zero iovec is valid (a null base, zero length).
+            gso_iov: vec![unsafe { std::mem::zeroed::<libc::iovec>() }; send_count * GSO_MAX_SEGMENTS]
+                .into_boxed_slice(),
+            // SAFETY: all-zero is a valid cmsghdr and segment (plain integers).
+            gso_cmsg: vec![unsafe { std::mem::zeroed::<GsoCmsg>() }; send_count].into_boxed_slice(),
             buf_ring: None,
             multishot_armed: false,
             pool: None,
@@ -449,12 +496,29 @@ impl UringTransport {
             let (result, flags) = (cqe.result(), cqe.flags());
             match tag {
                 TAG_SEND => {
-                    self.send_free.push(index as u32);
-                    self.send_in_flight -= 1;
+                    // Free the send's chain of slots (one without offload).
+                    let mut slot = index as u32;
+                    let mut n = 0u64;
+                    while slot != CHAIN_END && (n as usize) < GSO_MAX_SEGMENTS {
+                        self.send_free.push(slot);
+                        n += 1;
+                        slot = std::mem::replace(&mut self.send_next[slot as usize], CHAIN_END);
+                    }
+                    self.send_in_flight -= n as usize;
                     if result < 0 {
-                        self.stats.send_errors += 1;
+                        self.stats.send_errors += n;
+                        if n > 1 && self.gso && matches!(-result, libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                        {
+                            self.gso = false;
+                            tracing::info!(
+                                local = %self.local,
+                                error = %io::Error::from_raw_os_error(-result),
+                                "UDP segmentation offload refused; sending datagram by datagram"
+                            );
+                        }
                     } else {
-                        self.stats.sent += 1;
+                        self.stats.sent += n;
+                        self.stats.offload_sends += u64::from(n > 1);
                     }
                 }
                 // A poll on an older wake descriptor (replaced in `wait`) is ignored.
@@ -517,6 +581,80 @@ impl UringTransport {
 
 /// Sets up the ring: SQPOLL if asked (falling back when refused), else cooperative task
 /// running (falling back on kernels before 5.19).
+/// How many datagrams at the front of `pending` one segmentation-offload send can carry:
+/// one destination, the first one's length for all but the last (which may be shorter),
+/// within the kernel's limits. At least 1.
+fn gso_run(slots: &[SendSlot], pending: &VecDeque<u32>) -> usize {
+    let Some(&head) = pending.front() else { return 0 };
+    let first = &slots[head as usize];
+    let size = first.iov.iov_len;
+    let name = first.hdr.msg_namelen as usize;
+    let mut total = size;
+    let mut n = 1;
+    for &slot in pending.iter().skip(1).take(GSO_MAX_SEGMENTS - 1) {
+        let s = &slots[slot as usize];
+        let len = s.iov.iov_len;
+        if len > size
+            || len == 0
+            || total + len > GSO_MAX_BYTES
+            || s.hdr.msg_namelen as usize != name
+            || s.addr.0[..name] != first.addr.0[..name]
+        {
+            break;
+        }
+        total += len;
+        n += 1;
+        if len < size {
+            break;
+        }
+    }
+    n
+}
+
+/// Makes the first `n` pending slots one send headed by the first: its `msghdr` names
+/// their buffers (and, for more than one, a `UDP_SEGMENT` control message with the first
+/// one's length), and `next` chains them for the completion.
+fn chain_send(
+    head: u32,
+    n: usize,
+    slots: &mut [SendSlot],
+    pending: &VecDeque<u32>,
+    next: &mut [u32],
+    gso_iov: &mut [libc::iovec],
+    gso_cmsg: &mut [GsoCmsg],
+) {
+    let h = head as usize;
+    if n <= 1 {
+        next[h] = CHAIN_END;
+        let s = &mut slots[h];
+        s.hdr.msg_iov = &mut s.iov;
+        s.hdr.msg_iovlen = 1;
+        s.hdr.msg_control = std::ptr::null_mut();
+        s.hdr.msg_controllen = 0;
+        return;
+    }
+    let iovs = &mut gso_iov[h * GSO_MAX_SEGMENTS..(h + 1) * GSO_MAX_SEGMENTS];
+    let mut prev = h;
+    for (k, &slot) in pending.iter().take(n).enumerate() {
+        iovs[k] = slots[slot as usize].iov;
+        if k > 0 {
+            next[prev] = slot;
+            prev = slot as usize;
+        }
+    }
+    next[prev] = CHAIN_END;
+    let cmsg = &mut gso_cmsg[h];
+    cmsg.header.cmsg_len = GsoCmsg::LEN as _;
+    cmsg.header.cmsg_level = libc::SOL_UDP;
+    cmsg.header.cmsg_type = UDP_SEGMENT;
+    cmsg.segment = slots[h].iov.iov_len as u16;
+    let s = &mut slots[h];
+    s.hdr.msg_iov = iovs.as_mut_ptr();
+    s.hdr.msg_iovlen = n as _;
+    s.hdr.msg_control = (cmsg as *mut GsoCmsg).cast();
+    s.hdr.msg_controllen = std::mem::size_of::<GsoCmsg>() as _;
+}
+
 fn build_ring(sq: u32, cq: u32, sqpoll: bool) -> io::Result<(IoUring, bool, bool)> {
     if sqpoll {
         match IoUring::builder()
@@ -566,6 +704,8 @@ impl Transport for UringTransport {
         s.hdr.msg_name = s.addr.0.as_mut_ptr().cast();
         s.hdr.msg_iov = &mut s.iov;
         s.hdr.msg_iovlen = 1;
+        s.hdr.msg_control = std::ptr::null_mut();
+        s.hdr.msg_controllen = 0;
         self.send_pending.push_back(slot);
         Ok(())
     }
@@ -578,19 +718,35 @@ impl Transport for UringTransport {
             {
                 let mut sq = self.ring.submission();
                 while let Some(&slot) = self.send_pending.front() {
+                    let n = if self.gso {
+                        gso_run(&self.send_slots, &self.send_pending)
+                    } else {
+                        1
+                    };
+                    chain_send(
+                        slot,
+                        n,
+                        &mut self.send_slots,
+                        &self.send_pending,
+                        &mut self.send_next,
+                        &mut self.gso_iov,
+                        &mut self.gso_cmsg,
+                    );
                     let s = &self.send_slots[slot as usize];
                     let sqe = opcode::SendMsg::new(fd, &s.hdr)
                         .build()
                         .user_data(user_data(TAG_SEND, slot as u64));
-                    // SAFETY: the slot's msghdr, iovec, address and payload live in boxed
-                    // slices owned by self and stay untouched until the completion returns
-                    // the slot to `send_free` (or Drop has drained every request).
+                    // SAFETY: the send's msghdr, iovecs, control message, address and
+                    // payloads live in boxed slices owned by self and stay untouched until
+                    // the completion returns its slots to `send_free` (or Drop has drained
+                    // every request): `chain_send` writes only the parts of slots not in
+                    // flight (the pending ones at the queue's front).
                     if unsafe { sq.push(&sqe) }.is_err() {
                         break;
                     }
-                    self.send_pending.pop_front();
-                    self.send_in_flight += 1;
-                    handed += 1;
+                    self.send_pending.drain(..n);
+                    self.send_in_flight += n;
+                    handed += n;
                 }
             }
             self.submit()?;
@@ -772,6 +928,8 @@ impl Drop for UringTransport {
             );
             std::mem::forget(std::mem::take(&mut self.send_buf));
             std::mem::forget(std::mem::take(&mut self.send_slots));
+            std::mem::forget(std::mem::take(&mut self.gso_iov));
+            std::mem::forget(std::mem::take(&mut self.gso_cmsg));
             if let Some(pool) = self.pool.take() {
                 std::mem::forget(pool);
             }
