@@ -3029,9 +3029,10 @@ mod tests {
         );
         // Simulated time: deterministic. An append takes 4 hops (primary, backup, ack,
         // answer); the others learn with a read, publish their progress with a write, and
-        // every member reads that progress back: 16 hops leave room for a quiet read or two.
+        // every member reads that progress back: 16 hops now (p50 and max 400 us), a p50 of
+        // 44 before (1,100 us, max 2,075 us). 24 leave room for a protocol step more.
         assert!(
-            max <= 16 * delay,
+            max <= 24 * delay,
             "submit to the last member's delivery: p50 {} us, max {} us ({} us per hop)",
             p50 / MICROS,
             max / MICROS,
