@@ -64,10 +64,9 @@ cpg_conformance() { # policy, allowed failures (regex), minimum passed
     rm -f "$log"
 }
 cpg_conformance majority '^FAIL (partition|heal)\.' 191
-# Known flake under evs: the 180-message 1 B .. 1 MiB burst not delivered in full before its
-# deadline (order.m*.delivered_all, hence order.identical_at_all_members), seen once in 10 runs:
-# a debug build right after the nextest step (docs/cpg.md). Nothing else is excused.
-cpg_conformance evs '^FAIL order\.(m[0-9]+\.delivered_all|identical_at_all_members):' 206
+# Under evs nothing is excused. (The 1 B .. 1 MiB burst's 60 s deadline, which a loaded debug
+# build missed at m1 in 4 of 8 runs with nothing lost, is 180 s now: docs/cpg.md.)
+cpg_conformance evs '^$' 210
 
 step "systemd units"
 if ! command -v systemd-analyze >/dev/null 2>&1; then

@@ -162,6 +162,14 @@ static void command(char *line)
 		}
 		printf("HASH hash=%016llx delivered=%llu bad=%llu\n", (unsigned long long)hash,
 		       (unsigned long long)delivered, (unsigned long long)bad);
+		if (delivered < want) {
+			/* Short at the deadline: were the rest waiting with the descriptor idle (a
+			 * lost wake-up) or not there yet (slow ordering)? One dispatch tells. */
+			uint64_t before = delivered;
+			cpg_dispatch(handle, CS_DISPATCH_ALL);
+			printf("INFO wait_delivered short: %llu more were waiting unannounced\n",
+			       (unsigned long long)(delivered - before));
+		}
 	} else if (!strcmp(argv[0], "members")) {
 		struct cpg_address a[CPG_MEMBERS_MAX];
 		int n = CPG_MEMBERS_MAX;

@@ -205,12 +205,16 @@ fi
 
 # All three send at once: 60 messages each, 1 B .. 1 MiB (1,048,576 > the atomic 1,047,552,
 # so the library fragments it); every member must deliver the same 180 in the same order.
+# A check of completeness and order, not of speed: tuttid's debug build on a loaded host
+# takes ~60 s to order the burst (45,015 ordered fragments), and each member's wait starts
+# when it has sent, m1's first (docs/cpg.md, "The evs burst flake"); at 60 s m1 missed it in 4 of
+# 8 such runs with nothing lost. A stall still fails: 180 s (sending waits on the order too).
 for m in m1 m2 m3; do cmd $m "send 60 1 3 64 1000 65536 1047552 1048576 4"; done
 for m in m1 m2 m3; do
-    expect "order.$m.sent" $m '^SENT n=60 rc=1$' 60
-    cmd $m "wait_delivered 180 60000"
+    expect "order.$m.sent" $m '^SENT n=60 rc=1$' 180
+    cmd $m "wait_delivered 180 180000"
 done
-for m in m1 m2 m3; do expect "order.$m.delivered_all" $m '^HASH .* delivered=180 bad=0$' 70; done
+for m in m1 m2 m3; do expect "order.$m.delivered_all" $m '^HASH .* delivered=180 bad=0$' 190; done
 expect_same order.identical_at_all_members m1 m2 m3
 
 # Leave.
