@@ -1943,12 +1943,10 @@ impl Sim {
             kinds.ping_reqs += c.ping_reqs_sent;
             kinds.views += c.views_sent;
             kinds.transmits_dropped += c.transmits_dropped;
-            kinds.flow_statuses += c.flow_statuses_sent;
+            kinds.flow_statuses += c.flow_statuses_sent + c.flow_asks_sent;
             kinds.flow_blocked += c.flow_blocked;
             kinds.flow_slow_members += c.flow_slow_members;
-            kinds.flow_statuses_received_max = kinds
-                .flow_statuses_received_max
-                .max(c.flow_statuses_received);
+            kinds.flow_statuses_received_max = kinds.flow_statuses_received_max.max(c.flow_statuses_received);
             kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
             kinds.evicted_budget += c.evicted_budget;
             kinds.bad_fragments += c.bad_fragments;

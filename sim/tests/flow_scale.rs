@@ -44,6 +44,7 @@ fn flow_status_traffic_per_member_stays_bounded_as_the_group_grows() {
     let small = run(100);
     let large = run(1_000);
     let what = format!("{}\n{}", describe(&small), describe(&large));
+    println!("{what}");
     for r in [&small, &large] {
         assert_eq!(r.invariant_violations, 0, "{what}");
         assert!(r.delivered_all_fraction >= 0.999, "{what}");
@@ -51,7 +52,10 @@ fn flow_status_traffic_per_member_stays_bounded_as_the_group_grows() {
         // Flow control still runs: members report their consumption.
         assert!(r.messages_by_kind.flow_statuses > 0, "{what}");
         let per = statuses_per_member_stream_round(r);
-        assert!(per <= 2.0, "{what}: {per:.2} statuses per member, stream and round");
+        assert!(
+            per <= 2.0,
+            "{what}: {per:.2} statuses per member, stream and round"
+        );
     }
     let (s, l) = (
         small.messages_by_kind.flow_statuses_received_max,
