@@ -1380,15 +1380,18 @@ impl GroupState {
         let sender_in_view = self.view.pos(key.0).is_some();
         let flow_on = sender_in_view && ctx.settings.flow_window > 0;
         let (epoch, me) = (self.flow_epoch, self.my_id);
-        let tree = if flow_on && self.senders.get(&key).is_none_or(|st| st.tree_epoch != epoch) {
-            self.flow_tree(key.0, ctx.settings.tree_fanout)
-        } else {
-            None
-        };
         let st = self.state_for(key, base, round);
-        if let Some(tree) = &tree {
-            st.reset_flow_tree(tree, epoch, ctx.settings, ctx.now);
-        }
+        // Our place in the stream's tree, once per view (not a lookup per message).
+        let st = if flow_on && st.tree_epoch != epoch {
+            let tree = self.flow_tree(key.0, ctx.settings.tree_fanout);
+            let st = self.senders.get_mut(&key).expect("created above");
+            if let Some(tree) = &tree {
+                st.reset_flow_tree(tree, epoch, ctx.settings, ctx.now);
+            }
+            st
+        } else {
+            st
+        };
         let before = st.bytes;
         if seq < st.base {
             ctx.counters.duplicates += 1;
