@@ -52,6 +52,11 @@ const FRAGMENT_OVERHEAD: usize = 24;
 /// Times a receiver repeats an unchanged flow status (1, 2, 4, ... intervals apart) after
 /// the stream went quiet: a lost status then stalls its sender for a few intervals at most.
 const STATUS_REPEATS: u8 = 6;
+/// An asked member reports its subtree's progress every `flow_status_interval` for this
+/// many intervals after the sender's ask; the sender asks again at most every
+/// `ASK_EVERY` intervals while its window or budget stays half used.
+const ASK_HOLD: u64 = 16;
+const ASK_EVERY: u64 = 4;
 /// A requester's retransmit budget per round halves when its status shows more new gaps
 /// than `window / GAP_BURST_DIVISOR` (its socket buffer overflowed: more repair would add
 /// to its burst), down to `retransmit_budget_bytes / REQUESTER_BUDGET_FLOOR`, and grows back
@@ -61,11 +66,18 @@ const GAP_BURST_DIVISOR: u64 = 8;
 const REQUESTER_BUDGET_FLOOR: usize = 64;
 const REQUESTER_BUDGET_STEP: usize = 16;
 
-/// What the sender knows of one member's consumption of its stream (flow control).
+/// What a member knows of one of its children in a stream's dissemination tree (flow
+/// control): the child's last report, which aggregates its subtree. The sender keeps one
+/// per child of its own tree, each member one per child of each stream it relays.
 struct FlowPeer {
-    /// Every seq below this is held by the member (its last status; where our stream stood
-    /// when it entered the view until then).
+    node: NodeId,
+    /// Every seq below this is held by every member of the child's subtree it counted (its
+    /// last report; where the stream stood here when the tree took this shape until then).
     consumed: u64,
+    /// The member holding `consumed` (the child itself, or one in its subtree), and the
+    /// members its report counted.
+    holder: NodeId,
+    members: u32,
     /// Its advertised receive window (at most ours).
     window: u64,
     /// When `consumed` last grew, and the last status.
@@ -83,6 +95,120 @@ struct FlowPeer {
     /// Retransmit bytes per round it may get from us (AIMD), and what is left this round.
     repair_budget: usize,
     repair_left: usize,
+}
+
+impl FlowPeer {
+    fn new(node: NodeId, consumed: u64, window: u64, now: Time, repair: usize) -> Self {
+        FlowPeer {
+            node,
+            consumed,
+            holder: node,
+            members: 1,
+            window,
+            progress_at: now,
+            status_at: now,
+            rate: 0,
+            behind_since: NEVER,
+            slow: false,
+            gaps: 0,
+            repair_budget: repair,
+            repair_left: repair,
+        }
+    }
+
+    /// Takes in its report. Nobody holds what was not sent: `consumed` is capped at `head`
+    /// (the stream's next seq as known here), and may go back (its subtree changed, or it
+    /// readmitted a slow member). Returns whether it was readmitted (back within half a
+    /// window after being dropped as slow).
+    fn apply(&mut self, status: &FlowStatus, head: u64, own: u64, now: Time) -> bool {
+        let consumed = status.consumed.min(head);
+        if consumed > self.consumed {
+            let dt = now.saturating_sub(self.status_at).max(1);
+            let rate = ((consumed - self.consumed) as u128 * 1_000_000_000 / u128::from(dt))
+                .min(u128::from(u64::MAX)) as u64;
+            self.rate = if self.rate == 0 {
+                rate
+            } else {
+                (3 * (self.rate / 4)).saturating_add(rate / 4)
+            };
+            self.progress_at = now;
+        }
+        self.consumed = consumed;
+        self.status_at = now;
+        self.window = u64::from(status.window).clamp(1, own.max(1));
+        self.holder = status.holder;
+        self.members = status.members;
+        if head.saturating_sub(self.consumed) < self.window / 2 + 1 {
+            self.behind_since = NEVER;
+            if self.slow {
+                self.slow = false;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The bimodal rule over a member's children in a stream's tree: a child whose subtree
+/// holds the stream back (`holding`) for `slow_after` while stalled, or outpaced by the
+/// fastest other child more than twice, is dropped (its subtree no longer counted) when
+/// the child itself is the slowest of its subtree; when the slowest is deeper, its own
+/// parent applies the rule first, and the child is dropped only after twice as long (a
+/// parent that cannot tell, e.g. of a full budget at the sender). Returns the children
+/// dropped and when one may be dropped next (`NEVER`: none is held back).
+fn flow_rule(
+    peers: &mut [FlowPeer],
+    holding: impl Fn(&FlowPeer) -> bool,
+    slow_after: Time,
+    now: Time,
+) -> (u64, Time) {
+    // The two fastest rates among the children served: a child compares itself with the
+    // fastest other one.
+    let (mut best, mut second) = (0u64, 0u64);
+    for p in peers.iter().filter(|p| !p.slow) {
+        if p.rate > best {
+            (best, second) = (p.rate, best);
+        } else if p.rate > second {
+            second = p.rate;
+        }
+    }
+    let (mut dropped, mut wake) = (0, NEVER);
+    for p in peers.iter_mut().filter(|p| !p.slow) {
+        if !holding(p) {
+            continue;
+        }
+        if p.behind_since == NEVER {
+            p.behind_since = now;
+        }
+        let patience = if p.holder == p.node {
+            slow_after
+        } else {
+            slow_after.saturating_mul(2)
+        };
+        let fastest_other = if p.rate == best { second } else { best };
+        let stalled = now.saturating_sub(p.progress_at) >= slow_after;
+        let outpaced = p.rate.saturating_mul(2) < fastest_other;
+        if now.saturating_sub(p.behind_since) >= patience && (stalled || outpaced) {
+            p.slow = true;
+            dropped += 1;
+        } else {
+            // When it may be dropped: once it held the stream that long (if outpaced by
+            // then), else when it stalled that long. A report wakes the driver too.
+            let due = match p.behind_since.saturating_add(patience) {
+                t if t > now => t,
+                _ => p.progress_at.saturating_add(slow_after).max(now + 1),
+            };
+            wake = wake.min(due);
+        }
+    }
+    (dropped, wake)
+}
+
+/// Our place in a stream's dissemination tree: our parent and children.
+struct FlowTree {
+    parent: Option<NodeId>,
+    kids: [NodeId; MAX_TREE_FANOUT],
+    len: usize,
 }
 
 /// A stream: a sender node and the stream id it drew when it joined the group.
@@ -193,6 +319,15 @@ pub struct SenderState {
     status_at: Time,
     status_repeats: u8,
     gaps: u32,
+    /// Flow control along the stream's tree: our parent in it and our children's reports
+    /// (at most `tree_fanout`), for the view of `GroupState::flow_epoch` `tree_epoch`
+    /// (reset when the view, hence the tree, changes); until when the sender asked for
+    /// reports every interval, and when we last passed an ask on to our children.
+    parent: Option<NodeId>,
+    kids: Vec<FlowPeer>,
+    tree_epoch: u32,
+    asked_until: Time,
+    ask_passed_at: Time,
 }
 
 impl SenderState {
@@ -215,6 +350,11 @@ impl SenderState {
             status_at: 0,
             status_repeats: STATUS_REPEATS,
             gaps: 0,
+            parent: None,
+            kids: Vec::new(),
+            tree_epoch: 0,
+            asked_until: 0,
+            ask_passed_at: 0,
         }
     }
     fn high(&self) -> u64 {
@@ -258,19 +398,87 @@ impl SenderState {
         self.contiguous = self.contiguous.min(self.high());
         dropped
     }
-    /// When the repair timer next solicits this stream's gaps.
-    /// When the flow status of this stream is next due, if one is: progress not reported
-    /// yet (an interval after the last status), or the last status repeated (each repeat
-    /// twice as long after the one before, `STATUS_REPEATS` times).
-    fn status_due(&self, settings: &Settings) -> Option<Time> {
-        let interval = settings.flow_status_interval.max(1);
-        if self.contiguous > self.status_pos {
-            return Some(self.status_at.saturating_add(interval));
+    /// Flow control: what our subtree of the stream's tree holds, as we report it to our
+    /// parent: the least contiguous seq over us and the children we serve, the member
+    /// holding it, the smallest window, and the members counted.
+    fn flow_aggregate(&self, me: NodeId, own_window: u64) -> (u64, NodeId, u64, u32) {
+        let mut agg = (self.contiguous.max(self.base), me, own_window, 1u32);
+        for p in self.kids.iter().filter(|p| !p.slow) {
+            if p.consumed < agg.0 {
+                (agg.0, agg.1) = (p.consumed, p.holder);
+            }
+            agg.2 = agg.2.min(p.window);
+            agg.3 = agg.3.saturating_add(p.members);
         }
-        (self.status_repeats < STATUS_REPEATS).then(|| {
+        agg
+    }
+
+    /// When our next report of this stream is due, if one is: at once when our subtree's
+    /// consumption moved a quarter window; while the sender asks, an interval after the
+    /// last report when it moved, else the last report repeated (each repeat twice as long
+    /// after the one before, `STATUS_REPEATS` times); otherwise a gossip period after the
+    /// last report when it moved (an idle or under-window stream costs about nothing).
+    fn status_due(&self, me: NodeId, settings: &Settings, now: Time) -> Option<Time> {
+        let interval = settings.flow_status_interval.max(1);
+        let (agg, ..) = self.flow_aggregate(me, settings.flow_window);
+        let quarter = (settings.flow_window / 4).max(1);
+        if agg >= self.status_pos.saturating_add(quarter) {
+            return Some(self.status_at.min(now));
+        }
+        let asked = now < self.asked_until;
+        if agg != self.status_pos {
+            let wait = if asked {
+                interval
+            } else {
+                settings.gossip_period.max(interval)
+            };
+            return Some(self.status_at.saturating_add(wait));
+        }
+        (asked && self.status_repeats < STATUS_REPEATS).then(|| {
             self.status_at
                 .saturating_add(interval << (self.status_repeats + 1))
         })
+    }
+
+    /// The tree changed shape (a new view): our parent and children in it, each child
+    /// taken to hold what we hold until its first report.
+    fn reset_flow_tree(&mut self, tree: &FlowTree, epoch: u32, settings: &Settings, now: Time) {
+        self.tree_epoch = epoch;
+        self.parent = tree.parent;
+        self.kids.clear();
+        let held = self.contiguous.max(self.base);
+        let window = settings.flow_window.max(1);
+        for &c in &tree.kids[..tree.len] {
+            self.kids.push(FlowPeer::new(c, held, window, now, 0));
+        }
+        // Our new parent has no report of us yet.
+        self.status_pos = self.status_pos.min(held.saturating_sub(1));
+        self.status_repeats = 0;
+    }
+
+    /// The bimodal rule over our children in this stream's tree: a child is held back when
+    /// what we know of the stream (`high`) is within a quarter window of its window's end
+    /// (the sender's window is full or nearly: it stops at the least child's `consumed +
+    /// window`, and what it sent reached us). Returns when a child may be dropped next.
+    fn flow_kids_rule(&mut self, settings: &Settings, now: Time, counters: &mut Counters) -> Time {
+        if self.kids.is_empty() {
+            return NEVER;
+        }
+        let own = settings.flow_window.max(1);
+        let head = self.high().saturating_add((own / 4).max(1));
+        let (dropped, wake) = flow_rule(
+            &mut self.kids,
+            |p| head >= p.consumed.saturating_add(p.window.min(own)),
+            settings.flow_slow_after,
+            now,
+        );
+        for p in self.kids.iter_mut().filter(|p| !p.slow) {
+            if head < p.consumed.saturating_add(p.window.min(own)) {
+                p.behind_since = NEVER;
+            }
+        }
+        counters.flow_slow_members += dropped;
+        wake
     }
 
     fn rerequest_due(&self, settings: &Settings) -> Time {
@@ -396,12 +604,16 @@ pub struct GroupState {
     pub lingering_until: Option<Time>,
     scratch_digest: Vec<DigestEntry>,
     scratch_request: Vec<RequestEntry>,
-    /// Flow control of our stream: each other member's consumption, and the seq our stream
-    /// may reach before a submit is refused (the minimum over members not dropped as slow
-    /// of `consumed + window`; recomputed when a status arrives, the view changes or a
-    /// submit reaches it).
-    flow: FxMap<NodeId, FlowPeer>,
+    /// Flow control of our stream: the consumption of each child of our tree (each
+    /// aggregating its subtree), and the seq our stream may reach before a submit is
+    /// refused (the minimum over children not dropped as slow of `consumed + window`;
+    /// recomputed when a report arrives, the view changes or a submit reaches it).
+    flow: Vec<FlowPeer>,
     flow_limit: u64,
+    /// When we last asked our tree for reports (our window or budget half used).
+    flow_asked_at: Time,
+    /// Counts views installed: a stream's tree state of an older one is reset.
+    flow_epoch: u32,
     /// The least `consumed` of the members served.
     flow_min_consumed: u64,
 }
@@ -511,7 +723,9 @@ impl GroupState {
             lingering_until: None,
             scratch_digest: Vec::new(),
             scratch_request: Vec::new(),
-            flow: FxMap::default(),
+            flow: Vec::new(),
+            flow_asked_at: 0,
+            flow_epoch: 0,
             flow_limit: u64::MAX,
             flow_min_consumed: u64::MAX,
         }
@@ -523,39 +737,92 @@ impl GroupState {
 
     // ------------------------------------------------------------ flow control (sender)
 
-    /// The view changed: every other member is served by our window (a new one as holding
-    /// everything we sent so far, until its first status), departed ones no longer.
+    /// The view changed: the children of our tree are served by our window (each with its
+    /// subtree; a new one as holding everything we sent so far, until its first report),
+    /// others no longer.
     fn update_flow_members(&mut self, ctx: &Ctx<'_>) {
-        let view = &self.view;
-        let me = self.my_id;
-        self.flow.retain(|n, _| *n != me && view.pos(*n).is_some());
+        let (kids, n) = self.children(self.my_id, ctx.settings.tree_fanout);
+        let kids = &kids[..n];
+        self.flow.retain(|p| kids.contains(&p.node));
         let full = ctx.settings.retransmit_budget_bytes;
-        for &n in &view.members {
-            if n == me || self.flow.contains_key(&n) {
-                continue;
+        for &c in kids {
+            if self.flow.iter().all(|p| p.node != c) {
+                let window = ctx.settings.flow_window.max(1);
+                self.flow
+                    .push(FlowPeer::new(c, self.next_seq, window, ctx.now, full));
             }
-            self.flow.insert(
-                n,
-                FlowPeer {
-                    consumed: self.next_seq,
-                    window: ctx.settings.flow_window.max(1),
-                    progress_at: ctx.now,
-                    status_at: ctx.now,
-                    rate: 0,
-                    behind_since: NEVER,
-                    slow: false,
-                    gaps: 0,
-                    repair_budget: full,
-                    repair_left: full,
-                },
-            );
         }
         self.recompute_flow_limit(ctx.settings);
     }
 
+    /// Our place in the tree of `root`'s stream, when we are in it and it is in the view.
+    fn flow_tree(&self, root: NodeId, k: usize) -> Option<FlowTree> {
+        let n = self.view.len();
+        let r = self.view.pos(root)? as usize;
+        let me = self.view.pos(self.my_id)? as usize;
+        let k = k.clamp(1, MAX_TREE_FANOUT);
+        let rel = (me + n - r) % n;
+        let parent = (rel > 0).then(|| self.view.members[((rel - 1) / k + r) % n]);
+        let (kids, len) = self.children(root, k);
+        Some(FlowTree { parent, kids, len })
+    }
+
+    /// The tree of stream `key` for this view, when our state of it is for an older one.
+    fn stale_flow_tree(&self, key: StreamKey, k: usize) -> Option<FlowTree> {
+        let st = self.senders.get(&key)?;
+        if st.tree_epoch == self.flow_epoch {
+            return None;
+        }
+        self.flow_tree(key.0, k)
+    }
+
+    /// Our window or budget is half used: ask our tree for reports every interval for a
+    /// while (at most every `ASK_EVERY` intervals; each member passes it on once).
+    fn flow_maybe_ask(&mut self, ctx: &mut Ctx<'_>) {
+        let own = ctx.settings.flow_window;
+        if own == 0 || self.flow.is_empty() {
+            return;
+        }
+        let interval = ctx.settings.flow_status_interval.max(1);
+        if self.flow_asked_at != 0 && ctx.now < self.flow_asked_at.saturating_add(ASK_EVERY * interval) {
+            return;
+        }
+        let min = self.flow_min_consumed.min(self.next_seq);
+        let window_half = self.next_seq.saturating_sub(min).saturating_mul(2) >= own;
+        // Budget half full, and the least consumption we know of is in the older half of
+        // what we retain: it may soon hold back an eviction.
+        let budget_half =
+            !window_half && self.bytes.saturating_mul(2) >= ctx.settings.group_budget_bytes && {
+                let own_base = self
+                    .senders
+                    .get(&(self.my_id, self.my_stream))
+                    .map_or(self.next_seq, |st| st.base);
+                min <= own_base + self.next_seq.saturating_sub(own_base) / 2
+            };
+        if !window_half && !budget_half {
+            return;
+        }
+        self.flow_asked_at = ctx.now.max(1);
+        let ask = FlowStatus {
+            group: self.id,
+            sender: self.my_id,
+            stream: self.my_stream,
+            consumed: self.next_seq,
+            window: own.clamp(1, u64::from(u32::MAX)) as u32,
+            gaps: 0,
+            holder: self.my_id,
+            members: 0,
+        };
+        for p in &self.flow {
+            ctx.counters.flow_asks_sent += 1;
+            ctx.out
+                .push(p.node, FLOW_STATUS_LEN, |e| e.push_flow_status(&ask));
+        }
+    }
+
     fn recompute_flow_limit(&mut self, settings: &Settings) {
         let own = settings.flow_window;
-        let served = self.flow.values().filter(|p| !p.slow);
+        let served = self.flow.iter().filter(|p| !p.slow);
         (self.flow_limit, self.flow_min_consumed) = if own == 0 {
             (u64::MAX, u64::MAX) // flow control off
         } else {
@@ -595,6 +862,7 @@ impl GroupState {
     /// then whether the message may be sent. When it may not, the node's timer is set for
     /// when a member holding it may be dropped.
     fn flow_admit(&mut self, len: usize, ctx: &mut Ctx<'_>) -> bool {
+        self.flow_maybe_ask(ctx);
         let (now, next) = (ctx.now, self.next_seq);
         let own = ctx.settings.flow_window;
         let slow_after = ctx.settings.flow_slow_after;
@@ -603,42 +871,17 @@ impl GroupState {
             .senders
             .get(&(self.my_id, self.my_stream))
             .map_or(next, |st| st.base);
-        // The two fastest rates among the members served: a member compares itself with
-        // the fastest other one.
-        let (mut best, mut second) = (0u64, 0u64);
-        for p in self.flow.values().filter(|p| !p.slow) {
-            if p.rate > best {
-                (best, second) = (p.rate, best);
-            } else if p.rate > second {
-                second = p.rate;
-            }
-        }
-        let mut wake = NEVER;
-        for p in self.flow.values_mut().filter(|p| !p.slow) {
-            let window_full = next >= p.consumed.saturating_add(p.window.min(own));
-            let owed_front = budget_full && p.consumed <= own_base;
-            if !window_full && !owed_front {
-                continue;
-            }
-            if p.behind_since == NEVER {
-                p.behind_since = now;
-            }
-            let fastest_other = if p.rate == best { second } else { best };
-            let stalled = now.saturating_sub(p.progress_at) >= slow_after;
-            let outpaced = p.rate.saturating_mul(2) < fastest_other;
-            if now.saturating_sub(p.behind_since) >= slow_after && (stalled || outpaced) {
-                p.slow = true;
-                ctx.counters.flow_slow_members += 1;
-            } else {
-                // When it may be dropped: once it held the stream `slow_after` (if outpaced
-                // by then), else when it stalled that long. A status wakes the driver too.
-                let due = match p.behind_since.saturating_add(slow_after) {
-                    t if t > now => t,
-                    _ => p.progress_at.saturating_add(slow_after).max(now + 1),
-                };
-                wake = wake.min(due);
-            }
-        }
+        let (dropped, wake) = flow_rule(
+            &mut self.flow,
+            |p| {
+                let window_full = next >= p.consumed.saturating_add(p.window.min(own));
+                let owed_front = budget_full && p.consumed <= own_base;
+                window_full || owed_front
+            },
+            slow_after,
+            now,
+        );
+        ctx.counters.flow_slow_members += dropped;
         self.recompute_flow_limit(ctx.settings);
         if self.flow_open(len, ctx) {
             return true;
@@ -647,35 +890,38 @@ impl GroupState {
         false
     }
 
-    /// A member reported how far it holds our stream.
+    /// Flow control: a report from a child in a stream's tree (of ours, or of a stream we
+    /// relay), or a sender's ask for reports.
     pub fn handle_flow_status(&mut self, from: NodeId, status: &FlowStatus, ctx: &mut Ctx<'_>) {
-        if status.sender != self.my_id || status.stream != self.my_stream {
+        if ctx.settings.flow_window == 0 {
             ctx.counters.flow_statuses_ignored += 1;
             return;
         }
-        let Some(p) = self.flow.get_mut(&from) else {
+        if status.is_ask() {
+            return self.handle_flow_ask(status, ctx);
+        }
+        // A report counts at most the group's members (else it is not one of theirs).
+        if status.members as usize > self.view.len() {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        }
+        if status.sender != self.my_id {
+            return self.handle_kid_report(from, status, ctx);
+        }
+        if status.stream != self.my_stream {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        }
+        let Some(p) = self.flow.iter_mut().find(|p| p.node == from) else {
             ctx.counters.flow_statuses_ignored += 1;
             return;
         };
         ctx.counters.flow_statuses_received += 1;
-        let now = ctx.now;
         let own = ctx.settings.flow_window.max(1);
-        // Never past what we sent (a forged or confused status cannot open the window).
-        let consumed = status.consumed.min(self.next_seq);
-        if consumed > p.consumed {
-            let dt = now.saturating_sub(p.status_at).max(1);
-            let rate = ((consumed - p.consumed) as u128 * 1_000_000_000 / u128::from(dt))
-                .min(u128::from(u64::MAX)) as u64;
-            p.rate = if p.rate == 0 {
-                rate
-            } else {
-                (3 * (p.rate / 4)).saturating_add(rate / 4)
-            };
-            p.consumed = consumed;
-            p.progress_at = now;
+        // Never past what we sent (a forged or confused report cannot open the window).
+        if p.apply(status, self.next_seq, own, ctx.now) {
+            ctx.counters.flow_readmitted += 1;
         }
-        p.status_at = now;
-        p.window = u64::from(status.window).clamp(1, own);
         let new_gaps = u64::from(status.gaps.wrapping_sub(p.gaps));
         p.gaps = status.gaps;
         if new_gaps.saturating_mul(GAP_BURST_DIVISOR) > p.window {
@@ -683,14 +929,75 @@ impl GroupState {
             p.repair_budget = (p.repair_budget / 2).max(floor);
             p.repair_left = p.repair_left.min(p.repair_budget);
         }
-        if self.next_seq.saturating_sub(p.consumed) < p.window / 2 + 1 {
-            p.behind_since = NEVER;
-            if p.slow {
-                p.slow = false;
-                ctx.counters.flow_readmitted += 1;
+        self.recompute_flow_limit(ctx.settings);
+    }
+
+    /// A child in the tree of a stream we relay reported its subtree: aggregate, and report
+    /// on to our parent when that moved our subtree's consumption a quarter window.
+    fn handle_kid_report(&mut self, from: NodeId, status: &FlowStatus, ctx: &mut Ctx<'_>) {
+        let key = (status.sender, status.stream);
+        if self.view.stream_of(key.0) != Some(key.1) || !self.senders.contains_key(&key) {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        }
+        let tree = self.stale_flow_tree(key, ctx.settings.tree_fanout);
+        let (epoch, me, group) = (self.flow_epoch, self.my_id, self.id);
+        let Some(st) = self.senders.get_mut(&key) else {
+            return;
+        };
+        if let Some(tree) = tree {
+            st.reset_flow_tree(&tree, epoch, ctx.settings, ctx.now);
+        }
+        let head = st.high();
+        let own = ctx.settings.flow_window.max(1);
+        let Some(p) = st.kids.iter_mut().find(|p| p.node == from) else {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        };
+        ctx.counters.flow_statuses_received += 1;
+        if p.apply(status, head, own, ctx.now) {
+            ctx.counters.flow_readmitted += 1;
+        }
+        p.gaps = status.gaps;
+        let wake = st.flow_kids_rule(ctx.settings, ctx.now, ctx.counters);
+        *ctx.repair_at = (*ctx.repair_at).min(wake);
+        flow_report_if_due(group, me, key, st, ctx);
+    }
+
+    /// A stream's sender asks for reports every interval for a while: pass it on to our
+    /// children in its tree (once an interval at most: a forged ask costs each member at
+    /// most a report per interval).
+    fn handle_flow_ask(&mut self, status: &FlowStatus, ctx: &mut Ctx<'_>) {
+        let key = (status.sender, status.stream);
+        if key.0 == self.my_id
+            || self.view.stream_of(key.0) != Some(key.1)
+            || !self.senders.contains_key(&key)
+        {
+            ctx.counters.flow_statuses_ignored += 1;
+            return;
+        }
+        ctx.counters.flow_asks_received += 1;
+        let tree = self.stale_flow_tree(key, ctx.settings.tree_fanout);
+        let (epoch, me, group) = (self.flow_epoch, self.my_id, self.id);
+        let Some(st) = self.senders.get_mut(&key) else {
+            return;
+        };
+        if let Some(tree) = tree {
+            st.reset_flow_tree(&tree, epoch, ctx.settings, ctx.now);
+        }
+        let interval = ctx.settings.flow_status_interval.max(1);
+        let now = ctx.now;
+        st.asked_until = now.saturating_add(ASK_HOLD * interval);
+        st.status_repeats = 0;
+        if st.ask_passed_at == 0 || now >= st.ask_passed_at.saturating_add(interval) {
+            st.ask_passed_at = now.max(1);
+            for p in &st.kids {
+                ctx.counters.flow_asks_sent += 1;
+                ctx.out
+                    .push(p.node, FLOW_STATUS_LEN, |e| e.push_flow_status(status));
             }
         }
-        self.recompute_flow_limit(ctx.settings);
+        flow_report_if_due(group, me, key, st, ctx);
     }
 
     /// This round's retransmit budget (reset each gossip round; a group joined between
@@ -748,6 +1055,7 @@ impl GroupState {
         let previous = std::mem::replace(&mut self.view, view);
         self.own_children = None;
         self.relay_children = None;
+        self.flow_epoch = self.flow_epoch.wrapping_add(1);
         self.update_flow_members(ctx);
         let previous_owed = std::mem::take(&mut self.owed);
         self.owed = vec![0; self.view.len().div_ceil(64)];
@@ -991,6 +1299,7 @@ impl GroupState {
             ctx.counters.flow_blocked += 1;
             return Err(SubmitError::Full);
         }
+        self.flow_maybe_ask(ctx);
         let seq = self.next_seq;
         if self.sent_rounds.back().map(|(r, _)| *r) != Some(ctx.round) {
             self.sent_rounds.push_back((ctx.round, seq));
@@ -1100,7 +1409,20 @@ impl GroupState {
         let mut wants = std::mem::take(&mut self.scratch_request);
         wants.clear();
         let sender_in_view = self.view.pos(key.0).is_some();
+        let flow_on = sender_in_view && ctx.settings.flow_window > 0;
+        let (epoch, me) = (self.flow_epoch, self.my_id);
         let st = self.state_for(key, base, round);
+        // Our place in the stream's tree, once per view (not a lookup per message).
+        let st = if flow_on && st.tree_epoch != epoch {
+            let tree = self.flow_tree(key.0, ctx.settings.tree_fanout);
+            let st = self.senders.get_mut(&key).expect("created above");
+            if let Some(tree) = &tree {
+                st.reset_flow_tree(tree, epoch, ctx.settings, ctx.now);
+            }
+            st
+        } else {
+            st
+        };
         let before = st.bytes;
         if seq < st.base {
             ctx.counters.duplicates += 1;
@@ -1171,17 +1493,11 @@ impl GroupState {
             // its budget evicted the message everywhere.
             *ctx.repair_at = (*ctx.repair_at).min(st.rerequest_due(ctx.settings).max(ctx.now));
         }
-        // Flow control: tell the sender at once when a quarter window more is held, else
-        // within `flow_status_interval` (the repair timer sends it).
-        if sender_in_view && ctx.settings.flow_window > 0 {
+        // Flow control: report our subtree's consumption to our parent in the stream's tree
+        // at once when it moved a quarter window, else when due (the repair timer sends it).
+        if flow_on {
             st.status_repeats = 0;
-            let quarter = (ctx.settings.flow_window / 4).max(1);
-            if st.contiguous >= st.status_pos.saturating_add(quarter) {
-                send_flow_status(group, key, st, ctx);
-            }
-            if let Some(due) = st.status_due(ctx.settings) {
-                *ctx.repair_at = (*ctx.repair_at).min(due.max(ctx.now));
-            }
+            flow_report_if_due(group, me, key, st, ctx);
         }
         let after = st.bytes;
         account(&mut self.bytes, before, after, ctx);
@@ -1215,24 +1531,27 @@ impl GroupState {
     pub fn rerequest_gaps(&mut self, ctx: &mut Ctx<'_>) {
         let mut wants = std::mem::take(&mut self.scratch_request);
         let group = self.id;
+        let (epoch, me) = (self.flow_epoch, self.my_id);
         for i in 0..self.order.len() {
             let key = self.order[i];
+            let flow_on = key.0 != me && ctx.settings.flow_window > 0 && self.view.pos(key.0).is_some();
+            let tree = if flow_on {
+                self.stale_flow_tree(key, ctx.settings.tree_fanout)
+            } else {
+                None
+            };
             let Some(st) = self.senders.get_mut(&key) else {
                 continue;
             };
-            // Flow statuses due (progress not reported yet, or a repeat).
-            if key.0 != self.my_id && self.view.pos(key.0).is_some() && ctx.settings.flow_window > 0 {
-                if let Some(due) = st.status_due(ctx.settings) {
-                    if ctx.now >= due {
-                        if st.contiguous == st.status_pos {
-                            st.status_repeats += 1;
-                        }
-                        send_flow_status(group, key, st, ctx);
-                    }
+            // Flow control: our children's slowness, and our report when due (progress
+            // not reported yet, or a repeat).
+            if flow_on {
+                if let Some(tree) = &tree {
+                    st.reset_flow_tree(tree, epoch, ctx.settings, ctx.now);
                 }
-                if let Some(due) = st.status_due(ctx.settings) {
-                    *ctx.repair_at = (*ctx.repair_at).min(due);
-                }
+                let wake = st.flow_kids_rule(ctx.settings, ctx.now, ctx.counters);
+                *ctx.repair_at = (*ctx.repair_at).min(wake);
+                flow_report_if_due(group, me, key, st, ctx);
             }
             if st.missing == 0 {
                 continue;
@@ -1517,7 +1836,7 @@ impl GroupState {
                     ctx.counters.retransmit_budget_exhausted += 1;
                     return;
                 }
-                if let Some(p) = self.flow.get_mut(&from) {
+                if let Some(p) = self.flow.iter_mut().find(|p| p.node == from) {
                     if want > p.repair_left {
                         ctx.counters.retransmit_requester_budget_exhausted += 1;
                         return;
@@ -1607,7 +1926,7 @@ impl GroupState {
     pub fn round(&mut self, targets: &[NodeId], ctx: &mut Ctx<'_>) {
         self.budget_left = ctx.settings.retransmit_budget_bytes;
         let full = ctx.settings.retransmit_budget_bytes;
-        for p in self.flow.values_mut() {
+        for p in &mut self.flow {
             p.repair_budget = p
                 .repair_budget
                 .saturating_add(full / REQUESTER_BUDGET_STEP)
@@ -1816,21 +2135,42 @@ fn fragment(payload: &[u8], chunk: usize, i: usize) -> &[u8] {
     payload.get(start..end).unwrap_or(&[])
 }
 
-/// Reports to a stream's sender how far we hold it (flow control).
-fn send_flow_status(group: GroupId, key: StreamKey, st: &mut SenderState, ctx: &mut Ctx<'_>) {
+/// Flow control: reports our subtree's consumption of stream `key` to our parent in its
+/// tree when due, and sets the repair timer for the next report.
+fn flow_report_if_due(group: GroupId, me: NodeId, key: StreamKey, st: &mut SenderState, ctx: &mut Ctx<'_>) {
+    let Some(parent) = st.parent else {
+        return; // not in the stream's tree (yet)
+    };
+    let Some(due) = st.status_due(me, ctx.settings, ctx.now) else {
+        return;
+    };
+    if due > ctx.now {
+        *ctx.repair_at = (*ctx.repair_at).min(due);
+        return;
+    }
+    let own = ctx.settings.flow_window.max(1);
+    let (consumed, holder, window, members) = st.flow_aggregate(me, own);
+    if consumed == st.status_pos {
+        st.status_repeats = st.status_repeats.saturating_add(1);
+    }
     let status = FlowStatus {
         group,
         sender: key.0,
         stream: key.1,
-        consumed: st.contiguous.max(st.base),
-        window: ctx.settings.flow_window.clamp(1, u64::from(u32::MAX)) as u32,
+        consumed,
+        window: window.clamp(1, u64::from(u32::MAX)) as u32,
         gaps: st.gaps,
+        holder,
+        members,
     };
-    st.status_pos = st.contiguous;
+    st.status_pos = consumed;
     st.status_at = ctx.now;
     ctx.counters.flow_statuses_sent += 1;
     ctx.out
-        .push(key.0, FLOW_STATUS_LEN, |e| e.push_flow_status(&status));
+        .push(parent, FLOW_STATUS_LEN, |e| e.push_flow_status(&status));
+    if let Some(due) = st.status_due(me, ctx.settings, ctx.now) {
+        *ctx.repair_at = (*ctx.repair_at).min(due.max(ctx.now + 1));
+    }
 }
 
 /// Sends fragments `first..` of a message (all of it when it fits one datagram).
@@ -2781,5 +3121,146 @@ mod tests {
         assert_eq!(delivered, (1..1000).collect::<Vec<_>>());
         assert!(w.counters.evicted_budget > 0);
         assert_eq!(w.node_bytes, g.bytes);
+    }
+
+    /// The flow statuses sent so far, with their destination.
+    fn sent_statuses(w: &mut World) -> Vec<(NodeId, FlowStatus)> {
+        let mut v = Vec::new();
+        while let Some((dest, bytes)) = w.out.pop() {
+            let d = tutti_wire::packet::decode(bytes).unwrap();
+            for m in d.messages() {
+                if let tutti_wire::packet::Message::FlowStatus(s) = m {
+                    v.push((dest, s));
+                }
+            }
+        }
+        v
+    }
+
+    fn report(sender: NodeId, consumed: u64, holder: NodeId, members: u32) -> FlowStatus {
+        FlowStatus {
+            group: 7,
+            sender,
+            stream: 1,
+            consumed,
+            window: 1_000,
+            gaps: 0,
+            holder,
+            members,
+        }
+    }
+
+    fn flow_settings() -> Settings {
+        Settings {
+            tree_fanout: 4,
+            flow_window: 1_000,
+            ..Settings::default()
+        }
+    }
+
+    /// A sender keeps flow state for the children of its tree only (O(fanout), however
+    /// large the group); reports from other members, counting more members than the group
+    /// has, or claiming more than was sent are ignored or capped, never a panic.
+    #[test]
+    fn a_sender_serves_its_tree_children_and_bounds_what_a_report_can_do() {
+        let mut w = World::new(flow_settings());
+        let mut g = GroupState::new(7, 0, 1);
+        let nodes: Vec<NodeId> = (0..100).collect();
+        set(&mut g, &mut w, 1, &nodes);
+        let mut peers: Vec<NodeId> = g.flow.iter().map(|p| p.node).collect();
+        peers.sort_unstable();
+        assert_eq!(peers, [1, 2, 3, 4]);
+        for _ in 0..10 {
+            w.with(1, |ctx| g.submit(b"m", 0, ctx, |_| {}).unwrap());
+        }
+        // Each child taken to hold what we had sent when the tree took its shape.
+        assert_eq!(g.flow_limit, 1_000);
+        for c in 1..=4 {
+            w.with(1, |ctx| g.handle_flow_status(c, &report(0, 10, c, 25), ctx));
+        }
+        assert_eq!(g.flow_limit, 10 + 1_000);
+        // Not a child of ours: ignored.
+        w.with(1, |ctx| g.handle_flow_status(50, &report(0, 2, 50, 1), ctx));
+        assert_eq!(w.counters.flow_statuses_ignored, 1);
+        assert_eq!(g.flow_limit, 10 + 1_000);
+        // More members than the group has: ignored.
+        w.with(1, |ctx| g.handle_flow_status(1, &report(0, 2, 1, 101), ctx));
+        assert_eq!(w.counters.flow_statuses_ignored, 2);
+        // A child's subtree behind: the window follows it.
+        w.with(1, |ctx| g.handle_flow_status(1, &report(0, 2, 77, 25), ctx));
+        assert_eq!(g.flow_limit, 2 + 1_000);
+        // Claiming more than we sent opens nothing beyond a window past what we sent.
+        w.with(1, |ctx| {
+            g.handle_flow_status(1, &report(0, u64::MAX / 2, 1, 25), ctx)
+        });
+        assert_eq!(g.flow_limit, 10 + 1_000);
+        assert_eq!(w.counters.flow_statuses_received, 6);
+        // A smaller view reshapes the tree: the children of the new one only.
+        set(&mut g, &mut w, 2, &[0, 9, 8]);
+        let mut peers: Vec<NodeId> = g.flow.iter().map(|p| p.node).collect();
+        peers.sort_unstable();
+        assert_eq!(peers, [8, 9]);
+    }
+
+    /// A member reports to its parent in the sender's tree the least consumption over its
+    /// subtree (its own and its children's reports), with the member holding it and the
+    /// members counted; it passes a sender's ask on to its children; a report from a member
+    /// that is not its child in that tree is ignored.
+    #[test]
+    fn a_member_aggregates_its_subtree_and_reports_to_its_parent() {
+        let mut w = World::new(flow_settings());
+        // Member 1 under sender 0 (k = 4): children 5, 6, 7, 8.
+        let mut g = GroupState::new(7, 1, 1);
+        let nodes: Vec<NodeId> = (0..21).collect();
+        set(&mut g, &mut w, 1, &nodes);
+        w.now = 200 * crate::MILLIS;
+        for seq in 0..10 {
+            w.with(1, |ctx| g.handle_data(0, &data(seq, 0), b"m", ctx));
+        }
+        // Our children have not reported: our subtree holds nothing yet.
+        assert!(sent_statuses(&mut w).is_empty());
+        // Child 6 holds 3 (its member 17 does), the others all 10.
+        for (child, consumed, holder, members) in [(5, 10, 5, 1), (6, 3, 17, 2), (7, 10, 7, 1)] {
+            w.with(1, |ctx| {
+                g.handle_flow_status(child, &report(0, consumed, holder, members), ctx)
+            });
+        }
+        assert!(sent_statuses(&mut w).is_empty());
+        w.with(1, |ctx| g.handle_flow_status(8, &report(0, 10, 8, 1), ctx));
+        let sent = sent_statuses(&mut w);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (to, r) = sent[0];
+        assert_eq!(to, 0, "to our parent: the sender");
+        assert_eq!(({ r.consumed }, { r.holder }, { r.members }), (3, 17, 6));
+        // Not our child in 0's tree: ignored.
+        w.with(1, |ctx| g.handle_flow_status(9, &report(0, 0, 9, 1), ctx));
+        assert_eq!(w.counters.flow_statuses_ignored, 1);
+        assert_eq!(w.counters.flow_statuses_received, 4);
+        // The sender asks: passed on to our four children (once within an interval), and
+        // we report (repeat) every interval or two.
+        let ask = report(0, 10, 0, 0);
+        w.with(1, |ctx| g.handle_flow_status(0, &ask, ctx));
+        w.with(1, |ctx| g.handle_flow_status(0, &ask, ctx));
+        w.now += 2 * w.settings.flow_status_interval;
+        w.with(1, |ctx| g.rerequest_gaps(ctx));
+        let sent = sent_statuses(&mut w);
+        let mut asked: Vec<NodeId> = sent
+            .iter()
+            .filter(|(_, s)| s.is_ask())
+            .map(|(to, _)| *to)
+            .collect();
+        asked.sort_unstable();
+        assert_eq!(asked, [5, 6, 7, 8]);
+        let reports: Vec<(NodeId, FlowStatus)> = sent.iter().filter(|(_, s)| !s.is_ask()).copied().collect();
+        assert_eq!(reports.len(), 1, "{sent:?}");
+        assert_eq!(reports[0].0, 0);
+        assert_eq!({ reports[0].1.consumed }, 3);
+        // Child 6's subtree caught up: the report moves.
+        w.with(1, |ctx| g.handle_flow_status(6, &report(0, 10, 6, 2), ctx));
+        w.now += w.settings.flow_status_interval;
+        w.with(1, |ctx| g.rerequest_gaps(ctx));
+        let sent = sent_statuses(&mut w);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(({ sent[0].1.consumed }, { sent[0].1.holder }), (10, 1));
     }
 }

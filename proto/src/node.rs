@@ -151,15 +151,20 @@ pub struct Counters {
     pub not_joined: u64,
     /// Tombstones of forgotten senders evicted by `Settings::max_tombstones`.
     pub tombstones_evicted: u64,
-    /// Flow control: statuses sent (as a receiver) and taken (as a sender); statuses
-    /// ignored (not for our stream, or from a non-member); submits refused because the
-    /// window of the slowest member served was full (each a retry later, never a drop);
-    /// members dropped from a window as slow (`Settings::flow_slow_after`) and taken back
-    /// once caught up; retransmissions not made because the requester's own budget (halved
-    /// when its reported gaps jump) was spent this round.
+    /// Flow control: reports sent (to our parent in a stream's tree) and taken (from our
+    /// children in it); statuses ignored (flow control off, not from a child of ours in
+    /// that tree, for a stream we do not hold, or counting more members than the group
+    /// has); asks for reports sent (as a sender, or passed on to our children) and
+    /// received; submits refused because the window of the slowest member served was full
+    /// (each a retry later, never a drop); children dropped from a window as slow
+    /// (`Settings::flow_slow_after`) and taken back once caught up; retransmissions not
+    /// made because the requester's own budget (halved when its reported gaps jump) was
+    /// spent this round.
     pub flow_statuses_sent: u64,
     pub flow_statuses_received: u64,
     pub flow_statuses_ignored: u64,
+    pub flow_asks_sent: u64,
+    pub flow_asks_received: u64,
     pub flow_blocked: u64,
     pub flow_slow_members: u64,
     pub flow_readmitted: u64,

@@ -115,31 +115,39 @@ pub struct Settings {
     /// FIFO per sender, or immediate unordered delivery.
     pub delivery: Delivery,
     /// Flow control of bimodal groups: messages a sender keeps in flight beyond the slowest
-    /// member it serves (the highest seq that member holds without a gap, from its
-    /// `FlowStatus`); a receiver also advertises it as its receive window, and the sender
-    /// uses the smaller. A submit beyond it is refused with `SubmitError::Full` (the
-    /// client's publish ring fills: back pressure, never a drop). Larger: more throughput
-    /// across long round trips and descheduled receivers, bigger bursts into a receiver's
-    /// socket buffer (keep `flow_window` messages' datagrams well within it: 16,384 messages of 64 B are ~800 datagrams, 2-3 MiB of kernel buffer,
-    /// within the daemon's 16 MiB default). A sender whose group budget is full also holds a
-    /// message back rather than evict its oldest before every member served holds it. 0:
-    /// flow control off (the sender sends at the application's pace; receivers send no
-    /// status).
+    /// member it serves (the least seq held without a gap, aggregated up the stream's
+    /// dissemination tree: each member reports its subtree's least to its parent in
+    /// `FlowStatus`, so a sender hears from its `tree_fanout` children, not from every
+    /// member); a receiver also advertises it as its receive window, and the sender uses
+    /// the smaller. A submit beyond it is refused with `SubmitError::Full` (the client's
+    /// publish ring fills: back pressure, never a drop). Larger: more throughput across
+    /// long round trips and descheduled receivers, bigger bursts into a receiver's socket
+    /// buffer (keep `flow_window` messages' datagrams well within it: 16,384 messages of
+    /// 64 B are ~800 datagrams, 2-3 MiB of kernel buffer, within the daemon's 16 MiB
+    /// default). A sender whose group budget is full also holds a message back rather than
+    /// evict its oldest before every member served holds it. 0: flow control off (the
+    /// sender sends at the application's pace; receivers send no status).
     pub flow_window: u64,
     /// The bimodal rule of flow control: a member that holds the sender's window full for
     /// this long, and meanwhile made no progress at all or consumed at less than half the
     /// rate of the fastest other member, is dropped from the window (counted in
     /// `Counters::flow_slow_members`): it gets repair, then `Lost`, as without flow
-    /// control, and is counted again once it is back within half a window. A member
-    /// slower than the sender but as fast as the others paces the sender. Shorter: a stalled
-    /// member holds the others back less long; longer: a descheduled member (a shard off
-    /// its core for tens of ms) is less often given up.
+    /// control, and is counted again once it is back within half a window. The rule is
+    /// applied by the member's parent in the stream's tree (the sender for its children);
+    /// a parent whose child's subtree holds the window for a slower member deeper down
+    /// waits twice as long, leaving that member's own parent to drop it alone. A member
+    /// slower than the sender but as fast as the others paces the sender. Shorter: a
+    /// stalled member holds the others back less long; longer: a descheduled member (a
+    /// shard off its core for tens of ms) is less often given up.
     pub flow_slow_after: Time,
-    /// A receiver reports its progress in a stream to the sender at least this often while
-    /// it progresses (and after a quarter window at once); with nothing new it repeats its
-    /// last status at twice the interval each time, a few times (a lost status would stall
-    /// the sender until `flow_slow_after`). Shorter: the sender's window reopens sooner,
-    /// more status datagrams.
+    /// While a stream's sender asks for reports (its window or budget is half used: an ask
+    /// goes down its tree, at most every 4 intervals, and holds for 16), a member reports
+    /// its subtree's progress to its parent at least this often, and with nothing new
+    /// repeats its last report at twice the interval each time, a few times (a lost report
+    /// would stall the sender until `flow_slow_after`). Unasked, a member reports at once
+    /// after a quarter window of progress and otherwise once a `gossip_period` while it
+    /// progresses: an idle or under-window stream costs about nothing. Shorter: the
+    /// sender's window reopens sooner under pressure, more status datagrams.
     pub flow_status_interval: Time,
 }
 

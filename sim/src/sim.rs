@@ -574,11 +574,14 @@ pub struct KindCounts {
     pub views: u64,
     pub rx_dropped_slow: u64,
     pub transmits_dropped: u64,
-    /// Flow control: statuses receivers sent, submits refused by a full window (each a
-    /// retry later), members dropped from a sender's window as slow.
+    /// Flow control: statuses sent (reports up a stream's tree and senders' asks down it),
+    /// submits refused by a full window (each a retry later), members dropped from a
+    /// window as slow.
     pub flow_statuses: u64,
     pub flow_blocked: u64,
     pub flow_slow_members: u64,
+    /// Flow control: the most statuses any one node received (a sender's load).
+    pub flow_statuses_received_max: u64,
     pub retransmit_budget_exhausted: u64,
     /// Messages live nodes gave up to stay within their byte budgets.
     pub evicted_budget: u64,
@@ -1940,9 +1943,10 @@ impl Sim {
             kinds.ping_reqs += c.ping_reqs_sent;
             kinds.views += c.views_sent;
             kinds.transmits_dropped += c.transmits_dropped;
-            kinds.flow_statuses += c.flow_statuses_sent;
+            kinds.flow_statuses += c.flow_statuses_sent + c.flow_asks_sent;
             kinds.flow_blocked += c.flow_blocked;
             kinds.flow_slow_members += c.flow_slow_members;
+            kinds.flow_statuses_received_max = kinds.flow_statuses_received_max.max(c.flow_statuses_received);
             kinds.retransmit_budget_exhausted += c.retransmit_budget_exhausted;
             kinds.evicted_budget += c.evicted_budget;
             kinds.bad_fragments += c.bad_fragments;

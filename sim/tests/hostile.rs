@@ -102,6 +102,21 @@ fn relayed_leaving_flags_leave_honest_invariants() {
     assert_honest_invariants(&[HostileAttack::Leaving], |_| {});
 }
 
+/// Forged flow statuses (a report that holds a window, asks) neither break an invariant
+/// nor wedge a sender: with a window of 32 messages, both senders still send all 200.
+#[test]
+fn forged_flow_statuses_leave_honest_invariants_and_wedge_no_sender() {
+    assert_honest_invariants(&[HostileAttack::FlowStall], |sc| {
+        sc.settings.flow_window = 32;
+    });
+    for seed in SEEDS {
+        let mut sc = scenario(seed, &[HostileAttack::FlowStall]);
+        sc.settings.flow_window = 32;
+        let r = Sim::new(sc).run();
+        assert_eq!(r.messages, 200, "seed {seed}: a sender was wedged");
+    }
+}
+
 /// Every attack in turn while honest node 4 crashes and restarts: the views must change
 /// (twice) under attack and converge after it.
 #[test]

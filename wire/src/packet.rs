@@ -50,7 +50,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// carries the sender's view hash. Version 8: a view's member entries carry the member's
 /// address as its coordinator saw it ([`MemberEntry::addr`]). Version 10: a view request
 /// names the view it pulls and the parts it lacks ([`ViewRequestHeader`]; it was empty).
-/// Version 12: ordered payloads of one sender travel in runs ([`OrderedKind::PayloadRun`]).
+/// Version 11: flow status. Version 12: flow status along the dissemination tree
+/// ([`FlowStatus::holder`], [`FlowStatus::members`], asks), and ordered payloads of one
+/// sender in runs ([`OrderedKind::PayloadRun`]).
 pub const VERSION: u16 = 12;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
@@ -380,25 +382,41 @@ pub struct DigestEntry {
     pub recent: u64,
 }
 
-/// A receiver's flow-control status for one stream, sent to the stream's sender: how far it
-/// has received the stream without a gap, how many messages beyond that it accepts, and how
-/// many gaps it has seen in the stream so far (a count that grows by thousands at once when
-/// its socket buffer overflowed, by a few with random loss). The sender keeps at most
-/// `window` messages beyond the slowest member it serves, and budgets its retransmissions
-/// to this receiver by the growth of `gaps`.
+/// Flow control of one stream, along the stream's dissemination tree (the k-ary tree rooted
+/// at its sender). A **report** (`members` at least 1) goes from a member to its parent in
+/// that tree: the least seq held without a gap over the member's subtree (its own and its
+/// children's last reports, less the children it dropped as slow), the member holding it,
+/// the smallest receive window and how many members were counted; the sender keeps at most
+/// `window` messages beyond the least `consumed` of its tree children, so it hears from
+/// O(fanout) members, not from every member. An **ask** (`members` 0) goes from the sender
+/// down the tree when its window or budget is half used: members then report their
+/// subtree's progress every `flow_status_interval` for a while (otherwise only after a
+/// quarter window, or once a gossip period while progressing).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowStatus {
     pub group: u64,
-    /// The stream's sender and stream id (the receiver of this status must be that sender).
+    /// The stream's sender and stream id.
     pub sender: u32,
     pub stream: u32,
-    /// Every seq below this is held by the receiver (its highest contiguous seq, plus one).
+    /// A report: every seq below this is held by every member counted (their highest
+    /// contiguous seq, plus one). An ask: the sender's next seq.
     pub consumed: u64,
-    /// Messages past `consumed` the receiver accepts (at least 1).
+    /// Messages past `consumed` the members counted accept (at least 1).
     pub window: u32,
-    /// Gaps the receiver opened in this stream so far (wrapping).
+    /// Gaps the reporting member opened in this stream so far (wrapping).
     pub gaps: u32,
+    /// A report: the member holding `consumed` (the slowest one counted).
+    pub holder: u32,
+    /// A report: members counted (at least 1: the reporter); 0: an ask.
+    pub members: u32,
+}
+
+impl FlowStatus {
+    /// Whether this is the sender's ask for reports rather than a report.
+    pub fn is_ask(&self) -> bool {
+        self.members == 0
+    }
 }
 
 /// Bytes of a [`FlowStatus`] message body.
@@ -2071,15 +2089,19 @@ mod tests {
             any::<(u64, u32)>().prop_map(|(g, s)| Owned::Join(g, s)),
             any::<u64>().prop_map(Owned::Leave),
             arb_ordered(),
-            (any::<(u64, u32, u32, u64)>(), 1u32.., any::<u32>()).prop_map(
-                |((group, sender, stream, consumed), window, gaps)| Owned::Status(FlowStatus {
-                    group,
-                    sender,
-                    stream,
-                    consumed,
-                    window,
-                    gaps,
-                })
+            (any::<(u64, u32, u32, u64)>(), 1u32.., any::<(u32, u32, u32)>()).prop_map(
+                |((group, sender, stream, consumed), window, (gaps, holder, members))| Owned::Status(
+                    FlowStatus {
+                        group,
+                        sender,
+                        stream,
+                        consumed,
+                        window,
+                        gaps,
+                        holder,
+                        members,
+                    }
+                )
             ),
         ]
     }
@@ -2676,7 +2698,10 @@ mod tests {
             consumed: 1 << 40,
             window: 16_384,
             gaps: 7,
+            holder: 5,
+            members: 12,
         };
+        assert!(!status.is_ask());
         let mut buf = vec![0u8; 256];
         let mut enc = Encoder::new(&mut buf, 1, 1).unwrap();
         enc.push_flow_status(&status).unwrap();
@@ -2697,7 +2722,7 @@ mod tests {
         let ml = DATAGRAM_HEADER_LEN + 4;
         long[ml..ml + 4].copy_from_slice(&(FLOW_STATUS_LEN as u32 + 1).to_le_bytes());
         assert!(decode(&long).is_err());
-        assert_eq!(FLOW_STATUS_LEN, 32);
+        assert_eq!(FLOW_STATUS_LEN, 40);
     }
 
     #[test]
