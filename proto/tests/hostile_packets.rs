@@ -979,3 +979,32 @@ fn peer_table_and_stream_state_are_bounded_under_invented_ids() {
         );
     }
 }
+
+/// CI's proptest found this case after the flow-control-along-the-tree merge: a digest from
+/// the attacker claiming `high` = 2^32 for its own stream, then honest members could not
+/// publish (`Full`).
+#[test]
+fn a_digest_with_a_huge_high_does_not_close_an_honest_window() {
+    let actions = vec![
+        Action::Advance(31),
+        Action::Send {
+            to: 4,
+            from: Who::Attacker,
+            incarnation: 1,
+            msgs: vec![Shape::Digest {
+                group: Group::Main,
+                round: None,
+                entries: vec![(
+                    Who::Attacker,
+                    None,
+                    Num::Small(0),
+                    Num::Small(0),
+                    Num::Huge(4_294_967_296),
+                    Num::Small(0),
+                )],
+                invented: 0,
+            }],
+        },
+    ];
+    run_case(&actions).unwrap();
+}
