@@ -839,6 +839,25 @@ impl GroupState {
     /// control: `next_seq` below the window of every member served, and, when the group's
     /// budget is full (the message evicts our oldest), that oldest message held by every
     /// member served (else the eviction would make it `Lost` for a member that keeps up).
+    /// Whether a message of `len` bytes from us would take the group over its budget and the
+    /// eviction that follows would take our own stream's oldest messages (`evict` takes from
+    /// our stream when it holds at least an even share, else from the largest). Another
+    /// stream's bytes, such as the gaps a forged digest opened, are evicted from that stream
+    /// and must not hold our window shut.
+    fn budget_evicts_own(&self, len: usize, settings: &Settings) -> bool {
+        let total = self.bytes + SLOT_OVERHEAD + len;
+        if total <= settings.group_budget_bytes {
+            return false;
+        }
+        let own = self
+            .senders
+            .get(&(self.my_id, self.my_stream))
+            .map_or(0, |st| st.bytes)
+            + SLOT_OVERHEAD
+            + len;
+        own >= total / self.senders.len().max(1)
+    }
+
     fn flow_open(&self, len: usize, ctx: &Ctx<'_>) -> bool {
         if ctx.settings.flow_window == 0 {
             return true; // flow control off
@@ -846,7 +865,7 @@ impl GroupState {
         if self.next_seq >= self.flow_limit {
             return false;
         }
-        if self.bytes + SLOT_OVERHEAD + len <= ctx.settings.group_budget_bytes {
+        if !self.budget_evicts_own(len, ctx.settings) {
             return true;
         }
         let own_base = self
@@ -866,7 +885,7 @@ impl GroupState {
         let (now, next) = (ctx.now, self.next_seq);
         let own = ctx.settings.flow_window;
         let slow_after = ctx.settings.flow_slow_after;
-        let budget_full = self.bytes + SLOT_OVERHEAD + len > ctx.settings.group_budget_bytes;
+        let budget_full = self.budget_evicts_own(len, ctx.settings);
         let own_base = self
             .senders
             .get(&(self.my_id, self.my_stream))
