@@ -267,20 +267,24 @@ impl EvsMember {
     }
 
     /// Disseminated payloads of consecutive seqs from `first_seq` (a payload run; `epoch`
-    /// as in [`Output::Disseminate`]).
-    pub fn handle_payloads<'a>(
+    /// as in [`Output::Disseminate`]). The run is walked again for each list it is about
+    /// (a cloned iterator, no copy of the run).
+    pub fn handle_payloads<'a, I>(
         &mut self,
         now: Time,
         sender: NodeId,
         epoch: u64,
         first_seq: u64,
-        payloads: impl IntoIterator<Item = &'a [u8]>,
-    ) {
+        payloads: I,
+    ) where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
         let (number, join_pos) = split_epoch(epoch);
-        let payloads: Vec<&[u8]> = payloads.into_iter().collect();
+        let payloads = payloads.into_iter();
         for m in self.lists_mut() {
             if m.list_epoch().is_some_and(|e| e.number == number) {
-                m.handle_payloads(now, sender, join_pos, first_seq, payloads.iter().copied());
+                m.handle_payloads(now, sender, join_pos, first_seq, payloads.clone());
             }
         }
         self.pump(now);
