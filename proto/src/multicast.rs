@@ -1177,12 +1177,14 @@ impl GroupState {
         if self.senders.contains_key(&key) {
             return true;
         }
-        // A member tracks the streams its views named (now or before) and those it
-        // remembers; anything else is invented (or from before we joined: not owed).
+        // A member tracks the streams its views named (now or before), those of live
+        // peers and those it remembers; anything else is invented (or from before we
+        // joined: not owed). That holds before our first view of the group too (just
+        // joined or restarted): a sender we do not know yet is learned from its
+        // heartbeats, and what we dropped meanwhile is repaired from its digests.
         let known = self.tombstone(key).is_some()
             || self.member_stream(key.0) == Some(key.1)
             || (ctx.live)(key.0)
-            || !self.is_member(self.my_id)
             || self.former.contains(&key);
         if !known {
             ctx.counters.unknown_streams += 1;

@@ -119,6 +119,21 @@ fn forged_flow_statuses_leave_honest_invariants_and_wedge_no_sender() {
 
 /// Every attack in turn while honest node 4 crashes and restarts: the views must change
 /// (twice) under attack and converge after it.
+/// A member that has just restarted is not yet in its group's view: until it is, it must
+/// still refuse streams of senders that no view names and that its peer table does not
+/// know (it used to track any stream then, and delivered an invented sender's data).
+#[test]
+fn invented_senders_meet_a_member_just_restarted() {
+    assert_honest_invariants(&[HostileAttack::InventedSenders], |sc| {
+        sc.crashes.push(Crash {
+            node: 4,
+            at: 50 * MILLIS,
+            restart: Some(300 * MILLIS),
+            leave: false,
+        });
+    });
+}
+
 #[test]
 fn every_attack_during_a_crash_and_restart_leaves_honest_invariants() {
     assert_honest_invariants(&HostileAttack::DEFAULT, |sc| {
