@@ -307,6 +307,8 @@ pub struct SenderState {
     /// One past the highest seq received straight from the sender: its own digest, which
     /// may be older than that copy, never drops slots below it.
     direct_high: u64,
+    /// When we last asked a gossiper for what its digest claimed past our high.
+    tail_asked_at: Time,
     /// Repair attempts since the front of the stream last moved: after
     /// `REREQUESTS_BEFORE_BACKOFF` of them each waits twice as long as the one before (up
     /// to a gossip period), so a gap nobody can fill soon costs a request per gossip
@@ -345,6 +347,7 @@ impl SenderState {
             source: 0,
             holder: 0,
             direct_high: 0,
+            tail_asked_at: NEVER,
             rerequests: 0,
             status_pos: base,
             status_at: 0,
@@ -1752,20 +1755,38 @@ impl GroupState {
             if st.contiguous > e.contiguous || st.high() > e.high {
                 peer_lacks = true;
             }
-            if e.high > st.high() {
-                // Only the sender's own digest may slide our window; another member's word
-                // extends it at most to a full window.
-                let high = if from == e.sender {
-                    e.high
-                } else {
-                    ask_sender = Some(e.sender);
-                    e.high.min(st.high().saturating_add(relay_reach(ctx.settings)))
-                };
-                if high.saturating_sub(st.base) > max_window {
+            if e.high > st.high() && from == e.sender {
+                // Only the sender's own digest moves our high (and may slide our window).
+                if e.high.saturating_sub(st.base) > max_window {
                     ctx.counters.window_overflow += 1;
-                    slide_window(group, quiet, key, st, high - max_window, ctx);
+                    slide_window(group, quiet, key, st, e.high - max_window, ctx);
                 }
-                st.extend_to(high, round, max_window);
+                st.extend_to(e.high, round, max_window);
+            } else if e.high > st.high() {
+                // Another member's word is only a claim: ask it for what lies past our high
+                // (at most a relay's reach, once per `rerequest_after`); the copies it sends
+                // back extend the stream. Taking the claim itself would let an insider make
+                // us report as `Lost` messages a sender never sent, for good once that
+                // sender is gone and cannot answer with its own digest.
+                ask_sender = Some(e.sender);
+                let high = st.high();
+                if wants.len() < ctx.settings.request_cap
+                    && (st.tail_asked_at == NEVER
+                        || ctx.now.saturating_sub(st.tail_asked_at) >= ctx.settings.rerequest_after)
+                {
+                    st.tail_asked_at = ctx.now;
+                    let count = (e.high - high)
+                        .min(relay_reach(ctx.settings))
+                        .min(u64::from(u32::MAX));
+                    wants.push(RequestEntry {
+                        sender: key.0,
+                        stream: key.1,
+                        first: high,
+                        count: count as u32,
+                        frag: 0,
+                    });
+                    ctx.counters.tail_requests += 1;
+                }
             }
             if st.missing > 0 && e.contiguous > st.contiguous {
                 st.holder = from;

@@ -138,6 +138,9 @@ pub struct Counters {
     pub gap_requests_sent: u64,
     /// Requests sent by the repair timer for gaps still open `rerequest_after` later.
     pub gap_rerequests_sent: u64,
+    /// Asks to a gossiper for what its digest claims past our high (a claim alone never
+    /// extends a stream: only the sender's digest or a copy does).
+    pub tail_requests: u64,
     /// Fragments refused: inconsistent with their message's other fragments, or of a
     /// message larger than `max_message`.
     pub bad_fragments: u64,

@@ -134,6 +134,23 @@ fn invented_senders_meet_a_member_just_restarted() {
     });
 }
 
+/// A digest claiming a crashed sender's stream went far past what it sent: the sender can
+/// no longer answer with its own digest (which drops slots it never sent), so a member
+/// that took a gossiper's word for the high reported messages `Lost` that never existed.
+/// A member's digest now only makes us ask it for what lies past our high; the copies it
+/// sends back extend the stream, a claim alone does not.
+#[test]
+fn huge_highs_on_a_crashed_senders_stream_report_nothing_lost_that_was_never_sent() {
+    assert_honest_invariants(&[HostileAttack::HugeHigh], |sc| {
+        sc.crashes.push(Crash {
+            node: 1,
+            at: 200 * MILLIS,
+            restart: None,
+            leave: false,
+        });
+    });
+}
+
 #[test]
 fn every_attack_during_a_crash_and_restart_leaves_honest_invariants() {
     assert_honest_invariants(&HostileAttack::DEFAULT, |sc| {
