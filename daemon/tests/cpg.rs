@@ -771,19 +771,22 @@ fn under_evs_a_daemon_stalled_while_another_joins_is_not_taken_for_down() {
     wait_until(WAIT, "join of a", &all, || a.saw(&[a.me], &[(a.me, JOIN)], &[]));
     let b = Member::start(all[1], group);
     wait_until(WAIT, "join of b seen by a and b", &all, || {
-        [&a, &b].iter().all(|m| m.saw(&[a.me, b.me], &[(b.me, JOIN)], &[]))
+        [&a, &b]
+            .iter()
+            .all(|m| m.saw(&[a.me, b.me], &[(b.me, JOIN)], &[]))
     });
     // Daemon 1 founds every list epoch of the group (the lowest daemon of each side).
     let mut status = all[0].client();
-    let mut epochs_joined = || {
-        common::status_number(&status.status().unwrap(), "epochs joined").expect("evs detail in status")
-    };
+    let mut epochs_joined =
+        || common::status_number(&status.status().unwrap(), "epochs joined").expect("evs detail in status");
     let before = epochs_joined();
 
     all[1].signal(libc::SIGSTOP);
     let c = Member::start(all[2], group);
     let alive = [all[0], all[2]];
-    wait_until(WAIT, "daemon 1 opens the epoch of c's join", &alive, || epochs_joined() > before);
+    wait_until(WAIT, "daemon 1 opens the epoch of c's join", &alive, || {
+        epochs_joined() > before
+    });
     // The fault's length, not a wait for an outcome: a confchg of a and c alone meanwhile
     // would be the false NODEDOWN.
     std::thread::sleep(STALL);
@@ -796,11 +799,17 @@ fn under_evs_a_daemon_stalled_while_another_joins_is_not_taken_for_down() {
     for m in [&a, &b, &c] {
         let recs = m.recs();
         assert!(
-            !recs.iter().any(|r| matches!(r, Rec::Confchg { left, .. } if left.iter().any(|(p, _)| *p == b.me))),
+            !recs
+                .iter()
+                .any(|r| matches!(r, Rec::Confchg { left, .. } if left.iter().any(|(p, _)| *p == b.me))),
             "{:?} saw b leave while its daemon was stopped for {STALL:?}: {recs:?}",
             m.me
         );
-        assert!(m.saw(&abc, &[(c.me, JOIN)], &[]), "{:?}: no join of c with a and b: {recs:?}", m.me);
+        assert!(
+            m.saw(&abc, &[(c.me, JOIN)], &[]),
+            "{:?}: no join of c with a and b: {recs:?}",
+            m.me
+        );
     }
     drop((a, b, c));
 }
