@@ -64,12 +64,12 @@ cpg_conformance() { # policy, allowed failures (regex), minimum passed
     rm -f "$log"
 }
 cpg_conformance majority '^FAIL (partition|heal)\.' 191
-# Under evs only the three join.m3_* checks are excused: one loaded debug run of the cpglat
-# work saw daemon 2 reported NODEDOWN then NODEUP during those joins (a false suspicion,
-# undiagnosed, docs/cpg.md "Not done yet"). The 1 B .. 1 MiB burst's 60 s deadline, which a
-# loaded debug build missed at m1 in 4 of 8 runs with nothing lost, is 180 s now and excused
-# no longer.
-cpg_conformance evs '^FAIL join\.m3_' 207
+# Under evs nothing is excused. The three join.m3_* checks failed once in a loaded debug run
+# (daemon 2 NODEDOWN then NODEUP): the evs gather left a daemon out after 200 ms; it waits
+# for the failure detector's suspect_timeout now (docs/cpg.md, "A stalled daemon taken for
+# down"). The 1 B .. 1 MiB burst's 60 s deadline, which a loaded debug build missed at m1 in
+# 4 of 8 runs with nothing lost, is 180 s.
+cpg_conformance evs '^$' 210
 
 step "systemd units"
 if ! command -v systemd-analyze >/dev/null 2>&1; then

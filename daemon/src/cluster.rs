@@ -558,13 +558,24 @@ pub fn ordered_settings() -> OrderedSettings {
 /// slows its configuration instead, as a slow node slows Corosync's ring (seen: a loaded
 /// debug build had two of three daemons removed for lagging under CPG's 1 MiB messages,
 /// and the group stopped for them).
-pub fn group_settings(evs: bool) -> OrderedSettings {
+///
+/// Under `evs` the founder of a new list epoch (one per cluster view change) waits for
+/// every daemon of its side as long as `membership`'s failure detector waits before it
+/// suspects one (`suspect_timeout`), not the ordering layer's 200 ms: at 200 ms a live
+/// daemon off its CPU for a moment (a loaded debug build) was left out of the new
+/// configuration, its processes reported `NODEDOWN` and, when its join came, `NODEUP`
+/// (docs/cpg.md, "A stalled daemon taken for down"). A daemon that crashed is out of the
+/// view after longer than that (probes, then the suspicion timeout), and until then it
+/// would hold the delivery of an installed configuration just as long: no crash is seen
+/// later than before.
+pub fn group_settings(evs: bool, membership: &Settings) -> OrderedSettings {
     let base = ordered_settings();
     if !evs {
         return base;
     }
     OrderedSettings {
         partition: PartitionPolicy::Evs,
+        gather_timeout: base.gather_timeout.max(membership.suspect_timeout),
         ..base
     }
 }
@@ -915,7 +926,7 @@ impl Cluster {
         }
         let now = self.now();
         self.node
-            .join_ordered(now, group, group_settings(evs))
+            .join_ordered(now, group, group_settings(evs, self.node.settings()))
             .map(|()| false)
             .map_err(|e| e.to_string())
     }
@@ -1008,6 +1019,7 @@ impl Cluster {
         }
         let now = self.now();
         let (node, shard) = (&mut self.node, self.shard);
+        let membership = node.settings().clone();
         self.pending_ordered.retain(|&(group, evs)| {
             // Still in the order (its previous member's leave not through yet); a member
             // the group removed is replaced by the join.
@@ -1017,7 +1029,7 @@ impl Cluster {
             {
                 return true;
             }
-            if let Err(e) = node.join_ordered(now, group, group_settings(evs)) {
+            if let Err(e) = node.join_ordered(now, group, group_settings(evs, &membership)) {
                 tracing::warn!(shard, group = %format!("{group:#x}"), "ordered join: {e}");
             }
             false

@@ -24,6 +24,7 @@ const SUBNET_OWN_LEAVE: u8 = 95;
 const SUBNET_EVS_FIRST: u8 = 96;
 const SUBNET_JOIN_RACE: u8 = 97;
 const SUBNET_MAJORITY: u8 = 98;
+const SUBNET_STALL: u8 = 89;
 /// `cpg_reason_t` codes.
 const JOIN: u32 = 1;
 const LEAVE: u32 = 2;
@@ -749,4 +750,66 @@ fn processes_joining_at_once_on_two_daemons_are_ordered_alike_everywhere() {
         );
         drop((a, b));
     }
+}
+
+/// Under `evs` a daemon off its CPU for less than the suspicion timeout while a process
+/// joins elsewhere stays in the group: its processes get no NODEDOWN and NODEUP pair
+/// (the `join.m3_*` checks of the CPG conformance run, failed once on a loaded host).
+/// The join is a cluster view change, so the group gathers a new list epoch; its founder
+/// installed the new configuration 200 ms (`gather_timeout`) after opening it, without a
+/// daemon that had not appended its `EvsJoin` by then: a second failure detector, 10 to 15
+/// times quicker than the cluster's, that took a live daemon for gone (docs/cpg.md).
+#[test]
+fn under_evs_a_daemon_stalled_while_another_joins_is_not_taken_for_down() {
+    /// How long daemon 2 stays stopped once the founder opened the new list epoch: well
+    /// above the ordering layer's 200 ms, well below the 3 s suspicion timeout.
+    const STALL: Duration = Duration::from_millis(800);
+    let group = &group_off_daemon_3("cpg.stall");
+    let daemons = start_cluster(SUBNET_STALL);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let a = Member::start(all[0], group);
+    wait_until(WAIT, "join of a", &all, || a.saw(&[a.me], &[(a.me, JOIN)], &[]));
+    let b = Member::start(all[1], group);
+    wait_until(WAIT, "join of b seen by a and b", &all, || {
+        [&a, &b]
+            .iter()
+            .all(|m| m.saw(&[a.me, b.me], &[(b.me, JOIN)], &[]))
+    });
+    // Daemon 1 founds every list epoch of the group (the lowest daemon of each side).
+    let mut status = all[0].client();
+    let mut epochs_joined =
+        || common::status_number(&status.status().unwrap(), "epochs joined").expect("evs detail in status");
+    let before = epochs_joined();
+
+    all[1].signal(libc::SIGSTOP);
+    let c = Member::start(all[2], group);
+    let alive = [all[0], all[2]];
+    wait_until(WAIT, "daemon 1 opens the epoch of c's join", &alive, || {
+        epochs_joined() > before
+    });
+    // The fault's length, not a wait for an outcome: a confchg of a and c alone meanwhile
+    // would be the false NODEDOWN.
+    std::thread::sleep(STALL);
+    all[1].signal(libc::SIGCONT);
+
+    let abc = [a.me, b.me, c.me];
+    wait_until(WAIT, "a, b and c in one configuration at all", &all, || {
+        [&a, &b, &c].iter().all(|m| m.saw_members(&abc))
+    });
+    for m in [&a, &b, &c] {
+        let recs = m.recs();
+        assert!(
+            !recs
+                .iter()
+                .any(|r| matches!(r, Rec::Confchg { left, .. } if left.iter().any(|(p, _)| *p == b.me))),
+            "{:?} saw b leave while its daemon was stopped for {STALL:?}: {recs:?}",
+            m.me
+        );
+        assert!(
+            m.saw(&abc, &[(c.me, JOIN)], &[]),
+            "{:?}: no join of c with a and b: {recs:?}",
+            m.me
+        );
+    }
+    drop((a, b, c));
 }
