@@ -95,6 +95,8 @@ pub struct NetStats {
     pub queue_full: u64,
     /// Segmentation-offload sends completed (each carried several of the `sent` datagrams).
     pub offload_sends: u64,
+    /// Receives that carried several datagrams coalesced by the kernel (`net.gro`).
+    pub offload_receives: u64,
     /// Fault injection counters (all zero without it).
     pub fault: FaultStats,
     /// Authentication counters (all zero without a cluster key).
@@ -115,7 +117,8 @@ pub trait Transport: Send {
     fn flush(&mut self) -> io::Result<usize>;
 
     /// Receives up to `max` datagrams without blocking, calling `f(from, bytes)` for each;
-    /// returns how many it delivered (0 = nothing waiting).
+    /// returns how many it delivered (0 = nothing waiting). With receive offload
+    /// (`net.gro`) the last receive's datagrams are all delivered: up to 63 beyond `max`.
     fn recv(&mut self, max: usize, f: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
 
     /// Blocks until a datagram is waiting, `wake_fd` (the shard's eventfd) is readable, or
