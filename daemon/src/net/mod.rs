@@ -117,8 +117,7 @@ pub trait Transport: Send {
     fn flush(&mut self) -> io::Result<usize>;
 
     /// Receives up to `max` datagrams without blocking, calling `f(from, bytes)` for each;
-    /// returns how many it delivered (0 = nothing waiting). With receive offload
-    /// (`net.gro`) the last receive's datagrams are all delivered: up to 63 beyond `max`.
+    /// returns how many it delivered (0 = nothing waiting).
     fn recv(&mut self, max: usize, f: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<usize>;
 
     /// Blocks until a datagram is waiting, `wake_fd` (the shard's eventfd) is readable, or

@@ -308,6 +308,46 @@ pub struct UringTransport {
     wake_armed: Option<RawFd>,
     wake_fired: bool,
     stats: NetStats,
+    /// The datagrams of a coalesced receive that a call's `max` left undelivered (its buffer
+    /// stays ours until they are).
+    gro_rest: Option<GroRest>,
+}
+
+/// What is left of a coalesced receive: datagrams of `segment` bytes (the last may be
+/// shorter) in `ring.bufs[start..end]`, from `from`, in buffer `bid`.
+#[derive(Clone, Copy)]
+struct GroRest {
+    bid: u16,
+    from: SocketAddr,
+    start: usize,
+    end: usize,
+    segment: usize,
+}
+
+/// Hands on up to `budget` datagrams of a coalesced receive; returns how many, and what is
+/// left (None: the buffer may go back to the kernel).
+fn cut_coalesced(
+    ring: &BufRing,
+    mut rest: GroRest,
+    budget: usize,
+    max_datagram: usize,
+    stats: &mut NetStats,
+    f: &mut dyn FnMut(SocketAddr, &[u8]),
+) -> (usize, Option<GroRest>) {
+    let mut delivered = 0;
+    while delivered < budget && rest.start < rest.end {
+        let end = rest.end.min(rest.start + rest.segment);
+        let d = ring.bufs.get(rest.start..end).unwrap_or(&[]);
+        rest.start = end;
+        if d.len() > max_datagram {
+            stats.truncated += 1;
+            continue;
+        }
+        f(rest.from, d);
+        stats.received += 1;
+        delivered += 1;
+    }
+    (delivered, (rest.start < rest.end).then_some(rest))
 }
 
 // SAFETY: the raw pointers inside (msghdr/iovec fields, the buffer ring) point only into
@@ -391,6 +431,7 @@ impl UringTransport {
             wake_armed: None,
             wake_fired: false,
             stats: NetStats::default(),
+            gro_rest: None,
         };
         // Receive offload needs buffers that hold a coalesced receive (the pool's hold one
         // datagram): with the multishot ring only.
@@ -850,7 +891,16 @@ impl Transport for UringTransport {
         self.reap()?;
         let mut delivered = 0;
         let mut returned_buffers = false;
-        while delivered < max {
+        if let (Some(rest), Some(ring)) = (self.gro_rest.take(), &mut self.buf_ring) {
+            let (n, left) = cut_coalesced(ring, rest, max, self.max_datagram, &mut self.stats, f);
+            delivered += n;
+            self.gro_rest = left;
+            if left.is_none() {
+                ring.push(rest.bid);
+                returned_buffers = true;
+            }
+        }
+        while delivered < max && self.gro_rest.is_none() {
             let Some(c) = self.stash.pop_front() else { break };
             if c.tag == TAG_RECV_MULTI {
                 let Some(ring) = &mut self.buf_ring else { continue };
@@ -880,26 +930,37 @@ impl Transport for UringTransport {
                             let payload = out.payload_data();
                             // Coalesced datagrams (receive offload): all of the segment
                             // size but the last, which may be shorter.
-                            let segment = gro_segment(out.control_data())
-                                .filter(|&s| s < payload.len())
-                                .unwrap_or(payload.len().max(1));
-                            if segment < payload.len() {
-                                self.stats.offload_receives += 1;
-                            }
-                            let mut at = 0;
-                            loop {
-                                let end = (at + segment).min(payload.len());
-                                let d = payload.get(at..end).unwrap_or(&[]);
-                                if d.len() > self.max_datagram {
-                                    self.stats.truncated += 1;
-                                } else {
-                                    f(from, d);
+                            match gro_segment(out.control_data()).filter(|&s| s < payload.len()) {
+                                None if payload.len() > self.max_datagram => self.stats.truncated += 1,
+                                None => {
+                                    f(from, payload);
                                     self.stats.received += 1;
                                     delivered += 1;
                                 }
-                                at = end;
-                                if at >= payload.len() {
-                                    break;
+                                Some(segment) => {
+                                    self.stats.offload_receives += 1;
+                                    let start = payload.as_ptr() as usize - ring.bufs.as_ptr() as usize;
+                                    let rest = GroRest {
+                                        bid,
+                                        from,
+                                        start,
+                                        end: start + payload.len(),
+                                        segment,
+                                    };
+                                    let (n, left) = cut_coalesced(
+                                        ring,
+                                        rest,
+                                        max - delivered,
+                                        self.max_datagram,
+                                        &mut self.stats,
+                                        f,
+                                    );
+                                    delivered += n;
+                                    if left.is_some() {
+                                        // Its buffer stays ours until the next call.
+                                        self.gro_rest = left;
+                                        continue;
+                                    }
                                 }
                             }
                         }
