@@ -113,8 +113,9 @@ every hop a sleeping thread, as in tutti's path); and a bare sender/receiver pai
 1472-byte datagrams with sendmmsg/recvmmsg 64 at a time, tutti's datagram size and batch, \
 writing and reading every message (floor msg/s = datagrams/s x the --size messages one \
 datagram holds with no per-message header), then the same pair with segmentation offload \
-(UDP_SEGMENT sends of 44 datagrams, as tutti's io_uring transport sends with net.gso; the \
-receiver reads the same datagrams).
+(UDP_SEGMENT sends of 44 datagrams, as tutti's io_uring transport sends with net.gso) and \
+receive offload (UDP_GRO: a receive holds a run of datagrams, cut by the segment size, as \
+tutti's transport receives with net.gro).
 
 Then: latency, one message in flight (the publisher offers, waits until the subscriber has seen \
 it, offers the next), one-way publish-to-delivery percentiles (a message not delivered within \

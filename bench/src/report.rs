@@ -337,7 +337,7 @@ pub fn print_cluster_throughput_table(r: &ClusterThroughputResult) {
         r.tutti_msgs_per_datagram, r.floor_msgs_per_s_tutti_packing, r.ratio_tutti_packing
     );
     println!(
-        "  floor with segmentation offload (UDP_SEGMENT x{}, as tutti's net.gso): {:.0} msg/s, ratio {:.3}",
+        "  floor with offload (UDP_SEGMENT x{} sends, UDP_GRO receives, as tutti's net.gso and net.gro): {:.0} msg/s, ratio {:.3}",
         crate::udp_floor::OFFLOAD_SEGMENTS,
         r.floor_offload_msgs_per_s,
         r.ratio_offload

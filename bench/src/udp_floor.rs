@@ -2,8 +2,9 @@
 //! between the same addresses the daemons use: a bare round trip between two sockets (one
 //! datagram in flight), and a bare sender/receiver pair moving datagrams as large as tutti's
 //! (1472 B) in `sendmmsg`/`recvmmsg` batches as large as tutti's (`net.batch`, 64), and the
-//! same with segmentation offload (`UDP_SEGMENT` sends of up to 44 datagrams, as tutti's
-//! io_uring transport sends with `net.gso`).
+//! same with segmentation and receive offload (`UDP_SEGMENT` sends of up to 44 datagrams,
+//! `UDP_GRO` receives, as tutti's io_uring transport sends and receives with `net.gso` and
+//! `net.gro`).
 
 use std::hint::spin_loop;
 use std::io::ErrorKind;
@@ -28,6 +29,10 @@ pub const BATCH: usize = 64;
 pub const OFFLOAD_SEGMENTS: usize = 65_507 / DATAGRAM_BYTES;
 /// `SOL_UDP` control message type of the segment size (linux/udp.h).
 const UDP_SEGMENT: libc::c_int = 103;
+/// `SOL_UDP` option and control message type of receive offload (linux/udp.h).
+const UDP_GRO: libc::c_int = 104;
+/// Receive buffer per `recvmmsg` entry with receive offload: one coalesced IPv4 payload.
+const GRO_BUFFER_BYTES: usize = 65_535;
 /// SO_RCVBUF / SO_SNDBUF asked for (tutti's `net.socket_buffer_bytes` default).
 const SOCKET_BUFFER_BYTES: libc::c_int = 16 << 20;
 /// A datagram not echoed within this long is taken as lost (loopback loses only when a
@@ -195,8 +200,10 @@ pub struct UdpThroughput {
 /// writes a sequence number into each of the `msgs_per_datagram(size)` messages of every
 /// datagram before each call, and the receiver reads each message's sequence number
 /// (summed, so the reads cannot be optimised away). With `offload`, each `sendmmsg` entry
-/// carries up to `OFFLOAD_SEGMENTS` datagrams as one `UDP_SEGMENT` send (the receiver is
-/// unchanged: the kernel hands it the same datagrams).
+/// carries up to `OFFLOAD_SEGMENTS` datagrams as one `UDP_SEGMENT` send, and the receiver
+/// takes them with `UDP_GRO` (as tutti's io_uring transport does with `net.gso` and
+/// `net.gro`): each `recvmmsg` entry may then hold a run of datagrams, cut by the segment
+/// size the kernel reports (if the kernel refuses `UDP_GRO`, datagram by datagram).
 pub fn throughput(
     a: IpAddr,
     b: IpAddr,
@@ -214,14 +221,18 @@ pub fn throughput(
     let sent = &AtomicU64::new(0);
     std::thread::scope(|s| {
         let receiver = s.spawn(move || -> Result<(), String> {
-            let mut bufs = vec![[0u8; DATAGRAM_BYTES]; BATCH];
+            let gro = offload && set_gro(&rx);
+            let buf_len = if gro { GRO_BUFFER_BYTES } else { DATAGRAM_BYTES };
+            let mut bufs = vec![vec![0u8; buf_len]; BATCH];
             let mut iovs: Vec<libc::iovec> = bufs
                 .iter_mut()
                 .map(|b| libc::iovec {
                     iov_base: b.as_mut_ptr().cast(),
-                    iov_len: DATAGRAM_BYTES,
+                    iov_len: buf_len,
                 })
                 .collect();
+            // Room for the UDP_GRO control message of each entry (`CMSG_SPACE(4)`: 24 bytes).
+            let mut controls = vec![[0u64; 4]; BATCH];
             // SAFETY: mmsghdr is plain data; all-zero is a valid (empty) value.
             let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
             for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
@@ -233,8 +244,16 @@ pub fn throughput(
                 RecvMode::Blocking => libc::MSG_WAITFORONE,
             };
             while !stop.load(Ordering::Relaxed) {
+                if gro {
+                    // The kernel shortens `msg_controllen` to what it wrote: reset it.
+                    for (m, c) in msgs.iter_mut().zip(controls.iter_mut()) {
+                        m.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                        m.msg_hdr.msg_controllen = std::mem::size_of_val(c) as _;
+                    }
+                }
                 // SAFETY: `msgs` holds BATCH headers whose single iovec each points into a
-                // live buffer of DATAGRAM_BYTES in `bufs`, all outliving the call.
+                // live buffer of `buf_len` in `bufs` (and, with GRO, whose control buffer is
+                // its entry of `controls`), all outliving the call.
                 let n = unsafe {
                     libc::recvmmsg(
                         rx.as_raw_fd(),
@@ -246,14 +265,24 @@ pub fn throughput(
                 };
                 if n > 0 {
                     let mut sum = 0u64;
-                    for (m, buf) in msgs.iter().zip(&bufs).take(n as usize) {
-                        let len = (m.msg_len as usize).min(DATAGRAM_BYTES);
-                        for msg in buf[..len].chunks_exact(size).take(per_datagram) {
-                            sum = sum.wrapping_add(u64::from_le_bytes(msg[..8].try_into().expect("8 bytes")));
+                    let mut datagrams = 0u64;
+                    for ((m, buf), c) in msgs.iter().zip(&bufs).zip(&controls).take(n as usize) {
+                        let len = (m.msg_len as usize).min(buf_len);
+                        let segment = if gro && m.msg_hdr.msg_controllen > 0 {
+                            gro_segment(c).unwrap_or(len)
+                        } else {
+                            len
+                        };
+                        for datagram in buf[..len].chunks(segment.clamp(1, DATAGRAM_BYTES)) {
+                            datagrams += 1;
+                            for msg in datagram.chunks_exact(size).take(per_datagram) {
+                                sum = sum
+                                    .wrapping_add(u64::from_le_bytes(msg[..8].try_into().expect("8 bytes")));
+                            }
                         }
                     }
                     std::hint::black_box(sum);
-                    received.fetch_add(n as u64, Ordering::Relaxed);
+                    received.fetch_add(datagrams, Ordering::Relaxed);
                 } else if n < 0 {
                     let e = std::io::Error::last_os_error();
                     match e.kind() {
@@ -357,6 +386,36 @@ pub fn throughput(
             ..r
         })
     })
+}
+
+/// Turns receive offload on for `sock`; false if the kernel refuses it.
+fn set_gro(sock: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to an `int` with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+/// The segment size in a receive's control buffer (its first message, the only one asked
+/// for: `UDP_GRO`'s `int`).
+fn gro_segment(control: &[u64; 4]) -> Option<usize> {
+    // cmsghdr is `cmsg_len: usize, cmsg_level: i32, cmsg_type: i32` (16 bytes), then data.
+    let mut bytes = [0u8; 32];
+    for (dst, w) in bytes.chunks_exact_mut(8).zip(control) {
+        dst.copy_from_slice(&w.to_ne_bytes());
+    }
+    let level = i32::from_ne_bytes(bytes[8..12].try_into().ok()?);
+    let kind = i32::from_ne_bytes(bytes[12..16].try_into().ok()?);
+    let size = i32::from_ne_bytes(bytes[16..20].try_into().ok()?);
+    (level == libc::SOL_UDP && kind == UDP_GRO && size > 0).then_some(size as usize)
 }
 
 /// A `UDP_SEGMENT` control message (header, then the segment size; `CMSG_SPACE(2)` bytes).

@@ -17,8 +17,8 @@ use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tutti_wire::packet::{
-    DataHeader, DigestEntry, DigestHeader, FlowStatus, RequestEntry, RequestHeader, DATAGRAM_HEADER_LEN,
-    FLOW_STATUS_LEN, MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
+    DataHeader, DigestEntry, DigestHeader, FlowStatus, RequestEntry, RequestHeader, RunMessages,
+    DATAGRAM_HEADER_LEN, FLOW_STATUS_LEN, MESSAGE_HEADER_LEN, REQUEST_ROUND_GAP,
 };
 
 /// Overhead counted per retransmitted fragment against the budget (headers, syscalls).
@@ -204,11 +204,29 @@ fn flow_rule(
     (dropped, wake)
 }
 
-/// Our place in a stream's dissemination tree: our parent and children.
+/// Our place in a stream's dissemination tree for one view: our children (where a copy
+/// goes on) and our parent. Computed once per view per stream (`GroupState::refresh_place`)
+/// and read by both forwarding and flow control.
+#[derive(Clone, Copy)]
 struct FlowTree {
     parent: Option<NodeId>,
     kids: [NodeId; MAX_TREE_FANOUT],
     len: usize,
+    /// Both the stream's sender and we are in the view: the tree flow control runs along
+    /// (a sender not yet in the view still roots a tree for forwarding).
+    flow: bool,
+}
+
+impl FlowTree {
+    const NONE: FlowTree = FlowTree {
+        parent: None,
+        kids: [0; MAX_TREE_FANOUT],
+        len: 0,
+        flow: false,
+    };
+    fn kids(&self) -> &[NodeId] {
+        self.kids.get(..self.len).unwrap_or(&[])
+    }
 }
 
 /// A stream: a sender node and the stream id it drew when it joined the group.
@@ -330,6 +348,11 @@ pub struct SenderState {
     tree_epoch: u32,
     asked_until: Time,
     ask_passed_at: Time,
+    /// Our place in the stream's tree for the view of `GroupState::flow_epoch`
+    /// `place_epoch` (None: not computed yet): forwarding reads its children, flow control
+    /// resets `parent` and `kids` from it.
+    place: FlowTree,
+    place_epoch: Option<u32>,
 }
 
 impl SenderState {
@@ -358,6 +381,8 @@ impl SenderState {
             tree_epoch: 0,
             asked_until: 0,
             ask_passed_at: 0,
+            place: FlowTree::NONE,
+            place_epoch: None,
         }
     }
     fn high(&self) -> u64 {
@@ -443,15 +468,16 @@ impl SenderState {
         })
     }
 
-    /// The tree changed shape (a new view): our parent and children in it, each child
-    /// taken to hold what we hold until its first report.
-    fn reset_flow_tree(&mut self, tree: &FlowTree, epoch: u32, settings: &Settings, now: Time) {
+    /// The tree changed shape (a new view): our parent and children in it (`place`, for
+    /// this view), each child taken to hold what we hold until its first report.
+    fn reset_flow_tree(&mut self, epoch: u32, settings: &Settings, now: Time) {
         self.tree_epoch = epoch;
-        self.parent = tree.parent;
+        self.parent = self.place.parent;
         self.kids.clear();
         let held = self.contiguous.max(self.base);
         let window = settings.flow_window.max(1);
-        for &c in &tree.kids[..tree.len] {
+        let place = self.place;
+        for &c in place.kids() {
             self.kids.push(FlowPeer::new(c, held, window, now, 0));
         }
         // Our new parent has no report of us yet.
@@ -569,10 +595,6 @@ pub struct GroupState {
     /// them and recomputing them per message was ~2% of a sending shard. Cleared when the
     /// view changes (`set_group_members`, the one place `view` is replaced).
     own_children: Option<(usize, [NodeId; MAX_TREE_FANOUT], usize)>,
-    /// The tree children of the last stream we forwarded for `(root, fanout)`: a
-    /// datagram's messages mostly share a sender, and recomputing them per message was
-    /// ~2% of a receiving shard. Cleared with `own_children`.
-    relay_children: Option<(NodeId, usize, [NodeId; MAX_TREE_FANOUT], usize)>,
     next_seq: u64,
     /// Our stream's first seq of each round we sent in, the last `retention_rounds` of
     /// them: what we sent within a retention starts at the front's seq.
@@ -708,7 +730,6 @@ impl GroupState {
             my_id,
             my_stream,
             own_children: None,
-            relay_children: None,
             next_seq: 0,
             sent_rounds: VecDeque::new(),
             retired_streams: Vec::new(),
@@ -758,25 +779,53 @@ impl GroupState {
         self.recompute_flow_limit(ctx.settings);
     }
 
-    /// Our place in the tree of `root`'s stream, when we are in it and it is in the view.
-    fn flow_tree(&self, root: NodeId, k: usize) -> Option<FlowTree> {
+    /// Our place in the tree of `root`'s stream in the current view: our children (also
+    /// when `root` is not in the view yet: see `children`), and our parent when both `root`
+    /// and we are in it (the tree flow control runs along).
+    fn tree_place(&self, root: NodeId, k: usize) -> FlowTree {
+        let (kids, len) = self.children(root, k);
         let n = self.view.len();
-        let r = self.view.pos(root)? as usize;
-        let me = self.view.pos(self.my_id)? as usize;
+        let (r, me) = match (self.view.pos(root), self.view.pos(self.my_id)) {
+            (Some(r), Some(me)) => (r as usize, me as usize),
+            _ => {
+                return FlowTree {
+                    parent: None,
+                    kids,
+                    len,
+                    flow: false,
+                }
+            }
+        };
         let k = k.clamp(1, MAX_TREE_FANOUT);
         let rel = (me + n - r) % n;
         let parent = (rel > 0).then(|| self.view.members[((rel - 1) / k + r) % n]);
-        let (kids, len) = self.children(root, k);
-        Some(FlowTree { parent, kids, len })
+        FlowTree {
+            parent,
+            kids,
+            len,
+            flow: true,
+        }
     }
 
-    /// The tree of stream `key` for this view, when our state of it is for an older one.
-    fn stale_flow_tree(&self, key: StreamKey, k: usize) -> Option<FlowTree> {
-        let st = self.senders.get(&key)?;
-        if st.tree_epoch == self.flow_epoch {
-            return None;
+    /// Brings our place in stream `key`'s tree up to the current view (once per view), and
+    /// with `flow` the stream's flow-control tree state too (reset from that place).
+    fn refresh_place(&mut self, key: StreamKey, flow: bool, settings: &Settings, now: Time) {
+        let epoch = self.flow_epoch;
+        let stale = self
+            .senders
+            .get(&key)
+            .is_some_and(|st| st.place_epoch != Some(epoch));
+        let place = stale.then(|| self.tree_place(key.0, settings.tree_fanout));
+        let Some(st) = self.senders.get_mut(&key) else {
+            return;
+        };
+        if let Some(place) = place {
+            st.place = place;
+            st.place_epoch = Some(epoch);
         }
-        self.flow_tree(key.0, k)
+        if flow && st.tree_epoch != epoch && st.place.flow {
+            st.reset_flow_tree(epoch, settings, now);
+        }
     }
 
     /// Our window or budget is half used: ask our tree for reports every interval for a
@@ -962,14 +1011,11 @@ impl GroupState {
             ctx.counters.flow_statuses_ignored += 1;
             return;
         }
-        let tree = self.stale_flow_tree(key, ctx.settings.tree_fanout);
-        let (epoch, me, group) = (self.flow_epoch, self.my_id, self.id);
+        self.refresh_place(key, true, ctx.settings, ctx.now);
+        let (me, group) = (self.my_id, self.id);
         let Some(st) = self.senders.get_mut(&key) else {
             return;
         };
-        if let Some(tree) = tree {
-            st.reset_flow_tree(&tree, epoch, ctx.settings, ctx.now);
-        }
         let head = st.high();
         let own = ctx.settings.flow_window.max(1);
         let Some(p) = st.kids.iter_mut().find(|p| p.node == from) else {
@@ -999,14 +1045,11 @@ impl GroupState {
             return;
         }
         ctx.counters.flow_asks_received += 1;
-        let tree = self.stale_flow_tree(key, ctx.settings.tree_fanout);
-        let (epoch, me, group) = (self.flow_epoch, self.my_id, self.id);
+        self.refresh_place(key, true, ctx.settings, ctx.now);
+        let (me, group) = (self.my_id, self.id);
         let Some(st) = self.senders.get_mut(&key) else {
             return;
         };
-        if let Some(tree) = tree {
-            st.reset_flow_tree(&tree, epoch, ctx.settings, ctx.now);
-        }
         let interval = ctx.settings.flow_status_interval.max(1);
         let now = ctx.now;
         st.asked_until = now.saturating_add(ASK_HOLD * interval);
@@ -1076,7 +1119,6 @@ impl GroupState {
         }
         let previous = std::mem::replace(&mut self.view, view);
         self.own_children = None;
-        self.relay_children = None;
         self.flow_epoch = self.flow_epoch.wrapping_add(1);
         self.update_flow_members(ctx);
         let previous_owed = std::mem::take(&mut self.owed);
@@ -1437,13 +1479,9 @@ impl GroupState {
         let (epoch, me) = (self.flow_epoch, self.my_id);
         let st = self.state_for(key, base, round);
         // Our place in the stream's tree, once per view (not a lookup per message).
-        let st = if flow_on && st.tree_epoch != epoch {
-            let tree = self.flow_tree(key.0, ctx.settings.tree_fanout);
-            let st = self.senders.get_mut(&key).expect("created above");
-            if let Some(tree) = &tree {
-                st.reset_flow_tree(tree, epoch, ctx.settings, ctx.now);
-            }
-            st
+        let st = if st.place_epoch != Some(epoch) || (flow_on && st.tree_epoch != epoch) {
+            self.refresh_place(key, flow_on, ctx.settings, ctx.now);
+            self.senders.get_mut(&key).expect("created above")
         } else {
             st
         };
@@ -1488,6 +1526,7 @@ impl GroupState {
         if stored {
             st.bytes = st.bytes - old_cost + st.slot(seq).map_or(0, Slot::cost);
         }
+        let place = st.place;
         st.recent = st.recent.max(seq.saturating_sub(u64::from(header.retained)));
         st.last_active = round;
         st.source = from;
@@ -1531,21 +1570,131 @@ impl GroupState {
         }
         self.scratch_request = wants;
         if forward {
-            let fanout = ctx.settings.tree_fanout;
-            let (children, n) = match self.relay_children {
-                Some((root, k, children, n)) if root == header.sender && k == fanout => (children, n),
-                _ => {
-                    let (children, n) = self.children(header.sender, fanout);
-                    self.relay_children = Some((header.sender, fanout, children, n));
-                    (children, n)
-                }
-            };
-            for &c in &children[..n] {
+            for &c in place.kids() {
                 ctx.counters.data_sent += 1;
                 ctx.out.push_data(c, header, false, payload);
             }
         }
         self.enforce_budget(Some(key), ctx);
+    }
+
+    /// A run of whole messages of one stream (consecutive seqs, one session) arrived from
+    /// `from`. Its first message goes through [`handle_data`](Self::handle_data), which
+    /// creates the stream's state, settles our place in its tree and makes every check a
+    /// copy needs. The rest, when they continue the stream right after everything we hold
+    /// and have delivered (the steady state), are taken together: one state lookup and
+    /// one set of checks for the run, each message stored, delivered and forwarded in
+    /// turn, the bytes accounted, flow reported and the budget enforced once. Anything
+    /// else (a gap before or inside the run, duplicates, a message too large, a window
+    /// overflow, a view change not yet seen by the stream) goes message by message through
+    /// `handle_data`, exactly as strict.
+    pub fn handle_run(&mut self, from: NodeId, run: &RunMessages<'_>, ctx: &mut Ctx<'_>) {
+        let mut messages = run.iter();
+        let Some((first, payload)) = messages.next() else {
+            return;
+        };
+        self.handle_data(from, &first, payload, ctx);
+        let rest = (run.len() - 1) as u64;
+        if rest == 0 {
+            return;
+        }
+        let key = (first.sender, first.stream);
+        // `decode` checked that the run's seqs do not overflow.
+        let next = first.seq + 1;
+        let end = next + rest;
+        let flow_on = ctx.settings.flow_window > 0 && self.view.pos(key.0).is_some();
+        let (epoch, group, quiet, me) = (self.flow_epoch, self.id, self.quiet(), self.my_id);
+        let max_window = ctx.settings.max_window();
+        // A relayed seq is refused past `high + relay_reach`; each of these is at `high`.
+        let reach_ok = from == key.0 || relay_reach(ctx.settings) > 0;
+        let together = key.0 != me
+            && reach_ok
+            && end <= MAX_SEQ
+            && self.senders.get(&key).is_some_and(|st| {
+                st.high() == next
+                    && st.missing == 0
+                    && st.contiguous == next
+                    && st.next_deliver == next
+                    && end <= st.base.saturating_add(max_window)
+                    && st.place_epoch == Some(epoch)
+                    && (!flow_on || !st.place.flow || st.tree_epoch == epoch)
+            });
+        if !together {
+            for (h, p) in messages {
+                self.handle_data(from, &h, p, ctx);
+            }
+            return;
+        }
+        let Some(st) = self.senders.get_mut(&key) else {
+            return;
+        };
+        let before = st.bytes;
+        let round = ctx.round;
+        let place = st.place;
+        // What `fragment_fits` allows a whole message.
+        let fits = ctx.settings.fragment_payload().min(ctx.settings.max_message);
+        let mut refused = None;
+        for (h, payload) in messages.by_ref() {
+            if payload.len() > fits {
+                refused = Some((h, payload));
+                break;
+            }
+            let seq = h.seq;
+            debug_assert_eq!(seq, st.high(), "a run continues the stream");
+            let retained = ctx.pool.copy(payload);
+            ctx.counters.delivered += 1;
+            if !quiet {
+                ctx.emit(
+                    quiet,
+                    Event::Deliver {
+                        group,
+                        sender: key.0,
+                        stream: key.1,
+                        seq,
+                        session: h.session,
+                        payload: retained.clone(),
+                    },
+                );
+            }
+            let slot = Slot::Held {
+                payload: retained,
+                session: h.session,
+                chunk: payload.len() as u32,
+                round,
+                delivered: true,
+            };
+            st.bytes += slot.cost();
+            st.slots.push_back(slot);
+            st.contiguous = seq + 1;
+            st.next_deliver = seq + 1;
+            st.rerequests = 0;
+            st.recent = st.recent.max(seq.saturating_sub(u64::from(h.retained)));
+            // Stage 1 goes on down the sender's tree from here.
+            for &c in place.kids() {
+                ctx.counters.data_sent += 1;
+                ctx.out.push_data(c, &h, false, payload);
+            }
+        }
+        if st.high() > next {
+            st.last_active = round;
+            st.source = from;
+            if from == key.0 {
+                st.direct_high = st.direct_high.max(st.high());
+            }
+            if flow_on {
+                st.status_repeats = 0;
+                flow_report_if_due(group, me, key, st, ctx);
+            }
+        }
+        let after = st.bytes;
+        account(&mut self.bytes, before, after, ctx);
+        self.enforce_budget(Some(key), ctx);
+        if let Some((h, p)) = refused {
+            self.handle_data(from, &h, p, ctx);
+            for (h, p) in messages {
+                self.handle_data(from, &h, p, ctx);
+            }
+        }
     }
 
     /// The repair timer fired: every stream whose gaps were last solicited `rerequest_after`
@@ -1555,24 +1704,19 @@ impl GroupState {
     pub fn rerequest_gaps(&mut self, ctx: &mut Ctx<'_>) {
         let mut wants = std::mem::take(&mut self.scratch_request);
         let group = self.id;
-        let (epoch, me) = (self.flow_epoch, self.my_id);
+        let me = self.my_id;
         for i in 0..self.order.len() {
             let key = self.order[i];
             let flow_on = key.0 != me && ctx.settings.flow_window > 0 && self.view.pos(key.0).is_some();
-            let tree = if flow_on {
-                self.stale_flow_tree(key, ctx.settings.tree_fanout)
-            } else {
-                None
-            };
+            if flow_on {
+                self.refresh_place(key, true, ctx.settings, ctx.now);
+            }
             let Some(st) = self.senders.get_mut(&key) else {
                 continue;
             };
             // Flow control: our children's slowness, and our report when due (progress
             // not reported yet, or a repeat).
             if flow_on {
-                if let Some(tree) = &tree {
-                    st.reset_flow_tree(tree, epoch, ctx.settings, ctx.now);
-                }
                 let wake = st.flow_kids_rule(ctx.settings, ctx.now, ctx.counters);
                 *ctx.repair_at = (*ctx.repair_at).min(wake);
                 flow_report_if_due(group, me, key, st, ctx);
@@ -2749,6 +2893,160 @@ mod tests {
             session: 5,
             frag_index: 0,
             frag_count: 1,
+        }
+    }
+
+    /// One step of a stream's traffic as a receiver sees it (`run_equivalence`).
+    #[derive(Debug, Clone)]
+    enum RunOp {
+        /// The next `len` new messages, from the sender (or relayed by member 1).
+        New { len: u8, relayed: bool, big: u8 },
+        /// The sender's next `len` messages lost on the way.
+        Skip { len: u8 },
+        /// `len` messages from `back` seqs behind the newest again (a repair or a duplicate).
+        Again { back: u8, len: u8 },
+    }
+
+    fn run_op() -> impl proptest::strategy::Strategy<Value = RunOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (1u8..24, any::<bool>(), any::<u8>()).prop_map(|(len, relayed, big)| RunOp::New { len, relayed, big }),
+            1 => (1u8..12).prop_map(|len| RunOp::Skip { len }),
+            2 => (0u8..40, 1u8..24).prop_map(|(back, len)| RunOp::Again { back, len }),
+        ]
+    }
+
+    /// The datagram a node sends for messages `seqs` of stream (2, 1), as a run;
+    /// message `big` (when in range) larger than the receivers' `max_message`.
+    fn run_datagram(from: NodeId, seqs: std::ops::Range<u64>, big: u8) -> Vec<u8> {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut e = tutti_wire::packet::Encoder::new(&mut buf, from, 1).unwrap();
+        for (i, seq) in seqs.enumerate() {
+            let mut h = data(seq, 2);
+            h.retained = seq.min(3) as u32;
+            let len = if i == usize::from(big) {
+                150
+            } else {
+                8 + (seq % 5) as usize
+            };
+            let payload: Vec<u8> = (0..len).map(|b| (seq as u8).wrapping_add(b as u8)).collect();
+            e.push_data(&h, false, &payload).unwrap();
+        }
+        let n = e.len();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Everything a receiver did, to compare: its events, its counters, what it sent.
+    type Trace = (
+        Vec<Event>,
+        Counters,
+        Vec<(NodeId, DataHeader, bool, Vec<u8>)>,
+        usize,
+    );
+
+    /// Feeds the same datagrams to a receiver that takes runs at once (`handle_run`) or
+    /// message by message (`handle_data`, the reference).
+    fn receive(ops: &[RunOp], settings: &Settings, together: bool) -> Trace {
+        let mut w = World::new(settings.clone());
+        let mut g = GroupState::new(7, 3, 1);
+        set(&mut g, &mut w, 1, &[1, 2, 3, 4, 5]);
+        let mut next = 0u64;
+        let mut trace = Vec::new();
+        let mut sent = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            w.now = i as Time * 1_000;
+            let (from, seqs, big) = match *op {
+                RunOp::New { len, relayed, big } => {
+                    let seqs = next..next + u64::from(len);
+                    next += u64::from(len);
+                    (if relayed { 1 } else { 2 }, seqs, big % 64)
+                }
+                RunOp::Skip { len } => {
+                    next += u64::from(len);
+                    continue;
+                }
+                RunOp::Again { back, len } => {
+                    let first = next.saturating_sub(u64::from(back));
+                    (2, first..(first + u64::from(len)).min(next.max(1)), 255)
+                }
+            };
+            if seqs.is_empty() {
+                continue;
+            }
+            let bytes = run_datagram(from, seqs, big);
+            let d = tutti_wire::packet::decode(&bytes).unwrap();
+            for m in d.messages() {
+                let tutti_wire::packet::Message::DataRun { messages, .. } = m else {
+                    panic!("a run of whole messages");
+                };
+                w.with(1, |ctx| {
+                    if together {
+                        g.handle_run(from, &messages, ctx);
+                    } else {
+                        for (h, p) in messages.iter() {
+                            g.handle_data(from, &h, p, ctx);
+                        }
+                    }
+                });
+            }
+            trace.extend(w.events.drain(..));
+            sent.extend(w.sent_data());
+        }
+        g.check_invariants();
+        (trace, w.counters.clone(), sent, g.bytes())
+    }
+
+    /// Each seq below the stream's end is delivered or reported lost exactly once, in
+    /// order, whatever the path.
+    fn delivered_or_lost_once(events: &[Event]) -> Vec<(u64, bool)> {
+        let mut seen = Vec::new();
+        for e in events {
+            match e {
+                Event::Deliver { seq, .. } => seen.push((*seq, true)),
+                Event::Lost { first, count, .. } => seen.extend((*first..first + count).map(|s| (s, false))),
+                _ => {}
+            }
+        }
+        let mut seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), seen.len(), "a seq delivered or lost twice: {seen:?}");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "FIFO: {seqs:?}");
+        seen
+    }
+
+    proptest::proptest! {
+        /// A run received at once does exactly what its messages received one by one do:
+        /// the same deliveries and `Lost` reports in the same order, the same counters,
+        /// the same copies forwarded down the tree, the same bytes retained; under a
+        /// small budget (evicting while runs arrive), still each seq delivered or lost
+        /// once, in order, and the same ones delivered.
+        #[test]
+        fn a_run_at_once_is_its_messages_one_by_one(
+            ops in proptest::collection::vec(run_op(), 1..40),
+            small_budget in proptest::bool::ANY,
+        ) {
+            let settings = Settings {
+                tree_fanout: 2,
+                max_message: 100,
+                flow_window: 0,
+                group_budget_bytes: if small_budget { 40 * SLOT_OVERHEAD } else { 1 << 20 },
+                ..Settings::default()
+            };
+            let reference = receive(&ops, &settings, false);
+            let at_once = receive(&ops, &settings, true);
+            let a = delivered_or_lost_once(&reference.0);
+            let b = delivered_or_lost_once(&at_once.0);
+            if small_budget {
+                let delivered = |v: &[(u64, bool)]| v.iter().filter(|s| s.1).count();
+                proptest::prop_assert_eq!(delivered(&a), delivered(&b));
+                proptest::prop_assert_eq!(reference.1.delivered, at_once.1.delivered);
+            } else {
+                proptest::prop_assert_eq!(&reference.0, &at_once.0);
+                proptest::prop_assert_eq!(&reference.1, &at_once.1);
+                proptest::prop_assert_eq!(&reference.2, &at_once.2);
+                proptest::prop_assert_eq!(reference.3, at_once.3);
+            }
         }
     }
 

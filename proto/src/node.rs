@@ -1219,11 +1219,7 @@ impl Node {
                 Message::DataRun { messages, .. } => {
                     let group = messages.header().group;
                     with_ctx!(self, now, |ctx, groups| match groups.get_mut(&group) {
-                        Some(g) => {
-                            for (header, payload) in messages.iter() {
-                                g.handle_data(from, &header, payload, &mut ctx);
-                            }
-                        }
+                        Some(g) => g.handle_run(from, &messages, &mut ctx),
                         None => ctx.counters.not_joined += 1,
                     })
                 }

@@ -57,6 +57,12 @@ pub struct NetConfig {
     /// segmentation offload): the kernel's per-datagram send work is paid once per run of up
     /// to 64. Turned off by itself (logged) if the kernel refuses it.
     pub gso: bool,
+    /// io_uring only: receive with `UDP_GRO` (generic receive offload): a segmentation-offload
+    /// send from a peer arrives as one large receive, cut into its datagrams by the segment
+    /// size the kernel reports, instead of being cut by the kernel and received datagram by
+    /// datagram. Costs 64 KiB receive buffers (fewer of them). Turned off by itself (logged)
+    /// if the kernel refuses it.
+    pub gro: bool,
     /// Fault injection, for testing on a real host; off by default.
     pub fault: FaultConfig,
 }
@@ -73,6 +79,7 @@ impl Default for NetConfig {
             busy_poll_us: 0,
             sqpoll: false,
             gso: true,
+            gro: true,
             fault: FaultConfig::default(),
         }
     }

@@ -95,6 +95,8 @@ pub struct NetStats {
     pub queue_full: u64,
     /// Segmentation-offload sends completed (each carried several of the `sent` datagrams).
     pub offload_sends: u64,
+    /// Receives that carried several datagrams coalesced by the kernel (`net.gro`).
+    pub offload_receives: u64,
     /// Fault injection counters (all zero without it).
     pub fault: FaultStats,
     /// Authentication counters (all zero without a cluster key).

@@ -49,6 +49,16 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_507;
 /// `setsockopt`/cmsg type of `SOL_UDP` for the segment size (linux/udp.h).
 const UDP_SEGMENT: libc::c_int = 103;
+/// `setsockopt`/cmsg type of `SOL_UDP` for receive offload (linux/udp.h): the socket takes
+/// coalesced datagrams, each receive saying their segment size in a cmsg (an `int`).
+const UDP_GRO: libc::c_int = 104;
+/// Control bytes a receive with `UDP_GRO` may carry: `CMSG_SPACE(sizeof(int))`.
+const GRO_CMSG_SPACE: usize = std::mem::size_of::<libc::cmsghdr>() + 8;
+/// Largest coalesced receive: one IPv4 UDP payload.
+const GRO_MAX_BYTES: usize = 65_535;
+/// Receive buffers of the multishot ring with `UDP_GRO` on (each of 64 KiB; a coalesced
+/// receive carries up to 64 datagrams, so fewer are needed).
+const GRO_RECV_BUFFERS: usize = 64;
 /// A `UDP_SEGMENT` control message: the header, then the segment size (`CMSG_SPACE(2)`
 /// bytes in all).
 #[repr(C)]
@@ -277,6 +287,9 @@ pub struct UringTransport {
     send_in_flight: usize,
     /// Segmentation offload on (`net.gso`; turned off for good if the kernel refuses it).
     gso: bool,
+    /// Receive offload on (`net.gro`, with the multishot ring only): receives may carry
+    /// several datagrams, cut by the segment size in their control message.
+    gro: bool,
     /// Per slot, the next slot of the send it heads or belongs to (`CHAIN_END` last): the
     /// completion of a send frees its whole chain.
     send_next: Box<[u32]>,
@@ -295,6 +308,46 @@ pub struct UringTransport {
     wake_armed: Option<RawFd>,
     wake_fired: bool,
     stats: NetStats,
+    /// The datagrams of a coalesced receive that a call's `max` left undelivered (its buffer
+    /// stays ours until they are).
+    gro_rest: Option<GroRest>,
+}
+
+/// What is left of a coalesced receive: datagrams of `segment` bytes (the last may be
+/// shorter) in `ring.bufs[start..end]`, from `from`, in buffer `bid`.
+#[derive(Clone, Copy)]
+struct GroRest {
+    bid: u16,
+    from: SocketAddr,
+    start: usize,
+    end: usize,
+    segment: usize,
+}
+
+/// Hands on up to `budget` datagrams of a coalesced receive; returns how many, and what is
+/// left (None: the buffer may go back to the kernel).
+fn cut_coalesced(
+    ring: &BufRing,
+    mut rest: GroRest,
+    budget: usize,
+    max_datagram: usize,
+    stats: &mut NetStats,
+    f: &mut dyn FnMut(SocketAddr, &[u8]),
+) -> (usize, Option<GroRest>) {
+    let mut delivered = 0;
+    while delivered < budget && rest.start < rest.end {
+        let end = rest.end.min(rest.start + rest.segment);
+        let d = ring.bufs.get(rest.start..end).unwrap_or(&[]);
+        rest.start = end;
+        if d.len() > max_datagram {
+            stats.truncated += 1;
+            continue;
+        }
+        f(rest.from, d);
+        stats.received += 1;
+        delivered += 1;
+    }
+    (delivered, (rest.start < rest.end).then_some(rest))
 }
 
 // SAFETY: the raw pointers inside (msghdr/iovec fields, the buffer ring) point only into
@@ -364,6 +417,7 @@ impl UringTransport {
             send_pending: VecDeque::with_capacity(send_count),
             send_in_flight: 0,
             gso: config.gso,
+            gro: false,
             send_next: vec![CHAIN_END; send_count].into_boxed_slice(),
             // SAFETY: an all-zero iovec is valid (a null base, zero length).
             gso_iov: vec![unsafe { std::mem::zeroed::<libc::iovec>() }; send_count * GSO_MAX_SEGMENTS]
@@ -377,10 +431,30 @@ impl UringTransport {
             wake_armed: None,
             wake_fired: false,
             stats: NetStats::default(),
+            gro_rest: None,
+        };
+        // Receive offload needs buffers that hold a coalesced receive (the pool's hold one
+        // datagram): with the multishot ring only.
+        let gro = config.gro && recv != Some(RecvMode::Pool) && t.set_gro(true);
+        let (ring_count, ring_size) = if gro {
+            (
+                GRO_RECV_BUFFERS.min(recv_count),
+                RECVMSG_OUT_LEN + RAW_ADDR_LEN + GRO_CMSG_SPACE + GRO_MAX_BYTES,
+            )
+        } else {
+            (recv_count, RECVMSG_OUT_LEN + RAW_ADDR_LEN + max)
         };
         if recv != Some(RecvMode::Pool) {
-            match t.register_buf_ring(recv_count as u16, RECVMSG_OUT_LEN + RAW_ADDR_LEN + max) {
-                Ok(()) => t.features.recv = RecvMode::Multishot,
+            match t.register_buf_ring(ring_count as u16, ring_size) {
+                Ok(()) => {
+                    t.features.recv = RecvMode::Multishot;
+                    if gro {
+                        t.gro = true;
+                        if let Some(ring) = &mut t.buf_ring {
+                            ring.hdr.msg_controllen = GRO_CMSG_SPACE as _;
+                        }
+                    }
+                }
                 Err(e) if recv == Some(RecvMode::Multishot) => return Err(OpenFailure::Failed(e)),
                 Err(e) => {
                     tracing::info!(%local, "io_uring provided-buffer ring refused ({e}); using posted receives")
@@ -388,6 +462,9 @@ impl UringTransport {
             }
         }
         if t.features.recv == RecvMode::Pool {
+            if gro {
+                t.set_gro(false);
+            }
             t.pool = Some(RecvPool::new(recv_count, max));
         }
         // Receives are posted by the first `recv` or `wait`, not here: io_uring runs a
@@ -400,6 +477,32 @@ impl UringTransport {
     /// The io_uring features in use.
     pub fn features(&self) -> UringFeatures {
         self.features
+    }
+
+    /// Whether receive offload is on (`net.gro`, and the kernel took it).
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Turns `UDP_GRO` on or off on the socket; false (logged) when the kernel refuses.
+    fn set_gro(&mut self, on: bool) -> bool {
+        let value: libc::c_int = on.into();
+        // SAFETY: a valid socket descriptor, and a pointer to an `int` with its size.
+        let r = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            tracing::info!(local = %self.local, "UDP receive offload (UDP_GRO) refused ({e}); receiving datagram by datagram");
+            return false;
+        }
+        true
     }
 
     fn register_buf_ring(&mut self, count: u16, buf_size: usize) -> io::Result<()> {
@@ -569,6 +672,11 @@ impl UringTransport {
             }
         }
         self.features.recv = RecvMode::Pool;
+        if self.gro {
+            // The pool's buffers hold one datagram each.
+            self.gro = false;
+            self.set_gro(false);
+        }
         self.pool = Some(RecvPool::new(self.recv_count, self.max_datagram));
     }
 
@@ -609,6 +717,28 @@ fn gso_run(slots: &[SendSlot], pending: &VecDeque<u32>) -> usize {
         }
     }
     n
+}
+
+/// The segment size of a coalesced receive, from its `UDP_GRO` control message (None
+/// without one: the receive is one datagram). The bytes are the kernel's, read with bounds
+/// checks all the same.
+fn gro_segment(control: &[u8]) -> Option<usize> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= HDR {
+        let len = usize::try_from(u64::from_ne_bytes(rest.get(..8)?.try_into().ok()?)).ok()?;
+        let level = i32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
+        let kind = i32::from_ne_bytes(rest.get(12..16)?.try_into().ok()?);
+        if len < HDR {
+            return None;
+        }
+        if level == libc::SOL_UDP && kind == UDP_GRO {
+            let size = i32::from_ne_bytes(rest.get(HDR..HDR + 4)?.try_into().ok()?);
+            return usize::try_from(size).ok().filter(|&s| s > 0);
+        }
+        rest = rest.get(len.checked_next_multiple_of(8)?..)?;
+    }
+    None
 }
 
 /// Makes the first `n` pending slots one send headed by the first: its `msghdr` names
@@ -761,7 +891,16 @@ impl Transport for UringTransport {
         self.reap()?;
         let mut delivered = 0;
         let mut returned_buffers = false;
-        while delivered < max {
+        if let (Some(rest), Some(ring)) = (self.gro_rest.take(), &mut self.buf_ring) {
+            let (n, left) = cut_coalesced(ring, rest, max, self.max_datagram, &mut self.stats, f);
+            delivered += n;
+            self.gro_rest = left;
+            if left.is_none() {
+                ring.push(rest.bid);
+                returned_buffers = true;
+            }
+        }
+        while delivered < max && self.gro_rest.is_none() {
             let Some(c) = self.stash.pop_front() else { break };
             if c.tag == TAG_RECV_MULTI {
                 let Some(ring) = &mut self.buf_ring else { continue };
@@ -784,15 +923,46 @@ impl Transport for UringTransport {
                 let len = c.result.max(0) as usize;
                 match RecvMsgOut::parse(ring.buffer(bid, len), &ring.hdr) {
                     Err(()) => self.stats.recv_errors += 1,
-                    Ok(out) if out.is_payload_truncated() || out.payload_data().len() > self.max_datagram => {
-                        self.stats.truncated += 1
-                    }
+                    Ok(out) if out.is_payload_truncated() => self.stats.truncated += 1,
                     Ok(out) => match parse_sockaddr(out.name_data()) {
                         None => self.stats.bad_source += 1,
                         Some(from) => {
-                            f(from, out.payload_data());
-                            self.stats.received += 1;
-                            delivered += 1;
+                            let payload = out.payload_data();
+                            // Coalesced datagrams (receive offload): all of the segment
+                            // size but the last, which may be shorter.
+                            match gro_segment(out.control_data()).filter(|&s| s < payload.len()) {
+                                None if payload.len() > self.max_datagram => self.stats.truncated += 1,
+                                None => {
+                                    f(from, payload);
+                                    self.stats.received += 1;
+                                    delivered += 1;
+                                }
+                                Some(segment) => {
+                                    self.stats.offload_receives += 1;
+                                    let start = payload.as_ptr() as usize - ring.bufs.as_ptr() as usize;
+                                    let rest = GroRest {
+                                        bid,
+                                        from,
+                                        start,
+                                        end: start + payload.len(),
+                                        segment,
+                                    };
+                                    let (n, left) = cut_coalesced(
+                                        ring,
+                                        rest,
+                                        max - delivered,
+                                        self.max_datagram,
+                                        &mut self.stats,
+                                        f,
+                                    );
+                                    delivered += n;
+                                    if left.is_some() {
+                                        // Its buffer stays ours until the next call.
+                                        self.gro_rest = left;
+                                        continue;
+                                    }
+                                }
+                            }
                         }
                     },
                 }
@@ -943,5 +1113,50 @@ impl Drop for UringTransport {
                 ring.leak = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control message as the kernel lays it out: `cmsghdr` (len, level, type), data,
+    /// padding to 8.
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let len = std::mem::size_of::<libc::cmsghdr>() + data.len();
+        let mut v = (len as u64).to_ne_bytes().to_vec();
+        v.extend(level.to_ne_bytes());
+        v.extend(kind.to_ne_bytes());
+        v.extend(data);
+        v.resize(len.next_multiple_of(8), 0);
+        v
+    }
+
+    #[test]
+    fn the_gro_segment_size_is_read_with_bounds_checks() {
+        let gro = cmsg(libc::SOL_UDP, UDP_GRO, &1472i32.to_ne_bytes());
+        assert_eq!(gro_segment(&gro), Some(1472));
+        // After another control message.
+        let mut two = cmsg(libc::SOL_IP, 8, &[1, 2, 3, 4, 5]);
+        two.extend(&gro);
+        assert_eq!(gro_segment(&two), Some(1472));
+        // None, or malformed: never a panic, never a size of 0.
+        assert_eq!(gro_segment(&[]), None);
+        assert_eq!(gro_segment(&gro[..12]), None);
+        assert_eq!(gro_segment(&gro[..18]), None, "data cut short");
+        assert_eq!(
+            gro_segment(&cmsg(libc::SOL_UDP, UDP_GRO, &0i32.to_ne_bytes())),
+            None
+        );
+        assert_eq!(
+            gro_segment(&cmsg(libc::SOL_UDP, UDP_GRO, &(-5i32).to_ne_bytes())),
+            None
+        );
+        let mut short_len = gro.clone();
+        short_len[..8].copy_from_slice(&3u64.to_ne_bytes());
+        assert_eq!(gro_segment(&short_len), None, "a length below the header");
+        let mut huge = cmsg(libc::SOL_IP, 8, &[0; 8]);
+        huge[..8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        assert_eq!(gro_segment(&huge), None, "a length past the end");
     }
 }
