@@ -533,6 +533,26 @@ impl SenderState {
         }
         high <= limit
     }
+    /// Drops the fragments of messages not yet whole, oldest first, until about `excess`
+    /// bytes are freed: their seqs stay open (missing) and are asked for again. Returns
+    /// the bytes freed.
+    fn drop_partials(&mut self, excess: usize) -> usize {
+        let mut freed = 0;
+        for slot in self.slots.iter_mut() {
+            if freed >= excess {
+                break;
+            }
+            if let Slot::Partial(p) = slot {
+                freed += p.cost().saturating_sub(SLOT_OVERHEAD);
+                *slot = Slot::Missing {
+                    since_round: p.since_round,
+                    requested_at: p.requested_at,
+                };
+            }
+        }
+        self.bytes -= freed;
+        freed
+    }
     /// Removes the oldest slot (the window starts one later).
     fn pop_front(&mut self) -> Option<Slot> {
         let s = self.slots.pop_front()?;
@@ -1817,14 +1837,38 @@ impl GroupState {
             };
             let before = st.bytes;
             // How far the window must start later to free `excess` (at least one slot).
+            // What costs no message goes first: the delivered front (the walk stops at the
+            // first gap; the next pass takes another stream, or this one again), then
+            // the fragments of messages not yet whole (their seqs stay open and are asked
+            // again), and only then the window slides past gaps (reported `Lost`). A gap may
+            // be one a relayed copy opened ahead of what the sender has sent (a forged
+            // fragment of a huge message costs up to `max_message`): sliding past it would
+            // put the real message, when it comes, below our window.
             let mut freed = 0;
             let mut new_base = st.base;
             for s in &st.slots {
-                if freed >= excess {
+                if freed >= excess || new_base >= st.contiguous {
                     break;
                 }
                 freed += s.cost();
                 new_base += 1;
+            }
+            if new_base == st.base {
+                let dropped = st.drop_partials(excess);
+                if dropped > 0 {
+                    ctx.counters.partials_dropped_budget += 1;
+                    let after = st.bytes;
+                    account(&mut self.bytes, before, after, ctx);
+                    excess = excess.saturating_sub(dropped);
+                    continue;
+                }
+                for s in &st.slots {
+                    if freed >= excess {
+                        break;
+                    }
+                    freed += s.cost();
+                    new_base += 1;
+                }
             }
             if new_base == st.base {
                 return;

@@ -134,6 +134,9 @@ pub struct Counters {
     /// Messages given up to keep within the byte budgets (delivered first when they were
     /// held, reported `Lost` when they were missing).
     pub evicted_budget: u64,
+    /// Budget evictions that dropped the fragments of messages not yet whole (kept open
+    /// and asked for again) instead of sliding a window past them.
+    pub partials_dropped_budget: u64,
     /// Requests sent at once on seeing a gap in a stream (not answering a digest).
     pub gap_requests_sent: u64,
     /// Requests sent by the repair timer for gaps still open `rerequest_after` later.

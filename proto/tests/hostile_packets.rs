@@ -1008,3 +1008,35 @@ fn a_digest_with_a_huge_high_does_not_close_an_honest_window() {
     ];
     run_case(&actions).unwrap();
 }
+
+/// The proptest found this case (also on older mains): the attacker's copy of an honest
+/// sender's next message (seq 3), the first fragment of a 436 KB message, reaches node 1
+/// before the sender sends seq 3. The partial message filled node 1's group budget, and node
+/// 1's own next publish evicted it by sliding the stream's window past seq 3 (reported
+/// `Lost` before it was sent); the real seq 3 then fell below the window, never delivered.
+/// Eviction now frees the delivered front first, then drops the fragments of messages not
+/// yet whole (the seq stays open), and slides past gaps only after that.
+#[test]
+/// The second case (seq 4, one past the next: a gap before the forged fragment) failed the
+/// first version of the fix, which still slid past the gap once the front was freed.
+#[test]
+fn a_forged_huge_fragment_ahead_of_a_stream_does_not_hide_the_real_message() {
+    for (to, sender, seq, count, len) in [(1, 0, 3, 43642, 10), (0, 1, 4, 43640, 1)] {
+        let actions = vec![Action::Send {
+            to,
+            from: Who::Attacker,
+            incarnation: 1,
+            msgs: vec![Shape::Data {
+                group: Group::Main,
+                sender: Who::Honest(sender),
+                stream: None,
+                seq: Num::Small(seq),
+                retained: 0,
+                frag: (0, count),
+                len,
+                retransmit: false,
+            }],
+        }];
+        run_case(&actions).unwrap();
+    }
+}
