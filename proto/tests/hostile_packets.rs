@@ -1016,7 +1016,7 @@ fn a_digest_with_a_huge_high_does_not_close_an_honest_window() {
 /// `Lost` before it was sent); the real seq 3 then fell below the window, never delivered.
 /// Eviction now frees the delivered front first, then drops the fragments of messages not
 /// yet whole (the seq stays open), and slides past gaps only after that.
-#[test]
+///
 /// The second case (seq 4, one past the next: a gap before the forged fragment) failed the
 /// first version of the fix, which still slid past the gap once the front was freed.
 #[test]
