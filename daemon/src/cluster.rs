@@ -590,6 +590,8 @@ pub fn ordered_max_message() -> usize {
 pub struct ClusterStats {
     pub evicted_budget: u64,
     pub gap_requests: u64,
+    pub tail_requests: u64,
+    pub partials_dropped: u64,
     pub bad_fragments: u64,
     pub retained_bytes: u64,
     pub datagrams_in: u64,
@@ -818,6 +820,8 @@ impl Cluster {
         s.flow_statuses = c.flow_statuses_sent;
         s.flow_slow_members = c.flow_slow_members;
         s.gap_requests = c.gap_requests_sent;
+        s.tail_requests = c.tail_requests;
+        s.partials_dropped = c.partials_dropped_budget;
         s.bad_fragments = c.bad_fragments;
         s.retained_bytes = self.node.retained_bytes() as u64;
         s.not_sent += c.transmits_dropped;

@@ -90,6 +90,8 @@ pub mod counter {
     pub const WINDOW_OVERFLOW: usize = shard_counter("window_overflow");
     pub const EVICTED_BUDGET: usize = shard_counter("evicted_budget");
     pub const GAP_REQUESTS: usize = shard_counter("gap_requests");
+    pub const TAIL_REQUESTS: usize = shard_counter("tail_requests");
+    pub const PARTIALS_DROPPED: usize = shard_counter("partials_dropped");
     pub const RETAINED_BYTES: usize = shard_counter("retained_bytes");
     pub const REMOTE_TOO_LARGE: usize = shard_counter("remote_too_large");
     pub const DUPLICATE_IDS: usize = shard_counter("duplicate_ids");
@@ -1146,6 +1148,8 @@ impl Shard {
             (counter::WINDOW_OVERFLOW, c.window_overflow),
             (counter::EVICTED_BUDGET, c.evicted_budget),
             (counter::GAP_REQUESTS, c.gap_requests),
+            (counter::TAIL_REQUESTS, c.tail_requests),
+            (counter::PARTIALS_DROPPED, c.partials_dropped),
             (counter::RETAINED_BYTES, c.retained_bytes),
             (counter::DUPLICATE_IDS, c.duplicate_ids),
             (counter::AUTH_FAILED, c.auth_failed),

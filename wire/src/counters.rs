@@ -84,6 +84,14 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "repair requests sent at once on seeing a gap in a stream",
     ),
     (
+        "tail_requests",
+        "asks to a gossiper for what its digest claims past a stream's high (a claim alone never extends a stream)",
+    ),
+    (
+        "partials_dropped",
+        "budget evictions that dropped the fragments of messages not yet whole (their seqs stay open and are asked again)",
+    ),
+    (
         "retained_bytes",
         "bytes retained for repair by this shard (gauge; bounded by cluster.shard_budget_bytes)",
     ),
