@@ -7,7 +7,8 @@
 //! All integers are little-endian. Layouts (`[x]*n` is `n` repetitions):
 //!
 //! ```text
-//! header     magic u16 "MT" | version u8 | kind u8 | memnode u16 | flags u16 (0)
+//! header     magic u16 "MT" | version u8 | kind u8 | memnode u16 | flags u16
+//!            (flags: 0, or `FLAG_WATCH` on an exec)
 //! txid       coordinator u32 | incarnation u32 | seq u64
 //! range      region u32 | offset u32 | len u32
 //! item       range | len bytes
@@ -23,6 +24,7 @@
 //! replicate  epoch u64 | lsn u64 | record
 //! repl-ack   epoch u64 | lsn u64
 //! forget     ntxids u16 | [txid]*
+//! wake       (no body)
 //! record     tag u8 = 1 (prepared): txid | nparticipants u16 | [memnode u16]*
 //!                 | nlocks u16 | [range | exclusive u8]* | nwrites u16 | [item]*
 //!                 | len u32 | reply message bytes
@@ -35,8 +37,13 @@ use thiserror::Error;
 
 /// "MT" in little-endian byte order.
 pub const MINITX_MAGIC: u16 = u16::from_le_bytes(*b"MT");
-/// Bumped on any incompatible change of these layouts.
-pub const MINITX_VERSION: u8 = 1;
+/// Bumped on any incompatible change of these layouts (2: the `FLAG_WATCH` exec and the
+/// `wake` message).
+pub const MINITX_VERSION: u8 = 2;
+/// Header flag of an exec: its sender is a dormant reader; the memory node wakes it (a
+/// [`Message::Wake`]) once, when a committed write first touches the exec's first read
+/// range. The only flag; any other bit, or this one on another kind, is refused.
+pub const FLAG_WATCH: u16 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 8;
 /// Most items of one kind (compares, reads or writes) in one message, and most locks in a
@@ -254,10 +261,12 @@ pub enum Record<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
     /// Coordinator -> memory node: a minitransaction on this memory node only (one phase).
+    /// `watch`: the sender is a dormant reader (`FLAG_WATCH`).
     Exec {
         memnode: u16,
         txid: TxId,
         items: Items<'a>,
+        watch: bool,
     },
     /// Coordinator -> participant: phase 1. `participants` names every memory node of
     /// the transaction (for recovery).
@@ -298,6 +307,9 @@ pub enum Message<'a> {
     /// Coordinator -> participant: every participant acknowledged these transactions'
     /// decisions (garbage collection of remembered outcomes).
     Forget { memnode: u16, txids: Vec<TxId> },
+    /// Memory node -> a dormant reader (an exec with `watch`): a write touched what it
+    /// watches; read again. Carries nothing else: a forged one can only cause a read.
+    Wake { memnode: u16 },
 }
 
 /// Message kind codes (the byte at offset 3 of the header): a transport routes answers
@@ -313,6 +325,7 @@ pub mod kind {
     pub const REPLICATE: u8 = 8;
     pub const REPLICATE_ACK: u8 = 9;
     pub const FORGET: u8 = 10;
+    pub const WAKE: u8 = 11;
 }
 
 const RECORD_PREPARED: u8 = 1;
@@ -332,7 +345,8 @@ impl<'a> Message<'a> {
             | Message::QueryReply { memnode, .. }
             | Message::Replicate { memnode, .. }
             | Message::ReplicateAck { memnode, .. }
-            | Message::Forget { memnode, .. } => *memnode,
+            | Message::Forget { memnode, .. }
+            | Message::Wake { memnode } => *memnode,
         }
     }
 
@@ -349,12 +363,17 @@ impl<'a> Message<'a> {
             Message::Replicate { .. } => kind::REPLICATE,
             Message::ReplicateAck { .. } => kind::REPLICATE_ACK,
             Message::Forget { .. } => kind::FORGET,
+            Message::Wake { .. } => kind::WAKE,
+        };
+        let flags = match self {
+            Message::Exec { watch: true, .. } => FLAG_WATCH,
+            _ => 0,
         };
         out.extend_from_slice(&MINITX_MAGIC.to_le_bytes());
         out.push(MINITX_VERSION);
         out.push(kind);
         out.extend_from_slice(&self.memnode().to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
         match self {
             Message::Exec { txid, items, .. } => {
                 put_txid(out, txid);
@@ -408,6 +427,7 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&lsn.to_le_bytes());
             }
             Message::Forget { txids, .. } => put_txids(out, txids),
+            Message::Wake { .. } => {}
         }
     }
 
@@ -475,7 +495,8 @@ impl<'a> Message<'a> {
                 | Message::DecideAck { .. }
                 | Message::Query { .. }
                 | Message::QueryReply { .. }
-                | Message::ReplicateAck { .. } => 32,
+                | Message::ReplicateAck { .. }
+                | Message::Wake { .. } => 32,
             }
     }
 
@@ -496,7 +517,7 @@ impl<'a> Message<'a> {
         let kind = r.u8()?;
         let memnode = r.u16()?;
         let flags = r.u16()?;
-        if flags != 0 {
+        if flags != 0 && !(kind == kind::EXEC && flags == FLAG_WATCH) {
             return Err(MinitxError::BadFlags(flags));
         }
         let message = match kind {
@@ -504,6 +525,7 @@ impl<'a> Message<'a> {
                 memnode,
                 txid: r.txid()?,
                 items: r.items()?,
+                watch: flags == FLAG_WATCH,
             },
             kind::PREPARE => Message::Prepare {
                 memnode,
@@ -569,6 +591,7 @@ impl<'a> Message<'a> {
                 memnode,
                 txids: r.txids()?,
             },
+            kind::WAKE => Message::Wake { memnode },
             other => return Err(MinitxError::UnknownKind(other)),
         };
         r.finish()?;
@@ -965,8 +988,8 @@ mod tests {
 
         #[test]
         fn requests_roundtrip(t in txid(), items in owned_items(), memnode in any::<u16>(),
-                              parts in prop::collection::vec(any::<u16>(), 0..5)) {
-            roundtrip(&Message::Exec { memnode, txid: t, items: items.borrow() });
+                              parts in prop::collection::vec(any::<u16>(), 0..5), watch in any::<bool>()) {
+            roundtrip(&Message::Exec { memnode, txid: t, items: items.borrow(), watch });
             roundtrip(&Message::Prepare { memnode, txid: t, participants: parts, items: items.borrow() });
         }
 
@@ -1006,6 +1029,24 @@ mod tests {
             }
             roundtrip(&Message::ReplicateAck { memnode: 3, epoch, lsn });
             roundtrip(&Message::Forget { memnode: 3, txids: vec![t; (epoch % 5) as usize] });
+            roundtrip(&Message::Wake { memnode: (lsn % 7) as u16 });
+        }
+
+        #[test]
+        fn only_an_exec_may_carry_the_watch_flag(kind_code in 1u8..=11, flags in any::<u16>(),
+                                                 body in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = MINITX_MAGIC.to_le_bytes().to_vec();
+            bytes.push(MINITX_VERSION);
+            bytes.push(kind_code);
+            bytes.extend_from_slice(&0u16.to_le_bytes());
+            bytes.extend_from_slice(&flags.to_le_bytes());
+            bytes.extend_from_slice(&body);
+            let allowed = flags == 0 || (kind_code == kind::EXEC && flags == FLAG_WATCH);
+            if !allowed {
+                prop_assert_eq!(Message::decode(&bytes), Err(MinitxError::BadFlags(flags)));
+            } else if let Ok(m) = Message::decode(&bytes) {
+                prop_assert_eq!(m.to_vec(), bytes);
+            }
         }
 
         #[test]
@@ -1031,6 +1072,7 @@ mod tests {
             memnode: 0,
             txid: t,
             items: Items::default(),
+            watch: false,
         }
         .to_vec();
         // Claim 60,000 compare items in a 30-byte message.
@@ -1061,6 +1103,7 @@ mod tests {
                 compares: vec![item],
                 ..Items::default()
             },
+            watch: false,
         }
         .to_vec();
         let len_at = HEADER_LEN + 16 + 2 + 8;
@@ -1070,12 +1113,26 @@ mod tests {
             Err(MinitxError::Truncated { .. })
         ));
         assert_eq!(
-            Message::decode(&[0x4d, 0x54, 1, 77, 0, 0, 0, 0]),
+            Message::decode(&[0x4d, 0x54, MINITX_VERSION, 77, 0, 0, 0, 0]),
             Err(MinitxError::UnknownKind(77))
         );
+        // Version 1 (before the watch flag and the wake) is refused.
         assert_eq!(
-            Message::decode(&[0x4d, 0x54, 2, 1, 0, 0, 0, 0]),
-            Err(MinitxError::BadVersion(2))
+            Message::decode(&[0x4d, 0x54, 1, 1, 0, 0, 0, 0]),
+            Err(MinitxError::BadVersion(1))
+        );
+        // A wake has no body; the watch flag belongs to execs only.
+        assert_eq!(
+            Message::decode(&[0x4d, 0x54, MINITX_VERSION, kind::WAKE, 3, 0, 0, 0]),
+            Ok(Message::Wake { memnode: 3 })
+        );
+        assert_eq!(
+            Message::decode(&[0x4d, 0x54, MINITX_VERSION, kind::WAKE, 3, 0, 0, 0, 0]),
+            Err(MinitxError::Trailing(1))
+        );
+        assert_eq!(
+            Message::decode(&[0x4d, 0x54, MINITX_VERSION, kind::WAKE, 3, 0, 1, 0]),
+            Err(MinitxError::BadFlags(FLAG_WATCH))
         );
     }
 }

@@ -241,7 +241,12 @@ impl Coordinator {
                 return Err(TxnError::TooLarge);
             }
             let request = if one_phase {
-                Message::Exec { memnode, txid, items }
+                Message::Exec {
+                    memnode,
+                    txid,
+                    watch: mtx.watch && mtx.writes.is_empty(),
+                    items,
+                }
             } else {
                 Message::Prepare {
                     memnode,

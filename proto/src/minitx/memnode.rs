@@ -73,6 +73,11 @@ pub struct MemoryNodeCounters {
     /// Entries logged by a primary without a backup (after a failover).
     pub unreplicated_records: u64,
     pub promotions: u64,
+    /// Dormant readers: watching reads remembered, refused at `max_watchers`, and wake
+    /// messages sent (one per remembered read, at the first committed write over it).
+    pub watches: u64,
+    pub watches_refused: u64,
+    pub wakes_sent: u64,
 }
 
 /// Why a region could not be added.
@@ -160,6 +165,10 @@ pub struct MemoryNode {
     /// below `floors`, an unknown transaction was never voted on here.)
     query_floors: HashMap<u32, (u32, u64)>,
     placement: HashMap<MemnodeId, NodeId>,
+    /// Dormant readers to wake (primary only): the node and the range its watching read
+    /// named first, one per node, at most `max_watchers`. Empty while every reader polls,
+    /// so a write costs one emptiness check.
+    watchers: Vec<(NodeId, Range)>,
     out: VecDeque<(NodeId, Vec<u8>)>,
     counters: MemoryNodeCounters,
 }
@@ -217,6 +226,7 @@ impl MemoryNode {
             floors: HashMap::new(),
             query_floors: HashMap::new(),
             placement: HashMap::new(),
+            watchers: Vec::new(),
             out: VecDeque::new(),
             counters: MemoryNodeCounters::default(),
         }
@@ -402,7 +412,15 @@ impl MemoryNode {
                 },
             ) => self.on_replicate(now, from, epoch, lsn, &record),
             (Role::Backup { .. }, _) => self.counters.misaddressed += 1,
-            (Role::Primary(_), Message::Exec { txid, items, .. }) => {
+            (
+                Role::Primary(_),
+                Message::Exec {
+                    txid, items, watch, ..
+                },
+            ) => {
+                if watch && items.writes.is_empty() {
+                    self.watch(from, &items);
+                }
                 self.on_request(now, from, txid, None, &items)
             }
             (
@@ -600,6 +618,39 @@ impl MemoryNode {
         };
         self.log(now, &record);
         self.answer(from, reply);
+    }
+
+    /// Remembers `from` as a dormant reader of the first range its read names (replacing
+    /// what it watched before). Remembered before the read is evaluated: a write after
+    /// the read (the answer would not show it) always finds the watcher.
+    fn watch(&mut self, from: NodeId, items: &Items<'_>) {
+        let Some(&range) = items.reads.first() else {
+            return;
+        };
+        if let Some(w) = self.watchers.iter_mut().find(|w| w.0 == from) {
+            w.1 = range;
+        } else if self.watchers.len() < self.settings.max_watchers {
+            self.watchers.push((from, range));
+        } else {
+            self.counters.watches_refused += 1;
+            return;
+        }
+        self.counters.watches += 1;
+    }
+
+    /// Wakes (once) every dormant reader whose watched range a committed write touched.
+    fn wake_watchers(&mut self, written: &Range) {
+        let id = self.id;
+        let mut i = 0;
+        while i < self.watchers.len() {
+            if overlap(&self.watchers[i].1, written) {
+                let (node, _) = self.watchers.swap_remove(i);
+                self.out.push_back((node, Message::Wake { memnode: id }.to_vec()));
+                self.counters.wakes_sent += 1;
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn refused(&mut self, one_phase: bool) {
@@ -932,12 +983,18 @@ impl MemoryNode {
                     if *commit {
                         for (range, data) in &p.writes {
                             self.store(range, data);
+                            if !self.watchers.is_empty() {
+                                self.wake_watchers(range);
+                            }
                         }
                     }
                 }
                 if *commit {
                     for w in writes {
                         self.store(&w.range, w.data);
+                        if !self.watchers.is_empty() {
+                            self.wake_watchers(&w.range);
+                        }
                     }
                 }
                 self.decided_bytes += reply.len() + DECIDED_OVERHEAD;

@@ -55,6 +55,10 @@ pub struct Minitransaction {
     pub compares: Vec<(Address, Vec<u8>)>,
     pub reads: Vec<(Address, u32)>,
     pub writes: Vec<(Address, Vec<u8>)>,
+    /// The sender is a dormant reader: a one-phase transaction that writes nothing asks
+    /// its memory node to wake it (a `wake` message, once) when a committed write first
+    /// touches its first read item. Ignored on other transactions.
+    pub watch: bool,
 }
 
 impl Minitransaction {
@@ -77,6 +81,12 @@ impl Minitransaction {
     /// Stores `bytes` at `at`.
     pub fn write(mut self, at: Address, bytes: &[u8]) -> Minitransaction {
         self.writes.push((at, bytes.to_vec()));
+        self
+    }
+
+    /// Marks the transaction as a dormant reader's (see [`Minitransaction::watch`]).
+    pub fn watching(mut self, watch: bool) -> Minitransaction {
+        self.watch = watch;
         self
     }
 
@@ -194,6 +204,11 @@ pub struct MinitxSettings {
     pub max_unreplicated: usize,
     /// Redo-log entries resent per `retransmit` interval to a lagging backup.
     pub replicate_burst: usize,
+    /// Dormant readers (`Minitransaction::watch`) a primary remembers to wake, one per
+    /// node; a further one is not remembered (counted) and reads at its own pace. Larger:
+    /// more state and, at a write, more wake messages; an ordered group's memory node
+    /// takes the group's `max_members`.
+    pub max_watchers: usize,
 }
 
 impl MinitxSettings {
@@ -221,6 +236,7 @@ impl Default for MinitxSettings {
             max_coordinators: 4096,
             max_unreplicated: 4096,
             replicate_burst: 64,
+            max_watchers: 16,
         }
     }
 }
