@@ -340,6 +340,15 @@ fn regions_of(s: &OrderedSettings) -> [(u32, u32); 3] {
     ]
 }
 
+/// The minitransaction settings of a group's memory node: the node's, with at most one
+/// dormant reader per member slot of the group.
+fn replica_minitx(minitx: &MinitxSettings, layout: &OrderedLayout) -> MinitxSettings {
+    MinitxSettings {
+        max_watchers: layout.max_members as usize,
+        ..minitx.clone()
+    }
+}
+
 fn settings_from_layout(l: &OrderedLayout) -> OrderedSettings {
     OrderedSettings {
         list_slots: l.list_slots,
@@ -929,7 +938,10 @@ impl OrderedHost {
                     let Some(layout) = self.epoch_replicas.get(&k).map(|r| r.layout) else {
                         break;
                     };
-                    if matches!(bytes.get(3), Some(&mtkind::REPLY) | Some(&mtkind::DECIDE_ACK)) {
+                    if matches!(
+                        bytes.get(3),
+                        Some(&mtkind::REPLY) | Some(&mtkind::DECIDE_ACK) | Some(&mtkind::WAKE)
+                    ) {
                         self.send(to, k.0, OrderedKind::ToMember, bytes);
                     } else {
                         self.send(to, k.0, OrderedKind::ToMemnode, memnode_message(&layout, &bytes));
@@ -941,7 +953,10 @@ impl OrderedHost {
             for &g in &ids {
                 while let Some((to, bytes)) = self.replicas.get_mut(&g).and_then(|r| r.node.poll_transmit()) {
                     progressed = true;
-                    let kind = if matches!(bytes.get(3), Some(&mtkind::REPLY) | Some(&mtkind::DECIDE_ACK)) {
+                    let kind = if matches!(
+                        bytes.get(3),
+                        Some(&mtkind::REPLY) | Some(&mtkind::DECIDE_ACK) | Some(&mtkind::WAKE)
+                    ) {
                         OrderedKind::ToMember
                     } else {
                         OrderedKind::ToMemnode
@@ -1168,7 +1183,7 @@ impl OrderedHost {
         {
             return;
         }
-        let mut node = MemoryNode::primary(memnode, 1, None, self.minitx.clone());
+        let mut node = MemoryNode::primary(memnode, 1, None, replica_minitx(&self.minitx, layout));
         for (region, size) in regions_of(&settings_from_layout(layout)) {
             if node.add_region(region, size).is_err() {
                 self.counters.malformed += 1;
@@ -1344,9 +1359,9 @@ impl OrderedHost {
         let p = self.placement(group);
         let is_replicate = msg.get(3) == Some(&mtkind::REPLICATE) && msg.len() >= MINITX_HEADER_LEN;
         let mut node = if p.primary == self.me {
-            MemoryNode::primary(MEMNODE, p.epoch, p.backup, self.minitx.clone())
+            MemoryNode::primary(MEMNODE, p.epoch, p.backup, replica_minitx(&self.minitx, layout))
         } else if p.backup == Some(self.me) && is_replicate {
-            MemoryNode::backup(MEMNODE, p.primary, p.epoch, self.minitx.clone())
+            MemoryNode::backup(MEMNODE, p.primary, p.epoch, replica_minitx(&self.minitx, layout))
         } else {
             self.counters.unrouted += 1;
             return false;

@@ -143,6 +143,14 @@ pub struct OrderedCounters {
     pub batches: u64,
     /// Read minitransactions and entries learned.
     pub reads: u64,
+    /// Dormancy: reads that asked the memory node for a wake-up (the member then reads
+    /// at most every `dormant_interval`), wake-ups acted on (a read at once), wake-ups
+    /// ignored because the last one acted on was less than `poll_interval` ago, and
+    /// wake-ups refused (not from the memory node's primary, or not for this list).
+    pub dormant_reads: u64,
+    pub wakes: u64,
+    pub wakes_limited: u64,
+    pub wakes_refused: u64,
     /// Progress writes (`publish`: on their own, not riding a read, so that reads stay
     /// unlogged and are answered without waiting for the backup's ack of a write).
     pub publishes: u64,
@@ -348,7 +356,14 @@ const MAX_SPARE_BUFFERS: usize = 4096;
 const SAFE_POLL_DIVISOR: Time = 8;
 
 /// Idle back-off: the read interval doubles per quiet read up to `poll_interval << 4`.
+/// A member that may sleep (`may_sleep`) goes on doubling past it, up to
+/// `dormant_interval`: it is *dormant*, and its reads ask the memory node to wake it when
+/// the tail moves.
 const QUIET_MAX_SHIFT: u32 = 4;
+
+/// Largest shift of the read interval (a bound on the doubling, far past any
+/// `dormant_interval`; the interval is capped by it first).
+const DORMANT_MAX_SHIFT: u32 = 30;
 
 /// While learned entries wait for the other members' progress (`all_hold`: `safe`
 /// messages, and every entry of an `evs` list), the read interval starts at
@@ -477,6 +492,9 @@ pub struct OrderedMember {
     /// memory node one read per member every 32 ms, not every 2 ms).
     quiet_reads: u32,
     last_read: Time,
+    /// When the last wake-up was acted on: wake-ups start at most one read per
+    /// `poll_interval` (a forged flood costs no more than a member that polls).
+    last_wake: Option<Time>,
     read_now: bool,
     /// A payload of another sender arrived since the last read started: its entry is in
     /// the list or about to be, so the next read need not wait for `poll_interval`.
@@ -668,6 +686,7 @@ impl OrderedMember {
             repair_op: None,
             next_list_op_at: 0,
             quiet_reads: 0,
+            last_wake: None,
             last_read: 0,
             read_now: true,
             payload_hint: false,
@@ -905,16 +924,72 @@ impl OrderedMember {
         }
     }
 
+    /// A wake-up from the memory node (the tail moved after this member's last dormant
+    /// read): read at once and poll at the normal interval again. Only the primary of
+    /// this member's memory node may send one; one wake-up per `poll_interval` is acted
+    /// on, so a forged one costs at most a read.
+    fn on_wake(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        let ours = matches!(
+            tutti_wire::minitx::Message::decode(bytes),
+            Ok(tutti_wire::minitx::Message::Wake { memnode }) if memnode == self.memnode
+        );
+        if !ours || self.coord.placement(self.memnode) != Some(from) {
+            self.counters.wakes_refused += 1;
+            return;
+        }
+        if self
+            .last_wake
+            .is_some_and(|t| now < t.saturating_add(self.settings.poll_interval))
+        {
+            self.counters.wakes_limited += 1;
+            return;
+        }
+        self.last_wake = Some(now);
+        self.counters.wakes += 1;
+        self.quiet_reads = 0;
+        self.read_now = true;
+        self.drive(now);
+    }
+
+    /// Whether the member may go dormant: an active member with nothing to send, no
+    /// learned entry waiting for delivery (safe entries and `evs` lists wait for the
+    /// others' progress, which only reads bring), no transfer or snapshot to produce.
+    fn may_sleep(&self) -> bool {
+        self.status == Status::Active
+            && self.learned == self.delivered
+            && self.known_tail == self.learned
+            && self.safe_waiting.is_none_or(|p| p < self.delivered)
+            && self.outgoing.is_empty()
+            && self.appends.is_empty()
+            && !self.leaving
+            && self.transfers.is_empty()
+            && self.producing.is_none()
+            && self.suspected.is_empty()
+    }
+
+    /// The next read asks to be woken: after it the member waits longer than
+    /// `poll_interval << QUIET_MAX_SHIFT` (it is dormant).
+    fn dormant(&self) -> bool {
+        self.quiet_reads >= QUIET_MAX_SHIFT && self.may_sleep()
+    }
+
     /// The interval between reads while nothing else calls for one: `poll_interval` (a
     /// fraction of it while learned entries wait to be delivered, `WAITING_POLL_DIVISOR`),
-    /// doubled per quiet read (`quiet_reads`) up to `QUIET_MAX_SHIFT` times.
+    /// doubled per quiet read (`quiet_reads`) up to `QUIET_MAX_SHIFT` times, or, for a
+    /// member that may sleep, up to `dormant_interval`.
     fn read_interval(&self) -> Time {
         let base = if self.learned > self.delivered {
             (self.settings.poll_interval / WAITING_POLL_DIVISOR).max(1)
         } else {
             self.settings.poll_interval
         };
-        let interval = base << self.quiet_reads.min(QUIET_MAX_SHIFT);
+        let polling = base << self.quiet_reads.min(QUIET_MAX_SHIFT);
+        let interval = if self.quiet_reads > QUIET_MAX_SHIFT && self.may_sleep() {
+            let dormant = base.saturating_mul(1 << self.quiet_reads.min(DORMANT_MAX_SHIFT));
+            dormant.min(self.settings.dormant_interval).max(polling)
+        } else {
+            polling
+        };
         if self.safe_waiting.is_some_and(|p| p >= self.delivered) {
             // A safe entry waits for the others' published `held`, which only a read
             // brings: polled every `poll_interval` it waited a poll more (p50 2.27 ms one
@@ -1145,6 +1220,10 @@ impl OrderedMember {
     /// A minitransaction message from a memory node.
     pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
         if self.frozen {
+            return;
+        }
+        if bytes.get(3) == Some(&tutti_wire::minitx::kind::WAKE) {
+            self.on_wake(now, from, bytes);
             return;
         }
         self.coord.handle_message(now, from, bytes);
@@ -2442,7 +2521,11 @@ impl OrderedMember {
         }
         // No progress write here: a read that writes is logged, and its answer would wait
         // for the backup (`publish` sends progress on its own).
-        let mtx = self.reads_from(from, u64::MAX);
+        let dormant = self.dormant();
+        if dormant {
+            self.counters.dormant_reads += 1;
+        }
+        let mtx = self.reads_from(from, u64::MAX).watching(dormant);
         let mtx = self.request_write(mtx);
         self.read_now = false;
         self.read_hinted = std::mem::take(&mut self.payload_hint);
@@ -3140,5 +3223,330 @@ mod tests {
             max / MICROS,
             delay / MICROS
         );
+    }
+
+    /// Three members (nodes 1-3) of one group and its memory node (primary and backup)
+    /// over a network of one delay per hop, in simulated time that jumps from event to
+    /// event. Payloads are disseminated only if `disseminate` (otherwise the others
+    /// repair them from the sender's queue once they learned the entry: nothing but a read
+    /// tells them of a message); wake-ups are dropped if `drop_wakes`.
+    struct Trio {
+        now: Time,
+        delay: Time,
+        primary: MemoryNode,
+        backup: MemoryNode,
+        members: BTreeMap<NodeId, OrderedMember>,
+        queue: VecDeque<(Time, NodeId, NodeId, Vec<u8>)>,
+        /// (member, payload) -> when delivered.
+        delivered: BTreeMap<(NodeId, Vec<u8>), Time>,
+        disseminate: bool,
+        drop_wakes: bool,
+        wakes_dropped: u64,
+    }
+
+    impl Trio {
+        fn new(settings: OrderedSettings, disseminate: bool, drop_wakes: bool) -> Trio {
+            let ids: Vec<NodeId> = vec![1, 2, 3];
+            let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
+            let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
+            for (region, size) in settings.regions() {
+                primary.add_region(region, size).unwrap();
+                backup.add_region(region, size).unwrap();
+            }
+            let members = ids
+                .iter()
+                .map(|&id| {
+                    let m = OrderedMember::initial(
+                        id,
+                        7,
+                        &ids,
+                        PRIMARY,
+                        settings.clone(),
+                        MinitxSettings::default(),
+                    );
+                    (id, m)
+                })
+                .collect();
+            Trio {
+                now: 0,
+                delay: 25 * MICROS,
+                primary,
+                backup,
+                members,
+                queue: VecDeque::new(),
+                delivered: BTreeMap::new(),
+                disseminate,
+                drop_wakes,
+                wakes_dropped: 0,
+            }
+        }
+
+        fn route(&mut self, id: NodeId, out: Output) {
+            let at = self.now + self.delay;
+            match out {
+                Output::Minitx { to, bytes } => self.queue.push_back((at, id, to, bytes)),
+                Output::Deliver { bytes, .. } => {
+                    self.delivered.insert((id, bytes), self.now);
+                }
+                // Payloads travel as a queue-slot image here: sender, epoch, seq, bytes.
+                Output::Disseminate {
+                    sender,
+                    epoch,
+                    seq,
+                    bytes,
+                } if self.disseminate => {
+                    for to in [1, 2, 3] {
+                        if to != id {
+                            let mut b = vec![0xFF];
+                            b.extend_from_slice(&sender.to_le_bytes());
+                            b.extend_from_slice(&epoch.to_le_bytes());
+                            b.extend_from_slice(&seq.to_le_bytes());
+                            b.extend_from_slice(&bytes);
+                            self.queue.push_back((at, id, to, b));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn drain(&mut self) {
+            let ids: Vec<NodeId> = self.members.keys().copied().collect();
+            for id in ids {
+                while let Some(out) = self.members.get_mut(&id).unwrap().poll_output() {
+                    self.route(id, out);
+                }
+            }
+            while let Some((to, b)) = self.primary.poll_transmit() {
+                if self.drop_wakes && b.get(3) == Some(&tutti_wire::minitx::kind::WAKE) {
+                    self.wakes_dropped += 1;
+                    continue;
+                }
+                self.queue.push_back((self.now + self.delay, PRIMARY, to, b));
+            }
+            while let Some((to, b)) = self.backup.poll_transmit() {
+                self.queue.push_back((self.now + self.delay, BACKUP, to, b));
+            }
+        }
+
+        fn next_event(&self) -> Time {
+            self.members
+                .values()
+                .filter_map(|m| m.poll_timeout())
+                .chain(self.primary.poll_timeout())
+                .chain(self.backup.poll_timeout())
+                .chain(self.queue.front().map(|q| q.0))
+                .min()
+                .unwrap_or(Time::MAX)
+        }
+
+        fn run_until(&mut self, until: Time) {
+            loop {
+                self.drain();
+                let next = self.next_event().max(self.now);
+                if next > until {
+                    self.now = until;
+                    return;
+                }
+                self.now = next;
+                let now = self.now;
+                for m in self.members.values_mut() {
+                    if m.poll_timeout().is_some_and(|t| t <= now) {
+                        m.handle_timeout(now);
+                    }
+                }
+                for mn in [&mut self.primary, &mut self.backup] {
+                    if mn.poll_timeout().is_some_and(|t| t <= now) {
+                        mn.handle_timeout(now);
+                    }
+                }
+                while self.queue.front().is_some_and(|q| q.0 <= now) {
+                    let Some((_, from, to, b)) = self.queue.pop_front() else {
+                        break;
+                    };
+                    match to {
+                        PRIMARY => self.primary.handle_message(now, from, &b),
+                        BACKUP => self.backup.handle_message(now, from, &b),
+                        n => {
+                            let m = self.members.get_mut(&n).unwrap();
+                            if b.first() == Some(&0xFF) {
+                                let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+                                let sender = NodeId::from_le_bytes(b[1..5].try_into().unwrap());
+                                m.handle_payload(now, sender, u(5), u(13), &b[21..]);
+                            } else {
+                                m.handle_minitx(now, from, &b);
+                            }
+                        }
+                    }
+                    self.drain();
+                }
+            }
+        }
+
+        fn reads_served(&self) -> u64 {
+            self.primary.counters().unlogged_reads
+        }
+    }
+
+    fn dormancy_settings() -> OrderedSettings {
+        OrderedSettings {
+            // Repairs at once: with no dissemination, a member that learned an entry
+            // fetches its payload a millisecond later.
+            repair_delay: MILLIS,
+            ..OrderedSettings::default()
+        }
+    }
+
+    /// Idles a trio for `idle` after one message, then member 1 sends `b"after"`: the
+    /// reads the memory node served during the idle spell, and when each member
+    /// delivered the message after it (relative to its submit).
+    fn idle_then_send(t: &mut Trio, idle: Time) -> (u64, Vec<Option<Time>>) {
+        t.members
+            .get_mut(&1)
+            .unwrap()
+            .submit(t.now, b"before", false)
+            .unwrap();
+        let until = t.now + 100 * MILLIS;
+        t.run_until(until);
+        for id in [1, 2, 3] {
+            assert!(
+                t.delivered.contains_key(&(id, b"before".to_vec())),
+                "{id} delivered"
+            );
+        }
+        let reads_before = t.reads_served();
+        let until = t.now + idle;
+        t.run_until(until);
+        let reads = t.reads_served() - reads_before;
+        let sent = t.now;
+        t.members
+            .get_mut(&1)
+            .unwrap()
+            .submit(sent, b"after", false)
+            .unwrap();
+        t.run_until(sent + 2_000 * MILLIS);
+        let at = [1, 2, 3]
+            .iter()
+            .map(|&id| t.delivered.get(&(id, b"after".to_vec())).map(|&at| at - sent))
+            .collect();
+        (reads, at)
+    }
+
+    /// An idle group goes dormant: over 10 s its memory node serves about one read per
+    /// member per `dormant_interval` (1 s) after the ramp (2, 4, ... 32 ms, then doubling
+    /// to 1 s), not one per 32 ms (about 310 per member); the next message is learned at
+    /// once by every member, woken by the memory node (no payload reaches them here: only
+    /// a read can tell them), and delivered after a repair.
+    #[test]
+    fn an_idle_group_goes_dormant_and_the_memory_node_wakes_it() {
+        let mut t = Trio::new(dormancy_settings(), false, false);
+        let (reads, at) = idle_then_send(&mut t, 10_000 * MILLIS);
+        let wakes: u64 = t.members.values().map(|m| m.counters().wakes).sum();
+        let dormant: u64 = t.members.values().map(|m| m.counters().dormant_reads).sum();
+        println!(
+            "dormant: {reads} reads served in 10 s idle ({dormant} dormant), delivery after {at:?} ns, {wakes} wakes"
+        );
+        // Ramp: 2 + 4 + ... + 32 ms (5 reads), 32 ms, 64 ... 512 ms (4), then ~9 at 1 s.
+        assert!(
+            reads <= 3 * 20,
+            "{reads} reads served in 10 s of idle by 3 members"
+        );
+        assert!(dormant >= 3 * 8, "{dormant} dormant reads");
+        assert!(wakes >= 2, "{wakes} wake-ups acted on");
+        for (i, d) in at.iter().enumerate() {
+            let d = d.unwrap_or_else(|| panic!("member {} never delivered", i + 1));
+            // Append (4 hops), wake (1), read (2 + the backup's 2), repair (1 ms + 2).
+            assert!(
+                d <= 3 * MILLIS,
+                "member {} delivered {} us after the submit",
+                i + 1,
+                d / MICROS
+            );
+        }
+    }
+
+    /// Every wake-up lost: a dormant member still reads every `dormant_interval`, so the
+    /// message after the idle spell is delivered within about that.
+    #[test]
+    fn a_lost_wake_up_costs_at_most_the_dormant_interval() {
+        let settings = dormancy_settings();
+        let bound = settings.dormant_interval;
+        let mut t = Trio::new(settings, false, true);
+        let (_, at) = idle_then_send(&mut t, 10_000 * MILLIS);
+        println!(
+            "wake-ups dropped: delivery after {at:?} ns ({} dropped)",
+            t.wakes_dropped
+        );
+        assert!(t.wakes_dropped >= 2, "{} wake-ups dropped", t.wakes_dropped);
+        let slowest = at.iter().map(|d| d.expect("delivered")).max().unwrap();
+        assert!(
+            slowest <= bound + 5 * MILLIS,
+            "slowest member delivered {} ms after the submit",
+            slowest / MILLIS
+        );
+        // The sender itself learns by its append: no wait.
+        assert!(at[0].unwrap() <= 2 * MILLIS);
+        // The others did wait for their dormant read (the wake-ups were what saved it).
+        assert!(slowest > 10 * MILLIS, "slowest {} us", slowest / MICROS);
+    }
+
+    /// With payloads disseminated as usual, dormancy changes nothing for a message: its
+    /// payload hint starts a read at once (the wake-up then finds the member reading).
+    #[test]
+    fn a_dormant_group_delivers_a_disseminated_message_at_once() {
+        let mut t = Trio::new(OrderedSettings::default(), true, false);
+        let (reads, at) = idle_then_send(&mut t, 10_000 * MILLIS);
+        assert!(reads <= 3 * 20, "{reads} reads");
+        for (i, d) in at.iter().enumerate() {
+            let d = d.unwrap_or_else(|| panic!("member {} never delivered", i + 1));
+            assert!(
+                d <= MILLIS,
+                "member {} delivered {} us after the submit",
+                i + 1,
+                d / MICROS
+            );
+        }
+    }
+
+    /// Forged or flooded wake-ups: one not from the memory node's primary is refused; a
+    /// flood from it starts at most one read per `poll_interval`.
+    #[test]
+    fn forged_wake_ups_cost_at_most_a_read_per_poll_interval() {
+        let mut t = Trio::new(OrderedSettings::default(), true, false);
+        t.run_until(2_000 * MILLIS);
+        let wake = tutti_wire::minitx::Message::Wake { memnode: MEMNODE }.to_vec();
+        let m = t.members.get_mut(&2).unwrap();
+        let reads = m.counters().reads;
+        let start = t.now;
+        m.handle_minitx(start, 3, &wake);
+        assert_eq!(
+            m.counters().wakes_refused,
+            1,
+            "a wake-up from a member is refused"
+        );
+        let other = tutti_wire::minitx::Message::Wake { memnode: MEMNODE + 1 }.to_vec();
+        m.handle_minitx(start, PRIMARY, &other);
+        assert_eq!(
+            m.counters().wakes_refused,
+            2,
+            "a wake-up for another list is refused"
+        );
+        // 1,000 wake-ups over 10 ms: 2 ms apart at most 5 act.
+        for i in 0..1_000 {
+            t.now = start + i * 10 * MICROS;
+            t.queue.push_back((t.now, PRIMARY, 2, wake.clone()));
+            let now = t.now;
+            t.run_until(now);
+        }
+        t.run_until(start + 10 * MILLIS);
+        let m = &t.members[&2];
+        assert!(
+            m.counters().wakes <= 6,
+            "{} wake-ups acted on",
+            m.counters().wakes
+        );
+        assert!(m.counters().wakes_limited >= 990);
+        let extra = m.counters().reads - reads;
+        assert!(extra <= 12, "{extra} reads in 10 ms of wake-up flood");
     }
 }

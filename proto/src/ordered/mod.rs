@@ -123,6 +123,13 @@ pub struct OrderedSettings {
     /// partition healing) stays; a crashed one leaves later (at most when SWIM holds it
     /// failed, one suspicion timeout after the suspicion).
     pub suspicion_grace: Time,
+    /// A member with nothing to do, nothing to deliver and nothing waiting for the others
+    /// goes *dormant* once its backed-off reads (`poll_interval << 4`) keep bringing
+    /// nothing: its read interval goes on doubling up to this bound, and the memory node
+    /// wakes it (one small message) when the list's tail moves. Longer: an idle group
+    /// costs fewer reads; a lost wake-up (or a memory node primary that failed over, which
+    /// forgets its dormant readers) delays the next message by up to this much.
+    pub dormant_interval: Time,
     /// What a partition does to the group (`Majority` unless asked).
     pub partition: PartitionPolicy,
     /// `evs`: the founder of a new list epoch installs its first configuration once every
@@ -152,6 +159,7 @@ impl Default for OrderedSettings {
             suspicion_grace: 1_000 * MILLIS,
             partition: PartitionPolicy::Majority,
             gather_timeout: 200 * MILLIS,
+            dormant_interval: 1_000 * MILLIS,
         }
     }
 }
