@@ -19,6 +19,8 @@ fn main() {
     };
     let start = Instant::now();
     let mut failing = Vec::new();
+    // Ordered world: seeds with an idle gap, and their members' dormant reads and wake-ups.
+    let (mut idle_seeds, mut dormant_reads, mut wakes) = (0u64, 0u64, 0u64);
     for seed in first..first + count {
         let t = Instant::now();
         let failure = if evs {
@@ -34,7 +36,10 @@ fn main() {
         } else {
             let sc = OrderedScenario::random(seed);
             let desc = sc.describe();
+            idle_seeds += u64::from(sc.idle_gap.is_some());
             let r = OrderedSim::new(sc).run();
+            dormant_reads += r.dormant_reads;
+            wakes += r.wakes;
             (r.invariant_violations > 0 || !r.liveness_checked).then(|| {
                 format!(
                     "{desc}\n    checked {} {:?}\n    {:?}",
@@ -46,6 +51,11 @@ fn main() {
             println!("FAIL seed {seed} ({} ms): {f}", t.elapsed().as_millis());
             failing.push(seed);
         }
+    }
+    if !evs {
+        println!(
+            "ordered: {idle_seeds} seeds with an idle gap: {dormant_reads} dormant reads, {wakes} wake-ups"
+        );
     }
     println!(
         "{} seeds {first}..{}: {} fail {failing:?} in {:.1} s",

@@ -70,6 +70,10 @@ pub struct OrderedScenario {
     pub safe_share: f64,
     /// Sends stop this long after the workload starts.
     pub send_for: Time,
+    /// A pause in the sends: (start after the workload starts, length), added to
+    /// `send_for`. Long enough, the groups go dormant (their members read about once per
+    /// `dormant_interval`) and the sends after it must wake them.
+    pub idle_gap: Option<(Time, Time)>,
     /// Crash of one member (not a memory-node host) at this time.
     pub crash_member: Option<Time>,
     /// Crash of group 0's memory-node primary at this time.
@@ -99,6 +103,7 @@ impl OrderedScenario {
             payload_max: 200,
             safe_share: 0.2,
             send_for: 300 * MILLIS,
+            idle_gap: None,
             crash_member: Some(120 * MILLIS),
             crash_primary: Some(180 * MILLIS),
             join_at: Some(100 * MILLIS),
@@ -127,13 +132,20 @@ impl OrderedScenario {
         sc.crash_primary = fault(&mut rng);
         sc.join_at = fault(&mut rng);
         sc.ordered = ordered_settings(rng.gen_range(1..=16));
+        // Drawn last: the draws above give every seed the scenario it had before.
+        if rng.gen_bool(0.25) {
+            sc.idle_gap = Some((
+                rng.gen_range(20..=140) * MILLIS,
+                rng.gen_range(1_200..=2_500) * MILLIS,
+            ));
+        }
         sc
     }
 
     pub fn describe(&self) -> String {
         format!(
             "{} nodes, {} groups of {}, loss {}, dup {}, latency <= {} us, rate {}/ms, payload <= {}, safe {}, \
-             crash member {:?} ms, crash primary {:?} ms, join {:?} ms, max_batch {}",
+             crash member {:?} ms, crash primary {:?} ms, join {:?} ms, max_batch {}, idle gap {:?} ms",
             self.nodes,
             self.groups,
             self.members,
@@ -146,7 +158,8 @@ impl OrderedScenario {
             self.crash_member.map(|t| t / MILLIS),
             self.crash_primary.map(|t| t / MILLIS),
             self.join_at.map(|t| t / MILLIS),
-            self.ordered.max_batch
+            self.ordered.max_batch,
+            self.idle_gap.map(|(at, len)| (at / MILLIS, len / MILLIS))
         )
     }
 }
@@ -203,6 +216,10 @@ pub struct OrderedReport {
     pub removals: u64,
     pub promotions: u64,
     pub minority_events: u64,
+    /// Dormancy (`idle_gap`): reads of current members that asked to be woken, and
+    /// wake-ups they acted on.
+    pub dormant_reads: u64,
+    pub wakes: u64,
     pub crashed: Vec<NodeId>,
     pub liveness_checked: bool,
     pub sim_time_ms: f64,
@@ -352,7 +369,11 @@ impl OrderedSim {
                 self.schedule(self.start + (k as Time) * 300 * MICROS, Action::Join(id, g));
             }
         }
-        let send_end = self.start + self.sc.send_for;
+        let gap = self
+            .sc
+            .idle_gap
+            .map(|(at, len)| (self.start + at, self.start + at + len));
+        let send_end = self.start + self.sc.send_for + gap.map_or(0, |(from, to)| to - from);
         let faults_end = self
             .actions
             .keys()
@@ -366,7 +387,8 @@ impl OrderedSim {
         while t < deadline {
             t += TICK;
             self.step_until(t);
-            if t < send_end {
+            let paused = gap.is_some_and(|(from, to)| t >= from && t < to);
+            if t < send_end && !paused {
                 self.submit_burst();
             }
             if self.debug && (t - self.start).is_multiple_of(20 * MILLIS) {
@@ -603,6 +625,12 @@ impl OrderedSim {
         r.sim_time_ms = self.now as f64 / MILLIS as f64;
         for node in self.nodes.values() {
             r.promotions += node.ordered_transport_counters().promotions;
+            for &g in &self.groups {
+                if let Some(c) = node.ordered_counters(g) {
+                    r.dormant_reads += c.dormant_reads;
+                    r.wakes += c.wakes;
+                }
+            }
         }
         r.trace_hash = self.trace;
         let span = self.last_delivery.saturating_sub(self.start).max(1);

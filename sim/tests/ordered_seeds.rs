@@ -216,3 +216,21 @@ fn the_unbroken_scenario_passes() {
     assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
     assert!(r.liveness_checked && r.installs > 0);
 }
+
+/// A 2 s pause in the sends, after a join and with loss: the groups go dormant (their
+/// members read about once per `dormant_interval`), the sends after the pause wake them,
+/// and every check still passes.
+#[test]
+fn a_long_idle_gap_puts_the_groups_to_sleep_and_the_sends_after_it_wake_them() {
+    let mut sc = OrderedScenario::new(5, 2);
+    sc.send_for = 200 * tutti_proto::MILLIS;
+    sc.idle_gap = Some((100 * tutti_proto::MILLIS, 2_000 * tutti_proto::MILLIS));
+    sc.crash_member = None;
+    sc.crash_primary = None;
+    sc.join_at = Some(40 * tutti_proto::MILLIS);
+    let r = OrderedSim::new(sc).run();
+    assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
+    assert!(r.liveness_checked);
+    assert!(r.dormant_reads > 0, "no member went dormant");
+    assert!(r.wakes > 0, "no member was woken");
+}
