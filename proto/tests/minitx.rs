@@ -1620,3 +1620,87 @@ fn a_read_is_not_logged_and_its_answer_still_waits_for_the_backup() {
     assert_eq!(c.mem(primary_node(0)).counters().unlogged_reads, 4);
     assert_eq!(c.mem(backup_node(0)).counters().records_applied, applied);
 }
+
+/// Watching reads (dormant readers): the primary remembers at most `max_watchers` nodes,
+/// one each, and a committed write over the watched range sends each of them one `Wake`,
+/// once; a write elsewhere wakes nobody, and the flag on a transaction that writes is
+/// ignored. A flood of watching reads from more nodes than the bound costs no more state.
+#[test]
+fn watching_reads_are_bounded_and_woken_once_by_a_write_over_them() {
+    use tutti_wire::minitx::{Item, Items, Range};
+    let bounded = MinitxSettings {
+        max_watchers: 2,
+        ..settings()
+    };
+    let mut mem = MemoryNode::primary(0, 1, None, bounded);
+    mem.add_region(DATA, 64).unwrap();
+    let tail = Range {
+        region: DATA,
+        offset: 0,
+        len: 8,
+    };
+    let exec = |node: NodeId, seq: u64, items: Items<'_>, watch: bool| {
+        Message::Exec {
+            memnode: 0,
+            txid: TxId {
+                coordinator: node,
+                incarnation: 1,
+                seq,
+            },
+            items,
+            watch,
+        }
+        .to_vec()
+    };
+    let read = |r: Range| Items {
+        reads: vec![r],
+        ..Items::default()
+    };
+    let write = |offset: u32, data: &'static [u8]| Items {
+        writes: vec![Item {
+            range: Range {
+                region: DATA,
+                offset,
+                len: data.len() as u32,
+            },
+            data,
+        }],
+        ..Items::default()
+    };
+    let wakes = |mem: &mut MemoryNode| -> Vec<NodeId> {
+        let mut woken = Vec::new();
+        while let Some((to, bytes)) = mem.poll_transmit() {
+            if let Ok(Message::Wake { memnode: 0 }) = Message::decode(&bytes) {
+                woken.push(to);
+            }
+        }
+        woken.sort_unstable();
+        woken
+    };
+    // Nodes 1 and 2 watch the tail (node 1 twice: still one watcher); node 3 is refused.
+    mem.handle_message(0, 1, &exec(1, 1, read(tail), true));
+    mem.handle_message(0, 1, &exec(1, 2, read(tail), true));
+    mem.handle_message(0, 2, &exec(2, 1, read(tail), true));
+    mem.handle_message(0, 3, &exec(3, 1, read(tail), true));
+    // A write that carries the flag is no watch.
+    mem.handle_message(0, 4, &exec(4, 1, write(32, b"x"), true));
+    assert_eq!(mem.counters().watches, 3);
+    assert_eq!(mem.counters().watches_refused, 1);
+    assert_eq!(
+        wakes(&mut mem),
+        Vec::<NodeId>::new(),
+        "a write past the tail wakes nobody"
+    );
+    // A write over the tail wakes nodes 1 and 2, once each.
+    mem.handle_message(0, 5, &exec(5, 1, write(0, b"12345678"), false));
+    assert_eq!(wakes(&mut mem), vec![1, 2]);
+    mem.handle_message(0, 5, &exec(5, 2, write(4, b"9"), false));
+    assert_eq!(wakes(&mut mem), Vec::<NodeId>::new(), "woken once");
+    assert_eq!(mem.counters().wakes_sent, 2);
+    // A hostile flood of watching reads from many nodes holds at most max_watchers.
+    for node in 10..1_000 {
+        mem.handle_message(0, node, &exec(node, 1, read(tail), true));
+    }
+    mem.handle_message(0, 5, &exec(5, 3, write(0, b"1"), false));
+    assert_eq!(wakes(&mut mem).len(), 2);
+}
