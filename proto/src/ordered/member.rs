@@ -3146,7 +3146,7 @@ mod tests {
     /// appends to stay pipelined in a `safe` group (so in every `evs` list: `all_hold`), as
     /// libcpg's flow-control window does: member 1 of 3 floods 8-byte messages, 25 us per
     /// hop, simulated time. Returns the messages every member delivered in the measured
-    /// 10 ms. `window` None: as many as `submit` takes.
+    /// 5 ms. `window` None: as many as `submit` takes.
     fn flood_safe_with_window(window: Option<u64>) -> u64 {
         let delay = 25 * MICROS;
         let settings = OrderedSettings::default();
@@ -3172,7 +3172,7 @@ mod tests {
         let mut queue: VecDeque<(Time, NodeId, NodeId, Msg)> = VecDeque::new();
         // Per member: [delivered, delivered inside the measured span].
         let mut counts = [[0u64; 2]; 4];
-        let (start, from, end) = (10 * MILLIS, 15 * MILLIS, 25 * MILLIS);
+        let (start, from, end) = (10 * MILLIS, 12 * MILLIS, 17 * MILLIS);
         let route = |queue: &mut VecDeque<(Time, NodeId, NodeId, Msg)>,
                      counts: &mut [[u64; 2]; 4],
                      now: Time,
@@ -3274,7 +3274,7 @@ mod tests {
             settings.max_appends_in_flight * settings.max_batch,
         )));
         let window = flood_safe_with_window(Some(u64::from(settings.sender_window())));
-        println!("safe flood, 10 ms: unbounded {unbounded}, window of the appends {appends_only}, sender_window {window}");
+        println!("safe flood, 5 ms: unbounded {unbounded}, window of the appends {appends_only}, sender_window {window}");
         assert!(
             window * 10 >= unbounded * 9,
             "sender_window {} moved {window} of {unbounded} messages",
