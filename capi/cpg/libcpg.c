@@ -54,9 +54,13 @@
  * hold fewer bytes than the second bound (one larger message still goes alone). Beyond it
  * cpg_mcast_joined says CS_ERR_TRY_AGAIN until the handle dispatches, as Corosync's does
  * (19 to 63 undispatched messages of 64 KiB there). Without it a flood fills the publish
- * ring and the ordered layer's queue with seconds of messages, each waiting that long;
- * 512 keeps the ordering pipeline (4 appends in flight of 32 messages) full. */
-#define WINDOW_MSGS 512u
+ * ring and the ordered layer's queue with seconds of messages, each waiting that long.
+ * 2,048 is the ordered layer's `OrderedSettings::sender_window()`: the 512 messages of the
+ * appends in flight (4 of up to 128) plus three times that many appended and waiting for
+ * the other members' progress (every message of an `evs` list waits for all of them). At
+ * 512, the appends in flight alone, the sender's appends were mostly not in flight: 2.5x
+ * less throughput (docs/cpg.md, "The flood's window"). */
+#define WINDOW_MSGS 2048u
 #define WINDOW_BYTES (4u << 20)
 /* Own messages that never come back (the order dropped them, e.g. its view changed) must
  * not close the window for good: with no own message back for this long, it reopens. */
