@@ -474,9 +474,20 @@ impl Shard {
         }
     }
 
-    /// Announces that the shard sleeps, looks once more for work (a client that
-    /// committed before seeing the flag must not be missed), then blocks on the eventfd.
+    /// Resets the eventfd, announces that the shard sleeps, looks once more for work (a
+    /// client that committed before seeing the flag must not be missed), then blocks on
+    /// the eventfd (and the socket).
+    ///
+    /// The eventfd is reset here, before the flag goes up, and not when the wait returns:
+    /// a read right after the wake is a system call on the path of the message that woke
+    /// the shard (before its datagram is sent, or before the subscriber's futex is woken;
+    /// `perf trace` of `tutti-bench cluster --nodes 2` showed it as the first call of both
+    /// hops, an `EAGAIN` on the datagram hop). A ring that lands after this reset (a client
+    /// that saw the flag of the last park) leaves the eventfd readable: the wait returns at
+    /// once and the next park resets it. A ring from before the reset is for a frame that
+    /// was taken or that the look below sees.
     fn park(&mut self) {
+        self.wake.drain();
         // set_parked fences; it pairs with the client's fence between its commit and its
         // look at `parked`: either the client sees parked = 1 and rings, or we see its frame.
         self.doorbell.set_parked(true);
@@ -495,7 +506,6 @@ impl Shard {
             }
         }
         self.doorbell.set_parked(false);
-        self.wake.drain();
     }
 
     /// One pass over every publish ring; returns how many frames moved.
