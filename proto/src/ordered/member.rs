@@ -3289,44 +3289,6 @@ mod tests {
                     self.delivered.insert((id, bytes), self.now);
                 }
                 // Payloads travel as a queue-slot image here: sender, epoch, seq, bytes.
-    /// What a sender must keep outstanding (submitted, not yet delivered to itself) for its
-    /// appends to stay pipelined in a `safe` group (so in every `evs` list: `all_hold`), as
-    /// libcpg's flow-control window does: member 1 of 3 floods 8-byte messages, 25 us per
-    /// hop, simulated time. Returns the messages every member delivered in the measured
-    /// 5 ms. `window` None: as many as `submit` takes.
-    fn flood_safe_with_window(window: Option<u64>) -> u64 {
-        let delay = 25 * MICROS;
-        let settings = OrderedSettings::default();
-        let ids: Vec<NodeId> = vec![1, 2, 3];
-        let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
-        let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
-        for (region, size) in settings.regions() {
-            primary.add_region(region, size).unwrap();
-            backup.add_region(region, size).unwrap();
-        }
-        let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
-            .iter()
-            .map(|&id| {
-                let m =
-                    OrderedMember::initial(id, 7, &ids, PRIMARY, settings.clone(), MinitxSettings::default());
-                (id, m)
-            })
-            .collect();
-        enum Msg {
-            Minitx(Vec<u8>),
-            Payload(NodeId, u64, u64, Vec<u8>),
-        }
-        let mut queue: VecDeque<(Time, NodeId, NodeId, Msg)> = VecDeque::new();
-        // Per member: [delivered, delivered inside the measured span].
-        let mut counts = [[0u64; 2]; 4];
-        let (start, from, end) = (10 * MILLIS, 12 * MILLIS, 17 * MILLIS);
-        let route = |queue: &mut VecDeque<(Time, NodeId, NodeId, Msg)>,
-                     counts: &mut [[u64; 2]; 4],
-                     now: Time,
-                     id: NodeId,
-                     out: Output| {
-            match out {
-                Output::Minitx { to, bytes } => queue.push_back((now + delay, id, to, Msg::Minitx(bytes))),
                 Output::Disseminate {
                     sender,
                     epoch,
@@ -3586,6 +3548,51 @@ mod tests {
         assert!(m.counters().wakes_limited >= 990);
         let extra = m.counters().reads - reads;
         assert!(extra <= 12, "{extra} reads in 10 ms of wake-up flood");
+    }
+
+    /// What a sender must keep outstanding (submitted, not yet delivered to itself) for its
+    /// appends to stay pipelined in a `safe` group (so in every `evs` list: `all_hold`), as
+    /// libcpg's flow-control window does: member 1 of 3 floods 8-byte messages, 25 us per
+    /// hop, simulated time. Returns the messages every member delivered in the measured
+    /// 5 ms. `window` None: as many as `submit` takes.
+    fn flood_safe_with_window(window: Option<u64>) -> u64 {
+        let delay = 25 * MICROS;
+        let settings = OrderedSettings::default();
+        let ids: Vec<NodeId> = vec![1, 2, 3];
+        let mut primary = MemoryNode::primary(MEMNODE, 1, Some(BACKUP), MinitxSettings::default());
+        let mut backup = MemoryNode::backup(MEMNODE, PRIMARY, 1, MinitxSettings::default());
+        for (region, size) in settings.regions() {
+            primary.add_region(region, size).unwrap();
+            backup.add_region(region, size).unwrap();
+        }
+        let mut nodes: BTreeMap<NodeId, OrderedMember> = ids
+            .iter()
+            .map(|&id| {
+                let m =
+                    OrderedMember::initial(id, 7, &ids, PRIMARY, settings.clone(), MinitxSettings::default());
+                (id, m)
+            })
+            .collect();
+        enum Msg {
+            Minitx(Vec<u8>),
+            Payload(NodeId, u64, u64, Vec<u8>),
+        }
+        let mut queue: VecDeque<(Time, NodeId, NodeId, Msg)> = VecDeque::new();
+        // Per member: [delivered, delivered inside the measured span].
+        let mut counts = [[0u64; 2]; 4];
+        let (start, from, end) = (10 * MILLIS, 12 * MILLIS, 17 * MILLIS);
+        let route = |queue: &mut VecDeque<(Time, NodeId, NodeId, Msg)>,
+                     counts: &mut [[u64; 2]; 4],
+                     now: Time,
+                     id: NodeId,
+                     out: Output| {
+            match out {
+                Output::Minitx { to, bytes } => queue.push_back((now + delay, id, to, Msg::Minitx(bytes))),
+                Output::Disseminate {
+                    sender,
+                    epoch,
+                    seq,
+                    bytes,
                 } => {
                     for to in [1, 2, 3] {
                         if to != id {
