@@ -1109,7 +1109,8 @@ impl Cluster {
         Some(format!(
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
              repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
-             payloads dropped {}, txn errors {}, transfers sent {}",
+             payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
+             (limited {}, refused {})",
             c.appends,
             c.appends_committed,
             c.append_conflicts,
@@ -1124,7 +1125,11 @@ impl Cluster {
             c.queue_waits,
             c.payloads_dropped,
             c.txn_errors,
-            c.transfers_sent
+            c.transfers_sent,
+            c.dormant_reads,
+            c.wakes,
+            c.wakes_limited,
+            c.wakes_refused
         ))
     }
 
