@@ -813,3 +813,25 @@ fn under_evs_a_daemon_stalled_while_another_joins_is_not_taken_for_down() {
     }
     drop((a, b, c));
 }
+
+/// libcpg's flow-control window (`WINDOW_MSGS` in capi/cpg/libcpg.c) is the ordered
+/// layer's `sender_window()` under the settings of every CPG group: smaller, a flooding
+/// sender's appends wait for the others' progress (2.5x less throughput at 512, docs/cpg.md
+/// "The flood's window"); larger, only the flood's latency grows.
+#[test]
+fn libcpg_window_is_the_cpg_groups_sender_window() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../capi/cpg/libcpg.c");
+    let source = std::fs::read_to_string(path).unwrap();
+    let value = source
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("#define WINDOW_MSGS "))
+        .unwrap_or_else(|| panic!("no `#define WINDOW_MSGS` in {path}"));
+    let window: u32 = value
+        .trim()
+        .trim_end_matches('u')
+        .parse()
+        .unwrap_or_else(|e| panic!("WINDOW_MSGS {value:?}: {e}"));
+    let membership = tutti_proto::Settings::default();
+    let settings = tutti_daemon::cluster::group_settings(true, &membership);
+    assert_eq!(window, settings.sender_window());
+}
