@@ -46,6 +46,14 @@ pub const MINITX_VERSION: u8 = 2;
 pub const FLAG_WATCH: u16 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 8;
+
+/// The kind of an encoded message, read from its header if the magic and version are this
+/// module's; nothing else is checked (`Message::decode` validates the rest). For routing a
+/// message to its decoder without decoding it twice.
+pub fn kind_of(bytes: &[u8]) -> Option<u8> {
+    let magic = u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]);
+    (magic == MINITX_MAGIC && *bytes.get(2)? == MINITX_VERSION).then(|| bytes.get(3).copied())?
+}
 /// Most items of one kind (compares, reads or writes) in one message, and most locks in a
 /// record: a decoder refuses more before allocating anything.
 pub const MAX_ITEMS: usize = 256;
@@ -961,6 +969,7 @@ mod tests {
     fn roundtrip(m: &Message<'_>) {
         let bytes = m.to_vec();
         assert_eq!(&Message::decode(&bytes).unwrap(), m);
+        assert_eq!(kind_of(&bytes), bytes.get(3).copied());
         // `to_vec` sizes its vector once: `encoded_len` is an upper bound, and a tight one.
         assert!(
             m.encoded_len() >= bytes.len(),
@@ -1053,6 +1062,11 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = Message::decode(&bytes);
             let _ = Record::decode(&bytes);
+            // The kind is read only under this module's magic and version.
+            if let Some(kind) = kind_of(&bytes) {
+                prop_assert_eq!(&bytes[..3], &[b'M', b'T', MINITX_VERSION][..]);
+                prop_assert_eq!(kind, bytes[3]);
+            }
             // With a valid header too, so the body decoders see the noise.
             let mut framed = MINITX_MAGIC.to_le_bytes().to_vec();
             framed.push(MINITX_VERSION);
