@@ -5,6 +5,11 @@
 //! state up to the last entry it acknowledged; and every answer the primary gives waits
 //! until the backup acknowledged all entries up to the state the answer saw, so nothing a
 //! coordinator has been told is lost when the primary crashes.
+//!
+//! A primary that lost its backup (or was promoted) gets a new one with [`MemoryNode::set_backup`]:
+//! it sends a snapshot of its whole state in chunks (state transfer), then the records logged
+//! since; until the new backup holds all of them it answers as it does alone, then its
+//! answers wait for the backup again.
 
 use super::{MemnodeId, MinitxSettings};
 use crate::{NodeId, Time};
@@ -70,7 +75,8 @@ pub struct MemoryNodeCounters {
     /// One-phase transactions that wrote nothing (reads and compares), answered without a
     /// log entry.
     pub unlogged_reads: u64,
-    /// Entries logged by a primary without a backup (after a failover).
+    /// Entries logged by a primary without a backup (after a failover), or with a new
+    /// backup not yet caught up.
     pub unreplicated_records: u64,
     pub promotions: u64,
     /// Dormant readers: watching reads remembered, refused at `max_watchers`, and wake
@@ -78,6 +84,22 @@ pub struct MemoryNodeCounters {
     pub watches: u64,
     pub watches_refused: u64,
     pub wakes_sent: u64,
+    /// Promotions refused: this backup was still receiving its snapshot (it holds no
+    /// usable state; the memory node is lost).
+    pub promotions_refused: u64,
+    /// Primary, state transfer to a new backup: transfers started, snapshot bytes sent
+    /// (with resends), chunks resent, transfers restarted (the records logged meanwhile
+    /// outgrew `max_unreplicated`), and transfers completed (the backup holds the snapshot
+    /// and every later record: answers wait for it again).
+    pub transfers_started: u64,
+    pub transfer_bytes: u64,
+    pub transfer_resends: u64,
+    pub transfers_restarted: u64,
+    pub transfers_completed: u64,
+    /// Backup: snapshots installed, and snapshots refused (did not decode or exceed the
+    /// bound: a bug or a hostile primary).
+    pub snapshots_installed: u64,
+    pub bad_snapshots: u64,
 }
 
 /// Why a region could not be added.
@@ -117,9 +139,44 @@ enum Known<'a> {
     Decided(&'a Decided),
 }
 
+/// A snapshot on its way to a new backup.
+struct Transfer {
+    /// The encoded state as of entry `lsn`, sent in `chunk`-byte pieces.
+    snapshot: Vec<u8>,
+    lsn: u64,
+    chunk: usize,
+    count: u32,
+    /// Chunks the backup acknowledged (it holds them all below this), and the next to send.
+    received: u32,
+    next: u32,
+    last_send: Time,
+}
+
+impl Transfer {
+    fn piece(&self, index: u32) -> &[u8] {
+        let start = (index as usize * self.chunk).min(self.snapshot.len());
+        let end = (start + self.chunk).min(self.snapshot.len());
+        self.snapshot.get(start..end).unwrap_or_default()
+    }
+}
+
+/// A snapshot being received by a new backup.
+struct Receiving {
+    lsn: u64,
+    count: u32,
+    received: u32,
+    bytes: Vec<u8>,
+}
+
 struct Primary {
     epoch: u64,
     backup: Option<NodeId>,
+    /// The backup holds every entry up to `acked` and the state before the first: answers
+    /// wait for it. False without a backup and during a state transfer.
+    synced: bool,
+    /// A state transfer to a new backup in progress (the records logged meanwhile wait in
+    /// `unacked`, unsent, until the snapshot is held).
+    transfer: Option<Transfer>,
     /// Last log sequence number assigned.
     lsn: u64,
     /// Last one the backup acknowledged.
@@ -136,6 +193,8 @@ enum Role {
         primary: NodeId,
         epoch: u64,
         applied: u64,
+        /// A new backup waiting for (or receiving) its snapshot: it ignores records.
+        receiving: Option<Receiving>,
     },
 }
 
@@ -169,9 +228,16 @@ pub struct MemoryNode {
     /// named first, one per node, at most `max_watchers`. Empty while every reader polls,
     /// so a write costs one emptiness check.
     watchers: Vec<(NodeId, Range)>,
+    /// Bytes of state per snapshot chunk (the host sets it to fit its datagrams).
+    snapshot_chunk: usize,
+    /// Why the last refused snapshot was refused.
+    last_bad_snapshot: Option<&'static str>,
     out: VecDeque<(NodeId, Vec<u8>)>,
     counters: MemoryNodeCounters,
 }
+
+/// Snapshot bytes per chunk unless the host says otherwise.
+const DEFAULT_SNAPSHOT_CHUNK: usize = 1024;
 
 impl MemoryNode {
     /// The primary replica of memory node `id`, replicating to `backup` (if any) in
@@ -188,6 +254,8 @@ impl MemoryNode {
             Role::Primary(Primary {
                 epoch,
                 backup,
+                synced: backup.is_some(),
+                transfer: None,
                 lsn: 0,
                 acked: 0,
                 unacked: VecDeque::new(),
@@ -207,6 +275,27 @@ impl MemoryNode {
                 primary,
                 epoch,
                 applied: 0,
+                receiving: None,
+            },
+        )
+    }
+
+    /// A new backup of memory node `id` for a primary that already logged: it waits for
+    /// the primary's snapshot (state transfer) before it applies records.
+    pub fn new_backup(id: MemnodeId, primary: NodeId, epoch: u64, settings: MinitxSettings) -> MemoryNode {
+        MemoryNode::with_role(
+            id,
+            settings,
+            Role::Backup {
+                primary,
+                epoch,
+                applied: 0,
+                receiving: Some(Receiving {
+                    lsn: 0,
+                    count: 0,
+                    received: 0,
+                    bytes: Vec::new(),
+                }),
             },
         )
     }
@@ -227,6 +316,8 @@ impl MemoryNode {
             query_floors: HashMap::new(),
             placement: HashMap::new(),
             watchers: Vec::new(),
+            snapshot_chunk: DEFAULT_SNAPSHOT_CHUNK,
+            last_bad_snapshot: None,
             out: VecDeque::new(),
             counters: MemoryNodeCounters::default(),
         }
@@ -256,20 +347,35 @@ impl MemoryNode {
         self.placement.insert(memnode, node);
     }
 
+    /// Bytes of state per snapshot chunk (at least 1): the host fits them in a datagram.
+    pub fn set_snapshot_chunk(&mut self, bytes: usize) {
+        self.snapshot_chunk = bytes.max(1);
+    }
+
     /// Failover: this backup becomes the primary in `epoch` (greater than the old one),
     /// without a backup of its own. Its prepared transactions restart their recovery
-    /// timers. No-op on a primary.
+    /// timers. No-op on a primary; refused (counted, stays a backup) on a backup still
+    /// waiting for its snapshot, which holds no usable state.
     pub fn promote(&mut self, now: Time, epoch: u64) {
         let Role::Backup {
-            epoch: old, applied, ..
+            epoch: old,
+            applied,
+            ref receiving,
+            ..
         } = self.role
         else {
             return;
         };
+        if receiving.is_some() {
+            self.counters.promotions_refused += 1;
+            return;
+        }
         assert!(epoch > old, "promotion to epoch {epoch} from {old}");
         self.role = Role::Primary(Primary {
             epoch,
             backup: None,
+            synced: false,
+            transfer: None,
             lsn: applied,
             acked: applied,
             unacked: VecDeque::new(),
@@ -288,12 +394,50 @@ impl MemoryNode {
     pub fn drop_backup(&mut self) {
         if let Role::Primary(p) = &mut self.role {
             p.backup = None;
+            p.synced = false;
+            p.transfer = None;
             p.unacked.clear();
             p.acked = p.lsn;
             for (_, to, msg) in p.held.drain(..) {
                 self.out.push_back((to, msg));
             }
         }
+    }
+
+    /// A new backup `backup` in `epoch` (not below the current one): the primary sends it
+    /// a snapshot of its state, then the records logged since, answering alone until the
+    /// backup holds them all. Replaces any backup or transfer in progress. No-op on a
+    /// backup.
+    pub fn set_backup(&mut self, now: Time, backup: NodeId, epoch: u64) {
+        self.drop_backup();
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        assert!(epoch >= p.epoch, "new backup in epoch {epoch} below {}", p.epoch);
+        p.epoch = epoch;
+        p.backup = Some(backup);
+        self.start_transfer(now);
+    }
+
+    /// Whether a backup holds every entry (answers wait for it).
+    pub fn is_replicated(&self) -> bool {
+        matches!(&self.role, Role::Primary(p) if p.synced)
+    }
+
+    /// Why the last snapshot this backup refused was refused (`bad_snapshots`).
+    pub fn last_bad_snapshot(&self) -> Option<&'static str> {
+        self.last_bad_snapshot
+    }
+
+    /// A backup that holds its state (not waiting for a snapshot).
+    pub fn has_state(&self) -> bool {
+        !matches!(
+            self.role,
+            Role::Backup {
+                receiving: Some(_),
+                ..
+            }
+        )
     }
 
     pub fn id(&self) -> MemnodeId {
@@ -337,8 +481,13 @@ impl MemoryNode {
         };
         let mut next = None::<Time>;
         let mut at = |t: Time| next = Some(next.map_or(t, |n| n.min(t)));
-        if p.backup.is_some() && !p.unacked.is_empty() {
-            at(p.last_resend + self.settings.retransmit);
+        match &p.transfer {
+            Some(t) if t.received < t.count => at(t.last_send + self.settings.retransmit),
+            Some(_) => {}
+            None if p.backup.is_some() && !p.unacked.is_empty() => {
+                at(p.last_resend + self.settings.retransmit)
+            }
+            None => {}
         }
         for prep in self.prepared.values() {
             at(match prep.last_query {
@@ -353,7 +502,19 @@ impl MemoryNode {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
-        if let Some(backup) = p.backup {
+        if p.transfer.is_some() {
+            let due = p
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.received < t.count && now >= t.last_send + self.settings.retransmit);
+            if due {
+                if let Some(t) = p.transfer.as_mut() {
+                    self.counters.transfer_resends += u64::from(t.next - t.received);
+                    t.next = t.received;
+                }
+                self.send_chunks(now);
+            }
+        } else if let Some(backup) = p.backup {
             if !p.unacked.is_empty() && now >= p.last_resend + self.settings.retransmit {
                 for (_, msg) in p.unacked.iter().take(self.settings.replicate_burst) {
                     self.out.push_back((backup, msg.clone()));
@@ -411,6 +572,17 @@ impl MemoryNode {
                     epoch, lsn, record, ..
                 },
             ) => self.on_replicate(now, from, epoch, lsn, &record),
+            (
+                Role::Backup { .. },
+                Message::Snapshot {
+                    epoch,
+                    lsn,
+                    index,
+                    count,
+                    chunk,
+                    ..
+                },
+            ) => self.on_snapshot(now, from, epoch, lsn, index, count, chunk),
             (Role::Backup { .. }, _) => self.counters.misaddressed += 1,
             (
                 Role::Primary(_),
@@ -449,6 +621,9 @@ impl MemoryNode {
                 self.on_replicate_ack(from, epoch, lsn)
             }
             (Role::Primary(_), Message::Forget { txids, .. }) => self.on_forget(now, &txids),
+            (Role::Primary(_), Message::SnapshotAck { epoch, received, .. }) => {
+                self.on_snapshot_ack(now, from, epoch, received)
+            }
             (Role::Primary(_), Message::DecideAck { .. }) => {
                 // Acks of decisions sent by recovery: nothing to track.
             }
@@ -497,8 +672,9 @@ impl MemoryNode {
 
     fn log_full(&self) -> bool {
         match &self.role {
+            // Not synced, the records wait for a transfer: at the bound it starts again.
             Role::Primary(p) => {
-                p.unacked.len() >= self.settings.max_unreplicated
+                (p.synced && p.unacked.len() >= self.settings.max_unreplicated)
                     || p.held.len() >= self.settings.max_unreplicated
             }
             Role::Backup { .. } => true,
@@ -851,6 +1027,27 @@ impl MemoryNode {
             unreachable!("only a primary logs");
         };
         p.lsn += 1;
+        if p.transfer.is_some() {
+            // Kept for the new backup once it holds the snapshot: it cannot apply them yet.
+            let msg = Message::Replicate {
+                memnode: self.id,
+                epoch: p.epoch,
+                lsn: p.lsn,
+                record: record.clone(),
+            }
+            .to_vec();
+            p.unacked.push_back((p.lsn, msg));
+            self.counters.unreplicated_records += 1;
+            if p.unacked.len() > self.settings.max_unreplicated {
+                // Too far behind: a fresh snapshot holds all of it.
+                self.counters.transfers_restarted += 1;
+                self.start_transfer(now);
+            }
+            return;
+        }
+        if !p.synced {
+            self.counters.unreplicated_records += 1;
+        }
         match p.backup {
             Some(backup) => {
                 let msg = Message::Replicate {
@@ -878,7 +1075,7 @@ impl MemoryNode {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
-        if p.acked >= p.lsn {
+        if !p.synced || p.acked >= p.lsn {
             self.out.push_back((to, msg));
         } else if p.held.len() < self.settings.max_unreplicated {
             p.held.push_back((p.lsn, to, msg));
@@ -895,14 +1092,405 @@ impl MemoryNode {
             self.counters.misaddressed += 1;
             return;
         }
+        if p.transfer.is_some() {
+            return; // acks of the snapshot come as `SnapshotAck`
+        }
         p.acked = p.acked.max(lsn.min(p.lsn));
         while p.unacked.front().is_some_and(|(l, _)| *l <= p.acked) {
             p.unacked.pop_front();
+        }
+        if !p.synced && p.acked >= p.lsn {
+            // Caught up: from now on answers wait for the backup again.
+            p.synced = true;
+            self.counters.transfers_completed += 1;
         }
         while p.held.front().is_some_and(|(l, _, _)| *l <= p.acked) {
             let (_, to, msg) = p.held.pop_front().expect("front checked");
             self.out.push_back((to, msg));
         }
+    }
+
+    // ----- state transfer to a new backup -----
+
+    /// Snapshots the state at the current entry and starts sending it to the backup; the
+    /// records logged before are in the snapshot, so they are not kept.
+    fn start_transfer(&mut self, now: Time) {
+        let snapshot = self.encode_state();
+        let chunk = self.snapshot_chunk;
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        p.unacked.clear();
+        p.acked = p.lsn;
+        p.synced = false;
+        let count = u32::try_from(snapshot.len().div_ceil(chunk)).unwrap_or(u32::MAX);
+        p.transfer = Some(Transfer {
+            snapshot,
+            lsn: p.lsn,
+            chunk,
+            count,
+            received: 0,
+            next: 0,
+            last_send: now,
+        });
+        self.counters.transfers_started += 1;
+        self.send_chunks(now);
+    }
+
+    /// Sends the chunks not yet sent, at most `replicate_burst` beyond those acknowledged.
+    fn send_chunks(&mut self, now: Time) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let (Some(backup), Some(t)) = (p.backup, p.transfer.as_mut()) else {
+            return;
+        };
+        let window = u32::try_from(self.settings.replicate_burst.max(1)).unwrap_or(u32::MAX);
+        while t.next < t.count && t.next < t.received.saturating_add(window) {
+            let msg = Message::Snapshot {
+                memnode: self.id,
+                epoch: p.epoch,
+                lsn: t.lsn,
+                index: t.next,
+                count: t.count,
+                chunk: t.piece(t.next),
+            }
+            .to_vec();
+            self.counters.transfer_bytes += msg.len() as u64;
+            self.out.push_back((backup, msg));
+            t.next += 1;
+            t.last_send = now;
+        }
+    }
+
+    fn on_snapshot_ack(&mut self, now: Time, from: NodeId, epoch: u64, received: u32) {
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        if p.backup != Some(from) || p.epoch != epoch {
+            self.counters.misaddressed += 1;
+            return;
+        }
+        let Some(t) = p.transfer.as_mut() else {
+            return; // a late duplicate
+        };
+        t.received = t.received.max(received.min(t.count));
+        t.next = t.next.max(t.received);
+        if t.received < t.count {
+            return self.send_chunks(now);
+        }
+        // The backup holds the snapshot: the records logged since follow, and answers
+        // wait for the backup once it holds them all.
+        let lsn = t.lsn;
+        p.transfer = None;
+        p.acked = lsn;
+        p.last_resend = now;
+        if let Some(backup) = p.backup {
+            for (_, msg) in p.unacked.iter() {
+                self.out.push_back((backup, msg.clone()));
+            }
+        }
+        if p.unacked.is_empty() {
+            p.synced = true;
+            self.counters.transfers_completed += 1;
+        }
+    }
+
+    /// Backup: chunk `index` of `count` of the snapshot at entry `lsn`, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn on_snapshot(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        epoch: u64,
+        lsn: u64,
+        index: u32,
+        count: u32,
+        chunk: &[u8],
+    ) {
+        let bound = self.snapshot_bound();
+        let id = self.id;
+        let Role::Backup {
+            primary,
+            epoch: mine,
+            applied,
+            receiving,
+        } = &mut self.role
+        else {
+            return;
+        };
+        if from != *primary || epoch != *mine {
+            self.counters.misaddressed += 1;
+            return;
+        }
+        let ack = |received: u32| {
+            Message::SnapshotAck {
+                memnode: id,
+                epoch,
+                received,
+            }
+            .to_vec()
+        };
+        let fresh = || Receiving {
+            lsn,
+            count,
+            received: 0,
+            bytes: Vec::new(),
+        };
+        let r = match receiving {
+            // Already installed (an ack was lost), or a later state held.
+            None if lsn <= *applied => {
+                self.out.push_back((from, ack(count)));
+                return;
+            }
+            None => receiving.insert(fresh()),
+            Some(r) if r.lsn != lsn || r.count != count => {
+                if index != 0 {
+                    return; // the rest of another snapshot than the one started
+                }
+                *r = fresh();
+                r
+            }
+            Some(r) => r,
+        };
+        if index == r.received && r.received < r.count {
+            if r.bytes.len() + chunk.len() > bound {
+                self.counters.bad_snapshots += 1;
+                *r = fresh();
+                self.out.push_back((from, ack(0)));
+                return;
+            }
+            r.bytes.extend_from_slice(chunk);
+            r.received += 1;
+        }
+        let received = r.received;
+        if received == r.count {
+            let bytes = std::mem::take(&mut r.bytes);
+            if let Err(SnapshotError(why)) = self.install_state(now, &bytes) {
+                self.last_bad_snapshot = Some(why);
+                self.counters.bad_snapshots += 1;
+                if let Role::Backup {
+                    receiving: Some(r), ..
+                } = &mut self.role
+                {
+                    r.received = 0;
+                }
+                self.out.push_back((from, ack(0)));
+                return;
+            }
+            if let Role::Backup {
+                applied, receiving, ..
+            } = &mut self.role
+            {
+                *applied = lsn;
+                *receiving = None;
+            }
+            self.counters.snapshots_installed += 1;
+        }
+        self.out.push_back((from, ack(received)));
+    }
+
+    /// Most bytes a snapshot may take: the regions (`max_memory`), remembered outcomes
+    /// (`max_decided_bytes` plus their ids), prepared transactions (`max_prepared` of at
+    /// most a transaction's bytes twice: locks and writes) and the floors.
+    fn snapshot_bound(&self) -> usize {
+        let s = &self.settings;
+        let txn = usize::try_from(s.txn_byte_limit()).unwrap_or(usize::MAX);
+        (s.max_memory as usize)
+            .saturating_add(s.max_decided_bytes)
+            .saturating_add(s.max_decided.saturating_mul(2 * 32))
+            .saturating_add(s.max_prepared.saturating_mul(2 * txn + 64 * 1024))
+            .saturating_add(s.max_coordinators.saturating_mul(2 * 16))
+            .saturating_add(1024)
+    }
+
+    /// The whole state: regions, floors, prepared transactions (their log records),
+    /// remembered outcomes in decision order (as records without writes) and the
+    /// forgettable ones in confirmation order. Read by [`MemoryNode::install_state`].
+    fn encode_state(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.memory as usize + self.decided_bytes + 1024);
+        let u32_of = |n: usize| u32::try_from(n).expect("state counts are bounded far below 4G");
+        out.extend_from_slice(&u32_of(self.regions.len()).to_le_bytes());
+        for (id, bytes) in &self.regions {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&u32_of(bytes.len()).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        for floors in [&self.floors, &self.query_floors] {
+            let mut sorted: Vec<_> = floors.iter().collect();
+            sorted.sort_unstable();
+            out.extend_from_slice(&u32_of(sorted.len()).to_le_bytes());
+            for (coordinator, (incarnation, seq)) in sorted {
+                out.extend_from_slice(&coordinator.to_le_bytes());
+                out.extend_from_slice(&incarnation.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+        }
+        let put_record = |out: &mut Vec<u8>, record: &Record<'_>| {
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            record.encode(out);
+            let len = u32_of(out.len() - at - 4).to_le_bytes();
+            out[at..at + 4].copy_from_slice(&len);
+        };
+        out.extend_from_slice(&u32_of(self.prepared.len()).to_le_bytes());
+        for (txid, p) in &self.prepared {
+            let record = Record::Prepared {
+                txid: *txid,
+                participants: p.participants.clone(),
+                locks: p.locks.clone(),
+                writes: p
+                    .writes
+                    .iter()
+                    .map(|(range, data)| tutti_wire::minitx::Item { range: *range, data })
+                    .collect(),
+                reply: &p.reply,
+            };
+            put_record(&mut out, &record);
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.decided.len());
+        let decided: Vec<(&TxId, &Decided)> = self
+            .decided_order
+            .iter()
+            .filter(|t| seen.insert(**t))
+            .filter_map(|t| self.decided.get(t).map(|d| (t, d)))
+            .collect();
+        out.extend_from_slice(&u32_of(decided.len()).to_le_bytes());
+        for (txid, d) in decided {
+            let record = Record::Outcome {
+                txid: *txid,
+                commit: d.commit,
+                writes: Vec::new(),
+                reply: &d.reply,
+            };
+            put_record(&mut out, &record);
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.forgettable_order.len());
+        let forgettable: Vec<&TxId> = self
+            .forgettable_order
+            .iter()
+            .filter(|t| self.decided.get(t).is_some_and(|d| d.forgettable) && seen.insert(**t))
+            .collect();
+        out.extend_from_slice(&u32_of(forgettable.len()).to_le_bytes());
+        for txid in forgettable {
+            out.extend_from_slice(&txid.coordinator.to_le_bytes());
+            out.extend_from_slice(&txid.incarnation.to_le_bytes());
+            out.extend_from_slice(&txid.seq.to_le_bytes());
+        }
+        out
+    }
+
+    /// Replaces the state with a snapshot from [`MemoryNode::encode_state`], checked
+    /// whole first: on an error nothing changes.
+    fn install_state(&mut self, now: Time, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let mut r = StateReader { bytes, at: 0 };
+        let mut regions = BTreeMap::new();
+        let mut memory = 0u64;
+        for _ in 0..r.count(8)? {
+            let id = r.u32()?;
+            let len = r.u32()? as usize;
+            memory += len as u64;
+            if memory > self.settings.max_memory {
+                return Err(SnapshotError("regions exceed max_memory"));
+            }
+            if regions.insert(id, r.take(len)?.to_vec()).is_some() {
+                return Err(SnapshotError("region twice"));
+            }
+        }
+        let mut floor_maps = [HashMap::new(), HashMap::new()];
+        for floors in &mut floor_maps {
+            let n = r.count(16)?;
+            if n > self.settings.max_coordinators {
+                return Err(SnapshotError("more coordinators than max_coordinators"));
+            }
+            for _ in 0..n {
+                let coordinator = r.u32()?;
+                let floor = (r.u32()?, r.u64()?);
+                floors.insert(coordinator, floor);
+            }
+        }
+        let mut prepared = BTreeMap::new();
+        let n = r.count(4)?;
+        if n > self.settings.max_prepared {
+            return Err(SnapshotError("more prepared than max_prepared"));
+        }
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            match Record::decode(r.take(len)?) {
+                Ok(Record::Prepared {
+                    txid,
+                    participants,
+                    locks,
+                    writes,
+                    reply,
+                }) => {
+                    let entry = Prepared {
+                        participants,
+                        locks,
+                        writes: writes.iter().map(|w| (w.range, w.data.to_vec())).collect(),
+                        reply: reply.to_vec(),
+                        since: now,
+                        answers: BTreeMap::new(),
+                        last_query: None,
+                    };
+                    if prepared.insert(txid, entry).is_some() {
+                        return Err(SnapshotError("prepared transaction twice"));
+                    }
+                }
+                _ => return Err(SnapshotError("bad prepared record")),
+            }
+        }
+        let mut decided = HashMap::new();
+        let mut decided_order = VecDeque::new();
+        let mut decided_bytes = 0;
+        for _ in 0..r.count(4)? {
+            let len = r.u32()? as usize;
+            match Record::decode(r.take(len)?) {
+                Ok(Record::Outcome {
+                    txid, commit, reply, ..
+                }) => {
+                    decided_bytes += reply.len() + DECIDED_OVERHEAD;
+                    let entry = Decided {
+                        commit,
+                        reply: reply.to_vec(),
+                        forgettable: false,
+                    };
+                    if decided.insert(txid, entry).is_some() || prepared.contains_key(&txid) {
+                        return Err(SnapshotError("outcome twice"));
+                    }
+                    decided_order.push_back(txid);
+                }
+                _ => return Err(SnapshotError("bad outcome record")),
+            }
+        }
+        let mut forgettable_order = VecDeque::new();
+        for _ in 0..r.count(16)? {
+            let txid = TxId {
+                coordinator: r.u32()?,
+                incarnation: r.u32()?,
+                seq: r.u64()?,
+            };
+            match decided.get_mut(&txid) {
+                Some(d) if !d.forgettable => d.forgettable = true,
+                _ => return Err(SnapshotError("forgettable id not remembered")),
+            }
+            forgettable_order.push_back(txid);
+        }
+        if r.at != bytes.len() {
+            return Err(SnapshotError("trailing bytes"));
+        }
+        let [floors, query_floors] = floor_maps;
+        self.regions = regions;
+        self.memory = memory;
+        self.floors = floors;
+        self.query_floors = query_floors;
+        self.prepared = prepared;
+        self.decided = decided;
+        self.decided_order = decided_order;
+        self.forgettable_order = forgettable_order;
+        self.decided_bytes = decided_bytes;
+        self.evict();
+        Ok(())
     }
 
     // ----- backup -----
@@ -912,12 +1500,18 @@ impl MemoryNode {
             primary,
             epoch: mine,
             applied,
+            ref receiving,
         } = self.role
         else {
             return;
         };
         if from != primary || epoch != mine {
             self.counters.misaddressed += 1;
+            return;
+        }
+        if receiving.is_some() {
+            // No state to apply it to yet (the primary resends it after the snapshot).
+            self.counters.records_out_of_order += 1;
             return;
         }
         if lsn == applied + 1 {
@@ -1158,8 +1752,221 @@ impl MemoryNode {
     }
 }
 
+/// Why a snapshot was refused.
+#[derive(Debug)]
+struct SnapshotError(&'static str);
+
+impl From<Truncated> for SnapshotError {
+    fn from(_: Truncated) -> SnapshotError {
+        SnapshotError("truncated")
+    }
+}
+
+struct Truncated;
+
+/// A strict reader of snapshot bytes: slices with `get`, never indexes.
+struct StateReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> StateReader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Truncated> {
+        let end = self.at.checked_add(n).ok_or(Truncated)?;
+        let out = self.bytes.get(self.at..end).ok_or(Truncated)?;
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32, Truncated> {
+        let mut a = [0; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    fn u64(&mut self) -> Result<u64, Truncated> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A u32 count of elements of at least `min_size` bytes each: never more than the
+    /// bytes left could hold, so a hostile count sizes nothing.
+    fn count(&mut self, min_size: usize) -> Result<usize, Truncated> {
+        let n = self.u32()? as usize;
+        let left = self.bytes.len() - self.at;
+        if n.saturating_mul(min_size) > left {
+            return Err(Truncated);
+        }
+        Ok(n)
+    }
+}
+
 fn overlap(a: &Range, b: &Range) -> bool {
     a.region == b.region
         && u64::from(a.offset) < u64::from(b.offset) + u64::from(b.len)
         && u64::from(b.offset) < u64::from(a.offset) + u64::from(a.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tutti_wire::minitx::Item;
+
+    fn txid(seq: u64) -> TxId {
+        TxId {
+            coordinator: 7,
+            incarnation: 1,
+            seq,
+        }
+    }
+
+    /// A primary alone with a region, a committed write, a prepared transaction (holding
+    /// its lock) and a forgettable outcome.
+    fn primary_with_state() -> MemoryNode {
+        let mut node = MemoryNode::primary(0, 1, None, MinitxSettings::default());
+        node.add_region(1, 64).unwrap();
+        let write = |offset, data: &'static [u8]| Item {
+            range: Range {
+                region: 1,
+                offset,
+                len: data.len() as u32,
+            },
+            data,
+        };
+        let exec = Message::Exec {
+            memnode: 0,
+            watch: false,
+            txid: txid(1),
+            items: Items {
+                writes: vec![write(0, b"committed")],
+                ..Items::default()
+            },
+        };
+        node.handle_message(0, 9, &exec.to_vec());
+        let prepare = Message::Prepare {
+            memnode: 0,
+            txid: txid(2),
+            participants: vec![0, 1],
+            items: Items {
+                writes: vec![write(32, b"prepared")],
+                ..Items::default()
+            },
+        };
+        node.handle_message(0, 9, &prepare.to_vec());
+        let forget = Message::Forget {
+            memnode: 0,
+            txids: vec![txid(1)],
+        };
+        node.handle_message(0, 9, &forget.to_vec());
+        while node.poll_transmit().is_some() {}
+        assert_eq!(node.in_doubt(), 1);
+        node
+    }
+
+    #[test]
+    fn a_snapshot_installs_the_whole_state() {
+        let primary = primary_with_state();
+        let bytes = primary.encode_state();
+        let mut backup = MemoryNode::new_backup(0, 1, 2, MinitxSettings::default());
+        backup.install_state(5, &bytes).unwrap();
+        assert_eq!(backup.region(1), primary.region(1));
+        assert_eq!(&backup.region(1).unwrap()[..9], b"committed");
+        assert_eq!(backup.in_doubt(), 1);
+        assert_eq!(backup.decided.len(), 1);
+        assert!(backup.decided.get(&txid(1)).unwrap().forgettable);
+        assert_eq!(backup.decided_bytes, primary.decided_bytes);
+        // The same state encodes to the same bytes.
+        assert_eq!(backup.encode_state(), bytes);
+    }
+
+    #[test]
+    fn a_snapshot_moves_in_chunks_then_answers_wait_for_the_new_backup() {
+        let mut primary = primary_with_state();
+        primary.set_snapshot_chunk(16);
+        primary.set_backup(0, 2, 2);
+        let mut backup = MemoryNode::new_backup(0, 1, 2, MinitxSettings::default());
+        assert!(!primary.is_replicated());
+        // Lose every third message; run until the backup holds everything.
+        let mut lost = 0u32;
+        for step in 0..10_000u64 {
+            let now = step * 1_000_000;
+            primary.handle_timeout(now);
+            while let Some((to, msg)) = primary.poll_transmit() {
+                lost += 1;
+                if to == 2 && !lost.is_multiple_of(3) {
+                    backup.handle_message(now, 1, &msg);
+                }
+            }
+            while let Some((_, msg)) = backup.poll_transmit() {
+                primary.handle_message(now, 2, &msg);
+            }
+            if primary.is_replicated() {
+                break;
+            }
+        }
+        assert!(primary.is_replicated(), "{:?}", primary.counters());
+        assert!(backup.has_state());
+        assert_eq!(backup.region(1), primary.region(1));
+        assert_eq!(primary.counters().transfers_completed, 1);
+        assert!(primary.counters().transfer_resends > 0);
+        assert_eq!(backup.counters().snapshots_installed, 1);
+        // From now on a write's answer waits for the backup's ack.
+        let exec = Message::Exec {
+            memnode: 0,
+            watch: false,
+            txid: txid(3),
+            items: Items {
+                writes: vec![Item {
+                    range: Range {
+                        region: 1,
+                        offset: 16,
+                        len: 4,
+                    },
+                    data: b"late",
+                }],
+                ..Items::default()
+            },
+        };
+        primary.handle_message(0, 9, &exec.to_vec());
+        let (to, replicate) = primary.poll_transmit().unwrap();
+        assert_eq!(to, 2);
+        assert!(primary.poll_transmit().is_none(), "the answer waits");
+        backup.handle_message(0, 1, &replicate);
+        let (_, ack) = backup.poll_transmit().unwrap();
+        primary.handle_message(0, 2, &ack);
+        assert_eq!(primary.poll_transmit().map(|(to, _)| to), Some(9));
+        assert_eq!(backup.region(1), primary.region(1));
+    }
+
+    #[test]
+    fn a_backup_waiting_for_its_snapshot_is_not_promoted() {
+        let mut backup = MemoryNode::new_backup(0, 1, 2, MinitxSettings::default());
+        backup.promote(0, 3);
+        assert!(!backup.is_primary());
+        assert_eq!(backup.counters().promotions_refused, 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Hostile or damaged snapshot bytes never panic and change nothing.
+        #[test]
+        fn damaged_snapshots_are_refused_whole(cut in 0usize..400, flips in prop::collection::vec((0usize..400, any::<u8>()), 0..4)) {
+            let bytes = primary_with_state().encode_state();
+            let mut damaged = bytes[..cut.min(bytes.len())].to_vec();
+            for (at, x) in flips {
+                if let Some(b) = damaged.get_mut(at) {
+                    *b ^= x;
+                }
+            }
+            let mut backup = MemoryNode::new_backup(0, 1, 2, MinitxSettings::default());
+            backup.add_region(1, 8).unwrap();
+            if backup.install_state(0, &damaged).is_err() {
+                prop_assert_eq!(backup.region(1), Some(&[0u8; 8][..]));
+                prop_assert_eq!(backup.in_doubt(), 0);
+            }
+        }
+    }
 }
