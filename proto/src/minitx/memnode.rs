@@ -444,6 +444,14 @@ impl MemoryNode {
         self.id
     }
 
+    /// The epoch this replica runs in (a primary's, or the one a backup follows).
+    pub fn epoch(&self) -> u64 {
+        match &self.role {
+            Role::Primary(p) => p.epoch,
+            Role::Backup { epoch, .. } => *epoch,
+        }
+    }
+
     pub fn is_primary(&self) -> bool {
         matches!(self.role, Role::Primary(_))
     }

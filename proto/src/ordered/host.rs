@@ -239,6 +239,15 @@ pub(crate) struct OrderedHost {
 /// default `Settings::max_datagram`).
 const DEFAULT_MAX_DATAGRAM: usize = 1472;
 
+/// Whether `msg` is a state-transfer chunk of an epoch above `epoch`.
+fn is_newer_snapshot(msg: &[u8], epoch: u64) -> bool {
+    msg.get(3) == Some(&mtkind::SNAPSHOT)
+        && matches!(
+            tutti_wire::minitx::Message::decode(msg),
+            Ok(tutti_wire::minitx::Message::Snapshot { epoch: e, .. }) if e > epoch
+        )
+}
+
 /// Bytes of a snapshot message's own fields (epoch, lsn, index, count, chunk length).
 const SNAPSHOT_FIELDS_LEN: usize = 28;
 
@@ -1327,6 +1336,21 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
+                // A backup replica left from an older epoch (this node was cut off and came
+                // back, never restarting) is replaced when it is named the new backup again:
+                // its old state is stale, the snapshot brings the current one.
+                let named = self
+                    .placements
+                    .get(&group)
+                    .is_some_and(|p| p.primary == from && p.backup == Some(self.me));
+                if named
+                    && self
+                        .replicas
+                        .get(&group)
+                        .is_some_and(|r| !r.node.is_primary() && is_newer_snapshot(msg, r.node.epoch()))
+                {
+                    self.replicas.remove(&group);
+                }
                 if !self.replicas.contains_key(&group) && !self.create_replica(now, from, group, &layout, msg)
                 {
                     return;
