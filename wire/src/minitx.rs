@@ -320,8 +320,15 @@ pub enum Message<'a> {
         count: u32,
         chunk: &'a [u8],
     },
-    /// New backup -> primary: the first `received` chunks of the snapshot are held.
-    SnapshotAck { memnode: u16, epoch: u64, received: u32 },
+    /// New backup -> primary: the first `received` chunks of the snapshot are held, and
+    /// chunk `received + 1 + i` too for every bit `i` set in `held` (selective: the
+    /// primary resends only the missing ones).
+    SnapshotAck {
+        memnode: u16,
+        epoch: u64,
+        received: u32,
+        held: u64,
+    },
 }
 
 /// Message kind codes (the byte at offset 3 of the header): a transport routes answers
@@ -461,9 +468,15 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
                 out.extend_from_slice(chunk);
             }
-            Message::SnapshotAck { epoch, received, .. } => {
+            Message::SnapshotAck {
+                epoch,
+                received,
+                held,
+                ..
+            } => {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&received.to_le_bytes());
+                out.extend_from_slice(&held.to_le_bytes());
             }
         }
     }
@@ -643,6 +656,7 @@ impl<'a> Message<'a> {
                 memnode,
                 epoch: r.u64()?,
                 received: r.u32()?,
+                held: r.u64()?,
             },
             other => return Err(MinitxError::UnknownKind(other)),
         };
@@ -1084,7 +1098,7 @@ mod tests {
             roundtrip(&Message::Wake { memnode: (lsn % 7) as u16 });
             let index = lsn as u32;
             roundtrip(&Message::Snapshot { memnode: 3, epoch, lsn, index, count: index.wrapping_add(1), chunk: &reply });
-            roundtrip(&Message::SnapshotAck { memnode: 3, epoch, received: index });
+            roundtrip(&Message::SnapshotAck { memnode: 3, epoch, received: index, held: lsn ^ epoch });
         }
 
         #[test]
