@@ -203,12 +203,15 @@ fn run_ordered(args: &Args, groups: u32) -> ! {
         OrderedScenario::random(args.seed)
     } else {
         let mut sc = OrderedScenario::new(args.seed, groups.max(1));
-        sc.nodes = if args.nodes == 16 { 6 } else { args.nodes };
+        sc.nodes = if args.nodes == 16 { 7 } else { args.nodes };
         sc.members = args.ordered_members.clamp(1, sc.nodes);
         sc.loss = args.loss;
         sc.duplicate = args.duplicate;
         sc.rate = args.ordered_rate.max(1);
         sc.send_for = args.ordered_send_ms * MILLIS;
+        if sc.crash_primary.is_some() && sc.crash_promoted {
+            sc.send_for += tutti_sim::ordered::PROMOTED_SEND_EXTRA;
+        }
         if args.ordered_no_faults {
             sc.crash_member = None;
             sc.crash_primary = None;
@@ -251,6 +254,10 @@ fn run_ordered(args: &Args, groups: u32) -> ! {
         println!(
             "  views {} installs {} removals {} promotions {} minority events {} crashed {:?}",
             r.views, r.installs, r.removals, r.promotions, r.minority_events, r.crashed
+        );
+        println!(
+            "  re-backups               {} state transfers completed ({} snapshot bytes); promoted primary crashed {} (spared {}), {:?} ms from the first crash to its new backup holding everything",
+            r.transfers_completed, r.transfer_bytes, r.promoted_crashed, r.promoted_spared, r.rebackup_ms
         );
         println!(
             "  datagrams                {} ({} bytes, largest {} of max {})",

@@ -21,6 +21,13 @@ const TICK: Time = MILLIS;
 /// The cluster must have formed (every node's view holds every node) within this.
 const MAX_BOOTSTRAP: Time = 10_000 * MILLIS;
 /// After sends and faults stop, survivors must have delivered everything within this.
+/// How long after the first crash the promoted primary may take to get a new backup up
+/// to date before its crash (`crash_promoted`) is given up (counted: `promoted_spared`).
+const REBACKUP_LIMIT: Time = 3_000 * MILLIS;
+/// Polling interval of that wait.
+const REBACKUP_POLL: Time = 5 * MILLIS;
+/// Extra sending time of a seed that crashes the promoted primary too.
+pub const PROMOTED_SEND_EXTRA: Time = 700 * MILLIS;
 const SETTLE: Time = 20_000 * MILLIS;
 /// A removed member's application joins again this long after the removal.
 const REJOIN_DELAY: Time = 5 * MILLIS;
@@ -78,6 +85,9 @@ pub struct OrderedScenario {
     pub crash_member: Option<Time>,
     /// Crash of group 0's memory-node primary at this time.
     pub crash_primary: Option<Time>,
+    /// After `crash_primary`: crash the promoted primary too, once its new backup holds
+    /// everything (state transfer done), when the cluster and every group keep a majority.
+    pub crash_promoted: bool,
     /// A non-member joins group 0 at this time (state transfer).
     pub join_at: Option<Time>,
     /// Bytes of filler in every snapshot (transfers span several datagrams).
@@ -92,7 +102,9 @@ impl OrderedScenario {
     pub fn new(seed: u64, groups: u32) -> OrderedScenario {
         OrderedScenario {
             seed,
-            nodes: 6,
+            // 7: the cluster and every group keep a majority through three crashes (the
+            // primary, the promoted primary, a member).
+            nodes: 7,
             groups,
             members: 4,
             loss: 0.01,
@@ -106,6 +118,7 @@ impl OrderedScenario {
             idle_gap: None,
             crash_member: Some(120 * MILLIS),
             crash_primary: Some(180 * MILLIS),
+            crash_promoted: true,
             join_at: Some(100 * MILLIS),
             snapshot_filler: 3000,
             max_datagram: 1472,
@@ -132,7 +145,13 @@ impl OrderedScenario {
         sc.crash_primary = fault(&mut rng);
         sc.join_at = fault(&mut rng);
         sc.ordered = ordered_settings(rng.gen_range(1..=16));
-        // Drawn last: the draws above give every seed the scenario it had before.
+        sc.crash_promoted = sc.crash_primary.is_some() && rng.gen_bool(0.7);
+        if sc.crash_promoted {
+            // Sends go on past the second crash (the re-backup takes a view change, a few
+            // hundred ms here).
+            sc.send_for += PROMOTED_SEND_EXTRA;
+        }
+        // Dormancy, drawn last (after the draws of the seeds the re-backup sweeps were run with).
         if rng.gen_bool(0.25) {
             sc.idle_gap = Some((
                 rng.gen_range(20..=140) * MILLIS,
@@ -145,7 +164,7 @@ impl OrderedScenario {
     pub fn describe(&self) -> String {
         format!(
             "{} nodes, {} groups of {}, loss {}, dup {}, latency <= {} us, rate {}/ms, payload <= {}, safe {}, \
-             crash member {:?} ms, crash primary {:?} ms, join {:?} ms, max_batch {}, idle gap {:?} ms",
+             crash member {:?} ms, crash primary {:?} ms (then the promoted one: {}), join {:?} ms, max_batch {}, idle gap {:?} ms",
             self.nodes,
             self.groups,
             self.members,
@@ -157,6 +176,7 @@ impl OrderedScenario {
             self.safe_share,
             self.crash_member.map(|t| t / MILLIS),
             self.crash_primary.map(|t| t / MILLIS),
+            self.crash_promoted,
             self.join_at.map(|t| t / MILLIS),
             self.ordered.max_batch,
             self.idle_gap.map(|(at, len)| (at / MILLIS, len / MILLIS))
@@ -215,6 +235,15 @@ pub struct OrderedReport {
     pub views: u64,
     pub removals: u64,
     pub promotions: u64,
+    /// State transfers to a new backup completed, their snapshot bytes (with resends), and
+    /// the time from the first crash until group 0's new backup held everything.
+    pub transfers_completed: u64,
+    pub transfer_bytes: u64,
+    pub rebackup_ms: Option<f64>,
+    /// The promoted primary crashed after its re-backup (`crash_promoted`), or was spared
+    /// (no re-backup within `REBACKUP_LIMIT`).
+    pub promoted_crashed: bool,
+    pub promoted_spared: bool,
     pub minority_events: u64,
     /// Dormancy (`idle_gap`): reads of current members that asked to be woken, and
     /// wake-ups they acted on.
@@ -236,6 +265,8 @@ struct App {
 enum Action {
     CrashMember,
     CrashPrimary,
+    /// The promoted primary of group 0, once its new backup holds everything.
+    CrashPromoted(NodeId),
     Join(NodeId, u64),
     Rejoin(NodeId, u64),
 }
@@ -438,6 +469,24 @@ impl OrderedSim {
                 crashes.push(p);
                 self.schedule(self.start + at, Action::CrashPrimary);
             }
+            // The promoted one too, if the cluster and every group keep a majority (with a
+            // member crash as well, when one may come).
+            if let (true, Some(&b)) = (self.sc.crash_promoted, hosts.get(1)) {
+                let mut down = crashes.clone();
+                down.push(b);
+                let later = usize::from(self.sc.crash_member.is_some());
+                let n = all.len();
+                let cluster = 2 * (n - down.len() - later) > n;
+                let groups = (0..self.groups.len()).all(|gi| {
+                    let m = self.initial_members(gi);
+                    let dead = m.iter().filter(|x| down.contains(x)).count() + later;
+                    2 * m.len().saturating_sub(dead) > m.len()
+                });
+                if cluster && groups {
+                    crashes.push(b);
+                    self.schedule(self.start + at + 20 * MILLIS, Action::CrashPromoted(b));
+                }
+            }
         }
         if let Some(at) = self.sc.crash_member {
             // A member of some group that hosts no memory node of any group, whose crash
@@ -490,6 +539,17 @@ impl OrderedSim {
     }
 
     fn settled(&self) -> bool {
+        // After the promoted primary's crash: not before the newest backup took over.
+        if self.report.promoted_crashed {
+            let g0 = self.groups[0];
+            let taken_over = self.nodes.values().any(|n| {
+                n.memnode_replica(g0)
+                    .is_some_and(|r| r.is_primary() && r.counters().promotions > 0)
+            });
+            if !taken_over {
+                return false;
+            }
+        }
         // Every live member of every group is Active (or gone for good), nothing queued,
         // and all of a group's members delivered up to the same place.
         for &g in &self.groups {
@@ -612,6 +672,11 @@ impl OrderedSim {
                 self.checker = c;
             }
         }
+        let nodes = std::mem::take(&mut self.nodes);
+        for node in nodes.values() {
+            self.count_transfers(node);
+        }
+        self.nodes = nodes;
         let r = &mut self.report;
         r.violations = self.checker.violations.clone();
         r.invariant_violations = r.violations.total();
@@ -683,21 +748,33 @@ impl OrderedSim {
 
     fn act(&mut self, a: Action) {
         match a {
+            Action::CrashPromoted(v) => {
+                let g0 = self.groups[0];
+                let first = self.start + self.sc.crash_primary.unwrap_or(0);
+                let Some(node) = self.nodes.get(&v) else { return };
+                let rebacked = node
+                    .memnode_replica(g0)
+                    .is_some_and(|r| r.is_primary() && r.is_replicated() && r.counters().promotions > 0);
+                if !rebacked {
+                    if self.now < first + REBACKUP_LIMIT {
+                        self.schedule(self.now + REBACKUP_POLL, Action::CrashPromoted(v));
+                    } else {
+                        self.report.promoted_spared = true;
+                    }
+                    return;
+                }
+                self.report.rebackup_ms = Some((self.now - first) as f64 / MILLIS as f64);
+                self.report.promoted_crashed = true;
+                self.report.crashed.push(v);
+                self.crash(v);
+            }
             Action::CrashPrimary | Action::CrashMember => {
                 let victim = match a {
                     Action::CrashPrimary => self.report.crashed.first().copied(),
                     _ => self.report.crashed.last().copied(),
                 };
                 if let Some(v) = victim {
-                    self.mix(u64::from(v) | 1 << 40);
-                    self.nodes.remove(&v);
-                    self.crashed.insert(v);
-                    for &g in &self.groups {
-                        self.forfeited.insert((g, v));
-                        if let Some(app) = self.apps.get_mut(&(v, g)) {
-                            app.active = false;
-                        }
-                    }
+                    self.crash(v);
                 }
             }
             Action::Join(id, g) | Action::Rejoin(id, g) => {
@@ -717,6 +794,30 @@ impl OrderedSim {
                     );
                 }
                 self.drain(id);
+            }
+        }
+    }
+
+    fn crash(&mut self, v: NodeId) {
+        self.mix(u64::from(v) | 1 << 40);
+        if let Some(node) = self.nodes.remove(&v) {
+            self.count_transfers(&node);
+        }
+        self.crashed.insert(v);
+        for &g in &self.groups {
+            self.forfeited.insert((g, v));
+            if let Some(app) = self.apps.get_mut(&(v, g)) {
+                app.active = false;
+            }
+        }
+    }
+
+    /// Adds a node's state transfers (as a primary) to the report.
+    fn count_transfers(&mut self, node: &Node) {
+        for &g in &self.groups {
+            if let Some(c) = node.memnode_counters(g) {
+                self.report.transfers_completed += c.transfers_completed;
+                self.report.transfer_bytes += c.transfer_bytes;
             }
         }
     }

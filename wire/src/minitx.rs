@@ -38,8 +38,8 @@ use thiserror::Error;
 /// "MT" in little-endian byte order.
 pub const MINITX_MAGIC: u16 = u16::from_le_bytes(*b"MT");
 /// Bumped on any incompatible change of these layouts (2: the `FLAG_WATCH` exec and the
-/// `wake` message).
-pub const MINITX_VERSION: u8 = 2;
+/// `wake` message; 3: state transfer to a new backup, `Snapshot` and `SnapshotAck`).
+pub const MINITX_VERSION: u8 = 3;
 /// Header flag of an exec: its sender is a dormant reader; the memory node wakes it (a
 /// [`Message::Wake`]) once, when a committed write first touches the exec's first read
 /// range. The only flag; any other bit, or this one on another kind, is refused.
@@ -318,6 +318,25 @@ pub enum Message<'a> {
     /// Memory node -> a dormant reader (an exec with `watch`): a write touched what it
     /// watches; read again. Carries nothing else: a forged one can only cause a read.
     Wake { memnode: u16 },
+    /// Primary -> new backup of epoch `epoch`: chunk `index` of `count` of the memory
+    /// node's state as of redo-log entry `lsn` (state transfer; version 3).
+    Snapshot {
+        memnode: u16,
+        epoch: u64,
+        lsn: u64,
+        index: u32,
+        count: u32,
+        chunk: &'a [u8],
+    },
+    /// New backup -> primary: the first `received` chunks of the snapshot are held, and
+    /// chunk `received + 1 + i` too for every bit `i` set in `held` (selective: the
+    /// primary resends only the missing ones).
+    SnapshotAck {
+        memnode: u16,
+        epoch: u64,
+        received: u32,
+        held: u64,
+    },
 }
 
 /// Message kind codes (the byte at offset 3 of the header): a transport routes answers
@@ -334,6 +353,8 @@ pub mod kind {
     pub const REPLICATE_ACK: u8 = 9;
     pub const FORGET: u8 = 10;
     pub const WAKE: u8 = 11;
+    pub const SNAPSHOT: u8 = 12;
+    pub const SNAPSHOT_ACK: u8 = 13;
 }
 
 const RECORD_PREPARED: u8 = 1;
@@ -354,7 +375,9 @@ impl<'a> Message<'a> {
             | Message::Replicate { memnode, .. }
             | Message::ReplicateAck { memnode, .. }
             | Message::Forget { memnode, .. }
-            | Message::Wake { memnode } => *memnode,
+            | Message::Wake { memnode }
+            | Message::Snapshot { memnode, .. }
+            | Message::SnapshotAck { memnode, .. } => *memnode,
         }
     }
 
@@ -372,6 +395,8 @@ impl<'a> Message<'a> {
             Message::ReplicateAck { .. } => kind::REPLICATE_ACK,
             Message::Forget { .. } => kind::FORGET,
             Message::Wake { .. } => kind::WAKE,
+            Message::Snapshot { .. } => kind::SNAPSHOT,
+            Message::SnapshotAck { .. } => kind::SNAPSHOT_ACK,
         };
         let flags = match self {
             Message::Exec { watch: true, .. } => FLAG_WATCH,
@@ -436,6 +461,31 @@ impl<'a> Message<'a> {
             }
             Message::Forget { txids, .. } => put_txids(out, txids),
             Message::Wake { .. } => {}
+            Message::Snapshot {
+                epoch,
+                lsn,
+                index,
+                count,
+                chunk,
+                ..
+            } => {
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&lsn.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                out.extend_from_slice(chunk);
+            }
+            Message::SnapshotAck {
+                epoch,
+                received,
+                held,
+                ..
+            } => {
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&received.to_le_bytes());
+                out.extend_from_slice(&held.to_le_bytes());
+            }
         }
     }
 
@@ -499,7 +549,9 @@ impl<'a> Message<'a> {
                     }
                 }
                 Message::Forget { txids, .. } => COUNT + TXID * txids.len(),
+                Message::Snapshot { chunk, .. } => 28 + chunk.len(),
                 Message::Decide { .. }
+                | Message::SnapshotAck { .. }
                 | Message::DecideAck { .. }
                 | Message::Query { .. }
                 | Message::QueryReply { .. }
@@ -600,6 +652,20 @@ impl<'a> Message<'a> {
                 txids: r.txids()?,
             },
             kind::WAKE => Message::Wake { memnode },
+            kind::SNAPSHOT => Message::Snapshot {
+                memnode,
+                epoch: r.u64()?,
+                lsn: r.u64()?,
+                index: r.u32()?,
+                count: r.u32()?,
+                chunk: r.bytes_u32()?,
+            },
+            kind::SNAPSHOT_ACK => Message::SnapshotAck {
+                memnode,
+                epoch: r.u64()?,
+                received: r.u32()?,
+                held: r.u64()?,
+            },
             other => return Err(MinitxError::UnknownKind(other)),
         };
         r.finish()?;
@@ -1039,10 +1105,13 @@ mod tests {
             roundtrip(&Message::ReplicateAck { memnode: 3, epoch, lsn });
             roundtrip(&Message::Forget { memnode: 3, txids: vec![t; (epoch % 5) as usize] });
             roundtrip(&Message::Wake { memnode: (lsn % 7) as u16 });
+            let index = lsn as u32;
+            roundtrip(&Message::Snapshot { memnode: 3, epoch, lsn, index, count: index.wrapping_add(1), chunk: &reply });
+            roundtrip(&Message::SnapshotAck { memnode: 3, epoch, received: index, held: lsn ^ epoch });
         }
 
         #[test]
-        fn only_an_exec_may_carry_the_watch_flag(kind_code in 1u8..=11, flags in any::<u16>(),
+        fn only_an_exec_may_carry_the_watch_flag(kind_code in 1u8..=13, flags in any::<u16>(),
                                                  body in prop::collection::vec(any::<u8>(), 0..64)) {
             let mut bytes = MINITX_MAGIC.to_le_bytes().to_vec();
             bytes.push(MINITX_VERSION);
@@ -1126,15 +1195,34 @@ mod tests {
             Message::decode(&bytes),
             Err(MinitxError::Truncated { .. })
         ));
+        // A snapshot chunk whose length runs past the end.
+        let mut bytes = Message::Snapshot {
+            memnode: 0,
+            epoch: 2,
+            lsn: 9,
+            index: 0,
+            count: 1,
+            chunk: b"abcd",
+        }
+        .to_vec();
+        let len_at = HEADER_LEN + 8 + 8 + 4 + 4;
+        bytes[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(MinitxError::Truncated { .. })
+        ));
         assert_eq!(
             Message::decode(&[0x4d, 0x54, MINITX_VERSION, 77, 0, 0, 0, 0]),
             Err(MinitxError::UnknownKind(77))
         );
-        // Version 1 (before the watch flag and the wake) is refused.
-        assert_eq!(
-            Message::decode(&[0x4d, 0x54, 1, 1, 0, 0, 0, 0]),
-            Err(MinitxError::BadVersion(1))
-        );
+        // Versions 1 (before the watch flag and the wake) and 2 (before state transfer) are
+        // refused whole, not misread.
+        for old in [1, 2] {
+            assert_eq!(
+                Message::decode(&[0x4d, 0x54, old, 1, 0, 0, 0, 0]),
+                Err(MinitxError::BadVersion(old))
+            );
+        }
         // A wake has no body; the watch flag belongs to execs only.
         assert_eq!(
             Message::decode(&[0x4d, 0x54, MINITX_VERSION, kind::WAKE, 3, 0, 0, 0]),

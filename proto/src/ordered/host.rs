@@ -11,8 +11,8 @@
 //! on the memory node (pull repair), so no gossip repair is needed.
 
 use super::{
-    choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedCounters, OrderedMember, OrderedSettings,
-    Output, PartitionPolicy, RemoveReason, Status, ViewEvent, MEMNODE,
+    choose_backup, choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedCounters, OrderedMember,
+    OrderedSettings, Output, PartitionPolicy, RemoveReason, Status, ViewEvent, MEMNODE,
 };
 use crate::minitx::{MemnodeId, MemoryNode, MemoryNodeCounters, MinitxSettings};
 use crate::{GroupId, NodeId, Time};
@@ -114,6 +114,8 @@ pub struct OrderedHostCounters {
     /// Replicas created here, and backups promoted here.
     pub replicas_created: u64,
     pub promotions: u64,
+    /// Failovers after which the placement named a new backup (state transfer follows).
+    pub backups_chosen: u64,
     /// `evs`: list-epoch memory nodes created here (this node's member opened the epoch
     /// and founds it), and those freed once this node's member no longer uses their list.
     pub epoch_replicas_created: u64,
@@ -236,6 +238,18 @@ pub(crate) struct OrderedHost {
 /// The datagram size `OrderedHost` sizes payload runs for until told otherwise (the
 /// default `Settings::max_datagram`).
 const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Whether `msg` is a state-transfer chunk of an epoch above `epoch`.
+fn is_newer_snapshot(msg: &[u8], epoch: u64) -> bool {
+    msg.get(3) == Some(&mtkind::SNAPSHOT)
+        && matches!(
+            tutti_wire::minitx::Message::decode(msg),
+            Ok(tutti_wire::minitx::Message::Snapshot { epoch: e, .. }) if e > epoch
+        )
+}
+
+/// Bytes of a snapshot message's own fields (epoch, lsn, index, count, chunk length).
+const SNAPSHOT_FIELDS_LEN: usize = 28;
 
 /// Body bytes of one ordered message that fit a datagram of `max_datagram` bytes.
 fn message_room(max_datagram: usize) -> usize {
@@ -749,7 +763,9 @@ impl OrderedHost {
     }
 
     /// The view dropped a memory-node host: promote the backup (primary gone) or run the
-    /// primary without a backup (backup gone).
+    /// primary without a backup (backup gone); then, with a placement lacking a backup
+    /// and another node in the view, name a new backup (the same on every node:
+    /// [`choose_backup`]), which the primary brings up to date by state transfer.
     fn failover(&mut self, now: Time, group: GroupId) {
         let Some(mut p) = self.placements.get(&group).copied() else {
             return;
@@ -757,8 +773,8 @@ impl OrderedHost {
         let alive = |n: NodeId| self.view_members.binary_search(&n).is_ok();
         if !alive(p.primary) {
             let Some(b) = p.backup.filter(|b| alive(*b)) else {
-                // Both gone: the memory node is lost (a second backup needs state
-                // transfer to a new backup, not built): the group stops.
+                // Both gone (or the primary before its new backup was named): the memory
+                // node is lost and the group stops.
                 return;
             };
             p = Placement {
@@ -786,6 +802,27 @@ impl OrderedHost {
                 }
             }
         }
+        if p.backup.is_none() {
+            let Some(b) = choose_backup(group, &self.view_members, p.primary) else {
+                return; // alone in the view: the primary runs without a backup
+            };
+            p.backup = Some(b);
+            p.epoch += 1;
+            self.placements.insert(group, p);
+            self.counters.backups_chosen += 1;
+            if p.primary == self.me {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    r.node.set_backup(now, b, p.epoch);
+                }
+            }
+        }
+    }
+
+    /// Snapshot bytes per chunk: a chunk's `ToMemnode` message fits one datagram.
+    fn snapshot_chunk(&self) -> usize {
+        self.run_bytes
+            .saturating_sub(std::mem::size_of::<OrderedLayout>() + MINITX_HEADER_LEN + SNAPSHOT_FIELDS_LEN)
+            .max(64)
     }
 
     /// Tells `group`'s member what the view and SWIM say: suspicions and majority.
@@ -1299,7 +1336,23 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
-                if !self.replicas.contains_key(&group) && !self.create_replica(now, group, &layout, msg) {
+                // A backup replica left from an older epoch (this node was cut off and came
+                // back, never restarting) is replaced when it is named the new backup again:
+                // its old state is stale, the snapshot brings the current one.
+                let named = self
+                    .placements
+                    .get(&group)
+                    .is_some_and(|p| p.primary == from && p.backup == Some(self.me));
+                if named
+                    && self
+                        .replicas
+                        .get(&group)
+                        .is_some_and(|r| !r.node.is_primary() && is_newer_snapshot(msg, r.node.epoch()))
+                {
+                    self.replicas.remove(&group);
+                }
+                if !self.replicas.contains_key(&group) && !self.create_replica(now, from, group, &layout, msg)
+                {
                     return;
                 }
                 let Some(r) = self.replicas.get_mut(&group) else {
@@ -1350,16 +1403,39 @@ impl OrderedHost {
     /// Creates this node's replica of `group`'s memory node on first contact: the primary
     /// on a request, the backup on the primary's first replication message. Anything else
     /// (this node holds no role) is dropped.
-    fn create_replica(&mut self, now: Time, group: GroupId, layout: &OrderedLayout, msg: &[u8]) -> bool {
+    fn create_replica(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        group: GroupId,
+        layout: &OrderedLayout,
+        msg: &[u8],
+    ) -> bool {
         let settings = settings_from_layout(layout);
         if settings_error(&settings, &self.minitx).is_some() {
             self.counters.malformed += 1;
             return false;
         }
-        let p = self.placement(group);
+        let mut p = self.placement(group);
         let is_replicate = msg.get(3) == Some(&mtkind::REPLICATE) && msg.len() >= MINITX_HEADER_LEN;
+        // A new backup named after a failover: its state comes from the primary's snapshot,
+        // in the epoch the primary names (this node may have placed the group later, in
+        // an epoch counted from 1).
+        let snapshot_epoch = match tutti_wire::minitx::Message::decode(msg) {
+            Ok(tutti_wire::minitx::Message::Snapshot { epoch, .. }) => Some(epoch),
+            _ => None,
+        };
         let mut node = if p.primary == self.me {
-            MemoryNode::primary(MEMNODE, p.epoch, p.backup, replica_minitx(&self.minitx, layout))
+            let mut node =
+                MemoryNode::primary(MEMNODE, p.epoch, p.backup, replica_minitx(&self.minitx, layout));
+            node.set_snapshot_chunk(self.snapshot_chunk());
+            node
+        } else if let (Some(epoch), true) = (snapshot_epoch, p.backup == Some(self.me) && p.primary == from) {
+            if epoch > p.epoch {
+                p.epoch = epoch;
+                self.placements.insert(group, p);
+            }
+            MemoryNode::new_backup(MEMNODE, p.primary, epoch, replica_minitx(&self.minitx, layout))
         } else if p.backup == Some(self.me) && is_replicate {
             MemoryNode::backup(MEMNODE, p.primary, p.epoch, replica_minitx(&self.minitx, layout))
         } else {

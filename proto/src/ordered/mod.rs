@@ -221,6 +221,18 @@ pub fn choose_memnode_hosts(group: GroupId, members: &[NodeId]) -> Vec<NodeId> {
     scored.into_iter().take(2).map(|(_, n)| n).collect()
 }
 
+/// A new backup for a memory node whose primary is `primary`: the best-ranked of `members`
+/// by the rule of [`choose_memnode_hosts`], other than the primary. Every node computes
+/// the same one from the same view; after a host leaves it is the node a fresh
+/// [`choose_memnode_hosts`] over the view names second, when the primary ranks first.
+pub fn choose_backup(group: GroupId, members: &[NodeId], primary: NodeId) -> Option<NodeId> {
+    members
+        .iter()
+        .copied()
+        .filter(|&n| n != primary)
+        .max_by_key(|&n| (rendezvous(group, n), n))
+}
+
 fn rendezvous(group: GroupId, node: NodeId) -> u64 {
     // splitmix64 of the pair: well mixed, stable across builds and platforms.
     let mut z = group ^ (u64::from(node)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -246,5 +258,24 @@ mod tests {
         let other = members.iter().copied().find(|n| !hosts.contains(n)).unwrap();
         let fewer: Vec<NodeId> = members.iter().copied().filter(|&n| n != other).collect();
         assert_eq!(choose_memnode_hosts(7, &fewer), hosts);
+    }
+
+    #[test]
+    fn a_new_backup_is_the_next_host_by_the_same_rule() {
+        let members = [1, 2, 3, 4, 5];
+        let hosts = choose_memnode_hosts(7, &members);
+        // The primary gone: the backup ranks first, and the new backup is the one a fresh
+        // placement names second.
+        let rest: Vec<NodeId> = members.iter().copied().filter(|&n| n != hosts[0]).collect();
+        let fresh = choose_memnode_hosts(7, &rest);
+        assert_eq!(fresh[0], hosts[1]);
+        assert_eq!(choose_backup(7, &rest, hosts[1]), Some(fresh[1]));
+        // The backup gone: the primary keeps its role and gets the same next one.
+        let rest: Vec<NodeId> = members.iter().copied().filter(|&n| n != hosts[1]).collect();
+        assert_eq!(
+            choose_backup(7, &rest, hosts[0]),
+            Some(choose_memnode_hosts(7, &rest)[1])
+        );
+        assert_eq!(choose_backup(7, &[hosts[0]], hosts[0]), None);
     }
 }
