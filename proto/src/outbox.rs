@@ -182,8 +182,14 @@ impl Outbox {
         debug_assert!(len <= self.max_datagram, "nothing over max_datagram leaves");
         self.datagrams += 1;
         self.bytes += len as u64;
-        let next_rank = self.ranks.len() as u32;
-        let rank = *self.ranks.entry(dest).or_insert(next_rank);
+        // Most datagrams follow one to the same destination: no lookup for those.
+        let rank = match self.ready.back() {
+            Some(last) if last.dest == dest => last.place.0,
+            _ => {
+                let next_rank = self.ranks.len() as u32;
+                *self.ranks.entry(dest).or_insert(next_rank)
+            }
+        };
         self.finished += 1;
         self.ungrouped = true;
         self.ready.push_back(Ready {
@@ -200,7 +206,9 @@ impl Outbox {
     /// passes an older one to the same destination.
     fn group_by_destination(&mut self) {
         self.ungrouped = false;
-        self.ready.make_contiguous().sort_unstable_by_key(|r| r.place);
+        if self.ranks.len() > 1 {
+            self.ready.make_contiguous().sort_unstable_by_key(|r| r.place);
+        }
     }
 
     fn recycle(&mut self, buf: Vec<u8>) {
