@@ -1070,6 +1070,40 @@ impl Cluster {
         }
     }
 
+    /// As [`Self::submit_ordered`], but the group runs only at [`Self::run_queued_ordered`]
+    /// (called once the publish ring's pass is over): the frames of one pass travel in one
+    /// batch, and no clock is read per frame.
+    pub fn queue_ordered(
+        &mut self,
+        group: u64,
+        session: u32,
+        payload: &[u8],
+        safe: bool,
+    ) -> Result<(), OrderedRefusal> {
+        let mut bytes = std::mem::take(&mut self.ordered_scratch);
+        bytes.clear();
+        bytes.extend_from_slice(&session.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let result = self.node.queue_ordered(group, &bytes, safe);
+        self.ordered_scratch = bytes;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SubmitError::Full | SubmitError::NotMember(_) | SubmitError::NotJoined(_)) => {
+                Err(OrderedRefusal::Full)
+            }
+            Err(e) => {
+                tracing::debug!("ordered submit refused: {e}");
+                Err(OrderedRefusal::TooLarge)
+            }
+        }
+    }
+
+    /// Runs the ordered groups [`Self::queue_ordered`] took frames for.
+    pub fn run_queued_ordered(&mut self) {
+        let now = self.now();
+        self.node.run_queued_ordered(now);
+    }
+
     /// For `tutti status`: where this daemon places `group`'s memory node, and the ordered
     /// layer's counters of its member (appends, conflicts, batches, repairs, safe waits,
     /// removals, waits).

@@ -1360,8 +1360,8 @@ fn drain_ring(
                             full = true;
                             return false;
                         }
-                        return match cluster.submit_ordered(group.gid, *session, payload, group.options.safe)
-                        {
+                        // Queued: the group runs once the pass is over (one batch).
+                        return match cluster.queue_ordered(group.gid, *session, payload, group.options.safe) {
                             Ok(()) => {
                                 bytes += payload.len() as u64;
                                 submitted += 1;
@@ -1416,7 +1416,14 @@ fn drain_ring(
                 }
             }
         })
-        .map_err(|e| format!("malformed publish ring: {e}"))?;
+        .map_err(|e| format!("malformed publish ring: {e}"));
+    if submitted > 0 {
+        // The ordered frames of this pass, queued above, go as one batch.
+        if let Some(cluster) = cluster {
+            cluster.run_queued_ordered();
+        }
+    }
+    let n = n?;
     stats.add(counter::FRAMES_IN, n as u64);
     stats.add(counter::BYTES_IN, bytes);
     *blocked = full || flow_held;

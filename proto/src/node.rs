@@ -3089,6 +3089,31 @@ impl Node {
         r
     }
 
+    /// Queues a message for ordered group `group` as [`Self::submit_ordered`] does, but runs
+    /// the group only at the next [`Self::run_queued_ordered`]: a driver that takes many
+    /// messages at once queues them all, then runs the groups once, and they travel in one
+    /// batch (one append, one payload run per member) instead of one each. Nothing is sent
+    /// until that call.
+    pub fn queue_ordered(&mut self, group: GroupId, bytes: &[u8], safe: bool) -> Result<u64, SubmitError> {
+        if !self.ordered.is_member(group) {
+            return Err(SubmitError::NotJoined(group));
+        }
+        self.ordered.queue(group, bytes, safe).map_err(|e| match e {
+            SubmitRefused::NotMember => SubmitError::NotMember(group),
+            SubmitRefused::Full => SubmitError::Full,
+            SubmitRefused::TooLarge => SubmitError::TooLarge {
+                len: bytes.len(),
+                max: self.ordered.member(group).map_or(0, |m| m.max_payload() as usize),
+            },
+        })
+    }
+
+    /// Runs the ordered groups [`Self::queue_ordered`] took messages for since the last call.
+    pub fn run_queued_ordered(&mut self, now: Time) {
+        self.ordered.run_queued(now);
+        self.flush_ordered();
+    }
+
     /// The application's snapshot for the last `Event::SnapshotRequest` of `group`.
     pub fn snapshot_ready(&mut self, now: Time, group: GroupId, snapshot: &[u8]) {
         self.ordered.snapshot_ready(now, group, snapshot);

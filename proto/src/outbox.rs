@@ -2,6 +2,13 @@
 //! a sender's consecutive messages share one run header) and queues finished datagrams for
 //! `poll_transmit`, bounded. Datagram buffers come from a pool and go back to it once the
 //! driver has taken the bytes, so sending allocates nothing at steady state.
+//!
+//! A drain hands out a destination's datagrams together (destinations in the order their
+//! first datagram was finished, each destination's in the order they were finished): a
+//! transport with segmentation offload sends a destination's consecutive datagrams of one
+//! size as one packet, and a node that disseminates to several members alternates between
+//! them datagram by datagram (payload runs, tree forwarding), which would leave it nothing
+//! to coalesce.
 
 use crate::fxhash::FxMap;
 use crate::NodeId;
@@ -27,6 +34,8 @@ struct Ready {
     dest: NodeId,
     buf: Vec<u8>,
     len: usize,
+    /// Where it goes in the drain: (rank of its destination, finish order).
+    place: (u32, u64),
 }
 
 pub struct Outbox {
@@ -43,6 +52,13 @@ pub struct Outbox {
     taken: usize,
     /// The buffer whose bytes the last `pop` lent out; back to `free` at the next call.
     lent: Option<Vec<u8>>,
+    /// Destinations of the datagrams in `ready`, by first finish (their rank in the
+    /// drain); cleared when `ready` empties.
+    ranks: FxMap<NodeId, u32>,
+    /// Datagrams finished so far (the second key of `Ready::place`).
+    finished: u64,
+    /// `ready` holds datagrams not yet grouped by destination.
+    ungrouped: bool,
     pub dropped: u64,
     /// Messages refused because they cannot fit one datagram of `max_datagram` bytes
     /// (never sent: the protocol must never build such a message; counted so tests catch it).
@@ -64,6 +80,9 @@ impl Outbox {
             free: Vec::new(),
             taken: 0,
             lent: None,
+            ranks: FxMap::default(),
+            finished: 0,
+            ungrouped: false,
             dropped: 0,
             oversize: 0,
             datagrams: 0,
@@ -163,7 +182,33 @@ impl Outbox {
         debug_assert!(len <= self.max_datagram, "nothing over max_datagram leaves");
         self.datagrams += 1;
         self.bytes += len as u64;
-        self.ready.push_back(Ready { dest, buf, len });
+        // Most datagrams follow one to the same destination: no lookup for those.
+        let rank = match self.ready.back() {
+            Some(last) if last.dest == dest => last.place.0,
+            _ => {
+                let next_rank = self.ranks.len() as u32;
+                *self.ranks.entry(dest).or_insert(next_rank)
+            }
+        };
+        self.finished += 1;
+        self.ungrouped = true;
+        self.ready.push_back(Ready {
+            dest,
+            buf,
+            len,
+            place: (rank, self.finished),
+        });
+    }
+
+    /// Puts each destination's waiting datagrams together, keeping their order (the sort
+    /// is unstable but the keys are unique; it allocates nothing). A destination keeps its
+    /// rank until `ready` is empty, so a datagram finished in the middle of a drain never
+    /// passes an older one to the same destination.
+    fn group_by_destination(&mut self) {
+        self.ungrouped = false;
+        if self.ranks.len() > 1 {
+            self.ready.make_contiguous().sort_unstable_by_key(|r| r.place);
+        }
     }
 
     fn recycle(&mut self, buf: Vec<u8>) {
@@ -205,14 +250,25 @@ impl Outbox {
     }
 
     /// The next datagram to send, `(dest, bytes)`; its bytes are lent until the next call.
+    /// Every message pushed before the call is in a datagram of this drain, one
+    /// destination's datagrams next to each other (see the module's first lines).
     pub fn pop(&mut self) -> Option<(NodeId, &[u8])> {
         if let Some(buf) = self.lent.take() {
             self.recycle(buf);
         }
-        if self.ready.is_empty() {
+        if !self.open.is_empty() {
             self.flush();
         }
-        let r = self.ready.pop_front()?;
+        if self.ungrouped {
+            self.group_by_destination();
+        }
+        let Some(r) = self.ready.pop_front() else {
+            self.ranks.clear();
+            return None;
+        };
+        if self.ready.is_empty() {
+            self.ranks.clear();
+        }
         let buf = self.lent.insert(r.buf);
         Some((r.dest, buf.get(..r.len).unwrap_or(&[])))
     }
@@ -321,6 +377,78 @@ mod tests {
         );
         out.trim();
         assert_eq!(out.pooled(), MIN_FREE_BUFFERS, "freed after a round without use");
+    }
+
+    #[test]
+    fn a_destinations_datagrams_leave_together_and_in_order() {
+        // Runs disseminated to two members alternate datagram by datagram; the drain hands
+        // out each member's datagrams next to each other (one offload send each), in order.
+        let max = 200;
+        let mut out = Outbox::new(1, 1, max, 1024);
+        for seq in 0..40 {
+            out.push_data(8, &data(seq, 1), false, &[5u8; 64]);
+            out.push_data(9, &data(seq, 1), false, &[6u8; 64]);
+        }
+        let (first, rest) = {
+            let sent = drain(&mut out, max);
+            assert!(
+                sent.len() >= 20,
+                "several datagrams per destination: {}",
+                sent.len()
+            );
+            let dests: Vec<NodeId> = sent.iter().map(|(d, _)| *d).collect();
+            let switches = dests.windows(2).filter(|w| w[0] != w[1]).count();
+            assert_eq!(switches, 1, "one destination after the other: {dests:?}");
+            let of = |d: NodeId| -> Vec<u64> {
+                sent.iter()
+                    .filter(|(x, _)| *x == d)
+                    .flat_map(|(_, s)| s.clone())
+                    .collect()
+            };
+            assert_eq!(of(8), (0..40).collect::<Vec<_>>());
+            assert_eq!(of(9), (0..40).collect::<Vec<_>>());
+            (dests[0], dests[dests.len() - 1])
+        };
+        assert_eq!(
+            (first, rest),
+            (8, 9),
+            "destinations in the order of their first datagram"
+        );
+
+        // Pushed in the middle of a drain: never ahead of an older datagram to its
+        // destination.
+        for seq in 0..20 {
+            out.push_data(9, &data(seq, 1), false, &[6u8; 64]);
+            out.push_data(8, &data(seq, 1), false, &[5u8; 64]);
+        }
+        let mut seen: Vec<(NodeId, Vec<u64>)> = Vec::new();
+        let mut pushed = false;
+        while let Some((dest, bytes)) = out.pop() {
+            let mut seqs = Vec::new();
+            for m in decode(bytes).expect("valid datagram").messages() {
+                if let Message::DataRun { messages, .. } = m {
+                    seqs.extend(messages.iter().map(|(h, _)| h.seq));
+                }
+            }
+            seen.push((dest, seqs));
+            if !pushed {
+                pushed = true;
+                for seq in 20..30 {
+                    out.push_data(8, &data(seq, 1), false, &[5u8; 64]);
+                    out.push_data(7, &data(seq, 1), false, &[7u8; 64]);
+                }
+            }
+        }
+        let of = |d: NodeId| -> Vec<u64> {
+            seen.iter()
+                .filter(|(x, _)| *x == d)
+                .flat_map(|(_, s)| s.clone())
+                .collect()
+        };
+        assert_eq!(of(9), (0..20).collect::<Vec<_>>());
+        assert_eq!(of(8), (0..30).collect::<Vec<_>>());
+        assert_eq!(of(7), (20..30).collect::<Vec<_>>());
+        assert_eq!(seen[0].0, 9, "the first destination of this drain goes first");
     }
 
     #[test]

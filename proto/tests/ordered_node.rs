@@ -859,3 +859,72 @@ fn a_memory_node_survives_its_primary_and_then_the_promoted_primary_crashing() {
     let last = nodes[at(&nodes, third)].memnode_counters(GROUP).unwrap();
     assert_eq!(last.promotions, 1, "the newest backup was promoted: {last:?}");
 }
+
+/// A driver that takes many messages at once (tuttid: a publish ring's pass) queues them
+/// (`queue_ordered`) and runs the group once (`run_queued_ordered`): they travel as one
+/// batch, one append and one payload run per member. Submitted one by one from the node
+/// that hosts the list's memory node (an `evs` group's founder, as in a CPG flood), each
+/// append is answered before the next submit, so every message went in an append and a
+/// payload run of its own. Nothing is sent before the run; the order is the same.
+#[test]
+fn queued_messages_travel_as_one_batch() {
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
+    // Room for every message in flight (the test default, 16 queue slots, holds the
+    // 17th back until the others hold the first).
+    let settings = OrderedSettings {
+        queue_slots: 256,
+        list_slots: 512,
+        lag_budget: 400,
+        ..evs()
+    };
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, settings.clone()).unwrap();
+    }
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 2_000 * MILLIS);
+    let host = nodes
+        .iter()
+        .position(|n| n.epoch_replicas().iter().any(|r| r.0 == GROUP))
+        .expect("a node hosts the list's memory node");
+    let appends = |n: &Node| {
+        n.evs_member(GROUP)
+            .and_then(|m| m.current())
+            .expect("installed")
+            .counters()
+            .appends
+    };
+    let before = appends(&nodes[host]);
+    for i in 0..100u8 {
+        nodes[host].submit_ordered(now, GROUP, &[0, i], false).unwrap();
+    }
+    let one_by_one = appends(&nodes[host]) - before;
+    assert!(one_by_one >= 50, "submitted one by one: {one_by_one} appends");
+    eprintln!("100 messages submitted one by one: {one_by_one} appends; queued: 1");
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+
+    let before = appends(&nodes[host]);
+    for i in 0..100u8 {
+        nodes[host].queue_ordered(GROUP, &[1, i], false).unwrap();
+    }
+    assert!(
+        nodes[host].poll_transmit().is_none(),
+        "nothing sent before the run"
+    );
+    assert_eq!(appends(&nodes[host]), before, "nothing appended before the run");
+    nodes[host].run_queued_ordered(now);
+    assert_eq!(appends(&nodes[host]) - before, 1, "queued: one append");
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+
+    let sender = nodes[host].id();
+    let expected: Vec<(NodeId, Vec<u8>)> = (0..2u8)
+        .flat_map(|round| (0..100u8).map(move |i| (sender, vec![round, i])))
+        .collect();
+    for e in &events {
+        let got: Vec<_> = delivered(e)
+            .into_iter()
+            .filter(|(s, p)| *s == sender && p.len() == 2)
+            .collect();
+        assert_eq!(got, expected);
+    }
+}

@@ -853,9 +853,9 @@ impl OrderedSim {
                         self.submitted.insert((g, id, seq), id);
                         continue;
                     }
-                    let now = self.now;
                     let Some(n) = self.nodes.get_mut(&id) else { break };
-                    match n.submit_ordered(now, g, &p, safe) {
+                    // Queued as tuttid queues a publish ring's pass, run below.
+                    match n.queue_ordered(g, &p, safe) {
                         Ok(_) => {
                             if let Some(app) = self.apps.get_mut(&(id, g)) {
                                 app.next_seq += 1;
@@ -871,6 +871,10 @@ impl OrderedSim {
                             break;
                         }
                     }
+                }
+                let now = self.now;
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.run_queued_ordered(now);
                 }
                 self.drain(id);
             }

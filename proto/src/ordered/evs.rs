@@ -242,6 +242,26 @@ impl EvsMember {
         self.pump(now);
     }
 
+    /// Queues a message in the installed configuration without running the member
+    /// (`OrderedMember::queue`); [`Self::run_queued`] runs it.
+    pub fn queue(&mut self, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
+        if self.gathering.is_some() {
+            return Err(SubmitRefused::NotMember);
+        }
+        let Some((m, _)) = &mut self.installed else {
+            return Err(SubmitRefused::NotMember);
+        };
+        m.queue(bytes, safe)
+    }
+
+    /// Runs the installed member after [`Self::queue`].
+    pub fn run_queued(&mut self, now: Time) {
+        if let Some((m, _)) = &mut self.installed {
+            m.run_queued(now);
+        }
+        self.pump(now);
+    }
+
     /// Queues a message in the installed configuration (refused while gathering).
     pub fn submit(&mut self, now: Time, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
         if self.gathering.is_some() {

@@ -230,6 +230,10 @@ pub(crate) struct OrderedHost {
     region_replies: VecDeque<(NodeId, Vec<u8>)>,
     /// `pump`'s list of group ids, kept between calls (no allocation per datagram).
     scratch_ids: Vec<GroupId>,
+    /// `pump`'s list of `evs` epoch memory nodes, kept between calls likewise.
+    scratch_epochs: Vec<(GroupId, MemnodeId)>,
+    /// Groups [`OrderedHost::queue`] took messages for since the last `run_queued`.
+    queued: Vec<GroupId>,
     /// Largest payload run (`OrderedKind::PayloadRun`): what one datagram carries, so a
     /// run is never fragmented (a lost fragment would lose the whole run).
     run_bytes: usize,
@@ -399,6 +403,8 @@ impl OrderedHost {
             counters: OrderedHostCounters::default(),
             region_replies: VecDeque::new(),
             scratch_ids: Vec::new(),
+            scratch_epochs: Vec::new(),
+            queued: Vec::new(),
             run_bytes: message_room(DEFAULT_MAX_DATAGRAM),
         }
     }
@@ -539,6 +545,49 @@ impl OrderedHost {
         let r = h.member.submit(now, bytes, safe);
         self.pump(now);
         r
+    }
+
+    /// Queues a message as [`Self::submit`] does, without running the group's member or
+    /// pumping; [`Self::run_queued`] runs every group queued to since (a driver takes a
+    /// publish ring's frames, then runs the members once: one batch, not one per frame).
+    pub fn queue(&mut self, group: GroupId, bytes: &[u8], safe: bool) -> Result<u64, super::SubmitRefused> {
+        let r = if let Some(h) = self.evs.get_mut(&group) {
+            if h.leaving {
+                return Err(super::SubmitRefused::NotMember);
+            }
+            h.member.queue(bytes, safe)
+        } else {
+            let h = self
+                .groups
+                .get_mut(&group)
+                .ok_or(super::SubmitRefused::NotMember)?;
+            if h.leaving {
+                return Err(super::SubmitRefused::NotMember);
+            }
+            h.member.queue(bytes, safe)
+        };
+        if r.is_ok() && !self.queued.contains(&group) {
+            self.queued.push(group);
+        }
+        r
+    }
+
+    /// Runs the members of the groups [`Self::queue`] took messages for, then pumps once.
+    pub fn run_queued(&mut self, now: Time) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.queued);
+        for &group in &queued {
+            if let Some(h) = self.evs.get_mut(&group) {
+                h.member.run_queued(now);
+            } else if let Some(h) = self.groups.get_mut(&group) {
+                h.member.run_queued(now);
+            }
+        }
+        queued.clear();
+        self.queued = queued; // keeps its capacity
+        self.pump(now);
     }
 
     pub fn snapshot_ready(&mut self, now: Time, group: GroupId, snapshot: &[u8]) {
@@ -963,8 +1012,10 @@ impl OrderedHost {
             for &g in &ids {
                 progressed |= self.pump_evs(g);
             }
-            let epoch_ids: Vec<(GroupId, MemnodeId)> = self.epoch_replicas.keys().copied().collect();
-            for k in epoch_ids {
+            let mut epoch_ids = std::mem::take(&mut self.scratch_epochs);
+            epoch_ids.clear();
+            epoch_ids.extend(self.epoch_replicas.keys().copied());
+            for &k in &epoch_ids {
                 while let Some((to, bytes)) = self
                     .epoch_replicas
                     .get_mut(&k)
@@ -985,6 +1036,7 @@ impl OrderedHost {
                     }
                 }
             }
+            self.scratch_epochs = epoch_ids;
             ids.clear();
             ids.extend(self.replicas.keys().copied());
             for &g in &ids {

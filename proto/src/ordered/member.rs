@@ -1129,6 +1129,17 @@ impl OrderedMember {
     /// Queues a message; it is disseminated at once and threaded into the list by a later
     /// append. Returns its seq.
     pub fn submit(&mut self, now: Time, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
+        let seq = self.queue(bytes, safe)?;
+        self.drive(now);
+        Ok(seq)
+    }
+
+    /// Queues a message as [`Self::submit`] does, without running the member: a driver
+    /// that takes several messages at once (a publish ring's frames) queues them all, then
+    /// calls [`Self::run_queued`] once, so that they form one batch (one append, one
+    /// payload run per member) instead of a batch each while the pipeline has room (with
+    /// the memory node on this node, an append's answer comes back before the next submit).
+    pub fn queue(&mut self, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
         if self.status != Status::Active || self.leaving || self.frozen {
             return Err(SubmitRefused::NotMember);
         }
@@ -1147,8 +1158,12 @@ impl OrderedMember {
         // order, beyond their `max_held`, to be dropped and read back from the queue.
         let held = self.buffer_of(bytes);
         self.payloads.insert((self.node, self.join_pos, seq), held);
-        self.drive(now);
         Ok(seq)
+    }
+
+    /// Runs the member after [`Self::queue`]: forms and appends what was queued.
+    pub fn run_queued(&mut self, now: Time) {
+        self.drive(now);
     }
 
     /// A disseminated payload arrived.
