@@ -1,6 +1,6 @@
 //! Sweeps the ordered world (`OrderedScenario::random`) or the evs world
 //! (`EvsScenario::random`) over a range of seeds and prints one line per seed that fails a
-//! check (safety or liveness), then a summary: the tool behind the 2,000-seed sweeps of
+//! check (safety or liveness), then a summary (with the seeds in which a group restarted): the tool behind the 2,000-seed sweeps of
 //! docs/ordered.md. `cargo run --release -p tutti-sim --example ordered_sweep -- [evs] FIRST COUNT`
 use std::time::Instant;
 use tutti_sim::evs::{EvsScenario, EvsSim};
@@ -21,6 +21,9 @@ fn main() {
     let mut failing = Vec::new();
     // Ordered world: seeds with an idle gap, and their members' dormant reads and wake-ups.
     let (mut idle_seeds, mut dormant_reads, mut wakes) = (0u64, 0u64, 0u64);
+    // Ordered world: seeds in which a group lost every state holder and restarted (the
+    // seeds that the restart tests of sim/tests/ordered_seeds.rs pin).
+    let mut restarted = Vec::new();
     for seed in first..first + count {
         let t = Instant::now();
         let failure = if evs {
@@ -40,6 +43,9 @@ fn main() {
             let r = OrderedSim::new(sc).run();
             dormant_reads += r.dormant_reads;
             wakes += r.wakes;
+            if r.restarts > 0 {
+                restarted.push(seed);
+            }
             (r.invariant_violations > 0 || !r.liveness_checked).then(|| {
                 format!(
                     "{desc}\n    checked {} {:?}\n    {:?}",
@@ -55,6 +61,10 @@ fn main() {
     if !evs {
         println!(
             "ordered: {idle_seeds} seeds with an idle gap: {dormant_reads} dormant reads, {wakes} wake-ups"
+        );
+        println!(
+            "ordered: {} seeds restarted a group: {restarted:?}",
+            restarted.len()
         );
     }
     println!(

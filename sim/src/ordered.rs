@@ -86,7 +86,8 @@ pub struct OrderedScenario {
     /// Crash of group 0's memory-node primary at this time.
     pub crash_primary: Option<Time>,
     /// After `crash_primary`: crash the promoted primary too, once its new backup holds
-    /// everything (state transfer done), when the cluster and every group keep a majority.
+    /// everything (state transfer done), and so does that of every other group whose primary
+    /// it is, when the cluster and every group keep a majority.
     pub crash_promoted: bool,
     /// A non-member joins group 0 at this time (state transfer).
     pub join_at: Option<Time>,
@@ -752,9 +753,16 @@ impl OrderedSim {
                 let g0 = self.groups[0];
                 let first = self.start + self.sc.crash_primary.unwrap_or(0);
                 let Some(node) = self.nodes.get(&v) else { return };
+                // Group 0's memory node was promoted here and has its new backup up to date,
+                // and so has every other group's memory node whose primary this node is (the
+                // first crash may have promoted it for those too): a crash now loses nothing.
                 let rebacked = node
                     .memnode_replica(g0)
-                    .is_some_and(|r| r.is_primary() && r.is_replicated() && r.counters().promotions > 0);
+                    .is_some_and(|r| r.is_primary() && r.is_replicated() && r.counters().promotions > 0)
+                    && self.groups.iter().all(|&g| {
+                        node.memnode_replica(g)
+                            .is_none_or(|r| !r.is_primary() || r.is_replicated())
+                    });
                 if !rebacked {
                     if self.now < first + REBACKUP_LIMIT {
                         self.schedule(self.now + REBACKUP_POLL, Action::CrashPromoted(v));
