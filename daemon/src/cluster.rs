@@ -1050,16 +1050,28 @@ impl Cluster {
         safe: bool,
     ) -> Result<(), OrderedRefusal> {
         let now = self.now();
+        self.with_session(session, payload, |node, bytes| {
+            node.submit_ordered(now, group, bytes, safe)
+        })
+    }
+
+    /// Hands `session ++ payload` (in the reused `ordered_scratch`) to `submit`, and maps its
+    /// refusal: not joined yet (waiting for a view with another daemon), joining, in a
+    /// minority or full, the frame waits in the publish ring (back pressure).
+    fn with_session(
+        &mut self,
+        session: u32,
+        payload: &[u8],
+        submit: impl FnOnce(&mut Node, &[u8]) -> Result<u64, SubmitError>,
+    ) -> Result<(), OrderedRefusal> {
         let mut bytes = std::mem::take(&mut self.ordered_scratch);
         bytes.clear();
         bytes.extend_from_slice(&session.to_le_bytes());
         bytes.extend_from_slice(payload);
-        let result = self.node.submit_ordered(now, group, &bytes, safe);
+        let result = submit(&mut self.node, &bytes);
         self.ordered_scratch = bytes;
         match result {
             Ok(_) => Ok(()),
-            // Not joined yet (waiting for a view with another daemon), joining, in a
-            // minority or full: the frame waits in the publish ring (back pressure).
             Err(SubmitError::Full | SubmitError::NotMember(_) | SubmitError::NotJoined(_)) => {
                 Err(OrderedRefusal::Full)
             }
@@ -1080,22 +1092,9 @@ impl Cluster {
         payload: &[u8],
         safe: bool,
     ) -> Result<(), OrderedRefusal> {
-        let mut bytes = std::mem::take(&mut self.ordered_scratch);
-        bytes.clear();
-        bytes.extend_from_slice(&session.to_le_bytes());
-        bytes.extend_from_slice(payload);
-        let result = self.node.queue_ordered(group, &bytes, safe);
-        self.ordered_scratch = bytes;
-        match result {
-            Ok(_) => Ok(()),
-            Err(SubmitError::Full | SubmitError::NotMember(_) | SubmitError::NotJoined(_)) => {
-                Err(OrderedRefusal::Full)
-            }
-            Err(e) => {
-                tracing::debug!("ordered submit refused: {e}");
-                Err(OrderedRefusal::TooLarge)
-            }
-        }
+        self.with_session(session, payload, |node, bytes| {
+            node.queue_ordered(group, bytes, safe)
+        })
     }
 
     /// Runs the ordered groups [`Self::queue_ordered`] took frames for.

@@ -3077,16 +3077,21 @@ impl Node {
         if !self.ordered.is_member(group) {
             return Err(SubmitError::NotJoined(group));
         }
-        let r = self.ordered.submit(now, group, bytes, safe).map_err(|e| match e {
+        let r = self.ordered.submit(now, group, bytes, safe);
+        let r = r.map_err(|e| self.ordered_refusal(group, bytes.len(), e));
+        self.flush_ordered();
+        r
+    }
+
+    fn ordered_refusal(&self, group: GroupId, len: usize, e: SubmitRefused) -> SubmitError {
+        match e {
             SubmitRefused::NotMember => SubmitError::NotMember(group),
             SubmitRefused::Full => SubmitError::Full,
             SubmitRefused::TooLarge => SubmitError::TooLarge {
-                len: bytes.len(),
+                len,
                 max: self.ordered.member(group).map_or(0, |m| m.max_payload() as usize),
             },
-        });
-        self.flush_ordered();
-        r
+        }
     }
 
     /// Queues a message for ordered group `group` as [`Self::submit_ordered`] does, but runs
@@ -3098,14 +3103,8 @@ impl Node {
         if !self.ordered.is_member(group) {
             return Err(SubmitError::NotJoined(group));
         }
-        self.ordered.queue(group, bytes, safe).map_err(|e| match e {
-            SubmitRefused::NotMember => SubmitError::NotMember(group),
-            SubmitRefused::Full => SubmitError::Full,
-            SubmitRefused::TooLarge => SubmitError::TooLarge {
-                len: bytes.len(),
-                max: self.ordered.member(group).map_or(0, |m| m.max_payload() as usize),
-            },
-        })
+        let r = self.ordered.queue(group, bytes, safe);
+        r.map_err(|e| self.ordered_refusal(group, bytes.len(), e))
     }
 
     /// Runs the ordered groups [`Self::queue_ordered`] took messages for since the last call.
