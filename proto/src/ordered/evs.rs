@@ -245,13 +245,7 @@ impl EvsMember {
     /// Queues a message in the installed configuration without running the member
     /// (`OrderedMember::queue`); [`Self::run_queued`] runs it.
     pub fn queue(&mut self, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
-        if self.gathering.is_some() {
-            return Err(SubmitRefused::NotMember);
-        }
-        let Some((m, _)) = &mut self.installed else {
-            return Err(SubmitRefused::NotMember);
-        };
-        m.queue(bytes, safe)
+        self.sending_member()?.queue(bytes, safe)
     }
 
     /// Runs the installed member after [`Self::queue`].
@@ -264,15 +258,17 @@ impl EvsMember {
 
     /// Queues a message in the installed configuration (refused while gathering).
     pub fn submit(&mut self, now: Time, bytes: &[u8], safe: bool) -> Result<u64, SubmitRefused> {
-        if self.gathering.is_some() {
-            return Err(SubmitRefused::NotMember);
-        }
-        let Some((m, _)) = &mut self.installed else {
-            return Err(SubmitRefused::NotMember);
-        };
-        let r = m.submit(now, bytes, safe);
+        let r = self.sending_member()?.submit(now, bytes, safe);
         self.pump(now);
         r
+    }
+
+    /// The member a message goes to: the installed configuration's, none while gathering.
+    fn sending_member(&mut self) -> Result<&mut OrderedMember, SubmitRefused> {
+        match &mut self.installed {
+            Some((m, _)) if self.gathering.is_none() => Ok(m),
+            _ => Err(SubmitRefused::NotMember),
+        }
     }
 
     /// A disseminated payload (`epoch` as in [`Output::Disseminate`]).

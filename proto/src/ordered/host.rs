@@ -191,6 +191,12 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
 }
 
+/// A group's member that takes messages: an `evs` group's, or a `majority` list's.
+enum Sending<'a> {
+    Evs(&'a mut EvsMember),
+    List(&'a mut OrderedMember),
+}
+
 pub(crate) struct OrderedHost {
     me: NodeId,
     incarnation: u32,
@@ -527,44 +533,38 @@ impl OrderedHost {
         bytes: &[u8],
         safe: bool,
     ) -> Result<u64, super::SubmitRefused> {
-        if let Some(h) = self.evs.get_mut(&group) {
-            if h.leaving {
-                return Err(super::SubmitRefused::NotMember);
-            }
-            let r = h.member.submit(now, bytes, safe);
-            self.pump(now);
-            return r;
-        }
-        let h = self
-            .groups
-            .get_mut(&group)
-            .ok_or(super::SubmitRefused::NotMember)?;
-        if h.leaving {
-            return Err(super::SubmitRefused::NotMember);
-        }
-        let r = h.member.submit(now, bytes, safe);
+        let r = match self.sending(group)? {
+            Sending::Evs(m) => m.submit(now, bytes, safe),
+            Sending::List(m) => m.submit(now, bytes, safe),
+        };
         self.pump(now);
         r
+    }
+
+    /// The member a message for `group` goes to; refused for a group not here or leaving.
+    fn sending(&mut self, group: GroupId) -> Result<Sending<'_>, super::SubmitRefused> {
+        let (leaving, member) = if let Some(h) = self.evs.get_mut(&group) {
+            (h.leaving, Sending::Evs(&mut h.member))
+        } else {
+            let h = self
+                .groups
+                .get_mut(&group)
+                .ok_or(super::SubmitRefused::NotMember)?;
+            (h.leaving, Sending::List(&mut h.member))
+        };
+        if leaving {
+            return Err(super::SubmitRefused::NotMember);
+        }
+        Ok(member)
     }
 
     /// Queues a message as [`Self::submit`] does, without running the group's member or
     /// pumping; [`Self::run_queued`] runs every group queued to since (a driver takes a
     /// publish ring's frames, then runs the members once: one batch, not one per frame).
     pub fn queue(&mut self, group: GroupId, bytes: &[u8], safe: bool) -> Result<u64, super::SubmitRefused> {
-        let r = if let Some(h) = self.evs.get_mut(&group) {
-            if h.leaving {
-                return Err(super::SubmitRefused::NotMember);
-            }
-            h.member.queue(bytes, safe)
-        } else {
-            let h = self
-                .groups
-                .get_mut(&group)
-                .ok_or(super::SubmitRefused::NotMember)?;
-            if h.leaving {
-                return Err(super::SubmitRefused::NotMember);
-            }
-            h.member.queue(bytes, safe)
+        let r = match self.sending(group)? {
+            Sending::Evs(m) => m.queue(bytes, safe),
+            Sending::List(m) => m.queue(bytes, safe),
         };
         if r.is_ok() && !self.queued.contains(&group) {
             self.queued.push(group);
