@@ -301,17 +301,30 @@ mod tests {
         let mut all = Vec::new();
         while let Some((dest, bytes)) = out.pop() {
             assert!(bytes.len() <= max, "a datagram of {} bytes left", bytes.len());
-            let mut seqs = Vec::new();
-            for m in decode(bytes).expect("valid datagram").messages() {
-                match m {
-                    Message::Data { header, .. } => seqs.push(header.seq),
-                    Message::DataRun { messages, .. } => seqs.extend(messages.iter().map(|(h, _)| h.seq)),
-                    _ => {}
-                }
-            }
-            all.push((dest, seqs));
+            all.push((dest, seqs_in(bytes)));
         }
         all
+    }
+
+    /// The data seqs a datagram carries, in order.
+    fn seqs_in(bytes: &[u8]) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for m in decode(bytes).expect("valid datagram").messages() {
+            match m {
+                Message::Data { header, .. } => seqs.push(header.seq),
+                Message::DataRun { messages, .. } => seqs.extend(messages.iter().map(|(h, _)| h.seq)),
+                _ => {}
+            }
+        }
+        seqs
+    }
+
+    /// The seqs `sent` carried to `dest`, in the order they left.
+    fn seqs_to(sent: &[(NodeId, Vec<u64>)], dest: NodeId) -> Vec<u64> {
+        sent.iter()
+            .filter(|(d, _)| *d == dest)
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect()
     }
 
     #[test]
@@ -399,14 +412,8 @@ mod tests {
             let dests: Vec<NodeId> = sent.iter().map(|(d, _)| *d).collect();
             let switches = dests.windows(2).filter(|w| w[0] != w[1]).count();
             assert_eq!(switches, 1, "one destination after the other: {dests:?}");
-            let of = |d: NodeId| -> Vec<u64> {
-                sent.iter()
-                    .filter(|(x, _)| *x == d)
-                    .flat_map(|(_, s)| s.clone())
-                    .collect()
-            };
-            assert_eq!(of(8), (0..40).collect::<Vec<_>>());
-            assert_eq!(of(9), (0..40).collect::<Vec<_>>());
+            assert_eq!(seqs_to(&sent, 8), (0..40).collect::<Vec<_>>());
+            assert_eq!(seqs_to(&sent, 9), (0..40).collect::<Vec<_>>());
             (dests[0], dests[dests.len() - 1])
         };
         assert_eq!(
@@ -424,13 +431,7 @@ mod tests {
         let mut seen: Vec<(NodeId, Vec<u64>)> = Vec::new();
         let mut pushed = false;
         while let Some((dest, bytes)) = out.pop() {
-            let mut seqs = Vec::new();
-            for m in decode(bytes).expect("valid datagram").messages() {
-                if let Message::DataRun { messages, .. } = m {
-                    seqs.extend(messages.iter().map(|(h, _)| h.seq));
-                }
-            }
-            seen.push((dest, seqs));
+            seen.push((dest, seqs_in(bytes)));
             if !pushed {
                 pushed = true;
                 for seq in 20..30 {
@@ -439,15 +440,9 @@ mod tests {
                 }
             }
         }
-        let of = |d: NodeId| -> Vec<u64> {
-            seen.iter()
-                .filter(|(x, _)| *x == d)
-                .flat_map(|(_, s)| s.clone())
-                .collect()
-        };
-        assert_eq!(of(9), (0..20).collect::<Vec<_>>());
-        assert_eq!(of(8), (0..30).collect::<Vec<_>>());
-        assert_eq!(of(7), (20..30).collect::<Vec<_>>());
+        assert_eq!(seqs_to(&seen, 9), (0..20).collect::<Vec<_>>());
+        assert_eq!(seqs_to(&seen, 8), (0..30).collect::<Vec<_>>());
+        assert_eq!(seqs_to(&seen, 7), (20..30).collect::<Vec<_>>());
         assert_eq!(seen[0].0, 9, "the first destination of this drain goes first");
     }
 

@@ -1,7 +1,8 @@
 //! Sweeps the ordered world (`OrderedScenario::random`) or the evs world
 //! (`EvsScenario::random`) over a range of seeds and prints one line per seed that fails a
-//! check (safety or liveness), then a summary (with the seeds in which a group restarted): the tool behind the 2,000-seed sweeps of
-//! docs/ordered.md. `cargo run --release -p tutti-sim --example ordered_sweep -- [evs] FIRST COUNT`
+//! check (safety or liveness), then a summary (with the seeds in which a group restarted):
+//! the tool behind the 2,000-seed sweeps of docs/ordered.md.
+//! `cargo run --release -p tutti-sim --example ordered_sweep -- [evs] FIRST COUNT`
 use std::time::Instant;
 use tutti_sim::evs::{EvsScenario, EvsSim};
 use tutti_sim::ordered::{OrderedScenario, OrderedSim};
