@@ -1163,7 +1163,36 @@ impl Cluster {
             c.wakes,
             c.wakes_limited,
             c.wakes_refused
-        ))
+        ) + &self.replica_detail(group))
+    }
+
+    /// The memory-node replica of `group` on this daemon, if it hosts one: its role and
+    /// counters (what it served, replication, dormant readers, refused input), so an
+    /// operator sees the load and the health of the daemon that orders the group.
+    fn replica_detail(&self, group: u64) -> String {
+        let Some(r) = self.node.memnode_replica(group) else {
+            return String::new();
+        };
+        let c = r.counters();
+        format!(
+            "\n    replica here: {}, execs committed {}, execs aborted {}, unlogged reads {}, \
+             records applied {}, replication resends {} (fast {}), unreplicated records {}, \
+             dropped full {}, watches {} (refused {}), wakes sent {}, malformed {}, misaddressed {}",
+            if r.is_primary() { "primary" } else { "backup" },
+            c.execs_committed,
+            c.execs_aborted,
+            c.unlogged_reads,
+            c.records_applied,
+            c.replication_resends,
+            c.fast_resends,
+            c.unreplicated_records,
+            c.dropped_full,
+            c.watches,
+            c.watches_refused,
+            c.wakes_sent,
+            c.malformed,
+            c.misaddressed
+        )
     }
 
     /// The application's snapshot for the last `SnapshotRequest` of `group`.

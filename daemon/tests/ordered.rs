@@ -138,6 +138,23 @@ fn three_daemons_one_total_order_same_view_after_kill_and_state_transfer_on_rejo
         assert_eq!(msgs(s).len(), 600, "subscriber {i}: every message once");
         assert_same(s, &seqs[0], &format!("subscriber {i} vs subscriber 0"));
     }
+    // `tutti status` of the daemons that host the memory node shows what each replica
+    // did: the primary committed the appends, the backup applied their records.
+    let (primary, backup, _) = memnode_placement(all[0]).expect("a placement");
+    let backup = backup.expect("a backup");
+    let at = |id: u32| daemons[id as usize - 1].as_ref().unwrap();
+    let (role, committed) = replica_counter(at(primary), "execs committed").expect("primary's replica");
+    assert_eq!(role, "primary");
+    assert!(committed > 0, "the primary committed no append");
+    let (role, applied) = replica_counter(at(backup), "records applied").expect("backup's replica");
+    assert_eq!(role, "backup");
+    assert!(applied > 0, "the backup applied no record");
+    let third = 6 - primary - backup;
+    assert_eq!(
+        replica_counter(at(third), "execs committed"),
+        None,
+        "daemon {third} hosts no replica"
+    );
 
     // Phase 2: kill -9 daemon 3 while both publishers send; the survivors see the same
     // view (without it, it suspected) at the same point of the same order.

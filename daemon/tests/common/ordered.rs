@@ -302,6 +302,17 @@ pub fn memnode_placement(daemon: &Daemon) -> Option<(u32, Option<u32>, u64)> {
     Some((primary, backup, epoch))
 }
 
+/// The memory-node replica `daemon` hosts for its ordered group (its status line
+/// "replica here: ROLE, execs committed N, ..."): (role, the counter `name`); None while
+/// it shows none.
+pub fn replica_counter(daemon: &Daemon, name: &str) -> Option<(String, u64)> {
+    let status = daemon.client().status().ok()?;
+    let at = status.find("replica here: ")? + "replica here: ".len();
+    let line = status[at..].lines().next()?;
+    let role = line.split(',').next()?.to_string();
+    Some((role, common::status_number(line, &format!("{name} "))?))
+}
+
 /// The first group name `prefix.N` whose memory node (primary and backup) a cluster of
 /// daemons 1..=`n` places on daemons in `hosts` only (placement is rendezvous hashing of
 /// the name over the cluster view: `tutti_proto::ordered::choose_memnode_hosts`).
