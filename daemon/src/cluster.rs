@@ -1114,17 +1114,28 @@ impl Cluster {
                 |e| format!("{} (founder {})", e.number, e.founder >> 8),
             );
             let members: Vec<u32> = m.current().map(|c| c.view().1).unwrap_or_default();
-            return Some(format!(
-                "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
+            return Some(
+                format!(
+                    "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
                  (alone {}), resent {}, unconfirmed {}",
-                members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
-                m.gathering().is_some(),
-                c.epochs_joined,
-                c.transitional,
-                c.transitional_alone,
-                c.resent,
-                c.unconfirmed
-            ));
+                    members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
+                    m.gathering().is_some(),
+                    c.epochs_joined,
+                    c.transitional,
+                    c.transitional_alone,
+                    c.resent,
+                    c.unconfirmed
+                ) + &self
+                    .node
+                    .evs_replicas(group)
+                    .map(|(e, r)| {
+                        replica_detail(
+                            &format!("list epoch {} (founder {})", e.number, e.founder >> 8),
+                            r,
+                        )
+                    })
+                    .collect::<String>(),
+            );
         }
         let c = self.node.ordered_counters(group)?;
         // Where this daemon places the group's memory node (daemon ids), so an operator
@@ -1163,36 +1174,9 @@ impl Cluster {
             c.wakes,
             c.wakes_limited,
             c.wakes_refused
-        ) + &self.replica_detail(group))
-    }
-
-    /// The memory-node replica of `group` on this daemon, if it hosts one: its role and
-    /// counters (what it served, replication, dormant readers, refused input), so an
-    /// operator sees the load and the health of the daemon that orders the group.
-    fn replica_detail(&self, group: u64) -> String {
-        let Some(r) = self.node.memnode_replica(group) else {
-            return String::new();
-        };
-        let c = r.counters();
-        format!(
-            "\n    replica here: {}, execs committed {}, execs aborted {}, unlogged reads {}, \
-             records applied {}, replication resends {} (fast {}), unreplicated records {}, \
-             dropped full {}, watches {} (refused {}), wakes sent {}, malformed {}, misaddressed {}",
-            if r.is_primary() { "primary" } else { "backup" },
-            c.execs_committed,
-            c.execs_aborted,
-            c.unlogged_reads,
-            c.records_applied,
-            c.replication_resends,
-            c.fast_resends,
-            c.unreplicated_records,
-            c.dropped_full,
-            c.watches,
-            c.watches_refused,
-            c.wakes_sent,
-            c.malformed,
-            c.misaddressed
-        )
+        ) + &self.node.memnode_replica(group).map_or_else(String::new, |r| {
+            replica_detail(if r.is_primary() { "primary" } else { "backup" }, r)
+        }))
     }
 
     /// The application's snapshot for the last `SnapshotRequest` of `group`.
@@ -1801,6 +1785,32 @@ fn duration(nanos: Time) -> String {
         3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
     }
+}
+
+/// A memory-node replica of an ordered group on this daemon (`tutti status`): what it is
+/// (`primary`, `backup`, an `evs` list epoch) and its counters (what it served,
+/// replication, dormant readers, refused input), so an operator sees the load and the
+/// health of the daemon that orders the group.
+fn replica_detail(what: &str, r: &tutti_proto::minitx::MemoryNode) -> String {
+    let c = r.counters();
+    format!(
+        "\n    replica here: {what}, execs committed {}, execs aborted {}, unlogged reads {}, \
+             records applied {}, replication resends {} (fast {}), unreplicated records {}, \
+             dropped full {}, watches {} (refused {}), wakes sent {}, malformed {}, misaddressed {}",
+        c.execs_committed,
+        c.execs_aborted,
+        c.unlogged_reads,
+        c.records_applied,
+        c.replication_resends,
+        c.fast_resends,
+        c.unreplicated_records,
+        c.dropped_full,
+        c.watches,
+        c.watches_refused,
+        c.wakes_sent,
+        c.malformed,
+        c.misaddressed
+    )
 }
 
 #[cfg(test)]

@@ -501,6 +501,16 @@ fn status_lists_cpg_groups_with_their_processes() {
             cpg_section(d) == want(&[(1, pid), (2, pid)])
         });
     }
+    // The side's list epoch has its memory node on its founder, the side's lowest daemon
+    // (1), whose status shows that replica and what it served (the joins were appends).
+    wait_until(WAIT, "daemon 1's list-epoch replica in its status", &all, || {
+        let status = all[0].client().status().unwrap();
+        status.lines().any(|l| {
+            l.trim_start().starts_with("replica here: list epoch ")
+                && l.contains("(founder 1)")
+                && common::status_number(l, "execs committed ").is_some_and(|n| n > 0)
+        })
+    });
     // b leaves: daemon 2 keeps the group (dormant) and still shows a's process.
     b.send(Command::Leave);
     wait_until(WAIT, "b's leave in status", &all, || {

@@ -3164,6 +3164,14 @@ impl Node {
         self.ordered.replica(group)
     }
 
+    /// The `evs` list epochs of `group` whose memory node runs here, with the replica.
+    pub fn evs_replicas(
+        &self,
+        group: GroupId,
+    ) -> impl Iterator<Item = (EpochId, &crate::minitx::MemoryNode)> {
+        self.ordered.epoch_replicas_of(group)
+    }
+
     fn ordered_event(&mut self) -> Option<Event> {
         Some(match self.ordered.poll_event()? {
             HostEvent::Deliver {

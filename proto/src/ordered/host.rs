@@ -619,6 +619,13 @@ impl OrderedHost {
             .collect()
     }
 
+    /// The `evs` list epochs of `group` whose memory node runs here, with the replica.
+    pub fn epoch_replicas_of(&self, group: GroupId) -> impl Iterator<Item = (EpochId, &MemoryNode)> {
+        self.epoch_replicas
+            .range((group, MemnodeId::MIN)..=(group, MemnodeId::MAX))
+            .map(|(_, r)| (r.epoch, &r.node))
+    }
+
     /// `evs`: this node's side of `group` changed (the node computes it from the cluster
     /// view: `Node::evs_refresh_sides`). `number` grows with every cluster view and differs
     /// between concurrent sides; a number not above the last one is ignored (by the
