@@ -1109,10 +1109,7 @@ impl Cluster {
     pub fn ordered_detail(&self, group: u64) -> Option<String> {
         if let Some(m) = self.node.evs_member(group) {
             let c = m.counters();
-            let epoch = m.epoch().map_or_else(
-                || "none".to_string(),
-                |e| format!("{} (founder {})", e.number, e.founder >> 8),
-            );
+            let epoch = m.epoch().map_or_else(|| "none".to_string(), epoch_text);
             let members: Vec<u32> = m.current().map(|c| c.view().1).unwrap_or_default();
             return Some(
                 format!(
@@ -1127,13 +1124,8 @@ impl Cluster {
                     c.unconfirmed
                 ) + &self
                     .node
-                    .evs_replicas(group)
-                    .map(|(e, r)| {
-                        replica_detail(
-                            &format!("list epoch {} (founder {})", e.number, e.founder >> 8),
-                            r,
-                        )
-                    })
+                    .epoch_replicas_of(group)
+                    .map(|(e, r)| replica_detail(&format!("list epoch {}", epoch_text(e)), r))
                     .collect::<String>(),
             );
         }
@@ -1785,6 +1777,11 @@ fn duration(nanos: Time) -> String {
         3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
     }
+}
+
+/// An `evs` list epoch for `tutti status`: its number and founder (daemon id).
+fn epoch_text(e: tutti_proto::ordered::EpochId) -> String {
+    format!("{} (founder {})", e.number, e.founder >> 8)
 }
 
 /// A memory-node replica of an ordered group on this daemon (`tutti status`): what it is

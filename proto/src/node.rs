@@ -3165,7 +3165,7 @@ impl Node {
     }
 
     /// The `evs` list epochs of `group` whose memory node runs here, with the replica.
-    pub fn evs_replicas(
+    pub fn epoch_replicas_of(
         &self,
         group: GroupId,
     ) -> impl Iterator<Item = (EpochId, &crate::minitx::MemoryNode)> {
