@@ -1111,17 +1111,22 @@ impl Cluster {
             let c = m.counters();
             let epoch = m.epoch().map_or_else(|| "none".to_string(), epoch_text);
             let members: Vec<u32> = m.current().map(|c| c.view().1).unwrap_or_default();
+            let told = m.current().map(|c| c.counters().clone()).unwrap_or_default();
             return Some(
                 format!(
                     "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
-                 (alone {}), resent {}, unconfirmed {}",
+                 (alone {}), resent {}, unconfirmed {}, progress told {}, heard {} (refused {}, stale {})",
                     members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
                     m.gathering().is_some(),
                     c.epochs_joined,
                     c.transitional,
                     c.transitional_alone,
                     c.resent,
-                    c.unconfirmed
+                    c.unconfirmed,
+                    told.helds_sent,
+                    told.helds_taken,
+                    told.helds_refused,
+                    c.stale_held
                 ) + &self
                     .node
                     .epoch_replicas_of(group)
@@ -1146,7 +1151,7 @@ impl Cluster {
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
              repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
-             (limited {}, refused {})",
+             (limited {}, refused {}), progress told {}, heard {} (refused {})",
             c.appends,
             c.appends_committed,
             c.append_conflicts,
@@ -1165,7 +1170,10 @@ impl Cluster {
             c.dormant_reads,
             c.wakes,
             c.wakes_limited,
-            c.wakes_refused
+            c.wakes_refused,
+            c.helds_sent,
+            c.helds_taken,
+            c.helds_refused
         ) + &self.node.memnode_replica(group).map_or_else(String::new, |r| {
             replica_detail(if r.is_primary() { "primary" } else { "backup" }, r)
         }))

@@ -511,6 +511,19 @@ fn status_lists_cpg_groups_with_their_processes() {
                 && common::status_number(l, "execs committed ").is_some_and(|n| n > 0)
         })
     });
+    // Every entry of an `evs` list (the joins too) waits until every member holds it: the
+    // two members told each other what they hold, straight (`Output::Held`), and took it
+    // (some may be refused: told before the receiver learned the teller's join).
+    for d in &all[..2] {
+        wait_until(WAIT, "progress told and heard in status", &all, || {
+            let status = d.client().status().unwrap();
+            status.lines().any(|l| {
+                l.trim_start().starts_with("evs: list epoch ")
+                    && common::status_number(l, "progress told ").is_some_and(|n| n > 0)
+                    && common::status_number(l, "heard ").is_some_and(|n| n > 0)
+            })
+        });
+    }
     // b leaves: daemon 2 keeps the group (dormant) and still shows a's process.
     b.send(Command::Leave);
     wait_until(WAIT, "b's leave in status", &all, || {

@@ -37,6 +37,11 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(body + tutti_wire::packet::OrderedPayloadHeader::SIZE, bytes.len());
                 }
                 let _ = tutti_wire::packet::split_memnode_message(bytes);
+                if let Ok(h) = tutti_wire::packet::OrderedHeld::decode(bytes) {
+                    // A decoded progress message is exactly its bytes and holds no more than it learned.
+                    assert_eq!(&h.to_bytes()[..], bytes);
+                    assert!(h.held <= h.learned);
+                }
             }
         }
         assert_eq!(n, usize::from(datagram.header.count));

@@ -423,7 +423,10 @@ impl Sim {
             o @ (Output::Configuration(_) | Output::OpenEpoch { .. }) => {
                 self.fail(&format!("member {id}: {o:?} from a majority group"))
             }
-            Output::Minitx { .. } | Output::Disseminate { .. } | Output::Transfer { .. } => {
+            Output::Minitx { .. }
+            | Output::Disseminate { .. }
+            | Output::Transfer { .. }
+            | Output::Held { .. } => {
                 unreachable!("`route` put it on the network")
             }
         }

@@ -712,6 +712,12 @@ impl Sim {
                     }
                     self.drain(to);
                 }
+                Packet::Held(b) => {
+                    if let Some(m) = self.members.get_mut(&to) {
+                        m.handle_held(now, from, &b);
+                    }
+                    self.drain(to);
+                }
                 Packet::Transfer(_) => unreachable!("`on_output` fails on a transfer under evs"),
             }
         }

@@ -48,6 +48,8 @@ pub struct EvsCounters {
     /// Minitransaction messages for a memory node neither list uses (late answers of an
     /// abandoned list).
     pub stale_minitx: u64,
+    /// Progress told about a list neither of this member's lists is (late, or malformed).
+    pub stale_held: u64,
 }
 
 /// One node's member of one `evs` ordered group. Inputs and outputs are those of
@@ -320,6 +322,24 @@ impl EvsMember {
         }
         if !taken {
             self.counters.stale_minitx += 1;
+        }
+        self.pump(now);
+    }
+
+    /// Progress another member told (`Output::Held`): to the list it is about.
+    pub fn handle_held(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        let memnode = tutti_wire::packet::OrderedHeld::decode(bytes)
+            .ok()
+            .map(|h| h.memnode);
+        let mut taken = false;
+        for m in self.lists_mut() {
+            if m.list_epoch().map(epoch_memnode) == memnode {
+                m.handle_held(now, from, bytes);
+                taken = true;
+            }
+        }
+        if !taken {
+            self.counters.stale_held += 1;
         }
         self.pump(now);
     }

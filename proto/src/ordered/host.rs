@@ -1103,6 +1103,9 @@ impl OrderedHost {
                     let bytes = memnode_message(&layout, &bytes);
                     self.send(to, group, OrderedKind::ToMemnode, bytes);
                 }
+                Output::Held { to, held } => {
+                    self.send(to, group, OrderedKind::Held, held.to_bytes().to_vec())
+                }
                 Output::Disseminate {
                     sender,
                     epoch,
@@ -1191,6 +1194,9 @@ impl OrderedHost {
                 Output::Minitx { to, bytes } => {
                     let bytes = memnode_message(&layout, &bytes);
                     self.send(to, group, OrderedKind::ToMemnode, bytes);
+                }
+                Output::Held { to, held } => {
+                    self.send(to, group, OrderedKind::Held, held.to_bytes().to_vec())
                 }
                 Output::Disseminate {
                     sender,
@@ -1381,6 +1387,10 @@ impl OrderedHost {
             }
             // No state transfer under `evs`.
             OrderedKind::Transfer => self.counters.unrouted += 1,
+            OrderedKind::Held => match self.evs.get_mut(&group) {
+                Some(h) => h.member.handle_held(now, from, bytes),
+                None => self.counters.unrouted += 1,
+            },
         }
     }
 
@@ -1454,6 +1464,10 @@ impl OrderedHost {
             }
             OrderedKind::Transfer => match self.groups.get_mut(&group) {
                 Some(h) => h.member.handle_transfer(now, bytes),
+                None => self.counters.unrouted += 1,
+            },
+            OrderedKind::Held => match self.groups.get_mut(&group) {
+                Some(h) => h.member.handle_held(now, from, bytes),
                 None => self.counters.unrouted += 1,
             },
         }

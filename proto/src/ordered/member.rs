@@ -14,6 +14,7 @@ use crate::minitx::{
 };
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+pub use tutti_wire::packet::OrderedHeld;
 
 /// Where this member stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,9 @@ pub enum Output {
     /// A state transfer for joiner `to` (point to point; resent until the joiner's
     /// progress slot says it installed): it hands it to [`OrderedMember::handle_transfer`].
     Transfer { to: NodeId, bytes: Vec<u8> },
+    /// This member's progress for member `to` of its view (point to point, best effort):
+    /// it hands it to [`OrderedMember::handle_held`].
+    Held { to: NodeId, held: OrderedHeld },
     /// This joiner installed the application snapshot taken at `position`; deliveries
     /// follow from `position + 1`.
     Installed { position: u64, snapshot: Vec<u8> },
@@ -154,6 +158,12 @@ pub struct OrderedCounters {
     /// Progress writes (`publish`: on their own, not riding a read, so that reads stay
     /// unlogged and are answered without waiting for the backup's ack of a write).
     pub publishes: u64,
+    /// Progress told straight to the others (`Output::Held`, one per member told), taken
+    /// from them, and refused (not this list's, or not from a member of the view under
+    /// the membership it names).
+    pub helds_sent: u64,
+    pub helds_taken: u64,
+    pub helds_refused: u64,
     pub entries_learned: u64,
     pub delivered: u64,
     /// Data entries skipped at delivery: repeated ids, senders outside the view.
@@ -191,6 +201,15 @@ pub struct OrderedCounters {
     /// member holding it was suspected or out of the cluster view) and it started again
     /// from an empty state (`Installed` with an empty snapshot).
     pub restarts: u64,
+}
+
+/// Progress a member told this one (`Output::Held`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    node: NodeId,
+    join_pos: u64,
+    learned: u64,
+    held: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,6 +394,11 @@ const DORMANT_MAX_SHIFT: u32 = 30;
 /// after the next one was sent.
 const WAITING_POLL_DIVISOR: Time = 64;
 
+/// A member tells the others its progress (`Output::Held`) at most every
+/// `poll_interval / TELL_DIVISOR` (125 us by default): at once for a paced message, a
+/// datagram per member per interval under a flood (where the reads bring the same).
+const TELL_DIVISOR: Time = 16;
+
 /// A read started by a payload hint that found no new entry is tried again at once this
 /// many times in a row (the sender's append may reach the memory node after the payload
 /// reached this member and its read the memory node); then the poll takes over.
@@ -442,6 +466,17 @@ pub struct OrderedMember {
     /// The progress write in flight (`publish`). Progress goes only this way, one write
     /// at a time, so a member's slot on the memory node never goes back to an older value.
     publish_op: Option<TxId>,
+    /// Progress the others told this member (`handle_held`), per view slot: the same
+    /// facts as their progress slots, sooner. `member_progress` takes the larger of the
+    /// two for the same membership (node and join position).
+    heard: Vec<Option<Heard>>,
+    /// The `held` this member last told the others, and the earliest time it may tell
+    /// them again (`tell`).
+    told: u64,
+    tell_at: Time,
+    /// One past the last `safe` data entry learned: in a `majority` group only a safe
+    /// entry waits for the others' progress, so only one makes a member tell its own.
+    safe_upto: u64,
     /// Fairness: tail compares lost in a row, a request to post, the last request seen.
     lost_in_a_row: u32,
     request_due: bool,
@@ -665,6 +700,10 @@ impl OrderedMember {
             progress_since: vec![0; max_members],
             published: None,
             publish_op: None,
+            heard: vec![None; max_members],
+            told: 0,
+            tell_at: 0,
+            safe_upto: 0,
             lost_in_a_row: 0,
             request_due: false,
             hold: None,
@@ -856,6 +895,9 @@ impl OrderedMember {
         }
         if let Some(r) = self.transfers.iter().map(|t| t.3).min() {
             t = t.min(r);
+        }
+        if self.tell_due() {
+            t = t.min(self.tell_at);
         }
         if self.status == Status::Installing {
             t = t.min(self.install_deadline);
@@ -1815,6 +1857,9 @@ impl OrderedMember {
             self.request_due = false;
         }
         self.counters.entries_learned += 1;
+        if let EntryKind::Data { safe: true, .. } = e.kind {
+            self.safe_upto = e.pos + 1;
+        }
         match self.status {
             Status::Removed => {}
             Status::Joining => {
@@ -1826,6 +1871,7 @@ impl OrderedMember {
                     self.delivered = 0;
                     self.held_upto = 0;
                     self.held_waiting = None;
+                    self.safe_upto = 0;
                     self.buffer.clear();
                     self.learn_view = View::default();
                     self.deliver_view = View::default();
@@ -1966,12 +2012,18 @@ impl OrderedMember {
         if m.node == self.node {
             return (self.learned, self.held_upto);
         }
-        match self.progress.get(m.slot as usize) {
-            Some(Some(s)) if s.node == m.node && s.join_pos == m.join_pos => {
-                (s.learned.max(m.join_pos), s.held.max(m.join_pos))
+        let (mut learned, mut held) = (m.join_pos, m.join_pos);
+        if let Some(Some(s)) = self.progress.get(m.slot as usize) {
+            if s.node == m.node && s.join_pos == m.join_pos {
+                (learned, held) = (learned.max(s.learned), held.max(s.held));
             }
-            _ => (m.join_pos, m.join_pos),
         }
+        if let Some(Some(h)) = self.heard.get(m.slot as usize) {
+            if h.node == m.node && h.join_pos == m.join_pos {
+                (learned, held) = (learned.max(h.learned), held.max(h.held));
+            }
+        }
+        (learned, held)
     }
 
     /// Whether member `m` of the delivered view is known to hold the group's state (so
@@ -1996,7 +2048,90 @@ impl OrderedMember {
         self.deliver(now);
         self.start_list_op(now);
         self.publish(now);
+        self.tell(now);
         self.start_repair(now);
+    }
+
+    /// Whether this member's progress has moved past what it last told the others in a
+    /// way one of them waits for: any entry of an `evs` list, a `safe` entry otherwise.
+    fn tell_due(&self) -> bool {
+        self.status == Status::Active
+            && self.in_majority
+            && !self.frozen
+            && self.held_upto != self.told
+            && (self.evs.is_some() || (self.told < self.safe_upto && self.safe_upto <= self.held_upto))
+    }
+
+    /// Tells every other member of the view what this member holds (`Output::Held`), at
+    /// most every `poll_interval / TELL_DIVISOR`. Delivery that waits for every member to
+    /// hold an entry (`all_hold`) waited for their progress writes to reach the memory
+    /// node and for a read to bring them back (3-4 hops after the last of them learned the
+    /// entry, and the read came at the next `read_interval`); told, it waits one hop. Only
+    /// facts of the teller's own state go this way (what it learned and holds, under its
+    /// membership), which only grow, so a message lost, late or repeated changes nothing
+    /// but when the others know; the progress slot stays the record (joiners, lag rules,
+    /// members that missed the datagram).
+    fn tell(&mut self, now: Time) {
+        if !self.tell_due() || now < self.tell_at {
+            return;
+        }
+        let Some(me) = self.learn_view.get(self.node).copied() else {
+            // Removed from the view as learned: no one waits for it (and a due tell that
+            // did nothing would fire its timer forever).
+            self.told = self.held_upto;
+            return;
+        };
+        let held = OrderedHeld {
+            memnode: self.memnode,
+            reserved: [0; 6],
+            join_pos: me.join_pos,
+            learned: self.learned,
+            held: self.held_upto,
+        };
+        self.told = self.held_upto;
+        self.tell_at = now + (self.settings.poll_interval / TELL_DIVISOR).max(1);
+        for m in &self.learn_view.members {
+            if m.node != self.node {
+                self.out.push_back(Output::Held { to: m.node, held });
+                self.counters.helds_sent += 1;
+            }
+        }
+    }
+
+    /// Progress another member told this one (`Output::Held`): taken if it is about this
+    /// list and names the sender's membership in the view as learned here (a member not
+    /// learned yet, or gone, tells nothing this member uses).
+    pub fn handle_held(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        let Ok(h) = OrderedHeld::decode(bytes) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let member = self
+            .learn_view
+            .get(from)
+            .filter(|m| m.join_pos == h.join_pos && h.memnode == self.memnode && from != self.node);
+        let Some(m) = member.copied() else {
+            self.counters.helds_refused += 1;
+            return;
+        };
+        let Some(slot) = self.heard.get_mut(m.slot as usize) else {
+            self.counters.helds_refused += 1;
+            return;
+        };
+        let (learned, held) = match slot {
+            Some(s) if s.node == from && s.join_pos == h.join_pos => {
+                (s.learned.max(h.learned), s.held.max(h.held))
+            }
+            _ => (h.learned, h.held),
+        };
+        *slot = Some(Heard {
+            node: from,
+            join_pos: h.join_pos,
+            learned,
+            held,
+        });
+        self.counters.helds_taken += 1;
+        self.drive(now);
     }
 
     /// Whether every member of the delivered view holds entry `pos` (its published `held`
@@ -3151,12 +3286,14 @@ mod tests {
             max / MICROS
         );
         // Simulated time: deterministic. An append takes 4 hops (primary, backup, ack,
-        // answer); the others learn with a read, publish their progress with a write, and
-        // every member reads that progress back: 10 hops now (p50 and max 250 us); 16 with
-        // the first read of the others' progress 125 us after learning (divisor 16), 44
-        // before any divisor (1,100 us, max 2,075 us). 14 leave room for a step more.
+        // answer); the others' hinted reads are answered with it (they wait for the same
+        // ack), and each member tells the others what it holds (`Output::Held`): 5 hops
+        // (p50 and max 125 us). Told only through the memory node (a progress write, and
+        // a read that brings it back) it took 10; 16 with the first read of the others'
+        // progress 125 us after learning (divisor 16), 44 before any divisor (1,100 us,
+        // max 2,075 us). 6 leave room for a step more.
         assert!(
-            max <= 14 * t.delay,
+            max <= 6 * t.delay,
             "submit to the last member's delivery: p50 {} us, max {} us ({} us per hop)",
             p50 / MICROS,
             max / MICROS,
@@ -3249,6 +3386,12 @@ mod tests {
                         }
                     }
                 }
+                // Progress told: tagged 0xFE.
+                Output::Held { to, held } => {
+                    let mut b = vec![0xFE];
+                    b.extend_from_slice(&held.to_bytes());
+                    self.queue.push_back((at, id, to, b));
+                }
                 _ => {}
             }
         }
@@ -3317,6 +3460,8 @@ mod tests {
                                 let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
                                 let sender = NodeId::from_le_bytes(b[1..5].try_into().unwrap());
                                 m.handle_payload(now, sender, u(5), u(13), &b[21..]);
+                            } else if b.first() == Some(&0xFE) {
+                                m.handle_held(now, from, &b[1..]);
                             } else {
                                 m.handle_minitx(now, from, &b);
                             }

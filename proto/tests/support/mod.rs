@@ -71,6 +71,8 @@ pub enum Packet {
     },
     /// State transfer to a joiner (the `majority` policy's joins only).
     Transfer(Vec<u8>),
+    /// A member's progress told to another (`Output::Held`), as on the wire.
+    Held(Vec<u8>),
 }
 
 /// Puts a member's output on the network: a minitransaction message to its destination, a
@@ -102,6 +104,7 @@ pub fn route(
             }
         }
         Output::Transfer { to, bytes } => send(to, Packet::Transfer(bytes)),
+        Output::Held { to, held } => send(to, Packet::Held(held.to_bytes().to_vec())),
         other => return Some(other),
     }
     None
@@ -118,6 +121,7 @@ pub fn hand_to_member(m: &mut OrderedMember, now: Time, from: NodeId, p: Packet)
             bytes,
         } => m.handle_payload(now, sender, epoch, seq, &bytes),
         Packet::Transfer(b) => m.handle_transfer(now, &b),
+        Packet::Held(b) => m.handle_held(now, from, &b),
     }
 }
 
