@@ -22,7 +22,7 @@
 use super::entry::{EpochId, JoinFrom, RemoveReason};
 use super::member::{ConfigEvent, OrderedMember, Output, Status, SubmitRefused};
 use super::{epoch_memnode, OrderedSettings, PartitionPolicy};
-use crate::minitx::MinitxSettings;
+use crate::minitx::{MemnodeId, MinitxSettings};
 use crate::{GroupId, NodeId, Time};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -313,14 +313,7 @@ impl EvsMember {
         let memnode = tutti_wire::minitx::Message::decode(bytes)
             .ok()
             .map(|m| m.memnode());
-        let mut taken = false;
-        for m in self.lists_mut() {
-            if m.list_epoch().map(epoch_memnode) == memnode {
-                m.handle_minitx(now, from, bytes);
-                taken = true;
-            }
-        }
-        if !taken {
+        if !self.hand_to_list(memnode, |m| m.handle_minitx(now, from, bytes)) {
             self.counters.stale_minitx += 1;
         }
         self.pump(now);
@@ -331,17 +324,23 @@ impl EvsMember {
         let memnode = tutti_wire::packet::OrderedHeld::decode(bytes)
             .ok()
             .map(|h| h.memnode);
-        let mut taken = false;
-        for m in self.lists_mut() {
-            if m.list_epoch().map(epoch_memnode) == memnode {
-                m.handle_held(now, from, bytes);
-                taken = true;
-            }
-        }
-        if !taken {
+        if !self.hand_to_list(memnode, |m| m.handle_held(now, from, bytes)) {
             self.counters.stale_held += 1;
         }
         self.pump(now);
+    }
+
+    /// Runs `f` on each of this member's lists whose memory node is `memnode`; returns
+    /// whether there was one.
+    fn hand_to_list(&mut self, memnode: Option<MemnodeId>, mut f: impl FnMut(&mut OrderedMember)) -> bool {
+        let mut taken = false;
+        for m in self.lists_mut() {
+            if m.list_epoch().map(epoch_memnode) == memnode {
+                f(m);
+                taken = true;
+            }
+        }
+        taken
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
