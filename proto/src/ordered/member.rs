@@ -395,8 +395,10 @@ const DORMANT_MAX_SHIFT: u32 = 30;
 const WAITING_POLL_DIVISOR: Time = 64;
 
 /// A member tells the others its progress (`Output::Held`) at most every
-/// `poll_interval / TELL_DIVISOR` (125 us by default): at once for a paced message, a
-/// datagram per member per interval under a flood (where the reads bring the same).
+/// `poll_interval / TELL_DIVISOR` (125 us by default): at once for a paced message. A tell
+/// that had to wait for that gap (progress moves faster than it: a flood) doubles the gap,
+/// up to `poll_interval`, where the reads that a flood keeps going bring the same; one that
+/// did not wait sets it back.
 const TELL_DIVISOR: Time = 16;
 
 /// A read started by a payload hint that found no new entry is tried again at once this
@@ -470,10 +472,12 @@ pub struct OrderedMember {
     /// facts as their progress slots, sooner. `member_progress` takes the larger of the
     /// two for the same membership (node and join position).
     heard: Vec<Option<Heard>>,
-    /// The `held` this member last told the others, and the earliest time it may tell
-    /// them again (`tell`).
+    /// The `held` this member last told the others, the earliest time it may tell them
+    /// again, the gap after a tell (`TELL_DIVISOR`), and whether a due tell waited for it.
     told: u64,
     tell_at: Time,
+    tell_gap: Time,
+    tell_waited: bool,
     /// One past the last `safe` data entry learned: in a `majority` group only a safe
     /// entry waits for the others' progress, so only one makes a member tell its own.
     safe_upto: u64,
@@ -703,6 +707,8 @@ impl OrderedMember {
             heard: vec![None; max_members],
             told: 0,
             tell_at: 0,
+            tell_gap: 0,
+            tell_waited: false,
             safe_upto: 0,
             lost_in_a_row: 0,
             request_due: false,
@@ -2072,7 +2078,11 @@ impl OrderedMember {
     /// but when the others know; the progress slot stays the record (joiners, lag rules,
     /// members that missed the datagram).
     fn tell(&mut self, now: Time) {
-        if !self.tell_due() || now < self.tell_at {
+        if !self.tell_due() {
+            return;
+        }
+        if now < self.tell_at {
+            self.tell_waited = true;
             return;
         }
         let Some(me) = self.learn_view.get(self.node).copied() else {
@@ -2089,7 +2099,15 @@ impl OrderedMember {
             held: self.held_upto,
         };
         self.told = self.held_upto;
-        self.tell_at = now + (self.settings.poll_interval / TELL_DIVISOR).max(1);
+        let base = (self.settings.poll_interval / TELL_DIVISOR).max(1);
+        self.tell_gap = if std::mem::take(&mut self.tell_waited) {
+            self.tell_gap
+                .saturating_mul(2)
+                .clamp(base, self.settings.poll_interval.max(base))
+        } else {
+            base
+        };
+        self.tell_at = now + self.tell_gap;
         for m in &self.learn_view.members {
             if m.node != self.node {
                 self.out.push_back(Output::Held { to: m.node, held });
@@ -3668,6 +3686,46 @@ mod tests {
             })
             .min()
             .unwrap()
+    }
+
+    /// Told progress is bounded under a flood: progress that moves faster than the gap
+    /// doubles it up to `poll_interval`, so a member sends a few tells per peer per poll
+    /// interval, not one per `poll_interval / TELL_DIVISOR` (16 per peer per interval), and
+    /// the flood still moves.
+    #[test]
+    fn a_flood_tells_its_progress_a_few_times_per_poll_interval() {
+        let settings = OrderedSettings::default();
+        let mut t = Trio::new(settings.clone(), true, false);
+        let (start, end) = (10 * MILLIS, 50 * MILLIS);
+        t.run_until(start);
+        let before: Vec<u64> = [1, 2, 3].map(|id| t.members[&id].counters().helds_sent).into();
+        let mut sent = 0u64;
+        while t.now < end {
+            let now = t.now;
+            let m = t.members.get_mut(&1).unwrap();
+            while m.submit(now, &sent.to_le_bytes(), true).is_ok() {
+                sent += 1;
+            }
+            t.run_until(now + 10 * MICROS);
+        }
+        let intervals = (end - start) / settings.poll_interval;
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            let told = t.members[&id].counters().helds_sent - before[i];
+            println!(
+                "member {id}: {told} tells in {} ms, {sent} messages",
+                (end - start) / MILLIS
+            );
+            // Two peers; the gap doubles from 125 us to 2 ms (5 steps) after each quiet spell.
+            assert!(told > 0, "member {id} told nothing");
+            assert!(
+                told <= 2 * (2 * intervals + 10),
+                "member {id} told {told} times in {intervals} poll intervals"
+            );
+        }
+        assert!(
+            t.deliveries.get(&3).copied().unwrap_or(0) > 1000,
+            "the flood did not move"
+        );
     }
 
     /// libcpg's window (`WINDOW_MSGS` in capi/cpg/libcpg.c) is `sender_window()`: with it
