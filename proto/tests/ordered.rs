@@ -1337,11 +1337,23 @@ fn hostile_input_is_counted_not_a_panic() {
             x.handle_transfer(i, &junk);
             x.handle_minitx(i, PRIMARY, &junk);
             x.handle_payload(i, rng.gen(), rng.gen(), rng.gen(), &junk);
+            x.handle_held(i, rng.gen_range(0..4), &junk);
+            // Well formed, from a node outside the view (or under a membership it never had).
+            let forged = tutti_proto::ordered::OrderedHeld {
+                memnode: rng.gen_range(0..2),
+                reserved: [0; 6],
+                join_pos: rng.gen_range(1..u64::MAX),
+                learned: u64::MAX,
+                held: rng.gen(),
+            };
+            x.handle_held(i, rng.gen_range(2..12), &forged.to_bytes());
             x.handle_timeout(i * MILLIS);
             while x.poll_output().is_some() {}
         }
     }
     assert!(m.counters().malformed > 0, "junk transfers must be counted");
+    assert_eq!(a.counters().helds_taken, 0, "a forged tell was taken");
+    assert!(a.counters().helds_refused > 0, "forged tells must be counted");
     assert_eq!(m.status(), Status::Joining);
     assert_eq!(a.status(), Status::Active);
     assert!(a.submit(0, &[0u8; 5_000], false) == Err(tutti_proto::ordered::SubmitRefused::TooLarge));

@@ -3338,6 +3338,8 @@ mod tests {
         disseminate: bool,
         drop_wakes: bool,
         wakes_dropped: u64,
+        /// A member cut off: everything to or from it is dropped.
+        cut: Option<NodeId>,
     }
 
     impl Trio {
@@ -3375,6 +3377,7 @@ mod tests {
                 disseminate,
                 drop_wakes,
                 wakes_dropped: 0,
+                cut: None,
             }
         }
 
@@ -3469,6 +3472,9 @@ mod tests {
                     let Some((_, from, to, b)) = self.queue.pop_front() else {
                         break;
                     };
+                    if self.cut.is_some_and(|c| c == from || c == to) {
+                        continue;
+                    }
                     match to {
                         PRIMARY => self.primary.handle_message(now, from, &b),
                         BACKUP => self.backup.handle_message(now, from, &b),
@@ -3686,6 +3692,52 @@ mod tests {
             })
             .min()
             .unwrap()
+    }
+
+    /// A tell is taken only from a member of the view, under the membership it names, about
+    /// this list: a forged one (a node outside the view, a stale join position, another
+    /// list's memory node, or bytes that do not decode) is counted and moves nothing, so
+    /// it cannot make a `safe` message be delivered before every member holds it.
+    #[test]
+    fn a_forged_tell_does_not_deliver_a_safe_message_early() {
+        let mut t = Trio::new(OrderedSettings::default(), true, false);
+        t.run_until(10 * MILLIS);
+        t.cut = Some(3);
+        let now = t.now;
+        t.members.get_mut(&1).unwrap().submit(now, b"safe", true).unwrap();
+        t.run_until(now + 5 * MILLIS);
+        let delivered = |t: &Trio, id: NodeId| t.delivered.contains_key(&(id, b"safe".to_vec()));
+        assert!(!delivered(&t, 1), "delivered before member 3 holds it");
+        let held = |memnode, join_pos| {
+            OrderedHeld {
+                memnode,
+                reserved: [0; 6],
+                join_pos,
+                learned: u64::MAX,
+                held: u64::MAX,
+            }
+            .to_bytes()
+        };
+        let now = t.now;
+        let m = t.members.get_mut(&1).unwrap();
+        let before = m.counters().clone();
+        m.handle_held(now, 9, &held(MEMNODE, 0));
+        m.handle_held(now, 3, &held(MEMNODE, 7));
+        m.handle_held(now, 3, &held(MEMNODE + 1, 0));
+        m.handle_held(now, 3, &held(MEMNODE, 0)[..31]);
+        assert_eq!(m.counters().helds_refused, before.helds_refused + 3);
+        assert_eq!(m.counters().malformed, before.malformed + 1);
+        assert_eq!(m.counters().helds_taken, before.helds_taken);
+        t.run_until(now + 5 * MILLIS);
+        assert!(!delivered(&t, 1), "a forged tell delivered it");
+        // Member 3's own tell (as it would send it) is what was missing.
+        let now = t.now;
+        t.members
+            .get_mut(&1)
+            .unwrap()
+            .handle_held(now, 3, &held(MEMNODE, 0));
+        t.run_until(now + MILLIS);
+        assert!(delivered(&t, 1), "member 3's tell did not deliver it");
     }
 
     /// Told progress is bounded under a flood: progress that moves faster than the gap

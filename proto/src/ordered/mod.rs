@@ -24,7 +24,9 @@ mod member;
 pub use entry::{Entry, EntryKind, EpochId, JoinFrom, ProgressSlot, RemoveReason};
 pub use evs::{EvsCounters, EvsMember};
 pub use host::{OrderedError, OrderedHostCounters, OrderedStatusEvent, Placement};
-pub use member::{ConfigEvent, OrderedCounters, OrderedMember, Output, Status, SubmitRefused, ViewEvent};
+pub use member::{
+    ConfigEvent, OrderedCounters, OrderedHeld, OrderedMember, Output, Status, SubmitRefused, ViewEvent,
+};
 
 use crate::minitx::MemnodeId;
 use crate::{GroupId, NodeId, Time, MILLIS};
