@@ -388,7 +388,9 @@ const DORMANT_MAX_SHIFT: u32 = 30;
 /// messages, and every entry of an `evs` list), the read interval starts at
 /// `poll_interval / WAITING_POLL_DIVISOR` (and doubles per quiet read as above): the
 /// progress it waits for is written by the others a round trip or two after they learn
-/// the entry, and nothing tells this member. At `poll_interval` the wait lasted until the
+/// the entry, and the memory node does not tell this member (the others' tells,
+/// `Output::Held`, usually come first; these reads cover a tell that was lost). Before
+/// the tells, at `poll_interval` the wait lasted until the
 /// next poll or the sender's next append (which carries the same reads): CPG over tuttid
 /// (every group `evs`), paced at 1,000 msg/s, delivered each message ~1 ms late, just
 /// after the next one was sent.
@@ -995,7 +997,8 @@ impl OrderedMember {
 
     /// Whether the member may go dormant: an active member with nothing to send, no
     /// learned entry waiting for delivery (safe entries and `evs` lists wait for the
-    /// others' progress, which only reads bring), no transfer or snapshot to produce.
+    /// others' progress, which only reads bring for certain: a tell may be lost), no
+    /// transfer or snapshot to produce.
     fn may_sleep(&self) -> bool {
         self.status == Status::Active
             && self.learned == self.delivered
@@ -1039,8 +1042,9 @@ impl OrderedMember {
             polling
         };
         if self.safe_waiting.is_some_and(|p| p >= self.delivered) {
-            // A safe entry waits for the others' published `held`, which only a read
-            // brings: polled every `poll_interval` it waited a poll more (p50 2.27 ms one
+            // A safe entry waits for the others' `held`, which only a read brings for
+            // certain (a tell may be lost): polled every `poll_interval` it waited a poll
+            // more (p50 2.27 ms one
             // in flight, of which about one poll interval was this wait). Its reads do not
             // back off past `poll_interval / SAFE_POLL_DIVISOR`.
             return interval.min((self.settings.poll_interval / SAFE_POLL_DIVISOR).max(1));
