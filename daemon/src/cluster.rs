@@ -1151,7 +1151,7 @@ impl Cluster {
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
              repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
-             (limited {}, refused {}), progress told {}, heard {} (refused {})",
+             (limited {}, refused {}), progress told {}, heard {} (refused {}), fairness requests {}, holds {}",
             c.appends,
             c.appends_committed,
             c.append_conflicts,
@@ -1173,7 +1173,9 @@ impl Cluster {
             c.wakes_refused,
             c.helds_sent,
             c.helds_taken,
-            c.helds_refused
+            c.helds_refused,
+            c.fairness_requests,
+            c.fairness_holds
         ) + &self.node.memnode_replica(group).map_or_else(String::new, |r| {
             replica_detail(if r.is_primary() { "primary" } else { "backup" }, r)
         }))

@@ -8,8 +8,9 @@
 //!
 //! A primary that lost its backup (or was promoted) gets a new one with [`MemoryNode::set_backup`]:
 //! it sends a snapshot of its whole state in chunks (state transfer), then the records logged
-//! since; until the new backup holds all of them it answers as it does alone, then its
-//! answers wait for the backup again.
+//! since; its answers wait until the new backup holds their entries (a primary that crashes
+//! mid-transfer has told no one what its successor lacks). It answers alone only with no
+//! backup at all ([`MemoryNode::drop_backup`]).
 
 use super::{MemnodeId, MinitxSettings};
 use crate::{NodeId, Time};
@@ -64,7 +65,8 @@ pub struct MemoryNodeCounters {
     /// Resends from the first unacknowledged entry on repeated acks (a lost entry seen by
     /// the backup), before `retransmit`.
     pub fast_resends: u64,
-    /// Backup: entries applied; entries refused as out of order (resent later).
+    /// Backup: entries applied; entries that came out of order (kept ahead of the gap
+    /// within `2 * replicate_burst`, else refused and resent later).
     pub records_applied: u64,
     pub records_out_of_order: u64,
     /// Records that did not fit the state (unknown region, a decision for a decided
@@ -79,7 +81,7 @@ pub struct MemoryNodeCounters {
     /// log entry.
     pub unlogged_reads: u64,
     /// Entries logged by a primary without a backup (after a failover), or with a new
-    /// backup not yet caught up.
+    /// backup not yet caught up (their answers wait for it).
     pub unreplicated_records: u64,
     pub promotions: u64,
     /// Dormant readers: watching reads remembered, refused at `max_watchers`, and wake
@@ -93,7 +95,7 @@ pub struct MemoryNodeCounters {
     /// Primary, state transfer to a new backup: transfers started, snapshot bytes sent
     /// (with resends), chunks resent, transfers restarted (the records logged meanwhile
     /// outgrew `max_unreplicated`), and transfers completed (the backup holds the snapshot
-    /// and every later record: answers wait for it again).
+    /// and every record logged by the time it caught up).
     pub transfers_started: u64,
     pub transfer_bytes: u64,
     pub transfer_resends: u64,
@@ -199,8 +201,8 @@ struct Primary {
     /// backup catches up with the entries logged since (until every entry not acknowledged
     /// is in flight, at most `replicate_burst`).
     synced: bool,
-    /// The last entry an answer went out for without waiting for the backup (alone, or
-    /// before `synced`): the backup holds everything answered once `acked` reaches it.
+    /// The last entry logged when a new backup became `synced`: the transfer is complete
+    /// once the backup holds it (`transfers_completed`).
     released: u64,
     /// `synced` but not yet past `released`: the transfer completes at that ack.
     completing: bool,
@@ -272,6 +274,9 @@ pub struct MemoryNode {
     /// Why the last refused snapshot was refused.
     last_bad_snapshot: Option<&'static str>,
     out: VecDeque<(NodeId, Vec<u8>)>,
+    /// Backup: records that came ahead of a lost or late one (their `Replicate`
+    /// messages, by log sequence number), at most `2 * replicate_burst` past `applied`.
+    records_ahead: BTreeMap<u64, Vec<u8>>,
     counters: MemoryNodeCounters,
 }
 
@@ -373,6 +378,7 @@ impl MemoryNode {
             snapshot_chunk: DEFAULT_SNAPSHOT_CHUNK,
             last_bad_snapshot: None,
             out: VecDeque::new(),
+            records_ahead: BTreeMap::new(),
             counters: MemoryNodeCounters::default(),
         }
     }
@@ -425,6 +431,8 @@ impl MemoryNode {
             return;
         }
         assert!(epoch > old, "promotion to epoch {epoch} from {old}");
+        // Records kept past a gap were never acknowledged, so never answered: dropped.
+        self.records_ahead.clear();
         self.role = Role::Primary(Primary {
             epoch,
             backup: None,
@@ -449,9 +457,20 @@ impl MemoryNode {
         self.counters.promotions += 1;
     }
 
-    /// The backup is gone (from the view): go on alone, releasing the answers that
-    /// waited for it.
+    /// The backup is gone (from the view) and no other node can take its place: go on
+    /// alone, releasing the answers that waited for it (availability over durability,
+    /// only when the primary is the last host of the memory node; see `set_backup`).
     pub fn drop_backup(&mut self) {
+        self.clear_backup();
+        if let Role::Primary(p) = &mut self.role {
+            for (_, to, msg) in p.held.drain(..) {
+                self.out.push_back((to, msg));
+            }
+        }
+    }
+
+    /// Forgets the backup and any transfer to it, keeping the answers that wait.
+    fn clear_backup(&mut self) {
         if let Role::Primary(p) = &mut self.role {
             p.backup = None;
             p.synced = false;
@@ -461,18 +480,17 @@ impl MemoryNode {
             p.acked = p.lsn;
             p.sent = p.lsn;
             p.high_sent = p.lsn;
-            for (_, to, msg) in p.held.drain(..) {
-                self.out.push_back((to, msg));
-            }
         }
     }
 
     /// A new backup `backup` in `epoch` (not below the current one): the primary sends it
-    /// a snapshot of its state, then the records logged since, answering alone until the
-    /// backup holds them all. Replaces any backup or transfer in progress. No-op on a
-    /// backup.
+    /// a snapshot of its state, then the records logged since. Answers wait until the
+    /// backup holds their entries, those that waited for a replaced backup included: a
+    /// primary that crashes mid-transfer has answered nothing its successor lacks (a
+    /// member never learns an entry that a promoted backup would hand out again).
+    /// Replaces any backup or transfer in progress. No-op on a backup.
     pub fn set_backup(&mut self, now: Time, backup: NodeId, epoch: u64) {
-        self.drop_backup();
+        self.clear_backup();
         let Role::Primary(p) = &mut self.role else {
             return;
         };
@@ -640,7 +658,7 @@ impl MemoryNode {
                 Message::Replicate {
                     epoch, lsn, record, ..
                 },
-            ) => self.on_replicate(now, from, epoch, lsn, &record),
+            ) => self.on_replicate(now, from, epoch, lsn, &record, bytes),
             (
                 Role::Backup { .. },
                 Message::Snapshot {
@@ -1149,6 +1167,7 @@ impl MemoryNode {
         if !p.synced && p.lsn - p.acked <= window {
             p.synced = true;
             p.completing = true;
+            p.released = p.lsn;
         }
         if p.completing && p.acked >= p.released {
             p.completing = false;
@@ -1184,15 +1203,14 @@ impl MemoryNode {
         }
     }
 
-    /// Sends `msg` once the backup holds every entry logged so far.
+    /// Sends `msg` once the backup holds every entry logged so far (at once with no
+    /// backup). A new backup still receiving its snapshot holds nothing the snapshot
+    /// does not: the answer waits for the snapshot, then for the records after it.
     fn answer(&mut self, to: NodeId, msg: Vec<u8>) {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
-        if !p.synced {
-            p.released = p.lsn;
-            self.out.push_back((to, msg));
-        } else if p.acked >= p.lsn {
+        if p.backup.is_none() || (p.transfer.is_none() && p.acked >= p.lsn) {
             self.out.push_back((to, msg));
         } else if p.held.len() < self.settings.max_unreplicated {
             p.held.push_back((p.lsn, to, msg));
@@ -1222,6 +1240,9 @@ impl MemoryNode {
             // one was lost. Resend from it at once (not after `retransmit`), once per hole.
             p.dup_acks += 1;
             if p.dup_acks >= FAST_RESEND_ACKS && p.fast_resent != Some(p.acked) {
+                // Go back to the hole and resend the window: the backup keeps what it
+                // holds past the hole and ignores the copies, and every other hole in
+                // the window is filled in the same pass.
                 p.fast_resent = Some(p.acked);
                 p.sent = p.acked;
                 p.last_resend = now;
@@ -1233,9 +1254,17 @@ impl MemoryNode {
         }
         self.send_records();
         self.check_caught_up();
+        self.release_held();
+    }
+
+    /// Sends the answers whose entries the backup now holds.
+    fn release_held(&mut self) {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
+        if p.transfer.is_some() {
+            return;
+        }
         while p.held.front().is_some_and(|(l, _, _)| *l <= p.acked) {
             let (_, to, msg) = p.held.pop_front().expect("front checked");
             self.out.push_back((to, msg));
@@ -1369,6 +1398,7 @@ impl MemoryNode {
         p.last_resend = now;
         self.send_records();
         self.check_caught_up();
+        self.release_held();
     }
 
     /// Backup: chunk `index` of `count` of the snapshot at entry `lsn`, in order.
@@ -1695,7 +1725,15 @@ impl MemoryNode {
 
     // ----- backup -----
 
-    fn on_replicate(&mut self, now: Time, from: NodeId, epoch: u64, lsn: u64, record: &Record<'_>) {
+    fn on_replicate(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        epoch: u64,
+        lsn: u64,
+        record: &Record<'_>,
+        bytes: &[u8],
+    ) {
         let Role::Backup {
             primary,
             epoch: mine,
@@ -1717,11 +1755,16 @@ impl MemoryNode {
         if lsn == applied + 1 {
             self.apply(now, record);
             self.counters.records_applied += 1;
-            if let Role::Backup { applied, .. } = &mut self.role {
-                *applied = lsn;
-            }
+            self.set_applied(lsn);
+            self.apply_ahead(now);
         } else if lsn > applied + 1 {
+            // Ahead of a lost or late one: kept (within the primary's window), applied once
+            // the gap is filled. Reordering costs the primary one resend, not the window.
             self.counters.records_out_of_order += 1;
+            let window = self.settings.replicate_burst.max(1) as u64;
+            if lsn <= applied + 2 * window && !self.records_ahead.contains_key(&lsn) {
+                self.records_ahead.insert(lsn, bytes.to_vec());
+            }
         }
         let applied = match self.role {
             Role::Backup { applied, .. } => applied,
@@ -1733,6 +1776,35 @@ impl MemoryNode {
             lsn: applied,
         };
         self.out.push_back((from, ack.to_vec()));
+    }
+
+    fn set_applied(&mut self, lsn: u64) {
+        if let Role::Backup { applied, .. } = &mut self.role {
+            *applied = lsn;
+        }
+    }
+
+    /// Applies the records kept ahead that now follow `applied`, and drops those below.
+    fn apply_ahead(&mut self, now: Time) {
+        let Role::Backup { mut applied, .. } = self.role else {
+            return;
+        };
+        while let Some((&lsn, _)) = self.records_ahead.first_key_value() {
+            if lsn > applied + 1 {
+                break;
+            }
+            let (_, bytes) = self.records_ahead.pop_first().expect("first checked");
+            if lsn <= applied {
+                continue;
+            }
+            // Kept only after it decoded as a record of this epoch.
+            if let Ok(Message::Replicate { record, .. }) = Message::decode(&bytes) {
+                self.apply(now, &record);
+                self.counters.records_applied += 1;
+                applied = lsn;
+                self.set_applied(lsn);
+            }
+        }
     }
 
     // ----- state, shared by both roles -----
@@ -2154,26 +2226,7 @@ mod tests {
             node.add_region(1, 300 * 1024).unwrap();
             node.set_snapshot_chunk(1200);
         }
-        let exec = |seq: u64| {
-            let data = seq.to_le_bytes();
-            Message::Exec {
-                memnode: 0,
-                watch: false,
-                txid: txid(seq),
-                items: Items {
-                    writes: vec![Item {
-                        range: Range {
-                            region: 1,
-                            offset: (seq % 1000) as u32 * 8,
-                            len: 8,
-                        },
-                        data: &data,
-                    }],
-                    ..Items::default()
-                },
-            }
-            .to_vec()
-        };
+        let exec = |seq: u64| write_exec(seq, (seq % 1000) as u32 * 8, &seq.to_le_bytes());
         for seq in 0..1000 {
             primary.handle_message(0, 9, &exec(seq));
         }
@@ -2226,7 +2279,13 @@ mod tests {
                 caught_up = Some(now);
             }
         }
-        assert!(primary.is_replicated());
+        assert!(
+            primary.is_replicated(),
+            "now {now} caught up {caught_up:?} kept {} {:?} backup {:?}",
+            primary.unreplicated(),
+            primary.counters(),
+            backup.counters()
+        );
         let c = primary.counters();
         let at = caught_up.unwrap_or_else(|| {
             panic!(
@@ -2255,6 +2314,159 @@ mod tests {
         );
         assert!(most_kept <= settings.max_unreplicated, "{most_kept} kept");
         assert_eq!(backup.region(1), primary.region(1));
+    }
+
+    /// A one-phase write of `data` at `offset` of region 1, as transaction `seq`.
+    fn write_exec(seq: u64, offset: u32, data: &[u8]) -> Vec<u8> {
+        Message::Exec {
+            memnode: 0,
+            watch: false,
+            txid: txid(seq),
+            items: Items {
+                writes: vec![Item {
+                    range: Range {
+                        region: 1,
+                        offset,
+                        len: data.len() as u32,
+                    },
+                    data,
+                }],
+                ..Items::default()
+            },
+        }
+        .to_vec()
+    }
+
+    /// A new backup (the old one crashed) receives its snapshot while writes keep coming,
+    /// over a link that loses datagrams by `pattern`. Whenever the primary answers a
+    /// write, the new backup must already hold it: if the primary crashed at that
+    /// instant, the promoted backup would otherwise reuse what a member had learned.
+    /// (Before, the primary answered alone until the backup caught up.)
+    fn every_answer_is_held_by_the_new_backup(pattern: u64, writes_at: &[u64]) -> Result<(), TestCaseError> {
+        let mut primary = primary_with_state();
+        primary.set_snapshot_chunk(16);
+        primary.set_backup(0, 2, 2);
+        let mut backup = MemoryNode::new_backup(0, 1, 2, MinitxSettings::default());
+        let offsets = [16u32, 20, 24, 28, 48, 52, 56, 60];
+        let data = |k: usize| [b'a' + k as u8; 4];
+        let mut answered = [false; 8];
+        let mut coin = 0u32;
+        let mut lose = || {
+            coin += 1;
+            pattern & (1 << (coin % 64)) != 0
+        };
+        for step in 0..4_000u64 {
+            let now = step * 1_000_000;
+            for (k, _) in writes_at
+                .iter()
+                .enumerate()
+                .filter(|(_, &at)| at == step)
+                .take(offsets.len())
+            {
+                primary.handle_message(now, 9, &write_exec(10 + k as u64, offsets[k], &data(k)));
+            }
+            primary.handle_timeout(now);
+            while let Some((to, msg)) = primary.poll_transmit() {
+                if to == 9 {
+                    let Ok(Message::Reply { txid: t, .. }) = Message::decode(&msg) else {
+                        continue;
+                    };
+                    let k = (t.seq - 10) as usize;
+                    answered[k] = true;
+                    let at = offsets[k] as usize;
+                    prop_assert!(
+                        backup.has_state(),
+                        "write {k} answered before the backup holds a snapshot"
+                    );
+                    prop_assert_eq!(
+                        &backup.region(1).unwrap()[at..at + 4],
+                        &data(k)[..],
+                        "write {} answered before the backup holds it",
+                        k
+                    );
+                } else if !lose() {
+                    backup.handle_message(now, 1, &msg);
+                }
+            }
+            while let Some((_, msg)) = backup.poll_transmit() {
+                if !lose() {
+                    primary.handle_message(now, 2, &msg);
+                }
+            }
+        }
+        let sent = writes_at.len().min(offsets.len());
+        prop_assert!(
+            answered[..sent].iter().all(|&a| a),
+            "{:?} {:?}",
+            answered,
+            primary.counters()
+        );
+        prop_assert!(primary.is_replicated());
+        Ok(())
+    }
+
+    #[test]
+    fn an_answer_during_a_transfer_waits_for_the_new_backup() {
+        // No loss, a write at the start of the transfer and one in the middle of it.
+        every_answer_is_held_by_the_new_backup(0, &[0, 1]).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_answer_during_a_transfer_is_held_by_the_new_backup(
+            pattern in any::<u64>().prop_map(|p| p & 0x5555_5555_5555_5555),
+            writes_at in prop::collection::vec(0u64..40, 1..8),
+        ) {
+            every_answer_is_held_by_the_new_backup(pattern, &writes_at)?;
+        }
+    }
+
+    /// Records reordered on the way to the backup are kept and applied in order, in one
+    /// pass. (Before, the backup dropped every record past a late one and the
+    /// primary resent its whole window: under a jittered link, replication crawled and,
+    /// with answers waiting for it, so did the group; sim seed 552.)
+    #[test]
+    fn records_that_arrive_out_of_order_are_kept_not_resent() {
+        let settings = MinitxSettings::default();
+        let mut primary = MemoryNode::primary(0, 1, Some(2), settings.clone());
+        let mut backup = MemoryNode::backup(0, 1, 1, settings);
+        primary.add_region(1, 64).unwrap();
+        backup.add_region(1, 64).unwrap();
+        let data: Vec<[u8; 4]> = (0..8u8).map(|k| [b'a' + k; 4]).collect();
+        for (k, bytes) in data.iter().enumerate() {
+            primary.handle_message(0, 9, &write_exec(10 + k as u64, 4 * k as u32, bytes));
+        }
+        let mut records = Vec::new();
+        while let Some((to, msg)) = primary.poll_transmit() {
+            assert_eq!(to, 2, "no answer before the backup holds the write");
+            records.push(msg);
+        }
+        assert_eq!(records.len(), 8);
+        for msg in records.iter().rev() {
+            backup.handle_message(0, 1, msg);
+        }
+        // One pass: the backup holds every write before any resend.
+        assert_eq!(backup.region(1), primary.region(1));
+        assert_eq!(backup.counters().records_applied, 8);
+        let mut answers = 0;
+        while let Some((_, ack)) = backup.poll_transmit() {
+            primary.handle_message(0, 2, &ack);
+            while let Some((to, msg)) = primary.poll_transmit() {
+                if to == 9 {
+                    answers += 1;
+                } else {
+                    // The acks of the records ahead of the first repeat `0`: the primary
+                    // resends from there; the backup ignores what it holds.
+                    backup.handle_message(0, 1, &msg);
+                }
+            }
+        }
+        assert_eq!(answers, 8);
+        assert_eq!(backup.counters().records_applied, 8);
+        assert_eq!(backup.counters().bad_records, 0);
+        assert!(primary.is_replicated());
     }
 
     #[test]
