@@ -1759,7 +1759,8 @@ impl MemoryNode {
             self.apply_ahead(now);
         } else if lsn > applied + 1 {
             // Ahead of a lost or late one: kept (within the primary's window), applied once
-            // the gap is filled. Reordering costs the primary one resend, not the window.
+            // the gap is filled. The primary still resends its window from the hole; the
+            // copies of what is kept are ignored, and the window is not lost.
             self.counters.records_out_of_order += 1;
             let window = self.settings.replicate_burst.max(1) as u64;
             if lsn <= applied + 2 * window && !self.records_ahead.contains_key(&lsn) {
@@ -2428,7 +2429,7 @@ mod tests {
     /// primary resent its whole window: under a jittered link, replication crawled and,
     /// with answers waiting for it, so did the group; sim seed 552.)
     #[test]
-    fn records_that_arrive_out_of_order_are_kept_not_resent() {
+    fn records_that_arrive_out_of_order_are_kept_and_applied_in_one_pass() {
         let settings = MinitxSettings::default();
         let mut primary = MemoryNode::primary(0, 1, Some(2), settings.clone());
         let mut backup = MemoryNode::backup(0, 1, 1, settings);

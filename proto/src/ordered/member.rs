@@ -1046,7 +1046,7 @@ impl OrderedMember {
         } else {
             polling
         };
-        if self.hold.is_some_and(|h| !h.done) && !self.requested && self.status == Status::Active {
+        if self.hold_until().is_some() && !self.requested {
             // Holding for a request: the requester's payloads went out long before (it was
             // starved), so no payload hint tells this member when its entry lands, and
             // waiting for the next poll kept it idle for up to `poll_interval`.
