@@ -778,7 +778,10 @@ fn publish(
                 pace(due)?;
                 stamp_at(&mut msg, w, due);
             } else {
-                stamp(&mut msg, w);
+                // Unpaced, nothing reads the time (the subscriber only counts): a clock
+                // read per message was 12% of both vCPUs' samples at 3.6 M msg/s,
+                // taken from the daemons this phase measures.
+                stamp_at(&mut msg, w, 0);
             }
             seq += 1;
             offer(&mut client, group, &msg, o.client_idle)?;
