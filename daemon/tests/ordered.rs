@@ -382,3 +382,86 @@ fn a_publisher_that_exits_right_after_its_last_offer_reaches_every_member() {
     let view_at = recs.iter().rposition(|r| r == last_view).unwrap();
     assert!(recs[..view_at].contains(&Rec::Msg(0, 199)));
 }
+
+/// A daemon added to a running cluster joins an ordered group placed before it came, whose
+/// placement ranking over the grown cluster puts it first. Each daemon placed a group from
+/// the cluster view it first dealt with the group in, so daemon 3 named itself the memory
+/// node's primary and its join waited there forever (docs/ordered.md, "Placement for nodes
+/// added later"); now it asks the others where the memory node is.
+#[test]
+fn a_daemon_added_later_joins_a_group_placed_before_it_came() {
+    let subnet = 99;
+    let nodes = [1u32 << 8, 2 << 8, 3 << 8];
+    let group = &(0..)
+        .map(|i| format!("ord.late.{i}"))
+        .find(|name| {
+            let hosts = tutti_proto::ordered::choose_memnode_hosts(tutti_wire::group_id(name), &nodes);
+            hosts.first() == Some(&(3 << 8))
+        })
+        .unwrap();
+    let mut daemons: Vec<Option<Daemon>> = (0..2)
+        .map(|i| Some(start_daemon("ordlate", subnet, i, 3)))
+        .collect();
+    wait_cluster_view(&daemons, 2);
+    let two: Vec<&Daemon> = daemons.iter().flatten().collect();
+    let mut subs = subscribers_in_turn(&two, group, WAIT);
+    let (mut c1, g1) = {
+        let mut c = two[0].client();
+        let g = c
+            .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+            .unwrap();
+        (c, g)
+    };
+    publish(&mut c1, g1, 0, 0, 100, Duration::ZERO);
+    wait_until(WAIT, "100 messages at both subscribers", &two, || {
+        subs.iter().flatten().all(|s| s.messages() >= 100)
+    });
+    let placed = memnode_placement(two[0]).expect("a placement on daemon 1");
+    assert!(placed.0 != 3, "placed on daemons 1 and 2");
+
+    // Daemon 3 comes; its view ranks it first for the group.
+    daemons.push(Some(start_daemon("ordlate", subnet, 2, 3)));
+    wait_cluster_view(&daemons, 3);
+    let all: Vec<&Daemon> = daemons.iter().flatten().collect();
+    subs.push(Some(Subscriber::start(all[2], group, false)));
+    wait_until(WAIT, "daemon 3 shows where the memory node is", &all, || {
+        memnode_placement(all[2]).is_some()
+    });
+    assert_eq!(
+        memnode_placement(all[2]).map(|p| (p.0, p.1)),
+        memnode_placement(all[0]).map(|p| (p.0, p.1)),
+        "daemon 3 addresses the group's memory node where it is"
+    );
+    wait_until(WAIT, "view [1, 2, 3] at every subscriber", &all, || {
+        subs.iter().flatten().all(|s| s.has_view(&[1, 2, 3]))
+    });
+    let (mut c3, g3) = {
+        let mut c = all[2].client();
+        let g = c
+            .join_with(group, Rights::PUBLISH, GroupOptions::ORDERED)
+            .unwrap();
+        (c, g)
+    };
+    publish(&mut c3, g3, 1, 0, 100, Duration::ZERO);
+    publish(&mut c1, g1, 0, 100, 100, Duration::ZERO);
+    wait_until(
+        WAIT,
+        "daemon 3's and daemon 1's messages everywhere",
+        &all,
+        || {
+            subs.iter()
+                .flatten()
+                .all(|s| msgs(&from_view(&s.recs(), &[1, 2, 3])).len() >= 200)
+        },
+    );
+    let seqs: Vec<Vec<Rec>> = subs
+        .iter()
+        .flatten()
+        .map(|s| from_view(&s.recs(), &[1, 2, 3]))
+        .collect();
+    for (i, s) in seqs.iter().enumerate() {
+        assert_fifo(s, &format!("subscriber {i}"));
+        assert_eq!(msgs(s).len(), 200, "subscriber {i}: every message once");
+        assert_same(s, &seqs[0], &format!("subscriber {i} vs subscriber 0"));
+    }
+}

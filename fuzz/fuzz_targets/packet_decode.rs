@@ -42,6 +42,12 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(&h.to_bytes()[..], bytes);
                     assert!(h.held <= h.learned);
                 }
+                if let Ok(p) = tutti_wire::packet::OrderedPlacement::decode(bytes) {
+                    // A decoded placement is exactly its bytes and names an epoch, or none at all.
+                    assert_eq!(&p.to_bytes()[..], bytes);
+                    let epoch = p.epoch;
+                    assert!(epoch >= 1 || p == tutti_wire::packet::OrderedPlacement::UNKNOWN);
+                }
             }
         }
         assert_eq!(n, usize::from(datagram.header.count));

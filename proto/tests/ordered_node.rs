@@ -928,3 +928,95 @@ fn queued_messages_travel_as_one_batch() {
         assert_eq!(got, expected);
     }
 }
+
+/// Nodes 1 and 2 form a cluster and `GROUP`; then a third node joins the cluster (not the
+/// group), with an id that the group's placement ranking puts before both hosts: the
+/// nodes (the newcomer last), the time, the events and the newcomer's id.
+fn group_on_two_nodes_then_a_third_that_outranks_them() -> (Vec<Node>, Time, Vec<Vec<Event>>, NodeId) {
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2]);
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, ordered()).unwrap();
+    }
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let late = (3..1000)
+        .find(|&c| choose_memnode_hosts(GROUP, &[1, 2, c]).first() == Some(&c))
+        .expect("some id outranks 1 and 2");
+    nodes.push(Node::new(late, 1, &[1, 2], settings(), now, u64::from(late)));
+    events.push(Vec::new());
+    let until = now + 500 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    assert!(
+        nodes.iter().all(|n| n.view().members.len() == 3),
+        "the cluster grew"
+    );
+    (nodes, now, events, late)
+}
+
+/// A node that joins the cluster after an ordered group was placed, and that the group's
+/// rendezvous ranking over the grown view puts first, joins the group where its memory
+/// node is. Each node places a group from the cluster view it first deals with the group
+/// in, so the newcomer named itself primary (placement `{primary: newcomer, backup: 2}`
+/// against `{primary: 2, backup: 1}` at the others) and its join waited forever at a memory
+/// node of its own (`submit_ordered` kept answering `NotMember`). Now a join of a group
+/// never placed here asks the view first (`Locate`).
+#[test]
+fn a_node_that_joins_the_cluster_later_joins_the_existing_group() {
+    let (mut nodes, mut now, mut events, _) = group_on_two_nodes_then_a_third_that_outranks_them();
+    nodes[2].join_ordered(now, GROUP, ordered()).unwrap();
+    let until = now + 300 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    assert_eq!(
+        nodes[2].memnode_placement(GROUP),
+        nodes[0].memnode_placement(GROUP),
+        "the newcomer addresses the group's memory node where it is"
+    );
+    submit_rounds(&mut nodes, &mut now, &mut events, 10);
+    let theirs = delivered(&events[0]);
+    let mine = delivered(&events[2]);
+    assert_eq!(theirs.len(), 30, "node 1 delivers every node's messages");
+    assert_eq!(mine, theirs, "the newcomer delivers the same order");
+}
+
+/// The other half of the same rule: a node added to the cluster later that a failover names
+/// the new backup (here the only node left to name) takes the primary's state transfer as
+/// its backup. Placing the group from its own view on first contact, it named itself
+/// primary (it outranks the primary over the view it sees) and made the snapshot the start
+/// of a primary of its own: the primary's answers waited for a backup that never came.
+#[test]
+fn a_node_that_joins_the_cluster_later_becomes_the_new_backup() {
+    let (mut nodes, mut now, mut events, late) = group_on_two_nodes_then_a_third_that_outranks_them();
+    let placed = nodes[0].memnode_placement(GROUP).expect("placed");
+    let backup = placed.backup.expect("two hosts");
+    let primary = placed.primary;
+    // The backup crashes: the primary names the newcomer its new backup.
+    let i = nodes.iter().position(|n| n.id() == backup).unwrap();
+    nodes.remove(i);
+    events.remove(i);
+    let until = now + 3_000 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let p = nodes.iter().position(|n| n.id() == primary).unwrap();
+    let before = delivered(&events[p]).len();
+    for round in 0..10u8 {
+        nodes[p].submit_ordered(now, GROUP, &[round], false).unwrap();
+        let until = now + MILLIS;
+        run(&mut nodes, &mut now, until, &mut events);
+    }
+    let until = now + 500 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let l = nodes.iter().position(|n| n.id() == late).unwrap();
+    assert_eq!(
+        nodes[l].memnode_placement(GROUP),
+        nodes[p].memnode_placement(GROUP),
+        "the newcomer holds the primary's placement"
+    );
+    let replica = nodes[l]
+        .memnode_replica(GROUP)
+        .expect("a replica on the newcomer");
+    assert!(!replica.is_primary(), "the newcomer's replica is the backup");
+    assert_eq!(
+        delivered(&events[p]).len() - before,
+        10,
+        "the primary's appends went on"
+    );
+}

@@ -91,6 +91,11 @@ pub struct OrderedScenario {
     pub crash_promoted: bool,
     /// A non-member joins group 0 at this time (state transfer).
     pub join_at: Option<Time>,
+    /// A node not in the cluster at the start joins it at this time, and group 0
+    /// `LATE_JOIN_AFTER` later. Its id is chosen so that group 0's placement ranking over
+    /// the grown cluster puts it first: placed from its own view, it would name itself the
+    /// memory node's primary (a daemon added to a running cluster did exactly that).
+    pub late_node: Option<Time>,
     /// Bytes of filler in every snapshot (transfers span several datagrams).
     pub snapshot_filler: usize,
     pub max_datagram: usize,
@@ -121,6 +126,7 @@ impl OrderedScenario {
             crash_primary: Some(180 * MILLIS),
             crash_promoted: true,
             join_at: Some(100 * MILLIS),
+            late_node: None,
             snapshot_filler: 3000,
             max_datagram: 1472,
             brk: None,
@@ -159,13 +165,18 @@ impl OrderedScenario {
                 rng.gen_range(1_200..=2_500) * MILLIS,
             ));
         }
+        // A node added to the running cluster, drawn after everything above (so the seeds
+        // of earlier sweeps keep their other draws).
+        if rng.gen_bool(0.3) {
+            sc.late_node = Some(rng.gen_range(20..=200) * MILLIS);
+        }
         sc
     }
 
     pub fn describe(&self) -> String {
         format!(
             "{} nodes, {} groups of {}, loss {}, dup {}, latency <= {} us, rate {}/ms, payload <= {}, safe {}, \
-             crash member {:?} ms, crash primary {:?} ms (then the promoted one: {}), join {:?} ms, max_batch {}, idle gap {:?} ms",
+             crash member {:?} ms, crash primary {:?} ms (then the promoted one: {}), join {:?} ms, late node {:?} ms, max_batch {}, idle gap {:?} ms",
             self.nodes,
             self.groups,
             self.members,
@@ -179,6 +190,7 @@ impl OrderedScenario {
             self.crash_primary.map(|t| t / MILLIS),
             self.crash_promoted,
             self.join_at.map(|t| t / MILLIS),
+            self.late_node.map(|t| t / MILLIS),
             self.ordered.max_batch,
             self.idle_gap.map(|(at, len)| (at / MILLIS, len / MILLIS))
         )
@@ -251,6 +263,8 @@ pub struct OrderedReport {
     pub dormant_reads: u64,
     pub wakes: u64,
     pub crashed: Vec<NodeId>,
+    /// The node added to the running cluster (`late_node`), if any.
+    pub late_node: Option<NodeId>,
     pub liveness_checked: bool,
     pub sim_time_ms: f64,
     pub trace_hash: u64,
@@ -270,7 +284,12 @@ enum Action {
     CrashPromoted(NodeId),
     Join(NodeId, u64),
     Rejoin(NodeId, u64),
+    /// A node joins the running cluster (`late_node`).
+    AddNode(NodeId),
 }
+
+/// A late node joins group 0 this long after it joined the cluster.
+const LATE_JOIN_AFTER: Time = 50 * MILLIS;
 
 pub struct OrderedSim {
     sc: OrderedScenario,
@@ -531,6 +550,21 @@ impl OrderedSim {
                 self.schedule(self.start + at, Action::Join(j, g0));
             }
         }
+        if let Some(at) = self.sc.late_node {
+            // An id group 0's ranking over the grown cluster puts first.
+            let mut grown = all.clone();
+            let late = (self.sc.nodes + 1..)
+                .find(|&c| {
+                    grown.push(c);
+                    let first = choose_memnode_hosts(g0, &grown).first() == Some(&c);
+                    grown.pop();
+                    first
+                })
+                .expect("some id outranks the hosts");
+            self.report.late_node = Some(late);
+            self.schedule(self.start + at, Action::AddNode(late));
+            self.schedule(self.start + at + LATE_JOIN_AFTER, Action::Join(late, g0));
+        }
         // Keep the primary crash's victim noted for `act`.
         if self.sc.crash_primary.is_some() {
             if let Some(&p) = hosts.first() {
@@ -785,10 +819,28 @@ impl OrderedSim {
                     self.crash(v);
                 }
             }
+            Action::AddNode(id) => {
+                let seeds = self.all_ids();
+                let node = Node::new(
+                    id,
+                    1,
+                    &seeds,
+                    node_settings(self.sc.max_datagram),
+                    self.now,
+                    self.sc.seed.wrapping_mul(31) ^ u64::from(id),
+                );
+                self.nodes.insert(id, node);
+            }
             Action::Join(id, g) | Action::Rejoin(id, g) => {
                 let settings = self.sc.ordered.clone();
                 let now = self.now;
                 let Some(n) = self.nodes.get_mut(&id) else { return };
+                if n.view().members.len() < 2 {
+                    // Not in the cluster yet (a node just added): tuttid joins ordered
+                    // groups only once its view holds another node (`Cluster::alone`).
+                    self.schedule(now + 10 * MILLIS, a);
+                    return;
+                }
                 // Refused while a member (AlreadyJoined); taken after a removal.
                 if n.join_ordered(now, g, settings).is_ok() {
                     let next_seq = self.apps.get(&(id, g)).map_or(0, |a| a.next_seq);

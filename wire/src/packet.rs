@@ -1412,6 +1412,13 @@ pub enum OrderedKind {
     /// A member's progress, told straight to the others of its view: [`OrderedHeld`]. The
     /// same facts as its progress slot on the memory node, sooner (no write and read back).
     Held = 6,
+    /// Where is the group's memory node? Asked by a node about to join a `majority` group
+    /// it has never placed (it may have come into the cluster after the group was placed,
+    /// so its own view would place it elsewhere). Empty body.
+    Locate = 7,
+    /// The answer to `Locate`: [`OrderedPlacement`], the group's placement as the answering
+    /// node holds it, or that it holds none (epoch 0).
+    Placement = 8,
 }
 
 impl OrderedKind {
@@ -1423,6 +1430,8 @@ impl OrderedKind {
             4 => Self::Transfer,
             5 => Self::PayloadRun,
             6 => Self::Held,
+            7 => Self::Locate,
+            8 => Self::Placement,
             _ => return None,
         })
     }
@@ -1545,6 +1554,64 @@ impl OrderedHeld {
             return Err(PacketError::LengthMismatch("held past learned"));
         }
         Ok(h)
+    }
+}
+
+/// A `Placement` message: where a group's memory node runs, as the answering node holds it:
+/// its primary, its backup (`has_backup` 1) and the placement's epoch (placements start at 1,
+/// each failover adds one). Epoch 0, with every other field 0: the answering node has not
+/// placed the group.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrderedPlacement {
+    pub primary: u32,
+    pub backup: u32,
+    pub has_backup: u8,
+    pub reserved: [u8; 7],
+    pub epoch: u64,
+}
+
+impl OrderedPlacement {
+    /// Bytes of the message on the wire.
+    pub const SIZE: usize = core::mem::size_of::<OrderedPlacement>();
+
+    /// The answer of a node that has not placed the group.
+    pub const UNKNOWN: OrderedPlacement = OrderedPlacement {
+        primary: 0,
+        backup: 0,
+        has_backup: 0,
+        reserved: [0; 7],
+        epoch: 0,
+    };
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        bytemuck::cast(*self)
+    }
+
+    /// Decodes a reassembled `Placement` message: exactly its size, reserved bytes zero,
+    /// `has_backup` 0 or 1 (the backup 0 without one), a backup other than the primary; epoch
+    /// 0 only with every field 0.
+    pub fn decode(bytes: &[u8]) -> Result<OrderedPlacement, PacketError> {
+        let (p, rest) = take::<OrderedPlacement>(bytes)?;
+        if !rest.is_empty() {
+            return Err(PacketError::LengthMismatch(
+                "placement message longer than its size",
+            ));
+        }
+        if p.reserved != [0; 7] {
+            return Err(PacketError::ReservedNonZero);
+        }
+        let (primary, backup, epoch) = (p.primary, p.backup, p.epoch);
+        let consistent = match p.has_backup {
+            0 => backup == 0,
+            1 => backup != primary,
+            _ => false,
+        };
+        let unknown = epoch == 0 && (primary, backup, p.has_backup) != (0, 0, 0);
+        if !consistent || unknown {
+            return Err(PacketError::LengthMismatch("placement fields inconsistent"));
+        }
+        Ok(p)
     }
 }
 
@@ -2195,6 +2262,38 @@ mod tests {
             if held < u64::MAX {
                 let past = OrderedHeld { learned: held, held: held + 1, ..h };
                 prop_assert!(OrderedHeld::decode(&past.to_bytes()).is_err());
+            }
+        }
+
+        #[test]
+        fn placement_messages_round_trip(primary: u32, backup: Option<u32>, epoch in 1u64.., cut in 1usize..OrderedPlacement::SIZE) {
+            let backup = backup.filter(|&b| b != primary);
+            let p = OrderedPlacement {
+                primary,
+                backup: backup.unwrap_or(0),
+                has_backup: u8::from(backup.is_some()),
+                reserved: [0; 7],
+                epoch,
+            };
+            let bytes = p.to_bytes();
+            prop_assert_eq!(OrderedPlacement::decode(&bytes), Ok(p));
+            prop_assert!(OrderedPlacement::decode(&bytes[..cut]).is_err());
+            prop_assert!(OrderedPlacement::decode(&[&bytes[..], &[0]].concat()).is_err());
+            let unknown_with_hosts = OrderedPlacement { epoch: 0, primary: primary | 1, ..p };
+            prop_assert!(OrderedPlacement::decode(&unknown_with_hosts.to_bytes()).is_err());
+            prop_assert_eq!(OrderedPlacement::decode(&OrderedPlacement::UNKNOWN.to_bytes()), Ok(OrderedPlacement::UNKNOWN));
+            let bad_flag = OrderedPlacement { has_backup: 2, ..p };
+            prop_assert!(OrderedPlacement::decode(&bad_flag.to_bytes()).is_err());
+            let backup_is_primary = OrderedPlacement { backup: primary, has_backup: 1, ..p };
+            prop_assert!(OrderedPlacement::decode(&backup_is_primary.to_bytes()).is_err());
+        }
+
+        #[test]
+        fn arbitrary_placement_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(p) = OrderedPlacement::decode(&bytes) {
+                prop_assert_eq!(&p.to_bytes()[..], &bytes[..]);
+                let epoch = p.epoch;
+                prop_assert!(epoch >= 1 || p == OrderedPlacement::UNKNOWN);
             }
         }
 

@@ -238,10 +238,11 @@ pub fn wait_until(timeout: Duration, what: &str, daemons: &[&Daemon], mut f: imp
 }
 
 /// A group name whose memory node (primary and backup) the three daemons place on
-/// daemons 1 and 2. The group's memory node is placed by each daemon from its own cluster
-/// view when it joins (`tutti_proto::ordered::host`): after a failover the survivors hold
-/// another placement than a restarted daemon computes afresh, so a test that kills and
-/// restarts daemon 3 keeps the memory node off it (see docs/ordered.md, limits).
+/// daemons 1 and 2, so that killing daemon 3 tests a member's crash, not a host's. (Until
+/// 2026-12-04 it was also needed because a restarted daemon placed the group afresh from
+/// its own view, where the survivors held the placement a failover had moved; a join now
+/// asks the view where the memory node is: docs/ordered.md, "Placement for nodes added
+/// later".)
 pub fn group_off_daemon_3(prefix: &str) -> String {
     let nodes = [1u32 << 8, 2 << 8, 3 << 8];
     (0..)

@@ -21,8 +21,8 @@ use thiserror::Error;
 use tutti_wire::minitx::{kind as mtkind, HEADER_LEN as MINITX_HEADER_LEN};
 use tutti_wire::packet::{
     memnode_message, push_payload_run, split_memnode_message, split_ordered_payload, split_payload_run,
-    start_payload_run, OrderedHeader, OrderedKind, OrderedLayout, OrderedPayloadHeader, DATAGRAM_HEADER_LEN,
-    MAX_ORDERED_FRAGMENTS, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN, PAYLOAD_RUN_ITEM_LEN,
+    start_payload_run, OrderedHeader, OrderedKind, OrderedLayout, OrderedPayloadHeader, OrderedPlacement,
+    DATAGRAM_HEADER_LEN, MAX_ORDERED_FRAGMENTS, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN, PAYLOAD_RUN_ITEM_LEN,
 };
 
 /// Partial ordered messages held for reassembly at once; beyond, the oldest is dropped.
@@ -120,7 +120,52 @@ pub struct OrderedHostCounters {
     /// and founds it), and those freed once this node's member no longer uses their list.
     pub epoch_replicas_created: u64,
     pub epoch_replicas_freed: u64,
+    /// Joins of a group this node had never placed that asked the view where its memory
+    /// node is (`Locate`); placements learned from an answer; searches that got none (the
+    /// group is new: placed from this node's view); `Locate`s answered here; and a member's
+    /// memory-node messages held (or dropped, over `MAX_HELD_WHILE_LOCATING`) meanwhile.
+    pub locates: u64,
+    pub placements_learned: u64,
+    pub locates_unanswered: u64,
+    pub locates_answered: u64,
+    /// Placements a primary here announced to nodes new to its view.
+    pub placements_announced: u64,
+    pub held_while_locating: u64,
+    pub dropped_while_locating: u64,
 }
+
+/// A join's search for where its group's memory node runs (`Locate`, answered by
+/// `Placement`). A node places a group from the cluster view it first deals with the
+/// group in, so a node added to the cluster after the group was placed would place it
+/// elsewhere (its own view ranks other nodes first) and join a list of its own. Until an
+/// answer comes (or `LOCATE_TRIES` asks went unanswered: the group is new), the member's
+/// memory-node messages are held and then sent where the answer says.
+struct Locating {
+    asked: Time,
+    tries: u32,
+    /// Nodes that answered they have not placed the group: once every other node of the
+    /// view has, the group is new and placed from this node's view at once.
+    unknown: BTreeSet<NodeId>,
+    held: Vec<Vec<u8>>,
+}
+
+/// A `Placement` message for `p`.
+fn placement_message(p: &Placement) -> [u8; OrderedPlacement::SIZE] {
+    OrderedPlacement {
+        primary: p.primary,
+        backup: p.backup.unwrap_or(0),
+        has_backup: u8::from(p.backup.is_some()),
+        reserved: [0; 7],
+        epoch: p.epoch,
+    }
+    .to_bytes()
+}
+
+/// Asks a joiner sends before it places the group from its own view.
+const LOCATE_TRIES: u32 = 3;
+/// Memory-node messages a locating member's host holds; beyond, they are dropped (the
+/// coordinator resends them).
+const MAX_HELD_WHILE_LOCATING: usize = 64;
 
 /// Where a group's memory node runs: placed once (from the first cluster view this node
 /// deals with the group in), moved only by failover.
@@ -217,6 +262,8 @@ pub(crate) struct OrderedHost {
     retired_txn_seq: u64,
     replicas: BTreeMap<GroupId, Replica>,
     placements: BTreeMap<GroupId, Placement>,
+    /// Joins waiting to learn where their group's memory node is.
+    locating: BTreeMap<GroupId, Locating>,
     /// Live members of the installed cluster view, sorted.
     view_members: Vec<NodeId>,
     /// Peers SWIM suspects or holds failed, and since when (without a break).
@@ -397,6 +444,7 @@ impl OrderedHost {
             retired_txn_seq: 0,
             replicas: BTreeMap::new(),
             placements: BTreeMap::new(),
+            locating: BTreeMap::new(),
             view_members: vec![me],
             swim_suspects: BTreeMap::new(),
             max_view: 1,
@@ -466,7 +514,22 @@ impl OrderedHost {
             );
             return Ok(());
         }
+        let never_placed = !self.placements.contains_key(&group);
         let placement = self.placement(group);
+        if never_placed && self.view_members.iter().any(|&n| n != self.me) {
+            // The group may be placed already, from a view without this node: ask.
+            self.counters.locates += 1;
+            self.locating.insert(
+                group,
+                Locating {
+                    asked: now,
+                    tries: 1,
+                    unknown: BTreeSet::new(),
+                    held: Vec::new(),
+                },
+            );
+            self.ask_placement(group);
+        }
         let mut member = OrderedMember::joiner(
             self.me,
             self.incarnation,
@@ -675,7 +738,13 @@ impl OrderedHost {
         let evs = self.evs.values().filter_map(|h| h.member.poll_timeout());
         let epochs = self.epoch_replicas.values().filter_map(|r| r.node.poll_timeout());
         let partial = self.partials.front().map(|p| p.started + PARTIAL_TIMEOUT);
+        let locating = self
+            .locating
+            .iter()
+            .map(|(g, l)| l.asked + self.locate_retry(*g))
+            .min();
         members
+            .chain(locating)
             .chain(replicas)
             .chain(evs)
             .chain(epochs)
@@ -710,6 +779,26 @@ impl OrderedHost {
             .is_some_and(|p| p.started + PARTIAL_TIMEOUT <= now)
         {
             self.drop_oldest_partial();
+        }
+        let due: Vec<GroupId> = self
+            .locating
+            .iter()
+            .filter(|(g, l)| l.asked + self.locate_retry(**g) <= now)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in due {
+            let tries = self.locating.get(&g).map_or(0, |l| l.tries);
+            if tries < LOCATE_TRIES {
+                if let Some(l) = self.locating.get_mut(&g) {
+                    l.tries += 1;
+                    l.asked = now;
+                }
+                self.ask_placement(g);
+            } else {
+                // Nobody placed it: the group is new, placed from this node's view.
+                self.counters.locates_unanswered += 1;
+                self.located(g);
+            }
         }
         self.pump(now);
     }
@@ -749,6 +838,29 @@ impl OrderedHost {
         for g in groups {
             self.failover(now, g);
             self.refresh_group(now, g);
+        }
+        // Nodes new to the view learn where the memory nodes whose primary runs here are
+        // (they would place them from their own view, which may rank themselves first), as
+        // this view leaves them: they never saw the views before it.
+        let newcomers: Vec<NodeId> = self
+            .view_members
+            .iter()
+            .copied()
+            .filter(|n| *n != self.me && before.binary_search(n).is_err())
+            .collect();
+        if !newcomers.is_empty() {
+            let announced: Vec<(GroupId, Placement)> = self
+                .placements
+                .iter()
+                .filter(|(g, p)| p.primary == self.me && !self.locating.contains_key(g))
+                .map(|(g, p)| (*g, *p))
+                .collect();
+            for (g, p) in announced {
+                for &n in &newcomers {
+                    self.counters.placements_announced += 1;
+                    self.send(n, g, OrderedKind::Placement, placement_message(&p).to_vec());
+                }
+            }
         }
         self.pump(now);
     }
@@ -1101,7 +1213,15 @@ impl OrderedHost {
             match o {
                 Output::Minitx { to, bytes } => {
                     let bytes = memnode_message(&layout, &bytes);
-                    self.send(to, group, OrderedKind::ToMemnode, bytes);
+                    match self.locating.get_mut(&group) {
+                        // Sent where the memory node turns out to be.
+                        Some(l) if l.held.len() < MAX_HELD_WHILE_LOCATING => {
+                            self.counters.held_while_locating += 1;
+                            l.held.push(bytes);
+                        }
+                        Some(_) => self.counters.dropped_while_locating += 1,
+                        None => self.send(to, group, OrderedKind::ToMemnode, bytes),
+                    }
                 }
                 Output::Held { to, held } => {
                     self.send(to, group, OrderedKind::Held, held.to_bytes().to_vec())
@@ -1385,8 +1505,10 @@ impl OrderedHost {
                     h.member.handle_payloads(now, p.sender, p.epoch, p.seq, payloads);
                 }
             }
-            // No state transfer under `evs`.
-            OrderedKind::Transfer => self.counters.unrouted += 1,
+            // No state transfer under `evs`, and its list epochs are placed by their sides.
+            OrderedKind::Transfer | OrderedKind::Locate | OrderedKind::Placement => {
+                self.counters.unrouted += 1
+            }
             OrderedKind::Held => match self.evs.get_mut(&group) {
                 Some(h) => h.member.handle_held(now, from, bytes),
                 None => self.counters.unrouted += 1,
@@ -1470,7 +1592,104 @@ impl OrderedHost {
                 Some(h) => h.member.handle_held(now, from, bytes),
                 None => self.counters.unrouted += 1,
             },
+            OrderedKind::Locate => {
+                if !bytes.is_empty() {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                // A placement still being searched for is a guess: "not placed here".
+                let answer = match self.placements.get(&group) {
+                    Some(p) if !self.locating.contains_key(&group) => placement_message(p),
+                    _ => OrderedPlacement::UNKNOWN.to_bytes(),
+                };
+                self.counters.locates_answered += 1;
+                self.send(from, group, OrderedKind::Placement, answer.to_vec());
+            }
+            OrderedKind::Placement => {
+                let Ok(answer) = OrderedPlacement::decode(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                let Some(l) = self.locating.get_mut(&group) else {
+                    // Not asked for: a primary's announcement to a node new to its view,
+                    // taken if this node has not placed the group (a placement is never
+                    // moved by a message, only by failover).
+                    if answer.epoch == 0 || self.placements.contains_key(&group) {
+                        self.counters.unrouted += 1;
+                        return;
+                    }
+                    self.counters.placements_learned += 1;
+                    self.placements.insert(
+                        group,
+                        Placement {
+                            primary: answer.primary,
+                            backup: (answer.has_backup == 1).then_some(answer.backup),
+                            epoch: answer.epoch,
+                        },
+                    );
+                    return;
+                };
+                if answer.epoch == 0 {
+                    l.unknown.insert(from);
+                    let me = self.me;
+                    let all = self
+                        .view_members
+                        .iter()
+                        .all(|&n| n == me || l.unknown.contains(&n));
+                    if all {
+                        // Nobody placed it: the group is new, placed from this view.
+                        self.located(group);
+                    }
+                    return;
+                }
+                let p = Placement {
+                    primary: answer.primary,
+                    backup: (answer.has_backup == 1).then_some(answer.backup),
+                    epoch: answer.epoch,
+                };
+                self.counters.placements_learned += 1;
+                self.placements.insert(group, p);
+                if let Some(h) = self.groups.get_mut(&group) {
+                    h.member.set_memnode_host(p.primary);
+                }
+                self.located(group);
+                self.refresh_group(now, group);
+            }
         }
+    }
+
+    /// Asks every other node of the view that has not answered where `group`'s memory node
+    /// runs.
+    fn ask_placement(&mut self, group: GroupId) {
+        let unknown = self.locating.get(&group).map(|l| &l.unknown);
+        let others: Vec<NodeId> = self
+            .view_members
+            .iter()
+            .copied()
+            .filter(|&n| n != self.me && !unknown.is_some_and(|u| u.contains(&n)))
+            .collect();
+        for n in others {
+            self.send(n, group, OrderedKind::Locate, Vec::new());
+        }
+    }
+
+    /// Ends `group`'s search: its member's held memory-node messages go to the primary of
+    /// the placement it now has.
+    fn located(&mut self, group: GroupId) {
+        let Some(l) = self.locating.remove(&group) else {
+            return;
+        };
+        let primary = self.placements.get(&group).map_or(self.me, |p| p.primary);
+        for bytes in l.held {
+            self.send(primary, group, OrderedKind::ToMemnode, bytes);
+        }
+    }
+
+    /// How long a join waits for an answer to `Locate` before it asks again.
+    fn locate_retry(&self, group: GroupId) -> Time {
+        self.groups
+            .get(&group)
+            .map_or(20 * crate::MILLIS, |h| h.settings.retransmit)
     }
 
     /// Creates this node's replica of `group`'s memory node on first contact: the primary
@@ -1489,7 +1708,6 @@ impl OrderedHost {
             self.counters.malformed += 1;
             return false;
         }
-        let mut p = self.placement(group);
         let is_replicate = msg.get(3) == Some(&mtkind::REPLICATE) && msg.len() >= MINITX_HEADER_LEN;
         // A new backup named after a failover: its state comes from the primary's snapshot,
         // in the epoch the primary names (this node may have placed the group later, in
@@ -1498,6 +1716,31 @@ impl OrderedHost {
             Ok(tutti_wire::minitx::Message::Snapshot { epoch, .. }) => Some(epoch),
             _ => None,
         };
+        // A placement made while this node's join still asks where the memory node is, is
+        // a guess from this node's view: no replica is made from it.
+        let locating = self.locating.contains_key(&group);
+        let known = self.placements.contains_key(&group) && !locating;
+        if let (Some(epoch), false) = (snapshot_epoch, known) {
+            // A node that never placed the group (it joined the cluster after the group
+            // was placed) is named backup by the primary's state transfer: placed from
+            // its own view it might name itself primary (its view ranks it first).
+            self.counters.placements_learned += 1;
+            let p = Placement {
+                primary: from,
+                backup: Some(self.me),
+                epoch,
+            };
+            self.placements.insert(group, p);
+            if let Some(h) = self.groups.get_mut(&group) {
+                h.member.set_memnode_host(p.primary);
+            }
+            self.located(group);
+        } else if locating {
+            // Sent again by its sender once this node knows its role.
+            self.counters.unrouted += 1;
+            return false;
+        }
+        let mut p = self.placement(group);
         let mut node = if p.primary == self.me {
             let mut node =
                 MemoryNode::primary(MEMNODE, p.epoch, p.backup, replica_minitx(&self.minitx, layout));
