@@ -4,7 +4,7 @@
 //! delivery across daemons.
 //!
 //! Messages carry `phase << 56 | seq` in bytes 0..8 and a `CLOCK_MONOTONIC` stamp in bytes
-//! 8..16. Latency is ping-pong style (one message in flight: the publisher waits until the
+//! 8..16 (0 in the unpaced throughput phase, where nothing reads it). Latency is ping-pong style (one message in flight: the publisher waits until the
 //! subscriber has seen it; a message not seen within [`LATENCY_TIMEOUT`] is recorded as the
 //! timeout and counted in `latency_timeouts`). Throughput is the publisher offering as fast
 //! as it can, or at a fixed rate (`--rate`): then every message is stamped with its
