@@ -167,8 +167,9 @@ const LOCATE_TRIES: u32 = 3;
 /// coordinator resends them).
 const MAX_HELD_WHILE_LOCATING: usize = 64;
 
-/// Where a group's memory node runs: placed once (from the first cluster view this node
-/// deals with the group in), moved only by failover.
+/// Where a group's memory node runs: learned from the nodes that hold it (`Locate`, a
+/// primary's announcement, a primary's state transfer) or, for a group nobody placed,
+/// placed from this node's cluster view; moved only by failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub primary: NodeId,
