@@ -161,6 +161,15 @@ fn placement_message(p: &Placement) -> [u8; OrderedPlacement::SIZE] {
     .to_bytes()
 }
 
+/// The placement a `Placement` message names (epoch 1 or more).
+fn placement_from(m: &OrderedPlacement) -> Placement {
+    Placement {
+        primary: m.primary,
+        backup: (m.has_backup == 1).then_some(m.backup),
+        epoch: m.epoch,
+    }
+}
+
 /// Asks a joiner sends before it places the group from its own view.
 const LOCATE_TRIES: u32 = 3;
 /// Memory-node messages a locating member's host holds; beyond, they are dropped (the
@@ -1619,15 +1628,7 @@ impl OrderedHost {
                         self.counters.unrouted += 1;
                         return;
                     }
-                    self.counters.placements_learned += 1;
-                    self.placements.insert(
-                        group,
-                        Placement {
-                            primary: answer.primary,
-                            backup: (answer.has_backup == 1).then_some(answer.backup),
-                            epoch: answer.epoch,
-                        },
-                    );
+                    self.learn_placement(group, placement_from(&answer));
                     return;
                 };
                 if answer.epoch == 0 {
@@ -1643,17 +1644,7 @@ impl OrderedHost {
                     }
                     return;
                 }
-                let p = Placement {
-                    primary: answer.primary,
-                    backup: (answer.has_backup == 1).then_some(answer.backup),
-                    epoch: answer.epoch,
-                };
-                self.counters.placements_learned += 1;
-                self.placements.insert(group, p);
-                if let Some(h) = self.groups.get_mut(&group) {
-                    h.member.set_memnode_host(p.primary);
-                }
-                self.located(group);
+                self.learn_placement(group, placement_from(&answer));
                 self.refresh_group(now, group);
             }
         }
@@ -1672,6 +1663,17 @@ impl OrderedHost {
         for n in others {
             self.send(n, group, OrderedKind::Locate, Vec::new());
         }
+    }
+
+    /// `group`'s placement as the nodes that hold it say: taken, told to this node's member,
+    /// and the end of a search for it.
+    fn learn_placement(&mut self, group: GroupId, p: Placement) {
+        self.counters.placements_learned += 1;
+        self.placements.insert(group, p);
+        if let Some(h) = self.groups.get_mut(&group) {
+            h.member.set_memnode_host(p.primary);
+        }
+        self.located(group);
     }
 
     /// Ends `group`'s search: its member's held memory-node messages go to the primary of
@@ -1725,17 +1727,12 @@ impl OrderedHost {
             // A node that never placed the group (it joined the cluster after the group
             // was placed) is named backup by the primary's state transfer: placed from
             // its own view it might name itself primary (its view ranks it first).
-            self.counters.placements_learned += 1;
             let p = Placement {
                 primary: from,
                 backup: Some(self.me),
                 epoch,
             };
-            self.placements.insert(group, p);
-            if let Some(h) = self.groups.get_mut(&group) {
-                h.member.set_memnode_host(p.primary);
-            }
-            self.located(group);
+            self.learn_placement(group, p);
         } else if locating {
             // Sent again by its sender once this node knows its role.
             self.counters.unrouted += 1;
