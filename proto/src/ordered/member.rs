@@ -510,9 +510,13 @@ pub struct OrderedMember {
     /// one in flight has its outcome, then the chain starts again at the learned tail.
     chain_broken: bool,
     /// Appends this member may have in flight now (at most `max_appends_in_flight`): one
-    /// more after each commit, halved when a chain breaks on a conflict (other senders
-    /// race for the tail: every append chained behind a loser is wasted), one after any
-    /// other failure.
+    /// more after each commit, one after a failure other than a lost tail compare (a
+    /// timeout or an unavailable memory node: congestion or a failover). A lost compare
+    /// leaves it as it is: losing a race for the tail says nothing about capacity, and
+    /// under a race the winner of each round threads as many batches as its window holds
+    /// (halved at every loss, windows stayed at 1 or 2 and a contended group over slow
+    /// links threaded half of what it could: sim seeds 552 and 607). The appends chained
+    /// behind a lost one fail with it; that is the price, bounded by the window.
     window: u32,
     /// An append may have landed (outcome unknown): find it by reading up to the tail
     /// before appending again.
@@ -1649,11 +1653,9 @@ impl OrderedMember {
                     if !self.appends.is_empty() {
                         self.counters.chains_broken += 1;
                     }
-                    self.window = if matches!(e, TxnError::Conflict { .. }) {
-                        (self.window / 2).max(1)
-                    } else {
-                        1
-                    };
+                    if !matches!(e, TxnError::Conflict { .. }) {
+                        self.window = 1;
+                    }
                 }
                 self.chain_broken = true;
                 if let TxnError::Conflict { reads, .. } = e {
