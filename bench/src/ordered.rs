@@ -65,6 +65,8 @@ pub struct OrderedResult {
     pub window: u64,
     /// One message in flight: publish on daemon 1 to delivery at each member, all members.
     pub latency: Percentiles,
+    /// The same, per member (daemon 1, 2, ...): which hop each member waits for.
+    pub member_latency: Vec<Percentiles>,
     /// Messages accepted from the publishers per second over the throughput window.
     pub offered_per_s: f64,
     /// Per member: messages delivered per second (first to last delivery of the window).
@@ -234,6 +236,7 @@ fn run_with(o: &OrderedOptions, daemons: &[Daemon]) -> Result<OrderedResult, Str
         }
         let (sent, offered_per_s) = result?;
         let mut latency = new_histogram();
+        let mut member_latency = Vec::new();
         let mut loaded = new_histogram();
         let mut delivered_per_s = Vec::new();
         let mut delivered = Vec::new();
@@ -242,6 +245,7 @@ fn run_with(o: &OrderedOptions, daemons: &[Daemon]) -> Result<OrderedResult, Str
             let r = m.result.lock().unwrap().take().unwrap_or_default();
             if let Some(h) = &r.latency {
                 latency.add(h).map_err(|e| e.to_string())?;
+                member_latency.push(Percentiles::of(h));
             }
             if let Some(h) = &r.loaded {
                 loaded.add(h).map_err(|e| e.to_string())?;
@@ -264,6 +268,7 @@ fn run_with(o: &OrderedOptions, daemons: &[Daemon]) -> Result<OrderedResult, Str
             safe: o.safe,
             window: o.window,
             latency: Percentiles::of(&latency),
+            member_latency,
             offered_per_s,
             min_delivered_per_s: delivered_per_s.iter().copied().fold(f64::INFINITY, f64::min),
             delivered_per_s,
@@ -488,6 +493,8 @@ pub fn print_table(r: &OrderedResult) {
         us(r.latency.max_ns),
         r.latency.samples
     );
+    let p50s: Vec<String> = r.member_latency.iter().map(|p| us(p.p50_ns)).collect();
+    println!("  latency p50 per member (daemon 1, 2, ...): {}", p50s.join(", "));
     println!(
         "  throughput: offered {:.0} msg/s; delivered per member {:?} msg/s (slowest {:.0})",
         r.offered_per_s, r.delivered_per_s, r.min_delivered_per_s

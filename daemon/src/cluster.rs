@@ -1149,7 +1149,7 @@ impl Cluster {
         };
         Some(format!(
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
-             repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
+             entries learned {}, repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
              (limited {}, refused {}), progress told {}, heard {} (refused {}), fairness requests {}, holds {}",
             c.appends,
@@ -1158,6 +1158,7 @@ impl Cluster {
             c.batches,
             c.messages_appended,
             c.reads,
+            c.entries_learned,
             c.repairs,
             c.safe_waits,
             c.removals_suspected,
