@@ -3320,6 +3320,7 @@ impl Node {
     /// (idempotent; another size is `SizeMismatch`). Refusals that need no memory node come
     /// back at once; the outcome of the rest as a [`RegionEvent`] with the returned op.
     pub fn region_create(&mut self, now: Time, name: &str, size: u32) -> Result<RegionOp, RegionError> {
+        self.locate_regions(now);
         let r = self.regions.create(now, crate::regions::region_id(name), size);
         self.regions_pump(now);
         r
@@ -3328,6 +3329,7 @@ impl Node {
     /// Runs a minitransaction over regions (ids from `regions::region_id`); the outcome
     /// comes as a [`RegionEvent`] with the returned op.
     pub fn region_minitx(&mut self, now: Time, txn: &RegionTxn) -> Result<RegionOp, RegionError> {
+        self.locate_regions(now);
         let r = self.regions.minitx(now, txn);
         self.regions_pump(now);
         r
@@ -3349,6 +3351,19 @@ impl Node {
     /// Where the region memory node runs, as this node sees it: (primary, backup).
     pub fn region_placement(&self) -> Option<(NodeId, Option<NodeId>)> {
         self.regions.placement()
+    }
+
+    /// Before the first region operation here: where the regions' memory node is, as the
+    /// ordered host finds it (`OrderedHost::locate`). A node added to a running cluster,
+    /// that the placement ranking over its view puts first, placed it on itself and used
+    /// an empty memory node of its own (every region missing, writes seen by no other
+    /// node) when no primary's announcement had reached it yet. While the host asks, the
+    /// coordinator's messages go to a guess that makes no replica; it resends them where
+    /// the memory node turns out to be.
+    fn locate_regions(&mut self, now: Time) {
+        if self.regions.placement().is_none() {
+            self.ordered.locate(now, crate::regions::REGIONS_GROUP);
+        }
     }
 
     /// Moves messages between the region coordinator and the ordered host (which hosts

@@ -1020,3 +1020,82 @@ fn a_node_that_joins_the_cluster_later_becomes_the_new_backup() {
         "the primary's appends went on"
     );
 }
+
+/// Runs until `op`'s region event comes out of node `i`; returns its result.
+fn wait_region(
+    nodes: &mut [Node],
+    now: &mut Time,
+    events: &mut [Vec<Event>],
+    i: usize,
+    op: tutti_proto::regions::RegionOp,
+) -> Result<Vec<Vec<u8>>, tutti_proto::regions::RegionError> {
+    for _ in 0..200 {
+        while let Some(e) = nodes[i].poll_region_event() {
+            if e.op == op {
+                return e.result;
+            }
+        }
+        let until = *now + 5 * MILLIS;
+        run(nodes, now, until, events);
+    }
+    panic!("region op {op} of node index {i} never finished");
+}
+
+/// Application regions live on the memory node of the reserved group `REGIONS_GROUP`,
+/// placed by the same ranking as an ordered group's: a node added to the cluster later,
+/// that the ranking over the grown view puts first, must use the regions where they are,
+/// whether the primary's announcement reached it or not. Before the first region operation
+/// asked the view (`OrderedHost::locate`), a newcomer that the announcement missed (here:
+/// the primary's datagrams to it lost for 300 ms) placed the memory node on itself, read
+/// `RegionMissing` and wrote where no other node would read.
+#[test]
+fn a_node_that_joins_the_cluster_later_finds_the_regions_where_they_are() {
+    use tutti_proto::regions::{region_id, RegionTxn, REGIONS_GROUP};
+    for early in [false, true] {
+        let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2]);
+        let op = nodes[0].region_create(now, "cfg", 8).unwrap();
+        assert_eq!(
+            wait_region(&mut nodes, &mut now, &mut events, 0, op),
+            Ok(Vec::new())
+        );
+        let cfg = region_id("cfg");
+        let op = nodes[0]
+            .region_minitx(now, &RegionTxn::new().write(cfg, 0, b"version7"))
+            .unwrap();
+        assert_eq!(
+            wait_region(&mut nodes, &mut now, &mut events, 0, op),
+            Ok(Vec::new())
+        );
+        let late = (3..1000)
+            .find(|&c| choose_memnode_hosts(REGIONS_GROUP, &[1, 2, c]).first() == Some(&c))
+            .expect("some id outranks 1 and 2");
+        nodes.push(Node::new(late, 1, &[1, 2], settings(), now, u64::from(late)));
+        events.push(Vec::new());
+        if early {
+            // The primary's datagrams to the newcomer are lost for a while: it sees the
+            // cluster through node 1, and no placement is announced to it yet.
+            let primary = nodes[0].region_placement().expect("placed").0;
+            let until = now + 300 * MILLIS;
+            run_cut(&mut nodes, &mut now, until, &mut events, &|from, to| {
+                !(from == primary && to == late)
+            });
+        } else {
+            let until = now + 500 * MILLIS;
+            run(&mut nodes, &mut now, until, &mut events);
+        }
+        let op = nodes[2]
+            .region_minitx(now, &RegionTxn::new().read(cfg, 0, 8))
+            .unwrap();
+        assert_eq!(
+            wait_region(&mut nodes, &mut now, &mut events, 2, op),
+            Ok(vec![b"version7".to_vec()]),
+            "asked {}",
+            if early {
+                "as soon as it saw another node"
+            } else {
+                "once the cluster grew"
+            }
+        );
+        assert_eq!(nodes[2].region_placement(), nodes[0].region_placement());
+    }
+}

@@ -524,22 +524,8 @@ impl OrderedHost {
             );
             return Ok(());
         }
-        let never_placed = !self.placements.contains_key(&group);
+        self.locate(now, group);
         let placement = self.placement(group);
-        if never_placed && self.view_members.iter().any(|&n| n != self.me) {
-            // The group may be placed already, from a view without this node: ask.
-            self.counters.locates += 1;
-            self.locating.insert(
-                group,
-                Locating {
-                    asked: now,
-                    tries: 1,
-                    unknown: BTreeSet::new(),
-                    held: Vec::new(),
-                },
-            );
-            self.ask_placement(group);
-        }
         let mut member = OrderedMember::joiner(
             self.me,
             self.incarnation,
@@ -571,6 +557,35 @@ impl OrderedHost {
         self.refresh_group(now, group);
         self.pump(now);
         Ok(())
+    }
+
+    /// Places `group`'s memory node on first use: if this node never placed it and the
+    /// view holds other nodes, the group may be placed already, from a view without this
+    /// node, so it asks them (`Locate`) and places it from its own view only if none has.
+    /// Meanwhile the placement is a guess, from which no replica is made. Returns whether
+    /// the search is on. An ordered join calls it; so does the node for the application
+    /// regions' memory node (`REGIONS_GROUP`).
+    pub fn locate(&mut self, now: Time, group: GroupId) -> bool {
+        if self.locating.contains_key(&group) {
+            return true;
+        }
+        let never_placed = !self.placements.contains_key(&group);
+        self.placement(group);
+        if !never_placed || self.view_members.iter().all(|&n| n == self.me) {
+            return false;
+        }
+        self.counters.locates += 1;
+        self.locating.insert(
+            group,
+            Locating {
+                asked: now,
+                tries: 1,
+                unknown: BTreeSet::new(),
+                held: Vec::new(),
+            },
+        );
+        self.ask_placement(group);
+        true
     }
 
     pub fn leave(&mut self, now: Time, group: GroupId) {
