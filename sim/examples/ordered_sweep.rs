@@ -2,10 +2,12 @@
 //! (`EvsScenario::random`) over a range of seeds and prints one line per seed that fails a
 //! check (safety or liveness), then a summary (with the seeds in which a group restarted):
 //! the tool behind the 2,000-seed sweeps of docs/ordered.md.
-//! `cargo run --release -p tutti-sim --example ordered_sweep -- [evs] FIRST COUNT`
+//! `cargo run --release -p tutti-sim --example ordered_sweep -- [evs | regions] FIRST COUNT`
+//! (`regions`: the ordered world with the application-region workload and a node added
+//! to the running cluster in every seed, `tutti_sim::ordered::regions_scenario`).
 use std::time::Instant;
 use tutti_sim::evs::{EvsScenario, EvsSim};
-use tutti_sim::ordered::{OrderedScenario, OrderedSim};
+use tutti_sim::ordered::{regions_scenario, OrderedScenario, OrderedSim};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,15 +15,20 @@ fn main() {
     if evs {
         args.remove(0);
     }
+    let regions = args.first().is_some_and(|a| a == "regions");
+    if regions {
+        args.remove(0);
+    }
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok());
     let (Some(first), Some(count)) = (num(0), num(1)) else {
-        eprintln!("usage: ordered_sweep [evs] FIRST COUNT");
+        eprintln!("usage: ordered_sweep [evs | regions] FIRST COUNT");
         std::process::exit(2);
     };
     let start = Instant::now();
     let mut failing = Vec::new();
     // Ordered world: seeds with an idle gap, and their members' dormant reads and wake-ups.
     let (mut idle_seeds, mut dormant_reads, mut wakes) = (0u64, 0u64, 0u64);
+    let mut region_increments = 0u64;
     // Ordered world: seeds in which a group lost every state holder and restarted (the
     // seeds that the restart tests of sim/tests/ordered_seeds.rs pin).
     let mut restarted = Vec::new();
@@ -38,11 +45,16 @@ fn main() {
                 )
             })
         } else {
-            let sc = OrderedScenario::random(seed);
+            let sc = if regions {
+                regions_scenario(seed)
+            } else {
+                OrderedScenario::random(seed)
+            };
             let desc = sc.describe();
             idle_seeds += u64::from(sc.idle_gap.is_some());
             let r = OrderedSim::new(sc).run();
             dormant_reads += r.dormant_reads;
+            region_increments += r.region_increments;
             wakes += r.wakes;
             if r.restarts > 0 {
                 restarted.push(seed);
@@ -67,6 +79,9 @@ fn main() {
             "ordered: {} seeds restarted a group: {restarted:?}",
             restarted.len()
         );
+        if regions {
+            println!("ordered: {region_increments} committed region increments");
+        }
     }
     println!(
         "{} seeds {first}..{}: {} fail {failing:?} in {:.1} s",

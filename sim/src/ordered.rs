@@ -13,11 +13,14 @@ use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use tutti_proto::ordered::{choose_memnode_hosts, OrderedSettings, OrderedStatusEvent, RemoveReason, Status};
+use tutti_proto::regions::{region_id, RegionError, RegionOp, RegionTxn, REGIONS_GROUP};
 use tutti_proto::{Event, Node, NodeId, Settings, SubmitError, Time, MILLIS};
 
 const MICROS: Time = 1_000;
 /// Interval between the application's submit bursts and the simulator's checks.
 const TICK: Time = MILLIS;
+/// The region the region workload increments a counter in.
+const REGION_NAME: &str = "ctr";
 /// The cluster must have formed (every node's view holds every node) within this.
 const MAX_BOOTSTRAP: Time = 10_000 * MILLIS;
 /// After sends and faults stop, survivors must have delivered everything within this.
@@ -96,6 +99,14 @@ pub struct OrderedScenario {
     /// the grown cluster puts it first: placed from its own view, it would name itself the
     /// memory node's primary (a daemon added to a running cluster did exactly that).
     pub late_node: Option<Time>,
+    /// Application regions: every node (the late one too, once its view holds another
+    /// node) creates the region `ctr` and increments the counter in it (compare the value
+    /// it last saw, write one more) while the groups send. Checked: no two committed
+    /// increments from one value (serializable), no `RegionMissing` after a create
+    /// succeeded, every node in the end addressing the one memory node. Off in `random`
+    /// (so the sweep's seeds keep their runs); with a late node, its id is chosen so that
+    /// the regions' ranking puts it first as well.
+    pub regions: bool,
     /// Bytes of filler in every snapshot (transfers span several datagrams).
     pub snapshot_filler: usize,
     pub max_datagram: usize,
@@ -127,6 +138,7 @@ impl OrderedScenario {
             crash_promoted: true,
             join_at: Some(100 * MILLIS),
             late_node: None,
+            regions: false,
             snapshot_filler: 3000,
             max_datagram: 1472,
             brk: None,
@@ -176,7 +188,7 @@ impl OrderedScenario {
     pub fn describe(&self) -> String {
         format!(
             "{} nodes, {} groups of {}, loss {}, dup {}, latency <= {} us, rate {}/ms, payload <= {}, safe {}, \
-             crash member {:?} ms, crash primary {:?} ms (then the promoted one: {}), join {:?} ms, late node {:?} ms, max_batch {}, idle gap {:?} ms",
+             crash member {:?} ms, crash primary {:?} ms (then the promoted one: {}), join {:?} ms, late node {:?} ms, max_batch {}, idle gap {:?} ms{}",
             self.nodes,
             self.groups,
             self.members,
@@ -192,8 +204,20 @@ impl OrderedScenario {
             self.join_at.map(|t| t / MILLIS),
             self.late_node.map(|t| t / MILLIS),
             self.ordered.max_batch,
-            self.idle_gap.map(|(at, len)| (at / MILLIS, len / MILLIS))
+            self.idle_gap.map(|(at, len)| (at / MILLIS, len / MILLIS)),
+            if self.regions { ", regions" } else { "" }
         )
+    }
+}
+
+/// Seed `seed`'s scenario with the application-region workload and a node added to the
+/// running cluster (at the drawn time, or 100 ms in), which the regions' ranking puts first.
+pub fn regions_scenario(seed: u64) -> OrderedScenario {
+    let sc = OrderedScenario::random(seed);
+    OrderedScenario {
+        regions: true,
+        late_node: sc.late_node.or(Some(100 * MILLIS)),
+        ..sc
     }
 }
 
@@ -227,6 +251,8 @@ fn node_settings(max_datagram: usize) -> Settings {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OrderedReport {
     pub seed: u64,
+    /// Committed increments of the region workload (`OrderedScenario::regions`).
+    pub region_increments: u64,
     pub nodes: u32,
     pub groups: u32,
     pub submitted: u64,
@@ -317,6 +343,21 @@ pub struct OrderedSim {
     link_last: HashMap<(NodeId, NodeId), Time>,
     /// `TUTTI_SIM_ORDERED_DEBUG`: print every ordered event but deliveries.
     debug: bool,
+    regions: RegionWorkload,
+}
+
+/// The application-region workload (`OrderedScenario::regions`).
+#[derive(Default)]
+struct RegionWorkload {
+    /// Per node: the operation in flight (op, submitted at, a create?) and the counter
+    /// value it last saw (`None` until its create succeeded).
+    in_flight: BTreeMap<NodeId, (RegionOp, Time, bool)>,
+    seen: BTreeMap<NodeId, Option<u64>>,
+    /// When a create of `ctr` first succeeded.
+    created_at: Option<Time>,
+    /// Values a committed increment started from.
+    committed: BTreeSet<u64>,
+    unknown: u64,
 }
 
 impl OrderedSim {
@@ -369,7 +410,109 @@ impl OrderedSim {
             trace: 0xcbf2_9ce4_8422_2325,
             link_last: HashMap::new(),
             debug: std::env::var_os("TUTTI_SIM_ORDERED_DEBUG").is_some(),
+            regions: RegionWorkload::default(),
         }
+    }
+
+    /// One tick of the region workload: takes the nodes' region outcomes, then (while
+    /// `sending`) starts the next operation of every node with none in flight.
+    fn region_tick(&mut self, sending: bool) {
+        let ctr = region_id(REGION_NAME);
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            while let Some(e) = self.nodes.get_mut(&id).and_then(|n| n.poll_region_event()) {
+                let Some(&(op, at, create)) = self.regions.in_flight.get(&id) else {
+                    continue;
+                };
+                if e.op != op {
+                    continue;
+                }
+                self.regions.in_flight.remove(&id);
+                let seen = self.regions.seen.get(&id).copied().flatten();
+                match e.result {
+                    Ok(_) if create => {
+                        self.regions.created_at.get_or_insert(self.now);
+                        self.regions.seen.insert(id, Some(seen.unwrap_or(0)));
+                    }
+                    Ok(_) => {
+                        let v = seen.unwrap_or(0);
+                        if !self.regions.committed.insert(v) {
+                            self.checker.violations.regions += 1;
+                            self.checker
+                                .samples
+                                .push(format!("regions: a second committed increment from {v} (n{id})"));
+                        }
+                        self.regions.seen.insert(id, Some(v + 1));
+                    }
+                    Err(RegionError::Conflict { failed, .. }) => {
+                        let now = failed
+                            .first()
+                            .and_then(|(_, b)| b.get(..8))
+                            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+                        if let Some(v) = now {
+                            self.regions.seen.insert(id, Some(v));
+                        }
+                    }
+                    Err(RegionError::RegionMissing { .. })
+                        if self.regions.created_at.is_some_and(|c| c <= at) =>
+                    {
+                        self.checker.violations.regions += 1;
+                        self.checker.samples.push(format!(
+                            "regions: n{id} found {REGION_NAME} missing, created at {} us (placement {:?})",
+                            self.regions.created_at.unwrap_or(0) / MICROS,
+                            self.nodes.get(&id).and_then(|n| n.region_placement())
+                        ));
+                        // Create it again (as an application would) to go on.
+                        self.regions.seen.insert(id, None);
+                    }
+                    Err(RegionError::Unavailable) => self.regions.unknown += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+        if !sending {
+            return;
+        }
+        for id in ids {
+            if self.regions.in_flight.contains_key(&id) {
+                continue;
+            }
+            let Some(n) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            // As tuttid: nothing before the node's view holds another node.
+            if n.view().members.len() < 2 {
+                continue;
+            }
+            let now = self.now;
+            let (op, create) = match self.regions.seen.get(&id).copied().flatten() {
+                None => (n.region_create(now, REGION_NAME, 8), true),
+                Some(v) => {
+                    let txn = RegionTxn::new().compare(ctr, 0, &v.to_le_bytes()).write(
+                        ctr,
+                        0,
+                        &(v + 1).to_le_bytes(),
+                    );
+                    (n.region_minitx(now, &txn), false)
+                }
+            };
+            if let Ok(op) = op {
+                self.regions.in_flight.insert(id, (op, now, create));
+            }
+            self.drain(id);
+        }
+    }
+
+    /// The region workload is done: nothing in flight at a live node, and every node that
+    /// placed the regions' memory node places it alike.
+    fn regions_settled(&self) -> bool {
+        if !self.sc.regions {
+            return true;
+        }
+        self.regions
+            .in_flight
+            .keys()
+            .all(|id| !self.nodes.contains_key(id))
     }
 
     fn mix(&mut self, x: u64) {
@@ -441,6 +584,9 @@ impl OrderedSim {
             let paused = gap.is_some_and(|(from, to)| t >= from && t < to);
             if t < send_end && !paused {
                 self.submit_burst();
+            }
+            if self.sc.regions {
+                self.region_tick(t < send_end);
             }
             if self.debug && (t - self.start).is_multiple_of(20 * MILLIS) {
                 for &g in &self.groups {
@@ -556,7 +702,9 @@ impl OrderedSim {
             let late = (self.sc.nodes + 1..)
                 .find(|&c| {
                     grown.push(c);
-                    let first = choose_memnode_hosts(g0, &grown).first() == Some(&c);
+                    let first = choose_memnode_hosts(g0, &grown).first() == Some(&c)
+                        && (!self.sc.regions
+                            || choose_memnode_hosts(REGIONS_GROUP, &grown).first() == Some(&c));
                     grown.pop();
                     first
                 })
@@ -574,6 +722,9 @@ impl OrderedSim {
     }
 
     fn settled(&self) -> bool {
+        if !self.regions_settled() {
+            return false;
+        }
         // After the promoted primary's crash: not before the newest backup took over.
         if self.report.promoted_crashed {
             let g0 = self.groups[0];
@@ -611,6 +762,16 @@ impl OrderedSim {
 
     fn finish(mut self, settled: bool) -> OrderedReport {
         self.report.liveness_checked = settled;
+        if self.sc.regions && settled {
+            let placements: BTreeSet<_> = self.nodes.values().filter_map(|n| n.region_placement()).collect();
+            if placements.len() > 1 {
+                self.checker.violations.regions += 1;
+                self.checker.samples.push(format!(
+                    "regions: the nodes place the memory node apart: {placements:?}"
+                ));
+            }
+            self.report.region_increments = self.regions.committed.len() as u64;
+        }
         if !settled && self.start > 0 {
             let mut detail = String::new();
             for &g in &self.groups {

@@ -35,6 +35,10 @@ pub struct ViolationCounts {
     pub state_transfer: u64,
     pub liveness: u64,
     pub datagram: u64,
+    /// Application regions (`OrderedScenario::regions`): two committed increments of the
+    /// shared counter from the same value, a region found missing after it was created,
+    /// nodes that disagree on where the regions' memory node is.
+    pub regions: u64,
 }
 
 impl ViolationCounts {
@@ -45,6 +49,7 @@ impl ViolationCounts {
             + self.state_transfer
             + self.liveness
             + self.datagram
+            + self.regions
     }
 }
 
