@@ -29,6 +29,8 @@ fn main() {
     // Ordered world: seeds with an idle gap, and their members' dormant reads and wake-ups.
     let (mut idle_seeds, mut dormant_reads, mut wakes) = (0u64, 0u64, 0u64);
     let mut region_increments = 0u64;
+    // Ordered world: (settle time, seed) of every seed that settled.
+    let mut slowest: Vec<(f64, u64)> = Vec::new();
     // Ordered world: seeds in which a group lost every state holder and restarted (the
     // seeds that the restart tests of sim/tests/ordered_seeds.rs pin).
     let mut restarted = Vec::new();
@@ -53,6 +55,9 @@ fn main() {
             let desc = sc.describe();
             idle_seeds += u64::from(sc.idle_gap.is_some());
             let r = OrderedSim::new(sc).run();
+            if let Some(ms) = r.settle_ms {
+                slowest.push((ms, seed));
+            }
             dormant_reads += r.dormant_reads;
             region_increments += r.region_increments;
             wakes += r.wakes;
@@ -82,6 +87,16 @@ fn main() {
         if regions {
             println!("ordered: {region_increments} committed region increments");
         }
+        slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let top: Vec<String> = slowest
+            .iter()
+            .take(5)
+            .map(|(ms, seed)| format!("{seed} ({:.1} s)", ms / 1000.0))
+            .collect();
+        println!(
+            "ordered: slowest to settle after the faults (bound 20 s): {}",
+            top.join(", ")
+        );
     }
     println!(
         "{} seeds {first}..{}: {} fail {failing:?} in {:.1} s",
