@@ -251,8 +251,10 @@ fn node_settings(max_datagram: usize) -> Settings {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OrderedReport {
     pub seed: u64,
-    /// Committed increments of the region workload (`OrderedScenario::regions`).
+    /// Committed increments of the region workload (`OrderedScenario::regions`), and
+    /// increments whose outcome the node never learned (`Unavailable`).
     pub region_increments: u64,
+    pub region_unknown: u64,
     pub nodes: u32,
     pub groups: u32,
     pub submitted: u64,
@@ -354,9 +356,9 @@ pub struct OrderedSim {
 /// The application-region workload (`OrderedScenario::regions`).
 #[derive(Default)]
 struct RegionWorkload {
-    /// Per node: the operation in flight (op, submitted at, a create?) and the counter
-    /// value it last saw (`None` until its create succeeded).
+    /// Per node: the operation in flight (op, submitted at, a create?).
     in_flight: BTreeMap<NodeId, (RegionOp, Time, bool)>,
+    /// Per node: the counter value it last saw (`None` until its create succeeded).
     seen: BTreeMap<NodeId, Option<u64>>,
     /// When a create of `ctr` first succeeded.
     created_at: Option<Time>,
@@ -508,8 +510,8 @@ impl OrderedSim {
         }
     }
 
-    /// The region workload is done: nothing in flight at a live node, and every node that
-    /// placed the regions' memory node places it alike.
+    /// The region workload is done: nothing in flight at a live node (`finish` then checks
+    /// that every node places the regions' memory node alike).
     fn regions_settled(&self) -> bool {
         if !self.sc.regions {
             return true;
@@ -777,6 +779,7 @@ impl OrderedSim {
                 ));
             }
             self.report.region_increments = self.regions.committed.len() as u64;
+            self.report.region_unknown = self.regions.unknown;
         }
         if !settled && self.start > 0 {
             let mut detail = String::new();
