@@ -310,8 +310,15 @@ pub enum Message<'a> {
         lsn: u64,
         record: Record<'a>,
     },
-    /// Backup -> primary: every entry up to `lsn` is applied.
-    ReplicateAck { memnode: u16, epoch: u64, lsn: u64 },
+    /// Backup -> primary: every entry up to `lsn` is applied; bit `i` of `ahead` says the
+    /// backup holds entry `lsn + 2 + i` too (kept past the missing `lsn + 1`), so that the
+    /// primary resends only what is missing.
+    ReplicateAck {
+        memnode: u16,
+        epoch: u64,
+        lsn: u64,
+        ahead: u64,
+    },
     /// Coordinator -> participant: every participant acknowledged these transactions'
     /// decisions (garbage collection of remembered outcomes).
     Forget { memnode: u16, txids: Vec<TxId> },
@@ -455,9 +462,12 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&lsn.to_le_bytes());
                 record.encode(out);
             }
-            Message::ReplicateAck { epoch, lsn, .. } => {
+            Message::ReplicateAck {
+                epoch, lsn, ahead, ..
+            } => {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&lsn.to_le_bytes());
+                out.extend_from_slice(&ahead.to_le_bytes());
             }
             Message::Forget { txids, .. } => put_txids(out, txids),
             Message::Wake { .. } => {}
@@ -646,6 +656,7 @@ impl<'a> Message<'a> {
                 memnode,
                 epoch: r.u64()?,
                 lsn: r.u64()?,
+                ahead: r.u64()?,
             },
             kind::FORGET => Message::Forget {
                 memnode,
@@ -1102,7 +1113,7 @@ mod tests {
                 prop_assert_eq!(&Record::decode(&bytes).unwrap(), &record);
                 roundtrip(&Message::Replicate { memnode: 3, epoch, lsn, record });
             }
-            roundtrip(&Message::ReplicateAck { memnode: 3, epoch, lsn });
+            roundtrip(&Message::ReplicateAck { memnode: 3, epoch, lsn, ahead: epoch ^ lsn.rotate_left(7) });
             roundtrip(&Message::Forget { memnode: 3, txids: vec![t; (epoch % 5) as usize] });
             roundtrip(&Message::Wake { memnode: (lsn % 7) as u16 });
             let index = lsn as u32;

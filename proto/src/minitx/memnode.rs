@@ -220,9 +220,10 @@ struct Primary {
     /// Highest entry ever sent (those sent again count as `replication_resends`).
     high_sent: u64,
     /// Acks naming `acked` again (the backup saw a later entry out of order: one was
-    /// lost), and the `acked` a fast resend already went out for (one per hole).
+    /// lost), and the last fast resend: the `acked` it went out for (one per hole) and
+    /// `high_sent` then (an entry past it held by the backup means the resend was lost).
     dup_acks: u32,
-    fast_resent: Option<u64>,
+    fast_resent: Option<(u64, u64)>,
     /// Answers waiting for the backup: (lsn that must be acknowledged, to, message).
     held: VecDeque<(u64, NodeId, Vec<u8>)>,
     last_resend: Time,
@@ -704,9 +705,12 @@ impl MemoryNode {
             (Role::Primary(_), Message::QueryReply { memnode, txid, state }) => {
                 self.on_query_reply(now, memnode, txid, state)
             }
-            (Role::Primary(_), Message::ReplicateAck { epoch, lsn, .. }) => {
-                self.on_replicate_ack(now, from, epoch, lsn)
-            }
+            (
+                Role::Primary(_),
+                Message::ReplicateAck {
+                    epoch, lsn, ahead, ..
+                },
+            ) => self.on_replicate_ack(now, from, epoch, lsn, ahead),
             (Role::Primary(_), Message::Forget { txids, .. }) => self.on_forget(now, &txids),
             (
                 Role::Primary(_),
@@ -1219,7 +1223,7 @@ impl MemoryNode {
         }
     }
 
-    fn on_replicate_ack(&mut self, now: Time, from: NodeId, epoch: u64, lsn: u64) {
+    fn on_replicate_ack(&mut self, now: Time, from: NodeId, epoch: u64, lsn: u64, ahead: u64) {
         let Role::Primary(p) = &mut self.role else {
             return;
         };
@@ -1237,16 +1241,43 @@ impl MemoryNode {
             p.last_resend = now;
         } else if lsn == p.acked && p.sent > p.acked {
             // The backup holds nothing past `acked` yet received a later entry: the next
-            // one was lost. Resend from it at once (not after `retransmit`), once per hole.
+            // one was lost. Resend at once (not after `retransmit`).
             p.dup_acks += 1;
-            if p.dup_acks >= FAST_RESEND_ACKS && p.fast_resent != Some(p.acked) {
-                // Go back to the hole and resend the window: the backup keeps what it
-                // holds past the hole and ignores the copies, and every other hole in
-                // the window is filled in the same pass.
-                p.fast_resent = Some(p.acked);
-                p.sent = p.acked;
+            // The last entry the ack names as held (`ahead`: bit i is `acked + 2 + i`).
+            let last_held = match ahead {
+                0 => p.acked + 1,
+                bits => p.acked + 2 + u64::from(63 - bits.leading_zeros()),
+            };
+            // Once per hole, and again only once an entry first sent after that resend
+            // has arrived (the resend itself was lost; before, it waited for `retransmit`).
+            let due = match p.fast_resent {
+                Some((hole, mark)) if hole == p.acked => last_held > mark,
+                _ => true,
+            };
+            if p.dup_acks >= FAST_RESEND_ACKS && due {
+                // Resend what the backup lacks: the hole, and every entry below the last
+                // one held that the ack does not name, so every hole of the window is
+                // filled in one pass. Entries past the last one held may still be on their
+                // way: not resent. (Going back to the hole and resending the whole window
+                // sent about as many entries again as were logged, at 5% loss.) An ack
+                // that names too much only delays the rest to the `retransmit` resend.
+                p.fast_resent = Some((p.acked, p.high_sent));
                 p.last_resend = now;
                 self.counters.fast_resends += 1;
+                if let Some(backup) = p.backup {
+                    let first = p.unacked.front().map_or(p.lsn + 1, |(l, _)| *l);
+                    for l in p.acked + 1..=p.sent.min(last_held) {
+                        let bit = l - p.acked;
+                        let held = (2..=65).contains(&bit) && ahead & (1 << (bit - 2)) != 0;
+                        if held || l < first {
+                            continue;
+                        }
+                        if let Some((_, msg)) = p.unacked.get((l - first) as usize) {
+                            self.out.push_back((backup, msg.clone()));
+                            self.counters.replication_resends += 1;
+                        }
+                    }
+                }
             }
         }
         while p.unacked.front().is_some_and(|(l, _)| *l <= p.acked) {
@@ -1771,10 +1802,16 @@ impl MemoryNode {
             Role::Backup { applied, .. } => applied,
             Role::Primary(_) => unreachable!(),
         };
+        // The entries kept past the next missing one, for the primary's selective resend.
+        let ahead = self
+            .records_ahead
+            .range(applied + 2..=applied + 65)
+            .fold(0u64, |bits, (&l, _)| bits | 1 << (l - applied - 2));
         let ack = Message::ReplicateAck {
             memnode: self.id,
             epoch,
             lsn: applied,
+            ahead,
         };
         self.out.push_back((from, ack.to_vec()));
     }
@@ -2468,6 +2505,87 @@ mod tests {
         assert_eq!(backup.counters().records_applied, 8);
         assert_eq!(backup.counters().bad_records, 0);
         assert!(primary.is_replicated());
+    }
+
+    /// A primary logging an entry every 20 us to its backup over a link that loses 5% of
+    /// the datagrams each way (100 us, in order): every entry reaches the backup, the
+    /// entries sent again are few, and no hole waits for `retransmit`. The backup's ack
+    /// names the entries it holds past the first missing one, and the primary resends only
+    /// the missing ones. Resending the whole window from the hole (go-back-N) sent 13,747
+    /// entries again for these 5,000 (sim seed 552: 39,590 for 35,388); resending only the
+    /// missing ones, once per hole, left 10 lost resends to the 20 ms timer (done at 245 ms
+    /// instead of 100).
+    #[test]
+    fn entries_lost_on_the_way_to_the_backup_are_resent_alone() {
+        const US: Time = 1_000;
+        let settings = MinitxSettings::default();
+        let mut primary = MemoryNode::primary(0, 1, Some(2), settings.clone());
+        let mut backup = MemoryNode::backup(0, 1, 1, settings);
+        primary.add_region(1, 8 * 1024).unwrap();
+        backup.add_region(1, 8 * 1024).unwrap();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut lose = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % 100 < 5
+        };
+        let mut wire: VecDeque<(Time, NodeId, Vec<u8>)> = VecDeque::new();
+        const ENTRIES: u64 = 5_000;
+        let (mut now, mut seq, mut most_kept) = (0, 0u64, 0usize);
+        while now < 1_000_000 * US && (seq < ENTRIES || primary.unreplicated() > 0 || !wire.is_empty()) {
+            now += 10 * US;
+            if seq < ENTRIES && now % (20 * US) == 0 {
+                primary.handle_message(
+                    now,
+                    9,
+                    &write_exec(seq, (seq % 1024) as u32 * 8, &seq.to_le_bytes()),
+                );
+                seq += 1;
+            }
+            primary.handle_timeout(now);
+            while let Some(&(at, _, _)) = wire.front() {
+                if at > now {
+                    break;
+                }
+                let (_, to, msg) = wire.pop_front().unwrap();
+                if to == 2 {
+                    backup.handle_message(now, 1, &msg);
+                } else {
+                    primary.handle_message(now, 2, &msg);
+                }
+            }
+            while let Some((to, msg)) = primary.poll_transmit() {
+                if to == 2 && !lose() {
+                    wire.push_back((now + 100 * US, 2, msg));
+                }
+            }
+            while let Some((_, msg)) = backup.poll_transmit() {
+                if !lose() {
+                    wire.push_back((now + 100 * US, 1, msg));
+                }
+            }
+            most_kept = most_kept.max(primary.unreplicated());
+        }
+        assert!(primary.is_replicated(), "{:?}", primary.counters());
+        assert_eq!(backup.region(1), primary.region(1));
+        assert_eq!(backup.counters().records_applied, ENTRIES);
+        let resent = primary.counters().replication_resends;
+        eprintln!(
+            "{ENTRIES} entries, {resent} resent ({} fast resends), at most {most_kept} unacknowledged, done at {} us",
+            primary.counters().fast_resends,
+            now / US
+        );
+        assert!(
+            resent <= ENTRIES / 5,
+            "{resent} entries resent for {ENTRIES} logged at 5% loss"
+        );
+        // No hole waited for the 20 ms `retransmit` (1,000 entries logged meanwhile): a
+        // lost resend is resent once a later entry arrives.
+        assert!(
+            most_kept <= 200,
+            "{most_kept} entries waited for the backup at once"
+        );
     }
 
     #[test]
