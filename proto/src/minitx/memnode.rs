@@ -1224,6 +1224,7 @@ impl MemoryNode {
     }
 
     fn on_replicate_ack(&mut self, now: Time, from: NodeId, epoch: u64, lsn: u64, ahead: u64) {
+        let window = self.settings.replicate_burst.max(1) as u64;
         let Role::Primary(p) = &mut self.role else {
             return;
         };
@@ -1254,7 +1255,17 @@ impl MemoryNode {
                 Some((hole, mark)) if hole == p.acked => last_held > mark,
                 _ => true,
             };
-            if p.dup_acks >= FAST_RESEND_ACKS && due {
+            if p.dup_acks >= FAST_RESEND_ACKS && due && p.sent >= p.acked + window {
+                // The window is full: no entry sent later could show that a resend was
+                // lost. Go back to the hole and resend the window, once per hole (the
+                // backup ignores the copies of what it holds): a new backup catching up
+                // after its snapshot under 5% loss took 46 ms instead of 23 with the
+                // selective resend below, one lost resend waiting for `retransmit`.
+                p.fast_resent = Some((p.acked, u64::MAX));
+                p.sent = p.acked;
+                p.last_resend = now;
+                self.counters.fast_resends += 1;
+            } else if p.dup_acks >= FAST_RESEND_ACKS && due {
                 // Resend what the backup lacks: the hole, and every entry below the last
                 // one held that the ack does not name, so every hole of the window is
                 // filled in one pass. Entries past the last one held may still be on their
@@ -2250,6 +2261,56 @@ mod tests {
         assert_eq!(backup.region(1), primary.region(1));
     }
 
+    /// The link between a primary (node 1) and its backup (node 2): it loses 5% of the
+    /// datagrams each way (xorshift64 from a fixed seed: the same losses on every run) and
+    /// delivers the others 100 us later, in send order (one path each way). The primary's
+    /// answers to clients are dropped.
+    struct LossyLink {
+        rng: u64,
+        /// (arrival, to, bytes).
+        wire: VecDeque<(Time, NodeId, Vec<u8>)>,
+    }
+
+    impl LossyLink {
+        fn new(seed: u64) -> LossyLink {
+            LossyLink {
+                rng: seed,
+                wire: VecDeque::new(),
+            }
+        }
+
+        fn lose(&mut self) -> bool {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng % 100 < 5
+        }
+
+        /// One tick at `now`: the primary's timers, the datagrams due, then what both sent.
+        fn step(&mut self, now: Time, primary: &mut MemoryNode, backup: &mut MemoryNode) {
+            const US: Time = 1_000;
+            primary.handle_timeout(now);
+            while self.wire.front().is_some_and(|(at, _, _)| *at <= now) {
+                let (_, to, msg) = self.wire.pop_front().expect("front checked");
+                if to == 2 {
+                    backup.handle_message(now, 1, &msg);
+                } else {
+                    primary.handle_message(now, 2, &msg);
+                }
+            }
+            while let Some((to, msg)) = primary.poll_transmit() {
+                if to == 2 && !self.lose() {
+                    self.wire.push_back((now + 100 * US, 2, msg));
+                }
+            }
+            while let Some((_, msg)) = backup.poll_transmit() {
+                if !self.lose() {
+                    self.wire.push_back((now + 100 * US, 1, msg));
+                }
+            }
+        }
+    }
+
     /// A primary writing 10,000 entries a second sends a 300 KB snapshot to a new backup
     /// over a link losing 5% of the datagrams (100 us each way, in order): the backup is
     /// caught up within 100 ms, with one snapshot (no restart), at most twice its bytes
@@ -2271,16 +2332,7 @@ mod tests {
         while primary.poll_transmit().is_some() {}
         primary.set_backup(0, 2, 2);
         let snapshot_bytes = primary.encode_state().len() as u64;
-        // xorshift64: the same losses on every run.
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut lose = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % 100 < 5
-        };
-        // (arrival, to, bytes), arrivals in send order (one path each way).
-        let mut wire: VecDeque<(Time, NodeId, Vec<u8>)> = VecDeque::new();
+        let mut link = LossyLink::new(0x9e37_79b9_7f4a_7c15);
         let (mut seq, mut caught_up, mut most_kept) = (1000u64, None, 0usize);
         let mut now = 0;
         // Writes go on until the backup is caught up; then the entries in flight land.
@@ -2290,28 +2342,7 @@ mod tests {
                 primary.handle_message(now, 9, &exec(seq));
                 seq += 1;
             }
-            primary.handle_timeout(now);
-            while let Some(&(at, to, _)) = wire.front() {
-                if at > now {
-                    break;
-                }
-                let (_, _, msg) = wire.pop_front().unwrap();
-                if to == 2 {
-                    backup.handle_message(now, 1, &msg);
-                } else {
-                    primary.handle_message(now, 2, &msg);
-                }
-            }
-            while let Some((to, msg)) = primary.poll_transmit() {
-                if to == 2 && !lose() {
-                    wire.push_back((now + 100 * US, 2, msg));
-                }
-            }
-            while let Some((_, msg)) = backup.poll_transmit() {
-                if !lose() {
-                    wire.push_back((now + 100 * US, 1, msg));
-                }
-            }
+            link.step(now, &mut primary, &mut backup);
             most_kept = most_kept.max(primary.unreplicated());
             if primary.is_replicated() && caught_up.is_none() {
                 caught_up = Some(now);
@@ -2523,17 +2554,10 @@ mod tests {
         let mut backup = MemoryNode::backup(0, 1, 1, settings);
         primary.add_region(1, 8 * 1024).unwrap();
         backup.add_region(1, 8 * 1024).unwrap();
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut lose = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % 100 < 5
-        };
-        let mut wire: VecDeque<(Time, NodeId, Vec<u8>)> = VecDeque::new();
+        let mut link = LossyLink::new(0x2545_f491_4f6c_dd1d);
         const ENTRIES: u64 = 5_000;
         let (mut now, mut seq, mut most_kept) = (0, 0u64, 0usize);
-        while now < 1_000_000 * US && (seq < ENTRIES || primary.unreplicated() > 0 || !wire.is_empty()) {
+        while now < 1_000_000 * US && (seq < ENTRIES || primary.unreplicated() > 0 || !link.wire.is_empty()) {
             now += 10 * US;
             if seq < ENTRIES && now % (20 * US) == 0 {
                 primary.handle_message(
@@ -2543,28 +2567,7 @@ mod tests {
                 );
                 seq += 1;
             }
-            primary.handle_timeout(now);
-            while let Some(&(at, _, _)) = wire.front() {
-                if at > now {
-                    break;
-                }
-                let (_, to, msg) = wire.pop_front().unwrap();
-                if to == 2 {
-                    backup.handle_message(now, 1, &msg);
-                } else {
-                    primary.handle_message(now, 2, &msg);
-                }
-            }
-            while let Some((to, msg)) = primary.poll_transmit() {
-                if to == 2 && !lose() {
-                    wire.push_back((now + 100 * US, 2, msg));
-                }
-            }
-            while let Some((_, msg)) = backup.poll_transmit() {
-                if !lose() {
-                    wire.push_back((now + 100 * US, 1, msg));
-                }
-            }
+            link.step(now, &mut primary, &mut backup);
             most_kept = most_kept.max(primary.unreplicated());
         }
         assert!(primary.is_replicated(), "{:?}", primary.counters());
