@@ -52,8 +52,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// names the view it pulls and the parts it lacks ([`ViewRequestHeader`]; it was empty).
 /// Version 11: flow status. Version 12: flow status along the dissemination tree
 /// ([`FlowStatus::holder`], [`FlowStatus::members`], asks), and ordered payloads of one
-/// sender in runs ([`OrderedKind::PayloadRun`]).
-pub const VERSION: u16 = 12;
+/// sender in runs ([`OrderedKind::PayloadRun`]). Version 13: a memory node's
+/// `ReplicateAck` carries `ahead`, the entries its backup holds past the missing one
+/// (`tutti_wire::minitx`), so that the primary resends only what is missing.
+pub const VERSION: u16 = 13;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
