@@ -225,17 +225,23 @@ fn the_rebackup_seeds_are_live_and_safe() {
 /// 20 s): a sender halved its window of appends in flight at every lost tail compare, so
 /// under a race every sender kept a window of 1 or 2 and the winner of each round
 /// threaded 1 or 2 batches where it could have threaded 4. A lost race is not congestion:
-/// the window now shrinks only on a failure that is (docs/ordered.md, "Contention").
+/// the window now shrinks only on a failure that is (docs/ordered.md, "The ordering
+/// layer": contention).
 #[test]
 fn senders_racing_for_the_tail_over_slow_links_drain_their_backlog() {
-    let seeds = [552, 607];
-    for seed in seeds {
+    late_node_seeds_are_live(&[552, 607]);
+}
+
+/// Runs `seeds`, each of which must add a node to the running cluster: no safety check
+/// may fail and none may stall.
+fn late_node_seeds_are_live(seeds: &[u64]) {
+    for &seed in seeds {
         assert!(
             OrderedScenario::random(seed).late_node.is_some(),
             "seed {seed} adds no node"
         );
     }
-    let stalled = stalled_among(&seeds);
+    let stalled = stalled_among(seeds);
     assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
 }
 
@@ -274,15 +280,7 @@ fn application_regions_stay_one_store_when_a_node_joins_the_running_cluster() {
 /// whose primary had just crashed (announced before the primary's own failover).
 #[test]
 fn a_node_added_to_the_running_cluster_joins_where_the_memory_node_is() {
-    let seeds = [1, 4, 10, 13, 17, 22, 23, 30, 428, 507, 828, 1311];
-    for seed in seeds {
-        assert!(
-            OrderedScenario::random(seed).late_node.is_some(),
-            "seed {seed} adds no node"
-        );
-    }
-    let stalled = stalled_among(&seeds);
-    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+    late_node_seeds_are_live(&[1, 4, 10, 13, 17, 22, 23, 30, 428, 507, 828, 1311]);
 }
 
 #[test]

@@ -288,6 +288,10 @@ const SNAPSHOT_WINDOW: u32 = 64;
 /// Acks repeating the last acknowledged entry after which the primary resends at once.
 const FAST_RESEND_ACKS: u32 = 2;
 
+/// Entries past the missing one that a backup's ack names as held (`ReplicateAck::ahead`,
+/// bit i: entry `lsn + 2 + i`).
+const ACK_AHEAD: u64 = 64;
+
 /// Snapshot bytes per chunk unless the host says otherwise.
 const DEFAULT_SNAPSHOT_CHUNK: usize = 1024;
 
@@ -1255,31 +1259,31 @@ impl MemoryNode {
                 Some((hole, mark)) if hole == p.acked => last_held > mark,
                 _ => true,
             };
-            if p.dup_acks >= FAST_RESEND_ACKS && due && p.sent >= p.acked + window {
-                // The window is full: no entry sent later could show that a resend was
-                // lost. Go back to the hole and resend the window, once per hole (the
-                // backup ignores the copies of what it holds): a new backup catching up
-                // after its snapshot under 5% loss took 46 ms instead of 23 with the
-                // selective resend below, one lost resend waiting for `retransmit`.
-                p.fast_resent = Some((p.acked, u64::MAX));
-                p.sent = p.acked;
+            if p.dup_acks >= FAST_RESEND_ACKS && due {
                 p.last_resend = now;
                 self.counters.fast_resends += 1;
-            } else if p.dup_acks >= FAST_RESEND_ACKS && due {
-                // Resend what the backup lacks: the hole, and every entry below the last
-                // one held that the ack does not name, so every hole of the window is
-                // filled in one pass. Entries past the last one held may still be on their
-                // way: not resent. (Going back to the hole and resending the whole window
-                // sent about as many entries again as were logged, at 5% loss.) An ack
-                // that names too much only delays the rest to the `retransmit` resend.
-                p.fast_resent = Some((p.acked, p.high_sent));
-                p.last_resend = now;
-                self.counters.fast_resends += 1;
-                if let Some(backup) = p.backup {
+                if p.sent >= p.acked + window {
+                    // The window is full: no entry sent later could show that a resend
+                    // was lost. Go back to the hole and resend the window, once per hole
+                    // (the backup ignores the copies of what it holds): a new backup
+                    // catching up after its snapshot under 5% loss took 46 ms instead of
+                    // 23 with the selective resend below, one lost resend waiting for
+                    // `retransmit`.
+                    p.fast_resent = Some((p.acked, u64::MAX));
+                    p.sent = p.acked;
+                } else if let Some(backup) = p.backup {
+                    // Resend what the backup lacks: the hole, and every entry below the
+                    // last one held that the ack does not name, so every hole of the
+                    // window is filled in one pass. Entries past the last one held may
+                    // still be on their way: not resent. (Going back to the hole and
+                    // resending the whole window sent about as many entries again as were
+                    // logged, at 5% loss.) An ack that names too much only delays the rest
+                    // to the `retransmit` resend.
+                    p.fast_resent = Some((p.acked, p.high_sent));
                     let first = p.unacked.front().map_or(p.lsn + 1, |(l, _)| *l);
                     for l in p.acked + 1..=p.sent.min(last_held) {
                         let bit = l - p.acked;
-                        let held = (2..=65).contains(&bit) && ahead & (1 << (bit - 2)) != 0;
+                        let held = (2..ACK_AHEAD + 2).contains(&bit) && ahead & (1 << (bit - 2)) != 0;
                         if held || l < first {
                             continue;
                         }
@@ -1816,7 +1820,7 @@ impl MemoryNode {
         // The entries kept past the next missing one, for the primary's selective resend.
         let ahead = self
             .records_ahead
-            .range(applied + 2..=applied + 65)
+            .range(applied + 2..applied + 2 + ACK_AHEAD)
             .fold(0u64, |bits, (&l, _)| bits | 1 << (l - applied - 2));
         let ack = Message::ReplicateAck {
             memnode: self.id,

@@ -562,17 +562,17 @@ impl OrderedHost {
     /// Places `group`'s memory node on first use: if this node never placed it and the
     /// view holds other nodes, the group may be placed already, from a view without this
     /// node, so it asks them (`Locate`) and places it from its own view only if none has.
-    /// Meanwhile the placement is a guess, from which no replica is made. Returns whether
-    /// the search is on. An ordered join calls it; so does the node for the application
-    /// regions' memory node (`REGIONS_GROUP`).
-    pub fn locate(&mut self, now: Time, group: GroupId) -> bool {
+    /// Meanwhile the placement is a guess, from which no replica is made. An ordered join
+    /// calls it; so does the node for the application regions' memory node
+    /// (`REGIONS_GROUP`).
+    pub fn locate(&mut self, now: Time, group: GroupId) {
         if self.locating.contains_key(&group) {
-            return true;
+            return;
         }
         let never_placed = !self.placements.contains_key(&group);
         self.placement(group);
         if !never_placed || self.view_members.iter().all(|&n| n == self.me) {
-            return false;
+            return;
         }
         self.counters.locates += 1;
         self.locating.insert(
@@ -585,7 +585,6 @@ impl OrderedHost {
             },
         );
         self.ask_placement(group);
-        true
     }
 
     pub fn leave(&mut self, now: Time, group: GroupId) {
