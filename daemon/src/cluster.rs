@@ -1149,7 +1149,7 @@ impl Cluster {
         };
         Some(format!(
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
-             entries learned {}, repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
+             entries learned {} (pushed {} in {} pushes, refused {}), repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
              (limited {}, refused {}), progress told {}, heard {} (refused {}), fairness requests {}, holds {}",
             c.appends,
@@ -1159,6 +1159,9 @@ impl Cluster {
             c.messages_appended,
             c.reads,
             c.entries_learned,
+            c.entries_pushed,
+            c.pushes,
+            c.pushes_refused,
             c.repairs,
             c.safe_waits,
             c.removals_suspected,

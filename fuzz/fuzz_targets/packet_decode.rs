@@ -37,6 +37,12 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(body + tutti_wire::packet::OrderedPayloadHeader::SIZE, bytes.len());
                 }
                 let _ = tutti_wire::packet::split_memnode_message(bytes);
+                if let Ok((h, entries)) = tutti_wire::packet::split_committed(bytes) {
+                    // Validated committed entries are whole and below the tail.
+                    let count = (entries.len() / tutti_wire::packet::COMMITTED_ENTRY_BYTES) as u64;
+                    assert_eq!(entries.len() % tutti_wire::packet::COMMITTED_ENTRY_BYTES, 0);
+                    assert!({ h.first } + count <= { h.tail });
+                }
                 if let Ok(h) = tutti_wire::packet::OrderedHeld::decode(bytes) {
                     // A decoded progress message is exactly its bytes and holds no more than it learned.
                     assert_eq!(&h.to_bytes()[..], bytes);

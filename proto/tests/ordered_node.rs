@@ -1099,3 +1099,76 @@ fn a_node_that_joins_the_cluster_later_finds_the_regions_where_they_are() {
         assert_eq!(nodes[2].region_placement(), nodes[0].region_placement());
     }
 }
+
+/// Node `id` of `nodes`.
+fn node_mut(nodes: &mut [Node], id: NodeId) -> &mut Node {
+    nodes.iter_mut().find(|n| n.id() == id).expect("node")
+}
+
+#[test]
+fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
+    let hosts = choose_memnode_hosts(GROUP, &[1, 2, 3]);
+    let (primary, backup) = (hosts[0], hosts[1]);
+    let third = [1, 2, 3].into_iter().find(|n| !hosts[..2].contains(n)).unwrap();
+    // Idle, then one message from the backup's node, delivered in hops: every datagram
+    // sent in one hop arrives in the next, 25 us later.
+    let until = now + 200 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    node_mut(&mut nodes, backup)
+        .submit_ordered(now, GROUP, b"hop", false)
+        .unwrap();
+    let mut delivered_at: Vec<(NodeId, u32)> = Vec::new();
+    for hop in 1..=8u32 {
+        let mut flight = Vec::new();
+        for n in nodes.iter_mut() {
+            let from = n.id();
+            while let Some(t) = n.poll_transmit() {
+                flight.push((from, t.dest, t.payload.to_vec()));
+            }
+        }
+        now += 25_000;
+        for (from, to, bytes) in flight {
+            node_mut(&mut nodes, to).handle_packet(now, from, &bytes);
+        }
+        for n in nodes.iter_mut() {
+            let id = n.id();
+            while let Some(e) = n.poll_event() {
+                if matches!(&e, Event::OrderedDeliver { payload, .. } if payload == b"hop") {
+                    delivered_at.push((id, hop));
+                }
+            }
+        }
+    }
+    let hops = |id: NodeId| delivered_at.iter().find(|d| d.0 == id).map(|d| d.1);
+    eprintln!("primary {primary}, backup {backup}, third {third}: delivered at hops {delivered_at:?}");
+    // Append (1), replicate (2), then the backup's push reaches the third member (3) while
+    // its acknowledgement reaches the primary (3), whose member learns there. The backup's
+    // own member waits for the primary's answer (4): its replica does not tell it (its
+    // sender would append a hop before the primary's and win every race).
+    assert_eq!(
+        hops(third),
+        Some(3),
+        "the third member learns from the backup's push"
+    );
+    assert_eq!(
+        hops(primary),
+        Some(3),
+        "the primary's member learns at the acknowledgement"
+    );
+    assert_eq!(
+        hops(backup),
+        Some(4),
+        "the backup's member learns from the answer"
+    );
+    let pushed = node_mut(&mut nodes, third)
+        .ordered_member(GROUP)
+        .unwrap()
+        .counters()
+        .entries_pushed;
+    assert!(pushed >= 1, "the third member learned from a push");
+    let sent = node_mut(&mut nodes, backup)
+        .ordered_transport_counters()
+        .committed_sent;
+    assert!(sent >= 1, "the backup's node pushed");
+}

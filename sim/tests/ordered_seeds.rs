@@ -232,6 +232,27 @@ fn senders_racing_for_the_tail_over_slow_links_drain_their_backlog() {
     late_node_seeds_are_live(&[552, 607]);
 }
 
+/// Two stalls the backup's pushes of committed entries (wire v14) brought out by moving
+/// the timing; neither needs the pushes:
+/// - seed 507: a node added to the running cluster asked where group 0's memory node is
+///   and took the answer of a node that had not yet installed the view without the
+///   crashed primary (one its own views never held, so no view change failed it over),
+///   sent to it forever and refused the promoted primary's state transfer naming it the
+///   new backup. A state transfer from a primary of a later epoch now supersedes a
+///   placement learned from another node.
+/// - seed 869: a member whose buffer of undelivered entries was full, its front a safe
+///   entry waiting for a crashed member's removal that another member (which had seen the
+///   crashed member hold it) appended past that buffer, read no entry at all and never
+///   learned that it was removed for lagging. A read with a full buffer now reads one
+///   entry, to see whether its slot was overwritten.
+#[test]
+fn a_stale_placement_and_a_full_buffer_do_not_stall_a_member() {
+    // 1586, 170 and 518 stalled with the first fix tried for 507 (failing over at once as
+    // the learning node's view says: a new node's view may lack live nodes).
+    let stalled = stalled_among(&[507, 869, 1586, 170, 518]);
+    assert!(stalled.is_empty(), "stalled seeds: {stalled:?}");
+}
+
 /// Runs `seeds`, each of which must add a node to the running cluster: no safety check
 /// may fail and none may stall.
 fn late_node_seeds_are_live(seeds: &[u64]) {

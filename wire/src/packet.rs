@@ -54,8 +54,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TTP1");
 /// ([`FlowStatus::holder`], [`FlowStatus::members`], asks), and ordered payloads of one
 /// sender in runs ([`OrderedKind::PayloadRun`]). Version 13: a memory node's
 /// `ReplicateAck` carries `ahead`, the entries its backup holds past the missing one
-/// (`tutti_wire::minitx`), so that the primary resends only what is missing.
-pub const VERSION: u16 = 13;
+/// (`tutti_wire::minitx`), so that the primary resends only what is missing. Version 14:
+/// a memory node's backup pushes the list entries it applies to the group's members
+/// ([`OrderedKind::Committed`]).
+pub const VERSION: u16 = 14;
 /// Size of [`DatagramHeader`].
 pub const DATAGRAM_HEADER_LEN: usize = core::mem::size_of::<DatagramHeader>();
 /// Size of [`MessageHeader`].
@@ -1421,6 +1423,11 @@ pub enum OrderedKind {
     /// The answer to `Locate`: [`OrderedPlacement`], the group's placement as the answering
     /// node holds it, or that it holds none (epoch 0).
     Placement = 8,
+    /// List entries the memory node's backup holds, pushed by the backup's node to the
+    /// group's members as it applies them: [`OrderedCommitted`] then whole entries. An
+    /// entry the backup holds is committed, so a member learns it a hop before the
+    /// primary's answer or a read would tell it.
+    Committed = 9,
 }
 
 impl OrderedKind {
@@ -1434,6 +1441,7 @@ impl OrderedKind {
             6 => Self::Held,
             7 => Self::Locate,
             8 => Self::Placement,
+            9 => Self::Committed,
             _ => return None,
         })
     }
@@ -1557,6 +1565,56 @@ impl OrderedHeld {
         }
         Ok(h)
     }
+}
+
+/// Bytes of one list entry in a `Committed` message (`tutti_proto::ordered::ENTRY_BYTES`).
+pub const COMMITTED_ENTRY_BYTES: usize = 32;
+/// Most entries one `Committed` message carries (it fits one datagram unfragmented).
+pub const MAX_COMMITTED_ENTRIES: usize = 24;
+
+/// A `Committed` message: the backup replica of memory node `memnode` (placement `epoch`)
+/// holds the list up to `tail` (exclusive); the entries that follow are positions `first`,
+/// `first + 1`, ... (at most [`MAX_COMMITTED_ENTRIES`], all below `tail`).
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OrderedCommitted {
+    pub memnode: u16,
+    pub reserved: [u8; 6],
+    pub epoch: u64,
+    pub tail: u64,
+    pub first: u64,
+}
+
+impl OrderedCommitted {
+    /// Bytes of the header on the wire.
+    pub const SIZE: usize = core::mem::size_of::<OrderedCommitted>();
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        bytemuck::cast(*self)
+    }
+}
+
+/// Splits a reassembled `Committed` message into its header and its entries' bytes: whole
+/// entries, at most [`MAX_COMMITTED_ENTRIES`], none at or past `tail`, reserved bytes zero.
+pub fn split_committed(bytes: &[u8]) -> Result<(OrderedCommitted, &[u8]), PacketError> {
+    let (h, rest) = take::<OrderedCommitted>(bytes)?;
+    if h.reserved != [0; 6] {
+        return Err(PacketError::ReservedNonZero);
+    }
+    if rest.len() % COMMITTED_ENTRY_BYTES != 0 {
+        return Err(PacketError::LengthMismatch("committed entries not whole"));
+    }
+    let count = rest.len() / COMMITTED_ENTRY_BYTES;
+    if count > MAX_COMMITTED_ENTRIES {
+        return Err(PacketError::LengthMismatch(
+            "more committed entries than a message carries",
+        ));
+    }
+    let (first, tail) = (h.first, h.tail);
+    if first.checked_add(count as u64).is_none_or(|end| end > tail) {
+        return Err(PacketError::LengthMismatch("committed entries past the tail"));
+    }
+    Ok((h, rest))
 }
 
 /// A `Placement` message: where a group's memory node runs, as the answering node holds it:
@@ -1993,8 +2051,8 @@ mod tests {
         };
         assert_eq!(good.check(10), Ok(OrderedKind::Payload));
         assert!(matches!(good.check(9), Err(PacketError::LengthMismatch(_))));
-        let bad_kind = OrderedHeader { kind: 9, ..good };
-        assert_eq!(bad_kind.check(10), Err(PacketError::UnknownKind(9)));
+        let bad_kind = OrderedHeader { kind: 10, ..good };
+        assert_eq!(bad_kind.check(10), Err(PacketError::UnknownKind(10)));
         let bad_index = OrderedHeader { index: 1, ..good };
         assert!(matches!(bad_index.check(10), Err(PacketError::LengthMismatch(_))));
         let too_long = OrderedHeader {
@@ -2296,6 +2354,33 @@ mod tests {
                 prop_assert_eq!(&p.to_bytes()[..], &bytes[..]);
                 let epoch = p.epoch;
                 prop_assert!(epoch >= 1 || p == OrderedPlacement::UNKNOWN);
+            }
+        }
+
+        #[test]
+        fn committed_messages_round_trip(memnode: u16, epoch: u64, first in 0u64..1 << 40, count in 0usize..=MAX_COMMITTED_ENTRIES, past in 0u64..100) {
+            let h = OrderedCommitted { memnode, reserved: [0; 6], epoch, tail: first + count as u64 + past, first };
+            let mut bytes = h.to_bytes().to_vec();
+            bytes.extend((0..count * COMMITTED_ENTRY_BYTES).map(|i| i as u8));
+            let (d, entries) = split_committed(&bytes).unwrap();
+            prop_assert_eq!(d, h);
+            prop_assert_eq!(entries.len(), count * COMMITTED_ENTRY_BYTES);
+            prop_assert!(split_committed(&bytes[..bytes.len() - 1]).is_err());
+            if count > 0 {
+                // One entry past the tail: refused.
+                let short = OrderedCommitted { tail: first + count as u64 - 1, ..h };
+                let mut bad = short.to_bytes().to_vec();
+                bad.extend(&bytes[OrderedCommitted::SIZE..]);
+                prop_assert!(split_committed(&bad).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_committed_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            if let Ok((h, entries)) = split_committed(&bytes) {
+                prop_assert_eq!(OrderedCommitted::SIZE + entries.len(), bytes.len());
+                let (first, tail) = (h.first, h.tail);
+                prop_assert!(first + (entries.len() / COMMITTED_ENTRY_BYTES) as u64 <= tail);
             }
         }
 

@@ -12,7 +12,7 @@
 
 use super::{
     choose_backup, choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedCounters, OrderedMember,
-    OrderedSettings, Output, PartitionPolicy, RemoveReason, Status, ViewEvent, MEMNODE,
+    OrderedSettings, Output, PartitionPolicy, RemoveReason, Status, ViewEvent, ENTRY_BYTES, LIST, MEMNODE,
 };
 use crate::minitx::{MemnodeId, MemoryNode, MemoryNodeCounters, MinitxSettings};
 use crate::{GroupId, NodeId, Time};
@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 use tutti_wire::minitx::{kind as mtkind, HEADER_LEN as MINITX_HEADER_LEN};
 use tutti_wire::packet::{
-    memnode_message, push_payload_run, split_memnode_message, split_ordered_payload, split_payload_run,
-    start_payload_run, OrderedHeader, OrderedKind, OrderedLayout, OrderedPayloadHeader, OrderedPlacement,
-    DATAGRAM_HEADER_LEN, MAX_ORDERED_FRAGMENTS, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN, PAYLOAD_RUN_ITEM_LEN,
+    memnode_message, push_payload_run, split_committed, split_memnode_message, split_ordered_payload,
+    split_payload_run, start_payload_run, OrderedCommitted, OrderedHeader, OrderedKind, OrderedLayout,
+    OrderedPayloadHeader, OrderedPlacement, DATAGRAM_HEADER_LEN, MAX_COMMITTED_ENTRIES,
+    MAX_ORDERED_FRAGMENTS, MESSAGE_HEADER_LEN, ORDERED_HEADER_LEN, PAYLOAD_RUN_ITEM_LEN,
 };
 
 /// Partial ordered messages held for reassembly at once; beyond, the oldest is dropped.
@@ -132,6 +133,10 @@ pub struct OrderedHostCounters {
     pub placements_announced: u64,
     pub held_while_locating: u64,
     pub dropped_while_locating: u64,
+    /// `Committed` pushes sent by a backup replica here (one per member told), and those
+    /// received that did not come from the group's backup at this node's placement.
+    pub committed_sent: u64,
+    pub committed_refused: u64,
 }
 
 /// A join's search for where its group's memory node runs (`Locate`, answered by
@@ -293,6 +298,8 @@ pub(crate) struct OrderedHost {
     region_replies: VecDeque<(NodeId, Vec<u8>)>,
     /// `pump`'s list of group ids, kept between calls (no allocation per datagram).
     scratch_ids: Vec<GroupId>,
+    /// `push_committed`'s list of destinations, kept between calls likewise.
+    scratch_nodes: Vec<NodeId>,
     /// `pump`'s list of `evs` epoch memory nodes, kept between calls likewise.
     scratch_epochs: Vec<(GroupId, MemnodeId)>,
     /// Groups [`OrderedHost::queue`] took messages for since the last `run_queued`.
@@ -305,6 +312,11 @@ pub(crate) struct OrderedHost {
 /// The datagram size `OrderedHost` sizes payload runs for until told otherwise (the
 /// default `Settings::max_datagram`).
 const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// The tail of a `majority` group's list as `replica` holds it.
+fn list_tail(replica: &MemoryNode) -> Option<u64> {
+    super::entry::u64_at(replica.region(LIST)?, 0)
+}
 
 /// Whether `msg` is a state-transfer chunk of an epoch above `epoch`.
 fn is_newer_snapshot(msg: &[u8], epoch: u64) -> bool {
@@ -468,6 +480,7 @@ impl OrderedHost {
             region_replies: VecDeque::new(),
             scratch_ids: Vec::new(),
             scratch_epochs: Vec::new(),
+            scratch_nodes: Vec::new(),
             queued: Vec::new(),
             run_bytes: message_room(DEFAULT_MAX_DATAGRAM),
         }
@@ -1530,7 +1543,7 @@ impl OrderedHost {
                 }
             }
             // No state transfer under `evs`, and its list epochs are placed by their sides.
-            OrderedKind::Transfer | OrderedKind::Locate | OrderedKind::Placement => {
+            OrderedKind::Transfer | OrderedKind::Locate | OrderedKind::Placement | OrderedKind::Committed => {
                 self.counters.unrouted += 1
             }
             OrderedKind::Held => match self.evs.get_mut(&group) {
@@ -1577,7 +1590,31 @@ impl OrderedHost {
                     self.counters.layout_mismatches += 1;
                     return;
                 }
+                let before = (!r.node.is_primary()).then(|| list_tail(&r.node)).flatten();
                 r.node.handle_message(now, from, msg);
+                if let Some(before) = before {
+                    self.push_committed(group, before);
+                }
+            }
+            OrderedKind::Committed => {
+                let Ok((c, entries)) = split_committed(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                let epoch = c.epoch;
+                let from_backup = c.memnode == MEMNODE
+                    && self
+                        .placements
+                        .get(&group)
+                        .is_some_and(|p| p.backup == Some(from) && p.epoch == epoch);
+                if !from_backup {
+                    self.counters.committed_refused += 1;
+                    return;
+                }
+                match self.groups.get_mut(&group) {
+                    Some(h) => h.member.handle_committed(now, c.tail, c.first, entries),
+                    None => self.counters.unrouted += 1,
+                }
             }
             OrderedKind::ToMember => match self.groups.get_mut(&group) {
                 Some(h) => h.member.handle_minitx(now, from, bytes),
@@ -1664,6 +1701,66 @@ impl OrderedHost {
         }
     }
 
+    /// A backup replica here applied records that moved `group`'s list tail past
+    /// `before`: pushes the new entries (the last `MAX_COMMITTED_ENTRIES` of them) to the
+    /// members of the view as this node's member learned it, but the primary's node (its
+    /// member learns them when the backup's acknowledgement arrives). The backup holds
+    /// them, so they are committed, and every member learns them a hop sooner than from
+    /// the primary's answer or a read: the hops from submit to delivery go from 4 (append,
+    /// replicate, acknowledge, answer) to 3. This node's own member is told too, through
+    /// the local queue.
+    fn push_committed(&mut self, group: GroupId, before: u64) {
+        let Some(r) = self.replicas.get(&group) else {
+            return;
+        };
+        let Some(p) = self.placements.get(&group).copied() else {
+            return;
+        };
+        if r.node.is_primary() || p.backup != Some(self.me) || p.epoch != r.node.epoch() {
+            return;
+        }
+        let (Some(list), Some(after)) = (r.node.region(LIST), list_tail(&r.node)) else {
+            return;
+        };
+        let slots = u64::from(r.layout.list_slots);
+        if after <= before || slots == 0 {
+            return;
+        }
+        let first = before.max(after.saturating_sub((MAX_COMMITTED_ENTRIES as u64).min(slots)));
+        let header = OrderedCommitted {
+            memnode: MEMNODE,
+            reserved: [0; 6],
+            epoch: p.epoch,
+            tail: after,
+            first,
+        };
+        let mut bytes = Vec::with_capacity(OrderedCommitted::SIZE + (after - first) as usize * ENTRY_BYTES);
+        bytes.extend_from_slice(&header.to_bytes());
+        for pos in first..after {
+            let at = 8 + (pos % slots) as usize * ENTRY_BYTES;
+            let Some(entry) = list.get(at..at + ENTRY_BYTES) else {
+                return;
+            };
+            bytes.extend_from_slice(entry);
+        }
+        let Some(h) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let mut dests = std::mem::take(&mut self.scratch_nodes);
+        dests.clear();
+        dests.extend(h.member.view_nodes().filter(|&n| n != p.primary && n != self.me));
+        while let Some(d) = dests.pop() {
+            self.counters.committed_sent += 1;
+            let b = if dests.is_empty() {
+                std::mem::take(&mut bytes)
+            } else {
+                bytes.clone()
+            };
+            self.send(d, group, OrderedKind::Committed, b);
+        }
+        self.scratch_nodes = dests;
+    }
+
     /// Asks every other node of the view that has not answered where `group`'s memory node
     /// runs.
     fn ask_placement(&mut self, group: GroupId) {
@@ -1736,7 +1833,17 @@ impl OrderedHost {
         // A placement made while this node's join still asks where the memory node is, is
         // a guess from this node's view: no replica is made from it.
         let locating = self.locating.contains_key(&group);
-        let known = self.placements.contains_key(&group) && !locating;
+        // A placement learned from another node is that node's, which may be older than
+        // the view (it had not yet installed the view that failed the primary over): a
+        // primary of a later epoch naming this node its backup supersedes it (sim seed
+        // 507: a node added to the cluster learned a crashed primary, refused the promoted
+        // primary's state transfer and sent to the crashed one forever).
+        let superseded = snapshot_epoch.is_some_and(|e| {
+            self.placements
+                .get(&group)
+                .is_some_and(|p| e > p.epoch && p.primary != self.me && p.primary != from)
+        });
+        let known = self.placements.contains_key(&group) && !locating && !superseded;
         if let (Some(epoch), false) = (snapshot_epoch, known) {
             // A node that never placed the group (it joined the cluster after the group
             // was placed) is named backup by the primary's state transfer: placed from

@@ -164,6 +164,11 @@ pub struct OrderedCounters {
     pub helds_sent: u64,
     pub helds_taken: u64,
     pub helds_refused: u64,
+    /// Entries pushed by the memory node's backup (`handle_committed`): pushes taken,
+    /// entries learned from them, and pushes refused (this member not active).
+    pub pushes: u64,
+    pub entries_pushed: u64,
+    pub pushes_refused: u64,
     pub entries_learned: u64,
     pub delivered: u64,
     /// Data entries skipped at delivery: repeated ids, senders outside the view.
@@ -755,6 +760,11 @@ impl OrderedMember {
     }
 
     // ---- accessors ----
+
+    /// The nodes of the view as this member learned it.
+    pub(crate) fn view_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.learn_view.members.iter().map(|m| m.node)
+    }
 
     pub fn node(&self) -> NodeId {
         self.node
@@ -1827,12 +1837,18 @@ impl OrderedMember {
                 // Only possible if `from` was ahead of `learned`: never taken out of order.
                 break;
             }
+            let full = self.learned.saturating_sub(self.delivered) >= u64::from(self.settings.list_slots);
             match Entry::decode(chunk) {
-                Some(e) if e.pos == p => self.learn(now, e),
                 Some(e) if e.pos > p => {
                     overwritten = true;
                     break;
                 }
+                // A full buffer takes no entry; the one read shows only whether this member
+                // was left behind: its slot overwritten, it was removed for lagging (sim
+                // seed 869: a member whose front waited for a crashed member's removal, one
+                // that another member appended past this one's buffer, read nothing forever).
+                _ if full => break,
+                Some(e) if e.pos == p => self.learn(now, e),
                 _ => {
                     self.counters.malformed += 1;
                     break;
@@ -1869,6 +1885,53 @@ impl OrderedMember {
             // would put the same batches, or nowhere (see `build_append`).
             self.pending_uncertain = false;
         }
+    }
+
+    /// List entries the memory node's backup applied (`tail`, then the entries from
+    /// position `first`), checked by the host to come from this list's backup at the
+    /// current placement. The backup holds them, so they are committed: the member learns
+    /// them as from a read, a hop before the primary's answer or a read would bring them.
+    /// Only what a read also proves is taken: the tail (the list reaches at least there)
+    /// and the entries that continue this member's learned prefix. A push never settles
+    /// an append of unknown outcome (the backup may lag the primary): reads still do.
+    pub fn handle_committed(&mut self, now: Time, tail: u64, first: u64, entries: &[u8]) {
+        if self.frozen || self.status != Status::Active || self.known_tail == u64::MAX {
+            self.counters.pushes_refused += 1;
+            return;
+        }
+        self.counters.pushes += 1;
+        self.known_tail = self.known_tail.max(tail);
+        for (i, chunk) in entries.chunks_exact(ENTRY_BYTES).enumerate() {
+            let p = first + i as u64;
+            // Learned but undelivered entries stay within `list_slots`, as a read keeps
+            // them: a member that learned further by pushes appended further, where the
+            // members learning by reads (the memory node's hosts) could not follow, and a
+            // removal it appended there never reached them (sim seed 869: a safe entry
+            // waited at those members for a crashed member's removal forever).
+            if p >= tail
+                || p > self.learned
+                || self.learned.saturating_sub(self.delivered) >= u64::from(self.settings.list_slots)
+            {
+                break;
+            }
+            if p < self.learned {
+                continue;
+            }
+            match Entry::decode(chunk) {
+                Some(e) if e.pos == p => {
+                    self.counters.entries_pushed += 1;
+                    self.learn(now, e);
+                }
+                _ => {
+                    self.counters.malformed += 1;
+                    break;
+                }
+            }
+            if self.status != Status::Active {
+                break;
+            }
+        }
+        self.drive(now);
     }
 
     /// Takes entry `e` (the next position) into this member's learned prefix.
@@ -1953,13 +2016,15 @@ impl OrderedMember {
                     at: now,
                     sender_slot: self.learn_view.get(e.node).map(|m| m.slot),
                 });
-                // Appends whose entries are learned are done, whatever their answer says.
+                // Appends whose entries are learned are done, whatever their answer says
+                // (committed: learned from another answer, a read or the backup's push).
                 while self
                     .appends
                     .front()
                     .is_some_and(|a| a.at + a.entries.len() as u64 <= self.learned)
                 {
                     self.appends.pop_front();
+                    self.counters.appends_committed += 1;
                 }
             }
         }
@@ -2517,9 +2582,13 @@ impl OrderedMember {
     fn reads_from(&self, from: u64, max: u64) -> Minitransaction {
         let buffered = from.saturating_sub(self.delivered);
         let slots = u64::from(self.settings.list_slots);
+        // An active member with a full buffer still reads one entry: not to learn it
+        // (`on_read` takes none past `list_slots` undelivered), but to see whether it was
+        // overwritten (this member was removed for lagging).
+        let least = u64::from(self.status == Status::Active);
         let n = u64::from(self.settings.read_batch)
             .min(max)
-            .min(slots.saturating_sub(buffered));
+            .min(slots.saturating_sub(buffered).max(least));
         let mut mtx = self.base_reads();
         // Contiguous slot ranges (two when the range wraps).
         let first_len = n.min(slots - from % slots);
