@@ -1172,3 +1172,75 @@ fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
         .committed_sent;
     assert!(sent >= 1, "the backup's node pushed");
 }
+
+/// A `Committed` push that does not come from the group's backup at this node's placement
+/// (here: from the primary's node, then from the backup naming another placement epoch) is
+/// refused and counted, and its entry is not learned.
+#[test]
+fn a_push_not_from_the_backup_is_refused() {
+    use tutti_proto::ordered::{Entry, EntryKind, MEMNODE};
+    use tutti_wire::packet::{Encoder, OrderedCommitted, OrderedHeader, OrderedKind};
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let hosts = choose_memnode_hosts(GROUP, &[1, 2, 3]);
+    let (primary, backup) = (hosts[0], hosts[1]);
+    let third = [1, 2, 3].into_iter().find(|n| !hosts[..2].contains(n)).unwrap();
+    let learned = node_mut(&mut nodes, third)
+        .ordered_member(GROUP)
+        .unwrap()
+        .learned();
+    let pushes = node_mut(&mut nodes, third)
+        .ordered_member(GROUP)
+        .unwrap()
+        .counters()
+        .pushes;
+    let forged = |from: NodeId, epoch: u64, incarnation: u32| {
+        let entry = Entry {
+            pos: learned,
+            node: primary,
+            kind: EntryKind::Data {
+                epoch: 0,
+                first_seq: 1_000,
+                count: 1,
+                safe: false,
+            },
+        };
+        let mut body = OrderedCommitted {
+            memnode: MEMNODE,
+            reserved: [0; 6],
+            epoch,
+            tail: learned + 1,
+            first: learned,
+        }
+        .to_bytes()
+        .to_vec();
+        body.extend_from_slice(&entry.encode());
+        let header = OrderedHeader {
+            group: GROUP,
+            msg: 0xfeed,
+            total: body.len() as u32,
+            index: 0,
+            count: 1,
+            kind: OrderedKind::Committed as u8,
+            reserved: [0; 3],
+        };
+        let mut buf = vec![0u8; 1500];
+        let mut enc = Encoder::new(&mut buf, from, incarnation).unwrap();
+        enc.push_ordered(&header, &body).unwrap();
+        let len = enc.len();
+        buf.truncate(len);
+        buf
+    };
+    let incarnation = |nodes: &mut [Node], id: NodeId| node_mut(nodes, id).incarnation();
+    let from_primary = forged(primary, 1, incarnation(&mut nodes, primary));
+    let wrong_epoch = forged(backup, 2, incarnation(&mut nodes, backup));
+    let target = node_mut(&mut nodes, third);
+    target.handle_packet(now, primary, &from_primary);
+    assert_eq!(target.ordered_transport_counters().committed_refused, 1);
+    target.handle_packet(now, backup, &wrong_epoch);
+    assert_eq!(target.ordered_transport_counters().committed_refused, 2);
+    let m = target.ordered_member(GROUP).unwrap();
+    assert_eq!(m.learned(), learned, "a refused push taught nothing");
+    assert_eq!(m.counters().pushes, pushes);
+}
