@@ -11,8 +11,9 @@
 //! on the memory node (pull repair), so no gossip repair is needed.
 
 use super::{
-    choose_backup, choose_memnode_hosts, ConfigEvent, EpochId, EvsMember, OrderedCounters, OrderedMember,
-    OrderedSettings, Output, PartitionPolicy, RemoveReason, Status, ViewEvent, ENTRY_BYTES, LIST, MEMNODE,
+    choose_backup, choose_memnode_hosts, list_slot_offset, ConfigEvent, EpochId, EvsMember, OrderedCounters,
+    OrderedMember, OrderedSettings, Output, PartitionPolicy, RemoveReason, Status, ViewEvent, ENTRY_BYTES,
+    LIST, MEMNODE,
 };
 use crate::minitx::{MemnodeId, MemoryNode, MemoryNodeCounters, MinitxSettings};
 use crate::{GroupId, NodeId, Time};
@@ -1707,8 +1708,9 @@ impl OrderedHost {
     /// member learns them when the backup's acknowledgement arrives). The backup holds
     /// them, so they are committed, and every member learns them a hop sooner than from
     /// the primary's answer or a read: the hops from submit to delivery go from 4 (append,
-    /// replicate, acknowledge, answer) to 3. This node's own member is told too, through
-    /// the local queue.
+    /// replicate, acknowledge, answer) to 3. This node's own member is not told: it would
+    /// learn a hop before the primary's member and win every race for the tail
+    /// (docs/ordered.md, "Committed entries pushed by the backup").
     fn push_committed(&mut self, group: GroupId, before: u64) {
         let Some(r) = self.replicas.get(&group) else {
             return;
@@ -1722,11 +1724,11 @@ impl OrderedHost {
         let (Some(list), Some(after)) = (r.node.region(LIST), list_tail(&r.node)) else {
             return;
         };
-        let slots = u64::from(r.layout.list_slots);
+        let slots = r.layout.list_slots;
         if after <= before || slots == 0 {
             return;
         }
-        let first = before.max(after.saturating_sub((MAX_COMMITTED_ENTRIES as u64).min(slots)));
+        let first = before.max(after.saturating_sub((MAX_COMMITTED_ENTRIES as u64).min(u64::from(slots))));
         let header = OrderedCommitted {
             memnode: MEMNODE,
             reserved: [0; 6],
@@ -1737,7 +1739,7 @@ impl OrderedHost {
         let mut bytes = Vec::with_capacity(OrderedCommitted::SIZE + (after - first) as usize * ENTRY_BYTES);
         bytes.extend_from_slice(&header.to_bytes());
         for pos in first..after {
-            let at = 8 + (pos % slots) as usize * ENTRY_BYTES;
+            let at = list_slot_offset(pos, slots) as usize;
             let Some(entry) = list.get(at..at + ENTRY_BYTES) else {
                 return;
             };

@@ -5,8 +5,8 @@
 
 use super::entry::{u64_at, Entry, EntryKind, EpochId, JoinFrom, ProgressSlot, RemoveReason};
 use super::{
-    epoch_memnode, OrderedSettings, PartitionPolicy, ENTRY_BYTES, LIST, MEMNODE, PROGRESS, PROGRESS_BYTES,
-    QUEUES, QUEUE_HEADER,
+    epoch_memnode, list_slot_offset, OrderedSettings, PartitionPolicy, ENTRY_BYTES, LIST, MEMNODE, PROGRESS,
+    PROGRESS_BYTES, QUEUES, QUEUE_HEADER,
 };
 use crate::fxhash::FxMap;
 use crate::minitx::{
@@ -1837,7 +1837,7 @@ impl OrderedMember {
                 // Only possible if `from` was ahead of `learned`: never taken out of order.
                 break;
             }
-            let full = self.learned.saturating_sub(self.delivered) >= u64::from(self.settings.list_slots);
+            let full = self.buffer_full();
             match Entry::decode(chunk) {
                 Some(e) if e.pos > p => {
                     overwritten = true;
@@ -1908,10 +1908,7 @@ impl OrderedMember {
             // members learning by reads (the memory node's hosts) could not follow, and a
             // removal it appended there never reached them (sim seed 869: a safe entry
             // waited at those members for a crashed member's removal forever).
-            if p >= tail
-                || p > self.learned
-                || self.learned.saturating_sub(self.delivered) >= u64::from(self.settings.list_slots)
-            {
+            if p >= tail || p > self.learned || self.buffer_full() {
                 break;
             }
             if p < self.learned {
@@ -1932,6 +1929,12 @@ impl OrderedMember {
             }
         }
         self.drive(now);
+    }
+
+    /// Whether `list_slots` entries are learned and not yet delivered: the most this member
+    /// buffers, whether it learns them from reads or from pushes.
+    fn buffer_full(&self) -> bool {
+        self.learned.saturating_sub(self.delivered) >= u64::from(self.settings.list_slots)
     }
 
     /// Takes entry `e` (the next position) into this member's learned prefix.
@@ -2485,8 +2488,11 @@ impl OrderedMember {
     }
 
     fn list_addr(&self, pos: u64) -> Address {
-        let slot = pos % u64::from(self.settings.list_slots);
-        Address::new(self.memnode, LIST, 8 + (slot as u32) * ENTRY_BYTES as u32)
+        Address::new(
+            self.memnode,
+            LIST,
+            list_slot_offset(pos, self.settings.list_slots),
+        )
     }
 
     /// Publishes this member's progress (learned, held, installed) if it has a slot and
@@ -2758,10 +2764,9 @@ impl OrderedMember {
             // Reads wait for the chain: its answers carry the same reads.
             return;
         }
-        let buffered = self.learned - self.delivered;
         let due = self.read_now
             || self.payload_hint
-            || (self.known_tail > self.learned && buffered < u64::from(self.settings.list_slots))
+            || (self.known_tail > self.learned && !self.buffer_full())
             || self.known_tail == u64::MAX
             || now >= self.last_read + self.read_interval();
         if !due {

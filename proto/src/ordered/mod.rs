@@ -40,6 +40,12 @@ pub const PROGRESS: u32 = 2;
 pub const QUEUES: u32 = 3;
 /// Bytes of one list entry.
 pub const ENTRY_BYTES: usize = 32;
+
+/// Where list position `pos` sits in the `LIST` region of a list of `list_slots` slots:
+/// the tail (8 bytes), then the slots, position `pos` in slot `pos % list_slots`.
+pub(crate) fn list_slot_offset(pos: u64, list_slots: u32) -> u32 {
+    8 + (pos % u64::from(list_slots)) as u32 * ENTRY_BYTES as u32
+}
 /// Bytes of one progress slot.
 pub const PROGRESS_BYTES: usize = 32;
 /// Bytes before a payload in a queue slot: node u32, len u32, epoch u64, seq u64.
