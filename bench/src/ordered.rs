@@ -80,6 +80,12 @@ pub struct OrderedResult {
     pub sent: u64,
     /// Every member delivered the same (publisher, seq) sequence.
     pub same_order: bool,
+    /// CPU seconds (user + system) each daemon used in the throughput phase (to the last
+    /// delivery), per million messages delivered: the cost of the order, less noisy than
+    /// the rate on a shared machine.
+    pub daemon_cpu_s_per_m: Vec<f64>,
+    /// Their sum.
+    pub cpu_s_per_m_total: f64,
 }
 
 struct Member {
@@ -234,7 +240,15 @@ fn run_with(o: &OrderedOptions, daemons: &[Daemon]) -> Result<OrderedResult, Str
         for t in subs {
             t.join().map_err(|_| "subscriber panicked".to_string())??;
         }
-        let (sent, offered_per_s) = result?;
+        let (sent, offered_per_s, cpu) = result?;
+        let per_m = |d: &Duration| {
+            if sent == 0 {
+                0.0
+            } else {
+                (d.as_secs_f64() * 1e6 / sent as f64 * 1000.0).round() / 1000.0
+            }
+        };
+        let daemon_cpu_s_per_m: Vec<f64> = cpu.iter().map(per_m).collect();
         let mut latency = new_histogram();
         let mut member_latency = Vec::new();
         let mut loaded = new_histogram();
@@ -276,6 +290,8 @@ fn run_with(o: &OrderedOptions, daemons: &[Daemon]) -> Result<OrderedResult, Str
             delivered,
             sent,
             same_order,
+            cpu_s_per_m_total: (daemon_cpu_s_per_m.iter().sum::<f64>() * 1000.0).round() / 1000.0,
+            daemon_cpu_s_per_m,
         })
     })
 }
@@ -370,7 +386,10 @@ fn publish_phases(
     daemons: &[Daemon],
     members: &[Member],
     throughput_phase: &AtomicBool,
-) -> Result<(u64, f64), String> {
+) -> Result<(u64, f64, Vec<Duration>), String> {
+    let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+    let cpu_times =
+        || -> Result<Vec<Duration>, String> { pids.iter().map(|&p| crate::daemon::cpu_time(p)).collect() };
     let mut publishers = Vec::new();
     for i in 0..o.senders {
         let d = &daemons[i % daemons.len()];
@@ -406,6 +425,7 @@ fn publish_phases(
     }
     // Throughput: every publisher as fast as its daemon takes messages.
     throughput_phase.store(true, Ordering::Release);
+    let cpu_before = cpu_times()?;
     let started = Instant::now();
     let in_flight_sent = AtomicU64::new(0);
     let sent: Vec<u64> = std::thread::scope(|s| {
@@ -474,7 +494,12 @@ fn publish_phases(
         }
         sleep_checked(Duration::from_millis(10))?;
     }
-    Ok((total, (total as f64 / window).round()))
+    let cpu = cpu_times()?
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    Ok((total, (total as f64 / window).round(), cpu))
 }
 
 pub fn print_table(r: &OrderedResult) {
@@ -508,6 +533,10 @@ pub fn print_table(r: &OrderedResult) {
     println!(
         "  {} messages sent, delivered {:?}; same order at every member: {}",
         r.sent, r.delivered, r.same_order
+    );
+    println!(
+        "  daemon CPU seconds per million messages (throughput phase): {:?}, total {}",
+        r.daemon_cpu_s_per_m, r.cpu_s_per_m_total
     );
 }
 
