@@ -1149,7 +1149,7 @@ impl Cluster {
         };
         Some(format!(
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
-             entries learned {} (pushed {} in {} pushes, refused {}), repairs {}, safe waits {}, removals (suspected {}, lagging {}), reclaim waits {}, queue waits {}, \
+             entries learned {} (pushed {} in {} pushes, refused {}), repairs {}, safe waits {}, removals (suspected {}, lagging {}, left behind {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
              (limited {}, refused {}), progress told {}, heard {} (refused {}), fairness requests {}, holds {}",
             c.appends,
@@ -1166,6 +1166,7 @@ impl Cluster {
             c.safe_waits,
             c.removals_suspected,
             c.removals_lagging,
+            c.left_behind,
             c.reclaim_waits,
             c.queue_waits,
             c.payloads_dropped,

@@ -1105,12 +1105,18 @@ fn node_mut(nodes: &mut [Node], id: NodeId) -> &mut Node {
     nodes.iter_mut().find(|n| n.id() == id).expect("node")
 }
 
+/// Of nodes 1, 2 and 3: the one hosting `GROUP`'s memory node primary, its backup, and the
+/// third, which hosts neither.
+fn memnode_roles() -> (NodeId, NodeId, NodeId) {
+    let hosts = choose_memnode_hosts(GROUP, &[1, 2, 3]);
+    let third = [1, 2, 3].into_iter().find(|n| !hosts[..2].contains(n)).unwrap();
+    (hosts[0], hosts[1], third)
+}
+
 #[test]
 fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
-    let hosts = choose_memnode_hosts(GROUP, &[1, 2, 3]);
-    let (primary, backup) = (hosts[0], hosts[1]);
-    let third = [1, 2, 3].into_iter().find(|n| !hosts[..2].contains(n)).unwrap();
+    let (primary, backup, third) = memnode_roles();
     // Idle, then one message from the backup's node, delivered in hops: every datagram
     // sent in one hop arrives in the next, 25 us later.
     let until = now + 200 * MILLIS;
@@ -1183,9 +1189,7 @@ fn a_push_not_from_the_backup_is_refused() {
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
     let until = now + 100 * MILLIS;
     run(&mut nodes, &mut now, until, &mut events);
-    let hosts = choose_memnode_hosts(GROUP, &[1, 2, 3]);
-    let (primary, backup) = (hosts[0], hosts[1]);
-    let third = [1, 2, 3].into_iter().find(|n| !hosts[..2].contains(n)).unwrap();
+    let (primary, backup, third) = memnode_roles();
     let learned = node_mut(&mut nodes, third)
         .ordered_member(GROUP)
         .unwrap()
@@ -1243,4 +1247,92 @@ fn a_push_not_from_the_backup_is_refused() {
     let m = target.ordered_member(GROUP).unwrap();
     assert_eq!(m.learned(), learned, "a refused push taught nothing");
     assert_eq!(m.counters().pushes, pushes);
+}
+
+/// The memory node's hosts take a message's payload from the writes their replica applies
+/// (the append carries it to the primary, the replicate to the backup), so a sender
+/// disseminates it only to the members on neither host: here the third node's messages go
+/// to nobody but the primary, and every member still delivers every one of them without a
+/// pull repair.
+#[test]
+fn the_memory_node_hosts_take_payloads_from_the_append_not_from_dissemination() {
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let (primary, backup, third) = memnode_roles();
+    let runs_before = node_mut(&mut nodes, third)
+        .ordered_transport_counters()
+        .payload_runs_sent;
+    let tapped_before =
+        |nodes: &mut [Node], id: NodeId| node_mut(nodes, id).ordered_transport_counters().payloads_tapped;
+    let (p0, b0) = (
+        tapped_before(&mut nodes, primary),
+        tapped_before(&mut nodes, backup),
+    );
+    for i in 0..20u8 {
+        node_mut(&mut nodes, third)
+            .submit_ordered(now, GROUP, &[b't', i], false)
+            .unwrap();
+        let until = now + MILLIS;
+        run(&mut nodes, &mut now, until, &mut events);
+    }
+    let until = now + 200 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    for (i, evs) in events.iter().enumerate() {
+        let got: Vec<Vec<u8>> = delivered(evs)
+            .into_iter()
+            .filter(|(s, _)| *s == third)
+            .map(|(_, p)| p)
+            .collect();
+        let want: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b't', i]).collect();
+        assert_eq!(got, want, "node {} delivered every message of the third", i + 1);
+    }
+    assert_eq!(
+        node_mut(&mut nodes, third)
+            .ordered_transport_counters()
+            .payload_runs_sent,
+        runs_before,
+        "the third node disseminated nothing: both other members host the memory node"
+    );
+    for id in [primary, backup] {
+        let n = node_mut(&mut nodes, id);
+        assert!(
+            n.ordered_transport_counters().payloads_tapped >= if id == primary { p0 + 20 } else { b0 + 20 },
+            "node {id} took every payload from its replica"
+        );
+        assert_eq!(
+            n.ordered_member(GROUP).unwrap().counters().repairs,
+            0,
+            "node {id} repaired nothing"
+        );
+    }
+}
+
+/// As above for an `evs` group, whose list's memory node runs on the list's founder (node
+/// 1, the lowest of the side) without a backup: the others' messages reach the founder's
+/// member only through their appends, and every member delivers all of them in one order
+/// without a pull repair.
+#[test]
+fn an_evs_founder_takes_payloads_from_the_appends() {
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, evs()).unwrap();
+    }
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 3_000 * MILLIS);
+    let whole = |_: NodeId, _: NodeId| true;
+    let tapped = nodes[0].ordered_transport_counters().payloads_tapped;
+    send_rounds(&mut nodes, &mut now, &mut events, &whole, 7, 10);
+    let got: Vec<_> = events.iter().map(|e| delivered_tagged(e, 7)).collect();
+    assert_eq!(got[0].len(), 30, "every message at the founder");
+    assert_eq!(got[0], got[1]);
+    assert_eq!(got[0], got[2]);
+    assert!(
+        nodes[0].ordered_transport_counters().payloads_tapped >= tapped + 20,
+        "the founder took the others' 20 payloads from their appends"
+    );
+    let repairs = nodes[0]
+        .evs_member(GROUP)
+        .and_then(|m| m.current())
+        .map(|m| m.counters().repairs);
+    assert_eq!(repairs, Some(0), "the founder repaired nothing");
 }

@@ -351,7 +351,16 @@ pub struct OrderedSim {
     /// `TUTTI_SIM_ORDERED_DEBUG`: print every ordered event but deliveries.
     debug: bool,
     regions: RegionWorkload,
+    /// The node whose timer fired last, at what time and how many times in a row then: a
+    /// timer that `poll_timeout` names but `handle_timeout` never consumes would hold
+    /// simulated time still forever (`TIMER_SPIN_LIMIT`).
+    spin: (NodeId, Time, u32),
+    livelocked: bool,
 }
+
+/// Timeouts of one node at one simulated time, in a row, taken for a timer that is never
+/// consumed: the seed fails (liveness) instead of running forever.
+const TIMER_SPIN_LIMIT: u32 = 100_000;
 
 /// The application-region workload (`OrderedScenario::regions`).
 #[derive(Default)]
@@ -418,6 +427,8 @@ impl OrderedSim {
             link_last: HashMap::new(),
             debug: std::env::var_os("TUTTI_SIM_ORDERED_DEBUG").is_some(),
             regions: RegionWorkload::default(),
+            spin: (0, 0, 0),
+            livelocked: false,
         }
     }
 
@@ -545,6 +556,9 @@ impl OrderedSim {
         // Bootstrap: the cluster forms.
         while self.now < MAX_BOOTSTRAP {
             self.step_until(self.now + 10 * MILLIS);
+            if self.livelocked {
+                return self.finish(false);
+            }
             let n = self.sc.nodes as usize;
             if self.nodes.values().all(|x| x.view().members.len() == n) {
                 break;
@@ -588,6 +602,9 @@ impl OrderedSim {
         while t < deadline {
             t += TICK;
             self.step_until(t);
+            if self.livelocked {
+                return self.finish(false);
+            }
             let paused = gap.is_some_and(|(from, to)| t >= from && t < to);
             if t < send_end && !paused {
                 self.submit_burst();
@@ -943,6 +960,20 @@ impl OrderedSim {
                 };
                 self.act(a);
             } else if let Some((_, id)) = t_node {
+                if (self.spin.0, self.spin.1) == (id, self.now) {
+                    self.spin.2 += 1;
+                } else {
+                    self.spin = (id, self.now, 0);
+                }
+                if self.spin.2 > TIMER_SPIN_LIMIT {
+                    self.checker.violations.liveness += 1;
+                    self.checker.samples.push(format!(
+                        "node {id}: a timer due at {} ms fired {TIMER_SPIN_LIMIT} times without being consumed",
+                        self.now as f64 / MILLIS as f64
+                    ));
+                    self.livelocked = true;
+                    return;
+                }
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.handle_timeout(self.now);
                 }

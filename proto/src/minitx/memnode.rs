@@ -278,6 +278,10 @@ pub struct MemoryNode {
     /// Backup: records that came ahead of a lost or late one (their `Replicate`
     /// messages, by log sequence number), at most `2 * replicate_burst` past `applied`.
     records_ahead: BTreeMap<u64, Vec<u8>>,
+    /// The region whose committed writes are noted for the host ([`Self::tapped`]), and
+    /// the writes to it that the last `handle_message` or `handle_timeout` applied.
+    tap: Option<u32>,
+    tapped: Vec<Range>,
     counters: MemoryNodeCounters,
 }
 
@@ -384,8 +388,23 @@ impl MemoryNode {
             last_bad_snapshot: None,
             out: VecDeque::new(),
             records_ahead: BTreeMap::new(),
+            tap: None,
+            tapped: Vec::new(),
             counters: MemoryNodeCounters::default(),
         }
+    }
+
+    /// Notes the committed writes to `region` (an ordered group's queues: the host hands
+    /// the payloads they carry to its member, [`Self::tapped`]).
+    pub fn set_tap(&mut self, region: u32) {
+        self.tap = Some(region);
+    }
+
+    /// The bytes now at each write to the tapped region that the last `handle_message` or
+    /// `handle_timeout` applied, in the order applied (a later write to the same range in
+    /// that call shows its own bytes twice).
+    pub fn tapped(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.tapped.iter().filter_map(|r| self.slice(r))
     }
 
     /// Adds a zero-filled region of `size` bytes (configuration: primary and backup get
@@ -593,6 +612,7 @@ impl MemoryNode {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        self.tapped.clear();
         let Role::Primary(p) = &mut self.role else {
             return;
         };
@@ -644,6 +664,7 @@ impl MemoryNode {
     }
 
     pub fn handle_message(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        self.tapped.clear();
         let msg = match Message::decode(bytes) {
             Ok(m) => m,
             Err(_) => {
@@ -1901,19 +1922,13 @@ impl MemoryNode {
                 if let Some(p) = self.prepared.remove(txid) {
                     if *commit {
                         for (range, data) in &p.writes {
-                            self.store(range, data);
-                            if !self.watchers.is_empty() {
-                                self.wake_watchers(range);
-                            }
+                            self.commit_write(range, data);
                         }
                     }
                 }
                 if *commit {
                     for w in writes {
-                        self.store(&w.range, w.data);
-                        if !self.watchers.is_empty() {
-                            self.wake_watchers(&w.range);
-                        }
+                        self.commit_write(&w.range, w.data);
                     }
                 }
                 self.decided_bytes += reply.len() + DECIDED_OVERHEAD;
@@ -1976,6 +1991,18 @@ impl MemoryNode {
         if self.decided_order.len() > 2 * self.settings.max_decided + 16 {
             let decided = &self.decided;
             self.decided_order.retain(|t| decided.contains_key(t));
+        }
+    }
+
+    /// Applies a committed write: stores it, wakes the readers watching its range and
+    /// notes it if its region is tapped.
+    fn commit_write(&mut self, range: &Range, data: &[u8]) {
+        self.store(range, data);
+        if !self.watchers.is_empty() {
+            self.wake_watchers(range);
+        }
+        if self.tap == Some(range.region) {
+            self.tapped.push(*range);
         }
     }
 

@@ -308,6 +308,24 @@ impl EvsMember {
         self.pump(now);
     }
 
+    /// Payloads that list `epoch`'s memory node, on this node, applied to its queues (see
+    /// [`OrderedMember::handle_queued`]): to that list's member. Returns how many it took.
+    pub fn handle_queued<'a>(
+        &mut self,
+        now: Time,
+        epoch: EpochId,
+        slots: impl IntoIterator<Item = &'a [u8]>,
+    ) -> u64 {
+        let taken = match self.lists_mut().find(|m| m.list_epoch() == Some(epoch)) {
+            Some(m) => m.handle_queued(now, slots),
+            None => 0,
+        };
+        if taken > 0 {
+            self.pump(now);
+        }
+        taken
+    }
+
     /// A minitransaction message from a memory node: to the list it is about.
     pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
         let memnode = tutti_wire::minitx::Message::decode(bytes)

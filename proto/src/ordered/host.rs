@@ -138,6 +138,10 @@ pub struct OrderedHostCounters {
     /// received that did not come from the group's backup at this node's placement.
     pub committed_sent: u64,
     pub committed_refused: u64,
+    /// Payloads this node's member took from the queue writes its replica of the group's
+    /// memory node applied (an append at the primary, a replicated record at the backup):
+    /// a sender disseminates nothing to the memory node's hosts.
+    pub payloads_tapped: u64,
 }
 
 /// A join's search for where its group's memory node runs (`Locate`, answered by
@@ -1100,8 +1104,8 @@ impl OrderedHost {
         members.sort_unstable();
         members.dedup();
         members.retain(|&n| n != self.me);
-        self.counters.payload_runs_sent += 1;
         if let Some((&last, rest)) = members.split_last() {
+            self.counters.payload_runs_sent += 1;
             for &n in rest {
                 self.send(n, group, OrderedKind::PayloadRun, body.clone());
             }
@@ -1275,6 +1279,15 @@ impl OrderedHost {
                     } else {
                         let mut members = h.member.learned_members();
                         members.extend(h.member.view().1);
+                        // The memory node's hosts take the payload from the append that
+                        // carries it (`payloads_tapped`); a host that misses it (a stale
+                        // placement here, a backup catching up from a snapshot) reads it
+                        // from the queue like any member that missed one.
+                        if let (Some(p), false) =
+                            (self.placements.get(&group), self.locating.contains_key(&group))
+                        {
+                            members.retain(|&n| n != p.primary && Some(n) != p.backup);
+                        }
                         members
                     };
                     self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
@@ -1368,9 +1381,12 @@ impl OrderedHost {
                     let mut members = Vec::new();
                     if !run_extends(&run, (sender, epoch, seq), bytes.len(), self.run_bytes) {
                         for m in [h.member.current(), h.member.gathering()].into_iter().flatten() {
-                            if m.list_epoch().is_some_and(|e| e.number == number) {
+                            if let Some(e) = m.list_epoch().filter(|e| e.number == number) {
                                 members.extend(m.learned_members());
                                 members.extend(m.view().1);
+                                // The list's memory node runs on its founder, whose member
+                                // takes the payload from the append (`payloads_tapped`).
+                                members.retain(|&n| n != e.founder);
                             }
                         }
                     }
@@ -1451,6 +1467,7 @@ impl OrderedHost {
             }
         }
         node.set_placement(memnode, self.me);
+        node.set_tap(super::QUEUES);
         if self.epoch_replicas.contains_key(&(group, memnode)) {
             self.counters.epoch_replicas_freed += 1;
         }
@@ -1519,6 +1536,9 @@ impl OrderedHost {
                     return;
                 }
                 r.node.handle_message(now, from, msg);
+                if let Some(h) = self.evs.get_mut(&group) {
+                    self.counters.payloads_tapped += h.member.handle_queued(now, r.epoch, r.node.tapped());
+                }
             }
             OrderedKind::ToMember => {
                 if let Some(h) = self.evs.get_mut(&group) {
@@ -1593,6 +1613,9 @@ impl OrderedHost {
                 }
                 let before = (!r.node.is_primary()).then(|| list_tail(&r.node)).flatten();
                 r.node.handle_message(now, from, msg);
+                if let Some(h) = self.groups.get_mut(&group) {
+                    self.counters.payloads_tapped += h.member.handle_queued(now, r.node.tapped());
+                }
                 if let Some(before) = before {
                     self.push_committed(group, before);
                 }
@@ -1886,6 +1909,7 @@ impl OrderedHost {
             }
         }
         node.set_placement(MEMNODE, p.primary);
+        node.set_tap(super::QUEUES);
         let _ = now;
         self.counters.replicas_created += 1;
         self.replicas.insert(

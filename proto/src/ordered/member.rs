@@ -187,6 +187,9 @@ pub struct OrderedCounters {
     /// Remove entries this member appended, by reason.
     pub removals_suspected: u64,
     pub removals_lagging: u64,
+    /// Times this member found itself left behind (`left_behind`): its buffer full, the
+    /// list further on, and no delivery for `lag_timeout`; it then counts itself removed.
+    pub left_behind: u64,
     /// Appends that waited: the list is full up to the slowest member / a queue slot is
     /// not yet held by every member.
     pub reclaim_waits: u64,
@@ -534,6 +537,9 @@ pub struct OrderedMember {
     doubted: BTreeSet<NodeId>,
     /// Since when this sender's next queue slot waits for a member to hold its payload.
     queue_blocked_since: Option<Time>,
+    /// Since when this member's buffer has been full with the list further on, at the
+    /// same delivered position (`left_behind`).
+    full_since: Option<(Time, u64)>,
     leaving: bool,
     list_op: Option<(TxId, ListOp)>,
     repair_op: Option<(TxId, Vec<PayloadId>)>,
@@ -736,6 +742,7 @@ impl OrderedMember {
             suspected: BTreeSet::new(),
             doubted: BTreeSet::new(),
             queue_blocked_since: None,
+            full_since: None,
             leaving: false,
             list_op: None,
             repair_op: None,
@@ -905,12 +912,16 @@ impl OrderedMember {
         if let Some(until) = held_until {
             t = t.min(until);
         }
-        if let (Some(since), None, true, true, None) = (
+        // Only while an append may be built (`may_append`): a member behind the known tail
+        // whose buffer is full builds none until it delivers, and the timer would fire
+        // forever unconsumed (tutti-sim ordered seed 869 held simulated time still).
+        if let (Some(since), None, true, true, None, true) = (
             self.queue_blocked_since,
             &self.list_op,
             self.appends.is_empty(),
             self.in_majority,
             held_until,
+            self.may_append(),
         ) {
             t = t.min(since + self.settings.lag_timeout);
         }
@@ -919,6 +930,9 @@ impl OrderedMember {
         }
         if self.tell_due() {
             t = t.min(self.tell_at);
+        }
+        if let Some((since, _)) = self.full_since {
+            t = t.min(since + self.settings.lag_timeout);
         }
         if self.status == Status::Installing {
             t = t.min(self.install_deadline);
@@ -1264,6 +1278,28 @@ impl OrderedMember {
             seq = s.checked_add(1);
         }
         self.drive(now);
+    }
+
+    /// Payloads that the memory node's replica on this node applied to the queues (the
+    /// queue slots' bytes: header and payload), taken as `handle_payload` takes each, then
+    /// one pass of the member; this member's own and unparsable slots are skipped. Returns
+    /// how many were offered.
+    pub fn handle_queued<'a>(&mut self, now: Time, slots: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+        let mut taken = 0;
+        for slot in slots {
+            match super::queue_slot(slot) {
+                Some((sender, epoch, seq, bytes)) if sender != self.node => {
+                    self.take_payload((sender, epoch, seq), bytes);
+                    taken += 1;
+                }
+                Some(_) => {}
+                None => self.counters.malformed += 1,
+            }
+        }
+        if taken > 0 {
+            self.drive(now);
+        }
+        taken
     }
 
     /// Holds a disseminated payload for delivery, unless it is not wanted (dropped, counted).
@@ -2139,10 +2175,52 @@ impl OrderedMember {
             return;
         }
         self.deliver(now);
+        if self.left_behind(now) {
+            return;
+        }
         self.start_list_op(now);
         self.publish(now);
         self.tell(now);
         self.start_repair(now);
+    }
+
+    /// Whether this member is left behind, and then counts itself removed for lagging:
+    /// its buffer is full (it learns nothing more), the list goes further, and it has
+    /// delivered nothing for `lag_timeout`. Its front entry may wait for an entry beyond
+    /// its buffer (a `safe` message for a crashed member's removal); the others then
+    /// remove it for lagging, and it would learn that only once the list overwrote its
+    /// slots, which an idle group never does (sim seed 869: the one member left in the
+    /// view appended nothing more, and three members waited forever). Whether or not the
+    /// others removed it yet, they will: it no longer learns. It joins again with a state
+    /// transfer, as any removed member does.
+    fn left_behind(&mut self, now: Time) -> bool {
+        // Not in an `evs` list: there a slow member slows its configuration, nobody
+        // removes it for lagging, and a crashed one leaves with the next configuration.
+        let stuck = self.evs.is_none()
+            && self.status == Status::Active
+            && self.known_tail != u64::MAX
+            && self.known_tail > self.learned
+            && self.buffer_full();
+        if !stuck {
+            self.full_since = None;
+            return false;
+        }
+        match self.full_since {
+            Some((_, delivered)) if delivered != self.delivered => {
+                self.full_since = Some((now, self.delivered));
+                false
+            }
+            Some((since, _)) if now >= since + self.settings.lag_timeout => {
+                self.counters.left_behind += 1;
+                self.removed(RemoveReason::Lagging);
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.full_since = Some((now, self.delivered));
+                false
+            }
+        }
     }
 
     /// Whether this member's progress has moved since it last told the others. Every
@@ -2724,10 +2802,7 @@ impl OrderedMember {
         }
         // The first append goes at the learned tail; the next ones are chained after it.
         while !hold
-            && self.status == Status::Active
-            && !self.pending_uncertain
-            && !self.chain_broken
-            && (self.learned >= self.known_tail || !self.appends.is_empty())
+            && self.may_append()
             && self.appends.len() < self.window.min(self.settings.max_appends_in_flight) as usize
         {
             let Some((mtx, at, entries)) = self.build_append(now) else {
@@ -2793,6 +2868,17 @@ impl OrderedMember {
         self.read_hinted = std::mem::take(&mut self.payload_hint);
         self.last_read = now;
         self.submit_list_op(now, &mtx, ListOp::Read { from });
+    }
+
+    /// Whether `start_list_op` may build an append now (hold and window aside): active,
+    /// no outcome in doubt, the chain whole, and at the learned tail or chained after an
+    /// append in flight. `build_append` acts on the lag timer, so `poll_timeout` names
+    /// that timer only when this holds.
+    fn may_append(&self) -> bool {
+        self.status == Status::Active
+            && !self.pending_uncertain
+            && !self.chain_broken
+            && (self.learned >= self.known_tail || !self.appends.is_empty())
     }
 
     /// This member's join entry at `at`: `EvsJoin` in an `evs` list.
@@ -3263,23 +3349,14 @@ impl OrderedMember {
 
     fn on_repair(&mut self, ids: &[PayloadId], reads: &[Vec<u8>]) {
         for (id, b) in ids.iter().zip(reads) {
-            let header = (
-                b.get(0..4)
-                    .and_then(|x| x.try_into().ok())
-                    .map(u32::from_le_bytes),
-                b.get(4..8)
-                    .and_then(|x| x.try_into().ok())
-                    .map(u32::from_le_bytes),
-                u64_at(b, 8),
-                u64_at(b, 16),
-            );
-            let (Some(node), Some(len), Some(epoch), Some(seq)) = header else {
+            let slot = super::queue_slot(b);
+            if slot.is_none() && b.len() < QUEUE_HEADER {
                 self.counters.malformed += 1;
                 continue;
-            };
-            let payload = b.get(QUEUE_HEADER..QUEUE_HEADER + len as usize);
+            }
+            let payload = slot.and_then(|(node, epoch, seq, p)| ((node, epoch, seq) == *id).then_some(p));
             match payload {
-                Some(p) if (node, epoch, seq) == *id => {
+                Some(p) => {
                     self.payloads.insert(*id, p.to_vec());
                 }
                 _ => {

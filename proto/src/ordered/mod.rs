@@ -51,6 +51,22 @@ pub const PROGRESS_BYTES: usize = 32;
 /// Bytes before a payload in a queue slot: node u32, len u32, epoch u64, seq u64.
 pub const QUEUE_HEADER: usize = 24;
 
+/// The payload a queue slot holds: `(sender, epoch, seq, bytes)`, or `None` if the slot's
+/// header does not parse or names more bytes than the slot has.
+pub(crate) fn queue_slot(b: &[u8]) -> Option<(NodeId, u64, u64, &[u8])> {
+    let u32_at = |at: usize| {
+        b.get(at..at + 4)
+            .map(|x| u32::from_le_bytes(x.try_into().unwrap()))
+    };
+    let u64_at = |at: usize| {
+        b.get(at..at + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().unwrap()))
+    };
+    let (node, len, epoch, seq) = (u32_at(0)?, u32_at(4)?, u64_at(8)?, u64_at(16)?);
+    let payload = b.get(QUEUE_HEADER..QUEUE_HEADER.checked_add(len as usize)?)?;
+    Some((node, epoch, seq, payload))
+}
+
 /// Items of an append besides its payload writes and entries: the tail and progress reads,
 /// two reads of entries (a range that wraps), the tail compare, the chain compare and the
 /// tail write.
