@@ -1336,3 +1336,68 @@ fn an_evs_founder_takes_payloads_from_the_appends() {
         .map(|m| m.counters().repairs);
     assert_eq!(repairs, Some(0), "the founder repaired nothing");
 }
+
+/// A member disseminates only its own messages, so a payload run whose header names
+/// another sender than the node it came from is refused and counted: here the third node
+/// forges the primary's next message to the backup's node, which does not take it (the
+/// real message, sent next, is delivered with its own bytes).
+#[test]
+fn a_payload_run_not_from_its_sender_is_refused() {
+    use tutti_wire::packet::{
+        push_payload_run, start_payload_run, Encoder, OrderedHeader, OrderedKind, OrderedPayloadHeader,
+    };
+    let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let (primary, backup, third) = memnode_roles();
+    let seq = node_mut(&mut nodes, primary)
+        .ordered_member(GROUP)
+        .unwrap()
+        .next_submit_seq();
+    let mut body = Vec::new();
+    start_payload_run(
+        &mut body,
+        &OrderedPayloadHeader {
+            sender: primary,
+            epoch: 0,
+            seq,
+        },
+    );
+    push_payload_run(&mut body, b"forged");
+    let header = OrderedHeader {
+        group: GROUP,
+        msg: 0xbad,
+        total: body.len() as u32,
+        index: 0,
+        count: 1,
+        kind: OrderedKind::PayloadRun as u8,
+        reserved: [0; 3],
+    };
+    let incarnation = node_mut(&mut nodes, third).incarnation();
+    let mut buf = vec![0u8; 1500];
+    let mut enc = Encoder::new(&mut buf, third, incarnation).unwrap();
+    enc.push_ordered(&header, &body).unwrap();
+    let len = enc.len();
+    buf.truncate(len);
+    let target = node_mut(&mut nodes, backup);
+    target.handle_packet(now, third, &buf);
+    assert_eq!(target.ordered_transport_counters().payloads_refused, 1);
+    node_mut(&mut nodes, primary)
+        .submit_ordered(now, GROUP, b"real", false)
+        .unwrap();
+    let until = now + 100 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    for (i, e) in events.iter().enumerate() {
+        let from_primary: Vec<Vec<u8>> = delivered(e)
+            .into_iter()
+            .filter(|(s, _)| *s == primary)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(
+            from_primary,
+            vec![b"real".to_vec()],
+            "node {} delivered the real bytes",
+            i + 1
+        );
+    }
+}

@@ -142,6 +142,9 @@ pub struct OrderedHostCounters {
     /// memory node applied (an append at the primary, a replicated record at the backup):
     /// a sender disseminates nothing to the memory node's hosts.
     pub payloads_tapped: u64,
+    /// Disseminated payloads (runs) whose header names a sender other than the node they
+    /// came from: a member disseminates only its own messages.
+    pub payloads_refused: u64,
 }
 
 /// A join's search for where its group's memory node runs (`Locate`, answered by
@@ -1550,6 +1553,10 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
+                if p.sender != from {
+                    self.counters.payloads_refused += 1;
+                    return;
+                }
                 if let Some(h) = self.evs.get_mut(&group) {
                     h.member.handle_payload(now, p.sender, p.epoch, p.seq, payload);
                 }
@@ -1559,6 +1566,10 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
+                if p.sender != from {
+                    self.counters.payloads_refused += 1;
+                    return;
+                }
                 if let Some(h) = self.evs.get_mut(&group) {
                     h.member.handle_payloads(now, p.sender, p.epoch, p.seq, payloads);
                 }
@@ -1654,6 +1665,10 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
+                if h.sender != from {
+                    self.counters.payloads_refused += 1;
+                    return;
+                }
                 match self.groups.get_mut(&group) {
                     Some(m) => m.member.handle_payload(now, h.sender, h.epoch, h.seq, payload),
                     None => self.counters.unrouted += 1,
@@ -1664,6 +1679,10 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
+                if h.sender != from {
+                    self.counters.payloads_refused += 1;
+                    return;
+                }
                 match self.groups.get_mut(&group) {
                     Some(m) => m.member.handle_payloads(now, h.sender, h.epoch, h.seq, payloads),
                     None => self.counters.unrouted += 1,
