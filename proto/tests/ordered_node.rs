@@ -1185,7 +1185,7 @@ fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
 #[test]
 fn a_push_not_from_the_backup_is_refused() {
     use tutti_proto::ordered::{Entry, EntryKind, MEMNODE};
-    use tutti_wire::packet::{Encoder, OrderedCommitted, OrderedHeader, OrderedKind};
+    use tutti_wire::packet::{OrderedCommitted, OrderedKind};
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
     let until = now + 100 * MILLIS;
     run(&mut nodes, &mut now, until, &mut events);
@@ -1220,21 +1220,7 @@ fn a_push_not_from_the_backup_is_refused() {
         .to_bytes()
         .to_vec();
         body.extend_from_slice(&entry.encode());
-        let header = OrderedHeader {
-            group: GROUP,
-            msg: 0xfeed,
-            total: body.len() as u32,
-            index: 0,
-            count: 1,
-            kind: OrderedKind::Committed as u8,
-            reserved: [0; 3],
-        };
-        let mut buf = vec![0u8; 1500];
-        let mut enc = Encoder::new(&mut buf, from, incarnation).unwrap();
-        enc.push_ordered(&header, &body).unwrap();
-        let len = enc.len();
-        buf.truncate(len);
-        buf
+        forge_ordered(from, incarnation, OrderedKind::Committed, &body)
     };
     let incarnation = |nodes: &mut [Node], id: NodeId| node_mut(nodes, id).incarnation();
     let from_primary = forged(primary, 1, incarnation(&mut nodes, primary));
@@ -1343,9 +1329,7 @@ fn an_evs_founder_takes_payloads_from_the_appends() {
 /// real message, sent next, is delivered with its own bytes).
 #[test]
 fn a_payload_run_not_from_its_sender_is_refused() {
-    use tutti_wire::packet::{
-        push_payload_run, start_payload_run, Encoder, OrderedHeader, OrderedKind, OrderedPayloadHeader,
-    };
+    use tutti_wire::packet::{push_payload_run, start_payload_run, OrderedKind, OrderedPayloadHeader};
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
     let until = now + 100 * MILLIS;
     run(&mut nodes, &mut now, until, &mut events);
@@ -1364,21 +1348,8 @@ fn a_payload_run_not_from_its_sender_is_refused() {
         },
     );
     push_payload_run(&mut body, b"forged");
-    let header = OrderedHeader {
-        group: GROUP,
-        msg: 0xbad,
-        total: body.len() as u32,
-        index: 0,
-        count: 1,
-        kind: OrderedKind::PayloadRun as u8,
-        reserved: [0; 3],
-    };
     let incarnation = node_mut(&mut nodes, third).incarnation();
-    let mut buf = vec![0u8; 1500];
-    let mut enc = Encoder::new(&mut buf, third, incarnation).unwrap();
-    enc.push_ordered(&header, &body).unwrap();
-    let len = enc.len();
-    buf.truncate(len);
+    let buf = forge_ordered(third, incarnation, OrderedKind::PayloadRun, &body);
     let target = node_mut(&mut nodes, backup);
     target.handle_packet(now, third, &buf);
     assert_eq!(target.ordered_transport_counters().payloads_refused, 1);
@@ -1400,4 +1371,30 @@ fn a_payload_run_not_from_its_sender_is_refused() {
             i + 1
         );
     }
+}
+
+/// A datagram from `from` (at `incarnation`) carrying one whole ordered message of `kind`
+/// for the test group: what a node holding the cluster key can forge.
+fn forge_ordered(
+    from: NodeId,
+    incarnation: u32,
+    kind: tutti_wire::packet::OrderedKind,
+    body: &[u8],
+) -> Vec<u8> {
+    use tutti_wire::packet::{Encoder, OrderedHeader};
+    let header = OrderedHeader {
+        group: GROUP,
+        msg: 0xf0f0,
+        total: body.len() as u32,
+        index: 0,
+        count: 1,
+        kind: kind as u8,
+        reserved: [0; 3],
+    };
+    let mut buf = vec![0u8; 1500];
+    let mut enc = Encoder::new(&mut buf, from, incarnation).unwrap();
+    enc.push_ordered(&header, body).unwrap();
+    let len = enc.len();
+    buf.truncate(len);
+    buf
 }

@@ -1553,10 +1553,6 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
-                if p.sender != from {
-                    self.counters.payloads_refused += 1;
-                    return;
-                }
                 if let Some(h) = self.evs.get_mut(&group) {
                     h.member.handle_payload(now, p.sender, p.epoch, p.seq, payload);
                 }
@@ -1566,10 +1562,6 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
-                if p.sender != from {
-                    self.counters.payloads_refused += 1;
-                    return;
-                }
                 if let Some(h) = self.evs.get_mut(&group) {
                     h.member.handle_payloads(now, p.sender, p.epoch, p.seq, payloads);
                 }
@@ -1586,6 +1578,21 @@ impl OrderedHost {
     }
 
     fn handle_whole(&mut self, now: Time, from: NodeId, group: GroupId, kind: OrderedKind, bytes: &[u8]) {
+        // A member disseminates only its own messages: a payload (or run) whose header
+        // names another sender than the node it came from is refused, whatever the group.
+        if matches!(kind, OrderedKind::Payload | OrderedKind::PayloadRun) {
+            match split_ordered_payload(bytes) {
+                Err(_) => {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                Ok((h, _)) if h.sender != from => {
+                    self.counters.payloads_refused += 1;
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
         if self.evs.contains_key(&group) {
             self.handle_evs(now, from, group, kind, bytes);
             return;
@@ -1665,10 +1672,6 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
-                if h.sender != from {
-                    self.counters.payloads_refused += 1;
-                    return;
-                }
                 match self.groups.get_mut(&group) {
                     Some(m) => m.member.handle_payload(now, h.sender, h.epoch, h.seq, payload),
                     None => self.counters.unrouted += 1,
@@ -1679,10 +1682,6 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
-                if h.sender != from {
-                    self.counters.payloads_refused += 1;
-                    return;
-                }
                 match self.groups.get_mut(&group) {
                     Some(m) => m.member.handle_payloads(now, h.sender, h.epoch, h.seq, payloads),
                     None => self.counters.unrouted += 1,
