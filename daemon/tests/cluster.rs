@@ -816,22 +816,36 @@ fn an_idle_daemon_after_traffic_uses_under_one_percent_of_a_core() {
     let mut status = cluster.daemon(1).client();
     let rounds = |s: &mut Client| status_number(&s.status().unwrap(), "gossip_rounds").unwrap_or(0);
     let pids = [cluster.daemon(0).pid(), cluster.daemon(1).pid()];
-    let start = Instant::now();
-    let cpu_start = pids.map(cpu_ns);
-    let rounds_start = rounds(&mut status);
-    let deadline = start + WAIT;
-    while rounds(&mut status) < rounds_start + 10 {
-        assert!(Instant::now() < deadline, "no 10 gossip rounds within {WAIT:?}");
+    // The window opens once the traffic's tail (acks, stability digests, the spin after
+    // the last data) has passed, and the status is read only between windows of 2.5 s: a
+    // status request wakes the daemon and renders text, and at one every 250 ms inside the
+    // window (as this test did until 2026-12-05) the measuring itself cost daemon 2 about
+    // about a core-percent on a loaded CI machine (a debug build at 2.04% against its 2%).
+    let settled = rounds(&mut status) + 2;
+    let deadline = Instant::now() + WAIT;
+    while rounds(&mut status) < settled {
+        assert!(Instant::now() < deadline, "no 2 gossip rounds within {WAIT:?}");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let wall = start.elapsed().as_nanos() as f64;
+    let rounds_start = rounds(&mut status);
+    let start = Instant::now();
+    let cpu_start = pids.map(cpu_ns);
+    let deadline = start + WAIT;
+    let (cpu_end, wall) = loop {
+        std::thread::sleep(Duration::from_millis(2_500));
+        let end = (pids.map(cpu_ns), start.elapsed().as_nanos() as f64);
+        if rounds(&mut status) >= rounds_start + 10 {
+            break end;
+        }
+        assert!(Instant::now() < deadline, "no 10 gossip rounds within {WAIT:?}");
+    };
     // The product's bound is 1% (release build: `cargo test --release`). A debug build's
     // daemon does the same ~30 wake-ups a second at several times the CPU each (0.7-0.9%
     // measured here under a load average of 15), so it gets 2%: a daemon that spins or
     // yields after traffic uses tens of percent either way.
     let limit = if cfg!(debug_assertions) { 0.02 } else { 0.01 };
-    for (i, (pid, before)) in pids.iter().zip(cpu_start).enumerate() {
-        let share = (cpu_ns(*pid) - before) as f64 / wall;
+    for (i, (end, before)) in cpu_end.iter().zip(cpu_start).enumerate() {
+        let share = (end - before) as f64 / wall;
         assert!(
             share < limit,
             "daemon {i} used {:.2}% of a core while idle\n{}",
