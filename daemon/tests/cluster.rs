@@ -819,7 +819,7 @@ fn an_idle_daemon_after_traffic_uses_under_one_percent_of_a_core() {
     // The window opens once the traffic's tail (acks, stability digests, the spin after
     // the last data) has passed, and the status is read only between windows of 2.5 s: a
     // status request wakes the daemon and renders text, and at one every 250 ms inside the
-    // window (as this test did until 2026-12-05) the measuring itself cost daemon 2 about
+    // window (as this test did until 2026-12-05) the measuring itself cost daemon 2
     // about a core-percent on a loaded CI machine (a debug build at 2.04% against its 2%).
     let settled = rounds(&mut status) + 2;
     let deadline = Instant::now() + WAIT;
