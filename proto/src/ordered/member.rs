@@ -481,6 +481,8 @@ pub struct OrderedMember {
     /// The progress write in flight (`publish`). Progress goes only this way, one write
     /// at a time, so a member's slot on the memory node never goes back to an older value.
     publish_op: Option<TxId>,
+    /// The earliest time the next progress write may go (`progress_interval`).
+    publish_at: Time,
     /// Progress the others told this member (`handle_held`), per view slot: the same
     /// facts as their progress slots, sooner. `member_progress` takes the larger of the
     /// two for the same membership (node and join position).
@@ -722,6 +724,7 @@ impl OrderedMember {
             progress_since: vec![0; max_members],
             published: None,
             publish_op: None,
+            publish_at: 0,
             heard: vec![None; max_members],
             told: 0,
             tell_at: 0,
@@ -930,6 +933,9 @@ impl OrderedMember {
         }
         if self.tell_due() {
             t = t.min(self.tell_at);
+        }
+        if self.publish_due() {
+            t = t.min(self.publish_at);
         }
         if let Some((since, _)) = self.full_since {
             t = t.min(since + self.settings.lag_timeout);
@@ -2584,6 +2590,14 @@ impl OrderedMember {
         if self.publish_op.is_some() || self.status != Status::Active || !self.in_majority {
             return;
         }
+        // Paced while busy: at most one progress write per `progress_interval`. A fairness
+        // request goes at once, and so does the write of a member with nothing in flight
+        // and nothing left to deliver (a paced write that went out by its timer in the
+        // middle of the next message's hops cost a one-in-flight sender a hop at p99:
+        // `in_process_latency`).
+        if now < self.publish_at && !self.request_due && !self.settled() {
+            return;
+        }
         // A fairness request rides along (or goes alone): a sender that keeps losing the
         // tail compare has appends in flight all the time, so it does not read, and a
         // request that waited for a read never went out.
@@ -2595,6 +2609,7 @@ impl OrderedMember {
         match self.coord.submit(now, &mtx) {
             Ok(txid) => {
                 self.publish_op = Some(txid);
+                self.publish_at = now + self.settings.progress_interval;
                 self.counters.publishes += 1;
             }
             Err(e) => {
@@ -2607,24 +2622,47 @@ impl OrderedMember {
         }
     }
 
-    /// This member's progress write, if it has a slot and something changed.
-    fn progress_write(&mut self, mtx: Minitransaction) -> Option<Minitransaction> {
+    /// Nothing of this member's own in flight (appends, list operation, queued messages)
+    /// and everything learned delivered.
+    fn settled(&self) -> bool {
+        self.appends.is_empty()
+            && self.list_op.is_none()
+            && self.outgoing.is_empty()
+            && self.delivered >= self.learned
+    }
+
+    /// Whether `publish` has a progress write to make once `publish_at` comes.
+    fn publish_due(&self) -> bool {
+        self.publish_op.is_none()
+            && self.status == Status::Active
+            && self.in_majority
+            && self.progress_slot().is_some_and(|s| self.published != Some(s))
+    }
+
+    /// This member's progress as its slot should say, if it has a slot.
+    fn progress_slot(&self) -> Option<ProgressSlot> {
         if self.status != Status::Active {
             return None;
         }
-        let me = self.learn_view.get(self.node).copied()?;
-        let slot = ProgressSlot {
+        let me = self.learn_view.get(self.node)?;
+        Some(ProgressSlot {
             node: self.node,
             installed: true,
             join_pos: me.join_pos,
             learned: self.learned,
             held: self.held_upto,
-        };
+        })
+    }
+
+    /// This member's progress write, if it has a slot and something changed.
+    fn progress_write(&mut self, mtx: Minitransaction) -> Option<Minitransaction> {
+        let slot = self.progress_slot()?;
         if self.published == Some(slot) {
             return None;
         }
+        let addr = self.progress_addr(self.learn_view.get(self.node)?.slot);
         self.published = Some(slot);
-        Some(mtx.write(self.progress_addr(me.slot), &slot.encode()))
+        Some(mtx.write(addr, &slot.encode()))
     }
 
     /// The progress slot of view slot `slot` (the first one is the request slot).

@@ -131,6 +131,13 @@ pub struct OrderedSettings {
     /// nodes); one with a `safe` entry waiting for the others' progress, 8 times as often.
     /// Shorter: lower latency for quiet members and `safe` messages, more reads.
     pub poll_interval: Time,
+    /// Least time between two progress writes of a member (its slot on the memory node:
+    /// what it learned and holds). Every write is a logged minitransaction the memory node
+    /// replicates; the members tell one another the same facts point to point sooner
+    /// (`Output::Held`), so the slot is the record (joiners, lag rules, a member that
+    /// missed a tell). Longer: fewer writes at the memory node under load; the record lags
+    /// further.
+    pub progress_interval: Time,
     /// A payload missing this long after its entry was learned is read from its sender's
     /// queue. Shorter: more repair reads that race dissemination.
     pub repair_delay: Time,
@@ -177,6 +184,7 @@ impl Default for OrderedSettings {
             max_outgoing: 4096,
             max_held: 8192,
             poll_interval: 2 * MILLIS,
+            progress_interval: 2 * MILLIS,
             repair_delay: 20 * MILLIS,
             retransmit: 20 * MILLIS,
             install_timeout: 2_000 * MILLIS,
