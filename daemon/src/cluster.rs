@@ -1151,7 +1151,8 @@ impl Cluster {
             "{placement}appends {} (committed {}, compare failures {}), batches {} of {} messages, reads {}, \
              entries learned {} (pushed {} in {} pushes, refused {}), repairs {}, safe waits {}, removals (suspected {}, lagging {}, left behind {}), reclaim waits {}, queue waits {}, \
              payloads dropped {}, txn errors {}, transfers sent {}, dormant reads {}, wake-ups {} \
-             (limited {}, refused {}), progress told {}, heard {} (refused {}), fairness requests {}, holds {}",
+             (limited {}, refused {}), progress told {}, heard {} (refused {}), fairness requests {}, holds {}, \
+             progress writes {}, restarts {}",
             c.appends,
             c.appends_committed,
             c.append_conflicts,
@@ -1180,7 +1181,9 @@ impl Cluster {
             c.helds_taken,
             c.helds_refused,
             c.fairness_requests,
-            c.fairness_holds
+            c.fairness_holds,
+            c.publishes,
+            c.restarts
         ) + &self.node.memnode_replica(group).map_or_else(String::new, |r| {
             replica_detail(if r.is_primary() { "primary" } else { "backup" }, r)
         }))
