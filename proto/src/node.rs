@@ -3388,15 +3388,8 @@ impl Node {
             while let Some((dest, bytes)) = self.regions.poll_transmit() {
                 progressed = true;
                 if dest == self.id {
-                    let header = OrderedHeader {
-                        group: REGIONS_GROUP,
-                        msg: 0,
-                        total: bytes.len() as u32,
-                        index: 0,
-                        count: 1,
-                        kind: OrderedKind::ToMemnode as u8,
-                        reserved: [0; 3],
-                    };
+                    let header =
+                        OrderedHeader::whole(REGIONS_GROUP, 0, OrderedKind::ToMemnode, bytes.len() as u32);
                     self.ordered
                         .handle_fragment(now, dest, &header, OrderedKind::ToMemnode, &bytes);
                 } else {

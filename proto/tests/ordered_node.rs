@@ -1382,15 +1382,7 @@ fn forge_ordered(
     body: &[u8],
 ) -> Vec<u8> {
     use tutti_wire::packet::{Encoder, OrderedHeader};
-    let header = OrderedHeader {
-        group: GROUP,
-        msg: 0xf0f0,
-        total: body.len() as u32,
-        index: 0,
-        count: 1,
-        kind: kind as u8,
-        reserved: [0; 3],
-    };
+    let header = OrderedHeader::whole(GROUP, 0xf0f0, kind, body.len() as u32);
     let mut buf = vec![0u8; 1500];
     let mut enc = Encoder::new(&mut buf, from, incarnation).unwrap();
     enc.push_ordered(&header, body).unwrap();

@@ -1473,6 +1473,19 @@ pub struct OrderedHeader {
 pub const ORDERED_HEADER_LEN: usize = core::mem::size_of::<OrderedHeader>();
 
 impl OrderedHeader {
+    /// The header of message `msg` of `group` sent whole, in one fragment of `len` bytes.
+    pub fn whole(group: u64, msg: u32, kind: OrderedKind, len: u32) -> Self {
+        Self {
+            group,
+            msg,
+            total: len,
+            index: 0,
+            count: 1,
+            kind: kind as u8,
+            reserved: [0; 3],
+        }
+    }
+
     /// Validates the header for a fragment of `len` bytes; returns its kind.
     pub fn check(&self, len: usize) -> Result<OrderedKind, PacketError> {
         if self.reserved != [0; 3] {
@@ -2040,15 +2053,7 @@ mod tests {
 
     #[test]
     fn ordered_headers_are_validated() {
-        let good = OrderedHeader {
-            group: 1,
-            msg: 2,
-            total: 10,
-            index: 0,
-            count: 1,
-            kind: OrderedKind::Payload as u8,
-            reserved: [0; 3],
-        };
+        let good = OrderedHeader::whole(1, 2, OrderedKind::Payload, 10);
         assert_eq!(good.check(10), Ok(OrderedKind::Payload));
         assert!(matches!(good.check(9), Err(PacketError::LengthMismatch(_))));
         let bad_kind = OrderedHeader { kind: 10, ..good };
