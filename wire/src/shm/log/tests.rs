@@ -850,3 +850,55 @@ fn log_end_tells_whether_a_reader_has_read_everything_published() {
     assert!(matches!(events[0], Event::Lagged { .. }), "{events:?}");
     assert!(end.read_through(r.cursor()));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// `head` moves to the first record start at or after `tail_intent - capacity`, as a
+    /// model of the records' placement (padding to the ring's end, gaps skipped) says,
+    /// whether the writer learned the starts as it wrote them or walks the records after a
+    /// re-attach.
+    #[test]
+    fn head_is_the_first_record_start_past_the_floor(
+        ops in prop::collection::vec(prop_oneof![
+            6 => (0usize..=2016).prop_map(Some),
+            6 => (0usize..=150).prop_map(Some),
+            1 => Just(None),
+        ], 1..400),
+    ) {
+        let region = log(4096);
+        let mut w = writer(&region);
+        let mut starts: Vec<u64> = Vec::new();
+        let (mut walks, mut attaches) = (0, 0);
+        for op in ops {
+            let Some(len) = op else {
+                walks += w.walks;
+                attaches += 1;
+                w = writer(&region); // re-attach: the writer knows no record starts
+                continue;
+            };
+            let size = (HDR + align_record(len)) as u64;
+            let mut start = w.log.normalize(w.tail());
+            let to_end = w.log.room_to_end(start);
+            if size > to_end {
+                starts.push(start);
+                start += to_end;
+            }
+            starts.push(start);
+            let head_before = w.head();
+            append(&mut w, len);
+            let floor = w.intent.saturating_sub(w.capacity() as u64);
+            let expected = if head_before < floor {
+                *starts.iter().find(|&&s| s >= floor).expect("the record written is past the floor")
+            } else {
+                head_before
+            };
+            prop_assert_eq!(w.head(), expected, "floor {}", floor);
+            prop_assert_eq!(w.log.head().load(Acquire), expected);
+        }
+        // Walks only after a re-attach, for the boundaries it had passed before (a ring's
+        // worth at most): the rest come from the starts the writer noted.
+        walks += w.walks;
+        prop_assert!(walks <= 9 * attaches, "{} walks after {} attaches", walks, attaches);
+    }
+}
