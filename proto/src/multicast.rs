@@ -10,7 +10,7 @@ use crate::id_index::IdIndex;
 use crate::node::Counters;
 use crate::node::SubmitError;
 use crate::outbox::Outbox;
-use crate::payload::{Payload, PayloadPool};
+use crate::payload::{Arena, PayloadPool, Stored};
 use crate::settings::SLOT_OVERHEAD;
 use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
@@ -263,8 +263,8 @@ enum Slot {
     },
     Partial(Box<Partial>),
     Held {
-        /// In a pooled buffer, shared with delivery events; back to the pool when evicted.
-        payload: Payload,
+        /// In the stream's arena (a delivery event shares the chunk).
+        data: Stored,
         session: u32,
         /// Fragment size it was sent in (payload length when unfragmented).
         chunk: u32,
@@ -285,7 +285,7 @@ impl Slot {
         match self {
             Slot::Missing { .. } => SLOT_OVERHEAD,
             Slot::Partial(p) => p.cost(),
-            Slot::Held { payload, .. } => SLOT_OVERHEAD + payload.len(),
+            Slot::Held { data, .. } => SLOT_OVERHEAD + data.len(),
             Slot::Refused { .. } => SLOT_OVERHEAD,
         }
     }
@@ -353,6 +353,8 @@ pub struct SenderState {
     /// resets `parent` and `kids` from it.
     place: FlowTree,
     place_epoch: Option<u32>,
+    /// Where this stream's retained messages are copied to.
+    arena: Arena,
 }
 
 impl SenderState {
@@ -383,6 +385,7 @@ impl SenderState {
             ask_passed_at: 0,
             place: FlowTree::NONE,
             place_epoch: None,
+            arena: Arena::default(),
         }
     }
     fn high(&self) -> u64 {
@@ -395,6 +398,13 @@ impl SenderState {
     fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
         seq.checked_sub(self.base)
             .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?))
+    }
+    /// The slot of `seq` and the arena its bytes are in.
+    fn slot_and_arena(&mut self, seq: u64) -> (Option<&mut Slot>, &Arena) {
+        let slot = seq
+            .checked_sub(self.base)
+            .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?));
+        (slot, &self.arena)
     }
     fn advance_contiguous(&mut self) {
         let was = self.contiguous;
@@ -1354,7 +1364,7 @@ impl GroupState {
         payload: &[u8],
         session: u32,
         ctx: &mut Ctx<'_>,
-        local: impl FnOnce(&Payload),
+        local: impl FnOnce(&[u8]),
     ) -> Result<u64, SubmitError> {
         self.submit_flow(payload, session, ctx, local, true)
     }
@@ -1368,7 +1378,7 @@ impl GroupState {
         payload: &[u8],
         session: u32,
         ctx: &mut Ctx<'_>,
-        local: impl FnOnce(&Payload),
+        local: impl FnOnce(&[u8]),
     ) -> Result<u64, SubmitError> {
         self.submit_flow(payload, session, ctx, local, false)
     }
@@ -1378,7 +1388,7 @@ impl GroupState {
         payload: &[u8],
         session: u32,
         ctx: &mut Ctx<'_>,
-        local: impl FnOnce(&Payload),
+        local: impl FnOnce(&[u8]),
         respect_flow: bool,
     ) -> Result<u64, SubmitError> {
         if respect_flow && !self.flow_open(payload.len(), ctx) && !self.flow_admit(payload.len(), ctx) {
@@ -1395,8 +1405,6 @@ impl GroupState {
         let key = (self.my_id, self.my_stream);
         let round = ctx.round;
         let chunk = ctx.settings.fragment_payload();
-        let payload = ctx.pool.copy(payload);
-        local(&payload);
         let fanout = ctx.settings.tree_fanout;
         let (children, n) = match self.own_children {
             Some((k, children, n)) if k == fanout => (children, n),
@@ -1408,6 +1416,8 @@ impl GroupState {
         };
         let (group, sender, stream) = (self.id, self.my_id, self.my_stream);
         let st = self.state_for(key, 0, round);
+        let data = ctx.pool.store(&mut st.arena, payload, seq, round);
+        local(st.arena.bytes(data));
         let before = st.bytes;
         st.last_active = round;
         assert_eq!(st.high(), seq, "own stream: the window ends at the next seq");
@@ -1415,7 +1425,7 @@ impl GroupState {
         // count raised here and dropped again by the driver (locked instructions, each
         // waiting for the store buffer to drain, were ~5% of the sending shard).
         let slot = Slot::Held {
-            payload,
+            data,
             session,
             chunk: chunk as u32,
             round,
@@ -1440,10 +1450,9 @@ impl GroupState {
             frag_index: 0,
             frag_count: 1,
         };
-        if let Some(Slot::Held { payload, .. }) = st.slots.back() {
-            for &c in &children[..n] {
-                send_fragments(c, &header, payload, chunk, 0, false, ctx);
-            }
+        let payload = st.arena.bytes(data);
+        for &c in &children[..n] {
+            send_fragments(c, &header, payload, chunk, 0, false, ctx);
         }
         account(&mut self.bytes, before, after, ctx);
         self.enforce_budget(Some(key), ctx);
@@ -1540,7 +1549,17 @@ impl GroupState {
                 (true, true, false)
             }
             Some(_) if !fits => (false, false, false),
-            Some(slot) => store_fragment(slot, header, payload, round, from == key.0, ctx),
+            Some(_) => {
+                let mut arena = std::mem::take(&mut st.arena);
+                let r = match st.slot_mut(seq) {
+                    Some(slot) => {
+                        store_fragment(slot, &mut arena, header, payload, round, from == key.0, ctx)
+                    }
+                    None => (false, false, false),
+                };
+                st.arena = arena;
+                r
+            }
             None => (false, false, false),
         };
         if stored {
@@ -1661,7 +1680,7 @@ impl GroupState {
             }
             let seq = h.seq;
             debug_assert_eq!(seq, st.high(), "a run continues the stream");
-            let retained = ctx.pool.copy(payload);
+            let retained = ctx.pool.store(&mut st.arena, payload, seq, round);
             ctx.counters.delivered += 1;
             if !quiet {
                 ctx.emit(
@@ -1672,12 +1691,12 @@ impl GroupState {
                         stream: key.1,
                         seq,
                         session: h.session,
-                        payload: retained.clone(),
+                        payload: st.arena.share(retained),
                     },
                 );
             }
             let slot = Slot::Held {
-                payload: retained,
+                data: retained,
                 session: h.session,
                 chunk: payload.len() as u32,
                 round,
@@ -2048,14 +2067,12 @@ impl GroupState {
             for i in 0..n {
                 let s = if gap { lo + i } else { hi - 1 - i };
                 let Some(Slot::Held {
-                    payload,
-                    session,
-                    chunk,
-                    ..
+                    data, session, chunk, ..
                 }) = st.slot(s)
                 else {
                     continue;
                 };
+                let payload = st.arena.bytes(*data);
                 let chunk = (*chunk as usize).max(1);
                 let first_frag = if s == e.first { e.frag as usize } else { 0 };
                 let count = payload.len().div_ceil(chunk).max(1);
@@ -2226,8 +2243,9 @@ impl GroupState {
             for k in &dead {
                 // Keep where the stream stood: if it is heard of again (a long partition
                 // healed), we resume there instead of at its advertised low.
-                if let Some(st) = self.senders.remove(k) {
+                if let Some(mut st) = self.senders.remove(k) {
                     debug_assert!(st.slots.is_empty() && st.bytes == 0);
+                    ctx.pool.release_all(&mut st.arena);
                     self.add_tombstone(*k, st.next_deliver.max(st.base), ctx);
                 }
             }
@@ -2295,6 +2313,9 @@ impl GroupState {
     pub fn clear(&mut self, ctx: &mut Ctx<'_>) {
         *ctx.node_bytes -= self.bytes;
         self.bytes = 0;
+        for st in self.senders.values_mut() {
+            ctx.pool.release_all(&mut st.arena);
+        }
         self.senders.clear();
         self.order.clear();
     }
@@ -2441,6 +2462,7 @@ fn send_fragments(
 /// every copy. (A whole message in its place is no more than a member can forge anyway.)
 fn store_fragment(
     slot: &mut Slot,
+    arena: &mut Arena,
     h: &DataHeader,
     payload: &[u8],
     round: u32,
@@ -2469,7 +2491,7 @@ fn store_fragment(
             // pressure, found by the simulator.)
             if count == 1 {
                 *slot = Slot::Held {
-                    payload: ctx.pool.copy(payload),
+                    data: ctx.pool.store(arena, payload, h.seq, round),
                     session: h.session,
                     chunk: payload.len() as u32,
                     round,
@@ -2540,7 +2562,7 @@ fn store_fragment(
             }
             let session = p.session;
             *slot = Slot::Held {
-                payload: ctx.pool.copy(&whole),
+                data: ctx.pool.store(arena, &whole, h.seq, round),
                 session,
                 chunk: chunk as u32,
                 round,
@@ -2668,16 +2690,15 @@ fn slide_window(
                 lost_count = 0;
             }
             Some(Slot::Held {
-                payload,
+                data,
                 session,
                 delivered,
                 ..
             }) => {
                 report_lost(group, quiet, key, lost_first, lost_count, ctx);
                 lost_count = 0;
-                if delivered {
-                    ctx.pool.recycle(payload);
-                } else {
+                if !delivered {
+                    let payload = st.arena.share(data);
                     ctx.counters.delivered += 1;
                     ctx.emit(
                         quiet,
@@ -2704,6 +2725,7 @@ fn slide_window(
         }
     }
     report_lost(group, quiet, key, lost_first, lost_count, ctx);
+    ctx.pool.release(&mut st.arena, st.base);
     st.next_deliver = st.next_deliver.max(st.base);
     st.contiguous = st.contiguous.max(st.base);
     st.advance_contiguous();
@@ -2722,7 +2744,7 @@ fn deliver_ready(
     seq: u64,
     ctx: &mut Ctx<'_>,
 ) {
-    let deliver = |s: u64, slot: Option<&mut Slot>, ctx: &mut Ctx<'_>| -> Option<bool> {
+    let deliver = |s: u64, (slot, arena): (Option<&mut Slot>, &Arena), ctx: &mut Ctx<'_>| -> Option<bool> {
         if let Some(Slot::Refused { delivered, .. }) = slot {
             let was = *delivered;
             *delivered = true;
@@ -2732,7 +2754,7 @@ fn deliver_ready(
             return Some(was);
         }
         let Some(Slot::Held {
-            payload,
+            data,
             session,
             delivered,
             ..
@@ -2752,7 +2774,7 @@ fn deliver_ready(
                     stream: key.1,
                     seq: s,
                     session: *session,
-                    payload: payload.clone(),
+                    payload: arena.share(*data),
                 },
             );
         }
@@ -2760,12 +2782,12 @@ fn deliver_ready(
     };
     match ctx.settings.delivery {
         Delivery::Unordered => {
-            deliver(seq, st.slot_mut(seq), ctx);
+            deliver(seq, st.slot_and_arena(seq), ctx);
             st.next_deliver = st.contiguous.max(st.next_deliver);
         }
         Delivery::Fifo => loop {
             let s = st.next_deliver;
-            if deliver(s, st.slot_mut(s), ctx).is_none() {
+            if deliver(s, st.slot_and_arena(s), ctx).is_none() {
                 break;
             }
             st.next_deliver += 1;

@@ -1045,33 +1045,18 @@ impl Node {
         self.submit_with(now, group, session, payload, |_| {})
     }
 
-    /// As [`Node::submit`], and hands back the node's own copy of the bytes (shared, not
-    /// copied again): `payload` is read exactly once, so a driver that takes its local copy
-    /// from here makes local and remote members get the same bytes even if the source
-    /// changes meanwhile (a client rewriting its shared-memory frame).
-    pub fn submit_shared(
-        &mut self,
-        now: Time,
-        group: GroupId,
-        session: u32,
-        payload: &[u8],
-    ) -> Result<(Submitted, Payload), SubmitError> {
-        let mut copy = None;
-        let s = self.submit_with(now, group, session, payload, |p| copy = Some(p.clone()))?;
-        // `submit_with` calls `local` whenever it returns `Ok`: the fallback is not reached.
-        Ok((s, copy.unwrap_or_else(|| Payload::copy_of(payload))))
-    }
-
-    /// As [`Node::submit_shared`], but `local` reads the node's copy in place (called once,
-    /// before the call returns, when the message is multicast): no shared reference to take
-    /// and give back per message.
+    /// As [`Node::submit`], and `local` reads the node's own copy of the bytes in place
+    /// (called once, before the call returns, when the message is multicast): `payload` is
+    /// read exactly once, so a driver that takes its local copy from here makes local and
+    /// remote members get the same bytes even if the source changes meanwhile (a client
+    /// rewriting its shared-memory frame).
     pub fn submit_with(
         &mut self,
         now: Time,
         group: GroupId,
         session: u32,
         payload: &[u8],
-        local: impl FnOnce(&Payload),
+        local: impl FnOnce(&[u8]),
     ) -> Result<Submitted, SubmitError> {
         self.submit_flow(now, group, session, payload, local, true)
     }
@@ -1085,7 +1070,7 @@ impl Node {
         group: GroupId,
         session: u32,
         payload: &[u8],
-        local: impl FnOnce(&Payload),
+        local: impl FnOnce(&[u8]),
     ) -> Result<Submitted, SubmitError> {
         self.submit_flow(now, group, session, payload, local, false)
     }
@@ -1096,7 +1081,7 @@ impl Node {
         group: GroupId,
         session: u32,
         payload: &[u8],
-        local: impl FnOnce(&Payload),
+        local: impl FnOnce(&[u8]),
         respect_flow: bool,
     ) -> Result<Submitted, SubmitError> {
         if payload.len() > self.settings.max_message {

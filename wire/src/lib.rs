@@ -4,6 +4,7 @@
 //! Layouts are documented in `docs/internals.md`; this crate is their single definition.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod chunk;
 pub mod cluster_key;
 pub mod control;
 pub mod counters;
