@@ -263,7 +263,8 @@ enum Slot {
     },
     Partial(Box<Partial>),
     Held {
-        /// In the stream's arena (a delivery event shares the chunk).
+        /// In the stream's arena (a delivery event copies it, up to 64 bytes, or shares the
+        /// chunk).
         data: Stored,
         session: u32,
         /// Fragment size it was sent in (payload length when unfragmented).
@@ -396,15 +397,14 @@ impl SenderState {
             .and_then(|i| self.slots.get(usize::try_from(i).ok()?))
     }
     fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
-        seq.checked_sub(self.base)
-            .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?))
+        self.slot_and_arena(seq).0
     }
-    /// The slot of `seq` and the arena its bytes are in.
-    fn slot_and_arena(&mut self, seq: u64) -> (Option<&mut Slot>, &Arena) {
+    /// The slot of `seq` and the arena its bytes are (or go) in.
+    fn slot_and_arena(&mut self, seq: u64) -> (Option<&mut Slot>, &mut Arena) {
         let slot = seq
             .checked_sub(self.base)
             .and_then(|i| self.slots.get_mut(usize::try_from(i).ok()?));
-        (slot, &self.arena)
+        (slot, &mut self.arena)
     }
     fn advance_contiguous(&mut self) {
         let was = self.contiguous;
@@ -1421,9 +1421,9 @@ impl GroupState {
         let before = st.bytes;
         st.last_active = round;
         assert_eq!(st.high(), seq, "own stream: the window ends at the next seq");
-        // The slot takes the pool's buffer itself and the sends read it there: no reference
-        // count raised here and dropped again by the driver (locked instructions, each
-        // waiting for the store buffer to drain, were ~5% of the sending shard).
+        // The slot records where the arena holds the bytes and the sends read them there: no
+        // reference count raised and dropped again (locked instructions, each waiting for
+        // the store buffer to drain, were ~5% of the sending shard).
         let slot = Slot::Held {
             data,
             session,
@@ -1549,17 +1549,12 @@ impl GroupState {
                 (true, true, false)
             }
             Some(_) if !fits => (false, false, false),
-            Some(_) => {
-                let mut arena = std::mem::take(&mut st.arena);
-                let r = match st.slot_mut(seq) {
-                    Some(slot) => {
-                        store_fragment(slot, &mut arena, header, payload, round, from == key.0, ctx)
-                    }
-                    None => (false, false, false),
-                };
-                st.arena = arena;
-                r
-            }
+            Some(_) => match st.slot_and_arena(seq) {
+                (Some(slot), arena) => {
+                    store_fragment(slot, arena, header, payload, round, from == key.0, ctx)
+                }
+                (None, _) => (false, false, false),
+            },
             None => (false, false, false),
         };
         if stored {
@@ -2744,7 +2739,7 @@ fn deliver_ready(
     seq: u64,
     ctx: &mut Ctx<'_>,
 ) {
-    let deliver = |s: u64, (slot, arena): (Option<&mut Slot>, &Arena), ctx: &mut Ctx<'_>| -> Option<bool> {
+    let deliver = |s: u64, (slot, arena): (Option<&mut Slot>, &mut Arena), ctx: &mut Ctx<'_>| {
         if let Some(Slot::Refused { delivered, .. }) = slot {
             let was = *delivered;
             *delivered = true;

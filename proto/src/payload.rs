@@ -7,8 +7,8 @@
 //! message cost a locked instruction on a cold line at each store and eviction, which also
 //! waits for the copy's own stores: about a tenth of a shard's time at 3-4 M msg/s.) A
 //! chunk is let go once the stream's window starts past every message in it, and reused
-//! once no delivery event shares it (an event's [`Payload`] is a slice of the chunk, no
-//! copy). Chunks of a stream grow while it fills them within a gossip round and shrink when
+//! once no delivery event shares it (an event's [`Payload`] is a slice of the chunk, or a
+//! copy of a message up to 64 bytes). Chunks of a stream grow while it fills them within a gossip round and shrink when
 //! it does not, so a quiet stream holds a small one. Messages larger than the largest chunk
 //! get a buffer of their own, pooled by size class. At steady state storing, delivering and
 //! evicting messages allocates nothing.
@@ -125,6 +125,11 @@ pub struct Arena {
 }
 
 impl Arena {
+    /// Id of the newest chunk (of the one a push makes newest, once pushed).
+    fn newest(&self) -> u32 {
+        self.first.wrapping_add(self.chunks.len() as u32).wrapping_sub(1)
+    }
+
     fn chunk(&self, id: u32) -> Option<&ChunkWriter> {
         self.chunks
             .get(id.wrapping_sub(self.first) as usize)
@@ -212,10 +217,7 @@ impl PayloadPool {
     /// `round`: the current gossip round, which sizes the stream's chunks.
     pub fn store(&mut self, arena: &mut Arena, bytes: &[u8], seq: u64, round: u32) -> Stored {
         let len = bytes.len() as u32;
-        let newest = arena
-            .first
-            .wrapping_add(arena.chunks.len() as u32)
-            .wrapping_sub(1);
+        let newest = arena.newest();
         if let Some((chunk, high)) = arena.chunks.back_mut() {
             if let Some(at) = chunk.push(bytes) {
                 *high = (*high).max(seq);
@@ -244,10 +246,7 @@ impl PayloadPool {
         let at = chunk.push(bytes).unwrap_or(0);
         arena.chunks.push_back((chunk, seq));
         Stored {
-            chunk: arena
-                .first
-                .wrapping_add(arena.chunks.len() as u32)
-                .wrapping_sub(1),
+            chunk: arena.newest(),
             at,
             len,
         }
@@ -266,7 +265,6 @@ impl PayloadPool {
 
     /// Lets go of all of an arena's chunks (its stream is forgotten).
     pub fn release_all(&mut self, arena: &mut Arena) {
-        self.release(arena, u64::MAX);
         while let Some((chunk, _)) = arena.chunks.pop_front() {
             arena.first = arena.first.wrapping_add(1);
             self.retire(chunk.retire());

@@ -75,11 +75,6 @@ impl ChunkWriter {
         self.share(at, bytes.len() as u32)
     }
 
-    /// Bytes written so far.
-    pub fn filled(&self) -> usize {
-        self.fill
-    }
-
     /// Bytes `at..at + len` written before (empty when not all written yet). The borrow
     /// of the writer keeps it from appending meanwhile.
     pub fn get(&self, at: u32, len: u32) -> &[u8] {
@@ -120,23 +115,13 @@ impl ChunkWriter {
     }
 
     /// Hints the CPU to fetch the line at `off` if it is in the chunk: a chunk is written
-    /// long after its bytes were last touched (a reused one holds messages evicted long
-    /// ago), and an append that waits for its line makes the next locked instruction (the
-    /// slice's reference count) wait for it too.
+    /// long after its lines were last touched (a reused one held messages evicted long
+    /// ago), and fetching ahead keeps an append from waiting for its line.
     #[inline(always)]
     fn prefetch(&self, off: usize) {
-        #[cfg(target_arch = "x86_64")]
         if let Some(cell) = self.cells.0.get(off) {
-            // SAFETY: a prefetch never faults and has no effect on memory contents; the
-            // intrinsic is available on every x86_64 CPU (SSE).
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    cell.get().cast_const().cast(),
-                )
-            };
+            crate::prefetch(cell.get().cast_const());
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = off;
     }
 
     /// Gives the chunk up: no more appends until it is reused.
@@ -245,7 +230,7 @@ mod tests {
         assert_eq!(w.get(at, 7), b"", "not written yet");
         assert!(w.share(at, 7).is_none());
         assert_eq!(&*w.share(at, 6).unwrap(), b"pushed");
-        assert_eq!(w.filled(), 11);
+        assert_eq!(w.room(), 100 - 11);
         assert!(ChunkSlice::copy_of(b"own").into_retired().is_some());
     }
 }

@@ -12,6 +12,20 @@ pub mod minitx;
 pub mod packet;
 pub mod shm;
 
+/// Hints the CPU to fetch the cache line holding `ptr` (no memory access semantics: any
+/// address will do).
+#[inline(always)]
+pub(crate) fn prefetch(ptr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no effect on memory contents; the intrinsic
+    // is available on every x86_64 CPU (SSE).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
 /// A group's 64-bit identifier: FNV-1a over the UTF-8 name ([`packet::group_id`]). Stable
 /// across hosts and releases (it appears in packets and decides a group's shard:
 /// `group_id % shards`).

@@ -99,15 +99,7 @@ mod imp {
         /// Hints the CPU to fetch the cache line at `off` (no memory access semantics).
         #[inline(always)]
         pub(crate) fn prefetch(&self, off: usize) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let ptr = self.base.as_ptr().wrapping_add(off) as *const i8;
-                // SAFETY: a prefetch never faults and has no effect on memory contents; the
-                // intrinsic is available on every x86_64 CPU (SSE).
-                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr) };
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = off;
+            crate::prefetch(self.base.as_ptr().wrapping_add(off).cast_const());
         }
 
         /// Borrows `len` bytes at `off` in place.
