@@ -228,6 +228,8 @@ pub struct Client {
     shards: Vec<Option<ShardLink>>,
     groups: Vec<Option<Group>>,
     empty_polls: u32,
+    /// System calls made to see whether the daemon is still there (`liveness_checks`).
+    liveness_checks: u64,
     gone: bool,
     buf: Vec<u8>,
 }
@@ -254,6 +256,7 @@ impl Client {
             shards: Vec::new(),
             groups: Vec::new(),
             empty_polls: 0,
+            liveness_checks: 0,
             gone: false,
             buf: vec![0; MAX_MESSAGE],
         };
@@ -782,10 +785,17 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let mut attempts: u32 = 0;
         let mut spin_start = None;
+        let mut parked = false;
         loop {
             let n = self.poll(group, limit, &mut handler)?;
             if n > 0 {
                 return Ok(n);
+            }
+            // A park that brought nothing (its slice ran out, or the wake was for nothing
+            // of ours): is the daemon still there? Not before the poll: a wake by a
+            // delivery goes straight to the message, with no system call on its path.
+            if std::mem::take(&mut parked) {
+                self.check_alive()?;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -797,7 +807,7 @@ impl Client {
                 IdleStrategy::Backoff if !spin_over(&mut spin_start, attempts) => std::hint::spin_loop(),
                 IdleStrategy::Backoff => {
                     self.park(group, (deadline - now).min(PARK_SLICE))?;
-                    self.check_alive()?;
+                    parked = true;
                 }
             }
         }
@@ -938,11 +948,20 @@ impl Client {
         self.conn.as_raw_fd()
     }
 
+    /// How many system calls this client has made to see whether the daemon is still
+    /// there (`check_alive`, and the checks `poll` and the blocking calls make while idle).
+    /// None is made on the way to a message: a blocking receive woken by a delivery takes
+    /// it without one.
+    pub fn liveness_checks(&self) -> u64 {
+        self.liveness_checks
+    }
+
     /// Checks, without blocking, that the daemon has not hung up on this session.
     pub fn check_alive(&mut self) -> Result<(), Error> {
         if self.gone {
             return Err(Error::DaemonGone);
         }
+        self.liveness_checks += 1;
         let mut fds = Vec::new();
         match self.conn.try_recv(&mut self.buf, &mut fds) {
             Ok(0) => {

@@ -371,6 +371,53 @@ fn a_garbage_frame_ends_only_that_clients_session() {
     );
 }
 
+/// A subscriber parked in `poll_blocking` and woken by a delivery takes the message
+/// without a system call of its own first: the liveness check (a `recvmsg` on the control
+/// socket) is for parks that bring nothing. It used to run after every park, on the path
+/// of every message to a sleeping subscriber.
+#[test]
+fn a_woken_subscriber_takes_the_message_without_a_liveness_check() {
+    let daemon = Daemon::start("woken", &[]);
+    let mut publisher = daemon.client();
+    let gp = publisher.join("g").unwrap();
+    let mut reader = daemon.client();
+    let gr = reader.join("g").unwrap();
+    const ROUNDS: u64 = 20;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let subscriber = std::thread::spawn(move || {
+        let before = reader.liveness_checks();
+        for round in 0..ROUNDS {
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            while got.is_empty() {
+                reader
+                    .poll_blocking(gr, 16, IdleStrategy::Backoff, WAIT, |e| {
+                        if let Event::Message { payload, .. } = e {
+                            got.push(index_of(payload));
+                        }
+                    })
+                    .unwrap();
+            }
+            assert_eq!(got, [round]);
+        }
+        reader.liveness_checks() - before
+    });
+    for round in 0..ROUNDS {
+        ready_rx.recv().unwrap();
+        // Long past the subscriber's spin, well inside one park slice (100 ms).
+        std::thread::sleep(Duration::from_millis(20));
+        publisher
+            .offer_blocking(gp, &message(round, 32), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    let checks = subscriber.join().unwrap();
+    // A park slice that runs out (a host stalled for 80 ms) is checked: allow a few.
+    assert!(
+        checks < ROUNDS / 2,
+        "{checks} liveness checks over {ROUNDS} woken parks"
+    );
+}
+
 #[test]
 fn clients_learn_that_the_daemon_is_gone() {
     let mut daemon = Daemon::start("gone", &[]);

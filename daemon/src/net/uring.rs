@@ -568,6 +568,37 @@ impl UringTransport {
         }
     }
 
+    /// Sends a lone queued datagram with `sendmsg(2)` when nothing else is queued or in
+    /// flight (a message at a time: the latency path). The system call is the one the
+    /// submission would make, without the ring's work around it (copying in the msghdr,
+    /// posting and reaping a completion): `flush` of one datagram took 4.1 against 4.9 us,
+    /// the loopback delivery included, measured in the shard. With nothing in flight the
+    /// datagram cannot pass an earlier one. Any error leaves it queued for the ring, which
+    /// counts it as it counts every other. Not with SQPOLL, where submitting makes no
+    /// system call at all.
+    fn send_lone(&mut self) -> bool {
+        if self.features.sqpoll
+            || self.send_pending.len() != 1
+            || self.send_in_flight != 0
+            || !self.ring.submission().is_empty()
+        {
+            return false;
+        }
+        let slot = self.send_pending[0];
+        let hdr = &self.send_slots[slot as usize].hdr;
+        // SAFETY: `queue` filled the slot's msghdr to name its address, its iovec and its
+        // bytes in `send_buf`, all owned by self and unchanged here; the kernel only reads
+        // them during the call.
+        let sent = unsafe { libc::sendmsg(self.socket.as_raw_fd(), hdr, libc::MSG_DONTWAIT) };
+        if sent < 0 {
+            return false;
+        }
+        self.send_pending.clear();
+        self.send_free.push(slot);
+        self.stats.sent += 1;
+        true
+    }
+
     /// Submits what is in the submission queue (and runs deferred completions).
     fn submit(&mut self) -> io::Result<()> {
         match self.ring.submit() {
@@ -841,6 +872,9 @@ impl Transport for UringTransport {
     }
 
     fn flush(&mut self) -> io::Result<usize> {
+        if self.send_lone() {
+            return Ok(1);
+        }
         let fd = Fd(self.socket.as_raw_fd());
         let mut handed = 0;
         loop {
