@@ -1249,7 +1249,9 @@ impl Cluster {
     /// Receives, runs due timers, sends what the node wants sent and hands its events to
     /// `on_event`. Returns how much work it did (0 = idle).
     pub fn poll(&mut self, on_event: &mut dyn FnMut(ClusterEvent<'_>)) -> usize {
-        let mut work = 0;
+        // What local publishers handed the node since the last poll goes out first, ahead
+        // of the receive and the timers: the send is the next hop of those messages.
+        let mut work = self.send_transmits();
         let now = self.now();
         {
             let Cluster {
@@ -1545,6 +1547,12 @@ impl Cluster {
                 on_event(ClusterEvent::OrderedStatus { group, status });
             }
         }
+    }
+
+    /// Whether the transport knows that `wake_fd` was not written since its last wait
+    /// returned for it (`Transport::wake_quiet`): then it needs no drain before the next.
+    pub fn wake_quiet(&self, wake_fd: RawFd) -> bool {
+        self.udp.wake_quiet(wake_fd)
     }
 
     /// Blocks until a datagram, the wake eventfd or the next timer (at most `max`).

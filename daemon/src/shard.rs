@@ -486,8 +486,16 @@ impl Shard {
     /// that saw the flag of the last park) leaves the eventfd readable: the wait returns at
     /// once and the next park resets it. A ring from before the reset is for a frame that
     /// was taken or that the look below sees.
+    ///
+    /// With io_uring the reset is skipped when the transport's one-shot poll of the
+    /// eventfd is still armed and has not fired: nothing rang it since the last park (a
+    /// shard woken by a datagram, the receiving side of every message). The `read` it
+    /// saves returned `EAGAIN` on every park of the receiving daemon in `perf trace`.
     fn park(&mut self) {
-        self.wake.drain();
+        let fd = self.wake.as_raw_fd();
+        if !self.cluster.as_ref().is_some_and(|c| c.wake_quiet(fd)) {
+            self.wake.drain();
+        }
         // set_parked fences; it pairs with the client's fence between its commit and its
         // look at `parked`: either the client sees parked = 1 and rings, or we see its frame.
         self.doorbell.set_parked(true);
@@ -548,16 +556,7 @@ impl Shard {
     /// Wakes subscribers sleeping on a group that just got data: a fence and a load per
     /// dirty group (in `waiters`); a futex wake only when someone sleeps.
     fn ring_group_doorbells(&mut self) {
-        for group in self.groups.iter_mut().flatten() {
-            if group.dirty {
-                group.dirty = false;
-                if group.doorbell.waiters() > 0 {
-                    group.doorbell.bump();
-                    tutti_sys::futex_wake_all(group.doorbell.futex_word());
-                    self.stats.add(counter::SUBSCRIBER_WAKES, 1);
-                }
-            }
-        }
+        ring_doorbells(&mut self.groups, &self.stats);
     }
 
     fn fail_client(&mut self, index: usize, reason: String) {
@@ -970,6 +969,11 @@ impl Shard {
                 }
             }
         });
+        if appended {
+            // Sleeping subscribers first, before the chores below: a wake-up on the path
+            // of every message to a parked subscriber waits for nothing else.
+            ring_doorbells(groups, stats);
+        }
         for gid in answer_empty {
             stats.add(counter::SNAPSHOTS_EMPTY, 1);
             cluster.snapshot_ready(gid, &[]);
@@ -1300,6 +1304,20 @@ fn slot_of<'a>(
 /// for a group the client has not joined, or a malformed ring, ends the client.
 /// `leaving`: the client is going (or leaving a group): bimodal flow control does not hold
 /// its frames back.
+/// [`Shard::ring_group_doorbells`] on borrowed parts of the shard.
+fn ring_doorbells(groups: &mut [Option<GroupSlot>], stats: &ShardStats) {
+    for group in groups.iter_mut().flatten() {
+        if group.dirty {
+            group.dirty = false;
+            if group.doorbell.waiters() > 0 {
+                group.doorbell.bump();
+                tutti_sys::futex_wake_all(group.doorbell.futex_word());
+                stats.add(counter::SUBSCRIBER_WAKES, 1);
+            }
+        }
+    }
+}
+
 fn drain_ring(
     client: &mut ClientSlot,
     groups: &mut [Option<GroupSlot>],

@@ -700,6 +700,10 @@ impl<T: Transport> Transport for AuthTransport<T> {
         self.inner.wait(timeout, wake_fd)
     }
 
+    fn wake_quiet(&self, wake_fd: RawFd) -> bool {
+        self.inner.wake_quiet(wake_fd)
+    }
+
     fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr()
     }

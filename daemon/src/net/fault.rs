@@ -345,6 +345,10 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         Ok(delivered)
     }
 
+    fn wake_quiet(&self, wake_fd: RawFd) -> bool {
+        self.inner.wake_quiet(wake_fd)
+    }
+
     fn wait(&mut self, timeout: Duration, wake_fd: RawFd) -> io::Result<()> {
         let mut timeout = timeout;
         if let Some(&Reverse((due, _, _))) = self.delay_heap.peek() {

@@ -126,6 +126,14 @@ pub trait Transport: Send {
     /// Pass the same `wake_fd` each time (a change costs a re-registration).
     fn wait(&mut self, timeout: Duration, wake_fd: RawFd) -> io::Result<()>;
 
+    /// True when the transport knows that `wake_fd` has not become readable since its last
+    /// `wait` returned for it: the caller may skip draining it before the next `wait`. A
+    /// wrong `true` costs at most one early return of `wait` (which still sees a readable
+    /// descriptor), never a missed wake-up. False when unknown (the default).
+    fn wake_quiet(&self, _wake_fd: RawFd) -> bool {
+        false
+    }
+
     /// The address the socket is bound to (the real port when `base_port` was 0).
     fn local_addr(&self) -> SocketAddr;
 
@@ -154,6 +162,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn wait(&mut self, timeout: Duration, wake_fd: RawFd) -> io::Result<()> {
         (**self).wait(timeout, wake_fd)
+    }
+    fn wake_quiet(&self, wake_fd: RawFd) -> bool {
+        (**self).wake_quiet(wake_fd)
     }
     fn local_addr(&self) -> SocketAddr {
         (**self).local_addr()
