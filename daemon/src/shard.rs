@@ -1300,10 +1300,6 @@ fn slot_of<'a>(
     groups.get_mut(handle as usize)?.as_mut()
 }
 
-/// Moves up to `limit` frames from one client's publish ring into group logs. A frame
-/// for a group the client has not joined, or a malformed ring, ends the client.
-/// `leaving`: the client is going (or leaving a group): bimodal flow control does not hold
-/// its frames back.
 /// [`Shard::ring_group_doorbells`] on borrowed parts of the shard.
 fn ring_doorbells(groups: &mut [Option<GroupSlot>], stats: &ShardStats) {
     for group in groups.iter_mut().flatten() {
@@ -1318,6 +1314,10 @@ fn ring_doorbells(groups: &mut [Option<GroupSlot>], stats: &ShardStats) {
     }
 }
 
+/// Moves up to `limit` frames from one client's publish ring into group logs. A frame
+/// for a group the client has not joined, or a malformed ring, ends the client.
+/// `leaving`: the client is going (or leaving a group): bimodal flow control does not hold
+/// its frames back.
 fn drain_ring(
     client: &mut ClientSlot,
     groups: &mut [Option<GroupSlot>],

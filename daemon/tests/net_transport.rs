@@ -179,7 +179,7 @@ fn exchange(a: &mut dyn Transport, b: &mut dyn Transport, count: u64, batch: usi
     // io_uring counts a send when its completion arrives: let the last ones in.
     let sent = |a: &dyn Transport, b: &dyn Transport| (a.stats().sent - a0.sent, b.stats().sent - b0.sent);
     let deadline = Instant::now() + Duration::from_secs(2);
-    while sent(a, b) < (count, count) && Instant::now() < deadline {
+    while sent(a, b) != (count, count) && Instant::now() < deadline {
         let _ = a.recv(1, &mut |_, _| {});
         let _ = b.recv(1, &mut |_, _| {});
     }

@@ -1084,11 +1084,12 @@ impl Transport for UringTransport {
         }
     }
 
-    /// The wake poll is one-shot: while it is armed for `wake_fd` and has not completed,
-    /// the descriptor has not been written since (a write completes it; one whose
-    /// completion is not reaped yet makes the next `wait` return at once).
+    /// The wake poll is one-shot, and `reap` clears `wake_armed` when it completes: while
+    /// it is armed for `wake_fd`, the descriptor has not been written since (a write
+    /// completes it; one whose completion is not reaped yet makes the next `wait` return
+    /// at once).
     fn wake_quiet(&self, wake_fd: RawFd) -> bool {
-        self.wake_armed == Some(wake_fd) && !self.wake_fired
+        self.wake_armed == Some(wake_fd)
     }
 
     fn local_addr(&self) -> SocketAddr {
