@@ -28,6 +28,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tutti_proto::fxhash::FxMap;
 use tutti_proto::ordered::{
     OrderedSettings, OrderedStatusEvent, PartitionPolicy, RemoveReason, Status as OrderedMemberStatus,
 };
@@ -661,7 +662,7 @@ pub struct Cluster {
     epoch: Instant,
     shard: usize,
     base_port: u16,
-    peers: HashMap<NodeId, PeerAddr>,
+    peers: FxMap<NodeId, PeerAddr>,
     /// Indexed by placeholder node id (`0..MAX_ADDRESS_SEEDS`, daemon 0).
     probes: Vec<SeedProbe>,
     duplicates: Vec<Duplicate>,
@@ -722,7 +723,7 @@ impl Cluster {
         let udp =
             net::open_with(net_cfg, shard, auth.as_ref()).map_err(|e| format!("shard {shard} UDP: {e}"))?;
         let local = udp.local_addr();
-        let mut peers = HashMap::new();
+        let mut peers = FxMap::default();
         let mut probes = Vec::new();
         let mut seed_ids = Vec::new();
         for s in &cfg.seeds {
@@ -1670,7 +1671,7 @@ fn peek_sender(bytes: &[u8]) -> Option<(NodeId, u32)> {
 /// another address is a second daemon with the same id. A configured seed that was never
 /// heard moves to where its id first answers from.
 fn learn_address(
-    peers: &mut HashMap<NodeId, PeerAddr>,
+    peers: &mut FxMap<NodeId, PeerAddr>,
     node: NodeId,
     incarnation: u32,
     from: SocketAddr,
@@ -1724,7 +1725,7 @@ fn from_view_addr(v: u64) -> Option<SocketAddr> {
 /// we may never have heard from. An address heard from the member itself is kept (a view
 /// never moves it), so a coordinator that lies about an address misleads us only until
 /// the member's own datagrams arrive; those move it as they move a configured seed's.
-fn learn_view_addresses(peers: &mut HashMap<NodeId, PeerAddr>, view: &View, me: NodeId) {
+fn learn_view_addresses(peers: &mut FxMap<NodeId, PeerAddr>, view: &View, me: NodeId) {
     for (i, m) in view.members.iter().enumerate() {
         if m.node == me {
             continue;
@@ -1952,7 +1953,7 @@ mod tests {
             addr("10.0.0.9:7400"),
             addr("10.0.0.3:7400"),
         );
-        let mut peers = HashMap::new();
+        let mut peers = FxMap::default();
         assert_eq!(learn_address(&mut peers, 0x100, 5, heard, 1), None);
         let m = |node| tutti_proto::Member { node, incarnation: 5 };
         let view = View {
@@ -1978,7 +1979,7 @@ mod tests {
 
     #[test]
     fn a_second_address_for_one_id_is_refused_unless_it_is_a_restart() {
-        let mut peers = HashMap::new();
+        let mut peers = FxMap::default();
         let (a, b) = (addr("10.0.0.1:7400"), addr("10.0.0.2:7400"));
         assert_eq!(learn_address(&mut peers, 0x700, 5, a, 1), None);
         // Same id, older or equal incarnation, elsewhere: a second daemon.

@@ -9,8 +9,9 @@
 //! state transfer ([`CpgTables::snapshot`] / [`CpgTables::install`]).
 
 use crate::cluster::{Cluster, OrderedRefusal};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
+use tutti_proto::fxhash::FxMap;
 use tutti_wire::shm::CpgEntry;
 
 /// The session id under which a daemon publishes process-table changes in a cpg group's
@@ -150,7 +151,7 @@ pub struct Listing {
 /// What a shard's cpg groups need beyond their logs, by cluster-wide group id.
 #[derive(Default)]
 pub struct CpgTables {
-    tables: HashMap<u64, Table>,
+    tables: FxMap<u64, Table>,
     /// Changes refused at delivery (malformed, or a table at `MAX_PROCESSES`).
     pub refused: u64,
 }

@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+use tutti_proto::fxhash::FxMap;
 use tutti_proto::regions::{RegionError, RegionOp, RegionTxn};
 use tutti_sys::{EventFd, Mapping};
 use tutti_wire::control::GroupOptions;
@@ -336,7 +337,7 @@ pub struct Shard {
     /// The cluster node of this shard, when the daemon is in a cluster.
     cluster: Option<Cluster>,
     /// Group handle by cluster-wide group id (for deliveries from other daemons).
-    by_gid: HashMap<u64, u32>,
+    by_gid: FxMap<u64, u32>,
     /// Process tables of the `cpg` groups (and of those draining after their last local
     /// process went).
     cpg: CpgTables,
@@ -392,7 +393,7 @@ impl Shard {
             clients: Vec::new(),
             groups: Vec::new(),
             cluster,
-            by_gid: HashMap::new(),
+            by_gid: FxMap::default(),
             cpg: CpgTables::default(),
             kept_views: HashMap::new(),
             since_cluster: 0,
@@ -1293,7 +1294,7 @@ fn append_confchg(
 /// The slot of the group with cluster-wide id `group`, if it lives here.
 fn slot_of<'a>(
     groups: &'a mut [Option<GroupSlot>],
-    by_gid: &HashMap<u64, u32>,
+    by_gid: &FxMap<u64, u32>,
     group: u64,
 ) -> Option<&'a mut GroupSlot> {
     let handle = *by_gid.get(&group)?;

@@ -22,7 +22,7 @@
 
 #![forbid(unsafe_code)]
 
-mod fxhash;
+pub mod fxhash;
 mod id_index;
 pub mod minitx;
 mod multicast;

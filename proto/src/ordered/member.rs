@@ -3236,6 +3236,8 @@ impl OrderedMember {
                 for seq in b.first_seq..b.first_seq + u64::from(b.count) {
                     let bytes = self.payloads.get(&(self.node, me.join_pos, seq))?;
                     let mut slot = self.spare.pop().unwrap_or_default();
+                    // One allocation at most (a reused buffer holds a payload, no header).
+                    slot.reserve(QUEUE_HEADER + bytes.len());
                     slot.extend_from_slice(&self.node.to_le_bytes());
                     slot.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                     slot.extend_from_slice(&me.join_pos.to_le_bytes());
