@@ -26,8 +26,11 @@ cluster_install() {
     command -v gcc >/dev/null || missing+=(gcc)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} from Debian packages" >&2
+        # A fresh machine may have no package lists yet: update once and try again.
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-            { echo "apt-get install ${missing[*]} failed; run apt-get update first?" >&2; return 1; }
+            { apt-get update -qq >&2 &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; } ||
+            { echo "apt-get install ${missing[*]} failed" >&2; return 1; }
     fi
 }
 
