@@ -54,6 +54,13 @@ pub fn kind_of(bytes: &[u8]) -> Option<u8> {
     let magic = u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]);
     (magic == MINITX_MAGIC && *bytes.get(2)? == MINITX_VERSION).then(|| bytes.get(3).copied())?
 }
+/// The memory node a message names (the header's `memnode`), under the same checks as
+/// [`kind_of`]: routes a message to its list without decoding its body, which the receiver
+/// decodes (and refuses, counted, if malformed).
+pub fn memnode_of(bytes: &[u8]) -> Option<u16> {
+    kind_of(bytes)?;
+    Some(u16::from_le_bytes([*bytes.get(4)?, *bytes.get(5)?]))
+}
 /// Most items of one kind (compares, reads or writes) in one message, and most locks in a
 /// record: a decoder refuses more before allocating anything.
 pub const MAX_ITEMS: usize = 256;
@@ -1047,6 +1054,7 @@ mod tests {
         let bytes = m.to_vec();
         assert_eq!(&Message::decode(&bytes).unwrap(), m);
         assert_eq!(kind_of(&bytes), bytes.get(3).copied());
+        assert_eq!(memnode_of(&bytes), Some(m.memnode()));
         // `to_vec` sizes its vector once: `encoded_len` is an upper bound, and a tight one.
         assert!(
             m.encoded_len() >= bytes.len(),
@@ -1146,6 +1154,13 @@ mod tests {
             if let Some(kind) = kind_of(&bytes) {
                 prop_assert_eq!(&bytes[..3], &[b'M', b'T', MINITX_VERSION][..]);
                 prop_assert_eq!(kind, bytes[3]);
+            }
+            // The memory node is read under the same checks, and agrees with a decode.
+            if let Ok(m) = Message::decode(&bytes) {
+                prop_assert_eq!(memnode_of(&bytes), Some(m.memnode()));
+            }
+            if memnode_of(&bytes).is_some() {
+                prop_assert!(kind_of(&bytes).is_some() && bytes.len() >= 6);
             }
             // With a valid header too, so the body decoders see the noise.
             let mut framed = MINITX_MAGIC.to_le_bytes().to_vec();

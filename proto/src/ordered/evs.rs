@@ -155,6 +155,15 @@ impl EvsMember {
         self.installed.as_ref().map(|(m, _)| m)
     }
 
+    /// Hands back a buffer this member gave out (a delivered payload, a disseminated copy)
+    /// for reuse by the member that sends and delivers now: the installed list's, else the
+    /// one being gathered (`OrderedMember::recycle`). With none, it is freed.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if let Some((m, _)) = self.installed.as_mut().or(self.gathering.as_mut()) {
+            m.recycle(buf);
+        }
+    }
+
     /// The member of the list being gathered, if any.
     pub fn gathering(&self) -> Option<&OrderedMember> {
         self.gathering.as_ref().map(|(m, _)| m)
@@ -328,9 +337,9 @@ impl EvsMember {
 
     /// A minitransaction message from a memory node: to the list it is about.
     pub fn handle_minitx(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
-        let memnode = tutti_wire::minitx::Message::decode(bytes)
-            .ok()
-            .map(|m| m.memnode());
+        // The header names the list; the list's member decodes the body (a malformed one
+        // is counted there).
+        let memnode = tutti_wire::minitx::memnode_of(bytes);
         if !self.hand_to_list(memnode, |m| m.handle_minitx(now, from, bytes)) {
             self.counters.stale_minitx += 1;
         }

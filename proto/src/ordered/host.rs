@@ -499,6 +499,8 @@ impl OrderedHost {
     pub fn recycle(&mut self, group: GroupId, payload: Vec<u8>) {
         if let Some(h) = self.groups.get_mut(&group) {
             h.member.recycle(payload);
+        } else if let Some(h) = self.evs.get_mut(&group) {
+            h.member.recycle(payload);
         }
     }
 
@@ -1394,6 +1396,9 @@ impl OrderedHost {
                         }
                     }
                     self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
+                    if let Some(h) = self.evs.get_mut(&group) {
+                        h.member.recycle(bytes);
+                    }
                 }
                 Output::Deliver {
                     sender,
@@ -1490,20 +1495,13 @@ impl OrderedHost {
     /// there again, and moved with what it held); a member of the list that has not seen
     /// the change yet gets no answers until its own view moves it to a new list.
     fn free_epochs(&mut self, group: GroupId) {
-        let live: Vec<EpochId> = self
-            .evs
-            .get(&group)
-            .map(|h| {
-                [h.member.current(), h.member.gathering()]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(OrderedMember::list_epoch)
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Runs after every pump: no allocation (at most two lists are live).
+        let live: [Option<EpochId>; 2] = self.evs.get(&group).map_or([None, None], |h| {
+            [h.member.current(), h.member.gathering()].map(|m| m.and_then(OrderedMember::list_epoch))
+        });
         let before = self.epoch_replicas.len();
         self.epoch_replicas
-            .retain(|&(g, _), r| g != group || live.contains(&r.epoch));
+            .retain(|&(g, _), r| g != group || live.contains(&Some(r.epoch)));
         self.counters.epoch_replicas_freed += (before - self.epoch_replicas.len()) as u64;
     }
 
@@ -1524,7 +1522,9 @@ impl OrderedHost {
                     self.counters.malformed += 1;
                     return;
                 };
-                let Ok(memnode) = tutti_wire::minitx::Message::decode(msg).map(|m| m.memnode()) else {
+                // Routed by the header; the memory node decodes the body (and counts a
+                // malformed one).
+                let Some(memnode) = tutti_wire::minitx::memnode_of(msg) else {
                     self.counters.malformed += 1;
                     return;
                 };
