@@ -494,8 +494,9 @@ impl OrderedHost {
         }
     }
 
-    /// Hands back the payload of a delivered message of `group` (`HostEvent::Deliver`)
-    /// for reuse by its member; the driver calls it once it has copied the bytes out.
+    /// Hands back the payload of a delivered message of `group` (`HostEvent::Deliver`), or
+    /// a disseminated copy once it is in a run, for reuse by its member (`majority` or
+    /// `evs`); the driver calls it once it has copied the bytes out.
     pub fn recycle(&mut self, group: GroupId, payload: Vec<u8>) {
         if let Some(h) = self.groups.get_mut(&group) {
             h.member.recycle(payload);
@@ -1296,9 +1297,7 @@ impl OrderedHost {
                         members
                     };
                     self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
-                    if let Some(h) = self.groups.get_mut(&group) {
-                        h.member.recycle(bytes);
-                    }
+                    self.recycle(group, bytes);
                 }
                 Output::Deliver {
                     sender,
@@ -1396,9 +1395,7 @@ impl OrderedHost {
                         }
                     }
                     self.add_to_run(group, &mut run, (sender, epoch, seq), &bytes, members);
-                    if let Some(h) = self.evs.get_mut(&group) {
-                        h.member.recycle(bytes);
-                    }
+                    self.recycle(group, bytes);
                 }
                 Output::Deliver {
                     sender,
