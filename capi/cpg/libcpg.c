@@ -46,8 +46,9 @@
 /* How long cpg_leave waits for the rest of a fragmented message to enter the publish ring. */
 #define LEAVE_FLUSH_MS 5000
 /* How long a leaver reads on for its own leave's confchg in the order (what was ordered
- * before the leave comes first) before it makes the confchg itself: the daemon stops writing
- * the group's log once no local process is a member, which the leaver may not know yet. */
+ * before the leave comes first) before it makes the confchg itself: the daemon writes the
+ * group's log until the leaves of its processes are through the order, for at most 10 s
+ * (`shard::LINGER_MAX`); a process joining the group there meanwhile ends it sooner. */
 #define LEAVE_CONFCHG_WAIT_MS 5000
 /* Flow control: a handle's own messages accepted but not yet seen back in its log (taken
  * by the total order) are at most this many, and a new message is taken only while they
@@ -81,7 +82,6 @@ struct inst {
 	uint32_t nodeid, session;
 	/* LEAVING: left, still reading the log up to the own leave's confchg. */
 	enum { NOT_JOINED, JOINED, LEAVING, LEFT } state;
-	int leave_last_local; /* no other local member: the log ends with the leave */
 	uint64_t leave_deadline_ms;
 	int seen_own_join;
 	struct cpg_name group;
@@ -519,13 +519,9 @@ EXPORT cs_error_t cpg_leave(cpg_handle_t handle, const struct cpg_name *group)
 		usleep(1000);
 	/* Virtually synchronous, as Corosync: the leaver goes on reading the log, gets what was
 	 * ordered before its leave and then its own leave's confchg from the daemons (members:
-	 * the others; left: itself with LEAVE). The last local member's log ends at the leave
-	 * (the daemon drops it), so that one drains what is there and makes the confchg itself;
-	 * so does any leaver that has not seen its confchg after LEAVE_CONFCHG_WAIT_MS. */
-	in->leave_last_local = 1;
-	for (size_t i = 0; i < in->n_members; i++)
-		if (in->members[i].nodeid == in->nodeid && in->members[i].session != in->session)
-			in->leave_last_local = 0;
+	 * the others; left: itself with LEAVE). The daemon writes the log until then, also for
+	 * its last local member; a leaver that has not seen its confchg after
+	 * LEAVE_CONFCHG_WAIT_MS makes it itself. */
 	tutti_error_t e = tutti_leave_reading(in->client, in->tg);
 	if (e != TUTTI_OK) {
 		finish_leave(in, 1);
@@ -916,7 +912,7 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 				continue;
 		}
 		if (e == TUTTI_ERR_AGAIN && in->state == LEAVING &&
-		    (in->leave_last_local || mono_ms() >= in->leave_deadline_ms)) {
+		    mono_ms() >= in->leave_deadline_ms) {
 			/* The log holds no own leave's confchg and will not: make it. */
 			finish_leave(in, 1);
 			return dispatch_one(in, handle);
@@ -945,13 +941,6 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 			if (in->state == LEAVING && in->seen_own_join && own_left(in, c)) {
 				finish_leave(in, 0);
 				return 1;
-			}
-			if (in->state == LEAVING) {
-				/* Another local member joined or left meanwhile: does the log go on? */
-				in->leave_last_local = 1;
-				for (size_t i = 0; i < in->n_members; i++)
-					if (in->members[i].nodeid == in->nodeid && in->members[i].session != in->session)
-						in->leave_last_local = 0;
 			}
 			break;
 		}

@@ -173,8 +173,9 @@ tutti_error_t tutti_leave(tutti_client_t *client, tutti_group_t group);
  * client offered and takes nothing more from it (tutti_offer / tutti_try_claim on the group
  * fail), while tutti_next, tutti_poll and the descriptor go on with what the daemon writes
  * into the group's log after (for a CPG process: what was ordered before its leave, then
- * its own leave's confchg). The daemon stops writing once no local member is left, so the
- * caller bounds its wait. tutti_leave then frees the group (no second request). Calling it
+ * its own leave's confchg). In a CPG group the daemon writes on until the leaves of its
+ * processes are through the order (at most 10 s); in other groups it stops once no local
+ * member is left. The caller bounds its wait. tutti_leave then frees the group (no second request). Calling it
  * twice: TUTTI_ERR_UNKNOWN_GROUP. */
 tutti_error_t tutti_leave_reading(tutti_client_t *client, tutti_group_t group);
 

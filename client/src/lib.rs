@@ -529,8 +529,9 @@ impl Client {
     /// while [`poll`](Self::poll) and the C API's `tutti_next` still return what the daemon
     /// writes into the log after, until [`leave`](Self::leave) frees the mapping. A CPG
     /// process uses it to get what was ordered before its leave, then the confchg of its
-    /// own leave, as Corosync delivers them. The daemon stops writing the log once no
-    /// local member is left: the caller bounds its wait.
+    /// own leave, as Corosync delivers them. In a cpg group the daemon writes the log until
+    /// the leaves of its processes are through the order (at most `LINGER_MAX`, 10 s); in
+    /// other groups it stops once no local member is left. The caller bounds its wait.
     pub fn leave_reading(&mut self, group: GroupId) -> Result<(), Error> {
         let g = self.group(group)?;
         if g.left {

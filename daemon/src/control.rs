@@ -890,7 +890,7 @@ impl Control {
                 .as_ref()
                 .is_some_and(|g| g.members.is_empty())
         {
-            self.drop_group(handle);
+            self.drop_group(handle, false);
         }
         result
     }
@@ -1102,15 +1102,18 @@ impl Control {
             s.groups.retain(|&h| h != handle);
         }
         if empty {
-            self.drop_group(handle);
+            // A cpg leaver reads on up to its own leave's confchg: the shard writes the log
+            // until then (`ShardCommand::DropGroup`).
+            self.drop_group(handle, true);
         }
     }
 
-    /// Frees a group nobody belongs to any more: the shard drops its mappings, we close
-    /// its descriptors, and the kernel frees the memory when the last subscriber unmaps.
-    fn drop_group(&mut self, handle: u32) {
+    /// Frees a group nobody belongs to any more: the shard drops its mappings (with
+    /// `linger`, once a cpg leaver has read up to its leave), we close its descriptors, and
+    /// the kernel frees the memory when the last subscriber unmaps.
+    fn drop_group(&mut self, handle: u32, linger: bool) {
         if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::take) {
-            let _ = self.shards[group.shard].send(ShardCommand::DropGroup { handle });
+            let _ = self.shards[group.shard].send(ShardCommand::DropGroup { handle, linger });
             self.group_by_name.remove(&group.name);
             let (uid, bytes) = group.charged;
             self.uncharge(uid, 0, bytes);
@@ -1148,7 +1151,7 @@ impl Control {
                 }
             }
             if empty {
-                self.drop_group(handle);
+                self.drop_group(handle, false);
             }
         }
         tracing::info!(session = id, pid = session.cred.pid, "client session ended");

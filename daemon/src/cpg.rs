@@ -82,6 +82,11 @@ struct Table {
     procs: Vec<Proc>,
     /// Changes of local sessions not yet taken by the ordered group (back pressure).
     pending: VecDeque<[u8; OP_LEN]>,
+    /// Changes of local sessions taken by the ordered group and not yet delivered back
+    /// (a leaver's log is written until its leave is through: [`CpgTables::has_local`]).
+    /// One lost by an `evs` configuration change stays counted until
+    /// [`CpgTables::forget_in_order`].
+    in_order: u32,
     /// `evs` merges: this daemon's announce chunks not yet taken by the ordered group.
     announces: VecDeque<Vec<u8>>,
     /// The group's last local member went (when): the daemon stays in its order, dormant.
@@ -152,6 +157,8 @@ pub struct Listing {
 #[derive(Default)]
 pub struct CpgTables {
     tables: FxMap<u64, Table>,
+    /// This daemon's id (its own changes come back with it).
+    me: u32,
     /// Changes refused at delivery (malformed, or a table at `MAX_PROCESSES`).
     pub refused: u64,
 }
@@ -165,6 +172,32 @@ fn op(kind: u32, session: u32, pid: u32, why: u32) -> [u8; OP_LEN] {
 }
 
 impl CpgTables {
+    /// The tables of daemon `me`.
+    pub fn new(me: u32) -> CpgTables {
+        CpgTables {
+            me,
+            ..CpgTables::default()
+        }
+    }
+
+    /// Whether group `gid` still has processes of this daemon: a member, or a change of a
+    /// local session not yet through the order. A group whose last local process left keeps
+    /// its log written until this is false, so that the leaver gets what was ordered before
+    /// its leave and then its own leave's confchg, as on Corosync.
+    pub fn has_local(&self, gid: u64) -> bool {
+        self.tables.get(&gid).is_some_and(|t| {
+            !t.pending.is_empty() || t.in_order > 0 || t.procs.iter().any(|p| p.node == self.me)
+        })
+    }
+
+    /// Forgets the local changes counted in the order of `gid` (a bounded wait for them
+    /// ended: an `evs` configuration change may have lost one).
+    pub fn forget_in_order(&mut self, gid: u64) {
+        if let Some(t) = self.tables.get_mut(&gid) {
+            t.in_order = 0;
+        }
+    }
+
     /// Starts the table of group `gid` (named `name`), or wakes a dormant one: true if this
     /// daemon is still a member of the group's order (no join needed).
     pub fn open(&mut self, gid: u64, name: &str) -> bool {
@@ -264,6 +297,7 @@ impl CpgTables {
                 match cluster.submit_ordered(gid, CONTROL_SESSION, bytes, false) {
                     Ok(()) => {
                         t.pending.pop_front();
+                        t.in_order += 1;
                     }
                     Err(OrderedRefusal::Full) => break,
                     Err(OrderedRefusal::TooLarge) => {
@@ -358,6 +392,9 @@ impl CpgTables {
             return Vec::new();
         };
         let announce = bytes.get(..4) == Some(&OP_ANNOUNCE.to_le_bytes()[..]);
+        if node == self.me && !announce {
+            t.in_order = t.in_order.saturating_sub(1);
+        }
         if t.merging.is_some() && !announce {
             if t.deferred.len() >= MAX_PROCESSES {
                 self.refused += 1;
@@ -539,6 +576,42 @@ mod tests {
     fn delivered(t: &mut CpgTables, gid: u64, node: u32) -> Vec<Confchg> {
         let pending: Vec<_> = t.tables.get_mut(&gid).unwrap().pending.drain(..).collect();
         pending.iter().flat_map(|b| t.deliver(gid, node, b)).collect()
+    }
+
+    /// What `flush` does with the pending changes: hands them to the order.
+    fn submitted(t: &mut CpgTables, gid: u64) -> Vec<[u8; OP_LEN]> {
+        let table = t.tables.get_mut(&gid).unwrap();
+        let ops: Vec<_> = table.pending.drain(..).collect();
+        table.in_order += ops.len() as u32;
+        ops
+    }
+
+    /// A group whose last local process left is written until that leave is through: the
+    /// tables say so while a local change is pending, in the order, or a local process is a
+    /// member; others' changes do not count.
+    #[test]
+    fn local_processes_count_until_their_leave_is_through_the_order() {
+        let mut t = CpgTables::new(1);
+        t.open(7, "cpg:seven");
+        assert!(!t.has_local(7));
+        t.proc_join(7, 3, 300);
+        assert!(t.has_local(7), "a join pending");
+        let join = submitted(&mut t, 7);
+        t.proc_leave(7, 3, reason::LEAVE);
+        let leave = submitted(&mut t, 7);
+        assert!(t.has_local(7), "join and leave in the order, neither delivered");
+        // Another daemon's process joins: not ours.
+        t.deliver(7, 2, &op(OP_JOIN, 9, 900, reason::JOIN));
+        t.deliver(7, 1, &join[0]);
+        assert!(t.has_local(7), "a member");
+        t.deliver(7, 1, &leave[0]);
+        assert!(!t.has_local(7), "the leave is through");
+        // A change lost in the order is forgotten when the wait for it ends.
+        t.proc_join(7, 4, 400);
+        submitted(&mut t, 7);
+        assert!(t.has_local(7));
+        t.forget_in_order(7);
+        assert!(!t.has_local(7));
     }
 
     #[test]

@@ -158,8 +158,13 @@ pub enum ShardCommand {
         doorbell: Mapping,
         ack: Sender<Result<(), String>>,
     },
+    /// The group has no local member left. With `linger` (a process left a cpg group; one
+    /// that ended reads nothing more) the shard keeps writing its log until the local
+    /// processes' leaves are through the order, at most [`LINGER_MAX`], so that the leaver
+    /// reads up to its own leave's confchg.
     DropGroup {
         handle: u32,
+        linger: bool,
     },
     AddClient {
         session: u32,
@@ -296,6 +301,9 @@ struct GroupSlot {
     rates: (f64, f64),
     options: GroupOptions,
     ordered: OrderedState,
+    /// No local member is left, but a leaver still reads: the log is written until then
+    /// (a deadline; see [`ShardCommand::DropGroup`]).
+    lingering: Option<Instant>,
     _log: Mapping,
     _doorbell: Mapping,
 }
@@ -321,6 +329,11 @@ struct OrderedState {
 /// beyond it a group joined again before its daemon left gets no view until the next change.
 const MAX_KEPT_VIEWS: usize = 4 * cpg::MAX_DORMANT;
 
+/// Longest a cpg group's log is written after its last local process left, waiting for
+/// that leave to go through the order (libcpg.so.4's leaver waits 5 s, then makes its own
+/// confchg).
+pub const LINGER_MAX: Duration = Duration::from_secs(10);
+
 /// Everything a shard thread needs; built by the daemon, moved into the thread.
 pub struct Shard {
     pub index: usize,
@@ -341,6 +354,8 @@ pub struct Shard {
     /// Process tables of the `cpg` groups (and of those draining after their last local
     /// process went).
     cpg: CpgTables,
+    /// Handles of the groups whose log is written for a leaver (`GroupSlot::lingering`).
+    lingering: Vec<u32>,
     /// The last view of each ordered group whose slot went while this daemon may still be
     /// in its order (a leave waiting for its messages to drain, a dormant cpg group), kept
     /// current: a client that joins again before the daemon left gets it, since no
@@ -394,7 +409,8 @@ impl Shard {
             groups: Vec::new(),
             cluster,
             by_gid: FxMap::default(),
-            cpg: CpgTables::default(),
+            cpg: CpgTables::new(node_id),
+            lingering: Vec::new(),
             kept_views: HashMap::new(),
             since_cluster: 0,
             last_view: None,
@@ -419,6 +435,7 @@ impl Shard {
             if self.cluster.is_some() && (work > 0 || self.since_cluster >= CLUSTER_POLL_INTERVAL) {
                 self.since_cluster = 0;
                 let cluster_work = self.poll_cluster() + self.drain_regions();
+                self.end_lingering();
                 if cluster_work > 0 {
                     // Keep polling every pass while the network is busy.
                     self.since_cluster = CLUSTER_POLL_INTERVAL;
@@ -663,35 +680,22 @@ impl Shard {
                         }
                     }
                 }
-                ShardCommand::DropGroup { handle } => {
-                    if let Some(slot) = self.groups.get_mut(handle as usize) {
-                        if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
-                            if let Some(view) = group.ordered.view.as_ref() {
-                                if self.kept_views.len() < MAX_KEPT_VIEWS {
-                                    self.kept_views.insert(group.gid, view.clone());
-                                }
-                            }
-                            if group.options.cpg {
-                                // Stays in the order, dormant (see `cpg::MAX_DORMANT`).
-                                if let Some(gid) = self.cpg.sleep(group.gid) {
-                                    cluster.leave_ordered(gid);
-                                }
-                            } else if group.options.ordered {
-                                cluster.leave_ordered(group.gid);
-                            } else {
-                                cluster.leave(group.gid);
-                            }
-                            self.by_gid.remove(&group.gid);
-                        }
-                        *slot = None;
-                    }
+                ShardCommand::DropGroup { handle, linger } => {
                     for c in &mut self.clients {
                         if let Some(j) = c.joined.get_mut(handle as usize) {
                             *j = false;
                         }
                     }
-                    self.stats
-                        .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
+                    let slot = self.groups.get_mut(handle as usize).and_then(Option::as_mut);
+                    match slot {
+                        Some(g) if linger && g.options.cpg && self.cpg.has_local(g.gid) => {
+                            if g.lingering.is_none() {
+                                g.lingering = Some(Instant::now() + LINGER_MAX);
+                                self.lingering.push(handle);
+                            }
+                        }
+                        _ => self.release_group(handle),
+                    }
                 }
                 ShardCommand::AddClient { session, ring, ack } => {
                     // SAFETY: `ring` is a live mapping that the client slot keeps alive as
@@ -1178,6 +1182,71 @@ impl Shard {
         }
     }
 
+    /// Frees a group's slot: the daemon leaves the group (a cpg group stays in its order,
+    /// dormant), and its log is no longer written.
+    fn release_group(&mut self, handle: u32) {
+        if let Some(slot) = self.groups.get_mut(handle as usize) {
+            if let (Some(group), Some(cluster)) = (slot.as_ref(), self.cluster.as_mut()) {
+                if let Some(view) = group.ordered.view.as_ref() {
+                    if self.kept_views.len() < MAX_KEPT_VIEWS {
+                        self.kept_views.insert(group.gid, view.clone());
+                    }
+                }
+                if group.options.cpg {
+                    // Stays in the order, dormant (see `cpg::MAX_DORMANT`).
+                    if let Some(gid) = self.cpg.sleep(group.gid) {
+                        cluster.leave_ordered(gid);
+                    }
+                } else if group.options.ordered {
+                    cluster.leave_ordered(group.gid);
+                } else {
+                    cluster.leave(group.gid);
+                }
+                if self.by_gid.get(&group.gid) == Some(&handle) {
+                    self.by_gid.remove(&group.gid);
+                }
+            }
+            *slot = None;
+        }
+        self.lingering.retain(|&h| h != handle);
+        self.stats
+            .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
+    }
+
+    /// Frees the slots of groups written for a leaver once the local processes' leaves are
+    /// through the order (the leaver has its own leave's confchg), or at their deadline.
+    fn end_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (groups, cpg) = (&self.groups, &mut self.cpg);
+        let mut done = Vec::new();
+        for &handle in &self.lingering {
+            let Some((gid, deadline)) = groups
+                .get(handle as usize)
+                .and_then(Option::as_ref)
+                .and_then(|g| Some((g.gid, g.lingering?)))
+            else {
+                done.push(handle);
+                continue;
+            };
+            if now >= deadline {
+                tracing::warn!(
+                    group = %format!("{gid:#x}"),
+                    "a cpg leave not through the order in {LINGER_MAX:?}: the group's log ends"
+                );
+                cpg.forget_in_order(gid);
+                done.push(handle);
+            } else if !cpg.has_local(gid) {
+                done.push(handle);
+            }
+        }
+        for handle in done {
+            self.release_group(handle);
+        }
+    }
+
     fn add_group(
         &mut self,
         handle: u32,
@@ -1186,6 +1255,19 @@ impl Shard {
         log: Mapping,
         doorbell: Mapping,
     ) -> Result<(), String> {
+        // A group joined again while its log is still written for a leaver (or a handle
+        // reused meanwhile): that leaver's log ends here, before the new slot takes the id.
+        let before = [Some(handle), self.by_gid.get(&gid).copied()];
+        for h in before.into_iter().flatten() {
+            if self
+                .groups
+                .get(h as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|g| g.lingering.is_some())
+            {
+                self.release_group(h);
+            }
+        }
         // SAFETY: both mappings are live and kept in the slot for as long as the writer and
         // doorbell exist; the daemon initialised them and no one else writes the log.
         let mut writer =
@@ -1250,6 +1332,7 @@ impl Shard {
                 view,
                 ..OrderedState::default()
             },
+            lingering: None,
             _log: log,
             _doorbell: doorbell,
         });

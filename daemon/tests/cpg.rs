@@ -25,6 +25,7 @@ const SUBNET_EVS_FIRST: u8 = 96;
 const SUBNET_JOIN_RACE: u8 = 97;
 const SUBNET_MAJORITY: u8 = 98;
 const SUBNET_STALL: u8 = 89;
+const SUBNET_LAST_LEAVE: u8 = 88;
 /// `cpg_reason_t` codes.
 const JOIN: u32 = 1;
 const LEAVE: u32 = 2;
@@ -662,6 +663,56 @@ fn a_leaver_gets_what_was_ordered_before_its_leave_then_its_own_confchg() {
     let others = a2.records_since_members(&three);
     assert_eq!(others[..mine.len()], mine[..], "a's records are a prefix of a2's");
     drop((a, a2, b));
+}
+
+/// The same when the leaver is its daemon's last local process of the group: the daemon
+/// keeps writing the group's log until the leave is through, so what was ordered before the
+/// leave and the leave's own confchg still reach it. (The daemon used to drop the log at the
+/// leave request: such a leaver got only what the log held then, and libcpg made its
+/// confchg itself.) b's messages are still in flight when a leaves.
+#[test]
+fn the_last_local_leaver_gets_what_was_ordered_before_its_leave_then_its_own_confchg() {
+    let daemons = start_cluster(SUBNET_LAST_LEAVE);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let group = &group_off_daemon_3("cpg.last-leave");
+    // a alone on daemon 1, b on daemon 2.
+    let a = Member::start(all[0], group);
+    let b = Member::start(all[1], group);
+    let (a_me, b_me) = (a.me, b.me);
+    let two = [a_me, b_me];
+    wait_until(WAIT, "two members seen by both", &all, || {
+        [&a, &b].iter().all(|m| m.saw_members(&two))
+    });
+    // 400 messages in the order before the leave; 200 more in flight as a leaves.
+    b.send(Command::Publish(400));
+    wait_until(WAIT, "b's 400 messages back at b", &all, || b.messages() == 400);
+    b.send(Command::Publish(200));
+    a.send(Command::LeaveReading);
+    wait_until(WAIT, "a's own leave's confchg", &all, || {
+        !a.joined.load(Ordering::Acquire)
+    });
+    wait_until(WAIT, "a's leave at b", &all, || {
+        b.saw(&[b_me], &[], &[(a_me, LEAVE)])
+    });
+    let mine = a.records_since_members(&two);
+    let own = Rec::Confchg {
+        members: vec![b_me],
+        joined: Vec::new(),
+        left: vec![(a_me, LEAVE)],
+    };
+    assert_eq!(
+        mine.last(),
+        Some(&own),
+        "its own leave's confchg comes last: {mine:?}"
+    );
+    let at_b = b.records_since_members(&two);
+    assert_eq!(at_b[..mine.len()], mine[..], "a's records are a prefix of b's");
+    let before = mine.iter().filter(|r| matches!(r, Rec::Msg(..))).count();
+    assert!(
+        before >= 400,
+        "a got the messages sent before its leave ({before})"
+    );
+    drop((a, b));
 }
 
 /// Under `cpg_partition = "evs"` a join changes the cluster view (the group's directory),
