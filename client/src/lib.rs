@@ -705,13 +705,16 @@ impl Client {
         idle: IdleStrategy,
         timeout: Duration,
     ) -> Result<(), OfferError> {
-        let deadline = Instant::now() + timeout;
+        // The clock is read only once the ring is full: an offer that goes through at once
+        // (almost all of them) costs no clock read.
+        let mut deadline = None;
         let mut attempts: u32 = 0;
         let mut spin_start = None;
         loop {
             match self.offer(group, payload) {
                 Err(OfferError::BackPressured) => {
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if now >= *deadline.get_or_insert(now + timeout) {
                         return Err(OfferError::BackPressured);
                     }
                     attempts = attempts.saturating_add(1);
@@ -783,7 +786,8 @@ impl Client {
         timeout: Duration,
         mut handler: impl FnMut(Event<'_>),
     ) -> Result<usize, Error> {
-        let deadline = Instant::now() + timeout;
+        // The clock is read only once a poll found nothing.
+        let mut deadline = None;
         let mut attempts: u32 = 0;
         let mut spin_start = None;
         let mut parked = false;
@@ -799,6 +803,7 @@ impl Client {
                 self.check_alive()?;
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
             if now >= deadline {
                 return Ok(0);
             }

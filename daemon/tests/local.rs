@@ -167,6 +167,21 @@ fn too_large_names_the_limit_and_back_pressure_is_a_value() {
         .unwrap();
         got == max
     }));
+    // A daemon that takes nothing: offer_blocking fills the ring, waits out its timeout
+    // (the clock is read only once the ring is full) and says so.
+    daemon.signal(libc::SIGSTOP);
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let (result, waited) = loop {
+        let call = Instant::now();
+        match a.offer_blocking(g, &[1u8; 1024], IdleStrategy::Backoff, timeout) {
+            Ok(()) => assert!(started.elapsed() < WAIT, "a 64 KiB ring never filled"),
+            other => break (other, call.elapsed()),
+        }
+    };
+    daemon.signal(libc::SIGCONT);
+    assert!(matches!(result, Err(OfferError::BackPressured)), "{result:?}");
+    assert!(waited >= timeout, "gave up after {waited:?}, before its timeout");
 }
 
 #[test]
