@@ -169,6 +169,7 @@ pub const REPORTED_COUNTERS: &[&str] = &[
     "decode_errors",
     "not_joined",
     "parks",
+    "park_barriers",
     "subscriber_wakes",
     "view_changes",
     "gossip_rounds",

@@ -182,6 +182,8 @@ struct ShardLink {
     producer: PublishProducer,
     doorbell: ShardDoorbell,
     eventfd: EventFd,
+    /// This process is registered for `membarrier(GLOBAL_EXPEDITED)` ([`membarrier_registered`]).
+    registered: bool,
     _ring: Mapping,
     _doorbell_map: Mapping,
 }
@@ -468,6 +470,7 @@ impl Client {
                 producer,
                 doorbell: shard_doorbell,
                 eventfd: EventFd::from_owned(ev_fd),
+                registered: membarrier_registered(),
                 _ring: ring,
                 _doorbell_map: sbell,
             });
@@ -687,6 +690,7 @@ impl Client {
             producer,
             doorbell,
             eventfd,
+            registered,
             ..
         } = link;
         let inner = producer.try_claim(handle, len)?;
@@ -694,6 +698,7 @@ impl Client {
             inner,
             doorbell,
             eventfd,
+            registered: *registered,
         })
     }
 
@@ -1067,6 +1072,7 @@ pub struct Claim<'a> {
     inner: PublishClaim<'a>,
     doorbell: &'a ShardDoorbell,
     eventfd: &'a EventFd,
+    registered: bool,
 }
 
 impl Claim<'_> {
@@ -1080,24 +1086,40 @@ impl Claim<'_> {
     #[inline]
     pub fn commit(self) {
         self.inner.commit();
-        wake_if_parked(self.doorbell, self.eventfd);
+        wake_if_parked(self.doorbell, self.eventfd, self.registered);
     }
 }
 
 #[inline]
 fn ring_doorbell(link: &ShardLink) {
-    wake_if_parked(&link.doorbell, &link.eventfd);
+    wake_if_parked(&link.doorbell, &link.eventfd, link.registered);
 }
 
-/// After a commit: one fence and one load of a rarely written cache line; a system call
-/// only when the shard is parked.
+/// After a commit: a load of a rarely written cache line, a fence unless the shard is in
+/// barrier mode and this process registered (`tutti_wire::shm::doorbell`), and a load of
+/// `parked`; a system call only when the shard is parked.
 #[inline]
-fn wake_if_parked(doorbell: &ShardDoorbell, eventfd: &EventFd) {
-    // is_parked fences first; it pairs with the shard's fence between announcing `parked`
-    // and re-checking the rings.
-    if doorbell.may_park() && doorbell.is_parked() {
+fn wake_if_parked(doorbell: &ShardDoorbell, eventfd: &EventFd, registered: bool) {
+    // The fence pairs with the shard's fence (or its membarrier) between announcing
+    // `parked` and re-checking the rings.
+    if doorbell.wants_ring(registered) {
         eventfd.notify();
     }
+}
+
+/// Whether this process is registered for `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`,
+/// registering it on the first call: its commits then skip their fence while a busy shard
+/// is in barrier mode (the shard pays a membarrier when it parks instead). Set
+/// `TUTTI_NO_MEMBARRIER=1` to keep a process out (a seccomp filter that kills on unknown
+/// system calls, or threads that must not take the barrier's interrupt): its commits then
+/// always fence.
+fn membarrier_registered() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        std::env::var_os("TUTTI_NO_MEMBARRIER").is_none()
+            && tutti_sys::membarrier_global_expedited_available()
+            && tutti_sys::membarrier_register_global_expedited().is_ok()
+    })
 }
 
 fn map_exact(fd: &OwnedFd, len: usize, writable: bool) -> Result<Mapping, Error> {

@@ -23,6 +23,12 @@ use tutti_wire::shm::{GroupDoorbell, LeftReason, LogWriter, PublishConsumer, Sha
 /// Frames taken from one publish ring before the shard moves on to the next ring, so a
 /// flooding client cannot starve the others.
 const FRAMES_PER_RING_PASS: usize = 256;
+/// Frames taken from the rings since the last park from which the shard is busy enough for
+/// barrier mode (`tutti_wire::shm::doorbell`): its clients' commits skip their fence, and
+/// its next park pays one `membarrier`. A shard woken for single messages stays fenced.
+const BARRIER_MODE_FRAMES: usize = 32;
+/// Longest park after a failed `membarrier` (a client may have skipped its fence).
+const PARK_AFTER_FAILED_BARRIER: Duration = Duration::from_millis(1);
 /// How long the backoff strategy spins after data before it parks (no yields). Kept short
 /// and bounded by time, not passes: on a machine with fewer cores than busy threads (a
 /// 2-vCPU VM running two daemons and two clients) every spinning thread holds a core that
@@ -71,6 +77,7 @@ pub mod counter {
     pub const SUBSCRIBER_WAKES: usize = shard_counter("subscriber_wakes");
     pub const PARKS: usize = shard_counter("parks");
     pub const IDLE_SPINS: usize = shard_counter("idle_spins");
+    pub const PARK_BARRIERS: usize = shard_counter("park_barriers");
     pub const CLIENTS: usize = shard_counter("clients");
     pub const GROUPS: usize = shard_counter("groups");
     pub const HEARTBEAT: usize = shard_counter("heartbeat");
@@ -369,6 +376,13 @@ pub struct Shard {
     /// Client frames or remote deliveries since the shard last parked (the backoff
     /// strategy spins long only then).
     data_since_park: bool,
+    /// `membarrier(GLOBAL_EXPEDITED)` works here (and the shard may park): barrier mode is
+    /// allowed.
+    barrier_allowed: bool,
+    /// In barrier mode since the last park: the next park calls `membarrier`.
+    barrier_mode: bool,
+    /// Frames taken from the rings since the last park.
+    frames_since_park: usize,
     /// Region operations in flight: op -> the control thread's token.
     region_ops: HashMap<RegionOp, u64>,
     _doorbell_map: Mapping,
@@ -416,6 +430,10 @@ impl Shard {
             last_view: None,
             last_sample: std::time::Instant::now(),
             data_since_park: false,
+            barrier_allowed: idle == IdleStrategy::Backoff
+                && tutti_sys::membarrier_global_expedited_available(),
+            barrier_mode: false,
+            frames_since_park: 0,
             region_ops: HashMap::new(),
             _doorbell_map: doorbell_map,
         })
@@ -516,7 +534,21 @@ impl Shard {
         }
         // set_parked fences; it pairs with the client's fence between its commit and its
         // look at `parked`: either the client sees parked = 1 and rings, or we see its frame.
-        self.doorbell.set_parked(true);
+        // In barrier mode the membarrier stands for the fences that clients skipped.
+        let mut timeout = PARK_TIMEOUT;
+        self.frames_since_park = 0;
+        if std::mem::take(&mut self.barrier_mode) {
+            self.doorbell.park_leaving_barrier_mode();
+            self.stats.add(counter::PARK_BARRIERS, 1);
+            if let Err(e) = tutti_sys::membarrier_global_expedited() {
+                tracing::warn!(shard = self.index, "membarrier: {e}; clients fence from now on");
+                self.barrier_allowed = false;
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                timeout = PARK_AFTER_FAILED_BARRIER;
+            }
+        } else {
+            self.doorbell.set_parked(true);
+        }
         let pending = self
             .clients
             .iter()
@@ -525,9 +557,9 @@ impl Shard {
         if !pending {
             self.stats.add(counter::PARKS, 1);
             match self.cluster.as_mut() {
-                Some(cluster) => cluster.wait(PARK_TIMEOUT, self.wake.as_raw_fd()),
+                Some(cluster) => cluster.wait(timeout, self.wake.as_raw_fd()),
                 None => {
-                    self.wake.wait(PARK_TIMEOUT);
+                    self.wake.wait(timeout);
                 }
             }
         }
@@ -564,6 +596,11 @@ impl Shard {
         }
         if let Some((i, reason)) = failed {
             self.fail_client(i, reason);
+        }
+        self.frames_since_park += total;
+        if self.frames_since_park >= BARRIER_MODE_FRAMES && self.barrier_allowed && !self.barrier_mode {
+            self.barrier_mode = true;
+            self.doorbell.enter_barrier_mode();
         }
         if total > 0 {
             self.ring_group_doorbells();

@@ -694,17 +694,19 @@ fn the_last_local_leaver_gets_what_was_ordered_before_its_leave_then_its_own_con
     wait_until(WAIT, "a's leave at b", &all, || {
         b.saw(&[b_me], &[], &[(a_me, LEAVE)])
     });
-    let mine = a.records_since_members(&two);
+    let mut mine = a.records_since_members(&two);
     let own = Rec::Confchg {
         members: vec![b_me],
         joined: Vec::new(),
         left: vec![(a_me, LEAVE)],
     };
-    assert_eq!(
-        mine.last(),
-        Some(&own),
-        "its own leave's confchg comes last: {mine:?}"
-    );
+    // What a read after its own confchg in the same poll (the log is written until the
+    // shard sees the leave through, after that poll's deliveries) libcpg never shows.
+    let end = mine
+        .iter()
+        .position(|r| *r == own)
+        .unwrap_or_else(|| panic!("no own leave's confchg: {mine:?}"));
+    mine.truncate(end + 1);
     let at_b = b.records_since_members(&two);
     assert_eq!(at_b[..mine.len()], mine[..], "a's records are a prefix of b's");
     let before = mine.iter().filter(|r| matches!(r, Rec::Msg(..))).count();

@@ -569,6 +569,46 @@ pub fn futex_wake_all(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
 
+/// `membarrier(2)` commands (linux/membarrier.h).
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+fn membarrier(cmd: libc::c_int) -> io::Result<libc::c_long> {
+    // SAFETY: membarrier takes no pointers; an unknown or refused command is an error
+    // return (EINVAL, or EPERM under a seccomp filter that returns it).
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint, 0 as libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Whether this kernel has `MEMBARRIER_CMD_GLOBAL_EXPEDITED` and lets us call it: a full
+/// memory barrier on every running thread of the processes that registered for it
+/// ([`membarrier_register_global_expedited`]), an asymmetric fence for the rare side of a
+/// handshake (the shard's doorbell: `tutti_wire::shm::doorbell`).
+pub fn membarrier_global_expedited_available() -> bool {
+    membarrier(MEMBARRIER_CMD_QUERY).is_ok_and(|cmds| {
+        let need = MEMBARRIER_CMD_GLOBAL_EXPEDITED | MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED;
+        cmds & need as libc::c_long == need as libc::c_long
+    })
+}
+
+/// Registers this process for [`membarrier_global_expedited`]: from now on its running
+/// threads take part in every such barrier (an interrupt while one of them is on a CPU).
+pub fn membarrier_register_global_expedited() -> io::Result<()> {
+    membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED).map(drop)
+}
+
+/// A full memory barrier on every running thread of every registered process (and this
+/// one) before it returns: accesses each made before its barrier are visible to the caller
+/// afterwards, and accesses after it see what the caller stored before the call.
+pub fn membarrier_global_expedited() -> io::Result<()> {
+    membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED).map(drop)
+}
+
 /// Polls a set of descriptors for readability; `timeout` None waits forever. Returns the
 /// `revents` of each, in order.
 pub fn poll_readable(fds: &[RawFd], revents: &mut Vec<i16>, timeout: Option<Duration>) -> io::Result<()> {

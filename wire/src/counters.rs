@@ -176,6 +176,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "publish_abandoned",
         "frames a client had committed to its publish ring that could not be published when its session ended (an ordered group refused them for now; counted, never silent)",
     ),
+    (
+        "park_barriers",
+        "parks after busy work that called membarrier(GLOBAL_EXPEDITED) in place of the clients' fences (doorbell barrier mode)",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):
