@@ -228,6 +228,11 @@ struct LocalThroughputArgs {
     /// relay floor's) as an HdrHistogram interval log.
     #[arg(long, value_name = "FILE")]
     hlog: Option<PathBuf>,
+    /// The daemon's idle strategy: `spin` (its clients never fence) or `backoff` (the
+    /// service's default: clients fence after a commit unless the busy shard is in barrier
+    /// mode, docs/internals.md "Doorbells").
+    #[arg(long, default_value = "spin", value_parser = ["spin", "backoff"])]
+    daemon_idle: String,
 }
 
 #[derive(Args)]
@@ -610,6 +615,7 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         rate: None,
         rate_latency: None,
         timed_out: None,
+        daemon_idle: None,
     };
     emit_throughput(c.json, &throughput);
     let relay = floor::relay_throughput(
@@ -816,9 +822,14 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             &shape,
         )?;
         let tuttid = daemon_binary(&args.daemon);
+        let idle = if args.daemon_idle == "backoff" {
+            "backoff"
+        } else {
+            "spin"
+        };
         let mut daemon = daemon::Daemon::start(&daemon::DaemonOptions {
             tuttid: &tuttid,
-            idle: "spin",
+            idle,
             core: c.daemon_core,
             no_pin: false,
             config: None,
@@ -874,6 +885,7 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             rate: (args.rate > 0.0).then_some(args.rate),
             rate_latency: (args.rate > 0.0).then(|| Percentiles::of(&run.latency)),
             timed_out: (args.rate > 0.0).then_some(run.timed_out),
+            daemon_idle: Some(idle),
         };
         emit_throughput(c.json, &result);
         warn_if_floor_drifted(floor.ring.msgs_per_s, result.floor_after_msgs_per_s);

@@ -145,6 +145,10 @@ pub struct ThroughputResult {
     pub rate_latency: Option<Percentiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timed_out: Option<u64>,
+    /// `local-throughput`: the daemon's idle strategy (`spin`, or `backoff`, whose clients
+    /// fence after a commit unless the shard is in barrier mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_idle: Option<&'static str>,
 }
 
 /// The cluster benchmark's latency line: publish on daemon 1 to delivery on daemon 2, one
@@ -469,8 +473,9 @@ pub fn print_latency_table(r: &LatencyResult) {
 }
 
 pub fn print_throughput_table(r: &ThroughputResult) {
+    let idle = r.daemon_idle.map(|i| format!(", daemon {i}")).unwrap_or_default();
     println!(
-        "{} (size {} B, {:.1} s, {} messages)",
+        "{} (size {} B, {:.1} s, {} messages{idle})",
         r.bench, r.size, r.duration_s, r.messages
     );
     println!("  {:>14.0} msg/s {:>10.1} MB/s", r.msgs_per_s, r.mb_per_s);
