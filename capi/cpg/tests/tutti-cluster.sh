@@ -128,9 +128,14 @@ cluster_exec() {
     env TUTTI_SOCKET="$CLUSTER_DIR/n$i/tuttid.sock" LD_LIBRARY_PATH="$TUTTI_LIB" "$@"
 }
 
+# 0 while the daemon does not answer yet. Never fails: callers run under `set -euo pipefail`
+# (bench/anchors/corosync/run.sh), where a status asked before the daemon's socket existed
+# failed the pipeline, and so the assignment, and the script exited without a word (seen
+# once in CI).
 cluster_members_seen() {
-    "$TUTTI_REPO/target/$TUTTI_PROFILE/tutti" --socket "$CLUSTER_DIR/n$1/tuttid.sock" status 2>/dev/null |
-        sed -n 's/.*view_members[ =:]*\([0-9]*\).*/\1/p' | head -1
+    local s
+    s=$("$TUTTI_REPO/target/$TUTTI_PROFILE/tutti" --socket "$CLUSTER_DIR/n$1/tuttid.sock" status 2>/dev/null) || s=""
+    sed -n 's/.*view_members[ =:]*\([0-9]*\).*/\1/p' <<<"$s" | head -1 || true
 }
 
 cluster_up() {
