@@ -34,6 +34,7 @@
 //! ```text
 //! offset 0    DoorbellHeader { magic "TUTTISDB" | "TUTTIGDB", version: u32, reserved: u32 }
 //! offset 128  shard: parked: AtomicU32      group: waiters: AtomicU32
+//! offset 192  shard: mode: AtomicU32
 //! offset 256                                group: futex: AtomicU32
 //! ```
 
@@ -124,7 +125,7 @@ unsafe fn attach_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Regio
 }
 
 /// One per shard: `parked` tells clients whether a commit must ring the shard's eventfd.
-/// Written by the shard; clients map it read-only and only call [`is_parked`](Self::is_parked).
+/// Written by the shard; clients map it read-only and only call [`wants_ring`](Self::wants_ring).
 pub struct ShardDoorbell {
     region: Region,
 }
@@ -201,13 +202,6 @@ impl ShardDoorbell {
     pub fn park_leaving_barrier_mode(&self) {
         self.mode().store(MODE_FENCED, Relaxed);
         self.parked().store(1, Relaxed);
-    }
-
-    /// Client side: whether the shard may park at all (one load of a line that is written
-    /// rarely; a spinning shard needs no doorbell).
-    #[inline]
-    pub fn may_park(&self) -> bool {
-        self.mode().load(Relaxed) != MODE_NEVER_PARKS
     }
 
     /// Client side, after a commit: `fence(SeqCst)`, then load `parked`. If true, write
@@ -350,20 +344,20 @@ mod tests {
         assert!(client.is_parked());
         shard.set_parked(false);
         assert!(!client.is_parked());
-        assert!(client.may_park());
         // Barrier mode: the answer is the same for registered and other clients (only the
         // fence differs); leaving it to park puts the flag up and the mode back.
         shard.enter_barrier_mode();
-        assert!(client.may_park());
         assert!(!client.wants_ring(true) && !client.wants_ring(false));
         shard.park_leaving_barrier_mode();
         assert!(client.wants_ring(true) && client.wants_ring(false));
         shard.set_parked(false);
         assert!(!client.wants_ring(true));
         shard.set_never_parks();
-        assert!(!client.may_park(), "a spinning shard needs no doorbell");
         shard.set_parked(true);
-        assert!(!client.wants_ring(false), "nor a ring");
+        assert!(
+            !client.wants_ring(false) && !client.wants_ring(true),
+            "a spinning shard needs no doorbell"
+        );
     }
 
     #[test]
