@@ -898,19 +898,13 @@ static int dispatch_one(struct inst *in, cpg_handle_t handle)
 		}
 		return 0;
 	}
-	int recheck = 3;
 	for (;;) {
 		tutti_event_t ev;
+		/* libtutti's descriptor is readable only for records past where a read left the log
+		 * drained (the daemon's watch word: docs/internals.md, "Descriptors"), and a record
+		 * that comes while a read arms it is delivered by that read: AGAIN here leaves it
+		 * idle, so POLLIN means an event waits, as CPG programs take it. */
 		tutti_error_t e = tutti_next(in->client, in->tg, &ev);
-		/* A readable descriptor means an event waits, as CPG programs take it. libtutti's
-		 * descriptor is readable only for records past where a read left the log drained
-		 * (capi/src/wake.rs: a log-position check); a belt to that: if it is readable when
-		 * the log looks empty, read once more (a read resets it). */
-		if (e == TUTTI_ERR_AGAIN && recheck-- > 0) {
-			struct pollfd p = {.fd = in->tfd, .events = POLLIN};
-			if (poll(&p, 1, 0) > 0)
-				continue;
-		}
 		if (e == TUTTI_ERR_AGAIN && in->state == LEAVING &&
 		    mono_ms() >= in->leave_deadline_ms) {
 			/* The log holds no own leave's confchg and will not: make it. */

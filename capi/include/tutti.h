@@ -310,10 +310,9 @@ tutti_error_t tutti_next(tutti_client_t *client, tutti_group_t group, tutti_even
  * the same for the group until tutti_leave / tutti_close. Edge-style contract: once it is
  * readable, call tutti_poll or tutti_next until they deliver nothing (0 / TUTTI_ERR_AGAIN)
  * before waiting again; they reset it. A wake-up may find nothing (spurious): wait again.
- * It also turns readable, for good, within 200 ms of the daemon hanging up (then receiving
- * says TUTTI_ERR_DAEMON_GONE once what was delivered is read). The first call starts a
- * helper thread that sleeps on the group's futex (one per group with a descriptor); while
- * it runs, the daemon pays one FUTEX_WAKE per batch it appends to the group. */
+ * It also turns readable, for good, when the daemon hangs up (then receiving says
+ * TUTTI_ERR_DAEMON_GONE once what was delivered is read). The daemon makes it readable
+ * itself (no thread of the library's): one send per wake-up the reader takes. */
 tutti_error_t tutti_fd(tutti_client_t *client, tutti_group_t group, int *fd);
 
 #ifdef __cplusplus

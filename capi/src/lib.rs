@@ -10,7 +10,6 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod boundary;
-mod wake;
 
 use boundary::{guard, with_client, Fail};
 use std::cell::{Cell, UnsafeCell};
@@ -18,7 +17,9 @@ use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
-use tutti_client::{Client, Error, Event, GroupId, GroupOptions, IdleStrategy, OfferError, Rights};
+use tutti_client::{
+    Client, Error, Event, GroupId, GroupOptions, GroupWatch, IdleStrategy, OfferError, Rights,
+};
 
 /// `tutti_error_t`: TUTTI_OK or a negative `TUTTI_ERR_*`.
 pub type TuttiError = i32;
@@ -280,19 +281,11 @@ impl Default for Scratch {
     }
 }
 
-impl Drop for State {
-    fn drop(&mut self) {
-        // Ask every helper to stop first, so they wind down together, not one by one.
-        for wake in self.groups.iter().flatten().filter_map(|g| g.wake.as_ref()) {
-            wake.stop();
-        }
-    }
-}
-
 struct GroupSlot {
     id: GroupId,
     subscribed: bool,
-    wake: Option<wake::GroupWake>,
+    /// The group's descriptor (`tutti_fd`), made on first use.
+    wake: Option<GroupWatch>,
 }
 
 /// A claim handed to C: the publish ring's tail does not move until it is committed or
@@ -327,15 +320,11 @@ impl State {
         }
     }
 
-    /// After a poll that found nothing: if the group's helper saw the daemon hang up,
-    /// confirm it now (a plain poll only checks now and then).
+    /// After a poll that found nothing, before its descriptor is armed again: if the
+    /// descriptor says the daemon hung up, confirm it now (a plain poll only checks now
+    /// and then).
     fn check_gone(&mut self, group: u32) -> Result<(), Fail> {
-        if self
-            .slot(group)?
-            .wake
-            .as_ref()
-            .is_some_and(wake::GroupWake::daemon_gone)
-        {
+        if self.slot(group)?.wake.as_ref().is_some_and(GroupWatch::hung_up) {
             self.client.check_alive().map_err(client_fail)?;
         }
         Ok(())
@@ -801,20 +790,25 @@ fn receiving(s: &State, group: u32, limit: usize) -> Result<GroupId, Fail> {
         ));
     }
     if let Some(wake) = slot.wake.as_ref().filter(|_| limit > 0) {
-        wake.reset();
+        wake.before_read();
     }
     Ok(slot.id)
 }
 
-/// After a read: if it left the group's log drained, tells its descriptor's helper where
-/// the reader stands (`GroupWake::drained`), so that it does not wake the descriptor for
-/// the records read, however late it notices their append.
-fn drained(s: &State, group: u32) {
-    let Ok(slot) = s.slot(group) else { return };
-    if let Some(wake) = slot.wake.as_ref() {
-        if let (Ok(false), Ok(position)) = (s.client.has_data(slot.id), s.client.read_position(slot.id)) {
-            wake.drained(position);
-        }
+/// Reads that find a record arriving while they arm the descriptor go on, at most this
+/// many times in one call (a record the reader cannot take yet, the daemon between its
+/// steps, would otherwise keep it spinning).
+const SETTLE_ROUNDS: usize = 64;
+
+/// After a read: whether the reader may stop. With a descriptor, arms it if the read left
+/// the log drained (`Client::watch_drained`: the daemon makes it readable at its next
+/// append); `false` if a record came meanwhile (read on, so that none is left behind an
+/// idle descriptor).
+fn settle(s: &State, group: u32) -> bool {
+    let Ok(slot) = s.slot(group) else { return true };
+    match slot.wake.as_ref() {
+        Some(wake) => s.client.watch_drained(wake).unwrap_or(true),
+        None => true,
     }
 }
 
@@ -835,16 +829,27 @@ pub unsafe extern "C" fn tutti_poll(
             .then(|| boundary::out_ptr(delivered, "delivered"))
             .transpose()?;
         let id = receiving(s, group, limit)?;
-        let State { client, scratch, .. } = s;
-        let n = client
-            .poll(id, limit, |e| {
-                boundary::call_back(callback, &event(group, &e, scratch), user)
-            })
-            .map_err(client_fail)?;
-        if n == 0 {
-            s.check_gone(group)?;
+        let mut n = 0;
+        let mut settled = false;
+        for _ in 0..SETTLE_ROUNDS {
+            let State { client, scratch, .. } = &mut *s;
+            n += client
+                .poll(id, limit - n, |e| {
+                    boundary::call_back(callback, &event(group, &e, scratch), user)
+                })
+                .map_err(client_fail)?;
+            if n == 0 && limit > 0 {
+                s.check_gone(group)?;
+            }
+            if limit == 0 || n >= limit || settle(s, group) {
+                settled = true;
+                break;
+            }
         }
-        drained(s, group);
+        if !settled && n == 0 {
+            // As in tutti_next: a record that stays out of reach.
+            s.client.check_alive().map_err(client_fail)?;
+        }
         if let Some(d) = delivered {
             d.write(n);
         }
@@ -882,6 +887,9 @@ pub unsafe extern "C" fn tutti_poll_wait(
                 boundary::call_back(callback, &event(group, &e, scratch), user)
             })
             .map_err(client_fail)?;
+        // Arms the descriptor if the log is drained; a record that came meanwhile is the
+        // caller's to read next (it got at least one, or waits again).
+        settle(s, group);
         if let Some(d) = delivered {
             d.write(n);
         }
@@ -906,40 +914,43 @@ pub unsafe extern "C" fn tutti_next(
     with_client(client, |s| {
         let out = boundary::out_ptr(out, "event")?;
         let id = receiving(s, group, 1)?;
-        let State {
-            client,
-            next_payload,
-            scratch,
-            ..
-        } = s;
-        let mut next = None;
-        let n = client
-            .poll(id, 1, |e| {
-                let mut ev = event(group, &e, scratch);
-                if let Event::Message { payload, .. }
-                | Event::Installed {
-                    snapshot: payload, ..
-                } = e
-                {
-                    next_payload.clear();
-                    next_payload.extend_from_slice(payload);
-                    ev.payload = next_payload.as_ptr();
-                }
-                next = Some(ev);
-            })
-            .map_err(client_fail)?;
-        match next {
-            Some(ev) if n == 1 => {
+        for _ in 0..SETTLE_ROUNDS {
+            let State {
+                client,
+                next_payload,
+                scratch,
+                ..
+            } = &mut *s;
+            let mut next = None;
+            let n = client
+                .poll(id, 1, |e| {
+                    let mut ev = event(group, &e, scratch);
+                    if let Event::Message { payload, .. }
+                    | Event::Installed {
+                        snapshot: payload, ..
+                    } = e
+                    {
+                        next_payload.clear();
+                        next_payload.extend_from_slice(payload);
+                        ev.payload = next_payload.as_ptr();
+                    }
+                    next = Some(ev);
+                })
+                .map_err(client_fail)?;
+            if let Some(ev) = next.filter(|_| n == 1) {
                 out.write(ev);
-                drained(s, group);
-                Ok(())
+                settle(s, group);
+                return Ok(());
             }
-            _ => {
-                s.check_gone(group)?;
-                drained(s, group);
-                Err(Fail::new(TUTTI_ERR_AGAIN, c"no event waiting"))
+            s.check_gone(group)?;
+            if settle(s, group) {
+                return Err(Fail::new(TUTTI_ERR_AGAIN, c"no event waiting"));
             }
         }
+        // A record the reader cannot take yet, round after round (the daemon stopped
+        // between the steps of an append?): is it still there?
+        s.client.check_alive().map_err(client_fail)?;
+        Err(Fail::new(TUTTI_ERR_AGAIN, c"no event waiting"))
     })
 }
 
@@ -960,13 +971,8 @@ pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut
             out.write(wake.fd());
             return Ok(());
         }
-        let signal = s.client.append_signal(slot.id).map_err(client_fail)?;
-        let (client, id) = (&s.client, slot.id);
-        let position = client.read_position(id).map_err(client_fail)?;
-        let wake = wake::GroupWake::start(signal, client.control_fd(), position, || {
-            client.has_data(id).unwrap_or(true)
-        })
-        .map_err(|e| Fail::text(TUTTI_ERR_IO, format!("tutti_fd: cannot start its helper: {e}")))?;
+        let id = slot.id;
+        let wake = s.client.watch(id).map_err(client_fail)?;
         out.write(wake.fd());
         if let Some(slot) = s.groups[group as usize].as_mut() {
             slot.wake = Some(wake);

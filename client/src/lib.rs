@@ -44,7 +44,9 @@ use tutti_wire::shm::{
 pub use tutti_wire::shm::OfferError as RingOfferError;
 
 mod minitx;
+mod watch;
 pub use minitx::{Minitx, MinitxError, MinitxOutcome};
+pub use watch::GroupWatch;
 
 /// The examples in the workspace's README.md, compiled as doctests of this crate (only
 /// when rustdoc collects doctests; not part of the API).

@@ -18,10 +18,10 @@ use tutti_proto::regions::{region_id, RegionError, RegionId, RegionTxn};
 use tutti_sys::{EventFd, Mapping, PeerCred, SeqPacket, SeqPacketListener, SignalFd};
 use tutti_wire::control::{
     ErrorCode, GroupOptions, ItemKind, Joined, Limit, MinitxFailure, Reply, Request, Right, Rights,
-    CONTROL_COUNTERS_PAGE, MAX_MESSAGE, MAX_SNAPSHOT, PROTOCOL_VERSION,
+    CONTROL_COUNTERS_PAGE, MAX_MESSAGE, MAX_SNAPSHOT, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tutti_wire::counters::{CountersPage, CONTROL_COUNTERS, COUNTERS_LEN, SHARD_COUNTERS};
-use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing};
+use tutti_wire::shm::{DeliveryLog, GroupDoorbell, PublishRing, Watch, WATCH_LEN};
 
 /// How long the control thread waits for a shard to apply a command before it gives up
 /// and refuses the client's request.
@@ -129,6 +129,10 @@ struct Session {
     /// Per shard: whether this client has a publish ring there.
     shards: Vec<bool>,
     groups: Vec<u32>,
+    /// Of `groups`, those joined with the subscribe right, and those with a descriptor's
+    /// watch (`Request::Watch`).
+    subscribed: Vec<u32>,
+    watches: Vec<u32>,
     /// Bytes of publish rings charged to the session's uid.
     ring_bytes: u64,
     joins: TokenBucket,
@@ -419,6 +423,8 @@ impl Control {
                     hello: false,
                     shards: vec![false; self.shards.len()],
                     groups: Vec::new(),
+                    subscribed: Vec::new(),
+                    watches: Vec::new(),
                     ring_bytes: 0,
                     joins: TokenBucket::full(limits.join_burst, Instant::now()),
                     region_ops: 0,
@@ -492,9 +498,9 @@ impl Control {
         let hello = self.sessions.get(&id).is_some_and(|s| s.hello);
         match request {
             Request::Hello { version, pid } => {
-                if version != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     let text = format!(
-                        "protocol version {version} not supported; this tuttid speaks {PROTOCOL_VERSION}"
+                        "protocol version {version} not supported; this tuttid speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
                     );
                     self.send(
                         id,
@@ -518,8 +524,9 @@ impl Control {
                         );
                     }
                 }
+                // The client's own version: an older client checks for it.
                 let welcome = Reply::Welcome {
-                    version: PROTOCOL_VERSION,
+                    version,
                     session_id: id,
                     node_id: self.config.node_id,
                     shards: self.shards.len() as u32,
@@ -619,6 +626,7 @@ impl Control {
                     self.send(id, &Reply::LimitReached { limit, max }, &[]);
                 }
             },
+            Request::Watch { handle, position } => self.watch(id, handle, position),
             Request::Leave { handle } => {
                 if self.sessions.get(&id).is_some_and(|s| s.groups.contains(&handle)) {
                     self.leave(id, handle);
@@ -797,6 +805,59 @@ impl Control {
         self.groups.get_mut(handle as usize).and_then(Option::as_mut)
     }
 
+    /// A descriptor for a subscriber (`Request::Watch`): a watch page armed at `position`
+    /// and a wake pair, the daemon's halves to the group's shard, the client's in the reply.
+    fn watch(&mut self, id: u32, handle: u32, position: u64) {
+        let Some(session) = self
+            .sessions
+            .get_mut(&id)
+            .filter(|s| s.subscribed.contains(&handle))
+        else {
+            self.refuse(id, ErrorCode::NoSuchGroup, "not a subscriber of that group");
+            return;
+        };
+        if !session.watches.contains(&handle) {
+            session.watches.push(handle);
+        }
+        let Some(shard) = self
+            .groups
+            .get(handle as usize)
+            .and_then(Option::as_ref)
+            .map(|g| g.shard)
+        else {
+            self.refuse(id, ErrorCode::NoSuchGroup, "no such group");
+            return;
+        };
+        let made = (|| -> std::io::Result<_> {
+            let (sender, client_end) = tutti_sys::wake_pair()?;
+            let (page_fd, page) = Mapping::create("tutti-watch", WATCH_LEN)?;
+            // SAFETY: a fresh writable mapping of WATCH_LEN bytes that nobody else has yet;
+            // the shard keeps it (in its watcher, with the Watch) for as long as it uses it.
+            let watch = unsafe {
+                Watch::init(page.as_ptr(), page.len()).map_err(std::io::Error::other)?;
+                Watch::attach(page.as_ptr(), page.len()).map_err(std::io::Error::other)?
+            };
+            watch.arm(position);
+            Ok((sender, client_end, page_fd, page, watch))
+        })();
+        match made {
+            Ok((sender, client_end, page_fd, page, watch)) => {
+                let _ = self.shards[shard].send(ShardCommand::Watch {
+                    handle,
+                    session: id,
+                    watch,
+                    page,
+                    sender,
+                });
+                self.send(id, &Reply::Done, &[client_end.as_raw_fd(), page_fd.as_raw_fd()]);
+            }
+            Err(e) => {
+                tracing::warn!(session = id, handle, "cannot make a descriptor: {e}");
+                self.refuse(id, ErrorCode::Internal, &format!("cannot make a descriptor: {e}"));
+            }
+        }
+    }
+
     fn refuse(&self, id: u32, code: ErrorCode, text: &str) {
         self.send(id, &Reply::Error { code, text }, &[]);
     }
@@ -942,6 +1003,9 @@ impl Control {
         }
         let session = self.sessions.get_mut(&id).expect("session exists");
         session.groups.push(handle);
+        if rights.subscribe {
+            session.subscribed.push(handle);
+        }
         let pid = session.cred.pid as u32;
         let group = self.groups[handle as usize].as_mut().expect("group exists");
         group.members.push(id);
@@ -1100,6 +1164,11 @@ impl Control {
         }
         if let Some(s) = self.sessions.get_mut(&id) {
             s.groups.retain(|&h| h != handle);
+            s.subscribed.retain(|&h| h != handle);
+            if let Some(i) = s.watches.iter().position(|&h| h == handle) {
+                s.watches.swap_remove(i);
+                let _ = self.shards[shard].send(ShardCommand::Unwatch { handle, session: id });
+            }
         }
         if empty {
             // A cpg leaver reads on up to its own leave's confchg: the shard writes the log
@@ -1137,6 +1206,9 @@ impl Control {
         for handle in session.groups {
             let mut empty = false;
             if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+                if session.watches.contains(&handle) {
+                    let _ = self.shards[group.shard].send(ShardCommand::Unwatch { handle, session: id });
+                }
                 group.members.retain(|&m| m != id);
                 empty = group.members.is_empty();
                 if group.options.cpg {

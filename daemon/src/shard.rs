@@ -15,10 +15,10 @@ use std::time::Duration;
 use std::time::Instant;
 use tutti_proto::fxhash::FxMap;
 use tutti_proto::regions::{RegionError, RegionOp, RegionTxn};
-use tutti_sys::{EventFd, Mapping};
+use tutti_sys::{EventFd, Mapping, WakeSender};
 use tutti_wire::control::GroupOptions;
 use tutti_wire::counters::{CountersPage, COUNTERS_LEN, SHARD_COUNTERS};
-use tutti_wire::shm::{GroupDoorbell, LeftReason, LogWriter, PublishConsumer, ShardDoorbell};
+use tutti_wire::shm::{GroupDoorbell, LeftReason, LogWriter, PublishConsumer, ShardDoorbell, Watch};
 
 /// Frames taken from one publish ring before the shard moves on to the next ring, so a
 /// flooding client cannot starve the others.
@@ -78,6 +78,7 @@ pub mod counter {
     pub const PARKS: usize = shard_counter("parks");
     pub const IDLE_SPINS: usize = shard_counter("idle_spins");
     pub const PARK_BARRIERS: usize = shard_counter("park_barriers");
+    pub const DESCRIPTOR_WAKES: usize = shard_counter("descriptor_wakes");
     pub const CLIENTS: usize = shard_counter("clients");
     pub const GROUPS: usize = shard_counter("groups");
     pub const HEARTBEAT: usize = shard_counter("heartbeat");
@@ -193,6 +194,21 @@ pub enum ShardCommand {
     },
     /// The client hung up: publish what it committed, then free its ring.
     DropClient {
+        session: u32,
+    },
+    /// A subscriber of group `handle` waits on a descriptor (`Request::Watch`): once `watch`
+    /// is armed, the shard sends on `sender` after its next append (replaces an earlier
+    /// watch of the same session and group).
+    Watch {
+        handle: u32,
+        session: u32,
+        watch: Watch,
+        page: Mapping,
+        sender: WakeSender,
+    },
+    /// The session left the group or ended: its descriptor's watch goes.
+    Unwatch {
+        handle: u32,
         session: u32,
     },
     /// A local process joins (`pid: Some`) or leaves a `cpg` group (`docs/cpg.md`), with its
@@ -311,8 +327,31 @@ struct GroupSlot {
     /// No local member is left, but a leaver still reads: the log is written until then
     /// (a deadline; see [`ShardCommand::DropGroup`]).
     lingering: Option<Instant>,
+    /// Subscribers waiting on descriptors (`ShardCommand::Watch`).
+    watchers: Vec<Watcher>,
     _log: Mapping,
     _doorbell: Mapping,
+}
+
+/// A subscriber's descriptor: its watch page (mapped by that client and this shard only)
+/// and the daemon's end of its wake pair.
+struct Watcher {
+    session: u32,
+    watch: Watch,
+    sender: WakeSender,
+    _page: Mapping,
+}
+
+impl Watcher {
+    /// Makes the descriptor readable if its reader waits for a record before `end`.
+    fn wake_if_armed(&self, end: u64, stats: &ShardStats) {
+        if self.watch.claim(end) {
+            // A reader that closed its end is leaving: nothing to tell it.
+            let _ = self.sender.wake();
+            self.watch.fired();
+            stats.add(counter::DESCRIPTOR_WAKES, 1);
+        }
+    }
 }
 
 /// What a shard keeps of an ordered group beyond its log.
@@ -696,6 +735,32 @@ impl Shard {
                         None => Err(format!("no group {handle} on this shard")),
                     };
                     let _ = ack.send(result);
+                }
+                ShardCommand::Watch {
+                    handle,
+                    session,
+                    watch,
+                    page,
+                    sender,
+                } => {
+                    if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+                        g.watchers.retain(|w| w.session != session);
+                        let w = Watcher {
+                            session,
+                            watch,
+                            sender,
+                            _page: page,
+                        };
+                        // The page comes armed at the reader's position when it asked: a
+                        // record appended since then (before this watcher was here) wakes it.
+                        w.wake_if_armed(g.writer.end(), &self.stats);
+                        g.watchers.push(w);
+                    }
+                }
+                ShardCommand::Unwatch { handle, session } => {
+                    if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+                        g.watchers.retain(|w| w.session != session);
+                    }
                 }
                 ShardCommand::Providers { handle, providers } => {
                     if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
@@ -1370,6 +1435,7 @@ impl Shard {
                 ..OrderedState::default()
             },
             lingering: None,
+            watchers: Vec::new(),
             _log: log,
             _doorbell: doorbell,
         });
@@ -1430,6 +1496,12 @@ fn ring_doorbells(groups: &mut [Option<GroupSlot>], stats: &ShardStats) {
                 group.doorbell.bump();
                 tutti_sys::futex_wake_all(group.doorbell.futex_word());
                 stats.add(counter::SUBSCRIBER_WAKES, 1);
+            }
+            if !group.watchers.is_empty() {
+                let end = group.writer.end();
+                for w in &group.watchers {
+                    w.wake_if_armed(end, stats);
+                }
             }
         }
     }

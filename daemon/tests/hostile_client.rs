@@ -491,3 +491,95 @@ fn local_and_remote_members_get_the_same_bytes_of_a_frame_rewritten_under_the_sh
         "no rewrite was ever seen: the test did not race the shard"
     );
 }
+
+/// A descriptor's watch page is the client's to scribble on, and its end of the wake pair
+/// the client's to leave undrained: a watcher that re-arms its word at position 0 without
+/// pause and never reads makes the shard send into a full socket, which never blocks it;
+/// the honest member of the same group keeps publishing and receiving. A session that is
+/// not a subscriber of the group is refused a descriptor.
+#[test]
+fn a_watcher_that_scribbles_and_never_drains_hurts_nobody() {
+    let mut daemon = Daemon::start("watcher", &[]);
+    let mut observer = daemon.client();
+    let honest = Honest::start(daemon.socket(), GROUP);
+    assert!(honest.wait_progress(20));
+
+    let mut publisher_only = RawSession::connect(daemon.socket()).unwrap();
+    let join = publisher_only.join(GROUP, Rights::PUBLISH).unwrap();
+    let (reply, fds) = publisher_only
+        .call(&Request::Watch {
+            handle: join.joined.handle,
+            position: 0,
+        })
+        .unwrap();
+    assert!(fds.is_empty());
+    assert!(
+        matches!(Reply::decode(&reply), Ok(Reply::Error { .. })),
+        "a publisher without the subscribe right got a descriptor: {:?}",
+        Reply::decode(&reply)
+    );
+
+    let mut watcher = RawSession::connect(daemon.socket()).unwrap();
+    let join = watcher.join(GROUP, Rights::BOTH).unwrap();
+    let (reply, fds) = watcher
+        .call(&Request::Watch {
+            handle: join.joined.handle,
+            position: 0,
+        })
+        .unwrap();
+    assert_eq!(Reply::decode(&reply), Ok(Reply::Done));
+    let [end, page]: [std::os::fd::OwnedFd; 2] = fds.try_into().expect("two descriptors");
+    let page = tutti_sys::Mapping::map(&page, tutti_wire::shm::WATCH_LEN, true).unwrap();
+    let before = counter(&mut observer, "descriptor_wakes");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scribbler = {
+        let stop = stop.clone();
+        let word = page.as_ptr() as usize + 128;
+        std::thread::spawn(move || {
+            // SAFETY: an 8-aligned word inside the watch page, mapped for as long as this
+            // thread runs (joined before `page` drops).
+            let word = unsafe { &*(word as *const std::sync::atomic::AtomicU64) };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                word.store(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        })
+    };
+    assert!(honest.wait_progress(2_000), "the honest member stalled");
+    assert!(
+        eventually(WAIT, || counter(&mut observer, "descriptor_wakes")
+            > before + 3_000),
+        "the shard did not keep sending to the armed watcher"
+    );
+    assert!(
+        honest.wait_progress(2_000),
+        "the honest member stalled with the watcher's socket full"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    scribbler.join().unwrap();
+    drop(page);
+    let sent = counter(&mut observer, "descriptor_wakes") - before;
+    let mut queued = 0u64;
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: receives into a live buffer of its length.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&end),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        queued += n as u64;
+    }
+    assert!(
+        queued < sent,
+        "all {sent} sends fit in the socket ({queued} bytes queued): the full case was not reached"
+    );
+    assert!(honest.finish() >= 4_020);
+    assert_alive(&mut daemon);
+}

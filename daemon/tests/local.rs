@@ -433,6 +433,118 @@ fn a_woken_subscriber_takes_the_message_without_a_liveness_check() {
     );
 }
 
+fn readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut revents = Vec::new();
+    tutti_sys::poll_readable(&[fd], &mut revents, Some(timeout)).unwrap();
+    revents.first().is_some_and(|r| *r & tutti_sys::POLLIN != 0)
+}
+
+fn descriptor_wakes(client: &mut Client) -> u64 {
+    let counters = client.counters().unwrap();
+    counters
+        .iter()
+        .flat_map(|c| c.values())
+        .filter(|(name, _)| *name == "descriptor_wakes")
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A descriptor from `Client::watch` (the C API's `tutti_fd`, libcpg's `cpg_fd_get`) is
+/// made readable by the daemon itself: readable at once for records already waiting, for
+/// every record after the reader armed it (a lost wake-up times the wait out), never for
+/// records already read (a wake-up that finds nothing is counted), one send per arming,
+/// and readable for good once the daemon is gone.
+#[test]
+fn a_watched_descriptor_wakes_for_unread_records_only() {
+    const N: u64 = 3_000;
+    let mut daemon = Daemon::start("watch", &[]);
+    let mut publisher = daemon.client();
+    let gp = publisher.join("g").unwrap();
+    let mut reader = daemon.client();
+    let gr = reader.join("g").unwrap();
+    publisher
+        .offer_blocking(gp, &message(0, 32), IdleStrategy::Backoff, WAIT)
+        .unwrap();
+    assert!(eventually(WAIT, || reader.has_data(gr).unwrap()));
+    let watch = reader.watch(gr).unwrap();
+    assert!(
+        readable(watch.fd(), WAIT),
+        "a record waited when the descriptor was made"
+    );
+
+    let mut got = Vec::new();
+    let (mut wakes, mut empty_wakes, mut arms) = (0u64, 0u64, 0u64);
+    let mut counters_client = daemon.client();
+    let wakes_before = descriptor_wakes(&mut counters_client);
+    let sender = std::thread::spawn(move || {
+        for i in 1..N {
+            publisher
+                .offer_blocking(gp, &message(i, 32), IdleStrategy::Backoff, WAIT)
+                .unwrap();
+            // Bursts and pauses: the reader is sometimes armed, sometimes reading.
+            if i % 5 == 0 {
+                std::thread::sleep(Duration::from_micros(100 + (i % 7) * 50));
+            }
+        }
+        publisher
+    });
+    while (got.len() as u64) < N {
+        assert!(
+            readable(watch.fd(), WAIT),
+            "no wake-up with {} of {N} records read",
+            got.len()
+        );
+        wakes += 1;
+        let before = got.len();
+        loop {
+            watch.before_read();
+            reader
+                .poll(gr, 64, |e| {
+                    if let Event::Message { payload, .. } = e {
+                        got.push(index_of(payload));
+                    }
+                })
+                .unwrap();
+            arms += 1;
+            if reader.watch_drained(&watch).unwrap() {
+                break;
+            }
+        }
+        if got.len() == before {
+            empty_wakes += 1;
+        }
+        // Readable now only for a record appended since (checked in that order).
+        assert!(!readable(watch.fd(), Duration::ZERO) || reader.has_data(gr).unwrap());
+    }
+    let publisher = sender.join().unwrap();
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    assert_eq!(
+        empty_wakes, 0,
+        "{empty_wakes} of {wakes} wake-ups found nothing to read"
+    );
+    assert!(
+        !readable(watch.fd(), Duration::from_millis(50)),
+        "readable with nothing to read"
+    );
+    let sent = descriptor_wakes(&mut counters_client) - wakes_before;
+    eprintln!("{N} records: {wakes} wake-ups, {arms} armings, {sent} sent by the daemon");
+    // The first wake-up (records already waiting) may be counted after `wakes_before`.
+    assert!(
+        sent <= arms + 1,
+        "the daemon sent {sent} wake-ups for {arms} armings (at most one each)"
+    );
+    assert!(wakes < N, "{wakes} wake-ups for {N} records: no batching at all");
+
+    drop(publisher);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(readable(watch.fd(), WAIT), "the daemon died: readable for good");
+    watch.before_read();
+    let n = reader.poll(gr, 64, |_| {}).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(watch.hung_up());
+}
+
 #[test]
 fn clients_learn_that_the_daemon_is_gone() {
     let mut daemon = Daemon::start("gone", &[]);

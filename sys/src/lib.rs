@@ -543,6 +543,89 @@ impl EventFd {
     }
 }
 
+/// The daemon's end of a descriptor wake-up (a stream socket pair, [`wake_pair`]): one
+/// byte sent makes the client's end readable. Sending never blocks, whatever the client
+/// does with its end (`MSG_DONTWAIT`: unlike a pipe or an eventfd, whose blocking mode the
+/// client could change on the shared file description), and the client cannot write back
+/// (this end is shut for reading).
+#[derive(Debug)]
+pub struct WakeSender {
+    fd: OwnedFd,
+}
+
+impl WakeSender {
+    /// Makes the client's end readable. False if the client's end is gone; a full buffer
+    /// (a client that does not drain) counts as done: its end is readable.
+    pub fn wake(&self) -> bool {
+        let byte = 1u8;
+        // SAFETY: sends 1 byte from a live u8; no descriptors, no address.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                (&byte as *const u8).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        n == 1 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+/// What draining the client's end of a wake pair found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeDrain {
+    /// Nothing was waiting.
+    Empty,
+    /// At least one wake-up was taken.
+    Woken,
+    /// The daemon closed its end (the group was left, the session ended or the daemon
+    /// died): the descriptor stays readable from now on.
+    HungUp,
+}
+
+/// Drains the client's end of a wake pair without blocking (one `recv` of up to 64
+/// wake-ups; more leave it readable, which a reader takes as a spurious wake-up).
+pub fn wake_drain(fd: &OwnedFd) -> WakeDrain {
+    let mut buf = [0u8; 64];
+    // SAFETY: receives at most 64 bytes into a live buffer.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => WakeDrain::HungUp,
+        n if n > 0 => WakeDrain::Woken,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => WakeDrain::Empty,
+            _ => WakeDrain::HungUp,
+        },
+    }
+}
+
+/// A wake pair: the daemon's sending end and the client's end (to pass over the control
+/// socket; the client polls it and drains it with [`wake_drain`]).
+pub fn wake_pair() -> io::Result<(WakeSender, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair(2) writes two descriptors into a live array of two.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: two fresh descriptors we own.
+    let (daemon, client) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: shutdown(2) on a live socket.
+    cvt(unsafe { libc::shutdown(daemon.as_raw_fd(), libc::SHUT_RD) })?;
+    Ok((WakeSender { fd: daemon }, client))
+}
+
 /// Waits on a futex word in shared memory while it still holds `expected`, at most
 /// `timeout`. Returns on wake, timeout, signal or a changed value: the caller re-checks.
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
@@ -642,6 +725,43 @@ pub const POLLERR: i16 = libc::POLLERR;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wake_pair_wakes_drains_and_tells_a_hang_up() {
+        let (sender, client) = wake_pair().unwrap();
+        let readable = |fd: &OwnedFd| {
+            let mut revents = Vec::new();
+            poll_readable(&[fd.as_raw_fd()], &mut revents, Some(Duration::ZERO)).unwrap();
+            revents[0] & libc::POLLIN != 0
+        };
+        assert_eq!(wake_drain(&client), WakeDrain::Empty);
+        assert!(!readable(&client));
+        assert!(sender.wake() && sender.wake());
+        assert!(readable(&client));
+        assert_eq!(wake_drain(&client), WakeDrain::Woken);
+        assert!(!readable(&client), "one recv drains both");
+        // The client cannot make its own end readable: the daemon's end is shut for reading.
+        // SAFETY: writes 1 byte from a live u8.
+        let n = unsafe {
+            libc::send(
+                client.as_raw_fd(),
+                [1u8].as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        assert!(n < 0 || !readable(&client));
+        // A client that never drains does not block the daemon.
+        for _ in 0..1_000_000 {
+            if !sender.wake() {
+                break;
+            }
+        }
+        drop(sender);
+        while wake_drain(&client) == WakeDrain::Woken {}
+        assert_eq!(wake_drain(&client), WakeDrain::HungUp);
+        assert!(readable(&client), "a hang-up stays readable");
+    }
 
     fn temp_path(tag: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("tutti-sys-{}-{tag}", std::process::id()));

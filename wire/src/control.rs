@@ -8,8 +8,12 @@ use thiserror::Error;
 
 /// "TTC1" in little-endian byte order.
 pub const CONTROL_MAGIC: u32 = u32::from_le_bytes(*b"TTC1");
-/// Bumped on any incompatible change of the control messages or the ring layouts.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any change of the control messages or the ring layouts. Version 2 added
+/// [`Request::Watch`].
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest client version a daemon of this build still serves (it answers `Welcome`
+/// with the client's version; a client needs a daemon at least as new as itself).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Largest body of one control message.
 pub const MAX_BODY: usize = 4096;
 /// Largest control message on the wire (header + body).
@@ -69,6 +73,7 @@ mod kind {
     pub const SNAPSHOT_CHUNK: u16 = 9;
     pub const REGION_CREATE: u16 = 10;
     pub const MINITX: u16 = 11;
+    pub const WATCH: u16 = 12;
     pub const WELCOME: u16 = 101;
     pub const JOINED: u16 = 102;
     pub const LEFT: u16 = 103;
@@ -115,6 +120,16 @@ pub enum Request<'a> {
     },
     Leave {
         handle: u32,
+    },
+    /// Make a descriptor readable when the daemon appends to subscribed group `handle`'s
+    /// log (protocol version 2; `docs/internals.md`, "Descriptors"). Answered with `Done`
+    /// and two descriptors: the client's end of a wake socket pair and the watch page
+    /// (`shm::Watch`), armed at `position`, the reader's (`LogReader::position`): records
+    /// already past it make the descriptor readable at once. Asking again for the same
+    /// group replaces the earlier pair.
+    Watch {
+        handle: u32,
+        position: u64,
     },
     Status,
     /// The counters page of one shard (comes with its descriptor, to map read-only).
@@ -647,6 +662,11 @@ impl<'a> Request<'a> {
                 put_header(out, kind::LEAVE, 4);
                 out.extend_from_slice(&handle.to_le_bytes());
             }
+            Request::Watch { handle, position } => {
+                put_header(out, kind::WATCH, 12);
+                out.extend_from_slice(&handle.to_le_bytes());
+                out.extend_from_slice(&position.to_le_bytes());
+            }
             Request::Status => put_header(out, kind::STATUS, 0),
             Request::Counters { shard } => {
                 put_header(out, kind::COUNTERS, 4);
@@ -753,6 +773,13 @@ impl<'a> Request<'a> {
                 exact(body, 4)?;
                 Ok(Request::Leave {
                     handle: u32_at(body, 0)?,
+                })
+            }
+            kind::WATCH => {
+                exact(body, 12)?;
+                Ok(Request::Watch {
+                    handle: u32_at(body, 0)?,
+                    position: u64::from(u32_at(body, 4)?) | (u64::from(u32_at(body, 8)?) << 32),
                 })
             }
             kind::STATUS => {
@@ -1161,7 +1188,7 @@ mod tests {
     }
 
     fn request_strategy() -> impl Strategy<Value = (u8, u32, u32, String)> {
-        (0u8..7, any::<u32>(), any::<u32>(), name_strategy())
+        (0u8..8, any::<u32>(), any::<u32>(), name_strategy())
     }
 
     fn build_request(k: u8, a: u32, b: u32, name: &str) -> Request<'_> {
@@ -1181,6 +1208,10 @@ mod tests {
                 offset: b,
                 last: a.is_multiple_of(2),
                 bytes: name.as_bytes(),
+            },
+            6 => Request::Watch {
+                handle: a,
+                position: (u64::from(b) << 32) | u64::from(a),
             },
             _ => Request::Status,
         }

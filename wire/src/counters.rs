@@ -180,6 +180,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "park_barriers",
         "parks after busy work that called membarrier(GLOBAL_EXPEDITED) in place of the clients' fences (doorbell barrier mode)",
     ),
+    (
+        "descriptor_wakes",
+        "wake-ups of subscribers' descriptors (tutti_fd, cpg_fd_get) through their watch pages",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

@@ -220,3 +220,67 @@ fn loom_group_doorbell_never_loses_a_wakeup() {
         member_bell.remove_waiter();
     });
 }
+
+/// (e) Watch word (a subscriber's descriptor, `docs/internals.md`, "Descriptors"): a
+/// reader that reads what is there, arms at its position and re-checks, racing with the
+/// shard's append and claim. No wake-up is lost (a reader left armed with a record past
+/// its position was sent one), and none is spurious (no send for a record the reader read
+/// before it armed; a send the reader saw while disarming happened before its drain).
+#[test]
+fn loom_watch_neither_loses_nor_invents_a_wakeup() {
+    model(|| {
+        let mem = log_region();
+        let page = Arc::new(LoomRegion::new(WATCH_LEN));
+        // SAFETY: fresh LoomRegions, kept alive by the clones the threads hold.
+        let (mut writer, mut reader, shard_watch, reader_watch) = unsafe {
+            Watch::init(page.as_ptr(), page.len()).unwrap();
+            (
+                LogWriter::attach(mem.as_ptr(), mem.len()).unwrap(),
+                LogReader::attach(mem.as_ptr(), mem.len()).unwrap(),
+                Watch::attach(page.as_ptr(), page.len()).unwrap(),
+                Watch::attach(page.as_ptr(), page.len()).unwrap(),
+            )
+        };
+        let sent = Arc::new(AtomicBool::new(false));
+        let (keep, keep_page, shard_sent) = (mem.clone(), page.clone(), sent.clone());
+        let shard = thread::spawn(move || {
+            let (_keep, _keep_page) = (keep, keep_page);
+            writer.append(7, b"x").unwrap();
+            if shard_watch.claim(writer.end()) {
+                shard_sent.store(true, Relaxed); // the send
+                shard_watch.fired();
+            }
+        });
+        let mut read = reader.poll(1, |_| {}).unwrap();
+        reader_watch.arm(reader.position());
+        let mut armed = true;
+        let mut drained_send = false;
+        if reader.has_data() {
+            loop {
+                match reader_watch.disarm() {
+                    Disarm::Quiet => break,
+                    Disarm::Fired => {
+                        drained_send = sent.load(Relaxed);
+                        assert!(drained_send, "the word says fired, the send is not there");
+                        break;
+                    }
+                    Disarm::Claimed => thread::yield_now(),
+                }
+            }
+            armed = false;
+            read += reader.poll(1, |_| {}).unwrap();
+        }
+        shard.join().unwrap();
+        let sent = sent.load(Relaxed);
+        if armed && read == 0 {
+            assert!(sent, "armed before the record, and never woken");
+        }
+        if armed && read == 1 {
+            assert!(!sent, "woken for a record read before arming");
+        }
+        if !armed {
+            assert_eq!(read, 1);
+            assert_eq!(sent, drained_send, "a send landed after the reader drained");
+        }
+    });
+}

@@ -75,7 +75,12 @@ struct DoorbellHeader {
 
 /// # Safety
 /// Region contract for `len` writable bytes; not shared yet.
-unsafe fn init_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Region, LayoutError> {
+pub(super) unsafe fn init_page(
+    base: *mut u8,
+    len: usize,
+    magic: [u8; 8],
+    version: u32,
+) -> Result<Region, LayoutError> {
     if len < DOORBELL_LEN {
         return Err(LayoutError::TooSmall {
             len,
@@ -86,7 +91,7 @@ unsafe fn init_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Region,
     let region = unsafe { Region::from_raw(base, len)? };
     let header = DoorbellHeader {
         magic,
-        version: DOORBELL_VERSION,
+        version,
         reserved: 0,
     };
     // SAFETY: 16 bytes at offset 0 of a writable page of >= 4096 bytes.
@@ -96,7 +101,12 @@ unsafe fn init_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Region,
 
 /// # Safety
 /// Region contract for `len` readable bytes.
-unsafe fn attach_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Region, LayoutError> {
+pub(super) unsafe fn attach_page(
+    base: *mut u8,
+    len: usize,
+    magic: [u8; 8],
+    version: u32,
+) -> Result<Region, LayoutError> {
     if len < DOORBELL_LEN {
         return Err(LayoutError::TooSmall {
             len,
@@ -115,10 +125,10 @@ unsafe fn attach_page(base: *mut u8, len: usize, magic: [u8; 8]) -> Result<Regio
             found: header.magic,
         });
     }
-    if header.version != DOORBELL_VERSION {
+    if header.version != version {
         return Err(LayoutError::BadVersion {
             found: header.version,
-            expected: DOORBELL_VERSION,
+            expected: version,
         });
     }
     Ok(region)
@@ -142,7 +152,7 @@ impl ShardDoorbell {
     /// Region contract (see [`crate::shm`]) for `len` writable bytes, not shared yet.
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<(), LayoutError> {
         // SAFETY: caller's contract.
-        let region = unsafe { init_page(base, len, SHARD_MAGIC)? };
+        let region = unsafe { init_page(base, len, SHARD_MAGIC, DOORBELL_VERSION)? };
         // SAFETY: PARKED is a 4-aligned offset in the page.
         unsafe { region.atomic_u32(PARKED) }.store(0, Relaxed);
         Ok(())
@@ -155,7 +165,7 @@ impl ShardDoorbell {
     /// [`set_parked`](Self::set_parked) is called (the shard's mapping).
     pub unsafe fn attach(base: *const u8, len: usize) -> Result<Self, LayoutError> {
         // SAFETY: caller's contract; we write only from set_parked, documented above.
-        let region = unsafe { attach_page(base as *mut u8, len, SHARD_MAGIC)? };
+        let region = unsafe { attach_page(base as *mut u8, len, SHARD_MAGIC, DOORBELL_VERSION)? };
         Ok(ShardDoorbell { region })
     }
 
@@ -255,7 +265,7 @@ impl GroupDoorbell {
     /// Region contract (see [`crate::shm`]) for `len` writable bytes, not shared yet.
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<(), LayoutError> {
         // SAFETY: caller's contract.
-        let region = unsafe { init_page(base, len, GROUP_MAGIC)? };
+        let region = unsafe { init_page(base, len, GROUP_MAGIC, DOORBELL_VERSION)? };
         // SAFETY: 4-aligned offsets in the page.
         unsafe {
             region.atomic_u32(WAITERS).store(0, Relaxed);
@@ -270,7 +280,7 @@ impl GroupDoorbell {
     /// Region contract for `len` writable bytes.
     pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, LayoutError> {
         // SAFETY: caller's contract.
-        let region = unsafe { attach_page(base, len, GROUP_MAGIC)? };
+        let region = unsafe { attach_page(base, len, GROUP_MAGIC, DOORBELL_VERSION)? };
         Ok(GroupDoorbell { region })
     }
 

@@ -306,6 +306,13 @@ impl LogWriter {
         self.tail
     }
 
+    /// [`tail`](Self::tail) as readers compare positions ([`LogReader::position`]): for a
+    /// [`Watch`](super::Watch) claim.
+    #[inline]
+    pub fn end(&self) -> u64 {
+        self.log.normalize(self.tail)
+    }
+
     /// Start position of the oldest record still intact.
     #[inline]
     pub fn head(&self) -> u64 {
@@ -942,6 +949,13 @@ impl LogReader {
     #[inline]
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// [`cursor`](Self::cursor) as the writer compares positions (`LogWriter::end`): what a
+    /// reader that found the log drained arms its [`Watch`](super::Watch) with.
+    #[inline]
+    pub fn position(&self) -> u64 {
+        self.log.normalize(self.cursor)
     }
 
     /// The log's published end, to compare with this reader's [`cursor`](Self::cursor) from

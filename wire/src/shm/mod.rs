@@ -31,6 +31,7 @@ mod log;
 mod publish;
 mod region;
 mod sync;
+mod watch;
 
 #[cfg(all(test, not(loom)))]
 pub(crate) mod testutil;
@@ -49,6 +50,7 @@ pub use publish::{FrameError, PublishClaim, PublishConsumer, PublishProducer, Pu
 #[cfg(loom)]
 #[doc(hidden)]
 pub use region::LoomRegion;
+pub use watch::{Disarm, Watch, WATCH_LEN};
 
 /// Why an offer (publish) or an append did not take a message. Back pressure is a return
 /// value, never a hidden block.

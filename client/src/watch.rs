@@ -1,0 +1,169 @@
+//! A descriptor that turns readable when the daemon appends to a subscribed group's log
+//! ([`Client::watch`]), for poll loops (the C API's `tutti_fd`, libcpg's `cpg_fd_get`). The
+//! daemon's shard makes it readable itself, through a watch word in a page shared with this
+//! client only (`tutti_wire::shm::Watch`): no thread of the client's sits in between, and
+//! the daemon pays a system call only when the reader waits. `docs/internals.md`,
+//! "Descriptors".
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tutti_sys::{Mapping, WakeDrain};
+use tutti_wire::shm::{Disarm, Watch};
+
+use crate::{Client, Error, GroupId};
+
+/// How long a reader waits for a shard that is inside its send (between taking the watch
+/// word and making the descriptor readable: two instructions and a `send`, unless it is
+/// descheduled). Beyond it the reader reads on; the wake-up may then come after the read
+/// (a spurious readiness, which the contract allows).
+const CLAIMED_WAIT: Duration = Duration::from_millis(100);
+
+/// A group's descriptor (from [`Client::watch`]). Protocol: [`before_read`] before every
+/// read of the group's log, [`Client::watch_drained`] after it; wait on [`fd`] only after
+/// `watch_drained` said `true`.
+///
+/// [`before_read`]: GroupWatch::before_read
+/// [`fd`]: GroupWatch::fd
+pub struct GroupWatch {
+    group: GroupId,
+    fd: OwnedFd,
+    watch: Watch,
+    /// The word was armed by this reader and not disarmed since.
+    armed: AtomicBool,
+    /// The last `before_read` found the word still armed: nobody fired, so a readable
+    /// descriptor that brought nothing means a hang-up (checked by `hung_up`).
+    quiet: AtomicBool,
+    /// The daemon closed its end: readable for good.
+    gone: AtomicBool,
+    _page: Mapping,
+}
+
+impl GroupWatch {
+    /// The descriptor to poll for `POLLIN`. Owned by this value: do not read or close it.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The group it watches.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// Whether the daemon closed its end of the descriptor (it left the group, ended the
+    /// session or died): the descriptor stays readable. Confirm with
+    /// [`Client::check_alive`]. Call it after a read that found nothing, before
+    /// [`Client::watch_drained`]: if that read came while the watch was armed and nobody
+    /// had fired it, the descriptor can only have been readable for a hang-up. One `recv`
+    /// then; none otherwise (a reader that drains the log in a loop pays nothing for its
+    /// last, empty, read), and none while armed, whose wake-up it must not take.
+    pub fn hung_up(&self) -> bool {
+        if !self.gone.load(Ordering::Relaxed)
+            && !self.armed.load(Ordering::Relaxed)
+            && self.quiet.swap(false, Ordering::Relaxed)
+            && tutti_sys::wake_drain(&self.fd) == WakeDrain::HungUp
+        {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// Before reading the group's log: takes back the arming, and makes the descriptor
+    /// unreadable again if the daemon made it readable. No system call unless it did.
+    pub fn before_read(&self) {
+        self.quiet.store(false, Ordering::Relaxed);
+        if !self.armed.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let started = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match self.watch.disarm() {
+                Disarm::Quiet => {
+                    self.quiet.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Disarm::Fired => break,
+                Disarm::Claimed if started.elapsed() >= CLAIMED_WAIT => break,
+                Disarm::Claimed => {
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else if spins < 128 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            }
+        }
+        if tutti_sys::wake_drain(&self.fd) == WakeDrain::HungUp {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Client {
+    /// A descriptor that turns readable (`POLLIN`) when the daemon appends to `group`'s
+    /// log past where this client reads now (needs the subscribe right). Readable at once
+    /// if records already wait. Asking again replaces the earlier descriptor (which then
+    /// reads as hung up).
+    pub fn watch(&mut self, group: GroupId) -> Result<GroupWatch, Error> {
+        let g = self.group(group)?;
+        let sub = g.sub.as_ref().ok_or(Error::NotSubscribed)?;
+        let (handle, position) = (g.handle, sub.reader.position());
+        let mut fds = Vec::new();
+        match self.call(
+            &tutti_wire::control::Request::Watch { handle, position },
+            &mut fds,
+        )? {
+            tutti_wire::control::Reply::Done => {}
+            other => return Err(crate::unexpected(other)),
+        }
+        let [end, page]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| Error::Protocol("a watch came without its two descriptors".into()))?;
+        let page = crate::map_exact(&page, tutti_wire::shm::WATCH_LEN, true)?;
+        // SAFETY: a live read-write mapping of the whole page, kept in the GroupWatch beside
+        // the Watch (and dropped after it).
+        let watch = unsafe { Watch::attach(page.as_ptr(), page.len()) }
+            .map_err(|e| Error::SharedMemory(e.to_string()))?;
+        Ok(GroupWatch {
+            group,
+            fd: end,
+            watch,
+            // The daemon armed it at `position` for us.
+            armed: AtomicBool::new(true),
+            quiet: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            _page: page,
+        })
+    }
+
+    /// After a read of `watch`'s group: if the log is drained, arms the watch and returns
+    /// `true` (wait on the descriptor now: the daemon makes it readable at its next
+    /// append); `false` if a record waits (read on, and call this again after).
+    pub fn watch_drained(&self, watch: &GroupWatch) -> Result<bool, Error> {
+        let sub = self
+            .group(watch.group)?
+            .sub
+            .as_ref()
+            .ok_or(Error::NotSubscribed)?;
+        if sub.reader.has_data() {
+            return Ok(false);
+        }
+        if watch.armed.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        // arm fences: either this re-check sees a record appended meanwhile, or the shard's
+        // claim after that append sees the word armed.
+        watch.watch.arm(sub.reader.position());
+        watch.armed.store(true, Ordering::Relaxed);
+        if sub.reader.has_data() {
+            watch.before_read();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,212 @@
+//! Watch word: how the daemon makes one subscriber's descriptor readable when it appends to
+//! a group's log, with no thread of the subscriber's in between (`tutti_fd`, libcpg's
+//! `cpg_fd_get`). Protocol: `docs/internals.md`, "Descriptors".
+//!
+//! One 4 KiB page per watched (session, group), mapped by that client and the shard only.
+//! Its word holds one of:
+//! - `IDLE` (0): the reader is reading, or the daemon already made the descriptor readable;
+//! - `ARMED(p)` (`p + 1`): the reader read through log position `p`, found the log drained,
+//!   and waits on its descriptor;
+//! - `CLAIMED` (`u64::MAX`): the shard took the word to make the descriptor readable and is
+//!   between its `send` and its [`fired`](Watch::fired).
+//!
+//! Reader: after a read that left the log drained at `p`, [`arm`](Watch::arm)`(p)` (which
+//! fences), then re-check the log; if a record came, [`disarm`](Watch::disarm) and read on.
+//! Before a read, [`disarm`](Watch::disarm): `Quiet` (the shard did not fire: nothing to
+//! drain), `Fired` (drain the descriptor), `Claimed` (the shard is inside its send: wait for
+//! it, then ask again). Shard, after appending through `end`: [`claim`](Watch::claim)`(end)`
+//! (which fences); if it returns true, make the descriptor readable, then
+//! [`fired`](Watch::fired).
+//!
+//! Why nothing is lost: the reader's `ARMED` store and the shard's append are a Dekker pair
+//! (each stores, fences, then loads the other's word): either the reader's re-check sees the
+//! record, or the shard's claim sees `ARMED`. If both see, the compare-and-swap from `ARMED`
+//! decides which of them acts. Why the descriptor is not readable for records already read:
+//! the shard fires only for an `ARMED(p)` with its end past `p`, and the reader reads nothing
+//! between arming and disarming; a disarm that finds the shard inside its send waits for it
+//! and then drains, so no wake-up lands after the reader has read its records.
+//!
+//! The page is shared with the client, which may write anything into it: a scribbled word
+//! only disturbs that client's own descriptor (a claim sees no `ARMED`, or fires early).
+
+use super::doorbell::{attach_page, init_page};
+use super::layout::LayoutError;
+use super::region::Region;
+use super::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use super::sync::{fence, AtomicU64};
+
+/// Size of a watch page (a doorbell page's header, then the word).
+pub const WATCH_LEN: usize = super::doorbell::DOORBELL_LEN;
+
+const MAGIC: [u8; 8] = *b"TUTTIWAT";
+const VERSION: u32 = 1;
+const WORD: usize = 128;
+const IDLE: u64 = 0;
+const CLAIMED: u64 = u64::MAX;
+
+/// What a reader found when it disarmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disarm {
+    /// It was armed and nobody fired: the descriptor was not made readable.
+    Quiet,
+    /// The shard fired (or the word was not armed): drain the descriptor.
+    Fired,
+    /// The shard is between its claim and its send: wait a moment and disarm again.
+    Claimed,
+}
+
+/// One subscriber's watch word over a watch page.
+pub struct Watch {
+    region: Region,
+}
+
+// SAFETY: only atomics are accessed, and the page outlives the object (attach contract).
+unsafe impl Send for Watch {}
+// SAFETY: as above; every method takes `&self` and uses atomics only.
+unsafe impl Sync for Watch {}
+
+impl Watch {
+    /// Writes the header of a fresh (zeroed) watch page.
+    ///
+    /// # Safety
+    /// Region contract (see [`crate::shm`]) for `len` writable bytes, not shared yet.
+    pub unsafe fn init(base: *mut u8, len: usize) -> Result<(), LayoutError> {
+        // SAFETY: caller's contract; the word at an 8-aligned offset inside the page.
+        unsafe {
+            let region = init_page(base, len, MAGIC, VERSION)?;
+            region.atomic_u64(WORD).store(IDLE, Release);
+        }
+        Ok(())
+    }
+
+    /// Attaches to an initialised watch page (mapped read-write by both sides).
+    ///
+    /// # Safety
+    /// Region contract for `len` writable bytes.
+    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Self, LayoutError> {
+        // SAFETY: caller's contract.
+        let region = unsafe { attach_page(base, len, MAGIC, VERSION)? };
+        Ok(Watch { region })
+    }
+
+    #[inline(always)]
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: 8-aligned offset inside the validated page.
+        unsafe { self.region.atomic_u64(WORD) }
+    }
+
+    /// Reader: it read through log position `position` (a normalized position, as
+    /// `LogReader::position`) and found the log drained. Fences: re-check the log after
+    /// this, and [`disarm`](Self::disarm) if a record came.
+    #[inline]
+    pub fn arm(&self, position: u64) {
+        // A position of u64::MAX - 1 or more cannot be told from CLAIMED: never reached
+        // (16 EiB of records), and a wrong one only fires early.
+        self.word()
+            .store(position.saturating_add(1).min(CLAIMED - 1), SeqCst);
+        fence(SeqCst);
+    }
+
+    /// Reader, before it reads (and after an `arm` whose re-check found a record).
+    #[inline]
+    pub fn disarm(&self) -> Disarm {
+        let word = self.word();
+        let w = word.load(Acquire);
+        match w {
+            IDLE => Disarm::Fired,
+            CLAIMED => Disarm::Claimed,
+            armed => match word.compare_exchange(armed, IDLE, AcqRel, Acquire) {
+                Ok(_) => Disarm::Quiet,
+                // The shard claimed it meanwhile (or the page was scribbled on): ask again.
+                Err(CLAIMED) => Disarm::Claimed,
+                Err(_) => Disarm::Fired,
+            },
+        }
+    }
+
+    /// Shard, after appending records through normalized position `end` (its writer's
+    /// tail, published): fences, then takes the word if the reader waits for a record
+    /// before `end`. On `true`, make the descriptor readable, then [`fired`](Self::fired).
+    #[inline]
+    pub fn claim(&self, end: u64) -> bool {
+        fence(SeqCst);
+        let word = self.word();
+        let w = word.load(Relaxed);
+        if w == IDLE || w == CLAIMED || end < w {
+            // Not armed, or armed at `w - 1 >= end`: the reader has read everything.
+            return false;
+        }
+        word.compare_exchange(w, CLAIMED, AcqRel, Relaxed).is_ok()
+    }
+
+    /// Shard: the descriptor was made readable (or could not be: the reader is gone).
+    #[inline]
+    pub fn fired(&self) {
+        self.word().store(IDLE, Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::shm::testutil::AlignedRegion;
+
+    fn pair() -> (AlignedRegion, Watch, Watch) {
+        let page = AlignedRegion::new(WATCH_LEN);
+        // SAFETY: fresh zeroed page; the objects do not outlive it (returned together, the
+        // page first, dropped last by the callers' bindings order below).
+        let (a, b) = unsafe {
+            Watch::init(page.ptr(), page.len()).unwrap();
+            (
+                Watch::attach(page.ptr(), page.len()).unwrap(),
+                Watch::attach(page.ptr(), page.len()).unwrap(),
+            )
+        };
+        (page, a, b)
+    }
+
+    #[test]
+    fn the_shard_fires_only_for_records_past_the_armed_position() {
+        let (_page, reader, shard) = pair();
+        // Not armed: nothing to fire for.
+        assert!(!shard.claim(100));
+        reader.arm(100);
+        assert!(!shard.claim(100), "everything through 100 was read");
+        assert!(!shard.claim(64));
+        assert!(shard.claim(164));
+        // Claimed: the reader must wait for the send.
+        assert_eq!(reader.disarm(), Disarm::Claimed);
+        assert!(!shard.claim(228), "one send per arming");
+        shard.fired();
+        assert_eq!(reader.disarm(), Disarm::Fired);
+    }
+
+    #[test]
+    fn a_reader_that_disarms_first_gets_no_wake_up() {
+        let (_page, reader, shard) = pair();
+        reader.arm(0);
+        assert_eq!(reader.disarm(), Disarm::Quiet);
+        assert!(!shard.claim(64), "disarmed: the reader is reading");
+        reader.arm(64);
+        assert!(!shard.claim(64));
+        assert!(shard.claim(128));
+        shard.fired();
+        assert!(!shard.claim(192), "fired once; the reader has not armed again");
+    }
+
+    #[test]
+    fn a_scribbled_page_is_refused_or_harmless() {
+        let page = AlignedRegion::new(WATCH_LEN);
+        // SAFETY: fresh zeroed page that outlives the calls.
+        let refused = unsafe { Watch::attach(page.ptr(), page.len()) };
+        assert!(matches!(refused, Err(LayoutError::BadMagic { .. })));
+        // SAFETY: as above.
+        let short = unsafe { Watch::init(page.ptr(), 1024) };
+        assert!(matches!(short, Err(LayoutError::TooSmall { .. })));
+        let (_page, reader, shard) = pair();
+        // A word at the largest positions still behaves.
+        reader.arm(u64::MAX);
+        assert!(!shard.claim(u64::MAX - 2));
+        assert_eq!(reader.disarm(), Disarm::Quiet);
+    }
+}
