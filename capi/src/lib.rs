@@ -324,10 +324,15 @@ impl State {
     /// descriptor says the daemon hung up, confirm it now (a plain poll only checks now
     /// and then).
     fn check_gone(&mut self, group: u32) -> Result<(), Fail> {
-        if self.slot(group)?.wake.as_ref().is_some_and(GroupWatch::hung_up) {
-            self.client.check_alive().map_err(client_fail)?;
+        let State { client, groups, .. } = self;
+        match groups
+            .get(group as usize)
+            .and_then(Option::as_ref)
+            .and_then(|g| g.wake.as_ref())
+        {
+            Some(wake) => client.check_watch(wake).map_err(client_fail),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -20,9 +20,13 @@ use crate::{Client, Error, GroupId};
 /// (a spurious readiness, which the contract allows).
 const CLAIMED_WAIT: Duration = Duration::from_millis(100);
 
+/// How long [`Client::check_watch`] waits for the session's socket to close after the
+/// shard closed its end of a descriptor.
+pub const HANG_UP_WAIT: Duration = Duration::from_secs(1);
+
 /// A group's descriptor (from [`Client::watch`]). Protocol: [`before_read`] before every
 /// read of the group's log, [`Client::watch_drained`] after it; wait on [`fd`] only after
-/// `watch_drained` said `true`.
+/// `watch_drained` said `true`. After a read that found nothing, [`Client::check_watch`].
 ///
 /// [`before_read`]: GroupWatch::before_read
 /// [`fd`]: GroupWatch::fd
@@ -139,6 +143,20 @@ impl Client {
             gone: AtomicBool::new(false),
             _page: page,
         })
+    }
+
+    /// After a read of `watch`'s group that found nothing, before
+    /// [`watch_drained`](Self::watch_drained): `DaemonGone` if the descriptor was hung up
+    /// and the session's socket closes too. A daemon that stops closes the shard's end
+    /// first, and its process may take a moment before the session's socket follows: this
+    /// waits for it, at most [`HANG_UP_WAIT`].
+    pub fn check_watch(&mut self, watch: &GroupWatch) -> Result<(), Error> {
+        if !watch.hung_up() {
+            return Ok(());
+        }
+        let mut revents = Vec::with_capacity(1);
+        let _ = tutti_sys::poll_readable(&[self.control_fd()], &mut revents, Some(HANG_UP_WAIT));
+        self.check_alive()
     }
 
     /// After a read of `watch`'s group: if the log is drained, arms the watch and returns

@@ -119,6 +119,11 @@ struct Group {
     providers: Vec<u32>,
     /// A snapshot being received from a provider: (position, bytes so far).
     snapshot: Option<(u64, Vec<u8>)>,
+    /// A cpg group whose last local process left: its number while the shard writes the
+    /// log for the leaver (`ShardCommand::DropGroup`), `None` otherwise. A join meanwhile
+    /// takes the group as it is (same handle and log); `ShardEvent::LingerOver` with this
+    /// number drops it for good.
+    lingering: Option<u64>,
 }
 
 struct Session {
@@ -213,6 +218,8 @@ pub struct Control {
     next_region_token: u64,
     /// Region operations answered `Unavailable` at their deadline.
     region_timeouts: u64,
+    /// Numbers the lingers of cpg groups (`Group::lingering`).
+    next_linger: u64,
 }
 
 impl Control {
@@ -244,6 +251,7 @@ impl Control {
             region_ops: HashMap::new(),
             next_region_token: 1,
             region_timeouts: 0,
+            next_linger: 0,
             policy,
             stats,
             usage: HashMap::new(),
@@ -311,6 +319,7 @@ impl Control {
                             self.end_session(session);
                         }
                         ShardEvent::Region { token, result } => self.region_done(token, result),
+                        ShardEvent::LingerOver { handle, linger } => self.linger_over(handle, linger),
                         ShardEvent::View { shard, summary } => {
                             if self.views.len() <= shard {
                                 self.views.resize(shard + 1, String::new());
@@ -945,13 +954,22 @@ impl Control {
             Some(h) => h,
             None => self.create_group(name, uid, options)?,
         };
+        // A group that lingers for a leaver is taken as it is: the join's cpg process change
+        // tells the shard it has a local member again.
+        let lingered = self.groups[handle as usize]
+            .as_mut()
+            .and_then(|g| g.lingering.take());
         let result = self.grant(id, handle, rights, needs_ring);
         if result.is_err()
             && self.groups[handle as usize]
                 .as_ref()
                 .is_some_and(|g| g.members.is_empty())
         {
-            self.drop_group(handle, false);
+            match lingered {
+                // The leaver may still be reading: linger again (the shard re-checks).
+                Some(_) => self.linger_or_drop(handle),
+                None => self.drop_group(handle),
+            }
         }
         result
     }
@@ -1120,6 +1138,7 @@ impl Control {
             options,
             providers: Vec::new(),
             snapshot: None,
+            lingering: None,
         });
         self.group_by_name.insert(name.to_string(), handle);
         Ok(handle)
@@ -1171,17 +1190,45 @@ impl Control {
             }
         }
         if empty {
-            // A cpg leaver reads on up to its own leave's confchg: the shard writes the log
-            // until then (`ShardCommand::DropGroup`).
-            self.drop_group(handle, true);
+            self.linger_or_drop(handle);
         }
     }
 
-    /// Frees a group nobody belongs to any more: the shard drops its mappings (with
-    /// `linger`, once a cpg leaver has read up to its leave), we close its descriptors, and
-    /// the kernel frees the memory when the last subscriber unmaps.
-    fn drop_group(&mut self, handle: u32, linger: bool) {
+    /// The last local member left group `handle`. A cpg leaver reads on up to its own
+    /// leave's confchg: the group stays (a join meanwhile takes it as it is, handle and
+    /// log), and the shard writes its log until the leave is through the order, then says
+    /// `LingerOver` (`ShardCommand::DropGroup`). Other groups go at once.
+    fn linger_or_drop(&mut self, handle: u32) {
+        let linger = self.next_linger;
+        match self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+            Some(group) if group.options.cpg => {
+                self.next_linger += 1;
+                group.lingering = Some(linger);
+                let linger = Some(linger);
+                let _ = self.shards[group.shard].send(ShardCommand::DropGroup { handle, linger });
+            }
+            _ => self.drop_group(handle),
+        }
+    }
+
+    /// The shard wrote a cpg group's log for its leaver until the leave went through:
+    /// dropped now, unless a process joined it since (or left it again: another linger).
+    fn linger_over(&mut self, handle: u32, linger: u64) {
+        let over = self
+            .groups
+            .get(handle as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|g| g.lingering == Some(linger) && g.members.is_empty());
+        if over {
+            self.drop_group(handle);
+        }
+    }
+
+    /// Frees a group nobody belongs to any more: the shard drops its mappings, we close
+    /// its descriptors, and the kernel frees the memory when the last subscriber unmaps.
+    fn drop_group(&mut self, handle: u32) {
         if let Some(group) = self.groups.get_mut(handle as usize).and_then(Option::take) {
+            let linger = None;
             let _ = self.shards[group.shard].send(ShardCommand::DropGroup { handle, linger });
             self.group_by_name.remove(&group.name);
             let (uid, bytes) = group.charged;
@@ -1223,7 +1270,7 @@ impl Control {
                 }
             }
             if empty {
-                self.drop_group(handle, false);
+                self.drop_group(handle);
             }
         }
         tracing::info!(session = id, pid = session.cred.pid, "client session ended");

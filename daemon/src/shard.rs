@@ -169,10 +169,14 @@ pub enum ShardCommand {
     /// The group has no local member left. With `linger` (a process left a cpg group; one
     /// that ended reads nothing more) the shard keeps writing its log until the local
     /// processes' leaves are through the order, at most [`LINGER_MAX`], so that the leaver
-    /// reads up to its own leave's confchg.
+    /// reads up to its own leave's confchg; then it says [`ShardEvent::LingerOver`] with
+    /// the linger's number and goes on writing until the control thread drops the group
+    /// for good (`linger: None`) or a local process joins it again (a
+    /// [`ShardCommand::CpgProc`] join: the same slot, log and handle serve the joiner, and
+    /// the leaver reads on to its confchg).
     DropGroup {
         handle: u32,
-        linger: bool,
+        linger: Option<u64>,
     },
     AddClient {
         session: u32,
@@ -296,6 +300,10 @@ pub enum ShardEvent {
     ClientFailed { session: u32, reason: String },
     /// A region operation ended (see [`ShardCommand::Region`]).
     Region { token: u64, result: RegionResult },
+    /// The local leaves of cpg group `handle` are through the order (or its linger timed
+    /// out): the control thread may drop it for good (`DropGroup { linger: None }`) unless
+    /// it was joined and left again since (a linger of another number).
+    LingerOver { handle: u32, linger: u64 },
 }
 
 struct ClientSlot {
@@ -325,8 +333,8 @@ struct GroupSlot {
     options: GroupOptions,
     ordered: OrderedState,
     /// No local member is left, but a leaver still reads: the log is written until then
-    /// (a deadline; see [`ShardCommand::DropGroup`]).
-    lingering: Option<Instant>,
+    /// (a deadline and the linger's number; see [`ShardCommand::DropGroup`]).
+    lingering: Option<(Instant, u64)>,
     /// Subscribers waiting on descriptors (`ShardCommand::Watch`).
     watchers: Vec<Watcher>,
     _log: Mapping,
@@ -724,10 +732,16 @@ impl Shard {
                     reason,
                     ack,
                 } => {
-                    let result = match self.groups.get(handle as usize).and_then(Option::as_ref) {
+                    let result = match self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
                         Some(g) => {
                             match pid {
-                                Some(pid) => self.cpg.proc_join(g.gid, session, pid),
+                                Some(pid) => {
+                                    // A local process again: the slot no longer lingers.
+                                    if g.lingering.take().is_some() {
+                                        self.lingering.retain(|&h| h != handle);
+                                    }
+                                    self.cpg.proc_join(g.gid, session, pid)
+                                }
                                 None => self.cpg.proc_leave(g.gid, session, reason),
                             }
                             Ok(())
@@ -790,9 +804,10 @@ impl Shard {
                     }
                     let slot = self.groups.get_mut(handle as usize).and_then(Option::as_mut);
                     match slot {
-                        Some(g) if linger && g.options.cpg && self.cpg.has_local(g.gid) => {
-                            if g.lingering.is_none() {
-                                g.lingering = Some(Instant::now() + LINGER_MAX);
+                        Some(g) if linger.is_some() && g.options.cpg => {
+                            // Reported by end_lingering at once if nothing local is pending.
+                            g.lingering = linger.map(|n| (Instant::now() + LINGER_MAX, n));
+                            if !self.lingering.contains(&handle) {
                                 self.lingering.push(handle);
                             }
                         }
@@ -1315,22 +1330,30 @@ impl Shard {
             .set(counter::GROUPS, self.groups.iter().flatten().count() as u64);
     }
 
-    /// Frees the slots of groups written for a leaver once the local processes' leaves are
-    /// through the order (the leaver has its own leave's confchg), or at their deadline.
+    /// Tells the control thread which groups written for a leaver have the local
+    /// processes' leaves through the order (the leaver has its own leave's confchg), or
+    /// reached their deadline; their slots are freed when it drops them.
     fn end_lingering(&mut self) {
         if self.lingering.is_empty() {
             return;
         }
         let now = Instant::now();
+        let groups = &self.groups;
+        self.lingering.retain(|&h| {
+            groups
+                .get(h as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|g| g.lingering.is_some())
+        });
         let (groups, cpg) = (&self.groups, &mut self.cpg);
         let mut done = Vec::new();
         for &handle in &self.lingering {
-            let Some((gid, deadline)) = groups
+            let Some((gid, (deadline, linger))) = groups
                 .get(handle as usize)
                 .and_then(Option::as_ref)
                 .and_then(|g| Some((g.gid, g.lingering?)))
             else {
-                done.push(handle);
+                // Freed meanwhile: nothing to tell.
                 continue;
             };
             if now >= deadline {
@@ -1339,13 +1362,22 @@ impl Shard {
                     "a cpg leave not through the order in {LINGER_MAX:?}: the group's log ends"
                 );
                 cpg.forget_in_order(gid);
-                done.push(handle);
+                done.push((handle, linger));
             } else if !cpg.has_local(gid) {
-                done.push(handle);
+                done.push((handle, linger));
             }
         }
-        for handle in done {
-            self.release_group(handle);
+        for (handle, linger) in done {
+            match self.events.try_send(ShardEvent::LingerOver { handle, linger }) {
+                Ok(()) => {
+                    self.lingering.retain(|&h| h != handle);
+                    self.events_wake.notify();
+                }
+                // Told again at the next pass.
+                Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                // The control thread is gone only at shutdown, when nothing needs the slot.
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => self.release_group(handle),
+            }
         }
     }
 

@@ -26,6 +26,7 @@ const SUBNET_JOIN_RACE: u8 = 97;
 const SUBNET_MAJORITY: u8 = 98;
 const SUBNET_STALL: u8 = 89;
 const SUBNET_LAST_LEAVE: u8 = 88;
+const SUBNET_LEAVE_JOIN: u8 = 87;
 /// `cpg_reason_t` codes.
 const JOIN: u32 = 1;
 const LEAVE: u32 = 2;
@@ -92,6 +93,9 @@ struct Member {
     thread: Option<JoinHandle<()>>,
     /// False once a `Leave` was answered by the daemon.
     joined: Arc<AtomicBool>,
+    /// True once a `LeaveReading` was answered by the daemon (the process is no longer a
+    /// member there; its log is still read).
+    leave_sent: Arc<AtomicBool>,
 }
 
 impl Member {
@@ -108,6 +112,8 @@ impl Member {
         let r = Arc::clone(&recs);
         let joined_flag = Arc::new(AtomicBool::new(true));
         let is_joined = Arc::clone(&joined_flag);
+        let leave_sent = Arc::new(AtomicBool::new(false));
+        let leave_done = Arc::clone(&leave_sent);
         let pid = std::process::id();
         let thread = std::thread::spawn(move || {
             let mut sent = 0u64;
@@ -131,6 +137,7 @@ impl Member {
                     Ok(Command::LeaveReading) => {
                         client.leave_reading(g).expect("leave, reading on");
                         leaving = true;
+                        leave_done.store(true, Ordering::Release);
                     }
                     Ok(Command::Rejoin) => {
                         client.leave(g).expect("leave");
@@ -191,6 +198,7 @@ impl Member {
             commands: Some(tx),
             thread: Some(thread),
             joined: joined_flag,
+            leave_sent,
         }
     }
 
@@ -715,6 +723,61 @@ fn the_last_local_leaver_gets_what_was_ordered_before_its_leave_then_its_own_con
         "a got the messages sent before its leave ({before})"
     );
     drop((a, b));
+}
+
+/// As above, with another process joining the group on the leaver's daemon while the leave
+/// is still on its way through the order: the leaver still reads up to its own leave's
+/// confchg (the joiner's arrival used to end the leaver's log: the group's slot was freed
+/// and made anew for the joiner, and the leaver waited for a confchg that never came),
+/// and the joiner's first confchg lists it with the others. (Daemon 2 is stopped for half a
+/// second over the join, so that the leave is still in the order when it comes.)
+#[test]
+fn a_join_on_the_leavers_daemon_does_not_cut_its_log_short() {
+    let daemons = start_cluster(SUBNET_LEAVE_JOIN);
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    let group = &group_off_daemon_3("cpg.leave-join");
+    let a = Member::start(all[0], group);
+    let b = Member::start(all[1], group);
+    let (a_me, b_me) = (a.me, b.me);
+    let two = [a_me, b_me];
+    wait_until(WAIT, "two members seen by both", &all, || {
+        [&a, &b].iter().all(|m| m.saw_members(&two))
+    });
+    b.send(Command::Publish(400));
+    wait_until(WAIT, "b's 400 messages back at b", &all, || b.messages() == 400);
+    b.send(Command::Publish(200));
+    // b's daemon (which hosts the group's memory node with daemon 1) stopped for a moment:
+    // nothing is ordered meanwhile, so a's leave is still on its way when c joins, after
+    // daemon 1 took a's leave (the group has no local member left there).
+    all[1].signal(libc::SIGSTOP);
+    a.send(Command::LeaveReading);
+    wait_until(WAIT, "a's leave taken by daemon 1", &[all[0]], || {
+        a.leave_sent.load(Ordering::Acquire)
+    });
+    let c = Member::start(all[0], group);
+    let c_me = c.me;
+    // The fault's length (well under the 3 s suspicion timeout), not a wait for an outcome.
+    std::thread::sleep(Duration::from_millis(500));
+    all[1].signal(libc::SIGCONT);
+    wait_until(WAIT, "a's own leave's confchg", &all, || {
+        !a.joined.load(Ordering::Acquire)
+    });
+    wait_until(WAIT, "b and c together at b and c", &all, || {
+        [&b, &c].iter().all(|m| m.saw_members(&[b_me, c_me]))
+    });
+    let mut mine = a.records_since_members(&two);
+    let end = mine
+        .iter()
+        .position(|r| matches!(r, Rec::Confchg { left, .. } if left.contains(&(a_me, LEAVE))))
+        .unwrap_or_else(|| panic!("no own leave's confchg: {mine:?}"));
+    mine.truncate(end + 1);
+    let at_b = b.records_since_members(&two);
+    assert_eq!(at_b[..mine.len()], mine[..], "a's records are a prefix of b's");
+    assert!(
+        mine.iter().filter(|r| matches!(r, Rec::Msg(..))).count() >= 400,
+        "a got the messages sent before its leave"
+    );
+    drop((a, b, c));
 }
 
 /// Under `cpg_partition = "evs"` a join changes the cluster view (the group's directory),
