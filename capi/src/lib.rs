@@ -943,8 +943,9 @@ pub unsafe extern "C" fn tutti_next(
                 })
                 .map_err(client_fail)?;
             if let Some(ev) = next.filter(|_| n == 1) {
+                // Not armed here: the caller reads on until AGAIN (the edge-style contract),
+                // and that read arms the descriptor.
                 out.write(ev);
-                settle(s, group);
                 return Ok(());
             }
             s.check_gone(group)?;

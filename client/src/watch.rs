@@ -6,7 +6,7 @@
 //! "Descriptors".
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tutti_sys::{Mapping, WakeDrain};
@@ -24,9 +24,16 @@ const CLAIMED_WAIT: Duration = Duration::from_millis(100);
 /// shard closed its end of a descriptor.
 pub const HANG_UP_WAIT: Duration = Duration::from_secs(1);
 
+/// A reader that drains the log one call at a time (libcpg) often disarms a quiet watch
+/// and then finds nothing, without having waited on the descriptor: only one such read in
+/// this many pays the `recv` that tells a hang-up (a reader woken by one makes a few
+/// empty reads before it hears of it).
+pub const HANG_UP_CHECK_EVERY: u32 = 8;
+
 /// A group's descriptor (from [`Client::watch`]). Protocol: [`before_read`] before every
 /// read of the group's log, [`Client::watch_drained`] after it; wait on [`fd`] only after
 /// `watch_drained` said `true`. After a read that found nothing, [`Client::check_watch`].
+/// One reader at a time: the calls go with the client's reads of the group.
 ///
 /// [`before_read`]: GroupWatch::before_read
 /// [`fd`]: GroupWatch::fd
@@ -39,6 +46,9 @@ pub struct GroupWatch {
     /// The last `before_read` found the word still armed: nobody fired, so a readable
     /// descriptor that brought nothing means a hang-up (checked by `hung_up`).
     quiet: AtomicBool,
+    /// Reads that found nothing after a quiet disarm: one in [`HANG_UP_CHECK_EVERY`]
+    /// looks for a hang-up.
+    quiet_empty: AtomicU32,
     /// The daemon closed its end: readable for good.
     gone: AtomicBool,
     _page: Mapping,
@@ -60,14 +70,19 @@ impl GroupWatch {
     /// [`Client::check_alive`]. Call it after a read that found nothing, before
     /// [`Client::watch_drained`]: if that read came while the watch was armed and nobody
     /// had fired it, the descriptor can only have been readable for a hang-up. One `recv`
-    /// then; none otherwise (a reader that drains the log in a loop pays nothing for its
-    /// last, empty, read), and none while armed, whose wake-up it must not take.
+    /// then (for one such read in [`HANG_UP_CHECK_EVERY`]); none otherwise, and none while
+    /// armed, whose wake-up it must not take.
     pub fn hung_up(&self) -> bool {
-        if !self.gone.load(Ordering::Relaxed)
-            && !self.armed.load(Ordering::Relaxed)
-            && self.quiet.swap(false, Ordering::Relaxed)
-            && tutti_sys::wake_drain(&self.fd) == WakeDrain::HungUp
-        {
+        if self.gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.armed.load(Ordering::Relaxed) || !self.quiet.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.quiet.store(false, Ordering::Relaxed);
+        let n = self.quiet_empty.load(Ordering::Relaxed);
+        self.quiet_empty.store(n.wrapping_add(1), Ordering::Relaxed);
+        if n.is_multiple_of(HANG_UP_CHECK_EVERY) && tutti_sys::wake_drain(&self.fd) == WakeDrain::HungUp {
             self.gone.store(true, Ordering::Relaxed);
         }
         self.gone.load(Ordering::Relaxed)
@@ -76,10 +91,13 @@ impl GroupWatch {
     /// Before reading the group's log: takes back the arming, and makes the descriptor
     /// unreadable again if the daemon made it readable. No system call unless it did.
     pub fn before_read(&self) {
+        // The flags are this reader's own (one thread reads a group at a time): plain
+        // loads and stores, no locked instruction on the path of every read.
         self.quiet.store(false, Ordering::Relaxed);
-        if !self.armed.swap(false, Ordering::Relaxed) {
+        if !self.armed.load(Ordering::Relaxed) {
             return;
         }
+        self.armed.store(false, Ordering::Relaxed);
         let started = Instant::now();
         let mut spins = 0u32;
         loop {
@@ -114,9 +132,10 @@ impl Client {
     /// if records already wait. Asking again replaces the earlier descriptor (which then
     /// reads as hung up).
     pub fn watch(&mut self, group: GroupId) -> Result<GroupWatch, Error> {
-        let g = self.group(group)?;
-        let sub = g.sub.as_ref().ok_or(Error::NotSubscribed)?;
-        let (handle, position) = (g.handle, sub.reader.position());
+        let (handle, position) = (
+            self.group(group)?.handle,
+            self.subscription(group)?.reader.position(),
+        );
         let mut fds = Vec::new();
         match self.call(
             &tutti_wire::control::Request::Watch { handle, position },
@@ -140,6 +159,7 @@ impl Client {
             // The daemon armed it at `position` for us.
             armed: AtomicBool::new(true),
             quiet: AtomicBool::new(false),
+            quiet_empty: AtomicU32::new(0),
             gone: AtomicBool::new(false),
             _page: page,
         })
@@ -163,11 +183,7 @@ impl Client {
     /// `true` (wait on the descriptor now: the daemon makes it readable at its next
     /// append); `false` if a record waits (read on, and call this again after).
     pub fn watch_drained(&self, watch: &GroupWatch) -> Result<bool, Error> {
-        let sub = self
-            .group(watch.group)?
-            .sub
-            .as_ref()
-            .ok_or(Error::NotSubscribed)?;
+        let sub = self.subscription(watch.group)?;
         if sub.reader.has_data() {
             return Ok(false);
         }

@@ -124,6 +124,10 @@ struct Group {
     /// takes the group as it is (same handle and log); `ShardEvent::LingerOver` with this
     /// number drops it for good.
     lingering: Option<u64>,
+    /// Sessions that left this cpg group (the latest 64): one that joins again while the
+    /// group lingers gets a fresh group, not this log, whose records from its earlier
+    /// membership it would take for its own (`docs/cpg.md`, "Not done yet").
+    leavers: Vec<u32>,
 }
 
 struct Session {
@@ -901,7 +905,7 @@ impl Control {
                 rule: denied.rule,
             });
         }
-        let existing = self.group_by_name.get(name).copied();
+        let mut existing = self.group_by_name.get(name).copied();
         if existing.is_some_and(|h| session.groups.contains(&h)) {
             return Err(Refusal::Error(
                 ErrorCode::BadRequest,
@@ -949,6 +953,15 @@ impl Control {
         if held.saturating_add(needed) > limits.ring_bytes_per_uid {
             self.stats.add(counter::REFUSED_RING_BYTES);
             return Err(Refusal::Limit(Limit::RingBytesPerUid, limits.ring_bytes_per_uid));
+        }
+        // Its own earlier leave lingers: a fresh group (its leave's reading ends here).
+        if let Some(h) = existing.filter(|&h| {
+            self.groups[h as usize]
+                .as_ref()
+                .is_some_and(|g| g.lingering.is_some() && g.leavers.contains(&id))
+        }) {
+            self.drop_group(h);
+            existing = None;
         }
         let handle = match existing {
             Some(h) => h,
@@ -1139,6 +1152,7 @@ impl Control {
             providers: Vec::new(),
             snapshot: None,
             lingering: None,
+            leavers: Vec::new(),
         });
         self.group_by_name.insert(name.to_string(), handle);
         Ok(handle)
@@ -1168,6 +1182,10 @@ impl Control {
         let empty = group.members.is_empty();
         if group.options.cpg {
             cpg_leave(&self.shards[shard], handle, id, crate::cpg::reason::LEAVE);
+            if group.leavers.len() >= 64 {
+                group.leavers.remove(0);
+            }
+            group.leavers.push(id);
         }
         if let Some(i) = group.providers.iter().position(|&p| p == id) {
             group.providers.swap_remove(i);
