@@ -24,7 +24,6 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tutti_sys::{EventFd, Mapping, SeqPacket};
@@ -37,7 +36,7 @@ use tutti_wire::counters::{CountersPage, COUNTERS_LEN};
 pub use tutti_wire::counters::{CONTROL_COUNTERS, SHARD_COUNTERS};
 pub use tutti_wire::shm::{ConfchgRecord, CpgEntry, LeftReason, ViewRecord};
 use tutti_wire::shm::{
-    DeliveryLog, GroupDoorbell, LogEnd, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
+    DeliveryLog, GroupDoorbell, LogEvent, LogReader, PublishClaim, PublishProducer, PublishRing,
     ShardDoorbell,
 };
 
@@ -212,16 +211,10 @@ type SnapshotProvider = Box<dyn FnMut(u64) -> Vec<u8> + Send>;
 
 struct Subscription {
     reader: LogReader,
-    doorbell: Arc<SharedDoorbell>,
-    /// Shared with [`AppendSignal`]s, which read the log's published end.
-    log: Arc<Mapping>,
-}
-
-/// A group's doorbell with the mapping it lives in, shared with [`AppendSignal`]s (which
-/// may outlive the group or the client: the page stays mapped until the last one goes).
-struct SharedDoorbell {
     doorbell: GroupDoorbell,
-    _map: Mapping,
+    /// The mappings the reader and the doorbell live in.
+    _log: Mapping,
+    _bell: Mapping,
 }
 
 /// A session with the local tuttid. Single-threaded: give each thread its own client.
@@ -446,8 +439,9 @@ impl Client {
                 .map_err(|e| Error::SharedMemory(e.to_string()))?;
             Some(Subscription {
                 reader,
-                doorbell: Arc::new(SharedDoorbell { doorbell, _map: bell }),
-                log: Arc::new(log),
+                doorbell,
+                _log: log,
+                _bell: bell,
             })
         } else {
             None
@@ -837,7 +831,7 @@ impl Client {
     /// Sleeps on the group's futex until the daemon appends (or `timeout`).
     fn park(&mut self, group: GroupId, timeout: Duration) -> Result<(), Error> {
         let g = self.subscription(group)?;
-        let bell = &g.doorbell.doorbell;
+        let bell = &g.doorbell;
         // add_waiter fences; the daemon fences between appending and reading `waiters`.
         bell.add_waiter();
         let seen = bell.futex_value();
@@ -942,27 +936,6 @@ impl Client {
         Ok(sub.reader.has_data())
     }
 
-    /// A handle another thread can sleep on until the daemon appends to `group`'s delivery
-    /// log: the way to turn appends into a wake-up of some other kind (an eventfd for a
-    /// poll loop, as the C API does). Needs the subscribe right.
-    pub fn append_signal(&self, group: GroupId) -> Result<AppendSignal, Error> {
-        let sub = self.subscription(group)?;
-        // SAFETY: the signal keeps the log's mapping (an `Arc`) for as long as it lives.
-        let log_end = unsafe { sub.reader.log_end() };
-        Ok(AppendSignal::register(
-            Arc::clone(&sub.doorbell),
-            log_end,
-            Arc::clone(&sub.log),
-        ))
-    }
-
-    /// Where this client's reading of `group`'s log stands (a log position; grows), for
-    /// [`AppendSignal::read_through`] on another thread. Needs the subscribe right.
-    pub fn read_position(&self, group: GroupId) -> Result<u64, Error> {
-        let sub = self.subscription(group)?;
-        Ok(sub.reader.cursor())
-    }
-
     /// The control socket's descriptor, to watch for the daemon hanging up (it reads as
     /// readable with `POLLHUP`). Only poll it: reading or closing it breaks the session.
     pub fn control_fd(&self) -> RawFd {
@@ -1016,63 +989,6 @@ impl ShardCounters {
             .take(self.page.count())
             .enumerate()
             .map(|(i, (name, _))| (*name, self.page.get(i)))
-    }
-}
-
-/// Wakes a thread when the daemon appends to one group's delivery log (from
-/// [`Client::append_signal`]). While it lives it counts as a parked subscriber, so the
-/// daemon bumps the group's futex word after every batch it appends (one `FUTEX_WAKE`
-/// per batch): hold it only while something waits on it.
-///
-/// Use: `let mut seen = signal.value();` then check for data (poll), then
-/// `signal.wait(seen, timeout)`; a [`value`](Self::value) other than `seen` means the
-/// daemon appended since. The word moves after the records it counts are in the log, and
-/// maybe after the reader already read them: [`read_through`](Self::read_through) tells.
-pub struct AppendSignal {
-    bell: Arc<SharedDoorbell>,
-    log_end: LogEnd,
-    _log: Arc<Mapping>,
-}
-
-impl AppendSignal {
-    fn register(bell: Arc<SharedDoorbell>, log_end: LogEnd, log: Arc<Mapping>) -> AppendSignal {
-        // add_waiter fences: an append after this sees the waiter and bumps the word.
-        bell.doorbell.add_waiter();
-        AppendSignal {
-            bell,
-            log_end,
-            _log: log,
-        }
-    }
-
-    /// Whether a reader at `position` ([`Client::read_position`]) has read every record
-    /// the daemon published up to now, i.e. every append the word counted when
-    /// [`value`](Self::value) was read before this call: a wake-up for those is not news.
-    pub fn read_through(&self, position: u64) -> bool {
-        self.log_end.read_through(position)
-    }
-
-    /// The futex word: it changes after each batch the daemon appends from now on.
-    pub fn value(&self) -> u32 {
-        self.bell.doorbell.futex_value()
-    }
-
-    /// Sleeps while the word still holds `seen`, at most `timeout` (or until
-    /// [`interrupt`](Self::interrupt), a signal or a spurious wake-up: re-check).
-    pub fn wait(&self, seen: u32, timeout: Duration) {
-        tutti_sys::futex_wait(self.bell.doorbell.futex_word(), seen, timeout);
-    }
-
-    /// Wakes every thread sleeping in [`wait`](Self::wait) on this group (the group's other
-    /// sleepers re-check and sleep again).
-    pub fn interrupt(&self) {
-        tutti_sys::futex_wake_all(self.bell.doorbell.futex_word());
-    }
-}
-
-impl Drop for AppendSignal {
-    fn drop(&mut self) {
-        self.bell.doorbell.remove_waiter();
     }
 }
 

@@ -846,32 +846,6 @@ pub struct LogReader {
 // SAFETY: the reader only reads the shared region (valid for its life) and owns its state.
 unsafe impl Send for LogReader {}
 
-/// Where the writer's last complete record ends (`LOG_TAIL`), readable from any thread:
-/// tells whether a reader has read everything published so far, whatever woke it
-/// ([`LogReader::log_end`]). A reader may be ahead of it for a moment (a record is readable
-/// once committed, the end is stored just after), never behind it once it read all.
-#[derive(Clone, Copy)]
-pub struct LogEnd {
-    log: Log,
-}
-
-// SAFETY: it only loads one atomic word of the shared region, whose validity for its whole
-// use is `LogReader::log_end`'s contract.
-unsafe impl Send for LogEnd {}
-// SAFETY: as above; `&LogEnd` does nothing but atomic loads.
-unsafe impl Sync for LogEnd {}
-
-impl LogEnd {
-    /// Whether every record published up to now lies before `cursor` (a
-    /// [`LogReader::cursor`]). Acquire: the end covers every append whose futex bump (or
-    /// commit) the caller saw before.
-    #[inline]
-    pub fn read_through(&self, cursor: u64) -> bool {
-        let end = self.log.tail().load(Acquire);
-        self.log.normalize(end) <= self.log.normalize(cursor)
-    }
-}
-
 /// What a lap did to the cursor.
 enum Jump {
     /// Moved to `head`: go on reading.
@@ -956,15 +930,6 @@ impl LogReader {
     #[inline]
     pub fn position(&self) -> u64 {
         self.log.normalize(self.cursor)
-    }
-
-    /// The log's published end, to compare with this reader's [`cursor`](Self::cursor) from
-    /// another thread (a descriptor's helper: `LogEnd::read_through`).
-    ///
-    /// # Safety
-    /// The log's mapping stays valid for as long as the returned `LogEnd` is used.
-    pub unsafe fn log_end(&self) -> LogEnd {
-        LogEnd { log: self.log }
     }
 
     /// Whether a poll would deliver something (a record at the cursor, or a lap to report).

@@ -43,8 +43,7 @@ pub use layout::{
     PUBLISH_MAGIC, PUBLISH_VERSION, PUB_HEAD, PUB_TAIL, RECORD_ALIGN, REGION_ALIGN,
 };
 pub use log::{
-    ConfchgRecord, CpgEntry, DeliveryLog, LeftReason, LogEnd, LogEvent, LogReader, LogWriter, ReadError,
-    ViewRecord,
+    ConfchgRecord, CpgEntry, DeliveryLog, LeftReason, LogEvent, LogReader, LogWriter, ReadError, ViewRecord,
 };
 pub use publish::{FrameError, PublishClaim, PublishConsumer, PublishProducer, PublishRing};
 #[cfg(loom)]
