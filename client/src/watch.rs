@@ -98,7 +98,9 @@ impl GroupWatch {
             return;
         }
         self.armed.store(false, Ordering::Relaxed);
-        let started = Instant::now();
+        // The clock is read only once the daemon is seen sending (a read per call was 6 %
+        // of a flooding CPG sender's time).
+        let mut started = None;
         let mut spins = 0u32;
         loop {
             match self.watch.disarm() {
@@ -107,7 +109,9 @@ impl GroupWatch {
                     return;
                 }
                 Disarm::Fired => break,
-                Disarm::Claimed if started.elapsed() >= CLAIMED_WAIT => break,
+                Disarm::Claimed if started.get_or_insert_with(Instant::now).elapsed() >= CLAIMED_WAIT => {
+                    break
+                }
                 Disarm::Claimed => {
                     spins += 1;
                     if spins < 64 {
