@@ -584,6 +584,16 @@ fn u32_at(body: &[u8], at: usize) -> Result<u32, ControlError> {
         })
 }
 
+fn u64_at(body: &[u8], at: usize) -> Result<u64, ControlError> {
+    body.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or(ControlError::Truncated {
+            got: body.len(),
+            need: at + 8,
+        })
+}
+
 fn exact(body: &[u8], len: usize) -> Result<(), ControlError> {
     if body.len() == len {
         Ok(())
@@ -750,7 +760,7 @@ impl<'a> Request<'a> {
                         need: SNAPSHOT_CHUNK_HEADER,
                     });
                 }
-                let position = u64::from(u32_at(body, 4)?) | (u64::from(u32_at(body, 8)?) << 32);
+                let position = u64_at(body, 4)?;
                 let last = match body[16] {
                     0 => false,
                     1 => true,
@@ -779,7 +789,7 @@ impl<'a> Request<'a> {
                 exact(body, 12)?;
                 Ok(Request::Watch {
                     handle: u32_at(body, 0)?,
-                    position: u64::from(u32_at(body, 4)?) | (u64::from(u32_at(body, 8)?) << 32),
+                    position: u64_at(body, 4)?,
                 })
             }
             kind::STATUS => {
@@ -996,10 +1006,7 @@ impl<'a> Reply<'a> {
                 exact(body, 10)?;
                 Ok(Reply::LimitReached {
                     limit: Limit::from_u16(u16::from_le_bytes([body[0], body[1]]))?,
-                    max: u64::from_le_bytes(body[2..10].try_into().map_err(|_| ControlError::Truncated {
-                        got: body.len(),
-                        need: 10,
-                    })?),
+                    max: u64_at(body, 2)?,
                 })
             }
             other => Err(ControlError::UnknownKind(other)),
