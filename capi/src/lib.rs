@@ -285,7 +285,7 @@ struct GroupSlot {
     id: GroupId,
     subscribed: bool,
     /// The group's descriptor (`tutti_fd`), made on first use.
-    wake: Option<GroupWatch>,
+    watch: Option<GroupWatch>,
 }
 
 /// A claim handed to C: the publish ring's tail does not move until it is committed or
@@ -328,9 +328,9 @@ impl State {
         match groups
             .get(group as usize)
             .and_then(Option::as_ref)
-            .and_then(|g| g.wake.as_ref())
+            .and_then(|g| g.watch.as_ref())
         {
-            Some(wake) => client.check_watch(wake).map_err(client_fail),
+            Some(watch) => client.check_watch(watch).map_err(client_fail),
             None => Ok(()),
         }
     }
@@ -616,7 +616,7 @@ pub unsafe extern "C" fn tutti_join(
         let slot = GroupSlot {
             id,
             subscribed: rights.subscribe,
-            wake: None,
+            watch: None,
         };
         let index = match s.groups.iter().position(Option::is_none) {
             Some(i) => {
@@ -647,7 +647,7 @@ pub unsafe extern "C" fn tutti_leave(client: *mut TuttiClient, group: u32) -> Tu
         }
         // Stop the helper thread before the group's doorbell goes.
         if let Some(slot) = s.groups[group as usize].as_mut() {
-            slot.wake = None;
+            slot.watch = None;
         }
         s.client.leave(id).map_err(client_fail)?;
         s.groups[group as usize] = None;
@@ -794,8 +794,8 @@ fn receiving(s: &State, group: u32, limit: usize) -> Result<GroupId, Fail> {
             c"the group was joined without the subscribe right",
         ));
     }
-    if let Some(wake) = slot.wake.as_ref().filter(|_| limit > 0) {
-        wake.before_read();
+    if let Some(watch) = slot.watch.as_ref().filter(|_| limit > 0) {
+        watch.before_read();
     }
     Ok(slot.id)
 }
@@ -811,8 +811,8 @@ const SETTLE_ROUNDS: usize = 64;
 /// idle descriptor).
 fn settle(s: &State, group: u32) -> bool {
     let Ok(slot) = s.slot(group) else { return true };
-    match slot.wake.as_ref() {
-        Some(wake) => s.client.watch_drained(wake).unwrap_or(true),
+    match slot.watch.as_ref() {
+        Some(watch) => s.client.watch_drained(watch).unwrap_or(true),
         None => true,
     }
 }
@@ -973,15 +973,15 @@ pub unsafe extern "C" fn tutti_fd(client: *mut TuttiClient, group: u32, fd: *mut
                 c"the group was joined without the subscribe right",
             ));
         }
-        if let Some(wake) = &slot.wake {
-            out.write(wake.fd());
+        if let Some(watch) = &slot.watch {
+            out.write(watch.fd());
             return Ok(());
         }
         let id = slot.id;
-        let wake = s.client.watch(id).map_err(client_fail)?;
-        out.write(wake.fd());
+        let watch = s.client.watch(id).map_err(client_fail)?;
+        out.write(watch.fd());
         if let Some(slot) = s.groups[group as usize].as_mut() {
-            slot.wake = Some(wake);
+            slot.watch = Some(watch);
         }
         Ok(())
     })
