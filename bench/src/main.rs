@@ -22,6 +22,7 @@ mod minitx;
 mod ordered;
 mod pin;
 mod plot;
+mod proto_path;
 mod report;
 mod spsc;
 mod udp_floor;
@@ -82,6 +83,34 @@ enum Command {
     /// Draw the percentile distributions of interval logs (--hlog files) as PNG or SVG:
     /// x the percentile on a 1/(1-p) log axis, y the latency; one line per histogram tag.
     Plot(PlotArgs),
+    /// The protocol's CPU per message alone: two tutti_proto nodes in one thread, one
+    /// sending to the other (no socket, no shared memory); nanoseconds of each side per
+    /// message, medians of --reps.
+    Proto(ProtoArgs),
+}
+
+#[derive(Args)]
+struct ProtoArgs {
+    /// Message size in bytes (at least 8: a sequence number).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages timed per repetition.
+    #[arg(long, default_value_t = 2_000_000)]
+    messages: u64,
+    /// Messages sent before the timing starts, in each repetition (the group's retention
+    /// fills to its 64 MiB budget after about 500,000 messages of 64 bytes).
+    #[arg(long, default_value_t = 1_000_000)]
+    warmup: u64,
+    /// Messages submitted per burst before the datagrams move (the daemon drains up to a
+    /// ring's batch per pass).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Repetitions (the last line gives the medians).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print one JSON object per repetition.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -516,6 +545,7 @@ fn main() -> ExitCode {
         Command::Ordered(args) => run_ordered(args),
         Command::Minitx(args) => run_minitx(args),
         Command::Plot(args) => run_plot(args),
+        Command::Proto(args) => run_proto(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -524,6 +554,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_proto(args: ProtoArgs) -> Result<(), String> {
+    if args.size < 8 || args.batch == 0 || args.messages == 0 {
+        return Err("--size must be at least 8, --batch and --messages at least 1".into());
+    }
+    let (mut snd, mut rcv) = (Vec::new(), Vec::new());
+    for rep in 1..=args.reps.max(1) {
+        let r = proto_path::run(args.size, args.warmup, args.messages, args.batch)?;
+        if args.json {
+            let mut v = serde_json::to_value(&r).map_err(|e| e.to_string())?;
+            v["bench"] = "proto".into();
+            v["rep"] = rep.into();
+            println!("{v}");
+        } else {
+            println!(
+                "rep {rep}: sender {:.1} ns/msg, receiver {:.1} ns/msg ({} messages of {} B, {:.1} per datagram, {} refused by flow control)",
+                r.sender_ns_per_msg, r.receiver_ns_per_msg, r.messages, r.size, r.msgs_per_datagram, r.refused
+            );
+        }
+        snd.push(r.sender_ns_per_msg);
+        rcv.push(r.receiver_ns_per_msg);
+    }
+    if !args.json {
+        println!(
+            "medians of {} repetitions: sender {:.1} ns/msg, receiver {:.1} ns/msg",
+            snd.len(),
+            median(snd),
+            median(rcv)
+        );
+    }
+    Ok(())
 }
 
 fn run_plot(args: PlotArgs) -> Result<(), String> {

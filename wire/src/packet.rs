@@ -987,6 +987,27 @@ impl EncoderState {
     pub fn count(&self) -> u16 {
         self.count
     }
+
+    /// Appends whole message `payload` of `header` to the run the datagram in `buf` (whose
+    /// encoding this state describes) ends with, when it continues it and fits: the common
+    /// case of a sender's stream, with no [`Encoder`] resumed. False, nothing written,
+    /// otherwise ([`Encoder::push_data`] then starts a run or reports the error).
+    #[inline]
+    pub fn extend_run(
+        &mut self,
+        buf: &mut [u8],
+        header: &DataHeader,
+        retransmit: bool,
+        payload: &[u8],
+    ) -> bool {
+        if self.len < DATAGRAM_HEADER_LEN || self.len > buf.len() {
+            return false;
+        }
+        matches!(
+            extend_run(buf, &mut self.len, &mut self.run, header, retransmit, payload),
+            Extend::Done
+        )
+    }
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -1009,6 +1030,84 @@ struct OpenRun {
 /// Whether `h` is a whole (unfragmented) message, which travels in a run.
 fn is_whole(h: &DataHeader) -> bool {
     h.frag_count == 1 && h.frag_index == 0
+}
+
+/// What [`extend_run`] did.
+enum Extend {
+    /// The message continues the run: written.
+    Done,
+    /// It continues the run but does not fit: nothing written.
+    Full { needed: usize, available: usize },
+    /// It does not continue the run (or there is none): nothing written.
+    NotARun,
+}
+
+/// Appends whole message `payload` to the run a datagram of `*len` bytes in `buf` ends with
+/// (`*run`) when it continues it (same group, sender, stream, session and retransmit flag,
+/// the next seq): its length as a varint and its bytes, the run's body length raised in
+/// place. Shared by [`Encoder::push_data`] and [`EncoderState::extend_run`], the sender's
+/// path that needs no encoder.
+#[inline]
+fn extend_run(
+    buf: &mut [u8],
+    len: &mut usize,
+    run: &mut Option<OpenRun>,
+    header: &DataHeader,
+    retransmit: bool,
+    payload: &[u8],
+) -> Extend {
+    let Some(r) = run.as_mut() else {
+        return Extend::NotARun;
+    };
+    if !(r.continued_by(header, retransmit) && payload.len() < 1 << (7 * MAX_VARINT_LEN)) {
+        return Extend::NotARun;
+    }
+    let needed = varint_len(payload.len()) + payload.len();
+    let available = buf.len().saturating_sub(*len);
+    let len_at = r.at + 4;
+    let old = buf
+        .get(len_at..len_at + 4)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let body = (old as usize)
+        .checked_add(needed)
+        .filter(|b| *b <= u32::MAX as usize);
+    let (Some(body), true) = (body, needed <= available) else {
+        return Extend::Full { needed, available };
+    };
+    let at = *len;
+    let n = buf
+        .get_mut(at..)
+        .and_then(|dst| write_varint(payload.len(), dst))
+        .unwrap_or(0);
+    if let Some(dst) = buf.get_mut(at + n..at + n + payload.len()) {
+        dst.copy_from_slice(payload);
+    }
+    if let Some(dst) = buf.get_mut(len_at..len_at + 4) {
+        dst.copy_from_slice(&(body as u32).to_le_bytes());
+    }
+    *len = at + needed;
+    r.next_retained = r.next_retained.saturating_add(1);
+    match header.seq.checked_add(1) {
+        Some(next_seq) => r.next_seq = next_seq,
+        None => *run = None,
+    }
+    Extend::Done
+}
+
+impl OpenRun {
+    /// Whether `h` continues this run: a whole message of its stream, session and
+    /// retransmit flag, with the next seq.
+    #[inline]
+    fn continued_by(&self, h: &DataHeader, retransmit: bool) -> bool {
+        is_whole(h)
+            && self.group == { h.group }
+            && self.sender == { h.sender }
+            && self.stream == { h.stream }
+            && self.session == { h.session }
+            && self.retransmit == retransmit
+            && self.next_seq == { h.seq }
+            && self.next_retained == { h.retained }
+    }
 }
 
 impl<'a> Encoder<'a> {
@@ -1131,16 +1230,7 @@ impl<'a> Encoder<'a> {
 
     /// Whether a data message continues the run this datagram ends with.
     fn extends_run(&self, h: &DataHeader, retransmit: bool) -> bool {
-        self.run.is_some_and(|r| {
-            is_whole(h)
-                && r.group == { h.group }
-                && r.sender == { h.sender }
-                && r.stream == { h.stream }
-                && r.session == { h.session }
-                && r.retransmit == retransmit
-                && r.next_seq == { h.seq }
-                && r.next_retained == { h.retained }
-        })
+        self.run.is_some_and(|r| r.continued_by(h, retransmit))
     }
 
     /// Bytes [`Self::push_data`] would add for this message: a length and the payload when
@@ -1169,44 +1259,20 @@ impl<'a> Encoder<'a> {
         if payload.len() >= 1 << (7 * MAX_VARINT_LEN) {
             return Err(PacketError::LengthMismatch("payload too long for a run"));
         }
-        let mut prefix = [0u8; MAX_VARINT_LEN];
-        let n = write_varint(payload.len(), &mut prefix).unwrap_or(0);
-        let prefix = prefix.get(..n).unwrap_or(&[]);
-        match self.run {
-            Some(mut run) if self.extends_run(header, retransmit) => {
-                let needed = n + payload.len();
-                let available = self.buf.len().saturating_sub(self.len);
-                let len_at = run.at + 4;
-                let old = self
-                    .buf
-                    .get(len_at..len_at + 4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .unwrap_or(0);
-                let body = (old as usize)
-                    .checked_add(needed)
-                    .filter(|b| *b <= u32::MAX as usize);
-                let (Some(body), true) = (body, needed <= available) else {
-                    return Err(PacketError::BufferFull { needed, available });
-                };
-                let mut at = self.len;
-                for part in [prefix, payload] {
-                    if let Some(dst) = self.buf.get_mut(at..at + part.len()) {
-                        dst.copy_from_slice(part);
-                    }
-                    at += part.len();
-                }
-                if let Some(dst) = self.buf.get_mut(len_at..len_at + 4) {
-                    dst.copy_from_slice(&(body as u32).to_le_bytes());
-                }
-                self.len = at;
-                run.next_retained = run.next_retained.saturating_add(1);
-                self.run = header
-                    .seq
-                    .checked_add(1)
-                    .map(|next_seq| OpenRun { next_seq, ..run });
-                Ok(())
-            }
-            _ => {
+        match extend_run(
+            self.buf,
+            &mut self.len,
+            &mut self.run,
+            header,
+            retransmit,
+            payload,
+        ) {
+            Extend::Done => Ok(()),
+            Extend::Full { needed, available } => Err(PacketError::BufferFull { needed, available }),
+            Extend::NotARun => {
+                let mut prefix = [0u8; MAX_VARINT_LEN];
+                let n = write_varint(payload.len(), &mut prefix).unwrap_or(0);
+                let prefix = prefix.get(..n).unwrap_or(&[]);
                 let at = self.len;
                 let rh = RunHeader {
                     group: header.group,
