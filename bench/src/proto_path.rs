@@ -196,3 +196,18 @@ pub fn run(size: usize, warmup: u64, messages: u64, batch: usize) -> Result<Prot
         refused,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message arrives (a `Lost` or a stall is an error), in runs: 64-byte messages
+    /// pack ~19 to a 1,472-byte datagram.
+    #[test]
+    fn every_message_is_delivered_in_packed_datagrams() {
+        let r = run(64, 1_000, 20_000, 64).expect("the run completes");
+        assert_eq!(r.messages, 20_000);
+        assert!(r.msgs_per_datagram > 15.0, "{} per datagram", r.msgs_per_datagram);
+        assert!(r.sender_ns_per_msg > 0.0 && r.receiver_ns_per_msg > 0.0);
+    }
+}
