@@ -1,8 +1,9 @@
 //! `tutti-bench proto`: the CPU one message costs in the bimodal multicast protocol itself,
 //! with no socket, no shared memory and no other thread. Two `tutti_proto::Node`s in this
 //! thread form a view and join one group; the sender submits messages in batches and
-//! hands every datagram `poll_transmit` gives to the receiver's `handle_packet` (and the
-//! receiver's flow reports and gossip back), the receiver takes every delivery event.
+//! hands every datagram `poll_transmit` gives to the receiver's `handle_packet_with` (and
+//! the receiver's flow reports and gossip back); the receiver takes every delivery as the
+//! daemon does, read in place through the sink, and every queued event.
 //! Each node's work is timed on its own clock, so the figures are nanoseconds of one core
 //! per message on each side: what the cluster bench's daemons spend in the protocol,
 //! without the scheduling noise of four threads on two vCPUs.
@@ -63,11 +64,18 @@ impl Wire {
         n
     }
 
-    fn hand(&mut self, now: Time, from: u32, to: &mut Node) {
+    /// Hands the datagrams to `to` as the daemon does (its deliveries read in place by the
+    /// sink while no event waits); returns the messages delivered that way.
+    fn hand(&mut self, now: Time, from: u32, to: &mut Node) -> u64 {
+        let mut delivered = 0;
         for b in &self.bufs[..self.used] {
-            to.handle_packet(now, from, b);
+            to.handle_packet_with(now, from, b, &mut |d| {
+                black_box(d.payload.len());
+                delivered += 1;
+            });
         }
         self.used = 0;
+        delivered
     }
 }
 
@@ -168,7 +176,7 @@ pub fn run(size: usize, warmup: u64, messages: u64, batch: usize) -> Result<Prot
         *snd += t.elapsed().as_nanos();
         // Receiver: every datagram, every event, its reports back.
         let t = Instant::now();
-        to_receiver.hand(now, 1, receiver);
+        delivered += to_receiver.hand(now, 1, receiver);
         if timers_due {
             receiver.handle_timeout(now);
         }

@@ -1300,7 +1300,16 @@ impl Cluster {
                     match refused {
                         None if sender == me => {}
                         None => {
-                            node.handle_packet(now, sender, bytes);
+                            // Deliveries go to the log from the node's retention as the
+                            // datagram is read (one copy), not through the event queue.
+                            node.handle_packet_with(now, sender, bytes, &mut |d| {
+                                stats.remote_delivered += 1;
+                                on_event(ClusterEvent::Deliver {
+                                    group: d.group,
+                                    sender: sender_id(d.sender, d.session),
+                                    payload: d.payload,
+                                });
+                            });
                             // Where we hear it from, for the views we may coordinate.
                             node.set_address(sender, view_addr(from));
                         }

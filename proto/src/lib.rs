@@ -227,6 +227,36 @@ pub enum Event {
     },
 }
 
+/// A message handed straight to the driver's sink by [`Node::handle_packet_with`]: what
+/// [`Event::Deliver`] carries, with the bytes lent from the node's retention for the call
+/// (copy them out; nothing to give back). Used only while no event waits in the queue, so
+/// the sink and [`Node::poll_event`] together keep the order events were produced in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered<'a> {
+    pub group: GroupId,
+    pub sender: NodeId,
+    pub stream: u32,
+    pub seq: u64,
+    /// The publishing session given to `submit` on the sender.
+    pub session: u32,
+    pub payload: &'a [u8],
+}
+
+impl Delivered<'_> {
+    /// The [`Event::Deliver`] the node would have queued, with its own copy of the bytes
+    /// (for tools and simulations that keep events).
+    pub fn to_event(&self) -> Event {
+        Event::Deliver {
+            group: self.group,
+            sender: self.sender,
+            stream: self.stream,
+            seq: self.seq,
+            session: self.session,
+            payload: Payload::copy_of(self.payload),
+        }
+    }
+}
+
 /// A datagram to send to `dest`: its bytes are lent by the node until its next call
 /// (the driver copies them into its transport's send slot; nothing is allocated per datagram).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::node::SubmitError;
 use crate::outbox::Outbox;
 use crate::payload::{Arena, PayloadPool, Stored};
 use crate::settings::SLOT_OVERHEAD;
-use crate::{Delivery, Event, GroupId, NodeId, Settings, Time};
+use crate::{Delivered, Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -585,6 +585,9 @@ pub struct Ctx<'a> {
     /// Buffers for retained message bytes.
     pub pool: &'a mut PayloadPool,
     pub events: &'a mut VecDeque<Event>,
+    /// Where deliveries go instead of `events` while that queue is empty (the driver's
+    /// `handle_packet_with`): no 112-byte event written and read back, no inline copy.
+    pub sink: Option<&'a mut dyn FnMut(Delivered<'_>)>,
     pub counters: &'a mut Counters,
     /// Whether a node is alive as far as membership knows.
     pub live: &'a dyn Fn(NodeId) -> bool,
@@ -596,6 +599,43 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Delivers `stored` of `key`'s stream: to the sink, unless an event waits (it must come
+    /// first) or there is none, else queued as an `Event::Deliver` sharing the arena's bytes.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn deliver(
+        &mut self,
+        quiet: bool,
+        group: GroupId,
+        key: StreamKey,
+        seq: u64,
+        session: u32,
+        arena: &Arena,
+        stored: Stored,
+    ) {
+        match self.sink.as_deref_mut() {
+            Some(sink) if !quiet && self.events.is_empty() => sink(Delivered {
+                group,
+                sender: key.0,
+                stream: key.1,
+                seq,
+                session,
+                payload: arena.bytes(stored),
+            }),
+            _ => self.emit(
+                quiet,
+                Event::Deliver {
+                    group,
+                    sender: key.0,
+                    stream: key.1,
+                    seq,
+                    session,
+                    payload: arena.share(stored),
+                },
+            ),
+        }
+    }
+
     fn emit(&mut self, quiet: bool, e: Event) {
         if quiet {
             return; // the group lingers: nobody here wants its messages
@@ -1690,19 +1730,7 @@ impl GroupState {
             debug_assert_eq!(seq, st.high(), "a run continues the stream");
             let retained = ctx.pool.store(&mut st.arena, payload, seq, round);
             ctx.counters.delivered += 1;
-            if !quiet {
-                ctx.emit(
-                    quiet,
-                    Event::Deliver {
-                        group,
-                        sender: key.0,
-                        stream: key.1,
-                        seq,
-                        session: h.session,
-                        payload: st.arena.share(retained),
-                    },
-                );
-            }
+            ctx.deliver(quiet, group, key, seq, h.session, &st.arena, retained);
             let slot = Slot::Held {
                 data: retained,
                 session: h.session,
@@ -2711,19 +2739,8 @@ fn slide_window(
                 report_lost(group, quiet, key, lost_first, lost_count, ctx);
                 lost_count = 0;
                 if !delivered {
-                    let payload = st.arena.share(data);
                     ctx.counters.delivered += 1;
-                    ctx.emit(
-                        quiet,
-                        Event::Deliver {
-                            group,
-                            sender: key.0,
-                            stream: key.1,
-                            seq,
-                            session,
-                            payload,
-                        },
-                    );
+                    ctx.deliver(quiet, group, key, seq, session, &st.arena, data);
                 }
             }
             None => {
@@ -2779,17 +2796,7 @@ fn deliver_ready(
         *delivered = true;
         if !was {
             ctx.counters.delivered += 1;
-            ctx.emit(
-                quiet,
-                Event::Deliver {
-                    group,
-                    sender: key.0,
-                    stream: key.1,
-                    seq: s,
-                    session: *session,
-                    payload: arena.share(*data),
-                },
-            );
+            ctx.deliver(quiet, group, key, s, *session, arena, *data);
         }
         Some(was)
     };
@@ -2888,6 +2895,7 @@ mod tests {
                 out: &mut self.out,
                 pool: &mut self.pool,
                 events: &mut self.events,
+                sink: None,
                 counters: &mut self.counters,
                 live: &live,
                 node_bytes: &mut self.node_bytes,

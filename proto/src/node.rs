@@ -17,7 +17,9 @@ use crate::regions::{
     RegionCounters, RegionError, RegionEvent, RegionOp, RegionSettings, RegionTxn, Regions,
 };
 use crate::view_cache::EncodedView;
-use crate::{Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId};
+use crate::{
+    Delivered, Event, GroupId, GroupView, Member, NodeId, Settings, Time, Transmit, View, ViewCache, ViewId,
+};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -702,8 +704,22 @@ fn find_peer(peers: &[Peer], index: &IdIndex, node: NodeId) -> Option<usize> {
 
 /// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
 /// fields one by one), and `$groups`, the node's group states.
+/// The sink lent for one input: the trait object's lifetime shortened to the loan's, which
+/// a `&mut` (invariant) does not do by itself.
+fn reborrow<'a>(
+    sink: &'a mut Option<&mut dyn FnMut(Delivered<'_>)>,
+) -> Option<&'a mut dyn FnMut(Delivered<'_>)> {
+    match sink {
+        Some(s) => Some(&mut **s),
+        None => None,
+    }
+}
+
 macro_rules! with_ctx {
-    ($node:ident, $now:expr, |$ctx:ident, $groups:ident| $body:expr) => {{
+    ($node:ident, $now:expr, |$ctx:ident, $groups:ident| $body:expr) => {
+        with_ctx!($node, $now, None, |$ctx, $groups| $body)
+    };
+    ($node:ident, $now:expr, $sink:expr, |$ctx:ident, $groups:ident| $body:expr) => {{
         let peers = &$node.peers;
         let index = &$node.peer_index;
         let live = |n: NodeId| peer_alive(peers, index, n);
@@ -715,6 +731,7 @@ macro_rules! with_ctx {
             out: &mut $node.out,
             pool: &mut $node.pool,
             events: &mut $node.events,
+            sink: $sink,
             counters: &mut $node.counters,
             live: &live,
             node_bytes: &mut $node.node_bytes,
@@ -1159,6 +1176,30 @@ impl Node {
     /// A datagram arrived from `from` (the transport's idea of the sender; the header's
     /// `from` must match it).
     pub fn handle_packet(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        self.handle_packet_sink(now, from, bytes, None);
+    }
+
+    /// As [`Node::handle_packet`], and the multicast messages it delivers go to `sink`
+    /// while no event waits in the queue (else, and for every other kind of event, they are
+    /// queued for [`Node::poll_event`] as usual): a driver that drains the queue after each
+    /// call and sinks into its log writes each message once, from the node's retention.
+    pub fn handle_packet_with(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        bytes: &[u8],
+        sink: &mut dyn FnMut(Delivered<'_>),
+    ) {
+        self.handle_packet_sink(now, from, bytes, Some(sink));
+    }
+
+    fn handle_packet_sink(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        bytes: &[u8],
+        mut sink: Option<&mut dyn FnMut(Delivered<'_>)>,
+    ) {
         let d = match packet::decode(bytes) {
             Ok(d) if d.header.from == from => d,
             _ => {
@@ -1198,7 +1239,9 @@ impl Node {
                 // A retransmission is handled as a stage-1 copy: either way, the first copy
                 // of a message to arrive goes on down the sender's tree.
                 Message::Data { header, payload, .. } => {
-                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&{ header.group }) {
+                    with_ctx!(self, now, reborrow(&mut sink), |ctx, groups| match groups
+                        .get_mut(&{ header.group })
+                    {
                         Some(g) => g.handle_data(from, &header, payload, &mut ctx),
                         None => ctx.counters.not_joined += 1,
                     })
@@ -1206,10 +1249,15 @@ impl Node {
                 // A run of whole messages of one stream: one group lookup for all of them.
                 Message::DataRun { messages, .. } => {
                     let group = messages.header().group;
-                    with_ctx!(self, now, |ctx, groups| match groups.get_mut(&group) {
-                        Some(g) => g.handle_run(from, &messages, &mut ctx),
-                        None => ctx.counters.not_joined += 1,
-                    })
+                    with_ctx!(
+                        self,
+                        now,
+                        reborrow(&mut sink),
+                        |ctx, groups| match groups.get_mut(&group) {
+                            Some(g) => g.handle_run(from, &messages, &mut ctx),
+                            None => ctx.counters.not_joined += 1,
+                        }
+                    )
                 }
                 Message::Digest { header, entries } => {
                     with_ctx!(self, now, |ctx, groups| match groups.get_mut(&header.group) {
@@ -2924,6 +2972,7 @@ impl Node {
                 out: &mut self.out,
                 pool: &mut self.pool,
                 events: &mut self.events,
+                sink: None,
                 counters: &mut self.counters,
                 live: &live,
                 node_bytes: &mut self.node_bytes,
@@ -3458,6 +3507,126 @@ mod tests {
                 node
             })
             .collect()
+    }
+
+    /// Runs `nodes` as `run_from` does, dropping every `drop_every`th datagram, with
+    /// `submit(step, nodes)` before each step; with `sink` the packets go through
+    /// `handle_packet_with` and its deliveries join the events where the sink saw them.
+    /// Returns the events and how many came through the sink.
+    fn run_lossy(
+        nodes: &mut [Node],
+        steps: u64,
+        drop_every: u64,
+        sink: bool,
+        mut submit: impl FnMut(u64, &mut [Node]),
+    ) -> (Vec<(NodeId, Event)>, usize) {
+        let mut events = Vec::new();
+        let (mut sent, mut sunk) = (0u64, 0usize);
+        let drain = |n: &mut Node, events: &mut Vec<(NodeId, Event)>| {
+            while let Some(e) = n.poll_event() {
+                events.push((n.id(), e));
+            }
+        };
+        for step in 0..steps {
+            let now = step * 10 * MILLIS;
+            submit(step, nodes);
+            for n in nodes.iter_mut() {
+                n.handle_timeout(now);
+                drain(n, &mut events);
+            }
+            loop {
+                let mut moved = false;
+                for i in 0..nodes.len() {
+                    while let Some((dest, payload)) =
+                        nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
+                    {
+                        moved = true;
+                        sent += 1;
+                        if sent % drop_every == 0 {
+                            continue;
+                        }
+                        let from = nodes[i].id();
+                        let to = &mut nodes[dest as usize];
+                        if sink {
+                            let id = to.id();
+                            to.handle_packet_with(now, from, &payload, &mut |d| {
+                                sunk += 1;
+                                events.push((id, d.to_event()));
+                            });
+                        } else {
+                            to.handle_packet(now, from, &payload);
+                        }
+                        drain(to, &mut events);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        (events, sunk)
+    }
+
+    /// The delivery sink is only a shorter way out: under loss, repair, eviction (`Lost`)
+    /// and fragmentation, every node sees exactly the events, in exactly the order, that
+    /// `handle_packet` and `poll_event` give it.
+    #[test]
+    fn the_delivery_sink_gives_the_events_in_the_queues_order() {
+        let settings = Settings {
+            // Small retention and no flow control: the sender evicts what some member still
+            // lacks, which is then reported `Lost` between deliveries.
+            group_budget_bytes: 48 << 10,
+            flow_window: 0,
+            ..Settings::default()
+        };
+        let make = || -> Vec<Node> {
+            (0..4u32)
+                .map(|i| {
+                    let mut node = Node::new(i, 1, &[0], settings.clone(), 0, u64::from(i) + 1);
+                    node.join(0, 7);
+                    node
+                })
+                .collect()
+        };
+        let submit = |step: u64, nodes: &mut [Node]| {
+            if !(200..260).contains(&step) {
+                return;
+            }
+            for k in 0..40u64 {
+                let sender = ((step + k) % 3) as usize + 1;
+                // Mostly small messages, some fragmented.
+                let len = if k % 13 == 0 {
+                    3_000 + (step as usize * 7) % 900
+                } else {
+                    1 + (k as usize * 29) % 300
+                };
+                let bytes: Vec<u8> = (0..len).map(|b| (b as u64 ^ step ^ k) as u8).collect();
+                let _ = nodes[sender].submit(step * 10 * MILLIS, 7, k as u32, &bytes);
+            }
+        };
+        let (queued, none) = run_lossy(&mut make(), 400, 11, false, submit);
+        let (sunk, through) = run_lossy(&mut make(), 400, 11, true, submit);
+        assert_eq!(none, 0);
+        let delivered = queued
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Deliver { .. }))
+            .count();
+        let lost = queued
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Lost { .. }))
+            .count();
+        assert!(
+            delivered > 1_000 && lost > 0,
+            "{delivered} delivered, {lost} lost: the run tests nothing"
+        );
+        assert!(
+            through > delivered / 2,
+            "only {through} of {delivered} went through the sink ({lost} lost)"
+        );
+        assert_eq!(sunk.len(), queued.len());
+        for (i, (a, b)) in queued.iter().zip(&sunk).enumerate() {
+            assert_eq!(a, b, "event {i}");
+        }
     }
 
     #[test]

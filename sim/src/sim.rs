@@ -703,6 +703,9 @@ pub struct Sim {
     /// Per node: datagrams built over `max_datagram`, the largest, and what they carried.
     oversize: BTreeMap<NodeId, (u64, usize, String)>,
     retained_max: usize,
+    /// Deliveries the node under input handed to its sink as the daemon's node does
+    /// (`handle_packet_with`), ahead of the events it queued in the same call.
+    sunk: Vec<Event>,
     /// Per link (from << 32 | to): arrival time of its last datagram (links are FIFO);
     /// links idle past their last arrival are pruned at each check (O(active links), not
     /// O(n^2)).
@@ -832,6 +835,7 @@ impl Sim {
             healthy_times: Vec::new(),
             oversize: BTreeMap::new(),
             retained_max: 0,
+            sunk: Vec::new(),
             link_last: HashMap::new(),
             view_cache: ViewCache::new(),
             hostile_rng: Xoshiro256PlusPlus::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6521),
@@ -936,7 +940,7 @@ impl Sim {
     fn after_input(&mut self, i: usize) {
         let now = self.now;
         let mut transmits = Vec::new();
-        let mut evs = Vec::new();
+        let mut evs = std::mem::take(&mut self.sunk);
         let (timeout, inst, retained) = {
             let Some(node) = self.nodes[i].node.as_mut() else {
                 return;
@@ -1367,7 +1371,9 @@ impl Sim {
         let cost = (base as f64 / self.nodes[i].speed) as Time;
         self.nodes[i].busy_until = now + cost;
         if let Some(n) = self.nodes[i].node.as_mut() {
-            n.handle_packet(now, from, bytes);
+            // As the daemon does: deliveries through the sink while no event waits.
+            let sunk = &mut self.sunk;
+            n.handle_packet_with(now, from, bytes, &mut |d| sunk.push(d.to_event()));
         }
         self.after_input(i);
     }
