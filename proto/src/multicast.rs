@@ -599,8 +599,9 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Delivers `stored` of `key`'s stream: to the sink, unless an event waits (it must come
-    /// first) or there is none, else queued as an `Event::Deliver` sharing the arena's bytes.
+    /// Delivers `stored` of `key`'s stream: to the sink when there is one and no event
+    /// waits (a waiting event must come first), else queued as an `Event::Deliver` sharing
+    /// the arena's bytes (dropped in a quiet group, either way).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn deliver(
@@ -797,12 +798,16 @@ fn take_tombstone(
     if let Some(t) = tombstones.remove(&key) {
         return Some(t.0);
     }
+    let i = owed_from_start(view, owed, key)?;
+    clear_bit(owed, i);
+    Some(0)
+}
+
+/// `key`'s position in `view` when it is the member's stream and owed to us from seq 0 (its
+/// bit in `owed` set).
+fn owed_from_start(view: &GroupMembers, owed: &[u64], key: StreamKey) -> Option<usize> {
     let i = view.pos(key.0)? as usize;
-    if view.streams[i] == key.1 && bit(owed, i) {
-        clear_bit(owed, i);
-        return Some(0);
-    }
-    None
+    (view.streams[i] == key.1 && bit(owed, i)).then_some(i)
 }
 
 /// Per-stream bookkeeping after a change to `st`: the group's and the node's byte totals.
@@ -1021,8 +1026,8 @@ impl GroupState {
     /// outpaced by the fastest other member more than twice, is dropped from the window),
     /// then whether the message may be sent. When it may not, the node's timer is set for
     /// when a member holding it may be dropped.
-    fn flow_admit(&mut self, len: usize, ctx: &mut Ctx<'_>) -> bool {
-        let own_stream = self.own();
+    /// `own_stream` is our stream's (base, bytes) ([`Self::own`]).
+    fn flow_admit(&mut self, len: usize, own_stream: Option<(u64, usize)>, ctx: &mut Ctx<'_>) -> bool {
         self.flow_maybe_ask(own_stream, ctx);
         let (now, next) = (ctx.now, self.next_seq);
         let own = ctx.settings.flow_window;
@@ -1260,8 +1265,7 @@ impl GroupState {
         if let Some(t) = self.tombstones.get(&key) {
             return Some(t.0);
         }
-        let i = self.view.pos(key.0)? as usize;
-        (self.view.streams[i] == key.1 && bit(&self.owed, i)).then_some(0)
+        owed_from_start(&self.view, &self.owed, key).map(|_| 0)
     }
 
     /// Remember where `key`'s stream stands for us (bounded; the oldest is evicted).
@@ -1444,7 +1448,10 @@ impl GroupState {
         respect_flow: bool,
     ) -> Result<u64, SubmitError> {
         let own = self.own();
-        if respect_flow && !self.flow_open(payload.len(), own, ctx) && !self.flow_admit(payload.len(), ctx) {
+        if respect_flow
+            && !self.flow_open(payload.len(), own, ctx)
+            && !self.flow_admit(payload.len(), own, ctx)
+        {
             ctx.counters.flow_blocked += 1;
             return Err(SubmitError::Full);
         }

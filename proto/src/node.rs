@@ -702,8 +702,6 @@ fn find_peer(peers: &[Peer], index: &IdIndex, node: NodeId) -> Option<usize> {
         .map(|p| p as usize)
 }
 
-/// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
-/// fields one by one), and `$groups`, the node's group states.
 /// The sink lent for one input: the trait object's lifetime shortened to the loan's, which
 /// a `&mut` (invariant) does not do by itself.
 fn reborrow<'a>(
@@ -715,6 +713,9 @@ fn reborrow<'a>(
     }
 }
 
+/// Runs `$body` with `$ctx`, the groups' context at time `$now` (borrowing the node's
+/// fields one by one; deliveries to `$sink` when given, else queued), and `$groups`, the
+/// node's group states.
 macro_rules! with_ctx {
     ($node:ident, $now:expr, |$ctx:ident, $groups:ident| $body:expr) => {
         with_ctx!($node, $now, None, |$ctx, $groups| $body)
@@ -3472,23 +3473,11 @@ mod tests {
             for n in nodes.iter_mut() {
                 n.handle_timeout(now);
             }
-            loop {
-                let mut moved = false;
-                for i in 0..nodes.len() {
-                    while let Some((dest, payload)) =
-                        nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
-                    {
-                        moved = true;
-                        let from = nodes[i].id();
-                        if !drop(from, dest) {
-                            nodes[dest as usize].handle_packet(now, from, &payload);
-                        }
-                    }
+            exchange(nodes, |nodes, from, dest, payload| {
+                if !drop(from, dest) {
+                    nodes[dest as usize].handle_packet(now, from, payload);
                 }
-                if !moved {
-                    break;
-                }
-            }
+            });
             for n in nodes.iter_mut() {
                 while let Some(e) = n.poll_event() {
                     events.push((n.id(), e));
@@ -3534,37 +3523,45 @@ mod tests {
                 n.handle_timeout(now);
                 drain(n, &mut events);
             }
-            loop {
-                let mut moved = false;
-                for i in 0..nodes.len() {
-                    while let Some((dest, payload)) =
-                        nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
-                    {
-                        moved = true;
-                        sent += 1;
-                        if sent % drop_every == 0 {
-                            continue;
-                        }
-                        let from = nodes[i].id();
-                        let to = &mut nodes[dest as usize];
-                        if sink {
-                            let id = to.id();
-                            to.handle_packet_with(now, from, &payload, &mut |d| {
-                                sunk += 1;
-                                events.push((id, d.to_event()));
-                            });
-                        } else {
-                            to.handle_packet(now, from, &payload);
-                        }
-                        drain(to, &mut events);
-                    }
+            exchange(nodes, |nodes, from, dest, payload| {
+                sent += 1;
+                if sent % drop_every == 0 {
+                    return;
                 }
-                if !moved {
-                    break;
+                let to = &mut nodes[dest as usize];
+                if sink {
+                    let id = to.id();
+                    to.handle_packet_with(now, from, payload, &mut |d| {
+                        sunk += 1;
+                        events.push((id, d.to_event()));
+                    });
+                } else {
+                    to.handle_packet(now, from, payload);
                 }
-            }
+                drain(to, &mut events);
+            });
         }
         (events, sunk)
+    }
+
+    /// Hands every datagram the nodes send to `hand(nodes, from, dest, bytes)`, in turn per
+    /// node, until none sends any more.
+    fn exchange(nodes: &mut [Node], mut hand: impl FnMut(&mut [Node], NodeId, NodeId, &[u8])) {
+        loop {
+            let mut moved = false;
+            for i in 0..nodes.len() {
+                while let Some((dest, payload)) =
+                    nodes[i].poll_transmit().map(|t| (t.dest, t.payload.to_vec()))
+                {
+                    moved = true;
+                    let from = nodes[i].id();
+                    hand(nodes, from, dest, &payload);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
     }
 
     /// The delivery sink is only a shorter way out: under loss, repair, eviction (`Lost`)
