@@ -662,10 +662,14 @@ pub struct GroupState {
     my_id: NodeId,
     /// This node's stream in the group (drawn when it joined).
     my_stream: u32,
-    /// Our own stream's tree children in `view` for the fanout `.0`: every submit needs
-    /// them and recomputing them per message was ~2% of a sending shard. Cleared when the
-    /// view changes (`set_group_members`, the one place `view` is replaced).
-    own_children: Option<(usize, [NodeId; MAX_TREE_FANOUT], usize)>,
+    /// Our own stream's tree children in `view` for the fanout `own_fanout`: every submit
+    /// needs them and recomputing them per message was ~2% of a sending shard (and copying
+    /// them out of a `MAX_TREE_FANOUT` array per message another ~5% of a node's
+    /// instructions: the send path takes this `Vec` and puts it back). Stale when
+    /// `own_fanout` is `None`, which a view change sets (`set_group_members`, the one place
+    /// `view` is replaced).
+    own_children: Vec<NodeId>,
+    own_fanout: Option<usize>,
     next_seq: u64,
     /// Our stream's first seq of each round we sent in, the last `retention_rounds` of
     /// them: what we sent within a retention starts at the front's seq.
@@ -824,7 +828,8 @@ impl GroupState {
             owed: Vec::new(),
             my_id,
             my_stream,
-            own_children: None,
+            own_children: Vec::new(),
+            own_fanout: None,
             next_seq: 0,
             sent_rounds: VecDeque::new(),
             retired_streams: Vec::new(),
@@ -925,7 +930,9 @@ impl GroupState {
 
     /// Our window or budget is half used: ask our tree for reports every interval for a
     /// while (at most every `ASK_EVERY` intervals; each member passes it on once).
-    /// `own_stream` is our stream's (base, bytes) ([`Self::own`]).
+    /// `own_stream` is our stream's (base, bytes) ([`Self::own`]). Inlined: every submit
+    /// makes the checks (as a call they were ~4% of a node's instructions), few ask.
+    #[inline]
     fn flow_maybe_ask(&mut self, own_stream: Option<(u64, usize)>, ctx: &mut Ctx<'_>) {
         let own = ctx.settings.flow_window;
         if own == 0 || self.flow.is_empty() {
@@ -947,6 +954,13 @@ impl GroupState {
         if !window_half && !budget_half {
             return;
         }
+        self.flow_ask(ctx);
+    }
+
+    /// Asks our tree for reports now ([`Self::flow_maybe_ask`]).
+    #[cold]
+    fn flow_ask(&mut self, ctx: &mut Ctx<'_>) {
+        let own = ctx.settings.flow_window;
         self.flow_asked_at = ctx.now.max(1);
         let ask = FlowStatus {
             group: self.id,
@@ -1210,7 +1224,7 @@ impl GroupState {
             return;
         }
         let previous = std::mem::replace(&mut self.view, view);
-        self.own_children = None;
+        self.own_fanout = None;
         self.flow_epoch = self.flow_epoch.wrapping_add(1);
         self.update_flow_members(ctx);
         let previous_owed = std::mem::take(&mut self.owed);
@@ -1391,7 +1405,8 @@ impl GroupState {
     }
 
     /// The state of `key`, created at `base` (the sender's advertised history) unless a
-    /// tombstone says where our copy of it stands.
+    /// tombstone says where our copy of it stands. Inlined: every message takes this path.
+    #[inline]
     fn state_for(&mut self, key: StreamKey, base: u64, round: u32) -> &mut SenderState {
         // One lookup (the entry), not a check and a second lookup: this runs per message.
         let GroupState {
@@ -1466,14 +1481,13 @@ impl GroupState {
         let round = ctx.round;
         let chunk = ctx.settings.fragment_payload();
         let fanout = ctx.settings.tree_fanout;
-        let (children, n) = match self.own_children {
-            Some((k, children, n)) if k == fanout => (children, n),
-            _ => {
-                let (children, n) = self.children(self.my_id, fanout);
-                self.own_children = Some((fanout, children, n));
-                (children, n)
-            }
-        };
+        let mut children = std::mem::take(&mut self.own_children);
+        if self.own_fanout != Some(fanout) {
+            let (all, n) = self.children(self.my_id, fanout);
+            children.clear();
+            children.extend_from_slice(&all[..n]);
+            self.own_fanout = Some(fanout);
+        }
         let (group, sender, stream) = (self.id, self.my_id, self.my_stream);
         let st = self.state_for(key, 0, round);
         let data = ctx.pool.store(&mut st.arena, payload, seq, round);
@@ -1511,9 +1525,10 @@ impl GroupState {
             frag_count: 1,
         };
         let payload = st.arena.bytes(data);
-        for &c in &children[..n] {
+        for &c in &children {
             send_fragments(c, &header, payload, chunk, 0, false, ctx);
         }
+        self.own_children = children;
         account(&mut self.bytes, before, after, ctx);
         self.enforce_budget(Some(key), ctx);
         Ok(seq)

@@ -215,8 +215,11 @@ impl PayloadPool {
     /// Retains `bytes`, message `seq` of the stream: one copy to the arena's newest chunk
     /// (an allocation only when a new chunk is needed and no retired one is free).
     /// `round`: the current gossip round, which sizes the stream's chunks.
+    ///
+    /// Inlined: most messages fit the newest chunk (the call alone was ~4% of a node's
+    /// instructions); [`Self::store_new_chunk`] takes the others.
+    #[inline]
     pub fn store(&mut self, arena: &mut Arena, bytes: &[u8], seq: u64, round: u32) -> Stored {
-        let len = bytes.len() as u32;
         let newest = arena.newest();
         if let Some((chunk, high)) = arena.chunks.back_mut() {
             if let Some(at) = chunk.push(bytes) {
@@ -224,9 +227,18 @@ impl PayloadPool {
                 return Stored {
                     chunk: newest,
                     at,
-                    len,
+                    len: bytes.len() as u32,
                 };
             }
+        }
+        self.store_new_chunk(arena, bytes, seq, round)
+    }
+
+    /// [`Self::store`] when the message does not fit the arena's newest chunk (or there is
+    /// none): it goes to a new one.
+    fn store_new_chunk(&mut self, arena: &mut Arena, bytes: &[u8], seq: u64, round: u32) -> Stored {
+        let len = bytes.len() as u32;
+        if !arena.chunks.is_empty() {
             // Filled within a round: the stream is busy, give it more room per chunk;
             // slower than one chunk in two rounds: less.
             let age = round.wrapping_sub(arena.started);
