@@ -563,6 +563,26 @@ impl SenderState {
         self.bytes -= freed;
         freed
     }
+    /// Removes the oldest slots while they hold messages already delivered, below
+    /// `contiguous`, until they free `excess` bytes; returns the bytes freed. The window
+    /// starts later by as many (what [`slide_window`] does for such slots, without its
+    /// per-slot reporting; it must still run for the chunks and the cursors).
+    fn pop_delivered_front(&mut self, excess: usize) -> usize {
+        let mut freed = 0;
+        while freed < excess && self.base < self.contiguous {
+            let cost = match self.slots.front() {
+                Some(s @ Slot::Held { delivered: true, .. }) => s.cost(),
+                _ => break,
+            };
+            self.slots.pop_front();
+            freed += cost;
+            self.base += 1;
+        }
+        self.bytes -= freed;
+        self.next_deliver = self.next_deliver.max(self.base);
+        freed
+    }
+
     /// Removes the oldest slot (the window starts one later).
     fn pop_front(&mut self) -> Option<Slot> {
         let s = self.slots.pop_front()?;
@@ -1913,6 +1933,7 @@ impl GroupState {
                 return;
             };
             let before = st.bytes;
+            let start = st.base;
             // How far the window must start later to free `excess` (at least one slot).
             // What costs no message goes first: the delivered front (the walk stops at the
             // first gap; the next pass takes another stream, or this one again), then
@@ -1921,7 +1942,10 @@ impl GroupState {
             // be one a relayed copy opened ahead of what the sender has sent (a forged
             // fragment of a huge message costs up to `max_message`): sliding past it would
             // put the real message, when it comes, below our window.
-            let mut freed = 0;
+            //
+            // Messages already delivered, the common front, leave in this one walk
+            // (nothing to report or deliver for them; `slide_window` below does the rest).
+            let mut freed = st.pop_delivered_front(excess);
             let mut new_base = st.base;
             for s in &st.slots {
                 if freed >= excess || new_base >= st.contiguous {
@@ -1930,7 +1954,7 @@ impl GroupState {
                 freed += s.cost();
                 new_base += 1;
             }
-            if new_base == st.base {
+            if new_base == start {
                 let dropped = st.drop_partials(excess);
                 if dropped > 0 {
                     ctx.counters.partials_dropped_budget += 1;
@@ -1947,10 +1971,10 @@ impl GroupState {
                     new_base += 1;
                 }
             }
-            if new_base == st.base {
+            if new_base == start {
                 return;
             }
-            ctx.counters.evicted_budget += new_base - st.base;
+            ctx.counters.evicted_budget += new_base - start;
             slide_window(group, quiet, victim, st, new_base, ctx);
             let after = st.bytes;
             account(&mut self.bytes, before, after, ctx);
@@ -3570,6 +3594,45 @@ mod tests {
         assert_eq!(delivered, (1..1000).collect::<Vec<_>>());
         assert!(w.counters.evicted_budget > 0);
         assert_eq!(w.node_bytes, g.bytes);
+    }
+
+    /// Eviction of a delivered front (popped in `evict`'s own walk, not slid past one by
+    /// one): every slot that left is counted, the window starts after exactly those, the
+    /// bytes of the stream, the group and the node agree, and nothing is reported twice.
+    #[test]
+    fn evicting_the_delivered_front_counts_every_slot_it_frees() {
+        let budget = 50 * (SLOT_OVERHEAD + 100);
+        let mut w = World::new(Settings {
+            group_budget_bytes: budget,
+            ..Settings::default()
+        });
+        let mut g = GroupState::new(7, 0, 1);
+        set(&mut g, &mut w, 1, &[0, 1]);
+        for seq in 0..2000 {
+            let mut h = data(seq, 1);
+            h.retained = seq as u32;
+            w.with(1, |ctx| g.handle_data(1, &h, &[seq as u8; 100], ctx));
+            assert!(g.bytes <= budget, "{} > {budget}", g.bytes);
+            g.check_invariants();
+        }
+        let st = &g.senders[&(1, 1)];
+        assert!(st.base > 1000, "the budget holds ~50 messages: {}", st.base);
+        assert_eq!(w.counters.evicted_budget, st.base);
+        assert_eq!(st.next_deliver, 2000);
+        assert_eq!(st.base + st.slots.len() as u64, 2000);
+        assert_eq!(w.node_bytes, g.bytes);
+        let mut delivered = Vec::new();
+        for e in w.events.drain(..) {
+            match e {
+                Event::Deliver { seq, payload, .. } => {
+                    assert_eq!(payload[0], seq as u8);
+                    delivered.push(seq);
+                }
+                Event::Lost { .. } => panic!("nothing was missing"),
+                _ => {}
+            }
+        }
+        assert_eq!(delivered, (0..2000).collect::<Vec<_>>());
     }
 
     /// The flow statuses sent so far, with their destination.
