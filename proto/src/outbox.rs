@@ -137,10 +137,11 @@ impl Outbox {
     /// Append a data message (a whole message continues `dest`'s open run of its stream when
     /// it can); refused and counted in `oversize` when it cannot fit one datagram.
     ///
-    /// Inlined: most messages continue the run the destination's open datagram ends with,
-    /// written in place with no encoder resumed and the run checked once (a run extended
-    /// fits its datagram, so the size check is the other path's); the call alone was ~5%
-    /// of a sending node's instructions.
+    /// Most messages continue the run the destination's open datagram ends with: written
+    /// in place, with no encoder resumed, the run checked once and the destination not
+    /// looked up (a run extended fits its datagram, so the size check belongs to the other
+    /// path). Taking the lookup and the size check off this path saved ~2% of the
+    /// instructions per message of `tutti-bench proto`.
     #[inline]
     pub fn push_data(&mut self, dest: NodeId, header: &DataHeader, retransmit: bool, payload: &[u8]) {
         let i = match self.open.get(self.last_data) {

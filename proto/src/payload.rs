@@ -216,8 +216,8 @@ impl PayloadPool {
     /// (an allocation only when a new chunk is needed and no retired one is free).
     /// `round`: the current gossip round, which sizes the stream's chunks.
     ///
-    /// Inlined: most messages fit the newest chunk (the call alone was ~4% of a node's
-    /// instructions); [`Self::store_new_chunk`] takes the others.
+    /// Inlined: most messages fit the newest chunk; [`Self::store_new_chunk`] takes the
+    /// others.
     #[inline]
     pub fn store(&mut self, arena: &mut Arena, bytes: &[u8], seq: u64, round: u32) -> Stored {
         let newest = arena.newest();
