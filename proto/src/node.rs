@@ -1120,16 +1120,22 @@ impl Node {
                 seq,
             })
         });
-        // The check inline: a call per message was ~1.5% of a node's instructions.
-        if self.node_bytes > self.settings.node_budget_bytes {
-            self.enforce_node_budget(now);
-        }
+        self.enforce_node_budget(now);
         r
     }
 
     /// Keeps all groups together within `node_budget_bytes`: the group holding most gives
-    /// up its oldest messages.
+    /// up its oldest messages. Inlined, the check alone (every submit makes it; as a call it
+    /// was ~1.5% of a node's instructions), the eviction out of line.
+    #[inline]
     fn enforce_node_budget(&mut self, now: Time) {
+        if self.node_bytes > self.settings.node_budget_bytes {
+            self.evict_to_node_budget(now);
+        }
+    }
+
+    /// [`Self::enforce_node_budget`] once the node is over its budget.
+    fn evict_to_node_budget(&mut self, now: Time) {
         let budget = self.settings.node_budget_bytes;
         while self.node_bytes > budget {
             let excess = self.node_bytes - budget + budget / 64;
