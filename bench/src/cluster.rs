@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tutti_client::{Client, Event, GroupId, IdleStrategy, OfferError};
+use tutti_client::{Client, Event, GroupId, IdleStrategy, OfferError, Rights};
 
 use crate::clock;
 use crate::daemon::{Daemon, DaemonOptions};
@@ -169,6 +169,9 @@ pub const REPORTED_COUNTERS: &[&str] = &[
     "decode_errors",
     "not_joined",
     "parks",
+    "flow_held",
+    "idle_spins",
+    "unlogged",
     "park_barriers",
     "subscriber_wakes",
     "view_changes",
@@ -682,8 +685,10 @@ fn publish(
 ) -> Result<PublisherResult, String> {
     let mut client = Client::connect_to(socket)
         .map_err(|e| format!("publisher: connecting to daemon 1 at {}: {e}", socket.display()))?;
+    // Publish only, as the floor's sender: it reads nothing, so daemon 1 has no local
+    // reader to log the group for (`unlogged`).
     let group = client
-        .join(GROUP)
+        .join_as(GROUP, Rights::PUBLISH)
         .map_err(|e| format!("publisher: joining {GROUP:?}: {e}"))?;
     let wait_ready = Instant::now();
     while !shared.ready.load(Ordering::Acquire) {

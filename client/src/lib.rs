@@ -363,7 +363,9 @@ impl Client {
     }
 
     /// Joins a group with only the rights asked for: [`Rights::SUBSCRIBE`] to receive
-    /// only, [`Rights::PUBLISH`] to publish only (no delivery log is mapped). An access
+    /// only, [`Rights::PUBLISH`] to publish only (no delivery log is mapped; a plain group
+    /// with no local subscriber is not logged by the daemon at all, a copy less per
+    /// message). An access
     /// list that refuses a right asked for gives [`Error::PermissionDenied`].
     pub fn join_as(&mut self, name: &str, rights: Rights) -> Result<GroupId, Error> {
         self.join_with(name, rights, GroupOptions::PLAIN)

@@ -115,6 +115,9 @@ struct Group {
     charged: (u32, u64),
     /// Fixed by the group's first joiner on this daemon.
     options: GroupOptions,
+    /// Members that subscribe (joined with the subscribe right): the shard does not log a
+    /// plain group none of them reads (`ShardCommand::Readers`).
+    readers: u32,
     /// Sessions that produce snapshots for joiners (ordered groups).
     providers: Vec<u32>,
     /// A snapshot being received from a provider: (position, bytes so far).
@@ -1032,6 +1035,20 @@ impl Control {
                 })
                 .map_err(Refusal::internal)?;
         }
+        if rights.subscribe {
+            // Before the reply: the reader starts at the log's end, which the shard writes
+            // again from here on.
+            let group = self.groups[handle as usize].as_mut().expect("group exists");
+            group.readers += 1;
+            let readers = group.readers;
+            self.shards[shard]
+                .call(|ack| ShardCommand::Readers {
+                    handle,
+                    readers,
+                    ack: Some(ack),
+                })
+                .map_err(Refusal::internal)?;
+        }
         let session = self.sessions.get_mut(&id).expect("session exists");
         session.groups.push(handle);
         if rights.subscribe {
@@ -1149,6 +1166,7 @@ impl Control {
             members: Vec::new(),
             charged: (uid, log_len as u64),
             options,
+            readers: 0,
             providers: Vec::new(),
             snapshot: None,
             lingering: None,
@@ -1180,6 +1198,19 @@ impl Control {
         let shard = group.shard;
         group.members.retain(|&m| m != id);
         let empty = group.members.is_empty();
+        if self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.subscribed.contains(&handle))
+        {
+            group.readers = group.readers.saturating_sub(1);
+            let readers = group.readers;
+            let _ = self.shards[shard].send(ShardCommand::Readers {
+                handle,
+                readers,
+                ack: None,
+            });
+        }
         if group.options.cpg {
             cpg_leave(&self.shards[shard], handle, id, crate::cpg::reason::LEAVE);
             if group.leavers.len() >= 64 {
@@ -1276,6 +1307,14 @@ impl Control {
                 }
                 group.members.retain(|&m| m != id);
                 empty = group.members.is_empty();
+                if session.subscribed.contains(&handle) {
+                    group.readers = group.readers.saturating_sub(1);
+                    let _ = self.shards[group.shard].send(ShardCommand::Readers {
+                        handle,
+                        readers: group.readers,
+                        ack: None,
+                    });
+                }
                 if group.options.cpg {
                     // A session that ends without leaving: its process went down.
                     let shard = group.shard;

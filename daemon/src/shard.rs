@@ -79,6 +79,7 @@ pub mod counter {
     pub const IDLE_SPINS: usize = shard_counter("idle_spins");
     pub const PARK_BARRIERS: usize = shard_counter("park_barriers");
     pub const DESCRIPTOR_WAKES: usize = shard_counter("descriptor_wakes");
+    pub const UNLOGGED: usize = shard_counter("unlogged");
     pub const CLIENTS: usize = shard_counter("clients");
     pub const GROUPS: usize = shard_counter("groups");
     pub const HEARTBEAT: usize = shard_counter("heartbeat");
@@ -224,6 +225,15 @@ pub enum ShardCommand {
         reason: u32,
         ack: Sender<Result<(), String>>,
     },
+    /// How many local sessions subscribe to group `handle` (joined with the subscribe
+    /// right): a plain group with none is not logged (`unlogged`). With an `ack` (a join)
+    /// the control thread replies to the joiner once the shard logs again, so the reader,
+    /// which starts at the log's end, misses nothing published after its join.
+    Readers {
+        handle: u32,
+        readers: u32,
+        ack: Option<Sender<Result<(), String>>>,
+    },
     /// How many local clients provide snapshots of ordered group `handle`.
     Providers {
         handle: u32,
@@ -337,8 +347,20 @@ struct GroupSlot {
     lingering: Option<(Instant, u64)>,
     /// Subscribers waiting on descriptors (`ShardCommand::Watch`).
     watchers: Vec<Watcher>,
+    /// Local sessions that subscribe (`ShardCommand::Readers`).
+    readers: u32,
     _log: Mapping,
     _doorbell: Mapping,
+}
+
+impl GroupSlot {
+    /// A plain group no local session subscribes to: its messages are not logged (nobody
+    /// would read them; a subscriber starts at the log's end). Ordered groups are always
+    /// logged (a joiner reads their log from its start).
+    #[inline]
+    fn unread(&self) -> bool {
+        self.readers == 0 && !self.options.ordered
+    }
 }
 
 /// A subscriber's descriptor: its watch page (mapped by that client and this shard only)
@@ -776,6 +798,14 @@ impl Shard {
                         g.watchers.retain(|w| w.session != session);
                     }
                 }
+                ShardCommand::Readers { handle, readers, ack } => {
+                    if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
+                        g.readers = readers;
+                    }
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
                 ShardCommand::Providers { handle, providers } => {
                     if let Some(g) = self.groups.get_mut(handle as usize).and_then(Option::as_mut) {
                         g.ordered.providers = providers;
@@ -1063,6 +1093,10 @@ impl Shard {
                     .and_then(|h| groups.get_mut(h as usize))
                     .and_then(Option::as_mut);
                 match slot {
+                    Some(slot) if slot.unread() => {
+                        slot.received += 1;
+                        stats.add(counter::UNLOGGED, 1);
+                    }
                     Some(slot) => {
                         if slot.writer.append(sender, payload).is_err() {
                             // Larger than this host's log can hold: its members will never
@@ -1085,9 +1119,11 @@ impl Shard {
                     .and_then(|&h| groups.get_mut(h as usize))
                     .and_then(Option::as_mut)
                 {
-                    slot.writer.append_lost(sender, count);
-                    slot.dirty = true;
-                    appended = true;
+                    if !slot.unread() {
+                        slot.writer.append_lost(sender, count);
+                        slot.dirty = true;
+                        appended = true;
+                    }
                 }
             }
         });
@@ -1468,6 +1504,7 @@ impl Shard {
             },
             lingering: None,
             watchers: Vec::new(),
+            readers: 0,
             _log: log,
             _doorbell: doorbell,
         });
@@ -1562,7 +1599,7 @@ fn drain_ring(
     } = client;
     let mut bad: Option<String> = None;
     let mut bytes = 0u64;
-    let mut too_large = 0u64;
+    let (mut too_large, mut unlogged) = (0u64, 0u64);
     let (mut submitted, mut full) = (0u64, false);
     let mut flow_held = false;
     // One clock read per batch of frames, not per message.
@@ -1620,6 +1657,19 @@ fn drain_ring(
                                 true
                             }
                         };
+                    }
+                    if group.unread() {
+                        // Publish-only members alone: to the cluster, not to the log.
+                        if let Some(c) = cluster.as_deref_mut() {
+                            if c.submit(now, group.gid, *session, payload, leaving, |_| {}) == Submit::Held {
+                                flow_held = true;
+                                return false;
+                            }
+                        }
+                        bytes += payload.len() as u64;
+                        unlogged += 1;
+                        group.published += 1;
+                        return true;
                     }
                     // Multicast: the log copies from the node's copy, read in place.
                     let mut appended = None;
@@ -1681,6 +1731,9 @@ fn drain_ring(
     }
     if too_large > 0 {
         stats.add(counter::TOO_LARGE, too_large);
+    }
+    if unlogged > 0 {
+        stats.add(counter::UNLOGGED, unlogged);
     }
     match bad {
         Some(reason) => Err(reason),

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{eventually, status_number, Daemon};
+use common::{eventually, shard_counter, status_number, Daemon};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tutti_client::{Client, Event, GroupId, IdleStrategy};
+use tutti_client::{Client, Event, GroupId, IdleStrategy, Rights};
 
 const WAIT: Duration = Duration::from_secs(60);
 const BASE_PORT: u16 = 17400;
@@ -702,6 +702,83 @@ fn daemons_seeded_with_one_find_each_other_through_the_view() {
         "every probe target has an address once the view names it"
     );
     assert!(views.iter().all(|v| *v == n as u64), "the view holds: {views:?}");
+}
+
+/// Members that only publish give their daemon nobody to log a plain group for: the
+/// publisher's daemon sends its frames to the cluster without writing them to its log,
+/// and a daemon whose members only publish takes the others' messages without logging
+/// them (both counted in `unlogged`). A subscriber that joins there later gets everything
+/// published from then on, in order, and nothing is lost.
+#[test]
+fn publish_only_members_cost_no_log_and_a_later_subscriber_gets_the_rest() {
+    const N: u64 = 500;
+    let cluster = Cluster::start("unlogged", "auto", 76, 2, "");
+    cluster.wait_for_view(2);
+    let before = cluster.newest_view();
+    let mut publisher = cluster.daemon(0).client();
+    let g = publisher.join_as("quiet", Rights::PUBLISH).unwrap();
+    let mut quiet = cluster.daemon(1).client();
+    quiet.join_as("quiet", Rights::PUBLISH).unwrap();
+    cluster.wait_joins(before);
+    let (mut c0, mut c1) = (cluster.daemon(0).client(), cluster.daemon(1).client());
+    let publish = |publisher: &mut Client, range: std::ops::Range<u64>| {
+        for i in range {
+            publisher
+                .offer_blocking(g, &message(0, i), IdleStrategy::Backoff, WAIT)
+                .unwrap();
+        }
+        assert!(publisher.flush(WAIT).unwrap());
+    };
+    publish(&mut publisher, 0..N);
+    assert!(
+        eventually(WAIT, || shard_counter(&mut c0, "unlogged") == N
+            && shard_counter(&mut c1, "unlogged") == N),
+        "unlogged: daemon 1 {}, daemon 2 {} (want {N} each)",
+        shard_counter(&mut c0, "unlogged"),
+        shard_counter(&mut c1, "unlogged")
+    );
+    assert_eq!(
+        shard_counter(&mut c1, "not_joined"),
+        0,
+        "the group has a member there"
+    );
+
+    let mut subscriber = cluster.daemon(1).client();
+    let gs = subscriber.join_as("quiet", Rights::SUBSCRIBE).unwrap();
+    publish(&mut publisher, N..2 * N);
+    let mut next = N;
+    let deadline = Instant::now() + WAIT;
+    while next < 2 * N {
+        assert!(Instant::now() < deadline, "subscriber: {next} of {}", 2 * N);
+        subscriber
+            .poll_blocking(
+                gs,
+                256,
+                IdleStrategy::Backoff,
+                Duration::from_millis(100),
+                |ev| match ev {
+                    Event::Message { payload, .. } => {
+                        assert_eq!(parse(payload), (0, next), "from its join on, in order");
+                        assert_eq!(payload, &message(0, next)[..]);
+                        next += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        shard_counter(&mut c1, "unlogged"),
+        N,
+        "a group with a reader is logged"
+    );
+    assert_eq!(
+        shard_counter(&mut c0, "unlogged"),
+        2 * N,
+        "the publisher's daemon has no reader"
+    );
+    let s = c1.status().unwrap();
+    assert_eq!(status_number(&s, "lost"), Some(0), "{s}");
 }
 
 /// The same suite on both transport back ends.

@@ -201,7 +201,7 @@ impl RunningShard {
         done.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     }
 
-    /// Adds the group; returns its log's descriptor.
+    /// Adds the group with one local reader; returns its log's descriptor.
     fn add_group(&self) -> OwnedFd {
         let len = DeliveryLog::required_len(LOG_BYTES);
         let (fd, log) = Mapping::create_read_only_for_others("alloc-log", len).unwrap();
@@ -218,6 +218,12 @@ impl RunningShard {
             log,
             doorbell: bell,
             ack,
+        });
+        // A local subscriber (the control thread counts them): the shard logs the group.
+        self.call(|ack| ShardCommand::Readers {
+            handle: HANDLE,
+            readers: 1,
+            ack: Some(ack),
         });
         fd
     }

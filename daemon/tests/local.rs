@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::{eventually, status_number, Daemon};
+use common::{eventually, shard_counter, status_number, Daemon};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tutti_client::{Client, Error, Event, GroupId, IdleStrategy, OfferError};
+use tutti_client::{Client, Error, Event, GroupId, IdleStrategy, OfferError, Rights};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -440,13 +440,99 @@ fn readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
 }
 
 fn descriptor_wakes(client: &mut Client) -> u64 {
-    let counters = client.counters().unwrap();
-    counters
-        .iter()
-        .flat_map(|c| c.values())
-        .filter(|(name, _)| *name == "descriptor_wakes")
-        .map(|(_, v)| v)
-        .sum()
+    shard_counter(client, "descriptor_wakes")
+}
+
+fn publish_range(client: &mut Client, g: GroupId, range: std::ops::Range<u64>, len: usize) {
+    for i in range {
+        client
+            .offer_blocking(g, &message(i, len), IdleStrategy::Backoff, WAIT)
+            .unwrap();
+    }
+    assert!(client.flush(WAIT).unwrap(), "the daemon took every frame");
+}
+
+/// A group whose local members only publish has nobody to read its log: the shard does
+/// not write it (counted in `unlogged`). A subscriber that joins later gets every message
+/// published from its join on, in order and whole; once its session is gone the log is
+/// not written again.
+#[test]
+fn a_group_without_local_readers_is_not_logged_and_a_later_subscriber_gets_the_rest() {
+    let daemon = Daemon::start("unlogged", &[]);
+    let len = 64;
+    let mut observer = daemon.client();
+    let mut publisher = daemon.client();
+    let g = publisher.join_as("quiet", Rights::PUBLISH).unwrap();
+    let sender = publisher.sender_id();
+
+    publish_range(&mut publisher, g, 0..100, len);
+    assert!(
+        eventually(WAIT, || shard_counter(&mut observer, "unlogged") == 100),
+        "100 frames without a reader: unlogged = {}",
+        shard_counter(&mut observer, "unlogged")
+    );
+
+    // A subscriber: what is published from now on is logged, and it gets all of it.
+    let mut subscriber = daemon.client();
+    let gs = subscriber.join_as("quiet", Rights::SUBSCRIBE).unwrap();
+    let mut next = 100;
+    let deadline = Instant::now() + WAIT;
+    for round in 0..4u64 {
+        publish_range(&mut publisher, g, 100 + round * 500..100 + (round + 1) * 500, len);
+        while next < 100 + (round + 1) * 500 {
+            assert!(Instant::now() < deadline, "timed out at {next}");
+            subscriber
+                .poll_blocking(
+                    gs,
+                    256,
+                    IdleStrategy::Backoff,
+                    Duration::from_millis(100),
+                    |ev| match ev {
+                        Event::Message {
+                            sender: s, payload, ..
+                        } => {
+                            assert_eq!(s, sender);
+                            assert_eq!(index_of(payload), next, "from its join on, in order");
+                            assert_eq!(payload, &message(next, len)[..], "content intact");
+                            next += 1;
+                        }
+                        other => panic!("a plain group delivered {other:?}"),
+                    },
+                )
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        shard_counter(&mut observer, "unlogged"),
+        100,
+        "a reader's group is logged"
+    );
+
+    // The reader goes (its session ends without a leave): nothing is logged again. The
+    // shard hears of it after the control thread: publish until a frame goes unlogged.
+    drop(subscriber);
+    let mut i = 2_100;
+    assert!(
+        eventually(WAIT, || {
+            publish_range(&mut publisher, g, i..i + 1, len);
+            i += 1;
+            shard_counter(&mut observer, "unlogged") > 100
+        }),
+        "frames after the reader left are not logged"
+    );
+    let before = shard_counter(&mut observer, "unlogged");
+    publish_range(&mut publisher, g, i..i + 50, len);
+    assert!(eventually(WAIT, || shard_counter(&mut observer, "unlogged") == before + 50));
+
+    // A member with both rights reads: logged again, and its own messages come back.
+    let mut both = daemon.client();
+    let gb = both.join("quiet").unwrap();
+    publish_range(&mut both, gb, 0..10, len);
+    let own = both.sender_id();
+    receive_all(&mut both, gb, &[own], 10, len);
+    assert_eq!(shard_counter(&mut observer, "unlogged"), before + 50);
+    let status = observer.status().unwrap();
+    assert!(status.contains("quiet (shard 0): 2 members"), "{status}");
 }
 
 /// A descriptor from `Client::watch` (the C API's `tutti_fd`, libcpg's `cpg_fd_get`) is

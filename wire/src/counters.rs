@@ -184,6 +184,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "descriptor_wakes",
         "wake-ups of subscribers' descriptors (tutti_fd, cpg_fd_get) through their watch pages",
     ),
+    (
+        "unlogged",
+        "messages of plain groups not written to the local delivery log because no local member subscribes (publish-only members): nobody to read them",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

@@ -129,6 +129,17 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A shard counter (`tutti_wire::counters::SHARD_COUNTERS`) summed over the daemon's shards.
+pub fn shard_counter(client: &mut Client, name: &str) -> u64 {
+    let pages = client.counters().unwrap();
+    pages
+        .iter()
+        .flat_map(|page| page.values())
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// A status line's number after `key` (e.g. "clients: 3" -> 3 for key "clients:").
 pub fn status_number(status: &str, key: &str) -> Option<u64> {
     let at = status.find(key)? + key.len();
