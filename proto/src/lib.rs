@@ -31,6 +31,7 @@ pub mod ordered;
 mod outbox;
 mod payload;
 pub mod regions;
+mod ring;
 mod settings;
 mod view_cache;
 

@@ -11,6 +11,7 @@ use crate::node::Counters;
 use crate::node::SubmitError;
 use crate::outbox::Outbox;
 use crate::payload::{Arena, PayloadPool, Stored};
+use crate::ring::Ring;
 use crate::settings::SLOT_OVERHEAD;
 use crate::{Delivered, Delivery, Event, GroupId, NodeId, Settings, Time};
 use std::collections::hash_map::Entry;
@@ -280,6 +281,19 @@ enum Slot {
     },
 }
 
+// A window holds one slot per seq: 32 bytes each.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+/// What a [`Ring`] slot outside the window holds (never read as part of a window).
+impl Default for Slot {
+    fn default() -> Self {
+        Slot::Missing {
+            since_round: 0,
+            requested_at: NEVER,
+        }
+    }
+}
+
 impl Slot {
     /// Bytes this slot counts against the budgets.
     fn cost(&self) -> usize {
@@ -299,7 +313,7 @@ impl Slot {
 /// What a member knows of one stream: a window of seqs from `base`.
 pub struct SenderState {
     base: u64,
-    slots: VecDeque<Slot>,
+    slots: Ring<Slot>,
     /// FIFO cursor: next seq to deliver.
     next_deliver: u64,
     /// Every seq in `[base, contiguous)` is held.
@@ -362,7 +376,7 @@ impl SenderState {
     fn new(base: u64) -> Self {
         SenderState {
             base,
-            slots: VecDeque::new(),
+            slots: Ring::new(),
             next_deliver: base,
             contiguous: base,
             missing: 0,
@@ -533,15 +547,24 @@ impl SenderState {
     fn extend_to(&mut self, high: u64, round: u32, max_window: u64) -> bool {
         let limit = self.base.saturating_add(max_window);
         let target = high.min(limit);
-        while self.high() < target {
-            self.slots.push_back(Slot::Missing {
+        if self.high() < target {
+            let n = (target - self.high()) as usize;
+            self.slots.extend_with(n, || Slot::Missing {
                 since_round: round,
                 requested_at: NEVER,
             });
-            self.missing += 1;
-            self.bytes += SLOT_OVERHEAD;
+            self.missing += n as u64;
+            self.bytes += n * SLOT_OVERHEAD;
         }
         high <= limit
+    }
+
+    /// Appends `slot` at the window's high end, written in place ([`Ring`]: `VecDeque`'s
+    /// out-of-line append read it back from the stack with loads the store buffer could not
+    /// forward).
+    #[inline(always)]
+    fn push_slot(&mut self, slot: Slot) {
+        self.slots.push_back(slot);
     }
     /// Drops the fragments of messages not yet whole, oldest first, until about `excess`
     /// bytes are freed: their seqs stay open (missing) and are asked for again. Returns
@@ -1528,7 +1551,7 @@ impl GroupState {
             delivered: true,
         };
         st.bytes += slot.cost();
-        st.slots.push_back(slot);
+        st.push_slot(slot);
         st.next_deliver = seq + 1;
         st.advance_contiguous();
         // Receivers first hearing of the stream start at what we sent within a retention,
@@ -1783,7 +1806,7 @@ impl GroupState {
                 delivered: true,
             };
             st.bytes += slot.cost();
-            st.slots.push_back(slot);
+            st.push_slot(slot);
             st.contiguous = seq + 1;
             st.next_deliver = seq + 1;
             st.rerequests = 0;
