@@ -1077,11 +1077,9 @@ impl Shard {
                     slot.ordered.status = status.to_string();
                 }
             }
-            ClusterEvent::Deliver {
-                group,
-                sender,
-                payload,
-            } => {
+            ClusterEvent::Deliver(d) => {
+                let (group, payload) = (d.group, d.payload);
+                let sender = crate::cluster::sender_id(d.sender, d.session);
                 // A datagram's messages are mostly of one group: its handle is looked up
                 // once per run, not hashed per message.
                 let handle = match last_deliver {

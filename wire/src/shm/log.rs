@@ -108,8 +108,11 @@ struct Log {
     capacity: u64,
     mask: u64,
     max_payload: usize,
-    /// Granularity of `tail_intent` (a power of two).
+    /// Granularity of `tail_intent` (a power of two), and its log2: the writer finds a
+    /// record's chunk with a shift, not a division (two per record, ~15% of a receiving
+    /// daemon's log appends).
     chunk: u64,
+    chunk_shift: u32,
 }
 
 impl Log {
@@ -127,6 +130,7 @@ impl Log {
             mask: capacity as u64 - 1,
             max_payload: DeliveryLog::max_payload(capacity),
             chunk: capacity as u64 / 8,
+            chunk_shift: (capacity as u64 / 8).trailing_zeros(),
         })
     }
 
@@ -515,12 +519,12 @@ impl LogWriter {
     /// the previous record's start (usually none, at most a few for a large record).
     #[inline(always)]
     fn note_start(&mut self, start: u64) {
-        let chunk = self.log.chunk;
-        let last = start / chunk;
+        let shift = self.log.chunk_shift;
+        let last = start >> shift;
         let first = match self.last_start {
-            Some(previous) => previous / chunk + 1,
+            Some(previous) => (previous >> shift) + 1,
             // Just attached: only a boundary at `start` itself is known to be passed here.
-            None => start.div_ceil(chunk),
+            None => start.div_ceil(self.log.chunk),
         };
         for k in first.max((last + 1).saturating_sub(FIRST_SLOTS as u64))..=last {
             self.firsts[k as usize % FIRST_SLOTS] = (k, start);
