@@ -133,6 +133,19 @@ struct Group {
     leavers: Vec<u32>,
 }
 
+impl Group {
+    /// A subscriber of this group (`handle`) left or went: the shard stops logging it once
+    /// none is left.
+    fn reader_left(&mut self, handle: u32, shard: &ShardLink) {
+        self.readers = self.readers.saturating_sub(1);
+        let _ = shard.send(ShardCommand::Readers {
+            handle,
+            readers: self.readers,
+            ack: None,
+        });
+    }
+}
+
 struct Session {
     conn: SeqPacket,
     cred: PeerCred,
@@ -1203,13 +1216,7 @@ impl Control {
             .get(&id)
             .is_some_and(|s| s.subscribed.contains(&handle))
         {
-            group.readers = group.readers.saturating_sub(1);
-            let readers = group.readers;
-            let _ = self.shards[shard].send(ShardCommand::Readers {
-                handle,
-                readers,
-                ack: None,
-            });
+            group.reader_left(handle, &self.shards[shard]);
         }
         if group.options.cpg {
             cpg_leave(&self.shards[shard], handle, id, crate::cpg::reason::LEAVE);
@@ -1308,12 +1315,7 @@ impl Control {
                 group.members.retain(|&m| m != id);
                 empty = group.members.is_empty();
                 if session.subscribed.contains(&handle) {
-                    group.readers = group.readers.saturating_sub(1);
-                    let _ = self.shards[group.shard].send(ShardCommand::Readers {
-                        handle,
-                        readers: group.readers,
-                        ack: None,
-                    });
+                    group.reader_left(handle, &self.shards[group.shard]);
                 }
                 if group.options.cpg {
                     // A session that ends without leaving: its process went down.

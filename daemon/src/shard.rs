@@ -1656,25 +1656,16 @@ fn drain_ring(
                             }
                         };
                     }
-                    if group.unread() {
-                        // Publish-only members alone: to the cluster, not to the log.
-                        if let Some(c) = cluster.as_deref_mut() {
-                            if c.submit(now, group.gid, *session, payload, leaving, |_| {}) == Submit::Held {
-                                flow_held = true;
-                                return false;
-                            }
-                        }
-                        bytes += payload.len() as u64;
-                        unlogged += 1;
-                        group.published += 1;
-                        return true;
-                    }
-                    // Multicast: the log copies from the node's copy, read in place.
+                    // Multicast: the log copies from the node's copy, read in place; a group
+                    // whose local members only publish is not logged at all.
+                    let unread = group.unread();
                     let mut appended = None;
                     if let Some(c) = cluster.as_deref_mut() {
                         let writer = &mut group.writer;
                         let r = c.submit(now, group.gid, *session, payload, leaving, |copy| {
-                            appended = Some(writer.append(*sender, copy).is_ok());
+                            if !unread {
+                                appended = Some(writer.append(*sender, copy).is_ok());
+                            }
                         });
                         if r == Submit::Held {
                             // Flow control: the slowest member served holds the window
@@ -1687,6 +1678,11 @@ fn drain_ring(
                         }
                     }
                     bytes += payload.len() as u64;
+                    if unread {
+                        unlogged += 1;
+                        group.published += 1;
+                        return true;
+                    }
                     let appended = match appended {
                         Some(ok) => ok,
                         None => group.writer.append(*sender, payload).is_ok(),

@@ -16,7 +16,7 @@ use std::slice;
 /// A ring buffer of `T`: `buf.len()` (0 or a power of two) slots, `len` of them in use
 /// from `head` on, wrapping. Slots not in use hold `T::default()` (safe code: what leaves
 /// the ring is taken out with `mem::take`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ring<T> {
     buf: Vec<T>,
     head: usize,

@@ -108,11 +108,8 @@ struct Log {
     capacity: u64,
     mask: u64,
     max_payload: usize,
-    /// Granularity of `tail_intent` (a power of two), and its log2: the writer finds a
-    /// record's chunk with a shift, not a division (two per record, ~15% of a receiving
-    /// daemon's log appends).
+    /// Granularity of `tail_intent` (a power of two).
     chunk: u64,
-    chunk_shift: u32,
 }
 
 impl Log {
@@ -130,7 +127,6 @@ impl Log {
             mask: capacity as u64 - 1,
             max_payload: DeliveryLog::max_payload(capacity),
             chunk: capacity as u64 / 8,
-            chunk_shift: (capacity as u64 / 8).trailing_zeros(),
         })
     }
 
@@ -519,7 +515,9 @@ impl LogWriter {
     /// the previous record's start (usually none, at most a few for a large record).
     #[inline(always)]
     fn note_start(&mut self, start: u64) {
-        let shift = self.log.chunk_shift;
+        // The chunk is a power of two: a shift, not a division (two per record were ~15%
+        // of a receiving daemon's log appends).
+        let shift = self.log.chunk.trailing_zeros();
         let last = start >> shift;
         let first = match self.last_start {
             Some(previous) => (previous >> shift) + 1,
