@@ -103,6 +103,8 @@ pub struct ClusterOptions {
     pub loss: f64,
     pub io: String,
     pub daemon_idle: String,
+    /// tuttid's `spin_after_data_us` (None: its default).
+    pub daemon_spin_us: Option<u64>,
     pub client_idle: ClientIdle,
     pub base_port: u16,
     /// Seconds after both clients joined before publishing (the coordinator puts them into
@@ -281,6 +283,10 @@ fn config_text(o: &ClusterOptions, node: usize) -> String {
         o.base_port,
         o.io
     );
+    if let Some(us) = o.daemon_spin_us {
+        // A top-level key: ahead of the first table.
+        text.insert_str(0, &format!("spin_after_data_us = {us}\n"));
+    }
     if o.loss > 0.0 {
         text.push_str(&format!("[net.fault]\nloss = {}\nseed = {node}\n", o.loss));
     }
@@ -885,6 +891,7 @@ mod tests {
             loss: 0.05,
             io: "auto".into(),
             daemon_idle: "backoff".into(),
+            daemon_spin_us: None,
             client_idle: ClientIdle::Backoff,
             base_port: 27400,
             settle: Duration::ZERO,

@@ -409,6 +409,10 @@ struct ClusterArgs {
     /// The daemons' idle strategy.
     #[arg(long, default_value = "backoff", value_parser = ["backoff", "spin"])]
     daemon_idle: String,
+    /// With `--daemon-idle backoff`: microseconds each daemon's shard keeps polling after
+    /// its last data before it parks (tuttid's `spin_after_data_us`; unset: tuttid's default).
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    daemon_spin_us: Option<u64>,
     /// How the bench's publisher and subscriber threads wait.
     #[arg(long, value_enum, default_value_t = cluster::ClientIdle::Backoff)]
     client_idle: cluster::ClientIdle,
@@ -1015,6 +1019,15 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The daemons' idle strategy as the cluster reports name it: with `--daemon-spin-us`,
+/// the spin after data too.
+fn daemon_idle_label(args: &ClusterArgs) -> String {
+    match args.daemon_spin_us {
+        Some(us) if args.daemon_idle == "backoff" => format!("backoff, spin {us} us after data"),
+        _ => args.daemon_idle.clone(),
+    }
+}
+
 fn cluster_options(args: &ClusterArgs, cluster_settings: Vec<String>) -> cluster::ClusterOptions {
     cluster::ClusterOptions {
         tuttid: args.tuttid.clone().unwrap_or_else(daemon::default_tuttid),
@@ -1025,6 +1038,7 @@ fn cluster_options(args: &ClusterArgs, cluster_settings: Vec<String>) -> cluster
         loss: args.loss,
         io: args.io.clone(),
         daemon_idle: args.daemon_idle.clone(),
+        daemon_spin_us: args.daemon_spin_us,
         client_idle: args.client_idle,
         base_port: args.base_port,
         settle: secs(args.settle),
@@ -1228,7 +1242,7 @@ fn cluster_results(
         timed_out: run.latency_timeouts,
         rep,
         duration_s: run.latency_measured.as_secs_f64(),
-        daemon_idle: args.daemon_idle.clone(),
+        daemon_idle: daemon_idle_label(args),
         client_idle: args.client_idle.name(),
         io: args.io.clone(),
         timer_overhead_ns: clock::overhead_ns(),
@@ -1288,7 +1302,7 @@ fn cluster_results(
         lagged_missed: run.lagged_missed,
         tutti_msgs_per_datagram: tutti_per_dgram,
         form_s: (run.form_time.as_secs_f64() * 1000.0).round() / 1000.0,
-        daemon_idle: args.daemon_idle.clone(),
+        daemon_idle: daemon_idle_label(args),
         client_idle: args.client_idle.name(),
         io: args.io.clone(),
         rate: args.rate,

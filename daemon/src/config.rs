@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 pub enum IdleStrategy {
     /// Busy-poll forever: lowest latency, one core at 100%.
     Spin,
-    /// Spin briefly (5 us after data), then park on the shard's eventfd (and socket)
-    /// until a client rings the doorbell or a datagram comes: about 0% CPU when idle,
-    /// microseconds (not milliseconds) to wake. No yields (see `shard::SPIN_AFTER_DATA`).
+    /// Spin for `spin_after_data_us` after data (no yields), then park on the shard's
+    /// eventfd (and socket) until a client rings the doorbell or a datagram comes: about 0%
+    /// CPU when idle, microseconds (not milliseconds) to wake.
     #[default]
     Backoff,
 }
@@ -33,6 +33,11 @@ impl std::str::FromStr for IdleStrategy {
         }
     }
 }
+
+/// How long a `backoff` shard spins after data by default, in microseconds.
+pub const DEFAULT_SPIN_AFTER_DATA_US: u64 = 5;
+/// Longest `spin_after_data_us` a config may ask for (beyond it, use `idle = "spin"`).
+pub const MAX_SPIN_AFTER_DATA_US: u64 = 100_000;
 
 /// Largest message by default (when the rings are large enough).
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
@@ -57,6 +62,15 @@ pub struct Config {
     /// Do not pin shards (for containers whose CPU set is managed elsewhere).
     pub no_pin: bool,
     pub idle: IdleStrategy,
+    /// With `idle = "backoff"`: how long a shard keeps polling (spinning, no yields) after
+    /// its last data (a frame from a client, a message for a local group) before it parks.
+    /// A message that comes within it is taken without a wake-up; a shard with no data for
+    /// this long parks, so an idle daemon costs about nothing. Longer: lower latency for
+    /// traffic sparser than one message per this interval, more CPU while such traffic
+    /// lasts, taken from whatever else needs the core on a host with fewer cores than busy
+    /// threads. 0: park at once. The README ("The spin after data as a setting") has the
+    /// figures.
+    pub spin_after_data_us: u64,
     /// Bytes of each client's publish ring, per shard it publishes to. Power of two. The
     /// largest message is half of it, less 8 bytes.
     pub publish_ring_bytes: usize,
@@ -103,6 +117,7 @@ impl Default for Config {
             cores: Vec::new(),
             no_pin: false,
             idle: IdleStrategy::Backoff,
+            spin_after_data_us: DEFAULT_SPIN_AFTER_DATA_US,
             publish_ring_bytes: 4 << 20,
             log_bytes: 8 << 20,
             max_message_bytes: None,
@@ -146,6 +161,12 @@ impl Config {
                     "{key} = {value}: must be a power of two from {MIN_RING_BYTES} to {MAX_RING_BYTES}"
                 ));
             }
+        }
+        if self.spin_after_data_us > MAX_SPIN_AFTER_DATA_US {
+            return Err(format!(
+                "spin_after_data_us = {}: at most {MAX_SPIN_AFTER_DATA_US} (for a shard that never parks, idle = \"spin\")",
+                self.spin_after_data_us
+            ));
         }
         if self.max_clients == 0 || self.max_groups == 0 {
             return Err("max_clients and max_groups must be at least 1".into());
@@ -204,6 +225,7 @@ impl Config {
             cores,
             no_pin,
             idle,
+            spin_after_data_us,
             publish_ring_bytes,
             log_bytes,
             max_clients,
@@ -239,6 +261,11 @@ impl Config {
         self.socket.clone().unwrap_or_else(tutti_sys::default_socket_path)
     }
 
+    /// How long a `backoff` shard spins after data.
+    pub fn spin_after_data(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.spin_after_data_us)
+    }
+
     /// The cores shards run on, one shard each.
     pub fn shard_cores(&self) -> Vec<usize> {
         if !self.cores.is_empty() {
@@ -252,6 +279,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spin_after_data_is_a_bounded_setting() {
+        assert_eq!(
+            Config::parse("").unwrap().spin_after_data_us,
+            DEFAULT_SPIN_AFTER_DATA_US
+        );
+        let c = Config::parse("spin_after_data_us = 200").unwrap();
+        assert_eq!(c.spin_after_data(), std::time::Duration::from_micros(200));
+        assert_eq!(
+            Config::parse("spin_after_data_us = 0")
+                .unwrap()
+                .spin_after_data_us,
+            0
+        );
+        let e = Config::parse("spin_after_data_us = 100001").unwrap_err();
+        assert!(
+            e.contains("spin_after_data_us = 100001") && e.contains("idle = \"spin\""),
+            "{e}"
+        );
+        let e = Config::parse("spin_after_data_us = -1").unwrap_err();
+        assert!(e.contains("spin_after_data_us"), "{e}");
+        let d = Config::default();
+        assert_eq!(d.keys_needing_restart(&c), vec!["spin_after_data_us"]);
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

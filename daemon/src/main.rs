@@ -40,6 +40,10 @@ struct Args {
     /// Idle strategy: "spin" (lowest latency, a core at 100%) or "backoff" (~0% CPU idle).
     #[arg(long, value_name = "STRATEGY")]
     idle: Option<IdleStrategy>,
+    /// With --idle backoff: microseconds a shard keeps polling after its last data before it
+    /// parks (default 5; 0 parks at once).
+    #[arg(long, value_name = "US")]
+    spin_after_data_us: Option<u64>,
     /// This daemon's id in the cluster, 1 to 16777215. Unset: the low 24 bits of an IPv4
     /// --listen address (127.0.0.3 gives 3; daemons sharing an address need their own ids),
     /// else a random id kept in the state directory. Two daemons with one id are refused by
@@ -147,6 +151,7 @@ struct Overrides {
     cores: Option<Vec<usize>>,
     no_pin: bool,
     idle: Option<IdleStrategy>,
+    spin_after_data_us: Option<u64>,
     node_id: Option<u32>,
     publish_ring_bytes: Option<usize>,
     log_bytes: Option<usize>,
@@ -162,6 +167,7 @@ impl Overrides {
             cores: args.cores.clone(),
             no_pin: args.no_pin,
             idle: args.idle,
+            spin_after_data_us: args.spin_after_data_us,
             node_id: args.node_id,
             publish_ring_bytes: args.publish_ring_bytes,
             log_bytes: args.log_bytes,
@@ -181,6 +187,9 @@ impl Overrides {
         config.no_pin |= self.no_pin;
         if let Some(i) = self.idle {
             config.idle = i;
+        }
+        if let Some(us) = self.spin_after_data_us {
+            config.spin_after_data_us = us;
         }
         if let Some(n) = self.node_id {
             config.node_id = n;

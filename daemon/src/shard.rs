@@ -29,16 +29,6 @@ const FRAMES_PER_RING_PASS: usize = 256;
 const BARRIER_MODE_FRAMES: usize = 32;
 /// Longest park after a failed `membarrier` (a client may have skipped its fence).
 const PARK_AFTER_FAILED_BARRIER: Duration = Duration::from_millis(1);
-/// How long the backoff strategy spins after data before it parks (no yields). Kept short
-/// and bounded by time, not passes: on a machine with fewer cores than busy threads (a
-/// 2-vCPU VM running two daemons and two clients) every spinning thread holds a core that
-/// the next hop of the same message needs, and `sched_yield` does not give it away: the
-/// daemon runs in its own session (autogroup), and a yield only lets threads of the same
-/// group run. `perf sched timehist` of `tutti-bench cluster --nodes 2` with 2,000 spins and
-/// 20 yields showed the receiving shard, woken by the datagram, waiting 0.1-0.3 ms for a core
-/// held by a yielding thread (mean scheduling delay 0.17 ms), for a p50 of ~300 us; a parked
-/// shard is woken by the datagram or the client's doorbell itself in tens of microseconds.
-const SPIN_AFTER_DATA: Duration = Duration::from_micros(5);
 /// Empty passes before the backoff strategy parks when nothing but membership traffic
 /// (probes, acks, digests, views) woke the shard since it last parked: no data is coming,
 /// so it does not spin for data (an idle member of a large cluster is woken dozens of times
@@ -415,6 +405,18 @@ pub struct Shard {
     pub index: usize,
     pub node_id: u32,
     pub idle: IdleStrategy,
+    /// How long the backoff strategy spins after data before it parks
+    /// (`Config::spin_after_data_us`, default 5 us). Bounded by time, not passes, and
+    /// without yields: on a machine with fewer cores than busy threads (a 2-vCPU VM running
+    /// two daemons and two clients) `sched_yield` does not give the core away: the daemon
+    /// runs in its own session (autogroup), and a yield only lets threads of the same group
+    /// run (`perf sched timehist` with 2,000 spins and 20 yields showed the receiving shard
+    /// waiting 0.1-0.3 ms for a core held by a yielding thread). The trade on such a
+    /// machine (README, "The spin after data as a setting"): a longer spin saves the next
+    /// sparse message a wake-up (p50 of `tutti-bench cluster --nodes 2` 78 -> 22 us with 200
+    /// us), and costs a saturated daemon the core its peers need (throughput -33%, and the
+    /// 3-daemon cpg path's p50 doubles).
+    pub spin_after_data: Duration,
     pub commands: Receiver<ShardCommand>,
     pub events: Sender<ShardEvent>,
     pub events_wake: Arc<EventFd>,
@@ -463,6 +465,7 @@ impl Shard {
         index: usize,
         node_id: u32,
         idle: IdleStrategy,
+        spin_after_data: Duration,
         commands: Receiver<ShardCommand>,
         events: Sender<ShardEvent>,
         events_wake: Arc<EventFd>,
@@ -482,6 +485,7 @@ impl Shard {
             index,
             node_id,
             idle,
+            spin_after_data,
             commands,
             events,
             events_wake,
@@ -551,7 +555,7 @@ impl Shard {
             match self.idle {
                 IdleStrategy::Spin => std::hint::spin_loop(),
                 IdleStrategy::Backoff => {
-                    // After data: spin for `SPIN_AFTER_DATA` (the clock is read every 16th
+                    // After data: spin for `spin_after_data` (the clock is read every 16th
                     // pass, a vDSO call), looking at the network on every pass; after
                     // membership traffic only: `CONTROL_SPINS` passes.
                     let spin = if self.data_since_park {
@@ -559,7 +563,7 @@ impl Shard {
                             idle_since = Instant::now();
                         }
                         self.since_cluster = CLUSTER_POLL_INTERVAL;
-                        !idle_passes.is_multiple_of(16) || idle_since.elapsed() < SPIN_AFTER_DATA
+                        !idle_passes.is_multiple_of(16) || idle_since.elapsed() < self.spin_after_data
                     } else {
                         idle_passes < CONTROL_SPINS
                     };

@@ -684,3 +684,37 @@ fn bad_config_is_an_error_naming_the_key() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// `spin_after_data_us`: a `backoff` shard keeps polling that long after its last data
+/// before it parks, so sparse traffic within it costs no park (and the next message no
+/// wake-up); with 0 it parks after every message. Messages 10 ms apart: with 100 ms the
+/// shard parks at most a few times (a publisher descheduled past the spin adds one), with
+/// 0 about once per message.
+#[test]
+fn a_shard_spins_spin_after_data_us_before_it_parks() {
+    let parks_while_sparse = |spin_us: &str| -> u64 {
+        let daemon = Daemon::start("spin-after-data", &["--spin-after-data-us", spin_us]);
+        let mut publisher = daemon.client();
+        let g = publisher.join_as("sparse", Rights::PUBLISH).unwrap();
+        // The join's chores done, the shard parked.
+        std::thread::sleep(Duration::from_millis(300));
+        let before = shard_counter(&mut publisher, "parks");
+        for i in 0..20u64 {
+            publish_range(&mut publisher, g, i..i + 1, 64);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let parks = shard_counter(&mut publisher, "parks") - before;
+        assert_eq!(shard_counter(&mut publisher, "frames_in"), 20);
+        parks
+    };
+    let long = parks_while_sparse("100000");
+    let none = parks_while_sparse("0");
+    assert!(
+        long <= 3,
+        "with a 100 ms spin after data the shard parked {long} times in 20 messages 10 ms apart"
+    );
+    assert!(
+        none >= 10,
+        "with no spin after data the shard parked only {none} times in 20 messages 10 ms apart"
+    );
+}

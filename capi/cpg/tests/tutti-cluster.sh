@@ -14,7 +14,8 @@
 # under evs (TUTTI_CPG_PARTITION unset or evs). Otherwise (TUTTI_NETNS=0, or not root) the daemons share
 # loopback (127.0.$TUTTI_SUBNET.1..3). Without cluster_partition run.sh reports the partition
 # checks failed, with the reason. TUTTI_CPG_PARTITION (majority or evs) sets the daemons'
-# `cluster.cpg_partition`; unset, the daemon's default (evs).
+# `cluster.cpg_partition`; unset, the daemon's default (evs). TUTTI_SPIN_AFTER_DATA_US sets
+# their `spin_after_data_us`; unset, the daemon's default.
 #
 # Callers set CLUSTER_DIR; cluster_down is idempotent (it removes the namespaces too) and
 # belongs in the EXIT trap.
@@ -103,6 +104,7 @@ node_id = $i
 socket = "$d/tuttid.sock"
 no_pin = true
 idle = "backoff"
+${TUTTI_SPIN_AFTER_DATA_US:+spin_after_data_us = $TUTTI_SPIN_AFTER_DATA_US}
 log_bytes = 67108864
 [cluster]
 enabled = true
