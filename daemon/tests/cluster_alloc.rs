@@ -171,7 +171,7 @@ impl RunningShard {
             0,
             daemon,
             IdleStrategy::Backoff,
-            std::time::Duration::from_micros(tutti_daemon::config::DEFAULT_SPIN_AFTER_DATA_US),
+            tutti_daemon::config::Config::default().spin_after_data(),
             rx,
             etx,
             Arc::new(EventFd::new().unwrap()),
