@@ -314,6 +314,21 @@ fn a_seed_reproduces_its_run() {
     assert_eq!(a.deliveries, b.deliveries);
 }
 
+/// The scenario the breaks start from: 3 nodes, a join at 40 ms (state transfer) and a
+/// member's crash at 120 ms, after the sends. A view's delivered set is compared when the
+/// view ends, so the crash's view change is what checks the view in which the broken
+/// delivery falls, wherever the timing puts it: without it, a break that landed after the
+/// join (2026-12-07: the members read the memory node less often, and member 1's third
+/// delivery moved past the join) was in a view that never ended, and went unnoticed.
+fn broken_scenario_base() -> OrderedScenario {
+    let mut sc = OrderedScenario::new(3, 1);
+    sc.send_for = 100 * tutti_proto::MILLIS;
+    sc.crash_member = Some(120 * tutti_proto::MILLIS);
+    sc.crash_primary = None;
+    sc.join_at = Some(40 * tutti_proto::MILLIS);
+    sc
+}
+
 /// Each check fails on a deliberately broken application (the checker can fail).
 #[test]
 fn each_check_fails_on_a_broken_application() {
@@ -325,11 +340,7 @@ fn each_check_fails_on_a_broken_application() {
         (Break::Liveness, "liveness"),
     ];
     for (brk, what) in cases {
-        let mut sc = OrderedScenario::new(3, 1);
-        sc.send_for = 100 * tutti_proto::MILLIS;
-        sc.crash_member = None;
-        sc.crash_primary = None;
-        sc.join_at = Some(40 * tutti_proto::MILLIS);
+        let mut sc = broken_scenario_base();
         sc.brk = Some(brk);
         let r = OrderedSim::new(sc).run();
         let v = &r.violations;
@@ -347,12 +358,7 @@ fn each_check_fails_on_a_broken_application() {
 /// The unbroken scenario the breaks start from passes.
 #[test]
 fn the_unbroken_scenario_passes() {
-    let mut sc = OrderedScenario::new(3, 1);
-    sc.send_for = 100 * tutti_proto::MILLIS;
-    sc.crash_member = None;
-    sc.crash_primary = None;
-    sc.join_at = Some(40 * tutti_proto::MILLIS);
-    let r = OrderedSim::new(sc).run();
+    let r = OrderedSim::new(broken_scenario_base()).run();
     assert_eq!(r.invariant_violations, 0, "{:?}", r.violation_samples);
     assert!(r.liveness_checked && r.installs > 0);
 }
