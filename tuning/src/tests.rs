@@ -265,6 +265,38 @@ fn busy_poll_is_reported_but_opt_in() {
 }
 
 #[test]
+fn guest_halt_poll_is_reported_but_opt_in() {
+    let guest = FakeHost::new("haltpoll");
+    guest
+        .write("/sys/devices/system/cpu/cpuidle/current_driver", "haltpoll\n")
+        .write("/sys/module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
+    let c = guest.check(&[], "cpu.guest_halt_poll");
+    assert_eq!(
+        (c.found.as_str(), c.ok),
+        (
+            "haltpoll, guest_halt_poll_ns 0 (a halted vCPU wakes through the host)",
+            true
+        )
+    );
+    assert_eq!(c.recommended, "200000 on latency guests (opt-in)");
+    guest.write("/sys/module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
+    let c = guest.check(&[], "cpu.guest_halt_poll");
+    assert_eq!(c.found, "haltpoll, guest_halt_poll_ns 200000");
+    let metal = FakeHost::new("intel_idle");
+    metal.write("/sys/devices/system/cpu/cpuidle/current_driver", "intel_idle\n");
+    let c = metal.check(&[], "cpu.guest_halt_poll");
+    assert_eq!(
+        (c.found.as_str(), c.ok),
+        ("cpuidle driver intel_idle (not a haltpoll guest)", true)
+    );
+    let none = FakeHost::new("no_cpuidle");
+    assert_eq!(
+        none.check(&[], "cpu.guest_halt_poll").found,
+        "no cpuidle driver (not a haltpoll guest)"
+    );
+}
+
+#[test]
 fn thp_always_warns_and_madvise_or_never_is_ok() {
     for (modes, active, ok) in [
         ("[always] madvise never\n", "always", false),
@@ -354,7 +386,7 @@ fn table_is_aligned_and_json_has_the_documented_keys() {
     let host = FakeHost::new("render");
     host.cpus(Some("performance"));
     let checks = host.checks(&[1]);
-    assert_eq!(checks.len(), 11);
+    assert_eq!(checks.len(), 12);
 
     let table = render_table(&checks);
     let lines: Vec<&str> = table.lines().collect();
@@ -381,7 +413,7 @@ fn table_is_aligned_and_json_has_the_documented_keys() {
 #[test]
 fn the_real_host_can_be_read_without_panicking() {
     let checks = run_checks(&CheckOptions::new(vec![0]));
-    assert_eq!(checks.len(), 11);
+    assert_eq!(checks.len(), 12);
     assert!(checks.iter().all(|c| !c.why.is_empty()));
 }
 
