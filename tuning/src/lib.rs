@@ -641,22 +641,18 @@ fn check_io_uring(host: &Host) -> Check {
 /// latency, so like busy polling it is opt-in: any value passes.
 fn check_guest_halt_poll(host: &Host) -> Check {
     const NAME: &str = "cpu.guest_halt_poll";
-    const WHY: &str = "On a KVM guest an idle vCPU halts and every wake-up of a thread on it waits for the host to run the vCPU again; with the cpuidle-haltpoll driver the guest polls first for up to guest_halt_poll_ns. Measured on a 2-vCPU guest (2026-12-07): a pipe round trip between two threads 72-135 µs at 0 and 10-12 µs at 200000, and the wake-up chain of tutti-bench cluster 84 µs and 30 µs; the polling is CPU time of the host. Set it with echo 200000 > /sys/module/haltpoll/parameters/guest_halt_poll_ns, or haltpoll.guest_halt_poll_ns= on the kernel command line.";
+    const WHY: &str = "On a KVM guest an idle vCPU halts and every wake-up of a thread on it waits for the host to run the vCPU again; with the cpuidle-haltpoll driver the guest polls first for up to guest_halt_poll_ns. Measured on a 2-vCPU guest (2026-12-07): a pipe round trip between two processes 72-135 µs at 0 and 10-12 µs at 200000, and the wake-up chain of tutti-bench cluster 84 µs and 30 µs; the polling is CPU time of the host. Set it with echo 200000 > /sys/module/haltpoll/parameters/guest_halt_poll_ns, or haltpoll.guest_halt_poll_ns= on the kernel command line.";
     let driver = host
         .read("/sys/devices/system/cpu/cpuidle/current_driver")
         .unwrap_or_default();
-    let found = if driver != "haltpoll" {
-        if driver.is_empty() {
-            "no cpuidle driver (not a haltpoll guest)".to_string()
-        } else {
-            format!("cpuidle driver {driver} (not a haltpoll guest)")
-        }
-    } else {
-        match read_u64(host, "/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+    let found = match driver.as_str() {
+        "haltpoll" => match read_u64(host, "/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
             Ok(0) => "haltpoll, guest_halt_poll_ns 0 (a halted vCPU wakes through the host)".to_string(),
             Ok(ns) => format!("haltpoll, guest_halt_poll_ns {ns}"),
             Err(e) => format!("haltpoll, guest_halt_poll_ns unreadable ({e})"),
-        }
+        },
+        "" => "no cpuidle driver (not a haltpoll guest)".to_string(),
+        other => format!("cpuidle driver {other} (not a haltpoll guest)"),
     };
     Check::new(
         NAME,
