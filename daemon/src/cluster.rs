@@ -1117,7 +1117,8 @@ impl Cluster {
             return Some(
                 format!(
                     "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
-                 (alone {}), resent {}, unconfirmed {}, progress told {}, heard {} (refused {}, stale {})",
+                 (alone {}), resent {}, unconfirmed {}, progress told {}, heard {} (refused {}, stale {}), \
+                 pushes {} (entries {}, refused {}, stale {})",
                     members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
                     m.gathering().is_some(),
                     c.epochs_joined,
@@ -1128,7 +1129,11 @@ impl Cluster {
                     told.helds_sent,
                     told.helds_taken,
                     told.helds_refused,
-                    c.stale_held
+                    c.stale_held,
+                    told.pushes,
+                    told.entries_pushed,
+                    told.pushes_refused,
+                    c.stale_committed
                 ) + &self
                     .node
                     .epoch_replicas_of(group)

@@ -533,6 +533,16 @@ fn status_lists_cpg_groups_with_their_processes() {
             })
         });
     }
+    // The founder pushes what its list's memory node committed to the list's other
+    // members: daemon 2 learned daemon 1's entries (a's join) from pushes.
+    wait_until(WAIT, "pushes taken in daemon 2's status", &all, || {
+        let status = all[1].client().status().unwrap();
+        status.lines().any(|l| {
+            l.trim_start().starts_with("evs: list epoch ")
+                && common::status_number(l, "pushes ").is_some_and(|n| n > 0)
+                && common::status_number(l, "entries ").is_some_and(|n| n > 0)
+        })
+    });
     // b leaves: daemon 2 keeps the group (dormant) and still shows a's process.
     b.send(Command::Leave);
     wait_until(WAIT, "b's leave in status", &all, || {

@@ -288,6 +288,17 @@ fn run_until_all_three_configured(
     run_until_configured(nodes, now, events, &whole, &[0, 1, 2], &[1, 2, 3], limit);
 }
 
+/// Nodes 1, 2 and 3 in one cluster, joined to `GROUP` under `evs`, run until all three
+/// are in configuration {1, 2, 3}: the nodes, the time and the events so far per node.
+fn three_nodes_configured_in_an_evs_group() -> (Vec<Node>, Time, Vec<Vec<Event>>) {
+    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
+    for n in nodes.iter_mut() {
+        n.join_ordered(now, GROUP, evs()).unwrap();
+    }
+    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 3_000 * MILLIS);
+    (nodes, now, events)
+}
+
 /// Each node submits `rounds` messages tagged with `tag`, then the network runs on.
 fn send_rounds(
     nodes: &mut [Node],
@@ -1113,6 +1124,49 @@ fn memnode_roles() -> (NodeId, NodeId, NodeId) {
     (hosts[0], hosts[1], third)
 }
 
+/// One hop of `nodes`: timers that are due fire, every datagram queued is delivered 25 us
+/// later, and `on_deliver` sees each ordered delivery (node index, payload).
+fn hop(nodes: &mut [Node], now: &mut Time, on_deliver: &mut dyn FnMut(usize, &[u8])) {
+    for n in nodes.iter_mut() {
+        if n.poll_timeout().is_some_and(|t| t <= *now) {
+            n.handle_timeout(*now);
+        }
+    }
+    let mut flight = Vec::new();
+    for n in nodes.iter_mut() {
+        let from = n.id();
+        while let Some(t) = n.poll_transmit() {
+            flight.push((from, t.dest, t.payload.to_vec()));
+        }
+    }
+    *now += 25_000;
+    for (from, to, bytes) in flight {
+        node_mut(nodes, to).handle_packet(*now, from, &bytes);
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        while let Some(e) = n.poll_event() {
+            if let Event::OrderedDeliver { payload, .. } = &e {
+                on_deliver(i, payload);
+            }
+        }
+    }
+}
+
+/// Runs `nodes` in hops, `max` of them: every datagram sent in one hop arrives in the
+/// next, 25 us later. Returns the hop at which each node (by index) first delivered
+/// `payload`.
+fn hops_to_deliver(nodes: &mut [Node], now: &mut Time, payload: &[u8], max: u32) -> Vec<Option<u32>> {
+    let mut delivered_at: Vec<Option<u32>> = vec![None; nodes.len()];
+    for h in 1..=max {
+        hop(nodes, now, &mut |i, p| {
+            if p == payload {
+                delivered_at[i].get_or_insert(h);
+            }
+        });
+    }
+    delivered_at
+}
+
 #[test]
 fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
@@ -1124,29 +1178,8 @@ fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
     node_mut(&mut nodes, backup)
         .submit_ordered(now, GROUP, b"hop", false)
         .unwrap();
-    let mut delivered_at: Vec<(NodeId, u32)> = Vec::new();
-    for hop in 1..=8u32 {
-        let mut flight = Vec::new();
-        for n in nodes.iter_mut() {
-            let from = n.id();
-            while let Some(t) = n.poll_transmit() {
-                flight.push((from, t.dest, t.payload.to_vec()));
-            }
-        }
-        now += 25_000;
-        for (from, to, bytes) in flight {
-            node_mut(&mut nodes, to).handle_packet(now, from, &bytes);
-        }
-        for n in nodes.iter_mut() {
-            let id = n.id();
-            while let Some(e) = n.poll_event() {
-                if matches!(&e, Event::OrderedDeliver { payload, .. } if payload == b"hop") {
-                    delivered_at.push((id, hop));
-                }
-            }
-        }
-    }
-    let hops = |id: NodeId| delivered_at.iter().find(|d| d.0 == id).map(|d| d.1);
+    let delivered_at = hops_to_deliver(&mut nodes, &mut now, b"hop", 8);
+    let hops = |id: NodeId| delivered_at[id as usize - 1];
     eprintln!("primary {primary}, backup {backup}, third {third}: delivered at hops {delivered_at:?}");
     // Append (1), replicate (2), then the backup's push reaches the third member (3) while
     // its acknowledgement reaches the primary (3), whose member learns there. The backup's
@@ -1179,13 +1212,47 @@ fn members_learn_committed_entries_from_the_backup_a_hop_sooner() {
     assert!(sent >= 1, "the backup's node pushed");
 }
 
+/// A forged `Committed` push from `from`: one entry at position `pos` (a message of
+/// `sender`'s), for memory node `memnode` at `epoch`.
+fn forged_push(
+    from: NodeId,
+    incarnation: u32,
+    memnode: u16,
+    epoch: u64,
+    pos: u64,
+    sender: NodeId,
+) -> Vec<u8> {
+    use tutti_proto::ordered::{Entry, EntryKind};
+    use tutti_wire::packet::{OrderedCommitted, OrderedKind};
+    let entry = Entry {
+        pos,
+        node: sender,
+        kind: EntryKind::Data {
+            epoch: 0,
+            first_seq: 1_000,
+            count: 1,
+            safe: false,
+        },
+    };
+    let mut body = OrderedCommitted {
+        memnode,
+        reserved: [0; 6],
+        epoch,
+        tail: pos + 1,
+        first: pos,
+    }
+    .to_bytes()
+    .to_vec();
+    body.extend_from_slice(&entry.encode());
+    forge_ordered(from, incarnation, OrderedKind::Committed, &body)
+}
+
 /// A `Committed` push that does not come from the group's backup at this node's placement
 /// (here: from the primary's node, then from the backup naming another placement epoch) is
 /// refused and counted, and its entry is not learned.
 #[test]
 fn a_push_not_from_the_backup_is_refused() {
-    use tutti_proto::ordered::{Entry, EntryKind, MEMNODE};
-    use tutti_wire::packet::{OrderedCommitted, OrderedKind};
+    use tutti_proto::ordered::MEMNODE;
     let (mut nodes, mut now, mut events) = three_nodes_in_the_group(300 * MILLIS);
     let until = now + 100 * MILLIS;
     run(&mut nodes, &mut now, until, &mut events);
@@ -1200,27 +1267,7 @@ fn a_push_not_from_the_backup_is_refused() {
         .counters()
         .pushes;
     let forged = |from: NodeId, epoch: u64, incarnation: u32| {
-        let entry = Entry {
-            pos: learned,
-            node: primary,
-            kind: EntryKind::Data {
-                epoch: 0,
-                first_seq: 1_000,
-                count: 1,
-                safe: false,
-            },
-        };
-        let mut body = OrderedCommitted {
-            memnode: MEMNODE,
-            reserved: [0; 6],
-            epoch,
-            tail: learned + 1,
-            first: learned,
-        }
-        .to_bytes()
-        .to_vec();
-        body.extend_from_slice(&entry.encode());
-        forge_ordered(from, incarnation, OrderedKind::Committed, &body)
+        forged_push(from, incarnation, MEMNODE, epoch, learned, primary)
     };
     let incarnation = |nodes: &mut [Node], id: NodeId| node_mut(nodes, id).incarnation();
     let from_primary = forged(primary, 1, incarnation(&mut nodes, primary));
@@ -1300,11 +1347,7 @@ fn the_memory_node_hosts_take_payloads_from_the_append_not_from_dissemination() 
 /// without a pull repair.
 #[test]
 fn an_evs_founder_takes_payloads_from_the_appends() {
-    let (mut nodes, mut now, mut events) = cluster_after_500_ms(&[1, 2, 3]);
-    for n in nodes.iter_mut() {
-        n.join_ordered(now, GROUP, evs()).unwrap();
-    }
-    run_until_all_three_configured(&mut nodes, &mut now, &mut events, 3_000 * MILLIS);
+    let (mut nodes, mut now, mut events) = three_nodes_configured_in_an_evs_group();
     let whole = |_: NodeId, _: NodeId| true;
     let tapped = nodes[0].ordered_transport_counters().payloads_tapped;
     send_rounds(&mut nodes, &mut now, &mut events, &whole, 7, 10);
@@ -1389,4 +1432,141 @@ fn forge_ordered(
     let len = enc.len();
     buf.truncate(len);
     buf
+}
+
+/// Per node, the answers that read its `evs` member's current list (reads, and its
+/// appends).
+fn list_reads(nodes: &[Node]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|n| {
+            n.evs_member(GROUP)
+                .and_then(|m| m.current())
+                .map_or(0, |m| m.counters().reads)
+        })
+        .collect()
+}
+
+/// Node `sender` submits one message of an `evs` group of nodes 1, 2 and 3 (configured,
+/// one message, then idle 200 ms), delivered in hops: every datagram sent in one hop arrives in the
+/// next, 25 us later. Returns the hop at which each node delivered it, and how many
+/// answers that read the list (reads, and the sender's appends) each node's member had.
+fn evs_hops(sender: NodeId) -> (Vec<Option<u32>>, Vec<u64>) {
+    let (mut nodes, mut now, mut events) = three_nodes_configured_in_an_evs_group();
+    // One message first: a member turns payload hints off once pushes feed it.
+    node_mut(&mut nodes, sender)
+        .submit_ordered(now, GROUP, b"first", false)
+        .unwrap();
+    let until = now + 200 * MILLIS;
+    run(&mut nodes, &mut now, until, &mut events);
+    let reads_before = list_reads(&nodes);
+    node_mut(&mut nodes, sender)
+        .submit_ordered(now, GROUP, b"hop", false)
+        .unwrap();
+    let delivered_at = hops_to_deliver(&mut nodes, &mut now, b"hop", 10);
+    let read: Vec<u64> = list_reads(&nodes)
+        .iter()
+        .zip(&reads_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    (delivered_at, read)
+}
+
+/// An `evs` list has no backup: its memory node's primary, on the list's founder, pushes
+/// the entries an append committed to the list's other members, who learn them a hop
+/// after the append lands rather than by a read round trip started when the payload
+/// arrives; and a payload whose entry was pushed starts no read. Every entry of an `evs`
+/// list is delivered once every member holds it, so each member delivers a hop after the
+/// last one learned it (the tells).
+#[test]
+fn evs_members_learn_committed_entries_from_the_founder_push() {
+    // From the founder: its append is local; the payload and the push reach the others
+    // at hop 1, their tells reach everyone at hop 2. Before the push: the payload's hint
+    // started a read at hop 1, answered at hop 2, told at hop 3, delivered at hop 4.
+    let (hops, reads) = evs_hops(1);
+    eprintln!("from the founder: delivered at hops {hops:?}, reads per member {reads:?}");
+    assert_eq!(hops, vec![Some(2); 3], "from the founder");
+    assert_eq!(reads[1..], [0, 0], "nodes 2 and 3 learned without reading");
+    // From node 2: the append and the payload land at hop 1, the push (to node 3) and the
+    // answer (to node 2) at hop 2, the tells at hop 3.
+    let (hops, reads) = evs_hops(2);
+    eprintln!("from node 2: delivered at hops {hops:?}, reads per member {reads:?}");
+    assert_eq!(hops, vec![Some(3); 3], "from node 2");
+    assert_eq!(reads[2], 0, "node 3 learned without reading");
+}
+
+/// An `evs` push is taken only from the founder of the list it names: one from another
+/// member, or naming a list epoch this member is not in, is refused and counted, and its
+/// entry is not learned.
+#[test]
+fn an_evs_push_not_from_the_founder_is_refused() {
+    use tutti_proto::ordered::epoch_memnode;
+    let (mut nodes, now, _) = three_nodes_configured_in_an_evs_group();
+    let list = nodes[2].evs_member(GROUP).and_then(|m| m.current()).unwrap();
+    let (learned, epoch) = (list.learned(), list.list_epoch().unwrap());
+    assert_eq!(epoch.founder, 1, "node 1 founds the list");
+    let forged = |from: NodeId, number: u32, founder: NodeId, incarnation: u32| {
+        let named = tutti_proto::ordered::EpochId { number, founder };
+        let epoch = u64::from(number) << 32 | u64::from(founder);
+        forged_push(from, incarnation, epoch_memnode(named), epoch, learned, 2)
+    };
+    let incarnation = |nodes: &mut [Node], id: NodeId| node_mut(nodes, id).incarnation();
+    // Node 2 claims to found this list; then the founder names a list epoch after it.
+    let not_founder = forged(2, epoch.number, 2, incarnation(&mut nodes, 2));
+    let other_list = forged(1, epoch.number + 1, 1, incarnation(&mut nodes, 1));
+    let refused = nodes[2].ordered_transport_counters().committed_refused;
+    nodes[2].handle_packet(now, 2, &not_founder);
+    nodes[2].handle_packet(now, 1, &other_list);
+    assert_eq!(
+        nodes[2].ordered_transport_counters().committed_refused,
+        refused + 2
+    );
+    let m = nodes[2].evs_member(GROUP).unwrap();
+    assert_eq!(m.counters().stale_committed, 2);
+    assert_eq!(
+        m.current().unwrap().learned(),
+        learned,
+        "a refused push taught nothing"
+    );
+}
+
+/// `evs`, paced: node 1 (the list's founder) submits one message a millisecond, 100 of
+/// them, over a network where every datagram takes 25 us. Nodes 2 and 3 learn each entry
+/// from the founder's push: they read the list only when a tell is late, which it never
+/// is here (before: a read per message each, started by the push when their last answer
+/// was older than the wait for the others' progress). The member counter `reads` counts
+/// every answer that read the list: the founder's are its appends.
+#[test]
+fn paced_evs_members_fed_by_pushes_do_not_read() {
+    let (mut nodes, mut now, _) = three_nodes_configured_in_an_evs_group();
+    let mut delivered = [0u64; 3];
+    let step = |nodes: &mut [Node], now: &mut Time, delivered: &mut [u64; 3]| {
+        hop(nodes, now, &mut |i, p| {
+            if p.first() == Some(&b'p') {
+                delivered[i] += 1;
+            }
+        })
+    };
+    // Ten messages to settle (pushes turn the hints off), then the hundred counted.
+    for _ in 0..10 {
+        nodes[0].submit_ordered(now, GROUP, b"warm", false).unwrap();
+        for _ in 0..40 {
+            step(&mut nodes, &mut now, &mut delivered);
+        }
+    }
+    let before = list_reads(&nodes);
+    for i in 0..100u8 {
+        nodes[0].submit_ordered(now, GROUP, &[b'p', i], false).unwrap();
+        for _ in 0..40 {
+            step(&mut nodes, &mut now, &mut delivered);
+        }
+    }
+    let read: Vec<u64> = list_reads(&nodes)
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    eprintln!("paced from the founder: delivered {delivered:?}, reads per member {read:?}");
+    assert_eq!(delivered, [100; 3], "every message at every member");
+    assert!(read[1] <= 5 && read[2] <= 5, "nodes 2 and 3 read: {read:?}");
 }

@@ -164,6 +164,8 @@ pub struct EvsReport {
     pub transitional: u64,
     /// Messages a sender appended to a list it left before delivering them (`evs` rule 4).
     pub unconfirmed: u64,
+    /// Committed-entry pushes the live nodes sent (the list founders', to their members).
+    pub pushes_sent: u64,
     pub violations: EvsViolations,
     pub samples: Vec<String>,
     pub liveness_checked: bool,
@@ -518,6 +520,11 @@ impl EvsSim {
             .nodes
             .values()
             .filter_map(|n| n.evs_member(GROUP).map(|m| m.counters().unconfirmed))
+            .sum();
+        self.report.pushes_sent = self
+            .nodes
+            .values()
+            .map(|n| n.ordered_transport_counters().committed_sent)
             .sum();
         self.check_end();
         self.report

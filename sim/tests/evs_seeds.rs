@@ -20,6 +20,7 @@ fn evs_seeds_keep_extended_virtual_synchrony_and_merge() {
     let first = env("TUTTI_SIM_EVS_FIRST_SEED", 0);
     let mut failures = Vec::new();
     let (mut deliveries, mut configurations, mut transitional, mut unconfirmed) = (0, 0, 0, 0);
+    let mut pushes = 0;
     for seed in first..first + n {
         let sc = EvsScenario::random(seed);
         let desc = sc.describe();
@@ -29,6 +30,7 @@ fn evs_seeds_keep_extended_virtual_synchrony_and_merge() {
         configurations += r.configurations;
         transitional += r.transitional;
         unconfirmed += r.unconfirmed;
+        pushes += r.pushes_sent;
         if r.violations.total() > 0 {
             failures.push(format!(
                 "seed {seed}: {desc}\n    {:?}\n    {:?}",
@@ -38,9 +40,10 @@ fn evs_seeds_keep_extended_virtual_synchrony_and_merge() {
     }
     eprintln!(
         "{n} evs seeds: {} fail; {deliveries} deliveries, {configurations} configurations \
-         ({transitional} transitional), {unconfirmed} unconfirmed",
+         ({transitional} transitional), {unconfirmed} unconfirmed, {pushes} pushes sent",
         failures.len()
     );
+    assert!(pushes > 0, "the list founders pushed committed entries");
     assert!(
         deliveries > 0 && transitional > 0,
         "the seeds split and delivered"

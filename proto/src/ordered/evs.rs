@@ -50,6 +50,9 @@ pub struct EvsCounters {
     pub stale_minitx: u64,
     /// Progress told about a list neither of this member's lists is (late, or malformed).
     pub stale_held: u64,
+    /// Committed-entry pushes refused: not from the founder of a list this member is in
+    /// (late, or forged).
+    pub stale_committed: u64,
 }
 
 /// One node's member of one `evs` ordered group. Inputs and outputs are those of
@@ -355,6 +358,41 @@ impl EvsMember {
             self.counters.stale_held += 1;
         }
         self.pump(now);
+    }
+
+    /// Entries of list `epoch` that its memory node committed, pushed by the node running
+    /// it (`Node`: `OrderedKind::Committed`). Taken only from the list's founder (its
+    /// memory node runs there, without a backup) and for a list this member is in, by
+    /// that list's member (which takes only entries that continue its learned prefix);
+    /// returns whether a list took it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_committed(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        epoch: EpochId,
+        memnode: MemnodeId,
+        tail: u64,
+        first: u64,
+        entries: &[u8],
+    ) -> bool {
+        if from != epoch.founder || from == self.node || epoch_memnode(epoch) != memnode {
+            self.counters.stale_committed += 1;
+            return false;
+        }
+        let mut taken = false;
+        for m in self.lists_mut() {
+            if m.list_epoch() == Some(epoch) {
+                m.handle_committed(now, tail, first, entries);
+                taken = true;
+            }
+        }
+        if !taken {
+            self.counters.stale_committed += 1;
+            return false;
+        }
+        self.pump(now);
+        true
     }
 
     /// Runs `f` on each of this member's lists whose memory node is `memnode`; returns

@@ -326,6 +326,37 @@ fn list_tail(replica: &MemoryNode) -> Option<u64> {
     super::entry::u64_at(replica.region(LIST)?, 0)
 }
 
+/// A `Committed` push of `replica`'s list entries (a list of `slots` entries) from `before`
+/// to its tail (at most the last `MAX_COMMITTED_ENTRIES` of them); None if the tail did not
+/// move past `before` or the list region is shorter than its layout says.
+fn committed_message(
+    replica: &MemoryNode,
+    slots: u32,
+    memnode: MemnodeId,
+    epoch: u64,
+    before: u64,
+) -> Option<Vec<u8>> {
+    let (list, after) = (replica.region(LIST)?, list_tail(replica)?);
+    if after <= before || slots == 0 {
+        return None;
+    }
+    let first = before.max(after.saturating_sub((MAX_COMMITTED_ENTRIES as u64).min(u64::from(slots))));
+    let header = OrderedCommitted {
+        memnode,
+        reserved: [0; 6],
+        epoch,
+        tail: after,
+        first,
+    };
+    let mut bytes = Vec::with_capacity(OrderedCommitted::SIZE + (after - first) as usize * ENTRY_BYTES);
+    bytes.extend_from_slice(&header.to_bytes());
+    for pos in first..after {
+        let at = list_slot_offset(pos, slots) as usize;
+        bytes.extend_from_slice(list.get(at..at + ENTRY_BYTES)?);
+    }
+    Some(bytes)
+}
+
 /// Whether `msg` is a state-transfer chunk of an epoch above `epoch`.
 fn is_newer_snapshot(msg: &[u8], epoch: u64) -> bool {
     msg.get(3) == Some(&mtkind::SNAPSHOT)
@@ -1535,9 +1566,14 @@ impl OrderedHost {
                     self.counters.layout_mismatches += 1;
                     return;
                 }
+                let before = list_tail(&r.node);
                 r.node.handle_message(now, from, msg);
+                let epoch = r.epoch;
                 if let Some(h) = self.evs.get_mut(&group) {
-                    self.counters.payloads_tapped += h.member.handle_queued(now, r.epoch, r.node.tapped());
+                    self.counters.payloads_tapped += h.member.handle_queued(now, epoch, r.node.tapped());
+                }
+                if let Some(before) = before {
+                    self.push_epoch_committed(group, memnode, before, from);
                 }
             }
             OrderedKind::ToMember => {
@@ -1563,8 +1599,27 @@ impl OrderedHost {
                     h.member.handle_payloads(now, p.sender, p.epoch, p.seq, payloads);
                 }
             }
+            OrderedKind::Committed => {
+                let Ok((c, entries)) = split_committed(bytes) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                // Taken only from the founder of the list the push names, by the list's
+                // member here (`EvsMember::handle_committed` checks both).
+                let epoch = EpochId {
+                    number: (c.epoch >> 32) as u32,
+                    founder: c.epoch as u32,
+                };
+                let taken = self.evs.get_mut(&group).is_some_and(|h| {
+                    h.member
+                        .handle_committed(now, from, epoch, c.memnode, c.tail, c.first, entries)
+                });
+                if !taken {
+                    self.counters.committed_refused += 1;
+                }
+            }
             // No state transfer under `evs`, and its list epochs are placed by their sides.
-            OrderedKind::Transfer | OrderedKind::Locate | OrderedKind::Placement | OrderedKind::Committed => {
+            OrderedKind::Transfer | OrderedKind::Locate | OrderedKind::Placement => {
                 self.counters.unrouted += 1
             }
             OrderedKind::Held => match self.evs.get_mut(&group) {
@@ -1759,36 +1814,55 @@ impl OrderedHost {
         if r.node.is_primary() || p.backup != Some(self.me) || p.epoch != r.node.epoch() {
             return;
         }
-        let (Some(list), Some(after)) = (r.node.region(LIST), list_tail(&r.node)) else {
+        let Some(bytes) = committed_message(&r.node, r.layout.list_slots, MEMNODE, p.epoch, before) else {
             return;
         };
-        let slots = r.layout.list_slots;
-        if after <= before || slots == 0 {
-            return;
-        }
-        let first = before.max(after.saturating_sub((MAX_COMMITTED_ENTRIES as u64).min(u64::from(slots))));
-        let header = OrderedCommitted {
-            memnode: MEMNODE,
-            reserved: [0; 6],
-            epoch: p.epoch,
-            tail: after,
-            first,
-        };
-        let mut bytes = Vec::with_capacity(OrderedCommitted::SIZE + (after - first) as usize * ENTRY_BYTES);
-        bytes.extend_from_slice(&header.to_bytes());
-        for pos in first..after {
-            let at = list_slot_offset(pos, slots) as usize;
-            let Some(entry) = list.get(at..at + ENTRY_BYTES) else {
-                return;
-            };
-            bytes.extend_from_slice(entry);
-        }
         let Some(h) = self.groups.get_mut(&group) else {
             return;
         };
         let mut dests = std::mem::take(&mut self.scratch_nodes);
         dests.clear();
         dests.extend(h.member.view_nodes().filter(|&n| n != p.primary && n != self.me));
+        self.send_committed(group, dests, bytes);
+    }
+
+    /// `evs`: the memory node of list epoch `memnode` here (a primary without a backup,
+    /// so what it applied is committed) moved the list's tail past `before` on a request
+    /// from `from`: pushes the new entries (the last `MAX_COMMITTED_ENTRIES` of them) to
+    /// every member of the list's view as this node's member of that list learned it, but
+    /// this node (its member reads the replica here without a network hop) and `from` (the
+    /// answer tells it). They learn the entries a hop after the append landed, where a
+    /// read started by the payload's arrival took a round trip more (docs/ordered.md,
+    /// "Committed entries pushed by an `evs` founder").
+    fn push_epoch_committed(&mut self, group: GroupId, memnode: MemnodeId, before: u64, from: NodeId) {
+        let Some(r) = self.epoch_replicas.get(&(group, memnode)) else {
+            return;
+        };
+        let epoch = r.epoch;
+        let id = u64::from(epoch.number) << 32 | u64::from(epoch.founder);
+        let Some(bytes) = committed_message(&r.node, r.layout.list_slots, memnode, id, before) else {
+            return;
+        };
+        let Some(h) = self.evs.get(&group) else {
+            return;
+        };
+        let Some(m) = [h.member.current(), h.member.gathering()]
+            .into_iter()
+            .flatten()
+            .find(|m| m.list_epoch() == Some(epoch))
+        else {
+            return;
+        };
+        let mut dests = std::mem::take(&mut self.scratch_nodes);
+        dests.clear();
+        let me = self.me;
+        dests.extend(m.view_nodes().filter(|&n| n != me && n != from));
+        self.send_committed(group, dests, bytes);
+    }
+
+    /// Sends `bytes` (a `Committed` push) to each of `dests`, which become the scratch
+    /// buffer again.
+    fn send_committed(&mut self, group: GroupId, mut dests: Vec<NodeId>, mut bytes: Vec<u8>) {
         while let Some(d) = dests.pop() {
             self.counters.committed_sent += 1;
             let b = if dests.is_empty() {
