@@ -1968,8 +1968,8 @@ impl OrderedMember {
         self.counters.pushes += 1;
         // Only an `evs` list's pushes (from its founder, a hop after the append landed)
         // stand in for the hinted reads: a backup's come a hop later than the append's
-        // answer, and dropping the hints while they flowed cost `majority` groups a
-        // quarter of their throughput (docs/ordered.md, "Committed entries pushed by the
+        // answer, and dropping the hints while they flowed cost `majority` groups about
+        // 30 % of their throughput (docs/ordered.md, "Committed entries pushed by the
         // backup").
         self.push_fed = self.evs.is_some();
         self.known_tail = self.known_tail.max(tail);
