@@ -1507,8 +1507,14 @@ fn an_evs_push_not_from_the_founder_is_refused() {
     assert_eq!(epoch.founder, 1, "node 1 founds the list");
     let forged = |from: NodeId, number: u32, founder: NodeId, incarnation: u32| {
         let named = tutti_proto::ordered::EpochId { number, founder };
-        let epoch = u64::from(number) << 32 | u64::from(founder);
-        forged_push(from, incarnation, epoch_memnode(named), epoch, learned, 2)
+        forged_push(
+            from,
+            incarnation,
+            epoch_memnode(named),
+            named.to_u64(),
+            learned,
+            2,
+        )
     };
     let incarnation = |nodes: &mut [Node], id: NodeId| node_mut(nodes, id).incarnation();
     // Node 2 claims to found this list; then the founder names a list epoch after it.

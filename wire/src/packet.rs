@@ -1652,8 +1652,10 @@ pub const COMMITTED_ENTRY_BYTES: usize = 32;
 pub const MAX_COMMITTED_ENTRIES: usize = 24;
 
 /// A `Committed` message: the backup replica of memory node `memnode` (placement `epoch`)
-/// holds the list up to `tail` (exclusive); the entries that follow are positions `first`,
-/// `first + 1`, ... (at most [`MAX_COMMITTED_ENTRIES`], all below `tail`).
+/// holds the list up to `tail` (exclusive), or, in an `evs` group, the primary of list
+/// epoch `epoch` (`number << 32 | founder`) on its founder applied it; the entries that
+/// follow are positions `first`, `first + 1`, ... (at most [`MAX_COMMITTED_ENTRIES`], all
+/// below `tail`).
 #[repr(C, packed)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub struct OrderedCommitted {

@@ -42,6 +42,20 @@ impl EpochId {
         number: 0,
         founder: 0,
     };
+
+    /// The epoch as one number, `number << 32 | founder` (a `Committed` push's `epoch`
+    /// field; the seed of its memory node's hosts).
+    pub fn to_u64(self) -> u64 {
+        u64::from(self.number) << 32 | u64::from(self.founder)
+    }
+
+    /// The inverse of [`EpochId::to_u64`].
+    pub fn from_u64(v: u64) -> EpochId {
+        EpochId {
+            number: (v >> 32) as u32,
+            founder: v as u32,
+        }
+    }
 }
 
 /// What a list entry says.

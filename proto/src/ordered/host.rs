@@ -1568,9 +1568,8 @@ impl OrderedHost {
                 }
                 let before = list_tail(&r.node);
                 r.node.handle_message(now, from, msg);
-                let epoch = r.epoch;
                 if let Some(h) = self.evs.get_mut(&group) {
-                    self.counters.payloads_tapped += h.member.handle_queued(now, epoch, r.node.tapped());
+                    self.counters.payloads_tapped += h.member.handle_queued(now, r.epoch, r.node.tapped());
                 }
                 if let Some(before) = before {
                     self.push_epoch_committed(group, memnode, before, from);
@@ -1606,10 +1605,7 @@ impl OrderedHost {
                 };
                 // Taken only from the founder of the list the push names, by the list's
                 // member here (`EvsMember::handle_committed` checks both).
-                let epoch = EpochId {
-                    number: (c.epoch >> 32) as u32,
-                    founder: c.epoch as u32,
-                };
+                let epoch = EpochId::from_u64(c.epoch);
                 let taken = self.evs.get_mut(&group).is_some_and(|h| {
                     h.member
                         .handle_committed(now, from, epoch, c.memnode, c.tail, c.first, entries)
@@ -1814,15 +1810,15 @@ impl OrderedHost {
         if r.node.is_primary() || p.backup != Some(self.me) || p.epoch != r.node.epoch() {
             return;
         }
-        let Some(bytes) = committed_message(&r.node, r.layout.list_slots, MEMNODE, p.epoch, before) else {
-            return;
-        };
-        let Some(h) = self.groups.get_mut(&group) else {
+        let Some(h) = self.groups.get(&group) else {
             return;
         };
         let mut dests = std::mem::take(&mut self.scratch_nodes);
         dests.clear();
         dests.extend(h.member.view_nodes().filter(|&n| n != p.primary && n != self.me));
+        let bytes = (!dests.is_empty())
+            .then(|| committed_message(&r.node, r.layout.list_slots, MEMNODE, p.epoch, before))
+            .flatten();
         self.send_committed(group, dests, bytes);
     }
 
@@ -1838,40 +1834,40 @@ impl OrderedHost {
         let Some(r) = self.epoch_replicas.get(&(group, memnode)) else {
             return;
         };
-        let epoch = r.epoch;
-        let id = u64::from(epoch.number) << 32 | u64::from(epoch.founder);
-        let Some(bytes) = committed_message(&r.node, r.layout.list_slots, memnode, id, before) else {
-            return;
-        };
         let Some(h) = self.evs.get(&group) else {
             return;
         };
         let Some(m) = [h.member.current(), h.member.gathering()]
             .into_iter()
             .flatten()
-            .find(|m| m.list_epoch() == Some(epoch))
+            .find(|m| m.list_epoch() == Some(r.epoch))
         else {
             return;
         };
         let mut dests = std::mem::take(&mut self.scratch_nodes);
         dests.clear();
-        let me = self.me;
-        dests.extend(m.view_nodes().filter(|&n| n != me && n != from));
+        dests.extend(m.view_nodes().filter(|&n| n != self.me && n != from));
+        let bytes = (!dests.is_empty())
+            .then(|| committed_message(&r.node, r.layout.list_slots, memnode, r.epoch.to_u64(), before))
+            .flatten();
         self.send_committed(group, dests, bytes);
     }
 
-    /// Sends `bytes` (a `Committed` push) to each of `dests`, which become the scratch
-    /// buffer again.
-    fn send_committed(&mut self, group: GroupId, mut dests: Vec<NodeId>, mut bytes: Vec<u8>) {
-        while let Some(d) = dests.pop() {
-            self.counters.committed_sent += 1;
-            let b = if dests.is_empty() {
-                std::mem::take(&mut bytes)
-            } else {
-                bytes.clone()
-            };
-            self.send(d, group, OrderedKind::Committed, b);
+    /// Sends `bytes` (a `Committed` push, built only when `dests` is not empty) to each of
+    /// `dests`, which become the scratch buffer again.
+    fn send_committed(&mut self, group: GroupId, mut dests: Vec<NodeId>, bytes: Option<Vec<u8>>) {
+        if let Some(mut bytes) = bytes {
+            while let Some(d) = dests.pop() {
+                self.counters.committed_sent += 1;
+                let b = if dests.is_empty() {
+                    std::mem::take(&mut bytes)
+                } else {
+                    bytes.clone()
+                };
+                self.send(d, group, OrderedKind::Committed, b);
+            }
         }
+        dests.clear();
         self.scratch_nodes = dests;
     }
 

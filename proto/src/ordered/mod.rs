@@ -239,7 +239,7 @@ pub fn epoch_memnode(epoch: EpochId) -> MemnodeId {
 /// `evs`: the hosts of the memory node of `epoch`, primary first, chosen from the side that
 /// opened it (every member of the side computes the same pair).
 pub fn epoch_memnode_hosts(group: GroupId, epoch: EpochId, side: &[NodeId]) -> Vec<NodeId> {
-    let salt = rendezvous(u64::from(epoch.number) << 32 | u64::from(epoch.founder), 0x5eed);
+    let salt = rendezvous(epoch.to_u64(), 0x5eed);
     choose_memnode_hosts(group ^ salt, side)
 }
 
