@@ -167,6 +167,48 @@ fn ping_side(
     })
 }
 
+/// Cache-line round trip (p50) at or under which two cores count as placed near each other.
+/// This host's two placements give 90-110 ns (near) and 380-490 ns (far).
+pub const NEAR_MAX_RTT_NS: u64 = 250;
+
+/// Where the host placed two cores: the cache-line round trip between them.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub rtt_p50_ns: u64,
+}
+
+impl Placement {
+    pub fn near(&self) -> bool {
+        self.rtt_p50_ns <= NEAR_MAX_RTT_NS
+    }
+
+    pub fn name(&self) -> &'static str {
+        if self.near() {
+            "near"
+        } else {
+            "far"
+        }
+    }
+
+    /// The placement a run had, from probes right before and right after it: "mixed" if
+    /// the host moved the cores in between.
+    pub fn of_run(before: Placement, after: Placement) -> &'static str {
+        if before.near() == after.near() {
+            before.name()
+        } else {
+            "mixed"
+        }
+    }
+}
+
+/// A short ping-pong (0.2 s) between the two cores: which placement they have now.
+pub fn placement(a: usize, b: usize) -> Result<Placement, String> {
+    let pp = ping_pong(a, b, Duration::from_millis(200), DEFAULT_BATCH)?;
+    Ok(Placement {
+        rtt_p50_ns: pp.rtt.value_at_quantile(0.5),
+    })
+}
+
 pub struct RingThroughput {
     pub msgs_per_s: f64,
     pub messages: u64,
@@ -503,6 +545,19 @@ pub fn relay_throughput(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_is_near_far_or_mixed_by_its_probes() {
+        let p = |rtt_p50_ns| Placement { rtt_p50_ns };
+        // This host's two placements: 90-110 ns and 380-490 ns.
+        assert_eq!(Placement::of_run(p(95), p(110)), "near");
+        assert_eq!(Placement::of_run(p(460), p(410)), "far");
+        assert_eq!(
+            Placement::of_run(p(NEAR_MAX_RTT_NS), p(NEAR_MAX_RTT_NS + 1)),
+            "mixed"
+        );
+        assert_eq!(Placement::of_run(p(480), p(100)), "mixed");
+    }
 
     #[test]
     fn relay_floor_moves_every_message_in_order_and_samples_latency() {

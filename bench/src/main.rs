@@ -682,6 +682,8 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         rate_latency: None,
         timed_out: None,
         daemon_idle: None,
+        line_rtt_p50_ns: None,
+        placement: None,
     };
     emit_throughput(c.json, &throughput);
     let relay = floor::relay_throughput(
@@ -861,6 +863,46 @@ struct LocalThroughputSummary {
     ratio: f64,
     msgs_per_s_reps: Vec<f64>,
     floor_msgs_per_s_reps: Vec<f64>,
+    /// Each rep's placement ("near", "far", "mixed"), and the medians of the reps in each
+    /// of the two clean placements (absent when no rep ran in it).
+    placement_reps: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    near: Option<PlacementMedians>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    far: Option<PlacementMedians>,
+}
+
+/// Medians of the `local-throughput` reps that ran in one placement.
+#[derive(serde::Serialize)]
+struct PlacementMedians {
+    reps: usize,
+    msgs_per_s: f64,
+    floor_msgs_per_s: f64,
+    ratio: f64,
+    line_rtt_p50_ns: f64,
+}
+
+impl PlacementMedians {
+    fn of(results: &[ThroughputResult], placement: &str) -> Option<PlacementMedians> {
+        let reps: Vec<&ThroughputResult> = results
+            .iter()
+            .filter(|r| r.placement == Some(placement))
+            .collect();
+        if reps.is_empty() {
+            return None;
+        }
+        let med = |f: &dyn Fn(&ThroughputResult) -> f64| median(reps.iter().map(|r| f(r)).collect());
+        Some(PlacementMedians {
+            reps: reps.len(),
+            msgs_per_s: med(&|r| r.msgs_per_s),
+            floor_msgs_per_s: med(&|r| r.floor_msgs_per_s),
+            ratio: med(&|r| r.ratio),
+            line_rtt_p50_ns: med(&|r| {
+                let [a, b] = r.line_rtt_p50_ns.unwrap_or_default();
+                (a + b) as f64 / 2.0
+            }),
+        })
+    }
 }
 
 fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
@@ -879,6 +921,9 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
     // The fair floor and tutti alternate: floor, tutti, floor, tutti, ... (the floor runs
     // before each daemon starts spinning on one of the two cores).
     for rep in 1..=args.reps as usize {
+        // Which placement this rep has: the host moves the two vCPUs between near and far
+        // (3-4x apart in every local figure) within seconds, so each rep says which it ran in.
+        let placed_before = floor::placement(c.client_core, c.daemon_core)?;
         let floor = floor::relay_throughput(
             c.client_core,
             c.daemon_core,
@@ -915,6 +960,7 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
         let rss_after = daemon.rss_kib()?;
         daemon.check_alive()?;
         drop(daemon);
+        let placed_after = floor::placement(c.client_core, c.daemon_core)?;
         let floor_after = if args.daemon.no_floor_after || rep < args.reps as usize {
             None
         } else {
@@ -952,6 +998,8 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             rate_latency: (args.rate > 0.0).then(|| Percentiles::of(&run.latency)),
             timed_out: (args.rate > 0.0).then_some(run.timed_out),
             daemon_idle: Some(idle),
+            line_rtt_p50_ns: Some([placed_before.rtt_p50_ns, placed_after.rtt_p50_ns]),
+            placement: Some(floor::Placement::of_run(placed_before, placed_after)),
         };
         emit_throughput(c.json, &result);
         warn_if_floor_drifted(floor.ring.msgs_per_s, result.floor_after_msgs_per_s);
@@ -991,6 +1039,9 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
             ratio: median(results.iter().map(|r| r.ratio).collect()),
             msgs_per_s_reps: tp,
             floor_msgs_per_s_reps: fl,
+            placement_reps: results.iter().map(|r| r.placement.unwrap_or("mixed")).collect(),
+            near: PlacementMedians::of(&results, "near"),
+            far: PlacementMedians::of(&results, "far"),
         };
         if c.json {
             print_json(&summary);
@@ -1000,6 +1051,16 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
                  (each run against the floor measured right before it)",
                 summary.reps, summary.msgs_per_s, summary.floor_msgs_per_s, summary.ratio
             );
+            for (name, m) in [("near", &summary.near), ("far", &summary.far)] {
+                match m {
+                    Some(m) => println!(
+                        "  {name} placement ({} of {} reps, cache-line round trip {:.0} ns): {:.0} msg/s, \
+                         relay floor {:.0} msg/s, median ratio {:.3}",
+                        m.reps, summary.reps, m.line_rtt_p50_ns, m.msgs_per_s, m.floor_msgs_per_s, m.ratio
+                    ),
+                    None => println!("  {name} placement: no rep ran in it"),
+                }
+            }
         }
     }
     if let Some(path) = &args.hlog {

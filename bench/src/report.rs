@@ -149,6 +149,13 @@ pub struct ThroughputResult {
     /// fence after a commit unless the shard is in barrier mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon_idle: Option<&'static str>,
+    /// `local-throughput`: the cache-line round trip (p50) between the two cores right
+    /// before and right after the run, and the placement they say: "near", "far", or
+    /// "mixed" (the host moved the vCPUs during the run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line_rtt_p50_ns: Option<[u64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<&'static str>,
 }
 
 /// The cluster benchmark's latency line: publish on daemon 1 to delivery on daemon 2, one
@@ -491,6 +498,9 @@ pub fn print_throughput_table(r: &ThroughputResult) {
             "  lagged: {events} events, {missed} messages missed (final batch {})",
             r.batch.unwrap_or(0)
         );
+    }
+    if let (Some(p), Some([before, after])) = (r.placement, r.line_rtt_p50_ns) {
+        println!("  placement: {p} (cache-line round trip {before} ns before the run, {after} ns after)");
     }
     if let (Some(before), Some(after)) = (r.rss_before_kib, r.rss_after_kib) {
         println!("  tuttid RSS: {before} KiB before, {after} KiB after");
