@@ -78,6 +78,11 @@ pub struct ClusterConfig {
     /// configuration and the sides merge at the heal, as Corosync's CPG) or "majority" (a
     /// cut-off minority stops). Every daemon of a cluster must use the same.
     pub cpg_partition: String,
+    /// Delivery in `evs` groups (cpg groups and `GroupOptions::evs`): "agreed" (default: a
+    /// message that is not `safe` is delivered once its place in the order is known, as
+    /// Corosync's CPG delivers) or "safe" (every message once every member holds it).
+    /// Every daemon of a cluster must use the same.
+    pub evs_delivery: String,
     /// Bytes kept for repair per group (payloads + 64 B per message). Beyond it the oldest
     /// messages go: repair of a fast sender reaches back this far.
     pub group_budget_bytes: usize,
@@ -128,6 +133,7 @@ impl Default for ClusterConfig {
             suspect_timeout_ms: s.suspect_timeout / MILLIS,
             delivery: "fifo".into(),
             cpg_partition: "evs".into(),
+            evs_delivery: "agreed".into(),
             group_budget_bytes: s.group_budget_bytes,
             shard_budget_bytes: s.node_budget_bytes,
             rerequest_after_ms: s.rerequest_after / MILLIS,
@@ -253,6 +259,7 @@ impl ClusterConfig {
         }
         self.delivery_mode()?;
         self.cpg_evs()?;
+        self.evs_agreed()?;
         if self.key_file.is_none() && (self.key_file_next.is_some() || self.encrypt) {
             return Err("cluster: key_file_next and encrypt need cluster.key_file".into());
         }
@@ -297,6 +304,17 @@ impl ClusterConfig {
             "evs" => Ok(true),
             other => Err(format!(
                 "cluster.cpg_partition = {other:?}: expected \"majority\" or \"evs\""
+            )),
+        }
+    }
+
+    /// Whether `evs` groups deliver in agreed order (`evs_delivery`).
+    pub fn evs_agreed(&self) -> Result<bool, String> {
+        match self.evs_delivery.as_str() {
+            "agreed" => Ok(true),
+            "safe" => Ok(false),
+            other => Err(format!(
+                "cluster.evs_delivery = {other:?}: expected \"agreed\" or \"safe\""
             )),
         }
     }
@@ -570,7 +588,7 @@ pub fn ordered_settings() -> OrderedSettings {
 /// view after longer than that (probes, then the suspicion timeout), and until then it
 /// would hold the delivery of an installed configuration just as long: no crash is seen
 /// later than before.
-pub fn group_settings(evs: bool, membership: &Settings) -> OrderedSettings {
+pub fn group_settings(evs: bool, agreed: bool, membership: &Settings) -> OrderedSettings {
     let base = ordered_settings();
     if !evs {
         return base;
@@ -578,6 +596,7 @@ pub fn group_settings(evs: bool, membership: &Settings) -> OrderedSettings {
     OrderedSettings {
         partition: PartitionPolicy::Evs,
         gather_timeout: base.gather_timeout.max(membership.suspect_timeout),
+        evs_agreed: agreed,
         ..base
     }
 }
@@ -687,6 +706,8 @@ pub struct Cluster {
     has_other_seeds: bool,
     /// Cpg groups run under `evs` (`ClusterConfig::cpg_partition`).
     cpg_evs: bool,
+    /// `evs` groups deliver in agreed order (`cluster.evs_delivery`).
+    evs_agreed: bool,
     /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
     leaving_ordered: Vec<(u64, Time)>,
 }
@@ -796,6 +817,7 @@ impl Cluster {
             pending_ordered: Vec::new(),
             has_other_seeds: seed_ids.iter().any(|&id| id >> 8 != 0),
             cpg_evs: cfg.cpg_evs()?,
+            evs_agreed: cfg.evs_agreed()?,
             leaving_ordered: Vec::new(),
         })
     }
@@ -932,7 +954,11 @@ impl Cluster {
         }
         let now = self.now();
         self.node
-            .join_ordered(now, group, group_settings(evs, self.node.settings()))
+            .join_ordered(
+                now,
+                group,
+                group_settings(evs, self.evs_agreed, self.node.settings()),
+            )
             .map(|()| false)
             .map_err(|e| e.to_string())
     }
@@ -1026,6 +1052,7 @@ impl Cluster {
         let now = self.now();
         let (node, shard) = (&mut self.node, self.shard);
         let membership = node.settings().clone();
+        let agreed = self.evs_agreed;
         self.pending_ordered.retain(|&(group, evs)| {
             // Still in the order (its previous member's leave not through yet); a member
             // the group removed is replaced by the join.
@@ -1035,7 +1062,7 @@ impl Cluster {
             {
                 return true;
             }
-            if let Err(e) = node.join_ordered(now, group, group_settings(evs, &membership)) {
+            if let Err(e) = node.join_ordered(now, group, group_settings(evs, agreed, &membership)) {
                 tracing::warn!(shard, group = %format!("{group:#x}"), "ordered join: {e}");
             }
             false
@@ -1118,7 +1145,7 @@ impl Cluster {
                 format!(
                     "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
                  (alone {}), resent {}, unconfirmed {}, progress told {}, heard {} (refused {}, stale {}), \
-                 pushes {} (entries {}, refused {}, stale {})",
+                 pushes {} (entries {}, refused {}, stale {}); {} delivery, drains {} (timed out {})",
                     members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
                     m.gathering().is_some(),
                     c.epochs_joined,
@@ -1133,7 +1160,10 @@ impl Cluster {
                     told.pushes,
                     told.entries_pushed,
                     told.pushes_refused,
-                    c.stale_committed
+                    c.stale_committed,
+                    if self.evs_agreed { "agreed" } else { "safe" },
+                    c.drains,
+                    c.drains_timed_out
                 ) + &self
                     .node
                     .epoch_replicas_of(group)

@@ -541,6 +541,7 @@ fn status_lists_cpg_groups_with_their_processes() {
             l.trim_start().starts_with("evs: list epoch ")
                 && common::status_number(l, "pushes ").is_some_and(|n| n > 0)
                 && common::status_number(l, "entries ").is_some_and(|n| n > 0)
+                && l.contains("; agreed delivery, drains ")
         })
     });
     // b leaves: daemon 2 keeps the group (dormant) and still shows a's process.
@@ -972,6 +973,6 @@ fn libcpg_window_is_the_cpg_groups_sender_window() {
         .parse()
         .unwrap_or_else(|e| panic!("WINDOW_MSGS {value:?}: {e}"));
     let membership = tutti_proto::Settings::default();
-    let settings = tutti_daemon::cluster::group_settings(true, &membership);
+    let settings = tutti_daemon::cluster::group_settings(true, true, &membership);
     assert_eq!(window, settings.sender_window());
 }

@@ -50,6 +50,8 @@ pub struct EvsScenario {
     pub send_for: Time,
     /// (cut at, sides, healed at), relative to the workload's start.
     pub partitions: Vec<(Time, Vec<Vec<NodeId>>, Time)>,
+    /// Agreed delivery (`OrderedSettings::evs_agreed`): the odd seeds.
+    pub agreed: bool,
 }
 
 impl EvsScenario {
@@ -81,6 +83,7 @@ impl EvsScenario {
             send_every: rng.gen_range(2..=8) * MILLIS,
             send_for: at,
             partitions,
+            agreed: seed % 2 == 1,
         }
     }
 
@@ -91,8 +94,9 @@ impl EvsScenario {
             .map(|(a, s, h)| format!("{:?} {}-{} ms", s, a / MILLIS, h / MILLIS))
             .collect();
         format!(
-            "{} nodes, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}",
+            "{} nodes, {} delivery, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}",
             self.nodes,
+            if self.agreed { "agreed" } else { "safe" },
             self.loss,
             self.duplicate,
             self.latency_max / MICROS,
@@ -444,7 +448,11 @@ impl EvsSim {
         }
         let now = self.now;
         for n in self.nodes.values_mut() {
-            n.join_ordered(now, GROUP, evs_settings())
+            let settings = OrderedSettings {
+                evs_agreed: self.sc.agreed,
+                ..evs_settings()
+            };
+            n.join_ordered(now, GROUP, settings)
                 .expect("evs settings are valid");
         }
         let deadline = self.now + SETTLE;

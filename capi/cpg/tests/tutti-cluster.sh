@@ -14,8 +14,9 @@
 # under evs (TUTTI_CPG_PARTITION unset or evs). Otherwise (TUTTI_NETNS=0, or not root) the daemons share
 # loopback (127.0.$TUTTI_SUBNET.1..3). Without cluster_partition run.sh reports the partition
 # checks failed, with the reason. TUTTI_CPG_PARTITION (majority or evs) sets the daemons'
-# `cluster.cpg_partition`; unset, the daemon's default (evs). TUTTI_SPIN_AFTER_DATA_US sets
-# their `spin_after_data_us`; unset, the daemon's default.
+# `cluster.cpg_partition`; unset, the daemon's default (evs). TUTTI_EVS_DELIVERY (agreed or
+# safe) sets their `cluster.evs_delivery`; unset, the daemon's default (agreed).
+# TUTTI_SPIN_AFTER_DATA_US sets their `spin_after_data_us`; unset, the daemon's default.
 #
 # Callers set CLUSTER_DIR; cluster_down is idempotent (it removes the namespaces too) and
 # belongs in the EXIT trap.
@@ -111,6 +112,7 @@ enabled = true
 seeds = [$seeds]
 suspect_timeout_ms = 3000
 $cpgline
+${TUTTI_EVS_DELIVERY:+evs_delivery = \"$TUTTI_EVS_DELIVERY\"}
 [net]
 listen = "$(cluster_addr "$i")"
 base_port = $TUTTI_BASE_PORT

@@ -85,6 +85,11 @@ pub enum EntryKind {
     /// installs the empty state at this position. Appended by a joiner whose install timed
     /// out (docs/ordered.md, "Restart").
     Restart,
+    /// `evs` groups under agreed delivery: a member leaves the list for a new list epoch;
+    /// no member delivers the first `Seal` or anything after it, so every member that
+    /// reads up to it holds all that any member delivered in the list (docs/ordered.md,
+    /// "Partition policy `evs`").
+    Seal,
 }
 
 /// One list entry: its position (so a reader tells it from a reclaimed slot), the node it
@@ -102,6 +107,7 @@ const KIND_REMOVE: u8 = 3;
 const KIND_EVS_JOIN: u8 = 4;
 const KIND_INSTALL: u8 = 5;
 const KIND_RESTART: u8 = 6;
+const KIND_SEAL: u8 = 7;
 
 impl Entry {
     pub fn encode(&self) -> [u8; ENTRY_BYTES] {
@@ -138,6 +144,7 @@ impl Entry {
             }
             EntryKind::Install => b[8] = KIND_INSTALL,
             EntryKind::Restart => b[8] = KIND_RESTART,
+            EntryKind::Seal => b[8] = KIND_SEAL,
         }
         b
     }
@@ -193,6 +200,7 @@ impl Entry {
             },
             KIND_INSTALL => EntryKind::Install,
             KIND_RESTART => EntryKind::Restart,
+            KIND_SEAL => EntryKind::Seal,
             _ => return None,
         };
         Some(Entry { pos, node, kind })
@@ -277,6 +285,7 @@ mod tests {
             },
             EntryKind::Install,
             EntryKind::Restart,
+            EntryKind::Seal,
         ] {
             let e = Entry {
                 pos: 77,

@@ -18,6 +18,11 @@
 //! - A sender's messages never appended to the old list go again in the new one; those it
 //!   appended and did not deliver are delivered by whichever members' `T` covers them, maybe
 //!   by none (counted `unconfirmed`).
+//! - Agreed delivery (`OrderedSettings::evs_agreed`): a message that is not `safe` is
+//!   delivered once learned. Movers whose side holds the old list's founder then *drain*
+//!   the old list before they join the new one: each appends a `Seal`, and reads until it
+//!   holds everything before the first one, which nobody delivers past; so the movers
+//!   again hold what any of them delivered. Own messages past the seal go again.
 
 use super::entry::{EpochId, JoinFrom, RemoveReason};
 use super::member::{ConfigEvent, OrderedMember, Output, Status, SubmitRefused};
@@ -53,6 +58,10 @@ pub struct EvsCounters {
     /// Committed-entry pushes refused: not from the founder of a list this member is in
     /// (late, or forged).
     pub stale_committed: u64,
+    /// `agreed`: drains of an old list that ended at its `Seal`, and those that ended at
+    /// their deadline instead (the founder's memory node gone, or slow).
+    pub drains: u64,
+    pub drains_timed_out: u64,
 }
 
 /// One node's member of one `evs` ordered group. Inputs and outputs are those of
@@ -74,6 +83,9 @@ pub struct EvsMember {
     last_side: Option<u32>,
     /// The application left: later sides do not bring this member back.
     leaving: bool,
+    /// `agreed` delivery: the installed list drains (reads up to its `Seal`) before this
+    /// member joins the gathered one, until this time at most.
+    drain_deadline: Option<Time>,
     out: VecDeque<Output>,
     counters: EvsCounters,
 }
@@ -119,6 +131,7 @@ impl EvsMember {
             gathering: None,
             last_side: None,
             leaving: false,
+            drain_deadline: None,
             out: VecDeque::new(),
             counters: EvsCounters::default(),
         }
@@ -211,12 +224,34 @@ impl EvsMember {
         if self.gathering().and_then(OrderedMember::list_epoch) == Some(epoch) {
             return;
         }
-        // Leave the installed list where it stands: what it delivered and holds goes into
-        // the join.
-        let from: Option<JoinFrom> = self.installed.as_mut().and_then(|(m, _)| {
-            m.freeze();
-            m.join_from()
-        });
+        // Under `agreed` delivery, with the installed list's founder (its memory node's
+        // host) on this side, the list drains first: read up to the first `Seal` a
+        // leaving member appended, so that this member holds what any member delivered
+        // there; the join goes once it did (`pump`). Otherwise leave the list where it
+        // stands: what it delivered and holds goes into the join.
+        let drain = self.settings.evs_agreed
+            && self.installed.as_ref().is_some_and(|(m, host)| {
+                side.contains(host) && m.status() == Status::Active && m.learned_members().contains(host)
+            });
+        let from: Option<JoinFrom> = if drain {
+            // Every member that leaves appends the `Seal` (the first one counts): the
+            // list is sealed as soon as any of its members saw the change, and the
+            // others read up to it. Half the founder's `gather_timeout` at most, so that
+            // a drain that cannot end still joins before the founder installs.
+            if let Some((m, _)) = self.installed.as_mut() {
+                m.drain(now);
+            }
+            if self.drain_deadline.is_none() {
+                self.drain_deadline = Some(now + self.settings.gather_timeout / 2);
+            }
+            None
+        } else {
+            self.drain_deadline = None;
+            self.installed.as_mut().and_then(|(m, _)| {
+                m.freeze();
+                m.join_from()
+            })
+        };
         // The list lives on its founder: whoever names epoch (number, founder) reaches the
         // same list, even two members whose sides differ (views in flux), so an epoch is
         // one list. No backup (see `OpenEpoch`).
@@ -228,7 +263,7 @@ impl EvsMember {
         });
         self.incarnation += 1;
         self.counters.epochs_joined += 1;
-        let member = OrderedMember::evs_joiner(
+        let mut member = OrderedMember::evs_joiner(
             self.node,
             self.incarnation,
             self.group,
@@ -240,6 +275,9 @@ impl EvsMember {
             self.settings.clone(),
             self.minitx.clone(),
         );
+        if drain {
+            member.hold_join();
+        }
         self.gathering = Some((member, hosts[0]));
         self.pump(now);
     }
@@ -409,6 +447,7 @@ impl EvsMember {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        self.end_drain(now);
         for m in self.lists_mut() {
             if m.poll_timeout().is_some_and(|t| t <= now) {
                 m.handle_timeout(now);
@@ -420,7 +459,7 @@ impl EvsMember {
     pub fn poll_timeout(&self) -> Option<Time> {
         let a = self.current().and_then(OrderedMember::poll_timeout);
         let b = self.gathering().and_then(OrderedMember::poll_timeout);
-        a.into_iter().chain(b).min()
+        a.into_iter().chain(b).chain(self.drain_deadline).min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -438,6 +477,7 @@ impl EvsMember {
     /// Moves every list's outputs out (epochs qualified by the list number), and installs
     /// the gathered list once its delivery reached this member's configuration there.
     fn pump(&mut self, now: Time) {
+        self.end_drain(now);
         loop {
             if let Some((m, _)) = &mut self.installed {
                 drain(m, &mut self.out);
@@ -470,6 +510,34 @@ impl EvsMember {
                 }
             }
             self.installed = Some((g, host));
+        }
+    }
+
+    /// Ends the installed list's drain once it is drained (or its deadline passed: the
+    /// founder's memory node may be gone): freezes it and lets the gathered list's join
+    /// go, coming from where it stands now.
+    fn end_drain(&mut self, now: Time) {
+        let Some(deadline) = self.drain_deadline else {
+            return;
+        };
+        let waiting = self.gathering().is_some_and(OrderedMember::join_held);
+        let drained = self.current().is_none_or(OrderedMember::drained);
+        if waiting && !drained && now < deadline {
+            return;
+        }
+        self.drain_deadline = None;
+        if drained {
+            self.counters.drains += 1;
+        } else {
+            self.counters.drains_timed_out += 1;
+        }
+        let from = self.installed.as_mut().and_then(|(m, _)| {
+            m.freeze();
+            drain(m, &mut self.out);
+            m.join_from()
+        });
+        if let Some((g, _)) = self.gathering.as_mut() {
+            g.set_join_from(now, from);
         }
     }
 

@@ -243,7 +243,7 @@ impl View {
     /// its old membership; a join into a full view is ignored.
     fn apply(&mut self, e: &Entry, max_members: u32) -> bool {
         match e.kind {
-            EntryKind::Data { .. } | EntryKind::Install => false,
+            EntryKind::Data { .. } | EntryKind::Install | EntryKind::Seal => false,
             EntryKind::Join | EntryKind::EvsJoin { .. } => {
                 self.members.retain(|m| m.node != e.node);
                 let Some(slot) = (0..max_members).find(|s| self.members.iter().all(|m| m.slot != *s)) else {
@@ -315,6 +315,10 @@ enum ListOp {
     Install {
         at: u64,
     },
+    /// `evs` (`agreed`): a leaving member's `Seal`, at `at`.
+    Seal {
+        at: u64,
+    },
     /// A joiner's restart anchor at `at`: `Remove(Suspected)` of each state holder, then
     /// `Restart` (see [`OrderedMember::restart_holders`]).
     Restart {
@@ -329,6 +333,8 @@ struct EvsList {
     epoch: EpochId,
     /// Where this member comes from (its `EvsJoin`).
     from: Option<JoinFrom>,
+    /// Its `EvsJoin` waits until the owner knows `from` (its old list drained).
+    hold_join: bool,
     /// The side that opened the epoch: the founder installs once all of it joined.
     side: Vec<NodeId>,
     founder: bool,
@@ -450,6 +456,15 @@ pub struct OrderedMember {
     /// `evs`: this member left its list (a new list epoch took over): it appends and reads
     /// nothing more, and delivers only the transitional part it is asked to.
     frozen: bool,
+    /// `evs` (`agreed`): this member leaves its list for a new one, but first reads it up
+    /// to its `Seal` (appending nothing more), so that it holds what any member delivered
+    /// there (`drained`).
+    draining: bool,
+    /// `evs` (`agreed`): this member leaves its list and appends a `Seal` to it (unless it
+    /// learns one first).
+    seal_wanted: bool,
+    /// `evs`: the position of the first `Seal` learned in this list.
+    sealed_at: Option<u64>,
     /// `evs`: delivery up to this position needs no other member to hold it.
     force_until: Option<u64>,
     settings: OrderedSettings,
@@ -618,6 +633,7 @@ impl OrderedMember {
             m.evs = Some(EvsList {
                 epoch: EpochId::FIRST,
                 from: None,
+                hold_join: false,
                 side: sorted.clone(),
                 founder: false,
                 gather_deadline: 0,
@@ -680,6 +696,7 @@ impl OrderedMember {
         m.evs = Some(EvsList {
             epoch,
             from,
+            hold_join: false,
             founder: side.first() == Some(&node),
             side,
             gather_deadline: now + m.settings.gather_timeout,
@@ -717,6 +734,9 @@ impl OrderedMember {
             memnode: MEMNODE,
             evs: None,
             frozen: false,
+            draining: false,
+            seal_wanted: false,
+            sealed_at: None,
             force_until: None,
             coord,
             status: Status::Joining,
@@ -1136,6 +1156,73 @@ impl OrderedMember {
     /// timers; what it delivers from now on is its transitional part.
     pub(crate) fn freeze(&mut self) {
         self.frozen = true;
+        self.draining = false;
+    }
+
+    /// `evs` (`agreed`): this member leaves its list for a new list epoch once it has read
+    /// the list up to its first `Seal` (it appends one itself unless one is there; the
+    /// first counts) and holds everything before it; until then it appends nothing more
+    /// and reads, learns and delivers on. The owner freezes it once [`Self::drained`].
+    pub(crate) fn drain(&mut self, now: Time) {
+        if self.frozen || self.status != Status::Active {
+            return;
+        }
+        self.draining = true;
+        self.seal_wanted = self.sealed_at.is_none();
+        self.read_now = true;
+        self.drive(now);
+    }
+
+    /// `evs`: whether a draining member is done (it holds its list up to the `Seal`, and
+    /// no append of its own is in flight), or is no member to drain any more.
+    pub(crate) fn drained(&self) -> bool {
+        if self.frozen || self.status != Status::Active {
+            return true;
+        }
+        self.sealed_at.is_some_and(|s| self.held_upto >= s)
+            && self.appends.is_empty()
+            && !self.pending_uncertain
+            && !matches!(self.list_op, Some((_, ListOp::Seal { .. })))
+    }
+
+    /// Every own append settled: none in flight, no outcome unknown.
+    fn drained_settled(&self) -> bool {
+        self.appends.is_empty() && !self.pending_uncertain
+    }
+
+    /// `evs`: this member appends its `EvsJoin` only once [`Self::set_join_from`] said
+    /// where it comes from.
+    pub(crate) fn hold_join(&mut self) {
+        if let Some(evs) = self.evs.as_mut() {
+            evs.hold_join = true;
+        }
+    }
+
+    /// `evs`: where this joiner comes from; its `EvsJoin` goes now.
+    pub(crate) fn set_join_from(&mut self, now: Time, from: Option<JoinFrom>) {
+        let Some(evs) = self.evs.as_mut() else { return };
+        if !evs.hold_join {
+            return;
+        }
+        evs.hold_join = false;
+        evs.from = from;
+        self.drive(now);
+    }
+
+    /// `evs`: whether this joiner still waits to know where it comes from.
+    pub(crate) fn join_held(&self) -> bool {
+        self.evs.as_ref().is_some_and(|e| e.hold_join)
+    }
+
+    /// `evs`: whether this member (draining its list) should append a `Seal` now.
+    fn seal_due(&self) -> bool {
+        self.seal_wanted
+            && self.status == Status::Active
+            && self.sealed_at.is_none()
+            && self.appends.is_empty()
+            && !self.pending_uncertain
+            && self.known_tail != u64::MAX
+            && self.learned >= self.known_tail
     }
 
     /// `evs`: a frozen member delivers its list up to `end` (the end of its transitional
@@ -1158,11 +1245,38 @@ impl OrderedMember {
     /// only the members that stay in this list may deliver them).
     pub(crate) fn unsent_own(&self) -> (Vec<(Vec<u8>, bool)>, usize) {
         let formed: usize = self.batches.iter().map(|b| usize::from(b.count)).sum();
-        let unsent: Vec<(Vec<u8>, bool)> = self
-            .outgoing
-            .iter()
-            .skip(formed)
-            .filter_map(|&(seq, safe)| {
+        // Past the list's `Seal` nobody delivers: those of its own messages went nowhere.
+        // Once drained (every own append settled), a formed batch still unconfirmed was
+        // never appended either.
+        let mut seqs: Vec<(u64, bool)> = Vec::new();
+        if let Some(seal) = self.sealed_at {
+            for l in self
+                .buffer
+                .iter()
+                .filter(|l| l.entry.pos > seal && l.entry.node == self.node)
+            {
+                if let EntryKind::Data {
+                    epoch,
+                    first_seq,
+                    count,
+                    safe,
+                } = l.entry.kind
+                {
+                    if epoch == self.join_pos {
+                        seqs.extend((first_seq..first_seq + u64::from(count)).map(|q| (q, safe)));
+                    }
+                }
+            }
+        }
+        let skip = if self.sealed_at.is_some() && self.drained_settled() {
+            0
+        } else {
+            formed
+        };
+        seqs.extend(self.outgoing.iter().skip(skip).copied());
+        let unsent: Vec<(Vec<u8>, bool)> = seqs
+            .into_iter()
+            .filter_map(|(seq, safe)| {
                 self.payloads
                     .get(&(self.node, self.join_pos, seq))
                     .map(|b| (b.clone(), safe))
@@ -1615,34 +1729,8 @@ impl OrderedMember {
                 self.learn(now, e);
                 self.known_tail = self.known_tail.max(self.learned);
             }
-            (ListOp::Install { at }, Ok(_)) => {
-                self.counters.appends_committed += 1;
-                if at == self.learned {
-                    let e = Entry {
-                        pos: at,
-                        node: self.node,
-                        kind: EntryKind::Install,
-                    };
-                    self.learn(now, e);
-                    self.known_tail = self.known_tail.max(self.learned);
-                } else {
-                    self.read_now = true;
-                }
-            }
-            (ListOp::Install { at }, Err(TxnError::Conflict { reads, .. })) => {
-                self.counters.append_conflicts += 1;
-                let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
-                if let Some(reads) = all {
-                    self.on_read(now, at, &reads);
-                }
-                self.read_now = true;
-            }
-            (ListOp::Install { .. }, Err(e)) => {
-                if e == TxnError::Unavailable {
-                    self.pending_uncertain = true;
-                }
-                self.txn_failed(now, &e);
-            }
+            (ListOp::Install { at }, result) => self.own_entry_outcome(now, at, EntryKind::Install, result),
+            (ListOp::Seal { at }, result) => self.own_entry_outcome(now, at, EntryKind::Seal, result),
             (ListOp::Restart { entries, .. }, Ok(_)) => {
                 self.counters.appends_committed += 1;
                 // Learning its own `Restart` installs the empty state (`learn`).
@@ -1690,6 +1778,64 @@ impl OrderedMember {
             (ListOp::Join { .. }, Err(e)) => {
                 if e == TxnError::Unavailable {
                     // Maybe appended: read up to the tail before appending again.
+                    self.pending_uncertain = true;
+                }
+                self.txn_failed(now, &e);
+            }
+        }
+    }
+
+    /// Appends a lone entry of this member's own (`Install`, `Seal`) at the learned tail,
+    /// reading the entries from there (what it lost the compare to).
+    fn append_own_entry(&mut self, now: Time, kind: EntryKind, op: ListOp) {
+        let at = self.learned;
+        let e = Entry {
+            pos: at,
+            node: self.node,
+            kind,
+        };
+        let mtx = self
+            .reads_from(at, u64::from(self.settings.read_batch))
+            .compare(self.list_addr_tail(), &at.to_le_bytes())
+            .write(self.list_addr(at), &e.encode())
+            .write(self.list_addr_tail(), &(at + 1).to_le_bytes());
+        self.counters.appends += 1;
+        self.submit_list_op(now, &mtx, op);
+    }
+
+    /// The outcome of a lone entry of this member's own (`Install`, `Seal`) at `at`.
+    fn own_entry_outcome(
+        &mut self,
+        now: Time,
+        at: u64,
+        kind: EntryKind,
+        result: Result<Vec<Vec<u8>>, TxnError>,
+    ) {
+        match result {
+            Ok(_) => {
+                self.counters.appends_committed += 1;
+                if at == self.learned {
+                    let e = Entry {
+                        pos: at,
+                        node: self.node,
+                        kind,
+                    };
+                    self.learn(now, e);
+                    self.known_tail = self.known_tail.max(self.learned);
+                } else {
+                    self.read_now = true;
+                }
+            }
+            Err(TxnError::Conflict { reads, .. }) => {
+                self.counters.append_conflicts += 1;
+                let all: Option<Vec<Vec<u8>>> = reads.into_iter().collect();
+                if let Some(reads) = all {
+                    self.on_read(now, at, &reads);
+                }
+                self.read_now = true;
+            }
+            Err(e) => {
+                if e == TxnError::Unavailable {
                     self.pending_uncertain = true;
                 }
                 self.txn_failed(now, &e);
@@ -2085,6 +2231,10 @@ impl OrderedMember {
                         evs.install_learned = true;
                     }
                 }
+                if e.kind == EntryKind::Seal && self.sealed_at.is_none() {
+                    self.sealed_at = Some(e.pos);
+                    self.seal_wanted = false;
+                }
                 self.learn_view.apply(&e, self.settings.max_members);
                 if let (EntryKind::Data { epoch, first_seq, .. }, Some(&b)) = (e.kind, self.batches.front()) {
                     if e.node == self.node && epoch == self.join_pos && first_seq == b.first_seq {
@@ -2214,6 +2364,10 @@ impl OrderedMember {
     fn drive(&mut self, now: Time) {
         if self.status == Status::Removed || self.frozen {
             return;
+        }
+        if self.draining && !self.drained() {
+            // Until the `Seal` and everything before it are here, read on.
+            self.read_now = true;
         }
         self.deliver(now);
         if self.left_behind(now) {
@@ -2411,6 +2565,9 @@ impl OrderedMember {
                 }
                 // A `majority` group's entries: not in an `evs` list.
                 EntryKind::Join | EntryKind::Restart => {}
+                // Its founder left the list before this member's configuration began
+                // there: nothing after it is delivered (the next side moves it on).
+                EntryKind::Seal => return,
             }
             self.pop_delivered();
         }
@@ -2435,8 +2592,13 @@ impl OrderedMember {
                 Some(_) => true,
                 None => false,
             };
-            // `evs`: every entry waits until every member holds it, so that members moving
-            // together to a new list all hold what any of them delivered (docs/ordered.md).
+            // `evs`: nothing is delivered from the list's `Seal` on.
+            if e.kind == EntryKind::Seal {
+                break;
+            }
+            // `evs`: a membership entry waits until every member holds it (data entries
+            // under `agreed` delivery do not: the seal makes the movers hold what any of
+            // them delivered; docs/ordered.md).
             if evs && !forced && !matches!(e.kind, EntryKind::Data { .. }) && !self.all_hold(e.pos) {
                 if self.safe_waiting != Some(e.pos) {
                     self.safe_waiting = Some(e.pos);
@@ -2473,8 +2635,10 @@ impl OrderedMember {
                     if e.pos >= self.held_upto && self.missing(&e).is_some() {
                         break;
                     }
-                    // `safe`, and every entry of an `evs` list: see `all_hold`.
-                    if (safe || evs) && !forced && !self.all_hold(e.pos) {
+                    // `safe`, and every entry of an `evs` list unless its delivery is
+                    // `agreed`: see `all_hold`.
+                    let waits = safe || (evs && !self.settings.evs_agreed);
+                    if waits && !forced && !self.all_hold(e.pos) {
                         if self.safe_waiting != Some(e.pos) {
                             self.safe_waiting = Some(e.pos);
                             self.counters.safe_waits += 1;
@@ -2561,6 +2725,8 @@ impl OrderedMember {
                     self.view_event(e.pos, Some(e.node), None);
                 }
                 EntryKind::Install => self.pop_delivered(),
+                // Stopped at above.
+                EntryKind::Seal => break,
                 EntryKind::Restart => {
                     // The group restarted from an empty state without this member (it was
                     // presumed crashed): its state is not the group's from here on, so it
@@ -2789,6 +2955,7 @@ impl OrderedMember {
             && self.status == Status::Joining
             && !self.pending_uncertain
             && self.known_tail != u64::MAX
+            && !self.evs.as_ref().is_some_and(|e| e.hold_join)
         {
             if self.learned < self.known_tail {
                 // Conflict told us a newer tail: append there.
@@ -2814,18 +2981,12 @@ impl OrderedMember {
         }
         if !reading && self.install_due(now) {
             let at = self.learned;
-            let e = Entry {
-                pos: at,
-                node: self.node,
-                kind: EntryKind::Install,
-            };
-            let mtx = self
-                .reads_from(at, u64::from(self.settings.read_batch))
-                .compare(self.list_addr_tail(), &at.to_le_bytes())
-                .write(self.list_addr(at), &e.encode())
-                .write(self.list_addr_tail(), &(at + 1).to_le_bytes());
-            self.counters.appends += 1;
-            self.submit_list_op(now, &mtx, ListOp::Install { at });
+            self.append_own_entry(now, EntryKind::Install, ListOp::Install { at });
+            return;
+        }
+        if !reading && self.seal_due() {
+            let at = self.learned;
+            self.append_own_entry(now, EntryKind::Seal, ListOp::Seal { at });
             return;
         }
         if !reading && self.restart_due() {
@@ -2949,6 +3110,8 @@ impl OrderedMember {
     /// that timer only when this holds.
     fn may_append(&self) -> bool {
         self.status == Status::Active
+            && !self.draining
+            && self.sealed_at.is_none()
             && !self.pending_uncertain
             && !self.chain_broken
             && (self.learned >= self.known_tail || !self.appends.is_empty())

@@ -138,6 +138,12 @@ pub struct OrderedSettings {
     /// missed a tell). Longer: fewer writes at the memory node under load; the record lags
     /// further.
     pub progress_interval: Time,
+    /// `evs` groups: deliver a message that is not `safe` once its place in the order is
+    /// known (agreed order, as Corosync's CPG), instead of once every member holds it.
+    /// The old list's `Seal` keeps the transitional rule (members moving together
+    /// delivered the same set) when its founder moves with them; a side without the
+    /// founder may move a member that holds less than another delivered alone.
+    pub evs_agreed: bool,
     /// A payload missing this long after its entry was learned is read from its sender's
     /// queue. Shorter: more repair reads that race dissemination.
     pub repair_delay: Time,
@@ -185,6 +191,7 @@ impl Default for OrderedSettings {
             max_held: 8192,
             poll_interval: 2 * MILLIS,
             progress_interval: 2 * MILLIS,
+            evs_agreed: false,
             repair_delay: 20 * MILLIS,
             retransmit: 20 * MILLIS,
             install_timeout: 2_000 * MILLIS,
