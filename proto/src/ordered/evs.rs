@@ -239,7 +239,7 @@ impl EvsMember {
             // others read up to it. Half the founder's `gather_timeout` at most, so that
             // a drain that cannot end still joins before the founder installs.
             if let Some((m, _)) = self.installed.as_mut() {
-                m.drain(now);
+                m.drain_to_seal(now);
             }
             if self.drain_deadline.is_none() {
                 self.drain_deadline = Some(now + self.settings.gather_timeout / 2);

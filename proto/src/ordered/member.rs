@@ -460,9 +460,6 @@ pub struct OrderedMember {
     /// to its `Seal` (appending nothing more), so that it holds what any member delivered
     /// there (`drained`).
     draining: bool,
-    /// `evs` (`agreed`): this member leaves its list and appends a `Seal` to it (unless it
-    /// learns one first).
-    seal_wanted: bool,
     /// `evs`: the position of the first `Seal` learned in this list.
     sealed_at: Option<u64>,
     /// `evs`: delivery up to this position needs no other member to hold it.
@@ -735,7 +732,6 @@ impl OrderedMember {
             evs: None,
             frozen: false,
             draining: false,
-            seal_wanted: false,
             sealed_at: None,
             force_until: None,
             coord,
@@ -1163,12 +1159,11 @@ impl OrderedMember {
     /// the list up to its first `Seal` (it appends one itself unless one is there; the
     /// first counts) and holds everything before it; until then it appends nothing more
     /// and reads, learns and delivers on. The owner freezes it once [`Self::drained`].
-    pub(crate) fn drain(&mut self, now: Time) {
+    pub(crate) fn drain_to_seal(&mut self, now: Time) {
         if self.frozen || self.status != Status::Active {
             return;
         }
         self.draining = true;
-        self.seal_wanted = self.sealed_at.is_none();
         self.read_now = true;
         self.drive(now);
     }
@@ -1180,13 +1175,12 @@ impl OrderedMember {
             return true;
         }
         self.sealed_at.is_some_and(|s| self.held_upto >= s)
-            && self.appends.is_empty()
-            && !self.pending_uncertain
+            && self.appends_settled()
             && !matches!(self.list_op, Some((_, ListOp::Seal { .. })))
     }
 
     /// Every own append settled: none in flight, no outcome unknown.
-    fn drained_settled(&self) -> bool {
+    fn appends_settled(&self) -> bool {
         self.appends.is_empty() && !self.pending_uncertain
     }
 
@@ -1214,13 +1208,13 @@ impl OrderedMember {
         self.evs.as_ref().is_some_and(|e| e.hold_join)
     }
 
-    /// `evs`: whether this member (draining its list) should append a `Seal` now.
+    /// `evs`: whether this member, draining its list, should append a `Seal` now (none
+    /// learned yet).
     fn seal_due(&self) -> bool {
-        self.seal_wanted
+        self.draining
             && self.status == Status::Active
             && self.sealed_at.is_none()
-            && self.appends.is_empty()
-            && !self.pending_uncertain
+            && self.appends_settled()
             && self.known_tail != u64::MAX
             && self.learned >= self.known_tail
     }
@@ -1268,7 +1262,7 @@ impl OrderedMember {
                 }
             }
         }
-        let skip = if self.sealed_at.is_some() && self.drained_settled() {
+        let skip = if self.sealed_at.is_some() && self.appends_settled() {
             0
         } else {
             formed
@@ -2233,7 +2227,6 @@ impl OrderedMember {
                 }
                 if e.kind == EntryKind::Seal && self.sealed_at.is_none() {
                     self.sealed_at = Some(e.pos);
-                    self.seal_wanted = false;
                 }
                 self.learn_view.apply(&e, self.settings.max_members);
                 if let (EntryKind::Data { epoch, first_seq, .. }, Some(&b)) = (e.kind, self.batches.front()) {
