@@ -278,7 +278,11 @@ static int member_main(const char *group, unsigned want_members, unsigned sender
 		pump(h, fd, 0);
 	}
 	free(buf);
-	deadline = now_ns() + (uint64_t)(timeout * 1e9);
+	/* A member that does not send waits for the senders' END from the end of the sending
+	 * window, not from now: counted from its join, a run of --duration 60 or more timed out
+	 * (60 s by default) just as the END came. */
+	uint64_t t = now_ns();
+	deadline = (t > end ? t : end) + (uint64_t)(timeout * 1e9);
 	while (m.ends < senders) {
 		if (now_ns() > deadline) {
 			fprintf(stderr, "cpgload: END seen from %u of %u senders\n", m.ends, senders);
