@@ -1287,7 +1287,8 @@ impl Cluster {
     }
 
     /// Receives, runs due timers, sends what the node wants sent and hands its events to
-    /// `on_event`. Returns how much work it did (0 = idle).
+    /// `on_event`; a poll that finds events ready before any I/O hands out only those (the
+    /// next one does the rest). Returns how much work it did (0 = idle).
     pub fn poll(&mut self, on_event: &mut dyn FnMut(ClusterEvent<'_>)) -> usize {
         // What the node made deliverable since the last poll without any I/O (a local
         // submit to an `evs` list whose memory node is ours, under agreed delivery) is

@@ -64,6 +64,33 @@ fn poll(c: &mut Cluster) -> Vec<Seen> {
     seen
 }
 
+/// Daemons 1 and 2, polled until daemon 1's cluster view holds both (bounded: 10 s).
+fn two_daemons() -> (Cluster, Cluster) {
+    let mut a = open(1, None);
+    let mut b = open(2, Some(a.local_addr().port()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a_view_of_two(&a.members_text("")) {
+        assert!(
+            Instant::now() < deadline,
+            "no view of two: {}",
+            a.members_text("")
+        );
+        poll(&mut a);
+        poll(&mut b);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    (a, b)
+}
+
+/// Polls both for about 20 ms, so that whatever earlier steps left to send is out.
+fn settle(a: &mut Cluster, b: &mut Cluster) {
+    for _ in 0..20 {
+        poll(a);
+        poll(b);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Polls both until `done` holds of what each has seen so far (bounded: 10 s).
 fn pump_until(a: &mut Cluster, b: &mut Cluster, what: &str, mut done: impl FnMut(&[Seen], &[Seen]) -> bool) {
     let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
@@ -86,20 +113,8 @@ fn has_view(seen: &[Seen], members: usize) -> bool {
 
 #[test]
 fn a_founders_own_agreed_message_is_delivered_before_its_datagrams_go_out() {
-    let mut a = open(1, None);
-    let mut b = open(2, Some(a.local_addr().port()));
+    let (mut a, mut b) = two_daemons();
     // Daemon 1 joins first: its node hosts the list's memory node (the founder).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !a_view_of_two(&a.members_text("")) {
-        assert!(
-            Instant::now() < deadline,
-            "no view of two: {}",
-            a.members_text("")
-        );
-        poll(&mut a);
-        poll(&mut b);
-        std::thread::sleep(Duration::from_micros(200));
-    }
     assert!(!a.join_ordered(GROUP, true).unwrap());
     pump_until(&mut a, &mut b, "daemon 1's view of the group", |sa, _| {
         has_view(sa, 1)
@@ -109,11 +124,7 @@ fn a_founders_own_agreed_message_is_delivered_before_its_datagrams_go_out() {
         has_view(sa, 2) && has_view(sb, 2)
     });
     // Quiet: whatever the join left to send is out.
-    for _ in 0..20 {
-        poll(&mut a);
-        poll(&mut b);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    settle(&mut a, &mut b);
 
     let before = a.stats().datagrams_out;
     a.submit_ordered(GROUP, SESSION, b"first", false)
@@ -184,19 +195,7 @@ fn a_view_of_two(text: &str) -> bool {
 fn a_multicast_publish_goes_out_on_the_poll_after_it() {
     // Bimodal groups deliver locally from the publish itself, not through the node's
     // events: their datagrams are not held back a poll by the early hand-out above.
-    let mut a = open(1, None);
-    let mut b = open(2, Some(a.local_addr().port()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !a_view_of_two(&a.members_text("")) {
-        assert!(
-            Instant::now() < deadline,
-            "no view of two: {}",
-            a.members_text("")
-        );
-        poll(&mut a);
-        poll(&mut b);
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let (mut a, mut b) = two_daemons();
     a.join(MULTICAST);
     b.join(MULTICAST);
     // Until daemon 1 knows daemon 2 is in the group, a publish reaches nobody: publish
@@ -213,11 +212,7 @@ fn a_multicast_publish_goes_out_on_the_poll_after_it() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    for _ in 0..20 {
-        poll(&mut a);
-        poll(&mut b);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    settle(&mut a, &mut b);
     let before = a.stats().datagrams_out;
     let now = a.now();
     a.submit(now, MULTICAST, SESSION, b"measured", false, |_| {});
