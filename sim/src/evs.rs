@@ -1,6 +1,7 @@
 //! The `evs` world (`tutti-sim --partition-policy evs`): Nodes hosting one ordered group
 //! under partition policy `evs` over a network with loss, duplication and jittered latency,
-//! cut into two sides and healed once or twice while every node sends. Its checker checks
+//! cut into two sides and healed once or twice while every node sends, in half the seeds with
+//! a node's crash (and mostly its restart as a new incarnation). Its checker checks
 //! the guarantees of extended virtual synchrony as `proto/tests/ordered_evs.rs` defines
 //! them, on what the application sees (`Event::OrderedDeliver` and
 //! `Event::OrderedConfiguration`):
@@ -52,6 +53,19 @@ pub struct EvsScenario {
     pub partitions: Vec<(Time, Vec<Vec<NodeId>>, Time)>,
     /// Agreed delivery (`OrderedSettings::evs_agreed`): the odd seeds.
     pub agreed: bool,
+    /// A node's crash (and maybe its restart), as `kill -9` of a daemon and its restart.
+    pub crash: Option<EvsCrash>,
+}
+
+/// A crash of `node` at `at` (relative to the workload's start): its state goes, and so do
+/// the packets that reach it while it is down. With `restart`, a new incarnation of it
+/// starts then, joins the cluster and, once its view holds another node, the group again:
+/// a new process of the group as far as the application and the checker are concerned.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvsCrash {
+    pub node: NodeId,
+    pub at: Time,
+    pub restart: Option<Time>,
 }
 
 impl EvsScenario {
@@ -74,7 +88,7 @@ impl EvsScenario {
             partitions.push((at, sides, heal));
             at = heal + rng.gen_range(200..600) * MILLIS;
         }
-        EvsScenario {
+        let mut sc = EvsScenario {
             seed,
             nodes,
             loss: [0.0, 0.01, 0.03][rng.gen_range(0..3)],
@@ -84,7 +98,22 @@ impl EvsScenario {
             send_for: at,
             partitions,
             agreed: seed % 2 == 1,
+            crash: None,
+        };
+        // Drawn last, so that a seed's other faults are those it had before crashes came
+        // in. Half the seeds crash a node, half of those node 1: the founder of the first
+        // list and of every side it is in, i.e. the host of its list's memory node.
+        if rng.gen_bool(0.5) {
+            let node = if rng.gen_bool(0.5) {
+                1
+            } else {
+                rng.gen_range(1..=nodes)
+            };
+            let at = rng.gen_range(20..at / MILLIS) * MILLIS;
+            let restart = rng.gen_bool(0.7).then(|| at + rng.gen_range(30..600) * MILLIS);
+            sc.crash = Some(EvsCrash { node, at, restart });
         }
+        sc
     }
 
     pub fn describe(&self) -> String {
@@ -93,8 +122,20 @@ impl EvsScenario {
             .iter()
             .map(|(a, s, h)| format!("{:?} {}-{} ms", s, a / MILLIS, h / MILLIS))
             .collect();
+        let crash = match &self.crash {
+            None => "none".to_string(),
+            Some(c) => format!(
+                "node {} at {} ms, {}",
+                c.node,
+                c.at / MILLIS,
+                c.restart.map_or("no restart".to_string(), |r| format!(
+                    "restarted at {} ms",
+                    r / MILLIS
+                ))
+            ),
+        };
         format!(
-            "{} nodes, {} delivery, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}",
+            "{} nodes, {} delivery, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}, crash {}",
             self.nodes,
             if self.agreed { "agreed" } else { "safe" },
             self.loss,
@@ -102,7 +143,8 @@ impl EvsScenario {
             self.latency_max / MICROS,
             self.send_every / MILLIS,
             self.send_for / MILLIS,
-            cuts.join(", ")
+            cuts.join(", "),
+            crash
         )
     }
 }
@@ -205,8 +247,23 @@ pub struct EvsSim {
     /// Side of each node (all 0 when whole).
     side: BTreeMap<NodeId, usize>,
     logs: BTreeMap<NodeId, NodeLog>,
+    /// The logs of crashed incarnations, each a process of its own.
+    dead: Vec<(NodeId, NodeLog)>,
+    /// Restarted nodes that have not joined the group yet.
+    to_join: BTreeSet<NodeId>,
     next_seq: BTreeMap<NodeId, u64>,
     report: EvsReport,
+    /// `TUTTI_SIM_EVS_TRACE` set: configurations, crashes and restarts go to stderr.
+    trace: bool,
+}
+
+/// What the workload does at a time: cut the network into sides, heal it, crash a node,
+/// restart it.
+enum Fault {
+    Cut(Vec<Vec<NodeId>>),
+    Heal,
+    Crash(NodeId),
+    Restart(NodeId),
 }
 
 impl EvsSim {
@@ -234,6 +291,9 @@ impl EvsSim {
             },
             side: ids.iter().map(|&n| (n, 0)).collect(),
             logs: ids.iter().map(|&n| (n, NodeLog::default())).collect(),
+            dead: Vec::new(),
+            to_join: BTreeSet::new(),
+            trace: std::env::var_os("TUTTI_SIM_EVS_TRACE").is_some(),
             next_seq: ids.iter().map(|&n| (n, 0)).collect(),
             sc,
             now: 0,
@@ -261,6 +321,7 @@ impl EvsSim {
         while self.now < until {
             self.now += MILLIS.min(until - self.now).max(1);
             let now = self.now;
+            self.join_restarted();
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             loop {
                 let due = self.net.peek().is_some_and(|Reverse((at, ..))| *at <= now);
@@ -290,6 +351,68 @@ impl EvsSim {
                 self.drain(id);
             }
         }
+    }
+
+    /// A restarted node joins the group once its view holds another node (an application
+    /// that joins as soon as its daemon is back in the cluster).
+    fn join_restarted(&mut self) {
+        let ready: Vec<NodeId> = self
+            .to_join
+            .iter()
+            .copied()
+            .filter(|id| self.nodes.get(id).is_some_and(|n| n.view().members.len() > 1))
+            .collect();
+        for id in ready {
+            self.to_join.remove(&id);
+            let settings = self.group_settings();
+            let now = self.now;
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.join_ordered(now, GROUP, settings)
+                    .expect("evs settings are valid");
+            }
+            self.drain(id);
+        }
+    }
+
+    fn group_settings(&self) -> OrderedSettings {
+        OrderedSettings {
+            evs_agreed: self.sc.agreed,
+            ..evs_settings()
+        }
+    }
+
+    /// `kill -9`: the node's state goes; its log becomes a crashed process's.
+    fn crash(&mut self, id: NodeId) {
+        if self.nodes.remove(&id).is_none() {
+            return;
+        }
+        self.to_join.remove(&id);
+        if self.trace {
+            eprintln!("[{} us] node {id} crashes", self.now / MICROS);
+        }
+        let log = self.logs.remove(&id).unwrap_or_default();
+        self.dead.push((id, log));
+    }
+
+    /// A new incarnation of a crashed node: a new process, which joins the group again.
+    fn restart(&mut self, id: NodeId) {
+        if self.nodes.contains_key(&id) {
+            return;
+        }
+        let incarnation = 1 + self.dead.iter().filter(|(n, _)| *n == id).count() as u32;
+        let ids: Vec<NodeId> = (1..=self.sc.nodes).collect();
+        let seed = self.sc.seed.wrapping_mul(31) ^ u64::from(id) ^ u64::from(incarnation) << 40;
+        if self.trace {
+            eprintln!(
+                "[{} us] node {id} restarts (incarnation {incarnation})",
+                self.now / MICROS
+            );
+        }
+        let n = Node::new(id, incarnation, &ids, node_settings(), self.now, seed);
+        self.nodes.insert(id, n);
+        self.logs.insert(id, NodeLog::default());
+        self.to_join.insert(id);
+        self.drain(id);
     }
 
     fn drain(&mut self, id: NodeId) {
@@ -331,6 +454,14 @@ impl EvsSim {
         match e {
             Event::OrderedConfiguration { config, .. } => {
                 let key: ConfKey = (config.epoch, config.position, config.members.clone());
+                if self.trace {
+                    let kind = if config.transitional {
+                        "transitional"
+                    } else {
+                        "regular"
+                    };
+                    eprintln!("[{} us] node {id}: {kind} {key:?}", self.now / MICROS);
+                }
                 if config.transitional {
                     self.report.transitional += 1;
                     let last = self
@@ -423,7 +554,15 @@ impl EvsSim {
                 self.report.submitted += 1;
                 self.next_seq.insert(id, seq + 1);
             }
-            Err(_) => self.report.refused += 1,
+            Err(e) => {
+                if self.trace {
+                    eprintln!(
+                        "[{} us] node {id}: submit of seq {seq} refused: {e:?}",
+                        self.now / MICROS
+                    );
+                }
+                self.report.refused += 1
+            }
         }
         self.drain(id);
     }
@@ -447,38 +586,49 @@ impl EvsSim {
             self.step_until(self.now + 10 * MILLIS);
         }
         let now = self.now;
+        let settings = self.group_settings();
         for n in self.nodes.values_mut() {
-            let settings = OrderedSettings {
-                evs_agreed: self.sc.agreed,
-                ..evs_settings()
-            };
-            n.join_ordered(now, GROUP, settings)
+            n.join_ordered(now, GROUP, settings.clone())
                 .expect("evs settings are valid");
         }
         let deadline = self.now + SETTLE;
         while self.now < deadline && !self.configured(&all) {
             self.step_until(self.now + 10 * MILLIS);
         }
-        // The workload, with the cuts and heals.
+        // The workload, with the cuts and heals, the crash and the restart.
         let start = self.now;
-        let mut events: Vec<(Time, Option<Vec<Vec<NodeId>>>)> = Vec::new();
+        let mut events: Vec<(Time, Fault)> = Vec::new();
         for (at, sides, heal) in self.sc.partitions.clone() {
-            events.push((start + at, Some(sides)));
-            events.push((start + heal, None));
+            events.push((start + at, Fault::Cut(sides)));
+            events.push((start + heal, Fault::Heal));
         }
+        if let Some(c) = self.sc.crash.clone() {
+            events.push((start + c.at, Fault::Crash(c.node)));
+            if let Some(r) = c.restart {
+                events.push((start + r, Fault::Restart(c.node)));
+            }
+        }
+        events.sort_by_key(|(t, _)| *t);
         let mut next_send = start;
-        while self.now < start + self.sc.send_for {
+        while self.now < start + self.sc.send_for || !events.is_empty() {
             while events.first().is_some_and(|(t, _)| *t <= self.now) {
-                let (_, cut) = events.remove(0);
-                self.side = all.iter().map(|&n| (n, 0)).collect();
-                for (i, s) in cut.into_iter().flatten().enumerate() {
-                    for n in s {
-                        self.side.insert(n, i);
+                match events.remove(0).1 {
+                    Fault::Cut(sides) => {
+                        self.side = all.iter().map(|&n| (n, 0)).collect();
+                        for (i, s) in sides.into_iter().enumerate() {
+                            for n in s {
+                                self.side.insert(n, i);
+                            }
+                        }
                     }
+                    Fault::Heal => self.side = all.iter().map(|&n| (n, 0)).collect(),
+                    Fault::Crash(id) => self.crash(id),
+                    Fault::Restart(id) => self.restart(id),
                 }
             }
-            if self.now >= next_send {
-                for &id in &all {
+            if self.now < start + self.sc.send_for && self.now >= next_send {
+                let live: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in live {
                     self.submit(id);
                 }
                 next_send += self.sc.send_every;
@@ -486,7 +636,9 @@ impl EvsSim {
             self.step_until(self.now + MILLIS);
         }
         self.side = all.iter().map(|&n| (n, 0)).collect();
-        // Liveness: one configuration of all, then one more message from each reaches all.
+        // Liveness: the live nodes in one configuration of them all, then one more message
+        // from each reaches all.
+        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
         let deadline = self.now + SETTLE;
         while self.now < deadline && !self.configured(&all) {
             self.step_until(self.now + 10 * MILLIS);
@@ -507,7 +659,27 @@ impl EvsSim {
             }
             if !reached(&self) {
                 self.report.violations.liveness += 1;
-                self.violation("the last messages did not reach every node".into());
+                let missing: Vec<(NodeId, MsgId)> = all
+                    .iter()
+                    .flat_map(|&id| last.iter().map(move |&m| (id, m)))
+                    .filter(|(id, m)| !self.logs[id].seen.contains(m))
+                    .collect();
+                self.violation(format!(
+                    "the last messages did not reach every node: (node, message) {missing:?}"
+                ));
+                if self.trace {
+                    for (id, n) in &self.nodes {
+                        let m = n.evs_member(GROUP);
+                        eprintln!(
+                            "node {id}: epoch {:?} delivered {:?} learned {:?} {}",
+                            m.and_then(|m| m.epoch()),
+                            m.and_then(|m| m.current()).map(|c| c.delivered()),
+                            m.and_then(|m| m.current()).map(|c| c.learned()),
+                            m.and_then(|m| m.current())
+                                .map_or(String::new(), |c| c.describe())
+                        );
+                    }
+                }
             }
         } else {
             self.report.violations.liveness += 1;
@@ -544,18 +716,22 @@ impl EvsSim {
         let mut bad = Vec::new();
         // Configuration -> (node, its stretch there, the transitional key after it).
         let mut by_conf: BTreeMap<ConfKey, Vec<Passage<'_>>> = BTreeMap::new();
-        for (&id, log) in &self.logs {
+        let live = self.logs.iter().map(|(&id, log)| (id, log, true));
+        let dead = self.dead.iter().map(|(id, log)| (*id, log, false));
+        for (id, log, alive) in live.chain(dead) {
             for (i, s) in log.stretches.iter().enumerate() {
                 if s.transitional {
                     continue;
                 }
-                // The transitional configuration it moved through; for a node's last
-                // configuration, that one (after the liveness check every node is in it
-                // and delivered everything: their sets there must be equal too).
+                // The transitional configuration it moved through; for a live node's last
+                // configuration, that one (after the liveness check every live node is in
+                // it and delivered everything: their sets there must be equal too). A
+                // crashed process moved through nothing after its last.
                 let next = match log.stretches.get(i + 1) {
                     Some(n) if n.transitional => Some(&n.key),
                     Some(_) => None,
-                    None => Some(&s.key),
+                    None if alive => Some(&s.key),
+                    None => None,
                 };
                 by_conf.entry(s.key.clone()).or_default().push((id, s, next));
             }
@@ -584,11 +760,26 @@ impl EvsSim {
                 }
             }
         }
-        for (&id, log) in &self.logs {
+        let logs: Vec<(NodeId, &NodeLog)> = self
+            .logs
+            .iter()
+            .map(|(&id, log)| (id, log))
+            .chain(self.dead.iter().map(|(id, log)| (*id, log)))
+            .collect();
+        for &(id, log) in &logs {
             for (epoch, first) in &log.first_in {
                 for m in &first.2 {
-                    let theirs = self.logs.get(m).and_then(|l| l.first_in.get(epoch));
-                    if theirs.is_some_and(|t| t != first) {
+                    // A member of this node's first configuration had the same first
+                    // configuration, or an earlier one without this node: this node's join
+                    // landed after the founder's `Install` (a restarted node's, or one that
+                    // lost the tail race until the gather timeout) and it joined the list's
+                    // configuration as a new member (as `proto/tests/ordered_evs.rs` checks).
+                    let joined_later = |t: &ConfKey| t.1 < first.1 && !t.2.contains(&id);
+                    let theirs = logs
+                        .iter()
+                        .filter(|(n, _)| n == m)
+                        .filter_map(|(_, l)| l.first_in.get(epoch));
+                    for _ in theirs.filter(|t| *t != first && !joined_later(t)) {
                         self.report.violations.first_configuration += 1;
                         bad.push(format!(
                             "node {id} and {m}: different first configurations in {epoch:?}"

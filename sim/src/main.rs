@@ -146,7 +146,9 @@ struct Args {
     ordered_groups: Option<u32>,
     /// Run the `evs` world instead (`--partition-policy evs`): one ordered group under
     /// partition policy `evs` on 3-5 nodes, cut into two sides and healed once or twice
-    /// while every node sends (all drawn from --seed); checks extended virtual synchrony
+    /// while every node sends, in half the seeds with a node's crash and mostly its restart
+    /// (all drawn from --seed; `TUTTI_SIM_EVS_TRACE=1` prints the configurations); checks
+    /// extended virtual synchrony
     /// (no duplicate, FIFO, total order per configuration, virtual synchrony per
     /// transition, the same first configuration at a merge) and liveness.
     #[arg(long, value_name = "POLICY")]
