@@ -107,13 +107,17 @@ struct Stats {
     epochs_joined: u64,
     /// Messages their sender appended to a list it left before delivering them.
     unconfirmed: u64,
-    /// Seeds run with agreed delivery; their transitional configurations a member was
-    /// alone in, and their drains that ended at the deadline instead of the `Seal`.
+    /// Seeds run with agreed delivery, and their transitional configurations a member was
+    /// alone in.
     agreed_seeds: u64,
     agreed_alone: u64,
     /// The same count in the other seeds.
     safe_alone: u64,
+    /// Drains that ended at the deadline instead of the `Seal` (both deliveries).
     drains_timed_out: u64,
+    /// Old-list entries delivered in transitional configurations past the movers' largest
+    /// `delivered` (`EvsCounters::transitional_extended`).
+    extended: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -129,6 +133,7 @@ impl std::ops::AddAssign for Stats {
         self.agreed_alone += o.agreed_alone;
         self.safe_alone += o.safe_alone;
         self.drains_timed_out += o.drains_timed_out;
+        self.extended += o.extended;
     }
 }
 
@@ -917,10 +922,11 @@ impl Sim {
             self.stats.unconfirmed += missing.len() as u64;
             if self.settings.evs_agreed {
                 self.stats.agreed_alone += c.transitional_alone;
-                self.stats.drains_timed_out += c.drains_timed_out;
             } else {
                 self.stats.safe_alone += c.transitional_alone;
             }
+            self.stats.drains_timed_out += c.drains_timed_out;
+            self.stats.extended += c.transitional_extended;
             if c.transitional_missing != 0 || c.resend_dropped != 0 {
                 self.fail(&format!("member {id} counters {c:?}"));
             }

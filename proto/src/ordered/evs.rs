@@ -43,6 +43,9 @@ pub struct EvsCounters {
     /// Old-list entries a mover could not deliver in its transitional configuration (must
     /// stay 0).
     pub transitional_missing: u64,
+    /// Old-list entries delivered in a transitional configuration past the largest
+    /// `delivered` of its movers (what they all held while the configuration was only them).
+    pub transitional_extended: u64,
     /// Messages sent again in a new list (queued in the old one, never appended), and those
     /// dropped because the new list's `max_outgoing` was reached.
     pub resent: u64,
@@ -224,15 +227,16 @@ impl EvsMember {
         if self.gathering().and_then(OrderedMember::list_epoch) == Some(epoch) {
             return;
         }
-        // Under `agreed` delivery, with the installed list's founder (its memory node's
-        // host) on this side, the list drains first: read up to the first `Seal` a
-        // leaving member appended, so that this member holds what any member delivered
-        // there; the join goes once it did (`pump`). Otherwise leave the list where it
-        // stands: what it delivered and holds goes into the join.
-        let drain = self.settings.evs_agreed
-            && self.installed.as_ref().is_some_and(|(m, host)| {
-                side.contains(host) && m.status() == Status::Active && m.learned_members().contains(host)
-            });
+        // With the installed list's founder (its memory node's host) on this side, the
+        // list drains first: read up to the first `Seal` a leaving member appended, so
+        // that this member holds what any member delivered there (under `agreed`
+        // delivery) and everything appended before the seal (under both: what the
+        // movers all hold, the transitional configuration may deliver); the join goes
+        // once it did (`pump`). Otherwise leave the list where it stands: what it
+        // delivered and holds goes into the join.
+        let drain = self.installed.as_ref().is_some_and(|(m, host)| {
+            side.contains(host) && m.status() == Status::Active && m.learned_members().contains(host)
+        });
         let from: Option<JoinFrom> = if drain {
             // Every member that leaves appends the `Seal` (the first one counts): the
             // list is sealed as soon as any of its members saw the change, and the
@@ -575,6 +579,23 @@ impl EvsMember {
             self.counters.transitional_alone += 1;
         } else if !old.deliver_through(now, u64::from(end)) {
             self.counters.transitional_missing += 1;
+        } else if moved_with.len() == from_here.len() {
+            // Every mover from this list holds up to `held_by_all`. While the configuration
+            // they delivered (the same at each: they delivered the same prefix) is only
+            // movers, they deliver on through what they all hold, up to the first `Seal`
+            // (nobody delivers it): every member of the configuration holds each of these
+            // entries, so even a `safe` one may go, and their senders' messages appended
+            // before the seal are delivered instead of left `unconfirmed` (after a drain,
+            // that is everything before the seal). Each step is the same at every mover.
+            let held_by_all = from_here.iter().map(|(_, f)| u64::from(f.held)).min();
+            let stop = held_by_all.unwrap_or(0).min(old.sealed_at().unwrap_or(u64::MAX));
+            while old.delivered() < stop && old.delivered_members().iter().all(|n| moved_with.contains(n)) {
+                let next = old.delivered() + 1;
+                if !old.deliver_through(now, next) {
+                    break;
+                }
+                self.counters.transitional_extended += 1;
+            }
         }
         drain(old, &mut self.out);
         let position = old.delivered();

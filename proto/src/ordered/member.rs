@@ -1284,6 +1284,11 @@ impl OrderedMember {
         (unsent.clone(), undelivered.saturating_sub(unsent.len()))
     }
 
+    /// `evs`: the position of the first `Seal` learned in this list.
+    pub(crate) fn sealed_at(&self) -> Option<u64> {
+        self.sealed_at
+    }
+
     /// The view as of the last delivered entry.
     pub(crate) fn delivered_members(&self) -> Vec<NodeId> {
         self.deliver_view.nodes()
