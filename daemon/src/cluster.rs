@@ -104,8 +104,8 @@ pub struct ClusterConfig {
     /// How long a group stays joined after its last local member left (ms), so that what
     /// was published here last can still be repaired from here.
     pub linger_ms: u64,
-    /// Where the incarnation counter is kept (it must grow across restarts, even if the
-    /// clock steps back). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the
+    /// Where the incarnation counter and the largest view counter are kept (both must grow
+    /// across restarts, even if the clock steps back; see `Cluster::keep_view_counter`). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the
     /// control socket's directory.
     pub state_dir: Option<PathBuf>,
     /// The cluster key (made by `tutti keygen`, mode 0600): every datagram is then sealed
@@ -404,6 +404,23 @@ pub fn incarnation(dir: &Path, daemon: u32) -> u32 {
         );
     }
     next
+}
+
+/// The view counter this node's earlier incarnation kept in `path` (see
+/// [`Cluster::keep_view_counter`]); `None` if there is none or it does not parse.
+pub fn read_view_counter(path: &Path) -> Option<u64> {
+    let mut s = String::new();
+    std::fs::File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// Writes `counter` to `path` (through a temporary file and a rename, so that a crash
+/// leaves the old value or the new one). No `fsync`: the value must outlive the process
+/// (`kill -9`), which the page cache gives; a host crash may lose the last few.
+pub fn write_view_counter(path: &Path, counter: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp).and_then(|mut f| writeln!(f, "{counter}"))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The daemon id of a daemon started without one (`node_id` unset or 0), and how it was
@@ -712,9 +729,43 @@ pub struct Cluster {
     evs_agreed: bool,
     /// Ordered groups left locally, waiting for their queued messages: (group, deadline).
     leaving_ordered: Vec<(u64, Time)>,
+    /// Where this node's largest installed view counter is kept, and the value written
+    /// last (`keep_view_counter`).
+    view_counter_file: Option<(PathBuf, u64)>,
 }
 
 impl Cluster {
+    /// Keeps this node's largest installed view counter in `dir/view-counter-NODE` across
+    /// restarts: the node numbers its views past the one its earlier incarnation kept
+    /// there (`Node::set_view_counter_floor`), so that an `evs` list epoch it founds never
+    /// takes the name, and the memory node, of one an earlier incarnation founded (a
+    /// daemon that restarts alone starts its view counter again). Written at each view
+    /// change (the file and a rename; view changes are membership events, not per message).
+    pub fn keep_view_counter(&mut self, dir: &Path) {
+        let path = dir.join(format!("view-counter-{}", self.node.id()));
+        let floor = read_view_counter(&path).unwrap_or(0);
+        self.node.set_view_counter_floor(floor);
+        tracing::debug!(path = %path.display(), floor, "view counter kept");
+        self.view_counter_file = Some((path, floor));
+    }
+
+    /// Writes the installed view's counter if it passed the one kept (see above).
+    fn save_view_counter(&mut self, counter: u64) {
+        let Some((path, kept)) = self.view_counter_file.as_mut() else {
+            return;
+        };
+        if counter <= *kept {
+            return;
+        }
+        match write_view_counter(path, counter) {
+            Ok(()) => *kept = counter,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot keep the view counter ({e}); not trying again");
+                self.view_counter_file = None;
+            }
+        }
+    }
+
     pub fn open(
         cfg: &ClusterConfig,
         net_cfg: &NetConfig,
@@ -822,6 +873,7 @@ impl Cluster {
             cpg_evs: cfg.cpg_evs()?,
             evs_agreed: cfg.evs_agreed()?,
             leaving_ordered: Vec::new(),
+            view_counter_file: None,
         })
     }
 
@@ -1490,6 +1542,7 @@ impl Cluster {
             }
             Event::ViewChange(view) => {
                 learn_view_addresses(&mut self.peers, &view, self.node.id());
+                self.save_view_counter(view.id.counter);
                 self.stats.view_changes += 1;
                 self.stats.view_members = view.members.len() as u64;
                 let daemons: Vec<String> = view.members.iter().map(|m| format!("{}", m.node >> 8)).collect();

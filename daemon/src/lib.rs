@@ -98,7 +98,7 @@ pub fn run(mut config: Config, supervisor: supervise::Supervisor) -> Result<i32,
         unsafe { ShardDoorbell::init(doorbell_map.as_ptr(), doorbell_map.len()) }
             .map_err(|e| format!("shard doorbell: {e}"))?;
         let cluster = if config.cluster.enabled {
-            Some(cluster::Cluster::open(
+            let mut cluster = cluster::Cluster::open(
                 &config.cluster,
                 &config.net,
                 config.node_id,
@@ -106,7 +106,9 @@ pub fn run(mut config: Config, supervisor: supervise::Supervisor) -> Result<i32,
                 config.max_message(),
                 incarnation,
                 keys.as_ref(),
-            )?)
+            )?;
+            cluster.keep_view_counter(&config.cluster.state_dir(&socket));
+            Some(cluster)
         } else {
             None
         };

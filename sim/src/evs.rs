@@ -251,6 +251,10 @@ pub struct EvsSim {
     dead: Vec<(NodeId, NodeLog)>,
     /// Restarted nodes that have not joined the group yet.
     to_join: BTreeSet<NodeId>,
+    /// The view counter of each crashed node's last incarnation at its crash: its restart
+    /// numbers its views past it (`Node::set_view_counter_floor`), as tuttid does from its
+    /// state directory.
+    counter_floor: BTreeMap<NodeId, u64>,
     next_seq: BTreeMap<NodeId, u64>,
     report: EvsReport,
     /// `TUTTI_SIM_EVS_TRACE` set: configurations, crashes and restarts go to stderr.
@@ -293,6 +297,7 @@ impl EvsSim {
             logs: ids.iter().map(|&n| (n, NodeLog::default())).collect(),
             dead: Vec::new(),
             to_join: BTreeSet::new(),
+            counter_floor: BTreeMap::new(),
             trace: std::env::var_os("TUTTI_SIM_EVS_TRACE").is_some(),
             next_seq: ids.iter().map(|&n| (n, 0)).collect(),
             sc,
@@ -383,9 +388,10 @@ impl EvsSim {
 
     /// `kill -9`: the node's state goes; its log becomes a crashed process's.
     fn crash(&mut self, id: NodeId) {
-        if self.nodes.remove(&id).is_none() {
+        let Some(n) = self.nodes.remove(&id) else {
             return;
-        }
+        };
+        self.counter_floor.insert(id, n.view().id.counter);
         self.to_join.remove(&id);
         if self.trace {
             eprintln!("[{} us] node {id} crashes", self.now / MICROS);
@@ -408,7 +414,8 @@ impl EvsSim {
                 self.now / MICROS
             );
         }
-        let n = Node::new(id, incarnation, &ids, node_settings(), self.now, seed);
+        let mut n = Node::new(id, incarnation, &ids, node_settings(), self.now, seed);
+        n.set_view_counter_floor(self.counter_floor.get(&id).copied().unwrap_or(0));
         self.nodes.insert(id, n);
         self.logs.insert(id, NodeLog::default());
         self.to_join.insert(id);
