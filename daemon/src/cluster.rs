@@ -105,8 +105,9 @@ pub struct ClusterConfig {
     /// was published here last can still be repaired from here.
     pub linger_ms: u64,
     /// Where the incarnation counter and the largest view counter are kept (both must grow
-    /// across restarts, even if the clock steps back; see `Cluster::keep_view_counter`). Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the
-    /// control socket's directory.
+    /// across restarts, even if the clock steps back; see `Cluster::keep_view_counter`).
+    /// Unset: `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the control socket's
+    /// directory.
     pub state_dir: Option<PathBuf>,
     /// The cluster key (made by `tutti keygen`, mode 0600): every datagram is then sealed
     /// with an AEAD tag and only authentic ones are read. Unset: no authentication, and
@@ -381,11 +382,7 @@ pub fn incarnation(dir: &Path, daemon: u32) -> u32 {
         .map_or(1, |d| (d.as_millis() / 100).saturating_sub(17_356_896_000) as u32)
         .max(1);
     let path = dir.join(format!("incarnation-{daemon}"));
-    let previous = std::fs::File::open(&path).ok().and_then(|mut f| {
-        let mut s = String::new();
-        f.read_to_string(&mut s).ok()?;
-        s.trim().parse::<u32>().ok()
-    });
+    let previous: Option<u32> = read_kept(&path);
     let next = match previous {
         Some(p) => clock.max(p.saturating_add(1)),
         None => clock,
@@ -406,9 +403,9 @@ pub fn incarnation(dir: &Path, daemon: u32) -> u32 {
     next
 }
 
-/// The view counter this node's earlier incarnation kept in `path` (see
-/// [`Cluster::keep_view_counter`]); `None` if there is none or it does not parse.
-pub fn read_view_counter(path: &Path) -> Option<u64> {
+/// A number an earlier start kept in `path` (the incarnation, the view counter); `None` if
+/// there is none or it does not parse.
+pub fn read_kept<T: std::str::FromStr>(path: &Path) -> Option<T> {
     let mut s = String::new();
     std::fs::File::open(path).ok()?.read_to_string(&mut s).ok()?;
     s.trim().parse().ok()
@@ -743,7 +740,7 @@ impl Cluster {
     /// change (the file and a rename; view changes are membership events, not per message).
     pub fn keep_view_counter(&mut self, dir: &Path) {
         let path = dir.join(format!("view-counter-{}", self.node.id()));
-        let floor = read_view_counter(&path).unwrap_or(0);
+        let floor = read_kept(&path).unwrap_or(0);
         self.node.set_view_counter_floor(floor);
         tracing::debug!(path = %path.display(), floor, "view counter kept");
         self.view_counter_file = Some((path, floor));
