@@ -42,6 +42,9 @@ pub struct Counters {
     pub implausible_counters: u64,
     /// Views refused: not sent by their coordinator, or inconsistent with themselves.
     pub views_refused: u64,
+    /// Views installed in place of a concurrent one with the same counter (each claims the
+    /// next counter, so that the coordinator installs a view above both).
+    pub views_superseded: u64,
     /// Higher incarnations of a node relayed by another node (only the node itself, or a
     /// view, restarts it in our table).
     pub relayed_incarnations_ignored: u64,
@@ -2486,6 +2489,17 @@ impl Node {
             .is_some_and(|(v, _)| !v.id.newer_than(&view.id))
         {
             self.unvouched = None;
+        }
+        if view.id.counter == self.view.id.counter {
+            // A concurrent view with our counter replaces ours (two coordinators of two
+            // sides numbered their views alike, and the sides met again). Its coordinator
+            // may not know ours existed: the members that installed ours named their `evs`
+            // list epochs by this counter, so without a later view they would stay in
+            // those lists (sim `evs` seed 5566: [1] and [2, 3] for good in one cluster
+            // view of all three). Claiming the next counter makes the coordinator install
+            // one above it.
+            self.max_counter = self.max_counter.max(view.id.counter.saturating_add(1));
+            self.counters.views_superseded += 1;
         }
         self.install(now, view);
     }

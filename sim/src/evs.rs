@@ -546,7 +546,19 @@ impl EvsSim {
             | Event::OrderedView { .. }
             | Event::SnapshotRequest { .. }
             | Event::Installed { .. } => {}
-            Event::Deliver { .. } | Event::Lost { .. } | Event::ViewChange(_) => {}
+            Event::ViewChange(v) => {
+                if self.trace {
+                    let members: Vec<NodeId> = v.members.iter().map(|m| m.node).collect();
+                    let listed = v.group(tutti_proto::ordered::EvsMember::directory_group(GROUP));
+                    eprintln!(
+                        "[{} us] node {id}: cluster view {} by {} {members:?}, directory {listed:?}",
+                        self.now / MICROS,
+                        v.id.counter,
+                        v.id.coordinator
+                    );
+                }
+            }
+            Event::Deliver { .. } | Event::Lost { .. } => {}
         }
     }
 
@@ -702,6 +714,21 @@ impl EvsSim {
                 })
                 .collect();
             self.violation(format!("no configuration of all after the last heal: {last:?}"));
+            if self.trace {
+                for (id, n) in &self.nodes {
+                    let v = n.view();
+                    let members: Vec<(NodeId, u32)> =
+                        v.members.iter().map(|m| (m.node, m.incarnation)).collect();
+                    let m = n.evs_member(GROUP);
+                    eprintln!(
+                        "node {id}: cluster view {:?} {members:?}; list {:?} settled {:?} gathering {:?}",
+                        v.id,
+                        m.and_then(|m| m.epoch()),
+                        m.map(|m| m.settled()),
+                        m.and_then(|m| m.gathering()).map(|g| g.describe())
+                    );
+                }
+            }
         }
         self.report.unconfirmed = self
             .nodes

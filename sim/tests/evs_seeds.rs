@@ -93,3 +93,15 @@ fn messages_appended_before_a_whole_configuration_moves_are_delivered() {
         !sc.agreed && sc.crash.as_ref().is_some_and(|c| c.restart.is_some())
     });
 }
+
+/// A seed in which two sides' coordinators both installed a view numbered 7 (node 1's,
+/// alone, still listing nodes 2 and 3; theirs without node 1), and after the heal nodes 2
+/// and 3 took node 1's view 7 in place of their own. Their `evs` lists were named by
+/// their own view 7 and node 1's would have been numbered lower, so with no later view
+/// [1] and [2, 3] stayed apart for good in one cluster view of all three. A node that
+/// installs a view in place of one with the same counter now claims the next counter, and
+/// the coordinator installs a view above both.
+#[test]
+fn a_view_that_replaces_one_with_the_same_counter_is_followed_by_a_later_one() {
+    assert_seeds_pass(&[5566], |sc| sc.partitions.len() == 2 && sc.crash.is_some());
+}

@@ -151,7 +151,8 @@ impl EvsMember {
     /// a list epoch is (number, founder) and its memory node runs on the founder, so two
     /// sides always have two lists; an equal number only costs an imprecise payload route.
     /// Two views with one counter at one node (a coordinator race) may not grow the number:
-    /// the member then waits for the next view.
+    /// the member then waits for the next view, which the node makes sure comes (it claims
+    /// the next counter when a view replaces one with the same counter).
     pub fn side_number(view_counter: u64, lowest: NodeId) -> u32 {
         let [a, b, c, d] = lowest.to_le_bytes();
         ((view_counter as u32) << 8) | u32::from(a ^ b ^ c ^ d)
