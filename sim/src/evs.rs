@@ -358,6 +358,18 @@ impl EvsSim {
         }
     }
 
+    /// Cuts the network into `sides` (a node in none is on the first side); no sides: whole.
+    fn set_sides(&mut self, sides: &[Vec<NodeId>]) {
+        for side in self.side.values_mut() {
+            *side = 0;
+        }
+        for (i, s) in sides.iter().enumerate() {
+            for &n in s {
+                self.side.insert(n, i);
+            }
+        }
+    }
+
     /// A restarted node joins the group once its view holds another node (an application
     /// that joins as soon as its daemon is back in the cluster).
     fn join_restarted(&mut self) {
@@ -632,15 +644,8 @@ impl EvsSim {
         while self.now < start + self.sc.send_for || !events.is_empty() {
             while events.first().is_some_and(|(t, _)| *t <= self.now) {
                 match events.remove(0).1 {
-                    Fault::Cut(sides) => {
-                        self.side = all.iter().map(|&n| (n, 0)).collect();
-                        for (i, s) in sides.into_iter().enumerate() {
-                            for n in s {
-                                self.side.insert(n, i);
-                            }
-                        }
-                    }
-                    Fault::Heal => self.side = all.iter().map(|&n| (n, 0)).collect(),
+                    Fault::Cut(sides) => self.set_sides(&sides),
+                    Fault::Heal => self.set_sides(&[]),
                     Fault::Crash(id) => self.crash(id),
                     Fault::Restart(id) => self.restart(id),
                 }
@@ -654,7 +659,7 @@ impl EvsSim {
             }
             self.step_until(self.now + MILLIS);
         }
-        self.side = all.iter().map(|&n| (n, 0)).collect();
+        self.set_sides(&[]);
         // Liveness: the live nodes in one configuration of them all, then one more message
         // from each reaches all.
         let all: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -686,19 +691,7 @@ impl EvsSim {
                 self.violation(format!(
                     "the last messages did not reach every node: (node, message) {missing:?}"
                 ));
-                if self.trace {
-                    for (id, n) in &self.nodes {
-                        let m = n.evs_member(GROUP);
-                        eprintln!(
-                            "node {id}: epoch {:?} delivered {:?} learned {:?} {}",
-                            m.and_then(|m| m.epoch()),
-                            m.and_then(|m| m.current()).map(|c| c.delivered()),
-                            m.and_then(|m| m.current()).map(|c| c.learned()),
-                            m.and_then(|m| m.current())
-                                .map_or(String::new(), |c| c.describe())
-                        );
-                    }
-                }
+                self.trace_nodes();
             }
         } else {
             self.report.violations.liveness += 1;
@@ -714,21 +707,7 @@ impl EvsSim {
                 })
                 .collect();
             self.violation(format!("no configuration of all after the last heal: {last:?}"));
-            if self.trace {
-                for (id, n) in &self.nodes {
-                    let v = n.view();
-                    let members: Vec<(NodeId, u32)> =
-                        v.members.iter().map(|m| (m.node, m.incarnation)).collect();
-                    let m = n.evs_member(GROUP);
-                    eprintln!(
-                        "node {id}: cluster view {:?} {members:?}; list {:?} settled {:?} gathering {:?}",
-                        v.id,
-                        m.and_then(|m| m.epoch()),
-                        m.map(|m| m.settled()),
-                        m.and_then(|m| m.gathering()).map(|g| g.describe())
-                    );
-                }
-            }
+            self.trace_nodes();
         }
         self.report.unconfirmed = self
             .nodes
@@ -744,15 +723,44 @@ impl EvsSim {
         self.report
     }
 
+    /// With `trace`: each live node's cluster view and where its group member stands (the
+    /// installed list and the one it gathers in), after a liveness failure.
+    fn trace_nodes(&self) {
+        if !self.trace {
+            return;
+        }
+        for (id, n) in &self.nodes {
+            let v = n.view();
+            let members: Vec<(NodeId, u32)> = v.members.iter().map(|m| (m.node, m.incarnation)).collect();
+            let m = n.evs_member(GROUP);
+            let current = m.and_then(|m| m.current());
+            eprintln!(
+                "node {id}: cluster view {:?} {members:?}; list {:?} settled {:?}, delivered {:?} learned {:?} {}; gathering {:?}",
+                v.id,
+                m.and_then(|m| m.epoch()),
+                m.map(|m| m.settled()),
+                current.map(|c| c.delivered()),
+                current.map(|c| c.learned()),
+                current.map_or(String::new(), |c| c.describe()),
+                m.and_then(|m| m.gathering()).map(|g| g.describe())
+            );
+        }
+    }
+
     /// The checks across nodes: total order per configuration, virtual synchrony per
     /// transition, first configurations.
     fn check_end(&mut self) {
         let mut bad = Vec::new();
         // Configuration -> (node, its stretch there, the transitional key after it).
         let mut by_conf: BTreeMap<ConfKey, Vec<Passage<'_>>> = BTreeMap::new();
-        let live = self.logs.iter().map(|(&id, log)| (id, log, true));
-        let dead = self.dead.iter().map(|(id, log)| (*id, log, false));
-        for (id, log, alive) in live.chain(dead) {
+        // Every process: the live nodes' logs, then the crashed incarnations'.
+        let logs: Vec<(NodeId, &NodeLog, bool)> = self
+            .logs
+            .iter()
+            .map(|(&id, log)| (id, log, true))
+            .chain(self.dead.iter().map(|(id, log)| (*id, log, false)))
+            .collect();
+        for &(id, log, alive) in &logs {
             for (i, s) in log.stretches.iter().enumerate() {
                 if s.transitional {
                     continue;
@@ -794,13 +802,7 @@ impl EvsSim {
                 }
             }
         }
-        let logs: Vec<(NodeId, &NodeLog)> = self
-            .logs
-            .iter()
-            .map(|(&id, log)| (id, log))
-            .chain(self.dead.iter().map(|(id, log)| (*id, log)))
-            .collect();
-        for &(id, log) in &logs {
+        for &(id, log, _) in &logs {
             for (epoch, first) in &log.first_in {
                 for m in &first.2 {
                     // A member of this node's first configuration had the same first
@@ -811,8 +813,8 @@ impl EvsSim {
                     let joined_later = |t: &ConfKey| t.1 < first.1 && !t.2.contains(&id);
                     let theirs = logs
                         .iter()
-                        .filter(|(n, _)| n == m)
-                        .filter_map(|(_, l)| l.first_in.get(epoch));
+                        .filter(|(n, ..)| n == m)
+                        .filter_map(|(_, l, _)| l.first_in.get(epoch));
                     for _ in theirs.filter(|t| *t != first && !joined_later(t)) {
                         self.report.violations.first_configuration += 1;
                         bad.push(format!(
