@@ -98,8 +98,14 @@ pub struct Counters {
     pub failure_claims_downgraded: u64,
     /// Views not installed: their coordinator was outside our view and they dropped
     /// members we heard from directly within `suspect_timeout` (see
-    /// `Node::drops_members_we_hear`).
+    /// `Node::dropped_member_we_hear`).
     pub views_deferred: u64,
+    /// Members named to the coordinator of a deferred view (one per deferral): it may
+    /// never have heard of them.
+    pub deferred_members_named: u64,
+    /// New views asked for by claiming the next counter, for an `evs` member that could
+    /// not join its list.
+    pub new_views_asked: u64,
     /// Rounds the coordinator held a merge back after a peer held failed came back, while
     /// other peers were still held failed (see `Node::merge_on_hold`).
     pub merges_held: u64,
@@ -2438,8 +2444,16 @@ impl Node {
         if from == view.id.coordinator {
             self.touch(coordinator);
         }
-        if self.drops_members_we_hear(&view) {
+        if let Some(i) = self.dropped_member_we_hear(&view) {
             self.counters.views_deferred += 1;
+            // Its coordinator may never have heard of that member (one that started on our
+            // side while we were cut off, its news long spent here): named to it, as a
+            // relay names a joiner, it probes the member and its next view holds it.
+            // Without this a heal could leave two views apart for good (sim `evs` seed
+            // 900; proto/tests/membership_heal.rs).
+            let named = Self::entry_of(&self.peers[i], &self.marks);
+            self.counters.deferred_members_named += 1;
+            self.send_membership(view.id.coordinator, 0, Some(named));
             return;
         }
         for m in &view.members {
@@ -2504,28 +2518,31 @@ impl Node {
         self.install(now, view);
     }
 
-    /// Whether `view` comes from a coordinator outside our view (a side we were cut off
-    /// from, merging us) and drops a member of our view that we heard from directly within
-    /// `suspect_timeout`: its coordinator holds that member failed on what it saw while cut
-    /// off. We wait: the coordinator sends heartbeats to the peers it holds failed while a
-    /// merge is on (`merge_on_hold`), hears them answer, and its next view holds them.
-    fn drops_members_we_hear(&self, view: &View) -> bool {
+    /// The peer index of a member of our view that `view` drops although we heard from it
+    /// directly within `suspect_timeout`, when `view` comes from a coordinator outside our
+    /// view (a side we were cut off from, merging us): its coordinator holds that member
+    /// failed on what it saw while cut off, or never heard of it. We wait: the coordinator
+    /// sends heartbeats to the peers it holds failed while a merge is on
+    /// (`merge_on_hold`), and probes a member we name to it; it hears them answer, and its
+    /// next view holds them.
+    fn dropped_member_we_hear(&self, view: &View) -> Option<usize> {
         if self.in_our_view(view.id.coordinator) || self.view.members.len() <= 1 {
-            return false;
+            return None;
         }
         // O(n log n): a merge of two large sides must not cost n^2 at every member.
         let mut theirs: Vec<NodeId> = view.members.iter().map(|v| v.node).collect();
         theirs.sort_unstable();
-        self.view.members.iter().any(|m| {
-            m.node != self.id
-                && theirs.binary_search(&m.node).is_err()
-                && self.idx(m.node).is_some_and(|i| {
-                    let p = &self.peers[i];
-                    p.member == *m
-                        && !p.dead()
-                        && !p.leaving
-                        && !self.rounds_over(p.heard_round, self.settings.suspect_timeout)
-                })
+        self.view.members.iter().find_map(|m| {
+            if m.node == self.id || theirs.binary_search(&m.node).is_ok() {
+                return None;
+            }
+            self.idx(m.node).filter(|&i| {
+                let p = &self.peers[i];
+                p.member == *m
+                    && !p.dead()
+                    && !p.leaving
+                    && !self.rounds_over(p.heard_round, self.settings.suspect_timeout)
+            })
         })
     }
 
@@ -2628,23 +2645,28 @@ impl Node {
             return;
         }
         let my_age = self.me().age_key();
+        // A peer outside our view counts as live only if we heard from it within
+        // `suspect_timeout`: nobody suspects it for us (a node alone withholds its
+        // suspicions), so one that crashed after a heal let us hear it again would
+        // otherwise be live for good, an older one would be waited for forever, and a
+        // node that only we can reach would never join (proto/tests/membership_heal.rs;
+        // sim `evs` seed 706).
+        let (round, timeout) = (self.round, self.settings.suspect_timeout);
+        let heard = |p: &Peer| p.in_view || !self.rounds_over(p.heard_round, timeout);
         // An older live node outside our view will merge us: wait for it.
-        if self
-            .peers
-            .iter()
-            .any(|p| !p.dead() && !p.leaving && p.direct && p.member.age_key() < my_age && !p.in_view)
-        {
+        if self.peers.iter().any(|p| {
+            !p.dead() && !p.leaving && p.direct && p.member.age_key() < my_age && !p.in_view && heard(p)
+        }) {
             return;
         }
         let mut members: Vec<Member> = vec![self.me()];
         let hold = self.merge_on_hold();
         let checks = &self.removal_checks;
-        let round = self.round;
         members.extend(
             self.peers
                 .iter()
                 .filter(|p| {
-                    let alive = !p.dead() && !p.leaving && p.direct && (p.in_view || !hold);
+                    let alive = !p.dead() && !p.leaving && p.direct && (p.in_view || !hold) && heard(p);
                     // Held failed, but still under our removal check: kept for now.
                     let checking = p.dead()
                         && p.in_view
@@ -2882,6 +2904,14 @@ impl Node {
             self.round = 0;
         }
         self.out.trim();
+        if self.ordered.take_new_view_wanted() {
+            // An `evs` member cannot join its list (`EvsMember::cannot_join`): claiming
+            // the next counter makes the coordinator install a new view (ours if we
+            // coordinate, else it learns the claim from our heartbeats), and its side
+            // opens a new list.
+            self.max_counter = self.max_counter.max(self.view.id.counter.saturating_add(1));
+            self.counters.new_views_asked += 1;
+        }
         self.probe_witness();
         self.rerequest_view_parts();
         self.failure_detection();

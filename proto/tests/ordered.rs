@@ -420,7 +420,7 @@ impl Sim {
             } => self.on_deliver(id, (sender, epoch, seq), position, safe, &bytes),
             Output::Minority => {}
             Output::Removed { .. } => {}
-            o @ (Output::Configuration(_) | Output::OpenEpoch { .. }) => {
+            o @ (Output::Configuration(_) | Output::OpenEpoch { .. } | Output::NewSideWanted) => {
                 self.fail(&format!("member {id}: {o:?} from a majority group"))
             }
             Output::Minitx { .. }

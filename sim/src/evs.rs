@@ -1,7 +1,8 @@
 //! The `evs` world (`tutti-sim --partition-policy evs`): Nodes hosting one ordered group
 //! under partition policy `evs` over a network with loss, duplication and jittered latency,
 //! cut into two sides and healed once or twice while every node sends, in half the seeds with
-//! a node's crash (and mostly its restart as a new incarnation). Its checker checks
+//! a node's crash (and mostly its restart as a new incarnation), in a quarter a second crash,
+//! and in a quarter a node new to the cluster that starts mid-run and joins. Its checker checks
 //! the guarantees of extended virtual synchrony as `proto/tests/ordered_evs.rs` defines
 //! them, on what the application sees (`Event::OrderedDeliver` and
 //! `Event::OrderedConfiguration`):
@@ -55,6 +56,11 @@ pub struct EvsScenario {
     pub agreed: bool,
     /// A node's crash (and maybe its restart), as `kill -9` of a daemon and its restart.
     pub crash: Option<EvsCrash>,
+    /// Another node's crash (or the same node's again), drawn after `crash`.
+    pub second_crash: Option<EvsCrash>,
+    /// A node that was never in the cluster (id `nodes + 1`) starts then, joins the
+    /// cluster and, once its view holds another node, the group.
+    pub newcomer: Option<Time>,
 }
 
 /// A crash of `node` at `at` (relative to the workload's start): its state goes, and so do
@@ -99,6 +105,8 @@ impl EvsScenario {
             partitions,
             agreed: seed % 2 == 1,
             crash: None,
+            second_crash: None,
+            newcomer: None,
         };
         // Drawn last, so that a seed's other faults are those it had before crashes came
         // in. Half the seeds crash a node, half of those node 1: the founder of the first
@@ -113,7 +121,24 @@ impl EvsScenario {
             let restart = rng.gen_bool(0.7).then(|| at + rng.gen_range(30..600) * MILLIS);
             sc.crash = Some(EvsCrash { node, at, restart });
         }
+        // Drawn after the first crash, for the same reason: a quarter of the seeds crash a
+        // node (again), a quarter start a node the cluster never had.
+        let end = at;
+        if rng.gen_bool(0.25) {
+            let node = rng.gen_range(1..=nodes);
+            let at = rng.gen_range(20..end / MILLIS) * MILLIS;
+            let restart = rng.gen_bool(0.7).then(|| at + rng.gen_range(30..600) * MILLIS);
+            sc.second_crash = Some(EvsCrash { node, at, restart });
+        }
+        if rng.gen_bool(0.25) {
+            sc.newcomer = Some(rng.gen_range(20..end / MILLIS) * MILLIS);
+        }
         sc
+    }
+
+    /// The crashes, in the order drawn.
+    pub fn crashes(&self) -> impl Iterator<Item = &EvsCrash> {
+        self.crash.iter().chain(self.second_crash.iter())
     }
 
     pub fn describe(&self) -> String {
@@ -122,20 +147,30 @@ impl EvsScenario {
             .iter()
             .map(|(a, s, h)| format!("{:?} {}-{} ms", s, a / MILLIS, h / MILLIS))
             .collect();
-        let crash = match &self.crash {
-            None => "none".to_string(),
-            Some(c) => format!(
-                "node {} at {} ms, {}",
-                c.node,
-                c.at / MILLIS,
-                c.restart.map_or("no restart".to_string(), |r| format!(
-                    "restarted at {} ms",
-                    r / MILLIS
-                ))
-            ),
+        let crashes: Vec<String> = self
+            .crashes()
+            .map(|c| {
+                format!(
+                    "node {} at {} ms, {}",
+                    c.node,
+                    c.at / MILLIS,
+                    c.restart.map_or("no restart".to_string(), |r| format!(
+                        "restarted at {} ms",
+                        r / MILLIS
+                    ))
+                )
+            })
+            .collect();
+        let crash = if crashes.is_empty() {
+            "none".to_string()
+        } else {
+            crashes.join("; ")
         };
+        let newcomer = self.newcomer.map_or(String::new(), |t| {
+            format!(", node {} new at {} ms", self.nodes + 1, t / MILLIS)
+        });
         format!(
-            "{} nodes, {} delivery, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}, crash {}",
+            "{} nodes, {} delivery, loss {}, dup {}, latency <= {} us, a message per node every {} ms for {} ms, partitions {}, crash {}{}",
             self.nodes,
             if self.agreed { "agreed" } else { "safe" },
             self.loss,
@@ -144,7 +179,8 @@ impl EvsScenario {
             self.send_every / MILLIS,
             self.send_for / MILLIS,
             cuts.join(", "),
-            crash
+            crash,
+            newcomer
         )
     }
 }
@@ -212,6 +248,8 @@ pub struct EvsReport {
     pub unconfirmed: u64,
     /// Committed-entry pushes the live nodes sent (the list founders', to their members).
     pub pushes_sent: u64,
+    /// Ordered-host pumps cut short on the live nodes (`pump_rounds_capped`: must be 0).
+    pub pumps_capped: u64,
     pub violations: EvsViolations,
     pub samples: Vec<String>,
     pub liveness_checked: bool,
@@ -268,6 +306,7 @@ enum Fault {
     Heal,
     Crash(NodeId),
     Restart(NodeId),
+    Newcomer(NodeId),
 }
 
 impl EvsSim {
@@ -418,14 +457,27 @@ impl EvsSim {
             return;
         }
         let incarnation = 1 + self.dead.iter().filter(|(n, _)| *n == id).count() as u32;
-        let ids: Vec<NodeId> = (1..=self.sc.nodes).collect();
-        let seed = self.sc.seed.wrapping_mul(31) ^ u64::from(id) ^ u64::from(incarnation) << 40;
         if self.trace {
             eprintln!(
                 "[{} us] node {id} restarts (incarnation {incarnation})",
                 self.now / MICROS
             );
         }
+        self.start(id, incarnation);
+    }
+
+    /// Starts incarnation `incarnation` of node `id` (a restart, or a node new to the
+    /// cluster) with the first nodes as its seeds; it joins the group once its view holds
+    /// another node.
+    fn start(&mut self, id: NodeId, incarnation: u32) {
+        let ids: Vec<NodeId> = (1..=self.sc.nodes).collect();
+        let seed = self.sc.seed.wrapping_mul(31) ^ u64::from(id) ^ u64::from(incarnation) << 40;
+        if self.trace && incarnation == 1 {
+            eprintln!("[{} us] node {id} starts, new to the cluster", self.now / MICROS);
+        }
+        // A node not yet on any side is on the first (as `set_sides` puts it).
+        self.side.entry(id).or_insert(0);
+        self.next_seq.entry(id).or_insert(0);
         let mut n = Node::new(id, incarnation, &ids, node_settings(), self.now, seed);
         n.set_view_counter_floor(self.counter_floor.get(&id).copied().unwrap_or(0));
         self.nodes.insert(id, n);
@@ -633,11 +685,14 @@ impl EvsSim {
             events.push((start + at, Fault::Cut(sides)));
             events.push((start + heal, Fault::Heal));
         }
-        if let Some(c) = self.sc.crash.clone() {
+        for c in self.sc.crashes() {
             events.push((start + c.at, Fault::Crash(c.node)));
             if let Some(r) = c.restart {
                 events.push((start + r, Fault::Restart(c.node)));
             }
+        }
+        if let Some(t) = self.sc.newcomer {
+            events.push((start + t, Fault::Newcomer(self.sc.nodes + 1)));
         }
         events.sort_by_key(|(t, _)| *t);
         let mut next_send = start;
@@ -648,6 +703,7 @@ impl EvsSim {
                     Fault::Heal => self.set_sides(&[]),
                     Fault::Crash(id) => self.crash(id),
                     Fault::Restart(id) => self.restart(id),
+                    Fault::Newcomer(id) => self.start(id, 1),
                 }
             }
             if self.now < start + self.sc.send_for && self.now >= next_send {
@@ -719,6 +775,11 @@ impl EvsSim {
             .values()
             .map(|n| n.ordered_transport_counters().committed_sent)
             .sum();
+        self.report.pumps_capped = self
+            .nodes
+            .values()
+            .map(|n| n.ordered_transport_counters().pump_rounds_capped)
+            .sum();
         self.check_end();
         self.report
     }
@@ -744,6 +805,7 @@ impl EvsSim {
                 current.map_or(String::new(), |c| c.describe()),
                 m.and_then(|m| m.gathering()).map(|g| g.describe())
             );
+            eprintln!("node {id} counters {:?}", n.counters());
         }
     }
 

@@ -1,7 +1,8 @@
 //! The `evs` world over many seeds (`tutti-sim --partition-policy evs`): one ordered group
 //! under partition policy `evs` on 3-5 Nodes, cut into two sides and healed once or twice
 //! while every node sends, with loss, duplication and jittered latency, and in half the
-//! seeds a node's crash (mostly followed by its restart). Every seed must
+//! seeds a node's crash (mostly followed by its restart), in a quarter a second crash and in
+//! a quarter a node new to the cluster. Every seed must
 //! keep extended virtual synchrony and end in one configuration of all that delivers.
 //! `TUTTI_SIM_EVS_SEEDS=N` runs N seeds (default 40 in a release build, 6 in a debug one);
 //! `TUTTI_SIM_EVS_FIRST_SEED` moves the range.
@@ -27,6 +28,10 @@ fn evs_seeds_keep_extended_virtual_synchrony_and_merge() {
         let desc = sc.describe();
         let r = EvsSim::new(sc).run();
         assert!(r.liveness_checked);
+        assert_eq!(
+            r.pumps_capped, 0,
+            "seed {seed}: a node's ordered pump looped: {desc}"
+        );
         deliveries += r.deliveries;
         configurations += r.configurations;
         transitional += r.transitional;
@@ -60,6 +65,10 @@ fn assert_seeds_pass(seeds: &[u64], check: impl Fn(&EvsScenario) -> bool) {
         assert!(check(&sc), "seed {seed} no longer draws the case: {desc}");
         let r = EvsSim::new(sc).run();
         assert!(r.liveness_checked);
+        assert_eq!(
+            r.pumps_capped, 0,
+            "seed {seed}: a node's ordered pump looped: {desc}"
+        );
         assert_eq!(
             r.violations.total(),
             0,
@@ -104,4 +113,30 @@ fn messages_appended_before_a_whole_configuration_moves_are_delivered() {
 #[test]
 fn a_view_that_replaces_one_with_the_same_counter_is_followed_by_a_later_one() {
     assert_seeds_pass(&[5566], |sc| sc.partitions.len() == 2 && sc.crash.is_some());
+}
+
+/// Seeds with a node new to the cluster (and in 706 two crashes), each of which ended
+/// without a configuration of all:
+/// - 900: the newcomer started on the side without the coordinator and reached only that
+///   side; after the heal the coordinator, which never heard of it, made a view without
+///   it, and node 2 deferred that view for dropping a member it hears, for good. A member
+///   that defers a view for that names the member to the view's coordinator
+///   (`Node::dropped_member_we_hear`; proto/tests/membership_heal.rs).
+/// - 706: node 3, alone after the heal, had heard crashed node 2 again for a moment and,
+///   suspecting nobody while alone, waited for the older node 2 to merge it for good: the
+///   newcomer, whose only live seed was node 3, stayed alone. A peer outside the view
+///   counts as live for a view only if heard from within `suspect_timeout`.
+/// - 369: a late joiner reads its list from the start; the others reclaimed the slots it
+///   had yet to read (they took its progress to start at its join). An `evs` joiner now
+///   holds the list's slots from its start until it tells how far it read.
+/// - 1: a late join to a list already past `list_slots` entries: its start was gone
+///   before the join. The member asks for a new view (`Output::NewSideWanted`), whose side
+///   opens a list every member joins from its start.
+/// - 4316: the list's founder drained its list while a member that never told its
+///   progress held every slot; the founder's own reads of its own memory node, answered
+///   in the same call, went round forever (the run never returned). A drain reads once
+///   per instant, and a pump stops after `MAX_PUMP_ROUNDS` passes (counted).
+#[test]
+fn a_node_new_to_the_cluster_ends_in_the_configuration_of_all() {
+    assert_seeds_pass(&[900, 706, 369, 1, 4316], |sc| sc.newcomer.is_some());
 }

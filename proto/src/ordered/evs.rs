@@ -65,6 +65,10 @@ pub struct EvsCounters {
     /// their deadline instead (the founder's memory node gone, or slow).
     pub drains: u64,
     pub drains_timed_out: u64,
+    /// Lists this member could not join: their start was reclaimed before it read it (a
+    /// late join to a list past `list_slots` entries). It asked for a new view, whose side
+    /// opens a list that every member joins from its start.
+    pub new_sides_asked: u64,
 }
 
 /// One node's member of one `evs` ordered group. Inputs and outputs are those of
@@ -89,6 +93,9 @@ pub struct EvsMember {
     /// `agreed` delivery: the installed list drains (reads up to its `Seal`) before this
     /// member joins the gathered one, until this time at most.
     drain_deadline: Option<Time>,
+    /// The list being gathered could not be joined and a new side was asked for (once
+    /// per gathered list).
+    new_side_asked: bool,
     out: VecDeque<Output>,
     counters: EvsCounters,
 }
@@ -135,6 +142,7 @@ impl EvsMember {
             last_side: None,
             leaving: false,
             drain_deadline: None,
+            new_side_asked: false,
             out: VecDeque::new(),
             counters: EvsCounters::default(),
         }
@@ -284,6 +292,7 @@ impl EvsMember {
             member.hold_join();
         }
         self.gathering = Some((member, hosts[0]));
+        self.new_side_asked = false;
         self.pump(now);
     }
 
@@ -487,8 +496,13 @@ impl EvsMember {
             if let Some((m, _)) = &mut self.installed {
                 drain(m, &mut self.out);
             }
-            if let Some((g, _)) = &mut self.gathering {
+            let before = self.out.len();
+            let removed = self.gathering.as_mut().is_some_and(|(g, _)| {
                 drain(g, &mut self.out);
+                g.status() == Status::Removed
+            });
+            if removed {
+                self.cannot_join(before);
             }
             let Some(pending) = self.gathering.as_mut().and_then(|(g, _)| g.take_pending()) else {
                 return;
@@ -515,6 +529,31 @@ impl EvsMember {
                 }
             }
             self.installed = Some((g, host));
+        }
+    }
+
+    /// The gathered list's member was removed for lagging: it read the list from its start
+    /// after its join (a late join) and found that start reclaimed (the list went on past
+    /// `list_slots` entries before it read them). It never configures there, and no side
+    /// change would come (the view holds it already): instead of leaving the group, it
+    /// asks for a new view (`Output::NewSideWanted`), whose side opens a list that every
+    /// member joins from its start (sim `evs` seed 1). The removal from `before` on is
+    /// not passed on: the application stays in its installed configuration meanwhile.
+    fn cannot_join(&mut self, before: usize) {
+        let ours = self.out.split_off(before);
+        let mut lagging = false;
+        for o in ours {
+            match o {
+                Output::Removed {
+                    reason: RemoveReason::Lagging,
+                } => lagging = true,
+                o => self.out.push_back(o),
+            }
+        }
+        if lagging && !self.new_side_asked {
+            self.new_side_asked = true;
+            self.counters.new_sides_asked += 1;
+            self.out.push_back(Output::NewSideWanted);
         }
     }
 

@@ -122,6 +122,10 @@ pub struct OrderedHostCounters {
     /// and founds it), and those freed once this node's member no longer uses their list.
     pub epoch_replicas_created: u64,
     pub epoch_replicas_freed: u64,
+    /// Pumps cut short after `MAX_PUMP_ROUNDS` passes that all made progress (members
+    /// and memory nodes on this node answering each other in a loop: a bug, must stay 0);
+    /// what is left goes on at the next timeout instead of wedging the node.
+    pub pump_rounds_capped: u64,
     /// Joins of a group this node had never placed that asked the view where its memory
     /// node is (`Locate`); placements learned from an answer; searches that got none (the
     /// group is new: placed from this node's view); `Locate`s answered here; and a member's
@@ -265,6 +269,10 @@ enum Sending<'a> {
     List(&'a mut OrderedMember),
 }
 
+/// Most passes of one `pump` (see `OrderedHostCounters::pump_rounds_capped`): a pass
+/// moves every queued output and local message, so a legitimate pump needs a handful.
+const MAX_PUMP_ROUNDS: u32 = 10_000;
+
 pub(crate) struct OrderedHost {
     me: NodeId,
     incarnation: u32,
@@ -272,6 +280,8 @@ pub(crate) struct OrderedHost {
     groups: BTreeMap<GroupId, Hosted>,
     /// `evs` groups this node is a member of (a group is `evs` or `majority` everywhere).
     evs: BTreeMap<GroupId, HostedEvs>,
+    /// An `evs` member asked for a new view (`Output::NewSideWanted`); taken by the node.
+    new_view_wanted: bool,
     /// `evs` list-epoch memory nodes run here, by group and memory-node id. Bounded: one
     /// is freed as soon as this node's member of the group neither is installed nor
     /// gathers in its list, so at most two per `evs` group joined here.
@@ -493,6 +503,11 @@ fn settings_from_layout(l: &OrderedLayout) -> OrderedSettings {
 }
 
 impl OrderedHost {
+    /// Whether an `evs` member asked for a new view since the last call.
+    pub fn take_new_view_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.new_view_wanted)
+    }
+
     pub fn new(me: NodeId, incarnation: u32, minitx: MinitxSettings) -> OrderedHost {
         OrderedHost {
             me,
@@ -500,6 +515,7 @@ impl OrderedHost {
             minitx,
             groups: BTreeMap::new(),
             evs: BTreeMap::new(),
+            new_view_wanted: false,
             epoch_replicas: BTreeMap::new(),
             evs_retired_number: 0,
             retired_txn_seq: 0,
@@ -817,6 +833,8 @@ impl OrderedHost {
         let evs = self.evs.values().filter_map(|h| h.member.poll_timeout());
         let epochs = self.epoch_replicas.values().filter_map(|r| r.node.poll_timeout());
         let partial = self.partials.front().map(|p| p.started + PARTIAL_TIMEOUT);
+        // Local messages left by a capped pump: due at once.
+        let capped = (!self.local.is_empty()).then_some(0);
         let locating = self
             .locating
             .iter()
@@ -828,6 +846,7 @@ impl OrderedHost {
             .chain(evs)
             .chain(epochs)
             .chain(partial)
+            .chain(capped)
             .min()
     }
 
@@ -1198,7 +1217,13 @@ impl OrderedHost {
         // Runs once per datagram received: the group ids go through one reused buffer,
         // not a fresh `Vec` per pass.
         let mut ids = std::mem::take(&mut self.scratch_ids);
+        let mut rounds = 0u32;
         loop {
+            rounds += 1;
+            if rounds > MAX_PUMP_ROUNDS {
+                self.counters.pump_rounds_capped += 1;
+                break;
+            }
             let mut progressed = false;
             ids.clear();
             ids.extend(self.groups.keys().copied());
@@ -1365,9 +1390,8 @@ impl OrderedHost {
                     group,
                     status: OrderedStatusEvent::Removed(reason),
                 }),
-                // Only an `EvsMember` emits these; the node hosts `majority` groups only
-                // (`evs` in the node is not built: docs/ordered.md).
-                Output::Configuration(_) | Output::OpenEpoch { .. } => {}
+                // Only an `EvsMember` emits these; `majority` groups are hosted here.
+                Output::Configuration(_) | Output::OpenEpoch { .. } | Output::NewSideWanted => {}
             }
         }
         if let Some(r) = run {
@@ -1453,6 +1477,7 @@ impl OrderedHost {
                         self.open_epoch(group, epoch, memnode, &layout);
                     }
                 }
+                Output::NewSideWanted => self.new_view_wanted = true,
                 Output::Removed { reason } => {
                     if reason == RemoveReason::Left {
                         h.left = true;

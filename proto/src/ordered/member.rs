@@ -114,6 +114,9 @@ pub enum Output {
     Minority,
     /// This node is out of the group.
     Removed { reason: RemoveReason },
+    /// `evs` groups: this member cannot join the list it gathers in (see
+    /// `EvsMember::cannot_join`): the node must bring about a new view.
+    NewSideWanted,
 }
 
 /// Why `submit` refused a message (back pressure is a value).
@@ -935,6 +938,12 @@ impl OrderedMember {
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
         if self.list_op.is_none() && self.appends.is_empty() && self.in_majority {
             t = t.min(self.next_list_op_at.max(self.last_read + self.read_interval()));
+            if self.draining && !self.drained() {
+                t = t.min(
+                    self.next_list_op_at
+                        .max(self.last_read + self.settings.poll_interval),
+                );
+            }
         }
         // A fairness hold keeps `build_append` (where the lag timer is acted on) from
         // running: while it lasts, its end is the timer, not the lag timer (a timer that
@@ -2330,7 +2339,13 @@ impl OrderedMember {
         if m.node == self.node {
             return (self.learned, self.held_upto);
         }
-        let (mut learned, mut held) = (m.join_pos, m.join_pos);
+        // An `evs` joiner reads its list from the start once its join is in (its
+        // configuration is a function of the list): until it tells how far it read, it
+        // holds every slot from there, so that none is reclaimed under it (sim `evs` seed
+        // 369: a late joiner's list went on past `list_slots` while it read, and the slots
+        // it had yet to read were overwritten: it could never configure).
+        let read_from = if self.evs.is_some() { 0 } else { m.join_pos };
+        let (mut learned, mut held) = (read_from, m.join_pos);
         if let Some(Some(s)) = self.progress.get(m.slot as usize) {
             if s.node == m.node && s.join_pos == m.join_pos {
                 (learned, held) = (learned.max(s.learned), held.max(s.held));
@@ -2363,8 +2378,12 @@ impl OrderedMember {
         if self.status == Status::Removed || self.frozen {
             return;
         }
-        if self.draining && !self.drained() {
-            // Until the `Seal` and everything before it are here, read on.
+        if self.draining && !self.drained() && now > self.last_read {
+            // Until the `Seal` and everything before it are here, read on: once per
+            // instant, so that a list whose memory node runs on this node (answering in the
+            // same call) and whose `Seal` cannot land yet (no slot reclaimable) is read
+            // again at the next instant, not in a loop that never returns (sim `evs` seed
+            // 4316); `poll_timeout` asks for that instant.
             self.read_now = true;
         }
         self.deliver(now);
