@@ -2645,14 +2645,16 @@ impl Node {
             return;
         }
         let my_age = self.me().age_key();
-        // A peer outside our view counts as live only if we heard from it within
-        // `suspect_timeout`: nobody suspects it for us (a node alone withholds its
-        // suspicions), so one that crashed after a heal let us hear it again would
-        // otherwise be live for good, an older one would be waited for forever, and a
-        // node that only we can reach would never join (proto/tests/membership_heal.rs;
-        // sim `evs` seed 706).
+        // Alone, a peer outside our view counts as live only if we heard from it within
+        // `suspect_timeout`: a node alone withholds its suspicions, so one that crashed
+        // after a heal let us hear it again would otherwise be live for good, an older one
+        // would be waited for forever, and a node that only we can reach would never join
+        // (proto/tests/membership_heal.rs; sim `evs` seed 706). In a view, SWIM's probes
+        // suspect such a peer; and a joiner there is heard once (its first answer) and
+        // waits for the coordinator's next view, which at 10,000 members may come later.
         let (round, timeout) = (self.round, self.settings.suspect_timeout);
-        let heard = |p: &Peer| p.in_view || !self.rounds_over(p.heard_round, timeout);
+        let alone = self.view.members.len() <= 1;
+        let heard = |p: &Peer| p.in_view || !alone || !self.rounds_over(p.heard_round, timeout);
         // An older live node outside our view will merge us: wait for it.
         if self.peers.iter().any(|p| {
             !p.dead() && !p.leaving && p.direct && p.member.age_key() < my_age && !p.in_view && heard(p)
