@@ -1197,7 +1197,8 @@ impl Cluster {
                 format!(
                     "evs: list epoch {epoch}, members {:?}, gathering {}; epochs joined {}, transitional {} \
                  (alone {}), resent {}, unconfirmed {}, progress told {}, heard {} (refused {}, stale {}), \
-                 pushes {} (entries {}, refused {}, stale {}); {} delivery, drains {} (timed out {})",
+                 pushes {} (entries {}, refused {}, stale {}); {} delivery, drains {} (timed out {}); \
+                 new lists asked {}, ordered pump loops cut {}",
                     members.iter().map(|n| n >> 8).collect::<Vec<_>>(),
                     m.gathering().is_some(),
                     c.epochs_joined,
@@ -1215,7 +1216,9 @@ impl Cluster {
                     c.stale_committed,
                     if self.evs_agreed { "agreed" } else { "safe" },
                     c.drains,
-                    c.drains_timed_out
+                    c.drains_timed_out,
+                    c.new_sides_asked,
+                    self.node.ordered_transport_counters().pump_rounds_capped
                 ) + &self
                     .node
                     .epoch_replicas_of(group)

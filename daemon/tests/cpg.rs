@@ -542,6 +542,7 @@ fn status_lists_cpg_groups_with_their_processes() {
                 && common::status_number(l, "pushes ").is_some_and(|n| n > 0)
                 && common::status_number(l, "entries ").is_some_and(|n| n > 0)
                 && l.contains("; agreed delivery, drains ")
+                && common::status_number(l, "ordered pump loops cut ") == Some(0)
         })
     });
     // b leaves: daemon 2 keeps the group (dormant) and still shows a's process.
