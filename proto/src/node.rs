@@ -2512,7 +2512,7 @@ impl Node {
             // those lists (sim `evs` seed 5566: [1] and [2, 3] for good in one cluster
             // view of all three). Claiming the next counter makes the coordinator install
             // one above it.
-            self.max_counter = self.max_counter.max(view.id.counter.saturating_add(1));
+            self.claim_counter_above(view.id.counter);
             self.counters.views_superseded += 1;
         }
         self.install(now, view);
@@ -2544,6 +2544,12 @@ impl Node {
                     && !self.rounds_over(p.heard_round, self.settings.suspect_timeout)
             })
         })
+    }
+
+    /// Claims a view counter above `counter` (`max_counter`, which our headers carry): the
+    /// coordinator, ours or the one that hears the claim, then installs a view above it.
+    fn claim_counter_above(&mut self, counter: u64) {
+        self.max_counter = self.max_counter.max(counter.saturating_add(1));
     }
 
     fn install(&mut self, now: Time, view: Arc<View>) {
@@ -2911,7 +2917,7 @@ impl Node {
             // the next counter makes the coordinator install a new view (ours if we
             // coordinate, else it learns the claim from our heartbeats), and its side
             // opens a new list.
-            self.max_counter = self.max_counter.max(self.view.id.counter.saturating_add(1));
+            self.claim_counter_above(self.view.id.counter);
             self.counters.new_views_asked += 1;
         }
         self.probe_witness();

@@ -74,6 +74,16 @@ pub struct EvsCrash {
     pub restart: Option<Time>,
 }
 
+impl EvsCrash {
+    /// A crash of `node` 20 ms to `end` into the workload, followed in 70% of the draws by
+    /// a restart 30-600 ms later.
+    fn draw(rng: &mut Xoshiro256PlusPlus, node: NodeId, end: Time) -> EvsCrash {
+        let at = rng.gen_range(20..end / MILLIS) * MILLIS;
+        let restart = rng.gen_bool(0.7).then(|| at + rng.gen_range(30..600) * MILLIS);
+        EvsCrash { node, at, restart }
+    }
+}
+
 impl EvsScenario {
     /// Random faults and workload from a seed (for seed sweeps): 3-5 nodes, one or two
     /// partitions into two sides, each healed 300-900 ms later.
@@ -117,18 +127,14 @@ impl EvsScenario {
             } else {
                 rng.gen_range(1..=nodes)
             };
-            let at = rng.gen_range(20..at / MILLIS) * MILLIS;
-            let restart = rng.gen_bool(0.7).then(|| at + rng.gen_range(30..600) * MILLIS);
-            sc.crash = Some(EvsCrash { node, at, restart });
+            sc.crash = Some(EvsCrash::draw(&mut rng, node, at));
         }
         // Drawn after the first crash, for the same reason: a quarter of the seeds crash a
         // node (again), a quarter start a node the cluster never had.
         let end = at;
         if rng.gen_bool(0.25) {
             let node = rng.gen_range(1..=nodes);
-            let at = rng.gen_range(20..end / MILLIS) * MILLIS;
-            let restart = rng.gen_bool(0.7).then(|| at + rng.gen_range(30..600) * MILLIS);
-            sc.second_crash = Some(EvsCrash { node, at, restart });
+            sc.second_crash = Some(EvsCrash::draw(&mut rng, node, end));
         }
         if rng.gen_bool(0.25) {
             sc.newcomer = Some(rng.gen_range(20..end / MILLIS) * MILLIS);

@@ -937,13 +937,14 @@ impl OrderedMember {
         }
         let mut t = self.coord.poll_timeout().unwrap_or(Time::MAX);
         if self.list_op.is_none() && self.appends.is_empty() && self.in_majority {
-            t = t.min(self.next_list_op_at.max(self.last_read + self.read_interval()));
-            if self.draining && !self.drained() {
-                t = t.min(
-                    self.next_list_op_at
-                        .max(self.last_read + self.settings.poll_interval),
-                );
-            }
+            // A drain reads on at least every `poll_interval` (`drive` reads once per
+            // instant while it lasts).
+            let interval = if self.draining && !self.drained() {
+                self.read_interval().min(self.settings.poll_interval)
+            } else {
+                self.read_interval()
+            };
+            t = t.min(self.next_list_op_at.max(self.last_read + interval));
         }
         // A fairness hold keeps `build_append` (where the lag timer is acted on) from
         // running: while it lasts, its end is the timer, not the lag timer (a timer that
