@@ -105,6 +105,8 @@ pub struct ClusterOptions {
     pub daemon_idle: String,
     /// tuttid's `spin_after_data_us` (None: its default).
     pub daemon_spin_us: Option<u64>,
+    /// tuttid's `cpu_poll_after_data_ms` (None: its default, never).
+    pub daemon_cpu_poll_ms: Option<u64>,
     pub client_idle: ClientIdle,
     pub base_port: u16,
     /// Seconds after both clients joined before publishing (the coordinator puts them into
@@ -174,6 +176,7 @@ pub const REPORTED_COUNTERS: &[&str] = &[
     "flow_held",
     "idle_spins",
     "unlogged",
+    "cpu_poll_holds",
     "park_barriers",
     "subscriber_wakes",
     "view_changes",
@@ -286,6 +289,9 @@ fn config_text(o: &ClusterOptions, node: usize) -> String {
     if let Some(us) = o.daemon_spin_us {
         // A top-level key: ahead of the first table.
         text.insert_str(0, &format!("spin_after_data_us = {us}\n"));
+    }
+    if let Some(ms) = o.daemon_cpu_poll_ms {
+        text.insert_str(0, &format!("cpu_poll_after_data_ms = {ms}\n"));
     }
     if o.loss > 0.0 {
         text.push_str(&format!("[net.fault]\nloss = {}\nseed = {node}\n", o.loss));
@@ -892,6 +898,7 @@ mod tests {
             io: "auto".into(),
             daemon_idle: "backoff".into(),
             daemon_spin_us: None,
+            daemon_cpu_poll_ms: None,
             client_idle: ClientIdle::Backoff,
             base_port: 27400,
             settle: Duration::ZERO,

@@ -413,6 +413,12 @@ struct ClusterArgs {
     /// its last data before it parks (tuttid's `spin_after_data_us`; unset: tuttid's default).
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
     daemon_spin_us: Option<u64>,
+    /// Each daemon keeps idle CPUs polling (not halting) for this many milliseconds after
+    /// its data (tuttid's `cpu_poll_after_data_ms`; unset: tuttid's default, never). The
+    /// bench then holds the same request (`/dev/cpu_dma_latency` at 0) while it measures
+    /// the floors, so that both run on the same host setting. Needs root.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    daemon_cpu_poll_ms: Option<u64>,
     /// How the bench's publisher and subscriber threads wait.
     #[arg(long, value_enum, default_value_t = cluster::ClientIdle::Backoff)]
     client_idle: cluster::ClientIdle,
@@ -1083,9 +1089,13 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
 /// The daemons' idle strategy as the cluster reports name it: with `--daemon-spin-us`,
 /// the spin after data too.
 fn daemon_idle_label(args: &ClusterArgs) -> String {
-    match args.daemon_spin_us {
+    let idle = match args.daemon_spin_us {
         Some(us) if args.daemon_idle == "backoff" => format!("backoff, spin {us} us after data"),
         _ => args.daemon_idle.clone(),
+    };
+    match args.daemon_cpu_poll_ms {
+        Some(ms) => format!("{idle}, idle CPUs poll {ms} ms after data"),
+        None => idle,
     }
 }
 
@@ -1100,6 +1110,7 @@ fn cluster_options(args: &ClusterArgs, cluster_settings: Vec<String>) -> cluster
         io: args.io.clone(),
         daemon_idle: args.daemon_idle.clone(),
         daemon_spin_us: args.daemon_spin_us,
+        daemon_cpu_poll_ms: args.daemon_cpu_poll_ms,
         client_idle: args.client_idle,
         base_port: args.base_port,
         settle: secs(args.settle),
@@ -1250,6 +1261,15 @@ struct ClusterFloors {
 
 fn cluster_floors(args: &ClusterArgs, t0: Instant) -> Result<ClusterFloors, String> {
     let (a, b) = (cluster::node_ip(1), cluster::node_ip(2));
+    // With --daemon-cpu-poll-ms the daemons keep idle CPUs polling while their data flows:
+    // the floors are measured under the same request.
+    let _hold = match args.daemon_cpu_poll_ms {
+        Some(_) => Some(
+            tutti_sys::CpuLatencyHold::take()
+                .map_err(|e| format!("--daemon-cpu-poll-ms: {}: {e}", tutti_sys::CPU_LATENCY_DEVICE))?,
+        ),
+        None => None,
+    };
     let at = Instant::now();
     let rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?.rtt;
     let rtt_at = (at - t0, at.elapsed());

@@ -39,6 +39,9 @@ pub const DEFAULT_SPIN_AFTER_DATA_US: u64 = 5;
 /// Longest `spin_after_data_us` a config may ask for (beyond it, use `idle = "spin"`).
 pub const MAX_SPIN_AFTER_DATA_US: u64 = 100_000;
 
+/// Longest `cpu_poll_after_data_ms` a config may ask for.
+pub const MAX_CPU_POLL_AFTER_DATA_MS: u64 = 3_600_000;
+
 /// Largest message by default (when the rings are large enough).
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// Smallest and largest ring a setting may ask for.
@@ -71,6 +74,18 @@ pub struct Config {
     /// threads. 0: park at once. The README ("The spin after data as a setting") has the
     /// figures.
     pub spin_after_data_us: u64,
+    /// After data, ask the kernel to keep idle CPUs polling instead of halting for this
+    /// long (milliseconds): each shard holds a request for a wake-up latency of 0 on
+    /// `/dev/cpu_dma_latency` (the kernel's CPU latency QoS, as tuned's latency-performance
+    /// profile does for good) from its first park after data until it has had no data for
+    /// this long. A thread woken on an idle CPU (a subscriber, the next daemon's shard)
+    /// then runs at once instead of after the CPU wakes, which on a virtual machine that
+    /// halts idle vCPUs (`tutti tune check`: `cpu.guest_halt_poll`) is tens of
+    /// microseconds per hop. The cost is the idle CPUs' time while traffic lasts (a VM's
+    /// vCPUs keep their host cores busy), none when idle. 0 (the default): never. Needs
+    /// write access to the device (root, or a udev rule); without it the shard counts
+    /// `cpu_poll_refused` and runs on. The README ("Idle CPUs that poll") has the figures.
+    pub cpu_poll_after_data_ms: u64,
     /// Bytes of each client's publish ring, per shard it publishes to. Power of two. The
     /// largest message is half of it, less 8 bytes.
     pub publish_ring_bytes: usize,
@@ -118,6 +133,7 @@ impl Default for Config {
             no_pin: false,
             idle: IdleStrategy::Backoff,
             spin_after_data_us: DEFAULT_SPIN_AFTER_DATA_US,
+            cpu_poll_after_data_ms: 0,
             publish_ring_bytes: 4 << 20,
             log_bytes: 8 << 20,
             max_message_bytes: None,
@@ -166,6 +182,12 @@ impl Config {
             return Err(format!(
                 "spin_after_data_us = {}: at most {MAX_SPIN_AFTER_DATA_US} (for a shard that never parks, idle = \"spin\")",
                 self.spin_after_data_us
+            ));
+        }
+        if self.cpu_poll_after_data_ms > MAX_CPU_POLL_AFTER_DATA_MS {
+            return Err(format!(
+                "cpu_poll_after_data_ms = {}: at most {MAX_CPU_POLL_AFTER_DATA_MS} (an hour)",
+                self.cpu_poll_after_data_ms
             ));
         }
         if self.max_clients == 0 || self.max_groups == 0 {
@@ -226,6 +248,7 @@ impl Config {
             no_pin,
             idle,
             spin_after_data_us,
+            cpu_poll_after_data_ms,
             publish_ring_bytes,
             log_bytes,
             max_clients,
@@ -266,6 +289,11 @@ impl Config {
         std::time::Duration::from_micros(self.spin_after_data_us)
     }
 
+    /// How long shards keep idle CPUs polling after data (zero: never).
+    pub fn cpu_poll_after_data(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.cpu_poll_after_data_ms)
+    }
+
     /// The cores shards run on, one shard each.
     pub fn shard_cores(&self) -> Vec<usize> {
         if !self.cores.is_empty() {
@@ -303,6 +331,17 @@ mod tests {
         assert!(e.contains("spin_after_data_us"), "{e}");
         let d = Config::default();
         assert_eq!(d.keys_needing_restart(&c), vec!["spin_after_data_us"]);
+    }
+
+    #[test]
+    fn cpu_poll_after_data_is_off_by_default_and_bounded() {
+        let d = Config::parse("").unwrap();
+        assert_eq!(d.cpu_poll_after_data(), std::time::Duration::ZERO);
+        let c = Config::parse("cpu_poll_after_data_ms = 100").unwrap();
+        assert_eq!(c.cpu_poll_after_data(), std::time::Duration::from_millis(100));
+        let e = Config::parse("cpu_poll_after_data_ms = 3600001").unwrap_err();
+        assert!(e.contains("cpu_poll_after_data_ms = 3600001"), "{e}");
+        assert_eq!(d.keys_needing_restart(&c), vec!["cpu_poll_after_data_ms"]);
     }
 
     #[test]

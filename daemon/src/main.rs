@@ -44,6 +44,10 @@ struct Args {
     /// parks (default 5; 0 parks at once).
     #[arg(long, value_name = "US")]
     spin_after_data_us: Option<u64>,
+    /// After data, keep idle CPUs polling (not halting) for this many milliseconds: a
+    /// request for 0 wake-up latency on /dev/cpu_dma_latency (needs root). Default 0: never.
+    #[arg(long, value_name = "MS")]
+    cpu_poll_after_data_ms: Option<u64>,
     /// This daemon's id in the cluster, 1 to 16777215. Unset: the low 24 bits of an IPv4
     /// --listen address (127.0.0.3 gives 3; daemons sharing an address need their own ids),
     /// else a random id kept in the state directory. Two daemons with one id are refused by
@@ -152,6 +156,7 @@ struct Overrides {
     no_pin: bool,
     idle: Option<IdleStrategy>,
     spin_after_data_us: Option<u64>,
+    cpu_poll_after_data_ms: Option<u64>,
     node_id: Option<u32>,
     publish_ring_bytes: Option<usize>,
     log_bytes: Option<usize>,
@@ -168,6 +173,7 @@ impl Overrides {
             no_pin: args.no_pin,
             idle: args.idle,
             spin_after_data_us: args.spin_after_data_us,
+            cpu_poll_after_data_ms: args.cpu_poll_after_data_ms,
             node_id: args.node_id,
             publish_ring_bytes: args.publish_ring_bytes,
             log_bytes: args.log_bytes,
@@ -190,6 +196,9 @@ impl Overrides {
         }
         if let Some(us) = self.spin_after_data_us {
             config.spin_after_data_us = us;
+        }
+        if let Some(ms) = self.cpu_poll_after_data_ms {
+            config.cpu_poll_after_data_ms = ms;
         }
         if let Some(n) = self.node_id {
             config.node_id = n;

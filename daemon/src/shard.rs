@@ -113,6 +113,8 @@ pub mod counter {
     pub const FLOW_STATUSES: usize = shard_counter("flow_statuses");
     pub const FLOW_SLOW_MEMBERS: usize = shard_counter("flow_slow_members");
     pub const PUBLISH_ABANDONED: usize = shard_counter("publish_abandoned");
+    pub const CPU_POLL_HOLDS: usize = shard_counter("cpu_poll_holds");
+    pub const CPU_POLL_REFUSED: usize = shard_counter("cpu_poll_refused");
 }
 
 impl ShardStats {
@@ -400,6 +402,67 @@ const MAX_KEPT_VIEWS: usize = 4 * cpg::MAX_DORMANT;
 /// confchg).
 pub const LINGER_MAX: Duration = Duration::from_secs(10);
 
+/// The shard's request that idle CPUs poll rather than halt while its traffic lasts
+/// (`Config::cpu_poll_after_data_ms`): taken at the first park after data, given back at
+/// the first park `after_data` past the last one. Looked at only when the shard parks (a
+/// clock read and, on a change, an `open` or a `close`), never per message.
+struct CpuPoll {
+    after_data: Duration,
+    hold: Option<tutti_sys::CpuLatencyHold>,
+    until: Instant,
+    /// The device could not be opened once: the shard does not try again.
+    refused: bool,
+}
+
+impl CpuPoll {
+    fn new(after_data: Duration) -> CpuPoll {
+        CpuPoll {
+            after_data,
+            hold: None,
+            until: Instant::now(),
+            refused: false,
+        }
+    }
+
+    /// Takes, extends or ends the hold before a park; returns how long it has left, so the
+    /// park can end in time to end it.
+    fn before_park(&mut self, data_since_park: bool, shard: usize, stats: &ShardStats) -> Option<Duration> {
+        if self.after_data.is_zero() || self.refused {
+            return None;
+        }
+        let now = Instant::now();
+        if data_since_park {
+            self.until = now + self.after_data;
+            if self.hold.is_none() {
+                match tutti_sys::CpuLatencyHold::take() {
+                    Ok(hold) => {
+                        self.hold = Some(hold);
+                        stats.add(counter::CPU_POLL_HOLDS, 1);
+                    }
+                    Err(e) => {
+                        self.refused = true;
+                        stats.add(counter::CPU_POLL_REFUSED, 1);
+                        tracing::warn!(
+                            shard,
+                            "cpu_poll_after_data_ms: {}: {e}; idle CPUs halt as without it",
+                            tutti_sys::CPU_LATENCY_DEVICE
+                        );
+                        return None;
+                    }
+                }
+            }
+        } else if self.hold.is_some() && now >= self.until {
+            self.hold = None;
+        }
+        self.hold.as_ref().map(|_| {
+            // At least a millisecond: a park shorter than that costs more than it saves.
+            self.until
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        })
+    }
+}
+
 /// Everything a shard thread needs; built by the daemon, moved into the thread.
 pub struct Shard {
     pub index: usize,
@@ -417,6 +480,9 @@ pub struct Shard {
     /// us), and costs a saturated daemon the core its peers need (throughput -33%, and the
     /// 3-daemon cpg path's p50 doubles).
     pub spin_after_data: Duration,
+    /// How long the shard keeps idle CPUs polling after its last data
+    /// (`Config::cpu_poll_after_data_ms`; zero: never).
+    cpu_poll: CpuPoll,
     pub commands: Receiver<ShardCommand>,
     pub events: Sender<ShardEvent>,
     pub events_wake: Arc<EventFd>,
@@ -466,6 +532,7 @@ impl Shard {
         node_id: u32,
         idle: IdleStrategy,
         spin_after_data: Duration,
+        cpu_poll_after_data: Duration,
         commands: Receiver<ShardCommand>,
         events: Sender<ShardEvent>,
         events_wake: Arc<EventFd>,
@@ -486,6 +553,7 @@ impl Shard {
             node_id,
             idle,
             spin_after_data,
+            cpu_poll: CpuPoll::new(cpu_poll_after_data),
             commands,
             events,
             events_wake,
@@ -609,6 +677,13 @@ impl Shard {
         // look at `parked`: either the client sees parked = 1 and rings, or we see its frame.
         // In barrier mode the membarrier stands for the fences that clients skipped.
         let mut timeout = PARK_TIMEOUT;
+        if let Some(left) = self
+            .cpu_poll
+            .before_park(self.data_since_park, self.index, &self.stats)
+        {
+            // Wake when the hold is due to end, to end it.
+            timeout = timeout.min(left);
+        }
         self.frames_since_park = 0;
         if std::mem::take(&mut self.barrier_mode) {
             self.doorbell.park_leaving_barrier_mode();

@@ -172,6 +172,7 @@ impl RunningShard {
             daemon,
             IdleStrategy::Backoff,
             tutti_daemon::config::Config::default().spin_after_data(),
+            tutti_daemon::config::Config::default().cpu_poll_after_data(),
             rx,
             etx,
             Arc::new(EventFd::new().unwrap()),

@@ -641,7 +641,7 @@ fn check_io_uring(host: &Host) -> Check {
 /// latency, so like busy polling it is opt-in: any value passes.
 fn check_guest_halt_poll(host: &Host) -> Check {
     const NAME: &str = "cpu.guest_halt_poll";
-    const WHY: &str = "On a KVM guest an idle vCPU halts and every wake-up of a thread on it waits for the host to run the vCPU again; with the cpuidle-haltpoll driver the guest polls first for up to guest_halt_poll_ns. Measured on a 2-vCPU guest (2026-12-07): a pipe round trip between two processes 72-135 µs at 0 and 10-12 µs at 200000, and the wake-up chain of tutti-bench cluster 84 µs and 30 µs; the polling is CPU time of the host. Set it with echo 200000 > /sys/module/haltpoll/parameters/guest_halt_poll_ns, or haltpoll.guest_halt_poll_ns= on the kernel command line.";
+    const WHY: &str = "On a KVM guest an idle vCPU halts and every wake-up of a thread on it waits for the host to run the vCPU again; with the cpuidle-haltpoll driver the guest polls first for up to guest_halt_poll_ns. Measured on a 2-vCPU guest (2026-12-07): a pipe round trip between two processes 72-135 µs at 0 and 10-12 µs at 200000, and the wake-up chain of tutti-bench cluster 84 µs and 30 µs; the polling is CPU time of the host. Set it with echo 200000 > /sys/module/haltpoll/parameters/guest_halt_poll_ns, or haltpoll.guest_halt_poll_ns= on the kernel command line; or let tuttid keep idle CPUs polling only while its traffic lasts (cpu_poll_after_data_ms, a request on /dev/cpu_dma_latency: tutti-bench cluster p50 47-48 -> 35-36 µs on such a guest).";
     let driver = host
         .read("/sys/devices/system/cpu/cpuidle/current_driver")
         .unwrap_or_default();

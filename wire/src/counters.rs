@@ -188,6 +188,14 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "unlogged",
         "messages of plain groups not written to the local delivery log because no local member subscribes (publish-only members): nobody to read them",
     ),
+    (
+        "cpu_poll_holds",
+        "times the shard asked the kernel to keep idle CPUs polling after data (cpu_poll_after_data_ms; /dev/cpu_dma_latency at 0)",
+    ),
+    (
+        "cpu_poll_refused",
+        "cpu_poll_after_data_ms is set but /dev/cpu_dma_latency could not be opened (not root, or no such device): the CPUs halt as before",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):

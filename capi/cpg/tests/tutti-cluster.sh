@@ -16,7 +16,8 @@
 # checks failed, with the reason. TUTTI_CPG_PARTITION (majority or evs) sets the daemons'
 # `cluster.cpg_partition`; unset, the daemon's default (evs). TUTTI_EVS_DELIVERY (agreed or
 # safe) sets their `cluster.evs_delivery`; unset, the daemon's default (agreed).
-# TUTTI_SPIN_AFTER_DATA_US sets their `spin_after_data_us`; unset, the daemon's default.
+# TUTTI_SPIN_AFTER_DATA_US sets their `spin_after_data_us`, TUTTI_CPU_POLL_AFTER_DATA_MS
+# their `cpu_poll_after_data_ms`; unset, the daemon's defaults.
 #
 # Callers set CLUSTER_DIR; cluster_down is idempotent (it removes the namespaces too) and
 # belongs in the EXIT trap.
@@ -106,6 +107,7 @@ socket = "$d/tuttid.sock"
 no_pin = true
 idle = "backoff"
 ${TUTTI_SPIN_AFTER_DATA_US:+spin_after_data_us = $TUTTI_SPIN_AFTER_DATA_US}
+${TUTTI_CPU_POLL_AFTER_DATA_MS:+cpu_poll_after_data_ms = $TUTTI_CPU_POLL_AFTER_DATA_MS}
 log_bytes = 67108864
 [cluster]
 enabled = true
