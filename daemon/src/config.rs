@@ -71,8 +71,10 @@ pub struct Config {
     /// this long parks, so an idle daemon costs about nothing. Longer: lower latency for
     /// traffic sparser than one message per this interval, more CPU while such traffic
     /// lasts, taken from whatever else needs the core on a host with fewer cores than busy
-    /// threads. 0: park at once. The README ("The spin after data as a setting") has the
-    /// figures.
+    /// threads. 0: park at once. While the last 8 spins caught nothing (one message in
+    /// flight: the next comes a round trip later) the shard parks at once too, spinning
+    /// again every 16th time (counter `spins_skipped`). The README ("The spin after data
+    /// as a setting", "Idle CPUs that poll") has the figures.
     pub spin_after_data_us: u64,
     /// After data, ask the kernel to keep idle CPUs polling instead of halting for this
     /// long (milliseconds): each shard holds a request for a wake-up latency of 0 on

@@ -115,6 +115,7 @@ pub mod counter {
     pub const PUBLISH_ABANDONED: usize = shard_counter("publish_abandoned");
     pub const CPU_POLL_HOLDS: usize = shard_counter("cpu_poll_holds");
     pub const CPU_POLL_REFUSED: usize = shard_counter("cpu_poll_refused");
+    pub const SPINS_SKIPPED: usize = shard_counter("spins_skipped");
 }
 
 impl ShardStats {
@@ -402,6 +403,56 @@ const MAX_KEPT_VIEWS: usize = 4 * cpg::MAX_DORMANT;
 /// confchg).
 pub const LINGER_MAX: Duration = Duration::from_secs(10);
 
+/// How long the backoff strategy spins after data before it parks
+/// (`Config::spin_after_data_us`, default 5 us). Bounded by time, not passes, and
+/// without yields: on a machine with fewer cores than busy threads (a 2-vCPU VM running
+/// two daemons and two clients) `sched_yield` does not give the core away: the daemon
+/// runs in its own session (autogroup), and a yield only lets threads of the same group
+/// run (`perf sched timehist` with 2,000 spins and 20 yields showed the receiving shard
+/// waiting 0.1-0.3 ms for a core held by a yielding thread). The trade on such a
+/// machine (README, "The spin after data as a setting"): a longer spin saves the next
+/// sparse message a wake-up (p50 of `tutti-bench cluster --nodes 2` 78 -> 22 us with 200
+/// us), and costs a saturated daemon the core its peers need (throughput -33%, and the
+/// 3-daemon cpg path's p50 doubles).
+///
+/// The spin is a bet that new work comes within it, and it loses on every message of a
+/// one-in-flight exchange (the next comes a round trip later); on a host that runs the
+/// thread the shard just woke (the subscriber, a local peer daemon's shard) on the shard's
+/// own CPU, a lost spin is time the woken thread waits (`tutti-bench cluster --nodes 2`,
+/// ftrace: 5-10 µs per hop). So after [`SpinAfterData::MISSES_BEFORE_REST`] spins in a row
+/// that caught nothing the shard parks at once after data, spinning again on every
+/// [`SpinAfterData::PROBE_EVERY`]th stretch to notice traffic that became dense (counter
+/// `spins_skipped`).
+struct SpinAfterData {
+    duration: Duration,
+    /// Stretches of empty passes after data in a row that ended in a park (spun or not)
+    /// since a spin last caught work.
+    misses: u32,
+}
+
+impl SpinAfterData {
+    const MISSES_BEFORE_REST: u32 = 8;
+    const PROBE_EVERY: u32 = 16;
+
+    fn new(duration: Duration) -> SpinAfterData {
+        SpinAfterData { duration, misses: 0 }
+    }
+
+    /// Whether the stretch of empty passes starting now spins.
+    fn pays(&self) -> bool {
+        !self.duration.is_zero()
+            && (self.misses < Self::MISSES_BEFORE_REST || self.misses.is_multiple_of(Self::PROBE_EVERY))
+    }
+
+    fn caught(&mut self) {
+        self.misses = 0;
+    }
+
+    fn missed(&mut self) {
+        self.misses = self.misses.saturating_add(1);
+    }
+}
+
 /// The shard's request that idle CPUs poll rather than halt while its traffic lasts
 /// (`Config::cpu_poll_after_data_ms`): taken at the first park after data, given back at
 /// the first park `after_data` past the last one. Looked at only when the shard parks (a
@@ -468,18 +519,7 @@ pub struct Shard {
     pub index: usize,
     pub node_id: u32,
     pub idle: IdleStrategy,
-    /// How long the backoff strategy spins after data before it parks
-    /// (`Config::spin_after_data_us`, default 5 us). Bounded by time, not passes, and
-    /// without yields: on a machine with fewer cores than busy threads (a 2-vCPU VM running
-    /// two daemons and two clients) `sched_yield` does not give the core away: the daemon
-    /// runs in its own session (autogroup), and a yield only lets threads of the same group
-    /// run (`perf sched timehist` with 2,000 spins and 20 yields showed the receiving shard
-    /// waiting 0.1-0.3 ms for a core held by a yielding thread). The trade on such a
-    /// machine (README, "The spin after data as a setting"): a longer spin saves the next
-    /// sparse message a wake-up (p50 of `tutti-bench cluster --nodes 2` 78 -> 22 us with 200
-    /// us), and costs a saturated daemon the core its peers need (throughput -33%, and the
-    /// 3-daemon cpg path's p50 doubles).
-    pub spin_after_data: Duration,
+    spin: SpinAfterData,
     /// How long the shard keeps idle CPUs polling after its last data
     /// (`Config::cpu_poll_after_data_ms`; zero: never).
     cpu_poll: CpuPoll,
@@ -552,7 +592,7 @@ impl Shard {
             index,
             node_id,
             idle,
-            spin_after_data,
+            spin: SpinAfterData::new(spin_after_data),
             cpu_poll: CpuPoll::new(cpu_poll_after_data),
             commands,
             events,
@@ -585,6 +625,8 @@ impl Shard {
         let mut idle_passes: u32 = 0;
         let mut idle_since = Instant::now();
         let mut since_commands: u32 = 0;
+        // This stretch of empty passes after data spins (decided at its first pass).
+        let mut data_spin = false;
         loop {
             let mut work = self.poll_rings();
             if work > 0 {
@@ -616,6 +658,11 @@ impl Shard {
                 }
             }
             if work > 0 {
+                if data_spin && idle_passes > 0 {
+                    // The spin after data caught work.
+                    self.spin.caught();
+                }
+                data_spin = false;
                 idle_passes = 0;
                 continue;
             }
@@ -626,18 +673,31 @@ impl Shard {
                     // After data: spin for `spin_after_data` (the clock is read every 16th
                     // pass, a vDSO call), looking at the network on every pass; after
                     // membership traffic only: `CONTROL_SPINS` passes.
+                    // A spin after data that keeps finding nothing (one message in
+                    // flight: the next comes after a round trip) is skipped (`SpinAfterData`).
                     let spin = if self.data_since_park {
                         if idle_passes == 1 {
-                            idle_since = Instant::now();
+                            data_spin = self.spin.pays();
+                            if data_spin {
+                                idle_since = Instant::now();
+                            } else {
+                                self.stats.add(counter::SPINS_SKIPPED, 1);
+                            }
                         }
                         self.since_cluster = CLUSTER_POLL_INTERVAL;
-                        !idle_passes.is_multiple_of(16) || idle_since.elapsed() < self.spin_after_data
+                        data_spin
+                            && (!idle_passes.is_multiple_of(16) || idle_since.elapsed() < self.spin.duration)
                     } else {
                         idle_passes < CONTROL_SPINS
                     };
                     if spin {
                         std::hint::spin_loop();
                     } else {
+                        data_spin = false;
+                        if self.data_since_park {
+                            // A stretch after data that caught nothing (spun or not).
+                            self.spin.missed();
+                        }
                         self.stats.add(counter::IDLE_SPINS, u64::from(idle_passes));
                         self.park();
                         idle_passes = 0;
@@ -1811,5 +1871,32 @@ fn drain_ring(
     match bad {
         Some(reason) => Err(reason),
         None => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinAfterData;
+    use std::time::Duration;
+
+    /// Spins while they catch work; after `MISSES_BEFORE_REST` stretches in a row that
+    /// caught nothing, only every `PROBE_EVERY`th stretch spins, until one catches again.
+    /// A zero duration never spins.
+    #[test]
+    fn the_spin_after_data_rests_after_misses_and_probes_until_it_catches() {
+        let mut spin = SpinAfterData::new(Duration::from_micros(5));
+        let mut spun = Vec::new();
+        for _ in 0..40 {
+            spun.push(spin.pays());
+            spin.missed();
+        }
+        let expected: Vec<bool> = (0..40u32)
+            .map(|n| n < SpinAfterData::MISSES_BEFORE_REST || n % SpinAfterData::PROBE_EVERY == 0)
+            .collect();
+        assert_eq!(spun, expected);
+        assert_eq!(spun.iter().filter(|&&s| s).count(), 8 + 2);
+        spin.caught();
+        assert!(spin.pays());
+        assert!(!SpinAfterData::new(Duration::ZERO).pays());
     }
 }

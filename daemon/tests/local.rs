@@ -777,3 +777,27 @@ fn a_shard_keeps_idle_cpus_polling_after_data_and_lets_go_after_cpu_poll_after_d
         "no new request after new data"
     );
 }
+
+/// A spin after data that keeps catching nothing is skipped: with messages 10 ms apart and
+/// a 1 ms spin, every spin misses, so after 8 stretches the shard parks at once after each
+/// message (counted in `spins_skipped`) but for a probe every 16th stretch; every message
+/// is still taken. (Spins that catch work go on: `a_shard_spins_spin_after_data_us_before_it_parks`.)
+#[test]
+fn a_shard_stops_spinning_after_data_when_its_spins_catch_nothing() {
+    let daemon = Daemon::start("spin-in-vain", &["--spin-after-data-us", "1000"]);
+    let mut publisher = daemon.client();
+    let g = publisher.join_as("sparse", Rights::PUBLISH).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = shard_counter(&mut publisher, "spins_skipped");
+    for i in 0..24u64 {
+        publish_range(&mut publisher, g, i..i + 1, 64);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let skipped = shard_counter(&mut publisher, "spins_skipped") - before;
+    assert_eq!(shard_counter(&mut publisher, "frames_in"), 24);
+    // Stretches 9-16 and 18-24 skip (15); the 17th probes.
+    assert!(
+        (12..=16).contains(&skipped),
+        "{skipped} spins skipped in 24 messages 10 ms apart, each spin catching nothing"
+    );
+}

@@ -196,6 +196,10 @@ pub const SHARD_COUNTERS: &[(&str, &str)] = &[
         "cpu_poll_refused",
         "cpu_poll_after_data_ms is set but /dev/cpu_dma_latency could not be opened (not root, or no such device): the CPUs halt as before",
     ),
+    (
+        "spins_skipped",
+        "parks right after data without the spin after data, because the last spins caught nothing (one message in flight; spin_after_data_us)",
+    ),
 ];
 
 /// The control plane's counters (one page, written by the daemon's control thread only):
