@@ -685,6 +685,25 @@ fn bad_config_is_an_error_naming_the_key() {
     assert!(out.status.success());
 }
 
+/// Publishes `count` messages 10 ms apart through a daemon with `--spin-after-data-us
+/// spin_us`, once its shard parked after the join; checks every one was taken and returns
+/// how much the shard counter `counter` grew meanwhile.
+fn sparse_messages(spin_us: &str, count: u64, counter: &str) -> u64 {
+    let daemon = Daemon::start("spin-after-data", &["--spin-after-data-us", spin_us]);
+    let mut publisher = daemon.client();
+    let g = publisher.join_as("sparse", Rights::PUBLISH).unwrap();
+    // The join's chores done, the shard parked.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = shard_counter(&mut publisher, counter);
+    for i in 0..count {
+        publish_range(&mut publisher, g, i..i + 1, 64);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let grown = shard_counter(&mut publisher, counter) - before;
+    assert_eq!(shard_counter(&mut publisher, "frames_in"), count);
+    grown
+}
+
 /// `spin_after_data_us`: a `backoff` shard keeps polling that long after its last data
 /// before it parks, so sparse traffic within it costs no park (and the next message no
 /// wake-up); with 0 it parks after every message. Messages 10 ms apart: with 100 ms the
@@ -692,21 +711,7 @@ fn bad_config_is_an_error_naming_the_key() {
 /// 0 about once per message.
 #[test]
 fn a_shard_spins_spin_after_data_us_before_it_parks() {
-    let parks_while_sparse = |spin_us: &str| -> u64 {
-        let daemon = Daemon::start("spin-after-data", &["--spin-after-data-us", spin_us]);
-        let mut publisher = daemon.client();
-        let g = publisher.join_as("sparse", Rights::PUBLISH).unwrap();
-        // The join's chores done, the shard parked.
-        std::thread::sleep(Duration::from_millis(300));
-        let before = shard_counter(&mut publisher, "parks");
-        for i in 0..20u64 {
-            publish_range(&mut publisher, g, i..i + 1, 64);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let parks = shard_counter(&mut publisher, "parks") - before;
-        assert_eq!(shard_counter(&mut publisher, "frames_in"), 20);
-        parks
-    };
+    let parks_while_sparse = |spin_us: &str| sparse_messages(spin_us, 20, "parks");
     let long = parks_while_sparse("100000");
     let none = parks_while_sparse("0");
     assert!(
@@ -784,17 +789,7 @@ fn a_shard_keeps_idle_cpus_polling_after_data_and_lets_go_after_cpu_poll_after_d
 /// is still taken. (Spins that catch work go on: `a_shard_spins_spin_after_data_us_before_it_parks`.)
 #[test]
 fn a_shard_stops_spinning_after_data_when_its_spins_catch_nothing() {
-    let daemon = Daemon::start("spin-in-vain", &["--spin-after-data-us", "1000"]);
-    let mut publisher = daemon.client();
-    let g = publisher.join_as("sparse", Rights::PUBLISH).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = shard_counter(&mut publisher, "spins_skipped");
-    for i in 0..24u64 {
-        publish_range(&mut publisher, g, i..i + 1, 64);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let skipped = shard_counter(&mut publisher, "spins_skipped") - before;
-    assert_eq!(shard_counter(&mut publisher, "frames_in"), 24);
+    let skipped = sparse_messages("1000", 24, "spins_skipped");
     // Stretches 9-16 and 18-24 skip (15); the 17th probes.
     assert!(
         (12..=16).contains(&skipped),
