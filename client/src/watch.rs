@@ -19,6 +19,8 @@ use crate::{Client, Error, GroupId};
 /// descheduled). Beyond it the reader reads on; the wake-up may then come after the read
 /// (a spurious readiness, which the contract allows).
 const CLAIMED_WAIT: Duration = Duration::from_millis(100);
+/// Longest sleep on the sleeper word at a time (a daemon of before the word never wakes it).
+const CLAIMED_SLEEP: Duration = Duration::from_millis(1);
 
 /// How long [`Client::check_watch`] waits for the session's socket to close after the
 /// shard closed its end of a descriptor.
@@ -116,10 +118,14 @@ impl GroupWatch {
                     spins += 1;
                     if spins < 64 {
                         std::hint::spin_loop();
-                    } else if spins < 128 {
-                        std::thread::yield_now();
                     } else {
-                        std::thread::sleep(Duration::from_micros(50));
+                        // The shard's send woke us, and it may be waiting for this CPU to
+                        // store `fired`: sleep until its `fired` wakes us (a yield would
+                        // let it run its whole pass first; tutti_wire::shm::watch).
+                        if self.watch.sleep_if_claimed() == Disarm::Claimed {
+                            tutti_sys::futex_wait(self.watch.sleeper(), 1, CLAIMED_SLEEP);
+                        }
+                        self.watch.slept();
                     }
                 }
             }

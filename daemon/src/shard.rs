@@ -371,7 +371,11 @@ impl Watcher {
         if self.watch.claim(end) {
             // A reader that closed its end is leaving: nothing to tell it.
             let _ = self.sender.wake();
-            self.watch.fired();
+            if self.watch.fired() {
+                // The reader woke on the send and found us between it and `fired`: it
+                // sleeps on the sleeper word (tutti_wire::shm::watch).
+                tutti_sys::futex_wake_all(self.watch.sleeper());
+            }
             stats.add(counter::DESCRIPTOR_WAKES, 1);
         }
     }

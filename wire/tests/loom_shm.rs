@@ -11,7 +11,7 @@
 #![cfg(loom)]
 
 use loom::sync::atomic::AtomicBool;
-use loom::sync::atomic::Ordering::Relaxed;
+use loom::sync::atomic::Ordering::{Acquire, Relaxed};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -225,7 +225,9 @@ fn loom_group_doorbell_never_loses_a_wakeup() {
 /// reader that reads what is there, arms at its position and re-checks, racing with the
 /// shard's append and claim. No wake-up is lost (a reader left armed with a record past
 /// its position was sent one), and none is spurious (no send for a record the reader read
-/// before it armed; a send the reader saw while disarming happened before its drain).
+/// before it armed; a send the reader saw while disarming happened before its drain). A
+/// reader that finds the word claimed sleeps until the shard's `fired` clears the sleeper
+/// word (never for ever).
 #[test]
 fn loom_watch_neither_loses_nor_invents_a_wakeup() {
     model(|| {
@@ -248,7 +250,10 @@ fn loom_watch_neither_loses_nor_invents_a_wakeup() {
             writer.append(7, b"x").unwrap();
             if shard_watch.claim(writer.end()) {
                 shard_sent.store(true, Relaxed); // the send
-                shard_watch.fired();
+                if shard_watch.fired() {
+                    // The futex wake: a sleeper was announced, so it was cleared.
+                    assert_eq!(shard_watch.sleeper().load(Relaxed), 0);
+                }
             }
         });
         let mut read = reader.poll(1, |_| {}).unwrap();
@@ -264,7 +269,17 @@ fn loom_watch_neither_loses_nor_invents_a_wakeup() {
                         assert!(drained_send, "the word says fired, the send is not there");
                         break;
                     }
-                    Disarm::Claimed => thread::yield_now(),
+                    Disarm::Claimed => {
+                        // Announce, then sleep while the word stays claimed: the futex
+                        // wait (expected 1) as a wait for the shard to clear the sleeper.
+                        // A lost wake-up would spin here for ever.
+                        if reader_watch.sleep_if_claimed() == Disarm::Claimed {
+                            while reader_watch.sleeper().load(Acquire) == 1 {
+                                thread::yield_now();
+                            }
+                        }
+                        reader_watch.slept();
+                    }
                 }
             }
             armed = false;
