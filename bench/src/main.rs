@@ -1087,7 +1087,7 @@ fn run_local_throughput(args: LocalThroughputArgs) -> Result<(), String> {
 }
 
 /// The daemons' idle strategy as the cluster reports name it: with `--daemon-spin-us`,
-/// the spin after data too.
+/// the spin after data too, and with `--daemon-cpu-poll-ms` how long idle CPUs poll.
 fn daemon_idle_label(args: &ClusterArgs) -> String {
     let idle = match args.daemon_spin_us {
         Some(us) if args.daemon_idle == "backoff" => format!("backoff, spin {us} us after data"),

@@ -523,6 +523,7 @@ pub struct Shard {
     pub index: usize,
     pub node_id: u32,
     pub idle: IdleStrategy,
+    /// How long the backoff strategy spins after data, and whether it still pays.
     spin: SpinAfterData,
     /// How long the shard keeps idle CPUs polling after its last data
     /// (`Config::cpu_poll_after_data_ms`; zero: never).
@@ -674,11 +675,11 @@ impl Shard {
             match self.idle {
                 IdleStrategy::Spin => std::hint::spin_loop(),
                 IdleStrategy::Backoff => {
-                    // After data: spin for `spin_after_data` (the clock is read every 16th
-                    // pass, a vDSO call), looking at the network on every pass; after
-                    // membership traffic only: `CONTROL_SPINS` passes.
-                    // A spin after data that keeps finding nothing (one message in
-                    // flight: the next comes after a round trip) is skipped (`SpinAfterData`).
+                    // After data: spin for `spin.duration` (the clock is read every 16th
+                    // pass, a vDSO call), looking at the network on every pass, unless the
+                    // last spins found nothing (one message in flight: the next comes after
+                    // a round trip; `SpinAfterData`); after membership traffic only:
+                    // `CONTROL_SPINS` passes.
                     let spin = if self.data_since_park {
                         if idle_passes == 1 {
                             data_spin = self.spin.pays();
