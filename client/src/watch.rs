@@ -104,6 +104,7 @@ impl GroupWatch {
         // of a flooding CPG sender's time).
         let mut started = None;
         let mut spins = 0u32;
+        let mut tried_take = false;
         loop {
             match self.watch.disarm() {
                 Disarm::Quiet => {
@@ -118,6 +119,23 @@ impl GroupWatch {
                     spins += 1;
                     if spins < 64 {
                         std::hint::spin_loop();
+                    } else if !tried_take {
+                        // The shard's send woke us and may have preempted it before its
+                        // `fired`: if the wake-up is in the descriptor, its send is done;
+                        // take the word back and read on (no sleep, no wait for the
+                        // shard's CPU). Empty: it has not sent yet; wait for it below.
+                        tried_take = true;
+                        match tutti_sys::wake_drain(&self.fd) {
+                            WakeDrain::Empty => {}
+                            WakeDrain::Woken => {
+                                self.watch.take_claim();
+                                return;
+                            }
+                            WakeDrain::HungUp => {
+                                self.gone.store(true, Ordering::Relaxed);
+                                return;
+                            }
+                        }
                     } else {
                         // The shard's send woke us, and it may be waiting for this CPU to
                         // store `fired`: sleep until its `fired` wakes us (a yield would

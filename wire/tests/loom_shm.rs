@@ -11,7 +11,7 @@
 #![cfg(loom)]
 
 use loom::sync::atomic::AtomicBool;
-use loom::sync::atomic::Ordering::{Acquire, Relaxed};
+use loom::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -227,7 +227,8 @@ fn loom_group_doorbell_never_loses_a_wakeup() {
 /// its position was sent one), and none is spurious (no send for a record the reader read
 /// before it armed; a send the reader saw while disarming happened before its drain). A
 /// reader that finds the word claimed sleeps until the shard's `fired` clears the sleeper
-/// word (never for ever).
+/// word (never for ever), unless its `recv` already took the shard's send: then it takes
+/// the word back, reads, and arms again, which the shard's late `fired` must leave alone.
 #[test]
 fn loom_watch_neither_loses_nor_invents_a_wakeup() {
     model(|| {
@@ -249,7 +250,7 @@ fn loom_watch_neither_loses_nor_invents_a_wakeup() {
             let (_keep, _keep_page) = (keep, keep_page);
             writer.append(7, b"x").unwrap();
             if shard_watch.claim(writer.end()) {
-                shard_sent.store(true, Relaxed); // the send
+                shard_sent.store(true, Release); // the send
                 if shard_watch.fired() {
                     // The futex wake: a sleeper was announced, so it was cleared.
                     assert_eq!(shard_watch.sleeper().load(Relaxed), 0);
@@ -260,13 +261,22 @@ fn loom_watch_neither_loses_nor_invents_a_wakeup() {
         reader_watch.arm(reader.position());
         let mut armed = true;
         let mut drained_send = false;
+        let mut took_claim = false;
         if reader.has_data() {
             loop {
                 match reader_watch.disarm() {
                     Disarm::Quiet => break,
                     Disarm::Fired => {
-                        drained_send = sent.load(Relaxed);
+                        drained_send = sent.load(Acquire);
                         assert!(drained_send, "the word says fired, the send is not there");
+                        break;
+                    }
+                    Disarm::Claimed if sent.load(Acquire) => {
+                        // The `recv` took the shard's wake-up (the socket orders it after
+                        // the send): the reader takes the word back and reads on.
+                        drained_send = true;
+                        took_claim = true;
+                        reader_watch.take_claim();
                         break;
                     }
                     Disarm::Claimed => {
@@ -285,7 +295,19 @@ fn loom_watch_neither_loses_nor_invents_a_wakeup() {
             armed = false;
             read += reader.poll(1, |_| {}).unwrap();
         }
+        if took_claim {
+            // Drained at the record's end, the reader waits again; the shard's `fired`,
+            // still to come, must not undo this arming.
+            reader_watch.arm(reader.position());
+        }
         shard.join().unwrap();
+        if took_claim {
+            assert_eq!(
+                reader_watch.disarm(),
+                Disarm::Quiet,
+                "the shard's late fired undid the reader's next arming"
+            );
+        }
         let sent = sent.load(Relaxed);
         if armed && read == 0 {
             assert!(sent, "armed before the record, and never woken");

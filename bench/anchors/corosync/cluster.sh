@@ -82,7 +82,7 @@ cluster_start_node() {
             mkdir -p "$m"; mount -t tmpfs -o size=256m tmpfs "$m"
         done
         echo $$ >"$1/pid"
-        exec corosync -f -c "$1/corosync.conf"' sh "$d" >"$d/stdout" 2>&1 &
+        exec ${2:+taskset -c "$2"} corosync -f -c "$1/corosync.conf"' sh "$d" "${COROSYNC_CPUS:-}" >"$d/stdout" 2>&1 &
     disown
     local t=0
     while [ ! -s "$d/pid" ]; do

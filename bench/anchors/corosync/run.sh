@@ -4,6 +4,7 @@
 #
 #   sudo bench/anchors/corosync/run.sh [--senders 1|2|3] [--size B] [--duration S] [--rate R]
 #                                      [--lib DIR] [--impl NAME] [--reps N] [--target T]
+#                                      [--daemon-cpus default|none|LIST]
 #
 # --target corosync (default) runs on Corosync; --target tutti runs the same cpgload binary
 # (linked against Debian's libcpg) with LD_LIBRARY_PATH at tutti's libcpg.so.4 on 3 tuttid
@@ -12,9 +13,14 @@
 # of the medians over the reps. --lib DIR runs cpgload against the libcpg.so.4 in DIR while
 # the cluster is still Corosync's. Needs root for Corosync (namespaces, apt-get if corosync is
 # missing). Everything it starts is stopped and every namespace removed on exit or interrupt.
+# --daemon-cpus places the daemons: `default` (the default) as each runs when installed
+# (tuttid pins its one shard to the last CPU, its built-in default; Corosync is not pinned,
+# as Debian's corosync.service runs it), `none` (no daemon pinned: tuttid's `no_pin`), or a
+# CPU list such as `1` (every daemon of either side pinned to it: tuttid's `cores`, Corosync
+# under `taskset -c`). The JSON line names it ("daemon_cpus").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-senders=1 size=64 duration=5 rate=0 lib="" impl="" reps=1 target=corosync
+senders=1 size=64 duration=5 rate=0 lib="" impl="" reps=1 target=corosync daemon_cpus=default
 args=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -26,10 +32,16 @@ while [ $# -gt 0 ]; do
     --impl) impl=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --target) target=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    --daemon-cpus) daemon_cpus=$2; shift 2 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+case $daemon_cpus in
+default | none) ;;
+*) [[ $daemon_cpus =~ ^[0-9]+(,[0-9]+)*$ ]] ||
+    { echo "run.sh: --daemon-cpus must be default, none or a list of CPU numbers like 1 or 0,1" >&2; exit 2; } ;;
+esac
 if [ "$target" = both ]; then
     # Each side in its own run (the two cluster scripts define the same functions).
     out=$(mktemp /tmp/tutti-anchor.XXXXXX)
@@ -44,7 +56,7 @@ keys = ["msgs_per_s", "p50_ns", "p99_ns", "other_p50_ns", "other_p99_ns"]
 med = {impl: {k: statistics.median(r[k] for r in rows if r["impl"] == impl) for k in keys}
        for impl in ("corosync", "tutti")}
 ratio = {k: round(med["tutti"][k] / med["corosync"][k], 3) if med["corosync"][k] else None for k in keys}
-print(json.dumps({"ratio_tutti_over_corosync": ratio, "medians": med,
+print(json.dumps({"ratio_tutti_over_corosync": ratio, "medians": med, "daemon_cpus": rows[0].get("daemon_cpus"),
                   "order_identical": all(r["order_identical"] for r in rows)}))
 PY
     exit
@@ -55,11 +67,13 @@ corosync)
     [ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (network namespaces)" >&2; exit 2; }
     # shellcheck source=cluster.sh
     . "$here/cluster.sh"
+    case $daemon_cpus in default | none) COROSYNC_CPUS="" ;; *) COROSYNC_CPUS=$daemon_cpus ;; esac
     ;;
 tutti)
     impl=${impl:-tutti}
     [ -z "$lib" ] || { echo "run.sh: --lib and --target tutti exclude each other" >&2; exit 2; }
     TUTTI_PROFILE=${TUTTI_PROFILE:-release}
+    TUTTI_DAEMON_CPUS=$daemon_cpus
     # shellcheck source=../../../capi/cpg/tests/tutti-cluster.sh
     . "$here/../../../capi/cpg/tests/tutti-cluster.sh"
     ;;
@@ -105,6 +119,7 @@ for rep in $(seq 1 "$reps"); do
     done
     for p in "${pids[@]}"; do wait "$p" || { echo "run.sh: a member failed (status $?)" >&2; exit 1; }; done
     pids=()
-    "$CLUSTER_DIR/cpgload" merge "${libopt[@]}" --impl "$impl" "${prefixes[@]}" || status=1
+    line=$("$CLUSTER_DIR/cpgload" merge "${libopt[@]}" --impl "$impl" "${prefixes[@]}") || status=1
+    [ -z "$line" ] || echo "{\"daemon_cpus\":\"$daemon_cpus\",${line#\{}"
 done
 exit $status

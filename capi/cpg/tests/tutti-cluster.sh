@@ -17,7 +17,10 @@
 # `cluster.cpg_partition`; unset, the daemon's default (evs). TUTTI_EVS_DELIVERY (agreed or
 # safe) sets their `cluster.evs_delivery`; unset, the daemon's default (agreed).
 # TUTTI_SPIN_AFTER_DATA_US sets their `spin_after_data_us`, TUTTI_CPU_POLL_AFTER_DATA_MS
-# their `cpu_poll_after_data_ms`; unset, the daemon's defaults.
+# their `cpu_poll_after_data_ms`; unset, the daemon's defaults. TUTTI_DAEMON_CPUS places the
+# daemons' shards: unset or `none`, not pinned (`no_pin`: the conformance runs' default);
+# `default`, as tuttid pins by default (one shard on the last CPU); a CPU list like `1`,
+# tuttid's `cores`.
 #
 # Callers set CLUSTER_DIR; cluster_down is idempotent (it removes the namespaces too) and
 # belongs in the EXIT trap.
@@ -95,8 +98,13 @@ cluster_install() {
 }
 
 cluster_start_node() {
-    local i=$1 d="$CLUSTER_DIR/n$1" seeds="" j cpgline=""
+    local i=$1 d="$CLUSTER_DIR/n$1" seeds="" j cpgline="" pinline
     [ -n "$TUTTI_CPG_PARTITION" ] && cpgline="cpg_partition = \"$TUTTI_CPG_PARTITION\""
+    case ${TUTTI_DAEMON_CPUS:-none} in
+    none) pinline="no_pin = true" ;;
+    default) pinline="" ;;
+    *) pinline="cores = [${TUTTI_DAEMON_CPUS}]" ;;
+    esac
     mkdir -p "$d"
     for j in $(seq 1 "$CLUSTER_NODES"); do seeds+="${seeds:+, }\"$j@$(cluster_addr "$j")\""; done
     # A 64 MiB log: the conformance checks send 1 MiB messages (about 1,000 fragments each)
@@ -104,7 +112,7 @@ cluster_start_node() {
     cat >"$d/tuttid.toml" <<CONF
 node_id = $i
 socket = "$d/tuttid.sock"
-no_pin = true
+$pinline
 idle = "backoff"
 ${TUTTI_SPIN_AFTER_DATA_US:+spin_after_data_us = $TUTTI_SPIN_AFTER_DATA_US}
 ${TUTTI_CPU_POLL_AFTER_DATA_MS:+cpu_poll_after_data_ms = $TUTTI_CPU_POLL_AFTER_DATA_MS}

@@ -36,6 +36,14 @@
 //! ([`fired`](Watch::fired) returns true). A Dekker pair again: either the reader sees
 //! `IDLE` and does not sleep, or the shard sees the sleeper and wakes it.
 //!
+//! Sleeping still costs the reader two context switches when the shard is preempted right
+//! at its send's return. So before it sleeps the reader makes one `recv`: if it took the
+//! shard's byte, the send is done and only `fired` is left, and the reader takes the word
+//! back itself ([`take_claim`](Watch::take_claim), a CAS from `CLAIMED` to `IDLE`). The
+//! shard's `fired` is then a CAS from `CLAIMED` too: the reader may have armed the word
+//! again meanwhile, and a plain store of `IDLE` would undo that arming and lose the next
+//! wake-up.
+//!
 //! The page is shared with the client, which may write anything into it: a scribbled word
 //! only disturbs that client's own descriptor (a claim sees no `ARMED`, or fires early).
 
@@ -158,7 +166,9 @@ impl Watch {
     #[inline]
     #[must_use = "a true return asks for a futex wake of the sleeper word"]
     pub fn fired(&self) -> bool {
-        self.word().store(IDLE, Release);
+        // Only a word still claimed: a reader that took the wake-up from its descriptor
+        // may have taken the word back and armed it again ([`take_claim`](Self::take_claim)).
+        let _ = self.word().compare_exchange(CLAIMED, IDLE, Release, Relaxed);
         fence(SeqCst);
         let sleeper = self.sleeper();
         if sleeper.load(Relaxed) == 0 {
@@ -166,6 +176,19 @@ impl Watch {
         }
         sleeper.store(0, Relaxed);
         true
+    }
+
+    /// Reader, after a [`disarm`](Self::disarm) that found the word claimed and a `recv`
+    /// that took the shard's wake-up from the descriptor: the send is done and only the
+    /// shard's [`fired`](Self::fired) is left, so the reader takes the word back (`IDLE`)
+    /// and reads on instead of waiting for it. True if it took it; false if the word was
+    /// no longer claimed (the shard's `fired` came first). Either way the reader goes on
+    /// as after `Fired`, its descriptor already drained.
+    #[inline]
+    pub fn take_claim(&self) -> bool {
+        self.word()
+            .compare_exchange(CLAIMED, IDLE, AcqRel, Acquire)
+            .is_ok()
     }
 
     /// The futex word a reader sleeps on while the shard is between its claim and `fired`.
@@ -273,6 +296,30 @@ mod tests {
         reader.slept();
         assert!(!shard.claim(192));
         assert_eq!(reader.sleeper().load(Relaxed), 0);
+    }
+
+    /// A reader that finds the word claimed but already took the shard's wake-up from its
+    /// descriptor takes the word back itself and reads on; the shard's `fired`, coming
+    /// after the reader armed again, must leave that arming alone (a blind store of `IDLE`
+    /// there would lose the next wake-up).
+    #[test]
+    fn a_reader_that_took_the_wake_up_takes_the_claim_and_a_late_fired_keeps_its_arming() {
+        let (_page, reader, shard) = pair();
+        reader.arm(0);
+        assert!(shard.claim(64));
+        assert_eq!(reader.disarm(), Disarm::Claimed);
+        // (the shard's send is in the descriptor and the reader took it)
+        assert!(reader.take_claim());
+        reader.arm(64);
+        assert!(!shard.fired(), "nobody sleeps");
+        assert!(!shard.claim(64), "armed at 64: read through it");
+        assert!(
+            shard.claim(128),
+            "the arming after the take survived the late fired"
+        );
+        assert!(!shard.fired());
+        assert_eq!(reader.disarm(), Disarm::Fired);
+        assert!(!reader.take_claim(), "not claimed: nothing to take");
     }
 
     #[test]
