@@ -107,6 +107,8 @@ pub struct ClusterOptions {
     pub daemon_spin_us: Option<u64>,
     /// tuttid's `cpu_poll_after_data_ms` (None: its default, never).
     pub daemon_cpu_poll_ms: Option<u64>,
+    /// Every daemon's shard pinned to this core (tuttid's `cores`); None: not pinned.
+    pub daemon_core: Option<usize>,
     pub client_idle: ClientIdle,
     pub base_port: u16,
     /// Seconds after both clients joined before publishing (the coordinator puts them into
@@ -175,6 +177,7 @@ pub const REPORTED_COUNTERS: &[&str] = &[
     "parks",
     "flow_held",
     "idle_spins",
+    "spins_skipped",
     "unlogged",
     "cpu_poll_holds",
     "park_barriers",
@@ -332,8 +335,8 @@ pub fn run(o: &ClusterOptions) -> Result<ClusterRun, String> {
         let d = Daemon::start(&DaemonOptions {
             tuttid: &o.tuttid,
             idle: &o.daemon_idle,
-            core: 0,
-            no_pin: true,
+            core: o.daemon_core.unwrap_or(0),
+            no_pin: o.daemon_core.is_none(),
             config: Some(&config),
         })
         .map_err(|e| format!("daemon {node} ({}): {e}", node_ip(node)))?;
@@ -899,6 +902,7 @@ mod tests {
             daemon_idle: "backoff".into(),
             daemon_spin_us: None,
             daemon_cpu_poll_ms: None,
+            daemon_core: None,
             client_idle: ClientIdle::Backoff,
             base_port: 27400,
             settle: Duration::ZERO,

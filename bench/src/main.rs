@@ -419,6 +419,11 @@ struct ClusterArgs {
     /// the floors, so that both run on the same host setting. Needs root.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     daemon_cpu_poll_ms: Option<u64>,
+    /// Pin every daemon's shard to this core (tuttid's `cores`; an installed tuttid pins
+    /// its one shard to the last core by default), and the wake-up chain floor's two relays
+    /// (which stand for the shards) to it as well. Unset: nothing pinned.
+    #[arg(long, value_name = "CORE")]
+    daemon_core: Option<usize>,
     /// How the bench's publisher and subscriber threads wait.
     #[arg(long, value_enum, default_value_t = cluster::ClientIdle::Backoff)]
     client_idle: cluster::ClientIdle,
@@ -1093,8 +1098,12 @@ fn daemon_idle_label(args: &ClusterArgs) -> String {
         Some(us) if args.daemon_idle == "backoff" => format!("backoff, spin {us} us after data"),
         _ => args.daemon_idle.clone(),
     };
-    match args.daemon_cpu_poll_ms {
+    let idle = match args.daemon_cpu_poll_ms {
         Some(ms) => format!("{idle}, idle CPUs poll {ms} ms after data"),
+        None => idle,
+    };
+    match args.daemon_core {
+        Some(core) => format!("{idle}, shards and chain relays on core {core}"),
         None => idle,
     }
 }
@@ -1111,6 +1120,7 @@ fn cluster_options(args: &ClusterArgs, cluster_settings: Vec<String>) -> cluster
         daemon_idle: args.daemon_idle.clone(),
         daemon_spin_us: args.daemon_spin_us,
         daemon_cpu_poll_ms: args.daemon_cpu_poll_ms,
+        daemon_core: args.daemon_core,
         client_idle: args.client_idle,
         base_port: args.base_port,
         settle: secs(args.settle),
@@ -1273,7 +1283,7 @@ fn cluster_floors(args: &ClusterArgs, t0: Instant) -> Result<ClusterFloors, Stri
     let at = Instant::now();
     let rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?.rtt;
     let rtt_at = (at - t0, at.elapsed());
-    let chain = udp_floor::wakeup_chain(a, b, args.size, secs(args.floor_duration))?;
+    let chain = udp_floor::wakeup_chain(a, b, args.size, secs(args.floor_duration), args.daemon_core)?;
     let tp = udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv, false)?;
     let tp_offload =
         udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv, true)?;

@@ -525,8 +525,16 @@ fn futex_wake(word: &std::sync::atomic::AtomicU32) {
 /// blocked in `recv` (a parked shard), writes the stamp to shared memory and wakes the
 /// subscriber blocked on a futex (tutti's group futex); the subscriber reads
 /// `CLOCK_MONOTONIC` and records the one-way time. One message in flight, as tutti's
-/// latency phase: the publisher sends the next once the subscriber saw the last.
-pub fn wakeup_chain(a: IpAddr, b: IpAddr, size: usize, duration: Duration) -> Result<ChainLatency, String> {
+/// latency phase: the publisher sends the next once the subscriber saw the last. With
+/// `relay_core`, both relays are pinned to it (as the daemons' shards are, for a like
+/// placement).
+pub fn wakeup_chain(
+    a: IpAddr,
+    b: IpAddr,
+    size: usize,
+    duration: Duration,
+    relay_core: Option<usize>,
+) -> Result<ChainLatency, String> {
     let size = size.clamp(16, DATAGRAM_BYTES);
     let (tx, rx) = connected_pair(a, b)?;
     set_mode(&rx, RecvMode::Blocking)?;
@@ -546,6 +554,9 @@ pub fn wakeup_chain(a: IpAddr, b: IpAddr, size: usize, duration: Duration) -> Re
     let result = std::thread::scope(|s| {
         let (tx, rx) = (&tx, &rx);
         let relay1 = s.spawn(move || -> Result<(), String> {
+            if let Some(core) = relay_core {
+                crate::pin::pin_current(core)?;
+            }
             let mut datagram = vec![0x5Au8; size];
             while !cells.stop.load(Ordering::Acquire) {
                 let mut value = 0u64;
@@ -561,6 +572,9 @@ pub fn wakeup_chain(a: IpAddr, b: IpAddr, size: usize, duration: Duration) -> Re
             Ok(())
         });
         let relay2 = s.spawn(move || -> Result<(), String> {
+            if let Some(core) = relay_core {
+                crate::pin::pin_current(core)?;
+            }
             let mut buf = vec![0u8; DATAGRAM_BYTES];
             while !cells.stop.load(Ordering::Acquire) {
                 if let Some(n) = recv_one(rx, &mut buf)? {
@@ -682,7 +696,7 @@ mod tests {
 
     #[test]
     fn wakeup_chain_on_loopback() {
-        let r = wakeup_chain(LO, LO, 64, Duration::from_millis(100)).unwrap();
+        let r = wakeup_chain(LO, LO, 64, Duration::from_millis(100), None).unwrap();
         assert!(!r.one_way.is_empty() && r.one_way.value_at_quantile(0.5) > 0);
         assert_eq!(r.timed_out, 0, "loopback lost a datagram with one in flight");
     }
