@@ -64,6 +64,11 @@
  * since 2026-12-07) a sender's own messages come back on their append; 1,024 then halved
  * the flood's p50 but cost about a sixth of its throughput, so 2,048 stays. */
 #define WINDOW_MSGS 2048u
+/* The environment may set another message bound for the handles a process creates
+ * (TUTTI_CPG_WINDOW_MSGS, 1 to WINDOW_MSGS_MAX): a smaller window trades a flood's
+ * throughput for its latency (docs/cpg.md, "The window as a setting"). */
+#define WINDOW_ENV "TUTTI_CPG_WINDOW_MSGS"
+#define WINDOW_MSGS_MAX 65536u
 #define WINDOW_BYTES (4u << 20)
 /* Own messages that never come back (the order dropped them, e.g. its view changed) must
  * not close the window for good: full for this long with no own message back meanwhile, it
@@ -117,8 +122,10 @@ struct inst {
 	/* The rest of a fragmented message the publish ring could not take yet. */
 	uint8_t *out;
 	size_t out_len, out_off;
-	/* Flow control (WINDOW_*): own messages and their bytes not yet seen in the log. */
+	/* Flow control (WINDOW_*): own messages and their bytes not yet seen in the log, and
+	 * the bound on the messages (WINDOW_MSGS or the environment's). */
 	uint64_t inflight_msgs, inflight_bytes;
+	uint64_t window_msgs;
 	/* Own records back so far, and while the window is full: that count and the time when
 	 * a send was first refused with it (stall_valid). */
 	uint64_t own_seen, stall_mark, stall_since_ms;
@@ -221,14 +228,35 @@ static void clear_local(struct inst *in)
 	}
 }
 
+/* The message window for a new handle: WINDOW_MSGS, or TUTTI_CPG_WINDOW_MSGS when set and
+ * not empty (a decimal 1..WINDOW_MSGS_MAX). 0 when it holds anything else. */
+static uint64_t window_from_env(void)
+{
+	const char *v = getenv(WINDOW_ENV);
+	if (!v || !*v)
+		return WINDOW_MSGS;
+	if (*v < '0' || *v > '9')
+		return 0;
+	errno = 0;
+	char *end = NULL;
+	unsigned long long n = strtoull(v, &end, 10);
+	if (errno || *end || n < 1 || n > WINDOW_MSGS_MAX)
+		return 0;
+	return n;
+}
+
 static cs_error_t create(cpg_handle_t *handle, const cpg_model_v1_data_t *model, void *context)
 {
+	uint64_t window = window_from_env();
+	if (!window)
+		return CS_ERR_INVALID_PARAM;
 	struct inst *in = calloc(1, sizeof *in);
 	if (!in)
 		return CS_ERR_NO_MEMORY;
 	in->epfd = in->evfd = in->tfd = in->timerfd = -1;
 	in->model = *model;
 	in->context = context;
+	in->window_msgs = window;
 	uint64_t id = 0;
 	if (tutti_connect(NULL, &in->client) != TUTTI_OK || tutti_sender_id(in->client, &id) != TUTTI_OK) {
 		destroy(in);
@@ -569,7 +597,7 @@ static cs_error_t mcast(struct inst *in, const struct iovec *iov, unsigned int i
 		if (e != TUTTI_OK)
 			return from_tutti(e);
 	}
-	if (in->inflight_msgs >= WINDOW_MSGS || in->inflight_bytes >= WINDOW_BYTES) {
+	if (in->inflight_msgs >= in->window_msgs || in->inflight_bytes >= WINDOW_BYTES) {
 		uint64_t now = mono_ms();
 		if (!in->stall_valid || in->stall_mark != in->own_seen) {
 			in->stall_valid = 1;

@@ -129,6 +129,59 @@ static int poll_readable(int fd, int timeout_ms)
 	return poll(&p, 1, timeout_ms) > 0 && (p.revents & POLLIN);
 }
 
+/* tutti's libcpg.so.4 only (TUTTI_SOCKET is set by its cluster script): the message window
+ * can be set with TUTTI_CPG_WINDOW_MSGS for the handles created after. A malformed value is
+ * refused at initialize; a window of 3 takes 3 undispatched messages and answers
+ * CS_ERR_TRY_AGAIN to the 4th, and dispatching brings all 3 back. */
+static int window_delivered;
+
+static void window_deliver(cpg_handle_t h, const struct cpg_name *g, uint32_t nodeid, uint32_t pid,
+			   void *msg, size_t len)
+{
+	(void)h, (void)g, (void)nodeid, (void)msg, (void)len;
+	if (pid == (uint32_t)getpid())
+		window_delivered++;
+}
+
+static void window_env_checks(const char *prefix)
+{
+	cpg_callbacks_t cb = {.cpg_deliver_fn = window_deliver};
+	cpg_handle_t h;
+	setenv("TUTTI_CPG_WINDOW_MSGS", "3x", 1);
+	cs_error_t rc = cpg_initialize(&h, &cb);
+	check(rc == CS_ERR_INVALID_PARAM, "tutti_window_env_malformed_refused", "rc %d", rc);
+	if (rc == CS_OK)
+		cpg_finalize(h);
+	setenv("TUTTI_CPG_WINDOW_MSGS", "3", 1);
+	rc = cpg_initialize(&h, &cb);
+	unsetenv("TUTTI_CPG_WINDOW_MSGS");
+	if (!CHECK_RC(rc, CS_OK, "tutti_window_env_initialize"))
+		return;
+	char name[128];
+	snprintf(name, sizeof name, "%s-%d-window", prefix, (int)getpid());
+	struct cpg_name g = cpg_name_of(name);
+	int fd = -1;
+	cpg_fd_get(h, &fd);
+	uint64_t until = mono_ms() + 10000;
+	while ((rc = cpg_join(h, &g)) == CS_ERR_TRY_AGAIN && mono_ms() < until)
+		poll_readable(fd, 10);
+	uint32_t seq = STRAY_SEQ + 2;
+	struct iovec iov = {&seq, sizeof seq};
+	int sent = 0;
+	while (rc == CS_OK && sent < 10 && (rc = cpg_mcast_joined(h, CPG_TYPE_AGREED, &iov, 1)) == CS_OK)
+		sent++;
+	check(sent == 3 && rc == CS_ERR_TRY_AGAIN, "tutti_window_env_bounds_undispatched",
+	      "%d sent, then rc %d (window 3)", sent, rc);
+	until = mono_ms() + 10000;
+	while (window_delivered < sent && mono_ms() < until)
+		if (poll_readable(fd, 100))
+			cpg_dispatch(h, CS_DISPATCH_ALL);
+	check(window_delivered == sent, "tutti_window_env_all_delivered", "%d of %d", window_delivered,
+	      sent);
+	cpg_leave(h, &g);
+	cpg_finalize(h);
+}
+
 static void on_alarm(int sig)
 {
 	(void)sig;
@@ -497,6 +550,9 @@ int main(int argc, char **argv)
 		check(seen.deliver == sent && !seen.bad_payload, "back_pressured_messages_all_delivered",
 		      "%d of %d delivered, bad %d", seen.deliver, sent, seen.bad_payload);
 	}
+
+	if (getenv("TUTTI_SOCKET"))
+		window_env_checks(prefix);
 
 	/* --- iteration --- */
 	cpg_iteration_handle_t it;
