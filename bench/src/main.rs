@@ -83,10 +83,28 @@ enum Command {
     /// Draw the percentile distributions of interval logs (--hlog files) as PNG or SVG:
     /// x the percentile on a 1/(1-p) log axis, y the latency; one line per histogram tag.
     Plot(PlotArgs),
+    /// One relay of the cluster bench's wake-up chain floor in a process of its own
+    /// (started by the bench itself on descriptors it passes; not for direct use).
+    #[command(hide = true)]
+    ChainRelay(ChainRelayArgs),
     /// The protocol's CPU per message alone: two tutti_proto nodes in one thread, one
     /// sending to the other (no socket, no shared memory); nanoseconds of each side per
     /// message, medians of --reps.
     Proto(ProtoArgs),
+}
+
+#[derive(Args)]
+struct ChainRelayArgs {
+    #[arg(long, value_enum)]
+    role: udp_floor::RelayRole,
+    #[arg(long)]
+    page_fd: i32,
+    #[arg(long)]
+    efd: i32,
+    #[arg(long)]
+    sock_fd: i32,
+    #[arg(long)]
+    size: usize,
 }
 
 #[derive(Args)]
@@ -424,6 +442,11 @@ struct ClusterArgs {
     /// (which stand for the shards) to it as well. Unset: nothing pinned.
     #[arg(long, value_name = "CORE")]
     daemon_core: Option<usize>,
+    /// Where the wake-up chain floor's two relays run: processes of their own (as the
+    /// daemons' shards are, so that every hop crosses processes as tutti's path does) or
+    /// threads of the bench.
+    #[arg(long, value_enum, default_value_t = udp_floor::ChainRelays::Processes)]
+    chain_relays: udp_floor::ChainRelays,
     /// How the bench's publisher and subscriber threads wait.
     #[arg(long, value_enum, default_value_t = cluster::ClientIdle::Backoff)]
     client_idle: cluster::ClientIdle,
@@ -561,6 +584,7 @@ fn main() -> ExitCode {
         Command::Minitx(args) => run_minitx(args),
         Command::Plot(args) => run_plot(args),
         Command::Proto(args) => run_proto(args),
+        Command::ChainRelay(a) => udp_floor::chain_relay_main(a.role, a.page_fd, a.efd, a.sock_fd, a.size),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1102,9 +1126,13 @@ fn daemon_idle_label(args: &ClusterArgs) -> String {
         Some(ms) => format!("{idle}, idle CPUs poll {ms} ms after data"),
         None => idle,
     };
-    match args.daemon_core {
+    let idle = match args.daemon_core {
         Some(core) => format!("{idle}, shards and chain relays on core {core}"),
         None => idle,
+    };
+    match args.chain_relays {
+        udp_floor::ChainRelays::Processes => format!("{idle}, chain relays in processes"),
+        udp_floor::ChainRelays::Threads => format!("{idle}, chain relays in threads"),
     }
 }
 
@@ -1283,7 +1311,14 @@ fn cluster_floors(args: &ClusterArgs, t0: Instant) -> Result<ClusterFloors, Stri
     let at = Instant::now();
     let rtt = udp_floor::round_trip(a, b, args.size, secs(args.floor_duration), args.floor_recv)?.rtt;
     let rtt_at = (at - t0, at.elapsed());
-    let chain = udp_floor::wakeup_chain(a, b, args.size, secs(args.floor_duration), args.daemon_core)?;
+    let chain = udp_floor::wakeup_chain(
+        a,
+        b,
+        args.size,
+        secs(args.floor_duration),
+        args.daemon_core,
+        args.chain_relays,
+    )?;
     let tp = udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv, false)?;
     let tp_offload =
         udp_floor::throughput(a, b, args.size, secs(args.floor_duration), args.floor_recv, true)?;

@@ -10,7 +10,8 @@ use std::hint::spin_loop;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -465,18 +466,175 @@ pub fn datagrams_per_msg(size: usize) -> u64 {
     size.div_ceil(DATAGRAM_BYTES).max(1) as u64
 }
 
-/// One wake-up chain message in flight: the stamp the publisher wrote and the sequence.
-struct ChainCells {
+/// One wake-up chain message in flight: the stamp the publisher wrote and the sequence. It
+/// lives in a shared page (a memfd) so that the relays can be other processes; all zero is
+/// its initial state.
+#[repr(C)]
+pub struct ChainCells {
     /// Publisher -> relay 1: the `CLOCK_MONOTONIC` stamp of the message in flight.
     stamp: CachePadded<AtomicU64>,
     /// Relay 2 -> subscriber: the stamp that came over UDP; the futex word is `delivered`.
     received_stamp: CachePadded<AtomicU64>,
-    /// Futex word: messages relay 2 handed to the subscriber (low 32 bits).
-    delivered: CachePadded<std::sync::atomic::AtomicU32>,
+    /// Futex word (shared, not private: the relays may be other processes): messages
+    /// relay 2 handed to the subscriber (low 32 bits).
+    delivered: CachePadded<AtomicU32>,
     /// Latency the subscriber measured for message `seen` (stored before `seen`).
     latency_ns: CachePadded<AtomicU64>,
     seen: CachePadded<AtomicU64>,
-    stop: AtomicBool,
+    /// Non-zero: everyone stops.
+    stop: CachePadded<AtomicU32>,
+}
+
+/// Size of the chain's shared page.
+const CHAIN_PAGE: usize = 4096;
+const _: () = assert!(std::mem::size_of::<ChainCells>() <= CHAIN_PAGE);
+
+/// The chain's shared page, mapped read-write.
+struct ChainPage {
+    fd: std::os::fd::OwnedFd,
+    map: tutti_sys::Mapping,
+}
+
+impl ChainPage {
+    fn create() -> Result<ChainPage, String> {
+        let (fd, map) = tutti_sys::Mapping::create("tutti-bench-chain", CHAIN_PAGE)
+            .map_err(|e| format!("wake-up chain: shared page: {e}"))?;
+        Ok(ChainPage { fd, map })
+    }
+
+    fn attach(fd: std::os::fd::OwnedFd) -> Result<ChainPage, String> {
+        let map = tutti_sys::Mapping::map(&fd, CHAIN_PAGE, true)
+            .map_err(|e| format!("wake-up chain relay: mapping the shared page: {e}"))?;
+        Ok(ChainPage { fd, map })
+    }
+
+    fn cells(&self) -> &ChainCells {
+        // SAFETY: the mapping is CHAIN_PAGE bytes, page-aligned (so aligned for
+        // ChainCells), lives as long as self, and holds only atomics whose all-zero bit
+        // pattern is valid; every access from any process is atomic.
+        unsafe { &*(self.map.as_ptr() as *const ChainCells) }
+    }
+}
+
+/// Where the chain's relays run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum ChainRelays {
+    /// Two threads of the bench's own process.
+    Threads,
+    /// Two processes of their own (`tutti-bench chain-relay`), as the daemons' shards are:
+    /// every hop of the chain then crosses processes as tutti's path does.
+    Processes,
+}
+
+/// Relay 1 (the sending shard's part): blocked on the eventfd, sends one `size`-byte
+/// datagram with the stamp per wake-up, until `stop`.
+fn relay_send(cells: &ChainCells, efd: RawFd, tx: &UdpSocket, size: usize) -> Result<(), String> {
+    let mut datagram = vec![0x5Au8; size.clamp(16, DATAGRAM_BYTES)];
+    while cells.stop.load(Ordering::Acquire) == 0 {
+        let mut value = 0u64;
+        // SAFETY: reads 8 bytes into a live u64; blocks until the eventfd is written.
+        let n = unsafe { libc::read(efd, (&mut value as *mut u64).cast(), 8) };
+        if n != 8 || cells.stop.load(Ordering::Acquire) != 0 {
+            continue;
+        }
+        datagram[..8].copy_from_slice(&cells.stamp.load(Ordering::Acquire).to_le_bytes());
+        tx.send(&datagram)
+            .map_err(|e| format!("wake-up chain: UDP send: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Relay 2 (the receiving shard's part): blocked in `recv` (100 ms at a time, to see
+/// `stop`), hands each stamp to the subscriber and wakes its futex.
+fn relay_recv(cells: &ChainCells, rx: &UdpSocket) -> Result<(), String> {
+    let mut buf = vec![0u8; DATAGRAM_BYTES];
+    while cells.stop.load(Ordering::Acquire) == 0 {
+        if let Some(n) = recv_one(rx, &mut buf)? {
+            let Some(stamp) = buf.get(..8).filter(|_| n >= 8) else {
+                continue;
+            };
+            let stamp = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
+            cells.received_stamp.store(stamp, Ordering::Relaxed);
+            cells.delivered.fetch_add(1, Ordering::Release);
+            tutti_sys::futex_wake_all(&cells.delivered);
+        }
+    }
+    tutti_sys::futex_wake_all(&cells.delivered);
+    Ok(())
+}
+
+/// The relay roles of `tutti-bench chain-relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayRole {
+    Send,
+    Recv,
+}
+
+/// `tutti-bench chain-relay`: one relay of a [`ChainRelays::Processes`] chain, on the
+/// descriptors its parent left open for it (the shared page, the eventfd for `send`, the
+/// UDP socket). It dies with its parent.
+pub fn chain_relay_main(
+    role: RelayRole,
+    page_fd: RawFd,
+    efd: RawFd,
+    sock_fd: RawFd,
+    size: usize,
+) -> Result<(), String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes no pointers.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: the parent passed these descriptors open for this process alone (chain
+    // spawn below); each is owned once here.
+    let (page, sock) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(page_fd),
+            UdpSocket::from_raw_fd(sock_fd),
+        )
+    };
+    let page = ChainPage::attach(page)?;
+    match role {
+        RelayRole::Send => relay_send(page.cells(), efd, &sock, size),
+        RelayRole::Recv => relay_recv(page.cells(), &sock),
+    }
+}
+
+/// Starts one relay process on `fds` (page, eventfd or -1, socket), which it inherits at
+/// the same numbers (cleared of close-on-exec in the child only).
+fn spawn_relay(
+    role: &str,
+    page: RawFd,
+    efd: RawFd,
+    sock: RawFd,
+    size: usize,
+) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("wake-up chain: own executable: {e}"))?;
+    let mut command = std::process::Command::new(exe);
+    // `--efd=-1` (no eventfd for relay 2) must not read as a flag.
+    command.args([
+        "chain-relay".to_string(),
+        format!("--role={role}"),
+        format!("--page-fd={page}"),
+        format!("--efd={efd}"),
+        format!("--sock-fd={sock}"),
+        format!("--size={size}"),
+    ]);
+    let keep = [page, efd, sock];
+    // SAFETY: runs in the child between fork and exec and calls only fcntl, which is
+    // async-signal-safe, on descriptors that are open in it.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in keep.into_iter().filter(|&fd| fd >= 0) {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .map_err(|e| format!("wake-up chain: starting a relay process: {e}"))
 }
 
 pub struct ChainLatency {
@@ -488,36 +646,6 @@ pub struct ChainLatency {
     pub timed_out: u64,
 }
 
-fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: FUTEX_WAIT on a live, aligned u32 that outlives the call, with a valid
-    // relative timeout; it returns at once when the word no longer holds `expected`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const libc::timespec,
-        );
-    }
-}
-
-fn futex_wake(word: &std::sync::atomic::AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a live, aligned u32; it touches no memory of ours.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
-}
-
 /// The wake-up floor of the cluster path: the same hops and the same sleeps as tutti's
 /// publish-to-delivery with parked daemons and a parked subscriber, with nothing else. A
 /// publisher writes a stamp to shared memory and signals an eventfd; relay 1, blocked on
@@ -527,13 +655,16 @@ fn futex_wake(word: &std::sync::atomic::AtomicU32) {
 /// `CLOCK_MONOTONIC` and records the one-way time. One message in flight, as tutti's
 /// latency phase: the publisher sends the next once the subscriber saw the last. With
 /// `relay_core`, both relays are pinned to it (as the daemons' shards are, for a like
-/// placement).
+/// placement). `relays`: threads of this process, or processes of their own as the
+/// daemons are (the publisher and subscriber stay threads of this process, as the
+/// bench's clients are).
 pub fn wakeup_chain(
     a: IpAddr,
     b: IpAddr,
     size: usize,
     duration: Duration,
     relay_core: Option<usize>,
+    relays: ChainRelays,
 ) -> Result<ChainLatency, String> {
     let size = size.clamp(16, DATAGRAM_BYTES);
     let (tx, rx) = connected_pair(a, b)?;
@@ -543,57 +674,67 @@ pub fn wakeup_chain(
     if efd < 0 {
         return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
     }
-    let cells = &ChainCells {
-        stamp: CachePadded::new(AtomicU64::new(0)),
-        received_stamp: CachePadded::new(AtomicU64::new(0)),
-        delivered: CachePadded::new(std::sync::atomic::AtomicU32::new(0)),
-        latency_ns: CachePadded::new(AtomicU64::new(0)),
-        seen: CachePadded::new(AtomicU64::new(0)),
-        stop: AtomicBool::new(false),
+    let page = match ChainPage::create() {
+        Ok(p) => p,
+        Err(e) => {
+            // SAFETY: efd is ours and unused.
+            unsafe { libc::close(efd) };
+            return Err(e);
+        }
     };
+    let cells = page.cells();
+    let mut children: Vec<std::process::Child> = Vec::new();
     let result = std::thread::scope(|s| {
         let (tx, rx) = (&tx, &rx);
-        let relay1 = s.spawn(move || -> Result<(), String> {
-            if let Some(core) = relay_core {
-                crate::pin::pin_current(core)?;
+        let mut relay_threads = Vec::new();
+        match relays {
+            ChainRelays::Threads => {
+                relay_threads.push(s.spawn(move || -> Result<(), String> {
+                    if let Some(core) = relay_core {
+                        crate::pin::pin_current(core)?;
+                    }
+                    relay_send(cells, efd, tx, size)
+                }));
+                relay_threads.push(s.spawn(move || -> Result<(), String> {
+                    if let Some(core) = relay_core {
+                        crate::pin::pin_current(core)?;
+                    }
+                    relay_recv(cells, rx)
+                }));
             }
-            let mut datagram = vec![0x5Au8; size];
-            while !cells.stop.load(Ordering::Acquire) {
-                let mut value = 0u64;
-                // SAFETY: reads 8 bytes into a live u64; blocks until the eventfd is written.
-                let n = unsafe { libc::read(efd, (&mut value as *mut u64).cast(), 8) };
-                if n != 8 || cells.stop.load(Ordering::Acquire) {
-                    continue;
+            ChainRelays::Processes => {
+                let page_fd = page.fd.as_raw_fd();
+                for (role, e, sock) in [("send", efd, tx.as_raw_fd()), ("recv", -1, rx.as_raw_fd())] {
+                    match spawn_relay(role, page_fd, e, sock, size) {
+                        Ok(child) => {
+                            if let Some(core) = relay_core {
+                                // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET
+                                // ignores a core beyond CPU_SETSIZE; sched_setaffinity
+                                // reads the live set.
+                                unsafe {
+                                    let mut set = std::mem::zeroed::<libc::cpu_set_t>();
+                                    libc::CPU_SET(core, &mut set);
+                                    libc::sched_setaffinity(
+                                        child.id() as libc::pid_t,
+                                        std::mem::size_of::<libc::cpu_set_t>(),
+                                        &set,
+                                    );
+                                }
+                            }
+                            children.push(child);
+                        }
+                        Err(e) => {
+                            cells.stop.store(1, Ordering::Release);
+                            return Err(e);
+                        }
+                    }
                 }
-                datagram[..8].copy_from_slice(&cells.stamp.load(Ordering::Acquire).to_le_bytes());
-                tx.send(&datagram)
-                    .map_err(|e| format!("wake-up chain: UDP send: {e}"))?;
             }
-            Ok(())
-        });
-        let relay2 = s.spawn(move || -> Result<(), String> {
-            if let Some(core) = relay_core {
-                crate::pin::pin_current(core)?;
-            }
-            let mut buf = vec![0u8; DATAGRAM_BYTES];
-            while !cells.stop.load(Ordering::Acquire) {
-                if let Some(n) = recv_one(rx, &mut buf)? {
-                    let Some(stamp) = buf.get(..8).filter(|_| n >= 8) else {
-                        continue;
-                    };
-                    let stamp = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
-                    cells.received_stamp.store(stamp, Ordering::Relaxed);
-                    cells.delivered.fetch_add(1, Ordering::Release);
-                    futex_wake(&cells.delivered);
-                }
-            }
-            futex_wake(&cells.delivered);
-            Ok(())
-        });
+        }
         let subscriber = s.spawn(move || {
             let mut seen = 0u32;
-            while !cells.stop.load(Ordering::Acquire) {
-                futex_wait(&cells.delivered, seen, Duration::from_millis(100));
+            while cells.stop.load(Ordering::Acquire) == 0 {
+                tutti_sys::futex_wait(&cells.delivered, seen, Duration::from_millis(100));
                 let now_delivered = cells.delivered.load(Ordering::Acquire);
                 if now_delivered != seen {
                     seen = now_delivered;
@@ -652,21 +793,46 @@ pub fn wakeup_chain(
                 timed_out,
             })
         })();
-        cells.stop.store(true, Ordering::Release);
+        cells.stop.store(1, Ordering::Release);
         let one = 1u64;
         // SAFETY: as above; wakes relay 1 so that it sees `stop`.
         unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
-        futex_wake(&cells.delivered);
-        relay1.join().map_err(|_| "wake-up chain relay 1 panicked")??;
-        relay2.join().map_err(|_| "wake-up chain relay 2 panicked")??;
+        tutti_sys::futex_wake_all(&cells.delivered);
+        for relay in relay_threads {
+            relay.join().map_err(|_| "wake-up chain relay panicked")??;
+        }
         subscriber
             .join()
             .map_err(|_| "wake-up chain subscriber panicked")?;
         measured
     });
+    // Relay processes see `stop` within their 100 ms receive wait; beyond a second, kill.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut relay_failed = None;
+    for child in &mut children {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    relay_failed = Some(format!("a relay process ended with {status}"));
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    relay_failed = Some("a relay process did not stop within 1 s".to_string());
+                    break;
+                }
+            }
+        }
+    }
     // SAFETY: efd is ours and no longer used.
     unsafe { libc::close(efd) };
-    result
+    match (result, relay_failed) {
+        (Ok(_), Some(e)) => Err(format!("wake-up chain: {e}")),
+        (result, _) => result,
+    }
 }
 
 #[cfg(test)]
@@ -696,7 +862,7 @@ mod tests {
 
     #[test]
     fn wakeup_chain_on_loopback() {
-        let r = wakeup_chain(LO, LO, 64, Duration::from_millis(100), None).unwrap();
+        let r = wakeup_chain(LO, LO, 64, Duration::from_millis(100), None, ChainRelays::Threads).unwrap();
         assert!(!r.one_way.is_empty() && r.one_way.value_at_quantile(0.5) > 0);
         assert_eq!(r.timed_out, 0, "loopback lost a datagram with one in flight");
     }

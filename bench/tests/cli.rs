@@ -395,6 +395,12 @@ fn cluster_benchmark_runs_three_daemons() {
     // Honest samples: timed-out messages are counted (and are in the percentiles).
     has_keys(lat, &["timed_out", "chain_p50_ns", "ratio_p50_chain"]);
     assert!(lat["chain_p50_ns"].as_u64().unwrap() > 0);
+    // The chain's relays run as processes of their own: a relay that never ran would time
+    // every message out (1 s each).
+    assert!(
+        lat["chain_p50_ns"].as_u64().unwrap() < 500_000_000,
+        "the chain's relay processes passed messages on: {lat}"
+    );
     // Paced: latency from the intended send time, never-delivered ones included.
     has_keys(
         tp,
