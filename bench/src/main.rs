@@ -105,6 +105,8 @@ struct ChainRelayArgs {
     sock_fd: i32,
     #[arg(long)]
     size: usize,
+    #[arg(long)]
+    core: Option<usize>,
 }
 
 #[derive(Args)]
@@ -584,7 +586,9 @@ fn main() -> ExitCode {
         Command::Minitx(args) => run_minitx(args),
         Command::Plot(args) => run_plot(args),
         Command::Proto(args) => run_proto(args),
-        Command::ChainRelay(a) => udp_floor::chain_relay_main(a.role, a.page_fd, a.efd, a.sock_fd, a.size),
+        Command::ChainRelay(a) => {
+            udp_floor::chain_relay_main(a.role, a.page_fd, a.efd, a.sock_fd, a.size, a.core)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

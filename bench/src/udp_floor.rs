@@ -570,6 +570,25 @@ pub enum RelayRole {
     Recv,
 }
 
+/// One relay of the chain on `sock` (the eventfd is relay 1's), pinned to `core` first if
+/// given: the body of a relay thread and of a relay process alike.
+fn run_relay(
+    role: RelayRole,
+    cells: &ChainCells,
+    efd: RawFd,
+    sock: &UdpSocket,
+    size: usize,
+    core: Option<usize>,
+) -> Result<(), String> {
+    if let Some(core) = core {
+        crate::pin::pin_current(core)?;
+    }
+    match role {
+        RelayRole::Send => relay_send(cells, efd, sock, size),
+        RelayRole::Recv => relay_recv(cells, sock),
+    }
+}
+
 /// `tutti-bench chain-relay`: one relay of a [`ChainRelays::Processes`] chain, on the
 /// descriptors its parent left open for it (the shared page, the eventfd for `send`, the
 /// UDP socket). It dies with its parent.
@@ -579,6 +598,7 @@ pub fn chain_relay_main(
     efd: RawFd,
     sock_fd: RawFd,
     size: usize,
+    core: Option<usize>,
 ) -> Result<(), String> {
     use std::os::fd::FromRawFd;
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes no pointers.
@@ -592,25 +612,27 @@ pub fn chain_relay_main(
         )
     };
     let page = ChainPage::attach(page)?;
-    match role {
-        RelayRole::Send => relay_send(page.cells(), efd, &sock, size),
-        RelayRole::Recv => relay_recv(page.cells(), &sock),
-    }
+    run_relay(role, page.cells(), efd, &sock, size, core)
 }
 
 /// Starts one relay process on `fds` (page, eventfd or -1, socket), which it inherits at
 /// the same numbers (cleared of close-on-exec in the child only).
 fn spawn_relay(
-    role: &str,
+    role: RelayRole,
     page: RawFd,
     efd: RawFd,
     sock: RawFd,
     size: usize,
+    core: Option<usize>,
 ) -> Result<std::process::Child, String> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("wake-up chain: own executable: {e}"))?;
     let mut command = std::process::Command::new(exe);
     // `--efd=-1` (no eventfd for relay 2) must not read as a flag.
+    let role = match role {
+        RelayRole::Send => "send",
+        RelayRole::Recv => "recv",
+    };
     command.args([
         "chain-relay".to_string(),
         format!("--role={role}"),
@@ -619,6 +641,9 @@ fn spawn_relay(
         format!("--sock-fd={sock}"),
         format!("--size={size}"),
     ]);
+    if let Some(core) = core {
+        command.arg(format!("--core={core}"));
+    }
     let keep = [page, efd, sock];
     // SAFETY: runs in the child between fork and exec and calls only fcntl, which is
     // async-signal-safe, on descriptors that are open in it.
@@ -689,40 +714,15 @@ pub fn wakeup_chain(
         let mut relay_threads = Vec::new();
         match relays {
             ChainRelays::Threads => {
-                relay_threads.push(s.spawn(move || -> Result<(), String> {
-                    if let Some(core) = relay_core {
-                        crate::pin::pin_current(core)?;
-                    }
-                    relay_send(cells, efd, tx, size)
-                }));
-                relay_threads.push(s.spawn(move || -> Result<(), String> {
-                    if let Some(core) = relay_core {
-                        crate::pin::pin_current(core)?;
-                    }
-                    relay_recv(cells, rx)
-                }));
+                for (role, sock) in [(RelayRole::Send, tx), (RelayRole::Recv, rx)] {
+                    relay_threads.push(s.spawn(move || run_relay(role, cells, efd, sock, size, relay_core)));
+                }
             }
             ChainRelays::Processes => {
                 let page_fd = page.fd.as_raw_fd();
-                for (role, e, sock) in [("send", efd, tx.as_raw_fd()), ("recv", -1, rx.as_raw_fd())] {
-                    match spawn_relay(role, page_fd, e, sock, size) {
-                        Ok(child) => {
-                            if let Some(core) = relay_core {
-                                // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET
-                                // ignores a core beyond CPU_SETSIZE; sched_setaffinity
-                                // reads the live set.
-                                unsafe {
-                                    let mut set = std::mem::zeroed::<libc::cpu_set_t>();
-                                    libc::CPU_SET(core, &mut set);
-                                    libc::sched_setaffinity(
-                                        child.id() as libc::pid_t,
-                                        std::mem::size_of::<libc::cpu_set_t>(),
-                                        &set,
-                                    );
-                                }
-                            }
-                            children.push(child);
-                        }
+                for (role, e, sock) in [(RelayRole::Send, efd, tx), (RelayRole::Recv, -1, rx)] {
+                    match spawn_relay(role, page_fd, e, sock.as_raw_fd(), size, relay_core) {
+                        Ok(child) => children.push(child),
                         Err(e) => {
                             cells.stop.store(1, Ordering::Release);
                             return Err(e);
